@@ -1,0 +1,20 @@
+//! Pure domain of gpucloud: typed ids, the GPU catalog, regions, time, and the instance and node
+//! state machines. No I/O, no clock, no randomness: callers pass those in.
+
+mod gpu;
+mod ids;
+mod instance;
+mod node;
+mod time;
+
+pub use gpu::{GpuModel, UnknownGpuModel};
+pub use ids::{ApiKeyId, IdError, InstanceId, NodeId, TenantId};
+pub use instance::{
+    AgentObservation, Change, IllegalTransition, InstanceState, StopTarget, UserAction,
+};
+pub use node::{NodeHealth, NodeState, Region, RegionError, Role};
+pub use time::Timestamp;
+
+/// The largest number of GPUs one instance may ask for. Bigger requests are rejected up front
+/// rather than left pending forever: no server we know of carries more than 16 GPUs.
+pub const MAX_GPUS_PER_INSTANCE: u32 = 16;

@@ -1,0 +1,99 @@
+//! Why an instance fits nowhere, per region, in words a tenant can act on.
+
+use crate::index::FreeIndex;
+use crate::{ClusterSnapshot, Pending};
+use gpucloud_model::{GpuModel, NodeHealth, NodeState, Region};
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// How the nodes of one region that carry the wanted model fall short.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RegionShortfall {
+    pub region: String,
+    pub nodes_with_model: u32,
+    /// Schedulable, but too few of its GPUs are free.
+    pub full: u32,
+    /// Has fewer GPUs of the model in total than asked: can never fit.
+    pub too_small: u32,
+    pub cordoned: u32,
+    pub draining: u32,
+    pub unhealthy: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingReason {
+    pub model: GpuModel,
+    pub count: u32,
+    /// The region asked for, `None` for any.
+    pub region: Option<String>,
+    /// One entry per region that has the model at all; empty if none has it.
+    pub regions: Vec<RegionShortfall>,
+}
+
+pub(crate) fn explain(snapshot: &ClusterSnapshot, index: &FreeIndex<'_>, p: &Pending) -> PendingReason {
+    let mut per_region: BTreeMap<&Region, RegionShortfall> = BTreeMap::new();
+    for (ord, node) in snapshot.nodes.iter().enumerate() {
+        if p.region.as_ref().is_some_and(|r| *r != node.region) {
+            continue;
+        }
+        let total = node.gpus.iter().filter(|g| g.model == p.model).count() as u32;
+        if total == 0 {
+            continue;
+        }
+        let s = per_region.entry(&node.region).or_insert_with(|| RegionShortfall {
+            region: node.region.to_string(),
+            ..Default::default()
+        });
+        s.nodes_with_model += 1;
+        if node.health == NodeHealth::Unhealthy {
+            s.unhealthy += 1;
+        } else if node.state == NodeState::Cordoned {
+            s.cordoned += 1;
+        } else if node.state == NodeState::Draining {
+            s.draining += 1;
+        } else if total < p.count {
+            s.too_small += 1;
+        } else if index.free_on(ord, p.model) < p.count {
+            s.full += 1;
+        }
+    }
+    PendingReason {
+        model: p.model,
+        count: p.count,
+        region: p.region.as_ref().map(|r| r.to_string()),
+        regions: per_region.into_values().collect(),
+    }
+}
+
+impl fmt::Display for PendingReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.count == 0 {
+            return f.write_str("an instance needs at least 1 GPU");
+        }
+        if self.regions.is_empty() {
+            let place = self.region.as_deref().map_or("any region".to_string(), |r| r.to_string());
+            return write!(f, "no node in {place} has {} GPUs", self.model);
+        }
+        for (i, r) in self.regions.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "no node in {} has {} free {}", r.region, self.count, self.model)?;
+            let parts: Vec<String> = [
+                (r.full, "full"),
+                (r.too_small, "too small"),
+                (r.cordoned, "cordoned"),
+                (r.draining, "draining"),
+                (r.unhealthy, "unhealthy"),
+            ]
+            .into_iter()
+            .filter(|(n, _)| *n > 0)
+            .map(|(n, what)| format!("{n} {what}"))
+            .collect();
+            if !parts.is_empty() {
+                write!(f, ": {}", parts.join(", "))?;
+            }
+        }
+        Ok(())
+    }
+}

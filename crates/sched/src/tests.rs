@@ -1,0 +1,185 @@
+use super::*;
+use proptest::prelude::*;
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use std::collections::HashSet;
+
+fn region(s: &str) -> Region {
+    Region::parse(s).unwrap()
+}
+
+fn node(id: &str, r: &str, model: GpuModel, total: u32, used: u32) -> NodeView {
+    NodeView {
+        id: NodeId::parse(id).unwrap(),
+        region: region(r),
+        generation: 7,
+        state: NodeState::Ready,
+        health: NodeHealth::Healthy,
+        gpus: (0..total).map(|i| GpuView { index: i, model, allocated: i < used }).collect(),
+    }
+}
+
+fn want(id: &str, model: GpuModel, count: u32, r: Option<&str>) -> Pending {
+    Pending { instance: InstanceId::parse(id).unwrap(), model, count, region: r.map(region) }
+}
+
+fn run(snapshot: &ClusterSnapshot, pending: &[Pending], policy: Policy) -> Plan {
+    plan(snapshot, pending, policy, Timestamp(0), &mut StdRng::seed_from_u64(1))
+}
+
+#[test]
+fn best_fit_prefers_the_tightest_node_and_lowest_indices() {
+    let snap = ClusterSnapshot {
+        nodes: vec![
+            node("n-a", "eu-1", GpuModel::A100_40GB, 8, 0),
+            node("n-b", "eu-1", GpuModel::A100_40GB, 4, 1),
+        ],
+    };
+    let plan = run(&snap, &[want("i-1", GpuModel::A100_40GB, 2, Some("eu-1"))], Policy::BestFit);
+    assert_eq!(plan.placements.len(), 1);
+    let p = &plan.placements[0];
+    assert_eq!((p.node.as_str(), p.gpus.clone(), p.node_generation), ("n-b", vec![1, 2], 7));
+
+    let spread = run(&snap, &[want("i-1", GpuModel::A100_40GB, 2, None)], Policy::Spread);
+    assert_eq!(spread.placements[0].node.as_str(), "n-a");
+}
+
+#[test]
+fn explains_per_region_why_nothing_fits() {
+    let mut cordoned = node("n-c", "eu-1", GpuModel::A100_40GB, 8, 0);
+    cordoned.state = NodeState::Cordoned;
+    let mut sick = node("n-d", "eu-1", GpuModel::A100_40GB, 8, 0);
+    sick.health = NodeHealth::Unhealthy;
+    let snap = ClusterSnapshot {
+        nodes: vec![
+            node("n-a", "eu-1", GpuModel::A100_40GB, 8, 7),
+            node("n-b", "eu-1", GpuModel::A100_40GB, 8, 8),
+            node("n-e", "us-1", GpuModel::A100_40GB, 1, 0),
+            node("n-f", "us-1", GpuModel::T4, 8, 0),
+            cordoned,
+            sick,
+        ],
+    };
+    let plan = run(&snap, &[want("i-1", GpuModel::A100_40GB, 2, None)], Policy::BestFit);
+    assert!(plan.placements.is_empty());
+    assert_eq!(
+        plan.unplaced[0].reason.to_string(),
+        "no node in eu-1 has 2 free A100-40GB: 2 full, 1 cordoned, 1 unhealthy; \
+         no node in us-1 has 2 free A100-40GB: 1 too small"
+    );
+    let plan = run(&snap, &[want("i-2", GpuModel::H100_80GB, 1, Some("us-1"))], Policy::BestFit);
+    assert_eq!(plan.unplaced[0].reason.to_string(), "no node in us-1 has H100-80GB GPUs");
+}
+
+#[test]
+fn earlier_placements_in_a_plan_count_against_later_ones() {
+    let snap = ClusterSnapshot { nodes: vec![node("n-a", "eu-1", GpuModel::T4, 4, 0)] };
+    let pending: Vec<Pending> =
+        (0..3).map(|i| want(&format!("i-{i}"), GpuModel::T4, 2, None)).collect();
+    let plan = run(&snap, &pending, Policy::BestFit);
+    assert_eq!(plan.placements.len(), 2);
+    assert_eq!(plan.unplaced.len(), 1);
+    assert_eq!(plan.unplaced[0].reason.to_string(), "no node in eu-1 has 2 free T4: 1 full");
+}
+
+const MODELS: [GpuModel; 3] = [GpuModel::T4, GpuModel::A100_40GB, GpuModel::H100_80GB];
+const REGIONS: [&str; 2] = ["eu-1", "us-1"];
+
+fn arb_node(i: usize) -> impl Strategy<Value = NodeView> {
+    (0..2usize, 0..3usize, 1..=8u32, proptest::collection::vec(any::<bool>(), 8), 0..4u8).prop_map(
+        move |(r, m, total, used, st)| {
+            let mut n = node(&format!("n-{i:04}"), REGIONS[r], MODELS[m], total, 0);
+            for (g, u) in n.gpus.iter_mut().zip(used) {
+                g.allocated = u;
+            }
+            n.state = if st == 1 { NodeState::Cordoned } else { NodeState::Ready };
+            n.health = if st == 2 { NodeHealth::Unhealthy } else { NodeHealth::Healthy };
+            n.generation = i as i64;
+            n
+        },
+    )
+}
+
+fn arb_snapshot() -> impl Strategy<Value = ClusterSnapshot> {
+    (0..12usize)
+        .prop_flat_map(|n| (0..n).map(arb_node).collect::<Vec<_>>())
+        .prop_map(|nodes| ClusterSnapshot { nodes })
+}
+
+fn arb_pending() -> impl Strategy<Value = Vec<Pending>> {
+    proptest::collection::vec((0..3usize, 1..=9u32, 0..3usize), 0..30).prop_map(|v| {
+        v.into_iter()
+            .enumerate()
+            .map(|(i, (m, c, r))| {
+                want(&format!("i-{i}"), MODELS[m], c, if r == 2 { None } else { Some(REGIONS[r]) })
+            })
+            .collect()
+    })
+}
+
+fn arb_policy() -> impl Strategy<Value = Policy> {
+    proptest::sample::select(vec![Policy::BestFit, Policy::Spread, Policy::Random])
+}
+
+proptest! {
+    #[test]
+    fn plans_never_double_book_or_overcommit(
+        snap in arb_snapshot(), pending in arb_pending(), policy in arb_policy(), seed in any::<u64>()
+    ) {
+        let plan = plan(&snap, &pending, policy, Timestamp(0), &mut StdRng::seed_from_u64(seed));
+        let mut used = HashSet::new();
+        prop_assert_eq!(plan.placements.len() + plan.unplaced.len(), pending.len());
+        for pl in &plan.placements {
+            let req = pending.iter().find(|p| p.instance == pl.instance).unwrap();
+            let node = snap.nodes.iter().find(|n| n.id == pl.node).unwrap();
+            prop_assert_eq!(pl.gpus.len() as u32, req.count);
+            prop_assert_eq!(pl.node_generation, node.generation);
+            prop_assert!(node.state == NodeState::Ready && node.health == NodeHealth::Healthy);
+            prop_assert!(req.region.as_ref().is_none_or(|r| *r == node.region));
+            for g in &pl.gpus {
+                let gpu = node.gpus.iter().find(|x| x.index == *g).unwrap();
+                prop_assert!(!gpu.allocated, "GPU {} of {} was already allocated", g, node.id);
+                prop_assert_eq!(gpu.model, req.model);
+                prop_assert!(used.insert((node.id.clone(), *g)), "GPU {} of {} given twice", g, node.id);
+            }
+        }
+    }
+
+    #[test]
+    fn same_input_same_plan(
+        snap in arb_snapshot(), pending in arb_pending(), policy in arb_policy(), seed in any::<u64>()
+    ) {
+        let a = plan(&snap, &pending, policy, Timestamp(0), &mut StdRng::seed_from_u64(seed));
+        let b = plan(&snap, &pending, policy, Timestamp(0), &mut StdRng::seed_from_u64(seed));
+        prop_assert_eq!(a, b);
+    }
+
+    /// Best-fit does not depend on the order the store lists nodes in.
+    #[test]
+    fn best_fit_ignores_node_order(snap in arb_snapshot(), pending in arb_pending()) {
+        let a = run(&snap, &pending, Policy::BestFit);
+        let mut reversed = snap.clone();
+        reversed.nodes.reverse();
+        let b = run(&reversed, &pending, Policy::BestFit);
+        prop_assert_eq!(a, b);
+    }
+
+    /// Whatever stays unplaced truly fits nowhere: no schedulable node in its region has enough
+    /// free GPUs of its model left after the plan.
+    #[test]
+    fn unplaced_means_no_room(snap in arb_snapshot(), pending in arb_pending()) {
+        let plan = run(&snap, &pending, Policy::BestFit);
+        let mut taken: HashSet<(NodeId, u32)> = HashSet::new();
+        for pl in &plan.placements { for g in &pl.gpus { taken.insert((pl.node.clone(), *g)); } }
+        for u in &plan.unplaced {
+            let req = pending.iter().find(|p| p.instance == u.instance).unwrap();
+            // Only the free room at the end of the plan is checked: that is a lower bound.
+            for n in snap.nodes.iter().filter(|n| index::schedulable(n)) {
+                if req.region.as_ref().is_some_and(|r| *r != n.region) { continue; }
+                let free = n.gpus.iter().filter(|g| g.model == req.model && !g.allocated
+                    && !taken.contains(&(n.id.clone(), g.index))).count() as u32;
+                prop_assert!(free < req.count, "{} left pending but {} has {} free", u.instance, n.id, free);
+            }
+        }
+    }
+}

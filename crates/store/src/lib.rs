@@ -1,0 +1,105 @@
+//! Persistence for gpucloud: one async [`Store`] trait, with SQLite (the embedded default) and
+//! PostgreSQL backends behind it. Both speak the same SQL through sqlx's `Any` driver; each has its
+//! own numbered migrations. Every write that can race is guarded here: node generations for
+//! placements, instance generations for state changes, `instance_id IS NULL` for GPU allocation.
+
+mod migrate;
+mod sql;
+mod types;
+
+pub use sql::SqlStore;
+pub use types::*;
+
+use async_trait::async_trait;
+use gpucloud_model::{InstanceId, NodeId, NodeState, TenantId, Timestamp};
+use std::sync::Arc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A unique constraint refused the write (a name already taken, say).
+    #[error("{0} already exists")]
+    Conflict(String),
+    #[error("unsupported database URL '{0}' (expected sqlite://PATH or postgres://...)")]
+    BadUrl(String),
+    /// A value read back from the database is not what this version wrote.
+    #[error("corrupt row in {table}: {detail}")]
+    Corrupt { table: &'static str, detail: String },
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync {
+    fn backend(&self) -> Backend;
+
+    async fn create_tenant(&self, tenant: &Tenant) -> Result<()>;
+    async fn get_tenant(&self, id: &TenantId) -> Result<Option<Tenant>>;
+    async fn list_tenants(&self) -> Result<Vec<Tenant>>;
+    async fn insert_api_key(&self, key: &ApiKey) -> Result<()>;
+    /// The key with this hash and its tenant.
+    async fn find_api_key(&self, hash: &str) -> Result<Option<(ApiKey, Tenant)>>;
+
+    async fn insert_node(&self, node: &NewNode) -> Result<()>;
+    async fn list_nodes(&self) -> Result<Vec<Node>>;
+    async fn get_node(&self, id: &NodeId) -> Result<Option<Node>>;
+    /// Sets the operator state and bumps the generation; false if no such node.
+    async fn set_node_state(&self, id: &NodeId, state: NodeState) -> Result<bool>;
+    /// Records a heartbeat and marks the node healthy; false if no such node.
+    async fn record_heartbeat(&self, id: &NodeId, at: Timestamp) -> Result<bool>;
+    /// Marks unhealthy every healthy node whose last heartbeat is older than `cutoff`.
+    async fn mark_silent_nodes_unhealthy(&self, cutoff: Timestamp) -> Result<Vec<NodeId>>;
+
+    /// Inserts an instance, or with an idempotency key already used by its tenant, returns the
+    /// instance that key created. The bool says whether this call created it.
+    async fn insert_instance(&self, new: &NewInstance) -> Result<(Instance, bool)>;
+    /// `tenant: None` is the operator's view across tenants.
+    async fn get_instance(&self, tenant: Option<&TenantId>, id: &InstanceId) -> Result<Option<Instance>>;
+    async fn list_instances(&self, tenant: Option<&TenantId>) -> Result<Vec<Instance>>;
+    /// Pending instances, oldest first.
+    async fn list_pending(&self, limit: u32) -> Result<Vec<Instance>>;
+    async fn instances_on_node(&self, node: &NodeId) -> Result<Vec<Instance>>;
+    /// Moves an instance to a new state if its generation is still `expected_generation`;
+    /// releases its GPUs in the same transaction when the new state holds none. `None` when
+    /// the instance changed meanwhile (re-read and decide again).
+    async fn update_instance(
+        &self,
+        id: &InstanceId,
+        expected_generation: i64,
+        change: &InstanceChange,
+    ) -> Result<Option<Instance>>;
+    /// Applies the scheduler's placements on one node, all or nothing, if the node is still at
+    /// `node_generation` and schedulable.
+    async fn apply_placements(
+        &self,
+        node: &NodeId,
+        node_generation: i64,
+        placements: &[NewPlacement],
+        at: Timestamp,
+    ) -> Result<ApplyOutcome>;
+    async fn set_pending_reason(&self, id: &InstanceId, reason: Option<&str>) -> Result<()>;
+
+    async fn idempotency_begin(
+        &self,
+        scope: &str,
+        key: &str,
+        fingerprint: &str,
+        now: Timestamp,
+        stale_after_ms: i64,
+    ) -> Result<IdempotencyBegin>;
+    async fn idempotency_finish(&self, scope: &str, key: &str, status: u16, body: &str) -> Result<()>;
+    /// Forgets an unfinished record so a retry runs again (after a server-side failure).
+    async fn idempotency_abandon(&self, scope: &str, key: &str) -> Result<()>;
+}
+
+/// Opens `sqlite://PATH` (created if missing) or `postgres://...` and migrates it.
+pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
+    Ok(Arc::new(SqlStore::open(url).await?))
+}

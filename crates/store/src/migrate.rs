@@ -1,0 +1,47 @@
+//! A small migration runner: numbered SQL files per backend, each applied once in a transaction.
+//! sqlx's own migrator needs its proc-macro crate to embed files; this avoids that build cost.
+
+use crate::{Backend, Result};
+use sqlx::AnyPool;
+
+const SQLITE: &[(i64, &str)] = &[(1, include_str!("../migrations/sqlite/0001_foundation.sql"))];
+const POSTGRES: &[(i64, &str)] = &[(1, include_str!("../migrations/postgres/0001_foundation.sql"))];
+
+pub(crate) async fn run(pool: &AnyPool, backend: Backend) -> Result<()> {
+    let steps = match backend {
+        Backend::Sqlite => SQLITE,
+        Backend::Postgres => POSTGRES,
+    };
+    let mut tx = pool.begin().await?;
+    if backend == Backend::Postgres {
+        // Several replicas may start at once; one migrates, the others wait for it.
+        sqlx::query("SELECT 1 FROM pg_advisory_xact_lock(7364501)").execute(&mut *tx).await?;
+    }
+    sqlx::raw_sql(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)",
+    )
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    for (version, sql) in steps {
+        let mut tx = pool.begin().await?;
+        if backend == Backend::Postgres {
+            sqlx::query("SELECT 1 FROM pg_advisory_xact_lock(7364501)").execute(&mut *tx).await?;
+        }
+        let done: Option<i64> = sqlx::query_scalar("SELECT version FROM schema_migrations WHERE version = $1")
+            .bind(*version)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if done.is_some() {
+            continue;
+        }
+        sqlx::raw_sql(sql).execute(&mut *tx).await?;
+        sqlx::query("INSERT INTO schema_migrations (version, applied_at) VALUES ($1, 0)")
+            .bind(*version)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        tracing::info!(version, "applied migration");
+    }
+    Ok(())
+}

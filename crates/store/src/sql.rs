@@ -1,0 +1,640 @@
+use crate::migrate;
+use crate::{
+    ApiKey, ApplyOutcome, Backend, Gpu, IdempotencyBegin, Instance, InstanceChange, NewInstance,
+    NewNode, NewPlacement, Node, Result, Store, StoreError, Tenant,
+};
+use async_trait::async_trait;
+use gpucloud_model::{
+    ApiKeyId, GpuModel, InstanceId, InstanceState, NodeHealth, NodeId, NodeState, Region, Role,
+    StopTarget, TenantId, Timestamp,
+};
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Executor, Row};
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::sync::Once;
+
+/// The SQL store. SQLite runs on a single connection: SQLite allows one writer at a time anyway,
+/// and one connection turns lock contention into a queue instead of `SQLITE_BUSY` errors.
+pub struct SqlStore {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+const INSTANCE_COLUMNS: &str = "id, tenant_id, name, region, gpu_model, gpu_count, command, state, \
+    stop_target, node_id, generation, pending_reason, exit_code, created_at, updated_at";
+
+impl SqlStore {
+    pub async fn open(url: &str) -> Result<SqlStore> {
+        static DRIVERS: Once = Once::new();
+        DRIVERS.call_once(sqlx::any::install_default_drivers);
+        let (backend, pool) = if url.starts_with("sqlite:") {
+            let pool = AnyPoolOptions::new()
+                .max_connections(1)
+                .min_connections(1)
+                .idle_timeout(None)
+                .max_lifetime(None)
+                .after_connect(|conn, _| {
+                    Box::pin(async move {
+                        // WAL lets readers of the file (backups, sqlite3) coexist with the server;
+                        // FULL sync makes every committed transaction survive a power cut.
+                        conn.execute(
+                            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
+                             PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;",
+                        )
+                        .await?;
+                        Ok(())
+                    })
+                })
+                .connect(&with_create_mode(url))
+                .await?;
+            (Backend::Sqlite, pool)
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            (Backend::Postgres, AnyPoolOptions::new().max_connections(16).connect(url).await?)
+        } else {
+            return Err(StoreError::BadUrl(url.to_string()));
+        };
+        migrate::run(&pool, backend).await?;
+        Ok(SqlStore { pool, backend })
+    }
+
+    async fn gpus_of(&self, filter: GpuFilter<'_>) -> Result<HashMap<String, Vec<u32>>> {
+        let q = match filter {
+            GpuFilter::Instance(_) => {
+                "SELECT instance_id, idx FROM gpus WHERE instance_id = $1 ORDER BY idx"
+            }
+            GpuFilter::Tenant(_) => {
+                "SELECT g.instance_id, g.idx FROM gpus g JOIN instances i ON i.id = g.instance_id \
+                 WHERE i.tenant_id = $1 ORDER BY g.idx"
+            }
+            GpuFilter::Node(_) => {
+                "SELECT instance_id, idx FROM gpus WHERE node_id = $1 AND instance_id IS NOT NULL ORDER BY idx"
+            }
+            GpuFilter::All => {
+                "SELECT instance_id, idx FROM gpus WHERE instance_id IS NOT NULL ORDER BY idx"
+            }
+        };
+        let query = sqlx::query(q);
+        let query = match filter {
+            GpuFilter::Instance(v) | GpuFilter::Tenant(v) | GpuFilter::Node(v) => query.bind(v.to_string()),
+            GpuFilter::All => query,
+        };
+        let mut out: HashMap<String, Vec<u32>> = HashMap::new();
+        for row in query.fetch_all(&self.pool).await? {
+            let id: String = row.try_get(0)?;
+            let idx: i64 = row.try_get(1)?;
+            out.entry(id).or_default().push(idx as u32);
+        }
+        Ok(out)
+    }
+
+    async fn instances_where(&self, clause: &str, bind: Option<String>, gpus: GpuFilter<'_>) -> Result<Vec<Instance>> {
+        let sql = format!("SELECT {INSTANCE_COLUMNS} FROM instances {clause}");
+        let mut q = sqlx::query(&sql);
+        if let Some(b) = bind {
+            q = q.bind(b);
+        }
+        let rows = q.fetch_all(&self.pool).await?;
+        let mut gpu_map = self.gpus_of(gpus).await?;
+        rows.iter()
+            .map(|r| {
+                let mut inst = instance_from_row(r)?;
+                if inst.state.holds_gpus() {
+                    inst.gpus = gpu_map.remove(inst.id.as_str()).unwrap_or_default();
+                }
+                Ok(inst)
+            })
+            .collect()
+    }
+}
+
+enum GpuFilter<'a> {
+    Instance(&'a str),
+    Tenant(&'a str),
+    Node(&'a str),
+    All,
+}
+
+fn with_create_mode(url: &str) -> String {
+    if url.contains("mode=") {
+        url.to_string()
+    } else if url.contains('?') {
+        format!("{url}&mode=rwc")
+    } else {
+        format!("{url}?mode=rwc")
+    }
+}
+
+fn corrupt(table: &'static str, detail: impl ToString) -> StoreError {
+    StoreError::Corrupt { table, detail: detail.to_string() }
+}
+
+fn parse<T: FromStr>(table: &'static str, v: &str) -> Result<T>
+where
+    T::Err: std::fmt::Display,
+{
+    v.parse::<T>().map_err(|e| corrupt(table, e))
+}
+
+fn unique_violation(e: sqlx::Error, what: &str) -> StoreError {
+    match &e {
+        sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict(what.to_string()),
+        _ => StoreError::Db(e),
+    }
+}
+
+fn tenant_from_row(r: &AnyRow, off: usize) -> Result<Tenant> {
+    Ok(Tenant {
+        id: parse("tenants", &r.try_get::<String, _>(off)?)?,
+        name: r.try_get(off + 1)?,
+        role: parse::<Role>("tenants", &r.try_get::<String, _>(off + 2)?)?,
+        created_at: Timestamp(r.try_get(off + 3)?),
+    })
+}
+
+fn instance_from_row(r: &AnyRow) -> Result<Instance> {
+    let t = "instances";
+    let region: Option<String> = r.try_get("region")?;
+    let stop_target: Option<String> = r.try_get("stop_target")?;
+    let node_id: Option<String> = r.try_get("node_id")?;
+    let exit_code: Option<i64> = r.try_get("exit_code")?;
+    Ok(Instance {
+        id: parse(t, &r.try_get::<String, _>("id")?)?,
+        tenant_id: parse(t, &r.try_get::<String, _>("tenant_id")?)?,
+        name: r.try_get("name")?,
+        region: region.map(|v| Region::parse(&v).map_err(|e| corrupt(t, e))).transpose()?,
+        model: parse::<GpuModel>(t, &r.try_get::<String, _>("gpu_model")?)?,
+        count: r.try_get::<i64, _>("gpu_count")? as u32,
+        command: r.try_get("command")?,
+        state: parse::<InstanceState>(t, &r.try_get::<String, _>("state")?)?,
+        stop_target: stop_target.map(|v| parse::<StopTarget>(t, &v)).transpose()?,
+        node_id: node_id.map(|v| parse::<NodeId>(t, &v)).transpose()?,
+        gpus: Vec::new(),
+        generation: r.try_get("generation")?,
+        pending_reason: r.try_get("pending_reason")?,
+        exit_code: exit_code.map(|c| c as i32),
+        created_at: Timestamp(r.try_get("created_at")?),
+        updated_at: Timestamp(r.try_get("updated_at")?),
+    })
+}
+
+#[async_trait]
+impl Store for SqlStore {
+    fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    async fn create_tenant(&self, t: &Tenant) -> Result<()> {
+        sqlx::query("INSERT INTO tenants (id, name, role, created_at) VALUES ($1, $2, $3, $4)")
+            .bind(t.id.to_string())
+            .bind(&t.name)
+            .bind(t.role.as_str())
+            .bind(t.created_at.0)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| unique_violation(e, &format!("tenant '{}'", t.name)))?;
+        Ok(())
+    }
+
+    async fn get_tenant(&self, id: &TenantId) -> Result<Option<Tenant>> {
+        let row = sqlx::query("SELECT id, name, role, created_at FROM tenants WHERE id = $1")
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| tenant_from_row(&r, 0)).transpose()
+    }
+
+    async fn list_tenants(&self) -> Result<Vec<Tenant>> {
+        let rows = sqlx::query("SELECT id, name, role, created_at FROM tenants ORDER BY created_at, id")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(|r| tenant_from_row(r, 0)).collect()
+    }
+
+    async fn insert_api_key(&self, k: &ApiKey) -> Result<()> {
+        sqlx::query("INSERT INTO api_keys (id, tenant_id, prefix, hash, created_at) VALUES ($1, $2, $3, $4, $5)")
+            .bind(k.id.to_string())
+            .bind(k.tenant_id.to_string())
+            .bind(&k.prefix)
+            .bind(&k.hash)
+            .bind(k.created_at.0)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| unique_violation(e, "api key"))?;
+        Ok(())
+    }
+
+    async fn find_api_key(&self, hash: &str) -> Result<Option<(ApiKey, Tenant)>> {
+        let row = sqlx::query(
+            "SELECT t.id, t.name, t.role, t.created_at, k.id, k.prefix, k.hash, k.created_at \
+             FROM api_keys k JOIN tenants t ON t.id = k.tenant_id WHERE k.hash = $1",
+        )
+        .bind(hash)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(r) = row else { return Ok(None) };
+        let tenant = tenant_from_row(&r, 0)?;
+        let key = ApiKey {
+            id: parse::<ApiKeyId>("api_keys", &r.try_get::<String, _>(4)?)?,
+            tenant_id: tenant.id.clone(),
+            prefix: r.try_get(5)?,
+            hash: r.try_get(6)?,
+            created_at: Timestamp(r.try_get(7)?),
+        };
+        Ok(Some((key, tenant)))
+    }
+
+    async fn insert_node(&self, n: &NewNode) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO nodes (id, name, region, state, health, generation, last_heartbeat, created_at) \
+             VALUES ($1, $2, $3, 'ready', 'unhealthy', 1, NULL, $4)",
+        )
+        .bind(n.id.to_string())
+        .bind(&n.name)
+        .bind(n.region.to_string())
+        .bind(n.created_at.0)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| unique_violation(e, &format!("node '{}'", n.name)))?;
+        for g in &n.gpus {
+            sqlx::query("INSERT INTO gpus (node_id, idx, model, uuid, instance_id) VALUES ($1, $2, $3, $4, NULL)")
+                .bind(n.id.to_string())
+                .bind(g.index as i64)
+                .bind(g.model.name())
+                .bind(&g.uuid)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| unique_violation(e, &format!("GPU {} of node '{}'", g.uuid, n.name)))?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn list_nodes(&self) -> Result<Vec<Node>> {
+        load_nodes(&self.pool, None).await
+    }
+
+    async fn get_node(&self, id: &NodeId) -> Result<Option<Node>> {
+        Ok(load_nodes(&self.pool, Some(id)).await?.pop())
+    }
+
+    async fn set_node_state(&self, id: &NodeId, state: NodeState) -> Result<bool> {
+        let r = sqlx::query("UPDATE nodes SET state = $1, generation = generation + 1 WHERE id = $2")
+            .bind(state.as_str())
+            .bind(id.to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn record_heartbeat(&self, id: &NodeId, at: Timestamp) -> Result<bool> {
+        // A node that comes back healthy changes what the scheduler may use: bump its generation.
+        let r = sqlx::query(
+            "UPDATE nodes SET last_heartbeat = $1, health = 'healthy', \
+             generation = CASE WHEN health = 'healthy' THEN generation ELSE generation + 1 END \
+             WHERE id = $2",
+        )
+        .bind(at.0)
+        .bind(id.to_string())
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn mark_silent_nodes_unhealthy(&self, cutoff: Timestamp) -> Result<Vec<NodeId>> {
+        let mut tx = self.pool.begin().await?;
+        let ids: Vec<String> = sqlx::query_scalar(
+            "SELECT id FROM nodes WHERE health = 'healthy' AND (last_heartbeat IS NULL OR last_heartbeat < $1)",
+        )
+        .bind(cutoff.0)
+        .fetch_all(&mut *tx)
+        .await?;
+        for id in &ids {
+            sqlx::query("UPDATE nodes SET health = 'unhealthy', generation = generation + 1 WHERE id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        ids.iter().map(|i| parse("nodes", i)).collect()
+    }
+
+    async fn insert_instance(&self, n: &NewInstance) -> Result<(Instance, bool)> {
+        let r = sqlx::query(
+            "INSERT INTO instances (id, tenant_id, name, region, gpu_model, gpu_count, command, state, \
+             stop_target, node_id, generation, pending_reason, exit_code, idempotency_key, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', NULL, NULL, 1, NULL, NULL, $8, $9, $9) \
+             ON CONFLICT (tenant_id, idempotency_key) DO NOTHING",
+        )
+        .bind(n.id.to_string())
+        .bind(n.tenant_id.to_string())
+        .bind(&n.name)
+        .bind(n.region.as_ref().map(|r| r.to_string()))
+        .bind(n.model.name())
+        .bind(n.count as i64)
+        .bind(&n.command)
+        .bind(n.idempotency_key.clone())
+        .bind(n.created_at.0)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| unique_violation(e, &format!("instance {}", n.id)))?;
+        let created = r.rows_affected() == 1;
+        let found = if created {
+            self.get_instance(Some(&n.tenant_id), &n.id).await?
+        } else {
+            let id: Option<String> = sqlx::query_scalar(
+                "SELECT id FROM instances WHERE tenant_id = $1 AND idempotency_key = $2",
+            )
+            .bind(n.tenant_id.to_string())
+            .bind(n.idempotency_key.clone().unwrap_or_default())
+            .fetch_optional(&self.pool)
+            .await?;
+            match id {
+                Some(id) => self.get_instance(Some(&n.tenant_id), &parse("instances", &id)?).await?,
+                None => None,
+            }
+        };
+        let inst = found.ok_or_else(|| corrupt("instances", format!("{} vanished after insert", n.id)))?;
+        Ok((inst, created))
+    }
+
+    async fn get_instance(&self, tenant: Option<&TenantId>, id: &InstanceId) -> Result<Option<Instance>> {
+        let sql = format!("SELECT {INSTANCE_COLUMNS} FROM instances WHERE id = $1 AND ($2 = '' OR tenant_id = $2)");
+        let row = sqlx::query(&sql)
+            .bind(id.to_string())
+            .bind(tenant.map(|t| t.to_string()).unwrap_or_default())
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(r) = row else { return Ok(None) };
+        let mut inst = instance_from_row(&r)?;
+        if inst.state.holds_gpus() {
+            inst.gpus = self.gpus_of(GpuFilter::Instance(id.as_str())).await?.remove(id.as_str()).unwrap_or_default();
+        }
+        Ok(Some(inst))
+    }
+
+    async fn list_instances(&self, tenant: Option<&TenantId>) -> Result<Vec<Instance>> {
+        match tenant {
+            Some(t) => {
+                self.instances_where(
+                    "WHERE tenant_id = $1 ORDER BY created_at, id",
+                    Some(t.to_string()),
+                    GpuFilter::Tenant(t.as_str()),
+                )
+                .await
+            }
+            None => self.instances_where("ORDER BY created_at, id", None, GpuFilter::All).await,
+        }
+    }
+
+    async fn list_pending(&self, limit: u32) -> Result<Vec<Instance>> {
+        let clause = format!("WHERE state = 'pending' ORDER BY created_at, id LIMIT {limit}");
+        let sql = format!("SELECT {INSTANCE_COLUMNS} FROM instances {clause}");
+        let rows = sqlx::query(&sql).fetch_all(&self.pool).await?;
+        rows.iter().map(instance_from_row).collect()
+    }
+
+    async fn instances_on_node(&self, node: &NodeId) -> Result<Vec<Instance>> {
+        self.instances_where(
+            "WHERE node_id = $1 ORDER BY created_at, id",
+            Some(node.to_string()),
+            GpuFilter::Node(node.as_str()),
+        )
+        .await
+    }
+
+    async fn update_instance(
+        &self,
+        id: &InstanceId,
+        expected_generation: i64,
+        c: &InstanceChange,
+    ) -> Result<Option<Instance>> {
+        let mut tx = self.pool.begin().await?;
+        let node: Option<Option<String>> =
+            sqlx::query_scalar("SELECT node_id FROM instances WHERE id = $1 AND generation = $2")
+                .bind(id.to_string())
+                .bind(expected_generation)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let Some(node) = node else { return Ok(None) };
+        let keep_node = c.state.holds_gpus();
+        sqlx::query(
+            "UPDATE instances SET state = $1, stop_target = $2, exit_code = COALESCE($3, exit_code), \
+             node_id = CASE WHEN $4 = 1 THEN node_id ELSE NULL END, generation = generation + 1, updated_at = $5 \
+             WHERE id = $6 AND generation = $7",
+        )
+        .bind(c.state.as_str())
+        .bind(c.stop_target.map(|t| t.as_str().to_string()))
+        .bind(c.exit_code.map(|v| v as i64))
+        .bind(keep_node as i64)
+        .bind(c.at.0)
+        .bind(id.to_string())
+        .bind(expected_generation)
+        .execute(&mut *tx)
+        .await?;
+        if !keep_node && let Some(node) = node {
+            let freed = sqlx::query("UPDATE gpus SET instance_id = NULL WHERE instance_id = $1")
+                .bind(id.to_string())
+                .execute(&mut *tx)
+                .await?;
+            if freed.rows_affected() > 0 {
+                sqlx::query("UPDATE nodes SET generation = generation + 1 WHERE id = $1")
+                    .bind(node)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        tx.commit().await?;
+        self.get_instance(None, id).await
+    }
+
+    async fn apply_placements(
+        &self,
+        node: &NodeId,
+        node_generation: i64,
+        placements: &[NewPlacement],
+        at: Timestamp,
+    ) -> Result<ApplyOutcome> {
+        let mut tx = self.pool.begin().await?;
+        let bumped = sqlx::query(
+            "UPDATE nodes SET generation = generation + 1 \
+             WHERE id = $1 AND generation = $2 AND state = 'ready' AND health = 'healthy'",
+        )
+        .bind(node.to_string())
+        .bind(node_generation)
+        .execute(&mut *tx)
+        .await?;
+        if bumped.rows_affected() != 1 {
+            return Ok(ApplyOutcome::Conflict);
+        }
+        let mut placed = Vec::new();
+        for p in placements {
+            let moved = sqlx::query(
+                "UPDATE instances SET state = 'provisioning', node_id = $1, pending_reason = NULL, \
+                 generation = generation + 1, updated_at = $2 \
+                 WHERE id = $3 AND state = 'pending' AND generation = $4",
+            )
+            .bind(node.to_string())
+            .bind(at.0)
+            .bind(p.instance.to_string())
+            .bind(p.instance_generation)
+            .execute(&mut *tx)
+            .await?;
+            if moved.rows_affected() != 1 {
+                continue;
+            }
+            for idx in &p.gpus {
+                let took = sqlx::query(
+                    "UPDATE gpus SET instance_id = $1 WHERE node_id = $2 AND idx = $3 AND instance_id IS NULL",
+                )
+                .bind(p.instance.to_string())
+                .bind(node.to_string())
+                .bind(*idx as i64)
+                .execute(&mut *tx)
+                .await?;
+                if took.rows_affected() != 1 {
+                    // Dropping the transaction rolls back everything, node generation included.
+                    return Ok(ApplyOutcome::Conflict);
+                }
+            }
+            placed.push(p.instance.clone());
+        }
+        tx.commit().await?;
+        Ok(ApplyOutcome::Applied { placed })
+    }
+
+    async fn set_pending_reason(&self, id: &InstanceId, reason: Option<&str>) -> Result<()> {
+        // Not a state change: the generation stays, so it never races with one.
+        sqlx::query("UPDATE instances SET pending_reason = $1 WHERE id = $2 AND state = 'pending'")
+            .bind(reason.map(str::to_string))
+            .bind(id.to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn idempotency_begin(
+        &self,
+        scope: &str,
+        key: &str,
+        fingerprint: &str,
+        now: Timestamp,
+        stale_after_ms: i64,
+    ) -> Result<IdempotencyBegin> {
+        let inserted = sqlx::query(
+            "INSERT INTO idempotency (scope, key, fingerprint, status, body, created_at) \
+             VALUES ($1, $2, $3, NULL, NULL, $4) ON CONFLICT (scope, key) DO NOTHING",
+        )
+        .bind(scope)
+        .bind(key)
+        .bind(fingerprint)
+        .bind(now.0)
+        .execute(&self.pool)
+        .await?;
+        if inserted.rows_affected() == 1 {
+            return Ok(IdempotencyBegin::Started);
+        }
+        let row = sqlx::query("SELECT fingerprint, status, body, created_at FROM idempotency WHERE scope = $1 AND key = $2")
+            .bind(scope)
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(r) = row else {
+            // Abandoned between our insert and read: treat as in progress; the client retries.
+            return Ok(IdempotencyBegin::InProgress);
+        };
+        let fp: String = r.try_get(0)?;
+        let status: Option<i64> = r.try_get(1)?;
+        let body: Option<String> = r.try_get(2)?;
+        let created: i64 = r.try_get(3)?;
+        if fp != fingerprint {
+            return Ok(IdempotencyBegin::Mismatch);
+        }
+        if let (Some(status), Some(body)) = (status, body) {
+            return Ok(IdempotencyBegin::Replay { status: status as u16, body });
+        }
+        if now.0 - created > stale_after_ms {
+            // The request that took the key died without finishing: the retry takes it over.
+            let took = sqlx::query(
+                "UPDATE idempotency SET created_at = $1 WHERE scope = $2 AND key = $3 AND created_at = $4 AND status IS NULL",
+            )
+            .bind(now.0)
+            .bind(scope)
+            .bind(key)
+            .bind(created)
+            .execute(&self.pool)
+            .await?;
+            if took.rows_affected() == 1 {
+                return Ok(IdempotencyBegin::Started);
+            }
+        }
+        Ok(IdempotencyBegin::InProgress)
+    }
+
+    async fn idempotency_finish(&self, scope: &str, key: &str, status: u16, body: &str) -> Result<()> {
+        sqlx::query("UPDATE idempotency SET status = $1, body = $2 WHERE scope = $3 AND key = $4")
+            .bind(status as i64)
+            .bind(body)
+            .bind(scope)
+            .bind(key)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn idempotency_abandon(&self, scope: &str, key: &str) -> Result<()> {
+        sqlx::query("DELETE FROM idempotency WHERE scope = $1 AND key = $2 AND status IS NULL")
+            .bind(scope)
+            .bind(key)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}
+
+async fn load_nodes(pool: &AnyPool, only: Option<&NodeId>) -> Result<Vec<Node>> {
+    let t = "nodes";
+    let only = only.map(|n| n.to_string()).unwrap_or_default();
+    let rows = sqlx::query(
+        "SELECT id, name, region, state, health, generation, last_heartbeat, created_at FROM nodes \
+         WHERE ($1 = '' OR id = $1) ORDER BY name",
+    )
+    .bind(&only)
+    .fetch_all(pool)
+    .await?;
+    let gpu_rows = sqlx::query(
+        "SELECT node_id, idx, model, uuid, instance_id FROM gpus WHERE ($1 = '' OR node_id = $1) ORDER BY node_id, idx",
+    )
+    .bind(&only)
+    .fetch_all(pool)
+    .await?;
+    let mut gpus: HashMap<String, Vec<Gpu>> = HashMap::new();
+    for r in &gpu_rows {
+        let instance: Option<String> = r.try_get(4)?;
+        gpus.entry(r.try_get(0)?).or_default().push(Gpu {
+            index: r.try_get::<i64, _>(1)? as u32,
+            model: parse::<GpuModel>("gpus", &r.try_get::<String, _>(2)?)?,
+            uuid: r.try_get(3)?,
+            instance: instance.map(|i| parse::<InstanceId>("gpus", &i)).transpose()?,
+        });
+    }
+    rows.iter()
+        .map(|r| {
+            let id: String = r.try_get(0)?;
+            let region: String = r.try_get(2)?;
+            let hb: Option<i64> = r.try_get(6)?;
+            Ok(Node {
+                id: parse(t, &id)?,
+                name: r.try_get(1)?,
+                region: Region::parse(&region).map_err(|e| corrupt(t, e))?,
+                state: parse::<NodeState>(t, &r.try_get::<String, _>(3)?)?,
+                health: parse::<NodeHealth>(t, &r.try_get::<String, _>(4)?)?,
+                generation: r.try_get(5)?,
+                last_heartbeat: hb.map(Timestamp),
+                created_at: Timestamp(r.try_get(7)?),
+                gpus: gpus.remove(&id).unwrap_or_default(),
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,130 @@
+use gpucloud_model::{
+    ApiKeyId, GpuModel, InstanceId, InstanceState, NodeHealth, NodeId, NodeState, Region, Role,
+    StopTarget, TenantId, Timestamp,
+};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tenant {
+    pub id: TenantId,
+    pub name: String,
+    pub role: Role,
+    pub created_at: Timestamp,
+}
+
+/// An API key as stored: only its SHA-256 hash, and a short prefix to recognise it by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKey {
+    pub id: ApiKeyId,
+    pub tenant_id: TenantId,
+    pub prefix: String,
+    pub hash: String,
+    pub created_at: Timestamp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewGpu {
+    pub index: u32,
+    pub model: GpuModel,
+    pub uuid: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewNode {
+    pub id: NodeId,
+    pub name: String,
+    pub region: Region,
+    pub gpus: Vec<NewGpu>,
+    pub created_at: Timestamp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Gpu {
+    pub index: u32,
+    pub model: GpuModel,
+    pub uuid: String,
+    pub instance: Option<InstanceId>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Node {
+    pub id: NodeId,
+    pub name: String,
+    pub region: Region,
+    pub state: NodeState,
+    pub health: NodeHealth,
+    pub generation: i64,
+    pub last_heartbeat: Option<Timestamp>,
+    pub created_at: Timestamp,
+    pub gpus: Vec<Gpu>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewInstance {
+    pub id: InstanceId,
+    pub tenant_id: TenantId,
+    pub name: String,
+    pub region: Option<Region>,
+    pub model: GpuModel,
+    pub count: u32,
+    pub command: String,
+    pub idempotency_key: Option<String>,
+    pub created_at: Timestamp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Instance {
+    pub id: InstanceId,
+    pub tenant_id: TenantId,
+    pub name: String,
+    pub region: Option<Region>,
+    pub model: GpuModel,
+    pub count: u32,
+    pub command: String,
+    pub state: InstanceState,
+    pub stop_target: Option<StopTarget>,
+    pub node_id: Option<NodeId>,
+    /// Indices of the GPUs it holds on `node_id`, ascending; empty unless the state holds GPUs.
+    pub gpus: Vec<u32>,
+    pub generation: i64,
+    pub pending_reason: Option<String>,
+    pub exit_code: Option<i32>,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceChange {
+    pub state: InstanceState,
+    pub stop_target: Option<StopTarget>,
+    pub exit_code: Option<i32>,
+    pub at: Timestamp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewPlacement {
+    pub instance: InstanceId,
+    /// The instance generation the scheduler saw it pending at.
+    pub instance_generation: i64,
+    pub gpus: Vec<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApplyOutcome {
+    /// Committed. `placed` lists the instances now provisioning; the others had left pending
+    /// meanwhile (stopped, terminated) and were skipped.
+    Applied { placed: Vec<InstanceId> },
+    /// The node changed since the snapshot, or a GPU was taken: nothing was written; re-plan.
+    Conflict,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdempotencyBegin {
+    /// First use of the key: run the request, then finish or abandon.
+    Started,
+    /// The key finished before: return this response again.
+    Replay { status: u16, body: String },
+    /// The key was used with a different request.
+    Mismatch,
+    /// A request with this key is running now.
+    InProgress,
+}

@@ -1,0 +1,280 @@
+//! The store suite: every test runs against SQLite and against PostgreSQL. PostgreSQL comes from
+//! GPUCLOUD_TEST_PG_URL; without it those tests say SKIPPED (and fail under CI, so a missing
+//! database never passes silently there).
+
+use gpucloud_model::*;
+use gpucloud_store::*;
+use std::sync::Arc;
+
+fn rand_suffix() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
+
+async fn sqlite() -> Option<Arc<dyn Store>> {
+    let dir = std::env::temp_dir().join(format!("gpucloud-store-{}", rand_suffix()));
+    std::fs::create_dir_all(&dir).unwrap();
+    Some(open(&format!("sqlite://{}/test.db", dir.display())).await.unwrap())
+}
+
+async fn postgres() -> Option<Arc<dyn Store>> {
+    let Ok(base) = std::env::var("GPUCLOUD_TEST_PG_URL") else {
+        if std::env::var("CI").is_ok() {
+            panic!("GPUCLOUD_TEST_PG_URL is not set under CI: the PostgreSQL half would not run");
+        }
+        eprintln!("SKIPPED: PostgreSQL store test (set GPUCLOUD_TEST_PG_URL to run it)");
+        return None;
+    };
+    // Each test gets its own schema, so tests run in parallel on one database.
+    let schema = format!("t_{}", rand_suffix());
+    sqlx::any::install_default_drivers();
+    let admin = sqlx::AnyPool::connect(&base).await.unwrap();
+    sqlx::query(&format!("CREATE SCHEMA {schema}")).execute(&admin).await.unwrap();
+    admin.close().await;
+    let sep = if base.contains('?') { '&' } else { '?' };
+    let url = format!("{base}{sep}options=-c%20search_path%3D{schema}");
+    Some(open(&url).await.unwrap())
+}
+
+macro_rules! suite {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite_backend {
+            $(#[tokio::test] async fn $name() {
+                if let Some(s) = super::sqlite().await { super::$name(s).await }
+            })*
+        }
+        mod postgres_backend {
+            $(#[tokio::test] async fn $name() {
+                if let Some(s) = super::postgres().await { super::$name(s).await }
+            })*
+        }
+    };
+}
+
+suite!(
+    tenants_and_keys,
+    node_health_follows_heartbeats,
+    instance_insert_is_idempotent_per_tenant,
+    lookups_are_scoped_by_tenant,
+    placements_are_all_or_nothing,
+    leaving_a_gpu_state_releases_gpus,
+    idempotency_records,
+    concurrent_placements_never_double_book,
+);
+
+fn ts(ms: i64) -> Timestamp {
+    Timestamp(ms)
+}
+
+async fn tenant(s: &Arc<dyn Store>, name: &str) -> Tenant {
+    let t = Tenant {
+        id: TenantId::from_random(rand::random()),
+        name: name.into(),
+        role: Role::Tenant,
+        created_at: ts(1),
+    };
+    s.create_tenant(&t).await.unwrap();
+    t
+}
+
+async fn node(s: &Arc<dyn Store>, name: &str, model: GpuModel, count: u32) -> Node {
+    let id = NodeId::from_random(rand::random());
+    let gpus = (0..count)
+        .map(|i| NewGpu { index: i, model, uuid: format!("GPU-{name}-{i}") })
+        .collect();
+    let new = NewNode { id: id.clone(), name: name.into(), region: Region::parse("eu-1").unwrap(), gpus, created_at: ts(1) };
+    s.insert_node(&new).await.unwrap();
+    s.record_heartbeat(&id, ts(2)).await.unwrap();
+    s.get_node(&id).await.unwrap().unwrap()
+}
+
+async fn instance(s: &Arc<dyn Store>, t: &Tenant, count: u32, key: Option<&str>) -> Instance {
+    let new = NewInstance {
+        id: InstanceId::from_random(rand::random()),
+        tenant_id: t.id.clone(),
+        name: "job".into(),
+        region: None,
+        model: GpuModel::A100_40GB,
+        count,
+        command: "sleep 1".into(),
+        idempotency_key: key.map(str::to_string),
+        created_at: ts(10),
+    };
+    s.insert_instance(&new).await.unwrap().0
+}
+
+fn placement(i: &Instance, gpus: &[u32]) -> NewPlacement {
+    NewPlacement { instance: i.id.clone(), instance_generation: i.generation, gpus: gpus.to_vec() }
+}
+
+async fn tenants_and_keys(s: Arc<dyn Store>) {
+    let t = tenant(&s, "acme").await;
+    let dup = Tenant { id: TenantId::from_random(rand::random()), ..t.clone() };
+    assert!(matches!(s.create_tenant(&dup).await, Err(StoreError::Conflict(_))));
+    let key = ApiKey {
+        id: ApiKeyId::from_random(rand::random()),
+        tenant_id: t.id.clone(),
+        prefix: "gpc_abcd".into(),
+        hash: "h1".into(),
+        created_at: ts(3),
+    };
+    s.insert_api_key(&key).await.unwrap();
+    let (k, owner) = s.find_api_key("h1").await.unwrap().unwrap();
+    assert_eq!((k, owner), (key, t.clone()));
+    assert!(s.find_api_key("nope").await.unwrap().is_none());
+    assert_eq!(s.list_tenants().await.unwrap(), vec![t]);
+}
+
+async fn node_health_follows_heartbeats(s: Arc<dyn Store>) {
+    let n = node(&s, "gpu-1", GpuModel::T4, 4).await;
+    assert_eq!(n.health, NodeHealth::Healthy);
+    assert_eq!(n.gpus.len(), 4);
+    assert_eq!(n.last_heartbeat, Some(ts(2)));
+    let gen_before = n.generation;
+    assert_eq!(s.mark_silent_nodes_unhealthy(ts(100)).await.unwrap(), vec![n.id.clone()]);
+    let n2 = s.get_node(&n.id).await.unwrap().unwrap();
+    assert_eq!((n2.health, n2.generation), (NodeHealth::Unhealthy, gen_before + 1));
+    assert!(s.mark_silent_nodes_unhealthy(ts(100)).await.unwrap().is_empty());
+    assert!(s.record_heartbeat(&n.id, ts(200)).await.unwrap());
+    assert_eq!(s.get_node(&n.id).await.unwrap().unwrap().health, NodeHealth::Healthy);
+    assert!(s.set_node_state(&n.id, NodeState::Cordoned).await.unwrap());
+    assert_eq!(s.get_node(&n.id).await.unwrap().unwrap().state, NodeState::Cordoned);
+    assert!(!s.set_node_state(&NodeId::parse("n-missing").unwrap(), NodeState::Ready).await.unwrap());
+}
+
+async fn instance_insert_is_idempotent_per_tenant(s: Arc<dyn Store>) {
+    let a = tenant(&s, "a").await;
+    let b = tenant(&s, "b").await;
+    let i1 = instance(&s, &a, 2, Some("k1")).await;
+    let i2 = instance(&s, &a, 2, Some("k1")).await;
+    let i3 = instance(&s, &b, 2, Some("k1")).await;
+    let i4 = instance(&s, &a, 2, None).await;
+    let i5 = instance(&s, &a, 2, None).await;
+    assert_eq!(i1, i2);
+    assert_ne!(i1.id, i3.id);
+    assert_ne!(i4.id, i5.id);
+    assert_eq!(s.list_instances(Some(&a.id)).await.unwrap().len(), 3);
+    assert_eq!(i1.state, InstanceState::Pending);
+}
+
+async fn lookups_are_scoped_by_tenant(s: Arc<dyn Store>) {
+    let a = tenant(&s, "a").await;
+    let b = tenant(&s, "b").await;
+    let i = instance(&s, &a, 1, None).await;
+    assert!(s.get_instance(Some(&b.id), &i.id).await.unwrap().is_none());
+    assert!(s.get_instance(Some(&a.id), &i.id).await.unwrap().is_some());
+    assert!(s.get_instance(None, &i.id).await.unwrap().is_some());
+    assert!(s.list_instances(Some(&b.id)).await.unwrap().is_empty());
+}
+
+async fn placements_are_all_or_nothing(s: Arc<dyn Store>) {
+    let t = tenant(&s, "a").await;
+    let n = node(&s, "gpu-1", GpuModel::A100_40GB, 4).await;
+    let i1 = instance(&s, &t, 2, None).await;
+    let i2 = instance(&s, &t, 2, None).await;
+
+    // A stale generation writes nothing.
+    let out = s.apply_placements(&n.id, n.generation - 1, &[placement(&i1, &[0, 1])], ts(20)).await.unwrap();
+    assert_eq!(out, ApplyOutcome::Conflict);
+    assert_eq!(s.get_instance(None, &i1.id).await.unwrap().unwrap().state, InstanceState::Pending);
+
+    let out = s.apply_placements(&n.id, n.generation, &[placement(&i1, &[0, 1])], ts(20)).await.unwrap();
+    assert_eq!(out, ApplyOutcome::Applied { placed: vec![i1.id.clone()] });
+    let got = s.get_instance(None, &i1.id).await.unwrap().unwrap();
+    assert_eq!((got.state, got.node_id.clone(), got.gpus.clone()), (InstanceState::Provisioning, Some(n.id.clone()), vec![0, 1]));
+
+    // GPU 1 is taken: the whole batch rolls back, node generation included.
+    let n = s.get_node(&n.id).await.unwrap().unwrap();
+    let out = s.apply_placements(&n.id, n.generation, &[placement(&i2, &[1, 2])], ts(21)).await.unwrap();
+    assert_eq!(out, ApplyOutcome::Conflict);
+    let after = s.get_node(&n.id).await.unwrap().unwrap();
+    assert_eq!(after.generation, n.generation);
+    assert_eq!(s.get_instance(None, &i2.id).await.unwrap().unwrap().state, InstanceState::Pending);
+    assert_eq!(after.gpus.iter().filter(|g| g.instance.is_some()).count(), 2);
+
+    // An instance that left pending is skipped, the rest applies.
+    let i3 = instance(&s, &t, 1, None).await;
+    let change = InstanceChange { state: InstanceState::Stopped, stop_target: None, exit_code: None, at: ts(22) };
+    s.update_instance(&i2.id, i2.generation, &change).await.unwrap().unwrap();
+    let out = s
+        .apply_placements(&n.id, n.generation, &[placement(&i2, &[2, 3]), placement(&i3, &[3])], ts(23))
+        .await
+        .unwrap();
+    assert_eq!(out, ApplyOutcome::Applied { placed: vec![i3.id.clone()] });
+
+    // A cordoned node takes nothing.
+    s.set_node_state(&n.id, NodeState::Cordoned).await.unwrap();
+    let n = s.get_node(&n.id).await.unwrap().unwrap();
+    let i4 = instance(&s, &t, 1, None).await;
+    let out = s.apply_placements(&n.id, n.generation, &[placement(&i4, &[2])], ts(24)).await.unwrap();
+    assert_eq!(out, ApplyOutcome::Conflict);
+}
+
+async fn leaving_a_gpu_state_releases_gpus(s: Arc<dyn Store>) {
+    let t = tenant(&s, "a").await;
+    let n = node(&s, "gpu-1", GpuModel::A100_40GB, 2).await;
+    let i = instance(&s, &t, 2, None).await;
+    s.apply_placements(&n.id, n.generation, &[placement(&i, &[0, 1])], ts(20)).await.unwrap();
+    let i = s.get_instance(None, &i.id).await.unwrap().unwrap();
+    let stopping = InstanceChange {
+        state: InstanceState::Stopping,
+        stop_target: Some(StopTarget::Stopped),
+        exit_code: None,
+        at: ts(30),
+    };
+    let i = s.update_instance(&i.id, i.generation, &stopping).await.unwrap().unwrap();
+    assert_eq!((i.gpus.clone(), i.stop_target), (vec![0, 1], Some(StopTarget::Stopped)));
+    // A writer holding an old generation loses.
+    assert!(s.update_instance(&i.id, i.generation - 1, &stopping).await.unwrap().is_none());
+    let gen_before = s.get_node(&n.id).await.unwrap().unwrap().generation;
+    let stopped = InstanceChange { state: InstanceState::Stopped, stop_target: None, exit_code: Some(0), at: ts(40) };
+    let i = s.update_instance(&i.id, i.generation, &stopped).await.unwrap().unwrap();
+    assert_eq!((i.state, i.node_id.clone(), i.gpus.clone(), i.exit_code), (InstanceState::Stopped, None, vec![], Some(0)));
+    let n = s.get_node(&n.id).await.unwrap().unwrap();
+    assert!(n.gpus.iter().all(|g| g.instance.is_none()));
+    assert_eq!(n.generation, gen_before + 1);
+    assert_eq!(i.updated_at, ts(40));
+}
+
+async fn idempotency_records(s: Arc<dyn Store>) {
+    use IdempotencyBegin::*;
+    assert_eq!(s.idempotency_begin("t1", "k", "fp", ts(0), 1000).await.unwrap(), Started);
+    assert_eq!(s.idempotency_begin("t1", "k", "fp", ts(10), 1000).await.unwrap(), InProgress);
+    assert_eq!(s.idempotency_begin("t1", "k", "other", ts(10), 1000).await.unwrap(), Mismatch);
+    assert_eq!(s.idempotency_begin("t2", "k", "other", ts(10), 1000).await.unwrap(), Started);
+    // The first holder died: after the stale period a retry takes the key over.
+    assert_eq!(s.idempotency_begin("t1", "k", "fp", ts(2000), 1000).await.unwrap(), Started);
+    s.idempotency_finish("t1", "k", 201, "{\"id\":1}").await.unwrap();
+    assert_eq!(
+        s.idempotency_begin("t1", "k", "fp", ts(3000), 1000).await.unwrap(),
+        Replay { status: 201, body: "{\"id\":1}".into() }
+    );
+    s.idempotency_abandon("t2", "k").await.unwrap();
+    assert_eq!(s.idempotency_begin("t2", "k", "new", ts(10), 1000).await.unwrap(), Started);
+}
+
+async fn concurrent_placements_never_double_book(s: Arc<dyn Store>) {
+    let t = tenant(&s, "a").await;
+    let n = node(&s, "gpu-1", GpuModel::A100_40GB, 4).await;
+    let mut tasks = Vec::new();
+    for k in 0..8u32 {
+        let i = instance(&s, &t, 2, None).await;
+        let s = s.clone();
+        let node = n.clone();
+        // Every writer saw the same snapshot and wants overlapping GPUs.
+        tasks.push(tokio::spawn(async move {
+            let gpus = [k % 3, k % 3 + 1];
+            s.apply_placements(&node.id, node.generation, &[placement(&i, &gpus)], ts(20)).await.unwrap()
+        }));
+    }
+    let mut winners = 0;
+    for t in tasks {
+        if let ApplyOutcome::Applied { placed } = t.await.unwrap() {
+            winners += placed.len();
+        }
+    }
+    assert_eq!(winners, 1, "one snapshot, one winner");
+    let n = s.get_node(&n.id).await.unwrap().unwrap();
+    assert_eq!(n.gpus.iter().filter(|g| g.instance.is_some()).count(), 2);
+    let held: usize = s.list_instances(None).await.unwrap().iter().map(|i| i.gpus.len()).sum();
+    assert_eq!(held, 2);
+}
