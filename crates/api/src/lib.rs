@@ -1,1 +1,225 @@
-pub fn _x(){}
+//! The wire format of the gpucloud REST API: the one place that knows JSON. Server, CLI and
+//! tests share these types; the server derives its OpenAPI document from them.
+
+use gpucloud_model::{GpuModel, Region, Timestamp};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// RFC 3339 text of a timestamp, in UTC with millisecond precision.
+pub fn rfc3339(t: Timestamp) -> String {
+    let nanos = i128::from(t.millis()) * 1_000_000;
+    match time::OffsetDateTime::from_unix_timestamp_nanos(nanos) {
+        Ok(dt) => dt
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_else(|_| t.millis().to_string()),
+        Err(_) => t.millis().to_string(),
+    }
+}
+
+/// An RFC 9457 problem document: every 4xx and 5xx body.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct Problem {
+    /// A URI reference naming the kind of problem: `/problems/{code}`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+    /// Machine-readable, stable: `invalid_request`, `not_found`, `illegal_transition`, ...
+    pub code: String,
+    /// The request field at fault, as a path (`count`, `gpus[0].model`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    /// For `illegal_transition`: the instance's state now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_state: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateInstanceRequest {
+    /// GPU model, e.g. `A100-40GB` (see `GET /v1/gpu-models`).
+    #[schema(value_type = String, example = "A100-40GB")]
+    pub gpu: GpuModel,
+    /// Whole GPUs, 1 to 16, all on one node.
+    #[schema(minimum = 1, maximum = 16, example = 2)]
+    pub count: u32,
+    /// Region to run in; any region when omitted.
+    #[serde(default)]
+    #[schema(value_type = Option<String>, example = "eu-1")]
+    pub region: Option<Region>,
+    /// The workload: a shell command line.
+    pub command: String,
+    /// A name for people; defaults to the id.
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct Instance {
+    pub id: String,
+    pub name: String,
+    /// pending, provisioning, running, stopping, stopped, terminated or failed.
+    pub state: String,
+    /// While stopping: where it goes next (stopped, terminated, requeue).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_target: Option<String>,
+    pub gpu: String,
+    pub count: u32,
+    /// The region asked for; null for any.
+    pub region: Option<String>,
+    /// Where it runs, while it holds GPUs.
+    pub node: Option<String>,
+    /// GPU indices on `node`.
+    pub gpus: Vec<u32>,
+    pub command: String,
+    /// Why a pending instance is not running yet, per region.
+    pub pending_reason: Option<String>,
+    pub exit_code: Option<i32>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct InstanceList {
+    pub instances: Vec<Instance>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct NodeGpu {
+    pub index: u32,
+    pub model: String,
+    pub uuid: String,
+    /// The instance holding it, if any.
+    pub instance: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct Node {
+    pub id: String,
+    pub name: String,
+    pub region: String,
+    /// ready, cordoned or draining.
+    pub state: String,
+    /// healthy or unhealthy.
+    pub health: String,
+    pub generation: i64,
+    pub last_heartbeat: Option<String>,
+    pub gpus_total: u32,
+    pub gpus_allocated: u32,
+    pub gpus: Vec<NodeGpu>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct NodeList {
+    pub nodes: Vec<Node>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GpuGroup {
+    #[schema(value_type = String, example = "H100-80GB")]
+    pub model: GpuModel,
+    #[schema(minimum = 1, maximum = 16)]
+    pub count: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateNodeRequest {
+    /// Unique host name.
+    pub name: String,
+    #[schema(value_type = String, example = "eu-1")]
+    pub region: Region,
+    pub gpus: Vec<GpuGroup>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct Tenant {
+    pub id: String,
+    pub name: String,
+    /// operator or tenant.
+    pub role: String,
+    pub created_at: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TenantList {
+    pub tenants: Vec<Tenant>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTenantRequest {
+    /// 1 to 64 letters, digits, `-` or `_`.
+    pub name: String,
+}
+
+/// A new API key. The key itself is shown here once and never again.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ApiKeyCreated {
+    pub id: String,
+    pub tenant: Tenant,
+    pub prefix: String,
+    pub api_key: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct WhoAmI {
+    pub tenant: Tenant,
+    pub key_prefix: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct ModelCapacity {
+    pub model: String,
+    pub nodes: u32,
+    pub total: u32,
+    /// On schedulable (ready and healthy) nodes.
+    pub free: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct RegionCapacity {
+    pub region: String,
+    pub models: Vec<ModelCapacity>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Capacity {
+    pub regions: Vec<RegionCapacity>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct GpuModelInfo {
+    pub name: String,
+    pub memory_mib: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct GpuModelList {
+    pub models: Vec<GpuModelInfo>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_are_rfc3339_utc() {
+        assert_eq!(rfc3339(Timestamp(0)), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(Timestamp(1_700_000_000_123)), "2023-11-14T22:13:20.123Z");
+    }
+
+    #[test]
+    fn create_request_names_the_bad_field() {
+        let bad = serde_json::from_str::<CreateInstanceRequest>(
+            r#"{"gpu":"A100-40GB","count":-1,"command":"x"}"#,
+        );
+        assert!(bad.unwrap_err().to_string().contains("-1"));
+        let unknown = serde_json::from_str::<CreateInstanceRequest>(
+            r#"{"gpu":"A100-40GB","count":1,"command":"x","colour":"red"}"#,
+        );
+        assert!(unknown.unwrap_err().to_string().contains("colour"));
+    }
+}

@@ -1,1 +1,76 @@
-fn main(){}
+//! The `gpucloud` binary: the server (`serve`, `dev`), the tenant and operator CLI, and benchmarks.
+
+mod bench;
+mod client;
+mod commands;
+mod output;
+mod profile;
+mod servers;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "gpucloud", version, about = "A self-hostable GPU rental cloud", propagate_version = true)]
+struct Cli {
+    /// API server URL (default: the profile written by `gpucloud dev`).
+    #[arg(long, global = true, env = "GPUCLOUD_URL")]
+    url: Option<String>,
+    /// API key (default: the profile's key).
+    #[arg(long, global = true, env = "GPUCLOUD_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a local cloud: API server, SQLite store and a fake GPU fleet, no GPU or database needed.
+    Dev(servers::DevArgs),
+    /// Run the API server (SQLite or PostgreSQL).
+    Serve(servers::ServeArgs),
+    /// Create and manage GPU instances.
+    #[command(subcommand)]
+    Instance(commands::InstanceCmd),
+    /// The fleet: nodes and their GPUs (operator).
+    #[command(subcommand)]
+    Node(commands::NodeCmd),
+    /// Tenants and API keys (operator).
+    #[command(subcommand)]
+    Tenant(commands::TenantCmd),
+    /// Free and total GPUs per region and model.
+    Capacity,
+    /// The GPU models on sale.
+    Models,
+    /// Who the current API key belongs to.
+    Whoami,
+    /// Benchmarks that print a table.
+    #[command(subcommand)]
+    Bench(bench::BenchCmd),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let ctx = commands::Ctx { url: cli.url, api_key: cli.api_key, json: cli.json };
+    let result = match cli.command {
+        Command::Dev(a) => servers::dev(a),
+        Command::Serve(a) => servers::serve(a),
+        Command::Instance(c) => commands::instance(&ctx, c),
+        Command::Node(c) => commands::node(&ctx, c),
+        Command::Tenant(c) => commands::tenant(&ctx, c),
+        Command::Capacity => commands::capacity(&ctx),
+        Command::Models => commands::models(&ctx),
+        Command::Whoami => commands::whoami(&ctx),
+        Command::Bench(c) => bench::run(c, ctx.json),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

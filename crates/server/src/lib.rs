@@ -1,1 +1,55 @@
-pub fn _x(){}
+//! The gpucloud control plane. `http/` parses and authenticates, `app/` decides, the store
+//! persists; `tasks/` are the reconcilers (scheduling, heartbeat watch) and `fake_agent` runs
+//! nodes without hardware for dev mode and tests, through the same interface a real agent uses.
+
+pub mod app;
+pub mod dev;
+pub mod fake_agent;
+pub mod http;
+pub mod tasks;
+
+use app::{App, Config};
+use gpucloud_store::Store;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+/// A running server: its address, and the handles of what it spawned.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub app: Arc<App>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stops the HTTP server and the background tasks (tests use it; a real server runs until
+    /// it is killed, and loses nothing when it is).
+    pub fn shutdown(self) {
+        for t in self.tasks {
+            t.abort();
+        }
+    }
+
+    /// Waits until the HTTP server stops (it does not, unless it fails).
+    pub async fn wait(mut self) {
+        if let Some(http) = self.tasks.pop() {
+            let _ = http.await;
+        }
+    }
+}
+
+/// Binds `listen`, starts the reconcilers (and fake agents when configured) and serves the API.
+pub async fn start(store: Arc<dyn Store>, config: Config, listen: &str) -> std::io::Result<Running> {
+    let listener = TcpListener::bind(listen).await?;
+    let addr = listener.local_addr()?;
+    let app = Arc::new(App::new(store, config));
+    let mut tasks = tasks::spawn_all(app.clone());
+    let router = http::router(app.clone());
+    tasks.push(tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>()).await {
+            tracing::error!(error = %e, "HTTP server stopped");
+        }
+    }));
+    Ok(Running { addr, app, tasks })
+}

@@ -1,0 +1,98 @@
+//! A small blocking HTTP client over the API types. Errors carry the server's problem document.
+
+use gpucloud_api::Problem;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::time::Duration;
+
+pub struct Client {
+    base: String,
+    key: Option<String>,
+    agent: ureq::Agent,
+}
+
+#[derive(Debug)]
+pub enum ClientError {
+    /// The server answered with a problem document.
+    Api(Problem),
+    /// The server could not be reached, or answered something that is not the API.
+    Transport(String),
+}
+
+impl std::fmt::Display for ClientError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClientError::Api(p) => {
+                write!(f, "{} ({} {})", p.detail, p.status, p.code)?;
+                if let Some(field) = &p.field {
+                    write!(f, " [field: {field}]")?;
+                }
+                Ok(())
+            }
+            ClientError::Transport(m) => f.write_str(m),
+        }
+    }
+}
+
+impl Client {
+    pub fn new(base: &str, key: Option<String>) -> Client {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(30)))
+            .build()
+            .into();
+        Client { base: base.trim_end_matches('/').to_string(), key, agent }
+    }
+
+    pub fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        let mut req = self.agent.get(format!("{}{path}", self.base));
+        if let Some(k) = &self.key {
+            req = req.header("Authorization", format!("Bearer {k}"));
+        }
+        self.finish(req.call())
+    }
+
+    pub fn post<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: Option<&B>,
+        idempotency_key: Option<&str>,
+    ) -> Result<T, ClientError> {
+        let mut req = self.agent.post(format!("{}{path}", self.base));
+        if let Some(k) = &self.key {
+            req = req.header("Authorization", format!("Bearer {k}"));
+        }
+        if let Some(k) = idempotency_key {
+            req = req.header("Idempotency-Key", k);
+        }
+        let resp = match body {
+            Some(b) => {
+                let json = serde_json::to_vec(b).map_err(|e| ClientError::Transport(e.to_string()))?;
+                req.header("Content-Type", "application/json").send(&json[..])
+            }
+            None => req.send_empty(),
+        };
+        self.finish(resp)
+    }
+
+    fn finish<T: DeserializeOwned>(
+        &self,
+        resp: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    ) -> Result<T, ClientError> {
+        let mut resp = resp.map_err(|e| ClientError::Transport(format!("cannot reach {}: {e}", self.base)))?;
+        let status = resp.status();
+        let text = resp
+            .body_mut()
+            .read_to_string()
+            .map_err(|e| ClientError::Transport(format!("reading the response: {e}")))?;
+        if status.is_success() {
+            serde_json::from_str(&text)
+                .map_err(|e| ClientError::Transport(format!("unexpected response from {}: {e}", self.base)))
+        } else {
+            match serde_json::from_str::<Problem>(&text) {
+                Ok(p) => Err(ClientError::Api(p)),
+                Err(_) => Err(ClientError::Transport(format!("HTTP {status} from {}: {text}", self.base))),
+            }
+        }
+    }
+}

@@ -1,0 +1,342 @@
+//! Tenant and operator commands: thin wrappers over the REST API.
+
+use crate::client::Client;
+use crate::output::{gpu_list, json, or_dash, table};
+use crate::profile;
+use clap::Subcommand;
+use gpucloud_api as api;
+use std::time::{Duration, Instant};
+
+pub struct Ctx {
+    pub url: Option<String>,
+    pub api_key: Option<String>,
+    pub json: bool,
+}
+
+/// Which key a command needs when none was given explicitly.
+#[derive(Clone, Copy, PartialEq)]
+enum As {
+    Tenant,
+    Operator,
+}
+
+impl Ctx {
+    fn client(&self, role: As) -> Result<Client, String> {
+        let prof = profile::load_profile();
+        let url = self.url.clone().or_else(|| prof.as_ref().map(|p| p.url.clone())).ok_or_else(|| {
+            format!(
+                "no server configured: run `gpucloud dev`, or set GPUCLOUD_URL and GPUCLOUD_API_KEY (profile: {})",
+                profile::profile_path().display()
+            )
+        })?;
+        let key = self.api_key.clone().or_else(|| {
+            let p = prof?;
+            match role {
+                As::Operator => p.operator_key.or(p.api_key),
+                As::Tenant => p.api_key,
+            }
+        });
+        Ok(Client::new(&url, key))
+    }
+}
+
+type Res = Result<(), String>;
+
+fn show<T: serde::Serialize>(ctx: &Ctx, value: &T, text: impl FnOnce(&T) -> String) {
+    if ctx.json {
+        println!("{}", json(value));
+    } else {
+        println!("{}", text(value));
+    }
+}
+
+#[derive(Subcommand)]
+pub enum InstanceCmd {
+    /// Create an instance with whole GPUs.
+    Create {
+        /// GPU model, e.g. A100-40GB (see `gpucloud models`).
+        #[arg(long)]
+        gpu: String,
+        /// Number of GPUs, all on one node.
+        #[arg(long, default_value_t = 1)]
+        count: i64,
+        /// Region; any when omitted (see `gpucloud capacity`).
+        #[arg(long)]
+        region: Option<String>,
+        /// The command line to run.
+        #[arg(long)]
+        command: String,
+        #[arg(long)]
+        name: Option<String>,
+        /// Makes a retried create safe: the same key never creates twice.
+        #[arg(long)]
+        idempotency_key: Option<String>,
+        /// Wait up to this many seconds for the instance to run.
+        #[arg(long, value_name = "SECONDS")]
+        wait: Option<u64>,
+    },
+    /// List your instances.
+    List,
+    /// Show one instance, and why it is pending if it is.
+    Show { id: String },
+    /// Stop an instance (its GPUs are released).
+    Stop { id: String },
+    /// Start a stopped instance again.
+    Start { id: String },
+    /// Terminate an instance for good.
+    Terminate { id: String },
+}
+
+fn instance_rows(list: &[api::Instance]) -> String {
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|i| {
+            vec![
+                i.id.clone(),
+                i.name.clone(),
+                i.state.clone(),
+                format!("{}x {}", i.count, i.gpu),
+                or_dash(i.region.as_ref()),
+                or_dash(i.node.as_ref()),
+                gpu_list(&i.gpus),
+            ]
+        })
+        .collect();
+    table(&["ID", "NAME", "STATE", "GPUS", "REGION", "NODE", "GPU IDX"], &rows)
+}
+
+fn instance_detail(i: &api::Instance) -> String {
+    let mut lines = vec![
+        format!("id:        {}", i.id),
+        format!("name:      {}", i.name),
+        format!("state:     {}{}", i.state, i.stop_target.as_ref().map(|t| format!(" (then {t})")).unwrap_or_default()),
+        format!("gpus:      {}x {}", i.count, i.gpu),
+        format!("region:    {}", i.region.as_deref().unwrap_or("any")),
+        format!("node:      {}", or_dash(i.node.as_ref())),
+        format!("gpu index: {}", gpu_list(&i.gpus)),
+        format!("command:   {}", i.command),
+        format!("created:   {}", i.created_at),
+        format!("updated:   {}", i.updated_at),
+    ];
+    if let Some(code) = i.exit_code {
+        lines.push(format!("exit code: {code}"));
+    }
+    if let Some(r) = &i.pending_reason {
+        lines.push(format!("pending:   {r}"));
+    }
+    lines.join("\n")
+}
+
+pub fn instance(ctx: &Ctx, cmd: InstanceCmd) -> Res {
+    let c = ctx.client(As::Tenant)?;
+    let err = |e: crate::client::ClientError| e.to_string();
+    match cmd {
+        InstanceCmd::Create { gpu, count, region, command, name, idempotency_key, wait } => {
+            // Passed through as given: the server names what is wrong with it.
+            let body = serde_json::json!({
+                "gpu": gpu, "count": count, "region": region, "command": command, "name": name,
+            });
+            let mut inst: api::Instance = c.post("/v1/instances", Some(&body), idempotency_key.as_deref()).map_err(err)?;
+            if let Some(secs) = wait {
+                let deadline = Instant::now() + Duration::from_secs(secs);
+                while inst.state != "running" && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(200));
+                    inst = c.get(&format!("/v1/instances/{}", inst.id)).map_err(err)?;
+                }
+            }
+            show(ctx, &inst, instance_detail);
+        }
+        InstanceCmd::List => {
+            let list: api::InstanceList = c.get("/v1/instances").map_err(err)?;
+            show(ctx, &list, |l| instance_rows(&l.instances));
+        }
+        InstanceCmd::Show { id } => {
+            let inst: api::Instance = c.get(&format!("/v1/instances/{id}")).map_err(err)?;
+            show(ctx, &inst, instance_detail);
+        }
+        InstanceCmd::Stop { id } => action(ctx, &c, &id, "stop")?,
+        InstanceCmd::Start { id } => action(ctx, &c, &id, "start")?,
+        InstanceCmd::Terminate { id } => action(ctx, &c, &id, "terminate")?,
+    }
+    Ok(())
+}
+
+fn action(ctx: &Ctx, c: &Client, id: &str, verb: &str) -> Res {
+    let inst: api::Instance = c.post::<(), _>(&format!("/v1/instances/{id}/{verb}"), None, None).map_err(|e| e.to_string())?;
+    show(ctx, &inst, instance_detail);
+    Ok(())
+}
+
+#[derive(Subcommand)]
+pub enum NodeCmd {
+    /// List nodes with their GPU allocation.
+    List,
+    /// Show a node and what holds each of its GPUs.
+    Show { id: String },
+    /// Register a node (its agent must heartbeat before it takes work; `dev` runs fake agents).
+    Add {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        region: String,
+        /// MODEL:COUNT, repeatable, e.g. --gpu A100-40GB:8
+        #[arg(long = "gpu", required = true)]
+        gpus: Vec<String>,
+    },
+    /// Place nothing new on the node.
+    Cordon { id: String },
+    /// Accept new instances again.
+    Uncordon { id: String },
+    /// Place nothing new and move its instances elsewhere.
+    Drain { id: String },
+}
+
+fn node_rows(list: &[api::Node]) -> String {
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|n| {
+            let models: Vec<String> = {
+                let mut m: Vec<String> = n.gpus.iter().map(|g| g.model.clone()).collect();
+                m.dedup();
+                m
+            };
+            vec![
+                n.id.clone(),
+                n.name.clone(),
+                n.region.clone(),
+                models.join(","),
+                format!("{}/{}", n.gpus_allocated, n.gpus_total),
+                n.state.clone(),
+                n.health.clone(),
+            ]
+        })
+        .collect();
+    table(&["ID", "NAME", "REGION", "MODEL", "ALLOCATED", "STATE", "HEALTH"], &rows)
+}
+
+fn node_detail(n: &api::Node) -> String {
+    let mut out = format!(
+        "id:        {}\nname:      {}\nregion:    {}\nstate:     {}\nhealth:    {}\nheartbeat: {}\nallocated: {}/{}\n\n",
+        n.id, n.name, n.region, n.state, n.health, or_dash(n.last_heartbeat.as_ref()), n.gpus_allocated, n.gpus_total
+    );
+    let rows: Vec<Vec<String>> = n
+        .gpus
+        .iter()
+        .map(|g| vec![g.index.to_string(), g.model.clone(), g.uuid.clone(), or_dash(g.instance.as_ref())])
+        .collect();
+    out.push_str(&table(&["GPU", "MODEL", "UUID", "INSTANCE"], &rows));
+    out
+}
+
+fn parse_gpu_groups(specs: &[String]) -> Result<Vec<serde_json::Value>, String> {
+    specs
+        .iter()
+        .map(|s| {
+            let (model, count) = s.rsplit_once(':').unwrap_or((s.as_str(), "1"));
+            let count: i64 = count.parse().map_err(|_| format!("--gpu {s}: expected MODEL:COUNT, e.g. A100-40GB:8"))?;
+            Ok(serde_json::json!({"model": model, "count": count}))
+        })
+        .collect()
+}
+
+pub fn node(ctx: &Ctx, cmd: NodeCmd) -> Res {
+    let c = ctx.client(As::Operator)?;
+    let err = |e: crate::client::ClientError| e.to_string();
+    let path_action = |id: &str, verb: &str| -> Res {
+        let n: api::Node = c.post::<(), _>(&format!("/v1/nodes/{id}/{verb}"), None, None).map_err(err)?;
+        show(ctx, &n, node_detail);
+        Ok(())
+    };
+    match cmd {
+        NodeCmd::List => {
+            let list: api::NodeList = c.get("/v1/nodes").map_err(err)?;
+            show(ctx, &list, |l| node_rows(&l.nodes));
+        }
+        NodeCmd::Show { id } => {
+            let n: api::Node = c.get(&format!("/v1/nodes/{id}")).map_err(err)?;
+            show(ctx, &n, node_detail);
+        }
+        NodeCmd::Add { name, region, gpus } => {
+            let body = serde_json::json!({"name": name, "region": region, "gpus": parse_gpu_groups(&gpus)?});
+            let n: api::Node = c.post("/v1/nodes", Some(&body), None).map_err(err)?;
+            show(ctx, &n, node_detail);
+        }
+        NodeCmd::Cordon { id } => path_action(&id, "cordon")?,
+        NodeCmd::Uncordon { id } => path_action(&id, "uncordon")?,
+        NodeCmd::Drain { id } => path_action(&id, "drain")?,
+    }
+    Ok(())
+}
+
+#[derive(Subcommand)]
+pub enum TenantCmd {
+    List,
+    /// Create a tenant; prints its first API key, once.
+    Create { name: String },
+    /// Create another API key for a tenant; printed once.
+    Key { tenant_id: String },
+}
+
+fn key_text(k: &api::ApiKeyCreated) -> String {
+    format!("tenant:  {} ({})\napi key: {}\n(shown once: store it now)", k.tenant.name, k.tenant.id, k.api_key)
+}
+
+pub fn tenant(ctx: &Ctx, cmd: TenantCmd) -> Res {
+    let c = ctx.client(As::Operator)?;
+    let err = |e: crate::client::ClientError| e.to_string();
+    match cmd {
+        TenantCmd::List => {
+            let l: api::TenantList = c.get("/v1/tenants").map_err(err)?;
+            show(ctx, &l, |l| {
+                let rows: Vec<Vec<String>> =
+                    l.tenants.iter().map(|t| vec![t.id.clone(), t.name.clone(), t.role.clone(), t.created_at.clone()]).collect();
+                table(&["ID", "NAME", "ROLE", "CREATED"], &rows)
+            });
+        }
+        TenantCmd::Create { name } => {
+            let k: api::ApiKeyCreated = c.post("/v1/tenants", Some(&serde_json::json!({"name": name})), None).map_err(err)?;
+            show(ctx, &k, key_text);
+        }
+        TenantCmd::Key { tenant_id } => {
+            let k: api::ApiKeyCreated = c.post::<(), _>(&format!("/v1/tenants/{tenant_id}/keys"), None, None).map_err(err)?;
+            show(ctx, &k, key_text);
+        }
+    }
+    Ok(())
+}
+
+pub fn capacity(ctx: &Ctx) -> Res {
+    let c = ctx.client(As::Tenant)?;
+    let cap: api::Capacity = c.get("/v1/capacity").map_err(|e| e.to_string())?;
+    show(ctx, &cap, |cap| {
+        let rows: Vec<Vec<String>> = cap
+            .regions
+            .iter()
+            .flat_map(|r| {
+                r.models.iter().map(|m| {
+                    vec![r.region.clone(), m.model.clone(), m.free.to_string(), m.total.to_string(), m.nodes.to_string()]
+                })
+            })
+            .collect();
+        table(&["REGION", "MODEL", "FREE", "TOTAL", "NODES"], &rows)
+    });
+    Ok(())
+}
+
+pub fn models(ctx: &Ctx) -> Res {
+    let c = ctx.client(As::Tenant)?;
+    let list: api::GpuModelList = c.get("/v1/gpu-models").map_err(|e| e.to_string())?;
+    show(ctx, &list, |l| {
+        let rows: Vec<Vec<String>> =
+            l.models.iter().map(|m| vec![m.name.clone(), format!("{} GiB", m.memory_mib / 1024)]).collect();
+        table(&["MODEL", "MEMORY"], &rows)
+    });
+    Ok(())
+}
+
+pub fn whoami(ctx: &Ctx) -> Res {
+    let c = ctx.client(As::Tenant)?;
+    let w: api::WhoAmI = c.get("/v1/whoami").map_err(|e| e.to_string())?;
+    show(ctx, &w, |w| format!("tenant: {} ({}, {})\nkey:    {}...", w.tenant.name, w.tenant.id, w.tenant.role, w.key_prefix));
+    Ok(())
+}

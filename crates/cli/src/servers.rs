@@ -1,0 +1,150 @@
+//! `gpucloud dev` and `gpucloud serve`.
+
+use crate::profile::{self, Credentials, Profile};
+use clap::Args;
+use gpucloud_model::Role;
+use gpucloud_server::app::{Config, FakeAgents};
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Args)]
+pub struct DevArgs {
+    /// Address to serve the API on (port 0 picks a free one).
+    #[arg(long, default_value = "127.0.0.1:7080")]
+    listen: String,
+    /// Where the SQLite database and credentials.json live [default: ~/.local/share/gpucloud/dev].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct ServeArgs {
+    #[arg(long, default_value = "127.0.0.1:7080")]
+    listen: String,
+    /// sqlite://PATH or postgres://USER@HOST/DB
+    #[arg(long, env = "GPUCLOUD_DATABASE_URL")]
+    database: String,
+    /// Run an in-process fake agent for every node (until real agents exist on the hosts).
+    #[arg(long)]
+    fake_agents: bool,
+    /// Placement policy: best-fit, spread or random.
+    #[arg(long, default_value = "best-fit")]
+    policy: String,
+}
+
+fn init_logging() {
+    let level = match std::env::var("GPUCLOUD_LOG").as_deref() {
+        Ok("debug") => tracing::Level::DEBUG,
+        Ok("warn") => tracing::Level::WARN,
+        Ok("error") => tracing::Level::ERROR,
+        _ => tracing::Level::INFO,
+    };
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .init();
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| e.to_string())
+}
+
+pub fn dev(args: DevArgs) -> Result<(), String> {
+    init_logging();
+    let data_dir = args.data_dir.unwrap_or_else(profile::default_data_dir);
+    std::fs::create_dir_all(&data_dir).map_err(|e| format!("cannot create {}: {e}", data_dir.display()))?;
+    let data_dir = data_dir.canonicalize().map_err(|e| e.to_string())?;
+    runtime()?.block_on(async move {
+        let db = data_dir.join("gpucloud.db");
+        let store = gpucloud_store::open(&format!("sqlite://{}", db.display()))
+            .await
+            .map_err(|e| format!("opening {}: {e}", db.display()))?;
+        let config = Config {
+            schedule_interval: Duration::from_millis(500),
+            fake_agents: FakeAgents::Every(Duration::from_secs(1)),
+            ..Config::default()
+        };
+        let running = gpucloud_server::start(store, config, &args.listen)
+            .await
+            .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+        let url = format!("http://{}", running.addr);
+        let previous = profile::read_credentials(&data_dir);
+        let keys = gpucloud_server::dev::bootstrap(&running.app, previous.is_none())
+            .await
+            .map_err(|e| format!("setting up the dev cloud: {e}"))?;
+        let (creds, shown) = match (keys, previous) {
+            (Some(k), _) => (
+                Credentials { url: url.clone(), operator_key: k.operator.secret, tenant_key: k.tenant.secret },
+                true,
+            ),
+            (None, Some(prev)) => (Credentials { url: url.clone(), ..prev }, false),
+            (None, None) => return Err("no credentials on record and none minted".to_string()),
+        };
+        let creds_path = data_dir.join("credentials.json");
+        profile::write_private_json(&creds_path, &creds).map_err(|e| format!("writing {}: {e}", creds_path.display()))?;
+        let prof = Profile {
+            url: url.clone(),
+            api_key: Some(creds.tenant_key.clone()),
+            operator_key: Some(creds.operator_key.clone()),
+        };
+        let prof_path = profile::profile_path();
+        profile::write_private_json(&prof_path, &prof).map_err(|e| format!("writing {}: {e}", prof_path.display()))?;
+
+        let nodes = running.app.store().list_nodes().await.map_err(|e| e.to_string())?;
+        let mut regions: Vec<String> = nodes.iter().map(|n| n.region.to_string()).collect();
+        regions.sort();
+        regions.dedup();
+        println!("gpucloud dev is running");
+        println!("  API:          {url}   (OpenAPI: {url}/v1/openapi.json)");
+        println!("  data dir:     {}   (SQLite: gpucloud.db)", data_dir.display());
+        println!("  fleet:        {} fake nodes in {} regions ({})", nodes.len(), regions.len(), regions.join(", "));
+        if shown {
+            println!("  operator key: {}   (shown once; kept in credentials.json)", creds.operator_key);
+            println!("  tenant key:   {}", creds.tenant_key);
+        } else {
+            println!("  keys:         in {} (not shown again)", creds_path.display());
+        }
+        println!("  credentials:  {}", creds_path.display());
+        println!("  CLI profile:  {}", prof_path.display());
+        println!();
+        println!("Try: gpucloud instance create --gpu A100-40GB --count 2 --region eu-1 --command 'python train.py'");
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        tokio::select! {
+            _ = running.wait() => Err("the API server stopped".to_string()),
+            _ = tokio::signal::ctrl_c() => Ok(()),
+        }
+    })
+}
+
+pub fn serve(args: ServeArgs) -> Result<(), String> {
+    init_logging();
+    let policy = args.policy.parse()?;
+    runtime()?.block_on(async move {
+        let store = gpucloud_store::open(&args.database).await.map_err(|e| e.to_string())?;
+        let config = Config {
+            policy,
+            fake_agents: if args.fake_agents { FakeAgents::Every(Duration::from_secs(2)) } else { FakeAgents::Off },
+            ..Config::default()
+        };
+        let running = gpucloud_server::start(store, config, &args.listen)
+            .await
+            .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+        if running.app.store().list_tenants().await.map_err(|e| e.to_string())?.is_empty() {
+            let key = running
+                .app
+                .create_tenant(None, gpucloud_server::dev::OPERATOR_TENANT, Role::Operator)
+                .await
+                .map_err(|e| e.to_string())?;
+            println!("operator key: {}   (shown once)", key.secret);
+        }
+        println!("gpucloud serving on http://{}", running.addr);
+        tokio::select! {
+            _ = running.wait() => Err("the API server stopped".to_string()),
+            _ = tokio::signal::ctrl_c() => Ok(()),
+        }
+    })
+}

@@ -1,0 +1,148 @@
+use super::{App, AppError, Principal, random_bits};
+use gpucloud_model::{
+    AgentObservation, Change, GpuModel, InstanceId, MAX_GPUS_PER_INSTANCE, Region, UserAction,
+};
+use gpucloud_store::{Instance, InstanceChange, NewInstance};
+
+/// What a tenant asks for when creating an instance (already parsed from the wire).
+#[derive(Debug, Clone)]
+pub struct CreateInstance {
+    pub model: GpuModel,
+    pub count: u32,
+    pub region: Option<Region>,
+    pub command: String,
+    pub name: Option<String>,
+}
+
+const MAX_COMMAND_BYTES: usize = 16 * 1024;
+
+impl App {
+    pub async fn create_instance(
+        &self,
+        by: &Principal,
+        req: CreateInstance,
+        idempotency_key: Option<&str>,
+    ) -> Result<(Instance, bool), AppError> {
+        if req.count == 0 || req.count > MAX_GPUS_PER_INSTANCE {
+            return Err(AppError::invalid(
+                "count",
+                format!("count must be between 1 and {MAX_GPUS_PER_INSTANCE} GPUs, got {}", req.count),
+            ));
+        }
+        if req.command.trim().is_empty() {
+            return Err(AppError::invalid("command", "command must not be empty"));
+        }
+        if req.command.len() > MAX_COMMAND_BYTES {
+            return Err(AppError::invalid("command", format!("command is longer than {MAX_COMMAND_BYTES} bytes")));
+        }
+        if let Some(name) = &req.name
+            && (name.is_empty() || name.len() > 128 || name.chars().any(char::is_control))
+        {
+            return Err(AppError::invalid("name", "name must be 1 to 128 printable characters"));
+        }
+        if let Some(region) = &req.region {
+            let nodes = self.store.list_nodes().await?;
+            if !nodes.iter().any(|n| n.region == *region) {
+                let mut known: Vec<String> = nodes.iter().map(|n| n.region.to_string()).collect();
+                known.sort();
+                known.dedup();
+                return Err(AppError::invalid(
+                    "region",
+                    format!("unknown region '{region}'; regions: {}", known.join(", ")),
+                ));
+            }
+        }
+        let id = InstanceId::from_random(random_bits());
+        let new = NewInstance {
+            name: req.name.unwrap_or_else(|| id.to_string()),
+            id,
+            tenant_id: by.tenant.id.clone(),
+            region: req.region,
+            model: req.model,
+            count: req.count,
+            command: req.command,
+            idempotency_key: idempotency_key.map(str::to_string),
+            created_at: self.now(),
+        };
+        let (inst, created) = self.store.insert_instance(&new).await?;
+        if created {
+            tracing::info!(instance = %inst.id, tenant = %by.tenant.name, gpu = %inst.model, count = inst.count, "instance created");
+            self.wake_scheduler();
+        }
+        Ok((inst, created))
+    }
+
+    pub async fn list_instances(&self, by: &Principal) -> Result<Vec<Instance>, AppError> {
+        Ok(self.store.list_instances(Some(&by.tenant.id)).await?)
+    }
+
+    /// Another tenant's instance is "not found", never "forbidden": ids leak nothing.
+    pub async fn get_instance(&self, by: &Principal, id: &str) -> Result<Instance, AppError> {
+        let not_found = || AppError::NotFound { kind: "instance", id: id.to_string() };
+        let id = InstanceId::parse(id).map_err(|_| not_found())?;
+        self.store.get_instance(Some(&by.tenant.id), &id).await?.ok_or_else(not_found)
+    }
+
+    pub async fn instance_action(&self, by: &Principal, id: &str, action: UserAction) -> Result<Instance, AppError> {
+        let inst = self.get_instance(by, id).await?;
+        self.transition(inst, |i| i.state.on_user(i.stop_target, action).map_err(AppError::from)).await
+    }
+
+    /// Applies what an agent saw, if it still matters.
+    pub(crate) async fn observe(&self, inst: Instance, seen: AgentObservation) -> Result<Instance, AppError> {
+        let exit_code = match seen {
+            AgentObservation::Failed { exit_code } => Some(exit_code),
+            AgentObservation::Stopped => Some(0),
+            AgentObservation::Running => None,
+        };
+        self.transition_with(inst, exit_code, |i| Ok(i.state.on_agent(i.stop_target, seen))).await
+    }
+
+    pub(crate) async fn transition(
+        &self,
+        inst: Instance,
+        decide: impl Fn(&Instance) -> Result<Change, AppError>,
+    ) -> Result<Instance, AppError> {
+        self.transition_with(inst, None, decide).await
+    }
+
+    /// Decide on the latest row, write with a generation check, and decide again if someone
+    /// else wrote first.
+    async fn transition_with(
+        &self,
+        mut inst: Instance,
+        exit_code: Option<i32>,
+        decide: impl Fn(&Instance) -> Result<Change, AppError>,
+    ) -> Result<Instance, AppError> {
+        for _ in 0..8 {
+            let change = decide(&inst)?;
+            if change.state == inst.state && change.stop_target == inst.stop_target {
+                return Ok(inst);
+            }
+            let releases = change.releases_gpus(inst.state);
+            let update = InstanceChange {
+                state: change.state,
+                stop_target: change.stop_target,
+                exit_code: if releases { exit_code } else { None },
+                at: self.now(),
+            };
+            match self.store.update_instance(&inst.id, inst.generation, &update).await? {
+                Some(updated) => {
+                    tracing::info!(instance = %inst.id, from = %inst.state, to = %updated.state, "instance state");
+                    if releases || updated.state == gpucloud_model::InstanceState::Pending {
+                        self.wake_scheduler();
+                    }
+                    return Ok(updated);
+                }
+                None => {
+                    inst = self
+                        .store
+                        .get_instance(None, &inst.id)
+                        .await?
+                        .ok_or_else(|| AppError::NotFound { kind: "instance", id: inst.id.to_string() })?;
+                }
+            }
+        }
+        Err(AppError::Contended(format!("instance {}", inst.id)))
+    }
+}

@@ -1,0 +1,89 @@
+//! Use cases. Every function here takes plain values and returns plain values or an
+//! [`AppError`]; none knows HTTP.
+
+mod agent;
+mod auth;
+mod error;
+pub mod instances;
+mod nodes;
+mod schedule;
+mod tenants;
+
+pub use agent::{AgentApi, AgentReport, Desired, DesiredInstance};
+pub use auth::{Principal, hash_key};
+pub use error::AppError;
+pub use tenants::NewKey;
+
+use gpucloud_model::Timestamp;
+use gpucloud_sched::Policy;
+use gpucloud_store::Store;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub policy: Policy,
+    /// How often the scheduler runs when nothing wakes it.
+    pub schedule_interval: Duration,
+    /// A node silent for longer than this is marked unhealthy and gets no new instances.
+    pub heartbeat_grace: Duration,
+    /// Run an in-process fake agent for every node (dev mode, tests).
+    pub fake_agents: FakeAgents,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FakeAgents {
+    Off,
+    /// On, heartbeating at this interval.
+    Every(Duration),
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            policy: Policy::BestFit,
+            schedule_interval: Duration::from_secs(1),
+            // Three missed 2 s heartbeats: long enough to ride out a GC pause or a slow disk,
+            // short enough that a dead node stops receiving work within seconds.
+            heartbeat_grace: Duration::from_secs(10),
+            fake_agents: FakeAgents::Off,
+        }
+    }
+}
+
+pub struct App {
+    pub(crate) store: Arc<dyn Store>,
+    pub config: Config,
+    /// Wakes the scheduler when something it cares about changed (new instance, freed GPUs).
+    pub(crate) schedule_wakeup: Notify,
+    /// Wakes the fake-agent supervisor when a node was added.
+    pub(crate) nodes_changed: Notify,
+}
+
+impl App {
+    pub fn new(store: Arc<dyn Store>, config: Config) -> App {
+        App { store, config, schedule_wakeup: Notify::new(), nodes_changed: Notify::new() }
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// The only clock read in the control plane's decisions: pure code gets `now` from here.
+    pub fn now(&self) -> Timestamp {
+        let ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        Timestamp(ms)
+    }
+
+    pub(crate) fn wake_scheduler(&self) {
+        self.schedule_wakeup.notify_one();
+    }
+}
+
+pub(crate) fn random_bits() -> u128 {
+    rand::random()
+}

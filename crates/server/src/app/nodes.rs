@@ -1,0 +1,111 @@
+use super::{App, AppError, Principal, random_bits};
+use gpucloud_model::{GpuModel, NodeHealth, NodeId, NodeState, Region, UserAction};
+use gpucloud_store::{NewGpu, NewNode, Node};
+use std::collections::BTreeMap;
+
+/// Free and total GPUs per region and model, for tenants choosing where to run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolCapacity {
+    pub region: Region,
+    pub model: GpuModel,
+    pub nodes: u32,
+    pub total: u32,
+    pub free: u32,
+}
+
+impl App {
+    pub async fn list_nodes(&self, by: &Principal) -> Result<Vec<Node>, AppError> {
+        by.require_operator()?;
+        Ok(self.store.list_nodes().await?)
+    }
+
+    pub async fn get_node(&self, by: &Principal, id: &str) -> Result<Node, AppError> {
+        by.require_operator()?;
+        let not_found = || AppError::NotFound { kind: "node", id: id.to_string() };
+        let nid = NodeId::parse(id).map_err(|_| not_found())?;
+        self.store.get_node(&nid).await?.ok_or_else(not_found)
+    }
+
+    /// Registers a node. Its GPUs are usable once its agent heartbeats.
+    pub async fn add_node(
+        &self,
+        by: Option<&Principal>,
+        name: &str,
+        region: Region,
+        gpus: &[(GpuModel, u32)],
+    ) -> Result<Node, AppError> {
+        if let Some(p) = by {
+            p.require_operator()?;
+        }
+        let name_ok = !name.is_empty()
+            && name.len() <= 64
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_');
+        if !name_ok {
+            return Err(AppError::invalid("name", "a node name has 1 to 64 letters, digits, '-', '.' or '_'"));
+        }
+        let total: u32 = gpus.iter().map(|(_, c)| *c).sum();
+        if gpus.is_empty() || gpus.iter().any(|(_, c)| *c == 0) || total > 16 {
+            return Err(AppError::invalid("gpus", "a node has 1 to 16 GPUs, each group at least 1"));
+        }
+        let id = NodeId::from_random(random_bits());
+        let mut new_gpus = Vec::new();
+        for (model, count) in gpus {
+            for _ in 0..*count {
+                let index = new_gpus.len() as u32;
+                // Fake UUIDs look like NVML's, and are unique per node id.
+                let uuid = format!("GPU-{}-{:04}", &id.as_str()[2..], index);
+                new_gpus.push(NewGpu { index, model: *model, uuid });
+            }
+        }
+        let node = NewNode { id: id.clone(), name: name.to_string(), region, gpus: new_gpus, created_at: self.now() };
+        self.store.insert_node(&node).await.map_err(AppError::store_conflict)?;
+        tracing::info!(node = %id, name, "node added");
+        self.nodes_changed.notify_one();
+        self.store.get_node(&id).await?.ok_or_else(|| AppError::NotFound { kind: "node", id: id.to_string() })
+    }
+
+    pub async fn set_node_state(&self, by: &Principal, id: &str, state: NodeState) -> Result<Node, AppError> {
+        let node = self.get_node(by, id).await?;
+        self.store.set_node_state(&node.id, state).await?;
+        if state == NodeState::Draining {
+            // Move what runs there: each instance stops and goes back to pending elsewhere.
+            for inst in self.store.instances_on_node(&node.id).await? {
+                if inst.state.holds_gpus() {
+                    self.transition(inst, |i| i.state.on_user(i.stop_target, UserAction::Evict).map_err(AppError::from))
+                        .await?;
+                }
+            }
+        }
+        if state == NodeState::Ready {
+            self.wake_scheduler();
+        }
+        tracing::info!(node = %node.id, state = %state, "node state");
+        self.get_node(by, id).await
+    }
+
+    pub async fn capacity(&self) -> Result<Vec<PoolCapacity>, AppError> {
+        let mut pools: BTreeMap<(Region, GpuModel), PoolCapacity> = BTreeMap::new();
+        for node in self.store.list_nodes().await? {
+            let usable = node.state == NodeState::Ready && node.health == NodeHealth::Healthy;
+            let mut seen_models = Vec::new();
+            for g in &node.gpus {
+                let p = pools.entry((node.region.clone(), g.model)).or_insert_with(|| PoolCapacity {
+                    region: node.region.clone(),
+                    model: g.model,
+                    nodes: 0,
+                    total: 0,
+                    free: 0,
+                });
+                p.total += 1;
+                if usable && g.instance.is_none() {
+                    p.free += 1;
+                }
+                if !seen_models.contains(&g.model) {
+                    seen_models.push(g.model);
+                    p.nodes += 1;
+                }
+            }
+        }
+        Ok(pools.into_values().collect())
+    }
+}

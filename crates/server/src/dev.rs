@@ -1,0 +1,57 @@
+//! What `gpucloud dev` puts in a fresh data directory: an operator, a tenant, and a fake fleet.
+//! Every step checks what exists first, so a dev server killed half-way through its first start
+//! completes the job on the next one.
+
+use crate::app::{App, AppError, NewKey};
+use gpucloud_model::{GpuModel, Region, Role};
+
+/// The built-in fake fleet: (name, region, model, GPUs).
+pub const DEFAULT_FLEET: &[(&str, &str, GpuModel, u32)] = &[
+    ("eu1-a100-01", "eu-1", GpuModel::A100_40GB, 8),
+    ("eu1-a100-02", "eu-1", GpuModel::A100_40GB, 4),
+    ("eu1-h100-01", "eu-1", GpuModel::H100_80GB, 8),
+    ("eu1-t4-01", "eu-1", GpuModel::T4, 4),
+    ("us1-a10-01", "us-1", GpuModel::A10, 8),
+    ("us1-rtx-01", "us-1", GpuModel::Rtx6000Ada, 2),
+    ("us1-a100-01", "us-1", GpuModel::A100_40GB, 2),
+    ("us1-t4-01", "us-1", GpuModel::T4, 1),
+];
+
+pub const OPERATOR_TENANT: &str = "operator";
+pub const DEFAULT_TENANT: &str = "default";
+
+pub struct DevKeys {
+    pub operator: NewKey,
+    pub tenant: NewKey,
+}
+
+/// Makes sure the dev tenants and fleet exist. Returns a fresh key for each of the two tenants
+/// when asked (`mint_keys`: the caller has none on record) or when a tenant had to be created
+/// (keys on record then belong to a database that is gone).
+pub async fn bootstrap(app: &App, mint_keys: bool) -> Result<Option<DevKeys>, AppError> {
+    let tenants = app.store().list_tenants().await?;
+    let find = |name: &str| tenants.iter().find(|t| t.name == name).cloned();
+    let mint_keys = mint_keys || find(OPERATOR_TENANT).is_none() || find(DEFAULT_TENANT).is_none();
+    let mut fresh = Vec::new();
+    for (name, role) in [(OPERATOR_TENANT, Role::Operator), (DEFAULT_TENANT, Role::Tenant)] {
+        let key = match find(name) {
+            Some(t) if mint_keys => Some(app.mint_key_for(t).await?),
+            Some(_) => None,
+            None => Some(app.create_tenant(None, name, role).await?),
+        };
+        fresh.push(key);
+    }
+    let existing = app.store().list_nodes().await?;
+    for (name, region, model, count) in DEFAULT_FLEET {
+        if !existing.iter().any(|n| n.name == *name) {
+            let region = Region::parse(region).expect("built-in region is valid");
+            app.add_node(None, name, region, &[(*model, *count)]).await?;
+        }
+    }
+    let tenant = fresh.pop().flatten();
+    let operator = fresh.pop().flatten();
+    Ok(match (operator, tenant) {
+        (Some(operator), Some(tenant)) if mint_keys => Some(DevKeys { operator, tenant }),
+        _ => None,
+    })
+}

@@ -1,0 +1,56 @@
+//! Store records to wire types.
+
+use gpucloud_api as api;
+use gpucloud_api::rfc3339;
+use gpucloud_store as store;
+
+pub fn instance(i: store::Instance) -> api::Instance {
+    api::Instance {
+        id: i.id.to_string(),
+        name: i.name,
+        state: i.state.to_string(),
+        stop_target: i.stop_target.map(|t| t.to_string()),
+        gpu: i.model.to_string(),
+        count: i.count,
+        region: i.region.map(|r| r.to_string()),
+        node: i.node_id.map(|n| n.to_string()),
+        gpus: i.gpus,
+        command: i.command,
+        pending_reason: i.pending_reason,
+        exit_code: i.exit_code,
+        created_at: rfc3339(i.created_at),
+        updated_at: rfc3339(i.updated_at),
+    }
+}
+
+pub fn node(n: store::Node) -> api::Node {
+    api::Node {
+        id: n.id.to_string(),
+        name: n.name,
+        region: n.region.to_string(),
+        state: n.state.to_string(),
+        health: n.health.to_string(),
+        generation: n.generation,
+        last_heartbeat: n.last_heartbeat.map(rfc3339),
+        gpus_total: n.gpus.len() as u32,
+        gpus_allocated: n.gpus.iter().filter(|g| g.instance.is_some()).count() as u32,
+        gpus: n
+            .gpus
+            .into_iter()
+            .map(|g| api::NodeGpu {
+                index: g.index,
+                model: g.model.to_string(),
+                uuid: g.uuid,
+                instance: g.instance.map(|i| i.to_string()),
+            })
+            .collect(),
+    }
+}
+
+pub fn tenant(t: store::Tenant) -> api::Tenant {
+    api::Tenant { id: t.id.to_string(), name: t.name, role: t.role.to_string(), created_at: rfc3339(t.created_at) }
+}
+
+pub fn new_key(k: crate::app::NewKey) -> api::ApiKeyCreated {
+    api::ApiKeyCreated { id: k.id.to_string(), tenant: tenant(k.tenant), prefix: k.prefix, api_key: k.secret }
+}

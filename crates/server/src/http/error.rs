@@ -1,0 +1,71 @@
+//! The one mapping from errors to HTTP: RFC 9457 problem+json bodies, 5xx details only in logs.
+
+use crate::app::AppError;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use gpucloud_api::Problem;
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub detail: String,
+    pub field: Option<String>,
+    pub current_state: Option<String>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> ApiError {
+        ApiError { status, code, detail: detail.into(), field: None, current_state: None }
+    }
+
+    pub fn field(mut self, field: impl Into<String>) -> ApiError {
+        self.field = Some(field.into());
+        self
+    }
+
+    pub fn problem(&self) -> Problem {
+        Problem {
+            kind: format!("/problems/{}", self.code),
+            title: self.status.canonical_reason().unwrap_or("Error").to_string(),
+            status: self.status.as_u16(),
+            detail: self.detail.clone(),
+            code: self.code.to_string(),
+            field: self.field.clone(),
+            current_state: self.current_state.clone(),
+        }
+    }
+}
+
+impl From<AppError> for ApiError {
+    fn from(e: AppError) -> ApiError {
+        use StatusCode as S;
+        let detail = e.to_string();
+        match e {
+            AppError::Unauthenticated | AppError::BadKey => ApiError::new(S::UNAUTHORIZED, "unauthorized", detail),
+            AppError::Forbidden(_) => ApiError::new(S::FORBIDDEN, "forbidden", detail),
+            AppError::NotFound { .. } => ApiError::new(S::NOT_FOUND, "not_found", detail),
+            AppError::Invalid { field, .. } => ApiError::new(S::UNPROCESSABLE_ENTITY, "invalid_request", detail).field(field),
+            AppError::Illegal(t) => ApiError {
+                current_state: Some(t.state.to_string()),
+                ..ApiError::new(S::CONFLICT, "illegal_transition", detail)
+            },
+            AppError::Conflict(_) => ApiError::new(S::CONFLICT, "conflict", detail),
+            AppError::Contended(_) => ApiError::new(S::SERVICE_UNAVAILABLE, "contended", detail),
+            AppError::Store(e) => {
+                tracing::error!(error = %e, "store error");
+                ApiError::new(S::INTERNAL_SERVER_ERROR, "internal", "internal error; the server log has the details")
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::to_vec(&self.problem()).unwrap_or_default();
+        let mut resp = (self.status, body).into_response();
+        resp.headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        resp
+    }
+}

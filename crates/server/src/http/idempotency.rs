@@ -1,0 +1,97 @@
+//! `Idempotency-Key` on every mutating POST: the first response is stored and a retry with the
+//! same key and the same request gets it back, without running anything again. A different
+//! request under a used key is refused. Creation is also deduplicated inside the store, so even a
+//! crash between committing and recording the response cannot create twice.
+
+use super::error::ApiError;
+use super::MAX_BODY;
+use crate::app::{App, hash_key};
+use axum::body::{Body, to_bytes};
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use gpucloud_store::IdempotencyBegin;
+use std::sync::Arc;
+
+pub const HEADER: &str = "idempotency-key";
+/// A key whose first request has not finished after this long is presumed dead and retried.
+const STALE_AFTER_MS: i64 = 30_000;
+
+pub fn key_of(headers: &axum::http::HeaderMap) -> Option<&str> {
+    headers.get(HEADER).and_then(|v| v.to_str().ok())
+}
+
+pub async fn layer(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
+    if req.method() != Method::POST || !req.headers().contains_key(HEADER) {
+        return next.run(req).await;
+    }
+    match run(app, req, next).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn run(app: Arc<App>, req: Request, next: Next) -> Result<Response, ApiError> {
+    let key = req.headers().get(HEADER).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    if key.is_empty() || key.len() > 255 || !key.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_idempotency_key",
+            "Idempotency-Key must be 1 to 255 visible ASCII characters",
+        )
+        .field("Idempotency-Key"));
+    }
+    let authz = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let principal = app.authenticate(authz).await?;
+    let (mut parts, body) = req.into_parts();
+    let bytes = to_bytes(body, MAX_BODY).await.map_err(|_| {
+        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", format!("the body is larger than {MAX_BODY} bytes"))
+    })?;
+    let mut material = format!("{} {}\n", parts.method, parts.uri.path()).into_bytes();
+    material.extend_from_slice(&bytes);
+    let fingerprint = hash_key(&String::from_utf8_lossy(&material));
+    let scope = principal.tenant.id.to_string();
+    let store = app.store();
+    match store.idempotency_begin(&scope, &key, &fingerprint, app.now(), STALE_AFTER_MS).await.map_err(app_err)? {
+        IdempotencyBegin::Started => {}
+        IdempotencyBegin::Replay { status, body } => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+            let mut resp = (status, body).into_response();
+            let ct = if status.is_success() { "application/json" } else { "application/problem+json" };
+            resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(ct));
+            resp.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+            return Ok(resp);
+        }
+        IdempotencyBegin::Mismatch => {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency_key_reused",
+                "this Idempotency-Key was already used with a different request",
+            )
+            .field("Idempotency-Key"));
+        }
+        IdempotencyBegin::InProgress => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "idempotency_in_progress",
+                "a request with this Idempotency-Key is still running; retry shortly",
+            ));
+        }
+    }
+    parts.extensions.insert(principal);
+    let resp = next.run(Request::from_parts(parts, Body::from(bytes))).await;
+    let (parts, body) = resp.into_parts();
+    let body = to_bytes(body, usize::MAX).await.unwrap_or_default();
+    if parts.status.is_server_error() {
+        store.idempotency_abandon(&scope, &key).await.map_err(app_err)?;
+    } else {
+        let text = String::from_utf8_lossy(&body);
+        store.idempotency_finish(&scope, &key, parts.status.as_u16(), &text).await.map_err(app_err)?;
+    }
+    Ok(Response::from_parts(parts, Body::from(body)))
+}
+
+fn app_err(e: gpucloud_store::StoreError) -> ApiError {
+    crate::app::AppError::from(e).into()
+}

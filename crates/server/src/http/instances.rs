@@ -1,0 +1,70 @@
+use super::convert;
+use super::error::ApiError;
+use super::extract::{ApiJson, Auth};
+use super::idempotency;
+use crate::app::App;
+use crate::app::instances::CreateInstance;
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use gpucloud_api::{CreateInstanceRequest, Instance, InstanceList, Problem};
+use gpucloud_model::UserAction;
+use std::sync::Arc;
+
+/// Create an instance: it starts pending and runs once a node with the GPUs is found.
+#[utoipa::path(post, path = "/v1/instances", tag = "instances", request_body = CreateInstanceRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Retry-safe creation")),
+    responses((status = 201, body = Instance), (status = 400, body = Problem), (status = 422, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn create(
+    State(app): State<Arc<App>>,
+    Auth(p): Auth,
+    headers: HeaderMap,
+    ApiJson(req): ApiJson<CreateInstanceRequest>,
+) -> Result<(StatusCode, Json<Instance>), ApiError> {
+    let req = CreateInstance { model: req.gpu, count: req.count, region: req.region, command: req.command, name: req.name };
+    let (inst, _) = app.create_instance(&p, req, idempotency::key_of(&headers)).await?;
+    Ok((StatusCode::CREATED, Json(convert::instance(inst))))
+}
+
+/// List the caller's instances, oldest first.
+#[utoipa::path(get, path = "/v1/instances", tag = "instances",
+    responses((status = 200, body = InstanceList)), security(("bearer" = [])))]
+pub async fn list(State(app): State<Arc<App>>, Auth(p): Auth) -> Result<Json<InstanceList>, ApiError> {
+    let instances = app.list_instances(&p).await?.into_iter().map(convert::instance).collect();
+    Ok(Json(InstanceList { instances }))
+}
+
+/// One instance, with why it is pending if it is.
+#[utoipa::path(get, path = "/v1/instances/{id}", tag = "instances", params(("id" = String, Path)),
+    responses((status = 200, body = Instance), (status = 404, body = Problem)), security(("bearer" = [])))]
+pub async fn show(State(app): State<Arc<App>>, Auth(p): Auth, Path(id): Path<String>) -> Result<Json<Instance>, ApiError> {
+    Ok(Json(convert::instance(app.get_instance(&p, &id).await?)))
+}
+
+async fn act(app: &App, p: &crate::app::Principal, id: &str, action: UserAction) -> Result<Json<Instance>, ApiError> {
+    Ok(Json(convert::instance(app.instance_action(p, id, action).await?)))
+}
+
+/// Stop: the workload is stopped and the GPUs released; nothing is billed while stopped.
+#[utoipa::path(post, path = "/v1/instances/{id}/stop", tag = "instances", params(("id" = String, Path)),
+    responses((status = 200, body = Instance), (status = 404, body = Problem), (status = 409, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn stop(State(app): State<Arc<App>>, Auth(p): Auth, Path(id): Path<String>) -> Result<Json<Instance>, ApiError> {
+    act(&app, &p, &id, UserAction::Stop).await
+}
+
+/// Start a stopped or failed instance again: it goes back to pending.
+#[utoipa::path(post, path = "/v1/instances/{id}/start", tag = "instances", params(("id" = String, Path)),
+    responses((status = 200, body = Instance), (status = 404, body = Problem), (status = 409, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn start(State(app): State<Arc<App>>, Auth(p): Auth, Path(id): Path<String>) -> Result<Json<Instance>, ApiError> {
+    act(&app, &p, &id, UserAction::Start).await
+}
+
+/// Terminate for good.
+#[utoipa::path(post, path = "/v1/instances/{id}/terminate", tag = "instances", params(("id" = String, Path)),
+    responses((status = 200, body = Instance), (status = 404, body = Problem)), security(("bearer" = [])))]
+pub async fn terminate(State(app): State<Arc<App>>, Auth(p): Auth, Path(id): Path<String>) -> Result<Json<Instance>, ApiError> {
+    act(&app, &p, &id, UserAction::Terminate).await
+}

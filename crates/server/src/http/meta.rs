@@ -1,0 +1,42 @@
+use super::convert;
+use super::error::ApiError;
+use super::extract::Auth;
+use crate::app::App;
+use axum::Json;
+use axum::extract::State;
+use gpucloud_api::{Capacity, GpuModelInfo, GpuModelList, ModelCapacity, RegionCapacity, WhoAmI};
+use gpucloud_model::GpuModel;
+use std::sync::Arc;
+
+/// The caller's tenant and key.
+#[utoipa::path(get, path = "/v1/whoami", tag = "meta", responses((status = 200, body = WhoAmI)), security(("bearer" = [])))]
+pub async fn whoami(Auth(p): Auth) -> Json<WhoAmI> {
+    Json(WhoAmI { tenant: convert::tenant(p.tenant), key_prefix: p.key_prefix })
+}
+
+/// The GPU models gpucloud sells.
+#[utoipa::path(get, path = "/v1/gpu-models", tag = "meta", responses((status = 200, body = GpuModelList)))]
+pub async fn gpu_models() -> Json<GpuModelList> {
+    let models = GpuModel::ALL.iter().map(|m| GpuModelInfo { name: m.name().into(), memory_mib: m.memory_mib() }).collect();
+    Json(GpuModelList { models })
+}
+
+/// Total and free GPUs per region and model.
+#[utoipa::path(get, path = "/v1/capacity", tag = "meta", responses((status = 200, body = Capacity)), security(("bearer" = [])))]
+pub async fn capacity(State(app): State<Arc<App>>, Auth(_): Auth) -> Result<Json<Capacity>, ApiError> {
+    let mut regions: Vec<RegionCapacity> = Vec::new();
+    for pool in app.capacity().await? {
+        let m = ModelCapacity { model: pool.model.to_string(), nodes: pool.nodes, total: pool.total, free: pool.free };
+        match regions.last_mut() {
+            Some(r) if r.region == pool.region.as_str() => r.models.push(m),
+            _ => regions.push(RegionCapacity { region: pool.region.to_string(), models: vec![m] }),
+        }
+    }
+    Ok(Json(Capacity { regions }))
+}
+
+/// Liveness: 200 while the server runs.
+#[utoipa::path(get, path = "/v1/health", tag = "meta", responses((status = 200, body = String)))]
+pub async fn health() -> &'static str {
+    "ok"
+}

@@ -1,0 +1,93 @@
+//! HTTP: routes (one file per resource), extractors, the problem mapping and the idempotency
+//! layer. Handlers parse, authenticate and call the app layer; they hold no SQL and no policy.
+
+mod convert;
+pub mod error;
+mod extract;
+mod idempotency;
+mod instances;
+mod meta;
+mod nodes;
+mod tenants;
+
+use crate::app::App;
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use error::ApiError;
+use std::sync::Arc;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+/// Largest request body accepted. The biggest legitimate body (an instance with a long command)
+/// is well under this.
+pub const MAX_BODY: usize = 64 * 1024;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "gpucloud", description = "Rent whole GPUs by the second on a self-hosted GPU cloud."),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "instances", description = "GPU instances of the calling tenant"),
+        (name = "nodes", description = "The fleet (operator)"),
+        (name = "tenants", description = "Tenants and API keys (operator)"),
+        (name = "meta", description = "Catalog, capacity, identity, health"),
+    )
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("gpc_...").build()),
+        );
+    }
+}
+
+/// The API's routes and their OpenAPI document, built from the same list so they cannot drift.
+pub fn api() -> (Router<Arc<App>>, utoipa::openapi::OpenApi) {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(instances::create, instances::list))
+        .routes(routes!(instances::show))
+        .routes(routes!(instances::stop))
+        .routes(routes!(instances::start))
+        .routes(routes!(instances::terminate))
+        .routes(routes!(nodes::list, nodes::add))
+        .routes(routes!(nodes::show))
+        .routes(routes!(nodes::cordon))
+        .routes(routes!(nodes::uncordon))
+        .routes(routes!(nodes::drain))
+        .routes(routes!(tenants::list, tenants::create))
+        .routes(routes!(tenants::create_key))
+        .routes(routes!(meta::whoami))
+        .routes(routes!(meta::gpu_models))
+        .routes(routes!(meta::capacity))
+        .routes(routes!(meta::health))
+        .split_for_parts()
+}
+
+pub fn router(app: Arc<App>) -> Router {
+    let (routes, doc) = api();
+    let doc = Arc::new(doc);
+    routes
+        .route(
+            "/v1/openapi.json",
+            axum::routing::get(move || {
+                let doc = doc.clone();
+                async move { axum::Json(doc.as_ref().clone()) }
+            }),
+        )
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "route_not_found", "no such route; see /v1/openapi.json") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route does not accept this method")
+        })
+        .layer(axum::middleware::from_fn_with_state(app.clone(), idempotency::layer))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(app)
+}

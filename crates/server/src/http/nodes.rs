@@ -1,0 +1,63 @@
+use super::convert;
+use super::error::ApiError;
+use super::extract::{ApiJson, Auth};
+use crate::app::App;
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use gpucloud_api::{CreateNodeRequest, Node, NodeList, Problem};
+use gpucloud_model::NodeState;
+use std::sync::Arc;
+
+/// All nodes with their GPUs and what holds each (operator).
+#[utoipa::path(get, path = "/v1/nodes", tag = "nodes",
+    responses((status = 200, body = NodeList), (status = 403, body = Problem)), security(("bearer" = [])))]
+pub async fn list(State(app): State<Arc<App>>, Auth(p): Auth) -> Result<Json<NodeList>, ApiError> {
+    Ok(Json(NodeList { nodes: app.list_nodes(&p).await?.into_iter().map(convert::node).collect() }))
+}
+
+/// Register a node (operator). Its GPUs take work once its agent heartbeats.
+#[utoipa::path(post, path = "/v1/nodes", tag = "nodes", request_body = CreateNodeRequest,
+    responses((status = 201, body = Node), (status = 409, body = Problem), (status = 422, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn add(
+    State(app): State<Arc<App>>,
+    Auth(p): Auth,
+    ApiJson(req): ApiJson<CreateNodeRequest>,
+) -> Result<(StatusCode, Json<Node>), ApiError> {
+    let gpus: Vec<_> = req.gpus.iter().map(|g| (g.model, g.count)).collect();
+    let node = app.add_node(Some(&p), &req.name, req.region, &gpus).await?;
+    Ok((StatusCode::CREATED, Json(convert::node(node))))
+}
+
+#[utoipa::path(get, path = "/v1/nodes/{id}", tag = "nodes", params(("id" = String, Path)),
+    responses((status = 200, body = Node), (status = 404, body = Problem)), security(("bearer" = [])))]
+pub async fn show(State(app): State<Arc<App>>, Auth(p): Auth, Path(id): Path<String>) -> Result<Json<Node>, ApiError> {
+    Ok(Json(convert::node(app.get_node(&p, &id).await?)))
+}
+
+async fn set(app: &App, p: &crate::app::Principal, id: &str, state: NodeState) -> Result<Json<Node>, ApiError> {
+    Ok(Json(convert::node(app.set_node_state(p, id, state).await?)))
+}
+
+/// Cordon: keep what runs, place nothing new.
+#[utoipa::path(post, path = "/v1/nodes/{id}/cordon", tag = "nodes", params(("id" = String, Path)),
+    responses((status = 200, body = Node), (status = 404, body = Problem)), security(("bearer" = [])))]
+pub async fn cordon(State(app): State<Arc<App>>, Auth(p): Auth, Path(id): Path<String>) -> Result<Json<Node>, ApiError> {
+    set(&app, &p, &id, NodeState::Cordoned).await
+}
+
+/// Uncordon: accept new instances again.
+#[utoipa::path(post, path = "/v1/nodes/{id}/uncordon", tag = "nodes", params(("id" = String, Path)),
+    responses((status = 200, body = Node), (status = 404, body = Problem)), security(("bearer" = [])))]
+pub async fn uncordon(State(app): State<Arc<App>>, Auth(p): Auth, Path(id): Path<String>) -> Result<Json<Node>, ApiError> {
+    set(&app, &p, &id, NodeState::Ready).await
+}
+
+/// Drain: place nothing new and move every instance on the node elsewhere (each is stopped
+/// there and goes back to pending).
+#[utoipa::path(post, path = "/v1/nodes/{id}/drain", tag = "nodes", params(("id" = String, Path)),
+    responses((status = 200, body = Node), (status = 404, body = Problem)), security(("bearer" = [])))]
+pub async fn drain(State(app): State<Arc<App>>, Auth(p): Auth, Path(id): Path<String>) -> Result<Json<Node>, ApiError> {
+    set(&app, &p, &id, NodeState::Draining).await
+}

@@ -1,0 +1,42 @@
+use super::convert;
+use super::error::ApiError;
+use super::extract::{ApiJson, Auth};
+use crate::app::App;
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use gpucloud_api::{ApiKeyCreated, CreateTenantRequest, Problem, TenantList};
+use gpucloud_model::{Role, TenantId};
+use std::sync::Arc;
+
+#[utoipa::path(get, path = "/v1/tenants", tag = "tenants",
+    responses((status = 200, body = TenantList), (status = 403, body = Problem)), security(("bearer" = [])))]
+pub async fn list(State(app): State<Arc<App>>, Auth(p): Auth) -> Result<Json<TenantList>, ApiError> {
+    Ok(Json(TenantList { tenants: app.list_tenants(&p).await?.into_iter().map(convert::tenant).collect() }))
+}
+
+/// Create a tenant and its first API key, shown once (operator).
+#[utoipa::path(post, path = "/v1/tenants", tag = "tenants", request_body = CreateTenantRequest,
+    responses((status = 201, body = ApiKeyCreated), (status = 409, body = Problem), (status = 422, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn create(
+    State(app): State<Arc<App>>,
+    Auth(p): Auth,
+    ApiJson(req): ApiJson<CreateTenantRequest>,
+) -> Result<(StatusCode, Json<ApiKeyCreated>), ApiError> {
+    let key = app.create_tenant(Some(&p), &req.name, Role::Tenant).await?;
+    Ok((StatusCode::CREATED, Json(convert::new_key(key))))
+}
+
+/// Another API key for a tenant, shown once (operator).
+#[utoipa::path(post, path = "/v1/tenants/{id}/keys", tag = "tenants", params(("id" = String, Path)),
+    responses((status = 201, body = ApiKeyCreated), (status = 404, body = Problem)), security(("bearer" = [])))]
+pub async fn create_key(
+    State(app): State<Arc<App>>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<ApiKeyCreated>), ApiError> {
+    p.require_operator()?;
+    let tid = TenantId::parse(&id).map_err(|_| crate::app::AppError::NotFound { kind: "tenant", id: id.clone() })?;
+    Ok((StatusCode::CREATED, Json(convert::new_key(app.create_key(&p, &tid).await?))))
+}

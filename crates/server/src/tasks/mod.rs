@@ -1,0 +1,85 @@
+//! Reconcilers: each re-reads the state and converges it, so running one twice, or after a
+//! crash, is the same as running it once.
+
+use crate::app::{AgentApi, App, FakeAgents};
+use gpucloud_model::NodeId;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::JoinHandle;
+
+pub fn spawn_all(app: Arc<App>) -> Vec<JoinHandle<()>> {
+    let mut tasks = vec![tokio::spawn(schedule_loop(app.clone())), tokio::spawn(heartbeat_watch(app.clone()))];
+    if let FakeAgents::Every(interval) = app.config.fake_agents {
+        tasks.push(tokio::spawn(fake_agent_supervisor(app, interval)));
+    }
+    tasks
+}
+
+async fn schedule_loop(app: Arc<App>) {
+    loop {
+        match app.schedule_pass().await {
+            Ok(r) if r.placed > 0 || r.conflicts > 0 => {
+                tracing::debug!(placed = r.placed, unplaced = r.unplaced, conflicts = r.conflicts, "schedule pass");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "schedule pass failed"),
+        }
+        tokio::select! {
+            _ = app.schedule_wakeup.notified() => {}
+            _ = tokio::time::sleep(app.config.schedule_interval) => {}
+        }
+    }
+}
+
+async fn heartbeat_watch(app: Arc<App>) {
+    let grace = app.config.heartbeat_grace;
+    let period = (grace / 4).max(Duration::from_millis(100));
+    loop {
+        tokio::time::sleep(period).await;
+        let cutoff = app.now().plus_millis(-(grace.as_millis() as i64));
+        match app.store().mark_silent_nodes_unhealthy(cutoff).await {
+            Ok(ids) => {
+                for id in ids {
+                    tracing::warn!(node = %id, "no heartbeat within {:?}: node unhealthy", grace);
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "heartbeat watch failed"),
+        }
+    }
+}
+
+/// Aborts the agents it holds when the supervisor itself is stopped.
+struct Agents(HashMap<NodeId, JoinHandle<()>>);
+
+impl Drop for Agents {
+    fn drop(&mut self) {
+        for h in self.0.values() {
+            h.abort();
+        }
+    }
+}
+
+/// Keeps one fake agent running per node.
+async fn fake_agent_supervisor(app: Arc<App>, interval: Duration) {
+    let mut agents = Agents(HashMap::new());
+    let agents = &mut agents.0;
+    loop {
+        match app.store().list_nodes().await {
+            Ok(nodes) => {
+                for n in nodes {
+                    let alive = agents.get(&n.id).is_some_and(|h| !h.is_finished());
+                    if !alive {
+                        let api: Arc<dyn AgentApi> = app.clone();
+                        agents.insert(n.id.clone(), tokio::spawn(crate::fake_agent::run(api, n.id, interval)));
+                    }
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "fake agent supervisor cannot list nodes"),
+        }
+        tokio::select! {
+            _ = app.nodes_changed.notified() => {}
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+    }
+}
