@@ -1,0 +1,115 @@
+//! A real server on port 0 with a SQLite store in a temp dir and fast fake agents, driven over
+//! HTTP with a blocking client, as any user would.
+
+#![allow(dead_code)]
+
+use gpucloud_model::Role;
+use gpucloud_server::app::{Config, FakeAgents};
+use serde_json::Value;
+use std::time::{Duration, Instant};
+
+pub struct TestServer {
+    pub url: String,
+    pub operator_key: String,
+    pub app: std::sync::Arc<gpucloud_server::app::App>,
+    agent: ureq::Agent,
+    // Dropped last: stops the server and its tasks.
+    rt: tokio::runtime::Runtime,
+}
+
+pub struct Resp {
+    pub status: u16,
+    pub body: Value,
+    pub replayed: bool,
+}
+
+impl TestServer {
+    pub fn start() -> TestServer {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let dir = std::env::temp_dir().join(format!("gpucloud-http-{:016x}", rand::random::<u64>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (running, key) = rt.block_on(async {
+            let store = gpucloud_store::open(&format!("sqlite://{}/db.sqlite", dir.display())).await.unwrap();
+            let config = Config {
+                schedule_interval: Duration::from_millis(50),
+                fake_agents: FakeAgents::Every(Duration::from_millis(50)),
+                ..Config::default()
+            };
+            let running = gpucloud_server::start(store, config, "127.0.0.1:0").await.unwrap();
+            let key = running.app.create_tenant(None, "operator", Role::Operator).await.unwrap();
+            gpucloud_server::dev::bootstrap(&running.app, false).await.unwrap();
+            (running, key.secret)
+        });
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(10)))
+            .build()
+            .into();
+        TestServer { url: format!("http://{}", running.addr), operator_key: key, app: running.app.clone(), agent, rt }
+    }
+
+    /// Creates a tenant through the API and returns its key.
+    pub fn tenant(&self, name: &str) -> String {
+        let r = self.post(&self.operator_key, "/v1/tenants", Some(&serde_json::json!({ "name": name })));
+        assert_eq!(r.status, 201, "{:?}", r.body);
+        r.body["api_key"].as_str().unwrap().to_string()
+    }
+
+    pub fn raw(&self, method: &str, path: &str, key: Option<&str>, headers: &[(&str, &str)], body: Option<&[u8]>) -> Resp {
+        let url = format!("{}{}", self.url, path);
+        let req = ureq::http::Request::builder().method(method).uri(&url);
+        let req = match key {
+            Some(k) => req.header("Authorization", format!("Bearer {k}")),
+            None => req,
+        };
+        let req = headers.iter().fold(req, |r, (k, v)| r.header(*k, *v));
+        let resp = match body {
+            Some(b) => self.agent.run(req.body(b.to_vec()).unwrap()),
+            None => self.agent.run(req.body(()).unwrap()),
+        };
+        let mut resp = resp.unwrap();
+        let status = resp.status().as_u16();
+        let replayed = resp.headers().contains_key("idempotent-replayed");
+        let text = resp.body_mut().read_to_string().unwrap_or_default();
+        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        Resp { status, body, replayed }
+    }
+
+    pub fn get(&self, key: &str, path: &str) -> Resp {
+        self.raw("GET", path, Some(key), &[], None)
+    }
+
+    pub fn post(&self, key: &str, path: &str, body: Option<&Value>) -> Resp {
+        match body {
+            Some(b) => {
+                let bytes = serde_json::to_vec(b).unwrap();
+                self.raw("POST", path, Some(key), &[("Content-Type", "application/json")], Some(&bytes))
+            }
+            None => self.raw("POST", path, Some(key), &[], None),
+        }
+    }
+
+    pub fn create(&self, key: &str, gpu: &str, count: u32, region: Option<&str>) -> Value {
+        let body = serde_json::json!({ "gpu": gpu, "count": count, "region": region, "command": "sleep 1000" });
+        let r = self.post(key, "/v1/instances", Some(&body));
+        assert_eq!(r.status, 201, "{:?}", r.body);
+        r.body
+    }
+
+    /// Polls an instance until `pred` holds (fake agents answer in tens of milliseconds).
+    pub fn wait_for(&self, key: &str, id: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let r = self.get(key, &format!("/v1/instances/{id}"));
+            if pred(&r.body) {
+                return r.body;
+            }
+            assert!(Instant::now() < deadline, "instance {id} never became {what}: {:?}", r.body);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn wait_state(&self, key: &str, id: &str, state: &str) -> Value {
+        self.wait_for(key, id, state, |b| b["state"] == state)
+    }
+}

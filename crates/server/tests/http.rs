@@ -1,0 +1,291 @@
+//! The API against a real server: lifecycle, tenancy, auth, idempotency, bad input, OpenAPI.
+
+mod common;
+
+use common::TestServer;
+use serde_json::{Value, json};
+
+fn id(v: &Value) -> String {
+    v["id"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn instance_lifecycle_end_to_end() {
+    let s = TestServer::start();
+    let key = s.tenant("acme");
+    let inst = s.create(&key, "A100-40GB", 2, Some("eu-1"));
+    assert_eq!(inst["state"], "pending");
+    let running = s.wait_state(&key, &id(&inst), "running");
+    assert_eq!(running["gpus"].as_array().unwrap().len(), 2);
+    assert!(running["node"].is_string());
+
+    let list = s.get(&key, "/v1/instances");
+    assert_eq!(list.body["instances"].as_array().unwrap().len(), 1);
+
+    let stop = s.post(&key, &format!("/v1/instances/{}/stop", id(&inst)), None);
+    assert_eq!((stop.status, stop.body["state"].as_str()), (200, Some("stopping")));
+    let stopped = s.wait_state(&key, &id(&inst), "stopped");
+    assert_eq!(stopped["gpus"], json!([]));
+    // Stopping again is a no-op, not an error.
+    assert_eq!(s.post(&key, &format!("/v1/instances/{}/stop", id(&inst)), None).status, 200);
+
+    assert_eq!(s.post(&key, &format!("/v1/instances/{}/start", id(&inst)), None).body["state"], "pending");
+    s.wait_state(&key, &id(&inst), "running");
+    s.post(&key, &format!("/v1/instances/{}/terminate", id(&inst)), None);
+    s.wait_state(&key, &id(&inst), "terminated");
+
+    let again = s.post(&key, &format!("/v1/instances/{}/start", id(&inst)), None);
+    assert_eq!(again.status, 409);
+    assert_eq!(again.body["code"], "illegal_transition");
+    assert_eq!(again.body["current_state"], "terminated");
+
+    // Every GPU is free again.
+    let nodes = s.get(&s.operator_key, "/v1/nodes").body;
+    let allocated: u64 = nodes["nodes"].as_array().unwrap().iter().map(|n| n["gpus_allocated"].as_u64().unwrap()).sum();
+    assert_eq!(allocated, 0);
+}
+
+#[test]
+fn another_tenants_instances_are_not_found() {
+    let s = TestServer::start();
+    let a = s.tenant("a");
+    let b = s.tenant("b");
+    let inst = id(&s.create(&a, "T4", 1, None));
+    for (method, path) in [
+        ("GET", format!("/v1/instances/{inst}")),
+        ("POST", format!("/v1/instances/{inst}/stop")),
+        ("POST", format!("/v1/instances/{inst}/start")),
+        ("POST", format!("/v1/instances/{inst}/terminate")),
+    ] {
+        let r = s.raw(method, &path, Some(&b), &[], None);
+        assert_eq!(r.status, 404, "{method} {path}: {:?}", r.body);
+        assert_eq!(r.body["code"], "not_found");
+    }
+    assert_eq!(s.get(&b, "/v1/instances").body["instances"], json!([]));
+    // And the owner still sees it, untouched.
+    assert_ne!(s.get(&a, &format!("/v1/instances/{inst}")).body["state"], "terminated");
+}
+
+#[test]
+fn authentication_and_roles() {
+    let s = TestServer::start();
+    let key = s.tenant("acme");
+    assert_eq!(s.raw("GET", "/v1/instances", None, &[], None).status, 401);
+    assert_eq!(s.get("gpc_not-a-real-key", "/v1/instances").status, 401);
+    assert_eq!(s.raw("GET", "/v1/instances", None, &[("Authorization", "Basic eA==")], None).status, 401);
+    let r = s.get(&key, "/v1/nodes");
+    assert_eq!((r.status, r.body["code"].as_str()), (403, Some("forbidden")));
+    assert_eq!(s.post(&key, "/v1/tenants", Some(&json!({"name": "evil"}))).status, 403);
+    let who = s.get(&key, "/v1/whoami").body;
+    assert_eq!((who["tenant"]["name"].as_str(), who["tenant"]["role"].as_str()), (Some("acme"), Some("tenant")));
+    assert!(key.starts_with("gpc_") && who["key_prefix"].as_str().is_some_and(|p| key.starts_with(p)));
+    assert_eq!(s.post(&s.operator_key, "/v1/tenants", Some(&json!({"name": "acme"}))).status, 409);
+}
+
+#[test]
+fn idempotency_key_returns_the_first_response() {
+    let s = TestServer::start();
+    let key = s.tenant("acme");
+    let body = serde_json::to_vec(&json!({"gpu": "T4", "count": 1, "command": "x"})).unwrap();
+    let headers = [("Content-Type", "application/json"), ("Idempotency-Key", "create-1")];
+    let first = s.raw("POST", "/v1/instances", Some(&key), &headers, Some(&body));
+    let second = s.raw("POST", "/v1/instances", Some(&key), &headers, Some(&body));
+    assert_eq!((first.status, second.status), (201, 201));
+    assert_eq!(id(&first.body), id(&second.body));
+    assert!(!first.replayed && second.replayed);
+    assert_eq!(s.get(&key, "/v1/instances").body["instances"].as_array().unwrap().len(), 1);
+
+    let other = serde_json::to_vec(&json!({"gpu": "T4", "count": 2, "command": "x"})).unwrap();
+    let reused = s.raw("POST", "/v1/instances", Some(&key), &headers, Some(&other));
+    assert_eq!((reused.status, reused.body["code"].as_str()), (422, Some("idempotency_key_reused")));
+
+    // Keys are per tenant: another tenant's identical key is its own.
+    let key_b = s.tenant("b");
+    let theirs = s.raw("POST", "/v1/instances", Some(&key_b), &headers, Some(&body));
+    assert_eq!(theirs.status, 201);
+    assert_ne!(id(&theirs.body), id(&first.body));
+
+    // Actions too: a retried stop replays its first answer.
+    let stop_path = format!("/v1/instances/{}/stop", id(&first.body));
+    let h = [("Idempotency-Key", "stop-1")];
+    let s1 = s.raw("POST", &stop_path, Some(&key), &h, None);
+    let s2 = s.raw("POST", &stop_path, Some(&key), &h, None);
+    assert_eq!(s1.body, s2.body);
+    assert!(s2.replayed);
+    let bad = s.raw("POST", "/v1/instances", Some(&key), &[("Idempotency-Key", "")], Some(b"{}"));
+    assert_eq!(bad.status, 400);
+}
+
+#[test]
+fn bad_input_gets_a_4xx_that_names_the_problem() {
+    let s = TestServer::start();
+    let key = s.tenant("acme");
+    let ct = [("Content-Type", "application/json")];
+    let post = |body: &str| s.raw("POST", "/v1/instances", Some(&key), &ct, Some(body.as_bytes()));
+    let cases: &[(&str, u16, &str, Option<&str>)] = &[
+        (r#"{"gpu":"A100-40GB","count":-1,"command":"x"}"#, 422, "invalid_request", Some("count")),
+        (r#"{"gpu":"A100-40GB","count":0,"command":"x"}"#, 422, "invalid_request", Some("count")),
+        (r#"{"gpu":"A100-40GB","count":17,"command":"x"}"#, 422, "invalid_request", Some("count")),
+        (r#"{"gpu":"B300","count":1,"command":"x"}"#, 422, "invalid_request", Some("gpu")),
+        (r#"{"gpu":"T4","count":1,"command":"x","colour":"red"}"#, 422, "invalid_request", None),
+        (r#"{"gpu":"T4","count":1}"#, 422, "invalid_request", None),
+        (r#"{"gpu":"T4","count":1,"command":"x","region":"Mars 1"}"#, 422, "invalid_request", Some("region")),
+        (r#"{"gpu":"T4","count":1,"command":"x","region":"mars-1"}"#, 422, "invalid_request", Some("region")),
+        (r#"{"gpu":"T4","count":1,"command":"   "}"#, 422, "invalid_request", Some("command")),
+        (r#"{"gpu":"T4","count":"#, 400, "malformed_json", None),
+        (r#"[]"#, 422, "invalid_request", None),
+    ];
+    for (body, status, code, field) in cases {
+        let r = post(body);
+        assert_eq!(r.status, *status, "{body}: {:?}", r.body);
+        assert_eq!(r.body["code"], *code, "{body}");
+        if let Some(f) = field {
+            assert_eq!(r.body["field"], *f, "{body}: {:?}", r.body);
+        }
+        assert!(r.body["detail"].as_str().is_some_and(|d| !d.is_empty()));
+    }
+    let unknown = post(r#"{"gpu":"B300","count":1,"command":"x"}"#);
+    assert!(unknown.body["detail"].as_str().unwrap().contains("H100-80GB"), "lists the known models");
+
+    let big = format!(r#"{{"gpu":"T4","count":1,"command":"{}"}}"#, "x".repeat(100_000));
+    assert_eq!(post(&big).status, 413);
+    let no_ct = s.raw("POST", "/v1/instances", Some(&key), &[], Some(b"{}"));
+    assert_eq!(no_ct.status, 415);
+    assert_eq!(s.get(&key, "/v1/nope").body["code"], "route_not_found");
+    assert_eq!(s.raw("DELETE", "/v1/instances", Some(&key), &[], None).status, 405);
+    assert_eq!(s.get(&key, "/v1/instances/i-doesnotexist").status, 404);
+    assert_eq!(s.get(&key, "/v1/instances/..%2F..%2Fetc").status, 404);
+}
+
+/// 200 generated malformed requests: none may produce a 5xx or kill the server.
+#[test]
+fn two_hundred_malformed_requests_never_5xx() {
+    let s = TestServer::start();
+    let key = s.tenant("acme");
+    let fields = ["gpu", "count", "region", "command", "name", "zz"];
+    let values = [
+        "null", "-1", "0", "1e40", "18446744073709551616", "\"\"", "\"A100-40GB\"", "[]", "{}", "true",
+        "\"\\u0000\"", "\"eu-1\"", "2.5", "\"9999999999\"",
+    ];
+    let mut seen_4xx = 0;
+    for i in 0..200usize {
+        let mut body = String::from("{");
+        for j in 0..(i % 5) {
+            let f = fields[(i * 7 + j * 3) % fields.len()];
+            let v = values[(i * 13 + j * 5) % values.len()];
+            body.push_str(&format!("\"{f}\":{v},"));
+        }
+        if i % 3 == 0 {
+            body.pop();
+        }
+        if i % 11 != 0 {
+            body.push('}');
+        }
+        let (method, path) = match i % 4 {
+            0 | 1 => ("POST", "/v1/instances"),
+            2 => ("POST", "/v1/nodes"),
+            _ => ("POST", "/v1/tenants"),
+        };
+        let who = if i % 4 == 0 { key.as_str() } else { s.operator_key.as_str() };
+        let r = s.raw(method, path, Some(who), &[("Content-Type", "application/json")], Some(body.as_bytes()));
+        assert!(r.status < 500, "{method} {path} {body} -> {} {:?}", r.status, r.body);
+        if (400..500).contains(&r.status) {
+            seen_4xx += 1;
+            assert!(r.body["code"].is_string(), "problem+json for {body}");
+        }
+    }
+    assert!(seen_4xx > 150, "most of these are malformed: {seen_4xx}");
+    assert_eq!(s.get(&key, "/v1/health").status, 200);
+}
+
+#[test]
+fn pending_says_why_and_starts_when_capacity_frees() {
+    let s = TestServer::start();
+    let key = s.tenant("acme");
+    // us-1 has one 2-GPU A100 node in the built-in fleet.
+    let first = id(&s.create(&key, "A100-40GB", 2, Some("us-1")));
+    s.wait_state(&key, &first, "running");
+    let second = id(&s.create(&key, "A100-40GB", 2, Some("us-1")));
+    let waiting = s.wait_for(&key, &second, "explained", |b| b["pending_reason"].is_string());
+    assert_eq!(waiting["state"], "pending");
+    assert_eq!(waiting["pending_reason"], "no node in us-1 has 2 free A100-40GB: 1 full");
+    let huge = id(&s.create(&key, "A100-40GB", 16, None));
+    let why = s.wait_for(&key, &huge, "explained", |b| b["pending_reason"].is_string());
+    assert_eq!(
+        why["pending_reason"],
+        "no node in eu-1 has 16 free A100-40GB: 2 too small; no node in us-1 has 16 free A100-40GB: 1 too small"
+    );
+
+    s.post(&key, &format!("/v1/instances/{first}/terminate"), None);
+    let running = s.wait_state(&key, &second, "running");
+    assert_eq!(running["pending_reason"], Value::Null);
+}
+
+#[test]
+fn operator_cordons_drains_and_adds_nodes() {
+    let s = TestServer::start();
+    let op = s.operator_key.clone();
+    let key = s.tenant("acme");
+    let nodes = s.get(&op, "/v1/nodes").body;
+    let node_id = |name: &str| {
+        nodes["nodes"].as_array().unwrap().iter().find(|n| n["name"] == name).map(|n| id(n)).unwrap()
+    };
+    let rtx = node_id("us1-rtx-01");
+    let inst = id(&s.create(&key, "RTX-6000-Ada", 2, None));
+    s.wait_state(&key, &inst, "running");
+
+    // Drain moves the instance off; with nowhere else to go it waits, and says why.
+    let drained = s.post(&op, &format!("/v1/nodes/{rtx}/drain"), None);
+    assert_eq!(drained.body["state"], "draining");
+    let moved = s.wait_for(&key, &inst, "requeued", |b| b["state"] == "pending" && b["pending_reason"].is_string());
+    assert!(moved["pending_reason"].as_str().unwrap().contains("1 draining"), "{moved:?}");
+
+    // A new node takes it.
+    let body = json!({"name": "us1-rtx-02", "region": "us-1", "gpus": [{"model": "RTX-6000-Ada", "count": 4}]});
+    let added = s.post(&op, "/v1/nodes", Some(&body));
+    assert_eq!(added.status, 201, "{:?}", added.body);
+    let running = s.wait_state(&key, &inst, "running");
+    assert_eq!(running["node"], added.body["id"]);
+    assert_eq!(s.post(&op, "/v1/nodes", Some(&body)).status, 409, "names are unique");
+
+    // Cordon keeps what runs and takes nothing new.
+    let new_node = id(&added.body);
+    assert_eq!(s.post(&op, &format!("/v1/nodes/{new_node}/cordon"), None).body["state"], "cordoned");
+    let second = id(&s.create(&key, "RTX-6000-Ada", 1, None));
+    let why = s.wait_for(&key, &second, "explained", |b| b["pending_reason"].is_string());
+    assert_eq!(why["pending_reason"], "no node in us-1 has 1 free RTX-6000-Ada: 1 cordoned, 1 draining");
+    assert_eq!(s.get(&key, &format!("/v1/instances/{inst}")).body["state"], "running");
+    s.post(&op, &format!("/v1/nodes/{rtx}/uncordon"), None);
+    s.wait_state(&key, &second, "running");
+
+    let shown = s.get(&op, &format!("/v1/nodes/{new_node}")).body;
+    let holders: Vec<&Value> = shown["gpus"].as_array().unwrap().iter().filter(|g| g["instance"] == json!(inst)).collect();
+    assert_eq!(holders.len(), 2);
+    assert_eq!(s.get(&op, "/v1/nodes/n-missing").status, 404);
+}
+
+/// The OpenAPI document is 3.1 and lists exactly the routes the server answers.
+#[test]
+fn openapi_matches_the_routes() {
+    let s = TestServer::start();
+    let doc = s.raw("GET", "/v1/openapi.json", None, &[], None).body;
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"), "{}", doc["openapi"]);
+    let paths = doc["paths"].as_object().unwrap();
+    assert!(paths.len() >= 14, "{}", paths.len());
+    for (path, item) in paths {
+        for method in item.as_object().unwrap().keys() {
+            let concrete = path.replace("{id}", "i-0000");
+            let r = s.raw(&method.to_uppercase(), &concrete, Some(&s.operator_key), &[], None);
+            assert!(
+                r.body["code"] != "route_not_found" && r.body["code"] != "method_not_allowed",
+                "{method} {path} is documented but not served"
+            );
+        }
+    }
+    // Every documented operation says what it answers on success.
+    for item in paths.values() {
+        for op in item.as_object().unwrap().values() {
+            assert!(op["responses"].as_object().is_some_and(|r| r.keys().any(|k| k.starts_with('2'))));
+        }
+    }
+}
