@@ -9,9 +9,7 @@ use utoipa::ToSchema;
 pub fn rfc3339(t: Timestamp) -> String {
     let nanos = i128::from(t.millis()) * 1_000_000;
     match time::OffsetDateTime::from_unix_timestamp_nanos(nanos) {
-        Ok(dt) => dt
-            .format(&time::format_description::well_known::Rfc3339)
-            .unwrap_or_else(|_| t.millis().to_string()),
+        Ok(dt) => dt.format(&time::format_description::well_known::Rfc3339).unwrap_or_else(|_| t.millis().to_string()),
         Err(_) => t.millis().to_string(),
     }
 }
@@ -213,9 +211,7 @@ mod tests {
 
     #[test]
     fn create_request_names_the_bad_field() {
-        let bad = serde_json::from_str::<CreateInstanceRequest>(
-            r#"{"gpu":"A100-40GB","count":-1,"command":"x"}"#,
-        );
+        let bad = serde_json::from_str::<CreateInstanceRequest>(r#"{"gpu":"A100-40GB","count":-1,"command":"x"}"#);
         assert!(bad.unwrap_err().to_string().contains("-1"));
         let unknown = serde_json::from_str::<CreateInstanceRequest>(
             r#"{"gpu":"A100-40GB","count":1,"command":"x","colour":"red"}"#,

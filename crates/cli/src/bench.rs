@@ -62,7 +62,8 @@ fn queue(count: usize, rng: &mut StdRng) -> Vec<Pending> {
 
 /// The baseline: for every instance, score every node. Same rules and result as best-fit.
 fn scan_every_node(snapshot: &ClusterSnapshot, pending: &[Pending]) -> usize {
-    let mut free: Vec<u32> = snapshot.nodes.iter().map(|n| n.gpus.iter().filter(|g| !g.allocated).count() as u32).collect();
+    let mut free: Vec<u32> =
+        snapshot.nodes.iter().map(|n| n.gpus.iter().filter(|g| !g.allocated).count() as u32).collect();
     let mut placed = 0;
     for p in pending {
         let mut best: Option<(u32, &NodeId, usize)> = None;
@@ -103,7 +104,10 @@ pub fn run(cmd: BenchCmd, as_json: bool) -> Result<(), String> {
         let base_placed = scan_every_node(&snapshot, &pending);
         let base_s = t.elapsed().as_secs_f64();
         if base_placed != out.placements.len() {
-            return Err(format!("baseline placed {base_placed}, plan() placed {}: they should agree", out.placements.len()));
+            return Err(format!(
+                "baseline placed {base_placed}, plan() placed {}: they should agree",
+                out.placements.len()
+            ));
         }
         let rate = pending.len() as f64 / plan_s;
         let base_rate = pending.len() as f64 / base_s;

@@ -14,7 +14,7 @@ pub struct Client {
 #[derive(Debug)]
 pub enum ClientError {
     /// The server answered with a problem document.
-    Api(Problem),
+    Api(Box<Problem>),
     /// The server could not be reached, or answered something that is not the API.
     Transport(String),
 }
@@ -90,7 +90,7 @@ impl Client {
                 .map_err(|e| ClientError::Transport(format!("unexpected response from {}: {e}", self.base)))
         } else {
             match serde_json::from_str::<Problem>(&text) {
-                Ok(p) => Err(ClientError::Api(p)),
+                Ok(p) => Err(ClientError::Api(Box::new(p))),
                 Err(_) => Err(ClientError::Transport(format!("HTTP {status} from {}: {text}", self.base))),
             }
         }

@@ -58,7 +58,7 @@ pub enum InstanceCmd {
         #[arg(long)]
         gpu: String,
         /// Number of GPUs, all on one node.
-        #[arg(long, default_value_t = 1)]
+        #[arg(long, default_value_t = 1, allow_negative_numbers = true)]
         count: i64,
         /// Region; any when omitted (see `gpucloud capacity`).
         #[arg(long)]
@@ -136,7 +136,8 @@ pub fn instance(ctx: &Ctx, cmd: InstanceCmd) -> Res {
             let body = serde_json::json!({
                 "gpu": gpu, "count": count, "region": region, "command": command, "name": name,
             });
-            let mut inst: api::Instance = c.post("/v1/instances", Some(&body), idempotency_key.as_deref()).map_err(err)?;
+            let mut inst: api::Instance =
+                c.post("/v1/instances", Some(&body), idempotency_key.as_deref()).map_err(err)?;
             if let Some(secs) = wait {
                 let deadline = Instant::now() + Duration::from_secs(secs);
                 while inst.state != "running" && Instant::now() < deadline {
@@ -162,7 +163,8 @@ pub fn instance(ctx: &Ctx, cmd: InstanceCmd) -> Res {
 }
 
 fn action(ctx: &Ctx, c: &Client, id: &str, verb: &str) -> Res {
-    let inst: api::Instance = c.post::<(), _>(&format!("/v1/instances/{id}/{verb}"), None, None).map_err(|e| e.to_string())?;
+    let inst: api::Instance =
+        c.post::<(), _>(&format!("/v1/instances/{id}/{verb}"), None, None).map_err(|e| e.to_string())?;
     show(ctx, &inst, instance_detail);
     Ok(())
 }
@@ -217,7 +219,14 @@ fn node_rows(list: &[api::Node]) -> String {
 fn node_detail(n: &api::Node) -> String {
     let mut out = format!(
         "id:        {}\nname:      {}\nregion:    {}\nstate:     {}\nhealth:    {}\nheartbeat: {}\nallocated: {}/{}\n\n",
-        n.id, n.name, n.region, n.state, n.health, or_dash(n.last_heartbeat.as_ref()), n.gpus_allocated, n.gpus_total
+        n.id,
+        n.name,
+        n.region,
+        n.state,
+        n.health,
+        or_dash(n.last_heartbeat.as_ref()),
+        n.gpus_allocated,
+        n.gpus_total
     );
     let rows: Vec<Vec<String>> = n
         .gpus
@@ -272,9 +281,13 @@ pub fn node(ctx: &Ctx, cmd: NodeCmd) -> Res {
 pub enum TenantCmd {
     List,
     /// Create a tenant; prints its first API key, once.
-    Create { name: String },
+    Create {
+        name: String,
+    },
     /// Create another API key for a tenant; printed once.
-    Key { tenant_id: String },
+    Key {
+        tenant_id: String,
+    },
 }
 
 fn key_text(k: &api::ApiKeyCreated) -> String {
@@ -288,17 +301,22 @@ pub fn tenant(ctx: &Ctx, cmd: TenantCmd) -> Res {
         TenantCmd::List => {
             let l: api::TenantList = c.get("/v1/tenants").map_err(err)?;
             show(ctx, &l, |l| {
-                let rows: Vec<Vec<String>> =
-                    l.tenants.iter().map(|t| vec![t.id.clone(), t.name.clone(), t.role.clone(), t.created_at.clone()]).collect();
+                let rows: Vec<Vec<String>> = l
+                    .tenants
+                    .iter()
+                    .map(|t| vec![t.id.clone(), t.name.clone(), t.role.clone(), t.created_at.clone()])
+                    .collect();
                 table(&["ID", "NAME", "ROLE", "CREATED"], &rows)
             });
         }
         TenantCmd::Create { name } => {
-            let k: api::ApiKeyCreated = c.post("/v1/tenants", Some(&serde_json::json!({"name": name})), None).map_err(err)?;
+            let k: api::ApiKeyCreated =
+                c.post("/v1/tenants", Some(&serde_json::json!({"name": name})), None).map_err(err)?;
             show(ctx, &k, key_text);
         }
         TenantCmd::Key { tenant_id } => {
-            let k: api::ApiKeyCreated = c.post::<(), _>(&format!("/v1/tenants/{tenant_id}/keys"), None, None).map_err(err)?;
+            let k: api::ApiKeyCreated =
+                c.post::<(), _>(&format!("/v1/tenants/{tenant_id}/keys"), None, None).map_err(err)?;
             show(ctx, &k, key_text);
         }
     }
@@ -314,7 +332,13 @@ pub fn capacity(ctx: &Ctx) -> Res {
             .iter()
             .flat_map(|r| {
                 r.models.iter().map(|m| {
-                    vec![r.region.clone(), m.model.clone(), m.free.to_string(), m.total.to_string(), m.nodes.to_string()]
+                    vec![
+                        r.region.clone(),
+                        m.model.clone(),
+                        m.free.to_string(),
+                        m.total.to_string(),
+                        m.nodes.to_string(),
+                    ]
                 })
             })
             .collect();
@@ -337,6 +361,8 @@ pub fn models(ctx: &Ctx) -> Res {
 pub fn whoami(ctx: &Ctx) -> Res {
     let c = ctx.client(As::Tenant)?;
     let w: api::WhoAmI = c.get("/v1/whoami").map_err(|e| e.to_string())?;
-    show(ctx, &w, |w| format!("tenant: {} ({}, {})\nkey:    {}...", w.tenant.name, w.tenant.id, w.tenant.role, w.key_prefix));
+    show(ctx, &w, |w| {
+        format!("tenant: {} ({}, {})\nkey:    {}...", w.tenant.name, w.tenant.id, w.tenant.role, w.key_prefix)
+    });
     Ok(())
 }

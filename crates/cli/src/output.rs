@@ -43,7 +43,8 @@ pub fn gpu_list(gpus: &[u32]) -> String {
 mod tests {
     #[test]
     fn aligns_columns() {
-        let t = super::table(&["ID", "STATE"], &[vec!["i-1".into(), "running".into()], vec!["i-22".into(), "x".into()]]);
+        let t =
+            super::table(&["ID", "STATE"], &[vec!["i-1".into(), "running".into()], vec!["i-22".into(), "x".into()]]);
         assert_eq!(t, "ID    STATE\ni-1   running\ni-22  x");
     }
 }

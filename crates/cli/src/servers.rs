@@ -76,15 +76,15 @@ pub fn dev(args: DevArgs) -> Result<(), String> {
             .await
             .map_err(|e| format!("setting up the dev cloud: {e}"))?;
         let (creds, shown) = match (keys, previous) {
-            (Some(k), _) => (
-                Credentials { url: url.clone(), operator_key: k.operator.secret, tenant_key: k.tenant.secret },
-                true,
-            ),
+            (Some(k), _) => {
+                (Credentials { url: url.clone(), operator_key: k.operator.secret, tenant_key: k.tenant.secret }, true)
+            }
             (None, Some(prev)) => (Credentials { url: url.clone(), ..prev }, false),
             (None, None) => return Err("no credentials on record and none minted".to_string()),
         };
         let creds_path = data_dir.join("credentials.json");
-        profile::write_private_json(&creds_path, &creds).map_err(|e| format!("writing {}: {e}", creds_path.display()))?;
+        profile::write_private_json(&creds_path, &creds)
+            .map_err(|e| format!("writing {}: {e}", creds_path.display()))?;
         let prof = Profile {
             url: url.clone(),
             api_key: Some(creds.tenant_key.clone()),

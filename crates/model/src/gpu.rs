@@ -78,10 +78,7 @@ impl FromStr for GpuModel {
     fn from_str(s: &str) -> Result<Self, UnknownGpuModel> {
         let norm = |x: &str| x.trim().to_ascii_lowercase().replace(['_', ' '], "-");
         let wanted = norm(s);
-        GpuModel::ALL
-            .into_iter()
-            .find(|m| norm(m.name()) == wanted)
-            .ok_or_else(|| UnknownGpuModel(s.to_string()))
+        GpuModel::ALL.into_iter().find(|m| norm(m.name()) == wanted).ok_or_else(|| UnknownGpuModel(s.to_string()))
     }
 }
 

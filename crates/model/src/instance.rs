@@ -103,7 +103,9 @@ pub enum AgentObservation {
     /// The workload is not running (it was stopped, or exited with code 0).
     Stopped,
     /// The workload exited with a non-zero code or could not start.
-    Failed { exit_code: i32 },
+    Failed {
+        exit_code: i32,
+    },
 }
 
 /// The result of applying an input: the new state, and where a stopping instance is headed.
@@ -138,11 +140,7 @@ pub struct IllegalTransition {
 impl InstanceState {
     /// Applies a user's request. Asking for what is already true (stopping a stopped instance) is
     /// not an error: it returns the current state, so retries are harmless.
-    pub fn on_user(
-        self,
-        target: Option<StopTarget>,
-        action: UserAction,
-    ) -> Result<Change, IllegalTransition> {
+    pub fn on_user(self, target: Option<StopTarget>, action: UserAction) -> Result<Change, IllegalTransition> {
         use InstanceState as S;
         let unchanged = Change { state: self, stop_target: target };
         let illegal = Err(IllegalTransition { action, state: self });
@@ -151,9 +149,7 @@ impl InstanceState {
             (_, S::Terminated) => illegal,
 
             (UserAction::Stop, S::Pending) => Ok(Change::to(S::Stopped)),
-            (UserAction::Stop, S::Provisioning | S::Running) => {
-                Ok(Change::stopping(StopTarget::Stopped))
-            }
+            (UserAction::Stop, S::Provisioning | S::Running) => Ok(Change::stopping(StopTarget::Stopped)),
             // Asked to stop while a drain moves it: stay stopped rather than come back elsewhere.
             (UserAction::Stop, S::Stopping) if target == Some(StopTarget::Requeue) => {
                 Ok(Change::stopping(StopTarget::Stopped))
@@ -163,21 +159,15 @@ impl InstanceState {
 
             (UserAction::Start, S::Stopped | S::Failed) => Ok(Change::to(S::Pending)),
             (UserAction::Start, S::Pending | S::Provisioning | S::Running) => Ok(unchanged),
-            (UserAction::Start, S::Stopping) if target == Some(StopTarget::Requeue) => {
-                Ok(unchanged)
-            }
+            (UserAction::Start, S::Stopping) if target == Some(StopTarget::Requeue) => Ok(unchanged),
             (UserAction::Start, S::Stopping) => illegal,
 
-            (UserAction::Terminate, S::Pending | S::Stopped | S::Failed) => {
-                Ok(Change::to(S::Terminated))
-            }
+            (UserAction::Terminate, S::Pending | S::Stopped | S::Failed) => Ok(Change::to(S::Terminated)),
             (UserAction::Terminate, S::Provisioning | S::Running | S::Stopping) => {
                 Ok(Change::stopping(StopTarget::Terminated))
             }
 
-            (UserAction::Evict, S::Provisioning | S::Running) => {
-                Ok(Change::stopping(StopTarget::Requeue))
-            }
+            (UserAction::Evict, S::Provisioning | S::Running) => Ok(Change::stopping(StopTarget::Requeue)),
             (UserAction::Evict, _) => Ok(unchanged),
         }
     }
@@ -214,8 +204,8 @@ impl FromStr for UserAction {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proptest::prelude::*;
     use InstanceState as S;
+    use proptest::prelude::*;
 
     #[test]
     fn lifecycle_examples() {
@@ -240,12 +230,7 @@ mod tests {
         ]))
     }
     fn action() -> impl Strategy<Value = UserAction> {
-        proptest::sample::select(vec![
-            UserAction::Stop,
-            UserAction::Start,
-            UserAction::Terminate,
-            UserAction::Evict,
-        ])
+        proptest::sample::select(vec![UserAction::Stop, UserAction::Start, UserAction::Terminate, UserAction::Evict])
     }
 
     proptest! {

@@ -9,9 +9,7 @@ mod time;
 
 pub use gpu::{GpuModel, UnknownGpuModel};
 pub use ids::{ApiKeyId, IdError, InstanceId, NodeId, TenantId};
-pub use instance::{
-    AgentObservation, Change, IllegalTransition, InstanceState, StopTarget, UserAction,
-};
+pub use instance::{AgentObservation, Change, IllegalTransition, InstanceState, StopTarget, UserAction};
 pub use node::{NodeHealth, NodeState, Region, RegionError, Role};
 pub use time::Timestamp;
 

@@ -40,10 +40,9 @@ pub(crate) fn explain(snapshot: &ClusterSnapshot, index: &FreeIndex<'_>, p: &Pen
         if total == 0 {
             continue;
         }
-        let s = per_region.entry(&node.region).or_insert_with(|| RegionShortfall {
-            region: node.region.to_string(),
-            ..Default::default()
-        });
+        let s = per_region
+            .entry(&node.region)
+            .or_insert_with(|| RegionShortfall { region: node.region.to_string(), ..Default::default() });
         s.nodes_with_model += 1;
         if node.health == NodeHealth::Unhealthy {
             s.unhealthy += 1;

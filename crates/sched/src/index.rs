@@ -53,24 +53,20 @@ impl<'a> FreeIndex<'a> {
         let pools = self
             .by_pool
             .iter()
-            .filter(|((region, model), _)| {
-                *model == p.model && p.region.as_ref().is_none_or(|r| r == *region)
-            })
+            .filter(|((region, model), _)| *model == p.model && p.region.as_ref().is_none_or(|r| r == *region))
             .map(|(_, set)| set);
         let lo = (p.count, 0usize);
         match policy {
             // Score = (free after placement, node ordinal); ordinals follow node ids.
-            Policy::BestFit => pools
-                .filter_map(|s| s.range(lo..).next().copied())
-                .min()
-                .map(|(_, rank)| self.ord_of[rank]),
+            Policy::BestFit => {
+                pools.filter_map(|s| s.range(lo..).next().copied()).min().map(|(_, rank)| self.ord_of[rank])
+            }
             Policy::Spread => pools
                 .filter_map(|s| s.iter().next_back().copied().filter(|(f, _)| *f >= p.count))
                 .max_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)))
                 .map(|(_, rank)| self.ord_of[rank]),
             Policy::Random => {
-                let fits: Vec<usize> =
-                    pools.flat_map(|s| s.range(lo..).map(|(_, n)| *n)).collect();
+                let fits: Vec<usize> = pools.flat_map(|s| s.range(lo..).map(|(_, n)| *n)).collect();
                 if fits.is_empty() {
                     None
                 } else {

@@ -114,10 +114,9 @@ pub fn plan(
                     gpus,
                 });
             }
-            None => out.unplaced.push(Unplaced {
-                instance: p.instance.clone(),
-                reason: explain::explain(snapshot, &index, p),
-            }),
+            None => out
+                .unplaced
+                .push(Unplaced { instance: p.instance.clone(), reason: explain::explain(snapshot, &index, p) }),
         }
     }
     out

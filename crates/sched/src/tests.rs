@@ -30,10 +30,7 @@ fn run(snapshot: &ClusterSnapshot, pending: &[Pending], policy: Policy) -> Plan 
 #[test]
 fn best_fit_prefers_the_tightest_node_and_lowest_indices() {
     let snap = ClusterSnapshot {
-        nodes: vec![
-            node("n-a", "eu-1", GpuModel::A100_40GB, 8, 0),
-            node("n-b", "eu-1", GpuModel::A100_40GB, 4, 1),
-        ],
+        nodes: vec![node("n-a", "eu-1", GpuModel::A100_40GB, 8, 0), node("n-b", "eu-1", GpuModel::A100_40GB, 4, 1)],
     };
     let plan = run(&snap, &[want("i-1", GpuModel::A100_40GB, 2, Some("eu-1"))], Policy::BestFit);
     assert_eq!(plan.placements.len(), 1);
@@ -74,8 +71,7 @@ fn explains_per_region_why_nothing_fits() {
 #[test]
 fn earlier_placements_in_a_plan_count_against_later_ones() {
     let snap = ClusterSnapshot { nodes: vec![node("n-a", "eu-1", GpuModel::T4, 4, 0)] };
-    let pending: Vec<Pending> =
-        (0..3).map(|i| want(&format!("i-{i}"), GpuModel::T4, 2, None)).collect();
+    let pending: Vec<Pending> = (0..3).map(|i| want(&format!("i-{i}"), GpuModel::T4, 2, None)).collect();
     let plan = run(&snap, &pending, Policy::BestFit);
     assert_eq!(plan.placements.len(), 2);
     assert_eq!(plan.unplaced.len(), 1);
@@ -101,18 +97,14 @@ fn arb_node(i: usize) -> impl Strategy<Value = NodeView> {
 }
 
 fn arb_snapshot() -> impl Strategy<Value = ClusterSnapshot> {
-    (0..12usize)
-        .prop_flat_map(|n| (0..n).map(arb_node).collect::<Vec<_>>())
-        .prop_map(|nodes| ClusterSnapshot { nodes })
+    (0..12usize).prop_flat_map(|n| (0..n).map(arb_node).collect::<Vec<_>>()).prop_map(|nodes| ClusterSnapshot { nodes })
 }
 
 fn arb_pending() -> impl Strategy<Value = Vec<Pending>> {
     proptest::collection::vec((0..3usize, 1..=9u32, 0..3usize), 0..30).prop_map(|v| {
         v.into_iter()
             .enumerate()
-            .map(|(i, (m, c, r))| {
-                want(&format!("i-{i}"), MODELS[m], c, if r == 2 { None } else { Some(REGIONS[r]) })
-            })
+            .map(|(i, (m, c, r))| want(&format!("i-{i}"), MODELS[m], c, if r == 2 { None } else { Some(REGIONS[r]) }))
             .collect()
     })
 }

@@ -55,7 +55,14 @@ impl TestServer {
         r.body["api_key"].as_str().unwrap().to_string()
     }
 
-    pub fn raw(&self, method: &str, path: &str, key: Option<&str>, headers: &[(&str, &str)], body: Option<&[u8]>) -> Resp {
+    pub fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        key: Option<&str>,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+    ) -> Resp {
         let url = format!("{}{}", self.url, path);
         let req = ureq::http::Request::builder().method(method).uri(&url);
         let req = match key {

@@ -164,8 +164,20 @@ fn two_hundred_malformed_requests_never_5xx() {
     let key = s.tenant("acme");
     let fields = ["gpu", "count", "region", "command", "name", "zz"];
     let values = [
-        "null", "-1", "0", "1e40", "18446744073709551616", "\"\"", "\"A100-40GB\"", "[]", "{}", "true",
-        "\"\\u0000\"", "\"eu-1\"", "2.5", "\"9999999999\"",
+        "null",
+        "-1",
+        "0",
+        "1e40",
+        "18446744073709551616",
+        "\"\"",
+        "\"A100-40GB\"",
+        "[]",
+        "{}",
+        "true",
+        "\"\\u0000\"",
+        "\"eu-1\"",
+        "2.5",
+        "\"9999999999\"",
     ];
     let mut seen_4xx = 0;
     for i in 0..200usize {
@@ -227,9 +239,7 @@ fn operator_cordons_drains_and_adds_nodes() {
     let op = s.operator_key.clone();
     let key = s.tenant("acme");
     let nodes = s.get(&op, "/v1/nodes").body;
-    let node_id = |name: &str| {
-        nodes["nodes"].as_array().unwrap().iter().find(|n| n["name"] == name).map(|n| id(n)).unwrap()
-    };
+    let node_id = |name: &str| nodes["nodes"].as_array().unwrap().iter().find(|n| n["name"] == name).map(id).unwrap();
     let rtx = node_id("us1-rtx-01");
     let inst = id(&s.create(&key, "RTX-6000-Ada", 2, None));
     s.wait_state(&key, &inst, "running");
@@ -259,7 +269,8 @@ fn operator_cordons_drains_and_adds_nodes() {
     s.wait_state(&key, &second, "running");
 
     let shown = s.get(&op, &format!("/v1/nodes/{new_node}")).body;
-    let holders: Vec<&Value> = shown["gpus"].as_array().unwrap().iter().filter(|g| g["instance"] == json!(inst)).collect();
+    let holders: Vec<&Value> =
+        shown["gpus"].as_array().unwrap().iter().filter(|g| g["instance"] == json!(inst)).collect();
     assert_eq!(holders.len(), 2);
     assert_eq!(s.get(&op, "/v1/nodes/n-missing").status, 404);
 }

@@ -1,12 +1,12 @@
 use crate::migrate;
 use crate::{
-    ApiKey, ApplyOutcome, Backend, Gpu, IdempotencyBegin, Instance, InstanceChange, NewInstance,
-    NewNode, NewPlacement, Node, Result, Store, StoreError, Tenant,
+    ApiKey, ApplyOutcome, Backend, Gpu, IdempotencyBegin, Instance, InstanceChange, NewInstance, NewNode, NewPlacement,
+    Node, Result, Store, StoreError, Tenant,
 };
 use async_trait::async_trait;
 use gpucloud_model::{
-    ApiKeyId, GpuModel, InstanceId, InstanceState, NodeHealth, NodeId, NodeState, Region, Role,
-    StopTarget, TenantId, Timestamp,
+    ApiKeyId, GpuModel, InstanceId, InstanceState, NodeHealth, NodeId, NodeState, Region, Role, StopTarget, TenantId,
+    Timestamp,
 };
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Executor, Row};
@@ -60,9 +60,7 @@ impl SqlStore {
 
     async fn gpus_of(&self, filter: GpuFilter<'_>) -> Result<HashMap<String, Vec<u32>>> {
         let q = match filter {
-            GpuFilter::Instance(_) => {
-                "SELECT instance_id, idx FROM gpus WHERE instance_id = $1 ORDER BY idx"
-            }
+            GpuFilter::Instance(_) => "SELECT instance_id, idx FROM gpus WHERE instance_id = $1 ORDER BY idx",
             GpuFilter::Tenant(_) => {
                 "SELECT g.instance_id, g.idx FROM gpus g JOIN instances i ON i.id = g.instance_id \
                  WHERE i.tenant_id = $1 ORDER BY g.idx"
@@ -70,9 +68,7 @@ impl SqlStore {
             GpuFilter::Node(_) => {
                 "SELECT instance_id, idx FROM gpus WHERE node_id = $1 AND instance_id IS NOT NULL ORDER BY idx"
             }
-            GpuFilter::All => {
-                "SELECT instance_id, idx FROM gpus WHERE instance_id IS NOT NULL ORDER BY idx"
-            }
+            GpuFilter::All => "SELECT instance_id, idx FROM gpus WHERE instance_id IS NOT NULL ORDER BY idx",
         };
         let query = sqlx::query(q);
         let query = match filter {
@@ -343,13 +339,12 @@ impl Store for SqlStore {
         let found = if created {
             self.get_instance(Some(&n.tenant_id), &n.id).await?
         } else {
-            let id: Option<String> = sqlx::query_scalar(
-                "SELECT id FROM instances WHERE tenant_id = $1 AND idempotency_key = $2",
-            )
-            .bind(n.tenant_id.to_string())
-            .bind(n.idempotency_key.clone().unwrap_or_default())
-            .fetch_optional(&self.pool)
-            .await?;
+            let id: Option<String> =
+                sqlx::query_scalar("SELECT id FROM instances WHERE tenant_id = $1 AND idempotency_key = $2")
+                    .bind(n.tenant_id.to_string())
+                    .bind(n.idempotency_key.clone().unwrap_or_default())
+                    .fetch_optional(&self.pool)
+                    .await?;
             match id {
                 Some(id) => self.get_instance(Some(&n.tenant_id), &parse("instances", &id)?).await?,
                 None => None,
@@ -535,11 +530,12 @@ impl Store for SqlStore {
         if inserted.rows_affected() == 1 {
             return Ok(IdempotencyBegin::Started);
         }
-        let row = sqlx::query("SELECT fingerprint, status, body, created_at FROM idempotency WHERE scope = $1 AND key = $2")
-            .bind(scope)
-            .bind(key)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row =
+            sqlx::query("SELECT fingerprint, status, body, created_at FROM idempotency WHERE scope = $1 AND key = $2")
+                .bind(scope)
+                .bind(key)
+                .fetch_optional(&self.pool)
+                .await?;
         let Some(r) = row else {
             // Abandoned between our insert and read: treat as in progress; the client retries.
             return Ok(IdempotencyBegin::InProgress);

@@ -66,22 +66,17 @@ fn ts(ms: i64) -> Timestamp {
 }
 
 async fn tenant(s: &Arc<dyn Store>, name: &str) -> Tenant {
-    let t = Tenant {
-        id: TenantId::from_random(rand::random()),
-        name: name.into(),
-        role: Role::Tenant,
-        created_at: ts(1),
-    };
+    let t =
+        Tenant { id: TenantId::from_random(rand::random()), name: name.into(), role: Role::Tenant, created_at: ts(1) };
     s.create_tenant(&t).await.unwrap();
     t
 }
 
 async fn node(s: &Arc<dyn Store>, name: &str, model: GpuModel, count: u32) -> Node {
     let id = NodeId::from_random(rand::random());
-    let gpus = (0..count)
-        .map(|i| NewGpu { index: i, model, uuid: format!("GPU-{name}-{i}") })
-        .collect();
-    let new = NewNode { id: id.clone(), name: name.into(), region: Region::parse("eu-1").unwrap(), gpus, created_at: ts(1) };
+    let gpus = (0..count).map(|i| NewGpu { index: i, model, uuid: format!("GPU-{name}-{i}") }).collect();
+    let new =
+        NewNode { id: id.clone(), name: name.into(), region: Region::parse("eu-1").unwrap(), gpus, created_at: ts(1) };
     s.insert_node(&new).await.unwrap();
     s.record_heartbeat(&id, ts(2)).await.unwrap();
     s.get_node(&id).await.unwrap().unwrap()
@@ -180,7 +175,10 @@ async fn placements_are_all_or_nothing(s: Arc<dyn Store>) {
     let out = s.apply_placements(&n.id, n.generation, &[placement(&i1, &[0, 1])], ts(20)).await.unwrap();
     assert_eq!(out, ApplyOutcome::Applied { placed: vec![i1.id.clone()] });
     let got = s.get_instance(None, &i1.id).await.unwrap().unwrap();
-    assert_eq!((got.state, got.node_id.clone(), got.gpus.clone()), (InstanceState::Provisioning, Some(n.id.clone()), vec![0, 1]));
+    assert_eq!(
+        (got.state, got.node_id.clone(), got.gpus.clone()),
+        (InstanceState::Provisioning, Some(n.id.clone()), vec![0, 1])
+    );
 
     // GPU 1 is taken: the whole batch rolls back, node generation included.
     let n = s.get_node(&n.id).await.unwrap().unwrap();
@@ -228,7 +226,10 @@ async fn leaving_a_gpu_state_releases_gpus(s: Arc<dyn Store>) {
     let gen_before = s.get_node(&n.id).await.unwrap().unwrap().generation;
     let stopped = InstanceChange { state: InstanceState::Stopped, stop_target: None, exit_code: Some(0), at: ts(40) };
     let i = s.update_instance(&i.id, i.generation, &stopped).await.unwrap().unwrap();
-    assert_eq!((i.state, i.node_id.clone(), i.gpus.clone(), i.exit_code), (InstanceState::Stopped, None, vec![], Some(0)));
+    assert_eq!(
+        (i.state, i.node_id.clone(), i.gpus.clone(), i.exit_code),
+        (InstanceState::Stopped, None, vec![], Some(0))
+    );
     let n = s.get_node(&n.id).await.unwrap().unwrap();
     assert!(n.gpus.iter().all(|g| g.instance.is_none()));
     assert_eq!(n.generation, gen_before + 1);

@@ -1,7 +1,5 @@
 use super::{App, AppError, Principal, random_bits};
-use gpucloud_model::{
-    AgentObservation, Change, GpuModel, InstanceId, MAX_GPUS_PER_INSTANCE, Region, UserAction,
-};
+use gpucloud_model::{AgentObservation, Change, GpuModel, InstanceId, MAX_GPUS_PER_INSTANCE, Region, UserAction};
 use gpucloud_store::{Instance, InstanceChange, NewInstance};
 
 /// What a tenant asks for when creating an instance (already parsed from the wire).

@@ -71,8 +71,10 @@ impl App {
             // Move what runs there: each instance stops and goes back to pending elsewhere.
             for inst in self.store.instances_on_node(&node.id).await? {
                 if inst.state.holds_gpus() {
-                    self.transition(inst, |i| i.state.on_user(i.stop_target, UserAction::Evict).map_err(AppError::from))
-                        .await?;
+                    self.transition(inst, |i| {
+                        i.state.on_user(i.stop_target, UserAction::Evict).map_err(AppError::from)
+                    })
+                    .await?;
                 }
             }
         }

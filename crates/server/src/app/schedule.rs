@@ -68,11 +68,13 @@ impl App {
             let mut per_node: BTreeMap<_, (i64, Vec<NewPlacement>)> = BTreeMap::new();
             for p in &plan.placements {
                 let generation = by_id[&p.instance].generation;
-                per_node.entry(p.node.clone()).or_insert_with(|| (p.node_generation, Vec::new())).1.push(NewPlacement {
-                    instance: p.instance.clone(),
-                    instance_generation: generation,
-                    gpus: p.gpus.clone(),
-                });
+                per_node.entry(p.node.clone()).or_insert_with(|| (p.node_generation, Vec::new())).1.push(
+                    NewPlacement {
+                        instance: p.instance.clone(),
+                        instance_generation: generation,
+                        gpus: p.gpus.clone(),
+                    },
+                );
             }
             let mut conflicts = 0;
             for (node, (generation, batch)) in per_node {

@@ -13,9 +13,7 @@ pub struct NewKey {
 }
 
 fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    !name.is_empty() && name.len() <= 64 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 impl App {
@@ -27,7 +25,8 @@ impl App {
         if !valid_name(name) {
             return Err(AppError::invalid("name", "a tenant name has 1 to 64 letters, digits, '-' or '_'"));
         }
-        let tenant = Tenant { id: TenantId::from_random(random_bits()), name: name.to_string(), role, created_at: self.now() };
+        let tenant =
+            Tenant { id: TenantId::from_random(random_bits()), name: name.to_string(), role, created_at: self.now() };
         self.store.create_tenant(&tenant).await.map_err(AppError::store_conflict)?;
         self.mint_key_for(tenant).await
     }

@@ -45,7 +45,9 @@ impl From<AppError> for ApiError {
             AppError::Unauthenticated | AppError::BadKey => ApiError::new(S::UNAUTHORIZED, "unauthorized", detail),
             AppError::Forbidden(_) => ApiError::new(S::FORBIDDEN, "forbidden", detail),
             AppError::NotFound { .. } => ApiError::new(S::NOT_FOUND, "not_found", detail),
-            AppError::Invalid { field, .. } => ApiError::new(S::UNPROCESSABLE_ENTITY, "invalid_request", detail).field(field),
+            AppError::Invalid { field, .. } => {
+                ApiError::new(S::UNPROCESSABLE_ENTITY, "invalid_request", detail).field(field)
+            }
             AppError::Illegal(t) => ApiError {
                 current_state: Some(t.state.to_string()),
                 ..ApiError::new(S::CONFLICT, "illegal_transition", detail)
@@ -64,8 +66,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = serde_json::to_vec(&self.problem()).unwrap_or_default();
         let mut resp = (self.status, body).into_response();
-        resp.headers_mut()
-            .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
         resp
     }
 }

@@ -3,8 +3,8 @@
 //! request under a used key is refused. Creation is also deduplicated inside the store, so even a
 //! crash between committing and recording the response cannot create twice.
 
-use super::error::ApiError;
 use super::MAX_BODY;
+use super::error::ApiError;
 use crate::app::{App, hash_key};
 use axum::body::{Body, to_bytes};
 use axum::extract::{Request, State};
@@ -46,7 +46,11 @@ async fn run(app: Arc<App>, req: Request, next: Next) -> Result<Response, ApiErr
     let principal = app.authenticate(authz).await?;
     let (mut parts, body) = req.into_parts();
     let bytes = to_bytes(body, MAX_BODY).await.map_err(|_| {
-        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", format!("the body is larger than {MAX_BODY} bytes"))
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the body is larger than {MAX_BODY} bytes"),
+        )
     })?;
     let mut material = format!("{} {}\n", parts.method, parts.uri.path()).into_bytes();
     material.extend_from_slice(&bytes);

@@ -22,7 +22,8 @@ pub async fn create(
     headers: HeaderMap,
     ApiJson(req): ApiJson<CreateInstanceRequest>,
 ) -> Result<(StatusCode, Json<Instance>), ApiError> {
-    let req = CreateInstance { model: req.gpu, count: req.count, region: req.region, command: req.command, name: req.name };
+    let req =
+        CreateInstance { model: req.gpu, count: req.count, region: req.region, command: req.command, name: req.name };
     let (inst, _) = app.create_instance(&p, req, idempotency::key_of(&headers)).await?;
     Ok((StatusCode::CREATED, Json(convert::instance(inst))))
 }
@@ -38,7 +39,11 @@ pub async fn list(State(app): State<Arc<App>>, Auth(p): Auth) -> Result<Json<Ins
 /// One instance, with why it is pending if it is.
 #[utoipa::path(get, path = "/v1/instances/{id}", tag = "instances", params(("id" = String, Path)),
     responses((status = 200, body = Instance), (status = 404, body = Problem)), security(("bearer" = [])))]
-pub async fn show(State(app): State<Arc<App>>, Auth(p): Auth, Path(id): Path<String>) -> Result<Json<Instance>, ApiError> {
+pub async fn show(
+    State(app): State<Arc<App>>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+) -> Result<Json<Instance>, ApiError> {
     Ok(Json(convert::instance(app.get_instance(&p, &id).await?)))
 }
 
@@ -50,7 +55,11 @@ async fn act(app: &App, p: &crate::app::Principal, id: &str, action: UserAction)
 #[utoipa::path(post, path = "/v1/instances/{id}/stop", tag = "instances", params(("id" = String, Path)),
     responses((status = 200, body = Instance), (status = 404, body = Problem), (status = 409, body = Problem)),
     security(("bearer" = [])))]
-pub async fn stop(State(app): State<Arc<App>>, Auth(p): Auth, Path(id): Path<String>) -> Result<Json<Instance>, ApiError> {
+pub async fn stop(
+    State(app): State<Arc<App>>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+) -> Result<Json<Instance>, ApiError> {
     act(&app, &p, &id, UserAction::Stop).await
 }
 
@@ -58,13 +67,21 @@ pub async fn stop(State(app): State<Arc<App>>, Auth(p): Auth, Path(id): Path<Str
 #[utoipa::path(post, path = "/v1/instances/{id}/start", tag = "instances", params(("id" = String, Path)),
     responses((status = 200, body = Instance), (status = 404, body = Problem), (status = 409, body = Problem)),
     security(("bearer" = [])))]
-pub async fn start(State(app): State<Arc<App>>, Auth(p): Auth, Path(id): Path<String>) -> Result<Json<Instance>, ApiError> {
+pub async fn start(
+    State(app): State<Arc<App>>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+) -> Result<Json<Instance>, ApiError> {
     act(&app, &p, &id, UserAction::Start).await
 }
 
 /// Terminate for good.
 #[utoipa::path(post, path = "/v1/instances/{id}/terminate", tag = "instances", params(("id" = String, Path)),
     responses((status = 200, body = Instance), (status = 404, body = Problem)), security(("bearer" = [])))]
-pub async fn terminate(State(app): State<Arc<App>>, Auth(p): Auth, Path(id): Path<String>) -> Result<Json<Instance>, ApiError> {
+pub async fn terminate(
+    State(app): State<Arc<App>>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+) -> Result<Json<Instance>, ApiError> {
     act(&app, &p, &id, UserAction::Terminate).await
 }

@@ -17,7 +17,8 @@ pub async fn whoami(Auth(p): Auth) -> Json<WhoAmI> {
 /// The GPU models gpucloud sells.
 #[utoipa::path(get, path = "/v1/gpu-models", tag = "meta", responses((status = 200, body = GpuModelList)))]
 pub async fn gpu_models() -> Json<GpuModelList> {
-    let models = GpuModel::ALL.iter().map(|m| GpuModelInfo { name: m.name().into(), memory_mib: m.memory_mib() }).collect();
+    let models =
+        GpuModel::ALL.iter().map(|m| GpuModelInfo { name: m.name().into(), memory_mib: m.memory_mib() }).collect();
     Json(GpuModelList { models })
 }
 

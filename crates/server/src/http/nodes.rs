@@ -43,14 +43,22 @@ async fn set(app: &App, p: &crate::app::Principal, id: &str, state: NodeState) -
 /// Cordon: keep what runs, place nothing new.
 #[utoipa::path(post, path = "/v1/nodes/{id}/cordon", tag = "nodes", params(("id" = String, Path)),
     responses((status = 200, body = Node), (status = 404, body = Problem)), security(("bearer" = [])))]
-pub async fn cordon(State(app): State<Arc<App>>, Auth(p): Auth, Path(id): Path<String>) -> Result<Json<Node>, ApiError> {
+pub async fn cordon(
+    State(app): State<Arc<App>>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+) -> Result<Json<Node>, ApiError> {
     set(&app, &p, &id, NodeState::Cordoned).await
 }
 
 /// Uncordon: accept new instances again.
 #[utoipa::path(post, path = "/v1/nodes/{id}/uncordon", tag = "nodes", params(("id" = String, Path)),
     responses((status = 200, body = Node), (status = 404, body = Problem)), security(("bearer" = [])))]
-pub async fn uncordon(State(app): State<Arc<App>>, Auth(p): Auth, Path(id): Path<String>) -> Result<Json<Node>, ApiError> {
+pub async fn uncordon(
+    State(app): State<Arc<App>>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+) -> Result<Json<Node>, ApiError> {
     set(&app, &p, &id, NodeState::Ready).await
 }
 

@@ -1,0 +1,222 @@
+//! End to end: the real `gpucloud dev` binary, driven by the real CLI, as a new user would;
+//! then a kill -9 in the middle of creating instances and a restart on the same data directory.
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_gpucloud");
+
+struct Dev {
+    child: Child,
+    out: PathBuf,
+}
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_dev(data: &Path, config: &Path) -> Dev {
+    let out = data.with_extension(format!("out{}", rand::random::<u32>()));
+    let child = Command::new(BIN)
+        .args(["dev", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data)
+        .env("GPUCLOUD_CONFIG_DIR", config)
+        .env_remove("GPUCLOUD_URL")
+        .env_remove("GPUCLOUD_API_KEY")
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(&out).unwrap_or_default().contains("Try:") {
+        assert!(Instant::now() < deadline, "dev did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Dev { child, out }
+}
+
+fn cli(config: &Path, env: &[(&str, &str)], args: &[&str]) -> (bool, String, String) {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args).env("GPUCLOUD_CONFIG_DIR", config).env_remove("GPUCLOUD_URL").env_remove("GPUCLOUD_API_KEY");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let o = cmd.output().unwrap();
+    (o.status.success(), String::from_utf8_lossy(&o.stdout).into(), String::from_utf8_lossy(&o.stderr).into())
+}
+
+fn json(config: &Path, args: &[&str]) -> Value {
+    let mut all = args.to_vec();
+    all.push("--json");
+    let (ok, out, err) = cli(config, &[], &all);
+    assert!(ok, "gpucloud {args:?} failed: {err}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: {e}: {out}"))
+}
+
+fn wait_running(config: &Path, id: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let v = json(config, &["instance", "show", id]);
+        if v["state"] == "running" {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{id} never ran: {v}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_new_user_walks_through_dev_and_survives_kill_9() {
+    let root = std::env::temp_dir().join(format!("gpucloud-e2e-{:016x}", rand::random::<u64>()));
+    let data = root.join("data");
+    let config = root.join("config");
+    std::fs::create_dir_all(&root).unwrap();
+
+    let dev = start_dev(&data, &config);
+    let banner = std::fs::read_to_string(&dev.out).unwrap();
+    assert!(banner.contains("operator key: gpc_") && banner.contains("tenant key:   gpc_"), "{banner}");
+
+    // credentials.json: the documented shape, readable by the owner only.
+    use std::os::unix::fs::PermissionsExt;
+    let creds_path = data.join("credentials.json");
+    let mode = std::fs::metadata(&creds_path).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let creds: Value = serde_json::from_str(&std::fs::read_to_string(&creds_path).unwrap()).unwrap();
+    let url = creds["url"].as_str().unwrap().to_string();
+    assert!(url.starts_with("http://127.0.0.1:"));
+    assert!(banner.contains(creds["tenant_key"].as_str().unwrap()));
+
+    // The CLI works right away from the profile dev wrote.
+    let inst = json(
+        &config,
+        &[
+            "instance",
+            "create",
+            "--gpu",
+            "A100-40GB",
+            "--count",
+            "2",
+            "--region",
+            "eu-1",
+            "--command",
+            "python train.py",
+        ],
+    );
+    let id = inst["id"].as_str().unwrap().to_string();
+    let running = wait_running(&config, &id);
+    assert_eq!(running["gpus"].as_array().unwrap().len(), 2);
+    let (ok, table, _) = cli(&config, &[], &["instance", "list"]);
+    assert!(ok && table.contains(&id) && table.contains("running") && table.starts_with("ID"), "{table}");
+    let nodes = json(&config, &["node", "list"]);
+    assert!(nodes["nodes"].as_array().unwrap().len() >= 4);
+    let (ok, cap, _) = cli(&config, &[], &["capacity"]);
+    assert!(ok && cap.contains("eu-1") && cap.contains("us-1") && cap.contains("H100-80GB"), "{cap}");
+
+    // A second tenant, with its own key through the environment, cannot see the first's instance.
+    let second = json(&config, &["tenant", "create", "second"]);
+    let key2 = second["api_key"].as_str().unwrap();
+    let env2 = [("GPUCLOUD_API_KEY", key2), ("GPUCLOUD_URL", url.as_str())];
+    let (ok, _, err) = cli(&config, &env2, &["instance", "show", &id]);
+    assert!(!ok && err.contains("404") && err.contains("not_found"), "{err}");
+    let (ok, _, err) = cli(&config, &env2, &["instance", "terminate", &id]);
+    assert!(!ok && err.contains("404"), "{err}");
+    let (_, list2, _) = cli(&config, &env2, &["instance", "list", "--json"]);
+    assert_eq!(serde_json::from_str::<Value>(&list2).unwrap()["instances"], serde_json::json!([]));
+
+    // Bad input is refused with a reason.
+    let (ok, _, err) =
+        cli(&config, &[], &["instance", "create", "--gpu", "A100-40GB", "--count", "-2", "--command", "x"]);
+    assert!(!ok && err.contains("422") && err.contains("count"), "{err}");
+
+    // kill -9 while a client creates instances with idempotency keys, then restart and retry.
+    let creator = {
+        let config = config.clone();
+        std::thread::spawn(move || {
+            let mut confirmed = Vec::new();
+            for k in 0..40 {
+                let key = format!("batch-{k}");
+                let (ok, out, _) = cli(
+                    &config,
+                    &[],
+                    &[
+                        "instance",
+                        "create",
+                        "--gpu",
+                        "T4",
+                        "--count",
+                        "1",
+                        "--command",
+                        "sleep 1",
+                        "--idempotency-key",
+                        &key,
+                        "--json",
+                    ],
+                );
+                if ok {
+                    let v: Value = serde_json::from_str(&out).unwrap();
+                    confirmed.push((key, v["id"].as_str().unwrap().to_string()));
+                }
+            }
+            confirmed
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let mut dev = dev;
+    dev.child.kill().unwrap(); // SIGKILL
+    dev.child.wait().unwrap();
+    let confirmed = creator.join().unwrap();
+    assert!(!confirmed.is_empty(), "some creates finished before the kill");
+
+    let dev2 = start_dev(&data, &config);
+    let banner2 = std::fs::read_to_string(&dev2.out).unwrap();
+    assert!(
+        banner2.contains("not shown again") && !banner2.contains(creds["tenant_key"].as_str().unwrap()),
+        "{banner2}"
+    );
+    // Everything from before is still there.
+    assert_eq!(json(&config, &["instance", "show", &id])["id"], id.as_str());
+
+    // The client retries every create with the same keys.
+    let mut ids = std::collections::BTreeMap::new();
+    for k in 0..40 {
+        let key = format!("batch-{k}");
+        let v = json(
+            &config,
+            &["instance", "create", "--gpu", "T4", "--count", "1", "--command", "sleep 1", "--idempotency-key", &key],
+        );
+        ids.insert(key, v["id"].as_str().unwrap().to_string());
+    }
+    for (key, id) in &confirmed {
+        assert_eq!(&ids[key], id, "{key} was confirmed before the kill and must not be created again");
+    }
+    let all = json(&config, &["instance", "list"]);
+    let all = all["instances"].as_array().unwrap();
+    assert_eq!(all.len(), 41, "one instance per key plus the first, none lost, none duplicated");
+
+    // No GPU is held twice, and what nodes say matches what instances say.
+    let nodes = json(&config, &["node", "list"]);
+    let mut held = std::collections::BTreeSet::new();
+    let mut allocated = 0;
+    for n in nodes["nodes"].as_array().unwrap() {
+        for g in n["gpus"].as_array().unwrap() {
+            if let Some(owner) = g["instance"].as_str() {
+                allocated += 1;
+                let inst = all.iter().find(|i| i["id"] == owner).expect("owner exists");
+                assert_eq!(inst["node"], n["id"]);
+            }
+        }
+    }
+    for i in all {
+        for g in i["gpus"].as_array().unwrap() {
+            assert!(held.insert((i["node"].as_str().unwrap().to_string(), g.as_u64().unwrap())), "GPU held twice");
+        }
+    }
+    assert_eq!(held.len(), allocated);
+    drop(dev2);
+    let _ = std::fs::remove_dir_all(&root);
+}
