@@ -10,6 +10,7 @@ pub use explain::{PendingReason, RegionShortfall};
 
 use gpucloud_model::{GpuModel, InstanceId, NodeHealth, NodeId, NodeState, Region, Timestamp};
 use rand::RngCore;
+use std::collections::HashMap;
 
 /// One GPU of a node as the scheduler sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,6 +103,7 @@ pub fn plan(
 ) -> Plan {
     let mut index = index::FreeIndex::build(snapshot);
     let mut out = Plan::default();
+    let mut waiting = Vec::new();
     for p in pending {
         match index.choose(p, policy, rng) {
             Some(node_ord) => {
@@ -114,10 +116,18 @@ pub fn plan(
                     gpus,
                 });
             }
-            None => out
-                .unplaced
-                .push(Unplaced { instance: p.instance.clone(), reason: explain::explain(snapshot, &index, p) }),
+            None => waiting.push(p),
         }
+    }
+    // Explained against the fleet as this plan leaves it, once per distinct request shape: a long
+    // queue of identical requests costs one scan, not one per request.
+    let mut reasons: HashMap<(Option<&Region>, GpuModel, u32), PendingReason> = HashMap::new();
+    for p in waiting {
+        let reason = reasons
+            .entry((p.region.as_ref(), p.model, p.count))
+            .or_insert_with(|| explain::explain(snapshot, &index, p))
+            .clone();
+        out.unplaced.push(Unplaced { instance: p.instance.clone(), reason });
     }
     out
 }

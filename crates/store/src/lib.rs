@@ -75,15 +75,23 @@ pub trait Store: Send + Sync {
         expected_generation: i64,
         change: &InstanceChange,
     ) -> Result<Option<Instance>>;
-    /// Applies the scheduler's placements on one node, all or nothing, if the node is still at
-    /// `node_generation` and schedulable.
+    /// Applies a plan in one transaction. Each node's batch is all or nothing (a savepoint): it
+    /// applies only if the node is still at its generation and schedulable, and every GPU is
+    /// still free. One outcome per batch, in order.
+    async fn apply_plan(&self, batches: &[NodeBatch], at: Timestamp) -> Result<Vec<ApplyOutcome>>;
+
+    /// One node's batch on its own.
     async fn apply_placements(
         &self,
         node: &NodeId,
         node_generation: i64,
         placements: &[NewPlacement],
         at: Timestamp,
-    ) -> Result<ApplyOutcome>;
+    ) -> Result<ApplyOutcome> {
+        let batch = NodeBatch { node: node.clone(), node_generation, placements: placements.to_vec() };
+        let mut out = self.apply_plan(std::slice::from_ref(&batch), at).await?;
+        Ok(out.pop().unwrap_or(ApplyOutcome::Conflict))
+    }
     async fn set_pending_reason(&self, id: &InstanceId, reason: Option<&str>) -> Result<()>;
 
     async fn idempotency_begin(

@@ -1,7 +1,7 @@
 use crate::migrate;
 use crate::{
-    ApiKey, ApplyOutcome, Backend, Gpu, IdempotencyBegin, Instance, InstanceChange, NewInstance, NewNode, NewPlacement,
-    Node, Result, Store, StoreError, Tenant,
+    ApiKey, ApplyOutcome, Backend, Gpu, IdempotencyBegin, Instance, InstanceChange, NewInstance, NewNode, Node,
+    NodeBatch, Result, Store, StoreError, Tenant,
 };
 use async_trait::async_trait;
 use gpucloud_model::{
@@ -9,7 +9,7 @@ use gpucloud_model::{
     Timestamp,
 };
 use sqlx::any::{AnyPoolOptions, AnyRow};
-use sqlx::{AnyPool, Executor, Row};
+use sqlx::{Acquire, AnyPool, Executor, Row};
 use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::Once;
@@ -444,59 +444,22 @@ impl Store for SqlStore {
         self.get_instance(None, id).await
     }
 
-    async fn apply_placements(
-        &self,
-        node: &NodeId,
-        node_generation: i64,
-        placements: &[NewPlacement],
-        at: Timestamp,
-    ) -> Result<ApplyOutcome> {
+    async fn apply_plan(&self, batches: &[NodeBatch], at: Timestamp) -> Result<Vec<ApplyOutcome>> {
+        // One commit for the whole plan (one fsync on SQLite), a savepoint per node so a node that
+        // changed meanwhile only loses its own batch.
         let mut tx = self.pool.begin().await?;
-        let bumped = sqlx::query(
-            "UPDATE nodes SET generation = generation + 1 \
-             WHERE id = $1 AND generation = $2 AND state = 'ready' AND health = 'healthy'",
-        )
-        .bind(node.to_string())
-        .bind(node_generation)
-        .execute(&mut *tx)
-        .await?;
-        if bumped.rows_affected() != 1 {
-            return Ok(ApplyOutcome::Conflict);
-        }
-        let mut placed = Vec::new();
-        for p in placements {
-            let moved = sqlx::query(
-                "UPDATE instances SET state = 'provisioning', node_id = $1, pending_reason = NULL, \
-                 generation = generation + 1, updated_at = $2 \
-                 WHERE id = $3 AND state = 'pending' AND generation = $4",
-            )
-            .bind(node.to_string())
-            .bind(at.0)
-            .bind(p.instance.to_string())
-            .bind(p.instance_generation)
-            .execute(&mut *tx)
-            .await?;
-            if moved.rows_affected() != 1 {
-                continue;
+        let mut outcomes = Vec::with_capacity(batches.len());
+        for batch in batches {
+            let mut savepoint = tx.begin().await?;
+            let outcome = apply_batch(&mut savepoint, batch, at).await?;
+            match outcome {
+                ApplyOutcome::Applied { .. } => savepoint.commit().await?,
+                ApplyOutcome::Conflict => savepoint.rollback().await?,
             }
-            for idx in &p.gpus {
-                let took = sqlx::query(
-                    "UPDATE gpus SET instance_id = $1 WHERE node_id = $2 AND idx = $3 AND instance_id IS NULL",
-                )
-                .bind(p.instance.to_string())
-                .bind(node.to_string())
-                .bind(*idx as i64)
-                .execute(&mut *tx)
-                .await?;
-                if took.rows_affected() != 1 {
-                    // Dropping the transaction rolls back everything, node generation included.
-                    return Ok(ApplyOutcome::Conflict);
-                }
-            }
-            placed.push(p.instance.clone());
+            outcomes.push(outcome);
         }
         tx.commit().await?;
-        Ok(ApplyOutcome::Applied { placed })
+        Ok(outcomes)
     }
 
     async fn set_pending_reason(&self, id: &InstanceId, reason: Option<&str>) -> Result<()> {
@@ -633,4 +596,52 @@ async fn load_nodes(pool: &AnyPool, only: Option<&NodeId>) -> Result<Vec<Node>> 
             })
         })
         .collect()
+}
+
+async fn apply_batch(tx: &mut sqlx::Transaction<'_, sqlx::Any>, b: &NodeBatch, at: Timestamp) -> Result<ApplyOutcome> {
+    let node = b.node.to_string();
+    let bumped = sqlx::query(
+        "UPDATE nodes SET generation = generation + 1 \
+         WHERE id = $1 AND generation = $2 AND state = 'ready' AND health = 'healthy'",
+    )
+    .bind(&node)
+    .bind(b.node_generation)
+    .execute(&mut **tx)
+    .await?;
+    if bumped.rows_affected() != 1 {
+        return Ok(ApplyOutcome::Conflict);
+    }
+    let mut placed = Vec::new();
+    for p in &b.placements {
+        let moved = sqlx::query(
+            "UPDATE instances SET state = 'provisioning', node_id = $1, pending_reason = NULL, \
+             generation = generation + 1, updated_at = $2 \
+             WHERE id = $3 AND state = 'pending' AND generation = $4",
+        )
+        .bind(&node)
+        .bind(at.0)
+        .bind(p.instance.to_string())
+        .bind(p.instance_generation)
+        .execute(&mut **tx)
+        .await?;
+        if moved.rows_affected() != 1 {
+            // It left pending meanwhile (stopped, terminated): skip it, keep the rest.
+            continue;
+        }
+        let slots: Vec<String> = (0..p.gpus.len()).map(|i| format!("${}", i + 3)).collect();
+        let sql = format!(
+            "UPDATE gpus SET instance_id = $1 WHERE node_id = $2 AND instance_id IS NULL AND idx IN ({})",
+            slots.join(", ")
+        );
+        let mut q = sqlx::query(&sql).bind(p.instance.to_string()).bind(&node);
+        for idx in &p.gpus {
+            q = q.bind(*idx as i64);
+        }
+        let took = q.execute(&mut **tx).await?;
+        if took.rows_affected() != p.gpus.len() as u64 {
+            return Ok(ApplyOutcome::Conflict);
+        }
+        placed.push(p.instance.clone());
+    }
+    Ok(ApplyOutcome::Applied { placed })
 }

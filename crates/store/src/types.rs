@@ -108,6 +108,14 @@ pub struct NewPlacement {
     pub gpus: Vec<u32>,
 }
 
+/// The placements a plan makes on one node, and the node generation the plan saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeBatch {
+    pub node: NodeId,
+    pub node_generation: i64,
+    pub placements: Vec<NewPlacement>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ApplyOutcome {
     /// Committed. `placed` lists the instances now provisioning; the others had left pending

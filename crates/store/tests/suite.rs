@@ -59,6 +59,7 @@ suite!(
     leaving_a_gpu_state_releases_gpus,
     idempotency_records,
     concurrent_placements_never_double_book,
+    a_conflicting_node_fails_alone_in_a_plan,
 );
 
 fn ts(ms: i64) -> Timestamp {
@@ -278,4 +279,31 @@ async fn concurrent_placements_never_double_book(s: Arc<dyn Store>) {
     assert_eq!(n.gpus.iter().filter(|g| g.instance.is_some()).count(), 2);
     let held: usize = s.list_instances(None).await.unwrap().iter().map(|i| i.gpus.len()).sum();
     assert_eq!(held, 2);
+}
+
+async fn a_conflicting_node_fails_alone_in_a_plan(s: Arc<dyn Store>) {
+    let t = tenant(&s, "a").await;
+    let n1 = node(&s, "gpu-1", GpuModel::A100_40GB, 2).await;
+    let n2 = node(&s, "gpu-2", GpuModel::A100_40GB, 2).await;
+    let n3 = node(&s, "gpu-3", GpuModel::A100_40GB, 2).await;
+    let (a, b, c) = (instance(&s, &t, 2, None).await, instance(&s, &t, 2, None).await, instance(&s, &t, 2, None).await);
+    s.set_node_state(&n2.id, NodeState::Cordoned).await.unwrap();
+    let batches = vec![
+        NodeBatch { node: n1.id.clone(), node_generation: n1.generation, placements: vec![placement(&a, &[0, 1])] },
+        NodeBatch { node: n2.id.clone(), node_generation: n2.generation, placements: vec![placement(&b, &[0, 1])] },
+        // Half-valid: GPU 7 does not exist, so the whole node batch rolls back to its savepoint.
+        NodeBatch { node: n3.id.clone(), node_generation: n3.generation, placements: vec![placement(&c, &[1, 7])] },
+    ];
+    let out = s.apply_plan(&batches, ts(50)).await.unwrap();
+    assert_eq!(
+        out,
+        vec![ApplyOutcome::Applied { placed: vec![a.id.clone()] }, ApplyOutcome::Conflict, ApplyOutcome::Conflict]
+    );
+    assert_eq!(s.get_instance(None, &a.id).await.unwrap().unwrap().state, InstanceState::Provisioning);
+    for i in [&b, &c] {
+        assert_eq!(s.get_instance(None, &i.id).await.unwrap().unwrap().state, InstanceState::Pending);
+    }
+    let n3_after = s.get_node(&n3.id).await.unwrap().unwrap();
+    assert_eq!(n3_after.generation, n3.generation, "rolled back with its batch");
+    assert!(n3_after.gpus.iter().all(|g| g.instance.is_none()));
 }

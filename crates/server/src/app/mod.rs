@@ -5,6 +5,7 @@ mod agent;
 mod auth;
 mod error;
 pub mod instances;
+pub use instances::CreateInstance;
 mod nodes;
 mod schedule;
 mod tenants;

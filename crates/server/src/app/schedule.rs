@@ -1,7 +1,7 @@
 use super::App;
 use gpucloud_model::InstanceId;
 use gpucloud_sched::{ClusterSnapshot, GpuView, NodeView, Pending, plan};
-use gpucloud_store::{ApplyOutcome, NewPlacement, Node, StoreError};
+use gpucloud_store::{ApplyOutcome, NewPlacement, Node, NodeBatch, StoreError};
 use rand::SeedableRng;
 use std::collections::{BTreeMap, HashMap};
 
@@ -76,12 +76,17 @@ impl App {
                     },
                 );
             }
+            let batches: Vec<NodeBatch> = per_node
+                .into_iter()
+                .map(|(node, (node_generation, placements))| NodeBatch { node, node_generation, placements })
+                .collect();
             let mut conflicts = 0;
-            for (node, (generation, batch)) in per_node {
-                match self.store.apply_placements(&node, generation, &batch, self.now()).await? {
+            let outcomes = self.store.apply_plan(&batches, self.now()).await?;
+            for (batch, outcome) in batches.iter().zip(outcomes) {
+                match outcome {
                     ApplyOutcome::Applied { placed } => {
                         for id in &placed {
-                            tracing::info!(instance = %id, node = %node, "placed");
+                            tracing::info!(instance = %id, node = %batch.node, "placed");
                         }
                         report.placed += placed.len();
                     }

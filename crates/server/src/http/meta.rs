@@ -36,6 +36,16 @@ pub async fn capacity(State(app): State<Arc<App>>, Auth(_): Auth) -> Result<Json
     Ok(Json(Capacity { regions }))
 }
 
+/// The document, built once from the router at start-up.
+pub static OPENAPI: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// This OpenAPI 3.1 document, generated from the routes themselves.
+#[utoipa::path(get, path = "/v1/openapi.json", tag = "meta", responses((status = 200, description = "OpenAPI 3.1 document")))]
+pub async fn openapi() -> impl axum::response::IntoResponse {
+    let body = OPENAPI.get().cloned().unwrap_or_default();
+    ([(axum::http::header::CONTENT_TYPE, "application/json")], body)
+}
+
 /// Liveness: 200 while the server runs.
 #[utoipa::path(get, path = "/v1/health", tag = "meta", responses((status = 200, body = String)))]
 pub async fn health() -> &'static str {

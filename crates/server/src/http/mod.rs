@@ -69,20 +69,14 @@ pub fn api() -> (Router<Arc<App>>, utoipa::openapi::OpenApi) {
         .routes(routes!(meta::gpu_models))
         .routes(routes!(meta::capacity))
         .routes(routes!(meta::health))
+        .routes(routes!(meta::openapi))
         .split_for_parts()
 }
 
 pub fn router(app: Arc<App>) -> Router {
     let (routes, doc) = api();
-    let doc = Arc::new(doc);
+    let _ = meta::OPENAPI.set(doc.to_json().unwrap_or_default());
     routes
-        .route(
-            "/v1/openapi.json",
-            axum::routing::get(move || {
-                let doc = doc.clone();
-                async move { axum::Json(doc.as_ref().clone()) }
-            }),
-        )
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "route_not_found", "no such route; see /v1/openapi.json")
         })
