@@ -4,13 +4,15 @@
 mod gpu;
 mod ids;
 mod instance;
+mod money;
 mod node;
 mod time;
 
 pub use gpu::{GpuModel, UnknownGpuModel};
 pub use ids::{ApiKeyId, IdError, InstanceId, NodeId, TenantId};
 pub use instance::{AgentObservation, Change, IllegalTransition, InstanceState, StopTarget, UserAction};
-pub use node::{NodeHealth, NodeState, Region, RegionError, Role};
+pub use money::{MICROS_PER_UNIT, Money, MoneyError};
+pub use node::{NodeHealth, NodeState, Region, RegionError, Role, Tier};
 pub use time::Timestamp;
 
 /// The largest number of GPUs one instance may ask for. Bigger requests are rejected up front

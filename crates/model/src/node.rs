@@ -97,3 +97,13 @@ pub enum Role {
 }
 
 text_enum!(Role { Role::Operator => "operator", Role::Tenant => "tenant" });
+
+/// How capacity is sold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Tier {
+    OnDemand,
+    Spot,
+    Reserved,
+}
+
+text_enum!(Tier { Tier::OnDemand => "on-demand", Tier::Spot => "spot", Tier::Reserved => "reserved" });

@@ -1,0 +1,111 @@
+use super::*;
+use gpucloud_model::TenantId;
+use proptest::prelude::*;
+
+fn at(ms: i64) -> Timestamp {
+    Timestamp(ms)
+}
+
+fn flat(price: &str) -> Vec<PricePoint> {
+    vec![PricePoint { effective_from: at(0), per_gpu_hour: price.parse().unwrap() }]
+}
+
+#[test]
+fn examples() {
+    let r = Rules::default();
+    assert_eq!(r.billable_seconds(0), 0);
+    assert_eq!(r.billable_seconds(1), 60, "the minimum");
+    assert_eq!(r.billable_seconds(60_001), 61, "a started second counts");
+    let hourly = Rules::new(3600, 60).unwrap();
+    assert_eq!(hourly.billable_seconds(3_600_001), 7200);
+    // 2 GPUs at 2.00/h for 90 s = 0.10
+    assert_eq!(charge(at(0), 90_000, 2000, &flat("2"), r), Charge { seconds: 90, amount: Money(100_000) });
+    // Price doubles 30 s in: 30 s at 1.00 and 60 s at 2.00 for one GPU.
+    let prices = vec![
+        PricePoint { effective_from: at(0), per_gpu_hour: "1".parse().unwrap() },
+        PricePoint { effective_from: at(30_000), per_gpu_hour: "2".parse().unwrap() },
+    ];
+    let c = charge(at(0), 90_000, 1000, &prices, r);
+    assert_eq!(c.amount, Money((30 * 1_000_000 + 60 * 2_000_000 + 1800) / 3600), "rounded half up");
+    // Time before any price is free; a price set later never reaches back.
+    let later = vec![PricePoint { effective_from: at(60_000), per_gpu_hour: "3.6".parse().unwrap() }];
+    assert_eq!(charge(at(0), 120_000, 1000, &later, r).amount, Money(60_000));
+    let (hourly, c) = quote("2.5".parse().unwrap(), 4000, 3600, r);
+    assert_eq!((hourly, c.amount), (Money(10_000_000), Money(10_000_000)));
+    assert!(Rules::new(0, 60).is_err() && Rules::new(60, -1).is_err());
+}
+
+fn rules() -> impl Strategy<Value = Rules> {
+    (proptest::sample::select(vec![1i64, 60, 600, 3600]), proptest::sample::select(vec![0i64, 1, 60, 300]))
+        .prop_map(|(g, m)| Rules::new(g, m).unwrap())
+}
+
+fn prices() -> impl Strategy<Value = Vec<PricePoint>> {
+    proptest::collection::vec((0i64..10_000_000, 0i64..50_000_000), 1..5).prop_map(|v| {
+        v.into_iter().map(|(t, p)| PricePoint { effective_from: at(t), per_gpu_hour: Money(p) }).collect()
+    })
+}
+
+proptest! {
+    /// Billable seconds are the used seconds rounded by the rules: never fewer, at least the
+    /// minimum, whole units, and less than one unit more than needed.
+    #[test]
+    fn billable_seconds_follow_the_rules(ms in 1i64..100_000_000, r in rules()) {
+        let s = r.billable_seconds(ms);
+        let used = (ms + 999) / 1000;
+        prop_assert!(s >= used && s >= r.minimum_s);
+        prop_assert_eq!(s % r.granularity_s, 0);
+        prop_assert!(s - used.max(r.minimum_s) < r.granularity_s);
+    }
+
+    /// Charging a running instance at any checkpoints, each time the difference between the
+    /// charge so far and what was already charged, adds up to charging it once at the end; no
+    /// increment is negative.
+    #[test]
+    fn cumulative_charging_is_exact(
+        mut cuts in proptest::collection::vec(0i64..20_000_000, 0..20),
+        end in 1i64..20_000_000,
+        start in 0i64..5_000_000,
+        milli in 1u32..16_000,
+        p in prices(),
+        r in rules(),
+    ) {
+        cuts.push(end);
+        cuts.retain(|c| *c <= end);
+        cuts.sort();
+        let mut charged = Money::ZERO;
+        let mut seconds = 0;
+        for c in cuts {
+            let now = charge(at(start), c, milli, &p, r);
+            prop_assert!(now.amount >= charged, "charge went down: {:?} < {:?}", now.amount, charged);
+            prop_assert!(now.seconds >= seconds);
+            charged = now.amount;
+            seconds = now.seconds;
+        }
+        let once = charge(at(start), end, milli, &p, r);
+        prop_assert_eq!(charged, once.amount);
+        prop_assert_eq!(seconds, r.billable_seconds(end));
+    }
+
+    /// With one price, the amount is price x GPUs x billable hours, to the micro-unit.
+    #[test]
+    fn flat_price_amount(ms in 1i64..100_000_000, milli in 1u32..16_000, price in 0i64..100_000_000, r in rules()) {
+        let p = [PricePoint { effective_from: at(0), per_gpu_hour: Money(price) }];
+        let c = charge(at(0), ms, milli, &p, r);
+        let exact = i128::from(price) * i128::from(milli) * i128::from(c.seconds) * 1000;
+        let div = 1000i128 * 3_600_000;
+        prop_assert!((i128::from(c.amount.micros()) * div - exact).abs() * 2 <= div);
+        prop_assert!(c.amount >= Money::ZERO);
+    }
+
+    #[test]
+    fn entries_balance(amount in -1_000_000_000_000i64..1_000_000_000_000, kind in 0..4u8) {
+        let t = TenantId::parse("t-abc").unwrap();
+        let e = match kind { 0 => Entry::usage(&t, Money(amount)), 1 => Entry::grant(&t, Money(amount)),
+            2 => Entry::top_up(&t, Money(amount)), _ => Entry::adjustment(&t, Money(amount)) };
+        prop_assert!(e.is_balanced());
+        for p in e.postings() {
+            prop_assert_eq!(p.account.to_string().parse::<Account>().unwrap(), p.account.clone());
+        }
+    }
+}
