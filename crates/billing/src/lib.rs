@@ -9,6 +9,9 @@ pub use ledger::{Account, Entry, EntryKind, Posting};
 
 use gpucloud_model::{Money, Timestamp};
 
+/// The one currency of a deployment for now; the ledger records it on every posting.
+pub const CURRENCY: &str = "USD";
+
 /// How usage turns into billable seconds: whole `granularity_s` units, at least `minimum_s`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rules {

@@ -49,6 +49,12 @@ impl InstanceState {
     pub fn holds_gpus(self) -> bool {
         matches!(self, InstanceState::Provisioning | InstanceState::Running | InstanceState::Stopping)
     }
+
+    /// Whether time in this state is billed: from running until the workload is confirmed gone.
+    /// Provisioning is free: the tenant's workload has not started.
+    pub fn is_billable(self) -> bool {
+        matches!(self, InstanceState::Running | InstanceState::Stopping)
+    }
 }
 
 /// Where a stopping instance goes once its agent confirms the workload is gone.

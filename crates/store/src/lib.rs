@@ -11,7 +11,7 @@ pub use sql::SqlStore;
 pub use types::*;
 
 use async_trait::async_trait;
-use gpucloud_model::{InstanceId, NodeId, NodeState, TenantId, Timestamp};
+use gpucloud_model::{InstanceId, NodeId, NodeState, Region, TenantId, Timestamp};
 use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +50,8 @@ pub trait Store: Send + Sync {
     async fn insert_node(&self, node: &NewNode) -> Result<()>;
     async fn list_nodes(&self) -> Result<Vec<Node>>;
     async fn get_node(&self, id: &NodeId) -> Result<Option<Node>>;
+    /// The regions that have at least one node.
+    async fn list_regions(&self) -> Result<Vec<Region>>;
     /// Sets the operator state and bumps the generation; false if no such node.
     async fn set_node_state(&self, id: &NodeId, state: NodeState) -> Result<bool>;
     /// Records a heartbeat and marks the node healthy; false if no such node.
@@ -93,6 +95,40 @@ pub trait Store: Send + Sync {
         Ok(out.pop().unwrap_or(ApplyOutcome::Conflict))
     }
     async fn set_pending_reason(&self, id: &InstanceId, reason: Option<&str>) -> Result<()>;
+
+    async fn billing_rules(&self) -> Result<gpucloud_billing::Rules>;
+    /// Applies to usage that starts from now on; running intervals keep the rules they began with.
+    async fn set_billing_rules(&self, rules: gpucloud_billing::Rules) -> Result<()>;
+    /// Adds a price point; false if one exists for the same key and time.
+    async fn add_price(&self, price: &PriceRow, at: Timestamp) -> Result<bool>;
+    async fn list_prices(&self) -> Result<Vec<PriceRow>>;
+    async fn prices_for(
+        &self,
+        model: gpucloud_model::GpuModel,
+        region: &Region,
+        tier: gpucloud_model::Tier,
+    ) -> Result<Vec<gpucloud_billing::PricePoint>>;
+
+    /// Intervals whose charge may still grow: open ones, and closed ones not yet fully charged.
+    async fn unsettled_intervals(&self) -> Result<Vec<UsageInterval>>;
+    async fn intervals_of_tenant(&self, tenant: &TenantId) -> Result<Vec<UsageInterval>>;
+    /// Moves an interval's charge from what the caller read (`seen_seconds`, `seen_amount`) to
+    /// `charge`, posting the difference to the ledger in the same transaction. False when
+    /// someone else charged it meanwhile (nothing written).
+    async fn charge_interval(
+        &self,
+        interval: &UsageInterval,
+        charge: gpucloud_billing::Charge,
+        settled: bool,
+        record: Option<&LedgerRecord>,
+    ) -> Result<bool>;
+    /// Appends an entry; false if its idempotency key was used before (nothing written).
+    async fn post_ledger(&self, record: &LedgerRecord) -> Result<bool>;
+    /// The tenant's prepaid balance: the sum of postings to its credit account.
+    async fn balance(&self, tenant: &TenantId) -> Result<gpucloud_model::Money>;
+    /// The sum of every posting, per currency: zero when the books balance.
+    async fn ledger_totals(&self) -> Result<Vec<(String, gpucloud_model::Money)>>;
+    async fn ledger_lines(&self, tenant: &TenantId, from: Timestamp, to: Timestamp) -> Result<Vec<LedgerLine>>;
 
     async fn idempotency_begin(
         &self,

@@ -1,13 +1,15 @@
 use crate::migrate;
 use crate::{
-    ApiKey, ApplyOutcome, Backend, Gpu, IdempotencyBegin, Instance, InstanceChange, NewInstance, NewNode, Node,
-    NodeBatch, Result, Store, StoreError, Tenant,
+    ApiKey, ApplyOutcome, Backend, Gpu, IdempotencyBegin, Instance, InstanceChange, LedgerLine, LedgerRecord,
+    NewInstance, NewNode, Node, NodeBatch, PriceRow, Result, Store, StoreError, Tenant, UsageInterval,
 };
 use async_trait::async_trait;
+use gpucloud_billing::{Account, CURRENCY, Charge, EntryKind, PricePoint, Rules};
 use gpucloud_model::{
     ApiKeyId, GpuModel, InstanceId, InstanceState, NodeHealth, NodeId, NodeState, Region, Role, StopTarget, TenantId,
     Timestamp,
 };
+use gpucloud_model::{Money, Tier};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{Acquire, AnyPool, Executor, Row};
 use std::collections::HashMap;
@@ -275,6 +277,12 @@ impl Store for SqlStore {
         Ok(load_nodes(&self.pool, Some(id)).await?.pop())
     }
 
+    async fn list_regions(&self) -> Result<Vec<Region>> {
+        let names: Vec<String> =
+            sqlx::query_scalar("SELECT DISTINCT region FROM nodes ORDER BY region").fetch_all(&self.pool).await?;
+        names.iter().map(|r| Region::parse(r).map_err(|e| corrupt("nodes", e))).collect()
+    }
+
     async fn set_node_state(&self, id: &NodeId, state: NodeState) -> Result<bool> {
         let r = sqlx::query("UPDATE nodes SET state = $1, generation = generation + 1 WHERE id = $2")
             .bind(state.as_str())
@@ -406,13 +414,20 @@ impl Store for SqlStore {
         c: &InstanceChange,
     ) -> Result<Option<Instance>> {
         let mut tx = self.pool.begin().await?;
-        let node: Option<Option<String>> =
-            sqlx::query_scalar("SELECT node_id FROM instances WHERE id = $1 AND generation = $2")
+        let sql = format!("SELECT {INSTANCE_COLUMNS} FROM instances WHERE id = $1 AND generation = $2");
+        let row = sqlx::query(&sql).bind(id.to_string()).bind(expected_generation).fetch_optional(&mut *tx).await?;
+        let Some(row) = row else { return Ok(None) };
+        let before = instance_from_row(&row)?;
+        let node = before.node_id.as_ref().map(|n| n.to_string());
+        if c.state.is_billable() && !before.state.is_billable() {
+            open_interval(&mut tx, &before, expected_generation + 1, c.at).await?;
+        } else if before.state.is_billable() && !c.state.is_billable() {
+            sqlx::query("UPDATE usage_intervals SET ended_at = $1 WHERE instance_id = $2 AND ended_at IS NULL")
+                .bind(c.at.0)
                 .bind(id.to_string())
-                .bind(expected_generation)
-                .fetch_optional(&mut *tx)
+                .execute(&mut *tx)
                 .await?;
-        let Some(node) = node else { return Ok(None) };
+        }
         let keep_node = c.state.holds_gpus();
         sqlx::query(
             "UPDATE instances SET state = $1, stop_target = $2, exit_code = COALESCE($3, exit_code), \
@@ -470,6 +485,179 @@ impl Store for SqlStore {
             .execute(&self.pool)
             .await?;
         Ok(())
+    }
+
+    async fn billing_rules(&self) -> Result<Rules> {
+        let mut conn = self.pool.acquire().await?;
+        rules_in(&mut conn).await
+    }
+
+    async fn set_billing_rules(&self, rules: Rules) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        for (key, value) in [(GRANULARITY_KEY, rules.granularity_s), (MINIMUM_KEY, rules.minimum_s)] {
+            sqlx::query("INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = $2")
+                .bind(key)
+                .bind(value.to_string())
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn add_price(&self, p: &PriceRow, at: Timestamp) -> Result<bool> {
+        let r = sqlx::query(
+            "INSERT INTO prices (gpu_model, region, tier, effective_from, per_gpu_hour_micros, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (gpu_model, region, tier, effective_from) DO NOTHING",
+        )
+        .bind(p.model.name())
+        .bind(p.region.to_string())
+        .bind(p.tier.as_str())
+        .bind(p.point.effective_from.0)
+        .bind(p.point.per_gpu_hour.micros())
+        .bind(at.0)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn list_prices(&self) -> Result<Vec<PriceRow>> {
+        let rows = sqlx::query(
+            "SELECT gpu_model, region, tier, effective_from, per_gpu_hour_micros FROM prices \
+             ORDER BY region, gpu_model, tier, effective_from",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let t = "prices";
+        rows.iter()
+            .map(|r| {
+                Ok(PriceRow {
+                    model: parse::<GpuModel>(t, &r.try_get::<String, _>(0)?)?,
+                    region: Region::parse(&r.try_get::<String, _>(1)?).map_err(|e| corrupt(t, e))?,
+                    tier: parse::<Tier>(t, &r.try_get::<String, _>(2)?)?,
+                    point: PricePoint { effective_from: Timestamp(r.try_get(3)?), per_gpu_hour: Money(r.try_get(4)?) },
+                })
+            })
+            .collect()
+    }
+
+    async fn prices_for(&self, model: GpuModel, region: &Region, tier: Tier) -> Result<Vec<PricePoint>> {
+        let rows = sqlx::query(
+            "SELECT effective_from, per_gpu_hour_micros FROM prices \
+             WHERE gpu_model = $1 AND region = $2 AND tier = $3 ORDER BY effective_from",
+        )
+        .bind(model.name())
+        .bind(region.to_string())
+        .bind(tier.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok(PricePoint { effective_from: Timestamp(r.try_get(0)?), per_gpu_hour: Money(r.try_get(1)?) }))
+            .collect()
+    }
+
+    async fn unsettled_intervals(&self) -> Result<Vec<UsageInterval>> {
+        let sql = format!("SELECT {INTERVAL_COLUMNS} FROM usage_intervals WHERE settled = 0 ORDER BY started_at, id");
+        let rows = sqlx::query(&sql).fetch_all(&self.pool).await?;
+        rows.iter().map(interval_from_row).collect()
+    }
+
+    async fn intervals_of_tenant(&self, tenant: &TenantId) -> Result<Vec<UsageInterval>> {
+        let sql =
+            format!("SELECT {INTERVAL_COLUMNS} FROM usage_intervals WHERE tenant_id = $1 ORDER BY started_at, id");
+        let rows = sqlx::query(&sql).bind(tenant.to_string()).fetch_all(&self.pool).await?;
+        rows.iter().map(interval_from_row).collect()
+    }
+
+    async fn charge_interval(
+        &self,
+        interval: &UsageInterval,
+        charge: Charge,
+        settled: bool,
+        record: Option<&LedgerRecord>,
+    ) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let moved = sqlx::query(
+            "UPDATE usage_intervals SET charged_micros = $1, charged_seconds = $2, settled = $3 \
+             WHERE id = $4 AND charged_micros = $5 AND charged_seconds = $6 AND settled = 0",
+        )
+        .bind(charge.amount.micros())
+        .bind(charge.seconds)
+        .bind(settled as i64)
+        .bind(&interval.id)
+        .bind(interval.charged.micros())
+        .bind(interval.charged_seconds)
+        .execute(&mut *tx)
+        .await?;
+        if moved.rows_affected() != 1 {
+            return Ok(false);
+        }
+        if let Some(record) = record
+            && !insert_ledger(&mut tx, record).await?
+        {
+            return Ok(false);
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn post_ledger(&self, record: &LedgerRecord) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        if !insert_ledger(&mut tx, record).await? {
+            return Ok(false);
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn balance(&self, tenant: &TenantId) -> Result<Money> {
+        let sum: i64 = sqlx::query_scalar(
+            "SELECT CAST(COALESCE(SUM(amount_micros), 0) AS BIGINT) FROM ledger_postings WHERE account = $1",
+        )
+        .bind(Account::TenantCredit(tenant.clone()).to_string())
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(Money(sum))
+    }
+
+    async fn ledger_totals(&self) -> Result<Vec<(String, Money)>> {
+        let rows = sqlx::query(
+            "SELECT currency, CAST(SUM(amount_micros) AS BIGINT) FROM ledger_postings GROUP BY currency ORDER BY currency",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|r| Ok((r.try_get(0)?, Money(r.try_get(1)?)))).collect()
+    }
+
+    async fn ledger_lines(&self, tenant: &TenantId, from: Timestamp, to: Timestamp) -> Result<Vec<LedgerLine>> {
+        let rows = sqlx::query(
+            "SELECT e.id, e.kind, e.memo, e.instance_id, e.gpu_model, e.seconds, p.amount_micros, e.created_at \
+             FROM ledger_entries e JOIN ledger_postings p ON p.entry_id = e.id AND p.account = $1 \
+             WHERE e.tenant_id = $2 AND e.created_at >= $3 AND e.created_at < $4 ORDER BY e.created_at, e.id",
+        )
+        .bind(Account::TenantCredit(tenant.clone()).to_string())
+        .bind(tenant.to_string())
+        .bind(from.0)
+        .bind(to.0)
+        .fetch_all(&self.pool)
+        .await?;
+        let t = "ledger_entries";
+        rows.iter()
+            .map(|r| {
+                let instance: Option<String> = r.try_get(3)?;
+                let model: Option<String> = r.try_get(4)?;
+                Ok(LedgerLine {
+                    id: r.try_get(0)?,
+                    kind: parse::<EntryKind>(t, &r.try_get::<String, _>(1)?)?,
+                    memo: r.try_get(2)?,
+                    instance_id: instance.map(|i| parse::<InstanceId>(t, &i)).transpose()?,
+                    model: model.map(|m| parse::<GpuModel>(t, &m)).transpose()?,
+                    seconds: r.try_get(5)?,
+                    amount: Money(r.try_get(6)?),
+                    created_at: Timestamp(r.try_get(7)?),
+                })
+            })
+            .collect()
     }
 
     async fn idempotency_begin(
@@ -554,20 +742,23 @@ impl Store for SqlStore {
 
 async fn load_nodes(pool: &AnyPool, only: Option<&NodeId>) -> Result<Vec<Node>> {
     let t = "nodes";
-    let only = only.map(|n| n.to_string()).unwrap_or_default();
-    let rows = sqlx::query(
-        "SELECT id, name, region, state, health, generation, last_heartbeat, created_at FROM nodes \
-         WHERE ($1 = '' OR id = $1) ORDER BY name",
-    )
-    .bind(&only)
-    .fetch_all(pool)
-    .await?;
-    let gpu_rows = sqlx::query(
-        "SELECT node_id, idx, model, uuid, instance_id FROM gpus WHERE ($1 = '' OR node_id = $1) ORDER BY node_id, idx",
-    )
-    .bind(&only)
-    .fetch_all(pool)
-    .await?;
+    // Two statement shapes rather than `($1 = '' OR id = $1)`, which would scan every GPU row
+    // to read one node.
+    let node_cols = "SELECT id, name, region, state, health, generation, last_heartbeat, created_at FROM nodes";
+    let gpu_cols = "SELECT node_id, idx, model, uuid, instance_id FROM gpus";
+    let (rows, gpu_rows) = match only {
+        Some(id) => (
+            sqlx::query(&format!("{node_cols} WHERE id = $1")).bind(id.to_string()).fetch_all(pool).await?,
+            sqlx::query(&format!("{gpu_cols} WHERE node_id = $1 ORDER BY idx"))
+                .bind(id.to_string())
+                .fetch_all(pool)
+                .await?,
+        ),
+        None => (
+            sqlx::query(&format!("{node_cols} ORDER BY name")).fetch_all(pool).await?,
+            sqlx::query(&format!("{gpu_cols} ORDER BY node_id, idx")).fetch_all(pool).await?,
+        ),
+    };
     let mut gpus: HashMap<String, Vec<Gpu>> = HashMap::new();
     for r in &gpu_rows {
         let instance: Option<String> = r.try_get(4)?;
@@ -644,4 +835,118 @@ async fn apply_batch(tx: &mut sqlx::Transaction<'_, sqlx::Any>, b: &NodeBatch, a
         placed.push(p.instance.clone());
     }
     Ok(ApplyOutcome::Applied { placed })
+}
+
+const GRANULARITY_KEY: &str = "billing.granularity_s";
+const MINIMUM_KEY: &str = "billing.minimum_s";
+
+const INTERVAL_COLUMNS: &str = "id, instance_id, tenant_id, gpu_model, region, tier, milli_gpus, started_at, ended_at, \
+    granularity_s, minimum_s, charged_micros, charged_seconds, settled";
+
+async fn rules_in(conn: &mut sqlx::AnyConnection) -> Result<Rules> {
+    let rows = sqlx::query("SELECT key, value FROM settings WHERE key IN ($1, $2)")
+        .bind(GRANULARITY_KEY)
+        .bind(MINIMUM_KEY)
+        .fetch_all(&mut *conn)
+        .await?;
+    let mut rules = Rules::default();
+    for r in rows {
+        let key: String = r.try_get(0)?;
+        let value: i64 = parse("settings", &r.try_get::<String, _>(1)?)?;
+        if key == GRANULARITY_KEY {
+            rules.granularity_s = value;
+        } else {
+            rules.minimum_s = value;
+        }
+    }
+    Ok(rules)
+}
+
+async fn open_interval(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    inst: &Instance,
+    generation: i64,
+    at: Timestamp,
+) -> Result<()> {
+    let Some(node) = &inst.node_id else {
+        return Err(corrupt("instances", format!("{} became billable without a node", inst.id)));
+    };
+    let region: String = sqlx::query_scalar("SELECT region FROM nodes WHERE id = $1")
+        .bind(node.to_string())
+        .fetch_one(&mut **tx)
+        .await?;
+    let rules = rules_in(tx).await?;
+    sqlx::query(&format!(
+        "INSERT INTO usage_intervals ({INTERVAL_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL, $9, $10, 0, 0, 0)"
+    ))
+    .bind(format!("{}.{generation}", inst.id))
+    .bind(inst.id.to_string())
+    .bind(inst.tenant_id.to_string())
+    .bind(inst.model.name())
+    .bind(region)
+    .bind(Tier::OnDemand.as_str())
+    .bind(i64::from(inst.count) * 1000)
+    .bind(at.0)
+    .bind(rules.granularity_s)
+    .bind(rules.minimum_s)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+fn interval_from_row(r: &AnyRow) -> Result<UsageInterval> {
+    let t = "usage_intervals";
+    let ended: Option<i64> = r.try_get(8)?;
+    Ok(UsageInterval {
+        id: r.try_get(0)?,
+        instance_id: parse(t, &r.try_get::<String, _>(1)?)?,
+        tenant_id: parse(t, &r.try_get::<String, _>(2)?)?,
+        model: parse::<GpuModel>(t, &r.try_get::<String, _>(3)?)?,
+        region: Region::parse(&r.try_get::<String, _>(4)?).map_err(|e| corrupt(t, e))?,
+        tier: parse::<Tier>(t, &r.try_get::<String, _>(5)?)?,
+        milli_gpus: r.try_get::<i64, _>(6)? as u32,
+        started_at: Timestamp(r.try_get(7)?),
+        ended_at: ended.map(Timestamp),
+        rules: Rules { granularity_s: r.try_get(9)?, minimum_s: r.try_get(10)? },
+        charged: Money(r.try_get(11)?),
+        charged_seconds: r.try_get(12)?,
+        settled: r.try_get::<i64, _>(13)? != 0,
+    })
+}
+
+/// Inserts an entry and its postings; false if the idempotency key was used before.
+async fn insert_ledger(tx: &mut sqlx::Transaction<'_, sqlx::Any>, rec: &LedgerRecord) -> Result<bool> {
+    if !rec.entry.is_balanced() {
+        return Err(corrupt("ledger_entries", format!("entry {} does not balance", rec.id)));
+    }
+    let inserted = sqlx::query(
+        "INSERT INTO ledger_entries (id, tenant_id, kind, memo, instance_id, interval_id, gpu_model, seconds, \
+         idempotency_key, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+         ON CONFLICT (idempotency_key) DO NOTHING",
+    )
+    .bind(&rec.id)
+    .bind(rec.entry.tenant.to_string())
+    .bind(rec.entry.kind.as_str())
+    .bind(&rec.memo)
+    .bind(rec.instance_id.as_ref().map(|i| i.to_string()))
+    .bind(rec.interval_id.clone())
+    .bind(rec.model.map(|m| m.name().to_string()))
+    .bind(rec.seconds)
+    .bind(&rec.idempotency_key)
+    .bind(rec.created_at.0)
+    .execute(&mut **tx)
+    .await?;
+    if inserted.rows_affected() != 1 {
+        return Ok(false);
+    }
+    for p in rec.entry.postings() {
+        sqlx::query("INSERT INTO ledger_postings (entry_id, account, currency, amount_micros) VALUES ($1, $2, $3, $4)")
+            .bind(&rec.id)
+            .bind(p.account.to_string())
+            .bind(CURRENCY)
+            .bind(p.amount.micros())
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(true)
 }

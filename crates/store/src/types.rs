@@ -136,3 +136,58 @@ pub enum IdempotencyBegin {
     /// A request with this key is running now.
     InProgress,
 }
+
+/// A stretch of billable time of one instance, and what the ledger already holds for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageInterval {
+    pub id: String,
+    pub instance_id: InstanceId,
+    pub tenant_id: TenantId,
+    pub model: GpuModel,
+    pub region: Region,
+    pub tier: gpucloud_model::Tier,
+    pub milli_gpus: u32,
+    pub started_at: Timestamp,
+    pub ended_at: Option<Timestamp>,
+    pub rules: gpucloud_billing::Rules,
+    pub charged: gpucloud_model::Money,
+    pub charged_seconds: i64,
+    pub settled: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PriceRow {
+    pub model: GpuModel,
+    pub region: Region,
+    pub tier: gpucloud_model::Tier,
+    pub point: gpucloud_billing::PricePoint,
+}
+
+/// A ledger entry as stored: a balanced entry and what it is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LedgerRecord {
+    pub id: String,
+    pub entry: gpucloud_billing::Entry,
+    pub memo: String,
+    pub instance_id: Option<InstanceId>,
+    pub interval_id: Option<String>,
+    pub model: Option<GpuModel>,
+    /// Billable seconds this entry charges (usage entries).
+    pub seconds: i64,
+    pub idempotency_key: String,
+    pub created_at: Timestamp,
+}
+
+/// One stored ledger entry as read back, from the tenant's side.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LedgerLine {
+    pub id: String,
+    pub kind: gpucloud_billing::EntryKind,
+    pub memo: String,
+    pub instance_id: Option<InstanceId>,
+    pub model: Option<GpuModel>,
+    pub seconds: i64,
+    /// Change to the tenant's credit: negative for usage.
+    pub amount: gpucloud_model::Money,
+    pub created_at: Timestamp,
+}

@@ -2,6 +2,7 @@
 //! GPUCLOUD_TEST_PG_URL; without it those tests say SKIPPED (and fail under CI, so a missing
 //! database never passes silently there).
 
+use gpucloud_billing::{Charge, Entry, EntryKind, PricePoint, Rules};
 use gpucloud_model::*;
 use gpucloud_store::*;
 use std::sync::Arc;
@@ -60,6 +61,9 @@ suite!(
     idempotency_records,
     concurrent_placements_never_double_book,
     a_conflicting_node_fails_alone_in_a_plan,
+    billable_time_is_recorded_with_state_changes,
+    charges_move_money_once,
+    prices_and_rules,
 );
 
 fn ts(ms: i64) -> Timestamp {
@@ -125,6 +129,7 @@ async fn node_health_follows_heartbeats(s: Arc<dyn Store>) {
     assert_eq!(n.health, NodeHealth::Healthy);
     assert_eq!(n.gpus.len(), 4);
     assert_eq!(n.last_heartbeat, Some(ts(2)));
+    assert_eq!(s.list_regions().await.unwrap(), vec![Region::parse("eu-1").unwrap()]);
     let gen_before = n.generation;
     assert_eq!(s.mark_silent_nodes_unhealthy(ts(100)).await.unwrap(), vec![n.id.clone()]);
     let n2 = s.get_node(&n.id).await.unwrap().unwrap();
@@ -306,4 +311,118 @@ async fn a_conflicting_node_fails_alone_in_a_plan(s: Arc<dyn Store>) {
     let n3_after = s.get_node(&n3.id).await.unwrap().unwrap();
     assert_eq!(n3_after.generation, n3.generation, "rolled back with its batch");
     assert!(n3_after.gpus.iter().all(|g| g.instance.is_none()));
+}
+
+async fn running_instance(s: &Arc<dyn Store>, t: &Tenant, n: &Node, at: i64) -> Instance {
+    let i = instance(s, t, 2, None).await;
+    let n = s.get_node(&n.id).await.unwrap().unwrap();
+    let free: Vec<u32> = n.gpus.iter().filter(|g| g.instance.is_none()).map(|g| g.index).take(2).collect();
+    s.apply_placements(&n.id, n.generation, &[placement(&i, &free)], ts(at - 1)).await.unwrap();
+    let i = s.get_instance(None, &i.id).await.unwrap().unwrap();
+    let running = InstanceChange { state: InstanceState::Running, stop_target: None, exit_code: None, at: ts(at) };
+    s.update_instance(&i.id, i.generation, &running).await.unwrap().unwrap()
+}
+
+async fn billable_time_is_recorded_with_state_changes(s: Arc<dyn Store>) {
+    let t = tenant(&s, "a").await;
+    let n = node(&s, "gpu-1", GpuModel::A100_40GB, 4).await;
+    s.set_billing_rules(Rules::new(60, 120).unwrap()).await.unwrap();
+    let i = running_instance(&s, &t, &n, 100).await;
+    let open = s.unsettled_intervals().await.unwrap();
+    assert_eq!(open.len(), 1);
+    let u = &open[0];
+    assert_eq!((u.instance_id.clone(), u.started_at, u.ended_at, u.milli_gpus), (i.id.clone(), ts(100), None, 2000));
+    assert_eq!((u.region.as_str(), u.tier, u.rules), ("eu-1", Tier::OnDemand, Rules::new(60, 120).unwrap()));
+    // Stopping is still billed: the GPUs are held until the workload is gone.
+    let stopping = InstanceChange {
+        state: InstanceState::Stopping,
+        stop_target: Some(StopTarget::Stopped),
+        exit_code: None,
+        at: ts(200),
+    };
+    let i = s.update_instance(&i.id, i.generation, &stopping).await.unwrap().unwrap();
+    assert_eq!(s.unsettled_intervals().await.unwrap()[0].ended_at, None);
+    let stopped = InstanceChange { state: InstanceState::Stopped, stop_target: None, exit_code: None, at: ts(300) };
+    s.update_instance(&i.id, i.generation, &stopped).await.unwrap().unwrap();
+    let all = s.intervals_of_tenant(&t.id).await.unwrap();
+    assert_eq!((all.len(), all[0].ended_at), (1, Some(ts(300))));
+}
+
+fn usage_record(u: &UsageInterval, delta: Money, seconds: i64, key: &str) -> LedgerRecord {
+    LedgerRecord {
+        id: format!("e-{key}"),
+        entry: Entry::usage(&u.tenant_id, delta),
+        memo: "usage".into(),
+        instance_id: Some(u.instance_id.clone()),
+        interval_id: Some(u.id.clone()),
+        model: Some(u.model),
+        seconds,
+        idempotency_key: key.into(),
+        created_at: ts(500),
+    }
+}
+
+async fn charges_move_money_once(s: Arc<dyn Store>) {
+    let t = tenant(&s, "a").await;
+    let n = node(&s, "gpu-1", GpuModel::A100_40GB, 4).await;
+    let grant = LedgerRecord {
+        id: "e-grant".into(),
+        entry: Entry::grant(&t.id, Money(10_000_000)),
+        memo: "welcome".into(),
+        instance_id: None,
+        interval_id: None,
+        model: None,
+        seconds: 0,
+        idempotency_key: "grant-1".into(),
+        created_at: ts(1),
+    };
+    assert!(s.post_ledger(&grant).await.unwrap());
+    assert!(!s.post_ledger(&LedgerRecord { id: "e-grant-2".into(), ..grant.clone() }).await.unwrap(), "same key");
+    assert_eq!(s.balance(&t.id).await.unwrap(), Money(10_000_000));
+
+    running_instance(&s, &t, &n, 100).await;
+    let u = s.unsettled_intervals().await.unwrap().remove(0);
+    let first = Charge { seconds: 60, amount: Money(1_000) };
+    assert!(s.charge_interval(&u, first, false, Some(&usage_record(&u, first.amount, 60, "u1"))).await.unwrap());
+    // A second writer that read the same interval loses, and posts nothing.
+    assert!(!s.charge_interval(&u, first, false, Some(&usage_record(&u, first.amount, 60, "u1b"))).await.unwrap());
+    let u = s.unsettled_intervals().await.unwrap().remove(0);
+    assert_eq!((u.charged, u.charged_seconds), (Money(1_000), 60));
+    let second = Charge { seconds: 90, amount: Money(1_500) };
+    assert!(s.charge_interval(&u, second, true, Some(&usage_record(&u, Money(500), 30, "u2"))).await.unwrap());
+    assert!(s.unsettled_intervals().await.unwrap().is_empty(), "settled");
+
+    assert_eq!(s.balance(&t.id).await.unwrap(), Money(10_000_000 - 1_500));
+    assert_eq!(s.ledger_totals().await.unwrap(), vec![("USD".to_string(), Money(0))]);
+    let lines = s.ledger_lines(&t.id, ts(0), ts(1_000)).await.unwrap();
+    let usage: Vec<(EntryKind, Money, i64)> = lines.iter().map(|l| (l.kind, l.amount, l.seconds)).collect();
+    assert_eq!(
+        usage,
+        vec![
+            (EntryKind::Grant, Money(10_000_000), 0),
+            (EntryKind::Usage, Money(-1_000), 60),
+            (EntryKind::Usage, Money(-500), 30)
+        ]
+    );
+    assert_eq!(s.ledger_lines(&t.id, ts(2), ts(500)).await.unwrap().len(), 0, "to is exclusive");
+}
+
+async fn prices_and_rules(s: Arc<dyn Store>) {
+    assert_eq!(s.billing_rules().await.unwrap(), Rules::default());
+    s.set_billing_rules(Rules::new(3600, 0).unwrap()).await.unwrap();
+    assert_eq!(s.billing_rules().await.unwrap(), Rules::new(3600, 0).unwrap());
+    let eu = Region::parse("eu-1").unwrap();
+    let row = |from: i64, micros: i64| PriceRow {
+        model: GpuModel::H100_80GB,
+        region: eu.clone(),
+        tier: Tier::OnDemand,
+        point: PricePoint { effective_from: ts(from), per_gpu_hour: Money(micros) },
+    };
+    assert!(s.add_price(&row(100, 3_000_000), ts(1)).await.unwrap());
+    assert!(s.add_price(&row(0, 2_000_000), ts(1)).await.unwrap());
+    assert!(!s.add_price(&row(0, 9_000_000), ts(1)).await.unwrap(), "a point is never rewritten");
+    let points = s.prices_for(GpuModel::H100_80GB, &eu, Tier::OnDemand).await.unwrap();
+    assert_eq!(points.iter().map(|p| p.per_gpu_hour.micros()).collect::<Vec<_>>(), vec![2_000_000, 3_000_000]);
+    assert!(s.prices_for(GpuModel::H100_80GB, &eu, Tier::Spot).await.unwrap().is_empty());
+    assert_eq!(s.list_prices().await.unwrap().len(), 2);
 }

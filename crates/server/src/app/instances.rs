@@ -39,11 +39,9 @@ impl App {
             return Err(AppError::invalid("name", "name must be 1 to 128 printable characters"));
         }
         if let Some(region) = &req.region {
-            let nodes = self.store.list_nodes().await?;
-            if !nodes.iter().any(|n| n.region == *region) {
-                let mut known: Vec<String> = nodes.iter().map(|n| n.region.to_string()).collect();
-                known.sort();
-                known.dedup();
+            let known = self.store.list_regions().await?;
+            if !known.contains(region) {
+                let known: Vec<String> = known.iter().map(|r| r.to_string()).collect();
                 return Err(AppError::invalid(
                     "region",
                     format!("unknown region '{region}'; regions: {}", known.join(", ")),

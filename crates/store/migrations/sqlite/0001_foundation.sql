@@ -48,6 +48,7 @@ CREATE TABLE instances (
 CREATE INDEX instances_by_tenant ON instances (tenant_id, created_at);
 CREATE INDEX instances_by_state ON instances (state, created_at);
 CREATE INDEX instances_by_node ON instances (node_id);
+CREATE INDEX nodes_by_region ON nodes (region);
 
 -- One row per physical GPU; instance_id is the allocation. A GPU has one owner by construction.
 CREATE TABLE gpus (

@@ -1,0 +1,70 @@
+-- Billing: settings, the price book, usage intervals, and the append-only double-entry ledger.
+CREATE TABLE settings (
+    key    TEXT PRIMARY KEY,
+    value  TEXT NOT NULL
+);
+
+-- A price applies from effective_from until the next point for the same model, region and tier.
+CREATE TABLE prices (
+    gpu_model            TEXT NOT NULL,
+    region               TEXT NOT NULL,
+    tier                 TEXT NOT NULL,
+    effective_from       BIGINT NOT NULL,
+    per_gpu_hour_micros  BIGINT NOT NULL CHECK (per_gpu_hour_micros >= 0),
+    created_at           BIGINT NOT NULL,
+    PRIMARY KEY (gpu_model, region, tier, effective_from)
+);
+
+-- One row per stretch of billable time (running or stopping). Opened and closed in the same
+-- transaction as the instance state change; charged_* say what the ledger already holds for it.
+CREATE TABLE usage_intervals (
+    id              TEXT PRIMARY KEY,
+    instance_id     TEXT NOT NULL REFERENCES instances(id),
+    tenant_id       TEXT NOT NULL REFERENCES tenants(id),
+    gpu_model       TEXT NOT NULL,
+    region          TEXT NOT NULL,
+    tier            TEXT NOT NULL,
+    milli_gpus      BIGINT NOT NULL CHECK (milli_gpus > 0),
+    started_at      BIGINT NOT NULL,
+    ended_at        BIGINT,
+    granularity_s   BIGINT NOT NULL,
+    minimum_s       BIGINT NOT NULL,
+    charged_micros  BIGINT NOT NULL,
+    charged_seconds BIGINT NOT NULL,
+    settled         BIGINT NOT NULL
+);
+CREATE INDEX usage_unsettled ON usage_intervals (settled);
+CREATE INDEX usage_by_instance ON usage_intervals (instance_id);
+
+CREATE TABLE ledger_entries (
+    id               TEXT PRIMARY KEY,
+    tenant_id        TEXT NOT NULL REFERENCES tenants(id),
+    kind             TEXT NOT NULL,
+    memo             TEXT NOT NULL,
+    instance_id      TEXT,
+    interval_id      TEXT,
+    gpu_model        TEXT,
+    seconds          BIGINT NOT NULL,
+    idempotency_key  TEXT NOT NULL UNIQUE,
+    created_at       BIGINT NOT NULL
+);
+CREATE INDEX ledger_by_tenant ON ledger_entries (tenant_id, created_at);
+
+CREATE TABLE ledger_postings (
+    entry_id       TEXT NOT NULL REFERENCES ledger_entries(id),
+    account        TEXT NOT NULL,
+    currency       TEXT NOT NULL,
+    amount_micros  BIGINT NOT NULL
+);
+CREATE INDEX postings_by_account ON ledger_postings (account);
+
+-- Append-only: corrections are new entries, never edits.
+CREATE FUNCTION ledger_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'the ledger is append-only';
+END;
+$$;
+CREATE TRIGGER ledger_entries_append_only BEFORE UPDATE OR DELETE ON ledger_entries
+    FOR EACH ROW EXECUTE FUNCTION ledger_append_only();
+CREATE TRIGGER ledger_postings_append_only BEFORE UPDATE OR DELETE ON ledger_postings
+    FOR EACH ROW EXECUTE FUNCTION ledger_append_only();
