@@ -1,7 +1,7 @@
 //! The wire format of the gpucloud REST API: the one place that knows JSON. Server, CLI and
 //! tests share these types; the server derives its OpenAPI document from them.
 
-use gpucloud_model::{GpuModel, Region, Timestamp};
+use gpucloud_model::{GpuModel, Money, Region, Timestamp};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -218,4 +218,162 @@ mod tests {
         );
         assert!(unknown.unwrap_err().to_string().contains("colour"));
     }
+}
+
+/// Parses a time as RFC 3339 (`2026-11-01T00:00:00Z`), a UTC date (`2026-11-01`) or a UTC
+/// month (`2026-11`, its first instant).
+pub fn parse_time(s: &str) -> Option<Timestamp> {
+    use time::format_description::well_known::Rfc3339;
+    if let Ok(dt) = time::OffsetDateTime::parse(s, &Rfc3339) {
+        return Some(Timestamp((dt.unix_timestamp_nanos() / 1_000_000) as i64));
+    }
+    let padded = if s.len() == 7 { format!("{s}-01") } else { s.to_string() };
+    let fmt = time::macros::format_description!("[year]-[month]-[day]");
+    let date = time::Date::parse(&padded, &fmt).ok()?;
+    Some(Timestamp(date.midnight().assume_utc().unix_timestamp() * 1000))
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Price {
+    pub gpu: String,
+    pub region: String,
+    /// on-demand, spot or reserved.
+    pub tier: String,
+    /// Decimal string, in the currency's units per GPU-hour.
+    #[schema(value_type = String, example = "2.990000")]
+    pub price_per_gpu_hour: Money,
+    pub effective_from: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PriceList {
+    pub currency: String,
+    pub prices: Vec<Price>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetPriceRequest {
+    #[schema(value_type = String, example = "H100-80GB")]
+    pub gpu: GpuModel,
+    #[schema(value_type = String, example = "eu-1")]
+    pub region: Region,
+    /// on-demand (default), spot or reserved.
+    #[serde(default)]
+    pub tier: Option<String>,
+    #[schema(value_type = String, example = "2.99")]
+    pub price_per_gpu_hour: Money,
+    /// RFC 3339; now when omitted. Never in the past.
+    #[serde(default)]
+    pub effective_from: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BillingRules {
+    /// Usage is billed in whole units of this many seconds (1, 60, 600, 3600...).
+    pub granularity_seconds: i64,
+    /// The least billed for any run, in seconds.
+    pub minimum_seconds: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QuoteRequest {
+    #[schema(value_type = String, example = "A100-40GB")]
+    pub gpu: GpuModel,
+    #[schema(minimum = 1, maximum = 16)]
+    pub count: u32,
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    pub region: Option<Region>,
+    /// How long it would run; one hour when omitted.
+    #[serde(default)]
+    pub duration_seconds: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct QuoteLine {
+    pub region: String,
+    pub tier: String,
+    #[schema(value_type = String)]
+    pub price_per_hour: Money,
+    pub duration_seconds: i64,
+    pub billable_seconds: i64,
+    #[schema(value_type = String)]
+    pub estimated_cost: Money,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct QuoteList {
+    pub currency: String,
+    pub quotes: Vec<QuoteLine>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreditRequest {
+    /// Decimal string; positive for grant and topup.
+    #[schema(value_type = String, example = "100.00")]
+    pub amount: Money,
+    /// grant (default), topup or adjustment.
+    #[serde(default)]
+    pub kind: Option<String>,
+    #[serde(default)]
+    pub memo: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct LedgerLine {
+    pub id: String,
+    /// usage, grant, topup or adjustment.
+    pub kind: String,
+    pub memo: String,
+    pub instance: Option<String>,
+    pub gpu: Option<String>,
+    pub seconds: i64,
+    /// Change to the tenant's balance: negative for usage.
+    #[schema(value_type = String)]
+    pub amount: Money,
+    pub created_at: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct LedgerList {
+    pub currency: String,
+    pub entries: Vec<LedgerLine>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Balance {
+    pub tenant: String,
+    pub currency: String,
+    #[schema(value_type = String)]
+    pub balance: Money,
+    /// Usage charged since the start of this UTC month.
+    #[schema(value_type = String)]
+    pub month_usage: Money,
+    /// What the tenant's running instances cost per hour now.
+    #[schema(value_type = String)]
+    pub burn_per_hour: Money,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct UsageLine {
+    /// The instance id, GPU model or UTC day, per `by`.
+    pub key: String,
+    pub seconds: i64,
+    #[schema(value_type = String)]
+    pub amount: Money,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct UsageReport {
+    pub from: String,
+    pub to: String,
+    pub by: String,
+    pub currency: String,
+    #[schema(value_type = String)]
+    pub total: Money,
+    pub lines: Vec<UsageLine>,
 }

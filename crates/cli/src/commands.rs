@@ -15,13 +15,13 @@ pub struct Ctx {
 
 /// Which key a command needs when none was given explicitly.
 #[derive(Clone, Copy, PartialEq)]
-enum As {
+pub enum As {
     Tenant,
     Operator,
 }
 
 impl Ctx {
-    fn client(&self, role: As) -> Result<Client, String> {
+    pub fn client(&self, role: As) -> Result<Client, String> {
         let prof = profile::load_profile();
         let url = self.url.clone().or_else(|| prof.as_ref().map(|p| p.url.clone())).ok_or_else(|| {
             format!(
@@ -42,7 +42,7 @@ impl Ctx {
 
 type Res = Result<(), String>;
 
-fn show<T: serde::Serialize>(ctx: &Ctx, value: &T, text: impl FnOnce(&T) -> String) {
+pub fn show<T: serde::Serialize>(ctx: &Ctx, value: &T, text: impl FnOnce(&T) -> String) {
     if ctx.json {
         println!("{}", json(value));
     } else {
@@ -74,6 +74,12 @@ pub enum InstanceCmd {
         /// Wait up to this many seconds for the instance to run.
         #[arg(long, value_name = "SECONDS")]
         wait: Option<u64>,
+        /// Print the price and an estimate instead of creating anything.
+        #[arg(long)]
+        dry_run: bool,
+        /// With --dry-run: the estimate's duration in hours.
+        #[arg(long, default_value_t = 1.0)]
+        hours: f64,
     },
     /// List your instances.
     List,
@@ -131,7 +137,16 @@ pub fn instance(ctx: &Ctx, cmd: InstanceCmd) -> Res {
     let c = ctx.client(As::Tenant)?;
     let err = |e: crate::client::ClientError| e.to_string();
     match cmd {
-        InstanceCmd::Create { gpu, count, region, command, name, idempotency_key, wait } => {
+        InstanceCmd::Create { gpu, count, region, dry_run: true, hours, .. } => {
+            if !(hours > 0.0 && hours <= 8784.0) {
+                return Err("--hours must be more than 0 and at most a year".into());
+            }
+            let body = serde_json::json!({
+                "gpu": gpu, "count": count, "region": region, "duration_seconds": (hours * 3600.0).round() as i64,
+            });
+            crate::bill::quote(ctx, &body)?;
+        }
+        InstanceCmd::Create { gpu, count, region, command, name, idempotency_key, wait, .. } => {
             // Passed through as given: the server names what is wrong with it.
             let body = serde_json::json!({
                 "gpu": gpu, "count": count, "region": region, "command": command, "name": name,
@@ -280,6 +295,20 @@ pub fn node(ctx: &Ctx, cmd: NodeCmd) -> Res {
 #[derive(Subcommand)]
 pub enum TenantCmd {
     List,
+    /// Credit a tenant's prepaid balance.
+    Credit {
+        tenant_id: String,
+        /// A decimal such as 100.00.
+        #[arg(long, allow_negative_numbers = true)]
+        amount: String,
+        #[arg(long, default_value = "grant", value_parser = ["grant", "topup", "adjustment"])]
+        kind: String,
+        #[arg(long)]
+        memo: Option<String>,
+        /// Makes a retried credit safe: the same key never credits twice.
+        #[arg(long)]
+        idempotency_key: Option<String>,
+    },
     /// Create a tenant; prints its first API key, once.
     Create {
         name: String,
@@ -308,6 +337,13 @@ pub fn tenant(ctx: &Ctx, cmd: TenantCmd) -> Res {
                     .collect();
                 table(&["ID", "NAME", "ROLE", "CREATED"], &rows)
             });
+        }
+        TenantCmd::Credit { tenant_id, amount, kind, memo, idempotency_key } => {
+            let body = serde_json::json!({"amount": amount, "kind": kind, "memo": memo});
+            let l: api::LedgerLine = c
+                .post(&format!("/v1/tenants/{tenant_id}/credits"), Some(&body), idempotency_key.as_deref())
+                .map_err(err)?;
+            show(ctx, &l, |l| format!("{} {} to {} ({})", l.kind, l.amount, tenant_id, l.memo));
         }
         TenantCmd::Create { name } => {
             let k: api::ApiKeyCreated =

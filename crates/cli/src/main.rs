@@ -1,6 +1,7 @@
 //! The `gpucloud` binary: the server (`serve`, `dev`), the tenant and operator CLI, and benchmarks.
 
 mod bench;
+mod bill;
 mod client;
 mod commands;
 mod output;
@@ -41,6 +42,12 @@ enum Command {
     /// Tenants and API keys (operator).
     #[command(subcommand)]
     Tenant(commands::TenantCmd),
+    /// Balance, usage and the ledger.
+    #[command(subcommand)]
+    Bill(bill::BillCmd),
+    /// The price book and billing rules.
+    #[command(subcommand)]
+    Price(bill::PriceCmd),
     /// Free and total GPUs per region and model.
     Capacity,
     /// The GPU models on sale.
@@ -61,6 +68,8 @@ fn main() -> ExitCode {
         Command::Instance(c) => commands::instance(&ctx, c),
         Command::Node(c) => commands::node(&ctx, c),
         Command::Tenant(c) => commands::tenant(&ctx, c),
+        Command::Bill(c) => bill::bill(&ctx, c),
+        Command::Price(c) => bill::price(&ctx, c),
         Command::Capacity => commands::capacity(&ctx),
         Command::Models => commands::models(&ctx),
         Command::Whoami => commands::whoami(&ctx),

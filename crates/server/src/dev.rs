@@ -3,7 +3,8 @@
 //! completes the job on the next one.
 
 use crate::app::{App, AppError, NewKey};
-use gpucloud_model::{GpuModel, Region, Role};
+use gpucloud_billing::EntryKind;
+use gpucloud_model::{GpuModel, Money, Region, Role, Tier, Timestamp};
 
 /// The built-in fake fleet: (name, region, model, GPUs).
 pub const DEFAULT_FLEET: &[(&str, &str, GpuModel, u32)] = &[
@@ -16,6 +17,23 @@ pub const DEFAULT_FLEET: &[(&str, &str, GpuModel, u32)] = &[
     ("us1-a100-01", "us-1", GpuModel::A100_40GB, 2),
     ("us1-t4-01", "us-1", GpuModel::T4, 1),
 ];
+
+/// On-demand price per GPU-hour in the dev price book, in micro-dollars: in line with what
+/// public GPU clouds list in 2026. Spot is 40% of it and reserved 65%.
+pub const DEFAULT_PRICES: &[(GpuModel, i64)] = &[
+    (GpuModel::T4, 350_000),
+    (GpuModel::L4, 800_000),
+    (GpuModel::A10, 750_000),
+    (GpuModel::A40, 1_100_000),
+    (GpuModel::Rtx6000Ada, 1_200_000),
+    (GpuModel::A100_40GB, 1_600_000),
+    (GpuModel::A100_80GB, 2_200_000),
+    (GpuModel::H100_80GB, 2_990_000),
+    (GpuModel::H200_141GB, 3_790_000),
+];
+
+/// Prepaid credit the dev tenant starts with.
+pub const DEV_CREDIT: Money = Money(100_000_000);
 
 pub const OPERATOR_TENANT: &str = "operator";
 pub const DEFAULT_TENANT: &str = "default";
@@ -47,6 +65,23 @@ pub async fn bootstrap(app: &App, mint_keys: bool) -> Result<Option<DevKeys>, Ap
             let region = Region::parse(region).expect("built-in region is valid");
             app.add_node(None, name, region, &[(*model, *count)]).await?;
         }
+    }
+    if app.store().list_prices().await?.is_empty() {
+        let regions = app.store().list_regions().await?;
+        for region in &regions {
+            for (model, micros) in DEFAULT_PRICES {
+                for (tier, percent) in [(Tier::OnDemand, 100), (Tier::Spot, 40), (Tier::Reserved, 65)] {
+                    let price = Money(micros * percent / 100);
+                    app.set_price(None, *model, region.clone(), tier, price, Some(Timestamp(0))).await?;
+                }
+            }
+        }
+    }
+    let tenants = app.store().list_tenants().await?;
+    if let Some(t) = tenants.iter().find(|t| t.name == DEFAULT_TENANT) {
+        // Keyed, so a restart (or a crash half-way through the first start) grants it once.
+        app.add_credit(None, t.id.as_str(), EntryKind::Grant, DEV_CREDIT, "dev welcome credit", Some("dev-welcome"))
+            .await?;
     }
     let tenant = fresh.pop().flatten();
     let operator = fresh.pop().flatten();

@@ -33,6 +33,7 @@ impl TestServer {
             let config = Config {
                 schedule_interval: Duration::from_millis(50),
                 fake_agents: FakeAgents::Every(Duration::from_millis(50)),
+                metering_interval: Duration::from_millis(50),
                 ..Config::default()
             };
             let running = gpucloud_server::start(store, config, "127.0.0.1:0").await.unwrap();
@@ -46,6 +47,11 @@ impl TestServer {
             .build()
             .into();
         TestServer { url: format!("http://{}", running.addr), operator_key: key, app: running.app.clone(), agent, rt }
+    }
+
+    /// Runs a future on the server's runtime (to read the store directly in assertions).
+    pub fn block_on<T>(&self, f: impl std::future::Future<Output = T>) -> T {
+        self.rt.block_on(f)
     }
 
     /// Creates a tenant through the API and returns its key.

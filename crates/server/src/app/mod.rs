@@ -3,6 +3,7 @@
 
 mod agent;
 mod auth;
+pub mod billing;
 mod error;
 pub mod instances;
 pub use instances::CreateInstance;
@@ -31,6 +32,8 @@ pub struct Config {
     pub heartbeat_grace: Duration,
     /// Run an in-process fake agent for every node (dev mode, tests).
     pub fake_agents: FakeAgents,
+    /// How often metering brings the ledger up to date with running instances.
+    pub metering_interval: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,6 +52,8 @@ impl Default for Config {
             // short enough that a dead node stops receiving work within seconds.
             heartbeat_grace: Duration::from_secs(10),
             fake_agents: FakeAgents::Off,
+            // Balances and usage move every second, as tenants of a per-second cloud expect.
+            metering_interval: Duration::from_secs(1),
         }
     }
 }

@@ -54,3 +54,16 @@ pub fn tenant(t: store::Tenant) -> api::Tenant {
 pub fn new_key(k: crate::app::NewKey) -> api::ApiKeyCreated {
     api::ApiKeyCreated { id: k.id.to_string(), tenant: tenant(k.tenant), prefix: k.prefix, api_key: k.secret }
 }
+
+pub fn ledger_line(l: store::LedgerLine) -> api::LedgerLine {
+    api::LedgerLine {
+        id: l.id,
+        kind: l.kind.as_str().to_string(),
+        memo: l.memo,
+        instance: l.instance_id.map(|i| i.to_string()),
+        gpu: l.model.map(|m| m.to_string()),
+        seconds: l.seconds,
+        amount: l.amount,
+        created_at: rfc3339(l.created_at),
+    }
+}

@@ -1,6 +1,7 @@
 //! HTTP: routes (one file per resource), extractors, the problem mapping and the idempotency
 //! layer. Handlers parse, authenticate and call the app layer; they hold no SQL and no policy.
 
+mod billing;
 mod convert;
 pub mod error;
 mod extract;
@@ -33,6 +34,7 @@ pub const MAX_BODY: usize = 64 * 1024;
         (name = "instances", description = "GPU instances of the calling tenant"),
         (name = "nodes", description = "The fleet (operator)"),
         (name = "tenants", description = "Tenants and API keys (operator)"),
+        (name = "billing", description = "Prices, quotes, credit, balance, usage and the ledger"),
         (name = "meta", description = "Catalog, capacity, identity, health"),
     )
 )]
@@ -70,6 +72,13 @@ pub fn api() -> (Router<Arc<App>>, utoipa::openapi::OpenApi) {
         .routes(routes!(meta::capacity))
         .routes(routes!(meta::health))
         .routes(routes!(meta::openapi))
+        .routes(routes!(billing::list_prices, billing::set_price))
+        .routes(routes!(billing::rules, billing::set_rules))
+        .routes(routes!(billing::quote))
+        .routes(routes!(billing::credit))
+        .routes(routes!(billing::balance))
+        .routes(routes!(billing::usage))
+        .routes(routes!(billing::ledger))
         .split_for_parts()
 }
 

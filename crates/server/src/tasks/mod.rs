@@ -9,7 +9,11 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 
 pub fn spawn_all(app: Arc<App>) -> Vec<JoinHandle<()>> {
-    let mut tasks = vec![tokio::spawn(schedule_loop(app.clone())), tokio::spawn(heartbeat_watch(app.clone()))];
+    let mut tasks = vec![
+        tokio::spawn(schedule_loop(app.clone())),
+        tokio::spawn(heartbeat_watch(app.clone())),
+        tokio::spawn(metering(app.clone())),
+    ];
     if let FakeAgents::Every(interval) = app.config.fake_agents {
         tasks.push(tokio::spawn(fake_agent_supervisor(app, interval)));
     }
@@ -28,6 +32,17 @@ async fn schedule_loop(app: Arc<App>) {
         tokio::select! {
             _ = app.schedule_wakeup.notified() => {}
             _ = tokio::time::sleep(app.config.schedule_interval) => {}
+        }
+    }
+}
+
+async fn metering(app: Arc<App>) {
+    loop {
+        tokio::time::sleep(app.config.metering_interval).await;
+        match app.meter().await {
+            Ok(r) if r.conflicts > 0 => tracing::debug!(conflicts = r.conflicts, "metering raced another writer"),
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "metering pass failed"),
         }
     }
 }

@@ -1,0 +1,208 @@
+//! Money commands: prices, quotes, balance, usage, ledger, credit.
+
+use crate::commands::{As, Ctx, show};
+use crate::output::{or_dash, table};
+use clap::Subcommand;
+use gpucloud_api as api;
+
+type Res = Result<(), String>;
+
+#[derive(Subcommand)]
+pub enum BillCmd {
+    /// Prepaid balance, this month's usage and what running instances cost per hour.
+    Balance,
+    /// Usage charged in a period, by instance, model or day.
+    Usage {
+        /// RFC 3339, YYYY-MM-DD or YYYY-MM (UTC); default: start of this month.
+        #[arg(long)]
+        from: Option<String>,
+        /// Exclusive; default: now.
+        #[arg(long)]
+        to: Option<String>,
+        #[arg(long, default_value = "instance", value_parser = ["instance", "model", "day"])]
+        by: String,
+    },
+    /// Every ledger entry of yours in a period.
+    Ledger {
+        #[arg(long)]
+        from: Option<String>,
+        #[arg(long)]
+        to: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum PriceCmd {
+    /// The price book.
+    List,
+    /// Add a price point (operator). It applies from --from (default now), never to the past.
+    Set {
+        #[arg(long)]
+        gpu: String,
+        #[arg(long)]
+        region: String,
+        /// Per GPU-hour, a decimal such as 2.99.
+        #[arg(long)]
+        price: String,
+        #[arg(long, default_value = "on-demand")]
+        tier: String,
+        #[arg(long)]
+        from: Option<String>,
+    },
+    /// Show the billing rules, or change them (operator) with --granularity and --minimum.
+    Rules {
+        #[arg(long)]
+        granularity: Option<i64>,
+        #[arg(long)]
+        minimum: Option<i64>,
+    },
+}
+
+fn query(pairs: &[(&str, &Option<String>)]) -> String {
+    let parts: Vec<String> =
+        pairs.iter().filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={}", encode(v)))).collect();
+    if parts.is_empty() { String::new() } else { format!("?{}", parts.join("&")) }
+}
+
+/// Percent-encodes a query value (RFC 3339 times carry `+` and `:`).
+fn encode(v: &str) -> String {
+    v.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+pub fn bill(ctx: &Ctx, cmd: BillCmd) -> Res {
+    let c = ctx.client(As::Tenant)?;
+    let err = |e: crate::client::ClientError| e.to_string();
+    match cmd {
+        BillCmd::Balance => {
+            let b: api::Balance = c.get("/v1/billing/balance").map_err(err)?;
+            show(ctx, &b, |b| {
+                format!(
+                    "balance:     {} {}\nthis month:  {} {}\nburn rate:   {} {}/hour",
+                    b.balance, b.currency, b.month_usage, b.currency, b.burn_per_hour, b.currency
+                )
+            });
+        }
+        BillCmd::Usage { from, to, by } => {
+            let q = query(&[("from", &from), ("to", &to), ("by", &Some(by))]);
+            let u: api::UsageReport = c.get(&format!("/v1/billing/usage{q}")).map_err(err)?;
+            show(ctx, &u, |u| {
+                let mut rows: Vec<Vec<String>> =
+                    u.lines.iter().map(|l| vec![l.key.clone(), l.seconds.to_string(), l.amount.to_string()]).collect();
+                rows.push(vec!["TOTAL".into(), String::new(), u.total.to_string()]);
+                format!(
+                    "usage {} .. {} ({})\n{}",
+                    u.from,
+                    u.to,
+                    u.currency,
+                    table(&[&u.by.to_uppercase(), "SECONDS", "AMOUNT"], &rows)
+                )
+            });
+        }
+        BillCmd::Ledger { from, to } => {
+            let q = query(&[("from", &from), ("to", &to)]);
+            let l: api::LedgerList = c.get(&format!("/v1/billing/ledger{q}")).map_err(err)?;
+            show(ctx, &l, |l| {
+                let rows: Vec<Vec<String>> = l
+                    .entries
+                    .iter()
+                    .map(|e| {
+                        vec![
+                            e.created_at.clone(),
+                            e.kind.clone(),
+                            e.amount.to_string(),
+                            or_dash(e.instance.as_ref()),
+                            e.memo.clone(),
+                        ]
+                    })
+                    .collect();
+                table(&["TIME", "KIND", "AMOUNT", "INSTANCE", "MEMO"], &rows)
+            });
+        }
+    }
+    Ok(())
+}
+
+pub fn price(ctx: &Ctx, cmd: PriceCmd) -> Res {
+    let err = |e: crate::client::ClientError| e.to_string();
+    match cmd {
+        PriceCmd::List => {
+            let c = ctx.client(As::Tenant)?;
+            let l: api::PriceList = c.get("/v1/prices").map_err(err)?;
+            show(ctx, &l, |l| {
+                let rows: Vec<Vec<String>> = l
+                    .prices
+                    .iter()
+                    .map(|p| {
+                        vec![
+                            p.region.clone(),
+                            p.gpu.clone(),
+                            p.tier.clone(),
+                            p.price_per_gpu_hour.to_string(),
+                            p.effective_from.clone(),
+                        ]
+                    })
+                    .collect();
+                table(&["REGION", "GPU", "TIER", &format!("{}/GPU-HOUR", l.currency), "FROM"], &rows)
+            });
+        }
+        PriceCmd::Set { gpu, region, price, tier, from } => {
+            let c = ctx.client(As::Operator)?;
+            let body = serde_json::json!({"gpu": gpu, "region": region, "tier": tier, "price_per_gpu_hour": price, "effective_from": from});
+            let p: api::Price = c.post("/v1/prices", Some(&body), None).map_err(err)?;
+            show(ctx, &p, |p| {
+                format!("{} {} {} in {} from {}", p.gpu, p.tier, p.price_per_gpu_hour, p.region, p.effective_from)
+            });
+        }
+        PriceCmd::Rules { granularity, minimum } => {
+            let text = |r: &api::BillingRules| {
+                format!("granularity: {} s\nminimum:     {} s", r.granularity_seconds, r.minimum_seconds)
+            };
+            if granularity.is_none() && minimum.is_none() {
+                let c = ctx.client(As::Tenant)?;
+                let r: api::BillingRules = c.get("/v1/billing/rules").map_err(err)?;
+                show(ctx, &r, text);
+            } else {
+                let c = ctx.client(As::Operator)?;
+                let current: api::BillingRules = c.get("/v1/billing/rules").map_err(err)?;
+                let body = api::BillingRules {
+                    granularity_seconds: granularity.unwrap_or(current.granularity_seconds),
+                    minimum_seconds: minimum.unwrap_or(current.minimum_seconds),
+                };
+                let r: api::BillingRules = c.post("/v1/billing/rules", Some(&body), None).map_err(err)?;
+                show(ctx, &r, text);
+            }
+        }
+    }
+    Ok(())
+}
+
+pub fn quote(ctx: &Ctx, body: &serde_json::Value) -> Res {
+    let c = ctx.client(As::Tenant)?;
+    let q: api::QuoteList = c.post("/v1/instances/quote", Some(body), None).map_err(|e| e.to_string())?;
+    show(ctx, &q, |q| {
+        let rows: Vec<Vec<String>> = q
+            .quotes
+            .iter()
+            .map(|l| {
+                vec![
+                    l.region.clone(),
+                    l.tier.clone(),
+                    l.price_per_hour.to_string(),
+                    format!("{} s", l.duration_seconds),
+                    l.estimated_cost.to_string(),
+                ]
+            })
+            .collect();
+        format!(
+            "dry run: nothing was created ({})\n{}",
+            q.currency,
+            table(&["REGION", "TIER", "PER HOUR", "FOR", "ESTIMATE"], &rows)
+        )
+    });
+    Ok(())
+}

@@ -1,0 +1,329 @@
+//! Prices, quotes, metering and the tenant's money. Metering is a reconciler: it recomputes each
+//! open interval's charge from scratch and posts only the difference, so it can run any number of
+//! times, or stop half-way, without charging a second twice.
+
+use super::{App, AppError, Principal, hash_key, random_bits};
+use gpucloud_billing::{Charge, Entry, EntryKind, PricePoint, Rules, charge, price_at};
+use gpucloud_model::{GpuModel, InstanceId, Money, Region, TenantId, Tier, Timestamp};
+use gpucloud_store::{LedgerLine, LedgerRecord, PriceRow, UsageInterval};
+use std::collections::{BTreeMap, HashMap};
+
+/// What it would cost to run an instance somewhere.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quote {
+    pub region: Region,
+    pub tier: Tier,
+    pub per_hour: Money,
+    pub duration_s: i64,
+    pub charge: Charge,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Balance {
+    pub balance: Money,
+    /// Usage charged in the current calendar month (UTC), as a positive amount.
+    pub month_usage: Money,
+    /// What running instances cost per hour right now.
+    pub burn_per_hour: Money,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UsageGrouping {
+    Instance,
+    Model,
+    Day,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageLine {
+    pub key: String,
+    pub seconds: i64,
+    /// Charged, as a positive amount.
+    pub amount: Money,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MeterReport {
+    pub charged: usize,
+    pub settled: usize,
+    pub conflicts: usize,
+}
+
+/// Start of the UTC calendar month that contains `t`.
+pub fn month_start(t: Timestamp) -> Timestamp {
+    let dt = time::OffsetDateTime::from_unix_timestamp(t.millis().div_euclid(1000))
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    let first = dt.date().replace_day(1).unwrap_or(dt.date());
+    Timestamp(first.midnight().assume_utc().unix_timestamp() * 1000)
+}
+
+fn day_of(t: Timestamp) -> String {
+    time::OffsetDateTime::from_unix_timestamp(t.millis().div_euclid(1000))
+        .map(|d| d.date().to_string())
+        .unwrap_or_default()
+}
+
+impl App {
+    pub async fn billing_rules(&self) -> Result<Rules, AppError> {
+        Ok(self.store.billing_rules().await?)
+    }
+
+    pub async fn set_billing_rules(
+        &self,
+        by: &Principal,
+        granularity_s: i64,
+        minimum_s: i64,
+    ) -> Result<Rules, AppError> {
+        by.require_operator()?;
+        let rules = Rules::new(granularity_s, minimum_s).map_err(|e| {
+            let field = if matches!(e, gpucloud_billing::RulesError::Granularity(_)) {
+                "granularity_seconds"
+            } else {
+                "minimum_seconds"
+            };
+            AppError::invalid(field, e.to_string())
+        })?;
+        self.store.set_billing_rules(rules).await?;
+        Ok(rules)
+    }
+
+    pub async fn list_prices(&self) -> Result<Vec<PriceRow>, AppError> {
+        Ok(self.store.list_prices().await?)
+    }
+
+    /// Adds a price from `effective_from` (now if absent). The past is never rewritten: a point
+    /// before now is refused.
+    pub async fn set_price(
+        &self,
+        by: Option<&Principal>,
+        model: GpuModel,
+        region: Region,
+        tier: Tier,
+        per_gpu_hour: Money,
+        effective_from: Option<Timestamp>,
+    ) -> Result<PriceRow, AppError> {
+        if let Some(p) = by {
+            p.require_operator()?;
+        }
+        if per_gpu_hour < Money::ZERO {
+            return Err(AppError::invalid("price_per_gpu_hour", "a price cannot be negative"));
+        }
+        let now = self.now();
+        let from = effective_from.unwrap_or(now);
+        // A second of slack for clocks and round trips; anything older would change a bill.
+        if from < now.plus_millis(-1000) && by.is_some() {
+            return Err(AppError::invalid("effective_from", "prices cannot change the past; use a time from now on"));
+        }
+        let row = PriceRow { model, region, tier, point: PricePoint { effective_from: from, per_gpu_hour } };
+        if !self.store.add_price(&row, now).await? {
+            return Err(AppError::Conflict(format!(
+                "a {tier} price for {model} in {} already starts at that time",
+                row.region
+            )));
+        }
+        Ok(row)
+    }
+
+    /// Quotes per region: the one asked for, or every region that has the model.
+    pub async fn quote(
+        &self,
+        model: GpuModel,
+        count: u32,
+        region: Option<Region>,
+        duration_s: i64,
+    ) -> Result<Vec<Quote>, AppError> {
+        if count == 0 || count > gpucloud_model::MAX_GPUS_PER_INSTANCE {
+            return Err(AppError::invalid(
+                "count",
+                format!("count must be between 1 and {}", gpucloud_model::MAX_GPUS_PER_INSTANCE),
+            ));
+        }
+        if !(1..=366 * 86_400).contains(&duration_s) {
+            return Err(AppError::invalid("duration_seconds", "duration must be between 1 second and a year"));
+        }
+        let rules = self.store.billing_rules().await?;
+        let now = self.now();
+        let regions: Vec<Region> = match region {
+            Some(r) => vec![r],
+            None => {
+                let nodes = self.store.list_nodes().await?;
+                let mut rs: Vec<Region> = nodes
+                    .iter()
+                    .filter(|n| n.gpus.iter().any(|g| g.model == model))
+                    .map(|n| n.region.clone())
+                    .collect();
+                rs.sort();
+                rs.dedup();
+                rs
+            }
+        };
+        let mut quotes = Vec::new();
+        for r in regions {
+            let prices = self.store.prices_for(model, &r, Tier::OnDemand).await?;
+            let Some(per_gpu_hour) = price_at(&prices, now) else { continue };
+            let (per_hour, charge) = gpucloud_billing::quote(per_gpu_hour, count * 1000, duration_s, rules);
+            quotes.push(Quote { region: r, tier: Tier::OnDemand, per_hour, duration_s, charge });
+        }
+        if quotes.is_empty() {
+            return Err(AppError::invalid(
+                "gpu",
+                format!("no on-demand price for {model} in any region asked; ask the operator"),
+            ));
+        }
+        Ok(quotes)
+    }
+
+    /// One metering pass over every interval that may still owe money.
+    pub async fn meter(&self) -> Result<MeterReport, AppError> {
+        let now = self.now();
+        let mut report = MeterReport::default();
+        let mut prices: HashMap<(GpuModel, Region, Tier), Vec<PricePoint>> = HashMap::new();
+        for u in self.store.unsettled_intervals().await? {
+            let key = (u.model, u.region.clone(), u.tier);
+            if !prices.contains_key(&key) {
+                let p = self.store.prices_for(u.model, &u.region, u.tier).await?;
+                prices.insert(key.clone(), p);
+            }
+            let end = u.ended_at.unwrap_or(now).max(u.started_at);
+            let due = charge(u.started_at, end.millis_since(u.started_at), u.milli_gpus, &prices[&key], u.rules);
+            let settled = u.ended_at.is_some();
+            if due.amount < u.charged || due.seconds < u.charged_seconds {
+                tracing::error!(interval = %u.id, ?due, charged = %u.charged, "charge went down; left as is");
+                continue;
+            }
+            if due.amount == u.charged && due.seconds == u.charged_seconds && !settled {
+                continue;
+            }
+            let record = usage_record(&u, due, now);
+            if self.store.charge_interval(&u, due, settled, record.as_ref()).await? {
+                report.charged += usize::from(record.is_some());
+                report.settled += usize::from(settled);
+            } else {
+                report.conflicts += 1;
+            }
+        }
+        Ok(report)
+    }
+
+    /// Credit for a tenant: an operator grant, a paid top-up, or an adjustment.
+    pub async fn add_credit(
+        &self,
+        by: Option<&Principal>,
+        tenant: &str,
+        kind: EntryKind,
+        amount: Money,
+        memo: &str,
+        idempotency_key: Option<&str>,
+    ) -> Result<LedgerLine, AppError> {
+        if let Some(p) = by {
+            p.require_operator()?;
+        }
+        let not_found = || AppError::NotFound { kind: "tenant", id: tenant.to_string() };
+        let tid = TenantId::parse(tenant).map_err(|_| not_found())?;
+        self.store.get_tenant(&tid).await?.ok_or_else(not_found)?;
+        let entry = match kind {
+            EntryKind::Grant if amount > Money::ZERO => Entry::grant(&tid, amount),
+            EntryKind::TopUp if amount > Money::ZERO => Entry::top_up(&tid, amount),
+            EntryKind::Adjustment if amount != Money::ZERO => Entry::adjustment(&tid, amount),
+            EntryKind::Usage => return Err(AppError::invalid("kind", "usage is charged by metering, not by hand")),
+            _ => return Err(AppError::invalid("amount", "grants and top-ups are positive; adjustments are not zero")),
+        };
+        if memo.len() > 500 {
+            return Err(AppError::invalid("memo", "memo is at most 500 characters"));
+        }
+        // With an idempotency key the entry id derives from it, so a retry finds the first entry.
+        let (id, key) = match idempotency_key {
+            Some(k) => {
+                let key = format!("credit:{tid}:{k}");
+                (format!("e-{}", &hash_key(&key)[..32]), key)
+            }
+            None => {
+                let id = format!("e-{:032x}", random_bits());
+                (id.clone(), format!("credit:{id}"))
+            }
+        };
+        let now = self.now();
+        let record = LedgerRecord {
+            id: id.clone(),
+            entry,
+            memo: memo.to_string(),
+            instance_id: None,
+            interval_id: None,
+            model: None,
+            seconds: 0,
+            idempotency_key: key,
+            created_at: now,
+        };
+        self.store.post_ledger(&record).await?;
+        // Whether this call or an earlier one with the same key wrote it, answer with what is on record.
+        let lines = self.store.ledger_lines(&tid, Timestamp(0), now.plus_millis(1)).await?;
+        lines.into_iter().find(|l| l.id == id).ok_or_else(|| AppError::Conflict("credit not recorded".into()))
+    }
+
+    pub async fn balance(&self, by: &Principal) -> Result<Balance, AppError> {
+        let now = self.now();
+        let tenant = &by.tenant.id;
+        let balance = self.store.balance(tenant).await?;
+        let lines = self.store.ledger_lines(tenant, month_start(now), now.plus_millis(1)).await?;
+        let month_usage =
+            Money(-lines.iter().filter(|l| l.kind == EntryKind::Usage).map(|l| l.amount.micros()).sum::<i64>());
+        let mut burn = 0i128;
+        for u in self.store.intervals_of_tenant(tenant).await? {
+            if u.ended_at.is_none() {
+                let prices = self.store.prices_for(u.model, &u.region, u.tier).await?;
+                let p = price_at(&prices, now).unwrap_or(Money::ZERO);
+                burn += i128::from(p.micros()) * i128::from(u.milli_gpus) / 1000;
+            }
+        }
+        Ok(Balance { balance, month_usage, burn_per_hour: Money(burn as i64) })
+    }
+
+    pub async fn usage(
+        &self,
+        by: &Principal,
+        from: Timestamp,
+        to: Timestamp,
+        group: UsageGrouping,
+    ) -> Result<Vec<UsageLine>, AppError> {
+        if to <= from {
+            return Err(AppError::invalid("to", "'to' must be after 'from'"));
+        }
+        let lines = self.store.ledger_lines(&by.tenant.id, from, to).await?;
+        let mut groups: BTreeMap<String, UsageLine> = BTreeMap::new();
+        for l in lines.iter().filter(|l| l.kind == EntryKind::Usage) {
+            let key = match group {
+                UsageGrouping::Instance => l.instance_id.as_ref().map(InstanceId::to_string).unwrap_or_default(),
+                UsageGrouping::Model => l.model.map(|m| m.to_string()).unwrap_or_default(),
+                UsageGrouping::Day => day_of(l.created_at),
+            };
+            let g = groups.entry(key.clone()).or_insert(UsageLine { key, seconds: 0, amount: Money::ZERO });
+            g.seconds += l.seconds;
+            g.amount = Money(g.amount.micros() - l.amount.micros());
+        }
+        Ok(groups.into_values().collect())
+    }
+
+    pub async fn ledger(&self, by: &Principal, from: Timestamp, to: Timestamp) -> Result<Vec<LedgerLine>, AppError> {
+        Ok(self.store.ledger_lines(&by.tenant.id, from, to).await?)
+    }
+}
+
+/// The ledger entry for moving an interval's charge to `due`; none when no money moves.
+fn usage_record(u: &UsageInterval, due: Charge, now: Timestamp) -> Option<LedgerRecord> {
+    let delta = Money(due.amount.micros() - u.charged.micros());
+    if delta == Money::ZERO {
+        return None;
+    }
+    Some(LedgerRecord {
+        // Derived from the interval and the new total: a retried pass can never post it twice.
+        id: format!("e-{}-{}-{}", u.id, due.seconds, due.amount.micros()),
+        entry: Entry::usage(&u.tenant_id, delta),
+        memo: format!("{} x {} in {} ({})", f64::from(u.milli_gpus) / 1000.0, u.model, u.region, u.tier),
+        instance_id: Some(u.instance_id.clone()),
+        interval_id: Some(u.id.clone()),
+        model: Some(u.model),
+        seconds: due.seconds - u.charged_seconds,
+        idempotency_key: format!("usage:{}:{}:{}", u.id, due.seconds, due.amount.micros()),
+        created_at: now,
+    })
+}

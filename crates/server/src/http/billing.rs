@@ -1,0 +1,209 @@
+use super::convert;
+use super::error::ApiError;
+use super::extract::{ApiJson, Auth};
+use super::idempotency;
+use crate::app::App;
+use crate::app::billing::{UsageGrouping, month_start};
+use axum::Json;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use gpucloud_api::{
+    Balance, BillingRules, CreditRequest, LedgerLine, LedgerList, Price, PriceList, Problem, QuoteLine, QuoteList,
+    QuoteRequest, SetPriceRequest, UsageLine, UsageReport, parse_time, rfc3339,
+};
+use gpucloud_billing::{CURRENCY, EntryKind};
+use gpucloud_model::{Money, Tier, Timestamp};
+use serde::Deserialize;
+use std::sync::Arc;
+
+fn invalid(field: &str, detail: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", detail).field(field)
+}
+
+fn price(p: gpucloud_store::PriceRow) -> Price {
+    Price {
+        gpu: p.model.to_string(),
+        region: p.region.to_string(),
+        tier: p.tier.to_string(),
+        price_per_gpu_hour: p.point.per_gpu_hour,
+        effective_from: rfc3339(p.point.effective_from),
+    }
+}
+
+/// The price book: every price point, past and scheduled.
+#[utoipa::path(get, path = "/v1/prices", tag = "billing", responses((status = 200, body = PriceList)), security(("bearer" = [])))]
+pub async fn list_prices(State(app): State<Arc<App>>, Auth(_): Auth) -> Result<Json<PriceList>, ApiError> {
+    let prices = app.list_prices().await?.into_iter().map(price).collect();
+    Ok(Json(PriceList { currency: CURRENCY.into(), prices }))
+}
+
+/// Add a price point (operator). It applies from `effective_from`, never to the past.
+#[utoipa::path(post, path = "/v1/prices", tag = "billing", request_body = SetPriceRequest,
+    responses((status = 201, body = Price), (status = 409, body = Problem), (status = 422, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn set_price(
+    State(app): State<Arc<App>>,
+    Auth(p): Auth,
+    ApiJson(req): ApiJson<SetPriceRequest>,
+) -> Result<(StatusCode, Json<Price>), ApiError> {
+    let tier: Tier = req
+        .tier
+        .as_deref()
+        .unwrap_or("on-demand")
+        .parse()
+        .map_err(|_| invalid("tier", "tier is on-demand, spot or reserved"))?;
+    let from = match req.effective_from.as_deref() {
+        Some(s) => {
+            Some(parse_time(s).ok_or_else(|| invalid("effective_from", "effective_from must be an RFC 3339 time"))?)
+        }
+        None => None,
+    };
+    let row = app.set_price(Some(&p), req.gpu, req.region, tier, req.price_per_gpu_hour, from).await?;
+    Ok((StatusCode::CREATED, Json(price(row))))
+}
+
+#[utoipa::path(get, path = "/v1/billing/rules", tag = "billing", responses((status = 200, body = BillingRules)), security(("bearer" = [])))]
+pub async fn rules(State(app): State<Arc<App>>, Auth(_): Auth) -> Result<Json<BillingRules>, ApiError> {
+    let r = app.billing_rules().await?;
+    Ok(Json(BillingRules { granularity_seconds: r.granularity_s, minimum_seconds: r.minimum_s }))
+}
+
+/// Change granularity and minimum (operator); runs that already started keep their rules.
+#[utoipa::path(post, path = "/v1/billing/rules", tag = "billing", request_body = BillingRules,
+    responses((status = 200, body = BillingRules), (status = 422, body = Problem)), security(("bearer" = [])))]
+pub async fn set_rules(
+    State(app): State<Arc<App>>,
+    Auth(p): Auth,
+    ApiJson(req): ApiJson<BillingRules>,
+) -> Result<Json<BillingRules>, ApiError> {
+    let r = app.set_billing_rules(&p, req.granularity_seconds, req.minimum_seconds).await?;
+    Ok(Json(BillingRules { granularity_seconds: r.granularity_s, minimum_seconds: r.minimum_s }))
+}
+
+/// What an instance would cost, per region, before creating it.
+#[utoipa::path(post, path = "/v1/instances/quote", tag = "instances", request_body = QuoteRequest,
+    responses((status = 200, body = QuoteList), (status = 422, body = Problem)), security(("bearer" = [])))]
+pub async fn quote(
+    State(app): State<Arc<App>>,
+    Auth(_): Auth,
+    ApiJson(req): ApiJson<QuoteRequest>,
+) -> Result<Json<QuoteList>, ApiError> {
+    let quotes = app.quote(req.gpu, req.count, req.region, req.duration_seconds.unwrap_or(3600)).await?;
+    let quotes = quotes
+        .into_iter()
+        .map(|q| QuoteLine {
+            region: q.region.to_string(),
+            tier: q.tier.to_string(),
+            price_per_hour: q.per_hour,
+            duration_seconds: q.duration_s,
+            billable_seconds: q.charge.seconds,
+            estimated_cost: q.charge.amount,
+        })
+        .collect();
+    Ok(Json(QuoteList { currency: CURRENCY.into(), quotes }))
+}
+
+/// Credit a tenant (operator): a grant, a paid top-up or an adjustment. Use an Idempotency-Key.
+#[utoipa::path(post, path = "/v1/tenants/{id}/credits", tag = "billing", params(("id" = String, Path)), request_body = CreditRequest,
+    responses((status = 201, body = LedgerLine), (status = 404, body = Problem), (status = 422, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn credit(
+    State(app): State<Arc<App>>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    ApiJson(req): ApiJson<CreditRequest>,
+) -> Result<(StatusCode, Json<LedgerLine>), ApiError> {
+    let kind = match req.kind.as_deref().unwrap_or("grant") {
+        "grant" => EntryKind::Grant,
+        "topup" => EntryKind::TopUp,
+        "adjustment" => EntryKind::Adjustment,
+        _ => return Err(invalid("kind", "kind is grant, topup or adjustment")),
+    };
+    let memo = req.memo.unwrap_or_else(|| kind.as_str().to_string());
+    let line = app.add_credit(Some(&p), &id, kind, req.amount, &memo, idempotency::key_of(&headers)).await?;
+    Ok((StatusCode::CREATED, Json(convert::ledger_line(line))))
+}
+
+/// The caller's prepaid balance, this month's usage and the current burn rate.
+#[utoipa::path(get, path = "/v1/billing/balance", tag = "billing", responses((status = 200, body = Balance)), security(("bearer" = [])))]
+pub async fn balance(State(app): State<Arc<App>>, Auth(p): Auth) -> Result<Json<Balance>, ApiError> {
+    let b = app.balance(&p).await?;
+    Ok(Json(Balance {
+        tenant: p.tenant.id.to_string(),
+        currency: CURRENCY.into(),
+        balance: b.balance,
+        month_usage: b.month_usage,
+        burn_per_hour: b.burn_per_hour,
+    }))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct Range {
+    /// RFC 3339 time, YYYY-MM-DD or YYYY-MM (UTC); default: start of this month.
+    from: Option<String>,
+    /// Exclusive; default: now.
+    to: Option<String>,
+    /// instance (default), model or day.
+    by: Option<String>,
+}
+
+fn range(
+    app: &App,
+    q: Result<Query<Range>, QueryRejection>,
+) -> Result<(Timestamp, Timestamp, Option<String>), ApiError> {
+    let Query(q) = q.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
+    let now = app.now();
+    let t = |v: Option<String>, field: &str, default: Timestamp| match v {
+        Some(s) => {
+            parse_time(&s).ok_or_else(|| invalid(field, format!("{field} must be RFC 3339, YYYY-MM-DD or YYYY-MM")))
+        }
+        None => Ok(default),
+    };
+    let from = t(q.from, "from", month_start(now))?;
+    let to = t(q.to, "to", now.plus_millis(1))?;
+    Ok((from, to, q.by))
+}
+
+/// Usage charged between two times, by instance, GPU model or day.
+#[utoipa::path(get, path = "/v1/billing/usage", tag = "billing", params(Range),
+    responses((status = 200, body = UsageReport), (status = 422, body = Problem)), security(("bearer" = [])))]
+pub async fn usage(
+    State(app): State<Arc<App>>,
+    Auth(p): Auth,
+    q: Result<Query<Range>, QueryRejection>,
+) -> Result<Json<UsageReport>, ApiError> {
+    let (from, to, by) = range(&app, q)?;
+    let by = by.unwrap_or_else(|| "instance".into());
+    let grouping = match by.as_str() {
+        "instance" => UsageGrouping::Instance,
+        "model" => UsageGrouping::Model,
+        "day" => UsageGrouping::Day,
+        _ => return Err(invalid("by", "by is instance, model or day")),
+    };
+    let lines = app.usage(&p, from, to, grouping).await?;
+    let total = Money(lines.iter().map(|l| l.amount.micros()).sum());
+    Ok(Json(UsageReport {
+        from: rfc3339(from),
+        to: rfc3339(to),
+        by,
+        currency: CURRENCY.into(),
+        total,
+        lines: lines.into_iter().map(|l| UsageLine { key: l.key, seconds: l.seconds, amount: l.amount }).collect(),
+    }))
+}
+
+/// The caller's ledger entries between two times.
+#[utoipa::path(get, path = "/v1/billing/ledger", tag = "billing", params(Range),
+    responses((status = 200, body = LedgerList)), security(("bearer" = [])))]
+pub async fn ledger(
+    State(app): State<Arc<App>>,
+    Auth(p): Auth,
+    q: Result<Query<Range>, QueryRejection>,
+) -> Result<Json<LedgerList>, ApiError> {
+    let (from, to, _) = range(&app, q)?;
+    let entries = app.ledger(&p, from, to).await?.into_iter().map(convert::ledger_line).collect();
+    Ok(Json(LedgerList { currency: CURRENCY.into(), entries }))
+}

@@ -1,0 +1,126 @@
+//! Money over HTTP: prices, quotes, credit, live metering, exact charges, a balanced ledger.
+
+mod common;
+
+use common::TestServer;
+use gpucloud_billing::{PricePoint, charge};
+use gpucloud_model::{Money, Timestamp};
+use serde_json::{Value, json};
+use std::time::Duration;
+
+fn money(v: &Value) -> Money {
+    v.as_str().unwrap().parse().unwrap()
+}
+
+#[test]
+fn credit_meter_and_settle_to_the_micro_unit() {
+    let s = TestServer::start();
+    let op = s.operator_key.clone();
+    let key = s.tenant("acme");
+    let me = s.get(&key, "/v1/whoami").body["tenant"]["id"].as_str().unwrap().to_string();
+
+    // A retried grant credits once.
+    let grant = serde_json::to_vec(&json!({"amount": "50.00", "memo": "welcome"})).unwrap();
+    let headers = [("Content-Type", "application/json"), ("Idempotency-Key", "grant-1")];
+    for _ in 0..2 {
+        let r = s.raw("POST", &format!("/v1/tenants/{me}/credits"), Some(&op), &headers, Some(&grant));
+        assert_eq!(r.status, 201, "{:?}", r.body);
+    }
+    assert_eq!(money(&s.get(&key, "/v1/billing/balance").body["balance"]), Money(50_000_000));
+
+    // Per-second billing without a minimum, so the test sees every second.
+    let r = s.post(&op, "/v1/billing/rules", Some(&json!({"granularity_seconds": 1, "minimum_seconds": 0})));
+    assert_eq!(r.status, 200, "{:?}", r.body);
+
+    let inst = s.create(&key, "T4", 2, Some("eu-1"));
+    let id = inst["id"].as_str().unwrap().to_string();
+    s.wait_state(&key, &id, "running");
+    std::thread::sleep(Duration::from_millis(1500));
+    let mid = s.get(&key, "/v1/billing/balance").body;
+    assert!(money(&mid["balance"]) < Money(50_000_000), "charged while running: {mid}");
+    assert_eq!(money(&mid["burn_per_hour"]), Money(700_000), "2 x T4 at 0.35");
+    std::thread::sleep(Duration::from_millis(1100));
+    let later = s.get(&key, "/v1/billing/balance").body;
+    assert!(money(&later["balance"]) < money(&mid["balance"]), "usage grows each second");
+
+    s.post(&key, &format!("/v1/instances/{id}/stop"), None);
+    s.wait_state(&key, &id, "stopped");
+    // Let metering settle the closed interval, then nothing more moves.
+    std::thread::sleep(Duration::from_millis(300));
+    let settled = money(&s.get(&key, "/v1/billing/balance").body["balance"]);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(money(&s.get(&key, "/v1/billing/balance").body["balance"]), settled, "a stopped instance costs nothing");
+
+    // The charge equals what the pure billing code computes from the recorded interval.
+    let tid = gpucloud_model::TenantId::parse(&me).unwrap();
+    let store = s.app.store().clone();
+    let intervals = s.block_on(async move { store.intervals_of_tenant(&tid).await.unwrap() });
+    assert_eq!(intervals.len(), 1);
+    let u = &intervals[0];
+    let end = u.ended_at.expect("closed");
+    let points = [PricePoint { effective_from: Timestamp(0), per_gpu_hour: Money(350_000) }];
+    let expected = charge(u.started_at, end.millis_since(u.started_at), 2000, &points, u.rules);
+    assert!(expected.seconds >= 2);
+    assert_eq!((u.charged, u.charged_seconds, u.settled), (expected.amount, expected.seconds, true));
+    assert_eq!(settled, Money(50_000_000 - expected.amount.micros()));
+
+    let usage = s.get(&key, "/v1/billing/usage?by=instance").body;
+    assert_eq!(usage["lines"][0]["key"], json!(id));
+    assert_eq!(usage["lines"][0]["seconds"], json!(expected.seconds));
+    assert_eq!(money(&usage["total"]), expected.amount);
+    let by_model = s.get(&key, "/v1/billing/usage?by=model").body;
+    assert_eq!(by_model["lines"][0]["key"], "T4");
+
+    // The books balance.
+    let store = s.app.store().clone();
+    let totals = s.block_on(async move { store.ledger_totals().await.unwrap() });
+    assert_eq!(totals, vec![("USD".to_string(), Money::ZERO)]);
+}
+
+#[test]
+fn quotes_and_price_book() {
+    let s = TestServer::start();
+    let op = s.operator_key.clone();
+    let key = s.tenant("acme");
+    let q = s.post(
+        &key,
+        "/v1/instances/quote",
+        Some(&json!({"gpu": "A100-40GB", "count": 2, "region": "eu-1", "duration_seconds": 36000})),
+    );
+    assert_eq!(q.status, 200, "{:?}", q.body);
+    assert_eq!(money(&q.body["quotes"][0]["price_per_hour"]), Money(3_200_000));
+    assert_eq!(money(&q.body["quotes"][0]["estimated_cost"]), Money(32_000_000));
+    let any = s.post(&key, "/v1/instances/quote", Some(&json!({"gpu": "A100-40GB", "count": 1})));
+    assert_eq!(any.body["quotes"].as_array().unwrap().len(), 2, "both regions carry A100s");
+    let short = s.post(&key, "/v1/instances/quote", Some(&json!({"gpu": "T4", "count": 1, "duration_seconds": 10})));
+    assert_eq!(short.body["quotes"][0]["billable_seconds"], 60, "the 60 s minimum");
+
+    // Prices apply from now on, never to the past; only operators set them.
+    let future = s.post(&op, "/v1/prices", Some(&json!({"gpu": "T4", "region": "eu-1", "price_per_gpu_hour": "0.40", "effective_from": "2999-01-01T00:00:00Z"})));
+    assert_eq!(future.status, 201, "{:?}", future.body);
+    let past = s.post(&op, "/v1/prices", Some(&json!({"gpu": "T4", "region": "eu-1", "price_per_gpu_hour": "0.10", "effective_from": "2020-01-01T00:00:00Z"})));
+    assert_eq!((past.status, past.body["field"].as_str()), (422, Some("effective_from")));
+    assert_eq!(
+        s.post(&key, "/v1/prices", Some(&json!({"gpu": "T4", "region": "eu-1", "price_per_gpu_hour": "0"}))).status,
+        403
+    );
+    let bad = s.post(&op, "/v1/prices", Some(&json!({"gpu": "T4", "region": "eu-1", "price_per_gpu_hour": 0.4})));
+    assert_eq!(
+        (bad.status, bad.body["field"].as_str()),
+        (422, Some("price_per_gpu_hour")),
+        "money is a decimal string"
+    );
+    let list = s.get(&key, "/v1/prices").body;
+    assert!(list["prices"].as_array().unwrap().iter().any(|p| p["effective_from"] == "2999-01-01T00:00:00Z"));
+
+    let rules = s.post(&op, "/v1/billing/rules", Some(&json!({"granularity_seconds": 0, "minimum_seconds": 60})));
+    assert_eq!((rules.status, rules.body["field"].as_str()), (422, Some("granularity_seconds")));
+    let me = s.get(&key, "/v1/whoami").body["tenant"]["id"].as_str().unwrap().to_string();
+    let neg = s.post(&op, &format!("/v1/tenants/{me}/credits"), Some(&json!({"amount": "-5"})));
+    assert_eq!((neg.status, neg.body["field"].as_str()), (422, Some("amount")));
+    assert_eq!(s.post(&op, "/v1/tenants/t-nobody/credits", Some(&json!({"amount": "5"}))).status, 404);
+    assert_eq!(s.post(&key, &format!("/v1/tenants/{me}/credits"), Some(&json!({"amount": "5"}))).status, 403);
+    assert_eq!(s.get(&key, "/v1/billing/usage?by=week").status, 422);
+    assert_eq!(s.get(&key, "/v1/billing/usage?colour=red").status, 400);
+    assert_eq!(s.get(&key, "/v1/billing/usage?from=yesterday").status, 422);
+}
