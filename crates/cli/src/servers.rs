@@ -15,6 +15,12 @@ pub struct DevArgs {
     /// Where the SQLite database and credentials.json live [default: ~/.local/share/gpucloud/dev].
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Use this database (postgres://...) instead of the data directory's SQLite file.
+    #[arg(long)]
+    database: Option<String>,
+    /// Scheduler, fake-agent and metering period in milliseconds (tests use a short one).
+    #[arg(long, hide = true)]
+    tick_ms: Option<u64>,
 }
 
 #[derive(Args)]
@@ -30,6 +36,21 @@ pub struct ServeArgs {
     /// Placement policy: best-fit, spread or random.
     #[arg(long, default_value = "best-fit")]
     policy: String,
+    /// Scheduler, fake-agent and metering period in milliseconds (tests use a short one).
+    #[arg(long, hide = true)]
+    tick_ms: Option<u64>,
+}
+
+fn with_tick(mut config: Config, tick_ms: Option<u64>) -> Config {
+    if let Some(ms) = tick_ms {
+        let tick = Duration::from_millis(ms.max(10));
+        config.schedule_interval = tick;
+        config.metering_interval = tick;
+        if config.fake_agents != FakeAgents::Off {
+            config.fake_agents = FakeAgents::Every(tick);
+        }
+    }
+    config
 }
 
 fn init_logging() {
@@ -59,14 +80,14 @@ pub fn dev(args: DevArgs) -> Result<(), String> {
     let data_dir = data_dir.canonicalize().map_err(|e| e.to_string())?;
     runtime()?.block_on(async move {
         let db = data_dir.join("gpucloud.db");
-        let store = gpucloud_store::open(&format!("sqlite://{}", db.display()))
-            .await
-            .map_err(|e| format!("opening {}: {e}", db.display()))?;
+        let url = args.database.clone().unwrap_or_else(|| format!("sqlite://{}", db.display()));
+        let store = gpucloud_store::open(&url).await.map_err(|e| format!("opening {url}: {e}"))?;
         let config = Config {
             schedule_interval: Duration::from_millis(500),
             fake_agents: FakeAgents::Every(Duration::from_secs(1)),
             ..Config::default()
         };
+        let config = with_tick(config, args.tick_ms);
         let running = gpucloud_server::start(store, config, &args.listen)
             .await
             .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
@@ -99,7 +120,10 @@ pub fn dev(args: DevArgs) -> Result<(), String> {
         regions.dedup();
         println!("gpucloud dev is running");
         println!("  API:          {url}   (OpenAPI: {url}/v1/openapi.json)");
-        println!("  data dir:     {}   (SQLite: gpucloud.db)", data_dir.display());
+        match &args.database {
+            Some(_) => println!("  data dir:     {}   (database: PostgreSQL from --database)", data_dir.display()),
+            None => println!("  data dir:     {}   (SQLite: gpucloud.db)", data_dir.display()),
+        }
         println!("  fleet:        {} fake nodes in {} regions ({})", nodes.len(), regions.len(), regions.join(", "));
         if shown {
             println!("  operator key: {}   (shown once; kept in credentials.json)", creds.operator_key);
@@ -130,6 +154,7 @@ pub fn serve(args: ServeArgs) -> Result<(), String> {
             fake_agents: if args.fake_agents { FakeAgents::Every(Duration::from_secs(2)) } else { FakeAgents::Off },
             ..Config::default()
         };
+        let config = with_tick(config, args.tick_ms);
         let running = gpucloud_server::start(store, config, &args.listen)
             .await
             .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;

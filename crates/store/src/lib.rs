@@ -96,6 +96,9 @@ pub trait Store: Send + Sync {
     }
     async fn set_pending_reason(&self, id: &InstanceId, reason: Option<&str>) -> Result<()>;
 
+    /// Every state change of an instance, oldest first.
+    async fn instance_events(&self, id: &InstanceId) -> Result<Vec<InstanceEvent>>;
+
     async fn billing_rules(&self) -> Result<gpucloud_billing::Rules>;
     /// Applies to usage that starts from now on; running intervals keep the rules they began with.
     async fn set_billing_rules(&self, rules: gpucloud_billing::Rules) -> Result<()>;

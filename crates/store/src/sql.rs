@@ -1,7 +1,7 @@
 use crate::migrate;
 use crate::{
-    ApiKey, ApplyOutcome, Backend, Gpu, IdempotencyBegin, Instance, InstanceChange, LedgerLine, LedgerRecord,
-    NewInstance, NewNode, Node, NodeBatch, PriceRow, Result, Store, StoreError, Tenant, UsageInterval,
+    ApiKey, ApplyOutcome, Backend, Gpu, IdempotencyBegin, Instance, InstanceChange, InstanceEvent, LedgerLine,
+    LedgerRecord, NewInstance, NewNode, Node, NodeBatch, PriceRow, Result, Store, StoreError, Tenant, UsageInterval,
 };
 use async_trait::async_trait;
 use gpucloud_billing::{Account, CURRENCY, Charge, EntryKind, PricePoint, Rules};
@@ -325,6 +325,7 @@ impl Store for SqlStore {
     }
 
     async fn insert_instance(&self, n: &NewInstance) -> Result<(Instance, bool)> {
+        let mut tx = self.pool.begin().await?;
         let r = sqlx::query(
             "INSERT INTO instances (id, tenant_id, name, region, gpu_model, gpu_count, command, state, \
              stop_target, node_id, generation, pending_reason, exit_code, idempotency_key, created_at, updated_at) \
@@ -340,10 +341,14 @@ impl Store for SqlStore {
         .bind(&n.command)
         .bind(n.idempotency_key.clone())
         .bind(n.created_at.0)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(|e| unique_violation(e, &format!("instance {}", n.id)))?;
         let created = r.rows_affected() == 1;
+        if created {
+            record_event(&mut tx, &n.id, 1, n.created_at, None, InstanceState::Pending).await?;
+        }
+        tx.commit().await?;
         let found = if created {
             self.get_instance(Some(&n.tenant_id), &n.id).await?
         } else {
@@ -419,17 +424,10 @@ impl Store for SqlStore {
         let Some(row) = row else { return Ok(None) };
         let before = instance_from_row(&row)?;
         let node = before.node_id.as_ref().map(|n| n.to_string());
-        if c.state.is_billable() && !before.state.is_billable() {
-            open_interval(&mut tx, &before, expected_generation + 1, c.at).await?;
-        } else if before.state.is_billable() && !c.state.is_billable() {
-            sqlx::query("UPDATE usage_intervals SET ended_at = $1 WHERE instance_id = $2 AND ended_at IS NULL")
-                .bind(c.at.0)
-                .bind(id.to_string())
-                .execute(&mut *tx)
-                .await?;
-        }
+        // The guarded write comes first: under PostgreSQL a concurrent writer makes it match no
+        // row, and then nothing else of ours is written.
         let keep_node = c.state.holds_gpus();
-        sqlx::query(
+        let updated = sqlx::query(
             "UPDATE instances SET state = $1, stop_target = $2, exit_code = COALESCE($3, exit_code), \
              node_id = CASE WHEN $4 = 1 THEN node_id ELSE NULL END, generation = generation + 1, updated_at = $5 \
              WHERE id = $6 AND generation = $7",
@@ -443,6 +441,23 @@ impl Store for SqlStore {
         .bind(expected_generation)
         .execute(&mut *tx)
         .await?;
+        if updated.rows_affected() != 1 {
+            // Another writer moved it between our read and our write (PostgreSQL runs these
+            // concurrently): nothing of ours may be written.
+            return Ok(None);
+        }
+        if c.state.is_billable() && !before.state.is_billable() {
+            open_interval(&mut tx, &before, expected_generation + 1, c.at).await?;
+        } else if before.state.is_billable() && !c.state.is_billable() {
+            sqlx::query("UPDATE usage_intervals SET ended_at = $1 WHERE instance_id = $2 AND ended_at IS NULL")
+                .bind(c.at.0)
+                .bind(id.to_string())
+                .execute(&mut *tx)
+                .await?;
+        }
+        if c.state != before.state {
+            record_event(&mut tx, id, expected_generation + 1, c.at, Some(before.state), c.state).await?;
+        }
         if !keep_node && let Some(node) = node {
             let freed = sqlx::query("UPDATE gpus SET instance_id = NULL WHERE instance_id = $1")
                 .bind(id.to_string())
@@ -485,6 +500,27 @@ impl Store for SqlStore {
             .execute(&self.pool)
             .await?;
         Ok(())
+    }
+
+    async fn instance_events(&self, id: &InstanceId) -> Result<Vec<InstanceEvent>> {
+        let rows = sqlx::query(
+            "SELECT generation, at, from_state, to_state FROM instance_events WHERE instance_id = $1 ORDER BY generation",
+        )
+        .bind(id.to_string())
+        .fetch_all(&self.pool)
+        .await?;
+        let t = "instance_events";
+        rows.iter()
+            .map(|r| {
+                let from: Option<String> = r.try_get(2)?;
+                Ok(InstanceEvent {
+                    generation: r.try_get(0)?,
+                    at: Timestamp(r.try_get(1)?),
+                    from: from.map(|f| parse::<InstanceState>(t, &f)).transpose()?,
+                    to: parse::<InstanceState>(t, &r.try_get::<String, _>(3)?)?,
+                })
+            })
+            .collect()
     }
 
     async fn billing_rules(&self) -> Result<Rules> {
@@ -819,6 +855,8 @@ async fn apply_batch(tx: &mut sqlx::Transaction<'_, sqlx::Any>, b: &NodeBatch, a
             // It left pending meanwhile (stopped, terminated): skip it, keep the rest.
             continue;
         }
+        let (from, to) = (Some(InstanceState::Pending), InstanceState::Provisioning);
+        record_event(tx, &p.instance, p.instance_generation + 1, at, from, to).await?;
         let slots: Vec<String> = (0..p.gpus.len()).map(|i| format!("${}", i + 3)).collect();
         let sql = format!(
             "UPDATE gpus SET instance_id = $1 WHERE node_id = $2 AND instance_id IS NULL AND idx IN ({})",
@@ -949,4 +987,25 @@ async fn insert_ledger(tx: &mut sqlx::Transaction<'_, sqlx::Any>, rec: &LedgerRe
             .await?;
     }
     Ok(true)
+}
+
+async fn record_event(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    id: &InstanceId,
+    generation: i64,
+    at: Timestamp,
+    from: Option<InstanceState>,
+    to: InstanceState,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO instance_events (instance_id, generation, at, from_state, to_state) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(id.to_string())
+    .bind(generation)
+    .bind(at.0)
+    .bind(from.map(|f| f.as_str().to_string()))
+    .bind(to.as_str())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }

@@ -191,3 +191,12 @@ pub struct LedgerLine {
     pub amount: gpucloud_model::Money,
     pub created_at: Timestamp,
 }
+
+/// One state change of an instance, as recorded with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceEvent {
+    pub generation: i64,
+    pub at: Timestamp,
+    pub from: Option<InstanceState>,
+    pub to: InstanceState,
+}

@@ -64,6 +64,7 @@ suite!(
     billable_time_is_recorded_with_state_changes,
     charges_move_money_once,
     prices_and_rules,
+    concurrent_state_changes_have_one_winner,
 );
 
 fn ts(ms: i64) -> Timestamp {
@@ -346,6 +347,20 @@ async fn billable_time_is_recorded_with_state_changes(s: Arc<dyn Store>) {
     s.update_instance(&i.id, i.generation, &stopped).await.unwrap().unwrap();
     let all = s.intervals_of_tenant(&t.id).await.unwrap();
     assert_eq!((all.len(), all[0].ended_at), (1, Some(ts(300))));
+    // The history billing is checked against was written with each change.
+    let history: Vec<(Option<InstanceState>, InstanceState, Timestamp)> =
+        s.instance_events(&i.id).await.unwrap().into_iter().map(|e| (e.from, e.to, e.at)).collect();
+    use InstanceState as S;
+    assert_eq!(
+        history,
+        vec![
+            (None, S::Pending, ts(10)),
+            (Some(S::Pending), S::Provisioning, ts(99)),
+            (Some(S::Provisioning), S::Running, ts(100)),
+            (Some(S::Running), S::Stopping, ts(200)),
+            (Some(S::Stopping), S::Stopped, ts(300)),
+        ]
+    );
 }
 
 fn usage_record(u: &UsageInterval, delta: Money, seconds: i64, key: &str) -> LedgerRecord {
@@ -425,4 +440,31 @@ async fn prices_and_rules(s: Arc<dyn Store>) {
     assert_eq!(points.iter().map(|p| p.per_gpu_hour.micros()).collect::<Vec<_>>(), vec![2_000_000, 3_000_000]);
     assert!(s.prices_for(GpuModel::H100_80GB, &eu, Tier::Spot).await.unwrap().is_empty());
     assert_eq!(s.list_prices().await.unwrap().len(), 2);
+}
+
+async fn concurrent_state_changes_have_one_winner(s: Arc<dyn Store>) {
+    let t = tenant(&s, "a").await;
+    let n = node(&s, "gpu-1", GpuModel::A100_40GB, 4).await;
+    let i = instance(&s, &t, 2, None).await;
+    s.apply_placements(&n.id, n.generation, &[placement(&i, &[0, 1])], ts(20)).await.unwrap();
+    let i = s.get_instance(None, &i.id).await.unwrap().unwrap();
+    let mut tasks = Vec::new();
+    for k in 0..8 {
+        let (s, i) = (s.clone(), i.clone());
+        tasks.push(tokio::spawn(async move {
+            let change =
+                InstanceChange { state: InstanceState::Running, stop_target: None, exit_code: None, at: ts(30 + k) };
+            s.update_instance(&i.id, i.generation, &change).await
+        }));
+    }
+    let mut winners = 0;
+    for t in tasks {
+        // Losers get None, never an error: the caller re-reads and decides again.
+        if t.await.unwrap().unwrap().is_some() {
+            winners += 1;
+        }
+    }
+    assert_eq!(winners, 1);
+    assert_eq!(s.intervals_of_tenant(&t.id).await.unwrap().len(), 1, "one billable interval");
+    assert_eq!(s.instance_events(&i.id).await.unwrap().len(), 3, "pending, provisioning, running");
 }

@@ -68,3 +68,14 @@ CREATE TRIGGER ledger_entries_append_only BEFORE UPDATE OR DELETE ON ledger_entr
     FOR EACH ROW EXECUTE FUNCTION ledger_append_only();
 CREATE TRIGGER ledger_postings_append_only BEFORE UPDATE OR DELETE ON ledger_postings
     FOR EACH ROW EXECUTE FUNCTION ledger_append_only();
+
+-- Every state change of every instance, written in the same transaction as the change: the
+-- history that billing is checked against.
+CREATE TABLE instance_events (
+    instance_id  TEXT NOT NULL REFERENCES instances(id),
+    generation   BIGINT NOT NULL,
+    at           BIGINT NOT NULL,
+    from_state   TEXT,
+    to_state     TEXT NOT NULL,
+    PRIMARY KEY (instance_id, generation)
+);

@@ -67,3 +67,14 @@ CREATE TRIGGER ledger_postings_append_only_u BEFORE UPDATE ON ledger_postings
 BEGIN SELECT RAISE(ABORT, 'the ledger is append-only'); END;
 CREATE TRIGGER ledger_postings_append_only_d BEFORE DELETE ON ledger_postings
 BEGIN SELECT RAISE(ABORT, 'the ledger is append-only'); END;
+
+-- Every state change of every instance, written in the same transaction as the change: the
+-- history that billing is checked against.
+CREATE TABLE instance_events (
+    instance_id  TEXT NOT NULL REFERENCES instances(id),
+    generation   INTEGER NOT NULL,
+    at           INTEGER NOT NULL,
+    from_state   TEXT,
+    to_state     TEXT NOT NULL,
+    PRIMARY KEY (instance_id, generation)
+);
