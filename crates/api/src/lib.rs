@@ -377,3 +377,31 @@ pub struct UsageReport {
     pub total: Money,
     pub lines: Vec<UsageLine>,
 }
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct InvoiceSummary {
+    pub month: String,
+    #[schema(value_type = String)]
+    pub usage_total: Money,
+    pub closed_at: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct InvoiceList {
+    /// Closed invoices, oldest first. The running month is a draft: GET it by month.
+    pub invoices: Vec<InvoiceSummary>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CloseMonthRequest {
+    /// `YYYY-MM`; must have ended.
+    pub month: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CloseMonthResult {
+    pub month: String,
+    /// Invoices closed by this call (the others were already).
+    pub closed: usize,
+}

@@ -3,8 +3,10 @@
 //! rounded pieces, so charging a running instance every second and charging it once at the end
 //! give the same total: no second is billed twice or lost.
 
+mod invoice;
 mod ledger;
 
+pub use invoice::{Invoice, InvoiceLine};
 pub use ledger::{Account, Entry, EntryKind, Posting};
 
 use gpucloud_model::{Money, Timestamp};

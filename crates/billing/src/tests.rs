@@ -109,3 +109,31 @@ proptest! {
         }
     }
 }
+
+fn line(amount: i64) -> InvoiceLine {
+    InvoiceLine { description: "x, \"y\"".into(), instance: None, gpu: None, seconds: 1, amount: Money(amount) }
+}
+
+proptest! {
+    /// Totals are the sums of their lines, and the closing balance follows from them.
+    #[test]
+    fn invoice_totals_equal_their_lines(
+        usage in proptest::collection::vec(0i64..1_000_000_000, 0..20),
+        credits in proptest::collection::vec(-1_000_000i64..1_000_000_000, 0..5),
+        opening in -1_000_000_000i64..1_000_000_000,
+    ) {
+        let mut inv = Invoice {
+            tenant: "t-a".into(), tenant_name: "a".into(), month: "2026-11".into(), status: "closed".into(),
+            currency: "USD".into(), opening_balance: Money(opening),
+            lines: usage.iter().map(|a| line(*a)).collect(), credits: credits.iter().map(|a| line(*a)).collect(),
+            usage_total: Money(0), credits_total: Money(0), closing_balance: Money(0),
+        };
+        inv.finish();
+        prop_assert_eq!(inv.usage_total.micros(), usage.iter().sum::<i64>());
+        prop_assert_eq!(inv.credits_total.micros(), credits.iter().sum::<i64>());
+        prop_assert_eq!(inv.closing_balance.micros(), opening + credits.iter().sum::<i64>() - usage.iter().sum::<i64>());
+        let csv = inv.to_csv();
+        prop_assert_eq!(csv.lines().count(), 1 + usage.len() + credits.len() + 3);
+        prop_assert!(inv.to_html().contains(&inv.closing_balance.to_string()));
+    }
+}

@@ -22,6 +22,17 @@ pub enum BillCmd {
         #[arg(long, default_value = "instance", value_parser = ["instance", "model", "day"])]
         by: String,
     },
+    /// A month's invoice: issued once the month is over, a live draft before.
+    Invoice {
+        /// YYYY-MM, UTC; default: this month.
+        #[arg(long)]
+        month: Option<String>,
+        /// table (default), json, csv or html.
+        #[arg(long, default_value = "table", value_parser = ["table", "json", "csv", "html"])]
+        format: String,
+    },
+    /// Closed invoices.
+    Invoices,
     /// Every ledger entry of yours in a period.
     Ledger {
         #[arg(long)]
@@ -101,6 +112,63 @@ pub fn bill(ctx: &Ctx, cmd: BillCmd) -> Res {
                     u.currency,
                     table(&[&u.by.to_uppercase(), "SECONDS", "AMOUNT"], &rows)
                 )
+            });
+        }
+        BillCmd::Invoice { month, format } => {
+            let month = month.unwrap_or_else(this_month);
+            let format = if ctx.json { "json".to_string() } else { format };
+            match format.as_str() {
+                "csv" | "html" => {
+                    print!("{}", c.get_text(&format!("/v1/billing/invoices/{month}?format={format}")).map_err(err)?)
+                }
+                _ => {
+                    let inv: gpucloud_billing::Invoice =
+                        c.get(&format!("/v1/billing/invoices/{month}")).map_err(err)?;
+                    if format == "json" {
+                        println!("{}", crate::output::json(&inv));
+                    } else {
+                        let mut rows: Vec<Vec<String>> = inv
+                            .lines
+                            .iter()
+                            .map(|l| {
+                                vec![
+                                    l.description.clone(),
+                                    or_dash(l.instance.as_ref()),
+                                    l.seconds.to_string(),
+                                    l.amount.to_string(),
+                                ]
+                            })
+                            .collect();
+                        rows.extend(
+                            inv.credits
+                                .iter()
+                                .map(|l| vec![l.description.clone(), "-".into(), String::new(), l.amount.to_string()]),
+                        );
+                        println!(
+                            "invoice {} for {} ({}, {})\n{}\nusage total:     {}\ncredits:         {}\nopening balance: {}\nclosing balance: {}",
+                            inv.month,
+                            inv.tenant_name,
+                            inv.status,
+                            inv.currency,
+                            table(&["DESCRIPTION", "INSTANCE", "SECONDS", "AMOUNT"], &rows),
+                            inv.usage_total,
+                            inv.credits_total,
+                            inv.opening_balance,
+                            inv.closing_balance
+                        );
+                    }
+                }
+            }
+        }
+        BillCmd::Invoices => {
+            let l: api::InvoiceList = c.get("/v1/billing/invoices").map_err(err)?;
+            show(ctx, &l, |l| {
+                let rows: Vec<Vec<String>> = l
+                    .invoices
+                    .iter()
+                    .map(|i| vec![i.month.clone(), i.usage_total.to_string(), i.closed_at.clone()])
+                    .collect();
+                table(&["MONTH", "USAGE", "CLOSED"], &rows)
             });
         }
         BillCmd::Ledger { from, to } => {
@@ -205,4 +273,9 @@ pub fn quote(ctx: &Ctx, body: &serde_json::Value) -> Res {
         )
     });
     Ok(())
+}
+
+fn this_month() -> String {
+    let now = time::OffsetDateTime::now_utc();
+    format!("{:04}-{:02}", now.year(), u8::from(now.month()))
 }

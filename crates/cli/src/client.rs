@@ -52,6 +52,24 @@ impl Client {
         self.finish(req.call())
     }
 
+    /// A GET whose body is text (CSV, HTML), not JSON.
+    pub fn get_text(&self, path: &str) -> Result<String, ClientError> {
+        let mut req = self.agent.get(format!("{}{path}", self.base));
+        if let Some(k) = &self.key {
+            req = req.header("Authorization", format!("Bearer {k}"));
+        }
+        let mut resp = req.call().map_err(|e| ClientError::Transport(format!("cannot reach {}: {e}", self.base)))?;
+        let status = resp.status();
+        let text = resp.body_mut().read_to_string().map_err(|e| ClientError::Transport(e.to_string()))?;
+        if status.is_success() {
+            return Ok(text);
+        }
+        match serde_json::from_str::<Problem>(&text) {
+            Ok(p) => Err(ClientError::Api(Box::new(p))),
+            Err(_) => Err(ClientError::Transport(format!("HTTP {status}: {text}"))),
+        }
+    }
+
     pub fn post<B: Serialize, T: DeserializeOwned>(
         &self,
         path: &str,

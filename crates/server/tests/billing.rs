@@ -124,3 +124,53 @@ fn quotes_and_price_book() {
     assert_eq!(s.get(&key, "/v1/billing/usage?colour=red").status, 400);
     assert_eq!(s.get(&key, "/v1/billing/usage?from=yesterday").status, 422);
 }
+
+#[test]
+fn invoices_close_once_and_render() {
+    let s = TestServer::start();
+    let op = s.operator_key.clone();
+    let key = s.tenant("acme");
+    let me = s.get(&key, "/v1/whoami").body["tenant"]["id"].as_str().unwrap().to_string();
+    s.post(&op, &format!("/v1/tenants/{me}/credits"), Some(&json!({"amount": "20", "kind": "topup", "memo": "card"})));
+    let id = s.create(&key, "A100-40GB", 1, Some("eu-1"))["id"].as_str().unwrap().to_string();
+    s.wait_state(&key, &id, "running");
+    std::thread::sleep(Duration::from_millis(300));
+
+    let now = time::OffsetDateTime::now_utc();
+    let this = format!("{:04}-{:02}", now.year(), u8::from(now.month()));
+    let draft = s.get(&key, &format!("/v1/billing/invoices/{this}")).body;
+    assert_eq!(draft["status"], "open");
+    assert_eq!(draft["lines"][0]["instance"], json!(id));
+    assert_eq!(draft["credits"][0]["amount"], "20.000000");
+    let usage = money(&draft["usage_total"]);
+    assert!(usage > Money::ZERO);
+    assert_eq!(money(&draft["closing_balance"]), Money(20_000_000 - usage.micros()));
+
+    let csv = s.raw("GET", &format!("/v1/billing/invoices/{this}?format=csv"), Some(&key), &[], None).body;
+    let csv = csv.as_str().unwrap();
+    assert!(csv.starts_with("section,description") && csv.contains(&id), "{csv}");
+    let html = s.raw("GET", &format!("/v1/billing/invoices/{this}?format=html"), Some(&key), &[], None).body;
+    assert!(html.as_str().unwrap().contains("<h1>Invoice"));
+
+    // The running month cannot be closed; the last one can, once, and then stays as issued.
+    let r = s.post(&op, "/v1/billing/invoices/close", Some(&json!({"month": this})));
+    assert_eq!((r.status, r.body["field"].as_str()), (422, Some("month")));
+    let last_day = now.date().replace_day(1).unwrap().previous_day().unwrap();
+    let last = format!("{:04}-{:02}", last_day.year(), u8::from(last_day.month()));
+    let first = s.post(&op, "/v1/billing/invoices/close", Some(&json!({"month": last})));
+    assert_eq!(first.status, 200, "{:?}", first.body);
+    assert_eq!(s.post(&op, "/v1/billing/invoices/close", Some(&json!({"month": last}))).body["closed"], 0);
+    let closed = s.get(&key, &format!("/v1/billing/invoices/{last}")).body;
+    assert_eq!((closed["status"].as_str(), closed["month"].as_str()), (Some("closed"), Some(last.as_str())));
+    assert!(
+        s.get(&key, "/v1/billing/invoices").body["invoices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["month"] == json!(last))
+    );
+    assert_eq!(s.get(&key, "/v1/billing/invoices/2026-13").status, 422);
+    assert_eq!(s.get(&key, "/v1/billing/invoices/2999-01").status, 422);
+    assert_eq!(s.get(&key, &format!("/v1/billing/invoices/{this}?format=pdf")).status, 422);
+    assert_eq!(s.post(&key, "/v1/billing/invoices/close", Some(&json!({"month": last}))).status, 403);
+}

@@ -129,9 +129,17 @@ pub trait Store: Send + Sync {
     async fn post_ledger(&self, record: &LedgerRecord) -> Result<bool>;
     /// The tenant's prepaid balance: the sum of postings to its credit account.
     async fn balance(&self, tenant: &TenantId) -> Result<gpucloud_model::Money>;
+    /// The tenant's balance counting only entries created before `before`.
+    async fn balance_before(&self, tenant: &TenantId, before: Timestamp) -> Result<gpucloud_model::Money>;
     /// The sum of every posting, per currency: zero when the books balance.
     async fn ledger_totals(&self) -> Result<Vec<(String, gpucloud_model::Money)>>;
     async fn ledger_lines(&self, tenant: &TenantId, from: Timestamp, to: Timestamp) -> Result<Vec<LedgerLine>>;
+
+    /// Stores a closed invoice; false if that tenant's month was closed before (nothing written).
+    async fn insert_invoice(&self, invoice: &StoredInvoice) -> Result<bool>;
+    async fn get_invoice(&self, tenant: &TenantId, month: &str) -> Result<Option<StoredInvoice>>;
+    /// Closed invoices of a tenant, oldest first.
+    async fn list_invoices(&self, tenant: &TenantId) -> Result<Vec<StoredInvoice>>;
 
     async fn idempotency_begin(
         &self,

@@ -1,7 +1,8 @@
 use crate::migrate;
 use crate::{
     ApiKey, ApplyOutcome, Backend, Gpu, IdempotencyBegin, Instance, InstanceChange, InstanceEvent, LedgerLine,
-    LedgerRecord, NewInstance, NewNode, Node, NodeBatch, PriceRow, Result, Store, StoreError, Tenant, UsageInterval,
+    LedgerRecord, NewInstance, NewNode, Node, NodeBatch, PriceRow, Result, Store, StoreError, StoredInvoice, Tenant,
+    UsageInterval,
 };
 use async_trait::async_trait;
 use gpucloud_billing::{Account, CURRENCY, Charge, EntryKind, PricePoint, Rules};
@@ -656,6 +657,18 @@ impl Store for SqlStore {
         Ok(Money(sum))
     }
 
+    async fn balance_before(&self, tenant: &TenantId, before: Timestamp) -> Result<Money> {
+        let sum: i64 = sqlx::query_scalar(
+            "SELECT CAST(COALESCE(SUM(p.amount_micros), 0) AS BIGINT) FROM ledger_postings p \
+             JOIN ledger_entries e ON e.id = p.entry_id WHERE p.account = $1 AND e.created_at < $2",
+        )
+        .bind(Account::TenantCredit(tenant.clone()).to_string())
+        .bind(before.0)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(Money(sum))
+    }
+
     async fn ledger_totals(&self) -> Result<Vec<(String, Money)>> {
         let rows = sqlx::query(
             "SELECT currency, CAST(SUM(amount_micros) AS BIGINT) FROM ledger_postings GROUP BY currency ORDER BY currency",
@@ -694,6 +707,42 @@ impl Store for SqlStore {
                 })
             })
             .collect()
+    }
+
+    async fn insert_invoice(&self, inv: &StoredInvoice) -> Result<bool> {
+        let r = sqlx::query(
+            "INSERT INTO invoices (tenant_id, month, total_micros, closed_at, document) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (tenant_id, month) DO NOTHING",
+        )
+        .bind(inv.tenant_id.to_string())
+        .bind(&inv.month)
+        .bind(inv.total.micros())
+        .bind(inv.closed_at.0)
+        .bind(&inv.document)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn get_invoice(&self, tenant: &TenantId, month: &str) -> Result<Option<StoredInvoice>> {
+        let row = sqlx::query(
+            "SELECT tenant_id, month, total_micros, closed_at, document FROM invoices WHERE tenant_id = $1 AND month = $2",
+        )
+        .bind(tenant.to_string())
+        .bind(month)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| invoice_from_row(&r)).transpose()
+    }
+
+    async fn list_invoices(&self, tenant: &TenantId) -> Result<Vec<StoredInvoice>> {
+        let rows = sqlx::query(
+            "SELECT tenant_id, month, total_micros, closed_at, document FROM invoices WHERE tenant_id = $1 ORDER BY month",
+        )
+        .bind(tenant.to_string())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(invoice_from_row).collect()
     }
 
     async fn idempotency_begin(
@@ -1008,4 +1057,14 @@ async fn record_event(
     .execute(&mut **tx)
     .await?;
     Ok(())
+}
+
+fn invoice_from_row(r: &AnyRow) -> Result<StoredInvoice> {
+    Ok(StoredInvoice {
+        tenant_id: parse("invoices", &r.try_get::<String, _>(0)?)?,
+        month: r.try_get(1)?,
+        total: Money(r.try_get(2)?),
+        closed_at: Timestamp(r.try_get(3)?),
+        document: r.try_get(4)?,
+    })
 }

@@ -200,3 +200,13 @@ pub struct InstanceEvent {
     pub from: Option<InstanceState>,
     pub to: InstanceState,
 }
+
+/// A closed invoice as issued: its JSON document is the record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredInvoice {
+    pub tenant_id: TenantId,
+    pub month: String,
+    pub total: gpucloud_model::Money,
+    pub closed_at: Timestamp,
+    pub document: String,
+}

@@ -6,6 +6,7 @@ mod auth;
 pub mod billing;
 mod error;
 pub mod instances;
+pub mod invoices;
 pub use instances::CreateInstance;
 mod nodes;
 mod schedule;

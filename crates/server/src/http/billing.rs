@@ -207,3 +207,57 @@ pub async fn ledger(
     let entries = app.ledger(&p, from, to).await?.into_iter().map(convert::ledger_line).collect();
     Ok(Json(LedgerList { currency: CURRENCY.into(), entries }))
 }
+
+/// The caller's closed invoices.
+#[utoipa::path(get, path = "/v1/billing/invoices", tag = "billing", responses((status = 200, body = gpucloud_api::InvoiceList)), security(("bearer" = [])))]
+pub async fn invoices(State(app): State<Arc<App>>, Auth(p): Auth) -> Result<Json<gpucloud_api::InvoiceList>, ApiError> {
+    let invoices = app
+        .list_invoices(&p)
+        .await?
+        .into_iter()
+        .map(|i| gpucloud_api::InvoiceSummary { month: i.month, usage_total: i.total, closed_at: rfc3339(i.closed_at) })
+        .collect();
+    Ok(Json(gpucloud_api::InvoiceList { invoices }))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct InvoiceFormat {
+    /// json (default), csv or html.
+    format: Option<String>,
+}
+
+/// One month's invoice: issued and immutable once the month is over, a live draft before.
+#[utoipa::path(get, path = "/v1/billing/invoices/{month}", tag = "billing",
+    params(("month" = String, Path, description = "YYYY-MM"), InvoiceFormat),
+    responses((status = 200, description = "The invoice as JSON (gpucloud_billing::Invoice), CSV or HTML"), (status = 422, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn invoice(
+    State(app): State<Arc<App>>,
+    Auth(p): Auth,
+    Path(month): Path<String>,
+    q: Result<Query<InvoiceFormat>, QueryRejection>,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    let Query(q) = q.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
+    let inv = app.invoice(&p, &month).await?;
+    let (ct, body) = match q.format.as_deref().unwrap_or("json") {
+        "json" => ("application/json", serde_json::to_string_pretty(&inv).unwrap_or_default()),
+        "csv" => ("text/csv; charset=utf-8", inv.to_csv()),
+        "html" => ("text/html; charset=utf-8", inv.to_html()),
+        _ => return Err(invalid("format", "format is json, csv or html")),
+    };
+    Ok(([(axum::http::header::CONTENT_TYPE, ct)], body).into_response())
+}
+
+/// Close an ended month's invoices for every tenant now (operator; also done automatically).
+#[utoipa::path(post, path = "/v1/billing/invoices/close", tag = "billing", request_body = gpucloud_api::CloseMonthRequest,
+    responses((status = 200, body = gpucloud_api::CloseMonthResult), (status = 422, body = Problem)), security(("bearer" = [])))]
+pub async fn close_month(
+    State(app): State<Arc<App>>,
+    Auth(p): Auth,
+    ApiJson(req): ApiJson<gpucloud_api::CloseMonthRequest>,
+) -> Result<Json<gpucloud_api::CloseMonthResult>, ApiError> {
+    let closed = app.close_month(Some(&p), &req.month).await?;
+    Ok(Json(gpucloud_api::CloseMonthResult { month: req.month, closed }))
+}

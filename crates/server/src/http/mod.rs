@@ -79,6 +79,9 @@ pub fn api() -> (Router<Arc<App>>, utoipa::openapi::OpenApi) {
         .routes(routes!(billing::balance))
         .routes(routes!(billing::usage))
         .routes(routes!(billing::ledger))
+        .routes(routes!(billing::invoices))
+        .routes(routes!(billing::close_month))
+        .routes(routes!(billing::invoice))
         .split_for_parts()
 }
 

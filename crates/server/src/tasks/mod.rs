@@ -13,6 +13,7 @@ pub fn spawn_all(app: Arc<App>) -> Vec<JoinHandle<()>> {
         tokio::spawn(schedule_loop(app.clone())),
         tokio::spawn(heartbeat_watch(app.clone())),
         tokio::spawn(metering(app.clone())),
+        tokio::spawn(invoicing(app.clone())),
     ];
     if let FakeAgents::Every(interval) = app.config.fake_agents {
         tasks.push(tokio::spawn(fake_agent_supervisor(app, interval)));
@@ -44,6 +45,15 @@ async fn metering(app: Arc<App>) {
             Ok(_) => {}
             Err(e) => tracing::error!(error = %e, "metering pass failed"),
         }
+    }
+}
+
+async fn invoicing(app: Arc<App>) {
+    loop {
+        if let Err(e) = app.close_past_invoices().await {
+            tracing::error!(error = %e, "closing invoices failed");
+        }
+        tokio::time::sleep(Duration::from_secs(300)).await;
     }
 }
 

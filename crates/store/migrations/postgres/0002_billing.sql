@@ -79,3 +79,15 @@ CREATE TABLE instance_events (
     to_state     TEXT NOT NULL,
     PRIMARY KEY (instance_id, generation)
 );
+
+-- A closed month's invoice: the document as issued. Written once, never changed.
+CREATE TABLE invoices (
+    tenant_id     TEXT NOT NULL REFERENCES tenants(id),
+    month         TEXT NOT NULL,
+    total_micros  BIGINT NOT NULL,
+    closed_at     BIGINT NOT NULL,
+    document      TEXT NOT NULL,
+    PRIMARY KEY (tenant_id, month)
+);
+CREATE TRIGGER invoices_immutable BEFORE UPDATE OR DELETE ON invoices
+    FOR EACH ROW EXECUTE FUNCTION ledger_append_only();

@@ -78,3 +78,17 @@ CREATE TABLE instance_events (
     to_state     TEXT NOT NULL,
     PRIMARY KEY (instance_id, generation)
 );
+
+-- A closed month's invoice: the document as issued. Written once, never changed.
+CREATE TABLE invoices (
+    tenant_id     TEXT NOT NULL REFERENCES tenants(id),
+    month         TEXT NOT NULL,
+    total_micros  INTEGER NOT NULL,
+    closed_at     INTEGER NOT NULL,
+    document      TEXT NOT NULL,
+    PRIMARY KEY (tenant_id, month)
+);
+CREATE TRIGGER invoices_immutable_u BEFORE UPDATE ON invoices
+BEGIN SELECT RAISE(ABORT, 'a closed invoice is immutable'); END;
+CREATE TRIGGER invoices_immutable_d BEFORE DELETE ON invoices
+BEGIN SELECT RAISE(ABORT, 'a closed invoice is immutable'); END;
