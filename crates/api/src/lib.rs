@@ -405,3 +405,57 @@ pub struct CloseMonthResult {
     /// Invoices closed by this call (the others were already).
     pub closed: usize,
 }
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Budget {
+    /// null: no budget.
+    #[schema(value_type = Option<String>)]
+    pub monthly_limit: Option<Money>,
+    /// Percentages of the budget that raise an alert.
+    pub thresholds: Vec<u32>,
+    /// notify or checkpoint-and-stop.
+    pub action: String,
+    pub webhook_url: Option<String>,
+    /// Set by the operator: instances stop before the prepaid balance goes negative.
+    pub prepaid: bool,
+    #[schema(value_type = String)]
+    pub month_usage: Money,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetRequest {
+    /// A positive decimal string; null or absent removes the budget.
+    #[serde(default)]
+    #[schema(value_type = Option<String>, example = "500.00")]
+    pub monthly_limit: Option<Money>,
+    /// Default [50, 80, 100].
+    #[serde(default)]
+    pub thresholds: Option<Vec<u32>>,
+    /// notify (default) or checkpoint-and-stop.
+    #[serde(default)]
+    pub action: Option<String>,
+    /// Alerts are POSTed here as JSON.
+    #[serde(default)]
+    pub webhook_url: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TenantBillingRequest {
+    pub prepaid: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Alert {
+    pub id: String,
+    /// budget, instance_stopped, ...
+    pub kind: String,
+    pub message: String,
+    pub created_at: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AlertList {
+    pub alerts: Vec<Alert>,
+}

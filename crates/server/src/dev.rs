@@ -82,6 +82,13 @@ pub async fn bootstrap(app: &App, mint_keys: bool) -> Result<Option<DevKeys>, Ap
         // Keyed, so a restart (or a crash half-way through the first start) grants it once.
         app.add_credit(None, t.id.as_str(), EntryKind::Grant, DEV_CREDIT, "dev welcome credit", Some("dev-welcome"))
             .await?;
+        // Prepaid, as a public GPU cloud runs: instances stop before the credit runs out. Set on
+        // first start only, so an operator's later choice sticks.
+        let mut settings = app.store().tenant_billing(&t.id).await?;
+        if mint_keys && !settings.prepaid {
+            settings.prepaid = true;
+            app.store().set_tenant_billing(&settings).await?;
+        }
     }
     let tenant = fresh.pop().flatten();
     let operator = fresh.pop().flatten();

@@ -174,3 +174,81 @@ fn invoices_close_once_and_render() {
     assert_eq!(s.get(&key, &format!("/v1/billing/invoices/{this}?format=pdf")).status, 422);
     assert_eq!(s.post(&key, "/v1/billing/invoices/close", Some(&json!({"month": last}))).status, 403);
 }
+
+/// A one-request HTTP receiver on port 0 that records the bodies it gets.
+fn webhook_sink() -> (String, std::sync::mpsc::Receiver<String>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().take(20) {
+            let Ok(mut conn) = conn else { continue };
+            conn.set_read_timeout(Some(Duration::from_secs(2))).ok();
+            let mut buf = vec![0u8; 8192];
+            let n = conn.read(&mut buf).unwrap_or(0);
+            let text = String::from_utf8_lossy(&buf[..n]).to_string();
+            let _ = conn.write_all(b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n");
+            let _ = tx.send(text);
+        }
+    });
+    (url, rx)
+}
+
+#[test]
+fn a_spent_budget_alerts_and_stops_instances() {
+    let s = TestServer::start();
+    let key = s.tenant("acme");
+    let (hook, received) = webhook_sink();
+    // A budget smaller than the first minute's charge.
+    let body = json!({"monthly_limit": "0.0001", "action": "checkpoint-and-stop", "webhook_url": hook});
+    let r = s.post(&key, "/v1/billing/budget", Some(&body));
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["thresholds"], json!([50, 80, 100]));
+    let id = s.create(&key, "T4", 1, Some("eu-1"))["id"].as_str().unwrap().to_string();
+    let stopped = s.wait_state(&key, &id, "stopped");
+    assert_eq!(stopped["gpus"], json!([]), "stopped, not deleted: it can start again later");
+    let alerts = s.get(&key, "/v1/alerts").body["alerts"].as_array().unwrap().clone();
+    let kinds: Vec<&str> = alerts.iter().map(|a| a["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds.iter().filter(|k| **k == "budget").count(), 3, "50, 80 and 100%, once each: {alerts:?}");
+    assert!(kinds.contains(&"instance_stopped"));
+    let first = received.recv_timeout(Duration::from_secs(5)).expect("webhook called");
+    assert!(first.starts_with("POST /hook") && first.contains("\"kind\""), "{first}");
+
+    let again = s.post(&key, "/v1/instances", Some(&json!({"gpu": "T4", "count": 1, "command": "x"})));
+    assert_eq!((again.status, again.body["code"].as_str()), (402, Some("payment_required")));
+    assert_eq!(s.post(&key, &format!("/v1/instances/{id}/start"), None).status, 402);
+
+    for (body, field) in [
+        (json!({"monthly_limit": "0"}), "monthly_limit"),
+        (json!({"monthly_limit": "5", "thresholds": [0]}), "thresholds"),
+        (json!({"monthly_limit": "5", "action": "explode"}), "action"),
+        (json!({"monthly_limit": "5", "webhook_url": "ftp://x"}), "webhook_url"),
+    ] {
+        let r = s.post(&key, "/v1/billing/budget", Some(&body));
+        assert_eq!((r.status, r.body["field"].as_str()), (422, Some(field)), "{body}");
+    }
+}
+
+#[test]
+fn prepaid_instances_stop_before_the_balance_goes_negative() {
+    let s = TestServer::start();
+    let op = s.operator_key.clone();
+    let key = s.tenant("acme");
+    let me = s.get(&key, "/v1/whoami").body["tenant"]["id"].as_str().unwrap().to_string();
+    let r = s.post(&op, &format!("/v1/tenants/{me}/billing"), Some(&json!({"prepaid": true})));
+    assert_eq!((r.status, r.body["prepaid"].as_bool()), (200, Some(true)));
+    let empty = s.post(&key, "/v1/instances", Some(&json!({"gpu": "T4", "count": 1, "command": "x"})));
+    assert_eq!(empty.status, 402, "no credit, no instance");
+
+    // Enough for the first minute's minimum charge, not for a minute more.
+    s.post(&op, &format!("/v1/tenants/{me}/credits"), Some(&json!({"amount": "0.01"})));
+    let id = s.create(&key, "T4", 1, Some("eu-1"))["id"].as_str().unwrap().to_string();
+    s.wait_state(&key, &id, "stopped");
+    std::thread::sleep(Duration::from_millis(300));
+    let balance = money(&s.get(&key, "/v1/billing/balance").body["balance"]);
+    assert!(balance >= Money::ZERO, "never negative: {balance}");
+    assert_eq!(balance, Money(10_000 - 5_833), "charged the 60 s minimum of 0.35/h exactly");
+    let alerts = s.get(&key, "/v1/alerts").body;
+    assert!(alerts["alerts"][0]["message"].as_str().unwrap().contains("prepaid balance"), "{alerts}");
+}

@@ -141,6 +141,15 @@ pub trait Store: Send + Sync {
     /// Closed invoices of a tenant, oldest first.
     async fn list_invoices(&self, tenant: &TenantId) -> Result<Vec<StoredInvoice>>;
 
+    /// A tenant's money settings; the defaults when never set.
+    async fn tenant_billing(&self, tenant: &TenantId) -> Result<TenantBilling>;
+    async fn set_tenant_billing(&self, settings: &TenantBilling) -> Result<()>;
+    /// Settings of every tenant that has a budget or is prepaid.
+    async fn guarded_tenants(&self) -> Result<Vec<TenantBilling>>;
+    /// Raises an alert; false if one with its dedupe key exists (nothing written).
+    async fn raise_alert(&self, alert: &Alert) -> Result<bool>;
+    async fn list_alerts(&self, tenant: &TenantId) -> Result<Vec<Alert>>;
+
     async fn idempotency_begin(
         &self,
         scope: &str,

@@ -1,8 +1,8 @@
 use crate::migrate;
 use crate::{
-    ApiKey, ApplyOutcome, Backend, Gpu, IdempotencyBegin, Instance, InstanceChange, InstanceEvent, LedgerLine,
-    LedgerRecord, NewInstance, NewNode, Node, NodeBatch, PriceRow, Result, Store, StoreError, StoredInvoice, Tenant,
-    UsageInterval,
+    Alert, ApiKey, ApplyOutcome, Backend, BudgetAction, Gpu, IdempotencyBegin, Instance, InstanceChange, InstanceEvent,
+    LedgerLine, LedgerRecord, NewInstance, NewNode, Node, NodeBatch, PriceRow, Result, Store, StoreError,
+    StoredInvoice, Tenant, TenantBilling, UsageInterval,
 };
 use async_trait::async_trait;
 use gpucloud_billing::{Account, CURRENCY, Charge, EntryKind, PricePoint, Rules};
@@ -745,6 +745,80 @@ impl Store for SqlStore {
         rows.iter().map(invoice_from_row).collect()
     }
 
+    async fn tenant_billing(&self, tenant: &TenantId) -> Result<TenantBilling> {
+        let row = sqlx::query(&format!("SELECT {TB_COLUMNS} FROM tenant_billing WHERE tenant_id = $1"))
+            .bind(tenant.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        match row {
+            Some(r) => tenant_billing_from_row(&r),
+            None => Ok(TenantBilling::default_for(tenant.clone())),
+        }
+    }
+
+    async fn set_tenant_billing(&self, b: &TenantBilling) -> Result<()> {
+        let thresholds: Vec<String> = b.thresholds.iter().map(u32::to_string).collect();
+        sqlx::query(&format!(
+            "INSERT INTO tenant_billing ({TB_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (tenant_id) DO UPDATE SET \
+             prepaid = $2, budget_micros = $3, thresholds = $4, action = $5, webhook_url = $6"
+        ))
+        .bind(b.tenant_id.to_string())
+        .bind(b.prepaid as i64)
+        .bind(b.monthly_budget.map(|m| m.micros()))
+        .bind(thresholds.join(","))
+        .bind(b.action.as_str())
+        .bind(b.webhook_url.clone())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn guarded_tenants(&self) -> Result<Vec<TenantBilling>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {TB_COLUMNS} FROM tenant_billing WHERE prepaid = 1 OR budget_micros IS NOT NULL ORDER BY tenant_id"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(tenant_billing_from_row).collect()
+    }
+
+    async fn raise_alert(&self, a: &Alert) -> Result<bool> {
+        let r = sqlx::query(
+            "INSERT INTO alerts (id, tenant_id, kind, message, dedupe_key, created_at) VALUES ($1, $2, $3, $4, $5, $6) \
+             ON CONFLICT (dedupe_key) DO NOTHING",
+        )
+        .bind(&a.id)
+        .bind(a.tenant_id.to_string())
+        .bind(&a.kind)
+        .bind(&a.message)
+        .bind(&a.dedupe_key)
+        .bind(a.created_at.0)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn list_alerts(&self, tenant: &TenantId) -> Result<Vec<Alert>> {
+        let rows = sqlx::query(
+            "SELECT id, tenant_id, kind, message, dedupe_key, created_at FROM alerts WHERE tenant_id = $1 ORDER BY created_at, id",
+        )
+        .bind(tenant.to_string())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Alert {
+                    id: r.try_get(0)?,
+                    tenant_id: parse("alerts", &r.try_get::<String, _>(1)?)?,
+                    kind: r.try_get(2)?,
+                    message: r.try_get(3)?,
+                    dedupe_key: r.try_get(4)?,
+                    created_at: Timestamp(r.try_get(5)?),
+                })
+            })
+            .collect()
+    }
+
     async fn idempotency_begin(
         &self,
         scope: &str,
@@ -1066,5 +1140,25 @@ fn invoice_from_row(r: &AnyRow) -> Result<StoredInvoice> {
         total: Money(r.try_get(2)?),
         closed_at: Timestamp(r.try_get(3)?),
         document: r.try_get(4)?,
+    })
+}
+
+const TB_COLUMNS: &str = "tenant_id, prepaid, budget_micros, thresholds, action, webhook_url";
+
+fn tenant_billing_from_row(r: &AnyRow) -> Result<TenantBilling> {
+    let t = "tenant_billing";
+    let budget: Option<i64> = r.try_get(2)?;
+    let thresholds: String = r.try_get(3)?;
+    Ok(TenantBilling {
+        tenant_id: parse(t, &r.try_get::<String, _>(0)?)?,
+        prepaid: r.try_get::<i64, _>(1)? != 0,
+        monthly_budget: budget.map(Money),
+        thresholds: thresholds
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(|s| parse::<u32>(t, s))
+            .collect::<Result<_>>()?,
+        action: parse::<BudgetAction>(t, &r.try_get::<String, _>(4)?)?,
+        webhook_url: r.try_get(5)?,
     })
 }

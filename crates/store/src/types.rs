@@ -210,3 +210,66 @@ pub struct StoredInvoice {
     pub closed_at: Timestamp,
     pub document: String,
 }
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BudgetAction {
+    /// Alerts only.
+    Notify,
+    /// At the cap, running instances get their stop notice and are stopped; nothing is deleted.
+    CheckpointAndStop,
+}
+
+impl BudgetAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BudgetAction::Notify => "notify",
+            BudgetAction::CheckpointAndStop => "checkpoint-and-stop",
+        }
+    }
+}
+
+impl std::str::FromStr for BudgetAction {
+    type Err = String;
+    fn from_str(s: &str) -> Result<BudgetAction, String> {
+        match s {
+            "notify" => Ok(BudgetAction::Notify),
+            "checkpoint-and-stop" => Ok(BudgetAction::CheckpointAndStop),
+            other => Err(format!("unknown budget action '{other}'")),
+        }
+    }
+}
+
+/// A tenant's money settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantBilling {
+    pub tenant_id: TenantId,
+    pub prepaid: bool,
+    pub monthly_budget: Option<gpucloud_model::Money>,
+    /// Percentages of the budget that raise an alert, ascending.
+    pub thresholds: Vec<u32>,
+    pub action: BudgetAction,
+    pub webhook_url: Option<String>,
+}
+
+impl TenantBilling {
+    pub fn default_for(tenant_id: TenantId) -> TenantBilling {
+        TenantBilling {
+            tenant_id,
+            prepaid: false,
+            monthly_budget: None,
+            thresholds: vec![50, 80, 100],
+            action: BudgetAction::Notify,
+            webhook_url: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Alert {
+    pub id: String,
+    pub tenant_id: TenantId,
+    pub kind: String,
+    pub message: String,
+    pub dedupe_key: String,
+    pub created_at: Timestamp,
+}

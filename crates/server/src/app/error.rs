@@ -18,6 +18,9 @@ pub enum AppError {
     Illegal(#[from] IllegalTransition),
     #[error("{0}")]
     Conflict(String),
+    /// The tenant cannot pay for this (empty prepaid balance, spent budget).
+    #[error("{0}")]
+    PaymentRequired(String),
     /// The record kept changing under us; the caller may retry.
     #[error("{0} changed concurrently too often; retry")]
     Contended(String),

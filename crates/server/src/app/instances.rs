@@ -48,6 +48,7 @@ impl App {
                 ));
             }
         }
+        self.check_can_spend(&by.tenant.id).await?;
         let id = InstanceId::from_random(random_bits());
         let new = NewInstance {
             name: req.name.unwrap_or_else(|| id.to_string()),
@@ -81,6 +82,12 @@ impl App {
 
     pub async fn instance_action(&self, by: &Principal, id: &str, action: UserAction) -> Result<Instance, AppError> {
         let inst = self.get_instance(by, id).await?;
+        if action == UserAction::Start
+            && !inst.state.holds_gpus()
+            && inst.state != gpucloud_model::InstanceState::Pending
+        {
+            self.check_can_spend(&by.tenant.id).await?;
+        }
         self.transition(inst, |i| i.state.on_user(i.stop_target, action).map_err(AppError::from)).await
     }
 

@@ -4,6 +4,7 @@
 mod agent;
 mod auth;
 pub mod billing;
+mod budgets;
 mod error;
 pub mod instances;
 pub mod invoices;

@@ -261,3 +261,60 @@ pub async fn close_month(
     let closed = app.close_month(Some(&p), &req.month).await?;
     Ok(Json(gpucloud_api::CloseMonthResult { month: req.month, closed }))
 }
+
+fn budget(b: gpucloud_store::TenantBilling, month_usage: Money) -> gpucloud_api::Budget {
+    gpucloud_api::Budget {
+        monthly_limit: b.monthly_budget,
+        thresholds: b.thresholds,
+        action: b.action.as_str().to_string(),
+        webhook_url: b.webhook_url,
+        prepaid: b.prepaid,
+        month_usage,
+    }
+}
+
+/// The caller's monthly budget and this month's usage against it.
+#[utoipa::path(get, path = "/v1/billing/budget", tag = "billing", responses((status = 200, body = gpucloud_api::Budget)), security(("bearer" = [])))]
+pub async fn get_budget(State(app): State<Arc<App>>, Auth(p): Auth) -> Result<Json<gpucloud_api::Budget>, ApiError> {
+    let (b, used) = app.tenant_billing(&p).await?;
+    Ok(Json(budget(b, used)))
+}
+
+/// Set the caller's monthly budget: alert thresholds, the action at the cap, a webhook.
+#[utoipa::path(post, path = "/v1/billing/budget", tag = "billing", request_body = gpucloud_api::BudgetRequest,
+    responses((status = 200, body = gpucloud_api::Budget), (status = 422, body = Problem)), security(("bearer" = [])))]
+pub async fn set_budget(
+    State(app): State<Arc<App>>,
+    Auth(p): Auth,
+    ApiJson(req): ApiJson<gpucloud_api::BudgetRequest>,
+) -> Result<Json<gpucloud_api::Budget>, ApiError> {
+    app.set_budget(&p, req.monthly_limit, req.thresholds, req.action.as_deref(), req.webhook_url).await?;
+    let (b, used) = app.tenant_billing(&p).await?;
+    Ok(Json(budget(b, used)))
+}
+
+/// Make a tenant prepaid or invoiced (operator).
+#[utoipa::path(post, path = "/v1/tenants/{id}/billing", tag = "billing", params(("id" = String, Path)),
+    request_body = gpucloud_api::TenantBillingRequest,
+    responses((status = 200, body = gpucloud_api::Budget), (status = 404, body = Problem)), security(("bearer" = [])))]
+pub async fn set_tenant_billing(
+    State(app): State<Arc<App>>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<gpucloud_api::TenantBillingRequest>,
+) -> Result<Json<gpucloud_api::Budget>, ApiError> {
+    let b = app.set_prepaid(&p, &id, req.prepaid).await?;
+    Ok(Json(budget(b, Money::ZERO)))
+}
+
+/// Alerts raised for the caller: budget thresholds, instances stopped for money.
+#[utoipa::path(get, path = "/v1/alerts", tag = "billing", responses((status = 200, body = gpucloud_api::AlertList)), security(("bearer" = [])))]
+pub async fn alerts(State(app): State<Arc<App>>, Auth(p): Auth) -> Result<Json<gpucloud_api::AlertList>, ApiError> {
+    let alerts = app
+        .list_alerts(&p)
+        .await?
+        .into_iter()
+        .map(|a| gpucloud_api::Alert { id: a.id, kind: a.kind, message: a.message, created_at: rfc3339(a.created_at) })
+        .collect();
+    Ok(Json(gpucloud_api::AlertList { alerts }))
+}

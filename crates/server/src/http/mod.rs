@@ -82,6 +82,9 @@ pub fn api() -> (Router<Arc<App>>, utoipa::openapi::OpenApi) {
         .routes(routes!(billing::invoices))
         .routes(routes!(billing::close_month))
         .routes(routes!(billing::invoice))
+        .routes(routes!(billing::get_budget, billing::set_budget))
+        .routes(routes!(billing::set_tenant_billing))
+        .routes(routes!(billing::alerts))
         .split_for_parts()
 }
 

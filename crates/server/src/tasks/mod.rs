@@ -45,6 +45,9 @@ async fn metering(app: Arc<App>) {
             Ok(_) => {}
             Err(e) => tracing::error!(error = %e, "metering pass failed"),
         }
+        if let Err(e) = app.enforce_budgets().await {
+            tracing::error!(error = %e, "budget pass failed");
+        }
     }
 }
 

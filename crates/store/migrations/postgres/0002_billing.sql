@@ -91,3 +91,24 @@ CREATE TABLE invoices (
 );
 CREATE TRIGGER invoices_immutable BEFORE UPDATE OR DELETE ON invoices
     FOR EACH ROW EXECUTE FUNCTION ledger_append_only();
+
+-- Per-tenant money settings: prepaid (stop before the balance goes negative) and a monthly budget.
+CREATE TABLE tenant_billing (
+    tenant_id      TEXT PRIMARY KEY REFERENCES tenants(id),
+    prepaid        BIGINT NOT NULL,
+    budget_micros  BIGINT,
+    thresholds     TEXT NOT NULL,
+    action         TEXT NOT NULL CHECK (action IN ('notify', 'checkpoint-and-stop')),
+    webhook_url    TEXT
+);
+
+-- Alerts raised for tenants; dedupe_key makes each one fire once (per threshold per month, ...).
+CREATE TABLE alerts (
+    id          TEXT PRIMARY KEY,
+    tenant_id   TEXT NOT NULL REFERENCES tenants(id),
+    kind        TEXT NOT NULL,
+    message     TEXT NOT NULL,
+    dedupe_key  TEXT NOT NULL UNIQUE,
+    created_at  BIGINT NOT NULL
+);
+CREATE INDEX alerts_by_tenant ON alerts (tenant_id, created_at);

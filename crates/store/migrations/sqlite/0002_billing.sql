@@ -92,3 +92,24 @@ CREATE TRIGGER invoices_immutable_u BEFORE UPDATE ON invoices
 BEGIN SELECT RAISE(ABORT, 'a closed invoice is immutable'); END;
 CREATE TRIGGER invoices_immutable_d BEFORE DELETE ON invoices
 BEGIN SELECT RAISE(ABORT, 'a closed invoice is immutable'); END;
+
+-- Per-tenant money settings: prepaid (stop before the balance goes negative) and a monthly budget.
+CREATE TABLE tenant_billing (
+    tenant_id      TEXT PRIMARY KEY REFERENCES tenants(id),
+    prepaid        INTEGER NOT NULL,
+    budget_micros  INTEGER,
+    thresholds     TEXT NOT NULL,
+    action         TEXT NOT NULL CHECK (action IN ('notify', 'checkpoint-and-stop')),
+    webhook_url    TEXT
+);
+
+-- Alerts raised for tenants; dedupe_key makes each one fire once (per threshold per month, ...).
+CREATE TABLE alerts (
+    id          TEXT PRIMARY KEY,
+    tenant_id   TEXT NOT NULL REFERENCES tenants(id),
+    kind        TEXT NOT NULL,
+    message     TEXT NOT NULL,
+    dedupe_key  TEXT NOT NULL UNIQUE,
+    created_at  INTEGER NOT NULL
+);
+CREATE INDEX alerts_by_tenant ON alerts (tenant_id, created_at);

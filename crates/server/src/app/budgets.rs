@@ -1,0 +1,180 @@
+//! Budgets, prepaid guard rails and alerts. A reconciler after each metering pass: it raises each
+//! alert once (a dedupe key per threshold per month, per stop) and stops what must stop through
+//! the ordinary stop path, so workloads get their stop notice and nothing is deleted.
+
+use super::billing::month_start;
+use super::{App, AppError, Principal, random_bits};
+use gpucloud_billing::{EntryKind, price_at};
+use gpucloud_model::{InstanceState, Money, TenantId, Timestamp, UserAction};
+use gpucloud_store::{Alert, BudgetAction, TenantBilling};
+
+/// A prepaid tenant's instances stop when the balance would not cover this much more running.
+const PREPAID_RESERVE_MS: i64 = 60_000;
+
+impl App {
+    pub async fn tenant_billing(&self, by: &Principal) -> Result<(TenantBilling, Money), AppError> {
+        let settings = self.store.tenant_billing(&by.tenant.id).await?;
+        Ok((settings, self.month_usage(&by.tenant.id, self.now()).await?))
+    }
+
+    pub async fn set_budget(
+        &self,
+        by: &Principal,
+        monthly_limit: Option<Money>,
+        thresholds: Option<Vec<u32>>,
+        action: Option<&str>,
+        webhook_url: Option<String>,
+    ) -> Result<TenantBilling, AppError> {
+        if monthly_limit.is_some_and(|m| m <= Money::ZERO) {
+            return Err(AppError::invalid("monthly_limit", "a budget is a positive amount (null removes it)"));
+        }
+        let mut thresholds = thresholds.unwrap_or_else(|| vec![50, 80, 100]);
+        thresholds.sort_unstable();
+        thresholds.dedup();
+        if thresholds.len() > 10 || thresholds.iter().any(|t| !(1..=1000).contains(t)) {
+            return Err(AppError::invalid("thresholds", "up to 10 percentages between 1 and 1000"));
+        }
+        let action = match action {
+            None => BudgetAction::Notify,
+            Some(a) => a.parse().map_err(|_| AppError::invalid("action", "action is notify or checkpoint-and-stop"))?,
+        };
+        if let Some(url) = &webhook_url
+            && (!(url.starts_with("http://") || url.starts_with("https://")) || url.len() > 2000)
+        {
+            return Err(AppError::invalid("webhook_url", "webhook_url must be an http:// or https:// URL"));
+        }
+        let mut settings = self.store.tenant_billing(&by.tenant.id).await?;
+        settings.monthly_budget = monthly_limit;
+        settings.thresholds = thresholds;
+        settings.action = action;
+        settings.webhook_url = webhook_url;
+        self.store.set_tenant_billing(&settings).await?;
+        Ok(settings)
+    }
+
+    /// Operator: whether a tenant pays in advance (its instances stop before its balance goes
+    /// negative) or is invoiced afterwards.
+    pub async fn set_prepaid(&self, by: &Principal, tenant: &str, prepaid: bool) -> Result<TenantBilling, AppError> {
+        by.require_operator()?;
+        let not_found = || AppError::NotFound { kind: "tenant", id: tenant.to_string() };
+        let tid = TenantId::parse(tenant).map_err(|_| not_found())?;
+        self.store.get_tenant(&tid).await?.ok_or_else(not_found)?;
+        let mut settings = self.store.tenant_billing(&tid).await?;
+        settings.prepaid = prepaid;
+        self.store.set_tenant_billing(&settings).await?;
+        Ok(settings)
+    }
+
+    pub async fn list_alerts(&self, by: &Principal) -> Result<Vec<Alert>, AppError> {
+        Ok(self.store.list_alerts(&by.tenant.id).await?)
+    }
+
+    async fn month_usage(&self, tenant: &TenantId, now: Timestamp) -> Result<Money, AppError> {
+        let lines = self.store.ledger_lines(tenant, month_start(now), now.plus_millis(1)).await?;
+        Ok(Money(-lines.iter().filter(|l| l.kind == EntryKind::Usage).map(|l| l.amount.micros()).sum::<i64>()))
+    }
+
+    /// Refuses new work a tenant cannot pay for: an empty prepaid balance, or a spent budget
+    /// whose action stops instances.
+    pub(crate) async fn check_can_spend(&self, tenant: &TenantId) -> Result<(), AppError> {
+        let settings = self.store.tenant_billing(tenant).await?;
+        if settings.prepaid && self.store.balance(tenant).await? <= Money::ZERO {
+            return Err(AppError::PaymentRequired("the prepaid balance is empty; ask for a top-up".into()));
+        }
+        if let (Some(limit), BudgetAction::CheckpointAndStop) = (settings.monthly_budget, settings.action)
+            && self.month_usage(tenant, self.now()).await? >= limit
+        {
+            return Err(AppError::PaymentRequired(format!("this month's budget of {limit} is spent")));
+        }
+        Ok(())
+    }
+
+    /// One pass over every tenant with a budget or a prepaid balance.
+    pub async fn enforce_budgets(&self) -> Result<usize, AppError> {
+        let now = self.now();
+        let month = super::invoices::month_of(now);
+        let mut stopped = 0;
+        for b in self.store.guarded_tenants().await? {
+            let tenant = &b.tenant_id;
+            if let Some(limit) = b.monthly_budget {
+                let used = self.month_usage(tenant, now).await?;
+                for t in &b.thresholds {
+                    if i128::from(used.micros()) * 100 >= i128::from(limit.micros()) * i128::from(*t) {
+                        let message = format!("{used} used this month: {t}% of the {limit} budget reached");
+                        self.alert(&b, "budget", &format!("budget:{tenant}:{month}:{t}"), message).await?;
+                    }
+                }
+                if used >= limit && b.action == BudgetAction::CheckpointAndStop {
+                    stopped += self.stop_all(&b, "the monthly budget is spent").await?;
+                }
+            }
+            if b.prepaid {
+                let balance = self.store.balance(tenant).await?;
+                let mut burn = 0i128;
+                for u in self.store.intervals_of_tenant(tenant).await? {
+                    if u.ended_at.is_none() {
+                        let prices = self.store.prices_for(u.model, &u.region, u.tier).await?;
+                        let p = price_at(&prices, now).unwrap_or(Money::ZERO);
+                        burn += i128::from(p.micros()) * i128::from(u.milli_gpus) / 1000;
+                    }
+                }
+                let reserve = burn * i128::from(PREPAID_RESERVE_MS) / 3_600_000;
+                if burn > 0 && i128::from(balance.micros()) <= reserve {
+                    stopped += self.stop_all(&b, "the prepaid balance is nearly spent").await?;
+                }
+            }
+        }
+        Ok(stopped)
+    }
+
+    async fn stop_all(&self, b: &TenantBilling, why: &str) -> Result<usize, AppError> {
+        let mut n = 0;
+        for inst in self.store.list_instances(Some(&b.tenant_id)).await? {
+            let active =
+                matches!(inst.state, InstanceState::Pending | InstanceState::Provisioning | InstanceState::Running);
+            if !active {
+                continue;
+            }
+            let key = format!("stop:{}:{}", inst.id, inst.generation);
+            let id = inst.id.clone();
+            self.transition(inst, |i| i.state.on_user(i.stop_target, UserAction::Stop).map_err(AppError::from)).await?;
+            self.alert(b, "instance_stopped", &key, format!("instance {id} stopped: {why}")).await?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    async fn alert(&self, b: &TenantBilling, kind: &str, key: &str, message: String) -> Result<(), AppError> {
+        let alert = Alert {
+            id: format!("a-{:032x}", random_bits()),
+            tenant_id: b.tenant_id.clone(),
+            kind: kind.to_string(),
+            message,
+            dedupe_key: key.to_string(),
+            created_at: self.now(),
+        };
+        if self.store.raise_alert(&alert).await? {
+            tracing::warn!(tenant = %alert.tenant_id, kind, message = %alert.message, "alert");
+            if let Some(url) = b.webhook_url.clone() {
+                send_webhook(url, &alert);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Best effort, off the reconciler's path: a slow or dead receiver never delays billing.
+fn send_webhook(url: String, alert: &Alert) {
+    let body = serde_json::json!({
+        "id": alert.id, "tenant": alert.tenant_id.to_string(), "kind": alert.kind,
+        "message": alert.message, "created_at": gpucloud_api::rfc3339(alert.created_at),
+    })
+    .to_string();
+    tokio::task::spawn_blocking(move || {
+        let agent: ureq::Agent =
+            ureq::Agent::config_builder().timeout_global(Some(std::time::Duration::from_secs(5))).build().into();
+        if let Err(e) = agent.post(&url).header("Content-Type", "application/json").send(body.as_bytes()) {
+            tracing::warn!(url, error = %e, "alert webhook failed");
+        }
+    });
+}
