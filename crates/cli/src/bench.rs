@@ -34,6 +34,17 @@ pub enum BenchCmd {
         #[arg(long, default_value_t = 42)]
         seed: u64,
     },
+    /// Metering throughput (intervals charged per second) and the time to close a month of
+    /// invoices, for TENANTS x INSTANCES.
+    Billing {
+        #[arg(long, default_value_t = 1000)]
+        tenants: usize,
+        #[arg(long, default_value_t = 10)]
+        instances: usize,
+        /// An empty database to use (postgres://...); default: a new SQLite file in a temp dir.
+        #[arg(long)]
+        database: Option<String>,
+    },
 }
 
 const MODELS: [GpuModel; 5] =
@@ -106,7 +117,167 @@ pub fn run(cmd: BenchCmd, as_json: bool) -> Result<(), String> {
     match cmd {
         BenchCmd::Sched { nodes, seed } => sched(nodes, seed, as_json),
         BenchCmd::Apply { nodes, instances, database, seed } => apply(nodes, instances, database, seed, as_json),
+        BenchCmd::Billing { tenants, instances, database } => billing(tenants, instances, database, as_json),
     }
+}
+
+fn temp_sqlite(name: &str) -> Result<String, String> {
+    let dir = std::env::temp_dir().join(format!("gpucloud-bench-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    Ok(format!("sqlite://{}/bench.db", dir.display()))
+}
+
+fn billing(tenants: usize, per_tenant: usize, database: Option<String>, as_json: bool) -> Result<(), String> {
+    use gpucloud_billing::Entry;
+    use gpucloud_model::{InstanceState, Money, Role};
+    use gpucloud_server::app::{App, Config, CreateInstance};
+    use gpucloud_store::{InstanceChange, LedgerRecord, NodeBatch};
+    let url = match database {
+        Some(u) => u,
+        None => temp_sqlite("billing")?,
+    };
+    let backend = if url.starts_with("sqlite") { "sqlite" } else { "postgres" };
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| e.to_string())?;
+    let e = |e: gpucloud_server::app::AppError| e.to_string();
+    let s = |e: gpucloud_store::StoreError| e.to_string();
+    let figures = rt.block_on(async {
+        let store = gpucloud_store::open(&url).await.map_err(s)?;
+        let app = App::new(store.clone(), Config::default());
+        let total = tenants * per_tenant;
+        let region = Region::parse("eu-1").expect("valid region");
+        let mut nodes = Vec::new();
+        for n in 0..total.div_ceil(16) {
+            let node = app
+                .add_node(None, &format!("bill-{n:05}"), region.clone(), &[(GpuModel::A100_40GB, 16)])
+                .await
+                .map_err(e)?;
+            store.record_heartbeat(&node.id, app.now()).await.map_err(s)?;
+            nodes.push(node);
+        }
+        app.set_price(
+            None,
+            GpuModel::A100_40GB,
+            region.clone(),
+            gpucloud_model::Tier::OnDemand,
+            Money(1_600_000),
+            Some(Timestamp(0)),
+        )
+        .await
+        .map_err(e)?;
+        // Last month's ledger, for the invoice run: 3 usage entries per instance.
+        let last_month = {
+            let now = time::OffsetDateTime::now_utc();
+            let first = now.date().replace_day(1).map_err(|e| e.to_string())?;
+            let prev = first.previous_day().ok_or("no previous day")?;
+            (
+                format!("{:04}-{:02}", prev.year(), u8::from(prev.month())),
+                prev.midnight().assume_utc().unix_timestamp() * 1000,
+            )
+        };
+        let mut batches: Vec<NodeBatch> = Vec::new();
+        let mut instances = Vec::new();
+        for t in 0..tenants {
+            let key = app.create_tenant(None, &format!("tenant-{t:05}"), Role::Tenant).await.map_err(e)?;
+            let who = app.authenticate(Some(&format!("Bearer {}", key.secret))).await.map_err(e)?;
+            for i in 0..per_tenant {
+                let req = CreateInstance {
+                    model: GpuModel::A100_40GB,
+                    count: 1,
+                    region: None,
+                    command: "x".into(),
+                    name: None,
+                };
+                let (inst, _) = app.create_instance(&who, req, None).await.map_err(e)?;
+                let k = instances.len();
+                let node = &nodes[k / 16];
+                if batches.last().is_none_or(|b| b.node != node.id) {
+                    batches.push(NodeBatch {
+                        node: node.id.clone(),
+                        node_generation: node.generation + 1,
+                        placements: Vec::new(),
+                    });
+                }
+                batches.last_mut().expect("pushed").placements.push(gpucloud_store::NewPlacement {
+                    instance: inst.id.clone(),
+                    instance_generation: inst.generation,
+                    gpus: vec![(k % 16) as u32],
+                });
+                for day in 0..3 {
+                    let record = LedgerRecord {
+                        id: format!("e-bench-{t}-{i}-{day}"),
+                        entry: Entry::usage(&who.tenant.id, Money(38_400_000)),
+                        memo: "1 x A100-40GB in eu-1 (on-demand)".into(),
+                        instance_id: Some(inst.id.clone()),
+                        interval_id: None,
+                        model: Some(GpuModel::A100_40GB),
+                        seconds: 86_400,
+                        idempotency_key: format!("bench:{t}:{i}:{day}"),
+                        created_at: Timestamp(last_month.1 + day * 86_400_000),
+                    };
+                    store.post_ledger(&record).await.map_err(s)?;
+                }
+                instances.push(inst.id);
+            }
+        }
+        store.apply_plan(&batches, app.now()).await.map_err(s)?;
+        // Exact seconds, so every pass has money to move.
+        store.set_billing_rules(gpucloud_billing::Rules::new(1, 0).map_err(|e| e.to_string())?).await.map_err(s)?;
+        for id in &instances {
+            let inst = store.get_instance(None, id).await.map_err(s)?.ok_or("instance vanished")?;
+            let change =
+                InstanceChange { state: InstanceState::Running, stop_target: None, exit_code: None, at: app.now() };
+            store.update_instance(id, inst.generation, &change).await.map_err(s)?;
+        }
+        // Every pass charges every interval: the first from the start, the next the increments.
+        let t = Instant::now();
+        let first = app.meter().await.map_err(e)?;
+        let first_s = t.elapsed().as_secs_f64();
+        tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
+        let t = Instant::now();
+        let second = app.meter().await.map_err(e)?;
+        let second_s = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let closed = app.close_month(None, &last_month.0).await.map_err(e)?;
+        let close_s = t.elapsed().as_secs_f64();
+        Ok::<_, String>((first.charged, first_s, second.charged, second_s, closed, close_s))
+    })?;
+    let (c1, s1, c2, s2, closed, close_s) = figures;
+    let rows = vec![
+        vec![
+            backend.into(),
+            "metering, first pass".into(),
+            c1.to_string(),
+            format!("{:.0}", s1 * 1e3),
+            format!("{:.0}", c1 as f64 / s1),
+        ],
+        vec![
+            backend.into(),
+            "metering, next pass".into(),
+            c2.to_string(),
+            format!("{:.0}", s2 * 1e3),
+            format!("{:.0}", c2 as f64 / s2),
+        ],
+        vec![
+            backend.into(),
+            "close month's invoices".into(),
+            closed.to_string(),
+            format!("{:.0}", close_s * 1e3),
+            format!("{:.0}", closed as f64 / close_s),
+        ],
+    ];
+    if as_json {
+        let recs: Vec<_> = rows
+            .iter()
+            .map(|r| serde_json::json!({"backend": r[0], "step": r[1], "count": r[2], "ms": r[3], "per_s": r[4]}))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&recs).unwrap_or_default());
+    } else {
+        println!("{tenants} tenants x {per_instance} instances", per_instance = per_tenant);
+        println!("{}", table(&["STORE", "STEP", "COUNT", "MS", "PER SECOND"], &rows));
+        println!("(metering count = intervals charged, each one ledger entry; invoices: 3 usage entries per instance)");
+    }
+    Ok(())
 }
 
 fn apply(

@@ -115,16 +115,22 @@ pub trait Store: Send + Sync {
     /// Intervals whose charge may still grow: open ones, and closed ones not yet fully charged.
     async fn unsettled_intervals(&self) -> Result<Vec<UsageInterval>>;
     async fn intervals_of_tenant(&self, tenant: &TenantId) -> Result<Vec<UsageInterval>>;
-    /// Moves an interval's charge from what the caller read (`seen_seconds`, `seen_amount`) to
-    /// `charge`, posting the difference to the ledger in the same transaction. False when
-    /// someone else charged it meanwhile (nothing written).
+    /// Moves each interval's charge from what the caller read (`charged_seconds`, `charged`) to
+    /// its new charge, posting the difference to the ledger, all in one transaction with a
+    /// savepoint per interval. An item is false when someone else charged that interval
+    /// meanwhile (nothing of it written).
+    async fn charge_intervals(&self, items: &[ChargeItem]) -> Result<Vec<bool>>;
+
     async fn charge_interval(
         &self,
         interval: &UsageInterval,
         charge: gpucloud_billing::Charge,
         settled: bool,
         record: Option<&LedgerRecord>,
-    ) -> Result<bool>;
+    ) -> Result<bool> {
+        let item = ChargeItem { interval: interval.clone(), charge, settled, record: record.cloned() };
+        Ok(self.charge_intervals(std::slice::from_ref(&item)).await?.pop().unwrap_or(false))
+    }
     /// Appends an entry; false if its idempotency key was used before (nothing written).
     async fn post_ledger(&self, record: &LedgerRecord) -> Result<bool>;
     /// The tenant's prepaid balance: the sum of postings to its credit account.

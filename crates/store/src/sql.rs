@@ -1,11 +1,11 @@
 use crate::migrate;
 use crate::{
-    Alert, ApiKey, ApplyOutcome, Backend, BudgetAction, Gpu, IdempotencyBegin, Instance, InstanceChange, InstanceEvent,
-    LedgerLine, LedgerRecord, NewInstance, NewNode, Node, NodeBatch, PriceRow, Result, Store, StoreError,
-    StoredInvoice, Tenant, TenantBilling, UsageInterval,
+    Alert, ApiKey, ApplyOutcome, Backend, BudgetAction, ChargeItem, Gpu, IdempotencyBegin, Instance, InstanceChange,
+    InstanceEvent, LedgerLine, LedgerRecord, NewInstance, NewNode, Node, NodeBatch, PriceRow, Result, Store,
+    StoreError, StoredInvoice, Tenant, TenantBilling, UsageInterval,
 };
 use async_trait::async_trait;
-use gpucloud_billing::{Account, CURRENCY, Charge, EntryKind, PricePoint, Rules};
+use gpucloud_billing::{Account, CURRENCY, EntryKind, PricePoint, Rules};
 use gpucloud_model::{
     ApiKeyId, GpuModel, InstanceId, InstanceState, NodeHealth, NodeId, NodeState, Region, Role, StopTarget, TenantId,
     Timestamp,
@@ -606,36 +606,22 @@ impl Store for SqlStore {
         rows.iter().map(interval_from_row).collect()
     }
 
-    async fn charge_interval(
-        &self,
-        interval: &UsageInterval,
-        charge: Charge,
-        settled: bool,
-        record: Option<&LedgerRecord>,
-    ) -> Result<bool> {
+    async fn charge_intervals(&self, items: &[ChargeItem]) -> Result<Vec<bool>> {
+        // One commit per metering pass (one fsync on SQLite) instead of one per interval.
         let mut tx = self.pool.begin().await?;
-        let moved = sqlx::query(
-            "UPDATE usage_intervals SET charged_micros = $1, charged_seconds = $2, settled = $3 \
-             WHERE id = $4 AND charged_micros = $5 AND charged_seconds = $6 AND settled = 0",
-        )
-        .bind(charge.amount.micros())
-        .bind(charge.seconds)
-        .bind(settled as i64)
-        .bind(&interval.id)
-        .bind(interval.charged.micros())
-        .bind(interval.charged_seconds)
-        .execute(&mut *tx)
-        .await?;
-        if moved.rows_affected() != 1 {
-            return Ok(false);
-        }
-        if let Some(record) = record
-            && !insert_ledger(&mut tx, record).await?
-        {
-            return Ok(false);
+        let mut done = Vec::with_capacity(items.len());
+        for item in items {
+            let mut savepoint = tx.begin().await?;
+            let ok = charge_one(&mut savepoint, item).await?;
+            if ok {
+                savepoint.commit().await?;
+            } else {
+                savepoint.rollback().await?;
+            }
+            done.push(ok);
         }
         tx.commit().await?;
-        Ok(true)
+        Ok(done)
     }
 
     async fn post_ledger(&self, record: &LedgerRecord) -> Result<bool> {
@@ -1161,4 +1147,27 @@ fn tenant_billing_from_row(r: &AnyRow) -> Result<TenantBilling> {
         action: parse::<BudgetAction>(t, &r.try_get::<String, _>(4)?)?,
         webhook_url: r.try_get(5)?,
     })
+}
+
+async fn charge_one(tx: &mut sqlx::Transaction<'_, sqlx::Any>, item: &ChargeItem) -> Result<bool> {
+    let (u, charge) = (&item.interval, item.charge);
+    let moved = sqlx::query(
+        "UPDATE usage_intervals SET charged_micros = $1, charged_seconds = $2, settled = $3 \
+         WHERE id = $4 AND charged_micros = $5 AND charged_seconds = $6 AND settled = 0",
+    )
+    .bind(charge.amount.micros())
+    .bind(charge.seconds)
+    .bind(item.settled as i64)
+    .bind(&u.id)
+    .bind(u.charged.micros())
+    .bind(u.charged_seconds)
+    .execute(&mut **tx)
+    .await?;
+    if moved.rows_affected() != 1 {
+        return Ok(false);
+    }
+    match &item.record {
+        Some(record) => insert_ledger(tx, record).await,
+        None => Ok(true),
+    }
 }

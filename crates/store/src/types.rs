@@ -273,3 +273,12 @@ pub struct Alert {
     pub dedupe_key: String,
     pub created_at: Timestamp,
 }
+
+/// One interval's new charge, and the ledger entry for the money it moves (none if none moves).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChargeItem {
+    pub interval: UsageInterval,
+    pub charge: gpucloud_billing::Charge,
+    pub settled: bool,
+    pub record: Option<LedgerRecord>,
+}

@@ -5,7 +5,7 @@
 use super::{App, AppError, Principal, hash_key, random_bits};
 use gpucloud_billing::{Charge, Entry, EntryKind, PricePoint, Rules, charge, price_at};
 use gpucloud_model::{GpuModel, InstanceId, Money, Region, TenantId, Tier, Timestamp};
-use gpucloud_store::{LedgerLine, LedgerRecord, PriceRow, UsageInterval};
+use gpucloud_store::{ChargeItem, LedgerLine, LedgerRecord, PriceRow, UsageInterval};
 use std::collections::{BTreeMap, HashMap};
 
 /// What it would cost to run an instance somewhere.
@@ -178,6 +178,7 @@ impl App {
         let now = self.now();
         let mut report = MeterReport::default();
         let mut prices: HashMap<(GpuModel, Region, Tier), Vec<PricePoint>> = HashMap::new();
+        let mut items = Vec::new();
         for u in self.store.unsettled_intervals().await? {
             let key = (u.model, u.region.clone(), u.tier);
             if !prices.contains_key(&key) {
@@ -195,9 +196,12 @@ impl App {
                 continue;
             }
             let record = usage_record(&u, due, now);
-            if self.store.charge_interval(&u, due, settled, record.as_ref()).await? {
-                report.charged += usize::from(record.is_some());
-                report.settled += usize::from(settled);
+            items.push(ChargeItem { interval: u, charge: due, settled, record });
+        }
+        for (item, ok) in items.iter().zip(self.store.charge_intervals(&items).await?) {
+            if ok {
+                report.charged += usize::from(item.record.is_some());
+                report.settled += usize::from(item.settled);
             } else {
                 report.conflicts += 1;
             }
