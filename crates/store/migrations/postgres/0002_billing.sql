@@ -57,6 +57,7 @@ CREATE TABLE ledger_postings (
     amount_micros  BIGINT NOT NULL
 );
 CREATE INDEX postings_by_account ON ledger_postings (account);
+CREATE INDEX postings_by_entry ON ledger_postings (entry_id);
 
 -- Append-only: corrections are new entries, never edits.
 CREATE FUNCTION ledger_append_only() RETURNS trigger LANGUAGE plpgsql AS $$

@@ -57,6 +57,7 @@ CREATE TABLE ledger_postings (
     amount_micros  INTEGER NOT NULL
 );
 CREATE INDEX postings_by_account ON ledger_postings (account);
+CREATE INDEX postings_by_entry ON ledger_postings (entry_id);
 
 -- Append-only: corrections are new entries, never edits.
 CREATE TRIGGER ledger_entries_append_only_u BEFORE UPDATE ON ledger_entries
