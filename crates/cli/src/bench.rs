@@ -237,12 +237,38 @@ fn billing(tenants: usize, per_tenant: usize, database: Option<String>, as_json:
         let t = Instant::now();
         let second = app.meter().await.map_err(e)?;
         let second_s = t.elapsed().as_secs_f64();
+        // Baseline, same intervals: one transaction per interval instead of one per pass.
+        tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
+        let t = Instant::now();
+        let now = app.now();
+        let mut base = 0;
+        let prices = store.prices_for(GpuModel::A100_40GB, &region, gpucloud_model::Tier::OnDemand).await.map_err(s)?;
+        for u in store.unsettled_intervals().await.map_err(s)? {
+            let due =
+                gpucloud_billing::charge(u.started_at, now.millis_since(u.started_at), u.milli_gpus, &prices, u.rules);
+            let delta = Money(due.amount.micros() - u.charged.micros());
+            let record = LedgerRecord {
+                id: format!("e-base-{}-{}", u.id, due.seconds),
+                entry: Entry::usage(&u.tenant_id, delta),
+                memo: "baseline".into(),
+                instance_id: Some(u.instance_id.clone()),
+                interval_id: Some(u.id.clone()),
+                model: Some(u.model),
+                seconds: due.seconds - u.charged_seconds,
+                idempotency_key: format!("base:{}:{}", u.id, due.seconds),
+                created_at: now,
+            };
+            if store.charge_interval(&u, due, false, Some(&record)).await.map_err(s)? {
+                base += 1;
+            }
+        }
+        let base_s = t.elapsed().as_secs_f64();
         let t = Instant::now();
         let closed = app.close_month(None, &last_month.0).await.map_err(e)?;
         let close_s = t.elapsed().as_secs_f64();
-        Ok::<_, String>((first.charged, first_s, second.charged, second_s, closed, close_s))
+        Ok::<_, String>((first.charged, first_s, second.charged, second_s, base, base_s, closed, close_s))
     })?;
-    let (c1, s1, c2, s2, closed, close_s) = figures;
+    let (c1, s1, c2, s2, cb, sb, closed, close_s) = figures;
     let rows = vec![
         vec![
             backend.into(),
@@ -257,6 +283,13 @@ fn billing(tenants: usize, per_tenant: usize, database: Option<String>, as_json:
             c2.to_string(),
             format!("{:.0}", s2 * 1e3),
             format!("{:.0}", c2 as f64 / s2),
+        ],
+        vec![
+            backend.into(),
+            "baseline: one transaction per interval".into(),
+            cb.to_string(),
+            format!("{:.0}", sb * 1e3),
+            format!("{:.0}", cb as f64 / sb),
         ],
         vec![
             backend.into(),
