@@ -114,6 +114,15 @@ fn idempotency_key_returns_the_first_response() {
     assert!(s2.replayed);
     let bad = s.raw("POST", "/v1/instances", Some(&key), &[("Idempotency-Key", "")], Some(b"{}"));
     assert_eq!(bad.status, 400);
+
+    // A new key is shown once: a replayed tenant creation answers without it.
+    let h = [("Content-Type", "application/json"), ("Idempotency-Key", "tenant-c")];
+    let body = br#"{"name": "c"}"#;
+    let first = s.raw("POST", "/v1/tenants", Some(&s.operator_key), &h, Some(body));
+    let again = s.raw("POST", "/v1/tenants", Some(&s.operator_key), &h, Some(body));
+    assert!(first.body["api_key"].as_str().unwrap().starts_with("gpc_"));
+    assert!(again.replayed && !again.body["api_key"].as_str().unwrap().starts_with("gpc_"), "{:?}", again.body);
+    assert_eq!(again.body["tenant"], first.body["tenant"]);
 }
 
 #[test]

@@ -90,7 +90,7 @@ async fn run(app: Arc<App>, req: Request, next: Next) -> Result<Response, ApiErr
     if parts.status.is_server_error() {
         store.idempotency_abandon(&scope, &key).await.map_err(app_err)?;
     } else {
-        let text = String::from_utf8_lossy(&body);
+        let text = redact_secrets(&String::from_utf8_lossy(&body));
         store.idempotency_finish(&scope, &key, parts.status.as_u16(), &text).await.map_err(app_err)?;
     }
     Ok(Response::from_parts(parts, Body::from(body)))
@@ -98,4 +98,16 @@ async fn run(app: Arc<App>, req: Request, next: Next) -> Result<Response, ApiErr
 
 fn app_err(e: gpucloud_store::StoreError) -> ApiError {
     crate::app::AppError::from(e).into()
+}
+
+/// A new API key is shown once and stored only as a hash, so a stored response never keeps it: a
+/// replay answers with everything but the key.
+fn redact_secrets(body: &str) -> String {
+    match serde_json::from_str::<serde_json::Value>(body) {
+        Ok(mut v) if v.get("api_key").is_some_and(|k| k.is_string()) => {
+            v["api_key"] = serde_json::Value::String("(shown once; not kept)".into());
+            v.to_string()
+        }
+        _ => body.to_string(),
+    }
 }
