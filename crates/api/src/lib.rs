@@ -101,6 +101,10 @@ pub struct Node {
     pub state: String,
     /// healthy or unhealthy.
     pub health: String,
+    /// fake (in-process, dev and tests) or agent (a `gpucloud agent` process).
+    pub driver: String,
+    /// The agent registration in force; a newer one fences older agents.
+    pub epoch: i64,
     pub generation: i64,
     pub last_heartbeat: Option<String>,
     pub gpus_total: u32,
@@ -458,4 +462,98 @@ pub struct Alert {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct AlertList {
     pub alerts: Vec<Alert>,
+}
+
+/// A GPU as an agent found it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AgentGpu {
+    pub index: u32,
+    #[schema(value_type = String, example = "A100-40GB")]
+    pub model: GpuModel,
+    /// As NVML reports it: `GPU-...`.
+    pub uuid: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterAgentRequest {
+    /// The host's node name; registering the same name again takes the node over (next epoch).
+    pub name: String,
+    #[schema(value_type = String, example = "eu-1")]
+    pub region: Region,
+    pub gpus: Vec<AgentGpu>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AgentRegistered {
+    pub node_id: String,
+    /// Send it with every report; a newer registration fences this one.
+    pub epoch: i64,
+    /// How often the server expects a heartbeat.
+    pub heartbeat_interval_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AgentInstanceReport {
+    pub id: String,
+    /// running, stopped (gone, or exited 0) or failed (exited non-zero, or could not start).
+    pub state: String,
+    #[serde(default)]
+    pub exit_code: Option<i32>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AgentHeartbeat {
+    pub node_id: String,
+    pub epoch: i64,
+    pub instances: Vec<AgentInstanceReport>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct AgentWorkload {
+    pub id: String,
+    /// run or stop. A workload the agent runs that is not listed must be stopped too.
+    pub desired: String,
+    pub gpus: Vec<u32>,
+    pub gpu_uuids: Vec<String>,
+    pub command: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AgentDesired {
+    pub instances: Vec<AgentWorkload>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LogChunkIn {
+    /// 1, 2, 3... per instance; a resent chunk is stored once.
+    pub seq: i64,
+    pub data: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AgentLogs {
+    pub node_id: String,
+    pub epoch: i64,
+    pub instance: String,
+    pub chunks: Vec<LogChunkIn>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct LogChunk {
+    pub seq: i64,
+    pub at: String,
+    pub data: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct InstanceLogs {
+    pub chunks: Vec<LogChunk>,
+    /// Pass as `after` to read on from here.
+    pub next_after: i64,
 }

@@ -91,6 +91,13 @@ pub enum InstanceCmd {
     Start { id: String },
     /// Terminate an instance for good.
     Terminate { id: String },
+    /// The workload's output (stdout and stderr).
+    Logs {
+        id: String,
+        /// Keep printing new output until the instance ends.
+        #[arg(long, short)]
+        follow: bool,
+    },
 }
 
 fn instance_rows(list: &[api::Instance]) -> String {
@@ -169,6 +176,28 @@ pub fn instance(ctx: &Ctx, cmd: InstanceCmd) -> Res {
         InstanceCmd::Show { id } => {
             let inst: api::Instance = c.get(&format!("/v1/instances/{id}")).map_err(err)?;
             show(ctx, &inst, instance_detail);
+        }
+        InstanceCmd::Logs { id, follow } => {
+            let mut after = 0;
+            loop {
+                let logs: api::InstanceLogs = c.get(&format!("/v1/instances/{id}/logs?after={after}")).map_err(err)?;
+                for chunk in &logs.chunks {
+                    print!("{}", chunk.data);
+                }
+                use std::io::Write;
+                let _ = std::io::stdout().flush();
+                after = logs.next_after;
+                if !follow {
+                    break;
+                }
+                if logs.chunks.is_empty() {
+                    let inst: api::Instance = c.get(&format!("/v1/instances/{id}")).map_err(err)?;
+                    if ["stopped", "terminated", "failed"].contains(&inst.state.as_str()) {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+            }
         }
         InstanceCmd::Stop { id } => action(ctx, &c, &id, "stop")?,
         InstanceCmd::Start { id } => action(ctx, &c, &id, "start")?,

@@ -33,6 +33,8 @@ enum Command {
     Dev(servers::DevArgs),
     /// Run the API server (SQLite or PostgreSQL).
     Serve(servers::ServeArgs),
+    /// Run the node agent on a GPU host.
+    Agent(servers::AgentArgs),
     /// Create and manage GPU instances.
     #[command(subcommand)]
     Instance(commands::InstanceCmd),
@@ -65,6 +67,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Dev(a) => servers::dev(a),
         Command::Serve(a) => servers::serve(a),
+        Command::Agent(a) => servers::agent(a),
         Command::Instance(c) => commands::instance(&ctx, c),
         Command::Node(c) => commands::node(&ctx, c),
         Command::Tenant(c) => commands::tenant(&ctx, c),

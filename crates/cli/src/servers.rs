@@ -173,3 +173,57 @@ pub fn serve(args: ServeArgs) -> Result<(), String> {
         }
     })
 }
+
+#[derive(Args)]
+pub struct AgentArgs {
+    /// The gpucloud server's URL.
+    #[arg(long, env = "GPUCLOUD_URL")]
+    server: String,
+    /// An operator API key.
+    #[arg(long, env = "GPUCLOUD_AGENT_TOKEN", hide_env_values = true)]
+    token: String,
+    /// This node's name (default: the host name).
+    #[arg(long)]
+    name: Option<String>,
+    #[arg(long)]
+    region: String,
+    /// Fake GPUs instead of NVML, e.g. A100-40GB:4 or A100-40GB:2,T4:1.
+    #[arg(long)]
+    fake_gpus: Option<String>,
+    /// Where the agent keeps its state and workload logs.
+    #[arg(long, default_value = "/var/lib/gpucloud-agent")]
+    state_dir: PathBuf,
+    /// Heartbeat period in milliseconds (default: what the server asks for).
+    #[arg(long)]
+    interval_ms: Option<u64>,
+    /// Seconds between SIGTERM and SIGKILL when stopping a workload.
+    #[arg(long, default_value_t = 10)]
+    stop_grace_s: u64,
+}
+
+pub fn agent(args: AgentArgs) -> Result<(), String> {
+    init_logging();
+    let name = match args.name {
+        Some(n) => n,
+        None => {
+            std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "node".into())
+        }
+    };
+    let region = gpucloud_model::Region::parse(&args.region).map_err(|e| e.to_string())?;
+    let gpus: Box<dyn gpucloud_agent::gpu::GpuBackend> = match &args.fake_gpus {
+        Some(spec) => Box::new(gpucloud_agent::gpu::FakeGpus::parse(spec, &name)?),
+        None => {
+            return Err("no GPU backend: the NVML backend is not built yet; run with --fake-gpus MODEL:COUNT".into());
+        }
+    };
+    let config = gpucloud_agent::Config {
+        server: args.server,
+        token: args.token,
+        name,
+        region,
+        state_dir: args.state_dir,
+        interval: args.interval_ms.map(Duration::from_millis),
+        stop_grace: Duration::from_secs(args.stop_grace_s),
+    };
+    gpucloud_agent::run(config, gpus.as_ref())
+}

@@ -12,8 +12,11 @@ pub async fn run(api: Arc<dyn AgentApi>, node: NodeId, interval: Duration) {
     // What the agent reports on its next beat.
     let mut workloads: BTreeMap<InstanceId, AgentObservation> = BTreeMap::new();
     loop {
-        let report =
-            AgentReport { node: node.clone(), instances: workloads.iter().map(|(k, v)| (k.clone(), *v)).collect() };
+        let report = AgentReport {
+            node: node.clone(),
+            epoch: None,
+            instances: workloads.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+        };
         let mut changed = false;
         match api.heartbeat(report).await {
             Ok(desired) => {

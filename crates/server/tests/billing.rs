@@ -185,9 +185,29 @@ fn webhook_sink() -> (String, std::sync::mpsc::Receiver<String>) {
         for conn in listener.incoming().take(20) {
             let Ok(mut conn) = conn else { continue };
             conn.set_read_timeout(Some(Duration::from_secs(2))).ok();
-            let mut buf = vec![0u8; 8192];
-            let n = conn.read(&mut buf).unwrap_or(0);
-            let text = String::from_utf8_lossy(&buf[..n]).to_string();
+            // Read the whole request: headers, then as many body bytes as Content-Length says.
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            loop {
+                let text = String::from_utf8_lossy(&buf).to_string();
+                if let Some(end) = text.find("\r\n\r\n") {
+                    let len = text
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_string())
+                        })
+                        .and_then(|v| v.parse::<usize>().ok())
+                        .unwrap_or(0);
+                    if buf.len() >= end + 4 + len {
+                        break;
+                    }
+                }
+                match conn.read(&mut chunk) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+            let text = String::from_utf8_lossy(&buf).to_string();
             let _ = conn.write_all(b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n");
             let _ = tx.send(text);
         }

@@ -56,6 +56,15 @@ pub trait Store: Send + Sync {
     async fn set_node_state(&self, id: &NodeId, state: NodeState) -> Result<bool>;
     /// Records a heartbeat and marks the node healthy; false if no such node.
     async fn record_heartbeat(&self, id: &NodeId, at: Timestamp) -> Result<bool>;
+    /// Registers an agent-driven node, or re-registers it by name: same id, epoch + 1 (so the
+    /// previous agent process is fenced off). Its GPUs must match what was registered before.
+    async fn register_agent_node(&self, node: &NewNode) -> Result<Node>;
+    /// A heartbeat from an agent of `epoch`; false if the node is unknown or has a newer epoch.
+    async fn record_agent_heartbeat(&self, id: &NodeId, epoch: i64, at: Timestamp) -> Result<bool>;
+    /// Appends log chunks (a chunk already stored under its seq is skipped, so retries are safe).
+    async fn append_logs(&self, instance: &InstanceId, chunks: &[LogChunk]) -> Result<()>;
+    /// Chunks after `after_seq`, in order, at most `limit`.
+    async fn read_logs(&self, instance: &InstanceId, after_seq: i64, limit: u32) -> Result<Vec<LogChunk>>;
     /// Marks unhealthy every healthy node whose last heartbeat is older than `cutoff`.
     async fn mark_silent_nodes_unhealthy(&self, cutoff: Timestamp) -> Result<Vec<NodeId>>;
 

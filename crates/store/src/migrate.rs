@@ -7,10 +7,12 @@ use sqlx::AnyPool;
 const SQLITE: &[(i64, &str)] = &[
     (1, include_str!("../migrations/sqlite/0001_foundation.sql")),
     (2, include_str!("../migrations/sqlite/0002_billing.sql")),
+    (3, include_str!("../migrations/sqlite/0003_agents.sql")),
 ];
 const POSTGRES: &[(i64, &str)] = &[
     (1, include_str!("../migrations/postgres/0001_foundation.sql")),
     (2, include_str!("../migrations/postgres/0002_billing.sql")),
+    (3, include_str!("../migrations/postgres/0003_agents.sql")),
 ];
 
 pub(crate) async fn run(pool: &AnyPool, backend: Backend) -> Result<()> {

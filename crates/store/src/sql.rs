@@ -1,8 +1,8 @@
 use crate::migrate;
 use crate::{
     Alert, ApiKey, ApplyOutcome, Backend, BudgetAction, ChargeItem, Gpu, IdempotencyBegin, Instance, InstanceChange,
-    InstanceEvent, LedgerLine, LedgerRecord, NewInstance, NewNode, Node, NodeBatch, PriceRow, Result, Store,
-    StoreError, StoredInvoice, Tenant, TenantBilling, UsageInterval,
+    InstanceEvent, LedgerLine, LedgerRecord, LogChunk, NewInstance, NewNode, Node, NodeBatch, NodeDriver, PriceRow,
+    Result, Store, StoreError, StoredInvoice, Tenant, TenantBilling, UsageInterval,
 };
 use async_trait::async_trait;
 use gpucloud_billing::{Account, CURRENCY, EntryKind, PricePoint, Rules};
@@ -305,6 +305,90 @@ impl Store for SqlStore {
         .execute(&self.pool)
         .await?;
         Ok(r.rows_affected() == 1)
+    }
+
+    async fn register_agent_node(&self, n: &NewNode) -> Result<Node> {
+        let existing: Option<String> =
+            sqlx::query_scalar("SELECT id FROM nodes WHERE name = $1").bind(&n.name).fetch_optional(&self.pool).await?;
+        let id = match existing {
+            Some(id) => {
+                let id: NodeId = parse("nodes", &id)?;
+                let known = self.get_node(&id).await?.ok_or_else(|| corrupt("nodes", "node vanished"))?;
+                let same = known.gpus.len() == n.gpus.len()
+                    && known
+                        .gpus
+                        .iter()
+                        .zip(&n.gpus)
+                        .all(|(a, b)| a.index == b.index && a.model == b.model && a.uuid == b.uuid);
+                if !same || known.region != n.region {
+                    return Err(StoreError::Conflict(format!(
+                        "node '{}' with other GPUs or region (drain and remove it first, or use another name)",
+                        n.name
+                    )));
+                }
+                sqlx::query(
+                    "UPDATE nodes SET driver = 'agent', epoch = epoch + 1, generation = generation + 1 WHERE id = $1",
+                )
+                .bind(id.to_string())
+                .execute(&self.pool)
+                .await?;
+                id
+            }
+            None => {
+                self.insert_node(n).await?;
+                sqlx::query("UPDATE nodes SET driver = 'agent', epoch = 1 WHERE id = $1")
+                    .bind(n.id.to_string())
+                    .execute(&self.pool)
+                    .await?;
+                n.id.clone()
+            }
+        };
+        self.get_node(&id).await?.ok_or_else(|| corrupt("nodes", "node vanished"))
+    }
+
+    async fn record_agent_heartbeat(&self, id: &NodeId, epoch: i64, at: Timestamp) -> Result<bool> {
+        let r = sqlx::query(
+            "UPDATE nodes SET last_heartbeat = $1, health = 'healthy', \
+             generation = CASE WHEN health = 'healthy' THEN generation ELSE generation + 1 END \
+             WHERE id = $2 AND epoch = $3",
+        )
+        .bind(at.0)
+        .bind(id.to_string())
+        .bind(epoch)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn append_logs(&self, instance: &InstanceId, chunks: &[LogChunk]) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        for c in chunks {
+            sqlx::query(
+                "INSERT INTO instance_logs (instance_id, seq, at, data) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (instance_id, seq) DO NOTHING",
+            )
+            .bind(instance.to_string())
+            .bind(c.seq)
+            .bind(c.at.0)
+            .bind(&c.data)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn read_logs(&self, instance: &InstanceId, after_seq: i64, limit: u32) -> Result<Vec<LogChunk>> {
+        let rows = sqlx::query(&format!(
+            "SELECT seq, at, data FROM instance_logs WHERE instance_id = $1 AND seq > $2 ORDER BY seq LIMIT {limit}"
+        ))
+        .bind(instance.to_string())
+        .bind(after_seq)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok(LogChunk { seq: r.try_get(0)?, at: Timestamp(r.try_get(1)?), data: r.try_get(2)? }))
+            .collect()
     }
 
     async fn mark_silent_nodes_unhealthy(&self, cutoff: Timestamp) -> Result<Vec<NodeId>> {
@@ -889,7 +973,8 @@ async fn load_nodes(pool: &AnyPool, only: Option<&NodeId>) -> Result<Vec<Node>> 
     let t = "nodes";
     // Two statement shapes rather than `($1 = '' OR id = $1)`, which would scan every GPU row
     // to read one node.
-    let node_cols = "SELECT id, name, region, state, health, generation, last_heartbeat, created_at FROM nodes";
+    let node_cols =
+        "SELECT id, name, region, state, health, generation, last_heartbeat, created_at, driver, epoch FROM nodes";
     let gpu_cols = "SELECT node_id, idx, model, uuid, instance_id FROM gpus";
     let (rows, gpu_rows) = match only {
         Some(id) => (
@@ -919,8 +1004,11 @@ async fn load_nodes(pool: &AnyPool, only: Option<&NodeId>) -> Result<Vec<Node>> 
             let id: String = r.try_get(0)?;
             let region: String = r.try_get(2)?;
             let hb: Option<i64> = r.try_get(6)?;
+            let driver: String = r.try_get(8)?;
             Ok(Node {
                 id: parse(t, &id)?,
+                driver: if driver == "agent" { NodeDriver::Agent } else { NodeDriver::Fake },
+                epoch: r.try_get(9)?,
                 name: r.try_get(1)?,
                 region: Region::parse(&region).map_err(|e| corrupt(t, e))?,
                 state: parse::<NodeState>(t, &r.try_get::<String, _>(3)?)?,

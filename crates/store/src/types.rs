@@ -45,9 +45,28 @@ pub struct Gpu {
     pub instance: Option<InstanceId>,
 }
 
+/// What drives a node: an in-process fake agent, or a `gpucloud agent` process over HTTP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeDriver {
+    Fake,
+    Agent,
+}
+
+impl NodeDriver {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeDriver::Fake => "fake",
+            NodeDriver::Agent => "agent",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Node {
     pub id: NodeId,
+    pub driver: NodeDriver,
+    /// Bumped by every agent registration; reports from older epochs are refused.
+    pub epoch: i64,
     pub name: String,
     pub region: Region,
     pub state: NodeState,
@@ -281,4 +300,12 @@ pub struct ChargeItem {
     pub charge: gpucloud_billing::Charge,
     pub settled: bool,
     pub record: Option<LedgerRecord>,
+}
+
+/// A piece of a workload's output, in the order the agent read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogChunk {
+    pub seq: i64,
+    pub at: Timestamp,
+    pub data: String,
 }

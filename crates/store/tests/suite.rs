@@ -65,6 +65,7 @@ suite!(
     charges_move_money_once,
     prices_and_rules,
     concurrent_state_changes_have_one_winner,
+    agents_register_by_name_and_are_fenced_by_epoch,
 );
 
 fn ts(ms: i64) -> Timestamp {
@@ -467,4 +468,36 @@ async fn concurrent_state_changes_have_one_winner(s: Arc<dyn Store>) {
     assert_eq!(winners, 1);
     assert_eq!(s.intervals_of_tenant(&t.id).await.unwrap().len(), 1, "one billable interval");
     assert_eq!(s.instance_events(&i.id).await.unwrap().len(), 3, "pending, provisioning, running");
+}
+
+async fn agents_register_by_name_and_are_fenced_by_epoch(s: Arc<dyn Store>) {
+    let gpus: Vec<NewGpu> =
+        (0..2).map(|i| NewGpu { index: i, model: GpuModel::T4, uuid: format!("GPU-agent-{i}") }).collect();
+    let new = NewNode {
+        id: NodeId::from_random(rand::random()),
+        name: "host-1".into(),
+        region: Region::parse("eu-1").unwrap(),
+        gpus: gpus.clone(),
+        created_at: ts(1),
+    };
+    let first = s.register_agent_node(&new).await.unwrap();
+    assert_eq!((first.driver, first.epoch, first.gpus.len()), (NodeDriver::Agent, 1, 2));
+    assert!(s.record_agent_heartbeat(&first.id, 1, ts(5)).await.unwrap());
+    // The same host registers again (agent restarted): same node, next epoch; the old one is fenced.
+    let again = NewNode { id: NodeId::from_random(rand::random()), ..new.clone() };
+    let second = s.register_agent_node(&again).await.unwrap();
+    assert_eq!((second.id.clone(), second.epoch), (first.id.clone(), 2));
+    assert!(!s.record_agent_heartbeat(&first.id, 1, ts(6)).await.unwrap(), "old epoch refused");
+    assert!(s.record_agent_heartbeat(&first.id, 2, ts(6)).await.unwrap());
+    let other = NewNode { gpus: gpus[..1].to_vec(), ..again };
+    assert!(matches!(s.register_agent_node(&other).await, Err(StoreError::Conflict(_))), "GPUs must match");
+
+    let t = tenant(&s, "a").await;
+    let i = instance(&s, &t, 1, None).await;
+    let chunk = |seq: i64, data: &str| LogChunk { seq, at: ts(seq), data: data.into() };
+    s.append_logs(&i.id, &[chunk(1, "hello "), chunk(2, "world\n")]).await.unwrap();
+    s.append_logs(&i.id, &[chunk(2, "world\n"), chunk(3, "bye\n")]).await.unwrap();
+    let all: Vec<String> = s.read_logs(&i.id, 0, 100).await.unwrap().into_iter().map(|c| c.data).collect();
+    assert_eq!(all.concat(), "hello world\nbye\n", "a resent chunk is stored once");
+    assert_eq!(s.read_logs(&i.id, 2, 100).await.unwrap().len(), 1);
 }

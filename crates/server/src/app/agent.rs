@@ -9,6 +9,9 @@ use gpucloud_model::{AgentObservation, InstanceId, InstanceState, NodeId};
 #[derive(Debug, Clone)]
 pub struct AgentReport {
     pub node: NodeId,
+    /// The epoch the agent registered with; `None` for in-process fake agents, which are not
+    /// fenced (they live and die with the server).
+    pub epoch: Option<i64>,
     /// The workloads the agent knows of and what it saw of each.
     pub instances: Vec<(InstanceId, AgentObservation)>,
 }
@@ -24,6 +27,8 @@ pub struct DesiredInstance {
     pub id: InstanceId,
     pub desired: Desired,
     pub gpus: Vec<u32>,
+    /// The UUIDs of `gpus`, for CUDA_VISIBLE_DEVICES.
+    pub gpu_uuids: Vec<String>,
     pub command: String,
 }
 
@@ -38,7 +43,23 @@ pub trait AgentApi: Send + Sync {
 impl AgentApi for App {
     async fn heartbeat(&self, report: AgentReport) -> Result<Vec<DesiredInstance>, AppError> {
         let node = &report.node;
-        if !self.store.record_heartbeat(node, self.now()).await? {
+        let recorded = match report.epoch {
+            None => self.store.record_heartbeat(node, self.now()).await?,
+            Some(epoch) => {
+                let current = self.store.get_node(node).await?;
+                let Some(current) = current else {
+                    return Err(AppError::NotFound { kind: "node", id: node.to_string() });
+                };
+                if current.epoch != epoch {
+                    return Err(AppError::Conflict(format!(
+                        "fenced: node {node} was registered again (epoch {} > {epoch}); this agent must stop and re-register",
+                        current.epoch
+                    )));
+                }
+                self.store.record_agent_heartbeat(node, epoch, self.now()).await?
+            }
+        };
+        if !recorded {
             return Err(AppError::NotFound { kind: "node", id: node.to_string() });
         }
         for (id, seen) in &report.instances {
@@ -49,6 +70,10 @@ impl AgentApi for App {
             }
             self.observe(inst, *seen).await?;
         }
+        let uuids: std::collections::HashMap<u32, String> = match self.store.get_node(node).await? {
+            Some(n) => n.gpus.into_iter().map(|g| (g.index, g.uuid)).collect(),
+            None => Default::default(),
+        };
         let desired = self
             .store
             .instances_on_node(node)
@@ -57,11 +82,88 @@ impl AgentApi for App {
             .filter(|i| i.state.holds_gpus())
             .map(|i| DesiredInstance {
                 desired: if i.state == InstanceState::Stopping { Desired::Stop } else { Desired::Run },
+                gpu_uuids: i.gpus.iter().filter_map(|g| uuids.get(g).cloned()).collect(),
                 id: i.id,
                 gpus: i.gpus,
                 command: i.command,
             })
             .collect();
         Ok(desired)
+    }
+}
+
+impl App {
+    /// Registers (or re-registers) the node an agent runs on. Operators' keys only for now.
+    pub async fn register_agent(
+        &self,
+        by: &super::Principal,
+        name: &str,
+        region: gpucloud_model::Region,
+        gpus: Vec<gpucloud_store::NewGpu>,
+    ) -> Result<gpucloud_store::Node, AppError> {
+        by.require_operator()?;
+        let name_ok = !name.is_empty()
+            && name.len() <= 64
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_');
+        if !name_ok {
+            return Err(AppError::invalid("name", "a node name has 1 to 64 letters, digits, '-', '.' or '_'"));
+        }
+        if gpus.is_empty() || gpus.len() > 16 {
+            return Err(AppError::invalid("gpus", "a node has 1 to 16 GPUs"));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for g in &gpus {
+            if g.uuid.is_empty() || g.uuid.len() > 128 || !seen.insert(g.index) {
+                return Err(AppError::invalid("gpus", "each GPU needs a distinct index and a UUID"));
+            }
+        }
+        let node = gpucloud_store::NewNode {
+            id: NodeId::from_random(super::random_bits()),
+            name: name.to_string(),
+            region,
+            gpus,
+            created_at: self.now(),
+        };
+        let node = self.store.register_agent_node(&node).await.map_err(AppError::store_conflict)?;
+        tracing::info!(node = %node.id, name, epoch = node.epoch, "agent registered");
+        self.nodes_changed.notify_one();
+        Ok(node)
+    }
+
+    /// Output shipped by the agent running `instance` on `node`.
+    pub async fn agent_logs(
+        &self,
+        by: &super::Principal,
+        node: &NodeId,
+        epoch: i64,
+        instance: &InstanceId,
+        chunks: Vec<(i64, String)>,
+    ) -> Result<(), AppError> {
+        by.require_operator()?;
+        let current = self
+            .store
+            .get_node(node)
+            .await?
+            .ok_or_else(|| AppError::NotFound { kind: "node", id: node.to_string() })?;
+        if current.epoch != epoch {
+            return Err(AppError::Conflict(format!("fenced: node {node} has epoch {}", current.epoch)));
+        }
+        if self.store.get_instance(None, instance).await?.is_none() {
+            return Err(AppError::NotFound { kind: "instance", id: instance.to_string() });
+        }
+        let now = self.now();
+        let chunks: Vec<gpucloud_store::LogChunk> =
+            chunks.into_iter().map(|(seq, data)| gpucloud_store::LogChunk { seq, at: now, data }).collect();
+        Ok(self.store.append_logs(instance, &chunks).await?)
+    }
+
+    pub async fn instance_logs(
+        &self,
+        by: &super::Principal,
+        id: &str,
+        after: i64,
+    ) -> Result<Vec<gpucloud_store::LogChunk>, AppError> {
+        let inst = self.get_instance(by, id).await?;
+        Ok(self.store.read_logs(&inst.id, after, 1000).await?)
     }
 }

@@ -30,6 +30,8 @@ pub fn node(n: store::Node) -> api::Node {
         region: n.region.to_string(),
         state: n.state.to_string(),
         health: n.health.to_string(),
+        driver: n.driver.as_str().to_string(),
+        epoch: n.epoch,
         generation: n.generation,
         last_heartbeat: n.last_heartbeat.map(rfc3339),
         gpus_total: n.gpus.len() as u32,

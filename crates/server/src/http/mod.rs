@@ -1,6 +1,7 @@
 //! HTTP: routes (one file per resource), extractors, the problem mapping and the idempotency
 //! layer. Handlers parse, authenticate and call the app layer; they hold no SQL and no policy.
 
+mod agents;
 mod billing;
 mod convert;
 pub mod error;
@@ -34,6 +35,7 @@ pub const MAX_BODY: usize = 64 * 1024;
         (name = "instances", description = "GPU instances of the calling tenant"),
         (name = "nodes", description = "The fleet (operator)"),
         (name = "tenants", description = "Tenants and API keys (operator)"),
+        (name = "agents", description = "The node agent's protocol"),
         (name = "billing", description = "Prices, quotes, credit, balance, usage and the ledger"),
         (name = "meta", description = "Catalog, capacity, identity, health"),
     )
@@ -85,6 +87,10 @@ pub fn api() -> (Router<Arc<App>>, utoipa::openapi::OpenApi) {
         .routes(routes!(billing::get_budget, billing::set_budget))
         .routes(routes!(billing::set_tenant_billing))
         .routes(routes!(billing::alerts))
+        .routes(routes!(agents::register))
+        .routes(routes!(agents::heartbeat))
+        .routes(routes!(agents::logs))
+        .routes(routes!(agents::instance_logs))
         .split_for_parts()
 }
 

@@ -95,7 +95,7 @@ async fn fake_agent_supervisor(app: Arc<App>, interval: Duration) {
     loop {
         match app.store().list_nodes().await {
             Ok(nodes) => {
-                for n in nodes {
+                for n in nodes.into_iter().filter(|n| n.driver == gpucloud_store::NodeDriver::Fake) {
                     let alive = agents.get(&n.id).is_some_and(|h| !h.is_finished());
                     if !alive {
                         let api: Arc<dyn AgentApi> = app.clone();

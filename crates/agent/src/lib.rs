@@ -1,0 +1,85 @@
+//! The node agent. It discovers the host's GPUs (a fake backend for machines without one), registers
+//! the node, and every heartbeat reports what runs and gets back what should: starting what is
+//! wanted, stopping what is not (SIGTERM, then SIGKILL after a grace period), shipping output. It
+//! keeps the workloads it started in a state file, so a restarted agent adopts them instead of
+//! starting them twice or leaving them orphaned.
+
+pub mod gpu;
+pub mod reconcile;
+pub mod runtime;
+
+mod client;
+
+use client::{Client, Fenced};
+use gpu::GpuBackend;
+use gpucloud_api::{AgentGpu, AgentHeartbeat, RegisterAgentRequest};
+use runtime::ProcessRuntime;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub struct Config {
+    pub server: String,
+    pub token: String,
+    pub name: String,
+    pub region: gpucloud_model::Region,
+    pub state_dir: PathBuf,
+    /// Overrides the interval the server asks for.
+    pub interval: Option<Duration>,
+    /// Between SIGTERM and SIGKILL.
+    pub stop_grace: Duration,
+}
+
+/// Runs until the node is taken over by another agent (fenced) or registration fails.
+pub fn run(config: Config, gpus: &dyn GpuBackend) -> Result<(), String> {
+    let found = gpus.discover()?;
+    tracing::info!(backend = gpus.name(), gpus = found.len(), "GPUs discovered");
+    let client = Client::new(&config.server, &config.token);
+    let mut runtime = ProcessRuntime::open(&config.state_dir, config.stop_grace)?;
+    let request = RegisterAgentRequest {
+        name: config.name.clone(),
+        region: config.region.clone(),
+        gpus: found.iter().map(|g| AgentGpu { index: g.index, model: g.model, uuid: g.uuid.clone() }).collect(),
+    };
+    let reg = client.register(&request)?;
+    let interval = config.interval.unwrap_or(Duration::from_millis(reg.heartbeat_interval_ms.max(100)));
+    tracing::info!(node = %reg.node_id, epoch = reg.epoch, adopted = runtime.len(), "registered");
+    loop {
+        runtime.poll();
+        for (instance, seq, data) in runtime.pending_logs() {
+            match client.logs(&reg.node_id, reg.epoch, &instance, seq, &data) {
+                Ok(()) => runtime.logs_shipped(&instance, seq, data.len()),
+                Err(e) => tracing::warn!(%instance, error = %e, "shipping logs failed"),
+            }
+        }
+        let beat = AgentHeartbeat { node_id: reg.node_id.clone(), epoch: reg.epoch, instances: runtime.report() };
+        match client.heartbeat(&beat) {
+            Ok(desired) => {
+                runtime.reported(&beat.instances);
+                let wanted: Vec<(String, reconcile::Want)> = desired
+                    .instances
+                    .iter()
+                    .map(|w| {
+                        (w.id.clone(), if w.desired == "run" { reconcile::Want::Run } else { reconcile::Want::Stop })
+                    })
+                    .collect();
+                for action in reconcile::actions(&wanted, &runtime.actual()) {
+                    match action {
+                        reconcile::Action::Start(id) => {
+                            if let Some(w) = desired.instances.iter().find(|w| w.id == id) {
+                                runtime.start(w);
+                            }
+                        }
+                        reconcile::Action::Stop(id) => runtime.stop(&id),
+                    }
+                }
+            }
+            Err(client::Error::Fenced(Fenced(msg))) => {
+                // Another agent registered this node: what runs here is no longer ours to run.
+                runtime.stop_all_now();
+                return Err(format!("fenced off: {msg}"));
+            }
+            Err(e) => tracing::warn!(error = %e, "heartbeat failed; retrying"),
+        }
+        std::thread::sleep(interval);
+    }
+}

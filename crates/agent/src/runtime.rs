@@ -1,0 +1,261 @@
+//! Workloads as processes. Each runs `sh -c COMMAND` in its own process group with its GPUs in
+//! the environment, output appended to a log file. What runs is written to `state.json`, so a
+//! restarted agent adopts live processes rather than starting them again.
+
+use crate::reconcile::Actual;
+use gpucloud_api::{AgentInstanceReport, AgentWorkload};
+use std::collections::BTreeMap;
+use std::fs::OpenOptions;
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Largest piece of output shipped per workload per beat.
+const LOG_CHUNK: u64 = 64 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Exit {
+    Code(i32),
+    /// Killed by a signal: ours (a requested stop) or someone else's.
+    Signal(i32),
+    /// An adopted process ended; its status went to its new parent.
+    Unknown,
+}
+
+#[derive(serde::Serialize, serde::Deserialize, Clone)]
+struct Saved {
+    pid: i32,
+    log: PathBuf,
+    log_offset: u64,
+    next_seq: i64,
+}
+
+struct Workload {
+    saved: Saved,
+    child: Option<Child>,
+    stop_sent: Option<Instant>,
+    exit: Option<Exit>,
+}
+
+pub struct ProcessRuntime {
+    dir: PathBuf,
+    grace: Duration,
+    workloads: BTreeMap<String, Workload>,
+}
+
+fn alive(pid: i32) -> bool {
+    // Signal 0 checks existence and permission without sending anything.
+    unsafe { libc::kill(pid, 0) == 0 }
+}
+
+fn signal_group(pid: i32, sig: i32) {
+    // The workload leads its own process group: signal it and everything it started.
+    unsafe {
+        libc::kill(-pid, sig);
+    }
+}
+
+impl ProcessRuntime {
+    /// Opens the state directory and adopts the workloads a previous agent left running.
+    pub fn open(dir: &Path, grace: Duration) -> Result<ProcessRuntime, String> {
+        std::fs::create_dir_all(dir.join("logs")).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let mut rt = ProcessRuntime { dir: dir.to_path_buf(), grace, workloads: BTreeMap::new() };
+        if let Ok(text) = std::fs::read_to_string(rt.state_file()) {
+            let saved: BTreeMap<String, Saved> = serde_json::from_str(&text).map_err(|e| format!("state.json: {e}"))?;
+            for (id, s) in saved {
+                let exit = if alive(s.pid) { None } else { Some(Exit::Unknown) };
+                tracing::info!(instance = %id, pid = s.pid, alive = exit.is_none(), "adopted workload");
+                rt.workloads.insert(id, Workload { saved: s, child: None, stop_sent: None, exit });
+            }
+        }
+        Ok(rt)
+    }
+
+    fn state_file(&self) -> PathBuf {
+        self.dir.join("state.json")
+    }
+
+    fn save(&self) {
+        let saved: BTreeMap<&String, &Saved> = self.workloads.iter().map(|(k, w)| (k, &w.saved)).collect();
+        let tmp = self.dir.join("state.json.tmp");
+        let write = serde_json::to_vec(&saved)
+            .map_err(std::io::Error::other)
+            .and_then(|b| std::fs::write(&tmp, b))
+            .and_then(|_| std::fs::rename(&tmp, self.state_file()));
+        if let Err(e) = write {
+            tracing::error!(error = %e, "cannot save agent state");
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.workloads.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.workloads.is_empty()
+    }
+
+    pub fn start(&mut self, w: &AgentWorkload) {
+        let log = self.dir.join("logs").join(format!("{}.log", w.id));
+        let result = OpenOptions::new().create(true).append(true).open(&log).and_then(|out| {
+            let err = out.try_clone()?;
+            let devices = w.gpu_uuids.join(",");
+            Command::new("/bin/sh")
+                .arg("-c")
+                .arg(&w.command)
+                .env("CUDA_VISIBLE_DEVICES", &devices)
+                .env("NVIDIA_VISIBLE_DEVICES", &devices)
+                .env("GPUCLOUD_INSTANCE_ID", &w.id)
+                .env("GPUCLOUD_GPU_INDICES", w.gpus.iter().map(u32::to_string).collect::<Vec<_>>().join(","))
+                .stdin(Stdio::null())
+                .stdout(out)
+                .stderr(err)
+                .process_group(0)
+                .spawn()
+        });
+        let saved = Saved { pid: 0, log, log_offset: 0, next_seq: 1 };
+        let workload = match result {
+            Ok(child) => {
+                tracing::info!(instance = %w.id, pid = child.id(), "started workload");
+                Workload {
+                    saved: Saved { pid: child.id() as i32, ..saved },
+                    child: Some(child),
+                    stop_sent: None,
+                    exit: None,
+                }
+            }
+            Err(e) => {
+                tracing::error!(instance = %w.id, error = %e, "cannot start workload");
+                Workload { saved, child: None, stop_sent: None, exit: Some(Exit::Code(127)) }
+            }
+        };
+        self.workloads.insert(w.id.clone(), workload);
+        self.save();
+    }
+
+    /// SIGTERM now; SIGKILL once the grace period has passed.
+    pub fn stop(&mut self, id: &str) {
+        let grace = self.grace;
+        let Some(w) = self.workloads.get_mut(id) else { return };
+        if w.exit.is_some() || w.saved.pid <= 0 {
+            return;
+        }
+        match w.stop_sent {
+            None => {
+                tracing::info!(instance = %id, pid = w.saved.pid, "stopping workload (SIGTERM)");
+                signal_group(w.saved.pid, libc::SIGTERM);
+                w.stop_sent = Some(Instant::now());
+            }
+            Some(at) if at.elapsed() >= grace => {
+                tracing::warn!(instance = %id, pid = w.saved.pid, "grace period over (SIGKILL)");
+                signal_group(w.saved.pid, libc::SIGKILL);
+            }
+            Some(_) => {}
+        }
+    }
+
+    pub fn stop_all_now(&mut self) {
+        for w in self.workloads.values() {
+            if w.exit.is_none() && w.saved.pid > 0 {
+                signal_group(w.saved.pid, libc::SIGKILL);
+            }
+        }
+    }
+
+    /// Notices workloads that ended.
+    pub fn poll(&mut self) {
+        for w in self.workloads.values_mut() {
+            if w.exit.is_some() {
+                continue;
+            }
+            match &mut w.child {
+                Some(child) => {
+                    if let Ok(Some(status)) = child.try_wait() {
+                        w.exit = Some(match (status.code(), status.signal()) {
+                            (Some(code), _) => Exit::Code(code),
+                            (None, Some(sig)) => Exit::Signal(sig),
+                            _ => Exit::Unknown,
+                        });
+                    }
+                }
+                None if !alive(w.saved.pid) => w.exit = Some(Exit::Unknown),
+                None => {}
+            }
+        }
+    }
+
+    /// What each workload is, for the heartbeat.
+    pub fn report(&self) -> Vec<AgentInstanceReport> {
+        self.workloads
+            .iter()
+            .map(|(id, w)| {
+                let (state, exit_code) = match w.exit {
+                    None => ("running", None),
+                    Some(Exit::Code(0)) | Some(Exit::Unknown) => ("stopped", Some(0)),
+                    // A stop we asked for ends the way we asked: stopped, not failed.
+                    Some(Exit::Signal(_)) if w.stop_sent.is_some() => ("stopped", None),
+                    Some(Exit::Signal(sig)) => ("failed", Some(128 + sig)),
+                    Some(Exit::Code(code)) => ("failed", Some(code)),
+                };
+                AgentInstanceReport { id: id.clone(), state: state.to_string(), exit_code }
+            })
+            .collect()
+    }
+
+    /// Forgets workloads whose end the server has now heard of (their output is shipped first).
+    pub fn reported(&mut self, sent: &[AgentInstanceReport]) {
+        let before = self.workloads.len();
+        self.workloads.retain(|id, w| {
+            let done = w.exit.is_some() && sent.iter().any(|r| r.id == *id && r.state != "running");
+            let shipped = std::fs::metadata(&w.saved.log).map_or(true, |m| m.len() <= w.saved.log_offset);
+            !(done && shipped)
+        });
+        if self.workloads.len() != before {
+            self.save();
+        }
+    }
+
+    pub fn actual(&self) -> Vec<Actual> {
+        self.workloads.iter().map(|(id, w)| Actual { id: id.clone(), alive: w.exit.is_none() }).collect()
+    }
+
+    /// New output per workload: (instance, seq, text).
+    pub fn pending_logs(&self) -> Vec<(String, i64, String)> {
+        let mut out = Vec::new();
+        for (id, w) in &self.workloads {
+            let Ok(mut f) = std::fs::File::open(&w.saved.log) else { continue };
+            if f.seek(SeekFrom::Start(w.saved.log_offset)).is_err() {
+                continue;
+            }
+            let mut buf = Vec::new();
+            if f.take(LOG_CHUNK).read_to_end(&mut buf).is_err() || buf.is_empty() {
+                continue;
+            }
+            // Ship whole characters; a split one waits for its other half (unless the process ended).
+            let text = match std::str::from_utf8(&buf) {
+                Ok(t) => t.to_string(),
+                Err(e) if e.valid_up_to() > 0 && w.exit.is_none() => {
+                    String::from_utf8_lossy(&buf[..e.valid_up_to()]).into_owned()
+                }
+                Err(_) => String::from_utf8_lossy(&buf).into_owned(),
+            };
+            out.push((id.clone(), w.saved.next_seq, text));
+        }
+        out
+    }
+
+    pub fn logs_shipped(&mut self, id: &str, seq: i64, text_len: usize) {
+        if let Some(w) = self.workloads.get_mut(id)
+            && w.saved.next_seq == seq
+        {
+            // Lossy decoding can change the length only for invalid bytes at the very end, where
+            // the file is read to its end anyway.
+            let len = std::fs::metadata(&w.saved.log).map(|m| m.len()).unwrap_or(0);
+            w.saved.log_offset = (w.saved.log_offset + text_len as u64).min(len);
+            w.saved.next_seq += 1;
+        }
+        self.save();
+    }
+}

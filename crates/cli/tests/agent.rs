@@ -1,0 +1,217 @@
+//! The real agent, end to end: `gpucloud serve` plus two `gpucloud agent` processes with fake GPUs.
+//! Workloads are real processes: they see exactly their GPUs, their output streams back, exit
+//! codes map to states, stop is SIGTERM, and a kill -9'd agent adopts what it left running.
+
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_gpucloud");
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+struct Api {
+    url: String,
+    agent: ureq::Agent,
+}
+
+impl Api {
+    fn call(&self, key: &str, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let url = format!("{}{path}", self.url);
+        let auth = format!("Bearer {key}");
+        let resp = match (method, body) {
+            ("GET", _) => self.agent.get(&url).header("Authorization", &auth).call(),
+            (_, Some(b)) => self
+                .agent
+                .post(&url)
+                .header("Authorization", &auth)
+                .header("Content-Type", "application/json")
+                .send(serde_json::to_vec(&b).unwrap().as_slice()),
+            (_, None) => self.agent.post(&url).header("Authorization", &auth).send_empty(),
+        };
+        let mut r = resp.unwrap();
+        let status = r.status().as_u16();
+        let text = r.body_mut().read_to_string().unwrap_or_default();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    fn wait(&self, key: &str, id: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let (_, v) = self.call(key, "GET", &format!("/v1/instances/{id}"), None);
+            if pred(&v) {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "{id} never {what}: {v}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+fn start_agent(url: &str, key: &str, name: &str, state: &Path) -> Proc {
+    Proc(
+        Command::new(BIN)
+            .args(["agent", "--server", url, "--token", key, "--name", name, "--region", "eu-1"])
+            .args(["--fake-gpus", "A100-40GB:2", "--interval-ms", "100", "--stop-grace-s", "2", "--state-dir"])
+            .arg(state)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(state.with_extension("log")).unwrap())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// Processes whose command line contains `needle` (from /proc).
+fn processes_with(needle: &str) -> usize {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
+        .filter(|c| String::from_utf8_lossy(c).replace('\0', " ").contains(needle))
+        .count()
+}
+
+#[test]
+fn agents_run_real_workloads() {
+    let root: PathBuf = std::env::temp_dir().join(format!("gpucloud-agent-{:016x}", rand::random::<u64>()));
+    std::fs::create_dir_all(&root).unwrap();
+    let out = root.join("serve.out");
+    let _server = Proc(
+        Command::new(BIN)
+            .args(["serve", "--listen", "127.0.0.1:0", "--database"])
+            .arg(format!("sqlite://{}/db.sqlite", root.display()))
+            .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (op, url) = loop {
+        let text = std::fs::read_to_string(&out).unwrap_or_default();
+        let key = text
+            .lines()
+            .find_map(|l| l.strip_prefix("operator key: "))
+            .map(|k| k.split_whitespace().next().unwrap().to_string());
+        let url = text.lines().find_map(|l| l.strip_prefix("gpucloud serving on ")).map(str::to_string);
+        if let (Some(k), Some(u)) = (key, url) {
+            break (k, u);
+        }
+        assert!(Instant::now() < deadline, "serve did not start: {text}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let api = Api {
+        url: url.clone(),
+        agent: ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(10)))
+            .build()
+            .into(),
+    };
+    let mut a1 = start_agent(&url, &op, "host-1", &root.join("a1"));
+    let _a2 = start_agent(&url, &op, "host-2", &root.join("a2"));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, nodes) = api.call(&op, "GET", "/v1/nodes", None);
+        let healthy = nodes["nodes"].as_array().map_or(0, |n| n.iter().filter(|n| n["health"] == "healthy").count());
+        if healthy == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "agents never registered: {nodes}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (_, t) = api.call(&op, "POST", "/v1/tenants", Some(json!({"name": "acme"})));
+    let key = t["api_key"].as_str().unwrap().to_string();
+    let create = |command: String, count: u32| {
+        let (status, v) = api.call(
+            &key,
+            "POST",
+            "/v1/instances",
+            Some(json!({"gpu": "A100-40GB", "count": count, "command": command})),
+        );
+        assert_eq!(status, 201, "{v}");
+        v["id"].as_str().unwrap().to_string()
+    };
+
+    // The workload sees exactly its GPUs; its output streams back; exit 3 is a failure with code 3.
+    let env_dir = root.join("env");
+    std::fs::create_dir_all(&env_dir).unwrap();
+    let id = create(
+        format!(
+            "env > {}/$GPUCLOUD_INSTANCE_ID.env; echo hello from $GPUCLOUD_INSTANCE_ID; sleep 1; exit 3",
+            env_dir.display()
+        ),
+        2,
+    );
+    let running = api.wait(&key, &id, "running", |v| v["state"] == "running");
+    let (_, node) = api.call(&op, "GET", &format!("/v1/nodes/{}", running["node"].as_str().unwrap()), None);
+    let mut expected: Vec<String> = node["gpus"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|g| g["instance"] == json!(id))
+        .map(|g| g["uuid"].as_str().unwrap().to_string())
+        .collect();
+    expected.sort();
+    let failed = api.wait(&key, &id, "failed", |v| v["state"] == "failed");
+    assert_eq!(failed["exit_code"], 3);
+    let env = std::fs::read_to_string(env_dir.join(format!("{id}.env"))).unwrap();
+    let visible = env.lines().find_map(|l| l.strip_prefix("CUDA_VISIBLE_DEVICES=")).unwrap();
+    let mut visible: Vec<String> = visible.split(',').map(str::to_string).collect();
+    visible.sort();
+    assert_eq!((visible.len(), &visible), (2, &expected));
+    assert!(env.contains(&format!("GPUCLOUD_INSTANCE_ID={id}")));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, logs) = api.call(&key, "GET", &format!("/v1/instances/{id}/logs"), None);
+        let text: String = logs["chunks"].as_array().unwrap().iter().map(|c| c["data"].as_str().unwrap()).collect();
+        if text.contains(&format!("hello from {id}")) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "logs never arrived: {logs}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // Exit 0 ends as stopped.
+    let ok = create("true".into(), 1);
+    let done = api.wait(&key, &ok, "stopped", |v| v["state"] == "stopped");
+    assert_eq!(done["exit_code"], 0);
+
+    // Stop sends SIGTERM to the workload, which ends; its GPUs come back.
+    let long = create("exec sleep 1234".into(), 1);
+    api.wait(&key, &long, "running", |v| v["state"] == "running");
+    assert_eq!(processes_with("sleep 1234"), 1);
+    api.call(&key, "POST", &format!("/v1/instances/{long}/stop"), None);
+    api.wait(&key, &long, "stopped", |v| v["state"] == "stopped");
+    assert_eq!(processes_with("sleep 1234"), 0, "the workload is gone");
+
+    // kill -9 the agent running a workload; the restarted agent adopts it: one copy, still running.
+    let (_, nodes) = api.call(&op, "GET", "/v1/nodes", None);
+    let host2 = nodes["nodes"].as_array().unwrap().iter().find(|n| n["name"] == "host-2").unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    api.call(&op, "POST", &format!("/v1/nodes/{host2}/cordon"), None);
+    let kept = create("exec sleep 4321".into(), 2);
+    let before = api.wait(&key, &kept, "running", |v| v["state"] == "running");
+    assert_eq!(processes_with("sleep 4321"), 1);
+    a1.0.kill().unwrap();
+    a1.0.wait().unwrap();
+    let _a1 = start_agent(&url, &op, "host-1", &root.join("a1"));
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(processes_with("sleep 4321"), 1, "adopted, not started twice");
+    let (_, after) = api.call(&key, "GET", &format!("/v1/instances/{kept}"), None);
+    assert_eq!((after["state"].as_str(), &after["node"]), (Some("running"), &before["node"]));
+    let (_, host1) = api.call(&op, "GET", &format!("/v1/nodes/{}", before["node"].as_str().unwrap()), None);
+    assert_eq!(host1["health"], "healthy");
+    api.call(&key, "POST", &format!("/v1/instances/{kept}/terminate"), None);
+    api.wait(&key, &kept, "terminated", |v| v["state"] == "terminated");
+    assert_eq!(processes_with("sleep 4321"), 0);
+    let _ = std::fs::remove_dir_all(&root);
+}

@@ -1,0 +1,122 @@
+//! The node agent's side of the API: register, heartbeat (report and get desired workloads), ship
+//! logs. Authenticated with an operator key for now.
+
+use super::error::ApiError;
+use super::extract::{ApiJson, Auth};
+use crate::app::{AgentApi, AgentReport, App, AppError, Desired};
+use axum::Json;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use gpucloud_api::{
+    AgentDesired, AgentHeartbeat, AgentLogs, AgentRegistered, AgentWorkload, InstanceLogs, LogChunk, Problem,
+    RegisterAgentRequest, rfc3339,
+};
+use gpucloud_model::{AgentObservation, InstanceId, NodeId};
+use serde::Deserialize;
+use std::sync::Arc;
+
+fn bad(field: &str, detail: &str) -> ApiError {
+    ApiError::from(AppError::Invalid { field: field.to_string(), detail: detail.to_string() })
+}
+
+fn node_id(s: &str) -> Result<NodeId, ApiError> {
+    NodeId::parse(s).map_err(|_| ApiError::from(AppError::NotFound { kind: "node", id: s.to_string() }))
+}
+
+/// Register the node this agent runs on (or take it over again after a restart: next epoch).
+#[utoipa::path(post, path = "/v1/agent/register", tag = "agents", request_body = RegisterAgentRequest,
+    responses((status = 201, body = AgentRegistered), (status = 409, body = Problem), (status = 422, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn register(
+    State(app): State<Arc<App>>,
+    Auth(p): Auth,
+    ApiJson(req): ApiJson<RegisterAgentRequest>,
+) -> Result<(StatusCode, Json<AgentRegistered>), ApiError> {
+    let gpus =
+        req.gpus.into_iter().map(|g| gpucloud_store::NewGpu { index: g.index, model: g.model, uuid: g.uuid }).collect();
+    let node = app.register_agent(&p, &req.name, req.region, gpus).await?;
+    let interval = (app.config.heartbeat_grace / 5).as_millis() as u64;
+    Ok((
+        StatusCode::CREATED,
+        Json(AgentRegistered { node_id: node.id.to_string(), epoch: node.epoch, heartbeat_interval_ms: interval }),
+    ))
+}
+
+/// Report what runs and get what should: the agent's reconcile loop.
+#[utoipa::path(post, path = "/v1/agent/heartbeat", tag = "agents", request_body = AgentHeartbeat,
+    responses((status = 200, body = AgentDesired), (status = 409, body = Problem, description = "fenced: re-register")),
+    security(("bearer" = [])))]
+pub async fn heartbeat(
+    State(app): State<Arc<App>>,
+    Auth(p): Auth,
+    ApiJson(req): ApiJson<AgentHeartbeat>,
+) -> Result<Json<AgentDesired>, ApiError> {
+    p.require_operator()?;
+    let mut instances = Vec::new();
+    for r in req.instances {
+        let id = InstanceId::parse(&r.id).map_err(|e| bad("instances", &e.to_string()))?;
+        let seen = match (r.state.as_str(), r.exit_code) {
+            ("running", _) => AgentObservation::Running,
+            ("stopped", _) => AgentObservation::Stopped,
+            ("failed", code) => AgentObservation::Failed { exit_code: code.unwrap_or(-1) },
+            _ => return Err(bad("instances", "state is running, stopped or failed")),
+        };
+        instances.push((id, seen));
+    }
+    let report = AgentReport { node: node_id(&req.node_id)?, epoch: Some(req.epoch), instances };
+    let desired = app.heartbeat(report).await?;
+    let instances = desired
+        .into_iter()
+        .map(|d| AgentWorkload {
+            id: d.id.to_string(),
+            desired: if d.desired == Desired::Run { "run" } else { "stop" }.to_string(),
+            gpus: d.gpus,
+            gpu_uuids: d.gpu_uuids,
+            command: d.command,
+        })
+        .collect();
+    Ok(Json(AgentDesired { instances }))
+}
+
+/// Ship a workload's output.
+#[utoipa::path(post, path = "/v1/agent/logs", tag = "agents", request_body = AgentLogs,
+    responses((status = 204), (status = 409, body = Problem)), security(("bearer" = [])))]
+pub async fn logs(
+    State(app): State<Arc<App>>,
+    Auth(p): Auth,
+    ApiJson(req): ApiJson<AgentLogs>,
+) -> Result<StatusCode, ApiError> {
+    let node = node_id(&req.node_id)?;
+    let instance = InstanceId::parse(&req.instance).map_err(|e| bad("instance", &e.to_string()))?;
+    if req.chunks.len() > 1000 || req.chunks.iter().any(|c| c.seq < 1) {
+        return Err(bad("chunks", "at most 1000 chunks a call, seq from 1"));
+    }
+    let chunks = req.chunks.into_iter().map(|c| (c.seq, c.data)).collect();
+    app.agent_logs(&p, &node, req.epoch, &instance, chunks).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct After {
+    /// Return chunks after this seq (0: from the start).
+    after: Option<i64>,
+}
+
+/// A workload's output (stdout and stderr, interleaved as written). Poll with `after` to follow.
+#[utoipa::path(get, path = "/v1/instances/{id}/logs", tag = "instances", params(("id" = String, Path), After),
+    responses((status = 200, body = InstanceLogs), (status = 404, body = Problem)), security(("bearer" = [])))]
+pub async fn instance_logs(
+    State(app): State<Arc<App>>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+    q: Result<Query<After>, QueryRejection>,
+) -> Result<Json<InstanceLogs>, ApiError> {
+    let Query(q) = q.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
+    let after = q.after.unwrap_or(0);
+    let chunks = app.instance_logs(&p, &id, after).await?;
+    let next_after = chunks.last().map_or(after, |c| c.seq);
+    let chunks = chunks.into_iter().map(|c| LogChunk { seq: c.seq, at: rfc3339(c.at), data: c.data }).collect();
+    Ok(Json(InstanceLogs { chunks, next_after }))
+}

@@ -1,0 +1,14 @@
+-- Real node agents: a node is driven by an in-process fake agent ('fake') or by a gpucloud agent
+-- process ('agent') that registers over HTTP. Each registration bumps the epoch; reports carrying
+-- an older epoch are refused (fencing a returning agent).
+ALTER TABLE nodes ADD COLUMN driver TEXT NOT NULL DEFAULT 'fake';
+ALTER TABLE nodes ADD COLUMN epoch BIGINT NOT NULL DEFAULT 0;
+
+-- Workload output shipped by agents, in order.
+CREATE TABLE instance_logs (
+    instance_id  TEXT NOT NULL REFERENCES instances(id),
+    seq          BIGINT NOT NULL,
+    at           BIGINT NOT NULL,
+    data         TEXT NOT NULL,
+    PRIMARY KEY (instance_id, seq)
+);
