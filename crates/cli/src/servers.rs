@@ -39,6 +39,9 @@ pub struct ServeArgs {
     /// Scheduler, fake-agent and metering period in milliseconds (tests use a short one).
     #[arg(long, hide = true)]
     tick_ms: Option<u64>,
+    /// A node silent this long is lost (default 10000).
+    #[arg(long)]
+    heartbeat_grace_ms: Option<u64>,
 }
 
 fn with_tick(mut config: Config, tick_ms: Option<u64>) -> Config {
@@ -154,7 +157,10 @@ pub fn serve(args: ServeArgs) -> Result<(), String> {
             fake_agents: if args.fake_agents { FakeAgents::Every(Duration::from_secs(2)) } else { FakeAgents::Off },
             ..Config::default()
         };
-        let config = with_tick(config, args.tick_ms);
+        let mut config = with_tick(config, args.tick_ms);
+        if let Some(ms) = args.heartbeat_grace_ms {
+            config.heartbeat_grace = Duration::from_millis(ms.max(100));
+        }
         let running = gpucloud_server::start(store, config, &args.listen)
             .await
             .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;

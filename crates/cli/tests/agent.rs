@@ -83,9 +83,9 @@ fn agents_run_real_workloads() {
     let root: PathBuf = std::env::temp_dir().join(format!("gpucloud-agent-{:016x}", rand::random::<u64>()));
     std::fs::create_dir_all(&root).unwrap();
     let out = root.join("serve.out");
-    let _server = Proc(
+    let mut server = Proc(
         Command::new(BIN)
-            .args(["serve", "--listen", "127.0.0.1:0", "--database"])
+            .args(["serve", "--listen", "127.0.0.1:0", "--heartbeat-grace-ms", "1500", "--database"])
             .arg(format!("sqlite://{}/db.sqlite", root.display()))
             .stdout(std::fs::File::create(&out).unwrap())
             .stderr(Stdio::null())
@@ -203,8 +203,8 @@ fn agents_run_real_workloads() {
     assert_eq!(processes_with("sleep 4321"), 1);
     a1.0.kill().unwrap();
     a1.0.wait().unwrap();
-    let _a1 = start_agent(&url, &op, "host-1", &root.join("a1"));
-    std::thread::sleep(Duration::from_millis(1500));
+    let mut a1 = start_agent(&url, &op, "host-1", &root.join("a1"));
+    std::thread::sleep(Duration::from_millis(1000));
     assert_eq!(processes_with("sleep 4321"), 1, "adopted, not started twice");
     let (_, after) = api.call(&key, "GET", &format!("/v1/instances/{kept}"), None);
     assert_eq!((after["state"].as_str(), &after["node"]), (Some("running"), &before["node"]));
@@ -213,5 +213,46 @@ fn agents_run_real_workloads() {
     api.call(&key, "POST", &format!("/v1/instances/{kept}/terminate"), None);
     api.wait(&key, &kept, "terminated", |v| v["state"] == "terminated");
     assert_eq!(processes_with("sleep 4321"), 0);
+
+    // kill -9 the agent and leave it dead: past the grace period its node and instance are lost,
+    // and billing ends at the last heartbeat.
+    let gone = create("exec sleep 5678".into(), 1);
+    api.wait(&key, &gone, "running", |v| v["state"] == "running");
+    a1.0.kill().unwrap();
+    a1.0.wait().unwrap();
+    let killed_at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    api.wait(&key, &gone, "lost", |v| v["state"] == "lost");
+    let (_, host1) = api.call(&op, "GET", &format!("/v1/nodes/{}", before["node"].as_str().unwrap()), None);
+    assert_eq!(host1["health"], "lost");
+    assert_eq!(processes_with("sleep 5678"), 1, "the workload outlived its agent");
+
+    // The agent returns: it registers again (next epoch) and stops what the server gave up on.
+    let _a1 = start_agent(&url, &op, "host-1", &root.join("a1"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while processes_with("sleep 5678") > 0 {
+        assert!(Instant::now() < deadline, "the lost instance's workload was never stopped");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (_, host1) = api.call(&op, "GET", &format!("/v1/nodes/{}", before["node"].as_str().unwrap()), None);
+    assert_eq!((host1["health"].as_str(), host1["epoch"].as_i64()), (Some("healthy"), Some(3)));
+
+    let _ = server.0.kill();
+    let _ = server.0.wait();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let store = gpucloud_store::open(&format!("sqlite://{}/db.sqlite", root.display())).await.unwrap();
+        let id = gpucloud_model::InstanceId::parse(&gone).unwrap();
+        let last = store.instance_events(&id).await.unwrap().pop().unwrap();
+        assert_eq!(last.to, gpucloud_model::InstanceState::Lost);
+        let tenant = store.list_tenants().await.unwrap().into_iter().find(|t| t.name == "acme").unwrap();
+        let interval =
+            store.intervals_of_tenant(&tenant.id).await.unwrap().into_iter().find(|u| u.instance_id == id).unwrap();
+        let ended = interval.ended_at.unwrap().millis();
+        assert_eq!(ended, last.at.millis(), "billing ends where the history says");
+        assert!(
+            ended <= killed_at && ended > killed_at - 1000,
+            "ended at the last heartbeat: {ended} vs kill at {killed_at}"
+        );
+    });
     let _ = std::fs::remove_dir_all(&root);
 }

@@ -21,6 +21,9 @@ pub enum InstanceState {
     Terminated,
     /// The workload failed; holds no GPUs; can be started again or terminated.
     Failed,
+    /// Its node went silent past the grace period; billing ended at the node's last heartbeat.
+    /// Holds no GPUs; can be started again (elsewhere) or terminated.
+    Lost,
 }
 
 text_enum!(InstanceState {
@@ -31,10 +34,11 @@ text_enum!(InstanceState {
     InstanceState::Stopped => "stopped",
     InstanceState::Terminated => "terminated",
     InstanceState::Failed => "failed",
+    InstanceState::Lost => "lost",
 });
 
 impl InstanceState {
-    pub const ALL: [InstanceState; 7] = [
+    pub const ALL: [InstanceState; 8] = [
         InstanceState::Pending,
         InstanceState::Provisioning,
         InstanceState::Running,
@@ -42,6 +46,7 @@ impl InstanceState {
         InstanceState::Stopped,
         InstanceState::Terminated,
         InstanceState::Failed,
+        InstanceState::Lost,
     ];
 
     /// Whether an instance in this state owns GPUs on a node. The store keeps the GPU allocation
@@ -162,13 +167,14 @@ impl InstanceState {
             }
             (UserAction::Stop, S::Stopping | S::Stopped) => Ok(unchanged),
             (UserAction::Stop, S::Failed) => illegal,
+            (UserAction::Stop, S::Lost) => Ok(Change::to(S::Stopped)),
 
-            (UserAction::Start, S::Stopped | S::Failed) => Ok(Change::to(S::Pending)),
+            (UserAction::Start, S::Stopped | S::Failed | S::Lost) => Ok(Change::to(S::Pending)),
             (UserAction::Start, S::Pending | S::Provisioning | S::Running) => Ok(unchanged),
             (UserAction::Start, S::Stopping) if target == Some(StopTarget::Requeue) => Ok(unchanged),
             (UserAction::Start, S::Stopping) => illegal,
 
-            (UserAction::Terminate, S::Pending | S::Stopped | S::Failed) => Ok(Change::to(S::Terminated)),
+            (UserAction::Terminate, S::Pending | S::Stopped | S::Failed | S::Lost) => Ok(Change::to(S::Terminated)),
             (UserAction::Terminate, S::Provisioning | S::Running | S::Stopping) => {
                 Ok(Change::stopping(StopTarget::Terminated))
             }

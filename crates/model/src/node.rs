@@ -16,8 +16,10 @@ pub enum NodeState {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum NodeHealth {
     Healthy,
-    /// No heartbeat within the grace period.
+    /// Not heard from yet (a new node), or not schedulable for a health reason.
     Unhealthy,
+    /// Silent past the heartbeat grace period: its instances were declared lost.
+    Lost,
 }
 
 macro_rules! text_enum {
@@ -46,7 +48,11 @@ macro_rules! text_enum {
 pub(crate) use text_enum;
 
 text_enum!(NodeState { NodeState::Ready => "ready", NodeState::Cordoned => "cordoned", NodeState::Draining => "draining" });
-text_enum!(NodeHealth { NodeHealth::Healthy => "healthy", NodeHealth::Unhealthy => "unhealthy" });
+text_enum!(NodeHealth {
+    NodeHealth::Healthy => "healthy",
+    NodeHealth::Unhealthy => "unhealthy",
+    NodeHealth::Lost => "lost",
+});
 
 impl NodeState {
     pub fn accepts_new_instances(self) -> bool {

@@ -18,6 +18,7 @@ pub struct RegionShortfall {
     pub cordoned: u32,
     pub draining: u32,
     pub unhealthy: u32,
+    pub lost: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,7 +45,9 @@ pub(crate) fn explain(snapshot: &ClusterSnapshot, index: &FreeIndex<'_>, p: &Pen
             .entry(&node.region)
             .or_insert_with(|| RegionShortfall { region: node.region.to_string(), ..Default::default() });
         s.nodes_with_model += 1;
-        if node.health == NodeHealth::Unhealthy {
+        if node.health == NodeHealth::Lost {
+            s.lost += 1;
+        } else if node.health == NodeHealth::Unhealthy {
             s.unhealthy += 1;
         } else if node.state == NodeState::Cordoned {
             s.cordoned += 1;
@@ -84,6 +87,7 @@ impl fmt::Display for PendingReason {
                 (r.cordoned, "cordoned"),
                 (r.draining, "draining"),
                 (r.unhealthy, "unhealthy"),
+                (r.lost, "lost"),
             ]
             .into_iter()
             .filter(|(n, _)| *n > 0)

@@ -65,8 +65,10 @@ pub trait Store: Send + Sync {
     async fn append_logs(&self, instance: &InstanceId, chunks: &[LogChunk]) -> Result<()>;
     /// Chunks after `after_seq`, in order, at most `limit`.
     async fn read_logs(&self, instance: &InstanceId, after_seq: i64, limit: u32) -> Result<Vec<LogChunk>>;
-    /// Marks unhealthy every healthy node whose last heartbeat is older than `cutoff`.
-    async fn mark_silent_nodes_unhealthy(&self, cutoff: Timestamp) -> Result<Vec<NodeId>>;
+    /// Declares lost every node that has heartbeated before but not since `cutoff`: the node
+    /// becomes `lost`, its GPUs are freed, and each instance on it becomes `lost` with its billing
+    /// ended at the node's last heartbeat. One transaction per node.
+    async fn mark_silent_nodes_lost(&self, cutoff: Timestamp, now: Timestamp) -> Result<Vec<LostNode>>;
 
     /// Inserts an instance, or with an idempotency key already used by its tenant, returns the
     /// instance that key created. The bool says whether this call created it.

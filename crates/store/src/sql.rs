@@ -1,8 +1,8 @@
 use crate::migrate;
 use crate::{
     Alert, ApiKey, ApplyOutcome, Backend, BudgetAction, ChargeItem, Gpu, IdempotencyBegin, Instance, InstanceChange,
-    InstanceEvent, LedgerLine, LedgerRecord, LogChunk, NewInstance, NewNode, Node, NodeBatch, NodeDriver, PriceRow,
-    Result, Store, StoreError, StoredInvoice, Tenant, TenantBilling, UsageInterval,
+    InstanceEvent, LedgerLine, LedgerRecord, LogChunk, LostNode, NewInstance, NewNode, Node, NodeBatch, NodeDriver,
+    PriceRow, Result, Store, StoreError, StoredInvoice, Tenant, TenantBilling, UsageInterval,
 };
 use async_trait::async_trait;
 use gpucloud_billing::{Account, CURRENCY, EntryKind, PricePoint, Rules};
@@ -391,22 +391,75 @@ impl Store for SqlStore {
             .collect()
     }
 
-    async fn mark_silent_nodes_unhealthy(&self, cutoff: Timestamp) -> Result<Vec<NodeId>> {
-        let mut tx = self.pool.begin().await?;
+    async fn mark_silent_nodes_lost(&self, cutoff: Timestamp, now: Timestamp) -> Result<Vec<LostNode>> {
         let ids: Vec<String> = sqlx::query_scalar(
-            "SELECT id FROM nodes WHERE health = 'healthy' AND (last_heartbeat IS NULL OR last_heartbeat < $1)",
+            "SELECT id FROM nodes WHERE health <> 'lost' AND last_heartbeat IS NOT NULL AND last_heartbeat < $1",
         )
         .bind(cutoff.0)
-        .fetch_all(&mut *tx)
+        .fetch_all(&self.pool)
         .await?;
-        for id in &ids {
-            sqlx::query("UPDATE nodes SET health = 'unhealthy', generation = generation + 1 WHERE id = $1")
-                .bind(id)
+        let mut lost = Vec::new();
+        for id in ids {
+            let mut tx = self.pool.begin().await?;
+            // Re-checked inside the transaction: a heartbeat may have arrived since the scan.
+            let row = sqlx::query(
+                "SELECT last_heartbeat FROM nodes WHERE id = $1 AND health <> 'lost' AND last_heartbeat < $2",
+            )
+            .bind(&id)
+            .bind(cutoff.0)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some(row) = row else { continue };
+            let last: i64 = row.try_get(0)?;
+            sqlx::query("UPDATE nodes SET health = 'lost', generation = generation + 1 WHERE id = $1")
+                .bind(&id)
                 .execute(&mut *tx)
                 .await?;
+            let sql = format!("SELECT {INSTANCE_COLUMNS} FROM instances WHERE node_id = $1");
+            let rows = sqlx::query(&sql).bind(&id).fetch_all(&mut *tx).await?;
+            let mut instances = Vec::new();
+            for r in &rows {
+                let inst = instance_from_row(r)?;
+                if !inst.state.holds_gpus() {
+                    continue;
+                }
+                // Billing ends at the last sign of life, never before the interval began.
+                let started: Option<i64> = sqlx::query_scalar(
+                    "SELECT started_at FROM usage_intervals WHERE instance_id = $1 AND ended_at IS NULL",
+                )
+                .bind(inst.id.to_string())
+                .fetch_optional(&mut *tx)
+                .await?;
+                let end = started.map_or(last, |s| s.max(last));
+                sqlx::query("UPDATE usage_intervals SET ended_at = $1 WHERE instance_id = $2 AND ended_at IS NULL")
+                    .bind(end)
+                    .bind(inst.id.to_string())
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(
+                    "UPDATE instances SET state = 'lost', stop_target = NULL, node_id = NULL, \
+                     generation = generation + 1, updated_at = $1 WHERE id = $2",
+                )
+                .bind(now.0)
+                .bind(inst.id.to_string())
+                .execute(&mut *tx)
+                .await?;
+                record_event(
+                    &mut tx,
+                    &inst.id,
+                    inst.generation + 1,
+                    Timestamp(end),
+                    Some(inst.state),
+                    InstanceState::Lost,
+                )
+                .await?;
+                instances.push(inst.id);
+            }
+            sqlx::query("UPDATE gpus SET instance_id = NULL WHERE node_id = $1").bind(&id).execute(&mut *tx).await?;
+            tx.commit().await?;
+            lost.push(LostNode { node: parse("nodes", &id)?, last_heartbeat: Timestamp(last), instances });
         }
-        tx.commit().await?;
-        ids.iter().map(|i| parse("nodes", i)).collect()
+        Ok(lost)
     }
 
     async fn insert_instance(&self, n: &NewInstance) -> Result<(Instance, bool)> {

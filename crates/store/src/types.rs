@@ -309,3 +309,11 @@ pub struct LogChunk {
     pub at: Timestamp,
     pub data: String,
 }
+
+/// A node declared lost, and the instances lost with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LostNode {
+    pub node: NodeId,
+    pub last_heartbeat: Timestamp,
+    pub instances: Vec<InstanceId>,
+}

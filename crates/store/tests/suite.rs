@@ -66,6 +66,7 @@ suite!(
     prices_and_rules,
     concurrent_state_changes_have_one_winner,
     agents_register_by_name_and_are_fenced_by_epoch,
+    a_silent_node_loses_its_instances_at_its_last_heartbeat,
 );
 
 fn ts(ms: i64) -> Timestamp {
@@ -133,10 +134,11 @@ async fn node_health_follows_heartbeats(s: Arc<dyn Store>) {
     assert_eq!(n.last_heartbeat, Some(ts(2)));
     assert_eq!(s.list_regions().await.unwrap(), vec![Region::parse("eu-1").unwrap()]);
     let gen_before = n.generation;
-    assert_eq!(s.mark_silent_nodes_unhealthy(ts(100)).await.unwrap(), vec![n.id.clone()]);
+    let lost = s.mark_silent_nodes_lost(ts(100), ts(150)).await.unwrap();
+    assert_eq!(lost, vec![LostNode { node: n.id.clone(), last_heartbeat: ts(2), instances: vec![] }]);
     let n2 = s.get_node(&n.id).await.unwrap().unwrap();
-    assert_eq!((n2.health, n2.generation), (NodeHealth::Unhealthy, gen_before + 1));
-    assert!(s.mark_silent_nodes_unhealthy(ts(100)).await.unwrap().is_empty());
+    assert_eq!((n2.health, n2.generation), (NodeHealth::Lost, gen_before + 1));
+    assert!(s.mark_silent_nodes_lost(ts(100), ts(150)).await.unwrap().is_empty());
     assert!(s.record_heartbeat(&n.id, ts(200)).await.unwrap());
     assert_eq!(s.get_node(&n.id).await.unwrap().unwrap().health, NodeHealth::Healthy);
     assert!(s.set_node_state(&n.id, NodeState::Cordoned).await.unwrap());
@@ -500,4 +502,27 @@ async fn agents_register_by_name_and_are_fenced_by_epoch(s: Arc<dyn Store>) {
     let all: Vec<String> = s.read_logs(&i.id, 0, 100).await.unwrap().into_iter().map(|c| c.data).collect();
     assert_eq!(all.concat(), "hello world\nbye\n", "a resent chunk is stored once");
     assert_eq!(s.read_logs(&i.id, 2, 100).await.unwrap().len(), 1);
+}
+
+async fn a_silent_node_loses_its_instances_at_its_last_heartbeat(s: Arc<dyn Store>) {
+    let t = tenant(&s, "a").await;
+    let n = node(&s, "gpu-1", GpuModel::A100_40GB, 4).await;
+    let i = running_instance(&s, &t, &n, 100).await;
+    s.record_heartbeat(&n.id, ts(500)).await.unwrap();
+    // Not silent long enough yet.
+    assert!(s.mark_silent_nodes_lost(ts(400), ts(600)).await.unwrap().is_empty());
+    let lost = s.mark_silent_nodes_lost(ts(1000), ts(2000)).await.unwrap();
+    assert_eq!(lost, vec![LostNode { node: n.id.clone(), last_heartbeat: ts(500), instances: vec![i.id.clone()] }]);
+    let got = s.get_instance(None, &i.id).await.unwrap().unwrap();
+    assert_eq!((got.state, got.node_id, got.gpus), (InstanceState::Lost, None, vec![]));
+    let u = s.intervals_of_tenant(&t.id).await.unwrap().remove(0);
+    assert_eq!((u.started_at, u.ended_at), (ts(100), Some(ts(500))), "billing ends at the last heartbeat");
+    let last = s.instance_events(&i.id).await.unwrap().pop().unwrap();
+    assert_eq!((last.from, last.to, last.at), (Some(InstanceState::Running), InstanceState::Lost, ts(500)));
+    let n = s.get_node(&n.id).await.unwrap().unwrap();
+    assert!(n.gpus.iter().all(|g| g.instance.is_none()) && n.health == NodeHealth::Lost);
+    // The agent comes back: the node is healthy again; the instance stays lost.
+    s.record_heartbeat(&n.id, ts(3000)).await.unwrap();
+    assert_eq!(s.get_node(&n.id).await.unwrap().unwrap().health, NodeHealth::Healthy);
+    assert_eq!(s.get_instance(None, &i.id).await.unwrap().unwrap().state, InstanceState::Lost);
 }

@@ -30,7 +30,8 @@ pub struct Config {
     pub policy: Policy,
     /// How often the scheduler runs when nothing wakes it.
     pub schedule_interval: Duration,
-    /// A node silent for longer than this is marked unhealthy and gets no new instances.
+    /// A node silent for longer than this is lost: no new instances, and its instances are lost
+    /// with billing ended at its last heartbeat. Agents heartbeat every fifth of it.
     pub heartbeat_grace: Duration,
     /// Run an in-process fake agent for every node (dev mode, tests).
     pub fake_agents: FakeAgents,
@@ -50,8 +51,10 @@ impl Default for Config {
         Config {
             policy: Policy::BestFit,
             schedule_interval: Duration::from_secs(1),
-            // Three missed 2 s heartbeats: long enough to ride out a GC pause or a slow disk,
-            // short enough that a dead node stops receiving work within seconds.
+            // Five missed 2 s heartbeats: long enough to ride out a pause, a slow disk or a
+            // dropped packet or two; short enough that a dead node stops costing its tenants (and
+            // receiving work) within seconds. Kubernetes waits 40 s before NotReady because its
+            // kubelets report every 10 s; gpucloud bills by the second, so it listens closer.
             heartbeat_grace: Duration::from_secs(10),
             fake_agents: FakeAgents::Off,
             // Balances and usage move every second, as tenants of a per-second cloud expect.
@@ -67,11 +70,22 @@ pub struct App {
     pub(crate) schedule_wakeup: Notify,
     /// Wakes the fake-agent supervisor when a node was added.
     pub(crate) nodes_changed: Notify,
+    /// When this server started: agents get a full grace period after a restart before their
+    /// silence counts (the server being down is not the node being lost).
+    pub(crate) started_at: Timestamp,
 }
 
 impl App {
     pub fn new(store: Arc<dyn Store>, config: Config) -> App {
-        App { store, config, schedule_wakeup: Notify::new(), nodes_changed: Notify::new() }
+        let mut app = App {
+            store,
+            config,
+            schedule_wakeup: Notify::new(),
+            nodes_changed: Notify::new(),
+            started_at: Timestamp(0),
+        };
+        app.started_at = app.now();
+        app
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {

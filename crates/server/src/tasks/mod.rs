@@ -62,14 +62,18 @@ async fn invoicing(app: Arc<App>) {
 
 async fn heartbeat_watch(app: Arc<App>) {
     let grace = app.config.heartbeat_grace;
-    let period = (grace / 4).max(Duration::from_millis(100));
+    let grace_ms = grace.as_millis() as i64;
+    let period = (grace / 4).max(Duration::from_millis(50));
     loop {
         tokio::time::sleep(period).await;
-        let cutoff = app.now().plus_millis(-(grace.as_millis() as i64));
-        match app.store().mark_silent_nodes_unhealthy(cutoff).await {
-            Ok(ids) => {
-                for id in ids {
-                    tracing::warn!(node = %id, "no heartbeat within {:?}: node unhealthy", grace);
+        let now = app.now();
+        if now.millis_since(app.started_at) < grace_ms {
+            continue;
+        }
+        match app.store().mark_silent_nodes_lost(now.plus_millis(-grace_ms), now).await {
+            Ok(lost) => {
+                for n in lost {
+                    tracing::warn!(node = %n.node, instances = n.instances.len(), "no heartbeat within {:?}: node lost", grace);
                 }
             }
             Err(e) => tracing::error!(error = %e, "heartbeat watch failed"),

@@ -20,7 +20,7 @@ CREATE TABLE nodes (
     name            TEXT NOT NULL UNIQUE,
     region          TEXT NOT NULL,
     state           TEXT NOT NULL CHECK (state IN ('ready', 'cordoned', 'draining')),
-    health          TEXT NOT NULL CHECK (health IN ('healthy', 'unhealthy')),
+    health          TEXT NOT NULL CHECK (health IN ('healthy', 'unhealthy', 'lost')),
     generation      BIGINT NOT NULL,
     last_heartbeat  BIGINT,
     created_at      BIGINT NOT NULL
