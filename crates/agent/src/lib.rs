@@ -5,6 +5,7 @@
 //! starting them twice or leaving them orphaned.
 
 pub mod gpu;
+pub mod metadata;
 pub mod reconcile;
 pub mod runtime;
 
@@ -27,6 +28,8 @@ pub struct Config {
     pub interval: Option<Duration>,
     /// Between SIGTERM and SIGKILL.
     pub stop_grace: Duration,
+    /// Loopback port of the metadata endpoint (0: any free port).
+    pub metadata_port: u16,
 }
 
 /// Runs until the node is taken over by another agent (fenced) or registration fails.
@@ -34,6 +37,7 @@ pub fn run(config: Config, gpus: &dyn GpuBackend) -> Result<(), String> {
     let found = gpus.discover()?;
     tracing::info!(backend = gpus.name(), gpus = found.len(), "GPUs discovered");
     let client = Client::new(&config.server, &config.token);
+    let metadata = metadata::MetadataServer::start(config.metadata_port)?;
     let mut runtime = ProcessRuntime::open(&config.state_dir, config.stop_grace)?;
     let request = RegisterAgentRequest {
         name: config.name.clone(),
@@ -54,7 +58,9 @@ pub fn run(config: Config, gpus: &dyn GpuBackend) -> Result<(), String> {
         let beat = AgentHeartbeat { node_id: reg.node_id.clone(), epoch: reg.epoch, instances: runtime.report() };
         match client.heartbeat(&beat) {
             Ok(desired) => {
-                runtime.reported(&beat.instances);
+                for id in runtime.reported(&beat.instances) {
+                    metadata.withdraw(&id);
+                }
                 let wanted: Vec<(String, reconcile::Want)> = desired
                     .instances
                     .iter()
@@ -62,14 +68,32 @@ pub fn run(config: Config, gpus: &dyn GpuBackend) -> Result<(), String> {
                         (w.id.clone(), if w.desired == "run" { reconcile::Want::Run } else { reconcile::Want::Stop })
                     })
                     .collect();
+                let meta = |w: &gpucloud_api::AgentWorkload| metadata::InstanceMetadata {
+                    instance_id: w.id.clone(),
+                    node_id: reg.node_id.clone(),
+                    gpus: w
+                        .gpus
+                        .iter()
+                        .zip(&w.gpu_uuids)
+                        .map(|(i, u)| metadata::GpuRef { index: *i, uuid: u.clone() })
+                        .collect(),
+                    events: Vec::new(),
+                };
                 for action in reconcile::actions(&wanted, &runtime.actual()) {
                     match action {
                         reconcile::Action::Start(id) => {
                             if let Some(w) = desired.instances.iter().find(|w| w.id == id) {
-                                runtime.start(w);
+                                let (url, token) = metadata.publish(meta(w), None);
+                                runtime.start(w, &url, &token);
                             }
                         }
                         reconcile::Action::Stop(id) => runtime.stop(&id),
+                    }
+                }
+                // Workloads adopted after a restart get their metadata back under their old token.
+                for w in desired.instances.iter().filter(|w| w.desired == "run" && !metadata.is_published(&w.id)) {
+                    if let Some(token) = runtime.metadata_token(&w.id) {
+                        metadata.publish(meta(w), Some(token));
                     }
                 }
             }

@@ -30,6 +30,9 @@ struct Saved {
     log: PathBuf,
     log_offset: u64,
     next_seq: i64,
+    /// The metadata token in the workload's GPUCLOUD_METADATA_URL.
+    #[serde(default)]
+    metadata_token: Option<String>,
 }
 
 struct Workload {
@@ -97,7 +100,7 @@ impl ProcessRuntime {
         self.workloads.is_empty()
     }
 
-    pub fn start(&mut self, w: &AgentWorkload) {
+    pub fn start(&mut self, w: &AgentWorkload, metadata_url: &str, metadata_token: &str) {
         let log = self.dir.join("logs").join(format!("{}.log", w.id));
         let result = OpenOptions::new().create(true).append(true).open(&log).and_then(|out| {
             let err = out.try_clone()?;
@@ -108,6 +111,7 @@ impl ProcessRuntime {
                 .env("CUDA_VISIBLE_DEVICES", &devices)
                 .env("NVIDIA_VISIBLE_DEVICES", &devices)
                 .env("GPUCLOUD_INSTANCE_ID", &w.id)
+                .env("GPUCLOUD_METADATA_URL", metadata_url)
                 .env("GPUCLOUD_GPU_INDICES", w.gpus.iter().map(u32::to_string).collect::<Vec<_>>().join(","))
                 .stdin(Stdio::null())
                 .stdout(out)
@@ -115,7 +119,7 @@ impl ProcessRuntime {
                 .process_group(0)
                 .spawn()
         });
-        let saved = Saved { pid: 0, log, log_offset: 0, next_seq: 1 };
+        let saved = Saved { pid: 0, log, log_offset: 0, next_seq: 1, metadata_token: Some(metadata_token.to_string()) };
         let workload = match result {
             Ok(child) => {
                 tracing::info!(instance = %w.id, pid = child.id(), "started workload");
@@ -204,17 +208,27 @@ impl ProcessRuntime {
             .collect()
     }
 
-    /// Forgets workloads whose end the server has now heard of (their output is shipped first).
-    pub fn reported(&mut self, sent: &[AgentInstanceReport]) {
-        let before = self.workloads.len();
+    /// Forgets workloads whose end the server has now heard of (their output is shipped first),
+    /// and returns their ids.
+    pub fn reported(&mut self, sent: &[AgentInstanceReport]) -> Vec<String> {
+        let mut forgotten = Vec::new();
         self.workloads.retain(|id, w| {
             let done = w.exit.is_some() && sent.iter().any(|r| r.id == *id && r.state != "running");
             let shipped = std::fs::metadata(&w.saved.log).map_or(true, |m| m.len() <= w.saved.log_offset);
+            if done && shipped {
+                forgotten.push(id.clone());
+            }
             !(done && shipped)
         });
-        if self.workloads.len() != before {
+        if !forgotten.is_empty() {
             self.save();
         }
+        forgotten
+    }
+
+    /// The metadata token a known workload was started with.
+    pub fn metadata_token(&self, id: &str) -> Option<String> {
+        self.workloads.get(id).and_then(|w| w.saved.metadata_token.clone())
     }
 
     pub fn actual(&self) -> Vec<Actual> {

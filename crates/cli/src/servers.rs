@@ -205,6 +205,10 @@ pub struct AgentArgs {
     /// Seconds between SIGTERM and SIGKILL when stopping a workload.
     #[arg(long, default_value_t = 10)]
     stop_grace_s: u64,
+    /// Loopback port of the per-instance metadata endpoint. Keep it fixed so that workloads
+    /// adopted after an agent restart keep a working GPUCLOUD_METADATA_URL (0: any free port).
+    #[arg(long, default_value_t = 7081)]
+    metadata_port: u16,
 }
 
 pub fn agent(args: AgentArgs) -> Result<(), String> {
@@ -230,6 +234,7 @@ pub fn agent(args: AgentArgs) -> Result<(), String> {
         state_dir: args.state_dir,
         interval: args.interval_ms.map(Duration::from_millis),
         stop_grace: Duration::from_secs(args.stop_grace_s),
+        metadata_port: args.metadata_port,
     };
     gpucloud_agent::run(config, gpus.as_ref())
 }

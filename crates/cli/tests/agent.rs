@@ -43,6 +43,13 @@ impl Api {
         (status, serde_json::from_str(&text).unwrap_or(Value::Null))
     }
 
+    fn get_url(&self, url: &str) -> (u16, Value) {
+        let mut r = self.agent.get(url).call().unwrap();
+        let status = r.status().as_u16();
+        let text = r.body_mut().read_to_string().unwrap_or_default();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
     fn wait(&self, key: &str, id: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -60,7 +67,8 @@ fn start_agent(url: &str, key: &str, name: &str, state: &Path) -> Proc {
     Proc(
         Command::new(BIN)
             .args(["agent", "--server", url, "--token", key, "--name", name, "--region", "eu-1"])
-            .args(["--fake-gpus", "A100-40GB:2", "--interval-ms", "100", "--stop-grace-s", "2", "--state-dir"])
+            .args(["--fake-gpus", "A100-40GB:2", "--interval-ms", "100", "--stop-grace-s", "2", "--metadata-port", "0"])
+            .arg("--state-dir")
             .arg(state)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(state.with_extension("log")).unwrap())
@@ -167,6 +175,7 @@ fn agents_run_real_workloads() {
     visible.sort();
     assert_eq!((visible.len(), &visible), (2, &expected));
     assert!(env.contains(&format!("GPUCLOUD_INSTANCE_ID={id}")));
+    assert!(env.contains("GPUCLOUD_METADATA_URL=http://127.0.0.1:"), "{env}");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let (_, logs) = api.call(&key, "GET", &format!("/v1/instances/{id}/logs"), None);
@@ -198,8 +207,17 @@ fn agents_run_real_workloads() {
         .unwrap()
         .to_string();
     api.call(&op, "POST", &format!("/v1/nodes/{host2}/cordon"), None);
-    let kept = create("exec sleep 4321".into(), 2);
+    let kept = create(format!("echo $GPUCLOUD_METADATA_URL > {}/kept.url; exec sleep 4321", env_dir.display()), 2);
     let before = api.wait(&key, &kept, "running", |v| v["state"] == "running");
+    let meta_url = || std::fs::read_to_string(env_dir.join("kept.url")).unwrap_or_default().trim().to_string();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while meta_url().is_empty() {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (status, meta) = api.get_url(&meta_url());
+    assert_eq!((status, meta["instance_id"].as_str()), (200, Some(kept.as_str())), "{meta}");
+    assert_eq!(meta["gpus"].as_array().unwrap().len(), 2);
     assert_eq!(processes_with("sleep 4321"), 1);
     a1.0.kill().unwrap();
     a1.0.wait().unwrap();
