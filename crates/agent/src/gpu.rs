@@ -13,12 +13,20 @@ pub struct GpuInfo {
 pub trait GpuBackend {
     fn name(&self) -> &'static str;
     fn discover(&self) -> Result<Vec<GpuInfo>, String>;
+    /// Current readings; `busy` lists the GPUs that run a workload now, `dt` the time since the
+    /// last reading (for energy).
+    fn telemetry(&mut self, busy: &[u32], dt: std::time::Duration) -> Vec<gpucloud_api::GpuTelemetry>;
 }
 
 /// GPUs described on the command line (`A100-40GB:4,T4:1`), with UUIDs derived from the node
 /// name so that a restarted agent finds the same GPUs.
 pub struct FakeGpus {
     gpus: Vec<GpuInfo>,
+    energy_mj: Vec<u64>,
+    tick: u64,
+    /// A file `fake-xid-N` in this directory makes GPU N report XID 79 (fallen off the bus), so
+    /// tests and demos can exercise hardware-failure handling.
+    fault_dir: Option<std::path::PathBuf>,
 }
 
 impl FakeGpus {
@@ -41,7 +49,19 @@ impl FakeGpus {
         if gpus.is_empty() || gpus.len() > 16 {
             return Err(format!("'{spec}': a node has 1 to 16 GPUs"));
         }
-        Ok(FakeGpus { gpus })
+        let energy_mj = vec![0; gpus.len()];
+        Ok(FakeGpus { gpus, energy_mj, tick: 0, fault_dir: None })
+    }
+
+    /// Fake GPUs exactly as given (the server's in-process fake agents know their node's GPUs).
+    pub fn from_gpus(gpus: Vec<GpuInfo>) -> FakeGpus {
+        let energy_mj = vec![0; gpus.len()];
+        FakeGpus { gpus, energy_mj, tick: 0, fault_dir: None }
+    }
+
+    pub fn with_fault_dir(mut self, dir: std::path::PathBuf) -> FakeGpus {
+        self.fault_dir = Some(dir);
+        self
     }
 }
 
@@ -52,6 +72,43 @@ impl GpuBackend for FakeGpus {
 
     fn discover(&self) -> Result<Vec<GpuInfo>, String> {
         Ok(self.gpus.clone())
+    }
+
+    /// Plausible, load-driven readings: an idle GPU sits near 32 C and 60 W; a busy one near 70 C,
+    /// 80% of a typical board power and 85-95% utilization, with a little deterministic wobble.
+    fn telemetry(&mut self, busy: &[u32], dt: std::time::Duration) -> Vec<gpucloud_api::GpuTelemetry> {
+        self.tick = self.tick.wrapping_add(1);
+        let mut out = Vec::with_capacity(self.gpus.len());
+        for (i, g) in self.gpus.iter().enumerate() {
+            let wobble = ((self.tick + i as u64 * 7) % 11) as f64 - 5.0;
+            let board_w = match g.model {
+                GpuModel::T4 => 70.0,
+                GpuModel::L4 => 72.0,
+                GpuModel::A10 => 150.0,
+                GpuModel::A40 | GpuModel::Rtx6000Ada => 300.0,
+                GpuModel::A100_40GB | GpuModel::A100_80GB => 400.0,
+                GpuModel::H100_80GB | GpuModel::H200_141GB => 700.0,
+            };
+            let is_busy = busy.contains(&g.index);
+            let (temp, power, util, mem) = if is_busy {
+                (70.0 + wobble, board_w * 0.8 + wobble * 3.0, 90.0 + wobble, g.memory_mib * 3 / 4)
+            } else {
+                (32.0 + wobble / 2.0, board_w * 0.15, 0.0, 0)
+            };
+            self.energy_mj[i] += (power * dt.as_secs_f64() * 1000.0) as u64;
+            let fault = self.fault_dir.as_ref().is_some_and(|d| d.join(format!("fake-xid-{}", g.index)).exists());
+            out.push(gpucloud_api::GpuTelemetry {
+                index: g.index,
+                temperature_c: temp,
+                power_w: power,
+                energy_mj: self.energy_mj[i],
+                memory_used_mib: mem,
+                utilization_pct: util,
+                xid: fault.then_some(79),
+                ecc_uncorrectable: 0,
+            });
+        }
+        out
     }
 }
 

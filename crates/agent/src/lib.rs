@@ -33,7 +33,7 @@ pub struct Config {
 }
 
 /// Runs until the node is taken over by another agent (fenced) or registration fails.
-pub fn run(config: Config, gpus: &dyn GpuBackend) -> Result<(), String> {
+pub fn run(config: Config, gpus: &mut dyn GpuBackend) -> Result<(), String> {
     let found = gpus.discover()?;
     tracing::info!(backend = gpus.name(), gpus = found.len(), "GPUs discovered");
     let client = Client::new(&config.server, &config.token);
@@ -47,6 +47,7 @@ pub fn run(config: Config, gpus: &dyn GpuBackend) -> Result<(), String> {
     let reg = client.register(&request)?;
     let interval = config.interval.unwrap_or(Duration::from_millis(reg.heartbeat_interval_ms.max(100)));
     tracing::info!(node = %reg.node_id, epoch = reg.epoch, adopted = runtime.len(), "registered");
+    let mut last_reading = std::time::Instant::now();
     loop {
         runtime.poll();
         for (instance, seq, data) in runtime.pending_logs() {
@@ -55,7 +56,14 @@ pub fn run(config: Config, gpus: &dyn GpuBackend) -> Result<(), String> {
                 Err(e) => tracing::warn!(%instance, error = %e, "shipping logs failed"),
             }
         }
-        let beat = AgentHeartbeat { node_id: reg.node_id.clone(), epoch: reg.epoch, instances: runtime.report() };
+        let readings = gpus.telemetry(&runtime.busy_gpus(), last_reading.elapsed());
+        last_reading = std::time::Instant::now();
+        let beat = AgentHeartbeat {
+            node_id: reg.node_id.clone(),
+            epoch: reg.epoch,
+            instances: runtime.report(),
+            gpus: readings,
+        };
         match client.heartbeat(&beat) {
             Ok(desired) => {
                 for id in runtime.reported(&beat.instances) {

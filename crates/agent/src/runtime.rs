@@ -27,6 +27,9 @@ enum Exit {
 #[derive(serde::Serialize, serde::Deserialize, Clone)]
 struct Saved {
     pid: i32,
+    /// GPU indices the workload was given.
+    #[serde(default)]
+    gpus: Vec<u32>,
     log: PathBuf,
     log_offset: u64,
     next_seq: i64,
@@ -119,7 +122,14 @@ impl ProcessRuntime {
                 .process_group(0)
                 .spawn()
         });
-        let saved = Saved { pid: 0, log, log_offset: 0, next_seq: 1, metadata_token: Some(metadata_token.to_string()) };
+        let saved = Saved {
+            pid: 0,
+            gpus: w.gpus.clone(),
+            log,
+            log_offset: 0,
+            next_seq: 1,
+            metadata_token: Some(metadata_token.to_string()),
+        };
         let workload = match result {
             Ok(child) => {
                 tracing::info!(instance = %w.id, pid = child.id(), "started workload");
@@ -224,6 +234,11 @@ impl ProcessRuntime {
             self.save();
         }
         forgotten
+    }
+
+    /// GPUs held by live workloads.
+    pub fn busy_gpus(&self) -> Vec<u32> {
+        self.workloads.values().filter(|w| w.exit.is_none()).flat_map(|w| w.saved.gpus.iter().copied()).collect()
     }
 
     /// The metadata token a known workload was started with.

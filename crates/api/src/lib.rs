@@ -90,6 +90,8 @@ pub struct NodeGpu {
     pub uuid: String,
     /// The instance holding it, if any.
     pub instance: Option<String>,
+    /// False after a fatal XID or uncorrectable ECC errors: it takes no new work.
+    pub healthy: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
@@ -510,6 +512,8 @@ pub struct AgentHeartbeat {
     pub node_id: String,
     pub epoch: i64,
     pub instances: Vec<AgentInstanceReport>,
+    #[serde(default)]
+    pub gpus: Vec<GpuTelemetry>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
@@ -556,4 +560,23 @@ pub struct InstanceLogs {
     pub chunks: Vec<LogChunk>,
     /// Pass as `after` to read on from here.
     pub next_after: i64,
+}
+
+/// One GPU's readings, sent with each agent heartbeat.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct GpuTelemetry {
+    pub index: u32,
+    pub temperature_c: f64,
+    pub power_w: f64,
+    /// Since the agent started, in millijoules.
+    pub energy_mj: u64,
+    pub memory_used_mib: u64,
+    pub utilization_pct: f64,
+    /// The last XID error reported, if any.
+    #[serde(default)]
+    pub xid: Option<u32>,
+    /// Uncorrectable (double-bit) ECC errors, volatile count.
+    #[serde(default)]
+    pub ecc_uncorrectable: u64,
 }

@@ -56,7 +56,8 @@ fn fleet(n: usize, rng: &mut StdRng) -> ClusterSnapshot {
         .map(|i| {
             let model = MODELS[i % MODELS.len()];
             // A third of the GPUs are already taken, so the fleet is fragmented as in real life.
-            let gpus = (0..8).map(|g| GpuView { index: g, model, allocated: rng.random_bool(0.33) }).collect();
+            let gpus =
+                (0..8).map(|g| GpuView { index: g, model, allocated: rng.random_bool(0.33), healthy: true }).collect();
             NodeView {
                 id: NodeId::parse(&format!("n-{i:08}")).expect("valid id"),
                 region: Region::parse(REGIONS[i % REGIONS.len()]).expect("valid region"),

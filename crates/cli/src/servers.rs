@@ -220,8 +220,10 @@ pub fn agent(args: AgentArgs) -> Result<(), String> {
         }
     };
     let region = gpucloud_model::Region::parse(&args.region).map_err(|e| e.to_string())?;
-    let gpus: Box<dyn gpucloud_agent::gpu::GpuBackend> = match &args.fake_gpus {
-        Some(spec) => Box::new(gpucloud_agent::gpu::FakeGpus::parse(spec, &name)?),
+    let mut gpus: Box<dyn gpucloud_agent::gpu::GpuBackend> = match &args.fake_gpus {
+        Some(spec) => {
+            Box::new(gpucloud_agent::gpu::FakeGpus::parse(spec, &name)?.with_fault_dir(args.state_dir.clone()))
+        }
         None => {
             return Err("no GPU backend: the NVML backend is not built yet; run with --fake-gpus MODEL:COUNT".into());
         }
@@ -236,5 +238,5 @@ pub fn agent(args: AgentArgs) -> Result<(), String> {
         stop_grace: Duration::from_secs(args.stop_grace_s),
         metadata_port: args.metadata_port,
     };
-    gpucloud_agent::run(config, gpus.as_ref())
+    gpucloud_agent::run(config, gpus.as_mut())
 }

@@ -254,6 +254,43 @@ fn agents_run_real_workloads() {
     let (_, host1) = api.call(&op, "GET", &format!("/v1/nodes/{}", before["node"].as_str().unwrap()), None);
     assert_eq!((host1["health"].as_str(), host1["epoch"].as_i64()), (Some("healthy"), Some(3)));
 
+    // A GPU that reports a fatal XID (79: fallen off the bus) is marked unhealthy and takes no work.
+    std::fs::write(root.join("a2").join("fake-xid-1"), "").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, n) = api.call(&op, "GET", &format!("/v1/nodes/{host2}"), None);
+        if n["gpus"][1]["healthy"] == false {
+            assert_eq!(n["gpus"][0]["healthy"], true);
+            break;
+        }
+        assert!(Instant::now() < deadline, "XID never marked the GPU: {n}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let metrics = api.agent.get(format!("{url}/metrics")).call().unwrap().body_mut().read_to_string().unwrap();
+    assert!(
+        metrics.lines().any(|l| l.starts_with("DCGM_FI_DEV_XID_ERRORS")
+            && l.contains("Hostname=\"host-2\"")
+            && l.ends_with(" 79"))
+    );
+    api.call(&op, "POST", &format!("/v1/nodes/{host2}/uncordon"), None);
+    let one = create("exec sleep 3333".into(), 1);
+    let placed = api.wait(&key, &one, "running", |v| v["state"] == "running");
+    if placed["node"] == json!(host2) {
+        assert_eq!(placed["gpus"], json!([0]), "never on the failed GPU");
+    }
+    let two = create("exec sleep 3334".into(), 2);
+    let (_, pending) = api.call(&key, "GET", &format!("/v1/instances/{two}"), None);
+    assert_ne!(pending["node"], json!(host2), "host-2 has one good GPU left");
+    for id in [&one, &two] {
+        api.call(&key, "POST", &format!("/v1/instances/{id}/terminate"), None);
+        api.wait(&key, id, "terminated", |v| v["state"] == "terminated");
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while processes_with("sleep 333") > 0 {
+        assert!(Instant::now() < deadline, "workloads left behind");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
     let _ = server.0.kill();
     let _ = server.0.wait();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();

@@ -32,7 +32,7 @@ impl<'a> FreeIndex<'a> {
             if !schedulable(node) {
                 continue;
             }
-            for gpu in node.gpus.iter().filter(|g| !g.allocated) {
+            for gpu in node.gpus.iter().filter(|g| !g.allocated && g.healthy) {
                 free.entry((rank, gpu.model)).or_default().push(gpu.index);
             }
         }

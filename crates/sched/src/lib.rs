@@ -18,6 +18,8 @@ pub struct GpuView {
     pub index: u32,
     pub model: GpuModel,
     pub allocated: bool,
+    /// False after a fatal hardware error: never placed on.
+    pub healthy: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -15,7 +15,7 @@ fn node(id: &str, r: &str, model: GpuModel, total: u32, used: u32) -> NodeView {
         generation: 7,
         state: NodeState::Ready,
         health: NodeHealth::Healthy,
-        gpus: (0..total).map(|i| GpuView { index: i, model, allocated: i < used }).collect(),
+        gpus: (0..total).map(|i| GpuView { index: i, model, allocated: i < used, healthy: true }).collect(),
     }
 }
 
@@ -82,11 +82,12 @@ const MODELS: [GpuModel; 3] = [GpuModel::T4, GpuModel::A100_40GB, GpuModel::H100
 const REGIONS: [&str; 2] = ["eu-1", "us-1"];
 
 fn arb_node(i: usize) -> impl Strategy<Value = NodeView> {
-    (0..2usize, 0..3usize, 1..=8u32, proptest::collection::vec(any::<bool>(), 8), 0..4u8).prop_map(
+    (0..2usize, 0..3usize, 1..=8u32, proptest::collection::vec((any::<bool>(), 0..10u8), 8), 0..4u8).prop_map(
         move |(r, m, total, used, st)| {
             let mut n = node(&format!("n-{i:04}"), REGIONS[r], MODELS[m], total, 0);
-            for (g, u) in n.gpus.iter_mut().zip(used) {
+            for (g, (u, h)) in n.gpus.iter_mut().zip(used) {
                 g.allocated = u;
+                g.healthy = h != 0;
             }
             n.state = if st == 1 { NodeState::Cordoned } else { NodeState::Ready };
             n.health = if st == 2 { NodeHealth::Unhealthy } else { NodeHealth::Healthy };
@@ -131,6 +132,7 @@ proptest! {
             for g in &pl.gpus {
                 let gpu = node.gpus.iter().find(|x| x.index == *g).unwrap();
                 prop_assert!(!gpu.allocated, "GPU {} of {} was already allocated", g, node.id);
+                prop_assert!(gpu.healthy, "GPU {} of {} is unhealthy", g, node.id);
                 prop_assert_eq!(gpu.model, req.model);
                 prop_assert!(used.insert((node.id.clone(), *g)), "GPU {} of {} given twice", g, node.id);
             }
@@ -168,7 +170,7 @@ proptest! {
             // Only the free room at the end of the plan is checked: that is a lower bound.
             for n in snap.nodes.iter().filter(|n| index::schedulable(n)) {
                 if req.region.as_ref().is_some_and(|r| *r != n.region) { continue; }
-                let free = n.gpus.iter().filter(|g| g.model == req.model && !g.allocated
+                let free = n.gpus.iter().filter(|g| g.model == req.model && !g.allocated && g.healthy
                     && !taken.contains(&(n.id.clone(), g.index))).count() as u32;
                 prop_assert!(free < req.count, "{} left pending but {} has {} free", u.instance, n.id, free);
             }

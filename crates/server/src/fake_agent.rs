@@ -1,21 +1,42 @@
 //! A node agent without hardware: it "runs" a workload by remembering it and reporting it
-//! running, and stops it when asked. First-class code for dev mode, tests and demos; it talks to
-//! the control plane only through [`AgentApi`], as a real agent does.
+//! running, stops it when asked, and reports plausible GPU readings from the agent's fake
+//! backend. First-class code for dev mode, tests and demos; it talks to the control plane only
+//! through [`AgentApi`], as a real agent does.
 
-use crate::app::{AgentApi, AgentReport, Desired};
+use crate::app::{AgentApi, AgentReport, Desired, GpuReading};
+use gpucloud_agent::gpu::{FakeGpus, GpuBackend, GpuInfo};
 use gpucloud_model::{AgentObservation, InstanceId, NodeId};
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-pub async fn run(api: Arc<dyn AgentApi>, node: NodeId, interval: Duration) {
-    // What the agent reports on its next beat.
+pub async fn run(api: Arc<dyn AgentApi>, node: NodeId, gpus: Vec<GpuInfo>, interval: Duration) {
+    let mut backend = FakeGpus::from_gpus(gpus);
+    let mut last_reading = Instant::now();
+    // What the agent reports on its next beat, and the GPUs its running workloads hold.
     let mut workloads: BTreeMap<InstanceId, AgentObservation> = BTreeMap::new();
+    let mut busy: Vec<u32> = Vec::new();
     loop {
+        let readings = backend
+            .telemetry(&busy, last_reading.elapsed())
+            .into_iter()
+            .map(|t| GpuReading {
+                index: t.index,
+                temperature_c: t.temperature_c,
+                power_w: t.power_w,
+                energy_mj: t.energy_mj,
+                memory_used_mib: t.memory_used_mib,
+                utilization_pct: t.utilization_pct,
+                xid: t.xid,
+                ecc_uncorrectable: t.ecc_uncorrectable,
+            })
+            .collect();
+        last_reading = Instant::now();
         let report = AgentReport {
             node: node.clone(),
             epoch: None,
             instances: workloads.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+            gpus: readings,
         };
         let mut changed = false;
         match api.heartbeat(report).await {
@@ -43,6 +64,8 @@ pub async fn run(api: Arc<dyn AgentApi>, node: NodeId, interval: Duration) {
                         Desired::Run => {}
                     }
                 }
+                busy =
+                    desired.iter().filter(|d| d.desired == Desired::Run).flat_map(|d| d.gpus.iter().copied()).collect();
             }
             Err(e) => tracing::warn!(node = %node, error = %e, "fake agent heartbeat failed"),
         }

@@ -323,3 +323,41 @@ fn openapi_matches_the_routes() {
         }
     }
 }
+
+/// GPU telemetry with the DCGM exporter's names, labelled with the instance and tenant using it.
+#[test]
+fn metrics_expose_gpu_telemetry() {
+    let s = TestServer::start();
+    let key = s.tenant("acme");
+    let me = s.get(&key, "/v1/whoami").body["tenant"]["id"].as_str().unwrap().to_string();
+    let inst = s.create(&key, "H100-80GB", 2, Some("eu-1"));
+    let id = id(&inst);
+    s.wait_state(&key, &id, "running");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let text = loop {
+        let r = s.raw("GET", "/metrics", None, &[], None);
+        let text = r.body.as_str().unwrap_or_default().to_string();
+        if text.lines().any(|l| l.starts_with("DCGM_FI_DEV_GPU_UTIL") && l.contains(&id)) {
+            break text;
+        }
+        assert!(std::time::Instant::now() < deadline, "no telemetry for {id}: {text}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    for name in [
+        "DCGM_FI_DEV_GPU_TEMP",
+        "DCGM_FI_DEV_POWER_USAGE",
+        "DCGM_FI_DEV_FB_USED",
+        "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION",
+    ] {
+        assert!(text.contains(&format!("# TYPE {name} ")), "{name} missing");
+    }
+    let busy: Vec<&str> = text.lines().filter(|l| l.starts_with("DCGM_FI_DEV_GPU_UTIL{") && l.contains(&id)).collect();
+    assert_eq!(busy.len(), 2, "one series per GPU of the instance");
+    for line in &busy {
+        assert!(line.contains(&format!("tenant=\"{me}\"")) && line.contains("modelName=\"H100-80GB\""), "{line}");
+        let value: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+        assert!((80.0..=100.0).contains(&value), "a busy GPU is busy: {line}");
+    }
+    assert!(text.contains("gpucloud_instances{state=\"running\"} 1"));
+    assert!(text.contains("gpucloud_gpu_healthy{"));
+}

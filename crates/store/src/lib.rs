@@ -59,6 +59,9 @@ pub trait Store: Send + Sync {
     /// Registers an agent-driven node, or re-registers it by name: same id, epoch + 1 (so the
     /// previous agent process is fenced off). Its GPUs must match what was registered before.
     async fn register_agent_node(&self, node: &NewNode) -> Result<Node>;
+    /// Marks one GPU healthy or not (bumping the node's generation when it changes); false if
+    /// there is no such GPU.
+    async fn set_gpu_health(&self, node: &NodeId, index: u32, healthy: bool) -> Result<bool>;
     /// A heartbeat from an agent of `epoch`; false if the node is unknown or has a newer epoch.
     async fn record_agent_heartbeat(&self, id: &NodeId, epoch: i64, at: Timestamp) -> Result<bool>;
     /// Appends log chunks (a chunk already stored under its seq is skipped, so retries are safe).

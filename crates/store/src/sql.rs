@@ -346,6 +346,30 @@ impl Store for SqlStore {
         self.get_node(&id).await?.ok_or_else(|| corrupt("nodes", "node vanished"))
     }
 
+    async fn set_gpu_health(&self, node: &NodeId, index: u32, healthy: bool) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let current: Option<i64> = sqlx::query_scalar("SELECT healthy FROM gpus WHERE node_id = $1 AND idx = $2")
+            .bind(node.to_string())
+            .bind(i64::from(index))
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(current) = current else { return Ok(false) };
+        if (current != 0) != healthy {
+            sqlx::query("UPDATE gpus SET healthy = $1 WHERE node_id = $2 AND idx = $3")
+                .bind(healthy as i64)
+                .bind(node.to_string())
+                .bind(i64::from(index))
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("UPDATE nodes SET generation = generation + 1 WHERE id = $1")
+                .bind(node.to_string())
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
     async fn record_agent_heartbeat(&self, id: &NodeId, epoch: i64, at: Timestamp) -> Result<bool> {
         let r = sqlx::query(
             "UPDATE nodes SET last_heartbeat = $1, health = 'healthy', \
@@ -1028,7 +1052,7 @@ async fn load_nodes(pool: &AnyPool, only: Option<&NodeId>) -> Result<Vec<Node>> 
     // to read one node.
     let node_cols =
         "SELECT id, name, region, state, health, generation, last_heartbeat, created_at, driver, epoch FROM nodes";
-    let gpu_cols = "SELECT node_id, idx, model, uuid, instance_id FROM gpus";
+    let gpu_cols = "SELECT node_id, idx, model, uuid, instance_id, healthy FROM gpus";
     let (rows, gpu_rows) = match only {
         Some(id) => (
             sqlx::query(&format!("{node_cols} WHERE id = $1")).bind(id.to_string()).fetch_all(pool).await?,
@@ -1050,6 +1074,7 @@ async fn load_nodes(pool: &AnyPool, only: Option<&NodeId>) -> Result<Vec<Node>> 
             model: parse::<GpuModel>("gpus", &r.try_get::<String, _>(2)?)?,
             uuid: r.try_get(3)?,
             instance: instance.map(|i| parse::<InstanceId>("gpus", &i)).transpose()?,
+            healthy: r.try_get::<i64, _>(5)? != 0,
         });
     }
     rows.iter()

@@ -43,6 +43,8 @@ pub struct Gpu {
     pub model: GpuModel,
     pub uuid: String,
     pub instance: Option<InstanceId>,
+    /// False after a fatal XID or uncorrectable ECC errors: it takes no new work.
+    pub healthy: bool,
 }
 
 /// What drives a node: an in-process fake agent, or a `gpucloud agent` process over HTTP.

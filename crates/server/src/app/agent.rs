@@ -6,6 +6,30 @@ use super::{App, AppError};
 use async_trait::async_trait;
 use gpucloud_model::{AgentObservation, InstanceId, InstanceState, NodeId};
 
+/// One GPU's readings from an agent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GpuReading {
+    pub index: u32,
+    pub temperature_c: f64,
+    pub power_w: f64,
+    pub energy_mj: u64,
+    pub memory_used_mib: u64,
+    pub utilization_pct: f64,
+    pub xid: Option<u32>,
+    pub ecc_uncorrectable: u64,
+}
+
+/// XID errors after which a GPU needs a reset or replacement (NVIDIA's XID catalog): double-bit
+/// ECC, page retirement failures, NVLink errors, fallen off the bus, uncontained memory errors,
+/// GSP failures.
+const FATAL_XIDS: [u32; 11] = [48, 62, 63, 64, 74, 79, 92, 94, 95, 119, 120];
+
+impl GpuReading {
+    pub fn is_fatal(&self) -> bool {
+        self.ecc_uncorrectable > 0 || self.xid.is_some_and(|x| FATAL_XIDS.contains(&x))
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct AgentReport {
     pub node: NodeId,
@@ -14,6 +38,7 @@ pub struct AgentReport {
     pub epoch: Option<i64>,
     /// The workloads the agent knows of and what it saw of each.
     pub instances: Vec<(InstanceId, AgentObservation)>,
+    pub gpus: Vec<GpuReading>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,6 +86,24 @@ impl AgentApi for App {
         };
         if !recorded {
             return Err(AppError::NotFound { kind: "node", id: node.to_string() });
+        }
+        for g in report.gpus.iter().filter(|g| g.is_fatal()) {
+            let healthy_before = self
+                .store
+                .get_node(node)
+                .await?
+                .and_then(|n| n.gpus.into_iter().find(|x| x.index == g.index))
+                .map(|x| x.healthy);
+            if healthy_before == Some(true) {
+                tracing::error!(node = %node, gpu = g.index, xid = ?g.xid, ecc = g.ecc_uncorrectable, "GPU failed: no new work on it");
+                self.store.set_gpu_health(node, g.index, false).await?;
+            }
+        }
+        if !report.gpus.is_empty() {
+            self.telemetry
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(node.clone(), (self.now(), report.gpus.clone()));
         }
         for (id, seen) in &report.instances {
             let Some(inst) = self.store.get_instance(None, id).await? else { continue };
@@ -165,5 +208,14 @@ impl App {
     ) -> Result<Vec<gpucloud_store::LogChunk>, AppError> {
         let inst = self.get_instance(by, id).await?;
         Ok(self.store.read_logs(&inst.id, after, 1000).await?)
+    }
+}
+
+impl App {
+    /// The latest GPU readings per node.
+    pub fn telemetry_snapshot(
+        &self,
+    ) -> std::collections::HashMap<NodeId, (gpucloud_model::Timestamp, Vec<GpuReading>)> {
+        self.telemetry.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }

@@ -13,7 +13,7 @@ mod nodes;
 mod schedule;
 mod tenants;
 
-pub use agent::{AgentApi, AgentReport, Desired, DesiredInstance};
+pub use agent::{AgentApi, AgentReport, Desired, DesiredInstance, GpuReading};
 pub use auth::{Principal, hash_key};
 pub use error::AppError;
 pub use tenants::NewKey;
@@ -73,6 +73,10 @@ pub struct App {
     /// When this server started: agents get a full grace period after a restart before their
     /// silence counts (the server being down is not the node being lost).
     pub(crate) started_at: Timestamp,
+    /// The latest GPU readings per node, as agents sent them (kept in memory; history is the
+    /// monitoring issue's).
+    pub(crate) telemetry:
+        std::sync::Mutex<std::collections::HashMap<gpucloud_model::NodeId, (Timestamp, Vec<GpuReading>)>>,
 }
 
 impl App {
@@ -83,6 +87,7 @@ impl App {
             schedule_wakeup: Notify::new(),
             nodes_changed: Notify::new(),
             started_at: Timestamp(0),
+            telemetry: Default::default(),
         };
         app.started_at = app.now();
         app

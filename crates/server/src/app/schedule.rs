@@ -29,7 +29,12 @@ pub fn snapshot_of(nodes: &[Node]) -> ClusterSnapshot {
                 gpus: n
                     .gpus
                     .iter()
-                    .map(|g| GpuView { index: g.index, model: g.model, allocated: g.instance.is_some() })
+                    .map(|g| GpuView {
+                        index: g.index,
+                        model: g.model,
+                        allocated: g.instance.is_some(),
+                        healthy: g.healthy,
+                    })
                     .collect(),
             })
             .collect(),

@@ -64,7 +64,21 @@ pub async fn heartbeat(
         };
         instances.push((id, seen));
     }
-    let report = AgentReport { node: node_id(&req.node_id)?, epoch: Some(req.epoch), instances };
+    let gpus = req
+        .gpus
+        .into_iter()
+        .map(|g| crate::app::GpuReading {
+            index: g.index,
+            temperature_c: g.temperature_c,
+            power_w: g.power_w,
+            energy_mj: g.energy_mj,
+            memory_used_mib: g.memory_used_mib,
+            utilization_pct: g.utilization_pct,
+            xid: g.xid,
+            ecc_uncorrectable: g.ecc_uncorrectable,
+        })
+        .collect();
+    let report = AgentReport { node: node_id(&req.node_id)?, epoch: Some(req.epoch), instances, gpus };
     let desired = app.heartbeat(report).await?;
     let instances = desired
         .into_iter()

@@ -44,6 +44,7 @@ pub fn node(n: store::Node) -> api::Node {
                 model: g.model.to_string(),
                 uuid: g.uuid,
                 instance: g.instance.map(|i| i.to_string()),
+                healthy: g.healthy,
             })
             .collect(),
     }

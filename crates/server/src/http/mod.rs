@@ -9,6 +9,7 @@ mod extract;
 mod idempotency;
 mod instances;
 mod meta;
+mod metrics;
 mod nodes;
 mod tenants;
 
@@ -91,6 +92,7 @@ pub fn api() -> (Router<Arc<App>>, utoipa::openapi::OpenApi) {
         .routes(routes!(agents::heartbeat))
         .routes(routes!(agents::logs))
         .routes(routes!(agents::instance_logs))
+        .routes(routes!(metrics::metrics))
         .split_for_parts()
 }
 

@@ -2,6 +2,7 @@
 //! crash, is the same as running it once.
 
 use crate::app::{AgentApi, App, FakeAgents};
+use gpucloud_agent::gpu::GpuInfo;
 use gpucloud_model::NodeId;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -103,7 +104,17 @@ async fn fake_agent_supervisor(app: Arc<App>, interval: Duration) {
                     let alive = agents.get(&n.id).is_some_and(|h| !h.is_finished());
                     if !alive {
                         let api: Arc<dyn AgentApi> = app.clone();
-                        agents.insert(n.id.clone(), tokio::spawn(crate::fake_agent::run(api, n.id, interval)));
+                        let gpus = n
+                            .gpus
+                            .iter()
+                            .map(|g| GpuInfo {
+                                index: g.index,
+                                model: g.model,
+                                uuid: g.uuid.clone(),
+                                memory_mib: g.model.memory_mib(),
+                            })
+                            .collect();
+                        agents.insert(n.id.clone(), tokio::spawn(crate::fake_agent::run(api, n.id, gpus, interval)));
                     }
                 }
             }

@@ -12,3 +12,6 @@ CREATE TABLE instance_logs (
     data         TEXT NOT NULL,
     PRIMARY KEY (instance_id, seq)
 );
+
+-- A GPU that reported a fatal XID or uncorrectable ECC errors takes no new work.
+ALTER TABLE gpus ADD COLUMN healthy BIGINT NOT NULL DEFAULT 1;

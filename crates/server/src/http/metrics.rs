@@ -1,0 +1,88 @@
+//! `/metrics` in the Prometheus text format. GPU series use the DCGM exporter's names, so existing
+//! dashboards and alerts work unchanged; labels add the node, instance and tenant.
+
+use super::error::ApiError;
+use crate::app::App;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use gpucloud_model::InstanceState;
+use std::collections::HashMap;
+use std::fmt::Write;
+use std::sync::Arc;
+
+/// Prometheus metrics: per-GPU telemetry (DCGM names) and control-plane gauges.
+#[utoipa::path(get, path = "/metrics", tag = "meta", responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
+pub async fn metrics(State(app): State<Arc<App>>) -> Result<impl IntoResponse, ApiError> {
+    let nodes = app.store().list_nodes().await.map_err(crate::app::AppError::from)?;
+    let instances = app.store().list_instances(None).await.map_err(crate::app::AppError::from)?;
+    let tenant_of: HashMap<String, String> =
+        instances.iter().map(|i| (i.id.to_string(), i.tenant_id.to_string())).collect();
+    let readings = app.telemetry_snapshot();
+
+    let series: [(&str, &str, &str); 7] = [
+        ("DCGM_FI_DEV_GPU_TEMP", "gauge", "GPU temperature (in C)."),
+        ("DCGM_FI_DEV_POWER_USAGE", "gauge", "Power draw (in W)."),
+        (
+            "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION",
+            "counter",
+            "Total energy consumption since the agent started (in mJ).",
+        ),
+        ("DCGM_FI_DEV_FB_USED", "gauge", "Framebuffer memory used (in MiB)."),
+        ("DCGM_FI_DEV_GPU_UTIL", "gauge", "GPU utilization (in %)."),
+        ("DCGM_FI_DEV_XID_ERRORS", "gauge", "Value of the last XID error encountered."),
+        ("DCGM_FI_DEV_ECC_DBE_VOL_TOTAL", "counter", "Total number of double-bit volatile ECC errors."),
+    ];
+    let mut out = String::new();
+    for (i, (name, kind, help)) in series.iter().enumerate() {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for n in &nodes {
+            let Some((_, gpus)) = readings.get(&n.id) else { continue };
+            for r in gpus {
+                let Some(g) = n.gpus.iter().find(|g| g.index == r.index) else { continue };
+                let instance = g.instance.as_ref().map(|i| i.to_string()).unwrap_or_default();
+                let tenant = tenant_of.get(&instance).cloned().unwrap_or_default();
+                let value = match i {
+                    0 => r.temperature_c,
+                    1 => r.power_w,
+                    2 => r.energy_mj as f64,
+                    3 => r.memory_used_mib as f64,
+                    4 => r.utilization_pct,
+                    5 => f64::from(r.xid.unwrap_or(0)),
+                    _ => r.ecc_uncorrectable as f64,
+                };
+                let _ = writeln!(
+                    out,
+                    "{name}{{gpu=\"{}\",UUID=\"{}\",modelName=\"{}\",Hostname=\"{}\",node=\"{}\",region=\"{}\",instance=\"{instance}\",tenant=\"{tenant}\"}} {value}",
+                    r.index, g.uuid, g.model, n.name, n.id, n.region
+                );
+            }
+        }
+    }
+    let _ = writeln!(out, "# HELP gpucloud_gpu_healthy 1 if the GPU takes work, 0 after a fatal XID or ECC error.");
+    let _ = writeln!(out, "# TYPE gpucloud_gpu_healthy gauge");
+    for n in &nodes {
+        for g in &n.gpus {
+            let _ = writeln!(
+                out,
+                "gpucloud_gpu_healthy{{gpu=\"{}\",UUID=\"{}\",node=\"{}\",Hostname=\"{}\"}} {}",
+                g.index,
+                g.uuid,
+                n.id,
+                n.name,
+                u8::from(g.healthy)
+            );
+        }
+    }
+    let _ = writeln!(out, "# HELP gpucloud_instances Instances by state.\n# TYPE gpucloud_instances gauge");
+    for state in InstanceState::ALL {
+        let count = instances.iter().filter(|i| i.state == state).count();
+        let _ = writeln!(out, "gpucloud_instances{{state=\"{state}\"}} {count}");
+    }
+    let _ = writeln!(out, "# HELP gpucloud_nodes Nodes by health.\n# TYPE gpucloud_nodes gauge");
+    for health in ["healthy", "unhealthy", "lost"] {
+        let count = nodes.iter().filter(|n| n.health.as_str() == health).count();
+        let _ = writeln!(out, "gpucloud_nodes{{health=\"{health}\"}} {count}");
+    }
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], out))
+}
