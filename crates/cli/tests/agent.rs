@@ -90,16 +90,22 @@ fn processes_with(needle: &str) -> usize {
 fn agents_run_real_workloads() {
     let root: PathBuf = std::env::temp_dir().join(format!("gpucloud-agent-{:016x}", rand::random::<u64>()));
     std::fs::create_dir_all(&root).unwrap();
+    // A fixed port, so the server can restart on the URL the agents know.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let listen = format!("127.0.0.1:{port}");
+    let serve = |out: &Path| {
+        Proc(
+            Command::new(BIN)
+                .args(["serve", "--listen", &listen, "--heartbeat-grace-ms", "1500", "--database"])
+                .arg(format!("sqlite://{}/db.sqlite", root.display()))
+                .stdout(std::fs::File::create(out).unwrap())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    };
     let out = root.join("serve.out");
-    let mut server = Proc(
-        Command::new(BIN)
-            .args(["serve", "--listen", "127.0.0.1:0", "--heartbeat-grace-ms", "1500", "--database"])
-            .arg(format!("sqlite://{}/db.sqlite", root.display()))
-            .stdout(std::fs::File::create(&out).unwrap())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let mut server = serve(&out);
     let deadline = Instant::now() + Duration::from_secs(20);
     let (op, url) = loop {
         let text = std::fs::read_to_string(&out).unwrap_or_default();
@@ -231,6 +237,25 @@ fn agents_run_real_workloads() {
     api.call(&key, "POST", &format!("/v1/instances/{kept}/terminate"), None);
     api.wait(&key, &kept, "terminated", |v| v["state"] == "terminated");
     assert_eq!(processes_with("sleep 4321"), 0);
+
+    // kill -9 the server while an agent runs a workload: after a restart nothing is lost or doubled.
+    let survivor = create("exec sleep 2468".into(), 1);
+    api.wait(&key, &survivor, "running", |v| v["state"] == "running");
+    server.0.kill().unwrap();
+    server.0.wait().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    server = serve(&root.join("serve2.out"));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while api.agent.get(format!("{url}/v1/health")).call().is_err() {
+        assert!(Instant::now() < deadline, "server did not come back");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(2000)); // past the grace period: agents kept beating
+    let (_, back) = api.call(&key, "GET", &format!("/v1/instances/{survivor}"), None);
+    assert_eq!(back["state"], "running", "{back}");
+    assert_eq!(processes_with("sleep 2468"), 1, "still one copy");
+    api.call(&key, "POST", &format!("/v1/instances/{survivor}/terminate"), None);
+    api.wait(&key, &survivor, "terminated", |v| v["state"] == "terminated");
 
     // kill -9 the agent and leave it dead: past the grace period its node and instance are lost,
     // and billing ends at the last heartbeat.
