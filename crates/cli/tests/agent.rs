@@ -336,3 +336,132 @@ fn agents_run_real_workloads() {
     });
     let _ = std::fs::remove_dir_all(&root);
 }
+
+/// A TCP proxy on loopback that can cut the agent off from the server: while `cut` is set it drops
+/// new connections and closes open ones, as a network partition would.
+fn partition_proxy(upstream: String) -> (String, std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    use std::io::{Read, Write};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let cut = Arc::new(AtomicBool::new(false));
+    let flag = cut.clone();
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(client) = client else { continue };
+            if flag.load(Ordering::SeqCst) {
+                continue; // dropped: the agent sees a reset
+            }
+            let Ok(server) = std::net::TcpStream::connect(&upstream) else { continue };
+            for (mut from, mut to) in [(client.try_clone().unwrap(), server.try_clone().unwrap()), (server, client)] {
+                let flag = flag.clone();
+                std::thread::spawn(move || {
+                    from.set_read_timeout(Some(Duration::from_millis(50))).ok();
+                    let mut buf = [0u8; 16384];
+                    loop {
+                        if flag.load(Ordering::SeqCst) {
+                            break;
+                        }
+                        match from.read(&mut buf) {
+                            Ok(0) => break,
+                            Ok(n) => {
+                                if to.write_all(&buf[..n]).is_err() {
+                                    break;
+                                }
+                            }
+                            Err(e)
+                                if e.kind() == std::io::ErrorKind::WouldBlock
+                                    || e.kind() == std::io::ErrorKind::TimedOut => {}
+                            Err(_) => break,
+                        }
+                    }
+                    let _ = from.shutdown(std::net::Shutdown::Both);
+                    let _ = to.shutdown(std::net::Shutdown::Both);
+                });
+            }
+        }
+    });
+    (url, cut)
+}
+
+/// An agent cut off longer than the grace period: its node and instance are lost; when the
+/// partition heals, the same agent (same epoch) is taken back and stops the given-up workload.
+#[test]
+fn a_healed_partition_stops_what_was_given_up() {
+    use std::sync::atomic::Ordering;
+    let root: PathBuf = std::env::temp_dir().join(format!("gpucloud-partition-{:016x}", rand::random::<u64>()));
+    std::fs::create_dir_all(&root).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let out = root.join("serve.out");
+    let _server = Proc(
+        Command::new(BIN)
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--heartbeat-grace-ms", "1500", "--database"])
+            .arg(format!("sqlite://{}/db.sqlite", root.display()))
+            .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let op = loop {
+        let text = std::fs::read_to_string(&out).unwrap_or_default();
+        if text.contains("gpucloud serving on") {
+            break text
+                .lines()
+                .find_map(|l| l.strip_prefix("operator key: "))
+                .unwrap()
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .to_string();
+        }
+        assert!(Instant::now() < deadline, "serve did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let url = format!("http://127.0.0.1:{port}");
+    let api = Api {
+        url: url.clone(),
+        agent: ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(10)))
+            .build()
+            .into(),
+    };
+    let (proxy, cut) = partition_proxy(format!("127.0.0.1:{port}"));
+    let _agent = start_agent(&proxy, &op, "island", &root.join("agent"));
+    let (_, t) = api.call(&op, "POST", "/v1/tenants", Some(json!({"name": "acme"})));
+    let key = t["api_key"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let id = loop {
+        let (status, v) = api.call(
+            &key,
+            "POST",
+            "/v1/instances",
+            Some(json!({"gpu": "A100-40GB", "count": 1, "command": "exec sleep 9753"})),
+        );
+        if status == 201 {
+            break v["id"].as_str().unwrap().to_string();
+        }
+        assert!(Instant::now() < deadline, "{v}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let running = api.wait(&key, &id, "running", |v| v["state"] == "running");
+    let node = running["node"].as_str().unwrap().to_string();
+    assert_eq!(processes_with("sleep 9753"), 1);
+
+    cut.store(true, Ordering::SeqCst);
+    api.wait(&key, &id, "lost", |v| v["state"] == "lost");
+    assert_eq!(processes_with("sleep 9753"), 1, "the cut-off node still runs it");
+    cut.store(false, Ordering::SeqCst);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while processes_with("sleep 9753") > 0 {
+        assert!(Instant::now() < deadline, "the given-up workload kept running after the partition healed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (_, n) = api.call(&op, "GET", &format!("/v1/nodes/{node}"), None);
+    assert_eq!((n["health"].as_str(), n["epoch"].as_i64()), (Some("healthy"), Some(1)), "the same agent, taken back");
+    let (_, inst) = api.call(&key, "GET", &format!("/v1/instances/{id}"), None);
+    assert_eq!(inst["state"], "lost", "a late report does not resurrect it");
+    let _ = std::fs::remove_dir_all(&root);
+}
