@@ -34,6 +34,14 @@ pub enum BenchCmd {
         #[arg(long, default_value_t = 42)]
         seed: u64,
     },
+    /// The node agent's own CPU and memory at 1 Hz with fake GPUs and a running workload per GPU,
+    /// against an in-process server on loopback.
+    Agent {
+        #[arg(long, default_value_t = 8)]
+        gpus: u32,
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+    },
     /// Metering throughput (intervals charged per second) and the time to close a month of
     /// invoices, for TENANTS x INSTANCES.
     Billing {
@@ -119,7 +127,129 @@ pub fn run(cmd: BenchCmd, as_json: bool) -> Result<(), String> {
         BenchCmd::Sched { nodes, seed } => sched(nodes, seed, as_json),
         BenchCmd::Apply { nodes, instances, database, seed } => apply(nodes, instances, database, seed, as_json),
         BenchCmd::Billing { tenants, instances, database } => billing(tenants, instances, database, as_json),
+        BenchCmd::Agent { gpus, seconds } => agent(gpus, seconds, as_json),
     }
+}
+
+/// (user + system CPU seconds, resident MiB) of a process, from /proc.
+fn proc_usage(pid: u32) -> Option<(f64, f64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let rest: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: f64 = rest.get(11)?.parse::<f64>().ok()? + rest.get(12)?.parse::<f64>().ok()?;
+    let hz = 100.0; // USER_HZ is 100 on Linux
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let rss_kib: f64 =
+        status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.split_whitespace().next()?.parse().ok()?;
+    Some((ticks / hz, rss_kib / 1024.0))
+}
+
+fn agent(gpus: u32, seconds: u64, as_json: bool) -> Result<(), String> {
+    use gpucloud_model::Role;
+    use gpucloud_server::app::{Config, CreateInstance};
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| e.to_string())?;
+    let url = temp_sqlite("agent")?;
+    let state = std::env::temp_dir().join(format!("gpucloud-bench-agent-state-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&state);
+    let (running, op_key) = rt.block_on(async {
+        let store = gpucloud_store::open(&url).await.map_err(|e| e.to_string())?;
+        let running =
+            gpucloud_server::start(store, Config::default(), "127.0.0.1:0").await.map_err(|e| e.to_string())?;
+        let key = running.app.create_tenant(None, "operator", Role::Operator).await.map_err(|e| e.to_string())?;
+        Ok::<_, String>((running, key.secret))
+    })?;
+    let server = format!("http://{}", running.addr);
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut child = std::process::Command::new(exe)
+        .args(["agent", "--server", &server, "--token", &op_key, "--name", "bench-node", "--region", "eu-1"])
+        .args([
+            "--fake-gpus",
+            &format!("A100-40GB:{gpus}"),
+            "--interval-ms",
+            "1000",
+            "--metadata-port",
+            "0",
+            "--state-dir",
+        ])
+        .arg(&state)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    // One workload per GPU, so every beat reports, ships and reconciles real work.
+    rt.block_on(async {
+        let app = &running.app;
+        let key = app.create_tenant(None, "bench", Role::Tenant).await.map_err(|e| e.to_string())?;
+        let who = app.authenticate(Some(&format!("Bearer {}", key.secret))).await.map_err(|e| e.to_string())?;
+        for _ in 0..gpus {
+            let req = CreateInstance {
+                model: GpuModel::A100_40GB,
+                count: 1,
+                region: None,
+                command: "exec sleep 100000".into(),
+                name: None,
+            };
+            app.create_instance(&who, req, None).await.map_err(|e| e.to_string())?;
+        }
+        Ok::<_, String>(())
+    })?;
+    std::thread::sleep(std::time::Duration::from_secs(5)); // registered, workloads started
+    let pid = child.id();
+    let (cpu0, _) = proc_usage(pid).ok_or("cannot read the agent's /proc entry")?;
+    let t = Instant::now();
+    std::thread::sleep(std::time::Duration::from_secs(seconds));
+    let (cpu1, rss) = proc_usage(pid).ok_or("the agent exited")?;
+    let wall = t.elapsed().as_secs_f64();
+    let running_now = rt.block_on(async {
+        running
+            .app
+            .store()
+            .list_instances(None)
+            .await
+            .map(|l| l.iter().filter(|i| i.state == gpucloud_model::InstanceState::Running).count())
+    });
+    // Stop the workloads through the agent before it goes.
+    rt.block_on(async {
+        for i in running.app.store().list_instances(None).await.unwrap_or_default() {
+            let _ = running
+                .app
+                .store()
+                .update_instance(
+                    &i.id,
+                    i.generation,
+                    &gpucloud_store::InstanceChange {
+                        state: gpucloud_model::InstanceState::Stopping,
+                        stop_target: Some(gpucloud_model::StopTarget::Terminated),
+                        exit_code: None,
+                        at: running.app.now(),
+                    },
+                )
+                .await;
+        }
+    });
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let _ = child.kill();
+    let _ = child.wait();
+    running.shutdown();
+    let cpu_pct = (cpu1 - cpu0) / wall * 100.0;
+    let running_now = running_now.map_err(|e| e.to_string())?;
+    if as_json {
+        println!(
+            "{}",
+            serde_json::json!({"gpus": gpus, "workloads_running": running_now, "seconds": wall, "cpu_percent": cpu_pct, "rss_mib": rss})
+        );
+    } else {
+        let rows = vec![vec![
+            gpus.to_string(),
+            running_now.to_string(),
+            format!("{wall:.0}"),
+            format!("{cpu_pct:.2}%"),
+            format!("{rss:.1}"),
+        ]];
+        println!("{}", table(&["FAKE GPUS", "WORKLOADS", "SECONDS", "AGENT CPU", "AGENT RSS MIB"], &rows));
+        println!("(1 Hz heartbeats with telemetry, log shipping and reconcile; CPU = user + system time / wall time)");
+    }
+    Ok(())
 }
 
 fn temp_sqlite(name: &str) -> Result<String, String> {
