@@ -51,9 +51,39 @@ pub struct ProcessRuntime {
     workloads: BTreeMap<String, Workload>,
 }
 
+/// Live workload leaders started by an agent with this state directory: instance id -> pid.
+fn own_processes(dir: &Path) -> BTreeMap<String, i32> {
+    let marker = format!("GPUCLOUD_AGENT_STATE={}", dir.display());
+    let mut out = BTreeMap::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else { return out };
+    for e in entries.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+        // Only the leader of a workload's process group: its children carry the same environment.
+        if unsafe { libc::getpgid(pid) } != pid {
+            continue;
+        }
+        let Ok(env) = std::fs::read(e.path().join("environ")) else { continue };
+        let vars: Vec<&[u8]> = env.split(|b| *b == 0).collect();
+        if !vars.iter().any(|v| *v == marker.as_bytes()) {
+            continue;
+        }
+        let id = vars.iter().find_map(|v| v.strip_prefix(b"GPUCLOUD_INSTANCE_ID=".as_slice()));
+        if let Some(id) = id.and_then(|i| std::str::from_utf8(i).ok()) {
+            out.insert(id.to_string(), pid);
+        }
+    }
+    out
+}
+
 fn alive(pid: i32) -> bool {
-    // Signal 0 checks existence and permission without sending anything.
-    unsafe { libc::kill(pid, 0) == 0 }
+    // Signal 0 checks existence and permission without sending anything; a zombie exists but
+    // has ended (its exit status belongs to its parent, not to us).
+    let exists = unsafe { libc::kill(pid, 0) == 0 };
+    let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('Z')))
+        .unwrap_or(false);
+    exists && !zombie
 }
 
 fn signal_group(pid: i32, sig: i32) {
@@ -67,15 +97,30 @@ impl ProcessRuntime {
     /// Opens the state directory and adopts the workloads a previous agent left running.
     pub fn open(dir: &Path, grace: Duration) -> Result<ProcessRuntime, String> {
         std::fs::create_dir_all(dir.join("logs")).map_err(|e| format!("{}: {e}", dir.display()))?;
-        let mut rt = ProcessRuntime { dir: dir.to_path_buf(), grace, workloads: BTreeMap::new() };
+        let dir = dir.canonicalize().map_err(|e| format!("{}: {e}", dir.display()))?;
+        let mut rt = ProcessRuntime { dir: dir.clone(), grace, workloads: BTreeMap::new() };
+        let ours = own_processes(&dir);
         if let Ok(text) = std::fs::read_to_string(rt.state_file()) {
             let saved: BTreeMap<String, Saved> = serde_json::from_str(&text).map_err(|e| format!("state.json: {e}"))?;
             for (id, s) in saved {
-                let exit = if alive(s.pid) { None } else { Some(Exit::Unknown) };
-                tracing::info!(instance = %id, pid = s.pid, alive = exit.is_none(), "adopted workload");
+                // Alive and still ours: a recycled pid would not carry our instance id.
+                let live = ours.get(&id) == Some(&s.pid);
+                let exit = if live { None } else { Some(Exit::Unknown) };
+                tracing::info!(instance = %id, pid = s.pid, alive = live, "adopted workload");
                 rt.workloads.insert(id, Workload { saved: s, child: None, stop_sent: None, exit });
             }
         }
+        // A workload started just before a crash, before state.json recorded it: found by the
+        // marker in its environment, so it is adopted rather than started a second time.
+        for (id, pid) in ours {
+            if !rt.workloads.contains_key(&id) {
+                tracing::warn!(instance = %id, pid, "adopted a workload missing from state.json");
+                let log = dir.join("logs").join(format!("{id}.log"));
+                let saved = Saved { pid, gpus: Vec::new(), log, log_offset: 0, next_seq: 1, metadata_token: None };
+                rt.workloads.insert(id, Workload { saved, child: None, stop_sent: None, exit: None });
+            }
+        }
+        rt.save();
         Ok(rt)
     }
 
@@ -114,6 +159,7 @@ impl ProcessRuntime {
                 .env("CUDA_VISIBLE_DEVICES", &devices)
                 .env("NVIDIA_VISIBLE_DEVICES", &devices)
                 .env("GPUCLOUD_INSTANCE_ID", &w.id)
+                .env("GPUCLOUD_AGENT_STATE", &self.dir)
                 .env("GPUCLOUD_METADATA_URL", metadata_url)
                 .env("GPUCLOUD_GPU_INDICES", w.gpus.iter().map(u32::to_string).collect::<Vec<_>>().join(","))
                 .stdin(Stdio::null())
