@@ -64,7 +64,7 @@ fn own_processes(dir: &Path) -> BTreeMap<String, i32> {
         }
         let Ok(env) = std::fs::read(e.path().join("environ")) else { continue };
         let vars: Vec<&[u8]> = env.split(|b| *b == 0).collect();
-        if !vars.iter().any(|v| *v == marker.as_bytes()) {
+        if !vars.contains(&marker.as_bytes()) {
             continue;
         }
         let id = vars.iter().find_map(|v| v.strip_prefix(b"GPUCLOUD_INSTANCE_ID=".as_slice()));
@@ -113,11 +113,11 @@ impl ProcessRuntime {
         // A workload started just before a crash, before state.json recorded it: found by the
         // marker in its environment, so it is adopted rather than started a second time.
         for (id, pid) in ours {
-            if !rt.workloads.contains_key(&id) {
-                tracing::warn!(instance = %id, pid, "adopted a workload missing from state.json");
-                let log = dir.join("logs").join(format!("{id}.log"));
+            if let std::collections::btree_map::Entry::Vacant(slot) = rt.workloads.entry(id) {
+                tracing::warn!(instance = %slot.key(), pid, "adopted a workload missing from state.json");
+                let log = dir.join("logs").join(format!("{}.log", slot.key()));
                 let saved = Saved { pid, gpus: Vec::new(), log, log_offset: 0, next_seq: 1, metadata_token: None };
-                rt.workloads.insert(id, Workload { saved, child: None, stop_sent: None, exit: None });
+                slot.insert(Workload { saved, child: None, stop_sent: None, exit: None });
             }
         }
         rt.save();
