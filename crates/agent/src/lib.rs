@@ -32,8 +32,9 @@ pub struct Config {
     pub metadata_port: u16,
 }
 
-/// Runs until the node is taken over by another agent (fenced) or registration fails.
-pub fn run(config: Config, gpus: &mut dyn GpuBackend) -> Result<(), String> {
+/// Runs until the node is taken over by another agent (fenced), registration fails, or
+/// `shutdown` is set (then its workloads are stopped: SIGTERM, SIGKILL after the grace period).
+pub fn run(config: Config, gpus: &mut dyn GpuBackend, shutdown: &std::sync::atomic::AtomicBool) -> Result<(), String> {
     let found = gpus.discover()?;
     tracing::info!(backend = gpus.name(), gpus = found.len(), "GPUs discovered");
     let client = Client::new(&config.server, &config.token);
@@ -48,7 +49,14 @@ pub fn run(config: Config, gpus: &mut dyn GpuBackend) -> Result<(), String> {
     let interval = config.interval.unwrap_or(Duration::from_millis(reg.heartbeat_interval_ms.max(100)));
     tracing::info!(node = %reg.node_id, epoch = reg.epoch, adopted = runtime.len(), "registered");
     let mut last_reading = std::time::Instant::now();
+    // Workloads the server wants stopped that never ran here (stopped before they started, or
+    // already gone): said so on the next beat, or the server would wait for them forever.
+    let mut never_ran: Vec<String> = Vec::new();
     loop {
+        if shutdown.load(std::sync::atomic::Ordering::SeqCst) {
+            runtime.stop_all_gracefully();
+            return Ok(());
+        }
         runtime.poll();
         for (instance, seq, data) in runtime.pending_logs() {
             match client.logs(&reg.node_id, reg.epoch, &instance, seq, &data) {
@@ -58,12 +66,13 @@ pub fn run(config: Config, gpus: &mut dyn GpuBackend) -> Result<(), String> {
         }
         let readings = gpus.telemetry(&runtime.busy_gpus(), last_reading.elapsed());
         last_reading = std::time::Instant::now();
-        let beat = AgentHeartbeat {
-            node_id: reg.node_id.clone(),
-            epoch: reg.epoch,
-            instances: runtime.report(),
-            gpus: readings,
-        };
+        let mut instances = runtime.report();
+        instances.extend(never_ran.drain(..).map(|id| gpucloud_api::AgentInstanceReport {
+            id,
+            state: "stopped".into(),
+            exit_code: None,
+        }));
+        let beat = AgentHeartbeat { node_id: reg.node_id.clone(), epoch: reg.epoch, instances, gpus: readings };
         match client.heartbeat(&beat) {
             Ok(desired) => {
                 for id in runtime.reported(&beat.instances) {
@@ -98,6 +107,13 @@ pub fn run(config: Config, gpus: &mut dyn GpuBackend) -> Result<(), String> {
                         reconcile::Action::Stop(id) => runtime.stop(&id),
                     }
                 }
+                let known = runtime.actual();
+                never_ran = desired
+                    .instances
+                    .iter()
+                    .filter(|w| w.desired == "stop" && !known.iter().any(|a| a.id == w.id))
+                    .map(|w| w.id.clone())
+                    .collect();
                 // Workloads adopted after a restart get their metadata back under their old token.
                 for w in desired.instances.iter().filter(|w| w.desired == "run" && !metadata.is_published(&w.id)) {
                     if let Some(token) = runtime.metadata_token(&w.id) {

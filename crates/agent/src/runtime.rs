@@ -216,6 +216,26 @@ impl ProcessRuntime {
         }
     }
 
+    /// SIGTERM to every live workload, SIGKILL to those still alive after the grace period.
+    pub fn stop_all_gracefully(&mut self) {
+        let ids: Vec<String> = self.workloads.keys().cloned().collect();
+        let deadline = Instant::now() + self.grace;
+        loop {
+            self.poll();
+            for id in &ids {
+                self.stop(id);
+            }
+            if self.workloads.values().all(|w| w.exit.is_some()) {
+                return;
+            }
+            if Instant::now() >= deadline {
+                self.stop_all_now();
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn stop_all_now(&mut self) {
         for w in self.workloads.values() {
             if w.exit.is_none() && w.saved.pid > 0 {

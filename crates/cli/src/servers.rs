@@ -4,7 +4,10 @@ use crate::profile::{self, Credentials, Profile};
 use clap::Args;
 use gpucloud_model::Role;
 use gpucloud_server::app::{Config, FakeAgents};
+use gpucloud_server::dev::{DEFAULT_FLEET, DevFleet};
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 #[derive(Args)]
@@ -85,18 +88,15 @@ pub fn dev(args: DevArgs) -> Result<(), String> {
         let db = data_dir.join("gpucloud.db");
         let url = args.database.clone().unwrap_or_else(|| format!("sqlite://{}", db.display()));
         let store = gpucloud_store::open(&url).await.map_err(|e| format!("opening {url}: {e}"))?;
-        let config = Config {
-            schedule_interval: Duration::from_millis(500),
-            fake_agents: FakeAgents::Every(Duration::from_secs(1)),
-            ..Config::default()
-        };
+        let config = Config { schedule_interval: Duration::from_millis(500), ..Config::default() };
         let config = with_tick(config, args.tick_ms);
+        let agent_interval = args.tick_ms.map_or(Duration::from_secs(1), |ms| Duration::from_millis(ms.max(10)));
         let running = gpucloud_server::start(store, config, &args.listen)
             .await
             .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
         let url = format!("http://{}", running.addr);
         let previous = profile::read_credentials(&data_dir);
-        let keys = gpucloud_server::dev::bootstrap(&running.app, previous.is_none())
+        let keys = gpucloud_server::dev::bootstrap(&running.app, previous.is_none(), DevFleet::Agents)
             .await
             .map_err(|e| format!("setting up the dev cloud: {e}"))?;
         let (creds, shown) = match (keys, previous) {
@@ -117,7 +117,44 @@ pub fn dev(args: DevArgs) -> Result<(), String> {
         let prof_path = profile::profile_path();
         profile::write_private_json(&prof_path, &prof).map_err(|e| format!("writing {}: {e}", prof_path.display()))?;
 
-        let nodes = running.app.store().list_nodes().await.map_err(|e| e.to_string())?;
+        // The fleet: the real node agent, in threads of this process, over HTTP, with fake GPUs.
+        let shutdown = Arc::new(AtomicBool::new(false));
+        let mut agents = Vec::new();
+        for (name, region, model, count) in DEFAULT_FLEET {
+            let config = gpucloud_agent::Config {
+                server: url.clone(),
+                token: creds.operator_key.clone(),
+                name: name.to_string(),
+                region: gpucloud_model::Region::parse(region).map_err(|e| e.to_string())?,
+                state_dir: data_dir.join("agents").join(name),
+                interval: Some(agent_interval),
+                stop_grace: Duration::from_secs(5),
+                metadata_port: 0,
+            };
+            let spec = format!("{}:{count}", model.name());
+            let flag = shutdown.clone();
+            let thread = std::thread::Builder::new().name(format!("agent-{name}")).spawn(move || {
+                let gpus = gpucloud_agent::gpu::FakeGpus::parse(&spec, &config.name);
+                let mut gpus = match gpus {
+                    Ok(g) => g.with_fault_dir(config.state_dir.clone()),
+                    Err(e) => return tracing::error!(error = %e, "dev agent"),
+                };
+                let name = config.name.clone();
+                if let Err(e) = gpucloud_agent::run(config, &mut gpus, &flag) {
+                    tracing::error!(node = %name, error = %e, "dev agent stopped");
+                }
+            });
+            agents.push(thread.map_err(|e| e.to_string())?);
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let nodes = loop {
+            let nodes = running.app.store().list_nodes().await.map_err(|e| e.to_string())?;
+            let up = nodes.iter().filter(|n| n.health == gpucloud_model::NodeHealth::Healthy).count();
+            if up >= DEFAULT_FLEET.len() || std::time::Instant::now() > deadline {
+                break nodes;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
         let mut regions: Vec<String> = nodes.iter().map(|n| n.region.to_string()).collect();
         regions.sort();
         regions.dedup();
@@ -127,7 +164,12 @@ pub fn dev(args: DevArgs) -> Result<(), String> {
             Some(_) => println!("  data dir:     {}   (database: PostgreSQL from --database)", data_dir.display()),
             None => println!("  data dir:     {}   (SQLite: gpucloud.db)", data_dir.display()),
         }
-        println!("  fleet:        {} fake nodes in {} regions ({})", nodes.len(), regions.len(), regions.join(", "));
+        println!(
+            "  fleet:        {} nodes in {} regions ({}), each a node agent with fake GPUs",
+            nodes.len(),
+            regions.len(),
+            regions.join(", ")
+        );
         if shown {
             println!("  operator key: {}   (shown once; kept in credentials.json)", creds.operator_key);
             println!("  tenant key:   {}", creds.tenant_key);
@@ -137,13 +179,20 @@ pub fn dev(args: DevArgs) -> Result<(), String> {
         println!("  credentials:  {}", creds_path.display());
         println!("  CLI profile:  {}", prof_path.display());
         println!();
-        println!("Try: gpucloud instance create --gpu A100-40GB --count 2 --region eu-1 --command 'python train.py'");
+        println!(
+            "Try: gpucloud instance create --gpu A100-40GB --count 2 --region eu-1 --command 'echo $CUDA_VISIBLE_DEVICES; sleep 600'"
+        );
         use std::io::Write;
         let _ = std::io::stdout().flush();
-        tokio::select! {
+        let result = tokio::select! {
             _ = running.wait() => Err("the API server stopped".to_string()),
             _ = tokio::signal::ctrl_c() => Ok(()),
-        }
+        };
+        // Workloads run as real processes: stopping dev stops them too (they are adopted, or
+        // reported stopped, on the next start).
+        shutdown.store(true, Ordering::SeqCst);
+        let _ = tokio::task::spawn_blocking(move || agents.into_iter().for_each(|t| drop(t.join()))).await;
+        result
     })
 }
 
@@ -238,5 +287,6 @@ pub fn agent(args: AgentArgs) -> Result<(), String> {
         stop_grace: Duration::from_secs(args.stop_grace_s),
         metadata_port: args.metadata_port,
     };
-    gpucloud_agent::run(config, gpus.as_mut())
+    let shutdown = std::sync::atomic::AtomicBool::new(false);
+    gpucloud_agent::run(config, gpus.as_mut(), &shutdown)
 }

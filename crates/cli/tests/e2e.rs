@@ -104,7 +104,7 @@ fn a_new_user_walks_through_dev_and_survives_kill_9() {
             "--region",
             "eu-1",
             "--command",
-            "python train.py",
+            "echo training on $CUDA_VISIBLE_DEVICES; exec sleep 600",
         ],
     );
     let id = inst["id"].as_str().unwrap().to_string();
@@ -217,6 +217,28 @@ fn a_new_user_walks_through_dev_and_survives_kill_9() {
         }
     }
     assert_eq!(held.len(), allocated);
+
+    // The workload is a real process with its GPUs, and its output is there for the asking.
+    let (ok, logs, _) = cli(&config, &[], &["instance", "logs", &id]);
+    assert!(ok && logs.starts_with("training on GPU-fake-"), "{logs}");
+    // Stopping dev (Ctrl-C) stops the workloads it runs.
+    let mut dev2 = dev2;
+    unsafe_sigint(dev2.child.id());
+    let status = dev2.child.wait().unwrap();
+    assert!(status.success(), "dev exits cleanly on Ctrl-C: {status:?}");
+    // Any process started by this dev's agents carries its state directory in its environment.
+    let marker = format!("GPUCLOUD_AGENT_STATE={}", data.canonicalize().unwrap().join("agents").display());
+    let left = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| std::fs::read(e.ok()?.path().join("environ")).ok())
+        .filter(|env| String::from_utf8_lossy(env).contains(&marker))
+        .count();
+    assert_eq!(left, 0, "workloads left running after Ctrl-C");
     drop(dev2);
     let _ = std::fs::remove_dir_all(&root);
+}
+
+fn unsafe_sigint(pid: u32) {
+    let status = Command::new("kill").args(["-INT", &pid.to_string()]).status().unwrap();
+    assert!(status.success());
 }

@@ -38,6 +38,15 @@ pub const DEV_CREDIT: Money = Money(100_000_000);
 pub const OPERATOR_TENANT: &str = "operator";
 pub const DEFAULT_TENANT: &str = "default";
 
+/// Who drives the built-in fleet's nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DevFleet {
+    /// The server adds the nodes and runs in-process fake agents for them (tests).
+    InProcess,
+    /// Node agents register the nodes themselves over HTTP (`gpucloud dev`).
+    Agents,
+}
+
 pub struct DevKeys {
     pub operator: NewKey,
     pub tenant: NewKey,
@@ -46,7 +55,7 @@ pub struct DevKeys {
 /// Makes sure the dev tenants and fleet exist. Returns a fresh key for each of the two tenants
 /// when asked (`mint_keys`: the caller has none on record) or when a tenant had to be created
 /// (keys on record then belong to a database that is gone).
-pub async fn bootstrap(app: &App, mint_keys: bool) -> Result<Option<DevKeys>, AppError> {
+pub async fn bootstrap(app: &App, mint_keys: bool, fleet: DevFleet) -> Result<Option<DevKeys>, AppError> {
     let tenants = app.store().list_tenants().await?;
     let find = |name: &str| tenants.iter().find(|t| t.name == name).cloned();
     let mint_keys = mint_keys || find(OPERATOR_TENANT).is_none() || find(DEFAULT_TENANT).is_none();
@@ -59,15 +68,23 @@ pub async fn bootstrap(app: &App, mint_keys: bool) -> Result<Option<DevKeys>, Ap
         };
         fresh.push(key);
     }
-    let existing = app.store().list_nodes().await?;
-    for (name, region, model, count) in DEFAULT_FLEET {
-        if !existing.iter().any(|n| n.name == *name) {
-            let region = Region::parse(region).expect("built-in region is valid");
-            app.add_node(None, name, region, &[(*model, *count)]).await?;
+    if fleet == DevFleet::InProcess {
+        let existing = app.store().list_nodes().await?;
+        for (name, region, model, count) in DEFAULT_FLEET {
+            if !existing.iter().any(|n| n.name == *name) {
+                let region = Region::parse(region).expect("built-in region is valid");
+                app.add_node(None, name, region, &[(*model, *count)]).await?;
+            }
         }
     }
     if app.store().list_prices().await?.is_empty() {
-        let regions = app.store().list_regions().await?;
+        let mut regions = app.store().list_regions().await?;
+        for (_, region, _, _) in DEFAULT_FLEET {
+            let region = Region::parse(region).expect("built-in region is valid");
+            if !regions.contains(&region) {
+                regions.push(region);
+            }
+        }
         for region in &regions {
             for (model, micros) in DEFAULT_PRICES {
                 for (tier, percent) in [(Tier::OnDemand, 100), (Tier::Spot, 40), (Tier::Reserved, 65)] {

@@ -38,7 +38,9 @@ impl TestServer {
             };
             let running = gpucloud_server::start(store, config, "127.0.0.1:0").await.unwrap();
             let key = running.app.create_tenant(None, "operator", Role::Operator).await.unwrap();
-            gpucloud_server::dev::bootstrap(&running.app, false).await.unwrap();
+            gpucloud_server::dev::bootstrap(&running.app, false, gpucloud_server::dev::DevFleet::InProcess)
+                .await
+                .unwrap();
             (running, key.secret)
         });
         let agent: ureq::Agent = ureq::Agent::config_builder()
