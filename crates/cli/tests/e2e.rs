@@ -223,7 +223,7 @@ fn a_new_user_walks_through_dev_and_survives_kill_9() {
     assert!(ok && logs.starts_with("training on GPU-fake-"), "{logs}");
     // Stopping dev (Ctrl-C) stops the workloads it runs.
     let mut dev2 = dev2;
-    unsafe_sigint(dev2.child.id());
+    send_sigint(dev2.child.id());
     let status = dev2.child.wait().unwrap();
     assert!(status.success(), "dev exits cleanly on Ctrl-C: {status:?}");
     // Any process started by this dev's agents carries its state directory in its environment.
@@ -238,7 +238,7 @@ fn a_new_user_walks_through_dev_and_survives_kill_9() {
     let _ = std::fs::remove_dir_all(&root);
 }
 
-fn unsafe_sigint(pid: u32) {
+fn send_sigint(pid: u32) {
     let status = Command::new("kill").args(["-INT", &pid.to_string()]).status().unwrap();
     assert!(status.success());
 }
