@@ -268,9 +268,19 @@ impl App {
         let now = self.now();
         let tenant = &by.tenant.id;
         let balance = self.store.balance(tenant).await?;
+        let month_usage = self.month_usage(tenant, now).await?;
+        let burn_per_hour = self.burn_per_hour(tenant, now).await?;
+        Ok(Balance { balance, month_usage, burn_per_hour })
+    }
+
+    /// Usage charged since the start of `now`'s month, as a positive amount.
+    pub(crate) async fn month_usage(&self, tenant: &TenantId, now: Timestamp) -> Result<Money, AppError> {
         let lines = self.store.ledger_lines(tenant, month_start(now), now.plus_millis(1)).await?;
-        let month_usage =
-            Money(-lines.iter().filter(|l| l.kind == EntryKind::Usage).map(|l| l.amount.micros()).sum::<i64>());
+        Ok(Money(-lines.iter().filter(|l| l.kind == EntryKind::Usage).map(|l| l.amount.micros()).sum::<i64>()))
+    }
+
+    /// What the tenant's open intervals cost per hour at today's prices.
+    pub(crate) async fn burn_per_hour(&self, tenant: &TenantId, now: Timestamp) -> Result<Money, AppError> {
         let mut burn = 0i128;
         for u in self.store.intervals_of_tenant(tenant).await? {
             if u.ended_at.is_none() {
@@ -279,7 +289,7 @@ impl App {
                 burn += i128::from(p.micros()) * i128::from(u.milli_gpus) / 1000;
             }
         }
-        Ok(Balance { balance, month_usage, burn_per_hour: Money(burn as i64) })
+        Ok(Money(burn as i64))
     }
 
     pub async fn usage(

@@ -2,10 +2,8 @@
 //! alert once (a dedupe key per threshold per month, per stop) and stops what must stop through
 //! the ordinary stop path, so workloads get their stop notice and nothing is deleted.
 
-use super::billing::month_start;
 use super::{App, AppError, Principal, random_bits};
-use gpucloud_billing::{EntryKind, price_at};
-use gpucloud_model::{InstanceState, Money, TenantId, Timestamp, UserAction};
+use gpucloud_model::{InstanceState, Money, TenantId, UserAction};
 use gpucloud_store::{Alert, BudgetAction, TenantBilling};
 
 /// A prepaid tenant's instances stop when the balance would not cover this much more running.
@@ -69,11 +67,6 @@ impl App {
         Ok(self.store.list_alerts(&by.tenant.id).await?)
     }
 
-    async fn month_usage(&self, tenant: &TenantId, now: Timestamp) -> Result<Money, AppError> {
-        let lines = self.store.ledger_lines(tenant, month_start(now), now.plus_millis(1)).await?;
-        Ok(Money(-lines.iter().filter(|l| l.kind == EntryKind::Usage).map(|l| l.amount.micros()).sum::<i64>()))
-    }
-
     /// Refuses new work a tenant cannot pay for: an empty prepaid balance, or a spent budget
     /// whose action stops instances.
     pub(crate) async fn check_can_spend(&self, tenant: &TenantId) -> Result<(), AppError> {
@@ -110,14 +103,7 @@ impl App {
             }
             if b.prepaid {
                 let balance = self.store.balance(tenant).await?;
-                let mut burn = 0i128;
-                for u in self.store.intervals_of_tenant(tenant).await? {
-                    if u.ended_at.is_none() {
-                        let prices = self.store.prices_for(u.model, &u.region, u.tier).await?;
-                        let p = price_at(&prices, now).unwrap_or(Money::ZERO);
-                        burn += i128::from(p.micros()) * i128::from(u.milli_gpus) / 1000;
-                    }
-                }
+                let burn = i128::from(self.burn_per_hour(tenant, now).await?.micros());
                 let reserve = burn * i128::from(PREPAID_RESERVE_MS) / 3_600_000;
                 if burn > 0 && i128::from(balance.micros()) <= reserve {
                     stopped += self.stop_all(&b, "the prepaid balance is nearly spent").await?;
