@@ -145,12 +145,7 @@ impl App {
         gpus: Vec<gpucloud_store::NewGpu>,
     ) -> Result<gpucloud_store::Node, AppError> {
         by.require_operator()?;
-        let name_ok = !name.is_empty()
-            && name.len() <= 64
-            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_');
-        if !name_ok {
-            return Err(AppError::invalid("name", "a node name has 1 to 64 letters, digits, '-', '.' or '_'"));
-        }
+        super::nodes::check_node_name(name)?;
         if gpus.is_empty() || gpus.len() > 16 {
             return Err(AppError::invalid("gpus", "a node has 1 to 16 GPUs"));
         }

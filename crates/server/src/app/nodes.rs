@@ -13,6 +13,14 @@ pub struct PoolCapacity {
     pub free: u32,
 }
 
+/// Node names are host names: 1 to 64 letters, digits, '-', '.' or '_'.
+pub(crate) fn check_node_name(name: &str) -> Result<(), AppError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_');
+    if ok { Ok(()) } else { Err(AppError::invalid("name", "a node name has 1 to 64 letters, digits, '-', '.' or '_'")) }
+}
+
 impl App {
     pub async fn list_nodes(&self, by: &Principal) -> Result<Vec<Node>, AppError> {
         by.require_operator()?;
@@ -37,12 +45,7 @@ impl App {
         if let Some(p) = by {
             p.require_operator()?;
         }
-        let name_ok = !name.is_empty()
-            && name.len() <= 64
-            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_');
-        if !name_ok {
-            return Err(AppError::invalid("name", "a node name has 1 to 64 letters, digits, '-', '.' or '_'"));
-        }
+        check_node_name(name)?;
         let total: u32 = gpus.iter().map(|(_, c)| *c).sum();
         if gpus.is_empty() || gpus.iter().any(|(_, c)| *c == 0) || total > 16 {
             return Err(AppError::invalid("gpus", "a node has 1 to 16 GPUs, each group at least 1"));
