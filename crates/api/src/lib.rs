@@ -580,3 +580,16 @@ pub struct GpuTelemetry {
     #[serde(default)]
     pub ecc_uncorrectable: u64,
 }
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct InstanceEvent {
+    pub at: String,
+    /// null for the creation.
+    pub from: Option<String>,
+    pub to: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct InstanceHistory {
+    pub events: Vec<InstanceEvent>,
+}

@@ -175,7 +175,17 @@ pub fn instance(ctx: &Ctx, cmd: InstanceCmd) -> Res {
         }
         InstanceCmd::Show { id } => {
             let inst: api::Instance = c.get(&format!("/v1/instances/{id}")).map_err(err)?;
-            show(ctx, &inst, instance_detail);
+            if ctx.json {
+                show(ctx, &inst, instance_detail);
+            } else {
+                let history: api::InstanceHistory = c.get(&format!("/v1/instances/{id}/events")).map_err(err)?;
+                let rows: Vec<Vec<String>> = history
+                    .events
+                    .iter()
+                    .map(|e| vec![e.at.clone(), e.from.clone().unwrap_or_else(|| "-".into()), e.to.clone()])
+                    .collect();
+                println!("{}\n\nhistory:\n{}", instance_detail(&inst), table(&["TIME", "FROM", "TO"], &rows));
+            }
         }
         InstanceCmd::Logs { id, follow } => {
             let mut after = 0;

@@ -34,6 +34,24 @@ fn instance_lifecycle_end_to_end() {
     s.post(&key, &format!("/v1/instances/{}/terminate", id(&inst)), None);
     s.wait_state(&key, &id(&inst), "terminated");
 
+    let history = s.get(&key, &format!("/v1/instances/{}/events", id(&inst))).body;
+    let states: Vec<&str> = history["events"].as_array().unwrap().iter().map(|e| e["to"].as_str().unwrap()).collect();
+    assert_eq!(
+        states,
+        [
+            "pending",
+            "provisioning",
+            "running",
+            "stopping",
+            "stopped",
+            "pending",
+            "provisioning",
+            "running",
+            "stopping",
+            "terminated"
+        ]
+    );
+
     let again = s.post(&key, &format!("/v1/instances/{}/start", id(&inst)), None);
     assert_eq!(again.status, 409);
     assert_eq!(again.body["code"], "illegal_transition");
@@ -56,6 +74,8 @@ fn another_tenants_instances_are_not_found() {
         ("POST", format!("/v1/instances/{inst}/stop")),
         ("POST", format!("/v1/instances/{inst}/start")),
         ("POST", format!("/v1/instances/{inst}/terminate")),
+        ("GET", format!("/v1/instances/{inst}/events")),
+        ("GET", format!("/v1/instances/{inst}/logs")),
     ] {
         let r = s.raw(method, &path, Some(&b), &[], None);
         assert_eq!(r.status, 404, "{method} {path}: {:?}", r.body);

@@ -80,6 +80,15 @@ impl App {
         self.store.get_instance(Some(&by.tenant.id), &id).await?.ok_or_else(not_found)
     }
 
+    pub async fn instance_events(
+        &self,
+        by: &Principal,
+        id: &str,
+    ) -> Result<Vec<gpucloud_store::InstanceEvent>, AppError> {
+        let inst = self.get_instance(by, id).await?;
+        Ok(self.store.instance_events(&inst.id).await?)
+    }
+
     pub async fn instance_action(&self, by: &Principal, id: &str, action: UserAction) -> Result<Instance, AppError> {
         let inst = self.get_instance(by, id).await?;
         if action == UserAction::Start

@@ -85,3 +85,24 @@ pub async fn terminate(
 ) -> Result<Json<Instance>, ApiError> {
     act(&app, &p, &id, UserAction::Terminate).await
 }
+
+/// Every state change of the instance, oldest first (what billing is computed from).
+#[utoipa::path(get, path = "/v1/instances/{id}/events", tag = "instances", params(("id" = String, Path)),
+    responses((status = 200, body = gpucloud_api::InstanceHistory), (status = 404, body = Problem)), security(("bearer" = [])))]
+pub async fn events(
+    State(app): State<Arc<App>>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+) -> Result<Json<gpucloud_api::InstanceHistory>, ApiError> {
+    let events = app
+        .instance_events(&p, &id)
+        .await?
+        .into_iter()
+        .map(|e| gpucloud_api::InstanceEvent {
+            at: gpucloud_api::rfc3339(e.at),
+            from: e.from.map(|s| s.to_string()),
+            to: e.to.to_string(),
+        })
+        .collect();
+    Ok(Json(gpucloud_api::InstanceHistory { events }))
+}
