@@ -88,9 +88,15 @@ pub fn dev(args: DevArgs) -> Result<(), String> {
         let db = data_dir.join("gpucloud.db");
         let url = args.database.clone().unwrap_or_else(|| format!("sqlite://{}", db.display()));
         let store = gpucloud_store::open(&url).await.map_err(|e| format!("opening {url}: {e}"))?;
-        let config = Config { schedule_interval: Duration::from_millis(500), ..Config::default() };
-        let config = with_tick(config, args.tick_ms);
         let agent_interval = args.tick_ms.map_or(Duration::from_secs(1), |ms| Duration::from_millis(ms.max(10)));
+        // Nodes an operator adds by hand (`node add`) get an in-process fake agent; the built-in
+        // fleet registers itself through real agents below.
+        let config = Config {
+            schedule_interval: Duration::from_millis(500),
+            fake_agents: FakeAgents::Every(agent_interval),
+            ..Config::default()
+        };
+        let config = with_tick(config, args.tick_ms);
         let running = gpucloud_server::start(store, config, &args.listen)
             .await
             .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
