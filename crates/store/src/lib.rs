@@ -170,13 +170,15 @@ pub trait Store: Send + Sync {
     async fn raise_alert(&self, alert: &Alert) -> Result<bool>;
     async fn list_alerts(&self, tenant: &TenantId) -> Result<Vec<Alert>>;
 
+    /// Claims `key` for a request with this `fingerprint` on behalf of server process `owner`.
     async fn idempotency_begin(
         &self,
         scope: &str,
         key: &str,
         fingerprint: &str,
+        owner: &str,
         now: Timestamp,
-        stale_after_ms: i64,
+        staleness: Staleness,
     ) -> Result<IdempotencyBegin>;
     async fn idempotency_finish(&self, scope: &str, key: &str, status: u16, body: &str) -> Result<()>;
     /// Forgets an unfinished record so a retry runs again (after a server-side failure).

@@ -2,7 +2,7 @@ use crate::migrate;
 use crate::{
     Alert, ApiKey, ApplyOutcome, Backend, BudgetAction, ChargeItem, Gpu, IdempotencyBegin, Instance, InstanceChange,
     InstanceEvent, LedgerLine, LedgerRecord, LogChunk, LostNode, NewInstance, NewNode, Node, NodeBatch, NodeDriver,
-    PriceRow, Result, Store, StoreError, StoredInvoice, Tenant, TenantBilling, UsageInterval,
+    PriceRow, Result, Staleness, Store, StoreError, StoredInvoice, Tenant, TenantBilling, UsageInterval,
 };
 use async_trait::async_trait;
 use gpucloud_billing::{Account, CURRENCY, EntryKind, PricePoint, Rules};
@@ -971,28 +971,31 @@ impl Store for SqlStore {
         scope: &str,
         key: &str,
         fingerprint: &str,
+        owner: &str,
         now: Timestamp,
-        stale_after_ms: i64,
+        staleness: Staleness,
     ) -> Result<IdempotencyBegin> {
         let inserted = sqlx::query(
-            "INSERT INTO idempotency (scope, key, fingerprint, status, body, created_at) \
-             VALUES ($1, $2, $3, NULL, NULL, $4) ON CONFLICT (scope, key) DO NOTHING",
+            "INSERT INTO idempotency (scope, key, fingerprint, owner, status, body, created_at) \
+             VALUES ($1, $2, $3, $4, NULL, NULL, $5) ON CONFLICT (scope, key) DO NOTHING",
         )
         .bind(scope)
         .bind(key)
         .bind(fingerprint)
+        .bind(owner)
         .bind(now.0)
         .execute(&self.pool)
         .await?;
         if inserted.rows_affected() == 1 {
             return Ok(IdempotencyBegin::Started);
         }
-        let row =
-            sqlx::query("SELECT fingerprint, status, body, created_at FROM idempotency WHERE scope = $1 AND key = $2")
-                .bind(scope)
-                .bind(key)
-                .fetch_optional(&self.pool)
-                .await?;
+        let row = sqlx::query(
+            "SELECT fingerprint, status, body, created_at, owner FROM idempotency WHERE scope = $1 AND key = $2",
+        )
+        .bind(scope)
+        .bind(key)
+        .fetch_optional(&self.pool)
+        .await?;
         let Some(r) = row else {
             // Abandoned between our insert and read: treat as in progress; the client retries.
             return Ok(IdempotencyBegin::InProgress);
@@ -1001,21 +1004,26 @@ impl Store for SqlStore {
         let status: Option<i64> = r.try_get(1)?;
         let body: Option<String> = r.try_get(2)?;
         let created: i64 = r.try_get(3)?;
+        let holder: String = r.try_get(4)?;
         if fp != fingerprint {
             return Ok(IdempotencyBegin::Mismatch);
         }
         if let (Some(status), Some(body)) = (status, body) {
             return Ok(IdempotencyBegin::Replay { status: status as u16, body });
         }
-        if now.0 - created > stale_after_ms {
+        let limit = if holder == owner { staleness.own_ms } else { staleness.foreign_ms };
+        if now.0 - created >= limit {
             // The request that took the key died without finishing: the retry takes it over.
             let took = sqlx::query(
-                "UPDATE idempotency SET created_at = $1 WHERE scope = $2 AND key = $3 AND created_at = $4 AND status IS NULL",
+                "UPDATE idempotency SET created_at = $1, owner = $2 \
+                 WHERE scope = $3 AND key = $4 AND created_at = $5 AND owner = $6 AND status IS NULL",
             )
             .bind(now.0)
+            .bind(owner)
             .bind(scope)
             .bind(key)
             .bind(created)
+            .bind(&holder)
             .execute(&self.pool)
             .await?;
             if took.rows_affected() == 1 {

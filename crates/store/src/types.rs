@@ -319,3 +319,12 @@ pub struct LostNode {
     pub last_heartbeat: Timestamp,
     pub instances: Vec<InstanceId>,
 }
+
+/// When an unfinished idempotency record may be taken over by a retry: after `own_ms` if the
+/// same server process holds it, after `foreign_ms` if another one does (0 where only one
+/// process can use the database, as with SQLite: the other one is gone).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Staleness {
+    pub own_ms: i64,
+    pub foreign_ms: i64,
+}

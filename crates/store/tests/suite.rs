@@ -248,19 +248,31 @@ async fn leaving_a_gpu_state_releases_gpus(s: Arc<dyn Store>) {
 
 async fn idempotency_records(s: Arc<dyn Store>) {
     use IdempotencyBegin::*;
-    assert_eq!(s.idempotency_begin("t1", "k", "fp", ts(0), 1000).await.unwrap(), Started);
-    assert_eq!(s.idempotency_begin("t1", "k", "fp", ts(10), 1000).await.unwrap(), InProgress);
-    assert_eq!(s.idempotency_begin("t1", "k", "other", ts(10), 1000).await.unwrap(), Mismatch);
-    assert_eq!(s.idempotency_begin("t2", "k", "other", ts(10), 1000).await.unwrap(), Started);
+    let st = Staleness { own_ms: 1000, foreign_ms: 1000 };
+    assert_eq!(s.idempotency_begin("t1", "k", "fp", "a", ts(0), st).await.unwrap(), Started);
+    assert_eq!(s.idempotency_begin("t1", "k", "fp", "a", ts(10), st).await.unwrap(), InProgress);
+    assert_eq!(s.idempotency_begin("t1", "k", "other", "a", ts(10), st).await.unwrap(), Mismatch);
+    assert_eq!(s.idempotency_begin("t2", "k", "other", "a", ts(10), st).await.unwrap(), Started);
     // The first holder died: after the stale period a retry takes the key over.
-    assert_eq!(s.idempotency_begin("t1", "k", "fp", ts(2000), 1000).await.unwrap(), Started);
+    assert_eq!(s.idempotency_begin("t1", "k", "fp", "a", ts(2000), st).await.unwrap(), Started);
     s.idempotency_finish("t1", "k", 201, "{\"id\":1}").await.unwrap();
     assert_eq!(
-        s.idempotency_begin("t1", "k", "fp", ts(3000), 1000).await.unwrap(),
+        s.idempotency_begin("t1", "k", "fp", "a", ts(3000), st).await.unwrap(),
         Replay { status: 201, body: "{\"id\":1}".into() }
     );
     s.idempotency_abandon("t2", "k").await.unwrap();
-    assert_eq!(s.idempotency_begin("t2", "k", "new", ts(10), 1000).await.unwrap(), Started);
+    assert_eq!(s.idempotency_begin("t2", "k", "new", "a", ts(10), st).await.unwrap(), Started);
+    // A key held by a server process that is gone (a restart) is taken over at once where the
+    // caller says foreign holders are dead; a live holder keeps it.
+    let single = Staleness { own_ms: 30_000, foreign_ms: 0 };
+    assert_eq!(s.idempotency_begin("t3", "k", "fp", "old", ts(100), single).await.unwrap(), Started);
+    assert_eq!(s.idempotency_begin("t3", "k", "fp", "old", ts(200), single).await.unwrap(), InProgress);
+    assert_eq!(s.idempotency_begin("t3", "k", "fp", "new", ts(200), single).await.unwrap(), Started);
+    assert_eq!(
+        s.idempotency_begin("t3", "k", "fp", "old", ts(300), single).await.unwrap(),
+        Started,
+        "and back: 'old' is foreign to 'new' too"
+    );
 }
 
 async fn concurrent_placements_never_double_book(s: Arc<dyn Store>) {

@@ -73,6 +73,8 @@ pub struct App {
     /// When this server started: agents get a full grace period after a restart before their
     /// silence counts (the server being down is not the node being lost).
     pub(crate) started_at: Timestamp,
+    /// This server process, random per start: whose unfinished idempotency records are whose.
+    pub(crate) process_id: String,
     /// The latest GPU readings per node, as agents sent them (kept in memory; history is the
     /// monitoring issue's).
     pub(crate) telemetry:
@@ -87,6 +89,7 @@ impl App {
             schedule_wakeup: Notify::new(),
             nodes_changed: Notify::new(),
             started_at: Timestamp(0),
+            process_id: format!("{:032x}", random_bits()),
             telemetry: Default::default(),
         };
         app.started_at = app.now();

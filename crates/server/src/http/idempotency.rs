@@ -57,7 +57,11 @@ async fn run(app: Arc<App>, req: Request, next: Next) -> Result<Response, ApiErr
     let fingerprint = hash_key(&String::from_utf8_lossy(&material));
     let scope = principal.tenant.id.to_string();
     let store = app.store();
-    match store.idempotency_begin(&scope, &key, &fingerprint, app.now(), STALE_AFTER_MS).await.map_err(app_err)? {
+    // SQLite is one server process's file: a key held by another process belongs to one that died.
+    let foreign_ms = if store.backend() == gpucloud_store::Backend::Sqlite { 0 } else { STALE_AFTER_MS };
+    let staleness = gpucloud_store::Staleness { own_ms: STALE_AFTER_MS, foreign_ms };
+    let claim = store.idempotency_begin(&scope, &key, &fingerprint, &app.process_id, app.now(), staleness);
+    match claim.await.map_err(app_err)? {
         IdempotencyBegin::Started => {}
         IdempotencyBegin::Replay { status, body } => {
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);

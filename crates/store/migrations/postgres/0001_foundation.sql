@@ -65,6 +65,8 @@ CREATE TABLE idempotency (
     scope        TEXT NOT NULL,
     key          TEXT NOT NULL,
     fingerprint  TEXT NOT NULL,
+    -- The server process handling it: a key held by a process that is gone can be taken over.
+    owner        TEXT NOT NULL,
     status       BIGINT,
     body         TEXT,
     created_at   BIGINT NOT NULL,
