@@ -68,32 +68,27 @@ pub trait AgentApi: Send + Sync {
 impl AgentApi for App {
     async fn heartbeat(&self, report: AgentReport) -> Result<Vec<DesiredInstance>, AppError> {
         let node = &report.node;
+        // One read of the node serves the fencing check, GPU health and the GPU UUIDs below.
+        let current = self
+            .store
+            .get_node(node)
+            .await?
+            .ok_or_else(|| AppError::NotFound { kind: "node", id: node.to_string() })?;
         let recorded = match report.epoch {
             None => self.store.record_heartbeat(node, self.now()).await?,
-            Some(epoch) => {
-                let current = self.store.get_node(node).await?;
-                let Some(current) = current else {
-                    return Err(AppError::NotFound { kind: "node", id: node.to_string() });
-                };
-                if current.epoch != epoch {
-                    return Err(AppError::Conflict(format!(
-                        "fenced: node {node} was registered again (epoch {} > {epoch}); this agent must stop and re-register",
-                        current.epoch
-                    )));
-                }
-                self.store.record_agent_heartbeat(node, epoch, self.now()).await?
+            Some(epoch) if current.epoch != epoch => {
+                return Err(AppError::Conflict(format!(
+                    "fenced: node {node} was registered again (epoch {} > {epoch}); this agent must stop and re-register",
+                    current.epoch
+                )));
             }
+            Some(epoch) => self.store.record_agent_heartbeat(node, epoch, self.now()).await?,
         };
         if !recorded {
             return Err(AppError::NotFound { kind: "node", id: node.to_string() });
         }
         for g in report.gpus.iter().filter(|g| g.is_fatal()) {
-            let healthy_before = self
-                .store
-                .get_node(node)
-                .await?
-                .and_then(|n| n.gpus.into_iter().find(|x| x.index == g.index))
-                .map(|x| x.healthy);
+            let healthy_before = current.gpus.iter().find(|x| x.index == g.index).map(|x| x.healthy);
             if healthy_before == Some(true) {
                 tracing::error!(node = %node, gpu = g.index, xid = ?g.xid, ecc = g.ecc_uncorrectable, "GPU failed: no new work on it");
                 self.store.set_gpu_health(node, g.index, false).await?;
@@ -113,10 +108,8 @@ impl AgentApi for App {
             }
             self.observe(inst, *seen).await?;
         }
-        let uuids: std::collections::HashMap<u32, String> = match self.store.get_node(node).await? {
-            Some(n) => n.gpus.into_iter().map(|g| (g.index, g.uuid)).collect(),
-            None => Default::default(),
-        };
+        let uuids: std::collections::HashMap<u32, String> =
+            current.gpus.into_iter().map(|g| (g.index, g.uuid)).collect();
         let desired = self
             .store
             .instances_on_node(node)
