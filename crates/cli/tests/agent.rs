@@ -86,6 +86,49 @@ fn processes_with(needle: &str) -> usize {
         .count()
 }
 
+/// `gpucloud serve` on `listen` with its SQLite file in `root`, a 1.5 s heartbeat grace, and its
+/// stdout in `out`.
+fn serve(root: &Path, listen: &str, out: &Path) -> Proc {
+    Proc(
+        Command::new(BIN)
+            .args(["serve", "--listen", listen, "--heartbeat-grace-ms", "1500", "--database"])
+            .arg(format!("sqlite://{}/db.sqlite", root.display()))
+            .stdout(std::fs::File::create(out).unwrap())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// Waits for a first start's banner: the operator key and the URL.
+fn serving(out: &Path) -> (String, String) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = std::fs::read_to_string(out).unwrap_or_default();
+        let key = text
+            .lines()
+            .find_map(|l| l.strip_prefix("operator key: "))
+            .map(|k| k.split_whitespace().next().unwrap().to_string());
+        let url = text.lines().find_map(|l| l.strip_prefix("gpucloud serving on ")).map(str::to_string);
+        if let (Some(k), Some(u)) = (key, url) {
+            return (k, u);
+        }
+        assert!(Instant::now() < deadline, "serve did not start: {text}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+impl Api {
+    fn new(url: &str) -> Api {
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(10)))
+            .build()
+            .into();
+        Api { url: url.to_string(), agent }
+    }
+}
+
 #[test]
 fn agents_run_real_workloads() {
     let root: PathBuf = std::env::temp_dir().join(format!("gpucloud-agent-{:016x}", rand::random::<u64>()));
@@ -93,41 +136,10 @@ fn agents_run_real_workloads() {
     // A fixed port, so the server can restart on the URL the agents know.
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let listen = format!("127.0.0.1:{port}");
-    let serve = |out: &Path| {
-        Proc(
-            Command::new(BIN)
-                .args(["serve", "--listen", &listen, "--heartbeat-grace-ms", "1500", "--database"])
-                .arg(format!("sqlite://{}/db.sqlite", root.display()))
-                .stdout(std::fs::File::create(out).unwrap())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap(),
-        )
-    };
     let out = root.join("serve.out");
-    let mut server = serve(&out);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let (op, url) = loop {
-        let text = std::fs::read_to_string(&out).unwrap_or_default();
-        let key = text
-            .lines()
-            .find_map(|l| l.strip_prefix("operator key: "))
-            .map(|k| k.split_whitespace().next().unwrap().to_string());
-        let url = text.lines().find_map(|l| l.strip_prefix("gpucloud serving on ")).map(str::to_string);
-        if let (Some(k), Some(u)) = (key, url) {
-            break (k, u);
-        }
-        assert!(Instant::now() < deadline, "serve did not start: {text}");
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let api = Api {
-        url: url.clone(),
-        agent: ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(10)))
-            .build()
-            .into(),
-    };
+    let mut server = serve(&root, &listen, &out);
+    let (op, url) = serving(&out);
+    let api = Api::new(&url);
     let mut a1 = start_agent(&url, &op, "host-1", &root.join("a1"));
     let _a2 = start_agent(&url, &op, "host-2", &root.join("a2"));
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -244,7 +256,7 @@ fn agents_run_real_workloads() {
     server.0.kill().unwrap();
     server.0.wait().unwrap();
     std::thread::sleep(Duration::from_millis(500));
-    server = serve(&root.join("serve2.out"));
+    server = serve(&root, &listen, &root.join("serve2.out"));
     let deadline = Instant::now() + Duration::from_secs(20);
     while api.agent.get(format!("{url}/v1/health")).call().is_err() {
         assert!(Instant::now() < deadline, "server did not come back");
@@ -394,40 +406,9 @@ fn a_healed_partition_stops_what_was_given_up() {
     std::fs::create_dir_all(&root).unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let out = root.join("serve.out");
-    let _server = Proc(
-        Command::new(BIN)
-            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--heartbeat-grace-ms", "1500", "--database"])
-            .arg(format!("sqlite://{}/db.sqlite", root.display()))
-            .stdout(std::fs::File::create(&out).unwrap())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let op = loop {
-        let text = std::fs::read_to_string(&out).unwrap_or_default();
-        if text.contains("gpucloud serving on") {
-            break text
-                .lines()
-                .find_map(|l| l.strip_prefix("operator key: "))
-                .unwrap()
-                .split_whitespace()
-                .next()
-                .unwrap()
-                .to_string();
-        }
-        assert!(Instant::now() < deadline, "serve did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let url = format!("http://127.0.0.1:{port}");
-    let api = Api {
-        url: url.clone(),
-        agent: ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(10)))
-            .build()
-            .into(),
-    };
+    let _server = serve(&root, &format!("127.0.0.1:{port}"), &out);
+    let (op, url) = serving(&out);
+    let api = Api::new(&url);
     let (proxy, cut) = partition_proxy(format!("127.0.0.1:{port}"));
     let _agent = start_agent(&proxy, &op, "island", &root.join("agent"));
     let (_, t) = api.call(&op, "POST", "/v1/tenants", Some(json!({"name": "acme"})));
