@@ -7,6 +7,7 @@ mod commands;
 mod output;
 mod profile;
 mod servers;
+mod sim;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -59,6 +60,9 @@ enum Command {
     /// Benchmarks that print a table.
     #[command(subcommand)]
     Bench(bench::BenchCmd),
+    /// Trace-driven simulations of the placement policies.
+    #[command(subcommand)]
+    Sim(sim::SimCmd),
 }
 
 fn main() -> ExitCode {
@@ -77,6 +81,7 @@ fn main() -> ExitCode {
         Command::Models => commands::models(&ctx),
         Command::Whoami => commands::whoami(&ctx),
         Command::Bench(c) => bench::run(c, ctx.json),
+        Command::Sim(c) => sim::run(c, ctx.json),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

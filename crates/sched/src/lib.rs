@@ -5,6 +5,7 @@
 
 mod explain;
 mod index;
+pub mod share;
 
 pub use explain::{PendingReason, RegionShortfall};
 

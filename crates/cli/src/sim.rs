@@ -1,0 +1,147 @@
+//! `gpucloud sim`: replays GPU cluster traces through the production placer.
+
+use crate::output::table;
+use clap::Subcommand;
+use gpucloud_sched::share::SharePolicy;
+use gpucloud_sim::fgd::{Experiment, Record};
+use gpucloud_sim::trace::{Models, read_nodes, read_trace};
+use std::path::PathBuf;
+use std::time::Instant;
+
+const DATA: &str = "../shared/data/alibaba-gpu-v2023/csv";
+
+#[derive(Subcommand)]
+pub enum SimCmd {
+    /// The FGD paper's packing experiment: shuffle, inflate demand to --tune x capacity, place
+    /// one by one with no departures; prints GPU allocation at 100..130% arrived demand.
+    Fgd {
+        /// Task list(s) (name,cpu_milli,memory_mib,num_gpu,gpu_milli[,gpu_spec,...]); repeat or
+        /// comma-separate for several traces.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "../shared/data/alibaba-gpu-v2023/csv/openb_pod_list_default.csv"
+        )]
+        trace: Vec<PathBuf>,
+        /// Node list (sn,cpu_milli,memory_mib,gpu,model); nodes without GPUs are skipped.
+        #[arg(long, default_value = "../shared/data/alibaba-gpu-v2023/csv/openb_node_list_gpu_node.csv")]
+        nodes: PathBuf,
+        /// Policies, comma-separated, or "all": random, dot-product, gpu-clustering,
+        /// gpu-packing, best-fit, fgd, fgd-pack.
+        #[arg(long, value_delimiter = ',', default_value = "all")]
+        policy: Vec<String>,
+        /// Seeds: "42..51" (inclusive), "42" or "1,2,3".
+        #[arg(long, default_value = "42..51")]
+        seeds: String,
+        /// Demand to reach, as a multiple of the fleet's GPU capacity.
+        #[arg(long, default_value_t = 1.3)]
+        tune: f64,
+        /// Write the curves as an SVG chart here.
+        #[arg(long)]
+        svg: Option<PathBuf>,
+        /// Worker threads (default: all cores).
+        #[arg(long)]
+        threads: Option<usize>,
+    },
+}
+
+pub fn run(cmd: SimCmd, as_json: bool) -> Result<(), String> {
+    match cmd {
+        SimCmd::Fgd { trace, nodes, policy, seeds, tune, svg, threads } => {
+            fgd(&trace, &nodes, &policy, &seeds, tune, svg, threads, as_json)
+        }
+    }
+}
+
+pub fn parse_policies(names: &[String]) -> Result<Vec<SharePolicy>, String> {
+    if names.iter().any(|n| n == "all") {
+        return Ok(SharePolicy::ALL.to_vec());
+    }
+    names
+        .iter()
+        .map(|n| {
+            SharePolicy::parse(n.trim()).ok_or_else(|| {
+                let all: Vec<&str> = SharePolicy::ALL.iter().map(|p| p.name()).collect();
+                format!("unknown policy '{n}' (one of: {}, or all)", all.join(", "))
+            })
+        })
+        .collect()
+}
+
+#[allow(clippy::too_many_arguments)]
+fn fgd(
+    traces: &[PathBuf],
+    nodes: &std::path::Path,
+    policy: &[String],
+    seeds: &str,
+    tune: f64,
+    svg: Option<PathBuf>,
+    threads: Option<usize>,
+    as_json: bool,
+) -> Result<(), String> {
+    if !(tune.is_finite() && tune > 0.0 && tune <= 10.0) {
+        return Err(format!("--tune {tune}: expected a number in (0, 10]"));
+    }
+    let policies = parse_policies(policy)?;
+    let seeds = gpucloud_sim::parse_seeds(seeds)?;
+    let threads = threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    let hint = |e: String| {
+        if e.contains("No such file") && !std::path::Path::new(DATA).exists() {
+            format!("{e} (the Alibaba trace lives in {DATA} when run from the repository root)")
+        } else {
+            e
+        }
+    };
+    let mut models = Models::default();
+    let node_rows = read_nodes(nodes, &mut models).map_err(hint)?;
+    let mut all: Vec<Record> = Vec::new();
+    let started = Instant::now();
+    for path in traces {
+        let trace = read_trace(path, &mut models).map_err(hint)?;
+        let exp = Experiment::new(&node_rows, &trace, tune);
+        let runs = gpucloud_sim::run_all(&exp, &policies, &seeds, threads);
+        all.extend(gpucloud_sim::records(&trace.name, &runs));
+    }
+    let elapsed = started.elapsed();
+    if let Some(path) = &svg {
+        std::fs::write(path, gpucloud_sim::svg::chart(&all, 60)).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    if as_json {
+        let shown: Vec<&Record> = all.iter().filter(|r| r.demand_percent >= 100).collect();
+        println!("{}", serde_json::to_string_pretty(&shown).map_err(|e| e.to_string())?);
+        return Ok(());
+    }
+    let top = (tune * 100.0).round() as usize;
+    let cols: Vec<usize> = (100..=top).step_by(5).chain((!top.is_multiple_of(5)).then_some(top)).collect();
+    let mut header = vec!["trace".to_string(), "policy".to_string()];
+    header.extend(cols.iter().map(|c| format!("{c}%")));
+    header.push(format!("±sd@{top}"));
+    let mut rows = Vec::new();
+    let mut keys: Vec<(&str, &str)> = Vec::new();
+    for r in &all {
+        if !keys.contains(&(r.trace.as_str(), r.policy.as_str())) {
+            keys.push((&r.trace, &r.policy));
+        }
+    }
+    for (t, p) in keys {
+        let at = |k: usize| all.iter().find(|r| r.trace == t && r.policy == p && r.demand_percent == k);
+        let mut row = vec![t.to_string(), p.to_string()];
+        row.extend(cols.iter().map(|&k| at(k).map(|r| format!("{:.2}", r.allocation_mean)).unwrap_or("-".into())));
+        row.push(at(top).map(|r| format!("{:.2}", r.allocation_std)).unwrap_or("-".into()));
+        rows.push(row);
+    }
+    let header: Vec<&str> = header.iter().map(String::as_str).collect();
+    println!("{}", table(&header, &rows));
+    println!(
+        "\nGPU allocation (% of {} GPUs on {} nodes) at each arrived demand, mean of {} seeds; {:.2}s on {} threads",
+        node_rows.iter().map(|n| n.gpus as u64).sum::<u64>(),
+        node_rows.len(),
+        seeds.len(),
+        elapsed.as_secs_f64(),
+        threads
+    );
+    if let Some(path) = svg {
+        println!("chart: {}", path.display());
+    }
+    Ok(())
+}

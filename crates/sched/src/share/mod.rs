@@ -1,0 +1,441 @@
+//! Placement of GPU slices and whole GPUs on a fleet of nodes with CPU, memory and per-GPU free
+//! capacity in thousandths of a GPU ("milli-GPU").
+//!
+//! A [`Placer`] owns the fleet's free capacity and places one [`Ask`] at a time with a
+//! [`SharePolicy`]: find the feasible nodes, score each (integers, higher is better), take the
+//! top score, break ties by a fixed node priority, then pick the GPU(s) on the winner. The same
+//! code serves the production scheduler ([`crate::plan`]) and the trace simulator, so what the
+//! simulator measures is what the server does.
+
+mod fgd;
+
+pub use fgd::{Typical, typical_workload};
+
+use rand::{Rng, RngCore};
+
+/// One GPU, whole.
+pub const MILLI: u32 = 1000;
+
+/// The GPU models a request accepts, one bit per model id; the empty set accepts any model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
+pub struct ModelSet(pub u64);
+
+impl ModelSet {
+    pub const ANY: ModelSet = ModelSet(0);
+
+    pub fn only(model: u16) -> ModelSet {
+        ModelSet(1u64 << (model % 64))
+    }
+
+    pub fn with(self, model: u16) -> ModelSet {
+        ModelSet(self.0 | 1u64 << (model % 64))
+    }
+
+    pub fn allows(self, model: u16) -> bool {
+        self.0 == 0 || self.0 & (1u64 << (model % 64)) != 0
+    }
+}
+
+/// What one task or instance asks for.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Ask {
+    pub cpu_milli: u64,
+    pub mem_mib: u64,
+    /// 0 for a CPU-only task.
+    pub num_gpu: u32,
+    /// Share of each GPU, 1..=1000. Below 1000 only with `num_gpu == 1` (a slice never spans GPUs).
+    pub gpu_milli: u32,
+    /// GPU memory of a slice; 0 when memory is not tracked (the trace) or the GPU is whole.
+    pub gpu_mem_mib: u64,
+    pub models: ModelSet,
+    /// A MIG slice: only on GPUs that hold MIG slices or nothing.
+    pub mig: bool,
+}
+
+impl Ask {
+    pub fn whole(num_gpu: u32, models: ModelSet) -> Ask {
+        Ask { cpu_milli: 0, mem_mib: 0, num_gpu, gpu_milli: MILLI, gpu_mem_mib: 0, models, mig: false }
+    }
+
+    /// Milli-GPU this ask holds once placed.
+    pub fn demand(&self) -> u64 {
+        self.num_gpu as u64 * self.gpu_milli as u64
+    }
+
+    /// A fraction of one GPU.
+    pub fn is_share(&self) -> bool {
+        self.num_gpu == 1 && self.gpu_milli < MILLI
+    }
+}
+
+/// How a GPU is being shared, so that time-sliced and MIG slices never meet on one GPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum GpuMode {
+    #[default]
+    Open,
+    Shared,
+    Mig,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Gpu {
+    pub free_milli: u32,
+    /// Free memory for slices; `u64::MAX` when not tracked.
+    pub free_mem_mib: u64,
+    pub healthy: bool,
+    pub mode: GpuMode,
+}
+
+impl Gpu {
+    pub fn idle() -> Gpu {
+        Gpu { free_milli: MILLI, free_mem_mib: u64::MAX, healthy: true, mode: GpuMode::Open }
+    }
+
+    pub fn is_idle(&self) -> bool {
+        self.healthy && self.free_milli == MILLI
+    }
+
+    fn fits_share(&self, ask: &Ask) -> bool {
+        self.healthy
+            && self.free_milli >= ask.gpu_milli
+            && self.free_mem_mib >= ask.gpu_mem_mib
+            && match self.mode {
+                GpuMode::Open => true,
+                GpuMode::Shared => !ask.mig,
+                GpuMode::Mig => ask.mig,
+            }
+    }
+}
+
+/// A node's free capacity. All its GPUs are of one model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Node {
+    pub model: u16,
+    pub cpu_free: u64,
+    pub mem_free: u64,
+    pub gpus: Vec<Gpu>,
+    /// Kinds of GPU tasks on the node (GpuClustering): (0 = slices, n = whole n-GPU tasks) -> count.
+    kinds: Vec<(u32, u32)>,
+}
+
+impl Node {
+    pub fn new(model: u16, cpu_free: u64, mem_free: u64, gpus: Vec<Gpu>) -> Node {
+        Node { model, cpu_free, mem_free, gpus, kinds: Vec::new() }
+    }
+
+    /// Records a GPU task already on the node (the production scheduler rebuilds nodes from the
+    /// store each pass).
+    pub fn note_task(&mut self, ask: &Ask) {
+        if ask.num_gpu > 0 {
+            let kind = kind_of(ask);
+            match self.kinds.iter_mut().find(|(k, _)| *k == kind) {
+                Some((_, n)) => *n += 1,
+                None => self.kinds.push((kind, 1)),
+            }
+        }
+    }
+
+    fn free_milli(&self) -> u64 {
+        self.gpus.iter().filter(|g| g.healthy).map(|g| g.free_milli as u64).sum()
+    }
+
+    fn idle_count(&self) -> u32 {
+        self.gpus.iter().filter(|g| g.is_idle()).count() as u32
+    }
+
+    pub fn feasible(&self, ask: &Ask) -> bool {
+        if self.cpu_free < ask.cpu_milli || self.mem_free < ask.mem_mib {
+            return false;
+        }
+        if ask.num_gpu == 0 {
+            return true;
+        }
+        if !ask.models.allows(self.model) {
+            return false;
+        }
+        if ask.is_share() { self.gpus.iter().any(|g| g.fits_share(ask)) } else { self.idle_count() >= ask.num_gpu }
+    }
+
+    /// The GPUs the default rule takes: the tightest fitting GPU for a slice (lowest index among
+    /// equals), the lowest-indexed idle GPUs otherwise.
+    fn default_gpus(&self, ask: &Ask) -> Vec<u32> {
+        if ask.num_gpu == 0 {
+            return Vec::new();
+        }
+        if ask.is_share() {
+            let mut best: Option<(u32, usize)> = None;
+            for (i, g) in self.gpus.iter().enumerate() {
+                if g.fits_share(ask) && best.is_none_or(|(f, _)| g.free_milli < f) {
+                    best = Some((g.free_milli, i));
+                }
+            }
+            return best.map(|(_, i)| vec![i as u32]).unwrap_or_default();
+        }
+        self.idle_gpus().take(ask.num_gpu as usize).collect()
+    }
+
+    fn idle_gpus(&self) -> impl Iterator<Item = u32> + '_ {
+        self.gpus.iter().enumerate().filter(|(_, g)| g.is_idle()).map(|(i, _)| i as u32)
+    }
+
+    fn apply(&mut self, ask: &Ask, gpus: &[u32]) {
+        self.cpu_free -= ask.cpu_milli;
+        self.mem_free -= ask.mem_mib;
+        for &i in gpus {
+            let g = &mut self.gpus[i as usize];
+            g.free_milli -= ask.gpu_milli;
+            if g.free_mem_mib != u64::MAX {
+                g.free_mem_mib -= ask.gpu_mem_mib;
+            }
+            if ask.is_share() {
+                g.mode = if ask.mig { GpuMode::Mig } else { GpuMode::Shared };
+            }
+        }
+        self.note_task(ask);
+    }
+
+    fn release(&mut self, ask: &Ask, gpus: &[u32]) {
+        self.cpu_free += ask.cpu_milli;
+        self.mem_free += ask.mem_mib;
+        for &i in gpus {
+            let g = &mut self.gpus[i as usize];
+            g.free_milli = (g.free_milli + ask.gpu_milli).min(MILLI);
+            if g.free_mem_mib != u64::MAX {
+                g.free_mem_mib += ask.gpu_mem_mib;
+            }
+            if g.free_milli == MILLI {
+                g.mode = GpuMode::Open;
+            }
+        }
+        if ask.num_gpu > 0 {
+            let kind = kind_of(ask);
+            if let Some(pos) = self.kinds.iter().position(|(k, _)| *k == kind) {
+                self.kinds[pos].1 -= 1;
+                if self.kinds[pos].1 == 0 {
+                    self.kinds.swap_remove(pos);
+                }
+            }
+        }
+    }
+}
+
+fn kind_of(ask: &Ask) -> u32 {
+    if ask.is_share() { 0 } else { ask.num_gpu }
+}
+
+/// How to choose among the nodes that fit. The first six follow the FGD paper (ATC'23) and its
+/// simulator; `FgdPack` is ours.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SharePolicy {
+    Random,
+    DotProd,
+    GpuClustering,
+    GpuPacking,
+    BestFit,
+    Fgd,
+    FgdPack,
+}
+
+impl SharePolicy {
+    pub const ALL: [SharePolicy; 7] = [
+        SharePolicy::Random,
+        SharePolicy::DotProd,
+        SharePolicy::GpuClustering,
+        SharePolicy::GpuPacking,
+        SharePolicy::BestFit,
+        SharePolicy::Fgd,
+        SharePolicy::FgdPack,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            SharePolicy::Random => "random",
+            SharePolicy::DotProd => "dot-product",
+            SharePolicy::GpuClustering => "gpu-clustering",
+            SharePolicy::GpuPacking => "gpu-packing",
+            SharePolicy::BestFit => "best-fit",
+            SharePolicy::Fgd => "fgd",
+            SharePolicy::FgdPack => "fgd-pack",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<SharePolicy> {
+        SharePolicy::ALL.into_iter().find(|p| p.name() == s)
+    }
+
+    fn uses_fragmentation(self) -> bool {
+        matches!(self, SharePolicy::Fgd | SharePolicy::FgdPack)
+    }
+}
+
+/// Where an ask went: node ordinal and GPU indices.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Choice {
+    pub node: usize,
+    pub gpus: Vec<u32>,
+}
+
+/// The fleet plus everything one policy needs to place on it.
+pub struct Placer {
+    nodes: Vec<Node>,
+    /// Node ordinals, best first: the tie-breaker.
+    priority: Vec<usize>,
+    policy: SharePolicy,
+    frag: fgd::Fragmentation,
+}
+
+impl Placer {
+    /// `priority` lists every node ordinal once; `typical` is the target workload FGD measures
+    /// fragmentation against (ignored by the other policies).
+    pub fn new(nodes: Vec<Node>, priority: Vec<usize>, policy: SharePolicy, typical: &[Typical]) -> Placer {
+        debug_assert_eq!(priority.len(), nodes.len());
+        let frag = fgd::Fragmentation::new(typical, nodes.len());
+        Placer { nodes, priority, policy, frag }
+    }
+
+    pub fn nodes(&self) -> &[Node] {
+        &self.nodes
+    }
+
+    pub fn policy(&self) -> SharePolicy {
+        self.policy
+    }
+
+    /// Chooses where `ask` goes and takes the capacity. `None`: no node can take it.
+    pub fn place(&mut self, ask: &Ask, rng: &mut dyn RngCore) -> Option<Choice> {
+        let choice = self.choose(ask, rng)?;
+        self.apply(ask, &choice);
+        Some(choice)
+    }
+
+    /// Takes the capacity of an ask placed elsewhere (or earlier).
+    pub fn apply(&mut self, ask: &Ask, choice: &Choice) {
+        self.nodes[choice.node].apply(ask, &choice.gpus);
+        self.frag.invalidate(choice.node);
+    }
+
+    /// Gives back what `apply` took.
+    pub fn release(&mut self, ask: &Ask, choice: &Choice) {
+        self.nodes[choice.node].release(ask, &choice.gpus);
+        self.frag.invalidate(choice.node);
+    }
+
+    /// Where `ask` would go, without taking anything.
+    pub fn choose(&mut self, ask: &Ask, rng: &mut dyn RngCore) -> Option<Choice> {
+        if ask.num_gpu > 0 && (ask.gpu_milli == 0 || ask.gpu_milli > MILLI) {
+            return None;
+        }
+        if ask.num_gpu > 1 && ask.gpu_milli != MILLI {
+            return None;
+        }
+        if self.policy == SharePolicy::Random {
+            return self.choose_random(ask, rng);
+        }
+        let mut best: Option<(i64, usize, u32)> = None;
+        for &n in &self.priority {
+            let node = &self.nodes[n];
+            if !node.feasible(ask) {
+                continue;
+            }
+            let (score, gpus) = match self.policy {
+                SharePolicy::Fgd | SharePolicy::FgdPack => self.frag.score(n, node, ask, self.policy),
+                p => (simple_score(p, node, ask), 0),
+            };
+            if best.as_ref().is_none_or(|(s, _, _)| score > *s) {
+                best = Some((score, n, gpus));
+            }
+        }
+        let (_, n, gpu) = best?;
+        let gpus = if ask.is_share() && self.policy.uses_fragmentation() {
+            vec![gpu]
+        } else {
+            self.nodes[n].default_gpus(ask)
+        };
+        Some(Choice { node: n, gpus })
+    }
+
+    fn choose_random(&self, ask: &Ask, rng: &mut dyn RngCore) -> Option<Choice> {
+        let feasible: Vec<usize> = (0..self.nodes.len()).filter(|&n| self.nodes[n].feasible(ask)).collect();
+        if feasible.is_empty() {
+            return None;
+        }
+        let n = feasible[rng.random_range(0..feasible.len())];
+        let node = &self.nodes[n];
+        let gpus = if ask.is_share() {
+            let fit: Vec<u32> =
+                node.gpus.iter().enumerate().filter(|(_, g)| g.fits_share(ask)).map(|(i, _)| i as u32).collect();
+            vec![fit[rng.random_range(0..fit.len())]]
+        } else {
+            node.default_gpus(ask)
+        };
+        Some(Choice { node: n, gpus })
+    }
+}
+
+const CPU_NORM: f64 = 128_000.0;
+const GPU_NORM: f64 = 8_000.0;
+
+/// The paper's non-FGD scores, integers 0..=100 (BestFit can leave that range on nodes with more
+/// than 128 cores; only the order matters).
+fn simple_score(policy: SharePolicy, node: &Node, ask: &Ask) -> i64 {
+    let c_free = node.cpu_free as f64;
+    let g_free = node.free_milli() as f64;
+    let c = ask.cpu_milli as f64;
+    let g = ask.demand() as f64;
+    match policy {
+        SharePolicy::DotProd => {
+            let dot = (c_free / CPU_NORM) * (c / CPU_NORM) + (g_free / GPU_NORM) * (g / GPU_NORM);
+            (100.0 * (1.0 - dot / 2.0)) as i64
+        }
+        SharePolicy::BestFit => {
+            let s = 0.5 * (c_free - c) / CPU_NORM + 0.5 * (g_free - g) / GPU_NORM;
+            (100.0 * (1.0 - s)) as i64
+        }
+        SharePolicy::GpuClustering => {
+            if ask.num_gpu == 0 {
+                return 0;
+            }
+            let base = (25.0 * (GPU_NORM - g_free) / GPU_NORM) as i64;
+            let kind = kind_of(ask);
+            let has = node.kinds.iter().any(|(k, _)| *k == kind);
+            let bonus = if node.kinds.is_empty() {
+                25
+            } else if has && node.kinds.len() == 1 {
+                75
+            } else if has {
+                50
+            } else {
+                0
+            };
+            base + bonus
+        }
+        SharePolicy::GpuPacking => {
+            if ask.num_gpu == 0 {
+                return 0;
+            }
+            let k = node.gpus.len() as i64;
+            if node.gpus.iter().all(|g| g.is_idle()) {
+                return (33 - k).max(k);
+            }
+            let mut order: Vec<usize> = (0..node.gpus.len()).filter(|&i| node.gpus[i].healthy).collect();
+            order.sort_by_key(|&i| (node.gpus[i].free_milli, i));
+            let taken: Vec<u32> = order
+                .into_iter()
+                .map(|i| node.gpus[i].free_milli)
+                .filter(|&f| f >= ask.gpu_milli)
+                .take(ask.num_gpu as usize)
+                .collect();
+            let idle = taken.iter().filter(|&&f| f == MILLI).count() as i64;
+            if idle > 0 {
+                (50 - idle).max(33)
+            } else {
+                let sum: i64 = taken.iter().map(|&f| (f as i64 * 100) / MILLI as i64).sum();
+                (100 - sum / 10).max(50)
+            }
+        }
+        SharePolicy::Random | SharePolicy::Fgd | SharePolicy::FgdPack => 0,
+    }
+}
+
+#[cfg(test)]
+mod tests;

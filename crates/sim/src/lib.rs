@@ -1,0 +1,71 @@
+//! Trace-driven simulation of gpucloud's placement policies.
+//!
+//! [`fgd`] reproduces the FGD paper's packing experiment on the Alibaba GPU-sharing trace through
+//! the production placer (`gpucloud_sched::share`); [`svg`] draws its curves. Everything here is
+//! deterministic for a given seed.
+
+pub mod fgd;
+pub mod svg;
+pub mod trace;
+
+use fgd::{Curve, Experiment, Record, RunStats, summarize};
+use gpucloud_sched::share::SharePolicy;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// All (policy, seed) runs of one experiment, spread over `threads`; results keep the order of
+/// `policies`, then `seeds`.
+pub fn run_all(
+    exp: &Experiment,
+    policies: &[SharePolicy],
+    seeds: &[u64],
+    threads: usize,
+) -> Vec<(SharePolicy, Vec<(Curve, RunStats)>)> {
+    let jobs: Vec<(usize, usize)> = (0..policies.len()).flat_map(|p| (0..seeds.len()).map(move |s| (p, s))).collect();
+    let results: Mutex<Vec<Option<(Curve, RunStats)>>> = Mutex::new(vec![None; jobs.len()]);
+    let next = AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        for _ in 0..threads.max(1).min(jobs.len()) {
+            scope.spawn(|| {
+                loop {
+                    let j = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(&(p, s)) = jobs.get(j) else { break };
+                    let out = exp.run(policies[p], seeds[s]);
+                    results.lock().unwrap_or_else(|e| e.into_inner())[j] = Some(out);
+                }
+            });
+        }
+    });
+    let mut results = results.into_inner().unwrap_or_else(|e| e.into_inner()).into_iter();
+    policies
+        .iter()
+        .map(|&p| (p, (0..seeds.len()).map(|_| results.next().flatten().unwrap_or_default()).collect()))
+        .collect()
+}
+
+/// Per-policy summaries of [`run_all`]'s output.
+pub fn records(trace: &str, runs: &[(SharePolicy, Vec<(Curve, RunStats)>)]) -> Vec<Record> {
+    runs.iter()
+        .flat_map(|(p, rs)| {
+            let curves: Vec<Curve> = rs.iter().map(|(c, _)| c.clone()).collect();
+            summarize(trace, *p, &curves)
+        })
+        .collect()
+}
+
+/// Parses "42..51" (inclusive), "42" or "1,5,9".
+pub fn parse_seeds(s: &str) -> Result<Vec<u64>, String> {
+    let bad = || format!("bad seeds '{s}': expected N, A..B (inclusive) or a comma list");
+    if let Some((a, b)) = s.split_once("..") {
+        let a: u64 = a.trim().parse().map_err(|_| bad())?;
+        let b: u64 = b.trim().trim_start_matches('=').parse().map_err(|_| bad())?;
+        if b < a || b - a >= 10_000 {
+            return Err(format!("bad seeds '{s}': the range must be ascending and hold at most 10000 seeds"));
+        }
+        return Ok((a..=b).collect());
+    }
+    s.split(',').map(|x| x.trim().parse().map_err(|_| bad())).collect()
+}
+
+#[cfg(test)]
+mod tests;
