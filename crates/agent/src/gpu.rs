@@ -16,6 +16,23 @@ pub trait GpuBackend {
     /// Current readings; `busy` lists the GPUs that run a workload now, `dt` the time since the
     /// last reading (for energy).
     fn telemetry(&mut self, busy: &[u32], dt: std::time::Duration) -> Vec<gpucloud_api::GpuTelemetry>;
+    /// Extra environment a workload gets from this backend.
+    fn workload_env(&self, _instance: &str, _state_dir: &std::path::Path) -> Vec<(String, String)> {
+        Vec::new()
+    }
+    /// GPU memory the workload (process group `pgid`) uses now, in MiB; `None` when unknown.
+    /// NVML answers per process; the fake backend reads what the workload declared.
+    fn workload_memory_mib(&mut self, _instance: &str, _pgid: i32, _state_dir: &std::path::Path) -> Option<u64> {
+        None
+    }
+}
+
+/// Where a workload on fake GPUs declares the GPU memory it "allocates" (MiB, one number), so
+/// slice memory caps are exercised without a GPU: `echo 12000 > $GPUCLOUD_FAKE_GPU_MEMORY_FILE`.
+pub const FAKE_MEMORY_ENV: &str = "GPUCLOUD_FAKE_GPU_MEMORY_FILE";
+
+fn fake_memory_file(state_dir: &std::path::Path, instance: &str) -> std::path::PathBuf {
+    state_dir.join("fake-gpu-memory").join(instance)
 }
 
 /// GPUs described on the command line (`A100-40GB:4,T4:1`), with UUIDs derived from the node
@@ -72,6 +89,18 @@ impl GpuBackend for FakeGpus {
 
     fn discover(&self) -> Result<Vec<GpuInfo>, String> {
         Ok(self.gpus.clone())
+    }
+
+    fn workload_env(&self, instance: &str, state_dir: &std::path::Path) -> Vec<(String, String)> {
+        let file = fake_memory_file(state_dir, instance);
+        if let Some(dir) = file.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        vec![(FAKE_MEMORY_ENV.to_string(), file.display().to_string())]
+    }
+
+    fn workload_memory_mib(&mut self, instance: &str, _pgid: i32, state_dir: &std::path::Path) -> Option<u64> {
+        std::fs::read_to_string(fake_memory_file(state_dir, instance)).ok()?.trim().parse().ok()
     }
 
     /// Plausible, load-driven readings: an idle GPU sits near 32 C and 60 W; a busy one near 70 C,

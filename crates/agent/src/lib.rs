@@ -58,6 +58,8 @@ pub fn run(config: Config, gpus: &mut dyn GpuBackend, shutdown: &std::sync::atom
             return Ok(());
         }
         runtime.poll();
+        let dir = runtime.dir().to_path_buf();
+        runtime.enforce(|id, pgid| gpus.workload_memory_mib(id, pgid, &dir));
         for (instance, seq, data) in runtime.pending_logs() {
             match client.logs(&reg.node_id, reg.epoch, &instance, seq, &data) {
                 Ok(()) => runtime.logs_shipped(&instance, seq, data.len()),
@@ -71,6 +73,7 @@ pub fn run(config: Config, gpus: &mut dyn GpuBackend, shutdown: &std::sync::atom
             id,
             state: "stopped".into(),
             exit_code: None,
+            reason: None,
         }));
         let beat = AgentHeartbeat { node_id: reg.node_id.clone(), epoch: reg.epoch, instances, gpus: readings };
         match client.heartbeat(&beat) {
@@ -101,7 +104,8 @@ pub fn run(config: Config, gpus: &mut dyn GpuBackend, shutdown: &std::sync::atom
                         reconcile::Action::Start(id) => {
                             if let Some(w) = desired.instances.iter().find(|w| w.id == id) {
                                 let (url, token) = metadata.publish(meta(w), None);
-                                runtime.start(w, &url, &token);
+                                let env = gpus.workload_env(&w.id, runtime.dir());
+                                runtime.start(w, &url, &token, &env);
                             }
                         }
                         reconcile::Action::Stop(id) => runtime.stop(&id),

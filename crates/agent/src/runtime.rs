@@ -36,6 +36,12 @@ struct Saved {
     /// The metadata token in the workload's GPUCLOUD_METADATA_URL.
     #[serde(default)]
     metadata_token: Option<String>,
+    /// A slice's GPU memory cap, enforced by [`ProcessRuntime::enforce`].
+    #[serde(default)]
+    memory_cap_mib: Option<u64>,
+    /// Why the agent ended it itself (over its memory cap); reported with its end.
+    #[serde(default)]
+    ended_for: Option<String>,
 }
 
 struct Workload {
@@ -49,6 +55,26 @@ pub struct ProcessRuntime {
     dir: PathBuf,
     grace: Duration,
     workloads: BTreeMap<String, Workload>,
+}
+
+/// The limits a slice's workload gets, in the variables HAMi-core (`CUDA_DEVICE_MEMORY_LIMIT`,
+/// `CUDA_DEVICE_SM_LIMIT`) and CUDA MPS (`CUDA_MPS_PINNED_DEVICE_MEM_LIMIT`,
+/// `CUDA_MPS_ACTIVE_THREAD_PERCENTAGE`) read. Device 0 is the slice's GPU: CUDA_VISIBLE_DEVICES
+/// shows it alone.
+pub fn slice_env(s: &gpucloud_api::AgentSlice) -> Vec<(String, String)> {
+    let percent = s.milli.div_ceil(10).clamp(1, 100);
+    let mut env = vec![
+        ("CUDA_DEVICE_MEMORY_LIMIT".to_string(), format!("{}m", s.memory_mib)),
+        ("CUDA_DEVICE_SM_LIMIT".to_string(), percent.to_string()),
+        ("CUDA_MPS_PINNED_DEVICE_MEM_LIMIT".to_string(), format!("0={}M", s.memory_mib)),
+        ("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE".to_string(), percent.to_string()),
+        ("GPUCLOUD_GPU_MEMORY_MIB".to_string(), s.memory_mib.to_string()),
+        ("GPUCLOUD_GPU_MILLI".to_string(), s.milli.to_string()),
+    ];
+    if let Some(p) = &s.mig {
+        env.push(("GPUCLOUD_MIG_PROFILE".to_string(), p.clone()));
+    }
+    env
 }
 
 /// Live workload leaders started by an agent with this state directory: instance id -> pid.
@@ -116,7 +142,16 @@ impl ProcessRuntime {
             if let std::collections::btree_map::Entry::Vacant(slot) = rt.workloads.entry(id) {
                 tracing::warn!(instance = %slot.key(), pid, "adopted a workload missing from state.json");
                 let log = dir.join("logs").join(format!("{}.log", slot.key()));
-                let saved = Saved { pid, gpus: Vec::new(), log, log_offset: 0, next_seq: 1, metadata_token: None };
+                let saved = Saved {
+                    pid,
+                    gpus: Vec::new(),
+                    log,
+                    log_offset: 0,
+                    next_seq: 1,
+                    metadata_token: None,
+                    memory_cap_mib: None,
+                    ended_for: None,
+                };
                 slot.insert(Workload { saved, child: None, stop_sent: None, exit: None });
             }
         }
@@ -148,12 +183,22 @@ impl ProcessRuntime {
         self.workloads.is_empty()
     }
 
-    pub fn start(&mut self, w: &AgentWorkload, metadata_url: &str, metadata_token: &str) {
+    /// The state directory (backends keep per-workload files under it).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn start(&mut self, w: &AgentWorkload, metadata_url: &str, metadata_token: &str, env: &[(String, String)]) {
         let log = self.dir.join("logs").join(format!("{}.log", w.id));
         let result = OpenOptions::new().create(true).append(true).open(&log).and_then(|out| {
             let err = out.try_clone()?;
             let devices = w.gpu_uuids.join(",");
-            Command::new("/bin/sh")
+            let mut cmd = Command::new("/bin/sh");
+            cmd.envs(env.iter().map(|(k, v)| (k, v)));
+            if let Some(s) = &w.slice {
+                cmd.envs(slice_env(s));
+            }
+            cmd
                 .arg("-c")
                 .arg(&w.command)
                 .env("CUDA_VISIBLE_DEVICES", &devices)
@@ -175,6 +220,8 @@ impl ProcessRuntime {
             log_offset: 0,
             next_seq: 1,
             metadata_token: Some(metadata_token.to_string()),
+            memory_cap_mib: w.slice.as_ref().map(|s| s.memory_mib),
+            ended_for: None,
         };
         let workload = match result {
             Ok(child) => {
@@ -271,6 +318,19 @@ impl ProcessRuntime {
         self.workloads
             .iter()
             .map(|(id, w)| {
+                if let (Some(reason), Some(exit)) = (&w.saved.ended_for, w.exit) {
+                    let code = match exit {
+                        Exit::Code(c) => Some(c),
+                        Exit::Signal(sig) => Some(128 + sig),
+                        Exit::Unknown => None,
+                    };
+                    return AgentInstanceReport {
+                        id: id.clone(),
+                        state: "failed".into(),
+                        exit_code: code,
+                        reason: Some(reason.clone()),
+                    };
+                }
                 let (state, exit_code) = match w.exit {
                     None => ("running", None),
                     Some(Exit::Code(0)) | Some(Exit::Unknown) => ("stopped", Some(0)),
@@ -279,7 +339,7 @@ impl ProcessRuntime {
                     Some(Exit::Signal(sig)) => ("failed", Some(128 + sig)),
                     Some(Exit::Code(code)) => ("failed", Some(code)),
                 };
-                AgentInstanceReport { id: id.clone(), state: state.to_string(), exit_code }
+                AgentInstanceReport { id: id.clone(), state: state.to_string(), exit_code, reason: None }
             })
             .collect()
     }
@@ -300,6 +360,34 @@ impl ProcessRuntime {
             self.save();
         }
         forgotten
+    }
+
+    /// Stops (SIGTERM, then SIGKILL after the grace period) every live workload whose GPU memory,
+    /// as `used(instance, pgid)` reads it, is over its slice's cap, and records why.
+    pub fn enforce(&mut self, mut used: impl FnMut(&str, i32) -> Option<u64>) {
+        let mut over = Vec::new();
+        for (id, w) in &mut self.workloads {
+            if w.exit.is_some() || w.saved.pid <= 0 {
+                continue;
+            }
+            if w.saved.ended_for.is_some() {
+                over.push(id.clone());
+                continue;
+            }
+            let (Some(cap), Some(now)) = (w.saved.memory_cap_mib, used(id, w.saved.pid)) else { continue };
+            if now > cap {
+                let reason = format!("exceeded its GPU memory cap: {now} MiB used of {cap} MiB");
+                tracing::warn!(instance = %id, %reason, "stopping workload");
+                w.saved.ended_for = Some(reason);
+                over.push(id.clone());
+            }
+        }
+        if !over.is_empty() {
+            self.save();
+        }
+        for id in over {
+            self.stop(&id);
+        }
     }
 
     /// GPUs held by live workloads.

@@ -11,6 +11,7 @@ fn workload(id: &str, command: &str) -> AgentWorkload {
         gpus: vec![0],
         gpu_uuids: vec!["GPU-test-0".into()],
         command: command.into(),
+        slice: None,
     }
 }
 
@@ -24,7 +25,7 @@ fn temp_dir() -> std::path::PathBuf {
 fn a_workload_missing_from_the_state_file_is_adopted_not_started_twice() {
     let dir = temp_dir();
     let mut rt = ProcessRuntime::open(&dir, Duration::from_secs(1)).unwrap();
-    rt.start(&workload("i-orphan", "exec sleep 30"), "http://127.0.0.1:1/x", "t");
+    rt.start(&workload("i-orphan", "exec sleep 30"), "http://127.0.0.1:1/x", "t", &[]);
     // A crash between spawning and recording: the state file does not know the workload.
     std::fs::remove_file(dir.join("state.json")).unwrap();
     let mut again = ProcessRuntime::open(&dir, Duration::from_secs(1)).unwrap();
@@ -49,7 +50,7 @@ fn a_workload_missing_from_the_state_file_is_adopted_not_started_twice() {
 fn exit_codes_and_output() {
     let dir = temp_dir();
     let mut rt = ProcessRuntime::open(&dir, Duration::from_secs(1)).unwrap();
-    rt.start(&workload("i-a", "echo out; echo err >&2; echo $CUDA_VISIBLE_DEVICES; exit 7"), "u", "t");
+    rt.start(&workload("i-a", "echo out; echo err >&2; echo $CUDA_VISIBLE_DEVICES; exit 7"), "u", "t", &[]);
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         rt.poll();
@@ -64,5 +65,64 @@ fn exit_codes_and_output() {
     let logs = rt.pending_logs();
     assert_eq!(logs.len(), 1);
     assert_eq!((logs[0].1, logs[0].2.as_str()), (1, "out\nerr\nGPU-test-0\n"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_slice_gets_its_limits_and_is_stopped_over_its_memory_cap() {
+    use gpucloud_agent::gpu::{FakeGpus, GpuBackend};
+    let dir = temp_dir();
+    let mut gpus = FakeGpus::parse("A100-40GB:1", "n").unwrap();
+    let mut rt = ProcessRuntime::open(&dir, Duration::from_millis(300)).unwrap();
+    let mut w = workload(
+        "i-slice",
+        "env | grep -E '^(CUDA_|GPUCLOUD_GPU)' | sort; echo 8000 > $GPUCLOUD_FAKE_GPU_MEMORY_FILE; \
+         while [ ! -e go ]; do sleep 0.05; done; echo 12000 > $GPUCLOUD_FAKE_GPU_MEMORY_FILE; exec sleep 30",
+    );
+    w.slice = Some(gpucloud_api::AgentSlice { milli: 250, memory_mib: 10240, mig: None });
+    let env = gpus.workload_env(&w.id, rt.dir());
+    std::fs::create_dir_all(&dir).unwrap();
+    let cwd = dir.join("cwd");
+    std::fs::create_dir_all(&cwd).unwrap();
+    w.command = format!("cd {} && {}", cwd.display(), w.command);
+    rt.start(&w, "u", "t", &env);
+    let root = rt.dir().to_path_buf();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    // Under the cap it runs on.
+    loop {
+        rt.poll();
+        rt.enforce(|id, pgid| gpus.workload_memory_mib(id, pgid, &root));
+        if gpus.workload_memory_mib("i-slice", 0, &root) == Some(8000) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the workload never declared its memory");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    rt.enforce(|id, pgid| gpus.workload_memory_mib(id, pgid, &root));
+    assert_eq!(rt.report()[0].state, "running");
+    std::fs::write(cwd.join("go"), "").unwrap();
+    loop {
+        rt.poll();
+        rt.enforce(|id, pgid| gpus.workload_memory_mib(id, pgid, &root));
+        if !rt.actual()[0].alive {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the workload over its cap was not stopped");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let r = &rt.report()[0];
+    assert_eq!(r.state, "failed");
+    assert_eq!(r.reason.as_deref(), Some("exceeded its GPU memory cap: 12000 MiB used of 10240 MiB"));
+    let log = std::fs::read_to_string(dir.join("logs/i-slice.log")).unwrap();
+    for want in [
+        "CUDA_DEVICE_MEMORY_LIMIT=10240m",
+        "CUDA_DEVICE_SM_LIMIT=25",
+        "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=25",
+        "CUDA_MPS_PINNED_DEVICE_MEM_LIMIT=0=10240M",
+        "CUDA_VISIBLE_DEVICES=GPU-test-0",
+        "GPUCLOUD_GPU_MEMORY_MIB=10240",
+    ] {
+        assert!(log.contains(want), "{want} missing from:\n{log}");
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }

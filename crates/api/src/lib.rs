@@ -39,9 +39,20 @@ pub struct CreateInstanceRequest {
     /// GPU model, e.g. `A100-40GB` (see `GET /v1/gpu-models`).
     #[schema(value_type = String, example = "A100-40GB")]
     pub gpu: GpuModel,
-    /// Whole GPUs, 1 to 16, all on one node.
+    /// Whole GPUs, 1 to 16, all on one node; 1 for a slice.
     #[schema(minimum = 1, maximum = 16, example = 2)]
     pub count: u32,
+    /// A slice: this percentage (1-100) of one GPU's compute. Memory defaults to the same share.
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 100, example = 25)]
+    pub gpu_share: Option<u32>,
+    /// A slice: this much of one GPU's memory, in MiB. Compute defaults to the same share.
+    #[serde(default)]
+    #[schema(example = 10240)]
+    pub gpu_memory_mib: Option<u64>,
+    /// A MIG profile of the model (`GET /v1/gpu-models` lists them), e.g. `1g.10gb`.
+    #[serde(default)]
+    pub mig: Option<String>,
     /// Region to run in; any region when omitted.
     #[serde(default)]
     #[schema(value_type = Option<String>, example = "eu-1")]
@@ -64,6 +75,14 @@ pub struct Instance {
     pub stop_target: Option<String>,
     pub gpu: String,
     pub count: u32,
+    /// Thousandths of one GPU's compute held per GPU: 1000 for whole GPUs, less for a slice.
+    pub gpu_milli: u32,
+    /// A slice's GPU memory cap, in MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_memory_mib: Option<u64>,
+    /// A MIG slice's profile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mig: Option<String>,
     /// The region asked for; null for any.
     pub region: Option<String>,
     /// Where it runs, while it holds GPUs.
@@ -74,6 +93,9 @@ pub struct Instance {
     /// Why a pending instance is not running yet, per region.
     pub pending_reason: Option<String>,
     pub exit_code: Option<i32>,
+    /// Why it ended as it did, when known ("exceeded its GPU memory cap: ...").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     pub created_at: String,
     pub updated_at: String,
 }
@@ -92,6 +114,18 @@ pub struct NodeGpu {
     pub instance: Option<String>,
     /// False after a fatal XID or uncorrectable ECC errors: it takes no new work.
     pub healthy: bool,
+    /// Slices of it held by instances.
+    #[serde(default)]
+    pub slices: Vec<NodeGpuSlice>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct NodeGpuSlice {
+    pub instance: String,
+    /// Thousandths of the GPU's compute.
+    pub milli: u32,
+    pub memory_mib: u64,
+    pub mig: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
@@ -197,6 +231,18 @@ pub struct Capacity {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct GpuModelInfo {
     pub name: String,
+    pub memory_mib: u64,
+    /// Can be rented in slices (`gpu_share` / `gpu_memory_mib`).
+    pub sliceable: bool,
+    /// MIG profiles on offer (`mig`); empty where the model has no MIG.
+    pub mig_profiles: Vec<MigProfileInfo>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct MigProfileInfo {
+    pub name: String,
+    /// Sevenths of the GPU's compute.
+    pub compute_sevenths: u8,
     pub memory_mib: u64,
 }
 
@@ -504,6 +550,9 @@ pub struct AgentInstanceReport {
     pub state: String,
     #[serde(default)]
     pub exit_code: Option<i32>,
+    /// Why the agent ended it, when it did (a slice over its memory cap).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -524,6 +573,18 @@ pub struct AgentWorkload {
     pub gpus: Vec<u32>,
     pub gpu_uuids: Vec<String>,
     pub command: String,
+    /// For a slice: the limits the agent enforces on its one GPU.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slice: Option<AgentSlice>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct AgentSlice {
+    /// Thousandths of the GPU's compute.
+    pub milli: u32,
+    pub memory_mib: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mig: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

@@ -65,7 +65,7 @@ fn fleet(n: usize, rng: &mut StdRng) -> ClusterSnapshot {
             let model = MODELS[i % MODELS.len()];
             // A third of the GPUs are already taken, so the fleet is fragmented as in real life.
             let gpus =
-                (0..8).map(|g| GpuView { index: g, model, allocated: rng.random_bool(0.33), healthy: true }).collect();
+                (0..8).map(|g| GpuView { allocated: rng.random_bool(0.33), ..GpuView::free(g, model) }).collect();
             NodeView {
                 id: NodeId::parse(&format!("n-{i:08}")).expect("valid id"),
                 region: Region::parse(REGIONS[i % REGIONS.len()]).expect("valid region"),
@@ -85,6 +85,7 @@ fn queue(count: usize, rng: &mut StdRng) -> Vec<Pending> {
             instance: InstanceId::parse(&format!("i-{i:08}")).expect("valid id"),
             model: MODELS[rng.random_range(0..MODELS.len())],
             count: [1, 1, 2, 2, 4, 8][rng.random_range(0..6)],
+            share: None,
             region: if rng.random_bool(0.25) {
                 None
             } else {
@@ -188,6 +189,9 @@ fn agent(gpus: u32, seconds: u64, as_json: bool) -> Result<(), String> {
                 region: None,
                 command: "exec sleep 100000".into(),
                 name: None,
+                    gpu_share: None,
+                    gpu_memory_mib: None,
+                    mig: None,
             };
             app.create_instance(&who, req, None).await.map_err(|e| e.to_string())?;
         }
@@ -318,6 +322,9 @@ fn billing(tenants: usize, per_tenant: usize, database: Option<String>, as_json:
                     region: None,
                     command: "x".into(),
                     name: None,
+                    gpu_share: None,
+                    gpu_memory_mib: None,
+                    mig: None,
                 };
                 let (inst, _) = app.create_instance(&who, req, None).await.map_err(e)?;
                 let k = instances.len();
@@ -333,6 +340,8 @@ fn billing(tenants: usize, per_tenant: usize, database: Option<String>, as_json:
                     instance: inst.id.clone(),
                     instance_generation: inst.generation,
                     gpus: vec![(k % 16) as u32],
+                    share: None,
+                    gpu_memory_mib: 0,
                 });
                 for day in 0..3 {
                     let record = LedgerRecord {
@@ -487,6 +496,9 @@ fn apply(
                     region: p.region,
                     command: "x".into(),
                     name: None,
+                    gpu_share: None,
+                    gpu_memory_mib: None,
+                    mig: None,
                 };
                 app.create_instance(&who, req, None).await.map_err(e)?;
             }

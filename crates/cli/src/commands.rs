@@ -68,6 +68,15 @@ pub enum InstanceCmd {
         command: String,
         #[arg(long)]
         name: Option<String>,
+        /// Rent a slice: this share of one GPU's compute, e.g. 25% (memory follows unless given).
+        #[arg(long, value_name = "PERCENT")]
+        gpu_share: Option<String>,
+        /// Rent a slice: this much of one GPU's memory, e.g. 10GiB or 512MiB (compute follows).
+        #[arg(long, value_name = "SIZE")]
+        gpu_memory: Option<String>,
+        /// Rent a MIG slice, e.g. 1g.10gb (see `gpucloud models`).
+        #[arg(long, value_name = "PROFILE")]
+        mig: Option<String>,
         /// Makes a retried create safe: the same key never creates twice.
         #[arg(long)]
         idempotency_key: Option<String>,
@@ -108,7 +117,7 @@ fn instance_rows(list: &[api::Instance]) -> String {
                 i.id.clone(),
                 i.name.clone(),
                 i.state.clone(),
-                format!("{}x {}", i.count, i.gpu),
+                gpus_of(i),
                 or_dash(i.region.as_ref()),
                 or_dash(i.node.as_ref()),
                 gpu_list(&i.gpus),
@@ -123,7 +132,7 @@ fn instance_detail(i: &api::Instance) -> String {
         format!("id:        {}", i.id),
         format!("name:      {}", i.name),
         format!("state:     {}{}", i.state, i.stop_target.as_ref().map(|t| format!(" (then {t})")).unwrap_or_default()),
-        format!("gpus:      {}x {}", i.count, i.gpu),
+        format!("gpus:      {}", gpus_of(i)),
         format!("region:    {}", i.region.as_deref().unwrap_or("any")),
         format!("node:      {}", or_dash(i.node.as_ref())),
         format!("gpu index: {}", gpu_list(&i.gpus)),
@@ -137,7 +146,57 @@ fn instance_detail(i: &api::Instance) -> String {
     if let Some(r) = &i.pending_reason {
         lines.push(format!("pending:   {r}"));
     }
+    if let Some(r) = &i.reason {
+        lines.push(format!("reason:    {r}"));
+    }
     lines.join("\n")
+}
+
+/// "2x A100-40GB", or for a slice "25% of 1 A100-40GB (10240 MiB)" / "MIG 1g.10gb of 1 A100-80GB".
+fn gpus_of(i: &api::Instance) -> String {
+    match (&i.mig, i.gpu_memory_mib) {
+        (Some(p), _) => format!("MIG {p} of 1 {}", i.gpu),
+        (None, Some(mem)) => format!("{}% of 1 {} ({mem} MiB)", i.gpu_milli as f64 / 10.0, i.gpu),
+        (None, None) => format!("{}x {}", i.count, i.gpu),
+    }
+}
+
+/// "25%", "25" or "12.5%" -> whole percent.
+pub fn parse_percent(s: &str) -> Result<u32, String> {
+    let v = s.trim().trim_end_matches('%').trim();
+    v.parse::<u32>().map_err(|_| format!("--gpu-share '{s}': expected a whole percentage such as 25%"))
+}
+
+/// "10GiB", "10G", "512MiB", "512M" or a bare number of MiB -> MiB.
+pub fn parse_mib(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let bad = || format!("--gpu-memory '{s}': expected a size such as 10GiB or 512MiB");
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    let mult = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "m" | "mi" | "mib" | "mb" => 1,
+        "g" | "gi" | "gib" | "gb" => 1024,
+        "t" | "ti" | "tib" | "tb" => 1024 * 1024,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(mult).ok_or_else(bad)
+}
+
+#[cfg(test)]
+mod slice_arg_tests {
+    #[test]
+    fn sizes_and_shares_parse() {
+        assert_eq!(super::parse_mib("10GiB"), Ok(10240));
+        assert_eq!(super::parse_mib("512MiB"), Ok(512));
+        assert_eq!(super::parse_mib("2048"), Ok(2048));
+        assert_eq!(super::parse_mib("1g"), Ok(1024));
+        assert!(super::parse_mib("ten").unwrap_err().contains("10GiB"));
+        assert!(super::parse_mib("10XB").is_err());
+        assert_eq!(super::parse_percent("25%"), Ok(25));
+        assert_eq!(super::parse_percent("50"), Ok(50));
+        assert!(super::parse_percent("a quarter").unwrap_err().contains("--gpu-share"));
+    }
 }
 
 pub fn instance(ctx: &Ctx, cmd: InstanceCmd) -> Res {
@@ -153,11 +212,22 @@ pub fn instance(ctx: &Ctx, cmd: InstanceCmd) -> Res {
             });
             crate::bill::quote(ctx, &body)?;
         }
-        InstanceCmd::Create { gpu, count, region, command, name, idempotency_key, wait, .. } => {
+        InstanceCmd::Create {
+            gpu, count, region, command, name, idempotency_key, wait, gpu_share, gpu_memory, mig, ..
+        } => {
             // Passed through as given: the server names what is wrong with it.
-            let body = serde_json::json!({
+            let mut body = serde_json::json!({
                 "gpu": gpu, "count": count, "region": region, "command": command, "name": name,
             });
+            if let Some(s) = gpu_share {
+                body["gpu_share"] = parse_percent(&s)?.into();
+            }
+            if let Some(m) = gpu_memory {
+                body["gpu_memory_mib"] = parse_mib(&m)?.into();
+            }
+            if let Some(m) = mig {
+                body["mig"] = m.into();
+            }
             let mut inst: api::Instance =
                 c.post("/v1/instances", Some(&body), idempotency_key.as_deref()).map_err(err)?;
             if let Some(secs) = wait {
@@ -426,9 +496,20 @@ pub fn models(ctx: &Ctx) -> Res {
     let c = ctx.client(As::Tenant)?;
     let list: api::GpuModelList = c.get("/v1/gpu-models").map_err(|e| e.to_string())?;
     show(ctx, &list, |l| {
-        let rows: Vec<Vec<String>> =
-            l.models.iter().map(|m| vec![m.name.clone(), format!("{} GiB", m.memory_mib / 1024)]).collect();
-        table(&["MODEL", "MEMORY"], &rows)
+        let rows: Vec<Vec<String>> = l
+            .models
+            .iter()
+            .map(|m| {
+                let mig: Vec<&str> = m.mig_profiles.iter().map(|p| p.name.as_str()).collect();
+                vec![
+                    m.name.clone(),
+                    format!("{} GiB", m.memory_mib / 1024),
+                    if m.sliceable { "yes" } else { "no" }.into(),
+                    if mig.is_empty() { "-".into() } else { mig.join(" ") },
+                ]
+            })
+            .collect();
+        table(&["MODEL", "MEMORY", "SLICES", "MIG PROFILES"], &rows)
     });
     Ok(())
 }

@@ -110,3 +110,156 @@ mod tests {
         assert!(err.contains("B200") && err.contains("H100-80GB"), "{err}");
     }
 }
+
+/// A MIG profile: `compute` sevenths of the GPU's compute and a fixed memory slice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MigProfile {
+    pub name: &'static str,
+    pub compute: u8,
+    pub memory_mib: u64,
+}
+
+const fn mig(name: &'static str, compute: u8, gib: u64) -> MigProfile {
+    MigProfile { name, compute, memory_mib: gib * 1024 }
+}
+
+const MIG_A100_40: [MigProfile; 5] =
+    [mig("1g.5gb", 1, 5), mig("2g.10gb", 2, 10), mig("3g.20gb", 3, 20), mig("4g.20gb", 4, 20), mig("7g.40gb", 7, 40)];
+const MIG_80: [MigProfile; 6] = [
+    mig("1g.10gb", 1, 10),
+    mig("1g.20gb", 1, 20),
+    mig("2g.20gb", 2, 20),
+    mig("3g.40gb", 3, 40),
+    mig("4g.40gb", 4, 40),
+    mig("7g.80gb", 7, 80),
+];
+const MIG_H200: [MigProfile; 6] = [
+    mig("1g.18gb", 1, 18),
+    mig("1g.35gb", 1, 35),
+    mig("2g.35gb", 2, 35),
+    mig("3g.71gb", 3, 71),
+    mig("4g.71gb", 4, 71),
+    mig("7g.141gb", 7, 141),
+];
+
+impl GpuModel {
+    /// The MIG profiles NVIDIA defines for the model; empty where MIG is not supported.
+    pub fn mig_profiles(self) -> &'static [MigProfile] {
+        match self {
+            GpuModel::A100_40GB => &MIG_A100_40,
+            GpuModel::A100_80GB | GpuModel::H100_80GB => &MIG_80,
+            GpuModel::H200_141GB => &MIG_H200,
+            _ => &[],
+        }
+    }
+
+    /// Every model can be time-sliced with a memory cap and a compute share (HAMi-core / MPS).
+    pub fn sliceable(self) -> bool {
+        true
+    }
+}
+
+/// A fraction of one GPU: compute in thousandths, memory, and the MIG profile when it is one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GpuShare {
+    pub milli: u32,
+    pub memory_mib: u64,
+    pub mig: Option<String>,
+}
+
+impl GpuShare {
+    /// What a request for part of one `model` GPU means: `percent` of its compute, `memory_mib`
+    /// of its memory, or a MIG profile. `Ok(None)`: nothing asked, or all of it (a whole GPU).
+    /// A share without memory gets the same fraction of memory, and memory without a share the
+    /// compute fraction that memory is of the GPU.
+    pub fn resolve(
+        model: GpuModel,
+        percent: Option<u32>,
+        memory_mib: Option<u64>,
+        mig: Option<&str>,
+    ) -> Result<Option<GpuShare>, String> {
+        let total = model.memory_mib();
+        if let Some(name) = mig {
+            if percent.is_some() || memory_mib.is_some() {
+                return Err("mig fixes compute and memory: give it without gpu_share or gpu_memory_mib".into());
+            }
+            let profiles = model.mig_profiles();
+            if profiles.is_empty() {
+                let capable: Vec<&str> =
+                    GpuModel::ALL.iter().filter(|m| !m.mig_profiles().is_empty()).map(|m| m.name()).collect();
+                return Err(format!("{model} does not support MIG (MIG-capable: {})", capable.join(", ")));
+            }
+            let Some(p) = profiles.iter().find(|p| p.name == name) else {
+                let names: Vec<&str> = profiles.iter().map(|p| p.name).collect();
+                return Err(format!("{model} has no MIG profile '{name}' (one of: {})", names.join(", ")));
+            };
+            let milli = (p.compute as u32 * 1000).div_ceil(7);
+            return Ok(Some(GpuShare { milli, memory_mib: p.memory_mib, mig: Some(p.name.to_string()) }));
+        }
+        if let Some(p) = percent
+            && !(1..=100).contains(&p)
+        {
+            return Err(format!("gpu_share {p}: expected a percentage from 1 to 100"));
+        }
+        if let Some(m) = memory_mib
+            && !(1..=total).contains(&m)
+        {
+            return Err(format!("gpu_memory_mib {m}: expected 1 to the {total} MiB of one {model}"));
+        }
+        let (milli, mem) = match (percent, memory_mib) {
+            (None, None) => return Ok(None),
+            (Some(p), None) => (p * 10, total * p as u64 / 100),
+            (None, Some(m)) => ((m * 1000).div_ceil(total) as u32, m),
+            (Some(p), Some(m)) => (p * 10, m),
+        };
+        if milli >= 1000 && mem >= total {
+            return Ok(None);
+        }
+        Ok(Some(GpuShare { milli: milli.min(1000), memory_mib: mem, mig: None }))
+    }
+
+    /// "25% / 10240 MiB" or "MIG 1g.10gb".
+    pub fn describe(&self) -> String {
+        match &self.mig {
+            Some(p) => format!("MIG {p}"),
+            None => format!("{}% / {} MiB", self.milli as f64 / 10.0, self.memory_mib),
+        }
+    }
+}
+
+#[cfg(test)]
+mod share_tests {
+    use super::*;
+
+    #[test]
+    fn shares_resolve_to_compute_and_memory() {
+        let a = GpuModel::A100_40GB;
+        let s = GpuShare::resolve(a, Some(25), Some(10240), None).unwrap().unwrap();
+        assert_eq!((s.milli, s.memory_mib), (250, 10240));
+        let s = GpuShare::resolve(a, Some(25), None, None).unwrap().unwrap();
+        assert_eq!((s.milli, s.memory_mib), (250, 10240));
+        let s = GpuShare::resolve(a, None, Some(10240), None).unwrap().unwrap();
+        assert_eq!((s.milli, s.memory_mib), (250, 10240));
+        assert_eq!(GpuShare::resolve(a, None, None, None).unwrap(), None);
+        assert_eq!(GpuShare::resolve(a, Some(100), None, None).unwrap(), None, "all of it is a whole GPU");
+        let s = GpuShare::resolve(GpuModel::H100_80GB, None, None, Some("1g.10gb")).unwrap().unwrap();
+        assert_eq!((s.milli, s.memory_mib, s.mig.as_deref()), (143, 10240, Some("1g.10gb")));
+    }
+
+    #[test]
+    fn bad_shares_say_what_is_wrong() {
+        let a = GpuModel::A100_40GB;
+        for (p, m, mig, want) in [
+            (Some(0), None, None, "gpu_share 0"),
+            (Some(101), None, None, "gpu_share 101"),
+            (None, Some(50_000), None, "40960 MiB"),
+            (Some(10), None, Some("1g.5gb"), "without gpu_share"),
+            (None, None, Some("1g.10gb"), "no MIG profile '1g.10gb' (one of: 1g.5gb"),
+        ] {
+            let e = GpuShare::resolve(a, p, m, mig).unwrap_err();
+            assert!(e.contains(want), "{e}");
+        }
+        let e = GpuShare::resolve(GpuModel::T4, None, None, Some("1g.5gb")).unwrap_err();
+        assert!(e.contains("T4 does not support MIG (MIG-capable: A100-40GB"), "{e}");
+    }
+}

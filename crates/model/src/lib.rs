@@ -8,7 +8,7 @@ mod money;
 mod node;
 mod time;
 
-pub use gpu::{GpuModel, UnknownGpuModel};
+pub use gpu::{GpuModel, GpuShare, MigProfile, UnknownGpuModel};
 pub use ids::{ApiKeyId, IdError, InstanceId, NodeId, TenantId};
 pub use instance::{AgentObservation, Change, IllegalTransition, InstanceState, StopTarget, UserAction};
 pub use money::{MICROS_PER_UNIT, Money, MoneyError};

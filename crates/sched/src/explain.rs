@@ -1,6 +1,5 @@
 //! Why an instance fits nowhere, per region, in words a tenant can act on.
 
-use crate::index::FreeIndex;
 use crate::{ClusterSnapshot, Pending};
 use gpucloud_model::{GpuModel, NodeHealth, NodeState, Region};
 use std::collections::BTreeMap;
@@ -29,9 +28,12 @@ pub struct PendingReason {
     pub region: Option<String>,
     /// One entry per region that has the model at all; empty if none has it.
     pub regions: Vec<RegionShortfall>,
+    /// What part of one GPU was asked for ("25% / 10240 MiB"), when a slice.
+    pub share: Option<String>,
 }
 
-pub(crate) fn explain(snapshot: &ClusterSnapshot, index: &FreeIndex<'_>, p: &Pending) -> PendingReason {
+/// `has_room(ord)`: node `ord` could take `p` now (after the plan's earlier placements).
+pub(crate) fn explain(snapshot: &ClusterSnapshot, has_room: &dyn Fn(usize) -> bool, p: &Pending) -> PendingReason {
     let mut per_region: BTreeMap<&Region, RegionShortfall> = BTreeMap::new();
     for (ord, node) in snapshot.nodes.iter().enumerate() {
         if p.region.as_ref().is_some_and(|r| *r != node.region) {
@@ -55,7 +57,7 @@ pub(crate) fn explain(snapshot: &ClusterSnapshot, index: &FreeIndex<'_>, p: &Pen
             s.draining += 1;
         } else if total < p.count {
             s.too_small += 1;
-        } else if index.free_on(ord, p.model) < p.count {
+        } else if !has_room(ord) {
             s.full += 1;
         }
     }
@@ -64,6 +66,7 @@ pub(crate) fn explain(snapshot: &ClusterSnapshot, index: &FreeIndex<'_>, p: &Pen
         count: p.count,
         region: p.region.as_ref().map(|r| r.to_string()),
         regions: per_region.into_values().collect(),
+        share: p.share.as_ref().map(|s| s.describe()),
     }
 }
 
@@ -80,7 +83,10 @@ impl fmt::Display for PendingReason {
             if i > 0 {
                 f.write_str("; ")?;
             }
-            write!(f, "no node in {} has {} free {}", r.region, self.count, self.model)?;
+            match &self.share {
+                Some(share) => write!(f, "no {} in {} has {share} free", self.model, r.region)?,
+                None => write!(f, "no node in {} has {} free {}", r.region, self.count, self.model)?,
+            }
             let parts: Vec<String> = [
                 (r.full, "full"),
                 (r.too_small, "too small"),

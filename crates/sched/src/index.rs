@@ -32,7 +32,7 @@ impl<'a> FreeIndex<'a> {
             if !schedulable(node) {
                 continue;
             }
-            for gpu in node.gpus.iter().filter(|g| !g.allocated && g.healthy) {
+            for gpu in node.gpus.iter().filter(|g| !g.allocated && g.healthy && g.slice_milli == 0) {
                 free.entry((rank, gpu.model)).or_default().push(gpu.index);
             }
         }
@@ -65,7 +65,8 @@ impl<'a> FreeIndex<'a> {
                 .filter_map(|s| s.iter().next_back().copied().filter(|(f, _)| *f >= p.count))
                 .max_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)))
                 .map(|(_, rank)| self.ord_of[rank]),
-            Policy::Random => {
+            // Only the three indexed policies reach here (`Policy::indexed`).
+            _ => {
                 let fits: Vec<usize> = pools.flat_map(|s| s.range(lo..).map(|(_, n)| *n)).collect();
                 if fits.is_empty() {
                     None

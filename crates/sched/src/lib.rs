@@ -1,15 +1,20 @@
-//! Pure placement of whole-GPU instances. `plan()` reads a snapshot of the fleet and the queue and
-//! returns a [`Plan`]: where each instance goes (node, GPU indices, the node generation it saw) and,
-//! for those that fit nowhere, why. It never reads a clock or a global RNG, so the same input always
-//! gives the same plan; the server applies plans with optimistic concurrency.
+//! Pure placement of whole GPUs and GPU slices. `plan()` reads a snapshot of the fleet and the queue
+//! and returns a [`Plan`]: where each instance goes (node, GPU indices, the node generation it saw)
+//! and, for those that fit nowhere, why. It never reads a clock or a global RNG, so the same input
+//! always gives the same plan; the server applies plans with optimistic concurrency.
+//!
+//! Two engines: whole-GPU queues under best-fit/spread/random use an ordered free-GPU index (one
+//! lookup per placement); everything else (slices, the fragmentation-aware policies) goes through
+//! [`share::Placer`], the same code the trace simulator measures.
 
 mod explain;
 mod index;
 pub mod share;
+mod slices;
 
 pub use explain::{PendingReason, RegionShortfall};
 
-use gpucloud_model::{GpuModel, InstanceId, NodeHealth, NodeId, NodeState, Region, Timestamp};
+use gpucloud_model::{GpuModel, GpuShare, InstanceId, NodeHealth, NodeId, NodeState, Region, Timestamp};
 use rand::RngCore;
 use std::collections::HashMap;
 
@@ -18,9 +23,22 @@ use std::collections::HashMap;
 pub struct GpuView {
     pub index: u32,
     pub model: GpuModel,
+    /// Held whole by one instance.
     pub allocated: bool,
     /// False after a fatal hardware error: never placed on.
     pub healthy: bool,
+    /// Compute (thousandths) and memory held by slices; 0 when none.
+    pub slice_milli: u32,
+    pub slice_mem_mib: u64,
+    /// The slices on it are MIG instances.
+    pub mig: bool,
+}
+
+impl GpuView {
+    /// A GPU nobody holds any of.
+    pub fn free(index: u32, model: GpuModel) -> GpuView {
+        GpuView { index, model, allocated: false, healthy: true, slice_milli: 0, slice_mem_mib: 0, mig: false }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,29 +65,75 @@ pub struct Pending {
     pub count: u32,
     /// `None`: any region will do.
     pub region: Option<Region>,
+    /// Part of one GPU (`count` is then 1); `None`: `count` whole GPUs.
+    pub share: Option<GpuShare>,
 }
 
 /// How to choose among nodes that fit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Policy {
     /// The node left with the fewest free GPUs of the model: keeps whole nodes free for big gangs.
-    #[default]
     BestFit,
     /// The node left with the most free GPUs: spreads load and heat.
     Spread,
     /// Any node that fits, uniformly (a baseline).
     Random,
+    /// The FGD paper's baselines, for comparison on a real fleet.
+    DotProduct,
+    GpuClustering,
+    GpuPacking,
+    /// Fragmentation gradient descent (ATC'23): the placement that fragments the fleet least for
+    /// the workload in the queue and on the nodes.
+    Fgd,
+    /// FGD, and among tied nodes one already in use. The best on every trace we have
+    /// (docs/benchmarks.md), so the default.
+    #[default]
+    FgdPack,
+}
+
+impl Policy {
+    pub const NAMES: &str = "fgd-pack, fgd, best-fit, spread, random, dot-product, gpu-clustering, gpu-packing";
+
+    fn share(self) -> share::SharePolicy {
+        use share::SharePolicy as S;
+        match self {
+            Policy::BestFit => S::BestFit,
+            Policy::Spread => S::Spread,
+            Policy::Random => S::Random,
+            Policy::DotProduct => S::DotProd,
+            Policy::GpuClustering => S::GpuClustering,
+            Policy::GpuPacking => S::GpuPacking,
+            Policy::Fgd => S::Fgd,
+            Policy::FgdPack => S::FgdPack,
+        }
+    }
+
+    /// Whole-GPU queues under this policy can use the free-GPU index.
+    fn indexed(self) -> bool {
+        matches!(self, Policy::BestFit | Policy::Spread | Policy::Random)
+    }
 }
 
 impl std::str::FromStr for Policy {
     type Err = String;
     fn from_str(s: &str) -> Result<Policy, String> {
-        match s {
-            "best-fit" => Ok(Policy::BestFit),
-            "spread" => Ok(Policy::Spread),
-            "random" => Ok(Policy::Random),
-            other => Err(format!("unknown policy '{other}' (best-fit, spread, random)")),
-        }
+        Ok(match s {
+            "best-fit" => Policy::BestFit,
+            "spread" => Policy::Spread,
+            "random" => Policy::Random,
+            "dot-product" => Policy::DotProduct,
+            "gpu-clustering" => Policy::GpuClustering,
+            "gpu-packing" => Policy::GpuPacking,
+            "fgd" => Policy::Fgd,
+            "fgd-pack" => Policy::FgdPack,
+            other => return Err(format!("unknown policy '{other}' ({})", Policy::NAMES)),
+        })
+    }
+}
+
+impl std::fmt::Display for Policy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.share().name())
     }
 }
 
@@ -104,6 +168,9 @@ pub fn plan(
     _now: Timestamp,
     rng: &mut dyn RngCore,
 ) -> Plan {
+    if !policy.indexed() || pending.iter().any(|p| p.share.is_some()) {
+        return slices::plan(snapshot, pending, policy.share(), rng);
+    }
     let mut index = index::FreeIndex::build(snapshot);
     let mut out = Plan::default();
     let mut waiting = Vec::new();
@@ -128,7 +195,7 @@ pub fn plan(
     for p in waiting {
         let reason = reasons
             .entry((p.region.as_ref(), p.model, p.count))
-            .or_insert_with(|| explain::explain(snapshot, &index, p))
+            .or_insert_with(|| explain::explain(snapshot, &|ord| index.free_on(ord, p.model) >= p.count, p))
             .clone();
         out.unplaced.push(Unplaced { instance: p.instance.clone(), reason });
     }

@@ -2,7 +2,7 @@ use super::*;
 use proptest::prelude::*;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 fn region(s: &str) -> Region {
     Region::parse(s).unwrap()
@@ -15,12 +15,12 @@ fn node(id: &str, r: &str, model: GpuModel, total: u32, used: u32) -> NodeView {
         generation: 7,
         state: NodeState::Ready,
         health: NodeHealth::Healthy,
-        gpus: (0..total).map(|i| GpuView { index: i, model, allocated: i < used, healthy: true }).collect(),
+        gpus: (0..total).map(|i| GpuView { allocated: i < used, ..GpuView::free(i, model) }).collect(),
     }
 }
 
 fn want(id: &str, model: GpuModel, count: u32, r: Option<&str>) -> Pending {
-    Pending { instance: InstanceId::parse(id).unwrap(), model, count, region: r.map(region) }
+    Pending { instance: InstanceId::parse(id).unwrap(), model, count, region: r.map(region), share: None }
 }
 
 fn run(snapshot: &ClusterSnapshot, pending: &[Pending], policy: Policy) -> Plan {
@@ -97,6 +97,28 @@ fn arb_node(i: usize) -> impl Strategy<Value = NodeView> {
     )
 }
 
+#[test]
+fn four_quarter_slices_fill_an_a100_and_the_fifth_says_why() {
+    let snap = ClusterSnapshot { nodes: vec![node("n-1", "eu-1", GpuModel::A100_40GB, 1, 0)] };
+    let pending: Vec<Pending> =
+        (1..=5).map(|i| slice_of(&format!("i-{i}"), GpuModel::A100_40GB, 25, 10240, Some("eu-1"))).collect();
+    for policy in [Policy::FgdPack, Policy::BestFit, Policy::Spread] {
+        let plan = run(&snap, &pending, policy);
+        assert_eq!(plan.placements.len(), 4, "{policy}");
+        assert!(plan.placements.iter().all(|p| p.gpus == vec![0]));
+        assert_eq!(plan.unplaced.len(), 1);
+        assert_eq!(plan.unplaced[0].reason.to_string(), "no A100-40GB in eu-1 has 25% / 10240 MiB free: 1 full");
+    }
+    // A whole-GPU request does not fit on a GPU that holds a slice.
+    let mut sliced = snap.clone();
+    sliced.nodes[0].gpus[0].slice_milli = 250;
+    sliced.nodes[0].gpus[0].slice_mem_mib = 10240;
+    let plan = run(&sliced, &[want("i-9", GpuModel::A100_40GB, 1, None)], Policy::BestFit);
+    assert_eq!(plan.unplaced.len(), 1);
+    let plan = run(&sliced, &pending[..1], Policy::BestFit);
+    assert_eq!(plan.placements.len(), 1, "but another slice does");
+}
+
 fn arb_snapshot() -> impl Strategy<Value = ClusterSnapshot> {
     (0..12usize).prop_flat_map(|n| (0..n).map(arb_node).collect::<Vec<_>>()).prop_map(|nodes| ClusterSnapshot { nodes })
 }
@@ -111,7 +133,43 @@ fn arb_pending() -> impl Strategy<Value = Vec<Pending>> {
 }
 
 fn arb_policy() -> impl Strategy<Value = Policy> {
-    proptest::sample::select(vec![Policy::BestFit, Policy::Spread, Policy::Random])
+    proptest::sample::select(vec![
+        Policy::BestFit,
+        Policy::Spread,
+        Policy::Random,
+        Policy::DotProduct,
+        Policy::GpuClustering,
+        Policy::GpuPacking,
+        Policy::Fgd,
+        Policy::FgdPack,
+    ])
+}
+
+fn slice_of(id: &str, model: GpuModel, percent: u32, mem: u64, r: Option<&str>) -> Pending {
+    let share = GpuShare::resolve(model, Some(percent), Some(mem), None).unwrap();
+    Pending { share, ..want(id, model, 1, r) }
+}
+
+/// A mix of whole-GPU requests and slices (some MIG).
+fn arb_mixed() -> impl Strategy<Value = Vec<Pending>> {
+    proptest::collection::vec((0..3usize, 1..=4u32, 0..3usize, 0..4u32, 1..=99u32), 0..30).prop_map(|v| {
+        v.into_iter()
+            .enumerate()
+            .map(|(i, (m, c, r, kind, pct))| {
+                let region = if r == 2 { None } else { Some(REGIONS[r]) };
+                let model = MODELS[m];
+                let id = format!("i-{i}");
+                match kind {
+                    0 => want(&id, model, c, region),
+                    1 if !model.mig_profiles().is_empty() => Pending {
+                        share: GpuShare::resolve(model, None, None, Some(model.mig_profiles()[0].name)).unwrap(),
+                        ..want(&id, model, 1, region)
+                    },
+                    _ => slice_of(&id, model, pct, model.memory_mib() * pct as u64 / 100, region),
+                }
+            })
+            .collect()
+    })
 }
 
 proptest! {
@@ -135,6 +193,37 @@ proptest! {
                 prop_assert!(gpu.healthy, "GPU {} of {} is unhealthy", g, node.id);
                 prop_assert_eq!(gpu.model, req.model);
                 prop_assert!(used.insert((node.id.clone(), *g)), "GPU {} of {} given twice", g, node.id);
+            }
+        }
+    }
+
+    /// With slices in the queue: per GPU, slices never exceed its compute or memory, never share
+    /// a GPU with a whole allocation, and MIG and time-sliced slices never meet.
+    #[test]
+    fn slices_never_overcommit_a_gpu(
+        snap in arb_snapshot(), pending in arb_mixed(), policy in arb_policy(), seed in any::<u64>()
+    ) {
+        let plan = plan(&snap, &pending, policy, Timestamp(0), &mut StdRng::seed_from_u64(seed));
+        prop_assert_eq!(plan.placements.len() + plan.unplaced.len(), pending.len());
+        // (node, gpu) -> (milli, MiB, whole, mig kinds seen)
+        let mut held: HashMap<(NodeId, u32), (u32, u64, bool, HashSet<bool>)> = HashMap::new();
+        for pl in &plan.placements {
+            let req = pending.iter().find(|p| p.instance == pl.instance).unwrap();
+            let node = snap.nodes.iter().find(|n| n.id == pl.node).unwrap();
+            prop_assert!(index::schedulable(node));
+            prop_assert!(req.region.as_ref().is_none_or(|r| *r == node.region));
+            prop_assert_eq!(pl.gpus.len() as u32, req.count);
+            for g in &pl.gpus {
+                let gpu = node.gpus.iter().find(|x| x.index == *g).unwrap();
+                prop_assert!(!gpu.allocated && gpu.healthy && gpu.model == req.model);
+                let e = held.entry((node.id.clone(), *g)).or_insert((0, 0, false, HashSet::new()));
+                match &req.share {
+                    Some(s) => { e.0 += s.milli; e.1 += s.memory_mib; e.3.insert(s.mig.is_some()); }
+                    None => { prop_assert!(!e.2 && e.0 == 0, "whole GPU {} given twice or over a slice", g); e.2 = true; }
+                }
+                prop_assert!(!(e.2 && e.0 > 0), "a slice and a whole allocation share GPU {}", g);
+                prop_assert!(e.0 <= 1000 && e.1 <= req.model.memory_mib());
+                prop_assert!(e.3.len() <= 1, "MIG and time-sliced slices share GPU {}", g);
             }
         }
     }

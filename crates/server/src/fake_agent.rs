@@ -35,7 +35,7 @@ pub async fn run(api: Arc<dyn AgentApi>, node: NodeId, gpus: Vec<GpuInfo>, inter
         let report = AgentReport {
             node: node.clone(),
             epoch: None,
-            instances: workloads.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+            instances: workloads.iter().map(|(k, v)| (k.clone(), *v, None)).collect(),
             gpus: readings,
         };
         let mut changed = false;

@@ -109,6 +109,8 @@ pub trait Store: Send + Sync {
         Ok(out.pop().unwrap_or(ApplyOutcome::Conflict))
     }
     async fn set_pending_reason(&self, id: &InstanceId, reason: Option<&str>) -> Result<()>;
+    /// Why an instance ended as it did (not a state change: the generation stays).
+    async fn set_status_reason(&self, id: &InstanceId, reason: Option<&str>) -> Result<()>;
 
     /// Every state change of an instance, oldest first.
     async fn instance_events(&self, id: &InstanceId) -> Result<Vec<InstanceEvent>>;

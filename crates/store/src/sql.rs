@@ -1,7 +1,7 @@
 use crate::migrate;
 use crate::{
-    Alert, ApiKey, ApplyOutcome, Backend, BudgetAction, ChargeItem, Gpu, IdempotencyBegin, Instance, InstanceChange,
-    InstanceEvent, LedgerLine, LedgerRecord, LogChunk, LostNode, NewInstance, NewNode, Node, NodeBatch, NodeDriver,
+    Alert, ApiKey, ApplyOutcome, Backend, BudgetAction, ChargeItem, Gpu, GpuSlice, IdempotencyBegin, Instance, InstanceChange,
+    InstanceEvent, LedgerLine, LedgerRecord, LogChunk, LostNode, NewInstance, NewNode, NewPlacement, Node, NodeBatch, NodeDriver,
     PriceRow, Result, Staleness, Store, StoreError, StoredInvoice, Tenant, TenantBilling, UsageInterval,
 };
 use async_trait::async_trait;
@@ -10,7 +10,7 @@ use gpucloud_model::{
     ApiKeyId, GpuModel, InstanceId, InstanceState, NodeHealth, NodeId, NodeState, Region, Role, StopTarget, TenantId,
     Timestamp,
 };
-use gpucloud_model::{Money, Tier};
+use gpucloud_model::{GpuShare, Money, Tier};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{Acquire, AnyPool, Executor, Row};
 use std::collections::HashMap;
@@ -25,7 +25,8 @@ pub struct SqlStore {
 }
 
 const INSTANCE_COLUMNS: &str = "id, tenant_id, name, region, gpu_model, gpu_count, command, state, \
-    stop_target, node_id, generation, pending_reason, exit_code, created_at, updated_at";
+    stop_target, node_id, generation, pending_reason, exit_code, created_at, updated_at, gpu_milli, gpu_mem_mib, \
+    mig_profile, status_reason";
 
 impl SqlStore {
     pub async fn open(url: &str) -> Result<SqlStore> {
@@ -63,15 +64,25 @@ impl SqlStore {
 
     async fn gpus_of(&self, filter: GpuFilter<'_>) -> Result<HashMap<String, Vec<u32>>> {
         let q = match filter {
-            GpuFilter::Instance(_) => "SELECT instance_id, idx FROM gpus WHERE instance_id = $1 ORDER BY idx",
+            // A slice's GPU comes from gpu_slices; an instance holds whole GPUs or one slice.
+            GpuFilter::Instance(_) => {
+                "SELECT instance_id, idx FROM gpus WHERE instance_id = $1 \
+                 UNION ALL SELECT instance_id, idx FROM gpu_slices WHERE instance_id = $1 ORDER BY idx"
+            }
             GpuFilter::Tenant(_) => {
                 "SELECT g.instance_id, g.idx FROM gpus g JOIN instances i ON i.id = g.instance_id \
-                 WHERE i.tenant_id = $1 ORDER BY g.idx"
+                 WHERE i.tenant_id = $1 \
+                 UNION ALL SELECT s.instance_id, s.idx FROM gpu_slices s JOIN instances i ON i.id = s.instance_id \
+                 WHERE i.tenant_id = $1 ORDER BY idx"
             }
             GpuFilter::Node(_) => {
-                "SELECT instance_id, idx FROM gpus WHERE node_id = $1 AND instance_id IS NOT NULL ORDER BY idx"
+                "SELECT instance_id, idx FROM gpus WHERE node_id = $1 AND instance_id IS NOT NULL \
+                 UNION ALL SELECT instance_id, idx FROM gpu_slices WHERE node_id = $1 ORDER BY idx"
             }
-            GpuFilter::All => "SELECT instance_id, idx FROM gpus WHERE instance_id IS NOT NULL ORDER BY idx",
+            GpuFilter::All => {
+                "SELECT instance_id, idx FROM gpus WHERE instance_id IS NOT NULL \
+                 UNION ALL SELECT instance_id, idx FROM gpu_slices ORDER BY idx"
+            }
         };
         let query = sqlx::query(q);
         let query = match filter {
@@ -157,7 +168,16 @@ fn instance_from_row(r: &AnyRow) -> Result<Instance> {
     let stop_target: Option<String> = r.try_get("stop_target")?;
     let node_id: Option<String> = r.try_get("node_id")?;
     let exit_code: Option<i64> = r.try_get("exit_code")?;
+    let milli = r.try_get::<i64, _>("gpu_milli")?;
+    let share = (milli < 1000).then(|| -> Result<GpuShare> {
+        Ok(GpuShare {
+            milli: milli.clamp(1, 999) as u32,
+            memory_mib: r.try_get::<i64, _>("gpu_mem_mib")?.max(0) as u64,
+            mig: r.try_get("mig_profile")?,
+        })
+    });
     Ok(Instance {
+        share: share.transpose()?,
         id: parse(t, &r.try_get::<String, _>("id")?)?,
         tenant_id: parse(t, &r.try_get::<String, _>("tenant_id")?)?,
         name: r.try_get("name")?,
@@ -171,6 +191,7 @@ fn instance_from_row(r: &AnyRow) -> Result<Instance> {
         gpus: Vec::new(),
         generation: r.try_get("generation")?,
         pending_reason: r.try_get("pending_reason")?,
+        status_reason: r.try_get("status_reason")?,
         exit_code: exit_code.map(|c| c as i32),
         created_at: Timestamp(r.try_get("created_at")?),
         updated_at: Timestamp(r.try_get("updated_at")?),
@@ -480,6 +501,7 @@ impl Store for SqlStore {
                 instances.push(inst.id);
             }
             sqlx::query("UPDATE gpus SET instance_id = NULL WHERE node_id = $1").bind(&id).execute(&mut *tx).await?;
+            sqlx::query("DELETE FROM gpu_slices WHERE node_id = $1").bind(&id).execute(&mut *tx).await?;
             tx.commit().await?;
             lost.push(LostNode { node: parse("nodes", &id)?, last_heartbeat: Timestamp(last), instances });
         }
@@ -490,8 +512,9 @@ impl Store for SqlStore {
         let mut tx = self.pool.begin().await?;
         let r = sqlx::query(
             "INSERT INTO instances (id, tenant_id, name, region, gpu_model, gpu_count, command, state, \
-             stop_target, node_id, generation, pending_reason, exit_code, idempotency_key, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', NULL, NULL, 1, NULL, NULL, $8, $9, $9) \
+             stop_target, node_id, generation, pending_reason, exit_code, idempotency_key, created_at, updated_at, \
+             gpu_milli, gpu_mem_mib, mig_profile) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', NULL, NULL, 1, NULL, NULL, $8, $9, $9, $10, $11, $12) \
              ON CONFLICT (tenant_id, idempotency_key) DO NOTHING",
         )
         .bind(n.id.to_string())
@@ -503,6 +526,9 @@ impl Store for SqlStore {
         .bind(&n.command)
         .bind(n.idempotency_key.clone())
         .bind(n.created_at.0)
+        .bind(n.share.as_ref().map_or(1000, |s| s.milli as i64))
+        .bind(n.share.as_ref().map_or(0, |s| s.memory_mib as i64))
+        .bind(n.share.as_ref().and_then(|s| s.mig.clone()))
         .execute(&mut *tx)
         .await
         .map_err(|e| unique_violation(e, &format!("instance {}", n.id)))?;
@@ -625,7 +651,11 @@ impl Store for SqlStore {
                 .bind(id.to_string())
                 .execute(&mut *tx)
                 .await?;
-            if freed.rows_affected() > 0 {
+            let freed_slice = sqlx::query("DELETE FROM gpu_slices WHERE instance_id = $1")
+                .bind(id.to_string())
+                .execute(&mut *tx)
+                .await?;
+            if freed.rows_affected() + freed_slice.rows_affected() > 0 {
                 sqlx::query("UPDATE nodes SET generation = generation + 1 WHERE id = $1")
                     .bind(node)
                     .execute(&mut *tx)
@@ -657,6 +687,15 @@ impl Store for SqlStore {
     async fn set_pending_reason(&self, id: &InstanceId, reason: Option<&str>) -> Result<()> {
         // Not a state change: the generation stays, so it never races with one.
         sqlx::query("UPDATE instances SET pending_reason = $1 WHERE id = $2 AND state = 'pending'")
+            .bind(reason.map(str::to_string))
+            .bind(id.to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn set_status_reason(&self, id: &InstanceId, reason: Option<&str>) -> Result<()> {
+        sqlx::query("UPDATE instances SET status_reason = $1 WHERE id = $2")
             .bind(reason.map(str::to_string))
             .bind(id.to_string())
             .execute(&self.pool)
@@ -1074,11 +1113,34 @@ async fn load_nodes(pool: &AnyPool, only: Option<&NodeId>) -> Result<Vec<Node>> 
             sqlx::query(&format!("{gpu_cols} ORDER BY node_id, idx")).fetch_all(pool).await?,
         ),
     };
+    let slice_cols = "SELECT node_id, idx, instance_id, milli, mem_mib, mig FROM gpu_slices";
+    let slice_rows = match only {
+        Some(id) => {
+            sqlx::query(&format!("{slice_cols} WHERE node_id = $1 ORDER BY idx, instance_id"))
+                .bind(id.to_string())
+                .fetch_all(pool)
+                .await?
+        }
+        None => sqlx::query(&format!("{slice_cols} ORDER BY node_id, idx, instance_id")).fetch_all(pool).await?,
+    };
+    let mut slices: HashMap<(String, i64), Vec<GpuSlice>> = HashMap::new();
+    for r in &slice_rows {
+        slices.entry((r.try_get(0)?, r.try_get(1)?)).or_default().push(GpuSlice {
+            instance: parse("gpu_slices", &r.try_get::<String, _>(2)?)?,
+            milli: r.try_get::<i64, _>(3)? as u32,
+            memory_mib: r.try_get::<i64, _>(4)? as u64,
+            mig: r.try_get::<i64, _>(5)? != 0,
+        });
+    }
     let mut gpus: HashMap<String, Vec<Gpu>> = HashMap::new();
     for r in &gpu_rows {
+        let node_id: String = r.try_get(0)?;
+        let idx: i64 = r.try_get(1)?;
         let instance: Option<String> = r.try_get(4)?;
-        gpus.entry(r.try_get(0)?).or_default().push(Gpu {
-            index: r.try_get::<i64, _>(1)? as u32,
+        let on_gpu = slices.remove(&(node_id.clone(), idx)).unwrap_or_default();
+        gpus.entry(node_id).or_default().push(Gpu {
+            slices: on_gpu,
+            index: idx as u32,
             model: parse::<GpuModel>("gpus", &r.try_get::<String, _>(2)?)?,
             uuid: r.try_get(3)?,
             instance: instance.map(|i| parse::<InstanceId>("gpus", &i)).transpose()?,
@@ -1124,7 +1186,7 @@ async fn apply_batch(tx: &mut sqlx::Transaction<'_, sqlx::Any>, b: &NodeBatch, a
     let mut placed = Vec::new();
     for p in &b.placements {
         let moved = sqlx::query(
-            "UPDATE instances SET state = 'provisioning', node_id = $1, pending_reason = NULL, \
+            "UPDATE instances SET state = 'provisioning', node_id = $1, pending_reason = NULL, status_reason = NULL, \
              generation = generation + 1, updated_at = $2 \
              WHERE id = $3 AND state = 'pending' AND generation = $4",
         )
@@ -1140,9 +1202,18 @@ async fn apply_batch(tx: &mut sqlx::Transaction<'_, sqlx::Any>, b: &NodeBatch, a
         }
         let (from, to) = (Some(InstanceState::Pending), InstanceState::Provisioning);
         record_event(tx, &p.instance, p.instance_generation + 1, at, from, to).await?;
+        if let Some(share) = &p.share {
+            if !take_slice(tx, &node, p, share).await? {
+                return Ok(ApplyOutcome::Conflict);
+            }
+            placed.push(p.instance.clone());
+            continue;
+        }
         let slots: Vec<String> = (0..p.gpus.len()).map(|i| format!("${}", i + 3)).collect();
         let sql = format!(
-            "UPDATE gpus SET instance_id = $1 WHERE node_id = $2 AND instance_id IS NULL AND idx IN ({})",
+            "UPDATE gpus SET instance_id = $1 WHERE node_id = $2 AND instance_id IS NULL AND healthy = 1 \
+             AND NOT EXISTS (SELECT 1 FROM gpu_slices s WHERE s.node_id = gpus.node_id AND s.idx = gpus.idx) \
+             AND idx IN ({})",
             slots.join(", ")
         );
         let mut q = sqlx::query(&sql).bind(p.instance.to_string()).bind(&node);
@@ -1156,6 +1227,37 @@ async fn apply_batch(tx: &mut sqlx::Transaction<'_, sqlx::Any>, b: &NodeBatch, a
         placed.push(p.instance.clone());
     }
     Ok(ApplyOutcome::Applied { placed })
+}
+
+/// Takes a slice of one GPU if it still has room: not held whole, healthy, compute and memory
+/// left, and no slice of the other kind (MIG vs time-sliced) on it.
+async fn take_slice(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    node: &str,
+    p: &NewPlacement,
+    share: &GpuShare,
+) -> Result<bool> {
+    let [idx] = p.gpus[..] else {
+        return Ok(false);
+    };
+    let took = sqlx::query(
+        "INSERT INTO gpu_slices (instance_id, node_id, idx, milli, mem_mib, mig) \
+         SELECT $1, $2, $3, $4, $5, $6 FROM gpus g \
+         WHERE g.node_id = $2 AND g.idx = $3 AND g.instance_id IS NULL AND g.healthy = 1 \
+         AND (SELECT COALESCE(SUM(milli), 0) FROM gpu_slices WHERE node_id = $2 AND idx = $3) + $4 <= 1000 \
+         AND (SELECT COALESCE(SUM(mem_mib), 0) FROM gpu_slices WHERE node_id = $2 AND idx = $3) + $5 <= $7 \
+         AND NOT EXISTS (SELECT 1 FROM gpu_slices WHERE node_id = $2 AND idx = $3 AND mig <> $6)",
+    )
+    .bind(p.instance.to_string())
+    .bind(node)
+    .bind(idx as i64)
+    .bind(share.milli as i64)
+    .bind(share.memory_mib as i64)
+    .bind(share.mig.is_some() as i64)
+    .bind(p.gpu_memory_mib as i64)
+    .execute(&mut **tx)
+    .await?;
+    Ok(took.rows_affected() == 1)
 }
 
 const GRANULARITY_KEY: &str = "billing.granularity_s";
@@ -1206,7 +1308,7 @@ async fn open_interval(
     .bind(inst.model.name())
     .bind(region)
     .bind(Tier::OnDemand.as_str())
-    .bind(i64::from(inst.count) * 1000)
+    .bind(inst.share.as_ref().map_or(i64::from(inst.count) * 1000, |s| s.milli as i64))
     .bind(at.0)
     .bind(rules.granularity_s)
     .bind(rules.minimum_s)

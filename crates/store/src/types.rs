@@ -1,5 +1,5 @@
 use gpucloud_model::{
-    ApiKeyId, GpuModel, InstanceId, InstanceState, NodeHealth, NodeId, NodeState, Region, Role, StopTarget, TenantId,
+    ApiKeyId, GpuModel, GpuShare, InstanceId, InstanceState, NodeHealth, NodeId, NodeState, Region, Role, StopTarget, TenantId,
     Timestamp,
 };
 
@@ -45,6 +45,16 @@ pub struct Gpu {
     pub instance: Option<InstanceId>,
     /// False after a fatal XID or uncorrectable ECC errors: it takes no new work.
     pub healthy: bool,
+    /// Slices held on it (none when `instance` holds it whole).
+    pub slices: Vec<GpuSlice>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GpuSlice {
+    pub instance: InstanceId,
+    pub milli: u32,
+    pub memory_mib: u64,
+    pub mig: bool,
 }
 
 /// What drives a node: an in-process fake agent, or a `gpucloud agent` process over HTTP.
@@ -87,6 +97,8 @@ pub struct NewInstance {
     pub region: Option<Region>,
     pub model: GpuModel,
     pub count: u32,
+    /// Part of one GPU (`count` is 1); `None`: whole GPUs.
+    pub share: Option<GpuShare>,
     pub command: String,
     pub idempotency_key: Option<String>,
     pub created_at: Timestamp,
@@ -100,6 +112,7 @@ pub struct Instance {
     pub region: Option<Region>,
     pub model: GpuModel,
     pub count: u32,
+    pub share: Option<GpuShare>,
     pub command: String,
     pub state: InstanceState,
     pub stop_target: Option<StopTarget>,
@@ -108,6 +121,7 @@ pub struct Instance {
     pub gpus: Vec<u32>,
     pub generation: i64,
     pub pending_reason: Option<String>,
+    pub status_reason: Option<String>,
     pub exit_code: Option<i32>,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
@@ -127,6 +141,9 @@ pub struct NewPlacement {
     /// The instance generation the scheduler saw it pending at.
     pub instance_generation: i64,
     pub gpus: Vec<u32>,
+    /// A slice of `gpus[0]`; `gpu_memory_mib` is that GPU's memory, the cap slices add up to.
+    pub share: Option<GpuShare>,
+    pub gpu_memory_mib: u64,
 }
 
 /// The placements a plan makes on one node, and the node generation the plan saw.

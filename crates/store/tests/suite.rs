@@ -67,6 +67,7 @@ suite!(
     concurrent_state_changes_have_one_winner,
     agents_register_by_name_and_are_fenced_by_epoch,
     a_silent_node_loses_its_instances_at_its_last_heartbeat,
+    slices_share_a_gpu_within_its_capacity,
 );
 
 fn ts(ms: i64) -> Timestamp {
@@ -98,6 +99,7 @@ async fn instance(s: &Arc<dyn Store>, t: &Tenant, count: u32, key: Option<&str>)
         region: None,
         model: GpuModel::A100_40GB,
         count,
+        share: None,
         command: "sleep 1".into(),
         idempotency_key: key.map(str::to_string),
         created_at: ts(10),
@@ -106,7 +108,81 @@ async fn instance(s: &Arc<dyn Store>, t: &Tenant, count: u32, key: Option<&str>)
 }
 
 fn placement(i: &Instance, gpus: &[u32]) -> NewPlacement {
-    NewPlacement { instance: i.id.clone(), instance_generation: i.generation, gpus: gpus.to_vec() }
+    NewPlacement {
+        instance: i.id.clone(),
+        instance_generation: i.generation,
+        gpus: gpus.to_vec(),
+        share: i.share.clone(),
+        gpu_memory_mib: i.model.memory_mib(),
+    }
+}
+
+async fn slice(s: &Arc<dyn Store>, t: &Tenant, percent: Option<u32>, mig: Option<&str>) -> Instance {
+    let share = GpuShare::resolve(GpuModel::A100_40GB, percent, None, mig).unwrap();
+    assert!(share.is_some());
+    let new = NewInstance {
+        id: InstanceId::from_random(rand::random()),
+        tenant_id: t.id.clone(),
+        name: "slice".into(),
+        region: None,
+        model: GpuModel::A100_40GB,
+        count: 1,
+        share,
+        command: "sleep 1".into(),
+        idempotency_key: None,
+        created_at: ts(10),
+    };
+    s.insert_instance(&new).await.unwrap().0
+}
+
+async fn slices_share_a_gpu_within_its_capacity(s: Arc<dyn Store>) {
+    let t = tenant(&s, "a").await;
+    let n = node(&s, "gpu-1", GpuModel::A100_40GB, 2).await;
+    let quarters = [
+        slice(&s, &t, Some(25), None).await,
+        slice(&s, &t, Some(25), None).await,
+        slice(&s, &t, Some(25), None).await,
+        slice(&s, &t, Some(25), None).await,
+    ];
+    let fifth = slice(&s, &t, Some(25), None).await;
+    assert_eq!(fifth.share.as_ref().map(|x| (x.milli, x.memory_mib)), Some((250, 10240)));
+    let batch: Vec<NewPlacement> = quarters.iter().map(|i| placement(i, &[0])).collect();
+    let out = s.apply_placements(&n.id, n.generation, &batch, ts(20)).await.unwrap();
+    assert!(matches!(out, ApplyOutcome::Applied { ref placed } if placed.len() == 4), "{out:?}");
+    let n = s.get_node(&n.id).await.unwrap().unwrap();
+    assert_eq!(n.gpus[0].slices.len(), 4);
+    assert_eq!(n.gpus[0].slices.iter().map(|x| x.milli).sum::<u32>(), 1000);
+    assert_eq!(n.gpus[0].instance, None);
+    let got = s.get_instance(None, &quarters[0].id).await.unwrap().unwrap();
+    assert_eq!((got.gpus.clone(), got.share.clone()), (vec![0], quarters[0].share.clone()));
+    assert_eq!(s.list_instances(Some(&t.id)).await.unwrap().iter().filter(|i| i.gpus == vec![0]).count(), 4);
+
+    // The GPU is full: a fifth slice and a whole-GPU claim on it both conflict and write nothing.
+    let out = s.apply_placements(&n.id, n.generation, &[placement(&fifth, &[0])], ts(21)).await.unwrap();
+    assert_eq!(out, ApplyOutcome::Conflict);
+    let whole = instance(&s, &t, 1, None).await;
+    let out = s.apply_placements(&n.id, n.generation, &[placement(&whole, &[0])], ts(21)).await.unwrap();
+    assert_eq!(out, ApplyOutcome::Conflict);
+    // A MIG slice never joins time-sliced ones, but takes the other GPU.
+    let mig = slice(&s, &t, None, Some("1g.5gb")).await;
+    let both = [placement(&fifth, &[1]), placement(&mig, &[1])];
+    let out = s.apply_placements(&n.id, n.generation, &both, ts(22)).await.unwrap();
+    assert_eq!(out, ApplyOutcome::Conflict);
+    let out = s.apply_placements(&n.id, n.generation, &[placement(&mig, &[1])], ts(22)).await.unwrap();
+    assert_eq!(out, ApplyOutcome::Applied { placed: vec![mig.id.clone()] });
+
+    // Running, a slice bills its share of the GPU; stopping it frees its part only.
+    let q = s.get_instance(None, &quarters[0].id).await.unwrap().unwrap();
+    let run = InstanceChange { state: InstanceState::Running, stop_target: None, exit_code: None, at: ts(30) };
+    let q = s.update_instance(&q.id, q.generation, &run).await.unwrap().unwrap();
+    let open = s.intervals_of_tenant(&t.id).await.unwrap();
+    assert_eq!(open.iter().find(|u| u.instance_id == q.id).map(|u| u.milli_gpus), Some(250));
+    let stop = InstanceChange { state: InstanceState::Stopped, stop_target: None, exit_code: Some(0), at: ts(40) };
+    s.update_instance(&q.id, q.generation, &stop).await.unwrap().unwrap();
+    let n = s.get_node(&n.id).await.unwrap().unwrap();
+    assert_eq!(n.gpus[0].slices.len(), 3);
+    let out = s.apply_placements(&n.id, n.generation, &[placement(&fifth, &[0])], ts(41)).await.unwrap();
+    assert_eq!(out, ApplyOutcome::Applied { placed: vec![fifth.id.clone()] });
 }
 
 async fn tenants_and_keys(s: Arc<dyn Store>) {

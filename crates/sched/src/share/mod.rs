@@ -234,6 +234,8 @@ pub enum SharePolicy {
     BestFit,
     Fgd,
     FgdPack,
+    /// Production only: the node left with the most free GPU capacity (spreads load and heat).
+    Spread,
 }
 
 impl SharePolicy {
@@ -256,11 +258,12 @@ impl SharePolicy {
             SharePolicy::BestFit => "best-fit",
             SharePolicy::Fgd => "fgd",
             SharePolicy::FgdPack => "fgd-pack",
+            SharePolicy::Spread => "spread",
         }
     }
 
     pub fn parse(s: &str) -> Option<SharePolicy> {
-        SharePolicy::ALL.into_iter().find(|p| p.name() == s)
+        SharePolicy::ALL.into_iter().chain([SharePolicy::Spread]).find(|p| p.name() == s)
     }
 
     fn uses_fragmentation(self) -> bool {
@@ -303,7 +306,12 @@ impl Placer {
 
     /// Chooses where `ask` goes and takes the capacity. `None`: no node can take it.
     pub fn place(&mut self, ask: &Ask, rng: &mut dyn RngCore) -> Option<Choice> {
-        let choice = self.choose(ask, rng)?;
+        self.place_where(ask, &|_| true, rng)
+    }
+
+    /// [`Placer::place`] on the nodes `allowed` accepts (a region, say).
+    pub fn place_where(&mut self, ask: &Ask, allowed: &dyn Fn(usize) -> bool, rng: &mut dyn RngCore) -> Option<Choice> {
+        let choice = self.choose_where(ask, allowed, rng)?;
         self.apply(ask, &choice);
         Some(choice)
     }
@@ -322,6 +330,10 @@ impl Placer {
 
     /// Where `ask` would go, without taking anything.
     pub fn choose(&mut self, ask: &Ask, rng: &mut dyn RngCore) -> Option<Choice> {
+        self.choose_where(ask, &|_| true, rng)
+    }
+
+    pub fn choose_where(&mut self, ask: &Ask, allowed: &dyn Fn(usize) -> bool, rng: &mut dyn RngCore) -> Option<Choice> {
         if ask.num_gpu > 0 && (ask.gpu_milli == 0 || ask.gpu_milli > MILLI) {
             return None;
         }
@@ -329,12 +341,12 @@ impl Placer {
             return None;
         }
         if self.policy == SharePolicy::Random {
-            return self.choose_random(ask, rng);
+            return self.choose_random(ask, allowed, rng);
         }
         let mut best: Option<(i64, usize, u32)> = None;
         for &n in &self.priority {
             let node = &self.nodes[n];
-            if !node.feasible(ask) {
+            if !node.feasible(ask) || !allowed(n) {
                 continue;
             }
             let (score, gpus) = match self.policy {
@@ -354,8 +366,9 @@ impl Placer {
         Some(Choice { node: n, gpus })
     }
 
-    fn choose_random(&self, ask: &Ask, rng: &mut dyn RngCore) -> Option<Choice> {
-        let feasible: Vec<usize> = (0..self.nodes.len()).filter(|&n| self.nodes[n].feasible(ask)).collect();
+    fn choose_random(&self, ask: &Ask, allowed: &dyn Fn(usize) -> bool, rng: &mut dyn RngCore) -> Option<Choice> {
+        let feasible: Vec<usize> =
+            (0..self.nodes.len()).filter(|&n| self.nodes[n].feasible(ask) && allowed(n)).collect();
         if feasible.is_empty() {
             return None;
         }
@@ -433,6 +446,7 @@ fn simple_score(policy: SharePolicy, node: &Node, ask: &Ask) -> i64 {
                 (100 - sum / 10).max(50)
             }
         }
+        SharePolicy::Spread => (g_free - g) as i64,
         SharePolicy::Random | SharePolicy::Fgd | SharePolicy::FgdPack => 0,
     }
 }

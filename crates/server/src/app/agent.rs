@@ -37,7 +37,8 @@ pub struct AgentReport {
     /// fenced (they live and die with the server).
     pub epoch: Option<i64>,
     /// The workloads the agent knows of and what it saw of each.
-    pub instances: Vec<(InstanceId, AgentObservation)>,
+    /// What the agent saw, and why it ended a workload itself (if it did).
+    pub instances: Vec<(InstanceId, AgentObservation, Option<String>)>,
     pub gpus: Vec<GpuReading>,
 }
 
@@ -55,6 +56,7 @@ pub struct DesiredInstance {
     /// The UUIDs of `gpus`, for CUDA_VISIBLE_DEVICES.
     pub gpu_uuids: Vec<String>,
     pub command: String,
+    pub share: Option<gpucloud_model::GpuShare>,
 }
 
 #[async_trait]
@@ -100,11 +102,17 @@ impl AgentApi for App {
                 .unwrap_or_else(|e| e.into_inner())
                 .insert(node.clone(), (self.now(), report.gpus.clone()));
         }
-        for (id, seen) in &report.instances {
+        for (id, seen, reason) in &report.instances {
             let Some(inst) = self.store.get_instance(None, id).await? else { continue };
             // A report about an instance that has since left this node is stale: ignore it.
             if inst.node_id.as_ref() != Some(node) {
                 continue;
+            }
+            if let Some(reason) = reason
+                && inst.status_reason.as_deref() != Some(reason)
+            {
+                tracing::warn!(instance = %id, %reason, "agent ended the workload");
+                self.store.set_status_reason(id, Some(reason)).await?;
             }
             self.observe(inst, *seen).await?;
         }
@@ -122,6 +130,7 @@ impl AgentApi for App {
                 id: i.id,
                 gpus: i.gpus,
                 command: i.command,
+                share: i.share,
             })
             .collect();
         Ok(desired)

@@ -1,5 +1,5 @@
 use super::{App, AppError, Principal, random_bits};
-use gpucloud_model::{AgentObservation, Change, GpuModel, InstanceId, MAX_GPUS_PER_INSTANCE, Region, UserAction};
+use gpucloud_model::{AgentObservation, Change, GpuModel, GpuShare, InstanceId, MAX_GPUS_PER_INSTANCE, Region, UserAction};
 use gpucloud_store::{Instance, InstanceChange, NewInstance};
 
 /// What a tenant asks for when creating an instance (already parsed from the wire).
@@ -10,6 +10,9 @@ pub struct CreateInstance {
     pub region: Option<Region>,
     pub command: String,
     pub name: Option<String>,
+    pub gpu_share: Option<u32>,
+    pub gpu_memory_mib: Option<u64>,
+    pub mig: Option<String>,
 }
 
 const MAX_COMMAND_BYTES: usize = 16 * 1024;
@@ -25,6 +28,22 @@ impl App {
             return Err(AppError::invalid(
                 "count",
                 format!("count must be between 1 and {MAX_GPUS_PER_INSTANCE} GPUs, got {}", req.count),
+            ));
+        }
+        let share = GpuShare::resolve(req.model, req.gpu_share, req.gpu_memory_mib, req.mig.as_deref()).map_err(|e| {
+            let field = if req.mig.is_some() {
+                "mig"
+            } else if e.starts_with("gpu_memory") {
+                "gpu_memory_mib"
+            } else {
+                "gpu_share"
+            };
+            AppError::invalid(field, e)
+        })?;
+        if share.is_some() && req.count != 1 {
+            return Err(AppError::invalid(
+                "count",
+                format!("a slice is part of one GPU: count must be 1, got {}", req.count),
             ));
         }
         if req.command.trim().is_empty() {
@@ -57,6 +76,7 @@ impl App {
             region: req.region,
             model: req.model,
             count: req.count,
+            share,
             command: req.command,
             idempotency_key: idempotency_key.map(str::to_string),
             created_at: self.now(),

@@ -34,6 +34,9 @@ pub fn snapshot_of(nodes: &[Node]) -> ClusterSnapshot {
                         model: g.model,
                         allocated: g.instance.is_some(),
                         healthy: g.healthy,
+                        slice_milli: g.slices.iter().map(|s| s.milli).sum(),
+                        slice_mem_mib: g.slices.iter().map(|s| s.memory_mib).sum(),
+                        mig: g.slices.iter().any(|s| s.mig),
                     })
                     .collect(),
             })
@@ -56,7 +59,13 @@ impl App {
             let snapshot = snapshot_of(&nodes);
             let queue: Vec<Pending> = pending
                 .iter()
-                .map(|i| Pending { instance: i.id.clone(), model: i.model, count: i.count, region: i.region.clone() })
+                .map(|i| Pending {
+                    instance: i.id.clone(),
+                    model: i.model,
+                    count: i.count,
+                    region: i.region.clone(),
+                    share: i.share.clone(),
+                })
                 .collect();
             let mut rng = rand::rngs::StdRng::from_os_rng();
             let plan = plan(&snapshot, &queue, self.config.policy, self.now(), &mut rng);
@@ -72,12 +81,15 @@ impl App {
 
             let mut per_node: BTreeMap<_, (i64, Vec<NewPlacement>)> = BTreeMap::new();
             for p in &plan.placements {
-                let generation = by_id[&p.instance].generation;
+                let inst = by_id[&p.instance];
+                let generation = inst.generation;
                 per_node.entry(p.node.clone()).or_insert_with(|| (p.node_generation, Vec::new())).1.push(
                     NewPlacement {
                         instance: p.instance.clone(),
                         instance_generation: generation,
                         gpus: p.gpus.clone(),
+                        share: inst.share.clone(),
+                        gpu_memory_mib: inst.model.memory_mib(),
                     },
                 );
             }

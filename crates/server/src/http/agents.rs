@@ -8,7 +8,7 @@ use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use gpucloud_api::{
+use gpucloud_api::{AgentSlice, 
     AgentDesired, AgentHeartbeat, AgentLogs, AgentRegistered, AgentWorkload, InstanceLogs, LogChunk, Problem,
     RegisterAgentRequest, rfc3339,
 };
@@ -62,7 +62,7 @@ pub async fn heartbeat(
             ("failed", code) => AgentObservation::Failed { exit_code: code.unwrap_or(-1) },
             _ => return Err(bad("instances", "state is running, stopped or failed")),
         };
-        instances.push((id, seen));
+        instances.push((id, seen, r.reason.filter(|r| !r.is_empty()).map(|r| r.chars().take(500).collect())));
     }
     let gpus = req
         .gpus
@@ -88,6 +88,7 @@ pub async fn heartbeat(
             gpus: d.gpus,
             gpu_uuids: d.gpu_uuids,
             command: d.command,
+            slice: d.share.map(|s| AgentSlice { milli: s.milli, memory_mib: s.memory_mib, mig: s.mig }),
         })
         .collect();
     Ok(Json(AgentDesired { instances }))

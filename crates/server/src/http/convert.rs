@@ -12,12 +12,16 @@ pub fn instance(i: store::Instance) -> api::Instance {
         stop_target: i.stop_target.map(|t| t.to_string()),
         gpu: i.model.to_string(),
         count: i.count,
+        gpu_milli: i.share.as_ref().map_or(1000, |s| s.milli),
+        gpu_memory_mib: i.share.as_ref().map(|s| s.memory_mib),
+        mig: i.share.and_then(|s| s.mig),
         region: i.region.map(|r| r.to_string()),
         node: i.node_id.map(|n| n.to_string()),
         gpus: i.gpus,
         command: i.command,
         pending_reason: i.pending_reason,
         exit_code: i.exit_code,
+        reason: i.status_reason,
         created_at: rfc3339(i.created_at),
         updated_at: rfc3339(i.updated_at),
     }
@@ -45,6 +49,16 @@ pub fn node(n: store::Node) -> api::Node {
                 uuid: g.uuid,
                 instance: g.instance.map(|i| i.to_string()),
                 healthy: g.healthy,
+                slices: g
+                    .slices
+                    .into_iter()
+                    .map(|s| api::NodeGpuSlice {
+                        instance: s.instance.to_string(),
+                        milli: s.milli,
+                        memory_mib: s.memory_mib,
+                        mig: s.mig,
+                    })
+                    .collect(),
             })
             .collect(),
     }

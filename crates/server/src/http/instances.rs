@@ -22,8 +22,16 @@ pub async fn create(
     headers: HeaderMap,
     ApiJson(req): ApiJson<CreateInstanceRequest>,
 ) -> Result<(StatusCode, Json<Instance>), ApiError> {
-    let req =
-        CreateInstance { model: req.gpu, count: req.count, region: req.region, command: req.command, name: req.name };
+    let req = CreateInstance {
+        model: req.gpu,
+        count: req.count,
+        region: req.region,
+        command: req.command,
+        name: req.name,
+        gpu_share: req.gpu_share,
+        gpu_memory_mib: req.gpu_memory_mib,
+        mig: req.mig,
+    };
     let (inst, _) = app.create_instance(&p, req, idempotency::key_of(&headers)).await?;
     Ok((StatusCode::CREATED, Json(convert::instance(inst))))
 }

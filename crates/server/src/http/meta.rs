@@ -4,7 +4,7 @@ use super::extract::Auth;
 use crate::app::App;
 use axum::Json;
 use axum::extract::State;
-use gpucloud_api::{Capacity, GpuModelInfo, GpuModelList, ModelCapacity, RegionCapacity, WhoAmI};
+use gpucloud_api::{Capacity, GpuModelInfo, GpuModelList, MigProfileInfo, ModelCapacity, RegionCapacity, WhoAmI};
 use gpucloud_model::GpuModel;
 use std::sync::Arc;
 
@@ -18,7 +18,23 @@ pub async fn whoami(Auth(p): Auth) -> Json<WhoAmI> {
 #[utoipa::path(get, path = "/v1/gpu-models", tag = "meta", responses((status = 200, body = GpuModelList)))]
 pub async fn gpu_models() -> Json<GpuModelList> {
     let models =
-        GpuModel::ALL.iter().map(|m| GpuModelInfo { name: m.name().into(), memory_mib: m.memory_mib() }).collect();
+        GpuModel::ALL
+            .iter()
+            .map(|m| GpuModelInfo {
+                name: m.name().into(),
+                memory_mib: m.memory_mib(),
+                sliceable: m.sliceable(),
+                mig_profiles: m
+                    .mig_profiles()
+                    .iter()
+                    .map(|p| MigProfileInfo {
+                        name: p.name.into(),
+                        compute_sevenths: p.compute,
+                        memory_mib: p.memory_mib,
+                    })
+                    .collect(),
+            })
+            .collect();
     Json(GpuModelList { models })
 }
 
