@@ -198,8 +198,7 @@ impl ProcessRuntime {
             if let Some(s) = &w.slice {
                 cmd.envs(slice_env(s));
             }
-            cmd
-                .arg("-c")
+            cmd.arg("-c")
                 .arg(&w.command)
                 .env("CUDA_VISIBLE_DEVICES", &devices)
                 .env("NVIDIA_VISIBLE_DEVICES", &devices)

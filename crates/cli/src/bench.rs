@@ -189,9 +189,9 @@ fn agent(gpus: u32, seconds: u64, as_json: bool) -> Result<(), String> {
                 region: None,
                 command: "exec sleep 100000".into(),
                 name: None,
-                    gpu_share: None,
-                    gpu_memory_mib: None,
-                    mig: None,
+                gpu_share: None,
+                gpu_memory_mib: None,
+                mig: None,
             };
             app.create_instance(&who, req, None).await.map_err(|e| e.to_string())?;
         }

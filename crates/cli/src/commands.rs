@@ -213,7 +213,17 @@ pub fn instance(ctx: &Ctx, cmd: InstanceCmd) -> Res {
             crate::bill::quote(ctx, &body)?;
         }
         InstanceCmd::Create {
-            gpu, count, region, command, name, idempotency_key, wait, gpu_share, gpu_memory, mig, ..
+            gpu,
+            count,
+            region,
+            command,
+            name,
+            idempotency_key,
+            wait,
+            gpu_share,
+            gpu_memory,
+            mig,
+            ..
         } => {
             // Passed through as given: the server names what is wrong with it.
             let mut body = serde_json::json!({

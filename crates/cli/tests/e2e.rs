@@ -2,73 +2,11 @@
 //! then a kill -9 in the middle of creating instances and a restart on the same data directory.
 
 use serde_json::Value;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
-const BIN: &str = env!("CARGO_BIN_EXE_gpucloud");
-
-struct Dev {
-    child: Child,
-    out: PathBuf,
-}
-
-impl Drop for Dev {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_dev(data: &Path, config: &Path) -> Dev {
-    let out = data.with_extension(format!("out{}", rand::random::<u32>()));
-    let child = Command::new(BIN)
-        .args(["dev", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(data)
-        .env("GPUCLOUD_CONFIG_DIR", config)
-        .env_remove("GPUCLOUD_URL")
-        .env_remove("GPUCLOUD_API_KEY")
-        .stdout(std::fs::File::create(&out).unwrap())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !std::fs::read_to_string(&out).unwrap_or_default().contains("Try:") {
-        assert!(Instant::now() < deadline, "dev did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Dev { child, out }
-}
-
-fn cli(config: &Path, env: &[(&str, &str)], args: &[&str]) -> (bool, String, String) {
-    let mut cmd = Command::new(BIN);
-    cmd.args(args).env("GPUCLOUD_CONFIG_DIR", config).env_remove("GPUCLOUD_URL").env_remove("GPUCLOUD_API_KEY");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let o = cmd.output().unwrap();
-    (o.status.success(), String::from_utf8_lossy(&o.stdout).into(), String::from_utf8_lossy(&o.stderr).into())
-}
-
-fn json(config: &Path, args: &[&str]) -> Value {
-    let mut all = args.to_vec();
-    all.push("--json");
-    let (ok, out, err) = cli(config, &[], &all);
-    assert!(ok, "gpucloud {args:?} failed: {err}");
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: {e}: {out}"))
-}
-
-fn wait_running(config: &Path, id: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let v = json(config, &["instance", "show", id]);
-        if v["state"] == "running" {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "{id} never ran: {v}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
+mod common;
+use common::*;
 
 #[test]
 fn a_new_user_walks_through_dev_and_survives_kill_9() {

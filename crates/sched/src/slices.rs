@@ -28,7 +28,12 @@ fn ask_of(p: &Pending) -> Ask {
     }
 }
 
-pub(crate) fn plan(snapshot: &ClusterSnapshot, pending: &[Pending], policy: SharePolicy, rng: &mut dyn RngCore) -> Plan {
+pub(crate) fn plan(
+    snapshot: &ClusterSnapshot,
+    pending: &[Pending],
+    policy: SharePolicy,
+    rng: &mut dyn RngCore,
+) -> Plan {
     let mut order: Vec<usize> = (0..snapshot.nodes.len()).collect();
     order.sort_by(|&a, &b| snapshot.nodes[a].id.cmp(&snapshot.nodes[b].id));
     let mut nodes = Vec::new();
@@ -84,8 +89,7 @@ pub(crate) fn plan(snapshot: &ClusterSnapshot, pending: &[Pending], policy: Shar
     let mut out = Plan::default();
     let mut waiting = Vec::new();
     for (p, ask) in pending.iter().zip(&asks) {
-        let fits_region =
-            |e: usize| p.region.as_ref().is_none_or(|r| snapshot.nodes[origin[e].0].region == *r);
+        let fits_region = |e: usize| p.region.as_ref().is_none_or(|r| snapshot.nodes[origin[e].0].region == *r);
         if p.count == 0 || (p.share.is_some() && p.count != 1) {
             waiting.push((p, ask));
             continue;

@@ -1,8 +1,9 @@
 use crate::migrate;
 use crate::{
-    Alert, ApiKey, ApplyOutcome, Backend, BudgetAction, ChargeItem, Gpu, GpuSlice, IdempotencyBegin, Instance, InstanceChange,
-    InstanceEvent, LedgerLine, LedgerRecord, LogChunk, LostNode, NewInstance, NewNode, NewPlacement, Node, NodeBatch, NodeDriver,
-    PriceRow, Result, Staleness, Store, StoreError, StoredInvoice, Tenant, TenantBilling, UsageInterval,
+    Alert, ApiKey, ApplyOutcome, Backend, BudgetAction, ChargeItem, Gpu, GpuSlice, IdempotencyBegin, Instance,
+    InstanceChange, InstanceEvent, LedgerLine, LedgerRecord, LogChunk, LostNode, NewInstance, NewNode, NewPlacement,
+    Node, NodeBatch, NodeDriver, PriceRow, Result, Staleness, Store, StoreError, StoredInvoice, Tenant, TenantBilling,
+    UsageInterval,
 };
 use async_trait::async_trait;
 use gpucloud_billing::{Account, CURRENCY, EntryKind, PricePoint, Rules};

@@ -1,6 +1,6 @@
 use gpucloud_model::{
-    ApiKeyId, GpuModel, GpuShare, InstanceId, InstanceState, NodeHealth, NodeId, NodeState, Region, Role, StopTarget, TenantId,
-    Timestamp,
+    ApiKeyId, GpuModel, GpuShare, InstanceId, InstanceState, NodeHealth, NodeId, NodeState, Region, Role, StopTarget,
+    TenantId, Timestamp,
 };
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -333,7 +333,12 @@ impl Placer {
         self.choose_where(ask, &|_| true, rng)
     }
 
-    pub fn choose_where(&mut self, ask: &Ask, allowed: &dyn Fn(usize) -> bool, rng: &mut dyn RngCore) -> Option<Choice> {
+    pub fn choose_where(
+        &mut self,
+        ask: &Ask,
+        allowed: &dyn Fn(usize) -> bool,
+        rng: &mut dyn RngCore,
+    ) -> Option<Choice> {
         if ask.num_gpu > 0 && (ask.gpu_milli == 0 || ask.gpu_milli > MILLI) {
             return None;
         }

@@ -1,5 +1,7 @@
 use super::{App, AppError, Principal, random_bits};
-use gpucloud_model::{AgentObservation, Change, GpuModel, GpuShare, InstanceId, MAX_GPUS_PER_INSTANCE, Region, UserAction};
+use gpucloud_model::{
+    AgentObservation, Change, GpuModel, GpuShare, InstanceId, MAX_GPUS_PER_INSTANCE, Region, UserAction,
+};
 use gpucloud_store::{Instance, InstanceChange, NewInstance};
 
 /// What a tenant asks for when creating an instance (already parsed from the wire).
@@ -30,16 +32,17 @@ impl App {
                 format!("count must be between 1 and {MAX_GPUS_PER_INSTANCE} GPUs, got {}", req.count),
             ));
         }
-        let share = GpuShare::resolve(req.model, req.gpu_share, req.gpu_memory_mib, req.mig.as_deref()).map_err(|e| {
-            let field = if req.mig.is_some() {
-                "mig"
-            } else if e.starts_with("gpu_memory") {
-                "gpu_memory_mib"
-            } else {
-                "gpu_share"
-            };
-            AppError::invalid(field, e)
-        })?;
+        let share =
+            GpuShare::resolve(req.model, req.gpu_share, req.gpu_memory_mib, req.mig.as_deref()).map_err(|e| {
+                let field = if req.mig.is_some() {
+                    "mig"
+                } else if e.starts_with("gpu_memory") {
+                    "gpu_memory_mib"
+                } else {
+                    "gpu_share"
+                };
+                AppError::invalid(field, e)
+            })?;
         if share.is_some() && req.count != 1 {
             return Err(AppError::invalid(
                 "count",

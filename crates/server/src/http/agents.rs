@@ -8,9 +8,9 @@ use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use gpucloud_api::{AgentSlice, 
-    AgentDesired, AgentHeartbeat, AgentLogs, AgentRegistered, AgentWorkload, InstanceLogs, LogChunk, Problem,
-    RegisterAgentRequest, rfc3339,
+use gpucloud_api::{
+    AgentDesired, AgentHeartbeat, AgentLogs, AgentRegistered, AgentSlice, AgentWorkload, InstanceLogs, LogChunk,
+    Problem, RegisterAgentRequest, rfc3339,
 };
 use gpucloud_model::{AgentObservation, InstanceId, NodeId};
 use serde::Deserialize;

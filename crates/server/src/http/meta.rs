@@ -17,24 +17,19 @@ pub async fn whoami(Auth(p): Auth) -> Json<WhoAmI> {
 /// The GPU models gpucloud sells.
 #[utoipa::path(get, path = "/v1/gpu-models", tag = "meta", responses((status = 200, body = GpuModelList)))]
 pub async fn gpu_models() -> Json<GpuModelList> {
-    let models =
-        GpuModel::ALL
-            .iter()
-            .map(|m| GpuModelInfo {
-                name: m.name().into(),
-                memory_mib: m.memory_mib(),
-                sliceable: m.sliceable(),
-                mig_profiles: m
-                    .mig_profiles()
-                    .iter()
-                    .map(|p| MigProfileInfo {
-                        name: p.name.into(),
-                        compute_sevenths: p.compute,
-                        memory_mib: p.memory_mib,
-                    })
-                    .collect(),
-            })
-            .collect();
+    let models = GpuModel::ALL
+        .iter()
+        .map(|m| GpuModelInfo {
+            name: m.name().into(),
+            memory_mib: m.memory_mib(),
+            sliceable: m.sliceable(),
+            mig_profiles: m
+                .mig_profiles()
+                .iter()
+                .map(|p| MigProfileInfo { name: p.name.into(), compute_sevenths: p.compute, memory_mib: p.memory_mib })
+                .collect(),
+        })
+        .collect();
     Json(GpuModelList { models })
 }
 
