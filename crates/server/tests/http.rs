@@ -163,6 +163,24 @@ fn bad_input_gets_a_4xx_that_names_the_problem() {
         (r#"{"gpu":"T4","count":1,"command":"   "}"#, 422, "invalid_request", Some("command")),
         (r#"{"gpu":"T4","count":"#, 400, "malformed_json", None),
         (r#"[]"#, 422, "invalid_request", None),
+        (r#"{"gpu":"A100-40GB","count":1,"command":"x","gpu_share":0}"#, 422, "invalid_request", Some("gpu_share")),
+        (r#"{"gpu":"A100-40GB","count":1,"command":"x","gpu_share":101}"#, 422, "invalid_request", Some("gpu_share")),
+        (r#"{"gpu":"A100-40GB","count":1,"command":"x","gpu_share":-5}"#, 422, "invalid_request", None),
+        (
+            r#"{"gpu":"A100-40GB","count":1,"command":"x","gpu_memory_mib":50000}"#,
+            422,
+            "invalid_request",
+            Some("gpu_memory_mib"),
+        ),
+        (r#"{"gpu":"A100-40GB","count":2,"command":"x","gpu_share":25}"#, 422, "invalid_request", Some("count")),
+        (r#"{"gpu":"T4","count":1,"command":"x","mig":"1g.5gb"}"#, 422, "invalid_request", Some("mig")),
+        (r#"{"gpu":"A100-40GB","count":1,"command":"x","mig":"9g.99gb"}"#, 422, "invalid_request", Some("mig")),
+        (
+            r#"{"gpu":"A100-40GB","count":1,"command":"x","mig":"1g.5gb","gpu_share":10}"#,
+            422,
+            "invalid_request",
+            Some("mig"),
+        ),
     ];
     for (body, status, code, field) in cases {
         let r = post(body);
@@ -173,6 +191,11 @@ fn bad_input_gets_a_4xx_that_names_the_problem() {
         }
         assert!(r.body["detail"].as_str().is_some_and(|d| !d.is_empty()));
     }
+    let mig = post(r#"{"gpu":"T4","count":1,"command":"x","mig":"1g.5gb"}"#);
+    assert!(mig.body["detail"].as_str().unwrap().contains("MIG-capable: A100-40GB"), "{:?}", mig.body);
+    let ok = post(r#"{"gpu":"A100-40GB","count":1,"command":"x","mig":"3g.20gb"}"#);
+    assert_eq!(ok.status, 201, "{:?}", ok.body);
+    assert_eq!((ok.body["gpu_milli"].as_u64(), ok.body["mig"].as_str()), (Some(429), Some("3g.20gb")));
     let unknown = post(r#"{"gpu":"B300","count":1,"command":"x"}"#);
     assert!(unknown.body["detail"].as_str().unwrap().contains("H100-80GB"), "lists the known models");
 
@@ -201,6 +224,9 @@ fn two_hundred_malformed_requests_never_5xx() {
         "monthly_limit",
         "price_per_gpu_hour",
         "granularity_seconds",
+        "gpu_share",
+        "gpu_memory_mib",
+        "mig",
     ];
     let values = [
         "null",
@@ -217,6 +243,8 @@ fn two_hundred_malformed_requests_never_5xx() {
         "\"eu-1\"",
         "2.5",
         "\"9999999999\"",
+        "\"1g.5gb\"",
+        "18446744073709551615",
     ];
     let mut seen_4xx = 0;
     for i in 0..200usize {
