@@ -76,9 +76,17 @@ impl<'a> Experiment<'a> {
     }
 
     pub fn run(&self, policy: SharePolicy, seed: u64) -> (Curve, RunStats) {
+        self.run_with(policy, seed, true)
+    }
+
+    /// `caching: false` scores every node from scratch (the benchmark's baseline).
+    pub fn run_with(&self, policy: SharePolicy, seed: u64, caching: bool) -> (Curve, RunStats) {
         let (order, priority) = self.sequence(seed);
         let nodes = self.nodes.iter().map(NodeRow::node).collect();
         let mut placer = Placer::new(nodes, priority, policy, &self.typical);
+        if !caching {
+            placer = placer.without_caches();
+        }
         // Random's choices come from a stream of their own so that the sequence is the same for
         // every policy.
         let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed_0000_0a4d_0000);

@@ -93,6 +93,8 @@ pub(super) struct Fragmentation {
     /// Per node: scores already computed for its current state, by ask shape. Each placement
     /// changes one node, so the rest of the fleet answers the next task from here.
     scores: Vec<FxMap<ShapeKey, (i64, u32)>>,
+    /// Off: every score computed from scratch (the benchmark's baseline).
+    pub(super) caching: bool,
 }
 
 type ShapeKey = u128;
@@ -108,6 +110,7 @@ impl Fragmentation {
             memo: FxMap::default(),
             now: vec![f64::NAN; nodes],
             scores: vec![FxMap::default(); nodes],
+            caching: true,
         }
     }
 
@@ -119,7 +122,7 @@ impl Fragmentation {
     /// Fragmentation in milli-GPU of a node of `model` with `cpu` free and GPUs `free` (sorted or
     /// not; unhealthy GPUs count as 0).
     fn value(&mut self, model: u16, cpu: u64, free: &mut [u32]) -> f64 {
-        if free.len() > PACKED_GPUS {
+        if free.len() > PACKED_GPUS || !self.caching {
             return self.compute(model, cpu, free);
         }
         free.sort_unstable();
@@ -165,6 +168,10 @@ impl Fragmentation {
             | (ask.gpu_milli as u128 & 0x7ff) << 41
             | (ask.gpu_mem_mib as u128 & 0xff_ffff_ffff) << 1
             | ask.mig as u128;
+        if !self.caching {
+            self.now[n] = f64::NAN;
+            return self.score_uncached(n, node, ask, policy);
+        }
         if let Some(&hit) = self.scores[n].get(&key) {
             return hit;
         }

@@ -12,6 +12,7 @@ mod fgd;
 pub use fgd::{Typical, typical_workload};
 
 use rand::{Rng, RngCore};
+use std::collections::BTreeSet;
 
 /// One GPU, whole.
 pub const MILLI: u32 = 1000;
@@ -133,6 +134,11 @@ impl Node {
                 None => self.kinds.push((kind, 1)),
             }
         }
+    }
+
+    /// The largest free share of one healthy GPU.
+    fn max_free(&self) -> u32 {
+        self.gpus.iter().filter(|g| g.healthy).map(|g| g.free_milli).max().unwrap_or(0)
     }
 
     fn free_milli(&self) -> u64 {
@@ -285,6 +291,11 @@ pub struct Placer {
     priority: Vec<usize>,
     policy: SharePolicy,
     frag: fgd::Fragmentation,
+    /// (largest free share of one healthy GPU, priority rank) per node: a GPU task only visits
+    /// the nodes with a GPU that has room for its share, in a nearly full fleet a few of many.
+    by_free: BTreeSet<(u32, usize)>,
+    /// Per node: its entry in `by_free`.
+    free_key: Vec<(u32, usize)>,
 }
 
 impl Placer {
@@ -293,7 +304,29 @@ impl Placer {
     pub fn new(nodes: Vec<Node>, priority: Vec<usize>, policy: SharePolicy, typical: &[Typical]) -> Placer {
         debug_assert_eq!(priority.len(), nodes.len());
         let frag = fgd::Fragmentation::new(typical, nodes.len());
-        Placer { nodes, priority, policy, frag }
+        let mut free_key = vec![(0, 0); nodes.len()];
+        for (rank, &n) in priority.iter().enumerate() {
+            free_key[n] = (nodes[n].max_free(), rank);
+        }
+        let by_free = free_key.iter().copied().collect();
+        Placer { nodes, priority, policy, frag, by_free, free_key }
+    }
+
+    fn reindex(&mut self, n: usize) {
+        let (old, rank) = self.free_key[n];
+        let new = self.nodes[n].max_free();
+        if new != old {
+            self.by_free.remove(&(old, rank));
+            self.by_free.insert((new, rank));
+            self.free_key[n] = (new, rank);
+        }
+    }
+
+    /// Turns off FGD's memo and per-node score cache: the same placements, each scored from
+    /// scratch, as a simulator without them would. For benchmarks.
+    pub fn without_caches(mut self) -> Placer {
+        self.frag.caching = false;
+        self
     }
 
     pub fn nodes(&self) -> &[Node] {
@@ -320,12 +353,14 @@ impl Placer {
     pub fn apply(&mut self, ask: &Ask, choice: &Choice) {
         self.nodes[choice.node].apply(ask, &choice.gpus);
         self.frag.invalidate(choice.node);
+        self.reindex(choice.node);
     }
 
     /// Gives back what `apply` took.
     pub fn release(&mut self, ask: &Ask, choice: &Choice) {
         self.nodes[choice.node].release(ask, &choice.gpus);
         self.frag.invalidate(choice.node);
+        self.reindex(choice.node);
     }
 
     /// Where `ask` would go, without taking anything.
@@ -348,21 +383,33 @@ impl Placer {
         if self.policy == SharePolicy::Random {
             return self.choose_random(ask, allowed, rng);
         }
-        let mut best: Option<(i64, usize, u32)> = None;
-        for &n in &self.priority {
-            let node = &self.nodes[n];
+        // Best score, then best priority rank.
+        let mut best: Option<(i64, usize, usize, u32)> = None;
+        let (nodes, priority, policy) = (&self.nodes, &self.priority, self.policy);
+        let mut consider = |rank: usize, frag: &mut fgd::Fragmentation| {
+            let n = priority[rank];
+            let node = &nodes[n];
             if !node.feasible(ask) || !allowed(n) {
-                continue;
+                return;
             }
-            let (score, gpus) = match self.policy {
-                SharePolicy::Fgd | SharePolicy::FgdPack => self.frag.score(n, node, ask, self.policy),
+            let (score, gpu) = match policy {
+                SharePolicy::Fgd | SharePolicy::FgdPack => frag.score(n, node, ask, policy),
                 p => (simple_score(p, node, ask), 0),
             };
-            if best.as_ref().is_none_or(|(s, _, _)| score > *s) {
-                best = Some((score, n, gpus));
+            if best.is_none_or(|(s, r, _, _)| score > s || (score == s && rank < r)) {
+                best = Some((score, rank, n, gpu));
+            }
+        };
+        if ask.num_gpu == 0 {
+            for rank in 0..priority.len() {
+                consider(rank, &mut self.frag);
+            }
+        } else {
+            for &(_, rank) in self.by_free.range((ask.gpu_milli, 0)..) {
+                consider(rank, &mut self.frag);
             }
         }
-        let (_, n, gpu) = best?;
+        let (_, _, n, gpu) = best?;
         let gpus = if ask.is_share() && self.policy.uses_fragmentation() {
             vec![gpu]
         } else {
