@@ -1,10 +1,11 @@
 //! Trace-driven simulation of gpucloud's placement policies.
 //!
 //! [`fgd`] reproduces the FGD paper's packing experiment on the Alibaba GPU-sharing trace through
-//! the production placer (`gpucloud_sched::share`); [`svg`] draws its curves. Everything here is
-//! deterministic for a given seed.
+//! the production placer (`gpucloud_sched::share`); [`svg`] draws its curves; [`replay`] runs a
+//! trace in time, with departures, and bills it. Everything here is deterministic for a given seed.
 
 pub mod fgd;
+pub mod replay;
 pub mod svg;
 pub mod trace;
 

@@ -107,3 +107,28 @@ fn a_run_inflates_demand_to_the_target_and_reports_a_curve() {
     let svg = crate::svg::chart(&recs, 60);
     assert!(svg.starts_with("<svg") && svg.contains("fgd") && svg.contains("polyline"));
 }
+
+#[test]
+fn replay_queues_what_does_not_fit_and_bills_per_second() {
+    use gpucloud_model::Money;
+    let mut m = Models::default();
+    let nodes = read_nodes(&write("n1.csv", "sn,cpu_milli,memory_mib,gpu,model\nn0,8000,8000,1,T4\n"), &mut m).unwrap();
+    let text = "name,cpu_milli,memory_mib,num_gpu,gpu_milli,gpu_spec,qos,pod_phase,creation_time,deletion_time\n\
+                a,1000,100,1,1000,,LS,Running,0,3600\n\
+                b,1000,100,1,1000,,LS,Running,10,1810\n\
+                c,1000,100,0,0,,BE,Running,20,100\n\
+                d,1000,100,2,1000,,BE,Running,30,100\n\
+                e,1000,100,1,500,,LS,Running,50,\n";
+    let trace = read_trace(&write("r.csv", text), &mut m).unwrap();
+    let prices = [("T4".to_string(), "0.36".parse::<Money>().unwrap())].into_iter().collect();
+    let r = crate::replay::replay(&nodes, &trace, &m, SharePolicy::FgdPack, &prices, 4, 1.0).unwrap();
+    assert_eq!((r.tasks, r.skipped, r.never_fit), (5, 1, 1), "e has no end; d needs 2 GPUs on a 1-GPU node");
+    let ls = r.classes.iter().find(|c| c.class == "LS").unwrap();
+    // a runs [0, 3600); b waits for it, then runs its 1800 s.
+    assert_eq!((ls.tasks, ls.started, ls.wait_p99_s), (2, 2, 3590));
+    assert_eq!(ls.cost, "0.54".parse::<Money>().unwrap(), "1.5 GPU-hours at 0.36");
+    assert!((ls.gpu_hours - 1.5).abs() < 1e-9);
+    assert!(r.allocation_mean_pct > 99.0, "one GPU busy from 0 to 5400: {}", r.allocation_mean_pct);
+    let e = crate::replay::replay(&nodes, &trace, &m, SharePolicy::Fgd, &Default::default(), 4, 1.0).unwrap_err();
+    assert!(e.contains("no price for GPU model T4"), "{e}");
+}
