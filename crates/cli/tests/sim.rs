@@ -1,0 +1,104 @@
+//! `gpucloud sim fgd` on the Alibaba trace in ../shared/data, as a user runs it: the published
+//! numbers are reproduced within the seed noise, and the default policy is at least FGD.
+
+use serde_json::Value;
+use std::path::PathBuf;
+use std::process::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_gpucloud");
+
+fn data() -> Option<PathBuf> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/alibaba-gpu-v2023/csv");
+    if dir.exists() {
+        return Some(dir);
+    }
+    assert!(std::env::var("CI").is_err(), "the Alibaba trace is missing under CI: {}", dir.display());
+    eprintln!("SKIPPED: no trace at {}", dir.display());
+    None
+}
+
+fn run(args: &[&str]) -> (bool, String, String) {
+    // From the repository root, where the default paths (../shared/data/...) resolve.
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let o = Command::new(BIN).current_dir(root).arg("sim").args(args).output().unwrap();
+    (o.status.success(), String::from_utf8_lossy(&o.stdout).into(), String::from_utf8_lossy(&o.stderr).into())
+}
+
+#[test]
+fn the_fgd_experiment_reproduces_the_published_results() {
+    let Some(dir) = data() else { return };
+    let trace = dir.join("openb_pod_list_default.csv");
+    let nodes = dir.join("openb_node_list_gpu_node.csv");
+    let svg = std::env::temp_dir().join(format!("gpucloud-fgd-{}.svg", std::process::id()));
+    let (ok, out, err) = run(&[
+        "fgd",
+        "--trace",
+        trace.to_str().unwrap(),
+        "--nodes",
+        nodes.to_str().unwrap(),
+        "--policy",
+        "fgd,fgd-pack,best-fit",
+        "--seeds",
+        "42..45",
+        "--json",
+        "--svg",
+        svg.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let records: Vec<Value> = serde_json::from_str(&out).unwrap();
+    let at = |policy: &str, k: u64| {
+        records
+            .iter()
+            .find(|r| r["policy"] == policy && r["demand_percent"] == k)
+            .and_then(|r| r["allocation_mean"].as_f64())
+            .unwrap_or_else(|| panic!("no record for {policy} at {k}%"))
+    };
+    for policy in ["fgd", "fgd-pack", "best-fit"] {
+        for k in 100..=130 {
+            at(policy, k);
+        }
+        assert!(records.iter().all(|r| r["seeds"] == 4 || r["demand_percent"].as_u64() < Some(100)));
+    }
+    // Published (10 seeds): FGD 95.39, BestFit 93.08; the 4-seed spread is a few tenths.
+    let (fgd, pack, bf) = (at("fgd", 130), at("fgd-pack", 130), at("best-fit", 130));
+    assert!((fgd - 95.39).abs() < 0.4, "fgd {fgd}");
+    assert!((bf - 93.08).abs() < 0.5, "best-fit {bf}");
+    assert!(pack >= fgd, "fgd-pack {pack} < fgd {fgd} on the same seeds");
+    let chart = std::fs::read_to_string(&svg).unwrap();
+    assert!(chart.starts_with("<svg") && chart.contains("fgd-pack"));
+    let _ = std::fs::remove_file(&svg);
+
+    // The table names every policy and the demand columns.
+    let (ok, out, err) = run(&[
+        "fgd",
+        "--trace",
+        trace.to_str().unwrap(),
+        "--nodes",
+        nodes.to_str().unwrap(),
+        "--policy",
+        "gpu-packing",
+        "--seeds",
+        "1",
+        "--tune",
+        "1.0",
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.contains("gpu-packing") && out.contains("100%") && !out.contains("105%"), "{out}");
+}
+
+#[test]
+fn bad_arguments_are_named() {
+    for (args, want) in [
+        (vec!["fgd", "--policy", "smart"], "unknown policy 'smart'"),
+        (vec!["fgd", "--seeds", "9..1"], "bad seeds '9..1'"),
+        (vec!["fgd", "--tune", "0"], "--tune 0"),
+        (vec!["fgd", "--trace", "/nonexistent/trace.csv"], "/nonexistent/trace.csv"),
+        (vec!["fgd", "--nodes", "/nonexistent/nodes.csv"], "/nonexistent/nodes.csv"),
+        (vec!["replay", "--price", "G2"], "expected MODEL=DOLLARS"),
+        (vec!["replay", "--compress", "0.5"], "compress 0.5"),
+    ] {
+        let (ok, _, err) = run(&args);
+        assert!(!ok, "{args:?} succeeded");
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+}
