@@ -34,6 +34,9 @@ pub enum BenchCmd {
         database: Option<String>,
         #[arg(long, default_value_t = 42)]
         seed: u64,
+        /// Placement policies to run, one row each.
+        #[arg(long, value_delimiter = ',', default_value = "fgd-pack,best-fit")]
+        policy: Vec<String>,
     },
     /// The node agent's own CPU and memory at 1 Hz with fake GPUs and a running workload per GPU,
     /// against an in-process server on loopback.
@@ -139,7 +142,9 @@ fn scan_every_node(snapshot: &ClusterSnapshot, pending: &[Pending]) -> usize {
 pub fn run(cmd: BenchCmd, as_json: bool) -> Result<(), String> {
     match cmd {
         BenchCmd::Sched { nodes, seed } => sched(nodes, seed, as_json),
-        BenchCmd::Apply { nodes, instances, database, seed } => apply(nodes, instances, database, seed, as_json),
+        BenchCmd::Apply { nodes, instances, database, seed, policy } => {
+            apply(nodes, instances, database, seed, &policy, as_json)
+        }
         BenchCmd::Billing { tenants, instances, database } => billing(tenants, instances, database, as_json),
         BenchCmd::Agent { gpus, seconds } => agent(gpus, seconds, as_json),
         BenchCmd::Placer { trace, nodes, scale, seed } => placer(trace, nodes, scale, seed, as_json),
@@ -472,17 +477,22 @@ fn apply(
     instances: usize,
     database: Option<String>,
     seed: u64,
+    policies: &[String],
     as_json: bool,
 ) -> Result<(), String> {
+    let policies: Vec<gpucloud_sched::Policy> = policies.iter().map(|p| p.parse()).collect::<Result<_, _>>()?;
+    if database.is_some() && policies.len() * nodes.len() > 1 {
+        return Err("--database takes one empty database: give one --nodes size and one --policy".into());
+    }
     use gpucloud_server::app::{App, Config, CreateInstance};
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| e.to_string())?;
     let mut rows = Vec::new();
     let mut records = Vec::new();
-    for n in nodes {
+    for (n, policy) in nodes.iter().flat_map(|&n| policies.iter().map(move |&p| (n, p))) {
         let url = match &database {
             Some(u) => u.clone(),
             None => {
-                let dir = std::env::temp_dir().join(format!("gpucloud-bench-{n}-{}", std::process::id()));
+                let dir = std::env::temp_dir().join(format!("gpucloud-bench-{n}-{policy}-{}", std::process::id()));
                 let _ = std::fs::remove_dir_all(&dir);
                 std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
                 format!("sqlite://{}/bench.db", dir.display())
@@ -490,7 +500,7 @@ fn apply(
         };
         let (placed, secs, passes) = rt.block_on(async {
             let store = gpucloud_store::open(&url).await.map_err(|e| e.to_string())?;
-            let app = App::new(store, Config::default());
+            let app = App::new(store, Config { policy, ..Config::default() });
             let e = |e: gpucloud_server::app::AppError| e.to_string();
             for i in 0..n {
                 let region = Region::parse(REGIONS[i % REGIONS.len()]).expect("valid region");
@@ -531,6 +541,7 @@ fn apply(
         let backend = if url.starts_with("sqlite") { "sqlite" } else { "postgres" };
         rows.push(vec![
             backend.to_string(),
+            policy.to_string(),
             n.to_string(),
             instances.to_string(),
             placed.to_string(),
@@ -539,14 +550,17 @@ fn apply(
             format!("{:.0}", placed as f64 / secs),
         ]);
         records.push(serde_json::json!({
-            "backend": backend, "nodes": n, "instances": instances, "placed": placed,
+            "backend": backend, "policy": policy.to_string(), "nodes": n, "instances": instances, "placed": placed,
             "passes": passes, "ms": secs * 1e3, "placements_per_s": placed as f64 / secs,
         }));
     }
     if as_json {
         println!("{}", serde_json::to_string_pretty(&records).unwrap_or_default());
     } else {
-        println!("{}", table(&["STORE", "NODES", "INSTANCES", "PLACED", "PASSES", "MS", "PLACEMENTS/S"], &rows));
+        println!(
+            "{}",
+            table(&["STORE", "POLICY", "NODES", "INSTANCES", "PLACED", "PASSES", "MS", "PLACEMENTS/S"], &rows)
+        );
     }
     Ok(())
 }

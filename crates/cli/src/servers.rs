@@ -36,8 +36,9 @@ pub struct ServeArgs {
     /// Run an in-process fake agent for every node (until real agents exist on the hosts).
     #[arg(long)]
     fake_agents: bool,
-    /// Placement policy: best-fit, spread or random.
-    #[arg(long, default_value = "best-fit")]
+    /// Placement policy: fgd-pack, fgd, best-fit, spread, random, dot-product, gpu-clustering or
+    /// gpu-packing (docs/decisions/0005).
+    #[arg(long, default_value = "fgd-pack")]
     policy: String,
     /// Scheduler, fake-agent and metering period in milliseconds (tests use a short one).
     #[arg(long, hide = true)]

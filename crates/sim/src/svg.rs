@@ -25,8 +25,12 @@ pub fn chart(records: &[Record], from: usize) -> String {
     let y_hi = 100.0;
     let (pw, ph, ml, mt, mb, gap) = (420.0, 300.0, 50.0, 40.0, 45.0, 30.0);
     let legend_h = 20.0 * policies.len() as f64;
-    let width = ml + traces.len() as f64 * (pw + gap) + 10.0;
-    let height = mt + ph + mb + legend_h;
+    // Three panels a row.
+    let cols = traces.len().clamp(1, 3);
+    let rows = traces.len().div_ceil(3).max(1);
+    let row_h = mt + ph + mb;
+    let width = ml + cols as f64 * (pw + gap) + 10.0;
+    let height = rows as f64 * row_h + legend_h + 10.0;
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -34,7 +38,8 @@ pub fn chart(records: &[Record], from: usize) -> String {
     );
     let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
     for (ti, trace) in traces.iter().enumerate() {
-        let x0 = ml + ti as f64 * (pw + gap);
+        let x0 = ml + (ti % 3) as f64 * (pw + gap);
+        let mt = (ti / 3) as f64 * row_h + 40.0;
         let xs = |k: f64| x0 + (k - from as f64) / (to - from) as f64 * pw;
         let ys = |v: f64| mt + (y_hi - v) / (y_hi - y_lo) * ph;
         let _ = writeln!(
@@ -88,13 +93,15 @@ pub fn chart(records: &[Record], from: usize) -> String {
             );
         }
     }
-    let _ = writeln!(
-        s,
-        r#"<text transform="translate(14,{}) rotate(-90)" text-anchor="middle">GPU allocation (%)</text>"#,
-        mt + ph / 2.0
-    );
+    for r in 0..rows {
+        let _ = writeln!(
+            s,
+            r#"<text transform="translate(14,{}) rotate(-90)" text-anchor="middle">GPU allocation (%)</text>"#,
+            r as f64 * row_h + mt + ph / 2.0
+        );
+    }
     for (pi, policy) in policies.iter().enumerate() {
-        let y = mt + ph + mb + 20.0 * pi as f64 + 5.0;
+        let y = rows as f64 * row_h + 20.0 * pi as f64 + 5.0;
         let last: Vec<String> = traces
             .iter()
             .filter_map(|t| {

@@ -49,7 +49,7 @@ pub enum FakeAgents {
 impl Default for Config {
     fn default() -> Config {
         Config {
-            policy: Policy::BestFit,
+            policy: Policy::default(),
             schedule_interval: Duration::from_secs(1),
             // Five missed 2 s heartbeats: long enough to ride out a pause, a slow disk or a
             // dropped packet or two; short enough that a dead node stops costing its tenants (and
