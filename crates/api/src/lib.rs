@@ -342,6 +342,13 @@ pub struct QuoteRequest {
     /// How long it would run; one hour when omitted.
     #[serde(default)]
     pub duration_seconds: Option<i64>,
+    /// A slice, as in `CreateInstanceRequest`: priced at its share of the GPU.
+    #[serde(default)]
+    pub gpu_share: Option<u32>,
+    #[serde(default)]
+    pub gpu_memory_mib: Option<u64>,
+    #[serde(default)]
+    pub mig: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

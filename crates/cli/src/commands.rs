@@ -161,7 +161,25 @@ fn gpus_of(i: &api::Instance) -> String {
     }
 }
 
-/// "25%", "25" or "12.5%" -> whole percent.
+fn add_slice(
+    body: &mut serde_json::Value,
+    share: Option<String>,
+    memory: Option<String>,
+    mig: Option<String>,
+) -> Result<(), String> {
+    if let Some(s) = share {
+        body["gpu_share"] = parse_percent(&s)?.into();
+    }
+    if let Some(m) = memory {
+        body["gpu_memory_mib"] = parse_mib(&m)?.into();
+    }
+    if let Some(m) = mig {
+        body["mig"] = m.into();
+    }
+    Ok(())
+}
+
+/// "25%" or "25" -> whole percent.
 pub fn parse_percent(s: &str) -> Result<u32, String> {
     let v = s.trim().trim_end_matches('%').trim();
     v.parse::<u32>().map_err(|_| format!("--gpu-share '{s}': expected a whole percentage such as 25%"))
@@ -203,13 +221,14 @@ pub fn instance(ctx: &Ctx, cmd: InstanceCmd) -> Res {
     let c = ctx.client(As::Tenant)?;
     let err = |e: crate::client::ClientError| e.to_string();
     match cmd {
-        InstanceCmd::Create { gpu, count, region, dry_run: true, hours, .. } => {
+        InstanceCmd::Create { gpu, count, region, dry_run: true, hours, gpu_share, gpu_memory, mig, .. } => {
             if !(hours > 0.0 && hours <= 8784.0) {
                 return Err("--hours must be more than 0 and at most a year".into());
             }
-            let body = serde_json::json!({
+            let mut body = serde_json::json!({
                 "gpu": gpu, "count": count, "region": region, "duration_seconds": (hours * 3600.0).round() as i64,
             });
+            add_slice(&mut body, gpu_share, gpu_memory, mig)?;
             crate::bill::quote(ctx, &body)?;
         }
         InstanceCmd::Create {
@@ -229,15 +248,7 @@ pub fn instance(ctx: &Ctx, cmd: InstanceCmd) -> Res {
             let mut body = serde_json::json!({
                 "gpu": gpu, "count": count, "region": region, "command": command, "name": name,
             });
-            if let Some(s) = gpu_share {
-                body["gpu_share"] = parse_percent(&s)?.into();
-            }
-            if let Some(m) = gpu_memory {
-                body["gpu_memory_mib"] = parse_mib(&m)?.into();
-            }
-            if let Some(m) = mig {
-                body["mig"] = m.into();
-            }
+            add_slice(&mut body, gpu_share, gpu_memory, mig)?;
             let mut inst: api::Instance =
                 c.post("/v1/instances", Some(&body), idempotency_key.as_deref()).map_err(err)?;
             if let Some(secs) = wait {

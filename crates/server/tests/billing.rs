@@ -90,6 +90,16 @@ fn quotes_and_price_book() {
     assert_eq!(q.status, 200, "{:?}", q.body);
     assert_eq!(money(&q.body["quotes"][0]["price_per_hour"]), Money(3_200_000));
     assert_eq!(money(&q.body["quotes"][0]["estimated_cost"]), Money(32_000_000));
+    // A quarter of a GPU costs a quarter of its price.
+    let slice = s.post(
+        &key,
+        "/v1/instances/quote",
+        Some(&json!({"gpu": "A100-40GB", "count": 1, "region": "eu-1", "duration_seconds": 36000, "gpu_share": 25})),
+    );
+    assert_eq!(money(&slice.body["quotes"][0]["price_per_hour"]), Money(400_000), "{:?}", slice.body);
+    assert_eq!(money(&slice.body["quotes"][0]["estimated_cost"]), Money(4_000_000));
+    let bad = s.post(&key, "/v1/instances/quote", Some(&json!({"gpu": "A100-40GB", "count": 2, "gpu_share": 25})));
+    assert_eq!((bad.status, bad.body["field"].as_str()), (422, Some("count")));
     let any = s.post(&key, "/v1/instances/quote", Some(&json!({"gpu": "A100-40GB", "count": 1})));
     assert_eq!(any.body["quotes"].as_array().unwrap().len(), 2, "both regions carry A100s");
     let short = s.post(&key, "/v1/instances/quote", Some(&json!({"gpu": "T4", "count": 1, "duration_seconds": 10})));

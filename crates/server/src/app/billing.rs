@@ -129,6 +129,7 @@ impl App {
         &self,
         model: GpuModel,
         count: u32,
+        share: Option<gpucloud_model::GpuShare>,
         region: Option<Region>,
         duration_s: i64,
     ) -> Result<Vec<Quote>, AppError> {
@@ -161,7 +162,8 @@ impl App {
         for r in regions {
             let prices = self.store.prices_for(model, &r, Tier::OnDemand).await?;
             let Some(per_gpu_hour) = price_at(&prices, now) else { continue };
-            let (per_hour, charge) = gpucloud_billing::quote(per_gpu_hour, count * 1000, duration_s, rules);
+            let milli = share.as_ref().map_or(count * 1000, |s| s.milli);
+            let (per_hour, charge) = gpucloud_billing::quote(per_gpu_hour, milli, duration_s, rules);
             quotes.push(Quote { region: r, tier: Tier::OnDemand, per_hour, duration_s, charge });
         }
         if quotes.is_empty() {

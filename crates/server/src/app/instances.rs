@@ -19,6 +19,30 @@ pub struct CreateInstance {
 
 const MAX_COMMAND_BYTES: usize = 16 * 1024;
 
+/// What part of one GPU a request asks for, if any, with the field to blame when it is wrong.
+pub fn resolve_share(
+    model: GpuModel,
+    count: u32,
+    percent: Option<u32>,
+    memory_mib: Option<u64>,
+    mig: Option<&str>,
+) -> Result<Option<GpuShare>, AppError> {
+    let share = GpuShare::resolve(model, percent, memory_mib, mig).map_err(|e| {
+        let field = if mig.is_some() {
+            "mig"
+        } else if e.starts_with("gpu_memory") {
+            "gpu_memory_mib"
+        } else {
+            "gpu_share"
+        };
+        AppError::invalid(field, e)
+    })?;
+    if share.is_some() && count != 1 {
+        return Err(AppError::invalid("count", format!("a slice is part of one GPU: count must be 1, got {count}")));
+    }
+    Ok(share)
+}
+
 impl App {
     pub async fn create_instance(
         &self,
@@ -32,23 +56,7 @@ impl App {
                 format!("count must be between 1 and {MAX_GPUS_PER_INSTANCE} GPUs, got {}", req.count),
             ));
         }
-        let share =
-            GpuShare::resolve(req.model, req.gpu_share, req.gpu_memory_mib, req.mig.as_deref()).map_err(|e| {
-                let field = if req.mig.is_some() {
-                    "mig"
-                } else if e.starts_with("gpu_memory") {
-                    "gpu_memory_mib"
-                } else {
-                    "gpu_share"
-                };
-                AppError::invalid(field, e)
-            })?;
-        if share.is_some() && req.count != 1 {
-            return Err(AppError::invalid(
-                "count",
-                format!("a slice is part of one GPU: count must be 1, got {}", req.count),
-            ));
-        }
+        let share = resolve_share(req.model, req.count, req.gpu_share, req.gpu_memory_mib, req.mig.as_deref())?;
         if req.command.trim().is_empty() {
             return Err(AppError::invalid("command", "command must not be empty"));
         }

@@ -8,7 +8,7 @@ mod budgets;
 mod error;
 pub mod instances;
 pub mod invoices;
-pub use instances::CreateInstance;
+pub use instances::{CreateInstance, resolve_share};
 mod nodes;
 mod schedule;
 mod tenants;

@@ -89,7 +89,8 @@ pub async fn quote(
     Auth(_): Auth,
     ApiJson(req): ApiJson<QuoteRequest>,
 ) -> Result<Json<QuoteList>, ApiError> {
-    let quotes = app.quote(req.gpu, req.count, req.region, req.duration_seconds.unwrap_or(3600)).await?;
+    let share = crate::app::resolve_share(req.gpu, req.count, req.gpu_share, req.gpu_memory_mib, req.mig.as_deref())?;
+    let quotes = app.quote(req.gpu, req.count, share, req.region, req.duration_seconds.unwrap_or(3600)).await?;
     let quotes = quotes
         .into_iter()
         .map(|q| QuoteLine {
