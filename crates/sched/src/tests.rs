@@ -150,6 +150,9 @@ fn slice_of(id: &str, model: GpuModel, percent: u32, mem: u64, r: Option<&str>) 
     Pending { share, ..want(id, model, 1, r) }
 }
 
+/// What a plan put on one GPU: slice milli, slice MiB, held whole, kinds of slices (MIG or not).
+type Held = (u32, u64, bool, HashSet<bool>);
+
 /// A mix of whole-GPU requests and slices (some MIG).
 fn arb_mixed() -> impl Strategy<Value = Vec<Pending>> {
     proptest::collection::vec((0..3usize, 1..=4u32, 0..3usize, 0..4u32, 1..=99u32), 0..30).prop_map(|v| {
@@ -205,8 +208,7 @@ proptest! {
     ) {
         let plan = plan(&snap, &pending, policy, Timestamp(0), &mut StdRng::seed_from_u64(seed));
         prop_assert_eq!(plan.placements.len() + plan.unplaced.len(), pending.len());
-        // (node, gpu) -> (milli, MiB, whole, mig kinds seen)
-        let mut held: HashMap<(NodeId, u32), (u32, u64, bool, HashSet<bool>)> = HashMap::new();
+        let mut held: HashMap<(NodeId, u32), Held> = HashMap::new();
         for pl in &plan.placements {
             let req = pending.iter().find(|p| p.instance == pl.instance).unwrap();
             let node = snap.nodes.iter().find(|n| n.id == pl.node).unwrap();
