@@ -6,6 +6,7 @@
 
 pub mod gpu;
 pub mod metadata;
+pub mod nvml;
 pub mod reconcile;
 pub mod runtime;
 

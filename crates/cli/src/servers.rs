@@ -252,6 +252,9 @@ pub struct AgentArgs {
     /// Fake GPUs instead of NVML, e.g. A100-40GB:4 or A100-40GB:2,T4:1.
     #[arg(long)]
     fake_gpus: Option<String>,
+    /// Print the GPUs found (NVML or --fake-gpus) and one telemetry reading, then exit.
+    #[arg(long)]
+    probe: bool,
     /// Where the agent keeps its state and workload logs.
     #[arg(long, default_value = "/var/lib/gpucloud-agent")]
     state_dir: PathBuf,
@@ -281,9 +284,42 @@ pub fn agent(args: AgentArgs) -> Result<(), String> {
             Box::new(gpucloud_agent::gpu::FakeGpus::parse(spec, &name)?.with_fault_dir(args.state_dir.clone()))
         }
         None => {
-            return Err("no GPU backend: the NVML backend is not built yet; run with --fake-gpus MODEL:COUNT".into());
+            let nvml = gpucloud_agent::nvml::NvmlGpus::open()?;
+            for d in nvml.details() {
+                tracing::info!(gpu = d.index, name = %d.name, pci = %d.pci_bus, mig = ?d.mig_enabled, "NVML GPU");
+            }
+            Box::new(nvml)
         }
     };
+    if args.probe {
+        let found = gpus.discover()?;
+        let readings = gpus.telemetry(&[], Duration::from_secs(1));
+        let rows: Vec<Vec<String>> = found
+            .iter()
+            .map(|g| {
+                let r = readings.iter().find(|r| r.index == g.index);
+                vec![
+                    g.index.to_string(),
+                    g.model.to_string(),
+                    g.uuid.clone(),
+                    g.memory_mib.to_string(),
+                    r.map_or("-".into(), |r| format!("{:.0}", r.temperature_c)),
+                    r.map_or("-".into(), |r| format!("{:.1}", r.power_w)),
+                    r.map_or("-".into(), |r| r.memory_used_mib.to_string()),
+                    r.map_or("-".into(), |r| format!("{:.0}", r.utilization_pct)),
+                ]
+            })
+            .collect();
+        println!("backend: {}", gpus.name());
+        println!(
+            "{}",
+            crate::output::table(
+                &["IDX", "MODEL", "UUID", "MEMORY MIB", "TEMP C", "POWER W", "USED MIB", "UTIL %"],
+                &rows
+            )
+        );
+        return Ok(());
+    }
     let config = gpucloud_agent::Config {
         server: args.server,
         token: args.token,
