@@ -376,7 +376,20 @@ fn node_detail(n: &api::Node) -> String {
     let rows: Vec<Vec<String>> = n
         .gpus
         .iter()
-        .map(|g| vec![g.index.to_string(), g.model.clone(), g.uuid.clone(), or_dash(g.instance.as_ref())])
+        .map(|g| {
+            let holder = if g.slices.is_empty() {
+                or_dash(g.instance.as_ref())
+            } else {
+                // A sliced GPU: each slice's instance and share.
+                let parts: Vec<String> = g
+                    .slices
+                    .iter()
+                    .map(|s| format!("{} {}%{}", s.instance, s.milli as f64 / 10.0, if s.mig { " MIG" } else { "" }))
+                    .collect();
+                parts.join(", ")
+            };
+            vec![g.index.to_string(), g.model.clone(), g.uuid.clone(), holder]
+        })
         .collect();
     out.push_str(&table(&["GPU", "MODEL", "UUID", "INSTANCE"], &rows));
     out

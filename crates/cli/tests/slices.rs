@@ -69,6 +69,16 @@ fn four_quarter_slices_fill_an_a100_a_fifth_waits_and_a_greedy_one_is_stopped() 
     assert_eq!(pending["state"], "pending");
     assert_eq!(pending["pending_reason"], "no A100-40GB in us-1 has 25% / 10240 MiB free: 1 full");
 
+    // The operator sees the slices on the node, and no whole A100 left in us-1.
+    let node = whole["node"].as_str().unwrap();
+    let (ok, shown, err) = cli(&config, &[], &["node", "show", node]);
+    assert!(ok, "{err}");
+    assert!(slices.iter().all(|id| shown.contains(&format!("{id} 25%"))), "{shown}");
+    let cap = json(&config, &["capacity"]);
+    let us1 = cap["regions"].as_array().unwrap().iter().find(|r| r["region"] == "us-1").unwrap();
+    let a100 = us1["models"].as_array().unwrap().iter().find(|m| m["model"] == "A100-40GB").unwrap();
+    assert_eq!(a100["free"], 0, "{a100}");
+
     // The slice's limits reached its workload.
     let (ok, logs, _) = cli(&config, &[], &["instance", "logs", &slices[0]]);
     assert!(ok);

@@ -102,7 +102,8 @@ impl App {
                     free: 0,
                 });
                 p.total += 1;
-                if usable && g.instance.is_none() {
+                // Whole GPUs free: a GPU carrying slices cannot be rented whole.
+                if usable && g.instance.is_none() && g.slices.is_empty() && g.healthy {
                     p.free += 1;
                 }
                 if !seen_models.contains(&g.model) {

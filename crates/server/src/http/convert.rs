@@ -39,7 +39,8 @@ pub fn node(n: store::Node) -> api::Node {
         generation: n.generation,
         last_heartbeat: n.last_heartbeat.map(rfc3339),
         gpus_total: n.gpus.len() as u32,
-        gpus_allocated: n.gpus.iter().filter(|g| g.instance.is_some()).count() as u32,
+        // A GPU holding slices counts as allocated: it takes no whole-GPU request.
+        gpus_allocated: n.gpus.iter().filter(|g| g.instance.is_some() || !g.slices.is_empty()).count() as u32,
         gpus: n
             .gpus
             .into_iter()
