@@ -63,9 +63,9 @@ pub enum InstanceCmd {
         /// Region; any when omitted (see `gpucloud capacity`).
         #[arg(long)]
         region: Option<String>,
-        /// The command line to run.
-        #[arg(long)]
-        command: String,
+        /// The command line to run (not needed with --dry-run).
+        #[arg(long, required_unless_present = "dry_run")]
+        command: Option<String>,
         #[arg(long)]
         name: Option<String>,
         /// Rent a slice: this share of one GPU's compute, e.g. 25% (memory follows unless given).
