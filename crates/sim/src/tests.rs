@@ -55,6 +55,12 @@ fn bad_files_get_errors_that_name_the_line_and_column() {
     assert!(e.contains("gpu_milli: 0"), "{e}");
     let e = read_nodes(&write("bad5.csv", "sn,cpu_milli,memory_mib,gpu,model\nn,1,1,-2,T4\n"), &mut m).unwrap_err();
     assert!(e.contains("-2 is negative"), "{e}");
+    let mut many = String::from("name,cpu_milli,memory_mib,num_gpu,gpu_milli,gpu_spec\n");
+    for i in 0..70 {
+        many.push_str(&format!("p{i},1,1,1,100,M{i}\n"));
+    }
+    let e = read_trace(&write("many.csv", &many), &mut Models::default()).unwrap_err();
+    assert!(e.contains("more than 64 distinct GPU model names"), "{e}");
     let e = read_nodes(&PathBuf::from("/nonexistent/nodes.csv"), &mut m).unwrap_err();
     assert!(e.contains("/nonexistent/nodes.csv"), "{e}");
 }

@@ -24,6 +24,14 @@ impl Models {
     pub fn name(&self, id: u16) -> &str {
         &self.names[id as usize]
     }
+
+    /// Model sets are 64-bit masks: more distinct names would alias.
+    fn check(&self, file: &str) -> Result<(), String> {
+        if self.names.len() > 64 {
+            return Err(format!("{file}: more than 64 distinct GPU model names (nodes and gpu_spec together)"));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -142,6 +150,7 @@ pub fn read_nodes(path: &Path, models: &mut Models) -> Result<Vec<NodeRow>, Stri
     if out.is_empty() {
         return Err(format!("{}: no node with a GPU", t.file));
     }
+    models.check(&t.file)?;
     Ok(out)
 }
 
@@ -190,6 +199,7 @@ pub fn read_trace(path: &Path, models: &mut Models) -> Result<Trace, String> {
     if tasks.is_empty() {
         return Err(format!("{}: no tasks", t.file));
     }
+    models.check(&t.file)?;
     let name = path.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default();
     Ok(Trace { name, tasks })
 }
