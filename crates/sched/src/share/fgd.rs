@@ -90,14 +90,23 @@ pub(super) struct Fragmentation {
     memo: FxMap<(u64, u128), f64>,
     /// Per node: fragmentation of its current state (NaN: not computed since it changed).
     now: Vec<f64>,
-    /// Per node: scores already computed for its current state, by ask shape. Each placement
-    /// changes one node, so the rest of the fleet answers the next task from here.
-    scores: Vec<FxMap<ShapeKey, (i64, u32)>>,
+    /// Scores already computed, shape-major (`scores[shape][node]`), valid while an entry's
+    /// version is its node's. Each placement changes one node, so the rest of the fleet answers
+    /// the next task of a shape from one contiguous row.
+    shapes: FxMap<u128, u32>,
+    scores: Vec<Vec<Cached>>,
+    version: Vec<u32>,
     /// Off: every score computed from scratch (the benchmark's baseline).
     pub(super) caching: bool,
 }
 
-type ShapeKey = u128;
+#[derive(Debug, Clone, Copy, Default)]
+struct Cached {
+    /// 0: empty (node versions start at 1).
+    version: u32,
+    score: i32,
+    gpu: u32,
+}
 
 impl Fragmentation {
     pub(super) fn new(typical: &[Typical], nodes: usize) -> Fragmentation {
@@ -109,14 +118,33 @@ impl Fragmentation {
             cpu_cuts,
             memo: FxMap::default(),
             now: vec![f64::NAN; nodes],
-            scores: vec![FxMap::default(); nodes],
+            shapes: FxMap::default(),
+            scores: Vec::new(),
+            version: vec![1; nodes],
             caching: true,
         }
     }
 
     pub(super) fn invalidate(&mut self, node: usize) {
         self.now[node] = f64::NAN;
-        self.scores[node].clear();
+        self.version[node] = self.version[node].checked_add(1).unwrap_or(1);
+    }
+
+    /// The row of cached scores for `ask`'s shape, made on first sight. What a score depends
+    /// on besides the node: the ask's CPU, GPU count, share, memory and kind.
+    pub(super) fn shape(&mut self, ask: &Ask) -> usize {
+        // Feasible asks are small: CPU < 2^40 milli, GPUs < 2^8, share <= 1000, memory < 2^40.
+        let key = (ask.cpu_milli as u128 & 0xff_ffff_ffff) << 60
+            | (ask.num_gpu as u128 & 0xff) << 52
+            | (ask.gpu_milli as u128 & 0x7ff) << 41
+            | (ask.gpu_mem_mib as u128 & 0xff_ffff_ffff) << 1
+            | ask.mig as u128;
+        let next = self.scores.len();
+        let id = *self.shapes.entry(key).or_insert(next as u32) as usize;
+        if id == next {
+            self.scores.push(vec![Cached::default(); self.version.len()]);
+        }
+        id
     }
 
     /// Fragmentation in milli-GPU of a node of `model` with `cpu` free and GPUs `free` (sorted or
@@ -161,22 +189,19 @@ impl Fragmentation {
     }
 
     /// Score of placing `ask` on node `n` (feasible), and for a slice the GPU FGD picks there.
-    pub(super) fn score(&mut self, n: usize, node: &Node, ask: &Ask, policy: SharePolicy) -> (i64, u32) {
-        // Feasible asks are small: CPU < 2^40 milli, GPUs < 2^8, share <= 1000, memory < 2^40.
-        let key = (ask.cpu_milli as u128 & 0xff_ffff_ffff) << 60
-            | (ask.num_gpu as u128 & 0xff) << 52
-            | (ask.gpu_milli as u128 & 0x7ff) << 41
-            | (ask.gpu_mem_mib as u128 & 0xff_ffff_ffff) << 1
-            | ask.mig as u128;
+    /// `shape` is `self.shape(ask)`.
+    pub(super) fn score(&mut self, shape: usize, n: usize, node: &Node, ask: &Ask, policy: SharePolicy) -> (i64, u32) {
         if !self.caching {
             self.now[n] = f64::NAN;
             return self.score_uncached(n, node, ask, policy);
         }
-        if let Some(&hit) = self.scores[n].get(&key) {
-            return hit;
+        let hit = self.scores[shape][n];
+        if hit.version == self.version[n] {
+            return (i64::from(hit.score), hit.gpu);
         }
         let out = self.score_uncached(n, node, ask, policy);
-        self.scores[n].insert(key, out);
+        let score = out.0.clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32;
+        self.scores[shape][n] = Cached { version: self.version[n], score, gpu: out.1 };
         out
     }
 

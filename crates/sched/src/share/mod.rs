@@ -386,6 +386,7 @@ impl Placer {
         // Best score, then best priority rank.
         let mut best: Option<(i64, usize, usize, u32)> = None;
         let (nodes, priority, policy) = (&self.nodes, &self.priority, self.policy);
+        let shape = if policy.uses_fragmentation() { self.frag.shape(ask) } else { 0 };
         let mut consider = |rank: usize, frag: &mut fgd::Fragmentation| {
             let n = priority[rank];
             let node = &nodes[n];
@@ -393,7 +394,7 @@ impl Placer {
                 return;
             }
             let (score, gpu) = match policy {
-                SharePolicy::Fgd | SharePolicy::FgdPack => frag.score(n, node, ask, policy),
+                SharePolicy::Fgd | SharePolicy::FgdPack => frag.score(shape, n, node, ask, policy),
                 p => (simple_score(p, node, ask), 0),
             };
             if best.is_none_or(|(s, r, _, _)| score > s || (score == s && rank < r)) {
