@@ -202,16 +202,7 @@ fn agent(gpus: u32, seconds: u64, as_json: bool) -> Result<(), String> {
         let key = app.create_tenant(None, "bench", Role::Tenant).await.map_err(|e| e.to_string())?;
         let who = app.authenticate(Some(&format!("Bearer {}", key.secret))).await.map_err(|e| e.to_string())?;
         for _ in 0..gpus {
-            let req = CreateInstance {
-                model: GpuModel::A100_40GB,
-                count: 1,
-                region: None,
-                command: "exec sleep 100000".into(),
-                name: None,
-                gpu_share: None,
-                gpu_memory_mib: None,
-                mig: None,
-            };
+            let req = CreateInstance::whole(GpuModel::A100_40GB, 1, None, "exec sleep 100000");
             app.create_instance(&who, req, None).await.map_err(|e| e.to_string())?;
         }
         Ok::<_, String>(())
@@ -335,16 +326,7 @@ fn billing(tenants: usize, per_tenant: usize, database: Option<String>, as_json:
             let key = app.create_tenant(None, &format!("tenant-{t:05}"), Role::Tenant).await.map_err(e)?;
             let who = app.authenticate(Some(&format!("Bearer {}", key.secret))).await.map_err(e)?;
             for i in 0..per_tenant {
-                let req = CreateInstance {
-                    model: GpuModel::A100_40GB,
-                    count: 1,
-                    region: None,
-                    command: "x".into(),
-                    name: None,
-                    gpu_share: None,
-                    gpu_memory_mib: None,
-                    mig: None,
-                };
+                let req = CreateInstance::whole(GpuModel::A100_40GB, 1, None, "x");
                 let (inst, _) = app.create_instance(&who, req, None).await.map_err(e)?;
                 let k = instances.len();
                 let node = &nodes[k / 16];
@@ -514,16 +496,7 @@ fn apply(
             let who = app.authenticate(Some(&format!("Bearer {}", key.secret))).await.map_err(e)?;
             let mut rng = StdRng::seed_from_u64(seed);
             for p in queue(instances, &mut rng) {
-                let req = CreateInstance {
-                    model: p.model,
-                    count: p.count,
-                    region: p.region,
-                    command: "x".into(),
-                    name: None,
-                    gpu_share: None,
-                    gpu_memory_mib: None,
-                    mig: None,
-                };
+                let req = CreateInstance::whole(p.model, p.count, p.region, "x");
                 app.create_instance(&who, req, None).await.map_err(e)?;
             }
             let t = Instant::now();

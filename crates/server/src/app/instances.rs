@@ -17,6 +17,22 @@ pub struct CreateInstance {
     pub mig: Option<String>,
 }
 
+impl CreateInstance {
+    /// `count` whole GPUs, unnamed: what benchmarks and tests mostly ask for.
+    pub fn whole(model: GpuModel, count: u32, region: Option<Region>, command: &str) -> CreateInstance {
+        CreateInstance {
+            model,
+            count,
+            region,
+            command: command.to_string(),
+            name: None,
+            gpu_share: None,
+            gpu_memory_mib: None,
+            mig: None,
+        }
+    }
+}
+
 const MAX_COMMAND_BYTES: usize = 16 * 1024;
 
 /// What part of one GPU a request asks for, if any, with the field to blame when it is wrong.
