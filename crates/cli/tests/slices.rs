@@ -79,16 +79,30 @@ fn four_quarter_slices_fill_an_a100_a_fifth_waits_and_a_greedy_one_is_stopped() 
     let a100 = us1["models"].as_array().unwrap().iter().find(|m| m["model"] == "A100-40GB").unwrap();
     assert_eq!(a100["free"], 0, "{a100}");
 
-    // The slice's limits reached its workload.
-    let (ok, logs, _) = cli(&config, &[], &["instance", "logs", &slices[0]]);
-    assert!(ok);
+    // The slice's limits reached its workload (its output ships with the agent's next beats).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let logs = loop {
+        let (ok, logs, err) = cli(&config, &[], &["instance", "logs", &slices[0]]);
+        assert!(ok, "{err}");
+        if logs.contains("GPUCLOUD_GPU_MILLI") || Instant::now() > deadline {
+            break logs;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
     for want in ["CUDA_DEVICE_MEMORY_LIMIT=10240m", "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=25", "GPUCLOUD_GPU_MILLI=250"] {
         assert!(logs.contains(want), "{want} not in {logs}");
     }
 
     // Going over the cap ends it, with the reason shown; its room goes to the fifth.
     let mem_file = data.join("agents");
-    let go = find_file(&mem_file, &slices[0]).expect("the workload's fake GPU memory file");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let go = loop {
+        if let Some(f) = find_file(&mem_file, &slices[0]) {
+            break f;
+        }
+        assert!(Instant::now() < deadline, "the workload never wrote its fake GPU memory file");
+        std::thread::sleep(Duration::from_millis(100));
+    };
     std::fs::write(go.with_extension("go"), "").unwrap();
     let failed = wait_state(&config, &slices[0], "failed");
     assert_eq!(failed["reason"], "exceeded its GPU memory cap: 12000 MiB used of 10240 MiB");
