@@ -114,7 +114,7 @@ pub fn replay(
 
     let mut rng = StdRng::seed_from_u64(0);
     let mut running: BinaryHeap<Reverse<(i64, usize)>> = BinaryHeap::new();
-    let mut placed_at: HashMap<usize, (Choice, i64)> = HashMap::new();
+    let mut placed_at: HashMap<usize, Choice> = HashMap::new();
     let mut waiting: VecDeque<(usize, i64, i64)> = VecDeque::new();
     let mut waits: BTreeMap<String, Vec<i64>> = BTreeMap::new();
     let mut costs: BTreeMap<String, (usize, usize, f64, Money)> = BTreeMap::new();
@@ -158,7 +158,7 @@ pub fn replay(
                 break;
             }
             running.pop();
-            if let Some((choice, _)) = placed_at.remove(&i) {
+            if let Some(choice) = placed_at.remove(&i) {
                 placer.release(&trace.tasks[i].ask, &choice);
                 allocated -= trace.tasks[i].ask.demand();
                 freed = true;
@@ -199,7 +199,7 @@ pub fn replay(
                             e.3 = Money(e.3.0 + bill.amount.0);
                         }
                         running.push(Reverse((t + dur, i)));
-                        placed_at.insert(i, (choice, t));
+                        placed_at.insert(i, choice);
                     }
                     None => still.push_back((i, c, dur)),
                 }

@@ -333,10 +333,6 @@ impl Placer {
         &self.nodes
     }
 
-    pub fn policy(&self) -> SharePolicy {
-        self.policy
-    }
-
     /// Chooses where `ask` goes and takes the capacity. `None`: no node can take it.
     pub fn place(&mut self, ask: &Ask, rng: &mut dyn RngCore) -> Option<Choice> {
         self.place_where(ask, &|_| true, rng)
