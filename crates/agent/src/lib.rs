@@ -75,7 +75,11 @@ pub fn run(config: Config, gpus: &mut dyn GpuBackend, shutdown: &std::sync::atom
             state: "stopped".into(),
             exit_code: None,
             reason: None,
+            checkpoint: None,
         }));
+        for r in &mut instances {
+            r.checkpoint = metadata.checkpoint(&r.id);
+        }
         let beat = AgentHeartbeat { node_id: reg.node_id.clone(), epoch: reg.epoch, instances, gpus: readings };
         match client.heartbeat(&beat) {
             Ok(desired) => {
@@ -99,6 +103,12 @@ pub fn run(config: Config, gpus: &mut dyn GpuBackend, shutdown: &std::sync::atom
                         .map(|(i, u)| metadata::GpuRef { index: *i, uuid: u.clone() })
                         .collect(),
                     events: Vec::new(),
+                    preemption: w.notice.as_ref().map(|n| metadata::Notice {
+                        deadline: n.deadline.clone(),
+                        deadline_ms: n.deadline_ms,
+                        reason: n.reason.clone(),
+                    }),
+                    checkpoint: None,
                 };
                 for action in reconcile::actions(&wanted, &runtime.actual()) {
                     match action {
@@ -119,6 +129,9 @@ pub fn run(config: Config, gpus: &mut dyn GpuBackend, shutdown: &std::sync::atom
                     .filter(|w| w.desired == "stop" && !known.iter().any(|a| a.id == w.id))
                     .map(|w| w.id.clone())
                     .collect();
+                for w in desired.instances.iter().filter(|w| w.desired == "run") {
+                    metadata.set_notice(&w.id, meta(w).preemption);
+                }
                 // Workloads adopted after a restart get their metadata back under their old token.
                 for w in desired.instances.iter().filter(|w| w.desired == "run" && !metadata.is_published(&w.id)) {
                     if let Some(token) = runtime.metadata_token(&w.id) {

@@ -1,13 +1,25 @@
 //! The per-instance metadata endpoint, on loopback: a workload finds its identity and GPUs at
-//! `GPUCLOUD_METADATA_URL` (a random token in the path keeps one workload out of another's), and
-//! later the events addressed to it (preemption notices, resizes).
+//! `GPUCLOUD_METADATA_URL` (a random token in the path keeps one workload out of another's), its
+//! preemption notice (`GET .../notice`, which can long-poll with `?wait=SECONDS`), and reports
+//! its checkpoints (`POST .../checkpoint {"path": ...}`), which a managed job resumes from.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// A preemption notice as the workload sees it.
+#[derive(Debug, Clone, serde::Serialize, PartialEq, Eq)]
+pub struct Notice {
+    /// RFC 3339: SIGTERM comes then.
+    pub deadline: String,
+    pub deadline_ms: i64,
+    pub reason: String,
+}
 
 #[derive(Debug, Clone, serde::Serialize, PartialEq, Eq)]
 pub struct GpuRef {
@@ -20,11 +32,24 @@ pub struct InstanceMetadata {
     pub instance_id: String,
     pub node_id: String,
     pub gpus: Vec<GpuRef>,
-    /// Notices for the workload, oldest first (none are sent yet).
+    /// Notices for the workload, oldest first.
     pub events: Vec<serde_json::Value>,
+    pub preemption: Option<Notice>,
+    /// The latest checkpoint it reported.
+    pub checkpoint: Option<String>,
 }
 
-type Table = Arc<Mutex<HashMap<String, InstanceMetadata>>>;
+#[derive(Default)]
+struct Shared {
+    by_token: Mutex<HashMap<String, InstanceMetadata>>,
+    /// Wakes long-polls when a notice arrives.
+    changed: tokio::sync::Notify,
+}
+
+type Table = Arc<Shared>;
+
+/// Longest a long-poll may wait.
+const MAX_WAIT: Duration = Duration::from_secs(300);
 
 /// The running endpoint: publish an instance's metadata, get back the URL to hand the workload.
 pub struct MetadataServer {
@@ -50,8 +75,11 @@ impl MetadataServer {
                     Err(e) => return tracing::error!(error = %e, "metadata endpoint runtime"),
                 };
                 rt.block_on(async move {
-                    let router =
-                        axum::Router::new().route("/v1/instance/{token}", axum::routing::get(get)).with_state(shared);
+                    let router = axum::Router::new()
+                        .route("/v1/instance/{token}", axum::routing::get(get))
+                        .route("/v1/instance/{token}/notice", axum::routing::get(notice))
+                        .route("/v1/instance/{token}/checkpoint", axum::routing::post(checkpoint))
+                        .with_state(shared);
                     match tokio::net::TcpListener::from_std(listener) {
                         Ok(l) => {
                             if let Err(e) = axum::serve(l, router).await {
@@ -72,7 +100,12 @@ impl MetadataServer {
         let mut tokens = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
         let token = token.unwrap_or_else(|| format!("{:032x}", rand::random::<u128>()));
         tokens.insert(meta.instance_id.clone(), token.clone());
-        self.table.lock().unwrap_or_else(|e| e.into_inner()).insert(token.clone(), meta);
+        let mut table = self.table.by_token.lock().unwrap_or_else(|e| e.into_inner());
+        // Republishing keeps what the workload reported.
+        let checkpoint = table.get(&token).and_then(|m| m.checkpoint.clone());
+        table.insert(token.clone(), InstanceMetadata { checkpoint: meta.checkpoint.clone().or(checkpoint), ..meta });
+        drop(table);
+        self.table.changed.notify_waiters();
         (format!("http://{}/v1/instance/{token}", self.addr), token)
     }
 
@@ -82,12 +115,92 @@ impl MetadataServer {
 
     pub fn withdraw(&self, instance_id: &str) {
         if let Some(token) = self.tokens.lock().unwrap_or_else(|e| e.into_inner()).remove(instance_id) {
-            self.table.lock().unwrap_or_else(|e| e.into_inner()).remove(&token);
+            self.table.by_token.lock().unwrap_or_else(|e| e.into_inner()).remove(&token);
         }
+    }
+
+    fn with<T>(&self, instance_id: &str, f: impl FnOnce(&mut InstanceMetadata) -> T) -> Option<T> {
+        let token = self.tokens.lock().unwrap_or_else(|e| e.into_inner()).get(instance_id).cloned()?;
+        self.table.by_token.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&token).map(f)
+    }
+
+    /// Publishes (or withdraws) the instance's preemption notice, waking its long-polls.
+    pub fn set_notice(&self, instance_id: &str, notice: Option<Notice>) {
+        let changed = self
+            .with(instance_id, |m| {
+                let changed = m.preemption != notice;
+                if changed && let Some(n) = &notice {
+                    m.events
+                        .push(serde_json::json!({"type": "preemption", "deadline": n.deadline, "reason": n.reason}));
+                }
+                m.preemption = notice;
+                changed
+            })
+            .unwrap_or(false);
+        if changed {
+            self.table.changed.notify_waiters();
+        }
+    }
+
+    /// The latest checkpoint the instance's workload reported.
+    pub fn checkpoint(&self, instance_id: &str) -> Option<String> {
+        self.with(instance_id, |m| m.checkpoint.clone()).flatten()
     }
 }
 
 async fn get(State(table): State<Table>, Path(token): Path<String>) -> Result<Json<InstanceMetadata>, StatusCode> {
-    let table = table.lock().unwrap_or_else(|e| e.into_inner());
+    let table = table.by_token.lock().unwrap_or_else(|e| e.into_inner());
     table.get(&token).cloned().map(Json).ok_or(StatusCode::NOT_FOUND)
+}
+
+#[derive(serde::Deserialize)]
+struct WaitQuery {
+    wait: Option<f64>,
+}
+
+/// The notice, or 204 when there is none (after waiting up to `wait` seconds for one).
+async fn notice(State(table): State<Table>, Path(token): Path<String>, Query(q): Query<WaitQuery>) -> Response {
+    let wait = Duration::from_secs_f64(q.wait.unwrap_or(0.0).clamp(0.0, MAX_WAIT.as_secs_f64()));
+    let until = tokio::time::Instant::now() + wait;
+    loop {
+        // Registered before the check, so a notice published in between still wakes us.
+        let changed = table.changed.notified();
+        match table.by_token.lock().unwrap_or_else(|e| e.into_inner()).get(&token) {
+            None => return StatusCode::NOT_FOUND.into_response(),
+            Some(m) => {
+                if let Some(n) = &m.preemption {
+                    return Json(n.clone()).into_response();
+                }
+            }
+        }
+        if tokio::time::timeout_at(until, changed).await.is_err() {
+            return StatusCode::NO_CONTENT.into_response();
+        }
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CheckpointBody {
+    path: String,
+}
+
+async fn checkpoint(
+    State(table): State<Table>,
+    Path(token): Path<String>,
+    body: Result<Json<CheckpointBody>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let Ok(Json(body)) = body else {
+        return (StatusCode::BAD_REQUEST, "expected a JSON body {\"path\": \"...\"}\n").into_response();
+    };
+    if body.path.is_empty() || body.path.len() > 4096 || body.path.chars().any(char::is_control) {
+        return (StatusCode::UNPROCESSABLE_ENTITY, "path must be 1 to 4096 printable characters\n").into_response();
+    }
+    match table.by_token.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&token) {
+        None => StatusCode::NOT_FOUND.into_response(),
+        Some(m) => {
+            m.checkpoint = Some(body.path);
+            StatusCode::NO_CONTENT.into_response()
+        }
+    }
 }

@@ -198,6 +198,7 @@ impl ProcessRuntime {
             if let Some(s) = &w.slice {
                 cmd.envs(slice_env(s));
             }
+            cmd.envs(&w.env);
             cmd.arg("-c")
                 .arg(&w.command)
                 .env("CUDA_VISIBLE_DEVICES", &devices)
@@ -328,6 +329,7 @@ impl ProcessRuntime {
                         state: "failed".into(),
                         exit_code: code,
                         reason: Some(reason.clone()),
+                        checkpoint: None,
                     };
                 }
                 let (state, exit_code) = match w.exit {
@@ -338,7 +340,13 @@ impl ProcessRuntime {
                     Some(Exit::Signal(sig)) => ("failed", Some(128 + sig)),
                     Some(Exit::Code(code)) => ("failed", Some(code)),
                 };
-                AgentInstanceReport { id: id.clone(), state: state.to_string(), exit_code, reason: None }
+                AgentInstanceReport {
+                    id: id.clone(),
+                    state: state.to_string(),
+                    exit_code,
+                    reason: None,
+                    checkpoint: None,
+                }
             })
             .collect()
     }

@@ -12,6 +12,8 @@ fn workload(id: &str, command: &str) -> AgentWorkload {
         gpu_uuids: vec!["GPU-test-0".into()],
         command: command.into(),
         slice: None,
+        env: Default::default(),
+        notice: None,
     }
 }
 
@@ -26,6 +28,9 @@ fn a_workload_missing_from_the_state_file_is_adopted_not_started_twice() {
     let dir = temp_dir();
     let mut rt = ProcessRuntime::open(&dir, Duration::from_secs(1)).unwrap();
     rt.start(&workload("i-orphan", "exec sleep 30"), "http://127.0.0.1:1/x", "t", &[]);
+    // Let the shell's own exec finish: mid-execve the kernel shows no environment to scan. An agent
+    // restart never comes this fast.
+    std::thread::sleep(Duration::from_millis(300));
     // A crash between spawning and recording: the state file does not know the workload.
     std::fs::remove_file(dir.join("state.json")).unwrap();
     let mut again = ProcessRuntime::open(&dir, Duration::from_secs(1)).unwrap();

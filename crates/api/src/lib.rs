@@ -62,6 +62,26 @@ pub struct CreateInstanceRequest {
     /// A name for people; defaults to the id.
     #[serde(default)]
     pub name: Option<String>,
+    /// on-demand (default) or spot: cheaper, and preempted with notice when the spot price rises
+    /// above `max_price_per_gpu_hour` or on-demand demand needs the GPUs.
+    #[serde(default)]
+    #[schema(example = "spot")]
+    pub tier: Option<String>,
+    /// A spot bid per GPU-hour (decimal string); the on-demand price when omitted.
+    #[serde(default)]
+    #[schema(value_type = Option<String>, example = "1.20")]
+    pub max_price_per_gpu_hour: Option<Money>,
+}
+
+/// A preemption notice: the workload has until `deadline` (SIGTERM then).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct PreemptionNotice {
+    pub given_at: String,
+    pub notice_seconds: f64,
+    /// Set once the node's agent has the notice: that moment plus the notice.
+    pub deadline: Option<String>,
+    /// Why, and why this instance among the candidates.
+    pub reason: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
@@ -98,6 +118,21 @@ pub struct Instance {
     pub reason: Option<String>,
     pub created_at: String,
     pub updated_at: String,
+    /// on-demand or spot.
+    pub tier: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub max_price_per_gpu_hour: Option<Money>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preemption: Option<PreemptionNotice>,
+    /// The latest checkpoint its workload reported (through its metadata endpoint).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<String>,
+    /// The managed job it is an attempt of, and which attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -560,6 +595,9 @@ pub struct AgentInstanceReport {
     /// Why the agent ended it, when it did (a slice over its memory cap).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The latest checkpoint the workload reported to its metadata endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -583,6 +621,20 @@ pub struct AgentWorkload {
     /// For a slice: the limits the agent enforces on its one GPU.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slice: Option<AgentSlice>,
+    /// Extra environment for the workload (a managed job's GPUCLOUD_RESUME_FROM...).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub env: std::collections::BTreeMap<String, String>,
+    /// A preemption notice to publish on the workload's metadata endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notice: Option<AgentNotice>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct AgentNotice {
+    /// RFC 3339; the workload is stopped (SIGTERM) then.
+    pub deadline: String,
+    pub deadline_ms: i64,
+    pub reason: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
@@ -660,4 +712,122 @@ pub struct InstanceEvent {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct InstanceHistory {
     pub events: Vec<InstanceEvent>,
+}
+
+/// Preempt an instance as the market would: notice, then stop at the deadline (operator; for
+/// testing a workload's checkpoint path).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct PreemptRequest {
+    /// At least the operator's minimum notice; the configured notice when omitted.
+    #[serde(default)]
+    pub notice_seconds: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SpotPoint {
+    pub at: String,
+    #[schema(value_type = String)]
+    pub price_per_gpu_hour: Money,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SpotPriceHistory {
+    pub gpu: String,
+    pub region: String,
+    pub currency: String,
+    /// The bounds the spot price moves within.
+    #[schema(value_type = String)]
+    pub on_demand_per_gpu_hour: Money,
+    #[schema(value_type = String)]
+    pub floor_per_gpu_hour: Money,
+    /// The price now.
+    #[schema(value_type = Option<String>)]
+    pub current_per_gpu_hour: Option<Money>,
+    /// Price changes, oldest first (the first is the one in force at the start of the window).
+    pub points: Vec<SpotPoint>,
+}
+
+/// A managed job: run `command` until it succeeds, relaunching it after each preemption or
+/// node loss from the latest checkpoint it reported.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CreateJobRequest {
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Acceptable GPU models, e.g. ["A100-40GB", "H100-80GB"]: each attempt takes the cheapest
+    /// with capacity.
+    #[schema(value_type = Vec<String>, example = json!(["A100-40GB"]))]
+    pub gpus: Vec<GpuModel>,
+    /// GPUs per attempt, on one node.
+    #[schema(minimum = 1, maximum = 16)]
+    pub count: u32,
+    /// Acceptable regions; any when empty.
+    #[serde(default)]
+    #[schema(value_type = Vec<String>)]
+    pub regions: Vec<Region>,
+    pub command: String,
+    /// Run on spot (default true): the point of a managed job is surviving preemption.
+    #[serde(default)]
+    pub spot: Option<bool>,
+    /// The spot bid per GPU-hour; the on-demand price when omitted.
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    pub max_price_per_gpu_hour: Option<Money>,
+    /// Where the workload keeps its checkpoints (handed to it as GPUCLOUD_CHECKPOINT_DIR).
+    #[serde(default)]
+    pub checkpoint_dir: Option<String>,
+    /// Relaunches after preemption or node loss before the job is given up (default 10).
+    #[serde(default)]
+    pub max_restarts: Option<u32>,
+    /// After a spot attempt has waited this long for capacity, run on-demand instead.
+    #[serde(default)]
+    pub on_demand_after_seconds: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct JobAttempt {
+    pub attempt: u32,
+    pub instance: String,
+    pub tier: String,
+    pub gpu: String,
+    pub region: Option<String>,
+    pub state: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// Why it ended: a preemption's reason, a failure's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resumed_from: Option<String>,
+    pub created_at: String,
+    /// Charged so far (decimal string).
+    #[schema(value_type = String)]
+    pub cost: Money,
+    pub billed_seconds: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Job {
+    pub id: String,
+    pub name: String,
+    /// running, succeeded, failed or cancelled.
+    pub state: String,
+    pub attempts: u32,
+    pub restarts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub spec: CreateJobRequest,
+    pub history: Vec<JobAttempt>,
+    #[schema(value_type = String)]
+    pub cost: Money,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct JobList {
+    pub jobs: Vec<Job>,
 }

@@ -5,6 +5,7 @@
 
 mod invoice;
 mod ledger;
+pub mod spot;
 
 pub use invoice::{Invoice, InvoiceLine};
 pub use ledger::{Account, Entry, EntryKind, Posting};

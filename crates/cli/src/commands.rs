@@ -50,46 +50,55 @@ pub fn show<T: serde::Serialize>(ctx: &Ctx, value: &T, text: impl FnOnce(&T) -> 
     }
 }
 
+#[derive(clap::Args)]
+pub struct CreateArgs {
+    /// GPU model, e.g. A100-40GB (see `gpucloud models`).
+    #[arg(long)]
+    gpu: String,
+    /// Number of GPUs, all on one node.
+    #[arg(long, default_value_t = 1, allow_negative_numbers = true)]
+    count: i64,
+    /// Region; any when omitted (see `gpucloud capacity`).
+    #[arg(long)]
+    region: Option<String>,
+    /// The command line to run (not needed with --dry-run).
+    #[arg(long, required_unless_present = "dry_run")]
+    command: Option<String>,
+    #[arg(long)]
+    name: Option<String>,
+    /// Rent a slice: this share of one GPU's compute, e.g. 25% (memory follows unless given).
+    #[arg(long, value_name = "PERCENT")]
+    gpu_share: Option<String>,
+    /// Rent a slice: this much of one GPU's memory, e.g. 10GiB or 512MiB (compute follows).
+    #[arg(long, value_name = "SIZE")]
+    gpu_memory: Option<String>,
+    /// Rent a MIG slice, e.g. 1g.10gb (see `gpucloud models`).
+    #[arg(long, value_name = "PROFILE")]
+    mig: Option<String>,
+    /// Makes a retried create safe: the same key never creates twice.
+    #[arg(long)]
+    idempotency_key: Option<String>,
+    /// Wait up to this many seconds for the instance to run.
+    #[arg(long, value_name = "SECONDS")]
+    wait: Option<u64>,
+    /// Print the price and an estimate instead of creating anything.
+    #[arg(long)]
+    dry_run: bool,
+    /// With --dry-run: the estimate's duration in hours.
+    #[arg(long, default_value_t = 1.0)]
+    hours: f64,
+    /// Rent spot capacity: cheaper, preempted with notice (see `gpucloud spot prices`).
+    #[arg(long)]
+    spot: bool,
+    /// With --spot: the most you pay per GPU-hour; preempted when the spot price passes it.
+    #[arg(long, value_name = "PRICE", requires = "spot")]
+    max_price: Option<String>,
+}
+
 #[derive(Subcommand)]
 pub enum InstanceCmd {
-    /// Create an instance with whole GPUs.
-    Create {
-        /// GPU model, e.g. A100-40GB (see `gpucloud models`).
-        #[arg(long)]
-        gpu: String,
-        /// Number of GPUs, all on one node.
-        #[arg(long, default_value_t = 1, allow_negative_numbers = true)]
-        count: i64,
-        /// Region; any when omitted (see `gpucloud capacity`).
-        #[arg(long)]
-        region: Option<String>,
-        /// The command line to run (not needed with --dry-run).
-        #[arg(long, required_unless_present = "dry_run")]
-        command: Option<String>,
-        #[arg(long)]
-        name: Option<String>,
-        /// Rent a slice: this share of one GPU's compute, e.g. 25% (memory follows unless given).
-        #[arg(long, value_name = "PERCENT")]
-        gpu_share: Option<String>,
-        /// Rent a slice: this much of one GPU's memory, e.g. 10GiB or 512MiB (compute follows).
-        #[arg(long, value_name = "SIZE")]
-        gpu_memory: Option<String>,
-        /// Rent a MIG slice, e.g. 1g.10gb (see `gpucloud models`).
-        #[arg(long, value_name = "PROFILE")]
-        mig: Option<String>,
-        /// Makes a retried create safe: the same key never creates twice.
-        #[arg(long)]
-        idempotency_key: Option<String>,
-        /// Wait up to this many seconds for the instance to run.
-        #[arg(long, value_name = "SECONDS")]
-        wait: Option<u64>,
-        /// Print the price and an estimate instead of creating anything.
-        #[arg(long)]
-        dry_run: bool,
-        /// With --dry-run: the estimate's duration in hours.
-        #[arg(long, default_value_t = 1.0)]
-        hours: f64,
-    },
+    /// Create an instance with whole GPUs or a slice.
+    Create(Box<CreateArgs>),
     /// List your instances.
     List,
     /// Show one instance, and why it is pending if it is.
@@ -148,6 +157,29 @@ fn instance_detail(i: &api::Instance) -> String {
     }
     if let Some(r) = &i.reason {
         lines.push(format!("reason:    {r}"));
+    }
+    lines.insert(
+        3,
+        format!(
+            "tier:      {}{}",
+            i.tier,
+            i.max_price_per_gpu_hour.map(|p| format!(" (max {p}/GPU-hour)")).unwrap_or_default()
+        ),
+    );
+    if let Some(n) = &i.preemption {
+        lines.push(format!(
+            "notice:    {} s, given {}{}: {}",
+            n.notice_seconds,
+            n.given_at,
+            n.deadline.as_ref().map(|d| format!(", deadline {d}")).unwrap_or_default(),
+            n.reason
+        ));
+    }
+    if let Some(c) = &i.checkpoint {
+        lines.push(format!("checkpoint: {c}"));
+    }
+    if let (Some(j), Some(a)) = (&i.job, i.attempt) {
+        lines.push(format!("job:       {j} (attempt {a})"));
     }
     lines.join("\n")
 }
@@ -221,7 +253,8 @@ pub fn instance(ctx: &Ctx, cmd: InstanceCmd) -> Res {
     let c = ctx.client(As::Tenant)?;
     let err = |e: crate::client::ClientError| e.to_string();
     match cmd {
-        InstanceCmd::Create { gpu, count, region, dry_run: true, hours, gpu_share, gpu_memory, mig, .. } => {
+        InstanceCmd::Create(a) if a.dry_run => {
+            let CreateArgs { gpu, count, region, hours, gpu_share, gpu_memory, mig, .. } = *a;
             if !(hours > 0.0 && hours <= 8784.0) {
                 return Err("--hours must be more than 0 and at most a year".into());
             }
@@ -231,23 +264,30 @@ pub fn instance(ctx: &Ctx, cmd: InstanceCmd) -> Res {
             add_slice(&mut body, gpu_share, gpu_memory, mig)?;
             crate::bill::quote(ctx, &body)?;
         }
-        InstanceCmd::Create {
-            gpu,
-            count,
-            region,
-            command,
-            name,
-            idempotency_key,
-            wait,
-            gpu_share,
-            gpu_memory,
-            mig,
-            ..
-        } => {
+        InstanceCmd::Create(a) => {
+            let CreateArgs {
+                gpu,
+                count,
+                region,
+                command,
+                name,
+                idempotency_key,
+                wait,
+                gpu_share,
+                gpu_memory,
+                mig,
+                spot,
+                max_price,
+                ..
+            } = *a;
             // Passed through as given: the server names what is wrong with it.
             let mut body = serde_json::json!({
                 "gpu": gpu, "count": count, "region": region, "command": command, "name": name,
             });
+            if spot {
+                body["tier"] = "spot".into();
+                body["max_price_per_gpu_hour"] = max_price.into();
+            }
             add_slice(&mut body, gpu_share, gpu_memory, mig)?;
             let mut inst: api::Instance =
                 c.post("/v1/instances", Some(&body), idempotency_key.as_deref()).map_err(err)?;

@@ -4,6 +4,7 @@ mod bench;
 mod bill;
 mod client;
 mod commands;
+mod market;
 mod output;
 mod profile;
 mod servers;
@@ -63,6 +64,18 @@ enum Command {
     /// Trace-driven simulations of the placement policies.
     #[command(subcommand)]
     Sim(sim::SimCmd),
+    /// The spot market: prices and their history.
+    #[command(subcommand)]
+    Spot(market::SpotCmd),
+    /// Managed jobs that survive preemption.
+    #[command(subcommand)]
+    Job(market::JobCmd),
+    /// Operator tools (simulate a preemption).
+    #[command(subcommand)]
+    Admin(market::AdminCmd),
+    /// Inside a workload: its metadata, preemption notice and checkpoints.
+    #[command(subcommand)]
+    Metadata(market::MetadataCmd),
 }
 
 fn main() -> ExitCode {
@@ -82,6 +95,10 @@ fn main() -> ExitCode {
         Command::Whoami => commands::whoami(&ctx),
         Command::Bench(c) => bench::run(c, ctx.json),
         Command::Sim(c) => sim::run(c, ctx.json),
+        Command::Spot(c) => market::spot(&ctx, c),
+        Command::Job(c) => market::job(&ctx, c),
+        Command::Admin(c) => market::admin(&ctx, c),
+        Command::Metadata(c) => market::metadata(c),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -24,6 +24,52 @@ pub struct DevArgs {
     /// Scheduler, fake-agent and metering period in milliseconds (tests use a short one).
     #[arg(long, hide = true)]
     tick_ms: Option<u64>,
+    #[command(flatten)]
+    market: MarketArgs,
+}
+
+/// The spot market's settings (both `dev` and `serve`).
+#[derive(Args)]
+pub struct MarketArgs {
+    /// Seconds a preempted instance gets between its notice and SIGTERM [default: 120].
+    #[arg(long, value_name = "SECONDS")]
+    spot_notice: Option<f64>,
+    /// No preemption notice is ever shorter, whoever asks [default: 30].
+    #[arg(long, value_name = "SECONDS")]
+    spot_min_notice: Option<f64>,
+    /// A spot instance runs at least this long before on-demand work may take its GPUs [default: 300].
+    #[arg(long, value_name = "SECONDS")]
+    spot_min_runtime: Option<f64>,
+    /// The spot price never falls below this share of the on-demand price [default: 25].
+    #[arg(long, value_name = "PERCENT")]
+    spot_floor_percent: Option<u32>,
+    /// How often the spot price moves [default: 10].
+    #[arg(long, value_name = "SECONDS")]
+    spot_price_interval: Option<f64>,
+}
+
+impl MarketArgs {
+    fn apply(&self, config: &mut Config) -> Result<(), String> {
+        let secs = |v: Option<f64>, flag: &str, into: &mut Duration| -> Result<(), String> {
+            if let Some(s) = v {
+                if !s.is_finite() || !(0.0..=86_400.0).contains(&s) {
+                    return Err(format!("--{flag} must be between 0 and 86400 seconds, got {s}"));
+                }
+                *into = Duration::from_secs_f64(s);
+            }
+            Ok(())
+        };
+        let m = &mut config.market;
+        secs(self.spot_notice, "spot-notice", &mut m.notice)?;
+        secs(self.spot_min_notice, "spot-min-notice", &mut m.min_notice)?;
+        secs(self.spot_min_runtime, "spot-min-runtime", &mut m.min_runtime)?;
+        secs(self.spot_price_interval, "spot-price-interval", &mut m.price_interval)?;
+        m.price_interval = m.price_interval.max(Duration::from_millis(100));
+        if let Some(p) = self.spot_floor_percent {
+            m.floor_percent = p;
+        }
+        m.check()
+    }
 }
 
 #[derive(Args)]
@@ -46,6 +92,8 @@ pub struct ServeArgs {
     /// A node silent this long is lost (default 10000).
     #[arg(long)]
     heartbeat_grace_ms: Option<u64>,
+    #[command(flatten)]
+    market: MarketArgs,
 }
 
 fn with_tick(mut config: Config, tick_ms: Option<u64>) -> Config {
@@ -97,7 +145,8 @@ pub fn dev(args: DevArgs) -> Result<(), String> {
             fake_agents: FakeAgents::Every(agent_interval),
             ..Config::default()
         };
-        let config = with_tick(config, args.tick_ms);
+        let mut config = with_tick(config, args.tick_ms);
+        args.market.apply(&mut config)?;
         let running = gpucloud_server::start(store, config, &args.listen)
             .await
             .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
@@ -217,6 +266,7 @@ pub fn serve(args: ServeArgs) -> Result<(), String> {
         if let Some(ms) = args.heartbeat_grace_ms {
             config.heartbeat_grace = Duration::from_millis(ms.max(100));
         }
+        args.market.apply(&mut config)?;
         let running = gpucloud_server::start(store, config, &args.listen)
             .await
             .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;

@@ -105,8 +105,9 @@ pub enum Role {
 text_enum!(Role { Role::Operator => "operator", Role::Tenant => "tenant" });
 
 /// How capacity is sold.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub enum Tier {
+    #[default]
     OnDemand,
     Spot,
     Reserved,

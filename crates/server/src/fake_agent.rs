@@ -37,6 +37,7 @@ pub async fn run(api: Arc<dyn AgentApi>, node: NodeId, gpus: Vec<GpuInfo>, inter
             epoch: None,
             instances: workloads.iter().map(|(k, v)| (k.clone(), *v, None)).collect(),
             gpus: readings,
+            checkpoints: Vec::new(),
         };
         let mut changed = false;
         match api.heartbeat(report).await {

@@ -3,10 +3,12 @@
 //! own numbered migrations. Every write that can race is guarded here: node generations for
 //! placements, instance generations for state changes, `instance_id IS NULL` for GPU allocation.
 
+mod market;
 mod migrate;
 mod sql;
 mod types;
 
+pub use market::{JobChange, MarketStore};
 pub use sql::SqlStore;
 pub use types::*;
 
@@ -37,7 +39,7 @@ pub enum Backend {
 }
 
 #[async_trait]
-pub trait Store: Send + Sync {
+pub trait Store: MarketStore + Send + Sync {
     fn backend(&self) -> Backend;
 
     async fn create_tenant(&self, tenant: &Tenant) -> Result<()>;

@@ -9,12 +9,14 @@ const SQLITE: &[(i64, &str)] = &[
     (2, include_str!("../migrations/sqlite/0002_billing.sql")),
     (3, include_str!("../migrations/sqlite/0003_agents.sql")),
     (4, include_str!("../migrations/sqlite/0004_slices.sql")),
+    (5, include_str!("../migrations/sqlite/0005_market.sql")),
 ];
 const POSTGRES: &[(i64, &str)] = &[
     (1, include_str!("../migrations/postgres/0001_foundation.sql")),
     (2, include_str!("../migrations/postgres/0002_billing.sql")),
     (3, include_str!("../migrations/postgres/0003_agents.sql")),
     (4, include_str!("../migrations/postgres/0004_slices.sql")),
+    (5, include_str!("../migrations/postgres/0005_market.sql")),
 ];
 
 pub(crate) async fn run(pool: &AnyPool, backend: Backend) -> Result<()> {

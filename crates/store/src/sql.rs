@@ -21,13 +21,14 @@ use std::sync::Once;
 /// The SQL store. SQLite runs on a single connection: SQLite allows one writer at a time anyway,
 /// and one connection turns lock contention into a queue instead of `SQLITE_BUSY` errors.
 pub struct SqlStore {
-    pool: AnyPool,
+    pub(crate) pool: AnyPool,
     backend: Backend,
 }
 
-const INSTANCE_COLUMNS: &str = "id, tenant_id, name, region, gpu_model, gpu_count, command, state, \
+pub(crate) const INSTANCE_COLUMNS: &str = "id, tenant_id, name, region, gpu_model, gpu_count, command, state, \
     stop_target, node_id, generation, pending_reason, exit_code, created_at, updated_at, gpu_milli, gpu_mem_mib, \
-    mig_profile, status_reason";
+    mig_profile, status_reason, tier, max_price_micros, env, job_id, attempt, running_since, notice_at, notice_ms, \
+    notice_reason, preempt_at, checkpoint, checkpoint_at";
 
 impl SqlStore {
     pub async fn open(url: &str) -> Result<SqlStore> {
@@ -99,7 +100,12 @@ impl SqlStore {
         Ok(out)
     }
 
-    async fn instances_where(&self, clause: &str, bind: Option<String>, gpus: GpuFilter<'_>) -> Result<Vec<Instance>> {
+    pub(crate) async fn instances_where(
+        &self,
+        clause: &str,
+        bind: Option<String>,
+        gpus: GpuFilter<'_>,
+    ) -> Result<Vec<Instance>> {
         let sql = format!("SELECT {INSTANCE_COLUMNS} FROM instances {clause}");
         let mut q = sqlx::query(&sql);
         if let Some(b) = bind {
@@ -119,7 +125,7 @@ impl SqlStore {
     }
 }
 
-enum GpuFilter<'a> {
+pub(crate) enum GpuFilter<'a> {
     Instance(&'a str),
     Tenant(&'a str),
     Node(&'a str),
@@ -136,18 +142,18 @@ fn with_create_mode(url: &str) -> String {
     }
 }
 
-fn corrupt(table: &'static str, detail: impl ToString) -> StoreError {
+pub(crate) fn corrupt(table: &'static str, detail: impl ToString) -> StoreError {
     StoreError::Corrupt { table, detail: detail.to_string() }
 }
 
-fn parse<T: FromStr>(table: &'static str, v: &str) -> Result<T>
+pub(crate) fn parse<T: FromStr>(table: &'static str, v: &str) -> Result<T>
 where
     T::Err: std::fmt::Display,
 {
     v.parse::<T>().map_err(|e| corrupt(table, e))
 }
 
-fn unique_violation(e: sqlx::Error, what: &str) -> StoreError {
+pub(crate) fn unique_violation(e: sqlx::Error, what: &str) -> StoreError {
     match &e {
         sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict(what.to_string()),
         _ => StoreError::Db(e),
@@ -163,7 +169,7 @@ fn tenant_from_row(r: &AnyRow, off: usize) -> Result<Tenant> {
     })
 }
 
-fn instance_from_row(r: &AnyRow) -> Result<Instance> {
+pub(crate) fn instance_from_row(r: &AnyRow) -> Result<Instance> {
     let t = "instances";
     let region: Option<String> = r.try_get("region")?;
     let stop_target: Option<String> = r.try_get("stop_target")?;
@@ -196,6 +202,10 @@ fn instance_from_row(r: &AnyRow) -> Result<Instance> {
         exit_code: exit_code.map(|c| c as i32),
         created_at: Timestamp(r.try_get("created_at")?),
         updated_at: Timestamp(r.try_get("updated_at")?),
+        sale: crate::market::sale_from_row(r)?,
+        running_since: r.try_get::<Option<i64>, _>("running_since")?.map(Timestamp),
+        notice: crate::market::notice_from_row(r)?,
+        checkpoint: crate::market::checkpoint_from_row(r)?,
     })
 }
 
@@ -514,8 +524,9 @@ impl Store for SqlStore {
         let r = sqlx::query(
             "INSERT INTO instances (id, tenant_id, name, region, gpu_model, gpu_count, command, state, \
              stop_target, node_id, generation, pending_reason, exit_code, idempotency_key, created_at, updated_at, \
-             gpu_milli, gpu_mem_mib, mig_profile) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', NULL, NULL, 1, NULL, NULL, $8, $9, $9, $10, $11, $12) \
+             gpu_milli, gpu_mem_mib, mig_profile, tier, max_price_micros, env, job_id, attempt) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', NULL, NULL, 1, NULL, NULL, $8, $9, $9, $10, $11, $12, \
+             $13, $14, $15, $16, $17) \
              ON CONFLICT (tenant_id, idempotency_key) DO NOTHING",
         )
         .bind(n.id.to_string())
@@ -530,6 +541,11 @@ impl Store for SqlStore {
         .bind(n.share.as_ref().map_or(1000, |s| s.milli as i64))
         .bind(n.share.as_ref().map_or(0, |s| s.memory_mib as i64))
         .bind(n.share.as_ref().and_then(|s| s.mig.clone()))
+        .bind(n.sale.tier.as_str())
+        .bind(n.sale.max_price.map(|m| m.micros()))
+        .bind(crate::market::encode_env(&n.sale.env))
+        .bind(n.sale.job.as_ref().map(|(j, _)| j.to_string()))
+        .bind(n.sale.job.as_ref().map(|(_, a)| i64::from(*a)))
         .execute(&mut *tx)
         .await
         .map_err(|e| unique_violation(e, &format!("instance {}", n.id)))?;
@@ -616,9 +632,16 @@ impl Store for SqlStore {
         // The guarded write comes first: under PostgreSQL a concurrent writer makes it match no
         // row, and then nothing else of ours is written.
         let keep_node = c.state.holds_gpus();
+        // A run's preemption notice and start belong to that run: a new one starts clean.
         let updated = sqlx::query(
             "UPDATE instances SET state = $1, stop_target = $2, exit_code = COALESCE($3, exit_code), \
-             node_id = CASE WHEN $4 = 1 THEN node_id ELSE NULL END, generation = generation + 1, updated_at = $5 \
+             node_id = CASE WHEN $4 = 1 THEN node_id ELSE NULL END, generation = generation + 1, updated_at = $5, \
+             running_since = CASE WHEN $4 = 0 THEN NULL WHEN $8 = 1 AND running_since IS NULL THEN $5 \
+             ELSE running_since END, \
+             notice_at = CASE WHEN $9 = 1 THEN NULL ELSE notice_at END, \
+             notice_ms = CASE WHEN $9 = 1 THEN NULL ELSE notice_ms END, \
+             notice_reason = CASE WHEN $9 = 1 THEN NULL ELSE notice_reason END, \
+             preempt_at = CASE WHEN $9 = 1 THEN NULL ELSE preempt_at END \
              WHERE id = $6 AND generation = $7",
         )
         .bind(c.state.as_str())
@@ -628,6 +651,8 @@ impl Store for SqlStore {
         .bind(c.at.0)
         .bind(id.to_string())
         .bind(expected_generation)
+        .bind(c.state.is_billable() as i64)
+        .bind((c.state == InstanceState::Pending) as i64)
         .execute(&mut *tx)
         .await?;
         if updated.rows_affected() != 1 {
@@ -1308,7 +1333,7 @@ async fn open_interval(
     .bind(inst.tenant_id.to_string())
     .bind(inst.model.name())
     .bind(region)
-    .bind(Tier::OnDemand.as_str())
+    .bind(inst.sale.tier.as_str())
     .bind(inst.share.as_ref().map_or(i64::from(inst.count) * 1000, |s| s.milli as i64))
     .bind(at.0)
     .bind(rules.granularity_s)

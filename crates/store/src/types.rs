@@ -1,6 +1,6 @@
 use gpucloud_model::{
-    ApiKeyId, GpuModel, GpuShare, InstanceId, InstanceState, NodeHealth, NodeId, NodeState, Region, Role, StopTarget,
-    TenantId, Timestamp,
+    ApiKeyId, GpuModel, GpuShare, InstanceId, InstanceState, JobId, Money, NodeHealth, NodeId, NodeState, Region, Role,
+    StopTarget, TenantId, Tier, Timestamp,
 };
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,6 +102,37 @@ pub struct NewInstance {
     pub command: String,
     pub idempotency_key: Option<String>,
     pub created_at: Timestamp,
+    pub sale: Sale,
+}
+
+/// How an instance is sold, and what a managed job adds to it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Sale {
+    pub tier: Tier,
+    /// A spot instance's bid per GPU-hour.
+    pub max_price: Option<Money>,
+    /// Extra environment for the workload (names are checked by the caller; values hold no
+    /// newline or NUL).
+    pub env: Vec<(String, String)>,
+    /// The managed job this instance is an attempt of, and which attempt (1, 2, ...).
+    pub job: Option<(JobId, u32)>,
+}
+
+/// A preemption notice given to an instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notice {
+    pub given_at: Timestamp,
+    pub notice_ms: i64,
+    pub reason: String,
+    /// Set when an agent carried the notice to the node: `notice_ms` after that.
+    pub deadline: Option<Timestamp>,
+}
+
+/// The latest checkpoint a workload reported.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checkpoint {
+    pub path: String,
+    pub at: Timestamp,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,6 +156,11 @@ pub struct Instance {
     pub exit_code: Option<i32>,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
+    pub sale: Sale,
+    /// When the current run became billable (cleared when it leaves holding GPUs).
+    pub running_since: Option<Timestamp>,
+    pub notice: Option<Notice>,
+    pub checkpoint: Option<Checkpoint>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -344,4 +380,57 @@ pub struct LostNode {
 pub struct Staleness {
     pub own_ms: i64,
     pub foreign_ms: i64,
+}
+
+/// A managed job as stored. `spec` is the request as the API received it (JSON), kept whole so
+/// each relaunch follows exactly what was asked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Job {
+    pub id: JobId,
+    pub tenant_id: TenantId,
+    pub name: String,
+    pub spec: String,
+    pub state: JobState,
+    /// Attempts launched so far.
+    pub attempts: u32,
+    /// The latest checkpoint any attempt reported: where the next one resumes.
+    pub checkpoint: Option<String>,
+    /// Why it ended as it did.
+    pub reason: Option<String>,
+    pub generation: i64,
+    pub idempotency_key: Option<String>,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum JobState {
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl JobState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Running => "running",
+            JobState::Succeeded => "succeeded",
+            JobState::Failed => "failed",
+            JobState::Cancelled => "cancelled",
+        }
+    }
+}
+
+impl std::str::FromStr for JobState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<JobState, String> {
+        Ok(match s {
+            "running" => JobState::Running,
+            "succeeded" => JobState::Succeeded,
+            "failed" => JobState::Failed,
+            "cancelled" => JobState::Cancelled,
+            other => return Err(format!("unknown job state '{other}'")),
+        })
+    }
 }

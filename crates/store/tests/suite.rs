@@ -68,6 +68,8 @@ suite!(
     agents_register_by_name_and_are_fenced_by_epoch,
     a_silent_node_loses_its_instances_at_its_last_heartbeat,
     slices_share_a_gpu_within_its_capacity,
+    spot_notices_checkpoints_and_jobs,
+    price_history_and_the_price_in_force,
 );
 
 fn ts(ms: i64) -> Timestamp {
@@ -103,6 +105,7 @@ async fn instance(s: &Arc<dyn Store>, t: &Tenant, count: u32, key: Option<&str>)
         command: "sleep 1".into(),
         idempotency_key: key.map(str::to_string),
         created_at: ts(10),
+        sale: Sale::default(),
     };
     s.insert_instance(&new).await.unwrap().0
 }
@@ -131,6 +134,7 @@ async fn slice(s: &Arc<dyn Store>, t: &Tenant, percent: Option<u32>, mig: Option
         command: "sleep 1".into(),
         idempotency_key: None,
         created_at: ts(10),
+        sale: Sale::default(),
     };
     s.insert_instance(&new).await.unwrap().0
 }
@@ -613,4 +617,126 @@ async fn a_silent_node_loses_its_instances_at_its_last_heartbeat(s: Arc<dyn Stor
     s.record_heartbeat(&n.id, ts(3000)).await.unwrap();
     assert_eq!(s.get_node(&n.id).await.unwrap().unwrap().health, NodeHealth::Healthy);
     assert_eq!(s.get_instance(None, &i.id).await.unwrap().unwrap().state, InstanceState::Lost);
+}
+
+async fn spot_notices_checkpoints_and_jobs(s: Arc<dyn Store>) {
+    let t = tenant(&s, "a").await;
+    let n = node(&s, "gpu-1", GpuModel::A100_40GB, 2).await;
+    let job = Job {
+        id: JobId::from_random(rand::random()),
+        tenant_id: t.id.clone(),
+        name: "train".into(),
+        spec: "{}".into(),
+        state: JobState::Running,
+        attempts: 0,
+        checkpoint: None,
+        reason: None,
+        generation: 1,
+        idempotency_key: Some("k1".into()),
+        created_at: ts(5),
+        updated_at: ts(5),
+    };
+    let (stored, created) = s.insert_job(&job).await.unwrap();
+    assert!(created);
+    let again = Job { id: JobId::from_random(rand::random()), ..job.clone() };
+    let (same, created) = s.insert_job(&again).await.unwrap();
+    assert!(!created, "the idempotency key finds the first job");
+    assert_eq!(same.id, stored.id);
+    let bump = JobChange { state: JobState::Running, attempts: 1, reason: None, at: ts(6) };
+    let moved = s.update_job(&job.id, 1, &bump).await.unwrap().unwrap();
+    assert_eq!((moved.attempts, moved.generation), (1, 2));
+    assert!(s.update_job(&job.id, 1, &bump).await.unwrap().is_none(), "a stale generation writes nothing");
+
+    let new = NewInstance {
+        id: InstanceId::from_random(rand::random()),
+        tenant_id: t.id.clone(),
+        name: "train-1".into(),
+        region: None,
+        model: GpuModel::A100_40GB,
+        count: 1,
+        share: None,
+        command: "train".into(),
+        idempotency_key: Some(format!("job:{}:1", job.id)),
+        created_at: ts(10),
+        sale: Sale {
+            tier: Tier::Spot,
+            max_price: Some(Money(1_500_000)),
+            env: vec![("GPUCLOUD_RESUME_FROM".into(), "/ck/a b=c".into())],
+            job: Some((job.id.clone(), 1)),
+        },
+    };
+    let i = s.insert_instance(&new).await.unwrap().0;
+    assert_eq!(i.sale, new.sale, "tier, bid, env and job come back as written");
+    assert!(
+        !s.give_notice(&i.id, 5_000, "too early", ts(11)).await.unwrap(),
+        "a pending instance has no run to notice"
+    );
+    s.apply_placements(&n.id, n.generation, &[placement(&i, &[0])], ts(19)).await.unwrap();
+    let i = s.get_instance(None, &i.id).await.unwrap().unwrap();
+    let running = InstanceChange { state: InstanceState::Running, stop_target: None, exit_code: None, at: ts(20) };
+    let i = s.update_instance(&i.id, i.generation, &running).await.unwrap().unwrap();
+    assert_eq!(i.running_since, Some(ts(20)));
+    assert_eq!(s.intervals_of_tenant(&t.id).await.unwrap()[0].tier, Tier::Spot, "billed at the spot price");
+    assert_eq!(s.spot_holders().await.unwrap().iter().map(|h| h.id.clone()).collect::<Vec<_>>(), vec![i.id.clone()]);
+
+    s.record_checkpoint(&i.id, "/ck/3", ts(25)).await.unwrap();
+    assert_eq!(s.get_job(None, &job.id).await.unwrap().unwrap().checkpoint.as_deref(), Some("/ck/3"));
+    assert!(s.get_job(Some(&tenant(&s, "b").await.id), &job.id).await.unwrap().is_none(), "scoped by tenant");
+
+    assert!(s.give_notice(&i.id, 5, "price", ts(30)).await.unwrap());
+    assert!(!s.give_notice(&i.id, 1_000, "again", ts(31)).await.unwrap(), "one notice per run");
+    // Undelivered: due only once the grace after its would-be end has passed.
+    assert!(s.due_notices(ts(36), 1_000).await.unwrap().is_empty());
+    s.deliver_notices(std::slice::from_ref(&i.id), ts(32)).await.unwrap();
+    s.deliver_notices(std::slice::from_ref(&i.id), ts(33)).await.unwrap();
+    let noticed = s.get_instance(None, &i.id).await.unwrap().unwrap();
+    let notice = noticed.notice.clone().unwrap();
+    assert_eq!((notice.deadline, notice.reason.as_str()), (Some(ts(37)), "price"), "delivered once");
+    assert!(s.due_notices(ts(36), 0).await.unwrap().is_empty());
+    assert_eq!(s.due_notices(ts(37), 0).await.unwrap().len(), 1);
+    assert_eq!(noticed.checkpoint.as_ref().map(|c| (c.path.as_str(), c.at)), Some(("/ck/3", ts(25))));
+
+    // The run ends: the notice stays on record; starting again clears it.
+    let stopping = InstanceChange {
+        state: InstanceState::Stopping,
+        stop_target: Some(StopTarget::Stopped),
+        exit_code: None,
+        at: ts(37),
+    };
+    let i = s.update_instance(&i.id, noticed.generation, &stopping).await.unwrap().unwrap();
+    let stopped = InstanceChange { state: InstanceState::Stopped, stop_target: None, exit_code: Some(143), at: ts(38) };
+    let i = s.update_instance(&i.id, i.generation, &stopped).await.unwrap().unwrap();
+    assert!(i.notice.is_some() && i.running_since.is_none());
+    assert!(s.due_notices(ts(99), 0).await.unwrap().is_empty(), "only instances holding GPUs are due");
+    let pending = InstanceChange { state: InstanceState::Pending, stop_target: None, exit_code: None, at: ts(40) };
+    let i = s.update_instance(&i.id, i.generation, &pending).await.unwrap().unwrap();
+    assert!(i.notice.is_none());
+    assert_eq!(s.job_attempts(&job.id).await.unwrap().len(), 1);
+    assert_eq!(s.active_jobs().await.unwrap().len(), 1);
+    let done = JobChange { state: JobState::Succeeded, attempts: 1, reason: Some("exited 0".into()), at: ts(50) };
+    s.update_job(&job.id, 2, &done).await.unwrap().unwrap();
+    assert!(s.active_jobs().await.unwrap().is_empty());
+    assert_eq!(s.list_jobs(&t.id).await.unwrap()[0].state, JobState::Succeeded);
+}
+
+async fn price_history_and_the_price_in_force(s: Arc<dyn Store>) {
+    let r = Region::parse("us-1").unwrap();
+    for (at, micros) in [(100, 1_000_000), (200, 1_200_000), (300, 1_100_000)] {
+        let row = PriceRow {
+            model: GpuModel::L4,
+            region: r.clone(),
+            tier: Tier::Spot,
+            point: PricePoint { effective_from: ts(at), per_gpu_hour: Money(micros) },
+        };
+        s.add_price(&row, ts(at)).await.unwrap();
+    }
+    assert!(s.price_at(GpuModel::L4, &r, Tier::Spot, ts(99)).await.unwrap().is_none());
+    assert_eq!(
+        s.price_at(GpuModel::L4, &r, Tier::Spot, ts(250)).await.unwrap().unwrap().per_gpu_hour,
+        Money(1_200_000)
+    );
+    let h = s.price_history(GpuModel::L4, &r, Tier::Spot, ts(150), 10).await.unwrap();
+    let got: Vec<i64> = h.iter().map(|p| p.effective_from.0).collect();
+    assert_eq!(got, vec![100, 200, 300], "the point in force at the start, then each change");
+    assert_eq!(s.price_history(GpuModel::L4, &r, Tier::Spot, ts(150), 2).await.unwrap().len(), 2);
 }

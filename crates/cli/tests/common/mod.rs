@@ -69,3 +69,117 @@ pub fn wait_running(config: &Path, id: &str) -> Value {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub struct Api {
+    pub url: String,
+    pub agent: ureq::Agent,
+}
+
+impl Api {
+    pub fn call(&self, key: &str, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let url = format!("{}{path}", self.url);
+        let auth = format!("Bearer {key}");
+        let resp = match (method, body) {
+            ("GET", _) => self.agent.get(&url).header("Authorization", &auth).call(),
+            (_, Some(b)) => self
+                .agent
+                .post(&url)
+                .header("Authorization", &auth)
+                .header("Content-Type", "application/json")
+                .send(serde_json::to_vec(&b).unwrap().as_slice()),
+            (_, None) => self.agent.post(&url).header("Authorization", &auth).send_empty(),
+        };
+        let mut r = resp.unwrap();
+        let status = r.status().as_u16();
+        let text = r.body_mut().read_to_string().unwrap_or_default();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    pub fn get_url(&self, url: &str) -> (u16, Value) {
+        let mut r = self.agent.get(url).call().unwrap();
+        let status = r.status().as_u16();
+        let text = r.body_mut().read_to_string().unwrap_or_default();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    pub fn wait(&self, key: &str, id: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let (_, v) = self.call(key, "GET", &format!("/v1/instances/{id}"), None);
+            if pred(&v) {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "{id} never {what}: {v}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// `gpucloud serve` on `listen` with its SQLite file in `root`, a 1.5 s heartbeat grace, and its
+/// stdout in `out`.
+pub fn serve(root: &Path, listen: &str, out: &Path, extra: &[&str]) -> Proc {
+    Proc(
+        Command::new(BIN)
+            .args(["serve", "--listen", listen, "--heartbeat-grace-ms", "1500"])
+            .args(extra)
+            .arg("--database")
+            .arg(format!("sqlite://{}/db.sqlite", root.display()))
+            .stdout(std::fs::File::create(out).unwrap())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// Waits for a first start's banner: the operator key and the URL.
+pub fn serving(out: &Path) -> (String, String) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = std::fs::read_to_string(out).unwrap_or_default();
+        let key = text
+            .lines()
+            .find_map(|l| l.strip_prefix("operator key: "))
+            .map(|k| k.split_whitespace().next().unwrap().to_string());
+        let url = text.lines().find_map(|l| l.strip_prefix("gpucloud serving on ")).map(str::to_string);
+        if let (Some(k), Some(u)) = (key, url) {
+            return (k, u);
+        }
+        assert!(Instant::now() < deadline, "serve did not start: {text}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+impl Api {
+    pub fn new(url: &str) -> Api {
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(10)))
+            .build()
+            .into();
+        Api { url: url.to_string(), agent }
+    }
+}
+
+/// `gpucloud agent` with fake GPUs (`gpus` such as "A100-40GB:2"), beating every 100 ms.
+pub fn start_agent(url: &str, key: &str, name: &str, state: &Path, gpus: &str) -> Proc {
+    Proc(
+        Command::new(BIN)
+            .args(["agent", "--server", url, "--token", key, "--name", name, "--region", "eu-1"])
+            .args(["--fake-gpus", gpus, "--interval-ms", "100", "--stop-grace-s", "2", "--metadata-port", "0"])
+            .arg("--state-dir")
+            .arg(state)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(state.with_extension("log")).unwrap())
+            .spawn()
+            .unwrap(),
+    )
+}

@@ -40,6 +40,8 @@ pub struct AgentReport {
     /// What the agent saw, and why it ended a workload itself (if it did).
     pub instances: Vec<(InstanceId, AgentObservation, Option<String>)>,
     pub gpus: Vec<GpuReading>,
+    /// The latest checkpoint each workload reported to its metadata endpoint.
+    pub checkpoints: Vec<(InstanceId, String)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,6 +59,9 @@ pub struct DesiredInstance {
     pub gpu_uuids: Vec<String>,
     pub command: String,
     pub share: Option<gpucloud_model::GpuShare>,
+    pub env: Vec<(String, String)>,
+    /// A preemption notice: the deadline and why.
+    pub notice: Option<(gpucloud_model::Timestamp, String)>,
 }
 
 #[async_trait]
@@ -102,6 +107,14 @@ impl AgentApi for App {
                 .unwrap_or_else(|e| e.into_inner())
                 .insert(node.clone(), (self.now(), report.gpus.clone()));
         }
+        // Checkpoints before states: a workload's last checkpoint arrives with its exit, and must
+        // be on record before a managed job relaunches from it.
+        for (id, path) in &report.checkpoints {
+            let Some(inst) = self.store.get_instance(None, id).await? else { continue };
+            if inst.node_id.as_ref() == Some(node) && inst.checkpoint.as_ref().is_none_or(|c| c.path != *path) {
+                self.store.record_checkpoint(id, path, self.now()).await?;
+            }
+        }
         for (id, seen, reason) in &report.instances {
             let Some(inst) = self.store.get_instance(None, id).await? else { continue };
             // A report about an instance that has since left this node is stale: ignore it.
@@ -118,12 +131,25 @@ impl AgentApi for App {
         }
         let uuids: std::collections::HashMap<u32, String> =
             current.gpus.into_iter().map(|g| (g.index, g.uuid)).collect();
-        let desired = self
-            .store
-            .instances_on_node(node)
-            .await?
+        let mut held: Vec<gpucloud_store::Instance> =
+            self.store.instances_on_node(node).await?.into_iter().filter(|i| i.state.holds_gpus()).collect();
+        // This answer carries the notices to the node: their deadlines start now.
+        let now = self.now();
+        let undelivered: Vec<InstanceId> = held
+            .iter()
+            .filter(|i| i.state != InstanceState::Stopping && i.notice.as_ref().is_some_and(|n| n.deadline.is_none()))
+            .map(|i| i.id.clone())
+            .collect();
+        if !undelivered.is_empty() {
+            self.store.deliver_notices(&undelivered, now).await?;
+            for i in held.iter_mut().filter(|i| undelivered.contains(&i.id)) {
+                if let Some(n) = &mut i.notice {
+                    n.deadline = Some(now.plus_millis(n.notice_ms));
+                }
+            }
+        }
+        let desired = held
             .into_iter()
-            .filter(|i| i.state.holds_gpus())
             .map(|i| DesiredInstance {
                 desired: if i.state == InstanceState::Stopping { Desired::Stop } else { Desired::Run },
                 gpu_uuids: i.gpus.iter().filter_map(|g| uuids.get(g).cloned()).collect(),
@@ -131,6 +157,8 @@ impl AgentApi for App {
                 gpus: i.gpus,
                 command: i.command,
                 share: i.share,
+                env: i.sale.env,
+                notice: i.notice.and_then(|n| Some((n.deadline?, n.reason))),
             })
             .collect();
         Ok(desired)

@@ -130,7 +130,13 @@ impl App {
         Ok(n)
     }
 
-    async fn alert(&self, b: &TenantBilling, kind: &str, key: &str, message: String) -> Result<(), AppError> {
+    pub(crate) async fn alert(
+        &self,
+        b: &TenantBilling,
+        kind: &str,
+        key: &str,
+        message: String,
+    ) -> Result<(), AppError> {
         let alert = Alert {
             id: format!("a-{:032x}", random_bits()),
             tenant_id: b.tenant_id.clone(),

@@ -15,6 +15,8 @@ pub struct CreateInstance {
     pub gpu_share: Option<u32>,
     pub gpu_memory_mib: Option<u64>,
     pub mig: Option<String>,
+    pub tier: gpucloud_model::Tier,
+    pub max_price: Option<gpucloud_model::Money>,
 }
 
 impl CreateInstance {
@@ -29,6 +31,8 @@ impl CreateInstance {
             gpu_share: None,
             gpu_memory_mib: None,
             mig: None,
+            tier: gpucloud_model::Tier::OnDemand,
+            max_price: None,
         }
     }
 }
@@ -57,6 +61,24 @@ pub fn resolve_share(
         return Err(AppError::invalid("count", format!("a slice is part of one GPU: count must be 1, got {count}")));
     }
     Ok(share)
+}
+
+/// What can be bought: on-demand, or spot with an optional positive bid.
+pub(crate) fn check_sale(tier: gpucloud_model::Tier, max_price: Option<gpucloud_model::Money>) -> Result<(), AppError> {
+    use gpucloud_model::Tier;
+    match (tier, max_price) {
+        (Tier::Reserved, _) => Err(AppError::invalid(
+            "tier",
+            "reserved capacity is bought as a reservation, not per instance; use on-demand or spot",
+        )),
+        (Tier::OnDemand, Some(_)) => {
+            Err(AppError::invalid("max_price_per_gpu_hour", "a max price is a spot bid: it needs tier spot"))
+        }
+        (_, Some(p)) if p <= gpucloud_model::Money::ZERO => {
+            Err(AppError::invalid("max_price_per_gpu_hour", format!("a max price must be positive, got {p}")))
+        }
+        _ => Ok(()),
+    }
 }
 
 impl App {
@@ -94,6 +116,7 @@ impl App {
                 ));
             }
         }
+        check_sale(req.tier, req.max_price)?;
         self.check_can_spend(&by.tenant.id).await?;
         let id = InstanceId::from_random(random_bits());
         let new = NewInstance {
@@ -107,6 +130,7 @@ impl App {
             command: req.command,
             idempotency_key: idempotency_key.map(str::to_string),
             created_at: self.now(),
+            sale: gpucloud_store::Sale { tier: req.tier, max_price: req.max_price, env: Vec::new(), job: None },
         };
         let (inst, created) = self.store.insert_instance(&new).await?;
         if created {

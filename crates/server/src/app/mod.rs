@@ -8,6 +8,8 @@ mod budgets;
 mod error;
 pub mod instances;
 pub mod invoices;
+pub mod jobs;
+pub mod market;
 pub use instances::{CreateInstance, resolve_share};
 mod nodes;
 mod schedule;
@@ -37,6 +39,57 @@ pub struct Config {
     pub fake_agents: FakeAgents,
     /// How often metering brings the ledger up to date with running instances.
     pub metering_interval: Duration,
+    pub market: MarketConfig,
+}
+
+/// The spot market's settings (see `billing::spot` for the price formula).
+#[derive(Debug, Clone)]
+pub struct MarketConfig {
+    /// Notice a preempted instance gets before SIGTERM.
+    pub notice: Duration,
+    /// No notice is ever shorter, whoever asks (the simulate-preemption call included).
+    pub min_notice: Duration,
+    /// How often the spot price is recomputed.
+    pub price_interval: Duration,
+    /// The spot price never goes below this share of the on-demand price.
+    pub floor_percent: u32,
+    /// Time constant of the price's smoothing.
+    pub smoothing: Duration,
+    /// A spot instance is not preempted for capacity before it has run this long.
+    pub min_runtime: Duration,
+}
+
+impl Default for MarketConfig {
+    fn default() -> MarketConfig {
+        MarketConfig {
+            // EC2's spot interruption notice: two minutes, long enough to write a checkpoint.
+            notice: Duration::from_secs(120),
+            min_notice: Duration::from_secs(30),
+            price_interval: Duration::from_secs(10),
+            floor_percent: 25,
+            // A minute: a burst of requests moves the price within a few ticks, not at once.
+            smoothing: Duration::from_secs(60),
+            // Five minutes of progress before capacity may be taken back: a job that checkpoints
+            // every few minutes always gets one in.
+            min_runtime: Duration::from_secs(300),
+        }
+    }
+}
+
+impl MarketConfig {
+    /// Settings a server can run with: the notice is at least the minimum.
+    pub fn check(&self) -> Result<(), String> {
+        if self.notice < self.min_notice {
+            return Err(format!(
+                "the preemption notice ({:?}) is shorter than the minimum notice ({:?})",
+                self.notice, self.min_notice
+            ));
+        }
+        if self.floor_percent > 100 {
+            return Err(format!("the spot floor is a percentage of on-demand (0-100), got {}", self.floor_percent));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,6 +112,7 @@ impl Default for Config {
             fake_agents: FakeAgents::Off,
             // Balances and usage move every second, as tenants of a per-second cloud expect.
             metering_interval: Duration::from_secs(1),
+            market: MarketConfig::default(),
         }
     }
 }

@@ -1,5 +1,6 @@
 use super::App;
-use gpucloud_model::InstanceId;
+use super::AppError;
+use gpucloud_model::{InstanceId, Money, Region, Tier};
 use gpucloud_sched::{ClusterSnapshot, GpuView, NodeView, Pending, plan};
 use gpucloud_store::{ApplyOutcome, NewPlacement, Node, NodeBatch, StoreError};
 use rand::SeedableRng;
@@ -44,7 +45,86 @@ pub fn snapshot_of(nodes: &[Node]) -> ClusterSnapshot {
     }
 }
 
+/// The market's errors inside a pass are the store's (its only fallible part).
+fn store_error(e: AppError) -> StoreError {
+    match e {
+        AppError::Store(s) => s,
+        other => StoreError::Corrupt { table: "market", detail: other.to_string() },
+    }
+}
+
 impl App {
+    /// The queue as the market orders it: on-demand work first (it may preempt spot, so spot must
+    /// not take its GPUs back), each class oldest first. A spot request whose bid is under the
+    /// spot price waits (the second list, with why); one for any region is steered to the
+    /// cheapest region its bid covers.
+    async fn market_queue(
+        &self,
+        pending: &[gpucloud_store::Instance],
+        nodes: &[Node],
+    ) -> Result<(Vec<Pending>, Vec<(InstanceId, String)>), AppError> {
+        let mut prices: HashMap<(gpucloud_model::GpuModel, Region), Option<Money>> = HashMap::new();
+        let mut queue = Vec::with_capacity(pending.len());
+        let mut spot = Vec::new();
+        let mut priced_out = Vec::new();
+        for i in pending {
+            let mut p = Pending {
+                instance: i.id.clone(),
+                model: i.model,
+                count: i.count,
+                region: i.region.clone(),
+                share: i.share.clone(),
+            };
+            if i.sale.tier != Tier::Spot {
+                queue.push(p);
+                continue;
+            }
+            let Some(bid) = i.sale.max_price else {
+                spot.push(p);
+                continue;
+            };
+            let mut regions: Vec<Region> = match &i.region {
+                Some(r) => vec![r.clone()],
+                None => nodes
+                    .iter()
+                    .filter(|n| n.gpus.iter().any(|g| g.model == i.model))
+                    .map(|n| n.region.clone())
+                    .collect(),
+            };
+            regions.sort();
+            regions.dedup();
+            let mut best: Option<(Money, Region)> = None;
+            let mut lowest: Option<Money> = None;
+            for r in regions {
+                let key = (i.model, r.clone());
+                if !prices.contains_key(&key) {
+                    prices.insert(key.clone(), self.spot_price(i.model, &r).await?);
+                }
+                let Some(price) = prices[&key] else { continue };
+                lowest = Some(lowest.map_or(price, |l: Money| l.min(price)));
+                if price <= bid && best.as_ref().is_none_or(|(b, _)| price < *b) {
+                    best = Some((price, r));
+                }
+            }
+            match (best, lowest) {
+                (Some((_, r)), _) => {
+                    if i.region.is_none() {
+                        p.region = Some(r);
+                    }
+                    spot.push(p);
+                }
+                (None, Some(low)) => priced_out.push((
+                    i.id.clone(),
+                    format!("the spot price of {} is {low}/GPU-hour or more, above your max price {bid}", i.model),
+                )),
+                // No spot market for it (no on-demand price): place it like any request.
+                (None, None) => spot.push(p),
+            }
+        }
+        queue.extend(spot);
+        Ok((queue, priced_out))
+    }
+
     /// One reconcile pass: read the queue and the fleet, plan, apply per node with a generation
     /// check, and record why the rest waits. Nodes that changed meanwhile are re-planned on the
     /// next pass (run again at once when there were conflicts).
@@ -57,27 +137,32 @@ impl App {
             }
             let nodes = self.store.list_nodes().await?;
             let snapshot = snapshot_of(&nodes);
-            let queue: Vec<Pending> = pending
-                .iter()
-                .map(|i| Pending {
-                    instance: i.id.clone(),
-                    model: i.model,
-                    count: i.count,
-                    region: i.region.clone(),
-                    share: i.share.clone(),
-                })
-                .collect();
+            let by_id: HashMap<&InstanceId, _> = pending.iter().map(|i| (&i.id, i)).collect();
+            let (queue, priced_out) = self.market_queue(&pending, &nodes).await.map_err(store_error)?;
+            for (id, reason) in &priced_out {
+                if by_id.get(id).is_some_and(|i| i.pending_reason.as_deref() != Some(reason.as_str())) {
+                    self.store.set_pending_reason(id, Some(reason)).await?;
+                }
+            }
             let mut rng = rand::rngs::StdRng::from_os_rng();
             let plan = plan(&snapshot, &queue, self.config.policy, self.now(), &mut rng);
 
-            let by_id: HashMap<&InstanceId, _> = pending.iter().map(|i| (&i.id, i)).collect();
             for u in &plan.unplaced {
                 let reason = u.reason.to_string();
                 if by_id.get(&u.instance).is_some_and(|i| i.pending_reason.as_deref() != Some(&reason)) {
                     self.store.set_pending_reason(&u.instance, Some(&reason)).await?;
                 }
             }
-            report.unplaced = plan.unplaced.len();
+            report.unplaced = plan.unplaced.len() + priced_out.len();
+            if !plan.unplaced.is_empty() {
+                let waiting: Vec<Pending> = plan
+                    .unplaced
+                    .iter()
+                    .filter_map(|u| queue.iter().find(|p| p.instance == u.instance).cloned())
+                    .collect();
+                let tiers: HashMap<InstanceId, Tier> = pending.iter().map(|i| (i.id.clone(), i.sale.tier)).collect();
+                self.capacity_preemptions(&snapshot, &waiting, &tiers).await.map_err(store_error)?;
+            }
 
             let mut per_node: BTreeMap<_, (i64, Vec<NewPlacement>)> = BTreeMap::new();
             for p in &plan.placements {

@@ -54,6 +54,7 @@ pub async fn heartbeat(
 ) -> Result<Json<AgentDesired>, ApiError> {
     p.require_operator()?;
     let mut instances = Vec::new();
+    let mut checkpoints = Vec::new();
     for r in req.instances {
         let id = InstanceId::parse(&r.id).map_err(|e| bad("instances", &e.to_string()))?;
         let seen = match (r.state.as_str(), r.exit_code) {
@@ -62,6 +63,12 @@ pub async fn heartbeat(
             ("failed", code) => AgentObservation::Failed { exit_code: code.unwrap_or(-1) },
             _ => return Err(bad("instances", "state is running, stopped or failed")),
         };
+        if let Some(path) = r.checkpoint.filter(|p| !p.is_empty()) {
+            if path.len() > 4096 || path.chars().any(char::is_control) {
+                return Err(bad("instances", "a checkpoint path is 1 to 4096 printable characters"));
+            }
+            checkpoints.push((id.clone(), path));
+        }
         instances.push((id, seen, r.reason.filter(|r| !r.is_empty()).map(|r| r.chars().take(500).collect())));
     }
     let gpus = req
@@ -78,7 +85,7 @@ pub async fn heartbeat(
             ecc_uncorrectable: g.ecc_uncorrectable,
         })
         .collect();
-    let report = AgentReport { node: node_id(&req.node_id)?, epoch: Some(req.epoch), instances, gpus };
+    let report = AgentReport { node: node_id(&req.node_id)?, epoch: Some(req.epoch), instances, gpus, checkpoints };
     let desired = app.heartbeat(report).await?;
     let instances = desired
         .into_iter()
@@ -89,6 +96,12 @@ pub async fn heartbeat(
             gpu_uuids: d.gpu_uuids,
             command: d.command,
             slice: d.share.map(|s| AgentSlice { milli: s.milli, memory_mib: s.memory_mib, mig: s.mig }),
+            env: d.env.into_iter().collect(),
+            notice: d.notice.map(|(deadline, reason)| gpucloud_api::AgentNotice {
+                deadline: gpucloud_api::rfc3339(deadline),
+                deadline_ms: deadline.0,
+                reason,
+            }),
         })
         .collect();
     Ok(Json(AgentDesired { instances }))

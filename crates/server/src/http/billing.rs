@@ -31,10 +31,26 @@ fn price(p: gpucloud_store::PriceRow) -> Price {
     }
 }
 
-/// The price book: every price point, past and scheduled.
+/// The price book: every on-demand and reserved price point, past and scheduled, and the spot
+/// price in force (its history is at `/v1/spot/prices`).
 #[utoipa::path(get, path = "/v1/prices", tag = "billing", responses((status = 200, body = PriceList)), security(("bearer" = [])))]
 pub async fn list_prices(State(app): State<Arc<App>>, Auth(_): Auth) -> Result<Json<PriceList>, ApiError> {
-    let prices = app.list_prices().await?.into_iter().map(price).collect();
+    let now = app.now();
+    let mut rows = app.list_prices().await?;
+    // Rows come ordered by key then time: the spot point in force is the last one not in the future.
+    let mut keep = vec![true; rows.len()];
+    for i in 0..rows.len() {
+        let r = &rows[i];
+        if r.tier == Tier::Spot {
+            let next_in_force = rows.get(i + 1).is_some_and(|n| {
+                n.tier == r.tier && n.model == r.model && n.region == r.region && n.point.effective_from <= now
+            });
+            keep[i] = !next_in_force && r.point.effective_from <= now;
+        }
+    }
+    let mut k = keep.into_iter();
+    rows.retain(|_| k.next().unwrap_or(true));
+    let prices = rows.into_iter().map(price).collect();
     Ok(Json(PriceList { currency: CURRENCY.into(), prices }))
 }
 

@@ -24,6 +24,17 @@ pub fn instance(i: store::Instance) -> api::Instance {
         reason: i.status_reason,
         created_at: rfc3339(i.created_at),
         updated_at: rfc3339(i.updated_at),
+        tier: i.sale.tier.to_string(),
+        max_price_per_gpu_hour: i.sale.max_price,
+        preemption: i.notice.map(|n| api::PreemptionNotice {
+            given_at: rfc3339(n.given_at),
+            notice_seconds: n.notice_ms as f64 / 1000.0,
+            deadline: n.deadline.map(rfc3339),
+            reason: n.reason,
+        }),
+        checkpoint: i.checkpoint.map(|c| c.path),
+        job: i.sale.job.as_ref().map(|(j, _)| j.to_string()),
+        attempt: i.sale.job.map(|(_, a)| a),
     }
 }
 

@@ -31,6 +31,8 @@ pub async fn create(
         gpu_share: req.gpu_share,
         gpu_memory_mib: req.gpu_memory_mib,
         mig: req.mig,
+        tier: parse_tier(req.tier.as_deref())?,
+        max_price: req.max_price_per_gpu_hour,
     };
     let (inst, _) = app.create_instance(&p, req, idempotency::key_of(&headers)).await?;
     Ok((StatusCode::CREATED, Json(convert::instance(inst))))
@@ -113,4 +115,16 @@ pub async fn events(
         })
         .collect();
     Ok(Json(gpucloud_api::InstanceHistory { events }))
+}
+
+pub(super) fn parse_tier(tier: Option<&str>) -> Result<gpucloud_model::Tier, ApiError> {
+    match tier {
+        None => Ok(gpucloud_model::Tier::OnDemand),
+        Some(t) => t.parse().map_err(|_| {
+            ApiError::from(crate::app::AppError::Invalid {
+                field: "tier".into(),
+                detail: format!("unknown tier '{t}': on-demand or spot"),
+            })
+        }),
+    }
 }

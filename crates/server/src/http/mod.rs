@@ -8,6 +8,7 @@ pub mod error;
 mod extract;
 mod idempotency;
 mod instances;
+mod market;
 mod meta;
 mod metrics;
 mod nodes;
@@ -38,6 +39,7 @@ pub const MAX_BODY: usize = 64 * 1024;
         (name = "tenants", description = "Tenants and API keys (operator)"),
         (name = "agents", description = "The node agent's protocol"),
         (name = "billing", description = "Prices, quotes, credit, balance, usage and the ledger"),
+        (name = "market", description = "Spot prices, preemption and managed jobs"),
         (name = "meta", description = "Catalog, capacity, identity, health"),
     )
 )]
@@ -89,6 +91,11 @@ pub fn api() -> (Router<Arc<App>>, utoipa::openapi::OpenApi) {
         .routes(routes!(billing::get_budget, billing::set_budget))
         .routes(routes!(billing::set_tenant_billing))
         .routes(routes!(billing::alerts))
+        .routes(routes!(market::spot_prices))
+        .routes(routes!(market::preempt))
+        .routes(routes!(market::create_job, market::list_jobs))
+        .routes(routes!(market::show_job))
+        .routes(routes!(market::cancel_job))
         .routes(routes!(agents::register))
         .routes(routes!(agents::heartbeat))
         .routes(routes!(agents::logs))

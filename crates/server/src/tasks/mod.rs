@@ -15,6 +15,7 @@ pub fn spawn_all(app: Arc<App>) -> Vec<JoinHandle<()>> {
         tokio::spawn(heartbeat_watch(app.clone())),
         tokio::spawn(metering(app.clone())),
         tokio::spawn(invoicing(app.clone())),
+        tokio::spawn(market(app.clone())),
     ];
     if let FakeAgents::Every(interval) = app.config.fake_agents {
         tasks.push(tokio::spawn(fake_agent_supervisor(app, interval)));
@@ -49,6 +50,30 @@ async fn metering(app: Arc<App>) {
         if let Err(e) = app.enforce_budgets().await {
             tracing::error!(error = %e, "budget pass failed");
         }
+    }
+}
+
+/// The spot market and managed jobs: deadlines and job relaunches twice a second (a notice's
+/// deadline is kept to within half a second), prices every `price_interval`.
+async fn market(app: Arc<App>) {
+    let mut last_price = std::time::Instant::now() - app.config.market.price_interval;
+    loop {
+        if let Err(e) = app.enforce_notices().await {
+            tracing::error!(error = %e, "preemption deadlines failed");
+        }
+        if let Err(e) = app.reconcile_jobs().await {
+            tracing::error!(error = %e, "job pass failed");
+        }
+        if last_price.elapsed() >= app.config.market.price_interval {
+            let dt = last_price.elapsed().min(app.config.market.price_interval * 10);
+            last_price = std::time::Instant::now();
+            match app.market_pass(dt).await {
+                Ok(r) if r.noticed > 0 => tracing::info!(noticed = r.noticed, "spot price passed bids"),
+                Ok(_) => {}
+                Err(e) => tracing::error!(error = %e, "market pass failed"),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 

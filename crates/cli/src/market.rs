@@ -1,0 +1,270 @@
+//! The market from the command line: spot prices, managed jobs, the operator's preemption switch,
+//! and `metadata`, which a workload runs to read its notice and report its checkpoints.
+
+use crate::commands::{As, Ctx, show};
+use crate::output::{or_dash, table};
+use clap::Subcommand;
+use gpucloud_api as api;
+use std::time::Duration;
+
+type Res = Result<(), String>;
+
+#[derive(Subcommand)]
+pub enum SpotCmd {
+    /// The spot price of a GPU model in a region: now, its bounds and its history.
+    Prices {
+        #[arg(long, alias = "model")]
+        gpu: String,
+        #[arg(long)]
+        region: String,
+        /// From this time (RFC 3339 or YYYY-MM-DD); default: the last 24 hours.
+        #[arg(long)]
+        since: Option<String>,
+    },
+}
+
+pub fn spot(ctx: &Ctx, cmd: SpotCmd) -> Res {
+    let c = ctx.client(As::Tenant)?;
+    match cmd {
+        SpotCmd::Prices { gpu, region, since } => {
+            let mut path = format!("/v1/spot/prices?gpu={gpu}&region={region}");
+            if let Some(s) = since {
+                path.push_str(&format!("&since={s}"));
+            }
+            let h: api::SpotPriceHistory = c.get(&path).map_err(|e| e.to_string())?;
+            show(ctx, &h, |h| {
+                let rows: Vec<Vec<String>> =
+                    h.points.iter().map(|p| vec![p.at.clone(), p.price_per_gpu_hour.to_string()]).collect();
+                format!(
+                    "{} in {}: spot {} {}/GPU-hour now (floor {}, on-demand {})\n\n{}",
+                    h.gpu,
+                    h.region,
+                    h.current_per_gpu_hour.map_or("-".to_string(), |p| p.to_string()),
+                    h.currency,
+                    h.floor_per_gpu_hour,
+                    h.on_demand_per_gpu_hour,
+                    table(&["FROM", "PRICE/GPU-HOUR"], &rows)
+                )
+            });
+        }
+    }
+    Ok(())
+}
+
+#[derive(Subcommand)]
+pub enum JobCmd {
+    /// Run a managed job: relaunched after each preemption or node loss from its latest checkpoint.
+    Run {
+        /// Acceptable GPU models, cheapest first wins: A100-40GB or A100-40GB|H100-80GB.
+        #[arg(long)]
+        gpu: String,
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+        /// Acceptable regions, comma-separated; any when omitted.
+        #[arg(long, value_delimiter = ',')]
+        regions: Vec<String>,
+        #[arg(long)]
+        command: String,
+        #[arg(long)]
+        name: Option<String>,
+        /// Run on spot (the default); --on-demand for never-preempted capacity.
+        #[arg(long, conflicts_with = "on_demand")]
+        spot: bool,
+        #[arg(long)]
+        on_demand: bool,
+        /// The spot bid per GPU-hour; the on-demand price when omitted.
+        #[arg(long, value_name = "PRICE")]
+        max_price: Option<String>,
+        /// Where the workload keeps checkpoints (GPUCLOUD_CHECKPOINT_DIR).
+        #[arg(long)]
+        checkpoint_dir: Option<String>,
+        /// Relaunches after preemption or node loss before giving up [default: 10].
+        #[arg(long)]
+        max_restarts: Option<u32>,
+        /// Run on-demand once a spot attempt has waited this many seconds for capacity.
+        #[arg(long, value_name = "SECONDS")]
+        on_demand_after: Option<u64>,
+        #[arg(long)]
+        idempotency_key: Option<String>,
+    },
+    /// Your jobs.
+    List,
+    /// A job and each of its attempts, with their cost.
+    Show { id: String },
+    /// Cancel a job (its running attempt is terminated).
+    Cancel { id: String },
+}
+
+fn job_detail(j: &api::Job) -> String {
+    let rows: Vec<Vec<String>> = j
+        .history
+        .iter()
+        .map(|a| {
+            vec![
+                a.attempt.to_string(),
+                a.instance.clone(),
+                a.tier.clone(),
+                a.gpu.clone(),
+                or_dash(a.region.as_ref()),
+                a.state.clone(),
+                a.billed_seconds.to_string(),
+                a.cost.to_string(),
+                or_dash(a.resumed_from.as_ref()),
+                or_dash(a.reason.as_ref()),
+            ]
+        })
+        .collect();
+    format!(
+        "id:         {}\nname:       {}\nstate:      {}{}\nattempts:   {} ({} after preemption)\ncheckpoint: {}\ncost:       {}\n\n{}",
+        j.id,
+        j.name,
+        j.state,
+        j.reason.as_ref().map(|r| format!(" ({r})")).unwrap_or_default(),
+        j.attempts,
+        j.restarts,
+        or_dash(j.checkpoint.as_ref()),
+        j.cost,
+        table(&["#", "INSTANCE", "TIER", "GPU", "REGION", "STATE", "BILLED S", "COST", "RESUMED FROM", "WHY"], &rows)
+    )
+}
+
+pub fn job(ctx: &Ctx, cmd: JobCmd) -> Res {
+    let c = ctx.client(As::Tenant)?;
+    let err = |e: crate::client::ClientError| e.to_string();
+    match cmd {
+        JobCmd::Run {
+            gpu,
+            count,
+            regions,
+            command,
+            name,
+            spot: _,
+            on_demand,
+            max_price,
+            checkpoint_dir,
+            max_restarts,
+            on_demand_after,
+            idempotency_key,
+        } => {
+            let gpus: Vec<&str> = gpu.split(['|', ',']).map(str::trim).filter(|s| !s.is_empty()).collect();
+            let body = serde_json::json!({
+                "name": name, "gpus": gpus, "count": count, "regions": regions, "command": command,
+                "spot": !on_demand, "max_price_per_gpu_hour": max_price, "checkpoint_dir": checkpoint_dir,
+                "max_restarts": max_restarts, "on_demand_after_seconds": on_demand_after,
+            });
+            let j: api::Job = c.post("/v1/jobs", Some(&body), idempotency_key.as_deref()).map_err(err)?;
+            show(ctx, &j, job_detail);
+        }
+        JobCmd::List => {
+            let l: api::JobList = c.get("/v1/jobs").map_err(err)?;
+            show(ctx, &l, |l| {
+                let rows: Vec<Vec<String>> = l
+                    .jobs
+                    .iter()
+                    .map(|j| {
+                        vec![j.id.clone(), j.name.clone(), j.state.clone(), j.attempts.to_string(), j.cost.to_string()]
+                    })
+                    .collect();
+                table(&["ID", "NAME", "STATE", "ATTEMPTS", "COST"], &rows)
+            });
+        }
+        JobCmd::Show { id } => {
+            let j: api::Job = c.get(&format!("/v1/jobs/{id}")).map_err(err)?;
+            show(ctx, &j, job_detail);
+        }
+        JobCmd::Cancel { id } => {
+            let j: api::Job = c.post::<(), _>(&format!("/v1/jobs/{id}/cancel"), None, None).map_err(err)?;
+            show(ctx, &j, job_detail);
+        }
+    }
+    Ok(())
+}
+
+#[derive(Subcommand)]
+pub enum AdminCmd {
+    /// Preempt an instance as the market would: notice now, SIGTERM at the deadline.
+    SimulatePreemption {
+        id: String,
+        /// Seconds of notice (at least the operator's minimum) [default: the configured notice].
+        #[arg(long, value_name = "SECONDS")]
+        notice: Option<u64>,
+    },
+}
+
+pub fn admin(ctx: &Ctx, cmd: AdminCmd) -> Res {
+    let c = ctx.client(As::Operator)?;
+    match cmd {
+        AdminCmd::SimulatePreemption { id, notice } => {
+            let body = api::PreemptRequest { notice_seconds: notice };
+            let inst: api::Instance =
+                c.post(&format!("/v1/admin/instances/{id}/preempt"), Some(&body), None).map_err(|e| e.to_string())?;
+            show(ctx, &inst, |i| {
+                let n = i.preemption.as_ref();
+                format!(
+                    "{}: preemption notice given ({} s){}",
+                    i.id,
+                    n.map_or(0.0, |n| n.notice_seconds),
+                    n.and_then(|n| n.deadline.clone()).map(|d| format!(", deadline {d}")).unwrap_or_default()
+                )
+            });
+        }
+    }
+    Ok(())
+}
+
+#[derive(Subcommand)]
+pub enum MetadataCmd {
+    /// This instance's identity, GPUs, notice and events.
+    Show,
+    /// Print the preemption notice and exit 0; exit 1 when there is none (after waiting).
+    Notice {
+        /// Wait up to this many seconds for a notice (a long-poll).
+        #[arg(long, default_value_t = 0.0, value_name = "SECONDS")]
+        wait: f64,
+    },
+    /// Report a checkpoint: a managed job's next attempt resumes from the latest one.
+    Checkpoint { path: String },
+}
+
+/// Run inside a workload: talks to the agent's endpoint at $GPUCLOUD_METADATA_URL.
+pub fn metadata(cmd: MetadataCmd) -> Res {
+    let url = std::env::var("GPUCLOUD_METADATA_URL")
+        .map_err(|_| "GPUCLOUD_METADATA_URL is not set: run this inside a gpucloud workload".to_string())?;
+    let wait = match &cmd {
+        MetadataCmd::Notice { wait } if wait.is_finite() && *wait >= 0.0 => wait.min(300.0),
+        MetadataCmd::Notice { wait } => return Err(format!("--wait must be a number of seconds, got {wait}")),
+        _ => 0.0,
+    };
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs_f64(wait + 10.0)))
+        .build()
+        .into();
+    let fail = |e: ureq::Error| format!("metadata endpoint {url}: {e}");
+    match cmd {
+        MetadataCmd::Show => {
+            let mut r = agent.get(&url).call().map_err(fail)?;
+            println!("{}", r.body_mut().read_to_string().map_err(|e| e.to_string())?);
+        }
+        MetadataCmd::Notice { .. } => {
+            let mut r = agent.get(format!("{url}/notice?wait={wait}")).call().map_err(fail)?;
+            match r.status().as_u16() {
+                200 => println!("{}", r.body_mut().read_to_string().map_err(|e| e.to_string())?),
+                204 => return Err("no preemption notice".into()),
+                s => return Err(format!("metadata endpoint answered {s}")),
+            }
+        }
+        MetadataCmd::Checkpoint { path } => {
+            let body = serde_json::json!({ "path": path }).to_string();
+            let r = agent
+                .post(format!("{url}/checkpoint"))
+                .header("Content-Type", "application/json")
+                .send(body.as_bytes())
+                .map_err(fail)?;
+            if r.status().as_u16() != 204 {
+                return Err(format!("metadata endpoint answered {}", r.status()));
+            }
+        }
+    }
+    Ok(())
+}
