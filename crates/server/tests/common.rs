@@ -25,17 +25,23 @@ pub struct Resp {
 
 impl TestServer {
     pub fn start() -> TestServer {
+        TestServer::start_with(|_| {})
+    }
+
+    /// A server whose configuration `tune` adjusts first.
+    pub fn start_with(tune: impl FnOnce(&mut Config)) -> TestServer {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         let dir = std::env::temp_dir().join(format!("gpucloud-http-{:016x}", rand::random::<u64>()));
         std::fs::create_dir_all(&dir).unwrap();
         let (running, key) = rt.block_on(async {
             let store = gpucloud_store::open(&format!("sqlite://{}/db.sqlite", dir.display())).await.unwrap();
-            let config = Config {
+            let mut config = Config {
                 schedule_interval: Duration::from_millis(50),
                 fake_agents: FakeAgents::Every(Duration::from_millis(50)),
                 metering_interval: Duration::from_millis(50),
                 ..Config::default()
             };
+            tune(&mut config);
             let running = gpucloud_server::start(store, config, "127.0.0.1:0").await.unwrap();
             let key = running.app.create_tenant(None, "operator", Role::Operator).await.unwrap();
             gpucloud_server::dev::bootstrap(&running.app, false, gpucloud_server::dev::DevFleet::InProcess)

@@ -178,6 +178,12 @@ impl App {
                 format!("notice must be between the operator's minimum ({} s) and 3600 s", min.as_secs()),
             ));
         }
+        if inst.sale.tier != Tier::Spot {
+            return Err(AppError::Conflict(format!(
+                "instance {id} is {}: only spot instances are preempted",
+                inst.sale.tier
+            )));
+        }
         if !matches!(inst.state, InstanceState::Provisioning | InstanceState::Running) {
             return Err(AppError::Conflict(format!(
                 "instance {id} is {}: only a running instance can be preempted",

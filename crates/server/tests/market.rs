@@ -1,0 +1,159 @@
+//! The spot market over HTTP: bad requests are named 4xx, a bid the price passes is noticed and
+//! stopped at its deadline, a bid under the price waits, and the operator's preemption switch.
+
+mod common;
+
+use common::TestServer;
+use serde_json::json;
+use std::time::Duration;
+
+fn fast_market() -> TestServer {
+    TestServer::start_with(|c| {
+        c.market.notice = Duration::from_millis(1500);
+        c.market.min_notice = Duration::from_secs(1);
+        c.market.price_interval = Duration::from_millis(100);
+        c.market.min_runtime = Duration::ZERO;
+    })
+}
+
+#[test]
+fn market_requests_are_checked() {
+    let s = TestServer::start();
+    let key = s.tenant("acme");
+    let other = s.tenant("other");
+    let bad = |key: &str, path: &str, body: serde_json::Value, status: u16, field: &str| {
+        let r = s.post(key, path, Some(&body));
+        assert_eq!(r.status, status, "{path} {body}: {:?}", r.body);
+        if !field.is_empty() {
+            assert_eq!(r.body["field"], field, "{:?}", r.body);
+        }
+        r
+    };
+    let inst = |extra: serde_json::Value| {
+        let mut b = json!({"gpu": "A100-40GB", "count": 1, "command": "sleep 1"});
+        b.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        b
+    };
+    bad(&key, "/v1/instances", inst(json!({"tier": "gold"})), 422, "tier");
+    let r = bad(&key, "/v1/instances", inst(json!({"tier": "reserved"})), 422, "tier");
+    assert!(r.body["detail"].as_str().unwrap().contains("reservation"), "{:?}", r.body);
+    bad(&key, "/v1/instances", inst(json!({"max_price_per_gpu_hour": "1.00"})), 422, "max_price_per_gpu_hour");
+    bad(
+        &key,
+        "/v1/instances",
+        inst(json!({"tier": "spot", "max_price_per_gpu_hour": "-1"})),
+        422,
+        "max_price_per_gpu_hour",
+    );
+    bad(
+        &key,
+        "/v1/instances",
+        inst(json!({"tier": "spot", "max_price_per_gpu_hour": "0"})),
+        422,
+        "max_price_per_gpu_hour",
+    );
+
+    let job = |extra: serde_json::Value| {
+        let mut b = json!({"gpus": ["A100-40GB"], "count": 1, "command": "sleep 1"});
+        b.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        b
+    };
+    bad(&key, "/v1/jobs", job(json!({"gpus": []})), 422, "gpus");
+    bad(&key, "/v1/jobs", job(json!({"count": 0})), 422, "count");
+    bad(&key, "/v1/jobs", job(json!({"command": "  "})), 422, "command");
+    bad(&key, "/v1/jobs", job(json!({"regions": ["mars-1"]})), 422, "regions");
+    bad(&key, "/v1/jobs", job(json!({"max_restarts": 5000})), 422, "max_restarts");
+    bad(&key, "/v1/jobs", job(json!({"gpus": ["Z80"]})), 422, "");
+    bad(&key, "/v1/jobs", job(json!({"retries": 3})), 422, "");
+
+    for (q, status) in [
+        ("gpu=Z80&region=eu-1", 422),
+        ("gpu=A100-40GB&region=EU%201", 422),
+        ("gpu=A100-40GB&region=eu-1&since=yesterday", 422),
+        ("region=eu-1", 400),
+        ("gpu=H200-141GB&region=mars-1", 404),
+    ] {
+        let r = s.get(&key, &format!("/v1/spot/prices?{q}"));
+        assert_eq!(r.status, status, "{q}: {:?}", r.body);
+    }
+
+    let spot = s.post(&key, "/v1/instances", Some(&inst(json!({"tier": "spot"}))));
+    assert_eq!(spot.status, 201, "{:?}", spot.body);
+    let id = spot.body["id"].as_str().unwrap().to_string();
+    s.wait_for(&key, &id, "running", |v| v["state"] == "running");
+    let preempt = |who: &str, id: &str, body: serde_json::Value| {
+        s.post(who, &format!("/v1/admin/instances/{id}/preempt"), Some(&body))
+    };
+    assert_eq!(preempt(&key, &id, json!({})).status, 403, "tenants cannot preempt");
+    assert_eq!(preempt(&s.operator_key, "i-nosuch", json!({})).status, 404);
+    let r = preempt(&s.operator_key, &id, json!({"notice_seconds": 5}));
+    assert_eq!((r.status, r.body["field"].as_str()), (422, Some("notice_seconds")), "under the 30 s minimum");
+    let od = s.create(&key, "A100-40GB", 1, None);
+    let r = preempt(&s.operator_key, od["id"].as_str().unwrap(), json!({}));
+    assert_eq!(r.status, 409, "on-demand is never preempted: {:?}", r.body);
+    let r = preempt(&s.operator_key, &id, json!({"notice_seconds": 60}));
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["preemption"]["reason"], "simulated by the operator");
+    assert_eq!(preempt(&s.operator_key, &id, json!({})).status, 409, "one notice per run");
+    // The in-process agent carries it to the node: the deadline is then set.
+    let v = s.wait_for(&key, &id, "delivered", |v| v["preemption"]["deadline"].is_string());
+    assert_eq!(v["preemption"]["notice_seconds"], 60.0);
+
+    // Jobs are the tenant's own.
+    let r = s.post(&key, "/v1/jobs", Some(&job(json!({"on_demand_after_seconds": 60}))));
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let jid = r.body["id"].as_str().unwrap().to_string();
+    assert_eq!(s.get(&other, &format!("/v1/jobs/{jid}")).status, 404);
+    assert_eq!(s.post(&other, &format!("/v1/jobs/{jid}/cancel"), None).status, 404);
+    assert_eq!(s.get(&key, "/v1/jobs/not-a-job").status, 404);
+    let cancelled = s.post(&key, &format!("/v1/jobs/{jid}/cancel"), None);
+    assert_eq!((cancelled.status, cancelled.body["state"].as_str()), (200, Some("cancelled")), "{:?}", cancelled.body);
+}
+
+#[test]
+fn a_bid_the_price_passes_is_noticed_then_stopped() {
+    let s = fast_market();
+    let key = s.tenant("acme");
+    let body = json!({"gpu": "A100-40GB", "count": 1, "region": "eu-1", "command": "sleep 1000",
+        "tier": "spot", "max_price_per_gpu_hour": "0.90"});
+    let r = s.post(&key, "/v1/instances", Some(&body));
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let id = r.body["id"].as_str().unwrap().to_string();
+    s.wait_for(&key, &id, "running", |v| v["state"] == "running");
+
+    // The operator moves the spot price above the bid (the market then smooths from there).
+    let r = s.post(
+        &s.operator_key,
+        "/v1/prices",
+        Some(&json!({"gpu": "A100-40GB", "region": "eu-1", "tier": "spot", "price_per_gpu_hour": "1.50"})),
+    );
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let v = s.wait_for(&key, &id, "noticed", |v| v["preemption"].is_object());
+    let reason = v["preemption"]["reason"].as_str().unwrap();
+    assert!(reason.contains("above this instance's max price 0.900000"), "{reason}");
+    let v = s.wait_for(&key, &id, "stopped at the deadline", |v| v["state"] == "stopped");
+    assert!(v["reason"].as_str().unwrap().starts_with("preempted: the spot price"), "{v}");
+
+    // A new bid under the price waits, and says why.
+    let r = s.post(&key, "/v1/instances", Some(&body));
+    let waiting = r.body["id"].as_str().unwrap().to_string();
+    let v = s.wait_for(&key, &waiting, "priced out", |v| {
+        v["pending_reason"].as_str().is_some_and(|r| r.contains("max price"))
+    });
+    assert_eq!(v["state"], "pending");
+
+    let h = s.get(&key, "/v1/spot/prices?gpu=A100-40GB&region=eu-1");
+    assert_eq!(h.status, 200, "{:?}", h.body);
+    assert_eq!(h.body["on_demand_per_gpu_hour"], "1.600000");
+    assert_eq!(h.body["floor_per_gpu_hour"], "0.400000");
+    let points = h.body["points"].as_array().unwrap();
+    assert!(points.len() >= 2, "the seeded price and the operator's at least: {points:?}");
+    let prices = s.get(&key, "/v1/prices").body;
+    let spot_rows = prices["prices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["tier"] == "spot" && p["gpu"] == "A100-40GB" && p["region"] == "eu-1")
+        .count();
+    assert_eq!(spot_rows, 1, "the price book shows the spot price in force, not its history");
+}
