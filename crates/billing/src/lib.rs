@@ -91,16 +91,23 @@ pub fn charge(start: Timestamp, duration_ms: i64, milli_gpus: u32, prices: &[Pri
     let mut points: Vec<PricePoint> = prices.to_vec();
     points.sort_by_key(|p| p.effective_from);
     // micro-units x milli-GPUs x milliseconds; divided by 1000 (milli-GPU) x 3,600,000 (ms/hour).
+    // One walk over the sorted points: long histories (a spot price moves often) stay linear.
     let mut numerator: i128 = 0;
+    let first = points.partition_point(|p| p.effective_from <= start);
+    let mut current = first.checked_sub(1).map(|i| points[i].per_gpu_hour);
     let mut cursor = start;
-    while cursor < end {
-        let next_change = points.iter().map(|p| p.effective_from).find(|t| *t > cursor).unwrap_or(end).min(end);
-        if let Some(price) = price_at(&points, cursor) {
-            let ms = i128::from(next_change.millis() - cursor.millis());
+    let mut add = |price: Option<Money>, from: Timestamp, to: Timestamp| {
+        if let Some(price) = price {
+            let ms = i128::from(to.millis() - from.millis());
             numerator += i128::from(price.micros()) * i128::from(milli_gpus) * ms;
         }
-        cursor = next_change;
+    };
+    for p in points[first..].iter().take_while(|p| p.effective_from < end) {
+        add(current, cursor, p.effective_from);
+        cursor = p.effective_from;
+        current = Some(p.per_gpu_hour);
     }
+    add(current, cursor, end);
     const DIVISOR: i128 = 1000 * 3_600_000;
     let amount = (numerator + DIVISOR / 2) / DIVISOR;
     Charge { seconds, amount: Money(amount as i64) }

@@ -137,3 +137,50 @@ proptest! {
         prop_assert!(inv.to_html().contains(&inv.closing_balance.to_string()));
     }
 }
+
+/// The definition, segment by segment: each stretch between price changes at the price in force.
+fn charge_by_definition(start: Timestamp, seconds: i64, milli: u32, prices: &[PricePoint]) -> Money {
+    let end = start.plus_millis(seconds * 1000);
+    let mut cuts: Vec<Timestamp> = prices.iter().map(|p| p.effective_from).filter(|t| *t > start && *t < end).collect();
+    cuts.push(end);
+    cuts.sort();
+    let mut numerator: i128 = 0;
+    let mut cursor = start;
+    for cut in cuts {
+        if let Some(p) = price_at(prices, cursor) {
+            numerator += i128::from(p.micros()) * i128::from(milli) * i128::from(cut.millis() - cursor.millis());
+        }
+        cursor = cut;
+    }
+    Money(((numerator + 1_800_000_000) / 3_600_000_000) as i64)
+}
+
+proptest! {
+    /// Across any number of price changes (unordered, repeated times), the charge is the sum of
+    /// each stretch at the price in force.
+    #[test]
+    fn charge_follows_every_price_change(
+        start in 0i64..10_000_000,
+        ms in 0i64..20_000_000,
+        milli in 1u32..16_000,
+        points in proptest::collection::vec((0i64..40_000_000, 0i64..50_000_000), 0..40),
+    ) {
+        let prices: Vec<PricePoint> = points
+            .iter()
+            .map(|(t, p)| PricePoint { effective_from: Timestamp(*t), per_gpu_hour: Money(*p) })
+            .collect();
+        let rules = Rules::default();
+        let c = charge(Timestamp(start), ms, milli, &prices, rules);
+        // Points at the same instant: the definition takes the last one listed after sorting.
+        let mut sorted = prices.clone();
+        sorted.sort_by_key(|p| p.effective_from);
+        let mut dedup: Vec<PricePoint> = Vec::new();
+        for p in sorted {
+            match dedup.last_mut() {
+                Some(l) if l.effective_from == p.effective_from => *l = p,
+                _ => dedup.push(p),
+            }
+        }
+        prop_assert_eq!(c.amount, charge_by_definition(Timestamp(start), c.seconds, milli, &dedup));
+    }
+}

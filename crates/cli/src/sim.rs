@@ -65,6 +65,32 @@ pub enum SimCmd {
         #[arg(long, default_value_t = 1.0)]
         compress: f64,
     },
+    /// Spot with recovery against on-demand only, on the trace's task durations: cost saved and
+    /// completion time added as the preemption rate grows, with and without checkpoints on notice.
+    Spot {
+        #[arg(long, default_value = "../shared/data/alibaba-gpu-v2023/csv/openb_pod_list_default.csv")]
+        trace: PathBuf,
+        /// Preemptions per hour of a job's running time, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "0,0.05,0.1,0.25,0.5,1,2,4")]
+        rates: Vec<f64>,
+        /// Seconds of notice before a preemption.
+        #[arg(long, default_value_t = 120)]
+        notice: i64,
+        /// Without checkpoint-on-notice: minutes between the workload's own checkpoints.
+        #[arg(long, default_value_t = 30)]
+        checkpoint_every: i64,
+        /// Mean seconds until spot capacity comes back after a preemption.
+        #[arg(long, default_value_t = 120.0)]
+        restart_wait: f64,
+        /// Seconds a new attempt spends starting (billed, no progress).
+        #[arg(long, default_value_t = 60)]
+        startup: i64,
+        /// Long-run mean of the spot price, percent of on-demand.
+        #[arg(long, default_value_t = 35.0)]
+        spot_mean: f64,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+    },
 }
 
 pub fn run(cmd: SimCmd, as_json: bool) -> Result<(), String> {
@@ -74,6 +100,17 @@ pub fn run(cmd: SimCmd, as_json: bool) -> Result<(), String> {
         }
         SimCmd::Replay { trace, nodes, policy, price, buckets, compress } => {
             replay(&trace, &nodes, &policy, &price, buckets, compress, as_json)
+        }
+        SimCmd::Spot { trace, rates, notice, checkpoint_every, restart_wait, startup, spot_mean, seed } => {
+            let base = gpucloud_sim::spot::SpotParams {
+                notice_s: notice,
+                checkpoint_every_s: checkpoint_every * 60,
+                restart_wait_s: restart_wait,
+                startup_s: startup,
+                spot_mean_pct: spot_mean,
+                ..Default::default()
+            };
+            spot(&trace, &rates, base, seed, as_json)
         }
     }
 }
@@ -244,5 +281,115 @@ fn fgd(
     if let Some(path) = svg {
         println!("chart: {}", path.display());
     }
+    Ok(())
+}
+
+fn spot(
+    trace: &std::path::Path,
+    rates: &[f64],
+    base: gpucloud_sim::spot::SpotParams,
+    seed: u64,
+    as_json: bool,
+) -> Result<(), String> {
+    use gpucloud_model::Money;
+    use gpucloud_sim::spot::{SpotJob, SpotParams, compare, spot_price_series};
+    use rand::SeedableRng;
+    if rates.iter().any(|r| !r.is_finite() || *r < 0.0 || *r > 1000.0) {
+        return Err("--rates are preemptions per hour, 0 to 1000".into());
+    }
+    if base.notice_s < 0 || base.startup_s < 0 || base.checkpoint_every_s <= 0 || !(base.restart_wait_s >= 0.0) {
+        return Err(
+            "--notice, --startup and --restart-wait cannot be negative; --checkpoint-every is at least 1".into()
+        );
+    }
+    if !(base.floor_pct..=100.0).contains(&base.spot_mean_pct) {
+        return Err(format!("--spot-mean is a percentage of on-demand between {} and 100", base.floor_pct));
+    }
+    let prices: std::collections::HashMap<&str, Money> = gpucloud_sim::replay::DEFAULT_PRICES
+        .iter()
+        .map(|(m, p)| (*m, p.parse::<Money>().expect("built-in price is valid")))
+        .collect();
+    let fallback = prices["G2"];
+    let mut models = Models::default();
+    let t = read_trace(trace, &mut models)?;
+    let jobs: Vec<SpotJob> = t
+        .tasks
+        .iter()
+        .filter_map(|task| {
+            let (c, d) = (task.creation?, task.deletion?);
+            let milli = task.ask.num_gpu * task.ask.gpu_milli.min(1000);
+            (d > c && c >= 0 && milli > 0).then(|| SpotJob {
+                milli_gpus: milli,
+                duration_s: d - c,
+                arrival_s: c,
+                on_demand: task.spec.split('|').find_map(|m| prices.get(m.trim()).copied()).unwrap_or(fallback),
+            })
+        })
+        .collect();
+    if jobs.is_empty() {
+        return Err(format!("{}: no GPU task with creation and deletion times", trace.display()));
+    }
+    let horizon = jobs.iter().map(|j| j.arrival_s + j.duration_s * 20 + 86_400).max().unwrap_or(0);
+    const STEP: i64 = 600;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let series = spot_price_series(&base, horizon, STEP, &mut rng);
+    let started = Instant::now();
+    let mut rows = Vec::new();
+    for &rate in rates {
+        for on_notice in [true, false] {
+            let p = SpotParams { rate_per_hour: rate, checkpoint_on_notice: on_notice, ..base };
+            rows.push(compare(&jobs, &p, &series, STEP, seed));
+        }
+    }
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&rows).map_err(|e| e.to_string())?);
+        return Ok(());
+    }
+    let gpu_hours: f64 = jobs.iter().map(|j| j.milli_gpus as f64 / 1000.0 * j.duration_s as f64 / 3600.0).sum();
+    println!(
+        "{} GPU jobs from {} ({:.0} GPU-hours); notice {} s, restart wait {} s mean, startup {} s, spot price mean {}% of on-demand (floor {}%), seed {seed}",
+        jobs.len(),
+        trace.display(),
+        gpu_hours,
+        base.notice_s,
+        base.restart_wait_s,
+        base.startup_s,
+        base.spot_mean_pct,
+        base.floor_pct
+    );
+    let table_rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                format!("{}", r.rate_per_hour),
+                r.checkpoint.clone(),
+                format!("{:.2}", r.preemptions_per_job),
+                format!("${}", r.on_demand_cost),
+                format!("${}", r.spot_cost),
+                format!("{:.1}%", r.savings_pct),
+                format!("+{:.1}%", r.completion_overhead_pct),
+                format!("+{:.1}%", r.p95_job_overhead_pct),
+                if r.holds { "yes" } else { "no" }.to_string(),
+            ]
+        })
+        .collect();
+    println!(
+        "{}",
+        table(
+            &[
+                "PREEMPT/H",
+                "CHECKPOINT",
+                "PREEMPT/JOB",
+                "ON-DEMAND",
+                "SPOT",
+                "SAVED",
+                "TIME",
+                "P95 JOB",
+                ">=60% & <10%"
+            ],
+            &table_rows
+        )
+    );
+    println!("({:.2} s)", started.elapsed().as_secs_f64());
     Ok(())
 }

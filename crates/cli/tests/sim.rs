@@ -114,3 +114,24 @@ fn bad_arguments_are_named() {
         assert!(err.contains(want), "{args:?}: {err}");
     }
 }
+
+#[test]
+fn spot_with_recovery_against_on_demand() {
+    let Some(dir) = data() else { return };
+    let trace = dir.join("openb_pod_list_default.csv");
+    let (ok, out, err) = run(&["spot", "--trace", trace.to_str().unwrap(), "--rates", "0,0.5,4", "--json"]);
+    assert!(ok, "{err}");
+    let rows: Vec<Value> = serde_json::from_str(&out).unwrap();
+    assert_eq!(rows.len(), 6, "two checkpoint modes per rate");
+    let row = |rate: f64, ckpt: &str| {
+        rows.iter()
+            .find(|r| r["rate_per_hour"] == rate && r["checkpoint"].as_str().unwrap().starts_with(ckpt))
+            .unwrap_or_else(|| panic!("no row for {rate} {ckpt}"))
+    };
+    let calm = row(0.0, "on notice");
+    assert!(calm["savings_pct"].as_f64().unwrap() >= 60.0 && calm["completion_overhead_pct"] == 0.0, "{calm}");
+    assert_eq!(row(0.5, "on notice")["holds"], true, "moderate preemption keeps the promise");
+    assert_eq!(row(4.0, "every").as_object().unwrap()["holds"], false, "and the report shows where it stops");
+    let (ok, _, err) = run(&["spot", "--trace", trace.to_str().unwrap(), "--rates=-1"]);
+    assert!(!ok && err.contains("--rates"), "{err}");
+}
