@@ -297,7 +297,12 @@ fn spot(
     if rates.iter().any(|r| !r.is_finite() || *r < 0.0 || *r > 1000.0) {
         return Err("--rates are preemptions per hour, 0 to 1000".into());
     }
-    if base.notice_s < 0 || base.startup_s < 0 || base.checkpoint_every_s <= 0 || !(base.restart_wait_s >= 0.0) {
+    if base.notice_s < 0
+        || base.startup_s < 0
+        || base.checkpoint_every_s <= 0
+        || !base.restart_wait_s.is_finite()
+        || base.restart_wait_s < 0.0
+    {
         return Err(
             "--notice, --startup and --restart-wait cannot be negative; --checkpoint-every is at least 1".into()
         );
