@@ -62,8 +62,9 @@ pub struct CreateInstanceRequest {
     /// A name for people; defaults to the id.
     #[serde(default)]
     pub name: Option<String>,
-    /// on-demand (default) or spot: cheaper, and preempted with notice when the spot price rises
-    /// above `max_price_per_gpu_hour` or on-demand demand needs the GPUs.
+    /// on-demand (default); spot: cheaper, and preempted with notice when the spot price rises
+    /// above `max_price_per_gpu_hour` or on-demand demand needs the GPUs; reserved: on the
+    /// caller's reservation (its region), paid for by it.
     #[serde(default)]
     #[schema(example = "spot")]
     pub tier: Option<String>,
@@ -830,4 +831,56 @@ pub struct Job {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct JobList {
     pub jobs: Vec<Job>,
+}
+
+/// Sell a reservation (operator): GPUs of a model in a region, for a period, at a rate.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateReservationRequest {
+    /// The owner: a tenant id or name.
+    pub tenant: String,
+    #[schema(value_type = String, example = "A100-40GB")]
+    pub gpu: GpuModel,
+    #[schema(value_type = String, example = "eu-1")]
+    pub region: Region,
+    pub gpus: u32,
+    /// RFC 3339; now when omitted.
+    #[serde(default)]
+    pub starts_at: Option<String>,
+    /// RFC 3339.
+    pub ends_at: String,
+    /// Per GPU-hour, paid for the whole period; the price book's reserved price when omitted.
+    #[serde(default)]
+    #[schema(value_type = Option<String>, example = "1.04")]
+    pub price_per_gpu_hour: Option<Money>,
+    /// Percent of what idle reserved GPUs earn as spot that goes back to the owner (default 50).
+    #[serde(default)]
+    pub lend_share_percent: Option<u32>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Reservation {
+    pub id: String,
+    pub tenant: String,
+    pub gpu: String,
+    pub region: String,
+    pub gpus: u32,
+    pub starts_at: String,
+    pub ends_at: String,
+    pub active: bool,
+    #[schema(value_type = String)]
+    pub price_per_gpu_hour: Money,
+    pub lend_share_percent: u32,
+    /// Idle reserved GPU-hours lent out as spot so far, what they earned, and what was credited.
+    pub lent_gpu_hours: f64,
+    #[schema(value_type = String)]
+    pub lending_revenue: Money,
+    #[schema(value_type = String)]
+    pub credited: Money,
+    pub billed_periods: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ReservationList {
+    pub reservations: Vec<Reservation>,
 }

@@ -53,6 +53,8 @@ pub enum EntryKind {
     Grant,
     TopUp,
     Adjustment,
+    /// A reservation owner's share of what its idle capacity earned as spot.
+    LendingCredit,
 }
 
 impl EntryKind {
@@ -62,6 +64,7 @@ impl EntryKind {
             EntryKind::Grant => "grant",
             EntryKind::TopUp => "topup",
             EntryKind::Adjustment => "adjustment",
+            EntryKind::LendingCredit => "lending-credit",
         }
     }
 }
@@ -74,6 +77,7 @@ impl std::str::FromStr for EntryKind {
             "grant" => Ok(EntryKind::Grant),
             "topup" => Ok(EntryKind::TopUp),
             "adjustment" => Ok(EntryKind::Adjustment),
+            "lending-credit" => Ok(EntryKind::LendingCredit),
             other => Err(format!("unknown entry kind '{other}'")),
         }
     }
@@ -121,6 +125,11 @@ impl Entry {
     /// A correction: positive gives the tenant money back, negative takes it.
     pub fn adjustment(tenant: &TenantId, amount: Money) -> Entry {
         Entry::pair(EntryKind::Adjustment, tenant, amount, Account::Adjustments)
+    }
+
+    /// Gives a reservation owner part of the revenue its lent capacity brought in.
+    pub fn lending_credit(tenant: &TenantId, amount: Money) -> Entry {
+        Entry::pair(EntryKind::LendingCredit, tenant, amount, Account::Revenue)
     }
 
     pub fn postings(&self) -> &[Posting] {

@@ -93,6 +93,9 @@ pub struct CreateArgs {
     /// With --spot: the most you pay per GPU-hour; preempted when the spot price passes it.
     #[arg(long, value_name = "PRICE", requires = "spot")]
     max_price: Option<String>,
+    /// Run on your reservation (see `gpucloud reservation list`): always room, already paid for.
+    #[arg(long, conflicts_with = "spot")]
+    reserved: bool,
 }
 
 #[derive(Subcommand)]
@@ -278,6 +281,7 @@ pub fn instance(ctx: &Ctx, cmd: InstanceCmd) -> Res {
                 mig,
                 spot,
                 max_price,
+                reserved,
                 ..
             } = *a;
             // Passed through as given: the server names what is wrong with it.
@@ -287,6 +291,9 @@ pub fn instance(ctx: &Ctx, cmd: InstanceCmd) -> Res {
             if spot {
                 body["tier"] = "spot".into();
                 body["max_price_per_gpu_hour"] = max_price.into();
+            }
+            if reserved {
+                body["tier"] = "reserved".into();
             }
             add_slice(&mut body, gpu_share, gpu_memory, mig)?;
             let mut inst: api::Instance =

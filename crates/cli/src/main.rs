@@ -70,6 +70,9 @@ enum Command {
     /// Managed jobs that survive preemption.
     #[command(subcommand)]
     Job(market::JobCmd),
+    /// Reserved capacity: sold by the operator, lent out as spot while idle.
+    #[command(subcommand)]
+    Reservation(market::ReservationCmd),
     /// Operator tools (simulate a preemption).
     #[command(subcommand)]
     Admin(market::AdminCmd),
@@ -98,6 +101,7 @@ fn main() -> ExitCode {
         Command::Spot(c) => market::spot(&ctx, c),
         Command::Job(c) => market::job(&ctx, c),
         Command::Admin(c) => market::admin(&ctx, c),
+        Command::Reservation(c) => market::reservation(&ctx, c),
         Command::Metadata(c) => market::metadata(c),
     };
     match result {

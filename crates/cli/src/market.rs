@@ -268,3 +268,74 @@ pub fn metadata(cmd: MetadataCmd) -> Res {
     }
     Ok(())
 }
+
+#[derive(Subcommand)]
+pub enum ReservationCmd {
+    /// Sell a reservation to a tenant (operator).
+    Create {
+        /// The owner: tenant id or name.
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        gpu: String,
+        #[arg(long)]
+        region: String,
+        /// How many GPUs.
+        #[arg(long)]
+        gpus: u32,
+        /// RFC 3339 [default: now].
+        #[arg(long)]
+        from: Option<String>,
+        /// RFC 3339.
+        #[arg(long)]
+        to: String,
+        /// Per GPU-hour [default: the price book's reserved price].
+        #[arg(long)]
+        price: Option<String>,
+        /// Percent of what the idle reservation earns as spot credited to the owner [default: 50].
+        #[arg(long)]
+        lend_share: Option<u32>,
+    },
+    /// Your reservations (all of them, for an operator).
+    List,
+}
+
+fn reservation_rows(list: &[api::Reservation]) -> String {
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|r| {
+            vec![
+                r.id.clone(),
+                r.tenant.clone(),
+                format!("{} x {}", r.gpus, r.gpu),
+                r.region.clone(),
+                format!("{} .. {}", r.starts_at, r.ends_at),
+                r.price_per_gpu_hour.to_string(),
+                format!("{:.2}", r.lent_gpu_hours),
+                r.credited.to_string(),
+            ]
+        })
+        .collect();
+    table(&["ID", "TENANT", "GPUS", "REGION", "PERIOD", "PRICE/GPU-H", "LENT GPU-H", "CREDITED"], &rows)
+}
+
+pub fn reservation(ctx: &Ctx, cmd: ReservationCmd) -> Res {
+    let err = |e: crate::client::ClientError| e.to_string();
+    match cmd {
+        ReservationCmd::Create { tenant, gpu, region, gpus, from, to, price, lend_share } => {
+            let c = ctx.client(As::Operator)?;
+            let body = serde_json::json!({
+                "tenant": tenant, "gpu": gpu, "region": region, "gpus": gpus, "starts_at": from, "ends_at": to,
+                "price_per_gpu_hour": price, "lend_share_percent": lend_share,
+            });
+            let r: api::Reservation = c.post("/v1/reservations", Some(&body), None).map_err(err)?;
+            show(ctx, &r, |r| reservation_rows(std::slice::from_ref(r)));
+        }
+        ReservationCmd::List => {
+            let c = ctx.client(As::Tenant)?;
+            let l: api::ReservationList = c.get("/v1/reservations").map_err(err)?;
+            show(ctx, &l, |l| reservation_rows(&l.reservations));
+        }
+    }
+    Ok(())
+}

@@ -157,3 +157,97 @@ fn a_bid_the_price_passes_is_noticed_then_stopped() {
         .count();
     assert_eq!(spot_rows, 1, "the price book shows the spot price in force, not its history");
 }
+
+#[test]
+fn reserved_capacity_is_kept_lent_as_spot_and_taken_back() {
+    let s = TestServer::start_with(|c| {
+        c.market.notice = Duration::from_secs(1);
+        c.market.min_notice = Duration::from_secs(1);
+        c.market.price_interval = Duration::from_millis(100);
+        c.market.min_runtime = Duration::ZERO;
+        c.market.reservation_period = Duration::from_secs(1);
+    });
+    let lab = s.tenant("lab");
+    let acme = s.tenant("acme");
+    let now = time::OffsetDateTime::now_utc();
+    let later = (now + time::Duration::hours(1)).format(&time::format_description::well_known::Rfc3339).unwrap();
+    let sell = |tenant: &str, gpus: u32| {
+        s.post(
+            &s.operator_key,
+            "/v1/reservations",
+            Some(&json!({"tenant": tenant, "gpu": "A100-40GB", "region": "us-1", "gpus": gpus, "ends_at": later,
+                "price_per_gpu_hour": "1.00", "lend_share_percent": 50})),
+        )
+    };
+    assert_eq!(sell_status(&s, &lab, &later), 403, "tenants cannot sell");
+    let r = sell("lab", 2);
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let r2 = sell("acme", 1);
+    assert_eq!(r2.status, 409, "us-1 has only two A100s and both are sold: {:?}", r2.body);
+    assert_eq!(sell("nobody", 1).status, 422);
+
+    // Others' on-demand work never takes reserved GPUs; their spot work borrows them.
+    let od = s.create(&acme, "A100-40GB", 1, Some("us-1"));
+    let od_id = od["id"].as_str().unwrap().to_string();
+    let spot = s.post(
+        &acme,
+        "/v1/instances",
+        Some(&json!({"gpu": "A100-40GB", "count": 2, "region": "us-1", "command": "sleep 1000", "tier": "spot"})),
+    );
+    let spot_id = spot.body["id"].as_str().unwrap().to_string();
+    s.wait_for(&acme, &spot_id, "running on lent capacity", |v| v["state"] == "running");
+    assert_eq!(s.get(&acme, &format!("/v1/instances/{od_id}")).body["state"], "pending");
+
+    // Acme has no reservation; the owner asking for more than it holds is refused.
+    let reserved = |key: &str, count: u32| {
+        s.post(
+            key,
+            "/v1/instances",
+            Some(&json!({"gpu": "A100-40GB", "count": count, "command": "sleep 1000", "tier": "reserved"})),
+        )
+    };
+    assert_eq!(reserved(&acme, 1).status, 422);
+    assert_eq!(reserved(&lab, 3).status, 409);
+
+    // The owner asks: the spot borrower gets its notice, and the owner runs in us-1.
+    let mine = reserved(&lab, 2);
+    assert_eq!(mine.status, 201, "{:?}", mine.body);
+    assert_eq!(mine.body["region"], "us-1", "the reservation's region");
+    let mine_id = mine.body["id"].as_str().unwrap().to_string();
+    let v = s.wait_for(&acme, &spot_id, "noticed", |v| v["preemption"].is_object());
+    assert!(v["preemption"]["reason"].as_str().unwrap().starts_with(&format!("reserved request {mine_id}")), "{v}");
+    s.wait_for(&lab, &mine_id, "running", |v| v["state"] == "running");
+    s.wait_for(&acme, &spot_id, "stopped", |v| v["state"] == "stopped");
+
+    // The owner pays the commitment per period, nothing per instance, and gets half of what the
+    // lending earned back.
+    std::thread::sleep(Duration::from_millis(2500));
+    let ledger = s.get(&lab, "/v1/billing/ledger").body;
+    let entries = ledger["entries"].as_array().unwrap();
+    let commitment = entries
+        .iter()
+        .filter(|e| e["memo"].as_str().unwrap().starts_with("reservation r-") && e["kind"] == "usage")
+        .count();
+    assert!(commitment >= 2, "{entries:?}");
+    let credit = entries.iter().find(|e| e["kind"] == "lending-credit").unwrap_or_else(|| panic!("{entries:?}"));
+    assert!(credit["amount"].as_str().unwrap().parse::<f64>().unwrap() > 0.0, "{credit}");
+    let own_usage: f64 = entries
+        .iter()
+        .filter(|e| e["instance"] == mine_id.as_str())
+        .map(|e| e["amount"].as_str().unwrap().parse::<f64>().unwrap())
+        .sum();
+    assert_eq!(own_usage, 0.0, "running on the reservation costs nothing more");
+    let list = s.get(&lab, "/v1/reservations").body;
+    let res = &list["reservations"][0];
+    assert!(res["lent_gpu_hours"].as_f64().unwrap() > 0.0 && res["active"] == true, "{res}");
+    assert_eq!(s.get(&acme, "/v1/reservations").body["reservations"].as_array().unwrap().len(), 0);
+}
+
+fn sell_status(s: &TestServer, tenant_key: &str, later: &str) -> u16 {
+    s.post(
+        tenant_key,
+        "/v1/reservations",
+        Some(&json!({"tenant": "lab", "gpu": "A100-40GB", "region": "us-1", "gpus": 1, "ends_at": later})),
+    )
+    .status
+}

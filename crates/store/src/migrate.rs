@@ -10,6 +10,7 @@ const SQLITE: &[(i64, &str)] = &[
     (3, include_str!("../migrations/sqlite/0003_agents.sql")),
     (4, include_str!("../migrations/sqlite/0004_slices.sql")),
     (5, include_str!("../migrations/sqlite/0005_market.sql")),
+    (6, include_str!("../migrations/sqlite/0006_reservations.sql")),
 ];
 const POSTGRES: &[(i64, &str)] = &[
     (1, include_str!("../migrations/postgres/0001_foundation.sql")),
@@ -17,6 +18,7 @@ const POSTGRES: &[(i64, &str)] = &[
     (3, include_str!("../migrations/postgres/0003_agents.sql")),
     (4, include_str!("../migrations/postgres/0004_slices.sql")),
     (5, include_str!("../migrations/postgres/0005_market.sql")),
+    (6, include_str!("../migrations/postgres/0006_reservations.sql")),
 ];
 
 pub(crate) async fn run(pool: &AnyPool, backend: Backend) -> Result<()> {

@@ -1364,7 +1364,7 @@ fn interval_from_row(r: &AnyRow) -> Result<UsageInterval> {
 }
 
 /// Inserts an entry and its postings; false if the idempotency key was used before.
-async fn insert_ledger(tx: &mut sqlx::Transaction<'_, sqlx::Any>, rec: &LedgerRecord) -> Result<bool> {
+pub(crate) async fn insert_ledger(tx: &mut sqlx::Transaction<'_, sqlx::Any>, rec: &LedgerRecord) -> Result<bool> {
     if !rec.entry.is_balanced() {
         return Err(corrupt("ledger_entries", format!("entry {} does not balance", rec.id)));
     }

@@ -434,3 +434,32 @@ impl std::str::FromStr for JobState {
         })
     }
 }
+
+/// Reserved capacity sold to one tenant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reservation {
+    pub id: gpucloud_model::ReservationId,
+    pub tenant_id: TenantId,
+    pub model: GpuModel,
+    pub region: Region,
+    pub gpus: u32,
+    pub starts_at: Timestamp,
+    pub ends_at: Timestamp,
+    /// Per GPU-hour, for the whole period, used or not.
+    pub price: Money,
+    /// Percent of the lending revenue credited to the owner.
+    pub lend_share_pct: u32,
+    /// GPU-time lent out as spot so far, and what it earned at spot prices.
+    pub lent_gpu_ms: i64,
+    pub lent_revenue: Money,
+    /// Billing periods charged so far, and the lending credit posted so far.
+    pub billed_periods: i64,
+    pub credited: Money,
+    pub created_at: Timestamp,
+}
+
+impl Reservation {
+    pub fn active_at(&self, t: Timestamp) -> bool {
+        self.starts_at <= t && t < self.ends_at
+    }
+}

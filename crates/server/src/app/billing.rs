@@ -184,7 +184,12 @@ impl App {
         for u in self.store.unsettled_intervals().await? {
             let key = (u.model, u.region.clone(), u.tier);
             if !prices.contains_key(&key) {
-                let p = self.store.prices_for(u.model, &u.region, u.tier).await?;
+                // The reservation's commitment pays for its GPUs: running on them costs nothing more.
+                let p = if u.tier == Tier::Reserved {
+                    vec![PricePoint { effective_from: Timestamp(0), per_gpu_hour: Money::ZERO }]
+                } else {
+                    self.store.prices_for(u.model, &u.region, u.tier).await?
+                };
                 prices.insert(key.clone(), p);
             }
             let end = u.ended_at.unwrap_or(now).max(u.started_at);

@@ -67,11 +67,7 @@ pub fn resolve_share(
 pub(crate) fn check_sale(tier: gpucloud_model::Tier, max_price: Option<gpucloud_model::Money>) -> Result<(), AppError> {
     use gpucloud_model::Tier;
     match (tier, max_price) {
-        (Tier::Reserved, _) => Err(AppError::invalid(
-            "tier",
-            "reserved capacity is bought as a reservation, not per instance; use on-demand or spot",
-        )),
-        (Tier::OnDemand, Some(_)) => {
+        (Tier::OnDemand | Tier::Reserved, Some(_)) => {
             Err(AppError::invalid("max_price_per_gpu_hour", "a max price is a spot bid: it needs tier spot"))
         }
         (_, Some(p)) if p <= gpucloud_model::Money::ZERO => {
@@ -117,13 +113,20 @@ impl App {
             }
         }
         check_sale(req.tier, req.max_price)?;
+        let mut region = req.region;
+        if req.tier == gpucloud_model::Tier::Reserved {
+            if share.is_some() {
+                return Err(AppError::invalid("tier", "reserved capacity is rented in whole GPUs"));
+            }
+            region = Some(self.reserved_region(&by.tenant.id, req.model, region.as_ref(), req.count).await?);
+        }
         self.check_can_spend(&by.tenant.id).await?;
         let id = InstanceId::from_random(random_bits());
         let new = NewInstance {
             name: req.name.unwrap_or_else(|| id.to_string()),
             id,
             tenant_id: by.tenant.id.clone(),
-            region: req.region,
+            region,
             model: req.model,
             count: req.count,
             share,

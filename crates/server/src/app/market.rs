@@ -97,6 +97,7 @@ impl App {
             }
             prices.insert((model, region), if changed { next } else { current.unwrap_or(next) });
         }
+        self.accrue_lending(dt.as_millis() as i64, &nodes, &prices).await?;
         let regions: HashMap<_, _> = nodes.iter().map(|n| (n.id.clone(), n.region.clone())).collect();
         for inst in self.store.spot_holders().await? {
             if inst.notice.is_some() || inst.state == InstanceState::Stopping {
@@ -223,16 +224,16 @@ impl App {
         })
     }
 
-    /// After a plan: give notice to the spot instances that keep on-demand requests waiting
-    /// (those `waiting` fit nowhere). Returns how many were noticed.
+    /// After a plan: give notice to the spot instances that keep `waiting` (on-demand or
+    /// reserved requests that fit nowhere) from running. `backing`: per pool, GPUs of spot work
+    /// that back idle reservations and must not be taken for this work.
     pub(crate) async fn capacity_preemptions(
         &self,
         snapshot: &ClusterSnapshot,
         waiting: &[Pending],
-        tiers: &HashMap<gpucloud_model::InstanceId, Tier>,
+        backing: &HashMap<(GpuModel, Region), u32>,
     ) -> Result<usize, AppError> {
-        let wants: Vec<Pending> =
-            waiting.iter().filter(|p| tiers.get(&p.instance).is_some_and(|t| *t != Tier::Spot)).cloned().collect();
+        let wants = waiting;
         if wants.is_empty() {
             return Ok(0);
         }
@@ -242,7 +243,9 @@ impl App {
         }
         let now = self.now();
         let min_runtime = self.config.market.min_runtime.as_millis() as i64;
-        let candidates: Vec<Candidate> = holders
+        let region_of: HashMap<_, _> = snapshot.nodes.iter().map(|n| (n.id.clone(), n.region.clone())).collect();
+        let mut backed: HashMap<(GpuModel, Region), u32> = HashMap::new();
+        let mut candidates: Vec<Candidate> = holders
             .iter()
             .filter(|i| i.share.is_none())
             .filter_map(|i| {
@@ -260,14 +263,32 @@ impl App {
                 })
             })
             .collect();
+        // Keep the reservations' backing: the spot work that would lose the most is kept first.
+        candidates.sort_by_key(|c| std::cmp::Reverse(c.lost_work_ms));
+        for c in candidates.iter_mut() {
+            let Some(region) = region_of.get(&c.node) else { continue };
+            let key = (c.model, region.clone());
+            let need = backing.get(&key).copied().unwrap_or(0);
+            let have = backed.entry(key).or_default();
+            if *have < need && !c.noticed {
+                c.protected = true;
+                *have += c.gpus;
+            }
+        }
         let mut n = 0;
-        for e in evictions(snapshot, &wants, &candidates) {
+        for e in evictions(snapshot, wants, &candidates) {
             let Some(inst) = holders.iter().find(|i| i.id == e.victim) else { continue };
             let want = wants.iter().find(|w| w.instance == e.for_instance);
             let what = want.map_or(String::new(), |w| format!("{} x {}", w.count, w.model));
             let reason = format!(
-                "on-demand request {} for {what} needs the GPUs; of {} spot instance(s) on node {}, this one loses the \
+                "{} request {} for {what} needs the GPUs; of {} spot instance(s) on node {}, this one loses the \
                  least work ({} s since its last checkpoint)",
+                if self.store.get_instance(None, &e.for_instance).await?.is_some_and(|i| i.sale.tier == Tier::Reserved)
+                {
+                    "reserved"
+                } else {
+                    "on-demand"
+                },
                 e.for_instance,
                 e.considered,
                 e.node,

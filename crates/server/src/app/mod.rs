@@ -10,6 +10,7 @@ pub mod instances;
 pub mod invoices;
 pub mod jobs;
 pub mod market;
+pub mod reservations;
 pub use instances::{CreateInstance, resolve_share};
 mod nodes;
 mod schedule;
@@ -57,6 +58,8 @@ pub struct MarketConfig {
     pub smoothing: Duration,
     /// A spot instance is not preempted for capacity before it has run this long.
     pub min_runtime: Duration,
+    /// Reservations are billed (and credited for lending) once per this period.
+    pub reservation_period: Duration,
 }
 
 impl Default for MarketConfig {
@@ -72,6 +75,7 @@ impl Default for MarketConfig {
             // Five minutes of progress before capacity may be taken back: a job that checkpoints
             // every few minutes always gets one in.
             min_runtime: Duration::from_secs(300),
+            reservation_period: Duration::from_secs(3600),
         }
     }
 }

@@ -45,6 +45,91 @@ pub fn snapshot_of(nodes: &[Node]) -> ClusterSnapshot {
     }
 }
 
+/// Marks what `placements` take on `snap`.
+fn occupy(snap: &mut ClusterSnapshot, placements: &[gpucloud_sched::Placement], queue: &[Pending]) {
+    for p in placements {
+        let share = queue.iter().find(|q| q.instance == p.instance).and_then(|q| q.share.clone());
+        let Some(n) = snap.nodes.iter_mut().find(|n| n.id == p.node) else { continue };
+        for g in n.gpus.iter_mut().filter(|g| p.gpus.contains(&g.index)) {
+            match &share {
+                Some(s) => {
+                    g.slice_milli += s.milli;
+                    g.slice_mem_mib += s.memory_mib;
+                    g.mig |= s.mig.is_some();
+                }
+                None => g.allocated = true,
+            }
+        }
+    }
+}
+
+/// The fleet as on-demand work of others sees it: in each pool, the reserved GPUs their owners
+/// leave idle are hidden, except as many as spot work holds there (spot can be preempted to give
+/// them back). Whole free nodes are hidden first, keeping reserved room together for gangs.
+fn mask_reserved(
+    snap: &ClusterSnapshot,
+    idle: &HashMap<(gpucloud_model::GpuModel, Region), u32>,
+    spot_gpus: &HashMap<(gpucloud_model::GpuModel, Region), u32>,
+) -> ClusterSnapshot {
+    let mut out = snap.clone();
+    for ((model, region), reserved) in idle {
+        let mut hide = reserved.saturating_sub(spot_gpus.get(&(*model, region.clone())).copied().unwrap_or(0));
+        let free = |n: &gpucloud_sched::NodeView| {
+            n.gpus.iter().filter(|g| g.model == *model && g.healthy && !g.allocated && g.slice_milli == 0).count()
+        };
+        let mut order: Vec<usize> = (0..out.nodes.len()).filter(|&i| out.nodes[i].region == *region).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(free(&out.nodes[i])));
+        for i in order {
+            for g in out.nodes[i].gpus.iter_mut() {
+                if hide > 0 && g.model == *model && g.healthy && !g.allocated && g.slice_milli == 0 {
+                    g.allocated = true;
+                    hide -= 1;
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Plans the queue tier by tier: reserved work on the whole fleet, on-demand work on what the
+/// reservations leave it, then spot on everything still free (idle reserved GPUs included: that
+/// is the lending). Returns the plan and the fleet as on-demand work sees it after it.
+#[allow(clippy::too_many_arguments)]
+fn plan_tiers(
+    snapshot: &ClusterSnapshot,
+    queue: &[Pending],
+    tiers: &HashMap<InstanceId, Tier>,
+    idle: &HashMap<(gpucloud_model::GpuModel, Region), u32>,
+    spot_gpus: &HashMap<(gpucloud_model::GpuModel, Region), u32>,
+    policy: gpucloud_sched::Policy,
+    now: gpucloud_model::Timestamp,
+    rng: &mut rand::rngs::StdRng,
+) -> (gpucloud_sched::Plan, ClusterSnapshot) {
+    if idle.is_empty() {
+        return (plan(snapshot, queue, policy, now, rng), snapshot.clone());
+    }
+    let of = |t: Tier| -> Vec<Pending> {
+        queue.iter().filter(|p| tiers.get(&p.instance).copied().unwrap_or_default() == t).cloned().collect()
+    };
+    let mut out = gpucloud_sched::Plan::default();
+    let mut fleet = snapshot.clone();
+    let reserved = of(Tier::Reserved);
+    let first = plan(&fleet, &reserved, policy, now, rng);
+    occupy(&mut fleet, &first.placements, &reserved);
+    let mut on_demand_view = mask_reserved(&fleet, idle, spot_gpus);
+    let od = of(Tier::OnDemand);
+    let second = plan(&on_demand_view, &od, policy, now, rng);
+    occupy(&mut fleet, &second.placements, &od);
+    occupy(&mut on_demand_view, &second.placements, &od);
+    let spot = of(Tier::Spot);
+    let third = plan(&fleet, &spot, policy, now, rng);
+    for p in [first, second, third] {
+        out.placements.extend(p.placements);
+        out.unplaced.extend(p.unplaced);
+    }
+    (out, on_demand_view)
+}
+
 /// The market's errors inside a pass are the store's (its only fallible part).
 fn store_error(e: AppError) -> StoreError {
     match e {
@@ -54,6 +139,18 @@ fn store_error(e: AppError) -> StoreError {
 }
 
 impl App {
+    /// Whole GPUs spot instances hold, per pool.
+    async fn spot_gpus(&self, nodes: &[Node]) -> Result<HashMap<(gpucloud_model::GpuModel, Region), u32>, StoreError> {
+        let region_of: HashMap<_, _> = nodes.iter().map(|n| (&n.id, &n.region)).collect();
+        let mut out: HashMap<(gpucloud_model::GpuModel, Region), u32> = HashMap::new();
+        for i in self.store.spot_holders().await? {
+            if let (None, Some(r)) = (&i.share, i.node_id.as_ref().and_then(|n| region_of.get(n))) {
+                *out.entry((i.model, (*r).clone())).or_default() += i.count;
+            }
+        }
+        Ok(out)
+    }
+
     /// The queue as the market orders it: on-demand work first (it may preempt spot, so spot must
     /// not take its GPUs back), each class oldest first. A spot request whose bid is under the
     /// spot price waits (the second list, with why); one for any region is steered to the
@@ -145,7 +242,13 @@ impl App {
                 }
             }
             let mut rng = rand::rngs::StdRng::from_os_rng();
-            let plan = plan(&snapshot, &queue, self.config.policy, self.now(), &mut rng);
+            let tiers: HashMap<InstanceId, Tier> = pending.iter().map(|i| (i.id.clone(), i.sale.tier)).collect();
+            let idle = self.reserved_idle().await.map_err(store_error)?;
+            let spot_gpus = if idle.is_empty() { HashMap::new() } else { self.spot_gpus(&nodes).await? };
+            let backing: HashMap<(gpucloud_model::GpuModel, Region), u32> =
+                idle.iter().map(|(k, r)| (k.clone(), (*r).min(spot_gpus.get(k).copied().unwrap_or(0)))).collect();
+            let (plan, masked) =
+                plan_tiers(&snapshot, &queue, &tiers, &idle, &spot_gpus, self.config.policy, self.now(), &mut rng);
 
             for u in &plan.unplaced {
                 let reason = u.reason.to_string();
@@ -155,13 +258,19 @@ impl App {
             }
             report.unplaced = plan.unplaced.len() + priced_out.len();
             if !plan.unplaced.is_empty() {
-                let waiting: Vec<Pending> = plan
-                    .unplaced
-                    .iter()
-                    .filter_map(|u| queue.iter().find(|p| p.instance == u.instance).cloned())
-                    .collect();
-                let tiers: HashMap<InstanceId, Tier> = pending.iter().map(|i| (i.id.clone(), i.sale.tier)).collect();
-                self.capacity_preemptions(&snapshot, &waiting, &tiers).await.map_err(store_error)?;
+                let waiting = |tier: Tier| -> Vec<Pending> {
+                    plan.unplaced
+                        .iter()
+                        .filter(|u| tiers.get(&u.instance) == Some(&tier))
+                        .filter_map(|u| queue.iter().find(|p| p.instance == u.instance).cloned())
+                        .collect()
+                };
+                // The owner of a reservation takes back what spot borrowed; on-demand work only
+                // what the reservations do not need.
+                self.capacity_preemptions(&snapshot, &waiting(Tier::Reserved), &HashMap::new())
+                    .await
+                    .map_err(store_error)?;
+                self.capacity_preemptions(&masked, &waiting(Tier::OnDemand), &backing).await.map_err(store_error)?;
             }
 
             let mut per_node: BTreeMap<_, (i64, Vec<NewPlacement>)> = BTreeMap::new();

@@ -123,7 +123,7 @@ pub(super) fn parse_tier(tier: Option<&str>) -> Result<gpucloud_model::Tier, Api
         Some(t) => t.parse().map_err(|_| {
             ApiError::from(crate::app::AppError::Invalid {
                 field: "tier".into(),
-                detail: format!("unknown tier '{t}': on-demand or spot"),
+                detail: format!("unknown tier '{t}': on-demand, spot or reserved"),
             })
         }),
     }

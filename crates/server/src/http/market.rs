@@ -158,3 +158,66 @@ pub async fn cancel_job(
 ) -> Result<Json<Job>, ApiError> {
     Ok(Json(job(app.cancel_job(&p, &id).await?)))
 }
+
+fn reservation(r: gpucloud_store::Reservation, now: gpucloud_model::Timestamp) -> gpucloud_api::Reservation {
+    gpucloud_api::Reservation {
+        id: r.id.to_string(),
+        tenant: r.tenant_id.to_string(),
+        gpu: r.model.to_string(),
+        region: r.region.to_string(),
+        gpus: r.gpus,
+        starts_at: rfc3339(r.starts_at),
+        ends_at: rfc3339(r.ends_at),
+        active: r.active_at(now),
+        price_per_gpu_hour: r.price,
+        lend_share_percent: r.lend_share_pct,
+        lent_gpu_hours: r.lent_gpu_ms as f64 / 3_600_000.0,
+        lending_revenue: r.lent_revenue,
+        credited: r.credited,
+        billed_periods: r.billed_periods,
+    }
+}
+
+/// Sell a reservation (operator). Refused (409) when the pool cannot hold it at every instant.
+#[utoipa::path(post, path = "/v1/reservations", tag = "market", request_body = gpucloud_api::CreateReservationRequest,
+    responses((status = 201, body = gpucloud_api::Reservation), (status = 403, body = Problem),
+        (status = 409, body = Problem), (status = 422, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn create_reservation(
+    State(app): State<Arc<App>>,
+    Auth(p): Auth,
+    ApiJson(req): ApiJson<gpucloud_api::CreateReservationRequest>,
+) -> Result<(StatusCode, Json<gpucloud_api::Reservation>), ApiError> {
+    let time =
+        |v: &str, field: &str| parse_time(v).ok_or_else(|| invalid(field, format!("{field} must be an RFC 3339 time")));
+    let starts_at = req.starts_at.as_deref().map(|v| time(v, "starts_at")).transpose()?;
+    let ends_at = time(&req.ends_at, "ends_at")?;
+    let r = app
+        .create_reservation(
+            &p,
+            crate::app::reservations::NewReservation {
+                tenant: req.tenant,
+                model: req.gpu,
+                region: req.region,
+                gpus: req.gpus,
+                starts_at,
+                ends_at,
+                price: req.price_per_gpu_hour,
+                lend_share_pct: req.lend_share_percent,
+            },
+        )
+        .await?;
+    Ok((StatusCode::CREATED, Json(reservation(r, app.now()))))
+}
+
+/// Reservations: a tenant's own, or every one for an operator.
+#[utoipa::path(get, path = "/v1/reservations", tag = "market",
+    responses((status = 200, body = gpucloud_api::ReservationList)), security(("bearer" = [])))]
+pub async fn list_reservations(
+    State(app): State<Arc<App>>,
+    Auth(p): Auth,
+) -> Result<Json<gpucloud_api::ReservationList>, ApiError> {
+    let now = app.now();
+    let reservations = app.list_reservations(&p).await?.into_iter().map(|r| reservation(r, now)).collect();
+    Ok(Json(gpucloud_api::ReservationList { reservations }))
+}

@@ -96,6 +96,7 @@ pub fn api() -> (Router<Arc<App>>, utoipa::openapi::OpenApi) {
         .routes(routes!(market::create_job, market::list_jobs))
         .routes(routes!(market::show_job))
         .routes(routes!(market::cancel_job))
+        .routes(routes!(market::create_reservation, market::list_reservations))
         .routes(routes!(agents::register))
         .routes(routes!(agents::heartbeat))
         .routes(routes!(agents::logs))

@@ -47,6 +47,9 @@ async fn metering(app: Arc<App>) {
             Ok(_) => {}
             Err(e) => tracing::error!(error = %e, "metering pass failed"),
         }
+        if let Err(e) = app.bill_reservations().await {
+            tracing::error!(error = %e, "reservation billing failed");
+        }
         if let Err(e) = app.enforce_budgets().await {
             tracing::error!(error = %e, "budget pass failed");
         }
