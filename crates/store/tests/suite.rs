@@ -70,6 +70,7 @@ suite!(
     slices_share_a_gpu_within_its_capacity,
     spot_notices_checkpoints_and_jobs,
     price_history_and_the_price_in_force,
+    reservations_overlap_and_bill_each_period_once,
 );
 
 fn ts(ms: i64) -> Timestamp {
@@ -739,4 +740,64 @@ async fn price_history_and_the_price_in_force(s: Arc<dyn Store>) {
     let got: Vec<i64> = h.iter().map(|p| p.effective_from.0).collect();
     assert_eq!(got, vec![100, 200, 300], "the point in force at the start, then each change");
     assert_eq!(s.price_history(GpuModel::L4, &r, Tier::Spot, ts(150), 2).await.unwrap().len(), 2);
+}
+
+async fn reservations_overlap_and_bill_each_period_once(s: Arc<dyn Store>) {
+    let t = tenant(&s, "a").await;
+    let eu = Region::parse("eu-1").unwrap();
+    let r = Reservation {
+        id: ReservationId::from_random(rand::random()),
+        tenant_id: t.id.clone(),
+        model: GpuModel::A100_40GB,
+        region: eu.clone(),
+        gpus: 2,
+        starts_at: ts(1_000),
+        ends_at: ts(5_000),
+        price: Money(1_000_000),
+        lend_share_pct: 50,
+        lent_gpu_ms: 0,
+        lent_revenue: Money::ZERO,
+        billed_periods: 0,
+        credited: Money::ZERO,
+        created_at: ts(1),
+    };
+    s.insert_reservation(&r).await.unwrap();
+    let overlap = |from: i64, to: i64| {
+        let s = s.clone();
+        let eu = eu.clone();
+        async move { s.reservations_overlapping(GpuModel::A100_40GB, &eu, ts(from), ts(to)).await.unwrap().len() }
+    };
+    assert_eq!(overlap(0, 1_000).await, 0, "ends where it starts: no overlap");
+    assert_eq!(overlap(4_999, 9_000).await, 1);
+    assert_eq!(overlap(5_000, 9_000).await, 0);
+    assert_eq!(s.list_reservations(Some(&tenant(&s, "b").await.id)).await.unwrap().len(), 0);
+    s.accrue_lending(&r.id, 1_500, Money(300)).await.unwrap();
+    s.accrue_lending(&r.id, 500, Money(100)).await.unwrap();
+    let stored = &s.list_reservations(None).await.unwrap()[0];
+    assert_eq!((stored.lent_gpu_ms, stored.lent_revenue), (2_000, Money(400)));
+
+    let record = |key: &str, entry: Entry| LedgerRecord {
+        id: format!("e-{key}"),
+        entry,
+        memo: "reservation".into(),
+        instance_id: None,
+        interval_id: None,
+        model: Some(GpuModel::A100_40GB),
+        seconds: 1,
+        idempotency_key: key.into(),
+        created_at: ts(2_000),
+    };
+    let period0 =
+        [record("r0", Entry::usage(&t.id, Money(500))), record("c0", Entry::lending_credit(&t.id, Money(200)))];
+    assert!(s.bill_reservation_period(&r.id, 0, Money(200), &period0).await.unwrap());
+    assert!(!s.bill_reservation_period(&r.id, 0, Money(200), &period0).await.unwrap(), "a period is billed once");
+    assert_eq!(s.balance(&t.id).await.unwrap(), Money(-300));
+    let stored = &s.list_reservations(None).await.unwrap()[0];
+    assert_eq!((stored.billed_periods, stored.credited), (1, Money(200)));
+    // A reused key (a period posted out of turn) writes nothing, the counter included.
+    assert!(
+        !s.bill_reservation_period(&r.id, 1, Money(200), &[record("r0", Entry::usage(&t.id, Money(9)))]).await.unwrap()
+    );
+    assert_eq!(s.list_reservations(None).await.unwrap()[0].billed_periods, 1);
+    assert_eq!(s.ledger_totals().await.unwrap().iter().map(|(_, m)| m.0).sum::<i64>(), 0, "the books balance");
 }
