@@ -58,6 +58,21 @@ pub enum BenchCmd {
         #[arg(long, default_value_t = 42)]
         seed: u64,
     },
+    /// Preemption notice lead time: spot workloads on a real agent are preempted and record when
+    /// they saw their notice (a long-poll on the metadata endpoint) and when SIGTERM came.
+    Notice {
+        /// The notice, in seconds.
+        #[arg(long, default_value_t = 5)]
+        notice: u64,
+        /// Spot instances per round (one fake GPU each).
+        #[arg(long, default_value_t = 8)]
+        instances: u32,
+        #[arg(long, default_value_t = 5)]
+        rounds: u32,
+        /// The agent's heartbeat period (the server asks for 2000).
+        #[arg(long, default_value_t = 2000)]
+        interval_ms: u64,
+    },
     /// Metering throughput (intervals charged per second) and the time to close a month of
     /// invoices, for TENANTS x INSTANCES.
     Billing {
@@ -148,6 +163,9 @@ pub fn run(cmd: BenchCmd, as_json: bool) -> Result<(), String> {
         BenchCmd::Billing { tenants, instances, database } => billing(tenants, instances, database, as_json),
         BenchCmd::Agent { gpus, seconds } => agent(gpus, seconds, as_json),
         BenchCmd::Placer { trace, nodes, scale, seed } => placer(trace, nodes, scale, seed, as_json),
+        BenchCmd::Notice { notice, instances, rounds, interval_ms } => {
+            notice_lead(notice, instances, rounds, interval_ms, as_json)
+        }
     }
 }
 
@@ -262,6 +280,166 @@ fn agent(gpus: u32, seconds: u64, as_json: bool) -> Result<(), String> {
         ]];
         println!("{}", table(&["FAKE GPUS", "WORKLOADS", "SECONDS", "AGENT CPU", "AGENT RSS MIB"], &rows));
         println!("(1 Hz heartbeats with telemetry, log shipping and reconcile; CPU = user + system time / wall time)");
+    }
+    Ok(())
+}
+
+fn percentile(sorted: &[i64], p: f64) -> i64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
+}
+
+fn notice_lead(notice: u64, per_round: u32, rounds: u32, interval_ms: u64, as_json: bool) -> Result<(), String> {
+    use gpucloud_model::{InstanceState, Role, Tier};
+    use gpucloud_server::app::{Config, CreateInstance};
+    if notice == 0 || per_round == 0 || per_round > 64 || rounds == 0 {
+        return Err("--notice, --instances (at most 64) and --rounds must be at least 1".into());
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| e.to_string())?;
+    let url = temp_sqlite("notice")?;
+    let dir = std::env::temp_dir().join(format!("gpucloud-bench-notice-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let mut config = Config::default();
+    config.market.notice = std::time::Duration::from_secs(notice);
+    config.market.min_notice = config.market.notice;
+    let (running, op_key) = rt.block_on(async {
+        let store = gpucloud_store::open(&url).await.map_err(|e| e.to_string())?;
+        let running = gpucloud_server::start(store, config, "127.0.0.1:0").await.map_err(|e| e.to_string())?;
+        let key = running.app.create_tenant(None, "operator", Role::Operator).await.map_err(|e| e.to_string())?;
+        Ok::<_, String>((running, key.secret))
+    })?;
+    let server = format!("http://{}", running.addr);
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut agent = std::process::Command::new(&exe)
+        .args(["agent", "--server", &server, "--token", &op_key, "--name", "bench-node", "--region", "eu-1"])
+        .args(["--fake-gpus", &format!("A100-40GB:{per_round}"), "--metadata-port", "0", "--stop-grace-s", "5"])
+        .args(["--interval-ms", &interval_ms.to_string(), "--state-dir"])
+        .arg(dir.join("agent"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let app = running.app.clone();
+    let (tenant, operator) = rt.block_on(async {
+        let t = app.create_tenant(None, "bench", Role::Tenant).await.map_err(|e| e.to_string())?;
+        let who = app.authenticate(Some(&format!("Bearer {}", t.secret))).await.map_err(|e| e.to_string())?;
+        let op = app.authenticate(Some(&format!("Bearer {op_key}"))).await.map_err(|e| e.to_string())?;
+        Ok::<_, String>((who, op))
+    })?;
+    // The workload: long-poll for the notice, note when it came and when SIGTERM did.
+    let command = format!(
+        "d={}/$GPUCLOUD_INSTANCE_ID; mkdir -p $d; trap 'date +%s%3N > $d/term; exit 0' TERM; \
+         ({} metadata notice --wait 300 > /dev/null && date +%s%3N > $d/seen) & \
+         while :; do sleep 1 & wait $!; done",
+        dir.display(),
+        exe.display()
+    );
+    let (mut leads, mut lags, mut overshoots) = (Vec::new(), Vec::new(), Vec::new());
+    let started = Instant::now();
+    for _ in 0..rounds {
+        let ids = rt.block_on(async {
+            let mut ids = Vec::new();
+            for _ in 0..per_round {
+                let mut req = CreateInstance::whole(GpuModel::A100_40GB, 1, None, &command);
+                req.tier = Tier::Spot;
+                ids.push(app.create_instance(&tenant, req, None).await.map_err(|e| e.to_string())?.0.id);
+            }
+            Ok::<_, String>(ids)
+        })?;
+        let all_in = |state: InstanceState| {
+            rt.block_on(async {
+                let mut n = 0;
+                for id in &ids {
+                    if app.store().get_instance(None, id).await.ok().flatten().is_some_and(|i| i.state == state) {
+                        n += 1;
+                    }
+                }
+                n == ids.len()
+            })
+        };
+        let deadline = Instant::now() + std::time::Duration::from_secs(60);
+        while !all_in(InstanceState::Running) {
+            if Instant::now() > deadline {
+                return Err("the spot workloads never all ran".into());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        // Give each long-poll time to be waiting, as a real workload's would be.
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        rt.block_on(async {
+            for id in &ids {
+                app.simulate_preemption(&operator, id.as_str(), None).await.map_err(|e| e.to_string())?;
+            }
+            Ok::<_, String>(())
+        })?;
+        let deadline = Instant::now() + std::time::Duration::from_secs(notice + 60);
+        while !all_in(InstanceState::Stopped) {
+            if Instant::now() > deadline {
+                return Err("the preempted workloads never all stopped".into());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        for id in &ids {
+            let inst = rt.block_on(app.store().get_instance(None, id)).map_err(|e| e.to_string())?;
+            let n = inst.and_then(|i| i.notice).ok_or("a preempted instance lost its notice")?;
+            let read = |f: &str| -> Option<i64> {
+                std::fs::read_to_string(dir.join(id.as_str()).join(f)).ok()?.trim().parse().ok()
+            };
+            let (Some(seen), Some(term)) = (read("seen"), read("term")) else {
+                return Err(format!("{id}: the workload did not record its notice and SIGTERM"));
+            };
+            leads.push(term - seen);
+            lags.push(seen - n.given_at.0);
+            overshoots.push(term - n.deadline.map_or(term, |d| d.0));
+        }
+    }
+    let wall = started.elapsed().as_secs_f64();
+    let _ = agent.kill();
+    let _ = agent.wait();
+    running.shutdown();
+    let _ = std::fs::remove_dir_all(&dir);
+    for v in [&mut leads, &mut lags, &mut overshoots] {
+        v.sort_unstable();
+    }
+    let stats = |v: &[i64]| (v[0], percentile(v, 0.5), percentile(v, 0.99), v[v.len() - 1]);
+    let rows_of = [
+        ("lead time (SIGTERM - seen)", stats(&leads)),
+        ("decision to seen", stats(&lags)),
+        ("SIGTERM - deadline", stats(&overshoots)),
+    ];
+    let below = leads.iter().filter(|l| **l < notice as i64 * 1000).count();
+    if as_json {
+        let j: serde_json::Map<String, serde_json::Value> = rows_of
+            .iter()
+            .map(|(k, (min, p50, p99, max))| {
+                (k.to_string(), serde_json::json!({"min_ms": min, "p50_ms": p50, "p99_ms": p99, "max_ms": max}))
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({"notice_s": notice, "samples": leads.len(), "below_notice": below, "interval_ms": interval_ms, "stats": j})
+        );
+    } else {
+        let rows: Vec<Vec<String>> = rows_of
+            .iter()
+            .map(|(k, (min, p50, p99, max))| {
+                vec![k.to_string(), min.to_string(), p50.to_string(), p99.to_string(), max.to_string()]
+            })
+            .collect();
+        println!(
+            "{} preemptions ({} rounds x {}), notice {} s, agent heartbeat {} ms, {:.0} s; lead times under the notice: {}",
+            leads.len(),
+            rounds,
+            per_round,
+            notice,
+            interval_ms,
+            wall,
+            below
+        );
+        println!("{}", table(&["MS", "MIN", "P50", "P99", "MAX"], &rows));
     }
     Ok(())
 }

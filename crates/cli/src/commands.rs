@@ -91,7 +91,7 @@ pub struct CreateArgs {
     #[arg(long)]
     spot: bool,
     /// With --spot: the most you pay per GPU-hour; preempted when the spot price passes it.
-    #[arg(long, value_name = "PRICE", requires = "spot")]
+    #[arg(long, value_name = "PRICE", requires = "spot", allow_hyphen_values = true)]
     max_price: Option<String>,
     /// Run on your reservation (see `gpucloud reservation list`): always room, already paid for.
     #[arg(long, conflicts_with = "spot")]
