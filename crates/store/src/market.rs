@@ -33,6 +33,9 @@ pub trait MarketStore: Send + Sync {
     async fn record_checkpoint(&self, id: &InstanceId, path: &str, at: Timestamp) -> Result<()>;
     /// Spot instances that hold GPUs, with their GPUs.
     async fn spot_holders(&self) -> Result<Vec<Instance>>;
+    /// Spot and reserved instances that are pending or hold GPUs: what reservations are
+    /// measured against.
+    async fn market_instances(&self) -> Result<Vec<Instance>>;
     /// The price in force at `at`.
     async fn price_at(&self, model: GpuModel, region: &Region, tier: Tier, at: Timestamp)
     -> Result<Option<PricePoint>>;
@@ -237,6 +240,16 @@ impl MarketStore for SqlStore {
     async fn spot_holders(&self) -> Result<Vec<Instance>> {
         self.instances_where(
             "WHERE tier = 'spot' AND state IN ('provisioning', 'running', 'stopping') ORDER BY created_at, id",
+            None,
+            GpuFilter::All,
+        )
+        .await
+    }
+
+    async fn market_instances(&self) -> Result<Vec<Instance>> {
+        self.instances_where(
+            "WHERE tier IN ('spot', 'reserved') AND state IN ('pending', 'provisioning', 'running', 'stopping') \
+             ORDER BY created_at, id",
             None,
             GpuFilter::All,
         )

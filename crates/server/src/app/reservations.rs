@@ -160,7 +160,7 @@ impl App {
                 ),
             ));
         }
-        let instances = self.store.list_instances(Some(tenant)).await?;
+        let instances = self.store.market_instances().await?;
         let mut regions: Vec<&Region> = mine.iter().map(|r| &r.region).collect();
         regions.dedup();
         let mut room_seen = Vec::new();
@@ -188,7 +188,7 @@ impl App {
         if active.is_empty() {
             return Ok(out);
         }
-        let instances = self.store.list_instances(None).await?;
+        let instances = self.store.market_instances().await?;
         let mut owners: Vec<(&TenantId, GpuModel, &Region)> =
             active.iter().map(|r| (&r.tenant_id, r.model, &r.region)).collect();
         owners.sort();
@@ -220,7 +220,7 @@ impl App {
         if active.is_empty() || dt_ms <= 0 {
             return Ok(());
         }
-        let instances = self.store.list_instances(None).await?;
+        let instances = self.store.market_instances().await?;
         let region_of: HashMap<_, _> = nodes.iter().map(|n| (&n.id, &n.region)).collect();
         let mut spot_milli: HashMap<(GpuModel, Region), u64> = HashMap::new();
         for i in instances.iter().filter(|i| i.sale.tier == Tier::Spot && i.state.holds_gpus()) {
