@@ -237,6 +237,13 @@ fn reserved_capacity_is_kept_lent_as_spot_and_taken_back() {
         .map(|e| e["amount"].as_str().unwrap().parse::<f64>().unwrap())
         .sum();
     assert_eq!(own_usage, 0.0, "running on the reservation costs nothing more");
+    let month = time::OffsetDateTime::now_utc().format(&time::macros::format_description!("[year]-[month]")).unwrap();
+    let invoice = s.get(&lab, &format!("/v1/billing/invoices/{month}")).body;
+    let credits = invoice["credits"].as_array().unwrap_or_else(|| panic!("{invoice}"));
+    assert!(
+        credits.iter().any(|c| c["description"].as_str().unwrap().starts_with("lending-credit: reservation r-")),
+        "{invoice}"
+    );
     let list = s.get(&lab, "/v1/reservations").body;
     let res = &list["reservations"][0];
     assert!(res["lent_gpu_hours"].as_f64().unwrap() > 0.0 && res["active"] == true, "{res}");
@@ -250,4 +257,41 @@ fn sell_status(s: &TestServer, tenant_key: &str, later: &str) -> u16 {
         Some(&json!({"tenant": "lab", "gpu": "A100-40GB", "region": "us-1", "gpus": 1, "ends_at": later})),
     )
     .status
+}
+
+#[test]
+fn a_spot_job_without_capacity_moves_to_on_demand() {
+    let s = fast_market();
+    let key = s.tenant("acme");
+    // The one T4 in us-1 is taken.
+    let held = s.create(&key, "T4", 1, Some("us-1"));
+    s.wait_for(&key, held["id"].as_str().unwrap(), "running", |v| v["state"] == "running");
+    let r = s.post(
+        &key,
+        "/v1/jobs",
+        Some(&json!({"gpus": ["T4"], "count": 1, "regions": ["us-1"], "command": "sleep 1000", "on_demand_after_seconds": 1})),
+    );
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let jid = r.body["id"].as_str().unwrap().to_string();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let job = loop {
+        let j = s.get(&key, &format!("/v1/jobs/{jid}")).body;
+        if j["history"].as_array().is_some_and(|h| h.len() == 2) {
+            break j;
+        }
+        assert!(std::time::Instant::now() < deadline, "never fell back: {j}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let h = job["history"].as_array().unwrap();
+    assert_eq!((h[0]["tier"].as_str(), h[0]["state"].as_str()), (Some("spot"), Some("terminated")), "{job}");
+    assert!(h[0]["reason"].as_str().unwrap().contains("on-demand"), "{job}");
+    assert_eq!(h[1]["tier"], "on-demand");
+    assert_eq!(
+        (job["state"].as_str(), job["restarts"].as_u64()),
+        (Some("running"), Some(0)),
+        "a fallback is no restart"
+    );
+    // Once the GPU frees up, the on-demand attempt runs.
+    s.post(&key, &format!("/v1/instances/{}/terminate", held["id"].as_str().unwrap()), None);
+    s.wait_for(&key, h[1]["instance"].as_str().unwrap(), "running", |v| v["state"] == "running");
 }
