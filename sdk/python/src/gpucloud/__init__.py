@@ -1,0 +1,36 @@
+"""gpucloud: rent whole GPUs or slices by the second.
+
+Two halves:
+
+* :class:`Client` talks to the gpucloud API (instances, managed jobs, spot prices, billing).
+* :func:`preemption_notice`, :func:`watch_preemption`, :func:`report_checkpoint` and
+  :func:`resume_from` are for code running *inside* a gpucloud workload: they use the agent's
+  metadata endpoint (``GPUCLOUD_METADATA_URL``) and the job's environment.
+"""
+
+from .client import ApiError, Client, Instance, Job, JobAttempt, SpotPrices
+from .workload import (
+    Notice,
+    PreemptionWatcher,
+    metadata,
+    preemption_notice,
+    report_checkpoint,
+    resume_from,
+    watch_preemption,
+)
+
+__all__ = [
+    "ApiError",
+    "Client",
+    "Instance",
+    "Job",
+    "JobAttempt",
+    "Notice",
+    "PreemptionWatcher",
+    "SpotPrices",
+    "metadata",
+    "preemption_notice",
+    "report_checkpoint",
+    "resume_from",
+    "watch_preemption",
+]

@@ -1,0 +1,306 @@
+"""The API client: typed wrappers over gpucloud's REST API."""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import httpx
+
+
+class ApiError(Exception):
+    """A problem document from the server (RFC 9457): status, stable code, the field at fault."""
+
+    def __init__(self, status: int, code: str, detail: str, field: Optional[str] = None):
+        super().__init__(f"{detail} ({status} {code})" + (f" [field: {field}]" if field else ""))
+        self.status = status
+        self.code = code
+        self.detail = detail
+        self.field = field
+
+
+@dataclass
+class Instance:
+    id: str
+    name: str
+    state: str
+    gpu: str
+    count: int
+    tier: str
+    region: Optional[str]
+    node: Optional[str]
+    gpus: List[int]
+    command: str
+    pending_reason: Optional[str] = None
+    exit_code: Optional[int] = None
+    reason: Optional[str] = None
+    preemption: Optional[Dict[str, Any]] = None
+    checkpoint: Optional[str] = None
+    job: Optional[str] = None
+    attempt: Optional[int] = None
+    raw: Dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_json(cls, v: Dict[str, Any]) -> "Instance":
+        return cls(
+            id=v["id"],
+            name=v["name"],
+            state=v["state"],
+            gpu=v["gpu"],
+            count=v["count"],
+            tier=v.get("tier", "on-demand"),
+            region=v.get("region"),
+            node=v.get("node"),
+            gpus=list(v.get("gpus", [])),
+            command=v["command"],
+            pending_reason=v.get("pending_reason"),
+            exit_code=v.get("exit_code"),
+            reason=v.get("reason"),
+            preemption=v.get("preemption"),
+            checkpoint=v.get("checkpoint"),
+            job=v.get("job"),
+            attempt=v.get("attempt"),
+            raw=v,
+        )
+
+
+@dataclass
+class JobAttempt:
+    attempt: int
+    instance: str
+    tier: str
+    gpu: str
+    region: Optional[str]
+    state: str
+    cost: Decimal
+    billed_seconds: int
+    reason: Optional[str] = None
+    resumed_from: Optional[str] = None
+
+
+@dataclass
+class Job:
+    id: str
+    name: str
+    state: str
+    attempts: int
+    restarts: int
+    cost: Decimal
+    history: List[JobAttempt]
+    checkpoint: Optional[str] = None
+    reason: Optional[str] = None
+
+    @classmethod
+    def from_json(cls, v: Dict[str, Any]) -> "Job":
+        return cls(
+            id=v["id"],
+            name=v["name"],
+            state=v["state"],
+            attempts=v["attempts"],
+            restarts=v["restarts"],
+            cost=Decimal(v["cost"]),
+            checkpoint=v.get("checkpoint"),
+            reason=v.get("reason"),
+            history=[
+                JobAttempt(
+                    attempt=a["attempt"],
+                    instance=a["instance"],
+                    tier=a["tier"],
+                    gpu=a["gpu"],
+                    region=a.get("region"),
+                    state=a["state"],
+                    cost=Decimal(a["cost"]),
+                    billed_seconds=a["billed_seconds"],
+                    reason=a.get("reason"),
+                    resumed_from=a.get("resumed_from"),
+                )
+                for a in v.get("history", [])
+            ],
+        )
+
+
+@dataclass
+class SpotPrices:
+    gpu: str
+    region: str
+    current: Optional[Decimal]
+    floor: Decimal
+    on_demand: Decimal
+    history: List[tuple]
+
+
+def _profile() -> Dict[str, Any]:
+    """The CLI's profile (written by ``gpucloud dev``), if any."""
+    base = os.environ.get("GPUCLOUD_CONFIG_DIR")
+    if base:
+        path = Path(base) / "config.json"
+    else:
+        xdg = os.environ.get("XDG_CONFIG_HOME")
+        path = (Path(xdg) if xdg else Path.home() / ".config") / "gpucloud" / "config.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _money(v: Any) -> Optional[str]:
+    return None if v is None else str(Decimal(str(v)))
+
+
+class _Resource:
+    def __init__(self, client: "Client"):
+        self._c = client
+
+
+class Instances(_Resource):
+    def create(
+        self,
+        gpu: str,
+        command: str,
+        count: int = 1,
+        region: Optional[str] = None,
+        name: Optional[str] = None,
+        tier: str = "on-demand",
+        max_price: Any = None,
+        gpu_share: Optional[int] = None,
+        gpu_memory_mib: Optional[int] = None,
+        idempotency_key: Optional[str] = None,
+    ) -> Instance:
+        body: Dict[str, Any] = {"gpu": gpu, "count": count, "command": command, "tier": tier}
+        for k, v in (("region", region), ("name", name), ("gpu_share", gpu_share), ("gpu_memory_mib", gpu_memory_mib)):
+            if v is not None:
+                body[k] = v
+        if max_price is not None:
+            body["max_price_per_gpu_hour"] = _money(max_price)
+        return Instance.from_json(self._c._post("/v1/instances", body, idempotency_key or str(uuid.uuid4())))
+
+    def list(self) -> List[Instance]:
+        return [Instance.from_json(v) for v in self._c._get("/v1/instances")["instances"]]
+
+    def get(self, id: str) -> Instance:
+        return Instance.from_json(self._c._get(f"/v1/instances/{id}"))
+
+    def stop(self, id: str) -> Instance:
+        return Instance.from_json(self._c._post(f"/v1/instances/{id}/stop"))
+
+    def start(self, id: str) -> Instance:
+        return Instance.from_json(self._c._post(f"/v1/instances/{id}/start"))
+
+    def terminate(self, id: str) -> Instance:
+        return Instance.from_json(self._c._post(f"/v1/instances/{id}/terminate"))
+
+    def logs(self, id: str, after: int = 0) -> str:
+        v = self._c._get(f"/v1/instances/{id}/logs?after={after}")
+        return "".join(c["data"] for c in v["chunks"])
+
+
+class Jobs(_Resource):
+    def run(
+        self,
+        gpus: List[str],
+        command: str,
+        count: int = 1,
+        regions: Optional[List[str]] = None,
+        name: Optional[str] = None,
+        spot: bool = True,
+        max_price: Any = None,
+        checkpoint_dir: Optional[str] = None,
+        max_restarts: Optional[int] = None,
+        on_demand_after_seconds: Optional[int] = None,
+        idempotency_key: Optional[str] = None,
+    ) -> Job:
+        body: Dict[str, Any] = {"gpus": list(gpus), "count": count, "command": command, "spot": spot}
+        for k, v in (
+            ("regions", regions),
+            ("name", name),
+            ("checkpoint_dir", checkpoint_dir),
+            ("max_restarts", max_restarts),
+            ("on_demand_after_seconds", on_demand_after_seconds),
+        ):
+            if v is not None:
+                body[k] = v
+        if max_price is not None:
+            body["max_price_per_gpu_hour"] = _money(max_price)
+        return Job.from_json(self._c._post("/v1/jobs", body, idempotency_key or str(uuid.uuid4())))
+
+    def get(self, id: str) -> Job:
+        return Job.from_json(self._c._get(f"/v1/jobs/{id}"))
+
+    def list(self) -> List[Job]:
+        return [Job.from_json(v) for v in self._c._get("/v1/jobs")["jobs"]]
+
+    def cancel(self, id: str) -> Job:
+        return Job.from_json(self._c._post(f"/v1/jobs/{id}/cancel"))
+
+
+class Spot(_Resource):
+    def prices(self, gpu: str, region: str) -> SpotPrices:
+        v = self._c._get("/v1/spot/prices", params={"gpu": gpu, "region": region})
+        cur = v.get("current_per_gpu_hour")
+        return SpotPrices(
+            gpu=v["gpu"],
+            region=v["region"],
+            current=Decimal(cur) if cur is not None else None,
+            floor=Decimal(v["floor_per_gpu_hour"]),
+            on_demand=Decimal(v["on_demand_per_gpu_hour"]),
+            history=[(p["at"], Decimal(p["price_per_gpu_hour"])) for p in v["points"]],
+        )
+
+
+class Billing(_Resource):
+    def balance(self) -> Decimal:
+        return Decimal(self._c._get("/v1/billing/balance")["balance"])
+
+    def ledger(self) -> List[Dict[str, Any]]:
+        return list(self._c._get("/v1/billing/ledger")["entries"])
+
+
+class Client:
+    """``Client(url, key)``; both default to ``GPUCLOUD_URL`` / ``GPUCLOUD_API_KEY``, then to the
+    profile ``gpucloud dev`` writes."""
+
+    def __init__(self, url: Optional[str] = None, key: Optional[str] = None, timeout: float = 30.0):
+        prof = _profile() if url is None or key is None else {}
+        url = url or os.environ.get("GPUCLOUD_URL") or prof.get("url")
+        key = key or os.environ.get("GPUCLOUD_API_KEY") or prof.get("api_key")
+        if not url:
+            raise ValueError("no gpucloud URL: pass url=, set GPUCLOUD_URL, or run `gpucloud dev`")
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self._http = httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout)
+        self.instances = Instances(self)
+        self.jobs = Jobs(self)
+        self.spot = Spot(self)
+        self.billing = Billing(self)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def whoami(self) -> Dict[str, Any]:
+        return self._get("/v1/whoami")
+
+    def _check(self, r: httpx.Response) -> Any:
+        if r.is_success:
+            return r.json() if r.content else None
+        try:
+            p = r.json()
+            raise ApiError(r.status_code, p.get("code", "error"), p.get("detail", r.text), p.get("field"))
+        except ValueError:
+            raise ApiError(r.status_code, "error", r.text) from None
+
+    def _get(self, path: str, params: Optional[Dict[str, Any]] = None) -> Any:
+        return self._check(self._http.get(path, params=params))
+
+    def _post(self, path: str, body: Any = None, idempotency_key: Optional[str] = None) -> Any:
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        return self._check(self._http.post(path, json=body, headers=headers))
