@@ -31,6 +31,8 @@ pub struct Config {
     pub stop_grace: Duration,
     /// Loopback port of the metadata endpoint (0: any free port).
     pub metadata_port: u16,
+    /// Where other nodes reach this one (a cluster's MASTER_ADDR); the node name when `None`.
+    pub address: Option<String>,
 }
 
 /// Runs until the node is taken over by another agent (fenced), registration fails, or
@@ -45,6 +47,7 @@ pub fn run(config: Config, gpus: &mut dyn GpuBackend, shutdown: &std::sync::atom
         name: config.name.clone(),
         region: config.region.clone(),
         gpus: found.iter().map(|g| AgentGpu { index: g.index, model: g.model, uuid: g.uuid.clone() }).collect(),
+        address: config.address.clone(),
     };
     let reg = client.register(&request)?;
     let interval = config.interval.unwrap_or(Duration::from_millis(reg.heartbeat_interval_ms.max(100)));
@@ -109,6 +112,7 @@ pub fn run(config: Config, gpus: &mut dyn GpuBackend, shutdown: &std::sync::atom
                         reason: n.reason.clone(),
                     }),
                     checkpoint: None,
+                    cluster: w.cluster.clone(),
                 };
                 for action in reconcile::actions(&wanted, &runtime.actual()) {
                     match action {
@@ -131,6 +135,7 @@ pub fn run(config: Config, gpus: &mut dyn GpuBackend, shutdown: &std::sync::atom
                     .collect();
                 for w in desired.instances.iter().filter(|w| w.desired == "run") {
                     metadata.set_notice(&w.id, meta(w).preemption);
+                    metadata.set_cluster(&w.id, w.cluster.clone());
                 }
                 // Workloads adopted after a restart get their metadata back under their old token.
                 for w in desired.instances.iter().filter(|w| w.desired == "run" && !metadata.is_published(&w.id)) {

@@ -37,6 +37,8 @@ pub struct InstanceMetadata {
     pub preemption: Option<Notice>,
     /// The latest checkpoint it reported.
     pub checkpoint: Option<String>,
+    /// A cluster member's cluster: size, its rank, the members and the rendezvous endpoint.
+    pub cluster: Option<gpucloud_api::AgentCluster>,
 }
 
 #[derive(Default)]
@@ -134,6 +136,29 @@ impl MetadataServer {
                         .push(serde_json::json!({"type": "preemption", "deadline": n.deadline, "reason": n.reason}));
                 }
                 m.preemption = notice;
+                changed
+            })
+            .unwrap_or(false);
+        if changed {
+            self.table.changed.notify_waiters();
+        }
+    }
+
+    /// Publishes the cluster's membership; a change of size is also an event (`resize`), and
+    /// wakes long-polls of `.../events`.
+    pub fn set_cluster(&self, instance_id: &str, cluster: Option<gpucloud_api::AgentCluster>) {
+        let changed = self
+            .with(instance_id, |m| {
+                let before = m.cluster.as_ref().map(|c| (c.epoch, c.size));
+                let after = cluster.as_ref().map(|c| (c.epoch, c.size));
+                if let (Some((_, from)), Some(c)) = (before, &cluster)
+                    && before != after
+                    && from != c.size
+                {
+                    m.events.push(serde_json::json!({"type": "resize", "from": from, "to": c.size, "epoch": c.epoch}));
+                }
+                let changed = m.cluster != cluster;
+                m.cluster = cluster;
                 changed
             })
             .unwrap_or(false);

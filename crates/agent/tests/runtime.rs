@@ -14,6 +14,7 @@ fn workload(id: &str, command: &str) -> AgentWorkload {
         slice: None,
         env: Default::default(),
         notice: None,
+        cluster: None,
     }
 }
 

@@ -574,6 +574,9 @@ pub struct RegisterAgentRequest {
     #[schema(value_type = String, example = "eu-1")]
     pub region: Region,
     pub gpus: Vec<AgentGpu>,
+    /// Where other nodes reach this one (a cluster's MASTER_ADDR); the name when omitted.
+    #[serde(default)]
+    pub address: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -628,6 +631,31 @@ pub struct AgentWorkload {
     /// A preemption notice to publish on the workload's metadata endpoint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub notice: Option<AgentNotice>,
+    /// For a cluster member: the cluster's size and membership now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<AgentCluster>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct AgentCluster {
+    pub id: String,
+    pub name: String,
+    /// Bumped by every resize.
+    pub epoch: i64,
+    pub size: u32,
+    pub rank: u32,
+    pub master_addr: String,
+    pub master_port: u16,
+    pub members: Vec<AgentClusterMember>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct AgentClusterMember {
+    pub rank: u32,
+    pub instance: String,
+    pub state: String,
+    /// Where its node is reached, once placed.
+    pub address: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
@@ -883,4 +911,73 @@ pub struct Reservation {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ReservationList {
     pub reservations: Vec<Reservation>,
+}
+
+/// A cluster: identical members of `gpus_per_node` GPUs each, resized between min and max.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateClusterRequest {
+    pub name: String,
+    #[schema(value_type = String, example = "A100-40GB")]
+    pub gpu: GpuModel,
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    pub region: Option<Region>,
+    pub gpus_per_node: u32,
+    /// The size to start at.
+    pub nodes: u32,
+    #[serde(default)]
+    pub min_nodes: Option<u32>,
+    #[serde(default)]
+    pub max_nodes: Option<u32>,
+    pub command: String,
+    /// on-demand (default) or spot.
+    #[serde(default)]
+    pub tier: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ResizeClusterRequest {
+    pub nodes: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ClusterMember {
+    pub rank: u32,
+    pub instance: String,
+    pub state: String,
+    pub node: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_reason: Option<String>,
+    /// Set when it is leaving (a scale-down's stop notice).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leaving_at: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Cluster {
+    pub id: String,
+    pub name: String,
+    pub gpu: String,
+    pub region: Option<String>,
+    pub gpus_per_node: u32,
+    pub min_nodes: u32,
+    pub max_nodes: u32,
+    /// The size asked for.
+    pub nodes: u32,
+    pub tier: String,
+    /// ready, resizing (members waiting: all start together or none) or degraded.
+    pub state: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub master_port: u16,
+    pub members: Vec<ClusterMember>,
+    pub command: String,
+    pub created_at: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ClusterList {
+    pub clusters: Vec<Cluster>,
 }

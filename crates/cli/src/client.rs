@@ -70,6 +70,23 @@ impl Client {
         }
     }
 
+    /// A DELETE answered with no body (204) or a problem.
+    pub fn delete(&self, path: &str) -> Result<(), ClientError> {
+        let mut req = self.agent.delete(format!("{}{path}", self.base));
+        if let Some(k) = &self.key {
+            req = req.header("Authorization", format!("Bearer {k}"));
+        }
+        let mut resp = req.call().map_err(|e| ClientError::Transport(format!("cannot reach {}: {e}", self.base)))?;
+        if resp.status().is_success() {
+            return Ok(());
+        }
+        let text = resp.body_mut().read_to_string().unwrap_or_default();
+        match serde_json::from_str::<Problem>(&text) {
+            Ok(p) => Err(ClientError::Api(Box::new(p))),
+            Err(_) => Err(ClientError::Transport(format!("HTTP {}: {text}", resp.status()))),
+        }
+    }
+
     pub fn post<B: Serialize, T: DeserializeOwned>(
         &self,
         path: &str,

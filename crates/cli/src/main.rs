@@ -70,6 +70,9 @@ enum Command {
     /// Managed jobs that survive preemption.
     #[command(subcommand)]
     Job(market::JobCmd),
+    /// Clusters of identical members, resized as a training job grows and shrinks.
+    #[command(subcommand)]
+    Cluster(market::ClusterCmd),
     /// Reserved capacity: sold by the operator, lent out as spot while idle.
     #[command(subcommand)]
     Reservation(market::ReservationCmd),
@@ -102,6 +105,7 @@ fn main() -> ExitCode {
         Command::Job(c) => market::job(&ctx, c),
         Command::Admin(c) => market::admin(&ctx, c),
         Command::Reservation(c) => market::reservation(&ctx, c),
+        Command::Cluster(c) => market::cluster(&ctx, c),
         Command::Metadata(c) => market::metadata(c),
     };
     match result {

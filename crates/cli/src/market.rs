@@ -339,3 +339,128 @@ pub fn reservation(ctx: &Ctx, cmd: ReservationCmd) -> Res {
     }
     Ok(())
 }
+
+#[derive(Subcommand)]
+pub enum ClusterCmd {
+    /// Create a cluster: NODES members of --gpus-per-node GPUs each, resizable between --min and --max.
+    Create {
+        name: String,
+        #[arg(long)]
+        gpu: String,
+        #[arg(long, default_value_t = 1)]
+        gpus_per_node: u32,
+        #[arg(long, default_value_t = 1)]
+        nodes: u32,
+        #[arg(long)]
+        min: Option<u32>,
+        #[arg(long)]
+        max: Option<u32>,
+        #[arg(long)]
+        region: Option<String>,
+        /// Members on spot capacity.
+        #[arg(long)]
+        spot: bool,
+        #[arg(long)]
+        command: String,
+    },
+    /// Resize: new members start together or not at all; leaving ones get the stop notice first.
+    Resize { name: String, nodes: u32 },
+    /// A cluster and its members by rank.
+    Show { name: String },
+    /// Your clusters.
+    List,
+    /// Delete a cluster: every member is terminated.
+    Delete { name: String },
+}
+
+fn cluster_detail(c: &api::Cluster) -> String {
+    let rows: Vec<Vec<String>> = c
+        .members
+        .iter()
+        .map(|m| {
+            vec![
+                m.rank.to_string(),
+                m.instance.clone(),
+                m.state.clone(),
+                or_dash(m.node.as_ref()),
+                m.leaving_at
+                    .as_ref()
+                    .map(|t| format!("leaving at {t}"))
+                    .or(m.pending_reason.clone())
+                    .unwrap_or_default(),
+            ]
+        })
+        .collect();
+    format!(
+        "name:     {} ({})\nstate:    {}{}\nsize:     {} of {}..{} nodes, {} x {} each ({}){}\nport:     {} (MASTER_PORT)\ncommand:  {}\n\n{}",
+        c.name,
+        c.id,
+        c.state,
+        c.reason.as_ref().map(|r| format!(" ({r})")).unwrap_or_default(),
+        c.nodes,
+        c.min_nodes,
+        c.max_nodes,
+        c.gpus_per_node,
+        c.gpu,
+        c.tier,
+        c.region.as_ref().map(|r| format!(" in {r}")).unwrap_or_default(),
+        c.master_port,
+        c.command,
+        table(&["RANK", "INSTANCE", "STATE", "NODE", ""], &rows)
+    )
+}
+
+pub fn cluster(ctx: &Ctx, cmd: ClusterCmd) -> Res {
+    let c = ctx.client(As::Tenant)?;
+    let err = |e: crate::client::ClientError| e.to_string();
+    match cmd {
+        ClusterCmd::Create { name, gpu, gpus_per_node, nodes, min, max, region, spot, command } => {
+            let body = serde_json::json!({
+                "name": name, "gpu": gpu, "gpus_per_node": gpus_per_node, "nodes": nodes, "min_nodes": min,
+                "max_nodes": max, "region": region, "command": command, "tier": if spot { "spot" } else { "on-demand" },
+            });
+            let v: api::Cluster = c.post("/v1/clusters", Some(&body), None).map_err(err)?;
+            show(ctx, &v, cluster_detail);
+        }
+        ClusterCmd::Resize { name, nodes } => {
+            let body = api::ResizeClusterRequest { nodes };
+            let v: api::Cluster = c.post(&format!("/v1/clusters/{name}/resize"), Some(&body), None).map_err(err)?;
+            show(ctx, &v, cluster_detail);
+        }
+        ClusterCmd::Show { name } => {
+            let v: api::Cluster = c.get(&format!("/v1/clusters/{name}")).map_err(err)?;
+            show(ctx, &v, cluster_detail);
+        }
+        ClusterCmd::List => {
+            let l: api::ClusterList = c.get("/v1/clusters").map_err(err)?;
+            show(ctx, &l, |l| {
+                let rows: Vec<Vec<String>> = l
+                    .clusters
+                    .iter()
+                    .map(|c| {
+                        vec![
+                            c.name.clone(),
+                            c.state.clone(),
+                            format!(
+                                "{}/{} ({}..{})",
+                                c.members.iter().filter(|m| m.state == "running").count(),
+                                c.nodes,
+                                c.min_nodes,
+                                c.max_nodes
+                            ),
+                            format!("{} x {}", c.gpus_per_node, c.gpu),
+                        ]
+                    })
+                    .collect();
+                table(&["NAME", "STATE", "RUNNING/SIZE", "PER NODE"], &rows)
+            });
+        }
+        ClusterCmd::Delete { name } => {
+            c.delete(&format!("/v1/clusters/{name}")).map_err(err)?;
+            if !ctx.json {
+                println!("cluster {name} deleted");
+            }
+        }
+    }
+    Ok(())
+}

@@ -186,6 +186,7 @@ pub fn dev(args: DevArgs) -> Result<(), String> {
                 interval: Some(agent_interval),
                 stop_grace: Duration::from_secs(5),
                 metadata_port: 0,
+                address: Some("127.0.0.1".into()),
             };
             let spec = format!("{}:{count}", model.name());
             let flag = shutdown.clone();
@@ -318,6 +319,9 @@ pub struct AgentArgs {
     /// adopted after an agent restart keep a working GPUCLOUD_METADATA_URL (0: any free port).
     #[arg(long, default_value_t = 7081)]
     metadata_port: u16,
+    /// Where other nodes reach this host (a cluster member's MASTER_ADDR) [default: the node name].
+    #[arg(long)]
+    address: Option<String>,
 }
 
 pub fn agent(args: AgentArgs) -> Result<(), String> {
@@ -379,6 +383,7 @@ pub fn agent(args: AgentArgs) -> Result<(), String> {
         interval: args.interval_ms.map(Duration::from_millis),
         stop_grace: Duration::from_secs(args.stop_grace_s),
         metadata_port: args.metadata_port,
+        address: args.address.clone(),
     };
     let shutdown = std::sync::atomic::AtomicBool::new(false);
     gpucloud_agent::run(config, gpus.as_mut(), &shutdown)

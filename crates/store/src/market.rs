@@ -2,10 +2,10 @@
 //! jobs. Kept apart from `sql.rs`, behind its own trait that every `Store` also implements.
 
 use crate::sql::{GpuFilter, INSTANCE_COLUMNS, SqlStore, corrupt, instance_from_row, parse, unique_violation};
-use crate::{Checkpoint, Instance, Job, JobState, Notice, Reservation, Result, Sale};
+use crate::{Checkpoint, Cluster, Instance, Job, JobState, Notice, Reservation, Result, Sale};
 use async_trait::async_trait;
 use gpucloud_billing::PricePoint;
-use gpucloud_model::{GpuModel, InstanceId, JobId, Money, Region, ReservationId, TenantId, Tier, Timestamp};
+use gpucloud_model::{ClusterId, GpuModel, InstanceId, JobId, Money, Region, ReservationId, TenantId, Tier, Timestamp};
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
@@ -74,6 +74,26 @@ pub trait MarketStore: Send + Sync {
     ) -> Result<Vec<Reservation>>;
     /// Adds lent GPU-time and its spot revenue to a reservation's running totals.
     async fn accrue_lending(&self, id: &ReservationId, gpu_ms: i64, revenue: Money) -> Result<()>;
+
+    /// Inserts a cluster; a conflict if the tenant has an active one of that name.
+    async fn insert_cluster(&self, c: &Cluster) -> Result<()>;
+    /// An active cluster of a tenant (`None`: any tenant) by id or name.
+    async fn find_cluster(&self, tenant: Option<&TenantId>, id_or_name: &str) -> Result<Option<Cluster>>;
+    async fn list_clusters(&self, tenant: Option<&TenantId>) -> Result<Vec<Cluster>>;
+    /// Compare-and-set of target size, epoch and state; `None` if the cluster changed meanwhile.
+    async fn update_cluster(
+        &self,
+        id: &ClusterId,
+        expected_generation: i64,
+        target_nodes: u32,
+        epoch: i64,
+        active: bool,
+        at: Timestamp,
+    ) -> Result<Option<Cluster>>;
+    /// Every instance ever launched as a member, by rank then age.
+    async fn cluster_members(&self, id: &ClusterId) -> Result<Vec<Instance>>;
+    /// Where a node's peers reach it.
+    async fn set_node_address(&self, id: &gpucloud_model::NodeId, address: Option<&str>) -> Result<()>;
     /// Bills period `period` of a reservation: posts `records` and moves `billed_periods` to
     /// `period + 1` and the credited total to `credited`, in one transaction; false (nothing
     /// written) if the period was billed already.
@@ -104,11 +124,18 @@ pub(crate) fn sale_from_row(r: &AnyRow) -> Result<Sale> {
         Some(j) => Some((parse::<JobId>(t, &j)?, attempt.unwrap_or(1).max(1) as u32)),
         None => None,
     };
+    let cluster: Option<String> = r.try_get("cluster_id")?;
+    let rank: Option<i64> = r.try_get("cluster_rank")?;
+    let cluster = match cluster {
+        Some(c) => Some((parse::<gpucloud_model::ClusterId>(t, &c)?, rank.unwrap_or(0).max(0) as u32)),
+        None => None,
+    };
     Ok(Sale {
         tier: parse::<Tier>(t, &r.try_get::<String, _>("tier")?)?,
         max_price: r.try_get::<Option<i64>, _>("max_price_micros")?.map(Money),
         env,
         job,
+        cluster,
     })
 }
 
@@ -170,6 +197,32 @@ fn reservation_from_row(r: &AnyRow) -> Result<Reservation> {
         billed_periods: r.try_get(11)?,
         credited: Money(r.try_get(12)?),
         created_at: Timestamp(r.try_get(13)?),
+    })
+}
+
+const CLUSTER_COLUMNS: &str = "id, tenant_id, name, gpu_model, region, gpus_per_node, min_nodes, max_nodes, \
+    target_nodes, command, tier, state, epoch, generation, created_at, updated_at";
+
+fn cluster_from_row(r: &AnyRow) -> Result<Cluster> {
+    let t = "clusters";
+    let region: Option<String> = r.try_get(4)?;
+    Ok(Cluster {
+        id: parse(t, &r.try_get::<String, _>(0)?)?,
+        tenant_id: parse(t, &r.try_get::<String, _>(1)?)?,
+        name: r.try_get(2)?,
+        model: parse(t, &r.try_get::<String, _>(3)?)?,
+        region: region.map(|v| Region::parse(&v).map_err(|e| corrupt(t, e))).transpose()?,
+        gpus_per_node: r.try_get::<i64, _>(5)?.max(1) as u32,
+        min_nodes: r.try_get::<i64, _>(6)?.max(1) as u32,
+        max_nodes: r.try_get::<i64, _>(7)?.max(1) as u32,
+        target_nodes: r.try_get::<i64, _>(8)?.max(0) as u32,
+        command: r.try_get(9)?,
+        tier: parse(t, &r.try_get::<String, _>(10)?)?,
+        active: r.try_get::<String, _>(11)? == "active",
+        epoch: r.try_get(12)?,
+        generation: r.try_get(13)?,
+        created_at: Timestamp(r.try_get(14)?),
+        updated_at: Timestamp(r.try_get(15)?),
     })
 }
 
@@ -482,5 +535,103 @@ impl MarketStore for SqlStore {
         }
         tx.commit().await?;
         Ok(true)
+    }
+
+    async fn insert_cluster(&self, c: &Cluster) -> Result<()> {
+        sqlx::query(&format!(
+            "INSERT INTO clusters ({CLUSTER_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
+        ))
+        .bind(c.id.to_string())
+        .bind(c.tenant_id.to_string())
+        .bind(&c.name)
+        .bind(c.model.name())
+        .bind(c.region.as_ref().map(|r| r.to_string()))
+        .bind(i64::from(c.gpus_per_node))
+        .bind(i64::from(c.min_nodes))
+        .bind(i64::from(c.max_nodes))
+        .bind(i64::from(c.target_nodes))
+        .bind(&c.command)
+        .bind(c.tier.as_str())
+        .bind(if c.active { "active" } else { "deleted" })
+        .bind(c.epoch)
+        .bind(c.generation)
+        .bind(c.created_at.0)
+        .bind(c.updated_at.0)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| unique_violation(e, &format!("a cluster named '{}'", c.name)))?;
+        Ok(())
+    }
+
+    async fn find_cluster(&self, tenant: Option<&TenantId>, id_or_name: &str) -> Result<Option<Cluster>> {
+        let row = sqlx::query(&format!(
+            "SELECT {CLUSTER_COLUMNS} FROM clusters WHERE state = 'active' AND (id = $1 OR name = $1) \
+             AND ($2 = '' OR tenant_id = $2) ORDER BY created_at LIMIT 1"
+        ))
+        .bind(id_or_name)
+        .bind(tenant.map(|t| t.to_string()).unwrap_or_default())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(cluster_from_row).transpose()
+    }
+
+    async fn list_clusters(&self, tenant: Option<&TenantId>) -> Result<Vec<Cluster>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {CLUSTER_COLUMNS} FROM clusters WHERE state = 'active' AND ($1 = '' OR tenant_id = $1) \
+             ORDER BY created_at, id"
+        ))
+        .bind(tenant.map(|t| t.to_string()).unwrap_or_default())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(cluster_from_row).collect()
+    }
+
+    async fn update_cluster(
+        &self,
+        id: &ClusterId,
+        expected_generation: i64,
+        target_nodes: u32,
+        epoch: i64,
+        active: bool,
+        at: Timestamp,
+    ) -> Result<Option<Cluster>> {
+        let r = sqlx::query(
+            "UPDATE clusters SET target_nodes = $1, epoch = $2, state = $3, updated_at = $4, generation = generation + 1 \
+             WHERE id = $5 AND generation = $6",
+        )
+        .bind(i64::from(target_nodes))
+        .bind(epoch)
+        .bind(if active { "active" } else { "deleted" })
+        .bind(at.0)
+        .bind(id.to_string())
+        .bind(expected_generation)
+        .execute(&self.pool)
+        .await?;
+        if r.rows_affected() != 1 {
+            return Ok(None);
+        }
+        let row = sqlx::query(&format!("SELECT {CLUSTER_COLUMNS} FROM clusters WHERE id = $1"))
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(cluster_from_row).transpose()
+    }
+
+    async fn cluster_members(&self, id: &ClusterId) -> Result<Vec<Instance>> {
+        self.instances_where(
+            "WHERE cluster_id = $1 ORDER BY cluster_rank, created_at",
+            Some(id.to_string()),
+            GpuFilter::All,
+        )
+        .await
+    }
+
+    async fn set_node_address(&self, id: &gpucloud_model::NodeId, address: Option<&str>) -> Result<()> {
+        sqlx::query("UPDATE nodes SET address = $1 WHERE id = $2")
+            .bind(address.map(str::to_string))
+            .bind(id.to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 }

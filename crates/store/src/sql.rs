@@ -27,7 +27,7 @@ pub struct SqlStore {
 
 pub(crate) const INSTANCE_COLUMNS: &str = "id, tenant_id, name, region, gpu_model, gpu_count, command, state, \
     stop_target, node_id, generation, pending_reason, exit_code, created_at, updated_at, gpu_milli, gpu_mem_mib, \
-    mig_profile, status_reason, tier, max_price_micros, env, job_id, attempt, running_since, notice_at, notice_ms, \
+    mig_profile, status_reason, cluster_id, cluster_rank, tier, max_price_micros, env, job_id, attempt, running_since, notice_at, notice_ms, \
     notice_reason, preempt_at, checkpoint, checkpoint_at";
 
 impl SqlStore {
@@ -524,9 +524,9 @@ impl Store for SqlStore {
         let r = sqlx::query(
             "INSERT INTO instances (id, tenant_id, name, region, gpu_model, gpu_count, command, state, \
              stop_target, node_id, generation, pending_reason, exit_code, idempotency_key, created_at, updated_at, \
-             gpu_milli, gpu_mem_mib, mig_profile, tier, max_price_micros, env, job_id, attempt) \
+             gpu_milli, gpu_mem_mib, mig_profile, tier, max_price_micros, env, job_id, attempt, cluster_id, cluster_rank) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', NULL, NULL, 1, NULL, NULL, $8, $9, $9, $10, $11, $12, \
-             $13, $14, $15, $16, $17) \
+             $13, $14, $15, $16, $17, $18, $19) \
              ON CONFLICT (tenant_id, idempotency_key) DO NOTHING",
         )
         .bind(n.id.to_string())
@@ -546,6 +546,8 @@ impl Store for SqlStore {
         .bind(crate::market::encode_env(&n.sale.env))
         .bind(n.sale.job.as_ref().map(|(j, _)| j.to_string()))
         .bind(n.sale.job.as_ref().map(|(_, a)| i64::from(*a)))
+        .bind(n.sale.cluster.as_ref().map(|(c, _)| c.to_string()))
+        .bind(n.sale.cluster.as_ref().map(|(_, r)| i64::from(*r)))
         .execute(&mut *tx)
         .await
         .map_err(|e| unique_violation(e, &format!("instance {}", n.id)))?;
@@ -1123,8 +1125,7 @@ async fn load_nodes(pool: &AnyPool, only: Option<&NodeId>) -> Result<Vec<Node>> 
     let t = "nodes";
     // Two statement shapes rather than `($1 = '' OR id = $1)`, which would scan every GPU row
     // to read one node.
-    let node_cols =
-        "SELECT id, name, region, state, health, generation, last_heartbeat, created_at, driver, epoch FROM nodes";
+    let node_cols = "SELECT id, name, region, state, health, generation, last_heartbeat, created_at, driver, epoch, address FROM nodes";
     let gpu_cols = "SELECT node_id, idx, model, uuid, instance_id, healthy FROM gpus";
     let (rows, gpu_rows) = match only {
         Some(id) => (
@@ -1190,6 +1191,7 @@ async fn load_nodes(pool: &AnyPool, only: Option<&NodeId>) -> Result<Vec<Node>> 
                 generation: r.try_get(5)?,
                 last_heartbeat: hb.map(Timestamp),
                 created_at: Timestamp(r.try_get(7)?),
+                address: r.try_get(10)?,
                 gpus: gpus.remove(&id).unwrap_or_default(),
             })
         })

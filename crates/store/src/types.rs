@@ -1,6 +1,6 @@
 use gpucloud_model::{
-    ApiKeyId, GpuModel, GpuShare, InstanceId, InstanceState, JobId, Money, NodeHealth, NodeId, NodeState, Region, Role,
-    StopTarget, TenantId, Tier, Timestamp,
+    ApiKeyId, ClusterId, GpuModel, GpuShare, InstanceId, InstanceState, JobId, Money, NodeHealth, NodeId, NodeState,
+    Region, Role, StopTarget, TenantId, Tier, Timestamp,
 };
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,6 +86,8 @@ pub struct Node {
     pub generation: i64,
     pub last_heartbeat: Option<Timestamp>,
     pub created_at: Timestamp,
+    /// Where its peers reach it (the agent's `--address`); `None`: its name.
+    pub address: Option<String>,
     pub gpus: Vec<Gpu>,
 }
 
@@ -116,6 +118,8 @@ pub struct Sale {
     pub env: Vec<(String, String)>,
     /// The managed job this instance is an attempt of, and which attempt (1, 2, ...).
     pub job: Option<(JobId, u32)>,
+    /// The cluster this instance is a member of, and its rank.
+    pub cluster: Option<(ClusterId, u32)>,
 }
 
 /// A preemption notice given to an instance.
@@ -462,4 +466,27 @@ impl Reservation {
     pub fn active_at(&self, t: Timestamp) -> bool {
         self.starts_at <= t && t < self.ends_at
     }
+}
+
+/// A tenant's resizable group of identical members.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cluster {
+    pub id: ClusterId,
+    pub tenant_id: TenantId,
+    pub name: String,
+    pub model: GpuModel,
+    pub region: Option<Region>,
+    pub gpus_per_node: u32,
+    pub min_nodes: u32,
+    pub max_nodes: u32,
+    /// The size asked for last.
+    pub target_nodes: u32,
+    pub command: String,
+    pub tier: Tier,
+    pub active: bool,
+    /// Bumped by every resize.
+    pub epoch: i64,
+    pub generation: i64,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
 }

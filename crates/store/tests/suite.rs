@@ -664,6 +664,7 @@ async fn spot_notices_checkpoints_and_jobs(s: Arc<dyn Store>) {
             max_price: Some(Money(1_500_000)),
             env: vec![("GPUCLOUD_RESUME_FROM".into(), "/ck/a b=c".into())],
             job: Some((job.id.clone(), 1)),
+            cluster: None,
         },
     };
     let i = s.insert_instance(&new).await.unwrap().0;

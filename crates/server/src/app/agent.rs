@@ -62,6 +62,8 @@ pub struct DesiredInstance {
     pub env: Vec<(String, String)>,
     /// A preemption notice: the deadline and why.
     pub notice: Option<(gpucloud_model::Timestamp, String)>,
+    /// A cluster member's view of its cluster.
+    pub cluster: Option<gpucloud_api::AgentCluster>,
 }
 
 #[async_trait]
@@ -148,19 +150,28 @@ impl AgentApi for App {
                 }
             }
         }
-        let desired = held
-            .into_iter()
-            .map(|i| DesiredInstance {
+        let mut desired = Vec::with_capacity(held.len());
+        for i in held {
+            let mut env = i.sale.env.clone();
+            let mut cluster = None;
+            if i.sale.cluster.is_some()
+                && let Some((extra, view)) = self.member_context(&i).await?
+            {
+                env.extend(extra);
+                cluster = Some(view);
+            }
+            desired.push(DesiredInstance {
                 desired: if i.state == InstanceState::Stopping { Desired::Stop } else { Desired::Run },
                 gpu_uuids: i.gpus.iter().filter_map(|g| uuids.get(g).cloned()).collect(),
                 id: i.id,
                 gpus: i.gpus,
                 command: i.command,
                 share: i.share,
-                env: i.sale.env,
+                env,
                 notice: i.notice.and_then(|n| Some((n.deadline?, n.reason))),
-            })
-            .collect();
+                cluster,
+            });
+        }
         Ok(desired)
     }
 }
@@ -173,6 +184,7 @@ impl App {
         name: &str,
         region: gpucloud_model::Region,
         gpus: Vec<gpucloud_store::NewGpu>,
+        address: Option<String>,
     ) -> Result<gpucloud_store::Node, AppError> {
         by.require_operator()?;
         super::nodes::check_node_name(name)?;
@@ -192,7 +204,16 @@ impl App {
             gpus,
             created_at: self.now(),
         };
-        let node = self.store.register_agent_node(&node).await.map_err(AppError::store_conflict)?;
+        if let Some(a) = &address
+            && (a.is_empty() || a.len() > 253 || a.chars().any(|c| c.is_whitespace() || c.is_control()))
+        {
+            return Err(AppError::invalid("address", "address is a host name or IP address"));
+        }
+        let mut node = self.store.register_agent_node(&node).await.map_err(AppError::store_conflict)?;
+        if node.address != address {
+            self.store.set_node_address(&node.id, address.as_deref()).await?;
+            node.address = address;
+        }
         tracing::info!(node = %node.id, name, epoch = node.epoch, "agent registered");
         self.nodes_changed.notify_one();
         Ok(node)

@@ -133,7 +133,13 @@ impl App {
             command: req.command,
             idempotency_key: idempotency_key.map(str::to_string),
             created_at: self.now(),
-            sale: gpucloud_store::Sale { tier: req.tier, max_price: req.max_price, env: Vec::new(), job: None },
+            sale: gpucloud_store::Sale {
+                tier: req.tier,
+                max_price: req.max_price,
+                env: Vec::new(),
+                job: None,
+                cluster: None,
+            },
         };
         let (inst, created) = self.store.insert_instance(&new).await?;
         if created {

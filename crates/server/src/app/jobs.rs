@@ -334,6 +334,7 @@ impl App {
                 max_price: if tier == Tier::Spot { spec.max_price_per_gpu_hour } else { None },
                 env,
                 job: Some((job.id.clone(), n)),
+                cluster: None,
             },
         };
         let (inst, created) = self.store.insert_instance(&new).await?;

@@ -5,6 +5,7 @@ mod agent;
 mod auth;
 pub mod billing;
 mod budgets;
+pub mod clusters;
 mod error;
 pub mod instances;
 pub mod invoices;

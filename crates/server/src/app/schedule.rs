@@ -247,13 +247,42 @@ impl App {
             let spot_gpus = if idle.is_empty() { HashMap::new() } else { self.spot_gpus(&nodes).await? };
             let backing: HashMap<(gpucloud_model::GpuModel, Region), u32> =
                 idle.iter().map(|(k, r)| (k.clone(), (*r).min(spot_gpus.get(k).copied().unwrap_or(0)))).collect();
-            let (plan, masked) =
+            let (mut plan, masked) =
                 plan_tiers(&snapshot, &queue, &tiers, &idle, &spot_gpus, self.config.policy, self.now(), &mut rng);
 
             for u in &plan.unplaced {
                 let reason = u.reason.to_string();
                 if by_id.get(&u.instance).is_some_and(|i| i.pending_reason.as_deref() != Some(&reason)) {
                     self.store.set_pending_reason(&u.instance, Some(&reason)).await?;
+                }
+            }
+            // A cluster's waiting members are a gang: all of them start in this pass, or none.
+            let gang_of = |id: &InstanceId| by_id.get(id).and_then(|i| i.sale.cluster.as_ref().map(|(c, _)| c.clone()));
+            let mut gangs: HashMap<gpucloud_model::ClusterId, (usize, usize)> = HashMap::new();
+            for i in &pending {
+                if let Some((c, _)) = &i.sale.cluster {
+                    gangs.entry(c.clone()).or_default().0 += 1;
+                }
+            }
+            for p in &plan.placements {
+                if let Some(c) = gang_of(&p.instance) {
+                    gangs.entry(c).or_default().1 += 1;
+                }
+            }
+            let short: HashMap<_, _> = gangs.into_iter().filter(|(_, (all, placed))| placed < all).collect();
+            if !short.is_empty() {
+                plan.placements.retain(|p| gang_of(&p.instance).is_none_or(|c| !short.contains_key(&c)));
+                for i in &pending {
+                    let Some((all, placed)) = i.sale.cluster.as_ref().and_then(|(c, _)| short.get(c)) else {
+                        continue;
+                    };
+                    let reason = format!(
+                        "waiting as a gang: {all} members of {} x {} start together, {placed} fit now",
+                        i.count, i.model
+                    );
+                    if i.pending_reason.as_deref() != Some(reason.as_str()) {
+                        self.store.set_pending_reason(&i.id, Some(&reason)).await?;
+                    }
                 }
             }
             report.unplaced = plan.unplaced.len() + priced_out.len();

@@ -3,6 +3,7 @@
 
 mod agents;
 mod billing;
+mod clusters;
 mod convert;
 pub mod error;
 mod extract;
@@ -40,6 +41,7 @@ pub const MAX_BODY: usize = 64 * 1024;
         (name = "agents", description = "The node agent's protocol"),
         (name = "billing", description = "Prices, quotes, credit, balance, usage and the ledger"),
         (name = "market", description = "Spot prices, preemption and managed jobs"),
+        (name = "clusters", description = "Resizable groups of identical members"),
         (name = "meta", description = "Catalog, capacity, identity, health"),
     )
 )]
@@ -97,6 +99,9 @@ pub fn api() -> (Router<Arc<App>>, utoipa::openapi::OpenApi) {
         .routes(routes!(market::show_job))
         .routes(routes!(market::cancel_job))
         .routes(routes!(market::create_reservation, market::list_reservations))
+        .routes(routes!(clusters::create, clusters::list))
+        .routes(routes!(clusters::show, clusters::delete))
+        .routes(routes!(clusters::resize))
         .routes(routes!(agents::register))
         .routes(routes!(agents::heartbeat))
         .routes(routes!(agents::logs))

@@ -1,0 +1,314 @@
+//! Clusters: a tenant's group of identical members (an instance of `gpus_per_node` GPUs each)
+//! resized between `min_nodes` and `max_nodes`. Ranks stay `0..size`: a scale-up adds the next
+//! ranks as one gang (the scheduler starts all of them or none), a scale-down gives the highest
+//! ranks the stop notice first. Crash-safe like jobs: the cluster's epoch and target move first
+//! (compare-and-set), then each member is created under `cluster:<id>:<epoch>:<rank>`, and the
+//! reconciler creates whatever the target lacks.
+
+use super::{App, AppError, Principal, random_bits};
+use gpucloud_model::{ClusterId, GpuModel, InstanceId, InstanceState, Region, Tier, UserAction};
+use gpucloud_store::{Cluster, Instance, NewInstance, Sale};
+
+/// What a tenant asks for (already parsed from the wire).
+#[derive(Debug, Clone)]
+pub struct NewCluster {
+    pub name: String,
+    pub model: GpuModel,
+    pub region: Option<Region>,
+    pub gpus_per_node: u32,
+    pub nodes: u32,
+    pub min_nodes: u32,
+    pub max_nodes: u32,
+    pub command: String,
+    pub tier: Tier,
+}
+
+/// A cluster with its current members.
+#[derive(Debug, Clone)]
+pub struct ClusterView {
+    pub cluster: Cluster,
+    /// Members that count: those holding or waiting for GPUs, by rank.
+    pub members: Vec<Instance>,
+    /// ready (every rank below the target runs), resizing, or degraded (a member ended).
+    pub state: &'static str,
+    pub reason: Option<String>,
+}
+
+pub const MAX_CLUSTER_NODES: u32 = 64;
+
+fn live(i: &Instance) -> bool {
+    i.state == InstanceState::Pending || i.state.holds_gpus()
+}
+
+/// The rendezvous port of a cluster: fixed for its life, spread over 29500-29899.
+pub fn master_port(id: &ClusterId) -> u16 {
+    let h = id.as_str().bytes().fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)));
+    29500 + (h % 400) as u16
+}
+
+impl App {
+    pub async fn create_cluster(&self, by: &Principal, req: NewCluster) -> Result<ClusterView, AppError> {
+        let ok_name = !req.name.is_empty()
+            && req.name.len() <= 63
+            && req.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if !ok_name {
+            return Err(AppError::invalid("name", "a cluster name is 1 to 63 lowercase letters, digits or '-'"));
+        }
+        if req.gpus_per_node == 0 || req.gpus_per_node > gpucloud_model::MAX_GPUS_PER_INSTANCE {
+            return Err(AppError::invalid(
+                "gpus_per_node",
+                format!("gpus_per_node is 1 to {}", gpucloud_model::MAX_GPUS_PER_INSTANCE),
+            ));
+        }
+        if req.min_nodes == 0 || req.min_nodes > req.max_nodes || req.max_nodes > MAX_CLUSTER_NODES {
+            return Err(AppError::invalid(
+                "min_nodes",
+                format!(
+                    "need 1 <= min_nodes <= max_nodes <= {MAX_CLUSTER_NODES}, got {}..{}",
+                    req.min_nodes, req.max_nodes
+                ),
+            ));
+        }
+        if req.nodes < req.min_nodes || req.nodes > req.max_nodes {
+            return Err(AppError::invalid(
+                "nodes",
+                format!("nodes must be between min_nodes ({}) and max_nodes ({})", req.min_nodes, req.max_nodes),
+            ));
+        }
+        if req.command.trim().is_empty() || req.command.len() > 16 * 1024 {
+            return Err(AppError::invalid("command", "command must be 1 to 16384 bytes and not blank"));
+        }
+        if req.tier == Tier::Reserved {
+            return Err(AppError::invalid("tier", "a cluster runs on-demand or spot"));
+        }
+        if let Some(region) = &req.region
+            && !self.store.list_regions().await?.contains(region)
+        {
+            return Err(AppError::invalid("region", format!("unknown region '{region}'")));
+        }
+        self.check_can_spend(&by.tenant.id).await?;
+        let now = self.now();
+        let cluster = Cluster {
+            id: ClusterId::from_random(random_bits()),
+            tenant_id: by.tenant.id.clone(),
+            name: req.name,
+            model: req.model,
+            region: req.region,
+            gpus_per_node: req.gpus_per_node,
+            min_nodes: req.min_nodes,
+            max_nodes: req.max_nodes,
+            target_nodes: req.nodes,
+            command: req.command,
+            tier: req.tier,
+            active: true,
+            epoch: 1,
+            generation: 1,
+            created_at: now,
+            updated_at: now,
+        };
+        self.store.insert_cluster(&cluster).await.map_err(AppError::store_conflict)?;
+        tracing::info!(cluster = %cluster.id, name = %cluster.name, nodes = cluster.target_nodes, "cluster created");
+        self.converge_cluster(&cluster).await?;
+        self.cluster_view(cluster).await
+    }
+
+    async fn find_cluster(&self, by: &Principal, name: &str) -> Result<Cluster, AppError> {
+        self.store
+            .find_cluster(Some(&by.tenant.id), name)
+            .await?
+            .ok_or_else(|| AppError::NotFound { kind: "cluster", id: name.to_string() })
+    }
+
+    pub async fn get_cluster(&self, by: &Principal, name: &str) -> Result<ClusterView, AppError> {
+        let c = self.find_cluster(by, name).await?;
+        self.cluster_view(c).await
+    }
+
+    pub async fn list_clusters(&self, by: &Principal) -> Result<Vec<ClusterView>, AppError> {
+        let mut out = Vec::new();
+        for c in self.store.list_clusters(Some(&by.tenant.id)).await? {
+            out.push(self.cluster_view(c).await?);
+        }
+        Ok(out)
+    }
+
+    /// Sets the size. Growing adds the missing ranks as one gang; shrinking gives the ranks at and
+    /// above `n` the stop notice (a waiting member is dropped at once).
+    pub async fn resize_cluster(&self, by: &Principal, name: &str, n: u32) -> Result<ClusterView, AppError> {
+        let mut c = self.find_cluster(by, name).await?;
+        if n < c.min_nodes || n > c.max_nodes {
+            return Err(AppError::invalid(
+                "nodes",
+                format!("{} resizes between {} and {} nodes, not {n}", c.name, c.min_nodes, c.max_nodes),
+            ));
+        }
+        if n > c.target_nodes {
+            self.check_can_spend(&by.tenant.id).await?;
+        }
+        for _ in 0..8 {
+            if c.target_nodes == n {
+                break;
+            }
+            match self.store.update_cluster(&c.id, c.generation, n, c.epoch + 1, true, self.now()).await? {
+                Some(updated) => {
+                    tracing::info!(cluster = %c.id, from = c.target_nodes, to = n, "cluster resized");
+                    c = updated;
+                    break;
+                }
+                None => c = self.find_cluster(by, name).await?,
+            }
+        }
+        self.converge_cluster(&c).await?;
+        self.cluster_view(c).await
+    }
+
+    /// Terminates every member and retires the name.
+    pub async fn delete_cluster(&self, by: &Principal, name: &str) -> Result<(), AppError> {
+        let mut c = self.find_cluster(by, name).await?;
+        for _ in 0..8 {
+            match self.store.update_cluster(&c.id, c.generation, c.target_nodes, c.epoch, false, self.now()).await? {
+                Some(_) => break,
+                None => c = self.find_cluster(by, name).await?,
+            }
+        }
+        for m in self.store.cluster_members(&c.id).await?.into_iter().filter(live) {
+            self.transition(m, |i| i.state.on_user(i.stop_target, UserAction::Terminate).map_err(AppError::from))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Brings the members in line with the target: each missing rank launched (as one batch, a
+    /// gang for the scheduler), each rank at or above the target noticed or dropped.
+    pub(crate) async fn converge_cluster(&self, c: &Cluster) -> Result<(), AppError> {
+        let members = self.store.cluster_members(&c.id).await?;
+        let rank_of = |i: &Instance| i.sale.cluster.as_ref().map_or(0, |(_, r)| *r);
+        let mut launched = false;
+        for rank in 0..c.target_nodes {
+            if members.iter().any(|m| rank_of(m) == rank && live(m)) {
+                continue;
+            }
+            let id = InstanceId::from_random(random_bits());
+            let new = NewInstance {
+                id,
+                tenant_id: c.tenant_id.clone(),
+                name: format!("{}-{rank}", c.name),
+                region: c.region.clone(),
+                model: c.model,
+                count: c.gpus_per_node,
+                share: None,
+                command: c.command.clone(),
+                idempotency_key: Some(format!("cluster:{}:{}:{rank}", c.id, c.epoch)),
+                created_at: self.now(),
+                sale: Sale {
+                    tier: c.tier,
+                    max_price: None,
+                    env: Vec::new(),
+                    job: None,
+                    cluster: Some((c.id.clone(), rank)),
+                },
+            };
+            launched |= self.store.insert_instance(&new).await?.1;
+        }
+        for m in members.into_iter().filter(|m| live(m) && rank_of(m) >= c.target_nodes) {
+            if m.state == InstanceState::Pending {
+                self.transition(m, |i| i.state.on_user(i.stop_target, UserAction::Terminate).map_err(AppError::from))
+                    .await?;
+            } else if m.notice.is_none() && m.state != InstanceState::Stopping {
+                let reason =
+                    format!("cluster {} resized to {} nodes: rank {} leaves", c.name, c.target_nodes, rank_of(&m));
+                self.notify_preemption(&m, self.notice_ms(), reason).await?;
+            }
+        }
+        if launched {
+            self.wake_scheduler();
+        }
+        Ok(())
+    }
+
+    /// One pass over the active clusters (crash repair: what a resize left undone).
+    pub async fn reconcile_clusters(&self) -> Result<(), AppError> {
+        for c in self.store.list_clusters(None).await? {
+            if let Err(e) = self.converge_cluster(&c).await {
+                tracing::error!(cluster = %c.id, error = %e, "cluster reconcile failed");
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn cluster_view(&self, cluster: Cluster) -> Result<ClusterView, AppError> {
+        let mut members: Vec<Instance> =
+            self.store.cluster_members(&cluster.id).await?.into_iter().filter(live).collect();
+        members.sort_by_key(|m| m.sale.cluster.as_ref().map_or(0, |(_, r)| *r));
+        let in_target = |m: &&Instance| m.sale.cluster.as_ref().is_some_and(|(_, r)| *r < cluster.target_nodes);
+        let running = members.iter().filter(in_target).filter(|m| m.state == InstanceState::Running).count() as u32;
+        let waiting: Vec<&Instance> =
+            members.iter().filter(in_target).filter(|m| m.state == InstanceState::Pending).collect();
+        let (state, reason) = if running == cluster.target_nodes && members.len() as u32 == cluster.target_nodes {
+            ("ready", None)
+        } else if !waiting.is_empty() {
+            ("resizing", waiting.iter().find_map(|m| m.pending_reason.clone()))
+        } else if (members.iter().filter(in_target).count() as u32) < cluster.target_nodes {
+            ("degraded", Some("a member ended; resize to launch it again".to_string()))
+        } else {
+            ("resizing", None)
+        };
+        Ok(ClusterView { cluster, members, state, reason })
+    }
+
+    /// The environment and membership a member's workload gets (computed when its agent asks).
+    pub(crate) async fn member_context(
+        &self,
+        inst: &Instance,
+    ) -> Result<Option<(Vec<(String, String)>, gpucloud_api::AgentCluster)>, AppError> {
+        let Some((cid, rank)) = &inst.sale.cluster else { return Ok(None) };
+        let Some(c) = self.store.find_cluster(None, cid.as_str()).await? else { return Ok(None) };
+        let members: Vec<Instance> = self.store.cluster_members(cid).await?.into_iter().filter(live).collect();
+        let nodes = self.store.list_nodes().await?;
+        let address_of = |node: &Option<gpucloud_model::NodeId>| {
+            node.as_ref()
+                .and_then(|n| nodes.iter().find(|x| x.id == *n))
+                .map(|n| n.address.clone().unwrap_or_else(|| n.name.clone()))
+        };
+        let rank_of = |i: &Instance| i.sale.cluster.as_ref().map_or(0, |(_, r)| *r);
+        let master = members.iter().find(|m| rank_of(m) == 0).and_then(|m| address_of(&m.node_id)).unwrap_or_default();
+        let port = master_port(&c.id);
+        let size = c.target_nodes;
+        let env = vec![
+            ("GPUCLOUD_CLUSTER_ID".to_string(), c.id.to_string()),
+            ("GPUCLOUD_CLUSTER_NAME".into(), c.name.clone()),
+            ("GPUCLOUD_CLUSTER_RANK".into(), rank.to_string()),
+            ("GPUCLOUD_CLUSTER_SIZE".into(), size.to_string()),
+            ("NODE_RANK".into(), rank.to_string()),
+            ("MASTER_ADDR".into(), master.clone()),
+            ("MASTER_PORT".into(), port.to_string()),
+            ("WORLD_SIZE".into(), (size * c.gpus_per_node).to_string()),
+            // torchrun reads PET_* as its flags: `torchrun train.py` joins the elastic job.
+            ("PET_NNODES".into(), format!("{}:{}", c.min_nodes, c.max_nodes)),
+            ("PET_NPROC_PER_NODE".into(), c.gpus_per_node.to_string()),
+            ("PET_RDZV_BACKEND".into(), "c10d".into()),
+            ("PET_RDZV_ENDPOINT".into(), format!("{master}:{port}")),
+            ("PET_RDZV_ID".into(), c.id.to_string()),
+        ];
+        let view = gpucloud_api::AgentCluster {
+            id: c.id.to_string(),
+            name: c.name.clone(),
+            epoch: c.epoch,
+            size,
+            rank: *rank,
+            master_addr: master,
+            master_port: port,
+            members: members
+                .iter()
+                .filter(|m| rank_of(m) < size)
+                .map(|m| gpucloud_api::AgentClusterMember {
+                    rank: rank_of(m),
+                    instance: m.id.to_string(),
+                    state: m.state.to_string(),
+                    address: address_of(&m.node_id),
+                })
+                .collect(),
+        };
+        Ok(Some((env, view)))
+    }
+}

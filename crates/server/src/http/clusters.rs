@@ -1,0 +1,116 @@
+//! Clusters: create, show, resize, delete.
+
+use super::error::ApiError;
+use super::extract::{ApiJson, Auth};
+use crate::app::App;
+use crate::app::clusters::{ClusterView, NewCluster, master_port};
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use gpucloud_api::{Cluster, ClusterList, ClusterMember, CreateClusterRequest, Problem, ResizeClusterRequest, rfc3339};
+use std::sync::Arc;
+
+fn view(v: ClusterView) -> Cluster {
+    let c = v.cluster;
+    Cluster {
+        master_port: master_port(&c.id),
+        id: c.id.to_string(),
+        name: c.name,
+        gpu: c.model.to_string(),
+        region: c.region.map(|r| r.to_string()),
+        gpus_per_node: c.gpus_per_node,
+        min_nodes: c.min_nodes,
+        max_nodes: c.max_nodes,
+        nodes: c.target_nodes,
+        tier: c.tier.to_string(),
+        state: v.state.to_string(),
+        reason: v.reason,
+        members: v
+            .members
+            .into_iter()
+            .map(|m| ClusterMember {
+                rank: m.sale.cluster.as_ref().map_or(0, |(_, r)| *r),
+                instance: m.id.to_string(),
+                state: m.state.to_string(),
+                node: m.node_id.map(|n| n.to_string()),
+                pending_reason: m.pending_reason.filter(|_| m.state == gpucloud_model::InstanceState::Pending),
+                leaving_at: m.notice.and_then(|n| n.deadline).map(rfc3339),
+            })
+            .collect(),
+        command: c.command,
+        created_at: rfc3339(c.created_at),
+    }
+}
+
+/// Create a cluster of `nodes` members (gpus_per_node GPUs each), resizable between min and max.
+#[utoipa::path(post, path = "/v1/clusters", tag = "clusters", request_body = CreateClusterRequest,
+    responses((status = 201, body = Cluster), (status = 409, body = Problem), (status = 422, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn create(
+    State(app): State<Arc<App>>,
+    Auth(p): Auth,
+    ApiJson(req): ApiJson<CreateClusterRequest>,
+) -> Result<(StatusCode, Json<Cluster>), ApiError> {
+    let tier = super::instances::parse_tier(req.tier.as_deref())?;
+    let v = app
+        .create_cluster(
+            &p,
+            NewCluster {
+                name: req.name,
+                model: req.gpu,
+                region: req.region,
+                gpus_per_node: req.gpus_per_node,
+                nodes: req.nodes,
+                min_nodes: req.min_nodes.unwrap_or(1),
+                max_nodes: req.max_nodes.unwrap_or(req.nodes),
+                command: req.command,
+                tier,
+            },
+        )
+        .await?;
+    Ok((StatusCode::CREATED, Json(view(v))))
+}
+
+/// The caller's clusters.
+#[utoipa::path(get, path = "/v1/clusters", tag = "clusters", responses((status = 200, body = ClusterList)),
+    security(("bearer" = [])))]
+pub async fn list(State(app): State<Arc<App>>, Auth(p): Auth) -> Result<Json<ClusterList>, ApiError> {
+    Ok(Json(ClusterList { clusters: app.list_clusters(&p).await?.into_iter().map(view).collect() }))
+}
+
+/// A cluster (by name or id) and its members by rank.
+#[utoipa::path(get, path = "/v1/clusters/{name}", tag = "clusters", params(("name" = String, Path)),
+    responses((status = 200, body = Cluster), (status = 404, body = Problem)), security(("bearer" = [])))]
+pub async fn show(
+    State(app): State<Arc<App>>,
+    Auth(p): Auth,
+    Path(name): Path<String>,
+) -> Result<Json<Cluster>, ApiError> {
+    Ok(Json(view(app.get_cluster(&p, &name).await?)))
+}
+
+/// Resize: new members start together or not at all; leaving members get the stop notice first.
+#[utoipa::path(post, path = "/v1/clusters/{name}/resize", tag = "clusters", params(("name" = String, Path)),
+    request_body = ResizeClusterRequest,
+    responses((status = 200, body = Cluster), (status = 404, body = Problem), (status = 422, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn resize(
+    State(app): State<Arc<App>>,
+    Auth(p): Auth,
+    Path(name): Path<String>,
+    ApiJson(req): ApiJson<ResizeClusterRequest>,
+) -> Result<Json<Cluster>, ApiError> {
+    Ok(Json(view(app.resize_cluster(&p, &name, req.nodes).await?)))
+}
+
+/// Delete a cluster: every member is terminated.
+#[utoipa::path(delete, path = "/v1/clusters/{name}", tag = "clusters", params(("name" = String, Path)),
+    responses((status = 204), (status = 404, body = Problem)), security(("bearer" = [])))]
+pub async fn delete(
+    State(app): State<Arc<App>>,
+    Auth(p): Auth,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    app.delete_cluster(&p, &name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

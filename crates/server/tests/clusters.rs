@@ -1,0 +1,106 @@
+//! Clusters over HTTP on the in-process fleet: resize up as a gang (all or none), down with the
+//! stop notice, bounds and names checked, members' environment for torchrun.
+
+mod common;
+
+use common::TestServer;
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+
+fn wait_cluster(s: &TestServer, key: &str, name: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let r = s.get(key, &format!("/v1/clusters/{name}"));
+        if pred(&r.body) {
+            return r.body;
+        }
+        assert!(Instant::now() < deadline, "cluster {name} never {what}: {}", r.body);
+        std::thread::sleep(Duration::from_millis(30));
+    }
+}
+
+fn running(v: &Value) -> usize {
+    v["members"].as_array().map_or(0, |m| m.iter().filter(|m| m["state"] == "running").count())
+}
+
+#[test]
+fn a_cluster_resizes_as_a_gang_and_shrinks_with_notice() {
+    let s = TestServer::start_with(|c| {
+        c.market.notice = Duration::from_secs(1);
+        c.market.min_notice = Duration::from_secs(1);
+    });
+    let key = s.tenant("lab");
+    let other = s.tenant("other");
+    let create = |body: Value| s.post(&key, "/v1/clusters", Some(&body));
+    let body = json!({"name": "train", "gpu": "A100-40GB", "region": "us-1", "gpus_per_node": 1, "nodes": 1,
+        "min_nodes": 1, "max_nodes": 4, "command": "sleep 1000"});
+    let r = create(body.clone());
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    assert_eq!(create(body.clone()).status, 409, "names are unique per tenant");
+    for (patch, field) in [
+        (json!({"name": "Train!"}), "name"),
+        (json!({"nodes": 5}), "nodes"),
+        (json!({"min_nodes": 3, "max_nodes": 2}), "min_nodes"),
+        (json!({"gpus_per_node": 0}), "gpus_per_node"),
+        (json!({"tier": "reserved"}), "tier"),
+    ] {
+        let mut b = body.clone();
+        b.as_object_mut().unwrap().extend(patch.as_object().unwrap().clone());
+        b["name"] = b["name"].as_str().map(|n| if n == "train" { "other-name" } else { n }).unwrap().into();
+        let r = create(b);
+        assert_eq!((r.status, r.body["field"].as_str()), (422, Some(field)), "{:?}", r.body);
+    }
+    wait_cluster(&s, &key, "train", "ready at 1", |v| v["state"] == "ready" && running(v) == 1);
+    assert_eq!(s.get(&other, "/v1/clusters/train").status, 404, "another tenant's cluster is not found");
+
+    let resize = |n: u32| s.post(&key, "/v1/clusters/train/resize", Some(&json!({"nodes": n})));
+    assert_eq!(resize(5).status, 422);
+    assert_eq!(resize(0).status, 422);
+    assert_eq!(resize(2).status, 200);
+    let two = wait_cluster(&s, &key, "train", "ready at 2", |v| v["state"] == "ready" && running(v) == 2);
+    let ranks: Vec<u64> = two["members"].as_array().unwrap().iter().map(|m| m["rank"].as_u64().unwrap()).collect();
+    assert_eq!(ranks, vec![0, 1]);
+
+    // us-1 has two A100s: growing to 4 cannot start either new member, so neither starts.
+    let r = resize(4);
+    assert_eq!(r.status, 200);
+    let v = wait_cluster(&s, &key, "train", "waiting as a gang", |v| {
+        v["reason"].as_str().is_some_and(|r| r.starts_with("waiting as a gang: 2 members"))
+    });
+    assert_eq!((v["state"].as_str(), running(&v)), (Some("resizing"), 2), "the running members are untouched: {v}");
+    // Back to 2: the waiting members are dropped.
+    resize(2);
+    wait_cluster(&s, &key, "train", "ready at 2 again", |v| {
+        v["state"] == "ready" && v["members"].as_array().unwrap().len() == 2
+    });
+
+    // The members' environment: rank, size, the rendezvous endpoint for torchrun.
+    let v = s.get(&key, "/v1/clusters/train").body;
+    let member = &v["members"][1];
+    let node = gpucloud_model::NodeId::parse(member["node"].as_str().unwrap()).unwrap();
+    let desired = s.block_on(async {
+        use gpucloud_server::app::{AgentApi, AgentReport};
+        s.app.heartbeat(AgentReport { node, epoch: None, instances: vec![], gpus: vec![], checkpoints: vec![] }).await
+    });
+    let d = desired.unwrap().into_iter().find(|d| d.id.as_str() == member["instance"].as_str().unwrap()).unwrap();
+    let env: std::collections::HashMap<String, String> = d.env.into_iter().collect();
+    assert_eq!(env["GPUCLOUD_CLUSTER_RANK"], "1");
+    assert_eq!(env["WORLD_SIZE"], "2");
+    assert_eq!(env["PET_NNODES"], "1:4");
+    assert_eq!(env["MASTER_PORT"], v["master_port"].to_string());
+    assert_eq!(env["PET_RDZV_ENDPOINT"], format!("{}:{}", env["MASTER_ADDR"], env["MASTER_PORT"]));
+    assert_eq!(d.cluster.unwrap().members.len(), 2);
+
+    // Shrinking gives the leaving rank its notice, then it goes.
+    resize(1);
+    let v = wait_cluster(&s, &key, "train", "noticing rank 1", |v| v["members"][1]["leaving_at"].is_string());
+    assert_eq!(v["members"][1]["rank"], 1);
+    wait_cluster(&s, &key, "train", "ready at 1", |v| {
+        v["state"] == "ready" && v["members"].as_array().unwrap().len() == 1
+    });
+
+    let r = s.raw("DELETE", "/v1/clusters/train", Some(&key), &[], None);
+    assert_eq!(r.status, 204);
+    assert_eq!(s.get(&key, "/v1/clusters/train").status, 404);
+    assert_eq!(s.post(&key, "/v1/clusters", Some(&body)).status, 201, "a deleted cluster's name is free again");
+}
