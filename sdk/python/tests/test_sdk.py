@@ -105,3 +105,58 @@ def test_workload_helpers_need_a_workload(monkeypatch):
     assert gpucloud.resume_from() is None
     with pytest.raises(RuntimeError, match="GPUCLOUD_METADATA_URL"):
         gpucloud.preemption_notice()
+
+
+def test_a_cluster_grows_and_shrinks_from_a_training_loop(client, dev, monkeypatch):
+    d = dev["tmp"] / "cluster"
+    d.mkdir()
+    cmd = f"env > {d}/env-$GPUCLOUD_CLUSTER_RANK-$GPUCLOUD_INSTANCE_ID; exec sleep 1000"
+    c = client.clusters.create("train", gpu="A100-40GB", region="eu-1", gpus_per_node=2, nodes=1,
+                               min_nodes=1, max_nodes=8, command=cmd)
+    assert c.nodes == 1 and c.state in ("resizing", "ready")
+
+    def ready(n):
+        return wait_for(f"{n} members running", lambda: (x := client.clusters.get("train")).state == "ready"
+                        and x.running == n and len(x.members) == n and x)
+
+    def env_of(rank, instance):
+        path = d / f"env-{rank}-{instance}"
+        wait_for(f"rank {rank}'s environment", path.exists)
+        return dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
+
+    # The training loop: grows to 4 at step 3, shrinks to 2 at step 6 (from inside, the SDK would
+    # find its cluster in GPUCLOUD_CLUSTER_ID; here the test sets it).
+    monkeypatch.setenv("GPUCLOUD_CLUSTER_ID", c.id)
+    for step in range(8):
+        if step == 3:
+            client.clusters.resize(4)
+            four = ready(4)
+            assert [m.rank for m in four.members] == [0, 1, 2, 3]
+            for m in four.members[1:]:
+                e = env_of(m.rank, m.instance)
+                assert e["MASTER_ADDR"] == "127.0.0.1" and e["MASTER_PORT"] == str(four.master_port)
+                assert e["GPUCLOUD_CLUSTER_SIZE"] == "4" and e["WORLD_SIZE"] == "8" and e["PET_NNODES"] == "1:8"
+                assert len(e["CUDA_VISIBLE_DEVICES"].split(",")) == 2
+        if step == 6:
+            client.clusters.resize("train", 2)
+            two = ready(2)
+            assert [m.rank for m in two.members] == [0, 1]
+    # eu-1 has 12 A100s: 8 members of 2 cannot all start, so none of the new ones does.
+    before = client.clusters.get("train")
+    client.clusters.resize(8)
+    stuck = wait_for("the gang to wait", lambda: (x := client.clusters.get("train")).reason and x)
+    assert stuck.state == "resizing" and "waiting as a gang" in stuck.reason
+    assert stuck.running == 2 and [m.instance for m in stuck.members if m.state == "running"] == [
+        m.instance for m in before.members]
+    client.clusters.resize(2)
+    ready(2)
+    # Billing follows the members: every member that ran is on the ledger.
+    wait_for("usage of the members", lambda: {m.instance for m in four.members} <= {
+        e.get("instance") for e in client.billing.ledger()})
+    with pytest.raises(ApiError) as e:
+        client.clusters.resize(9)
+    assert e.value.status == 422 and e.value.field == "nodes"
+    client.clusters.delete("train")
+    with pytest.raises(ApiError) as e:
+        client.clusters.get("train")
+    assert e.value.status == 404

@@ -8,7 +8,7 @@ Two halves:
   metadata endpoint (``GPUCLOUD_METADATA_URL``) and the job's environment.
 """
 
-from .client import ApiError, Client, Instance, Job, JobAttempt, SpotPrices
+from .client import ApiError, Client, Cluster, ClusterMember, Instance, Job, JobAttempt, SpotPrices
 from .workload import (
     Notice,
     PreemptionWatcher,
@@ -22,6 +22,8 @@ from .workload import (
 __all__ = [
     "ApiError",
     "Client",
+    "Cluster",
+    "ClusterMember",
     "Instance",
     "Job",
     "JobAttempt",

@@ -252,6 +252,109 @@ class Spot(_Resource):
         )
 
 
+@dataclass
+class ClusterMember:
+    rank: int
+    instance: str
+    state: str
+    node: Optional[str] = None
+    pending_reason: Optional[str] = None
+    leaving_at: Optional[str] = None
+
+
+@dataclass
+class Cluster:
+    id: str
+    name: str
+    state: str
+    nodes: int
+    min_nodes: int
+    max_nodes: int
+    gpus_per_node: int
+    gpu: str
+    master_port: int
+    members: List[ClusterMember]
+    reason: Optional[str] = None
+
+    @property
+    def running(self) -> int:
+        return sum(1 for m in self.members if m.state == "running")
+
+    @classmethod
+    def from_json(cls, v: Dict[str, Any]) -> "Cluster":
+        return cls(
+            id=v["id"],
+            name=v["name"],
+            state=v["state"],
+            nodes=v["nodes"],
+            min_nodes=v["min_nodes"],
+            max_nodes=v["max_nodes"],
+            gpus_per_node=v["gpus_per_node"],
+            gpu=v["gpu"],
+            master_port=v["master_port"],
+            reason=v.get("reason"),
+            members=[
+                ClusterMember(
+                    rank=m["rank"],
+                    instance=m["instance"],
+                    state=m["state"],
+                    node=m.get("node"),
+                    pending_reason=m.get("pending_reason"),
+                    leaving_at=m.get("leaving_at"),
+                )
+                for m in v["members"]
+            ],
+        )
+
+
+class Clusters(_Resource):
+    def create(
+        self,
+        name: str,
+        gpu: str,
+        command: str,
+        gpus_per_node: int = 1,
+        nodes: int = 1,
+        min_nodes: Optional[int] = None,
+        max_nodes: Optional[int] = None,
+        region: Optional[str] = None,
+        tier: str = "on-demand",
+    ) -> Cluster:
+        body: Dict[str, Any] = {
+            "name": name, "gpu": gpu, "command": command, "gpus_per_node": gpus_per_node, "nodes": nodes, "tier": tier,
+        }
+        for k, v in (("min_nodes", min_nodes), ("max_nodes", max_nodes), ("region", region)):
+            if v is not None:
+                body[k] = v
+        return Cluster.from_json(self._c._post("/v1/clusters", body))
+
+    def get(self, name: Optional[str] = None) -> Cluster:
+        return Cluster.from_json(self._c._get(f"/v1/clusters/{name or _own_cluster()}"))
+
+    def list(self) -> List[Cluster]:
+        return [Cluster.from_json(v) for v in self._c._get("/v1/clusters")["clusters"]]
+
+    def resize(self, name_or_nodes: Any, nodes: Optional[int] = None) -> Cluster:
+        """``resize("train", 4)``; or ``resize(4)`` from inside a member, whose own cluster it
+        finds in ``GPUCLOUD_CLUSTER_ID``. New members start together or not at all (the cluster
+        then stays ``resizing`` with the reason); leaving members get the stop notice first."""
+        if nodes is None:
+            name, nodes = _own_cluster(), int(name_or_nodes)
+        else:
+            name = str(name_or_nodes)
+        return Cluster.from_json(self._c._post(f"/v1/clusters/{name}/resize", {"nodes": nodes}))
+
+    def delete(self, name: str) -> None:
+        self._c._check(self._c._http.delete(f"/v1/clusters/{name}"))
+
+
+def _own_cluster() -> str:
+    c = os.environ.get("GPUCLOUD_CLUSTER_ID")
+    if not c:
+        raise ValueError("no cluster given and GPUCLOUD_CLUSTER_ID is not set (not inside a cluster member)")
+    return c
+
+
 class Billing(_Resource):
     def balance(self) -> Decimal:
         return Decimal(self._c._get("/v1/billing/balance")["balance"])
@@ -273,6 +376,7 @@ class Client:
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         self._http = httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout)
         self.instances = Instances(self)
+        self.clusters = Clusters(self)
         self.jobs = Jobs(self)
         self.spot = Spot(self)
         self.billing = Billing(self)
