@@ -981,3 +981,30 @@ pub struct Cluster {
 pub struct ClusterList {
     pub clusters: Vec<Cluster>,
 }
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RecommendedChoice {
+    pub gpu: String,
+    pub region: String,
+    pub count: u32,
+    /// on-demand, or spot (run it as a managed job).
+    pub tier: String,
+    #[schema(value_type = String)]
+    pub per_hour: Money,
+    /// How long it runs on this choice.
+    pub hours: f64,
+    #[schema(value_type = String)]
+    pub estimated_cost: Money,
+    /// Enough of them free now.
+    pub available: bool,
+}
+
+/// What to rent for a workload, and why.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Recommendation {
+    pub workload: String,
+    pub memory_need_gib: f64,
+    pub best: RecommendedChoice,
+    pub alternatives: Vec<RecommendedChoice>,
+    pub reasoning: Vec<String>,
+}

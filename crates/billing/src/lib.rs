@@ -5,6 +5,7 @@
 
 mod invoice;
 mod ledger;
+pub mod recommend;
 pub mod spot;
 
 pub use invoice::{Invoice, InvoiceLine};

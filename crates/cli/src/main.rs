@@ -58,6 +58,18 @@ enum Command {
     Models,
     /// Who the current API key belongs to.
     Whoami,
+    /// What to rent for a workload: GPU model, count, tier and estimated cost, with the reasoning.
+    Recommend {
+        /// inference-small, training-medium, training-large or rendering.
+        #[arg(long)]
+        workload: String,
+        /// The model's parameters, e.g. 7B.
+        #[arg(long, default_value = "1B")]
+        model_params: String,
+        /// How long it runs on an A100-40GB.
+        #[arg(long, default_value_t = 1.0)]
+        hours: f64,
+    },
     /// Benchmarks that print a table.
     #[command(subcommand)]
     Bench(bench::BenchCmd),
@@ -99,6 +111,9 @@ fn main() -> ExitCode {
         Command::Capacity => commands::capacity(&ctx),
         Command::Models => commands::models(&ctx),
         Command::Whoami => commands::whoami(&ctx),
+        Command::Recommend { workload, model_params, hours } => {
+            market::recommend(&ctx, &workload, &model_params, hours)
+        }
         Command::Bench(c) => bench::run(c, ctx.json),
         Command::Sim(c) => sim::run(c, ctx.json),
         Command::Spot(c) => market::spot(&ctx, c),

@@ -464,3 +464,31 @@ pub fn cluster(ctx: &Ctx, cmd: ClusterCmd) -> Res {
     }
     Ok(())
 }
+
+/// `gpucloud recommend`: what to rent for a workload.
+pub fn recommend(ctx: &Ctx, workload: &str, params: &str, hours: f64) -> Res {
+    let c = ctx.client(As::Tenant)?;
+    let q = format!("/v1/recommend?workload={workload}&params={params}&hours={hours}");
+    let r: api::Recommendation = c.get(&q).map_err(|e| e.to_string())?;
+    show(ctx, &r, |r| {
+        let row = |c: &api::RecommendedChoice| {
+            vec![
+                format!("{} x {}", c.count, c.gpu),
+                c.region.clone(),
+                c.tier.clone(),
+                c.per_hour.to_string(),
+                format!("{:.1}", c.hours),
+                c.estimated_cost.to_string(),
+                if c.available { "yes" } else { "no" }.to_string(),
+            ]
+        };
+        let mut rows = vec![row(&r.best)];
+        rows.extend(r.alternatives.iter().map(row));
+        format!(
+            "{}\n\n{}",
+            r.reasoning.iter().map(|l| format!("- {l}")).collect::<Vec<_>>().join("\n"),
+            table(&["GPUS", "REGION", "TIER", "PER HOUR", "HOURS", "ESTIMATE", "FREE NOW"], &rows)
+        )
+    });
+    Ok(())
+}

@@ -295,3 +295,29 @@ fn a_spot_job_without_capacity_moves_to_on_demand() {
     s.post(&key, &format!("/v1/instances/{}/terminate", held["id"].as_str().unwrap()), None);
     s.wait_for(&key, h[1]["instance"].as_str().unwrap(), "running", |v| v["state"] == "running");
 }
+
+#[test]
+fn recommendations_follow_memory_price_and_what_is_free() {
+    let s = TestServer::start();
+    let key = s.tenant("acme");
+    let r = s.get(&key, "/v1/recommend?workload=inference-small&params=7B&hours=10");
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let best = &r.body["best"];
+    assert!(["T4", "A10", "L4"].contains(&best["gpu"].as_str().unwrap()), "small inference on small GPUs: {}", r.body);
+    assert_eq!(best["tier"], "on-demand", "a served model is not put on spot");
+    assert!(r.body["reasoning"][0].as_str().unwrap().contains("GiB"), "{}", r.body);
+    let r = s.get(&key, "/v1/recommend?workload=training-large&params=70B&hours=100");
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["best"]["tier"], "spot", "{}", r.body);
+    let r = s.get(&key, "/v1/recommend?workload=rendering&hours=5");
+    assert!(["RTX-6000-Ada", "A40"].contains(&r.body["best"]["gpu"].as_str().unwrap()), "{}", r.body);
+    for (q, field) in [
+        ("workload=mining", "workload"),
+        ("workload=training-medium&params=seven", "params"),
+        ("workload=training-medium&params=7B&hours=-1", "hours"),
+        ("workload=training-medium&params=50000B", "params"),
+    ] {
+        let r = s.get(&key, &format!("/v1/recommend?{q}"));
+        assert_eq!((r.status, r.body["field"].as_str()), (422, Some(field)), "{q}: {:?}", r.body);
+    }
+}

@@ -115,3 +115,41 @@ impl App {
         Ok(pools.into_values().collect())
     }
 }
+
+impl App {
+    /// The GPU model, count and tier to rent for a workload, from the price book and what is
+    /// free now (`billing::recommend`).
+    pub async fn recommend(
+        &self,
+        workload: gpucloud_billing::recommend::Workload,
+        params_billion: f64,
+        hours: f64,
+    ) -> Result<gpucloud_billing::recommend::Recommendation, AppError> {
+        let now = self.now();
+        let mut offers = Vec::new();
+        for pool in self.capacity().await? {
+            let Some(od) = self.store.price_at(pool.model, &pool.region, gpucloud_model::Tier::OnDemand, now).await?
+            else {
+                continue;
+            };
+            let spot = self.store.price_at(pool.model, &pool.region, gpucloud_model::Tier::Spot, now).await?;
+            offers.push(gpucloud_billing::recommend::Offer {
+                model: pool.model,
+                region: pool.region.to_string(),
+                on_demand: od.per_gpu_hour,
+                spot: spot.map(|p| p.per_gpu_hour),
+                free: pool.free,
+            });
+        }
+        gpucloud_billing::recommend::recommend(workload, params_billion, hours, &offers).map_err(|e| {
+            let field = if e.starts_with("hours") {
+                "hours"
+            } else if e.starts_with("model parameters") {
+                "params"
+            } else {
+                "workload"
+            };
+            AppError::invalid(field, e)
+        })
+    }
+}

@@ -62,3 +62,58 @@ pub async fn openapi() -> impl axum::response::IntoResponse {
 pub async fn health() -> &'static str {
     "ok"
 }
+
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+pub struct RecommendQuery {
+    /// inference-small, training-medium, training-large or rendering.
+    workload: String,
+    /// The model's parameters: 7B, 70B, 0.5B or a number of billions.
+    params: Option<String>,
+    /// How long it runs on an A100-40GB (default 1).
+    hours: Option<f64>,
+}
+
+/// What to rent for a workload: GPU model, count, tier and estimated cost, with the reasoning.
+#[utoipa::path(get, path = "/v1/recommend", tag = "meta", params(RecommendQuery),
+    responses((status = 200, body = gpucloud_api::Recommendation), (status = 422, body = gpucloud_api::Problem)),
+    security(("bearer" = [])))]
+pub async fn recommend(
+    axum::extract::State(app): axum::extract::State<std::sync::Arc<crate::app::App>>,
+    super::extract::Auth(_): super::extract::Auth,
+    q: Result<axum::extract::Query<RecommendQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<axum::Json<gpucloud_api::Recommendation>, super::error::ApiError> {
+    let invalid = |field: &str, detail: String| {
+        super::error::ApiError::new(axum::http::StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", detail)
+            .field(field)
+    };
+    let axum::extract::Query(q) = q.map_err(|e| {
+        super::error::ApiError::new(axum::http::StatusCode::BAD_REQUEST, "invalid_query", e.body_text())
+    })?;
+    let workload = q.workload.parse().map_err(|e: String| invalid("workload", e))?;
+    let params = match q.params.as_deref() {
+        None => 1.0,
+        Some(p) => p
+            .trim()
+            .trim_end_matches(['B', 'b'])
+            .parse::<f64>()
+            .map_err(|_| invalid("params", format!("params '{p}': expected a size such as 7B")))?,
+    };
+    let r = app.recommend(workload, params, q.hours.unwrap_or(1.0)).await?;
+    let choice = |c: gpucloud_billing::recommend::Choice| gpucloud_api::RecommendedChoice {
+        gpu: c.gpu,
+        region: c.region,
+        count: c.count,
+        tier: c.tier,
+        per_hour: c.per_hour,
+        hours: c.hours,
+        estimated_cost: c.estimated_cost,
+        available: c.available,
+    };
+    Ok(axum::Json(gpucloud_api::Recommendation {
+        workload: q.workload,
+        memory_need_gib: r.memory_need_gib,
+        best: choice(r.best),
+        alternatives: r.alternatives.into_iter().map(choice).collect(),
+        reasoning: r.reasoning,
+    }))
+}

@@ -78,6 +78,7 @@ pub fn api() -> (Router<Arc<App>>, utoipa::openapi::OpenApi) {
         .routes(routes!(meta::whoami))
         .routes(routes!(meta::gpu_models))
         .routes(routes!(meta::capacity))
+        .routes(routes!(meta::recommend))
         .routes(routes!(meta::health))
         .routes(routes!(meta::openapi))
         .routes(routes!(billing::list_prices, billing::set_price))
