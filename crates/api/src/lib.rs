@@ -1008,3 +1008,60 @@ pub struct Recommendation {
     pub alternatives: Vec<RecommendedChoice>,
     pub reasoning: Vec<String>,
 }
+
+/// Keep `size` instances of a template started, to hand out in milliseconds.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreatePoolRequest {
+    pub name: String,
+    #[schema(value_type = String, example = "A100-40GB")]
+    pub gpu: GpuModel,
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    pub region: Option<Region>,
+    /// GPUs per instance.
+    pub count: u32,
+    /// What each instance runs from the start (loading a model, say).
+    pub command: String,
+    pub size: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PoolMember {
+    pub instance: String,
+    pub state: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct WarmPool {
+    pub id: String,
+    pub name: String,
+    pub gpu: String,
+    pub region: Option<String>,
+    pub count: u32,
+    pub command: String,
+    pub size: u32,
+    /// Members running, ready to be handed out.
+    pub ready: u32,
+    pub members: Vec<PoolMember>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PoolList {
+    pub pools: Vec<WarmPool>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimRequest {
+    /// A name for the instance handed out.
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Claimed {
+    /// True: it was already running; false: none was, so a cold one was started.
+    pub warm: bool,
+    pub instance: Instance,
+}

@@ -85,6 +85,9 @@ enum Command {
     /// Clusters of identical members, resized as a training job grows and shrinks.
     #[command(subcommand)]
     Cluster(market::ClusterCmd),
+    /// Warm pools: instances kept started, handed out in milliseconds.
+    #[command(subcommand)]
+    Pool(market::PoolCmd),
     /// Reserved capacity: sold by the operator, lent out as spot while idle.
     #[command(subcommand)]
     Reservation(market::ReservationCmd),
@@ -121,6 +124,7 @@ fn main() -> ExitCode {
         Command::Admin(c) => market::admin(&ctx, c),
         Command::Reservation(c) => market::reservation(&ctx, c),
         Command::Cluster(c) => market::cluster(&ctx, c),
+        Command::Pool(c) => market::pool(&ctx, c),
         Command::Metadata(c) => market::metadata(c),
     };
     match result {

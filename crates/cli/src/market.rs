@@ -492,3 +492,87 @@ pub fn recommend(ctx: &Ctx, workload: &str, params: &str, hours: f64) -> Res {
     });
     Ok(())
 }
+
+#[derive(Subcommand)]
+pub enum PoolCmd {
+    /// Keep SIZE instances of a template started, billed at the warm rate, to hand out at once.
+    Create {
+        name: String,
+        #[arg(long)]
+        gpu: String,
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+        #[arg(long)]
+        region: Option<String>,
+        #[arg(long)]
+        size: u32,
+        /// What each instance runs from the start (load the model, then serve).
+        #[arg(long)]
+        command: String,
+    },
+    /// Your warm pools and how many are ready.
+    List,
+    /// Take an instance from a pool: a running one at once, or a cold start when none is ready.
+    Claim {
+        pool: String,
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Delete a pool (what it holds is terminated; what it handed out stays).
+    Delete { name: String },
+}
+
+pub fn pool(ctx: &Ctx, cmd: PoolCmd) -> Res {
+    let c = ctx.client(As::Tenant)?;
+    let err = |e: crate::client::ClientError| e.to_string();
+    let rows = |pools: &[api::WarmPool]| {
+        let rows: Vec<Vec<String>> = pools
+            .iter()
+            .map(|p| {
+                vec![
+                    p.name.clone(),
+                    format!("{} x {}", p.count, p.gpu),
+                    or_dash(p.region.as_ref()),
+                    format!("{}/{}", p.ready, p.size),
+                    p.command.clone(),
+                ]
+            })
+            .collect();
+        table(&["NAME", "GPUS", "REGION", "READY", "COMMAND"], &rows)
+    };
+    match cmd {
+        PoolCmd::Create { name, gpu, count, region, size, command } => {
+            let body = serde_json::json!({
+                "name": name, "gpu": gpu, "count": count, "region": region, "size": size, "command": command,
+            });
+            let p: api::WarmPool = c.post("/v1/pools", Some(&body), None).map_err(err)?;
+            show(ctx, &p, |p| rows(std::slice::from_ref(p)));
+        }
+        PoolCmd::List => {
+            let l: api::PoolList = c.get("/v1/pools").map_err(err)?;
+            show(ctx, &l, |l| rows(&l.pools));
+        }
+        PoolCmd::Claim { pool, name } => {
+            let started = std::time::Instant::now();
+            let body = api::ClaimRequest { name };
+            let got: api::Claimed = c.post(&format!("/v1/pools/{pool}/claim"), Some(&body), None).map_err(err)?;
+            let ms = started.elapsed().as_secs_f64() * 1000.0;
+            show(ctx, &got, |g| {
+                format!(
+                    "{} {} in {ms:.0} ms: {} ({})",
+                    if g.warm { "warm" } else { "cold" },
+                    g.instance.id,
+                    g.instance.state,
+                    if g.warm { "already running" } else { "no warm instance was ready: started from scratch" }
+                )
+            });
+        }
+        PoolCmd::Delete { name } => {
+            c.delete(&format!("/v1/pools/{name}")).map_err(err)?;
+            if !ctx.json {
+                println!("pool {name} deleted");
+            }
+        }
+    }
+    Ok(())
+}

@@ -9,7 +9,7 @@ mod node;
 mod time;
 
 pub use gpu::{GpuModel, GpuShare, MigProfile, UnknownGpuModel};
-pub use ids::{ApiKeyId, ClusterId, IdError, InstanceId, JobId, NodeId, ReservationId, TenantId};
+pub use ids::{ApiKeyId, ClusterId, IdError, InstanceId, JobId, NodeId, PoolId, ReservationId, TenantId};
 pub use instance::{AgentObservation, Change, IllegalTransition, InstanceState, StopTarget, UserAction};
 pub use money::{MICROS_PER_UNIT, Money, MoneyError};
 pub use node::{NodeHealth, NodeState, Region, RegionError, Role, Tier};

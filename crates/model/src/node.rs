@@ -111,6 +111,13 @@ pub enum Tier {
     OnDemand,
     Spot,
     Reserved,
+    /// Kept started in a warm pool, waiting to be handed out.
+    Warm,
 }
 
-text_enum!(Tier { Tier::OnDemand => "on-demand", Tier::Spot => "spot", Tier::Reserved => "reserved" });
+text_enum!(Tier {
+    Tier::OnDemand => "on-demand",
+    Tier::Spot => "spot",
+    Tier::Reserved => "reserved",
+    Tier::Warm => "warm",
+});

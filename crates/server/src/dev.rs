@@ -19,7 +19,8 @@ pub const DEFAULT_FLEET: &[(&str, &str, GpuModel, u32)] = &[
 ];
 
 /// On-demand price per GPU-hour in the dev price book, in micro-dollars: in line with what
-/// public GPU clouds list in 2026. Spot is 40% of it and reserved 65%.
+/// public GPU clouds list in 2026. Spot is 40% of it, reserved 65% and warm (kept started in a
+/// pool) 50%.
 pub const DEFAULT_PRICES: &[(GpuModel, i64)] = &[
     (GpuModel::T4, 350_000),
     (GpuModel::L4, 800_000),
@@ -87,7 +88,8 @@ pub async fn bootstrap(app: &App, mint_keys: bool, fleet: DevFleet) -> Result<Op
         }
         for region in &regions {
             for (model, micros) in DEFAULT_PRICES {
-                for (tier, percent) in [(Tier::OnDemand, 100), (Tier::Spot, 40), (Tier::Reserved, 65)] {
+                for (tier, percent) in [(Tier::OnDemand, 100), (Tier::Spot, 40), (Tier::Reserved, 65), (Tier::Warm, 50)]
+                {
                     let price = Money(micros * percent / 100);
                     app.set_price(None, *model, region.clone(), tier, price, Some(Timestamp(0))).await?;
                 }

@@ -2,7 +2,7 @@
 //! jobs. Kept apart from `sql.rs`, behind its own trait that every `Store` also implements.
 
 use crate::sql::{GpuFilter, INSTANCE_COLUMNS, SqlStore, corrupt, instance_from_row, parse, unique_violation};
-use crate::{Checkpoint, Cluster, Instance, Job, JobState, Notice, Reservation, Result, Sale};
+use crate::{Checkpoint, Cluster, Instance, Job, JobState, Notice, Reservation, Result, Sale, WarmPool};
 use async_trait::async_trait;
 use gpucloud_billing::PricePoint;
 use gpucloud_model::{ClusterId, GpuModel, InstanceId, JobId, Money, Region, ReservationId, TenantId, Tier, Timestamp};
@@ -92,6 +92,24 @@ pub trait MarketStore: Send + Sync {
     ) -> Result<Option<Cluster>>;
     /// Every instance ever launched as a member, by rank then age.
     async fn cluster_members(&self, id: &ClusterId) -> Result<Vec<Instance>>;
+    /// Inserts a warm pool; a conflict if the tenant has an active one of that name.
+    async fn insert_pool(&self, p: &WarmPool) -> Result<()>;
+    /// Active pools of a tenant (`None`: all).
+    async fn list_pools(&self, tenant: Option<&TenantId>) -> Result<Vec<WarmPool>>;
+    /// Retires a pool (its name is free again); false if there was no such active pool.
+    async fn delete_pool(&self, id: &gpucloud_model::PoolId) -> Result<bool>;
+    /// Instances a pool holds that are pending or hold GPUs, oldest first.
+    async fn pool_members(&self, id: &gpucloud_model::PoolId) -> Result<Vec<Instance>>;
+    /// Hands a running warm instance out: it leaves its pool, takes `name`, and its billing moves
+    /// from the warm rate to on-demand at `at` (the warm interval closes and an on-demand one
+    /// opens in the same transaction). `None` if it was handed out or changed meanwhile.
+    async fn claim_warm(
+        &self,
+        id: &InstanceId,
+        expected_generation: i64,
+        name: &str,
+        at: Timestamp,
+    ) -> Result<Option<Instance>>;
     /// Where a node's peers reach it.
     async fn set_node_address(&self, id: &gpucloud_model::NodeId, address: Option<&str>) -> Result<()>;
     /// Bills period `period` of a reservation: posts `records` and moves `billed_periods` to
@@ -130,7 +148,9 @@ pub(crate) fn sale_from_row(r: &AnyRow) -> Result<Sale> {
         Some(c) => Some((parse::<gpucloud_model::ClusterId>(t, &c)?, rank.unwrap_or(0).max(0) as u32)),
         None => None,
     };
+    let pool: Option<String> = r.try_get("pool_id")?;
     Ok(Sale {
+        pool: pool.map(|p| parse::<gpucloud_model::PoolId>(t, &p)).transpose()?,
         tier: parse::<Tier>(t, &r.try_get::<String, _>("tier")?)?,
         max_price: r.try_get::<Option<i64>, _>("max_price_micros")?.map(Money),
         env,
@@ -223,6 +243,24 @@ fn cluster_from_row(r: &AnyRow) -> Result<Cluster> {
         generation: r.try_get(13)?,
         created_at: Timestamp(r.try_get(14)?),
         updated_at: Timestamp(r.try_get(15)?),
+    })
+}
+
+const POOL_COLUMNS: &str = "id, tenant_id, name, gpu_model, region, gpu_count, command, size, created_at";
+
+fn pool_from_row(r: &AnyRow) -> Result<WarmPool> {
+    let t = "warm_pools";
+    let region: Option<String> = r.try_get(4)?;
+    Ok(WarmPool {
+        id: parse(t, &r.try_get::<String, _>(0)?)?,
+        tenant_id: parse(t, &r.try_get::<String, _>(1)?)?,
+        name: r.try_get(2)?,
+        model: parse(t, &r.try_get::<String, _>(3)?)?,
+        region: region.map(|v| Region::parse(&v).map_err(|e| corrupt(t, e))).transpose()?,
+        count: r.try_get::<i64, _>(5)?.max(1) as u32,
+        command: r.try_get(6)?,
+        size: r.try_get::<i64, _>(7)?.max(0) as u32,
+        created_at: Timestamp(r.try_get(8)?),
     })
 }
 
@@ -633,5 +671,87 @@ impl MarketStore for SqlStore {
             .execute(&self.pool)
             .await?;
         Ok(())
+    }
+
+    async fn insert_pool(&self, p: &WarmPool) -> Result<()> {
+        sqlx::query(&format!(
+            "INSERT INTO warm_pools ({POOL_COLUMNS}, state) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'active')"
+        ))
+        .bind(p.id.to_string())
+        .bind(p.tenant_id.to_string())
+        .bind(&p.name)
+        .bind(p.model.name())
+        .bind(p.region.as_ref().map(|r| r.to_string()))
+        .bind(i64::from(p.count))
+        .bind(&p.command)
+        .bind(i64::from(p.size))
+        .bind(p.created_at.0)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| unique_violation(e, &format!("a warm pool named '{}'", p.name)))?;
+        Ok(())
+    }
+
+    async fn list_pools(&self, tenant: Option<&TenantId>) -> Result<Vec<WarmPool>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {POOL_COLUMNS} FROM warm_pools WHERE state = 'active' AND ($1 = '' OR tenant_id = $1) ORDER BY created_at, id"
+        ))
+        .bind(tenant.map(|t| t.to_string()).unwrap_or_default())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(pool_from_row).collect()
+    }
+
+    async fn delete_pool(&self, id: &gpucloud_model::PoolId) -> Result<bool> {
+        let r = sqlx::query("UPDATE warm_pools SET state = 'deleted' WHERE id = $1 AND state = 'active'")
+            .bind(id.to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn pool_members(&self, id: &gpucloud_model::PoolId) -> Result<Vec<Instance>> {
+        self.instances_where(
+            "WHERE pool_id = $1 AND state IN ('pending', 'provisioning', 'running', 'stopping') ORDER BY created_at, id",
+            Some(id.to_string()),
+            GpuFilter::All,
+        )
+        .await
+    }
+
+    async fn claim_warm(
+        &self,
+        id: &InstanceId,
+        expected_generation: i64,
+        name: &str,
+        at: Timestamp,
+    ) -> Result<Option<Instance>> {
+        let mut tx = self.pool.begin().await?;
+        let r = sqlx::query(
+            "UPDATE instances SET pool_id = NULL, tier = 'on-demand', name = $1, generation = generation + 1, \
+             updated_at = $2 WHERE id = $3 AND generation = $4 AND pool_id IS NOT NULL AND state = 'running'",
+        )
+        .bind(name)
+        .bind(at.0)
+        .bind(id.to_string())
+        .bind(expected_generation)
+        .execute(&mut *tx)
+        .await?;
+        if r.rows_affected() != 1 {
+            return Ok(None);
+        }
+        sqlx::query("UPDATE usage_intervals SET ended_at = $1 WHERE instance_id = $2 AND ended_at IS NULL")
+            .bind(at.0)
+            .bind(id.to_string())
+            .execute(&mut *tx)
+            .await?;
+        let row = sqlx::query(&format!("SELECT {INSTANCE_COLUMNS} FROM instances WHERE id = $1"))
+            .bind(id.to_string())
+            .fetch_one(&mut *tx)
+            .await?;
+        let claimed = instance_from_row(&row)?;
+        crate::sql::open_interval(&mut tx, &claimed, expected_generation + 1, at).await?;
+        tx.commit().await?;
+        crate::Store::get_instance(self, None, id).await
     }
 }

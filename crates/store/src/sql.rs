@@ -27,7 +27,7 @@ pub struct SqlStore {
 
 pub(crate) const INSTANCE_COLUMNS: &str = "id, tenant_id, name, region, gpu_model, gpu_count, command, state, \
     stop_target, node_id, generation, pending_reason, exit_code, created_at, updated_at, gpu_milli, gpu_mem_mib, \
-    mig_profile, status_reason, cluster_id, cluster_rank, tier, max_price_micros, env, job_id, attempt, running_since, notice_at, notice_ms, \
+    mig_profile, status_reason, cluster_id, cluster_rank, pool_id, tier, max_price_micros, env, job_id, attempt, running_since, notice_at, notice_ms, \
     notice_reason, preempt_at, checkpoint, checkpoint_at";
 
 impl SqlStore {
@@ -524,9 +524,10 @@ impl Store for SqlStore {
         let r = sqlx::query(
             "INSERT INTO instances (id, tenant_id, name, region, gpu_model, gpu_count, command, state, \
              stop_target, node_id, generation, pending_reason, exit_code, idempotency_key, created_at, updated_at, \
-             gpu_milli, gpu_mem_mib, mig_profile, tier, max_price_micros, env, job_id, attempt, cluster_id, cluster_rank) \
+             gpu_milli, gpu_mem_mib, mig_profile, tier, max_price_micros, env, job_id, attempt, cluster_id, cluster_rank, \
+             pool_id) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', NULL, NULL, 1, NULL, NULL, $8, $9, $9, $10, $11, $12, \
-             $13, $14, $15, $16, $17, $18, $19) \
+             $13, $14, $15, $16, $17, $18, $19, $20) \
              ON CONFLICT (tenant_id, idempotency_key) DO NOTHING",
         )
         .bind(n.id.to_string())
@@ -548,6 +549,7 @@ impl Store for SqlStore {
         .bind(n.sale.job.as_ref().map(|(_, a)| i64::from(*a)))
         .bind(n.sale.cluster.as_ref().map(|(c, _)| c.to_string()))
         .bind(n.sale.cluster.as_ref().map(|(_, r)| i64::from(*r)))
+        .bind(n.sale.pool.as_ref().map(|p| p.to_string()))
         .execute(&mut *tx)
         .await
         .map_err(|e| unique_violation(e, &format!("instance {}", n.id)))?;
@@ -1313,7 +1315,7 @@ async fn rules_in(conn: &mut sqlx::AnyConnection) -> Result<Rules> {
     Ok(rules)
 }
 
-async fn open_interval(
+pub(crate) async fn open_interval(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     inst: &Instance,
     generation: i64,

@@ -120,6 +120,8 @@ pub struct Sale {
     pub job: Option<(JobId, u32)>,
     /// The cluster this instance is a member of, and its rank.
     pub cluster: Option<(ClusterId, u32)>,
+    /// The warm pool holding it, until it is handed out.
+    pub pool: Option<gpucloud_model::PoolId>,
 }
 
 /// A preemption notice given to an instance.
@@ -489,4 +491,18 @@ pub struct Cluster {
     pub generation: i64,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
+}
+
+/// A tenant's warm pool: `size` started instances of a template, ready to be handed out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WarmPool {
+    pub id: gpucloud_model::PoolId,
+    pub tenant_id: TenantId,
+    pub name: String,
+    pub model: GpuModel,
+    pub region: Option<Region>,
+    pub count: u32,
+    pub command: String,
+    pub size: u32,
+    pub created_at: Timestamp,
 }

@@ -665,6 +665,7 @@ async fn spot_notices_checkpoints_and_jobs(s: Arc<dyn Store>) {
             env: vec![("GPUCLOUD_RESUME_FROM".into(), "/ck/a b=c".into())],
             job: Some((job.id.clone(), 1)),
             cluster: None,
+            pool: None,
         },
     };
     let i = s.insert_instance(&new).await.unwrap().0;

@@ -206,6 +206,7 @@ impl App {
                     env: Vec::new(),
                     job: None,
                     cluster: Some((c.id.clone(), rank)),
+                    pool: None,
                 },
             };
             launched |= self.store.insert_instance(&new).await?.1;

@@ -67,6 +67,7 @@ pub fn resolve_share(
 pub(crate) fn check_sale(tier: gpucloud_model::Tier, max_price: Option<gpucloud_model::Money>) -> Result<(), AppError> {
     use gpucloud_model::Tier;
     match (tier, max_price) {
+        (Tier::Warm, _) => Err(AppError::invalid("tier", "warm instances come from a warm pool: claim one from it")),
         (Tier::OnDemand | Tier::Reserved, Some(_)) => {
             Err(AppError::invalid("max_price_per_gpu_hour", "a max price is a spot bid: it needs tier spot"))
         }
@@ -139,6 +140,7 @@ impl App {
                 env: Vec::new(),
                 job: None,
                 cluster: None,
+                pool: None,
             },
         };
         let (inst, created) = self.store.insert_instance(&new).await?;

@@ -335,6 +335,7 @@ impl App {
                 env,
                 job: Some((job.id.clone(), n)),
                 cluster: None,
+                pool: None,
             },
         };
         let (inst, created) = self.store.insert_instance(&new).await?;

@@ -11,6 +11,7 @@ pub mod instances;
 pub mod invoices;
 pub mod jobs;
 pub mod market;
+pub mod pools;
 pub mod reservations;
 pub use instances::{CreateInstance, resolve_share};
 mod nodes;

@@ -117,7 +117,8 @@ fn plan_tiers(
     let first = plan(&fleet, &reserved, policy, now, rng);
     occupy(&mut fleet, &first.placements, &reserved);
     let mut on_demand_view = mask_reserved(&fleet, idle, spot_gpus);
-    let od = of(Tier::OnDemand);
+    let mut od = of(Tier::OnDemand);
+    od.extend(of(Tier::Warm));
     let second = plan(&on_demand_view, &od, policy, now, rng);
     occupy(&mut fleet, &second.placements, &od);
     occupy(&mut on_demand_view, &second.placements, &od);
@@ -299,7 +300,9 @@ impl App {
                 self.capacity_preemptions(&snapshot, &waiting(Tier::Reserved), &HashMap::new())
                     .await
                     .map_err(store_error)?;
-                self.capacity_preemptions(&masked, &waiting(Tier::OnDemand), &backing).await.map_err(store_error)?;
+                let mut on_demand = waiting(Tier::OnDemand);
+                on_demand.extend(waiting(Tier::Warm));
+                self.capacity_preemptions(&masked, &on_demand, &backing).await.map_err(store_error)?;
             }
 
             let mut per_node: BTreeMap<_, (i64, Vec<NewPlacement>)> = BTreeMap::new();

@@ -68,7 +68,7 @@ pub async fn set_price(
         .as_deref()
         .unwrap_or("on-demand")
         .parse()
-        .map_err(|_| invalid("tier", "tier is on-demand, spot or reserved"))?;
+        .map_err(|_| invalid("tier", "tier is on-demand, spot, reserved or warm"))?;
     let from = match req.effective_from.as_deref() {
         Some(s) => {
             Some(parse_time(s).ok_or_else(|| invalid("effective_from", "effective_from must be an RFC 3339 time"))?)

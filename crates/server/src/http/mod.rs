@@ -13,6 +13,7 @@ mod market;
 mod meta;
 mod metrics;
 mod nodes;
+mod pools;
 mod tenants;
 
 use crate::app::App;
@@ -42,6 +43,7 @@ pub const MAX_BODY: usize = 64 * 1024;
         (name = "billing", description = "Prices, quotes, credit, balance, usage and the ledger"),
         (name = "market", description = "Spot prices, preemption and managed jobs"),
         (name = "clusters", description = "Resizable groups of identical members"),
+        (name = "pools", description = "Warm pools: instances kept started, handed out in milliseconds"),
         (name = "meta", description = "Catalog, capacity, identity, health"),
     )
 )]
@@ -103,6 +105,9 @@ pub fn api() -> (Router<Arc<App>>, utoipa::openapi::OpenApi) {
         .routes(routes!(clusters::create, clusters::list))
         .routes(routes!(clusters::show, clusters::delete))
         .routes(routes!(clusters::resize))
+        .routes(routes!(pools::create, pools::list))
+        .routes(routes!(pools::delete))
+        .routes(routes!(pools::claim))
         .routes(routes!(agents::register))
         .routes(routes!(agents::heartbeat))
         .routes(routes!(agents::logs))

@@ -70,6 +70,9 @@ async fn market(app: Arc<App>) {
         if let Err(e) = app.reconcile_clusters().await {
             tracing::error!(error = %e, "cluster pass failed");
         }
+        if let Err(e) = app.reconcile_pools().await {
+            tracing::error!(error = %e, "warm pool pass failed");
+        }
         if last_price.elapsed() >= app.config.market.price_interval {
             let dt = last_price.elapsed().min(app.config.market.price_interval * 10);
             last_price = std::time::Instant::now();

@@ -1,0 +1,171 @@
+//! Warm pools: a tenant keeps `size` instances of a template started (a model already loaded),
+//! billed at the price book's warm rate. A claim hands one that already runs over at once: it
+//! leaves the pool and is billed on-demand from that instant; the pool then refills. With none
+//! running, a claim falls back to an ordinary (cold) instance of the template.
+
+use super::{App, AppError, Principal, random_bits};
+use gpucloud_model::{GpuModel, InstanceId, InstanceState, PoolId, Region, Tier, UserAction};
+use gpucloud_store::{Instance, NewInstance, Sale, WarmPool};
+
+#[derive(Debug, Clone)]
+pub struct NewPool {
+    pub name: String,
+    pub model: GpuModel,
+    pub region: Option<Region>,
+    pub count: u32,
+    pub command: String,
+    pub size: u32,
+}
+
+pub const MAX_POOL_SIZE: u32 = 64;
+
+impl App {
+    pub async fn create_pool(&self, by: &Principal, req: NewPool) -> Result<(WarmPool, Vec<Instance>), AppError> {
+        let ok_name = !req.name.is_empty()
+            && req.name.len() <= 63
+            && req.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if !ok_name {
+            return Err(AppError::invalid("name", "a pool name is 1 to 63 lowercase letters, digits or '-'"));
+        }
+        if req.count == 0 || req.count > gpucloud_model::MAX_GPUS_PER_INSTANCE {
+            return Err(AppError::invalid("count", format!("count is 1 to {}", gpucloud_model::MAX_GPUS_PER_INSTANCE)));
+        }
+        if req.size > MAX_POOL_SIZE {
+            return Err(AppError::invalid("size", format!("a pool keeps at most {MAX_POOL_SIZE} instances warm")));
+        }
+        if req.command.trim().is_empty() || req.command.len() > 16 * 1024 {
+            return Err(AppError::invalid("command", "command must be 1 to 16384 bytes and not blank"));
+        }
+        if let Some(region) = &req.region
+            && !self.store.list_regions().await?.contains(region)
+        {
+            return Err(AppError::invalid("region", format!("unknown region '{region}'")));
+        }
+        self.check_can_spend(&by.tenant.id).await?;
+        let pool = WarmPool {
+            id: PoolId::from_random(random_bits()),
+            tenant_id: by.tenant.id.clone(),
+            name: req.name,
+            model: req.model,
+            region: req.region,
+            count: req.count,
+            command: req.command,
+            size: req.size,
+            created_at: self.now(),
+        };
+        self.store.insert_pool(&pool).await.map_err(AppError::store_conflict)?;
+        tracing::info!(pool = %pool.id, name = %pool.name, size = pool.size, "warm pool created");
+        self.converge_pool(&pool).await?;
+        let members = self.store.pool_members(&pool.id).await?;
+        Ok((pool, members))
+    }
+
+    async fn find_pool(&self, by: &Principal, name: &str) -> Result<WarmPool, AppError> {
+        self.store
+            .list_pools(Some(&by.tenant.id))
+            .await?
+            .into_iter()
+            .find(|p| p.name == name || p.id.as_str() == name)
+            .ok_or_else(|| AppError::NotFound { kind: "warm pool", id: name.to_string() })
+    }
+
+    pub async fn list_pools(&self, by: &Principal) -> Result<Vec<(WarmPool, Vec<Instance>)>, AppError> {
+        let mut out = Vec::new();
+        for p in self.store.list_pools(Some(&by.tenant.id)).await? {
+            let members = self.store.pool_members(&p.id).await?;
+            out.push((p, members));
+        }
+        Ok(out)
+    }
+
+    /// Retires the pool and terminates what it holds.
+    pub async fn delete_pool(&self, by: &Principal, name: &str) -> Result<(), AppError> {
+        let pool = self.find_pool(by, name).await?;
+        self.store.delete_pool(&pool.id).await?;
+        for m in self.store.pool_members(&pool.id).await? {
+            self.transition(m, |i| i.state.on_user(i.stop_target, UserAction::Terminate).map_err(AppError::from))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Hands out a running warm instance (true), or starts a cold one of the template (false).
+    pub async fn claim_from_pool(
+        &self,
+        by: &Principal,
+        pool_name: &str,
+        name: Option<String>,
+    ) -> Result<(Instance, bool), AppError> {
+        let pool = self.find_pool(by, pool_name).await?;
+        if let Some(n) = &name
+            && (n.is_empty() || n.len() > 128 || n.chars().any(char::is_control))
+        {
+            return Err(AppError::invalid("name", "name must be 1 to 128 printable characters"));
+        }
+        self.check_can_spend(&by.tenant.id).await?;
+        let now = self.now();
+        for m in self.store.pool_members(&pool.id).await?.into_iter().filter(|m| m.state == InstanceState::Running) {
+            let label = name.clone().unwrap_or_else(|| m.id.to_string());
+            if let Some(claimed) = self.store.claim_warm(&m.id, m.generation, &label, now).await? {
+                tracing::info!(pool = %pool.name, instance = %claimed.id, "warm instance handed out");
+                self.converge_pool(&pool).await?;
+                return Ok((claimed, true));
+            }
+        }
+        let req = super::CreateInstance {
+            model: pool.model,
+            count: pool.count,
+            region: pool.region.clone(),
+            command: pool.command.clone(),
+            name,
+            gpu_share: None,
+            gpu_memory_mib: None,
+            mig: None,
+            tier: Tier::OnDemand,
+            max_price: None,
+        };
+        let (inst, _) = self.create_instance(by, req, None).await?;
+        tracing::info!(pool = %pool.name, instance = %inst.id, "no warm instance running: started a cold one");
+        Ok((inst, false))
+    }
+
+    /// Keeps `size` members pending or running: launches the missing, terminates the extra.
+    pub(crate) async fn converge_pool(&self, pool: &WarmPool) -> Result<(), AppError> {
+        let members = self.store.pool_members(&pool.id).await?;
+        let have = members.len() as u32;
+        for _ in have..pool.size {
+            let new = NewInstance {
+                id: InstanceId::from_random(random_bits()),
+                tenant_id: pool.tenant_id.clone(),
+                name: format!("{}-warm", pool.name),
+                region: pool.region.clone(),
+                model: pool.model,
+                count: pool.count,
+                share: None,
+                command: pool.command.clone(),
+                idempotency_key: None,
+                created_at: self.now(),
+                sale: Sale { tier: Tier::Warm, pool: Some(pool.id.clone()), ..Sale::default() },
+            };
+            self.store.insert_instance(&new).await?;
+            self.wake_scheduler();
+        }
+        // Too many (a smaller size): the ones not yet running go first.
+        let mut extra: Vec<Instance> = members;
+        extra.sort_by_key(|m| (m.state == InstanceState::Running, std::cmp::Reverse(m.created_at)));
+        for m in extra.into_iter().take(have.saturating_sub(pool.size) as usize) {
+            self.transition(m, |i| i.state.on_user(i.stop_target, UserAction::Terminate).map_err(AppError::from))
+                .await?;
+        }
+        Ok(())
+    }
+
+    pub async fn reconcile_pools(&self) -> Result<(), AppError> {
+        for p in self.store.list_pools(None).await? {
+            if let Err(e) = self.converge_pool(&p).await {
+                tracing::error!(pool = %p.id, error = %e, "warm pool reconcile failed");
+            }
+        }
+        Ok(())
+    }
+}
