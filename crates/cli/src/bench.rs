@@ -73,6 +73,14 @@ pub enum BenchCmd {
         #[arg(long, default_value_t = 2000)]
         interval_ms: u64,
     },
+    /// Request to running: an instance claimed from a warm pool against a cold start, through
+    /// the HTTP API with a real agent (heartbeat every 2 s, as the server asks).
+    Warm {
+        #[arg(long, default_value_t = 10)]
+        rounds: u32,
+        #[arg(long, default_value_t = 2000)]
+        interval_ms: u64,
+    },
     /// Metering throughput (intervals charged per second) and the time to close a month of
     /// invoices, for TENANTS x INSTANCES.
     Billing {
@@ -163,6 +171,7 @@ pub fn run(cmd: BenchCmd, as_json: bool) -> Result<(), String> {
         BenchCmd::Billing { tenants, instances, database } => billing(tenants, instances, database, as_json),
         BenchCmd::Agent { gpus, seconds } => agent(gpus, seconds, as_json),
         BenchCmd::Placer { trace, nodes, scale, seed } => placer(trace, nodes, scale, seed, as_json),
+        BenchCmd::Warm { rounds, interval_ms } => warm(rounds, interval_ms, as_json),
         BenchCmd::Notice { notice, instances, rounds, interval_ms } => {
             notice_lead(notice, instances, rounds, interval_ms, as_json)
         }
@@ -299,7 +308,7 @@ fn notice_lead(notice: u64, per_round: u32, rounds: u32, interval_ms: u64, as_js
     }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| e.to_string())?;
     let url = temp_sqlite("notice")?;
-    let dir = std::env::temp_dir().join(format!("gpucloud-bench-notice-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("gpucloud-bench-notice-work-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let mut config = Config::default();
@@ -440,6 +449,133 @@ fn notice_lead(notice: u64, per_round: u32, rounds: u32, interval_ms: u64, as_js
             below
         );
         println!("{}", table(&["MS", "MIN", "P50", "P99", "MAX"], &rows));
+    }
+    Ok(())
+}
+
+fn warm(rounds: u32, interval_ms: u64, as_json: bool) -> Result<(), String> {
+    use gpucloud_model::Role;
+    use gpucloud_server::app::Config;
+    if rounds == 0 || rounds > 100 {
+        return Err("--rounds is 1 to 100".into());
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| e.to_string())?;
+    let url = temp_sqlite("warm")?;
+    let dir = std::env::temp_dir().join(format!("gpucloud-bench-warm-agent-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let (running, op_key, key) = rt.block_on(async {
+        let store = gpucloud_store::open(&url).await.map_err(|e| e.to_string())?;
+        let running =
+            gpucloud_server::start(store, Config::default(), "127.0.0.1:0").await.map_err(|e| e.to_string())?;
+        let op = running.app.create_tenant(None, "operator", Role::Operator).await.map_err(|e| e.to_string())?;
+        let t = running.app.create_tenant(None, "bench", Role::Tenant).await.map_err(|e| e.to_string())?;
+        Ok::<_, String>((running, op.secret, t.secret))
+    })?;
+    let server = format!("http://{}", running.addr);
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut agent = std::process::Command::new(&exe)
+        .args(["agent", "--server", &server, "--token", &op_key, "--name", "bench-node", "--region", "eu-1"])
+        .args(["--fake-gpus", "A100-40GB:8", "--metadata-port", "0", "--interval-ms", &interval_ms.to_string()])
+        .arg("--state-dir")
+        .arg(&dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let http: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(std::time::Duration::from_secs(10)))
+        .build()
+        .into();
+    let call = |method: &str, path: &str, body: Option<serde_json::Value>| -> Result<serde_json::Value, String> {
+        let url = format!("{server}{path}");
+        let auth = format!("Bearer {key}");
+        let resp = match body {
+            Some(b) => http
+                .post(&url)
+                .header("Authorization", &auth)
+                .header("Content-Type", "application/json")
+                .send(b.to_string().as_bytes()),
+            None if method == "GET" => http.get(&url).header("Authorization", &auth).call(),
+            None => http.post(&url).header("Authorization", &auth).send_empty(),
+        };
+        let mut r = resp.map_err(|e| e.to_string())?;
+        let text = r.body_mut().read_to_string().map_err(|e| e.to_string())?;
+        serde_json::from_str(&text).map_err(|e| format!("{e}: {text}"))
+    };
+    let wait = |what: &str, f: &dyn Fn() -> Result<bool, String>| -> Result<(), String> {
+        let deadline = Instant::now() + std::time::Duration::from_secs(60);
+        while !f()? {
+            if Instant::now() > deadline {
+                return Err(format!("timed out waiting for {what}"));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        Ok(())
+    };
+    let ready = || -> Result<bool, String> {
+        let l = call("GET", "/v1/pools", None)?;
+        Ok(l["pools"][0]["ready"] == 4)
+    };
+    call(
+        "POST",
+        "/v1/pools",
+        Some(serde_json::json!({"name": "bench", "gpu": "A100-40GB", "count": 1, "size": 4,
+        "command": "exec sleep 100000"})),
+    )?;
+    wait("the pool to fill", &ready)?;
+    let (mut warm_ms, mut cold_ms, mut cold_ids) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        let t = Instant::now();
+        let got = call("POST", "/v1/pools/bench/claim", Some(serde_json::json!({})))?;
+        let ms = t.elapsed().as_secs_f64() * 1000.0;
+        if got["warm"] != true || got["instance"]["state"] != "running" {
+            return Err(format!("a claim from a full pool was not warm: {got}"));
+        }
+        warm_ms.push(ms);
+        let id = got["instance"]["id"].as_str().unwrap_or_default().to_string();
+        call("POST", &format!("/v1/instances/{id}/terminate"), None)?;
+        wait("the pool to refill", &ready)?;
+        let t = Instant::now();
+        let inst = call(
+            "POST",
+            "/v1/instances",
+            Some(serde_json::json!({"gpu": "A100-40GB", "count": 1,
+            "command": "exec sleep 100000"})),
+        )?;
+        let id = inst["id"].as_str().unwrap_or_default().to_string();
+        wait("the cold instance", &|| Ok(call("GET", &format!("/v1/instances/{id}"), None)?["state"] == "running"))?;
+        cold_ms.push(t.elapsed().as_secs_f64() * 1000.0);
+        call("POST", &format!("/v1/instances/{id}/terminate"), None)?;
+        cold_ids.push(id);
+    }
+    let _ = call("POST", "/v1/pools/bench/claim", Some(serde_json::json!({})));
+    let _ = agent.kill();
+    let _ = agent.wait();
+    running.shutdown();
+    let _ = std::fs::remove_dir_all(&dir);
+    let pct = |v: &mut Vec<f64>, p: f64| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[((v.len() as f64 * p).ceil() as usize).clamp(1, v.len()) - 1]
+    };
+    let (w50, w99, c50, c99) =
+        (pct(&mut warm_ms, 0.5), pct(&mut warm_ms, 0.99), pct(&mut cold_ms, 0.5), pct(&mut cold_ms, 0.99));
+    if as_json {
+        println!(
+            "{}",
+            serde_json::json!({"rounds": rounds, "interval_ms": interval_ms, "warm_p50_ms": w50, "warm_p99_ms": w99,
+            "cold_p50_ms": c50, "cold_p99_ms": c99})
+        );
+    } else {
+        let rows = vec![
+            vec!["warm (claim from a pool)".to_string(), format!("{w50:.1}"), format!("{w99:.1}")],
+            vec!["cold (create, wait for running)".to_string(), format!("{c50:.1}"), format!("{c99:.1}")],
+        ];
+        println!(
+            "{rounds} rounds, agent heartbeat {interval_ms} ms; warm is {:.0}x faster at the median",
+            c50 / w50.max(0.001)
+        );
+        println!("{}", table(&["REQUEST TO RUNNING, MS", "P50", "P99"], &rows));
     }
     Ok(())
 }
