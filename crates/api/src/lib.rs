@@ -975,6 +975,8 @@ pub struct Cluster {
     pub members: Vec<ClusterMember>,
     pub command: String,
     pub created_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -1064,4 +1066,16 @@ pub struct Claimed {
     /// True: it was already running; false: none was, so a cold one was started.
     pub warm: bool,
     pub instance: Instance,
+}
+
+/// A cluster's size schedule, e.g. "08:00-20:00 8 x RTX-6000-Ada, otherwise 4 x A40".
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterScheduleRequest {
+    /// None clears it.
+    #[serde(default)]
+    pub schedule: Option<String>,
+    /// The times' UTC offset, e.g. +01:00 (default UTC).
+    #[serde(default)]
+    pub utc_offset: Option<String>,
 }

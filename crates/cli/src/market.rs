@@ -365,6 +365,16 @@ pub enum ClusterCmd {
     },
     /// Resize: new members start together or not at all; leaving ones get the stop notice first.
     Resize { name: String, nodes: u32 },
+    /// Size by time of day, e.g. "08:00-20:00 8 x RTX-6000-Ada, otherwise 4 x A40" (--clear to stop).
+    Schedule {
+        name: String,
+        schedule: Option<String>,
+        /// The times' UTC offset, e.g. +01:00 [default: UTC].
+        #[arg(long, allow_hyphen_values = true)]
+        utc_offset: Option<String>,
+        #[arg(long, conflicts_with = "schedule")]
+        clear: bool,
+    },
     /// A cluster and its members by rank.
     Show { name: String },
     /// Your clusters.
@@ -392,7 +402,7 @@ fn cluster_detail(c: &api::Cluster) -> String {
         })
         .collect();
     format!(
-        "name:     {} ({})\nstate:    {}{}\nsize:     {} of {}..{} nodes, {} x {} each ({}){}\nport:     {} (MASTER_PORT)\ncommand:  {}\n\n{}",
+        "name:     {} ({})\nstate:    {}{}\nsize:     {} of {}..{} nodes, {} x {} each ({}){}\nport:     {} (MASTER_PORT)\nschedule: {}\ncommand:  {}\n\n{}",
         c.name,
         c.id,
         c.state,
@@ -405,6 +415,7 @@ fn cluster_detail(c: &api::Cluster) -> String {
         c.tier,
         c.region.as_ref().map(|r| format!(" in {r}")).unwrap_or_default(),
         c.master_port,
+        or_dash(c.schedule.as_ref()),
         c.command,
         table(&["RANK", "INSTANCE", "STATE", "NODE", ""], &rows)
     )
@@ -425,6 +436,16 @@ pub fn cluster(ctx: &Ctx, cmd: ClusterCmd) -> Res {
         ClusterCmd::Resize { name, nodes } => {
             let body = api::ResizeClusterRequest { nodes };
             let v: api::Cluster = c.post(&format!("/v1/clusters/{name}/resize"), Some(&body), None).map_err(err)?;
+            show(ctx, &v, cluster_detail);
+        }
+        ClusterCmd::Schedule { name, schedule, utc_offset, clear } => {
+            if schedule.is_none() && !clear {
+                return Err(
+                    "give a schedule, e.g. \"08:00-20:00 8 x RTX-6000-Ada, otherwise 4 x A40\", or --clear".into()
+                );
+            }
+            let body = api::ClusterScheduleRequest { schedule, utc_offset };
+            let v: api::Cluster = c.post(&format!("/v1/clusters/{name}/schedule"), Some(&body), None).map_err(err)?;
             show(ctx, &v, cluster_detail);
         }
         ClusterCmd::Show { name } => {

@@ -6,6 +6,7 @@ mod ids;
 mod instance;
 mod money;
 mod node;
+pub mod schedule;
 mod time;
 
 pub use gpu::{GpuModel, GpuShare, MigProfile, UnknownGpuModel};

@@ -104,3 +104,58 @@ fn a_cluster_resizes_as_a_gang_and_shrinks_with_notice() {
     assert_eq!(s.get(&key, "/v1/clusters/train").status, 404);
     assert_eq!(s.post(&key, "/v1/clusters", Some(&body)).status, 201, "a deleted cluster's name is free again");
 }
+
+#[test]
+fn a_schedule_moves_a_cluster_between_day_and_night_on_a_simulated_clock() {
+    let s = TestServer::start_with(|c| {
+        c.market.notice = Duration::from_secs(1);
+        c.market.min_notice = Duration::from_secs(1);
+        c.market.schedules_follow_clock = false;
+    });
+    let key = s.tenant("studio");
+    let r = s.post(
+        &key,
+        "/v1/clusters",
+        Some(&json!({"name": "render", "gpu": "T4", "region": "us-1", "gpus_per_node": 1, "nodes": 1,
+            "min_nodes": 1, "max_nodes": 2, "command": "render --frames"})),
+    );
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let set = |body: Value| s.post(&key, "/v1/clusters/render/schedule", Some(&body));
+    for (bad, field) in [
+        (json!({"schedule": "08:00-20:00 2 x A100-40GB"}), "schedule"),
+        (json!({"schedule": "08:00-20:00 3 x A100-40GB, otherwise 1 x T4"}), "schedule"),
+        (
+            json!({"schedule": "08:00-20:00 2 x A100-40GB, otherwise 1 x T4", "utc_offset": "Mars/Olympus"}),
+            "utc_offset",
+        ),
+    ] {
+        let r = set(bad);
+        assert_eq!((r.status, r.body["field"].as_str()), (422, Some(field)), "{:?}", r.body);
+    }
+    // By day two A100s, by night one T4; times at UTC+01:00.
+    let r = set(json!({"schedule": "08:00-20:00 2 x A100-40GB, otherwise 1 x T4", "utc_offset": "+01:00"}));
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert!(r.body["schedule"].as_str().unwrap().ends_with("(UTC+01:00)"), "{}", r.body);
+    let day = 20_784 * 86_400_000i64; // 2026-11-27T00:00Z
+    let at = |h: i64, m: i64| gpucloud_model::Timestamp(day + (h * 60 + m) * 60_000);
+
+    // 11:00 UTC is noon local: day.
+    assert_eq!(s.block_on(s.app.apply_schedules(at(11, 0))).unwrap(), 1);
+    let v = wait_cluster(&s, &key, "render", "two A100s by day", |v| {
+        v["gpu"] == "A100-40GB"
+            && v["nodes"] == 2
+            && v["state"] == "ready"
+            && v["members"].as_array().unwrap().len() == 2
+    });
+    assert!(v["members"].as_array().unwrap().iter().all(|m| m["state"] == "running"));
+    assert_eq!(s.block_on(s.app.apply_schedules(at(18, 59))).unwrap(), 0, "19:59 local is still day");
+
+    // 19:00 UTC is 20:00 local: night. The T4 starts first; the A100s leave once it runs.
+    assert_eq!(s.block_on(s.app.apply_schedules(at(19, 0))).unwrap(), 1);
+    let v = wait_cluster(&s, &key, "render", "one T4 by night", |v| {
+        v["gpu"] == "T4" && v["state"] == "ready" && v["members"].as_array().unwrap().len() == 1
+    });
+    let node = v["members"][0]["node"].as_str().unwrap().to_string();
+    let n = s.get(&s.operator_key, &format!("/v1/nodes/{node}")).body;
+    assert_eq!(n["gpus"][0]["model"], "T4", "{n}");
+}

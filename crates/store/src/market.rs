@@ -90,6 +90,8 @@ pub trait MarketStore: Send + Sync {
         active: bool,
         at: Timestamp,
     ) -> Result<Option<Cluster>>;
+    /// Compare-and-set of the whole plan: model, size, epoch and schedule.
+    async fn replan_cluster(&self, c: &Cluster, expected_generation: i64) -> Result<Option<Cluster>>;
     /// Every instance ever launched as a member, by rank then age.
     async fn cluster_members(&self, id: &ClusterId) -> Result<Vec<Instance>>;
     /// Inserts a warm pool; a conflict if the tenant has an active one of that name.
@@ -221,7 +223,7 @@ fn reservation_from_row(r: &AnyRow) -> Result<Reservation> {
 }
 
 const CLUSTER_COLUMNS: &str = "id, tenant_id, name, gpu_model, region, gpus_per_node, min_nodes, max_nodes, \
-    target_nodes, command, tier, state, epoch, generation, created_at, updated_at";
+    target_nodes, command, tier, state, epoch, generation, created_at, updated_at, schedule, utc_offset_min";
 
 fn cluster_from_row(r: &AnyRow) -> Result<Cluster> {
     let t = "clusters";
@@ -243,6 +245,8 @@ fn cluster_from_row(r: &AnyRow) -> Result<Cluster> {
         generation: r.try_get(13)?,
         created_at: Timestamp(r.try_get(14)?),
         updated_at: Timestamp(r.try_get(15)?),
+        schedule: r.try_get(16)?,
+        utc_offset_min: r.try_get::<i64, _>(17)? as i32,
     })
 }
 
@@ -577,7 +581,7 @@ impl MarketStore for SqlStore {
 
     async fn insert_cluster(&self, c: &Cluster) -> Result<()> {
         sqlx::query(&format!(
-            "INSERT INTO clusters ({CLUSTER_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
+            "INSERT INTO clusters ({CLUSTER_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)"
         ))
         .bind(c.id.to_string())
         .bind(c.tenant_id.to_string())
@@ -595,6 +599,8 @@ impl MarketStore for SqlStore {
         .bind(c.generation)
         .bind(c.created_at.0)
         .bind(c.updated_at.0)
+        .bind(c.schedule.clone())
+        .bind(i64::from(c.utc_offset_min))
         .execute(&self.pool)
         .await
         .map_err(|e| unique_violation(e, &format!("a cluster named '{}'", c.name)))?;
@@ -753,5 +759,26 @@ impl MarketStore for SqlStore {
         crate::sql::open_interval(&mut tx, &claimed, expected_generation + 1, at).await?;
         tx.commit().await?;
         crate::Store::get_instance(self, None, id).await
+    }
+
+    async fn replan_cluster(&self, c: &Cluster, expected_generation: i64) -> Result<Option<Cluster>> {
+        let r = sqlx::query(
+            "UPDATE clusters SET gpu_model = $1, target_nodes = $2, epoch = $3, schedule = $4, utc_offset_min = $5, \
+             updated_at = $6, generation = generation + 1 WHERE id = $7 AND generation = $8 AND state = 'active'",
+        )
+        .bind(c.model.name())
+        .bind(i64::from(c.target_nodes))
+        .bind(c.epoch)
+        .bind(c.schedule.clone())
+        .bind(i64::from(c.utc_offset_min))
+        .bind(c.updated_at.0)
+        .bind(c.id.to_string())
+        .bind(expected_generation)
+        .execute(&self.pool)
+        .await?;
+        if r.rows_affected() != 1 {
+            return Ok(None);
+        }
+        self.find_cluster(None, c.id.as_str()).await
     }
 }

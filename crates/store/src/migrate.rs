@@ -13,6 +13,7 @@ const SQLITE: &[(i64, &str)] = &[
     (6, include_str!("../migrations/sqlite/0006_reservations.sql")),
     (7, include_str!("../migrations/sqlite/0007_clusters.sql")),
     (8, include_str!("../migrations/sqlite/0008_warm_pools.sql")),
+    (9, include_str!("../migrations/sqlite/0009_cluster_schedules.sql")),
 ];
 const POSTGRES: &[(i64, &str)] = &[
     (1, include_str!("../migrations/postgres/0001_foundation.sql")),
@@ -23,6 +24,7 @@ const POSTGRES: &[(i64, &str)] = &[
     (6, include_str!("../migrations/postgres/0006_reservations.sql")),
     (7, include_str!("../migrations/postgres/0007_clusters.sql")),
     (8, include_str!("../migrations/postgres/0008_warm_pools.sql")),
+    (9, include_str!("../migrations/postgres/0009_cluster_schedules.sql")),
 ];
 
 pub(crate) async fn run(pool: &AnyPool, backend: Backend) -> Result<()> {

@@ -491,6 +491,9 @@ pub struct Cluster {
     pub generation: i64,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
+    /// A size schedule, and the UTC offset (minutes) its times are in.
+    pub schedule: Option<String>,
+    pub utc_offset_min: i32,
 }
 
 /// A tenant's warm pool: `size` started instances of a template, ready to be handed out.

@@ -105,6 +105,8 @@ impl App {
             generation: 1,
             created_at: now,
             updated_at: now,
+            schedule: None,
+            utc_offset_min: 0,
         };
         self.store.insert_cluster(&cluster).await.map_err(AppError::store_conflict)?;
         tracing::info!(cluster = %cluster.id, name = %cluster.name, nodes = cluster.target_nodes, "cluster created");
@@ -183,9 +185,11 @@ impl App {
     pub(crate) async fn converge_cluster(&self, c: &Cluster) -> Result<(), AppError> {
         let members = self.store.cluster_members(&c.id).await?;
         let rank_of = |i: &Instance| i.sale.cluster.as_ref().map_or(0, |(_, r)| *r);
+        // After a model change the members of the old model stay until their replacement runs.
+        let current = |i: &Instance| i.model == c.model;
         let mut launched = false;
         for rank in 0..c.target_nodes {
-            if members.iter().any(|m| rank_of(m) == rank && live(m)) {
+            if members.iter().any(|m| rank_of(m) == rank && live(m) && current(m)) {
                 continue;
             }
             let id = InstanceId::from_random(random_bits());
@@ -211,13 +215,25 @@ impl App {
             };
             launched |= self.store.insert_instance(&new).await?.1;
         }
-        for m in members.into_iter().filter(|m| live(m) && rank_of(m) >= c.target_nodes) {
+        let replaced = |m: &Instance| {
+            !current(m)
+                && (m.state == InstanceState::Pending
+                    || members
+                        .iter()
+                        .any(|n| current(n) && rank_of(n) == rank_of(m) && n.state == InstanceState::Running))
+        };
+        let leaving: Vec<Instance> =
+            members.iter().filter(|m| live(m) && (rank_of(m) >= c.target_nodes || replaced(m))).cloned().collect();
+        for m in leaving {
             if m.state == InstanceState::Pending {
                 self.transition(m, |i| i.state.on_user(i.stop_target, UserAction::Terminate).map_err(AppError::from))
                     .await?;
             } else if m.notice.is_none() && m.state != InstanceState::Stopping {
-                let reason =
-                    format!("cluster {} resized to {} nodes: rank {} leaves", c.name, c.target_nodes, rank_of(&m));
+                let reason = if current(&m) {
+                    format!("cluster {} resized to {} nodes: rank {} leaves", c.name, c.target_nodes, rank_of(&m))
+                } else {
+                    format!("cluster {} moved to {}: rank {} was replaced", c.name, c.model, rank_of(&m))
+                };
                 self.notify_preemption(&m, self.notice_ms(), reason).await?;
             }
         }
@@ -225,6 +241,70 @@ impl App {
             self.wake_scheduler();
         }
         Ok(())
+    }
+
+    /// Sets (or with `None` clears) a cluster's size schedule, and applies it at once.
+    pub async fn set_cluster_schedule(
+        &self,
+        by: &Principal,
+        name: &str,
+        schedule: Option<String>,
+        utc_offset: Option<String>,
+    ) -> Result<ClusterView, AppError> {
+        let mut c = self.find_cluster(by, name).await?;
+        let offset = gpucloud_model::schedule::parse_utc_offset(utc_offset.as_deref().unwrap_or("UTC"))
+            .map_err(|e| AppError::invalid("utc_offset", e))?;
+        if let Some(text) = &schedule {
+            let s = gpucloud_model::schedule::SizeSchedule::parse(text, offset)
+                .map_err(|e| AppError::invalid("schedule", e))?;
+            if let Some(n) = s.sizes().find(|n| *n < c.min_nodes || *n > c.max_nodes) {
+                return Err(AppError::invalid(
+                    "schedule",
+                    format!("{n} nodes is outside {}'s {}..{}", c.name, c.min_nodes, c.max_nodes),
+                ));
+            }
+        }
+        for _ in 0..8 {
+            let mut next = c.clone();
+            next.schedule = schedule.clone();
+            next.utc_offset_min = offset;
+            next.updated_at = self.now();
+            match self.store.replan_cluster(&next, c.generation).await? {
+                Some(_) => break,
+                None => c = self.find_cluster(by, name).await?,
+            }
+        }
+        if self.config.market.schedules_follow_clock {
+            self.apply_schedules(self.now()).await?;
+        }
+        let c = self.find_cluster(by, name).await?;
+        self.cluster_view(c).await
+    }
+
+    /// Moves every scheduled cluster to the size and model its schedule gives for `now` (the
+    /// market task passes the clock; tests pass any time).
+    pub async fn apply_schedules(&self, now: gpucloud_model::Timestamp) -> Result<usize, AppError> {
+        let mut changed = 0;
+        for c in self.store.list_clusters(None).await? {
+            let Some(text) = &c.schedule else { continue };
+            let Ok(s) = gpucloud_model::schedule::SizeSchedule::parse(text, c.utc_offset_min) else { continue };
+            let (n, model) = s.at(now);
+            let n = n.clamp(c.min_nodes, c.max_nodes);
+            if (n, model) == (c.target_nodes, c.model) {
+                continue;
+            }
+            let mut next = c.clone();
+            next.target_nodes = n;
+            next.model = model;
+            next.epoch += 1;
+            next.updated_at = self.now();
+            if let Some(updated) = self.store.replan_cluster(&next, c.generation).await? {
+                tracing::info!(cluster = %c.id, nodes = n, gpu = %model, "cluster schedule applied");
+                self.converge_cluster(&updated).await?;
+                changed += 1;
+            }
+        }
+        Ok(changed)
     }
 
     /// One pass over the active clusters (crash repair: what a resize left undone).
@@ -272,7 +352,12 @@ impl App {
                 .map(|n| n.address.clone().unwrap_or_else(|| n.name.clone()))
         };
         let rank_of = |i: &Instance| i.sale.cluster.as_ref().map_or(0, |(_, r)| *r);
-        let master = members.iter().find(|m| rank_of(m) == 0).and_then(|m| address_of(&m.node_id)).unwrap_or_default();
+        let master = members
+            .iter()
+            .filter(|m| rank_of(m) == 0)
+            .max_by_key(|m| (m.model == c.model, m.state == InstanceState::Running))
+            .and_then(|m| address_of(&m.node_id))
+            .unwrap_or_default();
         let port = master_port(&c.id);
         let size = c.target_nodes;
         let env = vec![

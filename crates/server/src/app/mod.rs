@@ -62,6 +62,9 @@ pub struct MarketConfig {
     pub min_runtime: Duration,
     /// Reservations are billed (and credited for lending) once per this period.
     pub reservation_period: Duration,
+    /// Cluster schedules follow the wall clock (tests turn this off and drive
+    /// `App::apply_schedules` with a simulated one).
+    pub schedules_follow_clock: bool,
 }
 
 impl Default for MarketConfig {
@@ -78,6 +81,7 @@ impl Default for MarketConfig {
             // every few minutes always gets one in.
             min_runtime: Duration::from_secs(300),
             reservation_period: Duration::from_secs(3600),
+            schedules_follow_clock: true,
         }
     }
 }

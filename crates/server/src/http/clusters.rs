@@ -39,6 +39,11 @@ fn view(v: ClusterView) -> Cluster {
             .collect(),
         command: c.command,
         created_at: rfc3339(c.created_at),
+        schedule: c.schedule.map(|s| {
+            let h = c.utc_offset_min / 60;
+            let m = (c.utc_offset_min % 60).abs();
+            format!("{s} (UTC{}{:02}:{m:02})", if c.utc_offset_min < 0 { '-' } else { '+' }, h.abs())
+        }),
     }
 }
 
@@ -113,4 +118,18 @@ pub async fn delete(
 ) -> Result<StatusCode, ApiError> {
     app.delete_cluster(&p, &name).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Set (or clear) the cluster's size schedule; it is applied at once and follows the clock.
+#[utoipa::path(post, path = "/v1/clusters/{name}/schedule", tag = "clusters", params(("name" = String, Path)),
+    request_body = gpucloud_api::ClusterScheduleRequest,
+    responses((status = 200, body = Cluster), (status = 404, body = Problem), (status = 422, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn schedule(
+    State(app): State<Arc<App>>,
+    Auth(p): Auth,
+    Path(name): Path<String>,
+    ApiJson(req): ApiJson<gpucloud_api::ClusterScheduleRequest>,
+) -> Result<Json<Cluster>, ApiError> {
+    Ok(Json(view(app.set_cluster_schedule(&p, &name, req.schedule, req.utc_offset).await?)))
 }

@@ -105,6 +105,7 @@ pub fn api() -> (Router<Arc<App>>, utoipa::openapi::OpenApi) {
         .routes(routes!(clusters::create, clusters::list))
         .routes(routes!(clusters::show, clusters::delete))
         .routes(routes!(clusters::resize))
+        .routes(routes!(clusters::schedule))
         .routes(routes!(pools::create, pools::list))
         .routes(routes!(pools::delete))
         .routes(routes!(pools::claim))

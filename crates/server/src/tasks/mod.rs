@@ -67,6 +67,11 @@ async fn market(app: Arc<App>) {
         if let Err(e) = app.reconcile_jobs().await {
             tracing::error!(error = %e, "job pass failed");
         }
+        if app.config.market.schedules_follow_clock
+            && let Err(e) = app.apply_schedules(app.now()).await
+        {
+            tracing::error!(error = %e, "cluster schedules failed");
+        }
         if let Err(e) = app.reconcile_clusters().await {
             tracing::error!(error = %e, "cluster pass failed");
         }
