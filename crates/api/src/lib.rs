@@ -977,6 +977,9 @@ pub struct Cluster {
     pub created_at: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schedule: Option<String>,
+    /// Its utilization policy, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscale: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -1078,4 +1081,17 @@ pub struct ClusterScheduleRequest {
     /// The times' UTC offset, e.g. +01:00 (default UTC).
     #[serde(default)]
     pub utc_offset: Option<String>,
+}
+
+/// Scale out while the members' GPUs stay above `up_percent` utilization for `for_seconds`, in
+/// while below `down_percent`; all fields omitted: stop autoscaling.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterAutoscaleRequest {
+    #[serde(default)]
+    pub up_percent: Option<u32>,
+    #[serde(default)]
+    pub down_percent: Option<u32>,
+    #[serde(default)]
+    pub for_seconds: Option<u32>,
 }

@@ -375,6 +375,19 @@ pub enum ClusterCmd {
         #[arg(long, conflicts_with = "schedule")]
         clear: bool,
     },
+    /// Grow by one member while GPU utilization stays above --up % for --for seconds, shrink
+    /// below --down % (--off to stop).
+    Autoscale {
+        name: String,
+        #[arg(long, required_unless_present = "off")]
+        up: Option<u32>,
+        #[arg(long, required_unless_present = "off")]
+        down: Option<u32>,
+        #[arg(long = "for", value_name = "SECONDS", default_value_t = 300)]
+        for_seconds: u32,
+        #[arg(long, conflicts_with_all = ["up", "down"])]
+        off: bool,
+    },
     /// A cluster and its members by rank.
     Show { name: String },
     /// Your clusters.
@@ -402,7 +415,7 @@ fn cluster_detail(c: &api::Cluster) -> String {
         })
         .collect();
     format!(
-        "name:     {} ({})\nstate:    {}{}\nsize:     {} of {}..{} nodes, {} x {} each ({}){}\nport:     {} (MASTER_PORT)\nschedule: {}\ncommand:  {}\n\n{}",
+        "name:     {} ({})\nstate:    {}{}\nsize:     {} of {}..{} nodes, {} x {} each ({}){}\nport:     {} (MASTER_PORT)\nschedule: {}\nscaling:  {}\ncommand:  {}\n\n{}",
         c.name,
         c.id,
         c.state,
@@ -416,6 +429,7 @@ fn cluster_detail(c: &api::Cluster) -> String {
         c.region.as_ref().map(|r| format!(" in {r}")).unwrap_or_default(),
         c.master_port,
         or_dash(c.schedule.as_ref()),
+        or_dash(c.autoscale.as_ref()),
         c.command,
         table(&["RANK", "INSTANCE", "STATE", "NODE", ""], &rows)
     )
@@ -446,6 +460,15 @@ pub fn cluster(ctx: &Ctx, cmd: ClusterCmd) -> Res {
             }
             let body = api::ClusterScheduleRequest { schedule, utc_offset };
             let v: api::Cluster = c.post(&format!("/v1/clusters/{name}/schedule"), Some(&body), None).map_err(err)?;
+            show(ctx, &v, cluster_detail);
+        }
+        ClusterCmd::Autoscale { name, up, down, for_seconds, off } => {
+            let body = if off {
+                api::ClusterAutoscaleRequest::default()
+            } else {
+                api::ClusterAutoscaleRequest { up_percent: up, down_percent: down, for_seconds: Some(for_seconds) }
+            };
+            let v: api::Cluster = c.post(&format!("/v1/clusters/{name}/autoscale"), Some(&body), None).map_err(err)?;
             show(ctx, &v, cluster_detail);
         }
         ClusterCmd::Show { name } => {

@@ -159,3 +159,66 @@ fn a_schedule_moves_a_cluster_between_day_and_night_on_a_simulated_clock() {
     let n = s.get(&s.operator_key, &format!("/v1/nodes/{node}")).body;
     assert_eq!(n["gpus"][0]["model"], "T4", "{n}");
 }
+
+#[test]
+fn utilization_grows_and_shrinks_a_cluster_after_its_period() {
+    let s = TestServer::start_with(|c| {
+        c.market.notice = Duration::from_secs(1);
+        c.market.min_notice = Duration::from_secs(1);
+        c.market.schedules_follow_clock = false;
+    });
+    let key = s.tenant("lab");
+    let r = s.post(
+        &key,
+        "/v1/clusters",
+        Some(&json!({"name": "infer", "gpu": "A100-40GB", "region": "eu-1", "gpus_per_node": 1, "nodes": 1,
+            "min_nodes": 1, "max_nodes": 3, "command": "serve"})),
+    );
+    assert_eq!(r.status, 201);
+    let set = |b: Value| s.post(&key, "/v1/clusters/infer/autoscale", Some(&b));
+    assert_eq!(set(json!({"up_percent": 20, "down_percent": 80})).body["field"], "up_percent");
+    assert_eq!(set(json!({"up_percent": 80, "down_percent": 20, "for_seconds": 0})).body["field"], "for_seconds");
+    assert_eq!(set(json!({"up_percent": 80})).status, 422);
+    let r = set(json!({"up_percent": 80, "down_percent": 20, "for_seconds": 60}));
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert!(r.body["autoscale"].as_str().unwrap().contains("above 80%"), "{}", r.body);
+    let r = s.post(
+        &key,
+        "/v1/clusters/infer/schedule",
+        Some(&json!({"schedule": "08:00-20:00 2 x A100-40GB, otherwise 1 x A100-40GB"})),
+    );
+    assert_eq!(r.status, 422, "a schedule and autoscaling do not mix: {:?}", r.body);
+
+    let members = |v: &Value| -> Vec<gpucloud_model::InstanceId> {
+        v["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| gpucloud_model::InstanceId::parse(m["instance"].as_str().unwrap()).unwrap())
+            .collect()
+    };
+    let busy =
+        |v: &Value, pct: f64| members(v).into_iter().map(|i| (i, pct)).collect::<std::collections::HashMap<_, _>>();
+    let t0 = gpucloud_model::Timestamp(1_800_000_000_000);
+    let one = wait_cluster(&s, &key, "infer", "ready at 1", |v| v["state"] == "ready");
+    assert_eq!(s.block_on(s.app.autoscale(t0, &busy(&one, 95.0))).unwrap(), 0, "the period starts");
+    assert_eq!(s.block_on(s.app.autoscale(t0.plus_millis(59_000), &busy(&one, 95.0))).unwrap(), 0);
+    assert_eq!(s.block_on(s.app.autoscale(t0.plus_millis(60_000), &busy(&one, 95.0))).unwrap(), 1, "busy for 60 s: +1");
+    let two = wait_cluster(&s, &key, "infer", "ready at 2", |v| {
+        v["state"] == "ready" && v["members"].as_array().unwrap().len() == 2
+    });
+    // A dip in between restarts the period.
+    let t1 = t0.plus_millis(120_000);
+    s.block_on(s.app.autoscale(t1, &busy(&two, 5.0))).unwrap();
+    s.block_on(s.app.autoscale(t1.plus_millis(30_000), &busy(&two, 50.0))).unwrap();
+    assert_eq!(s.block_on(s.app.autoscale(t1.plus_millis(70_000), &busy(&two, 5.0))).unwrap(), 0);
+    assert_eq!(s.block_on(s.app.autoscale(t1.plus_millis(130_000), &busy(&two, 5.0))).unwrap(), 1, "idle for 60 s: -1");
+    wait_cluster(&s, &key, "infer", "back to 1", |v| {
+        v["nodes"] == 1 && v["state"] == "ready" && v["members"].as_array().unwrap().len() == 1
+    });
+    // Never below min.
+    let one = s.get(&key, "/v1/clusters/infer").body;
+    let t2 = t1.plus_millis(300_000);
+    s.block_on(s.app.autoscale(t2, &busy(&one, 1.0))).unwrap();
+    assert_eq!(s.block_on(s.app.autoscale(t2.plus_millis(120_000), &busy(&one, 1.0))).unwrap(), 0);
+}

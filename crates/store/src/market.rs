@@ -223,7 +223,8 @@ fn reservation_from_row(r: &AnyRow) -> Result<Reservation> {
 }
 
 const CLUSTER_COLUMNS: &str = "id, tenant_id, name, gpu_model, region, gpus_per_node, min_nodes, max_nodes, \
-    target_nodes, command, tier, state, epoch, generation, created_at, updated_at, schedule, utc_offset_min";
+    target_nodes, command, tier, state, epoch, generation, created_at, updated_at, schedule, utc_offset_min, \
+    autoscale_up_pct, autoscale_down_pct, autoscale_for_s";
 
 fn cluster_from_row(r: &AnyRow) -> Result<Cluster> {
     let t = "clusters";
@@ -247,6 +248,18 @@ fn cluster_from_row(r: &AnyRow) -> Result<Cluster> {
         updated_at: Timestamp(r.try_get(15)?),
         schedule: r.try_get(16)?,
         utc_offset_min: r.try_get::<i64, _>(17)? as i32,
+        autoscale: match (
+            r.try_get::<Option<i64>, _>(18)?,
+            r.try_get::<Option<i64>, _>(19)?,
+            r.try_get::<Option<i64>, _>(20)?,
+        ) {
+            (Some(up), Some(down), Some(for_s)) => Some(crate::Autoscale {
+                up_pct: up.clamp(0, 100) as u32,
+                down_pct: down.clamp(0, 100) as u32,
+                for_s: for_s.max(0) as u32,
+            }),
+            _ => None,
+        },
     })
 }
 
@@ -581,7 +594,7 @@ impl MarketStore for SqlStore {
 
     async fn insert_cluster(&self, c: &Cluster) -> Result<()> {
         sqlx::query(&format!(
-            "INSERT INTO clusters ({CLUSTER_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)"
+            "INSERT INTO clusters ({CLUSTER_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)"
         ))
         .bind(c.id.to_string())
         .bind(c.tenant_id.to_string())
@@ -601,6 +614,9 @@ impl MarketStore for SqlStore {
         .bind(c.updated_at.0)
         .bind(c.schedule.clone())
         .bind(i64::from(c.utc_offset_min))
+        .bind(c.autoscale.map(|a| i64::from(a.up_pct)))
+        .bind(c.autoscale.map(|a| i64::from(a.down_pct)))
+        .bind(c.autoscale.map(|a| i64::from(a.for_s)))
         .execute(&self.pool)
         .await
         .map_err(|e| unique_violation(e, &format!("a cluster named '{}'", c.name)))?;
@@ -764,7 +780,8 @@ impl MarketStore for SqlStore {
     async fn replan_cluster(&self, c: &Cluster, expected_generation: i64) -> Result<Option<Cluster>> {
         let r = sqlx::query(
             "UPDATE clusters SET gpu_model = $1, target_nodes = $2, epoch = $3, schedule = $4, utc_offset_min = $5, \
-             updated_at = $6, generation = generation + 1 WHERE id = $7 AND generation = $8 AND state = 'active'",
+             updated_at = $6, generation = generation + 1, autoscale_up_pct = $9, autoscale_down_pct = $10, \
+             autoscale_for_s = $11 WHERE id = $7 AND generation = $8 AND state = 'active'",
         )
         .bind(c.model.name())
         .bind(i64::from(c.target_nodes))
@@ -774,6 +791,9 @@ impl MarketStore for SqlStore {
         .bind(c.updated_at.0)
         .bind(c.id.to_string())
         .bind(expected_generation)
+        .bind(c.autoscale.map(|a| i64::from(a.up_pct)))
+        .bind(c.autoscale.map(|a| i64::from(a.down_pct)))
+        .bind(c.autoscale.map(|a| i64::from(a.for_s)))
         .execute(&self.pool)
         .await?;
         if r.rows_affected() != 1 {

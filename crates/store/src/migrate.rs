@@ -14,6 +14,7 @@ const SQLITE: &[(i64, &str)] = &[
     (7, include_str!("../migrations/sqlite/0007_clusters.sql")),
     (8, include_str!("../migrations/sqlite/0008_warm_pools.sql")),
     (9, include_str!("../migrations/sqlite/0009_cluster_schedules.sql")),
+    (10, include_str!("../migrations/sqlite/0010_cluster_autoscale.sql")),
 ];
 const POSTGRES: &[(i64, &str)] = &[
     (1, include_str!("../migrations/postgres/0001_foundation.sql")),
@@ -25,6 +26,7 @@ const POSTGRES: &[(i64, &str)] = &[
     (7, include_str!("../migrations/postgres/0007_clusters.sql")),
     (8, include_str!("../migrations/postgres/0008_warm_pools.sql")),
     (9, include_str!("../migrations/postgres/0009_cluster_schedules.sql")),
+    (10, include_str!("../migrations/postgres/0010_cluster_autoscale.sql")),
 ];
 
 pub(crate) async fn run(pool: &AnyPool, backend: Backend) -> Result<()> {

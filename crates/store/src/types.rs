@@ -494,6 +494,15 @@ pub struct Cluster {
     /// A size schedule, and the UTC offset (minutes) its times are in.
     pub schedule: Option<String>,
     pub utc_offset_min: i32,
+    /// Scale out above `up_pct` GPU utilization held for `for_s`, in below `down_pct`.
+    pub autoscale: Option<Autoscale>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Autoscale {
+    pub up_pct: u32,
+    pub down_pct: u32,
+    pub for_s: u32,
 }
 
 /// A tenant's warm pool: `size` started instances of a template, ready to be handed out.

@@ -107,6 +107,7 @@ impl App {
             updated_at: now,
             schedule: None,
             utc_offset_min: 0,
+            autoscale: None,
         };
         self.store.insert_cluster(&cluster).await.map_err(AppError::store_conflict)?;
         tracing::info!(cluster = %cluster.id, name = %cluster.name, nodes = cluster.target_nodes, "cluster created");
@@ -254,6 +255,9 @@ impl App {
         let mut c = self.find_cluster(by, name).await?;
         let offset = gpucloud_model::schedule::parse_utc_offset(utc_offset.as_deref().unwrap_or("UTC"))
             .map_err(|e| AppError::invalid("utc_offset", e))?;
+        if schedule.is_some() && c.autoscale.is_some() {
+            return Err(AppError::invalid("schedule", "this cluster autoscales on utilization; clear that first"));
+        }
         if let Some(text) = &schedule {
             let s = gpucloud_model::schedule::SizeSchedule::parse(text, offset)
                 .map_err(|e| AppError::invalid("schedule", e))?;
@@ -305,6 +309,125 @@ impl App {
             }
         }
         Ok(changed)
+    }
+
+    /// Sets (or with `None` clears) utilization autoscaling. A cluster follows a schedule or
+    /// utilization, not both.
+    pub async fn set_cluster_autoscale(
+        &self,
+        by: &Principal,
+        name: &str,
+        policy: Option<gpucloud_store::Autoscale>,
+    ) -> Result<ClusterView, AppError> {
+        let mut c = self.find_cluster(by, name).await?;
+        if let Some(a) = policy {
+            if !(a.down_pct < a.up_pct && a.up_pct <= 100) {
+                return Err(AppError::invalid("up_percent", "need 0 <= down_percent < up_percent <= 100"));
+            }
+            if a.for_s == 0 || a.for_s > 86_400 {
+                return Err(AppError::invalid("for_seconds", "for_seconds is 1 to 86400"));
+            }
+            if c.schedule.is_some() {
+                return Err(AppError::invalid("up_percent", "this cluster follows a schedule; clear it first"));
+            }
+        }
+        for _ in 0..8 {
+            let mut next = c.clone();
+            next.autoscale = policy;
+            next.updated_at = self.now();
+            match self.store.replan_cluster(&next, c.generation).await? {
+                Some(_) => break,
+                None => c = self.find_cluster(by, name).await?,
+            }
+        }
+        self.autoscale_since.lock().unwrap_or_else(|e| e.into_inner()).remove(&c.id);
+        let c = self.find_cluster(by, name).await?;
+        self.cluster_view(c).await
+    }
+
+    /// Mean GPU utilization of each running member, from the agents' latest readings.
+    pub fn member_utilization(&self, members: &[Instance]) -> std::collections::HashMap<InstanceId, f64> {
+        let readings = self.telemetry_snapshot();
+        let mut out = std::collections::HashMap::new();
+        for m in members.iter().filter(|m| m.state == InstanceState::Running) {
+            let Some((_, gpus)) = m.node_id.as_ref().and_then(|n| readings.get(n)) else { continue };
+            let mine: Vec<f64> = gpus.iter().filter(|g| m.gpus.contains(&g.index)).map(|g| g.utilization_pct).collect();
+            if !mine.is_empty() {
+                out.insert(m.id.clone(), mine.iter().sum::<f64>() / mine.len() as f64);
+            }
+        }
+        out
+    }
+
+    /// One autoscaling step at `now` with the members' utilization given: a cluster whose
+    /// running members averaged above its bound for its whole period grows by one, below it
+    /// shrinks by one (never while a resize is under way, always within min..max).
+    pub async fn autoscale(
+        &self,
+        now: gpucloud_model::Timestamp,
+        utilization: &std::collections::HashMap<InstanceId, f64>,
+    ) -> Result<usize, AppError> {
+        let mut resized = 0;
+        for c in self.store.list_clusters(None).await? {
+            let Some(policy) = c.autoscale else { continue };
+            let view = self.cluster_view(c.clone()).await?;
+            let utils: Vec<f64> = view.members.iter().filter_map(|m| utilization.get(&m.id).copied()).collect();
+            if view.state != "ready" || utils.is_empty() {
+                continue;
+            }
+            let mean = utils.iter().sum::<f64>() / utils.len() as f64;
+            let step = {
+                let mut since = self.autoscale_since.lock().unwrap_or_else(|e| e.into_inner());
+                let entry = since.entry(c.id.clone()).or_default();
+                let held = |t: Option<gpucloud_model::Timestamp>| {
+                    t.is_some_and(|t| now.millis_since(t) >= i64::from(policy.for_s) * 1000)
+                };
+                if mean > f64::from(policy.up_pct) {
+                    entry.1 = None;
+                    let start = *entry.0.get_or_insert(now);
+                    if held(Some(start)) && c.target_nodes < c.max_nodes {
+                        entry.0 = Some(now);
+                        Some(c.target_nodes + 1)
+                    } else {
+                        None
+                    }
+                } else if mean < f64::from(policy.down_pct) {
+                    entry.0 = None;
+                    let start = *entry.1.get_or_insert(now);
+                    if held(Some(start)) && c.target_nodes > c.min_nodes {
+                        entry.1 = Some(now);
+                        Some(c.target_nodes - 1)
+                    } else {
+                        None
+                    }
+                } else {
+                    *entry = (None, None);
+                    None
+                }
+            };
+            if let Some(n) = step
+                && let Some(updated) =
+                    self.store.update_cluster(&c.id, c.generation, n, c.epoch + 1, true, self.now()).await?
+            {
+                tracing::info!(cluster = %c.id, from = c.target_nodes, to = n, utilization = mean, "cluster autoscaled");
+                self.converge_cluster(&updated).await?;
+                resized += 1;
+            }
+        }
+        Ok(resized)
+    }
+
+    /// The market task's autoscaling pass: utilization from the agents' latest readings.
+    pub async fn autoscale_from_telemetry(&self) -> Result<usize, AppError> {
+        let mut members = Vec::new();
+        for c in self.store.list_clusters(None).await?.into_iter().filter(|c| c.autoscale.is_some()) {
+            members.extend(self.store.cluster_members(&c.id).await?);
+        }
+        if members.is_empty() {
+            return Ok(0);
+        }
+        let utilization = self.member_utilization(&members);
+        self.autoscale(self.now(), &utilization).await
     }
 
     /// One pass over the active clusters (crash repair: what a resize left undone).

@@ -143,6 +143,10 @@ pub struct App {
     /// monitoring issue's).
     pub(crate) telemetry:
         std::sync::Mutex<std::collections::HashMap<gpucloud_model::NodeId, (Timestamp, Vec<GpuReading>)>>,
+    /// Per autoscaled cluster: since when its utilization has been above / below its bounds
+    /// (in memory: a restarted server starts the timers again, erring toward not resizing).
+    pub(crate) autoscale_since:
+        std::sync::Mutex<std::collections::HashMap<gpucloud_model::ClusterId, (Option<Timestamp>, Option<Timestamp>)>>,
 }
 
 impl App {
@@ -155,6 +159,7 @@ impl App {
             started_at: Timestamp(0),
             process_id: format!("{:032x}", random_bits()),
             telemetry: Default::default(),
+            autoscale_since: Default::default(),
         };
         app.started_at = app.now();
         app

@@ -39,6 +39,9 @@ fn view(v: ClusterView) -> Cluster {
             .collect(),
         command: c.command,
         created_at: rfc3339(c.created_at),
+        autoscale: c
+            .autoscale
+            .map(|a| format!("+1 above {}% GPU utilization for {} s, -1 below {}%", a.up_pct, a.for_s, a.down_pct)),
         schedule: c.schedule.map(|s| {
             let h = c.utc_offset_min / 60;
             let m = (c.utc_offset_min % 60).abs();
@@ -132,4 +135,31 @@ pub async fn schedule(
     ApiJson(req): ApiJson<gpucloud_api::ClusterScheduleRequest>,
 ) -> Result<Json<Cluster>, ApiError> {
     Ok(Json(view(app.set_cluster_schedule(&p, &name, req.schedule, req.utc_offset).await?)))
+}
+
+/// Set (or with no fields, clear) utilization autoscaling.
+#[utoipa::path(post, path = "/v1/clusters/{name}/autoscale", tag = "clusters", params(("name" = String, Path)),
+    request_body = gpucloud_api::ClusterAutoscaleRequest,
+    responses((status = 200, body = Cluster), (status = 404, body = Problem), (status = 422, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn autoscale(
+    State(app): State<Arc<App>>,
+    Auth(p): Auth,
+    Path(name): Path<String>,
+    ApiJson(req): ApiJson<gpucloud_api::ClusterAutoscaleRequest>,
+) -> Result<Json<Cluster>, ApiError> {
+    let policy = match (req.up_percent, req.down_percent, req.for_seconds) {
+        (None, None, None) => None,
+        (Some(up), Some(down), for_s) => {
+            Some(gpucloud_store::Autoscale { up_pct: up, down_pct: down, for_s: for_s.unwrap_or(300) })
+        }
+        _ => {
+            return Err(crate::app::AppError::Invalid {
+                field: "up_percent".into(),
+                detail: "give up_percent and down_percent (and for_seconds), or nothing to stop autoscaling".into(),
+            }
+            .into());
+        }
+    };
+    Ok(Json(view(app.set_cluster_autoscale(&p, &name, policy).await?)))
 }

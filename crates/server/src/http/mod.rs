@@ -106,6 +106,7 @@ pub fn api() -> (Router<Arc<App>>, utoipa::openapi::OpenApi) {
         .routes(routes!(clusters::show, clusters::delete))
         .routes(routes!(clusters::resize))
         .routes(routes!(clusters::schedule))
+        .routes(routes!(clusters::autoscale))
         .routes(routes!(pools::create, pools::list))
         .routes(routes!(pools::delete))
         .routes(routes!(pools::claim))

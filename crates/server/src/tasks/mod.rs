@@ -72,6 +72,11 @@ async fn market(app: Arc<App>) {
         {
             tracing::error!(error = %e, "cluster schedules failed");
         }
+        if app.config.market.schedules_follow_clock
+            && let Err(e) = app.autoscale_from_telemetry().await
+        {
+            tracing::error!(error = %e, "cluster autoscaling failed");
+        }
         if let Err(e) = app.reconcile_clusters().await {
             tracing::error!(error = %e, "cluster pass failed");
         }
