@@ -145,9 +145,11 @@ pub struct App {
         std::sync::Mutex<std::collections::HashMap<gpucloud_model::NodeId, (Timestamp, Vec<GpuReading>)>>,
     /// Per autoscaled cluster: since when its utilization has been above / below its bounds
     /// (in memory: a restarted server starts the timers again, erring toward not resizing).
-    pub(crate) autoscale_since:
-        std::sync::Mutex<std::collections::HashMap<gpucloud_model::ClusterId, (Option<Timestamp>, Option<Timestamp>)>>,
+    pub(crate) autoscale_since: std::sync::Mutex<std::collections::HashMap<gpucloud_model::ClusterId, AboveBelow>>,
 }
+
+/// Since when a cluster's utilization has been above its bound, and below its other one.
+pub(crate) type AboveBelow = (Option<Timestamp>, Option<Timestamp>);
 
 impl App {
     pub fn new(store: Arc<dyn Store>, config: Config) -> App {
