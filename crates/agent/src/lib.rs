@@ -83,7 +83,9 @@ pub fn run(config: Config, gpus: &mut dyn GpuBackend, shutdown: &std::sync::atom
         for r in &mut instances {
             r.checkpoint = metadata.checkpoint(&r.id);
         }
-        let beat = AgentHeartbeat { node_id: reg.node_id.clone(), epoch: reg.epoch, instances, gpus: readings };
+        let metrics = metadata.drain_metrics();
+        let beat =
+            AgentHeartbeat { node_id: reg.node_id.clone(), epoch: reg.epoch, instances, gpus: readings, metrics };
         match client.heartbeat(&beat) {
             Ok(desired) => {
                 for id in runtime.reported(&beat.instances) {
@@ -149,7 +151,10 @@ pub fn run(config: Config, gpus: &mut dyn GpuBackend, shutdown: &std::sync::atom
                 runtime.stop_all_now();
                 return Err(format!("fenced off: {msg}"));
             }
-            Err(e) => tracing::warn!(error = %e, "heartbeat failed; retrying"),
+            Err(e) => {
+                metadata.requeue_metrics(beat.metrics);
+                tracing::warn!(error = %e, "heartbeat failed; retrying");
+            }
         }
         std::thread::sleep(interval);
     }

@@ -46,7 +46,12 @@ struct Shared {
     by_token: Mutex<HashMap<String, InstanceMetadata>>,
     /// Wakes long-polls when a notice arrives.
     changed: tokio::sync::Notify,
+    /// Business metrics pushed by workloads, waiting for the next heartbeat.
+    metrics: Mutex<std::collections::VecDeque<gpucloud_api::AgentMetric>>,
 }
+
+/// Points held between heartbeats at most; past that the oldest go (a server away for long).
+const MAX_BUFFERED_METRICS: usize = 10_000;
 
 type Table = Arc<Shared>;
 
@@ -81,6 +86,7 @@ impl MetadataServer {
                         .route("/v1/instance/{token}", axum::routing::get(get))
                         .route("/v1/instance/{token}/notice", axum::routing::get(notice))
                         .route("/v1/instance/{token}/checkpoint", axum::routing::post(checkpoint))
+                        .route("/v1/instance/{token}/metrics", axum::routing::post(metrics))
                         .with_state(shared);
                     match tokio::net::TcpListener::from_std(listener) {
                         Ok(l) => {
@@ -167,6 +173,22 @@ impl MetadataServer {
         }
     }
 
+    /// Takes the buffered metrics for a heartbeat.
+    pub fn drain_metrics(&self) -> Vec<gpucloud_api::AgentMetric> {
+        self.table.metrics.lock().unwrap_or_else(|e| e.into_inner()).drain(..).collect()
+    }
+
+    /// Puts back metrics a failed heartbeat did not deliver.
+    pub fn requeue_metrics(&self, points: Vec<gpucloud_api::AgentMetric>) {
+        let mut q = self.table.metrics.lock().unwrap_or_else(|e| e.into_inner());
+        for p in points.into_iter().rev() {
+            q.push_front(p);
+        }
+        while q.len() > MAX_BUFFERED_METRICS {
+            q.pop_front();
+        }
+    }
+
     /// The latest checkpoint the instance's workload reported.
     pub fn checkpoint(&self, instance_id: &str) -> Option<String> {
         self.with(instance_id, |m| m.checkpoint.clone()).flatten()
@@ -228,4 +250,53 @@ async fn checkpoint(
             StatusCode::NO_CONTENT.into_response()
         }
     }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MetricsBody {
+    #[serde(default)]
+    step: Option<i64>,
+    values: std::collections::BTreeMap<String, f64>,
+}
+
+async fn metrics(
+    State(table): State<Table>,
+    Path(token): Path<String>,
+    body: Result<Json<MetricsBody>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let Ok(Json(body)) = body else {
+        return (StatusCode::BAD_REQUEST, "expected a JSON body {\"step\": 10, \"values\": {\"loss\": 0.5}}\n")
+            .into_response();
+    };
+    if body.values.is_empty() || body.values.len() > 64 {
+        return (StatusCode::UNPROCESSABLE_ENTITY, "values holds 1 to 64 metrics\n").into_response();
+    }
+    for (name, v) in &body.values {
+        let ok_name = !name.is_empty()
+            && name.len() <= 64
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'/');
+        if !ok_name || !v.is_finite() {
+            return (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("metric '{name}': names are 1 to 64 of [A-Za-z0-9_./], values finite\n"),
+            )
+                .into_response();
+        }
+    }
+    let Some(instance) =
+        table.by_token.lock().unwrap_or_else(|e| e.into_inner()).get(&token).map(|m| m.instance_id.clone())
+    else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let at_ms =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
+    let mut q = table.metrics.lock().unwrap_or_else(|e| e.into_inner());
+    for (name, value) in body.values {
+        q.push_back(gpucloud_api::AgentMetric { instance: instance.clone(), at_ms, step: body.step, name, value });
+    }
+    while q.len() > MAX_BUFFERED_METRICS {
+        q.pop_front();
+    }
+    StatusCode::NO_CONTENT.into_response()
 }

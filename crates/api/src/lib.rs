@@ -612,6 +612,20 @@ pub struct AgentHeartbeat {
     pub instances: Vec<AgentInstanceReport>,
     #[serde(default)]
     pub gpus: Vec<GpuTelemetry>,
+    /// Business metrics workloads pushed since the last beat.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub metrics: Vec<AgentMetric>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AgentMetric {
+    pub instance: String,
+    pub at_ms: i64,
+    #[serde(default)]
+    pub step: Option<i64>,
+    pub name: String,
+    pub value: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
@@ -1094,4 +1108,19 @@ pub struct ClusterAutoscaleRequest {
     pub down_percent: Option<u32>,
     #[serde(default)]
     pub for_seconds: Option<u32>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct MetricPoint {
+    pub at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<i64>,
+    pub name: String,
+    pub value: f64,
+}
+
+/// What an instance's workload pushed (loss, samples/s...), oldest first.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct InstanceMetrics {
+    pub points: Vec<MetricPoint>,
 }

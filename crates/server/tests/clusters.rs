@@ -80,7 +80,16 @@ fn a_cluster_resizes_as_a_gang_and_shrinks_with_notice() {
     let node = gpucloud_model::NodeId::parse(member["node"].as_str().unwrap()).unwrap();
     let desired = s.block_on(async {
         use gpucloud_server::app::{AgentApi, AgentReport};
-        s.app.heartbeat(AgentReport { node, epoch: None, instances: vec![], gpus: vec![], checkpoints: vec![] }).await
+        s.app
+            .heartbeat(AgentReport {
+                node,
+                epoch: None,
+                instances: vec![],
+                gpus: vec![],
+                checkpoints: vec![],
+                metrics: vec![],
+            })
+            .await
     });
     let d = desired.unwrap().into_iter().find(|d| d.id.as_str() == member["instance"].as_str().unwrap()).unwrap();
     let env: std::collections::HashMap<String, String> = d.env.into_iter().collect();

@@ -112,6 +112,14 @@ pub trait MarketStore: Send + Sync {
         name: &str,
         at: Timestamp,
     ) -> Result<Option<Instance>>;
+    async fn insert_metrics(&self, points: &[crate::MetricPoint]) -> Result<()>;
+    /// An instance's points, oldest first: of one metric, or all; at most `limit`, the latest.
+    async fn instance_metrics(
+        &self,
+        id: &InstanceId,
+        name: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<crate::MetricPoint>>;
     /// Where a node's peers reach it.
     async fn set_node_address(&self, id: &gpucloud_model::NodeId, address: Option<&str>) -> Result<()>;
     /// Bills period `period` of a reservation: posts `records` and moves `billed_periods` to
@@ -800,5 +808,50 @@ impl MarketStore for SqlStore {
             return Ok(None);
         }
         self.find_cluster(None, c.id.as_str()).await
+    }
+
+    async fn insert_metrics(&self, points: &[crate::MetricPoint]) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        for p in points {
+            sqlx::query(
+                "INSERT INTO instance_metrics (instance_id, at, step, name, value) VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(p.instance.to_string())
+            .bind(p.at.0)
+            .bind(p.step)
+            .bind(&p.name)
+            .bind(p.value)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn instance_metrics(
+        &self,
+        id: &InstanceId,
+        name: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<crate::MetricPoint>> {
+        let rows = sqlx::query(&format!(
+            "SELECT at, step, name, value FROM instance_metrics WHERE instance_id = $1 AND ($2 = '' OR name = $2) \
+             ORDER BY at DESC, name LIMIT {limit}"
+        ))
+        .bind(id.to_string())
+        .bind(name.unwrap_or_default())
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows.iter().rev() {
+            out.push(crate::MetricPoint {
+                instance: id.clone(),
+                at: Timestamp(r.try_get(0)?),
+                step: r.try_get(1)?,
+                name: r.try_get(2)?,
+                value: r.try_get(3)?,
+            });
+        }
+        Ok(out)
     }
 }

@@ -15,6 +15,7 @@ const SQLITE: &[(i64, &str)] = &[
     (8, include_str!("../migrations/sqlite/0008_warm_pools.sql")),
     (9, include_str!("../migrations/sqlite/0009_cluster_schedules.sql")),
     (10, include_str!("../migrations/sqlite/0010_cluster_autoscale.sql")),
+    (11, include_str!("../migrations/sqlite/0011_instance_metrics.sql")),
 ];
 const POSTGRES: &[(i64, &str)] = &[
     (1, include_str!("../migrations/postgres/0001_foundation.sql")),
@@ -27,6 +28,7 @@ const POSTGRES: &[(i64, &str)] = &[
     (8, include_str!("../migrations/postgres/0008_warm_pools.sql")),
     (9, include_str!("../migrations/postgres/0009_cluster_schedules.sql")),
     (10, include_str!("../migrations/postgres/0010_cluster_autoscale.sql")),
+    (11, include_str!("../migrations/postgres/0011_instance_metrics.sql")),
 ];
 
 pub(crate) async fn run(pool: &AnyPool, backend: Backend) -> Result<()> {

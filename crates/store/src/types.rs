@@ -518,3 +518,13 @@ pub struct WarmPool {
     pub size: u32,
     pub created_at: Timestamp,
 }
+
+/// One business metric a workload pushed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricPoint {
+    pub instance: InstanceId,
+    pub at: Timestamp,
+    pub step: Option<i64>,
+    pub name: String,
+    pub value: f64,
+}

@@ -71,6 +71,7 @@ suite!(
     spot_notices_checkpoints_and_jobs,
     price_history_and_the_price_in_force,
     reservations_overlap_and_bill_each_period_once,
+    metrics_come_back_in_order_per_name,
 );
 
 fn ts(ms: i64) -> Timestamp {
@@ -802,4 +803,32 @@ async fn reservations_overlap_and_bill_each_period_once(s: Arc<dyn Store>) {
     );
     assert_eq!(s.list_reservations(None).await.unwrap()[0].billed_periods, 1);
     assert_eq!(s.ledger_totals().await.unwrap().iter().map(|(_, m)| m.0).sum::<i64>(), 0, "the books balance");
+}
+
+async fn metrics_come_back_in_order_per_name(s: Arc<dyn Store>) {
+    let t = tenant(&s, "a").await;
+    let i = instance(&s, &t, 1, None).await;
+    let p = |at: i64, step: Option<i64>, name: &str, value: f64| MetricPoint {
+        instance: i.id.clone(),
+        at: ts(at),
+        step,
+        name: name.into(),
+        value,
+    };
+    s.insert_metrics(&[
+        p(1, Some(1), "loss", 2.5),
+        p(1, Some(1), "samples_per_s", 900.0),
+        p(2, Some(2), "loss", 1.25),
+        p(3, None, "loss", 0.625),
+    ])
+    .await
+    .unwrap();
+    let loss = s.instance_metrics(&i.id, Some("loss"), 100).await.unwrap();
+    assert_eq!(
+        loss.iter().map(|m| (m.at.0, m.step, m.value)).collect::<Vec<_>>(),
+        vec![(1, Some(1), 2.5), (2, Some(2), 1.25), (3, None, 0.625)]
+    );
+    assert_eq!(s.instance_metrics(&i.id, None, 100).await.unwrap().len(), 4);
+    let latest = s.instance_metrics(&i.id, Some("loss"), 2).await.unwrap();
+    assert_eq!(latest.iter().map(|m| m.at.0).collect::<Vec<_>>(), vec![2, 3], "the latest, oldest first");
 }

@@ -66,6 +66,7 @@ while step < 30:
     path = f"{d}/ckpt-{step}"
     open(path, "w").write(str(step))
     gpucloud.report_checkpoint(path)
+    gpucloud.log_metrics(step=step, loss=1.0 / step, samples_per_s=100.0)
 open(f"{d}/done", "w").write(str(step))
 '''
 
@@ -96,6 +97,11 @@ def test_a_managed_job_resumes_from_its_checkpoints(client, dev):
     assert log[2] == f"attempt 2 resumes at {stopped_at}", log
     assert done.history[1].resumed_from.endswith(f"ckpt-{stopped_at}")
     assert all(a.tier == "spot" for a in done.history)
+    # The loss curve the trainer pushed, step by step, across both attempts.
+    second = done.history[1].instance
+    loss = wait_for("the loss curve", lambda: (pts := client.instances.metrics(second, "loss")) and pts[-1]["step"] == 30 and pts)
+    assert [p["step"] for p in loss] == list(range(stopped_at + 1, 31))
+    assert abs(loss[-1]["value"] - 1 / 30) < 1e-9
     assert [j.id for j in client.jobs.list()].count(job.id) == 1
 
 
@@ -105,6 +111,8 @@ def test_workload_helpers_need_a_workload(monkeypatch):
     assert gpucloud.resume_from() is None
     with pytest.raises(RuntimeError, match="GPUCLOUD_METADATA_URL"):
         gpucloud.preemption_notice()
+    with pytest.raises(ValueError):
+        gpucloud.log_metrics(step=1)
 
 
 def test_a_cluster_grows_and_shrinks_from_a_training_loop(client, dev, monkeypatch):

@@ -42,6 +42,8 @@ pub struct AgentReport {
     pub gpus: Vec<GpuReading>,
     /// The latest checkpoint each workload reported to its metadata endpoint.
     pub checkpoints: Vec<(InstanceId, String)>,
+    /// Business metrics the workloads pushed.
+    pub metrics: Vec<gpucloud_store::MetricPoint>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,6 +118,13 @@ impl AgentApi for App {
             if inst.node_id.as_ref() == Some(node) && inst.checkpoint.as_ref().is_none_or(|c| c.path != *path) {
                 self.store.record_checkpoint(id, path, self.now()).await?;
             }
+        }
+        if !report.metrics.is_empty() {
+            // Only points of instances on this node: an agent speaks for its own workloads.
+            let here: std::collections::HashSet<InstanceId> =
+                self.store.instances_on_node(node).await?.into_iter().map(|i| i.id).collect();
+            let points: Vec<_> = report.metrics.iter().filter(|p| here.contains(&p.instance)).cloned().collect();
+            self.store.insert_metrics(&points).await?;
         }
         for (id, seen, reason) in &report.instances {
             let Some(inst) = self.store.get_instance(None, id).await? else { continue };
@@ -244,6 +253,17 @@ impl App {
         let chunks: Vec<gpucloud_store::LogChunk> =
             chunks.into_iter().map(|(seq, data)| gpucloud_store::LogChunk { seq, at: now, data }).collect();
         Ok(self.store.append_logs(instance, &chunks).await?)
+    }
+
+    pub async fn instance_metrics(
+        &self,
+        by: &super::Principal,
+        id: &str,
+        name: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<gpucloud_store::MetricPoint>, AppError> {
+        let inst = self.get_instance(by, id).await?;
+        Ok(self.store.instance_metrics(&inst.id, name, limit.clamp(1, 10_000)).await?)
     }
 
     pub async fn instance_logs(

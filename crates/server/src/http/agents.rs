@@ -85,7 +85,25 @@ pub async fn heartbeat(
             ecc_uncorrectable: g.ecc_uncorrectable,
         })
         .collect();
-    let report = AgentReport { node: node_id(&req.node_id)?, epoch: Some(req.epoch), instances, gpus, checkpoints };
+    if req.metrics.len() > 20_000 {
+        return Err(bad("metrics", "at most 20000 points a beat"));
+    }
+    let mut metrics = Vec::with_capacity(req.metrics.len());
+    for m in req.metrics {
+        let instance = InstanceId::parse(&m.instance).map_err(|e| bad("metrics", &e.to_string()))?;
+        if m.name.is_empty() || m.name.len() > 64 || !m.value.is_finite() {
+            return Err(bad("metrics", "a metric has a name of 1 to 64 characters and a finite value"));
+        }
+        metrics.push(gpucloud_store::MetricPoint {
+            instance,
+            at: gpucloud_model::Timestamp(m.at_ms),
+            step: m.step,
+            name: m.name,
+            value: m.value,
+        });
+    }
+    let report =
+        AgentReport { node: node_id(&req.node_id)?, epoch: Some(req.epoch), instances, gpus, checkpoints, metrics };
     let desired = app.heartbeat(report).await?;
     let instances = desired
         .into_iter()

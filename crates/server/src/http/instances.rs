@@ -128,3 +128,36 @@ pub(super) fn parse_tier(tier: Option<&str>) -> Result<gpucloud_model::Tier, Api
         }),
     }
 }
+
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+pub struct MetricsQuery {
+    /// One metric (loss, samples_per_s...); all when omitted.
+    name: Option<String>,
+    /// The latest this many points (default 1000).
+    limit: Option<u32>,
+}
+
+/// What the instance's workload pushed through its metadata endpoint (the SDK's log_metrics).
+#[utoipa::path(get, path = "/v1/instances/{id}/metrics", tag = "instances", params(("id" = String, Path), MetricsQuery),
+    responses((status = 200, body = gpucloud_api::InstanceMetrics), (status = 404, body = Problem)), security(("bearer" = [])))]
+pub async fn metrics(
+    State(app): State<Arc<App>>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+    q: Result<axum::extract::Query<MetricsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<gpucloud_api::InstanceMetrics>, ApiError> {
+    let axum::extract::Query(q) =
+        q.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
+    let points = app
+        .instance_metrics(&p, &id, q.name.as_deref(), q.limit.unwrap_or(1000))
+        .await?
+        .into_iter()
+        .map(|m| gpucloud_api::MetricPoint {
+            at: gpucloud_api::rfc3339(m.at),
+            step: m.step,
+            name: m.name,
+            value: m.value,
+        })
+        .collect();
+    Ok(Json(gpucloud_api::InstanceMetrics { points }))
+}

@@ -70,6 +70,7 @@ pub fn api() -> (Router<Arc<App>>, utoipa::openapi::OpenApi) {
         .routes(routes!(instances::start))
         .routes(routes!(instances::terminate))
         .routes(routes!(instances::events))
+        .routes(routes!(instances::metrics))
         .routes(routes!(nodes::list, nodes::add))
         .routes(routes!(nodes::show))
         .routes(routes!(nodes::cordon))

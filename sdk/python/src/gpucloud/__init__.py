@@ -12,6 +12,7 @@ from .client import ApiError, Client, Cluster, ClusterMember, Instance, Job, Job
 from .workload import (
     Notice,
     PreemptionWatcher,
+    log_metrics,
     metadata,
     preemption_notice,
     report_checkpoint,
@@ -30,6 +31,7 @@ __all__ = [
     "Notice",
     "PreemptionWatcher",
     "SpotPrices",
+    "log_metrics",
     "metadata",
     "preemption_notice",
     "report_checkpoint",

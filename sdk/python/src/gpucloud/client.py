@@ -194,6 +194,11 @@ class Instances(_Resource):
     def terminate(self, id: str) -> Instance:
         return Instance.from_json(self._c._post(f"/v1/instances/{id}/terminate"))
 
+    def metrics(self, id: str, name: Optional[str] = None) -> List[Dict[str, Any]]:
+        """What the instance's workload pushed with log_metrics, oldest first."""
+        params = {"name": name} if name else None
+        return list(self._c._get(f"/v1/instances/{id}/metrics", params=params)["points"])
+
     def logs(self, id: str, after: int = 0) -> str:
         v = self._c._get(f"/v1/instances/{id}/logs?after={after}")
         return "".join(c["data"] for c in v["chunks"])
