@@ -168,3 +168,28 @@ def test_a_cluster_grows_and_shrinks_from_a_training_loop(client, dev, monkeypat
     with pytest.raises(ApiError) as e:
         client.clusters.get("train")
     assert e.value.status == 404
+
+
+def test_the_lightning_callback_checkpoints_and_stops_on_notice(tmp_path, monkeypatch):
+    from gpucloud.lightning import CheckpointOnNotice
+
+    class Trainer:
+        global_step = 41
+        should_stop = False
+        saved = []
+
+        def save_checkpoint(self, path):
+            self.saved.append(path)
+
+    reported = []
+    monkeypatch.setenv("GPUCLOUD_METADATA_URL", "http://127.0.0.1:9/v1/instance/x")
+    monkeypatch.setattr(gpucloud.workload, "report_checkpoint", reported.append)
+    cb = CheckpointOnNotice(str(tmp_path), watch=False)
+    t = Trainer()
+    cb.on_train_batch_end(t, None, None, None, 0)
+    assert not t.saved and not t.should_stop, "nothing before a notice"
+    cb._noticed(gpucloud.Notice(deadline="2026-11-27T10:00:00Z", deadline_ms=0, reason="test"))
+    cb.on_train_batch_end(t, None, None, None, 1)
+    cb.on_train_batch_end(t, None, None, None, 2)
+    assert t.saved == [str(tmp_path / "preempted-step-41.ckpt")], "saved once"
+    assert reported == t.saved and t.should_stop
