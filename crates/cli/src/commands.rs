@@ -112,6 +112,13 @@ pub enum InstanceCmd {
     Start { id: String },
     /// Terminate an instance for good.
     Terminate { id: String },
+    /// What the workload pushed with log_metrics (loss, samples/s...), oldest first.
+    Metrics {
+        id: String,
+        /// One metric only.
+        #[arg(long)]
+        name: Option<String>,
+    },
     /// The workload's output (stdout and stderr).
     Logs {
         id: String,
@@ -324,6 +331,28 @@ pub fn instance(ctx: &Ctx, cmd: InstanceCmd) -> Res {
                     .collect();
                 println!("{}\n\nhistory:\n{}", instance_detail(&inst), table(&["TIME", "FROM", "TO"], &rows));
             }
+        }
+        InstanceCmd::Metrics { id, name } => {
+            let path = match &name {
+                Some(n) => format!("/v1/instances/{id}/metrics?name={n}"),
+                None => format!("/v1/instances/{id}/metrics"),
+            };
+            let m: api::InstanceMetrics = c.get(&path).map_err(err)?;
+            show(ctx, &m, |m| {
+                let rows: Vec<Vec<String>> = m
+                    .points
+                    .iter()
+                    .map(|p| {
+                        vec![
+                            p.at.clone(),
+                            p.step.map_or("-".into(), |s| s.to_string()),
+                            p.name.clone(),
+                            p.value.to_string(),
+                        ]
+                    })
+                    .collect();
+                table(&["TIME", "STEP", "NAME", "VALUE"], &rows)
+            });
         }
         InstanceCmd::Logs { id, follow } => {
             let mut after = 0;
