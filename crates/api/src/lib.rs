@@ -1063,6 +1063,8 @@ pub struct WarmPool {
     /// Members running, ready to be handed out.
     pub ready: u32,
     pub members: Vec<PoolMember>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -1123,4 +1125,17 @@ pub struct MetricPoint {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct InstanceMetrics {
     pub points: Vec<MetricPoint>,
+}
+
+/// A warm pool's size, or its size by time of day.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct PoolSizeRequest {
+    #[serde(default)]
+    pub size: Option<u32>,
+    /// E.g. "09:25-16:00 4 x A100-40GB, otherwise 0 x A100-40GB"; omitted: no schedule.
+    #[serde(default)]
+    pub schedule: Option<String>,
+    #[serde(default)]
+    pub utc_offset: Option<String>,
 }

@@ -562,6 +562,16 @@ pub enum PoolCmd {
         #[arg(long)]
         name: Option<String>,
     },
+    /// Set a pool's size, or its size by time of day ("09:25-16:00 4 x A100-40GB, otherwise 0 x A100-40GB").
+    Size {
+        name: String,
+        #[arg(long)]
+        size: Option<u32>,
+        #[arg(long)]
+        schedule: Option<String>,
+        #[arg(long, allow_hyphen_values = true)]
+        utc_offset: Option<String>,
+    },
     /// Delete a pool (what it holds is terminated; what it handed out stays).
     Delete { name: String },
 }
@@ -610,6 +620,11 @@ pub fn pool(ctx: &Ctx, cmd: PoolCmd) -> Res {
                     if g.warm { "already running" } else { "no warm instance was ready: started from scratch" }
                 )
             });
+        }
+        PoolCmd::Size { name, size, schedule, utc_offset } => {
+            let body = api::PoolSizeRequest { size, schedule, utc_offset };
+            let p: api::WarmPool = c.post(&format!("/v1/pools/{name}/size"), Some(&body), None).map_err(err)?;
+            show(ctx, &p, |p| rows(std::slice::from_ref(p)));
         }
         PoolCmd::Delete { name } => {
             c.delete(&format!("/v1/pools/{name}")).map_err(err)?;

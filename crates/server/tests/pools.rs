@@ -86,3 +86,32 @@ fn a_warm_pool_hands_out_running_instances_and_refills() {
     assert!(!left["pools"].as_array().unwrap().iter().any(|p| p["name"] == "llm"), "{left}");
     assert_eq!(s.get(&key, &format!("/v1/instances/{id}")).body["state"], "running", "what was handed out stays");
 }
+
+#[test]
+fn a_pool_is_warm_before_the_market_opens_on_a_simulated_clock() {
+    let s = TestServer::start_with(|c| c.market.schedules_follow_clock = false);
+    let key = s.tenant("desk");
+    let r = s.post(
+        &key,
+        "/v1/pools",
+        Some(&json!({"name": "open", "gpu": "T4", "region": "eu-1", "count": 1, "command": "x", "size": 0})),
+    );
+    assert_eq!(r.status, 201);
+    let set = |b: Value| s.post(&key, "/v1/pools/open/size", Some(&b));
+    assert_eq!(
+        set(json!({"schedule": "09:25-16:00 2 x A40, otherwise 0 x A40"})).body["field"],
+        "schedule",
+        "the pool's model only"
+    );
+    assert_eq!(set(json!({"size": 500})).body["field"], "size");
+    // New York opens at 09:30 (UTC-05:00): warm from 09:25 local.
+    let r = set(json!({"schedule": "09:25-16:00 2 x T4, otherwise 0 x T4", "utc_offset": "-05:00"}));
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let day = 20_784 * 86_400_000i64;
+    let at = |h: i64, m: i64| gpucloud_model::Timestamp(day + (h * 60 + m) * 60_000);
+    assert_eq!(s.block_on(s.app.apply_pool_schedules(at(14, 24))).unwrap(), 0, "09:24 local: still cold");
+    assert_eq!(s.block_on(s.app.apply_pool_schedules(at(14, 25))).unwrap(), 1, "09:25 local: warm up");
+    pool(&s, &key, "open", |p| p["ready"] == 2 && p["size"] == 2);
+    assert_eq!(s.block_on(s.app.apply_pool_schedules(at(21, 0))).unwrap(), 1, "16:00 local: let go");
+    pool(&s, &key, "open", |p| p["size"] == 0 && p["members"].as_array().unwrap().is_empty());
+}

@@ -98,6 +98,8 @@ pub trait MarketStore: Send + Sync {
     async fn insert_pool(&self, p: &WarmPool) -> Result<()>;
     /// Active pools of a tenant (`None`: all).
     async fn list_pools(&self, tenant: Option<&TenantId>) -> Result<Vec<WarmPool>>;
+    /// Sets a pool's size and schedule; false if there is no such active pool.
+    async fn update_pool(&self, p: &WarmPool) -> Result<bool>;
     /// Retires a pool (its name is free again); false if there was no such active pool.
     async fn delete_pool(&self, id: &gpucloud_model::PoolId) -> Result<bool>;
     /// Instances a pool holds that are pending or hold GPUs, oldest first.
@@ -271,7 +273,8 @@ fn cluster_from_row(r: &AnyRow) -> Result<Cluster> {
     })
 }
 
-const POOL_COLUMNS: &str = "id, tenant_id, name, gpu_model, region, gpu_count, command, size, created_at";
+const POOL_COLUMNS: &str =
+    "id, tenant_id, name, gpu_model, region, gpu_count, command, size, created_at, schedule, utc_offset_min";
 
 fn pool_from_row(r: &AnyRow) -> Result<WarmPool> {
     let t = "warm_pools";
@@ -286,6 +289,8 @@ fn pool_from_row(r: &AnyRow) -> Result<WarmPool> {
         command: r.try_get(6)?,
         size: r.try_get::<i64, _>(7)?.max(0) as u32,
         created_at: Timestamp(r.try_get(8)?),
+        schedule: r.try_get(9)?,
+        utc_offset_min: r.try_get::<i64, _>(10)? as i32,
     })
 }
 
@@ -705,7 +710,7 @@ impl MarketStore for SqlStore {
 
     async fn insert_pool(&self, p: &WarmPool) -> Result<()> {
         sqlx::query(&format!(
-            "INSERT INTO warm_pools ({POOL_COLUMNS}, state) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'active')"
+            "INSERT INTO warm_pools ({POOL_COLUMNS}, state) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 'active')"
         ))
         .bind(p.id.to_string())
         .bind(p.tenant_id.to_string())
@@ -716,6 +721,8 @@ impl MarketStore for SqlStore {
         .bind(&p.command)
         .bind(i64::from(p.size))
         .bind(p.created_at.0)
+        .bind(p.schedule.clone())
+        .bind(i64::from(p.utc_offset_min))
         .execute(&self.pool)
         .await
         .map_err(|e| unique_violation(e, &format!("a warm pool named '{}'", p.name)))?;
@@ -853,5 +860,18 @@ impl MarketStore for SqlStore {
             });
         }
         Ok(out)
+    }
+
+    async fn update_pool(&self, p: &WarmPool) -> Result<bool> {
+        let r = sqlx::query(
+            "UPDATE warm_pools SET size = $1, schedule = $2, utc_offset_min = $3 WHERE id = $4 AND state = 'active'",
+        )
+        .bind(i64::from(p.size))
+        .bind(p.schedule.clone())
+        .bind(i64::from(p.utc_offset_min))
+        .bind(p.id.to_string())
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
     }
 }

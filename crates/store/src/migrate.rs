@@ -16,6 +16,7 @@ const SQLITE: &[(i64, &str)] = &[
     (9, include_str!("../migrations/sqlite/0009_cluster_schedules.sql")),
     (10, include_str!("../migrations/sqlite/0010_cluster_autoscale.sql")),
     (11, include_str!("../migrations/sqlite/0011_instance_metrics.sql")),
+    (12, include_str!("../migrations/sqlite/0012_pool_schedules.sql")),
 ];
 const POSTGRES: &[(i64, &str)] = &[
     (1, include_str!("../migrations/postgres/0001_foundation.sql")),
@@ -29,6 +30,7 @@ const POSTGRES: &[(i64, &str)] = &[
     (9, include_str!("../migrations/postgres/0009_cluster_schedules.sql")),
     (10, include_str!("../migrations/postgres/0010_cluster_autoscale.sql")),
     (11, include_str!("../migrations/postgres/0011_instance_metrics.sql")),
+    (12, include_str!("../migrations/postgres/0012_pool_schedules.sql")),
 ];
 
 pub(crate) async fn run(pool: &AnyPool, backend: Backend) -> Result<()> {

@@ -517,6 +517,9 @@ pub struct WarmPool {
     pub command: String,
     pub size: u32,
     pub created_at: Timestamp,
+    /// Size by time of day, and the UTC offset (minutes) of its times.
+    pub schedule: Option<String>,
+    pub utc_offset_min: i32,
 }
 
 /// One business metric a workload pushed.

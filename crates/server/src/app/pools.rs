@@ -52,6 +52,8 @@ impl App {
             command: req.command,
             size: req.size,
             created_at: self.now(),
+            schedule: None,
+            utc_offset_min: 0,
         };
         self.store.insert_pool(&pool).await.map_err(AppError::store_conflict)?;
         tracing::info!(pool = %pool.id, name = %pool.name, size = pool.size, "warm pool created");
@@ -158,6 +160,66 @@ impl App {
                 .await?;
         }
         Ok(())
+    }
+
+    /// Sets a pool's size, or its size by time of day ("09:25-16:00 4 x A100-40GB, otherwise
+    /// 0 x A100-40GB": warm five minutes before the market opens). `None` for both clears the
+    /// schedule and keeps the size.
+    pub async fn set_pool_size(
+        &self,
+        by: &Principal,
+        name: &str,
+        size: Option<u32>,
+        schedule: Option<String>,
+        utc_offset: Option<String>,
+    ) -> Result<(WarmPool, Vec<Instance>), AppError> {
+        let mut pool = self.find_pool(by, name).await?;
+        if let Some(n) = size {
+            if n > MAX_POOL_SIZE {
+                return Err(AppError::invalid("size", format!("a pool keeps at most {MAX_POOL_SIZE} instances warm")));
+            }
+            pool.size = n;
+        }
+        pool.utc_offset_min = gpucloud_model::schedule::parse_utc_offset(utc_offset.as_deref().unwrap_or("UTC"))
+            .map_err(|e| AppError::invalid("utc_offset", e))?;
+        if let Some(text) = &schedule {
+            let s = gpucloud_model::schedule::SizeSchedule::parse(text, pool.utc_offset_min)
+                .map_err(|e| AppError::invalid("schedule", e))?;
+            if s.windows.iter().any(|w| w.model != pool.model) || s.otherwise.1 != pool.model {
+                return Err(AppError::invalid("schedule", format!("this pool's instances are {}", pool.model)));
+            }
+            if s.sizes().any(|n| n > MAX_POOL_SIZE) {
+                return Err(AppError::invalid("schedule", format!("a pool keeps at most {MAX_POOL_SIZE} warm")));
+            }
+        }
+        pool.schedule = schedule;
+        self.store.update_pool(&pool).await?;
+        if self.config.market.schedules_follow_clock {
+            self.apply_pool_schedules(self.now()).await?;
+        }
+        let pool = self.find_pool(by, name).await?;
+        self.converge_pool(&pool).await?;
+        let members = self.store.pool_members(&pool.id).await?;
+        Ok((pool, members))
+    }
+
+    /// Sets every scheduled pool to the size its schedule gives for `now`.
+    pub async fn apply_pool_schedules(&self, now: gpucloud_model::Timestamp) -> Result<usize, AppError> {
+        let mut changed = 0;
+        for mut p in self.store.list_pools(None).await? {
+            let Some(text) = &p.schedule else { continue };
+            let Ok(s) = gpucloud_model::schedule::SizeSchedule::parse(text, p.utc_offset_min) else { continue };
+            let (n, _) = s.at(now);
+            if n != p.size {
+                p.size = n.min(MAX_POOL_SIZE);
+                if self.store.update_pool(&p).await? {
+                    tracing::info!(pool = %p.id, size = p.size, "warm pool schedule applied");
+                    self.converge_pool(&p).await?;
+                    changed += 1;
+                }
+            }
+        }
+        Ok(changed)
     }
 
     pub async fn reconcile_pools(&self) -> Result<(), AppError> {

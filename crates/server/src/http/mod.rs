@@ -111,6 +111,7 @@ pub fn api() -> (Router<Arc<App>>, utoipa::openapi::OpenApi) {
         .routes(routes!(pools::create, pools::list))
         .routes(routes!(pools::delete))
         .routes(routes!(pools::claim))
+        .routes(routes!(pools::size))
         .routes(routes!(agents::register))
         .routes(routes!(agents::heartbeat))
         .routes(routes!(agents::logs))

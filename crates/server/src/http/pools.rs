@@ -25,6 +25,7 @@ fn view(p: gpucloud_store::WarmPool, members: Vec<gpucloud_store::Instance>) -> 
             .into_iter()
             .map(|m| PoolMember { instance: m.id.to_string(), state: m.state.to_string() })
             .collect(),
+        schedule: p.schedule,
     }
 }
 
@@ -85,4 +86,19 @@ pub async fn claim(
 ) -> Result<(StatusCode, Json<Claimed>), ApiError> {
     let (inst, warm) = app.claim_from_pool(&p, &name, req.name).await?;
     Ok((StatusCode::CREATED, Json(Claimed { warm, instance: convert::instance(inst) })))
+}
+
+/// Set a pool's size, or its size by time of day (warm before the market opens).
+#[utoipa::path(post, path = "/v1/pools/{name}/size", tag = "pools", params(("name" = String, Path)),
+    request_body = gpucloud_api::PoolSizeRequest,
+    responses((status = 200, body = WarmPool), (status = 404, body = Problem), (status = 422, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn size(
+    State(app): State<Arc<App>>,
+    Auth(p): Auth,
+    Path(name): Path<String>,
+    ApiJson(req): ApiJson<gpucloud_api::PoolSizeRequest>,
+) -> Result<Json<WarmPool>, ApiError> {
+    let (pool, members) = app.set_pool_size(&p, &name, req.size, req.schedule, req.utc_offset).await?;
+    Ok(Json(view(pool, members)))
 }

@@ -80,6 +80,11 @@ async fn market(app: Arc<App>) {
         if let Err(e) = app.reconcile_clusters().await {
             tracing::error!(error = %e, "cluster pass failed");
         }
+        if app.config.market.schedules_follow_clock
+            && let Err(e) = app.apply_pool_schedules(app.now()).await
+        {
+            tracing::error!(error = %e, "warm pool schedules failed");
+        }
         if let Err(e) = app.reconcile_pools().await {
             tracing::error!(error = %e, "warm pool pass failed");
         }
