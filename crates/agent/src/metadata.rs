@@ -300,3 +300,56 @@ async fn metrics(
     }
     StatusCode::NO_CONTENT.into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cluster(size: u32, epoch: i64) -> gpucloud_api::AgentCluster {
+        gpucloud_api::AgentCluster {
+            id: "c-1".into(),
+            name: "train".into(),
+            epoch,
+            size,
+            rank: 0,
+            master_addr: "127.0.0.1".into(),
+            master_port: 29500,
+            members: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_resize_is_an_event_and_notices_wake_long_polls() {
+        let server = MetadataServer::start(0).unwrap();
+        let meta = InstanceMetadata {
+            instance_id: "i-1".into(),
+            node_id: "n-1".into(),
+            gpus: Vec::new(),
+            events: Vec::new(),
+            preemption: None,
+            checkpoint: None,
+            cluster: None,
+        };
+        let (url, _) = server.publish(meta, None);
+        server.set_cluster("i-1", Some(cluster(2, 1)));
+        server.set_cluster("i-1", Some(cluster(2, 1)));
+        server.set_cluster("i-1", Some(cluster(4, 2)));
+        let events = server.with("i-1", |m| m.events.clone()).unwrap();
+        assert_eq!(events, vec![serde_json::json!({"type": "resize", "from": 2, "to": 4, "epoch": 2})]);
+
+        // A long-poll returns as soon as the notice is published.
+        let poll = std::thread::spawn(move || {
+            let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+            let started = std::time::Instant::now();
+            let mut r = agent.get(format!("{url}/notice?wait=30")).call().unwrap();
+            (r.status().as_u16(), r.body_mut().read_to_string().unwrap(), started.elapsed())
+        });
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let notice = Notice { deadline: "2026-11-27T10:00:00Z".into(), deadline_ms: 1, reason: "test".into() };
+        server.set_notice("i-1", Some(notice));
+        let (status, body, took) = poll.join().unwrap();
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains("\"reason\":\"test\""), "{body}");
+        assert!(took < std::time::Duration::from_secs(5), "woken by the notice, not the timeout: {took:?}");
+    }
+}
