@@ -48,12 +48,7 @@ pub fn master_port(id: &ClusterId) -> u16 {
 
 impl App {
     pub async fn create_cluster(&self, by: &Principal, req: NewCluster) -> Result<ClusterView, AppError> {
-        let ok_name = !req.name.is_empty()
-            && req.name.len() <= 63
-            && req.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-        if !ok_name {
-            return Err(AppError::invalid("name", "a cluster name is 1 to 63 lowercase letters, digits or '-'"));
-        }
+        super::check_slug("cluster", &req.name)?;
         if req.gpus_per_node == 0 || req.gpus_per_node > gpucloud_model::MAX_GPUS_PER_INSTANCE {
             return Err(AppError::invalid(
                 "gpus_per_node",

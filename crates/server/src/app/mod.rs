@@ -185,6 +185,18 @@ impl App {
     }
 }
 
+/// A name used in URLs (clusters, pools): 1 to 63 lowercase letters, digits or '-'.
+pub(crate) fn check_slug(what: &str, name: &str) -> Result<(), AppError> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(AppError::invalid("name", format!("a {what} name is 1 to 63 lowercase letters, digits or '-'")))
+    }
+}
+
 pub(crate) fn random_bits() -> u128 {
     rand::random()
 }

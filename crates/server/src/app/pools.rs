@@ -21,12 +21,7 @@ pub const MAX_POOL_SIZE: u32 = 64;
 
 impl App {
     pub async fn create_pool(&self, by: &Principal, req: NewPool) -> Result<(WarmPool, Vec<Instance>), AppError> {
-        let ok_name = !req.name.is_empty()
-            && req.name.len() <= 63
-            && req.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-        if !ok_name {
-            return Err(AppError::invalid("name", "a pool name is 1 to 63 lowercase letters, digits or '-'"));
-        }
+        super::check_slug("pool", &req.name)?;
         if req.count == 0 || req.count > gpucloud_model::MAX_GPUS_PER_INSTANCE {
             return Err(AppError::invalid("count", format!("count is 1 to {}", gpucloud_model::MAX_GPUS_PER_INSTANCE)));
         }
