@@ -78,6 +78,9 @@ pub trait Store: MarketStore + Send + Sync {
     /// Inserts an instance, or with an idempotency key already used by its tenant, returns the
     /// instance that key created. The bool says whether this call created it.
     async fn insert_instance(&self, new: &NewInstance) -> Result<(Instance, bool)>;
+    /// Inserts several instances in one transaction (a gang: the scheduler sees all or none);
+    /// one bool per instance, false where its idempotency key was used before.
+    async fn insert_instances(&self, all: &[NewInstance]) -> Result<Vec<bool>>;
     /// `tenant: None` is the operator's view across tenants.
     async fn get_instance(&self, tenant: Option<&TenantId>, id: &InstanceId) -> Result<Option<Instance>>;
     async fn list_instances(&self, tenant: Option<&TenantId>) -> Result<Vec<Instance>>;

@@ -521,42 +521,7 @@ impl Store for SqlStore {
 
     async fn insert_instance(&self, n: &NewInstance) -> Result<(Instance, bool)> {
         let mut tx = self.pool.begin().await?;
-        let r = sqlx::query(
-            "INSERT INTO instances (id, tenant_id, name, region, gpu_model, gpu_count, command, state, \
-             stop_target, node_id, generation, pending_reason, exit_code, idempotency_key, created_at, updated_at, \
-             gpu_milli, gpu_mem_mib, mig_profile, tier, max_price_micros, env, job_id, attempt, cluster_id, cluster_rank, \
-             pool_id) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', NULL, NULL, 1, NULL, NULL, $8, $9, $9, $10, $11, $12, \
-             $13, $14, $15, $16, $17, $18, $19, $20) \
-             ON CONFLICT (tenant_id, idempotency_key) DO NOTHING",
-        )
-        .bind(n.id.to_string())
-        .bind(n.tenant_id.to_string())
-        .bind(&n.name)
-        .bind(n.region.as_ref().map(|r| r.to_string()))
-        .bind(n.model.name())
-        .bind(n.count as i64)
-        .bind(&n.command)
-        .bind(n.idempotency_key.clone())
-        .bind(n.created_at.0)
-        .bind(n.share.as_ref().map_or(1000, |s| s.milli as i64))
-        .bind(n.share.as_ref().map_or(0, |s| s.memory_mib as i64))
-        .bind(n.share.as_ref().and_then(|s| s.mig.clone()))
-        .bind(n.sale.tier.as_str())
-        .bind(n.sale.max_price.map(|m| m.micros()))
-        .bind(crate::market::encode_env(&n.sale.env))
-        .bind(n.sale.job.as_ref().map(|(j, _)| j.to_string()))
-        .bind(n.sale.job.as_ref().map(|(_, a)| i64::from(*a)))
-        .bind(n.sale.cluster.as_ref().map(|(c, _)| c.to_string()))
-        .bind(n.sale.cluster.as_ref().map(|(_, r)| i64::from(*r)))
-        .bind(n.sale.pool.as_ref().map(|p| p.to_string()))
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| unique_violation(e, &format!("instance {}", n.id)))?;
-        let created = r.rows_affected() == 1;
-        if created {
-            record_event(&mut tx, &n.id, 1, n.created_at, None, InstanceState::Pending).await?;
-        }
+        let created = insert_instance_in(&mut tx, n).await?;
         tx.commit().await?;
         let found = if created {
             self.get_instance(Some(&n.tenant_id), &n.id).await?
@@ -576,6 +541,15 @@ impl Store for SqlStore {
         Ok((inst, created))
     }
 
+    async fn insert_instances(&self, all: &[NewInstance]) -> Result<Vec<bool>> {
+        let mut tx = self.pool.begin().await?;
+        let mut out = Vec::with_capacity(all.len());
+        for n in all {
+            out.push(insert_instance_in(&mut tx, n).await?);
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
     async fn get_instance(&self, tenant: Option<&TenantId>, id: &InstanceId) -> Result<Option<Instance>> {
         let sql = format!("SELECT {INSTANCE_COLUMNS} FROM instances WHERE id = $1 AND ($2 = '' OR tenant_id = $2)");
         let row = sqlx::query(&sql)
@@ -1476,4 +1450,46 @@ async fn charge_one(tx: &mut sqlx::Transaction<'_, sqlx::Any>, item: &ChargeItem
         Some(record) => insert_ledger(tx, record).await,
         None => Ok(true),
     }
+}
+
+/// Inserts one instance (skipped when its tenant used its idempotency key before) with its first
+/// event, inside the caller's transaction; true if it was created.
+async fn insert_instance_in(tx: &mut sqlx::Transaction<'_, sqlx::Any>, n: &NewInstance) -> Result<bool> {
+    let r = sqlx::query(
+            "INSERT INTO instances (id, tenant_id, name, region, gpu_model, gpu_count, command, state, \
+             stop_target, node_id, generation, pending_reason, exit_code, idempotency_key, created_at, updated_at, \
+             gpu_milli, gpu_mem_mib, mig_profile, tier, max_price_micros, env, job_id, attempt, cluster_id, cluster_rank, \
+             pool_id) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', NULL, NULL, 1, NULL, NULL, $8, $9, $9, $10, $11, $12, \
+             $13, $14, $15, $16, $17, $18, $19, $20) \
+             ON CONFLICT (tenant_id, idempotency_key) DO NOTHING",
+        )
+        .bind(n.id.to_string())
+        .bind(n.tenant_id.to_string())
+        .bind(&n.name)
+        .bind(n.region.as_ref().map(|r| r.to_string()))
+        .bind(n.model.name())
+        .bind(n.count as i64)
+        .bind(&n.command)
+        .bind(n.idempotency_key.clone())
+        .bind(n.created_at.0)
+        .bind(n.share.as_ref().map_or(1000, |s| s.milli as i64))
+        .bind(n.share.as_ref().map_or(0, |s| s.memory_mib as i64))
+        .bind(n.share.as_ref().and_then(|s| s.mig.clone()))
+        .bind(n.sale.tier.as_str())
+        .bind(n.sale.max_price.map(|m| m.micros()))
+        .bind(crate::market::encode_env(&n.sale.env))
+        .bind(n.sale.job.as_ref().map(|(j, _)| j.to_string()))
+        .bind(n.sale.job.as_ref().map(|(_, a)| i64::from(*a)))
+        .bind(n.sale.cluster.as_ref().map(|(c, _)| c.to_string()))
+        .bind(n.sale.cluster.as_ref().map(|(_, r)| i64::from(*r)))
+        .bind(n.sale.pool.as_ref().map(|p| p.to_string()))
+        .execute(&mut **tx)
+        .await
+        .map_err(|e| unique_violation(e, &format!("instance {}", n.id)))?;
+    let created = r.rows_affected() == 1;
+    if created {
+        record_event(tx, &n.id, 1, n.created_at, None, InstanceState::Pending).await?;
+    }
+    Ok(created)
 }

@@ -183,7 +183,7 @@ impl App {
         let rank_of = |i: &Instance| i.sale.cluster.as_ref().map_or(0, |(_, r)| *r);
         // After a model change the members of the old model stay until their replacement runs.
         let current = |i: &Instance| i.model == c.model;
-        let mut launched = false;
+        let mut gang = Vec::new();
         for rank in 0..c.target_nodes {
             if members.iter().any(|m| rank_of(m) == rank && live(m) && current(m)) {
                 continue;
@@ -209,8 +209,10 @@ impl App {
                     pool: None,
                 },
             };
-            launched |= self.store.insert_instance(&new).await?.1;
+            gang.push(new);
         }
+        // One transaction: the scheduler never sees part of a gang.
+        let launched = !gang.is_empty() && self.store.insert_instances(&gang).await?.into_iter().any(|c| c);
         let replaced = |m: &Instance| {
             !current(m)
                 && (m.state == InstanceState::Pending

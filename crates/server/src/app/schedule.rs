@@ -251,12 +251,6 @@ impl App {
             let (mut plan, masked) =
                 plan_tiers(&snapshot, &queue, &tiers, &idle, &spot_gpus, self.config.policy, self.now(), &mut rng);
 
-            for u in &plan.unplaced {
-                let reason = u.reason.to_string();
-                if by_id.get(&u.instance).is_some_and(|i| i.pending_reason.as_deref() != Some(&reason)) {
-                    self.store.set_pending_reason(&u.instance, Some(&reason)).await?;
-                }
-            }
             // A cluster's waiting members are a gang: all of them start in this pass, or none.
             let gang_of = |id: &InstanceId| by_id.get(id).and_then(|i| i.sale.cluster.as_ref().map(|(c, _)| c.clone()));
             let mut gangs: HashMap<gpucloud_model::ClusterId, (usize, usize)> = HashMap::new();
@@ -284,6 +278,13 @@ impl App {
                     if i.pending_reason.as_deref() != Some(reason.as_str()) {
                         self.store.set_pending_reason(&i.id, Some(&reason)).await?;
                     }
+                }
+            }
+            // Members of a waiting gang say so (above); every other request says what it lacks.
+            for u in plan.unplaced.iter().filter(|u| gang_of(&u.instance).is_none_or(|c| !short.contains_key(&c))) {
+                let reason = u.reason.to_string();
+                if by_id.get(&u.instance).is_some_and(|i| i.pending_reason.as_deref() != Some(&reason)) {
+                    self.store.set_pending_reason(&u.instance, Some(&reason)).await?;
                 }
             }
             report.unplaced = plan.unplaced.len() + priced_out.len();
