@@ -78,17 +78,34 @@ impl TestServer {
         body: Option<&[u8]>,
     ) -> Resp {
         let url = format!("{}{}", self.url, path);
-        let req = ureq::http::Request::builder().method(method).uri(&url);
-        let req = match key {
-            Some(k) => req.header("Authorization", format!("Bearer {k}")),
-            None => req,
+        let build = || {
+            let req = ureq::http::Request::builder().method(method).uri(&url);
+            let req = match key {
+                Some(k) => req.header("Authorization", format!("Bearer {k}")),
+                None => req,
+            };
+            headers.iter().fold(req, |r, (k, v)| r.header(*k, *v))
         };
-        let req = headers.iter().fold(req, |r, (k, v)| r.header(*k, *v));
-        let resp = match body {
-            Some(b) => self.agent.run(req.body(b.to_vec()).unwrap()),
-            None => self.agent.run(req.body(()).unwrap()),
+        let send = |agent: &ureq::Agent| match body {
+            Some(b) => agent.run(build().body(b.to_vec()).unwrap()),
+            None => agent.run(build().body(()).unwrap()),
         };
-        let mut resp = resp.unwrap();
+        let mut resp = match send(&self.agent) {
+            Ok(r) => r,
+            // A pooled keep-alive connection can be found closed under heavy load (seen once in
+            // CI, never alone): retry once on a fresh connection; a route that really drops
+            // requests fails the second time too.
+            Err(ureq::Error::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                eprintln!("{method} {path}: {e}; retrying on a new connection");
+                let fresh: ureq::Agent = ureq::Agent::config_builder()
+                    .http_status_as_error(false)
+                    .timeout_global(Some(Duration::from_secs(10)))
+                    .build()
+                    .into();
+                send(&fresh).unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+            }
+            Err(e) => panic!("{method} {path}: {e}"),
+        };
         let status = resp.status().as_u16();
         let replayed = resp.headers().contains_key("idempotent-replayed");
         let text = resp.body_mut().read_to_string().unwrap_or_default();
