@@ -396,9 +396,16 @@ fn metrics_expose_gpu_telemetry() {
         "DCGM_FI_DEV_POWER_USAGE",
         "DCGM_FI_DEV_FB_USED",
         "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION",
+        "gpucloud_pending_instances",
+        "gpucloud_spot_price_per_gpu_hour",
     ] {
         assert!(text.contains(&format!("# TYPE {name} ")), "{name} missing");
     }
+    // The dev price book seeds spot at 40% of on-demand: H100-80GB 2.99 -> 1.196 until the market moves it.
+    let spot =
+        text.lines().find(|l| l.starts_with("gpucloud_spot_price_per_gpu_hour{gpu=\"H100-80GB\",region=\"eu-1\"}"));
+    let value: f64 = spot.expect("the H100 spot price").rsplit(' ').next().unwrap().parse().unwrap();
+    assert!((0.7475..=2.99).contains(&value), "between the floor and on-demand: {value}");
     let busy: Vec<&str> = text.lines().filter(|l| l.starts_with("DCGM_FI_DEV_GPU_UTIL{") && l.contains(&id)).collect();
     assert_eq!(busy.len(), 2, "one series per GPU of the instance");
     for line in &busy {

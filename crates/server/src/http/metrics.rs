@@ -84,5 +84,33 @@ pub async fn metrics(State(app): State<Arc<App>>) -> Result<impl IntoResponse, A
         let count = nodes.iter().filter(|n| n.health.as_str() == health).count();
         let _ = writeln!(out, "gpucloud_nodes{{health=\"{health}\"}} {count}");
     }
+    let _ = writeln!(
+        out,
+        "# HELP gpucloud_pending_instances Instances waiting for GPUs, by GPU model.\n# TYPE gpucloud_pending_instances gauge"
+    );
+    let mut pending: std::collections::BTreeMap<String, usize> = std::collections::BTreeMap::new();
+    for i in instances.iter().filter(|i| i.state == InstanceState::Pending) {
+        *pending.entry(i.model.to_string()).or_default() += 1;
+    }
+    for (gpu, n) in pending {
+        let _ = writeln!(out, "gpucloud_pending_instances{{gpu=\"{gpu}\"}} {n}");
+    }
+    let _ = writeln!(
+        out,
+        "# HELP gpucloud_spot_price_per_gpu_hour The spot price in force, per GPU model and region.\n# TYPE gpucloud_spot_price_per_gpu_hour gauge"
+    );
+    let mut pools: Vec<(gpucloud_model::GpuModel, gpucloud_model::Region)> =
+        nodes.iter().flat_map(|n| n.gpus.iter().map(|g| (g.model, n.region.clone()))).collect();
+    pools.sort();
+    pools.dedup();
+    for (model, region) in pools {
+        if let Some(p) = app.spot_price(model, &region).await? {
+            let _ = writeln!(
+                out,
+                "gpucloud_spot_price_per_gpu_hour{{gpu=\"{model}\",region=\"{region}\"}} {}",
+                p.micros() as f64 / 1e6
+            );
+        }
+    }
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], out))
 }
