@@ -54,7 +54,7 @@ $bin instance show "$sid"
 $bin instance logs "$sid"
 
 say "telemetry on /metrics"
-curl -s "$url/metrics" | grep -E '^DCGM_FI_DEV_(GPU_TEMP|POWER_USAGE|FB_USED|GPU_UTIL)' | head -20
+curl -s -H "Authorization: Bearer $key" "$url/metrics" | grep -E '^DCGM_FI_DEV_(GPU_TEMP|POWER_USAGE|FB_USED|GPU_UTIL)' | head -20
 
 kill "$agent" "$serve" 2>/dev/null
 wait 2>/dev/null

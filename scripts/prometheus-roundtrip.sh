@@ -24,7 +24,9 @@ dev_pid=$!
 for _ in $(seq 1 120); do grep -q "Try:" "$tmp/dev.out" 2>/dev/null && break; sleep 0.5; done
 grep -q "Try:" "$tmp/dev.out" || { echo "gpucloud dev did not start"; cat "$tmp/dev.out"; exit 1; }
 
-sed -e "s/127.0.0.1:7080/127.0.0.1:$api/" -e "s/scrape_interval: 15s/scrape_interval: 1s/" deploy/prometheus.yml >"$tmp/prometheus.yml"
+key=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["operator_key"])' "$tmp/data/credentials.json")
+sed -e "s/127.0.0.1:7080/127.0.0.1:$api/" -e "s/scrape_interval: 15s/scrape_interval: 1s/" \
+  -e "s/OPERATOR_KEY/$key/" deploy/prometheus.yml >"$tmp/prometheus.yml"
 prometheus --config.file="$tmp/prometheus.yml" --storage.tsdb.path="$tmp/tsdb" \
   --web.listen-address="127.0.0.1:$prom_port" >"$tmp/prometheus.log" 2>&1 &
 prom_pid=$!

@@ -383,7 +383,7 @@ fn metrics_expose_gpu_telemetry() {
     s.wait_state(&key, &id, "running");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     let text = loop {
-        let r = s.raw("GET", "/metrics", None, &[], None);
+        let r = s.raw("GET", "/metrics", Some(&s.operator_key), &[], None);
         let text = r.body.as_str().unwrap_or_default().to_string();
         if text.lines().any(|l| l.starts_with("DCGM_FI_DEV_GPU_UTIL") && l.contains(&id)) {
             break text;
@@ -415,4 +415,18 @@ fn metrics_expose_gpu_telemetry() {
     }
     assert!(text.contains("gpucloud_instances{state=\"running\"} 1"));
     assert!(text.contains("gpucloud_gpu_healthy{"));
+    // A key is needed; a tenant sees its own GPUs only, another tenant none of them.
+    assert_eq!(s.raw("GET", "/metrics", None, &[], None).status, 401);
+    let mine = s.raw("GET", "/metrics", Some(&key), &[], None).body.as_str().unwrap_or_default().to_string();
+    let gpu_lines = |t: &str| t.lines().filter(|l| l.starts_with("DCGM_FI_DEV_GPU_UTIL{")).count();
+    assert_eq!(gpu_lines(&mine), 2, "{mine}");
+    assert!(
+        !mine.contains("gpucloud_gpu_healthy{") && !mine.contains("gpucloud_nodes{"),
+        "fleet-wide series are the operator's"
+    );
+    let other = s.tenant("other");
+    let theirs = s.raw("GET", "/metrics", Some(&other), &[], None).body.as_str().unwrap_or_default().to_string();
+    assert_eq!(gpu_lines(&theirs), 0, "{theirs}");
+    assert!(!theirs.contains(&me) && !theirs.contains(&id), "nothing of another tenant");
+    assert!(theirs.contains("gpucloud_instances{state=\"running\"} 0"));
 }

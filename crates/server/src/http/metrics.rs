@@ -1,7 +1,10 @@
 //! `/metrics` in the Prometheus text format. GPU series use the DCGM exporter's names, so existing
-//! dashboards and alerts work unchanged; labels add the node, instance and tenant.
+//! dashboards and alerts work unchanged; labels add the node, instance and tenant. It needs an API
+//! key (Prometheus: `authorization: {credentials: KEY}`): an operator's sees the whole fleet, a
+//! tenant's only the GPUs its instances hold and its own counts.
 
 use super::error::ApiError;
+use super::extract::Auth;
 use crate::app::App;
 use axum::extract::State;
 use axum::http::header;
@@ -12,10 +15,15 @@ use std::fmt::Write;
 use std::sync::Arc;
 
 /// Prometheus metrics: per-GPU telemetry (DCGM names) and control-plane gauges.
-#[utoipa::path(get, path = "/metrics", tag = "meta", responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
-pub async fn metrics(State(app): State<Arc<App>>) -> Result<impl IntoResponse, ApiError> {
+#[utoipa::path(get, path = "/metrics", tag = "meta",
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain"),
+        (status = 401, body = gpucloud_api::Problem)),
+    security(("bearer" = [])))]
+pub async fn metrics(State(app): State<Arc<App>>, Auth(p): Auth) -> Result<impl IntoResponse, ApiError> {
+    let operator = p.tenant.role == gpucloud_model::Role::Operator;
     let nodes = app.store().list_nodes().await.map_err(crate::app::AppError::from)?;
-    let instances = app.store().list_instances(None).await.map_err(crate::app::AppError::from)?;
+    let scope = (!operator).then_some(&p.tenant.id);
+    let instances = app.store().list_instances(scope).await.map_err(crate::app::AppError::from)?;
     let tenant_of: HashMap<String, String> =
         instances.iter().map(|i| (i.id.to_string(), i.tenant_id.to_string())).collect();
     let readings = app.telemetry_snapshot();
@@ -41,6 +49,10 @@ pub async fn metrics(State(app): State<Arc<App>>) -> Result<impl IntoResponse, A
             for r in gpus {
                 let Some(g) = n.gpus.iter().find(|g| g.index == r.index) else { continue };
                 let instance = g.instance.as_ref().map(|i| i.to_string()).unwrap_or_default();
+                // A tenant sees the GPUs its own instances hold, nothing else of the fleet.
+                if !operator && !tenant_of.contains_key(&instance) {
+                    continue;
+                }
                 let tenant = tenant_of.get(&instance).cloned().unwrap_or_default();
                 let value = match i {
                     0 => r.temperature_c,
@@ -61,7 +73,7 @@ pub async fn metrics(State(app): State<Arc<App>>) -> Result<impl IntoResponse, A
     }
     let _ = writeln!(out, "# HELP gpucloud_gpu_healthy 1 if the GPU takes work, 0 after a fatal XID or ECC error.");
     let _ = writeln!(out, "# TYPE gpucloud_gpu_healthy gauge");
-    for n in &nodes {
+    for n in nodes.iter().filter(|_| operator) {
         for g in &n.gpus {
             let _ = writeln!(
                 out,
@@ -80,7 +92,7 @@ pub async fn metrics(State(app): State<Arc<App>>) -> Result<impl IntoResponse, A
         let _ = writeln!(out, "gpucloud_instances{{state=\"{state}\"}} {count}");
     }
     let _ = writeln!(out, "# HELP gpucloud_nodes Nodes by health.\n# TYPE gpucloud_nodes gauge");
-    for health in ["healthy", "unhealthy", "lost"] {
+    for health in ["healthy", "unhealthy", "lost"].into_iter().filter(|_| operator) {
         let count = nodes.iter().filter(|n| n.health.as_str() == health).count();
         let _ = writeln!(out, "gpucloud_nodes{{health=\"{health}\"}} {count}");
     }
