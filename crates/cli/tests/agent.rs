@@ -200,7 +200,15 @@ fn agents_run_real_workloads() {
         assert!(Instant::now() < deadline, "XID never marked the GPU: {n}");
         std::thread::sleep(Duration::from_millis(50));
     }
-    let metrics = api.agent.get(format!("{url}/metrics")).call().unwrap().body_mut().read_to_string().unwrap();
+    let metrics = api
+        .agent
+        .get(format!("{url}/metrics"))
+        .header("Authorization", &format!("Bearer {op}"))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
     assert!(
         metrics.lines().any(|l| l.starts_with("DCGM_FI_DEV_XID_ERRORS")
             && l.contains("Hostname=\"host-2\"")
