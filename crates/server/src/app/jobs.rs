@@ -199,15 +199,13 @@ impl App {
         let latest_no = latest.and_then(|i| i.sale.job.as_ref().map(|(_, a)| *a)).unwrap_or(0);
         // The counter moved but the instance was never created (a crash in between): create it.
         if job.attempts > latest_no {
-            let tier = latest.map_or(if spec.spot.unwrap_or(true) { Tier::Spot } else { Tier::OnDemand }, |_| {
-                self.next_tier(&spec, latest)
-            });
+            let tier = self.next_tier(&spec, latest);
             self.launch_attempt(&job, &spec, job.attempts, tier).await?;
             return Ok(1);
         }
         let Some(latest) = latest else {
             let tier = if spec.spot.unwrap_or(true) { Tier::Spot } else { Tier::OnDemand };
-            return self.next_attempt(job, &spec, tier, None).await;
+            return self.next_attempt(job, &spec, tier).await;
         };
         let restarts = attempts.iter().filter(|i| was_preempted(i)).count() as u32;
         match latest.state {
@@ -224,7 +222,7 @@ impl App {
                         i.state.on_user(i.stop_target, gpucloud_model::UserAction::Terminate).map_err(AppError::from)
                     })
                     .await?;
-                    return self.next_attempt(job, &spec, Tier::OnDemand, None).await;
+                    return self.next_attempt(job, &spec, Tier::OnDemand).await;
                 }
                 Ok(0)
             }
@@ -236,7 +234,7 @@ impl App {
                     return Ok(0);
                 }
                 let tier = self.next_tier(&spec, Some(latest));
-                self.next_attempt(job, &spec, tier, None).await
+                self.next_attempt(job, &spec, tier).await
             }
             InstanceState::Stopped if latest.exit_code == Some(0) && !self.was_stopped_by_request(latest).await? => {
                 let reason = format!("attempt {latest_no} exited 0");
@@ -283,13 +281,7 @@ impl App {
         Ok(())
     }
 
-    async fn next_attempt(
-        &self,
-        job: Job,
-        spec: &CreateJobRequest,
-        tier: Tier,
-        _why: Option<String>,
-    ) -> Result<usize, AppError> {
+    async fn next_attempt(&self, job: Job, spec: &CreateJobRequest, tier: Tier) -> Result<usize, AppError> {
         if let Err(e) = self.check_can_spend(&job.tenant_id).await {
             self.finish_job(job, JobState::Failed, format!("cannot launch another attempt: {e}")).await?;
             return Ok(0);

@@ -225,12 +225,14 @@ impl App {
     }
 
     /// After a plan: give notice to the spot instances that keep `waiting` (on-demand or
-    /// reserved requests that fit nowhere) from running. `backing`: per pool, GPUs of spot work
-    /// that back idle reservations and must not be taken for this work.
+    /// reserved requests, named `for_tier` in the reason, that fit nowhere) from running.
+    /// `backing`: per pool, GPUs of spot work that back idle reservations and must not be taken
+    /// for this work.
     pub(crate) async fn capacity_preemptions(
         &self,
         snapshot: &ClusterSnapshot,
         waiting: &[Pending],
+        for_tier: &str,
         backing: &HashMap<(GpuModel, Region), u32>,
     ) -> Result<usize, AppError> {
         let wants = waiting;
@@ -283,12 +285,7 @@ impl App {
             let reason = format!(
                 "{} request {} for {what} needs the GPUs; of {} spot instance(s) on node {}, this one loses the \
                  least work ({} s since its last checkpoint)",
-                if self.store.get_instance(None, &e.for_instance).await?.is_some_and(|i| i.sale.tier == Tier::Reserved)
-                {
-                    "reserved"
-                } else {
-                    "on-demand"
-                },
+                for_tier,
                 e.for_instance,
                 e.considered,
                 e.node,

@@ -298,12 +298,12 @@ impl App {
                 };
                 // The owner of a reservation takes back what spot borrowed; on-demand work only
                 // what the reservations do not need.
-                self.capacity_preemptions(&snapshot, &waiting(Tier::Reserved), &HashMap::new())
+                self.capacity_preemptions(&snapshot, &waiting(Tier::Reserved), "reserved", &HashMap::new())
                     .await
                     .map_err(store_error)?;
                 let mut on_demand = waiting(Tier::OnDemand);
                 on_demand.extend(waiting(Tier::Warm));
-                self.capacity_preemptions(&masked, &on_demand, &backing).await.map_err(store_error)?;
+                self.capacity_preemptions(&masked, &on_demand, "on-demand", &backing).await.map_err(store_error)?;
             }
 
             let mut per_node: BTreeMap<_, (i64, Vec<NewPlacement>)> = BTreeMap::new();
