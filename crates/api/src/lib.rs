@@ -1139,3 +1139,64 @@ pub struct PoolSizeRequest {
     #[serde(default)]
     pub utc_offset: Option<String>,
 }
+
+/// One GPU over one time bucket: means of its samples and the peak temperature.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct GpuTelemetryPoint {
+    /// The bucket's start.
+    pub at: String,
+    pub node: String,
+    pub gpu: u32,
+    pub samples: u32,
+    pub utilization_pct: f64,
+    pub temperature_c: f64,
+    pub max_temperature_c: f64,
+    pub power_w: f64,
+    pub memory_used_mib: f64,
+}
+
+/// The GPUs an instance held, over time (the whole GPU for a slice), oldest first.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct InstanceTelemetry {
+    pub step_s: i64,
+    pub points: Vec<GpuTelemetryPoint>,
+}
+
+/// The fleet over one time bucket.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct FleetPoint {
+    pub at: String,
+    /// GPUs that reported in the bucket, and of those the ones held by instances.
+    pub gpus: u32,
+    pub allocated: u32,
+    pub utilization_pct: f64,
+    pub max_temperature_c: f64,
+    pub power_w: f64,
+}
+
+/// Net revenue booked in one time bucket.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RevenuePoint {
+    pub at: String,
+    /// Decimal string.
+    #[schema(value_type = String, example = "12.50")]
+    pub amount: Money,
+}
+
+/// The fleet's utilization, temperature, power and revenue over time, oldest first.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct FleetTelemetry {
+    pub step_s: i64,
+    pub points: Vec<FleetPoint>,
+    pub revenue: Vec<RevenuePoint>,
+}
+
+/// When an instance counts as idle (every GPU under `below_percent` for `minutes`), and whether
+/// idle instances are stopped or only reported (an `idle` alert).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct IdlePolicy {
+    pub below_percent: u32,
+    pub minutes: u32,
+    pub auto_stop: bool,
+}

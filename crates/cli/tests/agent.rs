@@ -177,6 +177,12 @@ fn agents_run_real_workloads() {
     let (_, host1) = api.call(&op, "GET", &format!("/v1/nodes/{}", before["node"].as_str().unwrap()), None);
     assert_eq!(host1["health"], "lost");
     assert_eq!(processes_with("sleep 5678"), 1, "the workload outlived its agent");
+    // The operator hears of the node, the tenant of its instance.
+    let (_, alerts) = api.call(&op, "GET", "/v1/alerts", None);
+    assert!(alerts["alerts"].as_array().unwrap().iter().any(|a| a["kind"] == "node_lost"), "{alerts}");
+    let (_, alerts) = api.call(&key, "GET", "/v1/alerts", None);
+    let lost = alerts["alerts"].as_array().unwrap().iter().find(|a| a["kind"] == "instance_lost");
+    assert!(lost.is_some_and(|a| a["message"].as_str().unwrap().contains(&gone)), "{alerts}");
 
     // The agent returns: it registers again (next epoch) and stops what the server gave up on.
     let _a1 = start_agent(&url, &op, "host-1", &root.join("a1"));

@@ -6,10 +6,12 @@
 mod market;
 mod migrate;
 mod sql;
+mod telemetry;
 mod types;
 
 pub use market::{JobChange, MarketStore};
 pub use sql::SqlStore;
+pub use telemetry::{FleetBucket, GpuBucket, GpuSample, TelemetryStore};
 pub use types::*;
 
 use async_trait::async_trait;
@@ -39,7 +41,7 @@ pub enum Backend {
 }
 
 #[async_trait]
-pub trait Store: MarketStore + Send + Sync {
+pub trait Store: MarketStore + TelemetryStore + Send + Sync {
     fn backend(&self) -> Backend;
 
     async fn create_tenant(&self, tenant: &Tenant) -> Result<()>;

@@ -17,6 +17,7 @@ const SQLITE: &[(i64, &str)] = &[
     (10, include_str!("../migrations/sqlite/0010_cluster_autoscale.sql")),
     (11, include_str!("../migrations/sqlite/0011_instance_metrics.sql")),
     (12, include_str!("../migrations/sqlite/0012_pool_schedules.sql")),
+    (13, include_str!("../migrations/sqlite/0013_gpu_samples.sql")),
 ];
 const POSTGRES: &[(i64, &str)] = &[
     (1, include_str!("../migrations/postgres/0001_foundation.sql")),
@@ -31,6 +32,7 @@ const POSTGRES: &[(i64, &str)] = &[
     (10, include_str!("../migrations/postgres/0010_cluster_autoscale.sql")),
     (11, include_str!("../migrations/postgres/0011_instance_metrics.sql")),
     (12, include_str!("../migrations/postgres/0012_pool_schedules.sql")),
+    (13, include_str!("../migrations/postgres/0013_gpu_samples.sql")),
 ];
 
 pub(crate) async fn run(pool: &AnyPool, backend: Backend) -> Result<()> {

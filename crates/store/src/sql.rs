@@ -949,8 +949,9 @@ impl Store for SqlStore {
     async fn set_tenant_billing(&self, b: &TenantBilling) -> Result<()> {
         let thresholds: Vec<String> = b.thresholds.iter().map(u32::to_string).collect();
         sqlx::query(&format!(
-            "INSERT INTO tenant_billing ({TB_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (tenant_id) DO UPDATE SET \
-             prepaid = $2, budget_micros = $3, thresholds = $4, action = $5, webhook_url = $6"
+            "INSERT INTO tenant_billing ({TB_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (tenant_id) DO UPDATE SET \
+             prepaid = $2, budget_micros = $3, thresholds = $4, action = $5, webhook_url = $6, idle_percent = $7, \
+             idle_minutes = $8, idle_stop = $9"
         ))
         .bind(b.tenant_id.to_string())
         .bind(b.prepaid as i64)
@@ -958,6 +959,9 @@ impl Store for SqlStore {
         .bind(thresholds.join(","))
         .bind(b.action.as_str())
         .bind(b.webhook_url.clone())
+        .bind(i64::from(b.idle.below_percent))
+        .bind(i64::from(b.idle.minutes))
+        .bind(b.idle.auto_stop as i64)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -1409,7 +1413,8 @@ fn invoice_from_row(r: &AnyRow) -> Result<StoredInvoice> {
     })
 }
 
-const TB_COLUMNS: &str = "tenant_id, prepaid, budget_micros, thresholds, action, webhook_url";
+const TB_COLUMNS: &str =
+    "tenant_id, prepaid, budget_micros, thresholds, action, webhook_url, idle_percent, idle_minutes, idle_stop";
 
 fn tenant_billing_from_row(r: &AnyRow) -> Result<TenantBilling> {
     let t = "tenant_billing";
@@ -1426,6 +1431,11 @@ fn tenant_billing_from_row(r: &AnyRow) -> Result<TenantBilling> {
             .collect::<Result<_>>()?,
         action: parse::<BudgetAction>(t, &r.try_get::<String, _>(4)?)?,
         webhook_url: r.try_get(5)?,
+        idle: crate::IdlePolicy {
+            below_percent: r.try_get::<i64, _>(6)?.clamp(0, 100) as u32,
+            minutes: r.try_get::<i64, _>(7)?.clamp(1, i64::from(u32::MAX)) as u32,
+            auto_stop: r.try_get::<i64, _>(8)? != 0,
+        },
     })
 }
 

@@ -329,6 +329,23 @@ pub struct TenantBilling {
     pub thresholds: Vec<u32>,
     pub action: BudgetAction,
     pub webhook_url: Option<String>,
+    pub idle: IdlePolicy,
+}
+
+/// When an instance counts as idle: every GPU it holds under `below_percent` utilization for
+/// `minutes`. Idle instances raise an alert; with `auto_stop` they are stopped too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdlePolicy {
+    pub below_percent: u32,
+    pub minutes: u32,
+    pub auto_stop: bool,
+}
+
+impl Default for IdlePolicy {
+    fn default() -> IdlePolicy {
+        // Under 5% for half an hour: a notebook left open over lunch, not a job between epochs.
+        IdlePolicy { below_percent: 5, minutes: 30, auto_stop: false }
+    }
 }
 
 impl TenantBilling {
@@ -340,6 +357,7 @@ impl TenantBilling {
             thresholds: vec![50, 80, 100],
             action: BudgetAction::Notify,
             webhook_url: None,
+            idle: IdlePolicy::default(),
         }
     }
 }

@@ -72,6 +72,7 @@ suite!(
     price_history_and_the_price_in_force,
     reservations_overlap_and_bill_each_period_once,
     metrics_come_back_in_order_per_name,
+    gpu_samples_per_instance_fleet_and_retention,
 );
 
 fn ts(ms: i64) -> Timestamp {
@@ -490,6 +491,11 @@ async fn charges_move_money_once(s: Arc<dyn Store>) {
     };
     assert!(s.post_ledger(&grant).await.unwrap());
     assert!(!s.post_ledger(&LedgerRecord { id: "e-grant-2".into(), ..grant.clone() }).await.unwrap(), "same key");
+    let mut settings = s.tenant_billing(&t.id).await.unwrap();
+    assert_eq!(settings.idle, IdlePolicy::default());
+    settings.idle = IdlePolicy { below_percent: 10, minutes: 15, auto_stop: true };
+    s.set_tenant_billing(&settings).await.unwrap();
+    assert_eq!(s.tenant_billing(&t.id).await.unwrap(), settings);
     assert_eq!(s.balance(&t.id).await.unwrap(), Money(10_000_000));
 
     running_instance(&s, &t, &n, 100).await;
@@ -517,6 +523,9 @@ async fn charges_move_money_once(s: Arc<dyn Store>) {
         ]
     );
     assert_eq!(s.ledger_lines(&t.id, ts(2), ts(500)).await.unwrap().len(), 0, "to is exclusive");
+    // Revenue over time counts usage, not the grant.
+    assert_eq!(s.revenue_series(ts(0), 1_000).await.unwrap(), vec![(ts(0), 1_500)]);
+    assert_eq!(s.revenue_series(ts(501), 1_000).await.unwrap(), vec![]);
 }
 
 async fn prices_and_rules(s: Arc<dyn Store>) {
@@ -831,4 +840,61 @@ async fn metrics_come_back_in_order_per_name(s: Arc<dyn Store>) {
     assert_eq!(s.instance_metrics(&i.id, None, 100).await.unwrap().len(), 4);
     let latest = s.instance_metrics(&i.id, Some("loss"), 2).await.unwrap();
     assert_eq!(latest.iter().map(|m| m.at.0).collect::<Vec<_>>(), vec![2, 3], "the latest, oldest first");
+}
+
+async fn gpu_samples_per_instance_fleet_and_retention(s: Arc<dyn Store>) {
+    let t = tenant(&s, "a").await;
+    let a = instance(&s, &t, 1, Some("a")).await;
+    let b = instance(&s, &t, 1, Some("b")).await;
+    let n = NodeId::from_random(1);
+    let sample = |gpu: u32, at: i64, holder: Option<&InstanceId>, util: f64, temp: f64| GpuSample {
+        node_id: n.clone(),
+        gpu_index: gpu,
+        at: ts(at),
+        instance: holder.cloned(),
+        temperature_c: temp,
+        power_w: 100.0 + util,
+        energy_mj: at,
+        memory_used_mib: (util * 10.0) as i64,
+        utilization_pct: util,
+        xid: None,
+        ecc_uncorrectable: 0,
+    };
+    let samples = vec![
+        // GPU 0 held whole by a; GPU 1 sliced between a and b; GPU 2 free.
+        sample(0, 1_000, Some(&a.id), 80.0, 60.0),
+        sample(1, 1_000, Some(&a.id), 40.0, 50.0),
+        sample(1, 1_000, Some(&b.id), 40.0, 50.0),
+        sample(2, 1_000, None, 0.0, 30.0),
+        sample(0, 11_000, Some(&a.id), 100.0, 70.0),
+        sample(1, 11_000, Some(&b.id), 20.0, 45.0),
+        sample(2, 11_000, None, 0.0, 31.0),
+        sample(0, 61_000, Some(&a.id), 60.0, 65.0),
+    ];
+    s.insert_gpu_samples(&samples).await.unwrap();
+    s.insert_gpu_samples(&samples[..2]).await.unwrap(); // a retry stores nothing twice
+
+    let mine = s.instance_telemetry(&a.id, ts(0), 60_000).await.unwrap();
+    let rows: Vec<(i64, u32, u32, f64, f64)> =
+        mine.iter().map(|g| (g.at.0, g.gpu_index, g.samples, g.utilization_pct, g.max_temperature_c)).collect();
+    assert_eq!(rows, vec![(0, 0, 2, 90.0, 70.0), (0, 1, 1, 40.0, 50.0), (60_000, 0, 1, 60.0, 65.0)]);
+    assert_eq!(s.instance_telemetry(&b.id, ts(5_000), 60_000).await.unwrap().len(), 1, "since is honoured");
+    assert_eq!(s.instance_peak_utilization(&a.id, ts(0)).await.unwrap(), Some((100.0, ts(1_000))));
+    assert_eq!(s.instance_peak_utilization(&b.id, ts(5_000)).await.unwrap(), Some((20.0, ts(11_000))));
+    assert_eq!(s.instance_peak_utilization(&b.id, ts(20_000)).await.unwrap(), None);
+
+    let fleet = s.fleet_telemetry(ts(0), 60_000).await.unwrap();
+    assert_eq!(fleet.len(), 2);
+    // 6 GPU-samples in the first minute (the sliced GPU counted once per time): mean 240 / 6.
+    assert_eq!((fleet[0].gpus, fleet[0].allocated), (3, 2));
+    assert!((fleet[0].utilization_pct - 40.0).abs() < 1e-9, "{}", fleet[0].utilization_pct);
+    assert_eq!(fleet[0].max_temperature_c, 70.0);
+    assert_eq!((fleet[1].gpus, fleet[1].allocated), (1, 1));
+
+    s.insert_metrics(&[MetricPoint { instance: a.id.clone(), at: ts(5), step: None, name: "loss".into(), value: 1.0 }])
+        .await
+        .unwrap();
+    assert_eq!(s.prune_telemetry(ts(11_000), ts(0)).await.unwrap(), (4, 0));
+    assert_eq!(s.prune_telemetry(ts(11_000), ts(10)).await.unwrap(), (0, 1));
+    assert_eq!(s.fleet_telemetry(ts(0), 60_000).await.unwrap()[0].gpus, 3, "the later samples stay");
 }

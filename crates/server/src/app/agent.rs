@@ -103,6 +103,7 @@ impl AgentApi for App {
             if healthy_before == Some(true) {
                 tracing::error!(node = %node, gpu = g.index, xid = ?g.xid, ecc = g.ecc_uncorrectable, "GPU failed: no new work on it");
                 self.store.set_gpu_health(node, g.index, false).await?;
+                self.gpu_failed_alert(node, g).await?;
             }
         }
         if !report.gpus.is_empty() {
@@ -110,6 +111,7 @@ impl AgentApi for App {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .insert(node.clone(), (self.now(), report.gpus.clone()));
+            self.record_gpu_samples(&current, &report.gpus, self.now()).await?;
         }
         // Checkpoints before states: a workload's last checkpoint arrives with its exit, and must
         // be on record before a managed job relaunches from it.

@@ -287,6 +287,11 @@ impl App {
     }
 
     /// What the tenant's open intervals cost per hour at today's prices.
+    /// What a tenant's running instances are billed per hour now.
+    pub async fn spend_rate(&self, tenant: &TenantId) -> Result<Money, AppError> {
+        self.burn_per_hour(tenant, self.now()).await
+    }
+
     pub(crate) async fn burn_per_hour(&self, tenant: &TenantId, now: Timestamp) -> Result<Money, AppError> {
         let mut burn = 0i128;
         for u in self.store.intervals_of_tenant(tenant).await? {

@@ -11,6 +11,8 @@ pub mod instances;
 pub mod invoices;
 pub mod jobs;
 pub mod market;
+pub mod monitoring;
+pub mod obs;
 pub mod pools;
 pub mod reservations;
 pub use instances::{CreateInstance, resolve_share};
@@ -21,6 +23,7 @@ mod tenants;
 pub use agent::{AgentApi, AgentReport, Desired, DesiredInstance, GpuReading};
 pub use auth::{Principal, hash_key};
 pub use error::AppError;
+pub use monitoring::MonitorConfig;
 pub use tenants::NewKey;
 
 use gpucloud_model::Timestamp;
@@ -43,6 +46,7 @@ pub struct Config {
     /// How often metering brings the ledger up to date with running instances.
     pub metering_interval: Duration,
     pub market: MarketConfig,
+    pub monitor: MonitorConfig,
 }
 
 /// The spot market's settings (see `billing::spot` for the price formula).
@@ -123,6 +127,7 @@ impl Default for Config {
             // Balances and usage move every second, as tenants of a per-second cloud expect.
             metering_interval: Duration::from_secs(1),
             market: MarketConfig::default(),
+            monitor: MonitorConfig::default(),
         }
     }
 }
@@ -145,6 +150,10 @@ pub struct App {
         std::sync::Mutex<std::collections::HashMap<gpucloud_model::NodeId, (Timestamp, Vec<GpuReading>)>>,
     /// Per autoscaled cluster: since when its utilization has been above / below its bounds
     /// (in memory: a restarted server starts the timers again, erring toward not resizing).
+    /// When each node's GPU samples were last stored (heartbeats come more often than samples).
+    /// Request and scheduling latency histograms for `/metrics`.
+    pub obs: obs::ServerMetrics,
+    pub(crate) sampled_at: std::sync::Mutex<std::collections::HashMap<gpucloud_model::NodeId, Timestamp>>,
     pub(crate) autoscale_since: std::sync::Mutex<std::collections::HashMap<gpucloud_model::ClusterId, AboveBelow>>,
 }
 
@@ -162,6 +171,8 @@ impl App {
             process_id: format!("{:032x}", random_bits()),
             telemetry: Default::default(),
             autoscale_since: Default::default(),
+            sampled_at: Default::default(),
+            obs: Default::default(),
         };
         app.started_at = app.now();
         app

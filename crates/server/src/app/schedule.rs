@@ -329,8 +329,12 @@ impl App {
             for (batch, outcome) in batches.iter().zip(outcomes) {
                 match outcome {
                     ApplyOutcome::Applied { placed } => {
+                        let now = self.now();
                         for id in &placed {
                             tracing::info!(instance = %id, node = %batch.node, "placed");
+                            if let Some(i) = by_id.get(id) {
+                                self.obs.observe_scheduling(now.millis_since(i.updated_at) as f64 / 1000.0);
+                            }
                         }
                         report.placed += placed.len();
                     }

@@ -324,8 +324,9 @@ pub async fn set_tenant_billing(
     Ok(Json(budget(b, Money::ZERO)))
 }
 
-/// Alerts raised for the caller: budget thresholds, instances stopped for money.
-#[utoipa::path(get, path = "/v1/alerts", tag = "billing", responses((status = 200, body = gpucloud_api::AlertList)), security(("bearer" = [])))]
+/// Alerts raised for the caller: budget thresholds, instances stopped for money or as idle, idle
+/// instances, failed or hot GPUs under its instances, lost nodes (the operator: the whole fleet).
+#[utoipa::path(get, path = "/v1/alerts", tag = "monitoring", responses((status = 200, body = gpucloud_api::AlertList)), security(("bearer" = [])))]
 pub async fn alerts(State(app): State<Arc<App>>, Auth(p): Auth) -> Result<Json<gpucloud_api::AlertList>, ApiError> {
     let alerts = app
         .list_alerts(&p)

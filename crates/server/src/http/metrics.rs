@@ -124,5 +124,43 @@ pub async fn metrics(State(app): State<Arc<App>>, Auth(p): Auth) -> Result<impl 
             );
         }
     }
+    // What running instances earn per hour at the prices in force: the fleet's for an operator,
+    // the caller's own spend for a tenant.
+    let mut tenants: Vec<gpucloud_model::TenantId> =
+        instances.iter().filter(|i| i.state.holds_gpus()).map(|i| i.tenant_id.clone()).collect();
+    tenants.sort();
+    tenants.dedup();
+    let mut rate = 0i128;
+    for t in &tenants {
+        rate += i128::from(app.spend_rate(t).await?.micros());
+    }
+    let name = if operator { "gpucloud_revenue_rate_per_hour" } else { "gpucloud_spend_rate_per_hour" };
+    let _ = writeln!(
+        out,
+        "# HELP {name} What running instances are billed per hour now, at the prices in force.\n# TYPE {name} gauge\n{name} {}",
+        rate as f64 / 1e6
+    );
+    if operator {
+        app.obs.write(&mut out);
+    }
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], out))
+}
+
+/// Times every API call for `gpucloud_http_request_duration_seconds`, labelled with the route's
+/// template (never the raw path: ids would make a series per instance).
+pub async fn track(
+    State(app): State<Arc<App>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let method = req.method().to_string();
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|m| m.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".to_string());
+    let start = std::time::Instant::now();
+    let resp = next.run(req).await;
+    app.obs.observe_request(&method, &route, resp.status().as_u16(), start.elapsed().as_secs_f64());
+    resp
 }

@@ -12,6 +12,7 @@ mod instances;
 mod market;
 mod meta;
 mod metrics;
+mod monitoring;
 mod nodes;
 mod pools;
 mod tenants;
@@ -44,6 +45,7 @@ pub const MAX_BODY: usize = 64 * 1024;
         (name = "market", description = "Spot prices, preemption and managed jobs"),
         (name = "clusters", description = "Resizable groups of identical members"),
         (name = "pools", description = "Warm pools: instances kept started, handed out in milliseconds"),
+        (name = "monitoring", description = "GPU telemetry history, the fleet over time, idle policy, alerts"),
         (name = "meta", description = "Catalog, capacity, identity, health"),
     )
 )]
@@ -117,6 +119,9 @@ pub fn api() -> (Router<Arc<App>>, utoipa::openapi::OpenApi) {
         .routes(routes!(agents::logs))
         .routes(routes!(agents::instance_logs))
         .routes(routes!(metrics::metrics))
+        .routes(routes!(monitoring::instance))
+        .routes(routes!(monitoring::fleet))
+        .routes(routes!(monitoring::get_idle, monitoring::set_idle))
         .split_for_parts()
 }
 
@@ -135,6 +140,7 @@ pub fn router(app: Arc<App>) -> Router {
             )
         })
         .layer(axum::middleware::from_fn_with_state(app.clone(), idempotency::layer))
+        .route_layer(axum::middleware::from_fn_with_state(app.clone(), metrics::track))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(app)
 }

@@ -16,6 +16,7 @@ pub fn spawn_all(app: Arc<App>) -> Vec<JoinHandle<()>> {
         tokio::spawn(metering(app.clone())),
         tokio::spawn(invoicing(app.clone())),
         tokio::spawn(market(app.clone())),
+        tokio::spawn(monitor(app.clone())),
     ];
     if let FakeAgents::Every(interval) = app.config.fake_agents {
         tasks.push(tokio::spawn(fake_agent_supervisor(app, interval)));
@@ -101,6 +102,29 @@ async fn market(app: Arc<App>) {
     }
 }
 
+/// Idle detection and health alerts every `monitor.interval`; retention once a minute.
+async fn monitor(app: Arc<App>) {
+    let mut last_prune: Option<std::time::Instant> = None;
+    loop {
+        tokio::time::sleep(app.config.monitor.interval).await;
+        match app.monitor_pass().await {
+            Ok(n) if n > 0 => tracing::info!(stopped = n, "idle instances stopped"),
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "monitor pass failed"),
+        }
+        if last_prune.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+            last_prune = Some(std::time::Instant::now());
+            match app.prune_telemetry().await {
+                Ok((s, m)) if s + m > 0 => {
+                    tracing::debug!(samples = s, metrics = m, "telemetry past retention deleted")
+                }
+                Ok(_) => {}
+                Err(e) => tracing::error!(error = %e, "telemetry retention failed"),
+            }
+        }
+    }
+}
+
 async fn invoicing(app: Arc<App>) {
     loop {
         if let Err(e) = app.close_past_invoices().await {
@@ -122,8 +146,11 @@ async fn heartbeat_watch(app: Arc<App>) {
         }
         match app.store().mark_silent_nodes_lost(now.plus_millis(-grace_ms), now).await {
             Ok(lost) => {
-                for n in lost {
+                for n in &lost {
                     tracing::warn!(node = %n.node, instances = n.instances.len(), "no heartbeat within {:?}: node lost", grace);
+                }
+                if let Err(e) = app.nodes_lost_alerts(&lost).await {
+                    tracing::error!(error = %e, "node-lost alerts failed");
                 }
             }
             Err(e) => tracing::error!(error = %e, "heartbeat watch failed"),

@@ -1,0 +1,175 @@
+//! Monitoring over HTTP on the in-process fleet: GPU telemetry history per instance and for the
+//! fleet, revenue over time, alerts for hot GPUs, idle detection with opt-in auto-stop, and the
+//! control plane's own histograms on /metrics, each scoped to who asks.
+
+mod common;
+
+use common::TestServer;
+use gpucloud_model::{InstanceId, Timestamp};
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+
+fn fast(c: &mut gpucloud_server::app::Config) {
+    c.monitor.sample_interval = Duration::from_millis(100);
+    c.monitor.interval = Duration::from_millis(200);
+    // Busy fake GPUs run near 70 C: this makes them "hot".
+    c.monitor.temperature_alert_c = 60.0;
+}
+
+fn eventually(what: &str, mut f: impl FnMut() -> Option<Value>) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "never: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn put(s: &TestServer, key: &str, path: &str, body: &Value) -> common::Resp {
+    let bytes = serde_json::to_vec(body).unwrap();
+    s.raw("PUT", path, Some(key), &[("Content-Type", "application/json")], Some(&bytes))
+}
+
+#[test]
+fn telemetry_history_alerts_and_server_metrics_are_scoped() {
+    let s = TestServer::start_with(fast);
+    let key = s.tenant("lab");
+    let other = s.tenant("rival");
+    let inst = s.create(&key, "A100-40GB", 1, Some("eu-1"));
+    let id = inst["id"].as_str().unwrap().to_string();
+    s.wait_state(&key, &id, "running");
+
+    // The framework tier: the instance's own GPU, busy, over time.
+    let path = format!("/v1/instances/{id}/telemetry?since=60&step=1");
+    let t = eventually("busy samples", || {
+        let r = s.get(&key, &path);
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        let pts = r.body["points"].as_array().unwrap();
+        (pts.len() >= 2 && pts.iter().all(|p| p["utilization_pct"].as_f64().unwrap() > 50.0)).then_some(r.body)
+    });
+    assert_eq!(t["step_s"], 1);
+    assert_eq!(t["points"][0]["gpu"], inst["gpus"][0].as_u64().map_or(t["points"][0]["gpu"].clone(), Value::from));
+    assert_eq!(s.get(&other, &path).status, 404, "another tenant's instance does not exist for it");
+    for (q, status) in [("since=0", 422), ("since=60&step=0", 422), ("since=3600&step=1", 422), ("step=abc", 400)] {
+        let r = s.get(&key, &format!("/v1/instances/{id}/telemetry?{q}"));
+        assert_eq!(r.status, status, "{q}: {:?}", r.body);
+    }
+
+    // The fleet (operator only): allocation, utilization and revenue over time.
+    assert_eq!(s.get(&key, "/v1/fleet/telemetry").status, 403);
+    let fleet = eventually("fleet with revenue", || {
+        let r = s.get(&s.operator_key, "/v1/fleet/telemetry?since=120&step=60");
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        let allocated = r.body["points"].as_array().unwrap().iter().any(|p| p["allocated"].as_u64() >= Some(1));
+        (allocated && !r.body["revenue"].as_array().unwrap().is_empty()).then_some(r.body)
+    });
+    let total_gpus = fleet["points"].as_array().unwrap().iter().map(|p| p["gpus"].as_u64().unwrap()).max().unwrap();
+    assert!(total_gpus > 1, "every fake GPU reports, free ones too: {fleet}");
+
+    // A hot GPU: the operator and the tenant running on it hear of it, the other tenant does not.
+    let kinds = |k: &str| -> Vec<String> {
+        s.get(k, "/v1/alerts").body["alerts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["kind"].as_str().unwrap().to_string())
+            .collect()
+    };
+    eventually("temperature alerts", || {
+        (kinds(&key).contains(&"gpu_temperature".to_string())
+            && kinds(&s.operator_key).contains(&"gpu_temperature".to_string()))
+        .then_some(Value::Null)
+    });
+    assert!(!kinds(&other).contains(&"gpu_temperature".to_string()));
+
+    // Server metrics: the operator sees latency histograms and the revenue rate; a tenant only
+    // its own spend rate.
+    let m = s.get(&s.operator_key, "/metrics").body.as_str().unwrap().to_string();
+    let route = "route=\"/v1/instances/{id}/telemetry\",status=\"200\"";
+    assert!(
+        m.lines().any(|l| l.starts_with("gpucloud_http_request_duration_seconds_count") && l.contains(route)),
+        "{m}"
+    );
+    let scheduled = m.lines().find(|l| l.starts_with("gpucloud_scheduling_latency_seconds_count")).unwrap();
+    assert!(!scheduled.ends_with(" 0"), "{scheduled}");
+    let rate: f64 =
+        m.lines().find(|l| l.starts_with("gpucloud_revenue_rate_per_hour ")).unwrap()[31..].parse().unwrap();
+    assert!(rate > 0.0, "{rate}");
+    let mine = s.get(&key, "/metrics").body.as_str().unwrap().to_string();
+    assert!(mine.contains("gpucloud_spend_rate_per_hour ") && !mine.contains("gpucloud_http_request_duration"));
+    let theirs = s.get(&other, "/metrics").body.as_str().unwrap().to_string();
+    assert!(theirs.contains("gpucloud_spend_rate_per_hour 0\n"), "{theirs}");
+}
+
+#[test]
+fn idle_instances_are_flagged_and_stopped_only_with_opt_in() {
+    let s = TestServer::start_with(fast);
+    let key = s.tenant("notebooks");
+    let r = s.get(&key, "/v1/idle-policy");
+    assert_eq!((r.status, &r.body), (200, &json!({"below_percent": 5, "minutes": 30, "auto_stop": false})));
+    for (body, field) in [
+        (json!({"below_percent": 101, "minutes": 5, "auto_stop": true}), Some("below_percent")),
+        (json!({"below_percent": 5, "minutes": 0, "auto_stop": true}), Some("minutes")),
+        (json!({"below_percent": 5, "minutes": 5, "auto_stop": true, "extra": 1}), Some("extra")),
+    ] {
+        let r = put(&s, &key, "/v1/idle-policy", &body);
+        assert!(r.status == 422 || r.status == 400, "{body}: {:?}", r.body);
+        assert_eq!(r.body["field"].as_str(), field, "{:?}", r.body);
+    }
+    let policy = json!({"below_percent": 5, "minutes": 1, "auto_stop": false});
+    assert_eq!(put(&s, &key, "/v1/idle-policy", &policy).body, policy);
+
+    let inst = s.create(&key, "T4", 1, Some("eu-1"));
+    let id = inst["id"].as_str().unwrap().to_string();
+    let running = s.wait_state(&key, &id, "running");
+    let iid = InstanceId::parse(&id).unwrap();
+    // A minute from now (a simulated clock), the last minute of samples said 1-3% utilization.
+    let now = Timestamp(s.app.now().0 + 120_000);
+    let node = gpucloud_model::NodeId::parse(running["node"].as_str().unwrap()).unwrap();
+    let gpu = running["gpus"][0].as_u64().unwrap() as u32;
+    let samples: Vec<_> = (0..7)
+        .map(|k| gpucloud_store::GpuSample {
+            node_id: node.clone(),
+            gpu_index: gpu,
+            at: Timestamp(now.0 - 60_000 + k * 10_000),
+            instance: Some(iid.clone()),
+            temperature_c: 35.0,
+            power_w: 20.0,
+            energy_mj: 0,
+            memory_used_mib: 100,
+            utilization_pct: 1.0 + (k % 3) as f64,
+            xid: None,
+            ecc_uncorrectable: 0,
+        })
+        .collect();
+    s.block_on(s.app.store().insert_gpu_samples(&samples)).unwrap();
+
+    assert_eq!(s.block_on(s.app.idle_pass(now)).unwrap(), 0, "flagged, not stopped: no opt-in");
+    let alerts = s.get(&key, "/v1/alerts").body;
+    assert!(alerts["alerts"].as_array().unwrap().iter().any(|a| a["kind"] == "idle"), "{alerts}");
+    assert_eq!(s.get(&key, &format!("/v1/instances/{id}")).body["state"], "running");
+    // A window the samples do not cover (a gap in telemetry) is not idleness.
+    assert_eq!(s.block_on(s.app.idle_pass(Timestamp(now.0 + 30_000))).unwrap(), 0);
+
+    put(&s, &key, "/v1/idle-policy", &json!({"below_percent": 5, "minutes": 1, "auto_stop": true}));
+    assert_eq!(s.block_on(s.app.idle_pass(now)).unwrap(), 1);
+    let stopped = s.wait_state(&key, &id, "stopped");
+    assert!(stopped["reason"].as_str().unwrap().contains("idle"), "{stopped}");
+    let alerts = s.get(&key, "/v1/alerts").body;
+    assert!(alerts["alerts"].as_array().unwrap().iter().any(|a| a["kind"] == "idle_stopped"), "{alerts}");
+
+    // A busy instance is never flagged, opt-in or not.
+    let busy = s.create(&key, "T4", 1, Some("eu-1"));
+    let bid = busy["id"].as_str().unwrap().to_string();
+    s.wait_state(&key, &bid, "running");
+    let mut hot = samples.clone();
+    for h in hot.iter_mut() {
+        h.instance = Some(InstanceId::parse(&bid).unwrap());
+    }
+    hot[3].utilization_pct = 40.0;
+    s.block_on(s.app.store().insert_gpu_samples(&hot)).unwrap();
+    assert_eq!(s.block_on(s.app.idle_pass(now)).unwrap(), 0);
+    assert_eq!(s.get(&key, &format!("/v1/instances/{bid}")).body["state"], "running");
+}
