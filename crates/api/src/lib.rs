@@ -153,6 +153,9 @@ pub struct NodeGpu {
     /// Slices of it held by instances.
     #[serde(default)]
     pub slices: Vec<NodeGpuSlice>,
+    /// Its latest reading from the node's agent, when one came since the server started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reading: Option<GpuTelemetry>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
@@ -1199,4 +1202,17 @@ pub struct IdlePolicy {
     pub below_percent: u32,
     pub minutes: u32,
     pub auto_stop: bool,
+}
+
+/// A pending instance of any tenant, with why it waits (operator).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct QueuedInstance {
+    pub tenant: String,
+    pub instance: Instance,
+}
+
+/// The pending queue, oldest first.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Queue {
+    pub pending: Vec<QueuedInstance>,
 }

@@ -110,6 +110,16 @@ impl Client {
         self.finish(resp)
     }
 
+    /// A PUT with a JSON body: replaces a setting, so a retry is harmless without a key.
+    pub fn put<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, ClientError> {
+        let mut req = self.agent.put(format!("{}{path}", self.base));
+        if let Some(k) = &self.key {
+            req = req.header("Authorization", format!("Bearer {k}"));
+        }
+        let json = serde_json::to_vec(body).map_err(|e| ClientError::Transport(e.to_string()))?;
+        self.finish(req.header("Content-Type", "application/json").send(&json[..]))
+    }
+
     fn finish<T: DeserializeOwned>(
         &self,
         resp: Result<ureq::http::Response<ureq::Body>, ureq::Error>,

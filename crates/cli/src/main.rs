@@ -5,6 +5,7 @@ mod bill;
 mod client;
 mod commands;
 mod market;
+mod monitor;
 mod output;
 mod profile;
 mod servers;
@@ -97,6 +98,9 @@ enum Command {
     /// Inside a workload: its metadata, preemption notice and checkpoints.
     #[command(subcommand)]
     Metadata(market::MetadataCmd),
+    /// GPU telemetry history, the fleet over time, alerts, idle policy, the pending queue.
+    #[command(subcommand)]
+    Monitor(monitor::MonitorCmd),
 }
 
 fn main() -> ExitCode {
@@ -107,6 +111,7 @@ fn main() -> ExitCode {
         Command::Serve(a) => servers::serve(a),
         Command::Agent(a) => servers::agent(a),
         Command::Instance(c) => commands::instance(&ctx, c),
+        Command::Monitor(c) => monitor::monitor(&ctx, c),
         Command::Node(c) => commands::node(&ctx, c),
         Command::Tenant(c) => commands::tenant(&ctx, c),
         Command::Bill(c) => bill::bill(&ctx, c),

@@ -217,6 +217,7 @@ pub fn dev(args: DevArgs) -> Result<(), String> {
         regions.dedup();
         println!("gpucloud dev is running");
         println!("  API:          {url}   (OpenAPI: {url}/v1/openapi.json)");
+        println!("  dashboard:    {url}/ui/   (log in with a key below)");
         match &args.database {
             Some(_) => println!("  data dir:     {}   (database: PostgreSQL from --database)", data_dir.display()),
             None => println!("  data dir:     {}   (SQLite: gpucloud.db)", data_dir.display()),
@@ -279,7 +280,7 @@ pub fn serve(args: ServeArgs) -> Result<(), String> {
                 .map_err(|e| e.to_string())?;
             println!("operator key: {}   (shown once)", key.secret);
         }
-        println!("gpucloud serving on http://{}", running.addr);
+        println!("gpucloud serving on http://{}   (dashboard: http://{}/ui/)", running.addr, running.addr);
         tokio::select! {
             _ = running.wait() => Err("the API server stopped".to_string()),
             _ = tokio::signal::ctrl_c() => Ok(()),

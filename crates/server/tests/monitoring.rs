@@ -173,3 +173,28 @@ fn idle_instances_are_flagged_and_stopped_only_with_opt_in() {
     assert_eq!(s.block_on(s.app.idle_pass(now)).unwrap(), 0);
     assert_eq!(s.get(&key, &format!("/v1/instances/{bid}")).body["state"], "running");
 }
+
+#[test]
+fn the_dashboard_is_served_from_the_binary_with_a_strict_policy() {
+    let s = TestServer::start();
+    let no_redirects: ureq::Agent =
+        ureq::Agent::config_builder().http_status_as_error(false).max_redirects(0).build().into();
+    let r = no_redirects.get(format!("{}/", s.url)).call().unwrap();
+    assert_eq!((r.status().as_u16(), r.headers()["location"].to_str().unwrap()), (303, "/ui/"));
+    for (path, kind, marker) in [
+        ("/ui/", "text/html", "<main id=\"main\">"),
+        ("/ui/app.js", "text/javascript", "function route()"),
+        ("/ui/chart.js", "text/javascript", "function drawChart("),
+        ("/ui/app.css", "text/css", "--accent"),
+    ] {
+        let mut r = no_redirects.get(format!("{}{path}", s.url)).call().unwrap();
+        assert_eq!(r.status().as_u16(), 200, "{path}");
+        let h = r.headers().clone();
+        assert!(h["content-type"].to_str().unwrap().starts_with(kind), "{path}");
+        assert!(h["content-security-policy"].to_str().unwrap().contains("script-src 'self'"), "{path}");
+        assert!(r.body_mut().read_to_string().unwrap().contains(marker), "{path}");
+    }
+    // The page needs no key; everything it shows comes from the API, which does.
+    assert_eq!(s.raw("GET", "/v1/instances", None, &[], None).status, 401);
+    assert_eq!(s.raw("GET", "/ui/nothing.js", None, &[], None).status, 404);
+}

@@ -148,6 +148,15 @@ impl App {
         })
     }
 
+    /// Operator: all tenants' pending instances, oldest first.
+    pub async fn pending_queue(&self, by: &Principal) -> Result<Vec<gpucloud_store::Instance>, AppError> {
+        by.require_operator()?;
+        let mut pending: Vec<_> =
+            self.store.list_instances(None).await?.into_iter().filter(|i| i.state == InstanceState::Pending).collect();
+        pending.sort_by_key(|i| i.created_at);
+        Ok(pending)
+    }
+
     pub async fn idle_policy(&self, by: &Principal) -> Result<IdlePolicy, AppError> {
         Ok(self.store.tenant_billing(&by.tenant.id).await?.idle)
     }

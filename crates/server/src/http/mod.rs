@@ -16,6 +16,7 @@ mod monitoring;
 mod nodes;
 mod pools;
 mod tenants;
+mod ui;
 
 use crate::app::App;
 use axum::Router;
@@ -122,6 +123,7 @@ pub fn api() -> (Router<Arc<App>>, utoipa::openapi::OpenApi) {
         .routes(routes!(monitoring::instance))
         .routes(routes!(monitoring::fleet))
         .routes(routes!(monitoring::get_idle, monitoring::set_idle))
+        .routes(routes!(monitoring::queue))
         .split_for_parts()
 }
 
@@ -129,6 +131,7 @@ pub fn router(app: Arc<App>) -> Router {
     let (routes, doc) = api();
     let _ = meta::OPENAPI.set(doc.to_json().unwrap_or_default());
     routes
+        .merge(ui::routes())
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "route_not_found", "no such route; see /v1/openapi.json")
         })

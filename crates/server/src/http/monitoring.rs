@@ -110,3 +110,19 @@ pub async fn set_idle(
         gpucloud_store::IdlePolicy { below_percent: req.below_percent, minutes: req.minutes, auto_stop: req.auto_stop };
     Ok(Json(view(app.set_idle_policy(&p, policy).await?)))
 }
+
+/// Operator: every tenant's pending instances, oldest first, with why each waits.
+#[utoipa::path(get, path = "/v1/queue", tag = "monitoring",
+    responses((status = 200, body = gpucloud_api::Queue), (status = 403, body = Problem)), security(("bearer" = [])))]
+pub async fn queue(State(app): State<Arc<App>>, Auth(p): Auth) -> Result<Json<gpucloud_api::Queue>, ApiError> {
+    let pending = app
+        .pending_queue(&p)
+        .await?
+        .into_iter()
+        .map(|i| gpucloud_api::QueuedInstance {
+            tenant: i.tenant_id.to_string(),
+            instance: super::convert::instance(i),
+        })
+        .collect();
+    Ok(Json(gpucloud_api::Queue { pending }))
+}

@@ -13,7 +13,16 @@ use std::sync::Arc;
 #[utoipa::path(get, path = "/v1/nodes", tag = "nodes",
     responses((status = 200, body = NodeList), (status = 403, body = Problem)), security(("bearer" = [])))]
 pub async fn list(State(app): State<Arc<App>>, Auth(p): Auth) -> Result<Json<NodeList>, ApiError> {
-    Ok(Json(NodeList { nodes: app.list_nodes(&p).await?.into_iter().map(convert::node).collect() }))
+    let readings = app.telemetry_snapshot();
+    let nodes = app.list_nodes(&p).await?;
+    let nodes = nodes
+        .into_iter()
+        .map(|n| {
+            let r = readings.get(&n.id).map(|(_, g)| g.as_slice());
+            convert::node_with(n, r)
+        })
+        .collect();
+    Ok(Json(NodeList { nodes }))
 }
 
 /// Register a node (operator). Its GPUs take work once its agent heartbeats.
@@ -33,7 +42,10 @@ pub async fn add(
 #[utoipa::path(get, path = "/v1/nodes/{id}", tag = "nodes", params(("id" = String, Path)),
     responses((status = 200, body = Node), (status = 404, body = Problem)), security(("bearer" = [])))]
 pub async fn show(State(app): State<Arc<App>>, Auth(p): Auth, Path(id): Path<String>) -> Result<Json<Node>, ApiError> {
-    Ok(Json(convert::node(app.get_node(&p, &id).await?)))
+    let n = app.get_node(&p, &id).await?;
+    let readings = app.telemetry_snapshot();
+    let r = readings.get(&n.id).map(|(_, g)| g.as_slice());
+    Ok(Json(convert::node_with(n, r)))
 }
 
 async fn set(app: &App, p: &crate::app::Principal, id: &str, state: NodeState) -> Result<Json<Node>, ApiError> {
