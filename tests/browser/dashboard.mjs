@@ -160,6 +160,10 @@ try {
   await other.goto(`${url}/ui/#/instance/${id}`);
   await other.waitForSelector("main:has-text('not found'), #flash:has-text('not found')");
   if ((await other.locator("#nav-fleet").count()) !== 0) throw new Error("a tenant is offered the fleet page");
+  await other.goto(`${url}/ui/#/fleet`);
+  await other.waitForFunction(() => location.hash === "#/instances");
+  const metrics = await (await fetch(`${url}/metrics`, { headers: { Authorization: `Bearer ${rival}` } })).text();
+  if (metrics.includes(id) || metrics.includes("gpucloud_revenue_rate_per_hour")) throw new Error("another tenant's /metrics shows the instance or the fleet");
   await other.context().close();
 
   step("the operator sees the fleet heatmap and the queue");

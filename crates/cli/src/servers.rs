@@ -26,6 +26,8 @@ pub struct DevArgs {
     tick_ms: Option<u64>,
     #[command(flatten)]
     market: MarketArgs,
+    #[command(flatten)]
+    monitor: MonitorArgs,
 }
 
 /// The spot market's settings (both `dev` and `serve`).
@@ -46,6 +48,44 @@ pub struct MarketArgs {
     /// How often the spot price moves [default: 10].
     #[arg(long, value_name = "SECONDS")]
     spot_price_interval: Option<f64>,
+}
+
+/// Monitoring's settings (both `dev` and `serve`).
+#[derive(Args)]
+pub struct MonitorArgs {
+    /// Days GPU telemetry samples are kept [default: 7].
+    #[arg(long, value_name = "DAYS")]
+    telemetry_retention_days: Option<u32>,
+    /// Days the metrics workloads push (loss, samples/s) are kept [default: 30].
+    #[arg(long, value_name = "DAYS")]
+    metrics_retention_days: Option<u32>,
+    /// A GPU at or above this temperature raises an alert [default: 85].
+    #[arg(long, value_name = "CELSIUS")]
+    gpu_temperature_alert: Option<f64>,
+}
+
+impl MonitorArgs {
+    fn apply(&self, config: &mut Config) -> Result<(), String> {
+        let days = |v: Option<u32>, flag: &str, into: &mut Duration| -> Result<(), String> {
+            if let Some(d) = v {
+                if !(1..=3660).contains(&d) {
+                    return Err(format!("--{flag} must be 1 to 3660 days, got {d}"));
+                }
+                *into = Duration::from_secs(u64::from(d) * 86_400);
+            }
+            Ok(())
+        };
+        let m = &mut config.monitor;
+        days(self.telemetry_retention_days, "telemetry-retention-days", &mut m.retention)?;
+        days(self.metrics_retention_days, "metrics-retention-days", &mut m.metrics_retention)?;
+        if let Some(c) = self.gpu_temperature_alert {
+            if !c.is_finite() || !(20.0..=150.0).contains(&c) {
+                return Err(format!("--gpu-temperature-alert must be 20 to 150 C, got {c}"));
+            }
+            m.temperature_alert_c = c;
+        }
+        Ok(())
+    }
 }
 
 impl MarketArgs {
@@ -94,6 +134,8 @@ pub struct ServeArgs {
     heartbeat_grace_ms: Option<u64>,
     #[command(flatten)]
     market: MarketArgs,
+    #[command(flatten)]
+    monitor: MonitorArgs,
 }
 
 fn with_tick(mut config: Config, tick_ms: Option<u64>) -> Config {
@@ -147,6 +189,7 @@ pub fn dev(args: DevArgs) -> Result<(), String> {
         };
         let mut config = with_tick(config, args.tick_ms);
         args.market.apply(&mut config)?;
+        args.monitor.apply(&mut config)?;
         let running = gpucloud_server::start(store, config, &args.listen)
             .await
             .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
@@ -269,6 +312,7 @@ pub fn serve(args: ServeArgs) -> Result<(), String> {
             config.heartbeat_grace = Duration::from_millis(ms.max(100));
         }
         args.market.apply(&mut config)?;
+        args.monitor.apply(&mut config)?;
         let running = gpucloud_server::start(store, config, &args.listen)
             .await
             .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
@@ -280,7 +324,9 @@ pub fn serve(args: ServeArgs) -> Result<(), String> {
                 .map_err(|e| e.to_string())?;
             println!("operator key: {}   (shown once)", key.secret);
         }
-        println!("gpucloud serving on http://{}   (dashboard: http://{}/ui/)", running.addr, running.addr);
+        println!("gpucloud serving on http://{}", running.addr);
+        // Its own line: scripts and tests read the address from the line above.
+        println!("dashboard: http://{}/ui/", running.addr);
         tokio::select! {
             _ = running.wait() => Err("the API server stopped".to_string()),
             _ = tokio::signal::ctrl_c() => Ok(()),

@@ -47,7 +47,8 @@ fn telemetry_history_alerts_and_server_metrics_are_scoped() {
         let r = s.get(&key, &path);
         assert_eq!(r.status, 200, "{:?}", r.body);
         let pts = r.body["points"].as_array().unwrap();
-        (pts.len() >= 2 && pts.iter().all(|p| p["utilization_pct"].as_f64().unwrap() > 50.0)).then_some(r.body)
+        // The first sample may predate the workload's start (provisioning); the latest is busy.
+        (pts.len() >= 2 && pts.last().unwrap()["utilization_pct"].as_f64().unwrap() > 50.0).then_some(r.body)
     });
     assert_eq!(t["step_s"], 1);
     assert_eq!(t["points"][0]["gpu"], inst["gpus"][0].as_u64().map_or(t["points"][0]["gpu"].clone(), Value::from));
@@ -97,10 +98,23 @@ fn telemetry_history_alerts_and_server_metrics_are_scoped() {
     let rate: f64 =
         m.lines().find(|l| l.starts_with("gpucloud_revenue_rate_per_hour ")).unwrap()[31..].parse().unwrap();
     assert!(rate > 0.0, "{rate}");
+    // The business tier: the latest value a workload pushed, to its tenant only.
+    let iid = InstanceId::parse(&id).unwrap();
+    let point = |at: i64, value: f64| gpucloud_store::MetricPoint {
+        instance: iid.clone(),
+        at: Timestamp(at),
+        step: Some(at),
+        name: "loss".into(),
+        value,
+    };
+    s.block_on(s.app.store().insert_metrics(&[point(1, 2.5), point(2, 0.75)])).unwrap();
     let mine = s.get(&key, "/metrics").body.as_str().unwrap().to_string();
     assert!(mine.contains("gpucloud_spend_rate_per_hour ") && !mine.contains("gpucloud_http_request_duration"));
+    assert!(mine.contains(&format!("gpucloud_workload_metric{{instance=\"{id}\",")), "{mine}");
+    assert!(mine.lines().any(|l| l.contains("name=\"loss\"") && l.ends_with(" 0.75")), "the latest value: {mine}");
     let theirs = s.get(&other, "/metrics").body.as_str().unwrap().to_string();
     assert!(theirs.contains("gpucloud_spend_rate_per_hour 0\n"), "{theirs}");
+    assert!(!theirs.contains(&id), "{theirs}");
 }
 
 #[test]

@@ -417,6 +417,8 @@ const PAGES = {
   new: newInstancePage, fleet: fleetPage, queue: queuePage,
 };
 
+const OPERATOR_PAGES = ["fleet", "queue"];
+
 async function route() {
   clearInterval(timer && timer.handle);
   timer = null;
@@ -426,7 +428,9 @@ async function route() {
   try {
     if (!me) me = await api("/v1/whoami");
   } catch { return; }
-  const page = PAGES[name] ? name : me.tenant.role === "operator" ? "fleet" : "instances";
+  const operator = me.tenant.role === "operator";
+  const allowed = PAGES[name] && (operator || !OPERATOR_PAGES.includes(name));
+  const page = allowed ? name : operator ? "fleet" : "instances";
   if (page !== name) { location.hash = `#/${page}`; return; }
   nav(name === "instance" ? "instances" : name);
   try {

@@ -140,6 +140,28 @@ pub async fn metrics(State(app): State<Arc<App>>, Auth(p): Auth) -> Result<impl 
         "# HELP {name} What running instances are billed per hour now, at the prices in force.\n# TYPE {name} gauge\n{name} {}",
         rate as f64 / 1e6
     );
+    // The business tier: the latest value of each metric a running workload pushed.
+    let name = "gpucloud_workload_metric";
+    let _ = writeln!(
+        out,
+        "# HELP {name} The latest value of each metric a running workload pushed (log_metrics), by name.\n# TYPE {name} gauge"
+    );
+    for i in instances.iter().filter(|i| i.state == InstanceState::Running) {
+        let points = app.store().instance_metrics(&i.id, None, 500).await.map_err(crate::app::AppError::from)?;
+        let mut latest: std::collections::BTreeMap<&str, f64> = std::collections::BTreeMap::new();
+        for p in &points {
+            latest.insert(p.name.as_str(), p.value);
+        }
+        for (metric, value) in latest {
+            let _ = writeln!(
+                out,
+                "{name}{{instance=\"{}\",tenant=\"{}\",name=\"{}\"}} {value}",
+                i.id,
+                i.tenant_id,
+                label(metric)
+            );
+        }
+    }
     if operator {
         app.obs.write(&mut out);
     }
@@ -163,4 +185,19 @@ pub async fn track(
     let resp = next.run(req).await;
     app.obs.observe_request(&method, &route, resp.status().as_u16(), start.elapsed().as_secs_f64());
     resp
+}
+
+/// A label value as the text format wants it: backslash, quote and newline escaped (a metric
+/// name arrives from an agent; a hostile one must not forge series).
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(super::label("loss"), "loss");
+        assert_eq!(super::label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
 }
