@@ -8,7 +8,9 @@ use serde::de::DeserializeOwned;
 use std::time::Duration;
 
 pub struct Client {
-    base: String,
+    /// Every replica's URL; requests go to `current` and move on when it cannot be reached.
+    bases: Vec<String>,
+    current: std::sync::atomic::AtomicUsize,
     auth: String,
     agent: ureq::Agent,
 }
@@ -32,24 +34,53 @@ impl std::fmt::Display for Error {
 }
 
 impl Client {
-    pub fn new(base: &str, token: &str) -> Client {
+    /// `servers`: one URL, or several replicas' separated by commas.
+    pub fn new(servers: &str, token: &str) -> Client {
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(10)))
+            // A replica that is down refuses at once; one that hangs must not hold a heartbeat
+            // past the grace period.
+            .timeout_connect(Some(Duration::from_secs(2)))
             .build()
             .into();
-        Client { base: base.trim_end_matches('/').to_string(), auth: format!("Bearer {token}"), agent }
+        let bases =
+            servers.split(',').map(|s| s.trim().trim_end_matches('/').to_string()).filter(|s| !s.is_empty()).collect();
+        Client { bases, current: Default::default(), auth: format!("Bearer {token}"), agent }
     }
 
+    /// Sends to the replica in use, and on a transport error (refused, reset, timed out) to the
+    /// next ones in turn; the first that answers becomes the one in use. The agent protocol is
+    /// safe to resend: registration is by name, heartbeats and log chunks are idempotent.
     fn post<B: Serialize>(&self, path: &str, body: &B) -> Result<(u16, String), Error> {
+        use std::sync::atomic::Ordering;
         let json = serde_json::to_vec(body).map_err(|e| Error::Other(e.to_string()))?;
-        let mut resp = self
-            .agent
-            .post(format!("{}{path}", self.base))
-            .header("Authorization", &self.auth)
-            .header("Content-Type", "application/json")
-            .send(&json[..])
-            .map_err(|e| Error::Other(format!("cannot reach {}: {e}", self.base)))?;
+        let n = self.bases.len().max(1);
+        let first = self.current.load(Ordering::Relaxed) % n;
+        let mut last_err = String::from("no server URL given");
+        let mut answer = None;
+        for k in 0..self.bases.len() {
+            let i = (first + k) % n;
+            let base = &self.bases[i];
+            match self
+                .agent
+                .post(format!("{base}{path}"))
+                .header("Authorization", &self.auth)
+                .header("Content-Type", "application/json")
+                .send(&json[..])
+            {
+                Ok(r) => {
+                    if i != first {
+                        tracing::warn!(server = %base, "failed over to another server replica");
+                    }
+                    self.current.store(i, Ordering::Relaxed);
+                    answer = Some(r);
+                    break;
+                }
+                Err(e) => last_err = format!("cannot reach {base}: {e}"),
+            }
+        }
+        let mut resp = answer.ok_or(Error::Other(last_err))?;
         let status = resp.status().as_u16();
         let text = resp.body_mut().read_to_string().map_err(|e| Error::Other(e.to_string()))?;
         if (200..300).contains(&status) {

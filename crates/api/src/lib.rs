@@ -1216,3 +1216,15 @@ pub struct QueuedInstance {
 pub struct Queue {
     pub pending: Vec<QueuedInstance>,
 }
+
+/// This server replica, and whether it runs the background reconcilers (the lease holder).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Replica {
+    pub replica: String,
+    pub leader: bool,
+    /// Since when it leads, and the lease epoch (hand-overs so far + 1), while it leads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader_since: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_epoch: Option<i64>,
+}

@@ -6,9 +6,24 @@ use serde::de::DeserializeOwned;
 use std::time::Duration;
 
 pub struct Client {
-    base: String,
+    /// One URL, or several replicas' (`--url a,b`): a replica that cannot be connected to is
+    /// skipped for the next. Only connection failures move on, when nothing was sent, so no
+    /// request is ever made twice.
+    bases: Vec<String>,
     key: Option<String>,
     agent: ureq::Agent,
+}
+
+type Resp = ureq::http::Response<ureq::Body>;
+
+/// The request never left: retrying it on another replica cannot do anything twice.
+fn not_sent(e: &ureq::Error) -> bool {
+    match e {
+        ureq::Error::ConnectionFailed | ureq::Error::HostNotFound => true,
+        ureq::Error::Io(io) => io.kind() == std::io::ErrorKind::ConnectionRefused,
+        ureq::Error::Timeout(t) => matches!(t, ureq::Timeout::Connect | ureq::Timeout::Resolve),
+        _ => false,
+    }
 }
 
 #[derive(Debug)]
@@ -41,24 +56,44 @@ impl Client {
             .timeout_global(Some(Duration::from_secs(30)))
             .build()
             .into();
-        Client { base: base.trim_end_matches('/').to_string(), key, agent }
+        let bases =
+            base.split(',').map(|b| b.trim().trim_end_matches('/').to_string()).filter(|b| !b.is_empty()).collect();
+        Client { bases, key, agent }
+    }
+
+    /// Runs `send` against each replica in turn until one is reached.
+    fn send(&self, send: impl Fn(&str, Option<String>) -> Result<Resp, ureq::Error>) -> Result<Resp, ClientError> {
+        let auth = self.key.as_ref().map(|k| format!("Bearer {k}"));
+        let mut last = String::from("no server URL");
+        for base in &self.bases {
+            match send(base, auth.clone()) {
+                Ok(r) => return Ok(r),
+                Err(e) if not_sent(&e) => last = format!("cannot reach {base}: {e}"),
+                Err(e) => return Err(ClientError::Transport(format!("cannot reach {base}: {e}"))),
+            }
+        }
+        Err(ClientError::Transport(last))
     }
 
     pub fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
-        let mut req = self.agent.get(format!("{}{path}", self.base));
-        if let Some(k) = &self.key {
-            req = req.header("Authorization", format!("Bearer {k}"));
-        }
-        self.finish(req.call())
+        self.finish(self.send(|base, auth| {
+            let mut req = self.agent.get(format!("{base}{path}"));
+            if let Some(a) = auth {
+                req = req.header("Authorization", a);
+            }
+            req.call()
+        }))
     }
 
     /// A GET whose body is text (CSV, HTML), not JSON.
     pub fn get_text(&self, path: &str) -> Result<String, ClientError> {
-        let mut req = self.agent.get(format!("{}{path}", self.base));
-        if let Some(k) = &self.key {
-            req = req.header("Authorization", format!("Bearer {k}"));
-        }
-        let mut resp = req.call().map_err(|e| ClientError::Transport(format!("cannot reach {}: {e}", self.base)))?;
+        let mut resp = self.send(|base, auth| {
+            let mut req = self.agent.get(format!("{base}{path}"));
+            if let Some(a) = auth {
+                req = req.header("Authorization", a);
+            }
+            req.call()
+        })?;
         let status = resp.status();
         let text = resp.body_mut().read_to_string().map_err(|e| ClientError::Transport(e.to_string()))?;
         if status.is_success() {
@@ -72,11 +107,13 @@ impl Client {
 
     /// A DELETE answered with no body (204) or a problem.
     pub fn delete(&self, path: &str) -> Result<(), ClientError> {
-        let mut req = self.agent.delete(format!("{}{path}", self.base));
-        if let Some(k) = &self.key {
-            req = req.header("Authorization", format!("Bearer {k}"));
-        }
-        let mut resp = req.call().map_err(|e| ClientError::Transport(format!("cannot reach {}: {e}", self.base)))?;
+        let mut resp = self.send(|base, auth| {
+            let mut req = self.agent.delete(format!("{base}{path}"));
+            if let Some(a) = auth {
+                req = req.header("Authorization", a);
+            }
+            req.call()
+        })?;
         if resp.status().is_success() {
             return Ok(());
         }
@@ -93,38 +130,36 @@ impl Client {
         body: Option<&B>,
         idempotency_key: Option<&str>,
     ) -> Result<T, ClientError> {
-        let mut req = self.agent.post(format!("{}{path}", self.base));
-        if let Some(k) = &self.key {
-            req = req.header("Authorization", format!("Bearer {k}"));
-        }
-        if let Some(k) = idempotency_key {
-            req = req.header("Idempotency-Key", k);
-        }
-        let resp = match body {
-            Some(b) => {
-                let json = serde_json::to_vec(b).map_err(|e| ClientError::Transport(e.to_string()))?;
-                req.header("Content-Type", "application/json").send(&json[..])
+        let json = body.map(serde_json::to_vec).transpose().map_err(|e| ClientError::Transport(e.to_string()))?;
+        self.finish(self.send(|base, auth| {
+            let mut req = self.agent.post(format!("{base}{path}"));
+            if let Some(a) = auth {
+                req = req.header("Authorization", a);
             }
-            None => req.send_empty(),
-        };
-        self.finish(resp)
+            if let Some(k) = idempotency_key {
+                req = req.header("Idempotency-Key", k);
+            }
+            match &json {
+                Some(j) => req.header("Content-Type", "application/json").send(&j[..]),
+                None => req.send_empty(),
+            }
+        }))
     }
 
     /// A PUT with a JSON body: replaces a setting, so a retry is harmless without a key.
     pub fn put<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, ClientError> {
-        let mut req = self.agent.put(format!("{}{path}", self.base));
-        if let Some(k) = &self.key {
-            req = req.header("Authorization", format!("Bearer {k}"));
-        }
         let json = serde_json::to_vec(body).map_err(|e| ClientError::Transport(e.to_string()))?;
-        self.finish(req.header("Content-Type", "application/json").send(&json[..]))
+        self.finish(self.send(|base, auth| {
+            let mut req = self.agent.put(format!("{base}{path}"));
+            if let Some(a) = auth {
+                req = req.header("Authorization", a);
+            }
+            req.header("Content-Type", "application/json").send(&json[..])
+        }))
     }
 
-    fn finish<T: DeserializeOwned>(
-        &self,
-        resp: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
-    ) -> Result<T, ClientError> {
-        let mut resp = resp.map_err(|e| ClientError::Transport(format!("cannot reach {}: {e}", self.base)))?;
+    fn finish<T: DeserializeOwned>(&self, resp: Result<Resp, ClientError>) -> Result<T, ClientError> {
+        let mut resp = resp?;
         let status = resp.status();
         let text = resp
             .body_mut()
@@ -132,11 +167,11 @@ impl Client {
             .map_err(|e| ClientError::Transport(format!("reading the response: {e}")))?;
         if status.is_success() {
             serde_json::from_str(&text)
-                .map_err(|e| ClientError::Transport(format!("unexpected response from {}: {e}", self.base)))
+                .map_err(|e| ClientError::Transport(format!("unexpected response from the server: {e}")))
         } else {
             match serde_json::from_str::<Problem>(&text) {
                 Ok(p) => Err(ClientError::Api(Box::new(p))),
-                Err(_) => Err(ClientError::Transport(format!("HTTP {status} from {}: {text}", self.base))),
+                Err(_) => Err(ClientError::Transport(format!("HTTP {status}: {text}"))),
             }
         }
     }

@@ -132,6 +132,14 @@ pub struct ServeArgs {
     /// A node silent this long is lost (default 10000).
     #[arg(long)]
     heartbeat_grace_ms: Option<u64>,
+    /// With several replicas on one database: how long the reconcilers' lease lasts unrenewed,
+    /// the longest a dead leader's work waits for another replica (default 3000).
+    #[arg(long)]
+    lease_ttl_ms: Option<u64>,
+    /// This replica's name among several on one PostgreSQL database [default: HOST:PORT]. It
+    /// holds the reconcilers' lease by this name, so keep it stable across restarts.
+    #[arg(long)]
+    replica_name: Option<String>,
     #[command(flatten)]
     market: MarketArgs,
     #[command(flatten)]
@@ -308,6 +316,20 @@ pub fn serve(args: ServeArgs) -> Result<(), String> {
             ..Config::default()
         };
         let mut config = with_tick(config, args.tick_ms);
+        if let Some(ms) = args.lease_ttl_ms {
+            config.lease_ttl = Duration::from_millis(ms.clamp(300, 600_000));
+        }
+        // Replicas share a PostgreSQL database; a SQLite file has one server, which always leads.
+        if args.database.starts_with("postgres") {
+            let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
+            // Port 0 is any port: two such replicas must not share a name (each would think the
+            // other's lease its own), so they are told apart by process.
+            let port = match args.listen.rsplit(':').next().unwrap_or_default() {
+                "0" => format!("0-pid{}", std::process::id()),
+                p => p.to_string(),
+            };
+            config.replica = Some(args.replica_name.clone().unwrap_or_else(|| format!("{host}:{port}")));
+        }
         if let Some(ms) = args.heartbeat_grace_ms {
             config.heartbeat_grace = Duration::from_millis(ms.max(100));
         }
@@ -327,16 +349,40 @@ pub fn serve(args: ServeArgs) -> Result<(), String> {
         println!("gpucloud serving on http://{}", running.addr);
         // Its own line: scripts and tests read the address from the line above.
         println!("dashboard: http://{}/ui/", running.addr);
-        tokio::select! {
+        let app = running.app.clone();
+        let result = tokio::select! {
             _ = running.wait() => Err("the API server stopped".to_string()),
-            _ = tokio::signal::ctrl_c() => Ok(()),
-        }
+            _ = terminated() => Ok(()),
+        };
+        // Hand the reconcilers to another replica now rather than when the lease lapses.
+        app.step_down().await;
+        result
     })
+}
+
+/// Ctrl-C, or SIGTERM (what systemd and container runtimes send).
+async fn terminated() {
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
 }
 
 #[derive(Args)]
 pub struct AgentArgs {
-    /// The gpucloud server's URL.
+    /// The gpucloud server's URL; several replicas' separated by commas (it fails over between them).
     #[arg(long, env = "GPUCLOUD_URL")]
     server: String,
     /// An operator API key.

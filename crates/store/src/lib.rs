@@ -3,12 +3,14 @@
 //! own numbered migrations. Every write that can race is guarded here: node generations for
 //! placements, instance generations for state changes, `instance_id IS NULL` for GPU allocation.
 
+mod lease;
 mod market;
 mod migrate;
 mod sql;
 mod telemetry;
 mod types;
 
+pub use lease::LeaseStore;
 pub use market::{JobChange, MarketStore};
 pub use sql::SqlStore;
 pub use telemetry::{FleetBucket, GpuBucket, GpuSample, TelemetryStore};
@@ -41,7 +43,7 @@ pub enum Backend {
 }
 
 #[async_trait]
-pub trait Store: MarketStore + TelemetryStore + Send + Sync {
+pub trait Store: MarketStore + TelemetryStore + LeaseStore + Send + Sync {
     fn backend(&self) -> Backend;
 
     async fn create_tenant(&self, tenant: &Tenant) -> Result<()>;

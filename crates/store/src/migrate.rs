@@ -18,6 +18,7 @@ const SQLITE: &[(i64, &str)] = &[
     (11, include_str!("../migrations/sqlite/0011_instance_metrics.sql")),
     (12, include_str!("../migrations/sqlite/0012_pool_schedules.sql")),
     (13, include_str!("../migrations/sqlite/0013_gpu_samples.sql")),
+    (14, include_str!("../migrations/sqlite/0014_leases.sql")),
 ];
 const POSTGRES: &[(i64, &str)] = &[
     (1, include_str!("../migrations/postgres/0001_foundation.sql")),
@@ -33,6 +34,7 @@ const POSTGRES: &[(i64, &str)] = &[
     (11, include_str!("../migrations/postgres/0011_instance_metrics.sql")),
     (12, include_str!("../migrations/postgres/0012_pool_schedules.sql")),
     (13, include_str!("../migrations/postgres/0013_gpu_samples.sql")),
+    (14, include_str!("../migrations/postgres/0014_leases.sql")),
 ];
 
 pub(crate) async fn run(pool: &AnyPool, backend: Backend) -> Result<()> {

@@ -73,6 +73,7 @@ suite!(
     reservations_overlap_and_bill_each_period_once,
     metrics_come_back_in_order_per_name,
     gpu_samples_per_instance_fleet_and_retention,
+    one_replica_holds_a_lease_at_a_time,
 );
 
 fn ts(ms: i64) -> Timestamp {
@@ -897,4 +898,21 @@ async fn gpu_samples_per_instance_fleet_and_retention(s: Arc<dyn Store>) {
     assert_eq!(s.prune_telemetry(ts(11_000), ts(0)).await.unwrap(), (4, 0));
     assert_eq!(s.prune_telemetry(ts(11_000), ts(10)).await.unwrap(), (0, 1));
     assert_eq!(s.fleet_telemetry(ts(0), 60_000).await.unwrap()[0].gpus, 3, "the later samples stay");
+}
+
+async fn one_replica_holds_a_lease_at_a_time(s: Arc<dyn Store>) {
+    assert_eq!(s.try_lease("r", "a", ts(0), ts(3_000)).await.unwrap(), Some(1));
+    assert_eq!(s.try_lease("r", "b", ts(1_000), ts(4_000)).await.unwrap(), None, "a's lease runs");
+    assert_eq!(s.try_lease("r", "a", ts(2_000), ts(5_000)).await.unwrap(), Some(1), "renewed, same epoch");
+    assert_eq!(s.try_lease("r", "b", ts(4_999), ts(8_000)).await.unwrap(), None, "renewed until 5,000");
+    assert_eq!(s.try_lease("r", "b", ts(5_001), ts(8_000)).await.unwrap(), Some(2), "expired: b takes it");
+    assert_eq!(s.try_lease("r", "a", ts(5_002), ts(8_000)).await.unwrap(), None, "a is out");
+    s.release_lease("r", "a").await.unwrap(); // not a's to release: nothing happens
+    assert_eq!(s.try_lease("r", "a", ts(6_000), ts(9_000)).await.unwrap(), None);
+    s.release_lease("r", "b").await.unwrap();
+    assert_eq!(s.try_lease("r", "a", ts(6_001), ts(9_000)).await.unwrap(), Some(3), "released: taken at once");
+    assert_eq!(s.try_lease("other", "b", ts(6_002), ts(9_000)).await.unwrap(), Some(1), "leases are independent");
+    // Racing for a free lease: exactly one wins.
+    let (x, y) = tokio::join!(s.try_lease("race", "x", ts(0), ts(1_000)), s.try_lease("race", "y", ts(0), ts(1_000)));
+    assert_eq!([x.unwrap(), y.unwrap()].iter().filter(|r| r.is_some()).count(), 1);
 }

@@ -10,6 +10,7 @@ mod error;
 pub mod instances;
 pub mod invoices;
 pub mod jobs;
+pub mod leader;
 pub mod market;
 pub mod monitoring;
 pub mod obs;
@@ -47,6 +48,13 @@ pub struct Config {
     pub metering_interval: Duration,
     pub market: MarketConfig,
     pub monitor: MonitorConfig,
+    /// How long the reconcilers' lease lasts without renewal: the longest a dead leader's work
+    /// waits for another replica.
+    pub lease_ttl: Duration,
+    /// This replica's name among several on one database (the lease holder; stable across
+    /// restarts, so a restarted replica picks its own lease up at once). None: the only replica
+    /// (SQLite, `gpucloud dev`, tests), which always runs the reconcilers.
+    pub replica: Option<String>,
 }
 
 /// The spot market's settings (see `billing::spot` for the price formula).
@@ -128,6 +136,10 @@ impl Default for Config {
             metering_interval: Duration::from_secs(1),
             market: MarketConfig::default(),
             monitor: MonitorConfig::default(),
+            // Three seconds: renewed every second, so a slow database can miss two renewals
+            // before leadership moves, and a dead leader is replaced within ~3 s.
+            lease_ttl: Duration::from_secs(3),
+            replica: None,
         }
     }
 }
@@ -151,6 +163,8 @@ pub struct App {
     /// Per autoscaled cluster: since when its utilization has been above / below its bounds
     /// (in memory: a restarted server starts the timers again, erring toward not resizing).
     /// When each node's GPU samples were last stored (heartbeats come more often than samples).
+    /// Whether this replica runs the background reconcilers now.
+    pub(crate) leadership: leader::Leadership,
     /// Request and scheduling latency histograms for `/metrics`.
     pub obs: obs::ServerMetrics,
     pub(crate) sampled_at: std::sync::Mutex<std::collections::HashMap<gpucloud_model::NodeId, Timestamp>>,
@@ -173,6 +187,7 @@ impl App {
             autoscale_since: Default::default(),
             sampled_at: Default::default(),
             obs: Default::default(),
+            leadership: Default::default(),
         };
         app.started_at = app.now();
         app

@@ -63,6 +63,21 @@ pub async fn health() -> &'static str {
     "ok"
 }
 
+/// Which replica answered, and whether it leads the reconcilers (load balancers and the HA test
+/// read it; no key needed, it tells nothing about tenants).
+#[utoipa::path(get, path = "/v1/replica", tag = "meta", responses((status = 200, body = gpucloud_api::Replica)))]
+pub async fn replica(
+    axum::extract::State(app): axum::extract::State<std::sync::Arc<crate::app::App>>,
+) -> axum::Json<gpucloud_api::Replica> {
+    let r = app.replica_status();
+    axum::Json(gpucloud_api::Replica {
+        replica: r.replica,
+        leader: r.leader,
+        leader_since: r.since.map(gpucloud_api::rfc3339),
+        lease_epoch: r.epoch,
+    })
+}
+
 #[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
 pub struct RecommendQuery {
     /// inference-small, training-medium, training-large or rendering.

@@ -86,6 +86,7 @@ pub fn api() -> (Router<Arc<App>>, utoipa::openapi::OpenApi) {
         .routes(routes!(meta::capacity))
         .routes(routes!(meta::recommend))
         .routes(routes!(meta::health))
+        .routes(routes!(meta::replica))
         .routes(routes!(meta::openapi))
         .routes(routes!(billing::list_prices, billing::set_price))
         .routes(routes!(billing::rules, billing::set_rules))

@@ -18,14 +18,36 @@ pub fn spawn_all(app: Arc<App>) -> Vec<JoinHandle<()>> {
         tokio::spawn(market(app.clone())),
         tokio::spawn(monitor(app.clone())),
     ];
+    if app.config.replica.is_some() {
+        tasks.push(tokio::spawn(leadership(app.clone())));
+    }
     if let FakeAgents::Every(interval) = app.config.fake_agents {
         tasks.push(tokio::spawn(fake_agent_supervisor(app, interval)));
     }
     tasks
 }
 
+/// Renews (or tries to take) the reconcilers' lease; the loops below act only while it holds.
+async fn leadership(app: Arc<App>) {
+    let every = crate::app::leader::renew_every(app.config.lease_ttl);
+    loop {
+        if let Err(e) = app.renew_leadership().await {
+            tracing::error!(error = %e, "lease renewal failed");
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// Waits until this replica leads; true at once when it does.
+async fn until_leader(app: &App) {
+    while !app.is_leader() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 async fn schedule_loop(app: Arc<App>) {
     loop {
+        until_leader(&app).await;
         match app.schedule_pass().await {
             Ok(r) if r.placed > 0 || r.conflicts > 0 => {
                 tracing::debug!(placed = r.placed, unplaced = r.unplaced, conflicts = r.conflicts, "schedule pass");
@@ -43,6 +65,7 @@ async fn schedule_loop(app: Arc<App>) {
 async fn metering(app: Arc<App>) {
     loop {
         tokio::time::sleep(app.config.metering_interval).await;
+        until_leader(&app).await;
         match app.meter().await {
             Ok(r) if r.conflicts > 0 => tracing::debug!(conflicts = r.conflicts, "metering raced another writer"),
             Ok(_) => {}
@@ -62,6 +85,7 @@ async fn metering(app: Arc<App>) {
 async fn market(app: Arc<App>) {
     let mut last_price = std::time::Instant::now() - app.config.market.price_interval;
     loop {
+        until_leader(&app).await;
         if let Err(e) = app.enforce_notices().await {
             tracing::error!(error = %e, "preemption deadlines failed");
         }
@@ -107,6 +131,7 @@ async fn monitor(app: Arc<App>) {
     let mut last_prune: Option<std::time::Instant> = None;
     loop {
         tokio::time::sleep(app.config.monitor.interval).await;
+        until_leader(&app).await;
         match app.monitor_pass().await {
             Ok(n) if n > 0 => tracing::info!(stopped = n, "idle instances stopped"),
             Ok(_) => {}
@@ -127,6 +152,7 @@ async fn monitor(app: Arc<App>) {
 
 async fn invoicing(app: Arc<App>) {
     loop {
+        until_leader(&app).await;
         if let Err(e) = app.close_past_invoices().await {
             tracing::error!(error = %e, "closing invoices failed");
         }
@@ -140,8 +166,12 @@ async fn heartbeat_watch(app: Arc<App>) {
     let period = (grace / 4).max(Duration::from_millis(50));
     loop {
         tokio::time::sleep(period).await;
+        until_leader(&app).await;
         let now = app.now();
-        if now.millis_since(app.started_at) < grace_ms {
+        // A new leader (a restart, or a replica taking over) gives agents a full grace period
+        // first: the control plane being away is not the node being lost.
+        let since = app.leader_since().unwrap_or(now).max(app.started_at);
+        if now.millis_since(since) < grace_ms {
             continue;
         }
         match app.store().mark_silent_nodes_lost(now.plus_millis(-grace_ms), now).await {
