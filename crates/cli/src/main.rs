@@ -17,7 +17,8 @@ use std::process::ExitCode;
 #[derive(Parser)]
 #[command(name = "gpucloud", version, about = "A self-hostable GPU rental cloud", propagate_version = true)]
 struct Cli {
-    /// API server URL (default: the profile written by `gpucloud dev`).
+    /// API server URL, or several replicas' separated by commas (default: the profile written by
+    /// `gpucloud dev`).
     #[arg(long, global = true, env = "GPUCLOUD_URL")]
     url: Option<String>,
     /// API key (default: the profile's key).
