@@ -102,7 +102,7 @@ try {
   const loss = "for i in $(seq 1 600); do curl -s -X POST -H 'Content-Type: application/json' " +
     "\"$GPUCLOUD_METADATA_URL/metrics\" -d \"{\\\"step\\\": $i, \\\"values\\\": {\\\"loss\\\": $(awk \"BEGIN{print 2.5*0.9^$i+0.1}\")}}\" >/dev/null; sleep 0.5; done";
   await page.fill("#f-command", loss);
-  await page.waitForSelector("#quote td:has-text('eu-1')");
+  await page.waitForSelector("#quote:has-text('2 × A100-40GB') td:has-text('eu-1')");
   const quoted = await page.textContent("#quote");
   if (!/\$3\.20\/h/.test(quoted)) throw new Error(`the quote for 2 x A100-40GB should be $3.20/h: ${quoted}`);
   await shot(page, "new-instance");

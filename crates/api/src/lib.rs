@@ -1228,3 +1228,52 @@ pub struct Replica {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease_epoch: Option<i64>,
 }
+
+/// A member's key for the caller's tenant.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateKeyRequest {
+    /// Whose key, or what for (1 to 64 characters).
+    pub name: String,
+    /// admin (default) or read-only (every mutating call is refused with 403).
+    #[serde(default)]
+    pub scope: Option<String>,
+}
+
+/// An API key as listed: never its secret.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ApiKeyInfo {
+    pub id: String,
+    pub prefix: String,
+    pub name: String,
+    /// admin or read-only.
+    pub scope: String,
+    pub created_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_at: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ApiKeyList {
+    pub keys: Vec<ApiKeyInfo>,
+}
+
+/// One mutating API call.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AuditEntry {
+    pub id: String,
+    pub at: String,
+    pub tenant: String,
+    pub key_prefix: String,
+    pub method: String,
+    pub path: String,
+    pub status: u16,
+    /// The caller's address as the server saw it (and a proxy's X-Forwarded-For).
+    pub remote: String,
+}
+
+/// Newest first.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AuditLog {
+    pub entries: Vec<AuditEntry>,
+}

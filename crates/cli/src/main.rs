@@ -1,5 +1,6 @@
 //! The `gpucloud` binary: the server (`serve`, `dev`), the tenant and operator CLI, and benchmarks.
 
+mod access;
 mod bench;
 mod bill;
 mod client;
@@ -102,6 +103,20 @@ enum Command {
     /// GPU telemetry history, the fleet over time, alerts, idle policy, the pending queue.
     #[command(subcommand)]
     Monitor(monitor::MonitorCmd),
+    /// Your tenant's API keys: members' admin or read-only keys, revocation.
+    #[command(subcommand)]
+    Key(access::KeyCmd),
+    /// The audit log of mutating calls (operator).
+    Audit {
+        /// One tenant's calls (its id).
+        #[arg(long)]
+        tenant: Option<String>,
+        /// How far back, in seconds.
+        #[arg(long, default_value_t = 86_400)]
+        since: i64,
+        #[arg(long, default_value_t = 200)]
+        limit: u32,
+    },
 }
 
 fn main() -> ExitCode {
@@ -113,6 +128,8 @@ fn main() -> ExitCode {
         Command::Agent(a) => servers::agent(a),
         Command::Instance(c) => commands::instance(&ctx, c),
         Command::Monitor(c) => monitor::monitor(&ctx, c),
+        Command::Key(c) => access::key(&ctx, c),
+        Command::Audit { tenant, since, limit } => access::audit(&ctx, tenant, since, limit),
         Command::Node(c) => commands::node(&ctx, c),
         Command::Tenant(c) => commands::tenant(&ctx, c),
         Command::Bill(c) => bill::bill(&ctx, c),

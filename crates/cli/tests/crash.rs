@@ -161,11 +161,10 @@ fn run(database: Option<&str>, label: &str) {
         assert!(Instant::now() < deadline, "instances never settled: {all:?}");
         std::thread::sleep(Duration::from_millis(50));
     }
-    std::thread::sleep(Duration::from_millis(400)); // a few metering ticks
-    drop(s);
-
     let url = database.map(str::to_string).unwrap_or_else(|| format!("sqlite://{}/gpucloud.db", data.display()));
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(billing::wait_settled(&url));
+    drop(s);
     rt.block_on(verify(&url));
     let _ = std::fs::remove_dir_all(&data);
 }

@@ -273,6 +273,18 @@ fn killing_the_leader_loses_and_doubles_nothing() {
         assert!(Instant::now() < deadline, "a stopped instance's workload still runs");
         std::thread::sleep(Duration::from_millis(50));
     }
+    // A key revoked through one replica is refused by the other at its next request.
+    let (status, member) =
+        call(&a, &up(0), &key, "POST", "/v1/keys", Some(json!({"name": "member", "scope": "read-only"})), None)
+            .unwrap();
+    assert_eq!(status, 201, "{member}");
+    let secret = member["api_key"].as_str().unwrap();
+    assert_eq!(call(&a, &up(1), secret, "GET", "/v1/instances", None, None).unwrap().0, 200);
+    let revoke = format!("/v1/keys/{}/revoke", member["id"].as_str().unwrap());
+    assert_eq!(call(&a, &up(0), &key, "POST", &revoke, None, None).unwrap().0, 200);
+    assert_eq!(call(&a, &up(1), secret, "GET", "/v1/instances", None, None).unwrap().0, 401);
+
+    rt.block_on(billing::wait_settled(&db));
     drop(replicas);
     rt.block_on(billing::verify(&db));
     let _ = std::fs::remove_dir_all(&root);

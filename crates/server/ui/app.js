@@ -298,7 +298,9 @@ async function newInstancePage() {
   const quote = h("div", { class: "quote", id: "quote" });
   const err = h("p", { class: "error", id: "create-error" });
   const submit = h("button", { class: "primary", type: "submit", id: "create-button" }, "Create instance");
+  let asked = 0; // answers to older inputs arrive late sometimes: only the latest is shown
   const refreshQuote = async () => {
+    const mine = ++asked;
     const body = { gpu: f.gpu.value, count: Number(f.count.value) || 1 };
     if (f.region.value) body.region = f.region.value;
     try {
@@ -311,11 +313,12 @@ async function newInstancePage() {
         rows.push(h("tr", {}, h("td", {}, l.region), h("td", { class: "num" }, `${money(l.price_per_hour)}/h`),
           h("td", { class: "num" }, spot === null ? "—" : `${money(spot)}/h`), h("td", { class: "num" }, free ?? "—")));
       }
+      if (mine !== asked) return;
       quote.replaceChildren(h("div", { class: "chart-title" }, `Live quote: ${body.count} × ${body.gpu}`),
         table(["Region", "On-demand", "Spot now", "GPUs free"], rows, "No region has this GPU."),
         h("p", { class: "muted" }, "Billed per second while running; spot is cheaper and preempted with notice."));
       err.textContent = "";
-    } catch (x) { quote.replaceChildren(h("p", { class: "error" }, x.message)); }
+    } catch (x) { if (mine === asked) quote.replaceChildren(h("p", { class: "error" }, x.message)); }
   };
   for (const el of Object.values(f)) el.addEventListener("input", refreshQuote);
   const form = h("form", {

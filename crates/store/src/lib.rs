@@ -3,6 +3,7 @@
 //! own numbered migrations. Every write that can race is guarded here: node generations for
 //! placements, instance generations for state changes, `instance_id IS NULL` for GPU allocation.
 
+mod access;
 mod lease;
 mod market;
 mod migrate;
@@ -10,6 +11,7 @@ mod sql;
 mod telemetry;
 mod types;
 
+pub use access::AccessStore;
 pub use lease::LeaseStore;
 pub use market::{JobChange, MarketStore};
 pub use sql::SqlStore;
@@ -43,7 +45,7 @@ pub enum Backend {
 }
 
 #[async_trait]
-pub trait Store: MarketStore + TelemetryStore + LeaseStore + Send + Sync {
+pub trait Store: MarketStore + TelemetryStore + LeaseStore + AccessStore + Send + Sync {
     fn backend(&self) -> Backend;
 
     async fn create_tenant(&self, tenant: &Tenant) -> Result<()>;

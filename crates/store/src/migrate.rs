@@ -19,6 +19,7 @@ const SQLITE: &[(i64, &str)] = &[
     (12, include_str!("../migrations/sqlite/0012_pool_schedules.sql")),
     (13, include_str!("../migrations/sqlite/0013_gpu_samples.sql")),
     (14, include_str!("../migrations/sqlite/0014_leases.sql")),
+    (15, include_str!("../migrations/sqlite/0015_keys_and_audit.sql")),
 ];
 const POSTGRES: &[(i64, &str)] = &[
     (1, include_str!("../migrations/postgres/0001_foundation.sql")),
@@ -35,6 +36,7 @@ const POSTGRES: &[(i64, &str)] = &[
     (12, include_str!("../migrations/postgres/0012_pool_schedules.sql")),
     (13, include_str!("../migrations/postgres/0013_gpu_samples.sql")),
     (14, include_str!("../migrations/postgres/0014_leases.sql")),
+    (15, include_str!("../migrations/postgres/0015_keys_and_audit.sql")),
 ];
 
 pub(crate) async fn run(pool: &AnyPool, backend: Backend) -> Result<()> {

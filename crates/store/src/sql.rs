@@ -8,8 +8,7 @@ use crate::{
 use async_trait::async_trait;
 use gpucloud_billing::{Account, CURRENCY, EntryKind, PricePoint, Rules};
 use gpucloud_model::{
-    ApiKeyId, GpuModel, InstanceId, InstanceState, NodeHealth, NodeId, NodeState, Region, Role, StopTarget, TenantId,
-    Timestamp,
+    GpuModel, InstanceId, InstanceState, NodeHealth, NodeId, NodeState, Region, Role, StopTarget, TenantId, Timestamp,
 };
 use gpucloud_model::{GpuShare, Money, Tier};
 use sqlx::any::{AnyPoolOptions, AnyRow};
@@ -243,35 +242,35 @@ impl Store for SqlStore {
     }
 
     async fn insert_api_key(&self, k: &ApiKey) -> Result<()> {
-        sqlx::query("INSERT INTO api_keys (id, tenant_id, prefix, hash, created_at) VALUES ($1, $2, $3, $4, $5)")
-            .bind(k.id.to_string())
-            .bind(k.tenant_id.to_string())
-            .bind(&k.prefix)
-            .bind(&k.hash)
-            .bind(k.created_at.0)
-            .execute(&self.pool)
-            .await
-            .map_err(|e| unique_violation(e, "api key"))?;
+        sqlx::query(
+            "INSERT INTO api_keys (id, tenant_id, prefix, hash, created_at, name, scope, revoked_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(k.id.to_string())
+        .bind(k.tenant_id.to_string())
+        .bind(&k.prefix)
+        .bind(&k.hash)
+        .bind(k.created_at.0)
+        .bind(&k.name)
+        .bind(k.scope.as_str())
+        .bind(k.revoked_at.map(|t| t.0))
+        .execute(&self.pool)
+        .await
+        .map_err(|e| unique_violation(e, "api key"))?;
         Ok(())
     }
 
     async fn find_api_key(&self, hash: &str) -> Result<Option<(ApiKey, Tenant)>> {
         let row = sqlx::query(
-            "SELECT t.id, t.name, t.role, t.created_at, k.id, k.prefix, k.hash, k.created_at \
-             FROM api_keys k JOIN tenants t ON t.id = k.tenant_id WHERE k.hash = $1",
+            "SELECT t.id, t.name, t.role, t.created_at, k.id, k.prefix, k.hash, k.created_at, k.name, k.scope, k.revoked_at \
+             FROM api_keys k JOIN tenants t ON t.id = k.tenant_id WHERE k.hash = $1 AND k.revoked_at IS NULL",
         )
         .bind(hash)
         .fetch_optional(&self.pool)
         .await?;
         let Some(r) = row else { return Ok(None) };
         let tenant = tenant_from_row(&r, 0)?;
-        let key = ApiKey {
-            id: parse::<ApiKeyId>("api_keys", &r.try_get::<String, _>(4)?)?,
-            tenant_id: tenant.id.clone(),
-            prefix: r.try_get(5)?,
-            hash: r.try_get(6)?,
-            created_at: Timestamp(r.try_get(7)?),
-        };
+        let key = crate::access::key_from_row(&r, 4, tenant.id.clone())?;
         Ok(Some((key, tenant)))
     }
 

@@ -19,6 +19,54 @@ pub struct ApiKey {
     pub prefix: String,
     pub hash: String,
     pub created_at: Timestamp,
+    /// For people: whose key it is, what it is for.
+    pub name: String,
+    pub scope: KeyScope,
+    /// A revoked key authenticates nothing, on every replica, from the next request.
+    pub revoked_at: Option<Timestamp>,
+}
+
+/// What a key may do within its tenant's rights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyScope {
+    /// Everything the tenant may do.
+    Admin,
+    /// Reads only: every mutating call is refused (403).
+    ReadOnly,
+}
+
+impl KeyScope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyScope::Admin => "admin",
+            KeyScope::ReadOnly => "read-only",
+        }
+    }
+}
+
+impl std::str::FromStr for KeyScope {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<KeyScope, String> {
+        match s {
+            "admin" => Ok(KeyScope::Admin),
+            "read-only" => Ok(KeyScope::ReadOnly),
+            other => Err(format!("unknown key scope '{other}': admin or read-only")),
+        }
+    }
+}
+
+/// One mutating API call, as the audit log keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEntry {
+    pub id: String,
+    pub at: Timestamp,
+    pub tenant_id: TenantId,
+    pub key_prefix: String,
+    pub method: String,
+    pub path: String,
+    pub status: u16,
+    /// The caller's address as the server saw it.
+    pub remote: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

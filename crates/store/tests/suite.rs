@@ -203,12 +203,56 @@ async fn tenants_and_keys(s: Arc<dyn Store>) {
         prefix: "gpc_abcd".into(),
         hash: "h1".into(),
         created_at: ts(3),
+        name: "ci".into(),
+        scope: KeyScope::Admin,
+        revoked_at: None,
     };
     s.insert_api_key(&key).await.unwrap();
+    let reader = ApiKey {
+        id: ApiKeyId::from_random(rand::random()),
+        hash: "h2".into(),
+        name: "dashboard".into(),
+        scope: KeyScope::ReadOnly,
+        created_at: ts(4),
+        ..key.clone()
+    };
+    s.insert_api_key(&reader).await.unwrap();
     let (k, owner) = s.find_api_key("h1").await.unwrap().unwrap();
-    assert_eq!((k, owner), (key, t.clone()));
+    assert_eq!((k, owner), (key.clone(), t.clone()));
+    assert_eq!(s.find_api_key("h2").await.unwrap().unwrap().0.scope, KeyScope::ReadOnly);
     assert!(s.find_api_key("nope").await.unwrap().is_none());
-    assert_eq!(s.list_tenants().await.unwrap(), vec![t]);
+    assert_eq!(s.list_tenants().await.unwrap(), vec![t.clone()]);
+    // Revocation: once, and the key finds nothing from then on.
+    assert!(s.revoke_api_key(&reader.id, ts(10)).await.unwrap());
+    assert!(!s.revoke_api_key(&reader.id, ts(11)).await.unwrap());
+    assert!(s.find_api_key("h2").await.unwrap().is_none());
+    let keys = s.list_api_keys(&t.id).await.unwrap();
+    assert_eq!(
+        keys.iter().map(|k| (k.name.as_str(), k.revoked_at)).collect::<Vec<_>>(),
+        vec![("ci", None), ("dashboard", Some(ts(10)))]
+    );
+    assert_eq!(s.get_api_key(&key.id).await.unwrap(), Some(key.clone()));
+
+    // The audit log: newest first, per tenant or all, and append-only.
+    let entry = |id: &str, at: i64, tenant: &TenantId| AuditEntry {
+        id: id.into(),
+        at: ts(at),
+        tenant_id: tenant.clone(),
+        key_prefix: "gpc_abcd".into(),
+        method: "POST".into(),
+        path: "/v1/instances".into(),
+        status: 201,
+        remote: "127.0.0.1:5000".into(),
+    };
+    let other = tenant(&s, "other").await;
+    s.insert_audit(&entry("a1", 1, &t.id)).await.unwrap();
+    s.insert_audit(&entry("a2", 2, &other.id)).await.unwrap();
+    s.insert_audit(&entry("a3", 3, &t.id)).await.unwrap();
+    let ids = |v: Vec<AuditEntry>| v.into_iter().map(|e| e.id).collect::<Vec<_>>();
+    assert_eq!(ids(s.list_audit(None, ts(0), 10).await.unwrap()), vec!["a3", "a2", "a1"]);
+    assert_eq!(ids(s.list_audit(Some(&t.id), ts(2), 10).await.unwrap()), vec!["a3"]);
+    assert_eq!(ids(s.list_audit(None, ts(0), 1).await.unwrap()), vec!["a3"]);
+    assert!(s.insert_audit(&entry("a1", 9, &t.id)).await.is_err(), "ids are unique");
 }
 
 async fn node_health_follows_heartbeats(s: Arc<dyn Store>) {

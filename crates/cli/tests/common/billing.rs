@@ -5,6 +5,21 @@ use gpucloud_billing::{EntryKind, charge};
 use gpucloud_model::{InstanceState, Money, TenantId, Timestamp};
 use std::collections::BTreeMap;
 
+/// Waits (up to 20 s) until metering has settled every closed interval: under load a pass can
+/// take longer than a fixed sleep.
+pub async fn wait_settled(url: &str) {
+    let store = gpucloud_store::open(url).await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let open = store.unsettled_intervals().await.unwrap();
+        if open.is_empty() {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "metering never settled: {open:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 /// Zero seconds lost, zero charged twice, books balanced, for the tenant named "default" (or
 /// `tenant` when given).
 pub async fn verify(url: &str) {

@@ -9,6 +9,7 @@ pub struct Principal {
     pub tenant: Tenant,
     pub key_id: ApiKeyId,
     pub key_prefix: String,
+    pub scope: gpucloud_store::KeyScope,
 }
 
 impl Principal {
@@ -39,6 +40,6 @@ impl App {
             .filter(|k| k.starts_with("gpc_"))
             .ok_or(AppError::Unauthenticated)?;
         let (key, tenant) = self.store.find_api_key(&hash_key(key)).await?.ok_or(AppError::BadKey)?;
-        Ok(Principal { tenant, key_id: key.id, key_prefix: key.prefix })
+        Ok(Principal { tenant, key_id: key.id, key_prefix: key.prefix, scope: key.scope })
     }
 }

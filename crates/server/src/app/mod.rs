@@ -15,6 +15,7 @@ pub mod market;
 pub mod monitoring;
 pub mod obs;
 pub mod pools;
+pub mod ratelimit;
 pub mod reservations;
 pub use instances::{CreateInstance, resolve_share};
 mod nodes;
@@ -55,6 +56,8 @@ pub struct Config {
     /// restarts, so a restarted replica picks its own lease up at once). None: the only replica
     /// (SQLite, `gpucloud dev`, tests), which always runs the reconcilers.
     pub replica: Option<String>,
+    /// Per-key request rate (None: unlimited).
+    pub rate_limit: Option<ratelimit::RateLimit>,
 }
 
 /// The spot market's settings (see `billing::spot` for the price formula).
@@ -140,6 +143,7 @@ impl Default for Config {
             // before leadership moves, and a dead leader is replaced within ~3 s.
             lease_ttl: Duration::from_secs(3),
             replica: None,
+            rate_limit: Some(ratelimit::RateLimit::default()),
         }
     }
 }
@@ -165,6 +169,9 @@ pub struct App {
     /// When each node's GPU samples were last stored (heartbeats come more often than samples).
     /// Whether this replica runs the background reconcilers now.
     pub(crate) leadership: leader::Leadership,
+    /// Each key's token bucket: tokens left and when they were counted.
+    pub(crate) rate_buckets:
+        std::sync::Mutex<std::collections::HashMap<gpucloud_model::ApiKeyId, (f64, std::time::Instant)>>,
     /// Request and scheduling latency histograms for `/metrics`.
     pub obs: obs::ServerMetrics,
     pub(crate) sampled_at: std::sync::Mutex<std::collections::HashMap<gpucloud_model::NodeId, Timestamp>>,
@@ -188,6 +195,7 @@ impl App {
             sampled_at: Default::default(),
             obs: Default::default(),
             leadership: Default::default(),
+            rate_buckets: Default::default(),
         };
         app.started_at = app.now();
         app

@@ -1,6 +1,6 @@
 use super::{App, AppError, Principal, hash_key, random_bits};
 use gpucloud_model::{ApiKeyId, Role, TenantId};
-use gpucloud_store::{ApiKey, Tenant};
+use gpucloud_store::{ApiKey, KeyScope, Tenant};
 use rand::Rng;
 
 /// A freshly minted key: the secret is returned once and only its hash is kept.
@@ -41,12 +41,69 @@ impl App {
         self.mint_key_for(tenant).await
     }
 
+    /// A tenant admin gives a member a key of its own tenant: named, admin or read-only.
+    pub async fn create_member_key(&self, by: &Principal, name: &str, scope: &str) -> Result<NewKey, AppError> {
+        let scope: KeyScope = scope.parse().map_err(|e: String| AppError::invalid("scope", e))?;
+        if name.is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
+            return Err(AppError::invalid("name", "a key name is 1 to 64 printable characters"));
+        }
+        self.mint_key(by.tenant.clone(), name, scope).await
+    }
+
+    /// The caller's tenant's keys (never their secrets).
+    pub async fn list_keys(&self, by: &Principal) -> Result<Vec<ApiKey>, AppError> {
+        Ok(self.store.list_api_keys(&by.tenant.id).await?)
+    }
+
+    /// Revokes a key of the caller's tenant (an operator: of any tenant). Takes effect on every
+    /// replica at the next request: keys are looked up on each one.
+    pub async fn revoke_key(&self, by: &Principal, id: &str) -> Result<ApiKey, AppError> {
+        let not_found = || AppError::NotFound { kind: "api key", id: id.to_string() };
+        let kid = ApiKeyId::parse(id).map_err(|_| not_found())?;
+        let key = self.store.get_api_key(&kid).await?.ok_or_else(not_found)?;
+        if key.tenant_id != by.tenant.id && by.tenant.role != Role::Operator {
+            return Err(not_found());
+        }
+        if !self.store.revoke_api_key(&kid, self.now()).await? {
+            return Err(AppError::Conflict(format!("key {id} was revoked already")));
+        }
+        Ok(self.store.get_api_key(&kid).await?.unwrap_or(key))
+    }
+
     pub async fn list_tenants(&self, by: &Principal) -> Result<Vec<Tenant>, AppError> {
         by.require_operator()?;
         Ok(self.store.list_tenants().await?)
     }
 
+    /// Operator: mutating calls since `since_s` seconds ago, of one tenant or all.
+    pub async fn audit_log(
+        &self,
+        by: &Principal,
+        tenant: Option<&str>,
+        since_s: i64,
+        limit: u32,
+    ) -> Result<Vec<gpucloud_store::AuditEntry>, AppError> {
+        by.require_operator()?;
+        if !(1..=366 * 86_400).contains(&since_s) {
+            return Err(AppError::invalid("since", "since is 1 s to a year back, in seconds"));
+        }
+        if !(1..=10_000).contains(&limit) {
+            return Err(AppError::invalid("limit", "limit is 1 to 10000"));
+        }
+        let tenant = match tenant {
+            Some(t) => {
+                Some(TenantId::parse(t).map_err(|_| AppError::invalid("tenant", format!("'{t}' is not a tenant id")))?)
+            }
+            None => None,
+        };
+        Ok(self.store.list_audit(tenant.as_ref(), self.now().plus_millis(-since_s * 1000), limit).await?)
+    }
+
     pub(crate) async fn mint_key_for(&self, tenant: Tenant) -> Result<NewKey, AppError> {
+        self.mint_key(tenant, "", KeyScope::Admin).await
+    }
+
+    async fn mint_key(&self, tenant: Tenant, name: &str, scope: KeyScope) -> Result<NewKey, AppError> {
         const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
         let body: String = {
             let mut rng = rand::rng();
@@ -60,6 +117,9 @@ impl App {
             prefix: prefix.clone(),
             hash: hash_key(&secret),
             created_at: self.now(),
+            name: name.to_string(),
+            scope,
+            revoked_at: None,
         };
         self.store.insert_api_key(&key).await?;
         Ok(NewKey { id: key.id, tenant, prefix, secret })

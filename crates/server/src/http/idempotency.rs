@@ -42,8 +42,10 @@ async fn run(app: Arc<App>, req: Request, next: Next) -> Result<Response, ApiErr
         )
         .field("Idempotency-Key"));
     }
-    let authz = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    let principal = app.authenticate(authz).await?;
+    let principal = match req.extensions().get::<crate::app::Principal>() {
+        Some(p) => p.clone(),
+        None => app.authenticate(req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok())).await?,
+    };
     let (mut parts, body) = req.into_parts();
     let bytes = to_bytes(body, MAX_BODY).await.map_err(|_| {
         ApiError::new(

@@ -1,12 +1,14 @@
 //! HTTP: routes (one file per resource), extractors, the problem mapping and the idempotency
 //! layer. Handlers parse, authenticate and call the app layer; they hold no SQL and no policy.
 
+mod access;
 mod agents;
 mod billing;
 mod clusters;
 mod convert;
 pub mod error;
 mod extract;
+mod guard;
 mod idempotency;
 mod instances;
 mod market;
@@ -81,6 +83,9 @@ pub fn api() -> (Router<Arc<App>>, utoipa::openapi::OpenApi) {
         .routes(routes!(nodes::drain))
         .routes(routes!(tenants::list, tenants::create))
         .routes(routes!(tenants::create_key))
+        .routes(routes!(access::create, access::list))
+        .routes(routes!(access::revoke))
+        .routes(routes!(access::audit))
         .routes(routes!(meta::whoami))
         .routes(routes!(meta::gpu_models))
         .routes(routes!(meta::capacity))
@@ -144,6 +149,7 @@ pub fn router(app: Arc<App>) -> Router {
             )
         })
         .layer(axum::middleware::from_fn_with_state(app.clone(), idempotency::layer))
+        .layer(axum::middleware::from_fn_with_state(app.clone(), guard::layer))
         .route_layer(axum::middleware::from_fn_with_state(app.clone(), metrics::track))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(app)

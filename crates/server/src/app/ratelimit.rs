@@ -1,0 +1,44 @@
+//! Per-key rate limits: a token bucket per API key, in each replica's memory (so N replicas
+//! allow up to N times the rate; a shared bucket would cost a database write per request).
+
+use super::App;
+use gpucloud_model::ApiKeyId;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, Copy)]
+pub struct RateLimit {
+    /// Sustained requests per second per key.
+    pub per_second: f64,
+    /// How many may come at once after a quiet spell.
+    pub burst: f64,
+}
+
+impl Default for RateLimit {
+    fn default() -> RateLimit {
+        // Far above a person, a dashboard (a few calls every 2 s) or a CI script polling every
+        // 20 ms; a runaway loop is stopped within a second.
+        RateLimit { per_second: 100.0, burst: 200.0 }
+    }
+}
+
+impl App {
+    /// Takes one token from the key's bucket, or says how long until one is there.
+    pub fn take_rate_token(&self, key: &ApiKeyId) -> Result<(), Duration> {
+        let Some(limit) = self.config.rate_limit else { return Ok(()) };
+        let now = Instant::now();
+        let mut buckets = self.rate_buckets.lock().unwrap_or_else(|e| e.into_inner());
+        if buckets.len() > 100_000 {
+            // Keys are few; this bounds memory if something mints keys in a loop.
+            buckets.retain(|_, (_, t)| now.duration_since(*t) < Duration::from_secs(60));
+        }
+        let (tokens, at) = buckets.entry(key.clone()).or_insert((limit.burst, now));
+        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * limit.per_second).min(limit.burst);
+        *at = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64((1.0 - *tokens) / limit.per_second.max(1e-6)))
+        }
+    }
+}

@@ -1,0 +1,82 @@
+//! In front of every route: resolves the caller's key once (handlers and the idempotency layer
+//! reuse it), refuses mutating calls from read-only keys (403) and callers over their rate
+//! (429 with Retry-After), and writes each authenticated mutating call to the audit log.
+
+use super::error::ApiError;
+use crate::app::App;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use gpucloud_store::{AuditEntry, KeyScope};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+pub async fn layer(State(app): State<Arc<App>>, mut req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let mutating = !matches!(method, Method::GET | Method::HEAD | Method::OPTIONS);
+    // The agent protocol beats every few seconds per node: neither limited nor audited, except
+    // registration.
+    let agent_beat = path.starts_with("/v1/agent/") && path != "/v1/agent/register";
+    let authz = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::to_string);
+    // A missing or bad key is the handler's to refuse (401): public routes need none.
+    let principal = match authz {
+        Some(a) => app.authenticate(Some(&a)).await.ok(),
+        None => None,
+    };
+    let remote = remote_of(&req);
+    let resp = match &principal {
+        // Refused here, and still audited: a read-only key trying to change something is news.
+        Some(p) if mutating && p.scope == KeyScope::ReadOnly => ApiError::new(
+            StatusCode::FORBIDDEN,
+            "read_only_key",
+            format!("key {} is read-only: it cannot {method} {path}", p.key_prefix),
+        )
+        .into_response(),
+        Some(p) => {
+            if !agent_beat && let Err(wait) = app.take_rate_token(&p.key_id) {
+                // Not audited: a runaway client would otherwise write a row per refusal.
+                let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+                let mut resp = ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limited",
+                    format!("key {} is over its rate limit; retry in {secs} s", p.key_prefix),
+                )
+                .into_response();
+                resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+                return resp;
+            }
+            req.extensions_mut().insert(p.clone());
+            next.run(req).await
+        }
+        None => next.run(req).await,
+    };
+    if let Some(p) = principal.filter(|_| mutating && !agent_beat && path.starts_with("/v1/")) {
+        let entry = AuditEntry {
+            id: format!("au-{:032x}", crate::app::random_bits()),
+            at: app.now(),
+            tenant_id: p.tenant.id.clone(),
+            key_prefix: p.key_prefix.clone(),
+            method: method.to_string(),
+            path,
+            status: resp.status().as_u16(),
+            remote,
+        };
+        // The call is done either way; a lost audit row is logged loudly, never silently.
+        if let Err(e) = app.store().insert_audit(&entry).await {
+            tracing::error!(error = %e, method = %entry.method, path = %entry.path, "audit log write failed");
+        }
+    }
+    resp
+}
+
+/// The peer address, with what a proxy in front said about the client (X-Forwarded-For).
+fn remote_of(req: &Request) -> String {
+    let peer =
+        req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.to_string()).unwrap_or_else(|| "unknown".into());
+    match req.headers().get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(xff) => format!("{peer} (x-forwarded-for: {})", xff.chars().take(200).collect::<String>()),
+        None => peer,
+    }
+}

@@ -1,0 +1,133 @@
+//! Members' keys, read-only scope, revocation, per-key rate limits and the audit log, over HTTP.
+
+mod common;
+
+use common::TestServer;
+use serde_json::json;
+use std::time::Duration;
+
+#[test]
+fn members_get_admin_or_read_only_keys_and_revocation_is_immediate() {
+    let s = TestServer::start();
+    let admin = s.tenant("lab");
+    let other = s.tenant("rival");
+
+    let r = s.post(&admin, "/v1/keys", Some(&json!({"name": "grafana", "scope": "read-only"})));
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let reader = r.body["api_key"].as_str().unwrap().to_string();
+    let reader_id = r.body["id"].as_str().unwrap().to_string();
+    for (body, field) in [
+        (json!({"name": "x", "scope": "root"}), "scope"),
+        (json!({"name": ""}), "name"),
+        (json!({"name": "x", "owner": "me"}), "owner"),
+    ] {
+        let r = s.post(&admin, "/v1/keys", Some(&body));
+        assert_eq!((r.status, r.body["field"].as_str()), (422, Some(field)), "{body}: {:?}", r.body);
+    }
+
+    // Read-only: reads work, every change is refused and names the key.
+    assert_eq!(s.get(&reader, "/v1/instances").status, 200);
+    assert_eq!(s.get(&reader, "/v1/billing/balance").status, 200);
+    let body = json!({"gpu": "T4", "count": 1, "command": "sleep 100"});
+    let r = s.post(&reader, "/v1/instances", Some(&body));
+    assert_eq!((r.status, r.body["code"].as_str()), (403, Some("read_only_key")), "{:?}", r.body);
+    assert_eq!(s.post(&reader, "/v1/keys", Some(&json!({"name": "escalate"}))).status, 403);
+    let inst = s.create(&admin, "T4", 1, None);
+    let id = inst["id"].as_str().unwrap();
+    assert_eq!(s.post(&reader, &format!("/v1/instances/{id}/stop"), None).status, 403);
+
+    let keys = s.get(&admin, "/v1/keys").body;
+    let listed: Vec<(&str, &str)> = keys["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| (k["name"].as_str().unwrap(), k["scope"].as_str().unwrap()))
+        .collect();
+    assert_eq!(listed, vec![("", "admin"), ("grafana", "read-only")]);
+    assert!(!keys.to_string().contains(&reader), "a listing never shows a secret");
+
+    // Another tenant cannot see or revoke it; its owner can, once; then it is refused.
+    assert_eq!(s.post(&other, &format!("/v1/keys/{reader_id}/revoke"), None).status, 404);
+    let r = s.post(&admin, &format!("/v1/keys/{reader_id}/revoke"), None);
+    assert_eq!((r.status, r.body["revoked_at"].is_string()), (200, true), "{:?}", r.body);
+    assert_eq!(s.get(&reader, "/v1/instances").status, 401);
+    assert_eq!(s.post(&admin, &format!("/v1/keys/{reader_id}/revoke"), None).status, 409);
+    assert_eq!(s.post(&admin, "/v1/keys/k-nonsense/revoke", None).status, 404);
+    // The operator may revoke any tenant's key.
+    let r = s.post(&other, "/v1/keys", Some(&json!({"name": "ci"})));
+    let ci_id = r.body["id"].as_str().unwrap().to_string();
+    let ci = r.body["api_key"].as_str().unwrap().to_string();
+    assert_eq!(s.post(&s.operator_key, &format!("/v1/keys/{ci_id}/revoke"), None).status, 200);
+    assert_eq!(s.get(&ci, "/v1/whoami").status, 401);
+}
+
+#[test]
+fn each_key_has_its_own_rate_limit() {
+    let s = TestServer::start_with(|c| {
+        c.rate_limit = Some(gpucloud_server::app::ratelimit::RateLimit { per_second: 5.0, burst: 5.0 });
+    });
+    let a = s.tenant("busy");
+    let b = s.tenant("calm");
+    let statuses: Vec<u16> = (0..8).map(|_| s.get(&a, "/v1/instances").status).collect();
+    assert_eq!(&statuses[..5], &[200; 5], "{statuses:?}");
+    let limited = s.raw("GET", "/v1/instances", Some(&a), &[], None);
+    assert_eq!((limited.status, limited.body["code"].as_str()), (429, Some("rate_limited")), "{:?}", limited.body);
+    assert_eq!(s.get(&b, "/v1/instances").status, 200, "another key is not slowed");
+    let mut resp = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .new_agent()
+        .get(format!("{}/v1/instances", s.url))
+        .header("Authorization", format!("Bearer {a}"))
+        .call()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 429);
+    let retry: u64 = resp.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=2).contains(&retry), "{retry}");
+    let _ = resp.body_mut().read_to_string();
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(s.get(&a, "/v1/instances").status, 200, "tokens come back at the configured rate");
+}
+
+#[test]
+fn every_mutating_call_is_in_the_audit_log_for_the_operator() {
+    let s = TestServer::start();
+    let key = s.tenant("lab");
+    let inst = s.create(&key, "T4", 1, None);
+    let id = inst["id"].as_str().unwrap().to_string();
+    s.wait_state(&key, &id, "running");
+    assert_eq!(s.post(&key, &format!("/v1/instances/{id}/stop"), None).status, 200);
+    let r = s.post(&key, "/v1/instances", Some(&json!({"gpu": "T4", "count": 0, "command": "x"})));
+    assert_eq!(r.status, 422);
+    s.get(&key, "/v1/instances"); // reads are not audited
+
+    assert_eq!(s.get(&key, "/v1/audit").status, 403, "the audit log is the operator's");
+    let tenant = s.get(&key, "/v1/whoami").body["tenant"]["id"].as_str().unwrap().to_string();
+    let log = s.get(&s.operator_key, &format!("/v1/audit?tenant={tenant}")).body;
+    let rows: Vec<(String, String, u64)> = log["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (e["method"].as_str().unwrap().into(), e["path"].as_str().unwrap().into(), e["status"].as_u64().unwrap())
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        vec![
+            ("POST".to_string(), "/v1/instances".to_string(), 422),
+            ("POST".to_string(), format!("/v1/instances/{id}/stop"), 200),
+            ("POST".to_string(), "/v1/instances".to_string(), 201),
+        ],
+        "newest first: {log}"
+    );
+    let first = &log["entries"][0];
+    assert!(first["remote"].as_str().unwrap().starts_with("127.0.0.1:"), "{first}");
+    assert_eq!(first["key_prefix"].as_str().unwrap(), &key[..12]);
+    // The operator's own tenant creation is there too; a bad query is a 4xx.
+    let all = s.get(&s.operator_key, "/v1/audit?limit=1000").body;
+    assert!(all["entries"].as_array().unwrap().iter().any(|e| e["path"] == "/v1/tenants"), "{all}");
+    assert_eq!(s.get(&s.operator_key, "/v1/audit?since=0").status, 422);
+    assert_eq!(s.get(&s.operator_key, "/v1/audit?tenant=nobody").status, 422);
+    assert_eq!(s.get(&s.operator_key, "/v1/audit?bogus=1").status, 400);
+}

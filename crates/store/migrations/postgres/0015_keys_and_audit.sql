@@ -1,0 +1,27 @@
+-- Members' keys: a name for people, a scope (admin may change things, read-only may only read),
+-- and revocation, checked on every request by every replica.
+ALTER TABLE api_keys ADD COLUMN name TEXT NOT NULL DEFAULT '';
+ALTER TABLE api_keys ADD COLUMN scope TEXT NOT NULL DEFAULT 'admin';
+ALTER TABLE api_keys ADD COLUMN revoked_at BIGINT;
+
+-- Every mutating API call: who (tenant and key prefix), what (method, path, status), when and
+-- from where. Append-only.
+CREATE TABLE audit_log (
+    id          TEXT PRIMARY KEY,
+    at          BIGINT NOT NULL,
+    tenant_id   TEXT NOT NULL,
+    key_prefix  TEXT NOT NULL,
+    method      TEXT NOT NULL,
+    path        TEXT NOT NULL,
+    status      BIGINT NOT NULL,
+    remote      TEXT NOT NULL
+);
+CREATE INDEX audit_by_time ON audit_log (at);
+CREATE INDEX audit_by_tenant ON audit_log (tenant_id, at);
+CREATE FUNCTION audit_log_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'the audit log is append-only';
+END;
+$$;
+CREATE TRIGGER audit_log_append_only BEFORE UPDATE OR DELETE ON audit_log
+    FOR EACH ROW EXECUTE FUNCTION audit_log_append_only();
