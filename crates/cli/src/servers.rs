@@ -50,7 +50,7 @@ pub struct MarketArgs {
     spot_price_interval: Option<f64>,
 }
 
-/// Monitoring's settings (both `dev` and `serve`).
+/// Monitoring's and the API's limits (both `dev` and `serve`).
 #[derive(Args)]
 pub struct MonitorArgs {
     /// Days GPU telemetry samples are kept [default: 7].
@@ -62,6 +62,10 @@ pub struct MonitorArgs {
     /// A GPU at or above this temperature raises an alert [default: 85].
     #[arg(long, value_name = "CELSIUS")]
     gpu_temperature_alert: Option<f64>,
+    /// Requests per second each API key may make, per replica, with bursts of twice that;
+    /// 0 turns the limit off [default: 100].
+    #[arg(long, value_name = "PER_SECOND")]
+    rate_limit: Option<f64>,
 }
 
 impl MonitorArgs {
@@ -83,6 +87,14 @@ impl MonitorArgs {
                 return Err(format!("--gpu-temperature-alert must be 20 to 150 C, got {c}"));
             }
             m.temperature_alert_c = c;
+        }
+        match self.rate_limit {
+            None => {}
+            Some(0.0) => config.rate_limit = None,
+            Some(r) if r.is_finite() && r > 0.0 && r <= 1e6 => {
+                config.rate_limit = Some(gpucloud_server::app::ratelimit::RateLimit { per_second: r, burst: 2.0 * r })
+            }
+            Some(r) => return Err(format!("--rate-limit must be 0 (off) or a rate up to 1000000 per second, got {r}")),
         }
         Ok(())
     }
