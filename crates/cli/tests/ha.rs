@@ -273,6 +273,16 @@ fn killing_the_leader_loses_and_doubles_nothing() {
         assert!(Instant::now() < deadline, "a stopped instance's workload still runs");
         std::thread::sleep(Duration::from_millis(50));
     }
+    // Both replicas show every GPU's latest reading, though each agent talks to one of them.
+    for url in &urls {
+        let (_, nodes) = call(&a, url, &op, "GET", "/v1/nodes", None, None).unwrap();
+        for n in nodes["nodes"].as_array().unwrap() {
+            for g in n["gpus"].as_array().unwrap() {
+                assert!(g["reading"].is_object(), "{url}: {} GPU {} has no reading", n["name"], g["index"]);
+            }
+        }
+    }
+
     // A key revoked through one replica is refused by the other at its next request.
     let (status, member) =
         call(&a, &up(0), &key, "POST", "/v1/keys", Some(json!({"name": "member", "scope": "read-only"})), None)

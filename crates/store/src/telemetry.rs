@@ -61,6 +61,8 @@ pub trait TelemetryStore: Send + Sync {
     /// The highest utilization any of an instance's GPUs reported since `since`, and the time of
     /// its first sample in that window (none without samples): what idle detection reads.
     async fn instance_peak_utilization(&self, id: &InstanceId, since: Timestamp) -> Result<Option<(f64, Timestamp)>>;
+    /// Each GPU's latest sample at or after `since` (one per node and GPU).
+    async fn latest_gpu_samples(&self, since: Timestamp) -> Result<Vec<GpuSample>>;
     /// The fleet since `since`, per `step_ms` bucket, oldest first.
     async fn fleet_telemetry(&self, since: Timestamp, step_ms: i64) -> Result<Vec<FleetBucket>>;
     /// Net revenue (usage less lending credits) booked per `step_ms` bucket since `since`.
@@ -149,6 +151,44 @@ impl TelemetryStore for SqlStore {
             Some(r) => Ok(Some((r.try_get(0)?, Timestamp(r.try_get(1)?)))),
             None => Ok(None),
         }
+    }
+
+    async fn latest_gpu_samples(&self, since: Timestamp) -> Result<Vec<GpuSample>> {
+        let rows = sqlx::query(
+            "SELECT s.node_id, s.gpu_index, s.at, s.instance_id, s.temperature_c, s.power_w, s.energy_mj, \
+             s.memory_used_mib, s.utilization_pct, s.xid, s.ecc_uncorrectable FROM gpu_samples s \
+             JOIN (SELECT node_id, gpu_index, MAX(at) AS at FROM gpu_samples WHERE at >= $1 GROUP BY node_id, gpu_index) m \
+             ON s.node_id = m.node_id AND s.gpu_index = m.gpu_index AND s.at = m.at ORDER BY s.node_id, s.gpu_index",
+        )
+        .bind(since.0)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out: Vec<GpuSample> = Vec::with_capacity(rows.len());
+        for r in rows {
+            let node: String = r.try_get(0)?;
+            let gpu_index = r.try_get::<i64, _>(1)? as u32;
+            let node_id: NodeId = crate::sql::parse("gpu_samples", &node)?;
+            // A sliced GPU has a row per holder at that time: one reading is enough.
+            if out.last().is_some_and(|l| l.node_id == node_id && l.gpu_index == gpu_index) {
+                continue;
+            }
+            let instance: String = r.try_get(3)?;
+            let xid: Option<i64> = r.try_get(9)?;
+            out.push(GpuSample {
+                node_id,
+                gpu_index,
+                at: Timestamp(r.try_get(2)?),
+                instance: if instance.is_empty() { None } else { Some(crate::sql::parse("gpu_samples", &instance)?) },
+                temperature_c: r.try_get(4)?,
+                power_w: r.try_get(5)?,
+                energy_mj: r.try_get(6)?,
+                memory_used_mib: r.try_get(7)?,
+                utilization_pct: r.try_get(8)?,
+                xid: xid.map(|x| x as u32),
+                ecc_uncorrectable: r.try_get(10)?,
+            });
+        }
+        Ok(out)
     }
 
     async fn fleet_telemetry(&self, since: Timestamp, step_ms: i64) -> Result<Vec<FleetBucket>> {

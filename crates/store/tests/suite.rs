@@ -927,6 +927,9 @@ async fn gpu_samples_per_instance_fleet_and_retention(s: Arc<dyn Store>) {
     assert_eq!(s.instance_peak_utilization(&a.id, ts(0)).await.unwrap(), Some((100.0, ts(1_000))));
     assert_eq!(s.instance_peak_utilization(&b.id, ts(5_000)).await.unwrap(), Some((20.0, ts(11_000))));
     assert_eq!(s.instance_peak_utilization(&b.id, ts(20_000)).await.unwrap(), None);
+    let latest = s.latest_gpu_samples(ts(5_000)).await.unwrap();
+    let got: Vec<(u32, i64, f64)> = latest.iter().map(|x| (x.gpu_index, x.at.0, x.utilization_pct)).collect();
+    assert_eq!(got, vec![(0, 61_000, 60.0), (1, 11_000, 20.0), (2, 11_000, 0.0)], "one per GPU, the latest");
 
     let fleet = s.fleet_telemetry(ts(0), 60_000).await.unwrap();
     assert_eq!(fleet.len(), 2);

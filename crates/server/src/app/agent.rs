@@ -280,10 +280,43 @@ impl App {
 }
 
 impl App {
-    /// The latest GPU readings per node.
+    /// The latest GPU readings per node that this replica's agents sent.
     pub fn telemetry_snapshot(
         &self,
     ) -> std::collections::HashMap<NodeId, (gpucloud_model::Timestamp, Vec<GpuReading>)> {
         self.telemetry.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The latest readings of the whole fleet. Alone, a replica hears every agent; among several,
+    /// an agent talks to one of them, so the others' nodes come from the stored samples (at most
+    /// a sample interval old).
+    pub async fn fleet_readings(
+        &self,
+    ) -> Result<std::collections::HashMap<NodeId, (gpucloud_model::Timestamp, Vec<GpuReading>)>, AppError> {
+        let mut readings = self.telemetry_snapshot();
+        if self.config.replica.is_none() {
+            return Ok(readings);
+        }
+        let window = 3 * self.config.monitor.sample_interval.as_millis() as i64;
+        for s in self.store.latest_gpu_samples(self.now().plus_millis(-window)).await? {
+            let (at, gpus) = readings.entry(s.node_id.clone()).or_insert((s.at, Vec::new()));
+            if gpus.iter().any(|g| g.index == s.gpu_index) && *at >= s.at {
+                continue;
+            }
+            gpus.retain(|g| g.index != s.gpu_index);
+            *at = (*at).max(s.at);
+            gpus.push(GpuReading {
+                index: s.gpu_index,
+                temperature_c: s.temperature_c,
+                power_w: s.power_w,
+                energy_mj: s.energy_mj.max(0) as u64,
+                memory_used_mib: s.memory_used_mib.max(0) as u64,
+                utilization_pct: s.utilization_pct,
+                xid: s.xid,
+                ecc_uncorrectable: s.ecc_uncorrectable.max(0) as u64,
+            });
+            gpus.sort_by_key(|g| g.index);
+        }
+        Ok(readings)
     }
 }

@@ -343,8 +343,11 @@ impl App {
     }
 
     /// Mean GPU utilization of each running member, from the agents' latest readings.
-    pub fn member_utilization(&self, members: &[Instance]) -> std::collections::HashMap<InstanceId, f64> {
-        let readings = self.telemetry_snapshot();
+    pub async fn member_utilization(
+        &self,
+        members: &[Instance],
+    ) -> Result<std::collections::HashMap<InstanceId, f64>, AppError> {
+        let readings = self.fleet_readings().await?;
         let mut out = std::collections::HashMap::new();
         for m in members.iter().filter(|m| m.state == InstanceState::Running) {
             let Some((_, gpus)) = m.node_id.as_ref().and_then(|n| readings.get(n)) else { continue };
@@ -353,7 +356,7 @@ impl App {
                 out.insert(m.id.clone(), mine.iter().sum::<f64>() / mine.len() as f64);
             }
         }
-        out
+        Ok(out)
     }
 
     /// One autoscaling step at `now` with the members' utilization given: a cluster whose
@@ -423,7 +426,7 @@ impl App {
         if members.is_empty() {
             return Ok(0);
         }
-        let utilization = self.member_utilization(&members);
+        let utilization = self.member_utilization(&members).await?;
         self.autoscale(self.now(), &utilization).await
     }
 

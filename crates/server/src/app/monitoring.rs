@@ -239,7 +239,8 @@ impl App {
     async fn temperature_alerts(&self, now: Timestamp) -> Result<(), AppError> {
         let limit = self.config.monitor.temperature_alert_c;
         let hot: Vec<(NodeId, GpuReading)> = self
-            .telemetry_snapshot()
+            .fleet_readings()
+            .await?
             .into_iter()
             .flat_map(|(node, (_, gpus))| gpus.into_iter().map(move |g| (node.clone(), g)))
             .filter(|(_, g)| g.temperature_c >= limit)

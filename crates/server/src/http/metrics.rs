@@ -26,7 +26,7 @@ pub async fn metrics(State(app): State<Arc<App>>, Auth(p): Auth) -> Result<impl 
     let instances = app.store().list_instances(scope).await.map_err(crate::app::AppError::from)?;
     let tenant_of: HashMap<String, String> =
         instances.iter().map(|i| (i.id.to_string(), i.tenant_id.to_string())).collect();
-    let readings = app.telemetry_snapshot();
+    let readings = app.fleet_readings().await?;
 
     let series: [(&str, &str, &str); 7] = [
         ("DCGM_FI_DEV_GPU_TEMP", "gauge", "GPU temperature (in C)."),

@@ -13,7 +13,7 @@ use std::sync::Arc;
 #[utoipa::path(get, path = "/v1/nodes", tag = "nodes",
     responses((status = 200, body = NodeList), (status = 403, body = Problem)), security(("bearer" = [])))]
 pub async fn list(State(app): State<Arc<App>>, Auth(p): Auth) -> Result<Json<NodeList>, ApiError> {
-    let readings = app.telemetry_snapshot();
+    let readings = app.fleet_readings().await?;
     let nodes = app.list_nodes(&p).await?;
     let nodes = nodes
         .into_iter()
@@ -43,7 +43,7 @@ pub async fn add(
     responses((status = 200, body = Node), (status = 404, body = Problem)), security(("bearer" = [])))]
 pub async fn show(State(app): State<Arc<App>>, Auth(p): Auth, Path(id): Path<String>) -> Result<Json<Node>, ApiError> {
     let n = app.get_node(&p, &id).await?;
-    let readings = app.telemetry_snapshot();
+    let readings = app.fleet_readings().await?;
     let r = readings.get(&n.id).map(|(_, g)| g.as_slice());
     Ok(Json(convert::node_with(n, r)))
 }
