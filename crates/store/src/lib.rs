@@ -4,6 +4,7 @@
 //! placements, instance generations for state changes, `instance_id IS NULL` for GPU allocation.
 
 mod access;
+mod billing_rows;
 mod lease;
 mod market;
 mod migrate;

@@ -595,7 +595,7 @@ impl MarketStore for SqlStore {
             return Ok(false);
         }
         for r in records {
-            if !crate::sql::insert_ledger(&mut tx, r).await? {
+            if !crate::billing_rows::insert_ledger(&mut tx, r).await? {
                 // Its key was used: this period was posted by a writer that did not move the
                 // counter. Never post twice; leave the counter for the next pass to re-read.
                 return Ok(false);
@@ -787,7 +787,7 @@ impl MarketStore for SqlStore {
             .fetch_one(&mut *tx)
             .await?;
         let claimed = instance_from_row(&row)?;
-        crate::sql::open_interval(&mut tx, &claimed, expected_generation + 1, at).await?;
+        crate::billing_rows::open_interval(&mut tx, &claimed, expected_generation + 1, at).await?;
         tx.commit().await?;
         crate::Store::get_instance(self, None, id).await
     }

@@ -1,12 +1,12 @@
+use crate::billing_rows::*;
 use crate::migrate;
 use crate::{
-    Alert, ApiKey, ApplyOutcome, Backend, BudgetAction, ChargeItem, Gpu, GpuSlice, IdempotencyBegin, Instance,
-    InstanceChange, InstanceEvent, LedgerLine, LedgerRecord, LogChunk, LostNode, NewInstance, NewNode, NewPlacement,
-    Node, NodeBatch, NodeDriver, PriceRow, Result, Staleness, Store, StoreError, StoredInvoice, Tenant, TenantBilling,
-    UsageInterval,
+    Alert, ApiKey, ApplyOutcome, Backend, ChargeItem, Gpu, GpuSlice, IdempotencyBegin, Instance, InstanceChange,
+    InstanceEvent, LedgerLine, LedgerRecord, LogChunk, LostNode, NewInstance, NewNode, NewPlacement, Node, NodeBatch,
+    NodeDriver, PriceRow, Result, Staleness, Store, StoreError, StoredInvoice, Tenant, TenantBilling, UsageInterval,
 };
 use async_trait::async_trait;
-use gpucloud_billing::{Account, CURRENCY, EntryKind, PricePoint, Rules};
+use gpucloud_billing::{Account, EntryKind, PricePoint, Rules};
 use gpucloud_model::{
     GpuModel, InstanceId, InstanceState, NodeHealth, NodeId, NodeState, Region, Role, StopTarget, TenantId, Timestamp,
 };
@@ -1267,120 +1267,6 @@ async fn take_slice(
     Ok(took.rows_affected() == 1)
 }
 
-const GRANULARITY_KEY: &str = "billing.granularity_s";
-const MINIMUM_KEY: &str = "billing.minimum_s";
-
-const INTERVAL_COLUMNS: &str = "id, instance_id, tenant_id, gpu_model, region, tier, milli_gpus, started_at, ended_at, \
-    granularity_s, minimum_s, charged_micros, charged_seconds, settled";
-
-async fn rules_in(conn: &mut sqlx::AnyConnection) -> Result<Rules> {
-    let rows = sqlx::query("SELECT key, value FROM settings WHERE key IN ($1, $2)")
-        .bind(GRANULARITY_KEY)
-        .bind(MINIMUM_KEY)
-        .fetch_all(&mut *conn)
-        .await?;
-    let mut rules = Rules::default();
-    for r in rows {
-        let key: String = r.try_get(0)?;
-        let value: i64 = parse("settings", &r.try_get::<String, _>(1)?)?;
-        if key == GRANULARITY_KEY {
-            rules.granularity_s = value;
-        } else {
-            rules.minimum_s = value;
-        }
-    }
-    Ok(rules)
-}
-
-pub(crate) async fn open_interval(
-    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
-    inst: &Instance,
-    generation: i64,
-    at: Timestamp,
-) -> Result<()> {
-    let Some(node) = &inst.node_id else {
-        return Err(corrupt("instances", format!("{} became billable without a node", inst.id)));
-    };
-    let region: String = sqlx::query_scalar("SELECT region FROM nodes WHERE id = $1")
-        .bind(node.to_string())
-        .fetch_one(&mut **tx)
-        .await?;
-    let rules = rules_in(tx).await?;
-    sqlx::query(&format!(
-        "INSERT INTO usage_intervals ({INTERVAL_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL, $9, $10, 0, 0, 0)"
-    ))
-    .bind(format!("{}.{generation}", inst.id))
-    .bind(inst.id.to_string())
-    .bind(inst.tenant_id.to_string())
-    .bind(inst.model.name())
-    .bind(region)
-    .bind(inst.sale.tier.as_str())
-    .bind(inst.share.as_ref().map_or(i64::from(inst.count) * 1000, |s| s.milli as i64))
-    .bind(at.0)
-    .bind(rules.granularity_s)
-    .bind(rules.minimum_s)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
-}
-
-fn interval_from_row(r: &AnyRow) -> Result<UsageInterval> {
-    let t = "usage_intervals";
-    let ended: Option<i64> = r.try_get(8)?;
-    Ok(UsageInterval {
-        id: r.try_get(0)?,
-        instance_id: parse(t, &r.try_get::<String, _>(1)?)?,
-        tenant_id: parse(t, &r.try_get::<String, _>(2)?)?,
-        model: parse::<GpuModel>(t, &r.try_get::<String, _>(3)?)?,
-        region: Region::parse(&r.try_get::<String, _>(4)?).map_err(|e| corrupt(t, e))?,
-        tier: parse::<Tier>(t, &r.try_get::<String, _>(5)?)?,
-        milli_gpus: r.try_get::<i64, _>(6)? as u32,
-        started_at: Timestamp(r.try_get(7)?),
-        ended_at: ended.map(Timestamp),
-        rules: Rules { granularity_s: r.try_get(9)?, minimum_s: r.try_get(10)? },
-        charged: Money(r.try_get(11)?),
-        charged_seconds: r.try_get(12)?,
-        settled: r.try_get::<i64, _>(13)? != 0,
-    })
-}
-
-/// Inserts an entry and its postings; false if the idempotency key was used before.
-pub(crate) async fn insert_ledger(tx: &mut sqlx::Transaction<'_, sqlx::Any>, rec: &LedgerRecord) -> Result<bool> {
-    if !rec.entry.is_balanced() {
-        return Err(corrupt("ledger_entries", format!("entry {} does not balance", rec.id)));
-    }
-    let inserted = sqlx::query(
-        "INSERT INTO ledger_entries (id, tenant_id, kind, memo, instance_id, interval_id, gpu_model, seconds, \
-         idempotency_key, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
-         ON CONFLICT (idempotency_key) DO NOTHING",
-    )
-    .bind(&rec.id)
-    .bind(rec.entry.tenant.to_string())
-    .bind(rec.entry.kind.as_str())
-    .bind(&rec.memo)
-    .bind(rec.instance_id.as_ref().map(|i| i.to_string()))
-    .bind(rec.interval_id.clone())
-    .bind(rec.model.map(|m| m.name().to_string()))
-    .bind(rec.seconds)
-    .bind(&rec.idempotency_key)
-    .bind(rec.created_at.0)
-    .execute(&mut **tx)
-    .await?;
-    if inserted.rows_affected() != 1 {
-        return Ok(false);
-    }
-    for p in rec.entry.postings() {
-        sqlx::query("INSERT INTO ledger_postings (entry_id, account, currency, amount_micros) VALUES ($1, $2, $3, $4)")
-            .bind(&rec.id)
-            .bind(p.account.to_string())
-            .bind(CURRENCY)
-            .bind(p.amount.micros())
-            .execute(&mut **tx)
-            .await?;
-    }
-    Ok(true)
-}
-
 async fn record_event(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     id: &InstanceId,
@@ -1400,65 +1286,6 @@ async fn record_event(
     .execute(&mut **tx)
     .await?;
     Ok(())
-}
-
-fn invoice_from_row(r: &AnyRow) -> Result<StoredInvoice> {
-    Ok(StoredInvoice {
-        tenant_id: parse("invoices", &r.try_get::<String, _>(0)?)?,
-        month: r.try_get(1)?,
-        total: Money(r.try_get(2)?),
-        closed_at: Timestamp(r.try_get(3)?),
-        document: r.try_get(4)?,
-    })
-}
-
-const TB_COLUMNS: &str =
-    "tenant_id, prepaid, budget_micros, thresholds, action, webhook_url, idle_percent, idle_minutes, idle_stop";
-
-fn tenant_billing_from_row(r: &AnyRow) -> Result<TenantBilling> {
-    let t = "tenant_billing";
-    let budget: Option<i64> = r.try_get(2)?;
-    let thresholds: String = r.try_get(3)?;
-    Ok(TenantBilling {
-        tenant_id: parse(t, &r.try_get::<String, _>(0)?)?,
-        prepaid: r.try_get::<i64, _>(1)? != 0,
-        monthly_budget: budget.map(Money),
-        thresholds: thresholds
-            .split(',')
-            .filter(|s| !s.is_empty())
-            .map(|s| parse::<u32>(t, s))
-            .collect::<Result<_>>()?,
-        action: parse::<BudgetAction>(t, &r.try_get::<String, _>(4)?)?,
-        webhook_url: r.try_get(5)?,
-        idle: crate::IdlePolicy {
-            below_percent: r.try_get::<i64, _>(6)?.clamp(0, 100) as u32,
-            minutes: r.try_get::<i64, _>(7)?.clamp(1, i64::from(u32::MAX)) as u32,
-            auto_stop: r.try_get::<i64, _>(8)? != 0,
-        },
-    })
-}
-
-async fn charge_one(tx: &mut sqlx::Transaction<'_, sqlx::Any>, item: &ChargeItem) -> Result<bool> {
-    let (u, charge) = (&item.interval, item.charge);
-    let moved = sqlx::query(
-        "UPDATE usage_intervals SET charged_micros = $1, charged_seconds = $2, settled = $3 \
-         WHERE id = $4 AND charged_micros = $5 AND charged_seconds = $6 AND settled = 0",
-    )
-    .bind(charge.amount.micros())
-    .bind(charge.seconds)
-    .bind(item.settled as i64)
-    .bind(&u.id)
-    .bind(u.charged.micros())
-    .bind(u.charged_seconds)
-    .execute(&mut **tx)
-    .await?;
-    if moved.rows_affected() != 1 {
-        return Ok(false);
-    }
-    match &item.record {
-        Some(record) => insert_ledger(tx, record).await,
-        None => Ok(true),
-    }
 }
 
 /// Inserts one instance (skipped when its tenant used its idempotency key before) with its first
