@@ -73,6 +73,19 @@ pub enum BenchCmd {
         #[arg(long, default_value_t = 2000)]
         interval_ms: u64,
     },
+    /// Failover through `gpucloud gateway`: a client at a steady rate through the gateway to two
+    /// backend processes; the one answering is killed with SIGKILL each round; the time from the
+    /// kill to the first answer from the other, and the longest gap between answers.
+    Failover {
+        #[arg(long, default_value_t = 20)]
+        rounds: u32,
+        /// The gateway's active health-check interval.
+        #[arg(long, default_value_t = 5)]
+        health_ms: u64,
+        /// Client requests per second.
+        #[arg(long, default_value_t = 1000)]
+        rate: u32,
+    },
     /// Request to running: an instance claimed from a warm pool against a cold start, through
     /// the HTTP API with a real agent (heartbeat every 2 s, as the server asks).
     Warm {
@@ -172,6 +185,7 @@ pub fn run(cmd: BenchCmd, as_json: bool) -> Result<(), String> {
         BenchCmd::Agent { gpus, seconds } => agent(gpus, seconds, as_json),
         BenchCmd::Placer { trace, nodes, scale, seed } => placer(trace, nodes, scale, seed, as_json),
         BenchCmd::Warm { rounds, interval_ms } => warm(rounds, interval_ms, as_json),
+        BenchCmd::Failover { rounds, health_ms, rate } => failover(rounds, health_ms, rate, as_json),
         BenchCmd::Notice { notice, instances, rounds, interval_ms } => {
             notice_lead(notice, instances, rounds, interval_ms, as_json)
         }
@@ -979,6 +993,164 @@ fn placer(trace: PathBuf, nodes: PathBuf, scales: Vec<usize>, seed: u64, as_json
             table(&["NODES", "GPUS", "POLICY", "TASKS", "RUN S", "TASKS/S", "ALLOC@130%", "VS BASELINE"], &rows)
         );
         println!("(one seed, 130% demand, placed one by one; a task is scored against every feasible node)");
+    }
+    Ok(())
+}
+
+fn free_port() -> Result<u16, String> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    Ok(l.local_addr().map_err(|e| e.to_string())?.port())
+}
+
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn echo_backend(exe: &std::path::Path, port: u16, name: &str) -> Result<Child, String> {
+    std::process::Command::new(exe)
+        .args(["gateway-echo", "--listen", &format!("127.0.0.1:{port}"), "--name", name])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map(Child)
+        .map_err(|e| e.to_string())
+}
+
+/// Each answer through the gateway: when, and the backend's name (None: the request failed).
+type Answers = Vec<(std::time::Instant, Option<String>)>;
+
+fn failover(rounds: u32, health_ms: u64, rate: u32, as_json: bool) -> Result<(), String> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+    if rounds == 0 || rounds > 200 || !(1..=20_000).contains(&rate) || !(1..=10_000).contains(&health_ms) {
+        return Err("--rounds 1-200, --rate 1-20000, --health-ms 1-10000".into());
+    }
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let ports = [free_port()?, free_port()?];
+    let names = ["a", "b"];
+    let mut backends = [echo_backend(&exe, ports[0], names[0])?, echo_backend(&exe, ports[1], names[1])?];
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| e.to_string())?;
+    let config = crate::gateway::GatewayConfig {
+        backends: ports.iter().map(|p| format!("http://127.0.0.1:{p}")).collect(),
+        health_path: "/health".into(),
+        health_interval: Duration::from_millis(health_ms),
+        request_timeout: Duration::from_secs(2),
+        connect_timeout: Duration::from_millis(100),
+    };
+    let gw = crate::gateway::Gateway::new(&config)?;
+    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).map_err(|e| e.to_string())?;
+    let front = format!("http://{}/", listener.local_addr().map_err(|e| e.to_string())?);
+    rt.spawn(crate::gateway::serve(gw, listener));
+
+    // The client: one request every 1/rate s; each answer's time and which backend gave it.
+    let answers: Arc<Mutex<Answers>> = Arc::new(Mutex::new(Vec::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let client = {
+        let (answers, stop, front) = (answers.clone(), stop.clone(), front.clone());
+        std::thread::spawn(move || {
+            let http: ureq::Agent = ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .timeout_global(Some(Duration::from_secs(5)))
+                .build()
+                .into();
+            let period = Duration::from_secs_f64(1.0 / f64::from(rate));
+            let mut next = Instant::now();
+            while !stop.load(Ordering::Relaxed) {
+                let got = http.get(&front).call().ok().and_then(|mut r| {
+                    let ok = r.status().is_success();
+                    let body = r.body_mut().read_to_string().ok()?;
+                    ok.then_some(body)
+                });
+                answers.lock().unwrap_or_else(|e| e.into_inner()).push((Instant::now(), got));
+                next += period;
+                let now = Instant::now();
+                if next > now {
+                    std::thread::sleep(next - now);
+                } else {
+                    next = now;
+                }
+            }
+        })
+    };
+    let last_from = |answers: &Mutex<Answers>| {
+        answers.lock().unwrap_or_else(|e| e.into_inner()).iter().rev().find_map(|(_, b)| b.clone())
+    };
+    let mut switch_ms: Vec<f64> = Vec::new();
+    let mut gap_ms: Vec<f64> = Vec::new();
+    let mut failed = 0usize;
+    for round in 0..rounds {
+        // Steady traffic first, both backends up and healthy.
+        std::thread::sleep(Duration::from_millis(300));
+        let Some(active) = last_from(&answers) else { return Err("no answer through the gateway".into()) };
+        let victim = names.iter().position(|n| *n == active).ok_or("unknown backend answered")?;
+        let survivor = names[1 - victim];
+        let before = answers.lock().unwrap_or_else(|e| e.into_inner()).len();
+        backends[victim].0.kill().map_err(|e| e.to_string())?;
+        let killed = Instant::now();
+        let _ = backends[victim].0.wait();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let first = loop {
+            let found = answers.lock().unwrap_or_else(|e| e.into_inner())[before..]
+                .iter()
+                .find(|(t, b)| *t >= killed && b.as_deref() == Some(survivor))
+                .map(|(t, _)| *t);
+            if let Some(t) = found {
+                break t;
+            }
+            if Instant::now() > deadline {
+                return Err(format!("round {round}: no answer from {survivor} within 5 s of the kill"));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        switch_ms.push(first.duration_since(killed).as_secs_f64() * 1000.0);
+        // Bring the victim back and let traffic settle before the next round.
+        backends[victim] = echo_backend(&exe, ports[victim], names[victim])?;
+        std::thread::sleep(Duration::from_millis(200));
+        let all = answers.lock().unwrap_or_else(|e| e.into_inner());
+        let window: Vec<&(Instant, Option<String>)> = all[before.saturating_sub(1)..].iter().collect();
+        failed += window.iter().filter(|(_, b)| b.is_none()).count();
+        let oks: Vec<Instant> = window.iter().filter(|(_, b)| b.is_some()).map(|(t, _)| *t).collect();
+        let gap = oks.windows(2).map(|w| w[1].duration_since(w[0]).as_secs_f64() * 1000.0).fold(0.0, f64::max);
+        gap_ms.push(gap);
+    }
+    stop.store(true, Ordering::Relaxed);
+    let _ = client.join();
+    let total = answers.lock().unwrap_or_else(|e| e.into_inner()).len();
+    let stats = |v: &mut Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        let at = |p: f64| v[((v.len() as f64 - 1.0) * p).round() as usize];
+        (at(0.0), at(0.5), at(0.99), at(1.0))
+    };
+    let s = stats(&mut switch_ms);
+    let g = stats(&mut gap_ms);
+    if as_json {
+        println!(
+            "{}",
+            serde_json::json!({"rounds": rounds, "health_ms": health_ms, "rate": rate, "requests": total, "failed_requests": failed,
+                "switch_ms": {"min": s.0, "p50": s.1, "p99": s.2, "max": s.3},
+                "longest_gap_ms": {"min": g.0, "p50": g.1, "p99": g.2, "max": g.3}})
+        );
+    } else {
+        let row = |name: &str, v: (f64, f64, f64, f64)| {
+            vec![
+                name.to_string(),
+                format!("{:.1}", v.0),
+                format!("{:.1}", v.1),
+                format!("{:.1}", v.2),
+                format!("{:.1}", v.3),
+            ]
+        };
+        println!(
+            "{} rounds, health check every {health_ms} ms, {rate} requests/s: {total} requests, {failed} failed\n{}",
+            rounds,
+            table(&["MS", "MIN", "P50", "P99", "MAX"], &[row("kill to first answer", s), row("longest gap", g)])
+        );
     }
     Ok(())
 }

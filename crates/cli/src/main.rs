@@ -5,6 +5,7 @@ mod bench;
 mod bill;
 mod client;
 mod commands;
+mod gateway;
 mod market;
 mod monitor;
 mod output;
@@ -106,6 +107,31 @@ enum Command {
     /// Your tenant's API keys: members' admin or read-only keys, revocation.
     #[command(subcommand)]
     Key(access::KeyCmd),
+    /// An HTTP front for a service running in two places: health-checked, warm connections to
+    /// both, requests to the first healthy one, safe requests retried on the other at once.
+    Gateway {
+        #[arg(long, default_value = "127.0.0.1:9080")]
+        listen: String,
+        /// A backend URL; give it once per replica, in order of preference.
+        #[arg(long = "backend", required = true)]
+        backends: Vec<String>,
+        /// The path health checks GET (2xx is healthy).
+        #[arg(long, default_value = "/v1/health")]
+        health_path: String,
+        #[arg(long, default_value_t = 5)]
+        health_interval_ms: u64,
+        /// A backend slower than this to answer a request is treated as down.
+        #[arg(long, default_value_t = 10_000)]
+        timeout_ms: u64,
+    },
+    /// A trivial backend for `bench failover` (GET /health, anything else its name).
+    #[command(hide = true)]
+    GatewayEcho {
+        #[arg(long)]
+        listen: String,
+        #[arg(long)]
+        name: String,
+    },
     /// The audit log of mutating calls (operator).
     Audit {
         /// One tenant's calls (its id).
@@ -129,6 +155,13 @@ fn main() -> ExitCode {
         Command::Instance(c) => commands::instance(&ctx, c),
         Command::Monitor(c) => monitor::monitor(&ctx, c),
         Command::Key(c) => access::key(&ctx, c),
+        Command::Gateway { listen, backends, health_path, health_interval_ms, timeout_ms } => {
+            run_gateway(listen, backends, health_path, health_interval_ms, timeout_ms)
+        }
+        Command::GatewayEcho { listen, name } => run_async(async move {
+            let l = tokio::net::TcpListener::bind(&listen).await.map_err(|e| format!("{listen}: {e}"))?;
+            gateway::echo(l, name).await
+        }),
         Command::Audit { tenant, since, limit } => access::audit(&ctx, tenant, since, limit),
         Command::Node(c) => commands::node(&ctx, c),
         Command::Tenant(c) => commands::tenant(&ctx, c),
@@ -157,4 +190,33 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn run_async(f: impl std::future::Future<Output = Result<(), String>>) -> Result<(), String> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| e.to_string())?.block_on(f)
+}
+
+fn run_gateway(
+    listen: String,
+    backends: Vec<String>,
+    health_path: String,
+    health_interval_ms: u64,
+    timeout_ms: u64,
+) -> Result<(), String> {
+    if !(1..=60_000).contains(&health_interval_ms) {
+        return Err("--health-interval-ms is 1 to 60000".into());
+    }
+    let config = gateway::GatewayConfig {
+        backends,
+        health_path,
+        health_interval: std::time::Duration::from_millis(health_interval_ms),
+        request_timeout: std::time::Duration::from_millis(timeout_ms.max(1)),
+        connect_timeout: std::time::Duration::from_millis(100),
+    };
+    let gw = gateway::Gateway::new(&config)?;
+    run_async(async move {
+        let l = tokio::net::TcpListener::bind(&listen).await.map_err(|e| format!("{listen}: {e}"))?;
+        println!("gateway on http://{} -> {}", l.local_addr().map_err(|e| e.to_string())?, config.backends.join(", "));
+        gateway::serve(gw, l).await
+    })
 }
