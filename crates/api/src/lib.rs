@@ -951,6 +951,11 @@ pub struct CreateClusterRequest {
     /// on-demand (default) or spot.
     #[serde(default)]
     pub tier: Option<String>,
+    /// An active-active replica set: one member in each of these regions (2 to 8), each placed
+    /// on its own; the size is the number of regions and does not change.
+    #[serde(default)]
+    #[schema(value_type = Option<Vec<String>>)]
+    pub replicas_in: Option<Vec<Region>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -990,6 +995,9 @@ pub struct Cluster {
     pub reason: Option<String>,
     pub master_port: u16,
     pub members: Vec<ClusterMember>,
+    /// A replica set's regions, member `r` in the `r`-th.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replicas_in: Vec<String>,
     pub command: String,
     pub created_at: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -357,6 +357,10 @@ pub enum ClusterCmd {
         max: Option<u32>,
         #[arg(long)]
         region: Option<String>,
+        /// An active-active replica set: one member in each of these regions (comma separated),
+        /// each placed on its own; front them with `gpucloud gateway`.
+        #[arg(long, value_delimiter = ',', conflicts_with_all = ["region", "nodes", "min", "max"])]
+        replicas_in: Vec<String>,
         /// Members on spot capacity.
         #[arg(long)]
         spot: bool,
@@ -426,7 +430,11 @@ fn cluster_detail(c: &api::Cluster) -> String {
         c.gpus_per_node,
         c.gpu,
         c.tier,
-        c.region.as_ref().map(|r| format!(" in {r}")).unwrap_or_default(),
+        match (&c.region, c.replicas_in.is_empty()) {
+            (_, false) => format!(", one member in each of {}", c.replicas_in.join(", ")),
+            (Some(r), true) => format!(" in {r}"),
+            (None, true) => String::new(),
+        },
         c.master_port,
         or_dash(c.schedule.as_ref()),
         or_dash(c.autoscale.as_ref()),
@@ -439,10 +447,13 @@ pub fn cluster(ctx: &Ctx, cmd: ClusterCmd) -> Res {
     let c = ctx.client(As::Tenant)?;
     let err = |e: crate::client::ClientError| e.to_string();
     match cmd {
-        ClusterCmd::Create { name, gpu, gpus_per_node, nodes, min, max, region, spot, command } => {
+        ClusterCmd::Create { name, gpu, gpus_per_node, nodes, min, max, region, replicas_in, spot, command } => {
+            let replicas = (!replicas_in.is_empty()).then_some(&replicas_in);
+            let nodes = replicas.map_or(nodes, |r| r.len() as u32);
             let body = serde_json::json!({
                 "name": name, "gpu": gpu, "gpus_per_node": gpus_per_node, "nodes": nodes, "min_nodes": min,
                 "max_nodes": max, "region": region, "command": command, "tier": if spot { "spot" } else { "on-demand" },
+                "replicas_in": replicas,
             });
             let v: api::Cluster = c.post("/v1/clusters", Some(&body), None).map_err(err)?;
             show(ctx, &v, cluster_detail);

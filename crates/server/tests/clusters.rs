@@ -231,3 +231,54 @@ fn utilization_grows_and_shrinks_a_cluster_after_its_period() {
     s.block_on(s.app.autoscale(t2, &busy(&one, 1.0))).unwrap();
     assert_eq!(s.block_on(s.app.autoscale(t2.plus_millis(120_000), &busy(&one, 1.0))).unwrap(), 0);
 }
+
+#[test]
+fn a_replica_set_runs_one_member_per_region_each_on_its_own() {
+    let s = TestServer::start();
+    let key = s.tenant("quant");
+    let other = s.tenant("other");
+    let base = json!({"name": "pricer", "gpu": "A100-40GB", "gpus_per_node": 1, "nodes": 2, "command": "sleep 1000",
+        "replicas_in": ["eu-1", "us-1"]});
+    for (patch, needle) in [
+        (json!({"region": "eu-1"}), "not both"),
+        (json!({"replicas_in": ["eu-1"]}), "2 to 8"),
+        (json!({"replicas_in": ["eu-1", "eu-1"]}), "twice"),
+        (json!({"replicas_in": ["eu-1", "ap-9"]}), "unknown region"),
+        (json!({"gpu": "H100-80GB"}), "has no H100-80GB"),
+    ] {
+        let mut b = base.clone();
+        b.as_object_mut().unwrap().extend(patch.as_object().unwrap().clone());
+        let r = s.post(&key, "/v1/clusters", Some(&b));
+        assert_eq!((r.status, r.body["field"].as_str()), (422, Some("replicas_in")), "{patch}: {:?}", r.body);
+        assert!(r.body["detail"].as_str().unwrap().contains(needle), "{patch}: {:?}", r.body);
+    }
+
+    // us-1 has 2 A100s: another tenant holds both. The eu-1 member still starts: not a gang.
+    let blocker = s.create(&other, "A100-40GB", 2, Some("us-1"));
+    let blocker = blocker["id"].as_str().unwrap().to_string();
+    s.wait_state(&other, &blocker, "running");
+    let r = s.post(&key, "/v1/clusters", Some(&base));
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    assert_eq!(r.body["replicas_in"], json!(["eu-1", "us-1"]));
+    let v = wait_cluster(&s, &key, "pricer", "half up", |v| running(v) == 1);
+    let waiting = v["members"].as_array().unwrap().iter().find(|m| m["state"] == "pending").unwrap().clone();
+    assert_eq!(waiting["rank"], 1);
+    let reason = waiting["pending_reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("us-1") && !reason.contains("gang"), "{reason}");
+    for (path, body) in [
+        ("resize", json!({"nodes": 3})),
+        ("autoscale", json!({"up_percent": 80, "down_percent": 20, "for_seconds": 60})),
+    ] {
+        let r = s.post(&key, &format!("/v1/clusters/pricer/{path}"), Some(&body));
+        assert_eq!(r.status, 409, "{path}: {:?}", r.body);
+    }
+
+    // us-1 frees: the second replica starts there; each member sits in its own region.
+    assert_eq!(s.post(&other, &format!("/v1/instances/{blocker}/terminate"), None).status, 200);
+    let v = wait_cluster(&s, &key, "pricer", "fully up", |v| running(v) == 2);
+    for m in v["members"].as_array().unwrap() {
+        let inst = s.get(&key, &format!("/v1/instances/{}", m["instance"].as_str().unwrap())).body;
+        let want = if m["rank"] == 0 { "eu-1" } else { "us-1" };
+        assert_eq!(inst["region"], want, "{inst}");
+    }
+}

@@ -234,7 +234,7 @@ fn reservation_from_row(r: &AnyRow) -> Result<Reservation> {
 
 const CLUSTER_COLUMNS: &str = "id, tenant_id, name, gpu_model, region, gpus_per_node, min_nodes, max_nodes, \
     target_nodes, command, tier, state, epoch, generation, created_at, updated_at, schedule, utc_offset_min, \
-    autoscale_up_pct, autoscale_down_pct, autoscale_for_s";
+    autoscale_up_pct, autoscale_down_pct, autoscale_for_s, replicas_in";
 
 fn cluster_from_row(r: &AnyRow) -> Result<Cluster> {
     let t = "clusters";
@@ -270,6 +270,13 @@ fn cluster_from_row(r: &AnyRow) -> Result<Cluster> {
             }),
             _ => None,
         },
+        replicas_in: r
+            .try_get::<Option<String>, _>(21)?
+            .unwrap_or_default()
+            .split(',')
+            .filter(|v| !v.is_empty())
+            .map(|v| Region::parse(v).map_err(|e| corrupt(t, e)))
+            .collect::<Result<_>>()?,
     })
 }
 
@@ -607,7 +614,7 @@ impl MarketStore for SqlStore {
 
     async fn insert_cluster(&self, c: &Cluster) -> Result<()> {
         sqlx::query(&format!(
-            "INSERT INTO clusters ({CLUSTER_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)"
+            "INSERT INTO clusters ({CLUSTER_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22)"
         ))
         .bind(c.id.to_string())
         .bind(c.tenant_id.to_string())
@@ -630,6 +637,7 @@ impl MarketStore for SqlStore {
         .bind(c.autoscale.map(|a| i64::from(a.up_pct)))
         .bind(c.autoscale.map(|a| i64::from(a.down_pct)))
         .bind(c.autoscale.map(|a| i64::from(a.for_s)))
+        .bind((!c.replicas_in.is_empty()).then(|| c.replicas_in.iter().map(|r| r.to_string()).collect::<Vec<_>>().join(",")))
         .execute(&self.pool)
         .await
         .map_err(|e| unique_violation(e, &format!("a cluster named '{}'", c.name)))?;

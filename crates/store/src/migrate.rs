@@ -20,6 +20,7 @@ const SQLITE: &[(i64, &str)] = &[
     (13, include_str!("../migrations/sqlite/0013_gpu_samples.sql")),
     (14, include_str!("../migrations/sqlite/0014_leases.sql")),
     (15, include_str!("../migrations/sqlite/0015_keys_and_audit.sql")),
+    (16, include_str!("../migrations/sqlite/0016_cluster_replicas.sql")),
 ];
 const POSTGRES: &[(i64, &str)] = &[
     (1, include_str!("../migrations/postgres/0001_foundation.sql")),
@@ -37,6 +38,7 @@ const POSTGRES: &[(i64, &str)] = &[
     (13, include_str!("../migrations/postgres/0013_gpu_samples.sql")),
     (14, include_str!("../migrations/postgres/0014_leases.sql")),
     (15, include_str!("../migrations/postgres/0015_keys_and_audit.sql")),
+    (16, include_str!("../migrations/postgres/0016_cluster_replicas.sql")),
 ];
 
 pub(crate) async fn run(pool: &AnyPool, backend: Backend) -> Result<()> {

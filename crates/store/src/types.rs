@@ -562,6 +562,9 @@ pub struct Cluster {
     pub utc_offset_min: i32,
     /// Scale out above `up_pct` GPU utilization held for `for_s`, in below `down_pct`.
     pub autoscale: Option<Autoscale>,
+    /// An active-active replica set: member `r` runs in `replicas_in[r]`, each placed on its own.
+    /// Empty for an ordinary cluster.
+    pub replicas_in: Vec<Region>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -21,6 +21,8 @@ pub struct NewCluster {
     pub max_nodes: u32,
     pub command: String,
     pub tier: Tier,
+    /// An active-active replica set: one member per region, in this order.
+    pub replicas_in: Vec<Region>,
 }
 
 /// A cluster with its current members.
@@ -47,8 +49,13 @@ pub fn master_port(id: &ClusterId) -> u16 {
 }
 
 impl App {
-    pub async fn create_cluster(&self, by: &Principal, req: NewCluster) -> Result<ClusterView, AppError> {
+    pub async fn create_cluster(&self, by: &Principal, mut req: NewCluster) -> Result<ClusterView, AppError> {
         super::check_slug("cluster", &req.name)?;
+        if !req.replicas_in.is_empty() {
+            self.check_replicas(&req).await?;
+            let n = req.replicas_in.len() as u32;
+            (req.nodes, req.min_nodes, req.max_nodes) = (n, n, n);
+        }
         if req.gpus_per_node == 0 || req.gpus_per_node > gpucloud_model::MAX_GPUS_PER_INSTANCE {
             return Err(AppError::invalid(
                 "gpus_per_node",
@@ -103,6 +110,7 @@ impl App {
             schedule: None,
             utc_offset_min: 0,
             autoscale: None,
+            replicas_in: req.replicas_in,
         };
         self.store.insert_cluster(&cluster).await.map_err(AppError::store_conflict)?;
         tracing::info!(cluster = %cluster.id, name = %cluster.name, nodes = cluster.target_nodes, "cluster created");
@@ -132,8 +140,45 @@ impl App {
 
     /// Sets the size. Growing adds the missing ranks as one gang; shrinking gives the ranks at and
     /// above `n` the stop notice (a waiting member is dropped at once).
+    /// A replica set: 2 to 8 distinct known regions, each with the GPU model, and no single
+    /// `region` beside them.
+    async fn check_replicas(&self, req: &NewCluster) -> Result<(), AppError> {
+        let field = "replicas_in";
+        if req.region.is_some() {
+            return Err(AppError::invalid(field, "give replicas_in or region, not both"));
+        }
+        if !(2..=8).contains(&req.replicas_in.len()) {
+            return Err(AppError::invalid(field, "replicas_in lists 2 to 8 regions"));
+        }
+        let nodes = self.store.list_nodes().await?;
+        for (k, r) in req.replicas_in.iter().enumerate() {
+            if req.replicas_in[..k].contains(r) {
+                return Err(AppError::invalid(field, format!("region '{r}' is listed twice")));
+            }
+            if !nodes.iter().any(|n| &n.region == r) {
+                return Err(AppError::invalid(field, format!("unknown region '{r}'")));
+            }
+            if !nodes.iter().any(|n| &n.region == r && n.gpus.iter().any(|g| g.model == req.model)) {
+                return Err(AppError::invalid(field, format!("region '{r}' has no {}", req.model)));
+            }
+        }
+        Ok(())
+    }
+
+    fn refuse_if_replica_set(c: &Cluster, what: &str) -> Result<(), AppError> {
+        if c.replicas_in.is_empty() {
+            return Ok(());
+        }
+        Err(AppError::Conflict(format!(
+            "{} is a replica set (one member in each of {}): it cannot {what}",
+            c.name,
+            c.replicas_in.iter().map(|r| r.to_string()).collect::<Vec<_>>().join(", ")
+        )))
+    }
+
     pub async fn resize_cluster(&self, by: &Principal, name: &str, n: u32) -> Result<ClusterView, AppError> {
         let mut c = self.find_cluster(by, name).await?;
+        Self::refuse_if_replica_set(&c, "be resized")?;
         if n < c.min_nodes || n > c.max_nodes {
             return Err(AppError::invalid(
                 "nodes",
@@ -193,7 +238,7 @@ impl App {
                 id,
                 tenant_id: c.tenant_id.clone(),
                 name: format!("{}-{rank}", c.name),
-                region: c.region.clone(),
+                region: c.replicas_in.get(rank as usize).cloned().or_else(|| c.region.clone()),
                 model: c.model,
                 count: c.gpus_per_node,
                 share: None,
@@ -250,6 +295,7 @@ impl App {
         utc_offset: Option<String>,
     ) -> Result<ClusterView, AppError> {
         let mut c = self.find_cluster(by, name).await?;
+        Self::refuse_if_replica_set(&c, "follow a size schedule")?;
         let offset = gpucloud_model::schedule::parse_utc_offset(utc_offset.as_deref().unwrap_or("UTC"))
             .map_err(|e| AppError::invalid("utc_offset", e))?;
         if schedule.is_some() && c.autoscale.is_some() {
@@ -317,6 +363,7 @@ impl App {
         policy: Option<gpucloud_store::Autoscale>,
     ) -> Result<ClusterView, AppError> {
         let mut c = self.find_cluster(by, name).await?;
+        Self::refuse_if_replica_set(&c, "autoscale")?;
         if let Some(a) = policy {
             if !(a.down_pct < a.up_pct && a.up_pct <= 100) {
                 return Err(AppError::invalid("up_percent", "need 0 <= down_percent < up_percent <= 100"));

@@ -252,11 +252,27 @@ impl App {
                 plan_tiers(&snapshot, &queue, &tiers, &idle, &spot_gpus, self.config.policy, self.now(), &mut rng);
 
             // A cluster's waiting members are a gang: all of them start in this pass, or none.
-            let gang_of = |id: &InstanceId| by_id.get(id).and_then(|i| i.sale.cluster.as_ref().map(|(c, _)| c.clone()));
+            // A replica set's members are placed each on its own (one region may be full while the
+            // other serves).
+            let mut independent = std::collections::HashSet::new();
+            let mut seen = std::collections::HashSet::new();
+            for (c, _) in pending.iter().filter_map(|i| i.sale.cluster.as_ref()) {
+                if seen.insert(c.clone())
+                    && self.store.find_cluster(None, c.as_str()).await?.is_some_and(|c| !c.replicas_in.is_empty())
+                {
+                    independent.insert(c.clone());
+                }
+            }
+            let gang_of = |id: &InstanceId| {
+                by_id
+                    .get(id)
+                    .and_then(|i| i.sale.cluster.as_ref().map(|(c, _)| c.clone()))
+                    .filter(|c| !independent.contains(c))
+            };
             let mut gangs: HashMap<gpucloud_model::ClusterId, (usize, usize)> = HashMap::new();
             for i in &pending {
-                if let Some((c, _)) = &i.sale.cluster {
-                    gangs.entry(c.clone()).or_default().0 += 1;
+                if let Some(c) = gang_of(&i.id) {
+                    gangs.entry(c).or_default().0 += 1;
                 }
             }
             for p in &plan.placements {
@@ -268,7 +284,7 @@ impl App {
             if !short.is_empty() {
                 plan.placements.retain(|p| gang_of(&p.instance).is_none_or(|c| !short.contains_key(&c)));
                 for i in &pending {
-                    let Some((all, placed)) = i.sale.cluster.as_ref().and_then(|(c, _)| short.get(c)) else {
+                    let Some((all, placed)) = gang_of(&i.id).and_then(|c| short.get(&c).copied()) else {
                         continue;
                     };
                     let reason = format!(

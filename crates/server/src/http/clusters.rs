@@ -37,6 +37,7 @@ fn view(v: ClusterView) -> Cluster {
                 leaving_at: m.notice.and_then(|n| n.deadline).map(rfc3339),
             })
             .collect(),
+        replicas_in: c.replicas_in.iter().map(|r| r.to_string()).collect(),
         command: c.command,
         created_at: rfc3339(c.created_at),
         autoscale: c
@@ -73,6 +74,7 @@ pub async fn create(
                 max_nodes: req.max_nodes.unwrap_or(req.nodes),
                 command: req.command,
                 tier,
+                replicas_in: req.replicas_in.unwrap_or_default(),
             },
         )
         .await?;
