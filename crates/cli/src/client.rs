@@ -16,8 +16,8 @@ pub struct Client {
 
 type Resp = ureq::http::Response<ureq::Body>;
 
-/// The request never left: retrying it on another replica cannot do anything twice.
-fn not_sent(e: &ureq::Error) -> bool {
+/// The request never left: sending it to another replica or backend cannot do anything twice.
+pub(crate) fn not_sent(e: &ureq::Error) -> bool {
     match e {
         ureq::Error::ConnectionFailed | ureq::Error::HostNotFound => true,
         ureq::Error::Io(io) => io.kind() == std::io::ErrorKind::ConnectionRefused,

@@ -5,6 +5,7 @@
 //! OPTIONS, PUT, DELETE, or any request with an Idempotency-Key), sends it to the next backend.
 //! Requests go to the first healthy backend in the order given.
 
+use crate::client::not_sent;
 use axum::body::{Body, to_bytes};
 use axum::extract::{Request, State};
 use axum::http::{HeaderName, HeaderValue, Method, StatusCode};
@@ -117,16 +118,6 @@ impl Gateway {
         let mut up: Vec<usize> = (0..self.backends.len()).filter(|&i| self.healthy(i)).collect();
         up.extend((0..self.backends.len()).filter(|&i| !self.healthy(i)));
         up
-    }
-}
-
-/// The request never reached the backend: sending it elsewhere cannot do anything twice.
-fn not_sent(e: &ureq::Error) -> bool {
-    match e {
-        ureq::Error::ConnectionFailed | ureq::Error::HostNotFound => true,
-        ureq::Error::Io(io) => io.kind() == std::io::ErrorKind::ConnectionRefused,
-        ureq::Error::Timeout(t) => matches!(t, ureq::Timeout::Connect | ureq::Timeout::Resolve),
-        _ => false,
     }
 }
 
