@@ -4,22 +4,13 @@
 
 mod common;
 
-use common::{Api, Proc, serving};
+use common::{Api, Proc, processes_with, serving};
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 fn start_agent(url: &str, key: &str, name: &str, state: &Path) -> Proc {
     common::start_agent(url, key, name, state, "A100-40GB:2")
-}
-
-/// Processes whose command line contains `needle` (from /proc).
-fn processes_with(needle: &str) -> usize {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
-        .filter(|c| String::from_utf8_lossy(c).replace('\0', " ").contains(needle))
-        .count()
 }
 
 fn serve(root: &Path, listen: &str, out: &Path) -> Proc {

@@ -181,14 +181,7 @@ fn kill_9_never_loses_or_double_bills_a_second_postgres() {
         eprintln!("SKIPPED: PostgreSQL crash test (set GPUCLOUD_TEST_PG_URL to run it)");
         return;
     };
-    let schema = format!("crash_{:08x}", rand::random::<u32>());
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    rt.block_on(async {
-        sqlx::any::install_default_drivers();
-        let admin = sqlx::AnyPool::connect(&base).await.unwrap();
-        sqlx::query(&format!("CREATE SCHEMA {schema}")).execute(&admin).await.unwrap();
-        admin.close().await;
-    });
-    let sep = if base.contains('?') { '&' } else { '?' };
-    run(Some(&format!("{base}{sep}options=-c%20search_path%3D{schema}")), "postgres");
+    let url = rt.block_on(billing::fresh_schema(&base, "crash"));
+    run(Some(&url), "postgres");
 }

@@ -10,7 +10,7 @@ mod common;
 #[path = "common/billing.rs"]
 mod billing;
 
-use common::Proc;
+use common::{Proc, processes_with};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
@@ -100,14 +100,6 @@ fn wait_ready(out: &Path) -> String {
     }
 }
 
-fn processes_with(needle: &str) -> usize {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
-        .filter(|c| String::from_utf8_lossy(c).replace('\0', " ").contains(needle))
-        .count()
-}
-
 #[test]
 fn killing_the_leader_loses_and_doubles_nothing() {
     let Ok(base) = std::env::var("GPUCLOUD_TEST_PG_URL") else {
@@ -119,16 +111,8 @@ fn killing_the_leader_loses_and_doubles_nothing() {
     let seed: u64 = std::env::var("HA_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or_else(rand::random);
     eprintln!("HA test: {rounds} leader kills, HA_SEED={seed}");
     let mut rng = StdRng::seed_from_u64(seed);
-    let schema = format!("ha_{:08x}", rand::random::<u32>());
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    rt.block_on(async {
-        sqlx::any::install_default_drivers();
-        let admin = sqlx::AnyPool::connect(&base).await.unwrap();
-        sqlx::query(&format!("CREATE SCHEMA {schema}")).execute(&admin).await.unwrap();
-        admin.close().await;
-    });
-    let sep = if base.contains('?') { '&' } else { '?' };
-    let db = format!("{base}{sep}options=-c%20search_path%3D{schema}");
+    let db = rt.block_on(billing::fresh_schema(&base, "ha"));
     let root = std::env::temp_dir().join(format!("gpucloud-ha-{seed:016x}"));
     let _ = std::fs::remove_dir_all(&root);
     std::fs::create_dir_all(&root).unwrap();

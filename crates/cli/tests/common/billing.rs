@@ -5,6 +5,18 @@ use gpucloud_billing::{EntryKind, charge};
 use gpucloud_model::{InstanceState, Money, TenantId, Timestamp};
 use std::collections::BTreeMap;
 
+/// A new, empty schema on the PostgreSQL at `base`, and the URL that uses it: tests run side by
+/// side on one database.
+pub async fn fresh_schema(base: &str, prefix: &str) -> String {
+    let schema = format!("{prefix}_{:08x}", rand::random::<u32>());
+    sqlx::any::install_default_drivers();
+    let admin = sqlx::AnyPool::connect(base).await.unwrap();
+    sqlx::query(&format!("CREATE SCHEMA {schema}")).execute(&admin).await.unwrap();
+    admin.close().await;
+    let sep = if base.contains('?') { '&' } else { '?' };
+    format!("{base}{sep}options=-c%20search_path%3D{schema}")
+}
+
 /// Waits (up to 20 s) until metering has settled every closed interval: under load a pass can
 /// take longer than a fixed sleep.
 pub async fn wait_settled(url: &str) {

@@ -183,3 +183,12 @@ pub fn start_agent(url: &str, key: &str, name: &str, state: &Path, gpus: &str) -
             .unwrap(),
     )
 }
+
+/// Processes whose command line contains `needle` (from /proc).
+pub fn processes_with(needle: &str) -> usize {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
+        .filter(|c| String::from_utf8_lossy(c).replace('\0', " ").contains(needle))
+        .count()
+}
