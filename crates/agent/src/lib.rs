@@ -33,6 +33,8 @@ pub struct Config {
     pub metadata_port: u16,
     /// Where other nodes reach this one (a cluster's MASTER_ADDR); the node name when `None`.
     pub address: Option<String>,
+    /// Where workloads' GPUCLOUD_PORT comes from; any free port when `None`.
+    pub ports: Option<std::ops::RangeInclusive<u16>>,
 }
 
 /// Runs until the node is taken over by another agent (fenced), registration fails, or
@@ -42,7 +44,7 @@ pub fn run(config: Config, gpus: &mut dyn GpuBackend, shutdown: &std::sync::atom
     tracing::info!(backend = gpus.name(), gpus = found.len(), "GPUs discovered");
     let client = Client::new(&config.server, &config.token);
     let metadata = metadata::MetadataServer::start(config.metadata_port)?;
-    let mut runtime = ProcessRuntime::open(&config.state_dir, config.stop_grace)?;
+    let mut runtime = ProcessRuntime::open(&config.state_dir, config.stop_grace)?.with_ports(config.ports.clone());
     let request = RegisterAgentRequest {
         name: config.name.clone(),
         region: config.region.clone(),
@@ -79,6 +81,7 @@ pub fn run(config: Config, gpus: &mut dyn GpuBackend, shutdown: &std::sync::atom
             exit_code: None,
             reason: None,
             checkpoint: None,
+            port: None,
         }));
         for r in &mut instances {
             r.checkpoint = metadata.checkpoint(&r.id);

@@ -42,6 +42,9 @@ struct Saved {
     /// Why the agent ended it itself (over its memory cap); reported with its end.
     #[serde(default)]
     ended_for: Option<String>,
+    /// The port it was given to serve on (GPUCLOUD_PORT).
+    #[serde(default)]
+    port: Option<u16>,
 }
 
 struct Workload {
@@ -55,6 +58,34 @@ pub struct ProcessRuntime {
     dir: PathBuf,
     grace: Duration,
     workloads: BTreeMap<String, Workload>,
+    /// Where workload ports come from: `None` lets the OS pick a free one.
+    ports: Option<std::ops::RangeInclusive<u16>>,
+}
+
+/// `LOW-HIGH`, both 1024 to 65535.
+pub fn parse_port_range(s: &str) -> Result<std::ops::RangeInclusive<u16>, String> {
+    let bad = || format!("port range '{s}' is LOW-HIGH with 1024 <= LOW <= HIGH <= 65535, e.g. 20000-32000");
+    let (lo, hi) = s.split_once('-').ok_or_else(bad)?;
+    let lo: u16 = lo.trim().parse().map_err(|_| bad())?;
+    let hi: u16 = hi.trim().parse().map_err(|_| bad())?;
+    if lo < 1024 || lo > hi {
+        return Err(bad());
+    }
+    Ok(lo..=hi)
+}
+
+/// A port free on every interface now, from `range` (tried from a random point, skipping
+/// `taken`) or, without one, any the OS picks. It is free when chosen, not reserved: a workload
+/// that binds late may lose it to another process, as with any dynamic port.
+pub fn free_port(range: Option<&std::ops::RangeInclusive<u16>>, taken: &[u16]) -> Option<u16> {
+    let bindable = |p: u16| std::net::TcpListener::bind(("0.0.0.0", p)).ok()?.local_addr().ok().map(|a| a.port());
+    let Some(range) = range else { return bindable(0) };
+    let (lo, hi) = (*range.start() as u32, *range.end() as u32);
+    let len = hi.checked_sub(lo)? + 1;
+    let start = std::process::id().wrapping_mul(2_654_435_761).wrapping_add(
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos()),
+    ) % len;
+    (0..len).map(|k| (lo + (start + k) % len) as u16).filter(|p| !taken.contains(p)).find_map(bindable)
 }
 
 /// The limits a slice's workload gets, in the variables HAMi-core (`CUDA_DEVICE_MEMORY_LIMIT`,
@@ -77,8 +108,9 @@ pub fn slice_env(s: &gpucloud_api::AgentSlice) -> Vec<(String, String)> {
     env
 }
 
-/// Live workload leaders started by an agent with this state directory: instance id -> pid.
-fn own_processes(dir: &Path) -> BTreeMap<String, i32> {
+/// Live workload leaders started by an agent with this state directory: instance id -> (pid,
+/// its GPUCLOUD_PORT).
+fn own_processes(dir: &Path) -> BTreeMap<String, (i32, Option<u16>)> {
     let marker = format!("GPUCLOUD_AGENT_STATE={}", dir.display());
     let mut out = BTreeMap::new();
     let Ok(entries) = std::fs::read_dir("/proc") else { return out };
@@ -93,9 +125,11 @@ fn own_processes(dir: &Path) -> BTreeMap<String, i32> {
         if !vars.contains(&marker.as_bytes()) {
             continue;
         }
-        let id = vars.iter().find_map(|v| v.strip_prefix(b"GPUCLOUD_INSTANCE_ID=".as_slice()));
-        if let Some(id) = id.and_then(|i| std::str::from_utf8(i).ok()) {
-            out.insert(id.to_string(), pid);
+        let var =
+            |name: &[u8]| vars.iter().find_map(|v| v.strip_prefix(name)).and_then(|v| std::str::from_utf8(v).ok());
+        let port = var(b"GPUCLOUD_PORT=").and_then(|p| p.parse().ok());
+        if let Some(id) = var(b"GPUCLOUD_INSTANCE_ID=") {
+            out.insert(id.to_string(), (pid, port));
         }
     }
     out
@@ -124,13 +158,13 @@ impl ProcessRuntime {
     pub fn open(dir: &Path, grace: Duration) -> Result<ProcessRuntime, String> {
         std::fs::create_dir_all(dir.join("logs")).map_err(|e| format!("{}: {e}", dir.display()))?;
         let dir = dir.canonicalize().map_err(|e| format!("{}: {e}", dir.display()))?;
-        let mut rt = ProcessRuntime { dir: dir.clone(), grace, workloads: BTreeMap::new() };
+        let mut rt = ProcessRuntime { dir: dir.clone(), grace, workloads: BTreeMap::new(), ports: None };
         let ours = own_processes(&dir);
         if let Ok(text) = std::fs::read_to_string(rt.state_file()) {
             let saved: BTreeMap<String, Saved> = serde_json::from_str(&text).map_err(|e| format!("state.json: {e}"))?;
             for (id, s) in saved {
                 // Alive and still ours: a recycled pid would not carry our instance id.
-                let live = ours.get(&id) == Some(&s.pid);
+                let live = ours.get(&id).map(|(pid, _)| *pid) == Some(s.pid);
                 let exit = if live { None } else { Some(Exit::Unknown) };
                 tracing::info!(instance = %id, pid = s.pid, alive = live, "adopted workload");
                 rt.workloads.insert(id, Workload { saved: s, child: None, stop_sent: None, exit });
@@ -138,7 +172,7 @@ impl ProcessRuntime {
         }
         // A workload started just before a crash, before state.json recorded it: found by the
         // marker in its environment, so it is adopted rather than started a second time.
-        for (id, pid) in ours {
+        for (id, (pid, port)) in ours {
             if let std::collections::btree_map::Entry::Vacant(slot) = rt.workloads.entry(id) {
                 tracing::warn!(instance = %slot.key(), pid, "adopted a workload missing from state.json");
                 let log = dir.join("logs").join(format!("{}.log", slot.key()));
@@ -151,12 +185,19 @@ impl ProcessRuntime {
                     metadata_token: None,
                     memory_cap_mib: None,
                     ended_for: None,
+                    port,
                 };
                 slot.insert(Workload { saved, child: None, stop_sent: None, exit: None });
             }
         }
         rt.save();
         Ok(rt)
+    }
+
+    /// Workload ports from `range` (an operator's firewall opening) rather than any free one.
+    pub fn with_ports(mut self, range: Option<std::ops::RangeInclusive<u16>>) -> ProcessRuntime {
+        self.ports = range;
+        self
     }
 
     fn state_file(&self) -> PathBuf {
@@ -190,6 +231,8 @@ impl ProcessRuntime {
 
     pub fn start(&mut self, w: &AgentWorkload, metadata_url: &str, metadata_token: &str, env: &[(String, String)]) {
         let log = self.dir.join("logs").join(format!("{}.log", w.id));
+        let taken: Vec<u16> = self.workloads.values().filter_map(|w| w.saved.port).collect();
+        let port = free_port(self.ports.as_ref(), &taken);
         let result = OpenOptions::new().create(true).append(true).open(&log).and_then(|out| {
             let err = out.try_clone()?;
             let devices = w.gpu_uuids.join(",");
@@ -199,6 +242,9 @@ impl ProcessRuntime {
                 cmd.envs(slice_env(s));
             }
             cmd.envs(&w.env);
+            if let Some(p) = port {
+                cmd.env("GPUCLOUD_PORT", p.to_string());
+            }
             cmd.arg("-c")
                 .arg(&w.command)
                 .env("CUDA_VISIBLE_DEVICES", &devices)
@@ -222,6 +268,7 @@ impl ProcessRuntime {
             metadata_token: Some(metadata_token.to_string()),
             memory_cap_mib: w.slice.as_ref().map(|s| s.memory_mib),
             ended_for: None,
+            port,
         };
         let workload = match result {
             Ok(child) => {
@@ -330,6 +377,7 @@ impl ProcessRuntime {
                         exit_code: code,
                         reason: Some(reason.clone()),
                         checkpoint: None,
+                        port: None,
                     };
                 }
                 let (state, exit_code) = match w.exit {
@@ -346,6 +394,7 @@ impl ProcessRuntime {
                     exit_code,
                     reason: None,
                     checkpoint: None,
+                    port: w.saved.port.filter(|_| w.exit.is_none()),
                 }
             })
             .collect()

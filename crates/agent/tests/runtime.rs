@@ -38,6 +38,7 @@ fn a_workload_missing_from_the_state_file_is_adopted_not_started_twice() {
     let actual = again.actual();
     assert_eq!(actual.len(), 1, "{actual:?}");
     assert!(actual[0].id == "i-orphan" && actual[0].alive);
+    assert_eq!(again.report()[0].port, rt.report()[0].port, "its port is read back from its environment");
     again.stop("i-orphan");
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
@@ -131,4 +132,47 @@ fn a_slice_gets_its_limits_and_is_stopped_over_its_memory_cap() {
         assert!(log.contains(want), "{want} missing from:\n{log}");
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn each_workload_gets_its_own_port_from_the_range_and_keeps_it_across_a_restart() {
+    let dir = temp_dir();
+    let range = gpucloud_agent::runtime::parse_port_range("39000-39099").unwrap();
+    let mut rt = ProcessRuntime::open(&dir, Duration::from_secs(1)).unwrap().with_ports(Some(range.clone()));
+    let out = dir.join("port");
+    rt.start(&workload("i-a", &format!("echo $GPUCLOUD_PORT > {}; exec sleep 30", out.display())), "u", "t", &[]);
+    rt.start(&workload("i-b", "exec sleep 30"), "u", "t", &[]);
+    let ports: Vec<u16> = rt.report().iter().map(|r| r.port.expect("a running workload reports its port")).collect();
+    assert!(ports.iter().all(|p| range.contains(p)), "{ports:?}");
+    assert_ne!(ports[0], ports[1], "two workloads, two ports");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::fs::read_to_string(&out).unwrap_or_default().trim().is_empty() {
+        assert!(Instant::now() < deadline, "the workload never wrote its port");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        std::fs::read_to_string(&out).unwrap().trim(),
+        ports[0].to_string(),
+        "GPUCLOUD_PORT is the port reported"
+    );
+    let mut again = ProcessRuntime::open(&dir, Duration::from_secs(1)).unwrap();
+    let adopted: Vec<Option<u16>> = again.report().iter().map(|r| r.port).collect();
+    assert_eq!(adopted, vec![Some(ports[0]), Some(ports[1])], "an adopted workload keeps its port");
+    again.stop_all_now();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn port_ranges_are_checked() {
+    use gpucloud_agent::runtime::parse_port_range;
+    assert_eq!(parse_port_range("20000-32000").unwrap(), 20000..=32000);
+    assert_eq!(parse_port_range("8000-8000").unwrap(), 8000..=8000);
+    for bad in ["", "8000", "80-90", "9000-8000", "20000-70000", "a-b"] {
+        assert!(parse_port_range(bad).unwrap_err().contains("LOW-HIGH"), "{bad}");
+    }
+    // A range with no port free yields none rather than a taken one.
+    let held = std::net::TcpListener::bind(("0.0.0.0", 0)).unwrap();
+    let p = held.local_addr().unwrap().port();
+    assert_eq!(gpucloud_agent::runtime::free_port(Some(&(p..=p)), &[]), None);
+    assert_eq!(gpucloud_agent::runtime::free_port(Some(&(p..=p)), &[p]), None);
 }

@@ -129,6 +129,10 @@ pub struct Instance {
     /// The latest checkpoint its workload reported (through its metadata endpoint).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkpoint: Option<String>,
+    /// While running: where its workload serves, "host:port" (its node's address and the port
+    /// in its GPUCLOUD_PORT).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
     /// The managed job it is an attempt of, and which attempt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job: Option<String>,
@@ -605,6 +609,9 @@ pub struct AgentInstanceReport {
     /// The latest checkpoint the workload reported to its metadata endpoint.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkpoint: Option<String>,
+    /// The port the agent gave the workload (GPUCLOUD_PORT).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -975,6 +982,9 @@ pub struct ClusterMember {
     /// Set when it is leaving (a scale-down's stop notice).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub leaving_at: Option<String>,
+    /// While running: where it serves, "host:port" (what `gpucloud gateway --cluster` routes to).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

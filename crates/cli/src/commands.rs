@@ -188,6 +188,9 @@ fn instance_detail(i: &api::Instance) -> String {
     if let Some(c) = &i.checkpoint {
         lines.push(format!("checkpoint: {c}"));
     }
+    if let Some(e) = &i.endpoint {
+        lines.push(format!("endpoint:  {e} (GPUCLOUD_PORT on its node)"));
+    }
     if let (Some(j), Some(a)) = (&i.job, i.attempt) {
         lines.push(format!("job:       {j} (attempt {a})"));
     }

@@ -3,15 +3,17 @@
 //! a few milliseconds apart) and fails over passively at once: a refused or reset connection or
 //! a timeout marks that backend down and, when the request is safe to repeat (GET, HEAD,
 //! OPTIONS, PUT, DELETE, or any request with an Idempotency-Key), sends it to the next backend.
-//! Requests go to the first healthy backend in the order given.
+//! Requests go to the first healthy backend in the order given. With `--cluster NAME` the
+//! backends are a replica set's running members (their endpoints, in rank order), followed as
+//! members come and go.
 
 use crate::client::not_sent;
 use axum::body::{Body, to_bytes};
 use axum::extract::{Request, State};
 use axum::http::{HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 /// Largest request body the gateway buffers (it must hold a request to send it again).
@@ -22,13 +24,18 @@ pub struct Backend {
     healthy: AtomicBool,
     /// Requests this backend answered (for the bench and the log).
     pub served: AtomicU64,
+    /// Dropped by discovery: its health checks end.
+    retired: AtomicBool,
 }
 
 pub struct Gateway {
-    pub backends: Vec<Backend>,
+    /// In order of preference. Replaced whole by discovery; a request works on the snapshot it
+    /// took, so a change never cuts one short.
+    backends: RwLock<Vec<Arc<Backend>>>,
     agent: ureq::Agent,
     health_path: String,
     health_interval: Duration,
+    checking: AtomicBool,
 }
 
 #[derive(Debug, Clone)]
@@ -41,15 +48,18 @@ pub struct GatewayConfig {
     pub connect_timeout: Duration,
 }
 
+fn check_url(b: &str) -> Result<(), String> {
+    if !b.starts_with("http://") {
+        return Err(format!("backend '{b}' must be an http:// URL"));
+    }
+    Ok(())
+}
+
 impl Gateway {
+    /// A gateway over `c.backends` (none yet when a cluster's members are to be discovered).
     pub fn new(c: &GatewayConfig) -> Result<Arc<Gateway>, String> {
-        if c.backends.is_empty() {
-            return Err("a gateway needs at least one --backend URL".into());
-        }
         for b in &c.backends {
-            if !b.starts_with("http://") {
-                return Err(format!("backend '{b}' must be an http:// URL"));
-            }
+            check_url(b)?;
         }
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
@@ -59,33 +69,67 @@ impl Gateway {
             .max_idle_connections_per_host(64)
             .build()
             .into();
-        Ok(Arc::new(Gateway {
-            backends: c
-                .backends
-                .iter()
-                .map(|u| Backend {
-                    url: u.trim_end_matches('/').to_string(),
-                    healthy: AtomicBool::new(true),
-                    served: AtomicU64::new(0),
-                })
-                .collect(),
+        let gw = Arc::new(Gateway {
+            backends: RwLock::new(Vec::new()),
             agent,
             health_path: c.health_path.clone(),
             health_interval: c.health_interval,
-        }))
+            checking: AtomicBool::new(false),
+        });
+        // Named by the operator: trusted until a check or a request says otherwise.
+        gw.set_backends(&c.backends, true);
+        Ok(gw)
     }
 
-    pub fn healthy(&self, i: usize) -> bool {
-        self.backends[i].healthy.load(Ordering::Relaxed)
+    /// The backends now, in order of preference.
+    pub fn backends(&self) -> Vec<Arc<Backend>> {
+        self.backends.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    fn mark(&self, i: usize, up: bool, why: &str) {
-        let was = self.backends[i].healthy.swap(up, Ordering::Relaxed);
+    /// Makes `urls` the backends, in that order. One already known keeps its health and its
+    /// connections; a new one starts `healthy` (discovered ones start down, so traffic moves to
+    /// them once a health check passes); one dropped stops being checked.
+    pub fn set_backends(self: &Arc<Self>, urls: &[String], healthy: bool) {
+        let mut added = Vec::new();
+        {
+            let mut list = self.backends.write().unwrap_or_else(|e| e.into_inner());
+            let next: Vec<Arc<Backend>> = urls
+                .iter()
+                .map(|u| u.trim_end_matches('/'))
+                .map(|u| {
+                    list.iter().find(|b| b.url == u).cloned().unwrap_or_else(|| {
+                        let b = Arc::new(Backend {
+                            url: u.to_string(),
+                            healthy: AtomicBool::new(healthy),
+                            served: AtomicU64::new(0),
+                            retired: AtomicBool::new(false),
+                        });
+                        added.push(b.clone());
+                        b
+                    })
+                })
+                .collect();
+            for gone in list.iter().filter(|b| !next.iter().any(|n| Arc::ptr_eq(n, b))) {
+                tracing::info!(backend = %gone.url, "backend removed");
+                gone.retired.store(true, Ordering::Relaxed);
+            }
+            *list = next;
+        }
+        for b in added {
+            tracing::info!(backend = %b.url, "backend added");
+            if self.checking.load(Ordering::Relaxed) {
+                self.spawn_check(b);
+            }
+        }
+    }
+
+    fn mark(&self, b: &Backend, up: bool, why: &str) {
+        let was = b.healthy.swap(up, Ordering::Relaxed);
         if was != up {
             if up {
-                tracing::info!(backend = %self.backends[i].url, "backend healthy again");
+                tracing::info!(backend = %b.url, "backend healthy");
             } else {
-                tracing::warn!(backend = %self.backends[i].url, why, "backend down: failing over");
+                tracing::warn!(backend = %b.url, why, "backend down: failing over");
             }
         }
     }
@@ -93,32 +137,77 @@ impl Gateway {
     /// Active health checks: each backend every `health_interval`, on its own thread (a check
     /// is a blocking request on a warm connection).
     pub fn spawn_health_checks(self: &Arc<Self>) {
-        for i in 0..self.backends.len() {
-            let gw = self.clone();
-            std::thread::spawn(move || {
-                let url = format!("{}{}", gw.backends[i].url, gw.health_path);
-                loop {
-                    let started = Instant::now();
-                    match gw.agent.get(&url).call() {
-                        Ok(mut r) if r.status().is_success() => {
-                            let _ = r.body_mut().read_to_vec();
-                            gw.mark(i, true, "");
-                        }
-                        Ok(r) => gw.mark(i, false, &format!("health check answered {}", r.status())),
-                        Err(e) => gw.mark(i, false, &e.to_string()),
-                    }
-                    std::thread::sleep(gw.health_interval.saturating_sub(started.elapsed()));
-                }
-            });
+        if !self.checking.swap(true, Ordering::Relaxed) {
+            for b in self.backends() {
+                self.spawn_check(b);
+            }
         }
     }
 
-    /// The backends to try, healthy ones first, each group in the configured order.
-    fn order(&self) -> Vec<usize> {
-        let mut up: Vec<usize> = (0..self.backends.len()).filter(|&i| self.healthy(i)).collect();
-        up.extend((0..self.backends.len()).filter(|&i| !self.healthy(i)));
+    fn spawn_check(self: &Arc<Self>, b: Arc<Backend>) {
+        let gw = self.clone();
+        std::thread::spawn(move || {
+            let url = format!("{}{}", b.url, gw.health_path);
+            while !b.retired.load(Ordering::Relaxed) {
+                let started = Instant::now();
+                match gw.agent.get(&url).call() {
+                    Ok(mut r) if r.status().is_success() => {
+                        let _ = r.body_mut().read_to_vec();
+                        gw.mark(&b, true, "");
+                    }
+                    Ok(r) => gw.mark(&b, false, &format!("health check answered {}", r.status())),
+                    Err(e) => gw.mark(&b, false, &e.to_string()),
+                }
+                std::thread::sleep(gw.health_interval.saturating_sub(started.elapsed()));
+            }
+        });
+    }
+
+    /// The backends to try, healthy ones first, each group in order of preference.
+    fn order(&self) -> Vec<Arc<Backend>> {
+        let all = self.backends();
+        let (mut up, down): (Vec<_>, Vec<_>) = all.into_iter().partition(|b| b.healthy.load(Ordering::Relaxed));
+        up.extend(down);
         up
     }
+
+    /// Follows cluster `name`'s members: every `every`, its running members' endpoints, by
+    /// rank, become the backends. When the control plane cannot be reached the gateway keeps
+    /// the members it knows and goes on routing: serving must not depend on it.
+    pub fn follow_cluster(self: &Arc<Self>, client: crate::client::Client, name: String, every: Duration) {
+        let gw = self.clone();
+        std::thread::spawn(move || {
+            let mut last_error = String::new();
+            loop {
+                std::thread::sleep(every);
+                match client.get::<gpucloud_api::Cluster>(&format!("/v1/clusters/{name}")) {
+                    Ok(c) => {
+                        gw.set_backends(&member_urls(&c), false);
+                        last_error.clear();
+                    }
+                    Err(e) => {
+                        let e = e.to_string();
+                        if e != last_error {
+                            tracing::warn!(cluster = %name, error = %e, "cannot read the cluster: keeping its last members");
+                            last_error = e;
+                        }
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// The members of a cluster that serve now, as backend URLs in rank order.
+pub fn member_urls(c: &gpucloud_api::Cluster) -> Vec<String> {
+    let mut serving: Vec<(u32, &str)> = c
+        .members
+        .iter()
+        .filter(|m| m.state == "running")
+        .filter_map(|m| Some((m.rank, m.endpoint.as_deref()?)))
+        .collect();
+    serving.sort();
+    serving.into_iter().map(|(_, e)| format!("http://{e}")).collect()
 }
 
 const HOP_BY_HOP: [&str; 9] = [
@@ -156,9 +245,9 @@ pub async fn proxy(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
     let method = parts.method.clone();
     let gw2 = gw.clone();
     let answer = tokio::task::spawn_blocking(move || {
-        let mut last = String::from("no backend");
-        for i in gw2.order() {
-            let url = format!("{}{path}", gw2.backends[i].url);
+        let mut last = String::from("no backend serves now (a followed cluster has no running member)");
+        for b in gw2.order() {
+            let url = format!("{}{path}", b.url);
             let mut builder = ureq::http::Request::builder().method(method.clone()).uri(&url);
             for (k, v) in &headers {
                 builder = builder.header(k.as_str(), v.as_slice());
@@ -170,11 +259,11 @@ pub async fn proxy(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
             match sent {
                 Ok(mut resp) => match resp.body_mut().read_to_vec() {
                     Ok(body) => {
-                        gw2.backends[i].served.fetch_add(1, Ordering::Relaxed);
-                        return Ok((i, resp.status(), resp.headers().clone(), body));
+                        b.served.fetch_add(1, Ordering::Relaxed);
+                        return Ok((b.url.clone(), resp.status(), resp.headers().clone(), body));
                     }
                     Err(e) => {
-                        gw2.mark(i, false, &e.to_string());
+                        gw2.mark(&b, false, &e.to_string());
                         if !safe {
                             return Err((StatusCode::BAD_GATEWAY, format!("{url} failed mid-answer: {e}")));
                         }
@@ -182,7 +271,7 @@ pub async fn proxy(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
                     }
                 },
                 Err(e) => {
-                    gw2.mark(i, false, &e.to_string());
+                    gw2.mark(&b, false, &e.to_string());
                     if !safe && !not_sent(&e) {
                         // It may have run there: only the client can decide to repeat it.
                         return Err((StatusCode::BAD_GATEWAY, format!("{url} failed after the request was sent: {e}")));
@@ -195,13 +284,13 @@ pub async fn proxy(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
     })
     .await;
     match answer {
-        Ok(Ok((i, status, headers, body))) => {
+        Ok(Ok((backend, status, headers, body))) => {
             let mut resp = Response::new(Body::from(body));
             *resp.status_mut() = status;
             for (k, v) in headers.iter().filter(|(k, _)| !HOP_BY_HOP.contains(&k.as_str())) {
                 resp.headers_mut().append(k.clone(), v.clone());
             }
-            if let Ok(v) = HeaderValue::from_str(&gw.backends[i].url) {
+            if let Ok(v) = HeaderValue::from_str(&backend) {
                 resp.headers_mut().insert(HeaderName::from_static("x-gpucloud-backend"), v);
             }
             resp

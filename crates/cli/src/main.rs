@@ -109,12 +109,20 @@ enum Command {
     Key(access::KeyCmd),
     /// An HTTP front for a service running in two places: health-checked, warm connections to
     /// both, requests to the first healthy one, safe requests retried on the other at once.
+    /// Give the backends (--backend) or a replica set to follow (--cluster).
     Gateway {
         #[arg(long, default_value = "127.0.0.1:9080")]
         listen: String,
         /// A backend URL; give it once per replica, in order of preference.
-        #[arg(long = "backend", required = true)]
+        #[arg(long = "backend", required_unless_present = "cluster", conflicts_with = "cluster")]
         backends: Vec<String>,
+        /// Route to this cluster's running members (their endpoints: node address and
+        /// GPUCLOUD_PORT), in rank order, following them as they come and go.
+        #[arg(long)]
+        cluster: Option<String>,
+        /// How often to read the cluster's members.
+        #[arg(long, default_value_t = 1000)]
+        discover_interval_ms: u64,
         /// The path health checks GET (2xx is healthy).
         #[arg(long, default_value = "/v1/health")]
         health_path: String,
@@ -155,8 +163,17 @@ fn main() -> ExitCode {
         Command::Instance(c) => commands::instance(&ctx, c),
         Command::Monitor(c) => monitor::monitor(&ctx, c),
         Command::Key(c) => access::key(&ctx, c),
-        Command::Gateway { listen, backends, health_path, health_interval_ms, timeout_ms } => {
-            run_gateway(listen, backends, health_path, health_interval_ms, timeout_ms)
+        Command::Gateway {
+            listen,
+            backends,
+            cluster,
+            discover_interval_ms,
+            health_path,
+            health_interval_ms,
+            timeout_ms,
+        } => {
+            let follow = cluster.map(|c| (c, discover_interval_ms));
+            run_gateway(&ctx, listen, backends, follow, health_path, health_interval_ms, timeout_ms)
         }
         Command::GatewayEcho { listen, name } => run_async(async move {
             let l = tokio::net::TcpListener::bind(&listen).await.map_err(|e| format!("{listen}: {e}"))?;
@@ -197,14 +214,19 @@ fn run_async(f: impl std::future::Future<Output = Result<(), String>>) -> Result
 }
 
 fn run_gateway(
+    ctx: &commands::Ctx,
     listen: String,
     backends: Vec<String>,
+    follow: Option<(String, u64)>,
     health_path: String,
     health_interval_ms: u64,
     timeout_ms: u64,
 ) -> Result<(), String> {
     if !(1..=60_000).contains(&health_interval_ms) {
         return Err("--health-interval-ms is 1 to 60000".into());
+    }
+    if follow.as_ref().is_some_and(|(_, ms)| !(50..=60_000).contains(ms)) {
+        return Err("--discover-interval-ms is 50 to 60000".into());
     }
     let config = gateway::GatewayConfig {
         backends,
@@ -214,9 +236,23 @@ fn run_gateway(
         connect_timeout: std::time::Duration::from_millis(100),
     };
     let gw = gateway::Gateway::new(&config)?;
+    let mut target = config.backends.join(", ");
+    if let Some((name, every_ms)) = follow {
+        // Read once before serving, so a wrong name or key is an error now, not a log line later.
+        let client = ctx.client(commands::As::Tenant)?;
+        let c: gpucloud_api::Cluster =
+            client.get(&format!("/v1/clusters/{name}")).map_err(|e| format!("cluster {name}: {e}"))?;
+        let urls = gateway::member_urls(&c);
+        gw.set_backends(&urls, false);
+        target = format!(
+            "cluster {name} ({})",
+            if urls.is_empty() { "no member serving yet".into() } else { urls.join(", ") }
+        );
+        gw.follow_cluster(client, name, std::time::Duration::from_millis(every_ms));
+    }
     run_async(async move {
         let l = tokio::net::TcpListener::bind(&listen).await.map_err(|e| format!("{listen}: {e}"))?;
-        println!("gateway on http://{} -> {}", l.local_addr().map_err(|e| e.to_string())?, config.backends.join(", "));
+        println!("gateway on http://{} -> {target}", l.local_addr().map_err(|e| e.to_string())?);
         gateway::serve(gw, l).await
     })
 }

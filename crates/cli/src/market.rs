@@ -358,7 +358,7 @@ pub enum ClusterCmd {
         #[arg(long)]
         region: Option<String>,
         /// An active-active replica set: one member in each of these regions (comma separated),
-        /// each placed on its own; front them with `gpucloud gateway`.
+        /// each placed on its own; front them with `gpucloud gateway --cluster NAME`.
         #[arg(long, value_delimiter = ',', conflicts_with_all = ["region", "nodes", "min", "max"])]
         replicas_in: Vec<String>,
         /// Members on spot capacity.
@@ -410,6 +410,7 @@ fn cluster_detail(c: &api::Cluster) -> String {
                 m.instance.clone(),
                 m.state.clone(),
                 or_dash(m.node.as_ref()),
+                or_dash(m.endpoint.as_ref()),
                 m.leaving_at
                     .as_ref()
                     .map(|t| format!("leaving at {t}"))
@@ -439,7 +440,7 @@ fn cluster_detail(c: &api::Cluster) -> String {
         or_dash(c.schedule.as_ref()),
         or_dash(c.autoscale.as_ref()),
         c.command,
-        table(&["RANK", "INSTANCE", "STATE", "NODE", ""], &rows)
+        table(&["RANK", "INSTANCE", "STATE", "NODE", "ENDPOINT", ""], &rows)
     )
 }
 

@@ -250,6 +250,7 @@ pub fn dev(args: DevArgs) -> Result<(), String> {
                 stop_grace: Duration::from_secs(5),
                 metadata_port: 0,
                 address: Some("127.0.0.1".into()),
+                ports: None,
             };
             let spec = format!("{}:{count}", model.name());
             let flag = shutdown.clone();
@@ -424,9 +425,14 @@ pub struct AgentArgs {
     /// adopted after an agent restart keep a working GPUCLOUD_METADATA_URL (0: any free port).
     #[arg(long, default_value_t = 7081)]
     metadata_port: u16,
-    /// Where other nodes reach this host (a cluster member's MASTER_ADDR) [default: the node name].
+    /// Where other nodes reach this host (a cluster member's MASTER_ADDR, an instance's endpoint)
+    /// [default: the node name].
     #[arg(long)]
     address: Option<String>,
+    /// Ports workloads are given to serve on (GPUCLOUD_PORT), e.g. 20000-32000: the range a
+    /// firewall opens [default: any free port].
+    #[arg(long)]
+    port_range: Option<String>,
 }
 
 pub fn agent(args: AgentArgs) -> Result<(), String> {
@@ -438,6 +444,7 @@ pub fn agent(args: AgentArgs) -> Result<(), String> {
         }
     };
     let region = gpucloud_model::Region::parse(&args.region).map_err(|e| e.to_string())?;
+    let ports = args.port_range.as_deref().map(gpucloud_agent::runtime::parse_port_range).transpose()?;
     let mut gpus: Box<dyn gpucloud_agent::gpu::GpuBackend> = match &args.fake_gpus {
         Some(spec) => {
             Box::new(gpucloud_agent::gpu::FakeGpus::parse(spec, &name)?.with_fault_dir(args.state_dir.clone()))
@@ -489,6 +496,7 @@ pub fn agent(args: AgentArgs) -> Result<(), String> {
         stop_grace: Duration::from_secs(args.stop_grace_s),
         metadata_port: args.metadata_port,
         address: args.address.clone(),
+        ports,
     };
     let shutdown = std::sync::atomic::AtomicBool::new(false);
     gpucloud_agent::run(config, gpus.as_mut(), &shutdown)

@@ -38,6 +38,7 @@ pub async fn run(api: Arc<dyn AgentApi>, node: NodeId, gpus: Vec<GpuInfo>, inter
             instances: workloads.iter().map(|(k, v)| (k.clone(), *v, None)).collect(),
             gpus: readings,
             checkpoints: Vec::new(),
+            ports: Vec::new(),
             metrics: Vec::new(),
         };
         let mut changed = false;

@@ -87,6 +87,7 @@ fn a_cluster_resizes_as_a_gang_and_shrinks_with_notice() {
                 instances: vec![],
                 gpus: vec![],
                 checkpoints: vec![],
+                ports: vec![],
                 metrics: vec![],
             })
             .await

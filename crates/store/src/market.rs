@@ -124,6 +124,8 @@ pub trait MarketStore: Send + Sync {
     ) -> Result<Vec<crate::MetricPoint>>;
     /// Where a node's peers reach it.
     async fn set_node_address(&self, id: &gpucloud_model::NodeId, address: Option<&str>) -> Result<()>;
+    /// Where an instance serves ("host:port"), as its agent reported it.
+    async fn set_instance_endpoint(&self, id: &InstanceId, endpoint: &str) -> Result<()>;
     /// Bills period `period` of a reservation: posts `records` and moves `billed_periods` to
     /// `period + 1` and the credited total to `credited`, in one transaction; false (nothing
     /// written) if the period was billed already.
@@ -710,6 +712,16 @@ impl MarketStore for SqlStore {
     async fn set_node_address(&self, id: &gpucloud_model::NodeId, address: Option<&str>) -> Result<()> {
         sqlx::query("UPDATE nodes SET address = $1 WHERE id = $2")
             .bind(address.map(str::to_string))
+            .bind(id.to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn set_instance_endpoint(&self, id: &InstanceId, endpoint: &str) -> Result<()> {
+        // Not a state change: the generation stays, so no reconciler's compare-and-set loses.
+        sqlx::query("UPDATE instances SET endpoint = $1 WHERE id = $2")
+            .bind(endpoint)
             .bind(id.to_string())
             .execute(&self.pool)
             .await?;

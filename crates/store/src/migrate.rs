@@ -21,6 +21,7 @@ const SQLITE: &[(i64, &str)] = &[
     (14, include_str!("../migrations/sqlite/0014_leases.sql")),
     (15, include_str!("../migrations/sqlite/0015_keys_and_audit.sql")),
     (16, include_str!("../migrations/sqlite/0016_cluster_replicas.sql")),
+    (17, include_str!("../migrations/sqlite/0017_instance_endpoint.sql")),
 ];
 const POSTGRES: &[(i64, &str)] = &[
     (1, include_str!("../migrations/postgres/0001_foundation.sql")),
@@ -39,6 +40,7 @@ const POSTGRES: &[(i64, &str)] = &[
     (14, include_str!("../migrations/postgres/0014_leases.sql")),
     (15, include_str!("../migrations/postgres/0015_keys_and_audit.sql")),
     (16, include_str!("../migrations/postgres/0016_cluster_replicas.sql")),
+    (17, include_str!("../migrations/postgres/0017_instance_endpoint.sql")),
 ];
 
 pub(crate) async fn run(pool: &AnyPool, backend: Backend) -> Result<()> {

@@ -27,7 +27,7 @@ pub struct SqlStore {
 pub(crate) const INSTANCE_COLUMNS: &str = "id, tenant_id, name, region, gpu_model, gpu_count, command, state, \
     stop_target, node_id, generation, pending_reason, exit_code, created_at, updated_at, gpu_milli, gpu_mem_mib, \
     mig_profile, status_reason, cluster_id, cluster_rank, pool_id, tier, max_price_micros, env, job_id, attempt, running_since, notice_at, notice_ms, \
-    notice_reason, preempt_at, checkpoint, checkpoint_at";
+    notice_reason, preempt_at, checkpoint, checkpoint_at, endpoint";
 
 impl SqlStore {
     pub async fn open(url: &str) -> Result<SqlStore> {
@@ -205,6 +205,7 @@ pub(crate) fn instance_from_row(r: &AnyRow) -> Result<Instance> {
         running_since: r.try_get::<Option<i64>, _>("running_since")?.map(Timestamp),
         notice: crate::market::notice_from_row(r)?,
         checkpoint: crate::market::checkpoint_from_row(r)?,
+        endpoint: r.try_get("endpoint")?,
     })
 }
 

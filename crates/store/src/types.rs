@@ -215,6 +215,9 @@ pub struct Instance {
     pub running_since: Option<Timestamp>,
     pub notice: Option<Notice>,
     pub checkpoint: Option<Checkpoint>,
+    /// Where it serves ("host:port": its node's address and its GPUCLOUD_PORT), once its agent
+    /// reported the port.
+    pub endpoint: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

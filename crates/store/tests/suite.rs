@@ -74,6 +74,7 @@ suite!(
     metrics_come_back_in_order_per_name,
     gpu_samples_per_instance_fleet_and_retention,
     one_replica_holds_a_lease_at_a_time,
+    an_instance_endpoint_is_kept_without_a_new_generation,
 );
 
 fn ts(ms: i64) -> Timestamp {
@@ -962,4 +963,17 @@ async fn one_replica_holds_a_lease_at_a_time(s: Arc<dyn Store>) {
     // Racing for a free lease: exactly one wins.
     let (x, y) = tokio::join!(s.try_lease("race", "x", ts(0), ts(1_000)), s.try_lease("race", "y", ts(0), ts(1_000)));
     assert_eq!([x.unwrap(), y.unwrap()].iter().filter(|r| r.is_some()).count(), 1);
+}
+
+async fn an_instance_endpoint_is_kept_without_a_new_generation(s: Arc<dyn Store>) {
+    let t = tenant(&s, "ep").await;
+    let n = node(&s, "ep-node", GpuModel::A100_40GB, 2).await;
+    let i = running_instance(&s, &t, &n, 10).await;
+    assert_eq!(i.endpoint, None);
+    s.set_instance_endpoint(&i.id, "10.0.0.7:41234").await.unwrap();
+    let again = s.get_instance(None, &i.id).await.unwrap().unwrap();
+    assert_eq!(again.endpoint.as_deref(), Some("10.0.0.7:41234"));
+    assert_eq!(again.generation, i.generation, "not a state change: reconcilers' compare-and-set still holds");
+    let members = s.instances_on_node(&n.id).await.unwrap();
+    assert_eq!(members[0].endpoint.as_deref(), Some("10.0.0.7:41234"));
 }

@@ -33,6 +33,8 @@ def test_instances_bad_input_and_billing(client):
     assert inst.state == "pending" and inst.tier == "on-demand"
     running = wait_for("running", lambda: (i := client.instances.get(inst.id)).state == "running" and i)
     assert running.node and running.gpus == [running.gpus[0]]
+    host, port = running.endpoint.rsplit(":", 1)
+    assert host == "127.0.0.1" and 0 < int(port) < 65536, running.endpoint
     assert inst.id in [i.id for i in client.instances.list()]
     client.instances.stop(inst.id)
     wait_for("stopped", lambda: client.instances.get(inst.id).state == "stopped")
@@ -109,6 +111,8 @@ def test_workload_helpers_need_a_workload(monkeypatch):
     monkeypatch.delenv("GPUCLOUD_METADATA_URL", raising=False)
     monkeypatch.delenv("GPUCLOUD_RESUME_FROM", raising=False)
     assert gpucloud.resume_from() is None
+    monkeypatch.setenv("GPUCLOUD_PORT", "41000")
+    assert gpucloud.port() == 41000
     with pytest.raises(RuntimeError, match="GPUCLOUD_METADATA_URL"):
         gpucloud.preemption_notice()
     with pytest.raises(ValueError):

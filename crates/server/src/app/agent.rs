@@ -42,6 +42,8 @@ pub struct AgentReport {
     pub gpus: Vec<GpuReading>,
     /// The latest checkpoint each workload reported to its metadata endpoint.
     pub checkpoints: Vec<(InstanceId, String)>,
+    /// The port each running workload was given (its GPUCLOUD_PORT).
+    pub ports: Vec<(InstanceId, u16)>,
     /// Business metrics the workloads pushed.
     pub metrics: Vec<gpucloud_store::MetricPoint>,
 }
@@ -139,6 +141,15 @@ impl AgentApi for App {
             {
                 tracing::warn!(instance = %id, %reason, "agent ended the workload");
                 self.store.set_status_reason(id, Some(reason)).await?;
+            }
+            // Before the state, like checkpoints: an instance is never shown running at an old
+            // run's endpoint.
+            if let Some((_, port)) = report.ports.iter().find(|(p, _)| p == id) {
+                let host = current.address.clone().unwrap_or_else(|| current.name.clone());
+                let endpoint = if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") };
+                if inst.endpoint.as_deref() != Some(endpoint.as_str()) {
+                    self.store.set_instance_endpoint(id, &endpoint).await?;
+                }
             }
             self.observe(inst, *seen).await?;
         }

@@ -38,6 +38,14 @@ pub struct ClusterView {
 
 pub const MAX_CLUSTER_NODES: u32 = 64;
 
+/// How long a replica set waits before replacing a member that ended: 1 s, doubling with each
+/// end of that rank in the last ten minutes, at most 5 min, so a workload that dies at once
+/// does not relaunch (and bill a first second) in a tight loop.
+pub(crate) fn replica_backoff_ms(ends: &[gpucloud_model::Timestamp], now: gpucloud_model::Timestamp) -> i64 {
+    let recent = ends.iter().filter(|t| t.0 > now.0 - 600_000).count() as u32;
+    (1_000i64 << recent.saturating_sub(1).min(9)).min(300_000)
+}
+
 fn live(i: &Instance) -> bool {
     i.state == InstanceState::Pending || i.state.holds_gpus()
 }
@@ -233,6 +241,18 @@ impl App {
             if members.iter().any(|m| rank_of(m) == rank && live(m) && current(m)) {
                 continue;
             }
+            let mut key = format!("cluster:{}:{}:{rank}", c.id, c.epoch);
+            if !c.replicas_in.is_empty() {
+                let ended: Vec<_> =
+                    members.iter().filter(|m| rank_of(m) == rank && !live(m)).map(|m| m.updated_at).collect();
+                if let Some(last) = ended.iter().max() {
+                    if self.now() < last.plus_millis(replica_backoff_ms(&ended, self.now())) {
+                        continue;
+                    }
+                    // One key per replacement: replicas computing the same pass insert it once.
+                    key = format!("{key}:{}", ended.len());
+                }
+            }
             let id = InstanceId::from_random(random_bits());
             let new = NewInstance {
                 id,
@@ -243,7 +263,7 @@ impl App {
                 count: c.gpus_per_node,
                 share: None,
                 command: c.command.clone(),
-                idempotency_key: Some(format!("cluster:{}:{}:{rank}", c.id, c.epoch)),
+                idempotency_key: Some(key),
                 created_at: self.now(),
                 sale: Sale {
                     tier: c.tier,
@@ -500,7 +520,12 @@ impl App {
         } else if !waiting.is_empty() {
             ("resizing", waiting.iter().find_map(|m| m.pending_reason.clone()))
         } else if (members.iter().filter(in_target).count() as u32) < cluster.target_nodes {
-            ("degraded", Some("a member ended; resize to launch it again".to_string()))
+            let why = if cluster.replicas_in.is_empty() {
+                "a member ended; resize to launch it again"
+            } else {
+                "a member ended; it is launched again (after 1 s, doubling with each end in 10 min)"
+            };
+            ("degraded", Some(why.to_string()))
         } else {
             ("resizing", None)
         };
@@ -566,5 +591,25 @@ impl App {
                 .collect(),
         };
         Ok(Some((env, view)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gpucloud_model::Timestamp;
+
+    #[test]
+    fn replica_backoff_doubles_with_recent_ends_and_is_capped() {
+        let now = Timestamp(10_000_000);
+        let wait = |agos: &[i64]| {
+            let ends: Vec<Timestamp> = agos.iter().map(|a| Timestamp(now.0 - a)).collect();
+            replica_backoff_ms(&ends, now)
+        };
+        assert_eq!(wait(&[5_000]), 1_000);
+        assert_eq!(wait(&[5_000, 9_000]), 2_000);
+        assert_eq!(wait(&[1, 2, 3, 4]), 8_000);
+        assert_eq!(wait(&[700_000, 800_000, 5_000]), 1_000, "ends over ten minutes ago are forgiven");
+        assert_eq!(wait(&[1; 30]), 300_000, "at most five minutes");
     }
 }

@@ -55,6 +55,7 @@ pub async fn heartbeat(
     p.require_operator()?;
     let mut instances = Vec::new();
     let mut checkpoints = Vec::new();
+    let mut ports = Vec::new();
     for r in req.instances {
         let id = InstanceId::parse(&r.id).map_err(|e| bad("instances", &e.to_string()))?;
         let seen = match (r.state.as_str(), r.exit_code) {
@@ -68,6 +69,11 @@ pub async fn heartbeat(
                 return Err(bad("instances", "a checkpoint path is 1 to 4096 printable characters"));
             }
             checkpoints.push((id.clone(), path));
+        }
+        match r.port {
+            Some(0) => return Err(bad("instances", "a workload's port is 1 to 65535")),
+            Some(p) if r.state == "running" => ports.push((id.clone(), p)),
+            _ => {}
         }
         instances.push((id, seen, r.reason.filter(|r| !r.is_empty()).map(|r| r.chars().take(500).collect())));
     }
@@ -102,8 +108,15 @@ pub async fn heartbeat(
             value: m.value,
         });
     }
-    let report =
-        AgentReport { node: node_id(&req.node_id)?, epoch: Some(req.epoch), instances, gpus, checkpoints, metrics };
+    let report = AgentReport {
+        node: node_id(&req.node_id)?,
+        epoch: Some(req.epoch),
+        instances,
+        gpus,
+        checkpoints,
+        ports,
+        metrics,
+    };
     let desired = app.heartbeat(report).await?;
     let instances = desired
         .into_iter()

@@ -35,6 +35,7 @@ fn view(v: ClusterView) -> Cluster {
                 node: m.node_id.map(|n| n.to_string()),
                 pending_reason: m.pending_reason.filter(|_| m.state == gpucloud_model::InstanceState::Pending),
                 leaving_at: m.notice.and_then(|n| n.deadline).map(rfc3339),
+                endpoint: m.endpoint.filter(|_| m.state == gpucloud_model::InstanceState::Running),
             })
             .collect(),
         replicas_in: c.replicas_in.iter().map(|r| r.to_string()).collect(),

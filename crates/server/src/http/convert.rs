@@ -33,6 +33,7 @@ pub fn instance(i: store::Instance) -> api::Instance {
             reason: n.reason,
         }),
         checkpoint: i.checkpoint.map(|c| c.path),
+        endpoint: i.endpoint.filter(|_| i.state == gpucloud_model::InstanceState::Running),
         job: i.sale.job.as_ref().map(|(j, _)| j.to_string()),
         attempt: i.sale.job.map(|(_, a)| a),
     }

@@ -3,8 +3,8 @@
 Two halves:
 
 * :class:`Client` talks to the gpucloud API (instances, managed jobs, spot prices, billing).
-* :func:`preemption_notice`, :func:`watch_preemption`, :func:`report_checkpoint` and
-  :func:`resume_from` are for code running *inside* a gpucloud workload: they use the agent's
+* :func:`preemption_notice`, :func:`watch_preemption`, :func:`report_checkpoint`,
+  :func:`resume_from` and :func:`port` are for code running *inside* a gpucloud workload: they use the agent's
   metadata endpoint (``GPUCLOUD_METADATA_URL``) and the job's environment.
 """
 
@@ -14,6 +14,7 @@ from .workload import (
     PreemptionWatcher,
     log_metrics,
     metadata,
+    port,
     preemption_notice,
     report_checkpoint,
     resume_from,
@@ -35,6 +36,7 @@ __all__ = [
     "metadata",
     "preemption_notice",
     "report_checkpoint",
+    "port",
     "resume_from",
     "watch_preemption",
 ]

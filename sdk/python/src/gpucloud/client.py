@@ -43,6 +43,7 @@ class Instance:
     checkpoint: Optional[str] = None
     job: Optional[str] = None
     attempt: Optional[int] = None
+    endpoint: Optional[str] = None
     raw: Dict[str, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -65,6 +66,7 @@ class Instance:
             checkpoint=v.get("checkpoint"),
             job=v.get("job"),
             attempt=v.get("attempt"),
+            endpoint=v.get("endpoint"),
             raw=v,
         )
 
@@ -265,6 +267,7 @@ class ClusterMember:
     node: Optional[str] = None
     pending_reason: Optional[str] = None
     leaving_at: Optional[str] = None
+    endpoint: Optional[str] = None
 
 
 @dataclass
@@ -306,6 +309,7 @@ class Cluster:
                     node=m.get("node"),
                     pending_reason=m.get("pending_reason"),
                     leaving_at=m.get("leaving_at"),
+                    endpoint=m.get("endpoint"),
                 )
                 for m in v["members"]
             ],

@@ -71,6 +71,13 @@ def log_metrics(step: Optional[int] = None, **values: float) -> None:
     r.raise_for_status()
 
 
+def port() -> Optional[int]:
+    """The port this workload was given to serve on (``GPUCLOUD_PORT``): its instance's endpoint,
+    and what ``gpucloud gateway --cluster`` routes to. None outside a workload."""
+    v = os.environ.get("GPUCLOUD_PORT")
+    return int(v) if v else None
+
+
 def resume_from() -> Optional[str]:
     """The checkpoint a managed job's attempt should resume from (None for a first attempt)."""
     return os.environ.get("GPUCLOUD_RESUME_FROM") or None
