@@ -4,6 +4,7 @@
 //! keeps the workloads it started in a state file, so a restarted agent adopts them instead of
 //! starting them twice or leaving them orphaned.
 
+pub mod docker;
 pub mod gpu;
 pub mod metadata;
 pub mod nvml;
@@ -35,6 +36,8 @@ pub struct Config {
     pub address: Option<String>,
     /// Where workloads' GPUCLOUD_PORT comes from; any free port when `None`.
     pub ports: Option<std::ops::RangeInclusive<u16>>,
+    /// Run workloads as containers of this image (the Docker runtime) rather than processes.
+    pub docker_image: Option<String>,
 }
 
 /// Runs until the node is taken over by another agent (fenced), registration fails, or
@@ -44,7 +47,14 @@ pub fn run(config: Config, gpus: &mut dyn GpuBackend, shutdown: &std::sync::atom
     tracing::info!(backend = gpus.name(), gpus = found.len(), "GPUs discovered");
     let client = Client::new(&config.server, &config.token);
     let metadata = metadata::MetadataServer::start(config.metadata_port)?;
-    let mut runtime = ProcessRuntime::open(&config.state_dir, config.stop_grace)?.with_ports(config.ports.clone());
+    // Real GPUs go to a container through the NVIDIA runtime; fake ones exist only as names.
+    let docker = config
+        .docker_image
+        .as_deref()
+        .map(|image| docker::DockerLauncher::connect(image, gpus.name() != "fake"))
+        .transpose()?;
+    let mut runtime =
+        ProcessRuntime::open_with(&config.state_dir, config.stop_grace, docker)?.with_ports(config.ports.clone());
     let request = RegisterAgentRequest {
         name: config.name.clone(),
         region: config.region.clone(),

@@ -1,6 +1,8 @@
 //! Workloads as processes. Each runs `sh -c COMMAND` in its own process group with its GPUs in
 //! the environment, output appended to a log file. What runs is written to `state.json`, so a
-//! restarted agent adopts live processes rather than starting them again.
+//! restarted agent adopts live processes rather than starting them again. With a Docker
+//! launcher (`crate::docker`) each workload is a container instead; logs, ports, reports and
+//! adoption stay the same.
 
 use crate::reconcile::Actual;
 use gpucloud_api::{AgentInstanceReport, AgentWorkload};
@@ -45,6 +47,9 @@ struct Saved {
     /// The port it was given to serve on (GPUCLOUD_PORT).
     #[serde(default)]
     port: Option<u16>,
+    /// Its container, when it runs in one (then `pid` is the container's init on the host).
+    #[serde(default)]
+    container: Option<String>,
 }
 
 struct Workload {
@@ -60,6 +65,8 @@ pub struct ProcessRuntime {
     workloads: BTreeMap<String, Workload>,
     /// Where workload ports come from: `None` lets the OS pick a free one.
     ports: Option<std::ops::RangeInclusive<u16>>,
+    /// Containers instead of processes.
+    docker: Option<crate::docker::DockerLauncher>,
 }
 
 /// `LOW-HIGH`, both 1024 to 65535.
@@ -153,18 +160,41 @@ fn signal_group(pid: i32, sig: i32) {
     }
 }
 
+/// Signals a workload: its process group, or its container's init.
+fn signal(docker: Option<&crate::docker::DockerLauncher>, s: &Saved, sig: i32) {
+    match (docker, &s.container) {
+        (Some(d), Some(c)) => d.signal(c, if sig == libc::SIGKILL { "SIGKILL" } else { "SIGTERM" }),
+        _ if s.pid > 0 => signal_group(s.pid, sig),
+        _ => {}
+    }
+}
+
 impl ProcessRuntime {
     /// Opens the state directory and adopts the workloads a previous agent left running.
     pub fn open(dir: &Path, grace: Duration) -> Result<ProcessRuntime, String> {
+        ProcessRuntime::open_with(dir, grace, None)
+    }
+
+    /// [`ProcessRuntime::open`], starting workloads as containers when `docker` is given (and
+    /// adopting the containers a previous agent left).
+    pub fn open_with(
+        dir: &Path,
+        grace: Duration,
+        docker: Option<crate::docker::DockerLauncher>,
+    ) -> Result<ProcessRuntime, String> {
         std::fs::create_dir_all(dir.join("logs")).map_err(|e| format!("{}: {e}", dir.display()))?;
         let dir = dir.canonicalize().map_err(|e| format!("{}: {e}", dir.display()))?;
-        let mut rt = ProcessRuntime { dir: dir.clone(), grace, workloads: BTreeMap::new(), ports: None };
+        let containers = docker.as_ref().map(|d| d.own(&dir)).transpose()?.unwrap_or_default();
+        let mut rt = ProcessRuntime { dir: dir.clone(), grace, workloads: BTreeMap::new(), ports: None, docker };
         let ours = own_processes(&dir);
         if let Ok(text) = std::fs::read_to_string(rt.state_file()) {
             let saved: BTreeMap<String, Saved> = serde_json::from_str(&text).map_err(|e| format!("state.json: {e}"))?;
             for (id, s) in saved {
                 // Alive and still ours: a recycled pid would not carry our instance id.
-                let live = ours.get(&id).map(|(pid, _)| *pid) == Some(s.pid);
+                let live = match (&rt.docker, &s.container) {
+                    (Some(d), Some(c)) => d.state(c) == crate::docker::ContainerEnd::Running,
+                    _ => ours.get(&id).map(|(pid, _)| *pid) == Some(s.pid),
+                };
                 let exit = if live { None } else { Some(Exit::Unknown) };
                 tracing::info!(instance = %id, pid = s.pid, alive = live, "adopted workload");
                 rt.workloads.insert(id, Workload { saved: s, child: None, stop_sent: None, exit });
@@ -186,9 +216,37 @@ impl ProcessRuntime {
                     memory_cap_mib: None,
                     ended_for: None,
                     port,
+                    container: None,
                 };
                 slot.insert(Workload { saved, child: None, stop_sent: None, exit: None });
             }
+        }
+        // Likewise a container created just before a crash; older containers of an instance
+        // that has a newer one, or that the state file forgot, are leftovers.
+        for (id, container) in containers {
+            let known = rt.workloads.get(&id).is_some_and(|w| w.saved.container.as_ref() == Some(&container));
+            let Some(d) = rt.docker.as_ref() else { break };
+            if known {
+                continue;
+            }
+            if rt.workloads.contains_key(&id) || d.state(&container) != crate::docker::ContainerEnd::Running {
+                d.remove(&container);
+                continue;
+            }
+            tracing::warn!(instance = %id, %container, "adopted a container missing from state.json");
+            let saved = Saved {
+                pid: 0,
+                gpus: Vec::new(),
+                log: dir.join("logs").join(format!("{id}.log")),
+                log_offset: 0,
+                next_seq: 1,
+                metadata_token: None,
+                memory_cap_mib: None,
+                ended_for: None,
+                port: None,
+                container: Some(container),
+            };
+            rt.workloads.insert(id, Workload { saved, child: None, stop_sent: None, exit: None });
         }
         rt.save();
         Ok(rt)
@@ -233,6 +291,46 @@ impl ProcessRuntime {
         let log = self.dir.join("logs").join(format!("{}.log", w.id));
         let taken: Vec<u16> = self.workloads.values().filter_map(|w| w.saved.port).collect();
         let port = free_port(self.ports.as_ref(), &taken);
+        if let Some(d) = &self.docker {
+            let mut all: Vec<(String, String)> = env.to_vec();
+            all.extend(w.slice.as_ref().map(slice_env).unwrap_or_default());
+            all.extend(w.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+            all.extend(port.map(|p| ("GPUCLOUD_PORT".to_string(), p.to_string())));
+            let devices = w.gpu_uuids.join(",");
+            all.extend([
+                ("CUDA_VISIBLE_DEVICES".to_string(), devices.clone()),
+                ("NVIDIA_VISIBLE_DEVICES".to_string(), devices),
+                ("GPUCLOUD_INSTANCE_ID".to_string(), w.id.clone()),
+                ("GPUCLOUD_METADATA_URL".to_string(), metadata_url.to_string()),
+                ("GPUCLOUD_GPU_INDICES".to_string(), w.gpus.iter().map(u32::to_string).collect::<Vec<_>>().join(",")),
+            ]);
+            let launched = d.launch(&w.id, &w.command, &all, &w.gpu_uuids, &log, &self.dir);
+            let saved = Saved {
+                pid: launched.as_ref().map_or(0, |l| l.1),
+                gpus: w.gpus.clone(),
+                log,
+                log_offset: 0,
+                next_seq: 1,
+                metadata_token: Some(metadata_token.to_string()),
+                memory_cap_mib: w.slice.as_ref().map(|s| s.memory_mib),
+                ended_for: None,
+                port,
+                container: launched.as_ref().ok().map(|l| l.0.clone()),
+            };
+            let exit = match launched {
+                Ok((container, _)) => {
+                    tracing::info!(instance = %w.id, %container, "started workload container");
+                    None
+                }
+                Err(e) => {
+                    tracing::error!(instance = %w.id, error = %e, "cannot start workload container");
+                    Some(Exit::Code(127))
+                }
+            };
+            self.workloads.insert(w.id.clone(), Workload { saved, child: None, stop_sent: None, exit });
+            self.save();
+            return;
+        }
         let result = OpenOptions::new().create(true).append(true).open(&log).and_then(|out| {
             let err = out.try_clone()?;
             let devices = w.gpu_uuids.join(",");
@@ -269,6 +367,7 @@ impl ProcessRuntime {
             memory_cap_mib: w.slice.as_ref().map(|s| s.memory_mib),
             ended_for: None,
             port,
+            container: None,
         };
         let workload = match result {
             Ok(child) => {
@@ -293,18 +392,18 @@ impl ProcessRuntime {
     pub fn stop(&mut self, id: &str) {
         let grace = self.grace;
         let Some(w) = self.workloads.get_mut(id) else { return };
-        if w.exit.is_some() || w.saved.pid <= 0 {
+        if w.exit.is_some() || (w.saved.pid <= 0 && w.saved.container.is_none()) {
             return;
         }
         match w.stop_sent {
             None => {
                 tracing::info!(instance = %id, pid = w.saved.pid, "stopping workload (SIGTERM)");
-                signal_group(w.saved.pid, libc::SIGTERM);
+                signal(self.docker.as_ref(), &w.saved, libc::SIGTERM);
                 w.stop_sent = Some(Instant::now());
             }
             Some(at) if at.elapsed() >= grace => {
                 tracing::warn!(instance = %id, pid = w.saved.pid, "grace period over (SIGKILL)");
-                signal_group(w.saved.pid, libc::SIGKILL);
+                signal(self.docker.as_ref(), &w.saved, libc::SIGKILL);
             }
             Some(_) => {}
         }
@@ -331,10 +430,8 @@ impl ProcessRuntime {
     }
 
     pub fn stop_all_now(&mut self) {
-        for w in self.workloads.values() {
-            if w.exit.is_none() && w.saved.pid > 0 {
-                signal_group(w.saved.pid, libc::SIGKILL);
-            }
+        for w in self.workloads.values().filter(|w| w.exit.is_none()) {
+            signal(self.docker.as_ref(), &w.saved, libc::SIGKILL);
         }
     }
 
@@ -342,6 +439,18 @@ impl ProcessRuntime {
     pub fn poll(&mut self) {
         for w in self.workloads.values_mut() {
             if w.exit.is_some() {
+                continue;
+            }
+            if let (Some(d), Some(c)) = (&self.docker, &w.saved.container) {
+                w.exit = match d.state(c) {
+                    crate::docker::ContainerEnd::Running => None,
+                    // The engine reports a death by signal N as 128 + N, like a shell.
+                    crate::docker::ContainerEnd::Exited(code) if (129..=192).contains(&code) => {
+                        Some(Exit::Signal(code as i32 - 128))
+                    }
+                    crate::docker::ContainerEnd::Exited(code) => Some(Exit::Code(code as i32)),
+                    crate::docker::ContainerEnd::Gone => Some(Exit::Unknown),
+                };
                 continue;
             }
             match &mut w.child {
@@ -409,6 +518,9 @@ impl ProcessRuntime {
             let shipped = std::fs::metadata(&w.saved.log).map_or(true, |m| m.len() <= w.saved.log_offset);
             if done && shipped {
                 forgotten.push(id.clone());
+                if let (Some(d), Some(c)) = (&self.docker, &w.saved.container) {
+                    d.remove(c);
+                }
             }
             !(done && shipped)
         });

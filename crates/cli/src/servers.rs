@@ -251,6 +251,7 @@ pub fn dev(args: DevArgs) -> Result<(), String> {
                 metadata_port: 0,
                 address: Some("127.0.0.1".into()),
                 ports: None,
+                docker_image: None,
             };
             let spec = format!("{}:{count}", model.name());
             let flag = shutdown.clone();
@@ -433,6 +434,13 @@ pub struct AgentArgs {
     /// firewall opens [default: any free port].
     #[arg(long)]
     port_range: Option<String>,
+    /// How workloads run: as processes, or as Docker containers of --image (on the host's
+    /// network; GPUs through the NVIDIA container runtime).
+    #[arg(long, value_parser = ["process", "docker"], default_value = "process")]
+    runtime: String,
+    /// The image workloads run in with --runtime docker (pulled at start if missing).
+    #[arg(long, required_if_eq("runtime", "docker"))]
+    image: Option<String>,
 }
 
 pub fn agent(args: AgentArgs) -> Result<(), String> {
@@ -497,6 +505,7 @@ pub fn agent(args: AgentArgs) -> Result<(), String> {
         metadata_port: args.metadata_port,
         address: args.address.clone(),
         ports,
+        docker_image: if args.runtime == "docker" { args.image.clone() } else { None },
     };
     let shutdown = std::sync::atomic::AtomicBool::new(false);
     gpucloud_agent::run(config, gpus.as_mut(), &shutdown)

@@ -1,0 +1,111 @@
+//! The Docker runtime against a real engine. It runs where GPUCLOUD_TEST_DOCKER_IMAGE names a
+//! local image with /bin/sh and an engine is reachable (`.ci/run` starts dockerd and imports a
+//! busybox image); elsewhere it says why and passes, as the engine is not part of `cargo test`.
+
+use gpucloud_agent::docker::DockerLauncher;
+use gpucloud_agent::runtime::ProcessRuntime;
+use gpucloud_api::AgentWorkload;
+use std::time::{Duration, Instant};
+
+fn image() -> Option<String> {
+    let image = std::env::var("GPUCLOUD_TEST_DOCKER_IMAGE").ok().filter(|i| !i.is_empty());
+    if image.is_none() {
+        eprintln!("GPUCLOUD_TEST_DOCKER_IMAGE is not set: the Docker runtime is not exercised here");
+    }
+    image
+}
+
+fn workload(id: &str, command: &str) -> AgentWorkload {
+    AgentWorkload {
+        id: id.into(),
+        desired: "run".into(),
+        gpus: vec![1],
+        gpu_uuids: vec!["GPU-test-1".into()],
+        command: command.into(),
+        slice: None,
+        env: [("EXTRA".to_string(), "from the server".to_string())].into(),
+        notice: None,
+        cluster: None,
+    }
+}
+
+fn state_of(rt: &ProcessRuntime, id: &str) -> (String, Option<i32>) {
+    let r = rt.report().into_iter().find(|r| r.id == id).unwrap();
+    (r.state, r.exit_code)
+}
+
+fn wait_for(rt: &mut ProcessRuntime, what: &str, done: impl Fn(&ProcessRuntime) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !done(rt) {
+        assert!(Instant::now() < deadline, "{what}: {:?}", rt.report());
+        std::thread::sleep(Duration::from_millis(50));
+        rt.poll();
+    }
+}
+
+/// Everything shipped so far, concatenated per instance.
+fn ship(rt: &mut ProcessRuntime, into: &mut std::collections::BTreeMap<String, String>) {
+    for (id, seq, text) in rt.pending_logs() {
+        rt.logs_shipped(&id, seq, text.len());
+        into.entry(id).or_default().push_str(&text);
+    }
+}
+
+#[test]
+fn containers_run_exit_stop_and_are_adopted_after_an_agent_restart() {
+    let Some(image) = image() else { return };
+    let dir = std::env::temp_dir().join(format!("gpucloud-docker-{:016x}", rand::random::<u64>()));
+    let connect = || DockerLauncher::connect(&image, false).expect("a reachable engine with the test image");
+    let mut rt = ProcessRuntime::open_with(&dir, Duration::from_secs(5), Some(connect())).unwrap();
+    rt.start(
+        &workload("i-exit", "echo gpus=$CUDA_VISIBLE_DEVICES id=$GPUCLOUD_INSTANCE_ID extra=\"$EXTRA\" port=$GPUCLOUD_PORT; echo oops >&2; exit 3"),
+        "http://127.0.0.1:1/v1/instance/t",
+        "t",
+        &[],
+    );
+    rt.start(
+        &workload("i-long", "trap 'echo got TERM; exit 0' TERM; echo up; while true; do sleep 0.1; done"),
+        "http://127.0.0.1:1/v1/instance/u",
+        "u",
+        &[],
+    );
+    wait_for(&mut rt, "the first container never exited", |rt| state_of(rt, "i-exit").0 != "running");
+    assert_eq!(state_of(&rt, "i-exit"), ("failed".into(), Some(3)), "exit 3 is a failure with code 3");
+    let mut logs = std::collections::BTreeMap::new();
+    ship(&mut rt, &mut logs);
+    let port = rt.report().into_iter().find(|r| r.id == "i-long").unwrap().port.expect("a port");
+    let out = &logs["i-exit"];
+    assert!(out.contains("gpus=GPU-test-1 id=i-exit extra=from the server port="), "{out}");
+    assert!(out.contains("oops"), "stderr is in the log too: {out}");
+
+    // The agent restarts: the running container is adopted, not started again.
+    drop(rt);
+    let mut again = ProcessRuntime::open_with(&dir, Duration::from_secs(5), Some(connect())).unwrap();
+    let alive: Vec<(String, bool)> = again.actual().into_iter().map(|a| (a.id, a.alive)).collect();
+    assert_eq!(alive, vec![("i-exit".to_string(), false), ("i-long".to_string(), true)]);
+    assert_eq!(connect().own(&dir.canonicalize().unwrap()).unwrap().len(), 2, "no container started twice");
+    assert_eq!(again.report().into_iter().find(|r| r.id == "i-long").unwrap().port, Some(port), "it keeps its port");
+
+    // Stop: SIGTERM reaches the workload through the container's init; it ends as stopped.
+    again.stop("i-long");
+    wait_for(&mut again, "the stopped container never exited", |rt| state_of(rt, "i-long").0 != "running");
+    assert_eq!(state_of(&again, "i-long").0, "stopped");
+    ship(&mut again, &mut logs);
+    assert!(logs["i-long"].contains("up") && logs["i-long"].contains("got TERM"), "{:?}", logs["i-long"]);
+
+    // Once the server has heard of both ends, the containers are removed.
+    let report = again.report();
+    let forgotten = again.reported(&report);
+    assert_eq!(forgotten.len(), 2, "{forgotten:?}");
+    assert!(connect().own(&dir.canonicalize().unwrap()).unwrap().is_empty(), "containers removed");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_missing_image_is_an_error_at_start() {
+    if image().is_none() {
+        return;
+    }
+    let err = DockerLauncher::connect("gpucloud-no-such-image:never", false).err().unwrap();
+    assert!(err.contains("gpucloud-no-such-image:never"), "{err}");
+}
