@@ -1253,7 +1253,8 @@ pub struct Replica {
 pub struct CreateKeyRequest {
     /// Whose key, or what for (1 to 64 characters).
     pub name: String,
-    /// admin (default) or read-only (every mutating call is refused with 403).
+    /// admin (default), read-only (every mutating call is refused with 403) or agent (operators
+    /// only: a node agent's key, refused everywhere but /v1/agent/...).
     #[serde(default)]
     pub scope: Option<String>,
 }

@@ -14,8 +14,9 @@ pub enum KeyCmd {
         /// Whose key, or what it is for.
         #[arg(long)]
         name: String,
-        /// admin (may change things) or read-only (may only read).
-        #[arg(long, default_value = "admin", value_parser = ["admin", "read-only"])]
+        /// admin (may change things), read-only (may only read) or agent (an operator's key for
+        /// `gpucloud agent --token`: the agent protocol only).
+        #[arg(long, default_value = "admin", value_parser = ["admin", "read-only", "agent"])]
         scope: String,
     },
     /// Your tenant's keys (never their secrets).

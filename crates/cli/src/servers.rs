@@ -399,7 +399,7 @@ pub struct AgentArgs {
     /// The gpucloud server's URL; several replicas' separated by commas (it fails over between them).
     #[arg(long, env = "GPUCLOUD_URL")]
     server: String,
-    /// An operator API key.
+    /// An agent key (`gpucloud key create --scope agent`, as the operator) or an operator key.
     #[arg(long, env = "GPUCLOUD_AGENT_TOKEN", hide_env_values = true)]
     token: String,
     /// This node's name (default: the host name).

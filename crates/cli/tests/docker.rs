@@ -21,10 +21,15 @@ fn an_instance_runs_as_a_container() {
     let out = root.join("serve.out");
     let _server = common::serve(&root, "127.0.0.1:0", &out, &[]);
     let (op, url) = serving(&out);
+    let api = Api::new(&url);
+    // The host gets a key that can run the agent protocol and nothing else.
+    let (status, k) = api.call(&op, "POST", "/v1/keys", Some(json!({"name": "box-1", "scope": "agent"})));
+    assert_eq!(status, 201, "{k}");
+    let token = k["api_key"].as_str().unwrap().to_string();
     let state = root.join("agent");
     let _agent = Proc(
         Command::new(common::BIN)
-            .args(["agent", "--server", &url, "--token", &op, "--name", "box-1", "--region", "eu-1"])
+            .args(["agent", "--server", &url, "--token", &token, "--name", "box-1", "--region", "eu-1"])
             .args(["--fake-gpus", "A100-40GB:2", "--interval-ms", "100", "--stop-grace-s", "5"])
             .args(["--metadata-port", "0", "--address", "127.0.0.1", "--runtime", "docker", "--image", &image])
             .arg("--state-dir")
@@ -34,7 +39,6 @@ fn an_instance_runs_as_a_container() {
             .spawn()
             .unwrap(),
     );
-    let api = Api::new(&url);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let (_, nodes) = api.call(&op, "GET", "/v1/nodes", None);

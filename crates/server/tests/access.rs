@@ -131,3 +131,31 @@ fn every_mutating_call_is_in_the_audit_log_for_the_operator() {
     assert_eq!(s.get(&s.operator_key, "/v1/audit?tenant=nobody").status, 422);
     assert_eq!(s.get(&s.operator_key, "/v1/audit?bogus=1").status, 400);
 }
+
+#[test]
+fn an_agent_key_registers_nodes_and_does_nothing_else() {
+    let s = TestServer::start();
+    let tenant = s.tenant("lab");
+    let r = s.post(&tenant, "/v1/keys", Some(&json!({"name": "node", "scope": "agent"})));
+    assert_eq!(r.status, 403, "only an operator makes agent keys: {:?}", r.body);
+
+    let r = s.post(&s.operator_key, "/v1/keys", Some(&json!({"name": "rack-7", "scope": "agent"})));
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let agent = r.body["api_key"].as_str().unwrap().to_string();
+    let body =
+        json!({"name": "gpu-host-7", "region": "eu-1", "gpus": [{"index": 0, "model": "T4", "uuid": "GPU-7-0"}]});
+    let r = s.post(&agent, "/v1/agent/register", Some(&body));
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let beat = json!({"node_id": r.body["node_id"], "epoch": r.body["epoch"], "instances": [], "gpus": []});
+    assert_eq!(s.post(&agent, "/v1/agent/heartbeat", Some(&beat)).status, 200);
+
+    // Everything else is refused, reads included, and the refusal names the key's kind.
+    for (method, path) in
+        [("GET", "/v1/instances"), ("GET", "/v1/nodes"), ("POST", "/v1/tenants"), ("POST", "/v1/keys")]
+    {
+        let r = if method == "GET" { s.get(&agent, path) } else { s.post(&agent, path, Some(&json!({"name": "x"}))) };
+        assert_eq!((r.status, r.body["code"].as_str()), (403, Some("agent_key")), "{method} {path}: {:?}", r.body);
+    }
+    let keys = s.get(&s.operator_key, "/v1/keys").body;
+    assert!(keys["keys"].as_array().unwrap().iter().any(|k| k["name"] == "rack-7" && k["scope"] == "agent"), "{keys}");
+}

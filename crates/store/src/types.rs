@@ -33,6 +33,9 @@ pub enum KeyScope {
     Admin,
     /// Reads only: every mutating call is refused (403).
     ReadOnly,
+    /// A node agent's (operators only): the agent protocol and nothing else, so a GPU host
+    /// holds no key that could create tenants or move money.
+    Agent,
 }
 
 impl KeyScope {
@@ -40,6 +43,7 @@ impl KeyScope {
         match self {
             KeyScope::Admin => "admin",
             KeyScope::ReadOnly => "read-only",
+            KeyScope::Agent => "agent",
         }
     }
 }
@@ -50,7 +54,8 @@ impl std::str::FromStr for KeyScope {
         match s {
             "admin" => Ok(KeyScope::Admin),
             "read-only" => Ok(KeyScope::ReadOnly),
-            other => Err(format!("unknown key scope '{other}': admin or read-only")),
+            "agent" => Ok(KeyScope::Agent),
+            other => Err(format!("unknown key scope '{other}': admin, read-only or agent")),
         }
     }
 }

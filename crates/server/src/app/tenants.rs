@@ -44,6 +44,9 @@ impl App {
     /// A tenant admin gives a member a key of its own tenant: named, admin or read-only.
     pub async fn create_member_key(&self, by: &Principal, name: &str, scope: &str) -> Result<NewKey, AppError> {
         let scope: KeyScope = scope.parse().map_err(|e: String| AppError::invalid("scope", e))?;
+        if scope == KeyScope::Agent && by.tenant.role != gpucloud_model::Role::Operator {
+            return Err(AppError::Forbidden("agent keys register GPU nodes: only an operator can make one".into()));
+        }
         if name.is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
             return Err(AppError::invalid("name", "a key name is 1 to 64 printable characters"));
         }

@@ -34,6 +34,12 @@ pub async fn layer(State(app): State<Arc<App>>, mut req: Request, next: Next) ->
             format!("key {} is read-only: it cannot {method} {path}", p.key_prefix),
         )
         .into_response(),
+        Some(p) if p.scope == KeyScope::Agent && !path.starts_with("/v1/agent/") => ApiError::new(
+            StatusCode::FORBIDDEN,
+            "agent_key",
+            format!("key {} is a node agent's: it can only call /v1/agent/..., not {method} {path}", p.key_prefix),
+        )
+        .into_response(),
         Some(p) => {
             if !agent_beat && let Err(wait) = app.take_rate_token(&p.key_id) {
                 // Not audited: a runaway client would otherwise write a row per refusal.
