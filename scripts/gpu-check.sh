@@ -56,6 +56,9 @@ $bin instance logs "$sid"
 say "telemetry on /metrics"
 curl -s -H "Authorization: Bearer $key" "$url/metrics" | grep -E '^DCGM_FI_DEV_(GPU_TEMP|POWER_USAGE|FB_USED|GPU_UTIL)' | head -20
 
+say "what the agent said of NVML (XID events registered unless a warning says otherwise)"
+grep -E "NVML|XID" "$work/agent.out" | head -20
+
 kill "$agent" "$serve" 2>/dev/null
 wait 2>/dev/null
 cp "$work"/*.out "$out/" 2>/dev/null

@@ -3,9 +3,12 @@
 
 use crate::gpu::{GpuBackend, GpuInfo};
 use gpucloud_model::GpuModel;
-use nvml_wrapper::Nvml;
+use nvml_wrapper::bitmasks::event::EventTypes;
 use nvml_wrapper::enum_wrappers::device::{EccCounter, MemoryError, TemperatureSensor};
 use nvml_wrapper::enums::device::UsedGpuMemory;
+use nvml_wrapper::enums::event::XidError;
+use nvml_wrapper::error::NvmlError;
+use nvml_wrapper::{EventSet, Nvml};
 
 const MIB: u64 = 1024 * 1024;
 
@@ -57,7 +60,10 @@ pub struct DeviceDetail {
 }
 
 pub struct NvmlGpus {
-    nvml: Nvml,
+    /// Leaked on purpose: the event set borrows it, and the backend lives as long as the agent.
+    nvml: &'static Nvml,
+    /// Critical XID events of every GPU, when the driver delivers them.
+    events: Option<EventSet<'static>>,
     gpus: Vec<GpuInfo>,
     details: Vec<DeviceDetail>,
     /// Energy counter at the first reading, per GPU: readings report energy since the agent started.
@@ -66,9 +72,9 @@ pub struct NvmlGpus {
 
 impl NvmlGpus {
     pub fn open() -> Result<NvmlGpus, String> {
-        let nvml = Nvml::init().map_err(|e| {
+        let nvml: &'static Nvml = Box::leak(Box::new(Nvml::init().map_err(|e| {
             format!("NVML is not available ({e}): is the NVIDIA driver installed? Without one, run with --fake-gpus MODEL:COUNT")
-        })?;
+        })?));
         let count = nvml.device_count().map_err(|e| format!("NVML device count: {e}"))?;
         let mut gpus = Vec::new();
         let mut details = Vec::new();
@@ -89,12 +95,63 @@ impl NvmlGpus {
             details.push(DeviceDetail { index, name, pci_bus, mig_enabled });
         }
         let energy_base = vec![None; gpus.len()];
-        Ok(NvmlGpus { nvml, gpus, details, energy_base })
+        let events = xid_events(nvml, count);
+        Ok(NvmlGpus { nvml, events, gpus, details, energy_base })
     }
 
     pub fn details(&self) -> &[DeviceDetail] {
         &self.details
     }
+
+    /// The last critical XID of each GPU since the previous call (without waiting).
+    fn drain_xids(&mut self) -> Vec<(u32, u32)> {
+        let mut out = Vec::new();
+        let Some(set) = &self.events else { return out };
+        loop {
+            match set.wait(0) {
+                Ok(e) => {
+                    let xid = match e.event_data {
+                        Some(XidError::Value(v)) => u32::try_from(v).unwrap_or(u32::MAX),
+                        // NVML's own code for an XID it could not read.
+                        Some(XidError::Unknown) => 999,
+                        None => continue,
+                    };
+                    match e.device.index() {
+                        Ok(index) => out.push((index, xid)),
+                        Err(err) => tracing::warn!(xid, error = %err, "XID event from an unknown GPU"),
+                    }
+                }
+                Err(NvmlError::Timeout) => return out,
+                Err(err) => {
+                    tracing::warn!(error = %err, "reading NVML events");
+                    return out;
+                }
+            }
+        }
+    }
+}
+
+/// One event set with every GPU's critical XID errors, or none if the driver will not give one
+/// (then XIDs go unseen, and uncorrectable ECC counts still mark a GPU unhealthy).
+fn xid_events(nvml: &'static Nvml, count: u32) -> Option<EventSet<'static>> {
+    let mut set = match nvml.create_event_set() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "NVML events unavailable: XID errors will not be seen");
+            return None;
+        }
+    };
+    for index in 0..count {
+        let device = nvml.device_by_index(index).ok()?;
+        set = match device.register_events(EventTypes::CRITICAL_XID_ERROR, set) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(gpu = index, error = %e, "NVML XID events unavailable: XID errors will not be seen");
+                return None;
+            }
+        };
+    }
+    Some(set)
 }
 
 impl GpuBackend for NvmlGpus {
@@ -109,6 +166,7 @@ impl GpuBackend for NvmlGpus {
     /// Readings a field at a time: a field the GPU does not support reads as 0, never fails the
     /// whole beat.
     fn telemetry(&mut self, _busy: &[u32], _dt: std::time::Duration) -> Vec<gpucloud_api::GpuTelemetry> {
+        let xids = self.drain_xids();
         let mut out = Vec::with_capacity(self.gpus.len());
         for (i, g) in self.gpus.iter().enumerate() {
             let Ok(d) = self.nvml.device_by_index(g.index) else { continue };
@@ -121,8 +179,12 @@ impl GpuBackend for NvmlGpus {
                 energy_mj: energy.map_or(0, |e| e.saturating_sub(base)),
                 memory_used_mib: d.memory_info().map_or(0, |m| m.used / MIB),
                 utilization_pct: d.utilization_rates().map_or(0.0, |u| f64::from(u.gpu)),
-                // XIDs arrive through NVML event sets, which this backend does not register yet.
-                xid: None,
+                // One per reading: a fatal one if any came, else the latest.
+                xid: xids
+                    .iter()
+                    .filter(|(i, _)| *i == g.index)
+                    .map(|(_, x)| *x)
+                    .reduce(|kept, x| if gpucloud_model::xid_is_fatal(kept) { kept } else { x }),
                 ecc_uncorrectable: d.total_ecc_errors(MemoryError::Uncorrected, EccCounter::Volatile).unwrap_or(0),
             });
         }

@@ -30,7 +30,11 @@ fn fake_nvml(dir: &Path) {
 
 fn agent(dir: &Path, args: &[&str]) -> Command {
     let mut cmd = Command::new(common::BIN);
-    cmd.arg("agent").args(args).env("LD_LIBRARY_PATH", dir).env("FAKE_NVML_PROCS", dir.join("procs"));
+    cmd.arg("agent")
+        .args(args)
+        .env("LD_LIBRARY_PATH", dir)
+        .env("FAKE_NVML_PROCS", dir.join("procs"))
+        .env("FAKE_NVML_XIDS", dir.join("xids"));
     cmd
 }
 
@@ -125,5 +129,27 @@ fn the_nvml_backend_discovers_reports_and_caps_through_the_library() {
     let failed = api.wait(&key, &slice, "ended", |v| v["state"] == "failed");
     assert_eq!(failed["reason"], "exceeded its GPU memory cap: 9000 MiB used of 8192 MiB", "{failed}");
     assert_eq!(api.call(&key, "GET", &format!("/v1/instances/{id}"), None).1["state"], "running", "the other runs on");
+
+    // A harmless XID changes nothing; XID 79 (fallen off the bus) takes the GPU out of service.
+    let free: usize = if running["gpus"][0] == 0 { 1 } else { 0 };
+    std::fs::write(root.join("xids"), format!("{free} 13\n")).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let (_, n) = api.call(&op, "GET", &format!("/v1/nodes/{}", node["id"].as_str().unwrap()), None);
+    assert_eq!(n["gpus"][free]["healthy"], true, "XID 13 is an application error: {n}");
+    std::fs::write(root.join("xids"), format!("{free} 13\n{free} 79\n")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, n) = api.call(&op, "GET", &format!("/v1/nodes/{}", node["id"].as_str().unwrap()), None);
+        if n["gpus"][free]["healthy"] == false {
+            assert_eq!(n["gpus"][1 - free]["healthy"], true, "only that GPU: {n}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "XID 79 never took the GPU out: {n}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let s = create(json!({"gpu": "A100-40GB", "count": 1, "command": "sleep 30"}));
+    std::thread::sleep(Duration::from_millis(500));
+    let (_, v) = api.call(&key, "GET", &format!("/v1/instances/{s}"), None);
+    assert_eq!(v["state"], "pending", "no new work on a failed GPU: {v}");
     let _ = std::fs::remove_dir_all(&root);
 }

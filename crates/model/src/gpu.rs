@@ -263,3 +263,12 @@ mod share_tests {
         assert!(e.contains("T4 does not support MIG (MIG-capable: A100-40GB"), "{e}");
     }
 }
+
+/// XID errors after which a GPU needs a reset or replacement (NVIDIA's XID catalog): double-bit
+/// ECC, page retirement failures, NVLink errors, fallen off the bus, uncontained memory errors,
+/// GSP failures. A GPU that reports one gets no new work.
+pub const FATAL_XIDS: [u32; 11] = [48, 62, 63, 64, 74, 79, 92, 94, 95, 119, 120];
+
+pub fn xid_is_fatal(xid: u32) -> bool {
+    FATAL_XIDS.contains(&xid)
+}

@@ -9,7 +9,7 @@ mod node;
 pub mod schedule;
 mod time;
 
-pub use gpu::{GpuModel, GpuShare, MigProfile, UnknownGpuModel};
+pub use gpu::{FATAL_XIDS, GpuModel, GpuShare, MigProfile, UnknownGpuModel, xid_is_fatal};
 pub use ids::{ApiKeyId, ClusterId, IdError, InstanceId, JobId, NodeId, PoolId, ReservationId, TenantId};
 pub use instance::{AgentObservation, Change, IllegalTransition, InstanceState, StopTarget, UserAction};
 pub use money::{MICROS_PER_UNIT, Money, MoneyError};

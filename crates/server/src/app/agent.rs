@@ -19,14 +19,9 @@ pub struct GpuReading {
     pub ecc_uncorrectable: u64,
 }
 
-/// XID errors after which a GPU needs a reset or replacement (NVIDIA's XID catalog): double-bit
-/// ECC, page retirement failures, NVLink errors, fallen off the bus, uncontained memory errors,
-/// GSP failures.
-const FATAL_XIDS: [u32; 11] = [48, 62, 63, 64, 74, 79, 92, 94, 95, 119, 120];
-
 impl GpuReading {
     pub fn is_fatal(&self) -> bool {
-        self.ecc_uncorrectable > 0 || self.xid.is_some_and(|x| FATAL_XIDS.contains(&x))
+        self.ecc_uncorrectable > 0 || self.xid.is_some_and(gpucloud_model::xid_is_fatal)
     }
 }
 
