@@ -131,6 +131,24 @@ impl NvmlGpus {
     }
 }
 
+/// Whether `root` is `pid` or one of its ancestors, from /proc (a process that exits meanwhile
+/// belongs to nobody).
+pub fn descends_from(mut pid: i32, root: i32) -> bool {
+    for _ in 0..64 {
+        if pid == root {
+            return true;
+        }
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+        // After the command name in parentheses: state, then the parent's pid.
+        let parent = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse().ok());
+        match parent {
+            Some(p) if p > 1 => pid = p,
+            _ => return false,
+        }
+    }
+    false
+}
+
 /// One event set with every GPU's critical XID errors, or none if the driver will not give one
 /// (then XIDs go unseen, and uncorrectable ECC counts still mark a GPU unhealthy).
 fn xid_events(nvml: &'static Nvml, count: u32) -> Option<EventSet<'static>> {
@@ -191,15 +209,17 @@ impl GpuBackend for NvmlGpus {
         out
     }
 
-    /// GPU memory of the compute processes in the workload's process group, over all GPUs.
+    /// GPU memory of the workload's compute processes, over all GPUs: those in its process group
+    /// or below its leader (a container's processes sit below its init, in groups of their own).
     fn workload_memory_mib(&mut self, _instance: &str, pgid: i32, _state_dir: &std::path::Path) -> Option<u64> {
         let mut total = 0u64;
         for g in &self.gpus {
             let d = self.nvml.device_by_index(g.index).ok()?;
             for p in d.running_compute_processes().ok()? {
+                let pid = p.pid as libc::pid_t;
                 // SAFETY: getpgid only reads the process table.
-                let group = unsafe { libc::getpgid(p.pid as libc::pid_t) };
-                if group == pgid
+                let group = unsafe { libc::getpgid(pid) };
+                if (group == pgid || descends_from(pid, pgid))
                     && let UsedGpuMemory::Used(bytes) = p.used_gpu_memory
                 {
                     total += bytes / MIB;
@@ -234,6 +254,26 @@ mod tests {
         ] {
             assert_eq!(model_of(name, mib), want, "{name}");
         }
+    }
+
+    #[test]
+    fn a_process_belongs_to_the_workloads_above_it() {
+        // A grandchild in a session (and process group) of its own still descends from us.
+        let mut child = std::process::Command::new("/bin/sh")
+            .args(["-c", "setsid sleep 5 & echo $!; wait"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
+        let grandchild: i32 = line.trim().parse().unwrap();
+        let me = std::process::id() as i32;
+        assert!(descends_from(grandchild, child.id() as i32));
+        assert!(descends_from(grandchild, me));
+        assert!(!descends_from(me, child.id() as i32), "a parent is not below its child");
+        assert!(!descends_from(i32::MAX, me), "no such process");
+        unsafe { libc::kill(grandchild, libc::SIGKILL) };
+        let _ = child.wait();
     }
 
     #[test]
