@@ -282,4 +282,17 @@ fn a_replica_set_runs_one_member_per_region_each_on_its_own() {
         let want = if m["rank"] == 0 { "eu-1" } else { "us-1" };
         assert_eq!(inst["region"], want, "{inst}");
     }
+
+    // A member that ends is replaced in its region; the ended one cannot come back beside it.
+    let first = v["members"][0]["instance"].as_str().unwrap().to_string();
+    assert_eq!(s.post(&key, &format!("/v1/instances/{first}/stop"), None).status, 200);
+    let v = wait_cluster(&s, &key, "pricer", "replaced rank 0", |v| {
+        running(v) == 2 && v["members"][0]["instance"] != first.as_str()
+    });
+    let second = v["members"][0]["instance"].as_str().unwrap();
+    assert_eq!(s.get(&key, &format!("/v1/instances/{second}")).body["region"], "eu-1");
+    s.wait_state(&key, &first, "stopped");
+    let r = s.post(&key, &format!("/v1/instances/{first}/start"), None);
+    assert_eq!(r.status, 409, "{:?}", r.body);
+    assert!(r.body["detail"].as_str().unwrap().contains(second), "{:?}", r.body);
 }

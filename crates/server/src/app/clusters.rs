@@ -46,7 +46,7 @@ pub(crate) fn replica_backoff_ms(ends: &[gpucloud_model::Timestamp], now: gpuclo
     (1_000i64 << recent.saturating_sub(1).min(9)).min(300_000)
 }
 
-fn live(i: &Instance) -> bool {
+pub(crate) fn live(i: &Instance) -> bool {
     i.state == InstanceState::Pending || i.state.holds_gpus()
 }
 

@@ -178,8 +178,26 @@ impl App {
             && inst.state != gpucloud_model::InstanceState::Pending
         {
             self.check_can_spend(&by.tenant.id).await?;
+            self.refuse_if_rank_taken(&inst).await?;
         }
         self.transition(inst, |i| i.state.on_user(i.stop_target, action).map_err(AppError::from)).await
+    }
+
+    /// A cluster member that ended may start again only while no other member holds its rank (a
+    /// replica set launches a replacement of its own).
+    async fn refuse_if_rank_taken(&self, inst: &Instance) -> Result<(), AppError> {
+        let Some((cluster, rank)) = &inst.sale.cluster else { return Ok(()) };
+        let members = self.store.cluster_members(cluster).await?;
+        let taken = members.iter().find(|m| {
+            m.id != inst.id && m.sale.cluster.as_ref().is_some_and(|(_, r)| r == rank) && super::clusters::live(m)
+        });
+        match taken {
+            Some(m) => Err(AppError::Conflict(format!(
+                "rank {rank} of its cluster already runs as {}: this ended member cannot start beside it",
+                m.id
+            ))),
+            None => Ok(()),
+        }
     }
 
     /// Applies what an agent saw, if it still matters.
