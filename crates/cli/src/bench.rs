@@ -39,12 +39,15 @@ pub enum BenchCmd {
         policy: Vec<String>,
     },
     /// The node agent's own CPU and memory at 1 Hz with fake GPUs and a running workload per GPU,
-    /// against an in-process server on loopback.
+    /// against an in-process server on loopback. With --image, the same again with the workloads
+    /// as containers of that image (the Docker runtime), after the process runtime as baseline.
     Agent {
         #[arg(long, default_value_t = 8)]
         gpus: u32,
         #[arg(long, default_value_t = 30)]
         seconds: u64,
+        #[arg(long)]
+        image: Option<String>,
     },
     /// The slice placer on the Alibaba GPU trace (FGD protocol, 130% demand): tasks placed per
     /// second on its 1,213-node fleet and on that fleet repeated (--scale 10: 12,130 nodes).
@@ -182,7 +185,7 @@ pub fn run(cmd: BenchCmd, as_json: bool) -> Result<(), String> {
             apply(nodes, instances, database, seed, &policy, as_json)
         }
         BenchCmd::Billing { tenants, instances, database } => billing(tenants, instances, database, as_json),
-        BenchCmd::Agent { gpus, seconds } => agent(gpus, seconds, as_json),
+        BenchCmd::Agent { gpus, seconds, image } => agent(gpus, seconds, image, as_json),
         BenchCmd::Placer { trace, nodes, scale, seed } => placer(trace, nodes, scale, seed, as_json),
         BenchCmd::Warm { rounds, interval_ms } => warm(rounds, interval_ms, as_json),
         BenchCmd::Failover { rounds, health_ms, rate } => failover(rounds, health_ms, rate, as_json),
@@ -205,7 +208,38 @@ fn proc_usage(pid: u32) -> Option<(f64, f64)> {
     Some((ticks / hz, rss_kib / 1024.0))
 }
 
-fn agent(gpus: u32, seconds: u64, as_json: bool) -> Result<(), String> {
+fn agent(gpus: u32, seconds: u64, image: Option<String>, as_json: bool) -> Result<(), String> {
+    let mut runs = vec![agent_run(gpus, seconds, None)?];
+    if let Some(image) = &image {
+        runs.push(agent_run(gpus, seconds, Some(image))?);
+    }
+    if as_json {
+        println!("{}", serde_json::Value::Array(runs));
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = runs
+        .iter()
+        .map(|r| {
+            vec![
+                r["runtime"].as_str().unwrap_or("").to_string(),
+                r["gpus"].to_string(),
+                r["workloads_running"].to_string(),
+                format!("{:.0}", r["start_all_ms"].as_f64().unwrap_or(0.0)),
+                format!("{:.0}", r["seconds"].as_f64().unwrap_or(0.0)),
+                format!("{:.2}%", r["cpu_percent"].as_f64().unwrap_or(0.0)),
+                format!("{:.1}", r["rss_mib"].as_f64().unwrap_or(0.0)),
+            ]
+        })
+        .collect();
+    let head = ["RUNTIME", "FAKE GPUS", "WORKLOADS", "START ALL MS", "SECONDS", "AGENT CPU", "AGENT RSS MIB"];
+    println!("{}", table(&head, &rows));
+    println!("(1 Hz heartbeats with telemetry, log shipping and reconcile; CPU = user + system time / wall time;");
+    println!(" start all = from creating the instances to all of them running)");
+    Ok(())
+}
+
+/// One agent, `gpus` workloads, measured for `seconds`; as processes, or containers of `image`.
+fn agent_run(gpus: u32, seconds: u64, image: Option<&str>) -> Result<serde_json::Value, String> {
     use gpucloud_model::Role;
     use gpucloud_server::app::{Config, CreateInstance};
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| e.to_string())?;
@@ -233,10 +267,21 @@ fn agent(gpus: u32, seconds: u64, as_json: bool) -> Result<(), String> {
             "--state-dir",
         ])
         .arg(&state)
+        .args(image.map(|i| vec!["--runtime", "docker", "--image", i]).unwrap_or_default())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
         .map_err(|e| e.to_string())?;
+    // Registered first, so that the start time is the workloads', not the agent's.
+    let registered = Instant::now();
+    while rt.block_on(running.app.store().list_nodes()).map_or(0, |n| n.len()) == 0 {
+        if registered.elapsed() > std::time::Duration::from_secs(30) {
+            let _ = child.kill();
+            return Err("the agent never registered (with --image: is dockerd running and the image there?)".into());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let created = Instant::now();
     // One workload per GPU, so every beat reports, ships and reconciles real work.
     rt.block_on(async {
         let app = &running.app;
@@ -248,7 +293,16 @@ fn agent(gpus: u32, seconds: u64, as_json: bool) -> Result<(), String> {
         }
         Ok::<_, String>(())
     })?;
-    std::thread::sleep(std::time::Duration::from_secs(5)); // registered, workloads started
+    let count_running = || {
+        rt.block_on(running.app.store().list_instances(None))
+            .map(|l| l.iter().filter(|i| i.state == gpucloud_model::InstanceState::Running).count())
+            .unwrap_or(0)
+    };
+    while count_running() < gpus as usize && created.elapsed() < std::time::Duration::from_secs(60) {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let start_all_ms = created.elapsed().as_secs_f64() * 1000.0;
+    std::thread::sleep(std::time::Duration::from_secs(2)); // settled
     let pid = child.id();
     let (cpu0, _) = proc_usage(pid).ok_or("cannot read the agent's /proc entry")?;
     let t = Instant::now();
@@ -286,25 +340,20 @@ fn agent(gpus: u32, seconds: u64, as_json: bool) -> Result<(), String> {
     let _ = child.kill();
     let _ = child.wait();
     running.shutdown();
+    // Containers the agent had no time to remove.
+    if let Some(d) = image.and_then(|i| gpucloud_agent::docker::DockerLauncher::connect(i, false).ok())
+        && let Ok(dir) = state.canonicalize()
+    {
+        for (_, c) in d.own(&dir).unwrap_or_default() {
+            d.remove(&c);
+        }
+    }
+    let _ = std::fs::remove_dir_all(&state);
     let cpu_pct = (cpu1 - cpu0) / wall * 100.0;
     let running_now = running_now.map_err(|e| e.to_string())?;
-    if as_json {
-        println!(
-            "{}",
-            serde_json::json!({"gpus": gpus, "workloads_running": running_now, "seconds": wall, "cpu_percent": cpu_pct, "rss_mib": rss})
-        );
-    } else {
-        let rows = vec![vec![
-            gpus.to_string(),
-            running_now.to_string(),
-            format!("{wall:.0}"),
-            format!("{cpu_pct:.2}%"),
-            format!("{rss:.1}"),
-        ]];
-        println!("{}", table(&["FAKE GPUS", "WORKLOADS", "SECONDS", "AGENT CPU", "AGENT RSS MIB"], &rows));
-        println!("(1 Hz heartbeats with telemetry, log shipping and reconcile; CPU = user + system time / wall time)");
-    }
-    Ok(())
+    Ok(serde_json::json!({"runtime": if image.is_some() { "docker" } else { "process" }, "gpus": gpus,
+        "workloads_running": running_now, "start_all_ms": start_all_ms, "seconds": wall,
+        "cpu_percent": cpu_pct, "rss_mib": rss}))
 }
 
 fn percentile(sorted: &[i64], p: f64) -> i64 {
