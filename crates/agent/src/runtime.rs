@@ -186,9 +186,16 @@ impl ProcessRuntime {
         let dir = dir.canonicalize().map_err(|e| format!("{}: {e}", dir.display()))?;
         let containers = docker.as_ref().map(|d| d.own(&dir)).transpose()?.unwrap_or_default();
         let mut rt = ProcessRuntime { dir: dir.clone(), grace, workloads: BTreeMap::new(), ports: None, docker };
-        let ours = own_processes(&dir);
+        let mut ours = own_processes(&dir);
         if let Ok(text) = std::fs::read_to_string(rt.state_file()) {
             let saved: BTreeMap<String, Saved> = serde_json::from_str(&text).map_err(|e| format!("state.json: {e}"))?;
+            // A process in the middle of an exec shows no environment for a moment: look again
+            // before calling a live recorded pid gone (it would run on, orphaned).
+            let unseen = saved.iter().any(|(id, s)| s.container.is_none() && !ours.contains_key(id) && alive(s.pid));
+            if unseen {
+                std::thread::sleep(Duration::from_millis(200));
+                ours = own_processes(&dir);
+            }
             for (id, s) in saved {
                 // Alive and still ours: a recycled pid would not carry our instance id.
                 let live = match (&rt.docker, &s.container) {
