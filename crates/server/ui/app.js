@@ -191,6 +191,7 @@ async function instancePage(gen, id) {
         i.reason ? h("p", {}, "Reason: ", i.reason) : null,
         i.preemption ? h("p", { class: "error" }, `Preemption notice: ${i.preemption.reason}`) : null,
         i.checkpoint ? h("p", {}, "Last checkpoint: ", h("code", {}, i.checkpoint)) : null,
+        i.endpoint ? h("p", {}, "Serves at ", h("code", {}, i.endpoint), " (its GPUCLOUD_PORT)") : null,
         h("p", { class: "muted" }, `Created ${ago(i.created_at)} ago · id ${i.id}`),
         live ? h("div", { class: "actions" }, h("button", { class: "secondary", onclick: act("stop") }, "Stop"),
           h("button", { class: "secondary", onclick: act("terminate") }, "Terminate")) : null)));
@@ -229,7 +230,8 @@ async function clustersPage(gen) {
       const running = c.members.filter((m) => m.state === "running").length;
       return h("tr", {}, h("td", {}, c.name), h("td", {}, `${c.gpus_per_node} × ${c.gpu}`),
         h("td", {}, `${running}/${c.nodes} running (${c.min_nodes}–${c.max_nodes})`), h("td", {}, badge(c.state)),
-        h("td", {}, c.members.map((m) => h("div", {}, `#${m.rank} `, h("a", { href: `#/instance/${m.instance}` }, m.instance), " ", badge(m.state)))),
+        h("td", {}, c.members.map((m) => h("div", {}, `#${m.rank} `, h("a", { href: `#/instance/${m.instance}` }, m.instance), " ", badge(m.state),
+          m.endpoint ? h("span", { class: "muted" }, ` ${m.endpoint}`) : null))),
         h("td", { class: "muted" }, c.reason || c.schedule || c.autoscale || ""), h("td", { class: "num" }, money(spent)));
     });
     replace("clusters", table(["Name", "Per node", "Size", "State", "Members", "Notes", "Cost"], rows,
