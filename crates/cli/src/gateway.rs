@@ -316,3 +316,88 @@ pub async fn echo(listener: tokio::net::TcpListener, name: String) -> Result<(),
     });
     axum::serve(listener, app).await.map_err(|e| e.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gateway(backends: &[&str]) -> Arc<Gateway> {
+        Gateway::new(&GatewayConfig {
+            backends: backends.iter().map(|b| b.to_string()).collect(),
+            health_path: "/health".into(),
+            health_interval: Duration::from_millis(5),
+            request_timeout: Duration::from_secs(1),
+            connect_timeout: Duration::from_millis(100),
+        })
+        .unwrap()
+    }
+
+    fn urls(gw: &Gateway) -> Vec<String> {
+        gw.backends().iter().map(|b| b.url.clone()).collect()
+    }
+
+    #[test]
+    fn followed_members_keep_their_state_and_new_ones_start_down() {
+        let gw = gateway(&["http://a:1", "http://b:2/"]);
+        assert_eq!(urls(&gw), ["http://a:1", "http://b:2"], "named backends, trailing slash dropped");
+        assert!(gw.backends().iter().all(|b| b.healthy.load(Ordering::Relaxed)), "named ones are trusted");
+        let b = gw.backends()[1].clone();
+        b.served.store(7, Ordering::Relaxed);
+
+        // b moves to the front, a leaves, c arrives.
+        gw.set_backends(&["http://b:2".into(), "http://c:3".into()], false);
+        let now = gw.backends();
+        assert_eq!(urls(&gw), ["http://b:2", "http://c:3"]);
+        assert!(Arc::ptr_eq(&now[0], &b), "a known backend is the same one: its health and counters stay");
+        assert_eq!(now[0].served.load(Ordering::Relaxed), 7);
+        assert!(!now[1].healthy.load(Ordering::Relaxed), "a discovered one waits for its first check");
+        assert_eq!(gw.order().iter().map(|b| b.url.as_str()).collect::<Vec<_>>(), ["http://b:2", "http://c:3"]);
+
+        // Down ones go last, in their order.
+        gw.mark(&now[0], false, "test");
+        assert_eq!(gw.order().iter().map(|b| b.url.as_str()).collect::<Vec<_>>(), ["http://b:2", "http://c:3"]);
+        gw.mark(&now[1], true, "");
+        assert_eq!(gw.order().iter().map(|b| b.url.as_str()).collect::<Vec<_>>(), ["http://c:3", "http://b:2"]);
+        gw.set_backends(&[], false);
+        assert!(gw.order().is_empty());
+    }
+
+    #[test]
+    fn a_cluster_serves_from_its_running_members_with_endpoints_by_rank() {
+        let member = |rank: u32, state: &str, endpoint: Option<&str>| gpucloud_api::ClusterMember {
+            rank,
+            instance: format!("i-{rank}"),
+            state: state.into(),
+            node: None,
+            pending_reason: None,
+            leaving_at: None,
+            endpoint: endpoint.map(str::to_string),
+        };
+        let c = gpucloud_api::Cluster {
+            id: "c-1".into(),
+            name: "quant".into(),
+            gpu: "A100-40GB".into(),
+            region: None,
+            gpus_per_node: 1,
+            min_nodes: 3,
+            max_nodes: 3,
+            nodes: 3,
+            tier: "on-demand".into(),
+            state: "degraded".into(),
+            reason: None,
+            master_port: 29500,
+            members: vec![
+                member(2, "running", Some("10.0.0.3:4000")),
+                member(1, "pending", None),
+                member(0, "running", Some("10.0.0.1:4000")),
+                member(1, "running", None),
+            ],
+            replicas_in: vec!["eu-1".into(), "eu-2".into(), "us-1".into()],
+            command: "serve".into(),
+            created_at: "2026-11-27T00:00:00Z".into(),
+            schedule: None,
+            autoscale: None,
+        };
+        assert_eq!(member_urls(&c), ["http://10.0.0.1:4000", "http://10.0.0.3:4000"]);
+    }
+}
