@@ -38,6 +38,8 @@ pub struct Config {
     pub ports: Option<std::ops::RangeInclusive<u16>>,
     /// Run workloads as containers of this image (the Docker runtime) rather than processes.
     pub docker_image: Option<String>,
+    /// What the node is registered with besides its region.
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 /// Runs until the node is taken over by another agent (fenced), registration fails, or
@@ -60,6 +62,7 @@ pub fn run(config: Config, gpus: &mut dyn GpuBackend, shutdown: &std::sync::atom
         region: config.region.clone(),
         gpus: found.iter().map(|g| AgentGpu { index: g.index, model: g.model, uuid: g.uuid.clone() }).collect(),
         address: config.address.clone(),
+        labels: config.labels.clone(),
     };
     let reg = client.register(&request)?;
     let interval = config.interval.unwrap_or(Duration::from_millis(reg.heartbeat_interval_ms.max(100)));

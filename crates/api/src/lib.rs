@@ -189,6 +189,9 @@ pub struct Node {
     pub gpus_total: u32,
     pub gpus_allocated: u32,
     pub gpus: Vec<NodeGpu>,
+    /// What its agent registered it with (`--label k=v`).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -584,6 +587,10 @@ pub struct RegisterAgentRequest {
     /// Where other nodes reach this one (a cluster's MASTER_ADDR); the name when omitted.
     #[serde(default)]
     pub address: Option<String>,
+    /// What the operator says of the node (rack, interconnect, owner): up to 32, keys of
+    /// letters, digits and `._/-`, values of printable characters.
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

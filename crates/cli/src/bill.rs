@@ -70,19 +70,11 @@ pub enum PriceCmd {
 }
 
 fn query(pairs: &[(&str, &Option<String>)]) -> String {
-    let parts: Vec<String> =
-        pairs.iter().filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={}", encode(v)))).collect();
+    let parts: Vec<String> = pairs
+        .iter()
+        .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={}", crate::client::encode_query(v))))
+        .collect();
     if parts.is_empty() { String::new() } else { format!("?{}", parts.join("&")) }
-}
-
-/// Percent-encodes a query value (RFC 3339 times carry `+` and `:`).
-fn encode(v: &str) -> String {
-    v.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 pub fn bill(ctx: &Ctx, cmd: BillCmd) -> Res {

@@ -26,6 +26,16 @@ pub(crate) fn not_sent(e: &ureq::Error) -> bool {
     }
 }
 
+/// Percent-encodes a query value (RFC 3339 times carry `+` and `:`, labels `=`).
+pub fn encode_query(v: &str) -> String {
+    v.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 #[derive(Debug)]
 pub enum ClientError {
     /// The server answered with a problem document.

@@ -396,7 +396,11 @@ fn action(ctx: &Ctx, c: &Client, id: &str, verb: &str) -> Res {
 #[derive(Subcommand)]
 pub enum NodeCmd {
     /// List nodes with their GPU allocation.
-    List,
+    List {
+        /// Only nodes with this label: KEY=VALUE, or KEY for any value.
+        #[arg(long)]
+        label: Option<String>,
+    },
     /// Show a node and what holds each of its GPUs.
     Show { id: String },
     /// Register a node (its agent must heartbeat before it takes work; `dev` runs fake agents).
@@ -434,15 +438,16 @@ fn node_rows(list: &[api::Node]) -> String {
                 format!("{}/{}", n.gpus_allocated, n.gpus_total),
                 n.state.clone(),
                 n.health.clone(),
+                n.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","),
             ]
         })
         .collect();
-    table(&["ID", "NAME", "REGION", "MODEL", "ALLOCATED", "STATE", "HEALTH"], &rows)
+    table(&["ID", "NAME", "REGION", "MODEL", "ALLOCATED", "STATE", "HEALTH", "LABELS"], &rows)
 }
 
 fn node_detail(n: &api::Node) -> String {
     let mut out = format!(
-        "id:        {}\nname:      {}\nregion:    {}\nstate:     {}\nhealth:    {}\nheartbeat: {}\nallocated: {}/{}\n\n",
+        "id:        {}\nname:      {}\nregion:    {}\nstate:     {}\nhealth:    {}\nheartbeat: {}\nallocated: {}/{}\nlabels:    {}\n\n",
         n.id,
         n.name,
         n.region,
@@ -450,7 +455,12 @@ fn node_detail(n: &api::Node) -> String {
         n.health,
         or_dash(n.last_heartbeat.as_ref()),
         n.gpus_allocated,
-        n.gpus_total
+        n.gpus_total,
+        if n.labels.is_empty() {
+            "-".to_string()
+        } else {
+            n.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(", ")
+        }
     );
     let rows: Vec<Vec<String>> = n
         .gpus
@@ -494,8 +504,12 @@ pub fn node(ctx: &Ctx, cmd: NodeCmd) -> Res {
         Ok(())
     };
     match cmd {
-        NodeCmd::List => {
-            let list: api::NodeList = c.get("/v1/nodes").map_err(err)?;
+        NodeCmd::List { label } => {
+            let path = match label {
+                Some(l) => format!("/v1/nodes?label={}", crate::client::encode_query(&l)),
+                None => "/v1/nodes".to_string(),
+            };
+            let list: api::NodeList = c.get(&path).map_err(err)?;
             show(ctx, &list, |l| node_rows(&l.nodes));
         }
         NodeCmd::Show { id } => {

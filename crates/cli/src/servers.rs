@@ -252,6 +252,7 @@ pub fn dev(args: DevArgs) -> Result<(), String> {
                 address: Some("127.0.0.1".into()),
                 ports: None,
                 docker_image: None,
+                labels: [("dev".to_string(), "true".to_string())].into(),
             };
             let spec = format!("{}:{count}", model.name());
             let flag = shutdown.clone();
@@ -394,38 +395,54 @@ async fn terminated() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
-#[derive(Args)]
+/// `gpucloud agent`'s settings. Each can also be given in the `--config` file (TOML, the same
+/// names with `_` for `-`, `labels` as a table); a flag wins over the file.
+#[derive(Args, Default, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct AgentArgs {
+    /// A TOML file with any of these settings, e.g. /etc/gpucloud/agent.toml.
+    #[arg(long)]
+    #[serde(skip)]
+    config: Option<PathBuf>,
     /// The gpucloud server's URL; several replicas' separated by commas (it fails over between them).
     #[arg(long, env = "GPUCLOUD_URL")]
-    server: String,
+    server: Option<String>,
     /// An agent key (`gpucloud key create --scope agent`, as the operator) or an operator key.
     #[arg(long, env = "GPUCLOUD_AGENT_TOKEN", hide_env_values = true)]
-    token: String,
+    token: Option<String>,
     /// This node's name (default: the host name).
     #[arg(long)]
     name: Option<String>,
     #[arg(long)]
-    region: String,
+    region: Option<String>,
+    /// A label for the node, KEY=VALUE (repeat it): rack, interconnect, owner. Shown on the node
+    /// and selectable with `node list --label`.
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    #[serde(skip)]
+    label: Vec<String>,
+    #[arg(skip)]
+    labels: std::collections::BTreeMap<String, String>,
     /// Fake GPUs instead of NVML, e.g. A100-40GB:4 or A100-40GB:2,T4:1.
     #[arg(long)]
     fake_gpus: Option<String>,
     /// Print the GPUs found (NVML or --fake-gpus) and one telemetry reading, then exit.
     #[arg(long)]
+    #[serde(skip)]
     probe: bool,
-    /// Where the agent keeps its state and workload logs.
-    #[arg(long, default_value = "/var/lib/gpucloud-agent")]
-    state_dir: PathBuf,
+    /// Where the agent keeps its state and workload logs [default: /var/lib/gpucloud-agent].
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
     /// Heartbeat period in milliseconds (default: what the server asks for).
     #[arg(long)]
     interval_ms: Option<u64>,
-    /// Seconds between SIGTERM and SIGKILL when stopping a workload.
-    #[arg(long, default_value_t = 10)]
-    stop_grace_s: u64,
+    /// Seconds between SIGTERM and SIGKILL when stopping a workload [default: 10].
+    #[arg(long)]
+    stop_grace_s: Option<u64>,
     /// Loopback port of the per-instance metadata endpoint. Keep it fixed so that workloads
-    /// adopted after an agent restart keep a working GPUCLOUD_METADATA_URL (0: any free port).
-    #[arg(long, default_value_t = 7081)]
-    metadata_port: u16,
+    /// adopted after an agent restart keep a working GPUCLOUD_METADATA_URL (0: any free port)
+    /// [default: 7081].
+    #[arg(long)]
+    metadata_port: Option<u16>,
     /// Where other nodes reach this host (a cluster member's MASTER_ADDR, an instance's endpoint)
     /// [default: the node name].
     #[arg(long)]
@@ -434,29 +451,72 @@ pub struct AgentArgs {
     /// firewall opens [default: any free port].
     #[arg(long)]
     port_range: Option<String>,
-    /// How workloads run: as processes, or as Docker containers of --image (on the host's
-    /// network; GPUs through the NVIDIA container runtime).
-    #[arg(long, value_parser = ["process", "docker"], default_value = "process")]
-    runtime: String,
+    /// How workloads run: process, or docker (containers of --image on the host's network; GPUs
+    /// through the NVIDIA container runtime) [default: process].
+    #[arg(long, value_parser = ["process", "docker"])]
+    runtime: Option<String>,
     /// The image workloads run in with --runtime docker (pulled at start if missing).
-    #[arg(long, required_if_eq("runtime", "docker"))]
+    #[arg(long)]
     image: Option<String>,
+}
+
+impl AgentArgs {
+    /// These flags over the `--config` file's settings.
+    fn merged(self) -> Result<AgentArgs, String> {
+        let mut flag_labels = std::collections::BTreeMap::new();
+        for l in &self.label {
+            let (k, v) = l.split_once('=').ok_or_else(|| format!("--label '{l}' is KEY=VALUE"))?;
+            flag_labels.insert(k.to_string(), v.to_string());
+        }
+        let file = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+                toml::from_str::<AgentArgs>(&text).map_err(|e| format!("{}: {e}", path.display()))?
+            }
+            None => AgentArgs::default(),
+        };
+        let mut labels = file.labels;
+        labels.extend(flag_labels);
+        Ok(AgentArgs {
+            config: self.config,
+            server: self.server.or(file.server),
+            token: self.token.or(file.token),
+            name: self.name.or(file.name),
+            region: self.region.or(file.region),
+            label: Vec::new(),
+            labels,
+            fake_gpus: self.fake_gpus.or(file.fake_gpus),
+            probe: self.probe,
+            state_dir: self.state_dir.or(file.state_dir),
+            interval_ms: self.interval_ms.or(file.interval_ms),
+            stop_grace_s: self.stop_grace_s.or(file.stop_grace_s),
+            metadata_port: self.metadata_port.or(file.metadata_port),
+            address: self.address.or(file.address),
+            port_range: self.port_range.or(file.port_range),
+            runtime: self.runtime.or(file.runtime),
+            image: self.image.or(file.image),
+        })
+    }
 }
 
 pub fn agent(args: AgentArgs) -> Result<(), String> {
     init_logging();
-    let name = match args.name {
+    let args = args.merged()?;
+    let name = match args.name.clone() {
         Some(n) => n,
         None => {
             std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "node".into())
         }
     };
-    let region = gpucloud_model::Region::parse(&args.region).map_err(|e| e.to_string())?;
+    let state_dir = args.state_dir.clone().unwrap_or_else(|| PathBuf::from("/var/lib/gpucloud-agent"));
+    let docker = match args.runtime.as_deref().unwrap_or("process") {
+        "process" => None,
+        "docker" => Some(args.image.clone().ok_or("--runtime docker needs --image (or image in the config file)")?),
+        other => return Err(format!("runtime '{other}' is process or docker")),
+    };
     let ports = args.port_range.as_deref().map(gpucloud_agent::runtime::parse_port_range).transpose()?;
     let mut gpus: Box<dyn gpucloud_agent::gpu::GpuBackend> = match &args.fake_gpus {
-        Some(spec) => {
-            Box::new(gpucloud_agent::gpu::FakeGpus::parse(spec, &name)?.with_fault_dir(args.state_dir.clone()))
-        }
+        Some(spec) => Box::new(gpucloud_agent::gpu::FakeGpus::parse(spec, &name)?.with_fault_dir(state_dir.clone())),
         None => {
             let nvml = gpucloud_agent::nvml::NvmlGpus::open()?;
             for d in nvml.details() {
@@ -494,18 +554,21 @@ pub fn agent(args: AgentArgs) -> Result<(), String> {
         );
         return Ok(());
     }
+    let missing = |what: &str, flag: &str, env: &str| format!("no {what}: give {flag}{env} or {what} in --config");
+    let region = args.region.as_deref().ok_or_else(|| missing("region", "--region", ""))?;
     let config = gpucloud_agent::Config {
-        server: args.server,
-        token: args.token,
+        server: args.server.clone().ok_or_else(|| missing("server", "--server", ", GPUCLOUD_URL"))?,
+        token: args.token.clone().ok_or_else(|| missing("token", "--token", ", GPUCLOUD_AGENT_TOKEN"))?,
         name,
-        region,
-        state_dir: args.state_dir,
+        region: gpucloud_model::Region::parse(region).map_err(|e| e.to_string())?,
+        state_dir,
         interval: args.interval_ms.map(Duration::from_millis),
-        stop_grace: Duration::from_secs(args.stop_grace_s),
-        metadata_port: args.metadata_port,
+        stop_grace: Duration::from_secs(args.stop_grace_s.unwrap_or(10)),
+        metadata_port: args.metadata_port.unwrap_or(7081),
         address: args.address.clone(),
         ports,
-        docker_image: if args.runtime == "docker" { args.image.clone() } else { None },
+        docker_image: docker,
+        labels: args.labels.clone(),
     };
     let shutdown = std::sync::atomic::AtomicBool::new(false);
     gpucloud_agent::run(config, gpus.as_mut(), &shutdown)

@@ -348,3 +348,64 @@ fn a_healed_partition_stops_what_was_given_up() {
     assert_eq!(inst["state"], "lost", "a late report does not resurrect it");
     let _ = std::fs::remove_dir_all(&root);
 }
+
+#[test]
+fn an_agent_takes_its_settings_from_a_config_file_and_flags_win() {
+    let root: PathBuf = std::env::temp_dir().join(format!("gpucloud-agent-config-{:016x}", rand::random::<u64>()));
+    std::fs::create_dir_all(&root).unwrap();
+    let out = root.join("serve.out");
+    let _server = serve(&root, "127.0.0.1:0", &out);
+    let (op, url) = serving(&out);
+    let config = root.join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "server = \"{url}\"\ntoken = \"{op}\"\nname = \"cfg-host\"\nregion = \"eu-1\"\nfake_gpus = \"T4:2\"\n\
+             state_dir = \"{}\"\ninterval_ms = 100\nmetadata_port = 0\n\n[labels]\nrack = \"r7\"\nzone = \"a\"\n",
+            root.join("state").display()
+        ),
+    )
+    .unwrap();
+    let _agent = Proc(
+        std::process::Command::new(common::BIN)
+            .args(["agent", "--config"])
+            .arg(&config)
+            .args(["--region", "us-1", "--label", "zone=b"])
+            .env_remove("GPUCLOUD_URL")
+            .env_remove("GPUCLOUD_AGENT_TOKEN")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(root.join("agent.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let env = [("GPUCLOUD_URL", url.as_str()), ("GPUCLOUD_API_KEY", op.as_str())];
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let node = loop {
+        let (ok, text, err) = common::cli(&root, &env, &["node", "list", "--label", "rack=r7", "--json"]);
+        assert!(ok, "{err}");
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        if let Some(n) = v["nodes"].as_array().and_then(|n| n.first()).filter(|n| n["health"] == "healthy") {
+            break n.clone();
+        }
+        let log = std::fs::read_to_string(root.join("agent.log")).unwrap_or_default();
+        assert!(Instant::now() < deadline, "no node labelled rack=r7: {v} {log}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(node["name"], "cfg-host");
+    assert_eq!(node["region"], "us-1", "the flag wins over the file");
+    assert_eq!(node["labels"], json!({"rack": "r7", "zone": "b"}), "labels merge; the flag's value wins");
+    assert_eq!(node["gpus_total"], 2);
+    let (ok, text, _) = common::cli(&root, &env, &["node", "list", "--label", "zone=a"]);
+    assert!(ok && !text.contains("cfg-host"), "{text}");
+
+    // A setting the agent does not know is an error that names it.
+    std::fs::write(&config, "regoin = \"eu-1\"\n").unwrap();
+    let o = std::process::Command::new(common::BIN).args(["agent", "--config"]).arg(&config).output().unwrap();
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("unknown field `regoin`"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let _ = std::fs::remove_dir_all(&root);
+}

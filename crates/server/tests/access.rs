@@ -159,3 +159,43 @@ fn an_agent_key_registers_nodes_and_does_nothing_else() {
     let keys = s.get(&s.operator_key, "/v1/keys").body;
     assert!(keys["keys"].as_array().unwrap().iter().any(|k| k["name"] == "rack-7" && k["scope"] == "agent"), "{keys}");
 }
+
+#[test]
+fn agents_register_nodes_with_labels_that_select_them() {
+    let s = TestServer::start();
+    let op = s.operator_key.clone();
+    let register = |name: &str, labels: serde_json::Value| {
+        let body = json!({"name": name, "region": "eu-1", "labels": labels,
+            "gpus": [{"index": 0, "model": "T4", "uuid": format!("GPU-{name}-0")}]});
+        s.post(&op, "/v1/agent/register", Some(&body))
+    };
+    for (labels, needle) in [
+        (json!({"": "x"}), "label key ''"),
+        (json!({"-rack": "x"}), "starting with a letter or digit"),
+        (json!({"rack": "a\nb"}), "printable"),
+        (json!({"k=v": "x"}), "letters, digits"),
+    ] {
+        let r = register("bad", labels.clone());
+        assert_eq!((r.status, r.body["field"].as_str()), (422, Some("labels")), "{labels}: {:?}", r.body);
+        assert!(r.body["detail"].as_str().unwrap().contains(needle), "{labels}: {:?}", r.body);
+    }
+    assert_eq!(register("a", json!({"rack": "r7", "nvlink": "nv18"})).status, 201);
+    assert_eq!(register("b", json!({"rack": "r8"})).status, 201);
+    assert_eq!(register("c", json!({})).status, 201);
+    let names = |query: &str| -> Vec<String> {
+        let r = s.get(&op, &format!("/v1/nodes{query}"));
+        assert_eq!(r.status, 200, "{query}: {:?}", r.body);
+        let mut n: Vec<String> =
+            r.body["nodes"].as_array().unwrap().iter().map(|n| n["name"].as_str().unwrap().to_string()).collect();
+        n.sort();
+        n
+    };
+    assert_eq!(names("").len(), 3 + 8, "the test fleet's 8 nodes and these");
+    assert_eq!(names("?label=rack%3Dr7"), ["a"]);
+    assert_eq!(names("?label=rack"), ["a", "b"]);
+    assert_eq!(names("?label=nvlink%3Dnv12"), Vec::<String>::new());
+    // A new registration says what the node is now: labels replaced, not merged.
+    assert_eq!(register("a", json!({"rack": "r9"})).status, 201);
+    let nodes = s.get(&op, "/v1/nodes?label=rack%3Dr9").body;
+    assert_eq!(nodes["nodes"][0]["labels"], json!({"rack": "r9"}), "{nodes}");
+}

@@ -124,6 +124,12 @@ pub trait MarketStore: Send + Sync {
     ) -> Result<Vec<crate::MetricPoint>>;
     /// Where a node's peers reach it.
     async fn set_node_address(&self, id: &gpucloud_model::NodeId, address: Option<&str>) -> Result<()>;
+    /// What a node's agent says of it; an empty map clears them.
+    async fn set_node_labels(
+        &self,
+        id: &gpucloud_model::NodeId,
+        labels: &std::collections::BTreeMap<String, String>,
+    ) -> Result<()>;
     /// Where an instance serves ("host:port"), as its agent reported it.
     async fn set_instance_endpoint(&self, id: &InstanceId, endpoint: &str) -> Result<()>;
     /// Bills period `period` of a reservation: posts `records` and moves `billed_periods` to
@@ -712,6 +718,20 @@ impl MarketStore for SqlStore {
     async fn set_node_address(&self, id: &gpucloud_model::NodeId, address: Option<&str>) -> Result<()> {
         sqlx::query("UPDATE nodes SET address = $1 WHERE id = $2")
             .bind(address.map(str::to_string))
+            .bind(id.to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn set_node_labels(
+        &self,
+        id: &gpucloud_model::NodeId,
+        labels: &std::collections::BTreeMap<String, String>,
+    ) -> Result<()> {
+        let pairs: Vec<(String, String)> = labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        sqlx::query("UPDATE nodes SET labels = $1 WHERE id = $2")
+            .bind(encode_env(&pairs))
             .bind(id.to_string())
             .execute(&self.pool)
             .await?;

@@ -22,6 +22,7 @@ const SQLITE: &[(i64, &str)] = &[
     (15, include_str!("../migrations/sqlite/0015_keys_and_audit.sql")),
     (16, include_str!("../migrations/sqlite/0016_cluster_replicas.sql")),
     (17, include_str!("../migrations/sqlite/0017_instance_endpoint.sql")),
+    (18, include_str!("../migrations/sqlite/0018_node_labels.sql")),
 ];
 const POSTGRES: &[(i64, &str)] = &[
     (1, include_str!("../migrations/postgres/0001_foundation.sql")),
@@ -41,6 +42,7 @@ const POSTGRES: &[(i64, &str)] = &[
     (15, include_str!("../migrations/postgres/0015_keys_and_audit.sql")),
     (16, include_str!("../migrations/postgres/0016_cluster_replicas.sql")),
     (17, include_str!("../migrations/postgres/0017_instance_endpoint.sql")),
+    (18, include_str!("../migrations/postgres/0018_node_labels.sql")),
 ];
 
 pub(crate) async fn run(pool: &AnyPool, backend: Backend) -> Result<()> {

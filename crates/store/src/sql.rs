@@ -1105,7 +1105,7 @@ async fn load_nodes(pool: &AnyPool, only: Option<&NodeId>) -> Result<Vec<Node>> 
     let t = "nodes";
     // Two statement shapes rather than `($1 = '' OR id = $1)`, which would scan every GPU row
     // to read one node.
-    let node_cols = "SELECT id, name, region, state, health, generation, last_heartbeat, created_at, driver, epoch, address FROM nodes";
+    let node_cols = "SELECT id, name, region, state, health, generation, last_heartbeat, created_at, driver, epoch, address, labels FROM nodes";
     let gpu_cols = "SELECT node_id, idx, model, uuid, instance_id, healthy FROM gpus";
     let (rows, gpu_rows) = match only {
         Some(id) => (
@@ -1172,6 +1172,12 @@ async fn load_nodes(pool: &AnyPool, only: Option<&NodeId>) -> Result<Vec<Node>> 
                 last_heartbeat: hb.map(Timestamp),
                 created_at: Timestamp(r.try_get(7)?),
                 address: r.try_get(10)?,
+                labels: r
+                    .try_get::<Option<String>, _>(11)?
+                    .unwrap_or_default()
+                    .lines()
+                    .filter_map(|l| l.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+                    .collect(),
                 gpus: gpus.remove(&id).unwrap_or_default(),
             })
         })

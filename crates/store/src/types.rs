@@ -141,6 +141,8 @@ pub struct Node {
     pub created_at: Timestamp,
     /// Where its peers reach it (the agent's `--address`); `None`: its name.
     pub address: Option<String>,
+    /// What its agent says of it (`--label k=v`): rack, interconnect, owner...
+    pub labels: std::collections::BTreeMap<String, String>,
     pub gpus: Vec<Gpu>,
 }
 

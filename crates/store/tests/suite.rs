@@ -976,4 +976,12 @@ async fn an_instance_endpoint_is_kept_without_a_new_generation(s: Arc<dyn Store>
     assert_eq!(again.generation, i.generation, "not a state change: reconcilers' compare-and-set still holds");
     let members = s.instances_on_node(&n.id).await.unwrap();
     assert_eq!(members[0].endpoint.as_deref(), Some("10.0.0.7:41234"));
+
+    // Node labels: kept as given, replaced whole, cleared by an empty set.
+    let labels: std::collections::BTreeMap<String, String> =
+        [("rack".to_string(), "r7".to_string()), ("nvlink".to_string(), "a=b c".to_string())].into();
+    s.set_node_labels(&n.id, &labels).await.unwrap();
+    assert_eq!(s.get_node(&n.id).await.unwrap().unwrap().labels, labels);
+    s.set_node_labels(&n.id, &Default::default()).await.unwrap();
+    assert!(s.get_node(&n.id).await.unwrap().unwrap().labels.is_empty());
 }

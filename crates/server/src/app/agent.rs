@@ -193,6 +193,29 @@ impl AgentApi for App {
     }
 }
 
+/// Up to 32 labels; a key is 1 to 63 letters, digits and `._/-` starting with a letter or digit;
+/// a value is up to 128 printable characters.
+pub fn check_labels(labels: &std::collections::BTreeMap<String, String>) -> Result<(), AppError> {
+    if labels.len() > 32 {
+        return Err(AppError::invalid("labels", "a node has at most 32 labels"));
+    }
+    for (k, v) in labels {
+        let key_ok = (1..=63).contains(&k.len())
+            && k.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && k.chars().all(|c| c.is_ascii_alphanumeric() || "._/-".contains(c));
+        if !key_ok {
+            return Err(AppError::invalid(
+                "labels",
+                format!("label key '{k}' is 1 to 63 letters, digits and ._/- starting with a letter or digit"),
+            ));
+        }
+        if v.chars().count() > 128 || v.chars().any(char::is_control) {
+            return Err(AppError::invalid("labels", format!("label {k}'s value is up to 128 printable characters")));
+        }
+    }
+    Ok(())
+}
+
 impl App {
     /// Registers (or re-registers) the node an agent runs on. Operators' keys only for now.
     pub async fn register_agent(
@@ -202,8 +225,10 @@ impl App {
         region: gpucloud_model::Region,
         gpus: Vec<gpucloud_store::NewGpu>,
         address: Option<String>,
+        labels: std::collections::BTreeMap<String, String>,
     ) -> Result<gpucloud_store::Node, AppError> {
         by.require_operator()?;
+        check_labels(&labels)?;
         super::nodes::check_node_name(name)?;
         if gpus.is_empty() || gpus.len() > 16 {
             return Err(AppError::invalid("gpus", "a node has 1 to 16 GPUs"));
@@ -230,6 +255,10 @@ impl App {
         if node.address != address {
             self.store.set_node_address(&node.id, address.as_deref()).await?;
             node.address = address;
+        }
+        if node.labels != labels {
+            self.store.set_node_labels(&node.id, &labels).await?;
+            node.labels = labels;
         }
         tracing::info!(node = %node.id, name, epoch = node.epoch, "agent registered");
         self.nodes_changed.notify_one();

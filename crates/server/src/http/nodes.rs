@@ -3,20 +3,35 @@ use super::error::ApiError;
 use super::extract::{ApiJson, Auth};
 use crate::app::App;
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use gpucloud_api::{CreateNodeRequest, Node, NodeList, Problem};
 use gpucloud_model::NodeState;
 use std::sync::Arc;
 
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+pub struct NodeQuery {
+    /// Only nodes with this label, as `key=value` (or `key` for any value).
+    pub label: Option<String>,
+}
+
 /// All nodes with their GPUs and what holds each (operator).
-#[utoipa::path(get, path = "/v1/nodes", tag = "nodes",
-    responses((status = 200, body = NodeList), (status = 403, body = Problem)), security(("bearer" = [])))]
-pub async fn list(State(app): State<Arc<App>>, Auth(p): Auth) -> Result<Json<NodeList>, ApiError> {
+#[utoipa::path(get, path = "/v1/nodes", tag = "nodes", params(NodeQuery),
+    responses((status = 200, body = NodeList), (status = 400, body = Problem), (status = 403, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn list(
+    State(app): State<Arc<App>>,
+    Auth(p): Auth,
+    q: Result<Query<NodeQuery>, QueryRejection>,
+) -> Result<Json<NodeList>, ApiError> {
+    let Query(q) = q.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
     let readings = app.fleet_readings().await?;
     let nodes = app.list_nodes(&p).await?;
+    let wanted = q.label.as_deref().map(|l| l.split_once('=').map_or((l, None), |(k, v)| (k, Some(v))));
     let nodes = nodes
         .into_iter()
+        .filter(|n| wanted.is_none_or(|(k, v)| n.labels.get(k).is_some_and(|have| v.is_none_or(|v| have == v))))
         .map(|n| {
             let r = readings.get(&n.id).map(|(_, g)| g.as_slice());
             convert::node_with(n, r)
