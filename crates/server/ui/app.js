@@ -382,7 +382,7 @@ async function fleetPage(gen) {
       stat("Unhealthy GPUs", String(gpus.filter((g) => !g.healthy).length))));
     const how = METRICS[metric.value];
     const rows = n.nodes.map((node) => h("div", { class: "heat-row" },
-      h("div", {}, h("strong", {}, node.name), " ", badge(node.health), h("div", { class: "muted" }, `${node.region} · ${node.state}`)),
+      h("div", {}, h("strong", {}, node.name), " ", badge(node.health), h("div", { class: "muted" }, [node.region, node.state, ...Object.entries(node.labels || {}).map(([k, v]) => `${k}=${v}`)].join(" · "))),
       h("div", { class: "heat-cells" }, node.gpus.map((g) => {
         const [color, text] = how.cell(g);
         const r = g.reading;
