@@ -169,6 +169,46 @@ fn signal(docker: Option<&crate::docker::DockerLauncher>, s: &Saved, sig: i32) {
     }
 }
 
+/// A workload's environment, later entries winning: the GPU backend's, the slice's limits, the
+/// server's, its port, then what identifies it and its GPUs.
+fn workload_vars(
+    w: &AgentWorkload,
+    env: &[(String, String)],
+    port: Option<u16>,
+    metadata_url: &str,
+) -> Vec<(String, String)> {
+    let mut vars: Vec<(String, String)> = env.to_vec();
+    vars.extend(w.slice.as_ref().map(slice_env).unwrap_or_default());
+    vars.extend(w.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    vars.extend(port.map(|p| ("GPUCLOUD_PORT".to_string(), p.to_string())));
+    let devices = w.gpu_uuids.join(",");
+    vars.extend([
+        ("CUDA_VISIBLE_DEVICES".to_string(), devices.clone()),
+        ("NVIDIA_VISIBLE_DEVICES".to_string(), devices),
+        ("GPUCLOUD_INSTANCE_ID".to_string(), w.id.clone()),
+        ("GPUCLOUD_METADATA_URL".to_string(), metadata_url.to_string()),
+        ("GPUCLOUD_GPU_INDICES".to_string(), w.gpus.iter().map(u32::to_string).collect::<Vec<_>>().join(",")),
+    ]);
+    vars
+}
+
+/// `sh -c COMMAND` in a process group of its own, output appended to `log`. The state directory
+/// in its environment marks it as this agent's (see `own_processes`).
+fn spawn_process(command: &str, vars: &[(String, String)], state_dir: &Path, log: &Path) -> std::io::Result<Child> {
+    let out = OpenOptions::new().create(true).append(true).open(log)?;
+    let err = out.try_clone()?;
+    Command::new("/bin/sh")
+        .arg("-c")
+        .arg(command)
+        .envs(vars.iter().map(|(k, v)| (k, v)))
+        .env("GPUCLOUD_AGENT_STATE", state_dir)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .process_group(0)
+        .spawn()
+}
+
 impl ProcessRuntime {
     /// Opens the state directory and adopts the workloads a previous agent left running.
     pub fn open(dir: &Path, grace: Duration) -> Result<ProcessRuntime, String> {
@@ -298,73 +338,8 @@ impl ProcessRuntime {
         let log = self.dir.join("logs").join(format!("{}.log", w.id));
         let taken: Vec<u16> = self.workloads.values().filter_map(|w| w.saved.port).collect();
         let port = free_port(self.ports.as_ref(), &taken);
-        if let Some(d) = &self.docker {
-            let mut all: Vec<(String, String)> = env.to_vec();
-            all.extend(w.slice.as_ref().map(slice_env).unwrap_or_default());
-            all.extend(w.env.iter().map(|(k, v)| (k.clone(), v.clone())));
-            all.extend(port.map(|p| ("GPUCLOUD_PORT".to_string(), p.to_string())));
-            let devices = w.gpu_uuids.join(",");
-            all.extend([
-                ("CUDA_VISIBLE_DEVICES".to_string(), devices.clone()),
-                ("NVIDIA_VISIBLE_DEVICES".to_string(), devices),
-                ("GPUCLOUD_INSTANCE_ID".to_string(), w.id.clone()),
-                ("GPUCLOUD_METADATA_URL".to_string(), metadata_url.to_string()),
-                ("GPUCLOUD_GPU_INDICES".to_string(), w.gpus.iter().map(u32::to_string).collect::<Vec<_>>().join(",")),
-            ]);
-            let launched = d.launch(&w.id, &w.command, &all, &w.gpu_uuids, &log, &self.dir);
-            let saved = Saved {
-                pid: launched.as_ref().map_or(0, |l| l.1),
-                gpus: w.gpus.clone(),
-                log,
-                log_offset: 0,
-                next_seq: 1,
-                metadata_token: Some(metadata_token.to_string()),
-                memory_cap_mib: w.slice.as_ref().map(|s| s.memory_mib),
-                ended_for: None,
-                port,
-                container: launched.as_ref().ok().map(|l| l.0.clone()),
-            };
-            let exit = match launched {
-                Ok((container, _)) => {
-                    tracing::info!(instance = %w.id, %container, "started workload container");
-                    None
-                }
-                Err(e) => {
-                    tracing::error!(instance = %w.id, error = %e, "cannot start workload container");
-                    Some(Exit::Code(127))
-                }
-            };
-            self.workloads.insert(w.id.clone(), Workload { saved, child: None, stop_sent: None, exit });
-            self.save();
-            return;
-        }
-        let result = OpenOptions::new().create(true).append(true).open(&log).and_then(|out| {
-            let err = out.try_clone()?;
-            let devices = w.gpu_uuids.join(",");
-            let mut cmd = Command::new("/bin/sh");
-            cmd.envs(env.iter().map(|(k, v)| (k, v)));
-            if let Some(s) = &w.slice {
-                cmd.envs(slice_env(s));
-            }
-            cmd.envs(&w.env);
-            if let Some(p) = port {
-                cmd.env("GPUCLOUD_PORT", p.to_string());
-            }
-            cmd.arg("-c")
-                .arg(&w.command)
-                .env("CUDA_VISIBLE_DEVICES", &devices)
-                .env("NVIDIA_VISIBLE_DEVICES", &devices)
-                .env("GPUCLOUD_INSTANCE_ID", &w.id)
-                .env("GPUCLOUD_AGENT_STATE", &self.dir)
-                .env("GPUCLOUD_METADATA_URL", metadata_url)
-                .env("GPUCLOUD_GPU_INDICES", w.gpus.iter().map(u32::to_string).collect::<Vec<_>>().join(","))
-                .stdin(Stdio::null())
-                .stdout(out)
-                .stderr(err)
-                .process_group(0)
-                .spawn()
-        });
-        let saved = Saved {
+        let vars = workload_vars(w, env, port, metadata_url);
+        let mut saved = Saved {
             pid: 0,
             gpus: w.gpus.clone(),
             log,
@@ -376,22 +351,29 @@ impl ProcessRuntime {
             port,
             container: None,
         };
-        let workload = match result {
-            Ok(child) => {
-                tracing::info!(instance = %w.id, pid = child.id(), "started workload");
-                Workload {
-                    saved: Saved { pid: child.id() as i32, ..saved },
-                    child: Some(child),
-                    stop_sent: None,
-                    exit: None,
-                }
+        let started = match &self.docker {
+            Some(d) => {
+                d.launch(&w.id, &w.command, &vars, &w.gpu_uuids, &saved.log, &self.dir).map(|(container, pid)| {
+                    tracing::info!(instance = %w.id, %container, pid, "started workload container");
+                    saved.container = Some(container);
+                    saved.pid = pid;
+                    None
+                })
             }
+            None => spawn_process(&w.command, &vars, &self.dir, &saved.log).map_err(|e| e.to_string()).map(|child| {
+                tracing::info!(instance = %w.id, pid = child.id(), "started workload");
+                saved.pid = child.id() as i32;
+                Some(child)
+            }),
+        };
+        let (child, exit) = match started {
+            Ok(child) => (child, None),
             Err(e) => {
                 tracing::error!(instance = %w.id, error = %e, "cannot start workload");
-                Workload { saved, child: None, stop_sent: None, exit: Some(Exit::Code(127)) }
+                (None, Some(Exit::Code(127)))
             }
         };
-        self.workloads.insert(w.id.clone(), workload);
+        self.workloads.insert(w.id.clone(), Workload { saved, child, stop_sent: None, exit });
         self.save();
     }
 
