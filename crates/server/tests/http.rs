@@ -429,4 +429,23 @@ fn metrics_expose_gpu_telemetry() {
     assert_eq!(gpu_lines(&theirs), 0, "{theirs}");
     assert!(!theirs.contains(&me) && !theirs.contains(&id), "nothing of another tenant");
     assert!(theirs.contains("gpucloud_instances{state=\"running\"} 0"));
+
+    // A slice's tenant sees the readings of the GPU its slice is on, labelled with its slice.
+    let body = json!({"gpu": "T4", "count": 1, "gpu_share": 50, "command": "sleep 600"});
+    let r = s.post(&other, "/v1/instances", Some(&body));
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let slice = r.body["id"].as_str().unwrap().to_string();
+    s.wait_state(&other, &slice, "running");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let theirs = s.raw("GET", "/metrics", Some(&other), &[], None).body.as_str().unwrap_or_default().to_string();
+        let lines: Vec<&str> = theirs.lines().filter(|l| l.starts_with("DCGM_FI_DEV_GPU_TEMP{")).collect();
+        if lines.len() == 1 && lines[0].contains(&format!("instance=\"{slice}\"")) {
+            assert!(lines[0].contains("modelName=\"T4\""), "{}", lines[0]);
+            assert!(!theirs.contains(&id), "still nothing of the first tenant");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no series for the slice {slice}: {theirs}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }

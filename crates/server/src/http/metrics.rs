@@ -48,12 +48,19 @@ pub async fn metrics(State(app): State<Arc<App>>, Auth(p): Auth) -> Result<impl 
             let Some((_, gpus)) = readings.get(&n.id) else { continue };
             for r in gpus {
                 let Some(g) = n.gpus.iter().find(|g| g.index == r.index) else { continue };
-                let instance = g.instance.as_ref().map(|i| i.to_string()).unwrap_or_default();
-                // A tenant sees the GPUs its own instances hold, nothing else of the fleet.
-                if !operator && !tenant_of.contains_key(&instance) {
-                    continue;
-                }
-                let tenant = tenant_of.get(&instance).cloned().unwrap_or_default();
+                // The operator gets one series per GPU (labelled with a whole holder, if any), so
+                // sums over the fleet count each GPU once. A tenant gets one per instance of its
+                // own on the GPU: a whole one, or each of its slices.
+                let holders: Vec<String> = if operator {
+                    vec![g.instance.as_ref().map(|i| i.to_string()).unwrap_or_default()]
+                } else {
+                    g.instance
+                        .iter()
+                        .chain(g.slices.iter().map(|s| &s.instance))
+                        .map(|i| i.to_string())
+                        .filter(|i| tenant_of.contains_key(i))
+                        .collect()
+                };
                 let value = match i {
                     0 => r.temperature_c,
                     1 => r.power_w,
@@ -63,11 +70,14 @@ pub async fn metrics(State(app): State<Arc<App>>, Auth(p): Auth) -> Result<impl 
                     5 => f64::from(r.xid.unwrap_or(0)),
                     _ => r.ecc_uncorrectable as f64,
                 };
-                let _ = writeln!(
-                    out,
-                    "{name}{{gpu=\"{}\",UUID=\"{}\",modelName=\"{}\",Hostname=\"{}\",node=\"{}\",region=\"{}\",instance=\"{instance}\",tenant=\"{tenant}\"}} {value}",
-                    r.index, g.uuid, g.model, n.name, n.id, n.region
-                );
+                for instance in holders {
+                    let tenant = tenant_of.get(&instance).cloned().unwrap_or_default();
+                    let _ = writeln!(
+                        out,
+                        "{name}{{gpu=\"{}\",UUID=\"{}\",modelName=\"{}\",Hostname=\"{}\",node=\"{}\",region=\"{}\",instance=\"{instance}\",tenant=\"{tenant}\"}} {value}",
+                        r.index, g.uuid, g.model, n.name, n.id, n.region
+                    );
+                }
             }
         }
     }
