@@ -270,10 +270,10 @@ impl ProcessRuntime {
         }
         // Likewise a container created just before a crash; older containers of an instance
         // that has a newer one, or that the state file forgot, are leftovers.
+        let docker = rt.docker.as_ref();
         for (id, container) in containers {
-            let known = rt.workloads.get(&id).is_some_and(|w| w.saved.container.as_ref() == Some(&container));
-            let Some(d) = rt.docker.as_ref() else { break };
-            if known {
+            let Some(d) = docker else { break };
+            if rt.workloads.get(&id).is_some_and(|w| w.saved.container.as_ref() == Some(&container)) {
                 continue;
             }
             if rt.workloads.contains_key(&id) || d.state(&container) != crate::docker::ContainerEnd::Running {

@@ -309,14 +309,7 @@ fn agent_run(gpus: u32, seconds: u64, image: Option<&str>) -> Result<serde_json:
     std::thread::sleep(std::time::Duration::from_secs(seconds));
     let (cpu1, rss) = proc_usage(pid).ok_or("the agent exited")?;
     let wall = t.elapsed().as_secs_f64();
-    let running_now = rt.block_on(async {
-        running
-            .app
-            .store()
-            .list_instances(None)
-            .await
-            .map(|l| l.iter().filter(|i| i.state == gpucloud_model::InstanceState::Running).count())
-    });
+    let running_now = count_running();
     // Stop the workloads through the agent before it goes.
     rt.block_on(async {
         for i in running.app.store().list_instances(None).await.unwrap_or_default() {
@@ -350,7 +343,6 @@ fn agent_run(gpus: u32, seconds: u64, image: Option<&str>) -> Result<serde_json:
     }
     let _ = std::fs::remove_dir_all(&state);
     let cpu_pct = (cpu1 - cpu0) / wall * 100.0;
-    let running_now = running_now.map_err(|e| e.to_string())?;
     Ok(serde_json::json!({"runtime": if image.is_some() { "docker" } else { "process" }, "gpus": gpus,
         "workloads_running": running_now, "start_all_ms": start_all_ms, "seconds": wall,
         "cpu_percent": cpu_pct, "rss_mib": rss}))

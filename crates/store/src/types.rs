@@ -146,6 +146,13 @@ pub struct Node {
     pub gpus: Vec<Gpu>,
 }
 
+impl Node {
+    /// Where peers and clients reach it: its `--address`, else its name.
+    pub fn reached_at(&self) -> &str {
+        self.address.as_deref().unwrap_or(&self.name)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewInstance {
     pub id: InstanceId,

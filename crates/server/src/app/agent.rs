@@ -140,7 +140,7 @@ impl AgentApi for App {
             // Before the state, like checkpoints: an instance is never shown running at an old
             // run's endpoint.
             if let Some((_, port)) = report.ports.iter().find(|(p, _)| p == id) {
-                let host = current.address.clone().unwrap_or_else(|| current.name.clone());
+                let host = current.reached_at();
                 let endpoint = if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") };
                 if inst.endpoint.as_deref() != Some(endpoint.as_str()) {
                     self.store.set_instance_endpoint(id, &endpoint).await?;

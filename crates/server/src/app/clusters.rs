@@ -542,9 +542,7 @@ impl App {
         let members: Vec<Instance> = self.store.cluster_members(cid).await?.into_iter().filter(live).collect();
         let nodes = self.store.list_nodes().await?;
         let address_of = |node: &Option<gpucloud_model::NodeId>| {
-            node.as_ref()
-                .and_then(|n| nodes.iter().find(|x| x.id == *n))
-                .map(|n| n.address.clone().unwrap_or_else(|| n.name.clone()))
+            node.as_ref().and_then(|n| nodes.iter().find(|x| x.id == *n)).map(|n| n.reached_at().to_string())
         };
         let rank_of = |i: &Instance| i.sale.cluster.as_ref().map_or(0, |(_, r)| *r);
         let master = members
