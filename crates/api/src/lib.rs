@@ -521,6 +521,11 @@ pub struct Budget {
     /// notify or checkpoint-and-stop.
     pub action: String,
     pub webhook_url: Option<String>,
+    /// The tenant's webhook signing secret: every webhook request carries
+    /// `Gpucloud-Signature: t=UNIX_SECONDS,v1=HEX`, HEX being HMAC-SHA256 under this secret of
+    /// `UNIX_SECONDS.BODY`. Made with the first webhook URL; shown only to the tenant's keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_secret: Option<String>,
     /// Set by the operator: instances stop before the prepaid balance goes negative.
     pub prepaid: bool,
     #[schema(value_type = String)]
@@ -1264,6 +1269,11 @@ pub struct CreateKeyRequest {
     /// only: a node agent's key, refused everywhere but /v1/agent/...).
     #[serde(default)]
     pub scope: Option<String>,
+    /// An agent key's node, by name: it may register, beat and ship logs for that node only.
+    /// Without it, the key is bound to the first node it registers (a node that is not
+    /// registered yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 /// An API key as listed: never its secret.
@@ -1272,11 +1282,14 @@ pub struct ApiKeyInfo {
     pub id: String,
     pub prefix: String,
     pub name: String,
-    /// admin or read-only.
+    /// admin, read-only or agent.
     pub scope: String,
     pub created_at: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revoked_at: Option<String>,
+    /// An agent key's node (by name), once minted for it or bound by its first registration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

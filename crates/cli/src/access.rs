@@ -15,9 +15,14 @@ pub enum KeyCmd {
         #[arg(long)]
         name: String,
         /// admin (may change things), read-only (may only read) or agent (an operator's key for
-        /// `gpucloud agent --token`: the agent protocol only).
+        /// `gpucloud agent` in GPUCLOUD_AGENT_TOKEN or --token-file: the agent protocol only, for
+        /// one node).
         #[arg(long, default_value = "admin", value_parser = ["admin", "read-only", "agent"])]
         scope: String,
+        /// With --scope agent: the node (by name) the key speaks for. Without it, the first node
+        /// the key registers (one not registered yet) becomes its node.
+        #[arg(long)]
+        node: Option<String>,
     },
     /// Your tenant's keys (never their secrets).
     List,
@@ -29,8 +34,8 @@ pub fn key(ctx: &Ctx, cmd: KeyCmd) -> Res {
     let c = ctx.client(As::Tenant)?;
     let err = |e: crate::client::ClientError| e.to_string();
     match cmd {
-        KeyCmd::Create { name, scope } => {
-            let body = api::CreateKeyRequest { name, scope: Some(scope) };
+        KeyCmd::Create { name, scope, node } => {
+            let body = api::CreateKeyRequest { name, scope: Some(scope), node };
             let k: api::ApiKeyCreated = c.post("/v1/keys", Some(&body), None).map_err(err)?;
             show(ctx, &k, |k| format!("id:      {}\napi key: {}   (shown once)", k.id, k.api_key));
         }
@@ -46,12 +51,13 @@ pub fn key(ctx: &Ctx, cmd: KeyCmd) -> Res {
                             k.prefix.clone(),
                             or_dash((!k.name.is_empty()).then_some(&k.name)),
                             k.scope.clone(),
+                            or_dash(k.node.as_ref()),
                             k.created_at.clone(),
                             or_dash(k.revoked_at.as_ref()),
                         ]
                     })
                     .collect();
-                table(&["ID", "PREFIX", "NAME", "SCOPE", "CREATED", "REVOKED"], &rows)
+                table(&["ID", "PREFIX", "NAME", "SCOPE", "NODE", "CREATED", "REVOKED"], &rows)
             });
         }
         KeyCmd::Revoke { id } => {

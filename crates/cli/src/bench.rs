@@ -256,7 +256,8 @@ fn agent_run(gpus: u32, seconds: u64, image: Option<&str>) -> Result<serde_json:
     let server = format!("http://{}", running.addr);
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let mut child = std::process::Command::new(exe)
-        .args(["agent", "--server", &server, "--token", &op_key, "--name", "bench-node", "--region", "eu-1"])
+        .args(["agent", "--server", &server, "--name", "bench-node", "--region", "eu-1"])
+        .env("GPUCLOUD_AGENT_TOKEN", &op_key)
         .args([
             "--fake-gpus",
             &format!("A100-40GB:{gpus}"),
@@ -378,7 +379,8 @@ fn notice_lead(notice: u64, per_round: u32, rounds: u32, interval_ms: u64, as_js
     let server = format!("http://{}", running.addr);
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let mut agent = std::process::Command::new(&exe)
-        .args(["agent", "--server", &server, "--token", &op_key, "--name", "bench-node", "--region", "eu-1"])
+        .args(["agent", "--server", &server, "--name", "bench-node", "--region", "eu-1"])
+        .env("GPUCLOUD_AGENT_TOKEN", &op_key)
         .args(["--fake-gpus", &format!("A100-40GB:{per_round}"), "--metadata-port", "0", "--stop-grace-s", "5"])
         .args(["--interval-ms", &interval_ms.to_string(), "--state-dir"])
         .arg(dir.join("agent"))
@@ -529,7 +531,8 @@ fn warm(rounds: u32, interval_ms: u64, as_json: bool) -> Result<(), String> {
     let server = format!("http://{}", running.addr);
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let mut agent = std::process::Command::new(&exe)
-        .args(["agent", "--server", &server, "--token", &op_key, "--name", "bench-node", "--region", "eu-1"])
+        .args(["agent", "--server", &server, "--name", "bench-node", "--region", "eu-1"])
+        .env("GPUCLOUD_AGENT_TOKEN", &op_key)
         .args(["--fake-gpus", "A100-40GB:8", "--metadata-port", "0", "--interval-ms", &interval_ms.to_string()])
         .arg("--state-dir")
         .arg(&dir)

@@ -66,6 +66,10 @@ pub struct MonitorArgs {
     /// 0 turns the limit off [default: 100].
     #[arg(long, value_name = "PER_SECOND")]
     rate_limit: Option<f64>,
+    /// A network tenants' webhooks may reach although it is loopback, private or link-local
+    /// (refused otherwise), e.g. 10.1.2.0/24 for an internal alert relay. Repeat it for more.
+    #[arg(long, value_name = "CIDR")]
+    webhook_allow: Vec<String>,
 }
 
 impl MonitorArgs {
@@ -87,6 +91,9 @@ impl MonitorArgs {
                 return Err(format!("--gpu-temperature-alert must be 20 to 150 C, got {c}"));
             }
             m.temperature_alert_c = c;
+        }
+        for n in &self.webhook_allow {
+            config.webhook_allow.push(n.parse().map_err(|e| format!("--webhook-allow: {e}"))?);
         }
         match self.rate_limit {
             None => {}
@@ -407,8 +414,14 @@ pub struct AgentArgs {
     /// The gpucloud server's URL; several replicas' separated by commas (it fails over between them).
     #[arg(long, env = "GPUCLOUD_URL")]
     server: Option<String>,
-    /// An agent key (`gpucloud key create --scope agent`, as the operator) or an operator key.
-    #[arg(long, env = "GPUCLOUD_AGENT_TOKEN", hide_env_values = true)]
+    /// A file holding the agent key (`gpucloud key create --scope agent --node NAME`, as the
+    /// operator), e.g. /etc/gpucloud/agent.key (mode 0600). Or give the key in
+    /// GPUCLOUD_AGENT_TOKEN, or as `token` in the --config file; never on the command line,
+    /// where every local user reads it in /proc/PID/cmdline.
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// The key itself: from GPUCLOUD_AGENT_TOKEN or the --config file only.
+    #[arg(skip)]
     token: Option<String>,
     /// This node's name (default: the host name).
     #[arg(long)]
@@ -480,6 +493,7 @@ impl AgentArgs {
         Ok(AgentArgs {
             config: self.config,
             server: self.server.or(file.server),
+            token_file: self.token_file.or(file.token_file),
             token: self.token.or(file.token),
             name: self.name.or(file.name),
             region: self.region.or(file.region),
@@ -497,6 +511,26 @@ impl AgentArgs {
             image: self.image.or(file.image),
         })
     }
+}
+
+/// The agent key: from --token-file, GPUCLOUD_AGENT_TOKEN or the config file, in that order.
+/// The variable is removed from the agent's own environment once read, so nothing the agent
+/// starts can inherit it.
+fn agent_token(args: &AgentArgs) -> Result<String, String> {
+    let from_env = std::env::var("GPUCLOUD_AGENT_TOKEN").ok().filter(|t| !t.trim().is_empty());
+    // SAFETY: called on the main thread before the agent starts any thread of its own.
+    unsafe { std::env::remove_var("GPUCLOUD_AGENT_TOKEN") };
+    let token = match &args.token_file {
+        Some(path) => std::fs::read_to_string(path).map_err(|e| format!("--token-file {}: {e}", path.display()))?,
+        None => from_env
+            .or_else(|| args.token.clone())
+            .ok_or("no agent key: give --token-file PATH, GPUCLOUD_AGENT_TOKEN, or token in --config".to_string())?,
+    };
+    let token = token.trim().to_string();
+    if token.is_empty() {
+        return Err("the agent key is empty".into());
+    }
+    Ok(token)
 }
 
 pub fn agent(args: AgentArgs) -> Result<(), String> {
@@ -558,7 +592,7 @@ pub fn agent(args: AgentArgs) -> Result<(), String> {
     let region = args.region.as_deref().ok_or_else(|| missing("region", "--region", ""))?;
     let config = gpucloud_agent::Config {
         server: args.server.clone().ok_or_else(|| missing("server", "--server", ", GPUCLOUD_URL"))?,
-        token: args.token.clone().ok_or_else(|| missing("token", "--token", ", GPUCLOUD_AGENT_TOKEN"))?,
+        token: agent_token(&args)?,
         name,
         region: gpucloud_model::Region::parse(region).map_err(|e| e.to_string())?,
         state_dir,

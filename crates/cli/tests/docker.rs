@@ -29,7 +29,8 @@ fn an_instance_runs_as_a_container() {
     let state = root.join("agent");
     let _agent = Proc(
         Command::new(common::BIN)
-            .args(["agent", "--server", &url, "--token", &token, "--name", "box-1", "--region", "eu-1"])
+            .args(["agent", "--server", &url, "--name", "box-1", "--region", "eu-1"])
+            .env("GPUCLOUD_AGENT_TOKEN", &token)
             .args(["--fake-gpus", "A100-40GB:2", "--interval-ms", "100", "--stop-grace-s", "5"])
             .args(["--metadata-port", "0", "--address", "127.0.0.1", "--runtime", "docker", "--image", &image])
             .arg("--state-dir")

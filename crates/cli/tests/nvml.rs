@@ -45,9 +45,7 @@ fn the_nvml_backend_discovers_reports_and_caps_through_the_library() {
     fake_nvml(&root);
 
     // Discovery and one reading, as an operator checks a new host.
-    let probe = agent(&root, &["--server", "http://127.0.0.1:1", "--token", "x", "--region", "eu-1", "--probe"])
-        .output()
-        .unwrap();
+    let probe = agent(&root, &["--server", "http://127.0.0.1:1", "--region", "eu-1", "--probe"]).output().unwrap();
     let text = String::from_utf8_lossy(&probe.stdout);
     assert!(probe.status.success(), "{text}{}", String::from_utf8_lossy(&probe.stderr));
     assert!(text.contains("backend: nvml"), "{text}");
@@ -63,7 +61,8 @@ fn the_nvml_backend_discovers_reports_and_caps_through_the_library() {
     let (op, url) = serving(&out);
     let api = Api::new(&url);
     let _agent = Proc(
-        agent(&root, &["--server", &url, "--token", &op, "--name", "nvml-host", "--region", "eu-1"])
+        agent(&root, &["--server", &url, "--name", "nvml-host", "--region", "eu-1"])
+            .env("GPUCLOUD_AGENT_TOKEN", &op)
             .args(["--interval-ms", "100", "--stop-grace-s", "2", "--metadata-port", "0"])
             .arg("--state-dir")
             .arg(root.join("agent"))

@@ -199,3 +199,104 @@ fn agents_register_nodes_with_labels_that_select_them() {
     let nodes = s.get(&op, "/v1/nodes?label=rack%3Dr9").body;
     assert_eq!(nodes["nodes"][0]["labels"], json!({"rack": "r9"}), "{nodes}");
 }
+
+/// A stolen agent key speaks for its own node and no other: every agent route, found in the
+/// OpenAPI document so that a new one cannot be missed, refuses another node's business with 403
+/// and changes nothing.
+#[test]
+fn an_agent_key_speaks_only_for_its_own_node() {
+    let s = TestServer::start();
+    let op = s.operator_key.clone();
+    let mint = |name: &str, node: Option<&str>| {
+        let r = s.post(&op, "/v1/keys", Some(&json!({"name": name, "scope": "agent", "node": node})));
+        assert_eq!(r.status, 201, "{:?}", r.body);
+        r.body["api_key"].as_str().unwrap().to_string()
+    };
+    let r = s.post(&op, "/v1/keys", Some(&json!({"name": "x", "scope": "admin", "node": "host-a"})));
+    assert_eq!((r.status, r.body["field"].as_str()), (422, Some("node")), "only agent keys have a node");
+    let key_a = mint("host-a's", Some("host-a"));
+    let key_b = mint("first come", None);
+    let key_c = mint("spare", None);
+    let register = |key: &str, name: &str| {
+        let body = json!({"name": name, "region": "eu-1",
+            "gpus": [{"index": 0, "model": "L4", "uuid": format!("GPU-{name}-0")}]});
+        s.post(key, "/v1/agent/register", Some(&body))
+    };
+    let a = register(&key_a, "host-a");
+    assert_eq!(a.status, 201, "{:?}", a.body);
+    let (node_a, epoch_a) = (a.body["node_id"].as_str().unwrap().to_string(), a.body["epoch"].clone());
+    assert_eq!(register(&key_a, "host-z").status, 403, "a key minted for host-a registers host-a only");
+    let b = register(&key_b, "host-b");
+    assert_eq!(b.status, 201, "an unbound key takes the first new node it registers: {:?}", b.body);
+    let node_b = b.body["node_id"].as_str().unwrap().to_string();
+    assert_eq!(register(&key_b, "host-y").status, 403, "and is bound to it from then on");
+    let keys = s.get(&op, "/v1/keys").body;
+    assert!(keys["keys"].as_array().unwrap().iter().any(|k| k["node"] == "host-b"), "{keys}");
+    let r = register(&key_c, "host-a");
+    assert_eq!(r.status, 403, "a registered node needs its own key: {:?}", r.body);
+    assert!(r.body["detail"].as_str().unwrap().contains("--node host-a"), "{:?}", r.body);
+
+    // A workload of a tenant runs on host-a (the only L4 node).
+    let beat = |key: &str, node: &str, epoch: &serde_json::Value, instances: serde_json::Value| {
+        s.post(
+            key,
+            "/v1/agent/heartbeat",
+            Some(&json!({"node_id": node, "epoch": epoch, "instances": instances, "gpus": []})),
+        )
+    };
+    assert_eq!(beat(&key_a, &node_a, &epoch_a, json!([])).status, 200);
+    let tenant = s.tenant("victim");
+    let id = s.create(&tenant, "L4", 1, Some("eu-1"))["id"].as_str().unwrap().to_string();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let r = beat(&key_a, &node_a, &epoch_a, json!([]));
+        if r.body["instances"].as_array().unwrap().iter().any(|w| w["id"] == id.as_str()) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never placed on host-a: {:?}", r.body);
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let running = json!([{"id": id, "state": "running"}]);
+    assert_eq!(beat(&key_a, &node_a, &epoch_a, running.clone()).status, 200);
+    s.wait_state(&tenant, &id, "running");
+    let log = |key: &str, node: &str, data: &str| {
+        let body = json!({"node_id": node, "epoch": 1, "instance": id, "chunks": [{"seq": 1, "data": data}]});
+        s.post(key, "/v1/agent/logs", Some(&body))
+    };
+
+    // Every agent route, with host-b's key, about host-a and its workload.
+    let doc = s.get(&op, "/v1/openapi.json").body;
+    let routes: Vec<String> =
+        doc["paths"].as_object().unwrap().keys().filter(|p| p.starts_with("/v1/agent/")).cloned().collect();
+    assert!(routes.len() >= 3, "{routes:?}");
+    for route in &routes {
+        let r = match route.as_str() {
+            "/v1/agent/register" => register(&key_b, "host-a"),
+            "/v1/agent/heartbeat" => {
+                beat(&key_b, &node_a, &epoch_a, json!([{"id": id, "state": "failed", "exit_code": 1}]))
+            }
+            "/v1/agent/logs" => log(&key_b, &node_a, "forged by host-b"),
+            other => panic!("agent route {other} has no probe here: add one, so that it is attacked too"),
+        };
+        assert_eq!(r.status, 403, "{route}: {:?}", r.body);
+    }
+    // Its own node's name on a request about another node's instance changes nothing either.
+    assert_eq!(log(&key_b, &node_b, "forged as host-b's").status, 403);
+    let b_epoch = json!(1);
+    assert_eq!(beat(&key_b, &node_b, &b_epoch, json!([{"id": id, "state": "failed", "exit_code": 1}])).status, 200);
+    // A made-up node is refused the same way as another's: a stolen key learns nothing.
+    let r = beat(&key_b, "n-aaaaaaaaaaaaaaaa", &b_epoch, json!([]));
+    assert_eq!(r.status, 403, "{:?}", r.body);
+
+    // Nothing changed: host-a's agent still beats with its epoch, the workload runs, no forged line.
+    assert_eq!(beat(&key_a, &node_a, &epoch_a, running).status, 200);
+    assert_eq!(s.get(&tenant, &format!("/v1/instances/{id}")).body["state"], "running");
+    let logs = s.get(&tenant, &format!("/v1/instances/{id}/logs")).body;
+    assert_eq!(logs["chunks"], json!([]), "{logs}");
+    assert_eq!(log(&key_a, &node_a, "real output").status, 204);
+    // An agent fenced off by a newer registration is told so, but not the current epoch.
+    let r = beat(&key_a, &node_a, &json!(epoch_a.as_i64().unwrap() + 7), json!([]));
+    assert_eq!(r.status, 409, "{:?}", r.body);
+    let detail = r.body["detail"].as_str().unwrap();
+    assert!(detail.starts_with("fenced") && !detail.contains("epoch"), "{detail}");
+}

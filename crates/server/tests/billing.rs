@@ -227,7 +227,8 @@ fn webhook_sink() -> (String, std::sync::mpsc::Receiver<String>) {
 
 #[test]
 fn a_spent_budget_alerts_and_stops_instances() {
-    let s = TestServer::start();
+    // The test's receiver is on loopback, which only an operator's allow-list opens.
+    let s = TestServer::start_with(|c| c.webhook_allow = vec!["127.0.0.1/32".parse().unwrap()]);
     let key = s.tenant("acme");
     let (hook, received) = webhook_sink();
     // A budget smaller than the first minute's charge.
@@ -235,6 +236,8 @@ fn a_spent_budget_alerts_and_stops_instances() {
     let r = s.post(&key, "/v1/billing/budget", Some(&body));
     assert_eq!(r.status, 200, "{:?}", r.body);
     assert_eq!(r.body["thresholds"], json!([50, 80, 100]));
+    let secret = r.body["webhook_secret"].as_str().expect("the tenant gets its signing secret").to_string();
+    assert!(secret.starts_with("whsec_"), "{secret}");
     let id = s.create(&key, "T4", 1, Some("eu-1"))["id"].as_str().unwrap().to_string();
     let stopped = s.wait_state(&key, &id, "stopped");
     assert_eq!(stopped["gpus"], json!([]), "stopped, not deleted: it can start again later");
@@ -244,6 +247,16 @@ fn a_spent_budget_alerts_and_stops_instances() {
     assert!(kinds.contains(&"instance_stopped"));
     let first = received.recv_timeout(Duration::from_secs(5)).expect("webhook called");
     assert!(first.starts_with("POST /hook") && first.contains("\"kind\""), "{first}");
+    // The receiver can verify the request: HMAC-SHA256 of "t.body" under the tenant's secret.
+    let header = first
+        .lines()
+        .find_map(|l| l.to_ascii_lowercase().starts_with("gpucloud-signature:").then(|| l[19..].trim().to_string()))
+        .expect("a signed request");
+    let (t, v1) = header.split_once(",v1=").unwrap();
+    let t: i64 = t.strip_prefix("t=").unwrap().parse().unwrap();
+    let body = &first[first.find("\r\n\r\n").unwrap() + 4..];
+    assert_eq!(gpucloud_server::app::outbound::signature(&secret, t, body.as_bytes()), header);
+    assert_eq!(v1.len(), 64);
 
     let again = s.post(&key, "/v1/instances", Some(&json!({"gpu": "T4", "count": 1, "command": "x"})));
     assert_eq!((again.status, again.body["code"].as_str()), (402, Some("payment_required")));
@@ -281,4 +294,24 @@ fn prepaid_instances_stop_before_the_balance_goes_negative() {
     assert_eq!(balance, Money(10_000 - 5_833), "charged the 60 s minimum of 0.35/h exactly");
     let alerts = s.get(&key, "/v1/alerts").body;
     assert!(alerts["alerts"][0]["message"].as_str().unwrap().contains("prepaid balance"), "{alerts}");
+}
+
+#[test]
+fn webhooks_to_internal_addresses_are_refused_naming_the_rule() {
+    let s = TestServer::start();
+    let key = s.tenant("acme");
+    for (url, rule) in [
+        ("http://127.0.0.1:9000/hook", "loopback"),
+        ("http://169.254.169.254/latest/meta-data", "link-local"),
+        ("http://10.0.0.1/hook", "private"),
+        ("http://[::1]:8080/", "loopback"),
+        ("http://[::ffff:10.0.0.1]/", "private"),
+        ("http://localhost:7080/v1/tenants", "loopback"),
+    ] {
+        let r = s.post(&key, "/v1/billing/budget", Some(&json!({"monthly_limit": "5", "webhook_url": url})));
+        assert_eq!((r.status, r.body["field"].as_str()), (422, Some("webhook_url")), "{url}: {:?}", r.body);
+        let detail = r.body["detail"].as_str().unwrap();
+        assert!(detail.contains(rule) && detail.contains("--webhook-allow"), "{url}: {detail}");
+    }
+    assert_eq!(s.get(&key, "/v1/billing/budget").body["webhook_url"], json!(null), "nothing was stored");
 }

@@ -14,14 +14,21 @@ pub trait AccessStore: Send + Sync {
     async fn get_api_key(&self, id: &ApiKeyId) -> Result<Option<ApiKey>>;
     /// Revokes a key once; false if it was revoked already or does not exist.
     async fn revoke_api_key(&self, id: &ApiKeyId, at: Timestamp) -> Result<bool>;
+    /// Binds an unbound agent key to the node named `node`, unless another live key is bound
+    /// to it already; false when the key was bound meanwhile or the node is another key's.
+    async fn bind_agent_key(&self, id: &ApiKeyId, node: &str) -> Result<bool>;
+    /// The node an instance runs on, or last ran on.
+    async fn instance_ran_on(&self, id: &gpucloud_model::InstanceId) -> Result<Option<gpucloud_model::NodeId>>;
+    /// The id of the node called `name`, if one is registered.
+    async fn node_named(&self, name: &str) -> Result<Option<gpucloud_model::NodeId>>;
     async fn insert_audit(&self, entry: &AuditEntry) -> Result<()>;
     /// The latest entries since `since` (of one tenant, or all), newest first, at most `limit`.
     async fn list_audit(&self, tenant: Option<&TenantId>, since: Timestamp, limit: u32) -> Result<Vec<AuditEntry>>;
 }
 
-const KEY_COLUMNS: &str = "id, prefix, hash, created_at, name, scope, revoked_at, tenant_id";
+const KEY_COLUMNS: &str = "id, prefix, hash, created_at, name, scope, revoked_at, node_name, tenant_id";
 
-/// A key from `id, prefix, hash, created_at, name, scope, revoked_at` starting at column `at`.
+/// A key from `id, prefix, hash, created_at, name, scope, revoked_at, node_name` starting at column `at`.
 pub(crate) fn key_from_row(r: &AnyRow, at: usize, tenant_id: TenantId) -> Result<ApiKey> {
     let t = "api_keys";
     let revoked: Option<i64> = r.try_get(at + 6)?;
@@ -34,11 +41,12 @@ pub(crate) fn key_from_row(r: &AnyRow, at: usize, tenant_id: TenantId) -> Result
         name: r.try_get(at + 4)?,
         scope: parse::<KeyScope>(t, &r.try_get::<String, _>(at + 5)?)?,
         revoked_at: revoked.map(Timestamp),
+        node: r.try_get(at + 7)?,
     })
 }
 
 fn key_row(r: &AnyRow) -> Result<ApiKey> {
-    let tenant = parse::<TenantId>("api_keys", &r.try_get::<String, _>(7)?)?;
+    let tenant = parse::<TenantId>("api_keys", &r.try_get::<String, _>(8)?)?;
     key_from_row(r, 0, tenant)
 }
 
@@ -68,6 +76,34 @@ impl AccessStore for SqlStore {
             .execute(&self.pool)
             .await?;
         Ok(r.rows_affected() == 1)
+    }
+
+    async fn bind_agent_key(&self, id: &ApiKeyId, node: &str) -> Result<bool> {
+        let r = sqlx::query(
+            "UPDATE api_keys SET node_name = $1 WHERE id = $2 AND node_name IS NULL AND scope = 'agent' \
+             AND NOT EXISTS (SELECT 1 FROM api_keys o WHERE o.node_name = $3 AND o.revoked_at IS NULL)",
+        )
+        .bind(node)
+        .bind(id.to_string())
+        .bind(node)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn instance_ran_on(&self, id: &gpucloud_model::InstanceId) -> Result<Option<gpucloud_model::NodeId>> {
+        let node: Option<Option<String>> =
+            sqlx::query_scalar("SELECT COALESCE(node_id, ran_on) FROM instances WHERE id = $1")
+                .bind(id.to_string())
+                .fetch_optional(&self.pool)
+                .await?;
+        node.flatten().map(|n| parse("instances", &n)).transpose()
+    }
+
+    async fn node_named(&self, name: &str) -> Result<Option<gpucloud_model::NodeId>> {
+        let id: Option<String> =
+            sqlx::query_scalar("SELECT id FROM nodes WHERE name = $1").bind(name).fetch_optional(&self.pool).await?;
+        id.map(|id| parse("nodes", &id)).transpose()
     }
 
     async fn insert_audit(&self, e: &AuditEntry) -> Result<()> {

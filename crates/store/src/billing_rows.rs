@@ -132,8 +132,8 @@ pub(crate) fn invoice_from_row(r: &AnyRow) -> Result<StoredInvoice> {
     })
 }
 
-pub(crate) const TB_COLUMNS: &str =
-    "tenant_id, prepaid, budget_micros, thresholds, action, webhook_url, idle_percent, idle_minutes, idle_stop";
+pub(crate) const TB_COLUMNS: &str = "tenant_id, prepaid, budget_micros, thresholds, action, webhook_url, idle_percent, idle_minutes, idle_stop, \
+     webhook_secret";
 
 pub(crate) fn tenant_billing_from_row(r: &AnyRow) -> Result<TenantBilling> {
     let t = "tenant_billing";
@@ -155,6 +155,7 @@ pub(crate) fn tenant_billing_from_row(r: &AnyRow) -> Result<TenantBilling> {
             minutes: r.try_get::<i64, _>(7)?.clamp(1, i64::from(u32::MAX)) as u32,
             auto_stop: r.try_get::<i64, _>(8)? != 0,
         },
+        webhook_secret: r.try_get(9)?,
     })
 }
 

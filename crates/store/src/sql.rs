@@ -244,8 +244,8 @@ impl Store for SqlStore {
 
     async fn insert_api_key(&self, k: &ApiKey) -> Result<()> {
         sqlx::query(
-            "INSERT INTO api_keys (id, tenant_id, prefix, hash, created_at, name, scope, revoked_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            "INSERT INTO api_keys (id, tenant_id, prefix, hash, created_at, name, scope, revoked_at, node_name) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
         .bind(k.id.to_string())
         .bind(k.tenant_id.to_string())
@@ -255,6 +255,7 @@ impl Store for SqlStore {
         .bind(&k.name)
         .bind(k.scope.as_str())
         .bind(k.revoked_at.map(|t| t.0))
+        .bind(k.node.as_deref())
         .execute(&self.pool)
         .await
         .map_err(|e| unique_violation(e, "api key"))?;
@@ -263,7 +264,7 @@ impl Store for SqlStore {
 
     async fn find_api_key(&self, hash: &str) -> Result<Option<(ApiKey, Tenant)>> {
         let row = sqlx::query(
-            "SELECT t.id, t.name, t.role, t.created_at, k.id, k.prefix, k.hash, k.created_at, k.name, k.scope, k.revoked_at \
+            "SELECT t.id, t.name, t.role, t.created_at, k.id, k.prefix, k.hash, k.created_at, k.name, k.scope, k.revoked_at, k.node_name \
              FROM api_keys k JOIN tenants t ON t.id = k.tenant_id WHERE k.hash = $1 AND k.revoked_at IS NULL",
         )
         .bind(hash)
@@ -493,7 +494,7 @@ impl Store for SqlStore {
                     .execute(&mut *tx)
                     .await?;
                 sqlx::query(
-                    "UPDATE instances SET state = 'lost', stop_target = NULL, node_id = NULL, \
+                    "UPDATE instances SET state = 'lost', stop_target = NULL, ran_on = node_id, node_id = NULL, \
                      generation = generation + 1, updated_at = $1 WHERE id = $2",
                 )
                 .bind(now.0)
@@ -613,6 +614,7 @@ impl Store for SqlStore {
         // A run's preemption notice and start belong to that run: a new one starts clean.
         let updated = sqlx::query(
             "UPDATE instances SET state = $1, stop_target = $2, exit_code = COALESCE($3, exit_code), \
+             ran_on = COALESCE(node_id, ran_on), \
              node_id = CASE WHEN $4 = 1 THEN node_id ELSE NULL END, generation = generation + 1, updated_at = $5, \
              running_since = CASE WHEN $4 = 0 THEN NULL WHEN $8 = 1 AND running_since IS NULL THEN $5 \
              ELSE running_since END, \
@@ -949,9 +951,9 @@ impl Store for SqlStore {
     async fn set_tenant_billing(&self, b: &TenantBilling) -> Result<()> {
         let thresholds: Vec<String> = b.thresholds.iter().map(u32::to_string).collect();
         sqlx::query(&format!(
-            "INSERT INTO tenant_billing ({TB_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (tenant_id) DO UPDATE SET \
+            "INSERT INTO tenant_billing ({TB_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (tenant_id) DO UPDATE SET \
              prepaid = $2, budget_micros = $3, thresholds = $4, action = $5, webhook_url = $6, idle_percent = $7, \
-             idle_minutes = $8, idle_stop = $9"
+             idle_minutes = $8, idle_stop = $9, webhook_secret = $10"
         ))
         .bind(b.tenant_id.to_string())
         .bind(b.prepaid as i64)
@@ -962,6 +964,7 @@ impl Store for SqlStore {
         .bind(i64::from(b.idle.below_percent))
         .bind(i64::from(b.idle.minutes))
         .bind(b.idle.auto_stop as i64)
+        .bind(b.webhook_secret.clone())
         .execute(&self.pool)
         .await?;
         Ok(())

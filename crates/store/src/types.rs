@@ -24,6 +24,8 @@ pub struct ApiKey {
     pub scope: KeyScope,
     /// A revoked key authenticates nothing, on every replica, from the next request.
     pub revoked_at: Option<Timestamp>,
+    /// An agent key's node (by name): the only node it may register, beat and ship logs for.
+    pub node: Option<String>,
 }
 
 /// What a key may do within its tenant's rights.
@@ -395,6 +397,8 @@ pub struct TenantBilling {
     pub action: BudgetAction,
     pub webhook_url: Option<String>,
     pub idle: IdlePolicy,
+    /// Signs each webhook request (HMAC-SHA256) so the receiver can tell it came from here.
+    pub webhook_secret: Option<String>,
 }
 
 /// When an instance counts as idle: every GPU it holds under `below_percent` utilization for
@@ -423,6 +427,7 @@ impl TenantBilling {
             action: BudgetAction::Notify,
             webhook_url: None,
             idle: IdlePolicy::default(),
+            webhook_secret: None,
         }
     }
 }

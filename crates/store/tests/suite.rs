@@ -207,6 +207,7 @@ async fn tenants_and_keys(s: Arc<dyn Store>) {
         name: "ci".into(),
         scope: KeyScope::Admin,
         revoked_at: None,
+        node: None,
     };
     s.insert_api_key(&key).await.unwrap();
     let reader = ApiKey {
@@ -233,6 +234,32 @@ async fn tenants_and_keys(s: Arc<dyn Store>) {
         vec![("ci", None), ("dashboard", Some(ts(10)))]
     );
     assert_eq!(s.get_api_key(&key.id).await.unwrap(), Some(key.clone()));
+
+    // Agent keys: bound to one node, once; a node another live key holds cannot be taken.
+    let agent = |hash: &str, node: Option<&str>| ApiKey {
+        id: ApiKeyId::from_random(rand::random()),
+        hash: hash.into(),
+        name: format!("agent {hash}"),
+        scope: KeyScope::Agent,
+        node: node.map(str::to_string),
+        ..key.clone()
+    };
+    let minted = agent("h3", Some("gpu-1"));
+    let (a, b) = (agent("h4", None), agent("h5", None));
+    for k in [&minted, &a, &b] {
+        s.insert_api_key(k).await.unwrap();
+    }
+    assert_eq!(s.find_api_key("h3").await.unwrap().unwrap().0.node.as_deref(), Some("gpu-1"));
+    assert!(!s.bind_agent_key(&a.id, "gpu-1").await.unwrap(), "gpu-1 is the minted key's");
+    assert!(s.bind_agent_key(&a.id, "gpu-2").await.unwrap());
+    assert!(!s.bind_agent_key(&a.id, "gpu-3").await.unwrap(), "a key binds once");
+    assert!(!s.bind_agent_key(&b.id, "gpu-2").await.unwrap());
+    assert!(!s.bind_agent_key(&key.id, "gpu-4").await.unwrap(), "only agent keys bind");
+    assert_eq!(s.get_api_key(&a.id).await.unwrap().unwrap().node.as_deref(), Some("gpu-2"));
+    // Once the holder is revoked, the node's name is free for a new key.
+    s.revoke_api_key(&a.id, ts(12)).await.unwrap();
+    assert!(s.bind_agent_key(&b.id, "gpu-2").await.unwrap());
+    assert_eq!(s.node_named("nowhere").await.unwrap(), None);
 
     // The audit log: newest first, per tenant or all, and append-only.
     let entry = |id: &str, at: i64, tenant: &TenantId| AuditEntry {

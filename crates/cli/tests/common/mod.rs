@@ -173,7 +173,8 @@ impl Api {
 pub fn start_agent(url: &str, key: &str, name: &str, state: &Path, gpus: &str) -> Proc {
     Proc(
         Command::new(BIN)
-            .args(["agent", "--server", url, "--token", key, "--name", name, "--region", "eu-1"])
+            .args(["agent", "--server", url, "--name", name, "--region", "eu-1"])
+            .env("GPUCLOUD_AGENT_TOKEN", key)
             .args(["--fake-gpus", gpus, "--interval-ms", "100", "--stop-grace-s", "2", "--metadata-port", "0"])
             .arg("--state-dir")
             .arg(state)

@@ -84,10 +84,10 @@ impl AgentApi for App {
             .ok_or_else(|| AppError::NotFound { kind: "node", id: node.to_string() })?;
         let recorded = match report.epoch {
             None => self.store.record_heartbeat(node, self.now()).await?,
+            // The current epoch stays out of the answer: it would let a caller forge a current beat.
             Some(epoch) if current.epoch != epoch => {
                 return Err(AppError::Conflict(format!(
-                    "fenced: node {node} was registered again (epoch {} > {epoch}); this agent must stop and re-register",
-                    current.epoch
+                    "fenced: node {node} was registered again; this agent must stop and re-register"
                 )));
             }
             Some(epoch) => self.store.record_agent_heartbeat(node, epoch, self.now()).await?,
@@ -217,7 +217,49 @@ pub fn check_labels(labels: &std::collections::BTreeMap<String, String>) -> Resu
 }
 
 impl App {
-    /// Registers (or re-registers) the node an agent runs on. Operators' keys only for now.
+    /// The node `node` if `by` may speak for it: an operator's own key for any node, an agent key
+    /// for the node it is bound to only. Another node, or one that does not exist, is a 403 for an
+    /// agent key, so that a stolen key learns nothing about the fleet.
+    pub async fn agent_node(&self, by: &super::Principal, node: &NodeId) -> Result<gpucloud_store::Node, AppError> {
+        by.require_operator()?;
+        let found = self.store.get_node(node).await?;
+        if by.scope == gpucloud_store::KeyScope::Agent {
+            let ours = found.as_ref().is_some_and(|n| by.node.as_deref() == Some(n.name.as_str()));
+            if !ours {
+                return Err(AppError::Forbidden(match &by.node {
+                    Some(name) => format!("agent key {} speaks for node '{name}' only", by.key_prefix),
+                    None => format!("agent key {} has registered no node yet", by.key_prefix),
+                }));
+            }
+        }
+        found.ok_or_else(|| AppError::NotFound { kind: "node", id: node.to_string() })
+    }
+
+    /// Who may (re-)register the node called `name`: an operator's own key, any node; an agent
+    /// key bound to `name`; an unbound agent key a node that is not registered yet, which binds
+    /// the key to it. Re-registering fences the node's running agent, so taking over a
+    /// registered node needs that node's own key.
+    async fn may_register(&self, by: &super::Principal, name: &str) -> Result<(), AppError> {
+        if by.scope != gpucloud_store::KeyScope::Agent {
+            return Ok(());
+        }
+        let refused = |why: String| Err(AppError::Forbidden(why));
+        match &by.node {
+            Some(bound) if bound == name => Ok(()),
+            Some(bound) => refused(format!("agent key {} speaks for node '{bound}' only, not '{name}'", by.key_prefix)),
+            None if self.store.node_named(name).await?.is_some() => refused(format!(
+                "node '{name}' is registered: only its own agent key (key create --scope agent --node {name}) \
+                 or an operator's key may register it again"
+            )),
+            None if self.store.bind_agent_key(&by.key_id, name).await? => {
+                tracing::info!(key = %by.key_prefix, node = name, "agent key bound to its first node");
+                Ok(())
+            }
+            None => refused(format!("node '{name}' belongs to another agent key")),
+        }
+    }
+
+    /// Registers (or re-registers) the node an agent runs on: see [`App::may_register`] for who may.
     pub async fn register_agent(
         &self,
         by: &super::Principal,
@@ -230,6 +272,7 @@ impl App {
         by.require_operator()?;
         check_labels(&labels)?;
         super::nodes::check_node_name(name)?;
+        self.may_register(by, name).await?;
         if gpus.is_empty() || gpus.len() > 16 {
             return Err(AppError::invalid("gpus", "a node has 1 to 16 GPUs"));
         }
@@ -274,17 +317,14 @@ impl App {
         instance: &InstanceId,
         chunks: Vec<(i64, String)>,
     ) -> Result<(), AppError> {
-        by.require_operator()?;
-        let current = self
-            .store
-            .get_node(node)
-            .await?
-            .ok_or_else(|| AppError::NotFound { kind: "node", id: node.to_string() })?;
+        let current = self.agent_node(by, node).await?;
         if current.epoch != epoch {
-            return Err(AppError::Conflict(format!("fenced: node {node} has epoch {}", current.epoch)));
+            return Err(AppError::Conflict(format!("fenced: node {node} was registered again")));
         }
-        if self.store.get_instance(None, instance).await?.is_none() {
-            return Err(AppError::NotFound { kind: "instance", id: instance.to_string() });
+        // Only output of a workload that runs (or last ran) on this node: another node's
+        // instance is refused like a missing one.
+        if self.store.instance_ran_on(instance).await?.as_ref() != Some(node) {
+            return Err(AppError::Forbidden(format!("instance {instance} does not run on node {node}")));
         }
         let now = self.now();
         let chunks: Vec<gpucloud_store::LogChunk> =

@@ -10,6 +10,8 @@ pub struct Principal {
     pub key_id: ApiKeyId,
     pub key_prefix: String,
     pub scope: gpucloud_store::KeyScope,
+    /// An agent key's node (by name), once bound: the only node it speaks for.
+    pub node: Option<String>,
 }
 
 impl Principal {
@@ -40,6 +42,6 @@ impl App {
             .filter(|k| k.starts_with("gpc_"))
             .ok_or(AppError::Unauthenticated)?;
         let (key, tenant) = self.store.find_api_key(&hash_key(key)).await?.ok_or(AppError::BadKey)?;
-        Ok(Principal { tenant, key_id: key.id, key_prefix: key.prefix, scope: key.scope })
+        Ok(Principal { tenant, key_id: key.id, key_prefix: key.prefix, scope: key.scope, node: key.node })
     }
 }

@@ -36,12 +36,18 @@ impl App {
             None => BudgetAction::Notify,
             Some(a) => a.parse().map_err(|_| AppError::invalid("action", "action is notify or checkpoint-and-stop"))?,
         };
-        if let Some(url) = &webhook_url
-            && (!(url.starts_with("http://") || url.starts_with("https://")) || url.len() > 2000)
-        {
-            return Err(AppError::invalid("webhook_url", "webhook_url must be an http:// or https:// URL"));
+        if let Some(url) = &webhook_url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() > 2000 {
+                return Err(AppError::invalid("webhook_url", "webhook_url must be an http:// or https:// URL"));
+            }
+            super::outbound::check_url(url, &self.config.webhook_allow)
+                .await
+                .map_err(|why| AppError::invalid("webhook_url", why))?;
         }
         let mut settings = self.store.tenant_billing(&by.tenant.id).await?;
+        if webhook_url.is_some() && settings.webhook_secret.is_none() {
+            settings.webhook_secret = Some(format!("whsec_{:032x}", random_bits()));
+        }
         settings.monthly_budget = monthly_limit;
         settings.thresholds = thresholds;
         settings.action = action;
@@ -148,24 +154,45 @@ impl App {
         if self.store.raise_alert(&alert).await? {
             tracing::warn!(tenant = %alert.tenant_id, kind, message = %alert.message, "alert");
             if let Some(url) = b.webhook_url.clone() {
-                send_webhook(url, &alert);
+                let secret = b.webhook_secret.clone().unwrap_or_default();
+                send_webhook(url, secret, self.config.webhook_allow.clone(), &alert);
             }
         }
         Ok(())
     }
 }
 
-/// Best effort, off the reconciler's path: a slow or dead receiver never delays billing.
-fn send_webhook(url: String, alert: &Alert) {
+/// Best effort, off the reconciler's path: a slow or dead receiver never delays billing. The
+/// host is resolved and checked again at sending (its addresses may have changed since the URL
+/// was set), and the request is signed with the tenant's secret.
+fn send_webhook(url: String, secret: String, allow: Vec<super::outbound::Net>, alert: &Alert) {
     let body = serde_json::json!({
         "id": alert.id, "tenant": alert.tenant_id.to_string(), "kind": alert.kind,
         "message": alert.message, "created_at": gpucloud_api::rfc3339(alert.created_at),
     })
     .to_string();
-    tokio::task::spawn_blocking(move || {
-        let agent: ureq::Agent =
-            ureq::Agent::config_builder().timeout_global(Some(std::time::Duration::from_secs(5))).build().into();
-        if let Err(e) = agent.post(&url).header("Content-Type", "application/json").send(body.as_bytes()) {
+    let signature = super::outbound::signature(&secret, alert.created_at.0.div_euclid(1000), body.as_bytes());
+    tokio::spawn(async move {
+        if let Err(why) = super::outbound::check_url(&url, &allow).await {
+            return tracing::warn!(url, %why, "alert webhook not sent");
+        }
+        let sent = tokio::task::spawn_blocking(move || {
+            let agent: ureq::Agent = ureq::Agent::config_builder()
+                .timeout_global(Some(std::time::Duration::from_secs(5)))
+                // A redirect could lead anywhere the check above refused.
+                .max_redirects(0)
+                .build()
+                .into();
+            agent
+                .post(&url)
+                .header("Content-Type", "application/json")
+                .header("Gpucloud-Signature", &signature)
+                .send(body.as_bytes())
+                .map(|_| ())
+                .map_err(|e| (url, e))
+        })
+        .await;
+        if let Ok(Err((url, e))) = sent {
             tracing::warn!(url, error = %e, "alert webhook failed");
         }
     });

@@ -14,6 +14,7 @@ pub mod leader;
 pub mod market;
 pub mod monitoring;
 pub mod obs;
+pub mod outbound;
 pub mod pools;
 pub mod ratelimit;
 pub mod reservations;
@@ -58,6 +59,8 @@ pub struct Config {
     pub replica: Option<String>,
     /// Per-key request rate (None: unlimited).
     pub rate_limit: Option<ratelimit::RateLimit>,
+    /// Networks tenants' webhooks may reach although they are loopback, private or link-local.
+    pub webhook_allow: Vec<outbound::Net>,
 }
 
 /// The spot market's settings (see `billing::spot` for the price formula).
@@ -144,6 +147,7 @@ impl Default for Config {
             lease_ttl: Duration::from_secs(3),
             replica: None,
             rate_limit: Some(ratelimit::RateLimit::default()),
+            webhook_allow: Vec::new(),
         }
     }
 }

@@ -41,16 +41,34 @@ impl App {
         self.mint_key_for(tenant).await
     }
 
-    /// A tenant admin gives a member a key of its own tenant: named, admin or read-only.
-    pub async fn create_member_key(&self, by: &Principal, name: &str, scope: &str) -> Result<NewKey, AppError> {
+    /// A tenant admin gives a member a key of its own tenant: named, admin or read-only. An
+    /// operator's agent key may be bound to a node (by name) here; otherwise its first
+    /// registration binds it.
+    pub async fn create_member_key(
+        &self,
+        by: &Principal,
+        name: &str,
+        scope: &str,
+        node: Option<&str>,
+    ) -> Result<NewKey, AppError> {
         let scope: KeyScope = scope.parse().map_err(|e: String| AppError::invalid("scope", e))?;
         if scope == KeyScope::Agent && by.tenant.role != gpucloud_model::Role::Operator {
             return Err(AppError::Forbidden("agent keys register GPU nodes: only an operator can make one".into()));
         }
+        if by.scope == KeyScope::Agent {
+            return Err(AppError::Forbidden("an agent key cannot make keys".into()));
+        }
         if name.is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
             return Err(AppError::invalid("name", "a key name is 1 to 64 printable characters"));
         }
-        self.mint_key(by.tenant.clone(), name, scope).await
+        if let Some(n) = node {
+            if scope != KeyScope::Agent {
+                return Err(AppError::invalid("node", "only an agent key (scope agent) is bound to a node"));
+            }
+            super::nodes::check_node_name(n)
+                .map_err(|_| AppError::invalid("node", "a node name has 1 to 64 letters, digits, '-', '.' or '_'"))?;
+        }
+        self.mint_key(by.tenant.clone(), name, scope, node).await
     }
 
     /// The caller's tenant's keys (never their secrets).
@@ -103,10 +121,16 @@ impl App {
     }
 
     pub(crate) async fn mint_key_for(&self, tenant: Tenant) -> Result<NewKey, AppError> {
-        self.mint_key(tenant, "", KeyScope::Admin).await
+        self.mint_key(tenant, "", KeyScope::Admin, None).await
     }
 
-    async fn mint_key(&self, tenant: Tenant, name: &str, scope: KeyScope) -> Result<NewKey, AppError> {
+    async fn mint_key(
+        &self,
+        tenant: Tenant,
+        name: &str,
+        scope: KeyScope,
+        node: Option<&str>,
+    ) -> Result<NewKey, AppError> {
         const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
         let body: String = {
             let mut rng = rand::rng();
@@ -123,6 +147,7 @@ impl App {
             name: name.to_string(),
             scope,
             revoked_at: None,
+            node: node.map(str::to_string),
         };
         self.store.insert_api_key(&key).await?;
         Ok(NewKey { id: key.id, tenant, prefix, secret })

@@ -19,6 +19,7 @@ fn info(k: gpucloud_store::ApiKey) -> gpucloud_api::ApiKeyInfo {
         scope: k.scope.as_str().to_string(),
         created_at: rfc3339(k.created_at),
         revoked_at: k.revoked_at.map(rfc3339),
+        node: k.node,
     }
 }
 
@@ -31,7 +32,8 @@ pub async fn create(
     Auth(p): Auth,
     ApiJson(req): ApiJson<gpucloud_api::CreateKeyRequest>,
 ) -> Result<(StatusCode, Json<ApiKeyCreated>), ApiError> {
-    let key = app.create_member_key(&p, &req.name, req.scope.as_deref().unwrap_or("admin")).await?;
+    let key =
+        app.create_member_key(&p, &req.name, req.scope.as_deref().unwrap_or("admin"), req.node.as_deref()).await?;
     Ok((StatusCode::CREATED, Json(convert::new_key(key))))
 }
 

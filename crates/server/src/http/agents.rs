@@ -1,5 +1,6 @@
 //! The node agent's side of the API: register, heartbeat (report and get desired workloads), ship
-//! logs. Authenticated with an operator key for now.
+//! logs. An agent key speaks for its own node only (`App::agent_node`, `App::may_register`); an
+//! operator's own key for any.
 
 use super::error::ApiError;
 use super::extract::{ApiJson, Auth};
@@ -52,7 +53,7 @@ pub async fn heartbeat(
     Auth(p): Auth,
     ApiJson(req): ApiJson<AgentHeartbeat>,
 ) -> Result<Json<AgentDesired>, ApiError> {
-    p.require_operator()?;
+    app.agent_node(&p, &node_id(&req.node_id)?).await?;
     let mut instances = Vec::new();
     let mut checkpoints = Vec::new();
     let mut ports = Vec::new();

@@ -279,12 +279,19 @@ pub async fn close_month(
     Ok(Json(gpucloud_api::CloseMonthResult { month: req.month, closed }))
 }
 
-fn budget(b: gpucloud_store::TenantBilling, month_usage: Money) -> gpucloud_api::Budget {
+/// A tenant's budget; its webhook secret only for that tenant's own admin keys (`own` the caller).
+fn budget(
+    own: Option<&crate::app::Principal>,
+    b: gpucloud_store::TenantBilling,
+    month_usage: Money,
+) -> gpucloud_api::Budget {
+    let show_secret = own.is_some_and(|p| p.scope == gpucloud_store::KeyScope::Admin && p.tenant.id == b.tenant_id);
     gpucloud_api::Budget {
         monthly_limit: b.monthly_budget,
         thresholds: b.thresholds,
         action: b.action.as_str().to_string(),
         webhook_url: b.webhook_url,
+        webhook_secret: b.webhook_secret.filter(|_| show_secret),
         prepaid: b.prepaid,
         month_usage,
     }
@@ -294,7 +301,7 @@ fn budget(b: gpucloud_store::TenantBilling, month_usage: Money) -> gpucloud_api:
 #[utoipa::path(get, path = "/v1/billing/budget", tag = "billing", responses((status = 200, body = gpucloud_api::Budget)), security(("bearer" = [])))]
 pub async fn get_budget(State(app): State<Arc<App>>, Auth(p): Auth) -> Result<Json<gpucloud_api::Budget>, ApiError> {
     let (b, used) = app.tenant_billing(&p).await?;
-    Ok(Json(budget(b, used)))
+    Ok(Json(budget(Some(&p), b, used)))
 }
 
 /// Set the caller's monthly budget: alert thresholds, the action at the cap, a webhook.
@@ -307,7 +314,7 @@ pub async fn set_budget(
 ) -> Result<Json<gpucloud_api::Budget>, ApiError> {
     app.set_budget(&p, req.monthly_limit, req.thresholds, req.action.as_deref(), req.webhook_url).await?;
     let (b, used) = app.tenant_billing(&p).await?;
-    Ok(Json(budget(b, used)))
+    Ok(Json(budget(Some(&p), b, used)))
 }
 
 /// Make a tenant prepaid or invoiced (operator).
@@ -321,7 +328,7 @@ pub async fn set_tenant_billing(
     ApiJson(req): ApiJson<gpucloud_api::TenantBillingRequest>,
 ) -> Result<Json<gpucloud_api::Budget>, ApiError> {
     let b = app.set_prepaid(&p, &id, req.prepaid).await?;
-    Ok(Json(budget(b, Money::ZERO)))
+    Ok(Json(budget(None, b, Money::ZERO)))
 }
 
 /// Alerts raised for the caller: budget thresholds, instances stopped for money or as idle, idle
