@@ -4,13 +4,15 @@
 # host's static busybox (a shell and the usual tools). Runs as root; changes nothing if both
 # are already there.
 set -euo pipefail
-IMAGE="${1:-gpucloud-test-busybox:1}"
+IMAGE="${1:-gpucloud-test-busybox:2}"
 quiet_install() { apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null; }
 
 command -v dockerd >/dev/null || quiet_install docker.io
 if ! docker info >/dev/null 2>&1; then
-  # No bridge and no iptables: workloads use the host's network, as the agent runs them.
-  (dockerd --iptables=false --ip6tables=false --bridge=none >/tmp/gpucloud-dockerd.log 2>&1 &)
+  # With bridges and iptables: each workload container gets a network namespace of its own on
+  # the agent's `gpucloud` bridge, where containers cannot reach one another.
+  command -v iptables >/dev/null || quiet_install iptables
+  (dockerd >/tmp/gpucloud-dockerd.log 2>&1 &)
   for _ in $(seq 1 60); do docker info >/dev/null 2>&1 && break; sleep 0.5; done
   docker info >/dev/null 2>&1 || { tail -20 /tmp/gpucloud-dockerd.log >&2; echo "dockerd did not start" >&2; exit 1; }
 fi
@@ -23,6 +25,8 @@ if ! docker image inspect "$IMAGE" >/dev/null 2>&1; then
   fi
   root=$(mktemp -d)
   mkdir -p "$root/bin" "$root/tmp" "$root/var/log"
+  # As in any distribution image: /tmp is everyone's (sticky), so a non-root workload can use it.
+  chmod 1777 "$root/tmp"
   cp "$bb" "$root/bin/busybox"
   for applet in $("$bb" --list); do
     [ "$applet" = busybox ] || ln -s busybox "$root/bin/$applet"

@@ -38,6 +38,9 @@ pub struct Config {
     pub ports: Option<std::ops::RangeInclusive<u16>>,
     /// Run workloads as containers of this image (the Docker runtime) rather than processes.
     pub docker_image: Option<String>,
+    /// What the operator changed of how containers are confined (by default: user 1000:1000,
+    /// each GPU with its share of this host's CPUs and memory).
+    pub confine: docker::Overrides,
     /// What the node is registered with besides its region.
     pub labels: std::collections::BTreeMap<String, String>,
 }
@@ -48,13 +51,22 @@ pub fn run(config: Config, gpus: &mut dyn GpuBackend, shutdown: &std::sync::atom
     let found = gpus.discover()?;
     tracing::info!(backend = gpus.name(), gpus = found.len(), "GPUs discovered");
     let client = Client::new(&config.server, &config.token);
-    let metadata = metadata::MetadataServer::start(config.metadata_port)?;
     // Real GPUs go to a container through the NVIDIA runtime; fake ones exist only as names.
-    let docker = config
-        .docker_image
-        .as_deref()
-        .map(|image| docker::DockerLauncher::connect(image, gpus.name() != "fake"))
-        .transpose()?;
+    let docker = match config.docker_image.as_deref() {
+        Some(image) => {
+            let confinement =
+                config.confine.apply(docker::Confinement::share_of(host_cpus(), host_memory_mib(), found.len()));
+            Some(docker::DockerLauncher::connect(image, gpus.name() != "fake", confinement)?)
+        }
+        None => {
+            tracing::warn!("runtime: process (no isolation between tenants): use --runtime docker on a shared node");
+            None
+        }
+    };
+    let metadata = metadata::MetadataServer::start_on(config.metadata_port, docker.as_ref().map(|d| d.gateway()))?;
+    if docker.is_some() {
+        docker::host_guard(metadata.container_port());
+    }
     let mut runtime =
         ProcessRuntime::open_with(&config.state_dir, config.stop_grace, docker)?.with_ports(config.ports.clone());
     let request = RegisterAgentRequest {
@@ -63,6 +75,7 @@ pub fn run(config: Config, gpus: &mut dyn GpuBackend, shutdown: &std::sync::atom
         gpus: found.iter().map(|g| AgentGpu { index: g.index, model: g.model, uuid: g.uuid.clone() }).collect(),
         address: config.address.clone(),
         labels: config.labels.clone(),
+        runtime: Some(if runtime.containers() { "docker" } else { "process" }.to_string()),
     };
     let reg = client.register(&request)?;
     let interval = config.interval.unwrap_or(Duration::from_millis(reg.heartbeat_interval_ms.max(100)));
@@ -136,9 +149,12 @@ pub fn run(config: Config, gpus: &mut dyn GpuBackend, shutdown: &std::sync::atom
                     match action {
                         reconcile::Action::Start(id) => {
                             if let Some(w) = desired.instances.iter().find(|w| w.id == id) {
-                                let (url, token) = metadata.publish(meta(w), None);
+                                let peer =
+                                    if runtime.containers() { metadata::Peer::Pending } else { metadata::Peer::Any };
+                                let (url, token) = metadata.publish(meta(w), None, peer);
                                 let env = gpus.workload_env(&w.id, runtime.dir());
                                 runtime.start(w, &url, &token, &env);
+                                metadata.restrict(&w.id, runtime.metadata_peer(&w.id));
                             }
                         }
                         reconcile::Action::Stop(id) => runtime.stop(&id),
@@ -158,7 +174,7 @@ pub fn run(config: Config, gpus: &mut dyn GpuBackend, shutdown: &std::sync::atom
                 // Workloads adopted after a restart get their metadata back under their old token.
                 for w in desired.instances.iter().filter(|w| w.desired == "run" && !metadata.is_published(&w.id)) {
                     if let Some(token) = runtime.metadata_token(&w.id) {
-                        metadata.publish(meta(w), Some(token));
+                        metadata.publish(meta(w), Some(token), runtime.metadata_peer(&w.id));
                     }
                 }
             }
@@ -174,4 +190,19 @@ pub fn run(config: Config, gpus: &mut dyn GpuBackend, shutdown: &std::sync::atom
         }
         std::thread::sleep(interval);
     }
+}
+
+/// CPUs this host has (what containers' limits are shares of).
+fn host_cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
+
+/// This host's memory in MiB, from /proc/meminfo (1 GiB if unreadable).
+fn host_memory_mib() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines().find_map(|l| l.strip_prefix("MemTotal:")?.trim().strip_suffix("kB")?.trim().parse().ok())
+        })
+        .map_or(1024, |kib: u64| kib / 1024)
 }

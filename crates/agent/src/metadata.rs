@@ -1,5 +1,7 @@
-//! The per-instance metadata endpoint, on loopback: a workload finds its identity and GPUs at
-//! `GPUCLOUD_METADATA_URL` (a random token in the path keeps one workload out of another's), its
+//! The per-instance metadata endpoint: a workload finds its identity and GPUs at
+//! `GPUCLOUD_METADATA_URL` (a random token in the path keeps one workload out of another's; a
+//! container's token is good only from that container's own address, so a token that leaks is
+//! of no use to another workload), its
 //! preemption notice (`GET .../notice`, which can long-poll with `?wait=SECONDS`), and reports
 //! its checkpoints (`POST .../checkpoint {"path": ...}`), which a managed job resumes from.
 
@@ -8,7 +10,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -41,9 +43,21 @@ pub struct InstanceMetadata {
     pub cluster: Option<gpucloud_api::AgentCluster>,
 }
 
+/// Where a token's requests may come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Peer {
+    /// Anywhere that reaches the endpoint (a process workload, on loopback).
+    Any,
+    /// A container not started yet: nothing until its address is known.
+    Pending,
+    /// This container's address only.
+    Only(IpAddr),
+}
+
 #[derive(Default)]
 struct Shared {
     by_token: Mutex<HashMap<String, InstanceMetadata>>,
+    peers: Mutex<HashMap<String, Peer>>,
     /// Wakes long-polls when a notice arrives.
     changed: tokio::sync::Notify,
     /// Business metrics pushed by workloads, waiting for the next heartbeat.
@@ -61,6 +75,8 @@ const MAX_WAIT: Duration = Duration::from_secs(300);
 /// The running endpoint: publish an instance's metadata, get back the URL to hand the workload.
 pub struct MetadataServer {
     addr: SocketAddr,
+    /// Where containers reach it: the host's address on their network.
+    container_addr: Option<SocketAddr>,
     table: Table,
     tokens: Mutex<HashMap<String, String>>,
 }
@@ -68,10 +84,24 @@ pub struct MetadataServer {
 impl MetadataServer {
     /// Serves on 127.0.0.1 at `port` (0: any free port) from a thread of its own.
     pub fn start(port: u16) -> Result<MetadataServer, String> {
-        let listener =
-            std::net::TcpListener::bind(("127.0.0.1", port)).map_err(|e| format!("metadata endpoint: {e}"))?;
-        listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+        MetadataServer::start_on(port, None)
+    }
+
+    /// [`MetadataServer::start`], also listening on `containers` (the workloads' network's
+    /// gateway), at the same port where it is free.
+    pub fn start_on(port: u16, containers: Option<IpAddr>) -> Result<MetadataServer, String> {
+        let bind = |ip: IpAddr, port: u16| -> Result<std::net::TcpListener, String> {
+            let l = std::net::TcpListener::bind((ip, port)).map_err(|e| format!("metadata endpoint on {ip}: {e}"))?;
+            l.set_nonblocking(true).map_err(|e| e.to_string())?;
+            Ok(l)
+        };
+        let listener = bind(IpAddr::from([127, 0, 0, 1]), port)?;
         let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        let mut listeners = vec![listener];
+        if let Some(ip) = containers {
+            listeners.push(bind(ip, addr.port()).or_else(|_| bind(ip, 0))?);
+        }
+        let container_addr = listeners.get(1).and_then(|l| l.local_addr().ok());
         let table: Table = Arc::default();
         let shared = table.clone();
         std::thread::Builder::new()
@@ -87,34 +117,57 @@ impl MetadataServer {
                         .route("/v1/instance/{token}/notice", axum::routing::get(notice))
                         .route("/v1/instance/{token}/checkpoint", axum::routing::post(checkpoint))
                         .route("/v1/instance/{token}/metrics", axum::routing::post(metrics))
+                        .layer(axum::middleware::from_fn_with_state(shared.clone(), from_its_workload))
                         .with_state(shared);
-                    match tokio::net::TcpListener::from_std(listener) {
-                        Ok(l) => {
-                            if let Err(e) = axum::serve(l, router).await {
-                                tracing::error!(error = %e, "metadata endpoint stopped");
-                            }
-                        }
-                        Err(e) => tracing::error!(error = %e, "metadata endpoint"),
+                    let mut served = tokio::task::JoinSet::new();
+                    for l in listeners {
+                        let router = router.clone();
+                        served.spawn(async move {
+                            let l = tokio::net::TcpListener::from_std(l)?;
+                            axum::serve(l, router.into_make_service_with_connect_info::<SocketAddr>()).await
+                        });
+                    }
+                    while let Some(done) = served.join_next().await {
+                        tracing::error!(outcome = ?done, "metadata endpoint stopped");
                     }
                 });
             })
             .map_err(|e| e.to_string())?;
-        Ok(MetadataServer { addr, table, tokens: Mutex::default() })
+        Ok(MetadataServer { addr, container_addr, table, tokens: Mutex::default() })
     }
 
-    /// Publishes `meta` under `token` (a new random one if `None`) and returns the URL and token.
-    /// Keeping the token (and the port) across agent restarts keeps the URL the workload has.
-    pub fn publish(&self, meta: InstanceMetadata, token: Option<String>) -> (String, String) {
+    /// The port containers reach the endpoint at (the loopback one without containers).
+    pub fn container_port(&self) -> u16 {
+        self.container_addr.unwrap_or(self.addr).port()
+    }
+
+    /// Only requests from `peer` may use the instance's token from now on.
+    pub fn restrict(&self, instance_id: &str, peer: Peer) {
+        let Some(token) = self.tokens.lock().unwrap_or_else(|e| e.into_inner()).get(instance_id).cloned() else {
+            return;
+        };
+        self.table.peers.lock().unwrap_or_else(|e| e.into_inner()).insert(token, peer);
+    }
+
+    /// Publishes `meta` under `token` (a new random one if `None`) for requests from `peer`, and
+    /// returns the URL and token. Keeping the token (and the port) across agent restarts keeps
+    /// the URL the workload has. A container's URL is on its network's gateway.
+    pub fn publish(&self, meta: InstanceMetadata, token: Option<String>, peer: Peer) -> (String, String) {
         let mut tokens = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
         let token = token.unwrap_or_else(|| format!("{:032x}", rand::random::<u128>()));
         tokens.insert(meta.instance_id.clone(), token.clone());
+        self.table.peers.lock().unwrap_or_else(|e| e.into_inner()).insert(token.clone(), peer);
         let mut table = self.table.by_token.lock().unwrap_or_else(|e| e.into_inner());
         // Republishing keeps what the workload reported.
         let checkpoint = table.get(&token).and_then(|m| m.checkpoint.clone());
         table.insert(token.clone(), InstanceMetadata { checkpoint: meta.checkpoint.clone().or(checkpoint), ..meta });
         drop(table);
         self.table.changed.notify_waiters();
-        (format!("http://{}/v1/instance/{token}", self.addr), token)
+        let at = match peer {
+            Peer::Any => self.addr,
+            Peer::Pending | Peer::Only(_) => self.container_addr.unwrap_or(self.addr),
+        };
+        (format!("http://{at}/v1/instance/{token}"), token)
     }
 
     pub fn is_published(&self, instance_id: &str) -> bool {
@@ -124,6 +177,7 @@ impl MetadataServer {
     pub fn withdraw(&self, instance_id: &str) {
         if let Some(token) = self.tokens.lock().unwrap_or_else(|e| e.into_inner()).remove(instance_id) {
             self.table.by_token.lock().unwrap_or_else(|e| e.into_inner()).remove(&token);
+            self.table.peers.lock().unwrap_or_else(|e| e.into_inner()).remove(&token);
         }
     }
 
@@ -193,6 +247,27 @@ impl MetadataServer {
     pub fn checkpoint(&self, instance_id: &str) -> Option<String> {
         self.with(instance_id, |m| m.checkpoint.clone()).flatten()
     }
+}
+
+/// A token is good only from where its workload is (see [`Peer`]); from anywhere else it is
+/// unknown (404), like a made-up one. A container that asks in the instant between its start
+/// and the agent learning its address waits for that, up to a second.
+async fn from_its_workload(
+    State(table): State<Table>,
+    axum::extract::ConnectInfo(from): axum::extract::ConnectInfo<SocketAddr>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let token = req.uri().path().strip_prefix("/v1/instance/").and_then(|r| r.split('/').next()).unwrap_or("");
+    for _ in 0..20 {
+        let peer = table.peers.lock().unwrap_or_else(|e| e.into_inner()).get(token).copied();
+        match peer {
+            Some(Peer::Pending) => tokio::time::sleep(Duration::from_millis(50)).await,
+            Some(Peer::Only(ip)) if ip != from.ip() => break,
+            _ => return next.run(req).await,
+        }
+    }
+    StatusCode::NOT_FOUND.into_response()
 }
 
 async fn get(State(table): State<Table>, Path(token): Path<String>) -> Result<Json<InstanceMetadata>, StatusCode> {
@@ -330,7 +405,7 @@ mod tests {
             checkpoint: None,
             cluster: None,
         };
-        let (url, _) = server.publish(meta, None);
+        let (url, _) = server.publish(meta, None, Peer::Any);
         server.set_cluster("i-1", Some(cluster(2, 1)));
         server.set_cluster("i-1", Some(cluster(2, 1)));
         server.set_cluster("i-1", Some(cluster(4, 2)));
@@ -351,5 +426,40 @@ mod tests {
         assert_eq!(status, 200, "{body}");
         assert!(body.contains("\"reason\":\"test\""), "{body}");
         assert!(took < std::time::Duration::from_secs(5), "woken by the notice, not the timeout: {took:?}");
+    }
+
+    #[test]
+    fn a_containers_token_is_good_from_its_own_address_only() {
+        let server = MetadataServer::start(0).unwrap();
+        let meta = |id: &str| InstanceMetadata {
+            instance_id: id.into(),
+            node_id: "n-1".into(),
+            gpus: Vec::new(),
+            events: Vec::new(),
+            preemption: None,
+            checkpoint: None,
+            cluster: None,
+        };
+        let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+        let status = |url: &str| agent.get(url).call().unwrap().status().as_u16();
+        let (mine, _) = server.publish(meta("i-1"), None, Peer::Only("127.0.0.1".parse().unwrap()));
+        let (elsewhere, _) = server.publish(meta("i-2"), None, Peer::Only("10.9.9.9".parse().unwrap()));
+        assert_eq!(status(&mine), 200);
+        assert_eq!(status(&elsewhere), 404, "asked from 127.0.0.1, not the container's address");
+        assert_eq!(status(&format!("{elsewhere}/notice")), 404);
+        let checkpoint = agent
+            .post(format!("{elsewhere}/checkpoint"))
+            .header("Content-Type", "application/json")
+            .send(&br#"{"path": "/x"}"#[..]);
+        assert_eq!(checkpoint.unwrap().status().as_u16(), 404);
+        assert_eq!(server.checkpoint("i-2"), None, "nothing written");
+        // A container not started yet is answered once its address is known.
+        let (pending, _) = server.publish(meta("i-3"), None, Peer::Pending);
+        std::thread::scope(|s| {
+            let asked = s.spawn(|| status(&pending));
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            server.restrict("i-3", Peer::Only("127.0.0.1".parse().unwrap()));
+            assert_eq!(asked.join().unwrap(), 200);
+        });
     }
 }

@@ -50,6 +50,9 @@ struct Saved {
     /// Its container, when it runs in one (then `pid` is the container's init on the host).
     #[serde(default)]
     container: Option<String>,
+    /// The container's address on the workloads' network (its metadata token is good from there).
+    #[serde(default)]
+    ip: Option<std::net::IpAddr>,
 }
 
 struct Workload {
@@ -142,6 +145,22 @@ fn own_processes(dir: &Path) -> BTreeMap<String, (i32, Option<u16>)> {
     out
 }
 
+/// Only the owner reads or writes it (0600).
+pub(crate) fn private_file(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)) {
+        tracing::warn!(path = %path.display(), error = %e, "cannot make the file private");
+    }
+}
+
+/// Only the owner lists or enters it (0700).
+fn private_dir(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700)) {
+        tracing::warn!(path = %path.display(), error = %e, "cannot make the directory private");
+    }
+}
+
 fn alive(pid: i32) -> bool {
     // Signal 0 checks existence and permission without sending anything; a zombie exists but
     // has ended (its exit status belongs to its parent, not to us).
@@ -196,6 +215,7 @@ fn workload_vars(
 /// in its environment marks it as this agent's (see `own_processes`).
 fn spawn_process(command: &str, vars: &[(String, String)], state_dir: &Path, log: &Path) -> std::io::Result<Child> {
     let out = OpenOptions::new().create(true).append(true).open(log)?;
+    private_file(log);
     let err = out.try_clone()?;
     Command::new("/bin/sh")
         .arg("-c")
@@ -224,6 +244,9 @@ impl ProcessRuntime {
     ) -> Result<ProcessRuntime, String> {
         std::fs::create_dir_all(dir.join("logs")).map_err(|e| format!("{}: {e}", dir.display()))?;
         let dir = dir.canonicalize().map_err(|e| format!("{}: {e}", dir.display()))?;
+        // Workloads' tokens, output and ports are the agent's to read, nobody else's on the host.
+        private_dir(&dir);
+        private_dir(&dir.join("logs"));
         let containers = docker.as_ref().map(|d| d.own(&dir)).transpose()?.unwrap_or_default();
         let mut rt = ProcessRuntime { dir: dir.clone(), grace, workloads: BTreeMap::new(), ports: None, docker };
         let mut ours = own_processes(&dir);
@@ -264,6 +287,7 @@ impl ProcessRuntime {
                     ended_for: None,
                     port,
                     container: None,
+                    ip: None,
                 };
                 slot.insert(Workload { saved, child: None, stop_sent: None, exit: None });
             }
@@ -291,6 +315,7 @@ impl ProcessRuntime {
                 memory_cap_mib: None,
                 ended_for: None,
                 port: None,
+                ip: d.inspect(&container).1,
                 container: Some(container),
             };
             rt.workloads.insert(id, Workload { saved, child: None, stop_sent: None, exit: None });
@@ -314,7 +339,12 @@ impl ProcessRuntime {
         let tmp = self.dir.join("state.json.tmp");
         let write = serde_json::to_vec(&saved)
             .map_err(std::io::Error::other)
-            .and_then(|b| std::fs::write(&tmp, b))
+            .and_then(|b| {
+                use std::io::Write;
+                use std::os::unix::fs::OpenOptionsExt;
+                let mut f = OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+                f.write_all(&b)
+            })
             .and_then(|_| std::fs::rename(&tmp, self.state_file()));
         if let Err(e) = write {
             tracing::error!(error = %e, "cannot save agent state");
@@ -334,11 +364,28 @@ impl ProcessRuntime {
         &self.dir
     }
 
+    /// Whether workloads run as containers (each in a network namespace of its own).
+    pub fn containers(&self) -> bool {
+        self.docker.is_some()
+    }
+
+    /// Where a workload's metadata requests may come from.
+    pub fn metadata_peer(&self, id: &str) -> crate::metadata::Peer {
+        use crate::metadata::Peer;
+        match self.workloads.get(id) {
+            Some(w) if w.saved.container.is_some() => w.saved.ip.map_or(Peer::Pending, Peer::Only),
+            _ => Peer::Any,
+        }
+    }
+
+    /// Starts a workload. A container gets only the environment built here (not the agent's
+    /// nor the backend's host paths); a process inherits the agent's, as on a trusted host.
     pub fn start(&mut self, w: &AgentWorkload, metadata_url: &str, metadata_token: &str, env: &[(String, String)]) {
         let log = self.dir.join("logs").join(format!("{}.log", w.id));
         let taken: Vec<u16> = self.workloads.values().filter_map(|w| w.saved.port).collect();
         let port = free_port(self.ports.as_ref(), &taken);
-        let vars = workload_vars(w, env, port, metadata_url);
+        let backend_env: &[(String, String)] = if self.docker.is_some() { &[] } else { env };
+        let vars = workload_vars(w, backend_env, port, metadata_url);
         let mut saved = Saved {
             pid: 0,
             gpus: w.gpus.clone(),
@@ -350,13 +397,16 @@ impl ProcessRuntime {
             ended_for: None,
             port,
             container: None,
+            ip: None,
         };
         let started = match &self.docker {
             Some(d) => {
-                d.launch(&w.id, &w.command, &vars, &w.gpu_uuids, &saved.log, &self.dir).map(|(container, pid)| {
-                    tracing::info!(instance = %w.id, %container, pid, "started workload container");
-                    saved.container = Some(container);
-                    saved.pid = pid;
+                let milli = w.slice.as_ref().map_or(1000 * w.gpus.len().max(1) as u32, |s| s.milli);
+                d.launch(&w.id, &w.command, &vars, &w.gpu_uuids, milli, port, &saved.log, &self.dir).map(|c| {
+                    tracing::info!(instance = %w.id, container = %c.id, pid = c.pid, ip = ?c.ip, "started workload container");
+                    saved.container = Some(c.id);
+                    saved.pid = c.pid;
+                    saved.ip = c.ip;
                     None
                 })
             }

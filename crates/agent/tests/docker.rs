@@ -1,8 +1,9 @@
 //! The Docker runtime against a real engine. It runs where GPUCLOUD_TEST_DOCKER_IMAGE names a
 //! local image with /bin/sh and an engine is reachable (`.ci/run` starts dockerd and imports a
-//! busybox image); elsewhere it says why and passes, as the engine is not part of `cargo test`.
+//! busybox image); elsewhere it says why and passes, as the engine is not part of `cargo test`,
+//! except under CI, where a missing image is a failure.
 
-use gpucloud_agent::docker::DockerLauncher;
+use gpucloud_agent::docker::{Confinement, DockerLauncher};
 use gpucloud_agent::runtime::ProcessRuntime;
 use gpucloud_api::AgentWorkload;
 use std::time::{Duration, Instant};
@@ -10,6 +11,7 @@ use std::time::{Duration, Instant};
 fn image() -> Option<String> {
     let image = std::env::var("GPUCLOUD_TEST_DOCKER_IMAGE").ok().filter(|i| !i.is_empty());
     if image.is_none() {
+        assert!(std::env::var("CI").is_err(), "under CI the Docker runtime tests need GPUCLOUD_TEST_DOCKER_IMAGE");
         eprintln!("GPUCLOUD_TEST_DOCKER_IMAGE is not set: the Docker runtime is not exercised here");
     }
     image
@@ -55,10 +57,21 @@ fn ship(rt: &mut ProcessRuntime, into: &mut std::collections::BTreeMap<String, S
 fn containers_run_exit_stop_and_are_adopted_after_an_agent_restart() {
     let Some(image) = image() else { return };
     let dir = std::env::temp_dir().join(format!("gpucloud-docker-{:016x}", rand::random::<u64>()));
-    let connect = || DockerLauncher::connect(&image, false).expect("a reachable engine with the test image");
+    // A node with 2 GPUs, 2 CPUs and 2 GiB: one GPU comes with 1 CPU and 1 GiB.
+    let connect = || {
+        DockerLauncher::connect(&image, false, Confinement::share_of(2, 2048, 2))
+            .expect("a reachable engine with the test image")
+    };
     let mut rt = ProcessRuntime::open_with(&dir, Duration::from_secs(5), Some(connect())).unwrap();
     rt.start(
-        &workload("i-exit", "echo gpus=$CUDA_VISIBLE_DEVICES id=$GPUCLOUD_INSTANCE_ID extra=\"$EXTRA\" port=$GPUCLOUD_PORT; echo oops >&2; exit 3"),
+        &workload(
+            "i-exit",
+            "echo gpus=$CUDA_VISIBLE_DEVICES id=$GPUCLOUD_INSTANCE_ID extra=\"$EXTRA\" port=$GPUCLOUD_PORT; echo oops >&2; \
+             echo uid=$(id -u) home=$HOME; grep -E 'CapEff|NoNewPrivs' /proc/self/status; \
+             echo x > /tmp/own && echo tmp=writable; \
+             echo mem=$(cat /sys/fs/cgroup/memory.max /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null); \
+             echo agent-env=${GPUCLOUD_AGENT_STATE:-none}; exit 3",
+        ),
         "http://127.0.0.1:1/v1/instance/t",
         "t",
         &[],
@@ -77,6 +90,18 @@ fn containers_run_exit_stop_and_are_adopted_after_an_agent_restart() {
     let out = &logs["i-exit"];
     assert!(out.contains("gpus=GPU-test-1 id=i-exit extra=from the server port="), "{out}");
     assert!(out.contains("oops"), "stderr is in the log too: {out}");
+    // Confined: not root, no capabilities, no new privileges, its own /tmp, its share of memory,
+    // nothing of the agent's environment.
+    for needle in [
+        "uid=1000 home=/tmp",
+        "CapEff:\t0000000000000000",
+        "NoNewPrivs:\t1",
+        "tmp=writable",
+        "mem=1073741824",
+        "agent-env=none",
+    ] {
+        assert!(out.contains(needle), "{needle}: {out}");
+    }
 
     // The agent restarts: the running container is adopted, not started again.
     drop(rt);
@@ -106,6 +131,8 @@ fn a_missing_image_is_an_error_at_start() {
     if image().is_none() {
         return;
     }
-    let err = DockerLauncher::connect("gpucloud-no-such-image:never", false).err().unwrap();
+    let err = DockerLauncher::connect("gpucloud-no-such-image:never", false, Confinement::share_of(1, 1024, 1))
+        .err()
+        .unwrap();
     assert!(err.contains("gpucloud-no-such-image:never"), "{err}");
 }

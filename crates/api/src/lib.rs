@@ -596,6 +596,11 @@ pub struct RegisterAgentRequest {
     /// letters, digits and `._/-`, values of printable characters.
     #[serde(default)]
     pub labels: std::collections::BTreeMap<String, String>,
+    /// How the agent runs workloads: `docker` (a confined container each) or `process` (no
+    /// isolation between tenants). A server started with --require-containers refuses
+    /// `process` (and an agent that does not say).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

@@ -335,8 +335,10 @@ fn agent_run(gpus: u32, seconds: u64, image: Option<&str>) -> Result<serde_json:
     let _ = child.wait();
     running.shutdown();
     // Containers the agent had no time to remove.
-    if let Some(d) = image.and_then(|i| gpucloud_agent::docker::DockerLauncher::connect(i, false).ok())
-        && let Ok(dir) = state.canonicalize()
+    if let Some(d) = image.and_then(|i| {
+        let c = gpucloud_agent::docker::Confinement::share_of(1, 1024, 1);
+        gpucloud_agent::docker::DockerLauncher::connect(i, false, c).ok()
+    }) && let Ok(dir) = state.canonicalize()
     {
         for (_, c) in d.own(&dir).unwrap_or_default() {
             d.remove(&c);

@@ -70,6 +70,10 @@ pub struct MonitorArgs {
     /// (refused otherwise), e.g. 10.1.2.0/24 for an internal alert relay. Repeat it for more.
     #[arg(long, value_name = "CIDR")]
     webhook_allow: Vec<String>,
+    /// Refuse node agents that run workloads as plain processes: every workload runs in a
+    /// confined container of its own (agent --runtime docker). For a cloud shared by tenants.
+    #[arg(long)]
+    require_containers: bool,
 }
 
 impl MonitorArgs {
@@ -92,6 +96,7 @@ impl MonitorArgs {
             }
             m.temperature_alert_c = c;
         }
+        config.require_containers |= self.require_containers;
         for n in &self.webhook_allow {
             config.webhook_allow.push(n.parse().map_err(|e| format!("--webhook-allow: {e}"))?);
         }
@@ -259,6 +264,7 @@ pub fn dev(args: DevArgs) -> Result<(), String> {
                 address: Some("127.0.0.1".into()),
                 ports: None,
                 docker_image: None,
+                confine: Default::default(),
                 labels: [("dev".to_string(), "true".to_string())].into(),
             };
             let spec = format!("{}:{count}", model.name());
@@ -464,13 +470,26 @@ pub struct AgentArgs {
     /// firewall opens [default: any free port].
     #[arg(long)]
     port_range: Option<String>,
-    /// How workloads run: process, or docker (containers of --image on the host's network; GPUs
-    /// through the NVIDIA container runtime) [default: process].
+    /// How workloads run: docker (a confined container of --image each: own network, non-root,
+    /// CPU and memory limits, only its GPUs through the NVIDIA container runtime; for any node
+    /// shared by tenants), or process (no isolation between tenants: single-user and trusted
+    /// hosts) [default: process].
     #[arg(long, value_parser = ["process", "docker"])]
     runtime: Option<String>,
     /// The image workloads run in with --runtime docker (pulled at start if missing).
     #[arg(long)]
     image: Option<String>,
+    /// With --runtime docker: the user workloads run as, UID:GID [default: 1000:1000].
+    #[arg(long, value_name = "UID:GID")]
+    workload_user: Option<String>,
+    /// With --runtime docker: CPUs per GPU a workload may use (a slice gets its share)
+    /// [default: this host's CPUs / its GPUs].
+    #[arg(long)]
+    cpus_per_gpu: Option<f64>,
+    /// With --runtime docker: memory per GPU a workload may use, in GiB (a slice gets its share)
+    /// [default: this host's memory / its GPUs].
+    #[arg(long)]
+    memory_per_gpu_gib: Option<f64>,
 }
 
 impl AgentArgs {
@@ -509,8 +528,23 @@ impl AgentArgs {
             port_range: self.port_range.or(file.port_range),
             runtime: self.runtime.or(file.runtime),
             image: self.image.or(file.image),
+            workload_user: self.workload_user.or(file.workload_user),
+            cpus_per_gpu: self.cpus_per_gpu.or(file.cpus_per_gpu),
+            memory_per_gpu_gib: self.memory_per_gpu_gib.or(file.memory_per_gpu_gib),
         })
     }
+}
+
+fn confine(args: &AgentArgs) -> Result<gpucloud_agent::docker::Overrides, String> {
+    let positive = |v: Option<f64>, flag: &str| match v {
+        Some(x) if !(x.is_finite() && x > 0.0 && x <= 4096.0) => Err(format!("--{flag} is a positive number, got {x}")),
+        _ => Ok(v),
+    };
+    Ok(gpucloud_agent::docker::Overrides {
+        user: args.workload_user.as_deref().map(gpucloud_agent::docker::parse_user).transpose()?,
+        cpus_per_gpu: positive(args.cpus_per_gpu, "cpus-per-gpu")?,
+        memory_mib_per_gpu: positive(args.memory_per_gpu_gib, "memory-per-gpu-gib")?.map(|g| (g * 1024.0) as u64),
+    })
 }
 
 /// The agent key: from --token-file, GPUCLOUD_AGENT_TOKEN or the config file, in that order.
@@ -602,6 +636,7 @@ pub fn agent(args: AgentArgs) -> Result<(), String> {
         address: args.address.clone(),
         ports,
         docker_image: docker,
+        confine: confine(&args)?,
         labels: args.labels.clone(),
     };
     let shutdown = std::sync::atomic::AtomicBool::new(false);

@@ -409,3 +409,38 @@ fn an_agent_takes_its_settings_from_a_config_file_and_flags_win() {
     );
     let _ = std::fs::remove_dir_all(&root);
 }
+
+/// The agent's key never travels in argv (where every local user reads /proc/PID/cmdline): there
+/// is no --token flag; --token-file reads it, and GPUCLOUD_AGENT_TOKEN is removed from the
+/// agent's own environment once read, so no workload it starts inherits it.
+#[test]
+fn the_agent_key_comes_from_a_file_or_the_environment_never_argv() {
+    let root = std::env::temp_dir().join(format!("gpucloud-agent-key-{:016x}", rand::random::<u64>()));
+    std::fs::create_dir_all(&root).unwrap();
+    let agent = |args: &[&str]| {
+        std::process::Command::new(common::BIN)
+            .arg("agent")
+            .args(["--server", "http://127.0.0.1:1", "--region", "eu-1", "--fake-gpus", "T4:1", "--state-dir"])
+            .arg(root.join("state"))
+            .args(args)
+            .env_remove("GPUCLOUD_AGENT_TOKEN")
+            .output()
+            .unwrap()
+    };
+    let o = agent(&["--token", "gpc_x"]);
+    assert!(!o.status.success() && String::from_utf8_lossy(&o.stderr).contains("--token"), "{o:?}");
+    let o = agent(&[]);
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(!o.status.success() && err.contains("--token-file") && err.contains("GPUCLOUD_AGENT_TOKEN"), "{err}");
+    let missing = root.join("nope.key");
+    let o = agent(&["--token-file", missing.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(!o.status.success() && err.contains("nope.key"), "{err}");
+    // With a key in a file the agent goes on to reach the server (which is not there).
+    let key = root.join("agent.key");
+    std::fs::write(&key, "gpc_somekey\n").unwrap();
+    let o = agent(&["--token-file", key.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(!o.status.success() && err.contains("registering"), "{err}");
+    let _ = std::fs::remove_dir_all(&root);
+}

@@ -1,7 +1,7 @@
 //! `gpucloud agent --runtime docker`, end to end: a tenant's instance runs as a container of the
 //! node's image, sees its GPUs, streams its output and ends with its exit code; a stop reaches
 //! it as SIGTERM. Runs where GPUCLOUD_TEST_DOCKER_IMAGE names a local image (CI imports one);
-//! elsewhere it says why and passes.
+//! elsewhere it says why and passes, except under CI, where that is a failure.
 
 mod common;
 
@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 #[test]
 fn an_instance_runs_as_a_container() {
     let Some(image) = std::env::var("GPUCLOUD_TEST_DOCKER_IMAGE").ok().filter(|i| !i.is_empty()) else {
+        assert!(std::env::var("CI").is_err(), "under CI the Docker runtime test needs GPUCLOUD_TEST_DOCKER_IMAGE");
         eprintln!("GPUCLOUD_TEST_DOCKER_IMAGE is not set: the Docker runtime is not exercised here");
         return;
     };

@@ -300,3 +300,21 @@ fn an_agent_key_speaks_only_for_its_own_node() {
     let detail = r.body["detail"].as_str().unwrap();
     assert!(detail.starts_with("fenced") && !detail.contains("epoch"), "{detail}");
 }
+
+/// An operator who rents to strangers refuses agents that run workloads as plain processes.
+#[test]
+fn a_cloud_that_requires_containers_refuses_process_agents() {
+    let s = TestServer::start_with(|c| c.require_containers = true);
+    let register = |runtime: Option<&str>| {
+        let body = json!({"name": "shared-1", "region": "eu-1", "runtime": runtime,
+            "gpus": [{"index": 0, "model": "T4", "uuid": "GPU-shared-1-0"}]});
+        s.post(&s.operator_key, "/v1/agent/register", Some(&body))
+    };
+    for runtime in [None, Some("process")] {
+        let r = register(runtime);
+        assert_eq!((r.status, r.body["field"].as_str()), (422, Some("runtime")), "{runtime:?}: {:?}", r.body);
+        assert!(r.body["detail"].as_str().unwrap().contains("--runtime docker"), "{:?}", r.body);
+    }
+    assert_eq!(register(Some("vm")).status, 422);
+    assert_eq!(register(Some("docker")).status, 201);
+}

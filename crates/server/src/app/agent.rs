@@ -259,6 +259,23 @@ impl App {
         }
     }
 
+    /// Whether an agent running workloads this way may join: with `require_containers`, only
+    /// agents that confine each workload in a container of its own.
+    pub fn check_agent_runtime(&self, runtime: Option<&str>) -> Result<(), AppError> {
+        match runtime {
+            None | Some("docker") | Some("process") => {}
+            Some(other) => return Err(AppError::invalid("runtime", format!("runtime '{other}' is docker or process"))),
+        }
+        if self.config.require_containers && runtime != Some("docker") {
+            return Err(AppError::invalid(
+                "runtime",
+                "this cloud runs tenants' workloads in containers only: start the agent with --runtime docker \
+                 (the process runtime does not isolate tenants from one another)",
+            ));
+        }
+        Ok(())
+    }
+
     /// Registers (or re-registers) the node an agent runs on: see [`App::may_register`] for who may.
     pub async fn register_agent(
         &self,

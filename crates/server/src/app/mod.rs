@@ -61,6 +61,8 @@ pub struct Config {
     pub rate_limit: Option<ratelimit::RateLimit>,
     /// Networks tenants' webhooks may reach although they are loopback, private or link-local.
     pub webhook_allow: Vec<outbound::Net>,
+    /// Refuse agents that run workloads as plain processes (no isolation between tenants).
+    pub require_containers: bool,
 }
 
 /// The spot market's settings (see `billing::spot` for the price formula).
@@ -148,6 +150,7 @@ impl Default for Config {
             replica: None,
             rate_limit: Some(ratelimit::RateLimit::default()),
             webhook_allow: Vec::new(),
+            require_containers: false,
         }
     }
 }

@@ -36,6 +36,7 @@ pub async fn register(
 ) -> Result<(StatusCode, Json<AgentRegistered>), ApiError> {
     let gpus =
         req.gpus.into_iter().map(|g| gpucloud_store::NewGpu { index: g.index, model: g.model, uuid: g.uuid }).collect();
+    app.check_agent_runtime(req.runtime.as_deref())?;
     let node = app.register_agent(&p, &req.name, req.region, gpus, req.address, req.labels).await?;
     let interval = (app.config.heartbeat_grace / 5).as_millis() as u64;
     Ok((
