@@ -128,6 +128,7 @@ fn fleet(n: usize, rng: &mut StdRng) -> ClusterSnapshot {
                 state: NodeState::Ready,
                 health: if i % 97 == 0 { NodeHealth::Unhealthy } else { NodeHealth::Healthy },
                 gpus,
+                open_time_slicing: false,
             }
         })
         .collect();
@@ -141,6 +142,7 @@ fn queue(count: usize, rng: &mut StdRng) -> Vec<Pending> {
             model: MODELS[rng.random_range(0..MODELS.len())],
             count: [1, 1, 2, 2, 4, 8][rng.random_range(0..6)],
             share: None,
+            tenant: None,
             region: if rng.random_bool(0.25) {
                 None
             } else {

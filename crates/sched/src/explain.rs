@@ -12,6 +12,9 @@ pub struct RegionShortfall {
     pub nodes_with_model: u32,
     /// Schedulable, but too few of its GPUs are free.
     pub full: u32,
+    /// Room for the time-sliced slice only on GPUs other tenants time-slice (never shared
+    /// across tenants unless the node's pool allows it).
+    pub other_tenants: u32,
     /// Has fewer GPUs of the model in total than asked: can never fit.
     pub too_small: u32,
     pub cordoned: u32,
@@ -32,8 +35,14 @@ pub struct PendingReason {
     pub share: Option<String>,
 }
 
-/// `has_room(ord)`: node `ord` could take `p` now (after the plan's earlier placements).
-pub(crate) fn explain(snapshot: &ClusterSnapshot, has_room: &dyn Fn(usize) -> bool, p: &Pending) -> PendingReason {
+/// `has_room(ord)`: node `ord` could take `p` now (after the plan's earlier placements);
+/// `beside_others(ord)`: it could, but for other tenants' time-sliced slices on its GPUs.
+pub(crate) fn explain(
+    snapshot: &ClusterSnapshot,
+    has_room: &dyn Fn(usize) -> bool,
+    beside_others: &dyn Fn(usize) -> bool,
+    p: &Pending,
+) -> PendingReason {
     let mut per_region: BTreeMap<&Region, RegionShortfall> = BTreeMap::new();
     for (ord, node) in snapshot.nodes.iter().enumerate() {
         if p.region.as_ref().is_some_and(|r| *r != node.region) {
@@ -58,7 +67,11 @@ pub(crate) fn explain(snapshot: &ClusterSnapshot, has_room: &dyn Fn(usize) -> bo
         } else if total < p.count {
             s.too_small += 1;
         } else if !has_room(ord) {
-            s.full += 1;
+            if beside_others(ord) {
+                s.other_tenants += 1;
+            } else {
+                s.full += 1;
+            }
         }
     }
     PendingReason {
@@ -89,6 +102,7 @@ impl fmt::Display for PendingReason {
             }
             let parts: Vec<String> = [
                 (r.full, "full"),
+                (r.other_tenants, "time-shared by other tenants"),
                 (r.too_small, "too small"),
                 (r.cordoned, "cordoned"),
                 (r.draining, "draining"),

@@ -15,7 +15,7 @@ mod slices;
 
 pub use explain::{PendingReason, RegionShortfall};
 
-use gpucloud_model::{GpuModel, GpuShare, InstanceId, NodeHealth, NodeId, NodeState, Region, Timestamp};
+use gpucloud_model::{GpuModel, GpuShare, InstanceId, NodeHealth, NodeId, NodeState, Region, TenantId, Timestamp};
 use rand::RngCore;
 use std::collections::HashMap;
 
@@ -33,12 +33,24 @@ pub struct GpuView {
     pub slice_mem_mib: u64,
     /// The slices on it are MIG instances.
     pub mig: bool,
+    /// The tenant whose time-sliced slices are on it (time slicing has no memory or fault
+    /// isolation, so one tenant's only, unless the node's pool allows sharing).
+    pub slice_tenant: Option<TenantId>,
 }
 
 impl GpuView {
     /// A GPU nobody holds any of.
     pub fn free(index: u32, model: GpuModel) -> GpuView {
-        GpuView { index, model, allocated: false, healthy: true, slice_milli: 0, slice_mem_mib: 0, mig: false }
+        GpuView {
+            index,
+            model,
+            allocated: false,
+            healthy: true,
+            slice_milli: 0,
+            slice_mem_mib: 0,
+            mig: false,
+            slice_tenant: None,
+        }
     }
 }
 
@@ -51,6 +63,9 @@ pub struct NodeView {
     pub state: NodeState,
     pub health: NodeHealth,
     pub gpus: Vec<GpuView>,
+    /// Its operator lets tenants share its GPUs by time slicing (node label
+    /// `time-slicing=shared`).
+    pub open_time_slicing: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -68,6 +83,8 @@ pub struct Pending {
     pub region: Option<Region>,
     /// Part of one GPU (`count` is then 1); `None`: `count` whole GPUs.
     pub share: Option<GpuShare>,
+    /// Whose request it is (`None`: a tenant-less one, as in traces).
+    pub tenant: Option<TenantId>,
 }
 
 /// How to choose among nodes that fit.
@@ -196,7 +213,7 @@ pub fn plan(
     for p in waiting {
         let reason = reasons
             .entry((p.region.as_ref(), p.model, p.count))
-            .or_insert_with(|| explain::explain(snapshot, &|ord| index.free_on(ord, p.model) >= p.count, p))
+            .or_insert_with(|| explain::explain(snapshot, &|ord| index.free_on(ord, p.model) >= p.count, &|_| false, p))
             .clone();
         out.unplaced.push(Unplaced { instance: p.instance.clone(), reason });
     }

@@ -148,6 +148,7 @@ mod tests {
             gpus: (0..gpus)
                 .map(|g| GpuView { allocated: g < allocated, ..GpuView::free(g, GpuModel::A100_40GB) })
                 .collect(),
+            open_time_slicing: false,
         }
     }
 
@@ -158,6 +159,7 @@ mod tests {
             count,
             region: None,
             share: None,
+            tenant: None,
         }
     }
 

@@ -12,7 +12,19 @@ fn model_id(m: GpuModel) -> u16 {
     GpuModel::ALL.iter().position(|x| *x == m).unwrap_or(0) as u16
 }
 
-fn ask_of(p: &Pending) -> Ask {
+/// Small numbers for the tenants of one pass: the placer compares tags, not ids.
+#[derive(Default)]
+struct Tags(HashMap<gpucloud_model::TenantId, u32>);
+
+impl Tags {
+    fn of(&mut self, t: &Option<gpucloud_model::TenantId>) -> u32 {
+        let Some(t) = t else { return 0 };
+        let next = self.0.len() as u32 + 1;
+        *self.0.entry(t.clone()).or_insert(next)
+    }
+}
+
+fn ask_of(p: &Pending, tags: &mut Tags) -> Ask {
     let models = ModelSet::only(model_id(p.model));
     match &p.share {
         Some(s) => Ask {
@@ -23,6 +35,8 @@ fn ask_of(p: &Pending) -> Ask {
             gpu_mem_mib: s.memory_mib,
             models,
             mig: s.mig.is_some(),
+            // MIG slices are isolated by the hardware; time-sliced ones are kept per tenant.
+            tenant: if s.mig.is_some() { 0 } else { tags.of(&p.tenant) },
         },
         None => Ask::whole(p.count, models),
     }
@@ -40,6 +54,7 @@ pub(crate) fn plan(
     // Placer node -> (snapshot ordinal, GPU index of each of its GPUs).
     let mut origin: Vec<(usize, Vec<u32>)> = Vec::new();
     let mut workload: Vec<Ask> = Vec::new();
+    let mut tags = Tags::default();
     for &ord in &order {
         let n = &snapshot.nodes[ord];
         if !schedulable(n) {
@@ -59,12 +74,14 @@ pub(crate) fn plan(
                     healthy: g.healthy,
                     mode: match (g.slice_milli > 0, g.mig) {
                         (false, _) => GpuMode::Open,
-                        (true, false) => GpuMode::Shared,
+                        (true, false) if n.open_time_slicing => GpuMode::Shared(0),
+                        (true, false) => GpuMode::Shared(tags.of(&g.slice_tenant)),
                         (true, true) => GpuMode::Mig,
                     },
                 })
                 .collect();
             let mut node = share::Node::new(model_id(model), 0, 0, gpus);
+            node.open_sharing = n.open_time_slicing;
             for g in &views {
                 let held = if g.allocated {
                     Some(Ask::whole(1, models))
@@ -82,7 +99,7 @@ pub(crate) fn plan(
             origin.push((ord, views.iter().map(|g| g.index).collect()));
         }
     }
-    let asks: Vec<Ask> = pending.iter().map(ask_of).collect();
+    let asks: Vec<Ask> = pending.iter().map(|p| ask_of(p, &mut tags)).collect();
     workload.extend(asks.iter().cloned());
     let typical = share::typical_workload(&workload, |a| format!("{:?}", a.models));
     let mut placer = Placer::new(nodes, (0..origin.len()).collect(), policy, &typical);
@@ -117,7 +134,11 @@ pub(crate) fn plan(
     for (p, ask) in waiting {
         let has_room =
             |ord: usize| of_ord.get(&ord).is_some_and(|es| es.iter().any(|&e| placer.nodes()[e].feasible(ask)));
-        out.unplaced.push(Unplaced { instance: p.instance.clone(), reason: explain::explain(snapshot, &has_room, p) });
+        let unowned = share::Ask { tenant: share::ANY_TENANT, ..ask.clone() };
+        let beside_others =
+            |ord: usize| of_ord.get(&ord).is_some_and(|es| es.iter().any(|&e| placer.nodes()[e].feasible(&unowned)));
+        let reason = explain::explain(snapshot, &has_room, &beside_others, p);
+        out.unplaced.push(Unplaced { instance: p.instance.clone(), reason });
     }
     out
 }

@@ -16,11 +16,12 @@ fn node(id: &str, r: &str, model: GpuModel, total: u32, used: u32) -> NodeView {
         state: NodeState::Ready,
         health: NodeHealth::Healthy,
         gpus: (0..total).map(|i| GpuView { allocated: i < used, ..GpuView::free(i, model) }).collect(),
+        open_time_slicing: false,
     }
 }
 
 fn want(id: &str, model: GpuModel, count: u32, r: Option<&str>) -> Pending {
-    Pending { instance: InstanceId::parse(id).unwrap(), model, count, region: r.map(region), share: None }
+    Pending { instance: InstanceId::parse(id).unwrap(), model, count, region: r.map(region), share: None, tenant: None }
 }
 
 fn run(snapshot: &ClusterSnapshot, pending: &[Pending], policy: Policy) -> Plan {
@@ -266,5 +267,44 @@ proptest! {
                 prop_assert!(free < req.count, "{} left pending but {} has {} free", u.instance, n.id, free);
             }
         }
+    }
+}
+
+/// Time slicing has no memory or fault isolation: one tenant's slices never join another's on a
+/// GPU, in one pass or across passes, unless the node's pool is open to sharing; MIG slices may.
+#[test]
+fn time_sliced_gpus_are_never_shared_across_tenants() {
+    use gpucloud_model::TenantId;
+    let (a, b) = (TenantId::from_random(1), TenantId::from_random(2));
+    let slice = |id: &str, t: &TenantId| Pending {
+        tenant: Some(t.clone()),
+        ..slice_of(id, GpuModel::A100_40GB, 25, 4096, None)
+    };
+    let mig = |id: &str, t: &TenantId| Pending {
+        tenant: Some(t.clone()),
+        share: GpuShare::resolve(GpuModel::A100_40GB, None, None, Some("1g.5gb")).unwrap(),
+        ..want(id, GpuModel::A100_40GB, 1, None)
+    };
+    let one_gpu = || ClusterSnapshot { nodes: vec![node("n-1", "eu-1", GpuModel::A100_40GB, 1, 0)] };
+    for policy in [Policy::BestFit, Policy::Fgd, Policy::FgdPack] {
+        // In one pass: A's two slices share the GPU, B's waits and says why.
+        let pending = [slice("i-1", &a), slice("i-2", &b), slice("i-3", &a)];
+        let p = run(&one_gpu(), &pending, policy);
+        let placed: Vec<&str> = p.placements.iter().map(|x| x.instance.as_str()).collect();
+        assert_eq!(placed, ["i-1", "i-3"], "{policy:?}");
+        let why = p.unplaced[0].reason.to_string();
+        assert!(why.contains("1 time-shared by other tenants"), "{policy:?}: {why}");
+        // Across passes: the GPU already holds A's slice.
+        let mut snap = one_gpu();
+        let g = &mut snap.nodes[0].gpus[0];
+        (g.slice_milli, g.slice_mem_mib, g.slice_tenant) = (250, 4096, Some(a.clone()));
+        assert!(run(&snap, &[slice("i-4", &b)], policy).placements.is_empty(), "{policy:?}");
+        assert_eq!(run(&snap, &[slice("i-5", &a)], policy).placements.len(), 1, "{policy:?}");
+        // A pool open to sharing takes both tenants.
+        snap.nodes[0].open_time_slicing = true;
+        assert_eq!(run(&snap, &[slice("i-4", &b)], policy).placements.len(), 1, "{policy:?}");
+        // MIG slices are isolated by the hardware: two tenants may share a MIG GPU.
+        let p = run(&one_gpu(), &[mig("i-6", &a), mig("i-7", &b)], policy);
+        assert_eq!(p.placements.len(), 2, "{policy:?}: {:?}", p.unplaced);
     }
 }

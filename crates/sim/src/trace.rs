@@ -186,6 +186,7 @@ pub fn read_trace(path: &Path, models: &mut Models) -> Result<Trace, String> {
             gpu_mem_mib: 0,
             models: set,
             mig: false,
+            tenant: 0,
         };
         tasks.push(Task {
             name: t.text(row, "name").to_string(),

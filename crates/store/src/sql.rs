@@ -1123,15 +1123,16 @@ async fn load_nodes(pool: &AnyPool, only: Option<&NodeId>) -> Result<Vec<Node>> 
             sqlx::query(&format!("{gpu_cols} ORDER BY node_id, idx")).fetch_all(pool).await?,
         ),
     };
-    let slice_cols = "SELECT node_id, idx, instance_id, milli, mem_mib, mig FROM gpu_slices";
+    let slice_cols = "SELECT s.node_id, s.idx, s.instance_id, s.milli, s.mem_mib, s.mig, i.tenant_id \
+                      FROM gpu_slices s JOIN instances i ON i.id = s.instance_id";
     let slice_rows = match only {
         Some(id) => {
-            sqlx::query(&format!("{slice_cols} WHERE node_id = $1 ORDER BY idx, instance_id"))
+            sqlx::query(&format!("{slice_cols} WHERE s.node_id = $1 ORDER BY s.idx, s.instance_id"))
                 .bind(id.to_string())
                 .fetch_all(pool)
                 .await?
         }
-        None => sqlx::query(&format!("{slice_cols} ORDER BY node_id, idx, instance_id")).fetch_all(pool).await?,
+        None => sqlx::query(&format!("{slice_cols} ORDER BY s.node_id, s.idx, s.instance_id")).fetch_all(pool).await?,
     };
     let mut slices: HashMap<(String, i64), Vec<GpuSlice>> = HashMap::new();
     for r in &slice_rows {
@@ -1140,6 +1141,7 @@ async fn load_nodes(pool: &AnyPool, only: Option<&NodeId>) -> Result<Vec<Node>> 
             milli: r.try_get::<i64, _>(3)? as u32,
             memory_mib: r.try_get::<i64, _>(4)? as u64,
             mig: r.try_get::<i64, _>(5)? != 0,
+            tenant: parse("gpu_slices", &r.try_get::<String, _>(6)?)?,
         });
     }
     let mut gpus: HashMap<String, Vec<Gpu>> = HashMap::new();

@@ -107,6 +107,8 @@ pub struct Gpu {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GpuSlice {
     pub instance: InstanceId,
+    /// Whose instance it is: time-sliced GPUs are not shared across tenants unless allowed.
+    pub tenant: TenantId,
     pub milli: u32,
     pub memory_mib: u64,
     pub mig: bool,

@@ -131,10 +131,13 @@ impl Fragmentation {
     }
 
     /// The row of cached scores for `ask`'s shape, made on first sight. What a score depends
-    /// on besides the node: the ask's CPU, GPU count, share, memory and kind.
+    /// on besides the node: the ask's CPU, GPU count, share, memory, kind and tenant (which GPUs
+    /// a time-sliced slice may join).
     pub(super) fn shape(&mut self, ask: &Ask) -> usize {
-        // Feasible asks are small: CPU < 2^40 milli, GPUs < 2^8, share <= 1000, memory < 2^40.
-        let key = (ask.cpu_milli as u128 & 0xff_ffff_ffff) << 60
+        // Feasible asks are small: CPU < 2^40 milli, GPUs < 2^8, share <= 1000, memory < 2^40,
+        // tenant tags < 2^28.
+        let key = (ask.tenant as u128 & 0xfff_ffff) << 100
+            | (ask.cpu_milli as u128 & 0xff_ffff_ffff) << 60
             | (ask.num_gpu as u128 & 0xff) << 52
             | (ask.gpu_milli as u128 & 0x7ff) << 41
             | (ask.gpu_mem_mib as u128 & 0xff_ffff_ffff) << 1

@@ -51,11 +51,14 @@ pub struct Ask {
     pub models: ModelSet,
     /// A MIG slice: only on GPUs that hold MIG slices or nothing.
     pub mig: bool,
+    /// Whose time-sliced slice it is (a tag, 0 for none): it joins only a GPU whose time-sliced
+    /// slices are that tenant's, or one in a pool open to sharing.
+    pub tenant: u32,
 }
 
 impl Ask {
     pub fn whole(num_gpu: u32, models: ModelSet) -> Ask {
-        Ask { cpu_milli: 0, mem_mib: 0, num_gpu, gpu_milli: MILLI, gpu_mem_mib: 0, models, mig: false }
+        Ask { cpu_milli: 0, mem_mib: 0, num_gpu, gpu_milli: MILLI, gpu_mem_mib: 0, models, mig: false, tenant: 0 }
     }
 
     /// Milli-GPU this ask holds once placed.
@@ -69,12 +72,17 @@ impl Ask {
     }
 }
 
+/// An ask's tenant tag that joins any tenant's time-sliced GPU: only for explaining why an ask
+/// waits (would it fit but for whose slices are there?), never for placing.
+pub const ANY_TENANT: u32 = u32::MAX;
+
 /// How a GPU is being shared, so that time-sliced and MIG slices never meet on one GPU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum GpuMode {
     #[default]
     Open,
-    Shared,
+    /// Time-sliced slices of one tenant (its tag), or of anyone's (0: a pool open to sharing).
+    Shared(u32),
     Mig,
 }
 
@@ -102,7 +110,7 @@ impl Gpu {
             && self.free_mem_mib >= ask.gpu_mem_mib
             && match self.mode {
                 GpuMode::Open => true,
-                GpuMode::Shared => !ask.mig,
+                GpuMode::Shared(owner) => !ask.mig && (owner == 0 || owner == ask.tenant || ask.tenant == ANY_TENANT),
                 GpuMode::Mig => ask.mig,
             }
     }
@@ -117,11 +125,13 @@ pub struct Node {
     pub gpus: Vec<Gpu>,
     /// Kinds of GPU tasks on the node (GpuClustering): (0 = slices, n = whole n-GPU tasks) -> count.
     kinds: Vec<(u32, u32)>,
+    /// Its operator lets tenants share a GPU by time slicing.
+    pub open_sharing: bool,
 }
 
 impl Node {
     pub fn new(model: u16, cpu_free: u64, mem_free: u64, gpus: Vec<Gpu>) -> Node {
-        Node { model, cpu_free, mem_free, gpus, kinds: Vec::new() }
+        Node { model, cpu_free, mem_free, gpus, kinds: Vec::new(), open_sharing: false }
     }
 
     /// Records a GPU task already on the node (the production scheduler rebuilds nodes from the
@@ -194,7 +204,11 @@ impl Node {
                 g.free_mem_mib -= ask.gpu_mem_mib;
             }
             if ask.is_share() {
-                g.mode = if ask.mig { GpuMode::Mig } else { GpuMode::Shared };
+                g.mode = match (ask.mig, self.open_sharing) {
+                    (true, _) => GpuMode::Mig,
+                    (false, true) => GpuMode::Shared(0),
+                    (false, false) => GpuMode::Shared(ask.tenant),
+                };
             }
         }
         self.note_task(ask);

@@ -16,6 +16,7 @@ fn slice(milli: u32) -> Ask {
         gpu_mem_mib: 0,
         models: ModelSet::ANY,
         mig: false,
+        tenant: 0,
     }
 }
 
@@ -134,6 +135,7 @@ fn arb_ask() -> impl Strategy<Value = Ask> {
             gpu_mem_mib: 0,
             models: if m == 0 { ModelSet::ANY } else { ModelSet::only(m - 1) },
             mig: false,
+            tenant: 0,
         }
     })
 }

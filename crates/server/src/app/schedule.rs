@@ -17,6 +17,10 @@ pub struct PassReport {
     pub conflicts: usize,
 }
 
+/// A node label by which an operator lets tenants share its GPUs by time slicing (no memory or
+/// fault isolation between them): `gpucloud agent --label time-slicing=shared`.
+pub const TIME_SLICING_LABEL: &str = "time-slicing";
+
 pub fn snapshot_of(nodes: &[Node]) -> ClusterSnapshot {
     ClusterSnapshot {
         nodes: nodes
@@ -38,8 +42,10 @@ pub fn snapshot_of(nodes: &[Node]) -> ClusterSnapshot {
                         slice_milli: g.slices.iter().map(|s| s.milli).sum(),
                         slice_mem_mib: g.slices.iter().map(|s| s.memory_mib).sum(),
                         mig: g.slices.iter().any(|s| s.mig),
+                        slice_tenant: g.slices.iter().find(|s| !s.mig).map(|s| s.tenant.clone()),
                     })
                     .collect(),
+                open_time_slicing: n.labels.get(TIME_SLICING_LABEL).is_some_and(|v| v == "shared"),
             })
             .collect(),
     }
@@ -56,6 +62,9 @@ fn occupy(snap: &mut ClusterSnapshot, placements: &[gpucloud_sched::Placement], 
                     g.slice_milli += s.milli;
                     g.slice_mem_mib += s.memory_mib;
                     g.mig |= s.mig.is_some();
+                    if s.mig.is_none() && g.slice_tenant.is_none() {
+                        g.slice_tenant = queue.iter().find(|q| q.instance == p.instance).and_then(|q| q.tenant.clone());
+                    }
                 }
                 None => g.allocated = true,
             }
@@ -172,6 +181,7 @@ impl App {
                 count: i.count,
                 region: i.region.clone(),
                 share: i.share.clone(),
+                tenant: Some(i.tenant_id.clone()),
             };
             if i.sale.tier != Tier::Spot {
                 queue.push(p);
