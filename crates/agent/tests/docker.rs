@@ -108,7 +108,17 @@ fn containers_run_exit_stop_and_are_adopted_after_an_agent_restart() {
     let mut again = ProcessRuntime::open_with(&dir, Duration::from_secs(5), Some(connect())).unwrap();
     let alive: Vec<(String, bool)> = again.actual().into_iter().map(|a| (a.id, a.alive)).collect();
     assert_eq!(alive, vec![("i-exit".to_string(), false), ("i-long".to_string(), true)]);
-    assert_eq!(connect().own(&dir.canonicalize().unwrap()).unwrap().len(), 2, "no container started twice");
+    let own = connect().own(&dir.canonicalize().unwrap()).unwrap();
+    assert_eq!(own.len(), 2, "no container started twice");
+    // The GPUs the container asked for (the NVIDIA runtime's device request on a real node) are
+    // its own only, as its label records for the fake backend.
+    for (_, container) in &own {
+        let label = std::process::Command::new("docker")
+            .args(["inspect", "-f", "{{index .Config.Labels \"gpucloud.gpus\"}}", container])
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&label.stdout).trim(), "GPU-test-1");
+    }
     assert_eq!(again.report().into_iter().find(|r| r.id == "i-long").unwrap().port, Some(port), "it keeps its port");
 
     // Stop: SIGTERM reaches the workload through the container's init; it ends as stopped.
