@@ -393,19 +393,22 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_resize_is_an_event_and_notices_wake_long_polls() {
-        let server = MetadataServer::start(0).unwrap();
-        let meta = InstanceMetadata {
-            instance_id: "i-1".into(),
+    fn meta(id: &str) -> InstanceMetadata {
+        InstanceMetadata {
+            instance_id: id.into(),
             node_id: "n-1".into(),
             gpus: Vec::new(),
             events: Vec::new(),
             preemption: None,
             checkpoint: None,
             cluster: None,
-        };
-        let (url, _) = server.publish(meta, None, Peer::Any);
+        }
+    }
+
+    #[test]
+    fn a_resize_is_an_event_and_notices_wake_long_polls() {
+        let server = MetadataServer::start(0).unwrap();
+        let (url, _) = server.publish(meta("i-1"), None, Peer::Any);
         server.set_cluster("i-1", Some(cluster(2, 1)));
         server.set_cluster("i-1", Some(cluster(2, 1)));
         server.set_cluster("i-1", Some(cluster(4, 2)));
@@ -431,15 +434,6 @@ mod tests {
     #[test]
     fn a_containers_token_is_good_from_its_own_address_only() {
         let server = MetadataServer::start(0).unwrap();
-        let meta = |id: &str| InstanceMetadata {
-            instance_id: id.into(),
-            node_id: "n-1".into(),
-            gpus: Vec::new(),
-            events: Vec::new(),
-            preemption: None,
-            checkpoint: None,
-            cluster: None,
-        };
         let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
         let status = |url: &str| agent.get(url).call().unwrap().status().as_u16();
         let (mine, _) = server.publish(meta("i-1"), None, Peer::Only("127.0.0.1".parse().unwrap()));
