@@ -147,17 +147,18 @@ fn own_processes(dir: &Path) -> BTreeMap<String, (i32, Option<u16>)> {
 
 /// Only the owner reads or writes it (0600).
 pub(crate) fn private_file(path: &Path) {
-    use std::os::unix::fs::PermissionsExt;
-    if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)) {
-        tracing::warn!(path = %path.display(), error = %e, "cannot make the file private");
-    }
+    owner_only(path, 0o600);
 }
 
 /// Only the owner lists or enters it (0700).
 fn private_dir(path: &Path) {
+    owner_only(path, 0o700);
+}
+
+fn owner_only(path: &Path, mode: u32) {
     use std::os::unix::fs::PermissionsExt;
-    if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700)) {
-        tracing::warn!(path = %path.display(), error = %e, "cannot make the directory private");
+    if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)) {
+        tracing::warn!(path = %path.display(), error = %e, "cannot make it private");
     }
 }
 

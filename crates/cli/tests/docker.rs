@@ -12,11 +12,7 @@ use std::time::{Duration, Instant};
 
 #[test]
 fn an_instance_runs_as_a_container() {
-    let Some(image) = std::env::var("GPUCLOUD_TEST_DOCKER_IMAGE").ok().filter(|i| !i.is_empty()) else {
-        assert!(std::env::var("CI").is_err(), "under CI the Docker runtime test needs GPUCLOUD_TEST_DOCKER_IMAGE");
-        eprintln!("GPUCLOUD_TEST_DOCKER_IMAGE is not set: the Docker runtime is not exercised here");
-        return;
-    };
+    let Some(image) = common::docker_image("the Docker runtime test") else { return };
     let root = std::env::temp_dir().join(format!("gpucloud-docker-e2e-{:016x}", rand::random::<u64>()));
     std::fs::create_dir_all(&root).unwrap();
     let out = root.join("serve.out");

@@ -11,11 +11,7 @@ use std::process::Command;
 
 #[test]
 fn tenants_on_one_node_cannot_reach_each_other() {
-    let Some(image) = std::env::var("GPUCLOUD_TEST_DOCKER_IMAGE").ok().filter(|i| !i.is_empty()) else {
-        assert!(std::env::var("CI").is_err(), "under CI the isolation check needs GPUCLOUD_TEST_DOCKER_IMAGE");
-        eprintln!("GPUCLOUD_TEST_DOCKER_IMAGE is not set: the isolation check does not run here");
-        return;
-    };
+    let Some(image) = common::docker_image("the isolation check") else { return };
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/isolation-check.sh");
     let out = Command::new("bash").arg(script).arg(&image).env("GPUCLOUD_BIN", common::BIN).output().unwrap();
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));

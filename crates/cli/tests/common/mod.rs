@@ -124,6 +124,17 @@ impl Api {
     }
 }
 
+/// The local image the Docker tests run workloads in (GPUCLOUD_TEST_DOCKER_IMAGE, which
+/// `.ci/run` sets); `None`, said why, where it is not set. Under CI that is a failure.
+pub fn docker_image(what: &str) -> Option<String> {
+    let image = std::env::var("GPUCLOUD_TEST_DOCKER_IMAGE").ok().filter(|i| !i.is_empty());
+    if image.is_none() {
+        assert!(std::env::var("CI").is_err(), "under CI {what} needs GPUCLOUD_TEST_DOCKER_IMAGE");
+        eprintln!("GPUCLOUD_TEST_DOCKER_IMAGE is not set: {what} does not run here");
+    }
+    image
+}
+
 /// `gpucloud serve` on `listen` with its SQLite file in `root`, a 1.5 s heartbeat grace, and its
 /// stdout in `out`.
 pub fn serve(root: &Path, listen: &str, out: &Path, extra: &[&str]) -> Proc {
