@@ -106,10 +106,28 @@ pub fn parse_user(s: &str) -> Result<String, String> {
     Ok(s.to_string())
 }
 
+/// Where a workload's image stands on this node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImageState {
+    Ready,
+    /// Being pulled (off the heartbeat loop): how far it got.
+    Pulling(String),
+    /// The pull failed: why, for the tenant.
+    Failed(String),
+}
+
+#[derive(Debug, Clone)]
+enum Pull {
+    Running(String),
+    Failed(String),
+}
+
 pub struct DockerLauncher {
     rt: tokio::runtime::Runtime,
     docker: Docker,
     image: String,
+    /// Pulls in progress or failed since last asked, by image.
+    pulls: std::sync::Arc<std::sync::Mutex<HashMap<String, Pull>>>,
     /// Ask the NVIDIA container runtime for the workload's GPUs (a node with real GPUs).
     gpu_devices: bool,
     confinement: Confinement,
@@ -173,7 +191,62 @@ impl DockerLauncher {
             memory_mib_per_gpu = confinement.memory_mib_per_gpu,
             "runtime: docker (a container per workload: own network, non-root, limits)"
         );
-        Ok(DockerLauncher { rt, docker, image: image.to_string(), gpu_devices, confinement, gateway })
+        Ok(DockerLauncher {
+            rt,
+            docker,
+            image: image.to_string(),
+            pulls: Default::default(),
+            gpu_devices,
+            confinement,
+            gateway,
+        })
+    }
+
+    /// The node's own image: what a workload that names none runs in.
+    pub fn default_image(&self) -> &str {
+        &self.image
+    }
+
+    /// Whether `image` is on this node; if not, starts pulling it on a thread of its own (once)
+    /// and says how far it got. A failure is said once: asking again pulls again.
+    pub fn image_state(&self, image: &str) -> ImageState {
+        let mut pulls = self.pulls.lock().unwrap_or_else(|e| e.into_inner());
+        match pulls.get(image).cloned() {
+            Some(Pull::Running(p)) => return ImageState::Pulling(p),
+            Some(Pull::Failed(why)) => {
+                pulls.remove(image);
+                return ImageState::Failed(why);
+            }
+            None => {}
+        }
+        if self.rt.block_on(self.docker.inspect_image(image)).is_ok() {
+            return ImageState::Ready;
+        }
+        let first = format!("pulling image {image}");
+        pulls.insert(image.to_string(), Pull::Running(first.clone()));
+        let (shared, docker, wanted) = (self.pulls.clone(), self.docker.clone(), image.to_string());
+        let spawned = std::thread::Builder::new().name("image-pull".into()).spawn(move || {
+            let image = wanted;
+            let outcome = pull(&docker, &image, |progress| {
+                shared.lock().unwrap_or_else(|e| e.into_inner()).insert(image.clone(), Pull::Running(progress));
+            });
+            let mut pulls = shared.lock().unwrap_or_else(|e| e.into_inner());
+            match outcome {
+                Ok(()) => {
+                    tracing::info!(%image, "image pulled");
+                    pulls.remove(&image);
+                }
+                Err(why) => {
+                    tracing::warn!(%image, %why, "image pull failed");
+                    pulls.insert(image, Pull::Failed(why));
+                }
+            }
+        });
+        if let Err(e) = spawned {
+            pulls.remove(image);
+            return ImageState::Failed(format!("cannot pull image {image}: {e}"));
+        }
+        ImageState::Pulling(first)
     }
 
     /// The host's address on the workloads' network.
@@ -185,6 +258,8 @@ impl DockerLauncher {
     #[allow(clippy::too_many_arguments)]
     pub fn launch(
         &self,
+        image: &str,
+        tcp_ports: &[(u16, u16)],
         instance: &str,
         command: &str,
         env: &[(String, String)],
@@ -224,25 +299,30 @@ impl DockerLauncher {
             // The workload's user has no home in most images; /tmp is its own and writable.
             vars.push("HOME=/tmp".into());
         }
-        let published = port.map(|p| format!("{p}/tcp"));
+        // GPUCLOUD_PORT on the same number, raw TCP ports on the host ports picked for them.
+        let published: Vec<(u16, u16)> = port.map(|p| (p, p)).into_iter().chain(tcp_ports.iter().copied()).collect();
+        let bindings: HashMap<String, Option<Vec<PortBinding>>> = published
+            .iter()
+            .map(|(inside, host)| {
+                (
+                    format!("{inside}/tcp"),
+                    Some(vec![PortBinding {
+                        host_ip: Some(self.confinement.publish_ip.clone()),
+                        host_port: Some(host.to_string()),
+                    }]),
+                )
+            })
+            .collect();
         let body = ContainerCreateBody {
-            image: Some(self.image.clone()),
+            image: Some(image.to_string()),
             cmd: Some(vec!["/bin/sh".into(), "-c".into(), format!("exec >>{LOG_INSIDE} 2>&1\n{command}")]),
             env: Some(vars),
             labels: Some(labels),
             user: Some(self.confinement.user.clone()),
-            exposed_ports: published.clone().map(|p| vec![p]),
+            exposed_ports: (!bindings.is_empty()).then(|| bindings.keys().cloned().collect()),
             host_config: Some(HostConfig {
                 network_mode: Some(NETWORK.into()),
-                port_bindings: published.map(|p| {
-                    HashMap::from([(
-                        p,
-                        Some(vec![PortBinding {
-                            host_ip: Some(self.confinement.publish_ip.clone()),
-                            host_port: port.map(|p| p.to_string()),
-                        }]),
-                    )])
-                }),
+                port_bindings: (!bindings.is_empty()).then_some(bindings),
                 binds: Some(vec![format!("{}:{LOG_INSIDE}", log.display())]),
                 // An init as PID 1 passes SIGTERM on to the workload (PID 1 itself ignores it).
                 init: Some(true),
@@ -332,6 +412,54 @@ impl DockerLauncher {
             .into_iter()
             .filter_map(|c| Some((c.labels.and_then(|mut l| l.remove(LABEL_INSTANCE))?, c.id?)))
             .collect())
+    }
+}
+
+/// Pulls `image`, telling `progress` how far it got ("pulling image X: 45% of 260 MB"), and
+/// says why in words a tenant can act on when it cannot.
+fn pull(docker: &Docker, image: &str, mut progress: impl FnMut(String)) -> Result<(), String> {
+    use futures_util::StreamExt;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+    rt.block_on(async {
+        let mut stream = docker.create_image(
+            Some(CreateImageOptions { from_image: Some(image.to_string()), ..Default::default() }),
+            None,
+            None,
+        );
+        // Per layer: (bytes done, bytes in all), from the engine's progress messages.
+        let mut layers: HashMap<String, (i64, i64)> = HashMap::new();
+        let mut last = std::time::Instant::now() - std::time::Duration::from_secs(1);
+        while let Some(item) = stream.next().await {
+            let info = item.map_err(|e| pull_failure(image, &e.to_string()))?;
+            if let Some(e) = info.error_detail.and_then(|d| d.message) {
+                return Err(pull_failure(image, &e));
+            }
+            if let (Some(id), Some(detail)) = (info.id, info.progress_detail)
+                && let (Some(cur), Some(total)) = (detail.current, detail.total)
+                && total > 0
+            {
+                layers.insert(id, (cur.min(total), total));
+            }
+            if last.elapsed() >= std::time::Duration::from_millis(500) && !layers.is_empty() {
+                let (done, all) = layers.values().fold((0i64, 0i64), |(d, a), (c, t)| (d + c, a + t));
+                let percent = if all > 0 { done * 100 / all } else { 0 };
+                progress(format!("pulling image {image}: {percent}% of {} MB", all / 1_000_000));
+                last = std::time::Instant::now();
+            }
+        }
+        Ok(())
+    })
+}
+
+fn pull_failure(image: &str, engine: &str) -> String {
+    let e = engine.to_ascii_lowercase();
+    let registry = gpucloud_model::workload::image_registry(image);
+    if e.contains("unauthorized") || e.contains("denied") || e.contains("authentication required") {
+        format!("registry {registry} refused image {image}: it does not exist or needs credentials ({engine})")
+    } else if e.contains("not found") || e.contains("manifest unknown") || e.contains("does not exist") {
+        format!("image {image} was not found in registry {registry} ({engine})")
+    } else {
+        format!("cannot pull image {image} from registry {registry}: {engine}")
     }
 }
 

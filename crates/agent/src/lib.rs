@@ -6,6 +6,7 @@
 
 pub mod docker;
 pub mod gpu;
+pub mod ingress;
 pub mod metadata;
 pub mod nvml;
 pub mod reconcile;
@@ -32,6 +33,8 @@ pub struct Config {
     pub stop_grace: Duration,
     /// Loopback port of the metadata endpoint (0: any free port).
     pub metadata_port: u16,
+    /// Where the server's proxy reaches workloads' HTTP ports (0: any free port).
+    pub ingress_port: u16,
     /// Where other nodes reach this one (a cluster's MASTER_ADDR); the node name when `None`.
     pub address: Option<String>,
     /// Where workloads' GPUCLOUD_PORT comes from; any free port when `None`.
@@ -69,6 +72,7 @@ pub fn run(config: Config, gpus: &mut dyn GpuBackend, shutdown: &std::sync::atom
     }
     let mut runtime =
         ProcessRuntime::open_with(&config.state_dir, config.stop_grace, docker)?.with_ports(config.ports.clone());
+    let ingress = ingress::Ingress::start(config.ingress_port)?;
     let request = RegisterAgentRequest {
         name: config.name.clone(),
         region: config.region.clone(),
@@ -76,8 +80,12 @@ pub fn run(config: Config, gpus: &mut dyn GpuBackend, shutdown: &std::sync::atom
         address: config.address.clone(),
         labels: config.labels.clone(),
         runtime: Some(if runtime.containers() { "docker" } else { "process" }.to_string()),
+        ingress_port: Some(ingress.port()),
     };
     let reg = client.register(&request)?;
+    if let Some(secret) = &reg.ingress_secret {
+        ingress.set_secret(secret);
+    }
     let interval = config.interval.unwrap_or(Duration::from_millis(reg.heartbeat_interval_ms.max(100)));
     tracing::info!(node = %reg.node_id, epoch = reg.epoch, adopted = runtime.len(), "registered");
     let mut last_reading = std::time::Instant::now();
@@ -90,6 +98,7 @@ pub fn run(config: Config, gpus: &mut dyn GpuBackend, shutdown: &std::sync::atom
             return Ok(());
         }
         runtime.poll();
+        ingress.set_targets(runtime.http_targets());
         let dir = runtime.dir().to_path_buf();
         runtime.enforce(|id, pgid| gpus.workload_memory_mib(id, pgid, &dir));
         for (instance, seq, data) in runtime.pending_logs() {
@@ -108,7 +117,10 @@ pub fn run(config: Config, gpus: &mut dyn GpuBackend, shutdown: &std::sync::atom
             reason: None,
             checkpoint: None,
             port: None,
+            progress: None,
+            published: Vec::new(),
         }));
+        instances.extend(runtime.take_preparing());
         for r in &mut instances {
             r.checkpoint = metadata.checkpoint(&r.id);
         }

@@ -53,6 +53,10 @@ struct Saved {
     /// The container's address on the workloads' network (its metadata token is good from there).
     #[serde(default)]
     ip: Option<std::net::IpAddr>,
+    /// Its exposed ports: (port inside, port on the host) for raw TCP, (port, 0) for HTTP
+    /// (reached through the agent's ingress, never published).
+    #[serde(default)]
+    published: Vec<(u16, u16)>,
 }
 
 struct Workload {
@@ -70,6 +74,8 @@ pub struct ProcessRuntime {
     ports: Option<std::ops::RangeInclusive<u16>>,
     /// Containers instead of processes.
     docker: Option<crate::docker::DockerLauncher>,
+    /// Workloads waiting for their image this beat, and how far its pull got.
+    preparing: BTreeMap<String, String>,
 }
 
 /// `LOW-HIGH`, both 1024 to 65535.
@@ -206,6 +212,9 @@ fn workload_vars(
         ("CUDA_VISIBLE_DEVICES".to_string(), devices.clone()),
         ("NVIDIA_VISIBLE_DEVICES".to_string(), devices),
         ("GPUCLOUD_INSTANCE_ID".to_string(), w.id.clone()),
+        // The path its HTTP ports are proxied under: a server that must know its base path
+        // (Jupyter's --ServerApp.base_url) serves at ${GPUCLOUD_PROXY_PATH}PORT/.
+        ("GPUCLOUD_PROXY_PATH".to_string(), format!("/i/{}/", w.id)),
         ("GPUCLOUD_METADATA_URL".to_string(), metadata_url.to_string()),
         ("GPUCLOUD_GPU_INDICES".to_string(), w.gpus.iter().map(u32::to_string).collect::<Vec<_>>().join(",")),
     ]);
@@ -249,7 +258,14 @@ impl ProcessRuntime {
         private_dir(&dir);
         private_dir(&dir.join("logs"));
         let containers = docker.as_ref().map(|d| d.own(&dir)).transpose()?.unwrap_or_default();
-        let mut rt = ProcessRuntime { dir: dir.clone(), grace, workloads: BTreeMap::new(), ports: None, docker };
+        let mut rt = ProcessRuntime {
+            dir: dir.clone(),
+            grace,
+            workloads: BTreeMap::new(),
+            ports: None,
+            docker,
+            preparing: BTreeMap::new(),
+        };
         let mut ours = own_processes(&dir);
         if let Ok(text) = std::fs::read_to_string(rt.state_file()) {
             let saved: BTreeMap<String, Saved> = serde_json::from_str(&text).map_err(|e| format!("state.json: {e}"))?;
@@ -289,6 +305,7 @@ impl ProcessRuntime {
                     port,
                     container: None,
                     ip: None,
+                    published: Vec::new(),
                 };
                 slot.insert(Workload { saved, child: None, stop_sent: None, exit: None });
             }
@@ -318,6 +335,7 @@ impl ProcessRuntime {
                 port: None,
                 ip: d.inspect(&container).1,
                 container: Some(container),
+                published: Vec::new(),
             };
             rt.workloads.insert(id, Workload { saved, child: None, stop_sent: None, exit: None });
         }
@@ -380,11 +398,54 @@ impl ProcessRuntime {
     }
 
     /// Starts a workload. A container gets only the environment built here (not the agent's
-    /// nor the backend's host paths); a process inherits the agent's, as on a trusted host.
+    /// nor the backend's host paths); a process inherits the agent's, as on a trusted host. A
+    /// workload whose image is not on the node yet waits for it (pulled off this loop): it is
+    /// reported `preparing` until then, and started by a later call.
     pub fn start(&mut self, w: &AgentWorkload, metadata_url: &str, metadata_token: &str, env: &[(String, String)]) {
+        let image = match (&self.docker, &w.image) {
+            (Some(d), image) => {
+                let image = image.clone().unwrap_or_else(|| d.default_image().to_string());
+                match d.image_state(&image) {
+                    crate::docker::ImageState::Ready => Some(image),
+                    crate::docker::ImageState::Pulling(progress) => {
+                        self.preparing.insert(w.id.clone(), progress);
+                        return;
+                    }
+                    crate::docker::ImageState::Failed(why) => return self.failed_to_start(w, why),
+                }
+            }
+            (None, Some(image)) => {
+                let why = format!(
+                    "this node runs workloads as processes and cannot run image {image} (its agent needs --runtime docker)"
+                );
+                return self.failed_to_start(w, why);
+            }
+            (None, None) => None,
+        };
+        let ports: Vec<gpucloud_model::PortSpec> = w.ports.iter().filter_map(|p| p.parse().ok()).collect();
         let log = self.dir.join("logs").join(format!("{}.log", w.id));
-        let taken: Vec<u16> = self.workloads.values().filter_map(|w| w.saved.port).collect();
+        let mut taken: Vec<u16> = self
+            .workloads
+            .values()
+            .flat_map(|w| w.saved.port.into_iter().chain(w.saved.published.iter().map(|p| p.1)))
+            .collect();
         let port = free_port(self.ports.as_ref(), &taken);
+        taken.extend(port);
+        // Raw TCP ports get a host port of their own (a process binds its port on the host
+        // itself); HTTP ports are not published: the agent's ingress reaches them.
+        let mut published = Vec::with_capacity(ports.len());
+        for p in &ports {
+            let host = match (p.protocol, self.docker.is_some()) {
+                (gpucloud_model::PortProtocol::Http, _) => 0,
+                (gpucloud_model::PortProtocol::Tcp, false) => p.port,
+                (gpucloud_model::PortProtocol::Tcp, true) => match free_port(self.ports.as_ref(), &taken) {
+                    Some(h) => h,
+                    None => return self.failed_to_start(w, format!("no free host port for its port {p}")),
+                },
+            };
+            taken.push(host);
+            published.push((p.port, host));
+        }
         let backend_env: &[(String, String)] = if self.docker.is_some() { &[] } else { env };
         let vars = workload_vars(w, backend_env, port, metadata_url);
         let mut saved = Saved {
@@ -399,19 +460,23 @@ impl ProcessRuntime {
             port,
             container: None,
             ip: None,
+            published,
         };
-        let started = match &self.docker {
-            Some(d) => {
+        let started = match (&self.docker, image) {
+            (Some(d), Some(image)) => {
                 let milli = w.slice.as_ref().map_or(1000 * w.gpus.len().max(1) as u32, |s| s.milli);
-                d.launch(&w.id, &w.command, &vars, &w.gpu_uuids, milli, port, &saved.log, &self.dir).map(|c| {
-                    tracing::info!(instance = %w.id, container = %c.id, pid = c.pid, ip = ?c.ip, "started workload container");
-                    saved.container = Some(c.id);
-                    saved.pid = c.pid;
-                    saved.ip = c.ip;
-                    None
-                })
+                let tcp: Vec<(u16, u16)> = saved.published.iter().copied().filter(|(_, h)| *h != 0).collect();
+                d.launch(&image, &tcp, &w.id, &w.command, &vars, &w.gpu_uuids, milli, port, &saved.log, &self.dir).map(
+                    |c| {
+                        tracing::info!(instance = %w.id, container = %c.id, pid = c.pid, ip = ?c.ip, %image, "started workload container");
+                        saved.container = Some(c.id);
+                        saved.pid = c.pid;
+                        saved.ip = c.ip;
+                        None
+                    },
+                )
             }
-            None => spawn_process(&w.command, &vars, &self.dir, &saved.log).map_err(|e| e.to_string()).map(|child| {
+            _ => spawn_process(&w.command, &vars, &self.dir, &saved.log).map_err(|e| e.to_string()).map(|child| {
                 tracing::info!(instance = %w.id, pid = child.id(), "started workload");
                 saved.pid = child.id() as i32;
                 Some(child)
@@ -426,6 +491,63 @@ impl ProcessRuntime {
         };
         self.workloads.insert(w.id.clone(), Workload { saved, child, stop_sent: None, exit });
         self.save();
+    }
+
+    /// Records a workload that could not start, and why (reported with its failure).
+    fn failed_to_start(&mut self, w: &AgentWorkload, why: String) {
+        tracing::warn!(instance = %w.id, %why, "workload cannot start");
+        let saved = Saved {
+            pid: 0,
+            gpus: Vec::new(),
+            log: self.dir.join("logs").join(format!("{}.log", w.id)),
+            log_offset: 0,
+            next_seq: 1,
+            metadata_token: None,
+            memory_cap_mib: None,
+            ended_for: Some(why),
+            port: None,
+            container: None,
+            ip: None,
+            published: Vec::new(),
+        };
+        self.workloads
+            .insert(w.id.clone(), Workload { saved, child: None, stop_sent: None, exit: Some(Exit::Code(127)) });
+        self.save();
+    }
+
+    /// Workloads waiting for their image, as reports (`preparing`, with how far the pull got).
+    /// Forgotten once said: a workload still wanted is asked to start again, which adds it back.
+    pub fn take_preparing(&mut self) -> Vec<AgentInstanceReport> {
+        std::mem::take(&mut self.preparing)
+            .into_iter()
+            .map(|(id, progress)| AgentInstanceReport {
+                id,
+                state: "preparing".into(),
+                exit_code: None,
+                reason: None,
+                checkpoint: None,
+                port: None,
+                progress: Some(progress),
+                published: Vec::new(),
+            })
+            .collect()
+    }
+
+    /// Where running workloads' HTTP ports are reached from this host: their container's
+    /// address, or this host for a process.
+    pub fn http_targets(&self) -> std::collections::HashMap<(String, u16), std::net::SocketAddr> {
+        let mut out = std::collections::HashMap::new();
+        for (id, w) in self.workloads.iter().filter(|(_, w)| w.exit.is_none()) {
+            let ip = match (&w.saved.container, w.saved.ip) {
+                (Some(_), Some(ip)) => ip,
+                (Some(_), None) => continue,
+                (None, _) => std::net::IpAddr::from([127, 0, 0, 1]),
+            };
+            for (port, _) in w.saved.published.iter().filter(|(_, h)| *h == 0) {
+                out.insert((id.clone(), *port), std::net::SocketAddr::new(ip, *port));
+            }
+        }
+        out
     }
 
     /// SIGTERM now; SIGKILL once the grace period has passed.
@@ -527,6 +649,8 @@ impl ProcessRuntime {
                         reason: Some(reason.clone()),
                         checkpoint: None,
                         port: None,
+                        progress: None,
+                        published: Vec::new(),
                     };
                 }
                 let (state, exit_code) = match w.exit {
@@ -544,6 +668,17 @@ impl ProcessRuntime {
                     reason: None,
                     checkpoint: None,
                     port: w.saved.port.filter(|_| w.exit.is_none()),
+                    progress: None,
+                    published: if w.exit.is_none() {
+                        w.saved
+                            .published
+                            .iter()
+                            .filter(|(_, h)| *h != 0)
+                            .map(|(p, h)| gpucloud_api::PublishedPort { port: *p, host_port: *h })
+                            .collect()
+                    } else {
+                        Vec::new()
+                    },
                 }
             })
             .collect()

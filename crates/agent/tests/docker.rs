@@ -28,6 +28,8 @@ fn workload(id: &str, command: &str) -> AgentWorkload {
         env: [("EXTRA".to_string(), "from the server".to_string())].into(),
         notice: None,
         cluster: None,
+        image: None,
+        ports: Vec::new(),
     }
 }
 
@@ -145,4 +147,90 @@ fn a_missing_image_is_an_error_at_start() {
         .err()
         .unwrap();
     assert!(err.contains("gpucloud-no-such-image:never"), "{err}");
+}
+
+/// An image made from the test image with a marker file in it (no registry here: a commit).
+fn derived_image(base: &str) -> String {
+    let tag = "gpucloud-test-derived:1";
+    let name = format!("gpucloud-derive-{:08x}", rand::random::<u32>());
+    let run = std::process::Command::new("docker")
+        .args(["run", "--name", &name, base, "sh", "-c", "echo derived > /marker"])
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let commit = std::process::Command::new("docker").args(["commit", &name, tag]).output().unwrap();
+    assert!(commit.status.success(), "{}", String::from_utf8_lossy(&commit.stderr));
+    let _ = std::process::Command::new("docker").args(["rm", "-f", &name]).output();
+    tag.to_string()
+}
+
+#[test]
+fn a_workload_runs_in_its_own_image_and_a_missing_image_fails_with_a_reason() {
+    let Some(image) = image() else { return };
+    let derived = derived_image(&image);
+    let dir = std::env::temp_dir().join(format!("gpucloud-docker-img-{:016x}", rand::random::<u64>()));
+    let launcher = DockerLauncher::connect(&image, false, Confinement::share_of(2, 2048, 2)).unwrap();
+    let mut rt = ProcessRuntime::open_with(&dir, Duration::from_secs(5), Some(launcher)).unwrap();
+
+    // Its own image, with a raw TCP port published on the host.
+    let mut own = workload(
+        "i-own",
+        "cat /marker; mkdir -p /tmp/www && echo served > /tmp/www/index.html && httpd -f -p 7000 -h /tmp/www",
+    );
+    own.image = Some(derived.clone());
+    own.ports = vec!["7000/tcp".into()];
+    rt.start(&own, "http://127.0.0.1:1/v1/instance/a", "a", &[]);
+    assert!(rt.take_preparing().is_empty(), "a local image starts at once");
+    let report = rt.report().into_iter().find(|r| r.id == "i-own").unwrap();
+    assert_eq!(report.state, "running", "{report:?}");
+    let host_port = report.published.iter().find(|p| p.port == 7000).expect("published").host_port;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let body = loop {
+        let got = std::net::TcpStream::connect(("127.0.0.1", host_port)).ok().and_then(|mut c| {
+            use std::io::{Read, Write};
+            c.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+            c.write_all(b"GET / HTTP/1.0\r\n\r\n").ok()?;
+            let mut out = String::new();
+            c.read_to_string(&mut out).ok()?;
+            Some(out)
+        });
+        match got {
+            Some(b) if b.contains("served") => break b,
+            _ if Instant::now() > deadline => panic!("port 7000/tcp never answered on host port {host_port}"),
+            _ => std::thread::sleep(Duration::from_millis(100)),
+        }
+    };
+    assert!(body.contains("served"));
+    let mut logs = std::collections::BTreeMap::new();
+    ship(&mut rt, &mut logs);
+    assert!(logs.get("i-own").is_some_and(|l| l.contains("derived")), "ran in its own image: {logs:?}");
+
+    // An image no registry has: preparing while the pull is tried, then failed with a reason
+    // naming the image; never started.
+    let mut missing = workload("i-missing", "true");
+    missing.image = Some("gpucloud-test-missing:1".into());
+    rt.start(&missing, "http://127.0.0.1:1/v1/instance/b", "b", &[]);
+    let preparing = rt.take_preparing();
+    assert_eq!(preparing.len(), 1);
+    assert_eq!(preparing[0].state, "preparing");
+    assert!(preparing[0].progress.as_deref().unwrap_or("").contains("gpucloud-test-missing:1"), "{preparing:?}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let failed = loop {
+        assert!(Instant::now() < deadline, "the pull never ended");
+        if let Some(r) = rt.report().into_iter().find(|r| r.id == "i-missing") {
+            break r;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        rt.take_preparing();
+        rt.start(&missing, "http://127.0.0.1:1/v1/instance/b", "b", &[]);
+    };
+    assert_eq!(failed.state, "failed");
+    let reason = failed.reason.unwrap_or_default();
+    assert!(reason.contains("gpucloud-test-missing:1") && reason.contains("docker.io"), "{reason}");
+
+    rt.stop_all_now();
+    wait_for(&mut rt, "the container never stopped", |rt| state_of(rt, "i-own").0 != "running");
+    let report = rt.report();
+    rt.reported(&report);
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -15,6 +15,8 @@ fn workload(id: &str, command: &str) -> AgentWorkload {
         env: Default::default(),
         notice: None,
         cluster: None,
+        image: None,
+        ports: Vec::new(),
     }
 }
 
@@ -175,4 +177,18 @@ fn port_ranges_are_checked() {
     let p = held.local_addr().unwrap().port();
     assert_eq!(gpucloud_agent::runtime::free_port(Some(&(p..=p)), &[]), None);
     assert_eq!(gpucloud_agent::runtime::free_port(Some(&(p..=p)), &[p]), None);
+}
+
+#[test]
+fn a_process_node_refuses_an_image_with_a_reason() {
+    let dir = temp_dir();
+    let mut rt = ProcessRuntime::open(&dir, Duration::from_secs(1)).unwrap();
+    let mut w = workload("i-img", "true");
+    w.image = Some("nvcr.io/nvidia/pytorch:24.05-py3".into());
+    rt.start(&w, "http://127.0.0.1:1/x", "t", &[]);
+    let r = rt.report().into_iter().find(|r| r.id == "i-img").unwrap();
+    assert_eq!(r.state, "failed");
+    let reason = r.reason.unwrap();
+    assert!(reason.contains("nvcr.io/nvidia/pytorch:24.05-py3") && reason.contains("--runtime docker"), "{reason}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

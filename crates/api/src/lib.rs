@@ -72,6 +72,54 @@ pub struct CreateInstanceRequest {
     #[serde(default)]
     #[schema(value_type = Option<String>, example = "1.20")]
     pub max_price_per_gpu_hour: Option<Money>,
+    /// The container image to run in, `[REGISTRY/]NAME[:TAG]`; the node's own when omitted.
+    /// Needs nodes that run workloads as containers (`gpucloud agent --runtime docker`).
+    #[serde(default)]
+    #[schema(example = "nvcr.io/nvidia/pytorch:24.05-py3")]
+    pub image: Option<String>,
+    /// Environment variables for the workload. A value `secret:NAME` is the caller's secret
+    /// NAME, read when the workload starts (`PUT /v1/secrets/{name}`).
+    #[serde(default)]
+    pub env: std::collections::BTreeMap<String, String>,
+    /// Secrets to set as variables of the same name (`["HF_TOKEN"]`: `HF_TOKEN=secret:HF_TOKEN`).
+    #[serde(default)]
+    pub secrets: Vec<String>,
+    /// Ports the workload serves on: `8888/http` (through the server's authenticated proxy at
+    /// `/i/{id}/8888/`) or `22/tcp` (a raw port on the node).
+    #[serde(default)]
+    #[schema(example = json!(["8888/http"]))]
+    pub ports: Vec<String>,
+}
+
+/// A port an instance exposes, and where to reach it while it runs.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct InstancePort {
+    pub port: u16,
+    /// http or tcp.
+    pub protocol: String,
+    /// http: the proxied address (`SERVER/i/{id}/{port}/`, a key or a dashboard login needed);
+    /// tcp: `tcp://NODE:PORT`. Null until the instance runs.
+    pub url: Option<String>,
+}
+
+/// A secret: its name and when it was set. Its value is never returned.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct Secret {
+    pub name: String,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SecretList {
+    pub secrets: Vec<Secret>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PutSecretRequest {
+    /// The value (at most 32 KiB, no NUL byte). Stored encrypted; never returned.
+    pub value: String,
 }
 
 /// A preemption notice: the workload has until `deadline` (SIGTERM then).
@@ -138,6 +186,17 @@ pub struct Instance {
     pub job: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attempt: Option<u32>,
+    /// The container image it runs in; null: its node's own.
+    #[serde(default)]
+    pub image: Option<String>,
+    /// Its environment as asked for: secrets appear as `secret:NAME`, never their values.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub env: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    pub ports: Vec<InstancePort>,
+    /// While provisioning: what its node is doing ("pulling image ...: 45%"). Not billed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -601,6 +660,9 @@ pub struct RegisterAgentRequest {
     /// `process` (and an agent that does not say).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runtime: Option<String>,
+    /// The port its ingress listens on: where the server's proxy reaches workloads' HTTP ports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress_port: Option<u16>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -610,6 +672,10 @@ pub struct AgentRegistered {
     pub epoch: i64,
     /// How often the server expects a heartbeat.
     pub heartbeat_interval_ms: u64,
+    /// What the server's proxy signs its ingress connections with (hex), when the agent
+    /// registered an ingress port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress_secret: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
@@ -629,6 +695,19 @@ pub struct AgentInstanceReport {
     /// The port the agent gave the workload (GPUCLOUD_PORT).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
+    /// While it is not started yet: what the agent is doing for it ("pulling image ...: 45%").
+    /// The state is then `preparing`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<String>,
+    /// Its exposed ports as published on the node: container port and host port.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub published: Vec<PublishedPort>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct PublishedPort {
+    pub port: u16,
+    pub host_port: u16,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -675,6 +754,12 @@ pub struct AgentWorkload {
     /// For a cluster member: the cluster's size and membership now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<AgentCluster>,
+    /// The image to run it in (container runtime); the agent's own when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Ports to publish on the node (`8888/http`, `22/tcp`); reported back in `published`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
@@ -853,6 +938,15 @@ pub struct CreateJobRequest {
     /// After a spot attempt has waited this long for capacity, run on-demand instead.
     #[serde(default)]
     pub on_demand_after_seconds: Option<u64>,
+    /// The container image every attempt runs in; the node's own when omitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Environment for every attempt (`secret:NAME` values are the caller's secrets).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub env: std::collections::BTreeMap<String, String>,
+    /// Secrets to set as variables of the same name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

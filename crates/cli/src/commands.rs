@@ -96,6 +96,20 @@ pub struct CreateArgs {
     /// Run on your reservation (see `gpucloud reservation list`): always room, already paid for.
     #[arg(long, conflicts_with = "spot")]
     reserved: bool,
+    /// The container image to run in, e.g. nvcr.io/nvidia/pytorch:24.05-py3 (the node's own
+    /// when omitted; needs nodes with the container runtime).
+    #[arg(long)]
+    image: Option<String>,
+    /// An environment variable, KEY=VALUE (repeatable); KEY=secret:NAME takes your secret NAME.
+    #[arg(long = "env", value_name = "KEY=VALUE")]
+    env: Vec<String>,
+    /// Your secret NAME as the variable NAME (repeatable; see `gpucloud secret set`).
+    #[arg(long = "secret", value_name = "NAME")]
+    secrets: Vec<String>,
+    /// A port the workload serves on: 8888/http (through the server's proxy, with your key)
+    /// or 22/tcp (a raw port on the node). Repeatable.
+    #[arg(long = "port", value_name = "PORT/PROTO")]
+    ports: Vec<String>,
 }
 
 #[derive(Subcommand)]
@@ -194,7 +208,84 @@ fn instance_detail(i: &api::Instance) -> String {
     if let (Some(j), Some(a)) = (&i.job, i.attempt) {
         lines.push(format!("job:       {j} (attempt {a})"));
     }
+    if let Some(image) = &i.image {
+        lines.push(format!("image:     {image}"));
+    }
+    if let Some(p) = &i.progress {
+        lines.push(format!("progress:  {p} (not billed)"));
+    }
+    for (k, v) in &i.env {
+        lines.push(format!("env:       {k}={v}"));
+    }
+    for p in &i.ports {
+        let url = p.url.clone().unwrap_or_else(|| "(once running)".into());
+        lines.push(format!("port:      {}/{} -> {url}", p.port, p.protocol));
+    }
     lines.join("\n")
+}
+
+/// `KEY=VALUE` pairs; the server checks names and values.
+pub fn parse_env(pairs: &[String]) -> Result<std::collections::BTreeMap<String, String>, String> {
+    let mut out = std::collections::BTreeMap::new();
+    for p in pairs {
+        let (k, v) = p.split_once('=').ok_or_else(|| format!("--env '{p}': expected KEY=VALUE"))?;
+        if out.insert(k.to_string(), v.to_string()).is_some() {
+            return Err(format!("--env {k} is given twice"));
+        }
+    }
+    Ok(out)
+}
+
+#[derive(Subcommand)]
+pub enum SecretCmd {
+    /// Set a secret from standard input (one line from a terminal, everything piped otherwise);
+    /// it is stored encrypted and never shown again.
+    Set { name: String },
+    /// Your secrets' names (never their values).
+    List,
+    /// Delete a secret.
+    Delete { name: String },
+}
+
+pub fn secret(ctx: &Ctx, cmd: SecretCmd) -> Res {
+    let c = ctx.client(As::Tenant)?;
+    let err = |e: crate::client::ClientError| e.to_string();
+    match cmd {
+        SecretCmd::Set { name } => {
+            use std::io::{IsTerminal, Read};
+            let mut value = String::new();
+            if std::io::stdin().is_terminal() {
+                eprint!("value for {name}: ");
+                std::io::stdin().read_line(&mut value).map_err(|e| e.to_string())?;
+            } else {
+                std::io::stdin().read_to_string(&mut value).map_err(|e| e.to_string())?;
+            }
+            // The line break that ends what was typed or echoed is not part of the secret.
+            let value = value.strip_suffix('\n').map(|v| v.strip_suffix('\r').unwrap_or(v)).unwrap_or(&value);
+            let body = serde_json::json!({ "value": value });
+            let s: api::Secret =
+                c.put(&format!("/v1/secrets/{}", crate::client::encode_query(&name)), &body).map_err(err)?;
+            show(ctx, &s, |s| format!("secret {} set ({})", s.name, s.updated_at));
+        }
+        SecretCmd::List => {
+            let l: api::SecretList = c.get("/v1/secrets").map_err(err)?;
+            show(ctx, &l, |l| {
+                let rows: Vec<Vec<String>> = l
+                    .secrets
+                    .iter()
+                    .map(|s| vec![s.name.clone(), s.created_at.clone(), s.updated_at.clone()])
+                    .collect();
+                table(&["NAME", "CREATED", "UPDATED"], &rows)
+            });
+        }
+        SecretCmd::Delete { name } => {
+            c.delete(&format!("/v1/secrets/{}", crate::client::encode_query(&name))).map_err(err)?;
+            if !ctx.json {
+                println!("secret {name} deleted");
+            }
+        }
+    }
+    Ok(())
 }
 
 /// "2x A100-40GB", or for a slice "25% of 1 A100-40GB (10240 MiB)" / "MIG 1g.10gb of 1 A100-80GB".
@@ -292,11 +383,17 @@ pub fn instance(ctx: &Ctx, cmd: InstanceCmd) -> Res {
                 spot,
                 max_price,
                 reserved,
+                image,
+                env,
+                secrets,
+                ports,
                 ..
             } = *a;
+            let env = parse_env(&env)?;
             // Passed through as given: the server names what is wrong with it.
             let mut body = serde_json::json!({
                 "gpu": gpu, "count": count, "region": region, "command": command, "name": name,
+                "image": image, "env": env, "secrets": secrets, "ports": ports,
             });
             if spot {
                 body["tier"] = "spot".into();

@@ -44,6 +44,9 @@ enum Command {
     /// Create and manage GPU instances.
     #[command(subcommand)]
     Instance(commands::InstanceCmd),
+    /// Secrets for your workloads (stored encrypted; given to a workload with --secret or --env KEY=secret:NAME).
+    #[command(subcommand)]
+    Secret(commands::SecretCmd),
     /// The fleet: nodes and their GPUs (operator).
     #[command(subcommand)]
     Node(commands::NodeCmd),
@@ -163,6 +166,7 @@ fn main() -> ExitCode {
         Command::Instance(c) => commands::instance(&ctx, c),
         Command::Monitor(c) => monitor::monitor(&ctx, c),
         Command::Key(c) => access::key(&ctx, c),
+        Command::Secret(c) => commands::secret(&ctx, c),
         Command::Gateway {
             listen,
             backends,

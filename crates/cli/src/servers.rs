@@ -74,6 +74,15 @@ pub struct MonitorArgs {
     /// confined container of its own (agent --runtime docker). For a cloud shared by tenants.
     #[arg(long)]
     require_containers: bool,
+    /// The key tenants' secrets are sealed with: 64 hex digits in a file only the server reads,
+    /// made there if it does not exist. Every replica needs the same file. [default: secrets.key
+    /// beside a SQLite database (dev: in its data directory); none for PostgreSQL: no secrets]
+    #[arg(long, value_name = "PATH", env = "GPUCLOUD_SECRETS_KEY_FILE")]
+    secrets_key_file: Option<PathBuf>,
+    /// How users reach this server, e.g. https://gpu.example.com: the base of the URLs of
+    /// instances' proxied ports [default: http:// and the listen address].
+    #[arg(long, value_name = "URL")]
+    public_url: Option<String>,
 }
 
 impl MonitorArgs {
@@ -97,6 +106,16 @@ impl MonitorArgs {
             m.temperature_alert_c = c;
         }
         config.require_containers |= self.require_containers;
+        if let Some(path) = &self.secrets_key_file {
+            config.secrets_key = Some(gpucloud_server::app::secrets::SecretsKey::load_or_create(path)?);
+        }
+        if let Some(u) = &self.public_url {
+            let ok = (u.starts_with("http://") || u.starts_with("https://")) && !u.contains(char::is_whitespace);
+            if !ok {
+                return Err(format!("--public-url must be an http:// or https:// URL, got '{u}'"));
+            }
+            config.public_url = u.clone();
+        }
         for n in &self.webhook_allow {
             config.webhook_allow.push(n.parse().map_err(|e| format!("--webhook-allow: {e}"))?);
         }
@@ -222,6 +241,11 @@ pub fn dev(args: DevArgs) -> Result<(), String> {
         let mut config = with_tick(config, args.tick_ms);
         args.market.apply(&mut config)?;
         args.monitor.apply(&mut config)?;
+        if config.secrets_key.is_none() {
+            config.secrets_key = Some(gpucloud_server::app::secrets::SecretsKey::load_or_create(
+                &data_dir.join("secrets.key"),
+            )?);
+        }
         let running = gpucloud_server::start(store, config, &args.listen)
             .await
             .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
@@ -261,6 +285,7 @@ pub fn dev(args: DevArgs) -> Result<(), String> {
                 interval: Some(agent_interval),
                 stop_grace: Duration::from_secs(5),
                 metadata_port: 0,
+                ingress_port: 0,
                 address: Some("127.0.0.1".into()),
                 ports: None,
                 docker_image: None,
@@ -323,7 +348,8 @@ pub fn dev(args: DevArgs) -> Result<(), String> {
         let _ = std::io::stdout().flush();
         let result = tokio::select! {
             _ = running.wait() => Err("the API server stopped".to_string()),
-            _ = tokio::signal::ctrl_c() => Ok(()),
+            // SIGTERM too (kill, service managers): the workloads stop with dev, never orphaned.
+            _ = terminated() => Ok(()),
         };
         // Workloads run as real processes: stopping dev stops them too (they are adopted, or
         // reported stopped, on the next start).
@@ -363,6 +389,17 @@ pub fn serve(args: ServeArgs) -> Result<(), String> {
         }
         args.market.apply(&mut config)?;
         args.monitor.apply(&mut config)?;
+        if config.secrets_key.is_none() {
+            match sqlite_file(&args.database) {
+                Some(db) => {
+                    let path = db.with_file_name("secrets.key");
+                    config.secrets_key = Some(gpucloud_server::app::secrets::SecretsKey::load_or_create(&path)?);
+                }
+                None => tracing::warn!(
+                    "no --secrets-key-file: this server keeps no secrets (tenants' secret requests are refused)"
+                ),
+            }
+        }
         let running = gpucloud_server::start(store, config, &args.listen)
             .await
             .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
@@ -386,6 +423,13 @@ pub fn serve(args: ServeArgs) -> Result<(), String> {
         app.step_down().await;
         result
     })
+}
+
+/// The file of a `sqlite://PATH` database URL (without its `?options`).
+fn sqlite_file(url: &str) -> Option<PathBuf> {
+    let path = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = path.split('?').next().unwrap_or(path);
+    (!path.is_empty() && path != ":memory:").then(|| PathBuf::from(path))
 }
 
 /// Ctrl-C, or SIGTERM (what systemd and container runtimes send).
@@ -462,6 +506,10 @@ pub struct AgentArgs {
     /// [default: 7081].
     #[arg(long)]
     metadata_port: Option<u16>,
+    /// Port the server's proxy reaches workloads' HTTP ports on (every connection signed by the
+    /// server); open it to the server replicas only (0: any free port) [default: 7082].
+    #[arg(long)]
+    ingress_port: Option<u16>,
     /// Where other nodes reach this host (a cluster member's MASTER_ADDR, an instance's endpoint)
     /// [default: the node name].
     #[arg(long)]
@@ -524,6 +572,7 @@ impl AgentArgs {
             interval_ms: self.interval_ms.or(file.interval_ms),
             stop_grace_s: self.stop_grace_s.or(file.stop_grace_s),
             metadata_port: self.metadata_port.or(file.metadata_port),
+            ingress_port: self.ingress_port.or(file.ingress_port),
             address: self.address.or(file.address),
             port_range: self.port_range.or(file.port_range),
             runtime: self.runtime.or(file.runtime),
@@ -633,6 +682,7 @@ pub fn agent(args: AgentArgs) -> Result<(), String> {
         interval: args.interval_ms.map(Duration::from_millis),
         stop_grace: Duration::from_secs(args.stop_grace_s.unwrap_or(10)),
         metadata_port: args.metadata_port.unwrap_or(7081),
+        ingress_port: args.ingress_port.unwrap_or(7082),
         address: args.address.clone(),
         ports,
         docker_image: docker,

@@ -8,6 +8,7 @@ mod money;
 mod node;
 pub mod schedule;
 mod time;
+pub mod workload;
 
 pub use gpu::{FATAL_XIDS, GpuModel, GpuShare, MigProfile, UnknownGpuModel, xid_is_fatal};
 pub use ids::{ApiKeyId, ClusterId, IdError, InstanceId, JobId, NodeId, PoolId, ReservationId, TenantId};
@@ -15,6 +16,7 @@ pub use instance::{AgentObservation, Change, IllegalTransition, InstanceState, S
 pub use money::{MICROS_PER_UNIT, Money, MoneyError};
 pub use node::{NodeHealth, NodeState, Region, RegionError, Role, Tier};
 pub use time::Timestamp;
+pub use workload::{PortProtocol, PortSpec};
 
 /// The largest number of GPUs one instance may ask for. Bigger requests are rejected up front
 /// rather than left pending forever: no server we know of carries more than 16 GPUs.

@@ -40,6 +40,8 @@ pub async fn run(api: Arc<dyn AgentApi>, node: NodeId, gpus: Vec<GpuInfo>, inter
             checkpoints: Vec::new(),
             ports: Vec::new(),
             metrics: Vec::new(),
+            preparing: Vec::new(),
+            published: Vec::new(),
         };
         let mut changed = false;
         match api.heartbeat(report).await {

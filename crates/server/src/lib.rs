@@ -40,9 +40,14 @@ impl Running {
 }
 
 /// Binds `listen`, starts the reconcilers (and fake agents when configured) and serves the API.
-pub async fn start(store: Arc<dyn Store>, config: Config, listen: &str) -> std::io::Result<Running> {
+pub async fn start(store: Arc<dyn Store>, mut config: Config, listen: &str) -> std::io::Result<Running> {
     let listener = TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
+    if config.public_url.is_empty() {
+        let host = if addr.ip().is_unspecified() { std::net::IpAddr::from([127, 0, 0, 1]) } else { addr.ip() };
+        config.public_url = format!("http://{}", SocketAddr::new(host, addr.port()));
+    }
+    config.public_url = config.public_url.trim_end_matches('/').to_string();
     let app = Arc::new(App::new(store, config));
     let mut tasks = tasks::spawn_all(app.clone());
     let router = http::router(app.clone());

@@ -89,6 +89,8 @@ fn a_cluster_resizes_as_a_gang_and_shrinks_with_notice() {
                 checkpoints: vec![],
                 ports: vec![],
                 metrics: vec![],
+                preparing: Vec::new(),
+                published: Vec::new(),
             })
             .await
     });

@@ -11,6 +11,7 @@ mod migrate;
 mod sql;
 mod telemetry;
 mod types;
+mod workload;
 
 pub use access::AccessStore;
 pub use lease::LeaseStore;
@@ -18,6 +19,7 @@ pub use market::{JobChange, MarketStore};
 pub use sql::SqlStore;
 pub use telemetry::{FleetBucket, GpuBucket, GpuSample, TelemetryStore};
 pub use types::*;
+pub use workload::WorkloadStore;
 
 use async_trait::async_trait;
 use gpucloud_model::{InstanceId, NodeId, NodeState, Region, TenantId, Timestamp};
@@ -46,7 +48,7 @@ pub enum Backend {
 }
 
 #[async_trait]
-pub trait Store: MarketStore + TelemetryStore + LeaseStore + AccessStore + Send + Sync {
+pub trait Store: MarketStore + TelemetryStore + LeaseStore + AccessStore + WorkloadStore + Send + Sync {
     fn backend(&self) -> Backend;
 
     async fn create_tenant(&self, tenant: &Tenant) -> Result<()>;

@@ -148,6 +148,24 @@ pub(crate) fn encode_env(env: &[(String, String)]) -> Option<String> {
     (!env.is_empty()).then(|| env.iter().map(|(k, v)| format!("{k}={v}\n")).collect())
 }
 
+pub(crate) fn encode_ports(ports: &[gpucloud_model::PortSpec]) -> Option<String> {
+    (!ports.is_empty()).then(|| ports.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(","))
+}
+
+pub(crate) fn encode_published(published: &[(u16, u16)]) -> Option<String> {
+    (!published.is_empty()).then(|| published.iter().map(|(c, h)| format!("{c}={h}")).collect::<Vec<_>>().join(","))
+}
+
+pub(crate) fn decode_published(text: Option<String>) -> Vec<(u16, u16)> {
+    text.unwrap_or_default()
+        .split(',')
+        .filter_map(|p| {
+            let (c, h) = p.split_once('=')?;
+            Some((c.parse().ok()?, h.parse().ok()?))
+        })
+        .collect()
+}
+
 pub(crate) fn sale_from_row(r: &AnyRow) -> Result<Sale> {
     let t = "instances";
     let env: Option<String> = r.try_get("env")?;
@@ -169,7 +187,16 @@ pub(crate) fn sale_from_row(r: &AnyRow) -> Result<Sale> {
         None => None,
     };
     let pool: Option<String> = r.try_get("pool_id")?;
+    let ports: Option<String> = r.try_get("ports")?;
+    let ports = ports
+        .unwrap_or_default()
+        .split(',')
+        .filter(|p| !p.is_empty())
+        .map(|p| parse::<gpucloud_model::PortSpec>(t, p))
+        .collect::<Result<Vec<_>>>()?;
     Ok(Sale {
+        image: r.try_get("image")?,
+        ports,
         pool: pool.map(|p| parse::<gpucloud_model::PoolId>(t, &p)).transpose()?,
         tier: parse::<Tier>(t, &r.try_get::<String, _>("tier")?)?,
         max_price: r.try_get::<Option<i64>, _>("max_price_micros")?.map(Money),

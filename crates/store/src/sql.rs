@@ -27,7 +27,7 @@ pub struct SqlStore {
 pub(crate) const INSTANCE_COLUMNS: &str = "id, tenant_id, name, region, gpu_model, gpu_count, command, state, \
     stop_target, node_id, generation, pending_reason, exit_code, created_at, updated_at, gpu_milli, gpu_mem_mib, \
     mig_profile, status_reason, cluster_id, cluster_rank, pool_id, tier, max_price_micros, env, job_id, attempt, running_since, notice_at, notice_ms, \
-    notice_reason, preempt_at, checkpoint, checkpoint_at, endpoint";
+    notice_reason, preempt_at, checkpoint, checkpoint_at, endpoint, image, ports, progress, published";
 
 impl SqlStore {
     pub async fn open(url: &str) -> Result<SqlStore> {
@@ -206,6 +206,8 @@ pub(crate) fn instance_from_row(r: &AnyRow) -> Result<Instance> {
         notice: crate::market::notice_from_row(r)?,
         checkpoint: crate::market::checkpoint_from_row(r)?,
         endpoint: r.try_get("endpoint")?,
+        progress: r.try_get("progress")?,
+        published: crate::market::decode_published(r.try_get("published")?),
     })
 }
 
@@ -1307,9 +1309,9 @@ async fn insert_instance_in(tx: &mut sqlx::Transaction<'_, sqlx::Any>, n: &NewIn
             "INSERT INTO instances (id, tenant_id, name, region, gpu_model, gpu_count, command, state, \
              stop_target, node_id, generation, pending_reason, exit_code, idempotency_key, created_at, updated_at, \
              gpu_milli, gpu_mem_mib, mig_profile, tier, max_price_micros, env, job_id, attempt, cluster_id, cluster_rank, \
-             pool_id) \
+             pool_id, image, ports) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', NULL, NULL, 1, NULL, NULL, $8, $9, $9, $10, $11, $12, \
-             $13, $14, $15, $16, $17, $18, $19, $20) \
+             $13, $14, $15, $16, $17, $18, $19, $20, $21, $22) \
              ON CONFLICT (tenant_id, idempotency_key) DO NOTHING",
         )
         .bind(n.id.to_string())
@@ -1332,6 +1334,8 @@ async fn insert_instance_in(tx: &mut sqlx::Transaction<'_, sqlx::Any>, n: &NewIn
         .bind(n.sale.cluster.as_ref().map(|(c, _)| c.to_string()))
         .bind(n.sale.cluster.as_ref().map(|(_, r)| i64::from(*r)))
         .bind(n.sale.pool.as_ref().map(|p| p.to_string()))
+        .bind(n.sale.image.clone())
+        .bind(crate::market::encode_ports(&n.sale.ports))
         .execute(&mut **tx)
         .await
         .map_err(|e| unique_violation(e, &format!("instance {}", n.id)))?;

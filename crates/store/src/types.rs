@@ -188,6 +188,10 @@ pub struct Sale {
     pub cluster: Option<(ClusterId, u32)>,
     /// The warm pool holding it, until it is handed out.
     pub pool: Option<gpucloud_model::PoolId>,
+    /// The container image it runs in; `None`: the node's own.
+    pub image: Option<String>,
+    /// The ports it exposes.
+    pub ports: Vec<gpucloud_model::PortSpec>,
 }
 
 /// A preemption notice given to an instance.
@@ -236,6 +240,20 @@ pub struct Instance {
     /// Where it serves ("host:port": its node's address and its GPUCLOUD_PORT), once its agent
     /// reported the port.
     pub endpoint: Option<String>,
+    /// What its agent says while preparing it ("pulling image ...: 45%"), until it runs.
+    pub progress: Option<String>,
+    /// Where its exposed ports are published on its node: (container port, host port).
+    pub published: Vec<(u16, u16)>,
+}
+
+/// A tenant's secret as stored: sealed, never the plaintext.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretRow {
+    pub tenant_id: TenantId,
+    pub name: String,
+    pub sealed: String,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -75,6 +75,7 @@ suite!(
     gpu_samples_per_instance_fleet_and_retention,
     one_replica_holds_a_lease_at_a_time,
     an_instance_endpoint_is_kept_without_a_new_generation,
+    secrets_are_per_tenant_and_progress_is_not_a_state_change,
 );
 
 fn ts(ms: i64) -> Timestamp {
@@ -749,10 +750,12 @@ async fn spot_notices_checkpoints_and_jobs(s: Arc<dyn Store>) {
             job: Some((job.id.clone(), 1)),
             cluster: None,
             pool: None,
+            image: Some("nvcr.io/nvidia/pytorch:24.05-py3".into()),
+            ports: vec!["8888/http".parse().unwrap(), "22/tcp".parse().unwrap()],
         },
     };
     let i = s.insert_instance(&new).await.unwrap().0;
-    assert_eq!(i.sale, new.sale, "tier, bid, env and job come back as written");
+    assert_eq!(i.sale, new.sale, "tier, bid, env, job, image and ports come back as written");
     assert!(
         !s.give_notice(&i.id, 5_000, "too early", ts(11)).await.unwrap(),
         "a pending instance has no run to notice"
@@ -1011,4 +1014,47 @@ async fn an_instance_endpoint_is_kept_without_a_new_generation(s: Arc<dyn Store>
     assert_eq!(s.get_node(&n.id).await.unwrap().unwrap().labels, labels);
     s.set_node_labels(&n.id, &Default::default()).await.unwrap();
     assert!(s.get_node(&n.id).await.unwrap().unwrap().labels.is_empty());
+}
+
+async fn secrets_are_per_tenant_and_progress_is_not_a_state_change(s: Arc<dyn Store>) {
+    let (a, b) = (tenant(&s, "sec-a").await, tenant(&s, "sec-b").await);
+    let row = |t: &Tenant, name: &str, sealed: &str, at: i64| SecretRow {
+        tenant_id: t.id.clone(),
+        name: name.into(),
+        sealed: sealed.into(),
+        created_at: ts(at),
+        updated_at: ts(at),
+    };
+    assert!(s.put_secret(&row(&a, "HF_TOKEN", "v1:aa", 10)).await.unwrap(), "new");
+    assert!(!s.put_secret(&row(&a, "HF_TOKEN", "v1:bb", 20)).await.unwrap(), "replaced");
+    assert!(s.put_secret(&row(&b, "HF_TOKEN", "v1:cc", 30)).await.unwrap(), "another tenant's own");
+    let got = s.get_secret(&a.id, "HF_TOKEN").await.unwrap().unwrap();
+    assert_eq!((got.sealed.as_str(), got.created_at, got.updated_at), ("v1:bb", ts(10), ts(20)));
+    assert_eq!(s.get_secret(&b.id, "HF_TOKEN").await.unwrap().unwrap().sealed, "v1:cc");
+    s.put_secret(&row(&a, "AWS_KEY", "v1:dd", 40)).await.unwrap();
+    let names: Vec<String> = s.list_secrets(&a.id).await.unwrap().into_iter().map(|r| r.name).collect();
+    assert_eq!(names, ["AWS_KEY", "HF_TOKEN"]);
+    assert!(s.delete_secret(&a.id, "HF_TOKEN").await.unwrap());
+    assert!(!s.delete_secret(&a.id, "HF_TOKEN").await.unwrap());
+    assert!(s.get_secret(&a.id, "HF_TOKEN").await.unwrap().is_none());
+    assert!(s.get_secret(&b.id, "HF_TOKEN").await.unwrap().is_some(), "b's is untouched");
+
+    let n = node(&s, "prog-node", GpuModel::A100_40GB, 1).await;
+    let i = running_instance(&s, &a, &n, 10).await;
+    s.set_instance_progress(&i.id, Some("pulling image x: 45%")).await.unwrap();
+    s.set_instance_published(&i.id, &[(8888, 31234), (22, 31235)]).await.unwrap();
+    let again = s.get_instance(None, &i.id).await.unwrap().unwrap();
+    assert_eq!(again.progress.as_deref(), Some("pulling image x: 45%"));
+    assert_eq!(again.published, vec![(8888, 31234), (22, 31235)]);
+    assert_eq!(again.generation, i.generation);
+    s.set_instance_progress(&i.id, None).await.unwrap();
+    s.set_instance_published(&i.id, &[]).await.unwrap();
+    let again = s.get_instance(None, &i.id).await.unwrap().unwrap();
+    assert_eq!((again.progress, again.published), (None, vec![]));
+
+    assert_eq!(s.node_ingress(&n.id).await.unwrap(), None);
+    s.set_node_ingress(&n.id, Some(41234), Some("ab".repeat(32).as_str())).await.unwrap();
+    assert_eq!(s.node_ingress(&n.id).await.unwrap(), Some((41234, "ab".repeat(32))));
+    s.set_node_ingress(&n.id, None, None).await.unwrap();
+    assert_eq!(s.node_ingress(&n.id).await.unwrap(), None);
 }

@@ -41,6 +41,10 @@ pub struct AgentReport {
     pub ports: Vec<(InstanceId, u16)>,
     /// Business metrics the workloads pushed.
     pub metrics: Vec<gpucloud_store::MetricPoint>,
+    /// Workloads the agent is preparing (pulling their image), and how far it got.
+    pub preparing: Vec<(InstanceId, String)>,
+    /// Where each running workload's exposed ports are published: (container port, host port).
+    pub published: Vec<(InstanceId, Vec<(u16, u16)>)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,6 +67,8 @@ pub struct DesiredInstance {
     pub notice: Option<(gpucloud_model::Timestamp, String)>,
     /// A cluster member's view of its cluster.
     pub cluster: Option<gpucloud_api::AgentCluster>,
+    pub image: Option<String>,
+    pub ports: Vec<gpucloud_model::PortSpec>,
 }
 
 #[async_trait]
@@ -139,6 +145,14 @@ impl AgentApi for App {
             }
             // Before the state, like checkpoints: an instance is never shown running at an old
             // run's endpoint.
+            if let Some((_, published)) = report.published.iter().find(|(p, _)| p == id)
+                && inst.published != *published
+            {
+                self.store.set_instance_published(id, published).await?;
+            }
+            if inst.progress.is_some() && *seen == AgentObservation::Running {
+                self.store.set_instance_progress(id, None).await?;
+            }
             if let Some((_, port)) = report.ports.iter().find(|(p, _)| p == id) {
                 let host = current.reached_at();
                 let endpoint = if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") };
@@ -147,6 +161,15 @@ impl AgentApi for App {
                 }
             }
             self.observe(inst, *seen).await?;
+        }
+        for (id, progress) in &report.preparing {
+            let Some(inst) = self.store.get_instance(None, id).await? else { continue };
+            if inst.node_id.as_ref() == Some(node)
+                && inst.state == InstanceState::Provisioning
+                && inst.progress.as_deref() != Some(progress.as_str())
+            {
+                self.store.set_instance_progress(id, Some(progress)).await?;
+            }
         }
         let uuids: std::collections::HashMap<u32, String> =
             current.gpus.into_iter().map(|g| (g.index, g.uuid)).collect();
@@ -168,8 +191,20 @@ impl AgentApi for App {
             }
         }
         let mut desired = Vec::with_capacity(held.len());
+        let mut secrets = std::collections::HashMap::new();
         for i in held {
-            let mut env = i.sale.env.clone();
+            let stop = i.state == InstanceState::Stopping;
+            // Secrets go to the node only for a workload it is to run.
+            let mut env = if stop {
+                i.sale
+                    .env
+                    .iter()
+                    .filter(|(_, v)| !v.starts_with(gpucloud_model::workload::SECRET_REF))
+                    .cloned()
+                    .collect()
+            } else {
+                self.open_env(&i, i.sale.env.clone(), &mut secrets).await?
+            };
             let mut cluster = None;
             if i.sale.cluster.is_some()
                 && let Some((extra, view)) = self.member_context(&i).await?
@@ -178,7 +213,7 @@ impl AgentApi for App {
                 cluster = Some(view);
             }
             desired.push(DesiredInstance {
-                desired: if i.state == InstanceState::Stopping { Desired::Stop } else { Desired::Run },
+                desired: if stop { Desired::Stop } else { Desired::Run },
                 gpu_uuids: i.gpus.iter().filter_map(|g| uuids.get(g).cloned()).collect(),
                 id: i.id,
                 gpus: i.gpus,
@@ -187,6 +222,8 @@ impl AgentApi for App {
                 env,
                 notice: i.notice.and_then(|n| Some((n.deadline?, n.reason))),
                 cluster,
+                image: i.sale.image,
+                ports: i.sale.ports,
             });
         }
         Ok(desired)

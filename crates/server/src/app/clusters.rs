@@ -272,6 +272,8 @@ impl App {
                     job: None,
                     cluster: Some((c.id.clone(), rank)),
                     pool: None,
+                    image: None,
+                    ports: Vec::new(),
                 },
             };
             gang.push(new);

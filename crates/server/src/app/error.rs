@@ -21,6 +21,9 @@ pub enum AppError {
     /// The tenant cannot pay for this (empty prepaid balance, spent budget).
     #[error("{0}")]
     PaymentRequired(String),
+    /// What the request needs beyond this server did not answer (a node's agent, a workload).
+    #[error("{0}")]
+    BadGateway(String),
     /// The record kept changing under us; the caller may retry.
     #[error("{0} changed concurrently too often; retry")]
     Contended(String),

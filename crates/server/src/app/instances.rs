@@ -17,6 +17,10 @@ pub struct CreateInstance {
     pub mig: Option<String>,
     pub tier: gpucloud_model::Tier,
     pub max_price: Option<gpucloud_model::Money>,
+    pub image: Option<String>,
+    pub env: std::collections::BTreeMap<String, String>,
+    pub secrets: Vec<String>,
+    pub ports: Vec<String>,
 }
 
 impl CreateInstance {
@@ -33,6 +37,10 @@ impl CreateInstance {
             mig: None,
             tier: gpucloud_model::Tier::OnDemand,
             max_price: None,
+            image: None,
+            env: Default::default(),
+            secrets: Vec::new(),
+            ports: Vec::new(),
         }
     }
 }
@@ -114,6 +122,11 @@ impl App {
             }
         }
         check_sale(req.tier, req.max_price)?;
+        if let Some(image) = &req.image {
+            gpucloud_model::workload::check_image(image).map_err(|e| AppError::invalid("image", e))?;
+        }
+        let ports = gpucloud_model::workload::parse_ports(&req.ports).map_err(|e| AppError::invalid("ports", e))?;
+        let env = self.check_env(&by.tenant.id, &req.env, &req.secrets).await?;
         let mut region = req.region;
         if req.tier == gpucloud_model::Tier::Reserved {
             if share.is_some() {
@@ -137,10 +150,12 @@ impl App {
             sale: gpucloud_store::Sale {
                 tier: req.tier,
                 max_price: req.max_price,
-                env: Vec::new(),
+                env,
                 job: None,
                 cluster: None,
                 pool: None,
+                image: req.image,
+                ports,
             },
         };
         let (inst, created) = self.store.insert_instance(&new).await?;

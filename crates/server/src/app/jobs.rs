@@ -76,6 +76,10 @@ impl App {
         let spot = req.spot.unwrap_or(true);
         let tier = if spot { Tier::Spot } else { Tier::OnDemand };
         super::instances::check_sale(tier, req.max_price_per_gpu_hour)?;
+        if let Some(image) = &req.image {
+            gpucloud_model::workload::check_image(image).map_err(|e| AppError::invalid("image", e))?;
+        }
+        self.check_env(&by.tenant.id, &req.env, &req.secrets).await?;
         if !req.regions.is_empty() {
             let known = self.store.list_regions().await?;
             if let Some(r) = req.regions.iter().find(|r| !known.contains(r)) {
@@ -299,8 +303,9 @@ impl App {
     /// Creates attempt `n` (idempotently) on the cheapest allowed GPU model and region.
     async fn launch_attempt(&self, job: &Job, spec: &CreateJobRequest, n: u32, tier: Tier) -> Result<(), AppError> {
         let (model, region) = self.cheapest_choice(spec, tier).await?;
-        let mut env =
-            vec![("GPUCLOUD_JOB_ID".to_string(), job.id.to_string()), ("GPUCLOUD_ATTEMPT".into(), n.to_string())];
+        let mut env: Vec<(String, String)> = spec.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        env.extend(spec.secrets.iter().map(|s| (s.clone(), format!("{}{s}", gpucloud_model::workload::SECRET_REF))));
+        env.extend([("GPUCLOUD_JOB_ID".to_string(), job.id.to_string()), ("GPUCLOUD_ATTEMPT".into(), n.to_string())]);
         if let Some(dir) = &spec.checkpoint_dir {
             env.push(("GPUCLOUD_CHECKPOINT_DIR".into(), dir.clone()));
         }
@@ -328,6 +333,8 @@ impl App {
                 job: Some((job.id.clone(), n)),
                 cluster: None,
                 pool: None,
+                image: spec.image.clone(),
+                ports: Vec::new(),
             },
         };
         let (inst, created) = self.store.insert_instance(&new).await?;

@@ -16,8 +16,10 @@ pub mod monitoring;
 pub mod obs;
 pub mod outbound;
 pub mod pools;
+mod ports;
 pub mod ratelimit;
 pub mod reservations;
+pub mod secrets;
 pub use instances::{CreateInstance, resolve_share};
 mod nodes;
 mod schedule;
@@ -63,6 +65,11 @@ pub struct Config {
     pub webhook_allow: Vec<outbound::Net>,
     /// Refuse agents that run workloads as plain processes (no isolation between tenants).
     pub require_containers: bool,
+    /// Seals tenants' secrets; without one the server keeps none.
+    pub secrets_key: Option<secrets::SecretsKey>,
+    /// How users reach this server (`https://gpu.example.com`): the base of proxied port URLs.
+    /// Empty: `http://` and the address it listens on.
+    pub public_url: String,
 }
 
 /// The spot market's settings (see `billing::spot` for the price formula).
@@ -151,6 +158,8 @@ impl Default for Config {
             rate_limit: Some(ratelimit::RateLimit::default()),
             webhook_allow: Vec::new(),
             require_containers: false,
+            secrets_key: None,
+            public_url: String::new(),
         }
     }
 }

@@ -120,6 +120,10 @@ impl App {
             mig: None,
             tier: Tier::OnDemand,
             max_price: None,
+            image: None,
+            env: Default::default(),
+            secrets: Vec::new(),
+            ports: Vec::new(),
         };
         let (inst, _) = self.create_instance(by, req, None).await?;
         tracing::info!(pool = %pool.name, instance = %inst.id, "no warm instance running: started a cold one");

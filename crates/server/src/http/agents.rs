@@ -38,10 +38,16 @@ pub async fn register(
         req.gpus.into_iter().map(|g| gpucloud_store::NewGpu { index: g.index, model: g.model, uuid: g.uuid }).collect();
     app.check_agent_runtime(req.runtime.as_deref())?;
     let node = app.register_agent(&p, &req.name, req.region, gpus, req.address, req.labels).await?;
+    let ingress_secret = app.set_ingress(&node.id, req.ingress_port).await?;
     let interval = (app.config.heartbeat_grace / 5).as_millis() as u64;
     Ok((
         StatusCode::CREATED,
-        Json(AgentRegistered { node_id: node.id.to_string(), epoch: node.epoch, heartbeat_interval_ms: interval }),
+        Json(AgentRegistered {
+            node_id: node.id.to_string(),
+            epoch: node.epoch,
+            heartbeat_interval_ms: interval,
+            ingress_secret,
+        }),
     ))
 }
 
@@ -58,14 +64,30 @@ pub async fn heartbeat(
     let mut instances = Vec::new();
     let mut checkpoints = Vec::new();
     let mut ports = Vec::new();
+    let mut preparing = Vec::new();
+    let mut published = Vec::new();
     for r in req.instances {
         let id = InstanceId::parse(&r.id).map_err(|e| bad("instances", &e.to_string()))?;
         let seen = match (r.state.as_str(), r.exit_code) {
             ("running", _) => AgentObservation::Running,
             ("stopped", _) => AgentObservation::Stopped,
             ("failed", code) => AgentObservation::Failed { exit_code: code.unwrap_or(-1) },
-            _ => return Err(bad("instances", "state is running, stopped or failed")),
+            ("preparing", _) => {
+                let progress: String =
+                    r.progress.unwrap_or_default().chars().filter(|c| !c.is_control()).take(200).collect();
+                preparing.push((id, if progress.is_empty() { "preparing".to_string() } else { progress }));
+                continue;
+            }
+            _ => return Err(bad("instances", "state is preparing, running, stopped or failed")),
         };
+        if r.published.len() > gpucloud_model::workload::MAX_PORTS
+            || r.published.iter().any(|p| p.port == 0 || p.host_port == 0)
+        {
+            return Err(bad("instances", "at most 8 published ports, each 1 to 65535"));
+        }
+        if r.state == "running" {
+            published.push((id.clone(), r.published.iter().map(|p| (p.port, p.host_port)).collect()));
+        }
         if let Some(path) = r.checkpoint.filter(|p| !p.is_empty()) {
             if path.len() > 4096 || path.chars().any(char::is_control) {
                 return Err(bad("instances", "a checkpoint path is 1 to 4096 printable characters"));
@@ -118,6 +140,8 @@ pub async fn heartbeat(
         checkpoints,
         ports,
         metrics,
+        preparing,
+        published,
     };
     let desired = app.heartbeat(report).await?;
     let instances = desired
@@ -136,6 +160,8 @@ pub async fn heartbeat(
                 reason,
             }),
             cluster: d.cluster,
+            image: d.image,
+            ports: d.ports.iter().map(|p| p.to_string()).collect(),
         })
         .collect();
     Ok(Json(AgentDesired { instances }))

@@ -4,8 +4,42 @@ use gpucloud_api as api;
 use gpucloud_api::rfc3339;
 use gpucloud_store as store;
 
-pub fn instance(i: store::Instance) -> api::Instance {
+/// An instance as its tenant sees it; `base` is the server's public URL (proxied ports).
+pub fn instance(i: store::Instance, base: &str) -> api::Instance {
+    let running = i.state == gpucloud_model::InstanceState::Running;
+    // The node's address, from the endpoint the agent reported ("host:port", "[v6]:port").
+    let node_host = i.endpoint.as_deref().and_then(|e| e.rsplit_once(':')).map(|(h, _)| h.to_string());
+    let ports = i
+        .sale
+        .ports
+        .iter()
+        .map(|p| {
+            let url = match p.protocol {
+                gpucloud_model::PortProtocol::Http => running.then(|| format!("{base}/i/{}/{}/", i.id, p.port)),
+                gpucloud_model::PortProtocol::Tcp => {
+                    let host_port = i.published.iter().find(|(c, _)| *c == p.port).map(|(_, h)| *h);
+                    match (&node_host, host_port) {
+                        (Some(h), Some(hp)) if running => Some(format!("tcp://{h}:{hp}")),
+                        _ => None,
+                    }
+                }
+            };
+            api::InstancePort {
+                port: p.port,
+                protocol: match p.protocol {
+                    gpucloud_model::PortProtocol::Http => "http",
+                    gpucloud_model::PortProtocol::Tcp => "tcp",
+                }
+                .to_string(),
+                url,
+            }
+        })
+        .collect();
     api::Instance {
+        image: i.sale.image.clone(),
+        env: i.sale.env.iter().filter(|(k, _)| !k.starts_with("GPUCLOUD_")).cloned().collect(),
+        ports,
+        progress: i.progress.clone().filter(|_| i.state == gpucloud_model::InstanceState::Provisioning),
         id: i.id.to_string(),
         name: i.name,
         state: i.state.to_string(),

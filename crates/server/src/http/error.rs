@@ -55,6 +55,7 @@ impl From<AppError> for ApiError {
             AppError::Conflict(_) => ApiError::new(S::CONFLICT, "conflict", detail),
             AppError::PaymentRequired(_) => ApiError::new(S::PAYMENT_REQUIRED, "payment_required", detail),
             AppError::Contended(_) => ApiError::new(S::SERVICE_UNAVAILABLE, "contended", detail),
+            AppError::BadGateway(_) => ApiError::new(S::BAD_GATEWAY, "bad_gateway", detail),
             AppError::Store(e) => {
                 tracing::error!(error = %e, "store error");
                 ApiError::new(S::INTERNAL_SERVER_ERROR, "internal", "internal error; the server log has the details")

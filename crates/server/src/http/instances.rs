@@ -33,16 +33,21 @@ pub async fn create(
         mig: req.mig,
         tier: parse_tier(req.tier.as_deref())?,
         max_price: req.max_price_per_gpu_hour,
+        image: req.image,
+        env: req.env,
+        secrets: req.secrets,
+        ports: req.ports,
     };
     let (inst, _) = app.create_instance(&p, req, idempotency::key_of(&headers)).await?;
-    Ok((StatusCode::CREATED, Json(convert::instance(inst))))
+    Ok((StatusCode::CREATED, Json(convert::instance(inst, &app.config.public_url))))
 }
 
 /// List the caller's instances, oldest first.
 #[utoipa::path(get, path = "/v1/instances", tag = "instances",
     responses((status = 200, body = InstanceList)), security(("bearer" = [])))]
 pub async fn list(State(app): State<Arc<App>>, Auth(p): Auth) -> Result<Json<InstanceList>, ApiError> {
-    let instances = app.list_instances(&p).await?.into_iter().map(convert::instance).collect();
+    let instances =
+        app.list_instances(&p).await?.into_iter().map(|i| convert::instance(i, &app.config.public_url)).collect();
     Ok(Json(InstanceList { instances }))
 }
 
@@ -54,11 +59,11 @@ pub async fn show(
     Auth(p): Auth,
     Path(id): Path<String>,
 ) -> Result<Json<Instance>, ApiError> {
-    Ok(Json(convert::instance(app.get_instance(&p, &id).await?)))
+    Ok(Json(convert::instance(app.get_instance(&p, &id).await?, &app.config.public_url)))
 }
 
 async fn act(app: &App, p: &crate::app::Principal, id: &str, action: UserAction) -> Result<Json<Instance>, ApiError> {
-    Ok(Json(convert::instance(app.instance_action(p, id, action).await?)))
+    Ok(Json(convert::instance(app.instance_action(p, id, action).await?, &app.config.public_url)))
 }
 
 /// Stop: the workload is stopped and the GPUs released; nothing is billed while stopped.

@@ -76,7 +76,7 @@ pub async fn preempt(
     Path(id): Path<String>,
     ApiJson(req): ApiJson<PreemptRequest>,
 ) -> Result<Json<Instance>, ApiError> {
-    Ok(Json(convert::instance(app.simulate_preemption(&p, &id, req.notice_seconds).await?)))
+    Ok(Json(convert::instance(app.simulate_preemption(&p, &id, req.notice_seconds).await?, &app.config.public_url)))
 }
 
 pub fn job(v: JobView) -> Job {

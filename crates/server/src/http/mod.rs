@@ -17,6 +17,8 @@ mod metrics;
 mod monitoring;
 mod nodes;
 mod pools;
+mod proxy;
+mod secrets;
 mod tenants;
 mod ui;
 
@@ -49,6 +51,7 @@ pub const MAX_BODY: usize = 64 * 1024;
         (name = "clusters", description = "Resizable groups of identical members"),
         (name = "pools", description = "Warm pools: instances kept started, handed out in milliseconds"),
         (name = "monitoring", description = "GPU telemetry history, the fleet over time, idle policy, alerts"),
+        (name = "secrets", description = "Tenants' secrets, stored encrypted, given to workloads at start"),
         (name = "meta", description = "Catalog, capacity, identity, health"),
     )
 )]
@@ -130,6 +133,9 @@ pub fn api() -> (Router<Arc<App>>, utoipa::openapi::OpenApi) {
         .routes(routes!(monitoring::fleet))
         .routes(routes!(monitoring::get_idle, monitoring::set_idle))
         .routes(routes!(monitoring::queue))
+        .routes(routes!(secrets::list))
+        .routes(routes!(secrets::put, secrets::delete))
+        .routes(routes!(proxy::login, proxy::logout))
         .split_for_parts()
 }
 
@@ -152,5 +158,8 @@ pub fn router(app: Arc<App>) -> Router {
         .layer(axum::middleware::from_fn_with_state(app.clone(), guard::layer))
         .route_layer(axum::middleware::from_fn_with_state(app.clone(), metrics::track))
         .layer(DefaultBodyLimit::max(MAX_BODY))
-        .with_state(app)
+        .with_state(app.clone())
+        // The proxy to workloads' ports: its own authentication, no body limit, no idempotency
+        // replay (the workload's requests are its business).
+        .merge(proxy::routes(app))
 }

@@ -121,7 +121,7 @@ pub async fn queue(State(app): State<Arc<App>>, Auth(p): Auth) -> Result<Json<gp
         .into_iter()
         .map(|i| gpucloud_api::QueuedInstance {
             tenant: i.tenant_id.to_string(),
-            instance: super::convert::instance(i),
+            instance: super::convert::instance(i, &app.config.public_url),
         })
         .collect();
     Ok(Json(gpucloud_api::Queue { pending }))

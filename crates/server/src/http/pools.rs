@@ -85,7 +85,7 @@ pub async fn claim(
     ApiJson(req): ApiJson<ClaimRequest>,
 ) -> Result<(StatusCode, Json<Claimed>), ApiError> {
     let (inst, warm) = app.claim_from_pool(&p, &name, req.name).await?;
-    Ok((StatusCode::CREATED, Json(Claimed { warm, instance: convert::instance(inst) })))
+    Ok((StatusCode::CREATED, Json(Claimed { warm, instance: convert::instance(inst, &app.config.public_url) })))
 }
 
 /// Set a pool's size, or its size by time of day (warm before the market opens).

@@ -1,0 +1,378 @@
+//! What a workload runs with: its image, environment, secrets and ports, over HTTP as a tenant
+//! and as an agent would use them.
+
+mod common;
+
+use common::TestServer;
+use serde_json::{Value, json};
+
+fn put_secret(s: &TestServer, key: &str, name: &str, value: &str) -> common::Resp {
+    let body = serde_json::to_vec(&json!({ "value": value })).unwrap();
+    s.raw("PUT", &format!("/v1/secrets/{name}"), Some(key), &[("Content-Type", "application/json")], Some(&body))
+}
+
+fn with_key() -> TestServer {
+    TestServer::start_with(|c| c.secrets_key = Some(gpucloud_server::app::secrets::SecretsKey::generate()))
+}
+
+/// An agent node of its own (the only L4 node), registered with the operator's key.
+fn l4_node(s: &TestServer) -> (String, Value) {
+    let body = json!({"name": "l4-host", "region": "eu-1",
+        "gpus": [{"index": 0, "model": "L4", "uuid": "GPU-l4-host-0"}]});
+    let r = s.post(&s.operator_key, "/v1/agent/register", Some(&body));
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    (r.body["node_id"].as_str().unwrap().to_string(), r.body["epoch"].clone())
+}
+
+fn beat(s: &TestServer, node: &str, epoch: &Value, instances: Value) -> Value {
+    let body = json!({"node_id": node, "epoch": epoch, "instances": instances, "gpus": []});
+    let r = s.post(&s.operator_key, "/v1/agent/heartbeat", Some(&body));
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    r.body
+}
+
+/// Beats until the node is asked to run `id`; its workload as the agent gets it.
+fn desired(s: &TestServer, node: &str, epoch: &Value, id: &str) -> Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let b = beat(s, node, epoch, json!([]));
+        if let Some(w) = b["instances"].as_array().unwrap().iter().find(|w| w["id"] == id) {
+            return w.clone();
+        }
+        assert!(std::time::Instant::now() < deadline, "never placed: {b}");
+        std::thread::sleep(std::time::Duration::from_millis(30));
+    }
+}
+
+#[test]
+fn secrets_are_stored_sealed_listed_by_name_and_kept_per_tenant() {
+    let s = with_key();
+    let a = s.tenant("alice");
+    let b = s.tenant("bob");
+    let value = "hf_VERY-secret-value-4242";
+    let r = put_secret(&s, &a, "HF_TOKEN", value);
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    assert_eq!(r.body["name"], "HF_TOKEN");
+    assert_eq!(put_secret(&s, &a, "HF_TOKEN", value).status, 200, "replaced");
+    for (name, v, field) in [("9lives", "x", "name"), ("a b", "x", "name"), ("NUL", "a\0b", "value")] {
+        let r = put_secret(&s, &a, &name.replace(' ', "%20"), v);
+        assert_eq!((r.status, r.body["field"].as_str()), (422, Some(field)), "{name}: {:?}", r.body);
+    }
+    let big = "x".repeat(32 * 1024 + 1);
+    assert_eq!(put_secret(&s, &a, "BIG", &big).status, 422);
+    let list = s.get(&a, "/v1/secrets");
+    assert_eq!(list.status, 200);
+    assert_eq!(list.body["secrets"].as_array().unwrap().len(), 1);
+    assert_eq!(list.body["secrets"][0]["name"], "HF_TOKEN");
+    // Another tenant sees none of it and cannot delete it.
+    assert_eq!(s.get(&b, "/v1/secrets").body["secrets"], json!([]));
+    assert_eq!(s.raw("DELETE", "/v1/secrets/HF_TOKEN", Some(&b), &[], None).status, 404);
+    // A read-only key cannot set one; no key at all is 401.
+    let ro = s.post(&a, "/v1/keys", Some(&json!({"name": "viewer", "scope": "read-only"})));
+    let ro = ro.body["api_key"].as_str().unwrap().to_string();
+    assert_eq!(put_secret(&s, &ro, "OTHER", "x").status, 403);
+    assert_eq!(s.raw("GET", "/v1/secrets", None, &[], None).status, 401);
+
+    // An instance that takes it, by --secret and by --env KEY=secret:NAME.
+    let body = json!({"gpu": "T4", "count": 1, "command": "sleep 1000",
+        "env": {"MODE": "train", "TOKEN2": "secret:HF_TOKEN"}, "secrets": ["HF_TOKEN"]});
+    let r = s.post(&a, "/v1/instances", Some(&body));
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    assert_eq!(r.body["env"], json!({"HF_TOKEN": "secret:HF_TOKEN", "MODE": "train", "TOKEN2": "secret:HF_TOKEN"}));
+    let id = r.body["id"].as_str().unwrap().to_string();
+    s.wait_state(&a, &id, "running");
+    // Bob cannot use Alice's secret.
+    let r =
+        s.post(&b, "/v1/instances", Some(&json!({"gpu": "T4", "count": 1, "command": "x", "secrets": ["HF_TOKEN"]})));
+    assert_eq!((r.status, r.body["field"].as_str()), (422, Some("env")), "{:?}", r.body);
+    assert!(r.body["detail"].as_str().unwrap().contains("no secret named 'HF_TOKEN'"), "{:?}", r.body);
+
+    // The value is in no answer the API gives: not the instance, its list, its events, the
+    // secrets list, nor the operator's audit log and usage.
+    for (key, path) in [
+        (&a, format!("/v1/instances/{id}")),
+        (&a, "/v1/instances".to_string()),
+        (&a, format!("/v1/instances/{id}/events")),
+        (&a, "/v1/secrets".to_string()),
+        (&s.operator_key, "/v1/audit".to_string()),
+        (&s.operator_key, "/v1/nodes".to_string()),
+        (&a, "/v1/openapi.json".to_string()),
+    ] {
+        let r = s.get(key, &path);
+        assert_eq!(r.status, 200, "{path}: {:?}", r.body);
+        assert!(!r.body.to_string().contains(value), "{path} shows the secret's value");
+    }
+    // Nor the database: it is stored sealed.
+    let rows = s.block_on(async {
+        let tenant = s.app.store().list_tenants().await.unwrap().into_iter().find(|t| t.name == "alice").unwrap();
+        s.app.store().list_secrets(&tenant.id).await.unwrap()
+    });
+    assert!(rows[0].sealed.starts_with("v1:") && !rows[0].sealed.contains(value));
+
+    // The node running it gets the value, and only while it is to run.
+    let d = s.block_on(async {
+        use gpucloud_server::app::{AgentApi, AgentReport};
+        let inst = s.app.store().get_instance(None, &gpucloud_model::InstanceId::parse(&id).unwrap()).await.unwrap();
+        let node = inst.unwrap().node_id.unwrap();
+        s.app
+            .heartbeat(AgentReport {
+                node,
+                epoch: None,
+                instances: vec![],
+                gpus: vec![],
+                checkpoints: vec![],
+                ports: vec![],
+                metrics: vec![],
+                preparing: vec![],
+                published: vec![],
+            })
+            .await
+            .unwrap()
+    });
+    let w = d.into_iter().find(|w| w.id.as_str() == id).unwrap();
+    let env: std::collections::HashMap<String, String> = w.env.into_iter().collect();
+    assert_eq!((env["HF_TOKEN"].as_str(), env["TOKEN2"].as_str(), env["MODE"].as_str()), (value, value, "train"));
+
+    assert_eq!(s.raw("DELETE", "/v1/secrets/HF_TOKEN", Some(&a), &[], None).status, 204);
+    assert_eq!(s.raw("DELETE", "/v1/secrets/HF_TOKEN", Some(&a), &[], None).status, 404);
+}
+
+#[test]
+fn a_server_without_a_key_keeps_no_secrets() {
+    let s = TestServer::start();
+    let a = s.tenant("alice");
+    let r = put_secret(&s, &a, "HF_TOKEN", "x");
+    assert_eq!(r.status, 409, "{:?}", r.body);
+    assert!(r.body["detail"].as_str().unwrap().contains("--secrets-key-file"), "{:?}", r.body);
+}
+
+#[test]
+fn image_env_and_ports_are_checked_kept_and_sent_to_the_node() {
+    let s = with_key();
+    let a = s.tenant("alice");
+    let create = |extra: Value| {
+        let mut body = json!({"gpu": "L4", "count": 1, "command": "sleep 1000"});
+        body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        s.post(&a, "/v1/instances", Some(&body))
+    };
+    for (extra, field, needle) in [
+        (json!({"image": "Ubuntu:24.04"}), "image", "lower-case"),
+        (json!({"image": "ubuntu:"}), "image", "tag"),
+        (json!({"image": ""}), "image", "1 to 255"),
+        (json!({"env": {"1BAD": "x"}}), "env", "letters, digits"),
+        (json!({"env": {"CUDA_VISIBLE_DEVICES": "0,1,2,3"}}), "env", "set by gpucloud"),
+        (json!({"env": {"NVIDIA_VISIBLE_DEVICES": "all"}}), "env", "set by gpucloud"),
+        (json!({"env": {"GPUCLOUD_PORT": "1"}}), "env", "set by gpucloud"),
+        (json!({"env": {"A": "x\ny"}}), "env", "line break"),
+        (json!({"env": {"A": "secret:NOPE"}}), "env", "no secret named 'NOPE'"),
+        (json!({"secrets": ["A-B"]}), "secrets", "letters, digits"),
+        (json!({"env": {"A": "1"}, "secrets": ["A"]}), "secrets", "twice"),
+        (json!({"ports": ["8888/udp"]}), "ports", "PORT/http or PORT/tcp"),
+        (json!({"ports": ["0/http"]}), "ports", "PORT/http"),
+        (json!({"ports": ["80", "80/tcp"]}), "ports", "twice"),
+    ] {
+        let r = create(extra.clone());
+        assert_eq!((r.status, r.body["field"].as_str()), (422, Some(field)), "{extra}: {:?}", r.body);
+        assert!(r.body["detail"].as_str().unwrap().contains(needle), "{extra}: {:?}", r.body);
+    }
+    let r = create(json!({"image": "nvcr.io/nvidia/pytorch:24.05-py3", "env": {"MODE": "eval"},
+        "ports": ["8888/http", "2222/tcp"]}));
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let id = r.body["id"].as_str().unwrap().to_string();
+    assert_eq!(r.body["image"], "nvcr.io/nvidia/pytorch:24.05-py3");
+    assert_eq!(
+        r.body["ports"],
+        json!([{"port": 8888, "protocol": "http", "url": null}, {"port": 2222, "protocol": "tcp", "url": null}])
+    );
+
+    // The node gets the image and ports; while it pulls, the instance says so and is not billed.
+    let (node, epoch) = l4_node(&s);
+    let w = desired(&s, &node, &epoch, &id);
+    assert_eq!(w["image"], "nvcr.io/nvidia/pytorch:24.05-py3");
+    assert_eq!(w["ports"], json!(["8888/http", "2222/tcp"]));
+    assert_eq!(w["env"]["MODE"], "eval");
+    let pulling = "pulling image nvcr.io/nvidia/pytorch:24.05-py3: 45% of 8000 MB";
+    beat(&s, &node, &epoch, json!([{"id": id, "state": "preparing", "progress": pulling}]));
+    let shown = s.wait_for(&a, &id, "pulling", |b| b["progress"] == pulling);
+    assert_eq!(shown["state"], "provisioning");
+    // Running: the progress goes, the ports get their addresses.
+    beat(
+        &s,
+        &node,
+        &epoch,
+        json!([{"id": id, "state": "running", "port": 41000, "published": [{"port": 2222, "host_port": 31022}]}]),
+    );
+    let shown = s.wait_state(&a, &id, "running");
+    assert!(shown.get("progress").is_none(), "{shown}");
+    assert_eq!(shown["ports"][0]["url"], format!("{}/i/{id}/8888/", s.url));
+    let tcp = shown["ports"][1]["url"].as_str().unwrap();
+    assert!(tcp.starts_with("tcp://") && tcp.ends_with(":31022"), "{shown}");
+    // Nothing was billed for the pull: billing starts with the run.
+    let events = s.get(&a, &format!("/v1/instances/{id}/events")).body;
+    assert!(events.to_string().contains("running"), "{events}");
+
+    // Agents' reports are checked too.
+    let r = s.post(
+        &s.operator_key,
+        "/v1/agent/heartbeat",
+        Some(&json!({"node_id": node, "epoch": epoch, "gpus": [],
+            "instances": [{"id": id, "state": "running", "published": [{"port": 0, "host_port": 1}]}]})),
+    );
+    assert_eq!(r.status, 422, "{:?}", r.body);
+}
+
+/// A stand-in workload on a local port: answers each request with what it received (path and
+/// headers), and a websocket upgrade with 101 and then an echo of every byte.
+fn workload_server() -> std::net::SocketAddr {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(conn.try_clone().unwrap());
+                let mut conn = conn;
+                loop {
+                    let mut head = Vec::new();
+                    loop {
+                        let mut line = String::new();
+                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                        head.push(line.trim_end().to_string());
+                    }
+                    let upgrade = head.iter().any(|h| h.to_ascii_lowercase().starts_with("upgrade: websocket"));
+                    if upgrade {
+                        let _ = conn.write_all(
+                            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+                        );
+                        let mut buf = [0u8; 1024];
+                        loop {
+                            match reader.read(&mut buf) {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => {
+                                    let _ = conn.write_all(&buf[..n]);
+                                }
+                            }
+                        }
+                    }
+                    let body = head.join("\n");
+                    let _ = conn.write_all(
+                        format!(
+                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nSet-Cookie: _xsrf=1\r\n\r\n{body}",
+                            body.len()
+                        )
+                        .as_bytes(),
+                    );
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn web_ports_are_reached_through_the_proxy_by_their_tenant_only() {
+    use std::io::{Read, Write};
+    let s = with_key();
+    let a = s.tenant("alice");
+    let b = s.tenant("bob");
+    let ingress = gpucloud_agent::ingress::Ingress::start(0).unwrap();
+    let body = json!({"name": "l4-web", "region": "eu-1", "address": "127.0.0.1", "ingress_port": ingress.port(),
+        "gpus": [{"index": 0, "model": "L4", "uuid": "GPU-l4-web-0"}]});
+    let r = s.post(&s.operator_key, "/v1/agent/register", Some(&body));
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    ingress.set_secret(r.body["ingress_secret"].as_str().expect("a secret for the ingress"));
+    let nodes = s.get(&s.operator_key, "/v1/nodes").body.to_string();
+    assert!(!nodes.contains(r.body["ingress_secret"].as_str().unwrap()), "the node list does not show it");
+    let (node, epoch) = (r.body["node_id"].as_str().unwrap().to_string(), r.body["epoch"].clone());
+
+    let r = s.post(
+        &a,
+        "/v1/instances",
+        Some(&json!({"gpu": "L4", "count": 1, "command": "serve", "ports": ["8888/http"]})),
+    );
+    let id = r.body["id"].as_str().unwrap().to_string();
+    desired(&s, &node, &epoch, &id);
+    let path = format!("/i/{id}/8888/hello?x=1");
+    // Not running yet: nothing to reach.
+    assert_eq!(s.get(&a, &path).status, 409);
+    beat(&s, &node, &epoch, json!([{"id": id, "state": "running"}]));
+    s.wait_state(&a, &id, "running");
+    let r = s.get(&a, &path);
+    assert_eq!(r.status, 502, "the agent knows no such workload port yet: {:?}", r.body);
+    ingress.set_targets([((id.clone(), 8888), workload_server())].into());
+
+    // The tenant's key: the workload answers, and never sees the key.
+    let r = s.raw("GET", &path, Some(&a), &[("Cookie", &format!("gpucloud_key={a}; theirs=1"))], None);
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let seen = r.body.as_str().unwrap().to_string();
+    assert!(seen.starts_with(&format!("GET /i/{id}/8888/hello?x=1 HTTP/1.1")), "{seen}");
+    assert!(seen.contains("theirs=1") && !seen.contains(&a), "credentials stay with the proxy: {seen}");
+    assert!(seen.to_ascii_lowercase().contains(&format!("x-forwarded-prefix: /i/{id}/8888")), "{seen}");
+    // Nobody else: no key, another tenant (as if there were no such instance), a read-only key,
+    // a port it does not expose.
+    assert_eq!(s.raw("GET", &path, None, &[], None).status, 401);
+    assert_eq!(s.raw("GET", &path, None, &[("Cookie", "gpucloud_key=gpc_forged")], None).status, 401);
+    assert_eq!(s.get(&b, &path).status, 404);
+    let ro = s.post(&a, "/v1/keys", Some(&json!({"name": "viewer", "scope": "read-only"})));
+    assert_eq!(s.get(ro.body["api_key"].as_str().unwrap(), &path).status, 403);
+    assert_eq!(s.get(&a, &format!("/i/{id}/9999/")).status, 404);
+    assert_eq!(s.get(&s.operator_key, &path).status, 404, "not even the operator's key");
+    // The ingress itself refuses anyone without the server's signature.
+    let mut direct = std::net::TcpStream::connect(("127.0.0.1", ingress.port())).unwrap();
+    direct.write_all(format!("GPUCLOUD-INGRESS/1 {id} 8888 99999999999999 {}\n", "0".repeat(64)).as_bytes()).unwrap();
+    let mut answer = String::new();
+    direct.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("ERR"), "{answer}");
+
+    // A browser: the session call sets the cookie, which then suffices.
+    let r = s.raw("POST", "/v1/session", Some(&a), &[], None);
+    assert_eq!(r.status, 204);
+    let url = format!("{}/v1/session", s.url);
+    let resp = ureq::post(&url).header("Authorization", format!("Bearer {a}")).send_empty().unwrap();
+    let cookie = resp.headers().get("set-cookie").unwrap().to_str().unwrap().to_string();
+    assert!(cookie.contains("HttpOnly") && cookie.contains("Path=/i/") && cookie.contains("SameSite=Lax"), "{cookie}");
+    let pair = cookie.split(';').next().unwrap().to_string();
+    assert_eq!(s.raw("GET", &path, None, &[("Cookie", &pair)], None).status, 200);
+    // The port's own path without its slash is redirected to it.
+    let no_follow: ureq::Agent =
+        ureq::Agent::config_builder().http_status_as_error(false).max_redirects(0).build().into();
+    let r = no_follow.get(format!("{}/i/{id}/8888?x=1", s.url)).header("Authorization", format!("Bearer {a}")).call();
+    let r = r.unwrap();
+    assert_eq!(r.status(), 308);
+    assert_eq!(r.headers()["location"], format!("/i/{id}/8888/?x=1").as_str());
+
+    // A websocket: the upgrade goes through and bytes flow both ways.
+    let addr = s.url.strip_prefix("http://").unwrap().to_string();
+    let mut ws = std::net::TcpStream::connect(&addr).unwrap();
+    ws.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+    ws.write_all(
+        format!(
+            "GET /i/{id}/8888/api/kernels/k1/channels HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {a}\r\n\
+             Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        ws.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    ws.write_all(b"kernel message").unwrap();
+    let mut echo = [0u8; 14];
+    ws.read_exact(&mut echo).unwrap();
+    assert_eq!(&echo, b"kernel message");
+
+    // Stopped: the port is gone with it.
+    assert_eq!(s.post(&a, &format!("/v1/instances/{id}/stop"), None).status, 200);
+    assert_eq!(s.get(&a, &path).status, 409);
+}

@@ -1,0 +1,127 @@
+//! What tenants' workloads run with: their sealed secrets, and what agents say about a workload
+//! that is not a state change (its preparation, where its ports are published).
+
+use crate::sql::{SqlStore, parse};
+use crate::{Result, SecretRow};
+use async_trait::async_trait;
+use gpucloud_model::{InstanceId, NodeId, TenantId, Timestamp};
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+#[async_trait]
+pub trait WorkloadStore: Send + Sync {
+    /// What the agent says while preparing the instance; `None` clears it. Not a state change:
+    /// the generation stays.
+    async fn set_instance_progress(&self, id: &InstanceId, progress: Option<&str>) -> Result<()>;
+    /// Where its exposed ports are published on its node now (empty: nowhere).
+    async fn set_instance_published(&self, id: &InstanceId, published: &[(u16, u16)]) -> Result<()>;
+    /// Stores a secret, replacing one of the same name; true if it is new.
+    async fn put_secret(&self, secret: &SecretRow) -> Result<bool>;
+    async fn get_secret(&self, tenant: &TenantId, name: &str) -> Result<Option<SecretRow>>;
+    /// A tenant's secrets by name.
+    async fn list_secrets(&self, tenant: &TenantId) -> Result<Vec<SecretRow>>;
+    /// False if there was none.
+    async fn delete_secret(&self, tenant: &TenantId, name: &str) -> Result<bool>;
+    /// Where a node's agent takes proxied connections, and their signing secret (hex).
+    async fn set_node_ingress(&self, node: &NodeId, port: Option<u16>, secret: Option<&str>) -> Result<()>;
+    async fn node_ingress(&self, node: &NodeId) -> Result<Option<(u16, String)>>;
+}
+
+const SECRET_COLUMNS: &str = "tenant_id, name, sealed, created_at, updated_at";
+
+fn secret_row(r: &AnyRow) -> Result<SecretRow> {
+    Ok(SecretRow {
+        tenant_id: parse("secrets", &r.try_get::<String, _>(0)?)?,
+        name: r.try_get(1)?,
+        sealed: r.try_get(2)?,
+        created_at: Timestamp(r.try_get(3)?),
+        updated_at: Timestamp(r.try_get(4)?),
+    })
+}
+
+#[async_trait]
+impl WorkloadStore for SqlStore {
+    async fn set_instance_progress(&self, id: &InstanceId, progress: Option<&str>) -> Result<()> {
+        sqlx::query("UPDATE instances SET progress = $1 WHERE id = $2")
+            .bind(progress.map(str::to_string))
+            .bind(id.to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn set_instance_published(&self, id: &InstanceId, published: &[(u16, u16)]) -> Result<()> {
+        sqlx::query("UPDATE instances SET published = $1 WHERE id = $2")
+            .bind(crate::market::encode_published(published))
+            .bind(id.to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn put_secret(&self, s: &SecretRow) -> Result<bool> {
+        let existed = self.get_secret(&s.tenant_id, &s.name).await?.is_some();
+        sqlx::query(&format!(
+            "INSERT INTO secrets ({SECRET_COLUMNS}) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (tenant_id, name) DO UPDATE SET sealed = excluded.sealed, updated_at = excluded.updated_at"
+        ))
+        .bind(s.tenant_id.to_string())
+        .bind(&s.name)
+        .bind(&s.sealed)
+        .bind(s.created_at.0)
+        .bind(s.updated_at.0)
+        .execute(&self.pool)
+        .await?;
+        Ok(!existed)
+    }
+
+    async fn get_secret(&self, tenant: &TenantId, name: &str) -> Result<Option<SecretRow>> {
+        let row = sqlx::query(&format!("SELECT {SECRET_COLUMNS} FROM secrets WHERE tenant_id = $1 AND name = $2"))
+            .bind(tenant.to_string())
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(secret_row).transpose()
+    }
+
+    async fn list_secrets(&self, tenant: &TenantId) -> Result<Vec<SecretRow>> {
+        let rows = sqlx::query(&format!("SELECT {SECRET_COLUMNS} FROM secrets WHERE tenant_id = $1 ORDER BY name"))
+            .bind(tenant.to_string())
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(secret_row).collect()
+    }
+
+    async fn delete_secret(&self, tenant: &TenantId, name: &str) -> Result<bool> {
+        let r = sqlx::query("DELETE FROM secrets WHERE tenant_id = $1 AND name = $2")
+            .bind(tenant.to_string())
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn set_node_ingress(&self, node: &NodeId, port: Option<u16>, secret: Option<&str>) -> Result<()> {
+        sqlx::query("UPDATE nodes SET ingress_port = $1, ingress_secret = $2 WHERE id = $3")
+            .bind(port.map(i64::from))
+            .bind(secret.map(str::to_string))
+            .bind(node.to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn node_ingress(&self, node: &NodeId) -> Result<Option<(u16, String)>> {
+        let row = sqlx::query("SELECT ingress_port, ingress_secret FROM nodes WHERE id = $1")
+            .bind(node.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        let port: Option<i64> = row.try_get(0)?;
+        let secret: Option<String> = row.try_get(1)?;
+        Ok(match (port, secret) {
+            (Some(p), Some(s)) if (1..=65535).contains(&p) => Some((p as u16, s)),
+            _ => None,
+        })
+    }
+}
