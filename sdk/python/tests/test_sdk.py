@@ -49,6 +49,38 @@ def test_instances_bad_input_and_billing(client):
     assert p.floor <= p.current <= p.on_demand
 
 
+def test_secrets_env_and_a_web_port_through_the_proxy(client, dev):
+    client.secrets.set("API_TOKEN", "tok-" + "7" * 20)
+    assert "API_TOKEN" in client.secrets.list()
+    port = 18000 + int(time.time()) % 1000
+    # The workload serves its port under the path the proxy passes on (GPUCLOUD_PROXY_PATH).
+    cmd = (
+        f"d=$(mktemp -d) && mkdir -p \"$d${{GPUCLOUD_PROXY_PATH}}{port}\" && "
+        f"echo \"mode=$MODE token=${{#API_TOKEN}}\" > \"$d${{GPUCLOUD_PROXY_PATH}}{port}/index.html\" && "
+        f"cd \"$d\" && exec {shlex.quote(dev['python'])} -m http.server {port} --bind 127.0.0.1"
+    )
+    inst = client.instances.create(
+        gpu="T4", command=cmd, region="eu-1", env={"MODE": "web"}, secrets=["API_TOKEN"], ports=[f"{port}/http"]
+    )
+    assert inst.env == {"MODE": "web", "API_TOKEN": "secret:API_TOKEN"}
+    running = wait_for("running", lambda: (i := client.instances.get(inst.id)).state == "running" and i)
+    url = running.url(port)
+    assert url == f"{dev['url']}/i/{inst.id}/{port}/", running.ports
+    with httpx.Client(timeout=10) as h:
+        page = wait_for(
+            "the proxied page",
+            lambda: (r := h.get(url, headers={"Authorization": f"Bearer {dev['key']}"})).status_code == 200 and r,
+        )
+        # The secret reached the workload (its length, 24), and its value is nowhere in the API.
+        assert "mode=web token=24" in page.text, page.text
+        assert h.get(url).status_code == 401
+        assert h.get(url, headers={"Authorization": f"Bearer {dev['operator']}"}).status_code == 404
+    assert "7" * 20 not in str(client.instances.get(inst.id).raw)
+    client.instances.terminate(inst.id)
+    client.secrets.delete("API_TOKEN")
+    assert "API_TOKEN" not in client.secrets.list()
+
+
 TRAINER = r'''
 import os, sys, time
 import gpucloud

@@ -44,7 +44,16 @@ class Instance:
     job: Optional[str] = None
     attempt: Optional[int] = None
     endpoint: Optional[str] = None
+    image: Optional[str] = None
+    env: Dict[str, str] = field(default_factory=dict)
+    ports: List[Dict[str, Any]] = field(default_factory=list)
+    progress: Optional[str] = None
     raw: Dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def url(self, port: int) -> Optional[str]:
+        """Where exposed port ``port`` is reached while the instance runs: the proxied
+        ``SERVER/i/ID/PORT/`` for http (send your key), ``tcp://NODE:PORT`` for tcp."""
+        return next((p.get("url") for p in self.ports if p.get("port") == port), None)
 
     @classmethod
     def from_json(cls, v: Dict[str, Any]) -> "Instance":
@@ -67,6 +76,10 @@ class Instance:
             job=v.get("job"),
             attempt=v.get("attempt"),
             endpoint=v.get("endpoint"),
+            image=v.get("image"),
+            env=dict(v.get("env") or {}),
+            ports=list(v.get("ports") or []),
+            progress=v.get("progress"),
             raw=v,
         )
 
@@ -172,9 +185,25 @@ class Instances(_Resource):
         gpu_share: Optional[int] = None,
         gpu_memory_mib: Optional[int] = None,
         idempotency_key: Optional[str] = None,
+        image: Optional[str] = None,
+        env: Optional[Dict[str, str]] = None,
+        secrets: Optional[List[str]] = None,
+        ports: Optional[List[str]] = None,
     ) -> Instance:
+        """``image``: a container image (the node's own when None); ``env``: variables, a value
+        ``secret:NAME`` being your secret NAME; ``secrets``: secrets set as variables of their own
+        name; ``ports``: ``["8888/http", "22/tcp"]``."""
         body: Dict[str, Any] = {"gpu": gpu, "count": count, "command": command, "tier": tier}
-        for k, v in (("region", region), ("name", name), ("gpu_share", gpu_share), ("gpu_memory_mib", gpu_memory_mib)):
+        for k, v in (
+            ("region", region),
+            ("name", name),
+            ("gpu_share", gpu_share),
+            ("gpu_memory_mib", gpu_memory_mib),
+            ("image", image),
+            ("env", env),
+            ("secrets", secrets),
+            ("ports", ports),
+        ):
             if v is not None:
                 body[k] = v
         if max_price is not None:
@@ -364,6 +393,19 @@ def _own_cluster() -> str:
     return c
 
 
+class Secrets(_Resource):
+    """Your secrets: stored encrypted by the server, given to workloads at start, never read back."""
+
+    def set(self, name: str, value: str) -> Dict[str, Any]:
+        return self._c._check(self._c._http.put(f"/v1/secrets/{name}", json={"value": value}))
+
+    def list(self) -> List[str]:
+        return [s["name"] for s in self._c._get("/v1/secrets")["secrets"]]
+
+    def delete(self, name: str) -> None:
+        self._c._check(self._c._http.delete(f"/v1/secrets/{name}"))
+
+
 class Billing(_Resource):
     def balance(self) -> Decimal:
         return Decimal(self._c._get("/v1/billing/balance")["balance"])
@@ -389,6 +431,7 @@ class Client:
         self.jobs = Jobs(self)
         self.spot = Spot(self)
         self.billing = Billing(self)
+        self.secrets = Secrets(self)
 
     def close(self) -> None:
         self._http.close()
