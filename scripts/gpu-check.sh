@@ -29,7 +29,7 @@ for _ in $(seq 1 100); do grep -q "gpucloud serving on" "$work/serve.out" 2>/dev
 url=$(grep -o 'http://127.0.0.1:[0-9]*' "$work/serve.out" | head -1)
 key=$(grep -o 'gpc_[A-Za-z0-9]*' "$work/serve.out" | head -1)
 echo "server $url"
-GPUCLOUD_AGENT_TOKEN="$key" $bin agent --server "$url" --region dev-1 --state-dir "$work/agent" --metadata-port 0 > "$work/agent.out" 2>&1 &
+GPUCLOUD_AGENT_TOKEN="$key" $bin agent --server "$url" --region dev-1 --state-dir "$work/agent" --metadata-port 0 --ingress-port 0 > "$work/agent.out" 2>&1 &
 agent=$!
 sleep 3
 export GPUCLOUD_URL="$url" GPUCLOUD_API_KEY="$key"

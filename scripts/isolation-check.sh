@@ -48,11 +48,11 @@ api() { # api METHOD KEY PATH [BODY]
 # The node, with a key of its own.
 akey=$(api POST "$op" /v1/keys '{"name": "iso-node", "scope": "agent", "node": "iso-node"}' | field '["api_key"]')
 if GPUCLOUD_AGENT_TOKEN=$akey timeout 20 "$bin" agent --server "$url" --name iso-node --region eu-1 \
-  --fake-gpus A100-40GB:2 --state-dir "$work/refused" --metadata-port 0 >"$work/refused.log" 2>&1; then
+  --fake-gpus A100-40GB:2 --state-dir "$work/refused" --metadata-port 0 --ingress-port 0 >"$work/refused.log" 2>&1; then
   say "the server accepted an agent with the process runtime"; exit 1
 fi
 GPUCLOUD_AGENT_TOKEN=$akey "$bin" agent --server "$url" --name iso-node --region eu-1 --address 127.0.0.1 \
-  --fake-gpus A100-40GB:2 --runtime docker --image "$image" --state-dir "$work/agent" --metadata-port 0 \
+  --fake-gpus A100-40GB:2 --runtime docker --image "$image" --state-dir "$work/agent" --metadata-port 0 --ingress-port 0 \
   --interval-ms 200 --stop-grace-s 2 >"$work/agent.log" 2>&1 &
 agent_pid=$!
 pids+=($agent_pid)

@@ -10,7 +10,7 @@
 // (GPUCLOUD_BIN, default target/debug/gpucloud).
 import { chromium } from "playwright-core";
 import { spawn } from "node:child_process";
-import { mkdtempSync, mkdirSync, readFileSync, rmSync } from "node:fs";
+import { mkdtempSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
@@ -151,6 +151,52 @@ try {
   await page.click("#nav-clusters");
   await page.waitForSelector("#clusters .badge.running");
   await shot(page, "clusters");
+
+  step("a web port opens from the instance page through the proxy, its websocket too");
+  // The workload: a page and a websocket echo (one small text frame at a time), on its port.
+  const webJs = join(tmp, "web.js");
+  writeFileSync(webJs, `
+const http = require("node:http"), crypto = require("node:crypto");
+const s = http.createServer((req, res) => { res.setHeader("Content-Type", "text/html"); res.end("<h1>hello from the workload</h1>"); });
+s.on("upgrade", (req, sock) => {
+  const accept = crypto.createHash("sha1").update(req.headers["sec-websocket-key"] + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest("base64");
+  sock.write("HTTP/1.1 101 Switching Protocols\\r\\nUpgrade: websocket\\r\\nConnection: Upgrade\\r\\nSec-WebSocket-Accept: " + accept + "\\r\\n\\r\\n");
+  sock.on("data", (b) => {
+    if ((b[0] & 0x0f) !== 1) return;
+    const len = b[1] & 0x7f, mask = b.subarray(2, 6);
+    const text = Buffer.from(b.subarray(6, 6 + len).map((x, i) => x ^ mask[i % 4])).toString();
+    const out = Buffer.from("echo:" + text);
+    sock.write(Buffer.concat([Buffer.from([0x81, out.length]), out]));
+  });
+});
+s.listen(Number(process.argv[2]), "127.0.0.1");
+`);
+  const webPort = await freePort();
+  const web = await call(t, "POST", "/v1/instances", { name: "web", gpu: "T4", count: 1, region: "eu-1",
+    command: `exec node ${webJs} ${webPort}`, ports: [`${webPort}/http`] });
+  await page.goto(`${url}/ui/#/instance/${web.id}`);
+  await page.waitForSelector("#inst .badge.running", { timeout: 20000 });
+  const link = await page.waitForSelector("#inst-ports a.port");
+  const href = await link.getAttribute("href");
+  if (href !== `${url}/i/${web.id}/${webPort}/`) throw new Error(`the port links to ${href}`);
+  await shot(page, "instance-ports");
+  const portPage = await page.context().newPage();
+  await waitFor("the proxied page", async () => {
+    const r = await portPage.goto(href);
+    return r.status() === 200 && (await portPage.content()).includes("hello from the workload");
+  });
+  const echoed = await portPage.evaluate(() => new Promise((ok, fail) => {
+    const ws = new WebSocket(location.href.replace(/^http/, "ws") + "kernels/1/channels");
+    ws.onopen = () => ws.send("ping");
+    ws.onmessage = (e) => ok(e.data);
+    ws.onerror = () => fail(new Error("websocket error"));
+    setTimeout(() => fail(new Error("websocket timeout")), 10000);
+  }));
+  if (echoed !== "echo:ping") throw new Error(`the websocket answered ${echoed}`);
+  const anon = await fetch(href);
+  const rivalTry = await fetch(href, { headers: { Authorization: `Bearer ${rival}` } });
+  if (anon.status !== 401 || rivalTry.status !== 404) throw new Error(`no key: ${anon.status}, another tenant: ${rivalTry.status}`);
+  await portPage.close();
 
   step("another tenant sees none of it");
   const other = await login(rival);

@@ -361,7 +361,7 @@ fn an_agent_takes_its_settings_from_a_config_file_and_flags_win() {
         &config,
         format!(
             "server = \"{url}\"\ntoken = \"{op}\"\nname = \"cfg-host\"\nregion = \"eu-1\"\nfake_gpus = \"T4:2\"\n\
-             state_dir = \"{}\"\ninterval_ms = 100\nmetadata_port = 0\n\n[labels]\nrack = \"r7\"\nzone = \"a\"\n",
+             state_dir = \"{}\"\ninterval_ms = 100\nmetadata_port = 0\ningress_port = 0\n\n[labels]\nrack = \"r7\"\nzone = \"a\"\n",
             root.join("state").display()
         ),
     )
@@ -420,7 +420,17 @@ fn the_agent_key_comes_from_a_file_or_the_environment_never_argv() {
     let agent = |args: &[&str]| {
         std::process::Command::new(common::BIN)
             .arg("agent")
-            .args(["--server", "http://127.0.0.1:1", "--region", "eu-1", "--fake-gpus", "T4:1", "--state-dir"])
+            .args([
+                "--server",
+                "http://127.0.0.1:1",
+                "--region",
+                "eu-1",
+                "--fake-gpus",
+                "T4:1",
+                "--ingress-port",
+                "0",
+                "--state-dir",
+            ])
             .arg(root.join("state"))
             .args(args)
             .env_remove("GPUCLOUD_AGENT_TOKEN")

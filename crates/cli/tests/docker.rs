@@ -29,7 +29,18 @@ fn an_instance_runs_as_a_container() {
             .args(["agent", "--server", &url, "--name", "box-1", "--region", "eu-1"])
             .env("GPUCLOUD_AGENT_TOKEN", &token)
             .args(["--fake-gpus", "A100-40GB:2", "--interval-ms", "100", "--stop-grace-s", "5"])
-            .args(["--metadata-port", "0", "--address", "127.0.0.1", "--runtime", "docker", "--image", &image])
+            .args([
+                "--metadata-port",
+                "0",
+                "--ingress-port",
+                "0",
+                "--address",
+                "127.0.0.1",
+                "--runtime",
+                "docker",
+                "--image",
+                &image,
+            ])
             .arg("--state-dir")
             .arg(&state)
             .stdout(Stdio::null())
@@ -89,5 +100,136 @@ fn an_instance_runs_as_a_container() {
         assert!(Instant::now() < deadline, "SIGTERM never reached the workload: {}", logs(&id));
         std::thread::sleep(Duration::from_millis(50));
     }
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+/// A tenant's own image, environment and secret, a web port through the server's proxy and a
+/// raw TCP port, with the real agent and Docker engine. No registry is reachable here: the
+/// tenant's image is made from the test image with `docker commit`.
+#[test]
+fn a_tenant_brings_its_image_secrets_and_ports() {
+    let Some(image) = common::docker_image("the Docker runtime test") else { return };
+    let name = format!("gpucloud-e2e-derive-{:08x}", rand::random::<u32>());
+    let tenant_image = "gpucloud-e2e-tenant:1";
+    let made = Command::new("docker")
+        .args(["run", "--name", &name, &image, "sh", "-c", "echo from-the-tenant-image > /marker"])
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    assert!(Command::new("docker").args(["commit", &name, tenant_image]).output().unwrap().status.success());
+    let _ = Command::new("docker").args(["rm", "-f", &name]).output();
+
+    let root = std::env::temp_dir().join(format!("gpucloud-docker-e2e2-{:016x}", rand::random::<u64>()));
+    std::fs::create_dir_all(&root).unwrap();
+    let out = root.join("serve.out");
+    let _server = common::serve(&root, "127.0.0.1:0", &out, &[]);
+    let (op, url) = serving(&out);
+    let api = Api::new(&url);
+    let (_, k) = api.call(&op, "POST", "/v1/keys", Some(json!({"name": "box-2", "scope": "agent", "node": "box-2"})));
+    let token = k["api_key"].as_str().unwrap().to_string();
+    let agent_log = root.join("agent.log");
+    let _agent = Proc(
+        Command::new(common::BIN)
+            .args(["agent", "--server", &url, "--name", "box-2", "--region", "eu-1"])
+            .env("GPUCLOUD_AGENT_TOKEN", &token)
+            .args(["--fake-gpus", "A100-40GB:2", "--interval-ms", "100", "--stop-grace-s", "2"])
+            .args(["--metadata-port", "0", "--ingress-port", "0", "--address", "127.0.0.1"])
+            .args(["--runtime", "docker", "--image", &image])
+            .arg("--state-dir")
+            .arg(root.join("agent"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&agent_log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let (_, t) = api.call(&op, "POST", "/v1/tenants", Some(json!({"name": "acme"})));
+    let key = t["api_key"].as_str().unwrap().to_string();
+    let (_, t) = api.call(&op, "POST", "/v1/tenants", Some(json!({"name": "other"})));
+    let other = t["api_key"].as_str().unwrap().to_string();
+
+    // The secret goes in through the CLI, from standard input.
+    let secret = "s3cr3t-value-that-must-not-leak";
+    let mut set = Command::new(common::BIN)
+        .args(["secret", "set", "DB_PASSWORD"])
+        .env("GPUCLOUD_URL", &url)
+        .env("GPUCLOUD_API_KEY", &key)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        set.stdin.take().unwrap().write_all(format!("{secret}\n").as_bytes()).unwrap();
+    }
+    let done = set.wait_with_output().unwrap();
+    assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
+
+    let command = "p=/tmp/www${GPUCLOUD_PROXY_PATH}8080; mkdir -p $p /tmp/raw && \
+        echo \"$(cat /marker) mode=$MODE pw-len=${#DB_PASSWORD}\" > $p/index.html && \
+        echo raw-port > /tmp/raw/index.html && httpd -p 7000 -h /tmp/raw && exec httpd -f -p 8080 -h /tmp/www";
+    let body = json!({"gpu": "A100-40GB", "count": 1, "command": command, "image": tenant_image,
+        "env": {"MODE": "serving"}, "secrets": ["DB_PASSWORD"], "ports": ["8080/http", "7000/tcp"]});
+    let (status, v) = api.call(&key, "POST", "/v1/instances", Some(body));
+    assert_eq!(status, 201, "{v}");
+    let id = v["id"].as_str().unwrap().to_string();
+    let running = api.wait(&key, &id, "running", |v| v["state"] == "running" || v["state"] == "failed");
+    assert_eq!(running["state"], "running", "{running}");
+    let web = running["ports"][0]["url"].as_str().unwrap().to_string();
+    assert_eq!(web, format!("{url}/i/{id}/8080/"));
+
+    // Through the proxy with the tenant's key: the workload's page, from its own image, with its
+    // environment and secret.
+    let get = |u: &str, k: Option<&str>| {
+        let mut req = api.agent.get(u);
+        if let Some(k) = k {
+            req = req.header("Authorization", format!("Bearer {k}"));
+        }
+        let mut r = req.call().unwrap();
+        (r.status().as_u16(), r.body_mut().read_to_string().unwrap_or_default())
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let page = loop {
+        let (status, text) = get(&web, Some(&key));
+        if status == 200 {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "the web port never answered: {status} {text}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(page.contains(&format!("from-the-tenant-image mode=serving pw-len={}", secret.len())), "{page}");
+    assert_eq!(get(&web, None).0, 401);
+    assert_eq!(get(&web, Some(&other)).0, 404);
+    // The web port is not published on the host: the proxy is the only way in.
+    let inspect = Command::new("docker")
+        .args(["ps", "-q", "--filter", &format!("label=gpucloud.instance={id}")])
+        .output()
+        .unwrap();
+    let container = String::from_utf8_lossy(&inspect.stdout).trim().to_string();
+    let ports = Command::new("docker").args(["port", &container]).output().unwrap();
+    let ports = String::from_utf8_lossy(&ports.stdout).to_string();
+    assert!(!ports.contains("8080") && ports.contains("7000/tcp"), "{ports}");
+    // The raw TCP port is, at the address the instance shows.
+    let tcp = running["ports"][1]["url"].as_str().unwrap().strip_prefix("tcp://").unwrap().to_string();
+    let (status, text) = get(&format!("http://{tcp}/"), None);
+    assert_eq!((status, text.trim()), (200, "raw-port"));
+
+    // An image that cannot be pulled: the instance fails and says why.
+    let body = json!({"gpu": "A100-40GB", "count": 1, "command": "true", "image": "gpucloud-e2e-missing:1"});
+    let (_, v) = api.call(&key, "POST", "/v1/instances", Some(body));
+    let missing = v["id"].as_str().unwrap().to_string();
+    let failed = api.wait(&key, &missing, "failed", |v| v["state"] == "failed");
+    assert!(failed["reason"].as_str().unwrap_or("").contains("gpucloud-e2e-missing:1"), "{failed}");
+
+    // The secret's value is in no answer and no log line of the agent.
+    let (_, shown) = api.call(&key, "GET", &format!("/v1/instances/{id}"), None);
+    assert!(!shown.to_string().contains(secret));
+    let (_, audit) = api.call(&op, "GET", "/v1/audit", None);
+    assert!(!audit.to_string().contains(secret) && audit.to_string().contains("/v1/secrets/DB_PASSWORD"), "{audit}");
+    assert!(!std::fs::read_to_string(&agent_log).unwrap().contains(secret));
+
+    let (status, _) = api.call(&key, "POST", &format!("/v1/instances/{id}/terminate"), None);
+    assert_eq!(status, 200);
+    api.wait(&key, &id, "terminated", |v| v["state"] == "terminated");
     let _ = std::fs::remove_dir_all(&root);
 }

@@ -63,7 +63,7 @@ fn the_nvml_backend_discovers_reports_and_caps_through_the_library() {
     let _agent = Proc(
         agent(&root, &["--server", &url, "--name", "nvml-host", "--region", "eu-1"])
             .env("GPUCLOUD_AGENT_TOKEN", &op)
-            .args(["--interval-ms", "100", "--stop-grace-s", "2", "--metadata-port", "0"])
+            .args(["--interval-ms", "100", "--stop-grace-s", "2", "--metadata-port", "0", "--ingress-port", "0"])
             .arg("--state-dir")
             .arg(root.join("agent"))
             .stdout(Stdio::null())

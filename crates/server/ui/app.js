@@ -102,6 +102,8 @@ function replace(id, el) {
 
 function logout(message) {
   localStorage.removeItem(KEY_STORE);
+  // The web-port proxy's cookie goes too.
+  fetch("/v1/session", { method: "DELETE" }).catch(() => {});
   me = null;
   location.hash = "#/login";
   if (message) sessionStorage.setItem("gpucloud.flash", message);
@@ -123,6 +125,8 @@ function loginPage() {
       try {
         me = await api("/v1/whoami", { key });
         localStorage.setItem(KEY_STORE, key);
+        // Lets this browser open instances' web ports (/i/ID/PORT/) through the proxy.
+        await api("/v1/session", { method: "POST", key }).catch(() => {});
         location.hash = me.tenant.role === "operator" ? "#/fleet" : "#/instances";
       } catch (x) {
         err.textContent = x.status === 401 ? "This API key was refused." : `Could not log in: ${x.message}`;
@@ -192,6 +196,15 @@ async function instancePage(gen, id) {
         i.preemption ? h("p", { class: "error" }, `Preemption notice: ${i.preemption.reason}`) : null,
         i.checkpoint ? h("p", {}, "Last checkpoint: ", h("code", {}, i.checkpoint)) : null,
         i.endpoint ? h("p", {}, "Serves at ", h("code", {}, i.endpoint), " (its GPUCLOUD_PORT)") : null,
+        i.image ? h("p", {}, "Image: ", h("code", {}, i.image)) : null,
+        i.progress ? h("p", {}, "Preparing: ", i.progress, h("span", { class: "muted" }, " (not billed)")) : null,
+        Object.keys(i.env || {}).length ? h("p", {}, "Environment: ",
+          ...Object.entries(i.env).map(([k, v]) => h("code", { class: "env" }, `${k}=${v} `))) : null,
+        (i.ports || []).length ? h("p", { id: "inst-ports" }, "Ports: ", ...i.ports.map((p) => p.url
+          ? (p.protocol === "http"
+            ? h("a", { href: p.url, target: "_blank", rel: "noopener", class: "port" }, `${p.port}/http`)
+            : h("code", { class: "port" }, `${p.port}/tcp → ${p.url}`))
+          : h("span", { class: "muted port" }, `${p.port}/${p.protocol} (once running)`))) : null,
         h("p", { class: "muted" }, `Created ${ago(i.created_at)} ago · id ${i.id}`),
         live ? h("div", { class: "actions" }, h("button", { class: "secondary", onclick: act("stop") }, "Stop"),
           h("button", { class: "secondary", onclick: act("terminate") }, "Terminate")) : null)));

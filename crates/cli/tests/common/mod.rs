@@ -186,7 +186,18 @@ pub fn start_agent(url: &str, key: &str, name: &str, state: &Path, gpus: &str) -
         Command::new(BIN)
             .args(["agent", "--server", url, "--name", name, "--region", "eu-1"])
             .env("GPUCLOUD_AGENT_TOKEN", key)
-            .args(["--fake-gpus", gpus, "--interval-ms", "100", "--stop-grace-s", "2", "--metadata-port", "0"])
+            .args([
+                "--fake-gpus",
+                gpus,
+                "--interval-ms",
+                "100",
+                "--stop-grace-s",
+                "2",
+                "--metadata-port",
+                "0",
+                "--ingress-port",
+                "0",
+            ])
             .arg("--state-dir")
             .arg(state)
             .stdout(Stdio::null())
