@@ -57,8 +57,13 @@ pub struct CreateInstanceRequest {
     #[serde(default)]
     #[schema(value_type = Option<String>, example = "eu-1")]
     pub region: Option<Region>,
-    /// The workload: a shell command line.
+    /// The workload: a shell command line (the template's when omitted with `template`).
+    #[serde(default)]
     pub command: String,
+    /// A template to start from (`GET /v1/templates`): its image, command, environment, secrets
+    /// and ports, each overridden by what this request gives (env and secrets are merged).
+    #[serde(default)]
+    pub template: Option<String>,
     /// A name for people; defaults to the id.
     #[serde(default)]
     pub name: Option<String>,
@@ -100,6 +105,47 @@ pub struct InstancePort {
     /// http: the proxied address (`SERVER/i/{id}/{port}/`, a key or a dashboard login needed);
     /// tcp: `tcp://NODE:PORT`. Null until the instance runs.
     pub url: Option<String>,
+}
+
+/// What an instance runs with, saved under a name for `instance create --template NAME`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTemplateRequest {
+    /// 1 to 63 lower-case letters, digits and '-'.
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub env: std::collections::BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct Template {
+    pub name: String,
+    /// Built into the server (the same for every tenant), or the caller's own.
+    pub builtin: bool,
+    pub image: Option<String>,
+    pub command: Option<String>,
+    #[serde(default)]
+    pub env: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    pub secrets: Vec<String>,
+    #[serde(default)]
+    pub ports: Vec<String>,
+    /// What it is for (built-in templates).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TemplateList {
+    pub templates: Vec<Template>,
 }
 
 /// A secret: its name and when it was set. Its value is never returned.

@@ -61,9 +61,13 @@ pub struct CreateArgs {
     /// Region; any when omitted (see `gpucloud capacity`).
     #[arg(long)]
     region: Option<String>,
-    /// The command line to run (not needed with --dry-run).
-    #[arg(long, required_unless_present = "dry_run")]
+    /// The command line to run (not needed with --dry-run, or with a --template that has one).
+    #[arg(long, required_unless_present_any = ["dry_run", "template"])]
     command: Option<String>,
+    /// Start from a template (see `gpucloud template list`): its image, command, environment,
+    /// secrets and ports, each overridden by what you give here.
+    #[arg(long)]
+    template: Option<String>,
     #[arg(long)]
     name: Option<String>,
     /// Rent a slice: this share of one GPU's compute, e.g. 25% (memory follows unless given).
@@ -237,6 +241,91 @@ pub fn parse_env(pairs: &[String]) -> Result<std::collections::BTreeMap<String, 
 }
 
 #[derive(Subcommand)]
+pub enum TemplateCmd {
+    /// Save what an instance runs with under a name, for `instance create --template NAME`.
+    Create {
+        name: String,
+        #[arg(long)]
+        image: Option<String>,
+        #[arg(long)]
+        command: Option<String>,
+        /// KEY=VALUE (repeatable); KEY=secret:NAME takes your secret NAME.
+        #[arg(long = "env", value_name = "KEY=VALUE")]
+        env: Vec<String>,
+        /// A secret as the variable of its name (repeatable).
+        #[arg(long = "secret", value_name = "NAME")]
+        secrets: Vec<String>,
+        /// PORT/http or PORT/tcp (repeatable).
+        #[arg(long = "port", value_name = "PORT/PROTO")]
+        ports: Vec<String>,
+    },
+    /// The built-in templates and yours.
+    List,
+    Show {
+        name: String,
+    },
+    Delete {
+        name: String,
+    },
+}
+
+fn template_detail(t: &api::Template) -> String {
+    let mut lines = vec![format!("name:    {}{}", t.name, if t.builtin { " (built in)" } else { "" })];
+    if let Some(d) = &t.description {
+        lines.push(format!("about:   {d}"));
+    }
+    lines.push(format!("image:   {}", t.image.as_deref().unwrap_or("(the node's)")));
+    lines.push(format!("command: {}", t.command.as_deref().unwrap_or("(given at create)")));
+    lines.extend(t.env.iter().map(|(k, v)| format!("env:     {k}={v}")));
+    lines.extend(t.secrets.iter().map(|s| format!("secret:  {s}")));
+    lines.extend(t.ports.iter().map(|p| format!("port:    {p}")));
+    lines.join("\n")
+}
+
+pub fn template(ctx: &Ctx, cmd: TemplateCmd) -> Res {
+    let c = ctx.client(As::Tenant)?;
+    let err = |e: crate::client::ClientError| e.to_string();
+    match cmd {
+        TemplateCmd::Create { name, image, command, env, secrets, ports } => {
+            let body = serde_json::json!({"name": name, "image": image, "command": command,
+                "env": parse_env(&env)?, "secrets": secrets, "ports": ports});
+            let t: api::Template = c.post("/v1/templates", Some(&body), None).map_err(err)?;
+            show(ctx, &t, template_detail);
+        }
+        TemplateCmd::List => {
+            let l: api::TemplateList = c.get("/v1/templates").map_err(err)?;
+            show(ctx, &l, |l| {
+                let rows: Vec<Vec<String>> = l
+                    .templates
+                    .iter()
+                    .map(|t| {
+                        vec![
+                            t.name.clone(),
+                            if t.builtin { "built in" } else { "yours" }.into(),
+                            t.image.clone().unwrap_or_else(|| "(the node's)".into()),
+                            if t.ports.is_empty() { "-".into() } else { t.ports.join(" ") },
+                        ]
+                    })
+                    .collect();
+                table(&["NAME", "FROM", "IMAGE", "PORTS"], &rows)
+            });
+        }
+        TemplateCmd::Show { name } => {
+            let t: api::Template =
+                c.get(&format!("/v1/templates/{}", crate::client::encode_query(&name))).map_err(err)?;
+            show(ctx, &t, template_detail);
+        }
+        TemplateCmd::Delete { name } => {
+            c.delete(&format!("/v1/templates/{}", crate::client::encode_query(&name))).map_err(err)?;
+            if !ctx.json {
+                println!("template {name} deleted");
+            }
+        }
+    }
+    Ok(())
+}
+
+#[derive(Subcommand)]
 pub enum SecretCmd {
     /// Set a secret from standard input (one line from a terminal, everything piped otherwise);
     /// it is stored encrypted and never shown again.
@@ -387,13 +476,14 @@ pub fn instance(ctx: &Ctx, cmd: InstanceCmd) -> Res {
                 env,
                 secrets,
                 ports,
+                template,
                 ..
             } = *a;
             let env = parse_env(&env)?;
             // Passed through as given: the server names what is wrong with it.
             let mut body = serde_json::json!({
-                "gpu": gpu, "count": count, "region": region, "command": command, "name": name,
-                "image": image, "env": env, "secrets": secrets, "ports": ports,
+                "gpu": gpu, "count": count, "region": region, "command": command.unwrap_or_default(), "name": name,
+                "image": image, "env": env, "secrets": secrets, "ports": ports, "template": template,
             });
             if spot {
                 body["tier"] = "spot".into();

@@ -44,6 +44,9 @@ enum Command {
     /// Create and manage GPU instances.
     #[command(subcommand)]
     Instance(commands::InstanceCmd),
+    /// Instance templates: image, command, environment, secrets and ports under a name.
+    #[command(subcommand)]
+    Template(commands::TemplateCmd),
     /// Secrets for your workloads (stored encrypted; given to a workload with --secret or --env KEY=secret:NAME).
     #[command(subcommand)]
     Secret(commands::SecretCmd),
@@ -167,6 +170,7 @@ fn main() -> ExitCode {
         Command::Monitor(c) => monitor::monitor(&ctx, c),
         Command::Key(c) => access::key(&ctx, c),
         Command::Secret(c) => commands::secret(&ctx, c),
+        Command::Template(c) => commands::template(&ctx, c),
         Command::Gateway {
             listen,
             backends,

@@ -376,3 +376,66 @@ fn web_ports_are_reached_through_the_proxy_by_their_tenant_only() {
     assert_eq!(s.post(&a, &format!("/v1/instances/{id}/stop"), None).status, 200);
     assert_eq!(s.get(&a, &path).status, 409);
 }
+
+#[test]
+fn templates_fill_what_a_create_leaves_out_and_stay_with_their_tenant() {
+    let s = with_key();
+    let a = s.tenant("alice");
+    let b = s.tenant("bob");
+    assert_eq!(put_secret(&s, &a, "HF_TOKEN", "hf_x").status, 201);
+    let tpl = |key: &str, body: Value| s.post(key, "/v1/templates", Some(&body));
+    for (body, status, field) in [
+        (json!({"name": "Bad Name"}), 422, Some("name")),
+        (json!({"name": "shell"}), 409, None),
+        (json!({"name": "t", "ports": ["1/udp"]}), 422, Some("ports")),
+        (json!({"name": "t", "image": "UPPER"}), 422, Some("image")),
+        (json!({"name": "t", "env": {"CUDA_VISIBLE_DEVICES": "0"}}), 422, Some("env")),
+        (json!({"name": "t", "command": ""}), 422, Some("command")),
+    ] {
+        let r = tpl(&a, body.clone());
+        assert_eq!((r.status, r.body["field"].as_str()), (status, field), "{body}: {:?}", r.body);
+    }
+    let r = tpl(
+        &a,
+        json!({"name": "train", "image": "nvcr.io/nvidia/pytorch:24.05-py3", "command": "python train.py",
+            "env": {"EPOCHS": "3", "MODE": "tpl"}, "secrets": ["HF_TOKEN"], "ports": ["6006/http"]}),
+    );
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    assert_eq!(tpl(&a, json!({"name": "train"})).status, 409, "a name is taken once per tenant");
+    assert_eq!(tpl(&b, json!({"name": "train"})).status, 201, "another tenant's own");
+    let names: Vec<String> = s.get(&a, "/v1/templates").body["templates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, ["shell", "http", "jupyter", "train"]);
+    assert_eq!(s.get(&b, "/v1/templates/train").body["image"], Value::Null, "bob sees his own");
+
+    // From the template, with the request's own settings winning.
+    let r = s.post(
+        &a,
+        "/v1/instances",
+        Some(&json!({"gpu": "T4", "count": 1, "template": "train", "env": {"MODE": "override"}})),
+    );
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    assert_eq!(r.body["image"], "nvcr.io/nvidia/pytorch:24.05-py3");
+    assert_eq!(r.body["command"], "python train.py");
+    assert_eq!(r.body["env"], json!({"EPOCHS": "3", "HF_TOKEN": "secret:HF_TOKEN", "MODE": "override"}));
+    assert_eq!(r.body["ports"][0]["port"], 6006);
+    let r = s.post(&a, "/v1/instances", Some(&json!({"gpu": "T4", "count": 1, "template": "http"})));
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    assert_eq!(r.body["ports"][0]["port"], 8000);
+    // Bob's "train" has no secret HF_TOKEN: his own template, his own secrets.
+    let r = s.post(&b, "/v1/instances", Some(&json!({"gpu": "T4", "count": 1, "template": "train", "command": "x"})));
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let r = s.post(&a, "/v1/instances", Some(&json!({"gpu": "T4", "count": 1, "template": "nope"})));
+    assert_eq!((r.status, r.body["field"].as_str()), (422, Some("template")), "{:?}", r.body);
+    let r = s.post(&a, "/v1/instances", Some(&json!({"gpu": "T4", "count": 1})));
+    assert_eq!((r.status, r.body["field"].as_str()), (422, Some("command")), "{:?}", r.body);
+
+    assert_eq!(s.raw("DELETE", "/v1/templates/shell", Some(&a), &[], None).status, 409);
+    assert_eq!(s.raw("DELETE", "/v1/templates/train", Some(&b), &[], None).status, 204);
+    assert_eq!(s.get(&a, "/v1/templates/train").status, 200, "alice's is untouched");
+    assert_eq!(s.get(&b, "/v1/templates/train").status, 404);
+}

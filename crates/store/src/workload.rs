@@ -25,6 +25,30 @@ pub trait WorkloadStore: Send + Sync {
     /// Where a node's agent takes proxied connections, and their signing secret (hex).
     async fn set_node_ingress(&self, node: &NodeId, port: Option<u16>, secret: Option<&str>) -> Result<()>;
     async fn node_ingress(&self, node: &NodeId) -> Result<Option<(u16, String)>>;
+    /// Stores a template; a name taken in the tenant is a `Conflict`.
+    async fn insert_template(&self, t: &TemplateRow) -> Result<()>;
+    async fn get_template(&self, tenant: &TenantId, name: &str) -> Result<Option<TemplateRow>>;
+    /// A tenant's templates by name.
+    async fn list_templates(&self, tenant: &TenantId) -> Result<Vec<TemplateRow>>;
+    async fn delete_template(&self, tenant: &TenantId, name: &str) -> Result<bool>;
+}
+
+/// A tenant's template as stored: its spec is the API's JSON.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TemplateRow {
+    pub tenant_id: TenantId,
+    pub name: String,
+    pub spec: String,
+    pub created_at: Timestamp,
+}
+
+fn template_row(r: &AnyRow) -> Result<TemplateRow> {
+    Ok(TemplateRow {
+        tenant_id: parse("templates", &r.try_get::<String, _>(0)?)?,
+        name: r.try_get(1)?,
+        spec: r.try_get(2)?,
+        created_at: Timestamp(r.try_get(3)?),
+    })
 }
 
 const SECRET_COLUMNS: &str = "tenant_id, name, sealed, created_at, updated_at";
@@ -123,5 +147,45 @@ impl WorkloadStore for SqlStore {
             (Some(p), Some(s)) if (1..=65535).contains(&p) => Some((p as u16, s)),
             _ => None,
         })
+    }
+
+    async fn insert_template(&self, t: &TemplateRow) -> Result<()> {
+        sqlx::query("INSERT INTO templates (tenant_id, name, spec, created_at) VALUES ($1, $2, $3, $4)")
+            .bind(t.tenant_id.to_string())
+            .bind(&t.name)
+            .bind(&t.spec)
+            .bind(t.created_at.0)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| crate::sql::unique_violation(e, &format!("template {}", t.name)))?;
+        Ok(())
+    }
+
+    async fn get_template(&self, tenant: &TenantId, name: &str) -> Result<Option<TemplateRow>> {
+        let row =
+            sqlx::query("SELECT tenant_id, name, spec, created_at FROM templates WHERE tenant_id = $1 AND name = $2")
+                .bind(tenant.to_string())
+                .bind(name)
+                .fetch_optional(&self.pool)
+                .await?;
+        row.as_ref().map(template_row).transpose()
+    }
+
+    async fn list_templates(&self, tenant: &TenantId) -> Result<Vec<TemplateRow>> {
+        let rows =
+            sqlx::query("SELECT tenant_id, name, spec, created_at FROM templates WHERE tenant_id = $1 ORDER BY name")
+                .bind(tenant.to_string())
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter().map(template_row).collect()
+    }
+
+    async fn delete_template(&self, tenant: &TenantId, name: &str) -> Result<bool> {
+        let r = sqlx::query("DELETE FROM templates WHERE tenant_id = $1 AND name = $2")
+            .bind(tenant.to_string())
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() == 1)
     }
 }

@@ -1057,4 +1057,21 @@ async fn secrets_are_per_tenant_and_progress_is_not_a_state_change(s: Arc<dyn St
     assert_eq!(s.node_ingress(&n.id).await.unwrap(), Some((41234, "ab".repeat(32))));
     s.set_node_ingress(&n.id, None, None).await.unwrap();
     assert_eq!(s.node_ingress(&n.id).await.unwrap(), None);
+
+    let tpl = |t: &Tenant, name: &str| TemplateRow {
+        tenant_id: t.id.clone(),
+        name: name.into(),
+        spec: format!("{{\"image\": \"{name}\"}}"),
+        created_at: ts(5),
+    };
+    s.insert_template(&tpl(&a, "train")).await.unwrap();
+    s.insert_template(&tpl(&b, "train")).await.unwrap();
+    assert!(matches!(s.insert_template(&tpl(&a, "train")).await, Err(StoreError::Conflict(_))));
+    s.insert_template(&tpl(&a, "infer")).await.unwrap();
+    let names: Vec<String> = s.list_templates(&a.id).await.unwrap().into_iter().map(|t| t.name).collect();
+    assert_eq!(names, ["infer", "train"]);
+    assert_eq!(s.get_template(&a.id, "train").await.unwrap(), Some(tpl(&a, "train")));
+    assert!(s.delete_template(&a.id, "train").await.unwrap());
+    assert!(!s.delete_template(&a.id, "train").await.unwrap());
+    assert!(s.get_template(&b.id, "train").await.unwrap().is_some());
 }

@@ -21,6 +21,8 @@ pub struct CreateInstance {
     pub env: std::collections::BTreeMap<String, String>,
     pub secrets: Vec<String>,
     pub ports: Vec<String>,
+    /// A template to start from: it fills what the request leaves out.
+    pub template: Option<String>,
 }
 
 impl CreateInstance {
@@ -41,6 +43,7 @@ impl CreateInstance {
             env: Default::default(),
             secrets: Vec::new(),
             ports: Vec::new(),
+            template: None,
         }
     }
 }
@@ -93,6 +96,7 @@ impl App {
         req: CreateInstance,
         idempotency_key: Option<&str>,
     ) -> Result<(Instance, bool), AppError> {
+        let req = self.with_template(by, req).await?;
         if req.count == 0 || req.count > MAX_GPUS_PER_INSTANCE {
             return Err(AppError::invalid(
                 "count",

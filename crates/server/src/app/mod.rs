@@ -20,6 +20,7 @@ mod ports;
 pub mod ratelimit;
 pub mod reservations;
 pub mod secrets;
+mod templates;
 pub use instances::{CreateInstance, resolve_share};
 mod nodes;
 mod schedule;

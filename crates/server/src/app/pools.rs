@@ -124,6 +124,7 @@ impl App {
             env: Default::default(),
             secrets: Vec::new(),
             ports: Vec::new(),
+            template: None,
         };
         let (inst, _) = self.create_instance(by, req, None).await?;
         tracing::info!(pool = %pool.name, instance = %inst.id, "no warm instance running: started a cold one");

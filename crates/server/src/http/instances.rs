@@ -37,6 +37,7 @@ pub async fn create(
         env: req.env,
         secrets: req.secrets,
         ports: req.ports,
+        template: req.template,
     };
     let (inst, _) = app.create_instance(&p, req, idempotency::key_of(&headers)).await?;
     Ok((StatusCode::CREATED, Json(convert::instance(inst, &app.config.public_url))))

@@ -19,6 +19,7 @@ mod nodes;
 mod pools;
 mod proxy;
 mod secrets;
+mod templates;
 mod tenants;
 mod ui;
 
@@ -136,6 +137,8 @@ pub fn api() -> (Router<Arc<App>>, utoipa::openapi::OpenApi) {
         .routes(routes!(secrets::list))
         .routes(routes!(secrets::put, secrets::delete))
         .routes(routes!(proxy::login, proxy::logout))
+        .routes(routes!(templates::create, templates::list))
+        .routes(routes!(templates::show, templates::delete))
         .split_for_parts()
 }
 

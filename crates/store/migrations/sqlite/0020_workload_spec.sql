@@ -23,3 +23,13 @@ CREATE TABLE secrets (
 -- secret those connections are signed with (made at each registration; never shown by the API).
 ALTER TABLE nodes ADD COLUMN ingress_port INTEGER;
 ALTER TABLE nodes ADD COLUMN ingress_secret TEXT;
+
+-- A tenant's instance templates: what to run and with what (image, command, environment,
+-- secrets, ports), as the JSON of the template request. Built-in templates live in the code.
+CREATE TABLE templates (
+    tenant_id   TEXT NOT NULL REFERENCES tenants(id),
+    name        TEXT NOT NULL,
+    spec        TEXT NOT NULL,
+    created_at  INTEGER NOT NULL,
+    PRIMARY KEY (tenant_id, name)
+);
