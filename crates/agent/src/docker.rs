@@ -120,14 +120,21 @@ pub enum ImageState {
 enum Pull {
     Running(String),
     Failed(String),
+    /// Pulled for one workload (with its credentials): ready for it once.
+    Done,
 }
 
 pub struct DockerLauncher {
     rt: tokio::runtime::Runtime,
     docker: Docker,
     image: String,
-    /// Pulls in progress or failed since last asked, by image.
+    /// Pulls in progress or failed since last asked, by image (and workload, for a pull that
+    /// must be made with that workload's own credentials).
     pulls: std::sync::Arc<std::sync::Mutex<HashMap<String, Pull>>>,
+    /// Images first pulled with a tenant's credentials, one per line in this file: another
+    /// workload using one must pull it again with its own (the registry decides), never take
+    /// the copy on the node.
+    private: std::sync::Arc<std::sync::Mutex<(Option<std::path::PathBuf>, std::collections::BTreeSet<String>)>>,
     /// Ask the NVIDIA container runtime for the workload's GPUs (a node with real GPUs).
     gpu_devices: bool,
     confinement: Confinement,
@@ -196,6 +203,7 @@ impl DockerLauncher {
             docker,
             image: image.to_string(),
             pulls: Default::default(),
+            private: Default::default(),
             gpu_devices,
             confinement,
             gateway,
@@ -207,42 +215,89 @@ impl DockerLauncher {
         &self.image
     }
 
-    /// Whether `image` is on this node; if not, starts pulling it on a thread of its own (once)
-    /// and says how far it got. A failure is said once: asking again pulls again.
-    pub fn image_state(&self, image: &str) -> ImageState {
+    /// Where the images pulled with credentials are listed (the runtime's state directory),
+    /// and those listed there already.
+    pub fn keep_private_images_in(&self, path: std::path::PathBuf) {
+        let listed = std::fs::read_to_string(&path).unwrap_or_default();
+        let mut private = self.private.lock().unwrap_or_else(|e| e.into_inner());
+        private.1.extend(listed.lines().filter(|l| !l.is_empty()).map(str::to_string));
+        private.0 = Some(path);
+    }
+
+    /// Whether `image` is ready for workload `instance`; if not, starts pulling it on a thread
+    /// of its own (once) and says how far it got. A failure is said once: asking again pulls
+    /// again. With credentials, or for an image first pulled with someone's, the pull is made
+    /// for this workload whatever the node holds, so a private image reaches only workloads
+    /// whose credentials the registry accepts.
+    pub fn image_state(
+        &self,
+        image: &str,
+        instance: &str,
+        auth: Option<&gpucloud_api::AgentRegistryAuth>,
+    ) -> ImageState {
+        let private = self.private.lock().unwrap_or_else(|e| e.into_inner()).1.contains(image);
+        let own_pull = auth.is_some() || private;
+        let key = if own_pull { format!("{image}\0{instance}") } else { image.to_string() };
         let mut pulls = self.pulls.lock().unwrap_or_else(|e| e.into_inner());
-        match pulls.get(image).cloned() {
+        match pulls.get(&key).cloned() {
             Some(Pull::Running(p)) => return ImageState::Pulling(p),
             Some(Pull::Failed(why)) => {
-                pulls.remove(image);
+                pulls.remove(&key);
                 return ImageState::Failed(why);
+            }
+            Some(Pull::Done) => {
+                pulls.remove(&key);
+                return ImageState::Ready;
             }
             None => {}
         }
-        if self.rt.block_on(self.docker.inspect_image(image)).is_ok() {
+        if !own_pull && self.rt.block_on(self.docker.inspect_image(image)).is_ok() {
             return ImageState::Ready;
         }
         let first = format!("pulling image {image}");
-        pulls.insert(image.to_string(), Pull::Running(first.clone()));
+        pulls.insert(key.clone(), Pull::Running(first.clone()));
         let (shared, docker, wanted) = (self.pulls.clone(), self.docker.clone(), image.to_string());
+        let credentials = auth.map(|a| bollard::auth::DockerCredentials {
+            username: Some(a.username.clone()),
+            password: Some(a.password.clone()),
+            serveraddress: Some(gpucloud_model::workload::image_registry(image).to_string()),
+            ..Default::default()
+        });
+        let remember = auth.is_some().then(|| self.private.clone());
         let spawned = std::thread::Builder::new().name("image-pull".into()).spawn(move || {
             let image = wanted;
-            let outcome = pull(&docker, &image, |progress| {
-                shared.lock().unwrap_or_else(|e| e.into_inner()).insert(image.clone(), Pull::Running(progress));
+            let outcome = pull(&docker, &image, credentials, |progress| {
+                shared.lock().unwrap_or_else(|e| e.into_inner()).insert(key.clone(), Pull::Running(progress));
             });
             let mut pulls = shared.lock().unwrap_or_else(|e| e.into_inner());
             match outcome {
                 Ok(()) => {
-                    tracing::info!(%image, "image pulled");
-                    pulls.remove(&image);
+                    tracing::info!(%image, private = own_pull, "image pulled");
+                    if let Some(private) = remember {
+                        let mut private = private.lock().unwrap_or_else(|e| e.into_inner());
+                        if private.1.insert(image.clone())
+                            && let Some(path) = &private.0
+                        {
+                            let list: String = private.1.iter().map(|i| format!("{i}\n")).collect();
+                            if let Err(e) = std::fs::write(path, list) {
+                                tracing::warn!(error = %e, "cannot record a private image");
+                            }
+                        }
+                    }
+                    if own_pull {
+                        pulls.insert(key, Pull::Done);
+                    } else {
+                        pulls.remove(&key);
+                    }
                 }
                 Err(why) => {
                     tracing::warn!(%image, %why, "image pull failed");
-                    pulls.insert(image, Pull::Failed(why));
+                    pulls.insert(key, Pull::Failed(why));
                 }
             }
         });
         if let Err(e) = spawned {
+            pulls.remove(&format!("{image}\0{instance}"));
             pulls.remove(image);
             return ImageState::Failed(format!("cannot pull image {image}: {e}"));
         }
@@ -417,14 +472,19 @@ impl DockerLauncher {
 
 /// Pulls `image`, telling `progress` how far it got ("pulling image X: 45% of 260 MB"), and
 /// says why in words a tenant can act on when it cannot.
-fn pull(docker: &Docker, image: &str, mut progress: impl FnMut(String)) -> Result<(), String> {
+fn pull(
+    docker: &Docker,
+    image: &str,
+    credentials: Option<bollard::auth::DockerCredentials>,
+    mut progress: impl FnMut(String),
+) -> Result<(), String> {
     use futures_util::StreamExt;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
     rt.block_on(async {
         let mut stream = docker.create_image(
             Some(CreateImageOptions { from_image: Some(image.to_string()), ..Default::default() }),
             None,
-            None,
+            credentials,
         );
         // Per layer: (bytes done, bytes in all), from the engine's progress messages.
         let mut layers: HashMap<String, (i64, i64)> = HashMap::new();

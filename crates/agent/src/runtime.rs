@@ -258,6 +258,9 @@ impl ProcessRuntime {
         private_dir(&dir);
         private_dir(&dir.join("logs"));
         let containers = docker.as_ref().map(|d| d.own(&dir)).transpose()?.unwrap_or_default();
+        if let Some(d) = &docker {
+            d.keep_private_images_in(dir.join("private-images"));
+        }
         let mut rt = ProcessRuntime {
             dir: dir.clone(),
             grace,
@@ -405,7 +408,7 @@ impl ProcessRuntime {
         let image = match (&self.docker, &w.image) {
             (Some(d), image) => {
                 let image = image.clone().unwrap_or_else(|| d.default_image().to_string());
-                match d.image_state(&image) {
+                match d.image_state(&image, &w.id, w.registry_auth.as_ref()) {
                     crate::docker::ImageState::Ready => Some(image),
                     crate::docker::ImageState::Pulling(progress) => {
                         self.preparing.insert(w.id.clone(), progress);

@@ -30,6 +30,7 @@ fn workload(id: &str, command: &str) -> AgentWorkload {
         cluster: None,
         image: None,
         ports: Vec::new(),
+        registry_auth: None,
     }
 }
 
@@ -227,6 +228,28 @@ fn a_workload_runs_in_its_own_image_and_a_missing_image_fails_with_a_reason() {
     assert_eq!(failed.state, "failed");
     let reason = failed.reason.unwrap_or_default();
     assert!(reason.contains("gpucloud-test-missing:1") && reason.contains("docker.io"), "{reason}");
+
+    // A workload with credentials for its image's registry does not take the node's copy: the
+    // pull is made for it, with its credentials (here the registry cannot be reached, so it
+    // fails rather than running an image someone else pulled).
+    let mut private = workload("i-private", "cat /marker");
+    private.image = Some(derived.clone());
+    private.registry_auth =
+        Some(gpucloud_api::AgentRegistryAuth { username: "robot".into(), password: "token".into() });
+    rt.start(&private, "http://127.0.0.1:1/v1/instance/c", "c", &[]);
+    assert_eq!(rt.take_preparing().len(), 1, "pulled for it although the node holds the image");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let r = loop {
+        assert!(Instant::now() < deadline, "the pull never ended");
+        if let Some(r) = rt.report().into_iter().find(|r| r.id == "i-private") {
+            break r;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        rt.take_preparing();
+        rt.start(&private, "http://127.0.0.1:1/v1/instance/c", "c", &[]);
+    };
+    assert_eq!(r.state, "failed", "{r:?}");
+    assert!(r.reason.unwrap_or_default().contains(&derived));
 
     rt.stop_all_now();
     wait_for(&mut rt, "the container never stopped", |rt| state_of(rt, "i-own").0 != "running");

@@ -17,6 +17,7 @@ fn workload(id: &str, command: &str) -> AgentWorkload {
         cluster: None,
         image: None,
         ports: Vec::new(),
+        registry_auth: None,
     }
 }
 

@@ -148,6 +148,29 @@ pub struct TemplateList {
     pub templates: Vec<Template>,
 }
 
+/// Credentials for a private registry (its password is never returned).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct RegistryAuth {
+    /// `nvcr.io`, `ghcr.io`, `registry.example.com:5000`, or `docker.io` for Docker Hub.
+    pub registry: String,
+    pub username: String,
+    pub created_at: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RegistryAuthList {
+    pub registry_auths: Vec<RegistryAuth>,
+}
+
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PutRegistryAuthRequest {
+    pub username: String,
+    /// A password or token; stored encrypted, given only to a node starting one of your
+    /// workloads whose image is in this registry.
+    pub password: String,
+}
+
 /// A secret: its name and when it was set. Its value is never returned.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
 pub struct Secret {
@@ -806,6 +829,21 @@ pub struct AgentWorkload {
     /// Ports to publish on the node (`8888/http`, `22/tcp`); reported back in `published`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<String>,
+    /// The tenant's credentials for the image's registry, when it has some.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry_auth: Option<AgentRegistryAuth>,
+}
+
+#[derive(Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct AgentRegistryAuth {
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for AgentRegistryAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "AgentRegistryAuth {{ username: {:?}, password: .. }}", self.username)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]

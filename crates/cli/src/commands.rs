@@ -326,6 +326,69 @@ pub fn template(ctx: &Ctx, cmd: TemplateCmd) -> Res {
 }
 
 #[derive(Subcommand)]
+pub enum RegistryAuthCmd {
+    /// Credentials for a private registry (nvcr.io, ghcr.io, HOST:PORT; docker.io for Docker
+    /// Hub); the password or token is read from standard input and stored encrypted.
+    Add {
+        registry: String,
+        #[arg(long)]
+        username: String,
+    },
+    /// Your registries and usernames (never the passwords).
+    List,
+    Delete {
+        registry: String,
+    },
+}
+
+/// A value from standard input: one line from a terminal, everything piped otherwise, without
+/// the line break that ends it.
+fn read_value(prompt: &str) -> Result<String, String> {
+    use std::io::{IsTerminal, Read};
+    let mut value = String::new();
+    if std::io::stdin().is_terminal() {
+        eprint!("{prompt}: ");
+        std::io::stdin().read_line(&mut value).map_err(|e| e.to_string())?;
+    } else {
+        std::io::stdin().read_to_string(&mut value).map_err(|e| e.to_string())?;
+    }
+    let trimmed = value.strip_suffix('\n').map(|v| v.strip_suffix('\r').unwrap_or(v)).unwrap_or(&value);
+    Ok(trimmed.to_string())
+}
+
+pub fn registry_auth(ctx: &Ctx, cmd: RegistryAuthCmd) -> Res {
+    let c = ctx.client(As::Tenant)?;
+    let err = |e: crate::client::ClientError| e.to_string();
+    match cmd {
+        RegistryAuthCmd::Add { registry, username } => {
+            let password = read_value(&format!("password for {username} at {registry}"))?;
+            let body = serde_json::json!({ "username": username, "password": password });
+            let a: api::RegistryAuth =
+                c.put(&format!("/v1/registry-auths/{}", crate::client::encode_query(&registry)), &body).map_err(err)?;
+            show(ctx, &a, |a| format!("credentials for {} ({}) stored", a.registry, a.username));
+        }
+        RegistryAuthCmd::List => {
+            let l: api::RegistryAuthList = c.get("/v1/registry-auths").map_err(err)?;
+            show(ctx, &l, |l| {
+                let rows: Vec<Vec<String>> = l
+                    .registry_auths
+                    .iter()
+                    .map(|a| vec![a.registry.clone(), a.username.clone(), a.created_at.clone()])
+                    .collect();
+                table(&["REGISTRY", "USERNAME", "SET"], &rows)
+            });
+        }
+        RegistryAuthCmd::Delete { registry } => {
+            c.delete(&format!("/v1/registry-auths/{}", crate::client::encode_query(&registry))).map_err(err)?;
+            if !ctx.json {
+                println!("credentials for {registry} deleted");
+            }
+        }
+    }
+    Ok(())
+}
+
+#[derive(Subcommand)]
 pub enum SecretCmd {
     /// Set a secret from standard input (one line from a terminal, everything piped otherwise);
     /// it is stored encrypted and never shown again.
@@ -341,16 +404,7 @@ pub fn secret(ctx: &Ctx, cmd: SecretCmd) -> Res {
     let err = |e: crate::client::ClientError| e.to_string();
     match cmd {
         SecretCmd::Set { name } => {
-            use std::io::{IsTerminal, Read};
-            let mut value = String::new();
-            if std::io::stdin().is_terminal() {
-                eprint!("value for {name}: ");
-                std::io::stdin().read_line(&mut value).map_err(|e| e.to_string())?;
-            } else {
-                std::io::stdin().read_to_string(&mut value).map_err(|e| e.to_string())?;
-            }
-            // The line break that ends what was typed or echoed is not part of the secret.
-            let value = value.strip_suffix('\n').map(|v| v.strip_suffix('\r').unwrap_or(v)).unwrap_or(&value);
+            let value = read_value(&format!("value for {name}"))?;
             let body = serde_json::json!({ "value": value });
             let s: api::Secret =
                 c.put(&format!("/v1/secrets/{}", crate::client::encode_query(&name)), &body).map_err(err)?;

@@ -44,6 +44,9 @@ enum Command {
     /// Create and manage GPU instances.
     #[command(subcommand)]
     Instance(commands::InstanceCmd),
+    /// Credentials for private container registries (stored encrypted).
+    #[command(subcommand, name = "registry-auth")]
+    RegistryAuth(commands::RegistryAuthCmd),
     /// Instance templates: image, command, environment, secrets and ports under a name.
     #[command(subcommand)]
     Template(commands::TemplateCmd),
@@ -171,6 +174,7 @@ fn main() -> ExitCode {
         Command::Key(c) => access::key(&ctx, c),
         Command::Secret(c) => commands::secret(&ctx, c),
         Command::Template(c) => commands::template(&ctx, c),
+        Command::RegistryAuth(c) => commands::registry_auth(&ctx, c),
         Command::Gateway {
             listen,
             backends,

@@ -439,3 +439,59 @@ fn templates_fill_what_a_create_leaves_out_and_stay_with_their_tenant() {
     assert_eq!(s.get(&a, "/v1/templates/train").status, 200, "alice's is untouched");
     assert_eq!(s.get(&b, "/v1/templates/train").status, 404);
 }
+
+#[test]
+fn registry_credentials_go_only_to_the_node_pulling_that_registrys_image() {
+    let s = with_key();
+    let a = s.tenant("alice");
+    let b = s.tenant("bob");
+    let put = |key: &str, registry: &str, body: Value| {
+        let bytes = serde_json::to_vec(&body).unwrap();
+        s.raw(
+            "PUT",
+            &format!("/v1/registry-auths/{registry}"),
+            Some(key),
+            &[("Content-Type", "application/json")],
+            Some(&bytes),
+        )
+    };
+    let password = "nvapi-registry-password-123";
+    for (registry, body, field) in [
+        ("bad%20host", json!({"username": "u", "password": "p"}), "registry"),
+        ("nvcr.io:0", json!({"username": "u", "password": "p"}), "registry"),
+        ("nvcr.io", json!({"username": "", "password": "p"}), "username"),
+        ("nvcr.io", json!({"username": "u", "password": ""}), "password"),
+    ] {
+        let r = put(&a, registry, body);
+        assert_eq!((r.status, r.body["field"].as_str()), (422, Some(field)), "{registry}: {:?}", r.body);
+    }
+    let r = put(&a, "nvcr.io", json!({"username": "$oauthtoken", "password": password}));
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let list = s.get(&a, "/v1/registry-auths").body;
+    assert_eq!(list["registry_auths"][0]["registry"], "nvcr.io");
+    assert!(!list.to_string().contains(password));
+    assert_eq!(s.get(&b, "/v1/registry-auths").body["registry_auths"], json!([]));
+
+    let (node, epoch) = l4_node(&s);
+    let create = |key: &str, image: &str| {
+        let r = s.post(key, "/v1/instances", Some(&json!({"gpu": "L4", "count": 1, "command": "x", "image": image})));
+        assert_eq!(r.status, 201, "{:?}", r.body);
+        r.body["id"].as_str().unwrap().to_string()
+    };
+    let ngc = create(&a, "nvcr.io/nvidia/pytorch:24.05-py3");
+    let w = desired(&s, &node, &epoch, &ngc);
+    assert_eq!(w["registry_auth"], json!({"username": "$oauthtoken", "password": password}));
+    assert_eq!(s.post(&a, &format!("/v1/instances/{ngc}/terminate"), None).status, 200);
+    beat(&s, &node, &epoch, json!([{"id": ngc, "state": "stopped"}]));
+    s.wait_state(&a, &ngc, "terminated");
+    // Another registry's image gets none; nor does another tenant's image from nvcr.io.
+    let hub = create(&a, "ubuntu:24.04");
+    assert!(desired(&s, &node, &epoch, &hub).get("registry_auth").is_none());
+    assert_eq!(s.post(&a, &format!("/v1/instances/{hub}/terminate"), None).status, 200);
+    beat(&s, &node, &epoch, json!([{"id": hub, "state": "stopped"}]));
+    s.wait_state(&a, &hub, "terminated");
+    let bobs = create(&b, "nvcr.io/nvidia/pytorch:24.05-py3");
+    assert!(desired(&s, &node, &epoch, &bobs).get("registry_auth").is_none());
+    assert_eq!(s.raw("DELETE", "/v1/registry-auths/nvcr.io", Some(&b), &[], None).status, 404);
+    assert_eq!(s.raw("DELETE", "/v1/registry-auths/nvcr.io", Some(&a), &[], None).status, 204);
+}

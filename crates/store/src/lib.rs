@@ -19,7 +19,7 @@ pub use market::{JobChange, MarketStore};
 pub use sql::SqlStore;
 pub use telemetry::{FleetBucket, GpuBucket, GpuSample, TelemetryStore};
 pub use types::*;
-pub use workload::{TemplateRow, WorkloadStore};
+pub use workload::{RegistryAuthRow, TemplateRow, WorkloadStore};
 
 use async_trait::async_trait;
 use gpucloud_model::{InstanceId, NodeId, NodeState, Region, TenantId, Timestamp};

@@ -31,6 +31,21 @@ pub trait WorkloadStore: Send + Sync {
     /// A tenant's templates by name.
     async fn list_templates(&self, tenant: &TenantId) -> Result<Vec<TemplateRow>>;
     async fn delete_template(&self, tenant: &TenantId, name: &str) -> Result<bool>;
+    /// Stores a tenant's credentials for a registry, replacing earlier ones.
+    async fn put_registry_auth(&self, a: &RegistryAuthRow) -> Result<()>;
+    /// A tenant's registry credentials by registry.
+    async fn list_registry_auths(&self, tenant: &TenantId) -> Result<Vec<RegistryAuthRow>>;
+    async fn delete_registry_auth(&self, tenant: &TenantId, registry: &str) -> Result<bool>;
+}
+
+/// A tenant's credentials for one registry; the password sealed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistryAuthRow {
+    pub tenant_id: TenantId,
+    pub registry: String,
+    pub username: String,
+    pub sealed: String,
+    pub created_at: Timestamp,
 }
 
 /// A tenant's template as stored: its spec is the API's JSON.
@@ -184,6 +199,52 @@ impl WorkloadStore for SqlStore {
         let r = sqlx::query("DELETE FROM templates WHERE tenant_id = $1 AND name = $2")
             .bind(tenant.to_string())
             .bind(name)
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn put_registry_auth(&self, a: &RegistryAuthRow) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO registry_auths (tenant_id, registry, username, sealed, created_at) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (tenant_id, registry) DO UPDATE SET username = excluded.username, sealed = excluded.sealed, \
+             created_at = excluded.created_at",
+        )
+        .bind(a.tenant_id.to_string())
+        .bind(&a.registry)
+        .bind(&a.username)
+        .bind(&a.sealed)
+        .bind(a.created_at.0)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn list_registry_auths(&self, tenant: &TenantId) -> Result<Vec<RegistryAuthRow>> {
+        let rows = sqlx::query(
+            "SELECT tenant_id, registry, username, sealed, created_at FROM registry_auths WHERE tenant_id = $1 \
+             ORDER BY registry",
+        )
+        .bind(tenant.to_string())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(RegistryAuthRow {
+                    tenant_id: parse("registry_auths", &r.try_get::<String, _>(0)?)?,
+                    registry: r.try_get(1)?,
+                    username: r.try_get(2)?,
+                    sealed: r.try_get(3)?,
+                    created_at: Timestamp(r.try_get(4)?),
+                })
+            })
+            .collect()
+    }
+
+    async fn delete_registry_auth(&self, tenant: &TenantId, registry: &str) -> Result<bool> {
+        let r = sqlx::query("DELETE FROM registry_auths WHERE tenant_id = $1 AND registry = $2")
+            .bind(tenant.to_string())
+            .bind(registry)
             .execute(&self.pool)
             .await?;
         Ok(r.rows_affected() == 1)

@@ -1074,4 +1074,20 @@ async fn secrets_are_per_tenant_and_progress_is_not_a_state_change(s: Arc<dyn St
     assert!(s.delete_template(&a.id, "train").await.unwrap());
     assert!(!s.delete_template(&a.id, "train").await.unwrap());
     assert!(s.get_template(&b.id, "train").await.unwrap().is_some());
+
+    let auth = |t: &Tenant, registry: &str, user: &str| RegistryAuthRow {
+        tenant_id: t.id.clone(),
+        registry: registry.into(),
+        username: user.into(),
+        sealed: "v1:00".into(),
+        created_at: ts(7),
+    };
+    s.put_registry_auth(&auth(&a, "nvcr.io", "$oauthtoken")).await.unwrap();
+    s.put_registry_auth(&auth(&a, "nvcr.io", "robot")).await.unwrap();
+    s.put_registry_auth(&auth(&a, "ghcr.io", "me")).await.unwrap();
+    let got = s.list_registry_auths(&a.id).await.unwrap();
+    assert_eq!(got, vec![auth(&a, "ghcr.io", "me"), auth(&a, "nvcr.io", "robot")], "replaced, by registry");
+    assert!(s.list_registry_auths(&b.id).await.unwrap().is_empty());
+    assert!(s.delete_registry_auth(&a.id, "nvcr.io").await.unwrap());
+    assert!(!s.delete_registry_auth(&a.id, "nvcr.io").await.unwrap());
 }

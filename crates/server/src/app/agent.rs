@@ -69,6 +69,8 @@ pub struct DesiredInstance {
     pub cluster: Option<gpucloud_api::AgentCluster>,
     pub image: Option<String>,
     pub ports: Vec<gpucloud_model::PortSpec>,
+    /// The tenant's credentials for the image's registry: (username, password).
+    pub registry_auth: Option<(String, String)>,
 }
 
 #[async_trait]
@@ -192,6 +194,7 @@ impl AgentApi for App {
         }
         let mut desired = Vec::with_capacity(held.len());
         let mut secrets = std::collections::HashMap::new();
+        let mut auths = std::collections::HashMap::new();
         for i in held {
             let stop = i.state == InstanceState::Stopping;
             // Secrets go to the node only for a workload it is to run.
@@ -204,6 +207,10 @@ impl AgentApi for App {
                     .collect()
             } else {
                 self.open_env(&i, i.sale.env.clone(), &mut secrets).await?
+            };
+            let registry_auth = match (&i.sale.image, stop) {
+                (Some(image), false) => self.registry_auth_for(&i, image, &mut auths).await?,
+                _ => None,
             };
             let mut cluster = None;
             if i.sale.cluster.is_some()
@@ -224,6 +231,7 @@ impl AgentApi for App {
                 cluster,
                 image: i.sale.image,
                 ports: i.sale.ports,
+                registry_auth,
             });
         }
         Ok(desired)

@@ -156,6 +156,84 @@ impl App {
         }
     }
 
+    /// Stores (or replaces) the caller's tenant's credentials for `registry`.
+    pub async fn put_registry_auth(
+        &self,
+        by: &Principal,
+        registry: &str,
+        username: &str,
+        password: &str,
+    ) -> Result<gpucloud_store::RegistryAuthRow, AppError> {
+        let (host, port) = match registry.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (registry, None),
+        };
+        let host_ok = (1..=253).contains(&host.len())
+            && host.chars().all(|c| c.is_ascii_alphanumeric() || ".-".contains(c))
+            && !host.starts_with(['.', '-']);
+        if !host_ok || port.is_some_and(|p| p.parse::<u16>().map_or(true, |p| p == 0)) {
+            return Err(AppError::invalid(
+                "registry",
+                format!("registry '{registry}' is HOST[:PORT], e.g. nvcr.io, or docker.io for Docker Hub"),
+            ));
+        }
+        if username.is_empty() || username.len() > 256 || username.chars().any(char::is_control) {
+            return Err(AppError::invalid("username", "a username is 1 to 256 printable characters"));
+        }
+        if password.is_empty() || password.len() > 8192 || password.contains('\0') {
+            return Err(AppError::invalid("password", "a password is 1 to 8192 bytes with no NUL"));
+        }
+        let key = self.secrets_key()?;
+        let row = gpucloud_store::RegistryAuthRow {
+            tenant_id: by.tenant.id.clone(),
+            registry: registry.to_string(),
+            username: username.to_string(),
+            sealed: key.seal(&by.tenant.id, &format!("registry:{registry}"), password),
+            created_at: self.now(),
+        };
+        self.store.put_registry_auth(&row).await?;
+        tracing::info!(tenant = %by.tenant.name, registry, "registry credentials stored");
+        Ok(row)
+    }
+
+    pub async fn list_registry_auths(&self, by: &Principal) -> Result<Vec<gpucloud_store::RegistryAuthRow>, AppError> {
+        Ok(self.store.list_registry_auths(&by.tenant.id).await?)
+    }
+
+    pub async fn delete_registry_auth(&self, by: &Principal, registry: &str) -> Result<(), AppError> {
+        if self.store.delete_registry_auth(&by.tenant.id, registry).await? {
+            Ok(())
+        } else {
+            Err(AppError::NotFound { kind: "registry credentials", id: registry.to_string() })
+        }
+    }
+
+    /// The tenant's credentials for the registry of `image`, opened, for the node that pulls it.
+    pub(crate) async fn registry_auth_for(
+        &self,
+        inst: &gpucloud_store::Instance,
+        image: &str,
+        cache: &mut HashMap<TenantId, Vec<gpucloud_store::RegistryAuthRow>>,
+    ) -> Result<Option<(String, String)>, AppError> {
+        let Some(key) = self.config.secrets_key.as_ref() else { return Ok(None) };
+        let rows = match cache.get(&inst.tenant_id) {
+            Some(rows) => rows,
+            None => {
+                let rows = self.store.list_registry_auths(&inst.tenant_id).await?;
+                cache.entry(inst.tenant_id.clone()).or_insert(rows)
+            }
+        };
+        let registry = gpucloud_model::workload::image_registry(image);
+        let Some(row) = rows.iter().find(|r| r.registry == registry) else { return Ok(None) };
+        match key.open(&inst.tenant_id, &format!("registry:{registry}"), &row.sealed) {
+            Ok(password) => Ok(Some((row.username.clone(), password))),
+            Err(why) => {
+                tracing::warn!(instance = %inst.id, registry, %why, "registry credentials left out");
+                Ok(None)
+            }
+        }
+    }
+
     /// A create request's environment as stored: each variable checked, `--secret NAME` as
     /// `NAME=secret:NAME`, every referred secret existing now (it is read again at start).
     pub(crate) async fn check_env(

@@ -162,6 +162,9 @@ pub async fn heartbeat(
             cluster: d.cluster,
             image: d.image,
             ports: d.ports.iter().map(|p| p.to_string()).collect(),
+            registry_auth: d
+                .registry_auth
+                .map(|(username, password)| gpucloud_api::AgentRegistryAuth { username, password }),
         })
         .collect();
     Ok(Json(AgentDesired { instances }))

@@ -136,6 +136,8 @@ pub fn api() -> (Router<Arc<App>>, utoipa::openapi::OpenApi) {
         .routes(routes!(monitoring::queue))
         .routes(routes!(secrets::list))
         .routes(routes!(secrets::put, secrets::delete))
+        .routes(routes!(secrets::list_registry_auths))
+        .routes(routes!(secrets::put_registry_auth, secrets::delete_registry_auth))
         .routes(routes!(proxy::login, proxy::logout))
         .routes(routes!(templates::create, templates::list))
         .routes(routes!(templates::show, templates::delete))

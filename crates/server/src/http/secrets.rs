@@ -7,7 +7,9 @@ use crate::app::App;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use gpucloud_api::{Problem, PutSecretRequest, Secret, SecretList, rfc3339};
+use gpucloud_api::{
+    Problem, PutRegistryAuthRequest, PutSecretRequest, RegistryAuth, RegistryAuthList, Secret, SecretList, rfc3339,
+};
 use std::sync::Arc;
 
 fn info(r: gpucloud_store::SecretRow) -> Secret {
@@ -48,5 +50,47 @@ pub async fn delete(
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     app.delete_secret(&p, &name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn auth_info(r: gpucloud_store::RegistryAuthRow) -> RegistryAuth {
+    RegistryAuth { registry: r.registry, username: r.username, created_at: rfc3339(r.created_at) }
+}
+
+/// Sets the caller's tenant's credentials for a private registry (`docker.io` for Docker Hub).
+/// A node gets them only to pull the image of one of the tenant's workloads from there.
+#[utoipa::path(put, path = "/v1/registry-auths/{registry}", tag = "secrets", params(("registry" = String, Path)),
+    request_body = PutRegistryAuthRequest,
+    responses((status = 200, body = RegistryAuth), (status = 422, body = Problem), (status = 409, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn put_registry_auth(
+    State(app): State<Arc<App>>,
+    Auth(p): Auth,
+    Path(registry): Path<String>,
+    ApiJson(req): ApiJson<PutRegistryAuthRequest>,
+) -> Result<Json<RegistryAuth>, ApiError> {
+    Ok(Json(auth_info(app.put_registry_auth(&p, &registry, &req.username, &req.password).await?)))
+}
+
+/// The caller's tenant's registry credentials: registries and usernames, never passwords.
+#[utoipa::path(get, path = "/v1/registry-auths", tag = "secrets",
+    responses((status = 200, body = RegistryAuthList)), security(("bearer" = [])))]
+pub async fn list_registry_auths(
+    State(app): State<Arc<App>>,
+    Auth(p): Auth,
+) -> Result<Json<RegistryAuthList>, ApiError> {
+    Ok(Json(RegistryAuthList {
+        registry_auths: app.list_registry_auths(&p).await?.into_iter().map(auth_info).collect(),
+    }))
+}
+
+#[utoipa::path(delete, path = "/v1/registry-auths/{registry}", tag = "secrets", params(("registry" = String, Path)),
+    responses((status = 204), (status = 404, body = Problem)), security(("bearer" = [])))]
+pub async fn delete_registry_auth(
+    State(app): State<Arc<App>>,
+    Auth(p): Auth,
+    Path(registry): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    app.delete_registry_auth(&p, &registry).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -33,3 +33,14 @@ CREATE TABLE templates (
     created_at  BIGINT NOT NULL,
     PRIMARY KEY (tenant_id, name)
 );
+
+-- A tenant's credentials for private registries, the password sealed like a secret (bound to
+-- the tenant and the registry). Given to a node only with a workload whose image is there.
+CREATE TABLE registry_auths (
+    tenant_id   TEXT NOT NULL REFERENCES tenants(id),
+    registry    TEXT NOT NULL,
+    username    TEXT NOT NULL,
+    sealed      TEXT NOT NULL,
+    created_at  BIGINT NOT NULL,
+    PRIMARY KEY (tenant_id, registry)
+);

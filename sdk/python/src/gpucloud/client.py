@@ -189,10 +189,12 @@ class Instances(_Resource):
         env: Optional[Dict[str, str]] = None,
         secrets: Optional[List[str]] = None,
         ports: Optional[List[str]] = None,
+        template: Optional[str] = None,
     ) -> Instance:
         """``image``: a container image (the node's own when None); ``env``: variables, a value
         ``secret:NAME`` being your secret NAME; ``secrets``: secrets set as variables of their own
-        name; ``ports``: ``["8888/http", "22/tcp"]``."""
+        name; ``ports``: ``["8888/http", "22/tcp"]``; ``template``: a template's name (its settings
+        fill what is not given here)."""
         body: Dict[str, Any] = {"gpu": gpu, "count": count, "command": command, "tier": tier}
         for k, v in (
             ("region", region),
@@ -203,6 +205,7 @@ class Instances(_Resource):
             ("env", env),
             ("secrets", secrets),
             ("ports", ports),
+            ("template", template),
         ):
             if v is not None:
                 body[k] = v
