@@ -19,7 +19,7 @@ cleanup() {
 trap cleanup EXIT
 
 # No rate limit here: every generated input should reach its handler, not a 429.
-GPUCLOUD_CONFIG_DIR="$tmp/config" "$bin" dev --listen "127.0.0.1:$api" --data-dir "$tmp/data" --rate-limit 0 \
+GPUCLOUD_CONFIG_DIR="$tmp/config" "$bin" dev --runtime process --listen "127.0.0.1:$api" --data-dir "$tmp/data" --rate-limit 0 \
   >"$tmp/dev.out" 2>"$tmp/dev.err" &
 dev_pid=$!
 for _ in $(seq 1 120); do grep -q "Try:" "$tmp/dev.out" 2>/dev/null && break; sleep 0.5; done

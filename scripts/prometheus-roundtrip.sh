@@ -19,7 +19,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-GPUCLOUD_CONFIG_DIR="$tmp/config" "$bin" dev --listen "127.0.0.1:$api" --data-dir "$tmp/data" >"$tmp/dev.out" 2>&1 &
+GPUCLOUD_CONFIG_DIR="$tmp/config" "$bin" dev --runtime process --listen "127.0.0.1:$api" --data-dir "$tmp/data" >"$tmp/dev.out" 2>&1 &
 dev_pid=$!
 for _ in $(seq 1 120); do grep -q "Try:" "$tmp/dev.out" 2>/dev/null && break; sleep 0.5; done
 grep -q "Try:" "$tmp/dev.out" || { echo "gpucloud dev did not start"; cat "$tmp/dev.out"; exit 1; }

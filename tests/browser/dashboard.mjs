@@ -41,7 +41,7 @@ async function waitFor(what, f, ms = 20000) {
 const tmp = mkdtempSync(join(tmpdir(), "gpucloud-browser-"));
 const port = await freePort();
 const url = `http://127.0.0.1:${port}`;
-const dev = spawn(bin, ["dev", "--listen", `127.0.0.1:${port}`, "--data-dir", join(tmp, "data")], {
+const dev = spawn(bin, ["dev", "--runtime", "process", "--listen", `127.0.0.1:${port}`, "--data-dir", join(tmp, "data")], {
   env: { ...process.env, GPUCLOUD_CONFIG_DIR: join(tmp, "config") },
   stdio: ["ignore", "pipe", "pipe"],
 });

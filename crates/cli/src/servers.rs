@@ -24,10 +24,39 @@ pub struct DevArgs {
     /// Scheduler, fake-agent and metering period in milliseconds (tests use a short one).
     #[arg(long, hide = true)]
     tick_ms: Option<u64>,
+    /// How the built-in fleet runs workloads: docker (a confined container each, of --image or
+    /// the instance's own, as on a real shared node), process (plain processes), or auto
+    /// (docker when an engine answers and --image is there or can be pulled).
+    #[arg(long, default_value = "auto", value_parser = ["auto", "docker", "process"])]
+    runtime: String,
+    /// With the container runtime: the image of workloads that name none.
+    #[arg(long, default_value = "ubuntu:24.04")]
+    image: String,
     #[command(flatten)]
     market: MarketArgs,
     #[command(flatten)]
     monitor: MonitorArgs,
+}
+
+/// Whether dev's agents run containers: (the image, what to say about it).
+fn dev_runtime(runtime: &str, image: &str) -> Result<(Option<String>, String), String> {
+    if runtime == "process" {
+        return Ok((None, "processes (--runtime process)".into()));
+    }
+    let confinement = gpucloud_agent::docker::Confinement::share_of(1, 1024, 1);
+    match gpucloud_agent::docker::DockerLauncher::connect(image, false, confinement) {
+        Ok(_) => Ok((
+            Some(image.to_string()),
+            format!("containers of {image} (--image, ports and secrets as on a shared node)"),
+        )),
+        Err(e) if runtime == "docker" => Err(e),
+        Err(e) => Ok((
+            None,
+            format!(
+                "processes: no containers ({e}); --image fails with a reason and web ports reach the process's own port"
+            ),
+        )),
+    }
 }
 
 /// The spot market's settings (both `dev` and `serve`).
@@ -273,6 +302,11 @@ pub fn dev(args: DevArgs) -> Result<(), String> {
         profile::write_private_json(&prof_path, &prof).map_err(|e| format!("writing {}: {e}", prof_path.display()))?;
 
         // The fleet: the real node agent, in threads of this process, over HTTP, with fake GPUs.
+        // Its own thread: the engine client runs a runtime of its own.
+        let (runtime, image) = (args.runtime.clone(), args.image.clone());
+        let (docker_image, runtime_said) = std::thread::spawn(move || dev_runtime(&runtime, &image))
+            .join()
+            .map_err(|_| "probing the Docker engine failed".to_string())??;
         let shutdown = Arc::new(AtomicBool::new(false));
         let mut agents = Vec::new();
         for (name, region, model, count) in DEFAULT_FLEET {
@@ -288,7 +322,7 @@ pub fn dev(args: DevArgs) -> Result<(), String> {
                 ingress_port: 0,
                 address: Some("127.0.0.1".into()),
                 ports: None,
-                docker_image: None,
+                docker_image: docker_image.clone(),
                 confine: Default::default(),
                 labels: [("dev".to_string(), "true".to_string())].into(),
             };
@@ -332,6 +366,7 @@ pub fn dev(args: DevArgs) -> Result<(), String> {
             regions.len(),
             regions.join(", ")
         );
+        println!("  workloads:    {runtime_said}");
         if shown {
             println!("  operator key: {}   (shown once; kept in credentials.json)", creds.operator_key);
             println!("  tenant key:   {}", creds.tenant_key);

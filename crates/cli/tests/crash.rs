@@ -33,7 +33,7 @@ impl Drop for Server {
 fn start(data: &Path, database: Option<&str>, round: usize) -> Server {
     let out = data.join(format!("out-{round}.txt"));
     let mut cmd = Command::new(BIN);
-    cmd.args(["dev", "--listen", "127.0.0.1:0", "--tick-ms", "40", "--data-dir"])
+    cmd.args(["dev", "--runtime", "process", "--listen", "127.0.0.1:0", "--tick-ms", "40", "--data-dir"])
         .arg(data)
         .env("GPUCLOUD_CONFIG_DIR", data.join("config"))
         .stdout(std::fs::File::create(&out).unwrap())

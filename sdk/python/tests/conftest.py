@@ -27,7 +27,7 @@ def dev(tmp_path_factory):
     env.pop("GPUCLOUD_API_KEY", None)
     out = open(tmp / "dev.out", "w")
     proc = subprocess.Popen(
-        [binary, "dev", "--listen", "127.0.0.1:0", "--data-dir", str(tmp / "data"),
+        [binary, "dev", "--runtime", "process", "--listen", "127.0.0.1:0", "--data-dir", str(tmp / "data"),
          "--spot-notice", "2", "--spot-min-notice", "1", "--spot-min-runtime", "0"],
         stdout=out, stderr=subprocess.DEVNULL, env=env,
     )

@@ -23,7 +23,7 @@ impl Drop for Dev {
 pub fn start_dev(data: &Path, config: &Path) -> Dev {
     let out = data.with_extension(format!("out{}", rand::random::<u32>()));
     let child = Command::new(BIN)
-        .args(["dev", "--listen", "127.0.0.1:0", "--data-dir"])
+        .args(["dev", "--runtime", "process", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data)
         .env("GPUCLOUD_CONFIG_DIR", config)
         .env_remove("GPUCLOUD_URL")
