@@ -262,7 +262,8 @@ fn workload_server() -> std::net::SocketAddr {
                     let body = head.join("\n");
                     let _ = conn.write_all(
                         format!(
-                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nSet-Cookie: _xsrf=1\r\n\r\n{body}",
+                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nSet-Cookie: _xsrf=1\r\n\
+                             Set-Cookie: gpucloud_key=gpc_planted; Path=/i/\r\n\r\n{body}",
                             body.len()
                         )
                         .as_bytes(),
@@ -309,6 +310,9 @@ fn web_ports_are_reached_through_the_proxy_by_their_tenant_only() {
     // The tenant's key: the workload answers, and never sees the key.
     let r = s.raw("GET", &path, Some(&a), &[("Cookie", &format!("gpucloud_key={a}; theirs=1"))], None);
     assert_eq!(r.status, 200, "{:?}", r.body);
+    let planted = ureq::get(format!("{}{path}", s.url)).header("Authorization", format!("Bearer {a}")).call().unwrap();
+    let cookies: Vec<&str> = planted.headers().get_all("set-cookie").iter().map(|v| v.to_str().unwrap()).collect();
+    assert_eq!(cookies, ["_xsrf=1"], "the workload's own cookies pass, the proxy's cannot be planted");
     let seen = r.body.as_str().unwrap().to_string();
     assert!(seen.starts_with(&format!("GET /i/{id}/8888/hello?x=1 HTTP/1.1")), "{seen}");
     assert!(seen.contains("theirs=1") && !seen.contains(&a), "credentials stay with the proxy: {seen}");

@@ -120,6 +120,18 @@ async fn proxy(State(app): State<Arc<App>>, mut req: Request) -> Response {
             }
         });
     }
+    // A workload cannot set or replace the proxy's own cookie in its tenant's browser.
+    let theirs: Vec<HeaderValue> = resp
+        .headers()
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .filter(|v| !v.to_str().unwrap_or("").trim_start().starts_with(&format!("{COOKIE}=")))
+        .cloned()
+        .collect();
+    resp.headers_mut().remove(header::SET_COOKIE);
+    for v in theirs {
+        resp.headers_mut().append(header::SET_COOKIE, v);
+    }
     resp.map(Body::new)
 }
 
