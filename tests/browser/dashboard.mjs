@@ -234,7 +234,14 @@ s.listen(Number(process.argv[2]), "127.0.0.1");
   console.error(`FAILED: ${e.stack || e}`);
 } finally {
   if (browser) await browser.close();
-  dev.kill("SIGTERM");
+  // dev stops its workloads on SIGTERM: wait for that, or they outlive the test.
+  if (dev.exitCode === null) {
+    await new Promise((ok) => {
+      const force = setTimeout(() => { dev.kill("SIGKILL"); ok(); }, 20000);
+      dev.on("exit", () => { clearTimeout(force); ok(); });
+      dev.kill("SIGTERM");
+    });
+  }
   rmSync(tmp, { recursive: true, force: true });
 }
 process.exit(failed ? 1 : 0);
