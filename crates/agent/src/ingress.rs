@@ -31,7 +31,7 @@ pub struct Ingress {
 pub fn signature(secret: &[u8], instance: &str, port: u16, expires_ms: i64) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
     mac.update(format!("{instance} {port} {expires_ms}").as_bytes());
-    mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect()
+    gpucloud_model::hex::encode(&mac.finalize().into_bytes())
 }
 
 fn now_ms() -> i64 {
@@ -68,9 +68,7 @@ impl Ingress {
 
     /// The secret the server gave at registration (hex).
     pub fn set_secret(&self, hex: &str) {
-        let bytes: Option<Vec<u8>> = (hex.len().is_multiple_of(2) && hex.is_ascii())
-            .then(|| (0..hex.len() / 2).map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()).collect())
-            .flatten();
+        let bytes = gpucloud_model::hex::decode(hex);
         *self.secret.lock().unwrap_or_else(|e| e.into_inner()) = bytes.filter(|b| b.len() >= 16);
     }
 
@@ -103,9 +101,7 @@ fn serve(mut conn: TcpStream, secret: &Mutex<Option<Vec<u8>>>, targets: &Mutex<T
     let Some(key) = key else { return refuse(&mut conn, "not registered") };
     let mut check = Hmac::<Sha256>::new_from_slice(&key).expect("HMAC takes any key length");
     check.update(format!("{instance} {port} {expires}").as_bytes());
-    let given: Option<Vec<u8>> = (mac.len() == 64)
-        .then(|| (0..32).map(|i| u8::from_str_radix(&mac[2 * i..2 * i + 2], 16).ok()).collect())
-        .flatten();
+    let given = gpucloud_model::hex::decode(mac).filter(|g| g.len() == 32);
     let now = now_ms();
     let valid = given.is_some_and(|g| check.verify_slice(&g).is_ok());
     if !valid || expires < now || expires > now + MAX_VALIDITY_MS {
@@ -163,7 +159,7 @@ mod tests {
         });
         let ingress = Ingress::start(0).unwrap();
         let secret = [7u8; 32];
-        let hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+        let hex = gpucloud_model::hex::encode(&secret);
         let line = |inst: &str, port: u16, exp: i64, key: &[u8]| {
             format!("GPUCLOUD-INGRESS/1 {inst} {port} {exp} {}\n", signature(key, inst, port, exp))
         };

@@ -2,6 +2,7 @@
 //! state machines. No I/O, no clock, no randomness: callers pass those in.
 
 mod gpu;
+pub mod hex;
 mod ids;
 mod instance;
 mod money;

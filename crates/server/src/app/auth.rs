@@ -26,11 +26,7 @@ impl Principal {
 
 /// Keys are long random strings, so a fast hash is enough: there is nothing to brute-force.
 pub fn hash_key(key: &str) -> String {
-    hex(&Sha256::digest(key.as_bytes()))
-}
-
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    gpucloud_model::hex::encode(&Sha256::digest(key.as_bytes()))
 }
 
 impl App {

@@ -167,7 +167,7 @@ pub fn signature(secret: &str, unix_seconds: i64, body: &[u8]) -> String {
     mac.update(unix_seconds.to_string().as_bytes());
     mac.update(b".");
     mac.update(body);
-    format!("t={unix_seconds},v1={}", super::auth::hex(&mac.finalize().into_bytes()))
+    format!("t={unix_seconds},v1={}", gpucloud_model::hex::encode(&mac.finalize().into_bytes()))
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@ impl App {
     pub(crate) async fn set_ingress(&self, node: &NodeId, port: Option<u16>) -> Result<Option<String>, AppError> {
         match port.filter(|p| *p > 0) {
             Some(p) => {
-                let secret = super::auth::hex(&rand::random::<[u8; 32]>());
+                let secret = gpucloud_model::hex::encode(&rand::random::<[u8; 32]>());
                 self.store.set_node_ingress(node, Some(p), Some(&secret)).await?;
                 Ok(Some(secret))
             }
@@ -52,8 +52,7 @@ impl App {
         let node_id = inst.node_id.clone().ok_or_else(unreachable)?;
         let node = self.store.get_node(&node_id).await?.ok_or_else(unreachable)?;
         let (ingress_port, secret) = self.store.node_ingress(&node_id).await?.ok_or_else(unreachable)?;
-        let secret: Vec<u8> =
-            (0..secret.len() / 2).filter_map(|i| u8::from_str_radix(secret.get(2 * i..2 * i + 2)?, 16).ok()).collect();
+        let secret = gpucloud_model::hex::decode(&secret).ok_or_else(unreachable)?;
         let expires = self.now().0 + TUNNEL_VALIDITY_MS;
         let mac = gpucloud_agent::ingress::signature(&secret, id, port, expires);
         let host = node.reached_at().trim_start_matches('[').trim_end_matches(']').to_string();

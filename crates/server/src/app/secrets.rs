@@ -35,16 +35,8 @@ impl SecretsKey {
 
     /// 64 hex digits.
     pub fn from_hex(text: &str) -> Result<SecretsKey, String> {
-        let text = text.trim();
-        let bad = || "a secrets key is 64 hex digits (32 bytes)".to_string();
-        if text.len() != 64 || !text.is_ascii() {
-            return Err(bad());
-        }
-        let mut key = [0u8; 32];
-        for (i, b) in key.iter_mut().enumerate() {
-            *b = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
-        }
-        Ok(SecretsKey(key))
+        let key = gpucloud_model::hex::decode(text.trim()).and_then(|b| <[u8; 32]>::try_from(b).ok());
+        key.map(SecretsKey).ok_or_else(|| "a secrets key is 64 hex digits (32 bytes)".to_string())
     }
 
     /// The key in `path`, or a new one written there (0600) when the file does not exist yet.
@@ -61,7 +53,7 @@ impl SecretsKey {
                     .mode(0o600)
                     .open(path)
                     .map_err(|e| format!("creating the secrets key {}: {e}", path.display()))?;
-                f.write_all(format!("{}\n", super::auth::hex(&key.0)).as_bytes())
+                f.write_all(format!("{}\n", gpucloud_model::hex::encode(&key.0)).as_bytes())
                     .map_err(|e| format!("writing the secrets key {}: {e}", path.display()))?;
                 tracing::info!(path = %path.display(), "made a new secrets key: back it up, secrets cannot be read without it");
                 Ok(key)
@@ -82,19 +74,16 @@ impl SecretsKey {
         let sealed = cipher
             .encrypt(Nonce::from_slice(&nonce), Payload { msg: value.as_bytes(), aad: &aad })
             .expect("encrypting in memory cannot fail");
-        format!("v1:{}{}", super::auth::hex(&nonce), super::auth::hex(&sealed))
+        format!("v1:{}{}", gpucloud_model::hex::encode(&nonce), gpucloud_model::hex::encode(&sealed))
     }
 
     pub fn open(&self, tenant: &TenantId, name: &str, sealed: &str) -> Result<String, String> {
         let bad = || format!("secret '{name}' does not open with this server's key");
-        let hex = sealed.strip_prefix("v1:").ok_or_else(bad)?;
-        if hex.len() < 24 + 32 || hex.len() % 2 != 0 || !hex.is_ascii() {
+        let bytes = sealed.strip_prefix("v1:").and_then(gpucloud_model::hex::decode).ok_or_else(bad)?;
+        // A nonce and at least the tag.
+        if bytes.len() < 12 + 16 {
             return Err(bad());
         }
-        let bytes: Vec<u8> = (0..hex.len() / 2)
-            .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16))
-            .collect::<Result<_, _>>()
-            .map_err(|_| bad())?;
         let (nonce, body) = bytes.split_at(12);
         let cipher = ChaCha20Poly1305::new(Key::from_slice(&self.0));
         let aad = SecretsKey::aad(tenant, name);
