@@ -211,6 +211,11 @@ impl DockerLauncher {
     }
 
     /// The node's own image: what a workload that names none runs in.
+    /// The user workloads run as, `UID:GID`.
+    pub fn user(&self) -> &str {
+        &self.confinement.user
+    }
+
     pub fn default_image(&self) -> &str {
         &self.image
     }
@@ -315,6 +320,7 @@ impl DockerLauncher {
         &self,
         image: &str,
         tcp_ports: &[(u16, u16)],
+        mounts: &[(std::path::PathBuf, String)],
         instance: &str,
         command: &str,
         env: &[(String, String)],
@@ -378,7 +384,11 @@ impl DockerLauncher {
             host_config: Some(HostConfig {
                 network_mode: Some(NETWORK.into()),
                 port_bindings: (!bindings.is_empty()).then_some(bindings),
-                binds: Some(vec![format!("{}:{LOG_INSIDE}", log.display())]),
+                binds: Some(
+                    std::iter::once(format!("{}:{LOG_INSIDE}", log.display()))
+                        .chain(mounts.iter().map(|(host, inside)| format!("{}:{inside}:rw", host.display())))
+                        .collect(),
+                ),
                 // An init as PID 1 passes SIGTERM on to the workload (PID 1 itself ignores it).
                 init: Some(true),
                 device_requests: devices,

@@ -11,6 +11,7 @@ pub mod metadata;
 pub mod nvml;
 pub mod reconcile;
 pub mod runtime;
+pub mod volumes;
 
 mod client;
 
@@ -92,6 +93,8 @@ pub fn run(config: Config, gpus: &mut dyn GpuBackend, shutdown: &std::sync::atom
     // Workloads the server wants stopped that never ran here (stopped before they started, or
     // already gone): said so on the next beat, or the server would wait for them forever.
     let mut never_ran: Vec<String> = Vec::new();
+    // Deleted volumes whose data this node removed, said on the next beat.
+    let mut purged_volumes: Vec<String> = Vec::new();
     loop {
         if shutdown.load(std::sync::atomic::Ordering::SeqCst) {
             runtime.stop_all_gracefully();
@@ -125,13 +128,20 @@ pub fn run(config: Config, gpus: &mut dyn GpuBackend, shutdown: &std::sync::atom
             r.checkpoint = metadata.checkpoint(&r.id);
         }
         let metrics = metadata.drain_metrics();
-        let beat =
-            AgentHeartbeat { node_id: reg.node_id.clone(), epoch: reg.epoch, instances, gpus: readings, metrics };
+        let beat = AgentHeartbeat {
+            node_id: reg.node_id.clone(),
+            epoch: reg.epoch,
+            instances,
+            gpus: readings,
+            metrics,
+            purged_volumes: std::mem::take(&mut purged_volumes),
+        };
         match client.heartbeat(&beat) {
             Ok(desired) => {
                 for id in runtime.reported(&beat.instances) {
                     metadata.withdraw(&id);
                 }
+                purged_volumes = runtime.purge_volumes(&desired.purge_volumes);
                 let wanted: Vec<(String, reconcile::Want)> = desired
                     .instances
                     .iter()
@@ -197,6 +207,7 @@ pub fn run(config: Config, gpus: &mut dyn GpuBackend, shutdown: &std::sync::atom
             }
             Err(e) => {
                 metadata.requeue_metrics(beat.metrics);
+                purged_volumes = beat.purged_volumes;
                 tracing::warn!(error = %e, "heartbeat failed; retrying");
             }
         }

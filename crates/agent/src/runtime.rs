@@ -57,6 +57,9 @@ struct Saved {
     /// (reached through the agent's ingress, never published).
     #[serde(default)]
     published: Vec<(u16, u16)>,
+    /// The volume mounted into it, unmounted once no workload here uses it.
+    #[serde(default)]
+    volume: Option<String>,
 }
 
 struct Workload {
@@ -76,6 +79,7 @@ pub struct ProcessRuntime {
     docker: Option<crate::docker::DockerLauncher>,
     /// Workloads waiting for their image this beat, and how far its pull got.
     preparing: BTreeMap<String, String>,
+    volumes: crate::volumes::Volumes,
 }
 
 /// `LOW-HIGH`, both 1024 to 65535.
@@ -268,6 +272,7 @@ impl ProcessRuntime {
             ports: None,
             docker,
             preparing: BTreeMap::new(),
+            volumes: crate::volumes::Volumes::new(&dir),
         };
         let mut ours = own_processes(&dir);
         if let Ok(text) = std::fs::read_to_string(rt.state_file()) {
@@ -309,6 +314,7 @@ impl ProcessRuntime {
                     container: None,
                     ip: None,
                     published: Vec::new(),
+                    volume: None,
                 };
                 slot.insert(Workload { saved, child: None, stop_sent: None, exit: None });
             }
@@ -339,6 +345,7 @@ impl ProcessRuntime {
                 ip: d.inspect(&container).1,
                 container: Some(container),
                 published: Vec::new(),
+                volume: None,
             };
             rt.workloads.insert(id, Workload { saved, child: None, stop_sent: None, exit: None });
         }
@@ -425,6 +432,17 @@ impl ProcessRuntime {
             }
             (None, None) => None,
         };
+        let mut mounts = Vec::new();
+        if let Some(v) = &w.volume {
+            let Some(d) = &self.docker else {
+                let why = "this node runs workloads as processes and cannot mount a volume (its agent needs --runtime docker)";
+                return self.failed_to_start(w, why.to_string());
+            };
+            match self.volumes.prepare(&v.id, v.size_gib, Some(d.user())) {
+                Ok(host) => mounts.push((host, v.path.clone())),
+                Err(why) => return self.failed_to_start(w, format!("cannot mount volume {}: {why}", v.id)),
+            }
+        }
         let ports: Vec<gpucloud_model::PortSpec> = w.ports.iter().filter_map(|p| p.parse().ok()).collect();
         let log = self.dir.join("logs").join(format!("{}.log", w.id));
         let mut taken: Vec<u16> = self
@@ -464,12 +482,13 @@ impl ProcessRuntime {
             container: None,
             ip: None,
             published,
+            volume: w.volume.as_ref().map(|v| v.id.clone()),
         };
         let started = match (&self.docker, image) {
             (Some(d), Some(image)) => {
                 let milli = w.slice.as_ref().map_or(1000 * w.gpus.len().max(1) as u32, |s| s.milli);
                 let tcp: Vec<(u16, u16)> = saved.published.iter().copied().filter(|(_, h)| *h != 0).collect();
-                d.launch(&image, &tcp, &w.id, &w.command, &vars, &w.gpu_uuids, milli, port, &saved.log, &self.dir).map(
+                d.launch(&image, &tcp, &mounts, &w.id, &w.command, &vars, &w.gpu_uuids, milli, port, &saved.log, &self.dir).map(
                     |c| {
                         tracing::info!(instance = %w.id, container = %c.id, pid = c.pid, ip = ?c.ip, %image, "started workload container");
                         saved.container = Some(c.id);
@@ -512,6 +531,7 @@ impl ProcessRuntime {
             container: None,
             ip: None,
             published: Vec::new(),
+            volume: None,
         };
         self.workloads
             .insert(w.id.clone(), Workload { saved, child: None, stop_sent: None, exit: Some(Exit::Code(127)) });
@@ -584,10 +604,12 @@ impl ProcessRuntime {
                 self.stop(id);
             }
             if self.workloads.values().all(|w| w.exit.is_some()) {
+                self.volumes.release_all();
                 return;
             }
             if Instant::now() >= deadline {
                 self.stop_all_now();
+                self.volumes.release_all();
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -704,8 +726,29 @@ impl ProcessRuntime {
         });
         if !forgotten.is_empty() {
             self.save();
+            self.release_unused_volumes();
         }
         forgotten
+    }
+
+    /// Unmounts the volumes of this node no workload here holds any more.
+    fn release_unused_volumes(&self) {
+        let Ok(entries) = std::fs::read_dir(self.dir.join("volumes")) else { return };
+        for e in entries.flatten() {
+            let Some(id) = e.file_name().to_str().map(str::to_string) else { continue };
+            if !self.workloads.values().any(|w| w.saved.volume.as_deref() == Some(id.as_str())) {
+                self.volumes.release(&id);
+            }
+        }
+    }
+
+    /// Removes the data of deleted volumes no workload here holds; returns those now gone.
+    pub fn purge_volumes(&self, ids: &[String]) -> Vec<String> {
+        ids.iter()
+            .filter(|id| !self.workloads.values().any(|w| w.saved.volume.as_deref() == Some(id.as_str())))
+            .filter(|id| self.volumes.purge(id))
+            .cloned()
+            .collect()
     }
 
     /// Stops (SIGTERM, then SIGKILL after the grace period) every live workload whose GPU memory,

@@ -31,6 +31,7 @@ fn workload(id: &str, command: &str) -> AgentWorkload {
         image: None,
         ports: Vec::new(),
         registry_auth: None,
+        volume: None,
     }
 }
 
@@ -256,4 +257,72 @@ fn a_workload_runs_in_its_own_image_and_a_missing_image_fails_with_a_reason() {
     let report = rt.report();
     rt.reported(&report);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_volume_keeps_its_data_across_workloads_enforces_its_size_and_is_purged() {
+    let Some(image) = image() else { return };
+    let dir = std::env::temp_dir().join(format!("gpucloud-docker-vol-{:016x}", rand::random::<u64>()));
+    let connect = || {
+        DockerLauncher::connect(&image, false, Confinement::share_of(2, 2048, 2))
+            .expect("a reachable engine with the test image")
+    };
+    let mut rt = ProcessRuntime::open_with(&dir, Duration::from_secs(5), Some(connect())).unwrap();
+    let vid = gpucloud_model::VolumeId::from_random(rand::random()).to_string();
+    let vid = vid.as_str();
+    let with_volume = |id: &str, command: &str| AgentWorkload {
+        volume: Some(gpucloud_api::AgentVolume { id: vid.into(), size_gib: 1, path: "/workspace".into() }),
+        ..workload(id, command)
+    };
+    // 1 GiB: 900 MiB fit, 200 MiB more do not ("no space left" inside the workload).
+    rt.start(
+        &with_volume(
+            "i-write",
+            "echo kept > /workspace/note && dd if=/dev/zero of=/workspace/big bs=1M count=900 2>/dev/null && echo fit=yes; \
+             dd if=/dev/zero of=/workspace/more bs=1M count=200 2>&1; rm -f /workspace/more; echo done",
+        ),
+        "http://127.0.0.1:1/v1/instance/t",
+        "t",
+        &[],
+    );
+    wait_for(&mut rt, "the writer never exited", |rt| state_of(rt, "i-write").0 != "running");
+    let mut logs = std::collections::BTreeMap::new();
+    ship(&mut rt, &mut logs);
+    let out = &logs["i-write"];
+    let enforced = connect_enforced(&dir, vid);
+    assert!(out.contains("fit=yes") && out.contains("done"), "{out}");
+    if enforced {
+        assert!(out.contains("No space left on device"), "writes past the size fail: {out}");
+    } else {
+        assert!(std::env::var("CI").is_err(), "under CI the agent runs as root and enforces volume sizes");
+        eprintln!("volume sizes are not enforced here (no loop mounts): the size check is skipped");
+    }
+    assert_eq!(state_of(&rt, "i-write").0, "stopped");
+    let report = rt.report();
+    assert_eq!(rt.reported(&report), vec!["i-write".to_string()]);
+
+    // The next workload finds the data; the volume is unmounted once no workload holds it.
+    rt.start(
+        &with_volume("i-read", "cat /workspace/note; ls /workspace"),
+        "http://127.0.0.1:1/v1/instance/u",
+        "u",
+        &[],
+    );
+    wait_for(&mut rt, "the reader never exited", |rt| state_of(rt, "i-read").0 != "running");
+    ship(&mut rt, &mut logs);
+    assert!(logs["i-read"].contains("kept") && logs["i-read"].contains("big"), "{:?}", logs["i-read"]);
+    // Held, it is not purged; forgotten, it is, and nothing of it is left on the node.
+    assert!(rt.purge_volumes(&[vid.to_string()]).is_empty());
+    let report = rt.report();
+    rt.reported(&report);
+    assert_eq!(rt.purge_volumes(&[vid.to_string()]), vec![vid.to_string()]);
+    assert!(!dir.join("volumes").join(vid).exists());
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(&dir.display().to_string()), "unmounted");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Whether the agent made the volume as a size-limited image (it can loop-mount here).
+fn connect_enforced(dir: &std::path::Path, id: &str) -> bool {
+    gpucloud_agent::volumes::Volumes::new(dir).enforced(id)
 }

@@ -18,6 +18,7 @@ fn workload(id: &str, command: &str) -> AgentWorkload {
         image: None,
         ports: Vec::new(),
         registry_auth: None,
+        volume: None,
     }
 }
 

@@ -97,6 +97,11 @@ pub struct CreateInstanceRequest {
     #[serde(default)]
     #[schema(example = json!(["8888/http"]))]
     pub ports: Vec<String>,
+    /// A volume of the caller's to mount, `NAME:/path` (`POST /v1/volumes`). The instance is
+    /// placed on the node where the volume lives, and holds it until terminated.
+    #[serde(default)]
+    #[schema(example = "data:/workspace")]
+    pub volume: Option<String>,
 }
 
 /// A preemption notice: the workload has until `deadline` (SIGTERM then).
@@ -174,6 +179,9 @@ pub struct Instance {
     /// While provisioning: what its node is doing ("pulling image ...: 45%"). Not billed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<String>,
+    /// The volume it mounts, `NAME:/path`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -698,6 +706,9 @@ pub struct AgentHeartbeat {
     /// Business metrics workloads pushed since the last beat.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub metrics: Vec<AgentMetric>,
+    /// Volumes whose data the node removed, as it was asked to.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub purged_volumes: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
@@ -740,6 +751,17 @@ pub struct AgentWorkload {
     /// The tenant's credentials for the image's registry, when it has some.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub registry_auth: Option<AgentRegistryAuth>,
+    /// A volume to mount: made on the node's disk at its size on first use, kept across runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume: Option<AgentVolume>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct AgentVolume {
+    pub id: String,
+    pub size_gib: u32,
+    /// Where it appears in the workload's container.
+    pub path: String,
 }
 
 #[derive(Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
@@ -796,6 +818,9 @@ pub struct AgentSlice {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct AgentDesired {
     pub instances: Vec<AgentWorkload>,
+    /// Deleted volumes whose data the node should remove (and then list in `purged_volumes`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub purge_volumes: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -939,6 +964,10 @@ pub struct CreateJobRequest {
     /// Secrets to set as variables of the same name.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub secrets: Vec<String>,
+    /// A volume every attempt mounts, `NAME:/path`: checkpoints written there survive
+    /// preemption, and each attempt is placed on the volume's node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

@@ -31,6 +31,9 @@ pub struct CreateTemplateRequest {
     pub secrets: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<String>,
+    /// A volume to mount, `NAME:/path`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
@@ -46,6 +49,9 @@ pub struct Template {
     pub secrets: Vec<String>,
     #[serde(default)]
     pub ports: Vec<String>,
+    /// A volume it mounts, `NAME:/path`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume: Option<String>,
     /// What it is for (built-in templates).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
@@ -97,4 +103,64 @@ pub struct SecretList {
 pub struct PutSecretRequest {
     /// The value (at most 32 KiB, no NUL byte). Stored encrypted; never returned.
     pub value: String,
+}
+
+/// Storage that outlives instances: `POST /v1/volumes`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CreateVolumeRequest {
+    /// 1 to 63 lower-case letters, digits and '-'.
+    pub name: String,
+    /// `100GiB`, `2TiB`, or a number of GiB.
+    #[schema(example = "100GiB")]
+    pub size: String,
+    #[schema(example = "eu-1")]
+    pub region: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct Volume {
+    pub id: String,
+    pub name: String,
+    pub region: String,
+    pub size_gib: u32,
+    /// available (no live instance holds it) or in-use.
+    pub state: String,
+    /// The live instance holding it.
+    pub attached_to: Option<String>,
+    /// Whether its data lives on a node yet (from its first instance's placement on): later
+    /// instances that mount it are placed on that node.
+    pub placed: bool,
+    /// Its storage price per hour now (decimal string).
+    pub price_per_hour: String,
+    /// Billed so far (decimal string), and for how many seconds.
+    pub charged: String,
+    pub charged_seconds: i64,
+    pub created_at: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct VolumeList {
+    pub volumes: Vec<Volume>,
+}
+
+/// A storage price from a time on (operator): `PUT /v1/prices/storage/{region}`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SetStoragePriceRequest {
+    /// Per GiB-hour, a decimal string.
+    #[schema(example = "0.0002")]
+    pub price_per_gib_hour: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct StoragePrice {
+    pub region: String,
+    pub price_per_gib_hour: String,
+    pub effective_from: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct StoragePriceList {
+    pub prices: Vec<StoragePrice>,
 }

@@ -143,6 +143,7 @@ fn queue(count: usize, rng: &mut StdRng) -> Vec<Pending> {
             count: [1, 1, 2, 2, 4, 8][rng.random_range(0..6)],
             share: None,
             tenant: None,
+            node: None,
             region: if rng.random_bool(0.25) {
                 None
             } else {
@@ -714,6 +715,7 @@ fn billing(tenants: usize, per_tenant: usize, database: Option<String>, as_json:
                     });
                 }
                 batches.last_mut().expect("pushed").placements.push(gpucloud_store::NewPlacement {
+                    volume: None,
                     instance: inst.id.clone(),
                     instance_generation: inst.generation,
                     gpus: vec![(k % 16) as u32],

@@ -72,6 +72,7 @@ typed_id!(JobId, "j-", "job");
 typed_id!(ReservationId, "r-", "reservation");
 typed_id!(ClusterId, "c-", "cluster");
 typed_id!(PoolId, "w-", "warm pool");
+typed_id!(VolumeId, "v-", "volume");
 
 /// Crockford-style lowercase base32 of the low 80 bits: 16 characters, short enough to type.
 fn base32(mut bits: u128) -> String {

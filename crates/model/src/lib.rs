@@ -12,12 +12,12 @@ mod time;
 pub mod workload;
 
 pub use gpu::{FATAL_XIDS, GpuModel, GpuShare, MigProfile, UnknownGpuModel, xid_is_fatal};
-pub use ids::{ApiKeyId, ClusterId, IdError, InstanceId, JobId, NodeId, PoolId, ReservationId, TenantId};
+pub use ids::{ApiKeyId, ClusterId, IdError, InstanceId, JobId, NodeId, PoolId, ReservationId, TenantId, VolumeId};
 pub use instance::{AgentObservation, Change, IllegalTransition, InstanceState, StopTarget, UserAction};
 pub use money::{MICROS_PER_UNIT, Money, MoneyError};
 pub use node::{NodeHealth, NodeState, Region, RegionError, Role, Tier};
 pub use time::Timestamp;
-pub use workload::{PortProtocol, PortSpec};
+pub use workload::{PortProtocol, PortSpec, VolumeMount};
 
 /// The largest number of GPUs one instance may ask for. Bigger requests are rejected up front
 /// rather than left pending forever: no server we know of carries more than 16 GPUs.

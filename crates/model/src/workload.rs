@@ -202,6 +202,92 @@ pub fn image_registry(image: &str) -> &str {
     }
 }
 
+/// A volume's size bounds, in GiB.
+pub const MIN_VOLUME_GIB: u32 = 1;
+pub const MAX_VOLUME_GIB: u32 = 64 * 1024;
+
+/// A volume's name: 1 to 63 lower-case letters, digits and `-`, starting with a letter (it is
+/// typed in `--volume NAME:/path`, so no `:` or `/`).
+pub fn check_volume_name(name: &str) -> Result<(), String> {
+    let ok = (1..=63).contains(&name.len())
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "volume name '{}' is 1 to 63 lower-case letters, digits and - starting with a letter",
+            name.chars().take(80).collect::<String>()
+        ))
+    }
+}
+
+/// A size in GiB from `100GiB`, `100Gi`, `100G`, `2TiB`, `2Ti`, `2T` or a bare `100` (GiB).
+/// G and T are read as GiB and TiB: a volume is sold in binary units.
+pub fn parse_volume_size(s: &str) -> Result<u32, String> {
+    let bad = || {
+        format!(
+            "size '{}' is a whole number of GiB or TiB from {MIN_VOLUME_GIB} GiB to {} TiB, e.g. 100GiB or 2TiB",
+            s.chars().take(40).collect::<String>(),
+            MAX_VOLUME_GIB / 1024
+        )
+    };
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let n: u64 = digits.parse().map_err(|_| bad())?;
+    let factor = match unit.trim() {
+        "" | "G" | "Gi" | "GiB" | "g" | "gi" | "gib" => 1,
+        "T" | "Ti" | "TiB" | "t" | "ti" | "tib" => 1024,
+        _ => return Err(bad()),
+    };
+    let gib = n.checked_mul(factor).ok_or_else(bad)?;
+    if !(u64::from(MIN_VOLUME_GIB)..=u64::from(MAX_VOLUME_GIB)).contains(&gib) {
+        return Err(bad());
+    }
+    Ok(gib as u32)
+}
+
+/// Where a volume is mounted in an instance: `NAME:/abs/path`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeMount {
+    pub volume: String,
+    pub path: String,
+}
+
+impl fmt::Display for VolumeMount {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.volume, self.path)
+    }
+}
+
+impl FromStr for VolumeMount {
+    type Err = String;
+
+    /// `NAME:/path`: an absolute path of plain components (no `.`, `..` or empty ones), at most
+    /// 200 bytes, not `/` and not under the directories the container runtime owns.
+    fn from_str(s: &str) -> Result<VolumeMount, String> {
+        let shown = s.chars().take(80).collect::<String>();
+        let Some((volume, path)) = s.split_once(':') else {
+            return Err(format!("volume '{shown}' is NAME:/path, e.g. data:/workspace"));
+        };
+        check_volume_name(volume)?;
+        let path = path.trim_end_matches('/');
+        let plain = path.starts_with('/')
+            && path.len() <= 200
+            && path[1..].split('/').all(|c| !c.is_empty() && c != "." && c != ".." && !c.contains(['\0', ':', ',']))
+            && !path.chars().any(char::is_control);
+        if !plain {
+            return Err(format!("mount path in '{shown}' must be an absolute path such as /workspace"));
+        }
+        let top = path[1..].split('/').next().unwrap_or("");
+        if ["proc", "sys", "dev", "etc", "bin", "sbin", "lib", "lib64", "usr", "run", "boot"].contains(&top) {
+            return Err(format!("a volume cannot be mounted at {path}: /{top} belongs to the container's system"));
+        }
+        Ok(VolumeMount { volume: volume.to_string(), path: path.to_string() })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -252,6 +338,27 @@ mod tests {
         assert_eq!(image_registry("localhost:5000/x"), "localhost:5000");
         assert_eq!(image_registry("library/ubuntu"), "docker.io");
         assert_eq!(image_registry("ubuntu"), "docker.io");
+    }
+
+    #[test]
+    fn volumes() {
+        assert_eq!(parse_volume_size("100GiB"), Ok(100));
+        assert_eq!(parse_volume_size("2TiB"), Ok(2048));
+        assert_eq!(parse_volume_size("7"), Ok(7));
+        assert_eq!(parse_volume_size("1G"), Ok(1));
+        for bad in ["", "0", "0GiB", "-1", "1.5GiB", "10MB", "65TiB", "99999999999999999999T", "GiB"] {
+            assert!(parse_volume_size(bad).is_err(), "{bad}");
+        }
+        let m: VolumeMount = "data:/workspace".parse().unwrap();
+        assert_eq!((m.volume.as_str(), m.path.as_str()), ("data", "/workspace"));
+        assert_eq!("d-1:/mnt/x/".parse::<VolumeMount>().unwrap().path, "/mnt/x");
+        for bad in
+            ["data", "data:", "data:/", "data:rel", "Data:/w", "d:/a/../b", "d:/etc", "d:/proc/x", "d:/a,b", "d:/a:b"]
+        {
+            assert!(bad.parse::<VolumeMount>().is_err(), "{bad}");
+        }
+        assert!(check_volume_name("a").is_ok());
+        assert!(check_volume_name(&"a".repeat(64)).is_err());
     }
 
     proptest! {

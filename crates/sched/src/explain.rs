@@ -45,7 +45,7 @@ pub(crate) fn explain(
 ) -> PendingReason {
     let mut per_region: BTreeMap<&Region, RegionShortfall> = BTreeMap::new();
     for (ord, node) in snapshot.nodes.iter().enumerate() {
-        if p.region.as_ref().is_some_and(|r| *r != node.region) {
+        if p.region.as_ref().is_some_and(|r| *r != node.region) || p.node.as_ref().is_some_and(|n| *n != node.id) {
             continue;
         }
         let total = node.gpus.iter().filter(|g| g.model == p.model).count() as u32;

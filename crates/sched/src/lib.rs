@@ -85,6 +85,8 @@ pub struct Pending {
     pub share: Option<GpuShare>,
     /// Whose request it is (`None`: a tenant-less one, as in traces).
     pub tenant: Option<TenantId>,
+    /// Only this node will do (its volume lives there); `None`: any node.
+    pub node: Option<NodeId>,
 }
 
 /// How to choose among nodes that fit.
@@ -186,7 +188,8 @@ pub fn plan(
     _now: Timestamp,
     rng: &mut dyn RngCore,
 ) -> Plan {
-    if !policy.indexed() || pending.iter().any(|p| p.share.is_some()) {
+    // The index keeps nodes per pool, not per id: requests pinned to a node take the general engine.
+    if !policy.indexed() || pending.iter().any(|p| p.share.is_some() || p.node.is_some()) {
         return slices::plan(snapshot, pending, policy.share(), rng);
     }
     let mut index = index::FreeIndex::build(snapshot);

@@ -73,6 +73,7 @@ pub fn evictions(snapshot: &ClusterSnapshot, waiting: &[Pending], candidates: &[
             if node.state != NodeState::Ready
                 || node.health != NodeHealth::Healthy
                 || want.region.as_ref().is_some_and(|r| *r != node.region)
+                || want.node.as_ref().is_some_and(|n| *n != node.id)
                 || !node.gpus.iter().any(|g| g.model == want.model)
             {
                 continue;
@@ -160,6 +161,7 @@ mod tests {
             region: None,
             share: None,
             tenant: None,
+            node: None,
         }
     }
 

@@ -106,7 +106,10 @@ pub(crate) fn plan(
     let mut out = Plan::default();
     let mut waiting = Vec::new();
     for (p, ask) in pending.iter().zip(&asks) {
-        let fits_region = |e: usize| p.region.as_ref().is_none_or(|r| snapshot.nodes[origin[e].0].region == *r);
+        let fits_region = |e: usize| {
+            let node = &snapshot.nodes[origin[e].0];
+            p.region.as_ref().is_none_or(|r| node.region == *r) && p.node.as_ref().is_none_or(|n| node.id == *n)
+        };
         if p.count == 0 || (p.share.is_some() && p.count != 1) {
             waiting.push((p, ask));
             continue;

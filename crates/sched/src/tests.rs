@@ -21,7 +21,15 @@ fn node(id: &str, r: &str, model: GpuModel, total: u32, used: u32) -> NodeView {
 }
 
 fn want(id: &str, model: GpuModel, count: u32, r: Option<&str>) -> Pending {
-    Pending { instance: InstanceId::parse(id).unwrap(), model, count, region: r.map(region), share: None, tenant: None }
+    Pending {
+        instance: InstanceId::parse(id).unwrap(),
+        model,
+        count,
+        region: r.map(region),
+        share: None,
+        tenant: None,
+        node: None,
+    }
 }
 
 fn run(snapshot: &ClusterSnapshot, pending: &[Pending], policy: Policy) -> Plan {
@@ -40,6 +48,29 @@ fn best_fit_prefers_the_tightest_node_and_lowest_indices() {
 
     let spread = run(&snap, &[want("i-1", GpuModel::A100_40GB, 2, None)], Policy::Spread);
     assert_eq!(spread.placements[0].node.as_str(), "n-a");
+}
+
+#[test]
+fn a_request_pinned_to_a_node_goes_there_or_waits_for_it() {
+    let snap = ClusterSnapshot {
+        nodes: vec![node("n-a", "eu-1", GpuModel::A100_40GB, 8, 0), node("n-b", "eu-1", GpuModel::A100_40GB, 4, 3)],
+    };
+    for policy in [Policy::BestFit, Policy::Spread, Policy::Random, Policy::Fgd, Policy::FgdPack] {
+        let pinned = |id: &str, count: u32, n: &str| Pending {
+            node: Some(NodeId::parse(n).unwrap()),
+            ..want(id, GpuModel::A100_40GB, count, Some("eu-1"))
+        };
+        // Best fit alone would take n-b; the pin says n-a.
+        let plan = run(&snap, &[pinned("i-1", 1, "n-a")], policy);
+        assert_eq!(plan.placements[0].node.as_str(), "n-a", "{policy}");
+        // n-b has one GPU free: two wait, even with n-a empty, and the reason counts n-b only.
+        let plan = run(&snap, &[pinned("i-2", 2, "n-b")], policy);
+        assert!(plan.placements.is_empty(), "{policy}");
+        let r = &plan.unplaced[0].reason;
+        assert_eq!((r.regions.len(), r.regions[0].nodes_with_model, r.regions[0].full), (1, 1, 1), "{policy}: {r}");
+        // A pin to a node that is not in the fleet places nowhere.
+        assert!(run(&snap, &[pinned("i-3", 1, "n-gone")], policy).placements.is_empty(), "{policy}");
+    }
 }
 
 #[test]

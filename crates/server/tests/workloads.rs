@@ -499,3 +499,175 @@ fn registry_credentials_go_only_to_the_node_pulling_that_registrys_image() {
     assert_eq!(s.raw("DELETE", "/v1/registry-auths/nvcr.io", Some(&b), &[], None).status, 404);
     assert_eq!(s.raw("DELETE", "/v1/registry-auths/nvcr.io", Some(&a), &[], None).status, 204);
 }
+
+/// An agent node of its own with one L4, registered with the operator's key.
+fn l4_named(s: &TestServer, name: &str) -> (String, Value) {
+    let body = json!({"name": name, "region": "eu-1",
+        "gpus": [{"index": 0, "model": "L4", "uuid": format!("GPU-{name}-0")}]});
+    let r = s.post(&s.operator_key, "/v1/agent/register", Some(&body));
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    (r.body["node_id"].as_str().unwrap().to_string(), r.body["epoch"].clone())
+}
+
+#[test]
+fn a_volume_outlives_its_instances_pins_them_to_its_node_and_is_billed_per_gib_second() {
+    let s = with_key();
+    let (a, b) = (s.tenant("alice"), s.tenant("bob"));
+    // 0.36 per GiB-hour: 10 GiB cost exactly 0.001 (1000 micro-units) a second.
+    let r = s.raw(
+        "PUT",
+        "/v1/prices/storage/eu-1",
+        Some(&a),
+        &[("Content-Type", "application/json")],
+        Some(br#"{"price_per_gib_hour": "0.36"}"#),
+    );
+    assert_eq!(r.status, 403, "only an operator sets prices: {:?}", r.body);
+    let r = s.raw(
+        "PUT",
+        "/v1/prices/storage/eu-1",
+        Some(&s.operator_key),
+        &[("Content-Type", "application/json")],
+        Some(br#"{"price_per_gib_hour": "0.36"}"#),
+    );
+    assert_eq!(r.status, 204, "{:?}", r.body);
+
+    for (body, field) in [
+        (json!({"name": "Data", "size": "10GiB", "region": "eu-1"}), "name"),
+        (json!({"name": "data", "size": "10MB", "region": "eu-1"}), "size"),
+        (json!({"name": "data", "size": "0", "region": "eu-1"}), "size"),
+        (json!({"name": "data", "size": "10GiB", "region": "mars-1"}), "region"),
+    ] {
+        let r = s.post(&a, "/v1/volumes", Some(&body));
+        assert_eq!((r.status, r.body["field"].as_str()), (422, Some(field)), "{body}: {:?}", r.body);
+    }
+    let r = s.post(&a, "/v1/volumes", Some(&json!({"name": "data", "size": "10GiB", "region": "eu-1"})));
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let vid = r.body["id"].as_str().unwrap().to_string();
+    assert_eq!((r.body["size_gib"].as_u64(), r.body["state"].as_str()), (Some(10), Some("available")));
+    assert_eq!(r.body["price_per_hour"], "3.600000");
+    let r = s.post(&a, "/v1/volumes", Some(&json!({"name": "data", "size": "1", "region": "eu-1"})));
+    assert_eq!(r.status, 409, "a name is taken: {:?}", r.body);
+    // Another tenant neither sees nor touches it, and may use the name.
+    assert_eq!(s.get(&b, "/v1/volumes/data").status, 404);
+    assert_eq!(s.get(&b, &format!("/v1/volumes/{vid}")).status, 404);
+    assert_eq!(s.raw("DELETE", &format!("/v1/volumes/{vid}"), Some(&b), &[], None).status, 404);
+    assert_eq!(s.post(&b, "/v1/volumes", Some(&json!({"name": "data", "size": "1", "region": "eu-1"}))).status, 201);
+    assert!(s.get(&b, "/v1/volumes").body["volumes"].as_array().unwrap().iter().all(|v| v["id"] != vid.as_str()));
+
+    let create = |key: &str, volume: &str| {
+        s.post(key, "/v1/instances", Some(&json!({"gpu": "L4", "count": 1, "command": "sleep 1000", "volume": volume})))
+    };
+    for (volume, needle) in
+        [("data", "NAME:/path"), ("data:/etc", "/etc"), ("nope:/w", "no volume named nope"), ("data:rel", "absolute")]
+    {
+        let r = create(&a, volume);
+        assert_eq!((r.status, r.body["field"].as_str()), (422, Some("volume")), "{volume}: {:?}", r.body);
+        assert!(r.body["detail"].as_str().unwrap().contains(needle), "{volume}: {:?}", r.body);
+    }
+    let r = s.post(
+        &a,
+        "/v1/instances",
+        Some(&json!({"gpu": "L4", "count": 1, "command": "x", "volume": "data:/w", "region": "us-1"})),
+    );
+    assert_eq!((r.status, r.body["field"].as_str()), (422, Some("volume")), "{:?}", r.body);
+
+    // Two nodes could take it; its first placement decides where the volume lives.
+    let (n1, e1) = l4_named(&s, "l4-one");
+    let (n2, e2) = l4_named(&s, "l4-two");
+    let r = create(&a, "data:/workspace");
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let first = r.body["id"].as_str().unwrap().to_string();
+    assert_eq!((r.body["volume"].as_str(), r.body["region"].as_str()), (Some("data:/workspace"), Some("eu-1")));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let placed = loop {
+        beat(&s, &n1, &e1, json!([]));
+        beat(&s, &n2, &e2, json!([]));
+        let i = s.get(&a, &format!("/v1/instances/{first}")).body;
+        if i["node"].is_string() {
+            break i;
+        }
+        assert!(std::time::Instant::now() < deadline, "never placed: {i}");
+        std::thread::sleep(std::time::Duration::from_millis(30));
+    };
+    let (home, home_epoch, other, other_epoch) =
+        if placed["node"] == n1.as_str() { (&n1, &e1, &n2, &e2) } else { (&n2, &e2, &n1, &e1) };
+    let w = desired(&s, home, home_epoch, &first);
+    assert_eq!(w["volume"], json!({"id": vid, "size_gib": 10, "path": "/workspace"}));
+    beat(&s, home, home_epoch, json!([{"id": first, "state": "running"}]));
+    s.wait_state(&a, &first, "running");
+    let shown = s.get(&a, "/v1/volumes/data").body;
+    assert_eq!((shown["state"].as_str(), shown["attached_to"].as_str()), (Some("in-use"), Some(first.as_str())));
+    assert_eq!(shown["placed"], true);
+
+    // One instance at a time; in use, it cannot be deleted.
+    let r = create(&a, "data:/workspace");
+    assert_eq!(r.status, 409, "{:?}", r.body);
+    assert!(r.body["detail"].as_str().unwrap().contains(&first), "{:?}", r.body);
+    let r = s.raw("DELETE", "/v1/volumes/data", Some(&a), &[], None);
+    assert_eq!(r.status, 409, "{:?}", r.body);
+    assert!(r.body["detail"].as_str().unwrap().contains("in use"), "{:?}", r.body);
+
+    // Terminated, it lets go; the next instance waits for the volume's node, not the free one.
+    assert_eq!(s.post(&a, &format!("/v1/instances/{first}/terminate"), None).status, 200);
+    beat(&s, home, home_epoch, json!([{"id": first, "state": "stopped"}]));
+    s.wait_state(&a, &first, "terminated");
+    assert_eq!(s.get(&a, "/v1/volumes/data").body["state"], "available");
+    assert_eq!(s.post(&s.operator_key, &format!("/v1/nodes/{home}/cordon"), None).status, 200);
+    let r = create(&a, "data:/workspace");
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let second = r.body["id"].as_str().unwrap().to_string();
+    let why = s.wait_for(&a, &second, "a pending reason", |i| i["pending_reason"].is_string());
+    let why = why["pending_reason"].as_str().unwrap().to_string();
+    assert!(
+        why.contains(&format!("waiting for node {home}, where volume data is")) && why.contains("cordoned"),
+        "{why}"
+    );
+    beat(&s, other, other_epoch, json!([]));
+    assert_eq!(s.get(&a, &format!("/v1/instances/{second}")).body["state"], "pending", "not on the free node");
+    assert_eq!(s.post(&s.operator_key, &format!("/v1/nodes/{home}/uncordon"), None).status, 200);
+    let w = desired(&s, home, home_epoch, &second);
+    assert_eq!(w["volume"]["id"], vid.as_str());
+    assert_eq!(s.post(&a, &format!("/v1/instances/{second}/terminate"), None).status, 200);
+    beat(&s, home, home_epoch, json!([{"id": second, "state": "stopped"}]));
+    s.wait_state(&a, &second, "terminated");
+
+    // Deleted: the name is free again, and its node is told once to remove the data.
+    let r = s.raw("DELETE", "/v1/volumes/data", Some(&a), &[], None);
+    assert_eq!(r.status, 204, "{:?}", r.body);
+    assert_eq!(s.get(&a, "/v1/volumes/data").status, 404);
+    let answer = beat(&s, home, home_epoch, json!([]));
+    assert_eq!(answer["purge_volumes"], json!([vid]));
+    assert!(beat(&s, other, other_epoch, json!([])).get("purge_volumes").is_none(), "only its node");
+    let body = json!({"node_id": home, "epoch": home_epoch, "instances": [], "gpus": [], "purged_volumes": [vid]});
+    assert_eq!(s.post(&s.operator_key, "/v1/agent/heartbeat", Some(&body)).status, 200);
+    assert!(beat(&s, home, home_epoch, json!([])).get("purge_volumes").is_none());
+
+    // Billed for every second it existed, at exactly 1000 micro-units a second, once settled.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let (seconds, amount) = loop {
+        let ledger = s.get(&a, "/v1/billing/ledger").body;
+        let lines: Vec<&Value> = ledger["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|l| l["memo"] == "volume data (10 GiB) in eu-1")
+            .collect();
+        let seconds: i64 = lines.iter().map(|l| l["seconds"].as_i64().unwrap()).sum();
+        let amount: i64 =
+            lines.iter().map(|l| (l["amount"].as_str().unwrap().parse::<f64>().unwrap() * 1e6).round() as i64).sum();
+        let settled = s.block_on(async {
+            let v: gpucloud_model::VolumeId = vid.parse().unwrap();
+            !s.app.store().unsettled_volumes().await.unwrap().iter().any(|u| u.id == v)
+        });
+        if settled {
+            break (seconds, amount);
+        }
+        assert!(std::time::Instant::now() < deadline, "never settled: {ledger}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(seconds >= 1, "{seconds}");
+    assert_eq!(amount, -seconds * 1000, "{seconds} s at 0.001/s");
+    let v = s.block_on(async { s.app.store().get_volume(&vid.parse().unwrap()).await.unwrap().unwrap() });
+    let lived_ms = v.deleted_at.unwrap().millis_since(v.created_at);
+    assert_eq!(seconds, (lived_ms + 999) / 1000, "every started second, none after the deletion");
+}

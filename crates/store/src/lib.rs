@@ -11,6 +11,7 @@ mod migrate;
 mod sql;
 mod telemetry;
 mod types;
+mod volume;
 mod workload;
 
 pub use access::AccessStore;
@@ -19,6 +20,7 @@ pub use market::{JobChange, MarketStore};
 pub use sql::SqlStore;
 pub use telemetry::{FleetBucket, GpuBucket, GpuSample, TelemetryStore};
 pub use types::*;
+pub use volume::{VolumeCharge, VolumeRow, VolumeStore};
 pub use workload::{RegistryAuthRow, TemplateRow, WorkloadStore};
 
 use async_trait::async_trait;
@@ -37,6 +39,9 @@ pub enum StoreError {
     Corrupt { table: &'static str, detail: String },
     #[error("database error: {0}")]
     Db(#[from] sqlx::Error),
+    /// A live instance holds the volume a new instance asked for (nothing was written).
+    #[error("volume {0} is in use by another instance")]
+    VolumeInUse(gpucloud_model::VolumeId),
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -48,7 +53,9 @@ pub enum Backend {
 }
 
 #[async_trait]
-pub trait Store: MarketStore + TelemetryStore + LeaseStore + AccessStore + WorkloadStore + Send + Sync {
+pub trait Store:
+    MarketStore + TelemetryStore + LeaseStore + AccessStore + WorkloadStore + VolumeStore + Send + Sync
+{
     fn backend(&self) -> Backend;
 
     async fn create_tenant(&self, tenant: &Tenant) -> Result<()>;

@@ -194,7 +194,14 @@ pub(crate) fn sale_from_row(r: &AnyRow) -> Result<Sale> {
         .filter(|p| !p.is_empty())
         .map(|p| parse::<gpucloud_model::PortSpec>(t, p))
         .collect::<Result<Vec<_>>>()?;
+    let volume = match (r.try_get::<Option<String>, _>("volume_id")?, r.try_get::<Option<String>, _>("volume_mount")?) {
+        (Some(v), Some(m)) => {
+            Some((parse::<gpucloud_model::VolumeId>(t, &v)?, parse::<gpucloud_model::VolumeMount>(t, &m)?))
+        }
+        _ => None,
+    };
     Ok(Sale {
+        volume,
         image: r.try_get("image")?,
         ports,
         pool: pool.map(|p| parse::<gpucloud_model::PoolId>(t, &p)).transpose()?,

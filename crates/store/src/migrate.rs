@@ -25,6 +25,7 @@ const SQLITE: &[(i64, &str)] = &[
     (18, include_str!("../migrations/sqlite/0018_node_labels.sql")),
     (19, include_str!("../migrations/sqlite/0019_agent_key_node.sql")),
     (20, include_str!("../migrations/sqlite/0020_workload_spec.sql")),
+    (21, include_str!("../migrations/sqlite/0021_volumes.sql")),
 ];
 const POSTGRES: &[(i64, &str)] = &[
     (1, include_str!("../migrations/postgres/0001_foundation.sql")),
@@ -47,6 +48,7 @@ const POSTGRES: &[(i64, &str)] = &[
     (18, include_str!("../migrations/postgres/0018_node_labels.sql")),
     (19, include_str!("../migrations/postgres/0019_agent_key_node.sql")),
     (20, include_str!("../migrations/postgres/0020_workload_spec.sql")),
+    (21, include_str!("../migrations/postgres/0021_volumes.sql")),
 ];
 
 pub(crate) async fn run(pool: &AnyPool, backend: Backend) -> Result<()> {

@@ -27,7 +27,8 @@ pub struct SqlStore {
 pub(crate) const INSTANCE_COLUMNS: &str = "id, tenant_id, name, region, gpu_model, gpu_count, command, state, \
     stop_target, node_id, generation, pending_reason, exit_code, created_at, updated_at, gpu_milli, gpu_mem_mib, \
     mig_profile, status_reason, cluster_id, cluster_rank, pool_id, tier, max_price_micros, env, job_id, attempt, running_since, notice_at, notice_ms, \
-    notice_reason, preempt_at, checkpoint, checkpoint_at, endpoint, image, ports, progress, published";
+    notice_reason, preempt_at, checkpoint, checkpoint_at, endpoint, image, ports, progress, published, \
+    volume_id, volume_mount";
 
 impl SqlStore {
     pub async fn open(url: &str) -> Result<SqlStore> {
@@ -1223,6 +1224,23 @@ async fn apply_batch(tx: &mut sqlx::Transaction<'_, sqlx::Any>, b: &NodeBatch, a
         }
         let (from, to) = (Some(InstanceState::Pending), InstanceState::Provisioning);
         record_event(tx, &p.instance, p.instance_generation + 1, at, from, to).await?;
+        if let Some(volume) = &p.volume {
+            // Its data lives where it is first used; a plan made before it was bound elsewhere
+            // loses its node's batch and is made again.
+            sqlx::query("UPDATE volumes SET node_id = $1 WHERE id = $2 AND node_id IS NULL")
+                .bind(&node)
+                .bind(volume.to_string())
+                .execute(&mut **tx)
+                .await?;
+            let here: Option<String> = sqlx::query_scalar("SELECT node_id FROM volumes WHERE id = $1")
+                .bind(volume.to_string())
+                .fetch_optional(&mut **tx)
+                .await?
+                .flatten();
+            if here.as_deref() != Some(node.as_str()) {
+                return Ok(ApplyOutcome::Conflict);
+            }
+        }
         if let Some(share) = &p.share {
             if !take_slice(tx, &node, p, share).await? {
                 return Ok(ApplyOutcome::Conflict);
@@ -1309,9 +1327,9 @@ async fn insert_instance_in(tx: &mut sqlx::Transaction<'_, sqlx::Any>, n: &NewIn
             "INSERT INTO instances (id, tenant_id, name, region, gpu_model, gpu_count, command, state, \
              stop_target, node_id, generation, pending_reason, exit_code, idempotency_key, created_at, updated_at, \
              gpu_milli, gpu_mem_mib, mig_profile, tier, max_price_micros, env, job_id, attempt, cluster_id, cluster_rank, \
-             pool_id, image, ports) \
+             pool_id, image, ports, volume_id, volume_mount) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', NULL, NULL, 1, NULL, NULL, $8, $9, $9, $10, $11, $12, \
-             $13, $14, $15, $16, $17, $18, $19, $20, $21, $22) \
+             $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24) \
              ON CONFLICT (tenant_id, idempotency_key) DO NOTHING",
         )
         .bind(n.id.to_string())
@@ -1336,12 +1354,30 @@ async fn insert_instance_in(tx: &mut sqlx::Transaction<'_, sqlx::Any>, n: &NewIn
         .bind(n.sale.pool.as_ref().map(|p| p.to_string()))
         .bind(n.sale.image.clone())
         .bind(crate::market::encode_ports(&n.sale.ports))
+        .bind(n.sale.volume.as_ref().map(|(v, _)| v.to_string()))
+        .bind(n.sale.volume.as_ref().map(|(_, m)| m.to_string()))
         .execute(&mut **tx)
         .await
         .map_err(|e| unique_violation(e, &format!("instance {}", n.id)))?;
     let created = r.rows_affected() == 1;
     if created {
         record_event(tx, &n.id, 1, n.created_at, None, InstanceState::Pending).await?;
+        if let Some((volume, _)) = &n.sale.volume {
+            // Taken in the same transaction: either the instance exists holding its volume, or
+            // neither changed (a live instance holds it; the caller's transaction rolls back).
+            let took = sqlx::query(
+                "UPDATE volumes SET instance_id = $1 WHERE id = $2 AND deleted_at IS NULL AND (instance_id IS NULL \
+                 OR NOT EXISTS (SELECT 1 FROM instances WHERE instances.id = volumes.instance_id \
+                 AND instances.state <> 'terminated'))",
+            )
+            .bind(n.id.to_string())
+            .bind(volume.to_string())
+            .execute(&mut **tx)
+            .await?;
+            if took.rows_affected() != 1 {
+                return Err(StoreError::VolumeInUse(volume.clone()));
+            }
+        }
     }
     Ok(created)
 }

@@ -192,6 +192,8 @@ pub struct Sale {
     pub image: Option<String>,
     /// The ports it exposes.
     pub ports: Vec<gpucloud_model::PortSpec>,
+    /// The volume it mounts, and where in its container.
+    pub volume: Option<(gpucloud_model::VolumeId, gpucloud_model::VolumeMount)>,
 }
 
 /// A preemption notice given to an instance.
@@ -273,6 +275,8 @@ pub struct NewPlacement {
     /// A slice of `gpus[0]`; `gpu_memory_mib` is that GPU's memory, the cap slices add up to.
     pub share: Option<GpuShare>,
     pub gpu_memory_mib: u64,
+    /// The volume it mounts: bound to this node by the placement if it lives nowhere yet.
+    pub volume: Option<gpucloud_model::VolumeId>,
 }
 
 /// The placements a plan makes on one node, and the node generation the plan saw.

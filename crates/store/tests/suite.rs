@@ -76,6 +76,7 @@ suite!(
     one_replica_holds_a_lease_at_a_time,
     an_instance_endpoint_is_kept_without_a_new_generation,
     secrets_are_per_tenant_and_progress_is_not_a_state_change,
+    a_volume_is_held_by_one_live_instance_and_lives_where_first_placed,
 );
 
 fn ts(ms: i64) -> Timestamp {
@@ -118,6 +119,7 @@ async fn instance(s: &Arc<dyn Store>, t: &Tenant, count: u32, key: Option<&str>)
 
 fn placement(i: &Instance, gpus: &[u32]) -> NewPlacement {
     NewPlacement {
+        volume: None,
         instance: i.id.clone(),
         instance_generation: i.generation,
         gpus: gpus.to_vec(),
@@ -752,6 +754,7 @@ async fn spot_notices_checkpoints_and_jobs(s: Arc<dyn Store>) {
             pool: None,
             image: Some("nvcr.io/nvidia/pytorch:24.05-py3".into()),
             ports: vec!["8888/http".parse().unwrap(), "22/tcp".parse().unwrap()],
+            volume: Some((VolumeId::from_random(7), "data:/workspace".parse().unwrap())),
         },
     };
     let i = s.insert_instance(&new).await.unwrap().0;
@@ -1090,4 +1093,107 @@ async fn secrets_are_per_tenant_and_progress_is_not_a_state_change(s: Arc<dyn St
     assert!(s.list_registry_auths(&b.id).await.unwrap().is_empty());
     assert!(s.delete_registry_auth(&a.id, "nvcr.io").await.unwrap());
     assert!(!s.delete_registry_auth(&a.id, "nvcr.io").await.unwrap());
+}
+
+async fn a_volume_is_held_by_one_live_instance_and_lives_where_first_placed(s: Arc<dyn Store>) {
+    let (a, b) = (tenant(&s, "vol-a").await, tenant(&s, "vol-b").await);
+    let vol = |t: &Tenant, name: &str| VolumeRow {
+        id: VolumeId::from_random(rand::random()),
+        tenant_id: t.id.clone(),
+        name: name.into(),
+        region: Region::parse("eu-1").unwrap(),
+        size_gib: 10,
+        node_id: None,
+        attached_to: None,
+        created_at: ts(100),
+        deleted_at: None,
+        charged: Money::ZERO,
+        charged_seconds: 0,
+    };
+    let data = vol(&a, "data");
+    s.insert_volume(&data).await.unwrap();
+    assert!(matches!(s.insert_volume(&vol(&a, "data")).await, Err(StoreError::Conflict(_))), "a live name is taken");
+    s.insert_volume(&vol(&b, "data")).await.unwrap();
+    assert_eq!(s.find_volume(&a.id, "data").await.unwrap(), Some(data.clone()));
+    assert_eq!(s.find_volume(&a.id, data.id.as_str()).await.unwrap(), Some(data.clone()), "by id too");
+    assert_eq!(s.find_volume(&b.id, data.id.as_str()).await.unwrap(), None, "not another tenant's");
+
+    // One live instance at a time.
+    let first = instance(&s, &a, 1, None).await;
+    let second = instance(&s, &a, 1, None).await;
+    assert!(s.attach_volume(&data.id, &first.id).await.unwrap());
+    assert!(!s.attach_volume(&data.id, &second.id).await.unwrap(), "held by a live instance");
+    assert!(!s.delete_volume(&data.id, ts(150)).await.unwrap(), "in use cannot be deleted");
+    assert_eq!(s.find_volume(&a.id, "data").await.unwrap().unwrap().attached_to, Some(first.id.clone()));
+
+    // Its first placement binds it to that node.
+    let n = node(&s, "vol-node", GpuModel::A100_40GB, 2).await;
+    let mut p = placement(&first, &[0]);
+    p.volume = Some(data.id.clone());
+    s.apply_placements(&n.id, n.generation, &[p], ts(200)).await.unwrap();
+    assert_eq!(s.get_volume(&data.id).await.unwrap().unwrap().node_id, Some(n.id.clone()));
+    // A placement elsewhere of an instance holding it is refused.
+    let other = node(&s, "vol-other", GpuModel::A100_40GB, 2).await;
+    let third = instance(&s, &a, 1, None).await;
+    let mut p = placement(&third, &[0]);
+    p.volume = Some(data.id.clone());
+    let out = s
+        .apply_plan(
+            &[NodeBatch { node: other.id.clone(), node_generation: other.generation, placements: vec![p] }],
+            ts(210),
+        )
+        .await
+        .unwrap();
+    assert_eq!(out, vec![ApplyOutcome::Conflict]);
+
+    // A terminated instance lets go of it.
+    let i = s.get_instance(None, &first.id).await.unwrap().unwrap();
+    let gone = InstanceChange { state: InstanceState::Terminated, stop_target: None, exit_code: None, at: ts(300) };
+    s.update_instance(&i.id, i.generation, &gone).await.unwrap().unwrap();
+    assert_eq!(s.find_volume(&a.id, "data").await.unwrap().unwrap().attached_to, None);
+    assert!(s.attach_volume(&data.id, &second.id).await.unwrap());
+    s.detach_volume(&data.id, &second.id).await.unwrap();
+
+    // Deleted: its name is free again, and the node is told to remove its data once.
+    assert!(s.delete_volume(&data.id, ts(400)).await.unwrap());
+    assert!(!s.delete_volume(&data.id, ts(401)).await.unwrap());
+    assert_eq!(s.find_volume(&a.id, "data").await.unwrap(), None);
+    s.insert_volume(&vol(&a, "data")).await.unwrap();
+    assert_eq!(s.volumes_to_purge(&n.id).await.unwrap(), vec![data.id.clone()]);
+    s.mark_volumes_purged(&other.id, std::slice::from_ref(&data.id), ts(500)).await.unwrap();
+    assert_eq!(s.volumes_to_purge(&n.id).await.unwrap().len(), 1, "only its own node purges it");
+    s.mark_volumes_purged(&n.id, std::slice::from_ref(&data.id), ts(500)).await.unwrap();
+    assert!(s.volumes_to_purge(&n.id).await.unwrap().is_empty());
+
+    // Storage charges move money once, and settle a deleted volume.
+    let v = s.get_volume(&data.id).await.unwrap().unwrap();
+    let record = |amount: i64, key: &str| LedgerRecord {
+        id: format!("e-{key}"),
+        entry: Entry::usage(&a.id, Money(amount)),
+        memo: "volume data".into(),
+        instance_id: None,
+        interval_id: None,
+        model: None,
+        seconds: 300,
+        idempotency_key: key.into(),
+        created_at: ts(500),
+    };
+    let charge = VolumeCharge {
+        volume: v.clone(),
+        amount: Money(30),
+        seconds: 300,
+        settled: true,
+        record: Some(record(30, "vol-1")),
+    };
+    assert_eq!(s.charge_volumes(std::slice::from_ref(&charge)).await.unwrap(), vec![true]);
+    assert_eq!(s.charge_volumes(&[charge]).await.unwrap(), vec![false], "computed from a stale charge");
+    assert_eq!(s.balance(&a.id).await.unwrap(), Money(-30));
+    assert!(s.unsettled_volumes().await.unwrap().iter().all(|u| u.id != data.id));
+
+    let eu = Region::parse("eu-1").unwrap();
+    assert!(s.add_storage_price(&eu, ts(0), Money(100)).await.unwrap());
+    assert!(!s.add_storage_price(&eu, ts(0), Money(200)).await.unwrap());
+    s.add_storage_price(&Region::parse("us-1").unwrap(), ts(5), Money(300)).await.unwrap();
+    assert_eq!(s.storage_prices(Some(&eu)).await.unwrap(), vec![(eu.clone(), ts(0), Money(100))]);
+    assert_eq!(s.storage_prices(None).await.unwrap().len(), 2);
 }

@@ -71,6 +71,8 @@ pub struct DesiredInstance {
     pub ports: Vec<gpucloud_model::PortSpec>,
     /// The tenant's credentials for the image's registry: (username, password).
     pub registry_auth: Option<(String, String)>,
+    /// Its volume: id, size in GiB, and where it is mounted.
+    pub volume: Option<(gpucloud_model::VolumeId, u32, String)>,
 }
 
 #[async_trait]
@@ -212,6 +214,10 @@ impl AgentApi for App {
                 (Some(image), false) => self.registry_auth_for(&i, image, &mut auths).await?,
                 _ => None,
             };
+            let volume = match &i.sale.volume {
+                Some((id, mount)) => self.store.get_volume(id).await?.map(|v| (v.id, v.size_gib, mount.path.clone())),
+                None => None,
+            };
             let mut cluster = None;
             if i.sale.cluster.is_some()
                 && let Some((extra, view)) = self.member_context(&i).await?
@@ -232,9 +238,25 @@ impl AgentApi for App {
                 image: i.sale.image,
                 ports: i.sale.ports,
                 registry_auth,
+                volume,
             });
         }
         Ok(desired)
+    }
+}
+
+impl App {
+    /// Records the volumes `node` says it removed, and returns the deleted ones whose data it
+    /// still holds.
+    pub async fn volume_purges(
+        &self,
+        node: &gpucloud_model::NodeId,
+        purged: &[gpucloud_model::VolumeId],
+    ) -> Result<Vec<gpucloud_model::VolumeId>, AppError> {
+        if !purged.is_empty() {
+            self.store.mark_volumes_purged(node, purged, self.now()).await?;
+        }
+        Ok(self.store.volumes_to_purge(node).await?)
     }
 }
 

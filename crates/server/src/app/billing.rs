@@ -213,6 +213,7 @@ impl App {
                 report.conflicts += 1;
             }
         }
+        report.charged += self.meter_volumes().await?;
         Ok(report)
     }
 
@@ -317,9 +318,11 @@ impl App {
         let lines = self.store.ledger_lines(&by.tenant.id, from, to).await?;
         let mut groups: BTreeMap<String, UsageLine> = BTreeMap::new();
         for l in lines.iter().filter(|l| l.kind == EntryKind::Usage) {
+            // Storage has no instance or model: its lines group as "volume NAME" and "storage".
+            let storage = || l.memo.split(" (").next().unwrap_or_default().to_string();
             let key = match group {
-                UsageGrouping::Instance => l.instance_id.as_ref().map(InstanceId::to_string).unwrap_or_default(),
-                UsageGrouping::Model => l.model.map(|m| m.to_string()).unwrap_or_default(),
+                UsageGrouping::Instance => l.instance_id.as_ref().map_or_else(storage, InstanceId::to_string),
+                UsageGrouping::Model => l.model.map_or_else(|| "storage".to_string(), |m| m.to_string()),
                 UsageGrouping::Day => day_of(l.created_at),
             };
             let g = groups.entry(key.clone()).or_insert(UsageLine { key, seconds: 0, amount: Money::ZERO });

@@ -274,6 +274,7 @@ impl App {
                     pool: None,
                     image: None,
                     ports: Vec::new(),
+                    volume: None,
                 },
             };
             gang.push(new);

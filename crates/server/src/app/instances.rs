@@ -23,6 +23,8 @@ pub struct CreateInstance {
     pub ports: Vec<String>,
     /// A template to start from: it fills what the request leaves out.
     pub template: Option<String>,
+    /// A volume to mount, `NAME:/path`.
+    pub volume: Option<String>,
 }
 
 impl CreateInstance {
@@ -44,6 +46,7 @@ impl CreateInstance {
             secrets: Vec::new(),
             ports: Vec::new(),
             template: None,
+            volume: None,
         }
     }
 }
@@ -138,6 +141,15 @@ impl App {
             }
             region = Some(self.reserved_region(&by.tenant.id, req.model, region.as_ref(), req.count).await?);
         }
+        // A volume decides the region: its instance runs on its node.
+        let volume = match &req.volume {
+            Some(m) => {
+                let (v, mount) = self.resolve_volume(&by.tenant.id, m, region.as_ref()).await?;
+                region = Some(v.region.clone());
+                Some((v.id, mount))
+            }
+            None => None,
+        };
         self.check_can_spend(&by.tenant.id).await?;
         let id = InstanceId::from_random(random_bits());
         let new = NewInstance {
@@ -160,9 +172,13 @@ impl App {
                 pool: None,
                 image: req.image,
                 ports,
+                volume,
             },
         };
-        let (inst, created) = self.store.insert_instance(&new).await?;
+        let (inst, created) = match self.store.insert_instance(&new).await {
+            Err(gpucloud_store::StoreError::VolumeInUse(v)) => return Err(self.volume_in_use(&v).await),
+            other => other?,
+        };
         if created {
             tracing::info!(instance = %inst.id, tenant = %by.tenant.name, gpu = %inst.model, count = inst.count, "instance created");
             self.wake_scheduler();

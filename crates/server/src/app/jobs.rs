@@ -335,6 +335,7 @@ impl App {
                 pool: None,
                 image: spec.image.clone(),
                 ports: Vec::new(),
+                volume: None,
             },
         };
         let (inst, created) = self.store.insert_instance(&new).await?;

@@ -21,6 +21,7 @@ pub mod ratelimit;
 pub mod reservations;
 pub mod secrets;
 mod templates;
+pub mod volumes;
 pub use instances::{CreateInstance, resolve_share};
 mod nodes;
 mod schedule;

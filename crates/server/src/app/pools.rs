@@ -125,6 +125,7 @@ impl App {
             secrets: Vec::new(),
             ports: Vec::new(),
             template: None,
+            volume: None,
         };
         let (inst, _) = self.create_instance(by, req, None).await?;
         tracing::info!(pool = %pool.name, instance = %inst.id, "no warm instance running: started a cold one");

@@ -182,6 +182,7 @@ impl App {
                 region: i.region.clone(),
                 share: i.share.clone(),
                 tenant: Some(i.tenant_id.clone()),
+                node: None,
             };
             if i.sale.tier != Tier::Spot {
                 queue.push(p);
@@ -246,7 +247,18 @@ impl App {
             let nodes = self.store.list_nodes().await?;
             let snapshot = snapshot_of(&nodes);
             let by_id: HashMap<&InstanceId, _> = pending.iter().map(|i| (&i.id, i)).collect();
-            let (queue, priced_out) = self.market_queue(&pending, &nodes).await.map_err(store_error)?;
+            let (mut queue, priced_out) = self.market_queue(&pending, &nodes).await.map_err(store_error)?;
+            // An instance with a volume that lives somewhere goes there and nowhere else.
+            let mut pins: HashMap<InstanceId, (String, gpucloud_model::NodeId)> = HashMap::new();
+            for i in pending.iter() {
+                let Some((volume, mount)) = &i.sale.volume else { continue };
+                if let Some(node) = self.store.get_volume(volume).await?.and_then(|v| v.node_id) {
+                    pins.insert(i.id.clone(), (mount.volume.clone(), node));
+                }
+            }
+            for p in queue.iter_mut() {
+                p.node = pins.get(&p.instance).map(|(_, n)| n.clone());
+            }
             for (id, reason) in &priced_out {
                 if by_id.get(id).is_some_and(|i| i.pending_reason.as_deref() != Some(reason.as_str())) {
                     self.store.set_pending_reason(id, Some(reason)).await?;
@@ -308,7 +320,10 @@ impl App {
             }
             // Members of a waiting gang say so (above); every other request says what it lacks.
             for u in plan.unplaced.iter().filter(|u| gang_of(&u.instance).is_none_or(|c| !short.contains_key(&c))) {
-                let reason = u.reason.to_string();
+                let reason = match pins.get(&u.instance) {
+                    Some((volume, node)) => format!("waiting for node {node}, where volume {volume} is: {}", u.reason),
+                    None => u.reason.to_string(),
+                };
                 if by_id.get(&u.instance).is_some_and(|i| i.pending_reason.as_deref() != Some(&reason)) {
                     self.store.set_pending_reason(&u.instance, Some(&reason)).await?;
                 }
@@ -343,6 +358,7 @@ impl App {
                         gpus: p.gpus.clone(),
                         share: inst.share.clone(),
                         gpu_memory_mib: inst.model.memory_mib(),
+                        volume: inst.sale.volume.as_ref().map(|(v, _)| v.clone()),
                     },
                 );
             }

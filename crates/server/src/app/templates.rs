@@ -37,6 +37,7 @@ pub(crate) fn builtin(name: &str) -> Option<Template> {
         env: Default::default(),
         secrets: Vec::new(),
         ports: ports.iter().map(|p| p.to_string()).collect(),
+        volume: None,
         description: Some(what.to_string()),
     })
 }
@@ -52,6 +53,7 @@ fn from_row(row: TemplateRow) -> Result<Template, AppError> {
         env: spec.env,
         secrets: spec.secrets,
         ports: spec.ports,
+        volume: spec.volume,
         description: None,
     })
 }
@@ -78,6 +80,9 @@ impl App {
             check_env_name(s).map_err(|e| AppError::invalid("secrets", e))?;
         }
         parse_ports(&req.ports).map_err(|e| AppError::invalid("ports", e))?;
+        if let Some(v) = &req.volume {
+            v.parse::<gpucloud_model::VolumeMount>().map_err(|e| AppError::invalid("volume", e))?;
+        }
         let row = TemplateRow {
             tenant_id: by.tenant.id.clone(),
             name: req.name.clone(),
@@ -148,6 +153,9 @@ impl App {
         }
         if req.ports.is_empty() {
             req.ports = t.ports;
+        }
+        if req.volume.is_none() {
+            req.volume = t.volume;
         }
         Ok(req)
     }

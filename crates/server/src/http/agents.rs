@@ -132,8 +132,17 @@ pub async fn heartbeat(
             value: m.value,
         });
     }
+    if req.purged_volumes.len() > 1000 {
+        return Err(bad("purged_volumes", "at most 1000 volumes a beat"));
+    }
+    let purged = req
+        .purged_volumes
+        .iter()
+        .map(|v| gpucloud_model::VolumeId::parse(v).map_err(|e| bad("purged_volumes", &e.to_string())))
+        .collect::<Result<Vec<_>, _>>()?;
+    let node = node_id(&req.node_id)?;
     let report = AgentReport {
-        node: node_id(&req.node_id)?,
+        node: node.clone(),
         epoch: Some(req.epoch),
         instances,
         gpus,
@@ -144,6 +153,7 @@ pub async fn heartbeat(
         published,
     };
     let desired = app.heartbeat(report).await?;
+    let purge_volumes = app.volume_purges(&node, &purged).await?.iter().map(|v| v.to_string()).collect();
     let instances = desired
         .into_iter()
         .map(|d| AgentWorkload {
@@ -165,9 +175,14 @@ pub async fn heartbeat(
             registry_auth: d
                 .registry_auth
                 .map(|(username, password)| gpucloud_api::AgentRegistryAuth { username, password }),
+            volume: d.volume.map(|(id, size_gib, path)| gpucloud_api::AgentVolume {
+                id: id.to_string(),
+                size_gib,
+                path,
+            }),
         })
         .collect();
-    Ok(Json(AgentDesired { instances }))
+    Ok(Json(AgentDesired { instances, purge_volumes }))
 }
 
 /// Ship a workload's output.

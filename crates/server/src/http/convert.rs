@@ -36,6 +36,7 @@ pub fn instance(i: store::Instance, base: &str) -> api::Instance {
         })
         .collect();
     api::Instance {
+        volume: i.sale.volume.as_ref().map(|(_, m)| m.to_string()),
         image: i.sale.image.clone(),
         env: i.sale.env.iter().filter(|(k, _)| !k.starts_with("GPUCLOUD_")).cloned().collect(),
         ports,

@@ -38,6 +38,7 @@ pub async fn create(
         secrets: req.secrets,
         ports: req.ports,
         template: req.template,
+        volume: req.volume,
     };
     let (inst, _) = app.create_instance(&p, req, idempotency::key_of(&headers)).await?;
     Ok((StatusCode::CREATED, Json(convert::instance(inst, &app.config.public_url))))

@@ -22,6 +22,7 @@ mod secrets;
 mod templates;
 mod tenants;
 mod ui;
+mod volumes;
 
 use crate::app::App;
 use axum::Router;
@@ -52,6 +53,7 @@ pub const MAX_BODY: usize = 64 * 1024;
         (name = "clusters", description = "Resizable groups of identical members"),
         (name = "pools", description = "Warm pools: instances kept started, handed out in milliseconds"),
         (name = "monitoring", description = "GPU telemetry history, the fleet over time, idle policy, alerts"),
+        (name = "volumes", description = "Storage that outlives instances, billed per GiB-hour"),
         (name = "secrets", description = "Tenants' secrets, stored encrypted, given to workloads at start"),
         (name = "meta", description = "Catalog, capacity, identity, health"),
     )
@@ -141,6 +143,10 @@ pub fn api() -> (Router<Arc<App>>, utoipa::openapi::OpenApi) {
         .routes(routes!(proxy::login, proxy::logout))
         .routes(routes!(templates::create, templates::list))
         .routes(routes!(templates::show, templates::delete))
+        .routes(routes!(volumes::create, volumes::list))
+        .routes(routes!(volumes::show, volumes::delete))
+        .routes(routes!(volumes::storage_prices))
+        .routes(routes!(volumes::set_storage_price))
         .split_for_parts()
 }
 
