@@ -60,6 +60,15 @@ pub enum PriceCmd {
         #[arg(long)]
         from: Option<String>,
     },
+    /// Storage prices per GiB-hour of volume, or set a region's from now on (operator) with
+    /// --region and --price.
+    Storage {
+        #[arg(long, requires = "price")]
+        region: Option<String>,
+        /// Per GiB-hour, a decimal such as 0.0002.
+        #[arg(long, requires = "region")]
+        price: Option<String>,
+    },
     /// Show the billing rules, or change them (operator) with --granularity and --minimum.
     Rules {
         #[arg(long)]
@@ -216,6 +225,27 @@ pub fn price(ctx: &Ctx, cmd: PriceCmd) -> Res {
             let p: api::Price = c.post("/v1/prices", Some(&body), None).map_err(err)?;
             show(ctx, &p, |p| {
                 format!("{} {} {} in {} from {}", p.gpu, p.tier, p.price_per_gpu_hour, p.region, p.effective_from)
+            });
+        }
+        PriceCmd::Storage { region: Some(region), price: Some(price) } => {
+            let c = ctx.client(As::Operator)?;
+            let body = api::SetStoragePriceRequest { price_per_gib_hour: price };
+            let p: api::StoragePrice =
+                c.put(&format!("/v1/prices/storage/{}", crate::client::encode_query(&region)), &body).map_err(err)?;
+            show(ctx, &p, |p| {
+                format!("storage in {} at {}/GiB-hour from {}", p.region, p.price_per_gib_hour, p.effective_from)
+            });
+        }
+        PriceCmd::Storage { .. } => {
+            let c = ctx.client(As::Tenant)?;
+            let l: api::StoragePriceList = c.get("/v1/prices/storage").map_err(err)?;
+            show(ctx, &l, |l| {
+                let rows: Vec<Vec<String>> = l
+                    .prices
+                    .iter()
+                    .map(|p| vec![p.region.clone(), p.price_per_gib_hour.clone(), p.effective_from.clone()])
+                    .collect();
+                table(&["REGION", "PER GIB-HOUR", "FROM"], &rows)
             });
         }
         PriceCmd::Rules { granularity, minimum } => {

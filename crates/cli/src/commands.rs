@@ -114,6 +114,10 @@ pub struct CreateArgs {
     /// or 22/tcp (a raw port on the node). Repeatable.
     #[arg(long = "port", value_name = "PORT/PROTO")]
     ports: Vec<String>,
+    /// Mount your volume NAME at PATH, e.g. data:/workspace (see `gpucloud volume create`): the
+    /// instance runs on the volume's node and holds it until terminated.
+    #[arg(long, value_name = "NAME:PATH")]
+    volume: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -218,6 +222,9 @@ fn instance_detail(i: &api::Instance) -> String {
     if let Some(p) = &i.progress {
         lines.push(format!("progress:  {p} (not billed)"));
     }
+    if let Some(v) = &i.volume {
+        lines.push(format!("volume:    {v}"));
+    }
     for (k, v) in &i.env {
         lines.push(format!("env:       {k}={v}"));
     }
@@ -258,6 +265,9 @@ pub enum TemplateCmd {
         /// PORT/http or PORT/tcp (repeatable).
         #[arg(long = "port", value_name = "PORT/PROTO")]
         ports: Vec<String>,
+        /// A volume to mount, NAME:PATH.
+        #[arg(long = "volume-mount", visible_alias = "volume", value_name = "NAME:PATH")]
+        volume: Option<String>,
     },
     /// The built-in templates and yours.
     List,
@@ -279,6 +289,7 @@ fn template_detail(t: &api::Template) -> String {
     lines.extend(t.env.iter().map(|(k, v)| format!("env:     {k}={v}")));
     lines.extend(t.secrets.iter().map(|s| format!("secret:  {s}")));
     lines.extend(t.ports.iter().map(|p| format!("port:    {p}")));
+    lines.extend(t.volume.iter().map(|v| format!("volume:  {v}")));
     lines.join("\n")
 }
 
@@ -286,9 +297,9 @@ pub fn template(ctx: &Ctx, cmd: TemplateCmd) -> Res {
     let c = ctx.client(As::Tenant)?;
     let err = |e: crate::client::ClientError| e.to_string();
     match cmd {
-        TemplateCmd::Create { name, image, command, env, secrets, ports } => {
+        TemplateCmd::Create { name, image, command, env, secrets, ports, volume } => {
             let body = serde_json::json!({"name": name, "image": image, "command": command,
-                "env": parse_env(&env)?, "secrets": secrets, "ports": ports});
+                "env": parse_env(&env)?, "secrets": secrets, "ports": ports, "volume": volume});
             let t: api::Template = c.post("/v1/templates", Some(&body), None).map_err(err)?;
             show(ctx, &t, template_detail);
         }
@@ -531,6 +542,7 @@ pub fn instance(ctx: &Ctx, cmd: InstanceCmd) -> Res {
                 secrets,
                 ports,
                 template,
+                volume,
                 ..
             } = *a;
             let env = parse_env(&env)?;
@@ -538,6 +550,7 @@ pub fn instance(ctx: &Ctx, cmd: InstanceCmd) -> Res {
             let mut body = serde_json::json!({
                 "gpu": gpu, "count": count, "region": region, "command": command.unwrap_or_default(), "name": name,
                 "image": image, "env": env, "secrets": secrets, "ports": ports, "template": template,
+                "volume": volume,
             });
             if spot {
                 body["tier"] = "spot".into();

@@ -12,6 +12,7 @@ mod output;
 mod profile;
 mod servers;
 mod sim;
+mod volumes;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -50,6 +51,9 @@ enum Command {
     /// Instance templates: image, command, environment, secrets and ports under a name.
     #[command(subcommand)]
     Template(commands::TemplateCmd),
+    /// Volumes: storage that outlives instances (`instance create --volume NAME:/path`).
+    #[command(subcommand)]
+    Volume(volumes::VolumeCmd),
     /// Secrets for your workloads (stored encrypted; given to a workload with --secret or --env KEY=secret:NAME).
     #[command(subcommand)]
     Secret(commands::SecretCmd),
@@ -173,6 +177,7 @@ fn main() -> ExitCode {
         Command::Monitor(c) => monitor::monitor(&ctx, c),
         Command::Key(c) => access::key(&ctx, c),
         Command::Secret(c) => commands::secret(&ctx, c),
+        Command::Volume(c) => volumes::volume(&ctx, c),
         Command::Template(c) => commands::template(&ctx, c),
         Command::RegistryAuth(c) => commands::registry_auth(&ctx, c),
         Command::Gateway {

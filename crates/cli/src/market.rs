@@ -78,6 +78,10 @@ pub enum JobCmd {
         /// Where the workload keeps checkpoints (GPUCLOUD_CHECKPOINT_DIR).
         #[arg(long)]
         checkpoint_dir: Option<String>,
+        /// Your volume NAME mounted at PATH in every attempt (keep checkpoints there): each
+        /// attempt runs on the volume's node.
+        #[arg(long, value_name = "NAME:PATH")]
+        volume: Option<String>,
         /// Relaunches after preemption or node loss before giving up [default: 10].
         #[arg(long)]
         max_restarts: Option<u32>,
@@ -142,6 +146,7 @@ pub fn job(ctx: &Ctx, cmd: JobCmd) -> Res {
             on_demand,
             max_price,
             checkpoint_dir,
+            volume,
             max_restarts,
             on_demand_after,
             idempotency_key,
@@ -150,7 +155,7 @@ pub fn job(ctx: &Ctx, cmd: JobCmd) -> Res {
             let body = serde_json::json!({
                 "name": name, "gpus": gpus, "count": count, "regions": regions, "command": command,
                 "spot": !on_demand, "max_price_per_gpu_hour": max_price, "checkpoint_dir": checkpoint_dir,
-                "max_restarts": max_restarts, "on_demand_after_seconds": on_demand_after,
+                "max_restarts": max_restarts, "on_demand_after_seconds": on_demand_after, "volume": volume,
             });
             let j: api::Job = c.post("/v1/jobs", Some(&body), idempotency_key.as_deref()).map_err(err)?;
             show(ctx, &j, job_detail);

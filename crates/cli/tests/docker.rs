@@ -120,28 +120,8 @@ fn a_tenant_brings_its_image_secrets_and_ports() {
     let _ = Command::new("docker").args(["rm", "-f", &name]).output();
 
     let root = std::env::temp_dir().join(format!("gpucloud-docker-e2e2-{:016x}", rand::random::<u64>()));
-    std::fs::create_dir_all(&root).unwrap();
-    let out = root.join("serve.out");
-    let _server = common::serve(&root, "127.0.0.1:0", &out, &[]);
-    let (op, url) = serving(&out);
-    let api = Api::new(&url);
-    let (_, k) = api.call(&op, "POST", "/v1/keys", Some(json!({"name": "box-2", "scope": "agent", "node": "box-2"})));
-    let token = k["api_key"].as_str().unwrap().to_string();
+    let (_procs, op, url, api) = docker_cloud(&root, &image, "box-2");
     let agent_log = root.join("agent.log");
-    let _agent = Proc(
-        Command::new(common::BIN)
-            .args(["agent", "--server", &url, "--name", "box-2", "--region", "eu-1"])
-            .env("GPUCLOUD_AGENT_TOKEN", &token)
-            .args(["--fake-gpus", "A100-40GB:2", "--interval-ms", "100", "--stop-grace-s", "2"])
-            .args(["--metadata-port", "0", "--ingress-port", "0", "--address", "127.0.0.1"])
-            .args(["--runtime", "docker", "--image", &image])
-            .arg("--state-dir")
-            .arg(root.join("agent"))
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&agent_log).unwrap())
-            .spawn()
-            .unwrap(),
-    );
     let (_, t) = api.call(&op, "POST", "/v1/tenants", Some(json!({"name": "acme"})));
     let key = t["api_key"].as_str().unwrap().to_string();
     let (_, t) = api.call(&op, "POST", "/v1/tenants", Some(json!({"name": "other"})));
@@ -231,5 +211,110 @@ fn a_tenant_brings_its_image_secrets_and_ports() {
     let (status, _) = api.call(&key, "POST", &format!("/v1/instances/{id}/terminate"), None);
     assert_eq!(status, 200);
     api.wait(&key, &id, "terminated", |v| v["state"] == "terminated");
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+/// `gpucloud serve` and one `gpucloud agent --runtime docker` (two fake A100s) under `root`;
+/// the processes stop when the returned values drop.
+fn docker_cloud(root: &std::path::Path, image: &str, node: &str) -> (Vec<Proc>, String, String, Api) {
+    std::fs::create_dir_all(root).unwrap();
+    let out = root.join("serve.out");
+    let server = common::serve(root, "127.0.0.1:0", &out, &[]);
+    let (op, url) = serving(&out);
+    let api = Api::new(&url);
+    let (_, k) = api.call(&op, "POST", "/v1/keys", Some(json!({"name": node, "scope": "agent", "node": node})));
+    let token = k["api_key"].as_str().unwrap().to_string();
+    let agent = Proc(
+        Command::new(common::BIN)
+            .args(["agent", "--server", &url, "--name", node, "--region", "eu-1"])
+            .env("GPUCLOUD_AGENT_TOKEN", &token)
+            .args(["--fake-gpus", "A100-40GB:2", "--interval-ms", "100", "--stop-grace-s", "2"])
+            .args(["--metadata-port", "0", "--ingress-port", "0", "--address", "127.0.0.1"])
+            .args(["--runtime", "docker", "--image", image])
+            .arg("--state-dir")
+            .arg(root.join("agent"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(root.join("agent.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, nodes) = api.call(&op, "GET", "/v1/nodes", None);
+        if nodes["nodes"].as_array().is_some_and(|n| n.iter().any(|n| n["health"] == "healthy")) {
+            break;
+        }
+        let log = std::fs::read_to_string(root.join("agent.log")).unwrap_or_default();
+        assert!(Instant::now() < deadline, "the agent never registered: {log}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (vec![agent, server], op, url, api)
+}
+
+#[test]
+fn a_volume_keeps_a_file_from_one_instance_to_the_next() {
+    let Some(image) = common::docker_image("the Docker runtime test") else { return };
+    let root = std::env::temp_dir().join(format!("gpucloud-docker-e2e3-{:016x}", rand::random::<u64>()));
+    let (procs, op, url, api) = docker_cloud(&root, &image, "box-3");
+    let (_, t) = api.call(&op, "POST", "/v1/tenants", Some(json!({"name": "acme"})));
+    let key = t["api_key"].as_str().unwrap().to_string();
+    let config = root.join("cli");
+    let env = [("GPUCLOUD_URL", url.as_str()), ("GPUCLOUD_API_KEY", key.as_str())];
+    let gpucloud = |args: &[&str]| {
+        let (ok, out, err) = common::cli(&config, &env, args);
+        assert!(ok, "gpucloud {args:?}: {err}");
+        out
+    };
+    let as_json = |args: &[&str]| -> serde_json::Value {
+        let mut all = args.to_vec();
+        all.push("--json");
+        serde_json::from_str(&gpucloud(&all)).unwrap()
+    };
+    let v = as_json(&["volume", "create", "data", "--size", "1GiB", "--region", "eu-1"]);
+    assert_eq!((v["size_gib"].as_u64(), v["state"].as_str()), (Some(1), Some("available")), "{v}");
+    let logs = |id: &str| -> String {
+        let (_, l) = api.call(&key, "GET", &format!("/v1/instances/{id}/logs"), None);
+        l["chunks"].as_array().map(|c| c.iter().map(|c| c["data"].as_str().unwrap_or("")).collect()).unwrap_or_default()
+    };
+    let run = |command: &str| -> String {
+        let i =
+            as_json(&["instance", "create", "--gpu", "A100-40GB", "--command", command, "--volume", "data:/workspace"]);
+        assert_eq!(i["volume"], "data:/workspace", "{i}");
+        let id = i["id"].as_str().unwrap().to_string();
+        let ended = api.wait(&key, &id, "ended", |v| v["state"] == "stopped" || v["state"] == "failed");
+        assert_eq!(ended["state"], "stopped", "{ended}: {}", logs(&id));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !logs(&id).contains("end-of-run") {
+            assert!(Instant::now() < deadline, "no logs: {}", logs(&id));
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        gpucloud(&["instance", "terminate", &id]);
+        api.wait(&key, &id, "terminated", |v| v["state"] == "terminated");
+        logs(&id)
+    };
+    // The first instance writes a file and fills most of the 1 GiB; the second finds the file,
+    // and cannot write past the volume's size.
+    let first = run("echo kept-across-instances > /workspace/note && \
+         dd if=/dev/zero of=/workspace/fill bs=1M count=900 2>/dev/null; echo end-of-run");
+    assert!(first.contains("end-of-run"), "{first}");
+    let second = run("cat /workspace/note; dd if=/dev/zero of=/workspace/more bs=1M count=300 2>&1; echo end-of-run");
+    assert!(second.contains("kept-across-instances"), "{second}");
+    let enforced = root.join("agent/volumes").read_dir().unwrap().flatten().any(|d| d.path().join("disk.img").exists());
+    if enforced {
+        assert!(second.contains("No space left on device"), "{second}");
+    } else {
+        assert!(std::env::var("CI").is_err(), "under CI the agent runs as root and enforces volume sizes");
+    }
+    // Deleted: its node removes the data at its next beats.
+    let out = gpucloud(&["volume", "delete", "data"]);
+    assert!(out.contains("volume data deleted"), "{out}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while root.join("agent/volumes").read_dir().unwrap().next().is_some() {
+        assert!(Instant::now() < deadline, "the node kept the deleted volume's data");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(procs);
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(&root.display().to_string()), "a volume is still mounted: {mounts}");
     let _ = std::fs::remove_dir_all(&root);
 }

@@ -529,7 +529,7 @@ fn a_volume_outlives_its_instances_pins_them_to_its_node_and_is_billed_per_gib_s
         &[("Content-Type", "application/json")],
         Some(br#"{"price_per_gib_hour": "0.36"}"#),
     );
-    assert_eq!(r.status, 204, "{:?}", r.body);
+    assert_eq!((r.status, r.body["price_per_gib_hour"].as_str()), (200, Some("0.360000")), "{:?}", r.body);
 
     for (body, field) in [
         (json!({"name": "Data", "size": "10GiB", "region": "eu-1"}), "name"),

@@ -80,6 +80,15 @@ impl App {
             gpucloud_model::workload::check_image(image).map_err(|e| AppError::invalid("image", e))?;
         }
         self.check_env(&by.tenant.id, &req.env, &req.secrets).await?;
+        if let Some(m) = &req.volume {
+            let (v, _) = self.resolve_volume(&by.tenant.id, m, None).await?;
+            if !req.regions.is_empty() && !req.regions.contains(&v.region) {
+                return Err(AppError::invalid(
+                    "volume",
+                    format!("volume {} is in region {}, which the job's regions leave out", v.name, v.region),
+                ));
+            }
+        }
         if !req.regions.is_empty() {
             let known = self.store.list_regions().await?;
             if let Some(r) = req.regions.iter().find(|r| !known.contains(r)) {
@@ -302,6 +311,28 @@ impl App {
 
     /// Creates attempt `n` (idempotently) on the cheapest allowed GPU model and region.
     async fn launch_attempt(&self, job: &Job, spec: &CreateJobRequest, n: u32, tier: Tier) -> Result<(), AppError> {
+        // A job's volume holds its checkpoints: every attempt mounts it, in its region and on its
+        // node, and takes it over from an earlier attempt that no longer runs.
+        let volume = match &spec.volume {
+            Some(m) => {
+                let (v, mount) = self.resolve_volume(&job.tenant_id, m, None).await?;
+                if let Some(holder) = &v.attached_to
+                    && let Some(h) = self.store.get_instance(None, holder).await?
+                    && h.sale.job.as_ref().is_some_and(|(j, _)| *j == job.id)
+                    && !h.state.holds_gpus()
+                    && h.state != gpucloud_model::InstanceState::Pending
+                {
+                    self.store.detach_volume(&v.id, holder).await?;
+                }
+                Some((v, mount))
+            }
+            None => None,
+        };
+        let mut spec = spec.clone();
+        if let Some((v, _)) = &volume {
+            spec.regions = vec![v.region.clone()];
+        }
+        let spec = &spec;
         let (model, region) = self.cheapest_choice(spec, tier).await?;
         let mut env: Vec<(String, String)> = spec.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         env.extend(spec.secrets.iter().map(|s| (s.clone(), format!("{}{s}", gpucloud_model::workload::SECRET_REF))));
@@ -335,10 +366,13 @@ impl App {
                 pool: None,
                 image: spec.image.clone(),
                 ports: Vec::new(),
-                volume: None,
+                volume: volume.map(|(v, mount)| (v.id, mount)),
             },
         };
-        let (inst, created) = self.store.insert_instance(&new).await?;
+        let (inst, created) = match self.store.insert_instance(&new).await {
+            Err(gpucloud_store::StoreError::VolumeInUse(v)) => return Err(self.volume_in_use(&v).await),
+            other => other?,
+        };
         if created {
             tracing::info!(job = %job.id, attempt = n, instance = %inst.id, %tier, gpu = %model, "job attempt launched");
             self.wake_scheduler();

@@ -142,7 +142,12 @@ impl App {
     }
 
     /// Adds a storage price for a region from now on (operator).
-    pub async fn set_storage_price(&self, by: &Principal, region: &str, per_gib_hour: &str) -> Result<(), AppError> {
+    pub async fn set_storage_price(
+        &self,
+        by: &Principal,
+        region: &str,
+        per_gib_hour: &str,
+    ) -> Result<(Region, Timestamp, Money), AppError> {
         by.require_operator()?;
         let region = Region::parse(region).map_err(|e| AppError::invalid("region", e.to_string()))?;
         let price: Money = per_gib_hour
@@ -151,10 +156,12 @@ impl App {
         if price < Money::ZERO {
             return Err(AppError::invalid("price_per_gib_hour", "a price cannot be negative"));
         }
-        if !self.store.add_storage_price(&region, self.now(), price).await? {
+        let now = self.now();
+        if !self.store.add_storage_price(&region, now, price).await? {
             return Err(AppError::Conflict(format!("a storage price for {region} already starts at this moment")));
         }
-        Ok(())
+        tracing::info!(%region, %price, "storage price set");
+        Ok((region, now, price))
     }
 
     pub async fn storage_prices(&self) -> Result<Vec<(Region, Timestamp, Money)>, AppError> {

@@ -99,14 +99,18 @@ pub async fn storage_prices(State(app): State<Arc<App>>, Auth(_p): Auth) -> Resu
 /// Sets a region's storage price per GiB-hour from now on (operator).
 #[utoipa::path(put, path = "/v1/prices/storage/{region}", tag = "billing", params(("region" = String, Path)),
     request_body = SetStoragePriceRequest,
-    responses((status = 204), (status = 403, body = Problem), (status = 422, body = Problem)),
+    responses((status = 200, body = StoragePrice), (status = 403, body = Problem), (status = 422, body = Problem)),
     security(("bearer" = [])))]
 pub async fn set_storage_price(
     State(app): State<Arc<App>>,
     Auth(p): Auth,
     Path(region): Path<String>,
     ApiJson(req): ApiJson<SetStoragePriceRequest>,
-) -> Result<StatusCode, ApiError> {
-    app.set_storage_price(&p, &region, &req.price_per_gib_hour).await?;
-    Ok(StatusCode::NO_CONTENT)
+) -> Result<Json<StoragePrice>, ApiError> {
+    let (region, from, price) = app.set_storage_price(&p, &region, &req.price_per_gib_hour).await?;
+    Ok(Json(StoragePrice {
+        region: region.to_string(),
+        price_per_gib_hour: price.to_string(),
+        effective_from: rfc3339(from),
+    }))
 }
