@@ -81,6 +81,30 @@ def test_secrets_env_and_a_web_port_through_the_proxy(client, dev):
     assert "API_TOKEN" not in client.secrets.list()
 
 
+def test_volumes_are_created_held_and_deleted(client, dev):
+    v = client.volumes.create("scratch", "5GiB", "eu-1")
+    assert (v["size_gib"], v["state"]) == (5, "available")
+    with pytest.raises(ApiError) as e:
+        client.volumes.create("scratch", "1", "eu-1")
+    assert e.value.status == 409
+    with pytest.raises(ApiError) as e:
+        client.volumes.create("other", "1PB", "eu-1")
+    assert (e.value.status, e.value.field) == (422, "size")
+    inst = client.instances.create(gpu="T4", command="true", region="eu-1", volume="scratch:/data")
+    assert inst.volume == "scratch:/data"
+    assert client.volumes.get("scratch")["attached_to"] == inst.id
+    with pytest.raises(ApiError) as e:
+        client.volumes.delete("scratch")
+    assert e.value.status == 409
+    # dev runs processes here: a volume needs the container runtime, and the instance says so.
+    failed = wait_for("failed", lambda: (i := client.instances.get(inst.id)).state == "failed" and i)
+    assert "--runtime docker" in (failed.reason or ""), failed
+    client.instances.terminate(inst.id)
+    wait_for("terminated", lambda: client.instances.get(inst.id).state == "terminated")
+    client.volumes.delete("scratch")
+    assert all(v["name"] != "scratch" for v in client.volumes.list())
+
+
 TRAINER = r'''
 import os, sys, time
 import gpucloud

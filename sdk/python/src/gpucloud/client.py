@@ -48,6 +48,7 @@ class Instance:
     env: Dict[str, str] = field(default_factory=dict)
     ports: List[Dict[str, Any]] = field(default_factory=list)
     progress: Optional[str] = None
+    volume: Optional[str] = None
     raw: Dict[str, Any] = field(default_factory=dict, repr=False)
 
     def url(self, port: int) -> Optional[str]:
@@ -80,6 +81,7 @@ class Instance:
             env=dict(v.get("env") or {}),
             ports=list(v.get("ports") or []),
             progress=v.get("progress"),
+            volume=v.get("volume"),
             raw=v,
         )
 
@@ -190,11 +192,12 @@ class Instances(_Resource):
         secrets: Optional[List[str]] = None,
         ports: Optional[List[str]] = None,
         template: Optional[str] = None,
+        volume: Optional[str] = None,
     ) -> Instance:
         """``image``: a container image (the node's own when None); ``env``: variables, a value
         ``secret:NAME`` being your secret NAME; ``secrets``: secrets set as variables of their own
         name; ``ports``: ``["8888/http", "22/tcp"]``; ``template``: a template's name (its settings
-        fill what is not given here)."""
+        fill what is not given here); ``volume``: ``"NAME:/path"``, one of your volumes."""
         body: Dict[str, Any] = {"gpu": gpu, "count": count, "command": command, "tier": tier}
         for k, v in (
             ("region", region),
@@ -206,6 +209,7 @@ class Instances(_Resource):
             ("secrets", secrets),
             ("ports", ports),
             ("template", template),
+            ("volume", volume),
         ):
             if v is not None:
                 body[k] = v
@@ -409,6 +413,23 @@ class Secrets(_Resource):
         self._c._check(self._c._http.delete(f"/v1/secrets/{name}"))
 
 
+class Volumes(_Resource):
+    """Your volumes: storage that outlives instances, billed per GiB-hour while it exists."""
+
+    def create(self, name: str, size: str, region: str) -> Dict[str, Any]:
+        """``size``: ``"100GiB"``, ``"2TiB"`` or a number of GiB."""
+        return dict(self._c._post("/v1/volumes", {"name": name, "size": size, "region": region}))
+
+    def list(self) -> List[Dict[str, Any]]:
+        return list(self._c._get("/v1/volumes")["volumes"])
+
+    def get(self, name: str) -> Dict[str, Any]:
+        return dict(self._c._get(f"/v1/volumes/{name}"))
+
+    def delete(self, name: str) -> None:
+        self._c._check(self._c._http.delete(f"/v1/volumes/{name}"))
+
+
 class Billing(_Resource):
     def balance(self) -> Decimal:
         return Decimal(self._c._get("/v1/billing/balance")["balance"])
@@ -435,6 +456,7 @@ class Client:
         self.spot = Spot(self)
         self.billing = Billing(self)
         self.secrets = Secrets(self)
+        self.volumes = Volumes(self)
 
     def close(self) -> None:
         self._http.close()
