@@ -102,6 +102,7 @@ try {
   const loss = "for i in $(seq 1 600); do curl -s -X POST -H 'Content-Type: application/json' " +
     "\"$GPUCLOUD_METADATA_URL/metrics\" -d \"{\\\"step\\\": $i, \\\"values\\\": {\\\"loss\\\": $(awk \"BEGIN{print 2.5*0.9^$i+0.1}\")}}\" >/dev/null; sleep 0.5; done";
   await page.fill("#f-command", loss);
+  await page.fill("#f-env", "MODE=browser");
   await page.waitForSelector("#quote:has-text('2 × A100-40GB') td:has-text('eu-1')");
   const quoted = await page.textContent("#quote");
   if (!/\$3\.20\/h/.test(quoted)) throw new Error(`the quote for 2 x A100-40GB should be $3.20/h: ${quoted}`);
@@ -112,6 +113,7 @@ try {
 
   step(`${id} runs, its cost ticks, its telemetry and loss curve draw`);
   await page.waitForSelector("#inst .badge.running", { timeout: 20000 });
+  await page.waitForSelector("#inst code.env:has-text('MODE=browser')");
   const cost1 = await waitFor("a first charge", async () => {
     const c = await page.textContent("#inst-cost");
     return c !== "$0.0000" && c;

@@ -449,3 +449,39 @@ fn metrics_expose_gpu_telemetry() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
+
+#[test]
+fn names_work_where_ids_do_and_odd_inputs_are_refused() {
+    let s = TestServer::start();
+    let a = s.tenant("alice");
+    let b = s.tenant("bob");
+    let named = |key: &str, name: &str| {
+        let body = serde_json::json!({"gpu": "T4", "count": 1, "command": "sleep 1000", "name": name});
+        let r = s.post(key, "/v1/instances", Some(&body));
+        assert_eq!(r.status, 201, "{:?}", r.body);
+        id(&r.body)
+    };
+    let first = named(&a, "trainer");
+    let r = s.get(&a, "/v1/instances/trainer");
+    assert_eq!((r.status, r.body["id"].as_str()), (200, Some(first.as_str())), "{:?}", r.body);
+    assert_eq!(s.get(&b, "/v1/instances/trainer").status, 404, "not another tenant's name");
+    // Actions take the name too; a terminated instance gives its name up to a live one.
+    assert_eq!(s.post(&a, "/v1/instances/trainer/terminate", None).status, 200);
+    s.wait_state(&a, &first, "terminated");
+    let second = named(&a, "trainer");
+    assert_eq!(s.get(&a, "/v1/instances/trainer").body["id"], second.as_str());
+    // Two live instances of one name: the name is ambiguous, and the answer lists the ids.
+    let third = named(&a, "trainer");
+    let r = s.get(&a, "/v1/instances/trainer");
+    assert_eq!(r.status, 409, "{:?}", r.body);
+    let detail = r.body["detail"].as_str().unwrap();
+    assert!(detail.contains(&second) && detail.contains(&third), "{detail}");
+
+    let r = s.post(&a, "/v1/instances", Some(&serde_json::json!({"gpu": "T4", "count": 1, "command": "echo a\u{0}b"})));
+    assert_eq!((r.status, r.body["field"].as_str()), (422, Some("command")), "{:?}", r.body);
+    let r = s.post(&a, "/v1/jobs", Some(&serde_json::json!({"gpus": ["T4"], "count": 1, "command": "x\u{0}"})));
+    assert_eq!((r.status, r.body["field"].as_str()), (422, Some("command")), "{:?}", r.body);
+    let r = s.get(&a, &format!("/v1/instances/{second}/logs?after=-1"));
+    assert_eq!((r.status, r.body["field"].as_str()), (422, Some("after")), "{:?}", r.body);
+    assert_eq!(s.get(&a, &format!("/v1/instances/{second}/logs?after=0")).status, 200);
+}

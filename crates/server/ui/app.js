@@ -197,6 +197,7 @@ async function instancePage(gen, id) {
         i.checkpoint ? h("p", {}, "Last checkpoint: ", h("code", {}, i.checkpoint)) : null,
         i.endpoint ? h("p", {}, "Serves at ", h("code", {}, i.endpoint), " (its GPUCLOUD_PORT)") : null,
         i.image ? h("p", {}, "Image: ", h("code", {}, i.image)) : null,
+        i.volume ? h("p", { id: "inst-volume" }, "Volume: ", h("code", {}, i.volume)) : null,
         i.progress ? h("p", {}, "Preparing: ", i.progress, h("span", { class: "muted" }, " (not billed)")) : null,
         Object.keys(i.env || {}).length ? h("p", {}, "Environment: ",
           ...Object.entries(i.env).map(([k, v]) => h("code", { class: "env" }, `${k}=${v} `))) : null,
@@ -310,6 +311,13 @@ async function newInstancePage() {
     tier: h("select", { id: "f-tier" }, ["on-demand", "spot"].map((t) => h("option", { value: t }, t))),
     command: h("input", { id: "f-command", value: "nvidia-smi -L; sleep 3600" }),
   };
+  // What the workload runs with; they do not change the quote.
+  const w = {
+    image: h("input", { id: "f-image", placeholder: "the node's own (or e.g. nvcr.io/nvidia/pytorch:24.05-py3)" }),
+    env: h("input", { id: "f-env", placeholder: "KEY=VALUE KEY2=secret:NAME" }),
+    ports: h("input", { id: "f-ports", placeholder: "8888/http 22/tcp" }),
+    volume: h("input", { id: "f-volume", placeholder: "data:/workspace" }),
+  };
   const quote = h("div", { class: "quote", id: "quote" });
   const err = h("p", { class: "error", id: "create-error" });
   const submit = h("button", { class: "primary", type: "submit", id: "create-button" }, "Create instance");
@@ -344,6 +352,12 @@ async function newInstancePage() {
       const body = { gpu: f.gpu.value, count: Number(f.count.value), command: f.command.value, tier: f.tier.value };
       if (f.name.value) body.name = f.name.value;
       if (f.region.value) body.region = f.region.value;
+      const words = (el) => el.value.split(/\s+/).filter(Boolean);
+      if (w.image.value.trim()) body.image = w.image.value.trim();
+      if (w.volume.value.trim()) body.volume = w.volume.value.trim();
+      if (words(w.ports).length) body.ports = words(w.ports);
+      // The server names what is wrong with a pair; a word without '=' is sent as a name with no value.
+      if (words(w.env).length) body.env = Object.fromEntries(words(w.env).map((p) => [p.split("=")[0], p.split("=").slice(1).join("=")]));
       try {
         const i = await api("/v1/instances", { method: "POST", body });
         location.hash = `#/instance/${i.id}`;
@@ -352,7 +366,8 @@ async function newInstancePage() {
         submit.disabled = false;
       }
     },
-  }, ...Object.entries({ Name: f.name, GPU: f.gpu, Count: f.count, Region: f.region, Tier: f.tier, Command: f.command })
+  }, ...Object.entries({ Name: f.name, GPU: f.gpu, Count: f.count, Region: f.region, Tier: f.tier, Command: f.command,
+    Image: w.image, Environment: w.env, Ports: w.ports, Volume: w.volume })
     .flatMap(([label, el]) => [h("label", { for: el.id }, label), el]), h("span"), h("div", {}, submit, err));
   setMain(h("h1", {}, "New instance"), h("div", { class: "grid" }, form, h("div", { class: "panel" }, quote)));
   refreshQuote();

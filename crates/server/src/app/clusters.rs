@@ -85,8 +85,8 @@ impl App {
                 format!("nodes must be between min_nodes ({}) and max_nodes ({})", req.min_nodes, req.max_nodes),
             ));
         }
-        if req.command.trim().is_empty() || req.command.len() > 16 * 1024 {
-            return Err(AppError::invalid("command", "command must be 1 to 16384 bytes and not blank"));
+        if req.command.trim().is_empty() || req.command.len() > 16 * 1024 || req.command.contains('\0') {
+            return Err(AppError::invalid("command", "command must be 1 to 16384 bytes, not blank, with no NUL byte"));
         }
         if req.tier == Tier::Reserved {
             return Err(AppError::invalid("tier", "a cluster runs on-demand or spot"));

@@ -113,6 +113,10 @@ impl App {
         if req.command.len() > MAX_COMMAND_BYTES {
             return Err(AppError::invalid("command", format!("command is longer than {MAX_COMMAND_BYTES} bytes")));
         }
+        // A shell cannot take a NUL: refused here rather than failing at start with exit 127.
+        if req.command.contains('\0') {
+            return Err(AppError::invalid("command", "command cannot contain a NUL byte"));
+        }
         if let Some(name) = &req.name
             && (name.is_empty() || name.len() > 128 || name.chars().any(char::is_control))
         {
@@ -190,11 +194,30 @@ impl App {
         Ok(self.store.list_instances(Some(&by.tenant.id)).await?)
     }
 
-    /// Another tenant's instance is "not found", never "forbidden": ids leak nothing.
+    /// By id, or by name where the name is unique among the tenant's instances (terminated ones
+    /// count only when no live one has it). Another tenant's instance is "not found", never
+    /// "forbidden": ids and names leak nothing.
     pub async fn get_instance(&self, by: &Principal, id: &str) -> Result<Instance, AppError> {
         let not_found = || AppError::NotFound { kind: "instance", id: id.to_string() };
-        let id = InstanceId::parse(id).map_err(|_| not_found())?;
-        self.store.get_instance(Some(&by.tenant.id), &id).await?.ok_or_else(not_found)
+        if let Ok(parsed) = InstanceId::parse(id)
+            && let Some(i) = self.store.get_instance(Some(&by.tenant.id), &parsed).await?
+        {
+            return Ok(i);
+        }
+        let named: Vec<Instance> =
+            self.store.list_instances(Some(&by.tenant.id)).await?.into_iter().filter(|i| i.name == id).collect();
+        let live: Vec<&Instance> =
+            named.iter().filter(|i| i.state != gpucloud_model::InstanceState::Terminated).collect();
+        let pick: Vec<&Instance> = if live.is_empty() { named.iter().collect() } else { live };
+        match pick.as_slice() {
+            [] => Err(not_found()),
+            [one] => Ok((*one).clone()),
+            many => Err(AppError::Conflict(format!(
+                "{} instances are named {id}: use an id ({})",
+                many.len(),
+                many.iter().map(|i| i.id.to_string()).collect::<Vec<_>>().join(", ")
+            ))),
+        }
     }
 
     pub async fn instance_events(

@@ -54,8 +54,8 @@ impl App {
                 format!("count must be 1 to {}", gpucloud_model::MAX_GPUS_PER_INSTANCE),
             ));
         }
-        if req.command.trim().is_empty() || req.command.len() > 16 * 1024 {
-            return Err(AppError::invalid("command", "command must be 1 to 16384 bytes and not blank"));
+        if req.command.trim().is_empty() || req.command.len() > 16 * 1024 || req.command.contains('\0') {
+            return Err(AppError::invalid("command", "command must be 1 to 16384 bytes, not blank, with no NUL byte"));
         }
         if let Some(name) = &req.name
             && (name.is_empty() || name.len() > 128 || name.chars().any(char::is_control))

@@ -28,8 +28,8 @@ impl App {
         if req.size > MAX_POOL_SIZE {
             return Err(AppError::invalid("size", format!("a pool keeps at most {MAX_POOL_SIZE} instances warm")));
         }
-        if req.command.trim().is_empty() || req.command.len() > 16 * 1024 {
-            return Err(AppError::invalid("command", "command must be 1 to 16384 bytes and not blank"));
+        if req.command.trim().is_empty() || req.command.len() > 16 * 1024 || req.command.contains('\0') {
+            return Err(AppError::invalid("command", "command must be 1 to 16384 bytes, not blank, with no NUL byte"));
         }
         if let Some(region) = &req.region
             && !self.store.list_regions().await?.contains(region)

@@ -221,6 +221,14 @@ pub async fn instance_logs(
 ) -> Result<Json<InstanceLogs>, ApiError> {
     let Query(q) = q.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
     let after = q.after.unwrap_or(0);
+    if after < 0 {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+            "after is a chunk number, 0 or more",
+        )
+        .field("after"));
+    }
     let chunks = app.instance_logs(&p, &id, after).await?;
     let next_after = chunks.last().map_or(after, |c| c.seq);
     let chunks = chunks.into_iter().map(|c| LogChunk { seq: c.seq, at: rfc3339(c.at), data: c.data }).collect();
