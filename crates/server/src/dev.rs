@@ -56,6 +56,9 @@ pub struct DevKeys {
 /// Makes sure the dev tenants and fleet exist. Returns a fresh key for each of the two tenants
 /// when asked (`mint_keys`: the caller has none on record) or when a tenant had to be created
 /// (keys on record then belong to a database that is gone).
+/// Volume storage per GiB-hour in the dev cloud.
+const DEV_STORAGE_PRICE: Money = Money(100);
+
 pub async fn bootstrap(app: &App, mint_keys: bool, fleet: DevFleet) -> Result<Option<DevKeys>, AppError> {
     let tenants = app.store().list_tenants().await?;
     let find = |name: &str| tenants.iter().find(|t| t.name == name).cloned();
@@ -94,6 +97,13 @@ pub async fn bootstrap(app: &App, mint_keys: bool, fleet: DevFleet) -> Result<Op
                     app.set_price(None, *model, region.clone(), tier, price, Some(Timestamp(0))).await?;
                 }
             }
+        }
+    }
+    // Volume storage at 0.0001 per GiB-hour (about 0.073 per GiB-month, near a cloud's SSD
+    // block storage), from the start of time, in every region the dev fleet has.
+    if app.store().storage_prices(None).await?.is_empty() {
+        for region in app.store().list_regions().await? {
+            app.store().add_storage_price(&region, Timestamp(0), DEV_STORAGE_PRICE).await?;
         }
     }
     let tenants = app.store().list_tenants().await?;
