@@ -321,3 +321,46 @@ fn recommendations_follow_memory_price_and_what_is_free() {
         assert_eq!((r.status, r.body["field"].as_str()), (422, Some(field)), "{q}: {:?}", r.body);
     }
 }
+
+#[test]
+fn every_attempt_of_a_job_mounts_its_volume() {
+    let s = fast_market();
+    let key = s.tenant("acme");
+    let r = s.post(&key, "/v1/volumes", Some(&json!({"name": "ckpt", "size": "20GiB", "region": "us-1"})));
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let job = |extra: serde_json::Value| {
+        let mut body = json!({"gpus": ["T4"], "count": 1, "command": "sleep 1000", "on_demand_after_seconds": 1});
+        body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        s.post(&key, "/v1/jobs", Some(&body))
+    };
+    let r = job(json!({"volume": "ckpt:/ckpt", "regions": ["eu-1"]}));
+    assert_eq!((r.status, r.body["field"].as_str()), (422, Some("volume")), "{:?}", r.body);
+    let r = job(json!({"volume": "nope:/ckpt"}));
+    assert_eq!((r.status, r.body["field"].as_str()), (422, Some("volume")), "{:?}", r.body);
+    // The one T4 in us-1 is taken: the spot attempt waits, then an on-demand one takes over,
+    // and the volume with it.
+    let held = s.create(&key, "T4", 1, Some("us-1"));
+    s.wait_for(&key, held["id"].as_str().unwrap(), "running", |v| v["state"] == "running");
+    let r = job(json!({"volume": "ckpt:/ckpt"}));
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let jid = r.body["id"].as_str().unwrap().to_string();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let job = loop {
+        let j = s.get(&key, &format!("/v1/jobs/{jid}")).body;
+        if j["history"].as_array().is_some_and(|h| h.len() == 2) {
+            break j;
+        }
+        assert!(std::time::Instant::now() < deadline, "never fell back: {j}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let h = job["history"].as_array().unwrap();
+    for a in h {
+        let i = s.get(&key, &format!("/v1/instances/{}", a["instance"].as_str().unwrap())).body;
+        assert_eq!((i["volume"].as_str(), i["region"].as_str()), (Some("ckpt:/ckpt"), Some("us-1")), "{i}");
+    }
+    s.post(&key, &format!("/v1/instances/{}/terminate", held["id"].as_str().unwrap()), None);
+    let second = h[1]["instance"].as_str().unwrap();
+    s.wait_for(&key, second, "running", |v| v["state"] == "running");
+    let v = s.get(&key, "/v1/volumes/ckpt").body;
+    assert_eq!((v["attached_to"].as_str(), v["placed"].as_bool()), (Some(second), Some(true)), "{v}");
+}
