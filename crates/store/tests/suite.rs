@@ -734,6 +734,20 @@ async fn spot_notices_checkpoints_and_jobs(s: Arc<dyn Store>) {
     assert_eq!((moved.attempts, moved.generation), (1, 2));
     assert!(s.update_job(&job.id, 1, &bump).await.unwrap().is_none(), "a stale generation writes nothing");
 
+    let volume = VolumeRow {
+        id: VolumeId::from_random(7),
+        tenant_id: t.id.clone(),
+        name: "data".into(),
+        region: Region::parse("eu-1").unwrap(),
+        size_gib: 1,
+        node_id: None,
+        attached_to: None,
+        created_at: ts(9),
+        deleted_at: None,
+        charged: Money::ZERO,
+        charged_seconds: 0,
+    };
+    s.insert_volume(&volume).await.unwrap();
     let new = NewInstance {
         id: InstanceId::from_random(rand::random()),
         tenant_id: t.id.clone(),
