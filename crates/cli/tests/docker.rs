@@ -48,16 +48,7 @@ fn an_instance_runs_as_a_container() {
             .spawn()
             .unwrap(),
     );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (_, nodes) = api.call(&op, "GET", "/v1/nodes", None);
-        if nodes["nodes"].as_array().is_some_and(|n| n.iter().any(|n| n["health"] == "healthy")) {
-            break;
-        }
-        let log = std::fs::read_to_string(root.join("agent.log")).unwrap_or_default();
-        assert!(Instant::now() < deadline, "the agent never registered: {log}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_healthy(&api, &op, &root);
     let (_, t) = api.call(&op, "POST", "/v1/tenants", Some(json!({"name": "acme"})));
     let key = t["api_key"].as_str().unwrap().to_string();
     let create = |command: &str| {
@@ -238,16 +229,7 @@ fn docker_cloud(root: &std::path::Path, image: &str, node: &str) -> (Vec<Proc>, 
             .spawn()
             .unwrap(),
     );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (_, nodes) = api.call(&op, "GET", "/v1/nodes", None);
-        if nodes["nodes"].as_array().is_some_and(|n| n.iter().any(|n| n["health"] == "healthy")) {
-            break;
-        }
-        let log = std::fs::read_to_string(root.join("agent.log")).unwrap_or_default();
-        assert!(Instant::now() < deadline, "the agent never registered: {log}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_healthy(&api, &op, root);
     (vec![agent, server], op, url, api)
 }
 
@@ -317,4 +299,18 @@ fn a_volume_keeps_a_file_from_one_instance_to_the_next() {
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(!mounts.contains(&root.display().to_string()), "a volume is still mounted: {mounts}");
     let _ = std::fs::remove_dir_all(&root);
+}
+
+/// Waits for the agent under `root` to register and beat (its log is shown if it never does).
+fn wait_healthy(api: &Api, op: &str, root: &std::path::Path) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, nodes) = api.call(op, "GET", "/v1/nodes", None);
+        if nodes["nodes"].as_array().is_some_and(|n| n.iter().any(|n| n["health"] == "healthy")) {
+            break;
+        }
+        let log = std::fs::read_to_string(root.join("agent.log")).unwrap_or_default();
+        assert!(Instant::now() < deadline, "the agent never registered: {log}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

@@ -1365,11 +1365,10 @@ async fn insert_instance_in(tx: &mut sqlx::Transaction<'_, sqlx::Any>, n: &NewIn
         if let Some((volume, _)) = &n.sale.volume {
             // Taken in the same transaction: either the instance exists holding its volume, or
             // neither changed (a live instance holds it; the caller's transaction rolls back).
-            let took = sqlx::query(
-                "UPDATE volumes SET instance_id = $1 WHERE id = $2 AND deleted_at IS NULL AND (instance_id IS NULL \
-                 OR NOT EXISTS (SELECT 1 FROM instances WHERE instances.id = volumes.instance_id \
-                 AND instances.state <> 'terminated'))",
-            )
+            let took = sqlx::query(&format!(
+                "UPDATE volumes SET instance_id = $1 WHERE id = $2 AND deleted_at IS NULL AND {}",
+                crate::volume::FREE
+            ))
             .bind(n.id.to_string())
             .bind(volume.to_string())
             .execute(&mut **tx)

@@ -95,7 +95,7 @@ fn volume_row(r: &AnyRow) -> Result<VolumeRow> {
 }
 
 /// Free: no instance, or one that is terminated (or was never created).
-const FREE: &str = "(instance_id IS NULL OR NOT EXISTS \
+pub(crate) const FREE: &str = "(instance_id IS NULL OR NOT EXISTS \
      (SELECT 1 FROM instances WHERE instances.id = volumes.instance_id AND instances.state <> 'terminated'))";
 
 #[async_trait]
