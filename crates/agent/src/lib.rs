@@ -11,6 +11,7 @@ pub mod metadata;
 pub mod nvml;
 pub mod reconcile;
 pub mod runtime;
+pub mod ssh;
 pub mod volumes;
 
 mod client;
@@ -36,6 +37,9 @@ pub struct Config {
     pub metadata_port: u16,
     /// Where the server's proxy reaches workloads' HTTP ports (0: any free port).
     pub ingress_port: u16,
+    /// Where renters' SSH clients reach their containers (0: any free port). Served only with
+    /// the container runtime.
+    pub ssh_port: u16,
     /// Where other nodes reach this one (a cluster's MASTER_ADDR); the node name when `None`.
     pub address: Option<String>,
     /// Where workloads' GPUCLOUD_PORT comes from; any free port when `None`.
@@ -74,6 +78,10 @@ pub fn run(config: Config, gpus: &mut dyn GpuBackend, shutdown: &std::sync::atom
     let mut runtime =
         ProcessRuntime::open_with(&config.state_dir, config.stop_grace, docker)?.with_ports(config.ports.clone());
     let ingress = ingress::Ingress::start(config.ingress_port)?;
+    let ssh = match runtime.docker_user() {
+        Some(user) => Some(ssh::SshServer::start(config.ssh_port, &config.state_dir, &user)?),
+        None => None,
+    };
     let request = RegisterAgentRequest {
         name: config.name.clone(),
         region: config.region.clone(),
@@ -82,6 +90,8 @@ pub fn run(config: Config, gpus: &mut dyn GpuBackend, shutdown: &std::sync::atom
         labels: config.labels.clone(),
         runtime: Some(if runtime.containers() { "docker" } else { "process" }.to_string()),
         ingress_port: Some(ingress.port()),
+        ssh_port: ssh.as_ref().map(|s| s.port()),
+        ssh_host_key: ssh.as_ref().map(|s| s.host_key().to_string()),
     };
     let reg = client.register(&request)?;
     if let Some(secret) = &reg.ingress_secret {
@@ -181,6 +191,19 @@ pub fn run(config: Config, gpus: &mut dyn GpuBackend, shutdown: &std::sync::atom
                         }
                         reconcile::Action::Stop(id) => runtime.stop(&id),
                     }
+                }
+                if let Some(ssh) = &ssh {
+                    let containers = runtime.running_containers();
+                    let targets = desired
+                        .instances
+                        .iter()
+                        .filter(|w| w.desired == "run" && !w.ssh_keys.is_empty())
+                        .filter_map(|w| {
+                            let container = containers.get(&w.id)?.clone();
+                            Some((w.id.clone(), ssh::Target { container, keys: w.ssh_keys.clone() }))
+                        })
+                        .collect();
+                    ssh.set_targets(targets);
                 }
                 let known = runtime.actual();
                 never_ran = desired

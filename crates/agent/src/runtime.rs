@@ -398,6 +398,20 @@ impl ProcessRuntime {
         self.docker.is_some()
     }
 
+    /// The user containers' workloads run as (`UID:GID`); `None` with the process runtime.
+    pub fn docker_user(&self) -> Option<String> {
+        self.docker.as_ref().map(|d| d.user().to_string())
+    }
+
+    /// The container of each workload running in one now, by instance.
+    pub fn running_containers(&self) -> std::collections::HashMap<String, String> {
+        self.workloads
+            .iter()
+            .filter(|(_, w)| w.exit.is_none() && w.stop_sent.is_none())
+            .filter_map(|(id, w)| Some((id.clone(), w.saved.container.clone()?)))
+            .collect()
+    }
+
     /// Where a workload's metadata requests may come from.
     pub fn metadata_peer(&self, id: &str) -> crate::metadata::Peer {
         use crate::metadata::Peer;

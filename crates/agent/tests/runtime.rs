@@ -19,6 +19,7 @@ fn workload(id: &str, command: &str) -> AgentWorkload {
         ports: Vec::new(),
         registry_auth: None,
         volume: None,
+        ssh_keys: Vec::new(),
     }
 }
 

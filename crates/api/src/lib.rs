@@ -163,6 +163,14 @@ pub struct Instance {
     /// in its GPUCLOUD_PORT).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
+    /// While running on a node that serves SSH: the command that opens a shell in it
+    /// (`ssh -p 2222 i-...@host`), with any key added by `gpucloud ssh-key add`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh: Option<String>,
+    /// With `ssh`: the node's host key as a known_hosts line (`[host]:port ssh-ed25519 AAAA...`),
+    /// so a client can check it instead of trusting the first answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh_host_key: Option<String>,
     /// The managed job it is an attempt of, and which attempt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job: Option<String>,
@@ -648,6 +656,12 @@ pub struct RegisterAgentRequest {
     /// The port its ingress listens on: where the server's proxy reaches workloads' HTTP ports.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ingress_port: Option<u16>,
+    /// Where renters' SSH clients reach this node's containers (container runtime only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh_port: Option<u16>,
+    /// The node's SSH host key (`ssh-ed25519 AAAA...`), for clients' known_hosts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh_host_key: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -754,6 +768,9 @@ pub struct AgentWorkload {
     /// A volume to mount: made on the node's disk at its size on first use, kept across runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub volume: Option<AgentVolume>,
+    /// The public keys (`ssh-ed25519 AAAA...`) that may open an SSH session in it: its tenant's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ssh_keys: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
@@ -1435,4 +1452,33 @@ pub struct AuditEntry {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct AuditLog {
     pub entries: Vec<AuditEntry>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AddSshKeyRequest {
+    /// One line of a `.pub` file: `ssh-ed25519 AAAA... you@laptop` (ed25519, ECDSA, or RSA of
+    /// 2048 bits or more).
+    pub public_key: String,
+    /// What to call it [default: the key's comment where it makes a name, else `key-` and the
+    /// start of its fingerprint].
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct SshKey {
+    pub name: String,
+    pub algorithm: String,
+    /// `SHA256:...`, as `ssh-keygen -lf` prints it.
+    pub fingerprint: String,
+    /// The key, without its comment.
+    pub public_key: String,
+    pub comment: String,
+    pub created_at: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct SshKeyList {
+    pub ssh_keys: Vec<SshKey>,
 }

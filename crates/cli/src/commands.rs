@@ -148,6 +148,17 @@ pub enum InstanceCmd {
         #[arg(long, short)]
         follow: bool,
     },
+    /// Open a shell in a running instance with OpenSSH's ssh (or run COMMAND there): a key
+    /// added with `gpucloud ssh-key add`, the node's host key checked.
+    Ssh {
+        id: String,
+        /// The private key to use (ssh -i) [default: what ssh picks: ~/.ssh/id_*, the agent].
+        #[arg(short = 'i', long)]
+        identity: Option<std::path::PathBuf>,
+        /// What to run instead of a shell (after --).
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
 }
 
 fn instance_rows(list: &[api::Instance]) -> String {
@@ -212,6 +223,9 @@ fn instance_detail(i: &api::Instance) -> String {
     }
     if let Some(e) = &i.endpoint {
         lines.push(format!("endpoint:  {e} (GPUCLOUD_PORT on its node)"));
+    }
+    if let Some(s) = &i.ssh {
+        lines.push(format!("ssh:       {s} (or: gpucloud instance ssh {})", i.id));
     }
     if let (Some(j), Some(a)) = (&i.job, i.attempt) {
         lines.push(format!("job:       {j} (attempt {a})"));
@@ -633,6 +647,7 @@ pub fn instance(ctx: &Ctx, cmd: InstanceCmd) -> Res {
                 }
             }
         }
+        InstanceCmd::Ssh { id, identity, command } => crate::ssh::instance_ssh(ctx, &id, identity, command)?,
         InstanceCmd::Stop { id } => action(ctx, &c, &id, "stop")?,
         InstanceCmd::Start { id } => action(ctx, &c, &id, "start")?,
         InstanceCmd::Terminate { id } => action(ctx, &c, &id, "terminate")?,

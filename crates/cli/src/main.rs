@@ -12,6 +12,7 @@ mod output;
 mod profile;
 mod servers;
 mod sim;
+mod ssh;
 mod volumes;
 
 use clap::{Parser, Subcommand};
@@ -54,6 +55,9 @@ enum Command {
     /// Volumes: storage that outlives instances (`instance create --volume NAME:/path`).
     #[command(subcommand)]
     Volume(volumes::VolumeCmd),
+    /// Your SSH public keys: they open shells in your running instances (`instance ssh`).
+    #[command(subcommand, name = "ssh-key")]
+    SshKey(ssh::SshKeyCmd),
     /// Secrets for your workloads (stored encrypted; given to a workload with --secret or --env KEY=secret:NAME).
     #[command(subcommand)]
     Secret(commands::SecretCmd),
@@ -178,6 +182,7 @@ fn main() -> ExitCode {
         Command::Key(c) => access::key(&ctx, c),
         Command::Secret(c) => commands::secret(&ctx, c),
         Command::Volume(c) => volumes::volume(&ctx, c),
+        Command::SshKey(c) => ssh::ssh_key(&ctx, c),
         Command::Template(c) => commands::template(&ctx, c),
         Command::RegistryAuth(c) => commands::registry_auth(&ctx, c),
         Command::Gateway {

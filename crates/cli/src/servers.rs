@@ -320,6 +320,7 @@ pub fn dev(args: DevArgs) -> Result<(), String> {
                 stop_grace: Duration::from_secs(5),
                 metadata_port: 0,
                 ingress_port: 0,
+                ssh_port: 0,
                 address: Some("127.0.0.1".into()),
                 ports: None,
                 docker_image: docker_image.clone(),
@@ -545,6 +546,11 @@ pub struct AgentArgs {
     /// server); open it to the server replicas only (0: any free port) [default: 7082].
     #[arg(long)]
     ingress_port: Option<u16>,
+    /// With --runtime docker: the port renters' SSH clients reach their containers on (keys of
+    /// the instance's tenant only; no sshd needed in the image) (0: any free port)
+    /// [default: 2222].
+    #[arg(long)]
+    ssh_port: Option<u16>,
     /// Where other nodes reach this host (a cluster member's MASTER_ADDR, an instance's endpoint)
     /// [default: the node name].
     #[arg(long)]
@@ -608,6 +614,7 @@ impl AgentArgs {
             stop_grace_s: self.stop_grace_s.or(file.stop_grace_s),
             metadata_port: self.metadata_port.or(file.metadata_port),
             ingress_port: self.ingress_port.or(file.ingress_port),
+            ssh_port: self.ssh_port.or(file.ssh_port),
             address: self.address.or(file.address),
             port_range: self.port_range.or(file.port_range),
             runtime: self.runtime.or(file.runtime),
@@ -718,6 +725,7 @@ pub fn agent(args: AgentArgs) -> Result<(), String> {
         stop_grace: Duration::from_secs(args.stop_grace_s.unwrap_or(10)),
         metadata_port: args.metadata_port.unwrap_or(7081),
         ingress_port: args.ingress_port.unwrap_or(7082),
+        ssh_port: args.ssh_port.unwrap_or(2222),
         address: args.address.clone(),
         ports,
         docker_image: docker,

@@ -21,7 +21,7 @@ pub use sql::SqlStore;
 pub use telemetry::{FleetBucket, GpuBucket, GpuSample, TelemetryStore};
 pub use types::*;
 pub use volume::{VolumeCharge, VolumeRow, VolumeStore};
-pub use workload::{RegistryAuthRow, TemplateRow, WorkloadStore};
+pub use workload::{RegistryAuthRow, SshKeyRow, TemplateRow, WorkloadStore};
 
 use async_trait::async_trait;
 use gpucloud_model::{InstanceId, NodeId, NodeState, Region, TenantId, Timestamp};

@@ -26,6 +26,7 @@ const SQLITE: &[(i64, &str)] = &[
     (19, include_str!("../migrations/sqlite/0019_agent_key_node.sql")),
     (20, include_str!("../migrations/sqlite/0020_workload_spec.sql")),
     (21, include_str!("../migrations/sqlite/0021_volumes.sql")),
+    (22, include_str!("../migrations/sqlite/0022_ssh_keys.sql")),
 ];
 const POSTGRES: &[(i64, &str)] = &[
     (1, include_str!("../migrations/postgres/0001_foundation.sql")),
@@ -49,6 +50,7 @@ const POSTGRES: &[(i64, &str)] = &[
     (19, include_str!("../migrations/postgres/0019_agent_key_node.sql")),
     (20, include_str!("../migrations/postgres/0020_workload_spec.sql")),
     (21, include_str!("../migrations/postgres/0021_volumes.sql")),
+    (22, include_str!("../migrations/postgres/0022_ssh_keys.sql")),
 ];
 
 pub(crate) async fn run(pool: &AnyPool, backend: Backend) -> Result<()> {

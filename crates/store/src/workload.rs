@@ -36,6 +36,43 @@ pub trait WorkloadStore: Send + Sync {
     /// A tenant's registry credentials by registry.
     async fn list_registry_auths(&self, tenant: &TenantId) -> Result<Vec<RegistryAuthRow>>;
     async fn delete_registry_auth(&self, tenant: &TenantId, registry: &str) -> Result<bool>;
+    /// Adds a tenant's SSH key; a name or a key the tenant has already is a `Conflict`.
+    async fn insert_ssh_key(&self, k: &SshKeyRow) -> Result<()>;
+    /// A tenant's SSH keys by name.
+    async fn list_ssh_keys(&self, tenant: &TenantId) -> Result<Vec<SshKeyRow>>;
+    /// False if there was none of that name.
+    async fn delete_ssh_key(&self, tenant: &TenantId, name: &str) -> Result<bool>;
+    /// Where a node's agent serves SSH, and its host key; `None` when it does not.
+    async fn set_node_ssh(&self, node: &NodeId, ssh: Option<(u16, &str)>) -> Result<()>;
+    async fn node_ssh(&self, node: &NodeId) -> Result<Option<(u16, String)>>;
+}
+
+/// One of a tenant's SSH public keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SshKeyRow {
+    pub tenant_id: TenantId,
+    pub name: String,
+    /// `ssh-ed25519 AAAA...`, without a comment.
+    pub public_key: String,
+    pub algorithm: String,
+    /// `SHA256:...`
+    pub fingerprint: String,
+    pub comment: String,
+    pub created_at: Timestamp,
+}
+
+const SSH_KEY_COLUMNS: &str = "tenant_id, name, public_key, algorithm, fingerprint, comment, created_at";
+
+fn ssh_key_row(r: &AnyRow) -> Result<SshKeyRow> {
+    Ok(SshKeyRow {
+        tenant_id: parse("ssh_keys", &r.try_get::<String, _>(0)?)?,
+        name: r.try_get(1)?,
+        public_key: r.try_get(2)?,
+        algorithm: r.try_get(3)?,
+        fingerprint: r.try_get(4)?,
+        comment: r.try_get(5)?,
+        created_at: Timestamp(r.try_get(6)?),
+    })
 }
 
 /// A tenant's credentials for one registry; the password sealed.
@@ -160,6 +197,64 @@ impl WorkloadStore for SqlStore {
         let secret: Option<String> = row.try_get(1)?;
         Ok(match (port, secret) {
             (Some(p), Some(s)) if (1..=65535).contains(&p) => Some((p as u16, s)),
+            _ => None,
+        })
+    }
+
+    async fn insert_ssh_key(&self, k: &SshKeyRow) -> Result<()> {
+        sqlx::query(&format!("INSERT INTO ssh_keys ({SSH_KEY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)"))
+            .bind(k.tenant_id.to_string())
+            .bind(&k.name)
+            .bind(&k.public_key)
+            .bind(&k.algorithm)
+            .bind(&k.fingerprint)
+            .bind(&k.comment)
+            .bind(k.created_at.0)
+            .execute(&self.pool)
+            .await
+            .map_err(|e| {
+                crate::sql::unique_violation(e, &format!("ssh key '{}' (or the same key under another name)", k.name))
+            })?;
+        Ok(())
+    }
+
+    async fn list_ssh_keys(&self, tenant: &TenantId) -> Result<Vec<SshKeyRow>> {
+        let rows = sqlx::query(&format!("SELECT {SSH_KEY_COLUMNS} FROM ssh_keys WHERE tenant_id = $1 ORDER BY name"))
+            .bind(tenant.to_string())
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(ssh_key_row).collect()
+    }
+
+    async fn delete_ssh_key(&self, tenant: &TenantId, name: &str) -> Result<bool> {
+        let r = sqlx::query("DELETE FROM ssh_keys WHERE tenant_id = $1 AND name = $2")
+            .bind(tenant.to_string())
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn set_node_ssh(&self, node: &NodeId, ssh: Option<(u16, &str)>) -> Result<()> {
+        sqlx::query("UPDATE nodes SET ssh_port = $1, ssh_host_key = $2 WHERE id = $3")
+            .bind(ssh.map(|(p, _)| i64::from(p)))
+            .bind(ssh.map(|(_, k)| k.to_string()))
+            .bind(node.to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn node_ssh(&self, node: &NodeId) -> Result<Option<(u16, String)>> {
+        let row = sqlx::query("SELECT ssh_port, ssh_host_key FROM nodes WHERE id = $1")
+            .bind(node.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        let port: Option<i64> = row.try_get(0)?;
+        let key: Option<String> = row.try_get(1)?;
+        Ok(match (port, key) {
+            (Some(p), Some(k)) if (1..=65535).contains(&p) => Some((p as u16, k)),
             _ => None,
         })
     }

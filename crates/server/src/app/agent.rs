@@ -73,6 +73,8 @@ pub struct DesiredInstance {
     pub registry_auth: Option<(String, String)>,
     /// Its volume: id, size in GiB, and where it is mounted.
     pub volume: Option<(gpucloud_model::VolumeId, u32, String)>,
+    /// The public keys that may open SSH sessions in it (its tenant's); none to stop.
+    pub ssh_keys: Vec<String>,
 }
 
 #[async_trait]
@@ -197,6 +199,7 @@ impl AgentApi for App {
         let mut desired = Vec::with_capacity(held.len());
         let mut secrets = std::collections::HashMap::new();
         let mut auths = std::collections::HashMap::new();
+        let mut ssh_keys = std::collections::HashMap::new();
         for i in held {
             let stop = i.state == InstanceState::Stopping;
             // Secrets go to the node only for a workload it is to run.
@@ -214,6 +217,7 @@ impl AgentApi for App {
                 (Some(image), false) => self.registry_auth_for(&i, image, &mut auths).await?,
                 _ => None,
             };
+            let keys = if stop { Vec::new() } else { self.ssh_keys_for(&i.tenant_id, &mut ssh_keys).await? };
             let volume = match &i.sale.volume {
                 Some((id, mount)) => self.store.get_volume(id).await?.map(|v| (v.id, v.size_gib, mount.path.clone())),
                 None => None,
@@ -239,6 +243,7 @@ impl AgentApi for App {
                 ports: i.sale.ports,
                 registry_auth,
                 volume,
+                ssh_keys: keys,
             });
         }
         Ok(desired)

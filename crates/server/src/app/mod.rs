@@ -20,6 +20,7 @@ mod ports;
 pub mod ratelimit;
 pub mod reservations;
 pub mod secrets;
+pub mod ssh;
 mod templates;
 pub mod volumes;
 pub use instances::{CreateInstance, resolve_share};

@@ -39,6 +39,7 @@ pub async fn register(
     app.check_agent_runtime(req.runtime.as_deref())?;
     let node = app.register_agent(&p, &req.name, req.region, gpus, req.address, req.labels).await?;
     let ingress_secret = app.set_ingress(&node.id, req.ingress_port).await?;
+    app.set_node_ssh(&node.id, req.ssh_port, req.ssh_host_key.as_deref()).await?;
     let interval = (app.config.heartbeat_grace / 5).as_millis() as u64;
     Ok((
         StatusCode::CREATED,
@@ -180,6 +181,7 @@ pub async fn heartbeat(
                 size_gib,
                 path,
             }),
+            ssh_keys: d.ssh_keys,
         })
         .collect();
     Ok(Json(AgentDesired { instances, purge_volumes }))

@@ -69,6 +69,8 @@ pub fn instance(i: store::Instance, base: &str) -> api::Instance {
         }),
         checkpoint: i.checkpoint.map(|c| c.path),
         endpoint: i.endpoint.filter(|_| i.state == gpucloud_model::InstanceState::Running),
+        ssh: None,
+        ssh_host_key: None,
         job: i.sale.job.as_ref().map(|(j, _)| j.to_string()),
         attempt: i.sale.job.map(|(_, a)| a),
     }

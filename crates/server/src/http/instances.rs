@@ -48,8 +48,10 @@ pub async fn create(
 #[utoipa::path(get, path = "/v1/instances", tag = "instances",
     responses((status = 200, body = InstanceList)), security(("bearer" = [])))]
 pub async fn list(State(app): State<Arc<App>>, Auth(p): Auth) -> Result<Json<InstanceList>, ApiError> {
-    let instances =
-        app.list_instances(&p).await?.into_iter().map(|i| convert::instance(i, &app.config.public_url)).collect();
+    let mut instances = Vec::new();
+    for i in app.list_instances(&p).await? {
+        instances.push(with_ssh(&app, i).await?);
+    }
     Ok(Json(InstanceList { instances }))
 }
 
@@ -61,7 +63,18 @@ pub async fn show(
     Auth(p): Auth,
     Path(id): Path<String>,
 ) -> Result<Json<Instance>, ApiError> {
-    Ok(Json(convert::instance(app.get_instance(&p, &id).await?, &app.config.public_url)))
+    Ok(Json(with_ssh(&app, app.get_instance(&p, &id).await?).await?))
+}
+
+/// The instance as its tenant sees it, with how to reach it over SSH while it runs.
+async fn with_ssh(app: &App, i: gpucloud_store::Instance) -> Result<Instance, ApiError> {
+    let ssh = app.ssh_access(&i).await?;
+    let mut out = convert::instance(i, &app.config.public_url);
+    if let Some((command, known)) = ssh {
+        out.ssh = Some(command);
+        out.ssh_host_key = Some(known);
+    }
+    Ok(out)
 }
 
 async fn act(app: &App, p: &crate::app::Principal, id: &str, action: UserAction) -> Result<Json<Instance>, ApiError> {

@@ -19,6 +19,7 @@ mod nodes;
 mod pools;
 mod proxy;
 mod secrets;
+mod ssh_keys;
 mod templates;
 mod tenants;
 mod ui;
@@ -54,6 +55,7 @@ pub const MAX_BODY: usize = 64 * 1024;
         (name = "pools", description = "Warm pools: instances kept started, handed out in milliseconds"),
         (name = "monitoring", description = "GPU telemetry history, the fleet over time, idle policy, alerts"),
         (name = "volumes", description = "Storage that outlives instances, billed per GiB-hour"),
+        (name = "ssh", description = "Renters' SSH keys: a shell in their instances with a stock OpenSSH client"),
         (name = "secrets", description = "Tenants' secrets, stored encrypted, given to workloads at start"),
         (name = "meta", description = "Catalog, capacity, identity, health"),
     )
@@ -140,6 +142,8 @@ pub fn api() -> (Router<Arc<App>>, utoipa::openapi::OpenApi) {
         .routes(routes!(secrets::put, secrets::delete))
         .routes(routes!(secrets::list_registry_auths))
         .routes(routes!(secrets::put_registry_auth, secrets::delete_registry_auth))
+        .routes(routes!(ssh_keys::add, ssh_keys::list))
+        .routes(routes!(ssh_keys::delete))
         .routes(routes!(proxy::login, proxy::logout))
         .routes(routes!(templates::create, templates::list))
         .routes(routes!(templates::show, templates::delete))
