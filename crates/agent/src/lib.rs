@@ -11,6 +11,7 @@ pub mod metadata;
 pub mod nvml;
 pub mod reconcile;
 pub mod runtime;
+pub mod sftp;
 pub mod ssh;
 pub mod volumes;
 
@@ -199,8 +200,8 @@ pub fn run(config: Config, gpus: &mut dyn GpuBackend, shutdown: &std::sync::atom
                         .iter()
                         .filter(|w| w.desired == "run" && !w.ssh_keys.is_empty())
                         .filter_map(|w| {
-                            let container = containers.get(&w.id)?.clone();
-                            Some((w.id.clone(), ssh::Target { container, keys: w.ssh_keys.clone() }))
+                            let (container, pid) = containers.get(&w.id)?.clone();
+                            Some((w.id.clone(), ssh::Target { container, pid, keys: w.ssh_keys.clone() }))
                         })
                         .collect();
                     ssh.set_targets(targets);

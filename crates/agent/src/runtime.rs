@@ -403,12 +403,12 @@ impl ProcessRuntime {
         self.docker.as_ref().map(|d| d.user().to_string())
     }
 
-    /// The container of each workload running in one now, by instance.
-    pub fn running_containers(&self) -> std::collections::HashMap<String, String> {
+    /// The container of each workload running in one now, and its init's pid, by instance.
+    pub fn running_containers(&self) -> std::collections::HashMap<String, (String, i32)> {
         self.workloads
             .iter()
             .filter(|(_, w)| w.exit.is_none() && w.stop_sent.is_none())
-            .filter_map(|(id, w)| Some((id.clone(), w.saved.container.clone()?)))
+            .filter_map(|(id, w)| Some((id.clone(), (w.saved.container.clone()?, w.saved.pid))))
             .collect()
     }
 

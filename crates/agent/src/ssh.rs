@@ -4,6 +4,8 @@
 //! workload's keys with every heartbeat, so a key added or removed counts from the next beat).
 //! A session runs as an exec in the workload's container, as the workload's own user: a login
 //! shell, or the command the client asked for, with a terminal when the client asked for one.
+//! Files move with SFTP (`scp`, `sftp`): a helper process in the container's mount namespace,
+//! as the workload's user (see `sftp`).
 //! It serves containers only: on a process-runtime node there is nothing to confine a shell to,
 //! so no SSH server runs there.
 
@@ -44,10 +46,13 @@ impl AuthorizedKey {
             return Err("one public key at a time: the text has more than one line".into());
         }
         if line.starts_with("-----BEGIN") {
-            return Err("that is a private key: give the public one (the .pub file), and keep this one to yourself".into());
+            return Err(
+                "that is a private key: give the public one (the .pub file), and keep this one to yourself".into()
+            );
         }
-        let mut key = PublicKey::from_openssh(line)
-            .map_err(|e| format!("not an OpenSSH public key ({e}): expected a line like 'ssh-ed25519 AAAA... you@host'"))?;
+        let mut key = PublicKey::from_openssh(line).map_err(|e| {
+            format!("not an OpenSSH public key ({e}): expected a line like 'ssh-ed25519 AAAA... you@host'")
+        })?;
         if let russh::keys::ssh_key::public::KeyData::Rsa(rsa) = key.key_data() {
             let bits = rsa.key_size();
             if bits < 2048 {
@@ -70,6 +75,8 @@ impl AuthorizedKey {
 #[derive(Debug, Clone)]
 pub struct Target {
     pub container: String,
+    /// The container's init on the host: file transfers enter its mount namespace.
+    pub pid: i32,
     /// Its tenant's keys, as given by the server.
     pub keys: Vec<String>,
 }
@@ -90,7 +97,8 @@ impl SshServer {
         let key = host_key(&state_dir.join("ssh_host_ed25519_key"))?;
         let host_key = key.public_key().to_openssh().map_err(|e| e.to_string())?;
         let docker = Docker::connect_with_defaults().map_err(|e| format!("docker: {e}"))?;
-        let std_listener = std::net::TcpListener::bind(("0.0.0.0", port)).map_err(|e| format!("ssh port {port}: {e}"))?;
+        let std_listener =
+            std::net::TcpListener::bind(("0.0.0.0", port)).map_err(|e| format!("ssh port {port}: {e}"))?;
         std_listener.set_nonblocking(true).map_err(|e| e.to_string())?;
         let port = std_listener.local_addr().map_err(|e| e.to_string())?.port();
         let targets: Targets = Default::default();
@@ -194,6 +202,8 @@ struct SessionChannel {
     /// The terminal asked for: TERM, columns, rows.
     pty: Option<(String, u32, u32)>,
     env: Vec<String>,
+    /// Kept until the channel is put to use: a file transfer reads and writes it as a stream.
+    channel: Option<Channel<Msg>>,
     exec: Option<String>,
     stdin: Option<Pin<Box<dyn AsyncWrite + Send>>>,
 }
@@ -203,19 +213,22 @@ impl Connection {
     fn allowed(&self, user: &str, key: &PublicKey) -> Option<String> {
         let targets = self.server.targets.lock().unwrap_or_else(|e| e.into_inner());
         let target = targets.get(user)?;
-        let ok = target
-            .keys
-            .iter()
-            .filter_map(|k| PublicKey::from_openssh(k).ok())
-            .any(|k| k.key_data() == key.key_data());
+        let ok =
+            target.keys.iter().filter_map(|k| PublicKey::from_openssh(k).ok()).any(|k| k.key_data() == key.key_data());
         ok.then(|| target.container.clone())
     }
 
     /// Starts `cmd` (a login shell when `None`) in the instance's container on `channel`, and
     /// relays its output and exit status.
-    async fn start(&mut self, channel: ChannelId, cmd: Option<String>, session: &mut Session) -> Result<(), russh::Error> {
+    async fn start(
+        &mut self,
+        channel: ChannelId,
+        cmd: Option<String>,
+        session: &mut Session,
+    ) -> Result<(), russh::Error> {
         let Some(instance) = self.login.clone() else { return session.channel_failure(channel) };
-        let container = self.server.targets.lock().unwrap_or_else(|e| e.into_inner()).get(&instance).map(|t| t.container.clone());
+        let container =
+            self.server.targets.lock().unwrap_or_else(|e| e.into_inner()).get(&instance).map(|t| t.container.clone());
         let Some(chan) = self.channels.get_mut(&channel) else { return session.channel_failure(channel) };
         let Some(container) = container else {
             session.channel_failure(channel)?;
@@ -225,6 +238,8 @@ impl Connection {
         if chan.exec.is_some() {
             return session.channel_failure(channel);
         }
+        // Its input comes through `data`; a stream nobody reads would hold the session up.
+        chan.channel = None;
         let tty = chan.pty.is_some();
         let mut env = chan.env.clone();
         if let Some((term, _, _)) = &chan.pty {
@@ -293,10 +308,18 @@ impl Connection {
                     break;
                 }
             }
-            let code = match docker.inspect_exec(&exec_id).await {
-                Ok(i) => i.exit_code.unwrap_or(255),
-                Err(_) => 255,
-            };
+            // The output can end a moment before the engine records the exit.
+            let mut code = 255;
+            for _ in 0..40 {
+                match docker.inspect_exec(&exec_id).await {
+                    Ok(i) if i.running != Some(true) => {
+                        code = i.exit_code.unwrap_or(255);
+                        break;
+                    }
+                    Ok(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+                    Err(_) => break,
+                }
+            }
             let _ = handle.exit_status_request(channel, u32::try_from(code).unwrap_or(255)).await;
             let _ = handle.eof(channel).await;
             let _ = handle.close(channel).await;
@@ -334,7 +357,7 @@ impl russh::server::Handler for Connection {
         reply: ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        self.channels.insert(channel.id(), SessionChannel::default());
+        self.channels.insert(channel.id(), SessionChannel { channel: Some(channel), ..Default::default() });
         reply.accept().await;
         Ok(())
     }
@@ -383,7 +406,12 @@ impl russh::server::Handler for Connection {
         self.start(channel, None, session).await
     }
 
-    async fn exec_request(&mut self, channel: ChannelId, data: &[u8], session: &mut Session) -> Result<(), Self::Error> {
+    async fn exec_request(
+        &mut self,
+        channel: ChannelId,
+        data: &[u8],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
         let Ok(cmd) = std::str::from_utf8(data) else { return session.channel_failure(channel) };
         if cmd.contains('\0') {
             return session.channel_failure(channel);
@@ -391,9 +419,60 @@ impl russh::server::Handler for Connection {
         self.start(channel, Some(cmd.to_string()), session).await
     }
 
-    async fn subsystem_request(&mut self, channel: ChannelId, name: &str, session: &mut Session) -> Result<(), Self::Error> {
-        tracing::info!(subsystem = name, "ssh: subsystem refused (not served)");
-        session.channel_failure(channel)
+    async fn subsystem_request(
+        &mut self,
+        channel: ChannelId,
+        name: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if name != "sftp" {
+            tracing::info!(subsystem = name, "ssh: subsystem refused (only sftp is served)");
+            return session.channel_failure(channel);
+        }
+        let Some(instance) = self.login.clone() else { return session.channel_failure(channel) };
+        let pid = self.server.targets.lock().unwrap_or_else(|e| e.into_inner()).get(&instance).map(|t| t.pid);
+        let stream = self.channels.get_mut(&channel).filter(|c| c.exec.is_none()).and_then(|c| c.channel.take());
+        let (Some(pid), Some(stream)) = (pid.filter(|p| *p > 0), stream) else {
+            return session.channel_failure(channel);
+        };
+        let helper = std::env::current_exe().map_err(russh::Error::IO)?;
+        let child = tokio::process::Command::new(helper)
+            .args(["agent-sftp", "--pid", &pid.to_string(), "--user", &self.server.user])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn();
+        let mut child = match child {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(%instance, error = %e, "ssh: cannot start the file transfer helper");
+                return session.channel_failure(channel);
+            }
+        };
+        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            return session.channel_failure(channel);
+        };
+        session.channel_success(channel)?;
+        tracing::info!(%instance, peer = ?self.peer, "sftp session started");
+        let handle = session.handle();
+        tokio::spawn(async move {
+            let (mut from_client, mut to_client) = tokio::io::split(stream.into_stream());
+            let (mut stdin, mut stdout) = (stdin, stdout);
+            // The helper sees the end of the client's input only when its stdin is closed
+            // (dropped): shutting a pipe down does not close it.
+            let up = tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut from_client, &mut stdin).await;
+                drop(stdin);
+            });
+            let _ = tokio::io::copy(&mut stdout, &mut to_client).await;
+            up.abort();
+            let code = child.wait().await.ok().and_then(|s| s.code()).unwrap_or(255);
+            let _ = handle.exit_status_request(channel, u32::try_from(code).unwrap_or(255)).await;
+            let _ = handle.eof(channel).await;
+            let _ = handle.close(channel).await;
+        });
+        Ok(())
     }
 
     async fn window_change_request(
@@ -412,17 +491,23 @@ impl russh::server::Handler for Connection {
     }
 
     async fn data(&mut self, channel: ChannelId, data: &[u8], _session: &mut Session) -> Result<(), Self::Error> {
-        if let Some(stdin) = self.channels.get_mut(&channel).and_then(|c| c.stdin.as_mut()) {
-            if stdin.write_all(data).await.is_err() {
-                self.channels.get_mut(&channel).map(|c| c.stdin.take());
-            }
+        if let Some(c) = self.channels.get_mut(&channel)
+            && let Some(stdin) = c.stdin.as_mut()
+            && stdin.write_all(data).await.is_err()
+        {
+            c.stdin = None;
         }
         Ok(())
     }
 
     async fn channel_eof(&mut self, channel: ChannelId, _session: &mut Session) -> Result<(), Self::Error> {
-        // The client has no more input: the program sees the end of its stdin.
-        if let Some(mut stdin) = self.channels.get_mut(&channel).and_then(|c| c.stdin.take()) {
+        // The client has no more input: the program sees the end of its stdin. A terminal has
+        // no end of input of its own (the engine would drop the whole session): the shell ends
+        // when it is told to, as with OpenSSH's sshd.
+        let Some(c) = self.channels.get_mut(&channel) else { return Ok(()) };
+        if c.pty.is_none()
+            && let Some(mut stdin) = c.stdin.take()
+        {
             let _ = stdin.shutdown().await;
         }
         Ok(())

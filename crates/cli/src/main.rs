@@ -55,6 +55,15 @@ enum Command {
     /// Volumes: storage that outlives instances (`instance create --volume NAME:/path`).
     #[command(subcommand)]
     Volume(volumes::VolumeCmd),
+    /// The agent's SFTP helper: serves one file transfer session on stdin/stdout inside a
+    /// workload's container (started by the agent's SSH server, not by hand).
+    #[command(name = "agent-sftp", hide = true)]
+    AgentSftp {
+        #[arg(long)]
+        pid: i32,
+        #[arg(long)]
+        user: String,
+    },
     /// Your SSH public keys: they open shells in your running instances (`instance ssh`).
     #[command(subcommand, name = "ssh-key")]
     SshKey(ssh::SshKeyCmd),
@@ -183,6 +192,11 @@ fn main() -> ExitCode {
         Command::Secret(c) => commands::secret(&ctx, c),
         Command::Volume(c) => volumes::volume(&ctx, c),
         Command::SshKey(c) => ssh::ssh_key(&ctx, c),
+        // Before any thread starts: entering a mount namespace needs a single-threaded process.
+        Command::AgentSftp { pid, user } => gpucloud_agent::sftp::enter(pid, &user).and_then(|()| {
+            gpucloud_agent::sftp::serve(&mut std::io::stdin().lock(), &mut std::io::stdout().lock())
+                .map_err(|e| format!("sftp: {e}"))
+        }),
         Command::Template(c) => commands::template(&ctx, c),
         Command::RegistryAuth(c) => commands::registry_auth(&ctx, c),
         Command::Gateway {

@@ -113,9 +113,12 @@ pub fn instance_ssh(ctx: &Ctx, id: &str, identity: Option<PathBuf>, command: Vec
     let known_hosts = crate::profile::config_dir().join("known_hosts");
     remember_host_key(&known_hosts, known)?;
     let mut ssh = std::process::Command::new("ssh");
-    ssh.arg("-o")
-        .arg(format!("UserKnownHostsFile={}", known_hosts.display()))
-        .args(["-o", "StrictHostKeyChecking=yes", "-p", &port]);
+    ssh.arg("-o").arg(format!("UserKnownHostsFile={}", known_hosts.display())).args([
+        "-o",
+        "StrictHostKeyChecking=yes",
+        "-p",
+        &port,
+    ]);
     if let Some(key) = identity {
         ssh.arg("-i").arg(key).args(["-o", "IdentitiesOnly=yes"]);
     }

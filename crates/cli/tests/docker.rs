@@ -220,7 +220,7 @@ fn docker_cloud(root: &std::path::Path, image: &str, node: &str) -> (Vec<Proc>, 
             .args(["agent", "--server", &url, "--name", node, "--region", "eu-1"])
             .env("GPUCLOUD_AGENT_TOKEN", &token)
             .args(["--fake-gpus", "A100-40GB:2", "--interval-ms", "100", "--stop-grace-s", "2"])
-            .args(["--metadata-port", "0", "--ingress-port", "0", "--address", "127.0.0.1"])
+            .args(["--metadata-port", "0", "--ingress-port", "0", "--ssh-port", "0", "--address", "127.0.0.1"])
             .args(["--runtime", "docker", "--image", image])
             .arg("--state-dir")
             .arg(root.join("agent"))
@@ -298,6 +298,197 @@ fn a_volume_keeps_a_file_from_one_instance_to_the_next() {
     drop(procs);
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(!mounts.contains(&root.display().to_string()), "a volume is still mounted: {mounts}");
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+/// A new ed25519 key pair at `path` (and `path.pub`), made by OpenSSH's ssh-keygen.
+fn keygen(path: &std::path::Path) {
+    let ok = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "renter@laptop", "-f"])
+        .arg(path)
+        .status()
+        .expect("ssh-keygen (OpenSSH's client tools) is needed for the SSH test");
+    assert!(ok.success());
+}
+
+#[test]
+fn ssh_opens_a_shell_in_the_container_for_the_tenants_keys_only() {
+    let Some(image) = common::docker_image("the SSH test") else { return };
+    let root = std::env::temp_dir().join(format!("gpucloud-docker-ssh-{:016x}", rand::random::<u64>()));
+    let (procs, op, url, api) = docker_cloud(&root, &image, "box-4");
+    let tenant = |name: &str| {
+        let (_, t) = api.call(&op, "POST", "/v1/tenants", Some(json!({"name": name})));
+        t["api_key"].as_str().unwrap().to_string()
+    };
+    let (key, other) = (tenant("acme"), tenant("rival"));
+    let config = root.join("cli");
+    let gpucloud_as = |key: &str, args: &[&str]| {
+        let env = [("GPUCLOUD_URL", url.as_str()), ("GPUCLOUD_API_KEY", key)];
+        let (ok, out, err) = common::cli(&config, &env, args);
+        assert!(ok, "gpucloud {args:?}: {err}");
+        out
+    };
+    let (mine, theirs) = (root.join("id_mine"), root.join("id_theirs"));
+    keygen(&mine);
+    keygen(&theirs);
+    let added = gpucloud_as(&key, &["ssh-key", "add", &format!("{}.pub", mine.display()), "--name", "laptop"]);
+    assert!(added.contains("SHA256:"), "{added}");
+    gpucloud_as(&other, &["ssh-key", "add", &format!("{}.pub", theirs.display())]);
+    gpucloud_as(&key, &["volume", "create", "data", "--size", "1GiB", "--region", "eu-1"]);
+    let create = || {
+        let args = ["--json", "instance", "create", "--gpu", "A100-40GB", "--command", "sleep 600"];
+        let out = gpucloud_as(&key, &[&args[..], &["--volume", "data:/workspace"]].concat());
+        let id = serde_json::from_str::<serde_json::Value>(&out).unwrap()["id"].as_str().unwrap().to_string();
+        let running = api.wait(&key, &id, "running", |v| v["state"] == "running" && v["ssh"].is_string());
+        (id, running)
+    };
+    let (id, running) = create();
+    // `ssh -p PORT ID@127.0.0.1`, and the node's host key for known_hosts.
+    let line = running["ssh"].as_str().unwrap().to_string();
+    let port = line.split_whitespace().nth(2).unwrap().to_string();
+    assert_eq!(line, format!("ssh -p {port} {id}@127.0.0.1"), "{running}");
+    let known = root.join("known_hosts");
+    std::fs::write(&known, format!("{}\n", running["ssh_host_key"].as_str().unwrap())).unwrap();
+    let ssh = |id: &str, identity: &std::path::Path, command: &str, stdin: &str| {
+        let mut child = Command::new("ssh")
+            .args(["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes", "-o", "IdentitiesOnly=yes"])
+            .arg("-o")
+            .arg(format!("UserKnownHostsFile={}", known.display()))
+            .arg("-i")
+            .arg(identity)
+            .args(["-p", &port, &format!("{id}@127.0.0.1"), command])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+        let o = child.wait_with_output().unwrap();
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout).to_string(),
+            String::from_utf8_lossy(&o.stderr).to_string(),
+        )
+    };
+    // The key reaches the node with its next heartbeats.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (code, out, err) = loop {
+        let r = ssh(&id, &mine, "id -u; hostname; echo \"$GPUCLOUD_INSTANCE_ID\"", "");
+        if r.0 == Some(0) || Instant::now() > deadline {
+            break r;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(code, Some(0), "{out} {err}");
+    // In the container, as the workload's user, with its environment.
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.first(), Some(&"1000"), "{out}");
+    assert_eq!(lines.get(2), Some(&id.as_str()), "{out}");
+    // Standard input reaches the command and ends; the exit status comes back.
+    let (code, out, _) = ssh(&id, &mine, "cat > /tmp/note && wc -c < /tmp/note && exit 7", "hello from stdin\n");
+    assert_eq!((code, out.trim()), (Some(7), "17"));
+    // Another tenant's key, and a key of no one, are refused.
+    let (code, _, err) = ssh(&id, &theirs, "true", "");
+    assert_eq!(code, Some(255), "{err}");
+    assert!(err.contains("Permission denied"), "{err}");
+    let stranger = root.join("id_stranger");
+    keygen(&stranger);
+    assert_eq!(ssh(&id, &stranger, "true", "").0, Some(255));
+    // `gpucloud instance ssh` runs OpenSSH with the node's host key from the server.
+    let env = [("GPUCLOUD_URL", url.as_str()), ("GPUCLOUD_API_KEY", key.as_str())];
+    let o = Command::new(common::BIN)
+        .args(["instance", "ssh", &id, "-i"])
+        .arg(&mine)
+        .args(["--", "cat", "/tmp/note"])
+        .env("GPUCLOUD_CONFIG_DIR", &config)
+        .envs(env)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "hello from stdin\n");
+    // A terminal when one is asked for.
+    let o = Command::new("ssh")
+        .args(["-tt", "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-o", "StrictHostKeyChecking=yes"])
+        .arg("-o")
+        .arg(format!("UserKnownHostsFile={}", known.display()))
+        .arg("-i")
+        .arg(&mine)
+        .args(["-p", &port, &format!("{id}@127.0.0.1"), "tty"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&o.stdout).contains("/dev/pts/"), "{o:?}");
+    // scp (SFTP: the image has no SFTP server) into the volume, and back out.
+    let payload = root.join("payload.txt");
+    std::fs::write(&payload, "copied in with scp\n").unwrap();
+    let scp = |from: &str, to: &str| {
+        let o = Command::new("scp")
+            .args(["-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-o", "StrictHostKeyChecking=yes"])
+            .arg("-o")
+            .arg(format!("UserKnownHostsFile={}", known.display()))
+            .arg("-i")
+            .arg(&mine)
+            .args(["-P", &port, from, to])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "scp {from} {to}: {}", String::from_utf8_lossy(&o.stderr));
+    };
+    scp(&payload.display().to_string(), &format!("{id}@127.0.0.1:/workspace/"));
+    let back = root.join("back.txt");
+    scp(&format!("{id}@127.0.0.1:/workspace/payload.txt"), &back.display().to_string());
+    assert_eq!(std::fs::read_to_string(&back).unwrap(), "copied in with scp\n");
+    let (code, out, _) = ssh(&id, &mine, "ls -ln /workspace/payload.txt", "");
+    assert_eq!(code, Some(0));
+    assert!(out.contains(" 1000 "), "written as the workload's user: {out}");
+    // Outside what the workload's user may write, SFTP may not write either.
+    let o = Command::new("scp")
+        .args(["-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-o", "StrictHostKeyChecking=yes"])
+        .arg("-o")
+        .arg(format!("UserKnownHostsFile={}", known.display()))
+        .arg("-i")
+        .arg(&mine)
+        .args(["-P", &port])
+        .arg(&payload)
+        .arg(format!("{id}@127.0.0.1:/bin/"))
+        .output()
+        .unwrap();
+    assert!(!o.status.success(), "scp wrote into /bin as the workload's user");
+    // Terminated, the next instance with the volume finds the file.
+    gpucloud_as(&key, &["instance", "terminate", &id]);
+    api.wait(&key, &id, "terminated", |v| v["state"] == "terminated");
+    let (id, _) = create();
+    let line = api.wait(&key, &id, "ssh", |v| v["ssh"].is_string())["ssh"].as_str().unwrap().to_string();
+    assert!(line.ends_with(&format!("{id}@127.0.0.1")), "{line}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let o = loop {
+        let o = Command::new(common::BIN)
+            .args(["instance", "ssh", &id, "-i"])
+            .arg(&mine)
+            .args(["--", "cat", "/workspace/payload.txt"])
+            .env("GPUCLOUD_CONFIG_DIR", &config)
+            .envs(env)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        if o.status.success() || Instant::now() > deadline {
+            break o;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "copied in with scp\n", "{o:?}");
+    // A removed key is refused from the next heartbeats on.
+    gpucloud_as(&key, &["ssh-key", "remove", "laptop"]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while ssh(&id, &mine, "true", "").0 != Some(255) {
+        assert!(Instant::now() < deadline, "a removed key still opens sessions");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    gpucloud_as(&key, &["instance", "terminate", &id]);
+    api.wait(&key, &id, "terminated", |v| v["state"] == "terminated");
+    drop(procs);
     let _ = std::fs::remove_dir_all(&root);
 }
 

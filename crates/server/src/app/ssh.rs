@@ -58,7 +58,10 @@ impl App {
         };
         let existing = self.store.list_ssh_keys(&by.tenant.id).await?;
         if let Some(same) = existing.iter().find(|k| k.fingerprint == key.fingerprint) {
-            return Err(AppError::Conflict(format!("this key ({}) is already added as '{}'", key.fingerprint, same.name)));
+            return Err(AppError::Conflict(format!(
+                "this key ({}) is already added as '{}'",
+                key.fingerprint, same.name
+            )));
         }
         if existing.iter().any(|k| k.name == name) {
             return Err(AppError::Conflict(format!("an ssh key named '{name}' already exists: give another --name")));
@@ -130,10 +133,7 @@ impl App {
 
     /// How a running instance is reached over SSH: the command line and the node's
     /// known_hosts line; `None` when it is not running or its node serves no SSH.
-    pub async fn ssh_access(
-        &self,
-        inst: &gpucloud_store::Instance,
-    ) -> Result<Option<(String, String)>, AppError> {
+    pub async fn ssh_access(&self, inst: &gpucloud_store::Instance) -> Result<Option<(String, String)>, AppError> {
         if inst.state != InstanceState::Running {
             return Ok(None);
         }
