@@ -196,6 +196,15 @@ async function instancePage(gen, id) {
         i.preemption ? h("p", { class: "error" }, `Preemption notice: ${i.preemption.reason}`) : null,
         i.checkpoint ? h("p", {}, "Last checkpoint: ", h("code", {}, i.checkpoint)) : null,
         i.endpoint ? h("p", {}, "Serves at ", h("code", {}, i.endpoint), " (its GPUCLOUD_PORT)") : null,
+        i.ssh ? h("p", { id: "inst-ssh" }, "SSH: ", h("code", {}, i.ssh), " ",
+          h("button", { class: "secondary", id: "copy-ssh", onclick: (e) => {
+            // Clipboard access needs a secure context; elsewhere the command is selected to copy.
+            const done = () => { e.target.textContent = "Copied"; };
+            if (navigator.clipboard && window.isSecureContext) navigator.clipboard.writeText(i.ssh).then(done, () => {});
+            else { const r = document.createRange(); r.selectNodeContents(e.target.previousSibling.previousSibling);
+              getSelection().removeAllRanges(); getSelection().addRange(r); }
+          } }, "Copy SSH command"),
+          h("span", { class: "muted" }, " (add your key first: gpucloud ssh-key add ~/.ssh/id_ed25519.pub)")) : null,
         i.image ? h("p", {}, "Image: ", h("code", {}, i.image)) : null,
         i.volume ? h("p", { id: "inst-volume" }, "Volume: ", h("code", {}, i.volume)) : null,
         i.progress ? h("p", {}, "Preparing: ", i.progress, h("span", { class: "muted" }, " (not billed)")) : null,

@@ -105,6 +105,23 @@ def test_volumes_are_created_held_and_deleted(client, dev):
     assert all(v["name"] != "scratch" for v in client.volumes.list())
 
 
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDBh7NsIURREmBoWHY68roPmpE3RQAwaKIruIXDI6kgb renter@laptop"
+
+
+def test_ssh_keys_are_added_listed_and_removed(client, dev):
+    k = client.ssh_keys.add(KEY)
+    assert (k["name"], k["fingerprint"]) == ("renter@laptop", "SHA256:SaKGsp2lkMJpZyTnnUn3WAjfy9aB83Vsx2/oIER705Q")
+    with pytest.raises(ApiError) as e:
+        client.ssh_keys.add(KEY, name="again")
+    assert e.value.status == 409
+    with pytest.raises(ApiError) as e:
+        client.ssh_keys.add("ssh-ed25519 notakey")
+    assert (e.value.status, e.value.field) == (422, "public_key")
+    assert [k["name"] for k in client.ssh_keys.list()] == ["renter@laptop"]
+    client.ssh_keys.remove(k["fingerprint"])
+    assert client.ssh_keys.list() == []
+
+
 TRAINER = r'''
 import os, sys, time
 import gpucloud

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Dict, List, Optional
+from urllib.parse import quote
 
 import httpx
 
@@ -49,6 +50,8 @@ class Instance:
     ports: List[Dict[str, Any]] = field(default_factory=list)
     progress: Optional[str] = None
     volume: Optional[str] = None
+    ssh: Optional[str] = None
+    ssh_host_key: Optional[str] = None
     raw: Dict[str, Any] = field(default_factory=dict, repr=False)
 
     def url(self, port: int) -> Optional[str]:
@@ -78,6 +81,8 @@ class Instance:
             attempt=v.get("attempt"),
             endpoint=v.get("endpoint"),
             image=v.get("image"),
+            ssh=v.get("ssh"),
+            ssh_host_key=v.get("ssh_host_key"),
             env=dict(v.get("env") or {}),
             ports=list(v.get("ports") or []),
             progress=v.get("progress"),
@@ -430,6 +435,24 @@ class Volumes(_Resource):
         self._c._check(self._c._http.delete(f"/v1/volumes/{name}"))
 
 
+class SshKeys(_Resource):
+    """Your SSH public keys: they open shells in your running instances (``Instance.ssh``)."""
+
+    def add(self, public_key: str, name: Optional[str] = None) -> Dict[str, Any]:
+        """``public_key``: one line of a ``.pub`` file."""
+        body: Dict[str, Any] = {"public_key": public_key}
+        if name is not None:
+            body["name"] = name
+        return dict(self._c._post("/v1/ssh-keys", body))
+
+    def list(self) -> List[Dict[str, Any]]:
+        return list(self._c._get("/v1/ssh-keys")["ssh_keys"])
+
+    def remove(self, name: str) -> None:
+        """By name or ``SHA256:`` fingerprint."""
+        self._c._check(self._c._http.delete(f"/v1/ssh-keys/{quote(name, safe='')}"))
+
+
 class Billing(_Resource):
     def balance(self) -> Decimal:
         return Decimal(self._c._get("/v1/billing/balance")["balance"])
@@ -457,6 +480,7 @@ class Client:
         self.billing = Billing(self)
         self.secrets = Secrets(self)
         self.volumes = Volumes(self)
+        self.ssh_keys = SshKeys(self)
 
     def close(self) -> None:
         self._http.close()
