@@ -671,3 +671,51 @@ fn a_volume_outlives_its_instances_pins_them_to_its_node_and_is_billed_per_gib_s
     let lived_ms = v.deleted_at.unwrap().millis_since(v.created_at);
     assert_eq!(seconds, (lived_ms + 999) / 1000, "every started second, none after the deletion");
 }
+
+const SSH_KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDBh7NsIURREmBoWHY68roPmpE3RQAwaKIruIXDI6kgb renter@laptop";
+
+#[test]
+fn ssh_keys_are_the_tenants_own_and_reach_only_the_nodes_of_its_instances() {
+    let s = with_key();
+    let (a, b) = (s.tenant("alice"), s.tenant("bob"));
+    let r = s.post(&a, "/v1/ssh-keys", Some(&json!({"public_key": SSH_KEY})));
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    assert_eq!(r.body["name"], "renter@laptop");
+    assert_eq!(r.body["fingerprint"], "SHA256:SaKGsp2lkMJpZyTnnUn3WAjfy9aB83Vsx2/oIER705Q");
+    assert!(!r.body["public_key"].as_str().unwrap().contains("renter"), "{:?}", r.body);
+    // The same key again, a name taken, and what is not a public key.
+    for (body, status, field) in [
+        (json!({"public_key": SSH_KEY, "name": "again"}), 409, None),
+        (json!({"public_key": "ssh-ed25519 AAAAnope"}), 422, Some("public_key")),
+        (json!({"public_key": "-----BEGIN OPENSSH PRIVATE KEY-----"}), 422, Some("public_key")),
+        (json!({"public_key": SSH_KEY, "name": "bad name"}), 422, Some("name")),
+    ] {
+        let r = s.post(&a, "/v1/ssh-keys", Some(&body));
+        assert_eq!((r.status, r.body["field"].as_str()), (status, field), "{body}: {:?}", r.body);
+    }
+    // Bob sees none of Alice's keys and cannot remove them; a read-only key cannot add one.
+    assert_eq!(s.get(&b, "/v1/ssh-keys").body["ssh_keys"], json!([]));
+    assert_eq!(s.raw("DELETE", "/v1/ssh-keys/renter@laptop", Some(&b), &[], None).status, 404);
+    let ro = s.post(&a, "/v1/keys", Some(&json!({"name": "viewer", "scope": "read-only"})));
+    let ro = ro.body["api_key"].as_str().unwrap().to_string();
+    assert_eq!(s.post(&ro, "/v1/ssh-keys", Some(&json!({"public_key": SSH_KEY, "name": "x"}))).status, 403);
+    assert_eq!(s.get(&ro, "/v1/ssh-keys").body["ssh_keys"].as_array().unwrap().len(), 1);
+    assert_eq!(s.raw("GET", "/v1/ssh-keys", None, &[], None).status, 401);
+    // The node running Alice's instance is given her keys with it; Bob's instance has none.
+    let (node, epoch) = l4_node(&s);
+    let mine = s.post(&a, "/v1/instances", Some(&json!({"gpu": "L4", "count": 1, "command": "sleep 100"})));
+    let id = mine.body["id"].as_str().unwrap().to_string();
+    let w = desired(&s, &node, &epoch, &id);
+    assert_eq!(w["ssh_keys"], json!([SSH_KEY.trim_end_matches(" renter@laptop")]), "{w}");
+    assert_eq!(s.post(&a, &format!("/v1/instances/{id}/terminate"), None).status, 200);
+    beat(&s, &node, &epoch, json!([{"id": id, "state": "stopped"}]));
+    s.wait_state(&a, &id, "terminated");
+    let theirs = s.post(&b, "/v1/instances", Some(&json!({"gpu": "L4", "count": 1, "command": "sleep 100"})));
+    let other = theirs.body["id"].as_str().unwrap().to_string();
+    let w = desired(&s, &node, &epoch, &other);
+    assert!(w.get("ssh_keys").is_none(), "{w}");
+    // Removed (by fingerprint), it is not given any more.
+    let path = "/v1/ssh-keys/SHA256:SaKGsp2lkMJpZyTnnUn3WAjfy9aB83Vsx2%2FoIER705Q";
+    assert_eq!(s.raw("DELETE", path, Some(&a), &[], None).status, 204);
+    assert_eq!(s.get(&a, "/v1/ssh-keys").body["ssh_keys"], json!([]));
+}
