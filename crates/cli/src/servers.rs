@@ -41,19 +41,19 @@ pub struct DevArgs {
 /// Whether dev's agents run containers: (the image, what to say about it).
 fn dev_runtime(runtime: &str, image: &str) -> Result<(Option<String>, String), String> {
     if runtime == "process" {
-        return Ok((None, "processes (--runtime process): no --image or --volume".into()));
+        return Ok((None, "processes (--runtime process): no --image, --volume or SSH".into()));
     }
     let confinement = gpucloud_agent::docker::Confinement::share_of(1, 1024, 1);
     match gpucloud_agent::docker::DockerLauncher::connect(image, false, confinement) {
         Ok(_) => Ok((
             Some(image.to_string()),
-            format!("containers of {image} (--image, --volume, ports and secrets as on a shared node)"),
+            format!("containers of {image} (--image, --volume, SSH, ports and secrets as on a shared node)"),
         )),
         Err(e) if runtime == "docker" => Err(e),
         Err(e) => Ok((
             None,
             format!(
-                "processes: no containers ({e}); --image and --volume fail with a reason and web ports reach the process's own port"
+                "processes: no containers ({e}); --image and --volume fail with a reason, no SSH, and web ports reach the process's own port"
             ),
         )),
     }
