@@ -71,7 +71,7 @@ fn a_gateway_follows_a_replica_set_through_a_member_crash() {
     let root = std::env::temp_dir().join(format!("gpucloud-gw-{:016x}", rand::random::<u64>()));
     let (data, config) = (root.join("data"), root.join("config"));
     std::fs::create_dir_all(&root).unwrap();
-    let _dev = start_dev(&data, &config);
+    let dev = start_dev(&data, &config);
     // Each member serves its own instance id on the port its agent gave it.
     let command = format!("exec {BIN} gateway-echo --listen 127.0.0.1:$GPUCLOUD_PORT --name $GPUCLOUD_INSTANCE_ID");
     let (ok, _, err) = cli(
@@ -173,5 +173,17 @@ fn a_gateway_follows_a_replica_set_through_a_member_crash() {
         &failed[..failed.len().min(3)]
     );
     drop(gateway);
+    // Stopped as a service manager stops it, dev takes its workloads with it: no echo backend
+    // outlives the test.
+    let members: Vec<String> = json(&config, &["cluster", "show", "quant"])["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["instance"].as_str().unwrap().to_string())
+        .collect();
+    drop(dev);
+    for name in first.iter().chain(&members) {
+        assert_eq!(echo_pid(name), None, "the backend of {name} outlived dev");
+    }
     let _ = std::fs::remove_dir_all(&root);
 }
