@@ -123,3 +123,49 @@ pub fn quote(price_per_gpu_hour: Money, milli_gpus: u32, duration_s: i64, rules:
 
 #[cfg(test)]
 mod tests;
+
+/// One stretch of billable use as metering sees it: where it starts, what of it an earlier run
+/// already paid for, and what caps its price.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Usage {
+    pub started_at: Timestamp,
+    /// Wall-clock time up to here was paid for by the previous run's minimum: it is not billed
+    /// again, and this run has no minimum of its own (its rules say so).
+    pub free_until: Option<Timestamp>,
+    pub milli_gpus: u32,
+    pub rules: Rules,
+    /// A spot bid: no second is priced above it.
+    pub price_cap: Option<Money>,
+}
+
+impl Usage {
+    fn billed_from(&self) -> Timestamp {
+        self.free_until.map_or(self.started_at, |f| f.max(self.started_at))
+    }
+
+    /// What this use owes if it runs until `end`.
+    pub fn due(&self, end: Timestamp, prices: &[PricePoint]) -> Charge {
+        let from = self.billed_from();
+        if end <= from {
+            return Charge::default();
+        }
+        match self.price_cap {
+            Some(cap) => {
+                let capped: Vec<PricePoint> =
+                    prices.iter().map(|p| PricePoint { per_gpu_hour: p.per_gpu_hour.min(cap), ..*p }).collect();
+                charge(from, end.millis_since(from), self.milli_gpus, &capped, self.rules)
+            }
+            None => charge(from, end.millis_since(from), self.milli_gpus, prices, self.rules),
+        }
+    }
+
+    /// The wall-clock time paid for if this use ends at `end`: the minimum and the rounding
+    /// buy time past the end, and a start before then runs free until it.
+    pub fn paid_until(&self, end: Timestamp) -> Timestamp {
+        let from = self.billed_from();
+        if end <= from {
+            return from;
+        }
+        from.plus_millis(self.rules.billable_seconds(end.millis_since(from)) * 1000)
+    }
+}

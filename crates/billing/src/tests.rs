@@ -184,3 +184,70 @@ proptest! {
         prop_assert_eq!(c.amount, charge_by_definition(Timestamp(start), c.seconds, milli, &dedup));
     }
 }
+
+proptest! {
+    /// A spot bid is a ceiling: whatever the market does, a second never costs more than the bid,
+    /// and a market under the bid is paid as is.
+    #[test]
+    fn a_capped_use_never_pays_above_its_cap(
+        ms in 1i64..20_000_000,
+        milli in 1u32..16_000,
+        p in prices(),
+        cap in 0i64..50_000_000,
+    ) {
+        let exact = Rules::new(1, 0).unwrap();
+        let u = Usage { started_at: at(0), free_until: None, milli_gpus: milli, rules: exact, price_cap: Some(Money(cap)) };
+        let c = u.due(at(ms), &p);
+        let ceiling = [PricePoint { effective_from: at(0), per_gpu_hour: Money(cap) }];
+        prop_assert!(c.amount <= charge(at(0), ms, milli, &ceiling, exact).amount);
+        prop_assert!(c.amount <= charge(at(0), ms, milli, &p, exact).amount);
+        let uncapped = Usage { price_cap: None, ..u };
+        prop_assert_eq!(uncapped.due(at(ms), &p), charge(at(0), ms, milli, &p, exact));
+        let high = Usage { price_cap: Some(Money(i64::MAX)), ..u };
+        prop_assert_eq!(high.due(at(ms), &p), uncapped.due(at(ms), &p));
+    }
+
+    /// Two runs of one instance, the second starting while time paid by the first is left, never
+    /// pay a wall-clock second twice, and pay every second either of them ran.
+    #[test]
+    fn a_quick_restart_pays_no_second_twice(run1 in 1i64..120_000, gap in 0i64..120_000, run2 in 1i64..200_000) {
+        let r = Rules::default();
+        let p = [PricePoint { effective_from: at(0), per_gpu_hour: Money(3_600_000) }];
+        let first = Usage { started_at: at(0), free_until: None, milli_gpus: 1000, rules: r, price_cap: None };
+        let end1 = at(run1);
+        let paid = first.paid_until(end1);
+        let start2 = end1.plus_millis(gap);
+        let second = if paid > start2 {
+            Usage { started_at: start2, free_until: Some(paid), rules: Rules::new(1, 0).unwrap(), ..first }
+        } else {
+            Usage { started_at: start2, ..first }
+        };
+        let end2 = start2.plus_millis(run2);
+        let total = first.due(end1, &p).seconds + second.due(end2, &p).seconds;
+        // Every millisecond that ran is paid for, and never more than billing each run alone.
+        prop_assert!(total * 1000 >= run1 + run2);
+        let alone = Usage { started_at: start2, ..first };
+        prop_assert!(total <= first.due(end1, &p).seconds + alone.due(end2, &p).seconds);
+        if paid > start2 {
+            // The second run pays only what lies past the first run's paid time.
+            let past = (end2.millis() - paid.millis()).max(0);
+            prop_assert_eq!(second.due(end2, &p).seconds, (past + 999) / 1000);
+        }
+    }
+}
+
+#[test]
+fn a_restart_within_the_minimum_pays_the_minimum_once() {
+    let r = Rules::default();
+    let p = [PricePoint { effective_from: at(0), per_gpu_hour: Money(3_600_000) }];
+    let first = Usage { started_at: at(0), free_until: None, milli_gpus: 1000, rules: r, price_cap: None };
+    // 5 s, stopped, started again at 20 s for 4 s: one minute billed, not two.
+    assert_eq!(first.due(at(5_000), &p).seconds, 60);
+    let paid = first.paid_until(at(5_000));
+    assert_eq!(paid, at(60_000));
+    let second = Usage { started_at: at(20_000), free_until: Some(paid), rules: Rules::new(1, 0).unwrap(), ..first };
+    assert_eq!(second.due(at(24_000), &p), Charge::default());
+    // Running on past the paid minute bills the seconds after it.
+    assert_eq!(second.due(at(90_000), &p).seconds, 30);
+    assert_eq!(second.paid_until(at(24_000)), at(60_000));
+}

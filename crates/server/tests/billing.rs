@@ -231,15 +231,18 @@ fn a_spent_budget_alerts_and_stops_instances() {
     let s = TestServer::start_with(|c| c.webhook_allow = vec!["127.0.0.1/32".parse().unwrap()]);
     let key = s.tenant("acme");
     let (hook, received) = webhook_sink();
-    // A budget smaller than the first minute's charge.
+    let id = s.create(&key, "T4", 1, Some("eu-1"))["id"].as_str().unwrap().to_string();
+    s.wait_state(&key, &id, "running");
+    // A budget smaller than the first minute's charge, set while the instance runs.
     let body = json!({"monthly_limit": "0.0001", "action": "checkpoint-and-stop", "webhook_url": hook});
     let r = s.post(&key, "/v1/billing/budget", Some(&body));
     assert_eq!(r.status, 200, "{:?}", r.body);
     assert_eq!(r.body["thresholds"], json!([50, 80, 100]));
     let secret = r.body["webhook_secret"].as_str().expect("the tenant gets its signing secret").to_string();
     assert!(secret.starts_with("whsec_"), "{secret}");
-    let id = s.create(&key, "T4", 1, Some("eu-1"))["id"].as_str().unwrap().to_string();
     let stopped = s.wait_state(&key, &id, "stopped");
+    let reason = stopped["reason"].as_str().unwrap_or_default();
+    assert!(reason.starts_with("stopped by billing") && reason.contains("budget"), "{stopped}");
     assert_eq!(stopped["gpus"], json!([]), "stopped, not deleted: it can start again later");
     let alerts = s.get(&key, "/v1/alerts").body["alerts"].as_array().unwrap().clone();
     let kinds: Vec<&str> = alerts.iter().map(|a| a["kind"].as_str().unwrap()).collect();
@@ -261,6 +264,17 @@ fn a_spent_budget_alerts_and_stops_instances() {
     let again = s.post(&key, "/v1/instances", Some(&json!({"gpu": "T4", "count": 1, "command": "x"})));
     assert_eq!((again.status, again.body["code"].as_str()), (402, Some("payment_required")));
     assert_eq!(s.post(&key, &format!("/v1/instances/{id}/start"), None).status, 402);
+
+    // A budget with room left, but less than a new instance's first minute, refuses it and says
+    // how much is missing: the minimum never overshoots a budget that stops instances.
+    let used = money(&s.get(&key, "/v1/billing/budget").body["month_usage"]);
+    let limit = Money(used.micros() + 1_000);
+    let body = json!({"monthly_limit": limit.to_string(), "action": "checkpoint-and-stop"});
+    assert_eq!(s.post(&key, "/v1/billing/budget", Some(&body)).status, 200);
+    let r = s.post(&key, "/v1/instances", Some(&json!({"gpu": "T4", "count": 1, "command": "x"})));
+    let detail = r.body["detail"].as_str().unwrap_or_default().to_string();
+    assert_eq!(r.status, 402, "{:?}", r.body);
+    assert!(detail.contains("0.001000 left") && detail.contains("0.004833 missing"), "{detail}");
 
     for (body, field) in [
         (json!({"monthly_limit": "0"}), "monthly_limit"),
@@ -284,14 +298,30 @@ fn prepaid_instances_stop_before_the_balance_goes_negative() {
     let empty = s.post(&key, "/v1/instances", Some(&json!({"gpu": "T4", "count": 1, "command": "x"})));
     assert_eq!(empty.status, 402, "no credit, no instance");
 
-    // Enough for the first minute's minimum charge, not for a minute more.
+    // Enough for the first minute's minimum charge, not for a minute's reserve beside it: the
+    // create is refused before anything runs, and the answer says how much is missing.
     s.post(&op, &format!("/v1/tenants/{me}/credits"), Some(&json!({"amount": "0.01"})));
+    let short = s.post(&key, "/v1/instances", Some(&json!({"gpu": "T4", "count": 1, "command": "x"})));
+    let detail = short.body["detail"].as_str().unwrap_or_default();
+    assert_eq!(short.status, 402, "{:?}", short.body);
+    assert!(detail.contains("0.001666 missing"), "{detail}");
+    assert_eq!(money(&s.get(&key, "/v1/billing/balance").body["balance"]), Money(10_000), "nothing charged");
+
+    // With the minimum and the reserve covered it runs; once the balance would not cover the
+    // reserve it stops, before the balance goes negative.
+    s.post(&op, &format!("/v1/tenants/{me}/credits"), Some(&json!({"amount": "0.001666"})));
     let id = s.create(&key, "T4", 1, Some("eu-1"))["id"].as_str().unwrap().to_string();
-    s.wait_state(&key, &id, "stopped");
-    std::thread::sleep(Duration::from_millis(300));
-    let balance = money(&s.get(&key, "/v1/billing/balance").body["balance"]);
+    s.wait_state(&key, &id, "running");
+    let take = json!({"amount": "-0.0001", "kind": "adjustment"});
+    assert_eq!(s.post(&op, &format!("/v1/tenants/{me}/credits"), Some(&take)).status, 201);
+    let stopped = s.wait_state(&key, &id, "stopped");
+    assert!(stopped["reason"].as_str().unwrap_or_default().contains("prepaid balance"), "{stopped}");
+    let balance = common::poll("the stopped instance settled", || {
+        let b = s.get(&key, "/v1/billing/balance").body;
+        (b["burn_per_hour"] == json!("0.000000")).then(|| money(&b["balance"]))
+    });
     assert!(balance >= Money::ZERO, "never negative: {balance}");
-    assert_eq!(balance, Money(10_000 - 5_833), "charged the 60 s minimum of 0.35/h exactly");
+    assert_eq!(balance, Money(11_666 - 100 - 5_833), "charged the 60 s minimum of 0.35/h exactly");
     let alerts = s.get(&key, "/v1/alerts").body;
     assert!(alerts["alerts"][0]["message"].as_str().unwrap().contains("prepaid balance"), "{alerts}");
 }

@@ -151,3 +151,16 @@ impl TestServer {
         self.wait_for(key, id, state, |b| b["state"] == state)
     }
 }
+
+/// Polls until `f` answers (10 s at most).
+#[allow(dead_code)]
+pub fn poll<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{what} never happened");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

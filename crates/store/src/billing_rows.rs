@@ -12,7 +12,17 @@ pub(crate) const GRANULARITY_KEY: &str = "billing.granularity_s";
 pub(crate) const MINIMUM_KEY: &str = "billing.minimum_s";
 
 pub(crate) const INTERVAL_COLUMNS: &str = "id, instance_id, tenant_id, gpu_model, region, tier, milli_gpus, started_at, ended_at, \
-    granularity_s, minimum_s, charged_micros, charged_seconds, settled";
+    granularity_s, minimum_s, charged_micros, charged_seconds, settled, price_cap_micros, free_until, CAST(NULL AS BIGINT)";
+
+/// Unsettled intervals with the last heartbeat of the node each runs on: a silent node's
+/// instances accrue no further than its last sign of life and the grace.
+pub(crate) const UNSETTLED: &str = "SELECT u.id, u.instance_id, u.tenant_id, u.gpu_model, u.region, u.tier, u.milli_gpus, \
+    u.started_at, u.ended_at, u.granularity_s, u.minimum_s, u.charged_micros, u.charged_seconds, u.settled, \
+    u.price_cap_micros, u.free_until, n.last_heartbeat FROM usage_intervals u \
+    LEFT JOIN instances i ON i.id = u.instance_id LEFT JOIN nodes n ON n.id = i.node_id WHERE u.settled = 0";
+
+const INSERT_COLUMNS: &str = "id, instance_id, tenant_id, gpu_model, region, tier, milli_gpus, started_at, ended_at, \
+    granularity_s, minimum_s, charged_micros, charged_seconds, settled, price_cap_micros, free_until";
 
 pub(crate) async fn rules_in(conn: &mut sqlx::AnyConnection) -> Result<Rules> {
     let rows = sqlx::query("SELECT key, value FROM settings WHERE key IN ($1, $2)")
@@ -46,9 +56,37 @@ pub(crate) async fn open_interval(
         .bind(node.to_string())
         .fetch_one(&mut **tx)
         .await?;
-    let rules = rules_in(tx).await?;
+    let mut rules = rules_in(tx).await?;
+    // A start while the previous run's paid time is left runs free until it, with no minimum
+    // of its own: stopping and starting within a minute pays the minimum once, not twice.
+    let prev = sqlx::query(
+        "SELECT started_at, ended_at, granularity_s, minimum_s, free_until FROM usage_intervals \
+         WHERE instance_id = $1 AND ended_at IS NOT NULL ORDER BY started_at DESC LIMIT 1",
+    )
+    .bind(inst.id.to_string())
+    .fetch_optional(&mut **tx)
+    .await?;
+    let mut free_until = None;
+    if let Some(p) = prev {
+        let usage = gpucloud_billing::Usage {
+            started_at: Timestamp(p.try_get(0)?),
+            free_until: p.try_get::<Option<i64>, _>(4)?.map(Timestamp),
+            milli_gpus: 1000,
+            rules: Rules { granularity_s: p.try_get(2)?, minimum_s: p.try_get(3)? },
+            price_cap: None,
+        };
+        let paid = usage.paid_until(Timestamp(p.try_get::<Option<i64>, _>(1)?.unwrap_or(0)));
+        if paid > at {
+            free_until = Some(paid.0);
+            rules.minimum_s = 0;
+        }
+    }
+    let cap = match inst.sale.tier {
+        gpucloud_model::Tier::Spot => inst.sale.max_price.map(|m| m.micros()),
+        _ => None,
+    };
     sqlx::query(&format!(
-        "INSERT INTO usage_intervals ({INTERVAL_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL, $9, $10, 0, 0, 0)"
+        "INSERT INTO usage_intervals ({INSERT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL, $9, $10, 0, 0, 0, $11, $12)"
     ))
     .bind(format!("{}.{generation}", inst.id))
     .bind(inst.id.to_string())
@@ -60,6 +98,8 @@ pub(crate) async fn open_interval(
     .bind(at.0)
     .bind(rules.granularity_s)
     .bind(rules.minimum_s)
+    .bind(cap)
+    .bind(free_until)
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -82,6 +122,9 @@ pub(crate) fn interval_from_row(r: &AnyRow) -> Result<UsageInterval> {
         charged: Money(r.try_get(11)?),
         charged_seconds: r.try_get(12)?,
         settled: r.try_get::<i64, _>(13)? != 0,
+        price_cap: r.try_get::<Option<i64>, _>(14)?.map(Money),
+        free_until: r.try_get::<Option<i64>, _>(15)?.map(Timestamp),
+        node_heartbeat: r.try_get::<Option<i64>, _>(16)?.map(Timestamp),
     })
 }
 
@@ -118,6 +161,14 @@ pub(crate) async fn insert_ledger(tx: &mut sqlx::Transaction<'_, sqlx::Any>, rec
             .bind(p.amount.micros())
             .execute(&mut **tx)
             .await?;
+        sqlx::query(
+            "INSERT INTO account_balances (account, balance_micros) VALUES ($1, $2) \
+             ON CONFLICT (account) DO UPDATE SET balance_micros = account_balances.balance_micros + $2",
+        )
+        .bind(p.account.to_string())
+        .bind(p.amount.micros())
+        .execute(&mut **tx)
+        .await?;
     }
     Ok(true)
 }
@@ -133,7 +184,7 @@ pub(crate) fn invoice_from_row(r: &AnyRow) -> Result<StoredInvoice> {
 }
 
 pub(crate) const TB_COLUMNS: &str = "tenant_id, prepaid, budget_micros, thresholds, action, webhook_url, idle_percent, idle_minutes, idle_stop, \
-     webhook_secret";
+     webhook_secret, credit_limit_micros";
 
 pub(crate) fn tenant_billing_from_row(r: &AnyRow) -> Result<TenantBilling> {
     let t = "tenant_billing";
@@ -156,6 +207,7 @@ pub(crate) fn tenant_billing_from_row(r: &AnyRow) -> Result<TenantBilling> {
             auto_stop: r.try_get::<i64, _>(8)? != 0,
         },
         webhook_secret: r.try_get(9)?,
+        credit_limit: r.try_get::<Option<i64>, _>(10)?.map(Money),
     })
 }
 

@@ -151,6 +151,7 @@ pub trait Store:
 
     /// Intervals whose charge may still grow: open ones, and closed ones not yet fully charged.
     async fn unsettled_intervals(&self) -> Result<Vec<UsageInterval>>;
+    async fn unsettled_intervals_of(&self, tenant: &TenantId) -> Result<Vec<UsageInterval>>;
     async fn intervals_of_tenant(&self, tenant: &TenantId) -> Result<Vec<UsageInterval>>;
     /// Moves each interval's charge from what the caller read (`charged_seconds`, `charged`) to
     /// its new charge, posting the difference to the ledger, all in one transaction with a

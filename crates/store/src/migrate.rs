@@ -27,6 +27,7 @@ const SQLITE: &[(i64, &str)] = &[
     (20, include_str!("../migrations/sqlite/0020_workload_spec.sql")),
     (21, include_str!("../migrations/sqlite/0021_volumes.sql")),
     (22, include_str!("../migrations/sqlite/0022_ssh_keys.sql")),
+    (23, include_str!("../migrations/sqlite/0023_billing_accrual.sql")),
 ];
 const POSTGRES: &[(i64, &str)] = &[
     (1, include_str!("../migrations/postgres/0001_foundation.sql")),
@@ -51,6 +52,7 @@ const POSTGRES: &[(i64, &str)] = &[
     (20, include_str!("../migrations/postgres/0020_workload_spec.sql")),
     (21, include_str!("../migrations/postgres/0021_volumes.sql")),
     (22, include_str!("../migrations/postgres/0022_ssh_keys.sql")),
+    (23, include_str!("../migrations/postgres/0023_billing_accrual.sql")),
 ];
 
 pub(crate) async fn run(pool: &AnyPool, backend: Backend) -> Result<()> {

@@ -803,8 +803,14 @@ impl Store for SqlStore {
     }
 
     async fn unsettled_intervals(&self) -> Result<Vec<UsageInterval>> {
-        let sql = format!("SELECT {INTERVAL_COLUMNS} FROM usage_intervals WHERE settled = 0 ORDER BY started_at, id");
+        let sql = format!("{UNSETTLED} ORDER BY u.started_at, u.id");
         let rows = sqlx::query(&sql).fetch_all(&self.pool).await?;
+        rows.iter().map(interval_from_row).collect()
+    }
+
+    async fn unsettled_intervals_of(&self, tenant: &TenantId) -> Result<Vec<UsageInterval>> {
+        let sql = format!("{UNSETTLED} AND u.tenant_id = $1 ORDER BY u.started_at, u.id");
+        let rows = sqlx::query(&sql).bind(tenant.to_string()).fetch_all(&self.pool).await?;
         rows.iter().map(interval_from_row).collect()
     }
 
@@ -843,13 +849,11 @@ impl Store for SqlStore {
     }
 
     async fn balance(&self, tenant: &TenantId) -> Result<Money> {
-        let sum: i64 = sqlx::query_scalar(
-            "SELECT CAST(COALESCE(SUM(amount_micros), 0) AS BIGINT) FROM ledger_postings WHERE account = $1",
-        )
-        .bind(Account::TenantCredit(tenant.clone()).to_string())
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(Money(sum))
+        let sum: Option<i64> = sqlx::query_scalar("SELECT balance_micros FROM account_balances WHERE account = $1")
+            .bind(Account::TenantCredit(tenant.clone()).to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(Money(sum.unwrap_or(0)))
     }
 
     async fn balance_before(&self, tenant: &TenantId, before: Timestamp) -> Result<Money> {
@@ -954,9 +958,9 @@ impl Store for SqlStore {
     async fn set_tenant_billing(&self, b: &TenantBilling) -> Result<()> {
         let thresholds: Vec<String> = b.thresholds.iter().map(u32::to_string).collect();
         sqlx::query(&format!(
-            "INSERT INTO tenant_billing ({TB_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (tenant_id) DO UPDATE SET \
+            "INSERT INTO tenant_billing ({TB_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (tenant_id) DO UPDATE SET \
              prepaid = $2, budget_micros = $3, thresholds = $4, action = $5, webhook_url = $6, idle_percent = $7, \
-             idle_minutes = $8, idle_stop = $9, webhook_secret = $10"
+             idle_minutes = $8, idle_stop = $9, webhook_secret = $10, credit_limit_micros = $11"
         ))
         .bind(b.tenant_id.to_string())
         .bind(b.prepaid as i64)
@@ -968,6 +972,7 @@ impl Store for SqlStore {
         .bind(i64::from(b.idle.minutes))
         .bind(b.idle.auto_stop as i64)
         .bind(b.webhook_secret.clone())
+        .bind(b.credit_limit.map(|m| m.micros()))
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -975,7 +980,8 @@ impl Store for SqlStore {
 
     async fn guarded_tenants(&self) -> Result<Vec<TenantBilling>> {
         let rows = sqlx::query(&format!(
-            "SELECT {TB_COLUMNS} FROM tenant_billing WHERE prepaid = 1 OR budget_micros IS NOT NULL ORDER BY tenant_id"
+            "SELECT {TB_COLUMNS} FROM tenant_billing WHERE prepaid = 1 OR budget_micros IS NOT NULL \
+             OR credit_limit_micros IS NOT NULL ORDER BY tenant_id"
         ))
         .fetch_all(&self.pool)
         .await?;

@@ -324,6 +324,12 @@ pub struct UsageInterval {
     pub charged: gpucloud_model::Money,
     pub charged_seconds: i64,
     pub settled: bool,
+    /// A spot bid: no second is priced above it.
+    pub price_cap: Option<gpucloud_model::Money>,
+    /// Time paid for by the instance's previous run: not billed again.
+    pub free_until: Option<Timestamp>,
+    /// The last heartbeat of the node it runs on, where read with it (unsettled intervals).
+    pub node_heartbeat: Option<Timestamp>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -423,6 +429,9 @@ pub struct TenantBilling {
     pub idle: IdlePolicy,
     /// Signs each webhook request (HMAC-SHA256) so the receiver can tell it came from here.
     pub webhook_secret: Option<String>,
+    /// Postpaid: how much the tenant may owe before creates are refused and instances stop;
+    /// `None` is no limit.
+    pub credit_limit: Option<gpucloud_model::Money>,
 }
 
 /// When an instance counts as idle: every GPU it holds under `below_percent` utilization for
@@ -452,6 +461,7 @@ impl TenantBilling {
             webhook_url: None,
             idle: IdlePolicy::default(),
             webhook_secret: None,
+            credit_limit: None,
         }
     }
 }

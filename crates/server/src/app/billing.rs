@@ -3,7 +3,7 @@
 //! times, or stop half-way, without charging a second twice.
 
 use super::{App, AppError, Principal, hash_key, random_bits};
-use gpucloud_billing::{Charge, Entry, EntryKind, PricePoint, Rules, charge, price_at};
+use gpucloud_billing::{Charge, Entry, EntryKind, PricePoint, Rules, Usage, price_at};
 use gpucloud_model::{GpuModel, InstanceId, Money, Region, TenantId, Tier, Timestamp};
 use gpucloud_store::{ChargeItem, LedgerLine, LedgerRecord, PriceRow, UsageInterval};
 use std::collections::{BTreeMap, HashMap};
@@ -175,34 +175,36 @@ impl App {
         Ok(quotes)
     }
 
-    /// One metering pass over every interval that may still owe money.
+    /// One metering pass over every interval that may still owe money. A closed interval is
+    /// settled: charged exactly what it owes, a credit if more was posted (a lost node's
+    /// instances are billed to their last heartbeat). A running one is posted at each posting
+    /// point (every `posting_period` and each month start), charged up to that point and dated
+    /// just before it; between points its charge accrues without a ledger entry.
     pub async fn meter(&self) -> Result<MeterReport, AppError> {
         let now = self.now();
+        let point = self.posting_point(now);
         let mut report = MeterReport::default();
-        let mut prices: HashMap<(GpuModel, Region, Tier), Vec<PricePoint>> = HashMap::new();
+        let mut prices = PriceCache::default();
         let mut items = Vec::new();
         for u in self.store.unsettled_intervals().await? {
-            let key = (u.model, u.region.clone(), u.tier);
-            if !prices.contains_key(&key) {
-                // The reservation's commitment pays for its GPUs: running on them costs nothing more.
-                let p = if u.tier == Tier::Reserved {
-                    vec![PricePoint { effective_from: Timestamp(0), per_gpu_hour: Money::ZERO }]
-                } else {
-                    self.store.prices_for(u.model, &u.region, u.tier).await?
-                };
-                prices.insert(key.clone(), p);
-            }
-            let end = u.ended_at.unwrap_or(now).max(u.started_at);
-            let due = charge(u.started_at, end.millis_since(u.started_at), u.milli_gpus, &prices[&key], u.rules);
-            let settled = u.ended_at.is_some();
-            if due.amount < u.charged || due.seconds < u.charged_seconds {
-                tracing::error!(interval = %u.id, ?due, charged = %u.charged, "charge went down; left as is");
+            let p = prices.get(self, &u).await?;
+            let usage = usage_of(&u);
+            let (due, at, settled) = match u.ended_at {
+                Some(end) => (usage.due(end, p), now, true),
+                None if point > u.started_at => {
+                    (usage.due(self.accrue_end(&u, now).min(point), p), point.plus_millis(-1), false)
+                }
+                None => continue,
+            };
+            if !settled && (due.amount < u.charged || due.seconds < u.charged_seconds) {
+                // Only a price point added behind a running interval lowers it; it settles at its end.
+                tracing::debug!(interval = %u.id, ?due, charged = %u.charged, "charge below what is posted; settles at the end");
                 continue;
             }
-            if due.amount == u.charged && due.seconds == u.charged_seconds && !settled {
+            if !settled && due.amount == u.charged && due.seconds == u.charged_seconds {
                 continue;
             }
-            let record = usage_record(&u, due, now);
+            let record = usage_record(&u, due, at);
             items.push(ChargeItem { interval: u, charge: due, settled, record });
         }
         for (item, ok) in items.iter().zip(self.store.charge_intervals(&items).await?) {
@@ -215,6 +217,45 @@ impl App {
         }
         report.charged += self.meter_volumes().await?;
         Ok(report)
+    }
+
+    /// The latest posting point at or before `now`: a multiple of the posting period, or the
+    /// start of the month if that is later.
+    pub(crate) fn posting_point(&self, now: Timestamp) -> Timestamp {
+        let period = (self.config.posting_period.as_millis() as i64).max(1000);
+        Timestamp(now.millis().div_euclid(period) * period).max(month_start(now))
+    }
+
+    /// How far an open interval has run by `now`: never past its node's last heartbeat plus the
+    /// grace, so a silent node's instances stop accruing while it is silent.
+    pub(crate) fn accrue_end(&self, u: &UsageInterval, now: Timestamp) -> Timestamp {
+        let end = match (u.ended_at, u.node_heartbeat) {
+            (Some(end), _) => end,
+            (None, Some(beat)) => now.min(beat.plus_millis(self.config.heartbeat_grace.as_millis() as i64)),
+            (None, None) => now,
+        };
+        end.max(u.started_at)
+    }
+
+    /// What a tenant owes beyond its posted ledger (positive) or is owed back (negative):
+    /// running intervals' accrued charges, volumes' storage, reservation periods in progress
+    /// less the lending credit they have earned.
+    pub(crate) async fn accrued(&self, tenant: &TenantId, now: Timestamp) -> Result<Money, AppError> {
+        let mut total: i64 = 0;
+        let mut prices = PriceCache::default();
+        for u in self.store.unsettled_intervals_of(tenant).await? {
+            let p = prices.get(self, &u).await?;
+            total += usage_of(&u).due(self.accrue_end(&u, now), p).amount.micros() - u.charged.micros();
+        }
+        total += self.accrued_storage(tenant, now).await?.micros();
+        total += self.accrued_reservations(tenant, now).await?.micros();
+        Ok(Money(total))
+    }
+
+    /// What the tenant has to spend: the posted balance less what has accrued since.
+    pub(crate) async fn available(&self, tenant: &TenantId, now: Timestamp) -> Result<Money, AppError> {
+        let posted = self.store.balance(tenant).await?;
+        Ok(Money(posted.micros() - self.accrued(tenant, now).await?.micros()))
     }
 
     /// Credit for a tenant: an operator grant, a paid top-up, or an adjustment.
@@ -275,16 +316,25 @@ impl App {
     pub async fn balance(&self, by: &Principal) -> Result<Balance, AppError> {
         let now = self.now();
         let tenant = &by.tenant.id;
-        let balance = self.store.balance(tenant).await?;
+        let balance = self.available(tenant, now).await?;
         let month_usage = self.month_usage(tenant, now).await?;
         let burn_per_hour = self.burn_per_hour(tenant, now).await?;
         Ok(Balance { balance, month_usage, burn_per_hour })
     }
 
-    /// Usage charged since the start of `now`'s month, as a positive amount.
+    /// Usage since the start of `now`'s month, posted and accrued, as a positive amount.
     pub(crate) async fn month_usage(&self, tenant: &TenantId, now: Timestamp) -> Result<Money, AppError> {
         let lines = self.store.ledger_lines(tenant, month_start(now), now.plus_millis(1)).await?;
-        Ok(Money(-lines.iter().filter(|l| l.kind == EntryKind::Usage).map(|l| l.amount.micros()).sum::<i64>()))
+        let posted = -lines.iter().filter(|l| l.kind == EntryKind::Usage).map(|l| l.amount.micros()).sum::<i64>();
+        let mut accrued: i64 = 0;
+        let mut prices = PriceCache::default();
+        for u in self.store.unsettled_intervals_of(tenant).await? {
+            let p = prices.get(self, &u).await?;
+            accrued += usage_of(&u).due(self.accrue_end(&u, now), p).amount.micros() - u.charged.micros();
+        }
+        accrued += self.accrued_storage(tenant, now).await?.micros();
+        accrued += self.accrued_reservation_usage(tenant, now).await?.micros();
+        Ok(Money(posted + accrued))
     }
 
     /// What the tenant's open intervals cost per hour at today's prices.
@@ -295,10 +345,11 @@ impl App {
 
     pub(crate) async fn burn_per_hour(&self, tenant: &TenantId, now: Timestamp) -> Result<Money, AppError> {
         let mut burn = 0i128;
-        for u in self.store.intervals_of_tenant(tenant).await? {
+        let mut prices = PriceCache::default();
+        for u in self.store.unsettled_intervals_of(tenant).await? {
             if u.ended_at.is_none() {
-                let prices = self.store.prices_for(u.model, &u.region, u.tier).await?;
-                let p = price_at(&prices, now).unwrap_or(Money::ZERO);
+                let p = price_at(prices.get(self, &u).await?, now).unwrap_or(Money::ZERO);
+                let p = u.price_cap.map_or(p, |cap| p.min(cap));
                 burn += i128::from(p.micros()) * i128::from(u.milli_gpus) / 1000;
             }
         }
@@ -329,6 +380,26 @@ impl App {
             g.seconds += l.seconds;
             g.amount = Money(g.amount.micros() - l.amount.micros());
         }
+        // What running instances accrued since their last posting belongs to a window that
+        // reaches now.
+        let now = self.now();
+        if to > now {
+            let mut prices = PriceCache::default();
+            for u in self.store.unsettled_intervals_of(&by.tenant.id).await? {
+                let due = usage_of(&u).due(self.accrue_end(&u, now), prices.get(self, &u).await?);
+                if due.amount <= u.charged && due.seconds <= u.charged_seconds {
+                    continue;
+                }
+                let key = match group {
+                    UsageGrouping::Instance => u.instance_id.to_string(),
+                    UsageGrouping::Model => u.model.to_string(),
+                    UsageGrouping::Day => day_of(now),
+                };
+                let g = groups.entry(key.clone()).or_insert(UsageLine { key, seconds: 0, amount: Money::ZERO });
+                g.seconds += (due.seconds - u.charged_seconds).max(0);
+                g.amount = Money(g.amount.micros() + (due.amount.micros() - u.charged.micros()).max(0));
+            }
+        }
         Ok(groups.into_values().collect())
     }
 
@@ -337,22 +408,54 @@ impl App {
     }
 }
 
-/// The ledger entry for moving an interval's charge to `due`; none when no money moves.
-fn usage_record(u: &UsageInterval, due: Charge, now: Timestamp) -> Option<LedgerRecord> {
+/// Prices per (model, region, tier), read once per pass. A reservation's commitment pays for
+/// its GPUs: running on them costs nothing more.
+#[derive(Default)]
+pub(crate) struct PriceCache(HashMap<(GpuModel, Region, Tier), Vec<PricePoint>>);
+
+impl PriceCache {
+    pub(crate) async fn get(&mut self, app: &App, u: &UsageInterval) -> Result<&[PricePoint], AppError> {
+        let key = (u.model, u.region.clone(), u.tier);
+        if !self.0.contains_key(&key) {
+            let p = if u.tier == Tier::Reserved {
+                vec![PricePoint { effective_from: Timestamp(0), per_gpu_hour: Money::ZERO }]
+            } else {
+                app.store.prices_for(u.model, &u.region, u.tier).await?
+            };
+            self.0.insert(key.clone(), p);
+        }
+        Ok(&self.0[&key])
+    }
+}
+
+pub(crate) fn usage_of(u: &UsageInterval) -> Usage {
+    Usage {
+        started_at: u.started_at,
+        free_until: u.free_until,
+        milli_gpus: u.milli_gpus,
+        rules: u.rules,
+        price_cap: u.price_cap,
+    }
+}
+
+/// The ledger entry for moving an interval's charge to `due`; none when no money moves. A
+/// negative difference (an interval settled below what was posted) gives the tenant it back.
+fn usage_record(u: &UsageInterval, due: Charge, at: Timestamp) -> Option<LedgerRecord> {
     let delta = Money(due.amount.micros() - u.charged.micros());
     if delta == Money::ZERO {
         return None;
     }
+    let credit = if delta < Money::ZERO { ", credit: billed to the last heartbeat" } else { "" };
     Some(LedgerRecord {
         // Derived from the interval and the new total: a retried pass can never post it twice.
         id: format!("e-{}-{}-{}", u.id, due.seconds, due.amount.micros()),
         entry: Entry::usage(&u.tenant_id, delta),
-        memo: format!("{} x {} in {} ({})", f64::from(u.milli_gpus) / 1000.0, u.model, u.region, u.tier),
+        memo: format!("{} x {} in {} ({}{credit})", f64::from(u.milli_gpus) / 1000.0, u.model, u.region, u.tier),
         instance_id: Some(u.instance_id.clone()),
         interval_id: Some(u.id.clone()),
         model: Some(u.model),
         seconds: due.seconds - u.charged_seconds,
         idempotency_key: format!("usage:{}:{}:{}", u.id, due.seconds, due.amount.micros()),
-        created_at: now,
+        created_at: at,
     })
 }

@@ -73,22 +73,101 @@ impl App {
         Ok(self.store.list_alerts(&by.tenant.id).await?)
     }
 
-    /// Refuses new work a tenant cannot pay for: an empty prepaid balance, or a spent budget
-    /// whose action stops instances.
+    /// Refuses new work a tenant cannot pay for: an empty prepaid balance, a postpaid tenant at
+    /// its credit limit, or a spent budget whose action stops instances.
     pub(crate) async fn check_can_spend(&self, tenant: &TenantId) -> Result<(), AppError> {
+        self.check_can_afford(tenant, Money::ZERO, Money::ZERO).await
+    }
+
+    /// Refuses (402, saying how much is missing) new work whose first charge the tenant cannot
+    /// cover: `minimum` is what starting it bills at once, `per_hour` what it burns. A prepaid
+    /// tenant (or a postpaid one with a credit limit) must also keep a minute's reserve for all
+    /// it runs, or the new work would be stopped as soon as it started; a budget that stops
+    /// instances must have `minimum` left this month. A notify-only budget never refuses.
+    pub(crate) async fn check_can_afford(
+        &self,
+        tenant: &TenantId,
+        minimum: Money,
+        per_hour: Money,
+    ) -> Result<(), AppError> {
         let settings = self.store.tenant_billing(tenant).await?;
-        if settings.prepaid && self.store.balance(tenant).await? <= Money::ZERO {
-            return Err(AppError::PaymentRequired("the prepaid balance is empty; ask for a top-up".into()));
+        let now = self.now();
+        let limit = match (settings.prepaid, settings.credit_limit) {
+            (true, _) => Some(Money::ZERO),
+            (false, Some(l)) => Some(l),
+            (false, None) => None,
+        };
+        if let Some(limit) = limit {
+            let available = self.available(tenant, now).await?.micros() + limit.micros();
+            let burn = self.burn_per_hour(tenant, now).await?.micros() + per_hour.micros();
+            let reserve = (i128::from(burn) * i128::from(PREPAID_RESERVE_MS) / 3_600_000) as i64;
+            let need = minimum.micros() + reserve;
+            let what = if settings.prepaid { "the prepaid balance" } else { "the balance within the credit limit" };
+            if available <= 0 || available < need {
+                return Err(AppError::PaymentRequired(format!(
+                    "{what} is {} and this needs {} ({} billed at start and a minute's reserve of {} for all that runs): {} missing; {}",
+                    Money(available),
+                    Money(need),
+                    minimum,
+                    Money(reserve),
+                    Money(need - available.min(need)).max(Money(1)),
+                    if settings.prepaid { "ask for a top-up" } else { "pay the balance or ask for a higher limit" },
+                )));
+            }
         }
-        if let (Some(limit), BudgetAction::CheckpointAndStop) = (settings.monthly_budget, settings.action)
-            && self.month_usage(tenant, self.now()).await? >= limit
-        {
-            return Err(AppError::PaymentRequired(format!("this month's budget of {limit} is spent")));
+        if let (Some(budget), BudgetAction::CheckpointAndStop) = (settings.monthly_budget, settings.action) {
+            let used = self.month_usage(tenant, now).await?;
+            let left = budget.micros() - used.micros();
+            if left <= 0 {
+                return Err(AppError::PaymentRequired(format!("this month's budget of {budget} is spent")));
+            }
+            if left < minimum.micros() {
+                return Err(AppError::PaymentRequired(format!(
+                    "this month's budget of {budget} has {} left and this bills {} at start: {} missing",
+                    Money(left),
+                    minimum,
+                    Money(minimum.micros() - left)
+                )));
+            }
         }
         Ok(())
     }
 
-    /// One pass over every tenant with a budget or a prepaid balance.
+    /// What starting `milli_gpus` of `model` bills at once (the minimum charge) and burns per
+    /// hour, at the highest current price among the regions it may land in; a spot bid caps it.
+    pub(crate) async fn start_cost(
+        &self,
+        model: gpucloud_model::GpuModel,
+        milli_gpus: u32,
+        tier: gpucloud_model::Tier,
+        max_price: Option<Money>,
+        region: Option<&gpucloud_model::Region>,
+    ) -> Result<(Money, Money), AppError> {
+        if tier == gpucloud_model::Tier::Reserved {
+            return Ok((Money::ZERO, Money::ZERO));
+        }
+        let now = self.now();
+        let regions = match region {
+            Some(r) => vec![r.clone()],
+            None => self.store.list_regions().await?,
+        };
+        let mut price = Money::ZERO;
+        for r in regions {
+            let points = self.store.prices_for(model, &r, tier).await?;
+            price = price.max(gpucloud_billing::price_at(&points, now).unwrap_or(Money::ZERO));
+        }
+        if let Some(cap) = max_price.filter(|_| tier == gpucloud_model::Tier::Spot) {
+            price = price.min(cap);
+        }
+        let rules = self.store.billing_rules().await?;
+        let minimum = gpucloud_billing::Usage { started_at: now, free_until: None, milli_gpus, rules, price_cap: None }
+            .due(now.plus_millis(1), &[gpucloud_billing::PricePoint { effective_from: now, per_gpu_hour: price }])
+            .amount;
+        let per_hour = Money((i128::from(price.micros()) * i128::from(milli_gpus) / 1000) as i64);
+        Ok((minimum, per_hour))
+    }
+
+    /// One pass over every tenant with a budget, a prepaid balance or a credit limit.
     pub async fn enforce_budgets(&self) -> Result<usize, AppError> {
         let now = self.now();
         let month = super::invoices::month_of(now);
@@ -104,15 +183,25 @@ impl App {
                     }
                 }
                 if used >= limit && b.action == BudgetAction::CheckpointAndStop {
-                    stopped += self.stop_all(&b, "the monthly budget is spent").await?;
+                    stopped += self.stop_all(&b, &format!("this month's budget of {limit} is spent")).await?;
                 }
             }
-            if b.prepaid {
-                let balance = self.store.balance(tenant).await?;
+            let floor = match (b.prepaid, b.credit_limit) {
+                (true, _) => Some(Money::ZERO),
+                (false, Some(l)) => Some(l),
+                (false, None) => None,
+            };
+            if let Some(floor) = floor {
+                let balance = self.available(tenant, now).await?;
                 let burn = i128::from(self.burn_per_hour(tenant, now).await?.micros());
                 let reserve = burn * i128::from(PREPAID_RESERVE_MS) / 3_600_000;
-                if burn > 0 && i128::from(balance.micros()) <= reserve {
-                    stopped += self.stop_all(&b, "the prepaid balance is nearly spent").await?;
+                if burn > 0 && i128::from(balance.micros()) + i128::from(floor.micros()) <= reserve {
+                    let why = if b.prepaid {
+                        format!("the prepaid balance ({balance}) is nearly spent")
+                    } else {
+                        format!("the balance ({balance}) reached the credit limit of {floor}")
+                    };
+                    stopped += self.stop_all(&b, &why).await?;
                 }
             }
         }
@@ -130,6 +219,7 @@ impl App {
             let key = format!("stop:{}:{}", inst.id, inst.generation);
             let id = inst.id.clone();
             self.transition(inst, |i| i.state.on_user(i.stop_target, UserAction::Stop).map_err(AppError::from)).await?;
+            self.store.set_status_reason(&id, Some(&format!("stopped by billing: {why}"))).await?;
             self.alert(b, "instance_stopped", &key, format!("instance {id} stopped: {why}")).await?;
             n += 1;
         }

@@ -154,7 +154,9 @@ impl App {
             }
             None => None,
         };
-        self.check_can_spend(&by.tenant.id).await?;
+        let milli = share.as_ref().map_or(req.count * 1000, |s| s.milli);
+        let (minimum, per_hour) = self.start_cost(req.model, milli, req.tier, req.max_price, region.as_ref()).await?;
+        self.check_can_afford(&by.tenant.id, minimum, per_hour).await?;
         let id = InstanceId::from_random(random_bits());
         let new = NewInstance {
             name: req.name.unwrap_or_else(|| id.to_string()),
@@ -235,7 +237,10 @@ impl App {
             && !inst.state.holds_gpus()
             && inst.state != gpucloud_model::InstanceState::Pending
         {
-            self.check_can_spend(&by.tenant.id).await?;
+            let milli = inst.share.as_ref().map_or(inst.count * 1000, |s| s.milli);
+            let (minimum, per_hour) =
+                self.start_cost(inst.model, milli, inst.sale.tier, inst.sale.max_price, inst.region.as_ref()).await?;
+            self.check_can_afford(&by.tenant.id, minimum, per_hour).await?;
             self.refuse_if_rank_taken(&inst).await?;
         }
         self.transition(inst, |i| i.state.on_user(i.stop_target, action).map_err(AppError::from)).await

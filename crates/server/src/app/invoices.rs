@@ -137,6 +137,46 @@ impl App {
                 });
             }
         }
+        if status == "open" {
+            // A draft shows what has accrued since the last posting too, so it moves every second.
+            let now = self.now();
+            let mut prices = super::billing::PriceCache::default();
+            for u in self.store.unsettled_intervals_of(tid).await? {
+                let due = super::billing::usage_of(&u).due(self.accrue_end(&u, now), prices.get(self, &u).await?);
+                let (amount, seconds) = (due.amount.micros() - u.charged.micros(), due.seconds - u.charged_seconds);
+                if amount <= 0 && seconds <= 0 {
+                    continue;
+                }
+                let (instance, gpu) = (u.instance_id.to_string(), u.model.to_string());
+                let line = usage.entry((instance.clone(), gpu.clone())).or_insert_with(|| InvoiceLine {
+                    description: format!(
+                        "{} x {} in {} ({})",
+                        f64::from(u.milli_gpus) / 1000.0,
+                        u.model,
+                        u.region,
+                        u.tier
+                    ),
+                    instance: Some(instance),
+                    gpu: Some(gpu),
+                    seconds: 0,
+                    amount: Money::ZERO,
+                });
+                line.seconds += seconds.max(0);
+                line.amount = Money(line.amount.micros() + amount.max(0));
+            }
+            let storage = self.accrued_storage(tid, now).await?;
+            let reserved = self.accrued_reservation_usage(tid, now).await?;
+            for (what, amount) in
+                [("storage accrued since the last posting", storage), ("reservation periods in progress", reserved)]
+            {
+                if amount > Money::ZERO {
+                    usage.insert(
+                        (String::new(), what.to_string()),
+                        InvoiceLine { description: what.to_string(), instance: None, gpu: None, seconds: 0, amount },
+                    );
+                }
+            }
+        }
         let mut invoice = Invoice {
             tenant: tid.to_string(),
             tenant_name: tenant.name.clone(),

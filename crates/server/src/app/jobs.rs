@@ -144,10 +144,19 @@ impl App {
         let attempts = self.store.job_attempts(&job.id).await?;
         let intervals = self.store.intervals_of_tenant(&job.tenant_id).await?;
         let mut cost: HashMap<InstanceId, (gpucloud_model::Money, i64)> = HashMap::new();
+        let now = self.now();
+        let mut prices = super::billing::PriceCache::default();
         for u in intervals {
+            // A running attempt's cost so far, not only what has been posted of it.
+            let (amount, seconds) = if u.settled {
+                (u.charged, u.charged_seconds)
+            } else {
+                let due = super::billing::usage_of(&u).due(self.accrue_end(&u, now), prices.get(self, &u).await?);
+                (due.amount.max(u.charged), due.seconds.max(u.charged_seconds))
+            };
             let e = cost.entry(u.instance_id).or_insert((gpucloud_model::Money::ZERO, 0));
-            e.0 = Money(e.0.0 + u.charged.0);
-            e.1 += u.charged_seconds;
+            e.0 = Money(e.0.0 + amount.0);
+            e.1 += seconds;
         }
         let attempts = attempts
             .into_iter()

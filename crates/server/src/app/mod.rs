@@ -51,8 +51,11 @@ pub struct Config {
     pub heartbeat_grace: Duration,
     /// Run an in-process fake agent for every node (dev mode, tests).
     pub fake_agents: FakeAgents,
-    /// How often metering brings the ledger up to date with running instances.
+    /// How often metering brings accrued charges, budgets and prepaid balances up to date.
     pub metering_interval: Duration,
+    /// How often a running interval's accrued charge is posted to the ledger (also at every
+    /// month start, so each month's invoice holds exactly its own seconds).
+    pub posting_period: Duration,
     pub market: MarketConfig,
     pub monitor: MonitorConfig,
     /// How long the reconcilers' lease lasts without renewal: the longest a dead leader's work
@@ -152,6 +155,9 @@ impl Default for Config {
             fake_agents: FakeAgents::Off,
             // Balances and usage move every second, as tenants of a per-second cloud expect.
             metering_interval: Duration::from_secs(1),
+            // An entry per instance per hour (and one when it stops), not one per second: the
+            // balance reads posted + accrued, so it still moves every second.
+            posting_period: Duration::from_secs(3600),
             market: MarketConfig::default(),
             monitor: MonitorConfig::default(),
             // Three seconds: renewed every second, so a slow database can miss two renewals

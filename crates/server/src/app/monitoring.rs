@@ -140,11 +140,31 @@ impl App {
         step_s: Option<i64>,
     ) -> Result<FleetHistory, AppError> {
         by.require_operator()?;
-        let (since, step_ms) = window(self.now(), since_s, step_s)?;
+        let now = self.now();
+        let (since, step_ms) = window(now, since_s, step_s)?;
+        let mut revenue: std::collections::BTreeMap<i64, i64> =
+            self.store.revenue_series(since, step_ms).await?.into_iter().map(|(t, v)| (t.0, v)).collect();
+        // Running instances earn between postings too: each bucket gets what they accrued in it
+        // beyond what the ledger holds.
+        let mut prices = super::billing::PriceCache::default();
+        for u in self.store.unsettled_intervals().await? {
+            let usage = super::billing::usage_of(&u);
+            let end = self.accrue_end(&u, now);
+            let p = prices.get(self, &u).await?;
+            let mut b = since.max(u.started_at).millis().div_euclid(step_ms) * step_ms;
+            while b < end.millis() {
+                let upto = usage.due(Timestamp(b + step_ms).min(end), p).amount.micros();
+                let before = usage.due(Timestamp(b).max(u.started_at), p).amount.micros().max(u.charged.micros());
+                if upto > before {
+                    *revenue.entry(b).or_default() += upto - before;
+                }
+                b += step_ms;
+            }
+        }
         Ok(FleetHistory {
             step_ms,
             buckets: self.store.fleet_telemetry(since, step_ms).await?,
-            revenue: self.store.revenue_series(since, step_ms).await?,
+            revenue: revenue.into_iter().map(|(t, v)| (Timestamp(t), v)).collect(),
         })
     }
 

@@ -254,6 +254,37 @@ impl App {
     /// Bills each reservation's elapsed periods: the commitment (GPUs x rate for the period,
     /// used or not) and the owner's share of the lending revenue so far, one transaction per
     /// period under idempotency keys, so a crash or a second replica never bills twice.
+    /// A tenant's reservation charges for the periods in progress, not yet posted (each period
+    /// is posted when it ends), and the lending credit earned since the last posting.
+    async fn reservations_in_progress(&self, tenant: &TenantId, now: Timestamp) -> Result<(Money, Money), AppError> {
+        let period_ms = self.config.market.reservation_period.as_millis().max(1000) as i64;
+        let (mut usage, mut credit) = (0i64, 0i64);
+        for r in self.store.list_reservations(Some(tenant)).await? {
+            let from = r.starts_at.plus_millis(r.billed_periods * period_ms);
+            if from >= r.ends_at || from >= now {
+                continue;
+            }
+            let to = now.min(r.ends_at);
+            let points = [PricePoint { effective_from: r.starts_at, per_gpu_hour: r.price }];
+            let exact = Rules { granularity_s: 1, minimum_s: 0 };
+            usage += charge(from, to.millis_since(from), r.gpus * 1000, &points, exact).amount.micros();
+            let share = (i128::from(r.lent_revenue.0) * i128::from(r.lend_share_pct) / 100) as i64;
+            credit += (share - r.credited.0).max(0);
+        }
+        Ok((Money(usage), Money(credit)))
+    }
+
+    /// Reservation usage accrued in periods in progress, as a positive amount.
+    pub(crate) async fn accrued_reservation_usage(&self, tenant: &TenantId, now: Timestamp) -> Result<Money, AppError> {
+        Ok(self.reservations_in_progress(tenant, now).await?.0)
+    }
+
+    /// What reservations in progress add to what the tenant owes: usage less lending credit.
+    pub(crate) async fn accrued_reservations(&self, tenant: &TenantId, now: Timestamp) -> Result<Money, AppError> {
+        let (usage, credit) = self.reservations_in_progress(tenant, now).await?;
+        Ok(Money(usage.0 - credit.0))
+    }
+
     pub async fn bill_reservations(&self) -> Result<usize, AppError> {
         let now = self.now();
         let period_ms = self.config.market.reservation_period.as_millis().max(1000) as i64;

@@ -168,17 +168,24 @@ impl App {
         Ok(self.store.storage_prices(None).await?)
     }
 
-    /// One metering pass over volumes: each is charged from its creation to now (or to its
-    /// deletion, which settles it). Returns how many charges moved.
+    /// One metering pass over volumes: a deleted one is settled to its deletion; a live one is
+    /// posted at each posting point (as instances are), its storage accruing in between.
+    /// Returns how many charges moved.
     pub(crate) async fn meter_volumes(&self) -> Result<usize, AppError> {
         let now = self.now();
+        let point = self.posting_point(now);
         let mut prices: HashMap<Region, Vec<PricePoint>> = HashMap::new();
         let mut charges = Vec::new();
         for v in self.store.unsettled_volumes().await? {
             if !prices.contains_key(&v.region) {
                 prices.insert(v.region.clone(), points(&self.store.storage_prices(Some(&v.region)).await?));
             }
-            let end = v.deleted_at.unwrap_or(now).max(v.created_at);
+            let settled = v.deleted_at.is_some();
+            let (end, at) = match v.deleted_at {
+                Some(end) => (end.max(v.created_at), now),
+                None if point > v.created_at => (point, point.plus_millis(-1)),
+                None => continue,
+            };
             let due = charge(
                 v.created_at,
                 end.millis_since(v.created_at),
@@ -186,7 +193,6 @@ impl App {
                 &prices[&v.region],
                 STORAGE_RULES,
             );
-            let settled = v.deleted_at.is_some();
             if due.amount < v.charged || due.seconds < v.charged_seconds {
                 // A price point added in the past can lower it; the ledger never takes money back
                 // by itself, so the volume keeps what it was charged and is settled when deleted.
@@ -215,7 +221,7 @@ impl App {
                 model: None,
                 seconds: due.seconds - v.charged_seconds,
                 idempotency_key: format!("storage:{}:{}:{}", v.id, due.seconds, due.amount.micros()),
-                created_at: now,
+                created_at: at,
             });
             charges.push(VolumeCharge { amount: due.amount, seconds: due.seconds, settled, record, volume: v });
         }
@@ -224,5 +230,26 @@ impl App {
         }
         let done = self.store.charge_volumes(&charges).await?;
         Ok(done.into_iter().filter(|ok| *ok).count())
+    }
+
+    /// A tenant's storage charged since the last posting, not yet in the ledger.
+    pub(crate) async fn accrued_storage(&self, tenant: &TenantId, now: Timestamp) -> Result<Money, AppError> {
+        let mut total = 0;
+        let mut prices: HashMap<Region, Vec<PricePoint>> = HashMap::new();
+        for v in self.store.unsettled_volumes().await?.into_iter().filter(|v| &v.tenant_id == tenant) {
+            if !prices.contains_key(&v.region) {
+                prices.insert(v.region.clone(), points(&self.store.storage_prices(Some(&v.region)).await?));
+            }
+            let end = v.deleted_at.unwrap_or(now).max(v.created_at);
+            let due = charge(
+                v.created_at,
+                end.millis_since(v.created_at),
+                milli(v.size_gib),
+                &prices[&v.region],
+                STORAGE_RULES,
+            );
+            total += (due.amount.micros() - v.charged.micros()).max(0);
+        }
+        Ok(Money(total))
     }
 }

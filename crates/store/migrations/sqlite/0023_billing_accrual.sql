@@ -1,0 +1,18 @@
+-- Billing that accrues exactly and posts sparsely.
+-- A spot interval's bid: no second of it is priced above this.
+ALTER TABLE usage_intervals ADD COLUMN price_cap_micros INTEGER;
+-- Wall-clock time already paid for by the instance's previous run (its minimum): this interval
+-- is not billed before it, and has no minimum of its own.
+ALTER TABLE usage_intervals ADD COLUMN free_until INTEGER;
+
+-- A postpaid tenant may owe up to this much; beyond it, creates are refused and instances stop.
+ALTER TABLE tenant_billing ADD COLUMN credit_limit_micros INTEGER;
+
+-- Each account's balance, kept in the same transaction as every posting, so reading a balance
+-- does not sum the whole ledger.
+CREATE TABLE account_balances (
+    account         TEXT PRIMARY KEY,
+    balance_micros  INTEGER NOT NULL
+);
+INSERT INTO account_balances (account, balance_micros)
+    SELECT account, SUM(amount_micros) FROM ledger_postings GROUP BY account;
