@@ -277,6 +277,21 @@ pub struct Tenant {
     /// operator or tenant.
     pub role: String,
     pub created_at: String,
+    /// How the tenant pays (shown to operators: tenant create, list and show).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub billing: Option<BillingMode>,
+}
+
+/// How a tenant pays: `prepaid` (its instances stop before its balance goes negative, and
+/// creates its balance cannot cover are refused) or `postpaid` (invoiced monthly; with a credit
+/// limit, the same rules apply at minus that limit).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct BillingMode {
+    /// prepaid or postpaid.
+    pub mode: String,
+    /// Postpaid only: how much the tenant may owe; null is no limit.
+    #[schema(value_type = Option<String>)]
+    pub credit_limit: Option<Money>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -289,6 +304,14 @@ pub struct TenantList {
 pub struct CreateTenantRequest {
     /// 1 to 64 letters, digits, `-` or `_`.
     pub name: String,
+    /// prepaid or postpaid (the default).
+    #[serde(default)]
+    pub billing_mode: Option<String>,
+    /// Postpaid only: how much the tenant may owe before creates are refused and its instances
+    /// stop; absent is no limit.
+    #[serde(default)]
+    #[schema(value_type = Option<String>, example = "500.00")]
+    pub credit_limit: Option<Money>,
 }
 
 /// A new API key. The key itself is shown here once and never again.
@@ -580,6 +603,13 @@ pub struct Budget {
     pub webhook_secret: Option<String>,
     /// Set by the operator: instances stop before the prepaid balance goes negative.
     pub prepaid: bool,
+    /// prepaid or postpaid.
+    #[serde(default)]
+    pub billing_mode: String,
+    /// Postpaid: how much may be owed; null is no limit.
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    pub credit_limit: Option<Money>,
     #[schema(value_type = String)]
     pub month_usage: Money,
 }
@@ -605,7 +635,33 @@ pub struct BudgetRequest {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TenantBillingRequest {
-    pub prepaid: bool,
+    /// true: prepaid; false: postpaid. Or say it as `billing_mode`.
+    #[serde(default)]
+    pub prepaid: Option<bool>,
+    /// prepaid or postpaid.
+    #[serde(default)]
+    pub billing_mode: Option<String>,
+    /// Postpaid only; absent or null is no limit.
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    pub credit_limit: Option<Money>,
+}
+
+/// What the billing checker found: every interval recomputed from the instance's state history
+/// and the price book against what was charged and what the ledger holds.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct BillingCheck {
+    pub instances: usize,
+    pub intervals: usize,
+    pub ledger_entries: u64,
+    /// Seconds billed by settled intervals.
+    pub billed_seconds: i64,
+    /// What settled intervals were charged.
+    #[schema(value_type = String)]
+    pub charged: Money,
+    /// Each second charged twice or lost, charge above a bid, unbalanced entry or drifted
+    /// balance, in words; empty when the books are right.
+    pub problems: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

@@ -814,9 +814,34 @@ pub enum TenantCmd {
         #[arg(long)]
         idempotency_key: Option<String>,
     },
-    /// Create a tenant; prints its first API key, once.
+    /// Create a tenant; prints its first API key, once, and how it pays.
     Create {
         name: String,
+        /// Pays in advance: its instances stop before its balance goes negative, and a create
+        /// its balance cannot cover is refused.
+        #[arg(long, conflicts_with = "postpaid")]
+        prepaid: bool,
+        /// Invoiced monthly (the default).
+        #[arg(long)]
+        postpaid: bool,
+        /// Postpaid: how much it may owe before creates are refused and its instances stop.
+        #[arg(long, value_name = "AMOUNT", conflicts_with = "prepaid")]
+        credit_limit: Option<String>,
+    },
+    /// A tenant and how it pays.
+    Show {
+        tenant_id: String,
+    },
+    /// Switch a tenant between prepaid and postpaid, or change its credit limit.
+    Billing {
+        tenant_id: String,
+        #[arg(long, conflicts_with = "postpaid", required_unless_present = "postpaid")]
+        prepaid: bool,
+        #[arg(long)]
+        postpaid: bool,
+        /// Postpaid: how much it may owe; leave out for no limit.
+        #[arg(long, value_name = "AMOUNT", conflicts_with = "prepaid")]
+        credit_limit: Option<String>,
     },
     /// Create another API key for a tenant; printed once.
     Key {
@@ -825,7 +850,16 @@ pub enum TenantCmd {
 }
 
 fn key_text(k: &api::ApiKeyCreated) -> String {
-    format!("tenant:  {} ({})\napi key: {}\n(shown once: store it now)", k.tenant.name, k.tenant.id, k.api_key)
+    let billing = k.tenant.billing.as_ref().map(|b| format!("\nbilling: {}", billing_text(b))).unwrap_or_default();
+    format!("tenant:  {} ({}){billing}\napi key: {}\n(shown once: store it now)", k.tenant.name, k.tenant.id, k.api_key)
+}
+
+fn billing_text(b: &api::BillingMode) -> String {
+    match (&*b.mode, b.credit_limit) {
+        ("postpaid", Some(l)) => format!("postpaid, credit limit {l}"),
+        ("postpaid", None) => "postpaid, no credit limit".to_string(),
+        (mode, _) => mode.to_string(),
+    }
 }
 
 pub fn tenant(ctx: &Ctx, cmd: TenantCmd) -> Res {
@@ -838,9 +872,17 @@ pub fn tenant(ctx: &Ctx, cmd: TenantCmd) -> Res {
                 let rows: Vec<Vec<String>> = l
                     .tenants
                     .iter()
-                    .map(|t| vec![t.id.clone(), t.name.clone(), t.role.clone(), t.created_at.clone()])
+                    .map(|t| {
+                        vec![
+                            t.id.clone(),
+                            t.name.clone(),
+                            t.role.clone(),
+                            t.billing.as_ref().map(billing_text).unwrap_or_default(),
+                            t.created_at.clone(),
+                        ]
+                    })
                     .collect();
-                table(&["ID", "NAME", "ROLE", "CREATED"], &rows)
+                table(&["ID", "NAME", "ROLE", "BILLING", "CREATED"], &rows)
             });
         }
         TenantCmd::Credit { tenant_id, amount, kind, memo, idempotency_key } => {
@@ -850,10 +892,30 @@ pub fn tenant(ctx: &Ctx, cmd: TenantCmd) -> Res {
                 .map_err(err)?;
             show(ctx, &l, |l| format!("{} {} to {} ({})", l.kind, l.amount, tenant_id, l.memo));
         }
-        TenantCmd::Create { name } => {
-            let k: api::ApiKeyCreated =
-                c.post("/v1/tenants", Some(&serde_json::json!({"name": name})), None).map_err(err)?;
+        TenantCmd::Create { name, prepaid, postpaid: _, credit_limit } => {
+            let mode = if prepaid { "prepaid" } else { "postpaid" };
+            let body = serde_json::json!({"name": name, "billing_mode": mode, "credit_limit": credit_limit});
+            let k: api::ApiKeyCreated = c.post("/v1/tenants", Some(&body), None).map_err(err)?;
             show(ctx, &k, key_text);
+        }
+        TenantCmd::Show { tenant_id } => {
+            let t: api::Tenant = c.get(&format!("/v1/tenants/{tenant_id}")).map_err(err)?;
+            show(ctx, &t, |t| {
+                let billing = t.billing.as_ref().map(billing_text).unwrap_or_default();
+                format!(
+                    "id:      {}\nname:    {}\nrole:    {}\ncreated: {}\nbilling: {billing}",
+                    t.id, t.name, t.role, t.created_at
+                )
+            });
+        }
+        TenantCmd::Billing { tenant_id, prepaid, postpaid: _, credit_limit } => {
+            let mode = if prepaid { "prepaid" } else { "postpaid" };
+            let body = serde_json::json!({"billing_mode": mode, "credit_limit": credit_limit});
+            let b: api::Budget = c.post(&format!("/v1/tenants/{tenant_id}/billing"), Some(&body), None).map_err(err)?;
+            show(ctx, &b, |b| {
+                let mode = api::BillingMode { mode: b.billing_mode.clone(), credit_limit: b.credit_limit };
+                format!("{tenant_id}: {}", billing_text(&mode))
+            });
         }
         TenantCmd::Key { tenant_id } => {
             let k: api::ApiKeyCreated =

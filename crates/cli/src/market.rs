@@ -194,6 +194,9 @@ pub enum AdminCmd {
         #[arg(long, value_name = "SECONDS")]
         notice: Option<u64>,
     },
+    /// Check the whole cloud's billing: every interval recomputed from its instance's state
+    /// history and the price book. Exits 1 when anything is wrong.
+    CheckBilling,
 }
 
 pub fn admin(ctx: &Ctx, cmd: AdminCmd) -> Res {
@@ -212,6 +215,28 @@ pub fn admin(ctx: &Ctx, cmd: AdminCmd) -> Res {
                     n.and_then(|n| n.deadline.clone()).map(|d| format!(", deadline {d}")).unwrap_or_default()
                 )
             });
+        }
+        AdminCmd::CheckBilling => {
+            let r: api::BillingCheck = c.get("/v1/admin/billing/check").map_err(|e| e.to_string())?;
+            show(ctx, &r, |r| {
+                let mut out = format!(
+                    "{} instances, {} intervals, {} ledger entries: {} s billed, {} charged",
+                    r.instances, r.intervals, r.ledger_entries, r.billed_seconds, r.charged
+                );
+                match r.problems.len() {
+                    0 => out.push_str("\nno second charged twice or lost, none above a bid, every entry balanced"),
+                    n => {
+                        out.push_str(&format!("\n{n} problems:"));
+                        for p in &r.problems {
+                            out.push_str(&format!("\n  {p}"));
+                        }
+                    }
+                }
+                out
+            });
+            if !r.problems.is_empty() {
+                return Err(format!("billing check found {} problems", r.problems.len()));
+            }
         }
     }
     Ok(())

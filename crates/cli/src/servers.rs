@@ -204,6 +204,11 @@ pub struct ServeArgs {
     /// A node silent this long is lost (default 10000).
     #[arg(long)]
     heartbeat_grace_ms: Option<u64>,
+    /// How often a running instance's accrued charge is posted to the ledger, in seconds
+    /// (default 3600; also at each month start and when it stops). Balances, budgets and the
+    /// invoice draft read posted + accrued, so they move every second either way.
+    #[arg(long, value_name = "SECONDS")]
+    posting_period_s: Option<u64>,
     /// With several replicas on one database: how long the reconcilers' lease lasts unrenewed,
     /// the longest a dead leader's work waits for another replica (default 3000).
     #[arg(long)]
@@ -422,6 +427,12 @@ pub fn serve(args: ServeArgs) -> Result<(), String> {
         }
         if let Some(ms) = args.heartbeat_grace_ms {
             config.heartbeat_grace = Duration::from_millis(ms.max(100));
+        }
+        if let Some(s) = args.posting_period_s {
+            if !(1..=86_400).contains(&s) {
+                return Err(format!("--posting-period-s must be 1 to 86400 seconds, got {s}"));
+            }
+            config.posting_period = Duration::from_secs(s);
         }
         args.market.apply(&mut config)?;
         args.monitor.apply(&mut config)?;

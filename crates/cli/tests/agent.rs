@@ -5,6 +5,7 @@
 mod common;
 
 use common::{Api, Proc, processes_with, serving};
+use gpucloud_model::Timestamp;
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -13,8 +14,10 @@ fn start_agent(url: &str, key: &str, name: &str, state: &Path) -> Proc {
     common::start_agent(url, key, name, state, "A100-40GB:2")
 }
 
+/// Posting every second: a lost node's instance has usage posted past its last heartbeat, which
+/// its settlement must give back.
 fn serve(root: &Path, listen: &str, out: &Path) -> Proc {
-    common::serve(root, listen, out, &[])
+    common::serve(root, listen, out, &["--posting-period-s", "1"])
 }
 
 #[test]
@@ -247,6 +250,25 @@ fn agents_run_real_workloads() {
             ended <= killed_at && ended > killed_at - 1000,
             "ended at the last heartbeat: {ended} vs kill at {killed_at}"
         );
+        // Settled to the last heartbeat, whatever was posted while the node was silent.
+        assert!(interval.settled, "{interval:?}");
+        let prices = store.prices_for(interval.model, &interval.region, interval.tier).await.unwrap();
+        let usage = gpucloud_billing::Usage {
+            started_at: interval.started_at,
+            free_until: interval.free_until,
+            milli_gpus: interval.milli_gpus,
+            rules: interval.rules,
+            price_cap: interval.price_cap,
+        };
+        let due = usage.due(interval.ended_at.unwrap(), &prices);
+        assert_eq!((interval.charged, interval.charged_seconds), (due.amount, due.seconds));
+        let lines = store.ledger_lines(&tenant.id, Timestamp(0), Timestamp(i64::MAX)).await.unwrap();
+        let posted: i64 = lines.iter().filter(|l| l.instance_id.as_ref() == Some(&id)).map(|l| l.amount.micros()).sum();
+        assert_eq!(-posted, due.amount.micros(), "the ledger holds what it owes: {lines:?}");
+        let now =
+            Timestamp(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64);
+        let report = gpucloud_server::app::billing_check::check_billing(store.as_ref(), now).await.unwrap();
+        assert!(report.problems.is_empty(), "{:#?}", report.problems);
     });
     let _ = std::fs::remove_dir_all(&root);
 }

@@ -159,6 +159,9 @@ fn a_new_user_walks_through_dev_and_survives_kill_9() {
     // The workload is a real process with its GPUs, and its output is there for the asking.
     let (ok, logs, _) = cli(&config, &[], &["instance", "logs", &id]);
     assert!(ok && logs.starts_with("training on GPU-fake-"), "{logs}");
+    // The books are right after the kill: the billing checker finds nothing wrong.
+    let (ok, out, err) = cli(&config, &[], &["admin", "check-billing"]);
+    assert!(ok && out.contains("no second charged twice or lost"), "{out}{err}");
     // Stopping dev (Ctrl-C) stops the workloads it runs.
     let mut dev2 = dev2;
     send_sigint(dev2.child.id());

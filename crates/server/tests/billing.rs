@@ -345,3 +345,102 @@ fn webhooks_to_internal_addresses_are_refused_naming_the_rule() {
     }
     assert_eq!(s.get(&key, "/v1/billing/budget").body["webhook_url"], json!(null), "nothing was stored");
 }
+
+#[test]
+fn a_restart_within_the_first_minute_pays_the_minimum_once() {
+    let s = TestServer::start();
+    let key = s.tenant("acme");
+    let id = s.create(&key, "T4", 1, Some("eu-1"))["id"].as_str().unwrap().to_string();
+    for action in ["stop", "start", "stop"] {
+        s.wait_state(&key, &id, if action == "stop" { "running" } else { "stopped" });
+        assert_eq!(s.post(&key, &format!("/v1/instances/{id}/{action}"), None).status, 200, "{action}");
+    }
+    s.wait_state(&key, &id, "stopped");
+    let iid = gpucloud_model::InstanceId::parse(&id).unwrap();
+    let tenant = s.block_on(s.app.store().get_instance(None, &iid)).unwrap().unwrap().tenant_id;
+    let runs = common::poll("both runs settled", || {
+        let all = s.block_on(s.app.store().intervals_of_tenant(&tenant)).unwrap();
+        (all.len() == 2 && all.iter().all(|u| u.settled)).then_some(all)
+    });
+    assert_eq!(runs[0].charged_seconds, 60, "the first run pays the minimum");
+    assert_eq!(runs[1].free_until, Some(runs[0].started_at.plus_millis(60_000)), "{runs:?}");
+    assert_eq!((runs[1].rules.minimum_s, runs[1].charged_seconds), (0, 0), "the second runs on the paid minute");
+    let usage = s.get(&key, "/v1/billing/usage?by=instance").body;
+    assert_eq!(usage["lines"][0]["seconds"], 60, "{usage}");
+    assert_eq!(money(&s.get(&key, "/v1/billing/balance").body["balance"]), Money(-5_833));
+}
+
+#[test]
+fn a_tenants_billing_mode_is_chosen_at_creation_and_shown() {
+    let s = TestServer::start();
+    let op = s.operator_key.clone();
+    let r = s.post(&op, "/v1/tenants", Some(&json!({"name": "pre", "billing_mode": "prepaid"})));
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    assert_eq!(r.body["tenant"]["billing"], json!({"mode": "prepaid", "credit_limit": null}));
+    let pre = r.body["api_key"].as_str().unwrap().to_string();
+    let pre_id = r.body["tenant"]["id"].as_str().unwrap().to_string();
+    let shown = s.get(&op, &format!("/v1/tenants/{pre_id}"));
+    assert_eq!((shown.status, &shown.body["billing"]["mode"]), (200, &json!("prepaid")));
+    assert_eq!(s.get(&pre, &format!("/v1/tenants/{pre_id}")).status, 403, "operators only");
+    let r = s.post(&pre, "/v1/instances", Some(&json!({"gpu": "T4", "count": 1, "command": "x"})));
+    assert_eq!(r.status, 402, "a new prepaid tenant has nothing to spend: {:?}", r.body);
+
+    let r = s.post(&op, "/v1/tenants", Some(&json!({"name": "post", "credit_limit": "0.001"})));
+    assert_eq!(r.body["tenant"]["billing"], json!({"mode": "postpaid", "credit_limit": "0.001000"}), "{:?}", r.body);
+    let post = r.body["api_key"].as_str().unwrap().to_string();
+    let post_id = r.body["tenant"]["id"].as_str().unwrap().to_string();
+    let r = s.post(&post, "/v1/instances", Some(&json!({"gpu": "T4", "count": 1, "command": "x"})));
+    let detail = r.body["detail"].as_str().unwrap_or_default();
+    assert_eq!(r.status, 402, "{:?}", r.body);
+    assert!(detail.contains("credit limit") && detail.contains("missing"), "{detail}");
+    // Switching it to postpaid without a limit lets it run.
+    let r = s.post(&op, &format!("/v1/tenants/{post_id}/billing"), Some(&json!({"billing_mode": "postpaid"})));
+    assert_eq!((r.status, r.body["billing_mode"].as_str()), (200, Some("postpaid")), "{:?}", r.body);
+    assert_eq!(s.post(&post, "/v1/instances", Some(&json!({"gpu": "T4", "count": 1, "command": "x"}))).status, 201);
+    let list = s.get(&op, "/v1/tenants").body;
+    let modes: Vec<&str> =
+        list["tenants"].as_array().unwrap().iter().map(|t| t["billing"]["mode"].as_str().unwrap()).collect();
+    assert!(modes.contains(&"prepaid") && modes.contains(&"postpaid"), "{list}");
+
+    for (body, field) in [
+        (json!({"name": "x1", "billing_mode": "prepaid", "credit_limit": "5"}), "credit_limit"),
+        (json!({"name": "x2", "billing_mode": "later"}), "billing_mode"),
+        (json!({"name": "x3", "credit_limit": "-1"}), "credit_limit"),
+    ] {
+        let r = s.post(&op, "/v1/tenants", Some(&body));
+        assert_eq!((r.status, r.body["field"].as_str()), (422, Some(field)), "{body}: {:?}", r.body);
+    }
+    let names: Vec<String> = s.get(&op, "/v1/tenants").body["tenants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap().to_string())
+        .collect();
+    assert!(!names.iter().any(|n| n.starts_with('x')), "a refused create makes no tenant: {names:?}");
+}
+
+#[test]
+fn a_reservation_accrues_by_the_second_between_its_postings() {
+    let s = TestServer::start();
+    let lab = s.tenant("lab");
+    let later = (time::OffsetDateTime::now_utc() + time::Duration::hours(3))
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let body = json!({"tenant": "lab", "gpu": "A100-40GB", "region": "us-1", "gpus": 2, "ends_at": later,
+        "price_per_gpu_hour": "1.00"});
+    let r = s.post(&s.operator_key, "/v1/reservations", Some(&body));
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    // Its hourly period has not ended, so the ledger holds nothing yet; the balance, the
+    // month's usage and the invoice draft move anyway.
+    let first = money(&s.get(&lab, "/v1/billing/balance").body["balance"]);
+    let moved = common::poll("the balance moves mid-period", || {
+        let b = money(&s.get(&lab, "/v1/billing/balance").body["balance"]);
+        (b < first).then_some(b)
+    });
+    assert!(moved < Money::ZERO && moved > Money(-2_000_000), "2 GPUs at 1.00/h for seconds: {moved}");
+    let ledger = s.get(&lab, "/v1/billing/ledger").body;
+    assert_eq!(ledger["entries"], json!([]), "{ledger}");
+    let month = time::OffsetDateTime::now_utc().format(&time::macros::format_description!("[year]-[month]")).unwrap();
+    let invoice = s.get(&lab, &format!("/v1/billing/invoices/{month}")).body;
+    assert!(money(&invoice["usage_total"]) > Money::ZERO, "{invoice}");
+}

@@ -134,6 +134,32 @@ fn a_bid_the_price_passes_is_noticed_then_stopped() {
     let v = s.wait_for(&key, &id, "stopped at the deadline", |v| v["state"] == "stopped");
     assert!(v["reason"].as_str().unwrap().starts_with("preempted: the spot price"), "{v}");
 
+    // The bid is a ceiling: the notice's seconds, priced above it by the market, are billed at it.
+    let iid = gpucloud_model::InstanceId::parse(&id).unwrap();
+    let tenant = s.block_on(s.app.store().get_instance(None, &iid)).unwrap().unwrap().tenant_id;
+    let u = common::poll("the spot interval settled", || {
+        let all = s.block_on(s.app.store().intervals_of_tenant(&tenant)).unwrap();
+        all.into_iter().find(|u| u.instance_id == iid && u.settled)
+    });
+    let bid = gpucloud_model::Money(900_000);
+    assert_eq!(u.price_cap, Some(bid));
+    let prices = s.block_on(s.app.store().prices_for(u.model, &u.region, u.tier)).unwrap();
+    let end = u.ended_at.unwrap();
+    let market = gpucloud_billing::charge(u.started_at, end.millis_since(u.started_at), 1000, &prices, u.rules);
+    let at_bid = gpucloud_billing::charge(
+        u.started_at,
+        end.millis_since(u.started_at),
+        1000,
+        &[gpucloud_billing::PricePoint { effective_from: u.started_at, per_gpu_hour: bid }],
+        u.rules,
+    );
+    assert!(u.charged <= at_bid.amount, "{} charged, {} at the bid", u.charged, at_bid.amount);
+    assert!(u.charged < market.amount, "{} charged, {} at the market", u.charged, market.amount);
+    let check = s.get(&s.operator_key, "/v1/admin/billing/check");
+    assert_eq!(check.status, 200, "{:?}", check.body);
+    assert_eq!(check.body["problems"], json!([]), "{}", check.body);
+    assert_eq!(s.get(&key, "/v1/admin/billing/check").status, 403, "operators only");
+
     // A new bid under the price waits, and says why.
     let r = s.post(&key, "/v1/instances", Some(&body));
     let waiting = r.body["id"].as_str().unwrap().to_string();

@@ -177,6 +177,8 @@ pub trait Store:
     async fn balance_before(&self, tenant: &TenantId, before: Timestamp) -> Result<gpucloud_model::Money>;
     /// The sum of every posting, per currency: zero when the books balance.
     async fn ledger_totals(&self) -> Result<Vec<(String, gpucloud_model::Money)>>;
+    /// What a billing audit needs from the ledger as a whole.
+    async fn ledger_audit(&self) -> Result<LedgerAudit>;
     async fn ledger_lines(&self, tenant: &TenantId, from: Timestamp, to: Timestamp) -> Result<Vec<LedgerLine>>;
 
     /// Stores a closed invoice; false if that tenant's month was closed before (nothing written).

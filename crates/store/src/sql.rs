@@ -2,8 +2,9 @@ use crate::billing_rows::*;
 use crate::migrate;
 use crate::{
     Alert, ApiKey, ApplyOutcome, Backend, ChargeItem, Gpu, GpuSlice, IdempotencyBegin, Instance, InstanceChange,
-    InstanceEvent, LedgerLine, LedgerRecord, LogChunk, LostNode, NewInstance, NewNode, NewPlacement, Node, NodeBatch,
-    NodeDriver, PriceRow, Result, Staleness, Store, StoreError, StoredInvoice, Tenant, TenantBilling, UsageInterval,
+    InstanceEvent, LedgerAudit, LedgerLine, LedgerRecord, LogChunk, LostNode, NewInstance, NewNode, NewPlacement, Node,
+    NodeBatch, NodeDriver, PriceRow, Result, Staleness, Store, StoreError, StoredInvoice, Tenant, TenantBilling,
+    UsageInterval,
 };
 use async_trait::async_trait;
 use gpucloud_billing::{Account, EntryKind, PricePoint, Rules};
@@ -875,6 +876,39 @@ impl Store for SqlStore {
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(|r| Ok((r.try_get(0)?, Money(r.try_get(1)?)))).collect()
+    }
+
+    async fn ledger_audit(&self) -> Result<LedgerAudit> {
+        let unbalanced: Vec<String> = sqlx::query_scalar(
+            "SELECT entry_id FROM ledger_postings GROUP BY entry_id HAVING SUM(amount_micros) <> 0 ORDER BY entry_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let rows = sqlx::query(
+            "SELECT s.account, CAST(COALESCE(b.balance_micros, 0) AS BIGINT), s.total FROM \
+             (SELECT account, CAST(SUM(amount_micros) AS BIGINT) AS total FROM ledger_postings GROUP BY account) s \
+             LEFT JOIN account_balances b ON b.account = s.account \
+             WHERE b.balance_micros IS NULL OR b.balance_micros <> s.total ORDER BY s.account",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let drift = rows
+            .iter()
+            .map(|r| Ok((r.try_get(0)?, Money(r.try_get(1)?), Money(r.try_get(2)?))))
+            .collect::<Result<Vec<_>>>()?;
+        let rows = sqlx::query(
+            "SELECT e.interval_id, CAST(SUM(p.amount_micros) AS BIGINT), CAST(SUM(e.seconds) AS BIGINT) \
+             FROM ledger_entries e JOIN ledger_postings p ON p.entry_id = e.id AND p.account = 'tenant:' || e.tenant_id \
+             WHERE e.kind = 'usage' AND e.interval_id IS NOT NULL GROUP BY e.interval_id ORDER BY e.interval_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let posted = rows
+            .iter()
+            .map(|r| Ok((r.try_get(0)?, Money(r.try_get(1)?), r.try_get(2)?)))
+            .collect::<Result<Vec<_>>>()?;
+        let entries: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM ledger_entries").fetch_one(&self.pool).await?;
+        Ok(LedgerAudit { unbalanced, drift, posted, entries: entries as u64 })
     }
 
     async fn ledger_lines(&self, tenant: &TenantId, from: Timestamp, to: Timestamp) -> Result<Vec<LedgerLine>> {

@@ -656,3 +656,15 @@ pub struct MetricPoint {
     pub name: String,
     pub value: f64,
 }
+
+/// The ledger seen whole, for the billing checker.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LedgerAudit {
+    /// Entries whose postings do not sum to zero.
+    pub unbalanced: Vec<String>,
+    /// Accounts whose kept balance differs from the sum of their postings: (account, kept, summed).
+    pub drift: Vec<(String, gpucloud_model::Money, gpucloud_model::Money)>,
+    /// Per interval (or volume) id: usage posted to the tenant (negative) and its seconds.
+    pub posted: Vec<(String, gpucloud_model::Money, i64)>,
+    pub entries: u64,
+}

@@ -57,16 +57,34 @@ impl App {
     }
 
     /// Operator: whether a tenant pays in advance (its instances stop before its balance goes
-    /// negative) or is invoiced afterwards.
-    pub async fn set_prepaid(&self, by: &Principal, tenant: &str, prepaid: bool) -> Result<TenantBilling, AppError> {
+    /// negative) or is invoiced afterwards, up to an optional credit limit.
+    pub async fn set_billing_mode(
+        &self,
+        by: &Principal,
+        tenant: &str,
+        prepaid: bool,
+        credit_limit: Option<Money>,
+    ) -> Result<TenantBilling, AppError> {
+        by.require_operator()?;
+        check_credit_limit(prepaid, credit_limit)?;
+        let (_, mut settings) = self.tenant_with_billing(by, tenant).await?;
+        settings.prepaid = prepaid;
+        settings.credit_limit = credit_limit;
+        self.store.set_tenant_billing(&settings).await?;
+        Ok(settings)
+    }
+
+    /// Operator: a tenant and its billing settings.
+    pub async fn tenant_with_billing(
+        &self,
+        by: &Principal,
+        tenant: &str,
+    ) -> Result<(gpucloud_store::Tenant, TenantBilling), AppError> {
         by.require_operator()?;
         let not_found = || AppError::NotFound { kind: "tenant", id: tenant.to_string() };
         let tid = TenantId::parse(tenant).map_err(|_| not_found())?;
-        self.store.get_tenant(&tid).await?.ok_or_else(not_found)?;
-        let mut settings = self.store.tenant_billing(&tid).await?;
-        settings.prepaid = prepaid;
-        self.store.set_tenant_billing(&settings).await?;
-        Ok(settings)
+        let t = self.store.get_tenant(&tid).await?.ok_or_else(not_found)?;
+        Ok((t, self.store.tenant_billing(&tid).await?))
     }
 
     pub async fn list_alerts(&self, by: &Principal) -> Result<Vec<Alert>, AppError> {
@@ -286,4 +304,30 @@ fn send_webhook(url: String, secret: String, allow: Vec<super::outbound::Net>, a
             tracing::warn!(url, error = %e, "alert webhook failed");
         }
     });
+}
+
+/// `prepaid` or `postpaid` (or the older `prepaid: bool`); postpaid when neither is given.
+pub fn billing_mode(mode: Option<&str>, prepaid: Option<bool>) -> Result<bool, AppError> {
+    match (mode, prepaid) {
+        (Some("prepaid"), None | Some(true)) => Ok(true),
+        (Some("postpaid"), None | Some(false)) => Ok(false),
+        (Some(m @ ("prepaid" | "postpaid")), Some(_)) => {
+            Err(AppError::invalid("prepaid", format!("prepaid contradicts billing_mode '{m}'")))
+        }
+        (Some(other), _) => {
+            Err(AppError::invalid("billing_mode", format!("billing_mode is prepaid or postpaid, not '{other}'")))
+        }
+        (None, p) => Ok(p.unwrap_or(false)),
+    }
+}
+
+pub fn check_credit_limit(prepaid: bool, limit: Option<Money>) -> Result<(), AppError> {
+    match limit {
+        Some(_) if prepaid => Err(AppError::invalid(
+            "credit_limit",
+            "a credit limit is for postpaid tenants; a prepaid tenant spends only its balance",
+        )),
+        Some(l) if l < Money::ZERO => Err(AppError::invalid("credit_limit", "a credit limit cannot be negative")),
+        _ => Ok(()),
+    }
 }

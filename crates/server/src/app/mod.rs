@@ -4,6 +4,7 @@
 mod agent;
 mod auth;
 pub mod billing;
+pub mod billing_check;
 mod budgets;
 pub mod clusters;
 mod error;
@@ -30,6 +31,7 @@ mod tenants;
 
 pub use agent::{AgentApi, AgentReport, Desired, DesiredInstance, GpuReading};
 pub use auth::{Principal, hash_key};
+pub use budgets::{billing_mode, check_credit_limit};
 pub use error::AppError;
 pub use monitoring::MonitorConfig;
 pub use tenants::NewKey;

@@ -293,6 +293,8 @@ fn budget(
         webhook_url: b.webhook_url,
         webhook_secret: b.webhook_secret.filter(|_| show_secret),
         prepaid: b.prepaid,
+        billing_mode: if b.prepaid { "prepaid" } else { "postpaid" }.to_string(),
+        credit_limit: b.credit_limit.filter(|_| !b.prepaid),
         month_usage,
     }
 }
@@ -327,8 +329,29 @@ pub async fn set_tenant_billing(
     Path(id): Path<String>,
     ApiJson(req): ApiJson<gpucloud_api::TenantBillingRequest>,
 ) -> Result<Json<gpucloud_api::Budget>, ApiError> {
-    let b = app.set_prepaid(&p, &id, req.prepaid).await?;
+    let prepaid = crate::app::billing_mode(req.billing_mode.as_deref(), req.prepaid)?;
+    let b = app.set_billing_mode(&p, &id, prepaid, req.credit_limit).await?;
     Ok(Json(budget(None, b, Money::ZERO)))
+}
+
+/// Check the whole cloud's billing (operator): every interval recomputed from the instance's
+/// state history and the price book; any second charged twice or lost, any charge above a spot
+/// bid, any unbalanced entry is listed.
+#[utoipa::path(get, path = "/v1/admin/billing/check", tag = "billing",
+    responses((status = 200, body = gpucloud_api::BillingCheck), (status = 403, body = Problem)), security(("bearer" = [])))]
+pub async fn check_billing(
+    State(app): State<Arc<App>>,
+    Auth(p): Auth,
+) -> Result<Json<gpucloud_api::BillingCheck>, ApiError> {
+    let c = app.check_billing(&p).await?;
+    Ok(Json(gpucloud_api::BillingCheck {
+        instances: c.instances,
+        intervals: c.intervals,
+        ledger_entries: c.ledger_entries,
+        billed_seconds: c.billed_seconds,
+        charged: c.charged,
+        problems: c.problems,
+    }))
 }
 
 /// Alerts raised for the caller: budget thresholds, instances stopped for money or as idle, idle

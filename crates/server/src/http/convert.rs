@@ -135,7 +135,20 @@ pub fn node_with(n: store::Node, readings: Option<&[crate::app::GpuReading]>) ->
 }
 
 pub fn tenant(t: store::Tenant) -> api::Tenant {
-    api::Tenant { id: t.id.to_string(), name: t.name, role: t.role.to_string(), created_at: rfc3339(t.created_at) }
+    api::Tenant {
+        id: t.id.to_string(),
+        name: t.name,
+        role: t.role.to_string(),
+        created_at: rfc3339(t.created_at),
+        billing: None,
+    }
+}
+
+pub fn billing_mode(b: &store::TenantBilling) -> api::BillingMode {
+    api::BillingMode {
+        mode: if b.prepaid { "prepaid" } else { "postpaid" }.to_string(),
+        credit_limit: b.credit_limit.filter(|_| !b.prepaid),
+    }
 }
 
 pub fn new_key(k: crate::app::NewKey) -> api::ApiKeyCreated {

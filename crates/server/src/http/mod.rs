@@ -113,6 +113,8 @@ pub fn api() -> (Router<Arc<App>>, utoipa::openapi::OpenApi) {
         .routes(routes!(billing::invoice))
         .routes(routes!(billing::get_budget, billing::set_budget))
         .routes(routes!(billing::set_tenant_billing))
+        .routes(routes!(billing::check_billing))
+        .routes(routes!(tenants::show))
         .routes(routes!(billing::alerts))
         .routes(routes!(market::spot_prices))
         .routes(routes!(market::preempt))

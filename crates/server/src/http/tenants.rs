@@ -12,7 +12,29 @@ use std::sync::Arc;
 #[utoipa::path(get, path = "/v1/tenants", tag = "tenants",
     responses((status = 200, body = TenantList), (status = 403, body = Problem)), security(("bearer" = [])))]
 pub async fn list(State(app): State<Arc<App>>, Auth(p): Auth) -> Result<Json<TenantList>, ApiError> {
-    Ok(Json(TenantList { tenants: app.list_tenants(&p).await?.into_iter().map(convert::tenant).collect() }))
+    let mut tenants = Vec::new();
+    for t in app.list_tenants(&p).await? {
+        let b = app.store().tenant_billing(&t.id).await.map_err(crate::app::AppError::from)?;
+        let mut t = convert::tenant(t);
+        t.billing = Some(convert::billing_mode(&b));
+        tenants.push(t);
+    }
+    Ok(Json(TenantList { tenants }))
+}
+
+/// One tenant and how it pays (operator).
+#[utoipa::path(get, path = "/v1/tenants/{id}", tag = "tenants", params(("id" = String, Path)),
+    responses((status = 200, body = gpucloud_api::Tenant), (status = 403, body = Problem), (status = 404, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn show(
+    State(app): State<Arc<App>>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+) -> Result<Json<gpucloud_api::Tenant>, ApiError> {
+    let (t, b) = app.tenant_with_billing(&p, &id).await?;
+    let mut t = convert::tenant(t);
+    t.billing = Some(convert::billing_mode(&b));
+    Ok(Json(t))
 }
 
 /// Create a tenant and its first API key, shown once (operator).
@@ -24,8 +46,14 @@ pub async fn create(
     Auth(p): Auth,
     ApiJson(req): ApiJson<CreateTenantRequest>,
 ) -> Result<(StatusCode, Json<ApiKeyCreated>), ApiError> {
+    p.require_operator()?;
+    let prepaid = crate::app::billing_mode(req.billing_mode.as_deref(), None)?;
+    crate::app::check_credit_limit(prepaid, req.credit_limit)?;
     let key = app.create_tenant(Some(&p), &req.name, Role::Tenant).await?;
-    Ok((StatusCode::CREATED, Json(convert::new_key(key))))
+    let b = app.set_billing_mode(&p, &key.tenant.id.to_string(), prepaid, req.credit_limit).await?;
+    let mut created = convert::new_key(key);
+    created.tenant.billing = Some(convert::billing_mode(&b));
+    Ok((StatusCode::CREATED, Json(created)))
 }
 
 /// Another API key for a tenant, shown once (operator).
