@@ -2,6 +2,9 @@
 //! Workloads are real processes: they see exactly their GPUs, their output streams back, exit
 //! codes map to states, stop is SIGTERM, and a kill -9'd agent adopts what it left running.
 
+#[path = "common/billing.rs"]
+#[allow(dead_code)]
+mod billing;
 mod common;
 
 use common::{Api, Proc, processes_with, serving};
@@ -233,9 +236,11 @@ fn agents_run_real_workloads() {
         std::thread::sleep(Duration::from_millis(50));
     }
 
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    // Every instance here has ended: metering settles each interval, the lost one included.
+    rt.block_on(billing::wait_settled(&format!("sqlite://{}/db.sqlite", root.display())));
     let _ = server.0.kill();
     let _ = server.0.wait();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
         let store = gpucloud_store::open(&format!("sqlite://{}/db.sqlite", root.display())).await.unwrap();
         let id = gpucloud_model::InstanceId::parse(&gone).unwrap();

@@ -77,6 +77,7 @@ suite!(
     an_instance_endpoint_is_kept_without_a_new_generation,
     secrets_are_per_tenant_and_progress_is_not_a_state_change,
     a_volume_is_held_by_one_live_instance_and_lives_where_first_placed,
+    accrual_reads_heartbeats_restarts_run_free_and_balances_are_kept,
 );
 
 fn ts(ms: i64) -> Timestamp {
@@ -1210,4 +1211,52 @@ async fn a_volume_is_held_by_one_live_instance_and_lives_where_first_placed(s: A
     s.add_storage_price(&Region::parse("us-1").unwrap(), ts(5), Money(300)).await.unwrap();
     assert_eq!(s.storage_prices(Some(&eu)).await.unwrap(), vec![(eu.clone(), ts(0), Money(100))]);
     assert_eq!(s.storage_prices(None).await.unwrap().len(), 2);
+}
+
+async fn accrual_reads_heartbeats_restarts_run_free_and_balances_are_kept(s: Arc<dyn Store>) {
+    let t = tenant(&s, "a").await;
+    let n = node(&s, "gpu-1", GpuModel::A100_40GB, 4).await;
+    let i = running_instance(&s, &t, &n, 1_000).await;
+    // An open interval carries its node's last sign of life, so metering can stop at it.
+    s.record_heartbeat(&n.id, ts(5_000)).await.unwrap();
+    let u = s.unsettled_intervals_of(&t.id).await.unwrap().remove(0);
+    assert_eq!((u.node_heartbeat, u.free_until, u.price_cap), (Some(ts(5_000)), None, None));
+    assert!(s.unsettled_intervals_of(&tenant(&s, "b").await.id).await.unwrap().is_empty(), "per tenant");
+
+    // Stopped 9 s in and started again 20 s later: the second run is free until the first's
+    // paid minute ends, and has no minimum of its own.
+    let stop = |at| InstanceChange { state: InstanceState::Stopped, stop_target: None, exit_code: None, at: ts(at) };
+    let i = s.update_instance(&i.id, i.generation, &stop(10_000)).await.unwrap().unwrap();
+    let pending = InstanceChange { state: InstanceState::Pending, stop_target: None, exit_code: None, at: ts(29_000) };
+    let i = s.update_instance(&i.id, i.generation, &pending).await.unwrap().unwrap();
+    let free: Vec<u32> = s.get_node(&n.id).await.unwrap().unwrap().gpus.iter().map(|g| g.index).take(2).collect();
+    let node_gen = s.get_node(&n.id).await.unwrap().unwrap().generation;
+    s.apply_placements(&n.id, node_gen, &[placement(&i, &free)], ts(29_500)).await.unwrap();
+    let i = s.get_instance(None, &i.id).await.unwrap().unwrap();
+    let run = InstanceChange { state: InstanceState::Running, stop_target: None, exit_code: None, at: ts(30_000) };
+    s.update_instance(&i.id, i.generation, &run).await.unwrap().unwrap();
+    let all = s.intervals_of_tenant(&t.id).await.unwrap();
+    assert_eq!(all.len(), 2);
+    assert_eq!((all[1].free_until, all[1].rules.minimum_s), (Some(ts(61_000)), 0), "{all:?}");
+
+    // Balances are kept with every posting and agree with the postings; the audit sees it.
+    let grant = LedgerRecord {
+        id: "e-g".into(),
+        entry: Entry::grant(&t.id, Money(5_000)),
+        memo: String::new(),
+        instance_id: None,
+        interval_id: None,
+        model: None,
+        seconds: 0,
+        idempotency_key: "g".into(),
+        created_at: ts(1),
+    };
+    assert!(s.post_ledger(&grant).await.unwrap());
+    let u = all[0].clone();
+    let c = Charge { seconds: 60, amount: Money(1_000) };
+    assert!(s.charge_interval(&u, c, true, Some(&usage_record(&u, c.amount, 60, "a1"))).await.unwrap());
+    assert_eq!(s.balance(&t.id).await.unwrap(), Money(4_000));
+    let audit = s.ledger_audit().await.unwrap();
+    assert_eq!((audit.unbalanced.len(), audit.drift.len(), audit.entries), (0, 0, 2), "{audit:?}");
+    assert_eq!(audit.posted, vec![(u.id.clone(), Money(-1_000), 60)]);
 }

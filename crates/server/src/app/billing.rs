@@ -204,7 +204,7 @@ impl App {
             if !settled && due.amount == u.charged && due.seconds == u.charged_seconds {
                 continue;
             }
-            let record = usage_record(&u, due, at);
+            let record = usage_record(&u, due, at, settled);
             items.push(ChargeItem { interval: u, charge: due, settled, record });
         }
         for (item, ok) in items.iter().zip(self.store.charge_intervals(&items).await?) {
@@ -438,24 +438,28 @@ pub(crate) fn usage_of(u: &UsageInterval) -> Usage {
     }
 }
 
-/// The ledger entry for moving an interval's charge to `due`; none when no money moves. A
-/// negative difference (an interval settled below what was posted) gives the tenant it back.
-fn usage_record(u: &UsageInterval, due: Charge, at: Timestamp) -> Option<LedgerRecord> {
+/// The ledger entry for moving an interval's charge to `due`; none when neither money nor
+/// seconds move. A negative difference (an interval settled below what was posted) gives the
+/// tenant it back. Free seconds (a zero price) are posted too, so the ledger's seconds are the
+/// intervals' seconds.
+fn usage_record(u: &UsageInterval, due: Charge, at: Timestamp, settled: bool) -> Option<LedgerRecord> {
     let delta = Money(due.amount.micros() - u.charged.micros());
-    if delta == Money::ZERO {
+    if delta == Money::ZERO && due.seconds == u.charged_seconds {
         return None;
     }
     let credit = if delta < Money::ZERO { ", credit: billed to the last heartbeat" } else { "" };
+    // Derived from the interval and the new total: a retried pass can never post it twice. A
+    // settlement is marked apart: it may return to a total an earlier posting had.
+    let tag = if settled { "settle-" } else { "" };
     Some(LedgerRecord {
-        // Derived from the interval and the new total: a retried pass can never post it twice.
-        id: format!("e-{}-{}-{}", u.id, due.seconds, due.amount.micros()),
+        id: format!("e-{}-{tag}{}-{}", u.id, due.seconds, due.amount.micros()),
         entry: Entry::usage(&u.tenant_id, delta),
         memo: format!("{} x {} in {} ({}{credit})", f64::from(u.milli_gpus) / 1000.0, u.model, u.region, u.tier),
         instance_id: Some(u.instance_id.clone()),
         interval_id: Some(u.id.clone()),
         model: Some(u.model),
         seconds: due.seconds - u.charged_seconds,
-        idempotency_key: format!("usage:{}:{}:{}", u.id, due.seconds, due.amount.micros()),
+        idempotency_key: format!("usage:{}:{tag}{}:{}", u.id, due.seconds, due.amount.micros()),
         created_at: at,
     })
 }
