@@ -170,6 +170,20 @@ pub(crate) async fn insert_ledger(tx: &mut sqlx::Transaction<'_, sqlx::Any>, rec
         .execute(&mut **tx)
         .await?;
     }
+    if rec.entry.kind == gpucloud_billing::EntryKind::Usage {
+        let to_tenant = gpucloud_billing::Account::TenantCredit(rec.entry.tenant.clone());
+        let usage: i64 =
+            rec.entry.postings().iter().filter(|p| p.account == to_tenant).map(|p| -p.amount.micros()).sum();
+        sqlx::query(
+            "INSERT INTO tenant_month_usage (tenant_id, month, usage_micros) VALUES ($1, $2, $3) \
+             ON CONFLICT (tenant_id, month) DO UPDATE SET usage_micros = tenant_month_usage.usage_micros + $3",
+        )
+        .bind(rec.entry.tenant.to_string())
+        .bind(year_month(rec.created_at))
+        .bind(usage)
+        .execute(&mut **tx)
+        .await?;
+    }
     Ok(true)
 }
 
@@ -231,5 +245,40 @@ pub(crate) async fn charge_one(tx: &mut sqlx::Transaction<'_, sqlx::Any>, item: 
     match &item.record {
         Some(record) => insert_ledger(tx, record).await,
         None => Ok(true),
+    }
+}
+
+/// The UTC calendar month of `t` as YYYYMM (days from the epoch to a civil date, after Howard
+/// Hinnant's algorithm).
+pub fn year_month(t: Timestamp) -> i64 {
+    let days = t.millis().div_euclid(86_400_000);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    year * 100 + month
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn year_month_of_known_instants() {
+        for (ms, ym) in [
+            (0, 197_001),
+            (951_782_400_000, 200_002),   // 2000-02-29T00:00Z
+            (951_868_799_999, 200_002),   // 2000-02-29T23:59:59.999Z
+            (951_868_800_000, 200_003),   // 2000-03-01
+            (1_798_761_599_999, 202_612), // 2026-12-31T23:59:59.999Z
+            (1_798_761_600_000, 202_701), // 2027-01-01
+            (-1, 196_912),
+        ] {
+            assert_eq!(year_month(Timestamp(ms)), ym, "{ms}");
+        }
     }
 }

@@ -15,6 +15,7 @@ mod volume;
 mod workload;
 
 pub use access::AccessStore;
+pub use billing_rows::year_month;
 pub use lease::LeaseStore;
 pub use market::{JobChange, MarketStore};
 pub use sql::SqlStore;
@@ -152,6 +153,8 @@ pub trait Store:
     /// Intervals whose charge may still grow: open ones, and closed ones not yet fully charged.
     async fn unsettled_intervals(&self) -> Result<Vec<UsageInterval>>;
     async fn unsettled_intervals_of(&self, tenant: &TenantId) -> Result<Vec<UsageInterval>>;
+    /// Unsettled intervals that have ended: what metering settles between posting points.
+    async fn ended_unsettled_intervals(&self) -> Result<Vec<UsageInterval>>;
     async fn intervals_of_tenant(&self, tenant: &TenantId) -> Result<Vec<UsageInterval>>;
     /// Moves each interval's charge from what the caller read (`charged_seconds`, `charged`) to
     /// its new charge, posting the difference to the ledger, all in one transaction with a
@@ -177,6 +180,10 @@ pub trait Store:
     async fn balance_before(&self, tenant: &TenantId, before: Timestamp) -> Result<gpucloud_model::Money>;
     /// The sum of every posting, per currency: zero when the books balance.
     async fn ledger_totals(&self) -> Result<Vec<(String, gpucloud_model::Money)>>;
+    /// Usage posted to a tenant in a UTC month (`YYYYMM`, see `year_month`), as a positive amount.
+    async fn usage_in_month(&self, tenant: &TenantId, year_month: i64) -> Result<gpucloud_model::Money>;
+    /// Posts many entries in one transaction (imports, benchmarks); returns how many were new.
+    async fn post_ledger_batch(&self, records: &[LedgerRecord]) -> Result<usize>;
     /// What a billing audit needs from the ledger as a whole.
     async fn ledger_audit(&self) -> Result<LedgerAudit>;
     async fn ledger_lines(&self, tenant: &TenantId, from: Timestamp, to: Timestamp) -> Result<Vec<LedgerLine>>;

@@ -809,6 +809,12 @@ impl Store for SqlStore {
         rows.iter().map(interval_from_row).collect()
     }
 
+    async fn ended_unsettled_intervals(&self) -> Result<Vec<UsageInterval>> {
+        let sql = format!("{UNSETTLED} AND u.ended_at IS NOT NULL ORDER BY u.started_at, u.id");
+        let rows = sqlx::query(&sql).fetch_all(&self.pool).await?;
+        rows.iter().map(interval_from_row).collect()
+    }
+
     async fn unsettled_intervals_of(&self, tenant: &TenantId) -> Result<Vec<UsageInterval>> {
         let sql = format!("{UNSETTLED} AND u.tenant_id = $1 ORDER BY u.started_at, u.id");
         let rows = sqlx::query(&sql).bind(tenant.to_string()).fetch_all(&self.pool).await?;
@@ -876,6 +882,26 @@ impl Store for SqlStore {
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(|r| Ok((r.try_get(0)?, Money(r.try_get(1)?)))).collect()
+    }
+
+    async fn usage_in_month(&self, tenant: &TenantId, year_month: i64) -> Result<Money> {
+        let v: Option<i64> =
+            sqlx::query_scalar("SELECT usage_micros FROM tenant_month_usage WHERE tenant_id = $1 AND month = $2")
+                .bind(tenant.to_string())
+                .bind(year_month)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(Money(v.unwrap_or(0)))
+    }
+
+    async fn post_ledger_batch(&self, records: &[LedgerRecord]) -> Result<usize> {
+        let mut tx = self.pool.begin().await?;
+        let mut new = 0;
+        for r in records {
+            new += usize::from(insert_ledger(&mut tx, r).await?);
+        }
+        tx.commit().await?;
+        Ok(new)
     }
 
     async fn ledger_audit(&self) -> Result<LedgerAudit> {

@@ -1256,6 +1256,8 @@ async fn accrual_reads_heartbeats_restarts_run_free_and_balances_are_kept(s: Arc
     let c = Charge { seconds: 60, amount: Money(1_000) };
     assert!(s.charge_interval(&u, c, true, Some(&usage_record(&u, c.amount, 60, "a1"))).await.unwrap());
     assert_eq!(s.balance(&t.id).await.unwrap(), Money(4_000));
+    assert_eq!(s.usage_in_month(&t.id, 197_001).await.unwrap(), Money(1_000), "usage kept per month");
+    assert_eq!(s.usage_in_month(&t.id, 197_002).await.unwrap(), Money::ZERO);
     let audit = s.ledger_audit().await.unwrap();
     assert_eq!((audit.unbalanced.len(), audit.drift.len(), audit.entries), (0, 0, 2), "{audit:?}");
     assert_eq!(audit.posted, vec![(u.id.clone(), Money(-1_000), 60)]);

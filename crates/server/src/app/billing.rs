@@ -186,7 +186,14 @@ impl App {
         let mut report = MeterReport::default();
         let mut prices = PriceCache::default();
         let mut items = Vec::new();
-        for u in self.store.unsettled_intervals().await? {
+        // Between posting points only ended intervals have anything to post.
+        let posted = self.posted_point.load(std::sync::atomic::Ordering::Relaxed);
+        let intervals = if posted >= point.millis() {
+            self.store.ended_unsettled_intervals().await?
+        } else {
+            self.store.unsettled_intervals().await?
+        };
+        for u in intervals {
             let p = prices.get(self, &u).await?;
             let usage = usage_of(&u);
             let (due, at, settled) = match u.ended_at {
@@ -214,6 +221,9 @@ impl App {
             } else {
                 report.conflicts += 1;
             }
+        }
+        if report.conflicts == 0 {
+            self.posted_point.fetch_max(point.millis(), std::sync::atomic::Ordering::Relaxed);
         }
         report.charged += self.meter_volumes().await?;
         Ok(report)
@@ -324,8 +334,7 @@ impl App {
 
     /// Usage since the start of `now`'s month, posted and accrued, as a positive amount.
     pub(crate) async fn month_usage(&self, tenant: &TenantId, now: Timestamp) -> Result<Money, AppError> {
-        let lines = self.store.ledger_lines(tenant, month_start(now), now.plus_millis(1)).await?;
-        let posted = -lines.iter().filter(|l| l.kind == EntryKind::Usage).map(|l| l.amount.micros()).sum::<i64>();
+        let posted = self.store.usage_in_month(tenant, gpucloud_store::year_month(now)).await?.micros();
         let mut accrued: i64 = 0;
         let mut prices = PriceCache::default();
         for u in self.store.unsettled_intervals_of(tenant).await? {

@@ -203,6 +203,9 @@ pub struct App {
     pub obs: obs::ServerMetrics,
     pub(crate) sampled_at: std::sync::Mutex<std::collections::HashMap<gpucloud_model::NodeId, Timestamp>>,
     pub(crate) autoscale_since: std::sync::Mutex<std::collections::HashMap<gpucloud_model::ClusterId, AboveBelow>>,
+    /// The posting point this process's metering last posted every running interval at: until
+    /// the next point, a pass only settles what ended.
+    pub(crate) posted_point: std::sync::atomic::AtomicI64,
 }
 
 /// Since when a cluster's utilization has been above its bound, and below its other one.
@@ -223,6 +226,7 @@ impl App {
             obs: Default::default(),
             leadership: Default::default(),
             rate_buckets: Default::default(),
+            posted_point: Default::default(),
         };
         app.started_at = app.now();
         app

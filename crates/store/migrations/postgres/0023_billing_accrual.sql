@@ -16,3 +16,22 @@ CREATE TABLE account_balances (
 );
 INSERT INTO account_balances (account, balance_micros)
     SELECT account, CAST(SUM(amount_micros) AS BIGINT) FROM ledger_postings GROUP BY account;
+
+-- Between posting points metering reads only the unsettled intervals that have ended, and a
+-- tenant's balance reads its own unsettled intervals.
+CREATE INDEX usage_unsettled_ended ON usage_intervals (settled, ended_at);
+CREATE INDEX usage_unsettled_by_tenant ON usage_intervals (tenant_id, settled);
+
+-- Usage posted per tenant per calendar month (UTC, YYYYMM), kept with every usage posting: a
+-- month's usage so far is one row, not a sum over the month's entries.
+CREATE TABLE tenant_month_usage (
+    tenant_id     TEXT NOT NULL REFERENCES tenants(id),
+    month         BIGINT NOT NULL,
+    usage_micros  BIGINT NOT NULL,
+    PRIMARY KEY (tenant_id, month)
+);
+INSERT INTO tenant_month_usage (tenant_id, month, usage_micros)
+    SELECT e.tenant_id, CAST(to_char(to_timestamp(e.created_at / 1000) AT TIME ZONE 'UTC', 'YYYYMM') AS BIGINT),
+        CAST(-SUM(p.amount_micros) AS BIGINT)
+    FROM ledger_entries e JOIN ledger_postings p ON p.entry_id = e.id AND p.account = 'tenant:' || e.tenant_id
+    WHERE e.kind = 'usage' GROUP BY 1, 2;
