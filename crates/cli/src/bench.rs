@@ -102,8 +102,12 @@ pub enum BenchCmd {
     Billing {
         #[arg(long, default_value_t = 1000)]
         tenants: usize,
-        #[arg(long, default_value_t = 10)]
+        /// Running instances per tenant.
+        #[arg(long, default_value_t = 100)]
         instances: usize,
+        /// Ledger entries in all, most of them the first tenant's history, for the balance read.
+        #[arg(long, default_value_t = 1_000_000)]
+        ledger_entries: usize,
         /// An empty database to use (postgres://...); default: a new SQLite file in a temp dir.
         #[arg(long)]
         database: Option<String>,
@@ -187,7 +191,9 @@ pub fn run(cmd: BenchCmd, as_json: bool) -> Result<(), String> {
         BenchCmd::Apply { nodes, instances, database, seed, policy } => {
             apply(nodes, instances, database, seed, &policy, as_json)
         }
-        BenchCmd::Billing { tenants, instances, database } => billing(tenants, instances, database, as_json),
+        BenchCmd::Billing { tenants, instances, ledger_entries, database } => {
+            billing(tenants, instances, ledger_entries, database, as_json)
+        }
         BenchCmd::Agent { gpus, seconds, image } => agent(gpus, seconds, image, as_json),
         BenchCmd::Placer { trace, nodes, scale, seed } => placer(trace, nodes, scale, seed, as_json),
         BenchCmd::Warm { rounds, interval_ms } => warm(rounds, interval_ms, as_json),
@@ -650,24 +656,36 @@ fn temp_sqlite(name: &str) -> Result<String, String> {
     Ok(format!("sqlite://{}/bench.db", dir.display()))
 }
 
-fn billing(tenants: usize, per_tenant: usize, database: Option<String>, as_json: bool) -> Result<(), String> {
+fn billing(
+    tenants: usize,
+    per_tenant: usize,
+    ledger_entries: usize,
+    database: Option<String>,
+    as_json: bool,
+) -> Result<(), String> {
     use gpucloud_billing::Entry;
-    use gpucloud_model::{InstanceState, Money, Role};
-    use gpucloud_server::app::{App, Config, CreateInstance};
-    use gpucloud_store::{InstanceChange, LedgerRecord, NodeBatch};
+    use gpucloud_model::{InstanceId, InstanceState, Money, Role, TenantId, Tier};
+    use gpucloud_server::app::{App, Config};
+    use gpucloud_store::{ChargeItem, InstanceChange, LedgerRecord, NewInstance, NodeBatch, Sale};
     let url = match database {
         Some(u) => u,
         None => temp_sqlite("billing")?,
     };
-    let backend = if url.starts_with("sqlite") { "sqlite" } else { "postgres" };
+    let backend = if url.starts_with("sqlite") { "SQLite" } else { "PostgreSQL" };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| e.to_string())?;
     let e = |e: gpucloud_server::app::AppError| e.to_string();
     let s = |e: gpucloud_store::StoreError| e.to_string();
-    let figures = rt.block_on(async {
+    let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+    let pct = |v: &mut Vec<f64>, p: f64| {
+        v.sort_by(f64::total_cmp);
+        v[((v.len() as f64 * p).ceil() as usize).clamp(1, v.len()) - 1]
+    };
+    let rows = rt.block_on(async {
         let store = gpucloud_store::open(&url).await.map_err(s)?;
         let app = App::new(store.clone(), Config::default());
         let total = tenants * per_tenant;
         let region = Region::parse("eu-1").expect("valid region");
+        let t0 = Instant::now();
         let mut nodes = Vec::new();
         for n in 0..total.div_ceil(16) {
             let node = app
@@ -675,100 +693,113 @@ fn billing(tenants: usize, per_tenant: usize, database: Option<String>, as_json:
                 .await
                 .map_err(e)?;
             store.record_heartbeat(&node.id, app.now()).await.map_err(s)?;
-            nodes.push(node);
+            nodes.push(store.get_node(&node.id).await.map_err(s)?.ok_or("node vanished")?);
         }
-        app.set_price(
-            None,
-            GpuModel::A100_40GB,
-            region.clone(),
-            gpucloud_model::Tier::OnDemand,
-            Money(1_600_000),
-            Some(Timestamp(0)),
-        )
-        .await
-        .map_err(e)?;
-        // Last month's ledger, for the invoice run: 3 usage entries per instance.
-        let last_month = {
-            let now = time::OffsetDateTime::now_utc();
-            let first = now.date().replace_day(1).map_err(|e| e.to_string())?;
-            let prev = first.previous_day().ok_or("no previous day")?;
-            (
-                format!("{:04}-{:02}", prev.year(), u8::from(prev.month())),
-                prev.midnight().assume_utc().unix_timestamp() * 1000,
-            )
-        };
-        let mut batches: Vec<NodeBatch> = Vec::new();
-        let mut instances = Vec::new();
+        app.set_price(None, GpuModel::A100_40GB, region.clone(), Tier::OnDemand, Money(1_600_000), Some(Timestamp(0)))
+            .await
+            .map_err(e)?;
+        // Every instance started two hours ago: the last posting point lies inside each one.
+        let started = app.now().plus_millis(-2 * 3_600_000);
+        let mut who = Vec::new();
+        let mut instances: Vec<InstanceId> = Vec::new();
         for t in 0..tenants {
             let key = app.create_tenant(None, &format!("tenant-{t:05}"), Role::Tenant).await.map_err(e)?;
-            let who = app.authenticate(Some(&format!("Bearer {}", key.secret))).await.map_err(e)?;
-            for i in 0..per_tenant {
-                let req = CreateInstance::whole(GpuModel::A100_40GB, 1, None, "x");
-                let (inst, _) = app.create_instance(&who, req, None).await.map_err(e)?;
-                let k = instances.len();
-                let node = &nodes[k / 16];
-                if batches.last().is_none_or(|b| b.node != node.id) {
-                    batches.push(NodeBatch {
-                        node: node.id.clone(),
-                        node_generation: node.generation + 1,
-                        placements: Vec::new(),
+            let tenant: TenantId = key.tenant.id.clone();
+            let news: Vec<NewInstance> = (0..per_tenant)
+                .map(|_| {
+                    let id = InstanceId::from_random(rand::random());
+                    NewInstance {
+                        name: id.to_string(),
+                        id,
+                        tenant_id: tenant.clone(),
+                        region: None,
+                        model: GpuModel::A100_40GB,
+                        count: 1,
+                        share: None,
+                        command: "x".into(),
+                        idempotency_key: None,
+                        created_at: started.plus_millis(-1000),
+                        sale: Sale::default(),
+                    }
+                })
+                .collect();
+            store.insert_instances(&news).await.map_err(s)?;
+            instances.extend(news.into_iter().map(|n| n.id));
+            who.push((app.authenticate(Some(&format!("Bearer {}", key.secret))).await.map_err(e)?, tenant));
+        }
+        for (chunk, batch_nodes) in instances.chunks(16 * 64).zip(nodes.chunks(64)) {
+            let mut batches = Vec::new();
+            for (ids, node) in chunk.chunks(16).zip(batch_nodes) {
+                let mut placements = Vec::new();
+                for (k, id) in ids.iter().enumerate() {
+                    let inst = store.get_instance(None, id).await.map_err(s)?.ok_or("instance vanished")?;
+                    placements.push(gpucloud_store::NewPlacement {
+                        volume: None,
+                        instance: id.clone(),
+                        instance_generation: inst.generation,
+                        gpus: vec![k as u32],
+                        share: None,
+                        gpu_memory_mib: 0,
                     });
                 }
-                batches.last_mut().expect("pushed").placements.push(gpucloud_store::NewPlacement {
-                    volume: None,
-                    instance: inst.id.clone(),
-                    instance_generation: inst.generation,
-                    gpus: vec![(k % 16) as u32],
-                    share: None,
-                    gpu_memory_mib: 0,
-                });
-                for day in 0..3 {
-                    let record = LedgerRecord {
-                        id: format!("e-bench-{t}-{i}-{day}"),
-                        entry: Entry::usage(&who.tenant.id, Money(38_400_000)),
-                        memo: "1 x A100-40GB in eu-1 (on-demand)".into(),
-                        instance_id: Some(inst.id.clone()),
-                        interval_id: None,
-                        model: Some(GpuModel::A100_40GB),
-                        seconds: 86_400,
-                        idempotency_key: format!("bench:{t}:{i}:{day}"),
-                        created_at: Timestamp(last_month.1 + day * 86_400_000),
-                    };
-                    store.post_ledger(&record).await.map_err(s)?;
-                }
-                instances.push(inst.id);
+                batches.push(NodeBatch { node: node.id.clone(), node_generation: node.generation, placements });
+            }
+            let outcomes = store.apply_plan(&batches, started.plus_millis(-500)).await.map_err(s)?;
+            if let Some(o) = outcomes.iter().find(|o| !matches!(o, gpucloud_store::ApplyOutcome::Applied { .. })) {
+                return Err(format!("placing the bench instances failed: {o:?}"));
             }
         }
-        store.apply_plan(&batches, app.now()).await.map_err(s)?;
-        // Exact seconds, so every pass has money to move.
-        store.set_billing_rules(gpucloud_billing::Rules::new(1, 0).map_err(|e| e.to_string())?).await.map_err(s)?;
         for id in &instances {
             let inst = store.get_instance(None, id).await.map_err(s)?.ok_or("instance vanished")?;
             let change =
-                InstanceChange { state: InstanceState::Running, stop_target: None, exit_code: None, at: app.now() };
+                InstanceChange { state: InstanceState::Running, stop_target: None, exit_code: None, at: started };
             store.update_instance(id, inst.generation, &change).await.map_err(s)?;
         }
-        // Every pass charges every interval: the first from the start, the next the increments.
+        let setup_s = t0.elapsed().as_secs_f64();
+        for n in &nodes {
+            store.record_heartbeat(&n.id, app.now()).await.map_err(s)?;
+        }
+
+        // This design: a pass at a posting point posts every running interval once...
         let t = Instant::now();
-        let first = app.meter().await.map_err(e)?;
-        let first_s = t.elapsed().as_secs_f64();
-        tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
+        let at_point = app.meter().await.map_err(e)?;
+        let at_point_ms = ms(t.elapsed());
+        let after_point = store.ledger_audit().await.map_err(s)?.entries;
+        // ...and every other pass of the hour only settles what ended.
+        let mut idle = Vec::new();
+        for _ in 0..5 {
+            let t = Instant::now();
+            app.meter().await.map_err(e)?;
+            idle.push(ms(t.elapsed()));
+        }
+        let idle_ms = pct(&mut idle, 0.5);
+        let idle_entries = store.ledger_audit().await.map_err(s)?.entries - after_point;
+        // Budget and prepaid enforcement reads every guarded tenant's posted + accrued each pass.
+        for (_, tenant) in &who {
+            let mut b = store.tenant_billing(tenant).await.map_err(s)?;
+            b.monthly_budget = Some(Money(1_000_000_000_000));
+            store.set_tenant_billing(&b).await.map_err(s)?;
+        }
         let t = Instant::now();
-        let second = app.meter().await.map_err(e)?;
-        let second_s = t.elapsed().as_secs_f64();
-        // Baseline, same intervals: one transaction per interval instead of one per pass.
-        tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
+        app.enforce_budgets().await.map_err(e)?;
+        let enforce_ms = ms(t.elapsed());
+
+        // The baseline: the previous design posted every running interval's increment on every
+        // pass (each second), one entry each, all of a pass in one transaction.
+        let prices = store.prices_for(GpuModel::A100_40GB, &region, Tier::OnDemand).await.map_err(s)?;
+        tokio::time::sleep(std::time::Duration::from_millis(1_100)).await;
         let t = Instant::now();
         let now = app.now();
-        let mut base = 0;
-        let prices = store.prices_for(GpuModel::A100_40GB, &region, gpucloud_model::Tier::OnDemand).await.map_err(s)?;
+        let mut items = Vec::new();
         for u in store.unsettled_intervals().await.map_err(s)? {
             let due =
                 gpucloud_billing::charge(u.started_at, now.millis_since(u.started_at), u.milli_gpus, &prices, u.rules);
-            let delta = Money(due.amount.micros() - u.charged.micros());
+            if due.amount <= u.charged {
+                continue;
+            }
             let record = LedgerRecord {
                 id: format!("e-base-{}-{}", u.id, due.seconds),
-                entry: Entry::usage(&u.tenant_id, delta),
+                entry: Entry::usage(&u.tenant_id, Money(due.amount.micros() - u.charged.micros())),
                 memo: "baseline".into(),
                 instance_id: Some(u.instance_id.clone()),
                 interval_id: Some(u.id.clone()),
@@ -777,57 +808,108 @@ fn billing(tenants: usize, per_tenant: usize, database: Option<String>, as_json:
                 idempotency_key: format!("base:{}:{}", u.id, due.seconds),
                 created_at: now,
             };
-            if store.charge_interval(&u, due, false, Some(&record)).await.map_err(s)? {
-                base += 1;
-            }
+            items.push(ChargeItem { interval: u, charge: due, settled: false, record: Some(record) });
         }
-        let base_s = t.elapsed().as_secs_f64();
-        let t = Instant::now();
-        let closed = app.close_month(None, &last_month.0).await.map_err(e)?;
-        let close_s = t.elapsed().as_secs_f64();
-        Ok::<_, String>((first.charged, first_s, second.charged, second_s, base, base_s, closed, close_s))
+        let baseline_posted = store.charge_intervals(&items).await.map_err(s)?.into_iter().filter(|ok| *ok).count();
+        let baseline_ms = ms(t.elapsed());
+
+        // A tenant with a long history: its balance, as GET /v1/billing/balance computes it.
+        let (principal, rich) = &who[0];
+        let have = store.ledger_audit().await.map_err(s)?.entries as usize;
+        let mut next = 0usize;
+        while have + next < ledger_entries {
+            let n = (ledger_entries - have - next).min(10_000);
+            let records: Vec<LedgerRecord> = (next..next + n)
+                .map(|k| LedgerRecord {
+                    id: format!("e-hist-{k}"),
+                    entry: if k % 10 == 0 {
+                        Entry::top_up(rich, Money(5_000_000))
+                    } else {
+                        Entry::usage(rich, Money(1_234))
+                    },
+                    memo: "history".into(),
+                    instance_id: None,
+                    interval_id: None,
+                    model: Some(GpuModel::A100_40GB),
+                    seconds: 3,
+                    idempotency_key: format!("hist:{k}"),
+                    created_at: started.plus_millis(k as i64 % 3_600_000),
+                })
+                .collect();
+            store.post_ledger_batch(&records).await.map_err(s)?;
+            next += n;
+        }
+        let entries = store.ledger_audit().await.map_err(s)?.entries;
+        let mut reads = Vec::new();
+        for _ in 0..200 {
+            let t = Instant::now();
+            app.balance(principal).await.map_err(e)?;
+            reads.push(ms(t.elapsed()));
+        }
+        let (read_p50, read_p99) = (pct(&mut reads, 0.5), pct(&mut reads, 0.99));
+        let mut sums = Vec::new();
+        for _ in 0..20 {
+            let t = Instant::now();
+            store.balance_before(rich, Timestamp(i64::MAX)).await.map_err(s)?;
+            sums.push(ms(t.elapsed()));
+        }
+        let (sum_p50, sum_p99) = (pct(&mut sums, 0.5), pct(&mut sums, 0.99));
+        let check = store.ledger_audit().await.map_err(s)?;
+        if !check.unbalanced.is_empty() || !check.drift.is_empty() {
+            return Err(format!("the ledger does not add up after the run: {check:?}"));
+        }
+        let per_instance = |n: u64| n as f64 / total as f64;
+        Ok::<_, String>(vec![
+            vec![
+                "set-up".into(),
+                format!("{total} running instances, {tenants} tenants"),
+                format!("{setup_s:.1} s"),
+                String::new(),
+            ],
+            vec![
+                "metering pass at a posting point".into(),
+                format!("{} entries ({:.2} per instance)", after_point, per_instance(after_point)),
+                format!("{at_point_ms:.0} ms"),
+                format!("baseline (every pass): {baseline_ms:.0} ms, {baseline_posted} entries"),
+            ],
+            vec![
+                "metering pass between points (p50 of 5)".into(),
+                format!("{idle_entries} entries"),
+                format!("{idle_ms:.0} ms"),
+                format!("baseline: {baseline_ms:.0} ms"),
+            ],
+            vec![
+                "ledger rows per instance-hour".into(),
+                "posting period 1 h".into(),
+                format!("{:.2}", per_instance(at_point.charged as u64)),
+                "baseline: 3,600 (one per second)".into(),
+            ],
+            vec![
+                "accrual lag (budgets, prepaid)".into(),
+                format!("1 s period + pass + enforcement of {tenants} tenants ({enforce_ms:.0} ms)"),
+                format!("{:.1} s", 1.0 + (idle_ms + enforce_ms) / 1e3),
+                format!(
+                    "baseline: {:.1} s (1 s + a posting pass + enforcement)",
+                    1.0 + (baseline_ms + enforce_ms) / 1e3
+                ),
+            ],
+            vec![
+                "balance read (posted + accrued + month + burn)".into(),
+                format!("{entries} ledger entries, {per_tenant} running"),
+                format!("p50 {read_p50:.1} ms, p99 {read_p99:.1} ms"),
+                format!("baseline (sum the postings): p50 {sum_p50:.1} ms, p99 {sum_p99:.1} ms"),
+            ],
+        ])
     })?;
-    let (c1, s1, c2, s2, cb, sb, closed, close_s) = figures;
-    let rows = vec![
-        vec![
-            backend.into(),
-            "metering, first pass".into(),
-            c1.to_string(),
-            format!("{:.0}", s1 * 1e3),
-            format!("{:.0}", c1 as f64 / s1),
-        ],
-        vec![
-            backend.into(),
-            "metering, next pass".into(),
-            c2.to_string(),
-            format!("{:.0}", s2 * 1e3),
-            format!("{:.0}", c2 as f64 / s2),
-        ],
-        vec![
-            backend.into(),
-            "baseline: one transaction per interval".into(),
-            cb.to_string(),
-            format!("{:.0}", sb * 1e3),
-            format!("{:.0}", cb as f64 / sb),
-        ],
-        vec![
-            backend.into(),
-            "close month's invoices".into(),
-            closed.to_string(),
-            format!("{:.0}", close_s * 1e3),
-            format!("{:.0}", closed as f64 / close_s),
-        ],
-    ];
     if as_json {
         let recs: Vec<_> = rows
             .iter()
-            .map(|r| serde_json::json!({"backend": r[0], "step": r[1], "count": r[2], "ms": r[3], "per_s": r[4]}))
+            .map(|r| serde_json::json!({"store": backend, "step": r[0], "count": r[1], "this_design": r[2], "baseline": r[3]}))
             .collect();
         println!("{}", serde_json::to_string_pretty(&recs).unwrap_or_default());
     } else {
-        println!("{tenants} tenants x {per_instance} instances", per_instance = per_tenant);
-        println!("{}", table(&["STORE", "STEP", "COUNT", "MS", "PER SECOND"], &rows));
-        println!("(metering count = intervals charged, each one ledger entry; invoices: 3 usage entries per instance)");
+        println!("{backend}: {tenants} tenants x {per_tenant} instances");
+        println!("{}", table(&["STEP", "COUNT", "THIS DESIGN", "BASELINE, SAME RUN"], &rows));
     }
     Ok(())
 }
