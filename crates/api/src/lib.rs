@@ -195,6 +195,9 @@ pub struct Instance {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct InstanceList {
     pub instances: Vec<Instance>,
+    /// The next page (`limit` and `after` set), or null on the last one.
+    #[serde(default)]
+    pub next: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
@@ -522,6 +525,9 @@ pub struct LedgerLine {
 pub struct LedgerList {
     pub currency: String,
     pub entries: Vec<LedgerLine>,
+    /// The next page, or null on the last one.
+    #[serde(default)]
+    pub next: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -553,9 +559,13 @@ pub struct UsageReport {
     pub to: String,
     pub by: String,
     pub currency: String,
+    /// Over every line, not only this page's.
     #[schema(value_type = String)]
     pub total: Money,
     pub lines: Vec<UsageLine>,
+    /// The next page, or null on the last one.
+    #[serde(default)]
+    pub next: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -570,6 +580,9 @@ pub struct InvoiceSummary {
 pub struct InvoiceList {
     /// Closed invoices, oldest first. The running month is a draft: GET it by month.
     pub invoices: Vec<InvoiceSummary>,
+    /// The next page, or null on the last one.
+    #[serde(default)]
+    pub next: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -676,6 +689,9 @@ pub struct Alert {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct AlertList {
     pub alerts: Vec<Alert>,
+    /// The next page, or null on the last one.
+    #[serde(default)]
+    pub next: Option<String>,
 }
 
 /// A GPU as an agent found it.
@@ -957,6 +973,9 @@ pub struct InstanceEvent {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct InstanceHistory {
     pub events: Vec<InstanceEvent>,
+    /// The next page, or null on the last one.
+    #[serde(default)]
+    pub next: Option<String>,
 }
 
 /// Preempt an instance as the market would: notice, then stop at the deadline (operator; for
@@ -1508,6 +1527,9 @@ pub struct AuditEntry {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct AuditLog {
     pub entries: Vec<AuditEntry>,
+    /// The next page, or null on the last one.
+    #[serde(default)]
+    pub next: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]

@@ -101,7 +101,7 @@ pub fn bill(ctx: &Ctx, cmd: BillCmd) -> Res {
         }
         BillCmd::Usage { from, to, by } => {
             let q = query(&[("from", &from), ("to", &to), ("by", &Some(by))]);
-            let u: api::UsageReport = c.get(&format!("/v1/billing/usage{q}")).map_err(err)?;
+            let u: api::UsageReport = c.get_all(&format!("/v1/billing/usage{q}"), "lines").map_err(err)?;
             show(ctx, &u, |u| {
                 let mut rows: Vec<Vec<String>> =
                     u.lines.iter().map(|l| vec![l.key.clone(), l.seconds.to_string(), l.amount.to_string()]).collect();
@@ -162,7 +162,7 @@ pub fn bill(ctx: &Ctx, cmd: BillCmd) -> Res {
             }
         }
         BillCmd::Invoices => {
-            let l: api::InvoiceList = c.get("/v1/billing/invoices").map_err(err)?;
+            let l: api::InvoiceList = c.get_all("/v1/billing/invoices", "invoices").map_err(err)?;
             show(ctx, &l, |l| {
                 let rows: Vec<Vec<String>> = l
                     .invoices
@@ -174,7 +174,7 @@ pub fn bill(ctx: &Ctx, cmd: BillCmd) -> Res {
         }
         BillCmd::Ledger { from, to } => {
             let q = query(&[("from", &from), ("to", &to)]);
-            let l: api::LedgerList = c.get(&format!("/v1/billing/ledger{q}")).map_err(err)?;
+            let l: api::LedgerList = c.get_all(&format!("/v1/billing/ledger{q}"), "entries").map_err(err)?;
             show(ctx, &l, |l| {
                 let rows: Vec<Vec<String>> = l
                     .entries

@@ -95,6 +95,26 @@ impl Client {
         }))
     }
 
+    /// Every page of a list: follows `next` and gathers the `field` array of each page.
+    pub fn get_all<T: DeserializeOwned>(&self, path: &str, field: &str) -> Result<T, ClientError> {
+        let mut first: serde_json::Value = self.get(path)?;
+        let mut items = first.get_mut(field).map(serde_json::Value::take).unwrap_or_default();
+        let mut next = first.get("next").and_then(|n| n.as_str()).map(str::to_string);
+        // A server always ends the chain; the bound only guards against one that does not.
+        for _ in 0..100_000 {
+            let Some(path) = next.take() else { break };
+            let mut page: serde_json::Value = self.get(&path)?;
+            if let (Some(all), Some(more)) = (items.as_array_mut(), page.get_mut(field).and_then(|v| v.as_array_mut()))
+            {
+                all.append(more);
+            }
+            next = page.get("next").and_then(|n| n.as_str()).map(str::to_string);
+        }
+        first[field] = items;
+        first["next"] = serde_json::Value::Null;
+        serde_json::from_value(first).map_err(|e| ClientError::Transport(format!("unexpected answer: {e}")))
+    }
+
     /// A GET whose body is text (CSV, HTML), not JSON.
     pub fn get_text(&self, path: &str) -> Result<String, ClientError> {
         let mut resp = self.send(|base, auth| {

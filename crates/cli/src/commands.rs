@@ -586,7 +586,7 @@ pub fn instance(ctx: &Ctx, cmd: InstanceCmd) -> Res {
             show(ctx, &inst, instance_detail);
         }
         InstanceCmd::List => {
-            let list: api::InstanceList = c.get("/v1/instances").map_err(err)?;
+            let list: api::InstanceList = c.get_all("/v1/instances", "instances").map_err(err)?;
             show(ctx, &list, |l| instance_rows(&l.instances));
         }
         InstanceCmd::Show { id } => {
@@ -594,7 +594,8 @@ pub fn instance(ctx: &Ctx, cmd: InstanceCmd) -> Res {
             if ctx.json {
                 show(ctx, &inst, instance_detail);
             } else {
-                let history: api::InstanceHistory = c.get(&format!("/v1/instances/{id}/events")).map_err(err)?;
+                let history: api::InstanceHistory =
+                    c.get_all(&format!("/v1/instances/{id}/events"), "events").map_err(err)?;
                 let rows: Vec<Vec<String>> = history
                     .events
                     .iter()

@@ -111,7 +111,7 @@ pub fn monitor(ctx: &Ctx, cmd: MonitorCmd) -> Res {
         }
         MonitorCmd::Alerts => {
             let c = ctx.client(As::Tenant)?;
-            let a: api::AlertList = c.get("/v1/alerts").map_err(err)?;
+            let a: api::AlertList = c.get_all("/v1/alerts", "alerts").map_err(err)?;
             show(ctx, &a, |a| {
                 let rows: Vec<Vec<String>> =
                     a.alerts.iter().map(|a| vec![a.created_at.clone(), a.kind.clone(), a.message.clone()]).collect();

@@ -444,3 +444,57 @@ fn a_reservation_accrues_by_the_second_between_its_postings() {
     let invoice = s.get(&lab, &format!("/v1/billing/invoices/{month}")).body;
     assert!(money(&invoice["usage_total"]) > Money::ZERO, "{invoice}");
 }
+
+/// Follows `next` from `path`, gathering `field`: every item once, in order.
+fn all_pages(s: &TestServer, key: &str, path: &str, field: &str) -> (Vec<Value>, usize) {
+    let (mut items, mut pages, mut next) = (Vec::new(), 0, Some(path.to_string()));
+    while let Some(p) = next {
+        let r = s.get(key, &p);
+        assert_eq!(r.status, 200, "{p}: {:?}", r.body);
+        items.extend(r.body[field].as_array().unwrap().iter().cloned());
+        next = r.body["next"].as_str().map(str::to_string);
+        pages += 1;
+    }
+    (items, pages)
+}
+
+#[test]
+fn lists_come_in_pages_that_follow_next() {
+    let s = TestServer::start();
+    let key = s.tenant("acme");
+    let me = s.get(&key, "/v1/whoami").body["tenant"]["id"].as_str().unwrap().to_string();
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        ids.push(s.create(&key, "T4", 1, None)["id"].as_str().unwrap().to_string());
+    }
+    let (items, pages) = all_pages(&s, &key, "/v1/instances?limit=2", "instances");
+    let got: Vec<&str> = items.iter().map(|i| i["id"].as_str().unwrap()).collect();
+    assert_eq!((got, pages), (ids.iter().map(String::as_str).collect(), 3), "oldest first, each once");
+    let whole = s.get(&key, "/v1/instances").body;
+    assert_eq!((whole["instances"].as_array().unwrap().len(), &whole["next"]), (5, &json!(null)));
+
+    for k in 0..4 {
+        let body = json!({"amount": "1.00", "memo": format!("grant {k}")});
+        assert_eq!(s.post(&s.operator_key, &format!("/v1/tenants/{me}/credits"), Some(&body)).status, 201);
+    }
+    let (entries, pages) = all_pages(&s, &key, "/v1/billing/ledger?limit=3&from=2000-01", "entries");
+    assert_eq!((entries.len(), pages), (4, 2));
+    let memos: Vec<&str> = entries.iter().map(|e| e["memo"].as_str().unwrap()).collect();
+    assert_eq!(memos, ["grant 0", "grant 1", "grant 2", "grant 3"]);
+    let first = s.get(&key, "/v1/billing/ledger?limit=3&from=2000-01").body;
+    assert!(first["next"].as_str().unwrap().contains("from=2000-01"), "the next link keeps the range: {first}");
+
+    let id = &ids[0];
+    let (events, _) = all_pages(&s, &key, &format!("/v1/instances/{id}/events?limit=1"), "events");
+    assert_eq!(events[0]["to"], "pending");
+    for path in [
+        "/v1/instances?limit=0",
+        "/v1/instances?limit=1001",
+        "/v1/alerts?after=no%20such",
+        "/v1/billing/ledger?limit=0",
+    ] {
+        let r = s.get(&key, path);
+        assert_eq!(r.status, 422, "{path}: {:?}", r.body);
+    }
+    assert_eq!(s.get(&key, "/v1/instances?page=2").status, 400, "an unknown parameter is named");
+}

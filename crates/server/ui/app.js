@@ -54,6 +54,19 @@ async function api(path, { method = "GET", body, key, raw } = {}) {
   return data;
 }
 
+// Every page of a list route, following each page's `next` link.
+async function apiAll(path, field) {
+  const first = await api(path);
+  let next = first.next;
+  while (next) {
+    const page = await api(next);
+    first[field] = first[field].concat(page[field]);
+    next = page.next;
+  }
+  first.next = null;
+  return first;
+}
+
 function money(s) {
   const v = Number(s || 0);
   const digits = Math.abs(v) >= 100 ? 2 : Math.abs(v) >= 1 ? 2 : 4;
@@ -150,14 +163,14 @@ function nav(current) {
 
 async function costs() {
   // Everything billed per instance since the beginning: the live cost of each.
-  const u = await api("/v1/billing/usage?by=instance&from=1970-01-01");
+  const u = await apiAll("/v1/billing/usage?by=instance&from=1970-01-01", "lines");
   return Object.fromEntries(u.lines.map((l) => [l.key, l.amount]));
 }
 
 async function instancesPage(gen) {
   setMain(h("h1", {}, "Instances"), h("div", { id: "instances" }, h("p", { class: "muted" }, "Loading…")));
   return async () => {
-    const [list, cost, bal] = await Promise.all([api("/v1/instances"), costs(), api("/v1/billing/balance")]);
+    const [list, cost, bal] = await Promise.all([apiAll("/v1/instances", "instances"), costs(), api("/v1/billing/balance")]);
     if (gen !== generation) return;
     const rows = list.instances.slice().reverse().map((i) => h("tr", { "data-id": i.id },
       h("td", {}, h("a", { href: `#/instance/${i.id}` }, i.name)), h("td", { class: "muted" }, i.id),
@@ -268,8 +281,8 @@ async function billingPage(gen) {
       h("div", {}, h("h2", {}, "Alerts"), h("div", { id: "alerts" }))));
   return async () => {
     const from = day(Date.now() - 29 * 86400e3);
-    const [b, u, inv, al] = await Promise.all([api("/v1/billing/balance"), api(`/v1/billing/usage?by=day&from=${from}`),
-      api("/v1/billing/invoices"), api("/v1/alerts")]);
+    const [b, u, inv, al] = await Promise.all([api("/v1/billing/balance"), apiAll(`/v1/billing/usage?by=day&from=${from}`, "lines"),
+      apiAll("/v1/billing/invoices", "invoices"), apiAll("/v1/alerts", "alerts")]);
     if (gen !== generation) return;
     replace("bal", h("div", { class: "stats" }, stat("Balance", money(b.balance), "balance"),
       stat("This month", money(b.month_usage)), stat("Burn rate", `${money(b.burn_per_hour)}/h`)));

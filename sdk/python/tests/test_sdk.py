@@ -45,6 +45,10 @@ def test_instances_bad_input_and_billing(client):
         client.instances.get("i-nosuch")
     assert e.value.status == 404
     assert isinstance(client.billing.balance(), Decimal)
+    # Lists come in pages; the client follows `next` to the end.
+    client.instances.create(gpu="T4", command="sleep 1", region="eu-1")
+    paged = [i["id"] for i in client._get_all("/v1/instances?limit=1", "instances")]
+    assert len(paged) >= 2 and paged == [i.id for i in client.instances.list()]
     p = client.spot.prices("A100-40GB", "eu-1")
     assert p.floor <= p.current <= p.on_demand
 
@@ -235,8 +239,12 @@ def test_a_cluster_grows_and_shrinks_from_a_training_loop(client, dev, monkeypat
         m.instance for m in before.members]
     client.clusters.resize(2)
     ready(2)
-    # Billing follows the members: every member that ran is on the ledger.
+    # Billing follows the members: every member that ran is in the usage report (accruing while it
+    # runs), and the ones that stopped are settled on the ledger.
     wait_for("usage of the members", lambda: {m.instance for m in four.members} <= {
+        line["key"] for line in client.billing.usage(by="instance")})
+    stopped = {m.instance for m in four.members} - {m.instance for m in client.clusters.get("train").members}
+    wait_for("the stopped members on the ledger", lambda: stopped <= {
         e.get("instance") for e in client.billing.ledger()})
     with pytest.raises(ApiError) as e:
         client.clusters.resize(9)

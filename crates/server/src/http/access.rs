@@ -64,8 +64,10 @@ pub struct AuditQuery {
     tenant: Option<String>,
     /// How far back, in seconds (default 86400).
     since: Option<i64>,
-    /// At most this many, newest first (default 200, at most 10000).
+    /// Entries per page, newest first (default 200, at most 10000).
     limit: Option<u32>,
+    /// The `next` cursor of the previous page.
+    after: Option<String>,
 }
 
 /// Operator: the audit log of mutating calls, newest first.
@@ -78,9 +80,15 @@ pub async fn audit(
     q: Result<Query<AuditQuery>, QueryRejection>,
 ) -> Result<Json<gpucloud_api::AuditLog>, ApiError> {
     let Query(q) = q.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
-    let entries = app
-        .audit_log(&p, q.tenant.as_deref(), q.since.unwrap_or(86_400), q.limit.unwrap_or(200))
-        .await?
+    let all = app.audit_log(&p, q.tenant.as_deref(), q.since.unwrap_or(86_400), 10_000).await?;
+    let mut again = vec![("since", q.since.unwrap_or(86_400).to_string())];
+    if let Some(t) = &q.tenant {
+        again.push(("tenant", t.clone()));
+    }
+    let page = super::page::PageQuery { limit: Some(q.limit.unwrap_or(200)), after: q.after };
+    let key = |e: &gpucloud_store::AuditEntry| super::page::key(e.at.0, &e.id);
+    let (page, next) = super::page::page(all, key, &page, 10_000, true, "/v1/audit", &again)?;
+    let entries = page
         .into_iter()
         .map(|e| gpucloud_api::AuditEntry {
             id: e.id,
@@ -93,5 +101,5 @@ pub async fn audit(
             remote: e.remote,
         })
         .collect();
-    Ok(Json(gpucloud_api::AuditLog { entries }))
+    Ok(Json(gpucloud_api::AuditLog { entries, next }))
 }

@@ -165,13 +165,23 @@ pub struct Range {
     to: Option<String>,
     /// instance (default), model or day.
     by: Option<String>,
+    /// Items per page: default 100, at most 1000.
+    limit: Option<u32>,
+    /// The `next` cursor of the previous page.
+    after: Option<String>,
 }
 
-fn range(
-    app: &App,
-    q: Result<Query<Range>, QueryRejection>,
-) -> Result<(Timestamp, Timestamp, Option<String>), ApiError> {
+/// A range, its grouping, the page asked for, and the query the `next` link repeats.
+type RangeQuery = (Timestamp, Timestamp, Option<String>, super::page::PageQuery, Vec<(&'static str, String)>);
+
+fn range(app: &App, q: Result<Query<Range>, QueryRejection>) -> Result<RangeQuery, ApiError> {
     let Query(q) = q.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
+    let mut again = Vec::new();
+    for (k, v) in [("from", &q.from), ("to", &q.to), ("by", &q.by)] {
+        if let Some(v) = v {
+            again.push((k, v.clone()));
+        }
+    }
     let now = app.now();
     let t = |v: Option<String>, field: &str, default: Timestamp| match v {
         Some(s) => {
@@ -181,7 +191,7 @@ fn range(
     };
     let from = t(q.from, "from", month_start(now))?;
     let to = t(q.to, "to", now.plus_millis(1))?;
-    Ok((from, to, q.by))
+    Ok((from, to, q.by, super::page::PageQuery { limit: q.limit, after: q.after }, again))
 }
 
 /// Usage charged between two times, by instance, GPU model or day.
@@ -192,7 +202,7 @@ pub async fn usage(
     Auth(p): Auth,
     q: Result<Query<Range>, QueryRejection>,
 ) -> Result<Json<UsageReport>, ApiError> {
-    let (from, to, by) = range(&app, q)?;
+    let (from, to, by, page, again) = range(&app, q)?;
     let by = by.unwrap_or_else(|| "instance".into());
     let grouping = match by.as_str() {
         "instance" => UsageGrouping::Instance,
@@ -202,6 +212,10 @@ pub async fn usage(
     };
     let lines = app.usage(&p, from, to, grouping).await?;
     let total = Money(lines.iter().map(|l| l.amount.micros()).sum());
+    // Lines come ordered by their key (a BTreeMap); the key itself is the cursor, hex-encoded.
+    let hex = |l: &crate::app::billing::UsageLine| l.key.bytes().map(|b| format!("{b:02x}")).collect::<String>();
+    let (lines, next) =
+        super::page::page(lines, hex, &page, super::page::MAX_LIMIT, false, "/v1/billing/usage", &again)?;
     Ok(Json(UsageReport {
         from: rfc3339(from),
         to: rfc3339(to),
@@ -209,6 +223,7 @@ pub async fn usage(
         currency: CURRENCY.into(),
         total,
         lines: lines.into_iter().map(|l| UsageLine { key: l.key, seconds: l.seconds, amount: l.amount }).collect(),
+        next,
     }))
 }
 
@@ -220,21 +235,31 @@ pub async fn ledger(
     Auth(p): Auth,
     q: Result<Query<Range>, QueryRejection>,
 ) -> Result<Json<LedgerList>, ApiError> {
-    let (from, to, _) = range(&app, q)?;
-    let entries = app.ledger(&p, from, to).await?.into_iter().map(convert::ledger_line).collect();
-    Ok(Json(LedgerList { currency: CURRENCY.into(), entries }))
+    let (from, to, _, page, again) = range(&app, q)?;
+    let all = app.ledger(&p, from, to).await?;
+    let key = |l: &gpucloud_store::LedgerLine| super::page::key(l.created_at.0, &l.id);
+    let (lines, next) =
+        super::page::page(all, key, &page, super::page::MAX_LIMIT, false, "/v1/billing/ledger", &again)?;
+    let entries = lines.into_iter().map(convert::ledger_line).collect();
+    Ok(Json(LedgerList { currency: CURRENCY.into(), entries, next }))
 }
 
 /// The caller's closed invoices.
 #[utoipa::path(get, path = "/v1/billing/invoices", tag = "billing", responses((status = 200, body = gpucloud_api::InvoiceList)), security(("bearer" = [])))]
-pub async fn invoices(State(app): State<Arc<App>>, Auth(p): Auth) -> Result<Json<gpucloud_api::InvoiceList>, ApiError> {
-    let invoices = app
-        .list_invoices(&p)
-        .await?
+pub async fn invoices(
+    State(app): State<Arc<App>>,
+    Auth(p): Auth,
+    q: Result<Query<super::page::PageQuery>, QueryRejection>,
+) -> Result<Json<gpucloud_api::InvoiceList>, ApiError> {
+    let Query(q) = q.map_err(super::page::bad_query)?;
+    let all = app.list_invoices(&p).await?;
+    let key = |i: &gpucloud_store::StoredInvoice| i.month.clone();
+    let (page, next) = super::page::page(all, key, &q, super::page::MAX_LIMIT, false, "/v1/billing/invoices", &[])?;
+    let invoices = page
         .into_iter()
         .map(|i| gpucloud_api::InvoiceSummary { month: i.month, usage_total: i.total, closed_at: rfc3339(i.closed_at) })
         .collect();
-    Ok(Json(gpucloud_api::InvoiceList { invoices }))
+    Ok(Json(gpucloud_api::InvoiceList { invoices, next }))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -357,12 +382,19 @@ pub async fn check_billing(
 /// Alerts raised for the caller: budget thresholds, instances stopped for money or as idle, idle
 /// instances, failed or hot GPUs under its instances, lost nodes (the operator: the whole fleet).
 #[utoipa::path(get, path = "/v1/alerts", tag = "monitoring", responses((status = 200, body = gpucloud_api::AlertList)), security(("bearer" = [])))]
-pub async fn alerts(State(app): State<Arc<App>>, Auth(p): Auth) -> Result<Json<gpucloud_api::AlertList>, ApiError> {
-    let alerts = app
-        .list_alerts(&p)
-        .await?
+pub async fn alerts(
+    State(app): State<Arc<App>>,
+    Auth(p): Auth,
+    q: Result<Query<super::page::PageQuery>, QueryRejection>,
+) -> Result<Json<gpucloud_api::AlertList>, ApiError> {
+    let Query(q) = q.map_err(super::page::bad_query)?;
+    let mut all = app.list_alerts(&p).await?;
+    all.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+    let key = |a: &gpucloud_store::Alert| super::page::key(a.created_at.0, &a.id);
+    let (page, next) = super::page::page(all, key, &q, super::page::MAX_LIMIT, false, "/v1/alerts", &[])?;
+    let alerts = page
         .into_iter()
         .map(|a| gpucloud_api::Alert { id: a.id, kind: a.kind, message: a.message, created_at: rfc3339(a.created_at) })
         .collect();
-    Ok(Json(gpucloud_api::AlertList { alerts }))
+    Ok(Json(gpucloud_api::AlertList { alerts, next }))
 }

@@ -44,15 +44,23 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(convert::instance(inst, &app.config.public_url))))
 }
 
-/// List the caller's instances, oldest first.
-#[utoipa::path(get, path = "/v1/instances", tag = "instances",
-    responses((status = 200, body = InstanceList)), security(("bearer" = [])))]
-pub async fn list(State(app): State<Arc<App>>, Auth(p): Auth) -> Result<Json<InstanceList>, ApiError> {
+/// List the caller's instances, oldest first, a page at a time (`limit`, `after`; follow `next`).
+#[utoipa::path(get, path = "/v1/instances", tag = "instances", params(super::page::PageQuery),
+    responses((status = 200, body = InstanceList), (status = 422, body = Problem)), security(("bearer" = [])))]
+pub async fn list(
+    State(app): State<Arc<App>>,
+    Auth(p): Auth,
+    q: Result<axum::extract::Query<super::page::PageQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<InstanceList>, ApiError> {
+    let axum::extract::Query(q) = q.map_err(super::page::bad_query)?;
+    let all = app.list_instances(&p).await?;
+    let key = |i: &gpucloud_store::Instance| super::page::key(i.created_at.0, i.id.as_str());
+    let (page, next) = super::page::page(all, key, &q, super::page::MAX_LIMIT, false, "/v1/instances", &[])?;
     let mut instances = Vec::new();
-    for i in app.list_instances(&p).await? {
+    for i in page {
         instances.push(with_ssh(&app, i).await?);
     }
-    Ok(Json(InstanceList { instances }))
+    Ok(Json(InstanceList { instances, next }))
 }
 
 /// One instance, with why it is pending if it is.
@@ -123,10 +131,14 @@ pub async fn events(
     State(app): State<Arc<App>>,
     Auth(p): Auth,
     Path(id): Path<String>,
+    q: Result<axum::extract::Query<super::page::PageQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<gpucloud_api::InstanceHistory>, ApiError> {
-    let events = app
-        .instance_events(&p, &id)
-        .await?
+    let axum::extract::Query(q) = q.map_err(super::page::bad_query)?;
+    let all = app.instance_events(&p, &id).await?;
+    let key = |e: &gpucloud_store::InstanceEvent| format!("{:015}", e.generation.max(0));
+    let path = format!("/v1/instances/{id}/events");
+    let (page, next) = super::page::page(all, key, &q, super::page::MAX_LIMIT, false, &path, &[])?;
+    let events = page
         .into_iter()
         .map(|e| gpucloud_api::InstanceEvent {
             at: gpucloud_api::rfc3339(e.at),
@@ -134,7 +146,7 @@ pub async fn events(
             to: e.to.to_string(),
         })
         .collect();
-    Ok(Json(gpucloud_api::InstanceHistory { events }))
+    Ok(Json(gpucloud_api::InstanceHistory { events, next }))
 }
 
 pub(super) fn parse_tier(tier: Option<&str>) -> Result<gpucloud_model::Tier, ApiError> {

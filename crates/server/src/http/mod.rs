@@ -16,6 +16,7 @@ mod meta;
 mod metrics;
 mod monitoring;
 mod nodes;
+pub mod page;
 mod pools;
 mod proxy;
 mod secrets;

@@ -223,7 +223,7 @@ class Instances(_Resource):
         return Instance.from_json(self._c._post("/v1/instances", body, idempotency_key or str(uuid.uuid4())))
 
     def list(self) -> List[Instance]:
-        return [Instance.from_json(v) for v in self._c._get("/v1/instances")["instances"]]
+        return [Instance.from_json(v) for v in self._c._get_all("/v1/instances", "instances")]
 
     def get(self, id: str) -> Instance:
         return Instance.from_json(self._c._get(f"/v1/instances/{id}"))
@@ -458,7 +458,12 @@ class Billing(_Resource):
         return Decimal(self._c._get("/v1/billing/balance")["balance"])
 
     def ledger(self) -> List[Dict[str, Any]]:
-        return list(self._c._get("/v1/billing/ledger")["entries"])
+        return self._c._get_all("/v1/billing/ledger", "entries")
+
+    def usage(self, by: str = "instance", start: Optional[str] = None, end: Optional[str] = None) -> List[Dict[str, Any]]:
+        """Usage posted and accrued, grouped by instance, model or day (this month by default)."""
+        query = f"/v1/billing/usage?by={by}" + (f"&from={start}" if start else "") + (f"&to={end}" if end else "")
+        return self._c._get_all(query, "lines")
 
 
 class Client:
@@ -505,6 +510,16 @@ class Client:
 
     def _get(self, path: str, params: Optional[Dict[str, Any]] = None) -> Any:
         return self._check(self._http.get(path, params=params))
+
+    def _get_all(self, path: str, field: str) -> List[Any]:
+        """Every page of a list route: follows each page's ``next`` link."""
+        items: List[Any] = []
+        next_path: Optional[str] = path
+        while next_path:
+            page = self._get(next_path)
+            items.extend(page.get(field, []))
+            next_path = page.get("next")
+        return items
 
     def _post(self, path: str, body: Any = None, idempotency_key: Optional[str] = None) -> Any:
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
