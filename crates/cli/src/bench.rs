@@ -760,9 +760,19 @@ fn billing(
             store.record_heartbeat(&n.id, app.now()).await.map_err(s)?;
         }
 
-        // This design: a pass at a posting point posts every running interval once...
+        // This design: a posting point posts every running interval once, a bounded number per
+        // pass, over as many passes as it takes...
         let t = Instant::now();
-        let at_point = app.meter().await.map_err(e)?;
+        let (mut passes, mut longest) = (0, 0.0f64);
+        loop {
+            let p = Instant::now();
+            let r = app.meter().await.map_err(e)?;
+            longest = longest.max(ms(p.elapsed()));
+            passes += 1;
+            if r.charged == 0 || passes > 1_000 {
+                break;
+            }
+        }
         let at_point_ms = ms(t.elapsed());
         let after_point = store.ledger_audit().await.map_err(s)?.entries;
         // ...and every other pass of the hour only settles what ended.
@@ -867,10 +877,10 @@ fn billing(
                 String::new(),
             ],
             vec![
-                "metering pass at a posting point".into(),
-                format!("{} entries ({:.2} per instance)", after_point, per_instance(after_point)),
-                format!("{at_point_ms:.0} ms"),
-                format!("baseline (every pass): {baseline_ms:.0} ms, {baseline_posted} entries"),
+                "posting point: every running interval posted".into(),
+                format!("{after_point} entries ({:.2} per instance), {passes} passes", per_instance(after_point)),
+                format!("{at_point_ms:.0} ms, longest pass {longest:.0} ms"),
+                format!("baseline (every second): one pass of {baseline_ms:.0} ms, {baseline_posted} entries"),
             ],
             vec![
                 "metering pass between points (p50 of 5)".into(),
@@ -881,13 +891,13 @@ fn billing(
             vec![
                 "ledger rows per instance-hour".into(),
                 "posting period 1 h".into(),
-                format!("{:.2}", per_instance(at_point.charged as u64)),
+                format!("{:.2}", per_instance(after_point)),
                 "baseline: 3,600 (one per second)".into(),
             ],
             vec![
-                "accrual lag (budgets, prepaid)".into(),
-                format!("1 s period + pass + enforcement of {tenants} tenants ({enforce_ms:.0} ms)"),
-                format!("{:.1} s", 1.0 + (idle_ms + enforce_ms) / 1e3),
+                "accrual lag (budgets, prepaid), worst".into(),
+                format!("1 s period + longest pass + enforcement of {tenants} tenants ({enforce_ms:.0} ms)"),
+                format!("{:.1} s", 1.0 + (longest.max(idle_ms) + enforce_ms) / 1e3),
                 format!(
                     "baseline: {:.1} s (1 s + a posting pass + enforcement)",
                     1.0 + (baseline_ms + enforce_ms) / 1e3

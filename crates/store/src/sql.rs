@@ -44,10 +44,12 @@ impl SqlStore {
                 .after_connect(|conn, _| {
                     Box::pin(async move {
                         // WAL lets readers of the file (backups, sqlite3) coexist with the server;
-                        // FULL sync makes every committed transaction survive a power cut.
+                        // FULL sync makes every committed transaction survive a power cut. A 64 MiB
+                        // page cache (the default is 2 MiB) keeps a large fleet's indexes in memory.
                         conn.execute(
                             "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
-                             PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;",
+                             PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000; \
+                             PRAGMA cache_size = -65536;",
                         )
                         .await?;
                         Ok(())

@@ -49,6 +49,10 @@ pub struct MeterReport {
     pub conflicts: usize,
 }
 
+/// Running intervals posted per metering pass at most; a posting point's work is spread over as
+/// many passes as it takes (its entries are dated at the point whichever pass writes them).
+pub const POSTINGS_PER_PASS: usize = 2_000;
+
 /// Start of the UTC calendar month that contains `t`.
 pub fn month_start(t: Timestamp) -> Timestamp {
     let dt = time::OffsetDateTime::from_unix_timestamp(t.millis().div_euclid(1000))
@@ -186,6 +190,7 @@ impl App {
         let mut report = MeterReport::default();
         let mut prices = PriceCache::default();
         let mut items = Vec::new();
+        let (mut postings, mut deferred) = (0, false);
         // Between posting points only ended intervals have anything to post.
         let posted = self.posted_point.load(std::sync::atomic::Ordering::Relaxed);
         let intervals = if posted >= point.millis() {
@@ -211,6 +216,13 @@ impl App {
             if !settled && due.amount == u.charged && due.seconds == u.charged_seconds {
                 continue;
             }
+            if !settled && postings >= POSTINGS_PER_PASS {
+                // The rest of this point's postings go in the next passes: a pass stays short, so
+                // budgets and prepaid balances are enforced every second or two even at a point.
+                deferred = true;
+                continue;
+            }
+            postings += usize::from(!settled);
             let record = usage_record(&u, due, at, settled);
             items.push(ChargeItem { interval: u, charge: due, settled, record });
         }
@@ -222,7 +234,7 @@ impl App {
                 report.conflicts += 1;
             }
         }
-        if report.conflicts == 0 {
+        if report.conflicts == 0 && !deferred {
             self.posted_point.fetch_max(point.millis(), std::sync::atomic::Ordering::Relaxed);
         }
         report.charged += self.meter_volumes().await?;
@@ -247,25 +259,24 @@ impl App {
         end.max(u.started_at)
     }
 
-    /// What a tenant owes beyond its posted ledger (positive) or is owed back (negative):
-    /// running intervals' accrued charges, volumes' storage, reservation periods in progress
-    /// less the lending credit they have earned.
-    pub(crate) async fn accrued(&self, tenant: &TenantId, now: Timestamp) -> Result<Money, AppError> {
-        let mut total: i64 = 0;
+    /// What a tenant has accrued beyond its posted ledger, read once for every figure drawn
+    /// from it.
+    pub(crate) async fn accrual(&self, tenant: &TenantId, now: Timestamp) -> Result<Accrual, AppError> {
+        let mut a = Accrual::default();
         let mut prices = PriceCache::default();
         for u in self.store.unsettled_intervals_of(tenant).await? {
             let p = prices.get(self, &u).await?;
-            total += usage_of(&u).due(self.accrue_end(&u, now), p).amount.micros() - u.charged.micros();
+            a.intervals += usage_of(&u).due(self.accrue_end(&u, now), p).amount.micros() - u.charged.micros();
+            if u.ended_at.is_none() {
+                let price = price_at(p, now).unwrap_or(Money::ZERO);
+                let price = u.price_cap.map_or(price, |cap| price.min(cap));
+                a.burn += i128::from(price.micros()) * i128::from(u.milli_gpus) / 1000;
+            }
         }
-        total += self.accrued_storage(tenant, now).await?.micros();
-        total += self.accrued_reservations(tenant, now).await?.micros();
-        Ok(Money(total))
-    }
-
-    /// What the tenant has to spend: the posted balance less what has accrued since.
-    pub(crate) async fn available(&self, tenant: &TenantId, now: Timestamp) -> Result<Money, AppError> {
-        let posted = self.store.balance(tenant).await?;
-        Ok(Money(posted.micros() - self.accrued(tenant, now).await?.micros()))
+        a.storage = self.accrued_storage(tenant, now).await?.micros();
+        let (usage, credit) = self.reservations_in_progress(tenant, now).await?;
+        (a.reservation_usage, a.reservation_credit) = (usage.micros(), credit.micros());
+        Ok(a)
     }
 
     /// Credit for a tenant: an operator grant, a paid top-up, or an adjustment.
@@ -326,24 +337,27 @@ impl App {
     pub async fn balance(&self, by: &Principal) -> Result<Balance, AppError> {
         let now = self.now();
         let tenant = &by.tenant.id;
-        let balance = self.available(tenant, now).await?;
-        let month_usage = self.month_usage(tenant, now).await?;
-        let burn_per_hour = self.burn_per_hour(tenant, now).await?;
+        let accrual = self.accrual(tenant, now).await?;
+        let balance = Money(self.store.balance(tenant).await?.micros() - accrual.owed().micros());
+        let month_usage = self.month_usage_with(tenant, now, &accrual).await?;
+        let burn_per_hour = accrual.burn_per_hour();
         Ok(Balance { balance, month_usage, burn_per_hour })
     }
 
     /// Usage since the start of `now`'s month, posted and accrued, as a positive amount.
     pub(crate) async fn month_usage(&self, tenant: &TenantId, now: Timestamp) -> Result<Money, AppError> {
+        let accrual = self.accrual(tenant, now).await?;
+        self.month_usage_with(tenant, now, &accrual).await
+    }
+
+    pub(crate) async fn month_usage_with(
+        &self,
+        tenant: &TenantId,
+        now: Timestamp,
+        accrual: &Accrual,
+    ) -> Result<Money, AppError> {
         let posted = self.store.usage_in_month(tenant, gpucloud_store::year_month(now)).await?.micros();
-        let mut accrued: i64 = 0;
-        let mut prices = PriceCache::default();
-        for u in self.store.unsettled_intervals_of(tenant).await? {
-            let p = prices.get(self, &u).await?;
-            accrued += usage_of(&u).due(self.accrue_end(&u, now), p).amount.micros() - u.charged.micros();
-        }
-        accrued += self.accrued_storage(tenant, now).await?.micros();
-        accrued += self.accrued_reservation_usage(tenant, now).await?.micros();
-        Ok(Money(posted + accrued))
+        Ok(Money(posted + accrual.usage()))
     }
 
     /// What the tenant's open intervals cost per hour at today's prices.
@@ -353,16 +367,7 @@ impl App {
     }
 
     pub(crate) async fn burn_per_hour(&self, tenant: &TenantId, now: Timestamp) -> Result<Money, AppError> {
-        let mut burn = 0i128;
-        let mut prices = PriceCache::default();
-        for u in self.store.unsettled_intervals_of(tenant).await? {
-            if u.ended_at.is_none() {
-                let p = price_at(prices.get(self, &u).await?, now).unwrap_or(Money::ZERO);
-                let p = u.price_cap.map_or(p, |cap| p.min(cap));
-                burn += i128::from(p.micros()) * i128::from(u.milli_gpus) / 1000;
-            }
-        }
-        Ok(Money(burn as i64))
+        Ok(self.accrual(tenant, now).await?.burn_per_hour())
     }
 
     pub async fn usage(
@@ -414,6 +419,32 @@ impl App {
 
     pub async fn ledger(&self, by: &Principal, from: Timestamp, to: Timestamp) -> Result<Vec<LedgerLine>, AppError> {
         Ok(self.store.ledger_lines(&by.tenant.id, from, to).await?)
+    }
+}
+
+/// A tenant's charges not yet on the ledger, in micro-units, and what it burns per hour.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Accrual {
+    pub intervals: i64,
+    pub storage: i64,
+    pub reservation_usage: i64,
+    pub reservation_credit: i64,
+    pub burn: i128,
+}
+
+impl Accrual {
+    /// Usage accrued, as a positive amount.
+    pub fn usage(&self) -> i64 {
+        self.intervals + self.storage + self.reservation_usage
+    }
+
+    /// What the balance owes beyond its postings: usage less lending credit earned.
+    pub fn owed(&self) -> Money {
+        Money(self.usage() - self.reservation_credit)
+    }
+
+    pub fn burn_per_hour(&self) -> Money {
+        Money(self.burn as i64)
     }
 }
 

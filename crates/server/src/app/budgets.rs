@@ -115,9 +115,14 @@ impl App {
             (false, Some(l)) => Some(l),
             (false, None) => None,
         };
+        let stops = settings.monthly_budget.is_some() && settings.action == BudgetAction::CheckpointAndStop;
+        if limit.is_none() && !stops {
+            return Ok(());
+        }
+        let accrual = self.accrual(tenant, now).await?;
         if let Some(limit) = limit {
-            let available = self.available(tenant, now).await?.micros() + limit.micros();
-            let burn = self.burn_per_hour(tenant, now).await?.micros() + per_hour.micros();
+            let available = self.store.balance(tenant).await?.micros() - accrual.owed().micros() + limit.micros();
+            let burn = accrual.burn_per_hour().micros() + per_hour.micros();
             let reserve = (i128::from(burn) * i128::from(PREPAID_RESERVE_MS) / 3_600_000) as i64;
             let need = minimum.micros() + reserve;
             let what = if settings.prepaid { "the prepaid balance" } else { "the balance within the credit limit" };
@@ -134,7 +139,7 @@ impl App {
             }
         }
         if let (Some(budget), BudgetAction::CheckpointAndStop) = (settings.monthly_budget, settings.action) {
-            let used = self.month_usage(tenant, now).await?;
+            let used = self.month_usage_with(tenant, now, &accrual).await?;
             let left = budget.micros() - used.micros();
             if left <= 0 {
                 return Err(AppError::PaymentRequired(format!("this month's budget of {budget} is spent")));
@@ -192,8 +197,9 @@ impl App {
         let mut stopped = 0;
         for b in self.store.guarded_tenants().await? {
             let tenant = &b.tenant_id;
+            let accrual = self.accrual(tenant, now).await?;
             if let Some(limit) = b.monthly_budget {
-                let used = self.month_usage(tenant, now).await?;
+                let used = self.month_usage_with(tenant, now, &accrual).await?;
                 for t in &b.thresholds {
                     if i128::from(used.micros()) * 100 >= i128::from(limit.micros()) * i128::from(*t) {
                         let message = format!("{used} used this month: {t}% of the {limit} budget reached");
@@ -210,8 +216,8 @@ impl App {
                 (false, None) => None,
             };
             if let Some(floor) = floor {
-                let balance = self.available(tenant, now).await?;
-                let burn = i128::from(self.burn_per_hour(tenant, now).await?.micros());
+                let balance = Money(self.store.balance(tenant).await?.micros() - accrual.owed().micros());
+                let burn = accrual.burn;
                 let reserve = burn * i128::from(PREPAID_RESERVE_MS) / 3_600_000;
                 if burn > 0 && i128::from(balance.micros()) + i128::from(floor.micros()) <= reserve {
                     let why = if b.prepaid {

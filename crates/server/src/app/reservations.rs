@@ -256,7 +256,11 @@ impl App {
     /// period under idempotency keys, so a crash or a second replica never bills twice.
     /// A tenant's reservation charges for the periods in progress, not yet posted (each period
     /// is posted when it ends), and the lending credit earned since the last posting.
-    async fn reservations_in_progress(&self, tenant: &TenantId, now: Timestamp) -> Result<(Money, Money), AppError> {
+    pub(crate) async fn reservations_in_progress(
+        &self,
+        tenant: &TenantId,
+        now: Timestamp,
+    ) -> Result<(Money, Money), AppError> {
         let period_ms = self.config.market.reservation_period.as_millis().max(1000) as i64;
         let (mut usage, mut credit) = (0i64, 0i64);
         for r in self.store.list_reservations(Some(tenant)).await? {
@@ -277,12 +281,6 @@ impl App {
     /// Reservation usage accrued in periods in progress, as a positive amount.
     pub(crate) async fn accrued_reservation_usage(&self, tenant: &TenantId, now: Timestamp) -> Result<Money, AppError> {
         Ok(self.reservations_in_progress(tenant, now).await?.0)
-    }
-
-    /// What reservations in progress add to what the tenant owes: usage less lending credit.
-    pub(crate) async fn accrued_reservations(&self, tenant: &TenantId, now: Timestamp) -> Result<Money, AppError> {
-        let (usage, credit) = self.reservations_in_progress(tenant, now).await?;
-        Ok(Money(usage.0 - credit.0))
     }
 
     pub async fn bill_reservations(&self) -> Result<usize, AppError> {
