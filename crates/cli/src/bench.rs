@@ -818,7 +818,13 @@ fn billing(
                 idempotency_key: format!("base:{}:{}", u.id, due.seconds),
                 created_at: now,
             };
-            items.push(ChargeItem { interval: u, charge: due, settled: false, record: Some(record) });
+            items.push(ChargeItem {
+                interval: u,
+                charge: due,
+                settled: false,
+                record: Some(record),
+                posted_through: None,
+            });
         }
         let baseline_posted = store.charge_intervals(&items).await.map_err(s)?.into_iter().filter(|ok| *ok).count();
         let baseline_ms = ms(t.elapsed());

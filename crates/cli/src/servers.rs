@@ -32,6 +32,10 @@ pub struct DevArgs {
     /// With the container runtime: the image of workloads that name none.
     #[arg(long, default_value = "ubuntu:24.04")]
     image: String,
+    /// How often a running instance's accrued charge is posted to the ledger, in seconds
+    /// (default 3600; also at each month start and when it stops).
+    #[arg(long, value_name = "SECONDS")]
+    posting_period_s: Option<u64>,
     #[command(flatten)]
     market: MarketArgs,
     #[command(flatten)]
@@ -223,6 +227,16 @@ pub struct ServeArgs {
     monitor: MonitorArgs,
 }
 
+fn posting_period(config: &mut Config, seconds: Option<u64>) -> Result<(), String> {
+    if let Some(s) = seconds {
+        if !(1..=86_400).contains(&s) {
+            return Err(format!("--posting-period-s must be 1 to 86400 seconds, got {s}"));
+        }
+        config.posting_period = Duration::from_secs(s);
+    }
+    Ok(())
+}
+
 fn with_tick(mut config: Config, tick_ms: Option<u64>) -> Config {
     if let Some(ms) = tick_ms {
         let tick = Duration::from_millis(ms.max(10));
@@ -273,6 +287,7 @@ pub fn dev(args: DevArgs) -> Result<(), String> {
             ..Config::default()
         };
         let mut config = with_tick(config, args.tick_ms);
+        posting_period(&mut config, args.posting_period_s)?;
         args.market.apply(&mut config)?;
         args.monitor.apply(&mut config)?;
         if config.secrets_key.is_none() {
@@ -428,12 +443,7 @@ pub fn serve(args: ServeArgs) -> Result<(), String> {
         if let Some(ms) = args.heartbeat_grace_ms {
             config.heartbeat_grace = Duration::from_millis(ms.max(100));
         }
-        if let Some(s) = args.posting_period_s {
-            if !(1..=86_400).contains(&s) {
-                return Err(format!("--posting-period-s must be 1 to 86400 seconds, got {s}"));
-            }
-            config.posting_period = Duration::from_secs(s);
-        }
+        posting_period(&mut config, args.posting_period_s)?;
         args.market.apply(&mut config)?;
         args.monitor.apply(&mut config)?;
         if config.secrets_key.is_none() {

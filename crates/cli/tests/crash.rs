@@ -33,7 +33,9 @@ impl Drop for Server {
 fn start(data: &Path, database: Option<&str>, round: usize) -> Server {
     let out = data.join(format!("out-{round}.txt"));
     let mut cmd = Command::new(BIN);
-    cmd.args(["dev", "--runtime", "process", "--listen", "127.0.0.1:0", "--tick-ms", "40", "--data-dir"])
+    // Posting every second: kills land in the middle of posting passes, not only between them.
+    cmd.args(["dev", "--runtime", "process", "--listen", "127.0.0.1:0", "--tick-ms", "40", "--posting-period-s", "1"]);
+    cmd.arg("--data-dir")
         .arg(data)
         .env("GPUCLOUD_CONFIG_DIR", data.join("config"))
         .stdout(std::fs::File::create(&out).unwrap())

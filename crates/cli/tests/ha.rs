@@ -33,7 +33,17 @@ fn free_listen() -> String {
 fn replica(db: &str, listen: &str, out: &Path) -> Proc {
     Proc(
         Command::new(BIN)
-            .args(["serve", "--listen", listen, "--heartbeat-grace-ms", "3000", "--tick-ms", "50"])
+            .args([
+                "serve",
+                "--listen",
+                listen,
+                "--heartbeat-grace-ms",
+                "3000",
+                "--tick-ms",
+                "50",
+                "--posting-period-s",
+                "1",
+            ])
             .args(["--lease-ttl-ms", &lease_ms().to_string(), "--database", db])
             .stdout(std::fs::File::create(out).unwrap())
             .stderr(std::fs::File::create(out.with_extension("err")).unwrap())

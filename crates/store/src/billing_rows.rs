@@ -228,7 +228,8 @@ pub(crate) fn tenant_billing_from_row(r: &AnyRow) -> Result<TenantBilling> {
 pub(crate) async fn charge_one(tx: &mut sqlx::Transaction<'_, sqlx::Any>, item: &ChargeItem) -> Result<bool> {
     let (u, charge) = (&item.interval, item.charge);
     let moved = sqlx::query(
-        "UPDATE usage_intervals SET charged_micros = $1, charged_seconds = $2, settled = $3 \
+        "UPDATE usage_intervals SET charged_micros = $1, charged_seconds = $2, settled = $3, \
+         posted_through = CASE WHEN $7 > posted_through THEN $7 ELSE posted_through END \
          WHERE id = $4 AND charged_micros = $5 AND charged_seconds = $6 AND settled = 0",
     )
     .bind(charge.amount.micros())
@@ -237,6 +238,7 @@ pub(crate) async fn charge_one(tx: &mut sqlx::Transaction<'_, sqlx::Any>, item: 
     .bind(&u.id)
     .bind(u.charged.micros())
     .bind(u.charged_seconds)
+    .bind(item.posted_through.map_or(0, |t| t.0))
     .execute(&mut **tx)
     .await?;
     if moved.rows_affected() != 1 {

@@ -155,6 +155,9 @@ pub trait Store:
     async fn unsettled_intervals_of(&self, tenant: &TenantId) -> Result<Vec<UsageInterval>>;
     /// Unsettled intervals that have ended: what metering settles between posting points.
     async fn ended_unsettled_intervals(&self) -> Result<Vec<UsageInterval>>;
+    /// Up to `limit` running intervals that started before `point` and are not yet posted
+    /// through it.
+    async fn intervals_to_post(&self, point: Timestamp, limit: u32) -> Result<Vec<UsageInterval>>;
     async fn intervals_of_tenant(&self, tenant: &TenantId) -> Result<Vec<UsageInterval>>;
     /// Moves each interval's charge from what the caller read (`charged_seconds`, `charged`) to
     /// its new charge, posting the difference to the ledger, all in one transaction with a
@@ -169,7 +172,8 @@ pub trait Store:
         settled: bool,
         record: Option<&LedgerRecord>,
     ) -> Result<bool> {
-        let item = ChargeItem { interval: interval.clone(), charge, settled, record: record.cloned() };
+        let item =
+            ChargeItem { interval: interval.clone(), charge, settled, record: record.cloned(), posted_through: None };
         Ok(self.charge_intervals(std::slice::from_ref(&item)).await?.pop().unwrap_or(false))
     }
     /// Appends an entry; false if its idempotency key was used before (nothing written).

@@ -817,6 +817,15 @@ impl Store for SqlStore {
         rows.iter().map(interval_from_row).collect()
     }
 
+    async fn intervals_to_post(&self, point: Timestamp, limit: u32) -> Result<Vec<UsageInterval>> {
+        let sql = format!(
+            "{UNSETTLED} AND u.posted_through < $1 AND u.ended_at IS NULL AND u.started_at < $1 \
+             ORDER BY u.posted_through, u.id LIMIT {limit}"
+        );
+        let rows = sqlx::query(&sql).bind(point.0).fetch_all(&self.pool).await?;
+        rows.iter().map(interval_from_row).collect()
+    }
+
     async fn unsettled_intervals_of(&self, tenant: &TenantId) -> Result<Vec<UsageInterval>> {
         let sql = format!("{UNSETTLED} AND u.tenant_id = $1 ORDER BY u.started_at, u.id");
         let rows = sqlx::query(&sql).bind(tenant.to_string()).fetch_all(&self.pool).await?;

@@ -483,6 +483,8 @@ pub struct ChargeItem {
     pub charge: gpucloud_billing::Charge,
     pub settled: bool,
     pub record: Option<LedgerRecord>,
+    /// The posting point this charge brings the interval to, if it is a posting.
+    pub posted_through: Option<Timestamp>,
 }
 
 /// A piece of a workload's output, in the order the agent read it.

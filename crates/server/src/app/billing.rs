@@ -190,41 +190,33 @@ impl App {
         let mut report = MeterReport::default();
         let mut prices = PriceCache::default();
         let mut items = Vec::new();
-        let (mut postings, mut deferred) = (0, false);
-        // Between posting points only ended intervals have anything to post.
+        // Ended intervals are settled on every pass.
+        for u in self.store.ended_unsettled_intervals().await? {
+            let end = u.ended_at.unwrap_or(u.started_at);
+            let due = usage_of(&u).due(end, prices.get(self, &u).await?);
+            let record = usage_record(&u, due, now, true);
+            items.push(ChargeItem { interval: u, charge: due, settled: true, record, posted_through: None });
+        }
+        // Running ones are posted once per posting point, a bounded number per pass: a pass
+        // stays short, so budgets and prepaid balances are enforced every second or two even
+        // at a point. Entries are dated at the point whichever pass writes them.
         let posted = self.posted_point.load(std::sync::atomic::Ordering::Relaxed);
-        let intervals = if posted >= point.millis() {
-            self.store.ended_unsettled_intervals().await?
-        } else {
-            self.store.unsettled_intervals().await?
-        };
-        for u in intervals {
-            let p = prices.get(self, &u).await?;
-            let usage = usage_of(&u);
-            let (due, at, settled) = match u.ended_at {
-                Some(end) => (usage.due(end, p), now, true),
-                None if point > u.started_at => {
-                    (usage.due(self.accrue_end(&u, now).min(point), p), point.plus_millis(-1), false)
-                }
-                None => continue,
-            };
-            if !settled && (due.amount < u.charged || due.seconds < u.charged_seconds) {
-                // Only a price point added behind a running interval lowers it; it settles at its end.
-                tracing::debug!(interval = %u.id, ?due, charged = %u.charged, "charge below what is posted; settles at the end");
-                continue;
+        let mut deferred = false;
+        if posted < point.millis() {
+            let batch = self.store.intervals_to_post(point, POSTINGS_PER_PASS as u32).await?;
+            deferred = batch.len() >= POSTINGS_PER_PASS;
+            for u in batch {
+                let due = usage_of(&u).due(self.accrue_end(&u, now).min(point), prices.get(self, &u).await?);
+                let (charge, record) = if due.amount < u.charged || due.seconds < u.charged_seconds {
+                    // Only a price point added behind a running interval lowers it; it settles at
+                    // its end. It is marked posted through the point all the same.
+                    tracing::debug!(interval = %u.id, ?due, charged = %u.charged, "charge below what is posted");
+                    (Charge { seconds: u.charged_seconds, amount: u.charged }, None)
+                } else {
+                    (due, usage_record(&u, due, point.plus_millis(-1), false))
+                };
+                items.push(ChargeItem { interval: u, charge, settled: false, record, posted_through: Some(point) });
             }
-            if !settled && due.amount == u.charged && due.seconds == u.charged_seconds {
-                continue;
-            }
-            if !settled && postings >= POSTINGS_PER_PASS {
-                // The rest of this point's postings go in the next passes: a pass stays short, so
-                // budgets and prepaid balances are enforced every second or two even at a point.
-                deferred = true;
-                continue;
-            }
-            postings += usize::from(!settled);
-            let record = usage_record(&u, due, at, settled);
-            items.push(ChargeItem { interval: u, charge: due, settled, record });
         }
         for (item, ok) in items.iter().zip(self.store.charge_intervals(&items).await?) {
             if ok {

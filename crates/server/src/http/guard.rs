@@ -60,7 +60,12 @@ pub async fn layer(State(app): State<Arc<App>>, mut req: Request, next: Next) ->
     };
     if let Some(p) = principal.filter(|_| mutating && !agent_beat && path.starts_with("/v1/")) {
         let entry = AuditEntry {
-            id: format!("au-{:032x}", crate::app::random_bits()),
+            // Calls within one millisecond keep their order: the id sorts by a per-process sequence.
+            id: format!(
+                "au-{:012x}{:016x}",
+                AUDIT_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+                crate::app::random_bits() as u64
+            ),
             at: app.now(),
             tenant_id: p.tenant.id.clone(),
             key_prefix: p.key_prefix.clone(),
@@ -76,6 +81,8 @@ pub async fn layer(State(app): State<Arc<App>>, mut req: Request, next: Next) ->
     }
     resp
 }
+
+static AUDIT_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// The peer address, with what a proxy in front said about the client (X-Forwarded-For).
 fn remote_of(req: &Request) -> String {

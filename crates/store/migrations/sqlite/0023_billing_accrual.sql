@@ -4,6 +4,8 @@ ALTER TABLE usage_intervals ADD COLUMN price_cap_micros INTEGER;
 -- Wall-clock time already paid for by the instance's previous run (its minimum): this interval
 -- is not billed before it, and has no minimum of its own.
 ALTER TABLE usage_intervals ADD COLUMN free_until INTEGER;
+-- The latest posting point the interval's charge was posted through (0: none yet).
+ALTER TABLE usage_intervals ADD COLUMN posted_through INTEGER NOT NULL DEFAULT 0;
 
 -- A postpaid tenant may owe up to this much; beyond it, creates are refused and instances stop.
 ALTER TABLE tenant_billing ADD COLUMN credit_limit_micros INTEGER;
@@ -20,6 +22,7 @@ INSERT INTO account_balances (account, balance_micros)
 -- Between posting points metering reads only the unsettled intervals that have ended, and a
 -- tenant's balance reads its own unsettled intervals.
 CREATE INDEX usage_unsettled_ended ON usage_intervals (settled, ended_at);
+CREATE INDEX usage_to_post ON usage_intervals (settled, posted_through);
 CREATE INDEX usage_unsettled_by_tenant ON usage_intervals (tenant_id, settled);
 
 -- Usage posted per tenant per calendar month (UTC, YYYYMM), kept with every usage posting: a
