@@ -373,6 +373,13 @@ fn a_healed_partition_stops_what_was_given_up() {
     assert_eq!((n["health"].as_str(), n["epoch"].as_i64()), (Some("healthy"), Some(1)), "the same agent, taken back");
     let (_, inst) = api.call(&key, "GET", &format!("/v1/instances/{id}"), None);
     assert_eq!(inst["state"], "lost", "a late report does not resurrect it");
+    // Billing ended at the last heartbeat and settled there; the healed node's late reports
+    // change nothing: the checker finds every second charged once.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(billing::wait_settled(&format!("sqlite://{}/db.sqlite", root.display())));
+    let (status, check) = api.call(&op, "GET", "/v1/admin/billing/check", None);
+    assert_eq!((status, &check["problems"]), (200, &json!([])), "{check}");
+    assert!(check["intervals"].as_u64() >= Some(1), "{check}");
     let _ = std::fs::remove_dir_all(&root);
 }
 
