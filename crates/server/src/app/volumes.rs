@@ -23,6 +23,11 @@ fn points(prices: &[(Region, Timestamp, Money)]) -> Vec<PricePoint> {
     prices.iter().map(|(_, from, p)| PricePoint { effective_from: *from, per_gpu_hour: *p }).collect()
 }
 
+/// What a volume's storage owes from its creation to `end`.
+fn storage_due(v: &VolumeRow, end: Timestamp, prices: &[PricePoint]) -> gpucloud_billing::Charge {
+    charge(v.created_at, end.millis_since(v.created_at), milli(v.size_gib), prices, STORAGE_RULES)
+}
+
 fn milli(size_gib: u32) -> u32 {
     size_gib.saturating_mul(1000)
 }
@@ -186,13 +191,7 @@ impl App {
                 None if point > v.created_at => (point, point.plus_millis(-1)),
                 None => continue,
             };
-            let due = charge(
-                v.created_at,
-                end.millis_since(v.created_at),
-                milli(v.size_gib),
-                &prices[&v.region],
-                STORAGE_RULES,
-            );
+            let due = storage_due(&v, end, &prices[&v.region]);
             if due.amount < v.charged || due.seconds < v.charged_seconds {
                 // A price point added in the past can lower it; the ledger never takes money back
                 // by itself, so the volume keeps what it was charged and is settled when deleted.
@@ -241,13 +240,7 @@ impl App {
                 prices.insert(v.region.clone(), points(&self.store.storage_prices(Some(&v.region)).await?));
             }
             let end = v.deleted_at.unwrap_or(now).max(v.created_at);
-            let due = charge(
-                v.created_at,
-                end.millis_since(v.created_at),
-                milli(v.size_gib),
-                &prices[&v.region],
-                STORAGE_RULES,
-            );
+            let due = storage_due(&v, end, &prices[&v.region]);
             total += (due.amount.micros() - v.charged.micros()).max(0);
         }
         Ok(Money(total))
