@@ -52,9 +52,9 @@ pub enum BenchCmd {
     /// The slice placer on the Alibaba GPU trace (FGD protocol, 130% demand): tasks placed per
     /// second on its 1,213-node fleet and on that fleet repeated (--scale 10: 12,130 nodes).
     Placer {
-        #[arg(long, default_value = "../shared/data/alibaba-gpu-v2023/csv/openb_pod_list_default.csv")]
+        #[arg(long, default_value = "data/alibaba-gpu-v2023/csv/openb_pod_list_default.csv")]
         trace: PathBuf,
-        #[arg(long, default_value = "../shared/data/alibaba-gpu-v2023/csv/openb_node_list_gpu_node.csv")]
+        #[arg(long, default_value = "data/alibaba-gpu-v2023/csv/openb_node_list_gpu_node.csv")]
         nodes: PathBuf,
         #[arg(long, value_delimiter = ',', default_value = "1,10")]
         scale: Vec<usize>,
@@ -1077,8 +1077,8 @@ fn placer(trace: PathBuf, nodes: PathBuf, scales: Vec<usize>, seed: u64, as_json
     use gpucloud_sim::fgd::Experiment;
     use gpucloud_sim::trace::{Models, read_nodes, read_trace};
     let mut models = Models::default();
-    let base_nodes = read_nodes(&nodes, &mut models)?;
-    let trace = read_trace(&trace, &mut models)?;
+    let base_nodes = read_nodes(&crate::sim::data_file(&nodes), &mut models)?;
+    let trace = read_trace(&crate::sim::data_file(&trace), &mut models)?;
     let mut rows = Vec::new();
     let mut records = Vec::new();
     for scale in scales {

@@ -8,7 +8,19 @@ use gpucloud_sim::trace::{Models, read_nodes, read_trace};
 use std::path::PathBuf;
 use std::time::Instant;
 
-const DATA: &str = "../shared/data/alibaba-gpu-v2023/csv";
+/// Where the repository keeps the trace (relative paths below are tried from the working
+/// directory first, then from the repository this binary was built in).
+const DATA: &str = "data/alibaba-gpu-v2023/csv";
+
+/// A data file as given, or, when a relative path is not found from here, the same path under
+/// the repository the binary was built from: `gpucloud sim` works from any directory of a clone.
+pub fn data_file(path: &std::path::Path) -> PathBuf {
+    if path.exists() || path.is_absolute() {
+        return path.to_path_buf();
+    }
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(path);
+    if repo.exists() { repo } else { path.to_path_buf() }
+}
 
 #[derive(Subcommand)]
 pub enum SimCmd {
@@ -17,14 +29,10 @@ pub enum SimCmd {
     Fgd {
         /// Task list(s) (name,cpu_milli,memory_mib,num_gpu,gpu_milli[,gpu_spec,...]); repeat or
         /// comma-separate for several traces.
-        #[arg(
-            long,
-            value_delimiter = ',',
-            default_value = "../shared/data/alibaba-gpu-v2023/csv/openb_pod_list_default.csv"
-        )]
+        #[arg(long, value_delimiter = ',', default_value = "data/alibaba-gpu-v2023/csv/openb_pod_list_default.csv")]
         trace: Vec<PathBuf>,
         /// Node list (sn,cpu_milli,memory_mib,gpu,model); nodes without GPUs are skipped.
-        #[arg(long, default_value = "../shared/data/alibaba-gpu-v2023/csv/openb_node_list_gpu_node.csv")]
+        #[arg(long, default_value = "data/alibaba-gpu-v2023/csv/openb_node_list_gpu_node.csv")]
         nodes: PathBuf,
         /// Policies, comma-separated, or "all": random, dot-product, gpu-clustering,
         /// gpu-packing, best-fit, fgd, fgd-pack.
@@ -47,9 +55,9 @@ pub enum SimCmd {
     /// nothing fits and depart when done; prints GPU allocation over time and what each qos
     /// class pays under per-second billing.
     Replay {
-        #[arg(long, default_value = "../shared/data/alibaba-gpu-v2023/csv/openb_pod_list_default.csv")]
+        #[arg(long, default_value = "data/alibaba-gpu-v2023/csv/openb_pod_list_default.csv")]
         trace: PathBuf,
-        #[arg(long, default_value = "../shared/data/alibaba-gpu-v2023/csv/openb_node_list_gpu_node.csv")]
+        #[arg(long, default_value = "data/alibaba-gpu-v2023/csv/openb_node_list_gpu_node.csv")]
         nodes: PathBuf,
         #[arg(long, value_delimiter = ',', default_value = "fgd-pack")]
         policy: Vec<String>,
@@ -68,7 +76,7 @@ pub enum SimCmd {
     /// Spot with recovery against on-demand only, on the trace's task durations: cost saved and
     /// completion time added as the preemption rate grows, with and without checkpoints on notice.
     Spot {
-        #[arg(long, default_value = "../shared/data/alibaba-gpu-v2023/csv/openb_pod_list_default.csv")]
+        #[arg(long, default_value = "data/alibaba-gpu-v2023/csv/openb_pod_list_default.csv")]
         trace: PathBuf,
         /// Preemptions per hour of a job's running time, comma-separated.
         #[arg(long, value_delimiter = ',', default_value = "0,0.05,0.1,0.25,0.5,1,2,4")]
@@ -140,8 +148,8 @@ fn replay(
     }
     let policies = parse_policies(policy)?;
     let mut models = Models::default();
-    let node_rows = read_nodes(nodes, &mut models)?;
-    let trace = read_trace(trace, &mut models)?;
+    let node_rows = read_nodes(&data_file(nodes), &mut models)?;
+    let trace = read_trace(&data_file(trace), &mut models)?;
     let mut reports = Vec::new();
     for p in policies {
         reports.push(replay(&node_rows, &trace, &models, p, &prices, buckets, compress)?);
@@ -224,18 +232,18 @@ fn fgd(
     let seeds = gpucloud_sim::parse_seeds(seeds)?;
     let threads = threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
     let hint = |e: String| {
-        if e.contains("No such file") && !std::path::Path::new(DATA).exists() {
-            format!("{e} (the Alibaba trace lives in {DATA} when run from the repository root)")
+        if e.contains("No such file") && !data_file(std::path::Path::new(DATA)).exists() {
+            format!("{e} (the Alibaba trace lives in {DATA} in the repository)")
         } else {
             e
         }
     };
     let mut models = Models::default();
-    let node_rows = read_nodes(nodes, &mut models).map_err(hint)?;
+    let node_rows = read_nodes(&data_file(nodes), &mut models).map_err(hint)?;
     let mut all: Vec<Record> = Vec::new();
     let started = Instant::now();
     for path in traces {
-        let trace = read_trace(path, &mut models).map_err(hint)?;
+        let trace = read_trace(&data_file(path), &mut models).map_err(hint)?;
         let exp = Experiment::new(&node_rows, &trace, tune);
         let runs = gpucloud_sim::run_all(&exp, &policies, &seeds, threads);
         all.extend(gpucloud_sim::records(&trace.name, &runs));
@@ -316,7 +324,7 @@ fn spot(
         .collect();
     let fallback = prices["G2"];
     let mut models = Models::default();
-    let t = read_trace(trace, &mut models)?;
+    let t = read_trace(&data_file(trace), &mut models)?;
     let jobs: Vec<SpotJob> = t
         .tasks
         .iter()

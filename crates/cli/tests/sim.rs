@@ -7,19 +7,18 @@ use std::process::Command;
 
 const BIN: &str = env!("CARGO_BIN_EXE_gpucloud");
 
-/// The trace beside the repository (`../shared`), or where GPUCLOUD_TRACE_DIR says.
-fn data() -> Option<PathBuf> {
-    let beside = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/alibaba-gpu-v2023/csv");
-    let candidates = [
-        std::env::var_os("GPUCLOUD_TRACE_DIR").map(PathBuf::from),
-        Some(beside),
-        Some("/work/shared/data/alibaba-gpu-v2023/csv".into()),
-    ];
-    let found = candidates.into_iter().flatten().find(|d| d.join("openb_node_list_gpu_node.csv").exists());
-    if found.is_none() {
-        eprintln!("SKIPPED: no Alibaba trace beside the repository (set GPUCLOUD_TRACE_DIR)");
-    }
-    found
+/// The trace the repository ships (data/alibaba-gpu-v2023), or where GPUCLOUD_TRACE_DIR says.
+/// It is part of every clone, so a missing file is a failure, never a skip.
+fn data() -> PathBuf {
+    let dir = std::env::var_os("GPUCLOUD_TRACE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../data/alibaba-gpu-v2023/csv"));
+    assert!(
+        dir.join("openb_node_list_gpu_node.csv").exists(),
+        "no Alibaba trace in {}: the repository ships it in data/alibaba-gpu-v2023",
+        dir.display()
+    );
+    dir
 }
 
 fn run(args: &[&str]) -> (bool, String, String) {
@@ -29,7 +28,7 @@ fn run(args: &[&str]) -> (bool, String, String) {
 
 #[test]
 fn the_fgd_experiment_reproduces_the_published_results() {
-    let Some(dir) = data() else { return };
+    let dir = data();
     let trace = dir.join("openb_pod_list_default.csv");
     let nodes = dir.join("openb_node_list_gpu_node.csv");
     let svg = std::env::temp_dir().join(format!("gpucloud-fgd-{}.svg", std::process::id()));
@@ -91,7 +90,7 @@ fn the_fgd_experiment_reproduces_the_published_results() {
 
 #[test]
 fn bad_arguments_are_named() {
-    let Some(dir) = data() else { return };
+    let dir = data();
     let trace = dir.join("openb_pod_list_default.csv");
     let nodes = dir.join("openb_node_list_gpu_node.csv");
     let (trace, nodes) = (trace.to_str().unwrap(), nodes.to_str().unwrap());
@@ -117,7 +116,7 @@ fn bad_arguments_are_named() {
 
 #[test]
 fn spot_with_recovery_against_on_demand() {
-    let Some(dir) = data() else { return };
+    let dir = data();
     let trace = dir.join("openb_pod_list_default.csv");
     let (ok, out, err) = run(&["spot", "--trace", trace.to_str().unwrap(), "--rates", "0,0.5,4", "--json"]);
     assert!(ok, "{err}");
