@@ -694,7 +694,10 @@ impl ProcessRuntime {
                 }
                 let (state, exit_code) = match w.exit {
                     None => ("running", None),
-                    Some(Exit::Code(0)) | Some(Exit::Unknown) => ("stopped", Some(0)),
+                    Some(Exit::Code(0)) => ("stopped", Some(0)),
+                    // Gone without a status we could read (adopted after an agent restart, or
+                    // its container removed): no code is better than a made-up 0.
+                    Some(Exit::Unknown) => ("stopped", None),
                     // A stop we asked for ends the way we asked: stopped, not failed.
                     Some(Exit::Signal(_)) if w.stop_sent.is_some() => ("stopped", None),
                     Some(Exit::Signal(sig)) => ("failed", Some(128 + sig)),

@@ -134,9 +134,13 @@ pub struct Instance {
     /// A MIG slice's profile.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mig: Option<String>,
-    /// The region asked for; null for any.
+    /// Where it runs (or last ran) once placed; before that, the region asked for, null for any.
     pub region: Option<String>,
-    /// Where it runs, while it holds GPUs.
+    /// The region asked for at create; null for any.
+    #[serde(default)]
+    pub requested_region: Option<String>,
+    /// The node it runs on, while it holds GPUs: an opaque id, the same one its tenant's
+    /// other instances on that node show, never the host's name.
     pub node: Option<String>,
     /// GPU indices on `node`.
     pub gpus: Vec<u32>,
@@ -473,12 +477,30 @@ pub struct QuoteRequest {
     pub gpu_memory_mib: Option<u64>,
     #[serde(default)]
     pub mig: Option<String>,
+    /// on-demand (default) or spot: spot quotes the spot price in force now, capped at the bid.
+    #[serde(default)]
+    #[schema(example = "spot")]
+    pub tier: Option<String>,
+    /// With spot: the bid per GPU-hour; the on-demand price when omitted.
+    #[serde(default)]
+    #[schema(value_type = Option<String>, example = "1.20")]
+    pub max_price_per_gpu_hour: Option<Money>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct QuoteLine {
     pub region: String,
     pub tier: String,
+    /// With spot: the bid the price is capped at, and what the market asks now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub max_price_per_gpu_hour: Option<Money>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub market_price_per_gpu_hour: Option<Money>,
+    /// What to know about this line ("the spot price is above your bid: it would wait").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
     #[schema(value_type = String)]
     pub price_per_hour: Money,
     pub duration_seconds: i64,

@@ -288,8 +288,10 @@ pub fn quote(ctx: &Ctx, body: &serde_json::Value) -> Res {
                 ]
             })
             .collect();
+        let notes: String =
+            q.quotes.iter().filter_map(|l| l.note.as_ref().map(|n| format!("\n{}: {n}", l.region))).collect();
         format!(
-            "dry run: nothing was created ({})\n{}",
+            "dry run: nothing was created ({})\n{}{notes}",
             q.currency,
             table(&["REGION", "TIER", "PER HOUR", "FOR", "ESTIMATE"], &rows)
         )

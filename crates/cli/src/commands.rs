@@ -179,13 +179,22 @@ fn instance_rows(list: &[api::Instance]) -> String {
     table(&["ID", "NAME", "STATE", "GPUS", "REGION", "NODE", "GPU IDX"], &rows)
 }
 
+/// Where it runs, and what was asked when that differs ("eu-1 (asked: any)").
+fn region_of(i: &api::Instance) -> String {
+    match (&i.region, &i.requested_region) {
+        (None, _) => "any".into(),
+        (Some(r), Some(asked)) if r == asked => r.clone(),
+        (Some(r), asked) => format!("{r} (asked: {})", asked.as_deref().unwrap_or("any")),
+    }
+}
+
 fn instance_detail(i: &api::Instance) -> String {
     let mut lines = vec![
         format!("id:        {}", i.id),
         format!("name:      {}", i.name),
         format!("state:     {}{}", i.state, i.stop_target.as_ref().map(|t| format!(" (then {t})")).unwrap_or_default()),
         format!("gpus:      {}", gpus_of(i)),
-        format!("region:    {}", i.region.as_deref().unwrap_or("any")),
+        format!("region:    {}", region_of(i)),
         format!("node:      {}", or_dash(i.node.as_ref())),
         format!("gpu index: {}", gpu_list(&i.gpus)),
         format!("command:   {}", i.command),
@@ -526,13 +535,21 @@ pub fn instance(ctx: &Ctx, cmd: InstanceCmd) -> Res {
     let err = |e: crate::client::ClientError| e.to_string();
     match cmd {
         InstanceCmd::Create(a) if a.dry_run => {
-            let CreateArgs { gpu, count, region, hours, gpu_share, gpu_memory, mig, .. } = *a;
+            let CreateArgs { gpu, count, region, hours, gpu_share, gpu_memory, mig, spot, max_price, reserved, .. } =
+                *a;
             if !(hours > 0.0 && hours <= 8784.0) {
                 return Err("--hours must be more than 0 and at most a year".into());
             }
             let mut body = serde_json::json!({
                 "gpu": gpu, "count": count, "region": region, "duration_seconds": (hours * 3600.0).round() as i64,
             });
+            if spot {
+                body["tier"] = "spot".into();
+                body["max_price_per_gpu_hour"] = max_price.into();
+            }
+            if reserved {
+                body["tier"] = "reserved".into();
+            }
             add_slice(&mut body, gpu_share, gpu_memory, mig)?;
             crate::bill::quote(ctx, &body)?;
         }

@@ -81,6 +81,11 @@ fn agents_run_real_workloads() {
     expected.sort();
     let failed = api.wait(&key, &id, "failed", |v| v["state"] == "failed");
     assert_eq!(failed["exit_code"], 3);
+    // Started again, it shows no exit status until this run ends: the last run's 3 is gone.
+    let (status, again) = api.call(&key, "POST", &format!("/v1/instances/{id}/start"), None);
+    assert_eq!((status, &again["state"], &again["exit_code"]), (200, &json!("pending"), &json!(null)), "{again}");
+    let refailed = api.wait(&key, &id, "failed again", |v| v["state"] == "failed");
+    assert_eq!(refailed["exit_code"], 3);
     let env = std::fs::read_to_string(env_dir.join(format!("{id}.env"))).unwrap();
     let visible = env.lines().find_map(|l| l.strip_prefix("CUDA_VISIBLE_DEVICES=")).unwrap();
     let mut visible: Vec<String> = visible.split(',').map(str::to_string).collect();

@@ -111,8 +111,11 @@ impl fmt::Display for UserAction {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AgentObservation {
     Running,
-    /// The workload is not running (it was stopped, or exited with code 0).
-    Stopped,
+    /// The workload is not running: it exited with code 0, or ended by a stop the server asked
+    /// for (no exit code: what a signal we sent leaves says nothing about the workload).
+    Stopped {
+        exit_code: Option<i32>,
+    },
     /// The workload exited with a non-zero code or could not start.
     Failed {
         exit_code: i32,
@@ -191,9 +194,9 @@ impl InstanceState {
         let unchanged = Change { state: self, stop_target: target };
         match (self, seen) {
             (S::Provisioning, AgentObservation::Running) => Change::to(S::Running),
-            (S::Provisioning | S::Running, AgentObservation::Stopped) => Change::to(S::Stopped),
+            (S::Provisioning | S::Running, AgentObservation::Stopped { .. }) => Change::to(S::Stopped),
             (S::Provisioning | S::Running, AgentObservation::Failed { .. }) => Change::to(S::Failed),
-            (S::Stopping, AgentObservation::Stopped | AgentObservation::Failed { .. }) => {
+            (S::Stopping, AgentObservation::Stopped { .. } | AgentObservation::Failed { .. }) => {
                 Change::to(target.unwrap_or(StopTarget::Stopped).settled_state())
             }
             _ => unchanged,
@@ -223,12 +226,18 @@ mod tests {
     fn lifecycle_examples() {
         let c = S::Running.on_user(None, UserAction::Stop).unwrap();
         assert_eq!(c, Change::stopping(StopTarget::Stopped));
-        assert_eq!(S::Stopping.on_agent(c.stop_target, AgentObservation::Stopped).state, S::Stopped);
+        assert_eq!(
+            S::Stopping.on_agent(c.stop_target, AgentObservation::Stopped { exit_code: None }).state,
+            S::Stopped
+        );
         assert_eq!(S::Stopped.on_user(None, UserAction::Start).unwrap().state, S::Pending);
         let err = S::Terminated.on_user(None, UserAction::Start).unwrap_err();
         assert_eq!(err.to_string(), "cannot start an instance that is terminated");
         let c = S::Running.on_user(None, UserAction::Evict).unwrap();
-        assert_eq!(S::Stopping.on_agent(c.stop_target, AgentObservation::Stopped).state, S::Pending);
+        assert_eq!(
+            S::Stopping.on_agent(c.stop_target, AgentObservation::Stopped { exit_code: None }).state,
+            S::Pending
+        );
     }
 
     fn state() -> impl Strategy<Value = InstanceState> {
@@ -270,7 +279,7 @@ mod tests {
         #[test]
         fn terminated_is_final(t in target(), a in action(), code in any::<i32>()) {
             if let Ok(c) = S::Terminated.on_user(t, a) { prop_assert_eq!(c.state, S::Terminated); }
-            for seen in [AgentObservation::Running, AgentObservation::Stopped, AgentObservation::Failed { exit_code: code }] {
+            for seen in [AgentObservation::Running, AgentObservation::Stopped { exit_code: Some(0) }, AgentObservation::Failed { exit_code: code }] {
                 prop_assert_eq!(S::Terminated.on_agent(t, seen).state, S::Terminated);
             }
         }

@@ -51,7 +51,7 @@ pub async fn run(api: Arc<dyn AgentApi>, node: NodeId, gpus: Vec<GpuInfo>, inter
                 let wanted: BTreeMap<_, _> = desired.iter().map(|d| (&d.id, d.desired)).collect();
                 for (id, seen) in workloads.iter_mut() {
                     if wanted.get(id) != Some(&Desired::Run) {
-                        *seen = AgentObservation::Stopped;
+                        *seen = AgentObservation::Stopped { exit_code: None };
                         changed = true;
                     }
                 }
@@ -64,7 +64,7 @@ pub async fn run(api: Arc<dyn AgentApi>, node: NodeId, gpus: Vec<GpuInfo>, inter
                         // Asked to stop something it no longer runs (a report lost in transit):
                         // say so again on the next regular beat.
                         Desired::Stop => {
-                            workloads.entry(d.id.clone()).or_insert(AgentObservation::Stopped);
+                            workloads.entry(d.id.clone()).or_insert(AgentObservation::Stopped { exit_code: None });
                         }
                         Desired::Run => {}
                     }

@@ -320,7 +320,9 @@ fn prepaid_instances_stop_before_the_balance_goes_negative() {
         let b = s.get(&key, "/v1/billing/balance").body;
         (b["burn_per_hour"] == json!("0.000000")).then(|| money(&b["balance"]))
     });
-    assert!(balance >= Money::ZERO, "never negative: {balance}");
+    let events = s.get(&key, &format!("/v1/instances/{id}/events")).body;
+    let usage = s.get(&key, "/v1/billing/usage?by=instance").body;
+    assert!(balance >= Money::ZERO, "never negative: {balance}; {events}; {usage}");
     assert_eq!(balance, Money(11_666 - 100 - 5_833), "charged the 60 s minimum of 0.35/h exactly");
     let alerts = s.get(&key, "/v1/alerts").body;
     assert!(alerts["alerts"][0]["message"].as_str().unwrap().contains("prepaid balance"), "{alerts}");

@@ -485,3 +485,29 @@ fn names_work_where_ids_do_and_odd_inputs_are_refused() {
     assert_eq!((r.status, r.body["field"].as_str()), (422, Some("after")), "{:?}", r.body);
     assert_eq!(s.get(&a, &format!("/v1/instances/{second}/logs?after=0")).status, 200);
 }
+
+#[test]
+fn a_placed_instance_shows_where_it_runs_and_a_stop_invents_no_exit_code() {
+    let s = TestServer::start();
+    let key = s.tenant("acme");
+    // A10s are only in us-1: asking for any region lands there.
+    let inst = s.create(&key, "A10", 1, None);
+    assert_eq!((&inst["region"], &inst["requested_region"]), (&Value::Null, &Value::Null), "{inst}");
+    let running = s.wait_state(&key, &id(&inst), "running");
+    assert_eq!((running["region"].as_str(), &running["requested_region"]), (Some("us-1"), &Value::Null), "{running}");
+    let listed = s.get(&key, "/v1/instances").body;
+    assert_eq!(listed["instances"][0]["region"], "us-1");
+
+    // The node saw no exit status for a stop it was asked for: none is shown, not a made-up 0.
+    s.post(&key, &format!("/v1/instances/{}/stop", id(&inst)), None);
+    let stopped = s.wait_state(&key, &id(&inst), "stopped");
+    assert_eq!((&stopped["exit_code"], stopped["region"].as_str()), (&Value::Null, Some("us-1")), "{stopped}");
+    s.post(&key, &format!("/v1/instances/{}/start", id(&inst)), None);
+    s.wait_state(&key, &id(&inst), "running");
+    s.post(&key, &format!("/v1/instances/{}/terminate", id(&inst)), None);
+    let gone = s.wait_state(&key, &id(&inst), "terminated");
+    assert_eq!(gone["exit_code"], Value::Null, "{gone}");
+
+    let asked = s.create(&key, "T4", 1, Some("eu-1"));
+    assert_eq!((asked["region"].as_str(), asked["requested_region"].as_str()), (Some("eu-1"), Some("eu-1")));
+}

@@ -455,7 +455,12 @@ impl MarketStore for SqlStore {
         from: Timestamp,
         limit: u32,
     ) -> Result<Vec<PricePoint>> {
-        let first = self.price_at(model, region, tier, from).await?;
+        // The point in force at `from` is dated `from`: a window starts where it was asked to,
+        // not at whenever that price was first set (for a seeded book, the epoch).
+        let first = self
+            .price_at(model, region, tier, from)
+            .await?
+            .map(|p| PricePoint { effective_from: p.effective_from.max(from), ..p });
         let rows = sqlx::query(&format!(
             "SELECT effective_from, per_gpu_hour_micros FROM prices \
              WHERE gpu_model = $1 AND region = $2 AND tier = $3 AND effective_from > $4 \

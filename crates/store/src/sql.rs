@@ -29,7 +29,8 @@ pub(crate) const INSTANCE_COLUMNS: &str = "id, tenant_id, name, region, gpu_mode
     stop_target, node_id, generation, pending_reason, exit_code, created_at, updated_at, gpu_milli, gpu_mem_mib, \
     mig_profile, status_reason, cluster_id, cluster_rank, pool_id, tier, max_price_micros, env, job_id, attempt, running_since, notice_at, notice_ms, \
     notice_reason, preempt_at, checkpoint, checkpoint_at, endpoint, image, ports, progress, published, \
-    volume_id, volume_mount";
+    volume_id, volume_mount, \
+    (SELECT n.region FROM nodes n WHERE n.id = COALESCE(instances.node_id, instances.ran_on)) AS ran_region";
 
 impl SqlStore {
     pub async fn open(url: &str) -> Result<SqlStore> {
@@ -212,6 +213,10 @@ pub(crate) fn instance_from_row(r: &AnyRow) -> Result<Instance> {
         endpoint: r.try_get("endpoint")?,
         progress: r.try_get("progress")?,
         published: crate::market::decode_published(r.try_get("published")?),
+        ran_region: r
+            .try_get::<Option<String>, _>("ran_region")?
+            .map(|v| Region::parse(&v).map_err(|e| corrupt(t, e)))
+            .transpose()?,
     })
 }
 
@@ -619,7 +624,8 @@ impl Store for SqlStore {
         let keep_node = c.state.holds_gpus();
         // A run's preemption notice and start belong to that run: a new one starts clean.
         let updated = sqlx::query(
-            "UPDATE instances SET state = $1, stop_target = $2, exit_code = COALESCE($3, exit_code), \
+            "UPDATE instances SET state = $1, stop_target = $2, \
+             exit_code = CASE WHEN $4 = 1 OR $1 = 'pending' THEN NULL ELSE COALESCE($3, exit_code) END, \
              ran_on = COALESCE(node_id, ran_on), \
              node_id = CASE WHEN $4 = 1 THEN node_id ELSE NULL END, generation = generation + 1, updated_at = $5, \
              running_since = CASE WHEN $4 = 0 THEN NULL WHEN $8 = 1 AND running_since IS NULL THEN $5 \
@@ -1286,7 +1292,7 @@ async fn apply_batch(tx: &mut sqlx::Transaction<'_, sqlx::Any>, b: &NodeBatch, a
     for p in &b.placements {
         let moved = sqlx::query(
             "UPDATE instances SET state = 'provisioning', node_id = $1, pending_reason = NULL, status_reason = NULL, \
-             generation = generation + 1, updated_at = $2 \
+             exit_code = NULL, generation = generation + 1, updated_at = $2 \
              WHERE id = $3 AND state = 'pending' AND generation = $4",
         )
         .bind(&node)

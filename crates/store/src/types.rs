@@ -246,6 +246,8 @@ pub struct Instance {
     pub progress: Option<String>,
     /// Where its exposed ports are published on its node: (container port, host port).
     pub published: Vec<(u16, u16)>,
+    /// The region of the node it runs on, or last ran on; None before it was ever placed.
+    pub ran_region: Option<Region>,
 }
 
 /// A tenant's secret as stored: sealed, never the plaintext.

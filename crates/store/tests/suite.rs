@@ -844,7 +844,7 @@ async fn price_history_and_the_price_in_force(s: Arc<dyn Store>) {
     );
     let h = s.price_history(GpuModel::L4, &r, Tier::Spot, ts(150), 10).await.unwrap();
     let got: Vec<i64> = h.iter().map(|p| p.effective_from.0).collect();
-    assert_eq!(got, vec![100, 200, 300], "the point in force at the start, then each change");
+    assert_eq!(got, vec![150, 200, 300], "the price in force at the start (dated there), then each change");
     assert_eq!(s.price_history(GpuModel::L4, &r, Tier::Spot, ts(150), 2).await.unwrap().len(), 2);
 }
 

@@ -13,6 +13,8 @@ use std::collections::{BTreeMap, HashMap};
 pub struct Quote {
     pub region: Region,
     pub tier: Tier,
+    /// Spot: (the bid, the market price now).
+    pub spot: Option<(Money, Money)>,
     pub per_hour: Money,
     pub duration_s: i64,
     pub charge: Charge,
@@ -129,6 +131,8 @@ impl App {
     }
 
     /// Quotes per region: the one asked for, or every region that has the model.
+    // The arguments mirror the request's fields one for one; a struct would only rename them.
+    #[allow(clippy::too_many_arguments)]
     pub async fn quote(
         &self,
         model: GpuModel,
@@ -136,7 +140,28 @@ impl App {
         share: Option<gpucloud_model::GpuShare>,
         region: Option<Region>,
         duration_s: i64,
+        tier: Tier,
+        max_price: Option<Money>,
     ) -> Result<Vec<Quote>, AppError> {
+        match tier {
+            Tier::OnDemand | Tier::Spot => {}
+            Tier::Reserved => {
+                return Err(AppError::invalid(
+                    "tier",
+                    "a reserved instance is paid by its reservation: quote on-demand or spot, \
+                     or see GET /v1/reservations",
+                ));
+            }
+            Tier::Warm => {
+                return Err(AppError::invalid("tier", "warm capacity is priced by its pool: quote on-demand or spot"));
+            }
+        }
+        if tier != Tier::Spot && max_price.is_some() {
+            return Err(AppError::invalid("max_price_per_gpu_hour", "a bid is for tier spot only"));
+        }
+        if max_price.is_some_and(|m| m.0 <= 0) {
+            return Err(AppError::invalid("max_price_per_gpu_hour", "a bid must be more than 0"));
+        }
         if count == 0 || count > gpucloud_model::MAX_GPUS_PER_INSTANCE {
             return Err(AppError::invalid(
                 "count",
@@ -165,15 +190,24 @@ impl App {
         let mut quotes = Vec::new();
         for r in regions {
             let prices = self.store.prices_for(model, &r, Tier::OnDemand).await?;
-            let Some(per_gpu_hour) = price_at(&prices, now) else { continue };
+            let Some(on_demand) = price_at(&prices, now) else { continue };
+            // Spot pays the market price, never above the bid (on-demand when none is given).
+            let (per_gpu_hour, spot) = match tier {
+                Tier::Spot => {
+                    let Some(market) = self.spot_price(model, &r).await? else { continue };
+                    let bid = max_price.unwrap_or(on_demand);
+                    (market.min(bid), Some((bid, market)))
+                }
+                _ => (on_demand, None),
+            };
             let milli = share.as_ref().map_or(count * 1000, |s| s.milli);
             let (per_hour, charge) = gpucloud_billing::quote(per_gpu_hour, milli, duration_s, rules);
-            quotes.push(Quote { region: r, tier: Tier::OnDemand, per_hour, duration_s, charge });
+            quotes.push(Quote { region: r, tier, spot, per_hour, duration_s, charge });
         }
         if quotes.is_empty() {
             return Err(AppError::invalid(
                 "gpu",
-                format!("no on-demand price for {model} in any region asked; ask the operator"),
+                format!("no {tier} price for {model} in any region asked; ask the operator"),
             ));
         }
         Ok(quotes)
@@ -327,29 +361,38 @@ impl App {
     }
 
     pub async fn balance(&self, by: &Principal) -> Result<Balance, AppError> {
-        let now = self.now();
-        let tenant = &by.tenant.id;
-        let accrual = self.accrual(tenant, now).await?;
-        let balance = Money(self.store.balance(tenant).await?.micros() - accrual.owed().micros());
-        let month_usage = self.month_usage_with(tenant, now, &accrual).await?;
-        let burn_per_hour = accrual.burn_per_hour();
-        Ok(Balance { balance, month_usage, burn_per_hour })
+        let books = self.books(&by.tenant.id, self.now()).await?;
+        Ok(Balance {
+            balance: books.balance(),
+            month_usage: books.month_usage(),
+            burn_per_hour: books.accrual.burn_per_hour(),
+        })
     }
 
     /// Usage since the start of `now`'s month, posted and accrued, as a positive amount.
     pub(crate) async fn month_usage(&self, tenant: &TenantId, now: Timestamp) -> Result<Money, AppError> {
-        let accrual = self.accrual(tenant, now).await?;
-        self.month_usage_with(tenant, now, &accrual).await
+        Ok(self.books(tenant, now).await?.month_usage())
     }
 
-    pub(crate) async fn month_usage_with(
-        &self,
-        tenant: &TenantId,
-        now: Timestamp,
-        accrual: &Accrual,
-    ) -> Result<Money, AppError> {
-        let posted = self.store.usage_in_month(tenant, gpucloud_store::year_month(now)).await?.micros();
-        Ok(Money(posted + accrual.usage()))
+    /// The ledger and the accrual beside it, with no posting between the two reads. A posting
+    /// pass moves a charge from the accrual onto the ledger in one transaction; reading the two
+    /// on either side of it would count that charge twice (a prepaid tenant stopped for money
+    /// it still has) or not at all. So the ledger is read before and after the accrual, and
+    /// the three reads are taken again until the ledger did not move between them.
+    pub(crate) async fn books(&self, tenant: &TenantId, now: Timestamp) -> Result<Books, AppError> {
+        let month = gpucloud_store::year_month(now);
+        let mut before = (self.store.balance(tenant).await?, self.store.usage_in_month(tenant, month).await?);
+        let mut tries = 0;
+        loop {
+            let accrual = self.accrual(tenant, now).await?;
+            let after = (self.store.balance(tenant).await?, self.store.usage_in_month(tenant, month).await?);
+            tries += 1;
+            // A pass posts a tenant's charges once per period: a few tries always find a gap.
+            if after == before || tries == 8 {
+                return Ok(Books { posted_balance: after.0, posted_month: after.1, accrual });
+            }
+            before = after;
+        }
     }
 
     /// What the tenant's open intervals cost per hour at today's prices.
@@ -411,6 +454,27 @@ impl App {
 
     pub async fn ledger(&self, by: &Principal, from: Timestamp, to: Timestamp) -> Result<Vec<LedgerLine>, AppError> {
         Ok(self.store.ledger_lines(&by.tenant.id, from, to).await?)
+    }
+}
+
+/// A tenant's ledger and its accrual as of one moment (see [`App::books`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Books {
+    pub posted_balance: Money,
+    /// Usage posted this month, as a positive amount.
+    pub posted_month: Money,
+    pub accrual: Accrual,
+}
+
+impl Books {
+    /// The balance with what has accrued since the last posting taken off.
+    pub fn balance(&self) -> Money {
+        Money(self.posted_balance.micros() - self.accrual.owed().micros())
+    }
+
+    /// This month's usage, posted and accrued.
+    pub fn month_usage(&self) -> Money {
+        Money(self.posted_month.micros() + self.accrual.usage())
     }
 }
 

@@ -119,9 +119,10 @@ impl App {
         if limit.is_none() && !stops {
             return Ok(());
         }
-        let accrual = self.accrual(tenant, now).await?;
+        let books = self.books(tenant, now).await?;
+        let accrual = books.accrual;
         if let Some(limit) = limit {
-            let available = self.store.balance(tenant).await?.micros() - accrual.owed().micros() + limit.micros();
+            let available = books.balance().micros() + limit.micros();
             let burn = accrual.burn_per_hour().micros() + per_hour.micros();
             let reserve = (i128::from(burn) * i128::from(PREPAID_RESERVE_MS) / 3_600_000) as i64;
             let need = minimum.micros() + reserve;
@@ -139,7 +140,7 @@ impl App {
             }
         }
         if let (Some(budget), BudgetAction::CheckpointAndStop) = (settings.monthly_budget, settings.action) {
-            let used = self.month_usage_with(tenant, now, &accrual).await?;
+            let used = books.month_usage();
             let left = budget.micros() - used.micros();
             if left <= 0 {
                 return Err(AppError::PaymentRequired(format!("this month's budget of {budget} is spent")));
@@ -197,9 +198,9 @@ impl App {
         let mut stopped = 0;
         for b in self.store.guarded_tenants().await? {
             let tenant = &b.tenant_id;
-            let accrual = self.accrual(tenant, now).await?;
+            let books = self.books(tenant, now).await?;
             if let Some(limit) = b.monthly_budget {
-                let used = self.month_usage_with(tenant, now, &accrual).await?;
+                let used = books.month_usage();
                 for t in &b.thresholds {
                     if i128::from(used.micros()) * 100 >= i128::from(limit.micros()) * i128::from(*t) {
                         let message = format!("{used} used this month: {t}% of the {limit} budget reached");
@@ -216,10 +217,12 @@ impl App {
                 (false, None) => None,
             };
             if let Some(floor) = floor {
-                let balance = Money(self.store.balance(tenant).await?.micros() - accrual.owed().micros());
-                let burn = accrual.burn;
+                let balance = books.balance();
+                let burn = books.accrual.burn;
                 let reserve = burn * i128::from(PREPAID_RESERVE_MS) / 3_600_000;
-                if burn > 0 && i128::from(balance.micros()) + i128::from(floor.micros()) <= reserve {
+                // Strictly under, as at create: a balance that was let in with exactly the reserve
+                // left after its start charge keeps running until it is spent into that reserve.
+                if burn > 0 && i128::from(balance.micros()) + i128::from(floor.micros()) < reserve {
                     let why = if b.prepaid {
                         format!("the prepaid balance ({balance}) is nearly spent")
                     } else {

@@ -267,7 +267,7 @@ impl App {
     pub(crate) async fn observe(&self, inst: Instance, seen: AgentObservation) -> Result<Instance, AppError> {
         let exit_code = match seen {
             AgentObservation::Failed { exit_code } => Some(exit_code),
-            AgentObservation::Stopped => Some(0),
+            AgentObservation::Stopped { exit_code } => exit_code,
             AgentObservation::Running => None,
         };
         self.transition_with(inst, exit_code, |i| Ok(i.state.on_agent(i.stop_target, seen))).await

@@ -258,8 +258,15 @@ impl App {
                 let tier = self.next_tier(&spec, Some(latest));
                 self.next_attempt(job, &spec, tier).await
             }
-            InstanceState::Stopped if latest.exit_code == Some(0) && !self.was_stopped_by_request(latest).await? => {
-                let reason = format!("attempt {latest_no} exited 0");
+            InstanceState::Stopped
+                if matches!(latest.exit_code, Some(0) | None) && !self.was_stopped_by_request(latest).await? =>
+            {
+                // No code: the workload ended while its agent could not watch it (adopted after
+                // an agent restart); it ended by itself, which a job counts as done.
+                let reason = match latest.exit_code {
+                    Some(_) => format!("attempt {latest_no} exited 0"),
+                    None => format!("attempt {latest_no} ended by itself (its exit status was not seen)"),
+                };
                 self.finish_job(job, JobState::Succeeded, reason).await?;
                 Ok(0)
             }

@@ -42,8 +42,15 @@ impl Default for MonitorConfig {
 const MAX_WINDOW_MS: i64 = 31 * 24 * 3600 * 1000;
 const MAX_BUCKETS: i64 = 2_000;
 
-/// A read window checked: `since_s` seconds back from now in `step_s`-second buckets.
-fn window(now: Timestamp, since_s: Option<i64>, step_s: Option<i64>) -> Result<(Timestamp, i64), AppError> {
+/// A read window checked: `since_s` seconds back from now in `step_s`-second buckets. A bucket
+/// is never finer than the samples (`sample_ms` apart), and is a whole number of them, so each
+/// row is one bucket of what was recorded and the step said is the rows' real spacing.
+fn window(
+    now: Timestamp,
+    since_s: Option<i64>,
+    step_s: Option<i64>,
+    sample_ms: i64,
+) -> Result<(Timestamp, i64), AppError> {
     let since_ms = since_s.unwrap_or(3600).saturating_mul(1000);
     if !(1_000..=MAX_WINDOW_MS).contains(&since_ms) {
         return Err(AppError::invalid("since", "since is 1 s to 31 days back, in seconds"));
@@ -56,6 +63,8 @@ fn window(now: Timestamp, since_s: Option<i64>, step_s: Option<i64>) -> Result<(
     if step_ms < 1_000 || since_ms / step_ms > MAX_BUCKETS {
         return Err(AppError::invalid("step", format!("step is at least 1 s and at most {MAX_BUCKETS} buckets")));
     }
+    let sample_ms = sample_ms.max(1_000);
+    let step_ms = ((step_ms + sample_ms - 1) / sample_ms).saturating_mul(sample_ms);
     Ok((now.plus_millis(-since_ms), step_ms))
 }
 
@@ -75,6 +84,11 @@ pub struct FleetHistory {
 }
 
 impl App {
+    /// How far apart GPU samples are recorded, the finest a history can be read at.
+    fn sample_ms(&self) -> i64 {
+        self.config.monitor.sample_interval.as_millis() as i64
+    }
+
     /// Called with each heartbeat's readings: stores one sample per GPU (and per holder) when
     /// the node's last stored one is `sample_interval` old.
     pub(crate) async fn record_gpu_samples(
@@ -128,7 +142,7 @@ impl App {
         step_s: Option<i64>,
     ) -> Result<InstanceTelemetry, AppError> {
         let inst = self.get_instance(by, id).await?;
-        let (since, step_ms) = window(self.now(), since_s, step_s)?;
+        let (since, step_ms) = window(self.now(), since_s, step_s, self.sample_ms())?;
         Ok(InstanceTelemetry { step_ms, buckets: self.store.instance_telemetry(&inst.id, since, step_ms).await? })
     }
 
@@ -141,7 +155,7 @@ impl App {
     ) -> Result<FleetHistory, AppError> {
         by.require_operator()?;
         let now = self.now();
-        let (since, step_ms) = window(now, since_s, step_s)?;
+        let (since, step_ms) = window(now, since_s, step_s, self.sample_ms())?;
         let mut revenue: std::collections::BTreeMap<i64, i64> =
             self.store.revenue_series(since, step_ms).await?.into_iter().map(|(t, v)| (t.0, v)).collect();
         // Running instances earn between postings too: each bucket gets what they accrued in it
@@ -368,12 +382,23 @@ mod tests {
     #[test]
     fn windows_are_bounded_and_default_to_about_120_points() {
         let now = Timestamp(10_000_000_000);
-        assert_eq!(window(now, None, None).unwrap(), (Timestamp(10_000_000_000 - 3_600_000), 30_000));
-        assert_eq!(window(now, Some(60), Some(1)).unwrap().1, 1_000);
-        assert!(window(now, Some(0), None).is_err());
-        assert!(window(now, Some(40 * 24 * 3600), None).is_err());
-        assert!(window(now, Some(3600), Some(0)).is_err());
-        assert!(window(now, Some(3600), Some(1)).is_err(), "3,600 buckets is too many");
-        assert!(window(now, Some(i64::MAX), None).is_err(), "no overflow");
+        assert_eq!(window(now, None, None, 1_000).unwrap(), (Timestamp(10_000_000_000 - 3_600_000), 30_000));
+        assert_eq!(window(now, Some(60), Some(1), 1_000).unwrap().1, 1_000);
+        assert!(window(now, Some(0), None, 1_000).is_err());
+        assert!(window(now, Some(40 * 24 * 3600), None, 1_000).is_err());
+        assert!(window(now, Some(3600), Some(0), 1_000).is_err());
+        assert!(window(now, Some(3600), Some(1), 1_000).is_err(), "3,600 buckets is too many");
+        assert!(window(now, Some(i64::MAX), None, 1_000).is_err(), "no overflow");
+    }
+
+    #[test]
+    fn a_bucket_is_a_whole_number_of_samples() {
+        let now = Timestamp(10_000_000_000);
+        // Samples 10 s apart: a 2-minute window's default 1 s step, or a 1 s step asked for,
+        // would print rows 10 s apart under a "1-second" header.
+        assert_eq!(window(now, Some(120), None, 10_000).unwrap().1, 10_000);
+        assert_eq!(window(now, Some(120), Some(1), 10_000).unwrap().1, 10_000);
+        assert_eq!(window(now, Some(3600), Some(15), 10_000).unwrap().1, 20_000);
+        assert_eq!(window(now, None, None, 10_000).unwrap().1, 30_000);
     }
 }

@@ -71,7 +71,7 @@ pub async fn heartbeat(
         let id = InstanceId::parse(&r.id).map_err(|e| bad("instances", &e.to_string()))?;
         let seen = match (r.state.as_str(), r.exit_code) {
             ("running", _) => AgentObservation::Running,
-            ("stopped", _) => AgentObservation::Stopped,
+            ("stopped", code) => AgentObservation::Stopped { exit_code: code },
             ("failed", code) => AgentObservation::Failed { exit_code: code.unwrap_or(-1) },
             ("preparing", _) => {
                 let progress: String =

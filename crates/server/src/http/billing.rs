@@ -106,10 +106,21 @@ pub async fn quote(
     ApiJson(req): ApiJson<QuoteRequest>,
 ) -> Result<Json<QuoteList>, ApiError> {
     let share = crate::app::resolve_share(req.gpu, req.count, req.gpu_share, req.gpu_memory_mib, req.mig.as_deref())?;
-    let quotes = app.quote(req.gpu, req.count, share, req.region, req.duration_seconds.unwrap_or(3600)).await?;
+    let tier = super::instances::parse_tier(req.tier.as_deref())?;
+    let duration = req.duration_seconds.unwrap_or(3600);
+    let quotes = app.quote(req.gpu, req.count, share, req.region, duration, tier, req.max_price_per_gpu_hour).await?;
     let quotes = quotes
         .into_iter()
         .map(|q| QuoteLine {
+            max_price_per_gpu_hour: q.spot.map(|(bid, _)| bid),
+            market_price_per_gpu_hour: q.spot.map(|(_, market)| market),
+            note: q.spot.map(|(bid, market)| {
+                if market > bid {
+                    format!("the spot price ({market}) is above your bid: it would wait until the price falls")
+                } else {
+                    "the spot price now; it moves with demand, and you never pay above your bid".to_string()
+                }
+            }),
             region: q.region.to_string(),
             tier: q.tier.to_string(),
             price_per_hour: q.per_hour,

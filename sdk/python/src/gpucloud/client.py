@@ -52,6 +52,7 @@ class Instance:
     volume: Optional[str] = None
     ssh: Optional[str] = None
     ssh_host_key: Optional[str] = None
+    requested_region: Optional[str] = None
     raw: Dict[str, Any] = field(default_factory=dict, repr=False)
 
     def url(self, port: int) -> Optional[str]:
@@ -69,6 +70,7 @@ class Instance:
             count=v["count"],
             tier=v.get("tier", "on-demand"),
             region=v.get("region"),
+            requested_region=v.get("requested_region"),
             node=v.get("node"),
             gpus=list(v.get("gpus", [])),
             command=v["command"],
