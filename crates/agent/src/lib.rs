@@ -45,6 +45,8 @@ pub struct Config {
     pub address: Option<String>,
     /// Where workloads' GPUCLOUD_PORT comes from; any free port when `None`.
     pub ports: Option<std::ops::RangeInclusive<u16>>,
+    /// Most of a workload's output the node keeps waiting to be shipped, in MiB.
+    pub log_keep_mib: u64,
     /// Run workloads as containers of this image (the Docker runtime) rather than processes.
     pub docker_image: Option<String>,
     /// What the operator changed of how containers are confined (by default: user 1000:1000,
@@ -76,8 +78,9 @@ pub fn run(config: Config, gpus: &mut dyn GpuBackend, shutdown: &std::sync::atom
     if docker.is_some() {
         docker::host_guard(metadata.container_port());
     }
-    let mut runtime =
-        ProcessRuntime::open_with(&config.state_dir, config.stop_grace, docker)?.with_ports(config.ports.clone());
+    let mut runtime = ProcessRuntime::open_with(&config.state_dir, config.stop_grace, docker)?
+        .with_ports(config.ports.clone())
+        .with_log_keep(config.log_keep_mib << 20);
     let ingress = ingress::Ingress::start(config.ingress_port)?;
     let ssh = match runtime.docker_user() {
         Some(user) => Some(ssh::SshServer::start(config.ssh_port, &config.state_dir, &user)?),
@@ -115,9 +118,10 @@ pub fn run(config: Config, gpus: &mut dyn GpuBackend, shutdown: &std::sync::atom
         ingress.set_targets(runtime.http_targets());
         let dir = runtime.dir().to_path_buf();
         runtime.enforce(|id, pgid| gpus.workload_memory_mib(id, pgid, &dir));
-        for (instance, seq, data) in runtime.pending_logs() {
+        runtime.bound_logs();
+        for (instance, seq, data, file_bytes) in runtime.pending_logs() {
             match client.logs(&reg.node_id, reg.epoch, &instance, seq, &data) {
-                Ok(()) => runtime.logs_shipped(&instance, seq, data.len()),
+                Ok(()) => runtime.logs_shipped(&instance, seq, file_bytes),
                 Err(e) => tracing::warn!(%instance, error = %e, "shipping logs failed"),
             }
         }

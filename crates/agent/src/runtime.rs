@@ -14,8 +14,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// Largest piece of output shipped per workload per beat.
+/// Largest piece of output shipped per workload per beat (the server takes 1 MiB a call: even
+/// escaped six-fold as JSON this fits).
 const LOG_CHUNK: u64 = 64 * 1024;
+/// How much of a workload's output a node keeps waiting to be shipped, by default.
+pub const DEFAULT_LOG_KEEP: u64 = 64 << 20;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Exit {
@@ -35,6 +38,12 @@ struct Saved {
     log: PathBuf,
     log_offset: u64,
     next_seq: i64,
+    /// The log file's head up to here (shipped) has been given back to the file system.
+    #[serde(default)]
+    log_released: u64,
+    /// Output dropped unshipped since it was last said so in the log.
+    #[serde(default)]
+    log_dropped: u64,
     /// The metadata token in the workload's GPUCLOUD_METADATA_URL.
     #[serde(default)]
     metadata_token: Option<String>,
@@ -80,6 +89,8 @@ pub struct ProcessRuntime {
     /// Workloads waiting for their image this beat, and how far its pull got.
     preparing: BTreeMap<String, String>,
     volumes: crate::volumes::Volumes,
+    /// Most output kept on the node per workload waiting to be shipped.
+    log_keep: u64,
 }
 
 /// `LOW-HIGH`, both 1024 to 65535.
@@ -273,6 +284,7 @@ impl ProcessRuntime {
             docker,
             preparing: BTreeMap::new(),
             volumes: crate::volumes::Volumes::new(&dir),
+            log_keep: DEFAULT_LOG_KEEP,
         };
         let mut ours = own_processes(&dir);
         if let Ok(text) = std::fs::read_to_string(rt.state_file()) {
@@ -306,6 +318,8 @@ impl ProcessRuntime {
                     gpus: Vec::new(),
                     log,
                     log_offset: 0,
+                    log_released: 0,
+                    log_dropped: 0,
                     next_seq: 1,
                     metadata_token: None,
                     memory_cap_mib: None,
@@ -337,6 +351,8 @@ impl ProcessRuntime {
                 gpus: Vec::new(),
                 log: dir.join("logs").join(format!("{id}.log")),
                 log_offset: 0,
+                log_released: 0,
+                log_dropped: 0,
                 next_seq: 1,
                 metadata_token: None,
                 memory_cap_mib: None,
@@ -356,6 +372,13 @@ impl ProcessRuntime {
     /// Workload ports from `range` (an operator's firewall opening) rather than any free one.
     pub fn with_ports(mut self, range: Option<std::ops::RangeInclusive<u16>>) -> ProcessRuntime {
         self.ports = range;
+        self
+    }
+
+    /// Keep at most `bytes` of each workload's output on the node waiting to be shipped
+    /// (at least one shipping chunk).
+    pub fn with_log_keep(mut self, bytes: u64) -> ProcessRuntime {
+        self.log_keep = bytes.max(LOG_CHUNK);
         self
     }
 
@@ -459,6 +482,8 @@ impl ProcessRuntime {
         }
         let ports: Vec<gpucloud_model::PortSpec> = w.ports.iter().filter_map(|p| p.parse().ok()).collect();
         let log = self.dir.join("logs").join(format!("{}.log", w.id));
+        // A new run starts a new file: an earlier run's output here was shipped already.
+        let _ = std::fs::remove_file(&log);
         let mut taken: Vec<u16> = self
             .workloads
             .values()
@@ -488,6 +513,8 @@ impl ProcessRuntime {
             gpus: w.gpus.clone(),
             log,
             log_offset: 0,
+            log_released: 0,
+            log_dropped: 0,
             next_seq: 1,
             metadata_token: Some(metadata_token.to_string()),
             memory_cap_mib: w.slice.as_ref().map(|s| s.memory_mib),
@@ -537,6 +564,8 @@ impl ProcessRuntime {
             gpus: Vec::new(),
             log: self.dir.join("logs").join(format!("{}.log", w.id)),
             log_offset: 0,
+            log_released: 0,
+            log_dropped: 0,
             next_seq: 1,
             metadata_token: None,
             memory_cap_mib: None,
@@ -735,6 +764,7 @@ impl ProcessRuntime {
             let shipped = std::fs::metadata(&w.saved.log).map_or(true, |m| m.len() <= w.saved.log_offset);
             if done && shipped {
                 forgotten.push(id.clone());
+                let _ = std::fs::remove_file(&w.saved.log);
                 if let (Some(d), Some(c)) = (&self.docker, &w.saved.container) {
                     d.remove(c);
                 }
@@ -810,8 +840,8 @@ impl ProcessRuntime {
         self.workloads.iter().map(|(id, w)| Actual { id: id.clone(), alive: w.exit.is_none() }).collect()
     }
 
-    /// New output per workload: (instance, seq, text).
-    pub fn pending_logs(&self) -> Vec<(String, i64, String)> {
+    /// New output per workload: (instance, seq, text, bytes of the log file it covers).
+    pub fn pending_logs(&self) -> Vec<(String, i64, String, u64)> {
         let mut out = Vec::new();
         for (id, w) in &self.workloads {
             let Ok(mut f) = std::fs::File::open(&w.saved.log) else { continue };
@@ -819,32 +849,96 @@ impl ProcessRuntime {
                 continue;
             }
             let mut buf = Vec::new();
-            if f.take(LOG_CHUNK).read_to_end(&mut buf).is_err() || buf.is_empty() {
+            if f.take(LOG_CHUNK).read_to_end(&mut buf).is_err() || (buf.is_empty() && w.saved.log_dropped == 0) {
                 continue;
             }
             // Ship whole characters; a split one waits for its other half (unless the process ended).
-            let text = match std::str::from_utf8(&buf) {
-                Ok(t) => t.to_string(),
+            let (text, used) = match std::str::from_utf8(&buf) {
+                Ok(t) => (t.to_string(), buf.len()),
                 Err(e) if e.valid_up_to() > 0 && w.exit.is_none() => {
-                    String::from_utf8_lossy(&buf[..e.valid_up_to()]).into_owned()
+                    (String::from_utf8_lossy(&buf[..e.valid_up_to()]).into_owned(), e.valid_up_to())
                 }
-                Err(_) => String::from_utf8_lossy(&buf).into_owned(),
+                Err(_) => (String::from_utf8_lossy(&buf).into_owned(), buf.len()),
             };
-            out.push((id.clone(), w.saved.next_seq, text));
+            let text = match w.saved.log_dropped {
+                0 => text,
+                n => format!(
+                    "[gpucloud: {n} bytes of output were dropped here: more than {} MiB waited to be sent]\n{text}",
+                    self.log_keep >> 20
+                ),
+            };
+            out.push((id.clone(), w.saved.next_seq, text, used as u64));
         }
         out
     }
 
-    pub fn logs_shipped(&mut self, id: &str, seq: i64, text_len: usize) {
+    /// The server has chunk `seq`, which covered `file_bytes` of the log file.
+    pub fn logs_shipped(&mut self, id: &str, seq: i64, file_bytes: u64) {
         if let Some(w) = self.workloads.get_mut(id)
             && w.saved.next_seq == seq
         {
-            // Lossy decoding can change the length only for invalid bytes at the very end, where
-            // the file is read to its end anyway.
             let len = std::fs::metadata(&w.saved.log).map(|m| m.len()).unwrap_or(0);
-            w.saved.log_offset = (w.saved.log_offset + text_len as u64).min(len);
+            w.saved.log_offset = (w.saved.log_offset + file_bytes).min(len);
             w.saved.next_seq += 1;
+            w.saved.log_dropped = 0;
         }
         self.save();
     }
+
+    /// Keeps each workload's log file small on the node: shipped output is given back to the
+    /// file system (a hole punched over it: the writer appends on, offsets stay valid), and
+    /// unshipped output past the keep limit (a server out of reach) is dropped from its oldest
+    /// end, which the next chunk then says.
+    pub fn bound_logs(&mut self) {
+        let keep = self.log_keep;
+        let mut changed = false;
+        for w in self.workloads.values_mut() {
+            let Ok(f) = OpenOptions::new().write(true).open(&w.saved.log) else { continue };
+            let Ok(len) = f.metadata().map(|m| m.len()) else { continue };
+            let waiting = len.saturating_sub(w.saved.log_offset);
+            if waiting > keep {
+                // Start again at a line's start inside what is kept, so no character is cut.
+                let mut from = len - keep;
+                let mut head = Vec::new();
+                if let Ok(mut r) = std::fs::File::open(&w.saved.log)
+                    && r.seek(SeekFrom::Start(from)).is_ok()
+                    && r.take(4096).read_to_end(&mut head).is_ok()
+                    && let Some(nl) = head.iter().position(|b| *b == b'\n')
+                {
+                    from += nl as u64 + 1;
+                }
+                w.saved.log_dropped += from - w.saved.log_offset;
+                w.saved.log_offset = from;
+                changed = true;
+            }
+            // Whole pages only: a partly shipped page stays until the rest of it is.
+            let done = w.saved.log_offset / 4096 * 4096;
+            if done > w.saved.log_released {
+                if punch_hole(&f, w.saved.log_released, done - w.saved.log_released) {
+                    w.saved.log_released = done;
+                } else if w.saved.log_offset == len && len > keep {
+                    // No holes on this file system: start the file again once all of it is
+                    // shipped. What the workload writes in the instant between the two is lost.
+                    if f.set_len(0).is_ok() {
+                        w.saved.log_offset = 0;
+                        w.saved.log_released = 0;
+                    }
+                }
+                changed = true;
+            }
+        }
+        if changed {
+            self.save();
+        }
+    }
+}
+
+/// Gives `len` bytes from `offset` of `f` back to the file system, keeping its size.
+fn punch_hole(f: &std::fs::File, offset: u64, len: u64) -> bool {
+    use std::os::fd::AsRawFd;
+    let (Ok(offset), Ok(len)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else { return false };
+    // SAFETY: a valid open descriptor and plain integers; the call touches no memory of ours.
+    let r =
+        unsafe { libc::fallocate(f.as_raw_fd(), libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE, offset, len) };
+    r == 0
 }

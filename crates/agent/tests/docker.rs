@@ -52,8 +52,8 @@ fn wait_for(rt: &mut ProcessRuntime, what: &str, done: impl Fn(&ProcessRuntime) 
 
 /// Everything shipped so far, concatenated per instance.
 fn ship(rt: &mut ProcessRuntime, into: &mut std::collections::BTreeMap<String, String>) {
-    for (id, seq, text) in rt.pending_logs() {
-        rt.logs_shipped(&id, seq, text.len());
+    for (id, seq, text, file_bytes) in rt.pending_logs() {
+        rt.logs_shipped(&id, seq, file_bytes);
         into.entry(id).or_default().push_str(&text);
     }
 }

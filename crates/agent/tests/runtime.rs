@@ -195,3 +195,69 @@ fn a_process_node_refuses_an_image_with_a_reason() {
     assert!(reason.contains("nvcr.io/nvidia/pytorch:24.05-py3") && reason.contains("--runtime docker"), "{reason}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+fn ended(rt: &mut ProcessRuntime, id: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        rt.poll();
+        if rt.actual().iter().any(|a| a.id == id && !a.alive) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{id} did not end");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Bytes the file takes on disk (holes take none).
+fn on_disk(path: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).unwrap().blocks() * 512
+}
+
+#[test]
+fn output_is_shipped_in_bounded_chunks_and_the_node_keeps_little_of_it() {
+    let dir = temp_dir();
+    let mut rt = ProcessRuntime::open(&dir, Duration::from_secs(1)).unwrap().with_log_keep(16 << 20);
+    // 6 MiB of numbered lines, printed at once.
+    rt.start(&workload("i-big", "seq -w 1 524288 | sed 's/^/line /'"), "u", "t", &[]);
+    ended(&mut rt, "i-big");
+    let log = dir.join("logs").join("i-big.log");
+    let written = std::fs::metadata(&log).unwrap().len();
+    assert!(written > 4 << 20, "{written}");
+    let mut shipped = String::new();
+    loop {
+        rt.bound_logs();
+        let logs = rt.pending_logs();
+        let Some((id, seq, text, bytes)) = logs.into_iter().next() else { break };
+        assert!(text.len() <= 64 * 1024, "a chunk is at most 64 KiB: {}", text.len());
+        shipped.push_str(&text);
+        rt.logs_shipped(&id, seq, bytes);
+    }
+    assert_eq!(shipped.len() as u64, written, "every byte shipped, none twice");
+    assert!(shipped.starts_with("line 000001\n") && shipped.ends_with("line 524288\n"));
+    assert!(!shipped.contains("dropped"));
+    // Shipped output is given back as it goes; at the end the file holds (almost) nothing.
+    assert!(on_disk(&log) <= 64 * 1024, "{} bytes still on disk", on_disk(&log));
+
+    // A server out of reach: only the newest MiB is kept, and the log says what was dropped.
+    let mut rt = rt.with_log_keep(1 << 20);
+    rt.start(&workload("i-lost", "seq -w 1 524288 | sed 's/^/line /'"), "u", "t", &[]);
+    ended(&mut rt, "i-lost");
+    rt.bound_logs();
+    let log = dir.join("logs").join("i-lost.log");
+    assert!(on_disk(&log) <= (1 << 20) + 64 * 1024, "{} bytes kept", on_disk(&log));
+    let mut text = String::new();
+    loop {
+        rt.bound_logs();
+        let logs = rt.pending_logs();
+        let Some((id, seq, t, bytes)) = logs.into_iter().find(|l| l.0 == "i-lost") else { break };
+        text.push_str(&t);
+        rt.logs_shipped(&id, seq, bytes);
+    }
+    let (note, rest) = text.split_once('\n').unwrap();
+    assert!(note.starts_with("[gpucloud: ") && note.contains("bytes of output were dropped"), "{note}");
+    assert!(rest.starts_with("line ") && rest.ends_with("line 524288\n"), "kept from a line's start to the end");
+    let dropped: u64 = note["[gpucloud: ".len()..].split(' ').next().unwrap().parse().unwrap();
+    assert_eq!(dropped + rest.len() as u64, written, "what was dropped and what was kept add up");
+    let _ = std::fs::remove_dir_all(&dir);
+}

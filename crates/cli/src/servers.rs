@@ -343,6 +343,7 @@ pub fn dev(args: DevArgs) -> Result<(), String> {
                 ssh_port: 0,
                 address: Some("127.0.0.1".into()),
                 ports: None,
+                log_keep_mib: gpucloud_agent::runtime::DEFAULT_LOG_KEEP >> 20,
                 docker_image: docker_image.clone(),
                 confine: Default::default(),
                 labels: [("dev".to_string(), "true".to_string())].into(),
@@ -580,6 +581,10 @@ pub struct AgentArgs {
     /// firewall opens [default: any free port].
     #[arg(long)]
     port_range: Option<String>,
+    /// Most of a workload's output kept on this node waiting to be sent to the server, in MiB;
+    /// past it the oldest unsent output is dropped and the log says so [default: 64].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=65536))]
+    log_keep_mib: Option<u64>,
     /// How workloads run: docker (a confined container of --image each: own network, non-root,
     /// CPU and memory limits, only its GPUs through the NVIDIA container runtime; for any node
     /// shared by tenants), or process (no isolation between tenants: single-user and trusted
@@ -638,6 +643,7 @@ impl AgentArgs {
             ssh_port: self.ssh_port.or(file.ssh_port),
             address: self.address.or(file.address),
             port_range: self.port_range.or(file.port_range),
+            log_keep_mib: self.log_keep_mib.or(file.log_keep_mib),
             runtime: self.runtime.or(file.runtime),
             image: self.image.or(file.image),
             workload_user: self.workload_user.or(file.workload_user),
@@ -749,6 +755,7 @@ pub fn agent(args: AgentArgs) -> Result<(), String> {
         ssh_port: args.ssh_port.unwrap_or(2222),
         address: args.address.clone(),
         ports,
+        log_keep_mib: args.log_keep_mib.unwrap_or(gpucloud_agent::runtime::DEFAULT_LOG_KEEP >> 20),
         docker_image: docker,
         confine: confine(&args)?,
         labels: args.labels.clone(),

@@ -104,6 +104,21 @@ fn agents_run_real_workloads() {
         std::thread::sleep(Duration::from_millis(50));
     }
 
+    // Output that needs escaping in JSON, printed at once, arrives whole (it used to be refused as
+    // too large, and retried forever).
+    let big = create("head -c 200000 /dev/zero | tr '\\0' '\\001'; echo; echo done-big".into(), 1);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, logs) = api.call(&key, "GET", &format!("/v1/instances/{big}/logs"), None);
+        let text: String = logs["chunks"].as_array().unwrap().iter().map(|c| c["data"].as_str().unwrap()).collect();
+        if text.contains("done-big") {
+            assert_eq!(text.chars().filter(|c| *c == '\u{1}').count(), 200_000);
+            break;
+        }
+        assert!(Instant::now() < deadline, "the large output never arrived: {} bytes so far", text.len());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
     // Exit 0 ends as stopped.
     let ok = create("true".into(), 1);
     let done = api.wait(&key, &ok, "stopped", |v| v["state"] == "stopped");

@@ -87,13 +87,21 @@ fn market_requests_are_checked() {
     let q = quote(json!({"gpu": "A100-40GB", "count": 2, "region": "eu-1", "tier": "spot"}));
     assert_eq!(q.status, 200, "{:?}", q.body);
     let line = &q.body["quotes"][0];
-    assert_eq!((line["tier"].as_str(), line["market_price_per_gpu_hour"].as_str()), (Some("spot"), Some(market.as_str())));
+    assert_eq!(
+        (line["tier"].as_str(), line["market_price_per_gpu_hour"].as_str()),
+        (Some("spot"), Some(market.as_str()))
+    );
     let per_gpu: gpucloud_model::Money = market.parse().unwrap();
-    assert_eq!(line["price_per_hour"].as_str().unwrap().parse::<gpucloud_model::Money>().unwrap().micros(), 2 * per_gpu.micros());
+    assert_eq!(
+        line["price_per_hour"].as_str().unwrap().parse::<gpucloud_model::Money>().unwrap().micros(),
+        2 * per_gpu.micros()
+    );
     let od = quote(json!({"gpu": "A100-40GB", "count": 2, "region": "eu-1"}));
     assert_eq!(od.body["quotes"][0]["tier"], "on-demand");
     assert_ne!(od.body["quotes"][0]["price_per_hour"], line["price_per_hour"], "spot is not the on-demand price");
-    let low = quote(json!({"gpu": "A100-40GB", "count": 1, "region": "eu-1", "tier": "spot", "max_price_per_gpu_hour": "0.000001"}));
+    let low = quote(
+        json!({"gpu": "A100-40GB", "count": 1, "region": "eu-1", "tier": "spot", "max_price_per_gpu_hour": "0.000001"}),
+    );
     assert_eq!(low.status, 200, "{:?}", low.body);
     assert_eq!(low.body["quotes"][0]["price_per_hour"], "0.000001", "never above the bid");
     assert!(low.body["quotes"][0]["note"].as_str().unwrap().contains("above your bid"), "{:?}", low.body);
@@ -101,7 +109,10 @@ fn market_requests_are_checked() {
         (json!({"gpu": "A100-40GB", "count": 1, "tier": "reserved"}), "tier"),
         (json!({"gpu": "A100-40GB", "count": 1, "tier": "gold"}), "tier"),
         (json!({"gpu": "A100-40GB", "count": 1, "max_price_per_gpu_hour": "1.00"}), "max_price_per_gpu_hour"),
-        (json!({"gpu": "A100-40GB", "count": 1, "tier": "spot", "max_price_per_gpu_hour": "0"}), "max_price_per_gpu_hour"),
+        (
+            json!({"gpu": "A100-40GB", "count": 1, "tier": "spot", "max_price_per_gpu_hour": "0"}),
+            "max_price_per_gpu_hour",
+        ),
     ] {
         let r = quote(body.clone());
         assert_eq!((r.status, r.body["field"].as_str()), (422, Some(field)), "{body}: {:?}", r.body);

@@ -719,3 +719,40 @@ fn ssh_keys_are_the_tenants_own_and_reach_only_the_nodes_of_its_instances() {
     assert_eq!(s.raw("DELETE", path, Some(&a), &[], None).status, 204);
     assert_eq!(s.get(&a, "/v1/ssh-keys").body["ssh_keys"], json!([]));
 }
+
+#[test]
+fn a_restarted_workloads_output_follows_the_last_runs_and_large_chunks_are_taken() {
+    let s = TestServer::start();
+    let key = s.tenant("acme");
+    let (node, epoch) = l4_node(&s);
+    let id = s.create(&key, "L4", 1, None)["id"].as_str().unwrap().to_string();
+    let log = |seq: i64, data: &str| {
+        let body = json!({"node_id": node, "epoch": epoch, "instance": id, "chunks": [{"seq": seq, "data": data}]});
+        s.post(&s.operator_key, "/v1/agent/logs", Some(&body))
+    };
+    let text = || -> String {
+        let logs = s.get(&key, &format!("/v1/instances/{id}/logs")).body;
+        logs["chunks"].as_array().unwrap().iter().map(|c| c["data"].as_str().unwrap()).collect()
+    };
+    desired(&s, &node, &epoch, &id);
+    beat(&s, &node, &epoch, json!([{"id": id, "state": "running"}]));
+    assert_eq!(log(1, "first run\n").status, 204);
+    // A chunk of 64 KiB of control characters is six times that as JSON: still taken.
+    let escaped = "\u{1}".repeat(64 * 1024);
+    let r = log(2, &escaped);
+    assert_eq!(r.status, 204, "{:?}", r.body);
+    let huge = "x".repeat(2 << 20);
+    let r = log(3, &huge);
+    assert_eq!((r.status, r.body["code"].as_str()), (413, Some("payload_too_large")), "{:?}", r.body);
+
+    s.post(&key, &format!("/v1/instances/{id}/stop"), None);
+    beat(&s, &node, &epoch, json!([{"id": id, "state": "stopped"}]));
+    s.wait_state(&key, &id, "stopped");
+    s.post(&key, &format!("/v1/instances/{id}/start"), None);
+    desired(&s, &node, &epoch, &id);
+    beat(&s, &node, &epoch, json!([{"id": id, "state": "running"}]));
+    // The new run numbers its chunks from 1 again; a resent chunk is kept once.
+    assert_eq!(log(1, "second run\n").status, 204);
+    assert_eq!(log(1, "second run\n").status, 204);
+    assert_eq!(text(), format!("first run\n{escaped}second run\n"));
+}

@@ -28,6 +28,7 @@ const SQLITE: &[(i64, &str)] = &[
     (21, include_str!("../migrations/sqlite/0021_volumes.sql")),
     (22, include_str!("../migrations/sqlite/0022_ssh_keys.sql")),
     (23, include_str!("../migrations/sqlite/0023_billing_accrual.sql")),
+    (24, include_str!("../migrations/sqlite/0024_log_runs.sql")),
 ];
 const POSTGRES: &[(i64, &str)] = &[
     (1, include_str!("../migrations/postgres/0001_foundation.sql")),
@@ -53,6 +54,7 @@ const POSTGRES: &[(i64, &str)] = &[
     (21, include_str!("../migrations/postgres/0021_volumes.sql")),
     (22, include_str!("../migrations/postgres/0022_ssh_keys.sql")),
     (23, include_str!("../migrations/postgres/0023_billing_accrual.sql")),
+    (24, include_str!("../migrations/postgres/0024_log_runs.sql")),
 ];
 
 pub(crate) async fn run(pool: &AnyPool, backend: Backend) -> Result<()> {

@@ -432,7 +432,10 @@ impl Store for SqlStore {
         let mut tx = self.pool.begin().await?;
         for c in chunks {
             sqlx::query(
-                "INSERT INTO instance_logs (instance_id, seq, at, data) VALUES ($1, $2, $3, $4) \
+                // The agent numbers a run's chunks from 1; they are filed after the earlier
+                // runs' (a retried chunk lands on the same number and is dropped).
+                "INSERT INTO instance_logs (instance_id, seq, at, data) \
+                 SELECT $1, log_base + $2, $3, $4 FROM instances WHERE id = $1 \
                  ON CONFLICT (instance_id, seq) DO NOTHING",
             )
             .bind(instance.to_string())
@@ -1292,7 +1295,8 @@ async fn apply_batch(tx: &mut sqlx::Transaction<'_, sqlx::Any>, b: &NodeBatch, a
     for p in &b.placements {
         let moved = sqlx::query(
             "UPDATE instances SET state = 'provisioning', node_id = $1, pending_reason = NULL, status_reason = NULL, \
-             exit_code = NULL, generation = generation + 1, updated_at = $2 \
+             exit_code = NULL, generation = generation + 1, updated_at = $2, \
+             log_base = COALESCE((SELECT MAX(l.seq) FROM instance_logs l WHERE l.instance_id = $3), 0) \
              WHERE id = $3 AND state = 'pending' AND generation = $4",
         )
         .bind(&node)

@@ -682,6 +682,17 @@ async fn agents_register_by_name_and_are_fenced_by_epoch(s: Arc<dyn Store>) {
     let all: Vec<String> = s.read_logs(&i.id, 0, 100).await.unwrap().into_iter().map(|c| c.data).collect();
     assert_eq!(all.concat(), "hello world\nbye\n", "a resent chunk is stored once");
     assert_eq!(s.read_logs(&i.id, 2, 100).await.unwrap().len(), 1);
+
+    // A new run numbers its chunks from 1 again: they follow the first run's, nothing is lost.
+    let n = s.get_node(&first.id).await.unwrap().unwrap();
+    let out = s.apply_placements(&n.id, n.generation, &[placement(&i, &[0])], ts(10)).await.unwrap();
+    assert_eq!(out, ApplyOutcome::Applied { placed: vec![i.id.clone()] });
+    s.append_logs(&i.id, &[chunk(1, "second run\n")]).await.unwrap();
+    s.append_logs(&i.id, &[chunk(1, "second run\n")]).await.unwrap();
+    let all = s.read_logs(&i.id, 0, 100).await.unwrap();
+    let text: String = all.iter().map(|c| c.data.as_str()).collect();
+    assert_eq!(text, "hello world\nbye\nsecond run\n");
+    assert_eq!(all.last().unwrap().seq, 4, "numbered after the first run's last chunk");
 }
 
 async fn a_silent_node_loses_its_instances_at_its_last_heartbeat(s: Arc<dyn Store>) {

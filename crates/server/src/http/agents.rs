@@ -188,12 +188,16 @@ pub async fn heartbeat(
 }
 
 /// Ship a workload's output.
+/// A log call's body may be larger than other calls': the agent ships up to 64 KiB of output a
+/// chunk, which JSON escaping can grow up to six-fold.
+pub const AGENT_LOGS_MAX_BODY: usize = 1 << 20;
+
 #[utoipa::path(post, path = "/v1/agent/logs", tag = "agents", request_body = AgentLogs,
     responses((status = 204), (status = 409, body = Problem)), security(("bearer" = [])))]
 pub async fn logs(
     State(app): State<Arc<App>>,
     Auth(p): Auth,
-    ApiJson(req): ApiJson<AgentLogs>,
+    ApiJson(req): ApiJson<AgentLogs, AGENT_LOGS_MAX_BODY>,
 ) -> Result<StatusCode, ApiError> {
     let node = node_id(&req.node_id)?;
     let instance = InstanceId::parse(&req.instance).map_err(|e| bad("instance", &e.to_string()))?;

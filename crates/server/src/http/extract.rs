@@ -9,11 +9,11 @@ use axum::http::{StatusCode, header};
 use serde::de::DeserializeOwned;
 use std::sync::Arc;
 
-/// A JSON body: wrong content type is 415, too large 413, bad syntax 400, and a body that parses
-/// but does not fit the schema 422 with the path of the offending field.
-pub struct ApiJson<T>(pub T);
+/// A JSON body: wrong content type is 415, larger than `LIMIT` bytes 413, bad syntax 400, and a
+/// body that parses but does not fit the schema 422 with the path of the offending field.
+pub struct ApiJson<T, const LIMIT: usize = { super::MAX_BODY }>(pub T);
 
-impl<T: DeserializeOwned> FromRequest<Arc<App>> for ApiJson<T> {
+impl<T: DeserializeOwned, const LIMIT: usize> FromRequest<Arc<App>> for ApiJson<T, LIMIT> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &Arc<App>) -> Result<Self, ApiError> {
@@ -29,14 +29,26 @@ impl<T: DeserializeOwned> FromRequest<Arc<App>> for ApiJson<T> {
                 "the body must be JSON with Content-Type: application/json",
             ));
         }
-        let bytes = Bytes::from_request(req, state).await.map_err(|r| {
-            let status = r.status();
-            if status == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(status, "payload_too_large", format!("the body is larger than {} bytes", super::MAX_BODY))
-            } else {
-                ApiError::new(StatusCode::BAD_REQUEST, "malformed_body", r.body_text())
-            }
-        })?;
+        let too_large = || {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!("the body is larger than {LIMIT} bytes"),
+            )
+        };
+        let bytes = if LIMIT == super::MAX_BODY {
+            Bytes::from_request(req, state).await.map_err(|r| {
+                if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    too_large()
+                } else {
+                    ApiError::new(StatusCode::BAD_REQUEST, "malformed_body", r.body_text())
+                }
+            })?
+        } else {
+            // The router's default limit is for the extractor above; a route with its own
+            // limit reads the body itself.
+            axum::body::to_bytes(req.into_body(), LIMIT).await.map_err(|_| too_large())?
+        };
         parse_json(&bytes).map(ApiJson)
     }
 }
