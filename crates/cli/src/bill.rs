@@ -223,6 +223,12 @@ pub fn price(ctx: &Ctx, cmd: PriceCmd) -> Res {
             let c = ctx.client(As::Operator)?;
             let body = serde_json::json!({"gpu": gpu, "region": region, "tier": tier, "price_per_gpu_hour": price, "effective_from": from});
             let p: api::Price = c.post("/v1/prices", Some(&body), None).map_err(err)?;
+            if p.price_per_gpu_hour == gpucloud_model::Money::ZERO {
+                eprintln!(
+                    "warning: a price of 0: {} {} usage in {} will not be billed from {}",
+                    p.gpu, p.tier, p.region, p.effective_from
+                );
+            }
             show(ctx, &p, |p| {
                 format!("{} {} {} in {} from {}", p.gpu, p.tier, p.price_per_gpu_hour, p.region, p.effective_from)
             });

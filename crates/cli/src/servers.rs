@@ -198,6 +198,10 @@ pub struct ServeArgs {
     /// Run an in-process fake agent for every node (until real agents exist on the hosts).
     #[arg(long)]
     fake_agents: bool,
+    /// Leave a GPU model without a price when its first node joins (its usage then bills at 0
+    /// until you set one) rather than pricing it from the default book (README, "Prices").
+    #[arg(long)]
+    no_default_prices: bool,
     /// Placement policy: fgd-pack, fgd, best-fit, spread, random, dot-product, gpu-clustering or
     /// gpu-packing (docs/decisions/0005).
     #[arg(long, default_value = "fgd-pack")]
@@ -424,6 +428,7 @@ pub fn serve(args: ServeArgs) -> Result<(), String> {
         let config = Config {
             policy,
             fake_agents: if args.fake_agents { FakeAgents::Every(Duration::from_secs(2)) } else { FakeAgents::Off },
+            default_prices: !args.no_default_prices,
             ..Config::default()
         };
         let mut config = with_tick(config, args.tick_ms);
@@ -468,6 +473,10 @@ pub fn serve(args: ServeArgs) -> Result<(), String> {
                 .await
                 .map_err(|e| e.to_string())?;
             println!("operator key: {}   (shown once)", key.secret);
+        }
+        let free = running.app.zero_prices_in_force().await.map_err(|e| e.to_string())?;
+        if !free.is_empty() {
+            tracing::warn!(prices = %free.join(", "), "prices of 0 in force: this usage is not billed");
         }
         println!("gpucloud serving on http://{}", running.addr);
         // Its own line: scripts and tests read the address from the line above.

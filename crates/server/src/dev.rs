@@ -33,6 +33,10 @@ pub const DEFAULT_PRICES: &[(GpuModel, i64)] = &[
     (GpuModel::H200_141GB, 3_790_000),
 ];
 
+/// Each tier's price as a percentage of on-demand in the default book.
+pub const TIER_PERCENT: &[(Tier, i64)] =
+    &[(Tier::OnDemand, 100), (Tier::Spot, 40), (Tier::Reserved, 65), (Tier::Warm, 50)];
+
 /// Prepaid credit the dev tenant starts with.
 pub const DEV_CREDIT: Money = Money(100_000_000);
 
@@ -56,8 +60,8 @@ pub struct DevKeys {
 /// Makes sure the dev tenants and fleet exist. Returns a fresh key for each of the two tenants
 /// when asked (`mint_keys`: the caller has none on record) or when a tenant had to be created
 /// (keys on record then belong to a database that is gone).
-/// Volume storage per GiB-hour in the dev cloud.
-const DEV_STORAGE_PRICE: Money = Money(100);
+/// Volume storage per GiB-hour in the default book.
+pub const DEV_STORAGE_PRICE: Money = Money(100);
 
 pub async fn bootstrap(app: &App, mint_keys: bool, fleet: DevFleet) -> Result<Option<DevKeys>, AppError> {
     let tenants = app.store().list_tenants().await?;
@@ -91,10 +95,9 @@ pub async fn bootstrap(app: &App, mint_keys: bool, fleet: DevFleet) -> Result<Op
         }
         for region in &regions {
             for (model, micros) in DEFAULT_PRICES {
-                for (tier, percent) in [(Tier::OnDemand, 100), (Tier::Spot, 40), (Tier::Reserved, 65), (Tier::Warm, 50)]
-                {
+                for (tier, percent) in TIER_PERCENT {
                     let price = Money(micros * percent / 100);
-                    app.set_price(None, *model, region.clone(), tier, price, Some(Timestamp(0))).await?;
+                    app.set_price(None, *model, region.clone(), *tier, price, Some(Timestamp(0))).await?;
                 }
             }
         }

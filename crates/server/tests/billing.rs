@@ -500,3 +500,55 @@ fn lists_come_in_pages_that_follow_next() {
     }
     assert_eq!(s.get(&key, "/v1/instances?page=2").status, 400, "an unknown parameter is named");
 }
+
+#[test]
+fn a_node_of_an_unpriced_model_is_priced_from_the_default_book_when_the_server_says_so() {
+    let register = |s: &TestServer| {
+        let body = json!({"name": "ap-host", "region": "ap-1",
+            "gpus": [{"index": 0, "model": "L4", "uuid": "GPU-ap-host-0"}]});
+        let r = s.post(&s.operator_key, "/v1/agent/register", Some(&body));
+        assert_eq!(r.status, 201, "{:?}", r.body);
+    };
+    let l4_in_ap = |s: &TestServer, key: &str| -> Vec<(String, String)> {
+        let list = s.get(key, "/v1/prices").body;
+        list["prices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["gpu"] == "L4" && p["region"] == "ap-1")
+            .map(|p| (p["tier"].as_str().unwrap().to_string(), p["price_per_gpu_hour"].as_str().unwrap().to_string()))
+            .collect()
+    };
+
+    // As serve runs: the first L4 node in ap-1 brings the default book's L4 prices and a storage price.
+    let s = TestServer::start_with(|c| c.default_prices = true);
+    let key = s.tenant("acme");
+    register(&s);
+    let mut prices = l4_in_ap(&s, &key);
+    prices.sort();
+    assert!(prices.contains(&("on-demand".into(), "0.800000".into())), "{prices:?}");
+    assert!(prices.contains(&("reserved".into(), "0.520000".into())), "{prices:?}");
+    let q = s.post(&key, "/v1/instances/quote", Some(&json!({"gpu": "L4", "count": 1, "region": "ap-1"})));
+    assert_eq!(q.body["quotes"][0]["price_per_hour"], "0.800000", "{:?}", q.body);
+    let storage = s.get(&key, "/v1/prices/storage").body;
+    assert!(storage["prices"].as_array().unwrap().iter().any(|p| p["region"] == "ap-1"), "{storage}");
+    // An operator's price stays: a second node of the model changes nothing.
+    let set = json!({"gpu": "L4", "region": "ap-1", "price_per_gpu_hour": "0.90"});
+    assert_eq!(s.post(&s.operator_key, "/v1/prices", Some(&set)).status, 201);
+    register(&s);
+    let q = s.post(&key, "/v1/instances/quote", Some(&json!({"gpu": "L4", "count": 1, "region": "ap-1"})));
+    assert_eq!(q.body["quotes"][0]["price_per_hour"], "0.900000", "{:?}", q.body);
+    // A price of 0 is taken, and listed as usage nobody pays for.
+    let free = json!({"gpu": "L4", "region": "ap-1", "price_per_gpu_hour": "0"});
+    assert_eq!(s.post(&s.operator_key, "/v1/prices", Some(&free)).status, 201);
+    let zero = s.block_on(s.app.zero_prices_in_force()).unwrap();
+    assert_eq!(zero, vec!["L4 on-demand in ap-1".to_string()]);
+
+    // Without the setting, the model stays unpriced: no quote.
+    let s = TestServer::start();
+    let key = s.tenant("acme");
+    register(&s);
+    assert_eq!(l4_in_ap(&s, &key), Vec::<(String, String)>::new());
+    let q = s.post(&key, "/v1/instances/quote", Some(&json!({"gpu": "L4", "count": 1, "region": "ap-1"})));
+    assert_eq!((q.status, q.body["field"].as_str()), (422, Some("gpu")), "{:?}", q.body);
+}

@@ -392,6 +392,9 @@ impl App {
             self.store.set_node_labels(&node.id, &labels).await?;
             node.labels = labels;
         }
+        let mut models: Vec<gpucloud_model::GpuModel> = node.gpus.iter().map(|g| g.model).collect();
+        models.dedup();
+        self.price_new_capacity(&node.region, &models).await?;
         tracing::info!(node = %node.id, name, epoch = node.epoch, "agent registered");
         self.nodes_changed.notify_one();
         Ok(node)

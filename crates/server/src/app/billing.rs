@@ -121,6 +121,9 @@ impl App {
             return Err(AppError::invalid("effective_from", "prices cannot change the past; use a time from now on"));
         }
         let row = PriceRow { model, region, tier, point: PricePoint { effective_from: from, per_gpu_hour } };
+        if per_gpu_hour == Money::ZERO {
+            tracing::warn!(%model, region = %row.region, %tier, "a price of 0: this usage will not be billed");
+        }
         if !self.store.add_price(&row, now).await? {
             return Err(AppError::Conflict(format!(
                 "a {tier} price for {model} in {} already starts at that time",
@@ -128,6 +131,66 @@ impl App {
             )));
         }
         Ok(row)
+    }
+
+    /// The prices of 0 in force now ("T4 on-demand in eu-1"): usage nobody is billed for.
+    pub async fn zero_prices_in_force(&self) -> Result<Vec<String>, AppError> {
+        let now = self.now();
+        let mut latest: HashMap<(GpuModel, Region, Tier), PricePoint> = HashMap::new();
+        for p in self.store.list_prices().await? {
+            if p.point.effective_from > now {
+                continue;
+            }
+            let e = latest.entry((p.model, p.region, p.tier)).or_insert(p.point);
+            if p.point.effective_from >= e.effective_from {
+                *e = p.point;
+            }
+        }
+        let mut free: Vec<String> = latest
+            .into_iter()
+            .filter(|(_, p)| p.per_gpu_hour == Money::ZERO)
+            .map(|((m, r, t), _)| format!("{m} {t} in {r}"))
+            .collect();
+        free.sort();
+        Ok(free)
+    }
+
+    /// With `Config::default_prices`: each of `models` with no on-demand price in `region` gets
+    /// the default book's, every tier, from now; the region gets the default storage price if it
+    /// has none. Said loudly, so the operator knows to set their own.
+    pub(crate) async fn price_new_capacity(&self, region: &Region, models: &[GpuModel]) -> Result<(), AppError> {
+        if !self.config.default_prices {
+            return Ok(());
+        }
+        let now = self.now();
+        for model in models {
+            if !self.store.prices_for(*model, region, Tier::OnDemand).await?.is_empty() {
+                continue;
+            }
+            let Some((_, micros)) = crate::dev::DEFAULT_PRICES.iter().find(|(m, _)| m == model) else {
+                tracing::warn!(%model, %region, "no price for this GPU model and none in the default book: \
+                    its usage bills at 0 until you set one (gpucloud price set)");
+                continue;
+            };
+            for (tier, percent) in crate::dev::TIER_PERCENT {
+                let price = Money(micros * percent / 100);
+                let row = PriceRow {
+                    model: *model,
+                    region: region.clone(),
+                    tier: *tier,
+                    point: PricePoint { effective_from: now, per_gpu_hour: price },
+                };
+                self.store.add_price(&row, now).await?;
+            }
+            tracing::warn!(%model, %region, on_demand = %Money(*micros), "no price set for this GPU model here: \
+                using the default book (see the README); set your own with gpucloud price set");
+        }
+        if self.store.storage_prices(Some(region)).await?.is_empty() {
+            self.store.add_storage_price(region, now, crate::dev::DEV_STORAGE_PRICE).await?;
+            tracing::warn!(%region, per_gib_hour = %crate::dev::DEV_STORAGE_PRICE, "no storage price set here: \
+                using the default book; set yours with gpucloud price storage");
+        }
+        Ok(())
     }
 
     /// Quotes per region: the one asked for, or every region that has the model.

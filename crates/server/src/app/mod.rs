@@ -78,6 +78,9 @@ pub struct Config {
     /// How users reach this server (`https://gpu.example.com`): the base of proxied port URLs.
     /// Empty: `http://` and the address it listens on.
     pub public_url: String,
+    /// A node's GPU models with no price in its region get the default book's (`dev::DEFAULT_PRICES`)
+    /// when it joins, so nothing bills at 0 because an operator has not set prices yet.
+    pub default_prices: bool,
 }
 
 /// The spot market's settings (see `billing::spot` for the price formula).
@@ -171,6 +174,7 @@ impl Default for Config {
             require_containers: false,
             secrets_key: None,
             public_url: String::new(),
+            default_prices: false,
         }
     }
 }

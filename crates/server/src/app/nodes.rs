@@ -62,6 +62,8 @@ impl App {
         }
         let node = NewNode { id: id.clone(), name: name.to_string(), region, gpus: new_gpus, created_at: self.now() };
         self.store.insert_node(&node).await.map_err(AppError::store_conflict)?;
+        let models: Vec<GpuModel> = gpus.iter().map(|(m, _)| *m).collect();
+        self.price_new_capacity(&node.region, &models).await?;
         tracing::info!(node = %id, name, "node added");
         self.nodes_changed.notify_one();
         self.store.get_node(&id).await?.ok_or_else(|| AppError::NotFound { kind: "node", id: id.to_string() })
