@@ -11,6 +11,8 @@ pub struct Ctx {
     pub url: Option<String>,
     pub api_key: Option<String>,
     pub json: bool,
+    /// A named profile instead of the default.
+    pub profile: Option<String>,
 }
 
 /// Which key a command needs when none was given explicitly.
@@ -22,11 +24,21 @@ pub enum As {
 
 impl Ctx {
     pub fn client(&self, role: As) -> Result<Client, String> {
-        let prof = profile::load_profile();
+        let name = self.profile.as_deref();
+        if let Some(n) = name {
+            profile::check_profile_name(n)?;
+        }
+        let prof = profile::load_profile(name);
+        if let (Some(n), None, None) = (name, &prof, &self.url) {
+            return Err(format!(
+                "no profile named '{n}' ({}): `gpucloud dev --profile {n}` writes it",
+                profile::profile_file(name).display()
+            ));
+        }
         let url = self.url.clone().or_else(|| prof.as_ref().map(|p| p.url.clone())).ok_or_else(|| {
             format!(
                 "no server configured: run `gpucloud dev`, or set GPUCLOUD_URL and GPUCLOUD_API_KEY (profile: {})",
-                profile::profile_path().display()
+                profile::profile_file(name).display()
             )
         })?;
         let key = self.api_key.clone().or_else(|| {

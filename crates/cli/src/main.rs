@@ -31,6 +31,10 @@ struct Cli {
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     json: bool,
+    /// A named profile (written by `gpucloud dev --profile NAME`) instead of the default; with
+    /// `dev`, the name its profile is saved under [default: dev, or the data directory's name].
+    #[arg(long, global = true, env = "GPUCLOUD_PROFILE")]
+    profile: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -181,9 +185,9 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let ctx = commands::Ctx { url: cli.url, api_key: cli.api_key, json: cli.json };
+    let ctx = commands::Ctx { url: cli.url, api_key: cli.api_key, json: cli.json, profile: cli.profile };
     let result = match cli.command {
-        Command::Dev(a) => servers::dev(a),
+        Command::Dev(a) => servers::dev(a, ctx.profile.as_deref()),
         Command::Serve(a) => servers::serve(a),
         Command::Agent(a) => servers::agent(a),
         Command::Instance(c) => commands::instance(&ctx, c),

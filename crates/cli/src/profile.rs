@@ -1,5 +1,6 @@
 //! Where the CLI finds its server and key: flags and GPUCLOUD_URL / GPUCLOUD_API_KEY first, then
-//! the profile that `gpucloud dev` writes (as k3s writes a kubeconfig).
+//! a profile that `gpucloud dev` writes (as k3s writes a kubeconfig): the one `--profile` /
+//! GPUCLOUD_PROFILE names (`profiles/NAME.json`), else the default (`config.json`).
 
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -12,6 +13,12 @@ pub struct Profile {
     /// Used for operator commands (nodes, tenants) when present.
     #[serde(default)]
     pub operator_key: Option<String>,
+    /// The profile's name; absent in a default written before profiles had names ("dev").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The dev cloud it reaches, by its data directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
 }
 
 /// `DATA_DIR/credentials.json`, as the issue of the dev server defines it.
@@ -47,9 +54,84 @@ pub fn profile_path() -> PathBuf {
     config_dir().join("config.json")
 }
 
-pub fn load_profile() -> Option<Profile> {
-    let text = std::fs::read_to_string(profile_path()).ok()?;
+/// The default profile, or the named one.
+pub fn profile_file(name: Option<&str>) -> PathBuf {
+    match name {
+        Some(n) => config_dir().join("profiles").join(format!("{n}.json")),
+        None => profile_path(),
+    }
+}
+
+pub fn load_profile(name: Option<&str>) -> Option<Profile> {
+    read_profile(&profile_file(name))
+}
+
+fn read_profile(path: &Path) -> Option<Profile> {
+    let text = std::fs::read_to_string(path).ok()?;
     serde_json::from_str(&text).ok()
+}
+
+/// 1 to 64 letters, digits, `-` or `_`: a file name anywhere.
+pub fn check_profile_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if ok { Ok(()) } else { Err(format!("profile name '{name}' must be 1 to 64 letters, digits, '-' or '_'")) }
+}
+
+/// Where a dev cloud's profile went.
+pub struct Saved {
+    pub name: String,
+    pub path: PathBuf,
+    /// Whether it is (now) the default profile.
+    pub default: bool,
+}
+
+/// Saves a dev cloud's profile under `name` (given), or under a name of its own: `dev` for the
+/// default data directory, else the directory's name, with `-2`, `-3`... when that name belongs
+/// to another data directory. It becomes the default only when there is none, or the default is
+/// this same profile (a restart on a new port); another cloud's default is left alone.
+pub fn save_dev_profile(name: Option<&str>, mut prof: Profile, data_dir: &Path) -> Result<Saved, String> {
+    let dir = data_dir.canonicalize().unwrap_or_else(|_| data_dir.to_path_buf());
+    let name = match name {
+        Some(n) => {
+            check_profile_name(n)?;
+            n.to_string()
+        }
+        None => {
+            let base = if dir == default_data_dir().canonicalize().unwrap_or_else(|_| default_data_dir()) {
+                "dev".to_string()
+            } else {
+                let raw = dir.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+                let clean: String = raw
+                    .chars()
+                    .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '-' })
+                    .take(56)
+                    .collect();
+                if clean.is_empty() { "dev".into() } else { clean }
+            };
+            let mut n = 1;
+            loop {
+                let candidate = if n == 1 { base.clone() } else { format!("{base}-{n}") };
+                match load_profile(Some(&candidate)) {
+                    Some(p) if p.data_dir.as_deref().is_some_and(|d| d != dir) => n += 1,
+                    _ => break candidate,
+                }
+            }
+        }
+    };
+    prof.name = Some(name.clone());
+    prof.data_dir = Some(dir);
+    let path = profile_file(Some(&name));
+    write_private_json(&path, &prof).map_err(|e| format!("writing {}: {e}", path.display()))?;
+    let default = match read_profile(&profile_path()) {
+        None => true,
+        Some(d) => d.name.as_deref().unwrap_or("dev") == name,
+    };
+    if default {
+        write_private_json(&profile_path(), &prof).map_err(|e| format!("writing {}: {e}", profile_path().display()))?;
+    }
+    Ok(Saved { name, path, default })
 }
 
 /// Writes `value` as JSON readable by the owner only: it holds secrets.

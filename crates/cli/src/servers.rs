@@ -273,7 +273,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
     tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| e.to_string())
 }
 
-pub fn dev(args: DevArgs) -> Result<(), String> {
+pub fn dev(args: DevArgs, profile_name: Option<&str>) -> Result<(), String> {
     init_logging();
     let data_dir = args.data_dir.unwrap_or_else(profile::default_data_dir);
     std::fs::create_dir_all(&data_dir).map_err(|e| format!("cannot create {}: {e}", data_dir.display()))?;
@@ -321,9 +321,10 @@ pub fn dev(args: DevArgs) -> Result<(), String> {
             url: url.clone(),
             api_key: Some(creds.tenant_key.clone()),
             operator_key: Some(creds.operator_key.clone()),
+            name: None,
+            data_dir: None,
         };
-        let prof_path = profile::profile_path();
-        profile::write_private_json(&prof_path, &prof).map_err(|e| format!("writing {}: {e}", prof_path.display()))?;
+        let saved = profile::save_dev_profile(profile_name, prof, &data_dir)?;
 
         // The fleet: the real node agent, in threads of this process, over HTTP, with fake GPUs.
         // Its own thread: the engine client runs a runtime of its own.
@@ -400,7 +401,17 @@ pub fn dev(args: DevArgs) -> Result<(), String> {
             println!("  keys:         in {} (not shown again)", creds_path.display());
         }
         println!("  credentials:  {}", creds_path.display());
-        println!("  CLI profile:  {}", prof_path.display());
+        if saved.default {
+            println!("  CLI profile:  {} ({}; the default)", saved.name, saved.path.display());
+        } else {
+            println!(
+                "  CLI profile:  {} ({}; not the default, which another cloud has: use --profile {} or GPUCLOUD_PROFILE={})",
+                saved.name,
+                saved.path.display(),
+                saved.name,
+                saved.name
+            );
+        }
         println!();
         println!(
             "Try: gpucloud instance create --gpu A100-40GB --count 2 --region eu-1 --command 'echo $CUDA_VISIBLE_DEVICES; sleep 600'"

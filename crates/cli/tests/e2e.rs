@@ -183,3 +183,41 @@ fn send_sigint(pid: u32) {
     let status = Command::new("kill").args(["-INT", &pid.to_string()]).status().unwrap();
     assert!(status.success());
 }
+
+#[test]
+fn a_second_dev_cloud_gets_a_profile_of_its_own_and_leaves_the_default_alone() {
+    let root = std::env::temp_dir().join(format!("gpucloud-profiles-{:016x}", rand::random::<u64>()));
+    let config = root.join("config");
+    std::fs::create_dir_all(&root).unwrap();
+    let a = start_dev(&root.join("alpha"), &config);
+    let banner = std::fs::read_to_string(&a.out).unwrap();
+    assert!(banner.contains("CLI profile:  alpha (") && banner.contains("the default)"), "{banner}");
+    let b = start_dev(&root.join("beta"), &config);
+    let banner = std::fs::read_to_string(&b.out).unwrap();
+    assert!(banner.contains("CLI profile:  beta (") && banner.contains("not the default"), "{banner}");
+
+    // The default still reaches the first cloud; --profile (or GPUCLOUD_PROFILE) the second.
+    let inst = json(&config, &["instance", "create", "--gpu", "T4", "--command", "sleep 600"]);
+    let id = inst["id"].as_str().unwrap();
+    let listed = |env: &[(&str, &str)], args: &[&str]| -> Value {
+        let (ok, out, err) = cli(&config, env, args);
+        assert!(ok, "{args:?}: {err}");
+        serde_json::from_str(&out).unwrap()
+    };
+    let in_alpha = listed(&[], &["instance", "list", "--json"]);
+    assert!(in_alpha["instances"].as_array().unwrap().iter().any(|i| i["id"] == id), "{in_alpha}");
+    let in_beta = listed(&[], &["--profile", "beta", "instance", "list", "--json"]);
+    assert_eq!(in_beta["instances"], serde_json::json!([]), "{in_beta}");
+    let by_env = listed(&[("GPUCLOUD_PROFILE", "beta")], &["instance", "list", "--json"]);
+    assert_eq!(by_env["instances"], serde_json::json!([]));
+    let by_name = listed(&[], &["--profile", "alpha", "instance", "list", "--json"]);
+    assert_eq!(by_name["instances"].as_array().unwrap().len(), 1);
+
+    let (ok, _, err) = cli(&config, &[], &["--profile", "gamma", "instance", "list"]);
+    assert!(!ok && err.contains("no profile named 'gamma'"), "{err}");
+    let (ok, _, err) = cli(&config, &[], &["--profile", "../etc", "instance", "list"]);
+    assert!(!ok && err.contains("must be 1 to 64 letters"), "{err}");
+    json(&config, &["instance", "terminate", id]);
+    drop((a, b));
+    let _ = std::fs::remove_dir_all(&root);
+}

@@ -278,3 +278,22 @@ def test_the_lightning_callback_checkpoints_and_stops_on_notice(tmp_path, monkey
     cb.on_train_batch_end(t, None, None, None, 2)
     assert t.saved == [str(tmp_path / "preempted-step-41.ckpt")], "saved once"
     assert reported == t.saved and t.should_stop
+
+
+def test_a_named_profile_or_the_default_reaches_the_dev_cloud(dev, monkeypatch):
+    # The dev fixture's cloud saved its profile under its data directory's name, as the default.
+    monkeypatch.setenv("GPUCLOUD_CONFIG_DIR", str(dev["tmp"] / "config"))
+    monkeypatch.delenv("GPUCLOUD_URL", raising=False)
+    monkeypatch.delenv("GPUCLOUD_API_KEY", raising=False)
+    monkeypatch.delenv("GPUCLOUD_PROFILE", raising=False)
+    with Client() as c:
+        assert c.whoami()["tenant"]["name"] == "default"
+    with Client(profile="data") as c:
+        assert c.whoami()["tenant"]["name"] == "default"
+    monkeypatch.setenv("GPUCLOUD_PROFILE", "data")
+    with Client() as c:
+        assert c.whoami()["tenant"]["name"] == "default"
+    with pytest.raises(ValueError, match="no profile named 'other'"):
+        Client(profile="other")
+    with pytest.raises(ValueError, match="must be 1 to 64"):
+        Client(profile="../x")

@@ -158,14 +158,22 @@ class SpotPrices:
     history: List[tuple]
 
 
-def _profile() -> Dict[str, Any]:
-    """The CLI's profile (written by ``gpucloud dev``), if any."""
+def _profile(name: Optional[str] = None) -> Dict[str, Any]:
+    """A CLI profile (written by ``gpucloud dev``): the one named, else the default; empty if none."""
     base = os.environ.get("GPUCLOUD_CONFIG_DIR")
     if base:
-        path = Path(base) / "config.json"
+        root = Path(base)
     else:
         xdg = os.environ.get("XDG_CONFIG_HOME")
-        path = (Path(xdg) if xdg else Path.home() / ".config") / "gpucloud" / "config.json"
+        root = (Path(xdg) if xdg else Path.home() / ".config") / "gpucloud"
+    if name is not None:
+        if not name or len(name) > 64 or not all(c.isascii() and (c.isalnum() or c in "-_") for c in name):
+            raise ValueError(f"profile name {name!r} must be 1 to 64 letters, digits, '-' or '_'")
+        path = root / "profiles" / f"{name}.json"
+        if not path.exists():
+            raise ValueError(f"no profile named {name!r} ({path}): `gpucloud dev --profile {name}` writes it")
+    else:
+        path = root / "config.json"
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):
@@ -470,10 +478,18 @@ class Billing(_Resource):
 
 class Client:
     """``Client(url, key)``; both default to ``GPUCLOUD_URL`` / ``GPUCLOUD_API_KEY``, then to the
-    profile ``gpucloud dev`` writes."""
+    profile ``gpucloud dev`` writes: the one ``profile=`` or ``GPUCLOUD_PROFILE`` names, else the
+    default."""
 
-    def __init__(self, url: Optional[str] = None, key: Optional[str] = None, timeout: float = 30.0):
-        prof = _profile() if url is None or key is None else {}
+    def __init__(
+        self,
+        url: Optional[str] = None,
+        key: Optional[str] = None,
+        timeout: float = 30.0,
+        profile: Optional[str] = None,
+    ):
+        profile = profile or os.environ.get("GPUCLOUD_PROFILE") or None
+        prof = _profile(profile) if url is None or key is None else {}
         url = url or os.environ.get("GPUCLOUD_URL") or prof.get("url")
         key = key or os.environ.get("GPUCLOUD_API_KEY") or prof.get("api_key")
         if not url:
