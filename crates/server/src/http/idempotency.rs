@@ -90,16 +90,34 @@ async fn run(app: Arc<App>, req: Request, next: Next) -> Result<Response, ApiErr
         }
     }
     parts.extensions.insert(principal);
-    let resp = next.run(Request::from_parts(parts, Body::from(bytes))).await;
-    let (parts, body) = resp.into_parts();
-    let body = to_bytes(body, usize::MAX).await.unwrap_or_default();
-    if parts.status.is_server_error() {
-        store.idempotency_abandon(&scope, &key).await.map_err(app_err)?;
-    } else {
-        let text = redact_secrets(&String::from_utf8_lossy(&body));
-        store.idempotency_finish(&scope, &key, parts.status.as_u16(), &text).await.map_err(app_err)?;
+    // The request runs to its end and its answer is kept even when the client hangs up first
+    // (the server drops a connection's future then): a retry gets the answer at once instead of
+    // "in progress" until the key goes stale, and a request that committed is never run twice.
+    let request = Request::from_parts(parts, Body::from(bytes));
+    let task = {
+        let (store, scope, key) = (store.clone(), scope.clone(), key.clone());
+        tokio::spawn(async move {
+            let resp = next.run(request).await;
+            let (parts, body) = resp.into_parts();
+            let body = to_bytes(body, usize::MAX).await.unwrap_or_default();
+            if parts.status.is_server_error() {
+                store.idempotency_abandon(&scope, &key).await.map_err(app_err)?;
+            } else {
+                let text = redact_secrets(&String::from_utf8_lossy(&body));
+                store.idempotency_finish(&scope, &key, parts.status.as_u16(), &text).await.map_err(app_err)?;
+            }
+            Ok::<Response, ApiError>(Response::from_parts(parts, Body::from(body)))
+        })
+    };
+    match task.await {
+        Ok(answer) => answer,
+        Err(e) => {
+            // The handler panicked: the key is free for a retry.
+            tracing::error!(error = %e, "a request under an Idempotency-Key failed");
+            store.idempotency_abandon(&scope, &key).await.map_err(app_err)?;
+            Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error"))
+        }
     }
-    Ok(Response::from_parts(parts, Body::from(body)))
 }
 
 fn app_err(e: gpucloud_store::StoreError) -> ApiError {
@@ -115,5 +133,57 @@ fn redact_secrets(body: &str) -> String {
             v.to_string()
         }
         _ => body.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::Router;
+    use axum::routing::post;
+    use std::time::Duration;
+    use tower::ServiceExt;
+
+    async fn slow() -> (StatusCode, &'static str) {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        (StatusCode::CREATED, "{\"done\":true}")
+    }
+
+    #[tokio::test]
+    async fn a_client_that_hangs_up_does_not_hold_its_key() {
+        let dir = std::env::temp_dir().join(format!("gpucloud-idem-{:016x}", rand::random::<u64>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = gpucloud_store::open(&format!("sqlite://{}/db.sqlite", dir.display())).await.unwrap();
+        let app = Arc::new(App::new(store, crate::app::Config::default()));
+        let key = app.create_tenant(None, "t", gpucloud_model::Role::Tenant).await.unwrap();
+        let router: Router = Router::new()
+            .route("/slow", post(slow))
+            .layer(axum::middleware::from_fn_with_state(app.clone(), layer))
+            .with_state(app.clone());
+        let request = || {
+            Request::builder()
+                .method(Method::POST)
+                .uri("/slow")
+                .header(header::AUTHORIZATION, format!("Bearer {}", key.secret))
+                .header(HEADER, "k-1")
+                .body(Body::from("{}"))
+                .unwrap()
+        };
+        // The client gives up long before the handler ends: its future is dropped.
+        let gone = tokio::time::timeout(Duration::from_millis(50), router.clone().oneshot(request())).await;
+        assert!(gone.is_err(), "the first call was cut off");
+        // A retry gets the first request's answer once it ends, not 409 for the next 30 s.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let r = router.clone().oneshot(request()).await.unwrap();
+            if r.status() == StatusCode::CREATED {
+                assert_eq!(r.headers()["idempotent-replayed"], "true");
+                break;
+            }
+            assert_eq!(r.status(), StatusCode::CONFLICT, "in progress, while it still runs");
+            assert!(tokio::time::Instant::now() < deadline, "the key was never released");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
