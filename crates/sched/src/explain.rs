@@ -12,6 +12,10 @@ pub struct RegionShortfall {
     pub nodes_with_model: u32,
     /// Schedulable, but too few of its GPUs are free.
     pub full: u32,
+    /// Would have room but for GPUs kept for other tenants' reservations.
+    pub reserved: u32,
+    /// Too few GPUs free, some of them out of service after a hardware fault.
+    pub failed_gpu: u32,
     /// Room for the time-sliced slice only on GPUs other tenants time-slice (never shared
     /// across tenants unless the node's pool allows it).
     pub other_tenants: u32,
@@ -67,8 +71,13 @@ pub(crate) fn explain(
         } else if total < p.count {
             s.too_small += 1;
         } else if !has_room(ord) {
+            let of_model = || node.gpus.iter().filter(|g| g.model == p.model);
             if beside_others(ord) {
                 s.other_tenants += 1;
+            } else if of_model().any(|g| g.reserved) {
+                s.reserved += 1;
+            } else if of_model().any(|g| !g.healthy) {
+                s.failed_gpu += 1;
             } else {
                 s.full += 1;
             }
@@ -102,6 +111,8 @@ impl fmt::Display for PendingReason {
             }
             let parts: Vec<String> = [
                 (r.full, "full"),
+                (r.reserved, "reserved"),
+                (r.failed_gpu, "with a failed GPU"),
                 (r.other_tenants, "time-shared by other tenants"),
                 (r.too_small, "too small"),
                 (r.cordoned, "cordoned"),

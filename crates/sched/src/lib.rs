@@ -36,6 +36,9 @@ pub struct GpuView {
     /// The tenant whose time-sliced slices are on it (time slicing has no memory or fault
     /// isolation, so one tenant's only, unless the node's pool allows sharing).
     pub slice_tenant: Option<TenantId>,
+    /// Free, but kept for a reservation's owner: shown as taken to other work (`allocated` is
+    /// set too), and said as "reserved" when that is why something waits.
+    pub reserved: bool,
 }
 
 impl GpuView {
@@ -50,6 +53,7 @@ impl GpuView {
             slice_mem_mib: 0,
             mig: false,
             slice_tenant: None,
+            reserved: false,
         }
     }
 }

@@ -110,6 +110,23 @@ fn earlier_placements_in_a_plan_count_against_later_ones() {
     assert_eq!(plan.unplaced[0].reason.to_string(), "no node in eu-1 has 2 free T4: 1 full");
 }
 
+#[test]
+fn a_wait_for_reserved_or_failed_gpus_says_so_not_full() {
+    let mut reserved = node("n-r", "eu-1", GpuModel::H100_80GB, 8, 0);
+    for g in &mut reserved.gpus {
+        (g.allocated, g.reserved) = (true, true);
+    }
+    let mut failed = node("n-f", "eu-1", GpuModel::H100_80GB, 2, 1);
+    failed.gpus[1].healthy = false;
+    let busy = node("n-b", "eu-1", GpuModel::H100_80GB, 2, 2);
+    let snap = ClusterSnapshot { nodes: vec![reserved, failed, busy] };
+    let plan = run(&snap, &[want("i-1", GpuModel::H100_80GB, 1, Some("eu-1"))], Policy::BestFit);
+    assert_eq!(
+        plan.unplaced[0].reason.to_string(),
+        "no node in eu-1 has 1 free H100-80GB: 1 full, 1 reserved, 1 with a failed GPU"
+    );
+}
+
 const MODELS: [GpuModel; 3] = [GpuModel::T4, GpuModel::A100_40GB, GpuModel::H100_80GB];
 const REGIONS: [&str; 2] = ["eu-1", "us-1"];
 

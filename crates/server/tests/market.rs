@@ -231,7 +231,8 @@ fn reserved_capacity_is_kept_lent_as_spot_and_taken_back() {
         c.market.notice = Duration::from_secs(1);
         c.market.min_notice = Duration::from_secs(1);
         c.market.price_interval = Duration::from_millis(100);
-        c.market.min_runtime = Duration::ZERO;
+        // Long: the owner's claim must not wait for it (only for the notice).
+        c.market.min_runtime = Duration::from_secs(600);
         c.market.reservation_period = Duration::from_secs(1);
     });
     let lab = s.tenant("lab");
@@ -256,6 +257,8 @@ fn reserved_capacity_is_kept_lent_as_spot_and_taken_back() {
     // Others' on-demand work never takes reserved GPUs; their spot work borrows them.
     let od = s.create(&acme, "A100-40GB", 1, Some("us-1"));
     let od_id = od["id"].as_str().unwrap().to_string();
+    let v = s.wait_for(&acme, &od_id, "waiting", |v| v["pending_reason"].is_string());
+    assert!(v["pending_reason"].as_str().unwrap().ends_with("1 reserved"), "not 'full': {v}");
     let spot = s.post(
         &acme,
         "/v1/instances",

@@ -244,7 +244,9 @@ impl App {
             return Ok(0);
         }
         let now = self.now();
-        let min_runtime = self.config.market.min_runtime.as_millis() as i64;
+        // A reservation's owner takes back its own GPUs after the notice only: the minimum
+        // runtime protects spot work from other buyers, not from the capacity's owner.
+        let min_runtime = if for_tier == "reserved" { 0 } else { self.config.market.min_runtime.as_millis() as i64 };
         let region_of: HashMap<_, _> = snapshot.nodes.iter().map(|n| (n.id.clone(), n.region.clone())).collect();
         let mut backed: HashMap<(GpuModel, Region), u32> = HashMap::new();
         let mut candidates: Vec<Candidate> = holders

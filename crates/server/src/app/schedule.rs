@@ -43,6 +43,7 @@ pub fn snapshot_of(nodes: &[Node]) -> ClusterSnapshot {
                         slice_mem_mib: g.slices.iter().map(|s| s.memory_mib).sum(),
                         mig: g.slices.iter().any(|s| s.mig),
                         slice_tenant: g.slices.iter().find(|s| !s.mig).map(|s| s.tenant.clone()),
+                        reserved: false,
                     })
                     .collect(),
                 open_time_slicing: n.labels.get(TIME_SLICING_LABEL).is_some_and(|v| v == "shared"),
@@ -92,6 +93,7 @@ fn mask_reserved(
             for g in out.nodes[i].gpus.iter_mut() {
                 if hide > 0 && g.model == *model && g.healthy && !g.allocated && g.slice_milli == 0 {
                     g.allocated = true;
+                    g.reserved = true;
                     hide -= 1;
                 }
             }
