@@ -237,7 +237,7 @@ pub struct Node {
     pub region: String,
     /// ready, cordoned or draining.
     pub state: String,
-    /// healthy or unhealthy.
+    /// healthy, degraded (some GPUs out of service after a fault), unhealthy or lost.
     pub health: String,
     /// fake (in-process, dev and tests) or agent (a `gpucloud agent` process).
     pub driver: String,
@@ -1002,6 +1002,17 @@ pub struct InstanceHistory {
 
 /// Preempt an instance as the market would: notice, then stop at the deadline (operator; for
 /// testing a workload's checkpoint path).
+/// Make a GPU fail as if its agent had reported a fatal XID (operator; for testing a fleet's
+/// handling of hardware faults).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct GpuFaultRequest {
+    /// A fatal XID (48, 62, 63, 64, 74, 79, 92, 94, 95, 119 or 120); 79 (fallen off the bus)
+    /// when omitted.
+    #[serde(default)]
+    pub xid: Option<u32>,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, Default)]
 #[serde(deny_unknown_fields)]
 pub struct PreemptRequest {

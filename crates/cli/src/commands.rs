@@ -718,6 +718,16 @@ pub enum NodeCmd {
     Uncordon { id: String },
     /// Place nothing new and move its instances elsewhere.
     Drain { id: String },
+    /// A node's GPUs: put a failed one back in service.
+    #[command(subcommand)]
+    Gpu(NodeGpuCmd),
+}
+
+#[derive(Subcommand)]
+pub enum NodeGpuCmd {
+    /// Put a GPU that failed back in service, once the node's agent reads it without the fault
+    /// (reset it on the host first: `nvidia-smi -r -i INDEX`).
+    Return { node: String, index: u32 },
 }
 
 fn node_rows(list: &[api::Node]) -> String {
@@ -776,10 +786,11 @@ fn node_detail(n: &api::Node) -> String {
                     .collect();
                 parts.join(", ")
             };
-            vec![g.index.to_string(), g.model.clone(), g.uuid.clone(), holder]
+            let health = if g.healthy { "ok".to_string() } else { "FAILED".to_string() };
+            vec![g.index.to_string(), g.model.clone(), g.uuid.clone(), health, holder]
         })
         .collect();
-    out.push_str(&table(&["GPU", "MODEL", "UUID", "INSTANCE"], &rows));
+    out.push_str(&table(&["GPU", "MODEL", "UUID", "HEALTH", "INSTANCE"], &rows));
     out
 }
 
@@ -823,6 +834,7 @@ pub fn node(ctx: &Ctx, cmd: NodeCmd) -> Res {
         NodeCmd::Cordon { id } => path_action(&id, "cordon")?,
         NodeCmd::Uncordon { id } => path_action(&id, "uncordon")?,
         NodeCmd::Drain { id } => path_action(&id, "drain")?,
+        NodeCmd::Gpu(NodeGpuCmd::Return { node, index }) => path_action(&node, &format!("gpus/{index}/return"))?,
     }
     Ok(())
 }

@@ -197,6 +197,16 @@ pub enum AdminCmd {
     /// Check the whole cloud's billing: every interval recomputed from its instance's state
     /// history and the price book. Exits 1 when anything is wrong.
     CheckBilling,
+    /// Make a GPU fail as if its agent had reported a fatal XID, to test how the cloud copes:
+    /// it leaves service, the node shows degraded, what runs on it gets a notice and stops at
+    /// the deadline. `gpucloud node gpu return` puts it back.
+    SimulateGpuFault {
+        node: String,
+        index: u32,
+        /// The XID reported [default: 79, fallen off the bus].
+        #[arg(long)]
+        xid: Option<u32>,
+    },
 }
 
 pub fn admin(ctx: &Ctx, cmd: AdminCmd) -> Res {
@@ -213,6 +223,18 @@ pub fn admin(ctx: &Ctx, cmd: AdminCmd) -> Res {
                     i.id,
                     n.map_or(0.0, |n| n.notice_seconds),
                     n.and_then(|n| n.deadline.clone()).map(|d| format!(", deadline {d}")).unwrap_or_default()
+                )
+            });
+        }
+        AdminCmd::SimulateGpuFault { node, index, xid } => {
+            let body = api::GpuFaultRequest { xid };
+            let n: api::Node = c
+                .post(&format!("/v1/admin/nodes/{node}/gpus/{index}/fault"), Some(&body), None)
+                .map_err(|e| e.to_string())?;
+            show(ctx, &n, |n| {
+                format!(
+                    "GPU {index} of node {} ({}) is out of service; the node is {}. Instances on it got a notice.",
+                    n.id, n.name, n.health
                 )
             });
         }

@@ -256,6 +256,24 @@ fn agents_run_real_workloads() {
         std::thread::sleep(Duration::from_millis(50));
     }
 
+    // The node shows degraded; the GPU comes back only once its agent reads it without the fault.
+    let (_, n) = api.call(&op, "GET", &format!("/v1/nodes/{host2}"), None);
+    assert_eq!(n["health"], "degraded", "{n}");
+    let (status, r) = api.call(&op, "POST", &format!("/v1/nodes/{host2}/gpus/1/return"), None);
+    assert_eq!(status, 409, "{r}");
+    assert!(r["detail"].as_str().unwrap().contains("still reports XID 79"), "{r}");
+    std::fs::remove_file(root.join("a2").join("fake-xid-1")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, r) = api.call(&op, "POST", &format!("/v1/nodes/{host2}/gpus/1/return"), None);
+        if status == 200 {
+            assert_eq!((&r["health"], &r["gpus"][1]["healthy"]), (&json!("healthy"), &json!(true)), "{r}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the GPU never passed its check: {r}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     // Every instance here has ended: metering settles each interval, the lost one included.
     rt.block_on(billing::wait_settled(&format!("sqlite://{}/db.sqlite", root.display())));

@@ -221,3 +221,35 @@ fn a_second_dev_cloud_gets_a_profile_of_its_own_and_leaves_the_default_alone() {
     drop((a, b));
     let _ = std::fs::remove_dir_all(&root);
 }
+
+#[test]
+fn an_operator_fails_a_gpu_for_a_test_and_returns_it_from_the_cli() {
+    let root = std::env::temp_dir().join(format!("gpucloud-gpufault-{:016x}", rand::random::<u64>()));
+    let config = root.join("config");
+    std::fs::create_dir_all(&root).unwrap();
+    let _dev = start_dev(&root.join("data"), &config);
+    let nodes = json(&config, &["node", "list"]);
+    let node = nodes["nodes"].as_array().unwrap().iter().find(|n| n["name"] == "eu1-t4-01").unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (ok, out, err) = cli(&config, &[], &["admin", "simulate-gpu-fault", &node, "2"]);
+    assert!(ok && out.contains("GPU 2 of node") && out.contains("degraded"), "{out}{err}");
+    let (ok, out, _) = cli(&config, &[], &["node", "show", &node]);
+    assert!(ok && out.contains("FAILED"), "{out}");
+    let (ok, _, err) = cli(&config, &[], &["admin", "simulate-gpu-fault", &node, "2", "--xid", "13"]);
+    assert!(!ok && err.contains("XID 13"), "{err}");
+    // The agent's next reading of the GPU is clean (the fault was simulated at the server).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (ok, out, err) = cli(&config, &[], &["node", "gpu", "return", &node, "2", "--json"]);
+        if ok {
+            let n: Value = serde_json::from_str(&out).unwrap();
+            assert_eq!((&n["health"], &n["gpus"][2]["healthy"]), (&Value::from("healthy"), &Value::from(true)));
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never returned: {err}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let _ = std::fs::remove_dir_all(&root);
+}

@@ -212,3 +212,66 @@ fn the_dashboard_is_served_from_the_binary_with_a_strict_policy() {
     assert_eq!(s.raw("GET", "/v1/instances", None, &[], None).status, 401);
     assert_eq!(s.raw("GET", "/ui/nothing.js", None, &[], None).status, 404);
 }
+
+#[test]
+fn a_failed_gpu_tells_its_instance_degrades_its_node_and_comes_back_after_a_check() {
+    let s = TestServer::start_with(|c| {
+        fast(c);
+        c.market.notice = Duration::from_secs(1);
+        c.market.min_notice = Duration::from_secs(1);
+    });
+    let op = s.operator_key.clone();
+    let key = s.tenant("acme");
+    let id = s.create(&key, "H100-80GB", 1, Some("eu-1"))["id"].as_str().unwrap().to_string();
+    s.wait_state(&key, &id, "running");
+    let nodes = s.get(&op, "/v1/nodes").body;
+    let (node, index) = nodes["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|n| {
+            let g = n["gpus"].as_array().unwrap().iter().find(|g| g["instance"] == id.as_str())?;
+            Some((n["id"].as_str().unwrap().to_string(), g["index"].as_u64().unwrap()))
+        })
+        .unwrap();
+    let fault = |who: &str, index: &str, body: Value| {
+        s.post(who, &format!("/v1/admin/nodes/{node}/gpus/{index}/fault"), Some(&body))
+    };
+    assert_eq!(fault(&key, &index.to_string(), json!({})).status, 403, "operators only");
+    let r = fault(&op, &index.to_string(), json!({"xid": 13}));
+    assert_eq!((r.status, r.body["field"].as_str()), (422, Some("xid")), "XID 13 is an application error");
+    assert_eq!(fault(&op, "x", json!({})).status, 422);
+    assert_eq!(fault(&op, "99", json!({})).status, 404);
+
+    let r = fault(&op, &index.to_string(), json!({}));
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.body["health"], "degraded");
+    assert_eq!(r.body["gpus"][index as usize]["healthy"], false);
+    assert_eq!(fault(&op, &index.to_string(), json!({})).status, 409, "already out of service");
+
+    // The instance is told (notice, alert), then stopped at the deadline.
+    let v = s.wait_for(&key, &id, "noticed", |v| v["preemption"].is_object());
+    assert!(v["preemption"]["reason"].as_str().unwrap().contains("GPUs failed (XID 79)"), "{v}");
+    let stopped = s.wait_state(&key, &id, "stopped");
+    assert!(stopped["reason"].as_str().unwrap_or_default().contains("GPUs failed"), "{stopped}");
+    let alerts = s.get(&key, "/v1/alerts").body;
+    assert!(
+        alerts["alerts"].as_array().unwrap().iter().any(|a| a["message"].as_str().unwrap().contains(&id)),
+        "{alerts}"
+    );
+    let ops = s.get(&op, "/v1/alerts").body;
+    assert!(ops["alerts"].as_array().unwrap().iter().any(|a| a["kind"] == "gpu_failed"), "{ops}");
+
+    // Eight H100s wait, saying why.
+    let all = s.create(&key, "H100-80GB", 8, Some("eu-1"))["id"].as_str().unwrap().to_string();
+    let v = s.wait_for(&key, &all, "waiting", |v| v["pending_reason"].is_string());
+    assert!(v["pending_reason"].as_str().unwrap().contains("1 with a failed GPU"), "{v}");
+
+    // Back in service once its (fake) agent reads it clean; then the eight run.
+    let back = |who: &str| s.post(who, &format!("/v1/nodes/{node}/gpus/{index}/return"), None);
+    assert_eq!(back(&key).status, 403);
+    let r = back(&op);
+    assert_eq!((r.status, r.body["health"].as_str()), (200, Some("healthy")), "{:?}", r.body);
+    assert_eq!(back(&op).status, 409, "already in service");
+    s.wait_state(&key, &all, "running");
+}

@@ -108,12 +108,7 @@ impl AgentApi for App {
             return Err(AppError::NotFound { kind: "node", id: node.to_string() });
         }
         for g in report.gpus.iter().filter(|g| g.is_fatal()) {
-            let healthy_before = current.gpus.iter().find(|x| x.index == g.index).map(|x| x.healthy);
-            if healthy_before == Some(true) {
-                tracing::error!(node = %node, gpu = g.index, xid = ?g.xid, ecc = g.ecc_uncorrectable, "GPU failed: no new work on it");
-                self.store.set_gpu_health(node, g.index, false).await?;
-                self.gpu_failed_alert(node, g).await?;
-            }
+            self.gpu_failed(&current, g).await?;
         }
         if !report.gpus.is_empty() {
             self.telemetry
@@ -457,6 +452,33 @@ impl App {
     /// The latest readings of the whole fleet. Alone, a replica hears every agent; among several,
     /// an agent talks to one of them, so the others' nodes come from the stored samples (at most
     /// a sample interval old).
+    /// A GPU reported a fatal fault: it leaves service (no new work), the operator is alerted,
+    /// and each instance on it is told with a notice (its metadata endpoint and an alert to its
+    /// tenant) and stopped at the deadline; a managed job's attempt moves on to healthy GPUs.
+    pub(crate) async fn gpu_failed(&self, node: &gpucloud_store::Node, g: &GpuReading) -> Result<bool, AppError> {
+        let Some(gpu) = node.gpus.iter().find(|x| x.index == g.index) else { return Ok(false) };
+        if !gpu.healthy {
+            return Ok(false);
+        }
+        tracing::error!(node = %node.id, gpu = g.index, xid = ?g.xid, ecc = g.ecc_uncorrectable, "GPU failed: no new work on it");
+        self.store.set_gpu_health(&node.id, g.index, false).await?;
+        self.gpu_failed_alert(&node.id, g).await?;
+        let cause = match g.xid {
+            Some(x) => format!("XID {x}"),
+            None => format!("{} uncorrectable ECC errors", g.ecc_uncorrectable),
+        };
+        let on_it = gpu.instance.iter().chain(gpu.slices.iter().map(|s| &s.instance));
+        for id in on_it {
+            let Some(inst) = self.store.get_instance(None, id).await? else { continue };
+            let reason = format!(
+                "one of its GPUs failed ({cause}): it is stopped at the deadline; start it again to run on healthy GPUs"
+            );
+            self.notify_preemption(&inst, self.notice_ms(), reason).await?;
+        }
+        self.wake_scheduler();
+        Ok(true)
+    }
+
     pub async fn fleet_readings(
         &self,
     ) -> Result<std::collections::HashMap<NodeId, (gpucloud_model::Timestamp, Vec<GpuReading>)>, AppError> {

@@ -90,6 +90,83 @@ impl App {
         self.get_node(by, id).await
     }
 
+    /// An operator puts a failed GPU back in service once the node's latest reading of it, from
+    /// an agent heartbeating now, shows no fault (an XID is reported once per event, ECC errors
+    /// until the GPU is reset: reset it on the host first).
+    pub async fn return_gpu(&self, by: &Principal, id: &str, index: u32) -> Result<Node, AppError> {
+        let node = self.get_node(by, id).await?;
+        let gpu = node
+            .gpus
+            .iter()
+            .find(|g| g.index == index)
+            .ok_or_else(|| AppError::NotFound { kind: "gpu", id: format!("{index} on node {}", node.id) })?;
+        if gpu.healthy {
+            return Err(AppError::Conflict(format!("GPU {index} of node {} is in service", node.id)));
+        }
+        let now = self.now();
+        let fresh = now.plus_millis(-(self.config.heartbeat_grace.as_millis() as i64));
+        let readings = self.fleet_readings().await?;
+        let reading = readings
+            .get(&node.id)
+            .filter(|(at, _)| *at >= fresh)
+            .and_then(|(_, gs)| gs.iter().find(|g| g.index == index));
+        match reading {
+            None => {
+                return Err(AppError::Conflict(format!(
+                    "no recent reading of GPU {index} from node {}'s agent: it must be heartbeating for the GPU to be checked",
+                    node.id
+                )));
+            }
+            Some(r) if r.is_fatal() => {
+                let cause = r.xid.map_or_else(
+                    || format!("{} uncorrectable ECC errors", r.ecc_uncorrectable),
+                    |x| format!("XID {x}"),
+                );
+                return Err(AppError::Conflict(format!(
+                    "GPU {index} of node {} still reports {cause}: reset it on the host (nvidia-smi -r -i {index}) and try again",
+                    node.id
+                )));
+            }
+            Some(_) => {}
+        }
+        self.store.set_gpu_health(&node.id, index, true).await?;
+        tracing::warn!(node = %node.id, gpu = index, "GPU returned to service");
+        self.wake_scheduler();
+        self.get_node(by, id).await
+    }
+
+    /// For testing a fleet: GPU `index` of the node fails as if its agent had reported the fatal
+    /// `xid`, with everything that follows (out of service, alerts, notices to what runs on it).
+    pub async fn simulate_gpu_fault(&self, by: &Principal, id: &str, index: u32, xid: u32) -> Result<Node, AppError> {
+        let node = self.get_node(by, id).await?;
+        if !gpucloud_model::xid_is_fatal(xid) {
+            return Err(AppError::invalid(
+                "xid",
+                format!("XID {xid} is not one that takes a GPU out of service (e.g. 48, 79, 94, 95)"),
+            ));
+        }
+        let gpu = node
+            .gpus
+            .iter()
+            .find(|g| g.index == index)
+            .ok_or_else(|| AppError::NotFound { kind: "gpu", id: format!("{index} on node {}", node.id) })?;
+        if !gpu.healthy {
+            return Err(AppError::Conflict(format!("GPU {index} of node {} is already out of service", node.id)));
+        }
+        let reading = super::GpuReading {
+            index,
+            temperature_c: 0.0,
+            power_w: 0.0,
+            energy_mj: 0,
+            memory_used_mib: 0,
+            utilization_pct: 0.0,
+            xid: Some(xid),
+            ecc_uncorrectable: 0,
+        };
+        self.gpu_failed(&node, &reading).await?;
+        self.get_node(by, id).await
+    }
+
     pub async fn capacity(&self) -> Result<Vec<PoolCapacity>, AppError> {
         let mut pools: BTreeMap<(Region, GpuModel), PoolCapacity> = BTreeMap::new();
         for node in self.store.list_nodes().await? {

@@ -101,7 +101,11 @@ pub fn node_with(n: store::Node, readings: Option<&[crate::app::GpuReading]>) ->
         name: n.name,
         region: n.region.to_string(),
         state: n.state.to_string(),
-        health: n.health.to_string(),
+        health: if n.health == gpucloud_model::NodeHealth::Healthy && n.gpus.iter().any(|g| !g.healthy) {
+            "degraded".to_string()
+        } else {
+            n.health.to_string()
+        },
         driver: n.driver.as_str().to_string(),
         epoch: n.epoch,
         generation: n.generation,

@@ -90,6 +90,8 @@ pub fn api() -> (Router<Arc<App>>, utoipa::openapi::OpenApi) {
         .routes(routes!(nodes::cordon))
         .routes(routes!(nodes::uncordon))
         .routes(routes!(nodes::drain))
+        .routes(routes!(nodes::return_gpu))
+        .routes(routes!(nodes::simulate_gpu_fault))
         .routes(routes!(tenants::list, tenants::create))
         .routes(routes!(tenants::create_key))
         .routes(routes!(access::create, access::list))

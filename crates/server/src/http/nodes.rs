@@ -6,7 +6,7 @@ use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use gpucloud_api::{CreateNodeRequest, Node, NodeList, Problem};
+use gpucloud_api::{CreateNodeRequest, GpuFaultRequest, Node, NodeList, Problem};
 use gpucloud_model::NodeState;
 use std::sync::Arc;
 
@@ -95,4 +95,45 @@ pub async fn uncordon(
     responses((status = 200, body = Node), (status = 404, body = Problem)), security(("bearer" = [])))]
 pub async fn drain(State(app): State<Arc<App>>, Auth(p): Auth, Path(id): Path<String>) -> Result<Json<Node>, ApiError> {
     set(&app, &p, &id, NodeState::Draining).await
+}
+
+fn gpu_index(index: &str) -> Result<u32, ApiError> {
+    index.parse().map_err(|_| {
+        ApiError::from(crate::app::AppError::invalid("index", format!("'{index}' is not a GPU index (0, 1, ...)")))
+    })
+}
+
+/// Put a failed GPU back in service (operator): refused (409) unless the node's agent is
+/// heartbeating and its latest reading of the GPU shows no fault.
+#[utoipa::path(post, path = "/v1/nodes/{id}/gpus/{index}/return", tag = "nodes",
+    params(("id" = String, Path), ("index" = u32, Path)),
+    responses((status = 200, body = Node), (status = 403, body = Problem), (status = 404, body = Problem),
+        (status = 409, body = Problem), (status = 422, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn return_gpu(
+    State(app): State<Arc<App>>,
+    Auth(p): Auth,
+    Path((id, index)): Path<(String, String)>,
+) -> Result<Json<Node>, ApiError> {
+    let index = gpu_index(&index)?;
+    let n = app.return_gpu(&p, &id, index).await?;
+    let readings = app.fleet_readings().await?;
+    Ok(Json(convert::node_with(n.clone(), readings.get(&n.id).map(|(_, g)| g.as_slice()))))
+}
+
+/// Make a GPU fail as if its agent had reported a fatal XID (operator; for testing): it leaves
+/// service and what runs on it gets a notice and is stopped at the deadline.
+#[utoipa::path(post, path = "/v1/admin/nodes/{id}/gpus/{index}/fault", tag = "nodes",
+    params(("id" = String, Path), ("index" = u32, Path)), request_body = GpuFaultRequest,
+    responses((status = 200, body = Node), (status = 403, body = Problem), (status = 404, body = Problem),
+        (status = 409, body = Problem), (status = 422, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn simulate_gpu_fault(
+    State(app): State<Arc<App>>,
+    Auth(p): Auth,
+    Path((id, index)): Path<(String, String)>,
+    ApiJson(req): ApiJson<GpuFaultRequest>,
+) -> Result<Json<Node>, ApiError> {
+    let index = gpu_index(&index)?;
+    Ok(Json(convert::node(app.simulate_gpu_fault(&p, &id, index, req.xid.unwrap_or(79)).await?)))
 }
