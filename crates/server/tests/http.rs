@@ -372,6 +372,49 @@ fn openapi_matches_the_routes() {
     }
 }
 
+/// The document is valid where generators and fuzzers trip (path parameters are in their path,
+/// operationIds are unique) and is the one committed as `openapi.json`: an API change shows in
+/// review. `GPUCLOUD_UPDATE_OPENAPI=1 cargo test -p gpucloud-server --test http` rewrites it.
+#[test]
+fn the_openapi_document_is_valid_and_committed() {
+    let s = TestServer::start();
+    let doc = s.raw("GET", "/v1/openapi.json", None, &[], None).body;
+    let mut ids = std::collections::HashMap::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        let template: Vec<&str> =
+            path.split('/').filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}'))).collect();
+        for (method, op) in item.as_object().unwrap() {
+            let id = op["operationId"].as_str().unwrap_or_else(|| panic!("{method} {path} has no operationId"));
+            if let Some(other) = ids.insert(id.to_string(), format!("{method} {path}")) {
+                panic!("operationId {id} is used by {other} and {method} {path}");
+            }
+            let params = op["parameters"].as_array().cloned().unwrap_or_default();
+            let in_path: Vec<&str> =
+                params.iter().filter(|p| p["in"] == "path").map(|p| p["name"].as_str().unwrap()).collect();
+            for name in &in_path {
+                assert!(
+                    template.contains(name),
+                    "{method} {path}: parameter {name} is declared in the path but is not in it"
+                );
+            }
+            for name in &template {
+                assert!(in_path.contains(name), "{method} {path}: {{{name}}} is not declared");
+            }
+        }
+    }
+    let text = serde_json::to_string_pretty(&doc).unwrap() + "\n";
+    let committed = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../openapi.json");
+    if std::env::var("GPUCLOUD_UPDATE_OPENAPI").is_ok_and(|v| v == "1") {
+        std::fs::write(&committed, &text).unwrap();
+    }
+    let on_disk = std::fs::read_to_string(&committed).unwrap_or_default();
+    assert!(
+        on_disk == text,
+        "openapi.json is not the document the server serves: run GPUCLOUD_UPDATE_OPENAPI=1 cargo test -p gpucloud-server \
+         --test http the_openapi_document, and review the diff"
+    );
+}
+
 /// GPU telemetry with the DCGM exporter's names, labelled with the instance and tenant using it.
 #[test]
 fn metrics_expose_gpu_telemetry() {

@@ -58,6 +58,7 @@ pub async fn revoke(
 }
 
 #[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct AuditQuery {
     /// One tenant's calls (its id); all when omitted.

@@ -210,6 +210,7 @@ pub async fn logs(
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct After {
     /// Return chunks after this seq (0: from the start).

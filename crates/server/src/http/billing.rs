@@ -168,6 +168,7 @@ pub async fn balance(State(app): State<Arc<App>>, Auth(p): Auth) -> Result<Json<
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct Range {
     /// RFC 3339 time, YYYY-MM-DD or YYYY-MM (UTC); default: start of this month.
@@ -274,6 +275,7 @@ pub async fn invoices(
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct InvoiceFormat {
     /// json (default), csv or html.

@@ -162,6 +162,7 @@ pub(super) fn parse_tier(tier: Option<&str>) -> Result<gpucloud_model::Tier, Api
 }
 
 #[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct MetricsQuery {
     /// One metric (loss, samples_per_s...); all when omitted.
     name: Option<String>,

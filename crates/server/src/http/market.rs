@@ -24,6 +24,7 @@ fn invalid(field: &str, detail: impl Into<String>) -> ApiError {
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct SpotQuery {
     /// GPU model, e.g. A100-40GB.
     gpu: String,

@@ -79,6 +79,7 @@ pub async fn replica(
 }
 
 #[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct RecommendQuery {
     /// inference-small, training-medium, training-large or rendering.
     workload: String,

@@ -161,7 +161,9 @@ pub fn api() -> (Router<Arc<App>>, utoipa::openapi::OpenApi) {
 
 pub fn router(app: Arc<App>) -> Router {
     let (routes, doc) = api();
-    let _ = meta::OPENAPI.set(doc.to_json().unwrap_or_default());
+    let mut doc: serde_json::Value = serde_json::to_value(&doc).unwrap_or_default();
+    unique_operation_ids(&mut doc);
+    let _ = meta::OPENAPI.set(doc.to_string());
     routes
         .merge(ui::routes())
         .fallback(|| async {
@@ -182,4 +184,40 @@ pub fn router(app: Arc<App>) -> Router {
         // The proxy to workloads' ports: its own authentication, no body limit, no idempotency
         // replay (the workload's requests are its business).
         .merge(proxy::routes(app))
+}
+
+/// utoipa names each operation after its handler, and handlers in different modules share names
+/// (`list`, `show`...): a name used more than once gets its path's words in front (`nodes_list`,
+/// `instances_metrics`), so every
+/// operationId is unique, as OpenAPI requires and client generators rely on.
+fn unique_operation_ids(doc: &mut serde_json::Value) {
+    const METHODS: [&str; 5] = ["get", "post", "put", "patch", "delete"];
+    let Some(paths) = doc.get_mut("paths").and_then(|p| p.as_object_mut()) else { return };
+    let mut uses: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for item in paths.values() {
+        for m in METHODS {
+            if let Some(id) = item.get(m).and_then(|o| o.get("operationId")).and_then(|v| v.as_str()) {
+                *uses.entry(id.to_string()).or_default() += 1;
+            }
+        }
+    }
+    for (path, item) in paths.iter_mut() {
+        // The path's words (`/v1/instances/{id}/metrics` -> instances, metrics), then the name.
+        let words: Vec<String> = path
+            .split('/')
+            .filter(|seg| !seg.is_empty() && *seg != "v1" && !seg.starts_with('{'))
+            .map(|seg| seg.replace('-', "_"))
+            .collect();
+        for m in METHODS {
+            let Some(op) = item.get_mut(m).and_then(|o| o.as_object_mut()) else { continue };
+            let Some(id) = op.get("operationId").and_then(|v| v.as_str()).map(str::to_string) else { continue };
+            if uses.get(&id).copied().unwrap_or(0) > 1 {
+                let mut name = words.clone();
+                if name.last() != Some(&id) {
+                    name.push(id);
+                }
+                op.insert("operationId".into(), serde_json::Value::String(name.join("_")));
+            }
+        }
+    }
 }

@@ -12,6 +12,7 @@ use gpucloud_model::Money;
 use std::sync::Arc;
 
 #[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct WindowQuery {
     /// How far back, in seconds (default 3600, at most 31 days).
     since: Option<i64>,

@@ -11,6 +11,7 @@ use gpucloud_model::NodeState;
 use std::sync::Arc;
 
 #[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct NodeQuery {
     /// Only nodes with this label, as `key=value` (or `key` for any value).
     pub label: Option<String>,
