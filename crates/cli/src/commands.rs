@@ -716,8 +716,13 @@ pub enum NodeCmd {
     Cordon { id: String },
     /// Accept new instances again.
     Uncordon { id: String },
-    /// Place nothing new and move its instances elsewhere.
-    Drain { id: String },
+    /// Place nothing new and move each instance elsewhere once another node has room for it.
+    Drain {
+        id: String,
+        /// Stop every instance now; each waits pending for room elsewhere.
+        #[arg(long)]
+        force: bool,
+    },
     /// A node's GPUs: put a failed one back in service.
     #[command(subcommand)]
     Gpu(NodeGpuCmd),
@@ -833,7 +838,14 @@ pub fn node(ctx: &Ctx, cmd: NodeCmd) -> Res {
         }
         NodeCmd::Cordon { id } => path_action(&id, "cordon")?,
         NodeCmd::Uncordon { id } => path_action(&id, "uncordon")?,
-        NodeCmd::Drain { id } => path_action(&id, "drain")?,
+        NodeCmd::Drain { id, force } => {
+            path_action(&id, if force { "drain?force=true" } else { "drain" })?;
+            if !force && !ctx.json {
+                println!(
+                    "\nEach instance moves once another node has room for it; one that waits says why in `instance show`. --force stops them all now."
+                );
+            }
+        }
         NodeCmd::Gpu(NodeGpuCmd::Return { node, index }) => path_action(&node, &format!("gpus/{index}/return"))?,
     }
     Ok(())

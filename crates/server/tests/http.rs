@@ -315,18 +315,23 @@ fn operator_cordons_drains_and_adds_nodes() {
     let inst = id(&s.create(&key, "RTX-6000-Ada", 2, None));
     s.wait_state(&key, &inst, "running");
 
-    // Drain moves the instance off; with nowhere else to go it waits, and says why.
+    // Drain with nowhere else to go: the instance keeps running, and says why.
     let drained = s.post(&op, &format!("/v1/nodes/{rtx}/drain"), None);
     assert_eq!(drained.body["state"], "draining");
-    let moved = s.wait_for(&key, &inst, "requeued", |b| b["state"] == "pending" && b["pending_reason"].is_string());
-    assert!(moved["pending_reason"].as_str().unwrap().contains("1 draining"), "{moved:?}");
+    let waiting = s.wait_for(&key, &inst, "told", |b| b["reason"].is_string());
+    assert_eq!(waiting["state"], "running", "{waiting}");
+    assert!(
+        waiting["reason"].as_str().unwrap().starts_with("its node is draining: it moves once another node has room"),
+        "{waiting}"
+    );
+    assert_eq!(s.post(&op, &format!("/v1/nodes/{rtx}/drain?force=maybe"), None).status, 400);
 
-    // A new node takes it.
+    // A new node has room: it moves there.
     let body = json!({"name": "us1-rtx-02", "region": "us-1", "gpus": [{"model": "RTX-6000-Ada", "count": 4}]});
     let added = s.post(&op, "/v1/nodes", Some(&body));
     assert_eq!(added.status, 201, "{:?}", added.body);
-    let running = s.wait_state(&key, &inst, "running");
-    assert_eq!(running["node"], added.body["id"]);
+    let running = s.wait_for(&key, &inst, "moved", |b| b["state"] == "running" && b["node"] == added.body["id"]);
+    assert_eq!(running["reason"], Value::Null, "{running}");
     assert_eq!(s.post(&op, "/v1/nodes", Some(&body)).status, 409, "names are unique");
 
     // Cordon keeps what runs and takes nothing new.
@@ -344,6 +349,13 @@ fn operator_cordons_drains_and_adds_nodes() {
         shown["gpus"].as_array().unwrap().iter().filter(|g| g["instance"] == json!(inst)).collect();
     assert_eq!(holders.len(), 2);
     assert_eq!(s.get(&op, "/v1/nodes/n-missing").status, 404);
+
+    // A forced drain stops what runs now, with or without room: it waits pending.
+    s.post(&op, &format!("/v1/nodes/{new_node}/uncordon"), None);
+    let forced = s.post(&op, &format!("/v1/nodes/{new_node}/drain?force=true"), None);
+    assert_eq!(forced.status, 200, "{:?}", forced.body);
+    let moved = s.wait_for(&key, &inst, "requeued", |b| b["state"] == "pending" && b["pending_reason"].is_string());
+    assert!(moved["pending_reason"].as_str().unwrap().contains("draining"), "{moved:?}");
 }
 
 /// The OpenAPI document is 3.1 and lists exactly the routes the server answers.

@@ -1,7 +1,10 @@
 use super::{App, AppError, Principal, random_bits};
-use gpucloud_model::{GpuModel, NodeHealth, NodeId, NodeState, Region, UserAction};
+use gpucloud_model::{GpuModel, InstanceState, NodeHealth, NodeId, NodeState, Region, UserAction};
 use gpucloud_store::{NewGpu, NewNode, Node};
 use std::collections::BTreeMap;
+
+/// How an instance waiting on its node's drain says so (its `reason`).
+pub(crate) const DRAIN_WAIT: &str = "its node is draining";
 
 /// Free and total GPUs per region and model, for tenants choosing where to run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,16 +73,38 @@ impl App {
     }
 
     pub async fn set_node_state(&self, by: &Principal, id: &str, state: NodeState) -> Result<Node, AppError> {
+        self.set_node_state_with(by, id, state, false).await
+    }
+
+    /// Drain (`state` draining) moves each instance off once another node has room for it
+    /// ([`App::drain_pass`]); with `force`, every instance is stopped now and waits pending
+    /// for room, as a node that must go down at once needs.
+    pub async fn set_node_state_with(
+        &self,
+        by: &Principal,
+        id: &str,
+        state: NodeState,
+        force: bool,
+    ) -> Result<Node, AppError> {
         let node = self.get_node(by, id).await?;
         self.store.set_node_state(&node.id, state).await?;
-        if state == NodeState::Draining {
-            // Move what runs there: each instance stops and goes back to pending elsewhere.
+        if state == NodeState::Draining && force {
             for inst in self.store.instances_on_node(&node.id).await? {
                 if inst.state.holds_gpus() {
                     self.transition(inst, |i| {
                         i.state.on_user(i.stop_target, UserAction::Evict).map_err(AppError::from)
                     })
                     .await?;
+                }
+            }
+        } else if state == NodeState::Draining {
+            self.drain_pass().await?;
+        }
+        if state != NodeState::Draining {
+            // What waited on this node's drain does not any more.
+            for inst in self.store.instances_on_node(&node.id).await? {
+                if inst.status_reason.as_deref().is_some_and(|r| r.starts_with(DRAIN_WAIT)) {
+                    self.store.set_status_reason(&inst.id, None).await?;
                 }
             }
         }
@@ -165,6 +190,70 @@ impl App {
         };
         self.gpu_failed(&node, &reading).await?;
         self.get_node(by, id).await
+    }
+
+    /// Moves instances off draining nodes, each only when another node has room for it now:
+    /// stopping it with nowhere to go would end its workload for nothing. One that must wait
+    /// says so in its `reason` until room frees, the drain is forced, or the node is uncordoned.
+    pub async fn drain_pass(&self) -> Result<usize, AppError> {
+        use rand::SeedableRng;
+        let nodes = self.store.list_nodes().await?;
+        if !nodes.iter().any(|n| n.state == NodeState::Draining) {
+            return Ok(0);
+        }
+        let mut fleet = super::schedule::snapshot_of(&nodes);
+        let mut rng = rand::rngs::StdRng::from_os_rng();
+        let mut moved = 0;
+        for node in nodes.iter().filter(|n| n.state == NodeState::Draining) {
+            for inst in self.store.instances_on_node(&node.id).await? {
+                if !matches!(inst.state, InstanceState::Provisioning | InstanceState::Running) {
+                    continue;
+                }
+                let want = gpucloud_sched::Pending {
+                    instance: inst.id.clone(),
+                    model: inst.model,
+                    count: inst.count,
+                    region: inst.region.clone(),
+                    share: inst.share.clone(),
+                    tenant: Some(inst.tenant_id.clone()),
+                    node: None,
+                };
+                let why = if inst.sale.volume.is_some() {
+                    Some(format!("{DRAIN_WAIT}: its volume lives on this node, so it stays until the drain is forced"))
+                } else {
+                    let plan = gpucloud_sched::plan(
+                        &fleet,
+                        std::slice::from_ref(&want),
+                        self.config.policy,
+                        self.now(),
+                        &mut rng,
+                    );
+                    if plan.placements.is_empty() {
+                        let lacks = plan.unplaced.first().map(|u| u.reason.to_string()).unwrap_or_default();
+                        Some(format!("{DRAIN_WAIT}: it moves once another node has room ({lacks})"))
+                    } else {
+                        super::schedule::occupy(&mut fleet, &plan.placements, std::slice::from_ref(&want));
+                        None
+                    }
+                };
+                match why {
+                    Some(why) => {
+                        if inst.status_reason.as_deref() != Some(why.as_str()) {
+                            self.store.set_status_reason(&inst.id, Some(&why)).await?;
+                        }
+                    }
+                    None => {
+                        tracing::info!(instance = %inst.id, node = %node.id, "drain: moving to a node with room");
+                        self.transition(inst, |i| {
+                            i.state.on_user(i.stop_target, UserAction::Evict).map_err(AppError::from)
+                        })
+                        .await?;
+                        moved += 1;
+                    }
+                }
+            }
+        }
+        Ok(moved)
     }
 
     pub async fn capacity(&self) -> Result<Vec<PoolCapacity>, AppError> {

@@ -53,7 +53,7 @@ pub fn snapshot_of(nodes: &[Node]) -> ClusterSnapshot {
 }
 
 /// Marks what `placements` take on `snap`.
-fn occupy(snap: &mut ClusterSnapshot, placements: &[gpucloud_sched::Placement], queue: &[Pending]) {
+pub(crate) fn occupy(snap: &mut ClusterSnapshot, placements: &[gpucloud_sched::Placement], queue: &[Pending]) {
     for p in placements {
         let share = queue.iter().find(|q| q.instance == p.instance).and_then(|q| q.share.clone());
         let Some(n) = snap.nodes.iter_mut().find(|n| n.id == p.node) else { continue };

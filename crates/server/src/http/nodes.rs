@@ -90,12 +90,29 @@ pub async fn uncordon(
     set(&app, &p, &id, NodeState::Ready).await
 }
 
-/// Drain: place nothing new and move every instance on the node elsewhere (each is stopped
-/// there and goes back to pending).
-#[utoipa::path(post, path = "/v1/nodes/{id}/drain", tag = "nodes", params(("id" = String, Path)),
-    responses((status = 200, body = Node), (status = 404, body = Problem)), security(("bearer" = [])))]
-pub async fn drain(State(app): State<Arc<App>>, Auth(p): Auth, Path(id): Path<String>) -> Result<Json<Node>, ApiError> {
-    set(&app, &p, &id, NodeState::Draining).await
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct DrainQuery {
+    /// Stop every instance now (each waits pending for room elsewhere) rather than moving each
+    /// once another node has room for it.
+    force: Option<bool>,
+}
+
+/// Drain: place nothing new, and move each instance elsewhere once another node has room for it
+/// (one that must wait says so in its `reason`); `force=true` stops them all now.
+#[utoipa::path(post, path = "/v1/nodes/{id}/drain", tag = "nodes", params(("id" = String, Path), DrainQuery),
+    responses((status = 200, body = Node), (status = 400, body = Problem), (status = 404, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn drain(
+    State(app): State<Arc<App>>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+    q: Result<Query<DrainQuery>, QueryRejection>,
+) -> Result<Json<Node>, ApiError> {
+    let Query(q) = q.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
+    let force = q.force.unwrap_or(false);
+    Ok(Json(convert::node(app.set_node_state_with(&p, &id, NodeState::Draining, force).await?)))
 }
 
 fn gpu_index(index: &str) -> Result<u32, ApiError> {

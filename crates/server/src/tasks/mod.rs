@@ -55,6 +55,14 @@ async fn schedule_loop(app: Arc<App>) {
             Ok(_) => {}
             Err(e) => tracing::error!(error = %e, "schedule pass failed"),
         }
+        match app.drain_pass().await {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::info!(moved = n, "drain pass");
+                app.wake_scheduler();
+            }
+            Err(e) => tracing::error!(error = %e, "drain pass failed"),
+        }
         tokio::select! {
             _ = app.schedule_wakeup.notified() => {}
             _ = tokio::time::sleep(app.config.schedule_interval) => {}
