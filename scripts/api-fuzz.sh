@@ -37,14 +37,15 @@ for who in tenant operator revoke; do
   key=$tenant
   [ "$who" = operator ] && key=$operator
   scope=(--exclude-path '/v1/keys/{id}/revoke')
-  [ "$who" = revoke ] && scope=(--include-path '/v1/keys/{id}/revoke')
+  seconds=${FUZZ_SECONDS:-90}
+  [ "$who" = revoke ] && scope=(--include-path '/v1/keys/{id}/revoke') && seconds=15
   echo "-- schemathesis with the $who key"
   "$st" run "http://127.0.0.1:$api/v1/openapi.json" \
     "${scope[@]}" \
     --header "Authorization: Bearer $key" \
     --checks not_a_server_error \
     --max-examples "${FUZZ_EXAMPLES:-20}" \
-    --max-time "${FUZZ_SECONDS:-90}" \
+    --max-time "$seconds" \
     --request-timeout 10 \
     --suppress-health-check all \
     --generation-with-security-parameters false \
