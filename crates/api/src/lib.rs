@@ -1121,7 +1121,8 @@ pub struct JobAttempt {
 pub struct Job {
     pub id: String,
     pub name: String,
-    /// running, succeeded, failed or cancelled.
+    /// pending (its current attempt waits for GPUs: `reason` says why), running, succeeded,
+    /// failed or cancelled.
     pub state: String,
     pub attempts: u32,
     pub restarts: u32,

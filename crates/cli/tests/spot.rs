@@ -149,7 +149,7 @@ fn a_spot_job_survives_two_preemptions() {
 
     let done = wait_for("the job to succeed", 60, || {
         let v = job(&api, &key, &jid);
-        (v["state"] != "running").then_some(v)
+        (v["state"] != "running" && v["state"] != "pending").then_some(v)
     });
     assert_eq!(done["state"], "succeeded", "{done}");
     assert_eq!(done["attempts"], 3);

@@ -358,8 +358,8 @@ fn a_spot_job_without_capacity_moves_to_on_demand() {
     assert_eq!(h[1]["tier"], "on-demand");
     assert_eq!(
         (job["state"].as_str(), job["restarts"].as_u64()),
-        (Some("running"), Some(0)),
-        "a fallback is no restart"
+        (Some("pending"), Some(0)),
+        "a fallback is no restart; its attempt waits for the T4"
     );
     // Once the GPU frees up, the on-demand attempt runs.
     s.post(&key, &format!("/v1/instances/{}/terminate", held["id"].as_str().unwrap()), None);
@@ -433,4 +433,62 @@ fn every_attempt_of_a_job_mounts_its_volume() {
     s.wait_for(&key, second, "running", |v| v["state"] == "running");
     let v = s.get(&key, "/v1/volumes/ckpt").body;
     assert_eq!((v["attached_to"].as_str(), v["placed"].as_bool()), (Some(second), Some(true)), "{v}");
+}
+
+#[test]
+fn a_job_waits_only_where_its_gpus_exist_says_so_and_moves_to_room_elsewhere() {
+    let s = TestServer::start_with(|c| {
+        c.market.price_interval = Duration::from_secs(3600);
+        c.market.job_repick_after = Duration::from_secs(1);
+    });
+    let op = s.operator_key.clone();
+    let key = s.tenant("acme");
+    // A10 spot is cheapest of all in eu-1, where there is no A10 at all.
+    let cheap = json!({"gpu": "A10", "region": "eu-1", "tier": "spot", "price_per_gpu_hour": "0.01"});
+    assert_eq!(s.post(&op, "/v1/prices", Some(&cheap)).status, 201);
+    // Every T4 and A10 is taken.
+    let eu_t4 = s.create(&key, "T4", 4, Some("eu-1"))["id"].as_str().unwrap().to_string();
+    let us_t4 = s.create(&key, "T4", 1, Some("us-1"))["id"].as_str().unwrap().to_string();
+    let us_a10 = s.create(&key, "A10", 8, Some("us-1"))["id"].as_str().unwrap().to_string();
+    for id in [&eu_t4, &us_t4, &us_a10] {
+        s.wait_state(&key, id, "running");
+    }
+    let r = s.post(
+        &key,
+        "/v1/jobs",
+        Some(&json!({"name": "train", "gpus": ["A10", "T4"], "count": 1, "regions": ["eu-1", "us-1"], "command": "sleep 1000"})),
+    );
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let jid = r.body["id"].as_str().unwrap().to_string();
+    let job = |s: &TestServer| s.get(&key, &format!("/v1/jobs/{jid}")).body;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let waiting = loop {
+        let j = job(&s);
+        if j["state"] == "pending" && j["reason"].as_str().is_some_and(|r| r.contains("no node")) {
+            break j;
+        }
+        assert!(std::time::Instant::now() < deadline, "the job never said it waits: {j}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let first = &waiting["history"][0];
+    assert_ne!((first["gpu"].as_str(), first["region"].as_str()), (Some("A10"), Some("eu-1")), "{waiting}");
+
+    // GPUs free up in us-1 (A10 and T4): after its bounded wait the job moves there and runs.
+    for id in [&us_t4, &us_a10] {
+        s.post(&key, &format!("/v1/instances/{id}/terminate"), None);
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let running = loop {
+        let j = job(&s);
+        if j["state"] == "running" && j["history"].as_array().unwrap().last().unwrap()["state"] == "running" {
+            break j;
+        }
+        assert!(std::time::Instant::now() < deadline, "the job never moved to room: {j}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let last = running["history"].as_array().unwrap().last().unwrap();
+    assert_eq!(last["region"], "us-1", "{running}");
+    if first["region"] != "us-1" {
+        assert!(running["history"][0]["reason"].as_str().unwrap().contains("the job moved to"), "{running}");
+    }
 }

@@ -246,6 +246,25 @@ impl App {
                     .await?;
                     return self.next_attempt(job, &spec, Tier::OnDemand).await;
                 }
+                // Waited long enough: another allowed pool with room now takes the next attempt.
+                if waited >= self.config.market.job_repick_after.as_millis() as i64 {
+                    let (model, region, room) = self.cheapest_choice(&spec, latest.sale.tier).await?;
+                    if room && (model, region.as_ref()) != (latest.model, latest.region.as_ref()) {
+                        let to =
+                            format!("{model} in {}", region.as_ref().map_or("any region".into(), |r| r.to_string()));
+                        let why =
+                            format!("waited {} s for GPUs here: the job moved to {to}, which has room", waited / 1000);
+                        self.store.set_status_reason(&latest.id, Some(&why)).await?;
+                        self.transition(latest.clone(), |i| {
+                            i.state
+                                .on_user(i.stop_target, gpucloud_model::UserAction::Terminate)
+                                .map_err(AppError::from)
+                        })
+                        .await?;
+                        let tier = latest.sale.tier;
+                        return self.next_attempt(job, &spec, tier).await;
+                    }
+                }
                 Ok(0)
             }
             _ if was_preempted(latest) => {
@@ -349,7 +368,7 @@ impl App {
             spec.regions = vec![v.region.clone()];
         }
         let spec = &spec;
-        let (model, region) = self.cheapest_choice(spec, tier).await?;
+        let (model, region, _) = self.cheapest_choice(spec, tier).await?;
         let mut env: Vec<(String, String)> = spec.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         env.extend(spec.secrets.iter().map(|s| (s.clone(), format!("{}{s}", gpucloud_model::workload::SECRET_REF))));
         env.extend([("GPUCLOUD_JOB_ID".to_string(), job.id.to_string()), ("GPUCLOUD_ATTEMPT".into(), n.to_string())]);
@@ -396,14 +415,15 @@ impl App {
         Ok(())
     }
 
-    /// Among the allowed models and regions: the cheapest per GPU-hour for the tier (a spot price
-    /// within the bid) that has room on one node now; if none has room, the cheapest overall (the
-    /// attempt waits there). Regions are left open when the job allows any and nothing is priced.
+    /// Among the allowed models and regions that have a node able to hold the job at all: the
+    /// cheapest per GPU-hour for the tier (a spot price within the bid) that has room on one node
+    /// now (`true`); if none has room, the cheapest of them (the attempt waits there, `false`).
+    /// A priced pool with no such node is never chosen: nothing would ever start there.
     async fn cheapest_choice(
         &self,
         spec: &CreateJobRequest,
         tier: Tier,
-    ) -> Result<(GpuModel, Option<Region>), AppError> {
+    ) -> Result<(GpuModel, Option<Region>, bool), AppError> {
         let nodes = self.store.list_nodes().await?;
         let now = self.now();
         let mut regions: Vec<Region> = nodes.iter().map(|n| n.region.clone()).collect();
@@ -417,6 +437,14 @@ impl App {
                 let Some(p) = self.store.price_at(*model, region, tier, now).await? else { continue };
                 let price = p.per_gpu_hour;
                 if tier == Tier::Spot && spec.max_price_per_gpu_hour.is_some_and(|bid| price > bid) {
+                    continue;
+                }
+                let could = nodes.iter().any(|n| {
+                    n.region == *region
+                        && n.health != gpucloud_model::NodeHealth::Lost
+                        && n.gpus.iter().filter(|g| g.model == *model).count() as u32 >= spec.count
+                });
+                if !could {
                     continue;
                 }
                 let room = nodes.iter().any(|n| {
@@ -441,8 +469,8 @@ impl App {
             }
         }
         Ok(match best {
-            Some((_, _, model, region)) => (model, Some(region)),
-            None => (spec.gpus[0], spec.regions.first().cloned()),
+            Some((room, _, model, region)) => (model, Some(region), room),
+            None => (spec.gpus[0], spec.regions.first().cloned(), false),
         })
     }
 }

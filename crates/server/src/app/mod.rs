@@ -103,6 +103,9 @@ pub struct MarketConfig {
     /// Cluster schedules follow the wall clock (tests turn this off and drive
     /// `App::apply_schedules` with a simulated one).
     pub schedules_follow_clock: bool,
+    /// A managed job's attempt that has waited this long for GPUs moves to another allowed
+    /// model or region that has room now.
+    pub job_repick_after: Duration,
 }
 
 impl Default for MarketConfig {
@@ -120,6 +123,8 @@ impl Default for MarketConfig {
             min_runtime: Duration::from_secs(300),
             reservation_period: Duration::from_secs(3600),
             schedules_follow_clock: true,
+            // A minute: long enough for a freed GPU in its own pool to be found first.
+            job_repick_after: Duration::from_secs(60),
         }
     }
 }

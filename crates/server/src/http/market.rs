@@ -83,7 +83,7 @@ pub async fn preempt(
 pub fn job(v: JobView) -> Job {
     let restarts = v.restarts();
     let cost = v.attempts.iter().fold(Money::ZERO, |a, (_, c, _)| Money(a.0 + c.0));
-    let history = v
+    let history: Vec<JobAttempt> = v
         .attempts
         .into_iter()
         .map(|(i, cost, seconds)| JobAttempt {
@@ -95,20 +95,33 @@ pub fn job(v: JobView) -> Job {
             region: i.region.map(|r| r.to_string()),
             state: i.state.to_string(),
             exit_code: i.exit_code,
-            reason: i.status_reason.or(i.notice.map(|n| format!("preemption notice: {}", n.reason))),
+            reason: i
+                .status_reason
+                .or(i.notice.map(|n| format!("preemption notice: {}", n.reason)))
+                .or(i.pending_reason.filter(|_| i.state == gpucloud_model::InstanceState::Pending)),
             created_at: rfc3339(i.created_at),
             cost,
             billed_seconds: seconds,
         })
         .collect();
+    // A running job whose current attempt waits for GPUs is pending, and says why.
+    let latest = history.iter().max_by_key(|a| a.attempt);
+    let waiting = v.job.state == gpucloud_store::JobState::Running && latest.is_some_and(|a| a.state == "pending");
+    let (state, reason) = match latest {
+        Some(a) if waiting => (
+            "pending".to_string(),
+            Some(format!("attempt {} waits for GPUs: {}", a.attempt, a.reason.as_deref().unwrap_or("not placed yet"))),
+        ),
+        _ => (v.job.state.as_str().to_string(), v.job.reason),
+    };
     Job {
         id: v.job.id.to_string(),
         name: v.job.name,
-        state: v.job.state.as_str().to_string(),
+        state,
         attempts: v.job.attempts,
         restarts,
         checkpoint: v.job.checkpoint,
-        reason: v.job.reason,
+        reason,
         spec: v.spec,
         history,
         cost,
