@@ -48,7 +48,12 @@ pub struct Offer {
     pub region: String,
     pub on_demand: Money,
     pub spot: Option<Money>,
+    /// Free for the asker now: not held, and not kept for someone else's reservation.
     pub free: u32,
+    /// GPUs of the model in the region, and the most on one node (an instance is on one node;
+    /// only large training spans nodes, as a cluster).
+    pub total: u32,
+    pub largest_node: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -130,6 +135,7 @@ pub fn recommend(
         Workload::Rendering => "rendering needs RT cores and at least 24 GiB on one GPU".to_string(),
     }];
     let mut choices = Vec::new();
+    let mut left_out = Vec::new();
     for o in offers {
         if workload == Workload::Rendering && !has_rt_cores(o.model) {
             continue;
@@ -141,6 +147,18 @@ pub fn recommend(
             (need / usable).ceil().max(1.0) as u32
         };
         if count > max_count {
+            continue;
+        }
+        // Only what the fleet can place: one instance is on one node (and at most 16 GPUs);
+        // large training spans nodes as a cluster, within what the region has.
+        let room = if workload == Workload::TrainingLarge {
+            o.total
+        } else {
+            o.largest_node.min(gpucloud_model::MAX_GPUS_PER_INSTANCE)
+        };
+        if count > room {
+            let place = if workload == Workload::TrainingLarge { "the region has" } else { "one node has" };
+            left_out.push(format!("{count} x {} in {} (at most {room}: {place} no more)", o.model, o.region));
             continue;
         }
         // Spot suits work that checkpoints (training, frames); a served model should not be
@@ -164,7 +182,12 @@ pub fn recommend(
         });
     }
     if choices.is_empty() {
-        return Err(format!("no GPU model on sale can hold {need:.0} GiB in at most {max_count} GPUs"));
+        let why = if left_out.is_empty() {
+            String::new()
+        } else {
+            format!(" that this fleet can place ({})", left_out.join("; "))
+        };
+        return Err(format!("no GPU model on sale can hold {need:.0} GiB in at most {max_count} GPUs{why}"));
     }
     // Available now first, then the cheapest, then the fastest.
     choices.sort_by(|a, b| {
@@ -190,6 +213,10 @@ pub fn recommend(
     if best.tier == "spot" {
         reasoning
             .push("spot, as a managed job (`gpucloud job run`): it resumes from its checkpoint if preempted".into());
+    }
+    if !left_out.is_empty() {
+        left_out.truncate(3);
+        reasoning.push(format!("left out, more than the fleet can place: {}", left_out.join("; ")));
     }
     if let Some(next) = choices.first() {
         reasoning.push(format!(
@@ -224,6 +251,8 @@ mod tests {
             on_demand: Money(p),
             spot: Some(Money(p * 2 / 5)),
             free: 8,
+            total: 64,
+            largest_node: 8,
         })
         .collect()
     }
@@ -245,6 +274,22 @@ mod tests {
         }
         assert_eq!(recommend(Workload::InferenceSmall, 7.0, 10.0, &scarce).unwrap().best.gpu, "A10");
         assert!(recommend(Workload::TrainingMedium, 5000.0, 1.0, &book()).is_err());
+        // 13B training where every model but H100 has two GPUs a node: only H100 can hold it (4 of
+        // them), busy or not; six RTX cards are never proposed.
+        let small: Vec<Offer> = book()
+            .into_iter()
+            .map(|o| {
+                if o.model == GpuModel::H100_80GB {
+                    Offer { free: 0, total: 8, largest_node: 8, ..o }
+                } else {
+                    Offer { free: 2, total: 2, largest_node: 2, ..o }
+                }
+            })
+            .collect();
+        let r = recommend(Workload::TrainingMedium, 13.0, 10.0, &small).unwrap();
+        assert_eq!((r.best.gpu.as_str(), r.best.available), ("H100-80GB", false), "{r:?}");
+        assert!(r.alternatives.iter().all(|a| a.count <= 8), "{r:?}");
+        assert!(r.reasoning.iter().any(|l| l.contains("left out")), "{r:?}");
         assert!(recommend(Workload::InferenceSmall, 7.0, -1.0, &book()).is_err());
     }
 
@@ -257,6 +302,9 @@ mod tests {
             if let Ok(r) = recommend(workload, params, hours, &offers) {
                 let model = offers.iter().find(|o| o.model.to_string() == r.best.gpu).unwrap().model;
                 prop_assert!(f64::from(r.best.count) * model.memory_mib() as f64 / 1024.0 * 0.9 >= r.memory_need_gib);
+                let o = offers.iter().find(|o| o.model.to_string() == r.best.gpu).unwrap();
+                let room = if workload == Workload::TrainingLarge { o.total } else { o.largest_node };
+                prop_assert!(r.best.count <= room, "{} GPUs, room for {}", r.best.count, room);
                 for a in r.alternatives.iter().filter(|a| a.available) {
                     prop_assert!(a.estimated_cost >= r.best.estimated_cost);
                 }

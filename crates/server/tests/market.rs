@@ -376,9 +376,35 @@ fn recommendations_follow_memory_price_and_what_is_free() {
     assert!(["T4", "A10", "L4"].contains(&best["gpu"].as_str().unwrap()), "small inference on small GPUs: {}", r.body);
     assert_eq!(best["tier"], "on-demand", "a served model is not put on spot");
     assert!(r.body["reasoning"][0].as_str().unwrap().contains("GiB"), "{}", r.body);
-    let r = s.get(&key, "/v1/recommend?workload=training-large&params=70B&hours=100");
+    let r = s.get(&key, "/v1/recommend?workload=training-large&params=13B&hours=100");
     assert_eq!(r.status, 200, "{:?}", r.body);
     assert_eq!(r.body["best"]["tier"], "spot", "{}", r.body);
+    // A full 70B fine-tune needs more GPUs of any model than this fleet has: said, not proposed.
+    let r = s.get(&key, "/v1/recommend?workload=training-large&params=70B&hours=100");
+    assert_eq!((r.status, r.body["field"].as_str()), (422, Some("params")), "{:?}", r.body);
+    assert!(r.body["detail"].as_str().unwrap().contains("that this fleet can place"), "{:?}", r.body);
+    let r = s.get(&key, "/v1/recommend?workload=training-medium&params=13B&hours=10");
+    for c in std::iter::once(&r.body["best"]).chain(r.body["alternatives"].as_array().unwrap()) {
+        assert!(c["count"].as_u64().unwrap() <= 8, "one node holds it: {c}");
+    }
+
+    // Every H100 reserved by another tenant: not free for acme, though no instance holds them.
+    let later = (time::OffsetDateTime::now_utc() + time::Duration::hours(1))
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    s.tenant("lab");
+    let sold = s.post(
+        &s.operator_key,
+        "/v1/reservations",
+        Some(&json!({"tenant": "lab", "gpu": "H100-80GB", "region": "eu-1", "gpus": 8, "ends_at": later})),
+    );
+    assert_eq!(sold.status, 201, "{:?}", sold.body);
+    let r = s.get(&key, "/v1/recommend?workload=inference-small&params=70B&hours=10");
+    let h100 = std::iter::once(&r.body["best"])
+        .chain(r.body["alternatives"].as_array().unwrap())
+        .find(|c| c["gpu"] == "H100-80GB")
+        .cloned();
+    assert!(h100.is_none_or(|c| c["available"] == false), "reserved GPUs are not free now: {}", r.body);
     let r = s.get(&key, "/v1/recommend?workload=rendering&hours=5");
     assert!(["RTX-6000-Ada", "A40"].contains(&r.body["best"]["gpu"].as_str().unwrap()), "{}", r.body);
     for (q, field) in [

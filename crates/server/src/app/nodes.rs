@@ -289,13 +289,23 @@ impl App {
     /// free now (`billing::recommend`).
     pub async fn recommend(
         &self,
+        by: &Principal,
         workload: gpucloud_billing::recommend::Workload,
         params_billion: f64,
         hours: f64,
     ) -> Result<gpucloud_billing::recommend::Recommendation, AppError> {
         let now = self.now();
         let mut offers = Vec::new();
+        let nodes = self.store.list_nodes().await?;
+        // GPUs others' reservations keep idle are not free for the asker.
+        let kept = self.reserved_idle_except(Some(&by.tenant.id)).await?;
         for pool in self.capacity().await? {
+            let per_node = nodes
+                .iter()
+                .filter(|n| n.region == pool.region && n.health != NodeHealth::Lost)
+                .map(|n| n.gpus.iter().filter(|g| g.model == pool.model).count() as u32);
+            let (total, largest_node) = per_node.fold((0, 0), |(t, l), c| (t + c, l.max(c)));
+            let free = pool.free.saturating_sub(kept.get(&(pool.model, pool.region.clone())).copied().unwrap_or(0));
             let Some(od) = self.store.price_at(pool.model, &pool.region, gpucloud_model::Tier::OnDemand, now).await?
             else {
                 continue;
@@ -306,13 +316,15 @@ impl App {
                 region: pool.region.to_string(),
                 on_demand: od.per_gpu_hour,
                 spot: spot.map(|p| p.per_gpu_hour),
-                free: pool.free,
+                free,
+                total,
+                largest_node,
             });
         }
         gpucloud_billing::recommend::recommend(workload, params_billion, hours, &offers).map_err(|e| {
             let field = if e.starts_with("hours") {
                 "hours"
-            } else if e.starts_with("model parameters") {
+            } else if e.starts_with("model parameters") || e.starts_with("no GPU model") {
                 "params"
             } else {
                 "workload"

@@ -181,6 +181,15 @@ impl App {
     /// Per pool with an active reservation: reserved GPUs their owners' instances do not hold now
     /// (kept from on-demand work of others, for the owners' running and waiting requests).
     pub(crate) async fn reserved_idle(&self) -> Result<HashMap<(GpuModel, Region), u32>, AppError> {
+        self.reserved_idle_except(None).await
+    }
+
+    /// [`App::reserved_idle`], leaving out what `except`'s own reservations keep idle (theirs
+    /// to use).
+    pub(crate) async fn reserved_idle_except(
+        &self,
+        except: Option<&TenantId>,
+    ) -> Result<HashMap<(GpuModel, Region), u32>, AppError> {
         let now = self.now();
         let mut out: HashMap<(GpuModel, Region), u32> = HashMap::new();
         let active: Vec<Reservation> =
@@ -194,6 +203,9 @@ impl App {
         owners.sort();
         owners.dedup();
         for (tenant, model, region) in owners {
+            if except == Some(tenant) {
+                continue;
+            }
             let held: u32 = active
                 .iter()
                 .filter(|r| r.tenant_id == *tenant && r.model == model && r.region == *region)

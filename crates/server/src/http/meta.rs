@@ -95,7 +95,7 @@ pub struct RecommendQuery {
     security(("bearer" = [])))]
 pub async fn recommend(
     axum::extract::State(app): axum::extract::State<std::sync::Arc<crate::app::App>>,
-    super::extract::Auth(_): super::extract::Auth,
+    super::extract::Auth(p): super::extract::Auth,
     q: Result<axum::extract::Query<RecommendQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<axum::Json<gpucloud_api::Recommendation>, super::error::ApiError> {
     let invalid = |field: &str, detail: String| {
@@ -114,7 +114,7 @@ pub async fn recommend(
             .parse::<f64>()
             .map_err(|_| invalid("params", format!("params '{p}': expected a size such as 7B")))?,
     };
-    let r = app.recommend(workload, params, q.hours.unwrap_or(1.0)).await?;
+    let r = app.recommend(&p, workload, params, q.hours.unwrap_or(1.0)).await?;
     let choice = |c: gpucloud_billing::recommend::Choice| gpucloud_api::RecommendedChoice {
         gpu: c.gpu,
         region: c.region,
