@@ -99,7 +99,8 @@ try {
   await page.selectOption("#f-gpu", "A100-40GB");
   await page.selectOption("#f-region", "eu-1");
   await page.fill("#f-count", "2");
-  const loss = "for i in $(seq 1 600); do curl -s -X POST -H 'Content-Type: application/json' " +
+  // A spinning process beside the loss loop: fake GPUs read a workload's CPU use as their load.
+  const loss = "(while :; do :; done) & for i in $(seq 1 600); do curl -s -X POST -H 'Content-Type: application/json' " +
     "\"$GPUCLOUD_METADATA_URL/metrics\" -d \"{\\\"step\\\": $i, \\\"values\\\": {\\\"loss\\\": $(awk \"BEGIN{print 2.5*0.9^$i+0.1}\")}}\" >/dev/null; sleep 0.5; done";
   await page.fill("#f-command", loss);
   await page.fill("#f-env", "MODE=browser");

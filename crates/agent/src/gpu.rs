@@ -13,9 +13,10 @@ pub struct GpuInfo {
 pub trait GpuBackend {
     fn name(&self) -> &'static str;
     fn discover(&self) -> Result<Vec<GpuInfo>, String>;
-    /// Current readings; `busy` lists the GPUs that run a workload now, `dt` the time since the
-    /// last reading (for energy).
-    fn telemetry(&mut self, busy: &[u32], dt: std::time::Duration) -> Vec<gpucloud_api::GpuTelemetry>;
+    /// Current readings; `busy` lists the GPUs that run a workload now with how hard it works
+    /// (0 to 1: the workload's CPU use, which fake GPUs read as their load), `dt` the time since
+    /// the last reading (for energy).
+    fn telemetry(&mut self, busy: &[(u32, f64)], dt: std::time::Duration) -> Vec<gpucloud_api::GpuTelemetry>;
     /// Extra environment a workload gets from this backend.
     fn workload_env(&self, _instance: &str, _state_dir: &std::path::Path) -> Vec<(String, String)> {
         Vec::new()
@@ -103,9 +104,10 @@ impl GpuBackend for FakeGpus {
         std::fs::read_to_string(fake_memory_file(state_dir, instance)).ok()?.trim().parse().ok()
     }
 
-    /// Plausible, load-driven readings: an idle GPU sits near 32 C and 60 W; a busy one near 70 C,
-    /// 80% of a typical board power and 85-95% utilization, with a little deterministic wobble.
-    fn telemetry(&mut self, busy: &[u32], dt: std::time::Duration) -> Vec<gpucloud_api::GpuTelemetry> {
+    /// Plausible, load-driven readings: an idle GPU sits near 32 C, 15% of a typical board power
+    /// and 0% utilization; a workload's GPU follows its CPU use (a process that spins reads ~95%,
+    /// one that sleeps ~0%) up to 70 C and 80% of board power, with a little deterministic wobble.
+    fn telemetry(&mut self, busy: &[(u32, f64)], dt: std::time::Duration) -> Vec<gpucloud_api::GpuTelemetry> {
         self.tick = self.tick.wrapping_add(1);
         let mut out = Vec::with_capacity(self.gpus.len());
         for (i, g) in self.gpus.iter().enumerate() {
@@ -118,11 +120,17 @@ impl GpuBackend for FakeGpus {
                 GpuModel::A100_40GB | GpuModel::A100_80GB => 400.0,
                 GpuModel::H100_80GB | GpuModel::H200_141GB => 700.0,
             };
-            let is_busy = busy.contains(&g.index);
-            let (temp, power, util, mem) = if is_busy {
-                (70.0 + wobble, board_w * 0.8 + wobble * 3.0, 90.0 + wobble, g.memory_mib * 3 / 4)
-            } else {
-                (32.0 + wobble / 2.0, board_w * 0.15, 0.0, 0)
+            // Half a CPU or more reads as a fully busy GPU: a real GPU job keeps one host thread
+            // feeding it, and a shared CI machine rarely gives a spinning test process a whole core.
+            let load = busy.iter().find(|(i, _)| *i == g.index).map(|(_, l)| (l * 2.0).clamp(0.0, 1.0));
+            let (temp, power, util, mem) = match load {
+                Some(l) => (
+                    32.0 + 38.0 * l + wobble * l,
+                    board_w * (0.15 + 0.65 * l) + wobble * 3.0 * l,
+                    (95.0 * l + wobble * l).clamp(0.0, 100.0),
+                    g.memory_mib * 3 / 4,
+                ),
+                None => (32.0 + wobble / 2.0, board_w * 0.15, 0.0, 0),
             };
             self.energy_mj[i] += (power * dt.as_secs_f64() * 1000.0) as u64;
             let fault = self.fault_dir.as_ref().is_some_and(|d| d.join(format!("fake-xid-{}", g.index)).exists());

@@ -125,7 +125,7 @@ pub fn run(config: Config, gpus: &mut dyn GpuBackend, shutdown: &std::sync::atom
                 Err(e) => tracing::warn!(%instance, error = %e, "shipping logs failed"),
             }
         }
-        let readings = gpus.telemetry(&runtime.busy_gpus(), last_reading.elapsed());
+        let readings = gpus.telemetry(&runtime.gpu_load(), last_reading.elapsed());
         last_reading = std::time::Instant::now();
         let mut instances = runtime.report();
         instances.extend(never_ran.drain(..).map(|id| gpucloud_api::AgentInstanceReport {

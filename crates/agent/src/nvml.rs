@@ -183,7 +183,7 @@ impl GpuBackend for NvmlGpus {
 
     /// Readings a field at a time: a field the GPU does not support reads as 0, never fails the
     /// whole beat.
-    fn telemetry(&mut self, _busy: &[u32], _dt: std::time::Duration) -> Vec<gpucloud_api::GpuTelemetry> {
+    fn telemetry(&mut self, _busy: &[(u32, f64)], _dt: std::time::Duration) -> Vec<gpucloud_api::GpuTelemetry> {
         let xids = self.drain_xids();
         let mut out = Vec::with_capacity(self.gpus.len());
         for (i, g) in self.gpus.iter().enumerate() {

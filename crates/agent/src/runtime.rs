@@ -91,6 +91,8 @@ pub struct ProcessRuntime {
     volumes: crate::volumes::Volumes,
     /// Most output kept on the node per workload waiting to be shipped.
     log_keep: u64,
+    /// Each live workload's CPU time (clock ticks) and when it was read, for its load.
+    cpu_seen: BTreeMap<String, (u64, Instant)>,
 }
 
 /// `LOW-HIGH`, both 1024 to 65535.
@@ -285,6 +287,7 @@ impl ProcessRuntime {
             preparing: BTreeMap::new(),
             volumes: crate::volumes::Volumes::new(&dir),
             log_keep: DEFAULT_LOG_KEEP,
+            cpu_seen: BTreeMap::new(),
         };
         let mut ours = own_processes(&dir);
         if let Ok(text) = std::fs::read_to_string(rt.state_file()) {
@@ -826,6 +829,33 @@ impl ProcessRuntime {
         }
     }
 
+    /// Each GPU of a live workload with the workload's CPU use since the last call (0 to 1; the
+    /// first call after a start reads 0), which fake GPUs read as their load: a workload that
+    /// spins looks busy, one that sleeps idle, as idle detection and autoscaling need to see.
+    pub fn gpu_load(&mut self) -> Vec<(u32, f64)> {
+        let procs = proc_table();
+        let now = Instant::now();
+        let ticks_per_s = clock_ticks();
+        let mut out = Vec::new();
+        for (id, w) in &self.workloads {
+            if w.exit.is_some() {
+                continue;
+            }
+            let ticks = tree_cpu_ticks(&procs, w.saved.pid);
+            let load = match self.cpu_seen.get(id) {
+                Some((before, at)) if now > *at => {
+                    let secs = now.duration_since(*at).as_secs_f64();
+                    (ticks.saturating_sub(*before) as f64 / ticks_per_s / secs).clamp(0.0, 1.0)
+                }
+                _ => 0.0,
+            };
+            self.cpu_seen.insert(id.clone(), (ticks, now));
+            out.extend(w.saved.gpus.iter().map(|g| (*g, load)));
+        }
+        self.cpu_seen.retain(|id, _| self.workloads.get(id).is_some_and(|w| w.exit.is_none()));
+        out
+    }
+
     /// GPUs held by live workloads.
     pub fn busy_gpus(&self) -> Vec<u32> {
         self.workloads.values().filter(|w| w.exit.is_none()).flat_map(|w| w.saved.gpus.iter().copied()).collect()
@@ -941,4 +971,47 @@ fn punch_hole(f: &std::fs::File, offset: u64, len: u64) -> bool {
     let r =
         unsafe { libc::fallocate(f.as_raw_fd(), libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE, offset, len) };
     r == 0
+}
+
+/// Every process: pid -> (parent pid, CPU time in clock ticks), from `/proc/PID/stat`.
+fn proc_table() -> std::collections::HashMap<i32, (i32, u64)> {
+    let mut out = std::collections::HashMap::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else { return out };
+    for e in dir.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else { continue };
+        // The command name may hold spaces and parentheses: the fields start after the last ')'.
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else { continue };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        // state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime stime
+        let (Some(ppid), Some(utime), Some(stime)) = (f.get(1), f.get(11), f.get(12)) else { continue };
+        let (Ok(ppid), Ok(utime), Ok(stime)) = (ppid.parse(), utime.parse::<u64>(), stime.parse::<u64>()) else {
+            continue;
+        };
+        out.insert(pid, (ppid, utime + stime));
+    }
+    out
+}
+
+/// CPU ticks of `root` and every process under it.
+fn tree_cpu_ticks(procs: &std::collections::HashMap<i32, (i32, u64)>, root: i32) -> u64 {
+    if root <= 1 {
+        return 0;
+    }
+    let mut children: std::collections::HashMap<i32, Vec<i32>> = std::collections::HashMap::new();
+    for (pid, (ppid, _)) in procs {
+        children.entry(*ppid).or_default().push(*pid);
+    }
+    let (mut total, mut todo) = (0, vec![root]);
+    while let Some(p) = todo.pop() {
+        total += procs.get(&p).map_or(0, |(_, t)| *t);
+        todo.extend(children.get(&p).into_iter().flatten().copied());
+    }
+    total
+}
+
+fn clock_ticks() -> f64 {
+    // SAFETY: sysconf reads a constant of the system; no memory of ours is touched.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 { t as f64 } else { 100.0 }
 }

@@ -261,3 +261,30 @@ fn output_is_shipped_in_bounded_chunks_and_the_node_keeps_little_of_it() {
     assert_eq!(dropped + rest.len() as u64, written, "what was dropped and what was kept add up");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_spinning_workload_loads_its_fake_gpu_and_a_sleeping_one_does_not() {
+    use gpucloud_agent::gpu::GpuBackend;
+    let dir = temp_dir();
+    let mut rt = ProcessRuntime::open(&dir, Duration::from_secs(1)).unwrap();
+    let mut idle = workload("i-idle", "exec sleep 30");
+    idle.gpus = vec![0];
+    let mut busy = workload("i-busy", "while :; do :; done");
+    busy.gpus = vec![1];
+    rt.start(&idle, "u", "t", &[]);
+    rt.start(&busy, "u", "t", &[]);
+    assert!(rt.gpu_load().iter().all(|(_, l)| *l == 0.0), "nothing measured yet");
+    std::thread::sleep(Duration::from_millis(1500));
+    let load = rt.gpu_load();
+    let of = |g: u32| load.iter().find(|(i, _)| *i == g).unwrap().1;
+    assert!(of(0) < 0.1, "sleep: {load:?}");
+    assert!(of(1) > 0.3, "a busy loop: {load:?}");
+    let mut gpus = gpucloud_agent::gpu::FakeGpus::parse("A100-40GB:3", "host").unwrap();
+    let readings = gpus.telemetry(&load, Duration::from_secs(1));
+    assert!(readings[0].utilization_pct < 10.0, "{readings:?}");
+    assert!(readings[1].utilization_pct > 25.0, "{readings:?}");
+    assert_eq!(readings[2].utilization_pct, 0.0, "no workload");
+    assert!(readings[0].memory_used_mib > 0 && readings[2].memory_used_mib == 0);
+    rt.stop_all_gracefully();
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -18,7 +18,8 @@ pub async fn run(api: Arc<dyn AgentApi>, node: NodeId, gpus: Vec<GpuInfo>, inter
     let mut busy: Vec<u32> = Vec::new();
     loop {
         let readings = backend
-            .telemetry(&busy, last_reading.elapsed())
+            // No processes here: a workload reads as a busy one.
+            .telemetry(&busy.iter().map(|g| (*g, 0.95)).collect::<Vec<_>>(), last_reading.elapsed())
             .into_iter()
             .map(|t| GpuReading {
                 index: t.index,
