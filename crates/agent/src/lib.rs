@@ -75,6 +75,8 @@ pub fn run(config: Config, gpus: &mut dyn GpuBackend, shutdown: &std::sync::atom
         }
     };
     let metadata = metadata::MetadataServer::start_on(config.metadata_port, docker.as_ref().map(|d| d.gateway()))?;
+    // Workloads call the API through their metadata endpoint, as this agent (first server listed).
+    metadata.set_api(config.server.split(',').next().unwrap_or_default().trim(), &config.token);
     if docker.is_some() {
         docker::host_guard(metadata.container_port());
     }

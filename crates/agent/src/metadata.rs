@@ -62,6 +62,8 @@ struct Shared {
     changed: tokio::sync::Notify,
     /// Business metrics pushed by workloads, waiting for the next heartbeat.
     metrics: Mutex<std::collections::VecDeque<gpucloud_api::AgentMetric>>,
+    /// The server and this agent's key, for workloads' API calls made through `.../api/`.
+    api: Mutex<Option<(String, String)>>,
 }
 
 /// Points held between heartbeats at most; past that the oldest go (a server away for long).
@@ -117,6 +119,7 @@ impl MetadataServer {
                         .route("/v1/instance/{token}/notice", axum::routing::get(notice))
                         .route("/v1/instance/{token}/checkpoint", axum::routing::post(checkpoint))
                         .route("/v1/instance/{token}/metrics", axum::routing::post(metrics))
+                        .route("/v1/instance/{token}/api/{*rest}", axum::routing::any(api))
                         .layer(axum::middleware::from_fn_with_state(shared.clone(), from_its_workload))
                         .with_state(shared);
                     let mut served = tokio::task::JoinSet::new();
@@ -168,6 +171,12 @@ impl MetadataServer {
             Peer::Pending | Peer::Only(_) => self.container_addr.unwrap_or(self.addr),
         };
         (format!("http://{at}/v1/instance/{token}"), token)
+    }
+
+    /// Where workloads' API calls go (`GPUCLOUD_METADATA_URL/api/v1/...`), and with what key.
+    pub fn set_api(&self, server: &str, key: &str) {
+        *self.table.api.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((server.trim_end_matches('/').to_string(), key.to_string()));
     }
 
     pub fn is_published(&self, instance_id: &str) -> bool {
@@ -374,6 +383,72 @@ async fn metrics(
         q.pop_front();
     }
     StatusCode::NO_CONTENT.into_response()
+}
+
+/// Largest request body a workload may send through the API path.
+const MAX_API_BODY: usize = 64 * 1024;
+
+/// A workload's call to the gpucloud API, made for it with this agent's key and the workload's
+/// instance id (`Gpucloud-Workload`): the server lets it reach its own instance, cluster and
+/// job and nothing else, so no key ever sits in a workload's environment or command line.
+async fn api(
+    State(table): State<Table>,
+    Path((token, rest)): Path<(String, String)>,
+    req: axum::extract::Request,
+) -> Response {
+    let Some(instance) =
+        table.by_token.lock().unwrap_or_else(|e| e.into_inner()).get(&token).map(|m| m.instance_id.clone())
+    else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let Some((server, key)) = table.api.lock().unwrap_or_else(|e| e.into_inner()).clone() else {
+        return (StatusCode::SERVICE_UNAVAILABLE, "this node's agent has no server to call").into_response();
+    };
+    if !rest.starts_with("v1/") || rest.starts_with("v1/agent/") {
+        return (StatusCode::NOT_FOUND, "only /v1/ API calls go through here").into_response();
+    }
+    let query = req.uri().query().map(|q| format!("?{q}")).unwrap_or_default();
+    let url = format!("{server}/{rest}{query}");
+    let method = req.method().clone();
+    let content_type =
+        req.headers().get(axum::http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let idempotency = req.headers().get("idempotency-key").and_then(|v| v.to_str().ok()).map(str::to_string);
+    let Ok(body) = axum::body::to_bytes(req.into_body(), MAX_API_BODY).await else {
+        return (StatusCode::PAYLOAD_TOO_LARGE, "the body is larger than 64 KiB").into_response();
+    };
+    let call = tokio::task::spawn_blocking(move || {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(30)))
+            .build()
+            .into();
+        let mut r = ureq::http::Request::builder()
+            .method(method.as_str())
+            .uri(&url)
+            .header("Authorization", format!("Bearer {key}"))
+            .header("Gpucloud-Workload", &instance);
+        if let Some(ct) = content_type {
+            r = r.header("Content-Type", ct);
+        }
+        if let Some(k) = idempotency {
+            r = r.header("Idempotency-Key", k);
+        }
+        let request = r.body(body.to_vec()).map_err(|e| e.to_string())?;
+        let mut resp = agent.run(request).map_err(|e| e.to_string())?;
+        let status = resp.status().as_u16();
+        let ct =
+            resp.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("application/json").to_string();
+        let bytes = resp.body_mut().read_to_vec().map_err(|e| e.to_string())?;
+        Ok::<_, String>((status, ct, bytes))
+    });
+    match call.await {
+        Ok(Ok((status, ct, bytes))) => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+            (status, [(axum::http::header::CONTENT_TYPE, ct)], bytes).into_response()
+        }
+        Ok(Err(e)) => (StatusCode::BAD_GATEWAY, format!("the gpucloud server did not answer: {e}")).into_response(),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
 }
 
 #[cfg(test)]

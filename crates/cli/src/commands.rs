@@ -24,6 +24,13 @@ pub enum As {
 
 impl Ctx {
     pub fn client(&self, role: As) -> Result<Client, String> {
+        // Inside a workload: its node's agent makes the call for it (its own instance, cluster
+        // and job only); no key is needed.
+        if let (None, None, None, Ok(meta)) =
+            (&self.url, &self.api_key, &self.profile, std::env::var("GPUCLOUD_METADATA_URL"))
+        {
+            return Ok(Client::new(&format!("{}/api", meta.trim_end_matches('/')), None));
+        }
         let name = self.profile.as_deref();
         if let Some(n) = name {
             profile::check_profile_name(n)?;

@@ -294,6 +294,32 @@ fn an_agent_key_speaks_only_for_its_own_node() {
     let logs = s.get(&tenant, &format!("/v1/instances/{id}/logs")).body;
     assert_eq!(logs["chunks"], json!([]), "{logs}");
     assert_eq!(log(&key_a, &node_a, "real output").status, 204);
+
+    // The agent calls the API for its workload (Gpucloud-Workload): that instance only.
+    let as_workload = |key: &str, method: &str, path: &str, body: Option<serde_json::Value>| {
+        let bytes = body.map(|b| serde_json::to_vec(&b).unwrap());
+        let headers = [("Gpucloud-Workload", id.as_str()), ("Content-Type", "application/json")];
+        s.raw(method, path, Some(key), &headers, bytes.as_deref())
+    };
+    let own = as_workload(&key_a, "GET", &format!("/v1/instances/{id}"), None);
+    assert_eq!((own.status, own.body["id"].as_str()), (200, Some(id.as_str())), "{:?}", own.body);
+    let other = s.create(&tenant, "T4", 1, None)["id"].as_str().unwrap().to_string();
+    for (method, path, body) in [
+        ("GET", "/v1/instances".to_string(), None),
+        ("GET", format!("/v1/instances/{other}"), None),
+        ("POST", format!("/v1/instances/{other}/terminate"), None),
+        ("POST", "/v1/instances".to_string(), Some(json!({"gpu": "T4", "count": 1, "command": "x"}))),
+        ("GET", "/v1/billing/balance".to_string(), None),
+        ("POST", "/v1/keys".to_string(), Some(json!({"name": "escalate"}))),
+    ] {
+        let r = as_workload(&key_a, method, &path, body);
+        assert_eq!((r.status, r.body["code"].as_str()), (403, Some("workload_scope")), "{method} {path}: {:?}", r.body);
+    }
+    // Only the agent of the node it runs on speaks for it; a tenant's key cannot claim to.
+    assert_eq!(as_workload(&key_b, "GET", &format!("/v1/instances/{id}"), None).status, 403);
+    assert_eq!(as_workload(&tenant, "GET", &format!("/v1/instances/{id}"), None).status, 403);
+    let untouched = s.get(&tenant, &format!("/v1/instances/{other}")).body;
+    assert!(!["stopping", "terminated"].contains(&untouched["state"].as_str().unwrap()), "{untouched}");
     // An agent fenced off by a newer registration is told so, but not the current epoch.
     let r = beat(&key_a, &node_a, &json!(epoch_a.as_i64().unwrap() + 7), json!([]));
     assert_eq!(r.status, 409, "{:?}", r.body);

@@ -39,7 +39,7 @@ def dev(tmp_path_factory):
         time.sleep(0.1)
     creds = json.loads((tmp / "data" / "credentials.json").read_text())
     yield {"url": creds["url"], "key": creds["tenant_key"], "operator": creds["operator_key"],
-           "python": sys.executable, "tmp": tmp}
+           "python": sys.executable, "tmp": tmp, "bin": binary}
     proc.terminate()
     try:
         proc.wait(timeout=20)

@@ -1,5 +1,6 @@
 """The SDK against a live `gpucloud dev`, as a script and as a workload would use it."""
 
+import json
 import shlex
 import time
 from decimal import Decimal
@@ -253,6 +254,48 @@ def test_a_cluster_grows_and_shrinks_from_a_training_loop(client, dev, monkeypat
     with pytest.raises(ApiError) as e:
         client.clusters.get("train")
     assert e.value.status == 404
+
+
+MEMBER = """
+import json, os, sys
+from gpucloud import ApiError, Client
+out, rank = {}, os.environ["GPUCLOUD_CLUSTER_RANK"]
+c = Client()  # no key anywhere: the node's agent calls for this workload
+out["me"] = c.instances.get(os.environ["GPUCLOUD_INSTANCE_ID"]).state
+if rank == "0":
+    out["resized"] = c.clusters.resize(2).nodes
+for name, call in [("list", lambda: c.instances.list()), ("create", lambda: c.instances.create(gpu="T4", command="x"))]:
+    try:
+        call()
+        out[name] = "allowed"
+    except ApiError as e:
+        out[name] = e.status
+open(os.path.join(sys.argv[1], f"out-{rank}.json"), "w").write(json.dumps(out))
+"""
+
+
+def first_id(client, cluster):
+    return next(m.instance for m in client.clusters.get(cluster).members if m.rank == 0)
+
+
+def test_a_workload_resizes_its_own_cluster_and_reaches_nothing_else(client, dev):
+    d = dev["tmp"] / "member"
+    d.mkdir()
+    (d / "member.py").write_text(MEMBER)
+    cli = f"{shlex.quote(dev['bin'])} instance show $GPUCLOUD_INSTANCE_ID --json > {shlex.quote(str(d))}/cli-$GPUCLOUD_CLUSTER_RANK.json"
+    cmd = f"{shlex.quote(dev['python'])} {shlex.quote(str(d / 'member.py'))} {shlex.quote(str(d))}; {cli}; exec sleep 1000"
+    c = client.clusters.create("selfsize", gpu="A100-40GB", region="us-1", gpus_per_node=1, nodes=1,
+                               min_nodes=1, max_nodes=2, command=cmd)
+    first = wait_for("rank 0's report", lambda: (d / "out-0.json").exists() and json.loads((d / "out-0.json").read_text()))
+    assert first["me"] in ("provisioning", "running"), first
+    assert (first["resized"], first["list"], first["create"]) == (2, 403, 403), first
+    second = wait_for("rank 1's report", lambda: (d / "out-1.json").exists() and json.loads((d / "out-1.json").read_text()))
+    assert second["me"] in ("provisioning", "running") and second["list"] == 403, second
+    assert client.clusters.get(c.id).nodes == 2
+    # The CLI inside a workload needs no key either.
+    shown = wait_for("the CLI's answer", lambda: (p := d / "cli-0.json").exists() and p.read_text() and json.loads(p.read_text()))
+    assert shown["id"] == first_id(client, c.id), shown
+    client.clusters.delete("selfsize")
 
 
 def test_the_lightning_callback_checkpoints_and_stops_on_notice(tmp_path, monkeypatch):

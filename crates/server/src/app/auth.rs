@@ -12,6 +12,9 @@ pub struct Principal {
     pub scope: gpucloud_store::KeyScope,
     /// An agent key's node (by name), once bound: the only node it speaks for.
     pub node: Option<String>,
+    /// A workload's call, made for it by its node's agent: only its own instance, cluster and
+    /// job are reachable (`http::guard`).
+    pub workload: Option<gpucloud_model::InstanceId>,
 }
 
 impl Principal {
@@ -38,6 +41,45 @@ impl App {
             .filter(|k| k.starts_with("gpc_"))
             .ok_or(AppError::Unauthenticated)?;
         let (key, tenant) = self.store.find_api_key(&hash_key(key)).await?.ok_or(AppError::BadKey)?;
-        Ok(Principal { tenant, key_id: key.id, key_prefix: key.prefix, scope: key.scope, node: key.node })
+        Ok(Principal {
+            tenant,
+            key_id: key.id,
+            key_prefix: key.prefix,
+            scope: key.scope,
+            node: key.node,
+            workload: None,
+        })
+    }
+
+    /// The principal of a workload whose node's agent (`by`) calls for it: the instance's
+    /// tenant, limited to that instance. Refused unless `by` is the agent key of the node the
+    /// instance runs on now (or an operator's key, which dev agents use) and it holds GPUs.
+    pub async fn act_for_workload(&self, by: &Principal, instance: &str) -> Result<Principal, AppError> {
+        let refuse = || AppError::Forbidden(format!("key {} cannot act for workload {instance}", by.key_prefix));
+        let is_agent = by.scope == gpucloud_store::KeyScope::Agent;
+        if !is_agent && by.tenant.role != Role::Operator {
+            return Err(AppError::Forbidden("only a node's agent calls for a workload (Gpucloud-Workload)".into()));
+        }
+        let id = gpucloud_model::InstanceId::parse(instance).map_err(|_| refuse())?;
+        let inst = self.store.get_instance(None, &id).await?.ok_or_else(refuse)?;
+        if !inst.state.holds_gpus() {
+            return Err(refuse());
+        }
+        let node = match &inst.node_id {
+            Some(n) => self.store.get_node(n).await?.ok_or_else(refuse)?,
+            None => return Err(refuse()),
+        };
+        if is_agent && by.node.as_deref() != Some(node.name.as_str()) {
+            return Err(refuse());
+        }
+        let tenant = self.store.get_tenant(&inst.tenant_id).await?.ok_or_else(refuse)?;
+        Ok(Principal {
+            tenant,
+            key_id: by.key_id.clone(),
+            key_prefix: format!("{} for {}", by.key_prefix, inst.id),
+            scope: gpucloud_store::KeyScope::Admin,
+            node: None,
+            workload: Some(inst.id),
+        })
     }
 }

@@ -25,6 +25,15 @@ pub async fn layer(State(app): State<Arc<App>>, mut req: Request, next: Next) ->
         Some(a) => app.authenticate(Some(&a)).await.ok(),
         None => None,
     };
+    // A node's agent calling for one of its workloads (through the workload's metadata endpoint).
+    let for_workload = req.headers().get("gpucloud-workload").and_then(|v| v.to_str().ok()).map(str::to_string);
+    let principal = match (principal, for_workload) {
+        (Some(p), Some(w)) if !path.starts_with("/v1/agent/") => match app.act_for_workload(&p, &w).await {
+            Ok(wp) => Some(wp),
+            Err(e) => return ApiError::from(e).into_response(),
+        },
+        (p, _) => p,
+    };
     let remote = remote_of(&req);
     let resp = match &principal {
         // Refused here, and still audited: a read-only key trying to change something is news.
@@ -32,6 +41,14 @@ pub async fn layer(State(app): State<Arc<App>>, mut req: Request, next: Next) ->
             StatusCode::FORBIDDEN,
             "read_only_key",
             format!("key {} is read-only: it cannot {method} {path}", p.key_prefix),
+        )
+        .into_response(),
+        Some(p) if p.workload.is_some() && !workload_may(&app, p, &method, &path).await => ApiError::new(
+            StatusCode::FORBIDDEN,
+            "workload_scope",
+            format!(
+                "a workload reaches only its own instance, cluster and job through its metadata endpoint, not {method} {path}"
+            ),
         )
         .into_response(),
         Some(p) if p.scope == KeyScope::Agent && !path.starts_with("/v1/agent/") => ApiError::new(
@@ -80,6 +97,26 @@ pub async fn layer(State(app): State<Arc<App>>, mut req: Request, next: Next) ->
         }
     }
     resp
+}
+
+/// What a workload may call: its instance, its cluster (read, resize) and its job, by id or name.
+async fn workload_may(app: &App, p: &crate::app::Principal, method: &Method, path: &str) -> bool {
+    let Some(id) = &p.workload else { return false };
+    let Ok(Some(inst)) = app.store().get_instance(None, id).await else { return false };
+    let seg: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
+    let cluster = match &inst.sale.cluster {
+        Some((c, _)) => app.store().find_cluster(Some(&p.tenant.id), c.as_str()).await.ok().flatten(),
+        None => None,
+    };
+    let is_cluster = |c: &str| cluster.as_ref().is_some_and(|k| k.id.as_str() == c || k.name == c);
+    let is_job = |j: &str| inst.sale.job.as_ref().is_some_and(|(job, _)| job.as_str() == j);
+    match (method.as_str(), seg.as_slice()) {
+        ("GET", ["v1", "whoami"]) => true,
+        ("GET", ["v1", "instances", i]) => *i == inst.id.as_str() || *i == inst.name,
+        ("GET", ["v1", "clusters", c]) | ("POST", ["v1", "clusters", c, "resize"]) => is_cluster(c),
+        ("GET", ["v1", "jobs", j]) => is_job(j),
+        _ => false,
+    }
 }
 
 static AUDIT_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);

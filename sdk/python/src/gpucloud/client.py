@@ -477,9 +477,10 @@ class Billing(_Resource):
 
 
 class Client:
-    """``Client(url, key)``; both default to ``GPUCLOUD_URL`` / ``GPUCLOUD_API_KEY``, then to the
-    profile ``gpucloud dev`` writes: the one ``profile=`` or ``GPUCLOUD_PROFILE`` names, else the
-    default."""
+    """``Client(url, key)``; both default to ``GPUCLOUD_URL`` / ``GPUCLOUD_API_KEY``; inside a
+    workload (``GPUCLOUD_METADATA_URL`` set) to calls through its metadata endpoint, which reach
+    its own instance, cluster and job; else to the profile ``gpucloud dev`` writes: the one
+    ``profile=`` or ``GPUCLOUD_PROFILE`` names, else the default."""
 
     def __init__(
         self,
@@ -489,7 +490,14 @@ class Client:
         profile: Optional[str] = None,
     ):
         profile = profile or os.environ.get("GPUCLOUD_PROFILE") or None
-        prof = _profile(profile) if url is None or key is None else {}
+        meta = os.environ.get("GPUCLOUD_METADATA_URL")
+        if url is None and key is None and profile is None and meta and not os.environ.get("GPUCLOUD_URL"):
+            # Inside a workload: its node's agent makes the call for it, reaching only its own
+            # instance, cluster and job; no key is needed (nor should one be pasted in).
+            url = meta.rstrip("/") + "/api"
+            prof = {}
+        else:
+            prof = _profile(profile) if url is None or key is None else {}
         url = url or os.environ.get("GPUCLOUD_URL") or prof.get("url")
         key = key or os.environ.get("GPUCLOUD_API_KEY") or prof.get("api_key")
         if not url:
