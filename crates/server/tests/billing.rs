@@ -39,6 +39,12 @@ fn credit_meter_and_settle_to_the_micro_unit() {
     let mid = s.get(&key, "/v1/billing/balance").body;
     assert!(money(&mid["balance"]) < Money(50_000_000), "charged while running: {mid}");
     assert_eq!(money(&mid["burn_per_hour"]), Money(700_000), "2 x T4 at 0.35");
+    // The usage report of a window open at the end always holds what runs (it used to drop the
+    // accrual whenever the reading took a millisecond).
+    for _ in 0..20 {
+        let u = s.get(&key, "/v1/billing/usage?by=instance&from=1970-01-01").body;
+        assert!(u["lines"].as_array().unwrap().iter().any(|l| l["key"] == json!(id)), "{u}");
+    }
     std::thread::sleep(Duration::from_millis(1100));
     let later = s.get(&key, "/v1/billing/balance").body;
     assert!(money(&later["balance"]) < money(&mid["balance"]), "usage grows each second");

@@ -478,6 +478,26 @@ impl App {
         if to <= from {
             return Err(AppError::invalid("to", "'to' must be after 'from'"));
         }
+        // As in `books`: no posting may fall between reading the ledger and the accrual (the
+        // charge would be counted twice or not at all), so read again until none did.
+        let mut tries = 0;
+        loop {
+            let before = self.store.balance(&by.tenant.id).await?;
+            let lines = self.usage_once(by, from, to, group).await?;
+            tries += 1;
+            if tries == 8 || self.store.balance(&by.tenant.id).await? == before {
+                return Ok(lines);
+            }
+        }
+    }
+
+    async fn usage_once(
+        &self,
+        by: &Principal,
+        from: Timestamp,
+        to: Timestamp,
+        group: UsageGrouping,
+    ) -> Result<Vec<UsageLine>, AppError> {
         let lines = self.store.ledger_lines(&by.tenant.id, from, to).await?;
         let mut groups: BTreeMap<String, UsageLine> = BTreeMap::new();
         for l in lines.iter().filter(|l| l.kind == EntryKind::Usage) {

@@ -222,7 +222,10 @@ pub async fn usage(
         "day" => UsageGrouping::Day,
         _ => return Err(invalid("by", "by is instance, model or day")),
     };
-    let lines = app.usage(&p, from, to, grouping).await?;
+    // A window left open at the end reaches now, however long the reading takes: what running
+    // instances accrued since their last posting belongs to it.
+    let open = !again.iter().any(|(k, _)| *k == "to");
+    let lines = app.usage(&p, from, if open { Timestamp(i64::MAX) } else { to }, grouping).await?;
     let total = Money(lines.iter().map(|l| l.amount.micros()).sum());
     // Lines come ordered by their key (a BTreeMap); the key itself is the cursor, hex-encoded.
     let hex = |l: &crate::app::billing::UsageLine| l.key.bytes().map(|b| format!("{b:02x}")).collect::<String>();
