@@ -35,8 +35,9 @@ impl std::fmt::Display for Error {
 
 impl Client {
     /// `servers`: one URL, or several replicas' separated by commas.
-    pub fn new(servers: &str, token: &str) -> Client {
+    pub fn new(servers: &str, token: &str, tls: ureq::tls::TlsConfig) -> Client {
         let agent: ureq::Agent = ureq::Agent::config_builder()
+            .tls_config(tls)
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(10)))
             // A replica that is down refuses at once; one that hangs must not hold a heartbeat

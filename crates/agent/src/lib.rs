@@ -13,6 +13,7 @@ pub mod reconcile;
 pub mod runtime;
 pub mod sftp;
 pub mod ssh;
+pub mod tls;
 pub mod volumes;
 
 mod client;
@@ -54,6 +55,10 @@ pub struct Config {
     pub confine: docker::Overrides,
     /// What the node is registered with besides its region.
     pub labels: std::collections::BTreeMap<String, String>,
+    /// The CA certificates (PEM) a server's certificate must chain to instead of the system's.
+    pub ca_file: Option<PathBuf>,
+    /// Lets the agent call a server on another host over plain HTTP (its key in clear).
+    pub allow_plain_http: bool,
 }
 
 /// Runs until the node is taken over by another agent (fenced), registration fails, or
@@ -61,7 +66,11 @@ pub struct Config {
 pub fn run(config: Config, gpus: &mut dyn GpuBackend, shutdown: &std::sync::atomic::AtomicBool) -> Result<(), String> {
     let found = gpus.discover()?;
     tracing::info!(backend = gpus.name(), gpus = found.len(), "GPUs discovered");
-    let client = Client::new(&config.server, &config.token);
+    for server in config.server.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        tls::check_server_url(server, config.allow_plain_http)?;
+    }
+    let tls = tls::client_config(config.ca_file.as_deref())?;
+    let client = Client::new(&config.server, &config.token, tls.clone());
     // Real GPUs go to a container through the NVIDIA runtime; fake ones exist only as names.
     let docker = match config.docker_image.as_deref() {
         Some(image) => {
@@ -76,7 +85,7 @@ pub fn run(config: Config, gpus: &mut dyn GpuBackend, shutdown: &std::sync::atom
     };
     let metadata = metadata::MetadataServer::start_on(config.metadata_port, docker.as_ref().map(|d| d.gateway()))?;
     // Workloads call the API through their metadata endpoint, as this agent (first server listed).
-    metadata.set_api(config.server.split(',').next().unwrap_or_default().trim(), &config.token);
+    metadata.set_api(config.server.split(',').next().unwrap_or_default().trim(), &config.token, tls);
     if docker.is_some() {
         docker::host_guard(metadata.container_port());
     }

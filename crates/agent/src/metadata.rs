@@ -63,7 +63,7 @@ struct Shared {
     /// Business metrics pushed by workloads, waiting for the next heartbeat.
     metrics: Mutex<std::collections::VecDeque<gpucloud_api::AgentMetric>>,
     /// The server and this agent's key, for workloads' API calls made through `.../api/`.
-    api: Mutex<Option<(String, String)>>,
+    api: Mutex<Option<(String, String, ureq::Agent)>>,
 }
 
 /// Points held between heartbeats at most; past that the oldest go (a server away for long).
@@ -174,9 +174,15 @@ impl MetadataServer {
     }
 
     /// Where workloads' API calls go (`GPUCLOUD_METADATA_URL/api/v1/...`), and with what key.
-    pub fn set_api(&self, server: &str, key: &str) {
+    pub fn set_api(&self, server: &str, key: &str, tls: ureq::tls::TlsConfig) {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .tls_config(tls)
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(30)))
+            .build()
+            .into();
         *self.table.api.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some((server.trim_end_matches('/').to_string(), key.to_string()));
+            Some((server.trim_end_matches('/').to_string(), key.to_string(), agent));
     }
 
     pub fn is_published(&self, instance_id: &str) -> bool {
@@ -401,7 +407,7 @@ async fn api(
     else {
         return StatusCode::NOT_FOUND.into_response();
     };
-    let Some((server, key)) = table.api.lock().unwrap_or_else(|e| e.into_inner()).clone() else {
+    let Some((server, key, agent)) = table.api.lock().unwrap_or_else(|e| e.into_inner()).clone() else {
         return (StatusCode::SERVICE_UNAVAILABLE, "this node's agent has no server to call").into_response();
     };
     if !rest.starts_with("v1/") || rest.starts_with("v1/agent/") {
@@ -417,11 +423,6 @@ async fn api(
         return (StatusCode::PAYLOAD_TOO_LARGE, "the body is larger than 64 KiB").into_response();
     };
     let call = tokio::task::spawn_blocking(move || {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(30)))
-            .build()
-            .into();
         let mut r = ureq::http::Request::builder()
             .method(method.as_str())
             .uri(&url)

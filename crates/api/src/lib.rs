@@ -251,6 +251,9 @@ pub struct Node {
     /// What its agent registered it with (`--label k=v`).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub labels: std::collections::BTreeMap<String, String>,
+    /// While draining with a deadline: when what still runs on it is stopped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain_deadline: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -1552,6 +1555,8 @@ pub struct AuditEntry {
     pub key_prefix: String,
     pub method: String,
     pub path: String,
+    /// The HTTP status the call answered with; 0 while it runs, and forever when the server
+    /// stopped before it answered (the row is written before the call can change anything).
     pub status: u16,
     /// The caller's address as the server saw it (and a proxy's X-Forwarded-For).
     pub remote: String,

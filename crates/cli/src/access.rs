@@ -86,7 +86,7 @@ pub fn audit(ctx: &Ctx, tenant: Option<String>, since: i64, limit: u32) -> Res {
                     e.tenant.clone(),
                     e.key_prefix.clone(),
                     format!("{} {}", e.method, e.path),
-                    e.status.to_string(),
+                    if e.status == 0 { "unknown".into() } else { e.status.to_string() },
                     e.remote.clone(),
                 ]
             })

@@ -1190,11 +1190,12 @@ fn failover(rounds: u32, health_ms: u64, rate: u32, as_json: bool) -> Result<(),
         health_interval: Duration::from_millis(health_ms),
         request_timeout: Duration::from_secs(2),
         connect_timeout: Duration::from_millis(100),
+        tls: Default::default(),
     };
     let gw = crate::gateway::Gateway::new(&config)?;
     let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).map_err(|e| e.to_string())?;
     let front = format!("http://{}/", listener.local_addr().map_err(|e| e.to_string())?);
-    rt.spawn(crate::gateway::serve(gw, listener));
+    rt.spawn(crate::gateway::serve(gw, listener, None));
 
     // The client: one request every 1/rate s; each answer's time and which backend gave it.
     let answers: Arc<Mutex<Answers>> = Arc::new(Mutex::new(Vec::new()));

@@ -60,8 +60,9 @@ impl std::fmt::Display for ClientError {
 }
 
 impl Client {
-    pub fn new(base: &str, key: Option<String>) -> Client {
+    pub fn new(base: &str, key: Option<String>, tls: ureq::tls::TlsConfig) -> Client {
         let agent: ureq::Agent = ureq::Agent::config_builder()
+            .tls_config(tls)
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(30)))
             .build()

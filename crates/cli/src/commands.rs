@@ -13,6 +13,8 @@ pub struct Ctx {
     pub json: bool,
     /// A named profile instead of the default.
     pub profile: Option<String>,
+    /// Trusted instead of the system's roots for https:// servers.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 /// Which key a command needs when none was given explicitly.
@@ -29,7 +31,7 @@ impl Ctx {
         if let (None, None, None, Ok(meta)) =
             (&self.url, &self.api_key, &self.profile, std::env::var("GPUCLOUD_METADATA_URL"))
         {
-            return Ok(Client::new(&format!("{}/api", meta.trim_end_matches('/')), None));
+            return Ok(Client::new(&format!("{}/api", meta.trim_end_matches('/')), None, self.tls()?));
         }
         let name = self.profile.as_deref();
         if let Some(n) = name {
@@ -55,7 +57,11 @@ impl Ctx {
                 As::Tenant => p.api_key,
             }
         });
-        Ok(Client::new(&url, key))
+        Ok(Client::new(&url, key, self.tls()?))
+    }
+
+    fn tls(&self) -> Result<ureq::tls::TlsConfig, String> {
+        gpucloud_agent::tls::client_config(self.ca_file.as_deref())
     }
 }
 
@@ -727,8 +733,12 @@ pub enum NodeCmd {
     Drain {
         id: String,
         /// Stop every instance now; each waits pending for room elsewhere.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "deadline")]
         force: bool,
+        /// Stop what is still on the node after this long (e.g. 90s, 30m, 2h, 1d), room
+        /// elsewhere or not.
+        #[arg(long, value_parser = parse_duration_secs)]
+        deadline: Option<u64>,
     },
     /// A node's GPUs: put a failed one back in service.
     #[command(subcommand)]
@@ -766,13 +776,34 @@ fn node_rows(list: &[api::Node]) -> String {
     table(&["ID", "NAME", "REGION", "MODEL", "ALLOCATED", "STATE", "HEALTH", "LABELS"], &rows)
 }
 
+/// `90`, `90s`, `30m`, `2h` or `1d`, in seconds.
+fn parse_duration_secs(v: &str) -> Result<u64, String> {
+    let v = v.trim();
+    let (num, unit) = match v.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => v.split_at(i),
+        None => (v, "s"),
+    };
+    let n: u64 = num.parse().map_err(|_| format!("'{v}' is a duration such as 90s, 30m, 2h or 1d"))?;
+    let per = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("'{v}': the unit is s, m, h or d")),
+    };
+    n.checked_mul(per).filter(|s| *s > 0).ok_or_else(|| format!("'{v}' is not a positive duration"))
+}
+
 fn node_detail(n: &api::Node) -> String {
     let mut out = format!(
         "id:        {}\nname:      {}\nregion:    {}\nstate:     {}\nhealth:    {}\nheartbeat: {}\nallocated: {}/{}\nlabels:    {}\n\n",
         n.id,
         n.name,
         n.region,
-        n.state,
+        match &n.drain_deadline {
+            Some(d) => format!("{} (deadline {d})", n.state),
+            None => n.state.clone(),
+        },
         n.health,
         or_dash(n.last_heartbeat.as_ref()),
         n.gpus_allocated,
@@ -845,11 +876,20 @@ pub fn node(ctx: &Ctx, cmd: NodeCmd) -> Res {
         }
         NodeCmd::Cordon { id } => path_action(&id, "cordon")?,
         NodeCmd::Uncordon { id } => path_action(&id, "uncordon")?,
-        NodeCmd::Drain { id, force } => {
-            path_action(&id, if force { "drain?force=true" } else { "drain" })?;
+        NodeCmd::Drain { id, force, deadline } => {
+            let action = match (force, deadline) {
+                (true, _) => "drain?force=true".to_string(),
+                (false, Some(s)) => format!("drain?deadline_seconds={s}"),
+                (false, None) => "drain".to_string(),
+            };
+            path_action(&id, &action)?;
             if !force && !ctx.json {
+                let after = match deadline {
+                    Some(_) => " What is still there at the deadline is stopped.",
+                    None => " --force stops them all now.",
+                };
                 println!(
-                    "\nEach instance moves once another node has room for it; one that waits says why in `instance show`. --force stops them all now."
+                    "\nEach instance moves once another node has room for it; one that waits says why in `instance show`.{after}"
                 );
             }
         }

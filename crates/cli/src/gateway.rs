@@ -9,7 +9,7 @@
 
 use crate::client::not_sent;
 use axum::body::{Body, to_bytes};
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -46,11 +46,13 @@ pub struct GatewayConfig {
     /// A backend that does not answer a request within this is treated as down.
     pub request_timeout: Duration,
     pub connect_timeout: Duration,
+    /// How https:// backends' certificates are checked.
+    pub tls: ureq::tls::TlsConfig,
 }
 
 fn check_url(b: &str) -> Result<(), String> {
-    if !b.starts_with("http://") {
-        return Err(format!("backend '{b}' must be an http:// URL"));
+    if !b.starts_with("http://") && !b.starts_with("https://") {
+        return Err(format!("backend '{b}' must be an http:// or https:// URL"));
     }
     Ok(())
 }
@@ -62,6 +64,7 @@ impl Gateway {
             check_url(b)?;
         }
         let agent: ureq::Agent = ureq::Agent::config_builder()
+            .tls_config(c.tls.clone())
             .http_status_as_error(false)
             .timeout_global(Some(c.request_timeout))
             .timeout_connect(Some(c.connect_timeout))
@@ -227,7 +230,11 @@ fn problem(status: StatusCode, detail: String) -> Response {
     (status, [("content-type", "application/problem+json")], body.to_string()).into_response()
 }
 
-pub async fn proxy(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
+pub async fn proxy(
+    State(gw): State<Arc<Gateway>>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    req: Request,
+) -> Response {
     let (parts, body) = req.into_parts();
     let bytes = match to_bytes(body, MAX_BODY).await {
         Ok(b) => b,
@@ -236,12 +243,22 @@ pub async fn proxy(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
     let safe = matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE)
         || parts.headers.contains_key("idempotency-key");
     let path = parts.uri.path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into());
-    let headers: Vec<(String, Vec<u8>)> = parts
+    let mut headers: Vec<(String, Vec<u8>)> = parts
         .headers
         .iter()
-        .filter(|(k, _)| !HOP_BY_HOP.contains(&k.as_str()))
+        .filter(|(k, _)| !HOP_BY_HOP.contains(&k.as_str()) && k.as_str() != "x-forwarded-for")
         .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
         .collect();
+    // The client's address, after any the client's own proxies reported: the backend's audit
+    // log shows who called (README, "TLS and proxies").
+    let forwarded: Vec<&str> =
+        parts.headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok()).collect();
+    let mut chain = forwarded.join(", ");
+    if !chain.is_empty() {
+        chain.push_str(", ");
+    }
+    chain.push_str(&peer.ip().to_string());
+    headers.push(("x-forwarded-for".into(), chain.into_bytes()));
     let method = parts.method.clone();
     let gw2 = gw.clone();
     let answer = tokio::task::spawn_blocking(move || {
@@ -301,10 +318,14 @@ pub async fn proxy(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
 }
 
 /// Serves the gateway on `listener` until the process ends.
-pub async fn serve(gw: Arc<Gateway>, listener: tokio::net::TcpListener) -> Result<(), String> {
+pub async fn serve(
+    gw: Arc<Gateway>,
+    listener: tokio::net::TcpListener,
+    tls: Option<gpucloud_server::tls::TlsAcceptor>,
+) -> Result<(), String> {
     gw.spawn_health_checks();
     let app = axum::Router::new().fallback(proxy).with_state(gw);
-    axum::serve(listener, app).await.map_err(|e| e.to_string())
+    gpucloud_server::tls::serve(listener, tls, app).await.map_err(|e| e.to_string())
 }
 
 /// A backend for the failover benchmark and tests: `GET /health` answers ok, anything else its
@@ -328,6 +349,7 @@ mod tests {
             health_interval: Duration::from_millis(5),
             request_timeout: Duration::from_secs(1),
             connect_timeout: Duration::from_millis(100),
+            tls: Default::default(),
         })
         .unwrap()
     }

@@ -35,6 +35,10 @@ struct Cli {
     /// `dev`, the name its profile is saved under [default: dev, or the data directory's name].
     #[arg(long, global = true, env = "GPUCLOUD_PROFILE")]
     profile: Option<String>,
+    /// CA certificates (PEM) an https:// server's certificate must chain to, instead of the
+    /// system's trusted roots (a private CA).
+    #[arg(long, global = true, env = "GPUCLOUD_CA_FILE")]
+    ca_file: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -140,28 +144,7 @@ enum Command {
     /// An HTTP front for a service running in two places: health-checked, warm connections to
     /// both, requests to the first healthy one, safe requests retried on the other at once.
     /// Give the backends (--backend) or a replica set to follow (--cluster).
-    Gateway {
-        #[arg(long, default_value = "127.0.0.1:9080")]
-        listen: String,
-        /// A backend URL; give it once per replica, in order of preference.
-        #[arg(long = "backend", required_unless_present = "cluster", conflicts_with = "cluster")]
-        backends: Vec<String>,
-        /// Route to this cluster's running members (their endpoints: node address and
-        /// GPUCLOUD_PORT), in rank order, following them as they come and go.
-        #[arg(long)]
-        cluster: Option<String>,
-        /// How often to read the cluster's members.
-        #[arg(long, default_value_t = 1000)]
-        discover_interval_ms: u64,
-        /// The path health checks GET (2xx is healthy).
-        #[arg(long, default_value = "/v1/health")]
-        health_path: String,
-        #[arg(long, default_value_t = 5)]
-        health_interval_ms: u64,
-        /// A backend slower than this to answer a request is treated as down.
-        #[arg(long, default_value_t = 10_000)]
-        timeout_ms: u64,
-    },
+    Gateway(GatewayArgs),
     /// A trivial backend for `bench failover` (GET /health, anything else its name).
     #[command(hide = true)]
     GatewayEcho {
@@ -185,7 +168,13 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let ctx = commands::Ctx { url: cli.url, api_key: cli.api_key, json: cli.json, profile: cli.profile };
+    let ctx = commands::Ctx {
+        url: cli.url,
+        api_key: cli.api_key,
+        json: cli.json,
+        profile: cli.profile,
+        ca_file: cli.ca_file,
+    };
     let result = match cli.command {
         Command::Dev(a) => servers::dev(a, ctx.profile.as_deref()),
         Command::Serve(a) => servers::serve(a),
@@ -203,18 +192,7 @@ fn main() -> ExitCode {
         }),
         Command::Template(c) => commands::template(&ctx, c),
         Command::RegistryAuth(c) => commands::registry_auth(&ctx, c),
-        Command::Gateway {
-            listen,
-            backends,
-            cluster,
-            discover_interval_ms,
-            health_path,
-            health_interval_ms,
-            timeout_ms,
-        } => {
-            let follow = cluster.map(|c| (c, discover_interval_ms));
-            run_gateway(&ctx, listen, backends, follow, health_path, health_interval_ms, timeout_ms)
-        }
+        Command::Gateway(a) => run_gateway(&ctx, a),
         Command::GatewayEcho { listen, name } => run_async(async move {
             let l = tokio::net::TcpListener::bind(&listen).await.map_err(|e| format!("{listen}: {e}"))?;
             gateway::echo(l, name).await
@@ -249,19 +227,57 @@ fn main() -> ExitCode {
     }
 }
 
+#[derive(clap::Args)]
+struct GatewayArgs {
+    #[arg(long, default_value = "127.0.0.1:9080")]
+    listen: String,
+    /// A backend URL; give it once per replica, in order of preference.
+    #[arg(long = "backend", required_unless_present = "cluster", conflicts_with = "cluster")]
+    backends: Vec<String>,
+    /// Route to this cluster's running members (their endpoints: node address and
+    /// GPUCLOUD_PORT), in rank order, following them as they come and go.
+    #[arg(long)]
+    cluster: Option<String>,
+    /// How often to read the cluster's members.
+    #[arg(long, default_value_t = 1000)]
+    discover_interval_ms: u64,
+    /// The path health checks GET (2xx is healthy).
+    #[arg(long, default_value = "/v1/health")]
+    health_path: String,
+    #[arg(long, default_value_t = 5)]
+    health_interval_ms: u64,
+    /// A backend slower than this to answer a request is treated as down.
+    #[arg(long, default_value_t = 10_000)]
+    timeout_ms: u64,
+    /// Serve HTTPS with this certificate chain (PEM, leaf first); needs --tls-key.
+    #[arg(long, value_name = "PATH", requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, value_name = "PATH", requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
+}
+
 fn run_async(f: impl std::future::Future<Output = Result<(), String>>) -> Result<(), String> {
     tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| e.to_string())?.block_on(f)
 }
 
-fn run_gateway(
-    ctx: &commands::Ctx,
-    listen: String,
-    backends: Vec<String>,
-    follow: Option<(String, u64)>,
-    health_path: String,
-    health_interval_ms: u64,
-    timeout_ms: u64,
-) -> Result<(), String> {
+fn run_gateway(ctx: &commands::Ctx, a: GatewayArgs) -> Result<(), String> {
+    let GatewayArgs {
+        listen,
+        backends,
+        cluster,
+        discover_interval_ms,
+        health_path,
+        health_interval_ms,
+        timeout_ms,
+        tls_cert,
+        tls_key,
+    } = a;
+    let follow = cluster.map(|c| (c, discover_interval_ms));
+    let tls = match (&tls_cert, &tls_key) {
+        (Some(cert), Some(key)) => Some(gpucloud_server::tls::acceptor(cert, key)?),
+        _ => None,
+    };
     if !(1..=60_000).contains(&health_interval_ms) {
         return Err("--health-interval-ms is 1 to 60000".into());
     }
@@ -274,6 +290,7 @@ fn run_gateway(
         health_interval: std::time::Duration::from_millis(health_interval_ms),
         request_timeout: std::time::Duration::from_millis(timeout_ms.max(1)),
         connect_timeout: std::time::Duration::from_millis(100),
+        tls: gpucloud_agent::tls::client_config(ctx.ca_file.as_deref())?,
     };
     let gw = gateway::Gateway::new(&config)?;
     let mut target = config.backends.join(", ");
@@ -292,7 +309,8 @@ fn run_gateway(
     }
     run_async(async move {
         let l = tokio::net::TcpListener::bind(&listen).await.map_err(|e| format!("{listen}: {e}"))?;
-        println!("gateway on http://{} -> {target}", l.local_addr().map_err(|e| e.to_string())?);
-        gateway::serve(gw, l).await
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        println!("gateway on {scheme}://{} -> {target}", l.local_addr().map_err(|e| e.to_string())?);
+        gateway::serve(gw, l, tls).await
     })
 }

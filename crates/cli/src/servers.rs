@@ -225,6 +225,13 @@ pub struct ServeArgs {
     /// holds the reconcilers' lease by this name, so keep it stable across restarts.
     #[arg(long)]
     replica_name: Option<String>,
+    /// Serve HTTPS with this certificate chain (PEM, leaf first); needs --tls-key. Without it the
+    /// server speaks plain HTTP, for a TLS-terminating proxy in front (README, "TLS").
+    #[arg(long, value_name = "PATH", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, value_name = "PATH", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     #[command(flatten)]
     market: MarketArgs,
     #[command(flatten)]
@@ -352,6 +359,8 @@ pub fn dev(args: DevArgs, profile_name: Option<&str>) -> Result<(), String> {
                 docker_image: docker_image.clone(),
                 confine: Default::default(),
                 labels: [("dev".to_string(), "true".to_string())].into(),
+                ca_file: None,
+                allow_plain_http: false,
             };
             let spec = format!("{}:{count}", model.name());
             let flag = shutdown.clone();
@@ -435,6 +444,11 @@ pub fn serve(args: ServeArgs) -> Result<(), String> {
     init_logging();
     let policy = args.policy.parse()?;
     runtime()?.block_on(async move {
+        let tls = match (&args.tls_cert, &args.tls_key) {
+            (Some(cert), Some(key)) => Some(gpucloud_server::tls::acceptor(cert, key)?),
+            _ => None,
+        };
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let store = gpucloud_store::open(&args.database).await.map_err(|e| e.to_string())?;
         let config = Config {
             policy,
@@ -474,7 +488,7 @@ pub fn serve(args: ServeArgs) -> Result<(), String> {
                 ),
             }
         }
-        let running = gpucloud_server::start(store, config, &args.listen)
+        let running = gpucloud_server::start_with(store, config, &args.listen, tls)
             .await
             .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
         if running.app.store().list_tenants().await.map_err(|e| e.to_string())?.is_empty() {
@@ -489,9 +503,9 @@ pub fn serve(args: ServeArgs) -> Result<(), String> {
         if !free.is_empty() {
             tracing::warn!(prices = %free.join(", "), "prices of 0 in force: this usage is not billed");
         }
-        println!("gpucloud serving on http://{}", running.addr);
+        println!("gpucloud serving on {scheme}://{}", running.addr);
         // Its own line: scripts and tests read the address from the line above.
-        println!("dashboard: http://{}/ui/", running.addr);
+        println!("dashboard: {scheme}://{}/ui/", running.addr);
         let app = running.app.clone();
         let result = tokio::select! {
             _ = running.wait() => Err("the API server stopped".to_string()),
@@ -625,6 +639,15 @@ pub struct AgentArgs {
     /// [default: this host's memory / its GPUs].
     #[arg(long)]
     memory_per_gpu_gib: Option<f64>,
+    /// CA certificates (PEM) the server's certificate must chain to, instead of the system's
+    /// trusted roots (a private CA).
+    #[arg(long)]
+    ca_file: Option<PathBuf>,
+    /// Call a server on another host over plain HTTP, the agent key in clear: only on a network
+    /// you trust (plain HTTP to localhost is always allowed).
+    #[arg(long)]
+    #[serde(default)]
+    allow_plain_http: bool,
 }
 
 impl AgentArgs {
@@ -669,6 +692,8 @@ impl AgentArgs {
             workload_user: self.workload_user.or(file.workload_user),
             cpus_per_gpu: self.cpus_per_gpu.or(file.cpus_per_gpu),
             memory_per_gpu_gib: self.memory_per_gpu_gib.or(file.memory_per_gpu_gib),
+            ca_file: self.ca_file.or(file.ca_file),
+            allow_plain_http: self.allow_plain_http || file.allow_plain_http,
         })
     }
 }
@@ -779,6 +804,8 @@ pub fn agent(args: AgentArgs) -> Result<(), String> {
         docker_image: docker,
         confine: confine(&args)?,
         labels: args.labels.clone(),
+        ca_file: args.ca_file.clone(),
+        allow_plain_http: args.allow_plain_http,
     };
     let shutdown = std::sync::atomic::AtomicBool::new(false);
     gpucloud_agent::run(config, gpus.as_mut(), &shutdown)

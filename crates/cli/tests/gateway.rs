@@ -37,7 +37,7 @@ fn the_gateway_refuses_bad_backends() {
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("must be an http:// URL"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("must be an http:// or https:// URL"));
 }
 
 /// The pid of the echo backend named `name` (a workload's instance id).

@@ -7,6 +7,7 @@ pub mod dev;
 pub mod fake_agent;
 pub mod http;
 pub mod tasks;
+pub mod tls;
 
 use app::{App, Config};
 use gpucloud_store::Store;
@@ -40,19 +41,30 @@ impl Running {
 }
 
 /// Binds `listen`, starts the reconcilers (and fake agents when configured) and serves the API.
-pub async fn start(store: Arc<dyn Store>, mut config: Config, listen: &str) -> std::io::Result<Running> {
+pub async fn start(store: Arc<dyn Store>, config: Config, listen: &str) -> std::io::Result<Running> {
+    start_with(store, config, listen, None).await
+}
+
+/// As [`start`], serving HTTPS when `tls` is given.
+pub async fn start_with(
+    store: Arc<dyn Store>,
+    mut config: Config,
+    listen: &str,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) -> std::io::Result<Running> {
     let listener = TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
     if config.public_url.is_empty() {
         let host = if addr.ip().is_unspecified() { std::net::IpAddr::from([127, 0, 0, 1]) } else { addr.ip() };
-        config.public_url = format!("http://{}", SocketAddr::new(host, addr.port()));
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        config.public_url = format!("{scheme}://{}", SocketAddr::new(host, addr.port()));
     }
     config.public_url = config.public_url.trim_end_matches('/').to_string();
     let app = Arc::new(App::new(store, config));
     let mut tasks = tasks::spawn_all(app.clone());
     let router = http::router(app.clone());
     tasks.push(tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>()).await {
+        if let Err(e) = tls::serve(listener, tls, router).await {
             tracing::error!(error = %e, "HTTP server stopped");
         }
     }));

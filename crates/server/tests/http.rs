@@ -358,6 +358,45 @@ fn operator_cordons_drains_and_adds_nodes() {
     assert!(moved["pending_reason"].as_str().unwrap().contains("draining"), "{moved:?}");
 }
 
+#[test]
+fn a_drain_with_a_deadline_stops_what_is_left_when_it_passes() {
+    let s = TestServer::start();
+    let op = s.operator_key.clone();
+    let key = s.tenant("acme");
+    let nodes = s.get(&op, "/v1/nodes").body;
+    let rtx = nodes["nodes"].as_array().unwrap().iter().find(|n| n["name"] == "us1-rtx-01").map(id).unwrap();
+    let inst = id(&s.create(&key, "RTX-6000-Ada", 2, None));
+    s.wait_state(&key, &inst, "running");
+
+    for (bad, status) in [
+        ("deadline_seconds=0", 422),
+        ("deadline_seconds=2592001", 422),
+        ("force=true&deadline_seconds=5", 422),
+        ("deadline_seconds=soon", 400),
+    ] {
+        let r = s.post(&op, &format!("/v1/nodes/{rtx}/drain?{bad}"), None);
+        assert_eq!(r.status, status, "{bad}: {:?}", r.body);
+        assert!(r.body["detail"].as_str().unwrap_or_default().contains("deadline_seconds"), "{bad}: {:?}", r.body);
+    }
+    assert_eq!(s.get(&op, &format!("/v1/nodes/{rtx}")).body["state"], "ready", "a refused drain changed nothing");
+    // A tenant cannot drain a node.
+    assert_eq!(s.post(&key, &format!("/v1/nodes/{rtx}/drain?deadline_seconds=1"), None).status, 403);
+
+    // Nowhere else to go: it waits, saying so, until the deadline; then it is stopped and waits
+    // pending for room.
+    let drained = s.post(&op, &format!("/v1/nodes/{rtx}/drain?deadline_seconds=2"), None);
+    assert_eq!(drained.status, 200, "{:?}", drained.body);
+    assert!(drained.body["drain_deadline"].is_string(), "{:?}", drained.body);
+    let waiting = s.wait_for(&key, &inst, "told", |b| b["reason"].is_string());
+    assert_eq!(waiting["state"], "running", "{waiting}");
+    let stopped = s.wait_for(&key, &inst, "stopped at the deadline", |b| b["state"] == "pending");
+    assert!(stopped["pending_reason"].as_str().unwrap_or_default().contains("draining"), "{stopped}");
+    // Uncordoned: the deadline goes with the drain, and the instance runs again.
+    let ready = s.post(&op, &format!("/v1/nodes/{rtx}/uncordon"), None);
+    assert_eq!(ready.body["drain_deadline"], Value::Null, "{:?}", ready.body);
+    s.wait_state(&key, &inst, "running");
+}
+
 /// The OpenAPI document is 3.1 and lists exactly the routes the server answers.
 #[test]
 fn openapi_matches_the_routes() {

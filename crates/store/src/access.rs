@@ -21,7 +21,13 @@ pub trait AccessStore: Send + Sync {
     async fn instance_ran_on(&self, id: &gpucloud_model::InstanceId) -> Result<Option<gpucloud_model::NodeId>>;
     /// The id of the node called `name`, if one is registered.
     async fn node_named(&self, name: &str) -> Result<Option<gpucloud_model::NodeId>>;
+    /// Writes an audit row. A mutating call's row is written before the call runs, with status
+    /// 0 (outcome not known yet), and finished with [`AccessStore::finish_audit`] once it has
+    /// answered: a crash between leaves the row saying the call may have happened.
     async fn insert_audit(&self, entry: &AuditEntry) -> Result<()>;
+    /// Records the status a call written ahead answered with (only over status 0: a row is
+    /// finished once).
+    async fn finish_audit(&self, id: &str, status: u16) -> Result<()>;
     /// The latest entries since `since` (of one tenant, or all), newest first, at most `limit`.
     async fn list_audit(&self, tenant: Option<&TenantId>, since: Timestamp, limit: u32) -> Result<Vec<AuditEntry>>;
 }
@@ -121,6 +127,15 @@ impl AccessStore for SqlStore {
         .bind(&e.remote)
         .execute(&self.pool)
         .await?;
+        Ok(())
+    }
+
+    async fn finish_audit(&self, id: &str, status: u16) -> Result<()> {
+        sqlx::query("UPDATE audit_log SET status = $1 WHERE id = $2 AND status = 0")
+            .bind(i64::from(status))
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 

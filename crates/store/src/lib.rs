@@ -72,7 +72,8 @@ pub trait Store:
     /// The regions that have at least one node.
     async fn list_regions(&self) -> Result<Vec<Region>>;
     /// Sets the operator state and bumps the generation; false if no such node.
-    async fn set_node_state(&self, id: &NodeId, state: NodeState) -> Result<bool>;
+    /// Sets a node's state, with the deadline of a drain (kept only while it drains).
+    async fn set_node_state(&self, id: &NodeId, state: NodeState, drain_deadline: Option<Timestamp>) -> Result<bool>;
     /// Records a heartbeat and marks the node healthy; false if no such node.
     async fn record_heartbeat(&self, id: &NodeId, at: Timestamp) -> Result<bool>;
     /// Registers an agent-driven node, or re-registers it by name: same id, epoch + 1 (so the

@@ -29,6 +29,8 @@ const SQLITE: &[(i64, &str)] = &[
     (22, include_str!("../migrations/sqlite/0022_ssh_keys.sql")),
     (23, include_str!("../migrations/sqlite/0023_billing_accrual.sql")),
     (24, include_str!("../migrations/sqlite/0024_log_runs.sql")),
+    (25, include_str!("../migrations/sqlite/0025_drain_deadline.sql")),
+    (26, include_str!("../migrations/sqlite/0026_audit_written_ahead.sql")),
 ];
 const POSTGRES: &[(i64, &str)] = &[
     (1, include_str!("../migrations/postgres/0001_foundation.sql")),
@@ -55,6 +57,8 @@ const POSTGRES: &[(i64, &str)] = &[
     (22, include_str!("../migrations/postgres/0022_ssh_keys.sql")),
     (23, include_str!("../migrations/postgres/0023_billing_accrual.sql")),
     (24, include_str!("../migrations/postgres/0024_log_runs.sql")),
+    (25, include_str!("../migrations/postgres/0025_drain_deadline.sql")),
+    (26, include_str!("../migrations/postgres/0026_audit_written_ahead.sql")),
 ];
 
 pub(crate) async fn run(pool: &AnyPool, backend: Backend) -> Result<()> {

@@ -328,12 +328,14 @@ impl Store for SqlStore {
         names.iter().map(|r| Region::parse(r).map_err(|e| corrupt("nodes", e))).collect()
     }
 
-    async fn set_node_state(&self, id: &NodeId, state: NodeState) -> Result<bool> {
-        let r = sqlx::query("UPDATE nodes SET state = $1, generation = generation + 1 WHERE id = $2")
-            .bind(state.as_str())
-            .bind(id.to_string())
-            .execute(&self.pool)
-            .await?;
+    async fn set_node_state(&self, id: &NodeId, state: NodeState, drain_deadline: Option<Timestamp>) -> Result<bool> {
+        let r =
+            sqlx::query("UPDATE nodes SET state = $1, drain_deadline = $2, generation = generation + 1 WHERE id = $3")
+                .bind(state.as_str())
+                .bind(drain_deadline.filter(|_| state == NodeState::Draining).map(|t| t.0))
+                .bind(id.to_string())
+                .execute(&self.pool)
+                .await?;
         Ok(r.rows_affected() == 1)
     }
 
@@ -1197,7 +1199,7 @@ async fn load_nodes(pool: &AnyPool, only: Option<&NodeId>) -> Result<Vec<Node>> 
     let t = "nodes";
     // Two statement shapes rather than `($1 = '' OR id = $1)`, which would scan every GPU row
     // to read one node.
-    let node_cols = "SELECT id, name, region, state, health, generation, last_heartbeat, created_at, driver, epoch, address, labels FROM nodes";
+    let node_cols = "SELECT id, name, region, state, health, generation, last_heartbeat, created_at, driver, epoch, address, labels, drain_deadline FROM nodes";
     let gpu_cols = "SELECT node_id, idx, model, uuid, instance_id, healthy FROM gpus";
     let (rows, gpu_rows) = match only {
         Some(id) => (
@@ -1273,6 +1275,7 @@ async fn load_nodes(pool: &AnyPool, only: Option<&NodeId>) -> Result<Vec<Node>> 
                     .filter_map(|l| l.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
                     .collect(),
                 gpus: gpus.remove(&id).unwrap_or_default(),
+                drain_deadline: r.try_get::<Option<i64>, _>(12)?.map(Timestamp),
             })
         })
         .collect()

@@ -148,6 +148,8 @@ pub struct Node {
     /// What its agent says of it (`--label k=v`): rack, interconnect, owner...
     pub labels: std::collections::BTreeMap<String, String>,
     pub gpus: Vec<Gpu>,
+    /// While draining: when what still runs on it is stopped, room elsewhere or not.
+    pub drain_deadline: Option<Timestamp>,
 }
 
 impl Node {

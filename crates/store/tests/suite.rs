@@ -285,6 +285,16 @@ async fn tenants_and_keys(s: Arc<dyn Store>) {
     assert_eq!(ids(s.list_audit(Some(&t.id), ts(2), 10).await.unwrap()), vec!["a3"]);
     assert_eq!(ids(s.list_audit(None, ts(0), 1).await.unwrap()), vec!["a3"]);
     assert!(s.insert_audit(&entry("a1", 9, &t.id)).await.is_err(), "ids are unique");
+    // Written ahead with status 0, finished once.
+    s.insert_audit(&AuditEntry { status: 0, ..entry("a4", 4, &t.id) }).await.unwrap();
+    let status = |s: Vec<AuditEntry>| s.into_iter().find(|e| e.id == "a4").map(|e| e.status);
+    assert_eq!(status(s.list_audit(None, ts(0), 10).await.unwrap()), Some(0));
+    s.finish_audit("a4", 201).await.unwrap();
+    s.finish_audit("a4", 500).await.unwrap();
+    s.finish_audit("a1", 500).await.unwrap();
+    assert_eq!(status(s.list_audit(None, ts(0), 10).await.unwrap()), Some(201));
+    let a1 = s.list_audit(None, ts(0), 10).await.unwrap().into_iter().find(|e| e.id == "a1").unwrap();
+    assert_eq!(a1.status, 201, "a finished row keeps its status");
 }
 
 async fn node_health_follows_heartbeats(s: Arc<dyn Store>) {
@@ -301,9 +311,14 @@ async fn node_health_follows_heartbeats(s: Arc<dyn Store>) {
     assert!(s.mark_silent_nodes_lost(ts(100), ts(150)).await.unwrap().is_empty());
     assert!(s.record_heartbeat(&n.id, ts(200)).await.unwrap());
     assert_eq!(s.get_node(&n.id).await.unwrap().unwrap().health, NodeHealth::Healthy);
-    assert!(s.set_node_state(&n.id, NodeState::Cordoned).await.unwrap());
+    assert!(s.set_node_state(&n.id, NodeState::Cordoned, None).await.unwrap());
     assert_eq!(s.get_node(&n.id).await.unwrap().unwrap().state, NodeState::Cordoned);
-    assert!(!s.set_node_state(&NodeId::parse("n-missing").unwrap(), NodeState::Ready).await.unwrap());
+    // A drain's deadline is kept while it drains, and only then.
+    s.set_node_state(&n.id, NodeState::Draining, Some(ts(900))).await.unwrap();
+    assert_eq!(s.get_node(&n.id).await.unwrap().unwrap().drain_deadline, Some(ts(900)));
+    s.set_node_state(&n.id, NodeState::Cordoned, Some(ts(900))).await.unwrap();
+    assert_eq!(s.get_node(&n.id).await.unwrap().unwrap().drain_deadline, None);
+    assert!(!s.set_node_state(&NodeId::parse("n-missing").unwrap(), NodeState::Ready, None).await.unwrap());
 }
 
 async fn instance_insert_is_idempotent_per_tenant(s: Arc<dyn Store>) {
@@ -370,7 +385,7 @@ async fn placements_are_all_or_nothing(s: Arc<dyn Store>) {
     assert_eq!(out, ApplyOutcome::Applied { placed: vec![i3.id.clone()] });
 
     // A cordoned node takes nothing.
-    s.set_node_state(&n.id, NodeState::Cordoned).await.unwrap();
+    s.set_node_state(&n.id, NodeState::Cordoned, None).await.unwrap();
     let n = s.get_node(&n.id).await.unwrap().unwrap();
     let i4 = instance(&s, &t, 1, None).await;
     let out = s.apply_placements(&n.id, n.generation, &[placement(&i4, &[2])], ts(24)).await.unwrap();
@@ -468,7 +483,7 @@ async fn a_conflicting_node_fails_alone_in_a_plan(s: Arc<dyn Store>) {
     let n2 = node(&s, "gpu-2", GpuModel::A100_40GB, 2).await;
     let n3 = node(&s, "gpu-3", GpuModel::A100_40GB, 2).await;
     let (a, b, c) = (instance(&s, &t, 2, None).await, instance(&s, &t, 2, None).await, instance(&s, &t, 2, None).await);
-    s.set_node_state(&n2.id, NodeState::Cordoned).await.unwrap();
+    s.set_node_state(&n2.id, NodeState::Cordoned, None).await.unwrap();
     let batches = vec![
         NodeBatch { node: n1.id.clone(), node_generation: n1.generation, placements: vec![placement(&a, &[0, 1])] },
         NodeBatch { node: n2.id.clone(), node_generation: n2.generation, placements: vec![placement(&b, &[0, 1])] },

@@ -73,30 +73,26 @@ impl App {
     }
 
     pub async fn set_node_state(&self, by: &Principal, id: &str, state: NodeState) -> Result<Node, AppError> {
-        self.set_node_state_with(by, id, state, false).await
+        self.set_node_state_with(by, id, state, false, None).await
     }
 
     /// Drain (`state` draining) moves each instance off once another node has room for it
     /// ([`App::drain_pass`]); with `force`, every instance is stopped now and waits pending
-    /// for room, as a node that must go down at once needs.
+    /// for room, as a node that must go down at once needs; with a `deadline`, what is still
+    /// there when it passes is stopped so.
     pub async fn set_node_state_with(
         &self,
         by: &Principal,
         id: &str,
         state: NodeState,
         force: bool,
+        deadline: Option<std::time::Duration>,
     ) -> Result<Node, AppError> {
         let node = self.get_node(by, id).await?;
-        self.store.set_node_state(&node.id, state).await?;
+        let deadline = deadline.map(|d| self.now().plus_millis(d.as_millis() as i64));
+        self.store.set_node_state(&node.id, state, deadline).await?;
         if state == NodeState::Draining && force {
-            for inst in self.store.instances_on_node(&node.id).await? {
-                if inst.state.holds_gpus() {
-                    self.transition(inst, |i| {
-                        i.state.on_user(i.stop_target, UserAction::Evict).map_err(AppError::from)
-                    })
-                    .await?;
-                }
-            }
+            self.evict_all(&node.id).await?;
         } else if state == NodeState::Draining {
             self.drain_pass().await?;
         }
@@ -204,7 +200,16 @@ impl App {
         let mut fleet = super::schedule::snapshot_of(&nodes);
         let mut rng = rand::rngs::StdRng::from_os_rng();
         let mut moved = 0;
+        let now = self.now();
         for node in nodes.iter().filter(|n| n.state == NodeState::Draining) {
+            if node.drain_deadline.is_some_and(|d| d <= now) {
+                let stopped = self.evict_all(&node.id).await?;
+                if stopped > 0 {
+                    tracing::warn!(node = %node.id, stopped, "drain deadline passed: stopped what still ran");
+                }
+                moved += stopped;
+                continue;
+            }
             for inst in self.store.instances_on_node(&node.id).await? {
                 if !matches!(inst.state, InstanceState::Provisioning | InstanceState::Running) {
                     continue;
@@ -254,6 +259,19 @@ impl App {
             }
         }
         Ok(moved)
+    }
+
+    /// Stops everything holding GPUs on the node; each waits pending for room elsewhere.
+    async fn evict_all(&self, node: &gpucloud_model::NodeId) -> Result<usize, AppError> {
+        let mut n = 0;
+        for inst in self.store.instances_on_node(node).await? {
+            if inst.state.holds_gpus() {
+                self.transition(inst, |i| i.state.on_user(i.stop_target, UserAction::Evict).map_err(AppError::from))
+                    .await?;
+                n += 1;
+            }
+        }
+        Ok(n)
     }
 
     pub async fn capacity(&self) -> Result<Vec<PoolCapacity>, AppError> {

@@ -110,6 +110,7 @@ pub fn node_with(n: store::Node, readings: Option<&[crate::app::GpuReading]>) ->
         epoch: n.epoch,
         generation: n.generation,
         last_heartbeat: n.last_heartbeat.map(rfc3339),
+        drain_deadline: n.drain_deadline.map(rfc3339),
         labels: n.labels.clone(),
         gpus_total: n.gpus.len() as u32,
         // A GPU holding slices counts as allocated: it takes no whole-GPU request.

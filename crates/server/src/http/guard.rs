@@ -35,68 +35,99 @@ pub async fn layer(State(app): State<Arc<App>>, mut req: Request, next: Next) ->
         (p, _) => p,
     };
     let remote = remote_of(&req);
-    let resp = match &principal {
+    let audited = mutating && !agent_beat && path.starts_with("/v1/");
+    let entry = |p: &crate::app::Principal, status: u16| AuditEntry {
+        // Calls within one millisecond keep their order: the id sorts by a per-process sequence.
+        id: format!(
+            "au-{:012x}{:016x}",
+            AUDIT_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            crate::app::random_bits() as u64
+        ),
+        at: app.now(),
+        tenant_id: p.tenant.id.clone(),
+        key_prefix: p.key_prefix.clone(),
+        method: method.to_string(),
+        path: path.clone(),
+        status,
+        remote: remote.clone(),
+    };
+    let refused = match &principal {
         // Refused here, and still audited: a read-only key trying to change something is news.
-        Some(p) if mutating && p.scope == KeyScope::ReadOnly => ApiError::new(
+        Some(p) if mutating && p.scope == KeyScope::ReadOnly => Some(ApiError::new(
             StatusCode::FORBIDDEN,
             "read_only_key",
             format!("key {} is read-only: it cannot {method} {path}", p.key_prefix),
-        )
-        .into_response(),
-        Some(p) if p.workload.is_some() && !workload_may(&app, p, &method, &path).await => ApiError::new(
+        )),
+        Some(p) if p.workload.is_some() && !workload_may(&app, p, &method, &path).await => Some(ApiError::new(
             StatusCode::FORBIDDEN,
             "workload_scope",
             format!(
                 "a workload reaches only its own instance, cluster and job through its metadata endpoint, not {method} {path}"
             ),
-        )
-        .into_response(),
-        Some(p) if p.scope == KeyScope::Agent && !path.starts_with("/v1/agent/") => ApiError::new(
+        )),
+        Some(p) if p.scope == KeyScope::Agent && !path.starts_with("/v1/agent/") => Some(ApiError::new(
             StatusCode::FORBIDDEN,
             "agent_key",
             format!("key {} is a node agent's: it can only call /v1/agent/..., not {method} {path}", p.key_prefix),
-        )
-        .into_response(),
-        Some(p) => {
-            if !agent_beat && let Err(wait) = app.take_rate_token(&p.key_id) {
-                // Not audited: a runaway client would otherwise write a row per refusal.
-                let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
-                let mut resp = ApiError::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "rate_limited",
-                    format!("key {} is over its rate limit; retry in {secs} s", p.key_prefix),
-                )
-                .into_response();
-                resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
-                return resp;
-            }
-            req.extensions_mut().insert(p.clone());
-            next.run(req).await
-        }
-        None => next.run(req).await,
+        )),
+        _ => None,
     };
-    if let Some(p) = principal.filter(|_| mutating && !agent_beat && path.starts_with("/v1/")) {
-        let entry = AuditEntry {
-            // Calls within one millisecond keep their order: the id sorts by a per-process sequence.
-            id: format!(
-                "au-{:012x}{:016x}",
-                AUDIT_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-                crate::app::random_bits() as u64
-            ),
-            at: app.now(),
-            tenant_id: p.tenant.id.clone(),
-            key_prefix: p.key_prefix.clone(),
-            method: method.to_string(),
-            path,
-            status: resp.status().as_u16(),
-            remote,
-        };
-        // The call is done either way; a lost audit row is logged loudly, never silently.
-        if let Err(e) = app.store().insert_audit(&entry).await {
-            tracing::error!(error = %e, method = %entry.method, path = %entry.path, "audit log write failed");
+    let Some(p) = principal else { return next.run(req).await };
+    if let Some(refusal) = refused {
+        let resp = refusal.into_response();
+        if audited {
+            let row = entry(&p, resp.status().as_u16());
+            // Nothing changed: a lost row for a refusal is logged, and the refusal stands.
+            if let Err(e) = app.store().insert_audit(&row).await {
+                tracing::error!(error = %e, method = %row.method, path = %row.path, "audit log write failed");
+            }
         }
+        return resp;
     }
-    resp
+    if !agent_beat && let Err(wait) = app.take_rate_token(&p.key_id) {
+        // Not audited: a runaway client would otherwise write a row per refusal.
+        let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+        let mut resp = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!("key {} is over its rate limit; retry in {secs} s", p.key_prefix),
+        )
+        .into_response();
+        resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        return resp;
+    }
+    // Written ahead: the row exists before the call can change anything, so a crash mid-call
+    // leaves a row whose outcome is unknown (status 0), never a change with no row. A call
+    // whose row cannot be written is not run.
+    let row = audited.then(|| entry(&p, 0));
+    if let Some(row) = &row
+        && let Err(e) = app.store().insert_audit(row).await
+    {
+        tracing::error!(error = %e, method = %row.method, path = %row.path, "audit log write failed: call refused");
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "audit_unavailable",
+            format!("the audit log cannot be written, so {method} {path} was not run; retry shortly"),
+        )
+        .into_response();
+    }
+    req.extensions_mut().insert(p);
+    let Some(row) = row else { return next.run(req).await };
+    // Its own task: a client that hangs up mid-call neither cuts the change short nor leaves
+    // its row unfinished.
+    let finish = tokio::spawn(async move {
+        let resp = next.run(req).await;
+        if let Err(e) = app.store().finish_audit(&row.id, resp.status().as_u16()).await {
+            // The row stays, saying the outcome is unknown.
+            tracing::error!(error = %e, method = %row.method, path = %row.path, "audit log: recording the answer failed");
+        }
+        resp
+    });
+    match finish.await {
+        Ok(resp) => resp,
+        Err(e) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("the call failed: {e}"))
+            .into_response(),
+    }
 }
 
 /// What a workload may call: its instance, its cluster (read, resize) and its job, by id or name.

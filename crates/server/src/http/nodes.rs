@@ -97,10 +97,14 @@ pub struct DrainQuery {
     /// Stop every instance now (each waits pending for room elsewhere) rather than moving each
     /// once another node has room for it.
     force: Option<bool>,
+    /// Move each instance once there is room, but stop what is still there this many seconds
+    /// from now (1 to 2592000, 30 days), as `force` would.
+    deadline_seconds: Option<u64>,
 }
 
 /// Drain: place nothing new, and move each instance elsewhere once another node has room for it
-/// (one that must wait says so in its `reason`); `force=true` stops them all now.
+/// (one that must wait says so in its `reason`); `force=true` stops them all now, and
+/// `deadline_seconds=N` stops what is still there N seconds from now.
 #[utoipa::path(post, path = "/v1/nodes/{id}/drain", tag = "nodes", params(("id" = String, Path), DrainQuery),
     responses((status = 200, body = Node), (status = 400, body = Problem), (status = 404, body = Problem)),
     security(("bearer" = [])))]
@@ -112,7 +116,24 @@ pub async fn drain(
 ) -> Result<Json<Node>, ApiError> {
     let Query(q) = q.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
     let force = q.force.unwrap_or(false);
-    Ok(Json(convert::node(app.set_node_state_with(&p, &id, NodeState::Draining, force).await?)))
+    let deadline = match q.deadline_seconds {
+        Some(_) if force => {
+            return Err(crate::app::AppError::invalid(
+                "deadline_seconds",
+                "a forced drain stops everything now: give force or deadline_seconds, not both",
+            )
+            .into());
+        }
+        Some(s) if !(1..=2_592_000).contains(&s) => {
+            return Err(crate::app::AppError::invalid(
+                "deadline_seconds",
+                format!("deadline_seconds is 1 to 2592000 (30 days), got {s}"),
+            )
+            .into());
+        }
+        s => s.map(std::time::Duration::from_secs),
+    };
+    Ok(Json(convert::node(app.set_node_state_with(&p, &id, NodeState::Draining, force, deadline).await?)))
 }
 
 fn gpu_index(index: &str) -> Result<u32, ApiError> {

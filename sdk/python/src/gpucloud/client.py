@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 import uuid
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -480,7 +481,8 @@ class Client:
     """``Client(url, key)``; both default to ``GPUCLOUD_URL`` / ``GPUCLOUD_API_KEY``; inside a
     workload (``GPUCLOUD_METADATA_URL`` set) to calls through its metadata endpoint, which reach
     its own instance, cluster and job; else to the profile ``gpucloud dev`` writes: the one
-    ``profile=`` or ``GPUCLOUD_PROFILE`` names, else the default."""
+    ``profile=`` or ``GPUCLOUD_PROFILE`` names, else the default. ``ca_file=`` (or
+    ``GPUCLOUD_CA_FILE``) trusts a private CA's certificates for an https:// server."""
 
     def __init__(
         self,
@@ -488,6 +490,7 @@ class Client:
         key: Optional[str] = None,
         timeout: float = 30.0,
         profile: Optional[str] = None,
+        ca_file: Optional[str] = None,
     ):
         profile = profile or os.environ.get("GPUCLOUD_PROFILE") or None
         meta = os.environ.get("GPUCLOUD_METADATA_URL")
@@ -503,7 +506,10 @@ class Client:
         if not url:
             raise ValueError("no gpucloud URL: pass url=, set GPUCLOUD_URL, or run `gpucloud dev`")
         headers = {"Authorization": f"Bearer {key}"} if key else {}
-        self._http = httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout)
+        # A private CA's certificates (PEM), as the CLI's --ca-file; else the system's roots.
+        ca_file = ca_file or os.environ.get("GPUCLOUD_CA_FILE") or None
+        verify: Any = ssl.create_default_context(cafile=ca_file) if ca_file else True
+        self._http = httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout, verify=verify)
         self.instances = Instances(self)
         self.clusters = Clusters(self)
         self.jobs = Jobs(self)
