@@ -83,7 +83,7 @@ pub fn run(config: Config, gpus: &mut dyn GpuBackend, shutdown: &std::sync::atom
             None
         }
     };
-    let metadata = metadata::MetadataServer::start_on(config.metadata_port, docker.as_ref().map(|d| d.gateway()))?;
+    let metadata = open_metadata(&config, docker.as_ref().map(|d| d.gateway()))?;
     // Workloads call the API through their metadata endpoint, as this agent (first server listed).
     metadata.set_api(config.server.split(',').next().unwrap_or_default().trim(), &config.token, tls);
     if docker.is_some() {
@@ -113,6 +113,14 @@ pub fn run(config: Config, gpus: &mut dyn GpuBackend, shutdown: &std::sync::atom
         ingress.set_secret(secret);
     }
     let interval = config.interval.unwrap_or(Duration::from_millis(reg.heartbeat_interval_ms.max(100)));
+    // Cut off from every server for this long, the workloads here are stopped: by then the
+    // server may run them elsewhere. A server that does not say gets 10 s grace + 30 s.
+    let stop_after = Duration::from_millis(reg.stop_after_ms.unwrap_or(40_000));
+    // When the last beat that got an answer was sent (it reached the server no later).
+    let mut last_answered = std::time::Instant::now();
+    // Workloads this agent stopped because no server answered, until that is reported.
+    let mut fenced: std::collections::BTreeSet<String> = Default::default();
+    let mut cut_off = false;
     tracing::info!(node = %reg.node_id, epoch = reg.epoch, adopted = runtime.len(), "registered");
     let mut last_reading = std::time::Instant::now();
     // Workloads the server wants stopped that never ran here (stopped before they started, or
@@ -152,6 +160,12 @@ pub fn run(config: Config, gpus: &mut dyn GpuBackend, shutdown: &std::sync::atom
         instances.extend(runtime.take_preparing());
         for r in &mut instances {
             r.checkpoint = metadata.checkpoint(&r.id);
+            if fenced.contains(&r.id) && r.reason.is_none() {
+                r.reason = Some(format!(
+                    "stopped by its node's agent: no control-plane server answered for {} s",
+                    stop_after.as_secs()
+                ));
+            }
         }
         let metrics = metadata.drain_metrics();
         let beat = AgentHeartbeat {
@@ -162,9 +176,16 @@ pub fn run(config: Config, gpus: &mut dyn GpuBackend, shutdown: &std::sync::atom
             metrics,
             purged_volumes: std::mem::take(&mut purged_volumes),
         };
+        let sent = std::time::Instant::now();
         match client.heartbeat(&beat) {
             Ok(desired) => {
+                last_answered = sent;
+                if cut_off {
+                    tracing::warn!("a server answers again");
+                    cut_off = false;
+                }
                 for id in runtime.reported(&beat.instances) {
+                    fenced.remove(&id);
                     metadata.withdraw(&id);
                 }
                 purged_volumes = runtime.purge_volumes(&desired.purge_volumes);
@@ -248,10 +269,46 @@ pub fn run(config: Config, gpus: &mut dyn GpuBackend, shutdown: &std::sync::atom
                 metadata.requeue_metrics(beat.metrics);
                 purged_volumes = beat.purged_volumes;
                 tracing::warn!(error = %e, "heartbeat failed; retrying");
+                // Self-fencing: stop in time for everything to be gone by `stop_after`.
+                let silent = last_answered.elapsed();
+                if !cut_off && silent + config.stop_grace >= stop_after {
+                    cut_off = true;
+                    let alive: Vec<String> =
+                        runtime.actual().into_iter().filter(|a| a.alive).map(|a| a.id).collect();
+                    tracing::error!(
+                        silent_s = silent.as_secs(),
+                        workloads = alive.len(),
+                        "no server has answered for too long: stopping this node's workloads, which the cloud may now run elsewhere"
+                    );
+                    runtime.stop_all_gracefully();
+                    fenced.extend(alive);
+                }
             }
         }
         std::thread::sleep(interval);
     }
+}
+
+/// The metadata endpoint. With no port set (any free one), the port of the previous run is
+/// tried first and the one taken is kept in the state directory: workloads adopted after a
+/// restart know their endpoint by the URL they were started with.
+fn open_metadata(config: &Config, containers: Option<std::net::IpAddr>) -> Result<metadata::MetadataServer, String> {
+    if config.metadata_port != 0 {
+        return metadata::MetadataServer::start_on(config.metadata_port, containers);
+    }
+    let kept = config.state_dir.join("metadata.port");
+    let before: Option<u16> = std::fs::read_to_string(&kept).ok().and_then(|p| p.trim().parse().ok());
+    let server = match before.map(|p| metadata::MetadataServer::start_on(p, containers)) {
+        Some(Ok(m)) => m,
+        Some(Err(e)) => {
+            tracing::warn!(error = %e, "the metadata port of the previous run is taken: adopted workloads lose their endpoint");
+            metadata::MetadataServer::start_on(0, containers)?
+        }
+        None => metadata::MetadataServer::start_on(0, containers)?,
+    };
+    std::fs::create_dir_all(&config.state_dir).map_err(|e| format!("{}: {e}", config.state_dir.display()))?;
+    std::fs::write(&kept, server.port().to_string()).map_err(|e| format!("{}: {e}", kept.display()))?;
+    Ok(server)
 }
 
 /// CPUs this host has (what containers' limits are shares of).

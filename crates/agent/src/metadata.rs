@@ -139,6 +139,11 @@ impl MetadataServer {
         Ok(MetadataServer { addr, container_addr, table, tokens: Mutex::default() })
     }
 
+    /// The loopback port.
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
     /// The port containers reach the endpoint at (the loopback one without containers).
     pub fn container_port(&self) -> u16 {
         self.container_addr.unwrap_or(self.addr).port()

@@ -772,6 +772,11 @@ pub struct AgentRegistered {
     /// registered an ingress port.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ingress_secret: Option<String>,
+    /// An agent that has had no answer from any server for this long has its workloads stopped
+    /// by then (it starts stopping them its stop grace earlier): by that time the server may run
+    /// them elsewhere, and two copies must never run at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_after_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]

@@ -212,6 +212,11 @@ pub struct ServeArgs {
     /// A node silent this long is lost (default 10000).
     #[arg(long)]
     heartbeat_grace_ms: Option<u64>,
+    /// How long an agent cut off from every server keeps its workloads running before it stops
+    /// them itself; a lost node's managed job starts its next attempt only after it, so the two
+    /// never overlap. At least the heartbeat grace [default: the grace + 30000].
+    #[arg(long)]
+    agent_stop_after_ms: Option<u64>,
     /// How often a running instance's accrued charge is posted to the ledger, in seconds
     /// (default 3600; also at each month start and when it stops). Balances, budgets and the
     /// invoice draft read posted + accrued, so they move every second either way.
@@ -473,6 +478,15 @@ pub fn serve(args: ServeArgs) -> Result<(), String> {
         }
         if let Some(ms) = args.heartbeat_grace_ms {
             config.heartbeat_grace = Duration::from_millis(ms.max(100));
+        }
+        if let Some(ms) = args.agent_stop_after_ms {
+            let grace = config.heartbeat_grace.as_millis() as u64;
+            if ms < grace || ms > 3_600_000 {
+                return Err(format!(
+                    "--agent-stop-after-ms must be from the heartbeat grace ({grace}) to 3600000, got {ms}"
+                ));
+            }
+            config.agent_stop_after = Some(Duration::from_millis(ms));
         }
         posting_period(&mut config, args.posting_period_s)?;
         args.market.apply(&mut config)?;

@@ -421,6 +421,83 @@ fn a_healed_partition_stops_what_was_given_up() {
     let _ = std::fs::remove_dir_all(&root);
 }
 
+/// A managed job whose node is cut off: the agent stops the attempt itself once no server has
+/// answered for `--agent-stop-after-ms`, and the server starts the next attempt elsewhere only
+/// after that, so the two never run at once (each attempt writes the time every 50 ms).
+#[test]
+fn a_cut_off_agent_stops_its_job_before_the_next_attempt_starts() {
+    use std::sync::atomic::Ordering;
+    let root: PathBuf = std::env::temp_dir().join(format!("gpucloud-fence-{:016x}", rand::random::<u64>()));
+    std::fs::create_dir_all(&root).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let out = root.join("serve.out");
+    let _server = common::serve(&root, &format!("127.0.0.1:{port}"), &out, &["--agent-stop-after-ms", "5000"]);
+    let (op, url) = serving(&out);
+    let api = Api::new(&url);
+    let (proxy, cut) = partition_proxy(format!("127.0.0.1:{port}"));
+    let _island = start_agent(&proxy, &op, "island", &root.join("island"));
+    let (_, t) = api.call(&op, "POST", "/v1/tenants", Some(json!({"name": "acme"})));
+    let key = t["api_key"].as_str().unwrap().to_string();
+    let runs = root.join("runs");
+    std::fs::create_dir_all(&runs).unwrap();
+    let command = format!(
+        "while true; do date +%s%N >> {}/$GPUCLOUD_INSTANCE_ID; sleep 0.05; done",
+        runs.display()
+    );
+    let files = || -> Vec<PathBuf> {
+        std::fs::read_dir(&runs).unwrap().flatten().map(|e| e.path()).collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, v) = api.call(
+            &key,
+            "POST",
+            "/v1/jobs",
+            Some(json!({"gpus": ["A100-40GB"], "count": 1, "command": command, "spot": false})),
+        );
+        if status == 201 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{status} {v}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    while files().is_empty() {
+        assert!(Instant::now() < deadline, "the first attempt never ran");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Somewhere for the next attempt, then the island is cut off.
+    let _mainland = start_agent(&url, &op, "mainland", &root.join("mainland"));
+    cut.store(true, Ordering::SeqCst);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while files().len() < 2 {
+        assert!(Instant::now() < deadline, "the job never ran its next attempt");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let stamps = |p: &PathBuf| -> Vec<u128> {
+        std::fs::read_to_string(p).unwrap().lines().filter_map(|l| l.trim().parse().ok()).collect()
+    };
+    let mut spans: Vec<(u128, u128)> = files()
+        .iter()
+        .map(stamps)
+        .filter(|s| !s.is_empty())
+        .map(|s| (*s.iter().min().unwrap(), *s.iter().max().unwrap()))
+        .collect();
+    spans.sort();
+    assert_eq!(spans.len(), 2, "{spans:?}");
+    let (first, second) = (spans[0], spans[1]);
+    assert!(
+        first.1 < second.0,
+        "the first attempt ran until {} ns, {} ms after the second started",
+        first.1,
+        (first.1 - second.0) / 1_000_000
+    );
+    let log = std::fs::read_to_string(root.join("island.log")).unwrap_or_default();
+    assert!(log.contains("stopping this node's workloads"), "{log}");
+    cut.store(false, Ordering::SeqCst);
+    let _ = std::fs::remove_dir_all(&root);
+}
+
 #[test]
 fn an_agent_takes_its_settings_from_a_config_file_and_flags_win() {
     let root: PathBuf = std::env::temp_dir().join(format!("gpucloud-agent-config-{:016x}", rand::random::<u64>()));

@@ -104,6 +104,7 @@ fn a_new_user_walks_through_dev_and_survives_kill_9() {
         })
     };
     std::thread::sleep(Duration::from_millis(300));
+    let metadata_url = workload_env(&id, "GPUCLOUD_METADATA_URL").expect("the workload has a metadata endpoint");
     let mut dev = dev;
     dev.child.kill().unwrap(); // SIGKILL
     dev.child.wait().unwrap();
@@ -118,6 +119,25 @@ fn a_new_user_walks_through_dev_and_survives_kill_9() {
     );
     // Everything from before is still there.
     assert_eq!(json(&config, &["instance", "show", &id])["id"], id.as_str());
+    // The workload kept running and was adopted: the metadata URL it was started with answers
+    // again (its agent took the same port back).
+    let probe: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(2)))
+        .build()
+        .into();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        match probe.get(&metadata_url).call() {
+            Ok(r) if r.status() == 200 => break,
+            other => assert!(
+                std::time::Instant::now() < deadline,
+                "the adopted workload's metadata endpoint {metadata_url} does not answer: {:?}",
+                other.map(|r| r.status())
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 
     // The client retries every create with the same keys.
     let mut ids = std::collections::BTreeMap::new();
@@ -177,6 +197,19 @@ fn a_new_user_walks_through_dev_and_survives_kill_9() {
     assert_eq!(left, 0, "workloads left running after Ctrl-C");
     drop(dev2);
     let _ = std::fs::remove_dir_all(&root);
+}
+
+/// A variable from the environment of the workload process of instance `id` (from /proc).
+fn workload_env(id: &str, var: &str) -> Option<String> {
+    let marker = format!("GPUCLOUD_INSTANCE_ID={id}");
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let env = std::fs::read(e.path().join("environ")).ok()?;
+        let vars: Vec<String> = env.split(|b| *b == 0).map(|v| String::from_utf8_lossy(v).into_owned()).collect();
+        if !vars.contains(&marker) {
+            return None;
+        }
+        vars.iter().find_map(|v| v.strip_prefix(&format!("{var}=")).map(str::to_string))
+    })
 }
 
 fn send_sigint(pid: u32) {

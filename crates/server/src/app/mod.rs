@@ -51,6 +51,9 @@ pub struct Config {
     /// A node silent for longer than this is lost: no new instances, and its instances are lost
     /// with billing ended at its last heartbeat. Agents heartbeat every fifth of it.
     pub heartbeat_grace: Duration,
+    /// How long an agent cut off from every server lets its workloads run (see
+    /// [`Config::agent_stop_after`]); `None`: 30 s beyond `heartbeat_grace`.
+    pub agent_stop_after: Option<Duration>,
     /// Run an in-process fake agent for every node (dev mode, tests).
     pub fake_agents: FakeAgents,
     /// How often metering brings accrued charges, budgets and prepaid balances up to date.
@@ -152,6 +155,17 @@ pub enum FakeAgents {
     Every(Duration),
 }
 
+impl Config {
+    /// An agent with no answer from any server for this long has stopped its workloads (it is
+    /// told so when it registers). A lost node's managed job waits this long after its last
+    /// heartbeat before its next attempt starts elsewhere, so the two never run at once.
+    /// 30 s beyond the grace by default, as Nomad's `stop_after_client_disconnect` leaves
+    /// room for a partition to heal before work is given up.
+    pub fn agent_stop_after(&self) -> Duration {
+        self.agent_stop_after.unwrap_or(self.heartbeat_grace + Duration::from_secs(30)).max(self.heartbeat_grace)
+    }
+}
+
 impl Default for Config {
     fn default() -> Config {
         Config {
@@ -162,6 +176,7 @@ impl Default for Config {
             // receiving work) within seconds. Kubernetes waits 40 s before NotReady because its
             // kubelets report every 10 s; gpucloud bills by the second, so it listens closer.
             heartbeat_grace: Duration::from_secs(10),
+            agent_stop_after: None,
             fake_agents: FakeAgents::Off,
             // Balances and usage move every second, as tenants of a per-second cloud expect.
             metering_interval: Duration::from_secs(1),

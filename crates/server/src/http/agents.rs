@@ -48,6 +48,7 @@ pub async fn register(
             epoch: node.epoch,
             heartbeat_interval_ms: interval,
             ingress_secret,
+            stop_after_ms: Some(app.config.agent_stop_after().as_millis() as u64),
         }),
     ))
 }
