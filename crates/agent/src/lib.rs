@@ -273,8 +273,7 @@ pub fn run(config: Config, gpus: &mut dyn GpuBackend, shutdown: &std::sync::atom
                 let silent = last_answered.elapsed();
                 if !cut_off && silent + config.stop_grace >= stop_after {
                     cut_off = true;
-                    let alive: Vec<String> =
-                        runtime.actual().into_iter().filter(|a| a.alive).map(|a| a.id).collect();
+                    let alive: Vec<String> = runtime.actual().into_iter().filter(|a| a.alive).map(|a| a.id).collect();
                     tracing::error!(
                         silent_s = silent.as_secs(),
                         workloads = alive.len(),

@@ -440,13 +440,8 @@ fn a_cut_off_agent_stops_its_job_before_the_next_attempt_starts() {
     let key = t["api_key"].as_str().unwrap().to_string();
     let runs = root.join("runs");
     std::fs::create_dir_all(&runs).unwrap();
-    let command = format!(
-        "while true; do date +%s%N >> {}/$GPUCLOUD_INSTANCE_ID; sleep 0.05; done",
-        runs.display()
-    );
-    let files = || -> Vec<PathBuf> {
-        std::fs::read_dir(&runs).unwrap().flatten().map(|e| e.path()).collect()
-    };
+    let command = format!("while true; do date +%s%N >> {}/$GPUCLOUD_INSTANCE_ID; sleep 0.05; done", runs.display());
+    let files = || -> Vec<PathBuf> { std::fs::read_dir(&runs).unwrap().flatten().map(|e| e.path()).collect() };
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let (status, v) = api.call(
