@@ -685,6 +685,32 @@ pub struct TenantBillingRequest {
     pub credit_limit: Option<Money>,
 }
 
+/// One background reconciler on the replica that answered, and how its passes went.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TaskStatus {
+    pub name: String,
+    /// What it converges.
+    pub what: String,
+    pub period_ms: u64,
+    /// Runs only on the replica holding the reconcilers' lease (`GET /v1/replica`).
+    pub leader_only: bool,
+    pub runs: u64,
+    pub failures: u64,
+    pub last_started: Option<String>,
+    pub last_duration_ms: Option<f64>,
+    /// The last pass's error; `null` when the last pass went well.
+    pub last_error: Option<String>,
+    pub last_failed_at: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TaskList {
+    /// The replica these are of: each replica keeps its own record.
+    pub replica: String,
+    pub leader: bool,
+    pub tasks: Vec<TaskStatus>,
+}
+
 /// What the billing checker found: every interval recomputed from the instance's state history
 /// and the price book against what was charged and what the ledger holds.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

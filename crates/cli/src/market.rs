@@ -207,6 +207,11 @@ pub enum AdminCmd {
         #[arg(long)]
         xid: Option<u32>,
     },
+    /// The control plane's background reconcilers on the replica that answers: period, passes,
+    /// the last one's duration and error.
+    Tasks,
+    /// Run one reconciler now rather than at its next period (see `admin tasks` for names).
+    RunTask { name: String },
 }
 
 pub fn admin(ctx: &Ctx, cmd: AdminCmd) -> Res {
@@ -237,6 +242,38 @@ pub fn admin(ctx: &Ctx, cmd: AdminCmd) -> Res {
                     n.id, n.name, n.health
                 )
             });
+        }
+        AdminCmd::Tasks => {
+            let l: api::TaskList = c.get("/v1/admin/tasks").map_err(|e| e.to_string())?;
+            show(ctx, &l, |l| {
+                let rows: Vec<Vec<String>> = l
+                    .tasks
+                    .iter()
+                    .map(|t| {
+                        vec![
+                            t.name.clone(),
+                            format!("{} ms", t.period_ms),
+                            t.runs.to_string(),
+                            t.failures.to_string(),
+                            t.last_duration_ms.map_or("-".into(), |d| format!("{d:.1} ms")),
+                            or_dash(t.last_started.as_ref()),
+                            t.last_error.clone().unwrap_or_else(|| "-".into()),
+                        ]
+                    })
+                    .collect();
+                format!(
+                    "replica {} ({})\n{}",
+                    l.replica,
+                    if l.leader { "leads: runs them all" } else { "does not lead: runs none that write" },
+                    table(&["TASK", "PERIOD", "RUNS", "FAILED", "LAST TOOK", "LAST STARTED", "LAST ERROR"], &rows)
+                )
+            });
+        }
+        AdminCmd::RunTask { name } => {
+            let t: api::TaskStatus = c
+                .post(&format!("/v1/admin/tasks/{}/run", crate::client::encode_query(&name)), None::<&()>, None)
+                .map_err(|e| e.to_string())?;
+            show(ctx, &t, |t| format!("{}: runs now ({} passes so far)", t.name, t.runs));
         }
         AdminCmd::CheckBilling => {
             let r: api::BillingCheck = c.get("/v1/admin/billing/check").map_err(|e| e.to_string())?;

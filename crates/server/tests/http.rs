@@ -397,6 +397,57 @@ fn a_drain_with_a_deadline_stops_what_is_left_when_it_passes() {
     s.wait_state(&key, &inst, "running");
 }
 
+#[test]
+fn operators_see_each_reconciler_and_can_run_one_now() {
+    let s = TestServer::start();
+    let op = s.operator_key.clone();
+    let key = s.tenant("acme");
+    assert_eq!(s.get(&key, "/v1/admin/tasks").status, 403, "a tenant sees no control-plane internals");
+    assert_eq!(s.post(&key, "/v1/admin/tasks/schedule/run", None).status, 403);
+
+    let runs = |name: &str| -> u64 {
+        let l = s.get(&op, "/v1/admin/tasks").body;
+        let t = l["tasks"].as_array().unwrap().iter().find(|t| t["name"] == name).cloned();
+        t.unwrap_or_else(|| panic!("no task {name}: {l}"))["runs"].as_u64().unwrap()
+    };
+    let l = s.get(&op, "/v1/admin/tasks").body;
+    assert_eq!(l["leader"], true, "{l}");
+    let names: Vec<&str> = l["tasks"].as_array().unwrap().iter().filter_map(|t| t["name"].as_str()).collect();
+    for want in ["schedule", "drain", "heartbeat-watch", "metering", "jobs", "notices", "spot-prices", "invoicing"] {
+        assert!(names.contains(&want), "{want} missing from {names:?}");
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while runs("schedule") == 0 {
+        assert!(std::time::Instant::now() < deadline, "the scheduler never ran");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+
+    // Invoicing runs every 5 minutes: a kick runs it now.
+    let before = runs("invoicing");
+    let r = s.post(&op, "/v1/admin/tasks/invoicing/run", None);
+    assert_eq!(r.status, 202, "{:?}", r.body);
+    while runs("invoicing") == before {
+        assert!(std::time::Instant::now() < deadline, "the kicked task never ran");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let t = s.get(&op, "/v1/admin/tasks").body["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "invoicing")
+        .cloned()
+        .unwrap();
+    assert_eq!((t["failures"].as_u64(), &t["last_error"]), (Some(0), &Value::Null), "{t}");
+    assert!(t["last_started"].is_string() && t["last_duration_ms"].is_number(), "{t}");
+    let missing = s.post(&op, "/v1/admin/tasks/nope/run", None);
+    assert_eq!(missing.status, 404);
+    assert!(
+        missing.body["detail"].as_str().unwrap().contains("schedule"),
+        "names the tasks there are: {:?}",
+        missing.body
+    );
+}
+
 /// The OpenAPI document is 3.1 and lists exactly the routes the server answers.
 #[test]
 fn openapi_matches_the_routes() {

@@ -291,15 +291,17 @@ fn reserved_capacity_is_kept_lent_as_spot_and_taken_back() {
 
     // The owner pays the commitment per period, nothing per instance, and gets half of what the
     // lending earned back.
-    std::thread::sleep(Duration::from_millis(2500));
-    let ledger = s.get(&lab, "/v1/billing/ledger").body;
-    let entries = ledger["entries"].as_array().unwrap();
-    let commitment = entries
-        .iter()
-        .filter(|e| e["memo"].as_str().unwrap().starts_with("reservation r-") && e["kind"] == "usage")
-        .count();
-    assert!(commitment >= 2, "{entries:?}");
-    let credit = entries.iter().find(|e| e["kind"] == "lending-credit").unwrap_or_else(|| panic!("{entries:?}"));
+    let entries = common::poll("two periods billed and a lending credit posted", || {
+        let ledger = s.get(&lab, "/v1/billing/ledger").body;
+        let entries = ledger["entries"].as_array().unwrap().clone();
+        let commitment = entries
+            .iter()
+            .filter(|e| e["memo"].as_str().unwrap().starts_with("reservation r-") && e["kind"] == "usage")
+            .count();
+        let credited = entries.iter().any(|e| e["kind"] == "lending-credit");
+        (commitment >= 2 && credited).then_some(entries)
+    });
+    let credit = entries.iter().find(|e| e["kind"] == "lending-credit").unwrap();
     assert!(credit["amount"].as_str().unwrap().parse::<f64>().unwrap() > 0.0, "{credit}");
     let own_usage: f64 = entries
         .iter()

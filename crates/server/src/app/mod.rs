@@ -19,6 +19,7 @@ pub mod outbound;
 pub mod pools;
 mod ports;
 pub mod ratelimit;
+pub mod reconcilers;
 pub mod reservations;
 pub mod secrets;
 pub mod ssh;
@@ -230,6 +231,8 @@ pub struct App {
     /// The posting point this process's metering last posted every running interval at: until
     /// the next point, a pass only settles what ended.
     pub(crate) posted_point: std::sync::atomic::AtomicI64,
+    /// What each background reconciler did last (`GET /v1/admin/tasks`).
+    pub reconcilers: reconcilers::Reconcilers,
 }
 
 /// Since when a cluster's utilization has been above its bound, and below its other one.
@@ -251,6 +254,7 @@ impl App {
             leadership: Default::default(),
             rate_buckets: Default::default(),
             posted_point: Default::default(),
+            reconcilers: Default::default(),
         };
         app.started_at = app.now();
         app

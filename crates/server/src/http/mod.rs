@@ -21,6 +21,7 @@ mod pools;
 mod proxy;
 mod secrets;
 mod ssh_keys;
+mod tasks;
 mod templates;
 mod tenants;
 mod ui;
@@ -59,6 +60,7 @@ pub const MAX_BODY: usize = 64 * 1024;
         (name = "ssh", description = "Renters' SSH keys: a shell in their instances with a stock OpenSSH client"),
         (name = "secrets", description = "Tenants' secrets, stored encrypted, given to workloads at start"),
         (name = "meta", description = "Catalog, capacity, identity, health"),
+        (name = "admin", description = "The control plane itself: its background reconcilers (operator)"),
     )
 )]
 struct ApiDoc;
@@ -117,6 +119,8 @@ pub fn api() -> (Router<Arc<App>>, utoipa::openapi::OpenApi) {
         .routes(routes!(billing::get_budget, billing::set_budget))
         .routes(routes!(billing::set_tenant_billing))
         .routes(routes!(billing::check_billing))
+        .routes(routes!(tasks::list))
+        .routes(routes!(tasks::run))
         .routes(routes!(tenants::show))
         .routes(routes!(billing::alerts))
         .routes(routes!(market::spot_prices))

@@ -5,19 +5,271 @@ use crate::app::{AgentApi, App, FakeAgents};
 use gpucloud_agent::gpu::GpuInfo;
 use gpucloud_model::NodeId;
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinHandle;
 
+type Pass = fn(Arc<App>) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+
+/// One background reconciler: a name operators see, a period, and a pass that converges one
+/// thing and can be run again at any time.
+struct Spec {
+    /// Reconcilers of one group run one after another on one task, as they always have: the
+    /// money passes, the market passes and the scheduler's never race each other.
+    group: &'static str,
+    name: &'static str,
+    what: &'static str,
+    period: Duration,
+    /// Whether it runs only on the replica holding the lease (everything that writes does).
+    leader_only: bool,
+    /// Waits one period before the first pass (what needs the fleet to have reported first).
+    delay_first: bool,
+    pass: Pass,
+}
+
+/// A pass fails with the message operators see in `GET /v1/admin/tasks`.
+fn err(e: crate::app::AppError) -> String {
+    e.to_string()
+}
+
+fn specs(app: &App) -> Vec<Spec> {
+    let c = &app.config;
+    let market_every = Duration::from_millis(500);
+    let grace_quarter = (c.heartbeat_grace / 4).max(Duration::from_millis(50));
+    vec![
+        Spec {
+            group: "schedule",
+            name: "schedule",
+            what: "places pending instances (also woken by every change it cares about)",
+            period: c.schedule_interval,
+            leader_only: true,
+            delay_first: false,
+            pass: |app| {
+                Box::pin(async move {
+                    let r = app.schedule_pass().await.map_err(|e| e.to_string())?;
+                    if r.placed > 0 || r.conflicts > 0 {
+                        tracing::debug!(
+                            placed = r.placed,
+                            unplaced = r.unplaced,
+                            conflicts = r.conflicts,
+                            "schedule pass"
+                        );
+                    }
+                    Ok(())
+                })
+            },
+        },
+        Spec {
+            group: "schedule",
+            name: "drain",
+            what: "moves instances off draining nodes once there is room, stops them at a drain's deadline",
+            period: c.schedule_interval,
+            leader_only: true,
+            delay_first: false,
+            pass: |app| {
+                Box::pin(async move {
+                    let n = app.drain_pass().await.map_err(err)?;
+                    if n > 0 {
+                        tracing::info!(moved = n, "drain pass");
+                        app.wake_scheduler();
+                    }
+                    Ok(())
+                })
+            },
+        },
+        Spec {
+            group: "heartbeat",
+            name: "heartbeat-watch",
+            what: "declares nodes silent for the heartbeat grace lost",
+            period: grace_quarter,
+            leader_only: true,
+            delay_first: true,
+            pass: |app| Box::pin(heartbeat_watch_pass(app)),
+        },
+        Spec {
+            group: "money",
+            name: "metering",
+            what: "accrues and posts usage, settles what ended",
+            period: c.metering_interval,
+            leader_only: true,
+            delay_first: true,
+            pass: |app| {
+                Box::pin(async move {
+                    let r = app.meter().await.map_err(err)?;
+                    if r.conflicts > 0 {
+                        tracing::debug!(conflicts = r.conflicts, "metering raced another writer");
+                    }
+                    Ok(())
+                })
+            },
+        },
+        Spec {
+            group: "money",
+            name: "reservations",
+            what: "bills reservations and credits their owners' lent GPUs",
+            period: c.metering_interval,
+            leader_only: true,
+            delay_first: true,
+            pass: |app| Box::pin(async move { app.bill_reservations().await.map(|_| ()).map_err(err) }),
+        },
+        Spec {
+            group: "money",
+            name: "budgets",
+            what: "alerts on budgets and stops prepaid tenants out of credit",
+            period: c.metering_interval,
+            leader_only: true,
+            delay_first: true,
+            pass: |app| Box::pin(async move { app.enforce_budgets().await.map(|_| ()).map_err(err) }),
+        },
+        Spec {
+            group: "invoicing",
+            name: "invoicing",
+            what: "closes past months' invoices",
+            period: Duration::from_secs(300),
+            leader_only: true,
+            delay_first: false,
+            pass: |app| Box::pin(async move { app.close_past_invoices().await.map(|_| ()).map_err(err) }),
+        },
+        Spec {
+            group: "market",
+            name: "notices",
+            what: "stops preempted instances at their notice's deadline (kept to within half a second)",
+            period: market_every,
+            leader_only: true,
+            delay_first: false,
+            pass: |app| Box::pin(async move { app.enforce_notices().await.map(|_| ()).map_err(err) }),
+        },
+        Spec {
+            group: "market",
+            name: "jobs",
+            what: "launches managed jobs' next attempts",
+            period: market_every,
+            leader_only: true,
+            delay_first: false,
+            pass: |app| Box::pin(async move { app.reconcile_jobs().await.map(|_| ()).map_err(err) }),
+        },
+        Spec {
+            group: "market",
+            name: "cluster-schedules",
+            what: "resizes clusters on their schedules and from their GPUs' utilization",
+            period: market_every,
+            leader_only: true,
+            delay_first: false,
+            pass: |app| {
+                Box::pin(async move {
+                    if app.config.market.schedules_follow_clock {
+                        app.apply_schedules(app.now()).await.map_err(err)?;
+                        app.autoscale_from_telemetry().await.map_err(err)?;
+                    }
+                    Ok(())
+                })
+            },
+        },
+        Spec {
+            group: "market",
+            name: "clusters",
+            what: "keeps clusters' members at their size",
+            period: market_every,
+            leader_only: true,
+            delay_first: false,
+            pass: |app| Box::pin(async move { app.reconcile_clusters().await.map(|_| ()).map_err(err) }),
+        },
+        Spec {
+            group: "market",
+            name: "pool-schedules",
+            what: "sizes warm pools on their schedules",
+            period: market_every,
+            leader_only: true,
+            delay_first: false,
+            pass: |app| {
+                Box::pin(async move {
+                    if app.config.market.schedules_follow_clock {
+                        app.apply_pool_schedules(app.now()).await.map_err(err)?;
+                    }
+                    Ok(())
+                })
+            },
+        },
+        Spec {
+            group: "market",
+            name: "pools",
+            what: "keeps warm pools filled",
+            period: market_every,
+            leader_only: true,
+            delay_first: false,
+            pass: |app| Box::pin(async move { app.reconcile_pools().await.map(|_| ()).map_err(err) }),
+        },
+        Spec {
+            group: "market",
+            name: "spot-prices",
+            what: "moves spot prices with demand and gives notice where they pass bids",
+            period: c.market.price_interval,
+            leader_only: true,
+            delay_first: false,
+            pass: |app| {
+                Box::pin(async move {
+                    let every = app.config.market.price_interval;
+                    // Lending accrues for the time since the previous pass.
+                    let dt = match app.reconcilers.previous_started("spot-prices") {
+                        Some(prev) => Duration::from_millis(app.now().millis_since(prev).max(0) as u64),
+                        None => every,
+                    };
+                    let r = app.market_pass(dt.clamp(Duration::from_millis(1), every * 10)).await.map_err(err)?;
+                    if r.noticed > 0 {
+                        tracing::info!(noticed = r.noticed, "spot price passed bids");
+                    }
+                    Ok(())
+                })
+            },
+        },
+        Spec {
+            group: "monitor",
+            name: "monitor",
+            what: "idle detection and health alerts",
+            period: c.monitor.interval,
+            leader_only: true,
+            delay_first: true,
+            pass: |app| {
+                Box::pin(async move {
+                    let n = app.monitor_pass().await.map_err(err)?;
+                    if n > 0 {
+                        tracing::info!(stopped = n, "idle instances stopped");
+                    }
+                    Ok(())
+                })
+            },
+        },
+        Spec {
+            group: "monitor",
+            name: "telemetry-retention",
+            what: "deletes telemetry past its retention",
+            period: Duration::from_secs(60),
+            leader_only: true,
+            delay_first: false,
+            pass: |app| {
+                Box::pin(async move {
+                    let (samples, metrics) = app.prune_telemetry().await.map_err(err)?;
+                    if samples + metrics > 0 {
+                        tracing::debug!(samples, metrics, "telemetry past retention deleted");
+                    }
+                    Ok(())
+                })
+            },
+        },
+    ]
+}
+
 pub fn spawn_all(app: Arc<App>) -> Vec<JoinHandle<()>> {
-    let mut tasks = vec![
-        tokio::spawn(schedule_loop(app.clone())),
-        tokio::spawn(heartbeat_watch(app.clone())),
-        tokio::spawn(metering(app.clone())),
-        tokio::spawn(invoicing(app.clone())),
-        tokio::spawn(market(app.clone())),
-        tokio::spawn(monitor(app.clone())),
-    ];
+    let mut groups: Vec<(&'static str, Vec<Spec>)> = Vec::new();
+    for spec in specs(&app) {
+        match groups.iter_mut().find(|(g, _)| *g == spec.group) {
+            Some((_, specs)) => specs.push(spec),
+            None => groups.push((spec.group, vec![spec])),
+        }
+    }
+    let mut tasks: Vec<JoinHandle<()>> = groups.into_iter().map(|(_, specs)| drive(app.clone(), specs)).collect();
     if app.config.replica.is_some() {
         tasks.push(tokio::spawn(leadership(app.clone())));
     }
@@ -25,6 +277,52 @@ pub fn spawn_all(app: Arc<App>) -> Vec<JoinHandle<()>> {
         tasks.push(tokio::spawn(fake_agent_supervisor(app, interval)));
     }
     tasks
+}
+
+/// The one driver of every reconciler: each of a group's passes when its period is up (or when
+/// kicked: `POST /v1/admin/tasks/{name}/run`, and the scheduler by every change it cares about),
+/// its outcome recorded for `GET /v1/admin/tasks`.
+fn drive(app: Arc<App>, specs: Vec<Spec>) -> JoinHandle<()> {
+    let wake = Arc::new(tokio::sync::Notify::new());
+    for s in &specs {
+        app.reconcilers.register(s.name, s.what, s.period, s.leader_only, wake.clone());
+    }
+    tokio::spawn(async move {
+        let start = tokio::time::Instant::now();
+        let mut due: Vec<tokio::time::Instant> =
+            specs.iter().map(|s| if s.delay_first { start + s.period } else { start }).collect();
+        let schedules = specs.iter().any(|s| s.name == "schedule");
+        loop {
+            if specs.iter().any(|s| s.leader_only) {
+                until_leader(&app).await;
+            }
+            for (spec, due) in specs.iter().zip(due.iter_mut()) {
+                let kicked = app.reconcilers.take_kick(spec.name);
+                let now = tokio::time::Instant::now();
+                if !kicked && now < *due {
+                    continue;
+                }
+                *due = now + spec.period;
+                let started = std::time::Instant::now();
+                app.reconcilers.started(spec.name, app.now());
+                let outcome = (spec.pass)(app.clone()).await;
+                if let Err(e) = &outcome {
+                    tracing::error!(task = spec.name, error = %e, "reconciler pass failed");
+                }
+                app.reconcilers.finished(spec.name, started.elapsed(), outcome.err(), app.now());
+            }
+            let next =
+                due.iter().min().copied().unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(1));
+            tokio::select! {
+                _ = wake.notified() => {}
+                // The scheduler runs on every change it cares about, not only on its period.
+                _ = app.schedule_wakeup.notified(), if schedules => {
+                    app.reconcilers.kick_quietly("schedule");
+                }
+                _ = tokio::time::sleep_until(next) => {}
+            }
+        }
+    })
 }
 
 /// Renews (or tries to take) the reconcilers' lease; the loops below act only while it holds.
@@ -45,155 +343,21 @@ async fn until_leader(app: &App) {
     }
 }
 
-async fn schedule_loop(app: Arc<App>) {
-    loop {
-        until_leader(&app).await;
-        match app.schedule_pass().await {
-            Ok(r) if r.placed > 0 || r.conflicts > 0 => {
-                tracing::debug!(placed = r.placed, unplaced = r.unplaced, conflicts = r.conflicts, "schedule pass");
-            }
-            Ok(_) => {}
-            Err(e) => tracing::error!(error = %e, "schedule pass failed"),
-        }
-        match app.drain_pass().await {
-            Ok(0) => {}
-            Ok(n) => {
-                tracing::info!(moved = n, "drain pass");
-                app.wake_scheduler();
-            }
-            Err(e) => tracing::error!(error = %e, "drain pass failed"),
-        }
-        tokio::select! {
-            _ = app.schedule_wakeup.notified() => {}
-            _ = tokio::time::sleep(app.config.schedule_interval) => {}
-        }
-    }
-}
-
-async fn metering(app: Arc<App>) {
-    loop {
-        tokio::time::sleep(app.config.metering_interval).await;
-        until_leader(&app).await;
-        match app.meter().await {
-            Ok(r) if r.conflicts > 0 => tracing::debug!(conflicts = r.conflicts, "metering raced another writer"),
-            Ok(_) => {}
-            Err(e) => tracing::error!(error = %e, "metering pass failed"),
-        }
-        if let Err(e) = app.bill_reservations().await {
-            tracing::error!(error = %e, "reservation billing failed");
-        }
-        if let Err(e) = app.enforce_budgets().await {
-            tracing::error!(error = %e, "budget pass failed");
-        }
-    }
-}
-
-/// The spot market and managed jobs: deadlines and job relaunches twice a second (a notice's
-/// deadline is kept to within half a second), prices every `price_interval`.
-async fn market(app: Arc<App>) {
-    let mut last_price = std::time::Instant::now() - app.config.market.price_interval;
-    loop {
-        until_leader(&app).await;
-        if let Err(e) = app.enforce_notices().await {
-            tracing::error!(error = %e, "preemption deadlines failed");
-        }
-        if let Err(e) = app.reconcile_jobs().await {
-            tracing::error!(error = %e, "job pass failed");
-        }
-        if app.config.market.schedules_follow_clock
-            && let Err(e) = app.apply_schedules(app.now()).await
-        {
-            tracing::error!(error = %e, "cluster schedules failed");
-        }
-        if app.config.market.schedules_follow_clock
-            && let Err(e) = app.autoscale_from_telemetry().await
-        {
-            tracing::error!(error = %e, "cluster autoscaling failed");
-        }
-        if let Err(e) = app.reconcile_clusters().await {
-            tracing::error!(error = %e, "cluster pass failed");
-        }
-        if app.config.market.schedules_follow_clock
-            && let Err(e) = app.apply_pool_schedules(app.now()).await
-        {
-            tracing::error!(error = %e, "warm pool schedules failed");
-        }
-        if let Err(e) = app.reconcile_pools().await {
-            tracing::error!(error = %e, "warm pool pass failed");
-        }
-        if last_price.elapsed() >= app.config.market.price_interval {
-            let dt = last_price.elapsed().min(app.config.market.price_interval * 10);
-            last_price = std::time::Instant::now();
-            match app.market_pass(dt).await {
-                Ok(r) if r.noticed > 0 => tracing::info!(noticed = r.noticed, "spot price passed bids"),
-                Ok(_) => {}
-                Err(e) => tracing::error!(error = %e, "market pass failed"),
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
-
-/// Idle detection and health alerts every `monitor.interval`; retention once a minute.
-async fn monitor(app: Arc<App>) {
-    let mut last_prune: Option<std::time::Instant> = None;
-    loop {
-        tokio::time::sleep(app.config.monitor.interval).await;
-        until_leader(&app).await;
-        match app.monitor_pass().await {
-            Ok(n) if n > 0 => tracing::info!(stopped = n, "idle instances stopped"),
-            Ok(_) => {}
-            Err(e) => tracing::error!(error = %e, "monitor pass failed"),
-        }
-        if last_prune.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
-            last_prune = Some(std::time::Instant::now());
-            match app.prune_telemetry().await {
-                Ok((s, m)) if s + m > 0 => {
-                    tracing::debug!(samples = s, metrics = m, "telemetry past retention deleted")
-                }
-                Ok(_) => {}
-                Err(e) => tracing::error!(error = %e, "telemetry retention failed"),
-            }
-        }
-    }
-}
-
-async fn invoicing(app: Arc<App>) {
-    loop {
-        until_leader(&app).await;
-        if let Err(e) = app.close_past_invoices().await {
-            tracing::error!(error = %e, "closing invoices failed");
-        }
-        tokio::time::sleep(Duration::from_secs(300)).await;
-    }
-}
-
-async fn heartbeat_watch(app: Arc<App>) {
+async fn heartbeat_watch_pass(app: Arc<App>) -> Result<(), String> {
     let grace = app.config.heartbeat_grace;
     let grace_ms = grace.as_millis() as i64;
-    let period = (grace / 4).max(Duration::from_millis(50));
-    loop {
-        tokio::time::sleep(period).await;
-        until_leader(&app).await;
-        let now = app.now();
-        // A new leader (a restart, or a replica taking over) gives agents a full grace period
-        // first: the control plane being away is not the node being lost.
-        let since = app.leader_since().unwrap_or(now).max(app.started_at);
-        if now.millis_since(since) < grace_ms {
-            continue;
-        }
-        match app.store().mark_silent_nodes_lost(now.plus_millis(-grace_ms), now).await {
-            Ok(lost) => {
-                for n in &lost {
-                    tracing::warn!(node = %n.node, instances = n.instances.len(), "no heartbeat within {:?}: node lost", grace);
-                }
-                if let Err(e) = app.nodes_lost_alerts(&lost).await {
-                    tracing::error!(error = %e, "node-lost alerts failed");
-                }
-            }
-            Err(e) => tracing::error!(error = %e, "heartbeat watch failed"),
-        }
+    let now = app.now();
+    // A new leader (a restart, or a replica taking over) gives agents a full grace period
+    // first: the control plane being away is not the node being lost.
+    let since = app.leader_since().unwrap_or(now).max(app.started_at);
+    if now.millis_since(since) < grace_ms {
+        return Ok(());
     }
+    let lost = app.store().mark_silent_nodes_lost(now.plus_millis(-grace_ms), now).await.map_err(|e| e.to_string())?;
+    for n in &lost {
+        tracing::warn!(node = %n.node, instances = n.instances.len(), "no heartbeat within {:?}: node lost", grace);
+    }
+    app.nodes_lost_alerts(&lost).await.map_err(err)
 }
 
 /// Aborts the agents it holds when the supervisor itself is stopped.
