@@ -63,13 +63,15 @@ fn members_get_admin_or_read_only_keys_and_revocation_is_immediate() {
 
 #[test]
 fn each_key_has_its_own_rate_limit() {
+    // Virtual time: no token comes back while the test runs, until it moves the clock.
     let s = TestServer::start_with(|c| {
         c.rate_limit = Some(gpucloud_server::app::ratelimit::RateLimit { per_second: 5.0, burst: 5.0 });
+        c.clock = gpucloud_server::app::Clock::virtual_now();
     });
     let a = s.tenant("busy");
     let b = s.tenant("calm");
     let statuses: Vec<u16> = (0..8).map(|_| s.get(&a, "/v1/instances").status).collect();
-    assert_eq!(&statuses[..5], &[200; 5], "{statuses:?}");
+    assert_eq!(statuses, [200, 200, 200, 200, 200, 429, 429, 429], "a burst of 5");
     let limited = s.raw("GET", "/v1/instances", Some(&a), &[], None);
     assert_eq!((limited.status, limited.body["code"].as_str()), (429, Some("rate_limited")), "{:?}", limited.body);
     assert_eq!(s.get(&b, "/v1/instances").status, 200, "another key is not slowed");
@@ -85,8 +87,11 @@ fn each_key_has_its_own_rate_limit() {
     let retry: u64 = resp.headers()["retry-after"].to_str().unwrap().parse().unwrap();
     assert!((1..=2).contains(&retry), "{retry}");
     let _ = resp.body_mut().read_to_string();
-    std::thread::sleep(Duration::from_millis(1100));
+    s.advance(Duration::from_millis(199));
+    assert_eq!(s.get(&a, "/v1/instances").status, 429, "not yet a whole token");
+    s.advance(Duration::from_millis(1));
     assert_eq!(s.get(&a, "/v1/instances").status, 200, "tokens come back at the configured rate");
+    assert_eq!(s.get(&a, "/v1/instances").status, 429);
 }
 
 #[test]

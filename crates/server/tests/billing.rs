@@ -14,7 +14,8 @@ fn money(v: &Value) -> Money {
 
 #[test]
 fn credit_meter_and_settle_to_the_micro_unit() {
-    let s = TestServer::start();
+    // Virtual time: the test moves the clock by exact seconds instead of sleeping them.
+    let s = TestServer::start_virtual();
     let op = s.operator_key.clone();
     let key = s.tenant("acme");
     let me = s.get(&key, "/v1/whoami").body["tenant"]["id"].as_str().unwrap().to_string();
@@ -35,9 +36,11 @@ fn credit_meter_and_settle_to_the_micro_unit() {
     let inst = s.create(&key, "T4", 2, Some("eu-1"));
     let id = inst["id"].as_str().unwrap().to_string();
     s.wait_state(&key, &id, "running");
-    std::thread::sleep(Duration::from_millis(1500));
-    let mid = s.get(&key, "/v1/billing/balance").body;
-    assert!(money(&mid["balance"]) < Money(50_000_000), "charged while running: {mid}");
+    s.advance(Duration::from_millis(1500));
+    let mid = common::poll("charged while running", || {
+        let b = s.get(&key, "/v1/billing/balance").body;
+        (money(&b["balance"]) < Money(50_000_000)).then_some(b)
+    });
     assert_eq!(money(&mid["burn_per_hour"]), Money(700_000), "2 x T4 at 0.35");
     // The usage report of a window open at the end always holds what runs (it used to drop the
     // accrual whenever the reading took a millisecond).
@@ -45,28 +48,35 @@ fn credit_meter_and_settle_to_the_micro_unit() {
         let u = s.get(&key, "/v1/billing/usage?by=instance&from=1970-01-01").body;
         assert!(u["lines"].as_array().unwrap().iter().any(|l| l["key"] == json!(id)), "{u}");
     }
-    std::thread::sleep(Duration::from_millis(1100));
-    let later = s.get(&key, "/v1/billing/balance").body;
-    assert!(money(&later["balance"]) < money(&mid["balance"]), "usage grows each second");
+    s.advance(Duration::from_millis(1100));
+    common::poll("usage grows each second", || {
+        let later = s.get(&key, "/v1/billing/balance").body;
+        (money(&later["balance"]) < money(&mid["balance"])).then_some(())
+    });
 
     s.post(&key, &format!("/v1/instances/{id}/stop"), None);
     s.wait_state(&key, &id, "stopped");
-    // Let metering settle the closed interval, then nothing more moves.
-    std::thread::sleep(Duration::from_millis(300));
-    let settled = money(&s.get(&key, "/v1/billing/balance").body["balance"]);
-    std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(money(&s.get(&key, "/v1/billing/balance").body["balance"]), settled, "a stopped instance costs nothing");
-
-    // The charge equals what the pure billing code computes from the recorded interval.
+    // Once metering has settled the closed interval, nothing more moves however long passes.
     let tid = gpucloud_model::TenantId::parse(&me).unwrap();
     let store = s.app.store().clone();
-    let intervals = s.block_on(async move { store.intervals_of_tenant(&tid).await.unwrap() });
+    let intervals = common::poll("the interval settled", || {
+        let (store, tid) = (store.clone(), tid.clone());
+        let all = s.block_on(async move { store.intervals_of_tenant(&tid).await.unwrap() });
+        all.iter().all(|u| u.settled).then_some(all)
+    });
+    let settled = money(&s.get(&key, "/v1/billing/balance").body["balance"]);
+    s.advance(Duration::from_secs(3600));
+    s.block_on(s.app.meter()).unwrap();
+    assert_eq!(money(&s.get(&key, "/v1/billing/balance").body["balance"]), settled, "a stopped instance costs nothing");
+
+    // The charge equals what the pure billing code computes from the recorded interval: on a
+    // virtual clock it ran exactly the 2.6 s the test moved it, billed as 3 whole seconds.
     assert_eq!(intervals.len(), 1);
     let u = &intervals[0];
     let end = u.ended_at.expect("closed");
     let points = [PricePoint { effective_from: Timestamp(0), per_gpu_hour: Money(350_000) }];
     let expected = charge(u.started_at, end.millis_since(u.started_at), 2000, &points, u.rules);
-    assert!(expected.seconds >= 2);
+    assert_eq!((end.millis_since(u.started_at), expected.seconds), (2600, 3));
     assert_eq!((u.charged, u.charged_seconds, u.settled), (expected.amount, expected.seconds, true));
     assert_eq!(settled, Money(50_000_000 - expected.amount.micros()));
 
@@ -150,11 +160,13 @@ fn invoices_close_once_and_render() {
     s.post(&op, &format!("/v1/tenants/{me}/credits"), Some(&json!({"amount": "20", "kind": "topup", "memo": "card"})));
     let id = s.create(&key, "A100-40GB", 1, Some("eu-1"))["id"].as_str().unwrap().to_string();
     s.wait_state(&key, &id, "running");
-    std::thread::sleep(Duration::from_millis(300));
 
     let now = time::OffsetDateTime::now_utc();
     let this = format!("{:04}-{:02}", now.year(), u8::from(now.month()));
-    let draft = s.get(&key, &format!("/v1/billing/invoices/{this}")).body;
+    let draft = common::poll("usage on the draft", || {
+        let d = s.get(&key, &format!("/v1/billing/invoices/{this}")).body;
+        (d["lines"][0]["instance"].is_string() && money(&d["usage_total"]) > Money::ZERO).then_some(d)
+    });
     assert_eq!(draft["status"], "open");
     assert_eq!(draft["lines"][0]["instance"], json!(id));
     assert_eq!(draft["credits"][0]["amount"], "20.000000");

@@ -57,6 +57,17 @@ impl TestServer {
         TestServer { url: format!("http://{}", running.addr), operator_key: key, app: running.app.clone(), agent, rt }
     }
 
+    /// A server on a virtual clock: time moves only by `advance` (the reconcilers still run
+    /// every few milliseconds, and see the moved time at their next pass).
+    pub fn start_virtual() -> TestServer {
+        TestServer::start_with(|c| c.clock = gpucloud_server::app::Clock::virtual_now())
+    }
+
+    /// Moves the virtual clock of a server from `start_virtual`.
+    pub fn advance(&self, by: Duration) {
+        self.app.config.clock.advance(by).expect("a server started with a virtual clock");
+    }
+
     /// Runs a future on the server's runtime (to read the store directly in assertions).
     pub fn block_on<T>(&self, f: impl std::future::Future<Output = T>) -> T {
         self.rt.block_on(f)

@@ -88,6 +88,8 @@ pub trait AgentApi: Send + Sync {
 impl AgentApi for App {
     async fn heartbeat(&self, report: AgentReport) -> Result<Vec<DesiredInstance>, AppError> {
         let node = &report.node;
+        // One reading of the clock for the whole beat: its records agree with each other.
+        let now = self.now();
         // One read of the node serves the fencing check, GPU health and the GPU UUIDs below.
         let current = self
             .store
@@ -95,14 +97,14 @@ impl AgentApi for App {
             .await?
             .ok_or_else(|| AppError::NotFound { kind: "node", id: node.to_string() })?;
         let recorded = match report.epoch {
-            None => self.store.record_heartbeat(node, self.now()).await?,
+            None => self.store.record_heartbeat(node, now).await?,
             // The current epoch stays out of the answer: it would let a caller forge a current beat.
             Some(epoch) if current.epoch != epoch => {
                 return Err(AppError::Conflict(format!(
                     "fenced: node {node} was registered again; this agent must stop and re-register"
                 )));
             }
-            Some(epoch) => self.store.record_agent_heartbeat(node, epoch, self.now()).await?,
+            Some(epoch) => self.store.record_agent_heartbeat(node, epoch, now).await?,
         };
         if !recorded {
             return Err(AppError::NotFound { kind: "node", id: node.to_string() });
@@ -111,18 +113,15 @@ impl AgentApi for App {
             self.gpu_failed(&current, g).await?;
         }
         if !report.gpus.is_empty() {
-            self.telemetry
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(node.clone(), (self.now(), report.gpus.clone()));
-            self.record_gpu_samples(&current, &report.gpus, self.now()).await?;
+            self.telemetry.lock().unwrap_or_else(|e| e.into_inner()).insert(node.clone(), (now, report.gpus.clone()));
+            self.record_gpu_samples(&current, &report.gpus, now).await?;
         }
         // Checkpoints before states: a workload's last checkpoint arrives with its exit, and must
         // be on record before a managed job relaunches from it.
         for (id, path) in &report.checkpoints {
             let Some(inst) = self.store.get_instance(None, id).await? else { continue };
             if inst.node_id.as_ref() == Some(node) && inst.checkpoint.as_ref().is_none_or(|c| c.path != *path) {
-                self.store.record_checkpoint(id, path, self.now()).await?;
+                self.store.record_checkpoint(id, path, now).await?;
             }
         }
         if !report.metrics.is_empty() {
@@ -177,7 +176,6 @@ impl AgentApi for App {
         let mut held: Vec<gpucloud_store::Instance> =
             self.store.instances_on_node(node).await?.into_iter().filter(|i| i.state.holds_gpus()).collect();
         // This answer carries the notices to the node: their deadlines start now.
-        let now = self.now();
         let undelivered: Vec<InstanceId> = held
             .iter()
             .filter(|i| i.state != InstanceState::Stopping && i.notice.as_ref().is_some_and(|n| n.deadline.is_none()))

@@ -6,6 +6,7 @@ mod auth;
 pub mod billing;
 pub mod billing_check;
 mod budgets;
+pub mod clock;
 pub mod clusters;
 mod error;
 pub mod instances;
@@ -33,6 +34,7 @@ mod tenants;
 pub use agent::{AgentApi, AgentReport, Desired, DesiredInstance, GpuReading};
 pub use auth::{Principal, hash_key};
 pub use budgets::{billing_mode, check_credit_limit};
+pub use clock::Clock;
 pub use error::AppError;
 pub use monitoring::MonitorConfig;
 pub use tenants::NewKey;
@@ -57,6 +59,8 @@ pub struct Config {
     pub agent_stop_after: Option<Duration>,
     /// Run an in-process fake agent for every node (dev mode, tests).
     pub fake_agents: FakeAgents,
+    /// Where `App::now()` reads the time: the system's clock, or a virtual one tests move.
+    pub clock: Clock,
     /// How often metering brings accrued charges, budgets and prepaid balances up to date.
     pub metering_interval: Duration,
     /// How often a running interval's accrued charge is posted to the ledger (also at every
@@ -179,6 +183,7 @@ impl Default for Config {
             heartbeat_grace: Duration::from_secs(10),
             agent_stop_after: None,
             fake_agents: FakeAgents::Off,
+            clock: Clock::System,
             // Balances and usage move every second, as tenants of a per-second cloud expect.
             metering_interval: Duration::from_secs(1),
             // An entry per instance per hour (and one when it stops), not one per second: the
@@ -222,8 +227,7 @@ pub struct App {
     /// Whether this replica runs the background reconcilers now.
     pub(crate) leadership: leader::Leadership,
     /// Each key's token bucket: tokens left and when they were counted.
-    pub(crate) rate_buckets:
-        std::sync::Mutex<std::collections::HashMap<gpucloud_model::ApiKeyId, (f64, std::time::Instant)>>,
+    pub(crate) rate_buckets: std::sync::Mutex<std::collections::HashMap<gpucloud_model::ApiKeyId, (f64, Timestamp)>>,
     /// Request and scheduling latency histograms for `/metrics`.
     pub obs: obs::ServerMetrics,
     pub(crate) sampled_at: std::sync::Mutex<std::collections::HashMap<gpucloud_model::NodeId, Timestamp>>,
@@ -266,11 +270,7 @@ impl App {
 
     /// The only clock read in the control plane's decisions: pure code gets `now` from here.
     pub fn now(&self) -> Timestamp {
-        let ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0);
-        Timestamp(ms)
+        self.config.clock.now()
     }
 
     pub(crate) fn wake_scheduler(&self) {

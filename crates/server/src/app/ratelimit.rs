@@ -3,7 +3,7 @@
 
 use super::App;
 use gpucloud_model::ApiKeyId;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 #[derive(Debug, Clone, Copy)]
 pub struct RateLimit {
@@ -25,15 +25,17 @@ impl App {
     /// Takes one token from the key's bucket, or says how long until one is there.
     pub fn take_rate_token(&self, key: &ApiKeyId) -> Result<(), Duration> {
         let Some(limit) = self.config.rate_limit else { return Ok(()) };
-        let now = Instant::now();
+        let now = self.now();
         let mut buckets = self.rate_buckets.lock().unwrap_or_else(|e| e.into_inner());
         if buckets.len() > 100_000 {
             // Keys are few; this bounds memory if something mints keys in a loop.
-            buckets.retain(|_, (_, t)| now.duration_since(*t) < Duration::from_secs(60));
+            buckets.retain(|_, (_, t)| now.millis_since(*t) < 60_000);
         }
         let (tokens, at) = buckets.entry(key.clone()).or_insert((limit.burst, now));
-        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * limit.per_second).min(limit.burst);
-        *at = now;
+        // A clock that stepped back refills nothing (and takes nothing away).
+        let elapsed = now.millis_since(*at).max(0) as f64 / 1000.0;
+        *tokens = (*tokens + elapsed * limit.per_second).min(limit.burst);
+        *at = now.max(*at);
         if *tokens >= 1.0 {
             *tokens -= 1.0;
             Ok(())

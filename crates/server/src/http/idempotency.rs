@@ -144,8 +144,14 @@ mod tests {
     use std::time::Duration;
     use tower::ServiceExt;
 
+    /// Held shut until the test opens it: the handler ends when the test says, not after a sleep.
+    fn gate() -> &'static tokio::sync::Semaphore {
+        static GATE: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
+        GATE.get_or_init(|| tokio::sync::Semaphore::new(0))
+    }
+
     async fn slow() -> (StatusCode, &'static str) {
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        let _ = gate().acquire().await;
         (StatusCode::CREATED, "{\"done\":true}")
     }
 
@@ -172,6 +178,9 @@ mod tests {
         // The client gives up long before the handler ends: its future is dropped.
         let gone = tokio::time::timeout(Duration::from_millis(50), router.clone().oneshot(request())).await;
         assert!(gone.is_err(), "the first call was cut off");
+        let r = router.clone().oneshot(request()).await.unwrap();
+        assert_eq!(r.status(), StatusCode::CONFLICT, "in progress, while it still runs");
+        gate().add_permits(1);
         // A retry gets the first request's answer once it ends, not 409 for the next 30 s.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         loop {
@@ -182,7 +191,7 @@ mod tests {
             }
             assert_eq!(r.status(), StatusCode::CONFLICT, "in progress, while it still runs");
             assert!(tokio::time::Instant::now() < deadline, "the key was never released");
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let _ = std::fs::remove_dir_all(&dir);
     }
