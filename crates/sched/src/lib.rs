@@ -9,6 +9,7 @@
 
 mod explain;
 mod index;
+pub mod pass;
 pub mod preempt;
 pub mod share;
 mod slices;

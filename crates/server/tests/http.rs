@@ -389,7 +389,9 @@ fn a_drain_with_a_deadline_stops_what_is_left_when_it_passes() {
     assert!(drained.body["drain_deadline"].is_string(), "{:?}", drained.body);
     let waiting = s.wait_for(&key, &inst, "told", |b| b["reason"].is_string());
     assert_eq!(waiting["state"], "running", "{waiting}");
-    let stopped = s.wait_for(&key, &inst, "stopped at the deadline", |b| b["state"] == "pending");
+    let stopped = s.wait_for(&key, &inst, "stopped at the deadline", |b| {
+        b["state"] == "pending" && b["pending_reason"].is_string()
+    });
     assert!(stopped["pending_reason"].as_str().unwrap_or_default().contains("draining"), "{stopped}");
     // Uncordoned: the deadline goes with the drain, and the instance runs again.
     let ready = s.post(&op, &format!("/v1/nodes/{rtx}/uncordon"), None);

@@ -5,8 +5,6 @@
 use super::{App, AppError, Principal};
 use gpucloud_billing::spot;
 use gpucloud_model::{GpuModel, InstanceState, Money, Region, Tier, Timestamp, UserAction};
-use gpucloud_sched::preempt::{Candidate, evictions};
-use gpucloud_sched::{ClusterSnapshot, Pending};
 use gpucloud_store::{Instance, Node, PriceRow};
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -222,81 +220,5 @@ impl App {
             current: self.spot_price(model, region).await?,
             points,
         })
-    }
-
-    /// After a plan: give notice to the spot instances that keep `waiting` (on-demand or
-    /// reserved requests, named `for_tier` in the reason, that fit nowhere) from running.
-    /// `backing`: per pool, GPUs of spot work that back idle reservations and must not be taken
-    /// for this work.
-    pub(crate) async fn capacity_preemptions(
-        &self,
-        snapshot: &ClusterSnapshot,
-        waiting: &[Pending],
-        for_tier: &str,
-        backing: &HashMap<(GpuModel, Region), u32>,
-    ) -> Result<usize, AppError> {
-        let wants = waiting;
-        if wants.is_empty() {
-            return Ok(0);
-        }
-        let holders = self.store.spot_holders().await?;
-        if holders.is_empty() {
-            return Ok(0);
-        }
-        let now = self.now();
-        // A reservation's owner takes back its own GPUs after the notice only: the minimum
-        // runtime protects spot work from other buyers, not from the capacity's owner.
-        let min_runtime = if for_tier == "reserved" { 0 } else { self.config.market.min_runtime.as_millis() as i64 };
-        let region_of: HashMap<_, _> = snapshot.nodes.iter().map(|n| (n.id.clone(), n.region.clone())).collect();
-        let mut backed: HashMap<(GpuModel, Region), u32> = HashMap::new();
-        let mut candidates: Vec<Candidate> = holders
-            .iter()
-            .filter(|i| i.share.is_none())
-            .filter_map(|i| {
-                let node = i.node_id.clone()?;
-                let since = i.running_since.unwrap_or(now);
-                let last_save = i.checkpoint.as_ref().map_or(since, |c| c.at.max(since));
-                Some(Candidate {
-                    instance: i.id.clone(),
-                    node,
-                    model: i.model,
-                    gpus: i.count,
-                    lost_work_ms: now.millis_since(last_save).max(0),
-                    noticed: i.notice.is_some() || i.state == InstanceState::Stopping,
-                    protected: i.state == InstanceState::Running && now.millis_since(since) < min_runtime,
-                })
-            })
-            .collect();
-        // Keep the reservations' backing: the spot work that would lose the most is kept first.
-        candidates.sort_by_key(|c| std::cmp::Reverse(c.lost_work_ms));
-        for c in candidates.iter_mut() {
-            let Some(region) = region_of.get(&c.node) else { continue };
-            let key = (c.model, region.clone());
-            let need = backing.get(&key).copied().unwrap_or(0);
-            let have = backed.entry(key).or_default();
-            if *have < need && !c.noticed {
-                c.protected = true;
-                *have += c.gpus;
-            }
-        }
-        let mut n = 0;
-        for e in evictions(snapshot, wants, &candidates) {
-            let Some(inst) = holders.iter().find(|i| i.id == e.victim) else { continue };
-            let want = wants.iter().find(|w| w.instance == e.for_instance);
-            let what = want.map_or(String::new(), |w| format!("{} x {}", w.count, w.model));
-            let reason = format!(
-                "{} request {} for {what} needs the GPUs; of {} spot instance(s) on node {}, this one loses the \
-                 least work ({} s since its last checkpoint)",
-                for_tier,
-                e.for_instance,
-                e.considered,
-                e.node,
-                e.lost_work_ms / 1000
-            );
-            if self.notify_preemption(inst, self.notice_ms(), reason).await? {
-                n += 1;
-            }
-        }
-        Ok(n)
     }
 }
