@@ -99,6 +99,27 @@ pub enum SimCmd {
         #[arg(long, default_value_t = 42)]
         seed: u64,
     },
+    /// The real control plane (App and the SQLite store) with simulated agents and tenants on
+    /// virtual time, under faults drawn from each seed: agent crashes, partitions, lost and
+    /// duplicated beats, server restarts. Checks the invariants after every virtual second and,
+    /// once faults heal, that everything settles. Exits non-zero on the first violation.
+    Chaos {
+        /// Seeds: "1..200" (inclusive), "7" or "1,2,3"; one seed replays byte for byte.
+        #[arg(long, default_value = "1..10")]
+        seeds: String,
+        /// Virtual minutes of faults per seed (then faults heal).
+        #[arg(long, default_value_t = 10)]
+        minutes: u64,
+        #[arg(long, default_value_t = 4)]
+        nodes: u32,
+        /// Print each seed's report, not only failures and the summary.
+        #[arg(long)]
+        verbose: bool,
+        /// Put a known bug in, to see the checker catch it: "no-fencing" (cut-off agents never
+        /// stop their workloads).
+        #[arg(long)]
+        inject: Option<String>,
+    },
 }
 
 pub fn run(cmd: SimCmd, as_json: bool) -> Result<(), String> {
@@ -120,7 +141,53 @@ pub fn run(cmd: SimCmd, as_json: bool) -> Result<(), String> {
             };
             spot(&trace, &rates, base, seed, as_json)
         }
+        SimCmd::Chaos { seeds, minutes, nodes, verbose, inject } => {
+            let inject = match inject.as_deref() {
+                None => None,
+                Some("no-fencing") => Some(gpucloud_server::chaos::Injected::NoFencing),
+                Some(other) => return Err(format!("--inject: unknown bug '{other}' (no-fencing)")),
+            };
+            chaos(&seeds, minutes, nodes, verbose, inject)
+        }
     }
+}
+
+fn chaos(
+    seeds: &str,
+    minutes: u64,
+    nodes: u32,
+    verbose: bool,
+    inject: Option<gpucloud_server::chaos::Injected>,
+) -> Result<(), String> {
+    let seeds = gpucloud_sim::parse_seeds(seeds)?;
+    if !(1..=64).contains(&nodes) {
+        return Err("--nodes must be between 1 and 64".into());
+    }
+    // One thread: the simulation is sequential, so one seed is one history.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+    let started = Instant::now();
+    let (mut failed, mut virtual_s) = (Vec::new(), 0u64);
+    for seed in &seeds {
+        let cfg = gpucloud_server::chaos::ChaosConfig { seed: *seed, minutes, nodes, inject, ..Default::default() };
+        let r = rt.block_on(gpucloud_server::chaos::run(&cfg))?;
+        virtual_s += r.steps;
+        if verbose || r.violation.is_some() {
+            print!("{}", r.render());
+        }
+        if r.violation.is_some() {
+            failed.push(*seed);
+        }
+    }
+    let real = started.elapsed().as_secs_f64();
+    println!(
+        "{} seeds, {} failed{}; {virtual_s} virtual s in {real:.1} s: {:.2} seeds/s, {:.0}x real time",
+        seeds.len(),
+        failed.len(),
+        if failed.is_empty() { String::new() } else { format!(" ({failed:?})") },
+        seeds.len() as f64 / real.max(1e-9),
+        virtual_s as f64 / real.max(1e-9)
+    );
+    if failed.is_empty() { Ok(()) } else { Err(format!("invariants broken on seeds {failed:?}")) }
 }
 
 fn replay(

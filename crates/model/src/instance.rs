@@ -60,6 +60,15 @@ impl InstanceState {
     pub fn is_billable(self) -> bool {
         matches!(self, InstanceState::Running | InstanceState::Stopping)
     }
+
+    /// Whether a move from `from` to `to` opens a billed stretch: the workload is known to
+    /// run. An instance stopped while still provisioning never ran as far as anyone can tell,
+    /// so its stop is not billed either; a billed stretch closes on leaving the billable states.
+    pub fn opens_billing(from: Option<InstanceState>, to: InstanceState) -> bool {
+        let was = from.is_some_and(InstanceState::is_billable);
+        to.is_billable() && !was && from != Some(InstanceState::Provisioning)
+            || to == InstanceState::Running && from == Some(InstanceState::Provisioning)
+    }
 }
 
 /// Where a stopping instance goes once its agent confirms the workload is gone.
@@ -221,6 +230,15 @@ mod tests {
     use super::*;
     use InstanceState as S;
     use proptest::prelude::*;
+
+    #[test]
+    fn billing_opens_when_the_workload_is_known_to_run() {
+        assert!(S::opens_billing(Some(S::Provisioning), S::Running));
+        assert!(!S::opens_billing(Some(S::Provisioning), S::Stopping), "stopped before it ran: free");
+        assert!(!S::opens_billing(Some(S::Running), S::Stopping), "already open");
+        assert!(!S::opens_billing(Some(S::Pending), S::Provisioning));
+        assert!(!S::opens_billing(None, S::Pending));
+    }
 
     #[test]
     fn lifecycle_examples() {

@@ -3,6 +3,7 @@
 //! nodes without hardware for dev mode and tests, through the same interface a real agent uses.
 
 pub mod app;
+pub mod chaos;
 pub mod dev;
 pub mod fake_agent;
 pub mod http;

@@ -509,24 +509,26 @@ impl Store for SqlStore {
                     .bind(inst.id.to_string())
                     .execute(&mut *tx)
                     .await?;
+                // One already on its way out ends where its user sent it: a terminate is not
+                // undone by the node dying meanwhile.
+                let to = match (inst.state, inst.stop_target) {
+                    (InstanceState::Stopping, Some(StopTarget::Terminated)) => InstanceState::Terminated,
+                    (InstanceState::Stopping, Some(StopTarget::Stopped)) => InstanceState::Stopped,
+                    _ => InstanceState::Lost,
+                };
                 sqlx::query(
-                    "UPDATE instances SET state = 'lost', stop_target = NULL, ran_on = node_id, node_id = NULL, \
+                    "UPDATE instances SET state = $3, stop_target = NULL, ran_on = node_id, node_id = NULL, \
                      generation = generation + 1, updated_at = $1 WHERE id = $2",
                 )
                 .bind(now.0)
                 .bind(inst.id.to_string())
+                .bind(to.as_str())
                 .execute(&mut *tx)
                 .await?;
-                record_event(
-                    &mut tx,
-                    &inst.id,
-                    inst.generation + 1,
-                    Timestamp(end),
-                    Some(inst.state),
-                    InstanceState::Lost,
-                )
-                .await?;
-                instances.push(inst.id);
+                record_event(&mut tx, &inst.id, inst.generation + 1, Timestamp(end), Some(inst.state), to).await?;
+                if to == InstanceState::Lost {
+                    instances.push(inst.id);
+                }
             }
             sqlx::query("UPDATE gpus SET instance_id = NULL WHERE node_id = $1").bind(&id).execute(&mut *tx).await?;
             sqlx::query("DELETE FROM gpu_slices WHERE node_id = $1").bind(&id).execute(&mut *tx).await?;
@@ -657,7 +659,7 @@ impl Store for SqlStore {
             // concurrently): nothing of ours may be written.
             return Ok(None);
         }
-        if c.state.is_billable() && !before.state.is_billable() {
+        if InstanceState::opens_billing(Some(before.state), c.state) {
             open_interval(&mut tx, &before, expected_generation + 1, c.at).await?;
         } else if before.state.is_billable() && !c.state.is_billable() {
             sqlx::query("UPDATE usage_intervals SET ended_at = $1 WHERE instance_id = $2 AND ended_at IS NULL")

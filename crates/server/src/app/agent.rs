@@ -162,6 +162,30 @@ impl AgentApi for App {
             }
             self.observe(inst, *seen).await?;
         }
+        // A workload held running here that the agent no longer mentions at all vanished with
+        // its host (a reboot inside the grace): billing ends at the last beat that reported it,
+        // and it counts again once the agent, told to run it, reports it started.
+        if let Some(prev) = current.last_heartbeat {
+            let mentioned: std::collections::HashSet<&InstanceId> =
+                report.instances.iter().map(|(id, _, _)| id).chain(report.preparing.iter().map(|(id, _)| id)).collect();
+            for inst in self.store.instances_on_node(node).await? {
+                if inst.state != InstanceState::Running || mentioned.contains(&inst.id) {
+                    continue;
+                }
+                let change = gpucloud_store::InstanceChange {
+                    state: InstanceState::Provisioning,
+                    stop_target: None,
+                    exit_code: None,
+                    at: prev,
+                };
+                if self.store.update_instance(&inst.id, inst.generation, &change).await?.is_some() {
+                    tracing::warn!(instance = %inst.id, %node, "workload vanished from its node: starting it again");
+                    let reason =
+                        format!("its workload vanished from node {node} (did the host restart?): started again");
+                    self.store.set_status_reason(&inst.id, Some(&reason)).await?;
+                }
+            }
+        }
         for (id, progress) in &report.preparing {
             let Some(inst) = self.store.get_instance(None, id).await? else { continue };
             if inst.node_id.as_ref() == Some(node)

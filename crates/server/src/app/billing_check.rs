@@ -35,10 +35,13 @@ fn spans(events: &[gpucloud_store::InstanceEvent]) -> Vec<(Timestamp, Option<Tim
     let mut open: Option<Timestamp> = None;
     for e in events {
         let was = e.from.is_some_and(InstanceState::is_billable);
-        if e.to.is_billable() && !was {
+        if InstanceState::opens_billing(e.from, e.to) {
             open = Some(e.at);
-        } else if was && !e.to.is_billable() {
-            spans.push((open.take().unwrap_or(e.at), Some(e.at)));
+        } else if was
+            && !e.to.is_billable()
+            && let Some(start) = open.take()
+        {
+            spans.push((start, Some(e.at)));
         }
     }
     if let Some(start) = open {

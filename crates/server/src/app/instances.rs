@@ -242,8 +242,38 @@ impl App {
                 self.start_cost(inst.model, milli, inst.sale.tier, inst.sale.max_price, inst.region.as_ref()).await?;
             self.check_can_afford(&by.tenant.id, minimum, per_hour).await?;
             self.refuse_if_rank_taken(&inst).await?;
+            if let Some(fenced) = self.fenced_at(&inst).await?
+                && self.now() < fenced
+            {
+                return Err(AppError::Conflict(format!(
+                    "instance {} was lost with its node, whose agent, if only cut off, still runs it until {} \
+                     (it stops its workloads {} s after it last heard from the server): start it after that, in {} s",
+                    inst.id,
+                    gpucloud_api::rfc3339(fenced),
+                    self.config.agent_stop_after().as_secs(),
+                    (fenced.millis_since(self.now()) + 999) / 1000
+                )));
+            }
         }
         self.transition(inst, |i| i.state.on_user(i.stop_target, action).map_err(AppError::from)).await
+    }
+
+    /// When a lost instance's old run has surely stopped: its node's agent, if only cut off,
+    /// stops its workloads `agent_stop_after` after its last answer (at most its last
+    /// heartbeat, which is when the instance was lost). `None` unless it is lost.
+    pub(crate) async fn fenced_at(&self, inst: &Instance) -> Result<Option<gpucloud_model::Timestamp>, AppError> {
+        if inst.state != gpucloud_model::InstanceState::Lost {
+            return Ok(None);
+        }
+        let last_heard = self
+            .store
+            .instance_events(&inst.id)
+            .await?
+            .iter()
+            .rev()
+            .find(|e| e.to == gpucloud_model::InstanceState::Lost)
+            .map(|e| e.at);
+        Ok(last_heard.map(|at| at.plus_millis(self.config.agent_stop_after().as_millis() as i64)))
     }
 
     /// A cluster member that ended may start again only while no other member holds its rank (a

@@ -271,21 +271,10 @@ impl App {
                 // Its node went silent: its agent may be cut off and the attempt still running.
                 // The agent stops it within `agent_stop_after` of its last answer; start the
                 // next one only after that, so the two never run at once.
-                if latest.state == InstanceState::Lost {
-                    let lost_at = self
-                        .store
-                        .instance_events(&latest.id)
-                        .await?
-                        .iter()
-                        .rev()
-                        .find(|e| e.to == InstanceState::Lost)
-                        .map(|e| e.at);
-                    let fence = self.config.agent_stop_after().saturating_sub(self.config.heartbeat_grace);
-                    if let Some(at) = lost_at
-                        && self.now() < at.plus_millis(fence.as_millis() as i64)
-                    {
-                        return Ok(0);
-                    }
+                if let Some(fenced) = self.fenced_at(latest).await?
+                    && self.now() < fenced
+                {
+                    return Ok(0);
                 }
                 let max = spec.max_restarts.unwrap_or(DEFAULT_MAX_RESTARTS);
                 if restarts > max {

@@ -290,6 +290,19 @@ pub(crate) fn check_slug(what: &str, name: &str) -> Result<(), AppError> {
     }
 }
 
+thread_local! {
+    /// A seeded source of ids for the thread a simulation runs the control plane on, so that one
+    /// seed replays the same ids, placements and history.
+    static SEEDED_IDS: std::cell::RefCell<Option<rand::rngs::StdRng>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Makes this thread's ids (and the scheduler's random choices) follow `seed`; `None`: random.
+pub fn seed_this_thread(seed: Option<u64>) {
+    use rand::SeedableRng;
+    SEEDED_IDS.with(|s| *s.borrow_mut() = seed.map(rand::rngs::StdRng::seed_from_u64));
+}
+
 pub(crate) fn random_bits() -> u128 {
-    rand::random()
+    use rand::Rng;
+    SEEDED_IDS.with(|s| s.borrow_mut().as_mut().map(|r| r.random())).unwrap_or_else(rand::random)
 }

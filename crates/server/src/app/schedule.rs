@@ -153,7 +153,7 @@ impl App {
                 });
             }
             let (market, holders) = self.market_of(&snapshot, &requests).await.map_err(store_error)?;
-            let mut rng = rand::rngs::StdRng::from_os_rng();
+            let mut rng = rand::rngs::StdRng::seed_from_u64(super::random_bits() as u64);
             let now = self.now();
             let plan = gpucloud_sched::pass::pass(&snapshot, &requests, &market, self.config.policy, now, &mut rng);
 

@@ -261,6 +261,21 @@ fn specs(app: &App) -> Vec<Spec> {
     ]
 }
 
+/// Every reconciler's name and period, in the order a group runs them.
+pub fn reconcilers(app: &App) -> Vec<(&'static str, Duration)> {
+    specs(app).into_iter().map(|s| (s.name, s.period)).collect()
+}
+
+/// Runs one pass of reconciler `name` now, on the caller's task (a simulation drives them on
+/// virtual time this way); records it like the driver does.
+pub async fn run_pass(app: Arc<App>, name: &str) -> Result<(), String> {
+    let spec = specs(&app).into_iter().find(|s| s.name == name).ok_or_else(|| format!("no reconciler {name}"))?;
+    app.reconcilers.started(spec.name, app.now());
+    let outcome = (spec.pass)(app.clone()).await;
+    app.reconcilers.finished(spec.name, Duration::ZERO, outcome.clone().err(), app.now());
+    outcome
+}
+
 pub fn spawn_all(app: Arc<App>) -> Vec<JoinHandle<()>> {
     let mut groups: Vec<(&'static str, Vec<Spec>)> = Vec::new();
     for spec in specs(&app) {
