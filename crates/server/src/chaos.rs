@@ -47,6 +47,9 @@ impl Default for ChaosConfig {
 #[derive(Debug, Clone, Default)]
 pub struct ChaosReport {
     pub seed: u64,
+    /// What replays it: `--minutes` and `--nodes` as given.
+    pub minutes: u64,
+    pub nodes: u32,
     pub steps: u64,
     pub faults: BTreeMap<&'static str, u32>,
     pub actions: BTreeMap<&'static str, u32>,
@@ -73,7 +76,11 @@ impl ChaosReport {
             }
             Some(v) => {
                 let _ = writeln!(out, "  VIOLATION: {v}");
-                let _ = writeln!(out, "  replay: gpucloud sim chaos --seed {}; the last events:", self.seed);
+                let _ = writeln!(
+                    out,
+                    "  replay: gpucloud sim chaos --seeds {} --minutes {} --nodes {}; the last events:",
+                    self.seed, self.minutes, self.nodes
+                );
                 for h in &self.history {
                     let _ = writeln!(out, "    {h}");
                 }
@@ -163,7 +170,7 @@ async fn run_in(cfg: &ChaosConfig, dir: &std::path::Path) -> Result<ChaosReport,
         });
     }
 
-    let mut report = ChaosReport { seed: cfg.seed, ..ChaosReport::default() };
+    let mut report = ChaosReport { seed: cfg.seed, minutes: cfg.minutes, nodes: cfg.nodes, ..ChaosReport::default() };
     // What the agents ran, per instance (ms): the checker's own record.
     let mut ran: BTreeMap<InstanceId, i64> = BTreeMap::new();
     let mut bounds: BTreeMap<InstanceId, Bound> = BTreeMap::new();
