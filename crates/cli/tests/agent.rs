@@ -443,7 +443,7 @@ fn a_cut_off_agent_stops_its_job_before_the_next_attempt_starts() {
     let command = format!("while true; do date +%s%N >> {}/$GPUCLOUD_INSTANCE_ID; sleep 0.05; done", runs.display());
     let files = || -> Vec<PathBuf> { std::fs::read_dir(&runs).unwrap().flatten().map(|e| e.path()).collect() };
     let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
+    let job = loop {
         let (status, v) = api.call(
             &key,
             "POST",
@@ -451,11 +451,11 @@ fn a_cut_off_agent_stops_its_job_before_the_next_attempt_starts() {
             Some(json!({"gpus": ["A100-40GB"], "count": 1, "command": command, "spot": false})),
         );
         if status == 201 {
-            break;
+            break v["id"].as_str().unwrap().to_string();
         }
         assert!(Instant::now() < deadline, "{status} {v}");
         std::thread::sleep(Duration::from_millis(100));
-    }
+    };
     while files().is_empty() {
         assert!(Instant::now() < deadline, "the first attempt never ran");
         std::thread::sleep(Duration::from_millis(50));
@@ -489,6 +489,24 @@ fn a_cut_off_agent_stops_its_job_before_the_next_attempt_starts() {
     );
     let log = std::fs::read_to_string(root.join("island.log")).unwrap_or_default();
     assert!(log.contains("stopping this node's workloads"), "{log}");
+    // The second attempt's workload outlives its agent: stop it through the API first, or it
+    // keeps running after the test.
+    let (status, v) = api.call(&key, "POST", &format!("/v1/jobs/{job}/cancel"), None);
+    assert_eq!(status, 200, "{v}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, j) = api.call(&key, "GET", &format!("/v1/jobs/{job}"), None);
+        let live = j["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| matches!(a["state"].as_str(), Some("provisioning" | "running" | "stopping")));
+        if !live {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the cancelled job's workload never stopped: {j}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     cut.store(false, Ordering::SeqCst);
     let _ = std::fs::remove_dir_all(&root);
 }
