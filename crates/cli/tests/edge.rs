@@ -121,8 +121,18 @@ fn serve_speaks_https_and_clients_trust_it_through_their_ca_file() {
         assert!(Instant::now() < deadline, "the agent never registered over HTTPS: {names:?}");
         std::thread::sleep(Duration::from_millis(100));
     }
-    let log = std::fs::read_to_string(dir.join("no-ca-node.log")).unwrap_or_default();
-    assert!(log.to_lowercase().contains("certificate") || log.contains("UnknownIssuer"), "{log}");
+    // The other agent may not have tried yet: wait for its refusal to be in its log.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let log = std::fs::read_to_string(dir.join("no-ca-node.log")).unwrap_or_default();
+        if log.to_lowercase().contains("certificate") || log.contains("UnknownIssuer") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the agent without the CA never said why it failed: {log}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (_, stdout, _) = run(&["--url", &url, "--api-key", &op, "--json", "node", "list"], Some(&pki.ca));
+    assert!(!stdout.contains("no-ca-node"), "an agent trusted a certificate it had no CA for: {stdout}");
     std::fs::remove_dir_all(&dir).ok();
 }
 
