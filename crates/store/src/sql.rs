@@ -920,10 +920,7 @@ impl Store for SqlStore {
 
     async fn post_ledger_batch(&self, records: &[LedgerRecord]) -> Result<usize> {
         let mut tx = self.pool.begin().await?;
-        let mut new = 0;
-        for r in records {
-            new += usize::from(insert_ledger(&mut tx, r).await?);
-        }
+        let new = insert_ledger_bulk(&mut tx, records).await?;
         tx.commit().await?;
         Ok(new)
     }

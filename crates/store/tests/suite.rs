@@ -63,6 +63,7 @@ suite!(
     a_conflicting_node_fails_alone_in_a_plan,
     billable_time_is_recorded_with_state_changes,
     charges_move_money_once,
+    a_batch_posts_like_one_entry_at_a_time,
     prices_and_rules,
     concurrent_state_changes_have_one_winner,
     agents_register_by_name_and_are_fenced_by_epoch,
@@ -565,6 +566,52 @@ fn usage_record(u: &UsageInterval, delta: Money, seconds: i64, key: &str) -> Led
         idempotency_key: key.into(),
         created_at: ts(500),
     }
+}
+
+async fn a_batch_posts_like_one_entry_at_a_time(s: Arc<dyn Store>) {
+    let a = tenant(&s, "a").await;
+    let b = tenant(&s, "b").await;
+    let rec = |k: usize, t: &Tenant, entry: Entry, at: i64| LedgerRecord {
+        id: format!("e-batch-{k}"),
+        entry,
+        memo: "history".into(),
+        instance_id: None,
+        interval_id: None,
+        model: Some(GpuModel::A100_40GB),
+        seconds: 3,
+        idempotency_key: format!("batch:{k}:{}", t.id),
+        created_at: ts(at),
+    };
+    let early = rec(0, &a, Entry::grant(&a.id, Money(7)), 1);
+    assert!(s.post_ledger(&early).await.unwrap());
+    // More rows than one statement takes, a key posted before and a key repeated in the batch.
+    let mut batch = vec![early.clone()];
+    let mut want_a = 7i64;
+    let mut want_b = 0i64;
+    for k in 1..2_500 {
+        let (t, amount) = if k % 3 == 0 { (&b, 11) } else { (&a, 5) };
+        let entry = if k % 10 == 0 { Entry::top_up(&t.id, Money(1_000)) } else { Entry::usage(&t.id, Money(amount)) };
+        let delta = if k % 10 == 0 { 1_000 } else { -amount };
+        if k % 3 == 0 {
+            want_b += delta;
+        } else {
+            want_a += delta;
+        }
+        batch.push(rec(k, t, entry, 1 + k as i64 * 1_000));
+    }
+    batch.push(LedgerRecord { id: "e-batch-again".into(), ..batch[5].clone() });
+    assert_eq!(s.post_ledger_batch(&batch).await.unwrap(), 2_499);
+    assert_eq!(s.balance(&a.id).await.unwrap(), Money(want_a));
+    assert_eq!(s.balance(&b.id).await.unwrap(), Money(want_b));
+    assert_eq!(s.balance_before(&a.id, Timestamp(i64::MAX)).await.unwrap(), Money(want_a));
+    let usage_b: i64 = (1..2_500).filter(|k| k % 3 == 0 && k % 10 != 0).map(|_| 11).sum();
+    assert_eq!(s.usage_in_month(&b.id, year_month(ts(1))).await.unwrap(), Money(usage_b));
+    let audit = s.ledger_audit().await.unwrap();
+    assert_eq!(audit.entries, 2_500);
+    assert!(audit.unbalanced.is_empty() && audit.drift.is_empty(), "{audit:?}");
+    assert_eq!(s.ledger_totals().await.unwrap(), vec![("USD".to_string(), Money(0))]);
+    assert_eq!(s.post_ledger_batch(&batch).await.unwrap(), 0, "a replayed batch writes nothing");
+    assert_eq!(s.balance(&a.id).await.unwrap(), Money(want_a));
 }
 
 async fn charges_move_money_once(s: Arc<dyn Store>) {
