@@ -1255,6 +1255,19 @@ pub struct CreateClusterRequest {
     #[serde(default)]
     #[schema(value_type = Option<Vec<String>>)]
     pub replicas_in: Option<Vec<Region>>,
+    /// The container image each member runs in, `[REGISTRY/]NAME[:TAG]`; the node's own when omitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Environment for each member (`secret:NAME` values are the caller's secrets, read at each start).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub env: std::collections::BTreeMap<String, String>,
+    /// Secrets to set as variables of the same name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<String>,
+    /// Ports each member serves on, `8888/http` or `22/tcp`, as on an instance.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(example = json!(["8888/http"]))]
+    pub ports: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -1307,6 +1320,15 @@ pub struct Cluster {
     /// Its utilization policy, when it has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoscale: Option<String>,
+    /// The container image each member runs in; null: the node's own.
+    #[serde(default)]
+    pub image: Option<String>,
+    /// Its environment as asked for: secrets appear as `secret:NAME`, never their values.
+    #[serde(default)]
+    pub env: std::collections::BTreeMap<String, String>,
+    /// Ports each member serves on (`8888/http`); each member's proxied URLs are on the instance.
+    #[serde(default)]
+    pub ports: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -1356,6 +1378,19 @@ pub struct CreatePoolRequest {
     /// What each instance runs from the start (loading a model, say).
     pub command: String,
     pub size: u32,
+    /// The container image each instance runs in, `[REGISTRY/]NAME[:TAG]`; the node's own when omitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Environment for each instance (`secret:NAME` values are the caller's secrets, read at each start).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub env: std::collections::BTreeMap<String, String>,
+    /// Secrets to set as variables of the same name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<String>,
+    /// Ports each instance serves on, `8888/http` or `22/tcp`, as on an instance.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(example = json!(["8888/http"]))]
+    pub ports: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -1378,6 +1413,15 @@ pub struct WarmPool {
     pub members: Vec<PoolMember>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schedule: Option<String>,
+    /// The container image each instance runs in; null: the node's own.
+    #[serde(default)]
+    pub image: Option<String>,
+    /// Its environment as asked for: secrets appear as `secret:NAME`, never their values.
+    #[serde(default)]
+    pub env: std::collections::BTreeMap<String, String>,
+    /// Ports each instance serves on (`8888/http`); each member's proxied URLs are on the instance.
+    #[serde(default)]
+    pub ports: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

@@ -284,6 +284,34 @@ fn instance_detail(i: &api::Instance) -> String {
 }
 
 /// `KEY=VALUE` pairs; the server checks names and values.
+/// What each member of a cluster or pool runs in besides its command, as on `instance create`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct MemberWorkloadArgs {
+    /// The container image each one runs in (the node's own when omitted).
+    #[arg(long)]
+    pub image: Option<String>,
+    /// An environment variable, KEY=VALUE (repeatable); KEY=secret:NAME takes your secret NAME.
+    #[arg(long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// Your secret NAME as the variable NAME (repeatable).
+    #[arg(long = "secret", value_name = "NAME")]
+    pub secrets: Vec<String>,
+    /// A port each one serves on: 8888/http (through the proxy) or 22/tcp. Repeatable.
+    #[arg(long = "port", value_name = "PORT/PROTO")]
+    pub ports: Vec<String>,
+}
+
+impl MemberWorkloadArgs {
+    /// Adds the request fields to a create body.
+    pub fn add_to(&self, body: &mut serde_json::Value) -> Result<(), String> {
+        body["image"] = serde_json::json!(self.image);
+        body["env"] = serde_json::json!(parse_env(&self.env)?);
+        body["secrets"] = serde_json::json!(self.secrets);
+        body["ports"] = serde_json::json!(self.ports);
+        Ok(())
+    }
+}
+
 pub fn parse_env(pairs: &[String]) -> Result<std::collections::BTreeMap<String, String>, String> {
     let mut out = std::collections::BTreeMap::new();
     for p in pairs {

@@ -419,6 +419,9 @@ mod tests {
             created_at: "2026-11-27T00:00:00Z".into(),
             schedule: None,
             autoscale: None,
+            image: None,
+            env: Default::default(),
+            ports: Vec::new(),
         };
         assert_eq!(member_urls(&c), ["http://10.0.0.1:4000", "http://10.0.0.3:4000"]);
     }

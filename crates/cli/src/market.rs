@@ -455,6 +455,8 @@ pub enum ClusterCmd {
         spot: bool,
         #[arg(long)]
         command: String,
+        #[command(flatten)]
+        workload: crate::commands::MemberWorkloadArgs,
     },
     /// Resize: new members start together or not at all; leaving ones get the stop notice first.
     Resize { name: String, nodes: u32 },
@@ -509,7 +511,7 @@ fn cluster_detail(c: &api::Cluster) -> String {
         })
         .collect();
     format!(
-        "name:     {} ({})\nstate:    {}{}\nsize:     {} of {}..{} nodes, {} x {} each ({}){}\nport:     {} (MASTER_PORT)\nschedule: {}\nscaling:  {}\ncommand:  {}\n\n{}",
+        "name:     {} ({})\nstate:    {}{}\nsize:     {} of {}..{} nodes, {} x {} each ({}){}\nport:     {} (MASTER_PORT)\nschedule: {}\nscaling:  {}\ncommand:  {}\n{}\n{}",
         c.name,
         c.id,
         c.state,
@@ -529,22 +531,50 @@ fn cluster_detail(c: &api::Cluster) -> String {
         or_dash(c.schedule.as_ref()),
         or_dash(c.autoscale.as_ref()),
         c.command,
+        workload_lines(c.image.as_ref(), &c.env, &c.ports),
         table(&["RANK", "INSTANCE", "STATE", "NODE", "ENDPOINT", ""], &rows)
     )
+}
+
+/// A cluster's or pool's image, environment and ports, a line each (secrets by name only).
+fn workload_lines(
+    image: Option<&String>,
+    env: &std::collections::BTreeMap<String, String>,
+    ports: &[String],
+) -> String {
+    let mut lines = vec![format!("image:    {}", image.map_or("the node's own", |i| i.as_str()))];
+    lines.extend(env.iter().map(|(k, v)| format!("env:      {k}={v}")));
+    if !ports.is_empty() {
+        lines.push(format!("ports:    {}", ports.join(", ")));
+    }
+    lines.join("\n") + "\n"
 }
 
 pub fn cluster(ctx: &Ctx, cmd: ClusterCmd) -> Res {
     let c = ctx.client(As::Tenant)?;
     let err = |e: crate::client::ClientError| e.to_string();
     match cmd {
-        ClusterCmd::Create { name, gpu, gpus_per_node, nodes, min, max, region, replicas_in, spot, command } => {
+        ClusterCmd::Create {
+            name,
+            gpu,
+            gpus_per_node,
+            nodes,
+            min,
+            max,
+            region,
+            replicas_in,
+            spot,
+            command,
+            workload,
+        } => {
             let replicas = (!replicas_in.is_empty()).then_some(&replicas_in);
             let nodes = replicas.map_or(nodes, |r| r.len() as u32);
-            let body = serde_json::json!({
+            let mut body = serde_json::json!({
                 "name": name, "gpu": gpu, "gpus_per_node": gpus_per_node, "nodes": nodes, "min_nodes": min,
                 "max_nodes": max, "region": region, "command": command, "tier": if spot { "spot" } else { "on-demand" },
                 "replicas_in": replicas,
             });
+            workload.add_to(&mut body)?;
             let v: api::Cluster = c.post("/v1/clusters", Some(&body), None).map_err(err)?;
             show(ctx, &v, cluster_detail);
         }
@@ -654,6 +684,8 @@ pub enum PoolCmd {
         /// What each instance runs from the start (load the model, then serve).
         #[arg(long)]
         command: String,
+        #[command(flatten)]
+        workload: crate::commands::MemberWorkloadArgs,
     },
     /// Your warm pools and how many are ready.
     List,
@@ -696,10 +728,11 @@ pub fn pool(ctx: &Ctx, cmd: PoolCmd) -> Res {
         table(&["NAME", "GPUS", "REGION", "READY", "COMMAND"], &rows)
     };
     match cmd {
-        PoolCmd::Create { name, gpu, count, region, size, command } => {
-            let body = serde_json::json!({
+        PoolCmd::Create { name, gpu, count, region, size, command, workload } => {
+            let mut body = serde_json::json!({
                 "name": name, "gpu": gpu, "count": count, "region": region, "size": size, "command": command,
             });
+            workload.add_to(&mut body)?;
             let p: api::WarmPool = c.post("/v1/pools", Some(&body), None).map_err(err)?;
             show(ctx, &p, |p| rows(std::slice::from_ref(p)));
         }

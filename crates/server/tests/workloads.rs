@@ -221,6 +221,79 @@ fn image_env_and_ports_are_checked_kept_and_sent_to_the_node() {
     assert_eq!(r.status, 422, "{:?}", r.body);
 }
 
+#[test]
+fn clusters_and_pools_run_every_member_in_their_image_with_their_env_secrets_and_ports() {
+    let s = with_key();
+    let a = s.tenant("alice");
+    let b = s.tenant("bob");
+    assert_eq!(put_secret(&s, &a, "HF_TOKEN", "hf_member-secret-77").status, 201);
+    let spec = json!({"image": "ghcr.io/acme/trainer:3", "env": {"MODE": "train", "TOKEN": "secret:HF_TOKEN"},
+        "secrets": ["HF_TOKEN"], "ports": ["8888/http"]});
+    let with = |base: Value, extra: &Value| {
+        let mut body = base;
+        body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        body
+    };
+    let cluster = json!({"name": "train", "gpu": "L4", "gpus_per_node": 1, "nodes": 1, "command": "sleep 1000"});
+    let pool = json!({"name": "warm", "gpu": "L4", "count": 1, "size": 1, "command": "sleep 1000"});
+    // Checked as an instance's are, and another tenant's secret is not there to take.
+    for (extra, field) in [
+        (json!({"image": "Ubuntu:24.04"}), "image"),
+        (json!({"ports": ["8888/udp"]}), "ports"),
+        (json!({"env": {"CUDA_VISIBLE_DEVICES": "0"}}), "env"),
+    ] {
+        for (path, base) in [("/v1/clusters", &cluster), ("/v1/pools", &pool)] {
+            let r = s.post(&a, path, Some(&with(base.clone(), &extra)));
+            assert_eq!((r.status, r.body["field"].as_str()), (422, Some(field)), "{path} {extra}: {:?}", r.body);
+        }
+    }
+    let r = s.post(&b, "/v1/clusters", Some(&with(cluster.clone(), &json!({"env": {"T": "secret:HF_TOKEN"}}))));
+    assert_eq!((r.status, r.body["field"].as_str()), (422, Some("env")), "{:?}", r.body);
+
+    let r = s.post(&a, "/v1/clusters", Some(&with(cluster.clone(), &spec)));
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    assert_eq!(r.body["image"], "ghcr.io/acme/trainer:3");
+    assert_eq!(r.body["ports"], json!(["8888/http"]));
+    assert_eq!(r.body["env"], json!({"HF_TOKEN": "secret:HF_TOKEN", "MODE": "train", "TOKEN": "secret:HF_TOKEN"}));
+    let member = r.body["members"][0]["instance"].as_str().unwrap().to_string();
+    let shown = s.get(&a, &format!("/v1/clusters/{}", "train")).body;
+    assert_eq!(shown["image"], "ghcr.io/acme/trainer:3", "{shown}");
+    let inst = s.get(&a, &format!("/v1/instances/{member}")).body;
+    assert_eq!(inst["image"], "ghcr.io/acme/trainer:3", "{inst}");
+    assert_eq!(inst["env"]["MODE"], "train", "{inst}");
+    assert_eq!(inst["ports"][0]["port"], 8888, "{inst}");
+
+    // The node gets the member with its image, ports and the secret's value, nothing else does.
+    let (node, epoch) = l4_node(&s);
+    let w = desired(&s, &node, &epoch, &member);
+    assert_eq!(w["image"], "ghcr.io/acme/trainer:3");
+    assert_eq!(w["ports"], json!(["8888/http"]));
+    assert_eq!((w["env"]["MODE"].as_str(), w["env"]["TOKEN"].as_str()), (Some("train"), Some("hf_member-secret-77")));
+    for path in ["/v1/clusters/train", "/v1/clusters", &format!("/v1/instances/{member}")] {
+        assert!(!s.get(&a, path).body.to_string().contains("hf_member-secret-77"), "{path}");
+    }
+    assert_eq!(s.raw("DELETE", "/v1/clusters/train", Some(&a), &[], None).status, 204);
+
+    // A warm pool's members, and a cold claim when none is ready, run the same way.
+    let r = s.post(&a, "/v1/pools", Some(&with(pool.clone(), &spec)));
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    assert_eq!(
+        (r.body["image"].as_str(), r.body["ports"].clone()),
+        (Some("ghcr.io/acme/trainer:3"), json!(["8888/http"]))
+    );
+    let warm = r.body["members"][0]["instance"].as_str().unwrap().to_string();
+    let inst = s.get(&a, &format!("/v1/instances/{warm}")).body;
+    assert_eq!((inst["image"].as_str(), inst["env"]["MODE"].as_str()), (Some("ghcr.io/acme/trainer:3"), Some("train")));
+    let r = s.post(&a, "/v1/pools/warm/claim", Some(&json!({})));
+    assert_eq!((r.status, r.body["warm"].as_bool()), (201, Some(false)), "{:?}", r.body);
+    let cold = &r.body["instance"];
+    assert_eq!(
+        (cold["image"].as_str(), cold["env"]["TOKEN"].as_str()),
+        (Some("ghcr.io/acme/trainer:3"), Some("secret:HF_TOKEN"))
+    );
+    assert_eq!(cold["ports"][0]["port"], 8888, "{cold}");
+}
+
 /// A stand-in workload on a local port: answers each request with what it received (path and
 /// headers), and a websocket upgrade with 101 and then an echo of every byte.
 fn workload_server() -> std::net::SocketAddr {

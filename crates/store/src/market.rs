@@ -166,14 +166,33 @@ pub(crate) fn decode_published(text: Option<String>) -> Vec<(u16, u16)> {
         .collect()
 }
 
-pub(crate) fn sale_from_row(r: &AnyRow) -> Result<Sale> {
-    let t = "instances";
-    let env: Option<String> = r.try_get("env")?;
-    let env = env
-        .unwrap_or_default()
+fn decode_env(text: Option<String>) -> Vec<(String, String)> {
+    text.unwrap_or_default()
         .lines()
         .filter_map(|l| l.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
-        .collect();
+        .collect()
+}
+
+fn decode_ports(table: &'static str, text: Option<String>) -> Result<Vec<gpucloud_model::PortSpec>> {
+    text.unwrap_or_default()
+        .split(',')
+        .filter(|p| !p.is_empty())
+        .map(|p| parse::<gpucloud_model::PortSpec>(table, p))
+        .collect()
+}
+
+/// A cluster's or pool's `image, env, ports` columns.
+fn member_workload_from_row(table: &'static str, r: &AnyRow) -> Result<crate::MemberWorkload> {
+    Ok(crate::MemberWorkload {
+        image: r.try_get("image")?,
+        env: decode_env(r.try_get("env")?),
+        ports: decode_ports(table, r.try_get("ports")?)?,
+    })
+}
+
+pub(crate) fn sale_from_row(r: &AnyRow) -> Result<Sale> {
+    let t = "instances";
+    let env = decode_env(r.try_get("env")?);
     let job: Option<String> = r.try_get("job_id")?;
     let attempt: Option<i64> = r.try_get("attempt")?;
     let job = match job {
@@ -187,13 +206,7 @@ pub(crate) fn sale_from_row(r: &AnyRow) -> Result<Sale> {
         None => None,
     };
     let pool: Option<String> = r.try_get("pool_id")?;
-    let ports: Option<String> = r.try_get("ports")?;
-    let ports = ports
-        .unwrap_or_default()
-        .split(',')
-        .filter(|p| !p.is_empty())
-        .map(|p| parse::<gpucloud_model::PortSpec>(t, p))
-        .collect::<Result<Vec<_>>>()?;
+    let ports = decode_ports(t, r.try_get("ports")?)?;
     let volume = match (r.try_get::<Option<String>, _>("volume_id")?, r.try_get::<Option<String>, _>("volume_mount")?) {
         (Some(v), Some(m)) => {
             Some((parse::<gpucloud_model::VolumeId>(t, &v)?, parse::<gpucloud_model::VolumeMount>(t, &m)?))
@@ -276,7 +289,7 @@ fn reservation_from_row(r: &AnyRow) -> Result<Reservation> {
 
 const CLUSTER_COLUMNS: &str = "id, tenant_id, name, gpu_model, region, gpus_per_node, min_nodes, max_nodes, \
     target_nodes, command, tier, state, epoch, generation, created_at, updated_at, schedule, utc_offset_min, \
-    autoscale_up_pct, autoscale_down_pct, autoscale_for_s, replicas_in";
+    autoscale_up_pct, autoscale_down_pct, autoscale_for_s, replicas_in, image, env, ports";
 
 fn cluster_from_row(r: &AnyRow) -> Result<Cluster> {
     let t = "clusters";
@@ -319,11 +332,11 @@ fn cluster_from_row(r: &AnyRow) -> Result<Cluster> {
             .filter(|v| !v.is_empty())
             .map(|v| Region::parse(v).map_err(|e| corrupt(t, e)))
             .collect::<Result<_>>()?,
+        workload: member_workload_from_row(t, r)?,
     })
 }
 
-const POOL_COLUMNS: &str =
-    "id, tenant_id, name, gpu_model, region, gpu_count, command, size, created_at, schedule, utc_offset_min";
+const POOL_COLUMNS: &str = "id, tenant_id, name, gpu_model, region, gpu_count, command, size, created_at, schedule, utc_offset_min, image, env, ports";
 
 fn pool_from_row(r: &AnyRow) -> Result<WarmPool> {
     let t = "warm_pools";
@@ -340,6 +353,7 @@ fn pool_from_row(r: &AnyRow) -> Result<WarmPool> {
         created_at: Timestamp(r.try_get(8)?),
         schedule: r.try_get(9)?,
         utc_offset_min: r.try_get::<i64, _>(10)? as i32,
+        workload: member_workload_from_row(t, r)?,
     })
 }
 
@@ -661,7 +675,7 @@ impl MarketStore for SqlStore {
 
     async fn insert_cluster(&self, c: &Cluster) -> Result<()> {
         sqlx::query(&format!(
-            "INSERT INTO clusters ({CLUSTER_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22)"
+            "INSERT INTO clusters ({CLUSTER_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25)"
         ))
         .bind(c.id.to_string())
         .bind(c.tenant_id.to_string())
@@ -685,6 +699,9 @@ impl MarketStore for SqlStore {
         .bind(c.autoscale.map(|a| i64::from(a.down_pct)))
         .bind(c.autoscale.map(|a| i64::from(a.for_s)))
         .bind((!c.replicas_in.is_empty()).then(|| c.replicas_in.iter().map(|r| r.to_string()).collect::<Vec<_>>().join(",")))
+        .bind(c.workload.image.clone())
+        .bind(encode_env(&c.workload.env))
+        .bind(encode_ports(&c.workload.ports))
         .execute(&self.pool)
         .await
         .map_err(|e| unique_violation(e, &format!("a cluster named '{}'", c.name)))?;
@@ -789,7 +806,7 @@ impl MarketStore for SqlStore {
 
     async fn insert_pool(&self, p: &WarmPool) -> Result<()> {
         sqlx::query(&format!(
-            "INSERT INTO warm_pools ({POOL_COLUMNS}, state) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 'active')"
+            "INSERT INTO warm_pools ({POOL_COLUMNS}, state) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, 'active')"
         ))
         .bind(p.id.to_string())
         .bind(p.tenant_id.to_string())
@@ -802,6 +819,9 @@ impl MarketStore for SqlStore {
         .bind(p.created_at.0)
         .bind(p.schedule.clone())
         .bind(i64::from(p.utc_offset_min))
+        .bind(p.workload.image.clone())
+        .bind(encode_env(&p.workload.env))
+        .bind(encode_ports(&p.workload.ports))
         .execute(&self.pool)
         .await
         .map_err(|e| unique_violation(e, &format!("a warm pool named '{}'", p.name)))?;

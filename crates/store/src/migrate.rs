@@ -31,6 +31,7 @@ const SQLITE: &[(i64, &str)] = &[
     (24, include_str!("../migrations/sqlite/0024_log_runs.sql")),
     (25, include_str!("../migrations/sqlite/0025_drain_deadline.sql")),
     (26, include_str!("../migrations/sqlite/0026_audit_written_ahead.sql")),
+    (27, include_str!("../migrations/sqlite/0027_member_workloads.sql")),
 ];
 const POSTGRES: &[(i64, &str)] = &[
     (1, include_str!("../migrations/postgres/0001_foundation.sql")),
@@ -59,6 +60,7 @@ const POSTGRES: &[(i64, &str)] = &[
     (24, include_str!("../migrations/postgres/0024_log_runs.sql")),
     (25, include_str!("../migrations/postgres/0025_drain_deadline.sql")),
     (26, include_str!("../migrations/postgres/0026_audit_written_ahead.sql")),
+    (27, include_str!("../migrations/postgres/0027_member_workloads.sql")),
 ];
 
 pub(crate) async fn run(pool: &AnyPool, backend: Backend) -> Result<()> {

@@ -627,6 +627,18 @@ pub struct Cluster {
     /// An active-active replica set: member `r` runs in `replicas_in[r]`, each placed on its own.
     /// Empty for an ordinary cluster.
     pub replicas_in: Vec<Region>,
+    /// What each member runs in besides its command.
+    pub workload: MemberWorkload,
+}
+
+/// What every member of a cluster or warm pool runs in besides its command.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MemberWorkload {
+    /// The container image; `None`: the node's own.
+    pub image: Option<String>,
+    /// Environment, secrets as `secret:NAME` references (read when each member starts).
+    pub env: Vec<(String, String)>,
+    pub ports: Vec<gpucloud_model::PortSpec>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -651,6 +663,8 @@ pub struct WarmPool {
     /// Size by time of day, and the UTC offset (minutes) of its times.
     pub schedule: Option<String>,
     pub utc_offset_min: i32,
+    /// What each instance runs in besides its command.
+    pub workload: MemberWorkload,
 }
 
 /// One business metric a workload pushed.

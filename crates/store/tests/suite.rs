@@ -64,6 +64,7 @@ suite!(
     billable_time_is_recorded_with_state_changes,
     charges_move_money_once,
     a_batch_posts_like_one_entry_at_a_time,
+    clusters_and_pools_keep_what_their_members_run_in,
     prices_and_rules,
     concurrent_state_changes_have_one_winner,
     agents_register_by_name_and_are_fenced_by_epoch,
@@ -566,6 +567,60 @@ fn usage_record(u: &UsageInterval, delta: Money, seconds: i64, key: &str) -> Led
         idempotency_key: key.into(),
         created_at: ts(500),
     }
+}
+
+async fn clusters_and_pools_keep_what_their_members_run_in(s: Arc<dyn Store>) {
+    let t = tenant(&s, "a").await;
+    let workload = MemberWorkload {
+        image: Some("ghcr.io/acme/trainer:3".into()),
+        env: vec![("MODE".into(), "a=b c".into()), ("TOKEN".into(), "secret:HF_TOKEN".into())],
+        ports: vec!["8888/http".parse().unwrap(), "22/tcp".parse().unwrap()],
+    };
+    let c = Cluster {
+        id: ClusterId::from_random(7),
+        tenant_id: t.id.clone(),
+        name: "train".into(),
+        model: GpuModel::L4,
+        region: None,
+        gpus_per_node: 1,
+        min_nodes: 1,
+        max_nodes: 2,
+        target_nodes: 1,
+        command: "sleep 1".into(),
+        tier: Tier::OnDemand,
+        active: true,
+        epoch: 1,
+        generation: 1,
+        created_at: ts(1),
+        updated_at: ts(1),
+        schedule: None,
+        utc_offset_min: 0,
+        autoscale: None,
+        replicas_in: Vec::new(),
+        workload: workload.clone(),
+    };
+    s.insert_cluster(&c).await.unwrap();
+    assert_eq!(s.find_cluster(Some(&t.id), "train").await.unwrap(), Some(c.clone()));
+    let plain =
+        Cluster { id: ClusterId::from_random(8), name: "plain".into(), workload: MemberWorkload::default(), ..c };
+    s.insert_cluster(&plain).await.unwrap();
+    assert_eq!(s.find_cluster(Some(&t.id), "plain").await.unwrap(), Some(plain));
+    let p = WarmPool {
+        id: PoolId::from_random(9),
+        tenant_id: t.id.clone(),
+        name: "warm".into(),
+        model: GpuModel::L4,
+        region: None,
+        count: 1,
+        command: "serve".into(),
+        size: 2,
+        created_at: ts(1),
+        schedule: None,
+        utc_offset_min: 0,
+        workload,
+    };
+    s.insert_pool(&p).await.unwrap();
+    assert_eq!(s.list_pools(Some(&t.id)).await.unwrap(), vec![p]);
 }
 
 async fn a_batch_posts_like_one_entry_at_a_time(s: Arc<dyn Store>) {

@@ -202,7 +202,7 @@ def test_a_cluster_grows_and_shrinks_from_a_training_loop(client, dev, monkeypat
     d.mkdir()
     cmd = f"env > {d}/env-$GPUCLOUD_CLUSTER_RANK-$GPUCLOUD_INSTANCE_ID; exec sleep 1000"
     c = client.clusters.create("train", gpu="A100-40GB", region="eu-1", gpus_per_node=2, nodes=1,
-                               min_nodes=1, max_nodes=8, command=cmd)
+                               min_nodes=1, max_nodes=8, command=cmd, env={"STAGE": "pretrain"})
     assert c.nodes == 1 and c.state in ("resizing", "ready")
 
     def ready(n):
@@ -227,6 +227,7 @@ def test_a_cluster_grows_and_shrinks_from_a_training_loop(client, dev, monkeypat
                 assert e["MASTER_ADDR"] == "127.0.0.1" and e["MASTER_PORT"] == str(four.master_port)
                 assert e["GPUCLOUD_CLUSTER_SIZE"] == "4" and e["WORLD_SIZE"] == "8" and e["PET_NNODES"] == "1:8"
                 assert len(e["CUDA_VISIBLE_DEVICES"].split(",")) == 2
+                assert e["STAGE"] == "pretrain", "every member gets the cluster's environment"
         if step == 6:
             client.clusters.resize("train", 2)
             two = ready(2)

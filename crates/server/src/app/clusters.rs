@@ -23,6 +23,11 @@ pub struct NewCluster {
     pub tier: Tier,
     /// An active-active replica set: one member per region, in this order.
     pub replicas_in: Vec<Region>,
+    /// What each member runs in besides its command (as on an instance).
+    pub image: Option<String>,
+    pub env: std::collections::BTreeMap<String, String>,
+    pub secrets: Vec<String>,
+    pub ports: Vec<String>,
 }
 
 /// A cluster with its current members.
@@ -96,6 +101,7 @@ impl App {
         {
             return Err(AppError::invalid("region", format!("unknown region '{region}'")));
         }
+        let workload = self.member_workload(&by.tenant.id, req.image, &req.env, &req.secrets, &req.ports).await?;
         self.check_can_spend(&by.tenant.id).await?;
         let now = self.now();
         let cluster = Cluster {
@@ -119,6 +125,7 @@ impl App {
             utc_offset_min: 0,
             autoscale: None,
             replicas_in: req.replicas_in,
+            workload,
         };
         self.store.insert_cluster(&cluster).await.map_err(AppError::store_conflict)?;
         tracing::info!(cluster = %cluster.id, name = %cluster.name, nodes = cluster.target_nodes, "cluster created");
@@ -268,12 +275,12 @@ impl App {
                 sale: Sale {
                     tier: c.tier,
                     max_price: None,
-                    env: Vec::new(),
+                    env: c.workload.env.clone(),
                     job: None,
                     cluster: Some((c.id.clone(), rank)),
                     pool: None,
-                    image: None,
-                    ports: Vec::new(),
+                    image: c.workload.image.clone(),
+                    ports: c.workload.ports.clone(),
                     volume: None,
                 },
             };

@@ -15,6 +15,11 @@ pub struct NewPool {
     pub count: u32,
     pub command: String,
     pub size: u32,
+    /// What each instance runs in besides its command (as on an instance).
+    pub image: Option<String>,
+    pub env: std::collections::BTreeMap<String, String>,
+    pub secrets: Vec<String>,
+    pub ports: Vec<String>,
 }
 
 pub const MAX_POOL_SIZE: u32 = 64;
@@ -36,6 +41,7 @@ impl App {
         {
             return Err(AppError::invalid("region", format!("unknown region '{region}'")));
         }
+        let workload = self.member_workload(&by.tenant.id, req.image, &req.env, &req.secrets, &req.ports).await?;
         self.check_can_spend(&by.tenant.id).await?;
         let pool = WarmPool {
             id: PoolId::from_random(random_bits()),
@@ -49,6 +55,7 @@ impl App {
             created_at: self.now(),
             schedule: None,
             utc_offset_min: 0,
+            workload,
         };
         self.store.insert_pool(&pool).await.map_err(AppError::store_conflict)?;
         tracing::info!(pool = %pool.id, name = %pool.name, size = pool.size, "warm pool created");
@@ -120,10 +127,11 @@ impl App {
             mig: None,
             tier: Tier::OnDemand,
             max_price: None,
-            image: None,
-            env: Default::default(),
+            image: pool.workload.image.clone(),
+            // Secrets are kept as `secret:NAME` values, which a create reads the same way.
+            env: pool.workload.env.iter().cloned().collect(),
             secrets: Vec::new(),
-            ports: Vec::new(),
+            ports: pool.workload.ports.iter().map(|p| p.to_string()).collect(),
             template: None,
             volume: None,
         };
@@ -148,7 +156,14 @@ impl App {
                 command: pool.command.clone(),
                 idempotency_key: None,
                 created_at: self.now(),
-                sale: Sale { tier: Tier::Warm, pool: Some(pool.id.clone()), ..Sale::default() },
+                sale: Sale {
+                    tier: Tier::Warm,
+                    pool: Some(pool.id.clone()),
+                    image: pool.workload.image.clone(),
+                    env: pool.workload.env.clone(),
+                    ports: pool.workload.ports.clone(),
+                    ..Sale::default()
+                },
             };
             self.store.insert_instance(&new).await?;
             self.wake_scheduler();

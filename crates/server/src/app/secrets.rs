@@ -225,6 +225,24 @@ impl App {
 
     /// A create request's environment as stored: each variable checked, `--secret NAME` as
     /// `NAME=secret:NAME`, every referred secret existing now (it is read again at start).
+    /// A cluster's or pool's image, environment, secrets and ports, checked as an instance's
+    /// are, kept for every member it starts.
+    pub(crate) async fn member_workload(
+        &self,
+        tenant: &TenantId,
+        image: Option<String>,
+        env: &std::collections::BTreeMap<String, String>,
+        secrets: &[String],
+        ports: &[String],
+    ) -> Result<gpucloud_store::MemberWorkload, AppError> {
+        if let Some(image) = &image {
+            gpucloud_model::workload::check_image(image).map_err(|e| AppError::invalid("image", e))?;
+        }
+        let ports = gpucloud_model::workload::parse_ports(ports).map_err(|e| AppError::invalid("ports", e))?;
+        let env = self.check_env(tenant, env, secrets).await?;
+        Ok(gpucloud_store::MemberWorkload { image, env, ports })
+    }
+
     pub(crate) async fn check_env(
         &self,
         tenant: &TenantId,

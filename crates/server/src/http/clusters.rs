@@ -14,6 +14,9 @@ fn view(v: ClusterView) -> Cluster {
     let c = v.cluster;
     Cluster {
         master_port: master_port(&c.id),
+        image: c.workload.image.clone(),
+        env: c.workload.env.iter().cloned().collect(),
+        ports: c.workload.ports.iter().map(|p| p.to_string()).collect(),
         id: c.id.to_string(),
         name: c.name,
         gpu: c.model.to_string(),
@@ -76,6 +79,10 @@ pub async fn create(
                 command: req.command,
                 tier,
                 replicas_in: req.replicas_in.unwrap_or_default(),
+                image: req.image,
+                env: req.env,
+                secrets: req.secrets,
+                ports: req.ports,
             },
         )
         .await?;

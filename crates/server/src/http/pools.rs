@@ -13,6 +13,9 @@ use std::sync::Arc;
 
 fn view(p: gpucloud_store::WarmPool, members: Vec<gpucloud_store::Instance>) -> WarmPool {
     WarmPool {
+        image: p.workload.image.clone(),
+        env: p.workload.env.iter().cloned().collect(),
+        ports: p.workload.ports.iter().map(|p| p.to_string()).collect(),
         id: p.id.to_string(),
         name: p.name,
         gpu: p.model.to_string(),
@@ -48,6 +51,10 @@ pub async fn create(
                 count: req.count,
                 command: req.command,
                 size: req.size,
+                image: req.image,
+                env: req.env,
+                secrets: req.secrets,
+                ports: req.ports,
             },
         )
         .await?;

@@ -335,6 +335,7 @@ class Cluster:
     master_port: int
     members: List[ClusterMember]
     reason: Optional[str] = None
+    image: Optional[str] = None
 
     @property
     def running(self) -> int:
@@ -353,6 +354,7 @@ class Cluster:
             gpu=v["gpu"],
             master_port=v["master_port"],
             reason=v.get("reason"),
+            image=v.get("image"),
             members=[
                 ClusterMember(
                     rank=m["rank"],
@@ -380,11 +382,25 @@ class Clusters(_Resource):
         max_nodes: Optional[int] = None,
         region: Optional[str] = None,
         tier: str = "on-demand",
+        image: Optional[str] = None,
+        env: Optional[Dict[str, str]] = None,
+        secrets: Optional[List[str]] = None,
+        ports: Optional[List[str]] = None,
     ) -> Cluster:
+        """``image``, ``env``, ``secrets`` and ``ports`` apply to every member, as on
+        ``instances.create``."""
         body: Dict[str, Any] = {
             "name": name, "gpu": gpu, "command": command, "gpus_per_node": gpus_per_node, "nodes": nodes, "tier": tier,
         }
-        for k, v in (("min_nodes", min_nodes), ("max_nodes", max_nodes), ("region", region)):
+        for k, v in (
+            ("min_nodes", min_nodes),
+            ("max_nodes", max_nodes),
+            ("region", region),
+            ("image", image),
+            ("env", env),
+            ("secrets", secrets),
+            ("ports", ports),
+        ):
             if v is not None:
                 body[k] = v
         return Cluster.from_json(self._c._post("/v1/clusters", body))
