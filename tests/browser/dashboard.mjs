@@ -155,6 +155,18 @@ try {
   await page.waitForSelector("#clusters .badge.running");
   await shot(page, "clusters");
 
+  step("volumes: listed with size, state and what they cost, and one not in use is deleted from the page");
+  await call(t, "POST", "/v1/volumes", { name: "scratch", size: "2GiB", region: "eu-1" });
+  await page.click("#nav-volumes");
+  await page.waitForSelector("#volumes tr[data-volume='scratch'] .badge.available");
+  const volRow = await page.textContent("#volumes tr[data-volume='scratch']");
+  if (!volRow.includes("2 GiB") || !volRow.includes("eu-1")) throw new Error(`volume row: ${volRow}`);
+  await shot(page, "volumes");
+  page.once("dialog", (d) => d.accept());
+  await page.click("#volumes tr[data-volume='scratch'] button");
+  await waitFor("the volume to go", async () => (await page.locator("#volumes tr[data-volume='scratch']").count()) === 0);
+  if ((await call(t, "GET", "/v1/volumes")).volumes.some((v) => v.name === "scratch")) throw new Error("the volume was not deleted");
+
   step("a web port opens from the instance page through the proxy, its websocket too");
   // The workload: a page and a websocket echo (one small text frame at a time), on its port.
   const webJs = join(tmp, "web.js");

@@ -19,7 +19,8 @@ use bollard::models::{
     ContainerCreateBody, ContainerStateStatusEnum, DeviceRequest, HostConfig, NetworkCreateRequest, PortBinding,
 };
 use bollard::query_parameters::{
-    CreateContainerOptions, CreateImageOptions, KillContainerOptions, ListContainersOptions, RemoveContainerOptions,
+    CreateContainerOptions, CreateImageOptions, KillContainerOptions, ListContainersOptions, ListImagesOptions,
+    RemoveContainerOptions,
 };
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -310,6 +311,31 @@ impl DockerLauncher {
     }
 
     /// The host's address on the workloads' network.
+    /// The public images the engine holds, by every name a workload may ask for them by
+    /// (`ubuntu:latest` is also `ubuntu`), sorted. Private images are left out: they are pulled
+    /// again for each workload, so holding one saves nothing, and their names are a tenant's.
+    pub fn images(&self) -> Result<Vec<String>, String> {
+        let listed = self
+            .rt
+            .block_on(self.docker.list_images(Some(ListImagesOptions::default())))
+            .map_err(|e| format!("docker: {e}"))?;
+        let private = self.private.lock().unwrap_or_else(|e| e.into_inner()).1.clone();
+        let mut names: Vec<String> = listed
+            .into_iter()
+            .flat_map(|i| i.repo_tags)
+            .filter(|t| t != "<none>:<none>" && !private.contains(t))
+            .flat_map(|t| {
+                let bare = t.strip_suffix(":latest").map(str::to_string);
+                std::iter::once(t).chain(bare)
+            })
+            .filter(|t| gpucloud_model::workload::check_image(t).is_ok())
+            .collect();
+        names.sort();
+        names.dedup();
+        names.truncate(512);
+        Ok(names)
+    }
+
     pub fn gateway(&self) -> IpAddr {
         self.gateway
     }

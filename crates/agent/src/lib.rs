@@ -128,6 +128,10 @@ pub fn run(config: Config, gpus: &mut dyn GpuBackend, shutdown: &std::sync::atom
     let mut never_ran: Vec<String> = Vec::new();
     // Deleted volumes whose data this node removed, said on the next beat.
     let mut purged_volumes: Vec<String> = Vec::new();
+    // The images the server last heard of, and when the engine was last asked: sent when they
+    // change (a pull, a cleanup), read at most every 30 s.
+    let mut images_told: Option<Vec<String>> = None;
+    let mut images_read: Option<std::time::Instant> = None;
     loop {
         if shutdown.load(std::sync::atomic::Ordering::SeqCst) {
             runtime.stop_all_gracefully();
@@ -168,7 +172,13 @@ pub fn run(config: Config, gpus: &mut dyn GpuBackend, shutdown: &std::sync::atom
             }
         }
         let metrics = metadata.drain_metrics();
+        let mut images = None;
+        if images_read.is_none_or(|t| t.elapsed() >= Duration::from_secs(30)) {
+            images_read = Some(std::time::Instant::now());
+            images = runtime.images().filter(|now| images_told.as_ref() != Some(now));
+        }
         let beat = AgentHeartbeat {
+            images: images.clone(),
             node_id: reg.node_id.clone(),
             epoch: reg.epoch,
             instances,
@@ -180,6 +190,9 @@ pub fn run(config: Config, gpus: &mut dyn GpuBackend, shutdown: &std::sync::atom
         match client.heartbeat(&beat) {
             Ok(desired) => {
                 last_answered = sent;
+                if images.is_some() {
+                    images_told = images;
+                }
                 if cut_off {
                     tracing::warn!("a server answers again");
                     cut_off = false;

@@ -425,6 +425,18 @@ impl ProcessRuntime {
     }
 
     /// The user containers' workloads run as (`UID:GID`); `None` with the process runtime.
+    /// The public images on the node (containers only; `None` where there is no engine).
+    pub fn images(&self) -> Option<Vec<String>> {
+        let d = self.docker.as_ref()?;
+        match d.images() {
+            Ok(images) => Some(images),
+            Err(e) => {
+                tracing::debug!(error = %e, "listing images");
+                None
+            }
+        }
+    }
+
     pub fn docker_user(&self) -> Option<String> {
         self.docker.as_ref().map(|d| d.user().to_string())
     }

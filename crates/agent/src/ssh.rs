@@ -5,7 +5,8 @@
 //! A session runs as an exec in the workload's container, as the workload's own user: a login
 //! shell, or the command the client asked for, with a terminal when the client asked for one.
 //! Files move with SFTP (`scp`, `sftp`): a helper process in the container's mount namespace,
-//! as the workload's user (see `sftp`).
+//! as the workload's user (see `sftp`). Local forwarding (`ssh -L`, VS Code Remote) connects
+//! from inside the container's network namespace.
 //! It serves containers only: on a process-runtime node there is nothing to confine a shell to,
 //! so no SSH server runs there.
 
@@ -328,6 +329,49 @@ impl Connection {
     }
 }
 
+/// Connects to `host:port` from the network namespace of process `pid` (a container's init).
+/// A thread of its own enters the namespace, connects and ends: a socket stays in the namespace
+/// it was made in, and no thread the agent goes on using ever leaves the host's.
+async fn connect_in_namespace(pid: i32, host: &str, port: u16) -> Result<tokio::net::TcpStream, String> {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs};
+    if host.is_empty() || host.len() > 255 || host.contains('\0') {
+        return Err("not a host name".into());
+    }
+    let ns = std::fs::File::open(format!("/proc/{pid}/ns/net")).map_err(|e| format!("process {pid}: {e}"))?;
+    let host = host.to_string();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("ssh-forward".into())
+        .spawn(move || {
+            use std::os::fd::AsRawFd;
+            let connected = (|| {
+                // SAFETY: a system call on a descriptor this thread owns; it changes only this
+                // thread's network namespace, and the thread ends right after.
+                if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                    return Err(format!("entering the container's network: {}", std::io::Error::last_os_error()));
+                }
+                let addrs: Vec<SocketAddr> = if host == "localhost" {
+                    vec![(IpAddr::V4(Ipv4Addr::LOCALHOST), port).into(), (IpAddr::V6(Ipv6Addr::LOCALHOST), port).into()]
+                } else {
+                    (host.as_str(), port).to_socket_addrs().map_err(|e| format!("{host}: {e}"))?.collect()
+                };
+                let mut last = format!("{host}: no address");
+                for addr in addrs {
+                    match std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(10)) {
+                        Ok(s) => return Ok(s),
+                        Err(e) => last = format!("{addr}: {e}"),
+                    }
+                }
+                Err(last)
+            })();
+            let _ = tx.send(connected);
+        })
+        .map_err(|e| e.to_string())?;
+    let stream = rx.await.map_err(|_| "the forwarding thread ended".to_string())??;
+    stream.set_nonblocking(true).map_err(|e| e.to_string())?;
+    tokio::net::TcpStream::from_std(stream).map_err(|e| e.to_string())
+}
+
 async fn resize(docker: &Docker, exec: &str, cols: u32, rows: u32) {
     let size = ResizeExecOptions { h: rows.clamp(1, 10_000) as i32, w: cols.clamp(1, 10_000) as i32 };
     if let Err(e) = docker.resize_exec(exec, size).await {
@@ -417,6 +461,47 @@ impl russh::server::Handler for Connection {
             return session.channel_failure(channel);
         }
         self.start(channel, Some(cmd.to_string()), session).await
+    }
+
+    /// `ssh -L` (and what VS Code Remote and Jupyter tunnels use): a connection to `host:port`
+    /// as the instance's container would make it, from inside its network namespace, so
+    /// `localhost` is the container's own and whatever its network may not reach (the host's
+    /// services, other tenants' containers) this may not reach either.
+    async fn channel_open_direct_tcpip(
+        &mut self,
+        channel: Channel<Msg>,
+        host_to_connect: &str,
+        port_to_connect: u32,
+        _originator_address: &str,
+        _originator_port: u32,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let Some(instance) = self.login.clone() else {
+            reply.reject(russh::ChannelOpenFailure::AdministrativelyProhibited).await;
+            return Ok(());
+        };
+        let pid = self.server.targets.lock().unwrap_or_else(|e| e.into_inner()).get(&instance).map(|t| t.pid);
+        let (Some(pid), Ok(port)) = (pid.filter(|p| *p > 0), u16::try_from(port_to_connect)) else {
+            reply.reject(russh::ChannelOpenFailure::ConnectFailed).await;
+            return Ok(());
+        };
+        match connect_in_namespace(pid, host_to_connect, port).await {
+            Ok(stream) => {
+                reply.accept().await;
+                tracing::info!(%instance, peer = ?self.peer, port, "ssh: forwarding a connection into the container");
+                tokio::spawn(async move {
+                    let mut stream = stream;
+                    let mut channel = channel.into_stream();
+                    let _ = tokio::io::copy_bidirectional(&mut channel, &mut stream).await;
+                });
+            }
+            Err(e) => {
+                tracing::info!(%instance, host = host_to_connect, port, error = %e, "ssh: forwarding refused");
+                reply.reject(russh::ChannelOpenFailure::ConnectFailed).await;
+            }
+        }
+        Ok(())
     }
 
     async fn subsystem_request(

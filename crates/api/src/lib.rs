@@ -151,6 +151,10 @@ pub struct Instance {
     /// Why it ended as it did, when known ("exceeded its GPU memory cap: ...").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Why it was placed on its node, when more than the scheduling policy chose it
+    /// ("image ... was already on the node (no pull)").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placed: Option<String>,
     pub created_at: String,
     pub updated_at: String,
     /// on-demand or spot.
@@ -251,6 +255,10 @@ pub struct Node {
     /// What its agent registered it with (`--label k=v`).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub labels: std::collections::BTreeMap<String, String>,
+    /// The public container images it holds, as its agent last reported (instances asking
+    /// for one of them prefer it among equally good nodes).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub images: Vec<String>,
     /// While draining with a deadline: when what still runs on it is stopped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drain_deadline: Option<String>,
@@ -851,6 +859,10 @@ pub struct AgentHeartbeat {
     /// Volumes whose data the node removed, as it was asked to.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub purged_volumes: Vec<String>,
+    /// The public container images the node holds, when that changed (or the agent started):
+    /// the scheduler prefers a node holding an instance's image among equally good ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub images: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]

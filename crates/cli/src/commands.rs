@@ -235,6 +235,9 @@ fn instance_detail(i: &api::Instance) -> String {
     if let Some(r) = &i.reason {
         lines.push(format!("reason:    {r}"));
     }
+    if let Some(why) = &i.placed {
+        lines.push(format!("placed:    {why}"));
+    }
     lines.insert(
         3,
         format!(

@@ -343,6 +343,17 @@ fn ssh_opens_a_shell_in_the_container_for_the_tenants_keys_only() {
         (id, running)
     };
     let (id, running) = create();
+    // The agent tells the server which images its node holds (the scheduler prefers such nodes).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let nodes = loop {
+        let (_, nodes) = api.call(&op, "GET", "/v1/nodes", None);
+        if nodes["nodes"][0]["images"].as_array().is_some_and(|i| i.iter().any(|i| i == image.as_str())) {
+            break nodes;
+        }
+        assert!(Instant::now() < deadline, "the agent never said its node holds {image}: {nodes}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(nodes["nodes"][0]["images"].as_array().unwrap().len() < 512, "{nodes}");
     // `ssh -p PORT ID@127.0.0.1`, and the node's host key for known_hosts.
     let line = running["ssh"].as_str().unwrap().to_string();
     let port = line.split_whitespace().nth(2).unwrap().to_string();
@@ -456,6 +467,54 @@ fn ssh_opens_a_shell_in_the_container_for_the_tenants_keys_only() {
         .output()
         .unwrap();
     assert!(!o.status.success(), "scp wrote into /bin as the workload's user");
+    // `ssh -L` reaches a server that listens on the container's own localhost only (as
+    // Jupyter and VS Code's server do), and nothing the container itself may not reach.
+    let (code, _, err) = ssh(
+        &id,
+        &mine,
+        "mkdir -p /tmp/www && echo served-inside > /tmp/www/index.html && \
+         (busybox httpd -p 127.0.0.1:8081 -h /tmp/www &) ; sleep 0.2",
+        "",
+    );
+    assert_eq!(code, Some(0), "{err}");
+    let (_, gateway, _) = ssh(&id, &mine, "ip route | awk '/default/ {print $3}'", "");
+    let forward = |target: &str| {
+        let local = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = Command::new("ssh")
+            .args(["-N", "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-o", "StrictHostKeyChecking=yes"])
+            .args(["-o", "ExitOnForwardFailure=yes"])
+            .arg("-o")
+            .arg(format!("UserKnownHostsFile={}", known.display()))
+            .arg("-i")
+            .arg(&mine)
+            .args(["-L", &format!("127.0.0.1:{local}:{target}"), "-p", &port, &format!("{id}@127.0.0.1")])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let _child = common::Proc(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut conn = loop {
+            if let Ok(c) = std::net::TcpStream::connect(("127.0.0.1", local)) {
+                break c;
+            }
+            assert!(Instant::now() < deadline, "ssh -L never listened");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        use std::io::{Read, Write};
+        conn.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let _ = conn.write_all(b"GET /index.html HTTP/1.0\r\n\r\n");
+        let mut got = String::new();
+        let _ = conn.read_to_string(&mut got);
+        got
+    };
+    let got = forward("localhost:8081");
+    assert!(got.contains("served-inside"), "{got}");
+    let gateway = gateway.trim();
+    assert!(!gateway.is_empty());
+    let got = forward(&format!("{gateway}:{port}"));
+    assert!(!got.contains("SSH-2.0"), "the forward reached the host's SSH server from the container: {got}");
     // Terminated, the next instance with the volume finds the file.
     gpucloud_as(&key, &["instance", "terminate", &id]);
     api.wait(&key, &id, "terminated", |v| v["state"] == "terminated");

@@ -71,6 +71,9 @@ pub struct NodeView {
     /// Its operator lets tenants share its GPUs by time slicing (node label
     /// `time-slicing=shared`).
     pub open_time_slicing: bool,
+    /// Container images already on the node (public ones: a private image is pulled again
+    /// for every workload, so holding it saves nothing).
+    pub images: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -92,6 +95,9 @@ pub struct Pending {
     pub tenant: Option<TenantId>,
     /// Only this node will do (its volume lives there); `None`: any node.
     pub node: Option<NodeId>,
+    /// The container image it runs in: among nodes the policy finds equally good, one that
+    /// holds it already is chosen (no pull).
+    pub image: Option<String>,
 }
 
 /// How to choose among nodes that fit.
@@ -168,6 +174,8 @@ pub struct Placement {
     pub node: NodeId,
     pub node_generation: i64,
     pub gpus: Vec<u32>,
+    /// The request's image was on the node already, and that chose among equally good nodes.
+    pub image_cached: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -193,8 +201,10 @@ pub fn plan(
     _now: Timestamp,
     rng: &mut dyn RngCore,
 ) -> Plan {
-    // The index keeps nodes per pool, not per id: requests pinned to a node take the general engine.
-    if !policy.indexed() || pending.iter().any(|p| p.share.is_some() || p.node.is_some()) {
+    // The index keeps nodes per pool, not per id: requests pinned to a node, or with an image some
+    // node holds (a tie-break the index does not keep), take the general engine.
+    let cached = |p: &Pending| p.image.as_ref().is_some_and(|i| snapshot.nodes.iter().any(|n| n.images.contains(i)));
+    if !policy.indexed() || pending.iter().any(|p| p.share.is_some() || p.node.is_some() || cached(p)) {
         return slices::plan(snapshot, pending, policy.share(), rng);
     }
     let mut index = index::FreeIndex::build(snapshot);
@@ -210,6 +220,7 @@ pub fn plan(
                     node: node.id.clone(),
                     node_generation: node.generation,
                     gpus,
+                    image_cached: false,
                 });
             }
             None => waiting.push(p),

@@ -479,6 +479,7 @@ mod tests {
             health: NodeHealth::Healthy,
             gpus: (0..gpus).map(|g| GpuView { allocated: g < used, ..GpuView::free(g, A100) }).collect(),
             open_time_slicing: false,
+            images: Vec::new(),
         }
     }
 
@@ -492,6 +493,7 @@ mod tests {
                 share: None,
                 tenant: None,
                 node: None,
+                image: None,
             },
             tier,
             bid: None,

@@ -150,6 +150,7 @@ mod tests {
                 .map(|g| GpuView { allocated: g < allocated, ..GpuView::free(g, GpuModel::A100_40GB) })
                 .collect(),
             open_time_slicing: false,
+            images: Vec::new(),
         }
     }
 
@@ -162,6 +163,7 @@ mod tests {
             share: None,
             tenant: None,
             node: None,
+            image: None,
         }
     }
 

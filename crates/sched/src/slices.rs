@@ -114,7 +114,8 @@ pub(crate) fn plan(
             waiting.push((p, ask));
             continue;
         }
-        match placer.place_where(ask, &fits_region, rng) {
+        let has_image = |e: usize| p.image.as_ref().is_some_and(|i| snapshot.nodes[origin[e].0].images.contains(i));
+        match placer.place_preferring(ask, &fits_region, &has_image, rng) {
             Some(c) => {
                 let (ord, ref idx) = origin[c.node];
                 let node = &snapshot.nodes[ord];
@@ -123,6 +124,7 @@ pub(crate) fn plan(
                     node: node.id.clone(),
                     node_generation: node.generation,
                     gpus: c.gpus.iter().map(|&i| idx[i as usize]).collect(),
+                    image_cached: has_image(c.node),
                 });
             }
             None => waiting.push((p, ask)),

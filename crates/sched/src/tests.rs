@@ -17,6 +17,7 @@ fn node(id: &str, r: &str, model: GpuModel, total: u32, used: u32) -> NodeView {
         health: NodeHealth::Healthy,
         gpus: (0..total).map(|i| GpuView { allocated: i < used, ..GpuView::free(i, model) }).collect(),
         open_time_slicing: false,
+        images: Vec::new(),
     }
 }
 
@@ -29,6 +30,7 @@ fn want(id: &str, model: GpuModel, count: u32, r: Option<&str>) -> Pending {
         share: None,
         tenant: None,
         node: None,
+        image: None,
     }
 }
 
@@ -48,6 +50,44 @@ fn best_fit_prefers_the_tightest_node_and_lowest_indices() {
 
     let spread = run(&snap, &[want("i-1", GpuModel::A100_40GB, 2, None)], Policy::Spread);
     assert_eq!(spread.placements[0].node.as_str(), "n-a");
+}
+
+#[test]
+fn among_equally_good_nodes_one_holding_the_image_wins_and_says_so() {
+    let with_image = |id: &str, used: u32| NodeView {
+        images: vec!["ghcr.io/acme/trainer:3".into()],
+        ..node(id, "eu-1", GpuModel::A100_40GB, 8, used)
+    };
+    let image = |id: &str, count: u32| Pending {
+        image: Some("ghcr.io/acme/trainer:3".into()),
+        ..want(id, GpuModel::A100_40GB, count, Some("eu-1"))
+    };
+    // Two empty nodes: whichever one the policy takes without an image, the image on the other
+    // one moves the request there.
+    let plain = ClusterSnapshot {
+        nodes: vec![node("n-a", "eu-1", GpuModel::A100_40GB, 8, 0), node("n-b", "eu-1", GpuModel::A100_40GB, 8, 0)],
+    };
+    for policy in [Policy::BestFit, Policy::Spread, Policy::Fgd, Policy::FgdPack] {
+        let first = run(&plain, &[image("i-1", 2)], policy).placements[0].clone();
+        assert!(!first.image_cached, "{policy}");
+        let other = if first.node.as_str() == "n-a" { "n-b" } else { "n-a" };
+        let snap = ClusterSnapshot {
+            nodes: plain
+                .nodes
+                .iter()
+                .map(|n| if n.id.as_str() == other { with_image(other, 0) } else { n.clone() })
+                .collect(),
+        };
+        let p = &run(&snap, &[image("i-1", 2)], policy).placements[0];
+        assert_eq!((p.node.as_str(), p.image_cached), (other, true), "{policy}");
+        // Another image, or none, changes nothing.
+        let p = &run(&snap, &[want("i-2", GpuModel::A100_40GB, 2, Some("eu-1"))], policy).placements[0];
+        assert_eq!((&p.node, p.image_cached), (&first.node, false), "{policy}");
+    }
+    // The policy comes first: best fit still takes the fuller node without the image.
+    let snap = ClusterSnapshot { nodes: vec![node("n-a", "eu-1", GpuModel::A100_40GB, 8, 5), with_image("n-b", 0)] };
+    let p = &run(&snap, &[image("i-3", 2)], Policy::BestFit).placements[0];
+    assert_eq!((p.node.as_str(), p.image_cached), ("n-a", false));
 }
 
 #[test]

@@ -583,6 +583,72 @@ fn l4_named(s: &TestServer, name: &str) -> (String, Value) {
 }
 
 #[test]
+fn a_node_that_holds_the_image_is_preferred_among_equals_and_the_instance_says_why() {
+    let s = with_key();
+    let a = s.tenant("alice");
+    let nodes = [l4_named(&s, "l4-one"), l4_named(&s, "l4-two")];
+    let image = "ghcr.io/acme/trainer:3";
+    let create = |image: Option<&str>| {
+        let mut body = json!({"gpu": "L4", "count": 1, "command": "sleep 1000"});
+        if let Some(i) = image {
+            body["image"] = json!(i);
+        }
+        let r = s.post(&a, "/v1/instances", Some(&body));
+        assert_eq!(r.status, 201, "{:?}", r.body);
+        r.body["id"].as_str().unwrap().to_string()
+    };
+    let placed_on = |id: &str| {
+        common::poll("placement", || {
+            // A node is placed on once its agent beats.
+            for (n, e) in &nodes {
+                beat(&s, n, e, json!([]));
+            }
+            let i = s.get(&a, &format!("/v1/instances/{id}")).body;
+            i["node"].is_string().then_some(i)
+        })
+    };
+    let end = |id: &str, node: &(String, Value)| {
+        assert_eq!(s.post(&a, &format!("/v1/instances/{id}/terminate"), None).status, 200);
+        beat(&s, &node.0, &node.1, json!([{"id": id, "state": "stopped"}]));
+        s.wait_state(&a, id, "terminated");
+    };
+    // Where the policy puts it with no image anywhere: the other node gets the image.
+    let first = create(Some(image));
+    let shown = placed_on(&first);
+    assert!(shown.get("placed").is_none(), "{shown}");
+    let chosen = nodes.iter().position(|(id, _)| {
+        s.get(&s.operator_key, &format!("/v1/nodes/{id}")).body["gpus"].to_string().contains(&first)
+    });
+    let chosen = chosen.expect("placed on one of the two nodes");
+    end(&first, &nodes[chosen]);
+    let other = &nodes[1 - chosen];
+    // An agent's list is checked, and kept only when it is sound.
+    let r = s.post(
+        &s.operator_key,
+        "/v1/agent/heartbeat",
+        Some(&json!({"node_id": other.0, "epoch": other.1, "instances": [], "images": ["Not An Image"]})),
+    );
+    assert_eq!((r.status, r.body["field"].as_str()), (422, Some("images")), "{:?}", r.body);
+    let r = s.post(
+        &s.operator_key,
+        "/v1/agent/heartbeat",
+        Some(&json!({"node_id": other.0, "epoch": other.1, "instances": [], "images": [image, "ubuntu:24.04"]})),
+    );
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let second = create(Some(image));
+    let shown = placed_on(&second);
+    let w = desired(&s, &other.0, &other.1, &second);
+    assert_eq!(w["image"], image);
+    assert_eq!(shown["placed"], format!("image {image} was already on the node (no pull)"), "{shown}");
+    // Another image (or none) is placed as before, with nothing to say.
+    let third = create(Some("ghcr.io/acme/other:1"));
+    let shown = placed_on(&third);
+    assert!(shown.get("placed").is_none(), "{shown}");
+    let w = desired(&s, &nodes[chosen].0, &nodes[chosen].1, &third);
+    assert_eq!(w["image"], "ghcr.io/acme/other:1");
+}
+
+#[test]
 fn a_volume_outlives_its_instances_pins_them_to_its_node_and_is_billed_per_gib_second() {
     let s = with_key();
     let (a, b) = (s.tenant("alice"), s.tenant("bob"));

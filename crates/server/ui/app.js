@@ -151,7 +151,7 @@ function loginPage() {
 }
 
 function nav(current) {
-  const links = [["instances", "Instances"], ["clusters", "Clusters"], ["new", "New instance"], ["billing", "Billing"], ["spot", "Spot prices"]];
+  const links = [["instances", "Instances"], ["clusters", "Clusters"], ["volumes", "Volumes"], ["new", "New instance"], ["billing", "Billing"], ["spot", "Spot prices"]];
   if (me.tenant.role === "operator") links.push(["fleet", "Fleet"], ["queue", "Queue"]);
   document.getElementById("nav").replaceChildren(...links.map(([r, label]) =>
     h("a", { href: `#/${r}`, class: r === current ? "active" : undefined, id: `nav-${r}` }, label)));
@@ -272,6 +272,29 @@ async function clustersPage(gen) {
     });
     replace("clusters", table(["Name", "Per node", "Size", "State", "Members", "Notes", "Cost"], rows,
       "No clusters: gpucloud cluster create NAME --gpu ... --gpus-per-node ... --nodes ..."));
+  };
+}
+
+async function volumesPage(gen) {
+  setMain(h("h1", {}, "Volumes"), h("div", { id: "volumes" }, "Loading…"));
+  const remove = (name) => async () => {
+    if (!confirm(`Delete volume ${name} and everything on it?`)) return;
+    try { await api(`/v1/volumes/${encodeURIComponent(name)}`, { method: "DELETE" }); } catch (x) { alert(x.message); }
+    if (timer) timer();
+  };
+  return async () => {
+    const l = await api("/v1/volumes");
+    if (gen !== generation) return;
+    const rows = l.volumes.map((v) => h("tr", { "data-volume": v.name },
+      h("td", {}, v.name), h("td", { class: "num" }, `${v.size_gib} GiB`), h("td", {}, v.region),
+      h("td", {}, badge(v.state)),
+      h("td", {}, v.attached_to ? h("a", { href: `#/instance/${v.attached_to}` }, v.attached_to)
+        : h("span", { class: "muted" }, v.placed ? "kept on its node" : "not placed yet")),
+      h("td", { class: "num" }, `${money(v.price_per_hour)}/h`), h("td", { class: "num cost" }, money(v.charged)),
+      h("td", {}, v.state === "available"
+        ? h("button", { class: "secondary", onclick: remove(v.name) }, "Delete") : null)));
+    replace("volumes", table(["Name", "Size", "Region", "State", "Mounted by", "Price", "Billed", ""], rows,
+      "No volumes: gpucloud volume create data --size 100GiB --region eu-1, then instance create --volume data:/workspace"));
   };
 }
 
@@ -468,7 +491,7 @@ async function queuePage(gen) {
 // ---------- routing ----------
 
 const PAGES = {
-  instances: instancesPage, instance: instancePage, clusters: clustersPage, billing: billingPage, spot: spotPage,
+  instances: instancesPage, instance: instancePage, clusters: clustersPage, volumes: volumesPage, billing: billingPage, spot: spotPage,
   new: newInstancePage, fleet: fleetPage, queue: queuePage,
 };
 

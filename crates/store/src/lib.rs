@@ -74,6 +74,8 @@ pub trait Store:
     /// Sets the operator state and bumps the generation; false if no such node.
     /// Sets a node's state, with the deadline of a drain (kept only while it drains).
     async fn set_node_state(&self, id: &NodeId, state: NodeState, drain_deadline: Option<Timestamp>) -> Result<bool>;
+    /// The public images the node holds, as its agent reports them (sorted, deduplicated).
+    async fn set_node_images(&self, id: &NodeId, images: &[String]) -> Result<()>;
     /// Records a heartbeat and marks the node healthy; false if no such node.
     async fn record_heartbeat(&self, id: &NodeId, at: Timestamp) -> Result<bool>;
     /// Registers an agent-driven node, or re-registers it by name: same id, epoch + 1 (so the

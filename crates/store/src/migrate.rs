@@ -32,6 +32,7 @@ const SQLITE: &[(i64, &str)] = &[
     (25, include_str!("../migrations/sqlite/0025_drain_deadline.sql")),
     (26, include_str!("../migrations/sqlite/0026_audit_written_ahead.sql")),
     (27, include_str!("../migrations/sqlite/0027_member_workloads.sql")),
+    (28, include_str!("../migrations/sqlite/0028_image_affinity.sql")),
 ];
 const POSTGRES: &[(i64, &str)] = &[
     (1, include_str!("../migrations/postgres/0001_foundation.sql")),
@@ -61,6 +62,7 @@ const POSTGRES: &[(i64, &str)] = &[
     (25, include_str!("../migrations/postgres/0025_drain_deadline.sql")),
     (26, include_str!("../migrations/postgres/0026_audit_written_ahead.sql")),
     (27, include_str!("../migrations/postgres/0027_member_workloads.sql")),
+    (28, include_str!("../migrations/postgres/0028_image_affinity.sql")),
 ];
 
 pub(crate) async fn run(pool: &AnyPool, backend: Backend) -> Result<()> {

@@ -29,7 +29,7 @@ pub(crate) const INSTANCE_COLUMNS: &str = "id, tenant_id, name, region, gpu_mode
     stop_target, node_id, generation, pending_reason, exit_code, created_at, updated_at, gpu_milli, gpu_mem_mib, \
     mig_profile, status_reason, cluster_id, cluster_rank, pool_id, tier, max_price_micros, env, job_id, attempt, running_since, notice_at, notice_ms, \
     notice_reason, preempt_at, checkpoint, checkpoint_at, endpoint, image, ports, progress, published, \
-    volume_id, volume_mount, \
+    volume_id, volume_mount, placement_note, \
     (SELECT n.region FROM nodes n WHERE n.id = COALESCE(instances.node_id, instances.ran_on)) AS ran_region";
 
 impl SqlStore {
@@ -203,6 +203,7 @@ pub(crate) fn instance_from_row(r: &AnyRow) -> Result<Instance> {
         generation: r.try_get("generation")?,
         pending_reason: r.try_get("pending_reason")?,
         status_reason: r.try_get("status_reason")?,
+        placement_note: r.try_get("placement_note")?,
         exit_code: exit_code.map(|c| c as i32),
         created_at: Timestamp(r.try_get("created_at")?),
         updated_at: Timestamp(r.try_get("updated_at")?),
@@ -337,6 +338,16 @@ impl Store for SqlStore {
                 .execute(&self.pool)
                 .await?;
         Ok(r.rows_affected() == 1)
+    }
+
+    async fn set_node_images(&self, id: &NodeId, images: &[String]) -> Result<()> {
+        // Not a change the scheduler must see at once (it only breaks ties): no generation bump.
+        sqlx::query("UPDATE nodes SET images = $1 WHERE id = $2")
+            .bind((!images.is_empty()).then(|| images.join("\n")))
+            .bind(id.to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     async fn record_heartbeat(&self, id: &NodeId, at: Timestamp) -> Result<bool> {
@@ -1198,7 +1209,7 @@ async fn load_nodes(pool: &AnyPool, only: Option<&NodeId>) -> Result<Vec<Node>> 
     let t = "nodes";
     // Two statement shapes rather than `($1 = '' OR id = $1)`, which would scan every GPU row
     // to read one node.
-    let node_cols = "SELECT id, name, region, state, health, generation, last_heartbeat, created_at, driver, epoch, address, labels, drain_deadline FROM nodes";
+    let node_cols = "SELECT id, name, region, state, health, generation, last_heartbeat, created_at, driver, epoch, address, labels, drain_deadline, images FROM nodes";
     let gpu_cols = "SELECT node_id, idx, model, uuid, instance_id, healthy FROM gpus";
     let (rows, gpu_rows) = match only {
         Some(id) => (
@@ -1275,6 +1286,13 @@ async fn load_nodes(pool: &AnyPool, only: Option<&NodeId>) -> Result<Vec<Node>> 
                     .collect(),
                 gpus: gpus.remove(&id).unwrap_or_default(),
                 drain_deadline: r.try_get::<Option<i64>, _>(12)?.map(Timestamp),
+                images: r
+                    .try_get::<Option<String>, _>(13)?
+                    .unwrap_or_default()
+                    .lines()
+                    .filter(|l| !l.is_empty())
+                    .map(str::to_string)
+                    .collect(),
             })
         })
         .collect()
@@ -1297,7 +1315,7 @@ async fn apply_batch(tx: &mut sqlx::Transaction<'_, sqlx::Any>, b: &NodeBatch, a
     for p in &b.placements {
         let moved = sqlx::query(
             "UPDATE instances SET state = 'provisioning', node_id = $1, pending_reason = NULL, status_reason = NULL, \
-             exit_code = NULL, generation = generation + 1, updated_at = $2, \
+             exit_code = NULL, generation = generation + 1, updated_at = $2, placement_note = $5, \
              log_base = COALESCE((SELECT MAX(l.seq) FROM instance_logs l WHERE l.instance_id = $3), 0) \
              WHERE id = $3 AND state = 'pending' AND generation = $4",
         )
@@ -1305,6 +1323,7 @@ async fn apply_batch(tx: &mut sqlx::Transaction<'_, sqlx::Any>, b: &NodeBatch, a
         .bind(at.0)
         .bind(p.instance.to_string())
         .bind(p.instance_generation)
+        .bind(p.note.clone())
         .execute(&mut **tx)
         .await?;
         if moved.rows_affected() != 1 {

@@ -150,6 +150,8 @@ pub struct Node {
     pub gpus: Vec<Gpu>,
     /// While draining: when what still runs on it is stopped, room elsewhere or not.
     pub drain_deadline: Option<Timestamp>,
+    /// The public container images it holds, as its agent last reported.
+    pub images: Vec<String>,
 }
 
 impl Node {
@@ -233,6 +235,8 @@ pub struct Instance {
     pub generation: i64,
     pub pending_reason: Option<String>,
     pub status_reason: Option<String>,
+    /// Why it went to its node, when more than the policy chose it ("image ... already there").
+    pub placement_note: Option<String>,
     pub exit_code: Option<i32>,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
@@ -281,6 +285,8 @@ pub struct NewPlacement {
     pub gpu_memory_mib: u64,
     /// The volume it mounts: bound to this node by the placement if it lives nowhere yet.
     pub volume: Option<gpucloud_model::VolumeId>,
+    /// Why this node, when more than the policy chose it (kept on the instance).
+    pub note: Option<String>,
 }
 
 /// The placements a plan makes on one node, and the node generation the plan saw.

@@ -122,6 +122,7 @@ async fn instance(s: &Arc<dyn Store>, t: &Tenant, count: u32, key: Option<&str>)
 
 fn placement(i: &Instance, gpus: &[u32]) -> NewPlacement {
     NewPlacement {
+        note: None,
         volume: None,
         instance: i.id.clone(),
         instance_generation: i.generation,

@@ -359,6 +359,20 @@ impl Placer {
         Some(choice)
     }
 
+    /// [`Placer::place_where`], and among nodes of equal score one `prefer` accepts (one that
+    /// holds the ask's image, say) before the fixed priority order.
+    pub fn place_preferring(
+        &mut self,
+        ask: &Ask,
+        allowed: &dyn Fn(usize) -> bool,
+        prefer: &dyn Fn(usize) -> bool,
+        rng: &mut dyn RngCore,
+    ) -> Option<Choice> {
+        let choice = self.choose_preferring(ask, allowed, prefer, rng)?;
+        self.apply(ask, &choice);
+        Some(choice)
+    }
+
     /// Takes the capacity of an ask placed elsewhere (or earlier).
     pub fn apply(&mut self, ask: &Ask, choice: &Choice) {
         self.nodes[choice.node].apply(ask, &choice.gpus);
@@ -384,6 +398,16 @@ impl Placer {
         allowed: &dyn Fn(usize) -> bool,
         rng: &mut dyn RngCore,
     ) -> Option<Choice> {
+        self.choose_preferring(ask, allowed, &|_| false, rng)
+    }
+
+    fn choose_preferring(
+        &mut self,
+        ask: &Ask,
+        allowed: &dyn Fn(usize) -> bool,
+        prefer: &dyn Fn(usize) -> bool,
+        rng: &mut dyn RngCore,
+    ) -> Option<Choice> {
         if ask.num_gpu > 0 && (ask.gpu_milli == 0 || ask.gpu_milli > MILLI) {
             return None;
         }
@@ -393,8 +417,8 @@ impl Placer {
         if self.policy == SharePolicy::Random {
             return self.choose_random(ask, allowed, rng);
         }
-        // Best score, then best priority rank.
-        let mut best: Option<(i64, usize, usize, u32)> = None;
+        // Best score, then a preferred node, then best priority rank.
+        let mut best: Option<(i64, bool, usize, usize, u32)> = None;
         let (nodes, priority, policy) = (&self.nodes, &self.priority, self.policy);
         let shape = if policy.uses_fragmentation() { self.frag.shape(ask) } else { 0 };
         let mut consider = |rank: usize, frag: &mut fgd::Fragmentation| {
@@ -407,8 +431,11 @@ impl Placer {
                 SharePolicy::Fgd | SharePolicy::FgdPack => frag.score(shape, n, node, ask, policy),
                 p => (simple_score(p, node, ask), 0),
             };
-            if best.is_none_or(|(s, r, _, _)| score > s || (score == s && rank < r)) {
-                best = Some((score, rank, n, gpu));
+            let preferred = prefer(n);
+            if best.is_none_or(|(s, p, r, _, _)| {
+                score > s || (score == s && (preferred && !p || (preferred == p && rank < r)))
+            }) {
+                best = Some((score, preferred, rank, n, gpu));
             }
         };
         if ask.num_gpu == 0 {
@@ -420,7 +447,7 @@ impl Placer {
                 consider(rank, &mut self.frag);
             }
         }
-        let (_, _, n, gpu) = best?;
+        let (_, _, _, n, gpu) = best?;
         let gpus = if ask.is_share() && self.policy.uses_fragmentation() {
             vec![gpu]
         } else {

@@ -77,6 +77,20 @@ pub struct DesiredInstance {
     pub ssh_keys: Vec<String>,
 }
 
+impl App {
+    /// Keeps the public images a node's agent says it holds (after a beat it was allowed).
+    pub async fn record_node_images(
+        &self,
+        node: &gpucloud_model::NodeId,
+        mut images: Vec<String>,
+    ) -> Result<(), AppError> {
+        images.sort();
+        images.dedup();
+        self.store.set_node_images(node, &images).await?;
+        Ok(())
+    }
+}
+
 #[async_trait]
 pub trait AgentApi: Send + Sync {
     /// Records the heartbeat, applies the report, and returns the node's desired workloads.

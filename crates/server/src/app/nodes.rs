@@ -222,6 +222,7 @@ impl App {
                     share: inst.share.clone(),
                     tenant: Some(inst.tenant_id.clone()),
                     node: None,
+                    image: inst.sale.image.clone(),
                 };
                 let why = if inst.sale.volume.is_some() {
                     Some(format!("{DRAIN_WAIT}: its volume lives on this node, so it stays until the drain is forced"))

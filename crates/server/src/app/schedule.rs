@@ -48,6 +48,7 @@ pub fn snapshot_of(nodes: &[Node]) -> ClusterSnapshot {
                     })
                     .collect(),
                 open_time_slicing: n.labels.get(TIME_SLICING_LABEL).is_some_and(|v| v == "shared"),
+                images: n.images.clone(),
             })
             .collect(),
     }
@@ -145,6 +146,7 @@ impl App {
                         share: i.share.clone(),
                         tenant: Some(i.tenant_id.clone()),
                         node: pin.as_ref().map(|(_, n)| n.clone()),
+                        image: i.sale.image.clone(),
                     },
                     tier: i.sale.tier,
                     bid: i.sale.max_price,
@@ -175,6 +177,12 @@ impl App {
                 let generation = inst.generation;
                 per_node.entry(p.node.clone()).or_insert_with(|| (p.node_generation, Vec::new())).1.push(
                     NewPlacement {
+                        note: inst
+                            .sale
+                            .image
+                            .as_ref()
+                            .filter(|_| p.image_cached)
+                            .map(|i| format!("image {i} was already on the node (no pull)")),
                         instance: p.instance.clone(),
                         instance_generation: generation,
                         gpus: p.gpus.clone(),

@@ -53,6 +53,9 @@ pub async fn register(
     ))
 }
 
+/// The most images an agent may say its node holds.
+const MAX_NODE_IMAGES: usize = 512;
+
 /// Report what runs and get what should: the agent's reconcile loop.
 #[utoipa::path(post, path = "/v1/agent/heartbeat", tag = "agents", request_body = AgentHeartbeat,
     responses((status = 200, body = AgentDesired), (status = 409, body = Problem, description = "fenced: re-register")),
@@ -142,6 +145,18 @@ pub async fn heartbeat(
         .iter()
         .map(|v| gpucloud_model::VolumeId::parse(v).map_err(|e| bad("purged_volumes", &e.to_string())))
         .collect::<Result<Vec<_>, _>>()?;
+    let images = match req.images {
+        Some(images) if images.len() > MAX_NODE_IMAGES => {
+            return Err(bad("images", &format!("at most {MAX_NODE_IMAGES} images a node")));
+        }
+        Some(images) => {
+            for i in &images {
+                gpucloud_model::workload::check_image(i).map_err(|e| bad("images", &e))?;
+            }
+            Some(images)
+        }
+        None => None,
+    };
     let node = node_id(&req.node_id)?;
     let report = AgentReport {
         node: node.clone(),
@@ -155,6 +170,9 @@ pub async fn heartbeat(
         published,
     };
     let desired = app.heartbeat(report).await?;
+    if let Some(images) = images {
+        app.record_node_images(&node, images).await?;
+    }
     let purge_volumes = app.volume_purges(&node, &purged).await?.iter().map(|v| v.to_string()).collect();
     let instances = desired
         .into_iter()

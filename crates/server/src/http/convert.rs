@@ -58,6 +58,7 @@ pub fn instance(i: store::Instance, base: &str) -> api::Instance {
         pending_reason: i.pending_reason,
         exit_code: i.exit_code,
         reason: i.status_reason,
+        placed: i.placement_note,
         created_at: rfc3339(i.created_at),
         updated_at: rfc3339(i.updated_at),
         tier: i.sale.tier.to_string(),
@@ -112,6 +113,7 @@ pub fn node_with(n: store::Node, readings: Option<&[crate::app::GpuReading]>) ->
         last_heartbeat: n.last_heartbeat.map(rfc3339),
         drain_deadline: n.drain_deadline.map(rfc3339),
         labels: n.labels.clone(),
+        images: n.images.clone(),
         gpus_total: n.gpus.len() as u32,
         // A GPU holding slices counts as allocated: it takes no whole-GPU request.
         gpus_allocated: n.gpus.iter().filter(|g| g.instance.is_some() || !g.slices.is_empty()).count() as u32,

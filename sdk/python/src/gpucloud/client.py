@@ -41,6 +41,7 @@ class Instance:
     pending_reason: Optional[str] = None
     exit_code: Optional[int] = None
     reason: Optional[str] = None
+    placed: Optional[str] = None
     preemption: Optional[Dict[str, Any]] = None
     checkpoint: Optional[str] = None
     job: Optional[str] = None
@@ -78,6 +79,7 @@ class Instance:
             pending_reason=v.get("pending_reason"),
             exit_code=v.get("exit_code"),
             reason=v.get("reason"),
+            placed=v.get("placed"),
             preemption=v.get("preemption"),
             checkpoint=v.get("checkpoint"),
             job=v.get("job"),
