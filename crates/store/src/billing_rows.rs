@@ -128,8 +128,81 @@ pub(crate) fn interval_from_row(r: &AnyRow) -> Result<UsageInterval> {
     })
 }
 
+/// What entries move in the kept totals: balances per account and usage per tenant and month.
+/// Summed over a batch and written once per row, so a pass that posts thousands of entries
+/// updates the one revenue account row once, not once per entry (on PostgreSQL each update of a
+/// row within one transaction also walks the versions the earlier ones left).
+#[derive(Debug, Default)]
+pub(crate) struct TotalsDelta {
+    balances: std::collections::BTreeMap<String, i64>,
+    months: std::collections::BTreeMap<(String, i64), i64>,
+}
+
+impl TotalsDelta {
+    fn add(&mut self, rec: &LedgerRecord) {
+        let to_tenant = gpucloud_billing::Account::TenantCredit(rec.entry.tenant.clone());
+        for p in rec.entry.postings() {
+            *self.balances.entry(p.account.to_string()).or_default() += p.amount.micros();
+            if rec.entry.kind == gpucloud_billing::EntryKind::Usage && p.account == to_tenant {
+                *self.months.entry((rec.entry.tenant.to_string(), year_month(rec.created_at))).or_default() -=
+                    p.amount.micros();
+            }
+        }
+    }
+
+    pub(crate) fn merge(&mut self, other: TotalsDelta) {
+        for (k, v) in other.balances {
+            *self.balances.entry(k).or_default() += v;
+        }
+        for (k, v) in other.months {
+            *self.months.entry(k).or_default() += v;
+        }
+    }
+
+    /// Writes the sums, one statement per account and per tenant-month.
+    pub(crate) async fn apply(self, tx: &mut sqlx::Transaction<'_, sqlx::Any>) -> Result<()> {
+        for (account, delta) in self.balances {
+            sqlx::query(
+                "INSERT INTO account_balances (account, balance_micros) VALUES ($1, $2) \
+                 ON CONFLICT (account) DO UPDATE SET balance_micros = account_balances.balance_micros + $2",
+            )
+            .bind(account)
+            .bind(delta)
+            .execute(&mut **tx)
+            .await?;
+        }
+        for ((tenant, month), usage) in self.months {
+            sqlx::query(
+                "INSERT INTO tenant_month_usage (tenant_id, month, usage_micros) VALUES ($1, $2, $3) \
+                 ON CONFLICT (tenant_id, month) DO UPDATE SET usage_micros = tenant_month_usage.usage_micros + $3",
+            )
+            .bind(tenant)
+            .bind(month)
+            .bind(usage)
+            .execute(&mut **tx)
+            .await?;
+        }
+        Ok(())
+    }
+}
+
 /// Inserts an entry and its postings; false if the idempotency key was used before.
 pub(crate) async fn insert_ledger(tx: &mut sqlx::Transaction<'_, sqlx::Any>, rec: &LedgerRecord) -> Result<bool> {
+    match insert_entry(tx, rec).await? {
+        Some(delta) => {
+            delta.apply(tx).await?;
+            Ok(true)
+        }
+        None => Ok(false),
+    }
+}
+
+/// Inserts an entry and its postings and says what it moves in the kept totals, for the caller
+/// to apply (`None`: its idempotency key was used before, nothing written).
+pub(crate) async fn insert_entry(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    rec: &LedgerRecord,
+) -> Result<Option<TotalsDelta>> {
     if !rec.entry.is_balanced() {
         return Err(corrupt("ledger_entries", format!("entry {} does not balance", rec.id)));
     }
@@ -151,7 +224,7 @@ pub(crate) async fn insert_ledger(tx: &mut sqlx::Transaction<'_, sqlx::Any>, rec
     .execute(&mut **tx)
     .await?;
     if inserted.rows_affected() != 1 {
-        return Ok(false);
+        return Ok(None);
     }
     for p in rec.entry.postings() {
         sqlx::query("INSERT INTO ledger_postings (entry_id, account, currency, amount_micros) VALUES ($1, $2, $3, $4)")
@@ -161,30 +234,10 @@ pub(crate) async fn insert_ledger(tx: &mut sqlx::Transaction<'_, sqlx::Any>, rec
             .bind(p.amount.micros())
             .execute(&mut **tx)
             .await?;
-        sqlx::query(
-            "INSERT INTO account_balances (account, balance_micros) VALUES ($1, $2) \
-             ON CONFLICT (account) DO UPDATE SET balance_micros = account_balances.balance_micros + $2",
-        )
-        .bind(p.account.to_string())
-        .bind(p.amount.micros())
-        .execute(&mut **tx)
-        .await?;
     }
-    if rec.entry.kind == gpucloud_billing::EntryKind::Usage {
-        let to_tenant = gpucloud_billing::Account::TenantCredit(rec.entry.tenant.clone());
-        let usage: i64 =
-            rec.entry.postings().iter().filter(|p| p.account == to_tenant).map(|p| -p.amount.micros()).sum();
-        sqlx::query(
-            "INSERT INTO tenant_month_usage (tenant_id, month, usage_micros) VALUES ($1, $2, $3) \
-             ON CONFLICT (tenant_id, month) DO UPDATE SET usage_micros = tenant_month_usage.usage_micros + $3",
-        )
-        .bind(rec.entry.tenant.to_string())
-        .bind(year_month(rec.created_at))
-        .bind(usage)
-        .execute(&mut **tx)
-        .await?;
-    }
-    Ok(true)
+    let mut delta = TotalsDelta::default();
+    delta.add(rec);
+    Ok(Some(delta))
 }
 
 /// `$a, $b, ...` placeholders for `rows` rows of `cols` columns, numbered from 1.
@@ -205,7 +258,7 @@ pub(crate) async fn insert_ledger_bulk(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     records: &[LedgerRecord],
 ) -> Result<usize> {
-    use std::collections::{BTreeMap, HashSet};
+    use std::collections::HashSet;
     if let Some(r) = records.iter().find(|r| !r.entry.is_balanced()) {
         return Err(corrupt("ledger_entries", format!("entry {} does not balance", r.id)));
     }
@@ -237,17 +290,11 @@ pub(crate) async fn insert_ledger_bulk(
         }
     }
     let new: Vec<&LedgerRecord> = records.iter().filter(|r| inserted.contains(&r.id)).collect();
-    let mut balances: BTreeMap<String, i64> = BTreeMap::new();
-    let mut months: BTreeMap<(String, i64), i64> = BTreeMap::new();
+    let mut delta = TotalsDelta::default();
     let mut postings = Vec::new();
     for rec in &new {
-        let to_tenant = gpucloud_billing::Account::TenantCredit(rec.entry.tenant.clone());
+        delta.add(rec);
         for p in rec.entry.postings() {
-            *balances.entry(p.account.to_string()).or_default() += p.amount.micros();
-            if rec.entry.kind == gpucloud_billing::EntryKind::Usage && p.account == to_tenant {
-                *months.entry((rec.entry.tenant.to_string(), year_month(rec.created_at))).or_default() -=
-                    p.amount.micros();
-            }
             postings.push((rec.id.clone(), p.account.to_string(), p.amount.micros()));
         }
     }
@@ -262,27 +309,7 @@ pub(crate) async fn insert_ledger_bulk(
         }
         q.execute(&mut **tx).await?;
     }
-    for (account, delta) in balances {
-        sqlx::query(
-            "INSERT INTO account_balances (account, balance_micros) VALUES ($1, $2) \
-             ON CONFLICT (account) DO UPDATE SET balance_micros = account_balances.balance_micros + $2",
-        )
-        .bind(account)
-        .bind(delta)
-        .execute(&mut **tx)
-        .await?;
-    }
-    for ((tenant, month), usage) in months {
-        sqlx::query(
-            "INSERT INTO tenant_month_usage (tenant_id, month, usage_micros) VALUES ($1, $2, $3) \
-             ON CONFLICT (tenant_id, month) DO UPDATE SET usage_micros = tenant_month_usage.usage_micros + $3",
-        )
-        .bind(tenant)
-        .bind(month)
-        .bind(usage)
-        .execute(&mut **tx)
-        .await?;
-    }
+    delta.apply(tx).await?;
     Ok(new.len())
 }
 
@@ -324,7 +351,12 @@ pub(crate) fn tenant_billing_from_row(r: &AnyRow) -> Result<TenantBilling> {
     })
 }
 
-pub(crate) async fn charge_one(tx: &mut sqlx::Transaction<'_, sqlx::Any>, item: &ChargeItem) -> Result<bool> {
+/// Moves one interval's charge (compare-and-set) and inserts its entry; `None` when another
+/// writer moved it first or the entry's key was used. The kept totals are the caller's to apply.
+pub(crate) async fn charge_one(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    item: &ChargeItem,
+) -> Result<Option<TotalsDelta>> {
     let (u, charge) = (&item.interval, item.charge);
     let moved = sqlx::query(
         "UPDATE usage_intervals SET charged_micros = $1, charged_seconds = $2, settled = $3, \
@@ -341,11 +373,11 @@ pub(crate) async fn charge_one(tx: &mut sqlx::Transaction<'_, sqlx::Any>, item: 
     .execute(&mut **tx)
     .await?;
     if moved.rows_affected() != 1 {
-        return Ok(false);
+        return Ok(None);
     }
     match &item.record {
-        Some(record) => insert_ledger(tx, record).await,
-        None => Ok(true),
+        Some(record) => insert_entry(tx, record).await,
+        None => Ok(Some(TotalsDelta::default())),
     }
 }
 

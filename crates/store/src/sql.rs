@@ -867,16 +867,22 @@ impl Store for SqlStore {
         // One commit per metering pass (one fsync on SQLite) instead of one per interval.
         let mut tx = self.pool.begin().await?;
         let mut done = Vec::with_capacity(items.len());
+        let mut totals = TotalsDelta::default();
         for item in items {
             let mut savepoint = tx.begin().await?;
-            let ok = charge_one(&mut savepoint, item).await?;
-            if ok {
-                savepoint.commit().await?;
-            } else {
-                savepoint.rollback().await?;
+            match charge_one(&mut savepoint, item).await? {
+                Some(delta) => {
+                    savepoint.commit().await?;
+                    totals.merge(delta);
+                    done.push(true);
+                }
+                None => {
+                    savepoint.rollback().await?;
+                    done.push(false);
+                }
             }
-            done.push(ok);
         }
+        totals.apply(&mut tx).await?;
         tx.commit().await?;
         Ok(done)
     }
