@@ -53,7 +53,7 @@ pub struct MeterReport {
 
 /// Running intervals posted per metering pass at most; a posting point's work is spread over as
 /// many passes as it takes (its entries are dated at the point whichever pass writes them).
-pub const POSTINGS_PER_PASS: usize = 1_000;
+pub const POSTINGS_PER_PASS: usize = 500;
 
 /// Start of the UTC calendar month that contains `t`.
 pub fn month_start(t: Timestamp) -> Timestamp {
