@@ -354,9 +354,7 @@ impl Placer {
 
     /// [`Placer::place`] on the nodes `allowed` accepts (a region, say).
     pub fn place_where(&mut self, ask: &Ask, allowed: &dyn Fn(usize) -> bool, rng: &mut dyn RngCore) -> Option<Choice> {
-        let choice = self.choose_where(ask, allowed, rng)?;
-        self.apply(ask, &choice);
-        Some(choice)
+        self.place_preferring(ask, allowed, &|_| false, rng)
     }
 
     /// [`Placer::place_where`], and among nodes of equal score one `prefer` accepts (one that
