@@ -203,7 +203,13 @@ pub fn plan(
 ) -> Plan {
     // The index keeps nodes per pool, not per id: requests pinned to a node, or with an image some
     // node holds (a tie-break the index does not keep), take the general engine.
-    let cached = |p: &Pending| p.image.as_ref().is_some_and(|i| snapshot.nodes.iter().any(|n| n.images.contains(i)));
+    // Every image some node holds, gathered once: not a scan of the fleet per request.
+    let held: std::collections::HashSet<&str> = if pending.iter().any(|p| p.image.is_some()) {
+        snapshot.nodes.iter().flat_map(|n| n.images.iter().map(String::as_str)).collect()
+    } else {
+        Default::default()
+    };
+    let cached = |p: &Pending| p.image.as_deref().is_some_and(|i| held.contains(i));
     if !policy.indexed() || pending.iter().any(|p| p.share.is_some() || p.node.is_some() || cached(p)) {
         return slices::plan(snapshot, pending, policy.share(), rng);
     }

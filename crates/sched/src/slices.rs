@@ -105,6 +105,8 @@ pub(crate) fn plan(
     let mut placer = Placer::new(nodes, (0..origin.len()).collect(), policy, &typical);
     let mut out = Plan::default();
     let mut waiting = Vec::new();
+    // Per image asked for, the snapshot ordinals of the nodes holding it (one scan per image).
+    let mut holders: HashMap<&str, std::collections::HashSet<usize>> = HashMap::new();
     for (p, ask) in pending.iter().zip(&asks) {
         let fits_region = |e: usize| {
             let node = &snapshot.nodes[origin[e].0];
@@ -114,7 +116,13 @@ pub(crate) fn plan(
             waiting.push((p, ask));
             continue;
         }
-        let has_image = |e: usize| p.image.as_ref().is_some_and(|i| snapshot.nodes[origin[e].0].images.contains(i));
+        let holding = p.image.as_deref().map(|i| {
+            &*holders.entry(i).or_insert_with(|| {
+                let held = |n: &crate::NodeView| n.images.iter().any(|x| x == i);
+                snapshot.nodes.iter().enumerate().filter(|(_, n)| held(n)).map(|(o, _)| o).collect()
+            })
+        });
+        let has_image = |e: usize| holding.is_some_and(|h| h.contains(&origin[e].0));
         match placer.place_preferring(ask, &fits_region, &has_image, rng) {
             Some(c) => {
                 let (ord, ref idx) = origin[c.node];
