@@ -63,7 +63,10 @@ fn window(
     if step_ms < 1_000 || since_ms / step_ms > MAX_BUCKETS {
         return Err(AppError::invalid("step", format!("step is at least 1 s and at most {MAX_BUCKETS} buckets")));
     }
+    // A step wider than the longest window is one bucket anyway; capping it keeps the
+    // rounding below from overflowing on a step near i64::MAX.
     let sample_ms = sample_ms.max(1_000);
+    let step_ms = step_ms.min(MAX_WINDOW_MS);
     let step_ms = ((step_ms + sample_ms - 1) / sample_ms).saturating_mul(sample_ms);
     Ok((now.plus_millis(-since_ms), step_ms))
 }
@@ -389,6 +392,8 @@ mod tests {
         assert!(window(now, Some(3600), Some(0), 1_000).is_err());
         assert!(window(now, Some(3600), Some(1), 1_000).is_err(), "3,600 buckets is too many");
         assert!(window(now, Some(i64::MAX), None, 1_000).is_err(), "no overflow");
+        let (_, step) = window(now, Some(3600), Some(i64::MAX), 10_000).expect("one bucket, no overflow");
+        assert_eq!(step, MAX_WINDOW_MS);
     }
 
     #[test]
