@@ -26,6 +26,7 @@ pub use workload::{RegistryAuthRow, SshKeyRow, TemplateRow, WorkloadStore};
 
 use async_trait::async_trait;
 use gpucloud_model::{InstanceId, NodeId, NodeState, Region, TenantId, Timestamp};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
@@ -189,6 +190,9 @@ pub trait Store:
     async fn ledger_totals(&self) -> Result<Vec<(String, gpucloud_model::Money)>>;
     /// Usage posted to a tenant in a UTC month (`YYYYMM`, see `year_month`), as a positive amount.
     async fn usage_in_month(&self, tenant: &TenantId, year_month: i64) -> Result<gpucloud_model::Money>;
+    /// Every tenant's balance and usage posted in a UTC month, in two reads: what a pass over
+    /// the whole fleet's books reads instead of two per tenant. Tenants with neither are absent.
+    async fn tenant_totals(&self, year_month: i64) -> Result<HashMap<TenantId, TenantTotals>>;
     /// Posts many entries in one transaction (imports, benchmarks); returns how many were new.
     async fn post_ledger_batch(&self, records: &[LedgerRecord]) -> Result<usize>;
     /// What a billing audit needs from the ledger as a whole.

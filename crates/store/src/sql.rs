@@ -4,7 +4,7 @@ use crate::{
     Alert, ApiKey, ApplyOutcome, Backend, ChargeItem, Gpu, GpuSlice, IdempotencyBegin, Instance, InstanceChange,
     InstanceEvent, LedgerAudit, LedgerLine, LedgerRecord, LogChunk, LostNode, NewInstance, NewNode, NewPlacement, Node,
     NodeBatch, NodeDriver, PriceRow, Result, Staleness, Store, StoreError, StoredInvoice, Tenant, TenantBilling,
-    UsageInterval,
+    TenantTotals, UsageInterval,
 };
 use async_trait::async_trait;
 use gpucloud_billing::{Account, EntryKind, PricePoint, Rules};
@@ -933,6 +933,29 @@ impl Store for SqlStore {
                 .fetch_optional(&self.pool)
                 .await?;
         Ok(Money(v.unwrap_or(0)))
+    }
+
+    async fn tenant_totals(&self, year_month: i64) -> Result<HashMap<TenantId, TenantTotals>> {
+        let mut totals: HashMap<TenantId, TenantTotals> = HashMap::new();
+        let rows = sqlx::query("SELECT account, balance_micros FROM account_balances WHERE account LIKE 'tenant:%'")
+            .fetch_all(&self.pool)
+            .await?;
+        for r in rows {
+            let account: String = r.try_get(0)?;
+            if let Ok(Account::TenantCredit(t)) = account.parse::<Account>() {
+                totals.entry(t).or_default().balance = Money(r.try_get(1)?);
+            }
+        }
+        let rows = sqlx::query("SELECT tenant_id, usage_micros FROM tenant_month_usage WHERE month = $1")
+            .bind(year_month)
+            .fetch_all(&self.pool)
+            .await?;
+        for r in rows {
+            if let Ok(t) = TenantId::parse(&r.try_get::<String, _>(0)?) {
+                totals.entry(t).or_default().month_usage = Money(r.try_get(1)?);
+            }
+        }
+        Ok(totals)
     }
 
     async fn post_ledger_batch(&self, records: &[LedgerRecord]) -> Result<usize> {

@@ -683,6 +683,13 @@ pub struct MetricPoint {
     pub value: f64,
 }
 
+/// A tenant's posted balance and one month's posted usage (a positive amount).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TenantTotals {
+    pub balance: gpucloud_model::Money,
+    pub month_usage: gpucloud_model::Money,
+}
+
 /// The ledger seen whole, for the billing checker.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LedgerAudit {

@@ -662,6 +662,16 @@ async fn a_batch_posts_like_one_entry_at_a_time(s: Arc<dyn Store>) {
     assert_eq!(s.balance_before(&a.id, Timestamp(i64::MAX)).await.unwrap(), Money(want_a));
     let usage_b: i64 = (1..2_500).filter(|k| k % 3 == 0 && k % 10 != 0).map(|_| 11).sum();
     assert_eq!(s.usage_in_month(&b.id, year_month(ts(1))).await.unwrap(), Money(usage_b));
+    // The whole fleet's totals in one read agree with the per-tenant reads.
+    let totals = s.tenant_totals(year_month(ts(1))).await.unwrap();
+    assert_eq!(totals.len(), 2, "{totals:?}");
+    assert_eq!(totals[&a.id].balance, Money(want_a));
+    assert_eq!(totals[&b.id].balance, Money(want_b));
+    assert_eq!(totals[&b.id].month_usage, Money(usage_b));
+    assert_eq!(totals[&a.id].month_usage, s.usage_in_month(&a.id, year_month(ts(1))).await.unwrap());
+    let next_month = s.tenant_totals(year_month(ts(1)) + 1).await.unwrap();
+    assert_eq!(next_month[&b.id].month_usage, Money::ZERO, "usage is per month, the balance is not");
+    assert_eq!(next_month[&b.id].balance, Money(want_b));
     let audit = s.ledger_audit().await.unwrap();
     assert_eq!(audit.entries, 2_500);
     assert!(audit.unbalanced.is_empty() && audit.drift.is_empty(), "{audit:?}");

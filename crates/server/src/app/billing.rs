@@ -2,6 +2,7 @@
 //! open interval's charge from scratch and posts only the difference, so it can run any number of
 //! times, or stop half-way, without charging a second twice.
 
+use super::volumes::StoragePrices;
 use super::{App, AppError, Principal, hash_key, random_bits};
 use gpucloud_billing::{Charge, Entry, EntryKind, PricePoint, Rules, Usage, price_at};
 use gpucloud_model::{GpuModel, InstanceId, Money, Region, TenantId, Tier, Timestamp};
@@ -351,19 +352,34 @@ impl App {
     /// What a tenant has accrued beyond its posted ledger, read once for every figure drawn
     /// from it.
     pub(crate) async fn accrual(&self, tenant: &TenantId, now: Timestamp) -> Result<Accrual, AppError> {
+        let unposted = Unposted {
+            intervals: self.store.unsettled_intervals_of(tenant).await?,
+            volumes: self.store.unsettled_volumes().await?.into_iter().filter(|v| &v.tenant_id == tenant).collect(),
+            reservations: self.store.list_reservations(Some(tenant)).await?,
+        };
+        self.accrual_of(&unposted, &mut PriceCache::default(), &mut StoragePrices::default(), now).await
+    }
+
+    /// What one tenant's unposted intervals, volumes and reservations come to by `now`.
+    pub(crate) async fn accrual_of(
+        &self,
+        unposted: &Unposted,
+        prices: &mut PriceCache,
+        storage_prices: &mut StoragePrices,
+        now: Timestamp,
+    ) -> Result<Accrual, AppError> {
         let mut a = Accrual::default();
-        let mut prices = PriceCache::default();
-        for u in self.store.unsettled_intervals_of(tenant).await? {
-            let p = prices.get(self, &u).await?;
-            a.intervals += usage_of(&u).due(self.accrue_end(&u, now), p).amount.micros() - u.charged.micros();
+        for u in &unposted.intervals {
+            let p = prices.get(self, u).await?;
+            a.intervals += usage_of(u).due(self.accrue_end(u, now), p).amount.micros() - u.charged.micros();
             if u.ended_at.is_none() {
                 let price = price_at(p, now).unwrap_or(Money::ZERO);
                 let price = u.price_cap.map_or(price, |cap| price.min(cap));
                 a.burn += i128::from(price.micros()) * i128::from(u.milli_gpus) / 1000;
             }
         }
-        a.storage = self.accrued_storage(tenant, now).await?.micros();
-        let (usage, credit) = self.reservations_in_progress(tenant, now).await?;
+        a.storage = self.storage_accrual(&unposted.volumes, storage_prices, now).await?.micros();
+        let (usage, credit) = self.reservation_accrual(&unposted.reservations, now);
         (a.reservation_usage, a.reservation_credit) = (usage.micros(), credit.micros());
         Ok(a)
     }
@@ -559,6 +575,14 @@ impl Books {
     pub fn month_usage(&self) -> Money {
         Money(self.posted_month.micros() + self.accrual.usage())
     }
+}
+
+/// What a tenant has that is not yet on the ledger: the inputs of its [`Accrual`].
+#[derive(Debug, Default)]
+pub(crate) struct Unposted {
+    pub intervals: Vec<UsageInterval>,
+    pub volumes: Vec<gpucloud_store::VolumeRow>,
+    pub reservations: Vec<gpucloud_store::Reservation>,
 }
 
 /// A tenant's charges not yet on the ledger, in micro-units, and what it burns per hour.

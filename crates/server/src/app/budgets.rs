@@ -2,9 +2,11 @@
 //! alert once (a dedupe key per threshold per month, per stop) and stops what must stop through
 //! the ordinary stop path, so workloads get their stop notice and nothing is deleted.
 
+use super::billing::Books;
 use super::{App, AppError, Principal, random_bits};
 use gpucloud_model::{InstanceState, Money, TenantId, UserAction};
 use gpucloud_store::{Alert, BudgetAction, TenantBilling};
+use std::collections::HashMap;
 
 /// A prepaid tenant's instances stop when the balance would not cover this much more running.
 const PREPAID_RESERVE_MS: i64 = 60_000;
@@ -192,27 +194,65 @@ impl App {
     }
 
     /// One pass over every tenant with a budget, a prepaid balance or a credit limit.
+    ///
+    /// The fleet's books are read whole: every tenant's posted totals, then everything not yet
+    /// posted (intervals, volumes, reservations) in one read each, then the totals again. A
+    /// tenant whose totals moved in between had a posting land amid the reads (its charge could
+    /// count twice or not at all), so its books are read again on their own, as `books` does.
+    /// At a thousand tenants this is five reads instead of about eight per tenant.
     pub async fn enforce_budgets(&self) -> Result<usize, AppError> {
-        use futures_util::stream::{self, StreamExt};
+        use super::billing::{PriceCache, Unposted};
+        use super::volumes::StoragePrices;
         let now = self.now();
-        // Each tenant's books are a few reads; on PostgreSQL several tenants' reads overlap, which
-        // halves the pass at a thousand tenants (`bench billing`). SQLite has one connection, so
-        // there they go one at a time.
-        let overlap = if self.store.backend() == gpucloud_store::Backend::Sqlite { 1 } else { 8 };
         let guarded = self.store.guarded_tenants().await?;
-        let mut passes = stream::iter(guarded).map(|b| self.enforce_tenant(b, now)).buffer_unordered(overlap);
+        if guarded.is_empty() {
+            return Ok(0);
+        }
+        let month = gpucloud_store::year_month(now);
+        let before = self.store.tenant_totals(month).await?;
+        let mut unposted: HashMap<TenantId, Unposted> =
+            guarded.iter().map(|b| (b.tenant_id.clone(), Unposted::default())).collect();
+        for u in self.store.unsettled_intervals().await? {
+            if let Some(t) = unposted.get_mut(&u.tenant_id) {
+                t.intervals.push(u);
+            }
+        }
+        for v in self.store.unsettled_volumes().await? {
+            if let Some(t) = unposted.get_mut(&v.tenant_id) {
+                t.volumes.push(v);
+            }
+        }
+        for r in self.store.list_reservations(None).await? {
+            if let Some(t) = unposted.get_mut(&r.tenant_id) {
+                t.reservations.push(r);
+            }
+        }
+        let after = self.store.tenant_totals(month).await?;
+        let (mut prices, mut storage_prices) = (PriceCache::default(), StoragePrices::default());
         let mut stopped = 0;
-        while let Some(n) = passes.next().await {
-            stopped += n?;
+        for b in guarded {
+            let totals = after.get(&b.tenant_id).copied().unwrap_or_default();
+            let books = if before.get(&b.tenant_id).copied().unwrap_or_default() == totals {
+                let mine = unposted.remove(&b.tenant_id).unwrap_or_default();
+                let accrual = self.accrual_of(&mine, &mut prices, &mut storage_prices, now).await?;
+                Books { posted_balance: totals.balance, posted_month: totals.month_usage, accrual }
+            } else {
+                self.books(&b.tenant_id, now).await?
+            };
+            stopped += self.enforce_tenant(b, &books, now).await?;
         }
         Ok(stopped)
     }
 
-    async fn enforce_tenant(&self, b: TenantBilling, now: gpucloud_model::Timestamp) -> Result<usize, AppError> {
+    async fn enforce_tenant(
+        &self,
+        b: TenantBilling,
+        books: &Books,
+        now: gpucloud_model::Timestamp,
+    ) -> Result<usize, AppError> {
         let month = super::invoices::month_of(now);
         let mut stopped = 0;
         let tenant = &b.tenant_id;
-        let books = self.books(tenant, now).await?;
         if let Some(limit) = b.monthly_budget {
             let used = books.month_usage();
             for t in &b.thresholds {

@@ -273,9 +273,15 @@ impl App {
         tenant: &TenantId,
         now: Timestamp,
     ) -> Result<(Money, Money), AppError> {
+        Ok(self.reservation_accrual(&self.store.list_reservations(Some(tenant)).await?, now))
+    }
+
+    /// What `reservations` have accrued in their periods in progress by `now`: usage, and the
+    /// lending credit not yet posted.
+    pub(crate) fn reservation_accrual(&self, reservations: &[Reservation], now: Timestamp) -> (Money, Money) {
         let period_ms = self.config.market.reservation_period.as_millis().max(1000) as i64;
         let (mut usage, mut credit) = (0i64, 0i64);
-        for r in self.store.list_reservations(Some(tenant)).await? {
+        for r in reservations {
             let from = r.starts_at.plus_millis(r.billed_periods * period_ms);
             if from >= r.ends_at || from >= now {
                 continue;
@@ -287,7 +293,7 @@ impl App {
             let share = (i128::from(r.lent_revenue.0) * i128::from(r.lend_share_pct) / 100) as i64;
             credit += (share - r.credited.0).max(0);
         }
-        Ok((Money(usage), Money(credit)))
+        (Money(usage), Money(credit))
     }
 
     /// Reservation usage accrued in periods in progress, as a positive amount.

@@ -19,6 +19,10 @@ const STORAGE_RULES: Rules = Rules { granularity_s: 1, minimum_s: 0 };
 
 /// The storage price points of a region as the billing crate reads prices: per GiB-hour, so a
 /// volume's size in GiB plays the part of a GPU count.
+/// Storage prices per region, read once per pass.
+#[derive(Default)]
+pub(crate) struct StoragePrices(HashMap<Region, Vec<PricePoint>>);
+
 fn points(prices: &[(Region, Timestamp, Money)]) -> Vec<PricePoint> {
     prices.iter().map(|(_, from, p)| PricePoint { effective_from: *from, per_gpu_hour: *p }).collect()
 }
@@ -233,14 +237,25 @@ impl App {
 
     /// A tenant's storage charged since the last posting, not yet in the ledger.
     pub(crate) async fn accrued_storage(&self, tenant: &TenantId, now: Timestamp) -> Result<Money, AppError> {
+        let volumes: Vec<VolumeRow> =
+            self.store.unsettled_volumes().await?.into_iter().filter(|v| &v.tenant_id == tenant).collect();
+        self.storage_accrual(&volumes, &mut StoragePrices::default(), now).await
+    }
+
+    /// What `volumes` have accrued beyond their postings by `now`.
+    pub(crate) async fn storage_accrual(
+        &self,
+        volumes: &[VolumeRow],
+        prices: &mut StoragePrices,
+        now: Timestamp,
+    ) -> Result<Money, AppError> {
         let mut total = 0;
-        let mut prices: HashMap<Region, Vec<PricePoint>> = HashMap::new();
-        for v in self.store.unsettled_volumes().await?.into_iter().filter(|v| &v.tenant_id == tenant) {
-            if !prices.contains_key(&v.region) {
-                prices.insert(v.region.clone(), points(&self.store.storage_prices(Some(&v.region)).await?));
+        for v in volumes {
+            if !prices.0.contains_key(&v.region) {
+                prices.0.insert(v.region.clone(), points(&self.store.storage_prices(Some(&v.region)).await?));
             }
             let end = v.deleted_at.unwrap_or(now).max(v.created_at);
-            let due = storage_due(&v, end, &prices[&v.region]);
+            let due = storage_due(v, end, &prices.0[&v.region]);
             total += (due.amount.micros() - v.charged.micros()).max(0);
         }
         Ok(Money(total))
