@@ -13,6 +13,7 @@ pub mod reconcile;
 pub mod runtime;
 pub mod sftp;
 pub mod ssh;
+pub mod sys;
 pub mod tls;
 pub mod volumes;
 

@@ -217,8 +217,7 @@ impl GpuBackend for NvmlGpus {
             let d = self.nvml.device_by_index(g.index).ok()?;
             for p in d.running_compute_processes().ok()? {
                 let pid = p.pid as libc::pid_t;
-                // SAFETY: getpgid only reads the process table.
-                let group = unsafe { libc::getpgid(pid) };
+                let group = crate::sys::process_group(pid);
                 if (group == pgid || descends_from(pid, pgid))
                     && let UsedGpuMemory::Used(bytes) = p.used_gpu_memory
                 {
@@ -272,7 +271,7 @@ mod tests {
         assert!(descends_from(grandchild, me));
         assert!(!descends_from(me, child.id() as i32), "a parent is not below its child");
         assert!(!descends_from(i32::MAX, me), "no such process");
-        unsafe { libc::kill(grandchild, libc::SIGKILL) };
+        crate::sys::signal(grandchild, libc::SIGKILL);
         let _ = child.wait();
     }
 

@@ -150,7 +150,7 @@ fn own_processes(dir: &Path) -> BTreeMap<String, (i32, Option<u16>)> {
     for e in entries.flatten() {
         let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
         // Only the leader of a workload's process group: its children carry the same environment.
-        if unsafe { libc::getpgid(pid) } != pid {
+        if crate::sys::process_group(pid) != pid {
             continue;
         }
         let Ok(env) = std::fs::read(e.path().join("environ")) else { continue };
@@ -188,7 +188,7 @@ fn owner_only(path: &Path, mode: u32) {
 fn alive(pid: i32) -> bool {
     // Signal 0 checks existence and permission without sending anything; a zombie exists but
     // has ended (its exit status belongs to its parent, not to us).
-    let exists = unsafe { libc::kill(pid, 0) == 0 };
+    let exists = crate::sys::signal(pid, 0);
     let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
         .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('Z')))
@@ -198,9 +198,7 @@ fn alive(pid: i32) -> bool {
 
 fn signal_group(pid: i32, sig: i32) {
     // The workload leads its own process group: signal it and everything it started.
-    unsafe {
-        libc::kill(-pid, sig);
-    }
+    crate::sys::signal(-pid, sig);
 }
 
 /// Signals a workload: its process group, or its container's init.
@@ -977,12 +975,8 @@ impl ProcessRuntime {
 
 /// Gives `len` bytes from `offset` of `f` back to the file system, keeping its size.
 fn punch_hole(f: &std::fs::File, offset: u64, len: u64) -> bool {
-    use std::os::fd::AsRawFd;
-    let (Ok(offset), Ok(len)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else { return false };
-    // SAFETY: a valid open descriptor and plain integers; the call touches no memory of ours.
-    let r =
-        unsafe { libc::fallocate(f.as_raw_fd(), libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE, offset, len) };
-    r == 0
+    let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else { return false };
+    crate::sys::punch_hole(f, offset, len)
 }
 
 /// Every process: pid -> (parent pid, CPU time in clock ticks), from `/proc/PID/stat`.
@@ -1023,7 +1017,6 @@ fn tree_cpu_ticks(procs: &std::collections::HashMap<i32, (i32, u64)>, root: i32)
 }
 
 fn clock_ticks() -> f64 {
-    // SAFETY: sysconf reads a constant of the system; no memory of ours is touched.
-    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let t = crate::sys::clock_ticks();
     if t > 0 { t as f64 } else { 100.0 }
 }

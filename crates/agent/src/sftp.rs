@@ -68,21 +68,8 @@ pub fn enter(pid: i32, user: &str) -> Result<(), String> {
         return Err("file transfer runs as the workload's user, never as root".into());
     }
     let ns = File::open(format!("/proc/{pid}/ns/mnt")).map_err(|e| format!("process {pid}: {e}"))?;
-    use std::os::fd::AsRawFd;
-    // SAFETY: plain system calls on a descriptor this function owns; they touch no memory of ours.
-    unsafe {
-        if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNS) != 0 {
-            return Err(format!("entering the container's files: {}", std::io::Error::last_os_error()));
-        }
-        if libc::setgroups(0, std::ptr::null()) != 0
-            || libc::setgid(gid) != 0
-            || libc::setuid(uid) != 0
-            || libc::getuid() != uid
-            || libc::geteuid() != uid
-        {
-            return Err(format!("becoming {uid}:{gid}: {}", std::io::Error::last_os_error()));
-        }
-    }
+    crate::sys::enter_namespace(&ns, libc::CLONE_NEWNS).map_err(|e| format!("entering the container's files: {e}"))?;
+    crate::sys::become_user(uid, gid).map_err(|e| format!("becoming {uid}:{gid}: {e}"))?;
     std::env::set_current_dir("/").map_err(|e| e.to_string())?;
     Ok(())
 }

@@ -343,13 +343,10 @@ async fn connect_in_namespace(pid: i32, host: &str, port: u16) -> Result<tokio::
     std::thread::Builder::new()
         .name("ssh-forward".into())
         .spawn(move || {
-            use std::os::fd::AsRawFd;
             let connected = (|| {
-                // SAFETY: a system call on a descriptor this thread owns; it changes only this
-                // thread's network namespace, and the thread ends right after.
-                if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                    return Err(format!("entering the container's network: {}", std::io::Error::last_os_error()));
-                }
+                // Only this thread's network namespace changes, and the thread ends right after.
+                crate::sys::enter_namespace(&ns, libc::CLONE_NEWNET)
+                    .map_err(|e| format!("entering the container's network: {e}"))?;
                 let addrs: Vec<SocketAddr> = if host == "localhost" {
                     vec![(IpAddr::V4(Ipv4Addr::LOCALHOST), port).into(), (IpAddr::V6(Ipv6Addr::LOCALHOST), port).into()]
                 } else {

@@ -727,6 +727,7 @@ fn confine(args: &AgentArgs) -> Result<gpucloud_agent::docker::Overrides, String
 /// The agent key: from --token-file, GPUCLOUD_AGENT_TOKEN or the config file, in that order.
 /// The variable is removed from the agent's own environment once read, so nothing the agent
 /// starts can inherit it.
+#[allow(unsafe_code)]
 fn agent_token(args: &AgentArgs) -> Result<String, String> {
     let from_env = std::env::var("GPUCLOUD_AGENT_TOKEN").ok().filter(|t| !t.trim().is_empty());
     // SAFETY: called on the main thread before the agent starts any thread of its own.
