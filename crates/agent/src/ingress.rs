@@ -8,6 +8,7 @@
 //! The line: `GPUCLOUD-INGRESS/1 INSTANCE PORT EXPIRES_MS MAC_HEX`; the answer `OK` or
 //! `ERR reason`, then (after `OK`) the bytes of the workload's port.
 
+pub use gpucloud_node::ingress::signature;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use std::collections::HashMap;
@@ -25,13 +26,6 @@ pub struct Ingress {
     port: u16,
     secret: Arc<Mutex<Option<Vec<u8>>>>,
     targets: Arc<Mutex<Targets>>,
-}
-
-/// What the server signs: the instance, the port and the expiry.
-pub fn signature(secret: &[u8], instance: &str, port: u16, expires_ms: i64) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
-    mac.update(format!("{instance} {port} {expires_ms}").as_bytes());
-    gpucloud_model::hex::encode(&mac.finalize().into_bytes())
 }
 
 fn now_ms() -> i64 {

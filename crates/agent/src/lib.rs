@@ -5,7 +5,7 @@
 //! starting them twice or leaving them orphaned.
 
 pub mod docker;
-pub mod gpu;
+pub use gpucloud_node::gpu;
 pub mod ingress;
 pub mod metadata;
 pub mod nvml;
@@ -14,14 +14,12 @@ pub mod runtime;
 pub mod sftp;
 pub mod ssh;
 pub mod sys;
-pub mod tls;
 pub mod volumes;
 
-mod client;
-
-use client::{Client, Fenced};
 use gpu::GpuBackend;
-use gpucloud_api::{AgentGpu, AgentHeartbeat, RegisterAgentRequest};
+use gpucloud_api::{AgentGpu, AgentHeartbeat, Desired, RegisterAgentRequest, WorkloadState};
+use gpucloud_client::agent_api::{AgentClient as Client, Fenced};
+use gpucloud_client::tls;
 use runtime::ProcessRuntime;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -154,7 +152,7 @@ pub fn run(config: Config, gpus: &mut dyn GpuBackend, shutdown: &std::sync::atom
         let mut instances = runtime.report();
         instances.extend(never_ran.drain(..).map(|id| gpucloud_api::AgentInstanceReport {
             id,
-            state: "stopped".into(),
+            state: WorkloadState::Stopped,
             exit_code: None,
             reason: None,
             checkpoint: None,
@@ -207,7 +205,10 @@ pub fn run(config: Config, gpus: &mut dyn GpuBackend, shutdown: &std::sync::atom
                     .instances
                     .iter()
                     .map(|w| {
-                        (w.id.clone(), if w.desired == "run" { reconcile::Want::Run } else { reconcile::Want::Stop })
+                        (
+                            w.id.clone(),
+                            if w.desired == Desired::Run { reconcile::Want::Run } else { reconcile::Want::Stop },
+                        )
                     })
                     .collect();
                 let meta = |w: &gpucloud_api::AgentWorkload| metadata::InstanceMetadata {
@@ -248,7 +249,7 @@ pub fn run(config: Config, gpus: &mut dyn GpuBackend, shutdown: &std::sync::atom
                     let targets = desired
                         .instances
                         .iter()
-                        .filter(|w| w.desired == "run" && !w.ssh_keys.is_empty())
+                        .filter(|w| w.desired == Desired::Run && !w.ssh_keys.is_empty())
                         .filter_map(|w| {
                             let (container, pid) = containers.get(&w.id)?.clone();
                             Some((w.id.clone(), ssh::Target { container, pid, keys: w.ssh_keys.clone() }))
@@ -260,21 +261,22 @@ pub fn run(config: Config, gpus: &mut dyn GpuBackend, shutdown: &std::sync::atom
                 never_ran = desired
                     .instances
                     .iter()
-                    .filter(|w| w.desired == "stop" && !known.iter().any(|a| a.id == w.id))
+                    .filter(|w| w.desired == Desired::Stop && !known.iter().any(|a| a.id == w.id))
                     .map(|w| w.id.clone())
                     .collect();
-                for w in desired.instances.iter().filter(|w| w.desired == "run") {
+                for w in desired.instances.iter().filter(|w| w.desired == Desired::Run) {
                     metadata.set_notice(&w.id, meta(w).preemption);
                     metadata.set_cluster(&w.id, w.cluster.clone());
                 }
                 // Workloads adopted after a restart get their metadata back under their old token.
-                for w in desired.instances.iter().filter(|w| w.desired == "run" && !metadata.is_published(&w.id)) {
+                for w in desired.instances.iter().filter(|w| w.desired == Desired::Run && !metadata.is_published(&w.id))
+                {
                     if let Some(token) = runtime.metadata_token(&w.id) {
                         metadata.publish(meta(w), Some(token), runtime.metadata_peer(&w.id));
                     }
                 }
             }
-            Err(client::Error::Fenced(Fenced(msg))) => {
+            Err(gpucloud_client::agent_api::Error::Fenced(Fenced(msg))) => {
                 // Another agent registered this node: what runs here is no longer ours to run.
                 runtime.stop_all_now();
                 return Err(format!("fenced off: {msg}"));

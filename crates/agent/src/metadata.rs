@@ -180,12 +180,7 @@ impl MetadataServer {
 
     /// Where workloads' API calls go (`GPUCLOUD_METADATA_URL/api/v1/...`), and with what key.
     pub fn set_api(&self, server: &str, key: &str, tls: ureq::tls::TlsConfig) {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .tls_config(tls)
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(30)))
-            .build()
-            .into();
+        let agent = gpucloud_client::http_agent(tls, Duration::from_secs(30), None);
         *self.table.api.lock().unwrap_or_else(|e| e.into_inner()) =
             Some((server.trim_end_matches('/').to_string(), key.to_string(), agent));
     }
@@ -321,16 +316,10 @@ async fn notice(State(table): State<Table>, Path(token): Path<String>, Query(q):
     }
 }
 
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CheckpointBody {
-    path: String,
-}
-
 async fn checkpoint(
     State(table): State<Table>,
     Path(token): Path<String>,
-    body: Result<Json<CheckpointBody>, axum::extract::rejection::JsonRejection>,
+    body: Result<Json<gpucloud_api::ReportCheckpointRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
     let Ok(Json(body)) = body else {
         return (StatusCode::BAD_REQUEST, "expected a JSON body {\"path\": \"...\"}\n").into_response();

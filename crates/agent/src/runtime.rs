@@ -5,7 +5,7 @@
 //! adoption stay the same.
 
 use crate::reconcile::Actual;
-use gpucloud_api::{AgentInstanceReport, AgentWorkload};
+use gpucloud_api::{AgentInstanceReport, AgentWorkload, WorkloadState};
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;
 use std::io::{Read, Seek, SeekFrom};
@@ -601,7 +601,7 @@ impl ProcessRuntime {
             .into_iter()
             .map(|(id, progress)| AgentInstanceReport {
                 id,
-                state: "preparing".into(),
+                state: WorkloadState::Preparing,
                 exit_code: None,
                 reason: None,
                 checkpoint: None,
@@ -725,7 +725,7 @@ impl ProcessRuntime {
                     };
                     return AgentInstanceReport {
                         id: id.clone(),
-                        state: "failed".into(),
+                        state: WorkloadState::Failed,
                         exit_code: code,
                         reason: Some(reason.clone()),
                         checkpoint: None,
@@ -735,19 +735,19 @@ impl ProcessRuntime {
                     };
                 }
                 let (state, exit_code) = match w.exit {
-                    None => ("running", None),
-                    Some(Exit::Code(0)) => ("stopped", Some(0)),
+                    None => (WorkloadState::Running, None),
+                    Some(Exit::Code(0)) => (WorkloadState::Stopped, Some(0)),
                     // Gone without a status we could read (adopted after an agent restart, or
                     // its container removed): no code is better than a made-up 0.
-                    Some(Exit::Unknown) => ("stopped", None),
+                    Some(Exit::Unknown) => (WorkloadState::Stopped, None),
                     // A stop we asked for ends the way we asked: stopped, not failed.
-                    Some(Exit::Signal(_)) if w.stop_sent.is_some() => ("stopped", None),
-                    Some(Exit::Signal(sig)) => ("failed", Some(128 + sig)),
-                    Some(Exit::Code(code)) => ("failed", Some(code)),
+                    Some(Exit::Signal(_)) if w.stop_sent.is_some() => (WorkloadState::Stopped, None),
+                    Some(Exit::Signal(sig)) => (WorkloadState::Failed, Some(128 + sig)),
+                    Some(Exit::Code(code)) => (WorkloadState::Failed, Some(code)),
                 };
                 AgentInstanceReport {
                     id: id.clone(),
-                    state: state.to_string(),
+                    state,
                     exit_code,
                     reason: None,
                     checkpoint: None,
@@ -773,7 +773,7 @@ impl ProcessRuntime {
     pub fn reported(&mut self, sent: &[AgentInstanceReport]) -> Vec<String> {
         let mut forgotten = Vec::new();
         self.workloads.retain(|id, w| {
-            let done = w.exit.is_some() && sent.iter().any(|r| r.id == *id && r.state != "running");
+            let done = w.exit.is_some() && sent.iter().any(|r| r.id == *id && r.state != WorkloadState::Running);
             let shipped = std::fs::metadata(&w.saved.log).map_or(true, |m| m.len() <= w.saved.log_offset);
             if done && shipped {
                 forgotten.push(id.clone());

@@ -5,7 +5,7 @@
 
 use gpucloud_agent::docker::{Confinement, DockerLauncher};
 use gpucloud_agent::runtime::ProcessRuntime;
-use gpucloud_api::AgentWorkload;
+use gpucloud_api::{AgentWorkload, WorkloadState};
 use std::time::{Duration, Instant};
 
 fn image() -> Option<String> {
@@ -20,7 +20,7 @@ fn image() -> Option<String> {
 fn workload(id: &str, command: &str) -> AgentWorkload {
     AgentWorkload {
         id: id.into(),
-        desired: "run".into(),
+        desired: gpucloud_api::Desired::Run,
         gpus: vec![1],
         gpu_uuids: vec!["GPU-test-1".into()],
         command: command.into(),
@@ -36,7 +36,7 @@ fn workload(id: &str, command: &str) -> AgentWorkload {
     }
 }
 
-fn state_of(rt: &ProcessRuntime, id: &str) -> (String, Option<i32>) {
+fn state_of(rt: &ProcessRuntime, id: &str) -> (WorkloadState, Option<i32>) {
     let r = rt.report().into_iter().find(|r| r.id == id).unwrap();
     (r.state, r.exit_code)
 }
@@ -87,8 +87,8 @@ fn containers_run_exit_stop_and_are_adopted_after_an_agent_restart() {
         "u",
         &[],
     );
-    wait_for(&mut rt, "the first container never exited", |rt| state_of(rt, "i-exit").0 != "running");
-    assert_eq!(state_of(&rt, "i-exit"), ("failed".into(), Some(3)), "exit 3 is a failure with code 3");
+    wait_for(&mut rt, "the first container never exited", |rt| state_of(rt, "i-exit").0 != WorkloadState::Running);
+    assert_eq!(state_of(&rt, "i-exit"), (WorkloadState::Failed, Some(3)), "exit 3 is a failure with code 3");
     let mut logs = std::collections::BTreeMap::new();
     ship(&mut rt, &mut logs);
     let port = rt.report().into_iter().find(|r| r.id == "i-long").unwrap().port.expect("a port");
@@ -128,8 +128,8 @@ fn containers_run_exit_stop_and_are_adopted_after_an_agent_restart() {
 
     // Stop: SIGTERM reaches the workload through the container's init; it ends as stopped.
     again.stop("i-long");
-    wait_for(&mut again, "the stopped container never exited", |rt| state_of(rt, "i-long").0 != "running");
-    assert_eq!(state_of(&again, "i-long").0, "stopped");
+    wait_for(&mut again, "the stopped container never exited", |rt| state_of(rt, "i-long").0 != WorkloadState::Running);
+    assert_eq!(state_of(&again, "i-long").0, WorkloadState::Stopped);
     ship(&mut again, &mut logs);
     assert!(logs["i-long"].contains("up") && logs["i-long"].contains("got TERM"), "{:?}", logs["i-long"]);
 
@@ -185,7 +185,7 @@ fn a_workload_runs_in_its_own_image_and_a_missing_image_fails_with_a_reason() {
     rt.start(&own, "http://127.0.0.1:1/v1/instance/a", "a", &[]);
     assert!(rt.take_preparing().is_empty(), "a local image starts at once");
     let report = rt.report().into_iter().find(|r| r.id == "i-own").unwrap();
-    assert_eq!(report.state, "running", "{report:?}");
+    assert_eq!(report.state, WorkloadState::Running, "{report:?}");
     let host_port = report.published.iter().find(|p| p.port == 7000).expect("published").host_port;
     let deadline = Instant::now() + Duration::from_secs(20);
     let body = loop {
@@ -215,7 +215,7 @@ fn a_workload_runs_in_its_own_image_and_a_missing_image_fails_with_a_reason() {
     rt.start(&missing, "http://127.0.0.1:1/v1/instance/b", "b", &[]);
     let preparing = rt.take_preparing();
     assert_eq!(preparing.len(), 1);
-    assert_eq!(preparing[0].state, "preparing");
+    assert_eq!(preparing[0].state, WorkloadState::Preparing);
     assert!(preparing[0].progress.as_deref().unwrap_or("").contains("gpucloud-test-missing:1"), "{preparing:?}");
     let deadline = Instant::now() + Duration::from_secs(60);
     let failed = loop {
@@ -227,7 +227,7 @@ fn a_workload_runs_in_its_own_image_and_a_missing_image_fails_with_a_reason() {
         rt.take_preparing();
         rt.start(&missing, "http://127.0.0.1:1/v1/instance/b", "b", &[]);
     };
-    assert_eq!(failed.state, "failed");
+    assert_eq!(failed.state, WorkloadState::Failed);
     let reason = failed.reason.unwrap_or_default();
     assert!(reason.contains("gpucloud-test-missing:1") && reason.contains("docker.io"), "{reason}");
 
@@ -250,11 +250,11 @@ fn a_workload_runs_in_its_own_image_and_a_missing_image_fails_with_a_reason() {
         rt.take_preparing();
         rt.start(&private, "http://127.0.0.1:1/v1/instance/c", "c", &[]);
     };
-    assert_eq!(r.state, "failed", "{r:?}");
+    assert_eq!(r.state, WorkloadState::Failed, "{r:?}");
     assert!(r.reason.unwrap_or_default().contains(&derived));
 
     rt.stop_all_now();
-    wait_for(&mut rt, "the container never stopped", |rt| state_of(rt, "i-own").0 != "running");
+    wait_for(&mut rt, "the container never stopped", |rt| state_of(rt, "i-own").0 != WorkloadState::Running);
     let report = rt.report();
     rt.reported(&report);
     let _ = std::fs::remove_dir_all(&dir);
@@ -286,7 +286,7 @@ fn a_volume_keeps_its_data_across_workloads_enforces_its_size_and_is_purged() {
         "t",
         &[],
     );
-    wait_for(&mut rt, "the writer never exited", |rt| state_of(rt, "i-write").0 != "running");
+    wait_for(&mut rt, "the writer never exited", |rt| state_of(rt, "i-write").0 != WorkloadState::Running);
     let mut logs = std::collections::BTreeMap::new();
     ship(&mut rt, &mut logs);
     let out = &logs["i-write"];
@@ -298,7 +298,7 @@ fn a_volume_keeps_its_data_across_workloads_enforces_its_size_and_is_purged() {
         assert!(std::env::var("CI").is_err(), "under CI the agent runs as root and enforces volume sizes");
         eprintln!("volume sizes are not enforced here (no loop mounts): the size check is skipped");
     }
-    assert_eq!(state_of(&rt, "i-write").0, "stopped");
+    assert_eq!(state_of(&rt, "i-write").0, WorkloadState::Stopped);
     let report = rt.report();
     assert_eq!(rt.reported(&report), vec!["i-write".to_string()]);
 
@@ -309,7 +309,7 @@ fn a_volume_keeps_its_data_across_workloads_enforces_its_size_and_is_purged() {
         "u",
         &[],
     );
-    wait_for(&mut rt, "the reader never exited", |rt| state_of(rt, "i-read").0 != "running");
+    wait_for(&mut rt, "the reader never exited", |rt| state_of(rt, "i-read").0 != WorkloadState::Running);
     ship(&mut rt, &mut logs);
     assert!(logs["i-read"].contains("kept") && logs["i-read"].contains("big"), "{:?}", logs["i-read"]);
     // Held, it is not purged; forgotten, it is, and nothing of it is left on the node.

@@ -1,13 +1,13 @@
 //! The process runtime against real processes.
 
 use gpucloud_agent::runtime::ProcessRuntime;
-use gpucloud_api::AgentWorkload;
+use gpucloud_api::{AgentWorkload, WorkloadState};
 use std::time::{Duration, Instant};
 
 fn workload(id: &str, command: &str) -> AgentWorkload {
     AgentWorkload {
         id: id.into(),
-        desired: "run".into(),
+        desired: gpucloud_api::Desired::Run,
         gpus: vec![0],
         gpu_uuids: vec!["GPU-test-0".into()],
         command: command.into(),
@@ -54,7 +54,7 @@ fn a_workload_missing_from_the_state_file_is_adopted_not_started_twice() {
         assert!(Instant::now() < deadline, "the adopted workload did not stop");
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert_eq!(again.report()[0].state, "stopped", "a requested stop is a stop");
+    assert_eq!(again.report()[0].state, WorkloadState::Stopped, "a requested stop is a stop");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -73,7 +73,7 @@ fn exit_codes_and_output() {
         std::thread::sleep(Duration::from_millis(10));
     }
     let r = &rt.report()[0];
-    assert_eq!((r.state.as_str(), r.exit_code), ("failed", Some(7)));
+    assert_eq!((r.state, r.exit_code), (WorkloadState::Failed, Some(7)));
     let logs = rt.pending_logs();
     assert_eq!(logs.len(), 1);
     assert_eq!((logs[0].1, logs[0].2.as_str()), (1, "out\nerr\nGPU-test-0\n"));
@@ -111,7 +111,7 @@ fn a_slice_gets_its_limits_and_is_stopped_over_its_memory_cap() {
         std::thread::sleep(Duration::from_millis(20));
     }
     rt.enforce(|id, pgid| gpus.workload_memory_mib(id, pgid, &root));
-    assert_eq!(rt.report()[0].state, "running");
+    assert_eq!(rt.report()[0].state, WorkloadState::Running);
     std::fs::write(cwd.join("go"), "").unwrap();
     loop {
         rt.poll();
@@ -123,7 +123,7 @@ fn a_slice_gets_its_limits_and_is_stopped_over_its_memory_cap() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let r = &rt.report()[0];
-    assert_eq!(r.state, "failed");
+    assert_eq!(r.state, WorkloadState::Failed);
     assert_eq!(r.reason.as_deref(), Some("exceeded its GPU memory cap: 12000 MiB used of 10240 MiB"));
     let log = std::fs::read_to_string(dir.join("logs/i-slice.log")).unwrap();
     for want in [
@@ -190,7 +190,7 @@ fn a_process_node_refuses_an_image_with_a_reason() {
     w.image = Some("nvcr.io/nvidia/pytorch:24.05-py3".into());
     rt.start(&w, "http://127.0.0.1:1/x", "t", &[]);
     let r = rt.report().into_iter().find(|r| r.id == "i-img").unwrap();
-    assert_eq!(r.state, "failed");
+    assert_eq!(r.state, WorkloadState::Failed);
     let reason = r.reason.unwrap();
     assert!(reason.contains("nvcr.io/nvidia/pytorch:24.05-py3") && reason.contains("--runtime docker"), "{reason}");
     let _ = std::fs::remove_dir_all(&dir);

@@ -1,7 +1,7 @@
 //! Clusters and warm pools on the wire: what a tenant asks for (size, schedule, autoscaling,
 //! what every member runs in) and what it gets back.
 
-use crate::Instance;
+use crate::{ClusterState, Instance, InstanceState, Tier};
 use gpucloud_model::{GpuModel, Region};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -26,7 +26,7 @@ pub struct CreateClusterRequest {
     pub command: String,
     /// on-demand (default) or spot.
     #[serde(default)]
-    pub tier: Option<String>,
+    pub tier: Option<Tier>,
     /// An active-active replica set: one member in each of these regions (2 to 8), each placed
     /// on its own; the size is the number of regions and does not change.
     #[serde(default)]
@@ -57,7 +57,7 @@ pub struct ResizeClusterRequest {
 pub struct ClusterMember {
     pub rank: u32,
     pub instance: String,
-    pub state: String,
+    pub state: InstanceState,
     pub node: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending_reason: Option<String>,
@@ -80,9 +80,9 @@ pub struct Cluster {
     pub max_nodes: u32,
     /// The size asked for.
     pub nodes: u32,
-    pub tier: String,
+    pub tier: Tier,
     /// ready, resizing (members waiting: all start together or none) or degraded.
-    pub state: String,
+    pub state: ClusterState,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     pub master_port: u16,
@@ -146,7 +146,7 @@ pub struct CreatePoolRequest {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct PoolMember {
     pub instance: String,
-    pub state: String,
+    pub state: InstanceState,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

@@ -1,6 +1,7 @@
 //! What a tenant's workloads run with, on the wire: exposed ports, templates, secrets and
 //! registry credentials (never a secret's value or a password on the way out).
 
+use crate::{PortProtocol, VolumeState};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -9,7 +10,7 @@ use utoipa::ToSchema;
 pub struct InstancePort {
     pub port: u16,
     /// http or tcp.
-    pub protocol: String,
+    pub protocol: PortProtocol,
     /// http: the proxied address (`SERVER/i/{id}/{port}/`, a key or a dashboard login needed);
     /// tcp: `tcp://NODE:PORT`. Null until the instance runs.
     pub url: Option<String>,
@@ -125,7 +126,7 @@ pub struct Volume {
     pub region: String,
     pub size_gib: u32,
     /// available (no live instance holds it) or in-use.
-    pub state: String,
+    pub state: VolumeState,
     /// The live instance holding it.
     pub attached_to: Option<String>,
     /// Whether its data lives on a node yet (from its first instance's placement on): later

@@ -12,7 +12,7 @@
 //! A100-40GB; training and rendering finish sooner on faster GPUs (scaled by a rough relative
 //! throughput), inference serving lasts as long whatever the GPU.
 
-use gpucloud_model::{GpuModel, Money};
+use gpucloud_model::{FieldError, GpuModel, Money, Tier};
 use serde::Serialize;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -62,7 +62,7 @@ pub struct Choice {
     pub region: String,
     pub count: u32,
     /// on-demand, or spot (as a managed job that checkpoints).
-    pub tier: String,
+    pub tier: Tier,
     pub per_hour: Money,
     /// How long it runs on this choice.
     pub hours: f64,
@@ -115,12 +115,12 @@ pub fn recommend(
     params_billion: f64,
     hours: f64,
     offers: &[Offer],
-) -> Result<Recommendation, String> {
+) -> Result<Recommendation, FieldError> {
     if !(params_billion.is_finite() && params_billion > 0.0 && params_billion <= 10_000.0) {
-        return Err("model parameters must be between 0 and 10000 billion".into());
+        return Err(FieldError::new("params", "model parameters must be between 0 and 10000 billion"));
     }
     if !(hours.is_finite() && hours > 0.0 && hours <= 24.0 * 366.0) {
-        return Err("hours must be more than 0 and at most a year".into());
+        return Err(FieldError::new("hours", "hours must be more than 0 and at most a year"));
     }
     let need = memory_need_gib(workload, params_billion);
     // One node holds 8 GPUs; only large training spans nodes (up to 8 of them).
@@ -164,8 +164,8 @@ pub fn recommend(
         // Spot suits work that checkpoints (training, frames); a served model should not be
         // preempted.
         let (tier, price) = match (workload, o.spot) {
-            (Workload::InferenceSmall, _) | (_, None) => ("on-demand", o.on_demand),
-            (_, Some(s)) => ("spot", s),
+            (Workload::InferenceSmall, _) | (_, None) => (Tier::OnDemand, o.on_demand),
+            (_, Some(s)) => (Tier::Spot, s),
         };
         let run_hours = if workload == Workload::InferenceSmall { hours } else { hours / relative_speed(o.model) };
         let per_hour = Money(price.0 * i64::from(count));
@@ -174,7 +174,7 @@ pub fn recommend(
             gpu: o.model.to_string(),
             region: o.region.clone(),
             count,
-            tier: tier.into(),
+            tier,
             per_hour,
             hours: run_hours,
             estimated_cost: cost,
@@ -187,7 +187,10 @@ pub fn recommend(
         } else {
             format!(" that this fleet can place ({})", left_out.join("; "))
         };
-        return Err(format!("no GPU model on sale can hold {need:.0} GiB in at most {max_count} GPUs{why}"));
+        return Err(FieldError::new(
+            "params",
+            format!("no GPU model on sale can hold {need:.0} GiB in at most {max_count} GPUs{why}"),
+        ));
     }
     // Available now first, then the cheapest, then the fastest.
     choices.sort_by(|a, b| {
@@ -210,7 +213,7 @@ pub fn recommend(
     if !best.available {
         reasoning.push("nothing that fits is free right now: it would wait in the queue".into());
     }
-    if best.tier == "spot" {
+    if best.tier == Tier::Spot {
         reasoning
             .push("spot, as a managed job (`gpucloud job run`): it resumes from its checkpoint if preempted".into());
     }
@@ -261,11 +264,11 @@ mod tests {
     fn follows_memory_and_price() {
         let r = recommend(Workload::InferenceSmall, 7.0, 10.0, &book()).unwrap();
         assert!((r.memory_need_gib - 15.6).abs() < 0.1, "{r:?}");
-        assert_eq!((r.best.gpu.as_str(), r.best.count, r.best.tier.as_str()), ("T4", 2, "on-demand"), "{r:?}");
+        assert_eq!((r.best.gpu.as_str(), r.best.count, r.best.tier), ("T4", 2, Tier::OnDemand), "{r:?}");
         let r = recommend(Workload::Rendering, 1.0, 10.0, &book()).unwrap();
         assert!(["A40", "RTX-6000-Ada"].contains(&r.best.gpu.as_str()), "{r:?}");
         let r = recommend(Workload::TrainingLarge, 70.0, 100.0, &book()).unwrap();
-        assert_eq!((r.best.gpu.as_str(), r.best.tier.as_str()), ("H100-80GB", "spot"), "{r:?}");
+        assert_eq!((r.best.gpu.as_str(), r.best.tier), ("H100-80GB", Tier::Spot), "{r:?}");
         assert!(r.best.count > 8, "70B needs more than a node: {r:?}");
         // Nothing free: the cheapest that is free wins over a cheaper one that would wait.
         let mut scarce = book();

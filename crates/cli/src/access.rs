@@ -17,8 +17,8 @@ pub enum KeyCmd {
         /// admin (may change things), read-only (may only read) or agent (an operator's key for
         /// `gpucloud agent` in GPUCLOUD_AGENT_TOKEN or --token-file: the agent protocol only, for
         /// one node).
-        #[arg(long, default_value = "admin", value_parser = ["admin", "read-only", "agent"])]
-        scope: String,
+        #[arg(long, default_value = "admin")]
+        scope: api::KeyScope,
         /// With --scope agent: the node (by name) the key speaks for. Without it, the first node
         /// the key registers (one not registered yet) becomes its node.
         #[arg(long)]
@@ -32,7 +32,7 @@ pub enum KeyCmd {
 
 pub fn key(ctx: &Ctx, cmd: KeyCmd) -> Res {
     let c = ctx.client(As::Tenant)?;
-    let err = |e: crate::client::ClientError| e.to_string();
+    let err = |e: gpucloud_client::ClientError| e.to_string();
     match cmd {
         KeyCmd::Create { name, scope, node } => {
             let body = api::CreateKeyRequest { name, scope: Some(scope), node };
@@ -50,7 +50,7 @@ pub fn key(ctx: &Ctx, cmd: KeyCmd) -> Res {
                             k.id.clone(),
                             k.prefix.clone(),
                             or_dash((!k.name.is_empty()).then_some(&k.name)),
-                            k.scope.clone(),
+                            k.scope.to_string(),
                             or_dash(k.node.as_ref()),
                             k.created_at.clone(),
                             or_dash(k.revoked_at.as_ref()),

@@ -558,11 +558,7 @@ fn warm(rounds: u32, interval_ms: u64, as_json: bool) -> Result<(), String> {
         .stderr(std::process::Stdio::null())
         .spawn()
         .map_err(|e| e.to_string())?;
-    let http: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(std::time::Duration::from_secs(10)))
-        .build()
-        .into();
+    let http = gpucloud_client::local_agent(std::time::Duration::from_secs(10));
     let call = |method: &str, path: &str, body: Option<serde_json::Value>| -> Result<serde_json::Value, String> {
         let url = format!("{server}{path}");
         let auth = format!("Bearer {key}");
@@ -1249,11 +1245,7 @@ fn failover(rounds: u32, health_ms: u64, rate: u32, as_json: bool) -> Result<(),
     let client = {
         let (answers, stop, front) = (answers.clone(), stop.clone(), front.clone());
         std::thread::spawn(move || {
-            let http: ureq::Agent = ureq::Agent::config_builder()
-                .http_status_as_error(false)
-                .timeout_global(Some(Duration::from_secs(5)))
-                .build()
-                .into();
+            let http = gpucloud_client::local_agent(Duration::from_secs(5));
             let period = Duration::from_secs_f64(1.0 / f64::from(rate));
             let mut next = Instant::now();
             while !stop.load(Ordering::Relaxed) {

@@ -56,7 +56,7 @@ pub enum PriceCmd {
         #[arg(long)]
         price: String,
         #[arg(long, default_value = "on-demand")]
-        tier: String,
+        tier: api::Tier,
         #[arg(long)]
         from: Option<String>,
     },
@@ -81,14 +81,14 @@ pub enum PriceCmd {
 fn query(pairs: &[(&str, &Option<String>)]) -> String {
     let parts: Vec<String> = pairs
         .iter()
-        .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={}", crate::client::encode_query(v))))
+        .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={}", gpucloud_client::encode_query(v))))
         .collect();
     if parts.is_empty() { String::new() } else { format!("?{}", parts.join("&")) }
 }
 
 pub fn bill(ctx: &Ctx, cmd: BillCmd) -> Res {
     let c = ctx.client(As::Tenant)?;
-    let err = |e: crate::client::ClientError| e.to_string();
+    let err = |e: gpucloud_client::ClientError| e.to_string();
     match cmd {
         BillCmd::Balance => {
             let b: api::Balance = c.get("/v1/billing/balance").map_err(err)?;
@@ -197,7 +197,7 @@ pub fn bill(ctx: &Ctx, cmd: BillCmd) -> Res {
 }
 
 pub fn price(ctx: &Ctx, cmd: PriceCmd) -> Res {
-    let err = |e: crate::client::ClientError| e.to_string();
+    let err = |e: gpucloud_client::ClientError| e.to_string();
     match cmd {
         PriceCmd::List => {
             let c = ctx.client(As::Tenant)?;
@@ -210,7 +210,7 @@ pub fn price(ctx: &Ctx, cmd: PriceCmd) -> Res {
                         vec![
                             p.region.clone(),
                             p.gpu.clone(),
-                            p.tier.clone(),
+                            p.tier.to_string(),
                             p.price_per_gpu_hour.to_string(),
                             p.effective_from.clone(),
                         ]
@@ -221,7 +221,13 @@ pub fn price(ctx: &Ctx, cmd: PriceCmd) -> Res {
         }
         PriceCmd::Set { gpu, region, price, tier, from } => {
             let c = ctx.client(As::Operator)?;
-            let body = serde_json::json!({"gpu": gpu, "region": region, "tier": tier, "price_per_gpu_hour": price, "effective_from": from});
+            let body = api::SetPriceRequest {
+                gpu: crate::commands::parse_gpu(&gpu)?,
+                region: gpucloud_model::Region::parse(&region).map_err(|e| format!("--region: {e}"))?,
+                tier: Some(tier),
+                price_per_gpu_hour: crate::commands::parse_money("--price", &price)?,
+                effective_from: from,
+            };
             let p: api::Price = c.post("/v1/prices", Some(&body), None).map_err(err)?;
             if p.price_per_gpu_hour == gpucloud_model::Money::ZERO {
                 eprintln!(
@@ -237,7 +243,7 @@ pub fn price(ctx: &Ctx, cmd: PriceCmd) -> Res {
             let c = ctx.client(As::Operator)?;
             let body = api::SetStoragePriceRequest { price_per_gib_hour: price };
             let p: api::StoragePrice =
-                c.put(&format!("/v1/prices/storage/{}", crate::client::encode_query(&region)), &body).map_err(err)?;
+                c.put(&format!("/v1/prices/storage/{}", gpucloud_client::encode_query(&region)), &body).map_err(err)?;
             show(ctx, &p, |p| {
                 format!("storage in {} at {}/GiB-hour from {}", p.region, p.price_per_gib_hour, p.effective_from)
             });
@@ -277,7 +283,7 @@ pub fn price(ctx: &Ctx, cmd: PriceCmd) -> Res {
     Ok(())
 }
 
-pub fn quote(ctx: &Ctx, body: &serde_json::Value) -> Res {
+pub fn quote(ctx: &Ctx, body: &api::QuoteRequest) -> Res {
     let c = ctx.client(As::Tenant)?;
     let q: api::QuoteList = c.post("/v1/instances/quote", Some(body), None).map_err(|e| e.to_string())?;
     show(ctx, &q, |q| {
@@ -287,7 +293,7 @@ pub fn quote(ctx: &Ctx, body: &serde_json::Value) -> Res {
             .map(|l| {
                 vec![
                     l.region.clone(),
-                    l.tier.clone(),
+                    l.tier.to_string(),
                     l.price_per_hour.to_string(),
                     format!("{} s", l.duration_seconds),
                     l.estimated_cost.to_string(),

@@ -1,10 +1,11 @@
 //! Tenant and operator commands: thin wrappers over the REST API.
 
-use crate::client::Client;
 use crate::output::{gpu_list, json, or_dash, table};
 use crate::profile;
 use clap::Subcommand;
 use gpucloud_api as api;
+use gpucloud_client::Client;
+use gpucloud_model::{GpuModel, Money, Region};
 use std::time::{Duration, Instant};
 
 pub struct Ctx {
@@ -61,7 +62,7 @@ impl Ctx {
     }
 
     fn tls(&self) -> Result<ureq::tls::TlsConfig, String> {
-        gpucloud_agent::tls::client_config(self.ca_file.as_deref())
+        gpucloud_client::tls::client_config(self.ca_file.as_deref())
     }
 }
 
@@ -193,7 +194,7 @@ fn instance_rows(list: &[api::Instance]) -> String {
             vec![
                 i.id.clone(),
                 i.name.clone(),
-                i.state.clone(),
+                i.state.to_string(),
                 gpus_of(i),
                 or_dash(i.region.as_ref()),
                 or_dash(i.node.as_ref()),
@@ -305,14 +306,17 @@ pub struct MemberWorkloadArgs {
 }
 
 impl MemberWorkloadArgs {
-    /// Adds the request fields to a create body.
-    pub fn add_to(&self, body: &mut serde_json::Value) -> Result<(), String> {
-        body["image"] = serde_json::json!(self.image);
-        body["env"] = serde_json::json!(parse_env(&self.env)?);
-        body["secrets"] = serde_json::json!(self.secrets);
-        body["ports"] = serde_json::json!(self.ports);
-        Ok(())
+    /// The image, environment, secrets and ports of a create request.
+    pub fn parts(self) -> Result<MemberWorkload, String> {
+        Ok(MemberWorkload { image: self.image, env: parse_env(&self.env)?, secrets: self.secrets, ports: self.ports })
     }
+}
+
+pub struct MemberWorkload {
+    pub image: Option<String>,
+    pub env: std::collections::BTreeMap<String, String>,
+    pub secrets: Vec<String>,
+    pub ports: Vec<String>,
 }
 
 pub fn parse_env(pairs: &[String]) -> Result<std::collections::BTreeMap<String, String>, String> {
@@ -374,11 +378,11 @@ fn template_detail(t: &api::Template) -> String {
 
 pub fn template(ctx: &Ctx, cmd: TemplateCmd) -> Res {
     let c = ctx.client(As::Tenant)?;
-    let err = |e: crate::client::ClientError| e.to_string();
+    let err = |e: gpucloud_client::ClientError| e.to_string();
     match cmd {
         TemplateCmd::Create { name, image, command, env, secrets, ports, volume } => {
-            let body = serde_json::json!({"name": name, "image": image, "command": command,
-                "env": parse_env(&env)?, "secrets": secrets, "ports": ports, "volume": volume});
+            let body =
+                api::CreateTemplateRequest { name, image, command, env: parse_env(&env)?, secrets, ports, volume };
             let t: api::Template = c.post("/v1/templates", Some(&body), None).map_err(err)?;
             show(ctx, &t, template_detail);
         }
@@ -402,11 +406,11 @@ pub fn template(ctx: &Ctx, cmd: TemplateCmd) -> Res {
         }
         TemplateCmd::Show { name } => {
             let t: api::Template =
-                c.get(&format!("/v1/templates/{}", crate::client::encode_query(&name))).map_err(err)?;
+                c.get(&format!("/v1/templates/{}", gpucloud_client::encode_query(&name))).map_err(err)?;
             show(ctx, &t, template_detail);
         }
         TemplateCmd::Delete { name } => {
-            c.delete(&format!("/v1/templates/{}", crate::client::encode_query(&name))).map_err(err)?;
+            c.delete(&format!("/v1/templates/{}", gpucloud_client::encode_query(&name))).map_err(err)?;
             if !ctx.json {
                 println!("template {name} deleted");
             }
@@ -448,13 +452,14 @@ fn read_value(prompt: &str) -> Result<String, String> {
 
 pub fn registry_auth(ctx: &Ctx, cmd: RegistryAuthCmd) -> Res {
     let c = ctx.client(As::Tenant)?;
-    let err = |e: crate::client::ClientError| e.to_string();
+    let err = |e: gpucloud_client::ClientError| e.to_string();
     match cmd {
         RegistryAuthCmd::Add { registry, username } => {
             let password = read_value(&format!("password for {username} at {registry}"))?;
-            let body = serde_json::json!({ "username": username, "password": password });
-            let a: api::RegistryAuth =
-                c.put(&format!("/v1/registry-auths/{}", crate::client::encode_query(&registry)), &body).map_err(err)?;
+            let body = api::PutRegistryAuthRequest { username, password };
+            let a: api::RegistryAuth = c
+                .put(&format!("/v1/registry-auths/{}", gpucloud_client::encode_query(&registry)), &body)
+                .map_err(err)?;
             show(ctx, &a, |a| format!("credentials for {} ({}) stored", a.registry, a.username));
         }
         RegistryAuthCmd::List => {
@@ -469,7 +474,7 @@ pub fn registry_auth(ctx: &Ctx, cmd: RegistryAuthCmd) -> Res {
             });
         }
         RegistryAuthCmd::Delete { registry } => {
-            c.delete(&format!("/v1/registry-auths/{}", crate::client::encode_query(&registry))).map_err(err)?;
+            c.delete(&format!("/v1/registry-auths/{}", gpucloud_client::encode_query(&registry))).map_err(err)?;
             if !ctx.json {
                 println!("credentials for {registry} deleted");
             }
@@ -491,13 +496,13 @@ pub enum SecretCmd {
 
 pub fn secret(ctx: &Ctx, cmd: SecretCmd) -> Res {
     let c = ctx.client(As::Tenant)?;
-    let err = |e: crate::client::ClientError| e.to_string();
+    let err = |e: gpucloud_client::ClientError| e.to_string();
     match cmd {
         SecretCmd::Set { name } => {
             let value = read_value(&format!("value for {name}"))?;
-            let body = serde_json::json!({ "value": value });
+            let body = api::PutSecretRequest { value };
             let s: api::Secret =
-                c.put(&format!("/v1/secrets/{}", crate::client::encode_query(&name)), &body).map_err(err)?;
+                c.put(&format!("/v1/secrets/{}", gpucloud_client::encode_query(&name)), &body).map_err(err)?;
             show(ctx, &s, |s| format!("secret {} set ({})", s.name, s.updated_at));
         }
         SecretCmd::List => {
@@ -512,7 +517,7 @@ pub fn secret(ctx: &Ctx, cmd: SecretCmd) -> Res {
             });
         }
         SecretCmd::Delete { name } => {
-            c.delete(&format!("/v1/secrets/{}", crate::client::encode_query(&name))).map_err(err)?;
+            c.delete(&format!("/v1/secrets/{}", gpucloud_client::encode_query(&name))).map_err(err)?;
             if !ctx.json {
                 println!("secret {name} deleted");
             }
@@ -530,22 +535,32 @@ fn gpus_of(i: &api::Instance) -> String {
     }
 }
 
-fn add_slice(
-    body: &mut serde_json::Value,
-    share: Option<String>,
-    memory: Option<String>,
-    mig: Option<String>,
-) -> Result<(), String> {
-    if let Some(s) = share {
-        body["gpu_share"] = parse_percent(&s)?.into();
-    }
-    if let Some(m) = memory {
-        body["gpu_memory_mib"] = parse_mib(&m)?.into();
-    }
-    if let Some(m) = mig {
-        body["mig"] = m.into();
-    }
-    Ok(())
+/// A slice's share and memory, from `--gpu-share 25%` and `--gpu-memory 10GiB`.
+fn slice(share: Option<String>, memory: Option<String>) -> Result<(Option<u32>, Option<u64>), String> {
+    Ok((share.as_deref().map(parse_percent).transpose()?, memory.as_deref().map(parse_mib).transpose()?))
+}
+
+/// The tier and bid from `--spot [--max-price P]` or `--reserved`; on-demand otherwise.
+fn sale(spot: bool, reserved: bool, max_price: Option<String>) -> Result<(Option<api::Tier>, Option<Money>), String> {
+    let bid = max_price.map(|p| p.parse::<Money>().map_err(|e| format!("--max-price '{p}': {e}"))).transpose()?;
+    Ok(match (spot, reserved) {
+        (true, _) => (Some(api::Tier::Spot), bid),
+        (false, true) => (Some(api::Tier::Reserved), bid),
+        (false, false) => (None, bid),
+    })
+}
+
+pub fn parse_gpu(gpu: &str) -> Result<GpuModel, String> {
+    gpu.parse::<GpuModel>().map_err(|e| format!("--gpu: {e}"))
+}
+
+pub fn parse_region(region: Option<String>) -> Result<Option<Region>, String> {
+    region.map(|r| Region::parse(&r).map_err(|e| format!("--region: {e}"))).transpose()
+}
+
+/// A count the request can carry; whether it is a count the server sells is the server's to say.
+pub fn parse_count(count: i64) -> Result<u32, String> {
+    u32::try_from(count).map_err(|_| format!("--count {count}: expected a whole number of GPUs from 1 to 16"))
 }
 
 /// "25%" or "25" -> whole percent.
@@ -588,7 +603,7 @@ mod slice_arg_tests {
 
 pub fn instance(ctx: &Ctx, cmd: InstanceCmd) -> Res {
     let c = ctx.client(As::Tenant)?;
-    let err = |e: crate::client::ClientError| e.to_string();
+    let err = |e: gpucloud_client::ClientError| e.to_string();
     match cmd {
         InstanceCmd::Create(a) if a.dry_run => {
             let CreateArgs { gpu, count, region, hours, gpu_share, gpu_memory, mig, spot, max_price, reserved, .. } =
@@ -596,17 +611,19 @@ pub fn instance(ctx: &Ctx, cmd: InstanceCmd) -> Res {
             if !(hours > 0.0 && hours <= 8784.0) {
                 return Err("--hours must be more than 0 and at most a year".into());
             }
-            let mut body = serde_json::json!({
-                "gpu": gpu, "count": count, "region": region, "duration_seconds": (hours * 3600.0).round() as i64,
-            });
-            if spot {
-                body["tier"] = "spot".into();
-                body["max_price_per_gpu_hour"] = max_price.into();
-            }
-            if reserved {
-                body["tier"] = "reserved".into();
-            }
-            add_slice(&mut body, gpu_share, gpu_memory, mig)?;
+            let (tier, max_price) = sale(spot, reserved, max_price)?;
+            let (gpu_share, gpu_memory_mib) = slice(gpu_share, gpu_memory)?;
+            let body = api::QuoteRequest {
+                gpu: parse_gpu(&gpu)?,
+                count: parse_count(count)?,
+                region: parse_region(region)?,
+                duration_seconds: Some((hours * 3600.0).round() as i64),
+                gpu_share,
+                gpu_memory_mib,
+                mig,
+                tier,
+                max_price_per_gpu_hour: max_price,
+            };
             crate::bill::quote(ctx, &body)?;
         }
         InstanceCmd::Create(a) => {
@@ -632,28 +649,32 @@ pub fn instance(ctx: &Ctx, cmd: InstanceCmd) -> Res {
                 volume,
                 ..
             } = *a;
-            let env = parse_env(&env)?;
-            // Passed through as given: the server names what is wrong with it.
-            let mut body = serde_json::json!({
-                "gpu": gpu, "count": count, "region": region, "command": command.unwrap_or_default(), "name": name,
-                "image": image, "env": env, "secrets": secrets, "ports": ports, "template": template,
-                "volume": volume,
-            });
-            if spot {
-                body["tier"] = "spot".into();
-                body["max_price_per_gpu_hour"] = max_price.into();
-            }
-            if reserved {
-                body["tier"] = "reserved".into();
-            }
-            add_slice(&mut body, gpu_share, gpu_memory, mig)?;
-            let mut inst: api::Instance =
-                c.post("/v1/instances", Some(&body), idempotency_key.as_deref()).map_err(err)?;
+            let (tier, max_price) = sale(spot, reserved, max_price)?;
+            let (gpu_share, gpu_memory_mib) = slice(gpu_share, gpu_memory)?;
+            let body = api::CreateInstanceRequest {
+                gpu: parse_gpu(&gpu)?,
+                count: parse_count(count)?,
+                gpu_share,
+                gpu_memory_mib,
+                mig,
+                region: parse_region(region)?,
+                command: command.unwrap_or_default(),
+                template,
+                name,
+                tier,
+                max_price_per_gpu_hour: max_price,
+                image,
+                env: parse_env(&env)?,
+                secrets,
+                ports,
+                volume,
+            };
+            let mut inst = c.create_instance(&body, idempotency_key.as_deref()).map_err(err)?;
             if let Some(secs) = wait {
                 let deadline = Instant::now() + Duration::from_secs(secs);
-                while inst.state != "running" && Instant::now() < deadline {
+                while inst.state != api::InstanceState::Running && Instant::now() < deadline {
                     std::thread::sleep(Duration::from_millis(200));
-                    inst = c.get(&format!("/v1/instances/{}", inst.id)).map_err(err)?;
+                    inst = c.instance(&inst.id).map_err(err)?;
                 }
             }
             show(ctx, &inst, instance_detail);
@@ -714,7 +735,10 @@ pub fn instance(ctx: &Ctx, cmd: InstanceCmd) -> Res {
                 }
                 if logs.chunks.is_empty() {
                     let inst: api::Instance = c.get(&format!("/v1/instances/{id}")).map_err(err)?;
-                    if ["stopped", "terminated", "failed"].contains(&inst.state.as_str()) {
+                    if matches!(
+                        inst.state,
+                        api::InstanceState::Stopped | api::InstanceState::Terminated | api::InstanceState::Failed
+                    ) {
                         break;
                     }
                     std::thread::sleep(Duration::from_millis(500));
@@ -798,8 +822,8 @@ fn node_rows(list: &[api::Node]) -> String {
                 n.region.clone(),
                 models.join(","),
                 format!("{}/{}", n.gpus_allocated, n.gpus_total),
-                n.state.clone(),
-                n.health.clone(),
+                n.state.to_string(),
+                n.health.to_string(),
                 n.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","),
             ]
         })
@@ -833,7 +857,7 @@ fn node_detail(n: &api::Node) -> String {
         n.region,
         match &n.drain_deadline {
             Some(d) => format!("{} (deadline {d})", n.state),
-            None => n.state.clone(),
+            None => n.state.to_string(),
         },
         n.health,
         or_dash(n.last_heartbeat.as_ref()),
@@ -868,20 +892,25 @@ fn node_detail(n: &api::Node) -> String {
     out
 }
 
-fn parse_gpu_groups(specs: &[String]) -> Result<Vec<serde_json::Value>, String> {
+fn parse_gpu_groups(specs: &[String]) -> Result<Vec<api::GpuGroup>, String> {
     specs
         .iter()
         .map(|s| {
             let (model, count) = s.rsplit_once(':').unwrap_or((s.as_str(), "1"));
-            let count: i64 = count.parse().map_err(|_| format!("--gpu {s}: expected MODEL:COUNT, e.g. A100-40GB:8"))?;
-            Ok(serde_json::json!({"model": model, "count": count}))
+            let count: u32 = count.parse().map_err(|_| format!("--gpu {s}: expected MODEL:COUNT, e.g. A100-40GB:8"))?;
+            Ok(api::GpuGroup { model: parse_gpu(model)?, count })
         })
         .collect()
 }
 
+/// A money amount such as `100.00`.
+pub fn parse_money(flag: &str, text: &str) -> Result<Money, String> {
+    text.parse::<Money>().map_err(|e| format!("{flag} '{text}': {e}"))
+}
+
 pub fn node(ctx: &Ctx, cmd: NodeCmd) -> Res {
     let c = ctx.client(As::Operator)?;
-    let err = |e: crate::client::ClientError| e.to_string();
+    let err = |e: gpucloud_client::ClientError| e.to_string();
     let path_action = |id: &str, verb: &str| -> Res {
         let n: api::Node = c.post::<(), _>(&format!("/v1/nodes/{id}/{verb}"), None, None).map_err(err)?;
         show(ctx, &n, node_detail);
@@ -890,7 +919,7 @@ pub fn node(ctx: &Ctx, cmd: NodeCmd) -> Res {
     match cmd {
         NodeCmd::List { label } => {
             let path = match label {
-                Some(l) => format!("/v1/nodes?label={}", crate::client::encode_query(&l)),
+                Some(l) => format!("/v1/nodes?label={}", gpucloud_client::encode_query(&l)),
                 None => "/v1/nodes".to_string(),
             };
             let list: api::NodeList = c.get(&path).map_err(err)?;
@@ -901,7 +930,8 @@ pub fn node(ctx: &Ctx, cmd: NodeCmd) -> Res {
             show(ctx, &n, node_detail);
         }
         NodeCmd::Add { name, region, gpus } => {
-            let body = serde_json::json!({"name": name, "region": region, "gpus": parse_gpu_groups(&gpus)?});
+            let region = Region::parse(&region).map_err(|e| format!("--region: {e}"))?;
+            let body = api::CreateNodeRequest { name, region, gpus: parse_gpu_groups(&gpus)? };
             let n: api::Node = c.post("/v1/nodes", Some(&body), None).map_err(err)?;
             show(ctx, &n, node_detail);
         }
@@ -996,7 +1026,7 @@ fn billing_text(b: &api::BillingMode) -> String {
 
 pub fn tenant(ctx: &Ctx, cmd: TenantCmd) -> Res {
     let c = ctx.client(As::Operator)?;
-    let err = |e: crate::client::ClientError| e.to_string();
+    let err = |e: gpucloud_client::ClientError| e.to_string();
     match cmd {
         TenantCmd::List => {
             let l: api::TenantList = c.get("/v1/tenants").map_err(err)?;
@@ -1008,7 +1038,7 @@ pub fn tenant(ctx: &Ctx, cmd: TenantCmd) -> Res {
                         vec![
                             t.id.clone(),
                             t.name.clone(),
-                            t.role.clone(),
+                            t.role.to_string(),
                             t.billing.as_ref().map(billing_text).unwrap_or_default(),
                             t.created_at.clone(),
                         ]
@@ -1018,7 +1048,7 @@ pub fn tenant(ctx: &Ctx, cmd: TenantCmd) -> Res {
             });
         }
         TenantCmd::Credit { tenant_id, amount, kind, memo, idempotency_key } => {
-            let body = serde_json::json!({"amount": amount, "kind": kind, "memo": memo});
+            let body = api::CreditRequest { amount: parse_money("--amount", &amount)?, kind: Some(kind), memo };
             let l: api::LedgerLine = c
                 .post(&format!("/v1/tenants/{tenant_id}/credits"), Some(&body), idempotency_key.as_deref())
                 .map_err(err)?;
@@ -1026,7 +1056,11 @@ pub fn tenant(ctx: &Ctx, cmd: TenantCmd) -> Res {
         }
         TenantCmd::Create { name, prepaid, postpaid: _, credit_limit } => {
             let mode = if prepaid { "prepaid" } else { "postpaid" };
-            let body = serde_json::json!({"name": name, "billing_mode": mode, "credit_limit": credit_limit});
+            let body = api::CreateTenantRequest {
+                name,
+                billing_mode: Some(mode.to_string()),
+                credit_limit: credit_limit.map(|l| parse_money("--credit-limit", &l)).transpose()?,
+            };
             let k: api::ApiKeyCreated = c.post("/v1/tenants", Some(&body), None).map_err(err)?;
             show(ctx, &k, key_text);
         }
@@ -1042,7 +1076,11 @@ pub fn tenant(ctx: &Ctx, cmd: TenantCmd) -> Res {
         }
         TenantCmd::Billing { tenant_id, prepaid, postpaid: _, credit_limit } => {
             let mode = if prepaid { "prepaid" } else { "postpaid" };
-            let body = serde_json::json!({"billing_mode": mode, "credit_limit": credit_limit});
+            let body = api::TenantBillingRequest {
+                prepaid: None,
+                billing_mode: Some(mode.to_string()),
+                credit_limit: credit_limit.map(|l| parse_money("--credit-limit", &l)).transpose()?,
+            };
             let b: api::Budget = c.post(&format!("/v1/tenants/{tenant_id}/billing"), Some(&body), None).map_err(err)?;
             show(ctx, &b, |b| {
                 let mode = api::BillingMode { mode: b.billing_mode.clone(), credit_limit: b.credit_limit };

@@ -7,11 +7,11 @@
 //! backends are a replica set's running members (their endpoints, in rank order), followed as
 //! members come and go.
 
-use crate::client::not_sent;
 use axum::body::{Body, to_bytes};
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
+use gpucloud_client::not_sent;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -177,7 +177,7 @@ impl Gateway {
     /// Follows cluster `name`'s members: every `every`, its running members' endpoints, by
     /// rank, become the backends. When the control plane cannot be reached the gateway keeps
     /// the members it knows and goes on routing: serving must not depend on it.
-    pub fn follow_cluster(self: &Arc<Self>, client: crate::client::Client, name: String, every: Duration) {
+    pub fn follow_cluster(self: &Arc<Self>, client: gpucloud_client::Client, name: String, every: Duration) {
         let gw = self.clone();
         std::thread::spawn(move || {
             let mut last_error = String::new();
@@ -206,7 +206,7 @@ pub fn member_urls(c: &gpucloud_api::Cluster) -> Vec<String> {
     let mut serving: Vec<(u32, &str)> = c
         .members
         .iter()
-        .filter(|m| m.state == "running")
+        .filter(|m| m.state == gpucloud_api::InstanceState::Running)
         .filter_map(|m| Some((m.rank, m.endpoint.as_deref()?)))
         .collect();
     serving.sort();
@@ -226,8 +226,17 @@ const HOP_BY_HOP: [&str; 9] = [
 ];
 
 fn problem(status: StatusCode, detail: String) -> Response {
-    let body = serde_json::json!({"type": "/problems/gateway", "title": status.canonical_reason(), "status": status.as_u16(), "detail": detail, "code": "gateway"});
-    (status, [("content-type", "application/problem+json")], body.to_string()).into_response()
+    let body = gpucloud_api::Problem {
+        kind: "/problems/gateway".into(),
+        title: status.canonical_reason().unwrap_or("error").into(),
+        status: status.as_u16(),
+        detail,
+        code: "gateway".into(),
+        field: None,
+        current_state: None,
+    };
+    (status, [("content-type", "application/problem+json")], serde_json::to_string(&body).unwrap_or_default())
+        .into_response()
 }
 
 pub async fn proxy(
@@ -386,10 +395,11 @@ mod tests {
 
     #[test]
     fn a_cluster_serves_from_its_running_members_with_endpoints_by_rank() {
-        let member = |rank: u32, state: &str, endpoint: Option<&str>| gpucloud_api::ClusterMember {
+        use gpucloud_api::InstanceState::{Pending, Running};
+        let member = |rank: u32, state, endpoint: Option<&str>| gpucloud_api::ClusterMember {
             rank,
             instance: format!("i-{rank}"),
-            state: state.into(),
+            state,
             node: None,
             pending_reason: None,
             leaving_at: None,
@@ -404,15 +414,15 @@ mod tests {
             min_nodes: 3,
             max_nodes: 3,
             nodes: 3,
-            tier: "on-demand".into(),
-            state: "degraded".into(),
+            tier: gpucloud_api::Tier::OnDemand,
+            state: gpucloud_api::ClusterState::Degraded,
             reason: None,
             master_port: 29500,
             members: vec![
-                member(2, "running", Some("10.0.0.3:4000")),
-                member(1, "pending", None),
-                member(0, "running", Some("10.0.0.1:4000")),
-                member(1, "running", None),
+                member(2, Running, Some("10.0.0.3:4000")),
+                member(1, Pending, None),
+                member(0, Running, Some("10.0.0.1:4000")),
+                member(1, Running, None),
             ],
             replicas_in: vec!["eu-1".into(), "eu-2".into(), "us-1".into()],
             command: "serve".into(),

@@ -3,7 +3,6 @@
 mod access;
 mod bench;
 mod bill;
-mod client;
 mod commands;
 mod gateway;
 mod market;
@@ -290,7 +289,7 @@ fn run_gateway(ctx: &commands::Ctx, a: GatewayArgs) -> Result<(), String> {
         health_interval: std::time::Duration::from_millis(health_interval_ms),
         request_timeout: std::time::Duration::from_millis(timeout_ms.max(1)),
         connect_timeout: std::time::Duration::from_millis(100),
-        tls: gpucloud_agent::tls::client_config(ctx.ca_file.as_deref())?,
+        tls: gpucloud_client::tls::client_config(ctx.ca_file.as_deref())?,
     };
     let gw = gateway::Gateway::new(&config)?;
     let mut target = config.backends.join(", ");

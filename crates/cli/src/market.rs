@@ -107,10 +107,10 @@ fn job_detail(j: &api::Job) -> String {
             vec![
                 a.attempt.to_string(),
                 a.instance.clone(),
-                a.tier.clone(),
+                a.tier.to_string(),
                 a.gpu.clone(),
                 or_dash(a.region.as_ref()),
-                a.state.clone(),
+                a.state.to_string(),
                 a.billed_seconds.to_string(),
                 a.cost.to_string(),
                 or_dash(a.resumed_from.as_ref()),
@@ -134,7 +134,7 @@ fn job_detail(j: &api::Job) -> String {
 
 pub fn job(ctx: &Ctx, cmd: JobCmd) -> Res {
     let c = ctx.client(As::Tenant)?;
-    let err = |e: crate::client::ClientError| e.to_string();
+    let err = |e: gpucloud_client::ClientError| e.to_string();
     match cmd {
         JobCmd::Run {
             gpu,
@@ -151,12 +151,32 @@ pub fn job(ctx: &Ctx, cmd: JobCmd) -> Res {
             on_demand_after,
             idempotency_key,
         } => {
-            let gpus: Vec<&str> = gpu.split(['|', ',']).map(str::trim).filter(|s| !s.is_empty()).collect();
-            let body = serde_json::json!({
-                "name": name, "gpus": gpus, "count": count, "regions": regions, "command": command,
-                "spot": !on_demand, "max_price_per_gpu_hour": max_price, "checkpoint_dir": checkpoint_dir,
-                "max_restarts": max_restarts, "on_demand_after_seconds": on_demand_after, "volume": volume,
-            });
+            let body = api::CreateJobRequest {
+                name,
+                gpus: gpu
+                    .split(['|', ','])
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(crate::commands::parse_gpu)
+                    .collect::<Result<_, _>>()?,
+                count,
+                regions: regions
+                    .into_iter()
+                    .map(|r| gpucloud_model::Region::parse(&r).map_err(|e| format!("--region: {e}")))
+                    .collect::<Result<_, _>>()?,
+                command,
+                spot: Some(!on_demand),
+                max_price_per_gpu_hour: max_price
+                    .map(|p| crate::commands::parse_money("--max-price", &p))
+                    .transpose()?,
+                checkpoint_dir,
+                max_restarts,
+                on_demand_after_seconds: on_demand_after,
+                image: None,
+                env: Default::default(),
+                secrets: Vec::new(),
+                volume,
+            };
             let j: api::Job = c.post("/v1/jobs", Some(&body), idempotency_key.as_deref()).map_err(err)?;
             show(ctx, &j, job_detail);
         }
@@ -167,7 +187,13 @@ pub fn job(ctx: &Ctx, cmd: JobCmd) -> Res {
                     .jobs
                     .iter()
                     .map(|j| {
-                        vec![j.id.clone(), j.name.clone(), j.state.clone(), j.attempts.to_string(), j.cost.to_string()]
+                        vec![
+                            j.id.clone(),
+                            j.name.clone(),
+                            j.state.to_string(),
+                            j.attempts.to_string(),
+                            j.cost.to_string(),
+                        ]
                     })
                     .collect();
                 table(&["ID", "NAME", "STATE", "ATTEMPTS", "COST"], &rows)
@@ -271,7 +297,7 @@ pub fn admin(ctx: &Ctx, cmd: AdminCmd) -> Res {
         }
         AdminCmd::RunTask { name } => {
             let t: api::TaskStatus = c
-                .post(&format!("/v1/admin/tasks/{}/run", crate::client::encode_query(&name)), None::<&()>, None)
+                .post(&format!("/v1/admin/tasks/{}/run", gpucloud_client::encode_query(&name)), None::<&()>, None)
                 .map_err(|e| e.to_string())?;
             show(ctx, &t, |t| format!("{}: runs now ({} passes so far)", t.name, t.runs));
         }
@@ -324,11 +350,7 @@ pub fn metadata(cmd: MetadataCmd) -> Res {
         MetadataCmd::Notice { wait } => return Err(format!("--wait must be a number of seconds, got {wait}")),
         _ => 0.0,
     };
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs_f64(wait + 10.0)))
-        .build()
-        .into();
+    let agent = gpucloud_client::local_agent(Duration::from_secs_f64(wait + 10.0));
     let fail = |e: ureq::Error| format!("metadata endpoint {url}: {e}");
     match cmd {
         MetadataCmd::Show => {
@@ -344,7 +366,7 @@ pub fn metadata(cmd: MetadataCmd) -> Res {
             }
         }
         MetadataCmd::Checkpoint { path } => {
-            let body = serde_json::json!({ "path": path }).to_string();
+            let body = serde_json::to_string(&api::ReportCheckpointRequest { path }).map_err(|e| e.to_string())?;
             let r = agent
                 .post(format!("{url}/checkpoint"))
                 .header("Content-Type", "application/json")
@@ -409,14 +431,20 @@ fn reservation_rows(list: &[api::Reservation]) -> String {
 }
 
 pub fn reservation(ctx: &Ctx, cmd: ReservationCmd) -> Res {
-    let err = |e: crate::client::ClientError| e.to_string();
+    let err = |e: gpucloud_client::ClientError| e.to_string();
     match cmd {
         ReservationCmd::Create { tenant, gpu, region, gpus, from, to, price, lend_share } => {
             let c = ctx.client(As::Operator)?;
-            let body = serde_json::json!({
-                "tenant": tenant, "gpu": gpu, "region": region, "gpus": gpus, "starts_at": from, "ends_at": to,
-                "price_per_gpu_hour": price, "lend_share_percent": lend_share,
-            });
+            let body = api::CreateReservationRequest {
+                tenant,
+                gpu: crate::commands::parse_gpu(&gpu)?,
+                region: gpucloud_model::Region::parse(&region).map_err(|e| format!("--region: {e}"))?,
+                gpus,
+                starts_at: from,
+                ends_at: to,
+                price_per_gpu_hour: price.map(|p| crate::commands::parse_money("--price", &p)).transpose()?,
+                lend_share_percent: lend_share,
+            };
             let r: api::Reservation = c.post("/v1/reservations", Some(&body), None).map_err(err)?;
             show(ctx, &r, |r| reservation_rows(std::slice::from_ref(r)));
         }
@@ -499,7 +527,7 @@ fn cluster_detail(c: &api::Cluster) -> String {
             vec![
                 m.rank.to_string(),
                 m.instance.clone(),
-                m.state.clone(),
+                m.state.to_string(),
                 or_dash(m.node.as_ref()),
                 or_dash(m.endpoint.as_ref()),
                 m.leaving_at
@@ -552,7 +580,7 @@ fn workload_lines(
 
 pub fn cluster(ctx: &Ctx, cmd: ClusterCmd) -> Res {
     let c = ctx.client(As::Tenant)?;
-    let err = |e: crate::client::ClientError| e.to_string();
+    let err = |e: gpucloud_client::ClientError| e.to_string();
     match cmd {
         ClusterCmd::Create {
             name,
@@ -569,12 +597,29 @@ pub fn cluster(ctx: &Ctx, cmd: ClusterCmd) -> Res {
         } => {
             let replicas = (!replicas_in.is_empty()).then_some(&replicas_in);
             let nodes = replicas.map_or(nodes, |r| r.len() as u32);
-            let mut body = serde_json::json!({
-                "name": name, "gpu": gpu, "gpus_per_node": gpus_per_node, "nodes": nodes, "min_nodes": min,
-                "max_nodes": max, "region": region, "command": command, "tier": if spot { "spot" } else { "on-demand" },
-                "replicas_in": replicas,
-            });
-            workload.add_to(&mut body)?;
+            let w = workload.parts()?;
+            let body = api::CreateClusterRequest {
+                name,
+                gpu: crate::commands::parse_gpu(&gpu)?,
+                region: crate::commands::parse_region(region)?,
+                gpus_per_node,
+                nodes,
+                min_nodes: min,
+                max_nodes: max,
+                command,
+                tier: Some(if spot { api::Tier::Spot } else { api::Tier::OnDemand }),
+                replicas_in: replicas
+                    .map(|rs| {
+                        rs.iter()
+                            .map(|r| gpucloud_model::Region::parse(r).map_err(|e| format!("--replicas-in: {e}")))
+                            .collect::<Result<Vec<_>, _>>()
+                    })
+                    .transpose()?,
+                image: w.image,
+                env: w.env,
+                secrets: w.secrets,
+                ports: w.ports,
+            };
             let v: api::Cluster = c.post("/v1/clusters", Some(&body), None).map_err(err)?;
             show(ctx, &v, cluster_detail);
         }
@@ -615,10 +660,10 @@ pub fn cluster(ctx: &Ctx, cmd: ClusterCmd) -> Res {
                     .map(|c| {
                         vec![
                             c.name.clone(),
-                            c.state.clone(),
+                            c.state.to_string(),
                             format!(
                                 "{}/{} ({}..{})",
-                                c.members.iter().filter(|m| m.state == "running").count(),
+                                c.members.iter().filter(|m| m.state == api::InstanceState::Running).count(),
                                 c.nodes,
                                 c.min_nodes,
                                 c.max_nodes
@@ -650,7 +695,7 @@ pub fn recommend(ctx: &Ctx, workload: &str, params: &str, hours: f64) -> Res {
             vec![
                 format!("{} x {}", c.count, c.gpu),
                 c.region.clone(),
-                c.tier.clone(),
+                c.tier.to_string(),
                 c.per_hour.to_string(),
                 format!("{:.1}", c.hours),
                 c.estimated_cost.to_string(),
@@ -711,7 +756,7 @@ pub enum PoolCmd {
 
 pub fn pool(ctx: &Ctx, cmd: PoolCmd) -> Res {
     let c = ctx.client(As::Tenant)?;
-    let err = |e: crate::client::ClientError| e.to_string();
+    let err = |e: gpucloud_client::ClientError| e.to_string();
     let rows = |pools: &[api::WarmPool]| {
         let rows: Vec<Vec<String>> = pools
             .iter()
@@ -729,10 +774,19 @@ pub fn pool(ctx: &Ctx, cmd: PoolCmd) -> Res {
     };
     match cmd {
         PoolCmd::Create { name, gpu, count, region, size, command, workload } => {
-            let mut body = serde_json::json!({
-                "name": name, "gpu": gpu, "count": count, "region": region, "size": size, "command": command,
-            });
-            workload.add_to(&mut body)?;
+            let w = workload.parts()?;
+            let body = api::CreatePoolRequest {
+                name,
+                gpu: crate::commands::parse_gpu(&gpu)?,
+                region: crate::commands::parse_region(region)?,
+                count,
+                command,
+                size,
+                image: w.image,
+                env: w.env,
+                secrets: w.secrets,
+                ports: w.ports,
+            };
             let p: api::WarmPool = c.post("/v1/pools", Some(&body), None).map_err(err)?;
             show(ctx, &p, |p| rows(std::slice::from_ref(p)));
         }

@@ -54,7 +54,7 @@ fn window(since: i64, step: Option<i64>) -> String {
 }
 
 pub fn monitor(ctx: &Ctx, cmd: MonitorCmd) -> Res {
-    let err = |e: crate::client::ClientError| e.to_string();
+    let err = |e: gpucloud_client::ClientError| e.to_string();
     match cmd {
         MonitorCmd::Telemetry { id, since, step } => {
             let c = ctx.client(As::Tenant)?;

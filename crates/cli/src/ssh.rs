@@ -36,7 +36,7 @@ fn detail(k: &api::SshKey) -> String {
 
 pub fn ssh_key(ctx: &Ctx, cmd: SshKeyCmd) -> Result<(), String> {
     let c = ctx.client(As::Tenant)?;
-    let err = |e: crate::client::ClientError| e.to_string();
+    let err = |e: gpucloud_client::ClientError| e.to_string();
     match cmd {
         SshKeyCmd::Add { path, name } => {
             let text = if path == Path::new("-") {
@@ -62,7 +62,7 @@ pub fn ssh_key(ctx: &Ctx, cmd: SshKeyCmd) -> Result<(), String> {
             });
         }
         SshKeyCmd::Remove { name } => {
-            c.delete(&format!("/v1/ssh-keys/{}", crate::client::encode_query(&name))).map_err(err)?;
+            c.delete(&format!("/v1/ssh-keys/{}", gpucloud_client::encode_query(&name))).map_err(err)?;
             if !ctx.json {
                 println!("ssh key {name} removed");
             }
@@ -98,9 +98,9 @@ fn remember_host_key(file: &Path, line: &str) -> Result<(), String> {
 pub fn instance_ssh(ctx: &Ctx, id: &str, identity: Option<PathBuf>, command: Vec<String>) -> Result<(), String> {
     let c = ctx.client(As::Tenant)?;
     let inst: api::Instance =
-        c.get(&format!("/v1/instances/{}", crate::client::encode_query(id))).map_err(|e| e.to_string())?;
+        c.get(&format!("/v1/instances/{}", gpucloud_client::encode_query(id))).map_err(|e| e.to_string())?;
     let (Some(line), Some(known)) = (&inst.ssh, &inst.ssh_host_key) else {
-        return Err(if inst.state != "running" {
+        return Err(if inst.state != api::InstanceState::Running {
             format!("instance {id} is {}: SSH reaches an instance while it runs", inst.state)
         } else {
             format!(

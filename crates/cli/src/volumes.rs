@@ -48,8 +48,8 @@ fn detail(v: &api::Volume) -> String {
 
 pub fn volume(ctx: &Ctx, cmd: VolumeCmd) -> Result<(), String> {
     let c = ctx.client(As::Tenant)?;
-    let err = |e: crate::client::ClientError| e.to_string();
-    let path = |name: &str| format!("/v1/volumes/{}", crate::client::encode_query(name));
+    let err = |e: gpucloud_client::ClientError| e.to_string();
+    let path = |name: &str| format!("/v1/volumes/{}", gpucloud_client::encode_query(name));
     match cmd {
         VolumeCmd::Create { name, size, region } => {
             let body = api::CreateVolumeRequest { name, size, region };
@@ -67,7 +67,7 @@ pub fn volume(ctx: &Ctx, cmd: VolumeCmd) -> Result<(), String> {
                             v.name.clone(),
                             v.region.clone(),
                             format!("{} GiB", v.size_gib),
-                            v.state.clone(),
+                            v.state.to_string(),
                             v.attached_to.clone().unwrap_or_else(|| "-".into()),
                             v.price_per_hour.clone(),
                         ]

@@ -69,7 +69,10 @@ fn a_new_user_walks_through_dev_and_survives_kill_9() {
     // Bad input is refused with a reason.
     let (ok, _, err) =
         cli(&config, &[], &["instance", "create", "--gpu", "A100-40GB", "--count", "-2", "--command", "x"]);
-    assert!(!ok && err.contains("422") && err.contains("count"), "{err}");
+    assert!(!ok && err.contains("--count -2"), "{err}");
+    let (ok, _, err) =
+        cli(&config, &[], &["instance", "create", "--gpu", "A100-40GB", "--count", "0", "--command", "x"]);
+    assert!(!ok && err.contains("422") && err.contains("[field: count]"), "{err}");
 
     // kill -9 while a client creates instances with idempotency keys, then restart and retry.
     let creator = {

@@ -1,3 +1,4 @@
+use crate::FieldError;
 use std::fmt;
 use std::str::FromStr;
 
@@ -177,21 +178,30 @@ impl GpuShare {
         percent: Option<u32>,
         memory_mib: Option<u64>,
         mig: Option<&str>,
-    ) -> Result<Option<GpuShare>, String> {
+    ) -> Result<Option<GpuShare>, FieldError> {
         let total = model.memory_mib();
         if let Some(name) = mig {
             if percent.is_some() || memory_mib.is_some() {
-                return Err("mig fixes compute and memory: give it without gpu_share or gpu_memory_mib".into());
+                return Err(FieldError::new(
+                    "mig",
+                    "mig fixes compute and memory: give it without gpu_share or gpu_memory_mib",
+                ));
             }
             let profiles = model.mig_profiles();
             if profiles.is_empty() {
                 let capable: Vec<&str> =
                     GpuModel::ALL.iter().filter(|m| !m.mig_profiles().is_empty()).map(|m| m.name()).collect();
-                return Err(format!("{model} does not support MIG (MIG-capable: {})", capable.join(", ")));
+                return Err(FieldError::new(
+                    "mig",
+                    format!("{model} does not support MIG (MIG-capable: {})", capable.join(", ")),
+                ));
             }
             let Some(p) = profiles.iter().find(|p| p.name == name) else {
                 let names: Vec<&str> = profiles.iter().map(|p| p.name).collect();
-                return Err(format!("{model} has no MIG profile '{name}' (one of: {})", names.join(", ")));
+                return Err(FieldError::new(
+                    "mig",
+                    format!("{model} has no MIG profile '{name}' (one of: {})", names.join(", ")),
+                ));
             };
             let milli = (p.compute as u32 * 1000).div_ceil(7);
             return Ok(Some(GpuShare { milli, memory_mib: p.memory_mib, mig: Some(p.name.to_string()) }));
@@ -199,12 +209,15 @@ impl GpuShare {
         if let Some(p) = percent
             && !(1..=100).contains(&p)
         {
-            return Err(format!("gpu_share {p}: expected a percentage from 1 to 100"));
+            return Err(FieldError::new("gpu_share", format!("gpu_share {p}: expected a percentage from 1 to 100")));
         }
         if let Some(m) = memory_mib
             && !(1..=total).contains(&m)
         {
-            return Err(format!("gpu_memory_mib {m}: expected 1 to the {total} MiB of one {model}"));
+            return Err(FieldError::new(
+                "gpu_memory_mib",
+                format!("gpu_memory_mib {m}: expected 1 to the {total} MiB of one {model}"),
+            ));
         }
         let (milli, mem) = match (percent, memory_mib) {
             (None, None) => return Ok(None),
@@ -249,18 +262,18 @@ mod share_tests {
     #[test]
     fn bad_shares_say_what_is_wrong() {
         let a = GpuModel::A100_40GB;
-        for (p, m, mig, want) in [
-            (Some(0), None, None, "gpu_share 0"),
-            (Some(101), None, None, "gpu_share 101"),
-            (None, Some(50_000), None, "40960 MiB"),
-            (Some(10), None, Some("1g.5gb"), "without gpu_share"),
-            (None, None, Some("1g.10gb"), "no MIG profile '1g.10gb' (one of: 1g.5gb"),
+        for (p, m, mig, field, want) in [
+            (Some(0), None, None, "gpu_share", "gpu_share 0"),
+            (Some(101), None, None, "gpu_share", "gpu_share 101"),
+            (None, Some(50_000), None, "gpu_memory_mib", "40960 MiB"),
+            (Some(10), None, Some("1g.5gb"), "mig", "without gpu_share"),
+            (None, None, Some("1g.10gb"), "mig", "no MIG profile '1g.10gb' (one of: 1g.5gb"),
         ] {
             let e = GpuShare::resolve(a, p, m, mig).unwrap_err();
-            assert!(e.contains(want), "{e}");
+            assert!(e.message.contains(want) && e.field == field, "{e:?}");
         }
         let e = GpuShare::resolve(GpuModel::T4, None, None, Some("1g.5gb")).unwrap_err();
-        assert!(e.contains("T4 does not support MIG (MIG-capable: A100-40GB"), "{e}");
+        assert!(e.message.contains("T4 does not support MIG (MIG-capable: A100-40GB"), "{e}");
     }
 }
 

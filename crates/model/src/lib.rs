@@ -1,6 +1,7 @@
 //! Pure domain of gpucloud: typed ids, the GPU catalog, regions, time, and the instance and node
 //! state machines. No I/O, no clock, no randomness: callers pass those in.
 
+mod field;
 mod gpu;
 pub mod hex;
 mod ids;
@@ -11,6 +12,7 @@ pub mod schedule;
 mod time;
 pub mod workload;
 
+pub use field::FieldError;
 pub use gpu::{FATAL_XIDS, GpuModel, GpuShare, MigProfile, UnknownGpuModel, xid_is_fatal};
 pub use ids::{ApiKeyId, ClusterId, IdError, InstanceId, JobId, NodeId, PoolId, ReservationId, TenantId, VolumeId};
 pub use instance::{AgentObservation, Change, IllegalTransition, InstanceState, StopTarget, UserAction};

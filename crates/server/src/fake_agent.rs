@@ -4,8 +4,8 @@
 //! through [`AgentApi`], as a real agent does.
 
 use crate::app::{AgentApi, AgentReport, Desired, GpuReading};
-use gpucloud_agent::gpu::{FakeGpus, GpuBackend, GpuInfo};
 use gpucloud_model::{AgentObservation, InstanceId, NodeId};
+use gpucloud_node::gpu::{FakeGpus, GpuBackend, GpuInfo};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -327,7 +327,7 @@ fn an_agent_key_speaks_only_for_its_own_node() {
     assert!(!["stopping", "terminated"].contains(&untouched["state"].as_str().unwrap()), "{untouched}");
     // An agent fenced off by a newer registration is told so, but not the current epoch.
     let r = beat(&key_a, &node_a, &json!(epoch_a.as_i64().unwrap() + 7), json!([]));
-    assert_eq!(r.status, 409, "{:?}", r.body);
+    assert_eq!((r.status, r.body["code"].as_str()), (409, Some("fenced")), "{:?}", r.body);
     let detail = r.body["detail"].as_str().unwrap();
     assert!(detail.starts_with("fenced") && !detail.contains("epoch"), "{detail}");
 }

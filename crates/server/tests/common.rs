@@ -49,11 +49,7 @@ impl TestServer {
                 .unwrap();
             (running, key.secret)
         });
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(10)))
-            .build()
-            .into();
+        let agent = gpucloud_client::local_agent(Duration::from_secs(10));
         TestServer { url: format!("http://{}", running.addr), operator_key: key, app: running.app.clone(), agent, rt }
     }
 
@@ -108,11 +104,7 @@ impl TestServer {
             // requests fails the second time too.
             Err(ureq::Error::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
                 eprintln!("{method} {path}: {e}; retrying on a new connection");
-                let fresh: ureq::Agent = ureq::Agent::config_builder()
-                    .http_status_as_error(false)
-                    .timeout_global(Some(Duration::from_secs(10)))
-                    .build()
-                    .into();
+                let fresh = gpucloud_client::local_agent(Duration::from_secs(10));
                 send(&fresh).unwrap_or_else(|e| panic!("{method} {path}: {e}"))
             }
             Err(e) => panic!("{method} {path}: {e}"),

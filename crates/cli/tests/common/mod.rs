@@ -189,11 +189,7 @@ pub fn serving(out: &Path) -> (String, String) {
 
 impl Api {
     pub fn new(url: &str) -> Api {
-        let agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(10)))
-            .build()
-            .into();
+        let agent = gpucloud_client::local_agent(Duration::from_secs(10));
         Api { url: url.to_string(), agent }
     }
 }

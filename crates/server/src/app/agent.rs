@@ -47,11 +47,8 @@ pub struct AgentReport {
     pub published: Vec<(InstanceId, Vec<(u16, u16)>)>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Desired {
-    Run,
-    Stop,
-}
+/// Run or stop: the wire's own type, so what the server decides is what the agent reads.
+pub use gpucloud_api::Desired;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DesiredInstance {
@@ -114,7 +111,7 @@ impl AgentApi for App {
             None => self.store.record_heartbeat(node, now).await?,
             // The current epoch stays out of the answer: it would let a caller forge a current beat.
             Some(epoch) if current.epoch != epoch => {
-                return Err(AppError::Conflict(format!(
+                return Err(AppError::Fenced(format!(
                     "fenced: node {node} was registered again; this agent must stop and re-register"
                 )));
             }
@@ -442,7 +439,7 @@ impl App {
     ) -> Result<(), AppError> {
         let current = self.agent_node(by, node).await?;
         if current.epoch != epoch {
-            return Err(AppError::Conflict(format!("fenced: node {node} was registered again")));
+            return Err(AppError::Fenced(format!("fenced: node {node} was registered again")));
         }
         // Only output of a workload that runs (or last ran) on this node: another node's
         // instance is refused like a missing one.

@@ -37,7 +37,7 @@ pub struct ClusterView {
     /// Members that count: those holding or waiting for GPUs, by rank.
     pub members: Vec<Instance>,
     /// ready (every rank below the target runs), resizing, or degraded (a member ended).
-    pub state: &'static str,
+    pub state: gpucloud_api::ClusterState,
     pub reason: Option<String>,
 }
 
@@ -449,7 +449,7 @@ impl App {
             let Some(policy) = c.autoscale else { continue };
             let view = self.cluster_view(c.clone()).await?;
             let utils: Vec<f64> = view.members.iter().filter_map(|m| utilization.get(&m.id).copied()).collect();
-            if view.state != "ready" || utils.is_empty() {
+            if view.state != gpucloud_api::ClusterState::Ready || utils.is_empty() {
                 continue;
             }
             let mean = utils.iter().sum::<f64>() / utils.len() as f64;
@@ -526,18 +526,18 @@ impl App {
         let waiting: Vec<&Instance> =
             members.iter().filter(in_target).filter(|m| m.state == InstanceState::Pending).collect();
         let (state, reason) = if running == cluster.target_nodes && members.len() as u32 == cluster.target_nodes {
-            ("ready", None)
+            (gpucloud_api::ClusterState::Ready, None)
         } else if !waiting.is_empty() {
-            ("resizing", waiting.iter().find_map(|m| m.pending_reason.clone()))
+            (gpucloud_api::ClusterState::Resizing, waiting.iter().find_map(|m| m.pending_reason.clone()))
         } else if (members.iter().filter(in_target).count() as u32) < cluster.target_nodes {
             let why = if cluster.replicas_in.is_empty() {
                 "a member ended; resize to launch it again"
             } else {
                 "a member ended; it is launched again (after 1 s, doubling with each end in 10 min)"
             };
-            ("degraded", Some(why.to_string()))
+            (gpucloud_api::ClusterState::Degraded, Some(why.to_string()))
         } else {
-            ("resizing", None)
+            (gpucloud_api::ClusterState::Resizing, None)
         };
         Ok(ClusterView { cluster, members, state, reason })
     }
@@ -593,7 +593,7 @@ impl App {
                 .map(|m| gpucloud_api::AgentClusterMember {
                     rank: rank_of(m),
                     instance: m.id.to_string(),
-                    state: m.state.to_string(),
+                    state: m.state.into(),
                     address: address_of(&m.node_id),
                 })
                 .collect(),

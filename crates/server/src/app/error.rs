@@ -18,6 +18,9 @@ pub enum AppError {
     Illegal(#[from] IllegalTransition),
     #[error("{0}")]
     Conflict(String),
+    /// An agent's registration was replaced: it must stop its workloads and register again.
+    #[error("{0}")]
+    Fenced(String),
     /// The tenant cannot pay for this (empty prepaid balance, spent budget).
     #[error("{0}")]
     PaymentRequired(String),

@@ -61,16 +61,8 @@ pub fn resolve_share(
     memory_mib: Option<u64>,
     mig: Option<&str>,
 ) -> Result<Option<GpuShare>, AppError> {
-    let share = GpuShare::resolve(model, percent, memory_mib, mig).map_err(|e| {
-        let field = if mig.is_some() {
-            "mig"
-        } else if e.starts_with("gpu_memory") {
-            "gpu_memory_mib"
-        } else {
-            "gpu_share"
-        };
-        AppError::invalid(field, e)
-    })?;
+    let share =
+        GpuShare::resolve(model, percent, memory_mib, mig).map_err(|e| AppError::invalid(e.field, e.message))?;
     if share.is_some() && count != 1 {
         return Err(AppError::invalid("count", format!("a slice is part of one GPU: count must be 1, got {count}")));
     }

@@ -340,15 +340,7 @@ impl App {
                 largest_node,
             });
         }
-        gpucloud_billing::recommend::recommend(workload, params_billion, hours, &offers).map_err(|e| {
-            let field = if e.starts_with("hours") {
-                "hours"
-            } else if e.starts_with("model parameters") || e.starts_with("no GPU model") {
-                "params"
-            } else {
-                "workload"
-            };
-            AppError::invalid(field, e)
-        })
+        gpucloud_billing::recommend::recommend(workload, params_billion, hours, &offers)
+            .map_err(|e| AppError::invalid(e.field, e.message))
     }
 }

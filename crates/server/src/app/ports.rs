@@ -54,7 +54,7 @@ impl App {
         let (ingress_port, secret) = self.store.node_ingress(&node_id).await?.ok_or_else(unreachable)?;
         let secret = gpucloud_model::hex::decode(&secret).ok_or_else(unreachable)?;
         let expires = self.now().0 + TUNNEL_VALIDITY_MS;
-        let mac = gpucloud_agent::ingress::signature(&secret, id, port, expires);
+        let mac = gpucloud_node::ingress::signature(&secret, id, port, expires);
         let host = node.reached_at().trim_start_matches('[').trim_end_matches(']').to_string();
         let gone = |e: std::io::Error| AppError::BadGateway(format!("cannot reach the node of instance {id}: {e}"));
         let connect = tokio::net::TcpStream::connect((host.as_str(), ingress_port));

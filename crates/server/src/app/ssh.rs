@@ -4,8 +4,8 @@
 //! key added or removed counts from the next beat. Only public keys are ever sent here.
 
 use super::{App, AppError, Principal};
-use gpucloud_agent::ssh::AuthorizedKey;
 use gpucloud_model::{InstanceState, NodeId, TenantId};
+use gpucloud_node::ssh_key::AuthorizedKey;
 use gpucloud_store::SshKeyRow;
 use std::collections::HashMap;
 

@@ -8,7 +8,7 @@ use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use gpucloud_api::{ApiKeyCreated, Problem, rfc3339};
+use gpucloud_api::{ApiKeyCreated, KeyScope, Problem, rfc3339};
 use std::sync::Arc;
 
 fn info(k: gpucloud_store::ApiKey) -> gpucloud_api::ApiKeyInfo {
@@ -16,7 +16,11 @@ fn info(k: gpucloud_store::ApiKey) -> gpucloud_api::ApiKeyInfo {
         id: k.id.to_string(),
         prefix: k.prefix,
         name: k.name,
-        scope: k.scope.as_str().to_string(),
+        scope: match k.scope {
+            gpucloud_store::KeyScope::Admin => KeyScope::Admin,
+            gpucloud_store::KeyScope::ReadOnly => KeyScope::ReadOnly,
+            gpucloud_store::KeyScope::Agent => KeyScope::Agent,
+        },
         created_at: rfc3339(k.created_at),
         revoked_at: k.revoked_at.map(rfc3339),
         node: k.node,
@@ -32,8 +36,9 @@ pub async fn create(
     Auth(p): Auth,
     ApiJson(req): ApiJson<gpucloud_api::CreateKeyRequest>,
 ) -> Result<(StatusCode, Json<ApiKeyCreated>), ApiError> {
-    let key =
-        app.create_member_key(&p, &req.name, req.scope.as_deref().unwrap_or("admin"), req.node.as_deref()).await?;
+    let key = app
+        .create_member_key(&p, &req.name, req.scope.unwrap_or(KeyScope::Admin).as_str(), req.node.as_deref())
+        .await?;
     Ok((StatusCode::CREATED, Json(convert::new_key(key))))
 }
 

@@ -4,14 +4,14 @@
 
 use super::error::ApiError;
 use super::extract::{ApiJson, Auth};
-use crate::app::{AgentApi, AgentReport, App, AppError, Desired};
+use crate::app::{AgentApi, AgentReport, App, AppError};
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use gpucloud_api::{
     AgentDesired, AgentHeartbeat, AgentLogs, AgentRegistered, AgentSlice, AgentWorkload, InstanceLogs, LogChunk,
-    Problem, RegisterAgentRequest, rfc3339,
+    Problem, RegisterAgentRequest, WorkloadState, rfc3339,
 };
 use gpucloud_model::{AgentObservation, InstanceId, NodeId};
 use serde::Deserialize;
@@ -73,24 +73,23 @@ pub async fn heartbeat(
     let mut published = Vec::new();
     for r in req.instances {
         let id = InstanceId::parse(&r.id).map_err(|e| bad("instances", &e.to_string()))?;
-        let seen = match (r.state.as_str(), r.exit_code) {
-            ("running", _) => AgentObservation::Running,
-            ("stopped", code) => AgentObservation::Stopped { exit_code: code },
-            ("failed", code) => AgentObservation::Failed { exit_code: code.unwrap_or(-1) },
-            ("preparing", _) => {
+        let seen = match (r.state, r.exit_code) {
+            (WorkloadState::Running, _) => AgentObservation::Running,
+            (WorkloadState::Stopped, code) => AgentObservation::Stopped { exit_code: code },
+            (WorkloadState::Failed, code) => AgentObservation::Failed { exit_code: code.unwrap_or(-1) },
+            (WorkloadState::Preparing, _) => {
                 let progress: String =
                     r.progress.unwrap_or_default().chars().filter(|c| !c.is_control()).take(200).collect();
                 preparing.push((id, if progress.is_empty() { "preparing".to_string() } else { progress }));
                 continue;
             }
-            _ => return Err(bad("instances", "state is preparing, running, stopped or failed")),
         };
         if r.published.len() > gpucloud_model::workload::MAX_PORTS
             || r.published.iter().any(|p| p.port == 0 || p.host_port == 0)
         {
             return Err(bad("instances", "at most 8 published ports, each 1 to 65535"));
         }
-        if r.state == "running" {
+        if r.state == WorkloadState::Running {
             published.push((id.clone(), r.published.iter().map(|p| (p.port, p.host_port)).collect()));
         }
         if let Some(path) = r.checkpoint.filter(|p| !p.is_empty()) {
@@ -101,7 +100,7 @@ pub async fn heartbeat(
         }
         match r.port {
             Some(0) => return Err(bad("instances", "a workload's port is 1 to 65535")),
-            Some(p) if r.state == "running" => ports.push((id.clone(), p)),
+            Some(p) if r.state == WorkloadState::Running => ports.push((id.clone(), p)),
             _ => {}
         }
         instances.push((id, seen, r.reason.filter(|r| !r.is_empty()).map(|r| r.chars().take(500).collect())));
@@ -178,7 +177,7 @@ pub async fn heartbeat(
         .into_iter()
         .map(|d| AgentWorkload {
             id: d.id.to_string(),
-            desired: if d.desired == Desired::Run { "run" } else { "stop" }.to_string(),
+            desired: d.desired,
             gpus: d.gpus,
             gpu_uuids: d.gpu_uuids,
             command: d.command,

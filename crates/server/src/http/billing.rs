@@ -25,7 +25,7 @@ fn price(p: gpucloud_store::PriceRow) -> Price {
     Price {
         gpu: p.model.to_string(),
         region: p.region.to_string(),
-        tier: p.tier.to_string(),
+        tier: p.tier.into(),
         price_per_gpu_hour: p.point.per_gpu_hour,
         effective_from: rfc3339(p.point.effective_from),
     }
@@ -63,12 +63,7 @@ pub async fn set_price(
     Auth(p): Auth,
     ApiJson(req): ApiJson<SetPriceRequest>,
 ) -> Result<(StatusCode, Json<Price>), ApiError> {
-    let tier: Tier = req
-        .tier
-        .as_deref()
-        .unwrap_or("on-demand")
-        .parse()
-        .map_err(|_| invalid("tier", "tier is on-demand, spot, reserved or warm"))?;
+    let tier: Tier = req.tier.map_or(Tier::OnDemand, Into::into);
     let from = match req.effective_from.as_deref() {
         Some(s) => {
             Some(parse_time(s).ok_or_else(|| invalid("effective_from", "effective_from must be an RFC 3339 time"))?)
@@ -106,7 +101,7 @@ pub async fn quote(
     ApiJson(req): ApiJson<QuoteRequest>,
 ) -> Result<Json<QuoteList>, ApiError> {
     let share = crate::app::resolve_share(req.gpu, req.count, req.gpu_share, req.gpu_memory_mib, req.mig.as_deref())?;
-    let tier = super::instances::parse_tier(req.tier.as_deref())?;
+    let tier = super::instances::parse_tier(req.tier)?;
     let duration = req.duration_seconds.unwrap_or(3600);
     let quotes = app.quote(req.gpu, req.count, share, req.region, duration, tier, req.max_price_per_gpu_hour).await?;
     let quotes = quotes
@@ -122,7 +117,7 @@ pub async fn quote(
                 }
             }),
             region: q.region.to_string(),
-            tier: q.tier.to_string(),
+            tier: q.tier.into(),
             price_per_hour: q.per_hour,
             duration_seconds: q.duration_s,
             billable_seconds: q.charge.seconds,
@@ -330,7 +325,10 @@ fn budget(
     gpucloud_api::Budget {
         monthly_limit: b.monthly_budget,
         thresholds: b.thresholds,
-        action: b.action.as_str().to_string(),
+        action: match b.action {
+            gpucloud_store::BudgetAction::Notify => gpucloud_api::BudgetAction::Notify,
+            gpucloud_store::BudgetAction::CheckpointAndStop => gpucloud_api::BudgetAction::CheckpointAndStop,
+        },
         webhook_url: b.webhook_url,
         webhook_secret: b.webhook_secret.filter(|_| show_secret),
         prepaid: b.prepaid,
@@ -355,7 +353,14 @@ pub async fn set_budget(
     Auth(p): Auth,
     ApiJson(req): ApiJson<gpucloud_api::BudgetRequest>,
 ) -> Result<Json<gpucloud_api::Budget>, ApiError> {
-    app.set_budget(&p, req.monthly_limit, req.thresholds, req.action.as_deref(), req.webhook_url).await?;
+    app.set_budget(
+        &p,
+        req.monthly_limit,
+        req.thresholds,
+        req.action.map(gpucloud_api::BudgetAction::as_str),
+        req.webhook_url,
+    )
+    .await?;
     let (b, used) = app.tenant_billing(&p).await?;
     Ok(Json(budget(Some(&p), b, used)))
 }

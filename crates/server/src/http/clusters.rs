@@ -25,8 +25,8 @@ fn view(v: ClusterView) -> Cluster {
         min_nodes: c.min_nodes,
         max_nodes: c.max_nodes,
         nodes: c.target_nodes,
-        tier: c.tier.to_string(),
-        state: v.state.to_string(),
+        tier: c.tier.into(),
+        state: v.state,
         reason: v.reason,
         members: v
             .members
@@ -34,7 +34,7 @@ fn view(v: ClusterView) -> Cluster {
             .map(|m| ClusterMember {
                 rank: m.sale.cluster.as_ref().map_or(0, |(_, r)| *r),
                 instance: m.id.to_string(),
-                state: m.state.to_string(),
+                state: m.state.into(),
                 node: m.node_id.map(|n| n.to_string()),
                 pending_reason: m.pending_reason.filter(|_| m.state == gpucloud_model::InstanceState::Pending),
                 leaving_at: m.notice.and_then(|n| n.deadline).map(rfc3339),
@@ -64,7 +64,7 @@ pub async fn create(
     Auth(p): Auth,
     ApiJson(req): ApiJson<CreateClusterRequest>,
 ) -> Result<(StatusCode, Json<Cluster>), ApiError> {
-    let tier = super::instances::parse_tier(req.tier.as_deref())?;
+    let tier = super::instances::parse_tier(req.tier)?;
     let v = app
         .create_cluster(
             &p,

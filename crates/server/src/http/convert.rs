@@ -24,15 +24,7 @@ pub fn instance(i: store::Instance, base: &str) -> api::Instance {
                     }
                 }
             };
-            api::InstancePort {
-                port: p.port,
-                protocol: match p.protocol {
-                    gpucloud_model::PortProtocol::Http => "http",
-                    gpucloud_model::PortProtocol::Tcp => "tcp",
-                }
-                .to_string(),
-                url,
-            }
+            api::InstancePort { port: p.port, protocol: p.protocol.into(), url }
         })
         .collect();
     api::Instance {
@@ -43,7 +35,7 @@ pub fn instance(i: store::Instance, base: &str) -> api::Instance {
         progress: i.progress.clone().filter(|_| i.state == gpucloud_model::InstanceState::Provisioning),
         id: i.id.to_string(),
         name: i.name,
-        state: i.state.to_string(),
+        state: i.state.into(),
         stop_target: i.stop_target.map(|t| t.to_string()),
         gpu: i.model.to_string(),
         count: i.count,
@@ -61,7 +53,7 @@ pub fn instance(i: store::Instance, base: &str) -> api::Instance {
         placed: i.placement_note,
         created_at: rfc3339(i.created_at),
         updated_at: rfc3339(i.updated_at),
-        tier: i.sale.tier.to_string(),
+        tier: i.sale.tier.into(),
         max_price_per_gpu_hour: i.sale.max_price,
         preemption: i.notice.map(|n| api::PreemptionNotice {
             given_at: rfc3339(n.given_at),
@@ -101,11 +93,12 @@ pub fn node_with(n: store::Node, readings: Option<&[crate::app::GpuReading]>) ->
         id: n.id.to_string(),
         name: n.name,
         region: n.region.to_string(),
-        state: n.state.to_string(),
-        health: if n.health == gpucloud_model::NodeHealth::Healthy && n.gpus.iter().any(|g| !g.healthy) {
-            "degraded".to_string()
-        } else {
-            n.health.to_string()
+        state: n.state.into(),
+        health: match n.health {
+            gpucloud_model::NodeHealth::Healthy if n.gpus.iter().any(|g| !g.healthy) => api::NodeHealth::Degraded,
+            gpucloud_model::NodeHealth::Healthy => api::NodeHealth::Healthy,
+            gpucloud_model::NodeHealth::Unhealthy => api::NodeHealth::Unhealthy,
+            gpucloud_model::NodeHealth::Lost => api::NodeHealth::Lost,
         },
         driver: n.driver.as_str().to_string(),
         epoch: n.epoch,
@@ -146,7 +139,7 @@ pub fn tenant(t: store::Tenant) -> api::Tenant {
     api::Tenant {
         id: t.id.to_string(),
         name: t.name,
-        role: t.role.to_string(),
+        role: t.role.into(),
         created_at: rfc3339(t.created_at),
         billing: None,
     }

@@ -53,6 +53,7 @@ impl From<AppError> for ApiError {
                 ..ApiError::new(S::CONFLICT, "illegal_transition", detail)
             },
             AppError::Conflict(_) => ApiError::new(S::CONFLICT, "conflict", detail),
+            AppError::Fenced(_) => ApiError::new(S::CONFLICT, "fenced", detail),
             AppError::PaymentRequired(_) => ApiError::new(S::PAYMENT_REQUIRED, "payment_required", detail),
             AppError::Contended(_) => ApiError::new(S::SERVICE_UNAVAILABLE, "contended", detail),
             AppError::BadGateway(_) => ApiError::new(S::BAD_GATEWAY, "bad_gateway", detail),

@@ -31,7 +31,7 @@ pub async fn create(
         gpu_share: req.gpu_share,
         gpu_memory_mib: req.gpu_memory_mib,
         mig: req.mig,
-        tier: parse_tier(req.tier.as_deref())?,
+        tier: parse_tier(req.tier)?,
         max_price: req.max_price_per_gpu_hour,
         image: req.image,
         env: req.env,
@@ -149,16 +149,9 @@ pub async fn events(
     Ok(Json(gpucloud_api::InstanceHistory { events, next }))
 }
 
-pub(super) fn parse_tier(tier: Option<&str>) -> Result<gpucloud_model::Tier, ApiError> {
-    match tier {
-        None => Ok(gpucloud_model::Tier::OnDemand),
-        Some(t) => t.parse().map_err(|_| {
-            ApiError::from(crate::app::AppError::Invalid {
-                field: "tier".into(),
-                detail: format!("unknown tier '{t}': on-demand, spot or reserved"),
-            })
-        }),
-    }
+/// The tier asked for, on-demand when none is named (serde has refused any other text).
+pub(super) fn parse_tier(tier: Option<gpucloud_api::Tier>) -> Result<gpucloud_model::Tier, ApiError> {
+    Ok(tier.map_or(gpucloud_model::Tier::OnDemand, Into::into))
 }
 
 #[derive(Debug, serde::Deserialize, utoipa::IntoParams)]

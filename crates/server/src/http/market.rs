@@ -90,10 +90,10 @@ pub fn job(v: JobView) -> Job {
             attempt: i.sale.job.as_ref().map_or(0, |(_, a)| *a),
             resumed_from: i.sale.env.iter().find(|(k, _)| k == "GPUCLOUD_RESUME_FROM").map(|(_, v)| v.clone()),
             instance: i.id.to_string(),
-            tier: i.sale.tier.to_string(),
+            tier: i.sale.tier.into(),
             gpu: i.model.to_string(),
             region: i.region.map(|r| r.to_string()),
-            state: i.state.to_string(),
+            state: i.state.into(),
             exit_code: i.exit_code,
             reason: i
                 .status_reason
@@ -106,13 +106,22 @@ pub fn job(v: JobView) -> Job {
         .collect();
     // A running job whose current attempt waits for GPUs is pending, and says why.
     let latest = history.iter().max_by_key(|a| a.attempt);
-    let waiting = v.job.state == gpucloud_store::JobState::Running && latest.is_some_and(|a| a.state == "pending");
+    let waiting = v.job.state == gpucloud_store::JobState::Running
+        && latest.is_some_and(|a| a.state == gpucloud_api::InstanceState::Pending);
     let (state, reason) = match latest {
         Some(a) if waiting => (
-            "pending".to_string(),
+            gpucloud_api::JobState::Pending,
             Some(format!("attempt {} waits for GPUs: {}", a.attempt, a.reason.as_deref().unwrap_or("not placed yet"))),
         ),
-        _ => (v.job.state.as_str().to_string(), v.job.reason),
+        _ => (
+            match v.job.state {
+                gpucloud_store::JobState::Running => gpucloud_api::JobState::Running,
+                gpucloud_store::JobState::Succeeded => gpucloud_api::JobState::Succeeded,
+                gpucloud_store::JobState::Failed => gpucloud_api::JobState::Failed,
+                gpucloud_store::JobState::Cancelled => gpucloud_api::JobState::Cancelled,
+            },
+            v.job.reason,
+        ),
     };
     Job {
         id: v.job.id.to_string(),

@@ -119,7 +119,7 @@ pub async fn recommend(
         gpu: c.gpu,
         region: c.region,
         count: c.count,
-        tier: c.tier,
+        tier: c.tier.into(),
         per_hour: c.per_hour,
         hours: c.hours,
         estimated_cost: c.estimated_cost,

@@ -26,7 +26,7 @@ fn view(p: gpucloud_store::WarmPool, members: Vec<gpucloud_store::Instance>) -> 
         ready: members.iter().filter(|m| m.state == gpucloud_model::InstanceState::Running).count() as u32,
         members: members
             .into_iter()
-            .map(|m| PoolMember { instance: m.id.to_string(), state: m.state.to_string() })
+            .map(|m| PoolMember { instance: m.id.to_string(), state: m.state.into() })
             .collect(),
         schedule: p.schedule,
     }

@@ -17,7 +17,11 @@ async fn info(app: &App, v: gpucloud_store::VolumeRow) -> Result<Volume, ApiErro
     let per_hour = app.volume_price_per_hour(&v).await?;
     Ok(Volume {
         id: v.id.to_string(),
-        state: if v.attached_to.is_some() { "in-use" } else { "available" }.to_string(),
+        state: if v.attached_to.is_some() {
+            gpucloud_api::VolumeState::InUse
+        } else {
+            gpucloud_api::VolumeState::Available
+        },
         attached_to: v.attached_to.map(|i| i.to_string()),
         placed: v.node_id.is_some(),
         name: v.name,

@@ -2,8 +2,8 @@
 //! crash, is the same as running it once.
 
 use crate::app::{AgentApi, App, FakeAgents};
-use gpucloud_agent::gpu::GpuInfo;
 use gpucloud_model::NodeId;
+use gpucloud_node::gpu::GpuInfo;
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;

@@ -9,6 +9,22 @@ Two halves:
 """
 
 from .client import ApiError, Client, Cluster, ClusterMember, Instance, Job, JobAttempt, SpotPrices
+from .enums import (
+    BudgetAction,
+    ClusterState,
+    Desired,
+    InstanceState,
+    JobState,
+    KeyScope,
+    NodeHealth,
+    NodeState,
+    PortProtocol,
+    Role,
+    Tier,
+    VolumeState,
+    WireEnum,
+    WorkloadState,
+)
 from .workload import (
     Notice,
     PreemptionWatcher,
@@ -22,6 +38,20 @@ from .workload import (
 )
 
 __all__ = [
+    "BudgetAction",
+    "ClusterState",
+    "Desired",
+    "InstanceState",
+    "JobState",
+    "KeyScope",
+    "NodeHealth",
+    "NodeState",
+    "PortProtocol",
+    "Role",
+    "Tier",
+    "VolumeState",
+    "WireEnum",
+    "WorkloadState",
     "ApiError",
     "Client",
     "Cluster",

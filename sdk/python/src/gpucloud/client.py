@@ -14,6 +14,8 @@ from urllib.parse import quote
 
 import httpx
 
+from .enums import ClusterState, InstanceState, JobState, Tier
+
 
 class ApiError(Exception):
     """A problem document from the server (RFC 9457): status, stable code, the field at fault."""
@@ -30,10 +32,10 @@ class ApiError(Exception):
 class Instance:
     id: str
     name: str
-    state: str
+    state: InstanceState
     gpu: str
     count: int
-    tier: str
+    tier: Tier
     region: Optional[str]
     node: Optional[str]
     gpus: List[int]
@@ -67,10 +69,10 @@ class Instance:
         return cls(
             id=v["id"],
             name=v["name"],
-            state=v["state"],
+            state=InstanceState.parse(v["state"]),
             gpu=v["gpu"],
             count=v["count"],
-            tier=v.get("tier", "on-demand"),
+            tier=Tier.parse(v.get("tier", "on-demand")),
             region=v.get("region"),
             requested_region=v.get("requested_region"),
             node=v.get("node"),
@@ -100,10 +102,10 @@ class Instance:
 class JobAttempt:
     attempt: int
     instance: str
-    tier: str
+    tier: Tier
     gpu: str
     region: Optional[str]
-    state: str
+    state: InstanceState
     cost: Decimal
     billed_seconds: int
     reason: Optional[str] = None
@@ -114,7 +116,7 @@ class JobAttempt:
 class Job:
     id: str
     name: str
-    state: str
+    state: JobState
     attempts: int
     restarts: int
     cost: Decimal
@@ -127,7 +129,7 @@ class Job:
         return cls(
             id=v["id"],
             name=v["name"],
-            state=v["state"],
+            state=JobState.parse(v["state"]),
             attempts=v["attempts"],
             restarts=v["restarts"],
             cost=Decimal(v["cost"]),
@@ -137,10 +139,10 @@ class Job:
                 JobAttempt(
                     attempt=a["attempt"],
                     instance=a["instance"],
-                    tier=a["tier"],
+                    tier=Tier.parse(a["tier"]),
                     gpu=a["gpu"],
                     region=a.get("region"),
-                    state=a["state"],
+                    state=InstanceState.parse(a["state"]),
                     cost=Decimal(a["cost"]),
                     billed_seconds=a["billed_seconds"],
                     reason=a.get("reason"),
@@ -317,7 +319,7 @@ class Spot(_Resource):
 class ClusterMember:
     rank: int
     instance: str
-    state: str
+    state: InstanceState
     node: Optional[str] = None
     pending_reason: Optional[str] = None
     leaving_at: Optional[str] = None
@@ -328,7 +330,7 @@ class ClusterMember:
 class Cluster:
     id: str
     name: str
-    state: str
+    state: ClusterState
     nodes: int
     min_nodes: int
     max_nodes: int
@@ -341,14 +343,14 @@ class Cluster:
 
     @property
     def running(self) -> int:
-        return sum(1 for m in self.members if m.state == "running")
+        return sum(1 for m in self.members if m.state == InstanceState.RUNNING)
 
     @classmethod
     def from_json(cls, v: Dict[str, Any]) -> "Cluster":
         return cls(
             id=v["id"],
             name=v["name"],
-            state=v["state"],
+            state=ClusterState.parse(v["state"]),
             nodes=v["nodes"],
             min_nodes=v["min_nodes"],
             max_nodes=v["max_nodes"],
@@ -361,7 +363,7 @@ class Cluster:
                 ClusterMember(
                     rank=m["rank"],
                     instance=m["instance"],
-                    state=m["state"],
+                    state=InstanceState.parse(m["state"]),
                     node=m.get("node"),
                     pending_reason=m.get("pending_reason"),
                     leaving_at=m.get("leaving_at"),

@@ -1,6 +1,12 @@
-//! A small blocking HTTP client over the API types. Errors carry the server's problem document.
+//! The one client of the gpucloud API: blocking, over the wire types of `gpucloud-api`, with TLS
+//! (the system's roots or a named CA file), replica failover that never sends a request twice,
+//! and errors that carry the server's problem document. The CLI, the agent, the benches and the
+//! end-to-end test harnesses all speak to a server through it.
 
-use gpucloud_api::Problem;
+pub mod agent_api;
+pub mod tls;
+
+use gpucloud_api::{self as api, Problem};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::time::Duration;
@@ -17,7 +23,7 @@ pub struct Client {
 type Resp = ureq::http::Response<ureq::Body>;
 
 /// The request never left: sending it to another replica or backend cannot do anything twice.
-pub(crate) fn not_sent(e: &ureq::Error) -> bool {
+pub fn not_sent(e: &ureq::Error) -> bool {
     match e {
         ureq::Error::ConnectionFailed | ureq::Error::HostNotFound => true,
         ureq::Error::Io(io) => io.kind() == std::io::ErrorKind::ConnectionRefused,
@@ -36,6 +42,24 @@ pub fn encode_query(v: &str) -> String {
         .collect()
 }
 
+/// What a user may do to an instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InstanceAction {
+    Start,
+    Stop,
+    Terminate,
+}
+
+impl InstanceAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InstanceAction::Start => "start",
+            InstanceAction::Stop => "stop",
+            InstanceAction::Terminate => "terminate",
+        }
+    }
+}
+
 #[derive(Debug)]
 pub enum ClientError {
     /// The server answered with a problem document.
@@ -43,6 +67,18 @@ pub enum ClientError {
     /// The server could not be reached, or answered something that is not the API.
     Transport(String),
 }
+
+impl ClientError {
+    /// The problem document, when the server answered with one.
+    pub fn problem(&self) -> Option<&Problem> {
+        match self {
+            ClientError::Api(p) => Some(p),
+            ClientError::Transport(_) => None,
+        }
+    }
+}
+
+impl std::error::Error for ClientError {}
 
 impl std::fmt::Display for ClientError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -59,14 +95,28 @@ impl std::fmt::Display for ClientError {
     }
 }
 
+/// The HTTP agent every client here is built on: answers of any status are read, not raised (a
+/// problem document is the API's answer too); `timeout` bounds a whole call, `connect` only its
+/// connection (a replica that hangs should not hold the caller for the whole timeout).
+pub fn http_agent(tls: ureq::tls::TlsConfig, timeout: Duration, connect: Option<Duration>) -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .tls_config(tls)
+        .http_status_as_error(false)
+        .timeout_global(Some(timeout))
+        .timeout_connect(connect)
+        .build()
+        .into()
+}
+
+/// An agent for plain-HTTP calls to a local server (tests, benches): the defaults of
+/// [`http_agent`] with the system's roots.
+pub fn local_agent(timeout: Duration) -> ureq::Agent {
+    http_agent(ureq::tls::TlsConfig::default(), timeout, None)
+}
+
 impl Client {
     pub fn new(base: &str, key: Option<String>, tls: ureq::tls::TlsConfig) -> Client {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .tls_config(tls)
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(30)))
-            .build()
-            .into();
+        let agent = http_agent(tls, Duration::from_secs(30), None);
         let bases =
             base.split(',').map(|b| b.trim().trim_end_matches('/').to_string()).filter(|b| !b.is_empty()).collect();
         Client { bases, key, agent }
@@ -187,6 +237,38 @@ impl Client {
             }
             req.header("Content-Type", "application/json").send(&json[..])
         }))
+    }
+
+    // Typed calls for the routes every caller uses; the generic verbs above serve the rest.
+
+    /// `POST /v1/instances`. With an idempotency key a retry after a lost answer gets the first
+    /// instance back instead of a second one.
+    pub fn create_instance(
+        &self,
+        req: &api::CreateInstanceRequest,
+        idempotency_key: Option<&str>,
+    ) -> Result<api::Instance, ClientError> {
+        self.post("/v1/instances", Some(req), idempotency_key)
+    }
+
+    /// `GET /v1/instances/{id}`.
+    pub fn instance(&self, id: &str) -> Result<api::Instance, ClientError> {
+        self.get(&format!("/v1/instances/{}", encode_query(id)))
+    }
+
+    /// `GET /v1/instances`, every page.
+    pub fn instances(&self) -> Result<Vec<api::Instance>, ClientError> {
+        Ok(self.get_all::<api::InstanceList>("/v1/instances", "instances")?.instances)
+    }
+
+    /// `POST /v1/instances/{id}/{action}`: start, stop or terminate.
+    pub fn instance_action(&self, id: &str, action: InstanceAction) -> Result<api::Instance, ClientError> {
+        self.post::<(), _>(&format!("/v1/instances/{}/{}", encode_query(id), action.as_str()), None, None)
+    }
+
+    /// `GET /v1/whoami`.
+    pub fn whoami(&self) -> Result<api::WhoAmI, ClientError> {
+        self.get("/v1/whoami")
     }
 
     fn finish<T: DeserializeOwned>(&self, resp: Result<Resp, ClientError>) -> Result<T, ClientError> {

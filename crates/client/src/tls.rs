@@ -2,7 +2,8 @@
 //! when they refuse to call it in clear.
 
 use std::path::Path;
-use ureq::tls::{PemItem, RootCerts, TlsConfig};
+pub use ureq::tls::TlsConfig;
+use ureq::tls::{PemItem, RootCerts};
 
 /// The system's trusted roots, or only the certificates in `ca_file` (PEM) when one is given:
 /// a private CA is trusted by naming its file, as curl's `--cacert` does.

@@ -1,4 +1,5 @@
-//! The agent's HTTP client for the agent API.
+//! The agent protocol's client: registration, heartbeats and log chunks, sent to the replica in
+//! use and on to the next when it cannot be reached.
 
 use gpucloud_api::{
     AgentDesired, AgentHeartbeat, AgentLogs, AgentRegistered, LogChunkIn, Problem, RegisterAgentRequest,
@@ -7,7 +8,10 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::time::Duration;
 
-pub struct Client {
+/// The problem code of a heartbeat from an agent whose registration was replaced.
+pub const FENCED: &str = "fenced";
+
+pub struct AgentClient {
     /// Every replica's URL; requests go to `current` and move on when it cannot be reached.
     bases: Vec<String>,
     current: std::sync::atomic::AtomicUsize,
@@ -33,21 +37,15 @@ impl std::fmt::Display for Error {
     }
 }
 
-impl Client {
+impl AgentClient {
     /// `servers`: one URL, or several replicas' separated by commas.
-    pub fn new(servers: &str, token: &str, tls: ureq::tls::TlsConfig) -> Client {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .tls_config(tls)
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(10)))
-            // A replica that is down refuses at once; one that hangs must not hold a heartbeat
-            // past the grace period.
-            .timeout_connect(Some(Duration::from_secs(2)))
-            .build()
-            .into();
+    pub fn new(servers: &str, token: &str, tls: ureq::tls::TlsConfig) -> AgentClient {
+        // A replica that is down refuses at once; one that hangs must not hold a heartbeat past
+        // the grace period.
+        let agent = crate::http_agent(tls, Duration::from_secs(10), Some(Duration::from_secs(2)));
         let bases =
             servers.split(',').map(|s| s.trim().trim_end_matches('/').to_string()).filter(|s| !s.is_empty()).collect();
-        Client { bases, current: Default::default(), auth: format!("Bearer {token}"), agent }
+        AgentClient { bases, current: Default::default(), auth: format!("Bearer {token}"), agent }
     }
 
     /// Sends to the replica in use, and on a transport error (refused, reset, timed out) to the
@@ -89,7 +87,7 @@ impl Client {
         }
         let problem = serde_json::from_str::<Problem>(&text).ok();
         let detail = problem.as_ref().map_or(text.clone(), |p| p.detail.clone());
-        if status == 409 && detail.starts_with("fenced") {
+        if status == 409 && problem.as_ref().is_some_and(|p| p.code == FENCED) {
             return Err(Error::Fenced(Fenced(detail)));
         }
         Err(Error::Other(format!("{path}: HTTP {status}: {detail}")))

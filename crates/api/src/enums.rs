@@ -1,0 +1,252 @@
+//! The closed sets of the wire: each is a string enum in JSON and in the OpenAPI document, so
+//! the server, the agent, the CLI and the SDK agree on the values by type rather than by spelling.
+//! Where the core model has the same set, `From` both ways is exhaustive: a new state in the model
+//! fails to compile here until the wire says how it is spelt.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+use utoipa::ToSchema;
+
+macro_rules! wire_enum {
+    // A set the core model also has: conversions both ways, variant for variant.
+    ($(#[$meta:meta])* $name:ident mirrors $model:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
+        wire_enum!($(#[$meta])* $name { $($variant => $text),+ });
+        impl From<gpucloud_model::$model> for $name {
+            fn from(m: gpucloud_model::$model) -> Self {
+                match m { $(gpucloud_model::$model::$variant => $name::$variant),+ }
+            }
+        }
+        impl From<$name> for gpucloud_model::$model {
+            fn from(w: $name) -> Self {
+                match w { $($name::$variant => gpucloud_model::$model::$variant),+ }
+            }
+        }
+    };
+    ($(#[$meta:meta])* $name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        // Every wire text is its variant's name in kebab case; `as_str` spells it out and the
+        // tests check the two agree. (utoipa does not see a `rename` whose text comes through
+        // this macro, so the rule is stated once, literally.)
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+        #[serde(rename_all = "kebab-case")]
+        pub enum $name {
+            $($variant),+
+        }
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text),+ }
+            }
+        }
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+        impl FromStr for $name {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, String> {
+                $name::ALL.iter().copied().find(|v| v.as_str() == s).ok_or_else(|| {
+                    let all: Vec<&str> = $name::ALL.iter().map(|v| v.as_str()).collect();
+                    format!("'{s}' is not one of {}", all.join(", "))
+                })
+            }
+        }
+    };
+}
+
+wire_enum!(
+    /// Where an instance is in its life.
+    InstanceState mirrors InstanceState {
+        Pending => "pending",
+        Provisioning => "provisioning",
+        Running => "running",
+        Stopping => "stopping",
+        Stopped => "stopped",
+        Terminated => "terminated",
+        Failed => "failed",
+        Lost => "lost",
+    }
+);
+
+wire_enum!(
+    /// How capacity is sold.
+    Tier mirrors Tier {
+        OnDemand => "on-demand",
+        Spot => "spot",
+        Reserved => "reserved",
+        Warm => "warm",
+    }
+);
+
+wire_enum!(
+    /// What the operator allows on a node.
+    NodeState mirrors NodeState {
+        Ready => "ready",
+        Cordoned => "cordoned",
+        Draining => "draining",
+    }
+);
+
+wire_enum!(
+    /// Whose key: an operator runs the fleet, a tenant rents GPUs.
+    Role mirrors Role {
+        Operator => "operator",
+        Tenant => "tenant",
+    }
+);
+
+wire_enum!(
+    /// What a key may do within its tenant's rights.
+    KeyScope {
+        Admin => "admin",
+        ReadOnly => "read-only",
+        Agent => "agent",
+    }
+);
+
+wire_enum!(
+    /// What the server wants of a workload on the agent's node.
+    Desired {
+        Run => "run",
+        Stop => "stop",
+    }
+);
+
+wire_enum!(
+    /// What an agent saw of a workload: `preparing` while its image is pulled or its volume made,
+    /// `stopped` when it is gone or exited 0, `failed` when it exited non-zero or could not start.
+    WorkloadState {
+        Preparing => "preparing",
+        Running => "running",
+        Stopped => "stopped",
+        Failed => "failed",
+    }
+);
+
+wire_enum!(
+    /// What a node's heartbeats say: `degraded` when some GPUs are out of service after a fault.
+    NodeHealth {
+        Healthy => "healthy",
+        Degraded => "degraded",
+        Unhealthy => "unhealthy",
+        Lost => "lost",
+    }
+);
+
+wire_enum!(
+    /// A managed job: `pending` while its current attempt waits for GPUs.
+    JobState {
+        Pending => "pending",
+        Running => "running",
+        Succeeded => "succeeded",
+        Failed => "failed",
+        Cancelled => "cancelled",
+    }
+);
+
+wire_enum!(
+    /// A cluster: `resizing` while members wait (all start together or none), `degraded` when
+    /// some are gone.
+    ClusterState {
+        Ready => "ready",
+        Resizing => "resizing",
+        Degraded => "degraded",
+    }
+);
+
+wire_enum!(
+    /// A volume: `in-use` while a live instance holds it.
+    VolumeState {
+        Available => "available",
+        InUse => "in-use",
+    }
+);
+
+wire_enum!(
+    /// How an exposed port is reached: `http` through the server's authenticated proxy, `tcp`
+    /// published on the node.
+    PortProtocol mirrors PortProtocol {
+        Http => "http",
+        Tcp => "tcp",
+    }
+);
+
+wire_enum!(
+    /// What a spent budget does: alert only, or stop running instances after their notice.
+    BudgetAction {
+        Notify => "notify",
+        CheckpointAndStop => "checkpoint-and-stop",
+    }
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_and_json_agree_and_round_trip() {
+        fn check<T>(all: &[T])
+        where
+            T: Copy
+                + fmt::Display
+                + FromStr<Err = String>
+                + Serialize
+                + for<'de> Deserialize<'de>
+                + PartialEq
+                + fmt::Debug
+                + utoipa::PartialSchema,
+        {
+            for v in all {
+                let text = v.to_string();
+                assert_eq!(serde_json::to_value(v).unwrap(), serde_json::Value::String(text.clone()));
+                assert_eq!(text.parse::<T>().unwrap(), *v);
+                assert_eq!(serde_json::from_value::<T>(serde_json::Value::String(text)).unwrap(), *v);
+            }
+            // The OpenAPI document lists the same texts (the SDK's enums are checked against it).
+            let schema = serde_json::to_value(T::schema()).unwrap();
+            let texts: Vec<String> = all.iter().map(|v| v.to_string()).collect();
+            assert_eq!(schema["enum"], serde_json::json!(texts), "{schema}");
+            let err = "nonsense".parse::<T>().unwrap_err();
+            assert!(err.contains(&all[0].to_string()), "{err}");
+        }
+        check(InstanceState::ALL);
+        check(Tier::ALL);
+        check(NodeState::ALL);
+        check(Role::ALL);
+        check(KeyScope::ALL);
+        check(Desired::ALL);
+        check(WorkloadState::ALL);
+        check(NodeHealth::ALL);
+        check(JobState::ALL);
+        check(ClusterState::ALL);
+        check(VolumeState::ALL);
+        check(PortProtocol::ALL);
+        check(BudgetAction::ALL);
+    }
+
+    #[test]
+    fn the_wire_spells_states_as_the_model_does() {
+        for s in gpucloud_model::InstanceState::ALL {
+            assert_eq!(InstanceState::from(s).as_str(), s.as_str());
+            assert_eq!(gpucloud_model::InstanceState::from(InstanceState::from(s)), s);
+        }
+        for t in [
+            gpucloud_model::Tier::OnDemand,
+            gpucloud_model::Tier::Spot,
+            gpucloud_model::Tier::Reserved,
+            gpucloud_model::Tier::Warm,
+        ] {
+            assert_eq!(Tier::from(t).as_str(), t.as_str());
+        }
+        for n in
+            [gpucloud_model::NodeState::Ready, gpucloud_model::NodeState::Cordoned, gpucloud_model::NodeState::Draining]
+        {
+            assert_eq!(NodeState::from(n).as_str(), n.as_str());
+        }
+        for r in [gpucloud_model::Role::Operator, gpucloud_model::Role::Tenant] {
+            assert_eq!(Role::from(r).as_str(), r.as_str());
+        }
+    }
+}

@@ -1,0 +1,137 @@
+"""The closed sets of the API as string enums, one per enum in the OpenAPI document.
+
+Each member is its wire text, so ``inst.state == "running"`` and
+``inst.state == InstanceState.RUNNING`` both hold; ``tests/test_enums.py`` checks these against
+the committed ``openapi.json``. A value this SDK does not know yet (a newer server) is kept as
+its plain text rather than refused."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Union
+
+
+class WireEnum(str, Enum):
+    """A wire enum: equal to its text, printed as its text."""
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+    @classmethod
+    def parse(cls, value: str) -> Union["WireEnum", str]:
+        try:
+            return cls(value)
+        except ValueError:
+            return value
+
+
+class InstanceState(WireEnum):
+    """Where an instance is in its life."""
+
+    PENDING = "pending"
+    PROVISIONING = "provisioning"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    TERMINATED = "terminated"
+    FAILED = "failed"
+    LOST = "lost"
+
+
+class Tier(WireEnum):
+    """How capacity is sold."""
+
+    ON_DEMAND = "on-demand"
+    SPOT = "spot"
+    RESERVED = "reserved"
+    WARM = "warm"
+
+
+class NodeState(WireEnum):
+    """What the operator allows on a node."""
+
+    READY = "ready"
+    CORDONED = "cordoned"
+    DRAINING = "draining"
+
+
+class NodeHealth(WireEnum):
+    """What a node's heartbeats say: `degraded` when some GPUs are out of service after a fault."""
+
+    HEALTHY = "healthy"
+    DEGRADED = "degraded"
+    UNHEALTHY = "unhealthy"
+    LOST = "lost"
+
+
+class Role(WireEnum):
+    """Whose key: an operator runs the fleet, a tenant rents GPUs."""
+
+    OPERATOR = "operator"
+    TENANT = "tenant"
+
+
+class KeyScope(WireEnum):
+    """What a key may do within its tenant's rights."""
+
+    ADMIN = "admin"
+    READ_ONLY = "read-only"
+    AGENT = "agent"
+
+
+class JobState(WireEnum):
+    """A managed job: `pending` while its current attempt waits for GPUs."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class ClusterState(WireEnum):
+    """A cluster: `resizing` while members wait (all start together or none), `degraded` when"""
+
+    READY = "ready"
+    RESIZING = "resizing"
+    DEGRADED = "degraded"
+
+
+class VolumeState(WireEnum):
+    """A volume: `in-use` while a live instance holds it."""
+
+    AVAILABLE = "available"
+    IN_USE = "in-use"
+
+
+class PortProtocol(WireEnum):
+    """How an exposed port is reached: `http` through the server's authenticated proxy, `tcp`"""
+
+    HTTP = "http"
+    TCP = "tcp"
+
+
+class BudgetAction(WireEnum):
+    """What a spent budget does: alert only, or stop running instances after their notice."""
+
+    NOTIFY = "notify"
+    CHECKPOINT_AND_STOP = "checkpoint-and-stop"
+
+
+class Desired(WireEnum):
+    """What the server wants of a workload on the agent's node."""
+
+    RUN = "run"
+    STOP = "stop"
+
+
+class WorkloadState(WireEnum):
+    """What an agent saw of a workload: `preparing` while its image is pulled or its volume made,"""
+
+    PREPARING = "preparing"
+    RUNNING = "running"
+    STOPPED = "stopped"
+    FAILED = "failed"
+
+
+__all__ = ["WireEnum", "InstanceState", "Tier", "NodeState", "NodeHealth", "Role", "KeyScope", "JobState", "ClusterState", "VolumeState", "PortProtocol", "BudgetAction", "Desired", "WorkloadState"]
