@@ -6,6 +6,7 @@
 mod access;
 mod billing_rows;
 mod lease;
+mod ledger;
 mod market;
 mod migrate;
 mod sql;
@@ -17,6 +18,7 @@ mod workload;
 pub use access::AccessStore;
 pub use billing_rows::year_month;
 pub use lease::LeaseStore;
+pub use ledger::LedgerStore;
 pub use market::{JobChange, MarketStore};
 pub use sql::SqlStore;
 pub use telemetry::{FleetBucket, GpuBucket, GpuSample, TelemetryStore};
@@ -26,7 +28,6 @@ pub use workload::{RegistryAuthRow, SshKeyRow, TemplateRow, WorkloadStore};
 
 use async_trait::async_trait;
 use gpucloud_model::{InstanceId, NodeId, NodeState, Region, TenantId, Timestamp};
-use std::collections::HashMap;
 use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
@@ -56,7 +57,7 @@ pub enum Backend {
 
 #[async_trait]
 pub trait Store:
-    MarketStore + TelemetryStore + LeaseStore + AccessStore + WorkloadStore + VolumeStore + Send + Sync
+    LedgerStore + MarketStore + TelemetryStore + LeaseStore + AccessStore + WorkloadStore + VolumeStore + Send + Sync
 {
     fn backend(&self) -> Backend;
 
@@ -140,79 +141,6 @@ pub trait Store:
 
     /// Every state change of an instance, oldest first.
     async fn instance_events(&self, id: &InstanceId) -> Result<Vec<InstanceEvent>>;
-
-    async fn billing_rules(&self) -> Result<gpucloud_billing::Rules>;
-    /// Applies to usage that starts from now on; running intervals keep the rules they began with.
-    async fn set_billing_rules(&self, rules: gpucloud_billing::Rules) -> Result<()>;
-    /// Adds a price point; false if one exists for the same key and time.
-    async fn add_price(&self, price: &PriceRow, at: Timestamp) -> Result<bool>;
-    async fn list_prices(&self) -> Result<Vec<PriceRow>>;
-    async fn prices_for(
-        &self,
-        model: gpucloud_model::GpuModel,
-        region: &Region,
-        tier: gpucloud_model::Tier,
-    ) -> Result<Vec<gpucloud_billing::PricePoint>>;
-
-    /// Intervals whose charge may still grow: open ones, and closed ones not yet fully charged.
-    async fn unsettled_intervals(&self) -> Result<Vec<UsageInterval>>;
-    async fn unsettled_intervals_of(&self, tenant: &TenantId) -> Result<Vec<UsageInterval>>;
-    /// Unsettled intervals that have ended: what metering settles between posting points.
-    async fn ended_unsettled_intervals(&self) -> Result<Vec<UsageInterval>>;
-    /// Up to `limit` running intervals that started before `point` and are not yet posted
-    /// through it.
-    async fn intervals_to_post(&self, point: Timestamp, limit: u32) -> Result<Vec<UsageInterval>>;
-    async fn intervals_of_tenant(&self, tenant: &TenantId) -> Result<Vec<UsageInterval>>;
-    /// Moves each interval's charge from what the caller read (`charged_seconds`, `charged`) to
-    /// its new charge, posting the difference to the ledger, all in one transaction with a
-    /// savepoint per interval. An item is false when someone else charged that interval
-    /// meanwhile (nothing of it written).
-    async fn charge_intervals(&self, items: &[ChargeItem]) -> Result<Vec<bool>>;
-
-    async fn charge_interval(
-        &self,
-        interval: &UsageInterval,
-        charge: gpucloud_billing::Charge,
-        settled: bool,
-        record: Option<&LedgerRecord>,
-    ) -> Result<bool> {
-        let item =
-            ChargeItem { interval: interval.clone(), charge, settled, record: record.cloned(), posted_through: None };
-        Ok(self.charge_intervals(std::slice::from_ref(&item)).await?.pop().unwrap_or(false))
-    }
-    /// Appends an entry; false if its idempotency key was used before (nothing written).
-    async fn post_ledger(&self, record: &LedgerRecord) -> Result<bool>;
-    /// The tenant's prepaid balance: the sum of postings to its credit account.
-    async fn balance(&self, tenant: &TenantId) -> Result<gpucloud_model::Money>;
-    /// The tenant's balance counting only entries created before `before`.
-    async fn balance_before(&self, tenant: &TenantId, before: Timestamp) -> Result<gpucloud_model::Money>;
-    /// The sum of every posting, per currency: zero when the books balance.
-    async fn ledger_totals(&self) -> Result<Vec<(String, gpucloud_model::Money)>>;
-    /// Usage posted to a tenant in a UTC month (`YYYYMM`, see `year_month`), as a positive amount.
-    async fn usage_in_month(&self, tenant: &TenantId, year_month: i64) -> Result<gpucloud_model::Money>;
-    /// Every tenant's balance and usage posted in a UTC month, in two reads: what a pass over
-    /// the whole fleet's books reads instead of two per tenant. Tenants with neither are absent.
-    async fn tenant_totals(&self, year_month: i64) -> Result<HashMap<TenantId, TenantTotals>>;
-    /// Posts many entries in one transaction (imports, benchmarks); returns how many were new.
-    async fn post_ledger_batch(&self, records: &[LedgerRecord]) -> Result<usize>;
-    /// What a billing audit needs from the ledger as a whole.
-    async fn ledger_audit(&self) -> Result<LedgerAudit>;
-    async fn ledger_lines(&self, tenant: &TenantId, from: Timestamp, to: Timestamp) -> Result<Vec<LedgerLine>>;
-
-    /// Stores a closed invoice; false if that tenant's month was closed before (nothing written).
-    async fn insert_invoice(&self, invoice: &StoredInvoice) -> Result<bool>;
-    async fn get_invoice(&self, tenant: &TenantId, month: &str) -> Result<Option<StoredInvoice>>;
-    /// Closed invoices of a tenant, oldest first.
-    async fn list_invoices(&self, tenant: &TenantId) -> Result<Vec<StoredInvoice>>;
-
-    /// A tenant's money settings; the defaults when never set.
-    async fn tenant_billing(&self, tenant: &TenantId) -> Result<TenantBilling>;
-    async fn set_tenant_billing(&self, settings: &TenantBilling) -> Result<()>;
-    /// Settings of every tenant that has a budget or is prepaid.
-    async fn guarded_tenants(&self) -> Result<Vec<TenantBilling>>;
-    /// Raises an alert; false if one with its dedupe key exists (nothing written).
-    async fn raise_alert(&self, alert: &Alert) -> Result<bool>;
-    async fn list_alerts(&self, tenant: &TenantId) -> Result<Vec<Alert>>;
 
     /// Claims `key` for a request with this `fingerprint` on behalf of server process `owner`.
     async fn idempotency_begin(
