@@ -1,10 +1,10 @@
 //! The `gpucloud` binary: the server (`serve`, `dev`), the tenant and operator CLI, and benchmarks.
 
 mod access;
-mod bench;
+use gpucloud_bench as bench;
 mod bill;
 mod commands;
-mod gateway;
+use gpucloud_gateway as gateway;
 mod market;
 mod monitor;
 mod output;
@@ -274,7 +274,7 @@ fn run_gateway(ctx: &commands::Ctx, a: GatewayArgs) -> Result<(), String> {
     } = a;
     let follow = cluster.map(|c| (c, discover_interval_ms));
     let tls = match (&tls_cert, &tls_key) {
-        (Some(cert), Some(key)) => Some(gpucloud_server::tls::acceptor(cert, key)?),
+        (Some(cert), Some(key)) => Some(gpucloud_tls::acceptor(cert, key)?),
         _ => None,
     };
     if !(1..=60_000).contains(&health_interval_ms) {

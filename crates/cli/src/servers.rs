@@ -450,7 +450,7 @@ pub fn serve(args: ServeArgs) -> Result<(), String> {
     let policy = args.policy.parse()?;
     runtime()?.block_on(async move {
         let tls = match (&args.tls_cert, &args.tls_key) {
-            (Some(cert), Some(key)) => Some(gpucloud_server::tls::acceptor(cert, key)?),
+            (Some(cert), Some(key)) => Some(gpucloud_tls::acceptor(cert, key)?),
             _ => None,
         };
         let scheme = if tls.is_some() { "https" } else { "http" };

@@ -12,15 +12,7 @@ use std::time::Instant;
 /// directory first, then from the repository this binary was built in).
 const DATA: &str = "data/alibaba-gpu-v2023/csv";
 
-/// A data file as given, or, when a relative path is not found from here, the same path under
-/// the repository the binary was built from: `gpucloud sim` works from any directory of a clone.
-pub fn data_file(path: &std::path::Path) -> PathBuf {
-    if path.exists() || path.is_absolute() {
-        return path.to_path_buf();
-    }
-    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(path);
-    if repo.exists() { repo } else { path.to_path_buf() }
-}
+pub use gpucloud_sim::report::data_file;
 
 #[derive(Subcommand)]
 pub enum SimCmd {

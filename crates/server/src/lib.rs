@@ -8,7 +8,6 @@ pub mod dev;
 pub mod fake_agent;
 pub mod http;
 pub mod tasks;
-pub mod tls;
 
 use app::{App, Config};
 use gpucloud_store::Store;
@@ -65,7 +64,7 @@ pub async fn start_with(
     let mut tasks = tasks::spawn_all(app.clone());
     let router = http::router(app.clone());
     tasks.push(tokio::spawn(async move {
-        if let Err(e) = tls::serve(listener, tls, router).await {
+        if let Err(e) = gpucloud_tls::serve(listener, tls, router).await {
             tracing::error!(error = %e, "HTTP server stopped");
         }
     }));

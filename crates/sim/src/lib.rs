@@ -6,6 +6,7 @@
 
 pub mod fgd;
 pub mod replay;
+pub mod report;
 pub mod spot;
 pub mod svg;
 pub mod trace;

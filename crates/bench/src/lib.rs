@@ -2,10 +2,10 @@
 //! synthetic fleet, beside a baseline measured in the same run: the filter-and-score-every-node
 //! loop that kube-scheduler-style schedulers run for each pod.
 
-use crate::output::table;
 use clap::Subcommand;
 use gpucloud_model::{GpuModel, InstanceId, NodeHealth, NodeId, NodeState, Region, Timestamp};
 use gpucloud_sched::{ClusterSnapshot, GpuView, NodeView, Pending, Policy, plan};
+use gpucloud_sim::report::table;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::path::PathBuf;
@@ -1119,8 +1119,8 @@ fn placer(trace: PathBuf, nodes: PathBuf, scales: Vec<usize>, seed: u64, as_json
     use gpucloud_sim::fgd::Experiment;
     use gpucloud_sim::trace::{Models, read_nodes, read_trace};
     let mut models = Models::default();
-    let base_nodes = read_nodes(&crate::sim::data_file(&nodes), &mut models)?;
-    let trace = read_trace(&crate::sim::data_file(&trace), &mut models)?;
+    let base_nodes = read_nodes(&gpucloud_sim::report::data_file(&nodes), &mut models)?;
+    let trace = read_trace(&gpucloud_sim::report::data_file(&trace), &mut models)?;
     let mut rows = Vec::new();
     let mut records = Vec::new();
     for scale in scales {
@@ -1226,7 +1226,7 @@ fn failover(rounds: u32, health_ms: u64, rate: u32, as_json: bool) -> Result<(),
     let names = ["a", "b"];
     let mut backends = [echo_backend(&exe, ports[0], names[0])?, echo_backend(&exe, ports[1], names[1])?];
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| e.to_string())?;
-    let config = crate::gateway::GatewayConfig {
+    let config = gpucloud_gateway::GatewayConfig {
         backends: ports.iter().map(|p| format!("http://127.0.0.1:{p}")).collect(),
         health_path: "/health".into(),
         health_interval: Duration::from_millis(health_ms),
@@ -1234,10 +1234,10 @@ fn failover(rounds: u32, health_ms: u64, rate: u32, as_json: bool) -> Result<(),
         connect_timeout: Duration::from_millis(100),
         tls: Default::default(),
     };
-    let gw = crate::gateway::Gateway::new(&config)?;
+    let gw = gpucloud_gateway::Gateway::new(&config)?;
     let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).map_err(|e| e.to_string())?;
     let front = format!("http://{}/", listener.local_addr().map_err(|e| e.to_string())?);
-    rt.spawn(crate::gateway::serve(gw, listener, None));
+    rt.spawn(gpucloud_gateway::serve(gw, listener, None));
 
     // The client: one request every 1/rate s; each answer's time and which backend gave it.
     let answers: Arc<Mutex<Answers>> = Arc::new(Mutex::new(Vec::new()));

@@ -330,11 +330,11 @@ pub async fn proxy(
 pub async fn serve(
     gw: Arc<Gateway>,
     listener: tokio::net::TcpListener,
-    tls: Option<gpucloud_server::tls::TlsAcceptor>,
+    tls: Option<gpucloud_tls::TlsAcceptor>,
 ) -> Result<(), String> {
     gw.spawn_health_checks();
     let app = axum::Router::new().fallback(proxy).with_state(gw);
-    gpucloud_server::tls::serve(listener, tls, app).await.map_err(|e| e.to_string())
+    gpucloud_tls::serve(listener, tls, app).await.map_err(|e| e.to_string())
 }
 
 /// A backend for the failover benchmark and tests: `GET /health` answers ok, anything else its
