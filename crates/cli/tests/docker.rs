@@ -198,6 +198,12 @@ fn a_tenant_brings_its_image_secrets_and_ports() {
     let (_, audit) = api.call(&op, "GET", "/v1/audit", None);
     assert!(!audit.to_string().contains(secret) && audit.to_string().contains("/v1/secrets/DB_PASSWORD"), "{audit}");
     assert!(!std::fs::read_to_string(&agent_log).unwrap().contains(secret));
+    // Nor in the server's log, the secrets list, the instance list or the instance's events.
+    assert!(!std::fs::read_to_string(root.join("serve.out")).unwrap().contains(secret));
+    for path in ["/v1/secrets".to_string(), "/v1/instances".to_string(), format!("/v1/instances/{id}/events")] {
+        let (status, got) = api.call(&key, "GET", &path, None);
+        assert!(status == 200 && !got.to_string().contains(secret), "{path}: {status} {got}");
+    }
 
     let (status, _) = api.call(&key, "POST", &format!("/v1/instances/{id}/terminate"), None);
     assert_eq!(status, 200);
