@@ -984,3 +984,72 @@ fn silent_and_rebooted_nodes_keep_the_users_intent_and_bill_only_what_ran() {
     let r = s.post(&key, &format!("/v1/instances/{c}/start"), None);
     assert_eq!((r.status, r.body["state"].as_str()), (200, Some("pending")), "{:?}", r.body);
 }
+
+/// A replica set's member lost with its node may still run on the cut-off agent until that agent
+/// fences itself (agent_stop_after after its last beat): the rank is replaced only then, so it
+/// never runs twice. Virtual time: the test moves the clock.
+#[test]
+fn a_replica_set_replaces_a_lost_member_only_once_its_agent_has_stopped_it() {
+    let s = TestServer::start_virtual();
+    let key = s.tenant("acme");
+    let reg = |name: &str, region: &str| {
+        let body = json!({"name": name, "region": region,
+            "gpus": [{"index": 0, "model": "L4", "uuid": format!("GPU-{name}-0")}]});
+        let r = s.post(&s.operator_key, "/v1/agent/register", Some(&body));
+        assert_eq!(r.status, 201, "{:?}", r.body);
+        (r.body["node_id"].as_str().unwrap().to_string(), r.body["epoch"].clone())
+    };
+    let (eu, eu_epoch) = reg("eu-host", "eu-1");
+    let (us, us_epoch) = reg("us-host", "us-1");
+    let body = json!({"name": "pricer", "gpu": "L4", "gpus_per_node": 1, "nodes": 2, "command": "sleep 1000",
+        "replicas_in": ["eu-1", "us-1"]});
+    let r = s.post(&key, "/v1/clusters", Some(&body));
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let members = |s: &TestServer| s.get(&key, "/v1/clusters/pricer").body["members"].as_array().unwrap().clone();
+    let member = |rank: u64| {
+        common::poll("a member of each rank", || {
+            members(&s).iter().find(|m| m["rank"] == rank).and_then(|m| m["instance"].as_str().map(str::to_string))
+        })
+    };
+    let (first, other) = (member(0), member(1));
+    desired(&s, &eu, &eu_epoch, &first);
+    desired(&s, &us, &us_epoch, &other);
+    beat(&s, &eu, &eu_epoch, json!([{"id": first, "state": "running"}]));
+    beat(&s, &us, &us_epoch, json!([{"id": other, "state": "running"}]));
+    s.wait_state(&key, &first, "running");
+
+    // eu-host goes silent; us-host keeps beating. Past the grace, rank 0 is lost.
+    for _ in 0..11 {
+        s.advance(std::time::Duration::from_secs(1));
+        beat(&s, &us, &us_epoch, json!([{"id": other, "state": "running"}]));
+    }
+    s.wait_state(&key, &first, "lost");
+    // Its agent may run it for 40 s after its last beat (grace 10 s + 30 s): no replacement yet,
+    // however many cluster passes run meanwhile.
+    for _ in 0..25 {
+        s.advance(std::time::Duration::from_secs(1));
+        beat(&s, &us, &us_epoch, json!([{"id": other, "state": "running"}]));
+    }
+    // One more cluster pass, run now and waited for.
+    let runs = |s: &TestServer| {
+        let tasks = s.get(&s.operator_key, "/v1/admin/tasks").body;
+        tasks["tasks"].as_array().unwrap().iter().find(|t| t["name"] == "clusters").unwrap()["runs"].as_u64().unwrap()
+    };
+    let before = runs(&s);
+    let kicked = s.post(&s.operator_key, "/v1/admin/tasks/clusters/run", None);
+    assert_eq!(kicked.status, 202, "{:?}", kicked.body);
+    common::poll("the kicked cluster pass", || (runs(&s) > before).then_some(()));
+    let ranks: Vec<Value> =
+        members(&s).iter().filter(|m| m["rank"] == 0 && m["instance"] != first.as_str()).cloned().collect();
+    assert!(ranks.is_empty(), "rank 0 replaced while its cut-off agent may still run it: {ranks:?}");
+
+    // Once the agent has surely stopped it, rank 0 is replaced in its region.
+    s.advance(std::time::Duration::from_secs(6));
+    let replacement = common::poll("rank 0 replaced", || {
+        members(&s)
+            .iter()
+            .find(|m| m["rank"] == 0 && m["instance"] != first.as_str())
+            .and_then(|m| m["instance"].as_str().map(str::to_string))
+    });
+    assert_eq!(s.get(&key, &format!("/v1/instances/{replacement}")).body["requested_region"], "eu-1");
+}

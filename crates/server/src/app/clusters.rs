@@ -256,6 +256,18 @@ impl App {
                     if self.now() < last.plus_millis(replica_backoff_ms(&ended, self.now())) {
                         continue;
                     }
+                    // A member lost with its node may still run on a cut-off agent until that
+                    // agent fences itself: replace it only then, so the rank never runs twice.
+                    let lost = members
+                        .iter()
+                        .filter(|m| rank_of(m) == rank && m.state == InstanceState::Lost)
+                        .max_by_key(|m| m.updated_at);
+                    if let Some(lost) = lost
+                        && let Some(fenced) = self.fenced_at(lost).await?
+                        && self.now() < fenced
+                    {
+                        continue;
+                    }
                     // One key per replacement: replicas computing the same pass insert it once.
                     key = format!("{key}:{}", ended.len());
                 }
