@@ -5,6 +5,7 @@
 
 mod access;
 mod billing_rows;
+mod groups;
 mod lease;
 mod ledger;
 mod market;
@@ -17,6 +18,7 @@ mod workload;
 
 pub use access::AccessStore;
 pub use billing_rows::year_month;
+pub use groups::GroupStore;
 pub use lease::LeaseStore;
 pub use ledger::LedgerStore;
 pub use market::{JobChange, MarketStore};
@@ -57,7 +59,16 @@ pub enum Backend {
 
 #[async_trait]
 pub trait Store:
-    LedgerStore + MarketStore + TelemetryStore + LeaseStore + AccessStore + WorkloadStore + VolumeStore + Send + Sync
+    LedgerStore
+    + MarketStore
+    + GroupStore
+    + TelemetryStore
+    + LeaseStore
+    + AccessStore
+    + WorkloadStore
+    + VolumeStore
+    + Send
+    + Sync
 {
     fn backend(&self) -> Backend;
 
