@@ -353,6 +353,13 @@ pub struct GpuTelemetry {
     pub ecc_uncorrectable: u64,
 }
 
+impl GpuTelemetry {
+    /// A reading after which the GPU takes no new work: an uncorrectable ECC error or a fatal XID.
+    pub fn is_fatal(&self) -> bool {
+        self.ecc_uncorrectable > 0 || self.xid.is_some_and(gpucloud_model::xid_is_fatal)
+    }
+}
+
 /// Preempt an instance as the market would: notice, then stop at the deadline (operator; for
 /// testing a workload's checkpoint path).
 /// Make a GPU fail as if its agent had reported a fatal XID (operator; for testing a fleet's

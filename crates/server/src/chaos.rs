@@ -377,8 +377,9 @@ async fn run_in(cfg: &ChaosConfig, dir: &std::path::Path) -> Result<ChaosReport,
             agent.last_answered = now;
             agent.stopped.clear();
             agent.exited.clear();
+            let desired = crate::app::typed(&desired);
             let run: BTreeSet<&InstanceId> =
-                desired.iter().filter(|d| d.desired == Desired::Run).map(|d| &d.id).collect();
+                desired.iter().filter(|(_, d)| d.desired == Desired::Run).map(|(id, _)| id).collect();
             for id in agent.running.keys().filter(|id| !run.contains(id)).cloned().collect::<Vec<_>>() {
                 let since = agent.running.remove(&id).map_or(now, |(since, _)| since);
                 *ran.entry(id.clone()).or_default() += now - since;
@@ -392,9 +393,9 @@ async fn run_in(cfg: &ChaosConfig, dir: &std::path::Path) -> Result<ChaosReport,
                     agent.running.insert(id.clone(), (now, ends));
                 }
             }
-            for d in desired.iter().filter(|d| d.desired == Desired::Stop) {
-                if !agent.running.contains_key(&d.id) {
-                    agent.stopped.insert(d.id.clone());
+            for (id, _) in desired.iter().filter(|(_, d)| d.desired == Desired::Stop) {
+                if !agent.running.contains_key(id) {
+                    agent.stopped.insert(id.clone());
                 }
             }
         }

@@ -3,7 +3,7 @@
 //! backend. First-class code for dev mode, tests and demos; it talks to the control plane only
 //! through [`AgentApi`], as a real agent does.
 
-use crate::app::{AgentApi, AgentReport, Desired, GpuReading};
+use crate::app::{AgentApi, AgentReport, Desired};
 use gpucloud_model::{AgentObservation, InstanceId, NodeId};
 use gpucloud_node::gpu::{FakeGpus, GpuBackend, GpuInfo};
 use std::collections::BTreeMap;
@@ -19,19 +19,7 @@ pub async fn run(api: Arc<dyn AgentApi>, node: NodeId, gpus: Vec<GpuInfo>, inter
     loop {
         let readings = backend
             // No processes here: a workload reads as a busy one.
-            .telemetry(&busy.iter().map(|g| (*g, 0.95)).collect::<Vec<_>>(), last_reading.elapsed())
-            .into_iter()
-            .map(|t| GpuReading {
-                index: t.index,
-                temperature_c: t.temperature_c,
-                power_w: t.power_w,
-                energy_mj: t.energy_mj,
-                memory_used_mib: t.memory_used_mib,
-                utilization_pct: t.utilization_pct,
-                xid: t.xid,
-                ecc_uncorrectable: t.ecc_uncorrectable,
-            })
-            .collect();
+            .telemetry(&busy.iter().map(|g| (*g, 0.95)).collect::<Vec<_>>(), last_reading.elapsed());
         last_reading = Instant::now();
         let report = AgentReport {
             node: node.clone(),
@@ -49,29 +37,33 @@ pub async fn run(api: Arc<dyn AgentApi>, node: NodeId, gpus: Vec<GpuInfo>, inter
             Ok(desired) => {
                 // A stop, once reported, is the server's to act on.
                 workloads.retain(|_, seen| *seen == AgentObservation::Running);
-                let wanted: BTreeMap<_, _> = desired.iter().map(|d| (&d.id, d.desired)).collect();
+                let desired = crate::app::typed(&desired);
+                let wanted: BTreeMap<_, _> = desired.iter().map(|(id, d)| (id, d.desired)).collect();
                 for (id, seen) in workloads.iter_mut() {
                     if wanted.get(id) != Some(&Desired::Run) {
                         *seen = AgentObservation::Stopped { exit_code: None };
                         changed = true;
                     }
                 }
-                for d in &desired {
+                for (id, d) in &desired {
                     match d.desired {
-                        Desired::Run if !workloads.contains_key(&d.id) => {
-                            workloads.insert(d.id.clone(), AgentObservation::Running);
+                        Desired::Run if !workloads.contains_key(id) => {
+                            workloads.insert(id.clone(), AgentObservation::Running);
                             changed = true;
                         }
                         // Asked to stop something it no longer runs (a report lost in transit):
                         // say so again on the next regular beat.
                         Desired::Stop => {
-                            workloads.entry(d.id.clone()).or_insert(AgentObservation::Stopped { exit_code: None });
+                            workloads.entry(id.clone()).or_insert(AgentObservation::Stopped { exit_code: None });
                         }
                         Desired::Run => {}
                     }
                 }
-                busy =
-                    desired.iter().filter(|d| d.desired == Desired::Run).flat_map(|d| d.gpus.iter().copied()).collect();
+                busy = desired
+                    .iter()
+                    .filter(|(_, d)| d.desired == Desired::Run)
+                    .flat_map(|(_, d)| d.gpus.iter().copied())
+                    .collect();
             }
             Err(e) => tracing::warn!(node = %node, error = %e, "fake agent heartbeat failed"),
         }

@@ -6,23 +6,13 @@ use super::{App, AppError};
 use async_trait::async_trait;
 use gpucloud_model::{AgentObservation, InstanceId, InstanceState, NodeId};
 
-/// One GPU's readings from an agent.
-#[derive(Debug, Clone, PartialEq)]
-pub struct GpuReading {
-    pub index: u32,
-    pub temperature_c: f64,
-    pub power_w: f64,
-    pub energy_mj: u64,
-    pub memory_used_mib: u64,
-    pub utilization_pct: f64,
-    pub xid: Option<u32>,
-    pub ecc_uncorrectable: u64,
-}
+/// One GPU's readings from an agent: the wire's own type, kept as it came.
+pub type GpuReading = gpucloud_api::GpuTelemetry;
 
-impl GpuReading {
-    pub fn is_fatal(&self) -> bool {
-        self.ecc_uncorrectable > 0 || self.xid.is_some_and(gpucloud_model::xid_is_fatal)
-    }
+/// A desired workload with its typed id: in-process agents (the fake fleet, the simulation)
+/// keep their workloads by instance id. The server wrote these ids, so none is dropped.
+pub fn typed(desired: &[gpucloud_api::AgentWorkload]) -> Vec<(InstanceId, &gpucloud_api::AgentWorkload)> {
+    desired.iter().filter_map(|d| Some((InstanceId::parse(&d.id).ok()?, d))).collect()
 }
 
 #[derive(Debug, Clone)]
@@ -50,30 +40,6 @@ pub struct AgentReport {
 /// Run or stop: the wire's own type, so what the server decides is what the agent reads.
 pub use gpucloud_api::Desired;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DesiredInstance {
-    pub id: InstanceId,
-    pub desired: Desired,
-    pub gpus: Vec<u32>,
-    /// The UUIDs of `gpus`, for CUDA_VISIBLE_DEVICES.
-    pub gpu_uuids: Vec<String>,
-    pub command: String,
-    pub share: Option<gpucloud_model::GpuShare>,
-    pub env: Vec<(String, String)>,
-    /// A preemption notice: the deadline and why.
-    pub notice: Option<(gpucloud_model::Timestamp, String)>,
-    /// A cluster member's view of its cluster.
-    pub cluster: Option<gpucloud_api::AgentCluster>,
-    pub image: Option<String>,
-    pub ports: Vec<gpucloud_model::PortSpec>,
-    /// The tenant's credentials for the image's registry: (username, password).
-    pub registry_auth: Option<(String, String)>,
-    /// Its volume: id, size in GiB, and where it is mounted.
-    pub volume: Option<(gpucloud_model::VolumeId, u32, String)>,
-    /// The public keys that may open SSH sessions in it (its tenant's); none to stop.
-    pub ssh_keys: Vec<String>,
-}
-
 impl App {
     /// Keeps the public images a node's agent says it holds (after a beat it was allowed).
     pub async fn record_node_images(
@@ -92,12 +58,12 @@ impl App {
 pub trait AgentApi: Send + Sync {
     /// Records the heartbeat, applies the report, and returns the node's desired workloads.
     /// A workload the agent runs that is not in the answer must be stopped.
-    async fn heartbeat(&self, report: AgentReport) -> Result<Vec<DesiredInstance>, AppError>;
+    async fn heartbeat(&self, report: AgentReport) -> Result<Vec<gpucloud_api::AgentWorkload>, AppError>;
 }
 
 #[async_trait]
 impl AgentApi for App {
-    async fn heartbeat(&self, report: AgentReport) -> Result<Vec<DesiredInstance>, AppError> {
+    async fn heartbeat(&self, report: AgentReport) -> Result<Vec<gpucloud_api::AgentWorkload>, AppError> {
         let node = &report.node;
         // One reading of the clock for the whole beat: its records agree with each other.
         let now = self.now();
@@ -257,20 +223,37 @@ impl AgentApi for App {
                 env.extend(extra);
                 cluster = Some(view);
             }
-            desired.push(DesiredInstance {
+            // The wire's own type: what the server decides is what the agent reads.
+            desired.push(gpucloud_api::AgentWorkload {
                 desired: if stop { Desired::Stop } else { Desired::Run },
                 gpu_uuids: i.gpus.iter().filter_map(|g| uuids.get(g).cloned()).collect(),
-                id: i.id,
+                id: i.id.to_string(),
                 gpus: i.gpus,
                 command: i.command,
-                share: i.share,
-                env,
-                notice: i.notice.and_then(|n| Some((n.deadline?, n.reason))),
+                slice: i.share.map(|s| gpucloud_api::AgentSlice {
+                    milli: s.milli,
+                    memory_mib: s.memory_mib,
+                    mig: s.mig,
+                }),
+                env: env.into_iter().collect(),
+                notice: i.notice.and_then(|n| {
+                    let deadline = n.deadline?;
+                    Some(gpucloud_api::AgentNotice {
+                        deadline: gpucloud_api::rfc3339(deadline),
+                        deadline_ms: deadline.0,
+                        reason: n.reason,
+                    })
+                }),
                 cluster,
                 image: i.sale.image,
-                ports: i.sale.ports,
-                registry_auth,
-                volume,
+                ports: i.sale.ports.iter().map(|p| p.to_string()).collect(),
+                registry_auth: registry_auth
+                    .map(|(username, password)| gpucloud_api::AgentRegistryAuth { username, password }),
+                volume: volume.map(|(id, size_gib, path)| gpucloud_api::AgentVolume {
+                    id: id.to_string(),
+                    size_gib,
+                    path,
+                }),
                 ssh_keys: keys,
             });
         }

@@ -10,8 +10,8 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use gpucloud_api::{
-    AgentDesired, AgentHeartbeat, AgentLogs, AgentRegistered, AgentSlice, AgentWorkload, InstanceLogs, LogChunk,
-    Problem, RegisterAgentRequest, WorkloadState, rfc3339,
+    AgentDesired, AgentHeartbeat, AgentLogs, AgentRegistered, InstanceLogs, LogChunk, Problem, RegisterAgentRequest,
+    WorkloadState, rfc3339,
 };
 use gpucloud_model::{AgentObservation, InstanceId, NodeId};
 use serde::Deserialize;
@@ -105,20 +105,7 @@ pub async fn heartbeat(
         }
         instances.push((id, seen, r.reason.filter(|r| !r.is_empty()).map(|r| r.chars().take(500).collect())));
     }
-    let gpus = req
-        .gpus
-        .into_iter()
-        .map(|g| crate::app::GpuReading {
-            index: g.index,
-            temperature_c: g.temperature_c,
-            power_w: g.power_w,
-            energy_mj: g.energy_mj,
-            memory_used_mib: g.memory_used_mib,
-            utilization_pct: g.utilization_pct,
-            xid: g.xid,
-            ecc_uncorrectable: g.ecc_uncorrectable,
-        })
-        .collect();
+    let gpus = req.gpus;
     if req.metrics.len() > 20_000 {
         return Err(bad("metrics", "at most 20000 points a beat"));
     }
@@ -173,35 +160,7 @@ pub async fn heartbeat(
         app.record_node_images(&node, images).await?;
     }
     let purge_volumes = app.volume_purges(&node, &purged).await?.iter().map(|v| v.to_string()).collect();
-    let instances = desired
-        .into_iter()
-        .map(|d| AgentWorkload {
-            id: d.id.to_string(),
-            desired: d.desired,
-            gpus: d.gpus,
-            gpu_uuids: d.gpu_uuids,
-            command: d.command,
-            slice: d.share.map(|s| AgentSlice { milli: s.milli, memory_mib: s.memory_mib, mig: s.mig }),
-            env: d.env.into_iter().collect(),
-            notice: d.notice.map(|(deadline, reason)| gpucloud_api::AgentNotice {
-                deadline: gpucloud_api::rfc3339(deadline),
-                deadline_ms: deadline.0,
-                reason,
-            }),
-            cluster: d.cluster,
-            image: d.image,
-            ports: d.ports.iter().map(|p| p.to_string()).collect(),
-            registry_auth: d
-                .registry_auth
-                .map(|(username, password)| gpucloud_api::AgentRegistryAuth { username, password }),
-            volume: d.volume.map(|(id, size_gib, path)| gpucloud_api::AgentVolume {
-                id: id.to_string(),
-                size_gib,
-                path,
-            }),
-            ssh_keys: d.ssh_keys,
-        })
-        .collect();
+    let instances = desired;
     Ok(Json(AgentDesired { instances, purge_volumes }))
 }
 

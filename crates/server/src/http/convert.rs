@@ -77,18 +77,7 @@ pub fn node(n: store::Node) -> api::Node {
 
 /// A node with the latest GPU readings its agent sent.
 pub fn node_with(n: store::Node, readings: Option<&[crate::app::GpuReading]>) -> api::Node {
-    let reading = |index: u32| {
-        readings.and_then(|r| r.iter().find(|g| g.index == index)).map(|g| api::GpuTelemetry {
-            index: g.index,
-            temperature_c: g.temperature_c,
-            power_w: g.power_w,
-            energy_mj: g.energy_mj,
-            memory_used_mib: g.memory_used_mib,
-            utilization_pct: g.utilization_pct,
-            xid: g.xid,
-            ecc_uncorrectable: g.ecc_uncorrectable,
-        })
-    };
+    let reading = |index: u32| readings.and_then(|r| r.iter().find(|g| g.index == index)).cloned();
     api::Node {
         id: n.id.to_string(),
         name: n.name,
