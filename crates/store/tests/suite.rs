@@ -53,6 +53,8 @@ macro_rules! suite {
 
 suite!(
     tenants_and_keys,
+    invoices_alerts_and_guarded_tenants,
+    ssh_keys_are_per_tenant_and_nodes_keep_their_ssh_endpoint,
     node_health_follows_heartbeats,
     instance_insert_is_idempotent_per_tenant,
     lookups_are_scoped_by_tenant,
@@ -1400,4 +1402,92 @@ async fn accrual_reads_heartbeats_restarts_run_free_and_balances_are_kept(s: Arc
     let audit = s.ledger_audit().await.unwrap();
     assert_eq!((audit.unbalanced.len(), audit.drift.len(), audit.entries), (0, 0, 2), "{audit:?}");
     assert_eq!(audit.posted, vec![(u.id.clone(), Money(-1_000), 60)]);
+}
+
+async fn invoices_alerts_and_guarded_tenants(s: Arc<dyn Store>) {
+    let a = tenant(&s, "inv-a").await;
+    let b = tenant(&s, "inv-b").await;
+    let invoice = |t: &Tenant, month: &str, total: i64| StoredInvoice {
+        tenant_id: t.id.clone(),
+        month: month.into(),
+        total: Money(total),
+        closed_at: ts(100),
+        document: format!("{{\"month\":\"{month}\"}}"),
+    };
+    // A month closes once: the second insert writes nothing and the first stays.
+    assert!(s.insert_invoice(&invoice(&a, "2026-11", 1_500_000)).await.unwrap());
+    assert!(!s.insert_invoice(&invoice(&a, "2026-11", 9)).await.unwrap());
+    assert!(s.insert_invoice(&invoice(&a, "2026-10", 700_000)).await.unwrap());
+    assert!(s.insert_invoice(&invoice(&b, "2026-11", 1)).await.unwrap());
+    assert_eq!(s.get_invoice(&a.id, "2026-11").await.unwrap(), Some(invoice(&a, "2026-11", 1_500_000)));
+    assert_eq!(s.get_invoice(&a.id, "2026-09").await.unwrap(), None);
+    let months: Vec<String> = s.list_invoices(&a.id).await.unwrap().into_iter().map(|i| i.month).collect();
+    assert_eq!(months, ["2026-10", "2026-11"], "oldest first, only the tenant's own");
+
+    // An alert is raised once per dedupe key (unique across tenants: the server puts the tenant
+    // in it), and each tenant sees its own.
+    let alert = |t: &Tenant, id: &str, key: &str, at: i64| Alert {
+        id: id.into(),
+        tenant_id: t.id.clone(),
+        kind: "budget".into(),
+        message: format!("{key} reached"),
+        dedupe_key: format!("budget:{}:{key}", t.id),
+        created_at: ts(at),
+    };
+    assert!(s.raise_alert(&alert(&a, "al-1", "2026-11:50", 10)).await.unwrap());
+    assert!(!s.raise_alert(&alert(&a, "al-2", "2026-11:50", 11)).await.unwrap());
+    assert!(s.raise_alert(&alert(&a, "al-3", "2026-11:80", 12)).await.unwrap());
+    assert!(s.raise_alert(&alert(&b, "al-4", "2026-11:50", 13)).await.unwrap());
+    let mine: Vec<String> = s.list_alerts(&a.id).await.unwrap().into_iter().map(|x| x.id).collect();
+    assert_eq!(mine.len(), 2);
+    assert!(mine.contains(&"al-1".to_string()) && mine.contains(&"al-3".to_string()), "{mine:?}");
+
+    // Guarded tenants: those with a budget or a prepaid balance, with their settings as set.
+    assert!(s.guarded_tenants().await.unwrap().iter().all(|g| g.tenant_id != a.id && g.tenant_id != b.id));
+    let mut budget = s.tenant_billing(&a.id).await.unwrap();
+    budget.monthly_budget = Some(Money(50_000_000));
+    budget.thresholds = vec![50, 90];
+    budget.action = BudgetAction::CheckpointAndStop;
+    s.set_tenant_billing(&budget).await.unwrap();
+    let mut prepaid = s.tenant_billing(&b.id).await.unwrap();
+    prepaid.prepaid = true;
+    s.set_tenant_billing(&prepaid).await.unwrap();
+    let guarded = s.guarded_tenants().await.unwrap();
+    let got_a = guarded.iter().find(|g| g.tenant_id == a.id).expect("a budget guards a tenant");
+    assert_eq!(*got_a, budget);
+    assert!(guarded.iter().any(|g| g.tenant_id == b.id && g.prepaid), "prepaid guards a tenant");
+    assert_eq!(s.tenant_billing(&a.id).await.unwrap(), budget);
+}
+
+async fn ssh_keys_are_per_tenant_and_nodes_keep_their_ssh_endpoint(s: Arc<dyn Store>) {
+    let a = tenant(&s, "ssh-a").await;
+    let b = tenant(&s, "ssh-b").await;
+    let key = |t: &Tenant, name: &str, material: &str| SshKeyRow {
+        tenant_id: t.id.clone(),
+        name: name.into(),
+        public_key: format!("ssh-ed25519 {material}"),
+        algorithm: "ssh-ed25519".into(),
+        fingerprint: format!("SHA256:{material}"),
+        comment: "me@laptop".into(),
+        created_at: ts(5),
+    };
+    s.insert_ssh_key(&key(&a, "laptop", "AAAA1")).await.unwrap();
+    s.insert_ssh_key(&key(&a, "desktop", "AAAA2")).await.unwrap();
+    // A name is taken once per tenant; another tenant may use it.
+    assert!(matches!(s.insert_ssh_key(&key(&a, "laptop", "AAAA3")).await, Err(StoreError::Conflict(_))));
+    s.insert_ssh_key(&key(&b, "laptop", "AAAA4")).await.unwrap();
+    let names: Vec<String> = s.list_ssh_keys(&a.id).await.unwrap().into_iter().map(|k| k.name).collect();
+    assert_eq!(names, ["desktop", "laptop"]);
+    assert_eq!(s.list_ssh_keys(&a.id).await.unwrap()[1], key(&a, "laptop", "AAAA1"));
+    // Deleting is per tenant: b's key of the same name stays.
+    assert!(s.delete_ssh_key(&a.id, "laptop").await.unwrap());
+    assert!(!s.delete_ssh_key(&a.id, "laptop").await.unwrap());
+    assert_eq!(s.list_ssh_keys(&b.id).await.unwrap().len(), 1);
+
+    let n = node(&s, "ssh-host", GpuModel::T4, 1).await;
+    assert_eq!(s.node_ssh(&n.id).await.unwrap(), None);
+    s.set_node_ssh(&n.id, Some((2222, "ssh-ed25519 HOSTKEY"))).await.unwrap();
+    assert_eq!(s.node_ssh(&n.id).await.unwrap(), Some((2222, "ssh-ed25519 HOSTKEY".to_string())));
+    s.set_node_ssh(&n.id, None).await.unwrap();
+    assert_eq!(s.node_ssh(&n.id).await.unwrap(), None);
 }
