@@ -66,7 +66,7 @@ suite!(
     billable_time_is_recorded_with_state_changes,
     charges_move_money_once,
     a_batch_posts_like_one_entry_at_a_time,
-    clusters_and_pools_keep_what_their_members_run_in,
+    clusters_and_pools_keep_their_workload_resize_by_generation_and_retire,
     prices_and_rules,
     concurrent_state_changes_have_one_winner,
     agents_register_by_name_and_are_fenced_by_epoch,
@@ -572,7 +572,7 @@ fn usage_record(u: &UsageInterval, delta: Money, seconds: i64, key: &str) -> Led
     }
 }
 
-async fn clusters_and_pools_keep_what_their_members_run_in(s: Arc<dyn Store>) {
+async fn clusters_and_pools_keep_their_workload_resize_by_generation_and_retire(s: Arc<dyn Store>) {
     let t = tenant(&s, "a").await;
     let workload = MemberWorkload {
         image: Some("ghcr.io/acme/trainer:3".into()),
@@ -623,7 +623,36 @@ async fn clusters_and_pools_keep_what_their_members_run_in(s: Arc<dyn Store>) {
         workload,
     };
     s.insert_pool(&p).await.unwrap();
-    assert_eq!(s.list_pools(Some(&t.id)).await.unwrap(), vec![p]);
+    assert_eq!(s.list_pools(Some(&t.id)).await.unwrap(), vec![p.clone()]);
+
+    // A cluster's size moves by compare-and-set: a stale generation changes nothing.
+    let moved = s.update_cluster(&c.id, c.generation, 2, 2, true, ts(5)).await.unwrap().expect("current generation");
+    assert_eq!((moved.target_nodes, moved.epoch, moved.generation), (2, 2, c.generation + 1));
+    assert_eq!(s.update_cluster(&c.id, c.generation, 1, 3, true, ts(6)).await.unwrap(), None, "stale");
+    let replanned = Cluster { model: GpuModel::T4, target_nodes: 1, epoch: 3, ..moved.clone() };
+    let r = s.replan_cluster(&replanned, moved.generation).await.unwrap().expect("current generation");
+    assert_eq!((r.model, r.target_nodes, r.epoch), (GpuModel::T4, 1, 3));
+    assert_eq!(s.replan_cluster(&replanned, moved.generation).await.unwrap(), None, "stale");
+    let names: Vec<String> = s.list_clusters(Some(&t.id)).await.unwrap().into_iter().map(|c| c.name).collect();
+    assert_eq!(names.len(), 2);
+    assert!(names.contains(&"train".to_string()) && names.contains(&"plain".to_string()), "{names:?}");
+    let other = tenant(&s, "b").await;
+    assert!(s.list_clusters(Some(&other.id)).await.unwrap().is_empty());
+    assert!(s.cluster_members(&c.id).await.unwrap().is_empty());
+    // Retired (inactive), it leaves the list.
+    let retired = s.update_cluster(&c.id, r.generation, 1, 3, false, ts(7)).await.unwrap().unwrap();
+    assert!(!retired.active);
+    assert!(s.list_clusters(Some(&t.id)).await.unwrap().iter().all(|x| x.name != "train"));
+
+    // A pool resizes and retires; its name is free again after.
+    assert!(s.update_pool(&WarmPool { size: 5, ..p.clone() }).await.unwrap());
+    assert_eq!(s.list_pools(Some(&t.id)).await.unwrap()[0].size, 5);
+    assert!(s.pool_members(&p.id).await.unwrap().is_empty());
+    assert!(s.delete_pool(&p.id).await.unwrap());
+    assert!(!s.delete_pool(&p.id).await.unwrap());
+    assert!(!s.update_pool(&p).await.unwrap(), "a retired pool is not resized");
+    assert!(s.list_pools(Some(&t.id)).await.unwrap().is_empty());
+    s.insert_pool(&WarmPool { id: PoolId::from_random(10), ..p }).await.unwrap();
 }
 
 async fn a_batch_posts_like_one_entry_at_a_time(s: Arc<dyn Store>) {
