@@ -53,6 +53,7 @@ macro_rules! suite {
 
 suite!(
     tenants_and_keys,
+    nodes_keep_what_their_agents_say_and_reasons_are_not_state_changes,
     invoices_alerts_and_guarded_tenants,
     ssh_keys_are_per_tenant_and_nodes_keep_their_ssh_endpoint,
     node_health_follows_heartbeats,
@@ -1519,4 +1520,55 @@ async fn ssh_keys_are_per_tenant_and_nodes_keep_their_ssh_endpoint(s: Arc<dyn St
     assert_eq!(s.node_ssh(&n.id).await.unwrap(), Some((2222, "ssh-ed25519 HOSTKEY".to_string())));
     s.set_node_ssh(&n.id, None).await.unwrap();
     assert_eq!(s.node_ssh(&n.id).await.unwrap(), None);
+}
+
+async fn nodes_keep_what_their_agents_say_and_reasons_are_not_state_changes(s: Arc<dyn Store>) {
+    let t = tenant(&s, "nodes").await;
+    assert_eq!(s.get_tenant(&t.id).await.unwrap(), Some(t.clone()));
+    assert_eq!(s.get_tenant(&TenantId::from_random(rand::random())).await.unwrap(), None);
+
+    let n = node(&s, "box-1", GpuModel::A100_40GB, 2).await;
+    let m = node(&s, "box-2", GpuModel::T4, 1).await;
+    let names: Vec<String> = s.list_nodes().await.unwrap().into_iter().map(|n| n.name).collect();
+    assert!(names.contains(&"box-1".to_string()) && names.contains(&"box-2".to_string()), "{names:?}");
+
+    // A GPU taken out of service bumps the node's generation (placements read against it) once.
+    assert!(s.set_gpu_health(&n.id, 1, false).await.unwrap());
+    let after = s.get_node(&n.id).await.unwrap().unwrap();
+    assert_eq!(after.gpus.iter().map(|g| g.healthy).collect::<Vec<_>>(), [true, false]);
+    assert_eq!(after.generation, n.generation + 1);
+    assert!(s.set_gpu_health(&n.id, 1, false).await.unwrap());
+    assert_eq!(s.get_node(&n.id).await.unwrap().unwrap().generation, after.generation, "no change, no bump");
+    assert!(!s.set_gpu_health(&n.id, 7, false).await.unwrap(), "no such GPU");
+    assert!(s.set_gpu_health(&n.id, 1, true).await.unwrap());
+
+    // What the agent says of its node: images, address, labels; each node keeps its own.
+    s.set_node_images(&n.id, &["nvcr.io/nvidia/pytorch:24.05-py3".to_string(), "busybox:1".to_string()]).await.unwrap();
+    s.set_node_address(&n.id, Some("10.0.0.5")).await.unwrap();
+    let got = s.get_node(&n.id).await.unwrap().unwrap();
+    let mut images = got.images.clone();
+    images.sort();
+    assert_eq!(images, ["busybox:1", "nvcr.io/nvidia/pytorch:24.05-py3"]);
+    assert_eq!(got.address.as_deref(), Some("10.0.0.5"));
+    let other = s.get_node(&m.id).await.unwrap().unwrap();
+    assert!(other.images.is_empty() && other.address.is_none());
+    s.set_node_images(&n.id, &[]).await.unwrap();
+    s.set_node_address(&n.id, None).await.unwrap();
+    let cleared = s.get_node(&n.id).await.unwrap().unwrap();
+    assert!(cleared.images.is_empty() && cleared.address.is_none());
+
+    // Pending instances, at most as many as asked; reasons are kept without a new generation.
+    let first = instance(&s, &t, 1, None).await;
+    let second = instance(&s, &t, 1, None).await;
+    let pending: Vec<InstanceId> = s.list_pending(10).await.unwrap().into_iter().map(|i| i.id).collect();
+    assert!(pending.contains(&first.id) && pending.contains(&second.id), "{pending:?}");
+    assert_eq!(s.list_pending(1).await.unwrap().len(), 1);
+    s.set_pending_reason(&first.id, Some("no A100-40GB free in eu-1")).await.unwrap();
+    s.set_status_reason(&first.id, Some("stopped by billing")).await.unwrap();
+    let got = s.get_instance(Some(&t.id), &first.id).await.unwrap().unwrap();
+    assert_eq!(got.pending_reason.as_deref(), Some("no A100-40GB free in eu-1"));
+    assert_eq!(got.status_reason.as_deref(), Some("stopped by billing"));
+    assert_eq!(got.generation, first.generation, "a reason is not a state change");
+    s.set_pending_reason(&first.id, None).await.unwrap();
+    assert_eq!(s.get_instance(None, &first.id).await.unwrap().unwrap().pending_reason, None);
 }
