@@ -53,6 +53,7 @@ macro_rules! suite {
 
 suite!(
     tenants_and_keys,
+    a_gang_is_inserted_whole_once_and_the_market_sees_spot_work,
     nodes_keep_what_their_agents_say_and_reasons_are_not_state_changes,
     invoices_alerts_and_guarded_tenants,
     ssh_keys_are_per_tenant_and_nodes_keep_their_ssh_endpoint,
@@ -527,6 +528,11 @@ async fn billable_time_is_recorded_with_state_changes(s: Arc<dyn Store>) {
     let i = running_instance(&s, &t, &n, 100).await;
     let open = s.unsettled_intervals().await.unwrap();
     assert_eq!(open.len(), 1);
+    // Running, it is posted at a posting point after its start, not at one before; it has not
+    // ended, so metering leaves it to accrual.
+    assert_eq!(s.intervals_to_post(ts(5_000), 10).await.unwrap().len(), 1);
+    assert!(s.intervals_to_post(ts(50), 10).await.unwrap().is_empty());
+    assert!(s.ended_unsettled_intervals().await.unwrap().is_empty());
     let u = &open[0];
     assert_eq!((u.instance_id.clone(), u.started_at, u.ended_at, u.milli_gpus), (i.id.clone(), ts(100), None, 2000));
     assert_eq!((u.region.as_str(), u.tier, u.rules), ("eu-1", Tier::OnDemand, Rules::new(60, 120).unwrap()));
@@ -543,6 +549,12 @@ async fn billable_time_is_recorded_with_state_changes(s: Arc<dyn Store>) {
     s.update_instance(&i.id, i.generation, &stopped).await.unwrap().unwrap();
     let all = s.intervals_of_tenant(&t.id).await.unwrap();
     assert_eq!((all.len(), all[0].ended_at), (1, Some(ts(300))));
+    // Ended and unsettled: metering's to settle; no longer a running one a posting point posts.
+    let ended: Vec<_> = s.ended_unsettled_intervals().await.unwrap().into_iter().map(|u| u.instance_id).collect();
+    assert_eq!(ended, [i.id.clone()]);
+    assert!(s.intervals_to_post(ts(10_000), 10).await.unwrap().is_empty());
+    // The node it ran on stays known after it stopped (the SSH and proxy checks ask).
+    assert_eq!(s.instance_ran_on(&i.id).await.unwrap(), Some(n.id.clone()));
     // The history billing is checked against was written with each change.
     let history: Vec<(Option<InstanceState>, InstanceState, Timestamp)> =
         s.instance_events(&i.id).await.unwrap().into_iter().map(|e| (e.from, e.to, e.at)).collect();
@@ -1571,4 +1583,35 @@ async fn nodes_keep_what_their_agents_say_and_reasons_are_not_state_changes(s: A
     assert_eq!(got.generation, first.generation, "a reason is not a state change");
     s.set_pending_reason(&first.id, None).await.unwrap();
     assert_eq!(s.get_instance(None, &first.id).await.unwrap().unwrap().pending_reason, None);
+}
+
+async fn a_gang_is_inserted_whole_once_and_the_market_sees_spot_work(s: Arc<dyn Store>) {
+    let t = tenant(&s, "gang").await;
+    let member = |rank: u32, tier: Tier| NewInstance {
+        id: InstanceId::from_random(rand::random()),
+        tenant_id: t.id.clone(),
+        name: format!("m-{rank}"),
+        region: None,
+        model: GpuModel::A100_40GB,
+        count: 1,
+        share: None,
+        command: "sleep 1".into(),
+        idempotency_key: Some(format!("gang:1:{rank}")),
+        created_at: ts(10),
+        sale: Sale { tier, ..Sale::default() },
+    };
+    let gang = [member(0, Tier::Spot), member(1, Tier::Spot)];
+    assert_eq!(s.insert_instances(&gang).await.unwrap(), [true, true]);
+    // The same keys again (a replica computing the same pass): nothing new.
+    let again = [member(0, Tier::Spot), member(1, Tier::Spot)];
+    assert_eq!(s.insert_instances(&again).await.unwrap(), [false, false]);
+    assert_eq!(s.list_instances(Some(&t.id)).await.unwrap().len(), 2);
+    // Nothing ran yet, so it ran nowhere.
+    assert_eq!(s.instance_ran_on(&gang[0].id).await.unwrap(), None);
+
+    // The market sees spot (and reserved) work that is pending or holds GPUs, not on-demand.
+    instance(&s, &t, 1, None).await;
+    let market: Vec<InstanceId> = s.market_instances().await.unwrap().into_iter().map(|i| i.id).collect();
+    assert_eq!(market.len(), 2, "{market:?}");
+    assert!(market.contains(&gang[0].id) && market.contains(&gang[1].id));
 }
