@@ -551,7 +551,7 @@ async fn billable_time_is_recorded_with_state_changes(s: Arc<dyn Store>) {
     assert_eq!((all.len(), all[0].ended_at), (1, Some(ts(300))));
     // Ended and unsettled: metering's to settle; no longer a running one a posting point posts.
     let ended: Vec<_> = s.ended_unsettled_intervals().await.unwrap().into_iter().map(|u| u.instance_id).collect();
-    assert_eq!(ended, [i.id.clone()]);
+    assert_eq!(ended, std::slice::from_ref(&i.id));
     assert!(s.intervals_to_post(ts(10_000), 10).await.unwrap().is_empty());
     // The node it ran on stays known after it stopped (the SSH and proxy checks ask).
     assert_eq!(s.instance_ran_on(&i.id).await.unwrap(), Some(n.id.clone()));
