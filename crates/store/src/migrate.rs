@@ -33,6 +33,7 @@ const SQLITE: &[(i64, &str)] = &[
     (26, include_str!("../migrations/sqlite/0026_audit_written_ahead.sql")),
     (27, include_str!("../migrations/sqlite/0027_member_workloads.sql")),
     (28, include_str!("../migrations/sqlite/0028_image_affinity.sql")),
+    (29, include_str!("../migrations/sqlite/0029_volumes_unsettled_by_tenant.sql")),
 ];
 const POSTGRES: &[(i64, &str)] = &[
     (1, include_str!("../migrations/postgres/0001_foundation.sql")),
@@ -63,6 +64,7 @@ const POSTGRES: &[(i64, &str)] = &[
     (26, include_str!("../migrations/postgres/0026_audit_written_ahead.sql")),
     (27, include_str!("../migrations/postgres/0027_member_workloads.sql")),
     (28, include_str!("../migrations/postgres/0028_image_affinity.sql")),
+    (29, include_str!("../migrations/postgres/0029_volumes_unsettled_by_tenant.sql")),
 ];
 
 pub(crate) async fn run(pool: &AnyPool, backend: Backend) -> Result<()> {

@@ -60,6 +60,8 @@ pub trait VolumeStore: Send + Sync {
     async fn mark_volumes_purged(&self, node: &NodeId, ids: &[VolumeId], at: Timestamp) -> Result<()>;
     /// Volumes whose storage may still owe money: live ones, and deleted ones not yet settled.
     async fn unsettled_volumes(&self) -> Result<Vec<VolumeRow>>;
+    /// One tenant's unsettled volumes: what its balance and budget reads add accrual for.
+    async fn unsettled_volumes_of(&self, tenant: &TenantId) -> Result<Vec<VolumeRow>>;
     /// Applies each charge if the volume still shows what the charge was computed from, posting
     /// its ledger entry in the same transaction; one bool per charge.
     async fn charge_volumes(&self, charges: &[VolumeCharge]) -> Result<Vec<bool>>;
@@ -207,6 +209,16 @@ impl VolumeStore for SqlStore {
             sqlx::query(&format!("SELECT {VOLUME_COLUMNS} FROM {VOLUME_FROM} WHERE v.settled = 0 ORDER BY v.id"))
                 .fetch_all(&self.pool)
                 .await?;
+        rows.iter().map(volume_row).collect()
+    }
+
+    async fn unsettled_volumes_of(&self, tenant: &TenantId) -> Result<Vec<VolumeRow>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {VOLUME_COLUMNS} FROM {VOLUME_FROM} WHERE v.settled = 0 AND v.tenant_id = $1 ORDER BY v.id"
+        ))
+        .bind(tenant.to_string())
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter().map(volume_row).collect()
     }
 

@@ -354,7 +354,7 @@ impl App {
     pub(crate) async fn accrual(&self, tenant: &TenantId, now: Timestamp) -> Result<Accrual, AppError> {
         let unposted = Unposted {
             intervals: self.store.unsettled_intervals_of(tenant).await?,
-            volumes: self.store.unsettled_volumes().await?.into_iter().filter(|v| &v.tenant_id == tenant).collect(),
+            volumes: self.store.unsettled_volumes_of(tenant).await?,
             reservations: self.store.list_reservations(Some(tenant)).await?,
         };
         self.accrual_of(&unposted, &mut PriceCache::default(), &mut StoragePrices::default(), now).await

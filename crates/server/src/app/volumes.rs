@@ -237,8 +237,7 @@ impl App {
 
     /// A tenant's storage charged since the last posting, not yet in the ledger.
     pub(crate) async fn accrued_storage(&self, tenant: &TenantId, now: Timestamp) -> Result<Money, AppError> {
-        let volumes: Vec<VolumeRow> =
-            self.store.unsettled_volumes().await?.into_iter().filter(|v| &v.tenant_id == tenant).collect();
+        let volumes: Vec<VolumeRow> = self.store.unsettled_volumes_of(tenant).await?;
         self.storage_accrual(&volumes, &mut StoragePrices::default(), now).await
     }
 

@@ -1091,6 +1091,13 @@ async fn a_volume_is_held_by_one_live_instance_and_lives_where_first_placed(s: A
     s.mark_volumes_purged(&n.id, std::slice::from_ref(&data.id), ts(500)).await.unwrap();
     assert!(s.volumes_to_purge(&n.id).await.unwrap().is_empty());
 
+    // Deleted but not yet settled, it is still a's to accrue for, and never b's.
+    let of_a: Vec<VolumeId> = s.unsettled_volumes_of(&a.id).await.unwrap().into_iter().map(|v| v.id).collect();
+    assert!(of_a.contains(&data.id), "{of_a:?}");
+    assert!(s.unsettled_volumes_of(&b.id).await.unwrap().iter().all(|v| v.tenant_id == b.id));
+    let all_of_a = s.unsettled_volumes().await.unwrap().into_iter().filter(|v| v.tenant_id == a.id).count();
+    assert_eq!(of_a.len(), all_of_a);
+
     // Storage charges move money once, and settle a deleted volume.
     let v = s.get_volume(&data.id).await.unwrap().unwrap();
     let record = |amount: i64, key: &str| LedgerRecord {
@@ -1115,6 +1122,7 @@ async fn a_volume_is_held_by_one_live_instance_and_lives_where_first_placed(s: A
     assert_eq!(s.charge_volumes(&[charge]).await.unwrap(), vec![false], "computed from a stale charge");
     assert_eq!(s.balance(&a.id).await.unwrap(), Money(-30));
     assert!(s.unsettled_volumes().await.unwrap().iter().all(|u| u.id != data.id));
+    assert!(s.unsettled_volumes_of(&a.id).await.unwrap().iter().all(|u| u.id != data.id), "settled");
 
     let eu = Region::parse("eu-1").unwrap();
     assert!(s.add_storage_price(&eu, ts(0), Money(100)).await.unwrap());
