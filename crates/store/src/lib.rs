@@ -10,6 +10,7 @@ mod lease;
 mod ledger;
 mod market;
 mod migrate;
+mod reservations;
 mod sql;
 mod telemetry;
 mod types;
@@ -22,6 +23,7 @@ pub use groups::GroupStore;
 pub use lease::LeaseStore;
 pub use ledger::LedgerStore;
 pub use market::{JobChange, MarketStore};
+pub use reservations::ReservationStore;
 pub use sql::SqlStore;
 pub use telemetry::{FleetBucket, GpuBucket, GpuSample, TelemetryStore};
 pub use types::*;
@@ -61,6 +63,7 @@ pub enum Backend {
 pub trait Store:
     LedgerStore
     + MarketStore
+    + ReservationStore
     + GroupStore
     + TelemetryStore
     + LeaseStore
@@ -166,6 +169,16 @@ pub trait Store:
     async fn idempotency_finish(&self, scope: &str, key: &str, status: u16, body: &str) -> Result<()>;
     /// Forgets an unfinished record so a retry runs again (after a server-side failure).
     async fn idempotency_abandon(&self, scope: &str, key: &str) -> Result<()>;
+    /// Where a node's peers reach it.
+    async fn set_node_address(&self, id: &gpucloud_model::NodeId, address: Option<&str>) -> Result<()>;
+    /// What a node's agent says of it; an empty map clears them.
+    async fn set_node_labels(
+        &self,
+        id: &gpucloud_model::NodeId,
+        labels: &std::collections::BTreeMap<String, String>,
+    ) -> Result<()>;
+    /// Where an instance serves ("host:port"), as its agent reported it.
+    async fn set_instance_endpoint(&self, id: &InstanceId, endpoint: &str) -> Result<()>;
 }
 
 /// Opens `sqlite://PATH` (created if missing) or `postgres://...` and migrates it.

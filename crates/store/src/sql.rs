@@ -844,6 +844,39 @@ impl Store for SqlStore {
             .await?;
         Ok(())
     }
+
+    async fn set_node_address(&self, id: &gpucloud_model::NodeId, address: Option<&str>) -> Result<()> {
+        sqlx::query("UPDATE nodes SET address = $1 WHERE id = $2")
+            .bind(address.map(str::to_string))
+            .bind(id.to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn set_node_labels(
+        &self,
+        id: &gpucloud_model::NodeId,
+        labels: &std::collections::BTreeMap<String, String>,
+    ) -> Result<()> {
+        let pairs: Vec<(String, String)> = labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        sqlx::query("UPDATE nodes SET labels = $1 WHERE id = $2")
+            .bind(crate::market::encode_env(&pairs))
+            .bind(id.to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn set_instance_endpoint(&self, id: &InstanceId, endpoint: &str) -> Result<()> {
+        // Not a state change: the generation stays, so no reconciler's compare-and-set loses.
+        sqlx::query("UPDATE instances SET endpoint = $1 WHERE id = $2")
+            .bind(endpoint)
+            .bind(id.to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
 }
 
 async fn load_nodes(pool: &AnyPool, only: Option<&NodeId>) -> Result<Vec<Node>> {

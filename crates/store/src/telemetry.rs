@@ -70,6 +70,14 @@ pub trait TelemetryStore: Send + Sync {
     /// Deletes GPU samples older than `samples_before` and business metrics older than
     /// `metrics_before`; returns how many of each went.
     async fn prune_telemetry(&self, samples_before: Timestamp, metrics_before: Timestamp) -> Result<(u64, u64)>;
+    async fn insert_metrics(&self, points: &[crate::MetricPoint]) -> Result<()>;
+    /// An instance's points, oldest first: of one metric, or all; at most `limit`, the latest.
+    async fn instance_metrics(
+        &self,
+        id: &InstanceId,
+        name: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<crate::MetricPoint>>;
 }
 
 fn check_step(step_ms: i64) -> i64 {
@@ -248,5 +256,50 @@ impl TelemetryStore for SqlStore {
             .execute(&self.pool)
             .await?;
         Ok((samples.rows_affected(), metrics.rows_affected()))
+    }
+
+    async fn insert_metrics(&self, points: &[crate::MetricPoint]) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        for p in points {
+            sqlx::query(
+                "INSERT INTO instance_metrics (instance_id, at, step, name, value) VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(p.instance.to_string())
+            .bind(p.at.0)
+            .bind(p.step)
+            .bind(&p.name)
+            .bind(p.value)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn instance_metrics(
+        &self,
+        id: &InstanceId,
+        name: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<crate::MetricPoint>> {
+        let rows = sqlx::query(&format!(
+            "SELECT at, step, name, value FROM instance_metrics WHERE instance_id = $1 AND ($2 = '' OR name = $2) \
+             ORDER BY at DESC, name LIMIT {limit}"
+        ))
+        .bind(id.to_string())
+        .bind(name.unwrap_or_default())
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows.iter().rev() {
+            out.push(crate::MetricPoint {
+                instance: id.clone(),
+                at: Timestamp(r.try_get(0)?),
+                step: r.try_get(1)?,
+                name: r.try_get(2)?,
+                value: r.try_get(3)?,
+            });
+        }
+        Ok(out)
     }
 }
