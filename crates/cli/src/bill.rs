@@ -223,7 +223,7 @@ pub fn price(ctx: &Ctx, cmd: PriceCmd) -> Res {
             let c = ctx.client(As::Operator)?;
             let body = api::SetPriceRequest {
                 gpu: crate::commands::parse_gpu(&gpu)?,
-                region: gpucloud_model::Region::parse(&region).map_err(|e| format!("--region: {e}"))?,
+                region: crate::commands::parse_region("--region", &region)?,
                 tier: Some(tier),
                 price_per_gpu_hour: crate::commands::parse_money("--price", &price)?,
                 effective_from: from,

@@ -554,8 +554,8 @@ pub fn parse_gpu(gpu: &str) -> Result<GpuModel, String> {
     gpu.parse::<GpuModel>().map_err(|e| format!("--gpu: {e}"))
 }
 
-pub fn parse_region(region: Option<String>) -> Result<Option<Region>, String> {
-    region.map(|r| Region::parse(&r).map_err(|e| format!("--region: {e}"))).transpose()
+pub fn parse_region(flag: &str, region: &str) -> Result<Region, String> {
+    Region::parse(region).map_err(|e| format!("{flag}: {e}"))
 }
 
 /// A count the request can carry; whether it is a count the server sells is the server's to say.
@@ -616,7 +616,7 @@ pub fn instance(ctx: &Ctx, cmd: InstanceCmd) -> Res {
             let body = api::QuoteRequest {
                 gpu: parse_gpu(&gpu)?,
                 count: parse_count(count)?,
-                region: parse_region(region)?,
+                region: region.as_deref().map(|r| parse_region("--region", r)).transpose()?,
                 duration_seconds: Some((hours * 3600.0).round() as i64),
                 gpu_share,
                 gpu_memory_mib,
@@ -657,7 +657,7 @@ pub fn instance(ctx: &Ctx, cmd: InstanceCmd) -> Res {
                 gpu_share,
                 gpu_memory_mib,
                 mig,
-                region: parse_region(region)?,
+                region: region.as_deref().map(|r| parse_region("--region", r)).transpose()?,
                 command: command.unwrap_or_default(),
                 template,
                 name,
@@ -930,7 +930,7 @@ pub fn node(ctx: &Ctx, cmd: NodeCmd) -> Res {
             show(ctx, &n, node_detail);
         }
         NodeCmd::Add { name, region, gpus } => {
-            let region = Region::parse(&region).map_err(|e| format!("--region: {e}"))?;
+            let region = parse_region("--region", &region)?;
             let body = api::CreateNodeRequest { name, region, gpus: parse_gpu_groups(&gpus)? };
             let n: api::Node = c.post("/v1/nodes", Some(&body), None).map_err(err)?;
             show(ctx, &n, node_detail);

@@ -162,7 +162,7 @@ pub fn job(ctx: &Ctx, cmd: JobCmd) -> Res {
                 count,
                 regions: regions
                     .into_iter()
-                    .map(|r| gpucloud_model::Region::parse(&r).map_err(|e| format!("--region: {e}")))
+                    .map(|r| crate::commands::parse_region("--region", &r))
                     .collect::<Result<_, _>>()?,
                 command,
                 spot: Some(!on_demand),
@@ -438,7 +438,7 @@ pub fn reservation(ctx: &Ctx, cmd: ReservationCmd) -> Res {
             let body = api::CreateReservationRequest {
                 tenant,
                 gpu: crate::commands::parse_gpu(&gpu)?,
-                region: gpucloud_model::Region::parse(&region).map_err(|e| format!("--region: {e}"))?,
+                region: crate::commands::parse_region("--region", &region)?,
                 gpus,
                 starts_at: from,
                 ends_at: to,
@@ -601,7 +601,7 @@ pub fn cluster(ctx: &Ctx, cmd: ClusterCmd) -> Res {
             let body = api::CreateClusterRequest {
                 name,
                 gpu: crate::commands::parse_gpu(&gpu)?,
-                region: crate::commands::parse_region(region)?,
+                region: region.as_deref().map(|r| crate::commands::parse_region("--region", r)).transpose()?,
                 gpus_per_node,
                 nodes,
                 min_nodes: min,
@@ -611,7 +611,7 @@ pub fn cluster(ctx: &Ctx, cmd: ClusterCmd) -> Res {
                 replicas_in: replicas
                     .map(|rs| {
                         rs.iter()
-                            .map(|r| gpucloud_model::Region::parse(r).map_err(|e| format!("--replicas-in: {e}")))
+                            .map(|r| crate::commands::parse_region("--replicas-in", r))
                             .collect::<Result<Vec<_>, _>>()
                     })
                     .transpose()?,
@@ -778,7 +778,7 @@ pub fn pool(ctx: &Ctx, cmd: PoolCmd) -> Res {
             let body = api::CreatePoolRequest {
                 name,
                 gpu: crate::commands::parse_gpu(&gpu)?,
-                region: crate::commands::parse_region(region)?,
+                region: region.as_deref().map(|r| crate::commands::parse_region("--region", r)).transpose()?,
                 count,
                 command,
                 size,

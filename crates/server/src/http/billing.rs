@@ -63,7 +63,7 @@ pub async fn set_price(
     Auth(p): Auth,
     ApiJson(req): ApiJson<SetPriceRequest>,
 ) -> Result<(StatusCode, Json<Price>), ApiError> {
-    let tier: Tier = req.tier.map_or(Tier::OnDemand, Into::into);
+    let tier = super::instances::tier_or_on_demand(req.tier);
     let from = match req.effective_from.as_deref() {
         Some(s) => {
             Some(parse_time(s).ok_or_else(|| invalid("effective_from", "effective_from must be an RFC 3339 time"))?)
@@ -101,7 +101,7 @@ pub async fn quote(
     ApiJson(req): ApiJson<QuoteRequest>,
 ) -> Result<Json<QuoteList>, ApiError> {
     let share = crate::app::resolve_share(req.gpu, req.count, req.gpu_share, req.gpu_memory_mib, req.mig.as_deref())?;
-    let tier = super::instances::parse_tier(req.tier)?;
+    let tier = super::instances::tier_or_on_demand(req.tier);
     let duration = req.duration_seconds.unwrap_or(3600);
     let quotes = app.quote(req.gpu, req.count, share, req.region, duration, tier, req.max_price_per_gpu_hour).await?;
     let quotes = quotes

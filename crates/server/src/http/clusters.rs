@@ -64,7 +64,7 @@ pub async fn create(
     Auth(p): Auth,
     ApiJson(req): ApiJson<CreateClusterRequest>,
 ) -> Result<(StatusCode, Json<Cluster>), ApiError> {
-    let tier = super::instances::parse_tier(req.tier)?;
+    let tier = super::instances::tier_or_on_demand(req.tier);
     let v = app
         .create_cluster(
             &p,

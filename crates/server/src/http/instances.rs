@@ -31,7 +31,7 @@ pub async fn create(
         gpu_share: req.gpu_share,
         gpu_memory_mib: req.gpu_memory_mib,
         mig: req.mig,
-        tier: parse_tier(req.tier)?,
+        tier: tier_or_on_demand(req.tier),
         max_price: req.max_price_per_gpu_hour,
         image: req.image,
         env: req.env,
@@ -150,8 +150,8 @@ pub async fn events(
 }
 
 /// The tier asked for, on-demand when none is named (serde has refused any other text).
-pub(super) fn parse_tier(tier: Option<gpucloud_api::Tier>) -> Result<gpucloud_model::Tier, ApiError> {
-    Ok(tier.map_or(gpucloud_model::Tier::OnDemand, Into::into))
+pub(super) fn tier_or_on_demand(tier: Option<gpucloud_api::Tier>) -> gpucloud_model::Tier {
+    tier.map_or(gpucloud_model::Tier::OnDemand, Into::into)
 }
 
 #[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
