@@ -6,10 +6,9 @@
 
 pub mod docker;
 pub use gpucloud_node::gpu;
-pub mod ingress;
+pub use gpucloud_node::ingress;
 pub mod metadata;
 pub mod nvml;
-pub mod reconcile;
 pub mod runtime;
 pub mod sftp;
 pub mod ssh;
@@ -17,9 +16,10 @@ pub mod sys;
 pub mod volumes;
 
 use gpu::GpuBackend;
-use gpucloud_api::{AgentGpu, AgentHeartbeat, Desired, RegisterAgentRequest, WorkloadState};
+use gpucloud_api::{AgentGpu, AgentHeartbeat, Desired, RegisterAgentRequest};
 use gpucloud_client::agent_api::{AgentClient as Client, Fenced};
 use gpucloud_client::tls;
+pub use gpucloud_node::runtime::{FakeRuntime, Reconciler, Runtime};
 use runtime::ProcessRuntime;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -47,8 +47,8 @@ pub struct Config {
     pub ports: Option<std::ops::RangeInclusive<u16>>,
     /// Most of a workload's output the node keeps waiting to be shipped, in MiB.
     pub log_keep_mib: u64,
-    /// Run workloads as containers of this image (the Docker runtime) rather than processes.
-    pub docker_image: Option<String>,
+    /// How workloads run: processes, containers, or nothing at all (fake).
+    pub runtime: RuntimeChoice,
     /// What the operator changed of how containers are confined (by default: user 1000:1000,
     /// each GPU with its share of this host's CPUs and memory).
     pub confine: docker::Overrides,
@@ -58,6 +58,17 @@ pub struct Config {
     pub ca_file: Option<PathBuf>,
     /// Lets the agent call a server on another host over plain HTTP (its key in clear).
     pub allow_plain_http: bool,
+}
+
+/// How an agent runs workloads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RuntimeChoice {
+    /// Each a process group on the host: no isolation between tenants.
+    Process,
+    /// Each a confined container of its image, or of this one when it names none.
+    Docker { image: String },
+    /// Nothing runs: a workload "runs" until it is stopped (dev fleets, control-plane load tests).
+    Fake,
 }
 
 /// Runs until the node is taken over by another agent (fenced), registration fails, or
@@ -71,14 +82,18 @@ pub fn run(config: Config, gpus: &mut dyn GpuBackend, shutdown: &std::sync::atom
     let tls = tls::client_config(config.ca_file.as_deref())?;
     let client = Client::new(&config.server, &config.token, tls.clone());
     // Real GPUs go to a container through the NVIDIA runtime; fake ones exist only as names.
-    let docker = match config.docker_image.as_deref() {
-        Some(image) => {
+    let docker = match &config.runtime {
+        RuntimeChoice::Docker { image } => {
             let confinement =
                 config.confine.apply(docker::Confinement::share_of(host_cpus(), host_memory_mib(), found.len()));
             Some(docker::DockerLauncher::connect(image, gpus.name() != "fake", confinement)?)
         }
-        None => {
+        RuntimeChoice::Process => {
             tracing::warn!("runtime: process (no isolation between tenants): use --runtime docker on a shared node");
+            None
+        }
+        RuntimeChoice::Fake => {
+            tracing::warn!("runtime: fake (workloads are accepted and reported running, but nothing runs)");
             None
         }
     };
@@ -88,11 +103,16 @@ pub fn run(config: Config, gpus: &mut dyn GpuBackend, shutdown: &std::sync::atom
     if docker.is_some() {
         docker::host_guard(metadata.container_port());
     }
-    let mut runtime = ProcessRuntime::open_with(&config.state_dir, config.stop_grace, docker)?
-        .with_ports(config.ports.clone())
-        .with_log_keep(config.log_keep_mib << 20);
+    let mut runtime: Box<dyn Runtime> = match config.runtime {
+        RuntimeChoice::Fake => Box::new(FakeRuntime::new()),
+        _ => Box::new(
+            ProcessRuntime::open_with(&config.state_dir, config.stop_grace, docker)?
+                .with_ports(config.ports.clone())
+                .with_log_keep(config.log_keep_mib << 20),
+        ),
+    };
     let ingress = ingress::Ingress::start(config.ingress_port)?;
-    let ssh = match runtime.docker_user() {
+    let ssh = match runtime.container_user() {
         Some(user) => Some(ssh::SshServer::start(config.ssh_port, &config.state_dir, &user)?),
         None => None,
     };
@@ -102,7 +122,7 @@ pub fn run(config: Config, gpus: &mut dyn GpuBackend, shutdown: &std::sync::atom
         gpus: found.iter().map(|g| AgentGpu { index: g.index, model: g.model, uuid: g.uuid.clone() }).collect(),
         address: config.address.clone(),
         labels: config.labels.clone(),
-        runtime: Some(if runtime.containers() { "docker" } else { "process" }.to_string()),
+        runtime: Some(runtime.kind()),
         ingress_port: Some(ingress.port()),
         ssh_port: ssh.as_ref().map(|s| s.port()),
         ssh_host_key: ssh.as_ref().map(|s| s.host_key().to_string()),
@@ -122,9 +142,7 @@ pub fn run(config: Config, gpus: &mut dyn GpuBackend, shutdown: &std::sync::atom
     let mut cut_off = false;
     tracing::info!(node = %reg.node_id, epoch = reg.epoch, adopted = runtime.len(), "registered");
     let mut last_reading = std::time::Instant::now();
-    // Workloads the server wants stopped that never ran here (stopped before they started, or
-    // already gone): said so on the next beat, or the server would wait for them forever.
-    let mut never_ran: Vec<String> = Vec::new();
+    let mut reconciler = Reconciler::default();
     // Deleted volumes whose data this node removed, said on the next beat.
     let mut purged_volumes: Vec<String> = Vec::new();
     // The images the server last heard of, and when the engine was last asked: sent when they
@@ -136,10 +154,11 @@ pub fn run(config: Config, gpus: &mut dyn GpuBackend, shutdown: &std::sync::atom
             runtime.stop_all_gracefully();
             return Ok(());
         }
-        runtime.poll();
+        let mut instances = reconciler.report(runtime.as_mut());
         ingress.set_targets(runtime.http_targets());
-        let dir = runtime.dir().to_path_buf();
-        runtime.enforce(|id, pgid| gpus.workload_memory_mib(id, pgid, &dir));
+        if let Some(dir) = runtime.dir().map(std::path::Path::to_path_buf) {
+            runtime.enforce(&mut |id, pgid| gpus.workload_memory_mib(id, pgid, &dir));
+        }
         runtime.bound_logs();
         for (instance, seq, data, file_bytes) in runtime.pending_logs() {
             match client.logs(&reg.node_id, reg.epoch, &instance, seq, &data) {
@@ -149,18 +168,6 @@ pub fn run(config: Config, gpus: &mut dyn GpuBackend, shutdown: &std::sync::atom
         }
         let readings = gpus.telemetry(&runtime.gpu_load(), last_reading.elapsed());
         last_reading = std::time::Instant::now();
-        let mut instances = runtime.report();
-        instances.extend(never_ran.drain(..).map(|id| gpucloud_api::AgentInstanceReport {
-            id,
-            state: WorkloadState::Stopped,
-            exit_code: None,
-            reason: None,
-            checkpoint: None,
-            port: None,
-            progress: None,
-            published: Vec::new(),
-        }));
-        instances.extend(runtime.take_preparing());
         for r in &mut instances {
             r.checkpoint = metadata.checkpoint(&r.id);
             if fenced.contains(&r.id) && r.reason.is_none() {
@@ -196,21 +203,6 @@ pub fn run(config: Config, gpus: &mut dyn GpuBackend, shutdown: &std::sync::atom
                     tracing::warn!("a server answers again");
                     cut_off = false;
                 }
-                for id in runtime.reported(&beat.instances) {
-                    fenced.remove(&id);
-                    metadata.withdraw(&id);
-                }
-                purged_volumes = runtime.purge_volumes(&desired.purge_volumes);
-                let wanted: Vec<(String, reconcile::Want)> = desired
-                    .instances
-                    .iter()
-                    .map(|w| {
-                        (
-                            w.id.clone(),
-                            if w.desired == Desired::Run { reconcile::Want::Run } else { reconcile::Want::Stop },
-                        )
-                    })
-                    .collect();
                 let meta = |w: &gpucloud_api::AgentWorkload| metadata::InstanceMetadata {
                     instance_id: w.id.clone(),
                     node_id: reg.node_id.clone(),
@@ -229,21 +221,21 @@ pub fn run(config: Config, gpus: &mut dyn GpuBackend, shutdown: &std::sync::atom
                     checkpoint: None,
                     cluster: w.cluster.clone(),
                 };
-                for action in reconcile::actions(&wanted, &runtime.actual()) {
-                    match action {
-                        reconcile::Action::Start(id) => {
-                            if let Some(w) = desired.instances.iter().find(|w| w.id == id) {
-                                let peer =
-                                    if runtime.containers() { metadata::Peer::Pending } else { metadata::Peer::Any };
-                                let (url, token) = metadata.publish(meta(w), None, peer);
-                                let env = gpus.workload_env(&w.id, runtime.dir());
-                                runtime.start(w, &url, &token, &env);
-                                metadata.restrict(&w.id, runtime.metadata_peer(&w.id));
-                            }
-                        }
-                        reconcile::Action::Stop(id) => runtime.stop(&id),
-                    }
+                // A workload starts with its metadata endpoint published, and the backend's
+                // environment (a container gets only what is built for it).
+                let mut start = |runtime: &mut dyn Runtime, w: &gpucloud_api::AgentWorkload| {
+                    let peer = if runtime.containers() { metadata::Peer::Pending } else { metadata::Peer::Any };
+                    let (url, token) = metadata.publish(meta(w), None, peer);
+                    let env = runtime.dir().map(|dir| gpus.workload_env(&w.id, dir)).unwrap_or_default();
+                    runtime.start(w, &url, &token, &env);
+                    metadata.restrict(&w.id, runtime.metadata_peer(&w.id));
+                };
+                let applied = reconciler.apply(runtime.as_mut(), &beat.instances, &desired.instances, &mut start);
+                for id in applied.forgotten {
+                    fenced.remove(&id);
+                    metadata.withdraw(&id);
                 }
+                purged_volumes = runtime.purge_volumes(&desired.purge_volumes);
                 if let Some(ssh) = &ssh {
                     let containers = runtime.running_containers();
                     let targets = desired
@@ -257,13 +249,6 @@ pub fn run(config: Config, gpus: &mut dyn GpuBackend, shutdown: &std::sync::atom
                         .collect();
                     ssh.set_targets(targets);
                 }
-                let known = runtime.actual();
-                never_ran = desired
-                    .instances
-                    .iter()
-                    .filter(|w| w.desired == Desired::Stop && !known.iter().any(|a| a.id == w.id))
-                    .map(|w| w.id.clone())
-                    .collect();
                 for w in desired.instances.iter().filter(|w| w.desired == Desired::Run) {
                     metadata.set_notice(&w.id, meta(w).preemption);
                     metadata.set_cluster(&w.id, w.cluster.clone());

@@ -44,15 +44,7 @@ pub struct InstanceMetadata {
 }
 
 /// Where a token's requests may come from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Peer {
-    /// Anywhere that reaches the endpoint (a process workload, on loopback).
-    Any,
-    /// A container not started yet: nothing until its address is known.
-    Pending,
-    /// This container's address only.
-    Only(IpAddr),
-}
+pub use gpucloud_node::runtime::Peer;
 
 #[derive(Default)]
 struct Shared {

@@ -1,11 +1,12 @@
-//! Workloads as processes. Each runs `sh -c COMMAND` in its own process group with its GPUs in
-//! the environment, output appended to a log file. What runs is written to `state.json`, so a
+//! The process and Docker runtimes (`gpucloud_node::runtime::Runtime`). Each workload runs
+//! `sh -c COMMAND` in its own process group with its GPUs in the environment, output appended
+//! to a log file. What runs is written to `state.json`, so a
 //! restarted agent adopts live processes rather than starting them again. With a Docker
 //! launcher (`crate::docker`) each workload is a container instead; logs, ports, reports and
 //! adoption stay the same.
 
-use crate::reconcile::Actual;
 use gpucloud_api::{AgentInstanceReport, AgentWorkload, WorkloadState};
+use gpucloud_node::runtime::{Actual, Peer, Runtime};
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;
 use std::io::{Read, Seek, SeekFrom};
@@ -404,27 +405,65 @@ impl ProcessRuntime {
         }
     }
 
-    pub fn len(&self) -> usize {
+    /// Records a workload that could not start, and why (reported with its failure).
+    fn failed_to_start(&mut self, w: &AgentWorkload, why: String) {
+        tracing::warn!(instance = %w.id, %why, "workload cannot start");
+        let saved = Saved {
+            pid: 0,
+            gpus: Vec::new(),
+            log: self.dir.join("logs").join(format!("{}.log", w.id)),
+            log_offset: 0,
+            log_released: 0,
+            log_dropped: 0,
+            next_seq: 1,
+            metadata_token: None,
+            memory_cap_mib: None,
+            ended_for: Some(why),
+            port: None,
+            container: None,
+            ip: None,
+            published: Vec::new(),
+            volume: None,
+        };
+        self.workloads
+            .insert(w.id.clone(), Workload { saved, child: None, stop_sent: None, exit: Some(Exit::Code(127)) });
+        self.save();
+    }
+
+    /// Unmounts the volumes of this node no workload here holds any more.
+    fn release_unused_volumes(&self) {
+        let Ok(entries) = std::fs::read_dir(self.dir.join("volumes")) else { return };
+        for e in entries.flatten() {
+            let Some(id) = e.file_name().to_str().map(str::to_string) else { continue };
+            if !self.workloads.values().any(|w| w.saved.volume.as_deref() == Some(id.as_str())) {
+                self.volumes.release(&id);
+            }
+        }
+    }
+}
+
+impl Runtime for ProcessRuntime {
+    fn kind(&self) -> gpucloud_api::AgentRuntime {
+        if self.docker.is_some() { gpucloud_api::AgentRuntime::Docker } else { gpucloud_api::AgentRuntime::Process }
+    }
+
+    fn len(&self) -> usize {
         self.workloads.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.workloads.is_empty()
-    }
-
     /// The state directory (backends keep per-workload files under it).
-    pub fn dir(&self) -> &Path {
-        &self.dir
+    fn dir(&self) -> Option<&Path> {
+        Some(&self.dir)
     }
 
     /// Whether workloads run as containers (each in a network namespace of its own).
-    pub fn containers(&self) -> bool {
+    fn containers(&self) -> bool {
         self.docker.is_some()
     }
 
     /// The user containers' workloads run as (`UID:GID`); `None` with the process runtime.
     /// The public images on the node (containers only; `None` where there is no engine).
-    pub fn images(&self) -> Option<Vec<String>> {
+    fn images(&self) -> Option<Vec<String>> {
         let d = self.docker.as_ref()?;
         match d.images() {
             Ok(images) => Some(images),
@@ -435,12 +474,12 @@ impl ProcessRuntime {
         }
     }
 
-    pub fn docker_user(&self) -> Option<String> {
+    fn container_user(&self) -> Option<String> {
         self.docker.as_ref().map(|d| d.user().to_string())
     }
 
     /// The container of each workload running in one now, and its init's pid, by instance.
-    pub fn running_containers(&self) -> std::collections::HashMap<String, (String, i32)> {
+    fn running_containers(&self) -> std::collections::HashMap<String, (String, i32)> {
         self.workloads
             .iter()
             .filter(|(_, w)| w.exit.is_none() && w.stop_sent.is_none())
@@ -449,8 +488,7 @@ impl ProcessRuntime {
     }
 
     /// Where a workload's metadata requests may come from.
-    pub fn metadata_peer(&self, id: &str) -> crate::metadata::Peer {
-        use crate::metadata::Peer;
+    fn metadata_peer(&self, id: &str) -> Peer {
         match self.workloads.get(id) {
             Some(w) if w.saved.container.is_some() => w.saved.ip.map_or(Peer::Pending, Peer::Only),
             _ => Peer::Any,
@@ -461,7 +499,7 @@ impl ProcessRuntime {
     /// nor the backend's host paths); a process inherits the agent's, as on a trusted host. A
     /// workload whose image is not on the node yet waits for it (pulled off this loop): it is
     /// reported `preparing` until then, and started by a later call.
-    pub fn start(&mut self, w: &AgentWorkload, metadata_url: &str, metadata_token: &str, env: &[(String, String)]) {
+    fn start(&mut self, w: &AgentWorkload, metadata_url: &str, metadata_token: &str, env: &[(String, String)]) {
         let image = match (&self.docker, &w.image) {
             (Some(d), image) => {
                 let image = image.clone().unwrap_or_else(|| d.default_image().to_string());
@@ -569,34 +607,9 @@ impl ProcessRuntime {
         self.save();
     }
 
-    /// Records a workload that could not start, and why (reported with its failure).
-    fn failed_to_start(&mut self, w: &AgentWorkload, why: String) {
-        tracing::warn!(instance = %w.id, %why, "workload cannot start");
-        let saved = Saved {
-            pid: 0,
-            gpus: Vec::new(),
-            log: self.dir.join("logs").join(format!("{}.log", w.id)),
-            log_offset: 0,
-            log_released: 0,
-            log_dropped: 0,
-            next_seq: 1,
-            metadata_token: None,
-            memory_cap_mib: None,
-            ended_for: Some(why),
-            port: None,
-            container: None,
-            ip: None,
-            published: Vec::new(),
-            volume: None,
-        };
-        self.workloads
-            .insert(w.id.clone(), Workload { saved, child: None, stop_sent: None, exit: Some(Exit::Code(127)) });
-        self.save();
-    }
-
     /// Workloads waiting for their image, as reports (`preparing`, with how far the pull got).
     /// Forgotten once said: a workload still wanted is asked to start again, which adds it back.
-    pub fn take_preparing(&mut self) -> Vec<AgentInstanceReport> {
+    fn take_preparing(&mut self) -> Vec<AgentInstanceReport> {
         std::mem::take(&mut self.preparing)
             .into_iter()
             .map(|(id, progress)| AgentInstanceReport {
@@ -614,7 +627,7 @@ impl ProcessRuntime {
 
     /// Where running workloads' HTTP ports are reached from this host: their container's
     /// address, or this host for a process.
-    pub fn http_targets(&self) -> std::collections::HashMap<(String, u16), std::net::SocketAddr> {
+    fn http_targets(&self) -> std::collections::HashMap<(String, u16), std::net::SocketAddr> {
         let mut out = std::collections::HashMap::new();
         for (id, w) in self.workloads.iter().filter(|(_, w)| w.exit.is_none()) {
             let ip = match (&w.saved.container, w.saved.ip) {
@@ -630,7 +643,7 @@ impl ProcessRuntime {
     }
 
     /// SIGTERM now; SIGKILL once the grace period has passed.
-    pub fn stop(&mut self, id: &str) {
+    fn stop(&mut self, id: &str) {
         let grace = self.grace;
         let Some(w) = self.workloads.get_mut(id) else { return };
         if w.exit.is_some() || (w.saved.pid <= 0 && w.saved.container.is_none()) {
@@ -651,7 +664,7 @@ impl ProcessRuntime {
     }
 
     /// SIGTERM to every live workload, SIGKILL to those still alive after the grace period.
-    pub fn stop_all_gracefully(&mut self) {
+    fn stop_all_gracefully(&mut self) {
         let ids: Vec<String> = self.workloads.keys().cloned().collect();
         let deadline = Instant::now() + self.grace;
         loop {
@@ -672,14 +685,14 @@ impl ProcessRuntime {
         }
     }
 
-    pub fn stop_all_now(&mut self) {
+    fn stop_all_now(&mut self) {
         for w in self.workloads.values().filter(|w| w.exit.is_none()) {
             signal(self.docker.as_ref(), &w.saved, libc::SIGKILL);
         }
     }
 
     /// Notices workloads that ended.
-    pub fn poll(&mut self) {
+    fn poll(&mut self) {
         for w in self.workloads.values_mut() {
             if w.exit.is_some() {
                 continue;
@@ -713,7 +726,7 @@ impl ProcessRuntime {
     }
 
     /// What each workload is, for the heartbeat.
-    pub fn report(&self) -> Vec<AgentInstanceReport> {
+    fn report(&self) -> Vec<AgentInstanceReport> {
         self.workloads
             .iter()
             .map(|(id, w)| {
@@ -770,7 +783,7 @@ impl ProcessRuntime {
 
     /// Forgets workloads whose end the server has now heard of (their output is shipped first),
     /// and returns their ids.
-    pub fn reported(&mut self, sent: &[AgentInstanceReport]) -> Vec<String> {
+    fn reported(&mut self, sent: &[AgentInstanceReport]) -> Vec<String> {
         let mut forgotten = Vec::new();
         self.workloads.retain(|id, w| {
             let done = w.exit.is_some() && sent.iter().any(|r| r.id == *id && r.state != WorkloadState::Running);
@@ -791,19 +804,8 @@ impl ProcessRuntime {
         forgotten
     }
 
-    /// Unmounts the volumes of this node no workload here holds any more.
-    fn release_unused_volumes(&self) {
-        let Ok(entries) = std::fs::read_dir(self.dir.join("volumes")) else { return };
-        for e in entries.flatten() {
-            let Some(id) = e.file_name().to_str().map(str::to_string) else { continue };
-            if !self.workloads.values().any(|w| w.saved.volume.as_deref() == Some(id.as_str())) {
-                self.volumes.release(&id);
-            }
-        }
-    }
-
     /// Removes the data of deleted volumes no workload here holds; returns those now gone.
-    pub fn purge_volumes(&self, ids: &[String]) -> Vec<String> {
+    fn purge_volumes(&self, ids: &[String]) -> Vec<String> {
         ids.iter()
             .filter(|id| !self.workloads.values().any(|w| w.saved.volume.as_deref() == Some(id.as_str())))
             .filter(|id| self.volumes.purge(id))
@@ -813,7 +815,7 @@ impl ProcessRuntime {
 
     /// Stops (SIGTERM, then SIGKILL after the grace period) every live workload whose GPU memory,
     /// as `used(instance, pgid)` reads it, is over its slice's cap, and records why.
-    pub fn enforce(&mut self, mut used: impl FnMut(&str, i32) -> Option<u64>) {
+    fn enforce(&mut self, used: &mut dyn FnMut(&str, i32) -> Option<u64>) {
         let mut over = Vec::new();
         for (id, w) in &mut self.workloads {
             if w.exit.is_some() || w.saved.pid <= 0 {
@@ -842,7 +844,7 @@ impl ProcessRuntime {
     /// Each GPU of a live workload with the workload's CPU use since the last call (0 to 1; the
     /// first call after a start reads 0), which fake GPUs read as their load: a workload that
     /// spins looks busy, one that sleeps idle, as idle detection and autoscaling need to see.
-    pub fn gpu_load(&mut self) -> Vec<(u32, f64)> {
+    fn gpu_load(&mut self) -> Vec<(u32, f64)> {
         let procs = proc_table();
         let now = Instant::now();
         let ticks_per_s = clock_ticks();
@@ -866,22 +868,17 @@ impl ProcessRuntime {
         out
     }
 
-    /// GPUs held by live workloads.
-    pub fn busy_gpus(&self) -> Vec<u32> {
-        self.workloads.values().filter(|w| w.exit.is_none()).flat_map(|w| w.saved.gpus.iter().copied()).collect()
-    }
-
     /// The metadata token a known workload was started with.
-    pub fn metadata_token(&self, id: &str) -> Option<String> {
+    fn metadata_token(&self, id: &str) -> Option<String> {
         self.workloads.get(id).and_then(|w| w.saved.metadata_token.clone())
     }
 
-    pub fn actual(&self) -> Vec<Actual> {
+    fn actual(&self) -> Vec<Actual> {
         self.workloads.iter().map(|(id, w)| Actual { id: id.clone(), alive: w.exit.is_none() }).collect()
     }
 
     /// New output per workload: (instance, seq, text, bytes of the log file it covers).
-    pub fn pending_logs(&self) -> Vec<(String, i64, String, u64)> {
+    fn pending_logs(&self) -> Vec<(String, i64, String, u64)> {
         let mut out = Vec::new();
         for (id, w) in &self.workloads {
             let Ok(mut f) = std::fs::File::open(&w.saved.log) else { continue };
@@ -913,7 +910,7 @@ impl ProcessRuntime {
     }
 
     /// The server has chunk `seq`, which covered `file_bytes` of the log file.
-    pub fn logs_shipped(&mut self, id: &str, seq: i64, file_bytes: u64) {
+    fn logs_shipped(&mut self, id: &str, seq: i64, file_bytes: u64) {
         if let Some(w) = self.workloads.get_mut(id)
             && w.saved.next_seq == seq
         {
@@ -929,7 +926,7 @@ impl ProcessRuntime {
     /// file system (a hole punched over it: the writer appends on, offsets stay valid), and
     /// unshipped output past the keep limit (a server out of reach) is dropped from its oldest
     /// end, which the next chunk then says.
-    pub fn bound_logs(&mut self) {
+    fn bound_logs(&mut self) {
         let keep = self.log_keep;
         let mut changed = false;
         for w in self.workloads.values_mut() {

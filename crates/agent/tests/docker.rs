@@ -3,6 +3,7 @@
 //! busybox image); elsewhere it says why and passes, as the engine is not part of `cargo test`,
 //! except under CI, where a missing image is a failure.
 
+use gpucloud_agent::Runtime;
 use gpucloud_agent::docker::{Confinement, DockerLauncher};
 use gpucloud_agent::runtime::ProcessRuntime;
 use gpucloud_api::{AgentWorkload, WorkloadState};

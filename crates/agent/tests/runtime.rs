@@ -1,5 +1,6 @@
 //! The process runtime against real processes.
 
+use gpucloud_agent::Runtime;
 use gpucloud_agent::runtime::ProcessRuntime;
 use gpucloud_api::{AgentWorkload, WorkloadState};
 use std::time::{Duration, Instant};
@@ -92,30 +93,30 @@ fn a_slice_gets_its_limits_and_is_stopped_over_its_memory_cap() {
          while [ ! -e go ]; do sleep 0.05; done; echo 12000 > $GPUCLOUD_FAKE_GPU_MEMORY_FILE; exec sleep 30",
     );
     w.slice = Some(gpucloud_api::AgentSlice { milli: 250, memory_mib: 10240, mig: None });
-    let env = gpus.workload_env(&w.id, rt.dir());
+    let env = gpus.workload_env(&w.id, rt.dir().unwrap());
     std::fs::create_dir_all(&dir).unwrap();
     let cwd = dir.join("cwd");
     std::fs::create_dir_all(&cwd).unwrap();
     w.command = format!("cd {} && {}", cwd.display(), w.command);
     rt.start(&w, "u", "t", &env);
-    let root = rt.dir().to_path_buf();
+    let root = rt.dir().unwrap().to_path_buf();
     let deadline = Instant::now() + Duration::from_secs(10);
     // Under the cap it runs on.
     loop {
         rt.poll();
-        rt.enforce(|id, pgid| gpus.workload_memory_mib(id, pgid, &root));
+        rt.enforce(&mut |id, pgid| gpus.workload_memory_mib(id, pgid, &root));
         if gpus.workload_memory_mib("i-slice", 0, &root) == Some(8000) {
             break;
         }
         assert!(Instant::now() < deadline, "the workload never declared its memory");
         std::thread::sleep(Duration::from_millis(20));
     }
-    rt.enforce(|id, pgid| gpus.workload_memory_mib(id, pgid, &root));
+    rt.enforce(&mut |id, pgid| gpus.workload_memory_mib(id, pgid, &root));
     assert_eq!(rt.report()[0].state, WorkloadState::Running);
     std::fs::write(cwd.join("go"), "").unwrap();
     loop {
         rt.poll();
-        rt.enforce(|id, pgid| gpus.workload_memory_mib(id, pgid, &root));
+        rt.enforce(&mut |id, pgid| gpus.workload_memory_mib(id, pgid, &root));
         if !rt.actual()[0].alive {
             break;
         }

@@ -115,6 +115,16 @@ wire_enum!(
 );
 
 wire_enum!(
+    /// How a node's agent runs workloads: `docker` (a confined container each), `process` (no
+    /// isolation between tenants) or `fake` (nothing runs: dev fleets and load tests).
+    AgentRuntime {
+        Process => "process",
+        Docker => "docker",
+        Fake => "fake",
+    }
+);
+
+wire_enum!(
     /// What an agent saw of a workload: `preparing` while its image is pulled or its volume made,
     /// `stopped` when it is gone or exited 0, `failed` when it exited non-zero or could not start.
     WorkloadState {
@@ -218,6 +228,7 @@ mod tests {
         check(KeyScope::ALL);
         check(Desired::ALL);
         check(WorkloadState::ALL);
+        check(AgentRuntime::ALL);
         check(NodeHealth::ALL);
         check(JobState::ALL);
         check(ClusterState::ALL);

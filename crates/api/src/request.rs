@@ -244,11 +244,10 @@ pub struct RegisterAgentRequest {
     /// letters, digits and `._/-`, values of printable characters.
     #[serde(default)]
     pub labels: std::collections::BTreeMap<String, String>,
-    /// How the agent runs workloads: `docker` (a confined container each) or `process` (no
-    /// isolation between tenants). A server started with --require-containers refuses
-    /// `process` (and an agent that does not say).
+    /// How the agent runs workloads. A server started with --require-containers refuses all
+    /// but `docker` (and an agent that does not say).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub runtime: Option<String>,
+    pub runtime: Option<AgentRuntime>,
     /// The port its ingress listens on: where the server's proxy reaches workloads' HTTP ports.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ingress_port: Option<u16>,

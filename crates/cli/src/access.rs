@@ -17,7 +17,7 @@ pub enum KeyCmd {
         /// admin (may change things), read-only (may only read) or agent (an operator's key for
         /// `gpucloud agent` in GPUCLOUD_AGENT_TOKEN or --token-file: the agent protocol only, for
         /// one node).
-        #[arg(long, default_value = "admin")]
+        #[arg(long, default_value = "admin", value_parser = crate::commands::one_of!(api::KeyScope))]
         scope: api::KeyScope,
         /// With --scope agent: the node (by name) the key speaks for. Without it, the first node
         /// the key registers (one not registered yet) becomes its node.

@@ -55,7 +55,7 @@ pub enum PriceCmd {
         /// Per GPU-hour, a decimal such as 2.99.
         #[arg(long)]
         price: String,
-        #[arg(long, default_value = "on-demand")]
+        #[arg(long, default_value = "on-demand", value_parser = crate::commands::one_of!(api::Tier))]
         tier: api::Tier,
         #[arg(long)]
         from: Option<String>,

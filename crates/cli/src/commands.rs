@@ -550,6 +550,19 @@ fn sale(spot: bool, reserved: bool, max_price: Option<String>) -> Result<(Option
     })
 }
 
+/// A flag taking one of a wire enum's texts: `--help` lists them and a typo is refused with
+/// them, before anything is sent.
+macro_rules! one_of {
+    ($t:ty) => {
+        clap::builder::TypedValueParser::map(
+            clap::builder::PossibleValuesParser::new(<$t>::ALL.iter().map(|v| v.as_str())),
+            // The enums' own test checks that every listed text parses back.
+            |s| s.parse::<$t>().expect("a listed value parses"),
+        )
+    };
+}
+pub(crate) use one_of;
+
 pub fn parse_gpu(gpu: &str) -> Result<GpuModel, String> {
     gpu.parse::<GpuModel>().map_err(|e| format!("--gpu: {e}"))
 }

@@ -361,7 +361,10 @@ pub fn dev(args: DevArgs, profile_name: Option<&str>) -> Result<(), String> {
                 address: Some("127.0.0.1".into()),
                 ports: None,
                 log_keep_mib: gpucloud_agent::runtime::DEFAULT_LOG_KEEP >> 20,
-                docker_image: docker_image.clone(),
+                runtime: match &docker_image {
+                    Some(image) => gpucloud_agent::RuntimeChoice::Docker { image: image.clone() },
+                    None => gpucloud_agent::RuntimeChoice::Process,
+                },
                 confine: Default::default(),
                 labels: [("dev".to_string(), "true".to_string())].into(),
                 ca_file: None,
@@ -636,8 +639,9 @@ pub struct AgentArgs {
     /// How workloads run: docker (a confined container of --image each: own network, non-root,
     /// CPU and memory limits, only its GPUs through the NVIDIA container runtime; for any node
     /// shared by tenants), or process (no isolation between tenants: single-user and trusted
-    /// hosts) [default: process].
-    #[arg(long, value_parser = ["process", "docker"])]
+    /// hosts), or fake (nothing runs: a workload is reported running until stopped; with
+    /// --fake-gpus only, to load-test a control plane) [default: process].
+    #[arg(long, value_parser = ["process", "docker", "fake"])]
     runtime: Option<String>,
     /// The image workloads run in with --runtime docker (pulled at start if missing).
     #[arg(long)]
@@ -755,10 +759,16 @@ pub fn agent(args: AgentArgs) -> Result<(), String> {
         }
     };
     let state_dir = args.state_dir.clone().unwrap_or_else(|| PathBuf::from("/var/lib/gpucloud-agent"));
-    let docker = match args.runtime.as_deref().unwrap_or("process") {
-        "process" => None,
-        "docker" => Some(args.image.clone().ok_or("--runtime docker needs --image (or image in the config file)")?),
-        other => return Err(format!("runtime '{other}' is process or docker")),
+    let runtime = match args.runtime.as_deref().unwrap_or("process") {
+        "process" => gpucloud_agent::RuntimeChoice::Process,
+        "docker" => gpucloud_agent::RuntimeChoice::Docker {
+            image: args.image.clone().ok_or("--runtime docker needs --image (or image in the config file)")?,
+        },
+        "fake" if args.fake_gpus.is_none() => {
+            return Err("--runtime fake runs nothing: it goes with --fake-gpus, never with a host's real GPUs".into());
+        }
+        "fake" => gpucloud_agent::RuntimeChoice::Fake,
+        other => return Err(format!("runtime '{other}' is process, docker or fake")),
     };
     let ports = args.port_range.as_deref().map(gpucloud_agent::runtime::parse_port_range).transpose()?;
     let mut gpus: Box<dyn gpucloud_agent::gpu::GpuBackend> = match &args.fake_gpus {
@@ -816,7 +826,7 @@ pub fn agent(args: AgentArgs) -> Result<(), String> {
         address: args.address.clone(),
         ports,
         log_keep_mib: args.log_keep_mib.unwrap_or(gpucloud_agent::runtime::DEFAULT_LOG_KEEP >> 20),
-        docker_image: docker,
+        runtime,
         confine: confine(&args)?,
         labels: args.labels.clone(),
         ca_file: args.ca_file.clone(),

@@ -616,3 +616,56 @@ fn the_agent_key_comes_from_a_file_or_the_environment_never_argv() {
     assert!(!o.status.success() && err.contains("registering"), "{err}");
     let _ = std::fs::remove_dir_all(&root);
 }
+
+/// `--runtime fake` runs nothing, yet beats like any agent: a workload is reported running until
+/// it is stopped, so a control plane can be loaded with real agents and no workloads. It never
+/// goes with a host's real GPUs.
+#[test]
+fn a_fake_runtime_agent_runs_nothing_and_reports_like_any_other() {
+    let root: PathBuf = std::env::temp_dir().join(format!("gpucloud-agent-fake-{:016x}", rand::random::<u64>()));
+    std::fs::create_dir_all(&root).unwrap();
+    let o = std::process::Command::new(common::BIN)
+        .args(["agent", "--server", "http://127.0.0.1:9", "--region", "eu-1", "--runtime", "fake"])
+        .env("GPUCLOUD_AGENT_TOKEN", "unused")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("--runtime fake") && err.contains("--fake-gpus"), "{err}");
+
+    let out = root.join("serve.out");
+    let _server = serve(&root, "127.0.0.1:0", &out);
+    let (op, url) = serving(&out);
+    let api = Api::new(&url);
+    let _agent = Proc(
+        std::process::Command::new(common::BIN)
+            .args(["agent", "--server", &url, "--name", "fake-1", "--region", "eu-1", "--runtime", "fake"])
+            .args(["--fake-gpus", "A100-40GB:2", "--interval-ms", "100", "--metadata-port", "0", "--ingress-port", "0"])
+            .arg("--state-dir")
+            .arg(root.join("state"))
+            .env("GPUCLOUD_AGENT_TOKEN", &op)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(root.join("agent.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let (_, t) = api.call(&op, "POST", "/v1/tenants", Some(json!({"name": "acme"})));
+    let key = t["api_key"].as_str().unwrap().to_string();
+    let marker = root.join("ran");
+    let (status, v) = api.call(
+        &key,
+        "POST",
+        "/v1/instances",
+        Some(json!({"gpu": "A100-40GB", "count": 2, "command": format!("touch {}", marker.display())})),
+    );
+    assert_eq!(status, 201, "{v}");
+    let id = v["id"].as_str().unwrap().to_string();
+    let running = api.wait(&key, &id, "running", |v| v["state"] == "running");
+    assert!(running["node"].is_string(), "{running}");
+    let (status, v) = api.call(&key, "POST", &format!("/v1/instances/{id}/stop"), None);
+    assert_eq!(status, 200, "{v}");
+    api.wait(&key, &id, "stopped", |v| v["state"] == "stopped");
+    assert!(!marker.exists(), "the fake runtime ran the command");
+    let log = std::fs::read_to_string(root.join("agent.log")).unwrap_or_default();
+    assert!(log.contains("runtime: fake"), "{log}");
+    let _ = std::fs::remove_dir_all(&root);
+}

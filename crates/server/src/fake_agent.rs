@@ -1,71 +1,49 @@
-//! A node agent without hardware: it "runs" a workload by remembering it and reporting it
-//! running, stops it when asked, and reports plausible GPU readings from the agent's fake
-//! backend. First-class code for dev mode, tests and demos; it talks to the control plane only
-//! through [`AgentApi`], as a real agent does.
+//! A node agent without hardware for dev mode, tests and demos. Each beat is the node agent's
+//! own step (`gpucloud_node::runtime::Reconciler`) over the fake runtime and fake GPUs: the same
+//! decisions of what to start, stop, report and forget as a real agent makes. Only the carrier
+//! differs: its reports go through the same checks as an HTTP agent's (`app::observed`), then
+//! straight to [`AgentApi`] instead of over the network.
 
-use crate::app::{AgentApi, AgentReport, Desired};
-use gpucloud_model::{AgentObservation, InstanceId, NodeId};
+use crate::app::{AgentApi, AgentReport};
+use gpucloud_model::NodeId;
 use gpucloud_node::gpu::{FakeGpus, GpuBackend, GpuInfo};
-use std::collections::BTreeMap;
+use gpucloud_node::runtime::{FakeRuntime, Reconciler, Runtime};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub async fn run(api: Arc<dyn AgentApi>, node: NodeId, gpus: Vec<GpuInfo>, interval: Duration) {
     let mut backend = FakeGpus::from_gpus(gpus);
+    let mut runtime = FakeRuntime::new();
+    let mut reconciler = Reconciler::default();
     let mut last_reading = Instant::now();
-    // What the agent reports on its next beat, and the GPUs its running workloads hold.
-    let mut workloads: BTreeMap<InstanceId, AgentObservation> = BTreeMap::new();
-    let mut busy: Vec<u32> = Vec::new();
+    let mut start = |rt: &mut dyn Runtime, w: &gpucloud_api::AgentWorkload| rt.start(w, "", "", &[]);
     loop {
-        let readings = backend
-            // No processes here: a workload reads as a busy one.
-            .telemetry(&busy.iter().map(|g| (*g, 0.95)).collect::<Vec<_>>(), last_reading.elapsed());
+        let sent = reconciler.report(&mut runtime);
+        let readings = backend.telemetry(&runtime.gpu_load(), last_reading.elapsed());
         last_reading = Instant::now();
-        let report = AgentReport {
-            node: node.clone(),
-            epoch: None,
-            instances: workloads.iter().map(|(k, v)| (k.clone(), *v, None)).collect(),
-            gpus: readings,
-            checkpoints: Vec::new(),
-            ports: Vec::new(),
-            metrics: Vec::new(),
-            preparing: Vec::new(),
-            published: Vec::new(),
-        };
         let mut changed = false;
-        match api.heartbeat(report).await {
-            Ok(desired) => {
-                // A stop, once reported, is the server's to act on.
-                workloads.retain(|_, seen| *seen == AgentObservation::Running);
-                let desired = crate::app::typed(&desired);
-                let wanted: BTreeMap<_, _> = desired.iter().map(|(id, d)| (id, d.desired)).collect();
-                for (id, seen) in workloads.iter_mut() {
-                    if wanted.get(id) != Some(&Desired::Run) {
-                        *seen = AgentObservation::Stopped { exit_code: None };
-                        changed = true;
-                    }
-                }
-                for (id, d) in &desired {
-                    match d.desired {
-                        Desired::Run if !workloads.contains_key(id) => {
-                            workloads.insert(id.clone(), AgentObservation::Running);
-                            changed = true;
-                        }
-                        // Asked to stop something it no longer runs (a report lost in transit):
-                        // say so again on the next regular beat.
-                        Desired::Stop => {
-                            workloads.entry(id.clone()).or_insert(AgentObservation::Stopped { exit_code: None });
-                        }
-                        Desired::Run => {}
-                    }
-                }
-                busy = desired
-                    .iter()
-                    .filter(|(_, d)| d.desired == Desired::Run)
-                    .flat_map(|(_, d)| d.gpus.iter().copied())
-                    .collect();
+        let beat = match crate::app::observed(sent.clone()) {
+            Ok(seen) => Some(AgentReport {
+                node: node.clone(),
+                epoch: None,
+                instances: seen.instances,
+                gpus: readings,
+                checkpoints: seen.checkpoints,
+                ports: seen.ports,
+                metrics: Vec::new(),
+                preparing: seen.preparing,
+                published: seen.published,
+            }),
+            Err(e) => {
+                tracing::error!(node = %node, error = %e, "fake agent's report refused");
+                None
             }
-            Err(e) => tracing::warn!(node = %node, error = %e, "fake agent heartbeat failed"),
+        };
+        if let Some(beat) = beat {
+            match api.heartbeat(beat).await {
+                Ok(desired) => changed = reconciler.apply(&mut runtime, &sent, &desired, &mut start).changed,
+                Err(e) => tracing::warn!(node = %node, error = %e, "fake agent heartbeat failed"),
+            }
         }
         // Report a change at once rather than a full interval later.
         if !changed {

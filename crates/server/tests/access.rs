@@ -341,11 +341,13 @@ fn a_cloud_that_requires_containers_refuses_process_agents() {
             "gpus": [{"index": 0, "model": "T4", "uuid": "GPU-shared-1-0"}]});
         s.post(&s.operator_key, "/v1/agent/register", Some(&body))
     };
-    for runtime in [None, Some("process")] {
+    for runtime in [None, Some("process"), Some("fake")] {
         let r = register(runtime);
         assert_eq!((r.status, r.body["field"].as_str()), (422, Some("runtime")), "{runtime:?}: {:?}", r.body);
         assert!(r.body["detail"].as_str().unwrap().contains("--runtime docker"), "{:?}", r.body);
     }
-    assert_eq!(register(Some("vm")).status, 422);
+    let r = register(Some("vm"));
+    assert_eq!((r.status, r.body["field"].as_str()), (422, Some("runtime")), "{:?}", r.body);
+    assert!(r.body["detail"].as_str().unwrap().contains("docker"), "the allowed values are named: {:?}", r.body);
     assert_eq!(register(Some("docker")).status, 201);
 }

@@ -354,7 +354,7 @@ fn web_ports_are_reached_through_the_proxy_by_their_tenant_only() {
     let s = with_key();
     let a = s.tenant("alice");
     let b = s.tenant("bob");
-    let ingress = gpucloud_agent::ingress::Ingress::start(0).unwrap();
+    let ingress = gpucloud_node::ingress::Ingress::start(0).unwrap();
     let body = json!({"name": "l4-web", "region": "eu-1", "address": "127.0.0.1", "ingress_port": ingress.port(),
         "gpus": [{"index": 0, "model": "L4", "uuid": "GPU-l4-web-0"}]});
     let r = s.post(&s.operator_key, "/v1/agent/register", Some(&body));

@@ -15,6 +15,62 @@ pub fn typed(desired: &[gpucloud_api::AgentWorkload]) -> Vec<(InstanceId, &gpucl
     desired.iter().filter_map(|d| Some((InstanceId::parse(&d.id).ok()?, d))).collect()
 }
 
+/// What a beat's workload reports say, checked and typed: the one reading of them, whether an
+/// agent sent them over HTTP or the in-process fleet handed them over.
+#[derive(Debug, Default)]
+pub struct Observed {
+    pub instances: Vec<(InstanceId, AgentObservation, Option<String>)>,
+    pub checkpoints: Vec<(InstanceId, String)>,
+    pub ports: Vec<(InstanceId, u16)>,
+    pub preparing: Vec<(InstanceId, String)>,
+    pub published: Vec<(InstanceId, Vec<(u16, u16)>)>,
+}
+
+pub fn observed(reports: Vec<gpucloud_api::AgentInstanceReport>) -> Result<Observed, AppError> {
+    use gpucloud_api::WorkloadState;
+    let invalid = |detail: &str| AppError::invalid("instances", detail.to_string());
+    let mut instances = Vec::new();
+    let mut checkpoints = Vec::new();
+    let mut ports = Vec::new();
+    let mut preparing = Vec::new();
+    let mut published = Vec::new();
+    for r in reports {
+        let id = InstanceId::parse(&r.id).map_err(|e| invalid(&e.to_string()))?;
+        let seen = match (r.state, r.exit_code) {
+            (WorkloadState::Running, _) => AgentObservation::Running,
+            (WorkloadState::Stopped, code) => AgentObservation::Stopped { exit_code: code },
+            (WorkloadState::Failed, code) => AgentObservation::Failed { exit_code: code.unwrap_or(-1) },
+            (WorkloadState::Preparing, _) => {
+                let progress: String =
+                    r.progress.unwrap_or_default().chars().filter(|c| !c.is_control()).take(200).collect();
+                preparing.push((id, if progress.is_empty() { "preparing".to_string() } else { progress }));
+                continue;
+            }
+        };
+        if r.published.len() > gpucloud_model::workload::MAX_PORTS
+            || r.published.iter().any(|p| p.port == 0 || p.host_port == 0)
+        {
+            return Err(invalid("at most 8 published ports, each 1 to 65535"));
+        }
+        if r.state == WorkloadState::Running {
+            published.push((id.clone(), r.published.iter().map(|p| (p.port, p.host_port)).collect()));
+        }
+        if let Some(path) = r.checkpoint.filter(|p| !p.is_empty()) {
+            if path.len() > 4096 || path.chars().any(char::is_control) {
+                return Err(invalid("a checkpoint path is 1 to 4096 printable characters"));
+            }
+            checkpoints.push((id.clone(), path));
+        }
+        match r.port {
+            Some(0) => return Err(invalid("a workload's port is 1 to 65535")),
+            Some(p) if r.state == WorkloadState::Running => ports.push((id.clone(), p)),
+            _ => {}
+        }
+        instances.push((id, seen, r.reason.filter(|r| !r.is_empty()).map(|r| r.chars().take(500).collect())));
+    }
+    Ok(Observed { instances, checkpoints, ports, preparing, published })
+}
+
 #[derive(Debug, Clone)]
 pub struct AgentReport {
     pub node: NodeId,
@@ -344,16 +400,12 @@ impl App {
 
     /// Whether an agent running workloads this way may join: with `require_containers`, only
     /// agents that confine each workload in a container of its own.
-    pub fn check_agent_runtime(&self, runtime: Option<&str>) -> Result<(), AppError> {
-        match runtime {
-            None | Some("docker") | Some("process") => {}
-            Some(other) => return Err(AppError::invalid("runtime", format!("runtime '{other}' is docker or process"))),
-        }
-        if self.config.require_containers && runtime != Some("docker") {
+    pub fn check_agent_runtime(&self, runtime: Option<gpucloud_api::AgentRuntime>) -> Result<(), AppError> {
+        if self.config.require_containers && runtime != Some(gpucloud_api::AgentRuntime::Docker) {
             return Err(AppError::invalid(
                 "runtime",
                 "this cloud runs tenants' workloads in containers only: start the agent with --runtime docker \
-                 (the process runtime does not isolate tenants from one another)",
+                 (the process runtime does not isolate tenants from one another, and the fake one runs nothing)",
             ));
         }
         Ok(())

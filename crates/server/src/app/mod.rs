@@ -31,7 +31,7 @@ mod nodes;
 mod schedule;
 mod tenants;
 
-pub use agent::{AgentApi, AgentReport, Desired, GpuReading, typed};
+pub use agent::{AgentApi, AgentReport, Desired, GpuReading, Observed, observed, typed};
 pub use auth::{Principal, hash_key};
 pub use budgets::{billing_mode, check_credit_limit};
 pub use clock::Clock;

@@ -11,9 +11,9 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use gpucloud_api::{
     AgentDesired, AgentHeartbeat, AgentLogs, AgentRegistered, InstanceLogs, LogChunk, Problem, RegisterAgentRequest,
-    WorkloadState, rfc3339,
+    rfc3339,
 };
-use gpucloud_model::{AgentObservation, InstanceId, NodeId};
+use gpucloud_model::{InstanceId, NodeId};
 use serde::Deserialize;
 use std::sync::Arc;
 
@@ -36,7 +36,7 @@ pub async fn register(
 ) -> Result<(StatusCode, Json<AgentRegistered>), ApiError> {
     let gpus =
         req.gpus.into_iter().map(|g| gpucloud_store::NewGpu { index: g.index, model: g.model, uuid: g.uuid }).collect();
-    app.check_agent_runtime(req.runtime.as_deref())?;
+    app.check_agent_runtime(req.runtime)?;
     let node = app.register_agent(&p, &req.name, req.region, gpus, req.address, req.labels).await?;
     let ingress_secret = app.set_ingress(&node.id, req.ingress_port).await?;
     app.set_node_ssh(&node.id, req.ssh_port, req.ssh_host_key.as_deref()).await?;
@@ -66,45 +66,7 @@ pub async fn heartbeat(
     ApiJson(req): ApiJson<AgentHeartbeat>,
 ) -> Result<Json<AgentDesired>, ApiError> {
     app.agent_node(&p, &node_id(&req.node_id)?).await?;
-    let mut instances = Vec::new();
-    let mut checkpoints = Vec::new();
-    let mut ports = Vec::new();
-    let mut preparing = Vec::new();
-    let mut published = Vec::new();
-    for r in req.instances {
-        let id = InstanceId::parse(&r.id).map_err(|e| bad("instances", &e.to_string()))?;
-        let seen = match (r.state, r.exit_code) {
-            (WorkloadState::Running, _) => AgentObservation::Running,
-            (WorkloadState::Stopped, code) => AgentObservation::Stopped { exit_code: code },
-            (WorkloadState::Failed, code) => AgentObservation::Failed { exit_code: code.unwrap_or(-1) },
-            (WorkloadState::Preparing, _) => {
-                let progress: String =
-                    r.progress.unwrap_or_default().chars().filter(|c| !c.is_control()).take(200).collect();
-                preparing.push((id, if progress.is_empty() { "preparing".to_string() } else { progress }));
-                continue;
-            }
-        };
-        if r.published.len() > gpucloud_model::workload::MAX_PORTS
-            || r.published.iter().any(|p| p.port == 0 || p.host_port == 0)
-        {
-            return Err(bad("instances", "at most 8 published ports, each 1 to 65535"));
-        }
-        if r.state == WorkloadState::Running {
-            published.push((id.clone(), r.published.iter().map(|p| (p.port, p.host_port)).collect()));
-        }
-        if let Some(path) = r.checkpoint.filter(|p| !p.is_empty()) {
-            if path.len() > 4096 || path.chars().any(char::is_control) {
-                return Err(bad("instances", "a checkpoint path is 1 to 4096 printable characters"));
-            }
-            checkpoints.push((id.clone(), path));
-        }
-        match r.port {
-            Some(0) => return Err(bad("instances", "a workload's port is 1 to 65535")),
-            Some(p) if r.state == WorkloadState::Running => ports.push((id.clone(), p)),
-            _ => {}
-        }
-        instances.push((id, seen, r.reason.filter(|r| !r.is_empty()).map(|r| r.chars().take(500).collect())));
-    }
+    let seen = crate::app::observed(req.instances)?;
     let gpus = req.gpus;
     if req.metrics.len() > 20_000 {
         return Err(bad("metrics", "at most 20000 points a beat"));
@@ -147,13 +109,13 @@ pub async fn heartbeat(
     let report = AgentReport {
         node: node.clone(),
         epoch: Some(req.epoch),
-        instances,
+        instances: seen.instances,
         gpus,
-        checkpoints,
-        ports,
+        checkpoints: seen.checkpoints,
+        ports: seen.ports,
         metrics,
-        preparing,
-        published,
+        preparing: seen.preparing,
+        published: seen.published,
     };
     let desired = app.heartbeat(report).await?;
     if let Some(images) = images {

@@ -12,6 +12,7 @@ from .client import ApiError, Client, Cluster, ClusterMember, Instance, Job, Job
 from .enums import (
     BudgetAction,
     ClusterState,
+    AgentRuntime,
     Desired,
     InstanceState,
     JobState,
@@ -40,6 +41,7 @@ from .workload import (
 __all__ = [
     "BudgetAction",
     "ClusterState",
+    "AgentRuntime",
     "Desired",
     "InstanceState",
     "JobState",

@@ -125,6 +125,14 @@ class Desired(WireEnum):
     STOP = "stop"
 
 
+class AgentRuntime(WireEnum):
+    """How a node's agent runs workloads: `docker` (a confined container each), `process` (no"""
+
+    PROCESS = "process"
+    DOCKER = "docker"
+    FAKE = "fake"
+
+
 class WorkloadState(WireEnum):
     """What an agent saw of a workload: `preparing` while its image is pulled or its volume made,"""
 
@@ -134,4 +142,4 @@ class WorkloadState(WireEnum):
     FAILED = "failed"
 
 
-__all__ = ["WireEnum", "InstanceState", "Tier", "NodeState", "NodeHealth", "Role", "KeyScope", "JobState", "ClusterState", "VolumeState", "PortProtocol", "BudgetAction", "Desired", "WorkloadState"]
+__all__ = ["WireEnum", "InstanceState", "Tier", "NodeState", "NodeHealth", "Role", "KeyScope", "JobState", "ClusterState", "VolumeState", "PortProtocol", "BudgetAction", "Desired", "AgentRuntime", "WorkloadState"]
