@@ -2,7 +2,6 @@
 
 use crate::profile::{self, Credentials, Profile};
 use clap::Args;
-use gpucloud_model::Role;
 use gpucloud_server::app::{Config, FakeAgents};
 use gpucloud_server::dev::{DEFAULT_FLEET, DevFleet};
 use std::path::PathBuf;
@@ -293,7 +292,6 @@ pub fn dev(args: DevArgs, profile_name: Option<&str>) -> Result<(), String> {
     runtime()?.block_on(async move {
         let db = data_dir.join("gpucloud.db");
         let url = args.database.clone().unwrap_or_else(|| format!("sqlite://{}", db.display()));
-        let store = gpucloud_store::open(&url).await.map_err(|e| format!("opening {url}: {e}"))?;
         let agent_interval = args.tick_ms.map_or(Duration::from_secs(1), |ms| Duration::from_millis(ms.max(10)));
         // Nodes an operator adds by hand (`node add`) get an in-process fake agent; the built-in
         // fleet registers itself through real agents below.
@@ -311,9 +309,7 @@ pub fn dev(args: DevArgs, profile_name: Option<&str>) -> Result<(), String> {
                 &data_dir.join("secrets.key"),
             )?);
         }
-        let running = gpucloud_server::start(store, config, &args.listen)
-            .await
-            .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+        let running = gpucloud_server::start_on(&url, config, &args.listen, None).await?;
         let url = format!("http://{}", running.addr);
         let previous = profile::read_credentials(&data_dir);
         let keys = gpucloud_server::dev::bootstrap(&running.app, previous.is_none(), DevFleet::Agents)
@@ -387,7 +383,7 @@ pub fn dev(args: DevArgs, profile_name: Option<&str>) -> Result<(), String> {
         }
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         let nodes = loop {
-            let nodes = running.app.store().list_nodes().await.map_err(|e| e.to_string())?;
+            let nodes = gpucloud_server::dev::nodes(&running.app).await.map_err(|e| e.to_string())?;
             let up = nodes.iter().filter(|n| n.health == gpucloud_model::NodeHealth::Healthy).count();
             if up >= DEFAULT_FLEET.len() || std::time::Instant::now() > deadline {
                 break nodes;
@@ -457,7 +453,6 @@ pub fn serve(args: ServeArgs) -> Result<(), String> {
             _ => None,
         };
         let scheme = if tls.is_some() { "https" } else { "http" };
-        let store = gpucloud_store::open(&args.database).await.map_err(|e| e.to_string())?;
         let config = Config {
             policy,
             fake_agents: if args.fake_agents { FakeAgents::Every(Duration::from_secs(2)) } else { FakeAgents::Off },
@@ -505,15 +500,8 @@ pub fn serve(args: ServeArgs) -> Result<(), String> {
                 ),
             }
         }
-        let running = gpucloud_server::start_with(store, config, &args.listen, tls)
-            .await
-            .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
-        if running.app.store().list_tenants().await.map_err(|e| e.to_string())?.is_empty() {
-            let key = running
-                .app
-                .create_tenant(None, gpucloud_server::dev::OPERATOR_TENANT, Role::Operator)
-                .await
-                .map_err(|e| e.to_string())?;
+        let running = gpucloud_server::start_on(&args.database, config, &args.listen, tls).await?;
+        if let Some(key) = gpucloud_server::dev::first_operator(&running.app).await.map_err(|e| e.to_string())? {
             println!("operator key: {}   (shown once)", key.secret);
         }
         let free = running.app.zero_prices_in_force().await.map_err(|e| e.to_string())?;

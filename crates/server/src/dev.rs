@@ -129,3 +129,16 @@ pub async fn bootstrap(app: &App, mint_keys: bool, fleet: DevFleet) -> Result<Op
         _ => None,
     })
 }
+
+/// The nodes of the fleet now (dev waits for its agents to register).
+pub async fn nodes(app: &App) -> Result<Vec<gpucloud_store::Node>, AppError> {
+    Ok(app.store().list_nodes().await?)
+}
+
+/// On a database with no tenant yet (a first `serve`), the operator's tenant and its key.
+pub async fn first_operator(app: &App) -> Result<Option<NewKey>, AppError> {
+    if !app.store().list_tenants().await?.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(app.create_tenant(None, OPERATOR_TENANT, Role::Operator).await?))
+}

@@ -40,6 +40,18 @@ impl Running {
     }
 }
 
+/// Opens (and migrates) the database at `url`, then [`start_with`]: what `gpucloud serve` and
+/// `gpucloud dev` run, so no front end opens a store itself.
+pub async fn start_on(
+    url: &str,
+    config: Config,
+    listen: &str,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) -> Result<Running, String> {
+    let store = gpucloud_store::open(url).await.map_err(|e| format!("opening {url}: {e}"))?;
+    start_with(store, config, listen, tls).await.map_err(|e| format!("cannot listen on {listen}: {e}"))
+}
+
 /// Binds `listen`, starts the reconcilers (and fake agents when configured) and serves the API.
 pub async fn start(store: Arc<dyn Store>, config: Config, listen: &str) -> std::io::Result<Running> {
     start_with(store, config, listen, None).await
