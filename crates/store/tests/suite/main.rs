@@ -43,12 +43,18 @@ macro_rules! suite {
     ($($name:ident),* $(,)?) => {
         mod sqlite_backend {
             $(#[tokio::test] async fn $name() {
-                if let Some(s) = super::sqlite().await { super::$name(s).await }
+                if let Some(s) = super::sqlite().await {
+                    assert_eq!(s.backend(), gpucloud_store::Backend::Sqlite);
+                    super::$name(s).await
+                }
             })*
         }
         mod postgres_backend {
             $(#[tokio::test] async fn $name() {
-                if let Some(s) = super::postgres().await { super::$name(s).await }
+                if let Some(s) = super::postgres().await {
+                    assert_eq!(s.backend(), gpucloud_store::Backend::Postgres);
+                    super::$name(s).await
+                }
             })*
         }
     };
@@ -71,6 +77,7 @@ suite!(
     billable_time_is_recorded_with_state_changes,
     charges_move_money_once,
     a_batch_posts_like_one_entry_at_a_time,
+    a_metering_batch_charges_each_interval_once,
     clusters_and_pools_keep_their_workload_resize_by_generation_and_retire,
     prices_and_rules,
     concurrent_state_changes_have_one_winner,
@@ -604,7 +611,47 @@ async fn clusters_and_pools_keep_their_workload_resize_by_generation_and_retire(
     assert!(!s.delete_pool(&p.id).await.unwrap());
     assert!(!s.update_pool(&p).await.unwrap(), "a retired pool is not resized");
     assert!(s.list_pools(Some(&t.id)).await.unwrap().is_empty());
-    s.insert_pool(&WarmPool { id: PoolId::from_random(10), ..p }).await.unwrap();
+    let p = WarmPool { id: PoolId::from_random(10), ..p };
+    s.insert_pool(&p).await.unwrap();
+
+    // A running warm member is handed out once: it leaves the pool, takes its new name, and its
+    // billing moves from the warm rate to on-demand at that instant.
+    let n = node(&s, "warm-node", GpuModel::L4, 1).await;
+    let new = NewInstance {
+        id: InstanceId::from_random(rand::random()),
+        tenant_id: t.id.clone(),
+        name: "warm-1".into(),
+        region: None,
+        model: GpuModel::L4,
+        count: 1,
+        share: None,
+        command: "serve".into(),
+        idempotency_key: None,
+        created_at: ts(10),
+        sale: Sale { tier: Tier::Warm, pool: Some(p.id.clone()), ..Sale::default() },
+    };
+    let member = s.insert_instance(&new).await.unwrap().0;
+    assert_eq!(s.pool_members(&p.id).await.unwrap().len(), 1);
+    assert_eq!(s.claim_warm(&member.id, member.generation, "mine", ts(15)).await.unwrap(), None, "not running yet");
+    s.apply_placements(&n.id, n.generation, &[placement(&member, &[0])], ts(19)).await.unwrap();
+    let placed = s.get_instance(None, &member.id).await.unwrap().unwrap();
+    let up = InstanceChange { state: InstanceState::Running, stop_target: None, exit_code: None, at: ts(20) };
+    let running = s.update_instance(&placed.id, placed.generation, &up).await.unwrap().unwrap();
+    assert_eq!(s.claim_warm(&running.id, running.generation - 1, "mine", ts(30)).await.unwrap(), None, "stale");
+    let claimed = s.claim_warm(&running.id, running.generation, "mine", ts(30)).await.unwrap().expect("claimed");
+    assert_eq!((claimed.name.as_str(), claimed.sale.tier, claimed.sale.pool.as_ref()), ("mine", Tier::OnDemand, None));
+    assert!(s.pool_members(&p.id).await.unwrap().is_empty());
+    assert_eq!(s.claim_warm(&running.id, claimed.generation, "again", ts(31)).await.unwrap(), None, "handed out once");
+    let mut spans: Vec<(Tier, i64, Option<i64>)> = s
+        .intervals_of_tenant(&t.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|u| u.instance_id == member.id)
+        .map(|u| (u.tier, u.started_at.0, u.ended_at.map(|e| e.0)))
+        .collect();
+    spans.sort_by_key(|x| x.1);
+    assert_eq!(spans, vec![(Tier::Warm, 20, Some(30)), (Tier::OnDemand, 30, None)]);
 }
 
 async fn concurrent_state_changes_have_one_winner(s: Arc<dyn Store>) {
@@ -1080,10 +1127,17 @@ async fn a_volume_is_held_by_one_live_instance_and_lives_where_first_placed(s: A
     assert!(s.attach_volume(&data.id, &second.id).await.unwrap());
     s.detach_volume(&data.id, &second.id).await.unwrap();
 
+    // A tenant lists its own live volumes by name.
+    s.insert_volume(&vol(&a, "cache")).await.unwrap();
+    let names = |v: Vec<VolumeRow>| v.into_iter().map(|v| v.name).collect::<Vec<_>>();
+    assert_eq!(names(s.list_volumes(&a.id).await.unwrap()), vec!["cache", "data"]);
+    assert_eq!(names(s.list_volumes(&b.id).await.unwrap()), vec!["data"]);
+
     // Deleted: its name is free again, and the node is told to remove its data once.
     assert!(s.delete_volume(&data.id, ts(400)).await.unwrap());
     assert!(!s.delete_volume(&data.id, ts(401)).await.unwrap());
     assert_eq!(s.find_volume(&a.id, "data").await.unwrap(), None);
+    assert_eq!(names(s.list_volumes(&a.id).await.unwrap()), vec!["cache"], "a deleted volume is not listed");
     s.insert_volume(&vol(&a, "data")).await.unwrap();
     assert_eq!(s.volumes_to_purge(&n.id).await.unwrap(), vec![data.id.clone()]);
     s.mark_volumes_purged(&other.id, std::slice::from_ref(&data.id), ts(500)).await.unwrap();

@@ -176,6 +176,49 @@ pub(crate) async fn charges_move_money_once(s: Arc<dyn Store>) {
     assert_eq!(s.revenue_series(ts(501), 1_000).await.unwrap(), vec![]);
 }
 
+/// A metering pass charges many intervals in one transaction; each moves only from what its
+/// caller read, so a pass that lost a race to another writes nothing for those intervals.
+pub(crate) async fn a_metering_batch_charges_each_interval_once(s: Arc<dyn Store>) {
+    let t = tenant(&s, "batch").await;
+    let n = node(&s, "batch-node", GpuModel::A100_40GB, 4).await;
+    running_instance(&s, &t, &n, 100).await;
+    running_instance(&s, &t, &n, 100).await;
+    let read = s.unsettled_intervals_of(&t.id).await.unwrap();
+    assert_eq!(read.len(), 2);
+    let item = |u: &UsageInterval, seconds: i64, amount: i64, key: &str| ChargeItem {
+        interval: u.clone(),
+        charge: Charge { seconds, amount: Money(amount) },
+        settled: false,
+        record: Some(usage_record(u, Money(amount - u.charged.0), seconds - u.charged_seconds, key)),
+        posted_through: None,
+    };
+    let pass = vec![item(&read[0], 60, 1_000, "b1"), item(&read[1], 30, 500, "b2")];
+    assert_eq!(s.charge_intervals(&pass).await.unwrap(), vec![true, true]);
+    // A second pass that read the same rows (before the first wrote) changes nothing.
+    let stale = vec![item(&read[0], 60, 1_000, "b1-again"), item(&read[1], 30, 500, "b2-again")];
+    assert_eq!(s.charge_intervals(&stale).await.unwrap(), vec![false, false]);
+    assert_eq!(s.balance(&t.id).await.unwrap(), Money(-1_500));
+    // One current and one stale item: only the current one moves.
+    let now = s.unsettled_intervals_of(&t.id).await.unwrap();
+    let current = now.iter().find(|u| u.id == read[0].id).unwrap();
+    let mixed = vec![item(current, 120, 2_000, "b3"), item(&read[1], 60, 1_000, "b4")];
+    assert_eq!(s.charge_intervals(&mixed).await.unwrap(), vec![true, false]);
+    assert_eq!(s.balance(&t.id).await.unwrap(), Money(-2_500));
+    let charged: Vec<(i64, Money)> = {
+        let mut v: Vec<_> = s
+            .unsettled_intervals_of(&t.id)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|u| (u.charged_seconds, u.charged))
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(charged, vec![(30, Money(500)), (120, Money(2_000))]);
+    assert_eq!(s.ledger_totals().await.unwrap(), vec![("USD".to_string(), Money(0))], "the ledger balances");
+}
+
 pub(crate) async fn prices_and_rules(s: Arc<dyn Store>) {
     assert_eq!(s.billing_rules().await.unwrap(), Rules::default());
     s.set_billing_rules(Rules::new(3600, 0).unwrap()).await.unwrap();
