@@ -2,6 +2,43 @@
 //! the server, the agent, the CLI and the SDK agree on the values by type rather than by spelling.
 //! Where the core model has the same set, `From` both ways is exhaustive: a new state in the model
 //! fails to compile here until the wire says how it is spelt.
+//!
+//! A client that sends a value outside a set does not compile:
+//!
+//! ```compile_fail
+//! let tier: gpucloud_api::Tier = gpucloud_api::Tier::Gold;
+//! ```
+//!
+//! ```compile_fail
+//! let runtime: gpucloud_api::AgentRuntime = gpucloud_api::AgentRuntime::Kvm;
+//! ```
+//!
+//! and one that reads a set must say what each value means (no catch-all needed, none hidden):
+//!
+//! ```compile_fail
+//! fn shown(s: gpucloud_api::WorkloadState) -> &'static str {
+//!     match s {
+//!         gpucloud_api::WorkloadState::Running => "up",
+//!         gpucloud_api::WorkloadState::Stopped => "down",
+//!     }
+//! }
+//! ```
+//!
+//! while the same code naming every value compiles:
+//!
+//! ```
+//! fn shown(s: gpucloud_api::WorkloadState) -> &'static str {
+//!     match s {
+//!         gpucloud_api::WorkloadState::Preparing => "pulling",
+//!         gpucloud_api::WorkloadState::Running => "up",
+//!         gpucloud_api::WorkloadState::Stopped | gpucloud_api::WorkloadState::Failed => "down",
+//!     }
+//! }
+//! let tier: gpucloud_api::Tier = gpucloud_api::Tier::Spot;
+//! let runtime: gpucloud_api::AgentRuntime = gpucloud_api::AgentRuntime::Fake;
+//! assert_eq!((tier.as_str(), runtime.as_str()), ("spot", "fake"));
+//! assert_eq!(shown(gpucloud_api::WorkloadState::Failed), "down");
+//! ```
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
