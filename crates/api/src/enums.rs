@@ -61,12 +61,19 @@ macro_rules! wire_enum {
         }
     };
     ($(#[$meta:meta])* $name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
+        wire_enum!(@case "kebab-case" $(#[$meta])* $name { $($variant => $text),+ });
+    };
+    // A set spelt in snake case (the problem codes, as RFC 9457 bodies conventionally are).
+    ($(#[$meta:meta])* $name:ident snake_case { $($variant:ident => $text:literal),+ $(,)? }) => {
+        wire_enum!(@case "snake_case" $(#[$meta])* $name { $($variant => $text),+ });
+    };
+    (@case $case:tt $(#[$meta:meta])* $name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
         $(#[$meta])*
-        // Every wire text is its variant's name in kebab case; `as_str` spells it out and the
+        // Every wire text is its variant's name in the set's case; `as_str` spells it out and the
         // tests check the two agree. (utoipa does not see a `rename` whose text comes through
-        // this macro, so the rule is stated once, literally.)
+        // this macro, so the rule is stated once, as a plain token.)
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
-        #[serde(rename_all = "kebab-case")]
+        #[serde(rename_all = $case)]
         pub enum $name {
             $($variant),+
         }
@@ -228,6 +235,39 @@ wire_enum!(
     }
 );
 
+wire_enum!(
+    /// What went wrong, machine-readable and stable: a problem document's `code`.
+    ProblemCode snake_case {
+        Unauthorized => "unauthorized",
+        Forbidden => "forbidden",
+        ReadOnlyKey => "read_only_key",
+        AgentKey => "agent_key",
+        WorkloadScope => "workload_scope",
+        NotFound => "not_found",
+        RouteNotFound => "route_not_found",
+        MethodNotAllowed => "method_not_allowed",
+        InvalidRequest => "invalid_request",
+        InvalidQuery => "invalid_query",
+        MalformedJson => "malformed_json",
+        MalformedBody => "malformed_body",
+        UnsupportedMediaType => "unsupported_media_type",
+        PayloadTooLarge => "payload_too_large",
+        IllegalTransition => "illegal_transition",
+        Conflict => "conflict",
+        InvalidIdempotencyKey => "invalid_idempotency_key",
+        IdempotencyKeyReused => "idempotency_key_reused",
+        IdempotencyInProgress => "idempotency_in_progress",
+        Fenced => "fenced",
+        PaymentRequired => "payment_required",
+        RateLimited => "rate_limited",
+        Contended => "contended",
+        BadGateway => "bad_gateway",
+        Gateway => "gateway",
+        AuditUnavailable => "audit_unavailable",
+        Internal => "internal",
+    }
+);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -266,6 +306,7 @@ mod tests {
         check(Desired::ALL);
         check(WorkloadState::ALL);
         check(AgentRuntime::ALL);
+        check(ProblemCode::ALL);
         check(NodeHealth::ALL);
         check(JobState::ALL);
         check(ClusterState::ALL);

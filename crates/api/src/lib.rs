@@ -35,7 +35,7 @@ pub struct Problem {
     pub status: u16,
     pub detail: String,
     /// Machine-readable, stable: `invalid_request`, `not_found`, `illegal_transition`, ...
-    pub code: String,
+    pub code: ProblemCode,
     /// The request field at fault, as a path (`count`, `gpus[0].model`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,

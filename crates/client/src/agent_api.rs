@@ -8,9 +8,6 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::time::Duration;
 
-/// The problem code of a heartbeat from an agent whose registration was replaced.
-pub const FENCED: &str = "fenced";
-
 pub struct AgentClient {
     /// Every replica's URL; requests go to `current` and move on when it cannot be reached.
     bases: Vec<String>,
@@ -87,7 +84,7 @@ impl AgentClient {
         }
         let problem = serde_json::from_str::<Problem>(&text).ok();
         let detail = problem.as_ref().map_or(text.clone(), |p| p.detail.clone());
-        if status == 409 && problem.as_ref().is_some_and(|p| p.code == FENCED) {
+        if status == 409 && problem.as_ref().is_some_and(|p| p.code == gpucloud_api::ProblemCode::Fenced) {
             return Err(Error::Fenced(Fenced(detail)));
         }
         Err(Error::Other(format!("{path}: HTTP {status}: {detail}")))

@@ -231,7 +231,7 @@ fn problem(status: StatusCode, detail: String) -> Response {
         title: status.canonical_reason().unwrap_or("error").into(),
         status: status.as_u16(),
         detail,
-        code: "gateway".into(),
+        code: gpucloud_api::ProblemCode::Gateway,
         field: None,
         current_state: None,
     };

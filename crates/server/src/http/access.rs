@@ -85,7 +85,8 @@ pub async fn audit(
     Auth(p): Auth,
     q: Result<Query<AuditQuery>, QueryRejection>,
 ) -> Result<Json<gpucloud_api::AuditLog>, ApiError> {
-    let Query(q) = q.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
+    let Query(q) =
+        q.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, gpucloud_api::ProblemCode::InvalidQuery, e.body_text()))?;
     let all = app.audit_log(&p, q.tenant.as_deref(), q.since.unwrap_or(86_400), 10_000).await?;
     let mut again = vec![("since", q.since.unwrap_or(86_400).to_string())];
     if let Some(t) = &q.tenant {

@@ -165,12 +165,13 @@ pub async fn instance_logs(
     Path(id): Path<String>,
     q: Result<Query<After>, QueryRejection>,
 ) -> Result<Json<InstanceLogs>, ApiError> {
-    let Query(q) = q.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
+    let Query(q) =
+        q.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, gpucloud_api::ProblemCode::InvalidQuery, e.body_text()))?;
     let after = q.after.unwrap_or(0);
     if after < 0 {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_request",
+            gpucloud_api::ProblemCode::InvalidRequest,
             "after is a chunk number, 0 or more",
         )
         .field("after"));

@@ -18,7 +18,7 @@ use serde::Deserialize;
 use std::sync::Arc;
 
 fn invalid(field: &str, detail: impl Into<String>) -> ApiError {
-    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", detail).field(field)
+    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, gpucloud_api::ProblemCode::InvalidRequest, detail).field(field)
 }
 
 fn price(p: gpucloud_store::PriceRow) -> Price {
@@ -182,7 +182,8 @@ pub struct Range {
 type RangeQuery = (Timestamp, Timestamp, Option<String>, super::page::PageQuery, Vec<(&'static str, String)>);
 
 fn range(app: &App, q: Result<Query<Range>, QueryRejection>) -> Result<RangeQuery, ApiError> {
-    let Query(q) = q.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
+    let Query(q) =
+        q.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, gpucloud_api::ProblemCode::InvalidQuery, e.body_text()))?;
     let mut again = Vec::new();
     for (k, v) in [("from", &q.from), ("to", &q.to), ("by", &q.by)] {
         if let Some(v) = v {
@@ -292,7 +293,8 @@ pub async fn invoice(
     q: Result<Query<InvoiceFormat>, QueryRejection>,
 ) -> Result<axum::response::Response, ApiError> {
     use axum::response::IntoResponse;
-    let Query(q) = q.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
+    let Query(q) =
+        q.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, gpucloud_api::ProblemCode::InvalidQuery, e.body_text()))?;
     let inv = app.invoice(&p, &month).await?;
     let (ct, body) = match q.format.as_deref().unwrap_or("json") {
         "json" => ("application/json", serde_json::to_string_pretty(&inv).unwrap_or_default()),

@@ -8,14 +8,14 @@ use gpucloud_api::Problem;
 #[derive(Debug)]
 pub struct ApiError {
     pub status: StatusCode,
-    pub code: &'static str,
+    pub code: gpucloud_api::ProblemCode,
     pub detail: String,
     pub field: Option<String>,
     pub current_state: Option<String>,
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> ApiError {
+    pub fn new(status: StatusCode, code: gpucloud_api::ProblemCode, detail: impl Into<String>) -> ApiError {
         ApiError { status, code, detail: detail.into(), field: None, current_state: None }
     }
 
@@ -30,7 +30,7 @@ impl ApiError {
             title: self.status.canonical_reason().unwrap_or("Error").to_string(),
             status: self.status.as_u16(),
             detail: self.detail.clone(),
-            code: self.code.to_string(),
+            code: self.code,
             field: self.field.clone(),
             current_state: self.current_state.clone(),
         }
@@ -42,24 +42,34 @@ impl From<AppError> for ApiError {
         use StatusCode as S;
         let detail = e.to_string();
         match e {
-            AppError::Unauthenticated | AppError::BadKey => ApiError::new(S::UNAUTHORIZED, "unauthorized", detail),
-            AppError::Forbidden(_) => ApiError::new(S::FORBIDDEN, "forbidden", detail),
-            AppError::NotFound { .. } => ApiError::new(S::NOT_FOUND, "not_found", detail),
+            AppError::Unauthenticated | AppError::BadKey => {
+                ApiError::new(S::UNAUTHORIZED, gpucloud_api::ProblemCode::Unauthorized, detail)
+            }
+            AppError::Forbidden(_) => ApiError::new(S::FORBIDDEN, gpucloud_api::ProblemCode::Forbidden, detail),
+            AppError::NotFound { .. } => ApiError::new(S::NOT_FOUND, gpucloud_api::ProblemCode::NotFound, detail),
             AppError::Invalid { field, .. } => {
-                ApiError::new(S::UNPROCESSABLE_ENTITY, "invalid_request", detail).field(field)
+                ApiError::new(S::UNPROCESSABLE_ENTITY, gpucloud_api::ProblemCode::InvalidRequest, detail).field(field)
             }
             AppError::Illegal(t) => ApiError {
                 current_state: Some(t.state.to_string()),
-                ..ApiError::new(S::CONFLICT, "illegal_transition", detail)
+                ..ApiError::new(S::CONFLICT, gpucloud_api::ProblemCode::IllegalTransition, detail)
             },
-            AppError::Conflict(_) => ApiError::new(S::CONFLICT, "conflict", detail),
-            AppError::Fenced(_) => ApiError::new(S::CONFLICT, "fenced", detail),
-            AppError::PaymentRequired(_) => ApiError::new(S::PAYMENT_REQUIRED, "payment_required", detail),
-            AppError::Contended(_) => ApiError::new(S::SERVICE_UNAVAILABLE, "contended", detail),
-            AppError::BadGateway(_) => ApiError::new(S::BAD_GATEWAY, "bad_gateway", detail),
+            AppError::Conflict(_) => ApiError::new(S::CONFLICT, gpucloud_api::ProblemCode::Conflict, detail),
+            AppError::Fenced(_) => ApiError::new(S::CONFLICT, gpucloud_api::ProblemCode::Fenced, detail),
+            AppError::PaymentRequired(_) => {
+                ApiError::new(S::PAYMENT_REQUIRED, gpucloud_api::ProblemCode::PaymentRequired, detail)
+            }
+            AppError::Contended(_) => {
+                ApiError::new(S::SERVICE_UNAVAILABLE, gpucloud_api::ProblemCode::Contended, detail)
+            }
+            AppError::BadGateway(_) => ApiError::new(S::BAD_GATEWAY, gpucloud_api::ProblemCode::BadGateway, detail),
             AppError::Store(e) => {
                 tracing::error!(error = %e, "store error");
-                ApiError::new(S::INTERNAL_SERVER_ERROR, "internal", "internal error; the server log has the details")
+                ApiError::new(
+                    S::INTERNAL_SERVER_ERROR,
+                    gpucloud_api::ProblemCode::Internal,
+                    "internal error; the server log has the details",
+                )
             }
         }
     }

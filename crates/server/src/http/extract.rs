@@ -25,14 +25,14 @@ impl<T: DeserializeOwned, const LIMIT: usize> FromRequest<Arc<App>> for ApiJson<
         if !is_json {
             return Err(ApiError::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
+                gpucloud_api::ProblemCode::UnsupportedMediaType,
                 "the body must be JSON with Content-Type: application/json",
             ));
         }
         let too_large = || {
             ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
+                gpucloud_api::ProblemCode::PayloadTooLarge,
                 format!("the body is larger than {LIMIT} bytes"),
             )
         };
@@ -41,7 +41,7 @@ impl<T: DeserializeOwned, const LIMIT: usize> FromRequest<Arc<App>> for ApiJson<
                 if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
                     too_large()
                 } else {
-                    ApiError::new(StatusCode::BAD_REQUEST, "malformed_body", r.body_text())
+                    ApiError::new(StatusCode::BAD_REQUEST, gpucloud_api::ProblemCode::MalformedBody, r.body_text())
                 }
             })?
         } else {
@@ -60,16 +60,19 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         let inner = e.into_inner();
         use serde_json::error::Category;
         match inner.classify() {
-            Category::Syntax | Category::Eof | Category::Io => {
-                ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", format!("the body is not valid JSON: {inner}"))
-            }
+            Category::Syntax | Category::Eof | Category::Io => ApiError::new(
+                StatusCode::BAD_REQUEST,
+                gpucloud_api::ProblemCode::MalformedJson,
+                format!("the body is not valid JSON: {inner}"),
+            ),
             Category::Data => {
                 let field = if path == "." { None } else { Some(path.clone()) };
                 let detail = match &field {
                     Some(f) => format!("{f}: {inner}"),
                     None => inner.to_string(),
                 };
-                let mut err = ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", detail);
+                let mut err =
+                    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, gpucloud_api::ProblemCode::InvalidRequest, detail);
                 err.field = field;
                 err
             }

@@ -55,19 +55,19 @@ pub async fn layer(State(app): State<Arc<App>>, mut req: Request, next: Next) ->
         // Refused here, and still audited: a read-only key trying to change something is news.
         Some(p) if mutating && p.scope == KeyScope::ReadOnly => Some(ApiError::new(
             StatusCode::FORBIDDEN,
-            "read_only_key",
+            gpucloud_api::ProblemCode::ReadOnlyKey,
             format!("key {} is read-only: it cannot {method} {path}", p.key_prefix),
         )),
         Some(p) if p.workload.is_some() && !workload_may(&app, p, &method, &path).await => Some(ApiError::new(
             StatusCode::FORBIDDEN,
-            "workload_scope",
+            gpucloud_api::ProblemCode::WorkloadScope,
             format!(
                 "a workload reaches only its own instance, cluster and job through its metadata endpoint, not {method} {path}"
             ),
         )),
         Some(p) if p.scope == KeyScope::Agent && !path.starts_with("/v1/agent/") => Some(ApiError::new(
             StatusCode::FORBIDDEN,
-            "agent_key",
+            gpucloud_api::ProblemCode::AgentKey,
             format!("key {} is a node agent's: it can only call /v1/agent/..., not {method} {path}", p.key_prefix),
         )),
         _ => None,
@@ -89,7 +89,7 @@ pub async fn layer(State(app): State<Arc<App>>, mut req: Request, next: Next) ->
         let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
         let mut resp = ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
+            gpucloud_api::ProblemCode::RateLimited,
             format!("key {} is over its rate limit; retry in {secs} s", p.key_prefix),
         )
         .into_response();
@@ -106,7 +106,7 @@ pub async fn layer(State(app): State<Arc<App>>, mut req: Request, next: Next) ->
         tracing::error!(error = %e, method = %row.method, path = %row.path, "audit log write failed: call refused");
         return ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            "audit_unavailable",
+            gpucloud_api::ProblemCode::AuditUnavailable,
             format!("the audit log cannot be written, so {method} {path} was not run; retry shortly"),
         )
         .into_response();
@@ -125,8 +125,12 @@ pub async fn layer(State(app): State<Arc<App>>, mut req: Request, next: Next) ->
     });
     match finish.await {
         Ok(resp) => resp,
-        Err(e) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("the call failed: {e}"))
-            .into_response(),
+        Err(e) => ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            gpucloud_api::ProblemCode::Internal,
+            format!("the call failed: {e}"),
+        )
+        .into_response(),
     }
 }
 

@@ -37,7 +37,7 @@ async fn run(app: Arc<App>, req: Request, next: Next) -> Result<Response, ApiErr
     if key.is_empty() || key.len() > 255 || !key.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
-            "invalid_idempotency_key",
+            gpucloud_api::ProblemCode::InvalidIdempotencyKey,
             "Idempotency-Key must be 1 to 255 visible ASCII characters",
         )
         .field("Idempotency-Key"));
@@ -50,7 +50,7 @@ async fn run(app: Arc<App>, req: Request, next: Next) -> Result<Response, ApiErr
     let bytes = to_bytes(body, MAX_BODY).await.map_err(|_| {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
+            gpucloud_api::ProblemCode::PayloadTooLarge,
             format!("the body is larger than {MAX_BODY} bytes"),
         )
     })?;
@@ -76,7 +76,7 @@ async fn run(app: Arc<App>, req: Request, next: Next) -> Result<Response, ApiErr
         IdempotencyBegin::Mismatch => {
             return Err(ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
-                "idempotency_key_reused",
+                gpucloud_api::ProblemCode::IdempotencyKeyReused,
                 "this Idempotency-Key was already used with a different request",
             )
             .field("Idempotency-Key"));
@@ -84,7 +84,7 @@ async fn run(app: Arc<App>, req: Request, next: Next) -> Result<Response, ApiErr
         IdempotencyBegin::InProgress => {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
-                "idempotency_in_progress",
+                gpucloud_api::ProblemCode::IdempotencyInProgress,
                 "a request with this Idempotency-Key is still running; retry shortly",
             ));
         }
@@ -115,7 +115,7 @@ async fn run(app: Arc<App>, req: Request, next: Next) -> Result<Response, ApiErr
             // The handler panicked: the key is free for a retry.
             tracing::error!(error = %e, "a request under an Idempotency-Key failed");
             store.idempotency_abandon(&scope, &key).await.map_err(app_err)?;
-            Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error"))
+            Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, gpucloud_api::ProblemCode::Internal, "internal error"))
         }
     }
 }

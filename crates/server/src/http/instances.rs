@@ -173,7 +173,7 @@ pub async fn metrics(
     q: Result<axum::extract::Query<MetricsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<gpucloud_api::InstanceMetrics>, ApiError> {
     let axum::extract::Query(q) =
-        q.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
+        q.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, gpucloud_api::ProblemCode::InvalidQuery, e.body_text()))?;
     let points = app
         .instance_metrics(&p, &id, q.name.as_deref(), q.limit.unwrap_or(1000))
         .await?

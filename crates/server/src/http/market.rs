@@ -20,7 +20,7 @@ use serde::Deserialize;
 use std::sync::Arc;
 
 fn invalid(field: &str, detail: impl Into<String>) -> ApiError {
-    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", detail).field(field)
+    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, gpucloud_api::ProblemCode::InvalidRequest, detail).field(field)
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -42,7 +42,8 @@ pub async fn spot_prices(
     Auth(_): Auth,
     q: Result<Query<SpotQuery>, QueryRejection>,
 ) -> Result<Json<SpotPriceHistory>, ApiError> {
-    let Query(q) = q.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
+    let Query(q) =
+        q.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, gpucloud_api::ProblemCode::InvalidQuery, e.body_text()))?;
     let model: GpuModel = q.gpu.parse().map_err(|e: gpucloud_model::UnknownGpuModel| invalid("gpu", e.to_string()))?;
     let region = Region::parse(&q.region).map_err(|e| invalid("region", e.to_string()))?;
     let since = match q.since {

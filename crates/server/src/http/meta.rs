@@ -99,11 +99,19 @@ pub async fn recommend(
     q: Result<axum::extract::Query<RecommendQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<axum::Json<gpucloud_api::Recommendation>, super::error::ApiError> {
     let invalid = |field: &str, detail: String| {
-        super::error::ApiError::new(axum::http::StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", detail)
-            .field(field)
+        super::error::ApiError::new(
+            axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+            gpucloud_api::ProblemCode::InvalidRequest,
+            detail,
+        )
+        .field(field)
     };
     let axum::extract::Query(q) = q.map_err(|e| {
-        super::error::ApiError::new(axum::http::StatusCode::BAD_REQUEST, "invalid_query", e.body_text())
+        super::error::ApiError::new(
+            axum::http::StatusCode::BAD_REQUEST,
+            gpucloud_api::ProblemCode::InvalidQuery,
+            e.body_text(),
+        )
     })?;
     let workload = q.workload.parse().map_err(|e: String| invalid("workload", e))?;
     let params = match q.params.as_deref() {

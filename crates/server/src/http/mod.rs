@@ -171,12 +171,16 @@ pub fn router(app: Arc<App>) -> Router {
     routes
         .merge(ui::routes())
         .fallback(|| async {
-            ApiError::new(StatusCode::NOT_FOUND, "route_not_found", "no such route; see /v1/openapi.json")
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                gpucloud_api::ProblemCode::RouteNotFound,
+                "no such route; see /v1/openapi.json",
+            )
         })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
                 StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
+                gpucloud_api::ProblemCode::MethodNotAllowed,
                 "this route does not accept this method",
             )
         })

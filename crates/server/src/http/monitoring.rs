@@ -21,7 +21,8 @@ pub struct WindowQuery {
 }
 
 fn query(q: Result<Query<WindowQuery>, QueryRejection>) -> Result<WindowQuery, ApiError> {
-    q.map(|Query(q)| q).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))
+    q.map(|Query(q)| q)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, gpucloud_api::ProblemCode::InvalidQuery, e.body_text()))
 }
 
 /// The GPUs an instance holds or held, over time (for a slice: its whole GPU).

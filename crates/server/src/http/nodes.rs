@@ -26,7 +26,8 @@ pub async fn list(
     Auth(p): Auth,
     q: Result<Query<NodeQuery>, QueryRejection>,
 ) -> Result<Json<NodeList>, ApiError> {
-    let Query(q) = q.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
+    let Query(q) =
+        q.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, gpucloud_api::ProblemCode::InvalidQuery, e.body_text()))?;
     let readings = app.fleet_readings().await?;
     let nodes = app.list_nodes(&p).await?;
     let wanted = q.label.as_deref().map(|l| l.split_once('=').map_or((l, None), |(k, v)| (k, Some(v))));
@@ -114,7 +115,8 @@ pub async fn drain(
     Path(id): Path<String>,
     q: Result<Query<DrainQuery>, QueryRejection>,
 ) -> Result<Json<Node>, ApiError> {
-    let Query(q) = q.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
+    let Query(q) =
+        q.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, gpucloud_api::ProblemCode::InvalidQuery, e.body_text()))?;
     let force = q.force.unwrap_or(false);
     let deadline = match q.deadline_seconds {
         Some(_) if force => {

@@ -70,8 +70,12 @@ fn strip_credentials(req: &mut Request) {
 async fn proxy(State(app): State<Arc<App>>, mut req: Request) -> Response {
     let path = req.uri().path().to_string();
     let Some((id, port, slash)) = target(&path) else {
-        return ApiError::new(StatusCode::NOT_FOUND, "route_not_found", "a proxied port is /i/ID/PORT/")
-            .into_response();
+        return ApiError::new(
+            StatusCode::NOT_FOUND,
+            gpucloud_api::ProblemCode::RouteNotFound,
+            "a proxied port is /i/ID/PORT/",
+        )
+        .into_response();
     };
     let principal = match app.authenticate(key_of(&req).as_deref()).await {
         Ok(p) => p,
@@ -148,8 +152,12 @@ pub async fn login(
     body: axum::body::Bytes,
 ) -> Response {
     if !body.is_empty() {
-        return ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", "this call takes no body")
-            .into_response();
+        return ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            gpucloud_api::ProblemCode::InvalidRequest,
+            "this call takes no body",
+        )
+        .into_response();
     }
     let key = req
         .get(header::AUTHORIZATION)
@@ -170,8 +178,12 @@ pub async fn logout() -> Response {
 }
 
 fn bad_gateway(id: &str, port: u16, why: &str) -> Response {
-    ApiError::new(StatusCode::BAD_GATEWAY, "bad_gateway", format!("port {port} of instance {id}: {why}"))
-        .into_response()
+    ApiError::new(
+        StatusCode::BAD_GATEWAY,
+        gpucloud_api::ProblemCode::BadGateway,
+        format!("port {port} of instance {id}: {why}"),
+    )
+    .into_response()
 }
 
 #[cfg(test)]

@@ -14,16 +14,17 @@ from urllib.parse import quote
 
 import httpx
 
-from .enums import ClusterState, InstanceState, JobState, Tier
+from .enums import ClusterState, InstanceState, JobState, ProblemCode, Tier
 
 
 class ApiError(Exception):
-    """A problem document from the server (RFC 9457): status, stable code, the field at fault."""
+    """A problem document from the server (RFC 9457): status, stable code (a :class:`ProblemCode`,
+    or the text of one this SDK does not know), the field at fault."""
 
     def __init__(self, status: int, code: str, detail: str, field: Optional[str] = None):
         super().__init__(f"{detail} ({status} {code})" + (f" [field: {field}]" if field else ""))
         self.status = status
-        self.code = code
+        self.code = ProblemCode.parse(code)
         self.detail = detail
         self.field = field
 

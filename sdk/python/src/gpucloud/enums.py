@@ -133,6 +133,38 @@ class AgentRuntime(WireEnum):
     FAKE = "fake"
 
 
+class ProblemCode(WireEnum):
+    """What went wrong, machine-readable and stable: a problem document's `code`."""
+
+    UNAUTHORIZED = "unauthorized"
+    FORBIDDEN = "forbidden"
+    READ_ONLY_KEY = "read_only_key"
+    AGENT_KEY = "agent_key"
+    WORKLOAD_SCOPE = "workload_scope"
+    NOT_FOUND = "not_found"
+    ROUTE_NOT_FOUND = "route_not_found"
+    METHOD_NOT_ALLOWED = "method_not_allowed"
+    INVALID_REQUEST = "invalid_request"
+    INVALID_QUERY = "invalid_query"
+    MALFORMED_JSON = "malformed_json"
+    MALFORMED_BODY = "malformed_body"
+    UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
+    PAYLOAD_TOO_LARGE = "payload_too_large"
+    ILLEGAL_TRANSITION = "illegal_transition"
+    CONFLICT = "conflict"
+    INVALID_IDEMPOTENCY_KEY = "invalid_idempotency_key"
+    IDEMPOTENCY_KEY_REUSED = "idempotency_key_reused"
+    IDEMPOTENCY_IN_PROGRESS = "idempotency_in_progress"
+    FENCED = "fenced"
+    PAYMENT_REQUIRED = "payment_required"
+    RATE_LIMITED = "rate_limited"
+    CONTENDED = "contended"
+    BAD_GATEWAY = "bad_gateway"
+    GATEWAY = "gateway"
+    AUDIT_UNAVAILABLE = "audit_unavailable"
+    INTERNAL = "internal"
+
+
 class WorkloadState(WireEnum):
     """What an agent saw of a workload: `preparing` while its image is pulled or its volume made,"""
 
@@ -142,4 +174,4 @@ class WorkloadState(WireEnum):
     FAILED = "failed"
 
 
-__all__ = ["WireEnum", "InstanceState", "Tier", "NodeState", "NodeHealth", "Role", "KeyScope", "JobState", "ClusterState", "VolumeState", "PortProtocol", "BudgetAction", "Desired", "AgentRuntime", "WorkloadState"]
+__all__ = ["WireEnum", "InstanceState", "Tier", "NodeState", "NodeHealth", "Role", "KeyScope", "JobState", "ClusterState", "VolumeState", "PortProtocol", "BudgetAction", "Desired", "AgentRuntime", "ProblemCode", "WorkloadState"]
