@@ -11,6 +11,8 @@ use rand::{Rng, SeedableRng};
 use std::path::PathBuf;
 use std::time::Instant;
 
+mod fleet;
+
 #[derive(Subcommand)]
 pub enum BenchCmd {
     /// Placements per second on synthetic fleets of 8-GPU nodes.
@@ -96,6 +98,36 @@ pub enum BenchCmd {
         rounds: u32,
         #[arg(long, default_value_t = 2000)]
         interval_ms: u64,
+    },
+    /// A real `serve` under N simulated node agents (the real agent protocol over HTTP, the
+    /// agent's own beat over the fake runtime) and a tenant creating instances: heartbeats per
+    /// second and their latency, create and show latency, create to placed and to running, the
+    /// scheduling pass, and the server's CPU, memory and database growth, per fleet size.
+    Fleet {
+        /// Fleet sizes to run, in nodes (each in a fresh database).
+        #[arg(long, value_delimiter = ',', default_value = "1000")]
+        nodes: Vec<usize>,
+        #[arg(long, default_value_t = 8)]
+        gpus_per_node: u32,
+        /// 1-GPU instances the tenant creates while measuring.
+        #[arg(long, default_value_t = 1000)]
+        instances: usize,
+        /// Creates per second.
+        #[arg(long, default_value_t = 50.0)]
+        rate: f64,
+        /// How long to measure, after two beats of warm-up.
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+        /// Each agent's heartbeat period (the server asks for 2000).
+        #[arg(long, default_value_t = 2000)]
+        interval_ms: u64,
+        /// A PostgreSQL server to use (postgres://...; each fleet size gets a new schema);
+        /// default: a new SQLite file per size.
+        #[arg(long)]
+        database: Option<String>,
+        /// Threads the simulated agents share (each beats its nodes in turn).
+        #[arg(long, default_value_t = 64)]
+        workers: usize,
     },
     /// Accrual with sparse posting for TENANTS x INSTANCES running: posting passes, ledger rows
     /// per instance-hour, accrual lag and balance reads, beside per-second posting as baseline.
@@ -202,6 +234,12 @@ pub fn run(cmd: BenchCmd, as_json: bool) -> Result<(), String> {
             billing(tenants, instances, ledger_entries, database, baseline_intervals, as_json)
         }
         BenchCmd::Agent { gpus, seconds, image } => agent(gpus, seconds, image, as_json),
+        BenchCmd::Fleet { nodes, gpus_per_node, instances, rate, seconds, interval_ms, database, workers } => {
+            fleet::fleet(
+                fleet::FleetArgs { nodes, gpus_per_node, instances, rate, seconds, interval_ms, database, workers },
+                as_json,
+            )
+        }
         BenchCmd::Placer { trace, nodes, scale, seed } => placer(trace, nodes, scale, seed, as_json),
         BenchCmd::Warm { rounds, interval_ms } => warm(rounds, interval_ms, as_json),
         BenchCmd::Failover { rounds, health_ms, rate } => failover(rounds, health_ms, rate, as_json),
