@@ -103,6 +103,9 @@ struct SimAgent {
     silent_until: i64,
     /// Cut off rather than crashed: its workloads keep running, and it fences itself.
     partitioned: bool,
+    /// Until this virtual ms its beats reach the server but no answer comes back (a one-way
+    /// partition): the server sees a healthy node, the agent a silent server.
+    deaf_until: i64,
     /// When a beat of it was last answered.
     last_answered: i64,
     /// Billing as this node's reports show the server: per instance, the first and the latest
@@ -130,6 +133,8 @@ pub async fn run(cfg: &ChaosConfig) -> Result<ChaosReport, String> {
 
 async fn run_in(cfg: &ChaosConfig, dir: &std::path::Path) -> Result<ChaosReport, String> {
     let mut rng = StdRng::seed_from_u64(cfg.seed ^ 0x9e37_79b9_7f4a_7c15);
+    // Faults added later draw from their own stream, so a seed's earlier history stays as it was.
+    let mut more_faults = StdRng::seed_from_u64(cfg.seed ^ 0x5851_f42d_4c95_7f2d);
     // A fixed epoch, so that timestamps (and so the history) do not depend on the day it runs.
     let clock = Clock::virtual_at(Timestamp(1_800_000_000_000));
     let config = Config { clock: clock.clone(), ..Config::default() };
@@ -162,6 +167,7 @@ async fn run_in(cfg: &ChaosConfig, dir: &std::path::Path) -> Result<ChaosReport,
             stopped: BTreeSet::new(),
             silent_until: 0,
             partitioned: false,
+            deaf_until: 0,
             last_answered: 0,
             spans: BTreeMap::new(),
             last_received: None,
@@ -263,7 +269,9 @@ async fn run_in(cfg: &ChaosConfig, dir: &std::path::Path) -> Result<ChaosReport,
         // An agent restart (its workloads run on and are adopted), a partition (the agent runs
         // on, cut off, and fences itself), or the host going down (its workloads die with it).
         // An agent process frozen for long with its workloads alive is not simulated: nothing
-        // on the node could stop them, so no control plane can promise anything then.
+        // on the node could stop them, so no control plane can promise anything then. Nor are
+        // jumps of an agent's wall clock: the agent measures silence on the monotonic clock, and
+        // the only wall-clock times it sends are its workloads' metric timestamps.
         if faulty && rng.random_bool(0.02) {
             let a = rng.random_range(0..agents.len());
             let (kind, for_s) = match rng.random_range(0..3) {
@@ -284,6 +292,17 @@ async fn run_in(cfg: &ChaosConfig, dir: &std::path::Path) -> Result<ChaosReport,
                 }
                 *report.faults.entry(kind).or_default() += 1;
                 log(format!("{kind}: node-{a} silent for {for_s} s"));
+            }
+        }
+        // A one-way partition: the agent's beats arrive, the answers do not.
+        if faulty && more_faults.random_bool(0.01) {
+            let a = more_faults.random_range(0..agents.len());
+            let for_s = more_faults.random_range(5..=120);
+            let agent = &mut agents[a];
+            if agent.silent_until <= now && agent.deaf_until <= now {
+                agent.deaf_until = now + for_s * 1000;
+                *report.faults.entry("one-way").or_default() += 1;
+                log(format!("one-way: node-{a} gets no answers for {for_s} s"));
             }
         }
         if faulty && rng.random_bool(0.003) {
@@ -327,7 +346,21 @@ async fn run_in(cfg: &ChaosConfig, dir: &std::path::Path) -> Result<ChaosReport,
                     agent.exited.insert(id);
                 }
             }
-            let lose = faulty && rng.random_bool(0.02);
+            // Deaf to the server for stop_after, it fences itself as a cut-off agent does; its
+            // beats still arrive, so the server hears the workloads stop.
+            let deaf = now < agent.deaf_until;
+            if deaf
+                && cfg.inject != Some(Injected::NoFencing)
+                && now - agent.last_answered >= stop_after_ms
+                && !agent.running.is_empty()
+            {
+                for (id, (since, _)) in std::mem::take(&mut agent.running) {
+                    *ran.entry(id.clone()).or_default() += now - since;
+                    agent.stopped.insert(id);
+                }
+                log(format!("node-{a} fences itself (no answers)"));
+            }
+            let lose = (faulty && rng.random_bool(0.02)) || deaf;
             let duplicate = faulty && rng.random_bool(0.02);
             let report_of = |agent: &SimAgent| AgentReport {
                 node: agent.node.clone(),
@@ -366,7 +399,9 @@ async fn run_in(cfg: &ChaosConfig, dir: &std::path::Path) -> Result<ChaosReport,
             let desired = match answer {
                 Ok(d) if !lose => d,
                 Ok(_) => {
-                    *report.faults.entry("lost-answer").or_default() += 1;
+                    if !deaf {
+                        *report.faults.entry("lost-answer").or_default() += 1;
+                    }
                     continue;
                 }
                 Err(e) => {
@@ -406,6 +441,7 @@ async fn run_in(cfg: &ChaosConfig, dir: &std::path::Path) -> Result<ChaosReport,
         if !faulty {
             for agent in agents.iter_mut() {
                 agent.silent_until = agent.silent_until.min(now);
+                agent.deaf_until = agent.deaf_until.min(now);
             }
         }
 

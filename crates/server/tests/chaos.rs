@@ -16,7 +16,8 @@ fn a_seed_replays_byte_for_byte() {
 }
 
 /// Twenty seeds of five virtual minutes each (`gpucloud sim chaos --seeds 1..20 --minutes 5`):
-/// agent restarts, partitions, hosts going down, lost and duplicated beats, server restarts.
+/// agent restarts, partitions (both ways, and one-way: beats arrive, answers do not), hosts going
+/// down, lost and duplicated beats, server restarts.
 fn seeds_hold(seeds: std::ops::RangeInclusive<u64>) {
     for seed in seeds {
         let r = chaos(seed, 5, None);
