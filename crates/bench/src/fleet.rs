@@ -26,6 +26,7 @@ pub struct FleetArgs {
     pub interval_ms: u64,
     pub database: Option<String>,
     pub workers: usize,
+    pub clients: usize,
 }
 
 /// One fleet size's figures.
@@ -261,7 +262,8 @@ pub fn run_one(args: &FleetArgs, nodes: usize) -> Result<FleetRow, String> {
             None,
         )
         .map_err(|e| e.to_string())?;
-    let tenant = gpucloud_client::Client::new(&url, Some(tenant.api_key), tls.clone());
+    let tenant_key = tenant.api_key;
+    let tenant = gpucloud_client::Client::new(&url, Some(tenant_key.clone()), tls.clone());
     let model = gpucloud_model::GpuModel::H100_80GB;
 
     // Register every node, spread over the workers.
@@ -359,43 +361,51 @@ pub fn run_one(args: &FleetArgs, nodes: usize) -> Result<FleetRow, String> {
     let cpu_before = super::proc_usage(pid).map(|u| u.0).unwrap_or(0.0);
     beats.measuring.store(true, Ordering::Relaxed);
     let measured = Instant::now();
-    let mut created: Vec<(String, Instant)> = Vec::new();
-    let (mut create_ms, mut show_ms) = (Vec::new(), Vec::new());
-    let mut sched = Vec::new();
-    let period = Duration::from_secs_f64(1.0 / args.rate.max(0.1));
-    let mut next_create = Instant::now();
-    let mut next_tasks = Instant::now();
+    // Tenants' clients: each creates at its share of the rate and shows one instance it made
+    // after each create (a client checking on its work), until the count or the time is up.
     let request: api::CreateInstanceRequest =
         serde_json::from_str(&format!(r#"{{"gpu": "{model}", "count": 1, "command": "serve"}}"#))
             .map_err(|e| e.to_string())?;
-    while measured.elapsed() < Duration::from_secs(args.seconds) {
-        let now = Instant::now();
-        if created.len() < args.instances && now >= next_create {
-            next_create += period;
-            let t = Instant::now();
-            match tenant.create_instance(&request, None) {
-                Ok(i) => {
+    let clients = args.clients.clamp(1, 64);
+    let made = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let window = Duration::from_secs(args.seconds);
+    let creators: Vec<_> = (0..clients)
+        .map(|_| {
+            let tenant = gpucloud_client::Client::new(&url, Some(tenant_key.clone()), tls.clone());
+            let (request, made, limit) = (request.clone(), made.clone(), args.instances);
+            let period = Duration::from_secs_f64(clients as f64 / args.rate.max(0.1));
+            std::thread::spawn(move || -> Result<(Vec<String>, Vec<f64>, Vec<f64>), String> {
+                let (mut ids, mut create_ms, mut show_ms) = (Vec::new(), Vec::new(), Vec::new());
+                let mut next = Instant::now();
+                while measured.elapsed() < window && made.fetch_add(1, Ordering::SeqCst) < limit {
+                    let t = Instant::now();
+                    let i = tenant.create_instance(&request, None).map_err(|e| format!("create refused: {e}"))?;
                     create_ms.push(ms(t.elapsed()));
-                    created.push((i.id, t));
+                    ids.push(i.id);
+                    let t = Instant::now();
+                    tenant.instance(&ids[rand::random_range(0..ids.len())]).map_err(|e| e.to_string())?;
+                    show_ms.push(ms(t.elapsed()));
+                    next += period;
+                    std::thread::sleep(next.saturating_duration_since(Instant::now()));
                 }
-                Err(e) => return Err(format!("create refused after {} instances: {e}", created.len())),
-            }
-            let (id, _) = &created[rand::random_range(0..created.len())];
-            let t = Instant::now();
-            tenant.instance(id).map_err(|e| e.to_string())?;
-            show_ms.push(ms(t.elapsed()));
-            continue;
+                Ok((ids, create_ms, show_ms))
+            })
+        })
+        .collect();
+    let mut sched = Vec::new();
+    while measured.elapsed() < window {
+        let tasks: api::TaskList = op.get("/v1/admin/tasks").map_err(|e| e.to_string())?;
+        if let Some(d) = tasks.tasks.iter().find(|t| t.name == "schedule").and_then(|t| t.last_duration_ms) {
+            sched.push(d);
         }
-        if now >= next_tasks {
-            next_tasks = now + Duration::from_millis(500);
-            let tasks: api::TaskList = op.get("/v1/admin/tasks").map_err(|e| e.to_string())?;
-            if let Some(d) = tasks.tasks.iter().find(|t| t.name == "schedule").and_then(|t| t.last_duration_ms) {
-                sched.push(d);
-            }
-            continue;
-        }
-        let wake = if created.len() < args.instances { next_create.min(next_tasks) } else { next_tasks };
-        std::thread::sleep(wake.saturating_duration_since(Instant::now()).min(Duration::from_millis(20)));
+        std::thread::sleep(Duration::from_millis(500).min(window.saturating_sub(measured.elapsed())));
+    }
+    let (mut created, mut create_ms, mut show_ms) = (Vec::new(), Vec::new(), Vec::new());
+    for c in creators {
+        let (ids, c_ms, s_ms) = c.join().map_err(|_| "a tenant client panicked".to_string())??;
+        created.extend(ids.into_iter().map(|id| (id, ())));
+        create_ms.extend(c_ms);
+        show_ms.extend(s_ms);
     }
     let elapsed = measured.elapsed();
     beats.measuring.store(false, Ordering::Relaxed);

@@ -128,6 +128,9 @@ pub enum BenchCmd {
         /// Threads the simulated agents share (each beats its nodes in turn).
         #[arg(long, default_value_t = 64)]
         workers: usize,
+        /// Tenants' clients creating in parallel (the rate is shared among them).
+        #[arg(long, default_value_t = 8)]
+        clients: usize,
     },
     /// Accrual with sparse posting for TENANTS x INSTANCES running: posting passes, ledger rows
     /// per instance-hour, accrual lag and balance reads, beside per-second posting as baseline.
@@ -234,11 +237,10 @@ pub fn run(cmd: BenchCmd, as_json: bool) -> Result<(), String> {
             billing(tenants, instances, ledger_entries, database, baseline_intervals, as_json)
         }
         BenchCmd::Agent { gpus, seconds, image } => agent(gpus, seconds, image, as_json),
-        BenchCmd::Fleet { nodes, gpus_per_node, instances, rate, seconds, interval_ms, database, workers } => {
-            fleet::fleet(
-                fleet::FleetArgs { nodes, gpus_per_node, instances, rate, seconds, interval_ms, database, workers },
-                as_json,
-            )
+        BenchCmd::Fleet { nodes, gpus_per_node, instances, rate, seconds, interval_ms, database, workers, clients } => {
+            let args =
+                fleet::FleetArgs { nodes, gpus_per_node, instances, rate, seconds, interval_ms, database, workers, clients };
+            fleet::fleet(args, as_json)
         }
         BenchCmd::Placer { trace, nodes, scale, seed } => placer(trace, nodes, scale, seed, as_json),
         BenchCmd::Warm { rounds, interval_ms } => warm(rounds, interval_ms, as_json),

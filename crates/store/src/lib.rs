@@ -24,7 +24,7 @@ pub use lease::LeaseStore;
 pub use ledger::LedgerStore;
 pub use market::{JobChange, MarketStore};
 pub use reservations::ReservationStore;
-pub use sql::SqlStore;
+pub use sql::{PING_IDLE, SqlStore};
 pub use telemetry::{FleetBucket, GpuBucket, GpuSample, TelemetryStore};
 pub use types::*;
 pub use volume::{VolumeCharge, VolumeRow, VolumeStore};
