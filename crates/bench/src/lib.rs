@@ -238,8 +238,17 @@ pub fn run(cmd: BenchCmd, as_json: bool) -> Result<(), String> {
         }
         BenchCmd::Agent { gpus, seconds, image } => agent(gpus, seconds, image, as_json),
         BenchCmd::Fleet { nodes, gpus_per_node, instances, rate, seconds, interval_ms, database, workers, clients } => {
-            let args =
-                fleet::FleetArgs { nodes, gpus_per_node, instances, rate, seconds, interval_ms, database, workers, clients };
+            let args = fleet::FleetArgs {
+                nodes,
+                gpus_per_node,
+                instances,
+                rate,
+                seconds,
+                interval_ms,
+                database,
+                workers,
+                clients,
+            };
             fleet::fleet(args, as_json)
         }
         BenchCmd::Placer { trace, nodes, scale, seed } => placer(trace, nodes, scale, seed, as_json),
