@@ -149,27 +149,27 @@ impl AgentApi for App {
             self.telemetry.lock().unwrap_or_else(|e| e.into_inner()).insert(node.clone(), (now, report.gpus.clone()));
             self.record_gpu_samples(&current, &report.gpus, now).await?;
         }
+        // One read of the instances on this node serves every report below (none of the writes
+        // before a state change moves an instance's generation, and each state change is
+        // checked against it). A report about an instance not here (it has since left this
+        // node) is stale: ignored.
+        let on_node = self.store.instances_on_node(node).await?;
+        let here = |id: &InstanceId| on_node.iter().find(|i| i.id == *id);
         // Checkpoints before states: a workload's last checkpoint arrives with its exit, and must
         // be on record before a managed job relaunches from it.
         for (id, path) in &report.checkpoints {
-            let Some(inst) = self.store.get_instance(None, id).await? else { continue };
-            if inst.node_id.as_ref() == Some(node) && inst.checkpoint.as_ref().is_none_or(|c| c.path != *path) {
+            let Some(inst) = here(id) else { continue };
+            if inst.checkpoint.as_ref().is_none_or(|c| c.path != *path) {
                 self.store.record_checkpoint(id, path, now).await?;
             }
         }
         if !report.metrics.is_empty() {
             // Only points of instances on this node: an agent speaks for its own workloads.
-            let here: std::collections::HashSet<InstanceId> =
-                self.store.instances_on_node(node).await?.into_iter().map(|i| i.id).collect();
-            let points: Vec<_> = report.metrics.iter().filter(|p| here.contains(&p.instance)).cloned().collect();
+            let points: Vec<_> = report.metrics.iter().filter(|p| here(&p.instance).is_some()).cloned().collect();
             self.store.insert_metrics(&points).await?;
         }
         for (id, seen, reason) in &report.instances {
-            let Some(inst) = self.store.get_instance(None, id).await? else { continue };
-            // A report about an instance that has since left this node is stale: ignore it.
-            if inst.node_id.as_ref() != Some(node) {
-                continue;
-            }
+            let Some(inst) = here(id).cloned() else { continue };
             if let Some(reason) = reason
                 && inst.status_reason.as_deref() != Some(reason)
             {
@@ -201,7 +201,8 @@ impl AgentApi for App {
         if let Some(prev) = current.last_heartbeat {
             let mentioned: std::collections::HashSet<&InstanceId> =
                 report.instances.iter().map(|(id, _, _)| id).chain(report.preparing.iter().map(|(id, _)| id)).collect();
-            for inst in self.store.instances_on_node(node).await? {
+            // Those it does not mention kept their state since the read above.
+            for inst in &on_node {
                 if inst.state != InstanceState::Running || mentioned.contains(&inst.id) {
                     continue;
                 }
@@ -220,11 +221,8 @@ impl AgentApi for App {
             }
         }
         for (id, progress) in &report.preparing {
-            let Some(inst) = self.store.get_instance(None, id).await? else { continue };
-            if inst.node_id.as_ref() == Some(node)
-                && inst.state == InstanceState::Provisioning
-                && inst.progress.as_deref() != Some(progress.as_str())
-            {
+            let Some(inst) = here(id) else { continue };
+            if inst.state == InstanceState::Provisioning && inst.progress.as_deref() != Some(progress.as_str()) {
                 self.store.set_instance_progress(id, Some(progress)).await?;
             }
         }
