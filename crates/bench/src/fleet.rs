@@ -245,6 +245,9 @@ fn beat(client: &AgentClient, n: &mut SimNode, beats: &Beats) {
     }
 }
 
+/// What one tenant client did: the instances it created, and its create and show latencies (ms).
+type ClientRun = (Vec<String>, Vec<f64>, Vec<f64>);
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -374,7 +377,7 @@ pub fn run_one(args: &FleetArgs, nodes: usize) -> Result<FleetRow, String> {
             let tenant = gpucloud_client::Client::new(&url, Some(tenant_key.clone()), tls.clone());
             let (request, made, limit) = (request.clone(), made.clone(), args.instances);
             let period = Duration::from_secs_f64(clients as f64 / args.rate.max(0.1));
-            std::thread::spawn(move || -> Result<(Vec<String>, Vec<f64>, Vec<f64>), String> {
+            std::thread::spawn(move || -> Result<ClientRun, String> {
                 let (mut ids, mut create_ms, mut show_ms) = (Vec::new(), Vec::new(), Vec::new());
                 let mut next = Instant::now();
                 while measured.elapsed() < window && made.fetch_add(1, Ordering::SeqCst) < limit {
