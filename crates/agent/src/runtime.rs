@@ -72,6 +72,30 @@ struct Saved {
     volume: Option<String>,
 }
 
+impl Saved {
+    /// A workload's record before anything is known of it but where its output goes: no
+    /// process yet, nothing shipped, the next chunk the first.
+    fn new(log: PathBuf) -> Saved {
+        Saved {
+            pid: 0,
+            gpus: Vec::new(),
+            log,
+            log_offset: 0,
+            log_released: 0,
+            log_dropped: 0,
+            next_seq: 1,
+            metadata_token: None,
+            memory_cap_mib: None,
+            ended_for: None,
+            port: None,
+            container: None,
+            ip: None,
+            published: Vec::new(),
+            volume: None,
+        }
+    }
+}
+
 struct Workload {
     saved: Saved,
     child: Option<Child>,
@@ -315,23 +339,7 @@ impl ProcessRuntime {
             if let std::collections::btree_map::Entry::Vacant(slot) = rt.workloads.entry(id) {
                 tracing::warn!(instance = %slot.key(), pid, "adopted a workload missing from state.json");
                 let log = dir.join("logs").join(format!("{}.log", slot.key()));
-                let saved = Saved {
-                    pid,
-                    gpus: Vec::new(),
-                    log,
-                    log_offset: 0,
-                    log_released: 0,
-                    log_dropped: 0,
-                    next_seq: 1,
-                    metadata_token: None,
-                    memory_cap_mib: None,
-                    ended_for: None,
-                    port,
-                    container: None,
-                    ip: None,
-                    published: Vec::new(),
-                    volume: None,
-                };
+                let saved = Saved { pid, port, ..Saved::new(log) };
                 slot.insert(Workload { saved, child: None, stop_sent: None, exit: None });
             }
         }
@@ -349,21 +357,9 @@ impl ProcessRuntime {
             }
             tracing::warn!(instance = %id, %container, "adopted a container missing from state.json");
             let saved = Saved {
-                pid: 0,
-                gpus: Vec::new(),
-                log: dir.join("logs").join(format!("{id}.log")),
-                log_offset: 0,
-                log_released: 0,
-                log_dropped: 0,
-                next_seq: 1,
-                metadata_token: None,
-                memory_cap_mib: None,
-                ended_for: None,
-                port: None,
                 ip: d.inspect(&container).1,
                 container: Some(container),
-                published: Vec::new(),
-                volume: None,
+                ..Saved::new(dir.join("logs").join(format!("{id}.log")))
             };
             rt.workloads.insert(id, Workload { saved, child: None, stop_sent: None, exit: None });
         }
@@ -408,23 +404,7 @@ impl ProcessRuntime {
     /// Records a workload that could not start, and why (reported with its failure).
     fn failed_to_start(&mut self, w: &AgentWorkload, why: String) {
         tracing::warn!(instance = %w.id, %why, "workload cannot start");
-        let saved = Saved {
-            pid: 0,
-            gpus: Vec::new(),
-            log: self.dir.join("logs").join(format!("{}.log", w.id)),
-            log_offset: 0,
-            log_released: 0,
-            log_dropped: 0,
-            next_seq: 1,
-            metadata_token: None,
-            memory_cap_mib: None,
-            ended_for: Some(why),
-            port: None,
-            container: None,
-            ip: None,
-            published: Vec::new(),
-            volume: None,
-        };
+        let saved = Saved { ended_for: Some(why), ..Saved::new(self.dir.join("logs").join(format!("{}.log", w.id))) };
         self.workloads
             .insert(w.id.clone(), Workload { saved, child: None, stop_sent: None, exit: Some(Exit::Code(127)) });
         self.save();
@@ -560,21 +540,13 @@ impl Runtime for ProcessRuntime {
         let backend_env: &[(String, String)] = if self.docker.is_some() { &[] } else { env };
         let vars = workload_vars(w, backend_env, port, metadata_url);
         let mut saved = Saved {
-            pid: 0,
             gpus: w.gpus.clone(),
-            log,
-            log_offset: 0,
-            log_released: 0,
-            log_dropped: 0,
-            next_seq: 1,
             metadata_token: Some(metadata_token.to_string()),
             memory_cap_mib: w.slice.as_ref().map(|s| s.memory_mib),
-            ended_for: None,
             port,
-            container: None,
-            ip: None,
             published,
             volume: w.volume.as_ref().map(|v| v.id.clone()),
+            ..Saved::new(log)
         };
         let started = match (&self.docker, image) {
             (Some(d), Some(image)) => {
