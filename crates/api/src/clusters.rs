@@ -19,6 +19,10 @@ pub struct CreateClusterRequest {
     pub gpus_per_node: u32,
     /// The size to start at.
     pub nodes: u32,
+    /// The project its members belong to; the key's project, or `default`, when omitted. A
+    /// member that finds the project at its limit waits for room.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
     #[serde(default)]
     pub min_nodes: Option<u32>,
     #[serde(default)]
@@ -73,6 +77,9 @@ pub struct ClusterMember {
 pub struct Cluster {
     pub id: String,
     pub name: String,
+    /// The project its members belong to.
+    #[serde(default = "default_project")]
+    pub project: String,
     pub gpu: String,
     pub region: Option<String>,
     pub gpus_per_node: u32,
@@ -230,4 +237,8 @@ pub struct PoolSizeRequest {
     pub schedule: Option<String>,
     #[serde(default)]
     pub utc_offset: Option<String>,
+}
+
+fn default_project() -> String {
+    "default".to_string()
 }

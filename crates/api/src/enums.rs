@@ -125,6 +125,33 @@ wire_enum!(
 );
 
 wire_enum!(
+    /// What a create does when its project is at its GPU limit: `fail` (refused, 409
+    /// `quota_exceeded`) or `wait` (queued, held back until the project has room).
+    OnQuota mirrors OnQuota {
+        Fail => "fail",
+        Wait => "wait",
+    }
+);
+
+wire_enum!(
+    /// A request's priority class: higher classes are served first; a waiting request rises a
+    /// level per aging period, so batch work is never starved.
+    Priority mirrors Priority {
+        Batch => "batch",
+        Default => "default",
+        Production => "production",
+    }
+);
+
+// The variants come out of `wire_enum!`, which has no way to mark one `#[default]`.
+#[allow(clippy::derivable_impls)]
+impl Default for Priority {
+    fn default() -> Priority {
+        Priority::Default
+    }
+}
+
+wire_enum!(
     /// What the operator allows on a node.
     NodeState mirrors NodeState {
         Ready => "ready",
@@ -259,6 +286,7 @@ wire_enum!(
         IdempotencyInProgress => "idempotency_in_progress",
         Fenced => "fenced",
         PaymentRequired => "payment_required",
+        QuotaExceeded => "quota_exceeded",
         RateLimited => "rate_limited",
         Contended => "contended",
         BadGateway => "bad_gateway",
@@ -313,6 +341,8 @@ mod tests {
         check(VolumeState::ALL);
         check(PortProtocol::ALL);
         check(BudgetAction::ALL);
+        check(OnQuota::ALL);
+        check(Priority::ALL);
     }
 
     #[test]

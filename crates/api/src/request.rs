@@ -73,6 +73,18 @@ pub struct CreateInstanceRequest {
     #[serde(default)]
     #[schema(example = "data:/workspace")]
     pub volume: Option<String>,
+    /// The project it belongs to and counts against (`GET /v1/projects`); the key's project,
+    /// or `default`, when omitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(example = "ml-research")]
+    pub project: Option<String>,
+    /// When the project is at its GPU limit: `fail` (default: refused with 409
+    /// `quota_exceeded`) or `wait` (queued, held back until the project has room).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_quota: Option<OnQuota>,
+    /// batch, default (when omitted) or production, up to the project's `max_priority`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<Priority>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -428,6 +440,13 @@ pub struct CreateJobRequest {
     /// preemption, and each attempt is placed on the volume's node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub volume: Option<String>,
+    /// The project its attempts belong to; the key's project, or `default`, when omitted. An
+    /// attempt that finds the project at its limit waits for room.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
+    /// Every attempt's priority class (default when omitted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<Priority>,
 }
 
 /// Sell a reservation (operator): GPUs of a model in a region, for a period, at a rate.
@@ -480,6 +499,36 @@ pub struct CreateKeyRequest {
     /// registered yet).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
+    /// Scope the key to one project: it creates there, and sees and acts on that project's
+    /// instances, jobs and clusters only. The whole organization when omitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
+}
+
+/// A new project of the caller's organization (tenant).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct CreateProjectRequest {
+    /// 1 to 40 lowercase letters, digits or '-', starting with a letter.
+    #[schema(example = "ml-research")]
+    pub name: String,
+    /// The highest priority class its work may ask for (default: production).
+    #[serde(default)]
+    pub max_priority: Option<Priority>,
+}
+
+/// A project's quota on one GPU model.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SetQuotaRequest {
+    /// At most this many GPUs of the model held or queued at once (slices count for their
+    /// share); 0 stops new work of that model.
+    #[schema(example = 16)]
+    pub limit: u32,
+    /// Of the limit, the GPUs the project deserves (0 to `limit`, default 0).
+    #[serde(default)]
+    #[schema(example = 8)]
+    pub guaranteed: Option<u32>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]

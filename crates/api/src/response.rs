@@ -20,6 +20,12 @@ pub struct PreemptionNotice {
 pub struct Instance {
     pub id: String,
     pub name: String,
+    /// The project it belongs to and counts against.
+    #[serde(default = "default_project")]
+    pub project: String,
+    /// Its priority class in the queue.
+    #[serde(default)]
+    pub priority: Priority,
     /// pending, provisioning, running, stopping, stopped, terminated or failed.
     pub state: InstanceState,
     /// While stopping: where it goes next (stopped, terminated, requeue).
@@ -866,6 +872,9 @@ pub struct ApiKeyInfo {
     /// An agent key's node (by name), once minted for it or bound by its first registration.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
+    /// The one project the key acts in; the whole organization when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -913,4 +922,49 @@ pub struct SshKey {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
 pub struct SshKeyList {
     pub ssh_keys: Vec<SshKey>,
+}
+
+/// A project of the caller's organization.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ProjectInfo {
+    pub name: String,
+    /// The highest priority class its work may ask for.
+    pub max_priority: Priority,
+    pub created_at: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ProjectList {
+    pub projects: Vec<ProjectInfo>,
+}
+
+/// A project's use of one GPU model, with its quota where it has one. GPU counts are numbers
+/// of GPUs; slices make fractions (0.25).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct QuotaInfo {
+    pub project: String,
+    pub gpu: String,
+    /// At most this many GPUs held or queued at once; absent: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<f64>,
+    /// Of the limit, what the project deserves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guaranteed: Option<f64>,
+    /// Held or queued now (pending, provisioning, running, stopping).
+    pub used: f64,
+    /// What may still be added before the limit; absent: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headroom: Option<f64>,
+    /// Requests held back until the project has room (`on_quota: wait`), and their GPUs.
+    pub waiting: u32,
+    pub waiting_gpus: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct QuotaList {
+    pub quotas: Vec<QuotaInfo>,
+}
+
+fn default_project() -> String {
+    "default".to_string()
 }

@@ -144,6 +144,16 @@ pub struct CreateArgs {
     /// instance runs on the volume's node and holds it until terminated.
     #[arg(long, value_name = "NAME:PATH")]
     volume: Option<String>,
+    /// The project to create in (`gpucloud project list`) [default: your key's, or default].
+    #[arg(long)]
+    project: Option<String>,
+    /// When the project is at its GPU limit: fail (refused) or wait (queued until it has room).
+    #[arg(long, value_parser = crate::commands::one_of!(api::OnQuota))]
+    on_quota: Option<api::OnQuota>,
+    /// Its priority class [default: default]: production is served first, batch last; waiting
+    /// work rises a class per aging period, so batch work is never starved.
+    #[arg(long, value_parser = crate::commands::one_of!(api::Priority))]
+    priority: Option<api::Priority>,
 }
 
 #[derive(Subcommand)]
@@ -218,6 +228,7 @@ fn instance_detail(i: &api::Instance) -> String {
     let mut lines = vec![
         format!("id:        {}", i.id),
         format!("name:      {}", i.name),
+        format!("project:   {} (priority {})", i.project, i.priority),
         format!("state:     {}{}", i.state, i.stop_target.as_ref().map(|t| format!(" (then {t})")).unwrap_or_default()),
         format!("gpus:      {}", gpus_of(i)),
         format!("region:    {}", region_of(i)),
@@ -240,7 +251,7 @@ fn instance_detail(i: &api::Instance) -> String {
         lines.push(format!("placed:    {why}"));
     }
     lines.insert(
-        3,
+        4,
         format!(
             "tier:      {}{}",
             i.tier,
@@ -660,6 +671,9 @@ pub fn instance(ctx: &Ctx, cmd: InstanceCmd) -> Res {
                 ports,
                 template,
                 volume,
+                project,
+                on_quota,
+                priority,
                 ..
             } = *a;
             let (tier, max_price) = sale(spot, reserved, max_price)?;
@@ -681,6 +695,9 @@ pub fn instance(ctx: &Ctx, cmd: InstanceCmd) -> Res {
                 secrets,
                 ports,
                 volume,
+                project,
+                on_quota,
+                priority,
             };
             let mut inst = c.create_instance(&body, idempotency_key.as_deref()).map_err(err)?;
             if let Some(secs) = wait {

@@ -140,6 +140,12 @@ enum Command {
     /// Your tenant's API keys: members' admin or read-only keys, revocation.
     #[command(subcommand)]
     Key(access::KeyCmd),
+    /// Your organization's projects (`--project` on create commands; project-scoped keys).
+    #[command(subcommand)]
+    Project(access::ProjectCmd),
+    /// Projects' GPU quotas: limits per GPU model, use and headroom.
+    #[command(subcommand)]
+    Quota(access::QuotaCmd),
     /// An HTTP front for a service running in two places: health-checked, warm connections to
     /// both, requests to the first healthy one, safe requests retried on the other at once.
     /// Give the backends (--backend) or a replica set to follow (--cluster).
@@ -181,6 +187,8 @@ fn main() -> ExitCode {
         Command::Instance(c) => commands::instance(&ctx, c),
         Command::Monitor(c) => monitor::monitor(&ctx, c),
         Command::Key(c) => access::key(&ctx, c),
+        Command::Project(c) => access::project(&ctx, c),
+        Command::Quota(c) => access::quota(&ctx, c),
         Command::Secret(c) => commands::secret(&ctx, c),
         Command::Volume(c) => volumes::volume(&ctx, c),
         Command::SshKey(c) => ssh::ssh_key(&ctx, c),

@@ -51,6 +51,8 @@ pub fn spot(ctx: &Ctx, cmd: SpotCmd) -> Res {
     Ok(())
 }
 
+// Parsed once per process: the size of its largest variant costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 pub enum JobCmd {
     /// Run a managed job: relaunched after each preemption or node loss from its latest checkpoint.
@@ -90,6 +92,13 @@ pub enum JobCmd {
         on_demand_after: Option<u64>,
         #[arg(long)]
         idempotency_key: Option<String>,
+        /// The project its attempts belong to [default: your key's, or default]; an attempt
+        /// that finds the project at its GPU limit waits for room.
+        #[arg(long)]
+        project: Option<String>,
+        /// Every attempt's priority class [default: default].
+        #[arg(long, value_parser = crate::commands::one_of!(api::Priority))]
+        priority: Option<api::Priority>,
     },
     /// Your jobs.
     List,
@@ -150,6 +159,8 @@ pub fn job(ctx: &Ctx, cmd: JobCmd) -> Res {
             max_restarts,
             on_demand_after,
             idempotency_key,
+            project,
+            priority,
         } => {
             let body = api::CreateJobRequest {
                 name,
@@ -176,6 +187,8 @@ pub fn job(ctx: &Ctx, cmd: JobCmd) -> Res {
                 env: Default::default(),
                 secrets: Vec::new(),
                 volume,
+                project,
+                priority,
             };
             let j: api::Job = c.post("/v1/jobs", Some(&body), idempotency_key.as_deref()).map_err(err)?;
             show(ctx, &j, job_detail);
@@ -485,6 +498,10 @@ pub enum ClusterCmd {
         command: String,
         #[command(flatten)]
         workload: crate::commands::MemberWorkloadArgs,
+        /// The project its members belong to [default: your key's, or default]; refused when
+        /// the project has no room for them.
+        #[arg(long)]
+        project: Option<String>,
     },
     /// Resize: new members start together or not at all; leaving ones get the stop notice first.
     Resize { name: String, nodes: u32 },
@@ -594,6 +611,7 @@ pub fn cluster(ctx: &Ctx, cmd: ClusterCmd) -> Res {
             spot,
             command,
             workload,
+            project,
         } => {
             let replicas = (!replicas_in.is_empty()).then_some(&replicas_in);
             let nodes = replicas.map_or(nodes, |r| r.len() as u32);
@@ -619,6 +637,7 @@ pub fn cluster(ctx: &Ctx, cmd: ClusterCmd) -> Res {
                 env: w.env,
                 secrets: w.secrets,
                 ports: w.ports,
+                project,
             };
             let v: api::Cluster = c.post("/v1/clusters", Some(&body), None).map_err(err)?;
             show(ctx, &v, cluster_detail);

@@ -289,3 +289,84 @@ fn an_operator_fails_a_gpu_for_a_test_and_returns_it_from_the_cli() {
     }
     let _ = std::fs::remove_dir_all(&root);
 }
+
+#[test]
+fn a_team_splits_into_projects_with_gpu_quotas_from_the_cli() {
+    let root = std::env::temp_dir().join(format!("gpucloud-projects-{:016x}", rand::random::<u64>()));
+    let config = root.join("config");
+    std::fs::create_dir_all(&root).unwrap();
+    let dev = start_dev(&root.join("data"), &config);
+
+    json(&config, &["project", "create", "ml-research"]);
+    let q = json(
+        &config,
+        &["quota", "set", "--project", "ml-research", "--gpu", "A10", "--limit", "2", "--guaranteed", "1"],
+    );
+    assert_eq!((q["limit"].as_f64(), q["guaranteed"].as_f64()), (Some(2.0), Some(1.0)), "{q}");
+    let first = json(
+        &config,
+        &["instance", "create", "--gpu", "A10", "--count", "2", "--project", "ml-research", "--command", "sleep 600"],
+    );
+    assert_eq!(first["project"], "ml-research");
+    wait_running(&config, first["id"].as_str().unwrap());
+
+    // Over the limit: refused with the numbers; with --on-quota wait, queued with the reason.
+    let (ok, _, err) = cli(
+        &config,
+        &[],
+        &["instance", "create", "--gpu", "A10", "--project", "ml-research", "--command", "sleep 600"],
+    );
+    assert!(!ok && err.contains("project ml-research is at its A10 limit: 2/2 GPUs"), "{err}");
+    let (ok, _, err) =
+        cli(&config, &[], &["instance", "create", "--gpu", "A10", "--on-quota", "later", "--command", "x"]);
+    assert!(!ok && err.contains("fail") && err.contains("wait"), "the flag lists its values: {err}");
+    let held = json(
+        &config,
+        &[
+            "instance",
+            "create",
+            "--gpu",
+            "A10",
+            "--project",
+            "ml-research",
+            "--on-quota",
+            "wait",
+            "--command",
+            "sleep 600",
+        ],
+    );
+    let held_id = held["id"].as_str().unwrap().to_string();
+    let (ok, out, err) = cli(&config, &[], &["quota", "show", "--project", "ml-research"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("LIMIT") && out.contains("1 (1 GPUs)"), "one request waiting for one GPU:\n{out}");
+    let shown = json(&config, &["instance", "show", &held_id]);
+    assert!(shown["pending_reason"].as_str().unwrap_or("").contains("waiting for quota"), "{shown}");
+
+    // Room frees: the held request runs.
+    json(&config, &["instance", "terminate", first["id"].as_str().unwrap()]);
+    wait_running(&config, &held_id);
+
+    // A key of the project creates there and sees nothing else.
+    let k = json(&config, &["key", "create", "--name", "ml-ci", "--project", "ml-research"]);
+    let key = k["api_key"].as_str().unwrap().to_string();
+    let elsewhere = json(&config, &["instance", "create", "--gpu", "T4", "--command", "sleep 600"]);
+    assert_eq!(elsewhere["project"], "default");
+    let (ok, out, err) = cli(&config, &[("GPUCLOUD_API_KEY", &key)], &["instance", "list", "--json"]);
+    assert!(ok, "{err}");
+    let listed: Value = serde_json::from_str(&out).unwrap();
+    let projects: Vec<&str> =
+        listed["instances"].as_array().unwrap().iter().map(|i| i["project"].as_str().unwrap()).collect();
+    assert!(!projects.is_empty() && projects.iter().all(|p| *p == "ml-research"), "{listed}");
+    let (ok, _, err) = cli(
+        &config,
+        &[("GPUCLOUD_API_KEY", &key)],
+        &["quota", "set", "--project", "ml-research", "--gpu", "A10", "--limit", "99"],
+    );
+    assert!(!ok && err.contains("scoped to project ml-research"), "{err}");
+
+    for id in [held_id.as_str(), elsewhere["id"].as_str().unwrap()] {
+        json(&config, &["instance", "terminate", id]);
+    }
+    drop(dev);
+    let _ = std::fs::remove_dir_all(&root);
+}

@@ -406,6 +406,7 @@ mod tests {
             endpoint: endpoint.map(str::to_string),
         };
         let c = gpucloud_api::Cluster {
+            project: "default".into(),
             id: "c-1".into(),
             name: "quant".into(),
             gpu: "A100-40GB".into(),

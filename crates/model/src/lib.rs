@@ -8,6 +8,7 @@ mod ids;
 mod instance;
 mod money;
 mod node;
+mod project;
 pub mod schedule;
 mod time;
 pub mod workload;
@@ -18,6 +19,7 @@ pub use ids::{ApiKeyId, ClusterId, IdError, InstanceId, JobId, NodeId, PoolId, R
 pub use instance::{AgentObservation, Change, IllegalTransition, InstanceState, StopTarget, UserAction};
 pub use money::{MICROS_PER_UNIT, Money, MoneyError};
 pub use node::{NodeHealth, NodeState, Region, RegionError, Role, Tier};
+pub use project::{OnQuota, Priority, ProjectName};
 pub use time::Timestamp;
 pub use workload::{PortProtocol, PortSpec, VolumeMount};
 

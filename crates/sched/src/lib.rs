@@ -9,6 +9,7 @@
 
 mod explain;
 mod index;
+pub mod order;
 pub mod pass;
 pub mod preempt;
 pub mod share;

@@ -1,7 +1,8 @@
 //! One whole scheduling pass, pure: the server reads the queue, the fleet and the market, calls
 //! [`pass`], and applies what it returns (placements with a generation check, the reason each
-//! request waits, notices to spot instances). Everything the pass decides is here: the market's
-//! order of the queue (on-demand before spot, spot steered to the cheapest region its bid covers
+//! request waits, notices to spot instances). Everything the pass decides is here: the order
+//! requests are served in (priority class with aging, fair share between projects, age:
+//! `crate::order`), the market's order of the queue (on-demand before spot, spot steered to the cheapest region its bid covers
 //! or held back when priced out), tier by tier planning (reserved on the whole fleet, on-demand on
 //! what reservations leave it, spot on everything still free: that is the lending), gangs that
 //! start together or not at all, and which spot instances get notice so that waiting reserved or
@@ -9,7 +10,7 @@
 
 use crate::preempt::{Candidate, Eviction, evictions};
 use crate::{ClusterSnapshot, Pending, PendingReason, Placement, Plan, Policy, plan};
-use gpucloud_model::{ClusterId, GpuModel, InstanceId, Money, NodeId, Region, Tier, Timestamp};
+use gpucloud_model::{ClusterId, GpuModel, InstanceId, Money, NodeId, Priority, ProjectName, Region, Tier, Timestamp};
 use rand::RngCore;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
@@ -26,6 +27,10 @@ pub struct Request {
     pub gang: Option<ClusterId>,
     /// The volume that pins it to `pending.node`, named in why it waits.
     pub volume: Option<String>,
+    /// Its class, when it started waiting, and its project: the queue's order (`crate::order`).
+    pub priority: Priority,
+    pub since: Timestamp,
+    pub project: Option<ProjectName>,
 }
 
 /// A spot instance holding GPUs: what reserved and on-demand work may take back with notice.
@@ -56,6 +61,10 @@ pub struct Market {
     /// Spot work inside this much runtime is not taken for on-demand work (a reservation's
     /// owner takes its GPUs back regardless, after the notice).
     pub min_runtime_ms: i64,
+    /// Each project's GPUs in use and its weight: fair share within a priority level.
+    pub shares: BTreeMap<crate::order::ShareKey, crate::order::Share>,
+    /// A waiting request rises one level per this much waiting (0: never).
+    pub aging_ms: i64,
 }
 
 /// Why a request waits after this pass, in words its tenant can act on (`Display`).
@@ -161,7 +170,7 @@ pub fn pass(
     rng: &mut dyn RngCore,
 ) -> PassPlan {
     let by_id: HashMap<&InstanceId, &Request> = requests.iter().map(|r| (&r.pending.instance, r)).collect();
-    let (queue, priced_out) = market_queue(snapshot, requests, market);
+    let (queue, priced_out) = market_queue(snapshot, &served_order(requests, market, now), market);
     let region_of: HashMap<&NodeId, &Region> = snapshot.nodes.iter().map(|n| (&n.id, &n.region)).collect();
     let mut spot_gpus: BTreeMap<(GpuModel, Region), u32> = BTreeMap::new();
     for h in market.spot_holders.iter().filter(|h| !h.slice) {
@@ -310,19 +319,37 @@ fn candidates(
     out
 }
 
+/// The requests in the order they are served: priority class with aging, fair share between
+/// projects, age (`crate::order`).
+fn served_order<'a>(requests: &'a [Request], market: &Market, now: Timestamp) -> Vec<&'a Request> {
+    let queued: Vec<crate::order::Queued> = requests
+        .iter()
+        .map(|r| crate::order::Queued {
+            priority: r.priority,
+            since: r.since,
+            project: match (&r.pending.tenant, &r.project) {
+                (Some(t), Some(p)) => Some((t.clone(), p.clone())),
+                _ => None,
+            },
+            milli: r.pending.share.as_ref().map_or(u64::from(r.pending.count) * 1000, |s| u64::from(s.milli)),
+        })
+        .collect();
+    crate::order::order(&queued, &market.shares, now, market.aging_ms).into_iter().map(|i| &requests[i]).collect()
+}
+
 /// The queue as the market orders it: reserved, on-demand and warm work first (it may preempt
 /// spot, so spot must not take its GPUs back), each class in the order given. A spot request
 /// whose bid is under the spot price waits (the second list); one for any region is steered to
 /// the cheapest region its bid covers.
 fn market_queue<'a>(
     snapshot: &ClusterSnapshot,
-    requests: &'a [Request],
+    requests: &[&'a Request],
     market: &Market,
 ) -> (Vec<Pending>, Vec<(&'a InstanceId, Waiting)>) {
     let mut queue = Vec::with_capacity(requests.len());
     let mut spot = Vec::new();
     let mut priced_out = Vec::new();
-    for r in requests {
+    for &r in requests {
         let mut p = r.pending.clone();
         if r.tier != Tier::Spot {
             queue.push(p);
@@ -499,6 +526,9 @@ mod tests {
             bid: None,
             gang: None,
             volume: None,
+            priority: Priority::Default,
+            since: Timestamp(0),
+            project: None,
         }
     }
 

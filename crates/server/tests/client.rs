@@ -27,6 +27,9 @@ fn request(count: u32) -> CreateInstanceRequest {
         secrets: Vec::new(),
         ports: Vec::new(),
         volume: None,
+        project: None,
+        on_quota: None,
+        priority: None,
     }
 }
 

@@ -32,9 +32,10 @@ pub trait AccessStore: Send + Sync {
     async fn list_audit(&self, tenant: Option<&TenantId>, since: Timestamp, limit: u32) -> Result<Vec<AuditEntry>>;
 }
 
-const KEY_COLUMNS: &str = "id, prefix, hash, created_at, name, scope, revoked_at, node_name, tenant_id";
+const KEY_COLUMNS: &str = "id, prefix, hash, created_at, name, scope, revoked_at, node_name, project, tenant_id";
 
-/// A key from `id, prefix, hash, created_at, name, scope, revoked_at, node_name` starting at column `at`.
+/// A key from `id, prefix, hash, created_at, name, scope, revoked_at, node_name, project` starting at
+/// column `at`.
 pub(crate) fn key_from_row(r: &AnyRow, at: usize, tenant_id: TenantId) -> Result<ApiKey> {
     let t = "api_keys";
     let revoked: Option<i64> = r.try_get(at + 6)?;
@@ -48,11 +49,12 @@ pub(crate) fn key_from_row(r: &AnyRow, at: usize, tenant_id: TenantId) -> Result
         scope: parse::<KeyScope>(t, &r.try_get::<String, _>(at + 5)?)?,
         revoked_at: revoked.map(Timestamp),
         node: r.try_get(at + 7)?,
+        project: r.try_get::<Option<String>, _>(at + 8)?.map(|p| parse(t, &p)).transpose()?,
     })
 }
 
 fn key_row(r: &AnyRow) -> Result<ApiKey> {
-    let tenant = parse::<TenantId>("api_keys", &r.try_get::<String, _>(8)?)?;
+    let tenant = parse::<TenantId>("api_keys", &r.try_get::<String, _>(9)?)?;
     key_from_row(r, 0, tenant)
 }
 

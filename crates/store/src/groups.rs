@@ -21,7 +21,7 @@ fn member_workload_from_row(table: &'static str, r: &AnyRow) -> Result<crate::Me
 
 const CLUSTER_COLUMNS: &str = "id, tenant_id, name, gpu_model, region, gpus_per_node, min_nodes, max_nodes, \
     target_nodes, command, tier, state, epoch, generation, created_at, updated_at, schedule, utc_offset_min, \
-    autoscale_up_pct, autoscale_down_pct, autoscale_for_s, replicas_in, image, env, ports";
+    autoscale_up_pct, autoscale_down_pct, autoscale_for_s, replicas_in, image, env, ports, project";
 
 fn cluster_from_row(r: &AnyRow) -> Result<Cluster> {
     let t = "clusters";
@@ -65,6 +65,7 @@ fn cluster_from_row(r: &AnyRow) -> Result<Cluster> {
             .map(|v| Region::parse(v).map_err(|e| corrupt(t, e)))
             .collect::<Result<_>>()?,
         workload: member_workload_from_row(t, r)?,
+        project: parse(t, &r.try_get::<String, _>("project")?)?,
     })
 }
 
@@ -136,7 +137,7 @@ pub trait GroupStore: Send + Sync {
 impl GroupStore for SqlStore {
     async fn insert_cluster(&self, c: &Cluster) -> Result<()> {
         sqlx::query(&format!(
-            "INSERT INTO clusters ({CLUSTER_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25)"
+            "INSERT INTO clusters ({CLUSTER_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26)"
         ))
         .bind(c.id.to_string())
         .bind(c.tenant_id.to_string())
@@ -163,6 +164,7 @@ impl GroupStore for SqlStore {
         .bind(c.workload.image.clone())
         .bind(encode_env(&c.workload.env))
         .bind(encode_ports(&c.workload.ports))
+        .bind(c.project.as_str())
         .execute(&self.pool)
         .await
         .map_err(|e| unique_violation(e, &format!("a cluster named '{}'", c.name)))?;

@@ -10,6 +10,7 @@ mod lease;
 mod ledger;
 mod market;
 mod migrate;
+mod projects;
 mod reservations;
 mod sql;
 mod telemetry;
@@ -23,6 +24,7 @@ pub use groups::GroupStore;
 pub use lease::LeaseStore;
 pub use ledger::LedgerStore;
 pub use market::{JobChange, MarketStore};
+pub use projects::{Project, ProjectStore, Quota, QuotaRefusal, QuotaUse, gpus};
 pub use reservations::ReservationStore;
 pub use sql::{PING_IDLE, SqlStore};
 pub use telemetry::{FleetBucket, GpuBucket, GpuSample, TelemetryStore};
@@ -49,6 +51,9 @@ pub enum StoreError {
     /// A live instance holds the volume a new instance asked for (nothing was written).
     #[error("volume {0} is in use by another instance")]
     VolumeInUse(gpucloud_model::VolumeId),
+    /// The instance's project is at its GPU limit and it asked to fail (nothing was written).
+    #[error("{0}")]
+    QuotaExceeded(QuotaRefusal),
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -70,6 +75,7 @@ pub trait Store:
     + AccessStore
     + WorkloadStore
     + VolumeStore
+    + ProjectStore
     + Send
     + Sync
 {

@@ -132,6 +132,13 @@ pub(crate) fn sale_from_row(r: &AnyRow) -> Result<Sale> {
         env,
         job,
         cluster,
+        project: parse(t, &r.try_get::<String, _>("project")?)?,
+        on_quota: if r.try_get::<i64, _>("quota_held")? == 1 {
+            gpucloud_model::OnQuota::Wait
+        } else {
+            gpucloud_model::OnQuota::Fail
+        },
+        priority: parse(t, &r.try_get::<String, _>("priority")?)?,
     })
 }
 

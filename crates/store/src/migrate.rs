@@ -34,6 +34,7 @@ const SQLITE: &[(i64, &str)] = &[
     (27, include_str!("../migrations/sqlite/0027_member_workloads.sql")),
     (28, include_str!("../migrations/sqlite/0028_image_affinity.sql")),
     (29, include_str!("../migrations/sqlite/0029_volumes_unsettled_by_tenant.sql")),
+    (30, include_str!("../migrations/sqlite/0030_projects.sql")),
 ];
 const POSTGRES: &[(i64, &str)] = &[
     (1, include_str!("../migrations/postgres/0001_foundation.sql")),
@@ -65,6 +66,7 @@ const POSTGRES: &[(i64, &str)] = &[
     (27, include_str!("../migrations/postgres/0027_member_workloads.sql")),
     (28, include_str!("../migrations/postgres/0028_image_affinity.sql")),
     (29, include_str!("../migrations/postgres/0029_volumes_unsettled_by_tenant.sql")),
+    (30, include_str!("../migrations/postgres/0030_projects.sql")),
 ];
 
 pub(crate) async fn run(pool: &AnyPool, backend: Backend) -> Result<()> {

@@ -8,7 +8,8 @@ use crate::{
 use async_trait::async_trait;
 use gpucloud_model::GpuShare;
 use gpucloud_model::{
-    GpuModel, InstanceId, InstanceState, NodeHealth, NodeId, NodeState, Region, Role, StopTarget, TenantId, Timestamp,
+    GpuModel, InstanceId, InstanceState, NodeHealth, NodeId, NodeState, OnQuota, Region, Role, StopTarget, TenantId,
+    Timestamp,
 };
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{Acquire, AnyPool, Executor, Row};
@@ -27,7 +28,7 @@ pub(crate) const INSTANCE_COLUMNS: &str = "id, tenant_id, name, region, gpu_mode
     stop_target, node_id, generation, pending_reason, exit_code, created_at, updated_at, gpu_milli, gpu_mem_mib, \
     mig_profile, status_reason, cluster_id, cluster_rank, pool_id, tier, max_price_micros, env, job_id, attempt, running_since, notice_at, notice_ms, \
     notice_reason, preempt_at, checkpoint, checkpoint_at, endpoint, image, ports, progress, published, \
-    volume_id, volume_mount, placement_note, \
+    volume_id, volume_mount, placement_note, project, quota_held, priority, \
     (SELECT n.region FROM nodes n WHERE n.id = COALESCE(instances.node_id, instances.ran_on)) AS ran_region";
 
 /// A pooled PostgreSQL connection idle at least this long is pinged before it is used again.
@@ -275,8 +276,8 @@ impl Store for SqlStore {
 
     async fn insert_api_key(&self, k: &ApiKey) -> Result<()> {
         sqlx::query(
-            "INSERT INTO api_keys (id, tenant_id, prefix, hash, created_at, name, scope, revoked_at, node_name) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            "INSERT INTO api_keys (id, tenant_id, prefix, hash, created_at, name, scope, revoked_at, node_name, \
+             project) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         )
         .bind(k.id.to_string())
         .bind(k.tenant_id.to_string())
@@ -287,6 +288,7 @@ impl Store for SqlStore {
         .bind(k.scope.as_str())
         .bind(k.revoked_at.map(|t| t.0))
         .bind(k.node.as_deref())
+        .bind(k.project.as_ref().map(|p| p.as_str().to_string()))
         .execute(&self.pool)
         .await
         .map_err(|e| unique_violation(e, "api key"))?;
@@ -295,8 +297,8 @@ impl Store for SqlStore {
 
     async fn find_api_key(&self, hash: &str) -> Result<Option<(ApiKey, Tenant)>> {
         let row = sqlx::query(
-            "SELECT t.id, t.name, t.role, t.created_at, k.id, k.prefix, k.hash, k.created_at, k.name, k.scope, k.revoked_at, k.node_name \
-             FROM api_keys k JOIN tenants t ON t.id = k.tenant_id WHERE k.hash = $1 AND k.revoked_at IS NULL",
+            "SELECT t.id, t.name, t.role, t.created_at, k.id, k.prefix, k.hash, k.created_at, k.name, k.scope, k.revoked_at, k.node_name, \
+             k.project FROM api_keys k JOIN tenants t ON t.id = k.tenant_id WHERE k.hash = $1 AND k.revoked_at IS NULL",
         )
         .bind(hash)
         .fetch_optional(&self.pool)
@@ -629,7 +631,7 @@ impl Store for SqlStore {
     }
 
     async fn list_pending(&self, limit: u32) -> Result<Vec<Instance>> {
-        let clause = format!("WHERE state = 'pending' ORDER BY created_at, id LIMIT {limit}");
+        let clause = format!("WHERE state = 'pending' AND quota_held = 0 ORDER BY created_at, id LIMIT {limit}");
         let sql = format!("SELECT {INSTANCE_COLUMNS} FROM instances {clause}");
         let rows = sqlx::query(&sql).fetch_all(&self.pool).await?;
         rows.iter().map(instance_from_row).collect()
@@ -688,6 +690,12 @@ impl Store for SqlStore {
             // Another writer moved it between our read and our write (PostgreSQL runs these
             // concurrently): nothing of ours may be written.
             return Ok(None);
+        }
+        if c.state == InstanceState::Pending && !before.state.holds_gpus() && before.state != InstanceState::Pending {
+            // A start: its GPUs count against its project's limit again.
+            let milli = before.share.as_ref().map_or(u64::from(before.count) * 1000, |s| u64::from(s.milli));
+            let p = &before.sale.project;
+            crate::projects::admit_in(&mut tx, id, &before.tenant_id, p, before.model, milli, OnQuota::Fail).await?;
         }
         if InstanceState::opens_billing(Some(before.state), c.state) {
             open_interval(&mut tx, &before, expected_generation + 1, c.at).await?;
@@ -1012,7 +1020,7 @@ async fn apply_batch(tx: &mut sqlx::Transaction<'_, sqlx::Any>, b: &NodeBatch, a
             "UPDATE instances SET state = 'provisioning', node_id = $1, pending_reason = NULL, status_reason = NULL, \
              exit_code = NULL, generation = generation + 1, updated_at = $2, placement_note = $5, \
              log_base = COALESCE((SELECT MAX(l.seq) FROM instance_logs l WHERE l.instance_id = $3), 0) \
-             WHERE id = $3 AND state = 'pending' AND generation = $4",
+             WHERE id = $3 AND state = 'pending' AND quota_held = 0 AND generation = $4",
         )
         .bind(&node)
         .bind(at.0)
@@ -1130,9 +1138,9 @@ async fn insert_instance_in(tx: &mut sqlx::Transaction<'_, sqlx::Any>, n: &NewIn
             "INSERT INTO instances (id, tenant_id, name, region, gpu_model, gpu_count, command, state, \
              stop_target, node_id, generation, pending_reason, exit_code, idempotency_key, created_at, updated_at, \
              gpu_milli, gpu_mem_mib, mig_profile, tier, max_price_micros, env, job_id, attempt, cluster_id, cluster_rank, \
-             pool_id, image, ports, volume_id, volume_mount) \
+             pool_id, image, ports, volume_id, volume_mount, project, priority) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', NULL, NULL, 1, NULL, NULL, $8, $9, $9, $10, $11, $12, \
-             $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24) \
+             $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26) \
              ON CONFLICT (tenant_id, idempotency_key) DO NOTHING",
         )
         .bind(n.id.to_string())
@@ -1159,11 +1167,15 @@ async fn insert_instance_in(tx: &mut sqlx::Transaction<'_, sqlx::Any>, n: &NewIn
         .bind(crate::market::encode_ports(&n.sale.ports))
         .bind(n.sale.volume.as_ref().map(|(v, _)| v.to_string()))
         .bind(n.sale.volume.as_ref().map(|(_, m)| m.to_string()))
+        .bind(n.sale.project.as_str())
+        .bind(n.sale.priority.as_str())
         .execute(&mut **tx)
         .await
         .map_err(|e| unique_violation(e, &format!("instance {}", n.id)))?;
     let created = r.rows_affected() == 1;
     if created {
+        let milli = n.share.as_ref().map_or(u64::from(n.count) * 1000, |s| u64::from(s.milli));
+        crate::projects::admit_in(tx, &n.id, &n.tenant_id, &n.sale.project, n.model, milli, n.sale.on_quota).await?;
         record_event(tx, &n.id, 1, n.created_at, None, InstanceState::Pending).await?;
         if let Some((volume, _)) = &n.sale.volume {
             // Taken in the same transaction: either the instance exists holding its volume, or

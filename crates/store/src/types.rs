@@ -26,6 +26,8 @@ pub struct ApiKey {
     pub revoked_at: Option<Timestamp>,
     /// An agent key's node (by name): the only node it may register, beat and ship logs for.
     pub node: Option<String>,
+    /// The one project the key acts in; `None`: the whole organization (its tenant).
+    pub project: Option<gpucloud_model::ProjectName>,
 }
 
 /// What a key may do within its tenant's rights.
@@ -198,6 +200,13 @@ pub struct Sale {
     pub ports: Vec<gpucloud_model::PortSpec>,
     /// The volume it mounts, and where in its container.
     pub volume: Option<(gpucloud_model::VolumeId, gpucloud_model::VolumeMount)>,
+    /// The project it belongs to (its GPUs count against that project's quota).
+    pub project: gpucloud_model::ProjectName,
+    /// Written: what to do when the project is at its limit. Read back: `Wait` while it is
+    /// held back for quota (not scheduled, not counted), `Fail` otherwise.
+    pub on_quota: gpucloud_model::OnQuota,
+    /// Its priority class in the scheduler's queue.
+    pub priority: gpucloud_model::Priority,
 }
 
 /// A preemption notice given to an instance.
@@ -635,6 +644,8 @@ pub struct Cluster {
     pub replicas_in: Vec<Region>,
     /// What each member runs in besides its command.
     pub workload: MemberWorkload,
+    /// The project its members belong to (and count against).
+    pub project: gpucloud_model::ProjectName,
 }
 
 /// What every member of a cluster or warm pool runs in besides its command.

@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 import gpucloud
-from gpucloud import ApiError, Client
+from gpucloud import ApiError, Client, Priority, ProblemCode
 
 
 def wait_for(what, fn, timeout=30.0):
@@ -52,6 +52,28 @@ def test_instances_bad_input_and_billing(client):
     assert len(paged) >= 2 and paged == [i.id for i in client.instances.list()]
     p = client.spot.prices("A100-40GB", "eu-1")
     assert p.floor <= p.current <= p.on_demand
+
+
+def test_a_project_quota_refuses_or_holds_what_does_not_fit(client):
+    client.projects.create("sdk-team", max_priority="default")
+    assert "sdk-team" in [p["name"] for p in client.projects.list()]
+    q = client.projects.set_quota("sdk-team", "A10", limit=1)
+    assert q["limit"] == 1 and q["headroom"] == 1
+    first = client.instances.create(gpu="A10", command="sleep 600", project="sdk-team", priority="batch")
+    assert first.project == "sdk-team" and first.priority == Priority.BATCH
+    with pytest.raises(ApiError) as e:
+        client.instances.create(gpu="A10", command="sleep 600", project="sdk-team")
+    assert e.value.status == 409 and e.value.code == ProblemCode.QUOTA_EXCEEDED, e.value
+    with pytest.raises(ApiError) as e:
+        client.instances.create(gpu="A10", command="x", project="sdk-team", priority="production")
+    assert e.value.status == 422 and e.value.field == "priority"
+    held = client.instances.create(gpu="A10", command="sleep 600", project="sdk-team", on_quota="wait")
+    assert "waiting for quota" in (client.instances.get(held.id).pending_reason or "")
+    assert client.projects.quotas("sdk-team")[0]["waiting"] == 1
+    client.instances.terminate(first.id)
+    wait_for("the held instance to run", lambda: client.instances.get(held.id).state == "running")
+    client.instances.terminate(held.id)
+    client.projects.remove_quota("sdk-team", "A10")
 
 
 def test_secrets_env_and_a_web_port_through_the_proxy(client, dev):

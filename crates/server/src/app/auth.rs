@@ -15,9 +15,32 @@ pub struct Principal {
     /// A workload's call, made for it by its node's agent: only its own instance, cluster and
     /// job are reachable (`http::guard`).
     pub workload: Option<gpucloud_model::InstanceId>,
+    /// A project key's project: it creates there and sees only that project's work. `None`:
+    /// the whole organization.
+    pub project: Option<gpucloud_model::ProjectName>,
 }
 
 impl Principal {
+    /// Whether this key may see and act on work of `project`.
+    pub fn sees(&self, project: &gpucloud_model::ProjectName) -> bool {
+        self.project.as_ref().is_none_or(|p| p == project)
+    }
+
+    /// An organization-wide admin key (not a project's, not read-only, not an agent's): it
+    /// makes projects and sets their quotas.
+    pub fn require_org_admin(&self) -> Result<(), AppError> {
+        if self.scope != gpucloud_store::KeyScope::Admin || self.workload.is_some() {
+            return Err(AppError::Forbidden("this needs an admin key".into()));
+        }
+        match &self.project {
+            Some(p) => Err(AppError::Forbidden(format!(
+                "key {} is scoped to project {p}: projects and quotas need an organization-wide admin key",
+                self.key_prefix
+            ))),
+            None => Ok(()),
+        }
+    }
+
     pub fn require_operator(&self) -> Result<(), AppError> {
         if self.tenant.role == Role::Operator {
             Ok(())
@@ -48,6 +71,7 @@ impl App {
             scope: key.scope,
             node: key.node,
             workload: None,
+            project: key.project,
         })
     }
 
@@ -79,6 +103,7 @@ impl App {
             key_prefix: format!("{} for {}", by.key_prefix, inst.id),
             scope: gpucloud_store::KeyScope::Admin,
             node: None,
+            project: Some(inst.sale.project.clone()),
             workload: Some(inst.id),
         })
     }

@@ -23,6 +23,8 @@ pub struct NewCluster {
     pub tier: Tier,
     /// An active-active replica set: one member per region, in this order.
     pub replicas_in: Vec<Region>,
+    /// The project to create in (the key's, or `default`, when `None`).
+    pub project: Option<String>,
     /// What each member runs in besides its command (as on an instance).
     pub image: Option<String>,
     pub env: std::collections::BTreeMap<String, String>,
@@ -103,6 +105,9 @@ impl App {
         }
         let workload = self.member_workload(&by.tenant.id, req.image, &req.env, &req.secrets, &req.ports).await?;
         self.check_can_spend(&by.tenant.id).await?;
+        let project = self.project_for(by, req.project.as_deref()).await?;
+        let want = u64::from(req.nodes) * u64::from(req.gpus_per_node) * 1000;
+        self.check_quota_room(&by.tenant.id, &project, req.model, want).await?;
         let now = self.now();
         let cluster = Cluster {
             id: ClusterId::from_random(random_bits()),
@@ -126,6 +131,7 @@ impl App {
             autoscale: None,
             replicas_in: req.replicas_in,
             workload,
+            project,
         };
         self.store.insert_cluster(&cluster).await.map_err(AppError::store_conflict)?;
         tracing::info!(cluster = %cluster.id, name = %cluster.name, nodes = cluster.target_nodes, "cluster created");
@@ -137,6 +143,7 @@ impl App {
         self.store
             .find_cluster(Some(&by.tenant.id), name)
             .await?
+            .filter(|c| by.sees(&c.project))
             .ok_or_else(|| AppError::NotFound { kind: "cluster", id: name.to_string() })
     }
 
@@ -147,7 +154,7 @@ impl App {
 
     pub async fn list_clusters(&self, by: &Principal) -> Result<Vec<ClusterView>, AppError> {
         let mut out = Vec::new();
-        for c in self.store.list_clusters(Some(&by.tenant.id)).await? {
+        for c in self.store.list_clusters(Some(&by.tenant.id)).await?.into_iter().filter(|c| by.sees(&c.project)) {
             out.push(self.cluster_view(c).await?);
         }
         Ok(out)
@@ -202,6 +209,8 @@ impl App {
         }
         if n > c.target_nodes {
             self.check_can_spend(&by.tenant.id).await?;
+            let more = u64::from(n - c.target_nodes) * u64::from(c.gpus_per_node) * 1000;
+            self.check_quota_room(&by.tenant.id, &c.project, c.model, more).await?;
         }
         for _ in 0..8 {
             if c.target_nodes == n {
@@ -294,6 +303,11 @@ impl App {
                     image: c.workload.image.clone(),
                     ports: c.workload.ports.clone(),
                     volume: None,
+                    project: c.project.clone(),
+                    // Checked when the size was asked for; a member that finds the project
+                    // full (a race with another create) waits rather than failing the pass.
+                    on_quota: gpucloud_model::OnQuota::Wait,
+                    priority: gpucloud_model::Priority::Default,
                 },
             };
             gang.push(new);

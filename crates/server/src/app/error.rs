@@ -24,6 +24,9 @@ pub enum AppError {
     /// The tenant cannot pay for this (empty prepaid balance, spent budget).
     #[error("{0}")]
     PaymentRequired(String),
+    /// The project is at its GPU limit on that model (nothing was written).
+    #[error("{0}")]
+    QuotaExceeded(gpucloud_store::QuotaRefusal),
     /// What the request needs beyond this server did not answer (a node's agent, a workload).
     #[error("{0}")]
     BadGateway(String),
@@ -31,7 +34,16 @@ pub enum AppError {
     #[error("{0} changed concurrently too often; retry")]
     Contended(String),
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Store(StoreError),
+}
+
+impl From<StoreError> for AppError {
+    fn from(e: StoreError) -> AppError {
+        match e {
+            StoreError::QuotaExceeded(q) => AppError::QuotaExceeded(q),
+            other => AppError::Store(other),
+        }
+    }
 }
 
 impl AppError {

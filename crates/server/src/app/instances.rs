@@ -25,6 +25,11 @@ pub struct CreateInstance {
     pub template: Option<String>,
     /// A volume to mount, `NAME:/path`.
     pub volume: Option<String>,
+    /// The project to create in (the key's, or `default`, when `None`).
+    pub project: Option<String>,
+    /// What to do when the project is at its limit.
+    pub on_quota: gpucloud_model::OnQuota,
+    pub priority: gpucloud_model::Priority,
 }
 
 impl CreateInstance {
@@ -47,6 +52,9 @@ impl CreateInstance {
             ports: Vec::new(),
             template: None,
             volume: None,
+            project: None,
+            on_quota: gpucloud_model::OnQuota::Fail,
+            priority: gpucloud_model::Priority::Default,
         }
     }
 }
@@ -92,6 +100,8 @@ impl App {
         idempotency_key: Option<&str>,
     ) -> Result<(Instance, bool), AppError> {
         let req = self.with_template(by, req).await?;
+        let project = self.project_for(by, req.project.as_deref()).await?;
+        self.check_priority(&by.tenant.id, &project, req.priority).await?;
         if req.count == 0 || req.count > MAX_GPUS_PER_INSTANCE {
             return Err(AppError::invalid(
                 "count",
@@ -171,6 +181,9 @@ impl App {
                 image: req.image,
                 ports,
                 volume,
+                project,
+                on_quota: req.on_quota,
+                priority: req.priority,
             },
         };
         let (inst, created) = match self.store.insert_instance(&new).await {
@@ -184,8 +197,11 @@ impl App {
         Ok((inst, created))
     }
 
+    /// The caller's instances (a project key: its project's only).
     pub async fn list_instances(&self, by: &Principal) -> Result<Vec<Instance>, AppError> {
-        Ok(self.store.list_instances(Some(&by.tenant.id)).await?)
+        let mut all = self.store.list_instances(Some(&by.tenant.id)).await?;
+        all.retain(|i| by.sees(&i.sale.project));
+        Ok(all)
     }
 
     /// By id, or by name where the name is unique among the tenant's instances (terminated ones
@@ -195,11 +211,11 @@ impl App {
         let not_found = || AppError::NotFound { kind: "instance", id: id.to_string() };
         if let Ok(parsed) = InstanceId::parse(id)
             && let Some(i) = self.store.get_instance(Some(&by.tenant.id), &parsed).await?
+            && by.sees(&i.sale.project)
         {
             return Ok(i);
         }
-        let named: Vec<Instance> =
-            self.store.list_instances(Some(&by.tenant.id)).await?.into_iter().filter(|i| i.name == id).collect();
+        let named: Vec<Instance> = self.list_instances(by).await?.into_iter().filter(|i| i.name == id).collect();
         let live: Vec<&Instance> =
             named.iter().filter(|i| i.state != gpucloud_model::InstanceState::Terminated).collect();
         let pick: Vec<&Instance> = if live.is_empty() { named.iter().collect() } else { live };

@@ -33,6 +33,11 @@ fn was_preempted(i: &Instance) -> bool {
     i.state == InstanceState::Lost || (i.notice.is_some() && !i.state.holds_gpus() && i.state != InstanceState::Pending)
 }
 
+/// A job's project (jobs made before projects, and unreadable names, are `default`'s).
+fn project_of(spec: &CreateJobRequest) -> gpucloud_model::ProjectName {
+    spec.project.as_deref().and_then(|p| gpucloud_model::ProjectName::parse(p).ok()).unwrap_or_default()
+}
+
 fn spec_of(job: &Job) -> Result<CreateJobRequest, AppError> {
     serde_json::from_str(&job.spec)
         .map_err(|e| AppError::Store(gpucloud_store::StoreError::Corrupt { table: "jobs", detail: e.to_string() }))
@@ -96,6 +101,12 @@ impl App {
             }
         }
         self.check_can_spend(&by.tenant.id).await?;
+        // The spec keeps the project it resolved to, so a key's default is fixed at creation.
+        let mut req = req;
+        let project = self.project_for(by, req.project.as_deref()).await?;
+        let priority = req.priority.map(Into::into).unwrap_or_default();
+        self.check_priority(&by.tenant.id, &project, priority).await?;
+        req.project = Some(project.to_string());
         let id = JobId::from_random(random_bits());
         let now = self.now();
         let job = Job {
@@ -123,7 +134,10 @@ impl App {
     pub async fn list_jobs(&self, by: &Principal) -> Result<Vec<JobView>, AppError> {
         let mut out = Vec::new();
         for job in self.store.list_jobs(&by.tenant.id).await? {
-            out.push(self.job_view(job).await?);
+            let view = self.job_view(job).await?;
+            if by.sees(&project_of(&view.spec)) {
+                out.push(view);
+            }
         }
         Ok(out)
     }
@@ -136,7 +150,11 @@ impl App {
     async fn find_job(&self, by: &Principal, id: &str) -> Result<Job, AppError> {
         let not_found = || AppError::NotFound { kind: "job", id: id.to_string() };
         let jid = JobId::parse(id).map_err(|_| not_found())?;
-        self.store.get_job(Some(&by.tenant.id), &jid).await?.ok_or_else(not_found)
+        let job = self.store.get_job(Some(&by.tenant.id), &jid).await?.ok_or_else(not_found)?;
+        if !by.sees(&project_of(&spec_of(&job)?)) {
+            return Err(not_found());
+        }
+        Ok(job)
     }
 
     pub(crate) async fn job_view(&self, job: Job) -> Result<JobView, AppError> {
@@ -410,6 +428,10 @@ impl App {
                 image: spec.image.clone(),
                 ports: Vec::new(),
                 volume: volume.map(|(v, mount)| (v.id, mount)),
+                project: project_of(spec),
+                // A relaunch the project has no room for waits for it rather than failing.
+                on_quota: gpucloud_model::OnQuota::Wait,
+                priority: spec.priority.map(Into::into).unwrap_or_default(),
             },
         };
         let (inst, created) = match self.store.insert_instance(&new).await {

@@ -28,6 +28,7 @@ mod templates;
 pub mod volumes;
 pub use instances::{CreateInstance, resolve_share};
 mod nodes;
+mod projects;
 mod schedule;
 mod tenants;
 
@@ -114,6 +115,10 @@ pub struct MarketConfig {
     /// A managed job's attempt that has waited this long for GPUs moves to another allowed
     /// model or region that has room now.
     pub job_repick_after: Duration,
+    /// A waiting request rises one priority level per this much waiting, at most
+    /// `gpucloud_sched::order::MAX_BOOST` levels: batch work passes fresh production work after
+    /// three of these.
+    pub priority_aging: Duration,
 }
 
 impl Default for MarketConfig {
@@ -133,6 +138,9 @@ impl Default for MarketConfig {
             schedules_follow_clock: true,
             // A minute: long enough for a freed GPU in its own pool to be found first.
             job_repick_after: Duration::from_secs(60),
+            // Ten minutes a level: batch work waits at most half an hour behind fresh
+            // production work (Kueue and Slurm leave starvation to the operator's settings).
+            priority_aging: Duration::from_secs(600),
         }
     }
 }

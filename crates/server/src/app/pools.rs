@@ -134,6 +134,9 @@ impl App {
             ports: pool.workload.ports.iter().map(|p| p.to_string()).collect(),
             template: None,
             volume: None,
+            project: None,
+            on_quota: gpucloud_model::OnQuota::Fail,
+            priority: gpucloud_model::Priority::Default,
         };
         let (inst, _) = self.create_instance(by, req, None).await?;
         tracing::info!(pool = %pool.name, instance = %inst.id, "no warm instance running: started a cold one");
@@ -162,6 +165,7 @@ impl App {
                     image: pool.workload.image.clone(),
                     env: pool.workload.env.clone(),
                     ports: pool.workload.ports.clone(),
+                    on_quota: gpucloud_model::OnQuota::Wait,
                     ..Sale::default()
                 },
             };

@@ -100,7 +100,23 @@ impl App {
             })
             .collect();
         let min_runtime_ms = self.config.market.min_runtime.as_millis() as i64;
-        Ok((Market { spot_prices, reserved_idle, spot_holders, min_runtime_ms }, holders))
+        // Shares only order requests of different projects: one project waiting needs none.
+        let waiting: HashSet<(&Option<gpucloud_model::TenantId>, &Option<gpucloud_model::ProjectName>)> =
+            requests.iter().map(|r| (&r.pending.tenant, &r.project)).collect();
+        let shares = if waiting.len() > 1 {
+            self.store
+                .project_shares()
+                .await?
+                .into_iter()
+                .map(|(t, p, used_milli, weight_milli)| {
+                    ((t, p), gpucloud_sched::order::Share { used_milli, weight_milli })
+                })
+                .collect()
+        } else {
+            BTreeMap::new()
+        };
+        let aging_ms = self.config.market.priority_aging.as_millis() as i64;
+        Ok((Market { spot_prices, reserved_idle, spot_holders, min_runtime_ms, shares, aging_ms }, holders))
     }
 
     /// One reconcile pass: read the queue, the fleet and the market; let the pure pass
@@ -109,6 +125,8 @@ impl App {
     /// re-planned on the next pass (run again at once when there were conflicts).
     pub async fn schedule_pass(&self) -> Result<PassReport, StoreError> {
         let mut report = PassReport::default();
+        // Requests held for quota join the queue once their project has room.
+        self.store.admit_held(self.now()).await?;
         for _round in 0..4 {
             let pending = self.store.list_pending(PENDING_BATCH).await?;
             if pending.is_empty() {
@@ -152,6 +170,10 @@ impl App {
                     bid: i.sale.max_price,
                     gang: i.sale.cluster.as_ref().map(|(c, _)| c.clone()).filter(|c| gangs.contains(c)),
                     volume: pin.map(|(v, _)| v),
+                    priority: i.sale.priority,
+                    // A requeued or restarted instance waits from when it went back to pending.
+                    since: i.updated_at.max(i.created_at),
+                    project: Some(i.sale.project.clone()),
                 });
             }
             let (market, holders) = self.market_of(&snapshot, &requests).await.map_err(store_error)?;

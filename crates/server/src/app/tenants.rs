@@ -50,6 +50,7 @@ impl App {
         name: &str,
         scope: &str,
         node: Option<&str>,
+        project: Option<&str>,
     ) -> Result<NewKey, AppError> {
         let scope: KeyScope = scope.parse().map_err(|e: String| AppError::invalid("scope", e))?;
         if scope == KeyScope::Agent && by.tenant.role != gpucloud_model::Role::Operator {
@@ -68,12 +69,23 @@ impl App {
             super::nodes::check_node_name(n)
                 .map_err(|_| AppError::invalid("node", "a node name has 1 to 64 letters, digits, '-', '.' or '_'"))?;
         }
-        self.mint_key(by.tenant.clone(), name, scope, node).await
+        // A project key makes keys of its own project only, so it cannot widen its reach.
+        let project = match (project, &by.project) {
+            (None, mine) => mine.clone(),
+            (Some(asked), _) => Some(self.project_for(by, Some(asked)).await?),
+        };
+        if project.is_some() && scope == KeyScope::Agent {
+            return Err(AppError::invalid("project", "an agent key belongs to a node, not to a project"));
+        }
+        self.mint_key(by.tenant.clone(), name, scope, node, project).await
     }
 
     /// The caller's tenant's keys (never their secrets).
+    /// A project key sees its project's keys only.
     pub async fn list_keys(&self, by: &Principal) -> Result<Vec<ApiKey>, AppError> {
-        Ok(self.store.list_api_keys(&by.tenant.id).await?)
+        let mut keys = self.store.list_api_keys(&by.tenant.id).await?;
+        keys.retain(|k| by.project.is_none() || k.project == by.project);
+        Ok(keys)
     }
 
     /// Revokes a key of the caller's tenant (an operator: of any tenant). Takes effect on every
@@ -83,6 +95,9 @@ impl App {
         let kid = ApiKeyId::parse(id).map_err(|_| not_found())?;
         let key = self.store.get_api_key(&kid).await?.ok_or_else(not_found)?;
         if key.tenant_id != by.tenant.id && by.tenant.role != Role::Operator {
+            return Err(not_found());
+        }
+        if by.project.is_some() && key.project != by.project {
             return Err(not_found());
         }
         if !self.store.revoke_api_key(&kid, self.now()).await? {
@@ -121,7 +136,7 @@ impl App {
     }
 
     pub(crate) async fn mint_key_for(&self, tenant: Tenant) -> Result<NewKey, AppError> {
-        self.mint_key(tenant, "", KeyScope::Admin, None).await
+        self.mint_key(tenant, "", KeyScope::Admin, None, None).await
     }
 
     async fn mint_key(
@@ -130,6 +145,7 @@ impl App {
         name: &str,
         scope: KeyScope,
         node: Option<&str>,
+        project: Option<gpucloud_model::ProjectName>,
     ) -> Result<NewKey, AppError> {
         const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
         let body: String = {
@@ -148,6 +164,7 @@ impl App {
             scope,
             revoked_at: None,
             node: node.map(str::to_string),
+            project,
         };
         self.store.insert_api_key(&key).await?;
         Ok(NewKey { id: key.id, tenant, prefix, secret })

@@ -24,6 +24,7 @@ fn info(k: gpucloud_store::ApiKey) -> gpucloud_api::ApiKeyInfo {
         created_at: rfc3339(k.created_at),
         revoked_at: k.revoked_at.map(rfc3339),
         node: k.node,
+        project: k.project.map(|p| p.to_string()),
     }
 }
 
@@ -37,7 +38,13 @@ pub async fn create(
     ApiJson(req): ApiJson<gpucloud_api::CreateKeyRequest>,
 ) -> Result<(StatusCode, Json<ApiKeyCreated>), ApiError> {
     let key = app
-        .create_member_key(&p, &req.name, req.scope.unwrap_or(KeyScope::Admin).as_str(), req.node.as_deref())
+        .create_member_key(
+            &p,
+            &req.name,
+            req.scope.unwrap_or(KeyScope::Admin).as_str(),
+            req.node.as_deref(),
+            req.project.as_deref(),
+        )
         .await?;
     Ok((StatusCode::CREATED, Json(convert::new_key(key))))
 }

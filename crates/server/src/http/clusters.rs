@@ -19,6 +19,7 @@ fn view(v: ClusterView) -> Cluster {
         ports: c.workload.ports.iter().map(|p| p.to_string()).collect(),
         id: c.id.to_string(),
         name: c.name,
+        project: c.project.to_string(),
         gpu: c.model.to_string(),
         region: c.region.map(|r| r.to_string()),
         gpus_per_node: c.gpus_per_node,
@@ -83,6 +84,7 @@ pub async fn create(
                 env: req.env,
                 secrets: req.secrets,
                 ports: req.ports,
+                project: req.project,
             },
         )
         .await?;

@@ -35,6 +35,8 @@ pub fn instance(i: store::Instance, base: &str) -> api::Instance {
         progress: i.progress.clone().filter(|_| i.state == gpucloud_model::InstanceState::Provisioning),
         id: i.id.to_string(),
         name: i.name,
+        project: i.sale.project.to_string(),
+        priority: i.sale.priority.into(),
         state: i.state.into(),
         stop_target: i.stop_target.map(|t| t.to_string()),
         gpu: i.model.to_string(),

@@ -59,6 +59,7 @@ impl From<AppError> for ApiError {
             AppError::PaymentRequired(_) => {
                 ApiError::new(S::PAYMENT_REQUIRED, gpucloud_api::ProblemCode::PaymentRequired, detail)
             }
+            AppError::QuotaExceeded(_) => ApiError::new(S::CONFLICT, gpucloud_api::ProblemCode::QuotaExceeded, detail),
             AppError::Contended(_) => {
                 ApiError::new(S::SERVICE_UNAVAILABLE, gpucloud_api::ProblemCode::Contended, detail)
             }

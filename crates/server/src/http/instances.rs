@@ -14,7 +14,8 @@ use std::sync::Arc;
 /// Create an instance: it starts pending and runs once a node with the GPUs is found.
 #[utoipa::path(post, path = "/v1/instances", tag = "instances", request_body = CreateInstanceRequest,
     params(("Idempotency-Key" = Option<String>, Header, description = "Retry-safe creation")),
-    responses((status = 201, body = Instance), (status = 400, body = Problem), (status = 422, body = Problem)),
+    responses((status = 201, body = Instance), (status = 400, body = Problem), (status = 409, body = Problem),
+        (status = 422, body = Problem)),
     security(("bearer" = [])))]
 pub async fn create(
     State(app): State<Arc<App>>,
@@ -39,6 +40,9 @@ pub async fn create(
         ports: req.ports,
         template: req.template,
         volume: req.volume,
+        project: req.project,
+        on_quota: req.on_quota.map(Into::into).unwrap_or_default(),
+        priority: req.priority.map(Into::into).unwrap_or_default(),
     };
     let (inst, _) = app.create_instance(&p, req, idempotency::key_of(&headers)).await?;
     Ok((StatusCode::CREATED, Json(convert::instance(inst, &app.config.public_url))))

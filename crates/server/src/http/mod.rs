@@ -18,6 +18,7 @@ mod monitoring;
 mod nodes;
 pub mod page;
 mod pools;
+mod projects;
 mod proxy;
 mod secrets;
 mod ssh_keys;
@@ -50,6 +51,7 @@ pub const MAX_BODY: usize = 64 * 1024;
         (name = "instances", description = "GPU instances of the calling tenant"),
         (name = "nodes", description = "The fleet (operator)"),
         (name = "tenants", description = "Tenants and API keys (operator)"),
+        (name = "projects", description = "An organization's projects and their GPU quotas"),
         (name = "agents", description = "The node agent's protocol"),
         (name = "billing", description = "Prices, quotes, credit, balance, usage and the ledger"),
         (name = "market", description = "Spot prices, preemption and managed jobs"),
@@ -99,6 +101,9 @@ pub fn api() -> (Router<Arc<App>>, utoipa::openapi::OpenApi) {
         .routes(routes!(access::create, access::list))
         .routes(routes!(access::revoke))
         .routes(routes!(access::audit))
+        .routes(routes!(projects::create, projects::list))
+        .routes(routes!(projects::quotas))
+        .routes(routes!(projects::set_quota, projects::delete_quota))
         .routes(routes!(meta::whoami))
         .routes(routes!(meta::gpu_models))
         .routes(routes!(meta::capacity))

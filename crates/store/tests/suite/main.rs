@@ -8,7 +8,9 @@ use gpucloud_store::*;
 use std::sync::Arc;
 
 mod money;
+mod projects;
 use money::*;
+use projects::*;
 
 fn rand_suffix() -> String {
     format!("{:016x}", rand::random::<u64>())
@@ -62,6 +64,10 @@ macro_rules! suite {
 
 suite!(
     tenants_and_keys,
+    projects_are_per_tenant,
+    a_quota_admits_exactly_its_limit_under_concurrent_creates,
+    waiting_requests_are_let_in_oldest_first_as_room_frees,
+    a_start_counts_against_the_limit_again,
     a_gang_is_inserted_whole_once_and_the_market_sees_spot_work,
     nodes_keep_what_their_agents_say_and_reasons_are_not_state_changes,
     invoices_alerts_and_guarded_tenants,
@@ -229,6 +235,7 @@ async fn tenants_and_keys(s: Arc<dyn Store>) {
         scope: KeyScope::Admin,
         revoked_at: None,
         node: None,
+        project: None,
     };
     s.insert_api_key(&key).await.unwrap();
     let reader = ApiKey {
@@ -237,12 +244,13 @@ async fn tenants_and_keys(s: Arc<dyn Store>) {
         name: "dashboard".into(),
         scope: KeyScope::ReadOnly,
         created_at: ts(4),
+        project: Some(gpucloud_model::ProjectName::parse("ml-research").unwrap()),
         ..key.clone()
     };
     s.insert_api_key(&reader).await.unwrap();
     let (k, owner) = s.find_api_key("h1").await.unwrap().unwrap();
     assert_eq!((k, owner), (key.clone(), t.clone()));
-    assert_eq!(s.find_api_key("h2").await.unwrap().unwrap().0.scope, KeyScope::ReadOnly);
+    assert_eq!(s.find_api_key("h2").await.unwrap().unwrap().0, reader, "scope and project come back");
     assert!(s.find_api_key("nope").await.unwrap().is_none());
     assert_eq!(s.list_tenants().await.unwrap(), vec![t.clone()]);
     // Revocation: once, and the key finds nothing from then on.
@@ -560,6 +568,7 @@ async fn clusters_and_pools_keep_their_workload_resize_by_generation_and_retire(
         autoscale: None,
         replicas_in: Vec::new(),
         workload: workload.clone(),
+        project: gpucloud_model::ProjectName::parse("vision").unwrap(),
     };
     s.insert_cluster(&c).await.unwrap();
     assert_eq!(s.find_cluster(Some(&t.id), "train").await.unwrap(), Some(c.clone()));
@@ -810,10 +819,13 @@ async fn spot_notices_checkpoints_and_jobs(s: Arc<dyn Store>) {
             image: Some("nvcr.io/nvidia/pytorch:24.05-py3".into()),
             ports: vec!["8888/http".parse().unwrap(), "22/tcp".parse().unwrap()],
             volume: Some((VolumeId::from_random(7), "data:/workspace".parse().unwrap())),
+            project: gpucloud_model::ProjectName::parse("nlp").unwrap(),
+            on_quota: gpucloud_model::OnQuota::Fail,
+            priority: gpucloud_model::Priority::Batch,
         },
     };
     let i = s.insert_instance(&new).await.unwrap().0;
-    assert_eq!(i.sale, new.sale, "tier, bid, env, job, image and ports come back as written");
+    assert_eq!(i.sale, new.sale, "tier, bid, env, job, image, ports and project come back as written");
     assert!(
         !s.give_notice(&i.id, 5_000, "too early", ts(11)).await.unwrap(),
         "a pending instance has no run to notice"

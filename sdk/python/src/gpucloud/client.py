@@ -14,7 +14,7 @@ from urllib.parse import quote
 
 import httpx
 
-from .enums import ClusterState, InstanceState, JobState, ProblemCode, Tier
+from .enums import ClusterState, InstanceState, JobState, Priority, ProblemCode, Tier
 
 
 class ApiError(Exception):
@@ -58,6 +58,8 @@ class Instance:
     ssh: Optional[str] = None
     ssh_host_key: Optional[str] = None
     requested_region: Optional[str] = None
+    project: str = "default"
+    priority: Priority = Priority.DEFAULT
     raw: Dict[str, Any] = field(default_factory=dict, repr=False)
 
     def url(self, port: int) -> Optional[str]:
@@ -95,6 +97,8 @@ class Instance:
             ports=list(v.get("ports") or []),
             progress=v.get("progress"),
             volume=v.get("volume"),
+            project=v.get("project", "default"),
+            priority=Priority.parse(v.get("priority", "default")),
             raw=v,
         )
 
@@ -214,11 +218,17 @@ class Instances(_Resource):
         ports: Optional[List[str]] = None,
         template: Optional[str] = None,
         volume: Optional[str] = None,
+        project: Optional[str] = None,
+        on_quota: Optional[str] = None,
+        priority: Optional[str] = None,
     ) -> Instance:
         """``image``: a container image (the node's own when None); ``env``: variables, a value
         ``secret:NAME`` being your secret NAME; ``secrets``: secrets set as variables of their own
         name; ``ports``: ``["8888/http", "22/tcp"]``; ``template``: a template's name (its settings
-        fill what is not given here); ``volume``: ``"NAME:/path"``, one of your volumes."""
+        fill what is not given here); ``volume``: ``"NAME:/path"``, one of your volumes;
+        ``project``: the project it counts against (your key's, or ``default``); ``on_quota``:
+        ``"fail"`` (``ApiError`` with code ``quota_exceeded``) or ``"wait"`` when the project is at
+        its GPU limit; ``priority``: ``"batch"``, ``"default"`` or ``"production"``."""
         body: Dict[str, Any] = {"gpu": gpu, "count": count, "command": command, "tier": tier}
         for k, v in (
             ("region", region),
@@ -231,6 +241,9 @@ class Instances(_Resource):
             ("ports", ports),
             ("template", template),
             ("volume", volume),
+            ("project", project),
+            ("on_quota", on_quota),
+            ("priority", priority),
         ):
             if v is not None:
                 body[k] = v
@@ -450,6 +463,32 @@ class Secrets(_Resource):
         self._c._check(self._c._http.delete(f"/v1/secrets/{name}"))
 
 
+class Projects(_Resource):
+    """Your organization's projects and their GPU quotas."""
+
+    def create(self, name: str, max_priority: Optional[str] = None) -> Dict[str, Any]:
+        body: Dict[str, Any] = {"name": name}
+        if max_priority is not None:
+            body["max_priority"] = max_priority
+        return dict(self._c._post("/v1/projects", body))
+
+    def list(self) -> List[Dict[str, Any]]:
+        return list(self._c._get("/v1/projects")["projects"])
+
+    def quotas(self, project: str = "default") -> List[Dict[str, Any]]:
+        """Per GPU model: ``limit``, ``guaranteed``, ``used``, ``headroom``, ``waiting``."""
+        return list(self._c._get(f"/v1/projects/{project}/quotas")["quotas"])
+
+    def set_quota(self, project: str, gpu: str, limit: int, guaranteed: Optional[int] = None) -> Dict[str, Any]:
+        body: Dict[str, Any] = {"limit": limit}
+        if guaranteed is not None:
+            body["guaranteed"] = guaranteed
+        return dict(self._c._check(self._c._http.put(f"/v1/projects/{project}/quotas/{gpu}", json=body)))
+
+    def remove_quota(self, project: str, gpu: str) -> None:
+        self._c._check(self._c._http.delete(f"/v1/projects/{project}/quotas/{gpu}"))
+
+
 class Volumes(_Resource):
     """Your volumes: storage that outlives instances, billed per GiB-hour while it exists."""
 
@@ -538,6 +577,7 @@ class Client:
         self.billing = Billing(self)
         self.secrets = Secrets(self)
         self.volumes = Volumes(self)
+        self.projects = Projects(self)
         self.ssh_keys = SshKeys(self)
 
     def close(self) -> None:

@@ -71,6 +71,21 @@ class Role(WireEnum):
     TENANT = "tenant"
 
 
+class OnQuota(WireEnum):
+    """What a create does when its project is at its GPU limit."""
+
+    FAIL = "fail"
+    WAIT = "wait"
+
+
+class Priority(WireEnum):
+    """A request's priority class."""
+
+    BATCH = "batch"
+    DEFAULT = "default"
+    PRODUCTION = "production"
+
+
 class KeyScope(WireEnum):
     """What a key may do within its tenant's rights."""
 
@@ -157,6 +172,7 @@ class ProblemCode(WireEnum):
     IDEMPOTENCY_IN_PROGRESS = "idempotency_in_progress"
     FENCED = "fenced"
     PAYMENT_REQUIRED = "payment_required"
+    QUOTA_EXCEEDED = "quota_exceeded"
     RATE_LIMITED = "rate_limited"
     CONTENDED = "contended"
     BAD_GATEWAY = "bad_gateway"

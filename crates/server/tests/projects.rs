@@ -1,0 +1,212 @@
+//! Projects, GPU quotas and project-scoped keys over HTTP: who may do what, the refusal and the
+//! wait at a limit, and concurrent creates against one limit.
+
+mod common;
+
+use common::{Resp, TestServer, poll};
+use serde_json::{Value, json};
+
+fn put(s: &TestServer, key: &str, path: &str, body: &Value) -> Resp {
+    let bytes = serde_json::to_vec(body).unwrap();
+    s.raw("PUT", path, Some(key), &[("Content-Type", "application/json")], Some(&bytes))
+}
+
+fn delete(s: &TestServer, key: &str, path: &str) -> Resp {
+    s.raw("DELETE", path, Some(key), &[], None)
+}
+
+fn create(s: &TestServer, key: &str, body: Value) -> Resp {
+    s.post(key, "/v1/instances", Some(&body))
+}
+
+fn names(v: &Value, list: &str, field: &str) -> Vec<String> {
+    v[list].as_array().unwrap().iter().map(|x| x[field].as_str().unwrap().to_string()).collect()
+}
+
+#[test]
+fn projects_quotas_and_project_keys() {
+    let s = TestServer::start();
+    let admin = s.tenant("lab");
+    let rival = s.tenant("rival");
+
+    // Projects: made by an organization admin; `default` always there.
+    let r = s.post(&admin, "/v1/projects", Some(&json!({"name": "ml"})));
+    assert_eq!((r.status, r.body["name"].as_str()), (201, Some("ml")), "{:?}", r.body);
+    assert_eq!(s.post(&admin, "/v1/projects", Some(&json!({"name": "ml"}))).status, 409);
+    assert_eq!(s.post(&admin, "/v1/projects", Some(&json!({"name": "default"}))).status, 409);
+    for bad in [json!({"name": "Bad Name"}), json!({"name": ""}), json!({"name": "x", "owner": "me"})] {
+        let r = s.post(&admin, "/v1/projects", Some(&bad));
+        assert_eq!(r.status, 422, "{bad}: {:?}", r.body);
+    }
+    assert_eq!(names(&s.get(&admin, "/v1/projects").body, "projects", "name"), ["default", "ml"]);
+    assert_eq!(names(&s.get(&rival, "/v1/projects").body, "projects", "name"), ["default"]);
+
+    // A quota: 2 T4s for ml.
+    let r = put(&s, &admin, "/v1/projects/ml/quotas/T4", &json!({"limit": 2, "guaranteed": 1}));
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(
+        (r.body["limit"].as_f64(), r.body["headroom"].as_f64(), r.body["used"].as_f64()),
+        (Some(2.0), Some(2.0), Some(0.0))
+    );
+    for (path, body, field) in [
+        ("/v1/projects/ml/quotas/T4", json!({"limit": 2, "guaranteed": 3}), "guaranteed"),
+        ("/v1/projects/ml/quotas/V100", json!({"limit": 2}), "gpu"),
+        ("/v1/projects/ml/quotas/T4", json!({"limit": 2, "burst": 1}), "burst"),
+    ] {
+        let r = put(&s, &admin, path, &body);
+        assert_eq!((r.status, r.body["field"].as_str()), (422, Some(field)), "{body}: {:?}", r.body);
+    }
+    assert_eq!(put(&s, &admin, "/v1/projects/nlp/quotas/T4", &json!({"limit": 1})).status, 404);
+
+    // At the limit: refused with the numbers, nothing written; other projects are not limited.
+    let r = create(&s, &admin, json!({"gpu": "T4", "count": 2, "command": "sleep 600", "project": "ml"}));
+    assert_eq!((r.status, r.body["project"].as_str()), (201, Some("ml")), "{:?}", r.body);
+    let first = r.body["id"].as_str().unwrap().to_string();
+    let before = s.get(&admin, "/v1/instances").body["instances"].as_array().unwrap().len();
+    let r = create(&s, &admin, json!({"gpu": "T4", "count": 1, "command": "sleep 600", "project": "ml"}));
+    assert_eq!((r.status, r.body["code"].as_str()), (409, Some("quota_exceeded")), "{:?}", r.body);
+    let detail = r.body["detail"].as_str().unwrap();
+    assert!(detail.contains("project ml is at its T4 limit: 2/2 GPUs"), "{detail}");
+    assert_eq!(s.get(&admin, "/v1/instances").body["instances"].as_array().unwrap().len(), before);
+    let r = create(&s, &admin, json!({"gpu": "T4", "count": 1, "command": "sleep 600"}));
+    assert_eq!((r.status, r.body["project"].as_str()), (201, Some("default")), "{:?}", r.body);
+    let r = create(&s, &admin, json!({"gpu": "T4", "count": 1, "command": "x", "project": "nlp"}));
+    assert_eq!((r.status, r.body["field"].as_str()), (422, Some("project")), "{:?}", r.body);
+    assert!(r.body["detail"].as_str().unwrap().contains("projects: default, ml"), "{:?}", r.body);
+
+    // Or waits, and is let in when room frees.
+    let r = create(
+        &s,
+        &admin,
+        json!({"gpu": "T4", "count": 1, "command": "sleep 600", "project": "ml", "on_quota": "wait"}),
+    );
+    assert_eq!((r.status, r.body["state"].as_str()), (201, Some("pending")), "{:?}", r.body);
+    let waiting = r.body["id"].as_str().unwrap().to_string();
+    let held = s.wait_for(&admin, &waiting, "held", |b| {
+        b["pending_reason"].as_str().is_some_and(|p| p.contains("waiting for quota: project ml is at its T4 limit 2/2"))
+    });
+    assert_eq!(held["state"], "pending");
+    let q = s.get(&admin, "/v1/projects/ml/quotas").body;
+    let t4 = &q["quotas"][0];
+    assert_eq!(
+        (t4["used"].as_f64(), t4["waiting"].as_u64(), t4["headroom"].as_f64()),
+        (Some(2.0), Some(1), Some(0.0)),
+        "{q}"
+    );
+    assert_eq!(s.post(&admin, &format!("/v1/instances/{first}/terminate"), None).status, 200);
+    s.wait_state(&admin, &waiting, "running");
+
+    // A project key: creates in its project, sees only it, cannot widen itself.
+    let r = s.post(&admin, "/v1/keys", Some(&json!({"name": "ml-ci", "project": "ml"})));
+    assert_eq!((r.status, r.body["id"].is_string()), (201, true), "{:?}", r.body);
+    let ml = r.body["api_key"].as_str().unwrap().to_string();
+    let r = put(&s, &admin, "/v1/projects/ml/quotas/T4", &json!({"limit": 4}));
+    assert_eq!(r.status, 200);
+    let r = create(&s, &ml, json!({"gpu": "T4", "count": 1, "command": "sleep 600"}));
+    assert_eq!((r.status, r.body["project"].as_str()), (201, Some("ml")), "{:?}", r.body);
+    let r = create(&s, &ml, json!({"gpu": "T4", "count": 1, "command": "sleep 600", "project": "default"}));
+    assert_eq!((r.status, r.body["code"].as_str()), (403, Some("forbidden")), "{:?}", r.body);
+    let mine = s.get(&ml, "/v1/instances").body;
+    assert!(mine["instances"].as_array().unwrap().iter().all(|i| i["project"] == "ml"), "{mine}");
+    let all = s.get(&admin, "/v1/instances").body;
+    let in_default = all["instances"].as_array().unwrap().iter().find(|i| i["project"] == "default").unwrap();
+    let id = in_default["id"].as_str().unwrap();
+    assert_eq!(s.get(&ml, &format!("/v1/instances/{id}")).status, 404);
+    assert_eq!(s.post(&ml, &format!("/v1/instances/{id}/stop"), None).status, 404);
+    assert_eq!(names(&s.get(&ml, "/v1/projects").body, "projects", "name"), ["ml"]);
+    assert_eq!(s.get(&ml, "/v1/projects/default/quotas").status, 404);
+    assert_eq!(s.get(&ml, "/v1/projects/ml/quotas").status, 200);
+    assert_eq!(put(&s, &ml, "/v1/projects/ml/quotas/T4", &json!({"limit": 100})).status, 403);
+    assert_eq!(s.post(&ml, "/v1/projects", Some(&json!({"name": "mine"}))).status, 403);
+    assert_eq!(s.post(&ml, "/v1/keys", Some(&json!({"name": "wide", "project": "default"}))).status, 403);
+    let r = s.post(&ml, "/v1/keys", Some(&json!({"name": "child"})));
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let keys = s.get(&ml, "/v1/keys").body;
+    assert_eq!(names(&keys, "keys", "name"), ["ml-ci", "child"], "a project key sees its project's keys");
+    assert!(keys["keys"].as_array().unwrap().iter().all(|k| k["project"] == "ml"), "{keys}");
+
+    // Read-only keys read quotas and change nothing; other tenants see nothing of lab's.
+    let r = s.post(&admin, "/v1/keys", Some(&json!({"name": "viewer", "scope": "read-only"})));
+    let viewer = r.body["api_key"].as_str().unwrap().to_string();
+    assert_eq!(s.get(&viewer, "/v1/projects/ml/quotas").status, 200);
+    assert_eq!(put(&s, &viewer, "/v1/projects/ml/quotas/T4", &json!({"limit": 100})).status, 403);
+    assert_eq!(s.get(&rival, "/v1/projects/ml/quotas").status, 404);
+    assert_eq!(put(&s, &rival, "/v1/projects/ml/quotas/T4", &json!({"limit": 100})).status, 404);
+    assert_eq!(s.get(&rival, "/v1/projects?tenant=lab").status, 403);
+    assert_eq!(put(&s, &rival, "/v1/projects/ml/quotas/T4?tenant=lab", &json!({"limit": 100})).status, 403);
+
+    // The operator sets any tenant's quotas.
+    let r = put(&s, &s.operator_key, "/v1/projects/ml/quotas/A10?tenant=lab", &json!({"limit": 3}));
+    assert_eq!((r.status, r.body["limit"].as_f64()), (200, Some(3.0)), "{:?}", r.body);
+    let q = s.get(&admin, "/v1/projects/ml/quotas").body;
+    assert_eq!(names(&q, "quotas", "gpu"), ["A10", "T4"]);
+    assert_eq!(delete(&s, &admin, "/v1/projects/ml/quotas/A10").status, 204);
+    assert_eq!(delete(&s, &admin, "/v1/projects/ml/quotas/A10").status, 404);
+    assert_eq!(s.get(&s.operator_key, "/v1/projects/ml/quotas?tenant=lab&x=1").status, 400);
+}
+
+#[test]
+fn concurrent_creates_against_a_limit_admit_exactly_it() {
+    let s = TestServer::start_with(|c| c.rate_limit = None);
+    let admin = s.tenant("lab");
+    assert_eq!(put(&s, &admin, "/v1/projects/default/quotas/A10", &json!({"limit": 8})).status, 200);
+    let statuses: Vec<(u16, Option<String>)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..100)
+            .map(|_| {
+                scope.spawn(|| {
+                    let r = create(&s, &admin, json!({"gpu": "A10", "count": 1, "command": "sleep 600"}));
+                    (r.status, r.body["code"].as_str().map(str::to_string))
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let created = statuses.iter().filter(|(st, _)| *st == 201).count();
+    let refused = statuses.iter().filter(|(st, c)| *st == 409 && c.as_deref() == Some("quota_exceeded")).count();
+    assert_eq!((created, refused), (8, 92), "{statuses:?}");
+    let q = poll("the quota read", || {
+        let q = s.get(&admin, "/v1/projects/default/quotas").body;
+        (q["quotas"][0]["used"].as_f64() == Some(8.0)).then_some(q)
+    });
+    assert_eq!(q["quotas"][0]["headroom"].as_f64(), Some(0.0));
+}
+
+#[test]
+fn production_work_is_served_before_older_batch_work_and_projects_cap_their_class() {
+    let s = TestServer::start();
+    let admin = s.tenant("lab");
+    // us-1 has one T4: hold it, queue batch work, then production work.
+    let holder = create(&s, &admin, json!({"gpu": "T4", "count": 1, "region": "us-1", "command": "sleep 600"}));
+    let holder = holder.body["id"].as_str().unwrap().to_string();
+    s.wait_state(&admin, &holder, "running");
+    let batch = create(
+        &s,
+        &admin,
+        json!({"gpu": "T4", "count": 1, "region": "us-1", "command": "sleep 600", "priority": "batch"}),
+    );
+    assert_eq!((batch.status, batch.body["priority"].as_str()), (201, Some("batch")), "{:?}", batch.body);
+    let batch = batch.body["id"].as_str().unwrap().to_string();
+    s.wait_for(&admin, &batch, "waiting", |b| b["pending_reason"].is_string());
+    let prod = create(
+        &s,
+        &admin,
+        json!({"gpu": "T4", "count": 1, "region": "us-1", "command": "sleep 600", "priority": "production"}),
+    );
+    let prod = prod.body["id"].as_str().unwrap().to_string();
+    assert_eq!(s.post(&admin, &format!("/v1/instances/{holder}/terminate"), None).status, 200);
+    s.wait_state(&admin, &prod, "running");
+    assert_eq!(s.get(&admin, &format!("/v1/instances/{batch}")).body["state"], "pending");
+
+    // A project may cap the class its work asks for.
+    let r = s.post(&admin, "/v1/projects", Some(&json!({"name": "sweeps", "max_priority": "batch"})));
+    assert_eq!((r.status, r.body["max_priority"].as_str()), (201, Some("batch")), "{:?}", r.body);
+    let r = create(
+        &s,
+        &admin,
+        json!({"gpu": "T4", "count": 1, "command": "x", "project": "sweeps", "priority": "default"}),
+    );
+    assert_eq!((r.status, r.body["field"].as_str()), (422, Some("priority")), "{:?}", r.body);
+    assert!(r.body["detail"].as_str().unwrap().contains("allows priority up to batch"), "{:?}", r.body);
+    let r = create(&s, &admin, json!({"gpu": "T4", "count": 1, "command": "x", "priority": "urgent"}));
+    assert_eq!(r.status, 422, "{:?}", r.body);
+}
