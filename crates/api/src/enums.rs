@@ -169,9 +169,14 @@ wire_enum!(
 );
 
 wire_enum!(
-    /// What a key may do within its tenant's rights.
+    /// What a key may do within its tenant's rights: admin (everything), member (its work:
+    /// instances, jobs, clusters, pools, volumes, secrets, not keys, projects, quotas or billing
+    /// settings), billing (reads, and the billing settings), read-only (reads), agent (a node
+    /// agent's: the agent protocol only).
     KeyScope {
         Admin => "admin",
+        Member => "member",
+        Billing => "billing",
         ReadOnly => "read-only",
         Agent => "agent",
     }
@@ -268,6 +273,7 @@ wire_enum!(
         Unauthorized => "unauthorized",
         Forbidden => "forbidden",
         ReadOnlyKey => "read_only_key",
+        KeyRole => "key_role",
         AgentKey => "agent_key",
         WorkloadScope => "workload_scope",
         NotFound => "not_found",

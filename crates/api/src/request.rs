@@ -490,8 +490,10 @@ pub struct IdlePolicy {
 pub struct CreateKeyRequest {
     /// Whose key, or what for (1 to 64 characters).
     pub name: String,
-    /// admin (default), read-only (every mutating call is refused with 403) or agent (operators
-    /// only: a node agent's key, refused everywhere but /v1/agent/...).
+    /// admin (default), member (its work, not keys, projects, quotas or billing settings: 403
+    /// `key_role`), billing (reads, and the billing settings), read-only (every mutating call is
+    /// refused with 403) or agent (operators only: a node agent's key, refused everywhere but
+    /// /v1/agent/...).
     #[serde(default)]
     pub scope: Option<KeyScope>,
     /// An agent key's node, by name: it may register, beat and ship logs for that node only.

@@ -14,9 +14,10 @@ pub enum KeyCmd {
         /// Whose key, or what it is for.
         #[arg(long)]
         name: String,
-        /// admin (may change things), read-only (may only read) or agent (an operator's key for
-        /// `gpucloud agent` in GPUCLOUD_AGENT_TOKEN or --token-file: the agent protocol only, for
-        /// one node).
+        /// admin (may change everything), member (runs work: instances, jobs, clusters, volumes,
+        /// secrets; not keys, projects, quotas or billing settings), billing (reads, and sets the
+        /// budget), read-only (may only read) or agent (an operator's key for `gpucloud agent` in
+        /// GPUCLOUD_AGENT_TOKEN or --token-file: the agent protocol only, for one node).
         #[arg(long, default_value = "admin", value_parser = crate::commands::one_of!(api::KeyScope))]
         scope: api::KeyScope,
         /// With --scope agent: the node (by name) the key speaks for. Without it, the first node

@@ -351,3 +351,78 @@ fn a_cloud_that_requires_containers_refuses_process_agents() {
     assert!(r.body["detail"].as_str().unwrap().contains("docker"), "the allowed values are named: {:?}", r.body);
     assert_eq!(register(Some("docker")).status, 201);
 }
+
+/// The role matrix, read from the OpenAPI document so a new route is judged the day it is
+/// added: every mutating route with a member, a billing, a read-only and a project's admin key.
+/// What each may change is written here, apart from the server's rule.
+#[test]
+fn every_mutating_route_answers_each_role_as_the_matrix_says() {
+    let s = TestServer::start_with(|c| c.rate_limit = None);
+    let admin = s.tenant("lab");
+    let key = |by: &str, body: serde_json::Value| {
+        let r = s.post(by, "/v1/keys", Some(&body));
+        assert_eq!(r.status, 201, "{body}: {:?}", r.body);
+        r.body["api_key"].as_str().unwrap().to_string()
+    };
+    let member = key(&admin, json!({"name": "dev", "scope": "member"}));
+    let billing = key(&admin, json!({"name": "finance", "scope": "billing"}));
+    let viewer = key(&admin, json!({"name": "grafana", "scope": "read-only"}));
+    assert_eq!(s.post(&admin, "/v1/projects", Some(&json!({"name": "ml"}))).status, 201);
+    let project_admin = key(&admin, json!({"name": "ml-lead", "project": "ml"}));
+
+    let doc = s.get(&admin, "/v1/openapi.json").body;
+    let mut judged = 0;
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        if path.starts_with("/v1/agent/") {
+            continue; // agent keys only: access.rs's agent test
+        }
+        for method in ["post", "put", "patch", "delete"] {
+            if item.get(method).is_none() {
+                continue;
+            }
+            let concrete: String = path
+                .split('/')
+                .map(|seg| if seg.starts_with('{') { "zz-none" } else { seg })
+                .collect::<Vec<_>>()
+                .join("/");
+            let under = |p: &str| path == p || path.starts_with(&format!("{p}/"));
+            let harmless = path == "/v1/session" || path == "/v1/instances/quote";
+            let settings =
+                ["/v1/keys", "/v1/projects", "/v1/billing", "/v1/idle-policy", "/v1/tenants"].iter().any(|p| under(p));
+            let expect = [
+                (&member, "member", settings && !harmless),
+                (&billing, "billing", !(under("/v1/billing") || harmless)),
+                (&project_admin, "project admin", under("/v1/billing") || under("/v1/idle-policy")),
+            ];
+            let body = serde_json::to_vec(&json!({})).unwrap();
+            let m = method.to_uppercase();
+            for (k, who, refused) in expect {
+                let r = s.raw(&m, &concrete, Some(k), &[("Content-Type", "application/json")], Some(&body));
+                let by_role = r.status == 403 && r.body["code"] == "key_role";
+                assert_eq!(by_role, refused, "{who} {m} {path}: {} {:?}", r.status, r.body);
+                if by_role {
+                    let detail = r.body["detail"].as_str().unwrap();
+                    assert!(detail.contains(&format!("cannot {m} {concrete}")), "{detail}");
+                }
+            }
+            if path != "/v1/session" {
+                let r = s.raw(&m, &concrete, Some(&viewer), &[("Content-Type", "application/json")], Some(&body));
+                assert_eq!((r.status, r.body["code"].as_str()), (403, Some("read_only_key")), "viewer {m} {path}");
+            }
+            judged += 1;
+        }
+    }
+    assert!(judged > 50, "only {judged} mutating routes judged");
+
+    // What the roles are for, end to end: a member runs work, a billing key sets the budget.
+    let r = s.post(&member, "/v1/instances", Some(&json!({"gpu": "T4", "count": 1, "command": "sleep 60"})));
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let r = s.post(&billing, "/v1/billing/budget", Some(&json!({"monthly_limit": "100.00"})));
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let r = s.post(&billing, "/v1/instances", Some(&json!({"gpu": "T4", "count": 1, "command": "sleep 60"})));
+    assert_eq!((r.status, r.body["code"].as_str()), (403, Some("key_role")), "{:?}", r.body);
+    assert_eq!(s.get(&billing, "/v1/instances").status, 200, "a billing key reads");
+    let listed = s.get(&admin, "/v1/keys").body;
+    let scopes: Vec<&str> = listed["keys"].as_array().unwrap().iter().map(|k| k["scope"].as_str().unwrap()).collect();
+    assert_eq!(scopes, ["admin", "member", "billing", "read-only", "admin"]);
+}

@@ -35,6 +35,11 @@ pub struct ApiKey {
 pub enum KeyScope {
     /// Everything the tenant may do.
     Admin,
+    /// Its work (instances, jobs, clusters, pools, volumes, secrets, templates, SSH keys), not
+    /// the organization's settings: keys, projects and quotas, billing, the idle policy.
+    Member,
+    /// Reads, and the billing settings (budget, alerts' webhook): a finance team's key.
+    Billing,
     /// Reads only: every mutating call is refused (403).
     ReadOnly,
     /// A node agent's (operators only): the agent protocol and nothing else, so a GPU host
@@ -46,6 +51,8 @@ impl KeyScope {
     pub fn as_str(self) -> &'static str {
         match self {
             KeyScope::Admin => "admin",
+            KeyScope::Member => "member",
+            KeyScope::Billing => "billing",
             KeyScope::ReadOnly => "read-only",
             KeyScope::Agent => "agent",
         }
@@ -57,9 +64,11 @@ impl std::str::FromStr for KeyScope {
     fn from_str(s: &str) -> std::result::Result<KeyScope, String> {
         match s {
             "admin" => Ok(KeyScope::Admin),
+            "member" => Ok(KeyScope::Member),
+            "billing" => Ok(KeyScope::Billing),
             "read-only" => Ok(KeyScope::ReadOnly),
             "agent" => Ok(KeyScope::Agent),
-            other => Err(format!("unknown key scope '{other}': admin, read-only or agent")),
+            other => Err(format!("unknown key scope '{other}': admin, member, billing, read-only or agent")),
         }
     }
 }

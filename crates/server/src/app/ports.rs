@@ -30,7 +30,7 @@ impl App {
     /// tenant that may act (not read-only, not an agent's). Another tenant's instance is "not
     /// found", as everywhere.
     pub async fn open_port(&self, by: &Principal, id: &str, port: u16) -> Result<tokio::net::TcpStream, AppError> {
-        if by.scope != KeyScope::Admin {
+        if !matches!(by.scope, KeyScope::Admin | KeyScope::Member) {
             return Err(AppError::Forbidden(format!(
                 "key {} is {}: opening a workload's port needs a key that may act",
                 by.key_prefix,

@@ -18,6 +18,8 @@ fn info(k: gpucloud_store::ApiKey) -> gpucloud_api::ApiKeyInfo {
         name: k.name,
         scope: match k.scope {
             gpucloud_store::KeyScope::Admin => KeyScope::Admin,
+            gpucloud_store::KeyScope::Member => KeyScope::Member,
+            gpucloud_store::KeyScope::Billing => KeyScope::Billing,
             gpucloud_store::KeyScope::ReadOnly => KeyScope::ReadOnly,
             gpucloud_store::KeyScope::Agent => KeyScope::Agent,
         },

@@ -317,13 +317,17 @@ pub async fn close_month(
     Ok(Json(gpucloud_api::CloseMonthResult { month: req.month, closed }))
 }
 
-/// A tenant's budget; its webhook secret only for that tenant's own admin keys (`own` the caller).
+/// A tenant's budget; its webhook secret only for that tenant's own admin and billing keys (`own`
+/// the caller).
 fn budget(
     own: Option<&crate::app::Principal>,
     b: gpucloud_store::TenantBilling,
     month_usage: Money,
 ) -> gpucloud_api::Budget {
-    let show_secret = own.is_some_and(|p| p.scope == gpucloud_store::KeyScope::Admin && p.tenant.id == b.tenant_id);
+    let show_secret = own.is_some_and(|p| {
+        matches!(p.scope, gpucloud_store::KeyScope::Admin | gpucloud_store::KeyScope::Billing)
+            && p.tenant.id == b.tenant_id
+    });
     gpucloud_api::Budget {
         monthly_limit: b.monthly_budget,
         thresholds: b.thresholds,

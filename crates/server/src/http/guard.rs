@@ -58,6 +58,23 @@ pub async fn layer(State(app): State<Arc<App>>, mut req: Request, next: Next) ->
             gpucloud_api::ProblemCode::ReadOnlyKey,
             format!("key {} is read-only: it cannot {method} {path}", p.key_prefix),
         )),
+        Some(p) if mutating && !role_may_change(p.scope, p.project.is_some(), &path) => Some(ApiError::new(
+            StatusCode::FORBIDDEN,
+            gpucloud_api::ProblemCode::KeyRole,
+            format!(
+                "key {} is a {} key: it cannot {method} {path} ({})",
+                p.key_prefix,
+                p.scope.as_str(),
+                match (p.scope, &p.project) {
+                    (KeyScope::Billing, _) => "a billing key changes the billing settings only".to_string(),
+                    (KeyScope::Admin, Some(project)) => format!(
+                        "it is scoped to project {project}; the organization's billing settings need an \
+                         organization-wide key"
+                    ),
+                    _ => "keys, projects, quotas and billing settings need an admin key".to_string(),
+                }
+            ),
+        )),
         Some(p) if p.workload.is_some() && !workload_may(&app, p, &method, &path).await => Some(ApiError::new(
             StatusCode::FORBIDDEN,
             gpucloud_api::ProblemCode::WorkloadScope,
@@ -135,6 +152,25 @@ pub async fn layer(State(app): State<Arc<App>>, mut req: Request, next: Next) ->
 }
 
 /// What a workload may call: its instance, its cluster (read, resize) and its job, by id or name.
+/// What a member or billing key may change; every key of a tenant reads what its tenant may
+/// read, and an admin key changes everything its tenant may, except that a project's admin key
+/// leaves the organization's billing settings alone. (Read-only and agent keys have their own
+/// refusals; what a project key reaches of keys and projects is the app's to decide.)
+fn role_may_change(scope: KeyScope, project_scoped: bool, path: &str) -> bool {
+    let under = |prefix: &str| path == prefix || path.strip_prefix(prefix).is_some_and(|rest| rest.starts_with('/'));
+    // Signing in the dashboard and pricing a request change nothing.
+    if under("/v1/session") || path == "/v1/instances/quote" {
+        return true;
+    }
+    let settings = ["/v1/keys", "/v1/projects", "/v1/billing", "/v1/idle-policy", "/v1/tenants"];
+    match scope {
+        KeyScope::Member => !settings.iter().any(|s| under(s)),
+        KeyScope::Billing => under("/v1/billing"),
+        KeyScope::Admin => !(project_scoped && (under("/v1/billing") || under("/v1/idle-policy"))),
+        KeyScope::ReadOnly | KeyScope::Agent => true,
+    }
+}
+
 async fn workload_may(app: &App, p: &crate::app::Principal, method: &Method, path: &str) -> bool {
     let Some(id) = &p.workload else { return false };
     let Ok(Some(inst)) = app.store().get_instance(None, id).await else { return false };

@@ -90,6 +90,8 @@ class KeyScope(WireEnum):
     """What a key may do within its tenant's rights."""
 
     ADMIN = "admin"
+    MEMBER = "member"
+    BILLING = "billing"
     READ_ONLY = "read-only"
     AGENT = "agent"
 
@@ -154,6 +156,7 @@ class ProblemCode(WireEnum):
     UNAUTHORIZED = "unauthorized"
     FORBIDDEN = "forbidden"
     READ_ONLY_KEY = "read_only_key"
+    KEY_ROLE = "key_role"
     AGENT_KEY = "agent_key"
     WORKLOAD_SCOPE = "workload_scope"
     NOT_FOUND = "not_found"
