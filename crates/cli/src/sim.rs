@@ -64,6 +64,20 @@ pub enum SimCmd {
         /// 1.5 days, enough to make tasks queue.
         #[arg(long, default_value_t = 1.0)]
         compress: f64,
+        /// Split the trace into this many projects (the first submitting about half, each next
+        /// half the one before; qos read as priority: LS production, Burstable default, BE
+        /// batch) and replay it twice: first come first served, and in the production
+        /// scheduler's order (priority with aging, fair share, age); prints each project's
+        /// share of GPU time and the waits per priority class side by side.
+        #[arg(long, default_value_t = 0)]
+        projects: usize,
+        /// With --projects: a waiting task rises a priority level per this many minutes.
+        #[arg(long, default_value_t = 10)]
+        aging_minutes: i64,
+        /// Replay on only the first N nodes of the node list (the whole trace on a smaller
+        /// fleet: how to make its tasks contend).
+        #[arg(long)]
+        fleet: Option<usize>,
     },
     /// Spot with recovery against on-demand only, on the trace's task durations: cost saved and
     /// completion time added as the preemption rate grows, with and without checkpoints on notice.
@@ -119,8 +133,14 @@ pub fn run(cmd: SimCmd, as_json: bool) -> Result<(), String> {
         SimCmd::Fgd { trace, nodes, policy, seeds, tune, svg, threads } => {
             fgd(&trace, &nodes, &policy, &seeds, tune, svg, threads, as_json)
         }
-        SimCmd::Replay { trace, nodes, policy, price, buckets, compress } => {
-            replay(&trace, &nodes, &policy, &price, buckets, compress, as_json)
+        SimCmd::Replay { trace, nodes, policy, price, buckets, compress, projects, aging_minutes, fleet } => {
+            let options = gpucloud_sim::replay::ReplayOptions {
+                buckets,
+                compress,
+                projects,
+                queue: gpucloud_sim::replay::Queue::Fifo,
+            };
+            replay(&trace, &nodes, &policy, &price, options, (aging_minutes, fleet), as_json)
         }
         SimCmd::Spot { trace, rates, notice, checkpoint_every, restart_wait, startup, spot_mean, seed } => {
             let base = gpucloud_sim::spot::SpotParams {
@@ -187,12 +207,18 @@ fn replay(
     nodes: &std::path::Path,
     policy: &[String],
     price: &[String],
-    buckets: usize,
-    compress: f64,
+    options: gpucloud_sim::replay::ReplayOptions,
+    (aging_minutes, fleet): (i64, Option<usize>),
     as_json: bool,
 ) -> Result<(), String> {
     use gpucloud_model::Money;
-    use gpucloud_sim::replay::{DEFAULT_PRICES, replay};
+    use gpucloud_sim::replay::{DEFAULT_PRICES, Queue, replay};
+    if options.projects > 16 {
+        return Err(format!("--projects {}: at most 16", options.projects));
+    }
+    if !(1..=7 * 24 * 60).contains(&aging_minutes) {
+        return Err(format!("--aging-minutes {aging_minutes}: expected 1 to 10080"));
+    }
     let mut prices: std::collections::HashMap<String, Money> = DEFAULT_PRICES
         .iter()
         .map(|(m, p)| (m.to_string(), p.parse::<Money>().expect("built-in price is valid")))
@@ -207,14 +233,32 @@ fn replay(
     }
     let policies = parse_policies(policy)?;
     let mut models = Models::default();
-    let node_rows = read_nodes(&data_file(nodes), &mut models)?;
+    let mut node_rows = read_nodes(&data_file(nodes), &mut models)?;
+    if let Some(n) = fleet {
+        if n == 0 || n > node_rows.len() {
+            return Err(format!("--fleet {n}: the node list has {} nodes", node_rows.len()));
+        }
+        node_rows.truncate(n);
+    }
     let trace = read_trace(&data_file(trace), &mut models)?;
     let mut reports = Vec::new();
     for p in policies {
-        reports.push(replay(&node_rows, &trace, &models, p, &prices, buckets, compress)?);
+        reports.push(replay(&node_rows, &trace, &models, p, &prices, options)?);
+        if options.projects > 0 {
+            let fair =
+                gpucloud_sim::replay::ReplayOptions { queue: Queue::Fair { aging_s: aging_minutes * 60 }, ..options };
+            reports.push(replay(&node_rows, &trace, &models, p, &prices, fair)?);
+        }
     }
     if as_json {
         println!("{}", serde_json::to_string_pretty(&reports).map_err(|e| e.to_string())?);
+        return Ok(());
+    }
+    if options.projects > 0 {
+        for pair in reports.chunks(2) {
+            let [fifo, fair] = pair else { continue };
+            projects_table(fifo, fair);
+        }
         return Ok(());
     }
     for r in &reports {
@@ -256,6 +300,60 @@ fn replay(
         );
     }
     Ok(())
+}
+
+/// The same trace split into projects, first come first served against the scheduler's order.
+fn projects_table(fifo: &gpucloud_sim::replay::ReplayReport, fair: &gpucloud_sim::replay::ReplayReport) {
+    println!(
+        "policy {}: {} tasks, arrivals compressed {}x, mean GPU allocation {:.2}% (fifo) and {:.2}% (fair)",
+        fifo.policy, fifo.tasks, fifo.compress, fifo.allocation_mean_pct, fair.allocation_mean_pct
+    );
+    let even = 100.0 / fifo.projects.len().max(1) as f64;
+    let rows: Vec<Vec<String>> = fifo
+        .projects
+        .iter()
+        .zip(&fair.projects)
+        .map(|(a, b)| {
+            vec![
+                a.project.clone(),
+                format!("{:.1}", a.submitted_pct),
+                format!("{even:.1}"),
+                format!("{:.1}", a.contended_share_pct),
+                format!("{:.1}", b.contended_share_pct),
+                a.wait_p95_s.to_string(),
+                b.wait_p95_s.to_string(),
+            ]
+        })
+        .collect();
+    println!(
+        "{}",
+        table(
+            &[
+                "PROJECT",
+                "SUBMITTED %",
+                "WEIGHT %",
+                "FIFO SHARE CONTENDED %",
+                "FAIR SHARE CONTENDED %",
+                "FIFO WAIT P95 S",
+                "FAIR WAIT P95 S",
+            ],
+            &rows
+        )
+    );
+    let rows: Vec<Vec<String>> = fifo
+        .priorities
+        .iter()
+        .zip(&fair.priorities)
+        .map(|(a, b)| {
+            vec![
+                a.priority.clone(),
+                a.tasks.to_string(),
+                format!("{} / {}", a.wait_p50_s, a.wait_p95_s),
+                format!("{} / {}", b.wait_p50_s, b.wait_p95_s),
+            ]
+        })
+        .collect();
+    println!("{}\n", table(&["PRIORITY", "TASKS", "FIFO WAIT P50 / P95 S", "FAIR WAIT P50 / P95 S"], &rows));
 }
 
 pub fn parse_policies(names: &[String]) -> Result<Vec<SharePolicy>, String> {

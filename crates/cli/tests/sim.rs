@@ -102,6 +102,9 @@ fn bad_arguments_are_named() {
         (vec!["fgd", "--nodes", "/nonexistent/nodes.csv"], "/nonexistent/nodes.csv"),
         (vec!["replay", "--price", "G2"], "expected MODEL=DOLLARS"),
         (vec!["replay", "--compress", "0.5"], "compress 0.5"),
+        (vec!["replay", "--projects", "17"], "at most 16"),
+        (vec!["replay", "--fleet", "0"], "--fleet 0"),
+        (vec!["replay", "--projects", "2", "--aging-minutes", "0"], "--aging-minutes 0"),
     ] {
         for (flag, path) in [("--trace", trace), ("--nodes", nodes)] {
             if !args.contains(&flag) {
@@ -112,6 +115,41 @@ fn bad_arguments_are_named() {
         assert!(!ok, "{args:?} succeeded");
         assert!(err.contains(want), "{args:?}: {err}");
     }
+}
+
+#[test]
+fn a_replay_split_into_projects_compares_fifo_with_the_schedulers_order() {
+    let dir = data();
+    let trace = dir.join("openb_pod_list_default.csv");
+    let nodes = dir.join("openb_node_list_gpu_node.csv");
+    let args = [
+        "replay",
+        "--trace",
+        trace.to_str().unwrap(),
+        "--nodes",
+        nodes.to_str().unwrap(),
+        "--projects",
+        "2",
+        "--compress",
+        "100",
+        "--fleet",
+        "100",
+        "--json",
+    ];
+    let (ok, out, err) = run(&args);
+    assert!(ok, "{err}");
+    let runs: Vec<Value> = serde_json::from_str(&out).unwrap();
+    assert_eq!(runs.iter().map(|r| r["queue"].as_str().unwrap()).collect::<Vec<_>>(), ["fifo", "fair"]);
+    for r in &runs {
+        let shares: f64 = r["projects"].as_array().unwrap().iter().map(|p| p["share_pct"].as_f64().unwrap()).sum();
+        assert!((shares - 100.0).abs() < 0.1, "{shares}");
+        let classes: Vec<&str> =
+            r["priorities"].as_array().unwrap().iter().map(|p| p["priority"].as_str().unwrap()).collect();
+        assert_eq!(classes, ["production", "default", "batch"]);
+    }
+    // The scheduler's order serves production work sooner than arrival order does.
+    let p95 = |r: &Value| r["priorities"][0]["wait_p95_s"].as_i64().unwrap();
+    assert!(p95(&runs[1]) < p95(&runs[0]), "fair {} against fifo {}", p95(&runs[1]), p95(&runs[0]));
 }
 
 #[test]

@@ -1,12 +1,17 @@
-//! Replaying a trace in time: each task arrives at its `creation_time`, waits in a FIFO queue if
+//! Replaying a trace in time: each task arrives at its `creation_time`, waits in a queue if
 //! nothing fits, runs for its recorded duration (`deletion_time - creation_time`) once placed,
 //! and departs, freeing its share. Reports allocation over time and what each class of tasks
 //! (the trace's `qos` column, standing in for tenants) would pay under a price book with
 //! gpucloud's own per-second billing.
+//!
+//! The queue is first-come-first-served with backfill, or (`Queue::Fair`) served in the order
+//! the production scheduler uses (`gpucloud_sched::order`: priority class with aging, fair share
+//! between projects, age), with the trace split into projects and its `qos` read as a priority.
 
 use crate::trace::{Models, NodeRow, Trace};
 use gpucloud_billing::{PricePoint, Rules, charge};
-use gpucloud_model::{Money, Timestamp};
+use gpucloud_model::{Money, Priority, ProjectName, TenantId, Timestamp};
+use gpucloud_sched::order::{Queued, Share, ShareKey, order};
 use gpucloud_sched::share::{Choice, Placer, SharePolicy, typical_workload};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -26,6 +31,43 @@ pub const DEFAULT_PRICES: &[(&str, &str)] = &[
     ("G3", "2.20"),
 ];
 
+/// The order a waiting queue is served in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Queue {
+    /// First come, first served; whatever fits behind a blocked head starts (backfill).
+    Fifo,
+    /// `gpucloud_sched::order`, with backfill the same way.
+    Fair { aging_s: i64 },
+}
+
+impl Queue {
+    pub fn name(self) -> &'static str {
+        match self {
+            Queue::Fifo => "fifo",
+            Queue::Fair { .. } => "fair",
+        }
+    }
+}
+
+/// How to replay.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ReplayOptions {
+    /// Time buckets in the report.
+    pub buckets: usize,
+    /// Arrival times are divided by this (durations kept).
+    pub compress: f64,
+    /// Split the tasks into this many projects (0: none), the first submitting most: project
+    /// k of n gets 2^(n-1-k) parts of 2^n - 1, by a hash of the task's name.
+    pub projects: usize,
+    pub queue: Queue,
+}
+
+impl Default for ReplayOptions {
+    fn default() -> ReplayOptions {
+        ReplayOptions { buckets: 10, compress: 1.0, projects: 0, queue: Queue::Fifo }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Bucket {
     pub from_s: i64,
@@ -34,6 +76,36 @@ pub struct Bucket {
     pub allocation_pct: f64,
     /// Most tasks waiting at once.
     pub max_waiting: usize,
+    /// Each project's part of the GPU time allocated in the bucket, percent (with `projects`).
+    pub project_share_pct: Vec<f64>,
+}
+
+/// One project's part of a replay.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProjectShare {
+    pub project: String,
+    /// Its part of the tasks, percent.
+    pub submitted_pct: f64,
+    pub tasks: usize,
+    pub gpu_hours: f64,
+    /// Its part of all GPU-hours run, percent.
+    pub share_pct: f64,
+    /// Its part of the GPU time allocated while tasks of two or more projects waited: what fair
+    /// share decides, percent.
+    pub contended_share_pct: f64,
+    pub wait_p50_s: i64,
+    pub wait_p95_s: i64,
+}
+
+/// Waiting by priority class (the trace's qos: LS and Guaranteed production, Burstable default,
+/// BE batch).
+#[derive(Debug, Clone, Serialize)]
+pub struct PriorityWait {
+    pub priority: String,
+    pub tasks: usize,
+    pub started: usize,
+    pub wait_p50_s: i64,
+    pub wait_p95_s: i64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -62,6 +134,45 @@ pub struct ReplayReport {
     pub buckets: Vec<Bucket>,
     pub classes: Vec<ClassCost>,
     pub total_cost: Money,
+    /// `fifo` or `fair`.
+    pub queue: String,
+    /// With `projects`: each project's share; and waits by priority class.
+    pub projects: Vec<ProjectShare>,
+    pub priorities: Vec<PriorityWait>,
+}
+
+/// The trace's qos as a priority class.
+pub fn priority_of(qos: &str) -> Priority {
+    match qos {
+        "LS" | "Guaranteed" => Priority::Production,
+        "BE" => Priority::Batch,
+        _ => Priority::Default,
+    }
+}
+
+/// The project (0-based) a task goes to among `n`: the first gets about half, each next half
+/// of the one before (2^(n-1-k) parts of 2^n - 1), by an FNV-1a hash of its name.
+pub fn project_of(name: &str, n: usize) -> usize {
+    if n <= 1 {
+        return 0;
+    }
+    let h = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    let n = n.min(16);
+    let parts = (1u64 << n) - 1;
+    let mut r = h % parts;
+    for k in 0..n {
+        let size = 1u64 << (n - 1 - k);
+        if r < size {
+            return k;
+        }
+        r -= size;
+    }
+    n - 1
+}
+
+fn pct_of(w: &mut [i64], q: f64) -> i64 {
+    w.sort_unstable();
+    w.get(((w.len() as f64 - 1.0) * q).round() as usize).copied().unwrap_or(0)
 }
 
 /// `prices`: model name -> per GPU-hour. A model without a price is billed at zero and named
@@ -72,9 +183,9 @@ pub fn replay(
     models: &Models,
     policy: SharePolicy,
     prices: &HashMap<String, Money>,
-    buckets: usize,
-    compress: f64,
+    options: ReplayOptions,
 ) -> Result<ReplayReport, String> {
+    let ReplayOptions { buckets, compress, projects, queue } = options;
     if !(compress.is_finite() && compress >= 1.0) {
         return Err(format!("compress {compress}: expected a factor of 1 or more"));
     }
@@ -104,7 +215,20 @@ pub fn replay(
     let nb = buckets.clamp(1, 1000);
     let width = ((end - start) as f64 / nb as f64).max(1.0);
     let mut area = vec![0.0f64; nb];
+    let np = projects.clamp(1, 16);
+    let mut project_area = vec![vec![0.0f64; np]; nb];
     let mut max_waiting = vec![0usize; nb];
+    let project_of_task: Vec<usize> = trace.tasks.iter().map(|t| project_of(&t.name, np)).collect();
+    let tenant = TenantId::from_random(0);
+    let keys: Vec<ShareKey> =
+        (0..np).map(|k| (tenant.clone(), ProjectName::parse(&format!("p{}", k + 1)).expect("a plain name"))).collect();
+    let mut project_alloc = vec![0u64; np];
+    let mut waiting_per_project = vec![0usize; np];
+    let mut contended_area = vec![0.0f64; np];
+    let mut project_waits: Vec<Vec<i64>> = vec![Vec::new(); np];
+    let mut project_tasks = vec![0usize; np];
+    let mut project_hours = vec![0.0f64; np];
+    let mut priority_waits: BTreeMap<Priority, (usize, Vec<i64>)> = BTreeMap::new();
     let bucket_of = |t: i64| (((t - start) as f64 / width) as usize).min(nb - 1);
 
     // Anything no empty node could ever take would block the FIFO queue forever: set aside.
@@ -128,13 +252,22 @@ pub fn replay(
         })
         .collect();
 
-    let mut advance = |to: i64, allocated: u64, waiting: usize, now: &mut i64| {
+    let mut advance = |to: i64, allocated: u64, by_project: &[u64], waiting_in: &[usize], now: &mut i64| {
+        let waiting: usize = waiting_in.iter().sum();
+        if waiting_in.iter().filter(|w| **w > 0).count() >= 2 {
+            for (k, a) in by_project.iter().enumerate() {
+                contended_area[k] += *a as f64 * (to - *now) as f64;
+            }
+        }
         let mut t = *now;
         while t < to {
             let b = bucket_of(t);
             let b_end = (start as f64 + (b + 1) as f64 * width).ceil() as i64;
             let seg_end = if b == nb - 1 { to } else { b_end.min(to).max(t + 1) };
             area[b] += allocated as f64 * (seg_end - t) as f64;
+            for (k, a) in by_project.iter().enumerate() {
+                project_area[b][k] += *a as f64 * (seg_end - t) as f64;
+            }
             max_waiting[b] = max_waiting[b].max(waiting);
             t = seg_end;
         }
@@ -150,7 +283,7 @@ pub fn replay(
             (Some(a), None) => a,
             (None, Some(d)) => d,
         };
-        advance(t, allocated, waiting.len(), &mut now);
+        advance(t, allocated, &project_alloc, &waiting_per_project, &mut now);
         // Departures first: what leaves at t is free for what arrives at t.
         let mut freed = false;
         while let Some(&Reverse((d, i))) = running.peek() {
@@ -161,6 +294,7 @@ pub fn replay(
             if let Some(choice) = placed_at.remove(&i) {
                 placer.release(&trace.tasks[i].ask, &choice);
                 allocated -= trace.tasks[i].ask.demand();
+                project_alloc[project_of_task[i]] -= trace.tasks[i].ask.demand();
                 freed = true;
             }
         }
@@ -168,22 +302,50 @@ pub fn replay(
             let (c, dur, i) = timed[next];
             next += 1;
             let class = trace.tasks[i].class.clone();
+            priority_waits.entry(priority_of(&class)).or_default().0 += 1;
+            project_tasks[project_of_task[i]] += 1;
             costs.entry(class).or_default().0 += 1;
             if fits_somewhere(i) {
                 waiting.push_back((i, c, dur));
+                waiting_per_project[project_of_task[i]] += 1;
             } else {
                 never_fit += 1;
             }
         }
-        // FIFO with backfill: the queue is scanned in order and whatever fits now starts.
+        // The queue is scanned in its order (arrival, or the scheduler's) and whatever fits now
+        // starts: backfill.
         if freed || !waiting.is_empty() {
+            if let Queue::Fair { aging_s } = queue {
+                let queued: Vec<Queued> = waiting
+                    .iter()
+                    .map(|&(i, c, _)| Queued {
+                        priority: priority_of(&trace.tasks[i].class),
+                        since: Timestamp(c * 1000),
+                        project: (projects > 0).then(|| keys[project_of_task[i]].clone()),
+                        milli: trace.tasks[i].ask.demand(),
+                    })
+                    .collect();
+                let shares: BTreeMap<ShareKey, Share> = keys
+                    .iter()
+                    .zip(&project_alloc)
+                    .map(|(k, a)| (k.clone(), Share { used_milli: *a, weight_milli: 0 }))
+                    .collect();
+                let ordered = order(&queued, &shares, Timestamp(t * 1000), aging_s * 1000);
+                waiting = ordered.into_iter().map(|k| waiting[k]).collect();
+            }
             let mut still = VecDeque::with_capacity(waiting.len());
             while let Some((i, c, dur)) = waiting.pop_front() {
                 let ask = &trace.tasks[i].ask;
                 match placer.place(ask, &mut rng) {
                     Some(choice) => {
                         allocated += ask.demand();
+                        let k = project_of_task[i];
+                        waiting_per_project[k] -= 1;
+                        project_alloc[k] += ask.demand();
+                        project_waits[k].push(t - c);
+                        project_hours[k] += ask.demand() as f64 / 1000.0 * dur as f64 / 3600.0;
                         let class = trace.tasks[i].class.clone();
+                        priority_waits.entry(priority_of(&class)).or_default().1.push(t - c);
                         waits.entry(class.clone()).or_default().push(t - c);
                         let e = costs.entry(class).or_default();
                         e.1 += 1;
@@ -213,11 +375,17 @@ pub fn replay(
         .map(|b| {
             let from = start + (b as f64 * width) as i64;
             let to = if b == nb - 1 { end } else { start + ((b + 1) as f64 * width) as i64 };
+            let used: f64 = project_area[b].iter().sum();
             Bucket {
                 from_s: from,
                 to_s: to,
                 allocation_pct: round2(area[b] / (capacity as f64 * (to - from).max(1) as f64) * 100.0),
                 max_waiting: max_waiting[b],
+                project_share_pct: if projects > 0 {
+                    project_area[b].iter().map(|a| round2(if used > 0.0 { a / used * 100.0 } else { 0.0 })).collect()
+                } else {
+                    Vec::new()
+                },
             }
         })
         .collect();
@@ -239,6 +407,36 @@ pub fn replay(
         })
         .collect();
     let total_cost = Money(classes.iter().map(|c| c.cost.0).sum());
+    let all_hours: f64 = project_hours.iter().sum();
+    let contended: f64 = contended_area.iter().sum();
+    let all_tasks: usize = project_tasks.iter().sum();
+    let project_shares: Vec<ProjectShare> = if projects > 0 {
+        (0..np)
+            .map(|k| ProjectShare {
+                project: format!("p{}", k + 1),
+                submitted_pct: round2(project_tasks[k] as f64 / all_tasks.max(1) as f64 * 100.0),
+                tasks: project_tasks[k],
+                gpu_hours: round2(project_hours[k]),
+                share_pct: round2(if all_hours > 0.0 { project_hours[k] / all_hours * 100.0 } else { 0.0 }),
+                contended_share_pct: round2(if contended > 0.0 { contended_area[k] / contended * 100.0 } else { 0.0 }),
+                wait_p50_s: pct_of(&mut project_waits[k], 0.5),
+                wait_p95_s: pct_of(&mut project_waits[k], 0.95),
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let priorities: Vec<PriorityWait> = priority_waits
+        .into_iter()
+        .rev()
+        .map(|(p, (tasks, mut w))| PriorityWait {
+            priority: p.to_string(),
+            tasks,
+            started: w.len(),
+            wait_p50_s: pct_of(&mut w, 0.5),
+            wait_p95_s: pct_of(&mut w, 0.95),
+        })
+        .collect();
     Ok(ReplayReport {
         policy: policy.name().to_string(),
         compress,
@@ -249,6 +447,9 @@ pub fn replay(
         buckets,
         classes,
         total_cost,
+        queue: queue.name().to_string(),
+        projects: project_shares,
+        priorities,
     })
 }
 

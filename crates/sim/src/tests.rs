@@ -17,7 +17,7 @@ const NODES: &str =
 #[test]
 fn reads_the_trace_format_with_only_the_first_five_columns() {
     let mut m = Models::default();
-    let nodes = read_nodes(&write("n.csv", NODES), &mut m).unwrap();
+    let nodes = read_nodes(&write("fair-n.csv", NODES), &mut m).unwrap();
     assert_eq!(nodes.len(), 2, "CPU-only nodes are skipped");
     let t = read_trace(
         &write("t5.csv", "name,cpu_milli,memory_mib,num_gpu,gpu_milli\np0,4000,1024,1,500\np1,1000,10,0,0\n"),
@@ -127,7 +127,8 @@ fn replay_queues_what_does_not_fit_and_bills_per_second() {
                 e,1000,100,1,500,,LS,Running,50,\n";
     let trace = read_trace(&write("r.csv", text), &mut m).unwrap();
     let prices = [("T4".to_string(), "0.36".parse::<Money>().unwrap())].into_iter().collect();
-    let r = crate::replay::replay(&nodes, &trace, &m, SharePolicy::FgdPack, &prices, 4, 1.0).unwrap();
+    let four = crate::replay::ReplayOptions { buckets: 4, ..Default::default() };
+    let r = crate::replay::replay(&nodes, &trace, &m, SharePolicy::FgdPack, &prices, four).unwrap();
     assert_eq!((r.tasks, r.skipped, r.never_fit), (5, 1, 1), "e has no end; d needs 2 GPUs on a 1-GPU node");
     let ls = r.classes.iter().find(|c| c.class == "LS").unwrap();
     // a runs [0, 3600); b waits for it, then runs its 1800 s.
@@ -135,6 +136,41 @@ fn replay_queues_what_does_not_fit_and_bills_per_second() {
     assert_eq!(ls.cost, "0.54".parse::<Money>().unwrap(), "1.5 GPU-hours at 0.36");
     assert!((ls.gpu_hours - 1.5).abs() < 1e-9);
     assert!(r.allocation_mean_pct > 99.0, "one GPU busy from 0 to 5400: {}", r.allocation_mean_pct);
-    let e = crate::replay::replay(&nodes, &trace, &m, SharePolicy::Fgd, &Default::default(), 4, 1.0).unwrap_err();
+    let e = crate::replay::replay(&nodes, &trace, &m, SharePolicy::Fgd, &Default::default(), four).unwrap_err();
     assert!(e.contains("no price for GPU model T4"), "{e}");
+}
+
+#[test]
+fn the_fair_queue_serves_production_first_and_splits_by_project() {
+    use crate::replay::{Queue, ReplayOptions, project_of, replay};
+    use gpucloud_model::Money;
+    let mut m = Models::default();
+    let nodes = read_nodes(&write("n.csv", "sn,cpu_milli,memory_mib,gpu,model\nn0,8000,8000,1,T4\n"), &mut m).unwrap();
+    // One GPU: a (batch) holds it; b (batch) came before c (production).
+    let text = "name,cpu_milli,memory_mib,num_gpu,gpu_milli,gpu_spec,qos,pod_phase,creation_time,deletion_time\n\
+                a,1000,100,1,1000,,BE,Running,0,100\n\
+                b,1000,100,1,1000,,BE,Running,1,101\n\
+                c,1000,100,1,1000,,LS,Running,2,102\n";
+    let trace = read_trace(&write("fair-t.csv", text), &mut m).unwrap();
+    let prices = [("T4".to_string(), "0.36".parse::<Money>().unwrap())].into_iter().collect();
+    let run = |queue| {
+        let o = ReplayOptions { buckets: 2, queue, projects: 2, ..Default::default() };
+        replay(&nodes, &trace, &m, SharePolicy::FgdPack, &prices, o).unwrap()
+    };
+    let wait =
+        |r: &crate::replay::ReplayReport, p: &str| r.priorities.iter().find(|w| w.priority == p).unwrap().wait_p95_s;
+    let fifo = run(Queue::Fifo);
+    assert_eq!((wait(&fifo, "production"), wait(&fifo, "batch")), (198, 99), "c waits for a and b");
+    let fair = run(Queue::Fair { aging_s: 600 });
+    assert_eq!((wait(&fair, "production"), wait(&fair, "batch")), (98, 199), "c goes right after a");
+    assert_eq!(fair.queue, "fair");
+    assert_eq!(fair.projects.iter().map(|p| p.tasks).sum::<usize>(), 3);
+    assert_eq!(fair.buckets[0].project_share_pct.len(), 2);
+
+    // The split: about 2/3 and 1/3 of many names, the same every time.
+    let names: Vec<String> = (0..3000).map(|i| format!("pod-{i}")).collect();
+    let first = names.iter().filter(|n| project_of(n, 2) == 0).count();
+    assert!((1850..2150).contains(&first), "{first} of 3000 in the first project");
+    assert!(names.iter().all(|n| project_of(n, 2) == project_of(n, 2) && project_of(n, 3) < 3));
+    assert_eq!(project_of("x", 1), 0);
 }
