@@ -11,7 +11,7 @@ type Res = Result<(), String>;
 pub enum BillCmd {
     /// Prepaid balance, this month's usage and what running instances cost per hour.
     Balance,
-    /// Usage charged in a period, by instance, model or day.
+    /// Usage charged in a period, by instance, model, day or project.
     Usage {
         /// RFC 3339, YYYY-MM-DD or YYYY-MM (UTC); default: start of this month.
         #[arg(long)]
@@ -19,7 +19,7 @@ pub enum BillCmd {
         /// Exclusive; default: now.
         #[arg(long)]
         to: Option<String>,
-        #[arg(long, default_value = "instance", value_parser = ["instance", "model", "day"])]
+        #[arg(long, default_value = "instance", value_parser = ["instance", "model", "day", "project"])]
         by: String,
     },
     /// A month's invoice: issued once the month is over, a live draft before.

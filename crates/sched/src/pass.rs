@@ -78,6 +78,8 @@ pub enum Waiting {
     PricedOut { model: GpuModel, lowest: Money, bid: Money },
     /// A gang member: its gang does not fit whole yet.
     Gang { members: usize, placed: usize, count: u32, model: GpuModel },
+    /// Requests of a higher priority level for the same model wait too, and go first.
+    Behind { ahead: usize, model: GpuModel, why: Box<Waiting> },
 }
 
 impl fmt::Display for Waiting {
@@ -92,6 +94,10 @@ impl fmt::Display for Waiting {
             }
             Waiting::Gang { members, placed, count, model } => {
                 write!(f, "waiting as a gang: {members} members of {count} x {model} start together, {placed} fit now")
+            }
+            Waiting::Behind { ahead, model, why } => {
+                let s = if *ahead == 1 { "" } else { "s" };
+                write!(f, "behind {ahead} higher-priority request{s} for {model}; {why}")
             }
         }
     }
@@ -228,6 +234,27 @@ pub fn pass(
         };
         out.waiting.push((id.clone(), why));
     }
+    // Say so when work of a higher priority level (aging included) waits for the same model:
+    // it goes first, whatever frees.
+    let level = |id: &InstanceId| {
+        let r = by_id[id];
+        let q = crate::order::Queued { priority: r.priority, since: r.since, project: None, milli: 0 };
+        crate::order::level(&q, now, market.aging_ms)
+    };
+    let levels: Vec<(GpuModel, u32)> = out.waiting.iter().map(|(id, _)| (by_id[id].pending.model, level(id))).collect();
+    let mut per_level: BTreeMap<(GpuModel, u32), usize> = BTreeMap::new();
+    for l in &levels {
+        *per_level.entry(*l).or_default() += 1;
+    }
+    out.waiting = std::mem::take(&mut out.waiting)
+        .into_iter()
+        .zip(&levels)
+        .map(|((id, why), &(model, mine))| {
+            let ahead: usize = per_level.range((model, mine + 1)..=(model, u32::MAX)).map(|(_, n)| n).sum();
+            let why = if ahead > 0 { Waiting::Behind { ahead, model, why: Box::new(why) } } else { why };
+            (id, why)
+        })
+        .collect();
 
     // Spot instances make room for what still waits: first for reservations' owners (on the
     // whole fleet, their minimum runtime not protecting them), then for on-demand work (on the
@@ -552,6 +579,26 @@ mod tests {
 
     fn waiting_for<'a>(plan: &'a PassPlan, r: &Request) -> Option<&'a Waiting> {
         plan.waiting.iter().find(|(id, _)| *id == r.pending.instance).map(|(_, w)| w)
+    }
+
+    #[test]
+    fn waiting_work_says_when_higher_priority_work_waits_ahead_of_it() {
+        let n = node(1, "eu-1", 4, 4);
+        let snap = ClusterSnapshot { nodes: vec![n] };
+        let batch = Request { priority: Priority::Batch, ..req(1, Tier::OnDemand, 1, None) };
+        let prod = Request { priority: Priority::Production, ..req(2, Tier::OnDemand, 1, None) };
+        let also = Request { priority: Priority::Production, ..req(3, Tier::OnDemand, 2, None) };
+        let plan = run(&snap, &[batch.clone(), prod.clone(), also], &Market::default());
+        let why = waiting_for(&plan, &batch).unwrap().to_string();
+        assert!(why.starts_with("behind 2 higher-priority requests for A100-40GB; "), "{why}");
+        let why = waiting_for(&plan, &prod).unwrap().to_string();
+        assert!(!why.contains("behind"), "{why}");
+        // Aged three levels, the batch request is above fresh production work: nothing is ahead.
+        let market = Market { aging_ms: 1, ..Market::default() };
+        let fresh = Request { since: NOW, ..prod };
+        let plan = run(&snap, &[batch.clone(), fresh.clone()], &market);
+        assert!(!waiting_for(&plan, &batch).unwrap().to_string().contains("behind"));
+        assert!(waiting_for(&plan, &fresh).unwrap().to_string().starts_with("behind 1 higher-priority request for"));
     }
 
     #[test]

@@ -125,6 +125,23 @@ fn projects_quotas_and_project_keys() {
     assert_eq!(names(&keys, "keys", "name"), ["ml-ci", "child"], "a project key sees its project's keys");
     assert!(keys["keys"].as_array().unwrap().iter().all(|k| k["project"] == "ml"), "{keys}");
 
+    // Spend rolls up by project; a project key sees its project's spend only.
+    let usage = poll("usage of both projects", || {
+        let u = s.get(&admin, "/v1/billing/usage?by=project").body;
+        let keys = names(&u, "lines", "key");
+        (keys.contains(&"default".to_string()) && keys.contains(&"ml".to_string())).then_some(u)
+    });
+    assert!(usage["total"].is_string(), "{usage}");
+    let ml_ids: Vec<String> = names(&s.get(&ml, "/v1/instances").body, "instances", "id");
+    let spent = poll("the ml key's usage", || {
+        let u = s.get(&ml, "/v1/billing/usage?by=instance").body;
+        (!u["lines"].as_array().unwrap().is_empty()).then_some(u)
+    });
+    for key in names(&spent, "lines", "key") {
+        assert!(ml_ids.contains(&key), "{key} is not an ml instance: {spent}");
+    }
+    assert_eq!(names(&s.get(&ml, "/v1/billing/usage?by=project").body, "lines", "key"), ["ml"]);
+
     // Read-only keys read quotas and change nothing; other tenants see nothing of lab's.
     let r = s.post(&admin, "/v1/keys", Some(&json!({"name": "viewer", "scope": "read-only"})));
     let viewer = r.body["api_key"].as_str().unwrap().to_string();
@@ -193,6 +210,9 @@ fn production_work_is_served_before_older_batch_work_and_projects_cap_their_clas
         json!({"gpu": "T4", "count": 1, "region": "us-1", "command": "sleep 600", "priority": "production"}),
     );
     let prod = prod.body["id"].as_str().unwrap().to_string();
+    s.wait_for(&admin, &batch, "behind production work", |b| {
+        b["pending_reason"].as_str().is_some_and(|r| r.starts_with("behind 1 higher-priority request for T4; "))
+    });
     assert_eq!(s.post(&admin, &format!("/v1/instances/{holder}/terminate"), None).status, 200);
     s.wait_state(&admin, &prod, "running");
     assert_eq!(s.get(&admin, &format!("/v1/instances/{batch}")).body["state"], "pending");

@@ -35,6 +35,8 @@ pub enum UsageGrouping {
     Instance,
     Model,
     Day,
+    /// The instance's project; volumes' storage as `storage`.
+    Project,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -515,14 +517,31 @@ impl App {
         group: UsageGrouping,
     ) -> Result<Vec<UsageLine>, AppError> {
         let lines = self.store.ledger_lines(&by.tenant.id, from, to).await?;
+        // Spend belongs to the instance's project: a project key sees its project's only
+        // (storage, which belongs to no project, included only for the whole organization).
+        let project_of: HashMap<InstanceId, gpucloud_model::ProjectName> = if group == UsageGrouping::Project
+            || by.project.is_some()
+        {
+            self.store.list_instances(Some(&by.tenant.id)).await?.into_iter().map(|i| (i.id, i.sale.project)).collect()
+        } else {
+            HashMap::new()
+        };
+        let visible = |instance: Option<&InstanceId>| match &by.project {
+            None => true,
+            Some(p) => instance.and_then(|i| project_of.get(i)) == Some(p),
+        };
+        let project_key = |instance: Option<&InstanceId>| {
+            instance.and_then(|i| project_of.get(i)).map_or_else(|| "storage".to_string(), |p| p.to_string())
+        };
         let mut groups: BTreeMap<String, UsageLine> = BTreeMap::new();
-        for l in lines.iter().filter(|l| l.kind == EntryKind::Usage) {
+        for l in lines.iter().filter(|l| l.kind == EntryKind::Usage && visible(l.instance_id.as_ref())) {
             // Storage has no instance or model: its lines group as "volume NAME" and "storage".
             let storage = || l.memo.split(" (").next().unwrap_or_default().to_string();
             let key = match group {
                 UsageGrouping::Instance => l.instance_id.as_ref().map_or_else(storage, InstanceId::to_string),
                 UsageGrouping::Model => l.model.map_or_else(|| "storage".to_string(), |m| m.to_string()),
                 UsageGrouping::Day => day_of(l.created_at),
+                UsageGrouping::Project => project_key(l.instance_id.as_ref()),
             };
             let g = groups.entry(key.clone()).or_insert(UsageLine { key, seconds: 0, amount: Money::ZERO });
             g.seconds += l.seconds;
@@ -534,6 +553,9 @@ impl App {
         if to > now {
             let mut prices = PriceCache::default();
             for u in self.store.unsettled_intervals_of(&by.tenant.id).await? {
+                if !visible(Some(&u.instance_id)) {
+                    continue;
+                }
                 let due = usage_of(&u).due(self.accrue_end(&u, now), prices.get(self, &u).await?);
                 if due.amount <= u.charged && due.seconds <= u.charged_seconds {
                     continue;
@@ -542,6 +564,7 @@ impl App {
                     UsageGrouping::Instance => u.instance_id.to_string(),
                     UsageGrouping::Model => u.model.to_string(),
                     UsageGrouping::Day => day_of(now),
+                    UsageGrouping::Project => project_key(Some(&u.instance_id)),
                 };
                 let g = groups.entry(key.clone()).or_insert(UsageLine { key, seconds: 0, amount: Money::ZERO });
                 g.seconds += (due.seconds - u.charged_seconds).max(0);

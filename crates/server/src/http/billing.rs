@@ -170,7 +170,7 @@ pub struct Range {
     from: Option<String>,
     /// Exclusive; default: now.
     to: Option<String>,
-    /// instance (default), model or day.
+    /// instance (default), model, day or project.
     by: Option<String>,
     /// Items per page: default 100, at most 1000.
     limit: Option<u32>,
@@ -202,7 +202,8 @@ fn range(app: &App, q: Result<Query<Range>, QueryRejection>) -> Result<RangeQuer
     Ok((from, to, q.by, super::page::PageQuery { limit: q.limit, after: q.after }, again))
 }
 
-/// Usage charged between two times, by instance, GPU model or day.
+/// Usage charged between two times, by instance, GPU model, day or project (a project key: its
+/// project's only).
 #[utoipa::path(get, path = "/v1/billing/usage", tag = "billing", params(Range),
     responses((status = 200, body = UsageReport), (status = 422, body = Problem)), security(("bearer" = [])))]
 pub async fn usage(
@@ -216,7 +217,8 @@ pub async fn usage(
         "instance" => UsageGrouping::Instance,
         "model" => UsageGrouping::Model,
         "day" => UsageGrouping::Day,
-        _ => return Err(invalid("by", "by is instance, model or day")),
+        "project" => UsageGrouping::Project,
+        _ => return Err(invalid("by", "by is instance, model, day or project")),
     };
     // A window left open at the end reaches now, however long the reading takes: what running
     // instances accrued since their last posting belongs to it.

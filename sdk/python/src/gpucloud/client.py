@@ -532,7 +532,7 @@ class Billing(_Resource):
         return self._c._get_all("/v1/billing/ledger", "entries")
 
     def usage(self, by: str = "instance", start: Optional[str] = None, end: Optional[str] = None) -> List[Dict[str, Any]]:
-        """Usage posted and accrued, grouped by instance, model or day (this month by default)."""
+        """Usage posted and accrued, grouped by instance, model, day or project (this month by default)."""
         query = f"/v1/billing/usage?by={by}" + (f"&from={start}" if start else "") + (f"&to={end}" if end else "")
         return self._c._get_all(query, "lines")
 
