@@ -426,3 +426,42 @@ fn every_mutating_route_answers_each_role_as_the_matrix_says() {
     let scopes: Vec<&str> = listed["keys"].as_array().unwrap().iter().map(|k| k["scope"].as_str().unwrap()).collect();
     assert_eq!(scopes, ["admin", "member", "billing", "read-only", "admin"]);
 }
+
+/// Two replicas on one store: a key's rate limit is one bucket between them, not one each.
+#[test]
+fn replicas_share_a_keys_rate_limit() {
+    use gpucloud_server::app::{Config, ratelimit::RateLimit};
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let dir = std::env::temp_dir().join(format!("gpucloud-replicas-{:016x}", rand::random::<u64>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (a, b, key) = rt.block_on(async {
+        let store = gpucloud_store::open(&format!("sqlite://{}/db.sqlite", dir.display())).await.unwrap();
+        let config = |name: &str| Config {
+            replica: Some(name.to_string()),
+            // Slow enough that the test's own duration refills almost nothing.
+            rate_limit: Some(RateLimit { per_second: 0.2, burst: 10.0 }),
+            ..Config::default()
+        };
+        let a = gpucloud_server::start(store.clone(), config("a"), "127.0.0.1:0").await.unwrap();
+        let b = gpucloud_server::start(store, config("b"), "127.0.0.1:0").await.unwrap();
+        let key = a.app.create_tenant(None, "lab", gpucloud_model::Role::Tenant).await.unwrap().secret;
+        (a, b, key)
+    });
+    let agent = gpucloud_client::local_agent(std::time::Duration::from_secs(10));
+    let mut ok = 0;
+    for i in 0..30 {
+        let addr = if i % 2 == 0 { a.addr } else { b.addr };
+        let r = agent.get(format!("http://{addr}/v1/whoami")).header("Authorization", format!("Bearer {key}")).call();
+        match r.map(|r| r.status().as_u16()) {
+            Ok(200) => ok += 1,
+            Ok(429) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    // A bucket each would have let 20 through; the shared one lets its burst (and perhaps a
+    // token refilled meanwhile).
+    assert!((10..=11).contains(&ok), "{ok} of 30 went through");
+    drop((a, b));
+    drop(rt);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -15,10 +15,49 @@ pub trait LeaseStore: Send + Sync {
     async fn try_lease(&self, name: &str, holder: &str, now: Timestamp, until: Timestamp) -> Result<Option<i64>>;
     /// Gives the lease up if `holder` has it (a clean shutdown hands over at once).
     async fn release_lease(&self, name: &str, holder: &str) -> Result<()>;
+    /// Takes up to `want` tokens from the bucket every replica shares for `key` (refilled at
+    /// `per_second`, holding at most `burst`; full the first time): how many it gave, 0 when
+    /// empty. Serialized on the bucket's row, so replicas together never exceed the rate.
+    async fn take_rate_tokens(&self, key: &str, want: u32, per_second: f64, burst: f64, now: Timestamp) -> Result<u32>;
 }
 
 #[async_trait]
 impl LeaseStore for SqlStore {
+    async fn take_rate_tokens(&self, key: &str, want: u32, per_second: f64, burst: f64, now: Timestamp) -> Result<u32> {
+        let burst_milli = (burst * 1000.0).max(1000.0) as i64;
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO rate_buckets (key_id, milli, updated_at) VALUES ($1, $2, $3) ON CONFLICT (key_id) DO NOTHING",
+        )
+        .bind(key)
+        .bind(burst_milli)
+        .bind(now.0)
+        .execute(&mut *tx)
+        .await?;
+        // The row's lock (PostgreSQL) or the write lock (SQLite) for the rest of the transaction.
+        sqlx::query("UPDATE rate_buckets SET updated_at = updated_at WHERE key_id = $1")
+            .bind(key)
+            .execute(&mut *tx)
+            .await?;
+        let row = sqlx::query("SELECT milli, updated_at FROM rate_buckets WHERE key_id = $1")
+            .bind(key)
+            .fetch_one(&mut *tx)
+            .await?;
+        let (milli, at): (i64, i64) = (row.try_get(0)?, row.try_get(1)?);
+        // A clock that stepped back refills nothing.
+        let refill = ((now.0 - at).max(0) as f64 * per_second) as i64;
+        let have = (milli + refill).min(burst_milli);
+        let granted = (have / 1000).clamp(0, i64::from(want));
+        sqlx::query("UPDATE rate_buckets SET milli = $2, updated_at = $3 WHERE key_id = $1")
+            .bind(key)
+            .bind(have - granted * 1000)
+            .bind(now.0.max(at))
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(granted as u32)
+    }
+
     async fn try_lease(&self, name: &str, holder: &str, now: Timestamp, until: Timestamp) -> Result<Option<i64>> {
         // One statement: the row lock (PostgreSQL) or the write lock (SQLite) makes it atomic, so
         // two replicas racing for an expired lease cannot both win.

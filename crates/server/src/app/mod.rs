@@ -236,6 +236,8 @@ pub struct App {
     pub(crate) leadership: leader::Leadership,
     /// Each key's token bucket: tokens left and when they were counted.
     pub(crate) rate_buckets: std::sync::Mutex<std::collections::HashMap<gpucloud_model::ApiKeyId, (f64, Timestamp)>>,
+    /// Replicas: tokens this one took from a key's shared bucket and has not used yet.
+    pub(crate) rate_granted: std::sync::Mutex<std::collections::HashMap<gpucloud_model::ApiKeyId, u32>>,
     /// Request and scheduling latency histograms for `/metrics`.
     pub obs: obs::ServerMetrics,
     pub(crate) sampled_at: std::sync::Mutex<std::collections::HashMap<gpucloud_model::NodeId, Timestamp>>,
@@ -265,6 +267,7 @@ impl App {
             obs: Default::default(),
             leadership: Default::default(),
             rate_buckets: Default::default(),
+            rate_granted: Default::default(),
             posted_point: Default::default(),
             reconcilers: Default::default(),
         };

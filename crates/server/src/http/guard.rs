@@ -101,7 +101,7 @@ pub async fn layer(State(app): State<Arc<App>>, mut req: Request, next: Next) ->
         }
         return resp;
     }
-    if !agent_beat && let Err(wait) = app.take_rate_token(&p.key_id) {
+    if !agent_beat && let Err(wait) = app.take_rate_token(&p.key_id).await {
         // Not audited: a runaway client would otherwise write a row per refusal.
         let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
         let mut resp = ApiError::new(

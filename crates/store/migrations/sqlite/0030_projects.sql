@@ -33,3 +33,11 @@ ALTER TABLE clusters ADD COLUMN project TEXT NOT NULL DEFAULT 'default';
 ALTER TABLE api_keys ADD COLUMN project TEXT;
 CREATE INDEX instances_by_project ON instances (tenant_id, project, gpu_model);
 CREATE INDEX instances_quota_held ON instances (created_at) WHERE quota_held = 1;
+
+-- Per-key rate limits shared by every replica: a key's token bucket (in thousandths of a
+-- token). Replicas take tokens in small batches, so a request writes here rarely.
+CREATE TABLE rate_buckets (
+    key_id      TEXT PRIMARY KEY,
+    milli       INTEGER NOT NULL,
+    updated_at  INTEGER NOT NULL
+);

@@ -96,6 +96,7 @@ suite!(
     metrics_come_back_in_order_per_name,
     gpu_samples_per_instance_fleet_and_retention,
     one_replica_holds_a_lease_at_a_time,
+    a_shared_rate_bucket_gives_its_burst_then_its_rate,
     an_instance_endpoint_is_kept_without_a_new_generation,
     secrets_are_per_tenant_and_progress_is_not_a_state_change,
     a_volume_is_held_by_one_live_instance_and_lives_where_first_placed,
@@ -981,6 +982,31 @@ async fn one_replica_holds_a_lease_at_a_time(s: Arc<dyn Store>) {
     // Racing for a free lease: exactly one wins.
     let (x, y) = tokio::join!(s.try_lease("race", "x", ts(0), ts(1_000)), s.try_lease("race", "y", ts(0), ts(1_000)));
     assert_eq!([x.unwrap(), y.unwrap()].iter().filter(|r| r.is_some()).count(), 1);
+}
+
+async fn a_shared_rate_bucket_gives_its_burst_then_its_rate(s: Arc<dyn Store>) {
+    // 2 tokens a second, 10 at most; full the first time.
+    let take = |want, at| {
+        let s = s.clone();
+        async move { s.take_rate_tokens("k-1", want, 2.0, 10.0, ts(at)).await.unwrap() }
+    };
+    assert_eq!((take(4, 0).await, take(4, 0).await, take(4, 0).await, take(4, 0).await), (4, 4, 2, 0));
+    assert_eq!(take(4, 1_000).await, 2, "a second refills two");
+    assert_eq!(take(4, 500).await, 0, "a clock that went back refills nothing");
+    assert_eq!(take(50, 60_000).await, 10, "never more than the burst");
+    assert_eq!(s.take_rate_tokens("k-2", 3, 2.0, 10.0, ts(0)).await.unwrap(), 3, "each key its own bucket");
+    // Concurrent takers share it: 10 at once, 10 granted in all.
+    let tasks: Vec<_> = (0..10)
+        .map(|_| {
+            let s = s.clone();
+            tokio::spawn(async move { s.take_rate_tokens("k-3", 2, 0.001, 10.0, ts(0)).await.unwrap() })
+        })
+        .collect();
+    let mut granted = 0;
+    for t in tasks {
+        granted += t.await.unwrap();
+    }
+    assert_eq!(granted, 10);
 }
 
 async fn an_instance_endpoint_is_kept_without_a_new_generation(s: Arc<dyn Store>) {
