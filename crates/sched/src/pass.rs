@@ -10,7 +10,9 @@
 
 use crate::preempt::{Candidate, Eviction, evictions};
 use crate::{ClusterSnapshot, Pending, PendingReason, Placement, Plan, Policy, plan};
-use gpucloud_model::{ClusterId, GpuModel, InstanceId, Money, NodeId, Priority, ProjectName, Region, Tier, Timestamp};
+use gpucloud_model::{
+    ClusterId, GpuModel, InstanceId, Money, NodeId, Priority, ProjectName, Region, TenantId, Tier, Timestamp,
+};
 use rand::RngCore;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
@@ -65,6 +67,27 @@ pub struct Market {
     pub shares: BTreeMap<crate::order::ShareKey, crate::order::Share>,
     /// A waiting request rises one level per this much waiting (0: never).
     pub aging_ms: i64,
+    /// Whole GPUs each project holds of a model against what it is guaranteed (projects with a
+    /// guarantee, and the projects of their organizations that hold GPUs of that model).
+    pub guarantees: BTreeMap<(TenantId, ProjectName, GpuModel), Guarantee>,
+    /// Instances holding whole GPUs in those organizations: what a project under its guarantee
+    /// may take back from projects above theirs.
+    pub borrowed: Vec<Borrowed>,
+}
+
+/// A project's whole GPUs of one model, held and guaranteed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Guarantee {
+    pub held: u32,
+    pub guaranteed: u32,
+}
+
+/// An instance of a project, as reclaim sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Borrowed {
+    pub holder: SpotHolder,
+    pub tenant: TenantId,
+    pub project: ProjectName,
 }
 
 /// Why a request waits after this pass, in words its tenant can act on (`Display`).
@@ -111,11 +134,41 @@ pub struct Preemption {
     pub for_tier: Tier,
     pub for_count: u32,
     pub for_model: GpuModel,
+    /// A reclaim: the request's project is under its guarantee, and takes GPUs back from a
+    /// project of its organization holding more than its own.
+    pub reclaim: Option<Reclaim>,
+}
+
+/// Who takes GPUs back from whom.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reclaim {
+    pub for_project: ProjectName,
+    pub guaranteed: u32,
+    pub from_project: ProjectName,
+    pub from_holds: u32,
+    pub from_guaranteed: u32,
 }
 
 impl fmt::Display for Preemption {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let e = &self.eviction;
+        if let Some(r) = &self.reclaim {
+            return write!(
+                f,
+                "reclaimed for project {} (under its guarantee of {} x {}): project {} holds {} {} GPUs against a \
+                 guarantee of {}, and of its instances on node {} this one loses the least work ({} s since its \
+                 last checkpoint)",
+                r.for_project,
+                r.guaranteed,
+                self.for_model,
+                r.from_project,
+                r.from_holds,
+                self.for_model,
+                r.from_guaranteed,
+                e.node,
+                e.lost_work_ms / 1000
+            );
+        }
         write!(
             f,
             "{} request {} for {} x {} needs the GPUs; of {} spot instance(s) on node {}, this one loses the least \
@@ -295,11 +348,130 @@ pub fn pass(
                     for_count: want.count,
                     for_model: want.model,
                     eviction: e,
+                    reclaim: None,
+                });
+            }
+        }
+        reclaim(&mut out, &masked, &unplaced_before_gangs, &queue, &by_id, market, now);
+    }
+    out
+}
+
+/// Projects under their guarantee take GPUs back from projects of their organization that hold
+/// more than theirs: on-demand requests that fit nowhere and that spot work made no room for;
+/// a victim's project never drops below its own guarantee; minimum runtime and least lost work
+/// as for spot. A model that had spot work noticed this pass waits for the next (the spot GPUs'
+/// room is not counted twice).
+fn reclaim(
+    out: &mut PassPlan,
+    view: &ClusterSnapshot,
+    unplaced: &[crate::Unplaced],
+    queue: &[Pending],
+    by_id: &HashMap<&InstanceId, &Request>,
+    market: &Market,
+    now: Timestamp,
+) {
+    if market.guarantees.is_empty() || market.borrowed.is_empty() {
+        return;
+    }
+    let spot_models: HashSet<GpuModel> = out.preemptions.iter().map(|p| p.for_model).collect();
+    let noticed: HashSet<InstanceId> = out.preemptions.iter().map(|p| p.eviction.victim.clone()).collect();
+    let mut held: BTreeMap<(TenantId, ProjectName, GpuModel), Guarantee> = market.guarantees.clone();
+    // Per organization, its requests under their guarantee, in queue order.
+    let mut wants: BTreeMap<&TenantId, Vec<Pending>> = BTreeMap::new();
+    for u in unplaced {
+        let Some(r) = by_id.get(&u.instance) else { continue };
+        let (Some(t), Some(p)) = (&r.pending.tenant, &r.project) else { continue };
+        if r.tier != Tier::OnDemand || r.pending.share.is_some() || spot_models.contains(&r.pending.model) {
+            continue;
+        }
+        let Some(g) = market.guarantees.get(&(t.clone(), p.clone(), r.pending.model)) else { continue };
+        if g.held + r.pending.count > g.guaranteed {
+            continue;
+        }
+        if let Some(q) = queue.iter().find(|q| q.instance == r.pending.instance) {
+            wants.entry(t).or_default().push(q.clone());
+        }
+    }
+    for (tenant, wants) in wants {
+        let candidates: Vec<Candidate> = market
+            .borrowed
+            .iter()
+            .filter(|b| b.tenant == *tenant && !b.holder.slice && !noticed.contains(&b.holder.instance))
+            .filter(|b| {
+                held.get(&(b.tenant.clone(), b.project.clone(), b.holder.model)).is_some_and(|g| g.held > g.guaranteed)
+            })
+            .map(|b| {
+                let h = &b.holder;
+                let since = h.running_since.unwrap_or(now);
+                let last_save = h.last_checkpoint.map_or(since, |c| c.max(since));
+                Candidate {
+                    instance: h.instance.clone(),
+                    node: h.node.clone(),
+                    model: h.model,
+                    gpus: h.gpus,
+                    lost_work_ms: now.millis_since(last_save).max(0),
+                    noticed: h.leaving,
+                    protected: h.running && now.millis_since(since) < market.min_runtime_ms,
+                }
+            })
+            .collect();
+        let project_of: HashMap<&InstanceId, &ProjectName> =
+            market.borrowed.iter().map(|b| (&b.holder.instance, &b.project)).collect();
+        let mut by_request: Vec<(InstanceId, Vec<Eviction>)> = Vec::new();
+        for e in evictions(view, &wants, &candidates) {
+            match by_request.iter_mut().find(|(id, _)| *id == e.for_instance) {
+                Some((_, list)) => list.push(e),
+                None => by_request.push((e.for_instance.clone(), vec![e])),
+            }
+        }
+        for (id, victims) in by_request {
+            let r = by_id[&id];
+            let project = r.project.clone().expect("only requests with a project want reclaim");
+            let model = r.pending.model;
+            let mine = (tenant.clone(), project.clone(), model);
+            // The request's project must still be under its guarantee, and each victim's project
+            // stay at or above its own, counting what this pass already took.
+            let fits_mine = held.get(&mine).is_some_and(|g| g.held + r.pending.count <= g.guaranteed);
+            let mut take: BTreeMap<&ProjectName, u32> = BTreeMap::new();
+            for v in &victims {
+                let gpus = candidates.iter().find(|c| c.instance == v.victim).map_or(0, |c| c.gpus);
+                *take.entry(project_of[&v.victim]).or_default() += gpus;
+            }
+            let within = take.iter().all(|(p, n)| {
+                held.get(&(tenant.clone(), (*p).clone(), model)).is_some_and(|g| g.held >= g.guaranteed + n)
+            });
+            if !fits_mine || !within {
+                continue;
+            }
+            for (p, n) in &take {
+                if let Some(g) = held.get_mut(&(tenant.clone(), (*p).clone(), model)) {
+                    g.held -= n;
+                }
+            }
+            let guaranteed = held.get(&mine).map_or(0, |g| g.guaranteed);
+            if let Some(g) = held.get_mut(&mine) {
+                g.held += r.pending.count;
+            }
+            for v in victims {
+                let from = project_of[&v.victim].clone();
+                let g = market.guarantees.get(&(tenant.clone(), from.clone(), model)).copied().unwrap_or_default();
+                out.preemptions.push(Preemption {
+                    for_tier: Tier::OnDemand,
+                    for_count: r.pending.count,
+                    for_model: model,
+                    eviction: v,
+                    reclaim: Some(Reclaim {
+                        for_project: project.clone(),
+                        guaranteed,
+                        from_project: from,
+                        from_holds: g.held,
+                        from_guaranteed: g.guaranteed,
+                    }),
                 });
             }
         }
     }
-    out
 }
 
 /// The spot holders as preemption candidates: what each would lose, whether it is already
@@ -582,6 +754,63 @@ mod tests {
     }
 
     #[test]
+    fn a_project_under_its_guarantee_takes_gpus_back_from_one_above_its_own() {
+        let n = node(1, "eu-1", 4, 4);
+        let snap = ClusterSnapshot { nodes: vec![n.clone()] };
+        let (lab, rival) = (TenantId::from_random(1), TenantId::from_random(2));
+        let name = |p: &str| ProjectName::parse(p).unwrap();
+        let borrowed = |i: u128, t: &TenantId, p: &str, age_ms: i64| Borrowed {
+            holder: holder(i, &n, 2, age_ms),
+            tenant: t.clone(),
+            project: name(p),
+        };
+        let mut want = req(9, Tier::OnDemand, 2, None);
+        want.pending.tenant = Some(lab.clone());
+        want.project = Some(name("prod"));
+        let market = |prod: u32, research: u32, who: &TenantId| Market {
+            min_runtime_ms: 60_000,
+            guarantees: [
+                ((lab.clone(), name("prod"), A100), Guarantee { held: 0, guaranteed: prod }),
+                ((who.clone(), name("research"), A100), Guarantee { held: 4, guaranteed: research }),
+            ]
+            .into_iter()
+            .collect(),
+            // The older instance has lost more work since it started: the younger one goes.
+            borrowed: vec![borrowed(1, who, "research", 7_200_000), borrowed(2, who, "research", 3_600_000)],
+            ..Market::default()
+        };
+        let plan = run(&snap, std::slice::from_ref(&want), &market(2, 0, &lab));
+        assert_eq!(plan.preemptions.len(), 1, "{plan:?}");
+        let p = &plan.preemptions[0];
+        assert_eq!(p.eviction.victim, InstanceId::from_random(2));
+        let why = p.to_string();
+        assert!(
+            why.starts_with(
+                "reclaimed for project prod (under its guarantee of 2 x A100-40GB): project research holds 4"
+            ),
+            "{why}"
+        );
+        // research keeps its own guarantee of 2: one instance may go, not two.
+        assert_eq!(run(&snap, std::slice::from_ref(&want), &market(2, 2, &lab)).preemptions.len(), 1);
+        let mut four = want.clone();
+        four.pending.count = 4;
+        assert!(run(&snap, &[four], &market(4, 2, &lab)).preemptions.is_empty(), "research would fall below 2");
+        // Nothing is taken from within a guarantee, past one's own, from another tenant, or
+        // inside the minimum runtime.
+        assert!(run(&snap, std::slice::from_ref(&want), &market(2, 4, &lab)).preemptions.is_empty());
+        assert!(run(&snap, std::slice::from_ref(&want), &market(1, 0, &lab)).preemptions.is_empty());
+        assert!(run(&snap, std::slice::from_ref(&want), &market(2, 0, &rival)).preemptions.is_empty());
+        let young = Market {
+            borrowed: vec![borrowed(1, &lab, "research", 1_000), borrowed(2, &lab, "research", 2_000)],
+            ..market(2, 0, &lab)
+        };
+        assert!(run(&snap, std::slice::from_ref(&want), &young).preemptions.is_empty());
+        // Spot work does not reclaim: a guarantee is for on-demand work.
+        let spot = Request { tier: Tier::Spot, ..want.clone() };
+        assert!(run(&snap, &[spot], &market(2, 0, &lab)).preemptions.is_empty());
+    }
+
+    #[test]
     fn waiting_work_says_when_higher_priority_work_waits_ahead_of_it() {
         let n = node(1, "eu-1", 4, 4);
         let snap = ClusterSnapshot { nodes: vec![n] };
@@ -679,6 +908,72 @@ mod tests {
         let plan = run(&snap, &[od.clone(), spot.clone()], &market);
         assert_eq!(plan.placements.iter().map(|p| &p.instance).collect::<Vec<_>>(), vec![&spot.pending.instance]);
         assert!(waiting_for(&plan, &od).unwrap().to_string().contains("1 reserved"), "{plan:?}");
+    }
+
+    proptest! {
+        /// One organization's projects on full nodes, with random guarantees and holdings: a
+        /// reclaim never takes a project below its guarantee, is only made for a project that
+        /// stays within its own, never takes another tenant's work or work inside its minimum
+        /// runtime.
+        #[test]
+        fn reclaim_never_takes_a_project_below_its_guarantee(
+            holdings in proptest::collection::vec((0usize..3, 1u32..5, any::<bool>(), 0i64..200_000), 1..8),
+            guaranteed in proptest::collection::vec(0u32..8, 3),
+            asks in proptest::collection::vec((0usize..3, 1u32..5), 1..5),
+        ) {
+            let (lab, rival) = (TenantId::from_random(1), TenantId::from_random(2));
+            let names = ["a", "b", "c"].map(|p| ProjectName::parse(p).unwrap());
+            let mut snap = ClusterSnapshot::default();
+            let mut market = Market { min_runtime_ms: 50_000, ..Market::default() };
+            let mut held = [0u32; 3];
+            for (i, (p, gpus, theirs, ran)) in holdings.iter().enumerate() {
+                let n = node(i as u32, "eu-1", *gpus, *gpus);
+                let tenant = if *theirs { rival.clone() } else { lab.clone() };
+                if !*theirs {
+                    held[*p] += gpus;
+                }
+                market.borrowed.push(Borrowed { holder: holder(100 + i as u128, &n, *gpus, *ran), tenant, project: names[*p].clone() });
+                snap.nodes.push(n);
+            }
+            for p in 0..3 {
+                market.guarantees.insert((lab.clone(), names[p].clone(), A100), Guarantee { held: held[p], guaranteed: guaranteed[p] });
+            }
+            let requests: Vec<Request> = asks
+                .iter()
+                .enumerate()
+                .map(|(i, (p, count))| {
+                    let mut r = req(i as u128, Tier::OnDemand, *count, None);
+                    r.pending.tenant = Some(lab.clone());
+                    r.project = Some(names[*p].clone());
+                    r
+                })
+                .collect();
+            let plan = pass(&snap, &requests, &market, Policy::FgdPack, NOW, &mut StdRng::seed_from_u64(1));
+            let mut taken = [0u32; 3];
+            let mut given = [0u32; 3];
+            let mut helped: HashSet<&InstanceId> = HashSet::new();
+            for pre in &plan.preemptions {
+                let b = market.borrowed.iter().find(|b| b.holder.instance == pre.eviction.victim).unwrap();
+                prop_assert!(pre.reclaim.is_some());
+                prop_assert_eq!(&b.tenant, &lab, "another tenant's work was taken");
+                prop_assert!(NOW.millis_since(b.holder.running_since.unwrap()) >= 50_000, "inside its minimum runtime");
+                let p = names.iter().position(|n| *n == b.project).unwrap();
+                taken[p] += b.holder.gpus;
+                if helped.insert(&pre.eviction.for_instance) {
+                    let r = requests.iter().find(|r| r.pending.instance == pre.eviction.for_instance).unwrap();
+                    let q = names.iter().position(|n| Some(n) == r.project.as_ref()).unwrap();
+                    given[q] += r.pending.count;
+                }
+            }
+            for p in 0..3 {
+                if taken[p] > 0 {
+                    prop_assert!(held[p] - taken[p] >= guaranteed[p], "project {} held {} of a guaranteed {}, lost {}", p, held[p], guaranteed[p], taken[p]);
+                }
+                if given[p] > 0 {
+                    prop_assert!(held[p] + given[p] <= guaranteed[p], "project {} went past its guarantee", p);
+                }
+            }
+        }
     }
 
     /// A random fleet of one model in two regions, some GPUs held by spot work.

@@ -230,3 +230,61 @@ fn production_work_is_served_before_older_batch_work_and_projects_cap_their_clas
     let r = create(&s, &admin, json!({"gpu": "T4", "count": 1, "command": "x", "priority": "urgent"}));
     assert_eq!(r.status, 422, "{:?}", r.body);
 }
+
+#[test]
+fn a_project_under_its_guarantee_takes_gpus_back_from_one_borrowing_above_its_own() {
+    let s = TestServer::start_with(|c| {
+        c.market.notice = std::time::Duration::from_secs(1);
+        c.market.min_notice = std::time::Duration::from_millis(500);
+        c.market.min_runtime = std::time::Duration::ZERO;
+    });
+    let admin = s.tenant("lab");
+    for p in ["prod", "research"] {
+        assert_eq!(s.post(&admin, "/v1/projects", Some(&json!({"name": p}))).status, 201);
+    }
+    assert_eq!(put(&s, &admin, "/v1/projects/prod/quotas/T4", &json!({"limit": 2, "guaranteed": 2})).status, 200);
+    // research, with no guarantee, takes every T4 (4 in eu-1, 1 in us-1).
+    let mut research = Vec::new();
+    for (count, region) in [(4, "eu-1"), (1, "us-1")] {
+        let body =
+            json!({"gpu": "T4", "count": count, "region": region, "command": "sleep 600", "project": "research"});
+        let r = create(&s, &admin, body);
+        assert_eq!(r.status, 201, "{:?}", r.body);
+        research.push(r.body["id"].as_str().unwrap().to_string());
+    }
+    for id in &research {
+        s.wait_state(&admin, id, "running");
+    }
+    // prod, under its guarantee, gets a T4 back: one of research's instances is noticed and
+    // stopped, naming why.
+    let r = create(&s, &admin, json!({"gpu": "T4", "count": 1, "command": "sleep 600", "project": "prod"}));
+    let prod = r.body["id"].as_str().unwrap().to_string();
+    s.wait_state(&admin, &prod, "running");
+    let reasons: Vec<String> = research
+        .iter()
+        .map(|id| s.get(&admin, &format!("/v1/instances/{id}")).body["reason"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert!(
+        reasons.iter().any(|r| r.starts_with("preempted: reclaimed for project prod (under its guarantee of 2 x T4)")),
+        "{reasons:?}"
+    );
+    // research holds what it holds within nobody's guarantee now; prod is at 1 of 2. Another
+    // tenant's work is never taken for lab's guarantee.
+    let rival = s.tenant("rival");
+    let r = create(&s, &rival, json!({"gpu": "A10", "count": 8, "command": "sleep 600"}));
+    let theirs = r.body["id"].as_str().unwrap().to_string();
+    s.wait_state(&rival, &theirs, "running");
+    assert_eq!(put(&s, &admin, "/v1/projects/prod/quotas/A10", &json!({"limit": 2, "guaranteed": 2})).status, 200);
+    let r = create(&s, &admin, json!({"gpu": "A10", "count": 1, "command": "sleep 600", "project": "prod"}));
+    let waiting = r.body["id"].as_str().unwrap().to_string();
+    s.wait_for(&admin, &waiting, "waiting", |b| b["pending_reason"].is_string());
+    // Two whole scheduling passes later, nothing of rival's is noticed.
+    let passes = || {
+        let t = s.get(&s.operator_key, "/v1/admin/tasks").body;
+        t["tasks"].as_array().unwrap().iter().find(|x| x["name"] == "schedule").unwrap()["runs"].as_u64().unwrap()
+    };
+    let seen = passes();
+    poll("two scheduling passes", || (passes() >= seen + 2).then_some(()));
+    let still = s.get(&rival, &format!("/v1/instances/{theirs}")).body;
+    assert!(still["preemption"].is_null() && still["state"] == "running", "{still}");
+}

@@ -1,11 +1,11 @@
 use super::App;
 use super::AppError;
 use gpucloud_model::{InstanceId, InstanceState};
-use gpucloud_sched::pass::{Market, Request, SpotHolder};
+use gpucloud_sched::pass::{Borrowed, Guarantee, Market, Request, SpotHolder};
 use gpucloud_sched::{ClusterSnapshot, GpuView, NodeView, Pending};
 use gpucloud_store::{ApplyOutcome, NewPlacement, Node, NodeBatch, StoreError};
 use rand::SeedableRng;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 /// At most this many pending instances are considered per pass; the rest wait for the next.
 const PENDING_BATCH: u32 = 10_000;
@@ -59,6 +59,21 @@ pub(crate) fn occupy(snap: &mut ClusterSnapshot, placements: &[gpucloud_sched::P
     gpucloud_sched::pass::occupy(snap, placements, queue)
 }
 
+/// An instance holding GPUs, as preemption sees it.
+fn holder_of(i: &gpucloud_store::Instance) -> Option<SpotHolder> {
+    Some(SpotHolder {
+        instance: i.id.clone(),
+        node: i.node_id.clone()?,
+        model: i.model,
+        gpus: i.count,
+        slice: i.share.is_some(),
+        running: i.state == InstanceState::Running,
+        running_since: i.running_since,
+        last_checkpoint: i.checkpoint.as_ref().map(|c| c.at),
+        leaving: i.notice.is_some() || i.state == InstanceState::Stopping,
+    })
+}
+
 /// The market's errors inside a pass are the store's (its only fallible part).
 fn store_error(e: AppError) -> StoreError {
     match e {
@@ -82,31 +97,20 @@ impl App {
             }
         }
         let reserved_idle = self.reserved_idle().await?.into_iter().collect();
-        let holders = self.store.spot_holders().await?;
-        let spot_holders = holders
-            .iter()
-            .filter_map(|i| {
-                Some(SpotHolder {
-                    instance: i.id.clone(),
-                    node: i.node_id.clone()?,
-                    model: i.model,
-                    gpus: i.count,
-                    slice: i.share.is_some(),
-                    running: i.state == InstanceState::Running,
-                    running_since: i.running_since,
-                    last_checkpoint: i.checkpoint.as_ref().map(|c| c.at),
-                    leaving: i.notice.is_some() || i.state == InstanceState::Stopping,
-                })
-            })
-            .collect();
+        let mut holders = self.store.spot_holders().await?;
+        let spot_holders = holders.iter().filter_map(holder_of).collect();
         let min_runtime_ms = self.config.market.min_runtime.as_millis() as i64;
-        // Shares only order requests of different projects: one project waiting needs none.
+        // Shares order requests of different projects, and say which projects have a guarantee
+        // to reclaim: one project's on-demand-less queue needs none.
         let waiting: HashSet<(&Option<gpucloud_model::TenantId>, &Option<gpucloud_model::ProjectName>)> =
             requests.iter().map(|r| (&r.pending.tenant, &r.project)).collect();
+        let on_demand = requests.iter().any(|r| r.tier == gpucloud_model::Tier::OnDemand);
+        let project_shares =
+            if waiting.len() > 1 || on_demand { self.store.project_shares().await? } else { Vec::new() };
+        let (guarantees, borrowed, lent) = self.reclaimable(requests, &project_shares).await?;
+        holders.extend(lent);
         let shares = if waiting.len() > 1 {
-            self.store
-                .project_shares()
-                .await?
+            project_shares
                 .into_iter()
                 .map(|(t, p, used_milli, weight_milli)| {
                     ((t, p), gpucloud_sched::order::Share { used_milli, weight_milli })
@@ -116,7 +120,60 @@ impl App {
             BTreeMap::new()
         };
         let aging_ms = self.config.market.priority_aging.as_millis() as i64;
-        Ok((Market { spot_prices, reserved_idle, spot_holders, min_runtime_ms, shares, aging_ms }, holders))
+        let market =
+            Market { spot_prices, reserved_idle, spot_holders, min_runtime_ms, shares, aging_ms, guarantees, borrowed };
+        Ok((market, holders))
+    }
+
+    /// What reclaim needs, for the organizations whose waiting on-demand requests belong to a
+    /// project with a guarantee: each of their projects' whole GPUs held (not counting
+    /// instances already under notice) against its guarantee, per model, and their instances
+    /// that hold whole GPUs (reserved work excepted: its owner paid for it).
+    #[allow(clippy::type_complexity)]
+    async fn reclaimable(
+        &self,
+        requests: &[Request],
+        shares: &[(gpucloud_model::TenantId, gpucloud_model::ProjectName, u64, u64)],
+    ) -> Result<
+        (
+            BTreeMap<(gpucloud_model::TenantId, gpucloud_model::ProjectName, gpucloud_model::GpuModel), Guarantee>,
+            Vec<Borrowed>,
+            Vec<gpucloud_store::Instance>,
+        ),
+        AppError,
+    > {
+        let guaranteed: HashSet<(&gpucloud_model::TenantId, &gpucloud_model::ProjectName)> =
+            shares.iter().filter(|s| s.3 >= 1000).map(|s| (&s.0, &s.1)).collect();
+        let tenants: BTreeSet<&gpucloud_model::TenantId> = requests
+            .iter()
+            .filter(|r| r.tier == gpucloud_model::Tier::OnDemand)
+            .filter_map(|r| match (&r.pending.tenant, &r.project) {
+                (Some(t), Some(p)) if guaranteed.contains(&(t, p)) => Some(t),
+                _ => None,
+            })
+            .collect();
+        let (mut guarantees, mut borrowed, mut lent) = (BTreeMap::new(), Vec::new(), Vec::new());
+        for tenant in tenants {
+            for u in self.store.quota_use(tenant, None).await? {
+                let g = u.quota.as_ref().map_or(0, |q| (q.guaranteed_milli / 1000) as u32);
+                guarantees.insert((tenant.clone(), u.project.clone(), u.model), Guarantee { held: 0, guaranteed: g });
+            }
+            for i in self.store.list_instances(Some(tenant)).await? {
+                if !i.state.holds_gpus() || i.share.is_some() || i.sale.tier == gpucloud_model::Tier::Reserved {
+                    continue;
+                }
+                let key = (tenant.clone(), i.sale.project.clone(), i.model);
+                let g = guarantees.entry(key).or_insert(Guarantee::default());
+                if i.notice.is_none() && i.state != InstanceState::Stopping {
+                    g.held += i.count;
+                }
+                if let Some(holder) = holder_of(&i) {
+                    borrowed.push(Borrowed { holder, tenant: tenant.clone(), project: i.sale.project.clone() });
+                    lent.push(i);
+                }
+            }
+        }
+        Ok((guarantees, borrowed, lent))
     }
 
     /// One reconcile pass: read the queue, the fleet and the market; let the pure pass
