@@ -117,12 +117,19 @@ pub struct CreateVolumeRequest {
     pub size: String,
     #[schema(example = "eu-1")]
     pub region: String,
+    /// The project it belongs to (the key's, or `default`, when omitted): only that project's
+    /// instances and jobs mount it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
 pub struct Volume {
     pub id: String,
     pub name: String,
+    /// The project it belongs to.
+    #[serde(default = "default_project")]
+    pub project: String,
     pub region: String,
     pub size_gib: u32,
     /// available (no live instance holds it) or in-use.
@@ -164,4 +171,8 @@ pub struct StoragePrice {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct StoragePriceList {
     pub prices: Vec<StoragePrice>,
+}
+
+fn default_project() -> String {
+    "default".to_string()
 }

@@ -15,6 +15,10 @@ pub enum VolumeCmd {
         size: String,
         #[arg(long)]
         region: String,
+        /// The project it belongs to [default: your key's, or default]: only that project's
+        /// instances and jobs mount it.
+        #[arg(long)]
+        project: Option<String>,
     },
     /// Your volumes.
     List,
@@ -51,8 +55,8 @@ pub fn volume(ctx: &Ctx, cmd: VolumeCmd) -> Result<(), String> {
     let err = |e: gpucloud_client::ClientError| e.to_string();
     let path = |name: &str| format!("/v1/volumes/{}", gpucloud_client::encode_query(name));
     match cmd {
-        VolumeCmd::Create { name, size, region } => {
-            let body = api::CreateVolumeRequest { name, size, region };
+        VolumeCmd::Create { name, size, region, project } => {
+            let body = api::CreateVolumeRequest { name, size, region, project };
             let v: api::Volume = c.post("/v1/volumes", Some(&body), None).map_err(err)?;
             show(ctx, &v, detail);
         }

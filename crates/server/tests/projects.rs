@@ -125,6 +125,17 @@ fn projects_quotas_and_project_keys() {
     assert_eq!(names(&keys, "keys", "name"), ["ml-ci", "child"], "a project key sees its project's keys");
     assert!(keys["keys"].as_array().unwrap().iter().all(|k| k["project"] == "ml"), "{keys}");
 
+    // Volumes belong to a project too: mounted by that project's work only, seen by its keys.
+    let r = s.post(&ml, "/v1/volumes", Some(&json!({"name": "ml-data", "size": "10GiB", "region": "eu-1"})));
+    assert_eq!((r.status, r.body["project"].as_str()), (201, Some("ml")), "{:?}", r.body);
+    let r = s.post(&admin, "/v1/volumes", Some(&json!({"name": "shared", "size": "10GiB", "region": "eu-1"})));
+    assert_eq!((r.status, r.body["project"].as_str()), (201, Some("default")), "{:?}", r.body);
+    assert_eq!(names(&s.get(&ml, "/v1/volumes").body, "volumes", "name"), ["ml-data"]);
+    assert_eq!(s.get(&ml, "/v1/volumes/shared").status, 404);
+    let r = create(&s, &admin, json!({"gpu": "T4", "count": 1, "command": "x", "volume": "ml-data:/data"}));
+    assert_eq!((r.status, r.body["field"].as_str()), (422, Some("volume")), "{:?}", r.body);
+    assert!(r.body["detail"].as_str().unwrap().contains("belongs to project ml, not default"), "{:?}", r.body);
+
     // Spend rolls up by project; a project key sees its project's spend only.
     let usage = poll("usage of both projects", || {
         let u = s.get(&admin, "/v1/billing/usage?by=project").body;

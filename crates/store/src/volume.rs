@@ -26,6 +26,8 @@ pub struct VolumeRow {
     /// Storage billed so far, and for how many seconds.
     pub charged: Money,
     pub charged_seconds: i64,
+    /// The project it belongs to (a project key sees its own project's volumes only).
+    pub project: gpucloud_model::ProjectName,
 }
 
 /// Moving a volume's storage charge from what `volume` says was charged to `amount`/`seconds`.
@@ -74,7 +76,7 @@ pub trait VolumeStore: Send + Sync {
 /// The live instance holding a volume: its `instance_id`, unless that instance is terminated.
 const VOLUME_COLUMNS: &str = "v.id, v.tenant_id, v.name, v.region, v.size_gib, v.node_id, \
      CASE WHEN i.state IS NOT NULL AND i.state <> 'terminated' THEN v.instance_id END, \
-     v.created_at, v.deleted_at, v.charged_micros, v.charged_seconds";
+     v.created_at, v.deleted_at, v.charged_micros, v.charged_seconds, v.project";
 const VOLUME_FROM: &str = "volumes v LEFT JOIN instances i ON i.id = v.instance_id";
 
 fn volume_row(r: &AnyRow) -> Result<VolumeRow> {
@@ -93,6 +95,7 @@ fn volume_row(r: &AnyRow) -> Result<VolumeRow> {
         deleted_at: r.try_get::<Option<i64>, _>(8)?.map(Timestamp),
         charged: Money(r.try_get(9)?),
         charged_seconds: r.try_get(10)?,
+        project: parse(t, &r.try_get::<String, _>(11)?)?,
     })
 }
 
@@ -104,8 +107,8 @@ pub(crate) const FREE: &str = "(instance_id IS NULL OR NOT EXISTS \
 impl VolumeStore for SqlStore {
     async fn insert_volume(&self, v: &VolumeRow) -> Result<()> {
         sqlx::query(
-            "INSERT INTO volumes (id, tenant_id, name, region, size_gib, node_id, instance_id, created_at) \
-             VALUES ($1, $2, $3, $4, $5, NULL, NULL, $6)",
+            "INSERT INTO volumes (id, tenant_id, name, region, size_gib, node_id, instance_id, created_at, project) \
+             VALUES ($1, $2, $3, $4, $5, NULL, NULL, $6, $7)",
         )
         .bind(v.id.to_string())
         .bind(v.tenant_id.to_string())
@@ -113,6 +116,7 @@ impl VolumeStore for SqlStore {
         .bind(v.region.to_string())
         .bind(i64::from(v.size_gib))
         .bind(v.created_at.0)
+        .bind(v.project.as_str())
         .execute(&self.pool)
         .await
         .map_err(|e| crate::sql::unique_violation(e, &format!("volume {}", v.name)))?;

@@ -150,7 +150,7 @@ impl App {
         // A volume decides the region: its instance runs on its node.
         let volume = match &req.volume {
             Some(m) => {
-                let (v, mount) = self.resolve_volume(&by.tenant.id, m, region.as_ref()).await?;
+                let (v, mount) = self.resolve_volume(&by.tenant.id, &project, m, region.as_ref()).await?;
                 region = Some(v.region.clone());
                 Some((v.id, mount))
             }

@@ -86,7 +86,8 @@ impl App {
         }
         self.check_env(&by.tenant.id, &req.env, &req.secrets).await?;
         if let Some(m) = &req.volume {
-            let (v, _) = self.resolve_volume(&by.tenant.id, m, None).await?;
+            let project = self.project_for(by, req.project.as_deref()).await?;
+            let (v, _) = self.resolve_volume(&by.tenant.id, &project, m, None).await?;
             if !req.regions.is_empty() && !req.regions.contains(&v.region) {
                 return Err(AppError::invalid(
                     "volume",
@@ -376,7 +377,7 @@ impl App {
         // node, and takes it over from an earlier attempt that no longer runs.
         let volume = match &spec.volume {
             Some(m) => {
-                let (v, mount) = self.resolve_volume(&job.tenant_id, m, None).await?;
+                let (v, mount) = self.resolve_volume(&job.tenant_id, &project_of(spec), m, None).await?;
                 if let Some(holder) = &v.attached_to
                     && let Some(h) = self.store.get_instance(None, holder).await?
                     && h.sale.job.as_ref().is_some_and(|(j, _)| *j == job.id)

@@ -43,8 +43,10 @@ impl App {
         name: &str,
         size: &str,
         region: &str,
+        project: Option<&str>,
     ) -> Result<VolumeRow, AppError> {
         check_volume_name(name).map_err(|e| AppError::invalid("name", e))?;
+        let project = self.project_for(by, project).await?;
         let size_gib = parse_volume_size(size).map_err(|e| AppError::invalid("size", e))?;
         let known = self.store.list_regions().await?;
         let region = Region::parse(region).ok().filter(|r| known.contains(r)).ok_or_else(|| {
@@ -67,6 +69,7 @@ impl App {
             deleted_at: None,
             charged: Money::ZERO,
             charged_seconds: 0,
+            project,
         };
         self.store.insert_volume(&row).await.map_err(|e| match e {
             gpucloud_store::StoreError::Conflict(_) => {
@@ -78,15 +81,20 @@ impl App {
         Ok(row)
     }
 
+    /// The caller's volumes (a project key: its project's only).
     pub async fn list_volumes(&self, by: &Principal) -> Result<Vec<VolumeRow>, AppError> {
-        Ok(self.store.list_volumes(&by.tenant.id).await?)
+        let mut all = self.store.list_volumes(&by.tenant.id).await?;
+        all.retain(|v| by.sees(&v.project));
+        Ok(all)
     }
 
-    /// Another tenant's volume is "not found": names and ids leak nothing.
+    /// Another tenant's volume, or another project's for a project key, is "not found": names
+    /// and ids leak nothing.
     pub async fn get_volume(&self, by: &Principal, name_or_id: &str) -> Result<VolumeRow, AppError> {
         self.store
             .find_volume(&by.tenant.id, name_or_id)
             .await?
+            .filter(|v| by.sees(&v.project))
             .ok_or_else(|| AppError::NotFound { kind: "volume", id: name_or_id.to_string() })
     }
 
@@ -105,12 +113,14 @@ impl App {
         Ok(())
     }
 
-    /// Resolves `NAME:/path` for a new instance of `tenant` in `region` (any when `None`). The
+    /// Resolves `NAME:/path` for a new instance of `tenant`'s `project` in `region` (any when
+    /// `None`). The
     /// store takes the volume in the instance's own insert, so a volume is never held by an
     /// instance that does not exist.
     pub(crate) async fn resolve_volume(
         &self,
         tenant: &TenantId,
+        project: &gpucloud_model::ProjectName,
         mount: &str,
         region: Option<&Region>,
     ) -> Result<(VolumeRow, VolumeMount), AppError> {
@@ -121,6 +131,13 @@ impl App {
                 format!("you have no volume named {}; create it with volume create", mount.volume),
             )
         })?;
+        // Work mounts its own project's volumes (a project key sees no other's).
+        if v.project != *project {
+            return Err(AppError::invalid(
+                "volume",
+                format!("volume {} belongs to project {}, not {project}", v.name, v.project),
+            ));
+        }
         if let Some(r) = region
             && *r != v.region
         {

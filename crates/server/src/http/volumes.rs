@@ -25,6 +25,7 @@ async fn info(app: &App, v: gpucloud_store::VolumeRow) -> Result<Volume, ApiErro
         attached_to: v.attached_to.map(|i| i.to_string()),
         placed: v.node_id.is_some(),
         name: v.name,
+        project: v.project.to_string(),
         region: v.region.to_string(),
         size_gib: v.size_gib,
         price_per_hour: per_hour.to_string(),
@@ -44,7 +45,7 @@ pub async fn create(
     Auth(p): Auth,
     ApiJson(req): ApiJson<CreateVolumeRequest>,
 ) -> Result<(StatusCode, Json<Volume>), ApiError> {
-    let v = app.create_volume(&p, &req.name, &req.size, &req.region).await?;
+    let v = app.create_volume(&p, &req.name, &req.size, &req.region, req.project.as_deref()).await?;
     Ok((StatusCode::CREATED, Json(info(&app, v).await?)))
 }
 

@@ -797,6 +797,7 @@ async fn spot_notices_checkpoints_and_jobs(s: Arc<dyn Store>) {
         deleted_at: None,
         charged: Money::ZERO,
         charged_seconds: 0,
+        project: gpucloud_model::ProjectName::parse("nlp").unwrap(),
     };
     s.insert_volume(&volume).await.unwrap();
     let new = NewInstance {
@@ -1120,6 +1121,7 @@ async fn a_volume_is_held_by_one_live_instance_and_lives_where_first_placed(s: A
         deleted_at: None,
         charged: Money::ZERO,
         charged_seconds: 0,
+        project: ProjectName::default(),
     };
     let data = vol(&a, "data");
     s.insert_volume(&data).await.unwrap();

@@ -492,9 +492,13 @@ class Projects(_Resource):
 class Volumes(_Resource):
     """Your volumes: storage that outlives instances, billed per GiB-hour while it exists."""
 
-    def create(self, name: str, size: str, region: str) -> Dict[str, Any]:
-        """``size``: ``"100GiB"``, ``"2TiB"`` or a number of GiB."""
-        return dict(self._c._post("/v1/volumes", {"name": name, "size": size, "region": region}))
+    def create(self, name: str, size: str, region: str, project: Optional[str] = None) -> Dict[str, Any]:
+        """``size``: ``"100GiB"``, ``"2TiB"`` or a number of GiB; ``project``: whose work mounts it
+        (your key's, or ``default``)."""
+        body: Dict[str, Any] = {"name": name, "size": size, "region": region}
+        if project is not None:
+            body["project"] = project
+        return dict(self._c._post("/v1/volumes", body))
 
     def list(self) -> List[Dict[str, Any]]:
         return list(self._c._get("/v1/volumes")["volumes"])
