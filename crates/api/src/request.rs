@@ -519,6 +519,16 @@ pub struct CreateProjectRequest {
     pub max_priority: Option<Priority>,
 }
 
+/// A project's monthly budget.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ProjectBudgetRequest {
+    /// A decimal string; null removes the budget. Once the project's usage this month reaches
+    /// it, creates in the project are refused (402) until next month or a higher budget.
+    #[schema(value_type = Option<String>, example = "500.00")]
+    pub monthly_limit: Option<Money>,
+}
+
 /// A project's quota on one GPU model.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]

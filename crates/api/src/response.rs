@@ -931,6 +931,13 @@ pub struct ProjectInfo {
     /// The highest priority class its work may ask for.
     pub max_priority: Priority,
     pub created_at: String,
+    /// Its monthly budget; absent: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub monthly_budget: Option<Money>,
+    /// Its usage this month, posted and accrued (decimal string).
+    #[schema(value_type = String)]
+    pub month_spend: Money,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

@@ -84,6 +84,19 @@ pub enum ProjectCmd {
         #[arg(long, value_parser = crate::commands::one_of!(api::Priority))]
         max_priority: Option<api::Priority>,
     },
+    /// Set a project's monthly budget (creates in it are refused once its month's usage reaches
+    /// it), or remove it with --none.
+    Budget {
+        name: String,
+        /// Dollars a month, e.g. 500.00.
+        #[arg(long, required_unless_present = "none", conflicts_with = "none")]
+        monthly: Option<String>,
+        #[arg(long)]
+        none: bool,
+        /// Operators: another tenant's project (its id or name).
+        #[arg(long)]
+        tenant: Option<String>,
+    },
     /// Your organization's projects.
     List {
         /// Operators: another tenant's (its id or name).
@@ -173,6 +186,19 @@ pub fn project(ctx: &Ctx, cmd: ProjectCmd) -> Res {
             let p: api::ProjectInfo = c.post("/v1/projects", Some(&body), None).map_err(err)?;
             show(ctx, &p, |p| format!("project {} created", p.name));
         }
+        ProjectCmd::Budget { name, monthly, none: _, tenant } => {
+            let c = ctx.client(as_of(&tenant))?;
+            let monthly_limit = monthly
+                .map(|m| m.parse::<gpucloud_model::Money>().map_err(|e| format!("--monthly '{m}': {e}")))
+                .transpose()?;
+            let body = api::ProjectBudgetRequest { monthly_limit };
+            let p: api::ProjectInfo =
+                c.put(&with_tenant(format!("/v1/projects/{name}/budget"), &tenant), &body).map_err(err)?;
+            show(ctx, &p, |p| match p.monthly_budget {
+                Some(b) => format!("project {} may spend {b} a month ({} so far this month)", p.name, p.month_spend),
+                None => format!("project {} has no budget ({} so far this month)", p.name, p.month_spend),
+            });
+        }
         ProjectCmd::List { tenant } => {
             let c = ctx.client(as_of(&tenant))?;
             let l: api::ProjectList = c.get(&with_tenant("/v1/projects".into(), &tenant)).map_err(err)?;
@@ -180,9 +206,17 @@ pub fn project(ctx: &Ctx, cmd: ProjectCmd) -> Res {
                 let rows: Vec<Vec<String>> = l
                     .projects
                     .iter()
-                    .map(|p| vec![p.name.clone(), p.max_priority.to_string(), p.created_at.clone()])
+                    .map(|p| {
+                        vec![
+                            p.name.clone(),
+                            p.max_priority.to_string(),
+                            p.monthly_budget.map_or("-".into(), |b| b.to_string()),
+                            p.month_spend.to_string(),
+                            p.created_at.clone(),
+                        ]
+                    })
                     .collect();
-                table(&["PROJECT", "MAX PRIORITY", "CREATED"], &rows)
+                table(&["PROJECT", "MAX PRIORITY", "MONTHLY BUDGET", "SPENT THIS MONTH", "CREATED"], &rows)
             });
         }
     }

@@ -299,3 +299,41 @@ fn a_project_under_its_guarantee_takes_gpus_back_from_one_borrowing_above_its_ow
     let still = s.get(&rival, &format!("/v1/instances/{theirs}")).body;
     assert!(still["preemption"].is_null() && still["state"] == "running", "{still}");
 }
+
+#[test]
+fn a_project_that_spent_its_monthly_budget_takes_no_new_work() {
+    let s = TestServer::start();
+    let admin = s.tenant("lab");
+    assert_eq!(s.post(&admin, "/v1/projects", Some(&json!({"name": "ml"}))).status, 201);
+    let r = put(&s, &admin, "/v1/projects/ml/budget", &json!({"monthly_limit": "0.01"}));
+    assert_eq!((r.status, r.body["monthly_budget"].as_str()), (200, Some("0.010000")), "{:?}", r.body);
+    for (path, body, status) in [
+        ("/v1/projects/nlp/budget", json!({"monthly_limit": "1"}), 404),
+        ("/v1/projects/ml/budget", json!({"monthly_limit": "-1"}), 422),
+        ("/v1/projects/ml/budget", json!({"limit": "1"}), 422),
+    ] {
+        assert_eq!(put(&s, &admin, path, &body).status, status, "{path} {body}");
+    }
+    // An H100 at its dev price spends a cent within seconds.
+    let r = create(&s, &admin, json!({"gpu": "H100-80GB", "count": 8, "command": "sleep 600", "project": "ml"}));
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    let spent = poll("a cent spent", || {
+        let l = s.get(&admin, "/v1/projects").body;
+        let ml = l["projects"].as_array().unwrap().iter().find(|p| p["name"] == "ml").unwrap().clone();
+        (ml["month_spend"].as_str().unwrap().parse::<f64>().unwrap() >= 0.01).then_some(ml)
+    });
+    assert_eq!(spent["monthly_budget"], "0.010000");
+    let r = create(&s, &admin, json!({"gpu": "T4", "count": 1, "command": "sleep 600", "project": "ml"}));
+    assert_eq!((r.status, r.body["code"].as_str()), (402, Some("payment_required")), "{:?}", r.body);
+    assert!(r.body["detail"].as_str().unwrap().contains("project ml has spent"), "{:?}", r.body);
+    let r = create(&s, &admin, json!({"gpu": "T4", "count": 1, "command": "sleep 600"}));
+    assert_eq!(r.status, 201, "another project is not held back: {:?}", r.body);
+    // A project key cannot raise its own budget; the organization's admin can remove it.
+    let k = s.post(&admin, "/v1/keys", Some(&json!({"name": "ml-ci", "project": "ml"})));
+    let ml = k.body["api_key"].as_str().unwrap().to_string();
+    assert_eq!(put(&s, &ml, "/v1/projects/ml/budget", &json!({"monthly_limit": null})).status, 403);
+    let r = put(&s, &admin, "/v1/projects/ml/budget", &json!({"monthly_limit": null}));
+    assert_eq!((r.status, r.body.get("monthly_budget")), (200, None), "{:?}", r.body);
+    let r = create(&s, &ml, json!({"gpu": "T4", "count": 1, "command": "sleep 600"}));
+    assert_eq!(r.status, 201, "{:?}", r.body);
+}

@@ -15,6 +15,8 @@ pub struct Project {
     /// The highest priority class its work may ask for.
     pub max_priority: Priority,
     pub created_at: Timestamp,
+    /// Its monthly spending limit: creates are refused once the month's usage reaches it.
+    pub monthly_budget: Option<gpucloud_model::Money>,
 }
 
 /// A project's limit on one GPU model, in thousandths of a GPU.
@@ -81,6 +83,14 @@ pub trait ProjectStore: Send + Sync {
     async fn create_project(&self, p: &Project) -> Result<()>;
     /// The projects a tenant made, by name.
     async fn list_projects(&self, tenant: &TenantId) -> Result<Vec<Project>>;
+    /// Sets or clears a project's monthly budget (`default` gets a row by it, if it had none).
+    async fn set_project_budget(
+        &self,
+        tenant: &TenantId,
+        project: &ProjectName,
+        budget: Option<gpucloud_model::Money>,
+        at: Timestamp,
+    ) -> Result<()>;
     /// Sets (or replaces) a project's quota on one model.
     async fn set_quota(&self, q: &Quota) -> Result<()>;
     /// Removes a project's quota on one model; false if it had none.
@@ -99,20 +109,24 @@ pub trait ProjectStore: Send + Sync {
 #[async_trait]
 impl ProjectStore for SqlStore {
     async fn create_project(&self, p: &Project) -> Result<()> {
-        sqlx::query("INSERT INTO projects (tenant_id, name, max_priority, created_at) VALUES ($1, $2, $3, $4)")
-            .bind(p.tenant_id.to_string())
-            .bind(p.name.as_str())
-            .bind(p.max_priority.as_str())
-            .bind(p.created_at.0)
-            .execute(&self.pool)
-            .await
-            .map_err(|e| unique_violation(e, &format!("project '{}'", p.name)))?;
+        sqlx::query(
+            "INSERT INTO projects (tenant_id, name, max_priority, created_at, monthly_budget_micros) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(p.tenant_id.to_string())
+        .bind(p.name.as_str())
+        .bind(p.max_priority.as_str())
+        .bind(p.created_at.0)
+        .bind(p.monthly_budget.map(|m| m.micros()))
+        .execute(&self.pool)
+        .await
+        .map_err(|e| unique_violation(e, &format!("project '{}'", p.name)))?;
         Ok(())
     }
 
     async fn list_projects(&self, tenant: &TenantId) -> Result<Vec<Project>> {
         let rows =
-            sqlx::query("SELECT name, created_at, max_priority FROM projects WHERE tenant_id = $1 ORDER BY name")
+            sqlx::query("SELECT name, created_at, max_priority, monthly_budget_micros FROM projects WHERE tenant_id = $1 ORDER BY name")
                 .bind(tenant.to_string())
                 .fetch_all(&self.pool)
                 .await?;
@@ -123,9 +137,31 @@ impl ProjectStore for SqlStore {
                     name: parse("projects", &r.try_get::<String, _>(0)?)?,
                     created_at: Timestamp(r.try_get(1)?),
                     max_priority: parse("projects", &r.try_get::<String, _>(2)?)?,
+                    monthly_budget: r.try_get::<Option<i64>, _>(3)?.map(gpucloud_model::Money),
                 })
             })
             .collect()
+    }
+
+    async fn set_project_budget(
+        &self,
+        tenant: &TenantId,
+        project: &ProjectName,
+        budget: Option<gpucloud_model::Money>,
+        at: Timestamp,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO projects (tenant_id, name, max_priority, created_at, monthly_budget_micros) \
+             VALUES ($1, $2, 'production', $3, $4) ON CONFLICT (tenant_id, name) DO UPDATE SET \
+             monthly_budget_micros = excluded.monthly_budget_micros",
+        )
+        .bind(tenant.to_string())
+        .bind(project.as_str())
+        .bind(at.0)
+        .bind(budget.map(|m| m.micros()))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     async fn set_quota(&self, q: &Quota) -> Result<()> {

@@ -496,14 +496,26 @@ impl App {
         if to <= from {
             return Err(AppError::invalid("to", "'to' must be after 'from'"));
         }
+        self.usage_of(&by.tenant.id, by.project.as_ref(), from, to, group).await
+    }
+
+    /// A tenant's usage (of one project, or all) posted and accrued between two times.
+    pub(crate) async fn usage_of(
+        &self,
+        tenant: &TenantId,
+        project: Option<&gpucloud_model::ProjectName>,
+        from: Timestamp,
+        to: Timestamp,
+        group: UsageGrouping,
+    ) -> Result<Vec<UsageLine>, AppError> {
         // As in `books`: no posting may fall between reading the ledger and the accrual (the
         // charge would be counted twice or not at all), so read again until none did.
         let mut tries = 0;
         loop {
-            let before = self.store.balance(&by.tenant.id).await?;
-            let lines = self.usage_once(by, from, to, group).await?;
+            let before = self.store.balance(tenant).await?;
+            let lines = self.usage_once(tenant, project, from, to, group).await?;
             tries += 1;
-            if tries == 8 || self.store.balance(&by.tenant.id).await? == before {
+            if tries == 8 || self.store.balance(tenant).await? == before {
                 return Ok(lines);
             }
         }
@@ -511,22 +523,22 @@ impl App {
 
     async fn usage_once(
         &self,
-        by: &Principal,
+        tenant: &TenantId,
+        project: Option<&gpucloud_model::ProjectName>,
         from: Timestamp,
         to: Timestamp,
         group: UsageGrouping,
     ) -> Result<Vec<UsageLine>, AppError> {
-        let lines = self.store.ledger_lines(&by.tenant.id, from, to).await?;
+        let lines = self.store.ledger_lines(tenant, from, to).await?;
         // Spend belongs to the instance's project: a project key sees its project's only
         // (storage, which belongs to no project, included only for the whole organization).
-        let project_of: HashMap<InstanceId, gpucloud_model::ProjectName> = if group == UsageGrouping::Project
-            || by.project.is_some()
-        {
-            self.store.list_instances(Some(&by.tenant.id)).await?.into_iter().map(|i| (i.id, i.sale.project)).collect()
-        } else {
-            HashMap::new()
-        };
-        let visible = |instance: Option<&InstanceId>| match &by.project {
+        let project_of: HashMap<InstanceId, gpucloud_model::ProjectName> =
+            if group == UsageGrouping::Project || project.is_some() {
+                self.store.list_instances(Some(tenant)).await?.into_iter().map(|i| (i.id, i.sale.project)).collect()
+            } else {
+                HashMap::new()
+            };
+        let visible = |instance: Option<&InstanceId>| match project {
             None => true,
             Some(p) => instance.and_then(|i| project_of.get(i)) == Some(p),
         };
@@ -552,7 +564,7 @@ impl App {
         let now = self.now();
         if to > now {
             let mut prices = PriceCache::default();
-            for u in self.store.unsettled_intervals_of(&by.tenant.id).await? {
+            for u in self.store.unsettled_intervals_of(tenant).await? {
                 if !visible(Some(&u.instance_id)) {
                     continue;
                 }

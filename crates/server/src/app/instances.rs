@@ -102,6 +102,7 @@ impl App {
         let req = self.with_template(by, req).await?;
         let project = self.project_for(by, req.project.as_deref()).await?;
         self.check_priority(&by.tenant.id, &project, req.priority).await?;
+        self.check_project_budget(&by.tenant.id, &project).await?;
         if req.count == 0 || req.count > MAX_GPUS_PER_INSTANCE {
             return Err(AppError::invalid(
                 "count",
@@ -249,6 +250,7 @@ impl App {
             let (minimum, per_hour) =
                 self.start_cost(inst.model, milli, inst.sale.tier, inst.sale.max_price, inst.region.as_ref()).await?;
             self.check_can_afford(&by.tenant.id, minimum, per_hour).await?;
+            self.check_project_budget(&by.tenant.id, &inst.sale.project).await?;
             self.refuse_if_rank_taken(&inst).await?;
             if let Some(fenced) = self.fenced_at(&inst).await?
                 && self.now() < fenced

@@ -107,6 +107,7 @@ impl App {
         let project = self.project_for(by, req.project.as_deref()).await?;
         let priority = req.priority.map(Into::into).unwrap_or_default();
         self.check_priority(&by.tenant.id, &project, priority).await?;
+        self.check_project_budget(&by.tenant.id, &project).await?;
         req.project = Some(project.to_string());
         let id = JobId::from_random(random_bits());
         let now = self.now();

@@ -97,6 +97,7 @@ impl App {
             name,
             max_priority: max_priority.unwrap_or(Priority::Production),
             created_at: self.now(),
+            monthly_budget: None,
         };
         self.store.create_project(&p).await.map_err(AppError::store_conflict)?;
         tracing::info!(tenant = %by.tenant.name, project = %p.name, "project created");
@@ -106,15 +107,95 @@ impl App {
     /// The organization's projects, `default` first (a project key: its own only).
     pub async fn list_projects(&self, by: &Principal, tenant: Option<&str>) -> Result<Vec<Project>, AppError> {
         let t = self.tenant_for(by, tenant).await?;
-        let mut all = vec![Project {
+        let rows = self.store.list_projects(&t.id).await?;
+        // `default` has a row only once given a budget.
+        let default = rows.iter().find(|p| p.name.is_default()).cloned().unwrap_or(Project {
             tenant_id: t.id.clone(),
             name: ProjectName::default(),
             max_priority: Priority::Production,
             created_at: t.created_at,
-        }];
-        all.extend(self.store.list_projects(&t.id).await?);
+            monthly_budget: None,
+        });
+        let mut all = vec![default];
+        all.extend(rows.into_iter().filter(|p| !p.name.is_default()));
         all.retain(|p| by.sees(&p.name));
         Ok(all)
+    }
+
+    /// What each of a tenant's projects has spent this month (posted and accrued), by name.
+    pub async fn month_spend(
+        &self,
+        by: &Principal,
+        tenant: Option<&str>,
+    ) -> Result<std::collections::HashMap<String, gpucloud_model::Money>, AppError> {
+        let t = self.tenant_for(by, tenant).await?;
+        let from = super::billing::month_start(self.now());
+        let lines = self
+            .usage_of(&t.id, None, from, gpucloud_model::Timestamp(i64::MAX), super::billing::UsageGrouping::Project)
+            .await?;
+        Ok(lines.into_iter().map(|l| (l.key, l.amount)).collect())
+    }
+
+    /// Sets or clears a project's monthly budget: an organization admin for its own projects,
+    /// an operator for any tenant's.
+    pub async fn set_project_budget(
+        &self,
+        by: &Principal,
+        tenant: Option<&str>,
+        project: &str,
+        budget: Option<gpucloud_model::Money>,
+    ) -> Result<Project, AppError> {
+        let t = self.tenant_for(by, tenant).await?;
+        if t.id == by.tenant.id {
+            by.require_org_admin()?;
+        }
+        let name = ProjectName::parse(project).map_err(|e| AppError::invalid("project", e))?;
+        if !self.has_project(&t.id, &name).await? {
+            return Err(AppError::NotFound { kind: "project", id: name.to_string() });
+        }
+        if budget.is_some_and(|b| b.micros() < 0) {
+            return Err(AppError::invalid("monthly_limit", "a budget cannot be negative"));
+        }
+        self.store.set_project_budget(&t.id, &name, budget, self.now()).await?;
+        tracing::info!(tenant = %t.name, project = %name, budget = ?budget, "project budget set");
+        let all = self.store.list_projects(&t.id).await?;
+        all.into_iter().find(|p| p.name == name).ok_or_else(|| {
+            AppError::Store(gpucloud_store::StoreError::Corrupt { table: "projects", detail: "not read back".into() })
+        })
+    }
+
+    /// Refuses new work in a project whose month's usage has reached its budget (402).
+    pub(crate) async fn check_project_budget(&self, tenant: &TenantId, project: &ProjectName) -> Result<(), AppError> {
+        let Some(budget) = self
+            .store
+            .list_projects(tenant)
+            .await?
+            .into_iter()
+            .find(|p| p.name == *project)
+            .and_then(|p| p.monthly_budget)
+        else {
+            return Ok(());
+        };
+        let from = super::billing::month_start(self.now());
+        let spent: i64 = self
+            .usage_of(
+                tenant,
+                Some(project),
+                from,
+                gpucloud_model::Timestamp(i64::MAX),
+                super::billing::UsageGrouping::Project,
+            )
+            .await?
+            .iter()
+            .map(|l| l.amount.micros())
+            .sum();
+        if spent >= budget.micros() {
+            return Err(AppError::PaymentRequired(format!(
+                "project {project} has spent {} of its monthly budget of {budget}: raise it (project budget) or wait for next month",
+                gpucloud_model::Money(spent)
+            )));
+        }
+        Ok(())
     }
 
     /// A project's use per GPU model, with its quotas.

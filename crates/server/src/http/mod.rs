@@ -104,6 +104,7 @@ pub fn api() -> (Router<Arc<App>>, utoipa::openapi::OpenApi) {
         .routes(routes!(projects::create, projects::list))
         .routes(routes!(projects::quotas))
         .routes(routes!(projects::set_quota, projects::delete_quota))
+        .routes(routes!(projects::set_budget))
         .routes(routes!(meta::whoami))
         .routes(routes!(meta::gpu_models))
         .routes(routes!(meta::capacity))

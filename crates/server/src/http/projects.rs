@@ -1,6 +1,7 @@
 //! Projects and their GPU quotas. Who may do what: any key of the organization lists projects
 //! and reads quotas (a project key: its own project only); an organization-wide admin key makes
-//! projects and sets or removes quotas; an operator does the same for any tenant (`?tenant=`).
+//! projects, sets or removes quotas and sets budgets; an operator does the same for any tenant
+//! (`?tenant=`).
 
 use super::error::ApiError;
 use super::extract::{ApiJson, Auth};
@@ -10,7 +11,8 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use gpucloud_api::{
-    CreateProjectRequest, Problem, ProjectInfo, ProjectList, QuotaInfo, QuotaList, SetQuotaRequest, rfc3339,
+    CreateProjectRequest, Problem, ProjectBudgetRequest, ProjectInfo, ProjectList, QuotaInfo, QuotaList,
+    SetQuotaRequest, rfc3339,
 };
 use std::sync::Arc;
 
@@ -28,8 +30,14 @@ fn tenant_of(q: Result<Query<TenantQuery>, QueryRejection>) -> Result<Option<Str
     Ok(q.tenant)
 }
 
-fn info(p: gpucloud_store::Project) -> ProjectInfo {
-    ProjectInfo { name: p.name.to_string(), max_priority: p.max_priority.into(), created_at: rfc3339(p.created_at) }
+fn info(p: gpucloud_store::Project, spend: &std::collections::HashMap<String, gpucloud_model::Money>) -> ProjectInfo {
+    ProjectInfo {
+        month_spend: spend.get(p.name.as_str()).copied().unwrap_or(gpucloud_model::Money::ZERO),
+        name: p.name.to_string(),
+        max_priority: p.max_priority.into(),
+        created_at: rfc3339(p.created_at),
+        monthly_budget: p.monthly_budget,
+    }
 }
 
 fn gpus(milli: u64) -> f64 {
@@ -61,7 +69,7 @@ pub async fn create(
     ApiJson(req): ApiJson<CreateProjectRequest>,
 ) -> Result<(StatusCode, Json<ProjectInfo>), ApiError> {
     let made = app.create_project(&p, &req.name, req.max_priority.map(Into::into)).await?;
-    Ok((StatusCode::CREATED, Json(info(made))))
+    Ok((StatusCode::CREATED, Json(info(made, &Default::default()))))
 }
 
 /// The organization's projects, `default` first (a project key: its own).
@@ -73,7 +81,8 @@ pub async fn list(
     q: Result<Query<TenantQuery>, QueryRejection>,
 ) -> Result<Json<ProjectList>, ApiError> {
     let tenant = tenant_of(q)?;
-    let projects = app.list_projects(&p, tenant.as_deref()).await?.into_iter().map(info).collect();
+    let spend = app.month_spend(&p, tenant.as_deref()).await?;
+    let projects = app.list_projects(&p, tenant.as_deref()).await?.into_iter().map(|x| info(x, &spend)).collect();
     Ok(Json(ProjectList { projects }))
 }
 
@@ -108,6 +117,26 @@ pub async fn set_quota(
     let tenant = tenant_of(q)?;
     let u = app.set_quota(&p, tenant.as_deref(), &name, &gpu, req.limit, req.guaranteed).await?;
     Ok(Json(quota_info(u)))
+}
+
+/// Set or remove a project's monthly budget (an organization-wide admin key, or an operator).
+/// Once the project's usage this month reaches it, its creates are refused with 402.
+#[utoipa::path(put, path = "/v1/projects/{name}/budget", tag = "projects",
+    params(("name" = String, Path), TenantQuery), request_body = ProjectBudgetRequest,
+    responses((status = 200, body = ProjectInfo), (status = 403, body = Problem), (status = 404, body = Problem),
+        (status = 422, body = Problem)),
+    security(("bearer" = [])))]
+pub async fn set_budget(
+    State(app): State<Arc<App>>,
+    Auth(p): Auth,
+    Path(name): Path<String>,
+    q: Result<Query<TenantQuery>, QueryRejection>,
+    ApiJson(req): ApiJson<ProjectBudgetRequest>,
+) -> Result<Json<ProjectInfo>, ApiError> {
+    let tenant = tenant_of(q)?;
+    let project = app.set_project_budget(&p, tenant.as_deref(), &name, req.monthly_limit).await?;
+    let spend = app.month_spend(&p, tenant.as_deref()).await?;
+    Ok(Json(info(project, &spend)))
 }
 
 /// Remove a project's quota on one GPU model: its work of that model is no longer limited.

@@ -7,6 +7,9 @@ CREATE TABLE projects (
     name        TEXT NOT NULL,
     -- The highest priority class its work may ask for.
     max_priority TEXT NOT NULL DEFAULT 'production',
+    -- A monthly spending limit (micro-units): creates in the project are refused once its
+    -- month's usage reaches it. 'default' gets a row only when it is given one.
+    monthly_budget_micros INTEGER,
     created_at  INTEGER NOT NULL,
     PRIMARY KEY (tenant_id, name)
 );

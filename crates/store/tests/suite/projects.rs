@@ -36,14 +36,28 @@ fn quota(t: &Tenant, p: &str, limit: u64, guaranteed: u64) -> Quota {
 
 pub(crate) async fn projects_are_per_tenant(s: Arc<dyn Store>) {
     let (a, b) = (tenant(&s, "a").await, tenant(&s, "b").await);
-    let p =
-        Project { tenant_id: a.id.clone(), name: project("ml"), max_priority: Priority::Default, created_at: ts(3) };
+    let p = Project {
+        tenant_id: a.id.clone(),
+        name: project("ml"),
+        max_priority: Priority::Default,
+        created_at: ts(3),
+        monthly_budget: None,
+    };
     s.create_project(&p).await.unwrap();
     assert!(matches!(s.create_project(&p).await, Err(StoreError::Conflict(_))));
     s.create_project(&Project { tenant_id: b.id.clone(), ..p.clone() }).await.unwrap();
     let cv = Project { name: project("cv"), max_priority: Priority::Batch, created_at: ts(4), ..p.clone() };
     s.create_project(&cv).await.unwrap();
-    assert_eq!(s.list_projects(&a.id).await.unwrap(), vec![cv, p.clone()]);
+    assert_eq!(s.list_projects(&a.id).await.unwrap(), vec![cv.clone(), p.clone()]);
+    // A budget is set and cleared; `default` gets a row when given one.
+    s.set_project_budget(&a.id, &project("ml"), Some(Money(5_000_000)), ts(5)).await.unwrap();
+    s.set_project_budget(&a.id, &ProjectName::default(), Some(Money(1_000_000)), ts(6)).await.unwrap();
+    let listed = s.list_projects(&a.id).await.unwrap();
+    let budgets: Vec<(&str, Option<Money>)> = listed.iter().map(|p| (p.name.as_str(), p.monthly_budget)).collect();
+    assert_eq!(budgets, [("cv", None), ("default", Some(Money(1_000_000))), ("ml", Some(Money(5_000_000)))]);
+    assert_eq!(listed[2].max_priority, Priority::Default, "a budget leaves the rest alone");
+    s.set_project_budget(&a.id, &project("ml"), None, ts(7)).await.unwrap();
+    assert_eq!(s.list_projects(&a.id).await.unwrap()[2].monthly_budget, None);
     assert_eq!(s.list_projects(&b.id).await.unwrap().len(), 1);
 }
 
