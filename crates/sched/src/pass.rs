@@ -401,20 +401,7 @@ fn reclaim(
             .filter(|b| {
                 held.get(&(b.tenant.clone(), b.project.clone(), b.holder.model)).is_some_and(|g| g.held > g.guaranteed)
             })
-            .map(|b| {
-                let h = &b.holder;
-                let since = h.running_since.unwrap_or(now);
-                let last_save = h.last_checkpoint.map_or(since, |c| c.max(since));
-                Candidate {
-                    instance: h.instance.clone(),
-                    node: h.node.clone(),
-                    model: h.model,
-                    gpus: h.gpus,
-                    lost_work_ms: now.millis_since(last_save).max(0),
-                    noticed: h.leaving,
-                    protected: h.running && now.millis_since(since) < market.min_runtime_ms,
-                }
-            })
+            .map(|b| candidate(&b.holder, b.holder.leaving, market.min_runtime_ms, now))
             .collect();
         let project_of: HashMap<&InstanceId, &ProjectName> =
             market.borrowed.iter().map(|b| (&b.holder.instance, &b.project)).collect();
@@ -489,19 +476,7 @@ fn candidates(
         .spot_holders
         .iter()
         .filter(|h| !h.slice)
-        .map(|h| {
-            let since = h.running_since.unwrap_or(now);
-            let last_save = h.last_checkpoint.map_or(since, |c| c.max(since));
-            Candidate {
-                instance: h.instance.clone(),
-                node: h.node.clone(),
-                model: h.model,
-                gpus: h.gpus,
-                lost_work_ms: now.millis_since(last_save).max(0),
-                noticed: h.leaving || noticed.contains(&h.instance),
-                protected: h.running && now.millis_since(since) < min_runtime_ms,
-            }
-        })
+        .map(|h| candidate(h, h.leaving || noticed.contains(&h.instance), min_runtime_ms, now))
         .collect();
     out.sort_by_key(|c| std::cmp::Reverse(c.lost_work_ms));
     let mut backed: BTreeMap<(GpuModel, Region), u32> = BTreeMap::new();
@@ -516,6 +491,22 @@ fn candidates(
         }
     }
     out
+}
+
+/// An instance holding GPUs as preemption weighs it: the work it would lose (since its last
+/// checkpoint, or its start), and whether it is inside its minimum runtime.
+fn candidate(h: &SpotHolder, noticed: bool, min_runtime_ms: i64, now: Timestamp) -> Candidate {
+    let since = h.running_since.unwrap_or(now);
+    let last_save = h.last_checkpoint.map_or(since, |c| c.max(since));
+    Candidate {
+        instance: h.instance.clone(),
+        node: h.node.clone(),
+        model: h.model,
+        gpus: h.gpus,
+        lost_work_ms: now.millis_since(last_save).max(0),
+        noticed,
+        protected: h.running && now.millis_since(since) < min_runtime_ms,
+    }
 }
 
 /// The requests in the order they are served: priority class with aging, fair share between

@@ -80,6 +80,25 @@ impl App {
         Ok(())
     }
 
+    /// The tenant and project a change of its settings (quota, budget) is for: an organization
+    /// admin's own, or (an operator) any tenant's. An unknown project is "not found".
+    async fn project_to_change(
+        &self,
+        by: &Principal,
+        tenant: Option<&str>,
+        project: &str,
+    ) -> Result<(Tenant, ProjectName), AppError> {
+        let t = self.tenant_for(by, tenant).await?;
+        if t.id == by.tenant.id {
+            by.require_org_admin()?;
+        }
+        let name = ProjectName::parse(project).map_err(|e| AppError::invalid("project", e))?;
+        if !self.has_project(&t.id, &name).await? {
+            return Err(AppError::NotFound { kind: "project", id: name.to_string() });
+        }
+        Ok((t, name))
+    }
+
     /// An organization admin makes a project.
     pub async fn create_project(
         &self,
@@ -145,14 +164,7 @@ impl App {
         project: &str,
         budget: Option<gpucloud_model::Money>,
     ) -> Result<Project, AppError> {
-        let t = self.tenant_for(by, tenant).await?;
-        if t.id == by.tenant.id {
-            by.require_org_admin()?;
-        }
-        let name = ProjectName::parse(project).map_err(|e| AppError::invalid("project", e))?;
-        if !self.has_project(&t.id, &name).await? {
-            return Err(AppError::NotFound { kind: "project", id: name.to_string() });
-        }
+        let (t, name) = self.project_to_change(by, tenant, project).await?;
         if budget.is_some_and(|b| b.micros() < 0) {
             return Err(AppError::invalid("monthly_limit", "a budget cannot be negative"));
         }
@@ -224,14 +236,7 @@ impl App {
         limit: u32,
         guaranteed: Option<u32>,
     ) -> Result<QuotaUse, AppError> {
-        let t = self.tenant_for(by, tenant).await?;
-        if t.id == by.tenant.id {
-            by.require_org_admin()?;
-        }
-        let name = ProjectName::parse(project).map_err(|e| AppError::invalid("project", e))?;
-        if !self.has_project(&t.id, &name).await? {
-            return Err(AppError::NotFound { kind: "project", id: name.to_string() });
-        }
+        let (t, name) = self.project_to_change(by, tenant, project).await?;
         let model = parse_model(gpu)?;
         if limit > MAX_QUOTA_GPUS {
             return Err(AppError::invalid("limit", format!("a limit is at most {MAX_QUOTA_GPUS} GPUs, got {limit}")));
@@ -297,11 +302,7 @@ impl App {
         project: &str,
         gpu: &str,
     ) -> Result<(), AppError> {
-        let t = self.tenant_for(by, tenant).await?;
-        if t.id == by.tenant.id {
-            by.require_org_admin()?;
-        }
-        let name = ProjectName::parse(project).map_err(|e| AppError::invalid("project", e))?;
+        let (t, name) = self.project_to_change(by, tenant, project).await?;
         let model = parse_model(gpu)?;
         if !self.store.delete_quota(&t.id, &name, model).await? {
             return Err(AppError::NotFound { kind: "quota", id: format!("{name}/{model}") });
