@@ -152,6 +152,16 @@ fn projects_quotas_and_project_keys() {
         assert!(ml_ids.contains(&key), "{key} is not an ml instance: {spent}");
     }
     assert_eq!(names(&s.get(&ml, "/v1/billing/usage?by=project").body, "lines", "key"), ["ml"]);
+    let ledger = s.get(&ml, "/v1/billing/ledger").body;
+    for line in ledger["entries"].as_array().unwrap() {
+        assert!(ml_ids.contains(&line["instance"].as_str().unwrap_or("").to_string()), "{line}");
+    }
+    for path in ["/v1/billing/balance", "/v1/billing/invoices", "/v1/billing/budget"] {
+        let r = s.get(&ml, path);
+        assert_eq!(r.status, 403, "{path}: {:?}", r.body);
+        assert!(r.body["detail"].as_str().unwrap().contains("needs an organization-wide key"), "{path}: {:?}", r.body);
+        assert_eq!(s.get(&admin, path).status, 200, "{path}");
+    }
 
     // Read-only keys read quotas and change nothing; other tenants see nothing of lab's.
     let r = s.post(&admin, "/v1/keys", Some(&json!({"name": "viewer", "scope": "read-only"})));

@@ -26,6 +26,19 @@ impl Principal {
         self.project.as_ref().is_none_or(|p| p == project)
     }
 
+    /// The organization's money (balance, invoices, budget) is read with an organization-wide
+    /// key; a project key sees its project's usage and ledger lines only.
+    pub fn require_org_money(&self, what: &str) -> Result<(), AppError> {
+        match &self.project {
+            Some(p) => Err(AppError::Forbidden(format!(
+                "key {} is scoped to project {p}: the organization's {what} needs an organization-wide key \
+                 (a project key reads its project's usage: GET /v1/billing/usage)",
+                self.key_prefix
+            ))),
+            None => Ok(()),
+        }
+    }
+
     /// An organization-wide admin key (not a project's, not read-only, not an agent's): it
     /// makes projects and sets their quotas.
     pub fn require_org_admin(&self) -> Result<(), AppError> {

@@ -442,6 +442,7 @@ impl App {
     }
 
     pub async fn balance(&self, by: &Principal) -> Result<Balance, AppError> {
+        by.require_org_money("balance")?;
         let books = self.books(&by.tenant.id, self.now()).await?;
         Ok(Balance {
             balance: books.balance(),
@@ -586,8 +587,21 @@ impl App {
         Ok(groups.into_values().collect())
     }
 
+    /// The ledger between two times (a project key: the lines of its project's instances).
     pub async fn ledger(&self, by: &Principal, from: Timestamp, to: Timestamp) -> Result<Vec<LedgerLine>, AppError> {
-        Ok(self.store.ledger_lines(&by.tenant.id, from, to).await?)
+        let mut lines = self.store.ledger_lines(&by.tenant.id, from, to).await?;
+        if let Some(p) = &by.project {
+            let mine: std::collections::HashSet<InstanceId> = self
+                .store
+                .list_instances(Some(&by.tenant.id))
+                .await?
+                .into_iter()
+                .filter(|i| i.sale.project == *p)
+                .map(|i| i.id)
+                .collect();
+            lines.retain(|l| l.instance_id.as_ref().is_some_and(|i| mine.contains(i)));
+        }
+        Ok(lines)
     }
 }
 

@@ -13,6 +13,7 @@ const PREPAID_RESERVE_MS: i64 = 60_000;
 
 impl App {
     pub async fn tenant_billing(&self, by: &Principal) -> Result<(TenantBilling, Money), AppError> {
+        by.require_org_money("budget")?;
         let settings = self.store.tenant_billing(&by.tenant.id).await?;
         Ok((settings, self.month_usage(&by.tenant.id, self.now()).await?))
     }

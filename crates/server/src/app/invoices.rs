@@ -36,6 +36,7 @@ pub fn month_of(t: Timestamp) -> String {
 impl App {
     /// The caller's invoice for `month`: the issued one if closed, else a draft.
     pub async fn invoice(&self, by: &Principal, month: &str) -> Result<Invoice, AppError> {
+        by.require_org_money("invoices")?;
         let (start, end) =
             month_bounds(month).ok_or_else(|| AppError::invalid("month", "month must be YYYY-MM, e.g. 2026-11"))?;
         let now = self.now();
@@ -52,6 +53,7 @@ impl App {
     }
 
     pub async fn list_invoices(&self, by: &Principal) -> Result<Vec<StoredInvoice>, AppError> {
+        by.require_org_money("invoices")?;
         Ok(self.store.list_invoices(&by.tenant.id).await?)
     }
 
