@@ -148,6 +148,9 @@ pub struct CreatePoolRequest {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schema(example = json!(["8888/http"]))]
     pub ports: Vec<String>,
+    /// The project its instances belong to (the key's, or `default`, when omitted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -160,6 +163,9 @@ pub struct PoolMember {
 pub struct WarmPool {
     pub id: String,
     pub name: String,
+    /// The project its instances belong to.
+    #[serde(default = "default_project")]
+    pub project: String,
     pub gpu: String,
     pub region: Option<String>,
     pub count: u32,

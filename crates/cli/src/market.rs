@@ -750,6 +750,9 @@ pub enum PoolCmd {
         command: String,
         #[command(flatten)]
         workload: crate::commands::MemberWorkloadArgs,
+        /// The project its instances belong to [default: your key's, or default].
+        #[arg(long)]
+        project: Option<String>,
     },
     /// Your warm pools and how many are ready.
     List,
@@ -792,7 +795,7 @@ pub fn pool(ctx: &Ctx, cmd: PoolCmd) -> Res {
         table(&["NAME", "GPUS", "REGION", "READY", "COMMAND"], &rows)
     };
     match cmd {
-        PoolCmd::Create { name, gpu, count, region, size, command, workload } => {
+        PoolCmd::Create { name, gpu, count, region, size, command, workload, project } => {
             let w = workload.parts()?;
             let body = api::CreatePoolRequest {
                 name,
@@ -805,6 +808,7 @@ pub fn pool(ctx: &Ctx, cmd: PoolCmd) -> Res {
                 env: w.env,
                 secrets: w.secrets,
                 ports: w.ports,
+                project,
             };
             let p: api::WarmPool = c.post("/v1/pools", Some(&body), None).map_err(err)?;
             show(ctx, &p, |p| rows(std::slice::from_ref(p)));

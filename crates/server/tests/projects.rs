@@ -136,6 +136,20 @@ fn projects_quotas_and_project_keys() {
     assert_eq!((r.status, r.body["field"].as_str()), (422, Some("volume")), "{:?}", r.body);
     assert!(r.body["detail"].as_str().unwrap().contains("belongs to project ml, not default"), "{:?}", r.body);
 
+    // So do warm pools, and the instances they keep.
+    let pool = json!({"name": "ml-warm", "gpu": "T4", "count": 1, "command": "sleep 600", "size": 1});
+    let r = s.post(&ml, "/v1/pools", Some(&pool));
+    assert_eq!((r.status, r.body["project"].as_str()), (201, Some("ml")), "{:?}", r.body);
+    assert_eq!(names(&s.get(&admin, "/v1/pools").body, "pools", "name"), ["ml-warm"]);
+    let r = s.post(
+        &admin,
+        "/v1/pools",
+        Some(&json!({"name": "org-warm", "gpu": "A10", "count": 1, "command": "sleep 600", "size": 0})),
+    );
+    assert_eq!((r.status, r.body["project"].as_str()), (201, Some("default")), "{:?}", r.body);
+    assert_eq!(names(&s.get(&ml, "/v1/pools").body, "pools", "name"), ["ml-warm"]);
+    assert_eq!(s.post(&ml, "/v1/pools/org-warm/claim", Some(&json!({}))).status, 404);
+
     // Spend rolls up by project; a project key sees its project's spend only.
     let usage = poll("usage of both projects", || {
         let u = s.get(&admin, "/v1/billing/usage?by=project").body;

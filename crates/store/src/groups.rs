@@ -69,7 +69,7 @@ fn cluster_from_row(r: &AnyRow) -> Result<Cluster> {
     })
 }
 
-const POOL_COLUMNS: &str = "id, tenant_id, name, gpu_model, region, gpu_count, command, size, created_at, schedule, utc_offset_min, image, env, ports";
+const POOL_COLUMNS: &str = "id, tenant_id, name, gpu_model, region, gpu_count, command, size, created_at, schedule, utc_offset_min, image, env, ports, project";
 
 fn pool_from_row(r: &AnyRow) -> Result<WarmPool> {
     let t = "warm_pools";
@@ -87,6 +87,7 @@ fn pool_from_row(r: &AnyRow) -> Result<WarmPool> {
         schedule: r.try_get(9)?,
         utc_offset_min: r.try_get::<i64, _>(10)? as i32,
         workload: member_workload_from_row(t, r)?,
+        project: parse(t, &r.try_get::<String, _>("project")?)?,
     })
 }
 
@@ -261,7 +262,7 @@ impl GroupStore for SqlStore {
 
     async fn insert_pool(&self, p: &WarmPool) -> Result<()> {
         sqlx::query(&format!(
-            "INSERT INTO warm_pools ({POOL_COLUMNS}, state) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, 'active')"
+            "INSERT INTO warm_pools ({POOL_COLUMNS}, state) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, 'active')"
         ))
         .bind(p.id.to_string())
         .bind(p.tenant_id.to_string())
@@ -277,6 +278,7 @@ impl GroupStore for SqlStore {
         .bind(p.workload.image.clone())
         .bind(encode_env(&p.workload.env))
         .bind(encode_ports(&p.workload.ports))
+        .bind(p.project.as_str())
         .execute(&self.pool)
         .await
         .map_err(|e| unique_violation(e, &format!("a warm pool named '{}'", p.name)))?;

@@ -691,6 +691,8 @@ pub struct WarmPool {
     pub utc_offset_min: i32,
     /// What each instance runs in besides its command.
     pub workload: MemberWorkload,
+    /// The project its instances belong to.
+    pub project: gpucloud_model::ProjectName,
 }
 
 /// One business metric a workload pushed.

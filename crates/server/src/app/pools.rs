@@ -20,6 +20,8 @@ pub struct NewPool {
     pub env: std::collections::BTreeMap<String, String>,
     pub secrets: Vec<String>,
     pub ports: Vec<String>,
+    /// The project to create in (the key's, or `default`, when `None`).
+    pub project: Option<String>,
 }
 
 pub const MAX_POOL_SIZE: u32 = 64;
@@ -43,6 +45,8 @@ impl App {
         }
         let workload = self.member_workload(&by.tenant.id, req.image, &req.env, &req.secrets, &req.ports).await?;
         self.check_can_spend(&by.tenant.id).await?;
+        let project = self.project_for(by, req.project.as_deref()).await?;
+        self.check_project_budget(&by.tenant.id, &project).await?;
         let pool = WarmPool {
             id: PoolId::from_random(random_bits()),
             tenant_id: by.tenant.id.clone(),
@@ -56,6 +60,7 @@ impl App {
             schedule: None,
             utc_offset_min: 0,
             workload,
+            project,
         };
         self.store.insert_pool(&pool).await.map_err(AppError::store_conflict)?;
         tracing::info!(pool = %pool.id, name = %pool.name, size = pool.size, "warm pool created");
@@ -69,13 +74,13 @@ impl App {
             .list_pools(Some(&by.tenant.id))
             .await?
             .into_iter()
-            .find(|p| p.name == name || p.id.as_str() == name)
+            .find(|p| (p.name == name || p.id.as_str() == name) && by.sees(&p.project))
             .ok_or_else(|| AppError::NotFound { kind: "warm pool", id: name.to_string() })
     }
 
     pub async fn list_pools(&self, by: &Principal) -> Result<Vec<(WarmPool, Vec<Instance>)>, AppError> {
         let mut out = Vec::new();
-        for p in self.store.list_pools(Some(&by.tenant.id)).await? {
+        for p in self.store.list_pools(Some(&by.tenant.id)).await?.into_iter().filter(|p| by.sees(&p.project)) {
             let members = self.store.pool_members(&p.id).await?;
             out.push((p, members));
         }
@@ -134,7 +139,7 @@ impl App {
             ports: pool.workload.ports.iter().map(|p| p.to_string()).collect(),
             template: None,
             volume: None,
-            project: None,
+            project: Some(pool.project.to_string()),
             on_quota: gpucloud_model::OnQuota::Fail,
             priority: gpucloud_model::Priority::Default,
         };
@@ -166,6 +171,7 @@ impl App {
                     env: pool.workload.env.clone(),
                     ports: pool.workload.ports.clone(),
                     on_quota: gpucloud_model::OnQuota::Wait,
+                    project: pool.project.clone(),
                     ..Sale::default()
                 },
             };

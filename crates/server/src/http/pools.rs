@@ -17,6 +17,7 @@ fn view(p: gpucloud_store::WarmPool, members: Vec<gpucloud_store::Instance>) -> 
         env: p.workload.env.iter().cloned().collect(),
         ports: p.workload.ports.iter().map(|p| p.to_string()).collect(),
         id: p.id.to_string(),
+        project: p.project.to_string(),
         name: p.name,
         gpu: p.model.to_string(),
         region: p.region.map(|r| r.to_string()),
@@ -55,6 +56,7 @@ pub async fn create(
                 env: req.env,
                 secrets: req.secrets,
                 ports: req.ports,
+                project: req.project,
             },
         )
         .await?;

@@ -1,7 +1,7 @@
 -- A tenant (an organization) divides its work into projects. Every tenant has the project
 -- 'default' without a row here; rows are the projects it made. What runs belongs to a project
--- by name (instances, clusters and volumes here, managed jobs in their spec), and a key may be
--- scoped to one.
+-- by name (instances, clusters, warm pools and volumes here, managed jobs in their spec), and a
+-- key may be scoped to one.
 CREATE TABLE projects (
     tenant_id   TEXT NOT NULL REFERENCES tenants(id),
     name        TEXT NOT NULL,
@@ -35,6 +35,7 @@ ALTER TABLE instances ADD COLUMN quota_held BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE instances ADD COLUMN priority TEXT NOT NULL DEFAULT 'default';
 ALTER TABLE clusters ADD COLUMN project TEXT NOT NULL DEFAULT 'default';
 ALTER TABLE volumes ADD COLUMN project TEXT NOT NULL DEFAULT 'default';
+ALTER TABLE warm_pools ADD COLUMN project TEXT NOT NULL DEFAULT 'default';
 ALTER TABLE api_keys ADD COLUMN project TEXT;
 CREATE INDEX instances_by_project ON instances (tenant_id, project, gpu_model);
 CREATE INDEX instances_quota_held ON instances (created_at) WHERE quota_held = 1;

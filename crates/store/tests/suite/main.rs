@@ -590,6 +590,7 @@ async fn clusters_and_pools_keep_their_workload_resize_by_generation_and_retire(
         schedule: None,
         utc_offset_min: 0,
         workload,
+        project: gpucloud_model::ProjectName::parse("serving").unwrap(),
     };
     s.insert_pool(&p).await.unwrap();
     assert_eq!(s.list_pools(Some(&t.id)).await.unwrap(), vec![p.clone()]);
