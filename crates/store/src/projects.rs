@@ -359,26 +359,16 @@ async fn lock_quota(
     project: &str,
     model: &str,
 ) -> Result<Option<u64>> {
-    let locked = sqlx::query(
-        "UPDATE project_quotas SET limit_milli = limit_milli WHERE tenant_id = $1 AND project = $2 AND gpu_model = $3",
+    let limit: Option<i64> = sqlx::query_scalar(
+        "UPDATE project_quotas SET limit_milli = limit_milli WHERE tenant_id = $1 AND project = $2 AND gpu_model = $3 \
+         RETURNING limit_milli",
     )
     .bind(tenant)
     .bind(project)
     .bind(model)
-    .execute(&mut **tx)
+    .fetch_optional(&mut **tx)
     .await?;
-    if locked.rows_affected() == 0 {
-        return Ok(None);
-    }
-    let limit: i64 = sqlx::query_scalar(
-        "SELECT limit_milli FROM project_quotas WHERE tenant_id = $1 AND project = $2 AND gpu_model = $3",
-    )
-    .bind(tenant)
-    .bind(project)
-    .bind(model)
-    .fetch_one(&mut **tx)
-    .await?;
-    Ok(Some(limit.max(0) as u64))
+    Ok(limit.map(|l| l.max(0) as u64))
 }
 
 /// What a project holds or has queued (not held) of a model, as this transaction sees it.

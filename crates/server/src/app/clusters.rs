@@ -105,8 +105,8 @@ impl App {
         }
         let workload = self.member_workload(&by.tenant.id, req.image, &req.env, &req.secrets, &req.ports).await?;
         self.check_can_spend(&by.tenant.id).await?;
-        let project = self.project_for(by, req.project.as_deref()).await?;
-        self.check_project_budget(&by.tenant.id, &project).await?;
+        // Members ask for no class of their own: the lowest passes any project's cap.
+        let project = self.admit_to_project(by, req.project.as_deref(), gpucloud_model::Priority::Batch).await?;
         let want = u64::from(req.nodes) * u64::from(req.gpus_per_node) * 1000;
         self.check_quota_room(&by.tenant.id, &project, req.model, want).await?;
         let now = self.now();

@@ -100,9 +100,7 @@ impl App {
         idempotency_key: Option<&str>,
     ) -> Result<(Instance, bool), AppError> {
         let req = self.with_template(by, req).await?;
-        let project = self.project_for(by, req.project.as_deref()).await?;
-        self.check_priority(&by.tenant.id, &project, req.priority).await?;
-        self.check_project_budget(&by.tenant.id, &project).await?;
+        let project = self.admit_to_project(by, req.project.as_deref(), req.priority).await?;
         if req.count == 0 || req.count > MAX_GPUS_PER_INSTANCE {
             return Err(AppError::invalid(
                 "count",

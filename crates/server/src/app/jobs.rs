@@ -104,10 +104,8 @@ impl App {
         self.check_can_spend(&by.tenant.id).await?;
         // The spec keeps the project it resolved to, so a key's default is fixed at creation.
         let mut req = req;
-        let project = self.project_for(by, req.project.as_deref()).await?;
         let priority = req.priority.map(Into::into).unwrap_or_default();
-        self.check_priority(&by.tenant.id, &project, priority).await?;
-        self.check_project_budget(&by.tenant.id, &project).await?;
+        let project = self.admit_to_project(by, req.project.as_deref(), priority).await?;
         req.project = Some(project.to_string());
         let id = JobId::from_random(random_bits());
         let now = self.now();

@@ -13,32 +13,67 @@ impl App {
     /// The project a create of `by` lands in: the one asked for (which must exist, and be the
     /// key's own for a project key), else the key's project, else `default`.
     pub async fn project_for(&self, by: &Principal, asked: Option<&str>) -> Result<ProjectName, AppError> {
-        let Some(asked) = asked else { return Ok(by.project.clone().unwrap_or_default()) };
-        let name = ProjectName::parse(asked).map_err(|e| AppError::invalid("project", e))?;
-        if !by.sees(&name) {
-            return Err(AppError::Forbidden(format!(
-                "key {} is scoped to project {}: it cannot create in project {name}",
-                by.key_prefix,
-                by.project.as_ref().map_or("", |p| p.as_str())
-            )));
+        match asked {
+            None => Ok(by.project.clone().unwrap_or_default()),
+            Some(_) => Ok(self.project_of_create(by, asked).await?.0),
         }
-        self.require_project(&by.tenant.id, &name).await?;
+    }
+
+    /// The project a create lands in and its row (none for a `default` never given one), read
+    /// once; an unknown project is refused naming the ones the tenant has.
+    async fn project_of_create(
+        &self,
+        by: &Principal,
+        asked: Option<&str>,
+    ) -> Result<(ProjectName, Option<Project>), AppError> {
+        let name = match asked {
+            None => by.project.clone().unwrap_or_default(),
+            Some(asked) => {
+                let name = ProjectName::parse(asked).map_err(|e| AppError::invalid("project", e))?;
+                if !by.sees(&name) {
+                    return Err(AppError::Forbidden(format!(
+                        "key {} is scoped to project {}: it cannot create in project {name}",
+                        by.key_prefix,
+                        by.project.as_ref().map_or("", |p| p.as_str())
+                    )));
+                }
+                name
+            }
+        };
+        let rows = self.store.list_projects(&by.tenant.id).await?;
+        let row = rows.iter().find(|p| p.name == name).cloned();
+        if row.is_none() && !name.is_default() {
+            let mut names = vec![ProjectName::DEFAULT.to_string()];
+            names.extend(rows.iter().filter(|p| !p.name.is_default()).map(|p| p.name.to_string()));
+            return Err(AppError::invalid("project", format!("no project '{name}'; projects: {}", names.join(", "))));
+        }
+        Ok((name, row))
+    }
+
+    /// The project new work of `by` lands in, admitted: it exists, allows `priority` (`default`
+    /// allows every class) and has budget left this month.
+    pub(crate) async fn admit_to_project(
+        &self,
+        by: &Principal,
+        asked: Option<&str>,
+        priority: Priority,
+    ) -> Result<ProjectName, AppError> {
+        let (name, row) = self.project_of_create(by, asked).await?;
+        let max = row.as_ref().map_or(Priority::Production, |p| p.max_priority);
+        if priority > max {
+            return Err(AppError::invalid(
+                "priority",
+                format!("project {name} allows priority up to {max}, not {priority}"),
+            ));
+        }
+        if let Some(budget) = row.and_then(|p| p.monthly_budget) {
+            self.refuse_over_budget(&by.tenant.id, &name, budget).await?;
+        }
         Ok(name)
     }
 
     async fn has_project(&self, tenant: &TenantId, name: &ProjectName) -> Result<bool, AppError> {
         Ok(name.is_default() || self.store.list_projects(tenant).await?.iter().any(|p| p.name == *name))
-    }
-
-    /// Refuses a project the tenant does not have, naming the ones it has.
-    pub(crate) async fn require_project(&self, tenant: &TenantId, name: &ProjectName) -> Result<(), AppError> {
-        if self.has_project(tenant, name).await? {
-            return Ok(());
-        }
-        let all = self.store.list_projects(tenant).await?;
-        let mut names = vec![ProjectName::DEFAULT.to_string()];
-        names.extend(all.iter().map(|p| p.name.to_string()));
-        Err(AppError::invalid("project", format!("no project '{name}'; projects: {}", names.join(", "))))
     }
 
     /// The tenant a project call acts on: the caller's, or (operators only) the one named.
@@ -52,32 +87,6 @@ impl App {
             Err(_) => self.store.list_tenants().await?.into_iter().find(|x| x.name == t),
         };
         found.ok_or_else(|| AppError::NotFound { kind: "tenant", id: t.to_string() })
-    }
-
-    /// Refuses a priority above what the project allows (`default` allows every class).
-    pub(crate) async fn check_priority(
-        &self,
-        tenant: &TenantId,
-        project: &ProjectName,
-        priority: Priority,
-    ) -> Result<(), AppError> {
-        if project.is_default() {
-            return Ok(());
-        }
-        let max = self
-            .store
-            .list_projects(tenant)
-            .await?
-            .into_iter()
-            .find(|p| p.name == *project)
-            .map_or(Priority::Production, |p| p.max_priority);
-        if priority > max {
-            return Err(AppError::invalid(
-                "priority",
-                format!("project {project} allows priority up to {max}, not {priority}"),
-            ));
-        }
-        Ok(())
     }
 
     /// The tenant and project a change of its settings (quota, budget) is for: an organization
@@ -178,16 +187,19 @@ impl App {
 
     /// Refuses new work in a project whose month's usage has reached its budget (402).
     pub(crate) async fn check_project_budget(&self, tenant: &TenantId, project: &ProjectName) -> Result<(), AppError> {
-        let Some(budget) = self
-            .store
-            .list_projects(tenant)
-            .await?
-            .into_iter()
-            .find(|p| p.name == *project)
-            .and_then(|p| p.monthly_budget)
-        else {
-            return Ok(());
-        };
+        let rows = self.store.list_projects(tenant).await?;
+        match rows.into_iter().find(|p| p.name == *project).and_then(|p| p.monthly_budget) {
+            Some(budget) => self.refuse_over_budget(tenant, project, budget).await,
+            None => Ok(()),
+        }
+    }
+
+    async fn refuse_over_budget(
+        &self,
+        tenant: &TenantId,
+        project: &ProjectName,
+        budget: gpucloud_model::Money,
+    ) -> Result<(), AppError> {
         let from = super::billing::month_start(self.now());
         let spent: i64 = self
             .usage_of(
