@@ -1183,7 +1183,12 @@ fn placer(trace: PathBuf, nodes: PathBuf, scales: Vec<usize>, seed: u64, as_json
             let alloc = curve.iter().rev().flatten().next().copied().unwrap_or(0.0);
             (secs, stats, alloc)
         };
-        let mut runs = vec![(SharePolicy::FgdPack, true), (SharePolicy::Fgd, true), (SharePolicy::BestFit, true)];
+        let mut runs = vec![
+            (SharePolicy::FgdPack, true),
+            (SharePolicy::Fgd, true),
+            (SharePolicy::FgdCpu, true),
+            (SharePolicy::BestFit, true),
+        ];
         // The uncached baseline is quadratic-ish in fleet size: measured on the 1x fleet only.
         if scale <= 1 {
             runs.push((SharePolicy::Fgd, false));
@@ -1205,6 +1210,7 @@ fn placer(trace: PathBuf, nodes: PathBuf, scales: Vec<usize>, seed: u64, as_json
                     }
                     format!("cached is {:.1}x faster", r / rate)
                 }
+                (true, Some((r, _))) if policy == SharePolicy::FgdCpu => format!("{:.2}x fgd's time", r / rate),
                 _ => String::new(),
             };
             let name = if caching { policy.name().to_string() } else { format!("{} (uncached)", policy.name()) };

@@ -201,10 +201,15 @@ pub struct ServeArgs {
     /// until you set one) rather than pricing it from the default book (README, "Prices").
     #[arg(long)]
     no_default_prices: bool,
-    /// Placement policy: fgd-pack, fgd, best-fit, spread, random, dot-product, gpu-clustering or
+    /// Placement policy: fgd-pack, fgd-cpu, fgd, best-fit, spread, random, dot-product, gpu-clustering or
     /// gpu-packing (docs/decisions/0005).
     #[arg(long, default_value = "fgd-pack")]
     policy: String,
+    /// Weigh power against fragmentation (fgd, fgd-pack, fgd-cpu): score points per 100 W a placement
+    /// adds by waking a node or lighting an idle GPU (each model's idle and busy watts); 0 leaves
+    /// power out. FgdPack's scores span 0 to 201 (docs/benchmarks.md, "Power").
+    #[arg(long, value_name = "POINTS", default_value_t = 0.0)]
+    power_weight: f64,
     /// Scheduler, fake-agent and metering period in milliseconds (tests use a short one).
     #[arg(long, hide = true)]
     tick_ms: Option<u64>,
@@ -455,6 +460,8 @@ pub fn serve(args: ServeArgs) -> Result<(), String> {
         let scheme = if tls.is_some() { "https" } else { "http" };
         let config = Config {
             policy,
+            power_weight: gpucloud_sched::PowerWeight::from_points(args.power_weight)
+                .map_err(|e| format!("--power-weight: {e}"))?,
             fake_agents: if args.fake_agents { FakeAgents::Every(Duration::from_secs(2)) } else { FakeAgents::Off },
             default_prices: !args.no_default_prices,
             ..Config::default()

@@ -27,7 +27,7 @@ pub enum SimCmd {
         #[arg(long, default_value = "data/alibaba-gpu-v2023/csv/openb_node_list_gpu_node.csv")]
         nodes: PathBuf,
         /// Policies, comma-separated, or "all": random, dot-product, gpu-clustering,
-        /// gpu-packing, best-fit, fgd, fgd-pack.
+        /// gpu-packing, best-fit, fgd, fgd-pack, fgd-cpu.
         #[arg(long, value_delimiter = ',', default_value = "all")]
         policy: Vec<String>,
         /// Seeds: "42..51" (inclusive), "42" or "1,2,3".
@@ -40,6 +40,31 @@ pub enum SimCmd {
         #[arg(long)]
         svg: Option<PathBuf>,
         /// Worker threads (default: all cores).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Weigh power against fragmentation in fgd, fgd-pack and fgd-cpu: score points per 100 W a
+        /// placement adds (waking a node, lighting an idle GPU). Comma-separate several to draw
+        /// the trade-off; each gets its own rows ("fgd-pack w=2").
+        #[arg(long, value_delimiter = ',', default_value = "0")]
+        power_weight: Vec<f64>,
+    },
+    /// How far from the best possible packing the policies are: for each trace and seed, the
+    /// FGD experiment's arrivals packed by the policies (online, one by one), by an offline packer
+    /// that sees them all at once (achievable), and an upper bound from a linear program that no
+    /// placement of any subset of them can beat; prints each policy's share of the headroom
+    /// between FGD and the bound.
+    Bound {
+        #[arg(long, value_delimiter = ',', default_value = "data/alibaba-gpu-v2023/csv/openb_pod_list_default.csv")]
+        trace: Vec<PathBuf>,
+        #[arg(long, default_value = "data/alibaba-gpu-v2023/csv/openb_node_list_gpu_node.csv")]
+        nodes: PathBuf,
+        /// Online policies to compare (FGD, the baseline, is always run).
+        #[arg(long, value_delimiter = ',', default_value = "fgd,fgd-pack")]
+        policy: Vec<String>,
+        #[arg(long, default_value = "42..51")]
+        seeds: String,
+        #[arg(long, default_value_t = 1.3)]
+        tune: f64,
         #[arg(long)]
         threads: Option<usize>,
     },
@@ -78,6 +103,11 @@ pub enum SimCmd {
         /// fleet: how to make its tasks contend).
         #[arg(long)]
         fleet: Option<usize>,
+        /// Where a task that accepts several GPU models goes, comma-separated to compare:
+        /// "policy" (the node the placement policy scores best), "cheapest" (the cheapest model
+        /// with room, the policy choosing among its nodes) or "fastest" (the dearest with room).
+        #[arg(long, value_delimiter = ',', default_value = "policy")]
+        prefer: Vec<String>,
     },
     /// Spot with recovery against on-demand only, on the trace's task durations: cost saved and
     /// completion time added as the preemption rate grows, with and without checkpoints on notice.
@@ -130,17 +160,21 @@ pub enum SimCmd {
 
 pub fn run(cmd: SimCmd, as_json: bool) -> Result<(), String> {
     match cmd {
-        SimCmd::Fgd { trace, nodes, policy, seeds, tune, svg, threads } => {
-            fgd(&trace, &nodes, &policy, &seeds, tune, svg, threads, as_json)
+        SimCmd::Fgd { trace, nodes, policy, seeds, tune, svg, threads, power_weight } => {
+            fgd(&trace, &nodes, &policy, &seeds, tune, svg, (threads, &power_weight), as_json)
         }
-        SimCmd::Replay { trace, nodes, policy, price, buckets, compress, projects, aging_minutes, fleet } => {
+        SimCmd::Bound { trace, nodes, policy, seeds, tune, threads } => {
+            bound(&trace, &nodes, &policy, &seeds, tune, threads, as_json)
+        }
+        SimCmd::Replay { trace, nodes, policy, price, buckets, compress, projects, aging_minutes, fleet, prefer } => {
             let options = gpucloud_sim::replay::ReplayOptions {
                 buckets,
                 compress,
                 projects,
                 queue: gpucloud_sim::replay::Queue::Fifo,
+                prefer: gpucloud_sim::replay::Prefer::Policy,
             };
-            replay(&trace, &nodes, &policy, &price, options, (aging_minutes, fleet), as_json)
+            replay(&trace, &nodes, &policy, &price, options, (aging_minutes, fleet, &prefer), as_json)
         }
         SimCmd::Spot { trace, rates, notice, checkpoint_every, restart_wait, startup, spot_mean, seed } => {
             let base = gpucloud_sim::spot::SpotParams {
@@ -208,11 +242,15 @@ fn replay(
     policy: &[String],
     price: &[String],
     options: gpucloud_sim::replay::ReplayOptions,
-    (aging_minutes, fleet): (i64, Option<usize>),
+    (aging_minutes, fleet, prefer): (i64, Option<usize>, &[String]),
     as_json: bool,
 ) -> Result<(), String> {
     use gpucloud_model::Money;
-    use gpucloud_sim::replay::{DEFAULT_PRICES, Queue, replay};
+    use gpucloud_sim::replay::{DEFAULT_PRICES, Prefer, Queue, replay};
+    let prefers: Vec<Prefer> = prefer
+        .iter()
+        .map(|p| Prefer::parse(p.trim()).ok_or_else(|| format!("--prefer '{p}': one of policy, cheapest, fastest")))
+        .collect::<Result<_, _>>()?;
     if options.projects > 16 {
         return Err(format!("--projects {}: at most 16", options.projects));
     }
@@ -242,7 +280,8 @@ fn replay(
     }
     let trace = read_trace(&data_file(trace), &mut models)?;
     let mut reports = Vec::new();
-    for p in policies {
+    for (p, prefer) in policies.iter().flat_map(|&p| prefers.iter().map(move |&x| (p, x))) {
+        let options = gpucloud_sim::replay::ReplayOptions { prefer, ..options };
         reports.push(replay(&node_rows, &trace, &models, p, &prices, options)?);
         if options.projects > 0 {
             let fair =
@@ -263,8 +302,8 @@ fn replay(
     }
     for r in &reports {
         println!(
-            "policy {}: {} tasks ({} without times, {} fit no node), arrivals compressed {}x, mean GPU allocation {:.2}%, total ${}",
-            r.policy, r.tasks, r.skipped, r.never_fit, r.compress, r.allocation_mean_pct, r.total_cost
+            "policy {} (prefer {}): {} tasks ({} without times, {} fit no node), arrivals compressed {}x, mean GPU allocation {:.2}%, total ${}",
+            r.policy, r.prefer, r.tasks, r.skipped, r.never_fit, r.compress, r.allocation_mean_pct, r.total_cost
         );
         let rows: Vec<Vec<String>> = r
             .buckets
@@ -298,6 +337,27 @@ fn replay(
             "\n{}\n",
             table(&["CLASS (qos)", "TASKS", "STARTED", "WAIT P50 S", "WAIT P99 S", "GPU-HOURS", "COST"], &rows)
         );
+    }
+    if reports.len() > 1 {
+        // The bill and the allocation side by side: what each way of choosing costs and packs.
+        let rows: Vec<Vec<String>> = reports
+            .iter()
+            .map(|r| {
+                let hours: f64 = r.classes.iter().map(|c| c.gpu_hours).sum();
+                let worst = r.classes.iter().map(|c| c.wait_p99_s).max().unwrap_or(0);
+                vec![
+                    r.policy.clone(),
+                    r.prefer.clone(),
+                    format!("{:.2}", r.allocation_mean_pct),
+                    format!("{hours:.0}"),
+                    format!("${}", r.total_cost),
+                    format!("{:.3}", r.total_cost.0 as f64 / 1e6 / hours.max(1e-9)),
+                    worst.to_string(),
+                ]
+            })
+            .collect();
+        let header = ["POLICY", "PREFER", "GPU ALLOC %", "GPU-HOURS", "BILL", "$/GPU-HOUR", "WORST WAIT P99 S"];
+        println!("{}", table(&header, &rows));
     }
     Ok(())
 }
@@ -371,6 +431,110 @@ pub fn parse_policies(names: &[String]) -> Result<Vec<SharePolicy>, String> {
         .collect()
 }
 
+/// One line of `sim bound`: a figure at the top of the demand range, over the seeds.
+#[derive(serde::Serialize)]
+struct BoundRow {
+    trace: String,
+    figure: String,
+    allocation_mean: f64,
+    /// Standard error of the mean.
+    allocation_se: f64,
+    /// (figure - FGD) / (bound - FGD), percent.
+    headroom_captured: Option<f64>,
+}
+
+fn mean_se(ys: &[f64]) -> (f64, f64) {
+    let n = ys.len().max(1) as f64;
+    let mean = ys.iter().sum::<f64>() / n;
+    if ys.len() < 2 {
+        return (mean, 0.0);
+    }
+    let var = ys.iter().map(|y| (y - mean).powi(2)).sum::<f64>() / (n - 1.0);
+    (mean, (var / n).sqrt())
+}
+
+fn bound(
+    traces: &[PathBuf],
+    nodes: &std::path::Path,
+    policy: &[String],
+    seeds: &str,
+    tune: f64,
+    threads: Option<usize>,
+    as_json: bool,
+) -> Result<(), String> {
+    if !(tune.is_finite() && tune > 0.0 && tune <= 10.0) {
+        return Err(format!("--tune {tune}: expected a number in (0, 10]"));
+    }
+    let mut policies = parse_policies(policy)?;
+    if !policies.contains(&SharePolicy::Fgd) {
+        policies.insert(0, SharePolicy::Fgd);
+    }
+    let seeds = gpucloud_sim::parse_seeds(seeds)?;
+    let threads = threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    let mut models = Models::default();
+    let node_rows = read_nodes(&data_file(nodes), &mut models)?;
+    let started = Instant::now();
+    let mut rows: Vec<BoundRow> = Vec::new();
+    for path in traces {
+        let trace = read_trace(&data_file(path), &mut models)?;
+        let exp = Experiment::new(&node_rows, &trace, tune);
+        let pct = exp.capacity_milli() as f64 / 100.0;
+        let top = exp.max_percent();
+        let runs = gpucloud_sim::run_all(&exp, &policies, &seeds, threads);
+        let brackets: Vec<_> = gpucloud_sim::par_map(&seeds, threads, |&s| gpucloud_sim::bound::bracket(&exp, s))
+            .into_iter()
+            .collect::<Result<_, _>>()?;
+        let mut figures: Vec<(String, Vec<f64>)> = runs
+            .iter()
+            .map(|(p, rs)| {
+                (p.name().to_string(), rs.iter().filter_map(|(c, _)| c.get(top).copied().flatten()).collect())
+            })
+            .collect();
+        figures.push(("offline".into(), brackets.iter().map(|b| b.offline as f64 / pct).collect()));
+        figures.push(("bound".into(), brackets.iter().map(|b| b.upper / pct).collect()));
+        let fgd = mean_se(&figures[0].1).0;
+        let upper = mean_se(&figures[figures.len() - 1].1).0;
+        for (figure, ys) in figures {
+            let (mean, se) = mean_se(&ys);
+            let captured = (upper - fgd > 1e-9).then(|| (mean - fgd) / (upper - fgd) * 100.0);
+            rows.push(BoundRow {
+                trace: trace.name.clone(),
+                figure,
+                allocation_mean: (mean * 100.0).round() / 100.0,
+                allocation_se: (se * 1000.0).round() / 1000.0,
+                headroom_captured: captured.map(|c| (c * 10.0).round() / 10.0),
+            });
+        }
+    }
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&rows).map_err(|e| e.to_string())?);
+        return Ok(());
+    }
+    let top = (tune * 100.0).round() as usize;
+    let alloc = format!("alloc@{top}%");
+    let body: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                r.trace.clone(),
+                r.figure.clone(),
+                format!("{:.2}", r.allocation_mean),
+                format!("{:.3}", r.allocation_se),
+                r.headroom_captured.map(|c| format!("{c:.1}%")).unwrap_or("-".into()),
+            ]
+        })
+        .collect();
+    println!("{}", table(&["trace", "figure", &alloc, "se", "of headroom (bound - fgd)"], &body));
+    println!(
+        "\nGPU allocation, % of {} GPUs, mean of {} seeds; online policies place on arrival, offline sees every \
+         arrival at once and may leave tasks out, bound: no placement of any subset does better; {:.1}s",
+        node_rows.iter().map(|n| n.gpus as u64).sum::<u64>(),
+        seeds.len(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
 #[allow(clippy::too_many_arguments)]
 fn fgd(
     traces: &[PathBuf],
@@ -379,13 +543,20 @@ fn fgd(
     seeds: &str,
     tune: f64,
     svg: Option<PathBuf>,
-    threads: Option<usize>,
+    (threads, weights): (Option<usize>, &[f64]),
     as_json: bool,
 ) -> Result<(), String> {
     if !(tune.is_finite() && tune > 0.0 && tune <= 10.0) {
         return Err(format!("--tune {tune}: expected a number in (0, 10]"));
     }
+    if let Some(w) = weights.iter().find(|w| !(w.is_finite() && **w >= 0.0 && **w <= 1000.0)) {
+        return Err(format!("--power-weight {w}: expected points per 100 W in [0, 1000]"));
+    }
     let policies = parse_policies(policy)?;
+    let weighed = |p: &SharePolicy| matches!(p, SharePolicy::Fgd | SharePolicy::FgdPack | SharePolicy::FgdCpu);
+    if weights.iter().any(|w| *w > 0.0) && !policies.iter().any(weighed) {
+        return Err("--power-weight applies to fgd, fgd-pack and fgd-cpu; add one of them to --policy".into());
+    }
     let seeds = gpucloud_sim::parse_seeds(seeds)?;
     let threads = threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
     let hint = |e: String| {
@@ -401,16 +572,33 @@ fn fgd(
     let started = Instant::now();
     for path in traces {
         let trace = read_trace(&data_file(path), &mut models).map_err(hint)?;
-        let exp = Experiment::new(&node_rows, &trace, tune);
-        let runs = gpucloud_sim::run_all(&exp, &policies, &seeds, threads);
-        all.extend(gpucloud_sim::records(&trace.name, &runs));
+        let power = gpucloud_sim::replay::power_of(&models);
+        for &w in weights {
+            let exp = Experiment::new(&node_rows, &trace, tune).with_power(power.clone(), w);
+            let these: Vec<SharePolicy> = policies.iter().copied().filter(|p| w == 0.0 || weighed(p)).collect();
+            let runs = gpucloud_sim::run_all(&exp, &these, &seeds, threads);
+            let top = exp.max_percent();
+            for mut r in gpucloud_sim::records(&trace.name, &runs) {
+                let Some((_, rs)) = runs.iter().find(|(p, _)| p.name() == r.policy) else { continue };
+                if r.demand_percent == top {
+                    let kw = rs.iter().map(|(_, st)| st.watts).sum::<f64>() / rs.len().max(1) as f64 / 1000.0;
+                    r.fleet_kw = Some((kw * 10.0).round() / 10.0);
+                }
+                if w > 0.0 {
+                    r.policy = format!("{} w={w}", r.policy);
+                }
+                all.push(r);
+            }
+        }
     }
     let elapsed = started.elapsed();
     if let Some(path) = &svg {
         std::fs::write(path, gpucloud_sim::svg::chart(&all, 60)).map_err(|e| format!("{}: {e}", path.display()))?;
     }
     if as_json {
-        let shown: Vec<&Record> = all.iter().filter(|r| r.demand_percent >= 100).collect();
+        // From 100% arrived demand on, or only the top of a run that stops short of it.
+        let from = 100.min((tune * 100.0).round() as usize);
+        let shown: Vec<&Record> = all.iter().filter(|r| r.demand_percent >= from).collect();
         println!("{}", serde_json::to_string_pretty(&shown).map_err(|e| e.to_string())?);
         return Ok(());
     }
@@ -419,6 +607,7 @@ fn fgd(
     let mut header = vec!["trace".to_string(), "policy".to_string()];
     header.extend(cols.iter().map(|c| format!("{c}%")));
     header.push(format!("±sd@{top}"));
+    header.push(format!("kW@{top}"));
     let mut rows = Vec::new();
     let mut keys: Vec<(&str, &str)> = Vec::new();
     for r in &all {
@@ -431,12 +620,15 @@ fn fgd(
         let mut row = vec![t.to_string(), p.to_string()];
         row.extend(cols.iter().map(|&k| at(k).map(|r| format!("{:.2}", r.allocation_mean)).unwrap_or("-".into())));
         row.push(at(top).map(|r| format!("{:.2}", r.allocation_std)).unwrap_or("-".into()));
+        row.push(at(top).and_then(|r| r.fleet_kw).map(|k| format!("{k:.1}")).unwrap_or("-".into()));
         rows.push(row);
     }
     let header: Vec<&str> = header.iter().map(String::as_str).collect();
     println!("{}", table(&header, &rows));
     println!(
-        "\nGPU allocation (% of {} GPUs on {} nodes) at each arrived demand, mean of {} seeds; {:.2}s on {} threads",
+        "\nGPU allocation (% of {} GPUs on {} nodes) at each arrived demand, mean of {} seeds; kW: the GPUs' \
+         estimated draw after the last task (a node with no GPU in use off, idle and busy watts per model); \
+         {:.2}s on {} threads",
         node_rows.iter().map(|n| n.gpus as u64).sum::<u64>(),
         node_rows.len(),
         seeds.len(),

@@ -39,7 +39,7 @@ fn the_fgd_experiment_reproduces_the_published_results() {
         "--nodes",
         nodes.to_str().unwrap(),
         "--policy",
-        "fgd,fgd-pack,best-fit",
+        "fgd,fgd-pack,fgd-cpu,best-fit",
         "--seeds",
         "42..45",
         "--json",
@@ -55,7 +55,7 @@ fn the_fgd_experiment_reproduces_the_published_results() {
             .and_then(|r| r["allocation_mean"].as_f64())
             .unwrap_or_else(|| panic!("no record for {policy} at {k}%"))
     };
-    for policy in ["fgd", "fgd-pack", "best-fit"] {
+    for policy in ["fgd", "fgd-pack", "fgd-cpu", "best-fit"] {
         for k in 100..=130 {
             at(policy, k);
         }
@@ -66,6 +66,9 @@ fn the_fgd_experiment_reproduces_the_published_results() {
     assert!((fgd - 95.39).abs() < 0.4, "fgd {fgd}");
     assert!((bf - 93.08).abs() < 0.5, "best-fit {bf}");
     assert!(pack >= fgd, "fgd-pack {pack} < fgd {fgd} on the same seeds");
+    // Counting the GPUs a node's CPU strands is worth points, not noise (10 seeds: +0.51).
+    let cpu = at("fgd-cpu", 130);
+    assert!(cpu >= fgd + 0.3, "fgd-cpu {cpu} against fgd {fgd}");
     let chart = std::fs::read_to_string(&svg).unwrap();
     assert!(chart.starts_with("<svg") && chart.contains("fgd-pack"));
     let _ = std::fs::remove_file(&svg);
@@ -105,6 +108,12 @@ fn bad_arguments_are_named() {
         (vec!["replay", "--projects", "17"], "at most 16"),
         (vec!["replay", "--fleet", "0"], "--fleet 0"),
         (vec!["replay", "--projects", "2", "--aging-minutes", "0"], "--aging-minutes 0"),
+        (vec!["replay", "--prefer", "smartest"], "--prefer 'smartest'"),
+        (vec!["fgd", "--power-weight=-1"], "--power-weight -1"),
+        (vec!["fgd", "--policy", "best-fit", "--power-weight", "2"], "applies to fgd, fgd-pack and fgd-cpu"),
+        (vec!["bound", "--tune", "0"], "--tune 0"),
+        (vec!["bound", "--policy", "smart"], "unknown policy 'smart'"),
+        (vec!["bound", "--seeds", "9..1"], "bad seeds '9..1'"),
     ] {
         for (flag, path) in [("--trace", trace), ("--nodes", nodes)] {
             if !args.contains(&flag) {
@@ -171,4 +180,82 @@ fn spot_with_recovery_against_on_demand() {
     assert_eq!(row(4.0, "every").as_object().unwrap()["holds"], false, "and the report shows where it stops");
     let (ok, _, err) = run(&["spot", "--trace", trace.to_str().unwrap(), "--rates=-1"]);
     assert!(!ok && err.contains("--rates"), "{err}");
+}
+
+#[test]
+fn the_bound_brackets_what_any_packing_could_reach() {
+    let dir = data();
+    let trace = dir.join("openb_pod_list_default.csv");
+    let nodes = dir.join("openb_node_list_gpu_node.csv");
+    let (trace, nodes) = (trace.to_str().unwrap(), nodes.to_str().unwrap());
+    let (ok, out, err) = run(&["bound", "--trace", trace, "--nodes", nodes, "--seeds", "42", "--json"]);
+    assert!(ok, "{err}");
+    let rows: Vec<Value> = serde_json::from_str(&out).unwrap();
+    let at = |figure: &str| {
+        rows.iter()
+            .find(|r| r["figure"] == figure)
+            .and_then(|r| r["allocation_mean"].as_f64())
+            .unwrap_or_else(|| panic!("no {figure} in {out}"))
+    };
+    let (fgd, pack, offline, bound) = (at("fgd"), at("fgd-pack"), at("offline"), at("bound"));
+    // Every packing the policies or the offline packer find is one the bound covers.
+    assert!(fgd <= offline && pack <= bound && offline <= bound && bound <= 100.0, "{out}");
+    // The offline packer, free to leave tasks out, beats FGD on this trace by points, not noise.
+    assert!(offline > fgd + 2.0, "{out}");
+    let captured = rows.iter().find(|r| r["figure"] == "bound").unwrap()["headroom_captured"].as_f64();
+    assert_eq!(captured, Some(100.0));
+
+    let (ok, out, err) = run(&["bound", "--trace", trace, "--nodes", nodes, "--seeds", "42", "--policy", "best-fit"]);
+    assert!(ok, "{err}");
+    for figure in ["fgd ", "best-fit", "offline", "bound", "of headroom"] {
+        assert!(out.contains(figure), "{figure} missing from {out}");
+    }
+}
+
+#[test]
+fn power_and_price_are_weighed_and_reported() {
+    let dir = data();
+    let trace = dir.join("openb_pod_list_default.csv");
+    let nodes = dir.join("openb_node_list_gpu_node.csv");
+    let (trace, nodes) = (trace.to_str().unwrap(), nodes.to_str().unwrap());
+    // Below saturation every policy places everything; weighing power powers fewer GPUs.
+    let args = [
+        "fgd",
+        "--trace",
+        trace,
+        "--nodes",
+        nodes,
+        "--policy",
+        "fgd-pack",
+        "--seeds",
+        "42",
+        "--tune",
+        "0.7",
+        "--power-weight",
+        "0,1",
+        "--json",
+    ];
+    let (ok, out, err) = run(&args);
+    assert!(ok, "{err}");
+    let records: Vec<Value> = serde_json::from_str(&out).unwrap();
+    let kw = |policy: &str| {
+        records
+            .iter()
+            .find(|r| r["policy"] == policy && r["demand_percent"] == 70)
+            .and_then(|r| r["fleet_kw"].as_f64())
+            .unwrap_or_else(|| panic!("no power for {policy}"))
+    };
+    assert!(kw("fgd-pack w=1") < kw("fgd-pack") * 0.98, "{} against {}", kw("fgd-pack w=1"), kw("fgd-pack"));
+
+    // Cheapest first bills less than the policy's own choice of model, on the same tasks.
+    let args =
+        ["replay", "--trace", trace, "--nodes", nodes, "--policy", "fgd-pack", "--prefer", "policy,cheapest", "--json"];
+    let (ok, out, err) = run(&args);
+    assert!(ok, "{err}");
+    let runs: Vec<Value> = serde_json::from_str(&out).unwrap();
+    let bill = |prefer: &str| {
+        let r = runs.iter().find(|r| r["prefer"] == prefer).unwrap_or_else(|| panic!("no {prefer} run"));
+        r["total_cost"].as_str().unwrap().parse::<f64>().unwrap()
+    };
+    assert!(bill("cheapest") < bill("policy") * 0.8, "{} against {}", bill("cheapest"), bill("policy"));
 }

@@ -61,6 +61,24 @@ impl GpuModel {
         gib * 1024
     }
 
+    /// Estimated draw of one GPU in watts, (idle, busy). Busy is the vendor's maximum board power
+    /// (TDP) from its datasheet, for the SXM part where there are SXM and PCIe ones (A100, H100,
+    /// H200); idle is an estimate of a powered card with nothing running, about a tenth of that.
+    /// The placer weighs these when an operator asks it to (`serve --power-weight`).
+    pub fn watts(self) -> (u32, u32) {
+        match self {
+            GpuModel::T4 => (10, 70),
+            GpuModel::L4 => (12, 72),
+            GpuModel::A10 => (20, 150),
+            GpuModel::A40 => (30, 300),
+            GpuModel::Rtx6000Ada => (25, 300),
+            GpuModel::A100_40GB => (50, 400),
+            GpuModel::A100_80GB => (55, 400),
+            GpuModel::H100_80GB => (70, 700),
+            GpuModel::H200_141GB => (75, 700),
+        }
+    }
+
     pub fn known_names() -> String {
         GpuModel::ALL.map(GpuModel::name).join(", ")
     }

@@ -121,10 +121,14 @@ pub enum Policy {
     /// (docs/benchmarks.md), so the default.
     #[default]
     FgdPack,
+    /// FgdPack, and GPUs a placement would strand by using up their node's CPU cost points.
+    /// The same as fgd-pack while instances carry no CPU request (today's server).
+    FgdCpu,
 }
 
 impl Policy {
-    pub const NAMES: &str = "fgd-pack, fgd, best-fit, spread, random, dot-product, gpu-clustering, gpu-packing";
+    pub const NAMES: &str =
+        "fgd-pack, fgd-cpu, fgd, best-fit, spread, random, dot-product, gpu-clustering, gpu-packing";
 
     fn share(self) -> share::SharePolicy {
         use share::SharePolicy as S;
@@ -137,6 +141,7 @@ impl Policy {
             Policy::GpuPacking => S::GpuPacking,
             Policy::Fgd => S::Fgd,
             Policy::FgdPack => S::FgdPack,
+            Policy::FgdCpu => S::FgdCpu,
         }
     }
 
@@ -158,6 +163,7 @@ impl std::str::FromStr for Policy {
             "gpu-packing" => Policy::GpuPacking,
             "fgd" => Policy::Fgd,
             "fgd-pack" => Policy::FgdPack,
+            "fgd-cpu" => Policy::FgdCpu,
             other => return Err(format!("unknown policy '{other}' ({})", Policy::NAMES)),
         })
     }
@@ -191,6 +197,37 @@ pub struct Plan {
     pub unplaced: Vec<Unplaced>,
 }
 
+/// How much the placer weighs power against fragmentation (FGD policies): hundredths of a score
+/// point per 100 W a placement adds by the `share::node_watts` model, with each model's
+/// `GpuModel::watts`. 0: not at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PowerWeight(pub u32);
+
+impl PowerWeight {
+    /// From score points per 100 W (0 to 1000).
+    pub fn from_points(points: f64) -> Result<PowerWeight, String> {
+        if !(points.is_finite() && (0.0..=1000.0).contains(&points)) {
+            return Err(format!("power weight {points}: expected score points per 100 W, 0 to 1000"));
+        }
+        Ok(PowerWeight((points * 100.0).round() as u32))
+    }
+
+    fn points_per_watt(self) -> f64 {
+        self.0 as f64 / 100.0 / 100.0
+    }
+
+    /// Each catalogue model's draw, by the placer's model ids.
+    fn catalogue() -> Vec<Option<share::Watts>> {
+        GpuModel::ALL
+            .iter()
+            .map(|m| {
+                let (idle, busy) = m.watts();
+                Some(share::Watts { idle: idle as f64, busy: busy as f64 })
+            })
+            .collect()
+    }
+}
+
 /// Places `pending` in order (first come, first served) on `snapshot`.
 ///
 /// `now` is unused by whole-GPU placement today; it is part of the signature so time-dependent
@@ -199,6 +236,18 @@ pub fn plan(
     snapshot: &ClusterSnapshot,
     pending: &[Pending],
     policy: Policy,
+    now: Timestamp,
+    rng: &mut dyn RngCore,
+) -> Plan {
+    plan_weighing_power(snapshot, pending, policy, PowerWeight::default(), now, rng)
+}
+
+/// [`plan`], with power weighed as `power` says (FGD policies only; the others ignore it).
+pub fn plan_weighing_power(
+    snapshot: &ClusterSnapshot,
+    pending: &[Pending],
+    policy: Policy,
+    power: PowerWeight,
     _now: Timestamp,
     rng: &mut dyn RngCore,
 ) -> Plan {
@@ -212,7 +261,7 @@ pub fn plan(
     };
     let cached = |p: &Pending| p.image.as_deref().is_some_and(|i| held.contains(i));
     if !policy.indexed() || pending.iter().any(|p| p.share.is_some() || p.node.is_some() || cached(p)) {
-        return slices::plan(snapshot, pending, policy.share(), rng);
+        return slices::plan(snapshot, pending, policy.share(), power, rng);
     }
     let mut index = index::FreeIndex::build(snapshot);
     let mut out = Plan::default();

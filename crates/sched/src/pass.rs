@@ -9,7 +9,7 @@
 //! on-demand work can run. Same input and seed, same plan.
 
 use crate::preempt::{Candidate, Eviction, evictions};
-use crate::{ClusterSnapshot, Pending, PendingReason, Placement, Plan, Policy, plan};
+use crate::{ClusterSnapshot, Pending, PendingReason, Placement, Plan, Policy};
 use gpucloud_model::{
     ClusterId, GpuModel, InstanceId, Money, NodeId, Priority, ProjectName, Region, TenantId, Tier, Timestamp,
 };
@@ -73,6 +73,8 @@ pub struct Market {
     /// Instances holding whole GPUs in those organizations: what a project under its guarantee
     /// may take back from projects above theirs.
     pub borrowed: Vec<Borrowed>,
+    /// What the operator lets power weigh in placement.
+    pub power: crate::PowerWeight,
 }
 
 /// A project's whole GPUs of one model, held and guaranteed.
@@ -237,7 +239,8 @@ pub fn pass(
             *spot_gpus.entry((h.model, (*r).clone())).or_default() += h.gpus;
         }
     }
-    let (mut plan, masked) = plan_tiers(snapshot, &queue, &by_id, &market.reserved_idle, &spot_gpus, policy, now, rng);
+    let (mut plan, masked) =
+        plan_tiers(snapshot, &queue, &by_id, &market.reserved_idle, &spot_gpus, (policy, market.power), now, rng);
     let unplaced_before_gangs = plan.unplaced.clone();
 
     // A gang's waiting members all start in this pass, or none does.
@@ -637,12 +640,15 @@ fn plan_tiers(
     by_id: &HashMap<&InstanceId, &Request>,
     idle: &BTreeMap<(GpuModel, Region), u32>,
     spot_gpus: &BTreeMap<(GpuModel, Region), u32>,
-    policy: Policy,
+    (policy, power): (Policy, crate::PowerWeight),
     now: Timestamp,
     rng: &mut dyn RngCore,
 ) -> (Plan, ClusterSnapshot) {
+    let plan = |fleet: &ClusterSnapshot, queue: &[Pending], rng: &mut dyn RngCore| {
+        crate::plan_weighing_power(fleet, queue, policy, power, now, rng)
+    };
     if idle.is_empty() {
-        return (plan(snapshot, queue, policy, now, rng), snapshot.clone());
+        return (plan(snapshot, queue, rng), snapshot.clone());
     }
     // Tier by tier, each in queue order: on-demand work before warm pools' fills.
     let of = |tiers: &[Tier]| -> Vec<Pending> {
@@ -655,15 +661,15 @@ fn plan_tiers(
     let mut out = Plan::default();
     let mut fleet = snapshot.clone();
     let reserved = of(&[Tier::Reserved]);
-    let first = plan(&fleet, &reserved, policy, now, rng);
+    let first = plan(&fleet, &reserved, rng);
     occupy(&mut fleet, &first.placements, &reserved);
     let mut on_demand_view = mask_reserved(&fleet, idle, spot_gpus);
     let od = of(&[Tier::OnDemand, Tier::Warm]);
-    let second = plan(&on_demand_view, &od, policy, now, rng);
+    let second = plan(&on_demand_view, &od, rng);
     occupy(&mut fleet, &second.placements, &od);
     occupy(&mut on_demand_view, &second.placements, &od);
     let spot = of(&[Tier::Spot]);
-    let third = plan(&fleet, &spot, policy, now, rng);
+    let third = plan(&fleet, &spot, rng);
     for p in [first, second, third] {
         out.placements.extend(p.placements);
         out.unplaced.extend(p.unplaced);

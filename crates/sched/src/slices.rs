@@ -46,6 +46,7 @@ pub(crate) fn plan(
     snapshot: &ClusterSnapshot,
     pending: &[Pending],
     policy: SharePolicy,
+    power: crate::PowerWeight,
     rng: &mut dyn RngCore,
 ) -> Plan {
     let mut order: Vec<usize> = (0..snapshot.nodes.len()).collect();
@@ -103,6 +104,9 @@ pub(crate) fn plan(
     workload.extend(asks.iter().cloned());
     let typical = share::typical_workload(&workload, |a| format!("{:?}", a.models));
     let mut placer = Placer::new(nodes, (0..origin.len()).collect(), policy, &typical);
+    if power.0 > 0 {
+        placer = placer.with_power(crate::PowerWeight::catalogue(), power.points_per_watt());
+    }
     let mut out = Plan::default();
     let mut waiting = Vec::new();
     // Per image asked for, the snapshot ordinals of the nodes holding it (one scan per image).

@@ -396,3 +396,20 @@ fn time_sliced_gpus_are_never_shared_across_tenants() {
         assert_eq!(p.placements.len(), 2, "{policy:?}: {:?}", p.unplaced);
     }
 }
+
+#[test]
+fn an_operator_weighing_power_keeps_an_empty_node_dark() {
+    // n-a is empty, n-b has one of its two GPUs in use; plain FGD takes n-a (its fragmentation
+    // score ties and n-a comes first), weighing power lights n-b's idle GPU instead of waking n-a.
+    let snap = ClusterSnapshot {
+        nodes: vec![node("n-a", "eu-1", GpuModel::H100_80GB, 2, 0), node("n-b", "eu-1", GpuModel::H100_80GB, 2, 1)],
+    };
+    let ask = [want("i-1", GpuModel::H100_80GB, 1, None)];
+    let placed = |power: PowerWeight| {
+        let plan = plan_weighing_power(&snap, &ask, Policy::Fgd, power, Timestamp(0), &mut StdRng::seed_from_u64(1));
+        plan.placements[0].node.as_str().to_string()
+    };
+    assert_eq!(placed(PowerWeight::default()), "n-a");
+    assert_eq!(placed(PowerWeight::from_points(5.0).unwrap()), "n-b");
+    assert!(PowerWeight::from_points(-1.0).is_err() && PowerWeight::from_points(f64::NAN).is_err());
+}

@@ -3,7 +3,7 @@
 //! one by one with no departures, and record the GPU allocation ratio against arrived demand.
 
 use crate::trace::{NodeRow, Trace};
-use gpucloud_sched::share::{Placer, SharePolicy, Typical, typical_workload};
+use gpucloud_sched::share::{Placer, SharePolicy, Typical, Watts, typical_workload};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -17,6 +17,10 @@ pub struct Experiment<'a> {
     pub trace: &'a Trace,
     pub typical: Vec<Typical>,
     pub tune: f64,
+    /// Per model id, its GPUs' draw (the fleet's power is reported for the models that have one).
+    pub power: Vec<Option<Watts>>,
+    /// Score points per 100 W a placement adds, for the FGD policies (0: power not weighed).
+    pub power_weight: f64,
 }
 
 /// What one run did besides the curve, for the benchmark.
@@ -25,6 +29,8 @@ pub struct RunStats {
     pub tasks: usize,
     pub placed: usize,
     pub failed: usize,
+    /// The fleet's estimated draw after the last task (`gpucloud_sched::share::node_watts`).
+    pub watts: f64,
 }
 
 impl<'a> Experiment<'a> {
@@ -33,7 +39,15 @@ impl<'a> Experiment<'a> {
         let specs: std::collections::HashMap<_, _> =
             trace.tasks.iter().map(|t| (t.ask.models, t.spec.clone())).collect();
         let typical = typical_workload(&asks, |a| specs.get(&a.models).cloned().unwrap_or_default());
-        Experiment { nodes, trace, typical, tune }
+        Experiment { nodes, trace, typical, tune, power: Vec::new(), power_weight: 0.0 }
+    }
+
+    /// Reports the fleet's draw with `per_model`, and weighs it in placement by `weight` points
+    /// per 100 W.
+    pub fn with_power(mut self, per_model: Vec<Option<Watts>>, weight: f64) -> Experiment<'a> {
+        self.power = per_model;
+        self.power_weight = weight;
+        self
     }
 
     pub fn capacity_milli(&self) -> u64 {
@@ -81,9 +95,23 @@ impl<'a> Experiment<'a> {
 
     /// `caching: false` scores every node from scratch (the benchmark's baseline).
     pub fn run_with(&self, policy: SharePolicy, seed: u64, caching: bool) -> (Curve, RunStats) {
+        let (curve, stats, _, _) = self.run_keeping(policy, seed, caching);
+        (curve, stats)
+    }
+
+    /// [`Experiment::run_with`], and the fleet as the run leaves it with the tasks that failed
+    /// (indices into the trace, in arrival order).
+    pub fn run_keeping(
+        &self,
+        policy: SharePolicy,
+        seed: u64,
+        caching: bool,
+    ) -> (Curve, RunStats, Vec<gpucloud_sched::share::Node>, Vec<usize>) {
         let (order, priority) = self.sequence(seed);
+        let mut failed = Vec::new();
         let nodes = self.nodes.iter().map(NodeRow::node).collect();
-        let mut placer = Placer::new(nodes, priority, policy, &self.typical);
+        let mut placer = Placer::new(nodes, priority, policy, &self.typical)
+            .with_power(self.power.clone(), self.power_weight / 100.0);
         if !caching {
             placer = placer.without_caches();
         }
@@ -103,6 +131,7 @@ impl<'a> Experiment<'a> {
                 stats.placed += 1;
             } else {
                 stats.failed += 1;
+                failed.push(i);
             }
             let x = (arrived as f64 / pct).round_ties_even() as usize;
             let y = round2(used as f64 / pct);
@@ -111,6 +140,7 @@ impl<'a> Experiment<'a> {
                 sums[x].1 += 1;
             }
         }
+        stats.watts = placer.fleet_watts(&self.power);
         let curve = (0..=max)
             .map(|k| {
                 let (s, n) = sums[k];
@@ -123,7 +153,7 @@ impl<'a> Experiment<'a> {
                 (n > 0).then(|| round2(s / n as f64))
             })
             .collect();
-        (curve, stats)
+        (curve, stats, placer.nodes().to_vec(), failed)
     }
 }
 
@@ -140,6 +170,10 @@ pub struct Record {
     pub allocation_mean: f64,
     pub allocation_std: f64,
     pub seeds: usize,
+    /// At the top demand percent only: the fleet's estimated draw after the last task, mean over
+    /// the seeds, in kW.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fleet_kw: Option<f64>,
 }
 
 pub fn summarize(trace: &str, policy: SharePolicy, curves: &[Curve]) -> Vec<Record> {
@@ -160,6 +194,7 @@ pub fn summarize(trace: &str, policy: SharePolicy, curves: &[Curve]) -> Vec<Reco
                 allocation_mean: round2(mean),
                 allocation_std: (var.sqrt() * 1000.0).round() / 1000.0,
                 seeds: ys.len(),
+                fleet_kw: None,
             })
         })
         .collect()

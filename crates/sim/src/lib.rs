@@ -4,6 +4,7 @@
 //! the production placer (`gpucloud_sched::share`); [`svg`] draws its curves; [`replay`] runs a
 //! trace in time, with departures, and bills it. Everything here is deterministic for a given seed.
 
+pub mod bound;
 pub mod fgd;
 pub mod replay;
 pub mod report;
@@ -25,25 +26,28 @@ pub fn run_all(
     threads: usize,
 ) -> Vec<(SharePolicy, Vec<(Curve, RunStats)>)> {
     let jobs: Vec<(usize, usize)> = (0..policies.len()).flat_map(|p| (0..seeds.len()).map(move |s| (p, s))).collect();
-    let results: Mutex<Vec<Option<(Curve, RunStats)>>> = Mutex::new(vec![None; jobs.len()]);
+    let mut results = par_map(&jobs, threads, |&(p, s)| exp.run(policies[p], seeds[s])).into_iter();
+    policies.iter().map(|&p| (p, (0..seeds.len()).map(|_| results.next().unwrap_or_default()).collect())).collect()
+}
+
+/// `f` over `items` on up to `threads` threads, results in the order of `items`.
+pub fn par_map<T: Sync, R: Send>(items: &[T], threads: usize, f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let results: Mutex<Vec<Option<R>>> = Mutex::new(items.iter().map(|_| None).collect());
     let next = AtomicUsize::new(0);
     std::thread::scope(|scope| {
-        for _ in 0..threads.max(1).min(jobs.len()) {
+        for _ in 0..threads.max(1).min(items.len()) {
             scope.spawn(|| {
                 loop {
                     let j = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(&(p, s)) = jobs.get(j) else { break };
-                    let out = exp.run(policies[p], seeds[s]);
+                    let Some(item) = items.get(j) else { break };
+                    let out = f(item);
                     results.lock().unwrap_or_else(|e| e.into_inner())[j] = Some(out);
                 }
             });
         }
     });
-    let mut results = results.into_inner().unwrap_or_else(|e| e.into_inner()).into_iter();
-    policies
-        .iter()
-        .map(|&p| (p, (0..seeds.len()).map(|_| results.next().flatten().unwrap_or_default()).collect()))
-        .collect()
+    // Every slot is filled: a worker that panicked would have taken the scope down with it.
+    results.into_inner().unwrap_or_else(|e| e.into_inner()).into_iter().flatten().collect()
 }
 
 /// Per-policy summaries of [`run_all`]'s output.

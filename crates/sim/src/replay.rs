@@ -31,6 +31,33 @@ pub const DEFAULT_PRICES: &[(&str, &str)] = &[
     ("G3", "2.20"),
 ];
 
+/// Estimated draw of one GPU in watts (idle, busy) for the trace's models: busy is the vendor's
+/// board power (P100 PCIe 250 W, V100 SXM2 300 W; T4 and A10 as gpucloud's catalogue); idle about a
+/// tenth of it. G2 and G3 are undisclosed and taken as A100-class parts, as their prices are.
+pub const DEFAULT_POWER: &[(&str, f64, f64)] = &[
+    ("T4", 10.0, 70.0),
+    ("A10", 20.0, 150.0),
+    ("P100", 30.0, 250.0),
+    ("V100M16", 40.0, 300.0),
+    ("V100M32", 40.0, 300.0),
+    ("G2", 50.0, 400.0),
+    ("G3", 55.0, 400.0),
+];
+
+/// [`DEFAULT_POWER`] per model id of `models` (None for a model it does not list).
+pub fn power_of(models: &crate::trace::Models) -> Vec<Option<gpucloud_sched::share::Watts>> {
+    models
+        .names()
+        .iter()
+        .map(|n| {
+            DEFAULT_POWER
+                .iter()
+                .find(|(m, _, _)| m == n)
+                .map(|&(_, idle, busy)| gpucloud_sched::share::Watts { idle, busy })
+        })
+        .collect()
+}
+
 /// The order a waiting queue is served in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Queue {
@@ -60,11 +87,55 @@ pub struct ReplayOptions {
     /// k of n gets 2^(n-1-k) parts of 2^n - 1, by a hash of the task's name.
     pub projects: usize,
     pub queue: Queue,
+    pub prefer: Prefer,
 }
 
 impl Default for ReplayOptions {
     fn default() -> ReplayOptions {
-        ReplayOptions { buckets: 10, compress: 1.0, projects: 0, queue: Queue::Fifo }
+        ReplayOptions { buckets: 10, compress: 1.0, projects: 0, queue: Queue::Fifo, prefer: Prefer::Policy }
+    }
+}
+
+/// Which of the models a task accepts it goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prefer {
+    /// Whichever node the placement policy scores best, any model.
+    Policy,
+    /// The cheapest model per GPU-hour that has room; the policy chooses among its nodes (and
+    /// among models of one price).
+    Cheapest,
+    /// The dearest model that has room, price standing in for speed.
+    Fastest,
+}
+
+impl Prefer {
+    pub fn name(self) -> &'static str {
+        match self {
+            Prefer::Policy => "policy",
+            Prefer::Cheapest => "cheapest",
+            Prefer::Fastest => "fastest",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Prefer> {
+        [Prefer::Policy, Prefer::Cheapest, Prefer::Fastest].into_iter().find(|p| p.name() == s)
+    }
+
+    /// Per model id of `models`, its rank (lower first), models of one price sharing a rank;
+    /// None for `Policy`.
+    pub fn ranks(self, models: &Models, prices: &HashMap<String, Money>) -> Option<Vec<u32>> {
+        let sign = match self {
+            Prefer::Policy => return None,
+            Prefer::Cheapest => 1,
+            Prefer::Fastest => -1,
+        };
+        // A model without a price (only in a gpu_spec, on no node) ranks last either way.
+        let key = |id: usize| prices.get(&models.names()[id]).map_or(i64::MAX, |m| sign * m.0);
+        let mut keys: Vec<i64> = (0..models.names().len()).map(key).collect();
+        let ids = keys.clone();
+        keys.sort_unstable();
+        keys.dedup();
+        Some(ids.iter().map(|k| keys.partition_point(|x| x < k) as u32).collect())
     }
 }
 
@@ -123,6 +194,8 @@ pub struct ClassCost {
 #[derive(Debug, Clone, Serialize)]
 pub struct ReplayReport {
     pub policy: String,
+    /// Which model a task that accepts several goes to ([`Prefer::name`]).
+    pub prefer: String,
     /// Arrival times were divided by this.
     pub compress: f64,
     pub tasks: usize,
@@ -185,7 +258,7 @@ pub fn replay(
     prices: &HashMap<String, Money>,
     options: ReplayOptions,
 ) -> Result<ReplayReport, String> {
-    let ReplayOptions { buckets, compress, projects, queue } = options;
+    let ReplayOptions { buckets, compress, projects, queue, prefer } = options;
     if !(compress.is_finite() && compress >= 1.0) {
         return Err(format!("compress {compress}: expected a factor of 1 or more"));
     }
@@ -199,6 +272,9 @@ pub fn replay(
     let typical = typical_workload(&asks, |a| format!("{:?}", a.models));
     let mut placer =
         Placer::new(nodes.iter().map(NodeRow::node).collect(), (0..nodes.len()).collect(), policy, &typical);
+    if let Some(ranks) = prefer.ranks(models, prices) {
+        placer = placer.with_model_rank(ranks);
+    }
     let capacity: u64 = nodes.iter().map(|n| n.gpus as u64 * 1000).sum();
     let mut timed: Vec<(i64, i64, usize)> = Vec::new();
     let mut skipped = 0;
@@ -439,6 +515,7 @@ pub fn replay(
         .collect();
     Ok(ReplayReport {
         policy: policy.name().to_string(),
+        prefer: prefer.name().to_string(),
         compress,
         tasks: trace.tasks.len(),
         skipped,

@@ -25,6 +25,11 @@ impl Models {
         &self.names[id as usize]
     }
 
+    /// Every name, by id.
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
     /// Model sets are 64-bit masks: more distinct names would alias.
     fn check(&self, file: &str) -> Result<(), String> {
         if self.names.len() > 64 {

@@ -7,7 +7,7 @@
 //! fits, and on the GPUs only as a multiset, so values are memoised on (model, CPU class, sorted
 //! free milli): a 1,213-node fleet repeats the same few hundred states all run long.
 
-use super::{Ask, MILLI, ModelSet, Node, SharePolicy};
+use super::{Ask, MILLI, ModelSet, Node, SharePolicy, Watts};
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
@@ -98,7 +98,13 @@ pub(super) struct Fragmentation {
     version: Vec<u32>,
     /// Off: every score computed from scratch (the benchmark's baseline).
     pub(super) caching: bool,
+    /// The typical GPU tasks' CPU per milli-GPU, weighted as FGD weighs them (0: none ask CPU).
+    cpu_per_milli: f64,
 }
+
+/// What one GPU stranded by a node's CPU costs FgdCpu, in its score's points (FgdPack's scale,
+/// 0 to 201). Allocation at 130% is flat from 10 to 200 on the traces (docs/benchmarks.md).
+const STRANDED_GPU_POINTS: f64 = 50.0;
 
 #[derive(Debug, Clone, Copy, Default)]
 struct Cached {
@@ -113,7 +119,11 @@ impl Fragmentation {
         let mut cpu_cuts: Vec<u64> = typical.iter().map(|t| t.cpu_milli).collect();
         cpu_cuts.sort_unstable();
         cpu_cuts.dedup();
+        let gpu_tasks = typical.iter().filter(|t| t.num_gpu > 0);
+        let cpu: f64 = gpu_tasks.clone().map(|t| t.weight * t.cpu_milli as f64).sum();
+        let gpu: f64 = gpu_tasks.map(|t| t.weight * (t.num_gpu as u64 * t.gpu_milli as u64) as f64).sum();
         Fragmentation {
+            cpu_per_milli: if gpu > 0.0 { cpu / gpu } else { 0.0 },
             typical: typical.to_vec(),
             cpu_cuts,
             memo: FxMap::default(),
@@ -193,22 +203,38 @@ impl Fragmentation {
 
     /// Score of placing `ask` on node `n` (feasible), and for a slice the GPU FGD picks there.
     /// `shape` is `self.shape(ask)`.
-    pub(super) fn score(&mut self, shape: usize, n: usize, node: &Node, ask: &Ask, policy: SharePolicy) -> (i64, u32) {
+    /// `power`: the node model's draw and the points one watt added costs.
+    pub(super) fn score(
+        &mut self,
+        shape: usize,
+        n: usize,
+        node: &Node,
+        ask: &Ask,
+        policy: SharePolicy,
+        power: Option<(Watts, f64)>,
+    ) -> (i64, u32) {
         if !self.caching {
             self.now[n] = f64::NAN;
-            return self.score_uncached(n, node, ask, policy);
+            return self.score_uncached(n, node, ask, policy, power);
         }
         let hit = self.scores[shape][n];
         if hit.version == self.version[n] {
             return (i64::from(hit.score), hit.gpu);
         }
-        let out = self.score_uncached(n, node, ask, policy);
+        let out = self.score_uncached(n, node, ask, policy, power);
         let score = out.0.clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32;
         self.scores[shape][n] = Cached { version: self.version[n], score, gpu: out.1 };
         out
     }
 
-    fn score_uncached(&mut self, n: usize, node: &Node, ask: &Ask, policy: SharePolicy) -> (i64, u32) {
+    fn score_uncached(
+        &mut self,
+        n: usize,
+        node: &Node,
+        ask: &Ask,
+        policy: SharePolicy,
+        power: Option<(Watts, f64)>,
+    ) -> (i64, u32) {
         let mut free = Self::free_vec(node);
         if self.now[n].is_nan() {
             let mut scratch = free.clone();
@@ -216,47 +242,67 @@ impl Fragmentation {
         }
         let before = self.now[n];
         let cpu_after = node.cpu_free - ask.cpu_milli;
-        let (delta, gpu) = if ask.is_share() {
-            let mut best: Option<(i64, f64, u32)> = None;
-            let mut seen: Vec<(u32, i64, f64)> = Vec::with_capacity(free.len());
+        if ask.is_share() {
+            // (final score, GPU), and per distinct free share seen: its final score.
+            let mut best: Option<(i64, u32)> = None;
+            let mut seen: Vec<(u32, i64)> = Vec::with_capacity(free.len());
             for (i, g) in node.gpus.iter().enumerate() {
                 if !g.fits_share(ask) {
                     continue;
                 }
-                let (s, d) = match seen.iter().find(|(v, _, _)| *v == g.free_milli) {
-                    Some(&(_, s, d)) => (s, d),
+                let s = match seen.iter().find(|(v, _)| *v == g.free_milli) {
+                    Some(&(_, s)) => s,
                     None => {
                         let mut after = free.clone();
                         after[i] -= ask.gpu_milli;
                         let d = before - self.value(node.model, cpu_after, &mut after);
-                        let s = sigmoid_score(d);
-                        seen.push((g.free_milli, s, d));
-                        (s, d)
+                        let s = finish(policy, sigmoid_score(d), node, &[i as u32], power);
+                        seen.push((g.free_milli, s));
+                        s
                     }
                 };
-                if best.is_none_or(|(bs, _, _)| s > bs) {
-                    best = Some((s, d, i as u32));
+                if best.is_none_or(|(bs, _)| s > bs) {
+                    best = Some((s, i as u32));
                 }
             }
-            match best {
-                Some((_, d, i)) => (d, i),
-                None => return (i64::MIN, 0),
-            }
-        } else {
-            for i in node.idle_gpus().take(ask.num_gpu as usize) {
-                free[i as usize] = 0;
-            }
-            (before - self.value(node.model, cpu_after, &mut free), 0)
-        };
-        let fgd = sigmoid_score(delta);
-        let score = match policy {
-            // FGD's integer scores tie often, and the fixed node priority then decides. Among
-            // tied nodes, one already in use beats an empty one: an empty node stays whole for
-            // the multi-GPU tasks FGD's expectation cannot save room for on its own.
-            SharePolicy::FgdPack => fgd * 2 + i64::from(!node.gpus.iter().all(|g| g.is_idle())),
-            _ => fgd,
-        };
-        (score, gpu)
+            return best.map(|(s, g)| (s - self.strand(policy, node, ask), g)).unwrap_or((i64::MIN, 0));
+        }
+        let taken: Vec<u32> = node.idle_gpus().take(ask.num_gpu as usize).collect();
+        for &i in &taken {
+            free[i as usize] = 0;
+        }
+        let delta = before - self.value(node.model, cpu_after, &mut free);
+        (finish(policy, sigmoid_score(delta), node, &taken, power) - self.strand(policy, node, ask), 0)
+    }
+
+    /// FgdCpu's charge for the GPUs a placement strands: GPUs whose node has too little CPU
+    /// left to run the typical workload's tasks on them (its CPU per milli-GPU), before and after.
+    /// FGD's own measure only sees a node's CPU when it falls below one typical task's request,
+    /// so it fills a CPU-poor node with CPU-hungry tasks and leaves its last GPUs unusable.
+    fn strand(&self, policy: SharePolicy, node: &Node, ask: &Ask) -> i64 {
+        if policy != SharePolicy::FgdCpu || self.cpu_per_milli <= 0.0 {
+            return 0;
+        }
+        let free: f64 = node.gpus.iter().filter(|g| g.healthy).map(|g| g.free_milli as f64).sum();
+        let stranded = |cpu: u64, gpu: f64| (gpu - cpu as f64 / self.cpu_per_milli).max(0.0);
+        let before = stranded(node.cpu_free, free);
+        let after = stranded(node.cpu_free - ask.cpu_milli, free - ask.demand() as f64);
+        (STRANDED_GPU_POINTS * (after - before) / MILLI as f64).round() as i64
+    }
+}
+
+/// A policy's score from FGD's: FGD's integer scores tie often, and the fixed node priority then
+/// decides. FgdPack breaks those ties towards a node already in use, which keeps an empty node
+/// whole for the multi-GPU tasks FGD's expectation cannot save room for on its own. With power
+/// weighed, the watts the placement adds (waking a node, lighting an idle GPU) cost points.
+fn finish(policy: SharePolicy, fgd: i64, node: &Node, gpus: &[u32], power: Option<(Watts, f64)>) -> i64 {
+    let base = match policy {
+        SharePolicy::FgdPack | SharePolicy::FgdCpu => fgd * 2 + i64::from(!node.gpus.iter().all(|g| g.is_idle())),
+        _ => fgd,
+    };
+    match power {
+        Some((w, per_watt)) => base - (per_watt * super::added_watts(node, gpus, w)).round() as i64,
+        None => base,
     }
 }
 

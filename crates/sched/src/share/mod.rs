@@ -244,7 +244,7 @@ fn kind_of(ask: &Ask) -> u32 {
 }
 
 /// How to choose among the nodes that fit. The first six follow the FGD paper (ATC'23) and its
-/// simulator; `FgdPack` is ours.
+/// simulator; `FgdPack` and `FgdCpu` are ours.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum SharePolicy {
     Random,
@@ -254,12 +254,15 @@ pub enum SharePolicy {
     BestFit,
     Fgd,
     FgdPack,
+    /// FgdPack, and each GPU a placement leaves stranded by its node's CPU (too little CPU left
+    /// for the typical task's CPU per GPU) costs points: CPU-hungry tasks go where CPU is plenty.
+    FgdCpu,
     /// Production only: the node left with the most free GPU capacity (spreads load and heat).
     Spread,
 }
 
 impl SharePolicy {
-    pub const ALL: [SharePolicy; 7] = [
+    pub const ALL: [SharePolicy; 8] = [
         SharePolicy::Random,
         SharePolicy::DotProd,
         SharePolicy::GpuClustering,
@@ -267,6 +270,7 @@ impl SharePolicy {
         SharePolicy::BestFit,
         SharePolicy::Fgd,
         SharePolicy::FgdPack,
+        SharePolicy::FgdCpu,
     ];
 
     pub fn name(self) -> &'static str {
@@ -278,6 +282,7 @@ impl SharePolicy {
             SharePolicy::BestFit => "best-fit",
             SharePolicy::Fgd => "fgd",
             SharePolicy::FgdPack => "fgd-pack",
+            SharePolicy::FgdCpu => "fgd-cpu",
             SharePolicy::Spread => "spread",
         }
     }
@@ -287,8 +292,35 @@ impl SharePolicy {
     }
 
     fn uses_fragmentation(self) -> bool {
-        matches!(self, SharePolicy::Fgd | SharePolicy::FgdPack)
+        matches!(self, SharePolicy::Fgd | SharePolicy::FgdPack | SharePolicy::FgdCpu)
     }
+}
+
+/// Estimated draw of one GPU, in watts: powered with nothing on it, and running work.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Watts {
+    pub idle: f64,
+    pub busy: f64,
+}
+
+/// The power model the placer weighs and the simulator reports: a node with no GPU in use is
+/// powered down and draws nothing; on a node in use, an idle GPU draws its idle power and a GPU
+/// with any allocation, whole or a slice, its busy power (time-sliced slices keep the GPU at full
+/// clocks whenever one of them runs). CPU and the rest of the host are left out.
+pub fn node_watts(node: &Node, w: Watts) -> f64 {
+    let busy = node.gpus.iter().filter(|g| g.free_milli < MILLI).count() as f64;
+    if busy == 0.0 {
+        return 0.0;
+    }
+    busy * w.busy + (node.gpus.len() as f64 - busy) * w.idle
+}
+
+/// What placing on `gpus` of `node` adds to [`node_watts`].
+fn added_watts(node: &Node, gpus: &[u32], w: Watts) -> f64 {
+    let on = node.gpus.iter().any(|g| g.free_milli < MILLI);
+    let wake = if on { 0.0 } else { node.gpus.len() as f64 * w.idle };
+    let lit = gpus.iter().filter(|&&i| node.gpus.get(i as usize).is_some_and(|g| g.free_milli == MILLI)).count();
+    wake + lit as f64 * (w.busy - w.idle)
 }
 
 /// Where an ask went: node ordinal and GPU indices.
@@ -310,6 +342,12 @@ pub struct Placer {
     by_free: BTreeSet<(u32, usize)>,
     /// Per node: its entry in `by_free`.
     free_key: Vec<(u32, usize)>,
+    /// Per model id, its GPUs' draw, and the score points one added watt costs (FGD policies).
+    power: Option<(Vec<Option<Watts>>, f64)>,
+    /// Per model id, its rank in the tenant's preference (lower first, e.g. cheapest first): an
+    /// ask that accepts several models goes to the best-ranked model that fits, and the policy
+    /// chooses among that model's nodes. None: the policy chooses among all.
+    model_rank: Option<Vec<u32>>,
 }
 
 impl Placer {
@@ -323,7 +361,33 @@ impl Placer {
             free_key[n] = (nodes[n].max_free(), rank);
         }
         let by_free = free_key.iter().copied().collect();
-        Placer { nodes, priority, policy, frag, by_free, free_key }
+        Placer { nodes, priority, policy, frag, by_free, free_key, power: None, model_rank: None }
+    }
+
+    /// Puts models first in `rank` order (per model id, lower first; a model past the end ranks
+    /// last), the policy deciding only among nodes of the best-ranked model that fits.
+    pub fn with_model_rank(mut self, rank: Vec<u32>) -> Placer {
+        self.model_rank = Some(rank);
+        self
+    }
+
+    fn rank_of(&self, model: u16) -> u32 {
+        self.model_rank.as_ref().map_or(0, |r| r.get(model as usize).copied().unwrap_or(u32::MAX))
+    }
+
+    /// Weighs power against fragmentation (FGD policies): each watt a placement adds by the
+    /// [`node_watts`] model costs `points_per_watt` of the score (FGD's score spans 0 to 100,
+    /// FgdPack's 0 to 201). `per_model[id]` is a model's draw; a model without one costs nothing.
+    pub fn with_power(mut self, per_model: Vec<Option<Watts>>, points_per_watt: f64) -> Placer {
+        if points_per_watt > 0.0 && points_per_watt.is_finite() {
+            self.power = Some((per_model, points_per_watt));
+        }
+        self
+    }
+
+    /// The fleet's draw now by the [`node_watts`] model.
+    pub fn fleet_watts(&self, per_model: &[Option<Watts>]) -> f64 {
+        self.nodes.iter().filter_map(|n| Some(node_watts(n, (*per_model.get(n.model as usize)?)?))).sum()
     }
 
     fn reindex(&mut self, n: usize) {
@@ -415,25 +479,33 @@ impl Placer {
         if self.policy == SharePolicy::Random {
             return self.choose_random(ask, allowed, rng);
         }
-        // Best score, then a preferred node, then best priority rank.
-        let mut best: Option<(i64, bool, usize, usize, u32)> = None;
-        let (nodes, priority, policy) = (&self.nodes, &self.priority, self.policy);
+        // Best-ranked model, then best score, then a preferred node, then best priority rank.
+        let mut best: Option<(u32, i64, bool, usize, usize, u32)> = None;
+        let model_rank: Vec<u32> = match &self.model_rank {
+            Some(_) => self.nodes.iter().map(|n| self.rank_of(n.model)).collect(),
+            None => Vec::new(),
+        };
+        let (nodes, priority, policy, power) = (&self.nodes, &self.priority, self.policy, &self.power);
         let shape = if policy.uses_fragmentation() { self.frag.shape(ask) } else { 0 };
         let mut consider = |rank: usize, frag: &mut fgd::Fragmentation| {
             let n = priority[rank];
             let node = &nodes[n];
-            if !node.feasible(ask) || !allowed(n) {
+            let m = model_rank.get(n).copied().unwrap_or(0);
+            if !node.feasible(ask) || !allowed(n) || best.is_some_and(|b| m > b.0) {
                 return;
             }
             let (score, gpu) = match policy {
-                SharePolicy::Fgd | SharePolicy::FgdPack => frag.score(shape, n, node, ask, policy),
+                SharePolicy::Fgd | SharePolicy::FgdPack | SharePolicy::FgdCpu => {
+                    let watts = power.as_ref().and_then(|(m, k)| Some(((*m.get(node.model as usize)?)?, *k)));
+                    frag.score(shape, n, node, ask, policy, watts)
+                }
                 p => (simple_score(p, node, ask), 0),
             };
             let preferred = prefer(n);
-            if best.is_none_or(|(s, p, r, _, _)| {
-                score > s || (score == s && (preferred && !p || (preferred == p && rank < r)))
+            if best.is_none_or(|(bm, s, p, r, _, _)| {
+                m < bm || (m == bm && (score > s || (score == s && (preferred && !p || (preferred == p && rank < r)))))
             }) {
-                best = Some((score, preferred, rank, n, gpu));
+                best = Some((m, score, preferred, rank, n, gpu));
             }
         };
         if ask.num_gpu == 0 {
@@ -445,7 +517,7 @@ impl Placer {
                 consider(rank, &mut self.frag);
             }
         }
-        let (_, _, _, n, gpu) = best?;
+        let (_, _, _, _, n, gpu) = best?;
         let gpus = if ask.is_share() && self.policy.uses_fragmentation() {
             vec![gpu]
         } else {
@@ -455,8 +527,11 @@ impl Placer {
     }
 
     fn choose_random(&self, ask: &Ask, allowed: &dyn Fn(usize) -> bool, rng: &mut dyn RngCore) -> Option<Choice> {
-        let feasible: Vec<usize> =
+        let mut feasible: Vec<usize> =
             (0..self.nodes.len()).filter(|&n| self.nodes[n].feasible(ask) && allowed(n)).collect();
+        if let Some(top) = feasible.iter().map(|&n| self.rank_of(self.nodes[n].model)).min() {
+            feasible.retain(|&n| self.rank_of(self.nodes[n].model) == top);
+        }
         if feasible.is_empty() {
             return None;
         }
@@ -535,7 +610,7 @@ fn simple_score(policy: SharePolicy, node: &Node, ask: &Ask) -> i64 {
             }
         }
         SharePolicy::Spread => (g_free - g) as i64,
-        SharePolicy::Random | SharePolicy::Fgd | SharePolicy::FgdPack => 0,
+        SharePolicy::Random | SharePolicy::Fgd | SharePolicy::FgdPack | SharePolicy::FgdCpu => 0,
     }
 }
 

@@ -208,3 +208,73 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn weighing_power_packs_slices_onto_gpus_already_lit() {
+    let w = Watts { idle: 50.0, busy: 400.0 };
+    let fleet = || (0..4).map(|_| node(0, 2)).collect::<Vec<_>>();
+    assert_eq!(node_watts(&node(0, 2), w), 0.0, "a node with nothing on it is off");
+    let run = |points_per_watt: f64| {
+        let mut p = placer(fleet(), SharePolicy::FgdPack).with_power(vec![Some(w)], points_per_watt);
+        for i in 0..8 {
+            assert!(p.place(&slice(250), &mut rng()).is_some(), "slice {i}");
+        }
+        p.fleet_watts(&[Some(w)])
+    };
+    // Eight quarter slices fill two GPUs of one node: 2 x 400 W, and nothing else powered.
+    assert_eq!(run(10.0), 800.0);
+    // Of two empty nodes that tie for FGD, the one that draws less once woken, whatever the
+    // priority order says.
+    let hungry = Watts { idle: 100.0, busy: 700.0 };
+    let per_model = vec![Some(hungry), Some(w)];
+    let any = Ask { models: ModelSet::ANY, ..slice(500) };
+    for policy in [SharePolicy::Fgd, SharePolicy::FgdPack] {
+        let mut plain = placer(vec![node(0, 2), node(1, 2)], policy);
+        assert_eq!(plain.place(&any, &mut rng()).unwrap().node, 0, "{policy:?}: the priority order decides");
+        let mut weighed = placer(vec![node(0, 2), node(1, 2)], policy).with_power(per_model.clone(), 1.0);
+        assert_eq!(weighed.place(&any, &mut rng()).unwrap().node, 1, "{policy:?}");
+        assert_eq!(weighed.fleet_watts(&per_model), 450.0);
+    }
+    // One slice on a two-GPU node: one busy GPU and one idle one.
+    let mut p = placer(vec![node(0, 2)], SharePolicy::Fgd);
+    p.place(&slice(100), &mut rng()).unwrap();
+    assert_eq!(p.fleet_watts(&[Some(w)]), 450.0);
+}
+
+#[test]
+fn a_model_rank_sends_an_any_model_ask_to_the_best_ranked_model_that_fits() {
+    // Model 1 ranks first (cheapest, say); the policy alone would pick either.
+    for policy in SharePolicy::ALL {
+        let mut p = placer(vec![node(0, 1), node(1, 1), node(0, 1)], policy).with_model_rank(vec![1, 0]);
+        let c = p.place(&Ask::whole(1, ModelSet::ANY), &mut rng()).unwrap();
+        assert_eq!(c.node, 1, "{policy:?}");
+        // Model 1 is full: the next goes to model 0, chosen among its nodes by the policy.
+        let c = p.place(&Ask::whole(1, ModelSet::ANY), &mut rng()).unwrap();
+        assert_ne!(c.node, 1, "{policy:?}");
+        // An ask for model 0 only is not moved by the rank.
+        let c = p.place(&Ask::whole(1, ModelSet::only(0)), &mut rng()).unwrap();
+        assert_ne!(c.node, 1, "{policy:?}");
+    }
+}
+
+#[test]
+fn fgd_cpu_keeps_a_cpu_poor_node_from_stranding_its_gpus() {
+    // Typical tasks take one GPU and 8 cores. Node 0 has 8 cores per GPU, node 1 32.
+    let typical_task = Ask { cpu_milli: 8_000, ..Ask::whole(1, ModelSet::ANY) };
+    let typical = typical_workload(std::slice::from_ref(&typical_task), |_| String::new());
+    let fleet = || {
+        vec![
+            Node::new(0, 32_000, 256_000, (0..4).map(|_| Gpu::idle()).collect()),
+            Node::new(0, 128_000, 256_000, (0..4).map(|_| Gpu::idle()).collect()),
+        ]
+    };
+    // A 14-core task on node 0 leaves CPU for two typical tasks beside three idle GPUs: one GPU
+    // could never be sold. FGD does not see it (a typical task still fits), so the priority decides.
+    let hungry = Ask { cpu_milli: 14_000, ..Ask::whole(1, ModelSet::ANY) };
+    let choose = |policy| Placer::new(fleet(), vec![0, 1], policy, &typical).place(&hungry, &mut rng()).unwrap().node;
+    assert_eq!(choose(SharePolicy::FgdPack), 0);
+    assert_eq!(choose(SharePolicy::FgdCpu), 1);
+    // A typical task strands nothing, so FgdCpu places it as FgdPack does.
+    let mut p = Placer::new(fleet(), vec![0, 1], SharePolicy::FgdCpu, &typical);
+    assert_eq!(p.place(&typical_task, &mut rng()).unwrap().node, 0);
+}

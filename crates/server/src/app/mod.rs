@@ -50,6 +50,8 @@ use tokio::sync::Notify;
 #[derive(Debug, Clone)]
 pub struct Config {
     pub policy: Policy,
+    /// How much power weighs in placement (FGD policies; `serve --power-weight`).
+    pub power_weight: gpucloud_sched::PowerWeight,
     /// How often the scheduler runs when nothing wakes it.
     pub schedule_interval: Duration,
     /// A node silent for longer than this is lost: no new instances, and its instances are lost
@@ -183,6 +185,7 @@ impl Default for Config {
     fn default() -> Config {
         Config {
             policy: Policy::default(),
+            power_weight: gpucloud_sched::PowerWeight::default(),
             schedule_interval: Duration::from_secs(1),
             // Five missed 2 s heartbeats: long enough to ride out a pause, a slow disk or a
             // dropped packet or two; short enough that a dead node stops costing its tenants (and

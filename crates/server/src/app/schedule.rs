@@ -120,8 +120,18 @@ impl App {
             BTreeMap::new()
         };
         let aging_ms = self.config.market.priority_aging.as_millis() as i64;
-        let market =
-            Market { spot_prices, reserved_idle, spot_holders, min_runtime_ms, shares, aging_ms, guarantees, borrowed };
+        let power = self.config.power_weight;
+        let market = Market {
+            spot_prices,
+            reserved_idle,
+            spot_holders,
+            min_runtime_ms,
+            shares,
+            aging_ms,
+            guarantees,
+            borrowed,
+            power,
+        };
         Ok((market, holders))
     }
 
