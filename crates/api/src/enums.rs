@@ -143,6 +143,16 @@ wire_enum!(
     }
 );
 
+wire_enum!(
+    /// Which of a job's allowed GPU models each attempt takes among those with room: the cheapest
+    /// per GPU-hour (the default), or the fastest (the most capable in the catalogue's order,
+    /// H200 before H100 before A100 and so on), the cheaper of its regions first.
+    ModelPreference {
+        Cheapest => "cheapest",
+        Fastest => "fastest",
+    }
+);
+
 // The variants come out of `wire_enum!`, which has no way to mark one `#[default]`.
 #[allow(clippy::derivable_impls)]
 impl Default for Priority {
@@ -349,6 +359,7 @@ mod tests {
         check(BudgetAction::ALL);
         check(OnQuota::ALL);
         check(Priority::ALL);
+        check(ModelPreference::ALL);
     }
 
     #[test]

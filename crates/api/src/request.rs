@@ -447,6 +447,10 @@ pub struct CreateJobRequest {
     /// Every attempt's priority class (default when omitted).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority: Option<Priority>,
+    /// Which allowed model an attempt takes when several have room: `cheapest` (when omitted)
+    /// or `fastest`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefer: Option<ModelPreference>,
 }
 
 /// Sell a reservation (operator): GPUs of a model in a region, for a period, at a rate.

@@ -99,6 +99,10 @@ pub enum JobCmd {
         /// Every attempt's priority class [default: default].
         #[arg(long, value_parser = crate::commands::one_of!(api::Priority))]
         priority: Option<api::Priority>,
+        /// Which of the --gpu models an attempt takes when several have room: cheapest (the
+        /// default) or fastest.
+        #[arg(long, value_parser = crate::commands::one_of!(api::ModelPreference))]
+        prefer: Option<api::ModelPreference>,
     },
     /// Your jobs.
     List,
@@ -161,6 +165,7 @@ pub fn job(ctx: &Ctx, cmd: JobCmd) -> Res {
             idempotency_key,
             project,
             priority,
+            prefer,
         } => {
             let body = api::CreateJobRequest {
                 name,
@@ -189,6 +194,7 @@ pub fn job(ctx: &Ctx, cmd: JobCmd) -> Res {
                 volume,
                 project,
                 priority,
+                prefer,
             };
             let j: api::Job = c.post("/v1/jobs", Some(&body), idempotency_key.as_deref()).map_err(err)?;
             show(ctx, &j, job_detail);

@@ -243,3 +243,25 @@ fn a_call_whose_audit_row_cannot_be_written_changes_nothing() {
     assert_eq!(creates[0]["status"], 201, "the row written ahead was finished with the answer: {log}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// An operator's placement settings: a bad policy or power weight stops `serve` with the flag
+/// named; good ones start it.
+#[test]
+fn serve_checks_its_placement_settings() {
+    let root = tmp("placement");
+    let db = format!("sqlite://{}/db.sqlite", root.display());
+    for (flags, want) in [
+        (vec!["--power-weight=-1"], "--power-weight"),
+        (vec!["--power-weight", "NaN"], "--power-weight"),
+        (vec!["--policy", "smart"], "unknown policy 'smart'"),
+    ] {
+        let mut args = vec!["serve", "--listen", "127.0.0.1:0", "--database", &db];
+        args.extend(flags.iter().copied());
+        let (ok, _, err) = run(&args, None);
+        assert!(!ok, "{flags:?} started");
+        assert!(err.contains(want), "{flags:?}: {err}");
+    }
+    let out = root.join("out.txt");
+    let _server = serve(&root, "127.0.0.1:0", &out, &["--policy", "fgd-cpu", "--power-weight", "2"]);
+    serving(&out);
+}

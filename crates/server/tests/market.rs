@@ -520,3 +520,28 @@ fn a_job_waits_only_where_its_gpus_exist_says_so_and_moves_to_room_elsewhere() {
         assert!(running["history"][0]["reason"].as_str().unwrap().contains("the job moved to"), "{running}");
     }
 }
+
+#[test]
+fn a_job_takes_the_cheapest_allowed_model_or_the_fastest_when_asked() {
+    let s = TestServer::start();
+    let key = s.tenant("acme");
+    let first_gpu = |body: serde_json::Value| {
+        let r = s.post(&key, "/v1/jobs", Some(&body));
+        assert_eq!(r.status, 201, "{:?}", r.body);
+        let jid = r.body["id"].as_str().unwrap().to_string();
+        let j = s.get(&key, &format!("/v1/jobs/{jid}")).body;
+        s.post(&key, &format!("/v1/jobs/{jid}/cancel"), None);
+        j["history"][0]["gpu"].as_str().unwrap().to_string()
+    };
+    let job = json!({"gpus": ["A10", "T4"], "count": 1, "regions": ["us-1"], "command": "sleep 100", "spot": false});
+    // Both have room in us-1; the T4 is the cheaper per GPU-hour.
+    assert_eq!(first_gpu(job.clone()), "T4");
+    let mut fastest = job.clone();
+    fastest["prefer"] = json!("fastest");
+    assert_eq!(first_gpu(fastest), "A10");
+    let mut bad = job;
+    bad["prefer"] = json!("greenest");
+    let r = s.post(&key, "/v1/jobs", Some(&bad));
+    assert_eq!(r.status, 422, "{:?}", r.body);
+    assert!(r.body.to_string().contains("prefer"), "{:?}", r.body);
+}

@@ -363,3 +363,14 @@ def test_a_named_profile_or_the_default_reaches_the_dev_cloud(dev, monkeypatch):
         Client(profile="other")
     with pytest.raises(ValueError, match="must be 1 to 64"):
         Client(profile="../x")
+
+
+def test_a_job_takes_the_cheapest_model_or_the_fastest_when_asked(client):
+    cheap = client.jobs.run(gpus=["A100-40GB", "H100-80GB"], command="sleep 100", spot=False)
+    fast = client.jobs.run(gpus=["A100-40GB", "H100-80GB"], command="sleep 100", spot=False, prefer=gpucloud.ModelPreference.FASTEST)
+    try:
+        assert cheap.history[0].gpu == "A100-40GB"
+        assert fast.history[0].gpu == "H100-80GB"
+    finally:
+        client.jobs.cancel(cheap.id)
+        client.jobs.cancel(fast.id)

@@ -448,6 +448,7 @@ impl App {
     /// Among the allowed models and regions that have a node able to hold the job at all: the
     /// cheapest per GPU-hour for the tier (a spot price within the bid) that has room on one node
     /// now (`true`); if none has room, the cheapest of them (the attempt waits there, `false`).
+    /// With `prefer: fastest`, the most capable model (the catalogue's order) before the price.
     /// A priced pool with no such node is never chosen: nothing would ever start there.
     async fn cheapest_choice(
         &self,
@@ -462,6 +463,9 @@ impl App {
         let allowed = |r: &Region| spec.regions.is_empty() || spec.regions.contains(r);
         // (has room, price, model, region)
         let mut best: Option<(bool, Money, GpuModel, Region)> = None;
+        let fastest = spec.prefer == Some(gpucloud_api::ModelPreference::Fastest);
+        // The catalogue lists models from the least to the most capable.
+        let speed = |m: GpuModel| if fastest { GpuModel::ALL.iter().position(|x| *x == m).unwrap_or(0) } else { 0 };
         for model in &spec.gpus {
             for region in regions.iter().filter(|r| allowed(r)) {
                 let Some(p) = self.store.price_at(*model, region, tier, now).await? else { continue };
@@ -489,8 +493,9 @@ impl App {
                 });
                 let better = match &best {
                     None => true,
-                    Some((broom, bprice, _, _)) => {
-                        (room, std::cmp::Reverse(price)) > (*broom, std::cmp::Reverse(*bprice))
+                    Some((broom, bprice, bmodel, _)) => {
+                        (room, speed(*model), std::cmp::Reverse(price))
+                            > (*broom, speed(*bmodel), std::cmp::Reverse(*bprice))
                     }
                 };
                 if better {

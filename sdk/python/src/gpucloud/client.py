@@ -290,9 +290,12 @@ class Jobs(_Resource):
         max_restarts: Optional[int] = None,
         on_demand_after_seconds: Optional[int] = None,
         idempotency_key: Optional[str] = None,
+        prefer: Optional[str] = None,
     ) -> Job:
+        """``prefer``: ``"cheapest"`` (the default) or ``"fastest"`` of ``gpus`` with room."""
         body: Dict[str, Any] = {"gpus": list(gpus), "count": count, "command": command, "spot": spot}
         for k, v in (
+            ("prefer", prefer),
             ("regions", regions),
             ("name", name),
             ("checkpoint_dir", checkpoint_dir),

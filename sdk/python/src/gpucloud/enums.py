@@ -86,6 +86,13 @@ class Priority(WireEnum):
     PRODUCTION = "production"
 
 
+class ModelPreference(WireEnum):
+    """Which of a job's allowed GPU models an attempt takes when several have room."""
+
+    CHEAPEST = "cheapest"
+    FASTEST = "fastest"
+
+
 class KeyScope(WireEnum):
     """What a key may do within its tenant's rights."""
 
