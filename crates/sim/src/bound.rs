@@ -84,23 +84,46 @@ fn class_of(t: &Ask) -> Class {
     }
 }
 
+/// Classes the linear program keeps apart before CPU and memory are rounded.
+const MAX_CLASSES: usize = 1500;
+
+/// `c` with its CPU rounded down to a multiple of 250 x 2^level milli and its memory to one of
+/// 256 x 2^level MiB (level 0: as asked).
+fn coarse(c: Class, level: u32) -> Class {
+    if level == 0 {
+        return c;
+    }
+    let (cpu_step, mem_step) = (250u64 << level, 256u64 << level);
+    Class { cpu_milli: c.cpu_milli / cpu_step * cpu_step, mem_mib: c.mem_mib / mem_step * mem_step, ..c }
+}
+
 fn group_of(n: &NodeRow) -> Group {
     Group { model: n.model, gpus: n.gpus, cpu_milli: n.cpu_milli, mem_mib: n.memory_mib }
 }
 
-/// The linear relaxation's optimum (milli-GPU) and its solution: how many tasks of each class
-/// it puts on each group of nodes.
+/// The linear relaxation's optimum (milli-GPU), its solution (how many tasks of each class it
+/// puts on each group of nodes), and the level its classes were rounded at ([`coarse`]).
 #[allow(clippy::type_complexity)]
-fn relaxation(nodes: &[NodeRow], tasks: &[&Ask]) -> Result<(f64, Vec<(Class, Group, f64)>), String> {
+fn relaxation(nodes: &[NodeRow], tasks: &[&Ask]) -> Result<(f64, Vec<(Class, Group, f64)>, u32), String> {
     use microlp::{ComparisonOp, OptimizationDirection, Problem};
     let mut groups: BTreeMap<Group, u64> = BTreeMap::new();
     for n in nodes.iter().filter(|n| n.gpus > 0) {
         *groups.entry(group_of(n)).or_default() += 1;
     }
-    let mut classes: BTreeMap<Class, u64> = BTreeMap::new();
-    for t in tasks.iter().filter(|t| t.num_gpu > 0 && t.gpu_milli > 0) {
-        *classes.entry(class_of(t)).or_default() += 1;
-    }
+    // A trace whose tasks ask for many distinct amounts of CPU and memory would make the program
+    // too big to solve quickly: those amounts are rounded down, coarser until the classes are
+    // few. Asking for less only enlarges what fits, so the bound stays a bound.
+    let mut level = 0;
+    let classes = loop {
+        let mut classes: BTreeMap<Class, u64> = BTreeMap::new();
+        for t in tasks.iter().filter(|t| t.num_gpu > 0 && t.gpu_milli > 0) {
+            *classes.entry(coarse(class_of(t), level)).or_default() += 1;
+        }
+        if classes.len() <= MAX_CLASSES || level >= 16 {
+            break classes;
+        }
+        level += 1;
+    };
     let groups: Vec<(Group, u64)> = groups.into_iter().collect();
     let classes: Vec<(Class, u64)> = classes.into_iter().collect();
 
@@ -171,7 +194,7 @@ fn relaxation(nodes: &[NodeRow], tasks: &[&Ask]) -> Result<(f64, Vec<(Class, Gro
     // so a part in 10^9 of slack keeps the bound on the safe side.
     let gpus = solution.objective() * (1.0 + 1e-9);
     let plan = assigned.into_iter().map(|(c, g, v)| (c, g, solution.var_value(v))).collect();
-    Ok((gpus * MILLI as f64, plan))
+    Ok((gpus * MILLI as f64, plan, level))
 }
 
 /// What an offline packer that sees every arriving task at once places, in milli-GPU: the
@@ -189,7 +212,7 @@ pub fn offline_pack(nodes: &[NodeRow], tasks: &[&Ask]) -> u64 {
         pack(nodes, tasks, &|_| None, false)
             .max(pack(nodes, tasks, &|_| None, true))
             .max(fill(nodes, tasks, &|_| None));
-    let Ok((_, plan)) = relaxation(nodes, tasks) else { return plain };
+    let Ok((_, plan, level)) = relaxation(nodes, tasks) else { return plain };
     // Per class: the groups the relaxation puts its tasks on and how many, handed out in arrival order.
     let mut quota: BTreeMap<Class, Vec<(Group, u64)>> = BTreeMap::new();
     for (c, g, x) in plan {
@@ -201,7 +224,7 @@ pub fn offline_pack(nodes: &[NodeRow], tasks: &[&Ask]) -> u64 {
     }
     let mut target: Vec<Option<Group>> = Vec::with_capacity(tasks.len());
     for t in tasks {
-        let slot = quota.get_mut(&class_of(t)).and_then(|gs| gs.iter_mut().find(|(_, n)| *n > 0));
+        let slot = quota.get_mut(&coarse(class_of(t), level)).and_then(|gs| gs.iter_mut().find(|(_, n)| *n > 0));
         target.push(slot.map(|(g, n)| {
             *n -= 1;
             *g
@@ -514,6 +537,18 @@ mod tests {
     fn a_task_that_fits_no_node_adds_nothing() {
         let (opt, offline, upper) = check(&[node(2, 8_000, 1 << 20)], &[task(4, 1000, 1, 1), task(1, 1000, 9_000, 1)]);
         assert_eq!((opt, offline, upper), (0, 0, 0.0));
+    }
+
+    #[test]
+    fn many_distinct_requests_are_rounded_down_and_still_bound_the_packing() {
+        let nodes: Vec<NodeRow> = (0..40).map(|_| node(8, 96_000, 400_000)).collect();
+        let tasks: Vec<Ask> =
+            (0..2_000u64).map(|i| task(1, 300 + (i % 7) as u32 * 100, 1_000 + i * 7, 1_000 + i)).collect();
+        let refs: Vec<&Ask> = tasks.iter().collect();
+        let (upper, _, level) = relaxation(&nodes, &refs).unwrap();
+        assert!(level > 0, "2,000 distinct requests are more classes than the program keeps");
+        let offline = offline_pack(&nodes, &refs);
+        assert!(offline > 0 && upper >= offline as f64, "offline {offline} bound {upper}");
     }
 
     proptest! {
