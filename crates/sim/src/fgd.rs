@@ -31,6 +31,8 @@ pub struct RunStats {
     pub failed: usize,
     /// The fleet's estimated draw after the last task (`gpucloud_sched::share::node_watts`).
     pub watts: f64,
+    /// Milli-GPU held after the last task.
+    pub allocated_milli: u64,
 }
 
 impl<'a> Experiment<'a> {
@@ -73,7 +75,8 @@ impl<'a> Experiment<'a> {
                 let i = order.remove(rng.random_range(0..order.len()));
                 total -= tasks[i].ask.demand();
             }
-        } else {
+        } else if tasks.iter().any(|t| t.ask.demand() > 0) {
+            // (A trace with no GPU task has no demand to inflate: the loop would never stop.)
             loop {
                 let i = rng.random_range(0..tasks.len());
                 // The upstream stop test adds the per-GPU share, not the whole demand (README §3).
@@ -141,6 +144,7 @@ impl<'a> Experiment<'a> {
             }
         }
         stats.watts = placer.fleet_watts(&self.power);
+        stats.allocated_milli = used;
         let curve = (0..=max)
             .map(|k| {
                 let (s, n) = sums[k];

@@ -174,3 +174,19 @@ fn the_fair_queue_serves_production_first_and_splits_by_project() {
     assert!(names.iter().all(|n| project_of(n, 2) == project_of(n, 2) && project_of(n, 3) < 3));
     assert_eq!(project_of("x", 1), 0);
 }
+
+#[test]
+fn a_trace_with_no_gpu_task_runs_and_allocates_nothing() {
+    let mut m = Models::default();
+    let nodes = read_nodes(&write("nogpu-n.csv", NODES), &mut m).unwrap();
+    let trace =
+        read_trace(&write("nogpu.csv", "name,cpu_milli,memory_mib,num_gpu,gpu_milli\nc0,1000,10,0,0\n"), &mut m)
+            .unwrap();
+    let exp = Experiment::new(&nodes, &trace, 1.3);
+    // No demand to inflate: the sequence is the trace itself, not an endless resampling.
+    assert_eq!(exp.sequence(1).0.len(), 1);
+    let (_, stats) = exp.run(SharePolicy::FgdCpu, 1);
+    assert_eq!((stats.placed, stats.allocated_milli), (1, 0));
+    let b = crate::bound::bracket(&exp, 1).unwrap();
+    assert_eq!((b.arrived, b.offline, b.upper), (0, 0, 0.0));
+}
