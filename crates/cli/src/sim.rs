@@ -59,7 +59,7 @@ pub enum SimCmd {
         #[arg(long, default_value = "data/alibaba-gpu-v2023/csv/openb_node_list_gpu_node.csv")]
         nodes: PathBuf,
         /// Online policies to compare (FGD, the baseline, is always run).
-        #[arg(long, value_delimiter = ',', default_value = "fgd,fgd-pack")]
+        #[arg(long, value_delimiter = ',', default_value = "fgd,fgd-pack,fgd-cpu")]
         policy: Vec<String>,
         #[arg(long, default_value = "42..51")]
         seeds: String,
