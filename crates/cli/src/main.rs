@@ -171,7 +171,27 @@ enum Command {
     },
 }
 
+/// `gpucloud instance list | head` closes our stdout early; `println!` then panics. A reader that
+/// has seen enough is not an error worth a backtrace: exit as a process killed by SIGPIPE would
+/// (128 + 13), quietly, as other command-line tools do.
+fn quiet_on_closed_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let text = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if text.contains("failed printing to stdout") && text.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        default(info);
+    }));
+}
+
 fn main() -> ExitCode {
+    quiet_on_closed_pipe();
     let cli = Cli::parse();
     let ctx = commands::Ctx {
         url: cli.url,

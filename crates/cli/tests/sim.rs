@@ -259,3 +259,35 @@ fn power_and_price_are_weighed_and_reported() {
     };
     assert!(bill("cheapest") < bill("policy") * 0.8, "{} against {}", bill("cheapest"), bill("policy"));
 }
+
+#[test]
+fn a_reader_that_stops_early_gets_no_panic() {
+    use std::io::{BufRead, BufReader};
+    let dir = data();
+    let trace = dir.join("openb_pod_list_default.csv");
+    let mut child = Command::new(BIN)
+        // Six replays of 1,000 rows each: far more than a pipe's buffer holds.
+        .args([
+            "sim",
+            "replay",
+            "--buckets",
+            "1000",
+            "--prefer",
+            "policy,cheapest,fastest",
+            "--policy",
+            "fgd-pack,best-fit",
+        ])
+        .args(["--trace", trace.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Read one line, as `| head -1` does, and close the pipe.
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
+    assert!(first.starts_with("policy fgd-pack"), "{first}");
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(out.status.code(), Some(141), "{err}");
+}
