@@ -344,10 +344,10 @@ pub struct Placer {
     free_key: Vec<(u32, usize)>,
     /// Per model id, its GPUs' draw, and the score points one added watt costs (FGD policies).
     power: Option<(Vec<Option<Watts>>, f64)>,
-    /// Per model id, its rank in the tenant's preference (lower first, e.g. cheapest first): an
-    /// ask that accepts several models goes to the best-ranked model that fits, and the policy
-    /// chooses among that model's nodes. None: the policy chooses among all.
-    model_rank: Option<Vec<u32>>,
+    /// Per node, its model's rank in the tenant's preference (lower first, e.g. cheapest first):
+    /// an ask that accepts several models goes to the best-ranked model that fits, and the policy
+    /// chooses among that model's nodes. Empty: the policy chooses among all.
+    node_rank: Vec<u32>,
 }
 
 impl Placer {
@@ -361,18 +361,18 @@ impl Placer {
             free_key[n] = (nodes[n].max_free(), rank);
         }
         let by_free = free_key.iter().copied().collect();
-        Placer { nodes, priority, policy, frag, by_free, free_key, power: None, model_rank: None }
+        Placer { nodes, priority, policy, frag, by_free, free_key, power: None, node_rank: Vec::new() }
     }
 
     /// Puts models first in `rank` order (per model id, lower first; a model past the end ranks
     /// last), the policy deciding only among nodes of the best-ranked model that fits.
     pub fn with_model_rank(mut self, rank: Vec<u32>) -> Placer {
-        self.model_rank = Some(rank);
+        self.node_rank = self.nodes.iter().map(|n| rank.get(n.model as usize).copied().unwrap_or(u32::MAX)).collect();
         self
     }
 
-    fn rank_of(&self, model: u16) -> u32 {
-        self.model_rank.as_ref().map_or(0, |r| r.get(model as usize).copied().unwrap_or(u32::MAX))
+    fn rank_of(&self, node: usize) -> u32 {
+        self.node_rank.get(node).copied().unwrap_or(0)
     }
 
     /// Weighs power against fragmentation (FGD policies): each watt a placement adds by the
@@ -481,16 +481,13 @@ impl Placer {
         }
         // Best-ranked model, then best score, then a preferred node, then best priority rank.
         let mut best: Option<(u32, i64, bool, usize, usize, u32)> = None;
-        let model_rank: Vec<u32> = match &self.model_rank {
-            Some(_) => self.nodes.iter().map(|n| self.rank_of(n.model)).collect(),
-            None => Vec::new(),
-        };
-        let (nodes, priority, policy, power) = (&self.nodes, &self.priority, self.policy, &self.power);
+        let (nodes, priority, policy, power, node_rank) =
+            (&self.nodes, &self.priority, self.policy, &self.power, &self.node_rank);
         let shape = if policy.uses_fragmentation() { self.frag.shape(ask) } else { 0 };
         let mut consider = |rank: usize, frag: &mut fgd::Fragmentation| {
             let n = priority[rank];
             let node = &nodes[n];
-            let m = model_rank.get(n).copied().unwrap_or(0);
+            let m = node_rank.get(n).copied().unwrap_or(0);
             if !node.feasible(ask) || !allowed(n) || best.is_some_and(|b| m > b.0) {
                 return;
             }
@@ -529,8 +526,8 @@ impl Placer {
     fn choose_random(&self, ask: &Ask, allowed: &dyn Fn(usize) -> bool, rng: &mut dyn RngCore) -> Option<Choice> {
         let mut feasible: Vec<usize> =
             (0..self.nodes.len()).filter(|&n| self.nodes[n].feasible(ask) && allowed(n)).collect();
-        if let Some(top) = feasible.iter().map(|&n| self.rank_of(self.nodes[n].model)).min() {
-            feasible.retain(|&n| self.rank_of(self.nodes[n].model) == top);
+        if let Some(top) = feasible.iter().map(|&n| self.rank_of(n)).min() {
+            feasible.retain(|&n| self.rank_of(n) == top);
         }
         if feasible.is_empty() {
             return None;
