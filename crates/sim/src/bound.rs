@@ -101,10 +101,12 @@ fn group_of(n: &NodeRow) -> Group {
     Group { model: n.model, gpus: n.gpus, cpu_milli: n.cpu_milli, mem_mib: n.memory_mib }
 }
 
+/// What [`relaxation`] returns.
+type Relaxed = (f64, Vec<(Class, Group, f64)>, u32);
+
 /// The linear relaxation's optimum (milli-GPU), its solution (how many tasks of each class it
 /// puts on each group of nodes), and the level its classes were rounded at ([`coarse`]).
-#[allow(clippy::type_complexity)]
-fn relaxation(nodes: &[NodeRow], tasks: &[&Ask]) -> Result<(f64, Vec<(Class, Group, f64)>, u32), String> {
+fn relaxation(nodes: &[NodeRow], tasks: &[&Ask]) -> Result<Relaxed, String> {
     use microlp::{ComparisonOp, OptimizationDirection, Problem};
     let mut groups: BTreeMap<Group, u64> = BTreeMap::new();
     for n in nodes.iter().filter(|n| n.gpus > 0) {
@@ -198,7 +200,7 @@ fn relaxation(nodes: &[NodeRow], tasks: &[&Ask]) -> Result<(f64, Vec<(Class, Gro
 }
 
 /// What an offline packer that sees every arriving task at once places, in milli-GPU: the
-/// best of four feasible packings, so a lower bound on the relaxed problem's optimum.
+/// best of six feasible packings, so a lower bound on the relaxed problem's optimum.
 ///
 /// - Largest first (GPU count, then share, then CPU): a slice on the fitting GPU it leaves least
 ///   room on; a whole task on the node it leaves fewest idle GPUs on, or (balanced) the node it
@@ -208,14 +210,19 @@ fn relaxation(nodes: &[NodeRow], tasks: &[&Ask]) -> Result<(f64, Vec<(Class, Gro
 ///   first as above; then every task left out is tried anywhere, largest first. The relaxation
 ///   sees which tasks to leave out when CPU binds, which a greedy order by size cannot.
 pub fn offline_pack(nodes: &[NodeRow], tasks: &[&Ask]) -> u64 {
+    offline_with(nodes, tasks, relaxation(nodes, tasks).ok().as_ref())
+}
+
+/// [`offline_pack`] with the relaxation already solved (None: it could not be).
+fn offline_with(nodes: &[NodeRow], tasks: &[&Ask], relaxed: Option<&Relaxed>) -> u64 {
     let plain =
         pack(nodes, tasks, &|_| None, false)
             .max(pack(nodes, tasks, &|_| None, true))
             .max(fill(nodes, tasks, &|_| None));
-    let Ok((_, plan, level)) = relaxation(nodes, tasks) else { return plain };
+    let Some((_, plan, level)) = relaxed else { return plain };
     // Per class: the groups the relaxation puts its tasks on and how many, handed out in arrival order.
     let mut quota: BTreeMap<Class, Vec<(Group, u64)>> = BTreeMap::new();
-    for (c, g, x) in plan {
+    for &(c, g, x) in plan {
         // The simplex's integral values come back within rounding of an integer.
         let n = (x + 1e-6).floor() as u64;
         if n > 0 {
@@ -224,7 +231,7 @@ pub fn offline_pack(nodes: &[NodeRow], tasks: &[&Ask]) -> u64 {
     }
     let mut target: Vec<Option<Group>> = Vec::with_capacity(tasks.len());
     for t in tasks {
-        let slot = quota.get_mut(&coarse(class_of(t), level)).and_then(|gs| gs.iter_mut().find(|(_, n)| *n > 0));
+        let slot = quota.get_mut(&coarse(class_of(t), *level)).and_then(|gs| gs.iter_mut().find(|(_, n)| *n > 0));
         target.push(slot.map(|(g, n)| {
             *n -= 1;
             *g
@@ -429,12 +436,14 @@ pub struct Bracket {
 pub fn bracket(exp: &crate::fgd::Experiment, seed: u64) -> Result<Bracket, String> {
     let (order, _) = exp.sequence(seed);
     let tasks: Vec<&Ask> = order.iter().map(|&i| &exp.trace.tasks[i].ask).collect();
-    let upper = upper_bound(exp.nodes, &tasks)?;
+    // One solve serves both sides: the bound, and the split that guides the offline packer.
+    let relaxed = relaxation(exp.nodes, &tasks)?;
+    let upper = relaxed.0;
     // The online policies' own packings, topped up, are achievable too: offline never reports
     // less than the best of them.
     use gpucloud_sched::share::SharePolicy;
     let online = [SharePolicy::Fgd, SharePolicy::FgdCpu].map(|p| refill(exp, p, seed));
-    let offline = online.into_iter().fold(offline_pack(exp.nodes, &tasks), u64::max);
+    let offline = online.into_iter().fold(offline_with(exp.nodes, &tasks, Some(&relaxed)), u64::max);
     let arrived = tasks.iter().map(|t| t.demand()).sum();
     Ok(Bracket { arrived, offline, upper })
 }
