@@ -91,6 +91,12 @@ pub trait Store:
     async fn insert_node(&self, node: &NewNode) -> Result<()>;
     async fn list_nodes(&self) -> Result<Vec<Node>>;
     async fn get_node(&self, id: &NodeId) -> Result<Option<Node>>;
+    /// Every node's id and generation: what a cached view of the fleet checks itself against.
+    /// Every change to a node as `list_nodes` returns it bumps its generation, except the time
+    /// of its last heartbeat.
+    async fn node_generations(&self) -> Result<Vec<(NodeId, i64)>>;
+    /// The nodes of these ids that exist, ordered by name within each 500 ids.
+    async fn nodes_by_id(&self, ids: &[NodeId]) -> Result<Vec<Node>>;
     /// The regions that have at least one node.
     async fn list_regions(&self) -> Result<Vec<Region>>;
     /// Sets the operator state and bumps the generation; false if no such node.

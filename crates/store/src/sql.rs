@@ -136,16 +136,16 @@ impl SqlStore {
             q = q.bind(b);
         }
         let rows = q.fetch_all(&self.pool).await?;
+        let mut instances = rows.iter().map(instance_from_row).collect::<Result<Vec<_>>>()?;
+        // Most heartbeats' nodes, and many tenants, hold no GPU: no second round trip for them.
+        if !instances.iter().any(|i| i.state.holds_gpus()) {
+            return Ok(instances);
+        }
         let mut gpu_map = self.gpus_of(gpus).await?;
-        rows.iter()
-            .map(|r| {
-                let mut inst = instance_from_row(r)?;
-                if inst.state.holds_gpus() {
-                    inst.gpus = gpu_map.remove(inst.id.as_str()).unwrap_or_default();
-                }
-                Ok(inst)
-            })
-            .collect()
+        for inst in instances.iter_mut().filter(|i| i.state.holds_gpus()) {
+            inst.gpus = gpu_map.remove(inst.id.as_str()).unwrap_or_default();
+        }
+        Ok(instances)
     }
 }
 
@@ -337,11 +337,25 @@ impl Store for SqlStore {
     }
 
     async fn list_nodes(&self) -> Result<Vec<Node>> {
-        load_nodes(&self.pool, None).await
+        load_nodes(&self.pool, Which::All).await
     }
 
     async fn get_node(&self, id: &NodeId) -> Result<Option<Node>> {
-        Ok(load_nodes(&self.pool, Some(id)).await?.pop())
+        Ok(load_nodes(&self.pool, Which::One(id)).await?.pop())
+    }
+
+    async fn node_generations(&self) -> Result<Vec<(NodeId, i64)>> {
+        let rows = sqlx::query("SELECT id, generation FROM nodes").fetch_all(&self.pool).await?;
+        rows.iter().map(|r| Ok((parse("nodes", &r.try_get::<String, _>(0)?)?, r.try_get(1)?))).collect()
+    }
+
+    async fn nodes_by_id(&self, ids: &[NodeId]) -> Result<Vec<Node>> {
+        let mut nodes = Vec::with_capacity(ids.len());
+        // A bounded number of bind parameters a statement: both backends cap them.
+        for chunk in ids.chunks(500) {
+            nodes.extend(load_nodes(&self.pool, Which::Some(chunk)).await?);
+        }
+        Ok(nodes)
     }
 
     async fn list_regions(&self) -> Result<Vec<Region>> {
@@ -362,12 +376,17 @@ impl Store for SqlStore {
     }
 
     async fn set_node_images(&self, id: &NodeId, images: &[String]) -> Result<()> {
-        // Not a change the scheduler must see at once (it only breaks ties): no generation bump.
-        sqlx::query("UPDATE nodes SET images = $1 WHERE id = $2")
-            .bind((!images.is_empty()).then(|| images.join("\n")))
-            .bind(id.to_string())
-            .execute(&self.pool)
-            .await?;
+        // The scheduler's cached view of a node is re-read when its generation moves, and images
+        // break its ties: a change bumps it (agents report images only when they changed).
+        let images = (!images.is_empty()).then(|| images.join("\n"));
+        sqlx::query(
+            "UPDATE nodes SET images = $1, generation = generation + 1 \
+             WHERE id = $2 AND COALESCE(images, '') <> COALESCE($1, '')",
+        )
+        .bind(images)
+        .bind(id.to_string())
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
@@ -875,7 +894,9 @@ impl Store for SqlStore {
     }
 
     async fn set_node_address(&self, id: &gpucloud_model::NodeId, address: Option<&str>) -> Result<()> {
-        sqlx::query("UPDATE nodes SET address = $1 WHERE id = $2")
+        // Bumps the generation, as every change to what `Store::list_nodes` returns but the
+        // heartbeat's time does: a cached view of the node is re-read.
+        sqlx::query("UPDATE nodes SET address = $1, generation = generation + 1 WHERE id = $2")
             .bind(address.map(str::to_string))
             .bind(id.to_string())
             .execute(&self.pool)
@@ -889,7 +910,7 @@ impl Store for SqlStore {
         labels: &std::collections::BTreeMap<String, String>,
     ) -> Result<()> {
         let pairs: Vec<(String, String)> = labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        sqlx::query("UPDATE nodes SET labels = $1 WHERE id = $2")
+        sqlx::query("UPDATE nodes SET labels = $1, generation = generation + 1 WHERE id = $2")
             .bind(crate::market::encode_env(&pairs))
             .bind(id.to_string())
             .execute(&self.pool)
@@ -908,35 +929,60 @@ impl Store for SqlStore {
     }
 }
 
-async fn load_nodes(pool: &AnyPool, only: Option<&NodeId>) -> Result<Vec<Node>> {
+/// Which nodes `load_nodes` reads.
+enum Which<'a> {
+    All,
+    One(&'a NodeId),
+    Some(&'a [NodeId]),
+}
+
+async fn load_nodes(pool: &AnyPool, which: Which<'_>) -> Result<Vec<Node>> {
     let t = "nodes";
-    // Two statement shapes rather than `($1 = '' OR id = $1)`, which would scan every GPU row
-    // to read one node.
+    // A statement shape per case rather than `($1 = '' OR id = $1)`, which would scan every GPU
+    // row to read one node.
     let node_cols = "SELECT id, name, region, state, health, generation, last_heartbeat, created_at, driver, epoch, address, labels, drain_deadline, images FROM nodes";
     let gpu_cols = "SELECT node_id, idx, model, uuid, instance_id, healthy FROM gpus";
-    let (rows, gpu_rows) = match only {
-        Some(id) => (
+    let slice_cols = "SELECT s.node_id, s.idx, s.instance_id, s.milli, s.mem_mib, s.mig, i.tenant_id \
+                      FROM gpu_slices s JOIN instances i ON i.id = s.instance_id";
+    let (rows, gpu_rows, slice_rows) = match which {
+        Which::One(id) => (
             sqlx::query(&format!("{node_cols} WHERE id = $1")).bind(id.to_string()).fetch_all(pool).await?,
             sqlx::query(&format!("{gpu_cols} WHERE node_id = $1 ORDER BY idx"))
                 .bind(id.to_string())
                 .fetch_all(pool)
                 .await?,
-        ),
-        None => (
-            sqlx::query(&format!("{node_cols} ORDER BY name")).fetch_all(pool).await?,
-            sqlx::query(&format!("{gpu_cols} ORDER BY node_id, idx")).fetch_all(pool).await?,
-        ),
-    };
-    let slice_cols = "SELECT s.node_id, s.idx, s.instance_id, s.milli, s.mem_mib, s.mig, i.tenant_id \
-                      FROM gpu_slices s JOIN instances i ON i.id = s.instance_id";
-    let slice_rows = match only {
-        Some(id) => {
             sqlx::query(&format!("{slice_cols} WHERE s.node_id = $1 ORDER BY s.idx, s.instance_id"))
                 .bind(id.to_string())
                 .fetch_all(pool)
-                .await?
+                .await?,
+        ),
+        Which::Some(ids) => {
+            if ids.is_empty() {
+                return Ok(Vec::new());
+            }
+            let list = (1..=ids.len()).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ");
+            let read = |sql: String| {
+                let ids = ids.iter().map(|i| i.to_string()).collect::<Vec<_>>();
+                async move {
+                    let mut q = sqlx::query(&sql);
+                    for id in ids {
+                        q = q.bind(id);
+                    }
+                    q.fetch_all(pool).await
+                }
+            };
+            (
+                read(format!("{node_cols} WHERE id IN ({list}) ORDER BY name")).await?,
+                read(format!("{gpu_cols} WHERE node_id IN ({list}) ORDER BY node_id, idx")).await?,
+                read(format!("{slice_cols} WHERE s.node_id IN ({list}) ORDER BY s.node_id, s.idx, s.instance_id"))
+                    .await?,
+            )
         }
-        None => sqlx::query(&format!("{slice_cols} ORDER BY s.node_id, s.idx, s.instance_id")).fetch_all(pool).await?,
+        Which::All => (
+            sqlx::query(&format!("{node_cols} ORDER BY name")).fetch_all(pool).await?,
+            sqlx::query(&format!("{gpu_cols} ORDER BY node_id, idx")).fetch_all(pool).await?,
+            sqlx::query(&format!("{slice_cols} ORDER BY s.node_id, s.idx, s.instance_id")).fetch_all(pool).await?,
+        ),
     };
     let mut slices: HashMap<(String, i64), Vec<GpuSlice>> = HashMap::new();
     for r in &slice_rows {

@@ -101,6 +101,7 @@ suite!(
     secrets_are_per_tenant_and_progress_is_not_a_state_change,
     a_volume_is_held_by_one_live_instance_and_lives_where_first_placed,
     accrual_reads_heartbeats_restarts_run_free_and_balances_are_kept,
+    a_node_whose_generation_stands_still_reads_the_same,
 );
 
 fn ts(ms: i64) -> Timestamp {
@@ -1340,4 +1341,75 @@ async fn a_gang_is_inserted_whole_once_and_the_market_sees_spot_work(s: Arc<dyn 
     let market: Vec<InstanceId> = s.market_instances().await.unwrap().into_iter().map(|i| i.id).collect();
     assert_eq!(market.len(), 2, "{market:?}");
     assert!(market.contains(&gang[0].id) && market.contains(&gang[1].id));
+}
+
+/// What the scheduler's cached fleet rests on: every change to a node as `list_nodes` shows it,
+/// but its heartbeat's time, moves its generation, and `nodes_by_id` reads what `get_node` does.
+async fn a_node_whose_generation_stands_still_reads_the_same(s: Arc<dyn Store>) {
+    let t = tenant(&s, "cache").await;
+    let n = node(&s, "cache-1", GpuModel::A100_40GB, 2).await;
+    let m = node(&s, "cache-2", GpuModel::A100_40GB, 1).await;
+    let generation = |id: NodeId| {
+        let s = s.clone();
+        async move { s.node_generations().await.unwrap().into_iter().find(|(n, _)| *n == id).map(|(_, g)| g) }
+    };
+    assert_eq!(generation(n.id.clone()).await, Some(n.generation));
+    // The node less what may change without a new generation.
+    let read = |id: NodeId| {
+        let s = s.clone();
+        async move {
+            let mut node = s.get_node(&id).await.unwrap().unwrap();
+            node.last_heartbeat = None;
+            node
+        }
+    };
+    let mut before = read(n.id.clone()).await;
+    // Each step: what it did, and whether it changed the node.
+    let mut check = async |what: &str, changes: bool| {
+        let after = read(n.id.clone()).await;
+        assert_eq!(after != before, changes, "{what}: {before:?} -> {after:?}");
+        assert_eq!(after.generation != before.generation, changes, "{what} and the generation");
+        assert_eq!(generation(n.id.clone()).await, Some(after.generation));
+        before = after;
+    };
+    s.record_heartbeat(&n.id, ts(50)).await.unwrap();
+    check("a heartbeat", false).await;
+    s.set_node_images(&n.id, &["busybox:1".to_string()]).await.unwrap();
+    check("new images", true).await;
+    s.set_node_images(&n.id, &["busybox:1".to_string()]).await.unwrap();
+    check("the same images again", false).await;
+    s.set_node_images(&n.id, &[]).await.unwrap();
+    check("no images", true).await;
+    s.set_node_address(&n.id, Some("10.0.0.9")).await.unwrap();
+    check("an address", true).await;
+    s.set_node_labels(&n.id, &[("time-slicing".to_string(), "shared".to_string())].into()).await.unwrap();
+    check("labels", true).await;
+    s.set_gpu_health(&n.id, 0, false).await.unwrap();
+    check("a GPU out of service", true).await;
+    s.set_gpu_health(&n.id, 0, true).await.unwrap();
+    check("a GPU back", true).await;
+    let i = instance(&s, &t, 1, None).await;
+    let gen_now = generation(n.id.clone()).await.unwrap();
+    s.apply_placements(&n.id, gen_now, &[placement(&i, &[1])], ts(60)).await.unwrap();
+    check("a placement", true).await;
+    let i = s.get_instance(None, &i.id).await.unwrap().unwrap();
+    let running = InstanceChange { state: InstanceState::Running, stop_target: None, exit_code: None, at: ts(61) };
+    let i = s.update_instance(&i.id, i.generation, &running).await.unwrap().unwrap();
+    check("its workload running", false).await;
+    let stopped = InstanceChange { state: InstanceState::Stopped, stop_target: None, exit_code: Some(0), at: ts(62) };
+    s.update_instance(&i.id, i.generation, &stopped).await.unwrap().unwrap();
+    check("its GPU released", true).await;
+    s.set_node_state(&n.id, NodeState::Cordoned, None).await.unwrap();
+    check("cordoned", true).await;
+    s.mark_silent_nodes_lost(ts(100), ts(150)).await.unwrap();
+    check("lost", true).await;
+
+    // Read by ids: those that exist, whatever the number of ids asked (several statements).
+    let mut ids: Vec<NodeId> = (0..1200).map(|_| NodeId::from_random(rand::random())).collect();
+    ids.insert(3, n.id.clone());
+    ids.push(m.id.clone());
+    let mut got = s.nodes_by_id(&ids).await.unwrap();
+    got.sort_by(|a, b| a.name.cmp(&b.name));
+    assert_eq!(got, [s.get_node(&n.id).await.unwrap().unwrap(), s.get_node(&m.id).await.unwrap().unwrap()]);
+    assert!(s.nodes_by_id(&[]).await.unwrap().is_empty());
 }
