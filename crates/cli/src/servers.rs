@@ -436,6 +436,7 @@ pub fn dev(args: DevArgs, profile_name: Option<&str>) -> Result<(), String> {
         );
         use std::io::Write;
         let _ = std::io::stdout().flush();
+        let app = running.app.clone();
         let result = tokio::select! {
             _ = running.wait() => Err("the API server stopped".to_string()),
             // SIGTERM too (kill, service managers): the workloads stop with dev, never orphaned.
@@ -445,6 +446,9 @@ pub fn dev(args: DevArgs, profile_name: Option<&str>) -> Result<(), String> {
         // reported stopped, on the next start).
         shutdown.store(true, Ordering::SeqCst);
         let _ = tokio::task::spawn_blocking(move || agents.into_iter().for_each(|t| drop(t.join()))).await;
+        if let Err(e) = app.flush_gpu_samples().await {
+            tracing::warn!(error = %e, "GPU samples not written at shutdown");
+        }
         result
     })
 }
@@ -523,6 +527,10 @@ pub fn serve(args: ServeArgs) -> Result<(), String> {
             _ = running.wait() => Err("the API server stopped".to_string()),
             _ = terminated() => Ok(()),
         };
+        // The last second's GPU samples are written before the process goes.
+        if let Err(e) = app.flush_gpu_samples().await {
+            tracing::warn!(error = %e, "GPU samples not written at shutdown");
+        }
         // Hand the reconcilers to another replica now rather than when the lease lapses.
         app.step_down().await;
         result

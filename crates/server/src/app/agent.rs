@@ -120,15 +120,29 @@ pub trait AgentApi: Send + Sync {
 #[async_trait]
 impl AgentApi for App {
     async fn heartbeat(&self, report: AgentReport) -> Result<Vec<gpucloud_api::AgentWorkload>, AppError> {
+        self.heartbeat_of(report, None).await
+    }
+}
+
+impl App {
+    /// A heartbeat, with the node as the caller just read it (`None`: read it here).
+    pub async fn heartbeat_of(
+        &self,
+        report: AgentReport,
+        current: Option<gpucloud_store::Node>,
+    ) -> Result<Vec<gpucloud_api::AgentWorkload>, AppError> {
         let node = &report.node;
         // One reading of the clock for the whole beat: its records agree with each other.
         let now = self.now();
         // One read of the node serves the fencing check, GPU health and the GPU UUIDs below.
-        let current = self
-            .store
-            .get_node(node)
-            .await?
-            .ok_or_else(|| AppError::NotFound { kind: "node", id: node.to_string() })?;
+        let current = match current.filter(|c| c.id == *node) {
+            Some(c) => c,
+            None => self
+                .store
+                .get_node(node)
+                .await?
+                .ok_or_else(|| AppError::NotFound { kind: "node", id: node.to_string() })?,
+        };
         let recorded = match report.epoch {
             None => self.store.record_heartbeat(node, now).await?,
             // The current epoch stays out of the answer: it would let a caller forge a current beat.
@@ -142,8 +156,11 @@ impl AgentApi for App {
         if !recorded {
             return Err(AppError::NotFound { kind: "node", id: node.to_string() });
         }
+        // Whether this beat wrote to an instance on the node: its answer then reads them again.
+        let mut wrote = false;
         for g in report.gpus.iter().filter(|g| g.is_fatal()) {
             self.gpu_failed(&current, g).await?;
+            wrote = true;
         }
         if !report.gpus.is_empty() {
             self.telemetry.lock().unwrap_or_else(|e| e.into_inner()).insert(node.clone(), (now, report.gpus.clone()));
@@ -161,6 +178,7 @@ impl AgentApi for App {
             let Some(inst) = here(id) else { continue };
             if inst.checkpoint.as_ref().is_none_or(|c| c.path != *path) {
                 self.store.record_checkpoint(id, path, now).await?;
+                wrote = true;
             }
         }
         if !report.metrics.is_empty() {
@@ -175,6 +193,7 @@ impl AgentApi for App {
             {
                 tracing::warn!(instance = %id, %reason, "agent ended the workload");
                 self.store.set_status_reason(id, Some(reason)).await?;
+                wrote = true;
             }
             // Before the state, like checkpoints: an instance is never shown running at an old
             // run's endpoint.
@@ -182,18 +201,22 @@ impl AgentApi for App {
                 && inst.published != *published
             {
                 self.store.set_instance_published(id, published).await?;
+                wrote = true;
             }
             if inst.progress.is_some() && *seen == AgentObservation::Running {
                 self.store.set_instance_progress(id, None).await?;
+                wrote = true;
             }
             if let Some((_, port)) = report.ports.iter().find(|(p, _)| p == id) {
                 let host = current.reached_at();
                 let endpoint = if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") };
                 if inst.endpoint.as_deref() != Some(endpoint.as_str()) {
                     self.store.set_instance_endpoint(id, &endpoint).await?;
+                    wrote = true;
                 }
             }
-            self.observe(inst, *seen).await?;
+            let generation = inst.generation;
+            wrote |= self.observe(inst, *seen).await?.generation != generation;
         }
         // A workload held running here that the agent no longer mentions at all vanished with
         // its host (a reboot inside the grace): billing ends at the last beat that reported it,
@@ -212,6 +235,7 @@ impl AgentApi for App {
                     exit_code: None,
                     at: prev,
                 };
+                wrote = true;
                 if self.store.update_instance(&inst.id, inst.generation, &change).await?.is_some() {
                     tracing::warn!(instance = %inst.id, %node, "workload vanished from its node: starting it again");
                     let reason =
@@ -224,12 +248,15 @@ impl AgentApi for App {
             let Some(inst) = here(id) else { continue };
             if inst.state == InstanceState::Provisioning && inst.progress.as_deref() != Some(progress.as_str()) {
                 self.store.set_instance_progress(id, Some(progress)).await?;
+                wrote = true;
             }
         }
         let uuids: std::collections::HashMap<u32, String> =
             current.gpus.into_iter().map(|g| (g.index, g.uuid)).collect();
-        let mut held: Vec<gpucloud_store::Instance> =
-            self.store.instances_on_node(node).await?.into_iter().filter(|i| i.state.holds_gpus()).collect();
+        // Instances placed here since the read above wait for the next beat, as they would have
+        // had they been placed a moment later.
+        let on_node = if wrote { self.store.instances_on_node(node).await? } else { on_node };
+        let mut held: Vec<gpucloud_store::Instance> = on_node.into_iter().filter(|i| i.state.holds_gpus()).collect();
         // This answer carries the notices to the node: their deadlines start now.
         let undelivered: Vec<InstanceId> = held
             .iter()
@@ -552,6 +579,7 @@ impl App {
         if self.config.replica.is_none() {
             return Ok(readings);
         }
+        self.flush_gpu_samples().await?;
         let window = 3 * self.config.monitor.sample_interval.as_millis() as i64;
         for s in self.store.latest_gpu_samples(self.now().plus_millis(-window)).await? {
             let (at, gpus) = readings.entry(s.node_id.clone()).or_insert((s.at, Vec::new()));

@@ -52,6 +52,11 @@ impl App {
         self.leadership.since.lock().unwrap_or_else(|e| e.into_inner()).map(|(t, _)| t)
     }
 
+    /// The lease epoch this replica last led under (None for a lone replica, or before it led).
+    pub(crate) fn leader_term(&self) -> Option<i64> {
+        self.leadership.since.lock().unwrap_or_else(|e| e.into_inner()).map(|(_, epoch)| epoch)
+    }
+
     fn holder(&self) -> &str {
         self.config.replica.as_deref().unwrap_or(&self.process_id)
     }

@@ -65,7 +65,7 @@ impl App {
     pub async fn market_pass(&self, dt: Duration) -> Result<MarketReport, AppError> {
         let mut report = MarketReport::default();
         let now = self.now();
-        let nodes = self.store.list_nodes().await?;
+        let nodes = self.fleet().await?;
         let pending = self.store.list_pending(10_000).await?;
         let m = &self.config.market;
         let mut prices: HashMap<(GpuModel, Region), Money> = HashMap::new();

@@ -244,6 +244,12 @@ pub struct App {
     /// Request and scheduling latency histograms for `/metrics`.
     pub obs: obs::ServerMetrics,
     pub(crate) sampled_at: std::sync::Mutex<std::collections::HashMap<gpucloud_model::NodeId, Timestamp>>,
+    /// GPU samples not written yet: flushed every second by `telemetry-flush` and before this
+    /// replica reads samples (decision 0026).
+    pub(crate) sample_buffer: std::sync::Mutex<Vec<gpucloud_store::GpuSample>>,
+    /// The fleet as the scheduling passes read it, re-read node by node when a generation moves
+    /// (`App::fleet`, decision 0026).
+    pub(crate) fleet_cache: tokio::sync::Mutex<schedule::FleetCache>,
     pub(crate) autoscale_since: std::sync::Mutex<std::collections::HashMap<gpucloud_model::ClusterId, AboveBelow>>,
     /// The posting point this process's metering last posted every running interval at: until
     /// the next point, a pass only settles what ended.
@@ -267,6 +273,8 @@ impl App {
             telemetry: Default::default(),
             autoscale_since: Default::default(),
             sampled_at: Default::default(),
+            sample_buffer: Default::default(),
+            fleet_cache: Default::default(),
             obs: Default::default(),
             leadership: Default::default(),
             rate_buckets: Default::default(),

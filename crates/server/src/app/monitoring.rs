@@ -41,6 +41,9 @@ impl Default for MonitorConfig {
 /// no use for more, and a read stays bounded.
 const MAX_WINDOW_MS: i64 = 31 * 24 * 3600 * 1000;
 const MAX_BUCKETS: i64 = 2_000;
+/// GPU samples kept in memory while the database refuses them: a minute of a 10,000-node fleet
+/// sampled every 10 s (8 GPUs a node), about 100 MiB.
+pub(crate) const MAX_BUFFERED_SAMPLES: usize = 480_000;
 
 /// A read window checked: `since_s` seconds back from now in `step_s`-second buckets. A bucket
 /// is never finer than the samples (`sample_ms` apart), and is a whole number of them, so each
@@ -132,8 +135,28 @@ impl App {
                 });
             }
         }
-        self.store.insert_gpu_samples(&samples).await?;
+        // Kept until the next flush (every second, and before this replica reads samples): one
+        // statement for the whole fleet's samples instead of one per node's beat.
+        self.sample_buffer.lock().unwrap_or_else(|e| e.into_inner()).extend(samples);
         Ok(())
+    }
+
+    /// Writes the GPU samples kept since the last flush; returns how many. On a failed write
+    /// they are kept for the next one.
+    pub async fn flush_gpu_samples(&self) -> Result<usize, AppError> {
+        let samples = std::mem::take(&mut *self.sample_buffer.lock().unwrap_or_else(|e| e.into_inner()));
+        if samples.is_empty() {
+            return Ok(0);
+        }
+        if let Err(e) = self.store.insert_gpu_samples(&samples).await {
+            let mut buffer = self.sample_buffer.lock().unwrap_or_else(|e| e.into_inner());
+            // A database down for long must not grow the buffer without bound: the oldest go.
+            let keep = MAX_BUFFERED_SAMPLES.saturating_sub(buffer.len());
+            let skip = samples.len().saturating_sub(keep);
+            buffer.splice(0..0, samples.into_iter().skip(skip));
+            return Err(e.into());
+        }
+        Ok(samples.len())
     }
 
     /// The framework tier: the GPUs an instance held (or its slice's GPU), over time.
@@ -146,6 +169,7 @@ impl App {
     ) -> Result<InstanceTelemetry, AppError> {
         let inst = self.get_instance(by, id).await?;
         let (since, step_ms) = window(self.now(), since_s, step_s, self.sample_ms())?;
+        self.flush_gpu_samples().await?;
         Ok(InstanceTelemetry { step_ms, buckets: self.store.instance_telemetry(&inst.id, since, step_ms).await? })
     }
 
@@ -159,6 +183,7 @@ impl App {
         by.require_operator()?;
         let now = self.now();
         let (since, step_ms) = window(now, since_s, step_s, self.sample_ms())?;
+        self.flush_gpu_samples().await?;
         let mut revenue: std::collections::BTreeMap<i64, i64> =
             self.store.revenue_series(since, step_ms).await?.into_iter().map(|(t, v)| (t.0, v)).collect();
         // Running instances earn between postings too: each bucket gets what they accrued in it
@@ -234,6 +259,7 @@ impl App {
     /// Flags (and with the tenant's opt-in stops) running instances whose GPUs stayed under the
     /// tenant's idle threshold for its whole window ending at `now`; returns how many stopped.
     pub async fn idle_pass(&self, now: Timestamp) -> Result<usize, AppError> {
+        self.flush_gpu_samples().await?;
         let mut stopped = 0;
         let mut settings: HashMap<TenantId, TenantBilling> = HashMap::new();
         for inst in self.store.list_instances(None).await? {

@@ -193,7 +193,8 @@ impl App {
     /// says so in its `reason` until room frees, the drain is forced, or the node is uncordoned.
     pub async fn drain_pass(&self) -> Result<usize, AppError> {
         use rand::SeedableRng;
-        let nodes = self.store.list_nodes().await?;
+        // Every second: the cached fleet, not a read of every GPU row.
+        let nodes = self.fleet().await?;
         if !nodes.iter().any(|n| n.state == NodeState::Draining) {
             return Ok(0);
         }

@@ -82,6 +82,45 @@ fn store_error(e: AppError) -> StoreError {
     }
 }
 
+/// The fleet as the scheduling passes see it, and the leadership term it was read in.
+#[derive(Default)]
+pub(crate) struct FleetCache {
+    term: Option<i64>,
+    nodes: HashMap<gpucloud_model::NodeId, Node>,
+}
+
+impl App {
+    /// Every node, as `Store::list_nodes` returns it but for `last_heartbeat` (which may be
+    /// older), ordered by name: read from the store only for the nodes whose generation moved
+    /// since the last call. Every other change to a node bumps its generation, so the rest is
+    /// exactly the store's; a node that changes between this read and a write planned on it
+    /// fails that write's generation check and is planned again (decision 0026). A new
+    /// leadership term starts from an empty cache.
+    pub(crate) async fn fleet(&self) -> Result<Vec<Node>, StoreError> {
+        let term = self.leader_term();
+        let generations = self.store.node_generations().await?;
+        let mut cache = self.fleet_cache.lock().await;
+        if cache.term != term {
+            *cache = FleetCache { term, nodes: HashMap::new() };
+        }
+        let live: HashSet<&gpucloud_model::NodeId> = generations.iter().map(|(id, _)| id).collect();
+        cache.nodes.retain(|id, _| live.contains(id));
+        let moved: Vec<gpucloud_model::NodeId> = generations
+            .iter()
+            .filter(|(id, generation)| cache.nodes.get(id).is_none_or(|n| n.generation != *generation))
+            .map(|(id, _)| id.clone())
+            .collect();
+        if !moved.is_empty() {
+            for n in self.store.nodes_by_id(&moved).await? {
+                cache.nodes.insert(n.id.clone(), n);
+            }
+        }
+        let mut nodes: Vec<Node> = cache.nodes.values().cloned().collect();
+        nodes.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(nodes)
+    }
+}
+
 impl App {
     /// The market as this pass sees it: spot prices where requests bid, reserved GPUs left idle,
     /// and the spot instances that hold GPUs.
@@ -199,7 +238,7 @@ impl App {
             if pending.is_empty() {
                 return Ok(report);
             }
-            let nodes = self.store.list_nodes().await?;
+            let nodes = self.fleet().await?;
             let snapshot = snapshot_of(&nodes);
             let by_id: HashMap<&InstanceId, _> = pending.iter().map(|i| (&i.id, i)).collect();
             // Clusters whose members start together: not replica sets, whose members are each
@@ -298,7 +337,12 @@ impl App {
                         }
                         report.placed += placed.len();
                     }
-                    ApplyOutcome::Conflict => conflicts += 1,
+                    ApplyOutcome::Conflict => {
+                        // Whatever this replica believed of the node, the store said no: the next
+                        // round reads it again, changed generation or not.
+                        self.fleet_cache.lock().await.nodes.remove(&batch.node);
+                        conflicts += 1
+                    }
                 }
             }
             report.conflicts += conflicts;
@@ -307,5 +351,68 @@ impl App {
             }
         }
         Ok(report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gpucloud_model::{GpuModel, NodeId, Region, Role, TenantId, Timestamp};
+    use gpucloud_store::{NewGpu, NewInstance, NewNode, Sale, Tenant};
+
+    /// The worst a cache can be: a node shown with a free GPU at the store's own generation
+    /// while the store has it taken. The store's guard refuses the placement, the node is read
+    /// again, and the request waits: a re-plan, never a GPU held twice.
+    #[tokio::test]
+    async fn a_stale_cached_node_costs_a_replan_never_a_double_booking() {
+        let dir = std::env::temp_dir().join(format!("gpucloud-fleet-cache-{:016x}", rand::random::<u64>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = gpucloud_store::open(&format!("sqlite://{}/t.db", dir.display())).await.unwrap();
+        let app = App::new(store.clone(), super::super::Config::default());
+        let now = app.now();
+        let tenant =
+            Tenant { id: TenantId::from_random(rand::random()), name: "t".into(), role: Role::Tenant, created_at: now };
+        store.create_tenant(&tenant).await.unwrap();
+        let node = NodeId::from_random(rand::random());
+        let gpus = vec![NewGpu { index: 0, model: GpuModel::A100_40GB, uuid: "GPU-0".into() }];
+        let region = Region::parse("eu-1").unwrap();
+        store
+            .insert_node(&NewNode { id: node.clone(), name: "n".into(), region, gpus, created_at: now })
+            .await
+            .unwrap();
+        store.record_heartbeat(&node, now).await.unwrap();
+        let instance = |name: &str| NewInstance {
+            id: InstanceId::from_random(rand::random()),
+            tenant_id: tenant.id.clone(),
+            name: name.into(),
+            region: None,
+            model: GpuModel::A100_40GB,
+            count: 1,
+            share: None,
+            command: "sleep 1".into(),
+            idempotency_key: None,
+            created_at: Timestamp(now.0 + 1),
+            sale: Sale::default(),
+        };
+        let first = instance("first");
+        store.insert_instance(&first).await.unwrap();
+        let free = app.fleet().await.unwrap().pop().unwrap();
+        assert!(free.gpus[0].instance.is_none());
+        let r = app.schedule_pass().await.unwrap();
+        assert_eq!((r.placed, r.conflicts), (1, 0), "{r:?}");
+
+        // The cache is made to show the GPU free at the node's current generation.
+        let taken = store.get_node(&node).await.unwrap().unwrap();
+        app.fleet_cache.lock().await.nodes.insert(node.clone(), Node { generation: taken.generation, ..free });
+        let second = instance("second");
+        store.insert_instance(&second).await.unwrap();
+        let r = app.schedule_pass().await.unwrap();
+        assert_eq!((r.placed, r.conflicts, r.unplaced), (0, 1, 1), "{r:?}");
+        let after = store.get_node(&node).await.unwrap().unwrap();
+        assert_eq!(after.gpus[0].instance.as_ref(), Some(&first.id), "the GPU stays its first holder's");
+        let waiting = store.get_instance(None, &second.id).await.unwrap().unwrap();
+        assert_eq!(waiting.state, InstanceState::Pending);
+        assert_eq!(app.fleet().await.unwrap(), vec![after], "the node was read again");
+        let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -4,7 +4,7 @@
 
 use super::error::ApiError;
 use super::extract::{ApiJson, Auth};
-use crate::app::{AgentApi, AgentReport, App, AppError};
+use crate::app::{AgentReport, App, AppError};
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
@@ -65,7 +65,8 @@ pub async fn heartbeat(
     Auth(p): Auth,
     ApiJson(req): ApiJson<AgentHeartbeat>,
 ) -> Result<Json<AgentDesired>, ApiError> {
-    app.agent_node(&p, &node_id(&req.node_id)?).await?;
+    // The node as read for the key check serves the beat too: one read of it a beat.
+    let current = app.agent_node(&p, &node_id(&req.node_id)?).await?;
     let seen = crate::app::observed(req.instances)?;
     let gpus = req.gpus;
     if req.metrics.len() > 20_000 {
@@ -117,7 +118,7 @@ pub async fn heartbeat(
         preparing: seen.preparing,
         published: seen.published,
     };
-    let desired = app.heartbeat(report).await?;
+    let desired = app.heartbeat_of(report, Some(current)).await?;
     if let Some(images) = images {
         app.record_node_images(&node, images).await?;
     }

@@ -242,6 +242,16 @@ fn specs(app: &App) -> Vec<Spec> {
             },
         },
         Spec {
+            // Every replica keeps the samples of the beats it answered: each flushes its own.
+            group: "telemetry",
+            name: "telemetry-flush",
+            what: "writes the GPU samples of the last second's heartbeats in one statement",
+            period: Duration::from_secs(1),
+            leader_only: false,
+            delay_first: true,
+            pass: |app| Box::pin(async move { app.flush_gpu_samples().await.map(|_| ()).map_err(err) }),
+        },
+        Spec {
             group: "monitor",
             name: "telemetry-retention",
             what: "deletes telemetry past its retention",
