@@ -13,7 +13,7 @@ use gpucloud_model::{
 };
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{Acquire, AnyPool, Executor, Row};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 use std::sync::Once;
 
@@ -749,8 +749,20 @@ impl Store for SqlStore {
     }
 
     async fn apply_plan(&self, batches: &[NodeBatch], at: Timestamp) -> Result<Vec<ApplyOutcome>> {
-        // One commit for the whole plan (one fsync on SQLite), a savepoint per node so a node that
-        // changed meanwhile only loses its own batch.
+        // One commit for the whole plan (one fsync on SQLite). A plan usually applies whole, so
+        // first it is written as if it would: whole-GPU placements a few statements for the
+        // whole plan, others node by node without savepoints (decision 0026). Should anything
+        // have changed meanwhile, all of it is rolled back and applied again with a savepoint
+        // per node, so a node that changed only loses its own batch.
+        let mut tx = self.pool.begin().await?;
+        let whole = batches.iter().all(|b| b.placements.iter().all(|p| p.volume.is_none() && p.share.is_none()));
+        let optimistic =
+            if whole { apply_bulk(&mut tx, batches, at).await? } else { apply_each(&mut tx, batches, at).await? };
+        if let Some(outcomes) = optimistic {
+            tx.commit().await?;
+            return Ok(outcomes);
+        }
+        tx.rollback().await?;
         let mut tx = self.pool.begin().await?;
         let mut outcomes = Vec::with_capacity(batches.len());
         for batch in batches {
@@ -1045,6 +1057,132 @@ async fn load_nodes(pool: &AnyPool, which: Which<'_>) -> Result<Vec<Node>> {
             })
         })
         .collect()
+}
+
+/// Every batch in turn, none isolated from the others: `None` as soon as one conflicts (the
+/// caller rolls all of it back).
+async fn apply_each(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    batches: &[NodeBatch],
+    at: Timestamp,
+) -> Result<Option<Vec<ApplyOutcome>>> {
+    let mut outcomes = Vec::with_capacity(batches.len());
+    for batch in batches {
+        match apply_batch(tx, batch, at).await? {
+            ApplyOutcome::Conflict => return Ok(None),
+            applied => outcomes.push(applied),
+        }
+    }
+    Ok(Some(outcomes))
+}
+
+/// Nodes a statement of `apply_bulk` covers: at most 8 placements and 8 GPUs a node keep the
+/// bind parameters (4 a placement, 3 a GPU) under both backends' limits.
+const BULK_NODES: usize = 250;
+
+/// Whole-GPU batches as four statements per `BULK_NODES` nodes instead of three per placement:
+/// what `apply_batch` writes for each, with the same guards. `None` when any guard fails (a node
+/// moved, a GPU was taken): which one is not worked out here, the caller rolls back and applies
+/// node by node.
+async fn apply_bulk(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    batches: &[NodeBatch],
+    at: Timestamp,
+) -> Result<Option<Vec<ApplyOutcome>>> {
+    let mut outcomes = Vec::with_capacity(batches.len());
+    for chunk in batches.chunks(BULK_NODES) {
+        let rows = |n: usize, width: usize, from: usize| -> String {
+            (0..n)
+                .map(|r| {
+                    let cols: Vec<String> = (0..width).map(|c| format!("${}", from + r * width + c)).collect();
+                    format!("({})", cols.join(", "))
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let sql = format!(
+            "UPDATE nodes SET generation = generation + 1 FROM (VALUES {}) AS v \
+             WHERE nodes.id = v.column1 AND nodes.generation = v.column2 \
+             AND nodes.state = 'ready' AND nodes.health = 'healthy'",
+            rows(chunk.len(), 2, 1)
+        );
+        let mut q = sqlx::query(&sql);
+        for b in chunk {
+            q = q.bind(b.node.to_string()).bind(b.node_generation);
+        }
+        if q.execute(&mut **tx).await?.rows_affected() != chunk.len() as u64 {
+            return Ok(None);
+        }
+        let placements: Vec<(&NodeBatch, &NewPlacement)> =
+            chunk.iter().flat_map(|b| b.placements.iter().map(move |p| (b, p))).collect();
+        let mut moved: HashSet<String> = HashSet::new();
+        if !placements.is_empty() {
+            let sql = format!(
+                "UPDATE instances SET state = 'provisioning', node_id = v.column3, pending_reason = NULL, \
+                 status_reason = NULL, exit_code = NULL, generation = generation + 1, updated_at = $1, \
+                 placement_note = v.column4, \
+                 log_base = COALESCE((SELECT MAX(l.seq) FROM instance_logs l WHERE l.instance_id = instances.id), 0) \
+                 FROM (VALUES {}) AS v \
+                 WHERE instances.id = v.column1 AND instances.state = 'pending' AND instances.quota_held = 0 \
+                 AND instances.generation = v.column2 RETURNING instances.id",
+                rows(placements.len(), 4, 2)
+            );
+            let mut q = sqlx::query(&sql).bind(at.0);
+            for (b, p) in &placements {
+                q = q
+                    .bind(p.instance.to_string())
+                    .bind(p.instance_generation)
+                    .bind(b.node.to_string())
+                    .bind(p.note.clone());
+            }
+            for r in q.fetch_all(&mut **tx).await? {
+                moved.insert(r.try_get::<String, _>(0)?);
+            }
+        }
+        // Those that left pending meanwhile (stopped, terminated) are skipped, as node by node.
+        let taken: Vec<&(&NodeBatch, &NewPlacement)> =
+            placements.iter().filter(|(_, p)| moved.contains(&p.instance.to_string())).collect();
+        if !taken.is_empty() {
+            let sql = format!(
+                "INSERT INTO instance_events (instance_id, generation, at, from_state, to_state) VALUES {}",
+                rows(taken.len(), 5, 1)
+            );
+            let mut q = sqlx::query(&sql);
+            for (_, p) in &taken {
+                q = q
+                    .bind(p.instance.to_string())
+                    .bind(p.instance_generation + 1)
+                    .bind(at.0)
+                    .bind(InstanceState::Pending.as_str())
+                    .bind(InstanceState::Provisioning.as_str());
+            }
+            q.execute(&mut **tx).await?;
+            let gpus: Vec<(&NodeBatch, &NewPlacement, u32)> =
+                taken.iter().flat_map(|(b, p)| p.gpus.iter().map(move |g| (*b, *p, *g))).collect();
+            if !gpus.is_empty() {
+                let sql = format!(
+                    "UPDATE gpus SET instance_id = v.column3 FROM (VALUES {}) AS v \
+                     WHERE gpus.node_id = v.column1 AND gpus.idx = v.column2 \
+                     AND gpus.instance_id IS NULL AND gpus.healthy = 1 \
+                     AND NOT EXISTS (SELECT 1 FROM gpu_slices s WHERE s.node_id = gpus.node_id AND s.idx = gpus.idx)",
+                    rows(gpus.len(), 3, 1)
+                );
+                let mut q = sqlx::query(&sql);
+                for (b, p, g) in &gpus {
+                    q = q.bind(b.node.to_string()).bind(i64::from(*g)).bind(p.instance.to_string());
+                }
+                if q.execute(&mut **tx).await?.rows_affected() != gpus.len() as u64 {
+                    return Ok(None);
+                }
+            }
+        }
+        for b in chunk {
+            let placed =
+                b.placements.iter().filter(|p| moved.contains(&p.instance.to_string())).map(|p| p.instance.clone());
+            outcomes.push(ApplyOutcome::Applied { placed: placed.collect() });
+        }
+    }
+    Ok(Some(outcomes))
 }
 
 async fn apply_batch(tx: &mut sqlx::Transaction<'_, sqlx::Any>, b: &NodeBatch, at: Timestamp) -> Result<ApplyOutcome> {

@@ -80,6 +80,7 @@ suite!(
     idempotency_records,
     concurrent_placements_never_double_book,
     a_conflicting_node_fails_alone_in_a_plan,
+    a_plan_over_many_nodes_writes_what_node_by_node_would,
     billable_time_is_recorded_with_state_changes,
     charges_move_money_once,
     a_batch_posts_like_one_entry_at_a_time,
@@ -529,6 +530,56 @@ async fn a_conflicting_node_fails_alone_in_a_plan(s: Arc<dyn Store>) {
     let n3_after = s.get_node(&n3.id).await.unwrap().unwrap();
     assert_eq!(n3_after.generation, n3.generation, "rolled back with its batch");
     assert!(n3_after.gpus.iter().all(|g| g.instance.is_none()));
+}
+
+/// A plan of whole-GPU placements on more nodes than one bulk statement covers: every node
+/// bumped once, each placed instance provisioning on its GPUs with its event, one that left
+/// pending skipped with its GPUs left free; then the same plan again conflicts everywhere.
+async fn a_plan_over_many_nodes_writes_what_node_by_node_would(s: Arc<dyn Store>) {
+    let t = tenant(&s, "a").await;
+    let mut nodes = Vec::new();
+    for k in 0..260 {
+        nodes.push(node(&s, &format!("gpu-{k:03}"), GpuModel::A100_40GB, 2).await);
+    }
+    let mut batches = Vec::new();
+    let mut placed = Vec::new();
+    for n in &nodes {
+        let (a, b) = (instance(&s, &t, 1, None).await, instance(&s, &t, 1, None).await);
+        batches.push(NodeBatch {
+            node: n.id.clone(),
+            node_generation: n.generation,
+            placements: vec![placement(&a, &[1]), placement(&b, &[0])],
+        });
+        placed.push((a, b));
+    }
+    let (gone, _) = &placed[7];
+    let change = InstanceChange { state: InstanceState::Terminated, stop_target: None, exit_code: None, at: ts(30) };
+    s.update_instance(&gone.id, gone.generation, &change).await.unwrap().unwrap();
+    let out = s.apply_plan(&batches, ts(50)).await.unwrap();
+    assert_eq!(out.len(), nodes.len());
+    for (k, ((a, b), n)) in placed.iter().zip(&nodes).enumerate() {
+        let want = if k == 7 { vec![b.id.clone()] } else { vec![a.id.clone(), b.id.clone()] };
+        assert_eq!(out[k], ApplyOutcome::Applied { placed: want }, "node {k}");
+        let after = s.get_node(&n.id).await.unwrap().unwrap();
+        assert_eq!(after.generation, n.generation + 1, "node {k} bumped once");
+        let holders: Vec<Option<InstanceId>> = after.gpus.iter().map(|g| g.instance.clone()).collect();
+        let first = if k == 7 { None } else { Some(a.id.clone()) };
+        assert_eq!(holders, vec![Some(b.id.clone()), first], "node {k}");
+        let got = s.get_instance(None, &b.id).await.unwrap().unwrap();
+        assert_eq!(
+            (got.state, got.node_id.clone(), got.gpus.clone()),
+            (InstanceState::Provisioning, Some(n.id.clone()), vec![0])
+        );
+        assert_eq!(got.generation, b.generation + 1);
+        let last = s.instance_events(&b.id).await.unwrap().pop().unwrap();
+        assert_eq!(
+            (last.generation, last.at, last.from, last.to),
+            (b.generation + 1, ts(50), Some(InstanceState::Pending), InstanceState::Provisioning)
+        );
+    }
+    assert_eq!(s.get_instance(None, &gone.id).await.unwrap().unwrap().state, InstanceState::Terminated);
+    let again = s.apply_plan(&batches, ts(60)).await.unwrap();
+    assert!(again.iter().all(|o| *o == ApplyOutcome::Conflict), "every generation moved");
 }
 
 async fn running_instance(s: &Arc<dyn Store>, t: &Tenant, n: &Node, at: i64) -> Instance {
