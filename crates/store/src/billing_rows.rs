@@ -240,11 +240,11 @@ pub(crate) async fn insert_entry(
     Ok(Some(delta))
 }
 
-/// `$a, $b, ...` placeholders for `rows` rows of `cols` columns, numbered from 1.
-fn placeholders(rows: usize, cols: usize) -> String {
+/// `($a, $b, ...), ...` placeholders for `rows` rows of `cols` columns, numbered from `first`.
+pub(crate) fn placeholders(rows: usize, cols: usize, first: usize) -> String {
     (0..rows)
         .map(|r| {
-            let row: Vec<String> = (1..=cols).map(|c| format!("${}", r * cols + c)).collect();
+            let row: Vec<String> = (0..cols).map(|c| format!("${}", first + r * cols + c)).collect();
             format!("({})", row.join(", "))
         })
         .collect::<Vec<_>>()
@@ -269,7 +269,7 @@ pub(crate) async fn insert_ledger_bulk(
         let sql = format!(
             "INSERT INTO ledger_entries (id, tenant_id, kind, memo, instance_id, interval_id, gpu_model, seconds, \
              idempotency_key, created_at) VALUES {} ON CONFLICT (idempotency_key) DO NOTHING RETURNING id",
-            placeholders(chunk.len(), 10)
+            placeholders(chunk.len(), 10, 1)
         );
         let mut q = sqlx::query(&sql);
         for rec in chunk {
@@ -301,7 +301,7 @@ pub(crate) async fn insert_ledger_bulk(
     for chunk in postings.chunks(ROWS) {
         let sql = format!(
             "INSERT INTO ledger_postings (entry_id, account, currency, amount_micros) VALUES {}",
-            placeholders(chunk.len(), 4)
+            placeholders(chunk.len(), 4, 1)
         );
         let mut q = sqlx::query(&sql);
         for (entry, account, amount) in chunk {

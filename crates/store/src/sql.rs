@@ -1091,20 +1091,11 @@ async fn apply_bulk(
 ) -> Result<Option<Vec<ApplyOutcome>>> {
     let mut outcomes = Vec::with_capacity(batches.len());
     for chunk in batches.chunks(BULK_NODES) {
-        let rows = |n: usize, width: usize, from: usize| -> String {
-            (0..n)
-                .map(|r| {
-                    let cols: Vec<String> = (0..width).map(|c| format!("${}", from + r * width + c)).collect();
-                    format!("({})", cols.join(", "))
-                })
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
         let sql = format!(
             "UPDATE nodes SET generation = generation + 1 FROM (VALUES {}) AS v \
              WHERE nodes.id = v.column1 AND nodes.generation = v.column2 \
              AND nodes.state = 'ready' AND nodes.health = 'healthy'",
-            rows(chunk.len(), 2, 1)
+            placeholders(chunk.len(), 2, 1)
         );
         let mut q = sqlx::query(&sql);
         for b in chunk {
@@ -1125,7 +1116,7 @@ async fn apply_bulk(
                  FROM (VALUES {}) AS v \
                  WHERE instances.id = v.column1 AND instances.state = 'pending' AND instances.quota_held = 0 \
                  AND instances.generation = v.column2 RETURNING instances.id",
-                rows(placements.len(), 4, 2)
+                placeholders(placements.len(), 4, 2)
             );
             let mut q = sqlx::query(&sql).bind(at.0);
             for (b, p) in &placements {
@@ -1145,7 +1136,7 @@ async fn apply_bulk(
         if !taken.is_empty() {
             let sql = format!(
                 "INSERT INTO instance_events (instance_id, generation, at, from_state, to_state) VALUES {}",
-                rows(taken.len(), 5, 1)
+                placeholders(taken.len(), 5, 1)
             );
             let mut q = sqlx::query(&sql);
             for (_, p) in &taken {
@@ -1165,7 +1156,7 @@ async fn apply_bulk(
                      WHERE gpus.node_id = v.column1 AND gpus.idx = v.column2 \
                      AND gpus.instance_id IS NULL AND gpus.healthy = 1 \
                      AND NOT EXISTS (SELECT 1 FROM gpu_slices s WHERE s.node_id = gpus.node_id AND s.idx = gpus.idx)",
-                    rows(gpus.len(), 3, 1)
+                    placeholders(gpus.len(), 3, 1)
                 );
                 let mut q = sqlx::query(&sql);
                 for (b, p, g) in &gpus {

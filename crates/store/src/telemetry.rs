@@ -100,13 +100,7 @@ impl TelemetryStore for SqlStore {
         };
         let mut tx = self.pool.begin().await?;
         for chunk in samples.chunks(per_statement) {
-            let values = (0..chunk.len())
-                .map(|r| {
-                    let row: Vec<String> = (1..=11).map(|c| format!("${}", r * 11 + c)).collect();
-                    format!("({})", row.join(", "))
-                })
-                .collect::<Vec<_>>()
-                .join(", ");
+            let values = crate::billing_rows::placeholders(chunk.len(), 11, 1);
             let sql = format!(
                 "INSERT INTO gpu_samples (node_id, gpu_index, at, instance_id, temperature_c, power_w, energy_mj, \
                  memory_used_mib, utilization_pct, xid, ecc_uncorrectable) VALUES {values} ON CONFLICT DO NOTHING"
