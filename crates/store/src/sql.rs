@@ -1076,11 +1076,31 @@ async fn apply_each(
     Ok(Some(outcomes))
 }
 
-/// Nodes a statement of `apply_bulk` covers: at most 8 placements and 8 GPUs a node keep the
-/// bind parameters (4 a placement, 3 a GPU) under both backends' limits.
+/// How much one statement of `apply_bulk` carries: at 2 bind parameters a node, 4 a placement
+/// and 3 a GPU, well under both backends' limits (SQLite's is 32,766) whatever a node's size.
 const BULK_NODES: usize = 250;
+const BULK_GPUS: usize = 2_000;
 
-/// Whole-GPU batches as four statements per `BULK_NODES` nodes instead of three per placement:
+/// `batches` cut into runs of at most `BULK_NODES` nodes and `BULK_GPUS` GPUs (a lone batch
+/// larger than that stays whole).
+fn bulk_chunks(batches: &[NodeBatch]) -> Vec<&[NodeBatch]> {
+    let gpus = |b: &NodeBatch| b.placements.iter().map(|p| p.gpus.len().max(1)).sum::<usize>();
+    let (mut chunks, mut start, mut held) = (Vec::new(), 0, 0);
+    for (i, b) in batches.iter().enumerate() {
+        let g = gpus(b);
+        if i > start && (i - start == BULK_NODES || held + g > BULK_GPUS) {
+            chunks.push(&batches[start..i]);
+            (start, held) = (i, 0);
+        }
+        held += g;
+    }
+    if start < batches.len() {
+        chunks.push(&batches[start..]);
+    }
+    chunks
+}
+
+/// Whole-GPU batches as four statements per `bulk_chunks` run instead of three per placement:
 /// what `apply_batch` writes for each, with the same guards. `None` when any guard fails (a node
 /// moved, a GPU was taken): which one is not worked out here, the caller rolls back and applies
 /// node by node.
@@ -1090,7 +1110,7 @@ async fn apply_bulk(
     at: Timestamp,
 ) -> Result<Option<Vec<ApplyOutcome>>> {
     let mut outcomes = Vec::with_capacity(batches.len());
-    for chunk in batches.chunks(BULK_NODES) {
+    for chunk in bulk_chunks(batches) {
         let sql = format!(
             "UPDATE nodes SET generation = generation + 1 FROM (VALUES {}) AS v \
              WHERE nodes.id = v.column1 AND nodes.generation = v.column2 \
@@ -1369,4 +1389,41 @@ async fn insert_instance_in(tx: &mut sqlx::Transaction<'_, sqlx::Any>, n: &NewIn
         }
     }
     Ok(created)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(k: usize, placements: usize, gpus_each: u32) -> NodeBatch {
+        let placements = (0..placements)
+            .map(|p| NewPlacement {
+                instance: InstanceId::from_random((k * 1000 + p) as u128),
+                instance_generation: 1,
+                gpus: (0..gpus_each).collect(),
+                share: None,
+                gpu_memory_mib: 0,
+                volume: None,
+                note: None,
+            })
+            .collect();
+        NodeBatch { node: NodeId::from_random(k as u128), node_generation: 1, placements }
+    }
+
+    #[test]
+    fn bulk_runs_stay_under_the_bind_limits_whatever_the_node_size() {
+        for (nodes, placements, gpus_each) in [(600, 8, 1), (600, 1, 8), (100, 64, 1), (3, 1, 4000), (0, 0, 0)] {
+            let batches: Vec<NodeBatch> = (0..nodes).map(|k| batch(k, placements, gpus_each)).collect();
+            let chunks = bulk_chunks(&batches);
+            assert_eq!(chunks.iter().map(|c| c.len()).sum::<usize>(), nodes, "every batch once, in order");
+            for c in &chunks {
+                let gpus: usize = c.iter().flat_map(|b| &b.placements).map(|p| p.gpus.len()).sum();
+                let params = 2 * c.len() + 4 * c.iter().map(|b| b.placements.len()).sum::<usize>() + 3 * gpus;
+                assert!(c.len() == 1 || (c.len() <= BULK_NODES && gpus <= BULK_GPUS), "{} nodes, {gpus} GPUs", c.len());
+                assert!(c.len() == 1 || params < 32_766, "{params} bind parameters");
+            }
+        }
+        let eight: Vec<NodeBatch> = (0..600).map(|k| batch(k, 8, 1)).collect();
+        assert_eq!(bulk_chunks(&eight).iter().map(|c| c.len()).collect::<Vec<_>>(), vec![250, 250, 100]);
+    }
 }
