@@ -914,7 +914,7 @@ fn a_restarted_workloads_output_follows_the_last_runs_and_large_chunks_are_taken
 }
 
 /// Found by `sim chaos`: what happens to billing and to the user's intent when a node goes
-/// silent or its host restarts. Virtual time: the test moves the clock past the grace.
+/// silent or its host restarts (or goes down while an instance on it is stopping). Virtual time: the test moves the clock past the grace.
 #[test]
 fn silent_and_rebooted_nodes_keep_the_users_intent_and_bill_only_what_ran() {
     let s = TestServer::start_virtual();
@@ -983,6 +983,31 @@ fn silent_and_rebooted_nodes_keep_the_users_intent_and_bill_only_what_ran() {
     s.advance(std::time::Duration::from_secs(29));
     let r = s.post(&key, &format!("/v1/instances/{c}/start"), None);
     assert_eq!((r.status, r.body["state"].as_str()), (200, Some("pending")), "{:?}", r.body);
+
+    // Stopping when its host went down (its agent had not heard of the stop): the first beat
+    // that no longer mentions it completes the stop, billed until the last beat that saw it
+    // run, not until some later "stopped" that its agent can no longer send.
+    assert_eq!(s.post(&key, &format!("/v1/instances/{c}/terminate"), None).status, 200);
+    let (n3, e3) = reg("host-3");
+    let d = create();
+    desired(&s, &n3, &e3, &d);
+    beat(&s, &n3, &e3, json!([{"id": d, "state": "running"}]));
+    s.wait_state(&key, &d, "running");
+    s.advance(std::time::Duration::from_secs(2));
+    beat(&s, &n3, &e3, json!([{"id": d, "state": "running"}]));
+    assert_eq!(s.post(&key, &format!("/v1/instances/{d}/stop"), None).status, 200);
+    s.wait_state(&key, &d, "stopping");
+    s.advance(std::time::Duration::from_secs(4));
+    let answer = beat(&s, &n3, &e3, json!([]));
+    s.wait_state(&key, &d, "stopped");
+    assert!(answer["instances"].as_array().unwrap().iter().all(|w| w["id"] != d), "{answer}");
+    let u = intervals(&d);
+    assert_eq!(u.len(), 1);
+    assert_eq!(
+        u[0].ended_at,
+        Some(u[0].started_at.plus_millis(2_000)),
+        "billed until the last beat that saw it: {u:?}"
+    );
 }
 
 /// A replica set's member lost with its node may still run on the cut-off agent until that agent

@@ -226,7 +226,30 @@ impl App {
                 report.instances.iter().map(|(id, _, _)| id).chain(report.preparing.iter().map(|(id, _)| id)).collect();
             // Those it does not mention kept their state since the read above.
             for inst in &on_node {
-                if inst.state != InstanceState::Running || mentioned.contains(&inst.id) {
+                if mentioned.contains(&inst.id) {
+                    continue;
+                }
+                // One being stopped is stopped: whatever the agent had of it is gone, and its
+                // billing ends at the last beat that could have reported it, as above. Waiting
+                // for a "stopped" report that will never come billed a dead workload until the
+                // agent next heard from the server (`sim chaos` seed 92 of 10 minutes: a host
+                // that went down while its agent got no answers).
+                if inst.state == InstanceState::Stopping {
+                    let to = inst.state.on_agent(inst.stop_target, AgentObservation::Stopped { exit_code: None });
+                    let change = gpucloud_store::InstanceChange {
+                        state: to.state,
+                        stop_target: to.stop_target,
+                        exit_code: None,
+                        at: prev,
+                    };
+                    wrote = true;
+                    if self.store.update_instance(&inst.id, inst.generation, &change).await?.is_some() {
+                        tracing::info!(instance = %inst.id, %node, "workload gone from its node while stopping");
+                        self.wake_scheduler();
+                    }
+                    continue;
+                }
+                if inst.state != InstanceState::Running {
                     continue;
                 }
                 let change = gpucloud_store::InstanceChange {
