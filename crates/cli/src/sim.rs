@@ -155,6 +155,14 @@ pub enum SimCmd {
         /// stop their workloads).
         #[arg(long)]
         inject: Option<String>,
+        /// Seeds run side by side on this many threads, each pinned to a core (default: one per
+        /// core this process may use).
+        #[arg(long)]
+        jobs: Option<usize>,
+        /// Also hold some beats up on the way, so that they arrive after later ones (the server
+        /// does not yet tell a stale beat from a fresh one: expect failures).
+        #[arg(long)]
+        held_up_beats: bool,
     },
 }
 
@@ -187,13 +195,13 @@ pub fn run(cmd: SimCmd, as_json: bool) -> Result<(), String> {
             };
             spot(&trace, &rates, base, seed, as_json)
         }
-        SimCmd::Chaos { seeds, minutes, nodes, verbose, inject } => {
+        SimCmd::Chaos { seeds, minutes, nodes, verbose, inject, jobs, held_up_beats } => {
             let inject = match inject.as_deref() {
                 None => None,
                 Some("no-fencing") => Some(gpucloud_server::chaos::Injected::NoFencing),
                 Some(other) => return Err(format!("--inject: unknown bug '{other}' (no-fencing)")),
             };
-            chaos(&seeds, minutes, nodes, verbose, inject)
+            chaos(&seeds, minutes, nodes, verbose, (inject, held_up_beats), jobs)
         }
     }
 }
@@ -203,27 +211,42 @@ fn chaos(
     minutes: u64,
     nodes: u32,
     verbose: bool,
-    inject: Option<gpucloud_server::chaos::Injected>,
+    (inject, held_up_beats): (Option<gpucloud_server::chaos::Injected>, bool),
+    jobs: Option<usize>,
 ) -> Result<(), String> {
     let seeds = gpucloud_sim::parse_seeds(seeds)?;
     if !(1..=64).contains(&nodes) {
         return Err("--nodes must be between 1 and 64".into());
     }
-    // One thread: the simulation is sequential, so one seed is one history.
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+    let jobs = match jobs {
+        Some(0) => return Err("--jobs must be at least 1".into()),
+        Some(j) => j,
+        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    };
+    // Each seed runs on one thread (the simulation is sequential, so one seed is one history);
+    // seeds run side by side, and their reports print in the order of the seeds.
     let started = Instant::now();
+    let cfgs: Vec<_> = seeds
+        .iter()
+        .map(|seed| gpucloud_server::chaos::ChaosConfig {
+            seed: *seed,
+            minutes,
+            nodes,
+            inject,
+            held_up_beats,
+            ..Default::default()
+        })
+        .collect();
     let (mut failed, mut virtual_s) = (Vec::new(), 0u64);
-    for seed in &seeds {
-        let cfg = gpucloud_server::chaos::ChaosConfig { seed: *seed, minutes, nodes, inject, ..Default::default() };
-        let r = rt.block_on(gpucloud_server::chaos::run(&cfg))?;
+    gpucloud_server::chaos::run_each(&cfgs, jobs, |r| {
         virtual_s += r.steps;
         if verbose || r.violation.is_some() {
             print!("{}", r.render());
         }
         if r.violation.is_some() {
-            failed.push(*seed);
+            failed.push(r.seed);
         }
-    }
+    })?;
     let real = started.elapsed().as_secs_f64();
     println!(
         "{} seeds, {} failed{}; {virtual_s} virtual s in {real:.1} s: {:.2} seeds/s, {:.0}x real time",
