@@ -149,6 +149,9 @@ pub fn run(config: Config, gpus: &mut dyn GpuBackend, shutdown: &std::sync::atom
     // change (a pull, a cleanup), read at most every 30 s.
     let mut images_told: Option<Vec<String>> = None;
     let mut images_read: Option<std::time::Instant> = None;
+    // Beats are numbered within this registration: one held up on the way and arriving after a
+    // newer one is refused, rather than read as the node's current state.
+    let mut beat_seq: i64 = 0;
     loop {
         if shutdown.load(std::sync::atomic::Ordering::SeqCst) {
             runtime.stop_all_gracefully();
@@ -183,10 +186,12 @@ pub fn run(config: Config, gpus: &mut dyn GpuBackend, shutdown: &std::sync::atom
             images_read = Some(std::time::Instant::now());
             images = runtime.images().filter(|now| images_told.as_ref() != Some(now));
         }
+        beat_seq += 1;
         let beat = AgentHeartbeat {
             images: images.clone(),
             node_id: reg.node_id.clone(),
             epoch: reg.epoch,
+            seq: Some(beat_seq),
             instances,
             gpus: readings,
             metrics,

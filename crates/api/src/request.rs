@@ -302,6 +302,11 @@ pub struct AgentInstanceReport {
 pub struct AgentHeartbeat {
     pub node_id: String,
     pub epoch: i64,
+    /// The beat's number within this registration, counting up from 1. A beat numbered no
+    /// higher than one already taken arrived late and is refused (409), so what it no longer
+    /// mentions is not taken for gone. Agents that leave it out are not checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<i64>,
     pub instances: Vec<AgentInstanceReport>,
     #[serde(default)]
     pub gpus: Vec<GpuTelemetry>,

@@ -191,6 +191,8 @@ fn serve(database: &str, interval_ms: u64) -> Result<(String, String, super::Chi
 struct SimNode {
     node_id: String,
     epoch: i64,
+    /// The number of its last beat (agents number them).
+    seq: i64,
     gpus: FakeGpus,
     runtime: FakeRuntime,
     reconciler: Reconciler,
@@ -212,9 +214,11 @@ fn beat(client: &AgentClient, n: &mut SimNode, beats: &Beats) {
     let instances = n.reconciler.report(&mut n.runtime);
     let readings = n.gpus.telemetry(&n.runtime.gpu_load(), n.last_reading.elapsed());
     n.last_reading = Instant::now();
+    n.seq += 1;
     let hb = api::AgentHeartbeat {
         node_id: n.node_id.clone(),
         epoch: n.epoch,
+        seq: Some(n.seq),
         instances,
         gpus: readings,
         metrics: Vec::new(),
@@ -309,6 +313,7 @@ pub fn run_one(args: &FleetArgs, nodes: usize) -> Result<FleetRow, String> {
                     out.push(SimNode {
                         node_id: reg.node_id,
                         epoch: reg.epoch,
+                        seq: 0,
                         gpus: FakeGpus::from_gpus(gpus),
                         runtime: FakeRuntime::new(),
                         reconciler: Reconciler::default(),

@@ -152,17 +152,18 @@ pub enum SimCmd {
         #[arg(long)]
         verbose: bool,
         /// Put a known bug in, to see the checker catch it: "no-fencing" (cut-off agents never
-        /// stop their workloads).
+        /// stop their workloads) or "unnumbered-beats" (a beat held up on the way is taken as
+        /// the node's current state).
         #[arg(long)]
         inject: Option<String>,
         /// Seeds run side by side on this many threads, each pinned to a core (default: one per
         /// core this process may use).
         #[arg(long)]
         jobs: Option<usize>,
-        /// Also hold some beats up on the way, so that they arrive after later ones (the server
-        /// does not yet tell a stale beat from a fresh one: expect failures).
+        /// Hold no beats up on the way (by default some arrive after later ones, and the server
+        /// must refuse them by their number).
         #[arg(long)]
-        held_up_beats: bool,
+        no_held_up_beats: bool,
     },
 }
 
@@ -195,13 +196,16 @@ pub fn run(cmd: SimCmd, as_json: bool) -> Result<(), String> {
             };
             spot(&trace, &rates, base, seed, as_json)
         }
-        SimCmd::Chaos { seeds, minutes, nodes, verbose, inject, jobs, held_up_beats } => {
+        SimCmd::Chaos { seeds, minutes, nodes, verbose, inject, jobs, no_held_up_beats } => {
             let inject = match inject.as_deref() {
                 None => None,
                 Some("no-fencing") => Some(gpucloud_server::chaos::Injected::NoFencing),
-                Some(other) => return Err(format!("--inject: unknown bug '{other}' (no-fencing)")),
+                Some("unnumbered-beats") => Some(gpucloud_server::chaos::Injected::UnnumberedBeats),
+                Some(other) => {
+                    return Err(format!("--inject: unknown bug '{other}' (no-fencing, unnumbered-beats)"));
+                }
             };
-            chaos(&seeds, minutes, nodes, verbose, (inject, held_up_beats), jobs)
+            chaos(&seeds, minutes, nodes, verbose, (inject, !no_held_up_beats), jobs)
         }
     }
 }

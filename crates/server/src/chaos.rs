@@ -28,9 +28,8 @@ pub struct ChaosConfig {
     pub settle_s: u64,
     /// A bug to put in on purpose, to show the checker catches it.
     pub inject: Option<Injected>,
-    /// Also hold some beats up on the way, so that they arrive after beats sent later. Off by
-    /// default: the server does not yet tell a stale beat from a fresh one, so a beat sent
-    /// before a workload started reads, when it arrives after, as that workload vanished.
+    /// Hold some beats up on the way, so that they arrive after beats sent later (the server
+    /// refuses them by their number). On by default; off replays seeds as builds before it did.
     pub held_up_beats: bool,
 }
 
@@ -39,11 +38,14 @@ pub struct ChaosConfig {
 pub enum Injected {
     /// Cut-off agents never stop their workloads (the defect self-fencing fixed).
     NoFencing,
+    /// Agents do not number their beats, so the server takes a held-up beat as the node's
+    /// current state (the defect beat numbers fixed).
+    UnnumberedBeats,
 }
 
 impl Default for ChaosConfig {
     fn default() -> ChaosConfig {
-        ChaosConfig { seed: 1, minutes: 10, nodes: 4, settle_s: 60, inject: None, held_up_beats: false }
+        ChaosConfig { seed: 1, minutes: 10, nodes: 4, settle_s: 60, inject: None, held_up_beats: true }
     }
 }
 
@@ -87,7 +89,7 @@ impl ChaosReport {
                     self.seed,
                     self.minutes,
                     self.nodes,
-                    if self.held_up_beats { " --held-up-beats" } else { "" }
+                    if self.held_up_beats { "" } else { " --no-held-up-beats" }
                 );
                 for h in &self.history {
                     let _ = writeln!(out, "    {h}");
@@ -101,6 +103,11 @@ impl ChaosReport {
 /// A simulated node agent: what it runs, and whether it can reach the server.
 struct SimAgent {
     node: NodeId,
+    /// The epoch it beats with, and the number of its last beat (it numbers them, as agents do).
+    epoch: i64,
+    seq: i64,
+    /// The highest-numbered beat of it the server received.
+    received_seq: i64,
     /// Workloads it runs: since when, and when each ends by itself (virtual ms).
     running: BTreeMap<InstanceId, (i64, i64)>,
     /// Workloads that exited by themselves, to report with exit code 0.
@@ -133,6 +140,7 @@ struct SimAgent {
 /// A beat on its way: when it arrives, what it says, and what it says in the checker's terms.
 struct Delayed {
     arrives: i64,
+    seq: i64,
     report: AgentReport,
     view: View,
 }
@@ -305,6 +313,9 @@ async fn run_seeded(cfg: &ChaosConfig) -> Result<ChaosReport, String> {
             .await
             .map_err(err)?;
         agents.push(SimAgent {
+            epoch: n.epoch,
+            seq: 0,
+            received_seq: 0,
             node: n.id,
             running: BTreeMap::new(),
             exited: BTreeSet::new(),
@@ -512,11 +523,18 @@ async fn run_seeded(cfg: &ChaosConfig) -> Result<ChaosReport, String> {
                 std::mem::take(&mut agent.in_flight).into_iter().partition(|d| d.arrives <= now);
             agent.in_flight = later;
             for d in due_now {
-                account(agent, &d.view, true, now, (grace_ms, last_restart), &cancelled, &mut bounds);
-                if let Err(e) = app.heartbeat(d.report).await {
-                    log(format!("node-{a} late beat refused: {e}"));
-                } else {
-                    log(format!("node-{a}'s held-up beat arrives"));
+                // Refused when a newer beat arrived first; taken (and then it is the newest the
+                // server has) when none did.
+                match app.heartbeat(d.report).await {
+                    Err(e) => log(format!("node-{a}'s held-up beat arrives, refused: {e}")),
+                    Ok(_) => {
+                        // Taken although a newer beat arrived first: only a bug does that, and
+                        // then what it says is stale, whatever the server makes of it.
+                        let stale = d.seq < agent.received_seq;
+                        agent.received_seq = agent.received_seq.max(d.seq);
+                        account(agent, &d.view, stale, now, (grace_ms, last_restart), &cancelled, &mut bounds);
+                        log(format!("node-{a}'s held-up beat arrives, taken"));
+                    }
                 }
             }
         }
@@ -573,7 +591,8 @@ async fn run_seeded(cfg: &ChaosConfig) -> Result<ChaosReport, String> {
             let duplicate = faulty && rng.random_bool(0.02);
             let report_of = |agent: &SimAgent| AgentReport {
                 node: agent.node.clone(),
-                epoch: None,
+                epoch: Some(agent.epoch),
+                seq: (cfg.inject != Some(Injected::UnnumberedBeats)).then_some(agent.seq),
                 instances: agent
                     .running
                     .keys()
@@ -598,10 +617,11 @@ async fn run_seeded(cfg: &ChaosConfig) -> Result<ChaosReport, String> {
                 preparing: Vec::new(),
                 published: Vec::new(),
             };
+            agent.seq += 1;
             // Held up on the way: the agent hears nothing back and beats again on time.
             if faulty && delays.random_bool(0.01) && cfg.held_up_beats {
                 let arrives = now + delays.random_range(1..=8) * 1000;
-                agent.in_flight.push(Delayed { arrives, report: report_of(agent), view: agent.view() });
+                agent.in_flight.push(Delayed { arrives, seq: agent.seq, report: report_of(agent), view: agent.view() });
                 *report.faults.entry("held-up-beat").or_default() += 1;
                 log(format!(
                     "node-{a}'s beat is held up for {} s (running: {}; ended: {})",
@@ -613,11 +633,14 @@ async fn run_seeded(cfg: &ChaosConfig) -> Result<ChaosReport, String> {
             }
             // The checker's record of what the server may bill, from what this beat tells it.
             let view = agent.view();
+            agent.received_seq = agent.seq;
             account(agent, &view, false, now, (grace_ms, last_restart), &cancelled, &mut bounds);
-            let mut answer = app.heartbeat(report_of(agent)).await;
+            let answer = app.heartbeat(report_of(agent)).await;
             if duplicate {
+                // The same request twice (a retransmission): the second is refused as already
+                // taken, and its answer is lost.
                 *report.faults.entry("duplicate-beat").or_default() += 1;
-                answer = app.heartbeat(report_of(agent)).await;
+                let _ = app.heartbeat(report_of(agent)).await;
             }
             let desired = match answer {
                 Ok(d) if !lose => d,
@@ -832,8 +855,8 @@ fn account(
     agent.last_received = Some(now);
     if stale {
         // Sent before beats that already arrived: a sign of life for what it reports running,
-        // and nothing more. What started or ended since is not in it, and its silence about
-        // a workload must not end that workload's billing.
+        // and nothing more. What started or ended since is not in it, and its silence about a
+        // workload must not end that workload's billing.
         for id in &view.running {
             if let Some(span) = agent.spans.get_mut(id) {
                 span.1 = now;

@@ -26,6 +26,7 @@ pub async fn run(api: Arc<dyn AgentApi>, node: NodeId, gpus: Vec<GpuInfo>, inter
             Ok(seen) => Some(AgentReport {
                 node: node.clone(),
                 epoch: None,
+                seq: None,
                 instances: seen.instances,
                 gpus: readings,
                 checkpoints: seen.checkpoints,

@@ -47,3 +47,20 @@ fn the_checker_catches_agents_that_never_fence_themselves() {
     let r = caught.expect("no seed of ten caught a double run");
     assert!(r.render().contains("replay: gpucloud sim chaos --seed"), "{}", r.render());
 }
+
+/// A beat held up on the way and taken after a newer one makes the server read its silence
+/// about a workload started since as that workload vanished, and bill too little. Agents number
+/// their beats and the server refuses a late one; with unnumbered beats the checker sees the
+/// short billing (seeds 59 and 64 of ten minutes show it), and with numbered ones those seeds hold.
+#[test]
+fn the_checker_catches_a_late_beat_taken_as_current() {
+    let cfg = |seed, inject| ChaosConfig { seed, minutes: 10, inject, ..ChaosConfig::default() };
+    let runs = run_many(&[cfg(59, Some(Injected::UnnumberedBeats)), cfg(64, Some(Injected::UnnumberedBeats))], 2);
+    let runs = runs.unwrap();
+    let r = runs.iter().find(|r| r.violation.as_deref().is_some_and(|v| v.contains("billed")));
+    assert!(r.is_some(), "{}", runs.iter().map(ChaosReport::render).collect::<String>());
+    for r in run_many(&[cfg(59, None), cfg(64, None)], 2).unwrap() {
+        assert!(r.violation.is_none(), "{}", r.render());
+        assert!(r.faults.get("held-up-beat").is_some_and(|n| *n > 0), "{}", r.render());
+    }
+}

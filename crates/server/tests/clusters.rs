@@ -84,6 +84,7 @@ fn a_cluster_resizes_as_a_gang_and_shrinks_with_notice() {
             .heartbeat(AgentReport {
                 node,
                 epoch: None,
+                seq: None,
                 instances: vec![],
                 gpus: vec![],
                 checkpoints: vec![],

@@ -118,6 +118,7 @@ fn secrets_are_stored_sealed_listed_by_name_and_kept_per_tenant() {
             .heartbeat(AgentReport {
                 node,
                 epoch: None,
+                seq: None,
                 instances: vec![],
                 gpus: vec![],
                 checkpoints: vec![],

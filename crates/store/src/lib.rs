@@ -112,8 +112,10 @@ pub trait Store:
     /// Marks one GPU healthy or not (bumping the node's generation when it changes); false if
     /// there is no such GPU.
     async fn set_gpu_health(&self, node: &NodeId, index: u32, healthy: bool) -> Result<bool>;
-    /// A heartbeat from an agent of `epoch`; false if the node is unknown or has a newer epoch.
-    async fn record_agent_heartbeat(&self, id: &NodeId, epoch: i64, at: Timestamp) -> Result<bool>;
+    /// A heartbeat from an agent of `epoch`, numbered `seq` within it if the agent numbers its
+    /// beats; false if the node is unknown, has a newer epoch, or already took a beat numbered
+    /// `seq` or higher (this one arrived late).
+    async fn record_agent_heartbeat(&self, id: &NodeId, epoch: i64, seq: Option<i64>, at: Timestamp) -> Result<bool>;
     /// Appends log chunks (a chunk already stored under its seq is skipped, so retries are safe).
     async fn append_logs(&self, instance: &InstanceId, chunks: &[LogChunk]) -> Result<()>;
     /// Chunks after `after_seq`, in order, at most `limit`.

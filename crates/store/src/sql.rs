@@ -424,7 +424,8 @@ impl Store for SqlStore {
                     )));
                 }
                 sqlx::query(
-                    "UPDATE nodes SET driver = 'agent', epoch = epoch + 1, generation = generation + 1 WHERE id = $1",
+                    "UPDATE nodes SET driver = 'agent', epoch = epoch + 1, beat_seq = NULL, generation = generation + 1 \
+                     WHERE id = $1",
                 )
                 .bind(id.to_string())
                 .execute(&self.pool)
@@ -467,18 +468,25 @@ impl Store for SqlStore {
         Ok(true)
     }
 
-    async fn record_agent_heartbeat(&self, id: &NodeId, epoch: i64, at: Timestamp) -> Result<bool> {
-        let r = sqlx::query(
-            "UPDATE nodes SET last_heartbeat = $1, health = 'healthy', \
-             generation = CASE WHEN health = 'healthy' THEN generation ELSE generation + 1 END \
-             WHERE id = $2 AND epoch = $3",
-        )
-        .bind(at.0)
-        .bind(id.to_string())
-        .bind(epoch)
-        .execute(&self.pool)
-        .await?;
-        Ok(r.rows_affected() == 1)
+    async fn record_agent_heartbeat(&self, id: &NodeId, epoch: i64, seq: Option<i64>, at: Timestamp) -> Result<bool> {
+        let q = match seq {
+            // Taken only if numbered above the newest beat taken: one that arrives late is not.
+            Some(_) => {
+                "UPDATE nodes SET last_heartbeat = $1, health = 'healthy', \
+                 generation = CASE WHEN health = 'healthy' THEN generation ELSE generation + 1 END, beat_seq = $4 \
+                 WHERE id = $2 AND epoch = $3 AND (beat_seq IS NULL OR beat_seq < $4)"
+            }
+            None => {
+                "UPDATE nodes SET last_heartbeat = $1, health = 'healthy', \
+                 generation = CASE WHEN health = 'healthy' THEN generation ELSE generation + 1 END \
+                 WHERE id = $2 AND epoch = $3"
+            }
+        };
+        let mut q = sqlx::query(q).bind(at.0).bind(id.to_string()).bind(epoch);
+        if let Some(seq) = seq {
+            q = q.bind(seq);
+        }
+        Ok(q.execute(&self.pool).await?.rows_affected() == 1)
     }
 
     async fn append_logs(&self, instance: &InstanceId, chunks: &[LogChunk]) -> Result<()> {

@@ -77,6 +77,9 @@ pub struct AgentReport {
     /// The epoch the agent registered with; `None` for in-process fake agents, which are not
     /// fenced (they live and die with the server).
     pub epoch: Option<i64>,
+    /// The beat's number within its agent's registration, if the agent numbers its beats: one
+    /// arriving after a higher-numbered one is refused.
+    pub seq: Option<i64>,
     /// The workloads the agent knows of and what it saw of each.
     /// What the agent saw, and why it ended a workload itself (if it did).
     pub instances: Vec<(InstanceId, AgentObservation, Option<String>)>,
@@ -151,8 +154,16 @@ impl App {
                     "fenced: node {node} was registered again; this agent must stop and re-register"
                 )));
             }
-            Some(epoch) => self.store.record_agent_heartbeat(node, epoch, now).await?,
+            Some(epoch) => self.store.record_agent_heartbeat(node, epoch, report.seq, now).await?,
         };
+        if !recorded && report.seq.is_some() && report.epoch == Some(current.epoch) {
+            // Held up on the way: what it says (a workload not yet started when it was sent)
+            // is older than what the node has said since.
+            return Err(AppError::Conflict(format!(
+                "stale beat: node {node} already sent beat {} or a later one; this one arrived late and was not applied",
+                report.seq.unwrap_or_default()
+            )));
+        }
         if !recorded {
             return Err(AppError::NotFound { kind: "node", id: node.to_string() });
         }

@@ -110,6 +110,7 @@ pub async fn heartbeat(
     let report = AgentReport {
         node: node.clone(),
         epoch: Some(req.epoch),
+        seq: req.seq,
         instances: seen.instances,
         gpus,
         checkpoints: seen.checkpoints,

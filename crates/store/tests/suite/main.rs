@@ -756,13 +756,25 @@ async fn agents_register_by_name_and_are_fenced_by_epoch(s: Arc<dyn Store>) {
     };
     let first = s.register_agent_node(&new).await.unwrap();
     assert_eq!((first.driver, first.epoch, first.gpus.len()), (NodeDriver::Agent, 1, 2));
-    assert!(s.record_agent_heartbeat(&first.id, 1, ts(5)).await.unwrap());
+    assert!(s.record_agent_heartbeat(&first.id, 1, None, ts(5)).await.unwrap());
     // The same host registers again (agent restarted): same node, next epoch; the old one is fenced.
     let again = NewNode { id: NodeId::from_random(rand::random()), ..new.clone() };
     let second = s.register_agent_node(&again).await.unwrap();
     assert_eq!((second.id.clone(), second.epoch), (first.id.clone(), 2));
-    assert!(!s.record_agent_heartbeat(&first.id, 1, ts(6)).await.unwrap(), "old epoch refused");
-    assert!(s.record_agent_heartbeat(&first.id, 2, ts(6)).await.unwrap());
+    assert!(!s.record_agent_heartbeat(&first.id, 1, None, ts(6)).await.unwrap(), "old epoch refused");
+    assert!(s.record_agent_heartbeat(&first.id, 2, None, ts(6)).await.unwrap());
+    // Numbered beats: one that arrives after a newer one is refused, and changes nothing.
+    assert!(s.record_agent_heartbeat(&first.id, 2, Some(2), ts(7)).await.unwrap());
+    assert!(!s.record_agent_heartbeat(&first.id, 2, Some(1), ts(8)).await.unwrap(), "late beat refused");
+    assert!(!s.record_agent_heartbeat(&first.id, 2, Some(2), ts(8)).await.unwrap(), "a beat is taken once");
+    assert_eq!(s.get_node(&first.id).await.unwrap().unwrap().last_heartbeat, Some(ts(7)));
+    assert!(s.record_agent_heartbeat(&first.id, 2, Some(3), ts(9)).await.unwrap());
+    // A new registration numbers from 1 again.
+    let third =
+        s.register_agent_node(&NewNode { id: NodeId::from_random(rand::random()), ..new.clone() }).await.unwrap();
+    assert_eq!(third.epoch, 3);
+    assert!(s.record_agent_heartbeat(&first.id, 3, Some(1), ts(10)).await.unwrap(), "numbering starts again");
+    let again = NewNode { id: NodeId::from_random(rand::random()), ..new.clone() };
     let other = NewNode { gpus: gpus[..1].to_vec(), ..again };
     assert!(matches!(s.register_agent_node(&other).await, Err(StoreError::Conflict(_))), "GPUs must match");
 
