@@ -164,6 +164,18 @@ pub enum SimCmd {
         /// must refuse them by their number).
         #[arg(long)]
         no_held_up_beats: bool,
+        /// Never make the store refuse writes (by default it does, now and then, from the
+        /// middle of a request on).
+        #[arg(long)]
+        no_store_faults: bool,
+        /// Apply only the faults of these numbers ("3,17,40", or "none"), as a shrunk failure
+        /// lists them; the others are drawn and left out.
+        #[arg(long)]
+        only_faults: Option<String>,
+        /// On a failure, search for the fewest of its faults that still break the same
+        /// invariant, and print that run.
+        #[arg(long)]
+        shrink: bool,
     },
 }
 
@@ -196,30 +208,64 @@ pub fn run(cmd: SimCmd, as_json: bool) -> Result<(), String> {
             };
             spot(&trace, &rates, base, seed, as_json)
         }
-        SimCmd::Chaos { seeds, minutes, nodes, verbose, inject, jobs, no_held_up_beats } => {
+        SimCmd::Chaos {
+            seeds,
+            minutes,
+            nodes,
+            verbose,
+            inject,
+            jobs,
+            no_held_up_beats,
+            no_store_faults,
+            only_faults,
+            shrink,
+        } => {
+            use gpucloud_server::chaos::Injected;
             let inject = match inject.as_deref() {
                 None => None,
-                Some("no-fencing") => Some(gpucloud_server::chaos::Injected::NoFencing),
-                Some("unnumbered-beats") => Some(gpucloud_server::chaos::Injected::UnnumberedBeats),
-                Some(other) => {
-                    return Err(format!("--inject: unknown bug '{other}' (no-fencing, unnumbered-beats)"));
-                }
+                Some(name) => Some(Injected::parse(name).ok_or_else(|| {
+                    let known: Vec<&str> = Injected::ALL.iter().map(|i| i.name()).collect();
+                    format!("--inject: unknown bug '{name}' ({})", known.join(", "))
+                })?),
             };
-            chaos(&seeds, minutes, nodes, verbose, (inject, !no_held_up_beats), jobs)
+            let only_faults = only_faults.as_deref().map(parse_fault_numbers).transpose()?;
+            let base = gpucloud_server::chaos::ChaosConfig {
+                minutes,
+                nodes,
+                inject,
+                held_up_beats: !no_held_up_beats,
+                store_faults: !no_store_faults,
+                only_faults,
+                ..Default::default()
+            };
+            chaos(&seeds, base, verbose, jobs, shrink)
         }
     }
 }
 
+/// "3,17,40" or "none".
+fn parse_fault_numbers(list: &str) -> Result<std::collections::BTreeSet<u32>, String> {
+    if list.trim() == "none" {
+        return Ok(Default::default());
+    }
+    list.split(',')
+        .map(|n| {
+            n.trim().parse::<u32>().ok().filter(|n| *n > 0).ok_or_else(|| {
+                format!("--only-faults '{list}': expected fault numbers from 1 up, as \"3,17,40\", or \"none\"")
+            })
+        })
+        .collect()
+}
+
 fn chaos(
     seeds: &str,
-    minutes: u64,
-    nodes: u32,
+    base: gpucloud_server::chaos::ChaosConfig,
     verbose: bool,
-    (inject, held_up_beats): (Option<gpucloud_server::chaos::Injected>, bool),
     jobs: Option<usize>,
+    shrink: bool,
 ) -> Result<(), String> {
     let seeds = gpucloud_sim::parse_seeds(seeds)?;
-    if !(1..=64).contains(&nodes) {
+    if !(1..=64).contains(&base.nodes) {
         return Err("--nodes must be between 1 and 64".into());
     }
     let jobs = match jobs {
@@ -230,18 +276,10 @@ fn chaos(
     // Each seed runs on one thread (the simulation is sequential, so one seed is one history);
     // seeds run side by side, and their reports print in the order of the seeds.
     let started = Instant::now();
-    let cfgs: Vec<_> = seeds
-        .iter()
-        .map(|seed| gpucloud_server::chaos::ChaosConfig {
-            seed: *seed,
-            minutes,
-            nodes,
-            inject,
-            held_up_beats,
-            ..Default::default()
-        })
-        .collect();
+    let cfgs: Vec<_> =
+        seeds.iter().map(|seed| gpucloud_server::chaos::ChaosConfig { seed: *seed, ..base.clone() }).collect();
     let (mut failed, mut virtual_s) = (Vec::new(), 0u64);
+    let mut failures = Vec::new();
     gpucloud_server::chaos::run_each(&cfgs, jobs, |r| {
         virtual_s += r.steps;
         if verbose || r.violation.is_some() {
@@ -249,6 +287,7 @@ fn chaos(
         }
         if r.violation.is_some() {
             failed.push(r.seed);
+            failures.push(r);
         }
     })?;
     let real = started.elapsed().as_secs_f64();
@@ -260,6 +299,22 @@ fn chaos(
         seeds.len() as f64 / real.max(1e-9),
         virtual_s as f64 / real.max(1e-9)
     );
+    if shrink {
+        for r in &failures {
+            let cfg = gpucloud_server::chaos::ChaosConfig { seed: r.seed, ..base.clone() };
+            let started = Instant::now();
+            let s = gpucloud_server::chaos::shrink(&cfg, r, jobs, 300)?;
+            println!(
+                "seed {} shrunk from {} faults to {} in {} runs ({:.1} s):",
+                r.seed,
+                s.from,
+                s.report.applied.len(),
+                s.runs,
+                started.elapsed().as_secs_f64()
+            );
+            print!("{}", s.report.render());
+        }
+    }
     if failed.is_empty() { Ok(()) } else { Err(format!("invariants broken on seeds {failed:?}")) }
 }
 

@@ -291,3 +291,31 @@ fn a_reader_that_stops_early_gets_no_panic() {
     assert!(!err.contains("panicked"), "{err}");
     assert_eq!(out.status.code(), Some(141), "{err}");
 }
+
+/// `sim chaos` as a user runs it: bad arguments are named; a seed with only some of its faults
+/// runs and names them in its replay line; a known bug fails the run, and `--shrink` prints a
+/// smaller run that still fails, with the command that replays it.
+#[test]
+fn chaos_arguments_replays_and_shrinking() {
+    for (args, want) in [
+        (vec!["chaos", "--only-faults", "3,x"], "--only-faults '3,x'"),
+        (vec!["chaos", "--only-faults", "0"], "from 1 up"),
+        (vec!["chaos", "--inject", "typo"], "unknown bug 'typo' (no-fencing, unnumbered-beats)"),
+        (vec!["chaos", "--nodes", "0"], "--nodes must be between 1 and 64"),
+    ] {
+        let (ok, _, err) = run(&args);
+        assert!(!ok, "{args:?} succeeded");
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+    let (ok, out, err) = run(&["chaos", "--seeds", "3", "--minutes", "1", "--only-faults", "none", "--verbose"]);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("faults: \n") || out.contains("faults: \r\n"), "{out}");
+
+    // Agents that never fence themselves run a workload twice on some seed of the first ten.
+    let (ok, out, err) = run(&["chaos", "--seeds", "1..10", "--minutes", "5", "--inject", "no-fencing", "--shrink"]);
+    assert!(!ok, "{out}");
+    assert!(err.contains("invariants broken on seeds"), "{err}");
+    let shrunk = out.split("shrunk from").nth(1).unwrap_or_else(|| panic!("no shrunk run: {out}"));
+    assert!(shrunk.contains("--only-faults") && shrunk.contains("--inject no-fencing"), "{shrunk}");
+    assert!(shrunk.contains("at once"), "{shrunk}");
+}

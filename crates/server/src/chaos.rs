@@ -31,6 +31,11 @@ pub struct ChaosConfig {
     /// Hold some beats up on the way, so that they arrive after beats sent later (the server
     /// refuses them by their number). On by default; off replays seeds as builds before it did.
     pub held_up_beats: bool,
+    /// Make the store refuse writes for a while, from the middle of a request on. On by default.
+    pub store_faults: bool,
+    /// Apply only the faults of these numbers (as a report lists them); the others are drawn and
+    /// left out. What a shrunk failure replays with.
+    pub only_faults: Option<BTreeSet<u32>>,
 }
 
 /// Bugs the checker must catch (its own tests put them in).
@@ -43,9 +48,33 @@ pub enum Injected {
     UnnumberedBeats,
 }
 
+impl Injected {
+    pub const ALL: [Injected; 2] = [Injected::NoFencing, Injected::UnnumberedBeats];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Injected::NoFencing => "no-fencing",
+            Injected::UnnumberedBeats => "unnumbered-beats",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Injected> {
+        Injected::ALL.into_iter().find(|i| i.name() == name)
+    }
+}
+
 impl Default for ChaosConfig {
     fn default() -> ChaosConfig {
-        ChaosConfig { seed: 1, minutes: 10, nodes: 4, settle_s: 60, inject: None, held_up_beats: true }
+        ChaosConfig {
+            seed: 1,
+            minutes: 10,
+            nodes: 4,
+            settle_s: 60,
+            inject: None,
+            held_up_beats: true,
+            store_faults: true,
+            only_faults: None,
+        }
     }
 }
 
@@ -57,7 +86,12 @@ pub struct ChaosReport {
     pub minutes: u64,
     pub nodes: u32,
     pub held_up_beats: bool,
+    pub store_faults: bool,
+    pub only_faults: Option<BTreeSet<u32>>,
+    pub inject: Option<Injected>,
     pub steps: u64,
+    /// The numbers of the faults this run applied: what a shrinker leaves out.
+    pub applied: Vec<u32>,
     pub faults: BTreeMap<&'static str, u32>,
     pub actions: BTreeMap<&'static str, u32>,
     /// Seconds simulated agents ran workloads, and seconds the server billed.
@@ -69,6 +103,27 @@ pub struct ChaosReport {
 }
 
 impl ChaosReport {
+    /// The command that runs this again, byte for byte.
+    pub fn replay(&self) -> String {
+        let mut cmd =
+            format!("gpucloud sim chaos --seeds {} --minutes {} --nodes {}", self.seed, self.minutes, self.nodes);
+        if !self.held_up_beats {
+            cmd.push_str(" --no-held-up-beats");
+        }
+        if !self.store_faults {
+            cmd.push_str(" --no-store-faults");
+        }
+        if let Some(i) = self.inject {
+            let _ = write!(cmd, " --inject {}", i.name());
+        }
+        if let Some(only) = &self.only_faults {
+            let list: Vec<String> = only.iter().map(u32::to_string).collect();
+            let list = if list.is_empty() { "none".to_string() } else { list.join(",") };
+            let _ = write!(cmd, " --only-faults {list}");
+        }
+        cmd
+    }
+
     /// The run as text: the same seed prints the same bytes.
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -83,14 +138,7 @@ impl ChaosReport {
             }
             Some(v) => {
                 let _ = writeln!(out, "  VIOLATION: {v}");
-                let _ = writeln!(
-                    out,
-                    "  replay: gpucloud sim chaos --seeds {} --minutes {} --nodes {}{}; what bears on it, and the last events:",
-                    self.seed,
-                    self.minutes,
-                    self.nodes,
-                    if self.held_up_beats { "" } else { " --no-held-up-beats" }
-                );
+                let _ = writeln!(out, "  replay: {}; what bears on it, and the last events:", self.replay());
                 for h in &self.history {
                     let _ = writeln!(out, "    {h}");
                 }
@@ -241,6 +289,86 @@ pub fn run_each(cfgs: &[ChaosConfig], jobs: usize, mut each: impl FnMut(ChaosRep
     })
 }
 
+/// What a shrunk failure is: the fewest faults found that still break the same invariant.
+#[derive(Debug, Clone)]
+pub struct Shrunk {
+    /// The run with only those faults (its `only_faults` replays it).
+    pub report: ChaosReport,
+    /// How many faults the failing run applied, and how many runs the search took.
+    pub from: usize,
+    pub runs: u32,
+}
+
+/// Searches for a smaller set of the faults of a failing run that still breaks the same
+/// invariant (delta debugging: leave out halves, then quarters, ... of the faults while the
+/// failure stays). Faults keep their numbers when others are left out, and tenants their
+/// script; what the server does in between may differ, which is why each candidate is run
+/// whole. At most `max_runs` runs, `jobs` at a time.
+pub fn shrink(cfg: &ChaosConfig, failed: &ChaosReport, jobs: usize, max_runs: u32) -> Result<Shrunk, String> {
+    let Some(want) = failed.violation.as_deref().map(kind_of) else {
+        return Err(format!("seed {} did not fail: nothing to shrink", failed.seed));
+    };
+    let mut best = failed.clone();
+    let mut faults: Vec<u32> = failed.applied.clone();
+    let mut runs = 0u32;
+    let with = |set: &[u32]| ChaosConfig { only_faults: Some(set.iter().copied().collect()), ..cfg.clone() };
+    // Candidates run side by side; the first in order that still fails is taken, so the result
+    // does not depend on which finished first.
+    let first_failing = |sets: Vec<Vec<u32>>, runs: &mut u32| -> Result<Option<ChaosReport>, String> {
+        let cfgs: Vec<ChaosConfig> = sets.iter().map(|s| with(s)).collect();
+        *runs += cfgs.len() as u32;
+        let reports = run_many(&cfgs, jobs)?;
+        Ok(reports.into_iter().find(|r| r.violation.as_deref().map(kind_of).as_deref() == Some(want.as_str())))
+    };
+    if let Some(r) = first_failing(vec![Vec::new()], &mut runs)? {
+        return Ok(Shrunk { report: r, from: faults.len(), runs });
+    }
+    let mut parts = 2usize;
+    while faults.len() >= 2 && runs < max_runs {
+        let size = faults.len().div_ceil(parts);
+        let chunks: Vec<Vec<u32>> = faults.chunks(size).map(<[u32]>::to_vec).collect();
+        // A part alone, then all but a part.
+        let mut found = None;
+        let complements: Vec<Vec<u32>> = if chunks.len() > 2 {
+            (0..chunks.len())
+                .map(|i| chunks.iter().enumerate().filter(|(j, _)| *j != i).flat_map(|(_, c)| c.clone()).collect())
+                .collect()
+        } else {
+            // With two parts, all but one is the other.
+            Vec::new()
+        };
+        for candidates in [chunks.clone(), complements] {
+            let budget = (max_runs - runs.min(max_runs)) as usize;
+            let candidates: Vec<Vec<u32>> = candidates.into_iter().take(budget).collect();
+            if candidates.is_empty() {
+                break;
+            }
+            if let Some(r) = first_failing(candidates, &mut runs)? {
+                found = Some(r);
+                break;
+            }
+        }
+        match found {
+            Some(r) => {
+                // What the smaller run applied is all that can matter to it.
+                let kept = r.applied.len();
+                parts = if kept < faults.len().div_ceil(parts) + 1 { 2 } else { (parts - 1).max(2) };
+                faults = r.applied.clone();
+                best = r;
+            }
+            None if parts >= faults.len() => break,
+            None => parts = (parts * 2).min(faults.len()),
+        }
+    }
+    Ok(Shrunk { report: best, from: failed.applied.len(), runs })
+}
+
+/// A violation with its particulars (times, ids, amounts) left out: what "the same failure"
+/// means to the shrinker.
+fn kind_of(violation: &str) -> String {
+    violation.split_whitespace().filter(|w| !w.chars().any(|c| c.is_ascii_digit())).collect::<Vec<_>>().join(" ")
+}
+
 /// Pinning a thread to a core; elsewhere than Linux, nothing is pinned.
 #[allow(unsafe_code)]
 mod cpu {
@@ -281,18 +409,22 @@ mod cpu {
 }
 
 async fn run_seeded(cfg: &ChaosConfig) -> Result<ChaosReport, String> {
-    let mut rng = StdRng::seed_from_u64(cfg.seed ^ 0x9e37_79b9_7f4a_7c15);
-    // Faults added later draw from their own stream, so a seed's earlier history stays as it was.
-    let mut more_faults = StdRng::seed_from_u64(cfg.seed ^ 0x5851_f42d_4c95_7f2d);
+    // Each source of randomness has a stream of its own and draws the same amounts every step
+    // (every beat, for beats), whatever the state: so a fault keeps its number, and the tenants
+    // their script, when a shrinker leaves other faults out.
+    let mut script = StdRng::seed_from_u64(cfg.seed ^ 0x9e37_79b9_7f4a_7c15);
+    let mut fault_rng = StdRng::seed_from_u64(cfg.seed ^ 0x5851_f42d_4c95_7f2d);
     let mut patience = StdRng::seed_from_u64(cfg.seed ^ 0x2545_f491_4f6c_dd1d);
-    let mut delays = StdRng::seed_from_u64(cfg.seed ^ 0x1405_7b7e_f767_814f);
+    let mut beat_rng = StdRng::seed_from_u64(cfg.seed ^ 0x1405_7b7e_f767_814f);
+    let mut faults = Faults { drawn: 0, only: cfg.only_faults.as_ref(), applied: Vec::new() };
     // A fixed epoch, so that timestamps (and so the history) do not depend on the day it runs.
     let clock = Clock::virtual_at(Timestamp(1_800_000_000_000));
     let config = Config { clock: clock.clone(), ..Config::default() };
     let stop_after_ms = config.agent_stop_after().as_millis() as i64;
     // In memory: a server restart keeps the store, so what it committed is all that survives,
     // as with a file, without waiting on the disk.
-    let store = gpucloud_store::open("sqlite::memory:").await.map_err(|e| e.to_string())?;
+    let sql = Arc::new(gpucloud_store::SqlStore::open("sqlite::memory:").await.map_err(|e| e.to_string())?);
+    let store: Arc<dyn gpucloud_store::Store> = sql.clone();
     let mut app = Arc::new(App::new(store.clone(), config.clone()));
     let err = |e: crate::app::AppError| e.to_string();
 
@@ -337,6 +469,9 @@ async fn run_seeded(cfg: &ChaosConfig) -> Result<ChaosReport, String> {
         minutes: cfg.minutes,
         nodes: cfg.nodes,
         held_up_beats: cfg.held_up_beats,
+        store_faults: cfg.store_faults,
+        only_faults: cfg.only_faults.clone(),
+        inject: cfg.inject,
         ..ChaosReport::default()
     };
     // What the agents ran, per instance (ms): the checker's own record.
@@ -353,6 +488,8 @@ async fn run_seeded(cfg: &ChaosConfig) -> Result<ChaosReport, String> {
     let reconcilers: Vec<(&'static str, i64)> =
         crate::tasks::reconcilers(&app).into_iter().map(|(n, p)| (n, p.as_millis().max(1) as i64)).collect();
     let mut due: Vec<i64> = vec![0; reconcilers.len()];
+    // A store refusing writes: until when.
+    let mut outage: Option<i64> = None;
     let start = clock.now();
     let fault_steps = cfg.minutes * 60;
     let total = fault_steps + cfg.settle_s;
@@ -364,13 +501,35 @@ async fn run_seeded(cfg: &ChaosConfig) -> Result<ChaosReport, String> {
             history.push(format!("t={:>5}s {s}", now / 1000));
         };
 
+        // This step's draws, all of them whatever happens next.
+        let intent = faulty.then(|| Intent::draw(&mut script, tenants.len()));
+        let drawn = faulty.then(|| StepFaults::draw(&mut fault_rng, agents.len(), &mut faults));
+
+        // The store's write fault heals, or starts.
+        if outage.is_some_and(|until| until <= now || !faulty) {
+            sql.fail_writes_after(None).await.map_err(|e| e.to_string())?;
+            outage = None;
+            log("the store takes writes again".to_string());
+        }
+        if let Some((n, rows, for_s)) = drawn.as_ref().and_then(|d| d.outage)
+            && cfg.store_faults
+            && outage.is_none()
+        {
+            sql.fail_writes_after(Some(rows)).await.map_err(|e| e.to_string())?;
+            outage = Some(now + for_s * 1000);
+            faults.applied.push(n);
+            *report.faults.entry("store-outage").or_default() += 1;
+            log(format!("#{n} store-outage: the store refuses writes after {rows} rows, for {for_s} s"));
+        }
+        // Writes that failed part-way may have left some of a request done: what the server
+        // bills for what it was about is not checked (the other invariants are).
+        let storm = outage.is_some();
+
         // Tenants act.
-        if faulty && rng.random_bool(0.12) {
-            let t = &tenants[rng.random_range(0..tenants.len())];
-            let (model, count) =
-                if rng.random_bool(0.5) { (GpuModel::A100_40GB, rng.random_range(1..=4)) } else { (GpuModel::T4, 1) };
+        if let Some(Intent { create: Some((who, model, count, spot)), .. }) = intent {
+            let t = &tenants[who];
             let mut req = CreateInstance::whole(model, count, None, "train");
-            if rng.random_bool(0.3) {
+            if spot {
                 req.tier = Tier::Spot;
             }
             match app.create_instance(t, req, None).await {
@@ -382,13 +541,10 @@ async fn run_seeded(cfg: &ChaosConfig) -> Result<ChaosReport, String> {
                 Err(e) => log(format!("{} create refused: {e}", t.tenant.name)),
             }
         }
-        if faulty && rng.random_bool(0.15) && !acknowledged.is_empty() {
-            let id = acknowledged[rng.random_range(0..acknowledged.len())].clone();
-            let action = match rng.random_range(0..3) {
-                0 => gpucloud_model::UserAction::Stop,
-                1 => gpucloud_model::UserAction::Start,
-                _ => gpucloud_model::UserAction::Terminate,
-            };
+        if let Some(Intent { act: Some((pick, action)), .. }) = intent
+            && !acknowledged.is_empty()
+        {
+            let id = acknowledged[pick % acknowledged.len()].clone();
             let before = store.get_instance(None, &id).await.map_err(|e| e.to_string())?;
             let owner = before.as_ref().map(|i| i.tenant_id.clone());
             if let Some(t) = tenants.iter().find(|t| Some(&t.tenant.id) == owner.as_ref()) {
@@ -407,13 +563,18 @@ async fn run_seeded(cfg: &ChaosConfig) -> Result<ChaosReport, String> {
                             terminated.insert(id);
                         }
                     }
-                    Err(e) => log(format!("{action} {id} refused: {e}")),
+                    Err(e) => {
+                        if storm {
+                            blur(&mut bounds, [&id]);
+                        }
+                        log(format!("{action} {id} refused: {e}"))
+                    }
                 }
             }
         }
 
         // A tenant whose instance was lost starts it again, as people (and scripts) do.
-        if faulty && rng.random_bool(0.3) {
+        if let Some(Intent { restart_lost: Some(pick), .. }) = intent {
             let lost: Vec<gpucloud_store::Instance> = store
                 .list_instances(None)
                 .await
@@ -422,7 +583,7 @@ async fn run_seeded(cfg: &ChaosConfig) -> Result<ChaosReport, String> {
                 .filter(|i| i.state == InstanceState::Lost)
                 .collect();
             if !lost.is_empty() {
-                let i = &lost[rng.random_range(0..lost.len())];
+                let i = &lost[pick % lost.len()];
                 if let Some(t) = tenants.iter().find(|t| t.tenant.id == i.tenant_id) {
                     match app.instance_action(t, i.id.as_str(), gpucloud_model::UserAction::Start).await {
                         Ok(after) => {
@@ -430,7 +591,12 @@ async fn run_seeded(cfg: &ChaosConfig) -> Result<ChaosReport, String> {
                             log(format!("start lost {}: now {}", i.id, after.state));
                             *report.actions.entry("start-lost").or_default() += 1;
                         }
-                        Err(e) => log(format!("start lost {} refused: {e}", i.id)),
+                        Err(e) => {
+                            if storm {
+                                blur(&mut bounds, [&i.id]);
+                            }
+                            log(format!("start lost {} refused: {e}", i.id))
+                        }
                     }
                 }
             }
@@ -463,7 +629,12 @@ async fn run_seeded(cfg: &ChaosConfig) -> Result<ChaosReport, String> {
                         *report.actions.entry("give-up").or_default() += 1;
                         terminated.insert(i.id.clone());
                     }
-                    Err(e) => log(format!("give up on {} refused: {e}", i.id)),
+                    Err(e) => {
+                        if storm {
+                            blur(&mut bounds, [&i.id]);
+                        }
+                        log(format!("give up on {} refused: {e}", i.id))
+                    }
                 }
             }
         }
@@ -475,15 +646,10 @@ async fn run_seeded(cfg: &ChaosConfig) -> Result<ChaosReport, String> {
         // on the node could stop them, so no control plane can promise anything then. Nor are
         // jumps of an agent's wall clock: the agent measures silence on the monotonic clock, and
         // the only wall-clock times it sends are its workloads' metric timestamps.
-        if faulty && rng.random_bool(0.02) {
-            let a = rng.random_range(0..agents.len());
-            let (kind, for_s) = match rng.random_range(0..3) {
-                0 => ("agent-restart", rng.random_range(1..=8)),
-                1 => ("partition", rng.random_range(1..=180)),
-                _ => ("host-down", rng.random_range(2..=120)),
-            };
+        if let Some((n, a, kind, for_s)) = drawn.as_ref().and_then(|d| d.agent) {
             let agent = &mut agents[a];
             if agent.silent_until <= now {
+                faults.applied.push(n);
                 agent.silent_until = now + for_s * 1000;
                 agent.partitioned = kind == "partition";
                 if kind == "host-down" {
@@ -495,26 +661,26 @@ async fn run_seeded(cfg: &ChaosConfig) -> Result<ChaosReport, String> {
                     agent.exited.clear();
                 }
                 *report.faults.entry(kind).or_default() += 1;
-                log(format!("{kind}: node-{a} silent for {for_s} s"));
+                log(format!("#{n} {kind}: node-{a} silent for {for_s} s"));
             }
         }
         // A one-way partition: the agent's beats arrive, the answers do not.
-        if faulty && more_faults.random_bool(0.01) {
-            let a = more_faults.random_range(0..agents.len());
-            let for_s = more_faults.random_range(5..=120);
+        if let Some((n, a, for_s)) = drawn.as_ref().and_then(|d| d.one_way) {
             let agent = &mut agents[a];
             if agent.silent_until <= now && agent.deaf_until <= now {
+                faults.applied.push(n);
                 agent.deaf_until = now + for_s * 1000;
                 *report.faults.entry("one-way").or_default() += 1;
-                log(format!("one-way: node-{a} gets no answers for {for_s} s"));
+                log(format!("#{n} one-way: node-{a} gets no answers for {for_s} s"));
             }
         }
-        if faulty && rng.random_bool(0.003) {
+        if let Some(n) = drawn.as_ref().and_then(|d| d.server_restart) {
+            faults.applied.push(n);
             // kill -9 of the server: what it committed is all that is left.
             app = Arc::new(App::new(store.clone(), config.clone()));
             *report.faults.entry("server-restart").or_default() += 1;
             last_restart = Some(now);
-            log("server restarts".to_string());
+            log(format!("#{n} server restarts"));
         }
 
         // Held-up beats arrive, after the beats their agents sent since.
@@ -526,7 +692,15 @@ async fn run_seeded(cfg: &ChaosConfig) -> Result<ChaosReport, String> {
                 // Refused when a newer beat arrived first; taken (and then it is the newest the
                 // server has) when none did.
                 match app.heartbeat(d.report).await {
-                    Err(e) => log(format!("node-{a}'s held-up beat arrives, refused: {e}")),
+                    Err(e) => {
+                        if storm {
+                            blur(
+                                &mut bounds,
+                                agent.spans.keys().chain(d.view.running.iter()).chain(d.view.ended.iter()),
+                            );
+                        }
+                        log(format!("node-{a}'s held-up beat arrives, refused: {e}"))
+                    }
                     Ok(_) => {
                         // Taken although a newer beat arrived first: only a bug does that, and
                         // then what it says is stale, whatever the server makes of it.
@@ -545,6 +719,8 @@ async fn run_seeded(cfg: &ChaosConfig) -> Result<ChaosReport, String> {
                 continue;
             }
             agent.next_beat = now + BEAT_MS;
+            // Every beat's draws, sent or not.
+            let beat = faulty.then(|| BeatFaults::draw(&mut beat_rng, &mut faults));
             if now < agent.silent_until {
                 // Cut off: it fences itself once no server has answered for stop_after.
                 if agent.partitioned
@@ -587,8 +763,9 @@ async fn run_seeded(cfg: &ChaosConfig) -> Result<ChaosReport, String> {
                 }
                 log(format!("node-{a} fences itself (no answers)"));
             }
-            let lose = (faulty && rng.random_bool(0.02)) || deaf;
-            let duplicate = faulty && rng.random_bool(0.02);
+            let lose_n = beat.and_then(|b| b.lose);
+            let duplicate_n = beat.and_then(|b| b.duplicate);
+            let lose = lose_n.is_some() || deaf;
             let report_of = |agent: &SimAgent| AgentReport {
                 node: agent.node.clone(),
                 epoch: Some(agent.epoch),
@@ -619,12 +796,15 @@ async fn run_seeded(cfg: &ChaosConfig) -> Result<ChaosReport, String> {
             };
             agent.seq += 1;
             // Held up on the way: the agent hears nothing back and beats again on time.
-            if faulty && delays.random_bool(0.01) && cfg.held_up_beats {
-                let arrives = now + delays.random_range(1..=8) * 1000;
+            if let Some((n, delay_s)) = beat.and_then(|b| b.held_up)
+                && cfg.held_up_beats
+            {
+                faults.applied.push(n);
+                let arrives = now + delay_s * 1000;
                 agent.in_flight.push(Delayed { arrives, seq: agent.seq, report: report_of(agent), view: agent.view() });
                 *report.faults.entry("held-up-beat").or_default() += 1;
                 log(format!(
-                    "node-{a}'s beat is held up for {} s (running: {}; ended: {})",
+                    "#{n} node-{a}'s beat is held up for {} s (running: {}; ended: {})",
                     (arrives - now) / 1000,
                     ids(agent.running.keys()),
                     ids(agent.stopped.iter().chain(agent.exited.iter()))
@@ -633,24 +813,35 @@ async fn run_seeded(cfg: &ChaosConfig) -> Result<ChaosReport, String> {
             }
             // The checker's record of what the server may bill, from what this beat tells it.
             let view = agent.view();
+            let about: Vec<InstanceId> = if storm {
+                agent.spans.keys().chain(view.running.iter()).chain(view.ended.iter()).cloned().collect()
+            } else {
+                Vec::new()
+            };
             agent.received_seq = agent.seq;
             account(agent, &view, false, now, (grace_ms, last_restart), &cancelled, &mut bounds);
             let answer = app.heartbeat(report_of(agent)).await;
-            if duplicate {
+            if let Some(n) = duplicate_n {
                 // The same request twice (a retransmission): the second is refused as already
                 // taken, and its answer is lost.
+                faults.applied.push(n);
                 *report.faults.entry("duplicate-beat").or_default() += 1;
                 let _ = app.heartbeat(report_of(agent)).await;
             }
             let desired = match answer {
                 Ok(d) if !lose => d,
                 Ok(_) => {
-                    if !deaf {
+                    if let Some(n) = lose_n.filter(|_| !deaf) {
+                        faults.applied.push(n);
                         *report.faults.entry("lost-answer").or_default() += 1;
                     }
                     continue;
                 }
                 Err(e) => {
+                    // Refused part-way, it may have been taken in part.
+                    if storm {
+                        blur(&mut bounds, about.iter());
+                    }
                     log(format!("node-{a} beat refused: {e}"));
                     continue;
                 }
@@ -672,7 +863,7 @@ async fn run_seeded(cfg: &ChaosConfig) -> Result<ChaosReport, String> {
                 agent.gone.remove(id);
                 if !agent.running.contains_key(id) {
                     log(format!("node-{a} starts {id}"));
-                    let ends = now + rng.random_range(30..=900) * 1000;
+                    let ends = now + work_s(cfg.seed, id, now) * 1000;
                     agent.running.insert(id.clone(), (now, ends));
                 }
             }
@@ -772,6 +963,10 @@ async fn run_seeded(cfg: &ChaosConfig) -> Result<ChaosReport, String> {
             *billed.entry(u.instance_id.clone()).or_default() += u.ended_at.unwrap_or(now).millis_since(u.started_at);
         }
     }
+    if outage.is_some() {
+        sql.fail_writes_after(None).await.map_err(|e| e.to_string())?;
+    }
+    report.applied = std::mem::take(&mut faults.applied);
     report.ran_s = ran.values().sum::<i64>() / 1000;
     report.billed_s = billed.values().sum::<i64>() / 1000;
     let ids: BTreeSet<&InstanceId> = billed.keys().chain(bounds.keys()).collect();
@@ -814,13 +1009,142 @@ async fn run_seeded(cfg: &ChaosConfig) -> Result<ChaosReport, String> {
     Ok(report)
 }
 
+/// Numbers the faults a run draws, in the order drawn, and says which of them to apply.
+struct Faults<'a> {
+    drawn: u32,
+    only: Option<&'a BTreeSet<u32>>,
+    applied: Vec<u32>,
+}
+
+impl Faults<'_> {
+    /// A fault was drawn: its number, if it is to be applied.
+    fn draw(&mut self) -> Option<u32> {
+        self.drawn += 1;
+        let n = self.drawn;
+        self.only.is_none_or(|o| o.contains(&n)).then_some(n)
+    }
+}
+
+/// What the tenants mean to do this step (which instance an action picks depends on what they
+/// hold: `pick` is taken modulo it).
+#[derive(Clone, Copy)]
+struct Intent {
+    create: Option<(usize, GpuModel, u32, bool)>,
+    act: Option<(usize, gpucloud_model::UserAction)>,
+    restart_lost: Option<usize>,
+}
+
+impl Intent {
+    fn draw(r: &mut StdRng, tenants: usize) -> Intent {
+        let create = r.random_bool(0.12);
+        let who = r.random_range(0..tenants);
+        let big = r.random_bool(0.5);
+        let count = r.random_range(1..=4);
+        let spot = r.random_bool(0.3);
+        let act = r.random_bool(0.15);
+        let pick = r.random::<u32>() as usize;
+        let action = match r.random_range(0..3) {
+            0 => gpucloud_model::UserAction::Stop,
+            1 => gpucloud_model::UserAction::Start,
+            _ => gpucloud_model::UserAction::Terminate,
+        };
+        let lost = r.random_bool(0.3);
+        let lost_pick = r.random::<u32>() as usize;
+        let (model, count) = if big { (GpuModel::A100_40GB, count) } else { (GpuModel::T4, 1) };
+        Intent {
+            create: create.then_some((who, model, count, spot)),
+            act: act.then_some((pick, action)),
+            restart_lost: lost.then_some(lost_pick),
+        }
+    }
+}
+
+/// The faults drawn for one step, each with its number (`None`: not drawn, or left out).
+struct StepFaults {
+    /// An agent restart, a partition or the host going down: which agent, for how long (s).
+    agent: Option<(u32, usize, &'static str, i64)>,
+    /// A one-way partition: which agent, for how long (s).
+    one_way: Option<(u32, usize, i64)>,
+    server_restart: Option<u32>,
+    /// The store refusing writes: after how many rows, for how long (s).
+    outage: Option<(u32, u32, i64)>,
+}
+
+impl StepFaults {
+    fn draw(r: &mut StdRng, agents: usize, faults: &mut Faults) -> StepFaults {
+        let agent = r.random_bool(0.02);
+        let a = r.random_range(0..agents);
+        let kind = r.random_range(0..3);
+        let x = i64::from(r.random::<u32>());
+        let (kind, for_s) = match kind {
+            0 => ("agent-restart", 1 + x % 8),
+            1 => ("partition", 1 + x % 180),
+            _ => ("host-down", 2 + x % 119),
+        };
+        let agent = if agent { faults.draw().map(|n| (n, a, kind, for_s)) } else { None };
+        let one_way = r.random_bool(0.01);
+        let oa = r.random_range(0..agents);
+        let o_for = 5 + i64::from(r.random::<u32>()) % 116;
+        let one_way = if one_way { faults.draw().map(|n| (n, oa, o_for)) } else { None };
+        let restart = r.random_bool(0.003);
+        let server_restart = if restart { faults.draw() } else { None };
+        let outage = r.random_bool(0.004);
+        let rows = r.random_range(0..=20);
+        let s_for = r.random_range(1..=15);
+        let outage = if outage { faults.draw().map(|n| (n, rows, s_for)) } else { None };
+        StepFaults { agent, one_way, server_restart, outage }
+    }
+}
+
+/// The faults drawn for one beat slot of one agent, each with its number.
+#[derive(Clone, Copy)]
+struct BeatFaults {
+    /// Its answer is lost.
+    lose: Option<u32>,
+    /// It is sent twice.
+    duplicate: Option<u32>,
+    /// It is held up on the way for this many seconds.
+    held_up: Option<(u32, i64)>,
+}
+
+impl BeatFaults {
+    fn draw(r: &mut StdRng, faults: &mut Faults) -> BeatFaults {
+        let (l, d, h) = (r.random_bool(0.02), r.random_bool(0.02), r.random_bool(0.01));
+        let delay_s = r.random_range(1..=8);
+        let lose = if l { faults.draw() } else { None };
+        let duplicate = if d { faults.draw() } else { None };
+        let held_up = if h { faults.draw().map(|n| (n, delay_s)) } else { None };
+        BeatFaults { lose, duplicate, held_up }
+    }
+}
+
+/// How long a workload started at `now` runs before it ends by itself (30 s to 15 min): a
+/// function of the workload, not a draw from a stream, so that it stays the same when a
+/// shrinker leaves faults out.
+fn work_s(seed: u64, id: &InstanceId, now: i64) -> i64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ seed;
+    for b in id.as_str().bytes().chain(now.to_le_bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    30 + (h % 871) as i64
+}
+
+/// Billing of these instances is not checked (see `Bound::ambiguous`).
+fn blur<'a>(bounds: &mut BTreeMap<InstanceId, Bound>, ids: impl IntoIterator<Item = &'a InstanceId>) {
+    for id in ids {
+        bounds.entry(id.clone()).or_default().ambiguous = true;
+    }
+}
+
 /// What the server may bill an instance, by the checker's own account (ms).
 #[derive(Debug, Clone, Default)]
 struct Bound {
     lower: i64,
     upper: i64,
     /// Its node went silent for about the heartbeat grace, or across a server restart: whether
-    /// the server declared it lost then is a race, so its billing is not checked.
+    /// the server declared it lost then is a race, so its billing is not checked. Nor is it when
+    /// a request about it failed part-way in a store outage.
     ambiguous: bool,
 }
 

@@ -981,6 +981,12 @@ fn silent_and_rebooted_nodes_keep_the_users_intent_and_bill_only_what_ran() {
     let r = s.post(&key, &format!("/v1/instances/{c}/start"), None);
     assert_eq!(r.status, 409, "{:?}", r.body);
     assert!(r.body["detail"].as_str().unwrap().contains("start it after that, in 29 s"), "{:?}", r.body);
+    // Stopping it first is no way around that.
+    let r = s.post(&key, &format!("/v1/instances/{c}/stop"), None);
+    assert_eq!((r.status, r.body["state"].as_str()), (200, Some("stopped")), "{:?}", r.body);
+    let r = s.post(&key, &format!("/v1/instances/{c}/start"), None);
+    assert_eq!(r.status, 409, "{:?}", r.body);
+    assert!(r.body["detail"].as_str().unwrap().contains("start it after that, in 29 s"), "{:?}", r.body);
     s.advance(std::time::Duration::from_secs(29));
     let r = s.post(&key, &format!("/v1/instances/{c}/start"), None);
     assert_eq!((r.status, r.body["state"].as_str()), (200, Some("pending")), "{:?}", r.body);
@@ -1009,6 +1015,47 @@ fn silent_and_rebooted_nodes_keep_the_users_intent_and_bill_only_what_ran() {
         Some(u[0].started_at.plus_millis(2_000)),
         "billed until the last beat that saw it: {u:?}"
     );
+
+    // Stopped while its node is silent, then the node declared lost: the stop completes, but
+    // its cut-off agent, never told, may run it for agent_stop_after after its last beat, so a
+    // start before then is refused as a lost one's is (sim chaos seed 102 of 10 minutes: it
+    // ran on a new node and the old at once).
+    // host-3 goes silent first (lost), so that the next instance lands on the new node.
+    s.advance(std::time::Duration::from_secs(11));
+    common::poll("host-3 lost", || {
+        let r = s.get(&s.operator_key, &format!("/v1/nodes/{n3}"));
+        (r.body["health"] == "lost").then_some(())
+    });
+    let (n4, e4) = reg("host-4");
+    let f = create();
+    desired(&s, &n4, &e4, &f);
+    beat(&s, &n4, &e4, json!([{"id": f, "state": "running"}]));
+    s.wait_state(&key, &f, "running");
+    s.advance(std::time::Duration::from_secs(3));
+    assert_eq!(s.post(&key, &format!("/v1/instances/{f}/stop"), None).status, 200);
+    s.advance(std::time::Duration::from_secs(8));
+    s.wait_state(&key, &f, "stopped");
+    let r = s.post(&key, &format!("/v1/instances/{f}/start"), None);
+    assert_eq!(r.status, 409, "{:?}", r.body);
+    assert!(r.body["detail"].as_str().unwrap().contains("start it after that, in 29 s"), "{:?}", r.body);
+    s.advance(std::time::Duration::from_secs(29));
+    let r = s.post(&key, &format!("/v1/instances/{f}/start"), None);
+    assert_eq!((r.status, r.body["state"].as_str()), (200, Some("pending")), "{:?}", r.body);
+    // A stop the agent reported is not held up, even with the node silent since.
+    assert_eq!(s.post(&key, &format!("/v1/instances/{f}/terminate"), None).status, 200);
+    let r = s.get(&s.operator_key, &format!("/v1/nodes/{n4}"));
+    assert_eq!(r.body["health"], "lost", "{:?}", r.body);
+    let (n5, e5) = reg("host-5");
+    let g = create();
+    desired(&s, &n5, &e5, &g);
+    beat(&s, &n5, &e5, json!([{"id": g, "state": "running"}]));
+    s.wait_state(&key, &g, "running");
+    assert_eq!(s.post(&key, &format!("/v1/instances/{g}/stop"), None).status, 200);
+    s.advance(std::time::Duration::from_secs(1));
+    beat(&s, &n5, &e5, json!([{"id": g, "state": "stopped"}]));
+    s.wait_state(&key, &g, "stopped");
+    let r = s.post(&key, &format!("/v1/instances/{g}/start"), None);
+    assert_eq!((r.status, r.body["state"].as_str()), (200, Some("pending")), "{:?}", r.body);
 }
 
 /// A replica set's member lost with its node may still run on the cut-off agent until that agent

@@ -29,7 +29,8 @@ pub(crate) const INSTANCE_COLUMNS: &str = "id, tenant_id, name, region, gpu_mode
     mig_profile, status_reason, cluster_id, cluster_rank, pool_id, tier, max_price_micros, env, job_id, attempt, running_since, notice_at, notice_ms, \
     notice_reason, preempt_at, checkpoint, checkpoint_at, endpoint, image, ports, progress, published, \
     volume_id, volume_mount, placement_note, project, quota_held, priority, \
-    (SELECT n.region FROM nodes n WHERE n.id = COALESCE(instances.node_id, instances.ran_on)) AS ran_region";
+    (SELECT n.region FROM nodes n WHERE n.id = COALESCE(instances.node_id, instances.ran_on)) AS ran_region, \
+    COALESCE(instances.node_id, instances.ran_on) AS ran_node";
 
 /// A pooled PostgreSQL connection idle at least this long is pinged before it is used again.
 pub const PING_IDLE: std::time::Duration = std::time::Duration::from_millis(500);
@@ -86,6 +87,63 @@ impl SqlStore {
         };
         migrate::run(&pool, backend).await?;
         Ok(SqlStore { pool, backend })
+    }
+
+    /// For `gpucloud sim chaos`: with `Some(n)`, the next `n` rows written succeed and every
+    /// write after them fails (the statement is aborted, so its transaction rolls back), as when
+    /// the database runs out of disk or loses its primary in the middle of a request; `None`
+    /// ends the fault. Reads keep working. SQLite only: the fault lives in temporary triggers on
+    /// the store's one connection, so nothing of it reaches the database file.
+    pub async fn fail_writes_after(&self, rows: Option<u32>) -> Result<()> {
+        if self.backend != Backend::Sqlite {
+            return Err(StoreError::BadUrl("write faults are simulated on SQLite only".to_string()));
+        }
+        let mut conn = self.pool.acquire().await?;
+        let triggers: Vec<String> =
+            sqlx::query("SELECT name FROM sqlite_temp_master WHERE type = 'trigger' AND name LIKE 'store_fault_%'")
+                .fetch_all(&mut *conn)
+                .await?
+                .iter()
+                .map(|r| r.try_get::<String, _>(0))
+                .collect::<std::result::Result<_, _>>()?;
+        let Some(rows) = rows else {
+            let mut sql = String::new();
+            for t in &triggers {
+                sql.push_str(&format!("DROP TRIGGER temp.\"{t}\";"));
+            }
+            sql.push_str("DROP TABLE IF EXISTS temp.store_fault;");
+            conn.execute(sql.as_str()).await?;
+            return Ok(());
+        };
+        let mut sql = String::from(
+            "PRAGMA temp_store = MEMORY; \
+             CREATE TEMP TABLE IF NOT EXISTS store_fault (rows INTEGER NOT NULL); \
+             DELETE FROM temp.store_fault;",
+        );
+        sql.push_str(&format!("INSERT INTO temp.store_fault (rows) VALUES ({rows});"));
+        if triggers.is_empty() {
+            let tables: Vec<String> = sqlx::query(
+                "SELECT name FROM main.sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name",
+            )
+            .fetch_all(&mut *conn)
+            .await?
+            .iter()
+            .map(|r| r.try_get::<String, _>(0))
+            .collect::<std::result::Result<_, _>>()?;
+            for t in &tables {
+                for op in ["INSERT", "UPDATE", "DELETE"] {
+                    // Counted per row: a BEFORE trigger runs once for each row written.
+                    sql.push_str(&format!(
+                        "CREATE TEMP TRIGGER \"store_fault_{t}_{op}\" BEFORE {op} ON main.\"{t}\" BEGIN \
+                         SELECT RAISE(ABORT, 'injected store fault: the database refuses writes') \
+                         WHERE (SELECT rows FROM store_fault) <= 0; \
+                         UPDATE store_fault SET rows = rows - 1; END;"
+                    ));
+                }
+            }
+        }
+        conn.execute(sql.as_str()).await?;
+        Ok(())
     }
 
     async fn gpus_of(&self, filter: GpuFilter<'_>) -> Result<HashMap<String, Vec<u32>>> {
@@ -238,6 +296,7 @@ pub(crate) fn instance_from_row(r: &AnyRow) -> Result<Instance> {
             .try_get::<Option<String>, _>("ran_region")?
             .map(|v| Region::parse(&v).map_err(|e| corrupt(t, e)))
             .transpose()?,
+        ran_node: r.try_get::<Option<String>, _>("ran_node")?.map(|v| parse(t, &v)).transpose()?,
     })
 }
 

@@ -272,6 +272,8 @@ pub struct Instance {
     pub published: Vec<(u16, u16)>,
     /// The region of the node it runs on, or last ran on; None before it was ever placed.
     pub ran_region: Option<Region>,
+    /// The node it runs on, or last ran on; None before it was ever placed.
+    pub ran_node: Option<NodeId>,
 }
 
 /// A tenant's secret as stored: sealed, never the plaintext.

@@ -254,7 +254,7 @@ impl App {
                 && self.now() < fenced
             {
                 return Err(AppError::Conflict(format!(
-                    "instance {} was lost with its node, whose agent, if only cut off, still runs it until {} \
+                    "instance {} ended with its node, whose agent, if only cut off, still runs it until {} \
                      (it stops its workloads {} s after it last heard from the server): start it after that, in {} s",
                     inst.id,
                     gpucloud_api::rfc3339(fenced),
@@ -266,22 +266,34 @@ impl App {
         self.transition(inst, |i| i.state.on_user(i.stop_target, action).map_err(AppError::from)).await
     }
 
-    /// When a lost instance's old run has surely stopped: its node's agent, if only cut off,
-    /// stops its workloads `agent_stop_after` after its last answer (at most its last
-    /// heartbeat, which is when the instance was lost). `None` unless it is lost.
+    /// When the old run of an instance that ended with its node has surely stopped: its node's
+    /// agent, if only cut off, stops its workloads `agent_stop_after` after its last answer (at
+    /// most its last heartbeat, which is when the instance ended). Such an instance is a lost
+    /// one (or one stopped since it was lost), or one being stopped when its node was declared
+    /// lost: that stop completed with no word from the agent (`sim chaos` seed 102 of 10
+    /// minutes: stopped that way and started again, it ran on a new node while its cut-off
+    /// agent still ran it). `None` for any other.
     pub(crate) async fn fenced_at(&self, inst: &Instance) -> Result<Option<gpucloud_model::Timestamp>, AppError> {
-        if inst.state != gpucloud_model::InstanceState::Lost {
+        use gpucloud_model::InstanceState::{Lost, Stopped, Stopping};
+        if !matches!(inst.state, Lost | Stopped) {
             return Ok(None);
         }
-        let last_heard = self
-            .store
-            .instance_events(&inst.id)
-            .await?
-            .iter()
-            .rev()
-            .find(|e| e.to == gpucloud_model::InstanceState::Lost)
-            .map(|e| e.at);
-        Ok(last_heard.map(|at| at.plus_millis(self.config.agent_stop_after().as_millis() as i64)))
+        let stop_after = self.config.agent_stop_after().as_millis() as i64;
+        let events = self.store.instance_events(&inst.id).await?;
+        let lost_at = || events.iter().rev().find(|e| e.to == Lost).map(|e| e.at.plus_millis(stop_after));
+        let Some(last) = events.last() else { return Ok(None) };
+        match (inst.state, last.from) {
+            (Lost, _) | (Stopped, Some(Lost)) => Ok(lost_at()),
+            (Stopped, Some(Stopping)) => {
+                let Some(node) = &inst.ran_node else { return Ok(None) };
+                let Some(node) = self.store.get_node(node).await? else { return Ok(None) };
+                // Lost, and not heard from since the stop: nothing says the agent stopped it.
+                let unheard =
+                    node.health == gpucloud_model::NodeHealth::Lost && node.last_heartbeat.is_none_or(|h| h <= last.at);
+                Ok(unheard.then(|| last.at.plus_millis(stop_after)))
+            }
+            _ => Ok(None),
+        }
     }
 
     /// A cluster member that ended may start again only while no other member holds its rank (a
