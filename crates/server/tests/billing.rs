@@ -487,9 +487,13 @@ fn lists_come_in_pages_that_follow_next() {
     for _ in 0..5 {
         ids.push(s.create(&key, "T4", 1, None)["id"].as_str().unwrap().to_string());
     }
+    let other = s.tenant("globex");
+    s.create(&other, "T4", 1, None);
     let (items, pages) = all_pages(&s, &key, "/v1/instances?limit=2", "instances");
     let got: Vec<&str> = items.iter().map(|i| i["id"].as_str().unwrap()).collect();
     assert_eq!((got, pages), (ids.iter().map(String::as_str).collect(), 3), "oldest first, each once");
+    let (theirs, _) = all_pages(&s, &other, "/v1/instances?limit=1", "instances");
+    assert_eq!(theirs.len(), 1, "another tenant's list holds only its own");
     let whole = s.get(&key, "/v1/instances").body;
     assert_eq!((whole["instances"].as_array().unwrap().len(), &whole["next"]), (5, &json!(null)));
 
@@ -512,6 +516,12 @@ fn lists_come_in_pages_that_follow_next() {
         "/v1/instances?limit=1001",
         "/v1/alerts?after=no%20such",
         "/v1/billing/ledger?limit=0",
+        // The instance list reads its page from the store by the cursor: one it did not make
+        // is named, not read as some other place in the list.
+        "/v1/instances?after=garbage",
+        "/v1/instances?after=000000000000001.",
+        "/v1/instances?after=12.i-abc",
+        "/v1/instances?after=00000000000000x.i-abc",
     ] {
         let r = s.get(&key, path);
         assert_eq!(r.status, 422, "{path}: {:?}", r.body);

@@ -90,6 +90,9 @@ pub trait Store:
 
     async fn insert_node(&self, node: &NewNode) -> Result<()>;
     async fn list_nodes(&self) -> Result<Vec<Node>>;
+    /// The node with its GPUs but no GPU's `slices` read (left empty): for a caller that
+    /// needs none, such as a heartbeat's key and fencing checks, which run on every beat.
+    async fn get_node_bare(&self, id: &NodeId) -> Result<Option<Node>>;
     async fn get_node(&self, id: &NodeId) -> Result<Option<Node>>;
     /// Every node's id and generation: what a cached view of the fleet checks itself against.
     /// Every change to a node as `list_nodes` returns it bumps its generation, except the time
@@ -134,6 +137,15 @@ pub trait Store:
     /// `tenant: None` is the operator's view across tenants.
     async fn get_instance(&self, tenant: Option<&TenantId>, id: &InstanceId) -> Result<Option<Instance>>;
     async fn list_instances(&self, tenant: Option<&TenantId>) -> Result<Vec<Instance>>;
+    /// One page of a tenant's instances (of one project when given), oldest first: at most
+    /// `limit` created after `after` (its creation time and id). Reads the page, not the rest.
+    async fn instances_page(
+        &self,
+        tenant: &TenantId,
+        project: Option<&gpucloud_model::ProjectName>,
+        after: Option<(Timestamp, &str)>,
+        limit: u32,
+    ) -> Result<Vec<Instance>>;
     /// Pending instances, oldest first.
     async fn list_pending(&self, limit: u32) -> Result<Vec<Instance>>;
     async fn instances_on_node(&self, node: &NodeId) -> Result<Vec<Instance>>;

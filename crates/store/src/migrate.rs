@@ -36,6 +36,7 @@ const SQLITE: &[(i64, &str)] = &[
     (29, include_str!("../migrations/sqlite/0029_volumes_unsettled_by_tenant.sql")),
     (30, include_str!("../migrations/sqlite/0030_projects.sql")),
     (31, include_str!("../migrations/sqlite/0031_beat_seq.sql")),
+    (32, include_str!("../migrations/sqlite/0032_instance_pages.sql")),
 ];
 const POSTGRES: &[(i64, &str)] = &[
     (1, include_str!("../migrations/postgres/0001_foundation.sql")),
@@ -69,6 +70,7 @@ const POSTGRES: &[(i64, &str)] = &[
     (29, include_str!("../migrations/postgres/0029_volumes_unsettled_by_tenant.sql")),
     (30, include_str!("../migrations/postgres/0030_projects.sql")),
     (31, include_str!("../migrations/postgres/0031_beat_seq.sql")),
+    (32, include_str!("../migrations/postgres/0032_instance_pages.sql")),
 ];
 
 pub(crate) async fn run(pool: &AnyPool, backend: Backend) -> Result<()> {

@@ -403,6 +403,10 @@ impl Store for SqlStore {
         Ok(load_nodes(&self.pool, Which::One(id)).await?.pop())
     }
 
+    async fn get_node_bare(&self, id: &NodeId) -> Result<Option<Node>> {
+        Ok(load_nodes(&self.pool, Which::Bare(id)).await?.pop())
+    }
+
     async fn node_generations(&self) -> Result<Vec<(NodeId, i64)>> {
         let rows = sqlx::query("SELECT id, generation FROM nodes").fetch_all(&self.pool).await?;
         rows.iter().map(|r| Ok((parse("nodes", &r.try_get::<String, _>(0)?)?, r.try_get(1)?))).collect()
@@ -716,6 +720,60 @@ impl Store for SqlStore {
         }
     }
 
+    async fn instances_page(
+        &self,
+        tenant: &TenantId,
+        project: Option<&gpucloud_model::ProjectName>,
+        after: Option<(Timestamp, &str)>,
+        limit: u32,
+    ) -> Result<Vec<Instance>> {
+        // Binds are numbered as they are pushed: the tenant, then the cursor, then the project.
+        let mut clause = String::from("WHERE tenant_id = $1");
+        let mut n = 1;
+        if after.is_some() {
+            clause.push_str(" AND (created_at > $2 OR (created_at = $2 AND id > $3))");
+            n = 3;
+        }
+        if project.is_some() {
+            clause.push_str(&format!(" AND project = ${}", n + 1));
+        }
+        let sql = format!("SELECT {INSTANCE_COLUMNS} FROM instances {clause} ORDER BY created_at, id LIMIT {limit}");
+        let mut q = sqlx::query(&sql).bind(tenant.to_string());
+        if let Some((at, id)) = after {
+            q = q.bind(at.0).bind(id.to_string());
+        }
+        if let Some(p) = project {
+            q = q.bind(p.as_str().to_string());
+        }
+        let rows = q.fetch_all(&self.pool).await?;
+        let mut instances = rows.iter().map(instance_from_row).collect::<Result<Vec<_>>>()?;
+        let holding: Vec<String> =
+            instances.iter().filter(|i| i.state.holds_gpus()).map(|i| i.id.to_string()).collect();
+        if holding.is_empty() {
+            return Ok(instances);
+        }
+        // The page's GPUs in one read, whatever the tenant holds elsewhere.
+        let marks = (1..=holding.len()).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ");
+        let sql = format!(
+            "SELECT instance_id, idx FROM gpus WHERE instance_id IN ({marks}) \
+             UNION ALL SELECT instance_id, idx FROM gpu_slices WHERE instance_id IN ({marks}) ORDER BY idx"
+        );
+        let mut q = sqlx::query(&sql);
+        for id in &holding {
+            q = q.bind(id.clone());
+        }
+        let mut gpus: HashMap<String, Vec<u32>> = HashMap::new();
+        for row in q.fetch_all(&self.pool).await? {
+            let id: String = row.try_get(0)?;
+            let idx: i64 = row.try_get(1)?;
+            gpus.entry(id).or_default().push(idx as u32);
+        }
+        for inst in instances.iter_mut().filter(|i| i.state.holds_gpus()) {
+            inst.gpus = gpus.remove(inst.id.as_str()).unwrap_or_default();
+        }
+        Ok(instances)
+    }
+
     async fn list_pending(&self, limit: u32) -> Result<Vec<Instance>> {
         let clause = format!("WHERE state = 'pending' AND quota_held = 0 ORDER BY created_at, id LIMIT {limit}");
         let sql = format!("SELECT {INSTANCE_COLUMNS} FROM instances {clause}");
@@ -1012,6 +1070,8 @@ impl Store for SqlStore {
 enum Which<'a> {
     All,
     One(&'a NodeId),
+    /// One, without its slices.
+    Bare(&'a NodeId),
     Some(&'a [NodeId]),
 }
 
@@ -1034,6 +1094,14 @@ async fn load_nodes(pool: &AnyPool, which: Which<'_>) -> Result<Vec<Node>> {
                 .bind(id.to_string())
                 .fetch_all(pool)
                 .await?,
+        ),
+        Which::Bare(id) => (
+            sqlx::query(&format!("{node_cols} WHERE id = $1")).bind(id.to_string()).fetch_all(pool).await?,
+            sqlx::query(&format!("{gpu_cols} WHERE node_id = $1 ORDER BY idx"))
+                .bind(id.to_string())
+                .fetch_all(pool)
+                .await?,
+            Vec::new(),
         ),
         Which::Some(ids) => {
             if ids.is_empty() {

@@ -45,6 +45,9 @@ pub trait WorkloadStore: Send + Sync {
     /// Where a node's agent serves SSH, and its host key; `None` when it does not.
     async fn set_node_ssh(&self, node: &NodeId, ssh: Option<(u16, &str)>) -> Result<()>;
     async fn node_ssh(&self, node: &NodeId) -> Result<Option<(u16, String)>>;
+    /// For each of `nodes` that serves SSH: the host it is reached at (its address, else its
+    /// name), the port and the host key, in one read (a page of instances names many nodes).
+    async fn nodes_ssh(&self, nodes: &[NodeId]) -> Result<std::collections::HashMap<NodeId, (String, u16, String)>>;
 }
 
 /// One of a tenant's SSH public keys.
@@ -243,6 +246,31 @@ impl WorkloadStore for SqlStore {
             .execute(&self.pool)
             .await?;
         Ok(())
+    }
+
+    async fn nodes_ssh(&self, nodes: &[NodeId]) -> Result<std::collections::HashMap<NodeId, (String, u16, String)>> {
+        let mut out = std::collections::HashMap::new();
+        // A bounded number of bind parameters a statement: both backends cap them.
+        for chunk in nodes.chunks(500) {
+            let marks = (1..=chunk.len()).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ");
+            let sql = format!(
+                "SELECT id, COALESCE(address, name), ssh_port, ssh_host_key FROM nodes \
+                 WHERE id IN ({marks}) AND ssh_port IS NOT NULL AND ssh_host_key IS NOT NULL"
+            );
+            let mut q = sqlx::query(&sql);
+            for n in chunk {
+                q = q.bind(n.to_string());
+            }
+            for row in q.fetch_all(&self.pool).await? {
+                let port: i64 = row.try_get(2)?;
+                if !(1..=65535).contains(&port) {
+                    continue;
+                }
+                let id: String = row.try_get(0)?;
+                out.insert(parse("nodes", &id)?, (row.try_get(1)?, port as u16, row.try_get(3)?));
+            }
+        }
+        Ok(out)
     }
 
     async fn node_ssh(&self, node: &NodeId) -> Result<Option<(u16, String)>> {

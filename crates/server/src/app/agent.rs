@@ -169,13 +169,30 @@ impl App {
         }
         // Whether this beat wrote to an instance on the node: its answer then reads them again.
         let mut wrote = false;
+        // Who holds each slice is read only for what needs it: a failed GPU's notices, and a
+        // GPU sample (one every sample interval, not every beat).
+        let fatal = report.gpus.iter().any(|g| g.is_fatal());
+        let sample = !report.gpus.is_empty() && self.sample_due(node, now);
+        let full;
+        let with_slices = if fatal || sample {
+            full = self
+                .store
+                .get_node(node)
+                .await?
+                .ok_or_else(|| AppError::NotFound { kind: "node", id: node.to_string() })?;
+            &full
+        } else {
+            &current
+        };
         for g in report.gpus.iter().filter(|g| g.is_fatal()) {
-            self.gpu_failed(&current, g).await?;
+            self.gpu_failed(with_slices, g).await?;
             wrote = true;
         }
         if !report.gpus.is_empty() {
             self.telemetry.lock().unwrap_or_else(|e| e.into_inner()).insert(node.clone(), (now, report.gpus.clone()));
-            self.record_gpu_samples(&current, &report.gpus, now).await?;
+        }
+        if sample {
+            self.record_gpu_samples(with_slices, &report.gpus, now).await?;
         }
         // One read of the instances on this node serves every report below (none of the writes
         // before a state change moves an instance's generation, and each state change is
@@ -415,12 +432,15 @@ pub fn check_labels(labels: &std::collections::BTreeMap<String, String>) -> Resu
 }
 
 impl App {
-    /// The node `node` if `by` may speak for it: an operator's own key for any node, an agent key
+    /// The node `node` (its GPUs without their slices) if `by` may speak for it: an operator's
+    /// own key for any node, an agent key
     /// for the node it is bound to only. Another node, or one that does not exist, is a 403 for an
     /// agent key, so that a stolen key learns nothing about the fleet.
     pub async fn agent_node(&self, by: &super::Principal, node: &NodeId) -> Result<gpucloud_store::Node, AppError> {
         by.require_operator()?;
-        let found = self.store.get_node(node).await?;
+        // Without slices: every beat comes through here, and a beat reads them only when it
+        // attributes a GPU sample or failure (`heartbeat_of`).
+        let found = self.store.get_node_bare(node).await?;
         if by.scope == gpucloud_store::KeyScope::Agent {
             let ours = found.as_ref().is_some_and(|n| by.node.as_deref() == Some(n.name.as_str()));
             if !ours {

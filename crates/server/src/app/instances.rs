@@ -203,6 +203,16 @@ impl App {
         Ok(all)
     }
 
+    /// One page of what the caller sees, oldest first (see `Store::instances_page`).
+    pub async fn instances_page(
+        &self,
+        by: &Principal,
+        after: Option<(gpucloud_model::Timestamp, &str)>,
+        limit: u32,
+    ) -> Result<Vec<Instance>, AppError> {
+        Ok(self.store.instances_page(&by.tenant.id, by.project.as_ref(), after, limit).await?)
+    }
+
     /// By id, or by name where the name is unique among the tenant's instances (terminated ones
     /// count only when no live one has it). Another tenant's instance is "not found", never
     /// "forbidden": ids and names leak nothing.

@@ -24,6 +24,7 @@ pub mod reconcilers;
 pub mod reservations;
 pub mod secrets;
 pub mod ssh;
+pub use ssh::SshNodes;
 mod templates;
 pub mod volumes;
 pub use instances::{CreateInstance, resolve_share};

@@ -95,8 +95,15 @@ impl App {
         self.config.monitor.sample_interval.as_millis() as i64
     }
 
+    /// Whether `node`'s last stored sample is `sample_interval` old by `now`.
+    pub(crate) fn sample_due(&self, node: &NodeId, now: Timestamp) -> bool {
+        let interval = self.config.monitor.sample_interval.as_millis() as i64;
+        let last = self.sampled_at.lock().unwrap_or_else(|e| e.into_inner());
+        last.get(node).is_none_or(|t| now.millis_since(*t) >= interval)
+    }
+
     /// Called with each heartbeat's readings: stores one sample per GPU (and per holder) when
-    /// the node's last stored one is `sample_interval` old.
+    /// the node's last stored one is `sample_interval` old. `node` is read with its slices.
     pub(crate) async fn record_gpu_samples(
         &self,
         node: &Node,

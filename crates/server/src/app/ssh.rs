@@ -131,23 +131,35 @@ impl App {
         Ok(keys)
     }
 
-    /// How a running instance is reached over SSH: the command line and the node's
-    /// known_hosts line; `None` when it is not running or its node serves no SSH.
-    pub async fn ssh_access(&self, inst: &gpucloud_store::Instance) -> Result<Option<(String, String)>, AppError> {
-        if inst.state != InstanceState::Running {
-            return Ok(None);
+    /// The SSH endpoints of the nodes running `instances`, in one read.
+    pub async fn ssh_nodes(&self, instances: &[gpucloud_store::Instance]) -> Result<SshNodes, AppError> {
+        let mut ids: Vec<gpucloud_model::NodeId> =
+            instances.iter().filter(|i| i.state == InstanceState::Running).filter_map(|i| i.node_id.clone()).collect();
+        if ids.is_empty() {
+            return Ok(SshNodes::new());
         }
-        let Some(node_id) = &inst.node_id else { return Ok(None) };
-        let Some((port, host_key)) = self.store.node_ssh(node_id).await? else { return Ok(None) };
-        let Some(node) = self.store.get_node(node_id).await? else { return Ok(None) };
-        let host = node.reached_at().to_string();
-        // known_hosts writes a non-default port as [host]:port; an IPv6 host is bracketed anyway.
-        let bare = host.trim_start_matches('[').trim_end_matches(']');
-        let known = format!("[{bare}]:{port} {host_key}");
-        let command = format!("ssh -p {port} {}@{bare}", inst.id);
-        Ok(Some((command, known)))
+        ids.sort();
+        ids.dedup();
+        Ok(self.store.nodes_ssh(&ids).await?)
     }
 }
+
+/// How a running instance is reached over SSH: the command line and the node's known_hosts
+/// line; `None` when it is not running or its node serves no SSH.
+pub fn ssh_line(inst: &gpucloud_store::Instance, nodes: &SshNodes) -> Option<(String, String)> {
+    if inst.state != InstanceState::Running {
+        return None;
+    }
+    let (host, port, host_key) = nodes.get(inst.node_id.as_ref()?)?;
+    // known_hosts writes a non-default port as [host]:port; an IPv6 host is bracketed anyway.
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let known = format!("[{bare}]:{port} {host_key}");
+    let command = format!("ssh -p {port} {}@{bare}", inst.id);
+    Some((command, known))
+}
+
+/// Nodes' SSH endpoints (host, port, host key) by node; a node without one is absent.
+pub type SshNodes = std::collections::HashMap<gpucloud_model::NodeId, (String, u16, String)>;
 
 #[cfg(test)]
 mod tests {

@@ -57,13 +57,14 @@ pub async fn list(
     q: Result<axum::extract::Query<super::page::PageQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<InstanceList>, ApiError> {
     let axum::extract::Query(q) = q.map_err(super::page::bad_query)?;
-    let all = app.list_instances(&p).await?;
+    // The page and one more (to know whether a next page exists), read from the store alone.
+    let limit = q.limit.unwrap_or(super::page::DEFAULT_LIMIT).clamp(1, super::page::MAX_LIMIT);
+    let after = q.after.as_deref().map(super::page::parse_key).transpose()?;
+    let rows = app.instances_page(&p, after.as_ref().map(|(at, id)| (*at, id.as_str())), limit + 1).await?;
     let key = |i: &gpucloud_store::Instance| super::page::key(i.created_at.0, i.id.as_str());
-    let (page, next) = super::page::page(all, key, &q, super::page::MAX_LIMIT, false, "/v1/instances", &[])?;
-    let mut instances = Vec::new();
-    for i in page {
-        instances.push(with_ssh(&app, i).await?);
-    }
+    let (page, next) = super::page::page(rows, key, &q, super::page::MAX_LIMIT, false, "/v1/instances", &[])?;
+    let nodes = app.ssh_nodes(&page).await?;
+    let instances = page.into_iter().map(|i| with_ssh_line(&app, i, &nodes)).collect();
     Ok(Json(InstanceList { instances, next }))
 }
 
@@ -80,13 +81,19 @@ pub async fn show(
 
 /// The instance as its tenant sees it, with how to reach it over SSH while it runs.
 async fn with_ssh(app: &App, i: gpucloud_store::Instance) -> Result<Instance, ApiError> {
-    let ssh = app.ssh_access(&i).await?;
+    let nodes = app.ssh_nodes(std::slice::from_ref(&i)).await?;
+    Ok(with_ssh_line(app, i, &nodes))
+}
+
+/// The instance as the API shows it, with its `ssh` line where its node serves SSH.
+fn with_ssh_line(app: &App, i: gpucloud_store::Instance, nodes: &crate::app::SshNodes) -> Instance {
+    let ssh = crate::app::ssh::ssh_line(&i, nodes);
     let mut out = convert::instance(i, &app.config.public_url);
     if let Some((command, known)) = ssh {
         out.ssh = Some(command);
         out.ssh_host_key = Some(known);
     }
-    Ok(out)
+    out
 }
 
 async fn act(app: &App, p: &crate::app::Principal, id: &str, action: UserAction) -> Result<Json<Instance>, ApiError> {

@@ -23,6 +23,20 @@ pub fn key(at_ms: i64, id: &str) -> String {
     format!("{:015}.{id}", at_ms.max(0))
 }
 
+/// A cursor made by `key`, read back: the time and the id; a clear 422 for anything else.
+pub fn parse_key(after: &str) -> Result<(gpucloud_model::Timestamp, String), ApiError> {
+    let bad = || invalid("after", "after is the next cursor of a previous page");
+    let (at, id) = after.split_once('.').ok_or_else(bad)?;
+    if at.len() != 15 || id.is_empty() || id.len() > 180 {
+        return Err(bad());
+    }
+    let at: i64 = at.parse().map_err(|_| bad())?;
+    if !id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b)) {
+        return Err(bad());
+    }
+    Ok((gpucloud_model::Timestamp(at), id.to_string()))
+}
+
 /// The page of `items` (ordered by `key_of`, ascending or, with `newest_first`, descending)
 /// after the cursor, and the cursor of the next page when there is one. `path` and `query`
 /// (without `limit` and `after`) make the `next` link.
@@ -88,6 +102,15 @@ pub fn bad_query(e: axum::extract::rejection::QueryRejection) -> ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cursor_reads_back_as_its_time_and_id() {
+        let (at, id) = parse_key(&key(1_733_000_000_123, "i-abc.def_1")).unwrap();
+        assert_eq!((at.0, id.as_str()), (1_733_000_000_123, "i-abc.def_1"));
+        for bad in ["", "x", "000000000000001.", "12.i-a", "00000000000000x.i-a", "000000000000001.i a"] {
+            assert!(parse_key(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn pages_follow_the_cursor_to_the_end() {

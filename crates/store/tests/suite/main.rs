@@ -75,6 +75,7 @@ suite!(
     node_health_follows_heartbeats,
     instance_insert_is_idempotent_per_tenant,
     lookups_are_scoped_by_tenant,
+    instance_pages_follow_the_cursor,
     placements_are_all_or_nothing,
     leaving_a_gpu_state_releases_gpus,
     idempotency_records,
@@ -192,6 +193,14 @@ async fn slices_share_a_gpu_within_its_capacity(s: Arc<dyn Store>) {
     assert_eq!(n.gpus[0].slices.len(), 4);
     assert_eq!(n.gpus[0].slices.iter().map(|x| x.milli).sum::<u32>(), 1000);
     assert_eq!(n.gpus[0].instance, None);
+    // A heartbeat's read of the node: the same node and GPUs, the slices left out.
+    let bare = s.get_node_bare(&n.id).await.unwrap().unwrap();
+    let mut without = n.clone();
+    for g in &mut without.gpus {
+        g.slices.clear();
+    }
+    assert_eq!(bare, without);
+    assert!(s.get_node_bare(&NodeId::parse("n-missing").unwrap()).await.unwrap().is_none());
     let got = s.get_instance(None, &quarters[0].id).await.unwrap().unwrap();
     assert_eq!((got.gpus.clone(), got.share.clone()), (vec![0], quarters[0].share.clone()));
     assert_eq!(s.list_instances(Some(&t.id)).await.unwrap().iter().filter(|i| i.gpus == vec![0]).count(), 4);
@@ -372,6 +381,55 @@ async fn lookups_are_scoped_by_tenant(s: Arc<dyn Store>) {
     assert!(s.get_instance(Some(&a.id), &i.id).await.unwrap().is_some());
     assert!(s.get_instance(None, &i.id).await.unwrap().is_some());
     assert!(s.list_instances(Some(&b.id)).await.unwrap().is_empty());
+}
+
+async fn instance_pages_follow_the_cursor(s: Arc<dyn Store>) {
+    let a = tenant(&s, "a").await;
+    let b = tenant(&s, "b").await;
+    let n = node(&s, "gpu-1", GpuModel::A100_40GB, 4).await;
+    // Seven made in the same millisecond: the id breaks the tie, as in the whole list.
+    for _ in 0..7 {
+        instance(&s, &a, 1, None).await;
+    }
+    instance(&s, &b, 1, None).await;
+    let ml = NewInstance {
+        id: InstanceId::from_random(rand::random()),
+        tenant_id: a.id.clone(),
+        name: "ml-job".into(),
+        region: None,
+        model: GpuModel::A100_40GB,
+        count: 2,
+        share: None,
+        command: "sleep 1".into(),
+        idempotency_key: None,
+        created_at: ts(20),
+        sale: Sale { project: ProjectName::parse("ml").unwrap(), ..Sale::default() },
+    };
+    let ml = s.insert_instance(&ml).await.unwrap().0;
+    assert!(matches!(
+        s.apply_placements(&n.id, n.generation, &[placement(&ml, &[2, 3])], ts(21)).await.unwrap(),
+        ApplyOutcome::Applied { .. }
+    ));
+    let whole = s.list_instances(Some(&a.id)).await.unwrap();
+    assert_eq!(whole.len(), 8);
+
+    let mut paged = Vec::new();
+    let mut after: Option<(Timestamp, String)> = None;
+    loop {
+        let page = s.instances_page(&a.id, None, after.as_ref().map(|(t, id)| (*t, id.as_str())), 3).await.unwrap();
+        assert!(page.len() <= 3);
+        let Some(last) = page.last() else { break };
+        after = Some((last.created_at, last.id.to_string()));
+        paged.extend(page);
+    }
+    assert_eq!(paged, whole, "every instance once, in the list's order, GPUs filled in");
+    assert_eq!(paged.last().unwrap().gpus, vec![2, 3]);
+
+    let ml_only = s.instances_page(&a.id, Some(&ProjectName::parse("ml").unwrap()), None, 10).await.unwrap();
+    assert_eq!(ml_only.iter().map(|i| i.id.clone()).collect::<Vec<_>>(), vec![ml.id.clone()]);
+    let after_ml = s.instances_page(&a.id, None, Some((ml.created_at, ml.id.as_str())), 10).await.unwrap();
+    assert!(after_ml.is_empty());
+    assert_eq!(s.instances_page(&b.id, None, None, 10).await.unwrap().len(), 1, "another tenant's are not read");
 }
 
 async fn placements_are_all_or_nothing(s: Arc<dyn Store>) {
@@ -1320,8 +1378,14 @@ async fn ssh_keys_are_per_tenant_and_nodes_keep_their_ssh_endpoint(s: Arc<dyn St
     assert_eq!(s.node_ssh(&n.id).await.unwrap(), None);
     s.set_node_ssh(&n.id, Some((2222, "ssh-ed25519 HOSTKEY"))).await.unwrap();
     assert_eq!(s.node_ssh(&n.id).await.unwrap(), Some((2222, "ssh-ed25519 HOSTKEY".to_string())));
+    let other = node(&s, "no-ssh-host", GpuModel::T4, 1).await;
+    let both = [n.id.clone(), other.id.clone()];
+    let served = s.nodes_ssh(&both).await.unwrap();
+    assert_eq!(served.len(), 1, "a node without SSH is absent");
+    assert_eq!(served[&n.id], (n.reached_at().to_string(), 2222, "ssh-ed25519 HOSTKEY".to_string()));
     s.set_node_ssh(&n.id, None).await.unwrap();
     assert_eq!(s.node_ssh(&n.id).await.unwrap(), None);
+    assert!(s.nodes_ssh(&both).await.unwrap().is_empty());
 }
 
 async fn nodes_keep_what_their_agents_say_and_reasons_are_not_state_changes(s: Arc<dyn Store>) {
