@@ -27,6 +27,16 @@ pub struct FleetArgs {
     pub database: Option<String>,
     pub workers: usize,
     pub clients: usize,
+    /// Instances created and running before the measured window (not in its figures).
+    pub preload: usize,
+    /// Creates per second while preloading.
+    pub preload_rate: f64,
+    /// Every instance a slice of this percentage of one GPU; whole GPUs when `None`.
+    pub share: Option<u32>,
+    /// The server's posting period: the figure is how long posting one point takes.
+    pub posting_period_s: u64,
+    /// Another build's `gpucloud` to run as the server (a baseline in the same run).
+    pub server_bin: Option<std::path::PathBuf>,
 }
 
 /// One fleet size's figures.
@@ -42,10 +52,20 @@ pub struct FleetRow {
     pub beat_p50_ms: f64,
     pub beat_p99_ms: f64,
     pub created: usize,
+    /// Instances created before measuring, and how long creating and running them took.
+    pub preloaded: usize,
+    pub preload_s: f64,
+    pub preload_beat_p99_ms: f64,
+    pub preload_beat_max_ms: f64,
+    /// Instances running when the window closed, preloaded ones included.
+    pub running_at_end: i64,
     pub create_p50_ms: f64,
     pub create_p99_ms: f64,
     pub show_p50_ms: f64,
     pub show_p99_ms: f64,
+    /// The first page (100) of the tenant's instances, as a dashboard reads it.
+    pub list_p50_ms: f64,
+    pub list_p99_ms: f64,
     pub placed_p50_ms: f64,
     pub placed_p99_ms: f64,
     pub running_p50_ms: f64,
@@ -55,6 +75,13 @@ pub struct FleetRow {
     pub sampled: usize,
     pub sched_pass_ms: f64,
     pub sched_pass_max_ms: f64,
+    pub metering_pass_ms: f64,
+    pub metering_pass_max_ms: f64,
+    /// From the first posting point after measuring began until every running instance's
+    /// usage is posted through it; `None` when it was not by the next point.
+    pub posting_lag_s: Option<f64>,
+    /// Open intervals still unposted through that point when the probe gave up.
+    pub posting_left: i64,
     pub server_cpu_percent: f64,
     pub server_rss_mib: f64,
     pub db_growth_mib_per_h: Option<f64>,
@@ -146,6 +173,79 @@ impl Drop for Db {
     }
 }
 
+/// Counts read straight from the server's database (the bench is its operator): how many
+/// instances run, and how much usage is still unposted. One connection, its own runtime.
+struct Probe {
+    rt: tokio::runtime::Runtime,
+    pool: sqlx::AnyPool,
+}
+
+impl Probe {
+    fn open(url: &str) -> Result<Probe, String> {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+        sqlx::any::install_default_drivers();
+        let pool = rt
+            .block_on(sqlx::any::AnyPoolOptions::new().max_connections(1).connect(url))
+            .map_err(|e| format!("{url}: {e}"))?;
+        Ok(Probe { rt, pool })
+    }
+
+    fn count(&self, sql: &str, bind: Option<i64>) -> Result<i64, String> {
+        self.rt.block_on(async {
+            let mut q = sqlx::query_scalar::<_, i64>(sql);
+            if let Some(b) = bind {
+                q = q.bind(b);
+            }
+            q.fetch_one(&self.pool).await.map_err(|e| format!("{sql}: {e}"))
+        })
+    }
+
+    fn running(&self) -> Result<i64, String> {
+        self.count("SELECT COUNT(*) FROM instances WHERE state = 'running'", None)
+    }
+
+    fn not_running(&self) -> Result<i64, String> {
+        self.count("SELECT COUNT(*) FROM instances WHERE state <> 'running'", None)
+    }
+
+    /// Open intervals that began before `point` (ms) and are not yet posted through it.
+    fn unposted(&self, point: i64) -> Result<i64, String> {
+        self.count(
+            "SELECT COUNT(*) FROM usage_intervals WHERE settled = 0 AND ended_at IS NULL \
+             AND started_at < $1 AND posted_through < $1",
+            Some(point),
+        )
+    }
+}
+
+/// How long posting one point took: from the point until no open interval begun before it is
+/// left unposted through it, checked every time it is called.
+struct Posting {
+    point: i64,
+    lag_s: Option<f64>,
+    /// Left unposted at the last check after the point.
+    left: i64,
+}
+
+impl Posting {
+    /// Whether the point is posted (now or at an earlier check).
+    fn check(&mut self, probe: &Probe) -> Result<bool, String> {
+        let now = now_ms();
+        if self.lag_s.is_some() || now < self.point {
+            return Ok(self.lag_s.is_some());
+        }
+        self.left = probe.unposted(self.point)?;
+        if self.left == 0 {
+            self.lag_s = Some((now - self.point) as f64 / 1000.0);
+        }
+        Ok(self.lag_s.is_some())
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
 /// One statement on a PostgreSQL server.
 fn pg(url: &str, sql: &str) -> Result<(), String> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
@@ -159,20 +259,25 @@ fn pg(url: &str, sql: &str) -> Result<(), String> {
 }
 
 /// `gpucloud serve` on a free port; its URL, operator key and process.
-fn serve(database: &str, interval_ms: u64) -> Result<(String, String, super::Child), String> {
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+fn serve(args: &FleetArgs, database: &str) -> Result<(String, String, super::Child), String> {
+    let exe = match &args.server_bin {
+        Some(bin) => bin.clone(),
+        None => std::env::current_exe().map_err(|e| e.to_string())?,
+    };
+    let interval_ms = args.interval_ms;
     let port = super::free_port()?;
-    let mut child = std::process::Command::new(exe)
+    let mut child = std::process::Command::new(&exe)
         .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--database", database])
         .args(["--heartbeat-grace-ms", &(interval_ms * 5).max(10_000).to_string()])
         // One operator key registers every node and one tenant key stands for many tenants:
         // a per-key limit would measure the limiter, not the server.
         .args(["--rate-limit", "0"])
+        .args(["--posting-period-s", &args.posting_period_s.to_string()])
         .env("GPUCLOUD_LOG", "warn")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| format!("{}: {e}", exe.display()))?;
     let stdout = child.stdout.take().ok_or("no stdout from serve")?;
     let child = super::Child(child);
     let (tx, rx) = std::sync::mpsc::channel();
@@ -208,6 +313,14 @@ struct Beats {
     failures: AtomicU64,
     /// Count only while measuring.
     measuring: AtomicBool,
+}
+
+impl Beats {
+    /// The latencies so far in ms, emptied.
+    fn take(&self) -> Vec<f64> {
+        let mut l = self.latencies_us.lock().unwrap_or_else(|e| e.into_inner());
+        std::mem::take(&mut *l).into_iter().map(|u| f64::from(u) / 1000.0).collect()
+    }
 }
 
 fn beat(client: &AgentClient, n: &mut SimNode, beats: &Beats) {
@@ -249,8 +362,14 @@ fn beat(client: &AgentClient, n: &mut SimNode, beats: &Beats) {
     }
 }
 
-/// What one tenant client did: the instances it created, and its create and show latencies (ms).
-type ClientRun = (Vec<String>, Vec<f64>, Vec<f64>);
+/// What one tenant client did: the instances it created, and its latencies (ms).
+#[derive(Default)]
+struct ClientRun {
+    ids: Vec<String>,
+    create_ms: Vec<f64>,
+    show_ms: Vec<f64>,
+    list_ms: Vec<f64>,
+}
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
@@ -258,7 +377,8 @@ fn ms(d: Duration) -> f64 {
 
 pub fn run_one(args: &FleetArgs, nodes: usize) -> Result<FleetRow, String> {
     let (db, database) = Db::create(args.database.as_deref(), nodes)?;
-    let (url, op_key, server) = serve(&database, args.interval_ms)?;
+    let (url, op_key, server) = serve(args, &database)?;
+    let probe = Probe::open(&database)?;
     let pid = server.0.id();
     let tls = ureq::tls::TlsConfig::default();
     let op = gpucloud_client::Client::new(&url, Some(op_key.clone()), tls.clone());
@@ -363,17 +483,87 @@ pub fn run_one(args: &FleetArgs, nodes: usize) -> Result<FleetRow, String> {
         })
         .collect();
 
-    // Warm up for two beats, then measure.
+    // Warm up for two beats.
     std::thread::sleep(interval * 2);
+    let mut body = serde_json::json!({"gpu": model.to_string(), "count": 1, "command": "serve"});
+    if let Some(share) = args.share {
+        body["gpu_share"] = share.into();
+    }
+    let request: api::CreateInstanceRequest = serde_json::from_value(body).map_err(|e| e.to_string())?;
+
+    // The instances already there: created as fast as the server takes them, then waited on
+    // until every one runs.
+    let preloading = Instant::now();
+    // Its beats are timed apart from the window's: a burst of creates must not starve them.
+    beats.measuring.store(true, Ordering::Relaxed);
+    if args.preload > 0 {
+        let made = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let loaders = args.clients.clamp(1, 64);
+        let loaders: Vec<_> = (0..loaders)
+            .map(|_| {
+                let tenant = gpucloud_client::Client::new(&url, Some(tenant_key.clone()), tls.clone());
+                let (request, made, limit) = (request.clone(), made.clone(), args.preload);
+                let period = Duration::from_secs_f64(loaders as f64 / args.preload_rate.max(0.1));
+                std::thread::spawn(move || -> Result<(), String> {
+                    let mut next = Instant::now();
+                    while made.fetch_add(1, Ordering::SeqCst) < limit {
+                        tenant.create_instance(&request, None).map_err(|e| format!("preload create refused: {e}"))?;
+                        next += period;
+                        std::thread::sleep(next.saturating_duration_since(Instant::now()));
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for l in loaders {
+            l.join().map_err(|_| "a preloading client panicked".to_string())??;
+        }
+        let deadline = Instant::now() + Duration::from_secs(600);
+        let mut last_said = Instant::now();
+        loop {
+            let running = probe.running()?;
+            if running >= args.preload as i64 {
+                break;
+            }
+            let lost = probe.count("SELECT COUNT(*) FROM instances WHERE state = 'lost'", None)?;
+            if lost > 0 {
+                let lat = sorted(beats.take());
+                return Err(format!(
+                    "preload: {lost} instances lost with their nodes, declared lost while the server \
+                     fell behind on heartbeats (beats so far: p99 {:.0} ms, max {:.0} ms, {} failed); \
+                     try a lower --preload-rate",
+                    percentile(&lat, 99.0),
+                    lat.last().copied().unwrap_or(0.0),
+                    beats.failures.load(Ordering::Relaxed)
+                ));
+            }
+            if Instant::now() > deadline {
+                return Err(format!("preload: {running} of {} running after 10 minutes", args.preload));
+            }
+            if last_said.elapsed() > Duration::from_secs(10) {
+                eprintln!("preload: {running} of {} running", args.preload);
+                last_said = Instant::now();
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+    let preload_s = if args.preload > 0 { preloading.elapsed().as_secs_f64() } else { 0.0 };
+    beats.measuring.store(false, Ordering::Relaxed);
+    let preload_beats = sorted(beats.take());
+    beats.count.store(0, Ordering::Relaxed);
+    beats.failures.store(0, Ordering::Relaxed);
+
+    // Measure.
     let db_before = db.size_mib();
     let cpu_before = super::proc_usage(pid).map(|u| u.0).unwrap_or(0.0);
     beats.measuring.store(true, Ordering::Relaxed);
     let measured = Instant::now();
+    let period_ms = args.posting_period_s as i64 * 1000;
+    // The first posting point after measuring began.
+    let point = (now_ms() / period_ms + 1) * period_ms;
     // Tenants' clients: each creates at its share of the rate and shows one instance it made
-    // after each create (a client checking on its work), until the count or the time is up.
-    let request: api::CreateInstanceRequest =
-        serde_json::from_str(&format!(r#"{{"gpu": "{model}", "count": 1, "command": "serve"}}"#))
-            .map_err(|e| e.to_string())?;
+    // after each create (a client checking on its work), and every fifth create lists its
+    // first page, until the count or the time is up.
     let clients = args.clients.clamp(1, 64);
     let made = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let window = Duration::from_secs(args.seconds);
@@ -383,51 +573,66 @@ pub fn run_one(args: &FleetArgs, nodes: usize) -> Result<FleetRow, String> {
             let (request, made, limit) = (request.clone(), made.clone(), args.instances);
             let period = Duration::from_secs_f64(clients as f64 / args.rate.max(0.1));
             std::thread::spawn(move || -> Result<ClientRun, String> {
-                let (mut ids, mut create_ms, mut show_ms) = (Vec::new(), Vec::new(), Vec::new());
+                let mut run = ClientRun::default();
                 let mut next = Instant::now();
                 while measured.elapsed() < window && made.fetch_add(1, Ordering::SeqCst) < limit {
                     let t = Instant::now();
                     let i = tenant.create_instance(&request, None).map_err(|e| format!("create refused: {e}"))?;
-                    create_ms.push(ms(t.elapsed()));
-                    ids.push(i.id);
+                    run.create_ms.push(ms(t.elapsed()));
+                    run.ids.push(i.id);
                     let t = Instant::now();
-                    tenant.instance(&ids[rand::random_range(0..ids.len())]).map_err(|e| e.to_string())?;
-                    show_ms.push(ms(t.elapsed()));
+                    tenant.instance(&run.ids[rand::random_range(0..run.ids.len())]).map_err(|e| e.to_string())?;
+                    run.show_ms.push(ms(t.elapsed()));
+                    if run.ids.len() % 5 == 1 {
+                        let t = Instant::now();
+                        let page: api::InstanceList =
+                            tenant.get("/v1/instances?limit=100").map_err(|e| e.to_string())?;
+                        run.list_ms.push(ms(t.elapsed()));
+                        if page.instances.is_empty() {
+                            return Err("the first page of instances is empty".into());
+                        }
+                    }
                     next += period;
                     std::thread::sleep(next.saturating_duration_since(Instant::now()));
                 }
-                Ok((ids, create_ms, show_ms))
+                Ok(run)
             })
         })
         .collect();
-    let mut sched = Vec::new();
+    let (mut sched, mut metering) = (Vec::new(), Vec::new());
+    let mut posting = Posting { point, lag_s: None, left: 0 };
     while measured.elapsed() < window {
+        posting.check(&probe)?;
         let tasks: api::TaskList = op.get("/v1/admin/tasks").map_err(|e| e.to_string())?;
-        if let Some(d) = tasks.tasks.iter().find(|t| t.name == "schedule").and_then(|t| t.last_duration_ms) {
-            sched.push(d);
-        }
+        let last = |name: &str| tasks.tasks.iter().find(|t| t.name == name).and_then(|t| t.last_duration_ms);
+        sched.extend(last("schedule"));
+        metering.extend(last("metering"));
         std::thread::sleep(Duration::from_millis(500).min(window.saturating_sub(measured.elapsed())));
     }
-    let (mut created, mut create_ms, mut show_ms) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut created, mut create_ms, mut show_ms, mut list_ms) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for c in creators {
-        let (ids, c_ms, s_ms) = c.join().map_err(|_| "a tenant client panicked".to_string())??;
-        created.extend(ids.into_iter().map(|id| (id, ())));
-        create_ms.extend(c_ms);
-        show_ms.extend(s_ms);
+        let run = c.join().map_err(|_| "a tenant client panicked".to_string())??;
+        created.extend(run.ids.into_iter().map(|id| (id, ())));
+        create_ms.extend(run.create_ms);
+        show_ms.extend(run.show_ms);
+        list_ms.extend(run.list_ms);
     }
     let elapsed = measured.elapsed();
     beats.measuring.store(false, Ordering::Relaxed);
     let usage = super::proc_usage(pid);
     let db_after = db.size_mib();
+    let running_at_end = probe.running()?;
     // Those created last get their beats too before they are counted.
     let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        let all = tenant.instances().map_err(|e| e.to_string())?;
-        if all.iter().all(|i| i.state == api::InstanceState::Running) {
-            break;
-        }
+    while Instant::now() < deadline && probe.not_running()? > 0 {
+        posting.check(&probe)?;
         std::thread::sleep(Duration::from_millis(250));
     }
+    // Posting the point: waited on until the next one, if the window closed first.
+    while !posting.check(&probe)? && now_ms() < point + period_ms {
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let (posting_lag_s, posting_left) = (posting.lag_s, posting.left);
 
     // From create to placed and to running, by the server's own clock, for a sample.
     let step = (created.len() / 300).max(1);
@@ -452,13 +657,13 @@ pub fn run_one(args: &FleetArgs, nodes: usize) -> Result<FleetRow, String> {
         let _ = b.join();
     }
     drop(server);
+    drop(probe);
     drop(db);
 
-    let lat = sorted(
-        beats.latencies_us.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|u| *u as f64 / 1000.0).collect(),
-    );
-    let (create_ms, show_ms, placed, running, sched) =
-        (sorted(create_ms), sorted(show_ms), sorted(placed), sorted(running), sorted(sched));
+    let lat = sorted(beats.take());
+    let (create_ms, show_ms, list_ms, placed, running) =
+        (sorted(create_ms), sorted(show_ms), sorted(list_ms), sorted(placed), sorted(running));
+    let (sched, metering) = (sorted(sched), sorted(metering));
     let count = beats.count.load(Ordering::Relaxed);
     let secs = elapsed.as_secs_f64();
     Ok(FleetRow {
@@ -472,10 +677,17 @@ pub fn run_one(args: &FleetArgs, nodes: usize) -> Result<FleetRow, String> {
         beat_p50_ms: percentile(&lat, 50.0),
         beat_p99_ms: percentile(&lat, 99.0),
         created: created.len(),
+        preloaded: args.preload,
+        preload_s,
+        preload_beat_p99_ms: percentile(&preload_beats, 99.0),
+        preload_beat_max_ms: preload_beats.last().copied().unwrap_or(0.0),
+        running_at_end,
         create_p50_ms: percentile(&create_ms, 50.0),
         create_p99_ms: percentile(&create_ms, 99.0),
         show_p50_ms: percentile(&show_ms, 50.0),
         show_p99_ms: percentile(&show_ms, 99.0),
+        list_p50_ms: percentile(&list_ms, 50.0),
+        list_p99_ms: percentile(&list_ms, 99.0),
         placed_p50_ms: percentile(&placed, 50.0),
         placed_p99_ms: percentile(&placed, 99.0),
         running_p50_ms: percentile(&running, 50.0),
@@ -484,6 +696,10 @@ pub fn run_one(args: &FleetArgs, nodes: usize) -> Result<FleetRow, String> {
         sampled,
         sched_pass_ms: percentile(&sched, 50.0),
         sched_pass_max_ms: sched.last().copied().unwrap_or(0.0),
+        metering_pass_ms: percentile(&metering, 50.0),
+        metering_pass_max_ms: metering.last().copied().unwrap_or(0.0),
+        posting_lag_s,
+        posting_left,
         server_cpu_percent: usage.map_or(0.0, |u| (u.0 - cpu_before) / secs * 100.0),
         server_rss_mib: usage.map_or(0.0, |u| u.1),
         db_growth_mib_per_h: match (db_before, db_after) {
@@ -500,9 +716,22 @@ pub fn fleet(args: FleetArgs, as_json: bool) -> Result<(), String> {
     if !(1..=16).contains(&args.gpus_per_node) || !(100..=60_000).contains(&args.interval_ms) || args.seconds == 0 {
         return Err("--gpus-per-node 1-16, --interval-ms 100-60000, --seconds at least 1".into());
     }
-    let smallest = args.nodes.iter().min().copied().unwrap_or(0) * args.gpus_per_node as usize;
-    if args.instances > smallest {
-        return Err(format!("--instances {} is more than the smallest fleet's {smallest} GPUs", args.instances));
+    if args.share.is_some_and(|s| !(1..=100).contains(&s)) {
+        return Err("--share: a slice is 1 to 100 percent of a GPU".into());
+    }
+    if !(1..=86_400).contains(&args.posting_period_s) {
+        return Err("--posting-period-s: 1 to 86400 seconds".into());
+    }
+    // Slices of one GPU: as many as fit by compute (memory is the same share).
+    let per_gpu = args.share.map_or(1, |s| (100 / s) as usize);
+    let smallest = args.nodes.iter().min().copied().unwrap_or(0) * args.gpus_per_node as usize * per_gpu;
+    if args.instances + args.preload > smallest {
+        return Err(format!(
+            "--instances {} and --preload {} are more than the smallest fleet holds ({smallest} {})",
+            args.instances,
+            args.preload,
+            if args.share.is_some() { "slices" } else { "GPUs" }
+        ));
     }
     let mut rows = Vec::new();
     for &n in &args.nodes {
@@ -529,9 +758,16 @@ pub fn fleet(args: FleetArgs, as_json: bool) -> Result<(), String> {
                     r.created.to_string(),
                     p(r.create_p50_ms, r.create_p99_ms),
                     p(r.show_p50_ms, r.show_p99_ms),
+                    p(r.list_p50_ms, r.list_p99_ms),
                     format!("{:.0} / {:.0}", r.placed_p50_ms, r.placed_p99_ms),
                     format!("{:.0} / {:.0} ({}/{})", r.running_p50_ms, r.running_p99_ms, r.sampled_running, r.sampled),
                     format!("{:.1} / {:.1}", r.sched_pass_ms, r.sched_pass_max_ms),
+                    format!("{:.1} / {:.1}", r.metering_pass_ms, r.metering_pass_max_ms),
+                    match r.posting_lag_s {
+                        Some(s) => format!("{s:.1}"),
+                        None => format!("> {} ({} left)", args.posting_period_s, r.posting_left),
+                    },
+                    r.running_at_end.to_string(),
                     format!("{:.0}%", r.server_cpu_percent),
                     format!("{:.0}", r.server_rss_mib),
                     r.db_growth_mib_per_h.map_or("-".into(), |g| format!("{g:.0}")),
@@ -548,19 +784,37 @@ pub fn fleet(args: FleetArgs, as_json: bool) -> Result<(), String> {
             "CREATED",
             "CREATE P50/P99 MS",
             "SHOW P50/P99 MS",
+            "LIST P50/P99 MS",
             "TO PLACED P50/P99 MS",
             "TO RUNNING P50/P99 MS",
             "SCHED PASS P50/MAX MS",
+            "METERING PASS P50/MAX MS",
+            "POSTING LAG S",
+            "RUNNING",
             "SERVER CPU",
             "SERVER RSS MIB",
             "DB MIB/H",
         ];
         println!("{}", gpucloud_sim::report::table(&head, &table_rows));
         println!(
-            "(agents beat every {} ms, {} GPUs a node; the tenant creates 1-GPU instances at {}/s up to {}; \
+            "(agents beat every {} ms, {} GPUs a node; the tenant creates {} instances at {}/s up to {}, \
+             beside {} created before; posting every {} s, its lag from the point until all is posted; \
              server CPU = its user + system time over the {} s measured, 100% = one core)",
-            args.interval_ms, args.gpus_per_node, args.rate, args.instances, args.seconds
+            args.interval_ms,
+            args.gpus_per_node,
+            args.share.map_or("1-GPU".to_string(), |s| format!("{s}% slice")),
+            args.rate,
+            args.instances,
+            args.preload,
+            args.posting_period_s,
+            args.seconds
         );
+        for r in rows.iter().filter(|r| r.preloaded > 0) {
+            println!(
+                "({} nodes: {} instances created and running in {:.0} s before measuring; beats meanwhile p99 {:.0} ms, max {:.0} ms)",
+                r.nodes, r.preloaded, r.preload_s, r.preload_beat_p99_ms, r.preload_beat_max_ms
+            );
+        }
     }
     let failed: Vec<String> = rows
         .iter()

@@ -137,6 +137,22 @@ pub enum BenchCmd {
         /// Tenants' clients creating in parallel (the rate is shared among them).
         #[arg(long, default_value_t = 8)]
         clients: usize,
+        /// Instances created, and running, before measuring (to measure a full fleet).
+        #[arg(long, default_value_t = 0)]
+        preload: usize,
+        /// Creates per second while preloading.
+        #[arg(long, default_value_t = 500.0)]
+        preload_rate: f64,
+        /// Make every instance a slice of this percentage of one GPU (default: whole GPUs).
+        #[arg(long)]
+        share: Option<u32>,
+        /// The server's posting period in seconds; the table shows how long posting a point takes.
+        #[arg(long, default_value_t = 60)]
+        posting_period_s: u64,
+        /// Run this `gpucloud` binary as the server instead of this one (another build, as a
+        /// baseline measured by the same bench).
+        #[arg(long)]
+        server_bin: Option<std::path::PathBuf>,
     },
     /// Accrual with sparse posting for TENANTS x INSTANCES running: posting passes, ledger rows
     /// per instance-hour, accrual lag and balance reads, beside per-second posting as baseline.
@@ -243,8 +259,28 @@ pub fn run(cmd: BenchCmd, as_json: bool) -> Result<(), String> {
             billing(tenants, instances, ledger_entries, database, baseline_intervals, as_json)
         }
         BenchCmd::Agent { gpus, seconds, image } => agent(gpus, seconds, image, as_json),
-        BenchCmd::Fleet { nodes, gpus_per_node, instances, rate, seconds, interval_ms, database, workers, clients } => {
+        BenchCmd::Fleet {
+            nodes,
+            gpus_per_node,
+            instances,
+            rate,
+            seconds,
+            interval_ms,
+            database,
+            workers,
+            clients,
+            preload,
+            preload_rate,
+            share,
+            posting_period_s,
+            server_bin,
+        } => {
             let args = fleet::FleetArgs {
+                preload,
+                preload_rate,
+                share,
+                posting_period_s,
+                server_bin,
                 nodes,
                 gpus_per_node,
                 instances,
