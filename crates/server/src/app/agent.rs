@@ -433,9 +433,9 @@ pub fn check_labels(labels: &std::collections::BTreeMap<String, String>) -> Resu
 
 impl App {
     /// The node `node` (its GPUs without their slices) if `by` may speak for it: an operator's
-    /// own key for any node, an agent key
-    /// for the node it is bound to only. Another node, or one that does not exist, is a 403 for an
-    /// agent key, so that a stolen key learns nothing about the fleet.
+    /// own key for any node, an agent key for the node it is bound to only. Another node, or one
+    /// that does not exist, is a 403 for an agent key, so that a stolen key learns nothing about
+    /// the fleet.
     pub async fn agent_node(&self, by: &super::Principal, node: &NodeId) -> Result<gpucloud_store::Node, AppError> {
         by.require_operator()?;
         // Without slices: every beat comes through here, and a beat reads them only when it
