@@ -400,11 +400,11 @@ impl Store for SqlStore {
     }
 
     async fn get_node(&self, id: &NodeId) -> Result<Option<Node>> {
-        Ok(load_nodes(&self.pool, Which::One(id)).await?.pop())
+        Ok(load_nodes(&self.pool, Which::One(id, true)).await?.pop())
     }
 
     async fn get_node_bare(&self, id: &NodeId) -> Result<Option<Node>> {
-        Ok(load_nodes(&self.pool, Which::Bare(id)).await?.pop())
+        Ok(load_nodes(&self.pool, Which::One(id, false)).await?.pop())
     }
 
     async fn node_generations(&self) -> Result<Vec<(NodeId, i64)>> {
@@ -1069,9 +1069,8 @@ impl Store for SqlStore {
 /// Which nodes `load_nodes` reads.
 enum Which<'a> {
     All,
-    One(&'a NodeId),
-    /// One, without its slices.
-    Bare(&'a NodeId),
+    /// One, with its slices or without them.
+    One(&'a NodeId, bool),
     Some(&'a [NodeId]),
 }
 
@@ -1084,24 +1083,20 @@ async fn load_nodes(pool: &AnyPool, which: Which<'_>) -> Result<Vec<Node>> {
     let slice_cols = "SELECT s.node_id, s.idx, s.instance_id, s.milli, s.mem_mib, s.mig, i.tenant_id \
                       FROM gpu_slices s JOIN instances i ON i.id = s.instance_id";
     let (rows, gpu_rows, slice_rows) = match which {
-        Which::One(id) => (
+        Which::One(id, slices) => (
             sqlx::query(&format!("{node_cols} WHERE id = $1")).bind(id.to_string()).fetch_all(pool).await?,
             sqlx::query(&format!("{gpu_cols} WHERE node_id = $1 ORDER BY idx"))
                 .bind(id.to_string())
                 .fetch_all(pool)
                 .await?,
-            sqlx::query(&format!("{slice_cols} WHERE s.node_id = $1 ORDER BY s.idx, s.instance_id"))
-                .bind(id.to_string())
-                .fetch_all(pool)
-                .await?,
-        ),
-        Which::Bare(id) => (
-            sqlx::query(&format!("{node_cols} WHERE id = $1")).bind(id.to_string()).fetch_all(pool).await?,
-            sqlx::query(&format!("{gpu_cols} WHERE node_id = $1 ORDER BY idx"))
-                .bind(id.to_string())
-                .fetch_all(pool)
-                .await?,
-            Vec::new(),
+            if slices {
+                sqlx::query(&format!("{slice_cols} WHERE s.node_id = $1 ORDER BY s.idx, s.instance_id"))
+                    .bind(id.to_string())
+                    .fetch_all(pool)
+                    .await?
+            } else {
+                Vec::new()
+            },
         ),
         Which::Some(ids) => {
             if ids.is_empty() {
