@@ -43,6 +43,11 @@ pub async fn run(api: Arc<dyn AgentApi>, node: NodeId, gpus: Vec<GpuInfo>, inter
         if let Some(beat) = beat {
             match api.heartbeat(beat).await {
                 Ok(desired) => changed = reconciler.apply(&mut runtime, &sent, &desired, &mut start).changed,
+                // The node is gone or is now its registered agent's: this one has nothing to drive.
+                Err(e @ (crate::app::AppError::Fenced(_) | crate::app::AppError::NotFound { kind: "node", .. })) => {
+                    tracing::info!(node = %node, reason = %e, "fake agent stops");
+                    return;
+                }
                 Err(e) => tracing::warn!(node = %node, error = %e, "fake agent heartbeat failed"),
             }
         }

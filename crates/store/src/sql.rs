@@ -369,30 +369,7 @@ impl Store for SqlStore {
     }
 
     async fn insert_node(&self, n: &NewNode) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO nodes (id, name, region, state, health, generation, last_heartbeat, created_at) \
-             VALUES ($1, $2, $3, 'ready', 'unhealthy', 1, NULL, $4)",
-        )
-        .bind(n.id.to_string())
-        .bind(&n.name)
-        .bind(n.region.to_string())
-        .bind(n.created_at.0)
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| unique_violation(e, &format!("node '{}'", n.name)))?;
-        for g in &n.gpus {
-            sqlx::query("INSERT INTO gpus (node_id, idx, model, uuid, instance_id) VALUES ($1, $2, $3, $4, NULL)")
-                .bind(n.id.to_string())
-                .bind(g.index as i64)
-                .bind(g.model.name())
-                .bind(&g.uuid)
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| unique_violation(e, &format!("GPU {} of node '{}'", g.uuid, n.name)))?;
-        }
-        tx.commit().await?;
-        Ok(())
+        insert_node_as(&self.pool, n, "fake", 0).await
     }
 
     async fn list_nodes(&self) -> Result<Vec<Node>> {
@@ -495,12 +472,11 @@ impl Store for SqlStore {
                 .await?;
                 id
             }
+            // An agent's node is written as the agent's from its first row: a node seen as 'fake'
+            // for a moment got an in-process fake agent too, whose epoch-less beats ran its
+            // workloads a second time without their ports.
             None => {
-                self.insert_node(n).await?;
-                sqlx::query("UPDATE nodes SET driver = 'agent', epoch = 1 WHERE id = $1")
-                    .bind(n.id.to_string())
-                    .execute(&self.pool)
-                    .await?;
+                insert_node_as(&self.pool, n, "agent", 1).await?;
                 n.id.clone()
             }
         };
@@ -1072,6 +1048,36 @@ enum Which<'a> {
     /// One, with its slices or without them.
     One(&'a NodeId, bool),
     Some(&'a [NodeId]),
+}
+
+/// A node and its GPUs in one transaction, driven by `driver` from its first row.
+async fn insert_node_as(pool: &AnyPool, n: &NewNode, driver: &str, epoch: i64) -> Result<()> {
+    let mut tx = pool.begin().await?;
+    sqlx::query(
+        "INSERT INTO nodes (id, name, region, state, health, generation, last_heartbeat, created_at, driver, epoch) \
+         VALUES ($1, $2, $3, 'ready', 'unhealthy', 1, NULL, $4, $5, $6)",
+    )
+    .bind(n.id.to_string())
+    .bind(&n.name)
+    .bind(n.region.to_string())
+    .bind(n.created_at.0)
+    .bind(driver)
+    .bind(epoch)
+    .execute(&mut *tx)
+    .await
+    .map_err(|e| unique_violation(e, &format!("node '{}'", n.name)))?;
+    for g in &n.gpus {
+        sqlx::query("INSERT INTO gpus (node_id, idx, model, uuid, instance_id) VALUES ($1, $2, $3, $4, NULL)")
+            .bind(n.id.to_string())
+            .bind(g.index as i64)
+            .bind(g.model.name())
+            .bind(&g.uuid)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| unique_violation(e, &format!("GPU {} of node '{}'", g.uuid, n.name)))?;
+    }
+    tx.commit().await?;
+    Ok(())
 }
 
 async fn load_nodes(pool: &AnyPool, which: Which<'_>) -> Result<Vec<Node>> {

@@ -147,6 +147,13 @@ impl App {
                 .ok_or_else(|| AppError::NotFound { kind: "node", id: node.to_string() })?,
         };
         let recorded = match report.epoch {
+            // Only an in-process fake agent beats without an epoch, and only for a fake node: an
+            // agent's node has one voice, or its workloads would run twice.
+            None if current.driver == gpucloud_store::NodeDriver::Agent => {
+                return Err(AppError::Fenced(format!(
+                    "fenced: node {node} is driven by its registered agent, not by an in-process one"
+                )));
+            }
             None => self.store.record_heartbeat(node, now).await?,
             // The current epoch stays out of the answer: it would let a caller forge a current beat.
             Some(epoch) if current.epoch != epoch => {
