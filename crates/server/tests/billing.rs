@@ -580,3 +580,31 @@ fn a_node_of_an_unpriced_model_is_priced_from_the_default_book_when_the_server_s
     let q = s.post(&key, "/v1/instances/quote", Some(&json!({"gpu": "L4", "count": 1, "region": "ap-1"})));
     assert_eq!((q.status, q.body["field"].as_str()), (422, Some("gpu")), "{:?}", q.body);
 }
+
+/// A posting point with more running instances than one metering pass posts goes out in passes
+/// run back to back, not one a metering period apart: here the period is an hour, so only the
+/// passes that follow the first on their own post all five.
+#[test]
+fn a_posting_point_goes_out_in_passes_back_to_back() {
+    let s = TestServer::start_with(|c| {
+        c.clock = gpucloud_server::app::Clock::virtual_now();
+        c.metering_interval = Duration::from_secs(3600);
+        c.posting_period = Duration::from_secs(1);
+        c.postings_per_pass = 2;
+    });
+    let key = s.tenant("lab");
+    let ids: Vec<String> = (0..5).map(|_| s.create(&key, "T4", 1, None)["id"].as_str().unwrap().to_string()).collect();
+    common::poll("all five running", || {
+        ids.iter().all(|id| s.get(&key, &format!("/v1/instances/{id}")).body["state"] == "running").then_some(())
+    });
+    s.advance(Duration::from_secs(1));
+    let now = s.app.now().millis();
+    let point = Timestamp(now - now.rem_euclid(1000));
+    let left = || s.block_on(s.app.store().intervals_to_post(point, 100)).unwrap().len();
+    assert_eq!(left(), 5, "nothing is posted before the pass");
+    assert_eq!(s.post(&s.operator_key, "/v1/admin/tasks/metering/run", None).status, 202);
+    common::poll("every interval posted through the point", || (left() == 0).then_some(()));
+    let ledger = s.get(&key, "/v1/billing/ledger").body;
+    let usage = ledger["entries"].as_array().unwrap().iter().filter(|e| e["kind"] == "usage").count();
+    assert_eq!(usage, 5, "one entry an instance: {ledger}");
+}

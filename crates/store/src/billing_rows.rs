@@ -351,6 +351,44 @@ pub(crate) fn tenant_billing_from_row(r: &AnyRow) -> Result<TenantBilling> {
     })
 }
 
+/// Moves every item's interval from what its caller read to its charge, in multi-row
+/// compare-and-sets; returns the ids of those that moved (another writer moved the rest first).
+pub(crate) async fn charge_bulk(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    items: &[ChargeItem],
+) -> Result<std::collections::HashSet<String>> {
+    // Seven values a row: well under both backends' limit on bound values a statement.
+    const ROWS: usize = 1_000;
+    let mut moved = std::collections::HashSet::with_capacity(items.len());
+    for chunk in items.chunks(ROWS) {
+        let sql = format!(
+            "WITH v (id, amount, seconds, settled, old_amount, old_seconds, posted) AS (VALUES {}) \
+             UPDATE usage_intervals SET charged_micros = v.amount, charged_seconds = v.seconds, settled = v.settled, \
+             posted_through = CASE WHEN v.posted > usage_intervals.posted_through THEN v.posted \
+             ELSE usage_intervals.posted_through END \
+             FROM v WHERE usage_intervals.id = v.id AND usage_intervals.charged_micros = v.old_amount \
+             AND usage_intervals.charged_seconds = v.old_seconds AND usage_intervals.settled = 0 \
+             RETURNING usage_intervals.id",
+            placeholders(chunk.len(), 7, 1)
+        );
+        let mut q = sqlx::query(&sql);
+        for item in chunk {
+            q = q
+                .bind(item.interval.id.clone())
+                .bind(item.charge.amount.micros())
+                .bind(item.charge.seconds)
+                .bind(item.settled as i64)
+                .bind(item.interval.charged.micros())
+                .bind(item.interval.charged_seconds)
+                .bind(item.posted_through.map_or(0, |t| t.0));
+        }
+        for row in q.fetch_all(&mut **tx).await? {
+            moved.insert(row.try_get(0)?);
+        }
+    }
+    Ok(moved)
+}
+
 /// Moves one interval's charge (compare-and-set) and inserts its entry; `None` when another
 /// writer moved it first or the entry's key was used. The kept totals are the caller's to apply.
 pub(crate) async fn charge_one(

@@ -36,9 +36,9 @@ pub trait LedgerStore: Send + Sync {
     async fn intervals_to_post(&self, point: Timestamp, limit: u32) -> Result<Vec<UsageInterval>>;
     async fn intervals_of_tenant(&self, tenant: &TenantId) -> Result<Vec<UsageInterval>>;
     /// Moves each interval's charge from what the caller read (`charged_seconds`, `charged`) to
-    /// its new charge, posting the difference to the ledger, all in one transaction with a
-    /// savepoint per interval. An item is false when someone else charged that interval
-    /// meanwhile (nothing of it written).
+    /// its new charge, posting the difference to the ledger, all in one transaction. An item is
+    /// false when someone else charged that interval meanwhile, or its entry's key was used
+    /// before, or it names an interval an earlier item of the batch moved (nothing of it written).
     async fn charge_intervals(&self, items: &[ChargeItem]) -> Result<Vec<bool>>;
 
     async fn charge_interval(
@@ -193,6 +193,23 @@ impl LedgerStore for SqlStore {
     }
 
     async fn charge_intervals(&self, items: &[ChargeItem]) -> Result<Vec<bool>> {
+        // A pass's charges in a few multi-row statements: one compare-and-set of every interval,
+        // then the moved ones' entries. Per interval (a savepoint and four to six statements) a
+        // posting point of 10,000 running instances took half a minute on PostgreSQL.
+        let mut ids = std::collections::HashSet::with_capacity(items.len());
+        if items.iter().all(|i| ids.insert(i.interval.id.as_str())) {
+            let mut tx = self.pool.begin().await?;
+            let moved = charge_bulk(&mut tx, items).await?;
+            let records: Vec<LedgerRecord> =
+                items.iter().filter(|i| moved.contains(&i.interval.id)).filter_map(|i| i.record.clone()).collect();
+            if insert_ledger_bulk(&mut tx, &records).await? == records.len() {
+                tx.commit().await?;
+                return Ok(items.iter().map(|i| moved.contains(&i.interval.id)).collect());
+            }
+            // An entry's key was used before: that interval must not move. Rare (a retried
+            // pass), so the whole batch goes again one interval at a time.
+            tx.rollback().await?;
+        }
         // One commit per metering pass (one fsync on SQLite) instead of one per interval.
         let mut tx = self.pool.begin().await?;
         let mut done = Vec::with_capacity(items.len());

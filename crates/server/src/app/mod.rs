@@ -70,6 +70,9 @@ pub struct Config {
     /// How often a running interval's accrued charge is posted to the ledger (also at every
     /// month start, so each month's invoice holds exactly its own seconds).
     pub posting_period: Duration,
+    /// Running intervals a metering pass posts at most (`billing::POSTINGS_PER_PASS`); the rest
+    /// of a posting point goes in the passes right after.
+    pub postings_per_pass: usize,
     pub market: MarketConfig,
     pub monitor: MonitorConfig,
     /// How long the reconcilers' lease lasts without renewal: the longest a dead leader's work
@@ -201,6 +204,7 @@ impl Default for Config {
             // An entry per instance per hour (and one when it stops), not one per second: the
             // balance reads posted + accrued, so it still moves every second.
             posting_period: Duration::from_secs(3600),
+            postings_per_pass: billing::POSTINGS_PER_PASS,
             market: MarketConfig::default(),
             monitor: MonitorConfig::default(),
             // Three seconds: renewed every second, so a slow database can miss two renewals

@@ -57,6 +57,11 @@ impl Reconcilers {
         }
     }
 
+    /// Asks for another pass as soon as its driver is free: a pass that left work for the next.
+    pub fn run_again(&self, name: &str) {
+        let _ = self.kick(name);
+    }
+
     /// Whether it was asked to run now (and forgets the ask).
     pub fn take_kick(&self, name: &str) -> bool {
         self.tasks

@@ -217,6 +217,19 @@ pub(crate) async fn a_metering_batch_charges_each_interval_once(s: Arc<dyn Store
     };
     assert_eq!(charged, vec![(30, Money(500)), (120, Money(2_000))]);
     assert_eq!(s.ledger_totals().await.unwrap(), vec![("USD".to_string(), Money(0))], "the ledger balances");
+    // An item whose entry's key was posted before does not move its interval; the rest of its
+    // batch does, and an interval named twice in one batch moves once.
+    let now = s.unsettled_intervals_of(&t.id).await.unwrap();
+    let (a, b) = (now.iter().find(|u| u.id == read[0].id).unwrap(), now.iter().find(|u| u.id == read[1].id).unwrap());
+    let reused = vec![item(a, 180, 3_000, "b3"), item(b, 90, 1_500, "b5")];
+    assert_eq!(s.charge_intervals(&reused).await.unwrap(), vec![false, true]);
+    let now = s.unsettled_intervals_of(&t.id).await.unwrap();
+    let a = now.iter().find(|u| u.id == read[0].id).unwrap();
+    assert_eq!((a.charged_seconds, a.charged), (120, Money(2_000)), "unmoved");
+    let twice = vec![item(a, 200, 3_000, "b6"), item(a, 200, 3_000, "b7")];
+    assert_eq!(s.charge_intervals(&twice).await.unwrap(), vec![true, false]);
+    assert_eq!(s.balance(&t.id).await.unwrap(), Money(-4_500));
+    assert_eq!(s.ledger_totals().await.unwrap(), vec![("USD".to_string(), Money(0))], "the ledger balances");
 }
 
 pub(crate) async fn prices_and_rules(s: Arc<dyn Store>) {
