@@ -146,6 +146,8 @@ pub trait Store:
         after: Option<(Timestamp, &str)>,
         limit: u32,
     ) -> Result<Vec<Instance>>;
+    /// A tenant's instances named `name`, oldest first (terminated ones keep their names).
+    async fn instances_named(&self, tenant: &TenantId, name: &str) -> Result<Vec<Instance>>;
     /// Pending instances, oldest first.
     async fn list_pending(&self, limit: u32) -> Result<Vec<Instance>>;
     async fn instances_on_node(&self, node: &NodeId) -> Result<Vec<Instance>>;

@@ -37,6 +37,7 @@ const SQLITE: &[(i64, &str)] = &[
     (30, include_str!("../migrations/sqlite/0030_projects.sql")),
     (31, include_str!("../migrations/sqlite/0031_beat_seq.sql")),
     (32, include_str!("../migrations/sqlite/0032_instance_pages.sql")),
+    (33, include_str!("../migrations/sqlite/0033_instances_by_name.sql")),
 ];
 const POSTGRES: &[(i64, &str)] = &[
     (1, include_str!("../migrations/postgres/0001_foundation.sql")),
@@ -71,6 +72,7 @@ const POSTGRES: &[(i64, &str)] = &[
     (30, include_str!("../migrations/postgres/0030_projects.sql")),
     (31, include_str!("../migrations/postgres/0031_beat_seq.sql")),
     (32, include_str!("../migrations/postgres/0032_instance_pages.sql")),
+    (33, include_str!("../migrations/postgres/0033_instances_by_name.sql")),
 ];
 
 pub(crate) async fn run(pool: &AnyPool, backend: Backend) -> Result<()> {

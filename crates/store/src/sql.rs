@@ -205,6 +205,72 @@ impl SqlStore {
         }
         Ok(instances)
     }
+
+    /// A tenant's instances, oldest first, with their GPUs: of one project, after a cursor, of
+    /// one name, as many as `limit`, each only when given. Reads what it returns, not the rest.
+    async fn tenant_instances(
+        &self,
+        tenant: &TenantId,
+        project: Option<&gpucloud_model::ProjectName>,
+        after: Option<(Timestamp, &str)>,
+        name: Option<&str>,
+        limit: Option<u32>,
+    ) -> Result<Vec<Instance>> {
+        // Binds are numbered as they are pushed: the tenant, the cursor, the project, the name.
+        let mut clause = String::from("WHERE tenant_id = $1");
+        let mut n = 1;
+        if after.is_some() {
+            clause.push_str(" AND (created_at > $2 OR (created_at = $2 AND id > $3))");
+            n = 3;
+        }
+        if project.is_some() {
+            n += 1;
+            clause.push_str(&format!(" AND project = ${n}"));
+        }
+        if name.is_some() {
+            n += 1;
+            clause.push_str(&format!(" AND name = ${n}"));
+        }
+        let limit = limit.map(|l| format!(" LIMIT {l}")).unwrap_or_default();
+        let sql = format!("SELECT {INSTANCE_COLUMNS} FROM instances {clause} ORDER BY created_at, id{limit}");
+        let mut q = sqlx::query(&sql).bind(tenant.to_string());
+        if let Some((at, id)) = after {
+            q = q.bind(at.0).bind(id.to_string());
+        }
+        if let Some(p) = project {
+            q = q.bind(p.as_str().to_string());
+        }
+        if let Some(name) = name {
+            q = q.bind(name.to_string());
+        }
+        let rows = q.fetch_all(&self.pool).await?;
+        let mut instances = rows.iter().map(instance_from_row).collect::<Result<Vec<_>>>()?;
+        let holding: Vec<String> =
+            instances.iter().filter(|i| i.state.holds_gpus()).map(|i| i.id.to_string()).collect();
+        if holding.is_empty() {
+            return Ok(instances);
+        }
+        // The page's GPUs in one read, whatever the tenant holds elsewhere.
+        let marks = (1..=holding.len()).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ");
+        let sql = format!(
+            "SELECT instance_id, idx FROM gpus WHERE instance_id IN ({marks}) \
+             UNION ALL SELECT instance_id, idx FROM gpu_slices WHERE instance_id IN ({marks}) ORDER BY idx"
+        );
+        let mut q = sqlx::query(&sql);
+        for id in &holding {
+            q = q.bind(id.clone());
+        }
+        let mut gpus: HashMap<String, Vec<u32>> = HashMap::new();
+        for row in q.fetch_all(&self.pool).await? {
+            let id: String = row.try_get(0)?;
+            let idx: i64 = row.try_get(1)?;
+            gpus.entry(id).or_default().push(idx as u32);
+        }
+        for inst in instances.iter_mut().filter(|i| i.state.holds_gpus()) {
+            inst.gpus = gpus.remove(inst.id.as_str()).unwrap_or_default();
+        }
+        Ok(instances)
+    }
 }
 
 pub(crate) enum GpuFilter<'a> {
@@ -703,51 +769,11 @@ impl Store for SqlStore {
         after: Option<(Timestamp, &str)>,
         limit: u32,
     ) -> Result<Vec<Instance>> {
-        // Binds are numbered as they are pushed: the tenant, then the cursor, then the project.
-        let mut clause = String::from("WHERE tenant_id = $1");
-        let mut n = 1;
-        if after.is_some() {
-            clause.push_str(" AND (created_at > $2 OR (created_at = $2 AND id > $3))");
-            n = 3;
-        }
-        if project.is_some() {
-            clause.push_str(&format!(" AND project = ${}", n + 1));
-        }
-        let sql = format!("SELECT {INSTANCE_COLUMNS} FROM instances {clause} ORDER BY created_at, id LIMIT {limit}");
-        let mut q = sqlx::query(&sql).bind(tenant.to_string());
-        if let Some((at, id)) = after {
-            q = q.bind(at.0).bind(id.to_string());
-        }
-        if let Some(p) = project {
-            q = q.bind(p.as_str().to_string());
-        }
-        let rows = q.fetch_all(&self.pool).await?;
-        let mut instances = rows.iter().map(instance_from_row).collect::<Result<Vec<_>>>()?;
-        let holding: Vec<String> =
-            instances.iter().filter(|i| i.state.holds_gpus()).map(|i| i.id.to_string()).collect();
-        if holding.is_empty() {
-            return Ok(instances);
-        }
-        // The page's GPUs in one read, whatever the tenant holds elsewhere.
-        let marks = (1..=holding.len()).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ");
-        let sql = format!(
-            "SELECT instance_id, idx FROM gpus WHERE instance_id IN ({marks}) \
-             UNION ALL SELECT instance_id, idx FROM gpu_slices WHERE instance_id IN ({marks}) ORDER BY idx"
-        );
-        let mut q = sqlx::query(&sql);
-        for id in &holding {
-            q = q.bind(id.clone());
-        }
-        let mut gpus: HashMap<String, Vec<u32>> = HashMap::new();
-        for row in q.fetch_all(&self.pool).await? {
-            let id: String = row.try_get(0)?;
-            let idx: i64 = row.try_get(1)?;
-            gpus.entry(id).or_default().push(idx as u32);
-        }
-        for inst in instances.iter_mut().filter(|i| i.state.holds_gpus()) {
-            inst.gpus = gpus.remove(inst.id.as_str()).unwrap_or_default();
-        }
-        Ok(instances)
+        self.tenant_instances(tenant, project, after, None, Some(limit)).await
+    }
+
+    async fn instances_named(&self, tenant: &TenantId, name: &str) -> Result<Vec<Instance>> {
+        self.tenant_instances(tenant, None, None, Some(name), None).await
     }
 
     async fn list_pending(&self, limit: u32) -> Result<Vec<Instance>> {

@@ -224,7 +224,8 @@ impl App {
         {
             return Ok(i);
         }
-        let named: Vec<Instance> = self.list_instances(by).await?.into_iter().filter(|i| i.name == id).collect();
+        let mut named = self.store.instances_named(&by.tenant.id, id).await?;
+        named.retain(|i| by.sees(&i.sale.project));
         let live: Vec<&Instance> =
             named.iter().filter(|i| i.state != gpucloud_model::InstanceState::Terminated).collect();
         let pick: Vec<&Instance> = if live.is_empty() { named.iter().collect() } else { live };

@@ -430,6 +430,10 @@ async fn instance_pages_follow_the_cursor(s: Arc<dyn Store>) {
     let after_ml = s.instances_page(&a.id, None, Some((ml.created_at, ml.id.as_str())), 10).await.unwrap();
     assert!(after_ml.is_empty());
     assert_eq!(s.instances_page(&b.id, None, None, 10).await.unwrap().len(), 1, "another tenant's are not read");
+    // By name: that name's instances, with their GPUs, and only the tenant's own.
+    assert_eq!(s.instances_named(&a.id, "ml-job").await.unwrap(), vec![paged.last().unwrap().clone()]);
+    assert!(s.instances_named(&b.id, "ml-job").await.unwrap().is_empty());
+    assert!(s.instances_named(&a.id, "no-such").await.unwrap().is_empty());
 }
 
 async fn placements_are_all_or_nothing(s: Arc<dyn Store>) {
