@@ -137,8 +137,10 @@ pub enum SimCmd {
     },
     /// The real control plane (App and the SQLite store) with simulated agents and tenants on
     /// virtual time, under faults drawn from each seed: agent crashes, partitions, lost and
-    /// duplicated beats, server restarts. Checks the invariants after every virtual second and,
-    /// once faults heal, that everything settles. Exits non-zero on the first violation.
+    /// duplicated beats, server restarts, store outages (writes refused part-way through a
+    /// request; `--no-store-faults` leaves them out). Checks the invariants after every
+    /// virtual second and, once faults heal, that everything settles. Exits non-zero on the
+    /// first violation.
     Chaos {
         /// Seeds: "1..200" (inclusive), "7" or "1,2,3"; one seed replays byte for byte.
         #[arg(long, default_value = "1..10")]

@@ -54,6 +54,9 @@ pub enum StoreError {
     /// The instance's project is at its GPU limit and it asked to fail (nothing was written).
     #[error("{0}")]
     QuotaExceeded(QuotaRefusal),
+    /// What this backend cannot do (a simulated fault asked of PostgreSQL, say).
+    #[error("not supported by this store: {0}")]
+    Unsupported(&'static str),
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

@@ -38,6 +38,7 @@ const SQLITE: &[(i64, &str)] = &[
     (31, include_str!("../migrations/sqlite/0031_beat_seq.sql")),
     (32, include_str!("../migrations/sqlite/0032_instance_pages.sql")),
     (33, include_str!("../migrations/sqlite/0033_instances_by_name.sql")),
+    (34, include_str!("../migrations/sqlite/0034_instances_noticed.sql")),
 ];
 const POSTGRES: &[(i64, &str)] = &[
     (1, include_str!("../migrations/postgres/0001_foundation.sql")),
@@ -73,6 +74,7 @@ const POSTGRES: &[(i64, &str)] = &[
     (31, include_str!("../migrations/postgres/0031_beat_seq.sql")),
     (32, include_str!("../migrations/postgres/0032_instance_pages.sql")),
     (33, include_str!("../migrations/postgres/0033_instances_by_name.sql")),
+    (34, include_str!("../migrations/postgres/0034_instances_noticed.sql")),
 ];
 
 pub(crate) async fn run(pool: &AnyPool, backend: Backend) -> Result<()> {

@@ -96,7 +96,7 @@ impl SqlStore {
     /// the store's one connection, so nothing of it reaches the database file.
     pub async fn fail_writes_after(&self, rows: Option<u32>) -> Result<()> {
         if self.backend != Backend::Sqlite {
-            return Err(StoreError::BadUrl("write faults are simulated on SQLite only".to_string()));
+            return Err(StoreError::Unsupported("write faults are simulated on SQLite only"));
         }
         let mut conn = self.pool.acquire().await?;
         let triggers: Vec<String> =
