@@ -99,6 +99,8 @@ impl App {
         req: CreateInstance,
         idempotency_key: Option<&str>,
     ) -> Result<(Instance, bool), AppError> {
+        // The gate is never closed, so the permit always comes.
+        let _turn = self.create_gate.acquire().await.ok();
         let req = self.with_template(by, req).await?;
         let project = self.admit_to_project(by, req.project.as_deref(), req.priority).await?;
         if req.count == 0 || req.count > MAX_GPUS_PER_INSTANCE {

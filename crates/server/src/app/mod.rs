@@ -255,6 +255,9 @@ pub struct App {
     /// The fleet as the scheduling passes read it, re-read node by node when a generation moves
     /// (`App::fleet`, decision 0026).
     pub(crate) fleet_cache: tokio::sync::Mutex<schedule::FleetCache>,
+    /// Instance creates in flight at once: a burst of them waits here, not in the store's
+    /// connection queue ahead of heartbeats.
+    pub(crate) create_gate: tokio::sync::Semaphore,
     pub(crate) autoscale_since: std::sync::Mutex<std::collections::HashMap<gpucloud_model::ClusterId, AboveBelow>>,
     /// The posting point this process's metering last posted every running interval at: until
     /// the next point, a pass only settles what ended.
@@ -264,6 +267,9 @@ pub struct App {
 }
 
 /// Since when a cluster's utilization has been above its bound, and below its other one.
+/// At most this many instance creates use the store at once (of its 16 PostgreSQL connections).
+pub const CREATES_AT_ONCE: usize = 4;
+
 pub(crate) type AboveBelow = (Option<Timestamp>, Option<Timestamp>);
 
 impl App {
@@ -280,6 +286,7 @@ impl App {
             sampled_at: Default::default(),
             sample_buffer: Default::default(),
             fleet_cache: Default::default(),
+            create_gate: tokio::sync::Semaphore::new(CREATES_AT_ONCE),
             obs: Default::default(),
             leadership: Default::default(),
             rate_buckets: Default::default(),
