@@ -10,6 +10,7 @@ mod lease;
 mod ledger;
 mod market;
 mod migrate;
+mod node_rows;
 mod projects;
 mod reservations;
 mod sql;

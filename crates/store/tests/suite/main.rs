@@ -7,8 +7,10 @@ use gpucloud_model::*;
 use gpucloud_store::*;
 use std::sync::Arc;
 
+mod lists;
 mod money;
 mod projects;
+use lists::*;
 use money::*;
 use projects::*;
 
@@ -381,59 +383,6 @@ async fn lookups_are_scoped_by_tenant(s: Arc<dyn Store>) {
     assert!(s.get_instance(Some(&a.id), &i.id).await.unwrap().is_some());
     assert!(s.get_instance(None, &i.id).await.unwrap().is_some());
     assert!(s.list_instances(Some(&b.id)).await.unwrap().is_empty());
-}
-
-async fn instance_pages_follow_the_cursor(s: Arc<dyn Store>) {
-    let a = tenant(&s, "a").await;
-    let b = tenant(&s, "b").await;
-    let n = node(&s, "gpu-1", GpuModel::A100_40GB, 4).await;
-    // Seven made in the same millisecond: the id breaks the tie, as in the whole list.
-    for _ in 0..7 {
-        instance(&s, &a, 1, None).await;
-    }
-    instance(&s, &b, 1, None).await;
-    let ml = NewInstance {
-        id: InstanceId::from_random(rand::random()),
-        tenant_id: a.id.clone(),
-        name: "ml-job".into(),
-        region: None,
-        model: GpuModel::A100_40GB,
-        count: 2,
-        share: None,
-        command: "sleep 1".into(),
-        idempotency_key: None,
-        created_at: ts(20),
-        sale: Sale { project: ProjectName::parse("ml").unwrap(), ..Sale::default() },
-    };
-    let ml = s.insert_instance(&ml).await.unwrap().0;
-    assert!(matches!(
-        s.apply_placements(&n.id, n.generation, &[placement(&ml, &[2, 3])], ts(21)).await.unwrap(),
-        ApplyOutcome::Applied { .. }
-    ));
-    let whole = s.list_instances(Some(&a.id)).await.unwrap();
-    assert_eq!(whole.len(), 8);
-
-    let mut paged = Vec::new();
-    let mut after: Option<(Timestamp, String)> = None;
-    loop {
-        let page = s.instances_page(&a.id, None, after.as_ref().map(|(t, id)| (*t, id.as_str())), 3).await.unwrap();
-        assert!(page.len() <= 3);
-        let Some(last) = page.last() else { break };
-        after = Some((last.created_at, last.id.to_string()));
-        paged.extend(page);
-    }
-    assert_eq!(paged, whole, "every instance once, in the list's order, GPUs filled in");
-    assert_eq!(paged.last().unwrap().gpus, vec![2, 3]);
-
-    let ml_only = s.instances_page(&a.id, Some(&ProjectName::parse("ml").unwrap()), None, 10).await.unwrap();
-    assert_eq!(ml_only.iter().map(|i| i.id.clone()).collect::<Vec<_>>(), vec![ml.id.clone()]);
-    let after_ml = s.instances_page(&a.id, None, Some((ml.created_at, ml.id.as_str())), 10).await.unwrap();
-    assert!(after_ml.is_empty());
-    assert_eq!(s.instances_page(&b.id, None, None, 10).await.unwrap().len(), 1, "another tenant's are not read");
-    // By name: that name's instances, with their GPUs, and only the tenant's own.
-    assert_eq!(s.instances_named(&a.id, "ml-job").await.unwrap(), vec![paged.last().unwrap().clone()]);
-    assert!(s.instances_named(&b.id, "ml-job").await.unwrap().is_empty());
-    assert!(s.instances_named(&a.id, "no-such").await.unwrap().is_empty());
 }
 
 async fn placements_are_all_or_nothing(s: Arc<dyn Store>) {
