@@ -337,25 +337,11 @@ fn an_agent_key_speaks_only_for_its_own_node() {
 /// never both run its workloads (a workload run twice, once without its port, showed no endpoint).
 #[test]
 fn a_registered_node_hears_no_in_process_agent() {
-    use gpucloud_server::app::{AgentApi, AgentReport, AppError};
+    use gpucloud_server::app::AppError;
     let s = TestServer::start();
-    let in_process_beat = |node: gpucloud_model::NodeId| {
-        s.block_on(s.app.heartbeat(AgentReport {
-            node,
-            epoch: None,
-            seq: None,
-            instances: vec![],
-            gpus: vec![],
-            checkpoints: vec![],
-            ports: vec![],
-            metrics: vec![],
-            preparing: vec![],
-            published: vec![],
-        }))
-    };
     let region = gpucloud_model::Region::parse("eu-1").unwrap();
     let by_hand = s.block_on(s.app.add_node(None, "by-hand", region, &[(gpucloud_model::GpuModel::L4, 1)])).unwrap();
-    assert!(in_process_beat(by_hand.id.clone()).is_ok(), "a node added by hand has its in-process agent");
+    assert!(s.in_process_beat(by_hand.id.clone()).is_ok(), "a node added by hand has its in-process agent");
     let register = |name: &str, uuid: &str| {
         let body = json!({"name": name, "region": "eu-1", "gpus": [{"index": 0, "model": "L4", "uuid": uuid}]});
         let r = s.post(&s.operator_key, "/v1/agent/register", Some(&body));
@@ -366,7 +352,7 @@ fn a_registered_node_hears_no_in_process_agent() {
     assert_eq!(taken_over, by_hand.id);
     let fresh = register("agent-only", "GPU-agent-only-0");
     for node in [taken_over, fresh] {
-        match in_process_beat(node.clone()) {
+        match s.in_process_beat(node.clone()) {
             Err(AppError::Fenced(why)) => assert!(why.contains("registered agent"), "{why}"),
             other => panic!("{node}: an in-process beat for an agent's node was {other:?}"),
         }

@@ -78,23 +78,7 @@ fn a_cluster_resizes_as_a_gang_and_shrinks_with_notice() {
     let v = s.get(&key, "/v1/clusters/train").body;
     let member = &v["members"][1];
     let node = gpucloud_model::NodeId::parse(member["node"].as_str().unwrap()).unwrap();
-    let desired = s.block_on(async {
-        use gpucloud_server::app::{AgentApi, AgentReport};
-        s.app
-            .heartbeat(AgentReport {
-                node,
-                epoch: None,
-                seq: None,
-                instances: vec![],
-                gpus: vec![],
-                checkpoints: vec![],
-                ports: vec![],
-                metrics: vec![],
-                preparing: Vec::new(),
-                published: Vec::new(),
-            })
-            .await
-    });
+    let desired = s.in_process_beat(node);
     let d = desired.unwrap().into_iter().find(|d| d.id.as_str() == member["instance"].as_str().unwrap()).unwrap();
     let env: std::collections::HashMap<String, String> = d.env.into_iter().collect();
     assert_eq!(env["GPUCLOUD_CLUSTER_RANK"], "1");

@@ -69,6 +69,27 @@ impl TestServer {
         self.rt.block_on(f)
     }
 
+    /// A beat from an in-process agent (no epoch) that reports nothing: the server's answer is
+    /// what the node should run.
+    pub fn in_process_beat(
+        &self,
+        node: gpucloud_model::NodeId,
+    ) -> Result<Vec<gpucloud_api::AgentWorkload>, gpucloud_server::app::AppError> {
+        use gpucloud_server::app::{AgentApi, AgentReport};
+        self.block_on(self.app.heartbeat(AgentReport {
+            node,
+            epoch: None,
+            seq: None,
+            instances: vec![],
+            gpus: vec![],
+            checkpoints: vec![],
+            ports: vec![],
+            metrics: vec![],
+            preparing: vec![],
+            published: vec![],
+        }))
+    }
+
     /// Creates a tenant through the API and returns its key.
     pub fn tenant(&self, name: &str) -> String {
         let r = self.post(&self.operator_key, "/v1/tenants", Some(&serde_json::json!({ "name": name })));

@@ -110,26 +110,11 @@ fn secrets_are_stored_sealed_listed_by_name_and_kept_per_tenant() {
     assert!(rows[0].sealed.starts_with("v1:") && !rows[0].sealed.contains(value));
 
     // The node running it gets the value, and only while it is to run.
-    let d = s.block_on(async {
-        use gpucloud_server::app::{AgentApi, AgentReport};
+    let node = s.block_on(async {
         let inst = s.app.store().get_instance(None, &gpucloud_model::InstanceId::parse(&id).unwrap()).await.unwrap();
-        let node = inst.unwrap().node_id.unwrap();
-        s.app
-            .heartbeat(AgentReport {
-                node,
-                epoch: None,
-                seq: None,
-                instances: vec![],
-                gpus: vec![],
-                checkpoints: vec![],
-                ports: vec![],
-                metrics: vec![],
-                preparing: vec![],
-                published: vec![],
-            })
-            .await
-            .unwrap()
+        inst.unwrap().node_id.unwrap()
     });
+    let d = s.in_process_beat(node).unwrap();
     let w = d.into_iter().find(|w| w.id.as_str() == id).unwrap();
     let env: std::collections::HashMap<String, String> = w.env.into_iter().collect();
     assert_eq!((env["HF_TOKEN"].as_str(), env["TOKEN2"].as_str(), env["MODE"].as_str()), (value, value, "train"));
