@@ -266,10 +266,10 @@ pub struct App {
     pub reconcilers: reconcilers::Reconcilers,
 }
 
-/// Since when a cluster's utilization has been above its bound, and below its other one.
 /// At most this many instance creates use the store at once (of its 16 PostgreSQL connections).
 pub const CREATES_AT_ONCE: usize = 4;
 
+/// Since when a cluster's utilization has been above its bound, and below its other one.
 pub(crate) type AboveBelow = (Option<Timestamp>, Option<Timestamp>);
 
 impl App {
