@@ -34,7 +34,7 @@ pub use volume::{VolumeCharge, VolumeRow, VolumeStore};
 pub use workload::{RegistryAuthRow, SshKeyRow, TemplateRow, WorkloadStore};
 
 use async_trait::async_trait;
-use gpucloud_model::{InstanceId, NodeId, NodeState, Region, TenantId, Timestamp};
+use gpucloud_model::{InstanceId, InstanceState, NodeId, NodeState, Region, TenantId, Timestamp};
 use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
@@ -155,6 +155,9 @@ pub trait Store:
     /// Pending instances, oldest first.
     async fn list_pending(&self, limit: u32) -> Result<Vec<Instance>>;
     async fn instances_on_node(&self, node: &NodeId) -> Result<Vec<Instance>>;
+    /// Every tenant's instances in one of `states`, oldest first, with their GPUs: what a periodic
+    /// pass over the running ones reads, rather than every instance the store ever held.
+    async fn instances_in_states(&self, states: &[InstanceState]) -> Result<Vec<Instance>>;
     /// Moves an instance to a new state if its generation is still `expected_generation`;
     /// releases its GPUs in the same transaction when the new state holds none. `None` when
     /// the instance changed meanwhile (re-read and decide again).

@@ -145,6 +145,12 @@ impl SqlStore {
         Ok(())
     }
 
+    /// For `gpucloud sim chaos`'s checker: every instance placed on a node, with its GPUs, in one
+    /// read rather than one a node.
+    pub async fn placed_instances(&self) -> Result<Vec<Instance>> {
+        self.instances_where("WHERE node_id IS NOT NULL ORDER BY node_id, created_at, id", None, GpuFilter::All).await
+    }
+
     async fn gpus_of(&self, filter: GpuFilter<'_>) -> Result<HashMap<String, Vec<u32>>> {
         let q = match filter {
             // A slice's GPU comes from gpu_slices; an instance holds whole GPUs or one slice.
@@ -780,6 +786,16 @@ impl Store for SqlStore {
         let sql = format!("SELECT {INSTANCE_COLUMNS} FROM instances {clause}");
         let rows = sqlx::query(&sql).fetch_all(&self.pool).await?;
         rows.iter().map(instance_from_row).collect()
+    }
+
+    async fn instances_in_states(&self, states: &[InstanceState]) -> Result<Vec<Instance>> {
+        if states.is_empty() {
+            return Ok(Vec::new());
+        }
+        // The names come from the enum, not from input: inlined, not bound.
+        let list: Vec<String> = states.iter().map(|s| format!("'{s}'")).collect();
+        let clause = format!("WHERE state IN ({}) ORDER BY created_at, id", list.join(", "));
+        self.instances_where(&clause, None, GpuFilter::All).await
     }
 
     async fn instances_on_node(&self, node: &NodeId) -> Result<Vec<Instance>> {

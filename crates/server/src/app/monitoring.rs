@@ -220,10 +220,7 @@ impl App {
     /// Operator: all tenants' pending instances, oldest first.
     pub async fn pending_queue(&self, by: &Principal) -> Result<Vec<gpucloud_store::Instance>, AppError> {
         by.require_operator()?;
-        let mut pending: Vec<_> =
-            self.store.list_instances(None).await?.into_iter().filter(|i| i.state == InstanceState::Pending).collect();
-        pending.sort_by_key(|i| i.created_at);
-        Ok(pending)
+        Ok(self.store.instances_in_states(&[InstanceState::Pending]).await?)
     }
 
     pub async fn idle_policy(&self, by: &Principal) -> Result<IdlePolicy, AppError> {
@@ -269,7 +266,8 @@ impl App {
         self.flush_gpu_samples().await?;
         let mut stopped = 0;
         let mut settings: HashMap<TenantId, TenantBilling> = HashMap::new();
-        for inst in self.store.list_instances(None).await? {
+        // The running ones, not every instance ever made: this runs every monitor interval.
+        for inst in self.store.instances_in_states(&[InstanceState::Running]).await? {
             let Some(since) = inst.running_since.filter(|_| inst.state == InstanceState::Running) else { continue };
             if !settings.contains_key(&inst.tenant_id) {
                 settings.insert(inst.tenant_id.clone(), self.store.tenant_billing(&inst.tenant_id).await?);

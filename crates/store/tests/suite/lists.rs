@@ -55,3 +55,30 @@ pub(crate) async fn instance_pages_follow_the_cursor(s: Arc<dyn Store>) {
     assert!(s.instances_named(&b.id, "ml-job").await.unwrap().is_empty());
     assert!(s.instances_named(&a.id, "no-such").await.unwrap().is_empty());
 }
+
+pub(crate) async fn instances_in_states_are_those_of_every_tenant(s: Arc<dyn Store>) {
+    let a = tenant(&s, "a").await;
+    let b = tenant(&s, "b").await;
+    let n = node(&s, "gpu-1", GpuModel::A100_40GB, 4).await;
+    let first = instance(&s, &a, 1, None).await;
+    let placed = instance(&s, &b, 2, None).await;
+    let last = instance(&s, &b, 1, None).await;
+    assert!(matches!(
+        s.apply_placements(&n.id, n.generation, &[placement(&placed, &[1, 2])], ts(21)).await.unwrap(),
+        ApplyOutcome::Applied { .. }
+    ));
+    let ids = |v: Vec<Instance>| v.into_iter().map(|i| i.id).collect::<Vec<_>>();
+    // Made in the same millisecond: in the whole list's order (the id breaks the tie).
+    let whole = s.list_instances(None).await.unwrap();
+    let pending = s.instances_in_states(&[InstanceState::Pending]).await.unwrap();
+    let want: Vec<InstanceId> = whole.iter().filter(|i| i.id != placed.id).map(|i| i.id.clone()).collect();
+    assert_eq!(ids(pending), want, "both tenants', in order");
+    assert!(want.contains(&first.id) && want.contains(&last.id));
+    let holding = s.instances_in_states(&[InstanceState::Provisioning, InstanceState::Running]).await.unwrap();
+    assert_eq!(holding.len(), 1);
+    assert_eq!((&holding[0].id, &holding[0].gpus), (&placed.id, &vec![1, 2]), "with its GPUs");
+    let both = s.instances_in_states(&[InstanceState::Provisioning, InstanceState::Pending]).await.unwrap();
+    assert_eq!(ids(both), ids(whole));
+    assert!(s.instances_in_states(&[InstanceState::Lost]).await.unwrap().is_empty());
+    assert!(s.instances_in_states(&[]).await.unwrap().is_empty());
+}

@@ -78,6 +78,7 @@ suite!(
     instance_insert_is_idempotent_per_tenant,
     lookups_are_scoped_by_tenant,
     instance_pages_follow_the_cursor,
+    instances_in_states_are_those_of_every_tenant,
     placements_are_all_or_nothing,
     leaving_a_gpu_state_releases_gpus,
     idempotency_records,
