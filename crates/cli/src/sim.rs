@@ -174,8 +174,13 @@ pub enum SimCmd {
         /// lists them; the others are drawn and left out.
         #[arg(long)]
         only_faults: Option<String>,
-        /// On a failure, search for the fewest of its faults that still break the same
-        /// invariant, and print that run.
+        /// Apply only the tenants' actions of these numbers ("2,9", or "none"): creates,
+        /// stops, starts, terminates and starts of lost instances, numbered as drawn ("a9" in a
+        /// history); the others are drawn and left out.
+        #[arg(long)]
+        only_actions: Option<String>,
+        /// On a failure, search for the fewest of its faults, then of its tenants' actions,
+        /// that still break the same invariant, and print that run.
         #[arg(long)]
         shrink: bool,
     },
@@ -220,6 +225,7 @@ pub fn run(cmd: SimCmd, as_json: bool) -> Result<(), String> {
             no_held_up_beats,
             no_store_faults,
             only_faults,
+            only_actions,
             shrink,
         } => {
             use gpucloud_server::chaos::Injected;
@@ -230,7 +236,8 @@ pub fn run(cmd: SimCmd, as_json: bool) -> Result<(), String> {
                     format!("--inject: unknown bug '{name}' ({})", known.join(", "))
                 })?),
             };
-            let only_faults = only_faults.as_deref().map(parse_fault_numbers).transpose()?;
+            let only_faults = only_faults.as_deref().map(|l| parse_numbers("--only-faults", l)).transpose()?;
+            let only_actions = only_actions.as_deref().map(|l| parse_numbers("--only-actions", l)).transpose()?;
             let base = gpucloud_server::chaos::ChaosConfig {
                 minutes,
                 nodes,
@@ -238,6 +245,7 @@ pub fn run(cmd: SimCmd, as_json: bool) -> Result<(), String> {
                 held_up_beats: !no_held_up_beats,
                 store_faults: !no_store_faults,
                 only_faults,
+                only_actions,
                 ..Default::default()
             };
             chaos(&seeds, base, verbose, jobs, shrink)
@@ -246,15 +254,17 @@ pub fn run(cmd: SimCmd, as_json: bool) -> Result<(), String> {
 }
 
 /// "3,17,40" or "none".
-fn parse_fault_numbers(list: &str) -> Result<std::collections::BTreeSet<u32>, String> {
+fn parse_numbers(flag: &str, list: &str) -> Result<std::collections::BTreeSet<u32>, String> {
     if list.trim() == "none" {
         return Ok(Default::default());
     }
     list.split(',')
         .map(|n| {
-            n.trim().parse::<u32>().ok().filter(|n| *n > 0).ok_or_else(|| {
-                format!("--only-faults '{list}': expected fault numbers from 1 up, as \"3,17,40\", or \"none\"")
-            })
+            n.trim()
+                .parse::<u32>()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| format!("{flag} '{list}': expected numbers from 1 up, as \"3,17,40\", or \"none\""))
         })
         .collect()
 }
@@ -307,10 +317,12 @@ fn chaos(
             let started = Instant::now();
             let s = gpucloud_server::chaos::shrink(&cfg, r, jobs, 300)?;
             println!(
-                "seed {} shrunk from {} faults to {} in {} runs ({:.1} s):",
+                "seed {} shrunk from {} faults and {} tenants' actions to {} and {} in {} runs ({:.1} s):",
                 r.seed,
                 s.from,
+                s.from_actions,
                 s.report.applied.len(),
+                s.report.applied_actions.len(),
                 s.runs,
                 started.elapsed().as_secs_f64()
             );

@@ -294,12 +294,14 @@ fn a_reader_that_stops_early_gets_no_panic() {
 
 /// `sim chaos` as a user runs it: bad arguments are named; a seed with only some of its faults
 /// runs and names them in its replay line; a known bug fails the run, and `--shrink` prints a
-/// smaller run that still fails, with the command that replays it.
+/// smaller run (fewer faults, then fewer tenants' actions) that still fails, with the command
+/// that replays it.
 #[test]
 fn chaos_arguments_replays_and_shrinking() {
     for (args, want) in [
         (vec!["chaos", "--only-faults", "3,x"], "--only-faults '3,x'"),
         (vec!["chaos", "--only-faults", "0"], "from 1 up"),
+        (vec!["chaos", "--only-actions", "2,,3"], "--only-actions '2,,3'"),
         (vec!["chaos", "--inject", "typo"], "unknown bug 'typo' (no-fencing, unnumbered-beats)"),
         (vec!["chaos", "--nodes", "0"], "--nodes must be between 1 and 64"),
     ] {
@@ -316,6 +318,9 @@ fn chaos_arguments_replays_and_shrinking() {
     assert!(!ok, "{out}");
     assert!(err.contains("invariants broken on seeds"), "{err}");
     let shrunk = out.split("shrunk from").nth(1).unwrap_or_else(|| panic!("no shrunk run: {out}"));
-    assert!(shrunk.contains("--only-faults") && shrunk.contains("--inject no-fencing"), "{shrunk}");
+    assert!(
+        shrunk.contains("--only-faults") && shrunk.contains("--only-actions") && shrunk.contains("--inject no-fencing"),
+        "{shrunk}"
+    );
     assert!(shrunk.contains("at once"), "{shrunk}");
 }

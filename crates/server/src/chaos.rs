@@ -11,6 +11,7 @@
 
 use crate::app::{AgentApi, AgentReport, App, Clock, Config, CreateInstance, Desired, Principal};
 use gpucloud_model::{AgentObservation, GpuModel, InstanceId, InstanceState, NodeId, Region, Role, Tier, Timestamp};
+use gpucloud_store::Store as _;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, BTreeSet};
@@ -36,6 +37,9 @@ pub struct ChaosConfig {
     /// Apply only the faults of these numbers (as a report lists them); the others are drawn and
     /// left out. What a shrunk failure replays with.
     pub only_faults: Option<BTreeSet<u32>>,
+    /// Apply only the tenants' actions of these numbers (creates, stops, starts, terminates,
+    /// starts of lost instances, as a report lists them); the others are drawn and left out.
+    pub only_actions: Option<BTreeSet<u32>>,
 }
 
 /// Bugs the checker must catch (its own tests put them in).
@@ -74,6 +78,7 @@ impl Default for ChaosConfig {
             held_up_beats: true,
             store_faults: true,
             only_faults: None,
+            only_actions: None,
         }
     }
 }
@@ -88,10 +93,13 @@ pub struct ChaosReport {
     pub held_up_beats: bool,
     pub store_faults: bool,
     pub only_faults: Option<BTreeSet<u32>>,
+    pub only_actions: Option<BTreeSet<u32>>,
     pub inject: Option<Injected>,
     pub steps: u64,
     /// The numbers of the faults this run applied: what a shrinker leaves out.
     pub applied: Vec<u32>,
+    /// The numbers of the tenants' actions this run applied: what a shrinker leaves out next.
+    pub applied_actions: Vec<u32>,
     pub faults: BTreeMap<&'static str, u32>,
     pub actions: BTreeMap<&'static str, u32>,
     /// Seconds simulated agents ran workloads, and seconds the server billed.
@@ -116,10 +124,12 @@ impl ChaosReport {
         if let Some(i) = self.inject {
             let _ = write!(cmd, " --inject {}", i.name());
         }
-        if let Some(only) = &self.only_faults {
-            let list: Vec<String> = only.iter().map(u32::to_string).collect();
-            let list = if list.is_empty() { "none".to_string() } else { list.join(",") };
-            let _ = write!(cmd, " --only-faults {list}");
+        for (flag, only) in [("--only-faults", &self.only_faults), ("--only-actions", &self.only_actions)] {
+            if let Some(only) = only {
+                let list: Vec<String> = only.iter().map(u32::to_string).collect();
+                let list = if list.is_empty() { "none".to_string() } else { list.join(",") };
+                let _ = write!(cmd, " {flag} {list}");
+            }
         }
         cmd
     }
@@ -289,44 +299,88 @@ pub fn run_each(cfgs: &[ChaosConfig], jobs: usize, mut each: impl FnMut(ChaosRep
     })
 }
 
-/// What a shrunk failure is: the fewest faults found that still break the same invariant.
+/// What a shrunk failure is: the fewest faults, then the fewest tenants' actions, found that
+/// still break the same invariant.
 #[derive(Debug, Clone)]
 pub struct Shrunk {
-    /// The run with only those faults (its `only_faults` replays it).
+    /// The run with only those (its `only_faults` and `only_actions` replay it).
     pub report: ChaosReport,
-    /// How many faults the failing run applied, and how many runs the search took.
+    /// How many faults and tenants' actions the failing run applied, and how many runs the
+    /// search took.
     pub from: usize,
+    pub from_actions: usize,
     pub runs: u32,
 }
 
+/// What a shrinker leaves out: faults, or tenants' actions.
+#[derive(Clone, Copy)]
+enum Part {
+    Faults,
+    Actions,
+}
+
+impl Part {
+    fn applied(self, r: &ChaosReport) -> &[u32] {
+        match self {
+            Part::Faults => &r.applied,
+            Part::Actions => &r.applied_actions,
+        }
+    }
+
+    fn only(self, cfg: &ChaosConfig, set: &[u32]) -> ChaosConfig {
+        let set = Some(set.iter().copied().collect());
+        match self {
+            Part::Faults => ChaosConfig { only_faults: set, ..cfg.clone() },
+            Part::Actions => ChaosConfig { only_actions: set, ..cfg.clone() },
+        }
+    }
+}
+
 /// Searches for a smaller set of the faults of a failing run that still breaks the same
-/// invariant (delta debugging: leave out halves, then quarters, ... of the faults while the
-/// failure stays). Faults keep their numbers when others are left out, and tenants their
-/// script; what the server does in between may differ, which is why each candidate is run
-/// whole. At most `max_runs` runs, `jobs` at a time.
+/// invariant, then, with those faults, for a smaller set of the tenants' actions (delta
+/// debugging: leave out halves, then quarters, ... while the failure stays). Faults and
+/// actions keep their numbers when others are left out, as each is drawn whether applied or
+/// not; what the server does in between may differ, which is why each candidate is run whole.
+/// At most `max_runs` runs in all, `jobs` at a time.
 pub fn shrink(cfg: &ChaosConfig, failed: &ChaosReport, jobs: usize, max_runs: u32) -> Result<Shrunk, String> {
     let Some(want) = failed.violation.as_deref().map(kind_of) else {
         return Err(format!("seed {} did not fail: nothing to shrink", failed.seed));
     };
-    let mut best = failed.clone();
-    let mut faults: Vec<u32> = failed.applied.clone();
     let mut runs = 0u32;
-    let with = |set: &[u32]| ChaosConfig { only_faults: Some(set.iter().copied().collect()), ..cfg.clone() };
+    let by_faults = shrink_part(cfg, failed, Part::Faults, &want, jobs, max_runs, &mut runs)?;
+    let cfg = ChaosConfig { only_faults: by_faults.only_faults.clone(), ..cfg.clone() };
+    let report = shrink_part(&cfg, &by_faults, Part::Actions, &want, jobs, max_runs, &mut runs)?;
+    Ok(Shrunk { report, from: failed.applied.len(), from_actions: failed.applied_actions.len(), runs })
+}
+
+fn shrink_part(
+    cfg: &ChaosConfig,
+    failed: &ChaosReport,
+    part: Part,
+    want: &str,
+    jobs: usize,
+    max_runs: u32,
+    runs: &mut u32,
+) -> Result<ChaosReport, String> {
+    let mut best = failed.clone();
+    let mut items: Vec<u32> = part.applied(failed).to_vec();
     // Candidates run side by side; the first in order that still fails is taken, so the result
     // does not depend on which finished first.
     let first_failing = |sets: Vec<Vec<u32>>, runs: &mut u32| -> Result<Option<ChaosReport>, String> {
-        let cfgs: Vec<ChaosConfig> = sets.iter().map(|s| with(s)).collect();
+        let cfgs: Vec<ChaosConfig> = sets.iter().map(|s| part.only(cfg, s)).collect();
         *runs += cfgs.len() as u32;
         let reports = run_many(&cfgs, jobs)?;
-        Ok(reports.into_iter().find(|r| r.violation.as_deref().map(kind_of).as_deref() == Some(want.as_str())))
+        Ok(reports.into_iter().find(|r| r.violation.as_deref().map(kind_of).as_deref() == Some(want)))
     };
-    if let Some(r) = first_failing(vec![Vec::new()], &mut runs)? {
-        return Ok(Shrunk { report: r, from: faults.len(), runs });
+    if *runs < max_runs
+        && let Some(r) = first_failing(vec![Vec::new()], runs)?
+    {
+        return Ok(r);
     }
     let mut parts = 2usize;
-    while faults.len() >= 2 && runs < max_runs {
-        let size = faults.len().div_ceil(parts);
-        let chunks: Vec<Vec<u32>> = faults.chunks(size).map(<[u32]>::to_vec).collect();
+    while items.len() >= 2 && *runs < max_runs {
+        let size = items.len().div_ceil(parts);
+        let chunks: Vec<Vec<u32>> = items.chunks(size).map(<[u32]>::to_vec).collect();
         // A part alone, then all but a part.
         let mut found = None;
         let complements: Vec<Vec<u32>> = if chunks.len() > 2 {
@@ -338,12 +392,12 @@ pub fn shrink(cfg: &ChaosConfig, failed: &ChaosReport, jobs: usize, max_runs: u3
             Vec::new()
         };
         for candidates in [chunks.clone(), complements] {
-            let budget = (max_runs - runs.min(max_runs)) as usize;
+            let budget = (max_runs - (*runs).min(max_runs)) as usize;
             let candidates: Vec<Vec<u32>> = candidates.into_iter().take(budget).collect();
             if candidates.is_empty() {
                 break;
             }
-            if let Some(r) = first_failing(candidates, &mut runs)? {
+            if let Some(r) = first_failing(candidates, runs)? {
                 found = Some(r);
                 break;
             }
@@ -351,16 +405,16 @@ pub fn shrink(cfg: &ChaosConfig, failed: &ChaosReport, jobs: usize, max_runs: u3
         match found {
             Some(r) => {
                 // What the smaller run applied is all that can matter to it.
-                let kept = r.applied.len();
-                parts = if kept < faults.len().div_ceil(parts) + 1 { 2 } else { (parts - 1).max(2) };
-                faults = r.applied.clone();
+                let kept = part.applied(&r).len();
+                parts = if kept < items.len().div_ceil(parts) + 1 { 2 } else { (parts - 1).max(2) };
+                items = part.applied(&r).to_vec();
                 best = r;
             }
-            None if parts >= faults.len() => break,
-            None => parts = (parts * 2).min(faults.len()),
+            None if parts >= items.len() => break,
+            None => parts = (parts * 2).min(items.len()),
         }
     }
-    Ok(Shrunk { report: best, from: failed.applied.len(), runs })
+    Ok(best)
 }
 
 /// A violation with its particulars (times, ids, amounts) left out: what "the same failure"
@@ -417,6 +471,7 @@ async fn run_seeded(cfg: &ChaosConfig) -> Result<ChaosReport, String> {
     let mut patience = StdRng::seed_from_u64(cfg.seed ^ 0x2545_f491_4f6c_dd1d);
     let mut beat_rng = StdRng::seed_from_u64(cfg.seed ^ 0x1405_7b7e_f767_814f);
     let mut faults = Faults { drawn: 0, only: cfg.only_faults.as_ref(), applied: Vec::new() };
+    let mut actions = Faults { drawn: 0, only: cfg.only_actions.as_ref(), applied: Vec::new() };
     // A fixed epoch, so that timestamps (and so the history) do not depend on the day it runs.
     let clock = Clock::virtual_at(Timestamp(1_800_000_000_000));
     let config = Config { clock: clock.clone(), ..Config::default() };
@@ -471,6 +526,7 @@ async fn run_seeded(cfg: &ChaosConfig) -> Result<ChaosReport, String> {
         held_up_beats: cfg.held_up_beats,
         store_faults: cfg.store_faults,
         only_faults: cfg.only_faults.clone(),
+        only_actions: cfg.only_actions.clone(),
         inject: cfg.inject,
         ..ChaosReport::default()
     };
@@ -502,7 +558,7 @@ async fn run_seeded(cfg: &ChaosConfig) -> Result<ChaosReport, String> {
         };
 
         // This step's draws, all of them whatever happens next.
-        let intent = faulty.then(|| Intent::draw(&mut script, tenants.len()));
+        let intent = faulty.then(|| Intent::draw(&mut script, tenants.len()).numbered(&mut actions));
         let drawn = faulty.then(|| StepFaults::draw(&mut fault_rng, agents.len(), &mut faults));
 
         // The store's write fault heals, or starts.
@@ -526,7 +582,8 @@ async fn run_seeded(cfg: &ChaosConfig) -> Result<ChaosReport, String> {
         let storm = outage.is_some();
 
         // Tenants act.
-        if let Some(Intent { create: Some((who, model, count, spot)), .. }) = intent {
+        if let Some(Intent { create: Some((who, model, count, spot)), numbers: [n, _, _], .. }) = intent {
+            actions.applied.push(n);
             let t = &tenants[who];
             let mut req = CreateInstance::whole(model, count, None, "train");
             if spot {
@@ -534,23 +591,24 @@ async fn run_seeded(cfg: &ChaosConfig) -> Result<ChaosReport, String> {
             }
             match app.create_instance(t, req, None).await {
                 Ok((i, _)) => {
-                    log(format!("{} creates {} ({} x {model}, {})", t.tenant.name, i.id, count, i.sale.tier));
+                    log(format!("a{n} {} creates {} ({} x {model}, {})", t.tenant.name, i.id, count, i.sale.tier));
                     acknowledged.push(i.id);
                     *report.actions.entry("create").or_default() += 1;
                 }
-                Err(e) => log(format!("{} create refused: {e}", t.tenant.name)),
+                Err(e) => log(format!("a{n} {} create refused: {e}", t.tenant.name)),
             }
         }
-        if let Some(Intent { act: Some((pick, action)), .. }) = intent
+        if let Some(Intent { act: Some((pick, action)), numbers: [_, n, _], .. }) = intent
             && !acknowledged.is_empty()
         {
             let id = acknowledged[pick % acknowledged.len()].clone();
             let before = store.get_instance(None, &id).await.map_err(|e| e.to_string())?;
             let owner = before.as_ref().map(|i| i.tenant_id.clone());
             if let Some(t) = tenants.iter().find(|t| Some(&t.tenant.id) == owner.as_ref()) {
+                actions.applied.push(n);
                 match app.instance_action(t, id.as_str(), action).await {
                     Ok(i) => {
-                        log(format!("{action} {id}: now {}", i.state));
+                        log(format!("a{n} {action} {id}: now {}", i.state));
                         // Stopped before the server saw it run: a start called off is not billed,
                         // even if its workload ran until the agent heard of the stop.
                         if action == gpucloud_model::UserAction::Start {
@@ -567,35 +625,30 @@ async fn run_seeded(cfg: &ChaosConfig) -> Result<ChaosReport, String> {
                         if storm {
                             blur(&mut bounds, [&id]);
                         }
-                        log(format!("{action} {id} refused: {e}"))
+                        log(format!("a{n} {action} {id} refused: {e}"))
                     }
                 }
             }
         }
 
         // A tenant whose instance was lost starts it again, as people (and scripts) do.
-        if let Some(Intent { restart_lost: Some(pick), .. }) = intent {
-            let lost: Vec<gpucloud_store::Instance> = store
-                .list_instances(None)
-                .await
-                .map_err(|e| e.to_string())?
-                .into_iter()
-                .filter(|i| i.state == InstanceState::Lost)
-                .collect();
+        if let Some(Intent { restart_lost: Some(pick), numbers: [_, _, n], .. }) = intent {
+            let lost = sql.instances_in_states(&[InstanceState::Lost]).await.map_err(|e| e.to_string())?;
             if !lost.is_empty() {
                 let i = &lost[pick % lost.len()];
                 if let Some(t) = tenants.iter().find(|t| t.tenant.id == i.tenant_id) {
+                    actions.applied.push(n);
                     match app.instance_action(t, i.id.as_str(), gpucloud_model::UserAction::Start).await {
                         Ok(after) => {
                             cancelled.remove(&i.id);
-                            log(format!("start lost {}: now {}", i.id, after.state));
+                            log(format!("a{n} start lost {}: now {}", i.id, after.state));
                             *report.actions.entry("start-lost").or_default() += 1;
                         }
                         Err(e) => {
                             if storm {
                                 blur(&mut bounds, [&i.id]);
                             }
-                            log(format!("start lost {} refused: {e}", i.id))
+                            log(format!("a{n} start lost {} refused: {e}", i.id))
                         }
                     }
                 }
@@ -607,8 +660,8 @@ async fn run_seeded(cfg: &ChaosConfig) -> Result<ChaosReport, String> {
         // grows for as long as the run. Once a virtual minute, from a stream of its own.
         if faulty && step % 60 == 59 {
             let now_ts = clock.now();
-            let stale: Vec<gpucloud_store::Instance> = store
-                .list_instances(None)
+            let stale: Vec<gpucloud_store::Instance> = sql
+                .instances_in_states(&[InstanceState::Pending, InstanceState::Stopped])
                 .await
                 .map_err(|e| e.to_string())?
                 .into_iter()
@@ -895,7 +948,7 @@ async fn run_seeded(cfg: &ChaosConfig) -> Result<ChaosReport, String> {
         }
 
         let full = step % 60 == 0 || step + 1 == total;
-        match check(&store, &agents, &acknowledged, &terminated, full).await {
+        match check(&sql, &agents, &acknowledged, &terminated, full).await {
             Err(v) => {
                 report.violation = Some(format!("at {} s: {v}", now / 1000));
                 break;
@@ -967,6 +1020,7 @@ async fn run_seeded(cfg: &ChaosConfig) -> Result<ChaosReport, String> {
         sql.fail_writes_after(None).await.map_err(|e| e.to_string())?;
     }
     report.applied = std::mem::take(&mut faults.applied);
+    report.applied_actions = std::mem::take(&mut actions.applied);
     report.ran_s = ran.values().sum::<i64>() / 1000;
     report.billed_s = billed.values().sum::<i64>() / 1000;
     let ids: BTreeSet<&InstanceId> = billed.keys().chain(bounds.keys()).collect();
@@ -1009,7 +1063,8 @@ async fn run_seeded(cfg: &ChaosConfig) -> Result<ChaosReport, String> {
     Ok(report)
 }
 
-/// Numbers the faults a run draws, in the order drawn, and says which of them to apply.
+/// Numbers the faults (or the tenants' actions) a run draws, in the order drawn, and says which
+/// of them to apply.
 struct Faults<'a> {
     drawn: u32,
     only: Option<&'a BTreeSet<u32>>,
@@ -1032,6 +1087,8 @@ struct Intent {
     create: Option<(usize, GpuModel, u32, bool)>,
     act: Option<(usize, gpucloud_model::UserAction)>,
     restart_lost: Option<usize>,
+    /// The numbers of the create, the action and the start of a lost instance.
+    numbers: [u32; 3],
 }
 
 impl Intent {
@@ -1055,7 +1112,26 @@ impl Intent {
             create: create.then_some((who, model, count, spot)),
             act: act.then_some((pick, action)),
             restart_lost: lost.then_some(lost_pick),
+            numbers: [0; 3],
         }
+    }
+
+    /// Numbers what was drawn, in order, and leaves out what is not to be applied: a number
+    /// depends on the script alone, so it stays the same when a shrinker leaves others out.
+    fn numbered(mut self, actions: &mut Faults) -> Intent {
+        fn number<T>(slot: &mut Option<T>, n: &mut u32, actions: &mut Faults) {
+            if slot.is_some() {
+                match actions.draw() {
+                    Some(drawn) => *n = drawn,
+                    None => *slot = None,
+                }
+            }
+        }
+        let [a, b, c] = &mut self.numbers;
+        number(&mut self.create, a, actions);
+        number(&mut self.act, b, actions);
+        number(&mut self.restart_lost, c, actions);
+        self
     }
 }
 
@@ -1174,6 +1250,16 @@ fn account(
                 b.ambiguous |= !surely_lost;
                 agent.gone.insert(id);
             }
+            // What it started on the answer to its last beat before the silence, and so never
+            // reported running: the server declared it lost with its node (and ignores its
+            // reports from now on, as those above), or may have.
+            for id in &view.running {
+                if surely_lost {
+                    agent.gone.insert(id.clone());
+                } else {
+                    bounds.entry(id.clone()).or_default().ambiguous = true;
+                }
+            }
         }
     }
     agent.last_received = Some(now);
@@ -1262,7 +1348,7 @@ fn action_name(a: gpucloud_model::UserAction) -> &'static str {
 /// The invariants after a step, from the store's rows and the agents' own record; what holds
 /// GPUs where, as the store says.
 async fn check(
-    store: &Arc<dyn gpucloud_store::Store>,
+    store: &gpucloud_store::SqlStore,
     agents: &[SimAgent],
     acknowledged: &[InstanceId],
     terminated: &BTreeSet<InstanceId>,
@@ -1274,11 +1360,7 @@ async fn check(
     let all = if full {
         store.list_instances(None).await.map_err(|e| e.to_string())?
     } else {
-        let mut on_nodes = Vec::new();
-        for n in &nodes {
-            on_nodes.extend(store.instances_on_node(&n.id).await.map_err(|e| e.to_string())?);
-        }
-        on_nodes
+        store.placed_instances().await.map_err(|e| e.to_string())?
     };
     // A GPU has at most one owner, and a node's GPU row names the instance that holds it.
     let mut owners: BTreeMap<(NodeId, u32), &InstanceId> = BTreeMap::new();
