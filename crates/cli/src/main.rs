@@ -15,12 +15,12 @@ mod ssh;
 mod volumes;
 
 use clap::{Parser, Subcommand};
+use std::process::ExitCode;
 
 // The server's hot paths (rows through sqlx, beats, plans) are many small allocations made on
 // one thread and freed on another; glibc's malloc spent a quarter of a chaos run on them.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use std::process::ExitCode;
 
 #[derive(Parser)]
 #[command(name = "gpucloud", version, about = "A self-hostable GPU rental cloud", propagate_version = true)]

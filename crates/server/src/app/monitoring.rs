@@ -268,7 +268,7 @@ impl App {
         let mut settings: HashMap<TenantId, TenantBilling> = HashMap::new();
         // The running ones, not every instance ever made: this runs every monitor interval.
         for inst in self.store.instances_in_states(&[InstanceState::Running]).await? {
-            let Some(since) = inst.running_since.filter(|_| inst.state == InstanceState::Running) else { continue };
+            let Some(since) = inst.running_since else { continue };
             if !settings.contains_key(&inst.tenant_id) {
                 settings.insert(inst.tenant_id.clone(), self.store.tenant_billing(&inst.tenant_id).await?);
             }
